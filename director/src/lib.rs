@@ -1,0 +1,1 @@
+//! The Director repository. Filled by issue 4; nothing is implemented yet.

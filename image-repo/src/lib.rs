@@ -1,0 +1,1 @@
+//! The Image Repository. Filled by issue 3; nothing is implemented yet.

@@ -1,0 +1,1 @@
+//! The Secondary ECU agent. Filled by issue 5; nothing is implemented yet.

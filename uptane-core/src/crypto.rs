@@ -1,0 +1,417 @@
+//! Keys and signatures as TUF writes them.
+//!
+//! We sign with ed25519 only. We verify ed25519 (`verify_strict`), ECDSA P-256 over SHA-256
+//! (PEM SubjectPublicKeyInfo keys, DER signatures) and RSASSA-PSS over SHA-256, because every
+//! TUF client must read repositories made by other tools.
+
+use std::fmt;
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{Signer as _, Verifier as _};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::cjson;
+use crate::hash::sha256_hex;
+
+/// Hex SHA-256 of the canonical JSON of a public key object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyId(String);
+
+impl KeyId {
+    /// Wraps a key id string as it appears in metadata.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a key cannot be read or made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The key object lacks `keytype`, `scheme` or `keyval.public`.
+    #[error("malformed key object: {0}")]
+    Malformed(String),
+    /// A private key file could not be decoded.
+    #[error("invalid private key: {0}")]
+    PrivateKey(String),
+}
+
+#[derive(Clone)]
+enum Verifier {
+    Ed25519(ed25519_dalek::VerifyingKey),
+    EcdsaP256(p256::ecdsa::VerifyingKey),
+    RsaPss(rsa::RsaPublicKey),
+    /// A key type we cannot verify, or key material that does not decode: it counts toward
+    /// no threshold, but does not make the whole metadata unreadable.
+    Unusable(String),
+}
+
+/// A public key from metadata, with the JSON it was read from (unknown fields included, as
+/// the key id covers them).
+#[derive(Clone)]
+pub struct PublicKey {
+    json: Value,
+    keytype: String,
+    scheme: String,
+    public: String,
+    verifier: Verifier,
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicKey")
+            .field("keytype", &self.keytype)
+            .field("scheme", &self.scheme)
+            .field("public", &self.public)
+            .finish()
+    }
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.json == other.json
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl PublicKey {
+    /// Reads a TUF key object.
+    pub fn from_json(json: Value) -> Result<Self, KeyError> {
+        let field = |name: &str| {
+            json.get(name)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| KeyError::Malformed(format!("missing string field {name:?}")))
+        };
+        let keytype = field("keytype")?;
+        let scheme = field("scheme")?;
+        let public = json
+            .get("keyval")
+            .and_then(|kv| kv.get("public"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| KeyError::Malformed("missing keyval.public".into()))?
+            .to_string();
+        let verifier = make_verifier(&keytype, &scheme, &public);
+        Ok(Self {
+            json,
+            keytype,
+            scheme,
+            public,
+            verifier,
+        })
+    }
+
+    /// The key object as JSON.
+    pub fn to_json(&self) -> &Value {
+        &self.json
+    }
+
+    /// `keytype` as written in metadata.
+    pub fn keytype(&self) -> &str {
+        &self.keytype
+    }
+
+    /// `scheme` as written in metadata.
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// `keyval.public` as written in metadata.
+    pub fn public(&self) -> &str {
+        &self.public
+    }
+
+    /// Why signatures by this key can never verify here (unsupported type or bad key
+    /// material), or `None` for a usable key.
+    pub fn unusable_reason(&self) -> Option<&str> {
+        match &self.verifier {
+            Verifier::Unusable(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// The key id: hex SHA-256 of the canonical JSON of the key object.
+    pub fn key_id(&self) -> KeyId {
+        // A `Value` built by serde_json from JSON text has no floats unless the text had
+        // one; such a key cannot be canonicalized and gets an id nobody can match.
+        match cjson::canonicalize(&self.json) {
+            Ok(bytes) => KeyId(sha256_hex(&bytes)),
+            Err(_) => KeyId(String::new()),
+        }
+    }
+
+    /// Whether `sig` (as hex text from metadata) is a valid signature of `message`.
+    pub fn verify(&self, message: &[u8], sig_hex: &str) -> bool {
+        let Ok(sig) = hex::decode(sig_hex) else {
+            return false;
+        };
+        match &self.verifier {
+            Verifier::Ed25519(key) => ed25519_dalek::Signature::from_slice(&sig)
+                .is_ok_and(|s| key.verify_strict(message, &s).is_ok()),
+            Verifier::EcdsaP256(key) => p256::ecdsa::Signature::from_der(&sig)
+                .is_ok_and(|s| key.verify(message, &s).is_ok()),
+            Verifier::RsaPss(key) => verify_rsa_pss(key, message, &sig),
+            Verifier::Unusable(_) => false,
+        }
+    }
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let json = Value::deserialize(d)?;
+        PublicKey::from_json(json).map_err(serde::de::Error::custom)
+    }
+}
+
+fn make_verifier(keytype: &str, scheme: &str, public: &str) -> Verifier {
+    use p256::pkcs8::DecodePublicKey;
+    let unusable = |why: &str| Verifier::Unusable(format!("{keytype}/{scheme}: {why}"));
+    match (keytype, scheme) {
+        ("ed25519", "ed25519") => {
+            let Ok(bytes) = hex::decode(public) else {
+                return unusable("public key is not hex");
+            };
+            let Ok(raw) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+                return unusable("public key is not 32 bytes");
+            };
+            ed25519_dalek::VerifyingKey::from_bytes(&raw)
+                .map_or_else(|_| unusable("not a curve point"), Verifier::Ed25519)
+        }
+        ("ecdsa" | "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256") => {
+            if public.trim_start().starts_with("-----BEGIN") {
+                p256::ecdsa::VerifyingKey::from_public_key_pem(public)
+                    .map_or_else(|_| unusable("bad PEM key"), Verifier::EcdsaP256)
+            } else {
+                // Older sigstore roots carry the SEC1 point as hex.
+                hex::decode(public)
+                    .ok()
+                    .and_then(|b| p256::ecdsa::VerifyingKey::from_sec1_bytes(&b).ok())
+                    .map_or_else(|| unusable("bad SEC1 key"), Verifier::EcdsaP256)
+            }
+        }
+        ("rsa", "rsassa-pss-sha256") => rsa::RsaPublicKey::from_public_key_pem(public)
+            .map_or_else(|_| unusable("bad PEM key"), Verifier::RsaPss),
+        _ => unusable("unsupported key type or scheme"),
+    }
+}
+
+fn verify_rsa_pss(key: &rsa::RsaPublicKey, message: &[u8], sig: &[u8]) -> bool {
+    use rsa::signature::Verifier as _;
+    use rsa::traits::PublicKeyParts;
+    let Ok(signature) = rsa::pss::Signature::try_from(sig) else {
+        return false;
+    };
+    // securesystemslib verifies with automatic salt length; signers use the digest length
+    // (32) or the maximum, so try both.
+    let max_salt = (key.n().bits() - 1).div_ceil(8).saturating_sub(32 + 2);
+    [32, max_salt].into_iter().any(|salt| {
+        rsa::pss::VerifyingKey::<sha2::Sha256>::new_with_salt_len(key.clone(), salt)
+            .verify(message, &signature)
+            .is_ok()
+    })
+}
+
+/// An ed25519 private key: the only kind this system signs with.
+pub struct SigningKey {
+    inner: ed25519_dalek::SigningKey,
+    public: PublicKey,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("key_id", &self.key_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for SigningKey {
+    fn clone(&self) -> Self {
+        Self::from_seed(self.inner.to_bytes())
+    }
+}
+
+impl SigningKey {
+    /// A key from 32 secret bytes. The core has no randomness: callers supply the seed
+    /// from the operating system's generator.
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        let inner = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let public = PublicKey::from_json(json!({
+            "keytype": "ed25519",
+            "scheme": "ed25519",
+            "keyval": {"public": hex::encode(inner.verifying_key().as_bytes())},
+        }))
+        .expect("a key object built here has every field");
+        Self { inner, public }
+    }
+
+    /// Reads a PKCS#8 private key in DER form.
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
+        let inner = ed25519_dalek::SigningKey::from_pkcs8_der(der)
+            .map_err(|e| KeyError::PrivateKey(e.to_string()))?;
+        Ok(Self::from_seed(inner.to_bytes()))
+    }
+
+    /// Reads a PKCS#8 private key in PEM form (`-----BEGIN PRIVATE KEY-----`).
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
+        let inner = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+            .map_err(|e| KeyError::PrivateKey(e.to_string()))?;
+        Ok(Self::from_seed(inner.to_bytes()))
+    }
+
+    /// Writes the key as PKCS#8 PEM. Whoever stores it must keep it private.
+    pub fn to_pkcs8_pem(&self) -> String {
+        self.inner
+            .to_pkcs8_pem(Default::default())
+            .expect("ed25519 keys always encode")
+            .to_string()
+    }
+
+    /// Writes the key as PKCS#8 DER.
+    pub fn to_pkcs8_der(&self) -> Vec<u8> {
+        self.inner
+            .to_pkcs8_der()
+            .expect("ed25519 keys always encode")
+            .as_bytes()
+            .to_vec()
+    }
+
+    /// The public half, as a TUF key object.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// The key id of the public half.
+    pub fn key_id(&self) -> KeyId {
+        self.public.key_id()
+    }
+
+    /// Signs `message`, returning the hex signature TUF metadata carries.
+    pub fn sign_hex(&self, message: &[u8]) -> String {
+        hex::encode(self.inner.sign(message).to_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn key_id_is_sha256_of_canonical_key() {
+        let key = SigningKey::from_seed([1; 32]);
+        let canonical = cjson::canonicalize(key.public_key().to_json()).unwrap();
+        assert_eq!(key.key_id().as_str(), sha256_hex(&canonical));
+    }
+
+    #[test]
+    fn pkcs8_round_trips() {
+        let key = SigningKey::from_seed([2; 32]);
+        let back = SigningKey::from_pkcs8_pem(&key.to_pkcs8_pem()).unwrap();
+        assert_eq!(back.key_id(), key.key_id());
+        let back = SigningKey::from_pkcs8_der(&key.to_pkcs8_der()).unwrap();
+        assert_eq!(back.key_id(), key.key_id());
+        assert!(matches!(
+            SigningKey::from_pkcs8_pem("not a key"),
+            Err(KeyError::PrivateKey(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_signatures_do_not_verify() {
+        let key = SigningKey::from_seed([3; 32]);
+        let sig = key.sign_hex(b"msg");
+        assert!(key.public_key().verify(b"msg", &sig));
+        assert!(!key.public_key().verify(b"msg", ""));
+        assert!(!key.public_key().verify(b"msg", "zz"));
+        assert!(!key.public_key().verify(b"msg", &sig[..64]));
+        assert!(!key.public_key().verify(b"other", &sig));
+    }
+
+    #[test]
+    fn unsupported_key_type_is_unusable_not_an_error() {
+        let key = PublicKey::from_json(json!({
+            "keytype": "dsa", "scheme": "dsa-sha1", "keyval": {"public": "00"}
+        }))
+        .unwrap();
+        assert!(key.unusable_reason().is_some());
+        assert!(!key.verify(b"m", "00"));
+    }
+
+    #[test]
+    fn missing_fields_are_malformed() {
+        assert!(matches!(
+            PublicKey::from_json(json!({"keytype": "ed25519", "scheme": "ed25519"})),
+            Err(KeyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn verifies_ecdsa_p256_pem_and_der() {
+        use p256::ecdsa::signature::Signer as _;
+        use p256::pkcs8::EncodePublicKey;
+        let sk = p256::ecdsa::SigningKey::from_slice(&[5; 32]).unwrap();
+        let pem = sk
+            .verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap();
+        let key = PublicKey::from_json(json!({
+            "keytype": "ecdsa", "scheme": "ecdsa-sha2-nistp256", "keyval": {"public": pem}
+        }))
+        .unwrap();
+        let sig: p256::ecdsa::Signature = sk.sign(b"hello");
+        let der = hex::encode(sig.to_der().as_bytes());
+        assert!(key.verify(b"hello", &der));
+        assert!(!key.verify(b"hellO", &der));
+    }
+
+    #[test]
+    fn verifies_rsa_pss_sha256() {
+        // Made with `openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32`.
+        let pem = include_str!("../tests/data/keys/rsa-pss.pub.pem");
+        let sig = include_str!("../tests/data/keys/rsa-pss-hello.sig.hex").trim();
+        let key = PublicKey::from_json(json!({
+            "keytype": "rsa", "scheme": "rsassa-pss-sha256", "keyval": {"public": pem}
+        }))
+        .unwrap();
+        assert!(key.unusable_reason().is_none());
+        assert!(key.verify(b"hello", sig));
+        assert!(!key.verify(b"hello!", sig));
+    }
+
+    proptest! {
+        #[test]
+        fn any_flipped_byte_fails(msg in prop::collection::vec(any::<u8>(), 1..256), idx in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let key = SigningKey::from_seed([9; 32]);
+            let sig = key.sign_hex(&msg);
+            prop_assert!(key.public_key().verify(&msg, &sig));
+            let mut tampered = msg.clone();
+            let i = idx.index(tampered.len());
+            tampered[i] ^= 1 << bit;
+            prop_assert!(!key.public_key().verify(&tampered, &sig));
+            let mut sig_bytes = hex::decode(&sig).unwrap();
+            let j = idx.index(sig_bytes.len());
+            sig_bytes[j] ^= 1 << bit;
+            prop_assert!(!key.public_key().verify(&msg, &hex::encode(sig_bytes)));
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Hashes as TUF lists them (`{"sha256": "<hex>", ...}`) and an incremental checker.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256, Sha512};
+
+/// Hash algorithm name to lowercase hex digest, as in TUF `hashes` objects.
+pub type Hashes = BTreeMap<String, String>;
+
+/// Why bytes do not match the length and hashes that metadata lists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    /// More bytes arrived than the metadata allows (endless data attack).
+    #[error("more than the {limit} bytes the metadata allows")]
+    TooLong {
+        /// The length the metadata lists.
+        limit: u64,
+    },
+    /// The byte count differs from the metadata.
+    #[error("length {actual} differs from the {expected} bytes the metadata lists")]
+    LengthMismatch {
+        /// Length in metadata.
+        expected: u64,
+        /// Length received.
+        actual: u64,
+    },
+    /// A digest differs from the metadata.
+    #[error("{algorithm} digest {actual} differs from {expected}")]
+    HashMismatch {
+        /// Algorithm name.
+        algorithm: String,
+        /// Digest in metadata.
+        expected: String,
+        /// Digest of the bytes received.
+        actual: String,
+    },
+    /// The metadata names a hash algorithm this implementation cannot compute; accepting it
+    /// would mean trusting bytes nobody checked.
+    #[error("unsupported hash algorithm {0:?}")]
+    UnknownAlgorithm(String),
+    /// The metadata lists no hash at all.
+    #[error("no hashes listed")]
+    NoHashes,
+}
+
+enum Hasher {
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+/// Checks streamed bytes against an expected length and every listed hash.
+///
+/// ```
+/// use uptane_core::hash::{Hashes, StreamVerifier, sha256_hex};
+/// let data = b"image bytes";
+/// let hashes = Hashes::from([("sha256".to_string(), sha256_hex(data))]);
+/// let mut v = StreamVerifier::new(Some(data.len() as u64), &hashes).unwrap();
+/// v.update(&data[..5]).unwrap();
+/// v.update(&data[5..]).unwrap();
+/// v.finish().unwrap();
+/// ```
+pub struct StreamVerifier {
+    limit: Option<u64>,
+    seen: u64,
+    hashers: Vec<(String, String, Hasher)>,
+}
+
+impl std::fmt::Debug for StreamVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamVerifier")
+            .field("limit", &self.limit)
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamVerifier {
+    /// A verifier for `length` bytes (when known) with `hashes`; an unknown algorithm fails here.
+    pub fn new(length: Option<u64>, hashes: &Hashes) -> Result<Self, DigestError> {
+        let hashers = hashes
+            .iter()
+            .map(|(alg, hex)| {
+                let hasher = match alg.as_str() {
+                    "sha256" => Hasher::Sha256(Sha256::new()),
+                    "sha512" => Hasher::Sha512(Sha512::new()),
+                    other => return Err(DigestError::UnknownAlgorithm(other.to_string())),
+                };
+                Ok((alg.clone(), hex.to_ascii_lowercase(), hasher))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            limit: length,
+            seen: 0,
+            hashers,
+        })
+    }
+
+    /// Feeds the next chunk; fails as soon as the total exceeds the expected length.
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), DigestError> {
+        self.seen += chunk.len() as u64;
+        if let Some(limit) = self.limit
+            && self.seen > limit
+        {
+            return Err(DigestError::TooLong { limit });
+        }
+        for (_, _, hasher) in &mut self.hashers {
+            match hasher {
+                Hasher::Sha256(h) => h.update(chunk),
+                Hasher::Sha512(h) => h.update(chunk),
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes fed so far.
+    pub fn bytes_seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Checks the final length and every digest.
+    pub fn finish(self) -> Result<(), DigestError> {
+        if let Some(expected) = self.limit
+            && self.seen != expected
+        {
+            return Err(DigestError::LengthMismatch {
+                expected,
+                actual: self.seen,
+            });
+        }
+        for (algorithm, expected, hasher) in self.hashers {
+            let actual = match hasher {
+                Hasher::Sha256(h) => hex::encode(h.finalize()),
+                Hasher::Sha512(h) => hex::encode(h.finalize()),
+            };
+            if actual != expected {
+                return Err(DigestError::HashMismatch {
+                    algorithm,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a whole buffer against an optional length and optional hashes.
+pub fn verify_bytes(
+    bytes: &[u8],
+    length: Option<u64>,
+    hashes: Option<&Hashes>,
+) -> Result<(), DigestError> {
+    let empty = Hashes::new();
+    let mut v = StreamVerifier::new(length, hashes.unwrap_or(&empty))?;
+    v.update(bytes)?;
+    v.finish()
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Lowercase hex SHA-512 of `bytes`.
+pub fn sha512_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha512::digest(bytes))
+}
+
+/// The `hashes` object our repositories publish: sha256 and sha512.
+pub fn standard_hashes(bytes: &[u8]) -> Hashes {
+    Hashes::from([
+        ("sha256".to_string(), sha256_hex(bytes)),
+        ("sha512".to_string(), sha512_hex(bytes)),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_matching_bytes_in_chunks() {
+        let data = vec![7u8; 10_000];
+        let hashes = standard_hashes(&data);
+        let mut v = StreamVerifier::new(Some(10_000), &hashes).unwrap();
+        for chunk in data.chunks(333) {
+            v.update(chunk).unwrap();
+        }
+        v.finish().unwrap();
+    }
+
+    #[test]
+    fn stops_at_the_length_limit() {
+        let mut v = StreamVerifier::new(Some(4), &standard_hashes(b"abcd")).unwrap();
+        v.update(b"abc").unwrap();
+        assert_eq!(v.update(b"de"), Err(DigestError::TooLong { limit: 4 }));
+    }
+
+    #[test]
+    fn rejects_short_data() {
+        assert!(matches!(
+            verify_bytes(b"abc", Some(4), None),
+            Err(DigestError::LengthMismatch {
+                expected: 4,
+                actual: 3
+            })
+        ));
+    }
+
+    #[test]
+    fn rejects_each_wrong_hash() {
+        let mut hashes = standard_hashes(b"abcd");
+        hashes.insert("sha512".into(), sha512_hex(b"abce"));
+        assert!(matches!(
+            verify_bytes(b"abcd", Some(4), Some(&hashes)),
+            Err(DigestError::HashMismatch { algorithm, .. }) if algorithm == "sha512"
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_algorithm() {
+        let hashes = Hashes::from([("unknown-hash".to_string(), "00".to_string())]);
+        assert!(matches!(
+            StreamVerifier::new(None, &hashes),
+            Err(DigestError::UnknownAlgorithm(_))
+        ));
+    }
+}

@@ -1,0 +1,35 @@
+//! `uptane-core`: the I/O-free heart of the Uptane fleet update system.
+//!
+//! It implements TUF 1.0.31 client verification (§5.3–5.6) and the Uptane 2.1.0 checks
+//! on top (§5.4.4: full and partial verification, Director/Image repository matching,
+//! version reports). It takes bytes and `now` in and returns values or typed errors out:
+//! it never reads the clock, files or sockets, and has no async code. Every refusal names
+//! the attack it stopped ([`error::AttackKind`]).
+//!
+//! Layout:
+//! - [`cjson`]: OLPC canonical JSON, what signatures cover;
+//! - [`crypto`]: keys, key ids, signatures (ed25519 signing; ed25519, ECDSA P-256 and
+//!   RSA-PSS verification);
+//! - [`hash`]: hashes and streaming length/hash checks;
+//! - [`metadata`]: the role types;
+//! - [`verify`]: `Raw<R>` to `Verified<R>`, the only place signatures are checked;
+//! - [`trusted`]: `TrustedSet<Repo>`, the update workflow, and delegation search;
+//! - [`uptane`]: Director checks, matching, partial verification, image verification;
+//! - [`manifest`]: ECU version reports and vehicle version manifests;
+//! - [`sign`]: builders that create and sign metadata.
+
+#![warn(missing_docs)]
+
+pub mod cjson;
+pub mod crypto;
+pub mod error;
+pub mod hash;
+pub mod manifest;
+pub mod metadata;
+pub mod sign;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod time;
+pub mod trusted;
+pub mod uptane;
+pub mod verify;

@@ -1,0 +1,220 @@
+//! ECU version reports and vehicle version manifests (Uptane §5.4.2.1).
+//!
+//! Both are signed envelopes like TUF metadata, with `signed._type` set so a signature on
+//! one kind of document cannot be passed off as another (the Primary signs both with one
+//! key). The vehicle manifest embeds each ECU report as the ECU signed it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cjson::CanonicalError;
+use crate::crypto::{PublicKey, SigningKey};
+use crate::error::{AttackKind, VerifyError};
+use crate::hash::Hashes;
+use crate::sign;
+use crate::time::UtcTime;
+use crate::verify::{Raw, Verified, verify_signed_by};
+
+/// `_type` of an ECU version report.
+pub const ECU_REPORT_TYPE: &str = "ecu_version_report";
+/// `_type` of a vehicle version manifest.
+pub const VEHICLE_MANIFEST_TYPE: &str = "vehicle_version_manifest";
+
+/// The image an ECU runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledImage {
+    /// File name.
+    pub filename: String,
+    /// Length in bytes.
+    pub length: u64,
+    /// Digests.
+    pub hashes: Hashes,
+    /// Release counter of the image, as approved when it was installed.
+    #[serde(default)]
+    pub release_counter: u64,
+}
+
+/// An attack an ECU detected since its previous report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectedAttack {
+    /// Which attack.
+    pub kind: AttackKind,
+    /// What was refused, in words.
+    pub detail: String,
+}
+
+/// What an ECU says it runs, signed with its key (Uptane §5.4.2.1.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EcuVersionReport {
+    /// Always [`ECU_REPORT_TYPE`].
+    #[serde(rename = "_type")]
+    pub report_type: String,
+    /// ECU serial.
+    pub ecu_serial: String,
+    /// Installed image.
+    pub installed_image: InstalledImage,
+    /// Attacks detected since the last report.
+    #[serde(default)]
+    pub attacks_detected: Vec<DetectedAttack>,
+    /// The latest time the ECU verified metadata at.
+    #[serde(with = "crate::time")]
+    pub latest_time: UtcTime,
+    /// The nonce the Primary sent for this report (replay protection).
+    pub nonce: String,
+    /// A counter that only goes up, for every report the ECU signs.
+    pub report_counter: u64,
+    /// Result of the latest install, if any: free-form but stable codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_install: Option<Value>,
+}
+
+impl EcuVersionReport {
+    /// Signs the report with the ECU's key.
+    pub fn sign(&self, key: &SigningKey) -> Result<Vec<u8>, CanonicalError> {
+        sign::sign(self, &[key])
+    }
+}
+
+/// Verifies an ECU version report against the ECU's public key.
+pub fn verify_ecu_report(
+    raw: &Raw<EcuVersionReport>,
+    key: &PublicKey,
+) -> Result<Verified<EcuVersionReport>, VerifyError> {
+    verify_signed_by(raw, ECU_REPORT_TYPE, key)
+}
+
+/// The vehicle's report to the Director, signed by the Primary (Uptane §5.4.2.1.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VehicleVersionManifest {
+    /// Always [`VEHICLE_MANIFEST_TYPE`].
+    #[serde(rename = "_type")]
+    pub manifest_type: String,
+    /// Vehicle identifier.
+    pub vin: String,
+    /// Serial of the Primary that signs this manifest.
+    pub primary_ecu_serial: String,
+    /// ECU serial to that ECU's signed report, as the ECU signed it.
+    pub ecu_version_reports: BTreeMap<String, Value>,
+}
+
+impl VehicleVersionManifest {
+    /// A manifest from signed ECU reports (each the bytes an ECU sent).
+    pub fn new(
+        vin: &str,
+        primary_ecu_serial: &str,
+        reports: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<Self, VerifyError> {
+        let mut ecu_version_reports = BTreeMap::new();
+        for (serial, bytes) in reports {
+            let value: Value =
+                serde_json::from_slice(bytes).map_err(|e| VerifyError::Malformed {
+                    role: ECU_REPORT_TYPE.into(),
+                    reason: format!("report of {serial} is not JSON: {e}"),
+                })?;
+            ecu_version_reports.insert(serial.clone(), value);
+        }
+        Ok(Self {
+            manifest_type: VEHICLE_MANIFEST_TYPE.into(),
+            vin: vin.into(),
+            primary_ecu_serial: primary_ecu_serial.into(),
+            ecu_version_reports,
+        })
+    }
+
+    /// Signs the manifest with the Primary's key.
+    pub fn sign(&self, key: &SigningKey) -> Result<Vec<u8>, CanonicalError> {
+        sign::sign(self, &[key])
+    }
+
+    /// The embedded report of `serial`, as bytes to verify against that ECU's key.
+    pub fn report(&self, serial: &str) -> Option<Raw<EcuVersionReport>> {
+        let value = self.ecu_version_reports.get(serial)?;
+        serde_json::to_vec(value).ok().map(Raw::new)
+    }
+}
+
+/// Verifies a vehicle version manifest against the Primary's key. The embedded reports are
+/// checked separately, each against its ECU's key ([`VehicleVersionManifest::report`]).
+pub fn verify_vehicle_manifest(
+    raw: &Raw<VehicleVersionManifest>,
+    primary_key: &PublicKey,
+) -> Result<Verified<VehicleVersionManifest>, VerifyError> {
+    verify_signed_by(raw, VEHICLE_MANIFEST_TYPE, primary_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::standard_hashes;
+
+    fn report(serial: &str, counter: u64) -> EcuVersionReport {
+        EcuVersionReport {
+            report_type: ECU_REPORT_TYPE.into(),
+            ecu_serial: serial.into(),
+            installed_image: InstalledImage {
+                filename: "fw.bin".into(),
+                length: 3,
+                hashes: standard_hashes(b"abc"),
+                release_counter: 1,
+            },
+            attacks_detected: vec![DetectedAttack {
+                kind: AttackKind::Rollback,
+                detail: "targets version 2 < 3".into(),
+            }],
+            latest_time: crate::time::parse_expires("2030-01-01T00:00:00Z").unwrap(),
+            nonce: "n1".into(),
+            report_counter: counter,
+            last_install: None,
+        }
+    }
+
+    #[test]
+    fn report_round_trips_and_rejects_other_keys() {
+        let ecu = SigningKey::from_seed([1; 32]);
+        let other = SigningKey::from_seed([2; 32]);
+        let bytes = report("ecu1", 5).sign(&ecu).unwrap();
+        let verified = verify_ecu_report(&Raw::new(bytes.clone()), ecu.public_key()).unwrap();
+        assert_eq!(verified.report_counter, 5);
+        assert!(matches!(
+            verify_ecu_report(&Raw::new(bytes), other.public_key()),
+            Err(VerifyError::Threshold { .. })
+        ));
+    }
+
+    #[test]
+    fn forged_report_fields_fail() {
+        let ecu = SigningKey::from_seed([1; 32]);
+        let bytes = report("ecu1", 5).sign(&ecu).unwrap();
+        let forged = String::from_utf8(bytes)
+            .unwrap()
+            .replace("fw.bin", "evil.bin");
+        assert!(matches!(
+            verify_ecu_report(&Raw::new(forged.into_bytes()), ecu.public_key()),
+            Err(VerifyError::Threshold { .. })
+        ));
+    }
+
+    #[test]
+    fn manifest_embeds_reports_that_still_verify() {
+        let primary = SigningKey::from_seed([3; 32]);
+        let ecu = SigningKey::from_seed([4; 32]);
+        let reports = BTreeMap::from([("ecu1".to_string(), report("ecu1", 1).sign(&ecu).unwrap())]);
+        let manifest = VehicleVersionManifest::new("VIN1", "primary", &reports).unwrap();
+        let bytes = manifest.sign(&primary).unwrap();
+        let verified = verify_vehicle_manifest(&Raw::new(bytes), primary.public_key()).unwrap();
+        let embedded = verified.report("ecu1").unwrap();
+        verify_ecu_report(&embedded, ecu.public_key()).unwrap();
+    }
+
+    #[test]
+    fn a_report_is_not_a_manifest() {
+        let key = SigningKey::from_seed([3; 32]);
+        let bytes = report("primary", 1).sign(&key).unwrap();
+        assert!(matches!(
+            verify_vehicle_manifest(&Raw::new(bytes), key.public_key()),
+            Err(VerifyError::WrongType { .. })
+        ));
+    }
+}

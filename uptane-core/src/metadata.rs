@@ -1,0 +1,490 @@
+//! The TUF 1.0 metadata model: root, timestamp, snapshot, targets and delegated targets.
+//!
+//! These types are read from JSON values whose signatures were already checked (see
+//! [`crate::verify`]); they are also what the builders in [`crate::sign`] write. Fields the
+//! model does not name are ignored when reading, and survive in the signed bytes, which are
+//! what gets stored and forwarded.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::crypto::{KeyId, PublicKey};
+use crate::hash::Hashes;
+use crate::time::UtcTime;
+
+/// The spec version our builders write.
+pub const SPEC_VERSION: &str = "1.0.31";
+
+/// Behaviour every top-level and delegated role shares.
+pub trait Role: serde::de::DeserializeOwned + Serialize {
+    /// The `_type` value of this role.
+    const TYPE: &'static str;
+    /// Version, expiry and spec version.
+    fn common(&self) -> &Common;
+}
+
+/// Fields every role's `signed` object has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Common {
+    /// Role type (`root`, `timestamp`, `snapshot`, `targets`).
+    #[serde(rename = "_type")]
+    pub role_type: String,
+    /// TUF spec version, major version 1.
+    pub spec_version: String,
+    /// Version of this metadata, at least 1.
+    pub version: u64,
+    /// When the metadata stops being trustworthy.
+    #[serde(with = "crate::time")]
+    pub expires: UtcTime,
+}
+
+impl Common {
+    /// Common fields for a new role at `version` that expires at `expires`.
+    pub fn new(role_type: &str, version: u64, expires: UtcTime) -> Self {
+        Self {
+            role_type: role_type.to_string(),
+            spec_version: SPEC_VERSION.to_string(),
+            version,
+            expires,
+        }
+    }
+
+    /// Whether the metadata has expired at `now` (expiry is exclusive: valid until `expires`).
+    pub fn is_expired(&self, now: UtcTime) -> bool {
+        now >= self.expires
+    }
+}
+
+/// Keys and threshold that a role's signatures must meet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleKeys {
+    /// Key ids authorized for the role.
+    pub keyids: Vec<KeyId>,
+    /// Number of distinct authorized keys that must sign.
+    pub threshold: u32,
+}
+
+/// Root metadata: the keys of every top-level role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Root {
+    /// Common fields.
+    #[serde(flatten)]
+    pub common: Common,
+    /// Whether files are published under versioned and hash-prefixed names.
+    #[serde(default)]
+    pub consistent_snapshot: bool,
+    /// Every key any top-level role uses.
+    pub keys: BTreeMap<KeyId, PublicKey>,
+    /// `root`, `timestamp`, `snapshot` and `targets`, with their keys and thresholds.
+    pub roles: BTreeMap<String, RoleKeys>,
+}
+
+impl Role for Root {
+    const TYPE: &'static str = "root";
+    fn common(&self) -> &Common {
+        &self.common
+    }
+}
+
+impl Root {
+    /// The keys and threshold of top-level role `name`.
+    pub fn role_keys(&self, name: &str) -> Option<&RoleKeys> {
+        self.roles.get(name)
+    }
+}
+
+/// Version, length and hashes of a metadata file, as snapshot and timestamp list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaFile {
+    /// Version of the file.
+    pub version: u64,
+    /// Its length in bytes, when listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    /// Its hashes, when listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashes: Option<Hashes>,
+}
+
+/// Timestamp metadata: the current snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Common fields.
+    #[serde(flatten)]
+    pub common: Common,
+    /// Exactly one entry, `snapshot.json`.
+    pub meta: BTreeMap<String, MetaFile>,
+}
+
+impl Role for Timestamp {
+    const TYPE: &'static str = "timestamp";
+    fn common(&self) -> &Common {
+        &self.common
+    }
+}
+
+impl Timestamp {
+    /// The `snapshot.json` entry; verification guarantees it exists.
+    pub fn snapshot_meta(&self) -> Option<&MetaFile> {
+        self.meta.get("snapshot.json")
+    }
+}
+
+/// Snapshot metadata: the version of every targets file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Common fields.
+    #[serde(flatten)]
+    pub common: Common,
+    /// `<role>.json` to its version (and optionally length and hashes).
+    pub meta: BTreeMap<String, MetaFile>,
+}
+
+impl Role for Snapshot {
+    const TYPE: &'static str = "snapshot";
+    fn common(&self) -> &Common {
+        &self.common
+    }
+}
+
+/// One target (image) entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetFile {
+    /// Length in bytes.
+    pub length: u64,
+    /// Digests of the bytes.
+    pub hashes: Hashes,
+    /// Application fields; Uptane puts hardware ids and release counters here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<Value>,
+}
+
+/// A role delegated by a targets role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegatedRole {
+    /// Role name (any string; it is percent-encoded in URLs and file names).
+    pub name: String,
+    /// Keys that may sign for it.
+    pub keyids: Vec<KeyId>,
+    /// Distinct keys that must sign.
+    pub threshold: u32,
+    /// Whether a search that reaches this role stops after its subtree.
+    #[serde(default)]
+    pub terminating: bool,
+    /// Shell-glob patterns of target paths this role may sign for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    /// Hex prefixes of SHA-256(target path) this role may sign for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hash_prefixes: Option<Vec<String>>,
+    /// Uptane: hardware ids the delegation covers (absent: any).
+    #[serde(
+        default,
+        rename = "hardwareIds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hardware_ids: Option<Vec<String>>,
+}
+
+impl DelegatedRole {
+    /// Whether this delegation covers `target_path` (TUF §5.6.7.2: paths are matched per
+    /// `/`-separated segment with shell globs; hash prefixes against SHA-256 of the path).
+    pub fn covers(&self, target_path: &str) -> bool {
+        if let Some(patterns) = &self.paths {
+            return patterns.iter().any(|p| path_matches(p, target_path));
+        }
+        if let Some(prefixes) = &self.path_hash_prefixes {
+            let digest = crate::hash::sha256_hex(target_path.as_bytes());
+            return prefixes.iter().any(|p| digest.starts_with(p.as_str()));
+        }
+        false
+    }
+
+    /// Keys and threshold as a [`RoleKeys`].
+    pub fn role_keys(&self) -> RoleKeys {
+        RoleKeys {
+            keyids: self.keyids.clone(),
+            threshold: self.threshold,
+        }
+    }
+}
+
+/// The delegations block of a targets role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegations {
+    /// Keys the delegated roles use.
+    pub keys: BTreeMap<KeyId, PublicKey>,
+    /// Delegated roles, in search order.
+    pub roles: Vec<DelegatedRole>,
+}
+
+/// Targets metadata, top-level or delegated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Targets {
+    /// Common fields.
+    #[serde(flatten)]
+    pub common: Common,
+    /// Target path to its entry.
+    pub targets: BTreeMap<String, TargetFile>,
+    /// Roles this one delegates to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegations: Option<Delegations>,
+    /// Application fields; the Director puts the VIN and correlation id here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<Value>,
+}
+
+impl Role for Targets {
+    const TYPE: &'static str = "targets";
+    fn common(&self) -> &Common {
+        &self.common
+    }
+}
+
+impl Targets {
+    /// Delegated roles that cover `target_path`, in order, each with its terminating flag.
+    pub fn roles_for_target<'a>(
+        &'a self,
+        target_path: &'a str,
+    ) -> impl Iterator<Item = &'a DelegatedRole> + 'a {
+        self.delegations
+            .iter()
+            .flat_map(|d| d.roles.iter())
+            .filter(move |r| r.covers(target_path))
+    }
+}
+
+/// Structural checks that serde cannot express; returns a description of the first problem.
+pub(crate) fn check_structure(signed: &Value, role_type: &str) -> Result<(), String> {
+    let spec = signed
+        .get("spec_version")
+        .and_then(Value::as_str)
+        .ok_or("missing spec_version")?;
+    let mut parts = spec.split('.');
+    let major = parts.next().unwrap_or_default();
+    let rest: Vec<&str> = parts.collect();
+    if major != "1"
+        || !(1..=2).contains(&rest.len())
+        || rest
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!("unsupported spec_version {spec:?}"));
+    }
+    match signed.get("version").and_then(Value::as_u64) {
+        Some(v) if v >= 1 => {}
+        _ => return Err("version must be an integer of at least 1".into()),
+    }
+    match role_type {
+        "root" => {
+            let roles = signed
+                .get("roles")
+                .and_then(Value::as_object)
+                .ok_or("missing roles")?;
+            let names: BTreeSet<&str> = roles.keys().map(String::as_str).collect();
+            if names != BTreeSet::from(["root", "snapshot", "targets", "timestamp"]) {
+                return Err("roles must be exactly root, snapshot, targets and timestamp".into());
+            }
+            check_thresholds(roles.values())?;
+            check_key_ids(signed.get("keys"))?;
+        }
+        "timestamp" => {
+            let meta = signed
+                .get("meta")
+                .and_then(Value::as_object)
+                .ok_or("missing meta")?;
+            if meta.len() != 1 || !meta.contains_key("snapshot.json") {
+                return Err("timestamp meta must list exactly snapshot.json".into());
+            }
+        }
+        "targets" => {
+            if let Some(delegations) = signed.get("delegations") {
+                if delegations.get("succinct_roles").is_some() {
+                    return Err("succinct hash-bin delegations are not supported".into());
+                }
+                let roles = delegations
+                    .get("roles")
+                    .and_then(Value::as_array)
+                    .ok_or("delegations without roles")?;
+                check_thresholds(roles.iter())?;
+                let mut names = BTreeSet::new();
+                for role in roles {
+                    let name = role.get("name").and_then(Value::as_str).unwrap_or_default();
+                    if !names.insert(name) {
+                        return Err(format!("delegated role {name:?} listed twice"));
+                    }
+                    if matches!(name, "root" | "snapshot" | "targets" | "timestamp") {
+                        return Err(format!("a delegated role cannot be named {name:?}"));
+                    }
+                    let has_paths = role.get("paths").is_some();
+                    let has_prefixes = role.get("path_hash_prefixes").is_some();
+                    if has_paths == has_prefixes {
+                        return Err(format!(
+                            "delegated role {name:?} needs exactly one of paths and path_hash_prefixes"
+                        ));
+                    }
+                }
+                check_key_ids(delegations.get("keys"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn check_thresholds<'a>(roles: impl Iterator<Item = &'a Value>) -> Result<(), String> {
+    for role in roles {
+        match role.get("threshold").and_then(Value::as_u64) {
+            Some(t) if t >= 1 && t <= u64::from(u32::MAX) => {}
+            _ => return Err("threshold must be an integer of at least 1".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Every key must be listed under the id it hashes to, so one key cannot pose as several
+/// and count more than once toward a threshold.
+fn check_key_ids(keys: Option<&Value>) -> Result<(), String> {
+    let keys = keys.and_then(Value::as_object).ok_or("missing keys")?;
+    for (id, key) in keys {
+        let key = PublicKey::from_json(key.clone()).map_err(|e| format!("key {id}: {e}"))?;
+        if key.key_id().as_str() != id {
+            return Err(format!("key id {id} is not the SHA-256 of its key"));
+        }
+    }
+    Ok(())
+}
+
+/// TUF target path pattern matching: the same number of `/`-separated segments, each
+/// matched with a case-sensitive shell glob (`*`, `?`, `[seq]`, `[!seq]`) that never
+/// crosses a `/`.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let pattern_parts: Vec<&str> = pattern.split('/').collect();
+    let path_parts: Vec<&str> = path.split('/').collect();
+    pattern_parts.len() == path_parts.len()
+        && pattern_parts
+            .iter()
+            .zip(&path_parts)
+            .all(|(p, s)| glob_segment(p.as_bytes(), s.as_bytes()))
+}
+
+fn glob_segment(pattern: &[u8], text: &[u8]) -> bool {
+    // Iterative matcher with single-star backtracking, as fnmatch translates to a regex.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() {
+            match pattern[p] {
+                b'*' => {
+                    star = Some((p, t));
+                    p += 1;
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    t += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = match_class(&pattern[p..], text[t]) {
+                        if matched {
+                            p += next;
+                            t += 1;
+                            continue;
+                        }
+                    } else if text[t] == b'[' {
+                        p += 1;
+                        t += 1;
+                        continue;
+                    }
+                }
+                c if c == text[t] => {
+                    p += 1;
+                    t += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, st)) => {
+                p = sp + 1;
+                t = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches `[...]` at the start of `pattern` against `c`; returns whether it matched and the
+/// class's length, or `None` when the bracket is not closed (then it is a literal `[`).
+fn match_class(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(pattern.get(i), Some(b'!'));
+    if negate {
+        i += 1;
+    }
+    let start = i;
+    let mut matched = false;
+    while i < pattern.len() {
+        if pattern[i] == b']' && i > start {
+            return Some((matched != negate, i + 1));
+        }
+        if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
+            if pattern[i] <= c && c <= pattern[i + 2] {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if pattern[i] == c {
+                matched = true;
+            }
+            i += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_per_segment() {
+        assert!(path_matches("*", "file.txt"));
+        assert!(!path_matches("*", "dir/file.txt"));
+        assert!(path_matches("dir/*", "dir/file.txt"));
+        assert!(path_matches("*/*.txt", "dir/file.txt"));
+        assert!(!path_matches("*.txt", "dir/file.txt"));
+        assert!(path_matches("file?.txt", "file1.txt"));
+        assert!(!path_matches("file?.txt", "file12.txt"));
+        assert!(!path_matches("File.txt", "file.txt"));
+        assert!(path_matches("f[a-c]le", "fble"));
+        assert!(!path_matches("f[!a-c]le", "fble"));
+        assert!(path_matches("a*b*c", "aXbYbZc"));
+        assert!(path_matches("[", "["));
+        assert!(path_matches("", ""));
+        assert!(!path_matches("a/", "a"));
+    }
+
+    #[test]
+    fn rejects_other_spec_majors_and_bad_versions() {
+        let base = serde_json::json!({"spec_version": "1.0.31", "version": 1, "meta": {"snapshot.json": {"version": 1}}});
+        assert!(check_structure(&base, "timestamp").is_ok());
+        for (field, value) in [
+            ("spec_version", serde_json::json!("2.0.0")),
+            ("spec_version", serde_json::json!("1")),
+            ("spec_version", serde_json::json!("1.x")),
+            ("version", serde_json::json!(0)),
+            ("version", serde_json::json!(-1)),
+        ] {
+            let mut v = base.clone();
+            v[field] = value;
+            assert!(check_structure(&v, "timestamp").is_err(), "{field}");
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Builders that create and sign every kind of metadata; the repositories and tests use them.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::cjson::{self, CanonicalError};
+use crate::crypto::{KeyId, PublicKey, SigningKey};
+use crate::hash::{Hashes, standard_hashes};
+use crate::metadata::{
+    Common, DelegatedRole, Delegations, MetaFile, Role, RoleKeys, Root, Snapshot, TargetFile,
+    Targets, Timestamp,
+};
+use crate::time::UtcTime;
+
+/// Signs the canonical form of `signed` with each key and returns the envelope bytes
+/// (`{"signatures": [...], "signed": {...}}`).
+pub fn sign_value(signed: &Value, keys: &[&SigningKey]) -> Result<Vec<u8>, CanonicalError> {
+    let canonical = cjson::canonicalize(signed)?;
+    let signatures: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"keyid": k.key_id(), "sig": k.sign_hex(&canonical)}))
+        .collect();
+    let envelope = json!({"signatures": signatures, "signed": signed});
+    serde_json::to_vec(&envelope).map_err(|e| CanonicalError::NotJson(e.to_string()))
+}
+
+/// Signs any serializable role value.
+pub fn sign<T: Serialize>(signed: &T, keys: &[&SigningKey]) -> Result<Vec<u8>, CanonicalError> {
+    let value = serde_json::to_value(signed).map_err(|e| CanonicalError::NotJson(e.to_string()))?;
+    sign_value(&value, keys)
+}
+
+/// Describes published metadata bytes for snapshot or timestamp: version, length, hashes.
+pub fn describe(version: u64, bytes: &[u8]) -> MetaFile {
+    MetaFile {
+        version,
+        length: Some(bytes.len() as u64),
+        hashes: Some(standard_hashes(bytes)),
+    }
+}
+
+/// Builds root metadata.
+#[derive(Debug, Clone)]
+pub struct RootBuilder {
+    root: Root,
+}
+
+impl RootBuilder {
+    /// An empty root at `version`, with consistent snapshots on.
+    pub fn new(version: u64, expires: UtcTime) -> Self {
+        let roles = ["root", "timestamp", "snapshot", "targets"]
+            .into_iter()
+            .map(|r| {
+                (
+                    r.to_string(),
+                    RoleKeys {
+                        keyids: Vec::new(),
+                        threshold: 1,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            root: Root {
+                common: Common::new(Root::TYPE, version, expires),
+                consistent_snapshot: true,
+                keys: BTreeMap::new(),
+                roles,
+            },
+        }
+    }
+
+    /// Starts from an existing root (for rotation): same keys, the given version and expiry.
+    pub fn from_root(root: &Root, version: u64, expires: UtcTime) -> Self {
+        let mut root = root.clone();
+        root.common = Common::new(Root::TYPE, version, expires);
+        Self { root }
+    }
+
+    /// Authorizes `key` for top-level role `role`.
+    pub fn key(mut self, role: &str, key: &PublicKey) -> Self {
+        let id = key.key_id();
+        self.root.keys.insert(id.clone(), key.clone());
+        if let Some(r) = self.root.roles.get_mut(role)
+            && !r.keyids.contains(&id)
+        {
+            r.keyids.push(id);
+        }
+        self
+    }
+
+    /// Removes `key` from `role` (and from `keys` when no role uses it any more).
+    pub fn remove_key(mut self, role: &str, key: &KeyId) -> Self {
+        if let Some(r) = self.root.roles.get_mut(role) {
+            r.keyids.retain(|k| k != key);
+        }
+        if !self.root.roles.values().any(|r| r.keyids.contains(key)) {
+            self.root.keys.remove(key);
+        }
+        self
+    }
+
+    /// Uses `key` for all four top-level roles (threshold 1): handy for tests and demos.
+    pub fn all_roles(self, key: &SigningKey) -> Self {
+        ["root", "timestamp", "snapshot", "targets"]
+            .into_iter()
+            .fold(self, |b, role| b.key(role, key.public_key()))
+    }
+
+    /// Sets the threshold of `role`.
+    pub fn threshold(mut self, role: &str, threshold: u32) -> Self {
+        if let Some(r) = self.root.roles.get_mut(role) {
+            r.threshold = threshold;
+        }
+        self
+    }
+
+    /// Sets `consistent_snapshot`.
+    pub fn consistent_snapshot(mut self, on: bool) -> Self {
+        self.root.consistent_snapshot = on;
+        self
+    }
+
+    /// The root value.
+    pub fn build(self) -> Root {
+        self.root
+    }
+
+    /// Signs the root with `keys`.
+    pub fn sign(self, keys: &[&SigningKey]) -> Result<Vec<u8>, CanonicalError> {
+        sign(&self.root, keys)
+    }
+}
+
+/// Builds timestamp metadata.
+#[derive(Debug, Clone)]
+pub struct TimestampBuilder {
+    timestamp: Timestamp,
+}
+
+impl TimestampBuilder {
+    /// A timestamp at `version` naming `snapshot` (see [`describe`]).
+    pub fn new(version: u64, expires: UtcTime, snapshot: MetaFile) -> Self {
+        Self {
+            timestamp: Timestamp {
+                common: Common::new(Timestamp::TYPE, version, expires),
+                meta: BTreeMap::from([("snapshot.json".to_string(), snapshot)]),
+            },
+        }
+    }
+
+    /// The timestamp value.
+    pub fn build(self) -> Timestamp {
+        self.timestamp
+    }
+
+    /// Signs it.
+    pub fn sign(self, keys: &[&SigningKey]) -> Result<Vec<u8>, CanonicalError> {
+        sign(&self.timestamp, keys)
+    }
+}
+
+/// Builds snapshot metadata.
+#[derive(Debug, Clone)]
+pub struct SnapshotBuilder {
+    snapshot: Snapshot,
+}
+
+impl SnapshotBuilder {
+    /// An empty snapshot at `version`.
+    pub fn new(version: u64, expires: UtcTime) -> Self {
+        Self {
+            snapshot: Snapshot {
+                common: Common::new(Snapshot::TYPE, version, expires),
+                meta: BTreeMap::new(),
+            },
+        }
+    }
+
+    /// Lists targets role `role` (e.g. `targets`) with `meta`.
+    pub fn role(mut self, role: &str, meta: MetaFile) -> Self {
+        self.snapshot.meta.insert(format!("{role}.json"), meta);
+        self
+    }
+
+    /// The snapshot value.
+    pub fn build(self) -> Snapshot {
+        self.snapshot
+    }
+
+    /// Signs it.
+    pub fn sign(self, keys: &[&SigningKey]) -> Result<Vec<u8>, CanonicalError> {
+        sign(&self.snapshot, keys)
+    }
+}
+
+/// Builds targets metadata, top-level or delegated.
+#[derive(Debug, Clone)]
+pub struct TargetsBuilder {
+    targets: Targets,
+}
+
+impl TargetsBuilder {
+    /// Empty targets at `version`.
+    pub fn new(version: u64, expires: UtcTime) -> Self {
+        Self {
+            targets: Targets {
+                common: Common::new(Targets::TYPE, version, expires),
+                targets: BTreeMap::new(),
+                delegations: None,
+                custom: None,
+            },
+        }
+    }
+
+    /// Starts from existing targets with a new version and expiry.
+    pub fn from_targets(targets: &Targets, version: u64, expires: UtcTime) -> Self {
+        let mut targets = targets.clone();
+        targets.common = Common::new(Targets::TYPE, version, expires);
+        Self { targets }
+    }
+
+    /// Adds a target describing `content` (sha256 and sha512), with `custom` fields.
+    pub fn target(self, path: &str, content: &[u8], custom: Option<Value>) -> Self {
+        self.target_info(
+            path,
+            TargetFile {
+                length: content.len() as u64,
+                hashes: standard_hashes(content),
+                custom,
+            },
+        )
+    }
+
+    /// Adds a target with explicit length and hashes.
+    pub fn target_with(
+        self,
+        path: &str,
+        length: u64,
+        hashes: Hashes,
+        custom: Option<Value>,
+    ) -> Self {
+        self.target_info(
+            path,
+            TargetFile {
+                length,
+                hashes,
+                custom,
+            },
+        )
+    }
+
+    /// Adds a target entry.
+    pub fn target_info(mut self, path: &str, info: TargetFile) -> Self {
+        self.targets.targets.insert(path.to_string(), info);
+        self
+    }
+
+    /// Removes a target.
+    pub fn remove_target(mut self, path: &str) -> Self {
+        self.targets.targets.remove(path);
+        self
+    }
+
+    /// Delegates to `role`, signed by `keys`.
+    pub fn delegate(mut self, role: DelegatedRole, keys: &[&PublicKey]) -> Self {
+        let delegations = self.targets.delegations.get_or_insert_with(|| Delegations {
+            keys: BTreeMap::new(),
+            roles: Vec::new(),
+        });
+        for key in keys {
+            delegations.keys.insert(key.key_id(), (*key).clone());
+        }
+        delegations.roles.retain(|r| r.name != role.name);
+        delegations.roles.push(role);
+        self
+    }
+
+    /// Sets the top-level `custom` object.
+    pub fn custom(mut self, custom: Value) -> Self {
+        self.targets.custom = Some(custom);
+        self
+    }
+
+    /// The targets value.
+    pub fn build(self) -> Targets {
+        self.targets
+    }
+
+    /// Signs it.
+    pub fn sign(self, keys: &[&SigningKey]) -> Result<Vec<u8>, CanonicalError> {
+        sign(&self.targets, keys)
+    }
+}
+
+/// A delegation to `name` for `paths`, signed by `keys` with `threshold`.
+pub fn delegated_role(
+    name: &str,
+    keys: &[&PublicKey],
+    threshold: u32,
+    paths: &[&str],
+    terminating: bool,
+) -> DelegatedRole {
+    DelegatedRole {
+        name: name.to_string(),
+        keyids: keys.iter().map(|k| k.key_id()).collect(),
+        threshold,
+        terminating,
+        paths: Some(paths.iter().map(|p| p.to_string()).collect()),
+        path_hash_prefixes: None,
+        hardware_ids: None,
+    }
+}

@@ -1,0 +1,530 @@
+//! The Uptane layer over TUF: Director targets checks, matching Director targets against
+//! the Image repository, partial verification, and image verification.
+//!
+//! Custom fields (see `docs/POUF.md`): Image repository targets carry
+//! `custom.hardwareIds` (list) and `custom.releaseCounter`; Director targets carry
+//! `custom.ecuIdentifiers` (`{serial: {"hardwareId": ...}}`) and `custom.releaseCounter`
+//! per target, and a top-level `custom.vin` and `custom.correlationId`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+
+use crate::error::{AttackKind, UpdateError, VerifyError};
+use crate::hash::{DigestError, Hashes, StreamVerifier};
+use crate::metadata::{Root, TargetFile, Targets};
+use crate::time::UtcTime;
+use crate::trusted::{Director, ImageRepo, TrustedSet, TrustedTarget};
+use crate::verify::{self, Raw, Verified};
+
+/// Why Director targets, a match, or an image were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UptaneError {
+    /// The TUF workflow refused the metadata.
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+    /// No trusted Director targets yet.
+    #[error("no trusted Director targets")]
+    NoDirectorTargets,
+    /// Uptane §5.4.4.6 step 6: Director targets must not delegate.
+    #[error("Director targets contain delegations")]
+    DirectorDelegates,
+    /// Uptane §5.4.4.6 step 7: one ECU named by two targets.
+    #[error("ECU {0} appears more than once in Director targets")]
+    DuplicateEcu(String),
+    /// Uptane §5.4.4.6 step 8: a target for an ECU not in this vehicle.
+    #[error("Director targets name ECU {0}, which is not in this vehicle")]
+    UnknownEcu(String),
+    /// The Director targets were signed for another vehicle.
+    #[error("Director targets are for vehicle {found:?}, not {expected:?}")]
+    WrongVehicle {
+        /// Our VIN.
+        expected: String,
+        /// The VIN in the metadata.
+        found: String,
+    },
+    /// An Uptane custom field is missing or malformed.
+    #[error("target {target}: {reason}")]
+    BadCustom {
+        /// Target path.
+        target: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The hardware id in Director targets is not the ECU's, or the Image repository does
+    /// not list it for the image.
+    #[error("target {target}: hardware id {hardware_id:?} does not match {expected}")]
+    WrongHardware {
+        /// Target path.
+        target: String,
+        /// Hardware id named.
+        hardware_id: String,
+        /// What it had to match.
+        expected: String,
+    },
+    /// Uptane §5.4.4.2 step 10.1: no Image repository target of that name.
+    #[error("the Image repository has no target {0}")]
+    ImageNotFound(String),
+    /// Uptane §5.4.4.2 step 10.2: the repositories disagree.
+    #[error("target {target}: the repositories disagree on {field}")]
+    Mismatch {
+        /// Target path.
+        target: String,
+        /// `length`, `hashes` or `releaseCounter`.
+        field: &'static str,
+    },
+    /// Uptane §5.4.4.2 step 10.2.3: a release counter lower than the installed one.
+    #[error("target {target}: release counter {offered} is below the installed {installed}")]
+    ReleaseCounterRollback {
+        /// Target path.
+        target: String,
+        /// Installed counter.
+        installed: u64,
+        /// Offered counter.
+        offered: u64,
+    },
+    /// The Director targets list no image for this ECU (partial verification).
+    #[error("Director targets list no image for ECU {0}")]
+    NoTargetForEcu(String),
+    /// Image bytes differ from the approved length or hashes.
+    #[error("image {target}: {source}")]
+    Image {
+        /// Target path.
+        target: String,
+        /// What differs.
+        #[source]
+        source: DigestError,
+    },
+}
+
+impl UptaneError {
+    /// The attack this refusal stopped.
+    pub fn attack(&self) -> AttackKind {
+        match self {
+            UptaneError::Update(e) => e.attack(),
+            UptaneError::NoDirectorTargets | UptaneError::BadCustom { .. } => AttackKind::Malformed,
+            UptaneError::DirectorDelegates => AttackKind::ArbitrarySoftware,
+            UptaneError::DuplicateEcu(_) | UptaneError::UnknownEcu(_) => AttackKind::UnknownEcu,
+            UptaneError::WrongVehicle { .. } => AttackKind::WrongVehicle,
+            UptaneError::WrongHardware { .. } => AttackKind::WrongHardware,
+            UptaneError::ImageNotFound(_) | UptaneError::Mismatch { .. } => {
+                AttackKind::RepositoryMismatch
+            }
+            UptaneError::ReleaseCounterRollback { .. } => AttackKind::Rollback,
+            UptaneError::NoTargetForEcu(_) => AttackKind::Malformed,
+            UptaneError::Image { source, .. } => match source {
+                DigestError::TooLong { .. } => AttackKind::EndlessData,
+                _ => AttackKind::ArbitrarySoftware,
+            },
+        }
+    }
+}
+
+/// One image the Director assigned to one ECU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectorTarget {
+    /// Target path (image file name).
+    pub path: String,
+    /// ECU serial it is for.
+    pub ecu_serial: String,
+    /// Hardware id the Director names for it.
+    pub hardware_id: String,
+    /// Release counter the Director names.
+    pub release_counter: u64,
+    /// Length and hashes.
+    pub info: TargetFile,
+}
+
+/// Director custom fields for one ECU's entry.
+pub fn director_target_custom(ecu_serial: &str, hardware_id: &str, release_counter: u64) -> Value {
+    json!({
+        "ecuIdentifiers": {ecu_serial: {"hardwareId": hardware_id}},
+        "releaseCounter": release_counter,
+    })
+}
+
+/// Image repository custom fields.
+pub fn image_target_custom(hardware_ids: &[&str], release_counter: u64) -> Value {
+    json!({"hardwareIds": hardware_ids, "releaseCounter": release_counter})
+}
+
+/// Director top-level custom fields: the vehicle and the assignment.
+pub fn director_targets_custom(vin: &str, correlation_id: &str) -> Value {
+    json!({"vin": vin, "correlationId": correlation_id})
+}
+
+fn release_counter(target: &str, custom: Option<&Value>) -> Result<u64, UptaneError> {
+    match custom.and_then(|c| c.get("releaseCounter")) {
+        None => Ok(0),
+        Some(v) => v.as_u64().ok_or_else(|| UptaneError::BadCustom {
+            target: target.to_string(),
+            reason: "releaseCounter is not a non-negative integer".into(),
+        }),
+    }
+}
+
+/// The VIN and correlation id in Director targets, if present.
+pub fn director_vin(targets: &Targets) -> Option<&str> {
+    targets.custom.as_ref()?.get("vin")?.as_str()
+}
+
+/// The assignment's correlation id in Director targets, if present.
+pub fn correlation_id(targets: &Targets) -> Option<&str> {
+    targets.custom.as_ref()?.get("correlationId")?.as_str()
+}
+
+fn director_entries(targets: &Targets, vin: &str) -> Result<Vec<DirectorTarget>, UptaneError> {
+    // Uptane §5.4.4.6 step 6.
+    if targets
+        .delegations
+        .as_ref()
+        .is_some_and(|d| !d.roles.is_empty() || !d.keys.is_empty())
+    {
+        return Err(UptaneError::DirectorDelegates);
+    }
+    // POUF: the VIN is signed into the Director targets, so one vehicle's metadata replayed
+    // to another is refused.
+    let found = director_vin(targets).unwrap_or_default();
+    if found != vin {
+        return Err(UptaneError::WrongVehicle {
+            expected: vin.to_string(),
+            found: found.to_string(),
+        });
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (path, info) in &targets.targets {
+        let bad = |reason: &str| UptaneError::BadCustom {
+            target: path.clone(),
+            reason: reason.to_string(),
+        };
+        let ecus = info
+            .custom
+            .as_ref()
+            .and_then(|c| c.get("ecuIdentifiers"))
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad("missing custom.ecuIdentifiers"))?;
+        let counter = release_counter(path, info.custom.as_ref())?;
+        for (serial, ecu) in ecus {
+            // Uptane §5.4.4.6 step 7.
+            if !seen.insert(serial.clone()) {
+                return Err(UptaneError::DuplicateEcu(serial.clone()));
+            }
+            let hardware_id = ecu
+                .get("hardwareId")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("ecuIdentifiers entry without hardwareId"))?;
+            out.push(DirectorTarget {
+                path: path.clone(),
+                ecu_serial: serial.clone(),
+                hardware_id: hardware_id.to_string(),
+                release_counter: counter,
+                info: TargetFile {
+                    length: info.length,
+                    hashes: info.hashes.clone(),
+                    custom: info.custom.clone(),
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the trusted Director targets for this vehicle (Uptane §5.4.4.6 steps 6–8) and
+/// returns one entry per assigned ECU. `ecus` maps every ECU serial in the vehicle to its
+/// hardware id.
+pub fn director_targets(
+    director: &TrustedSet<Director>,
+    vin: &str,
+    ecus: &BTreeMap<String, String>,
+) -> Result<Vec<DirectorTarget>, UptaneError> {
+    let targets = director.targets().ok_or(UptaneError::NoDirectorTargets)?;
+    let entries = director_entries(targets, vin)?;
+    for entry in &entries {
+        // Uptane §5.4.4.6 step 8: only ECUs of this vehicle.
+        let known = ecus
+            .get(&entry.ecu_serial)
+            .ok_or_else(|| UptaneError::UnknownEcu(entry.ecu_serial.clone()))?;
+        if *known != entry.hardware_id {
+            return Err(UptaneError::WrongHardware {
+                target: entry.path.clone(),
+                hardware_id: entry.hardware_id.clone(),
+                expected: format!("ECU {}'s hardware id {known:?}", entry.ecu_serial),
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// An image both repositories vouch for, for one ECU. Only [`approve`] and
+/// [`verify_partial`] make one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovedImage {
+    target: DirectorTarget,
+}
+
+impl ApprovedImage {
+    /// File name of the image.
+    pub fn filename(&self) -> &str {
+        &self.target.path
+    }
+
+    /// ECU serial it is for.
+    pub fn ecu_serial(&self) -> &str {
+        &self.target.ecu_serial
+    }
+
+    /// Hardware id it is for.
+    pub fn hardware_id(&self) -> &str {
+        &self.target.hardware_id
+    }
+
+    /// Its release counter.
+    pub fn release_counter(&self) -> u64 {
+        self.target.release_counter
+    }
+
+    /// Its length.
+    pub fn length(&self) -> u64 {
+        self.target.info.length
+    }
+
+    /// Its hashes (as the Director lists them).
+    pub fn hashes(&self) -> &Hashes {
+        &self.target.info.hashes
+    }
+
+    /// A verifier for its bytes, fed as they arrive.
+    pub fn verifier(&self) -> Result<ImageVerifier, UptaneError> {
+        let hashes = &self.target.info.hashes;
+        if hashes.is_empty() {
+            return Err(self.image_error(DigestError::NoHashes));
+        }
+        let inner =
+            StreamVerifier::new(Some(self.length()), hashes).map_err(|e| self.image_error(e))?;
+        Ok(ImageVerifier {
+            approved: self.clone(),
+            inner,
+        })
+    }
+
+    fn image_error(&self, source: DigestError) -> UptaneError {
+        UptaneError::Image {
+            target: self.target.path.clone(),
+            source,
+        }
+    }
+}
+
+/// Matches a Director target against the Image repository's target of the same name
+/// (Uptane §5.4.4.2 step 10). `installed_release_counter` is the counter of what the ECU
+/// runs now, if known.
+pub fn approve(
+    director: &DirectorTarget,
+    image: &TrustedTarget<ImageRepo>,
+    installed_release_counter: Option<u64>,
+) -> Result<ApprovedImage, UptaneError> {
+    let target = || director.path.clone();
+    if image.path() != director.path {
+        return Err(UptaneError::ImageNotFound(target()));
+    }
+    let info = image.info();
+    // Step 10.2.1: the same length and hashes.
+    if info.length != director.info.length {
+        return Err(UptaneError::Mismatch {
+            target: target(),
+            field: "length",
+        });
+    }
+    let mut common = 0;
+    for (alg, digest) in &director.info.hashes {
+        if let Some(other) = info.hashes.get(alg) {
+            if !other.eq_ignore_ascii_case(digest) {
+                return Err(UptaneError::Mismatch {
+                    target: target(),
+                    field: "hashes",
+                });
+            }
+            common += 1;
+        }
+    }
+    if common == 0 {
+        return Err(UptaneError::Mismatch {
+            target: target(),
+            field: "hashes",
+        });
+    }
+    // Step 10.2.2: SHALL-match custom fields: hardware id and release counter.
+    let hardware_ids: Vec<&str> = info
+        .custom
+        .as_ref()
+        .and_then(|c| c.get("hardwareIds"))
+        .and_then(Value::as_array)
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !hardware_ids.contains(&director.hardware_id.as_str()) {
+        return Err(UptaneError::WrongHardware {
+            target: target(),
+            hardware_id: director.hardware_id.clone(),
+            expected: format!("the Image repository's {hardware_ids:?}"),
+        });
+    }
+    let image_counter = release_counter(&director.path, info.custom.as_ref())?;
+    if image_counter != director.release_counter {
+        return Err(UptaneError::Mismatch {
+            target: target(),
+            field: "releaseCounter",
+        });
+    }
+    // Step 10.2.3: the release counter never goes down.
+    if let Some(installed) = installed_release_counter
+        && director.release_counter < installed
+    {
+        return Err(UptaneError::ReleaseCounterRollback {
+            target: target(),
+            installed,
+            offered: director.release_counter,
+        });
+    }
+    Ok(ApprovedImage {
+        target: director.clone(),
+    })
+}
+
+/// What partial verification accepted.
+#[derive(Debug)]
+pub struct PartialVerification {
+    /// The Director targets, to keep as the new reference.
+    pub targets: Verified<Targets>,
+    /// The image for this ECU, if the Director assigns one.
+    pub image: Option<ApprovedImage>,
+}
+
+/// The ECU a partial-verification Secondary is, and what it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcuIdentity<'a> {
+    /// Vehicle identifier.
+    pub vin: &'a str,
+    /// This ECU's serial.
+    pub ecu_serial: &'a str,
+    /// This ECU's hardware id.
+    pub hardware_id: &'a str,
+    /// Release counter of the installed image.
+    pub installed_release_counter: u64,
+}
+
+/// Partial verification (Uptane §5.4.4.1): Director targets only, against the Director root
+/// the ECU trusts and the version of the Director targets it last accepted.
+pub fn verify_partial(
+    root: &Verified<Root>,
+    raw: &Raw<Targets>,
+    previous_version: Option<u64>,
+    now: UtcTime,
+    ecu: &EcuIdentity<'_>,
+    max_length: u64,
+) -> Result<PartialVerification, UptaneError> {
+    let length = raw.as_bytes().len() as u64;
+    if length > max_length {
+        return Err(UpdateError::from(VerifyError::TooLarge {
+            role: "targets".into(),
+            length,
+            limit: max_length,
+        })
+        .into());
+    }
+    let keys = root
+        .role_keys("targets")
+        .ok_or_else(|| UpdateError::NotDelegated {
+            role: "targets".into(),
+            delegator: "root".into(),
+        })?;
+    // Step 2: signed by the Director's targets keys.
+    let targets =
+        verify::verify_role(raw, "targets", &root.keys, keys).map_err(UpdateError::from)?;
+    // Step 3: the version never goes down.
+    if let Some(previous) = previous_version
+        && targets.common.version < previous
+    {
+        return Err(UpdateError::Rollback {
+            role: "targets".into(),
+            trusted: previous,
+            new: targets.common.version,
+        }
+        .into());
+    }
+    // Step 4: not expired.
+    if targets.common.is_expired(now) {
+        return Err(UpdateError::Expired {
+            role: "targets".into(),
+            expires: targets.common.expires,
+        }
+        .into());
+    }
+    let entries = director_entries(&targets, ecu.vin)?;
+    let image = match entries.into_iter().find(|e| e.ecu_serial == ecu.ecu_serial) {
+        None => None,
+        Some(entry) => {
+            // Step 5: the hardware id and release counter.
+            if entry.hardware_id != ecu.hardware_id {
+                return Err(UptaneError::WrongHardware {
+                    target: entry.path,
+                    hardware_id: entry.hardware_id,
+                    expected: format!("this ECU's {:?}", ecu.hardware_id),
+                });
+            }
+            if entry.release_counter < ecu.installed_release_counter {
+                return Err(UptaneError::ReleaseCounterRollback {
+                    target: entry.path,
+                    installed: ecu.installed_release_counter,
+                    offered: entry.release_counter,
+                });
+            }
+            Some(ApprovedImage { target: entry })
+        }
+    };
+    Ok(PartialVerification { targets, image })
+}
+
+/// Checks image bytes as they arrive against an [`ApprovedImage`].
+#[derive(Debug)]
+pub struct ImageVerifier {
+    approved: ApprovedImage,
+    inner: StreamVerifier,
+}
+
+impl ImageVerifier {
+    /// Feeds the next chunk; fails as soon as there are more bytes than approved.
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), UptaneError> {
+        self.inner
+            .update(chunk)
+            .map_err(|e| self.approved.image_error(e))
+    }
+
+    /// Bytes fed so far.
+    pub fn bytes_seen(&self) -> u64 {
+        self.inner.bytes_seen()
+    }
+
+    /// Checks length and every hash.
+    pub fn finish(self) -> Result<VerifiedImage, UptaneError> {
+        let approved = self.approved;
+        self.inner.finish().map_err(|e| approved.image_error(e))?;
+        Ok(VerifiedImage { approved })
+    }
+}
+
+/// Image bytes that match an approved image. Install code accepts only this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedImage {
+    approved: ApprovedImage,
+}
+
+impl VerifiedImage {
+    /// What was verified.
+    pub fn approved(&self) -> &ApprovedImage {
+        &self.approved
+    }
+}
+
+#[cfg(test)]
+mod tests;

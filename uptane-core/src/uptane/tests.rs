@@ -1,0 +1,341 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::metadata::Targets;
+use crate::sign::{RootBuilder, TargetsBuilder, delegated_role, sign_value};
+use crate::testing::{RepoFixture, earlier, key, later, now};
+use crate::trusted::{Limits, SearchStep, TargetSearch};
+
+const VIN: &str = "VIN0001";
+const IMAGE: &[u8] = b"firmware v2";
+
+fn ecus() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("primary".to_string(), "hw-gw".to_string()),
+        ("ecu1".to_string(), "hw-1".to_string()),
+    ])
+}
+
+/// A Director repository whose targets assign `IMAGE` to ecu1 (with `edit` applied).
+fn director(edit: impl FnOnce(TargetsBuilder) -> TargetsBuilder) -> TrustedSet<Director> {
+    let mut repo = RepoFixture::new();
+    let builder = TargetsBuilder::from_targets(&repo.targets, 0, repo.expires)
+        .target(
+            "fw.bin",
+            IMAGE,
+            Some(director_target_custom("ecu1", "hw-1", 2)),
+        )
+        .custom(director_targets_custom(VIN, "corr-1"));
+    repo.targets = edit(builder).build();
+    repo.publish();
+    let mut set = TrustedSet::<Director>::new(
+        &Raw::new(repo.initial_root().to_vec()),
+        now(),
+        Limits::default(),
+    )
+    .unwrap();
+    set.update_timestamp(&Raw::new(repo.timestamp.clone()))
+        .unwrap();
+    set.update_snapshot(&Raw::new(repo.snapshot.clone()))
+        .unwrap();
+    set.update_targets(&Raw::new(repo.targets_files["targets"].clone()))
+        .unwrap();
+    set
+}
+
+/// An Image repository listing `IMAGE` as fw.bin with `custom`.
+fn image_target(content: &[u8], custom: serde_json::Value) -> TrustedTarget<ImageRepo> {
+    let mut repo = RepoFixture::new();
+    repo.add_target("fw.bin", content, Some(custom));
+    repo.publish();
+    let mut set = TrustedSet::<ImageRepo>::new(
+        &Raw::new(repo.initial_root().to_vec()),
+        now(),
+        Limits::default(),
+    )
+    .unwrap();
+    set.update_timestamp(&Raw::new(repo.timestamp.clone()))
+        .unwrap();
+    set.update_snapshot(&Raw::new(repo.snapshot.clone()))
+        .unwrap();
+    set.update_targets(&Raw::new(repo.targets_files["targets"].clone()))
+        .unwrap();
+    match TargetSearch::new("fw.bin").step(&set) {
+        SearchStep::Found(t) => t,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn ok_image() -> TrustedTarget<ImageRepo> {
+    image_target(IMAGE, image_target_custom(&["hw-1"], 2))
+}
+
+#[test]
+fn approves_matching_targets_and_verifies_the_image() {
+    let entries = director_targets(&director(|b| b), VIN, &ecus()).unwrap();
+    assert_eq!(entries.len(), 1);
+    let approved = approve(&entries[0], &ok_image(), Some(1)).unwrap();
+    assert_eq!(approved.ecu_serial(), "ecu1");
+    let mut v = approved.verifier().unwrap();
+    v.update(&IMAGE[..4]).unwrap();
+    v.update(&IMAGE[4..]).unwrap();
+    let verified = v.finish().unwrap();
+    assert_eq!(verified.approved().filename(), "fw.bin");
+}
+
+#[test]
+fn rejects_director_delegations() {
+    let k = key(70);
+    let set = director(|b| {
+        b.delegate(
+            delegated_role("x", &[k.public_key()], 1, &["*"], false),
+            &[k.public_key()],
+        )
+    });
+    assert_eq!(
+        director_targets(&set, VIN, &ecus()),
+        Err(UptaneError::DirectorDelegates)
+    );
+}
+
+#[test]
+fn rejects_an_ecu_listed_twice() {
+    let set = director(|b| {
+        b.target(
+            "other.bin",
+            b"x",
+            Some(director_target_custom("ecu1", "hw-1", 1)),
+        )
+    });
+    assert_eq!(
+        director_targets(&set, VIN, &ecus()),
+        Err(UptaneError::DuplicateEcu("ecu1".into()))
+    );
+}
+
+#[test]
+fn rejects_an_ecu_not_in_the_vehicle() {
+    let set = director(|b| {
+        b.target(
+            "other.bin",
+            b"x",
+            Some(director_target_custom("stranger", "hw-1", 1)),
+        )
+    });
+    let err = director_targets(&set, VIN, &ecus()).unwrap_err();
+    assert_eq!(err, UptaneError::UnknownEcu("stranger".into()));
+    assert_eq!(err.attack(), AttackKind::UnknownEcu);
+}
+
+#[test]
+fn rejects_metadata_for_another_vehicle() {
+    let set = director(|b| b.custom(director_targets_custom("OTHERVIN", "c")));
+    assert!(matches!(
+        director_targets(&set, VIN, &ecus()),
+        Err(UptaneError::WrongVehicle { .. })
+    ));
+}
+
+#[test]
+fn rejects_director_hardware_id_that_is_not_the_ecus() {
+    let set = director(|b| {
+        b.target(
+            "fw.bin",
+            IMAGE,
+            Some(director_target_custom("ecu1", "hw-9", 2)),
+        )
+    });
+    assert!(matches!(
+        director_targets(&set, VIN, &ecus()),
+        Err(UptaneError::WrongHardware { .. })
+    ));
+}
+
+#[test]
+fn rejects_missing_ecu_identifiers() {
+    let set = director(|b| b.target("fw.bin", IMAGE, None));
+    assert!(matches!(
+        director_targets(&set, VIN, &ecus()),
+        Err(UptaneError::BadCustom { .. })
+    ));
+}
+
+fn entry() -> DirectorTarget {
+    director_targets(&director(|b| b), VIN, &ecus())
+        .unwrap()
+        .remove(0)
+}
+
+#[test]
+fn rejects_length_mismatch() {
+    let image = image_target(b"firmware v2 but longer", image_target_custom(&["hw-1"], 2));
+    assert!(matches!(
+        approve(&entry(), &image, None),
+        Err(UptaneError::Mismatch {
+            field: "length",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn rejects_hash_mismatch() {
+    let image = image_target(b"firmware v3", image_target_custom(&["hw-1"], 2));
+    let err = approve(&entry(), &image, None).unwrap_err();
+    assert!(matches!(
+        err,
+        UptaneError::Mismatch {
+            field: "hashes",
+            ..
+        }
+    ));
+    assert_eq!(err.attack(), AttackKind::RepositoryMismatch);
+}
+
+#[test]
+fn rejects_hardware_id_the_image_repository_does_not_list() {
+    let image = image_target(IMAGE, image_target_custom(&["hw-2"], 2));
+    let err = approve(&entry(), &image, None).unwrap_err();
+    assert!(matches!(err, UptaneError::WrongHardware { .. }));
+    assert_eq!(err.attack(), AttackKind::WrongHardware);
+}
+
+#[test]
+fn rejects_release_counter_disagreement_and_rollback() {
+    let image = image_target(IMAGE, image_target_custom(&["hw-1"], 3));
+    assert!(matches!(
+        approve(&entry(), &image, None),
+        Err(UptaneError::Mismatch {
+            field: "releaseCounter",
+            ..
+        })
+    ));
+    let err = approve(&entry(), &ok_image(), Some(5)).unwrap_err();
+    assert!(matches!(
+        err,
+        UptaneError::ReleaseCounterRollback {
+            installed: 5,
+            offered: 2,
+            ..
+        }
+    ));
+    assert_eq!(err.attack(), AttackKind::Rollback);
+}
+
+#[test]
+fn image_verification_stops_at_the_length_and_checks_hashes() {
+    let approved = approve(&entry(), &ok_image(), None).unwrap();
+    let mut v = approved.verifier().unwrap();
+    v.update(IMAGE).unwrap();
+    let err = v.update(b"!").unwrap_err();
+    assert_eq!(err.attack(), AttackKind::EndlessData);
+
+    let mut v = approved.verifier().unwrap();
+    v.update(b"firmware v3").unwrap();
+    let err = v.finish().unwrap_err();
+    assert!(matches!(
+        err,
+        UptaneError::Image {
+            source: DigestError::HashMismatch { .. },
+            ..
+        }
+    ));
+    assert_eq!(err.attack(), AttackKind::ArbitrarySoftware);
+}
+
+fn partial_fixture() -> (Verified<crate::metadata::Root>, RepoFixture) {
+    let repo = RepoFixture::new();
+    let root =
+        crate::verify::verify_root_self_signed(&Raw::new(repo.initial_root().to_vec())).unwrap();
+    (root, repo)
+}
+
+fn director_targets_bytes(
+    repo: &RepoFixture,
+    version: u64,
+    expires: crate::time::UtcTime,
+    hw: &str,
+    counter: u64,
+) -> Vec<u8> {
+    TargetsBuilder::new(version, expires)
+        .target(
+            "fw.bin",
+            IMAGE,
+            Some(director_target_custom("ecu1", hw, counter)),
+        )
+        .custom(director_targets_custom(VIN, "c"))
+        .sign(&[&repo.targets_key])
+        .unwrap()
+}
+
+const ME: EcuIdentity<'static> = EcuIdentity {
+    vin: VIN,
+    ecu_serial: "ecu1",
+    hardware_id: "hw-1",
+    installed_release_counter: 1,
+};
+
+#[test]
+fn partial_verification_accepts_its_own_entry() {
+    let (root, repo) = partial_fixture();
+    let raw = Raw::<Targets>::new(director_targets_bytes(&repo, 3, later(), "hw-1", 2));
+    let result = verify_partial(&root, &raw, Some(2), now(), &ME, 1 << 20).unwrap();
+    assert_eq!(result.image.unwrap().release_counter(), 2);
+    let other = EcuIdentity {
+        ecu_serial: "ecu2",
+        ..ME
+    };
+    assert!(
+        verify_partial(&root, &raw, None, now(), &other, 1 << 20)
+            .unwrap()
+            .image
+            .is_none()
+    );
+}
+
+#[test]
+fn partial_verification_refusals() {
+    let (root, repo) = partial_fixture();
+    let good = director_targets_bytes(&repo, 3, later(), "hw-1", 2);
+    let wrong_key = {
+        let doc: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        sign_value(&doc["signed"], &[&key(88)]).unwrap()
+    };
+    let cases: Vec<(Vec<u8>, Option<u64>, AttackKind)> = vec![
+        (wrong_key, None, AttackKind::ArbitrarySoftware),
+        (good.clone(), Some(4), AttackKind::Rollback),
+        (
+            director_targets_bytes(&repo, 3, earlier(), "hw-1", 2),
+            None,
+            AttackKind::Freeze,
+        ),
+        (
+            director_targets_bytes(&repo, 3, later(), "hw-2", 2),
+            None,
+            AttackKind::WrongHardware,
+        ),
+        (
+            director_targets_bytes(&repo, 3, later(), "hw-1", 0),
+            None,
+            AttackKind::Rollback,
+        ),
+    ];
+    for (bytes, previous, attack) in cases {
+        let err =
+            verify_partial(&root, &Raw::new(bytes), previous, now(), &ME, 1 << 20).unwrap_err();
+        assert_eq!(err.attack(), attack, "{err}");
+    }
+    let err = verify_partial(&root, &Raw::new(good), None, now(), &ME, 10).unwrap_err();
+    assert_eq!(err.attack(), AttackKind::EndlessData);
+}
+
+#[test]
+fn director_root_rotation_builder_is_usable_for_partial_ecus() {
+    // Partial ECUs take a rotated Director root through the same chain check.
+    let (root, repo) = partial_fixture();
+    let new = RootBuilder::from_root(&root, 2, later())
+        .sign(&[&repo.root_keys[0]])
+        .unwrap();
+    let rotated = crate::verify::verify_root_rotation(&root, &Raw::new(new)).unwrap();
+    assert_eq!(rotated.common.version, 2);
+}

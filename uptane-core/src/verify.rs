@@ -1,0 +1,317 @@
+//! Signature verification: the only place a [`Verified`] value is made.
+//!
+//! ```
+//! use uptane_core::metadata::Root;
+//! use uptane_core::sign::RootBuilder;
+//! use uptane_core::verify::{Raw, verify_root_self_signed};
+//! use uptane_core::crypto::SigningKey;
+//!
+//! let key = SigningKey::from_seed([1; 32]);
+//! let expires = uptane_core::time::parse_expires("2030-01-01T00:00:00Z").unwrap();
+//! let bytes = RootBuilder::new(1, expires).all_roles(&key).sign(&[&key]).unwrap();
+//! let root = verify_root_self_signed(&Raw::<Root>::new(bytes.clone())).unwrap();
+//! assert_eq!(root.common.version, 1);
+//!
+//! // Signed by another key: refused as arbitrary software.
+//! let other = SigningKey::from_seed([2; 32]);
+//! let forged = RootBuilder::new(1, expires).all_roles(&key).sign(&[&other]).unwrap();
+//! assert!(verify_root_self_signed(&Raw::<Root>::new(forged)).is_err());
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::cjson;
+use crate::crypto::{KeyId, PublicKey};
+use crate::error::VerifyError;
+use crate::metadata::{self, Role, RoleKeys, Root};
+
+/// Signed metadata exactly as received. Untrusted: the only useful thing to do with it is
+/// to verify it.
+pub struct Raw<R> {
+    bytes: Arc<[u8]>,
+    _role: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for Raw<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Raw")
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl<R> Clone for Raw<R> {
+    fn clone(&self) -> Self {
+        Self {
+            bytes: Arc::clone(&self.bytes),
+            _role: PhantomData,
+        }
+    }
+}
+
+impl<R> Raw<R> {
+    /// Wraps received bytes.
+    pub fn new(bytes: impl Into<Arc<[u8]>>) -> Self {
+        Self {
+            bytes: bytes.into(),
+            _role: PhantomData,
+        }
+    }
+
+    /// The bytes as received.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Metadata whose signatures met the threshold of the keys that were asked for. Only this
+/// module builds one; it keeps the exact bytes that were verified, for storage and forwarding.
+pub struct Verified<R> {
+    value: R,
+    bytes: Arc<[u8]>,
+}
+
+impl<R: std::fmt::Debug> std::fmt::Debug for Verified<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified")
+            .field("value", &self.value)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Clone> Clone for Verified<R> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            bytes: Arc::clone(&self.bytes),
+        }
+    }
+}
+
+impl<R> Deref for Verified<R> {
+    type Target = R;
+    fn deref(&self) -> &R {
+        &self.value
+    }
+}
+
+impl<R> Verified<R> {
+    /// The exact bytes that were verified.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The same bytes, shared.
+    pub fn bytes(&self) -> Arc<[u8]> {
+        Arc::clone(&self.bytes)
+    }
+
+    /// Back to untrusted bytes, e.g. to verify them again against another delegator.
+    pub fn to_raw(&self) -> Raw<R> {
+        Raw {
+            bytes: Arc::clone(&self.bytes),
+            _role: PhantomData,
+        }
+    }
+}
+
+/// A parsed envelope: the typed `signed` value, its canonical bytes, and the signatures.
+pub(crate) struct Envelope<R> {
+    pub(crate) value: R,
+    canonical: Vec<u8>,
+    signatures: BTreeMap<String, String>,
+}
+
+/// Parses `{"signed", "signatures"}` and the role's schema, without checking signatures.
+pub(crate) fn parse_envelope<R: Role>(
+    bytes: &[u8],
+    role: &str,
+) -> Result<Envelope<R>, VerifyError> {
+    parse_signed(bytes, role, R::TYPE, |signed| {
+        metadata::check_structure(signed, R::TYPE)
+    })
+}
+
+/// Parses a signed envelope whose `signed._type` must be `type_name` and which passes
+/// `check`, then reads `T` from the JSON value that was canonicalized.
+pub(crate) fn parse_signed<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    role: &str,
+    type_name: &str,
+    check: impl FnOnce(&Value) -> Result<(), String>,
+) -> Result<Envelope<T>, VerifyError> {
+    let malformed = |reason: String| VerifyError::Malformed {
+        role: role.to_string(),
+        reason,
+    };
+    let mut doc: Value =
+        serde_json::from_slice(bytes).map_err(|e| malformed(format!("not JSON: {e}")))?;
+    let object = doc
+        .as_object_mut()
+        .ok_or_else(|| malformed("not a JSON object".into()))?;
+    let signed = object
+        .remove("signed")
+        .filter(Value::is_object)
+        .ok_or_else(|| malformed("missing signed object".into()))?;
+    let sig_list = object
+        .get("signatures")
+        .and_then(Value::as_array)
+        .ok_or_else(|| malformed("missing signatures list".into()))?;
+    let mut signatures = BTreeMap::new();
+    for sig in sig_list {
+        let keyid = sig
+            .get("keyid")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("signature without keyid".into()))?;
+        let value = sig
+            .get("sig")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("signature without sig".into()))?;
+        if signatures
+            .insert(keyid.to_string(), value.to_string())
+            .is_some()
+        {
+            return Err(VerifyError::DuplicateSignature {
+                role: role.to_string(),
+                keyid: keyid.to_string(),
+            });
+        }
+    }
+    let found_type = signed.get("_type").and_then(Value::as_str).unwrap_or("");
+    if found_type != type_name {
+        return Err(VerifyError::WrongType {
+            role: role.to_string(),
+            found: found_type.to_string(),
+        });
+    }
+    check(&signed).map_err(malformed)?;
+    let canonical = cjson::canonicalize(&signed).map_err(|e| malformed(e.to_string()))?;
+    // The typed value is read from the very JSON value whose canonical form is signed.
+    let value = T::deserialize(&signed).map_err(|e| malformed(e.to_string()))?;
+    Ok(Envelope {
+        value,
+        canonical,
+        signatures,
+    })
+}
+
+impl<R> Envelope<R> {
+    /// Checks that at least `threshold` distinct keys among `authorized` signed.
+    pub(crate) fn check_threshold(
+        &self,
+        role: &str,
+        keys: &BTreeMap<KeyId, PublicKey>,
+        authorized: &RoleKeys,
+    ) -> Result<(), VerifyError> {
+        // Count distinct key material, so one key listed under several ids counts once.
+        let mut counted: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for keyid in &authorized.keyids {
+            let (Some(key), Some(sig)) = (keys.get(keyid), self.signatures.get(keyid.as_str()))
+            else {
+                continue;
+            };
+            if key.verify(&self.canonical, sig) {
+                counted.insert((key.keytype(), key.public()));
+            }
+        }
+        let valid = u32::try_from(counted.len()).unwrap_or(u32::MAX);
+        if authorized.threshold == 0 || valid < authorized.threshold {
+            return Err(VerifyError::Threshold {
+                role: role.to_string(),
+                valid,
+                threshold: authorized.threshold,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn into_verified(self, raw: &Raw<R>) -> Verified<R> {
+        Verified {
+            value: self.value,
+            bytes: Arc::clone(&raw.bytes),
+        }
+    }
+}
+
+/// Verifies `raw` as role `role` against `keys` and the role's `authorized` key ids and
+/// threshold. Fails if the schema is wrong, a key id signs twice, or fewer than the
+/// threshold of distinct authorized keys made valid signatures; invalid extra signatures are
+/// ignored.
+pub fn verify_role<R: Role>(
+    raw: &Raw<R>,
+    role: &str,
+    keys: &BTreeMap<KeyId, PublicKey>,
+    authorized: &RoleKeys,
+) -> Result<Verified<R>, VerifyError> {
+    let envelope = parse_envelope::<R>(raw.as_bytes(), role)?;
+    envelope.check_threshold(role, keys, authorized)?;
+    Ok(envelope.into_verified(raw))
+}
+
+/// Verifies a root against its own root keys: the check for an initial, pinned root.
+pub fn verify_root_self_signed(raw: &Raw<Root>) -> Result<Verified<Root>, VerifyError> {
+    let envelope = parse_envelope::<Root>(raw.as_bytes(), "root")?;
+    let authorized =
+        envelope
+            .value
+            .roles
+            .get("root")
+            .cloned()
+            .ok_or_else(|| VerifyError::Malformed {
+                role: "root".into(),
+                reason: "no root role".into(),
+            })?;
+    envelope.check_threshold("root", &envelope.value.keys.clone(), &authorized)?;
+    Ok(envelope.into_verified(raw))
+}
+
+/// Verifies a new root version against both the trusted root's root keys and its own
+/// (TUF 1.0.31 §5.3.4, Uptane §5.4.4.3 step 2.3). Version order is the caller's check.
+pub fn verify_root_rotation(
+    trusted: &Root,
+    raw: &Raw<Root>,
+) -> Result<Verified<Root>, VerifyError> {
+    let envelope = parse_envelope::<Root>(raw.as_bytes(), "root")?;
+    let old = trusted
+        .roles
+        .get("root")
+        .ok_or_else(|| VerifyError::Malformed {
+            role: "root".into(),
+            reason: "trusted root has no root role".into(),
+        })?;
+    envelope.check_threshold("root", &trusted.keys, old)?;
+    let new = envelope
+        .value
+        .roles
+        .get("root")
+        .cloned()
+        .ok_or_else(|| VerifyError::Malformed {
+            role: "root".into(),
+            reason: "no root role".into(),
+        })?;
+    envelope.check_threshold("root", &envelope.value.keys.clone(), &new)?;
+    Ok(envelope.into_verified(raw))
+}
+
+/// Verifies a document signed by one known key (ECU version reports, vehicle manifests):
+/// `signed._type` must be `type_name` and `key` must have signed it.
+pub fn verify_signed_by<T: serde::de::DeserializeOwned>(
+    raw: &Raw<T>,
+    type_name: &str,
+    key: &PublicKey,
+) -> Result<Verified<T>, VerifyError> {
+    let envelope = parse_signed::<T>(raw.as_bytes(), type_name, type_name, |_| Ok(()))?;
+    let keyid = key.key_id();
+    let keys = BTreeMap::from([(keyid.clone(), key.clone())]);
+    let authorized = RoleKeys {
+        keyids: vec![keyid],
+        threshold: 1,
+    };
+    envelope.check_threshold(type_name, &keys, &authorized)?;
+    Ok(envelope.into_verified(raw))
+}
