@@ -1,0 +1,223 @@
+//! HTTP GETs with hard byte limits, streamed.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use uptane_core::hash::StreamVerifier;
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The server answered with a status other than 200 (or 206 for a range).
+    #[error("{url}: HTTP status {status}")]
+    Status {
+        /// URL requested.
+        url: String,
+        /// Status code.
+        status: u16,
+    },
+    /// The body is larger than allowed (endless data attack); reading stopped at the limit.
+    #[error("{url}: more than {limit} bytes")]
+    TooLarge {
+        /// URL requested.
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The body arrived slower than the configured minimum (slow retrieval attack).
+    #[error("{url}: slower than {min_bytes_per_sec} bytes/s")]
+    TooSlow {
+        /// URL requested.
+        url: String,
+        /// The configured minimum.
+        min_bytes_per_sec: u64,
+    },
+    /// Connection or protocol failure.
+    #[error("{url}: {source}")]
+    Transport {
+        /// URL requested.
+        url: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The bytes do not match the expected length or hashes.
+    #[error("{url}: {source}")]
+    Digest {
+        /// URL requested.
+        url: String,
+        /// What differs.
+        #[source]
+        source: uptane_core::hash::DigestError,
+    },
+    /// Writing the download to disk failed.
+    #[error("writing download of {url}: {source}")]
+    Io {
+        /// URL requested.
+        url: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FetchError {
+    /// The HTTP status, if the server sent one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FetchError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// An HTTP client with a read timeout (a stalled connection) and a minimum speed over each
+/// download (slow retrieval).
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    http: reqwest::Client,
+    min_bytes_per_sec: u64,
+    grace: Duration,
+}
+
+impl Fetcher {
+    /// A client; `min_bytes_per_sec` of 0 disables the speed check.
+    pub fn new(read_timeout: Duration, min_bytes_per_sec: u64) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(read_timeout)
+            .build()?;
+        Ok(Self {
+            http,
+            min_bytes_per_sec,
+            grace: Duration::from_secs(5),
+        })
+    }
+
+    async fn get(&self, url: &str, from: u64) -> Result<reqwest::Response, FetchError> {
+        let mut request = self.http.get(url);
+        if from > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| FetchError::Transport {
+                url: url.to_string(),
+                source,
+            })?;
+        let status = response.status().as_u16();
+        let expected = if from > 0 { 206 } else { 200 };
+        if status != expected {
+            return Err(FetchError::Status {
+                url: url.to_string(),
+                status,
+            });
+        }
+        Ok(response)
+    }
+
+    /// Streams the body of `url` to `sink`, stopping with an error past `limit` bytes or when
+    /// slower than the minimum speed.
+    async fn stream(
+        &self,
+        url: &str,
+        response: reqwest::Response,
+        limit: u64,
+        mut sink: impl AsyncFnMut(&[u8]) -> Result<(), FetchError>,
+    ) -> Result<u64, FetchError> {
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+                limit,
+            });
+        }
+        let started = tokio::time::Instant::now();
+        let mut received = 0u64;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| FetchError::Transport {
+                url: url.to_string(),
+                source,
+            })?;
+            received += chunk.len() as u64;
+            if received > limit {
+                return Err(FetchError::TooLarge {
+                    url: url.to_string(),
+                    limit,
+                });
+            }
+            sink(&chunk).await?;
+            self.check_speed(url, started, received)?;
+        }
+        Ok(received)
+    }
+
+    fn check_speed(
+        &self,
+        url: &str,
+        started: tokio::time::Instant,
+        received: u64,
+    ) -> Result<(), FetchError> {
+        if self.min_bytes_per_sec == 0 {
+            return Ok(());
+        }
+        let elapsed = started.elapsed();
+        if elapsed > self.grace
+            && (received as f64) < self.min_bytes_per_sec as f64 * elapsed.as_secs_f64()
+        {
+            return Err(FetchError::TooSlow {
+                url: url.to_string(),
+                min_bytes_per_sec: self.min_bytes_per_sec,
+            });
+        }
+        Ok(())
+    }
+
+    /// Downloads a whole body of at most `limit` bytes into memory (metadata).
+    pub async fn fetch_bounded(&self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
+        let response = self.get(url, 0).await?;
+        let mut out = Vec::new();
+        self.stream(url, response, limit, async |chunk: &[u8]| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Streams `url` into `file` (already holding `verifier.bytes_seen()` bytes of it, which
+    /// the verifier has seen), resuming with an HTTP Range request when that is not zero.
+    /// Every chunk goes through `verifier` before it is written, so nothing beyond the
+    /// approved length reaches the disk.
+    pub async fn download_to(
+        &self,
+        url: &str,
+        file: &mut tokio::fs::File,
+        verifier: &mut StreamVerifier,
+        length: u64,
+    ) -> Result<(), FetchError> {
+        let from = verifier.bytes_seen();
+        let response = self.get(url, from).await?;
+        let remaining = length.saturating_sub(from);
+        let io_err = |source| FetchError::Io {
+            url: url.to_string(),
+            source,
+        };
+        self.stream(url, response, remaining, async |chunk: &[u8]| {
+            verifier
+                .update(chunk)
+                .map_err(|source| FetchError::Digest {
+                    url: url.to_string(),
+                    source,
+                })?;
+            file.write_all(chunk).await.map_err(io_err)
+        })
+        .await?;
+        file.flush().await.map_err(io_err)?;
+        file.sync_all().await.map_err(io_err)?;
+        Ok(())
+    }
+}
