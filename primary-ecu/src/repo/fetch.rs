@@ -82,8 +82,18 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// A client; `min_bytes_per_sec` of 0 disables the speed check.
+    /// A client; `min_bytes_per_sec` of 0 disables the speed check, which starts after a
+    /// five-second grace period.
     pub fn new(read_timeout: Duration, min_bytes_per_sec: u64) -> Result<Self, reqwest::Error> {
+        Self::with_grace(read_timeout, min_bytes_per_sec, Duration::from_secs(5))
+    }
+
+    /// Like [`Fetcher::new`], with the grace period before the speed check applies.
+    pub fn with_grace(
+        read_timeout: Duration,
+        min_bytes_per_sec: u64,
+        grace: Duration,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))
@@ -92,7 +102,7 @@ impl Fetcher {
         Ok(Self {
             http,
             min_bytes_per_sec,
-            grace: Duration::from_secs(5),
+            grace,
         })
     }
 
