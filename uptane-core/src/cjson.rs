@@ -39,6 +39,261 @@ pub fn to_canonical_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Can
     canonicalize(&value)
 }
 
+/// Canonical bytes of JSON text, without building a [`Value`]: the fast path for verifying
+/// large metadata. The text must already be valid JSON (callers parse it with serde_json
+/// first); on top of JSON's rules this refuses duplicate object keys, numbers that are not
+/// integers in the 64-bit range, `-0`, and nesting deeper than 128, so that the canonical
+/// form and a serde_json reading of the same text cannot disagree.
+pub fn canonicalize_json_text(text: &[u8]) -> Result<Vec<u8>, CanonicalError> {
+    let mut reader = TextReader { text, pos: 0 };
+    let mut out = Vec::with_capacity(text.len());
+    reader.value(&mut out, 0)?;
+    reader.skip_ws();
+    if reader.pos != text.len() {
+        return Err(reader.error("trailing characters"));
+    }
+    Ok(out)
+}
+
+const MAX_DEPTH: usize = 128;
+
+struct TextReader<'a> {
+    text: &'a [u8],
+    pos: usize,
+}
+
+impl TextReader<'_> {
+    fn error(&self, what: &str) -> CanonicalError {
+        CanonicalError::NotJson(format!("{what} at byte {}", self.pos))
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.text.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.pos).copied()
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), CanonicalError> {
+        self.skip_ws();
+        if self.peek() == Some(byte) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(self.error(&format!("expected {:?}", byte as char)))
+        }
+    }
+
+    fn literal(&mut self, word: &[u8], out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+        if self.text[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            out.extend_from_slice(word);
+            Ok(())
+        } else {
+            Err(self.error("invalid literal"))
+        }
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), CanonicalError> {
+        if depth > MAX_DEPTH {
+            return Err(self.error("nesting too deep"));
+        }
+        self.skip_ws();
+        match self.peek() {
+            Some(b'{') => self.object(out, depth),
+            Some(b'[') => {
+                self.pos += 1;
+                out.push(b'[');
+                self.skip_ws();
+                if self.peek() == Some(b']') {
+                    self.pos += 1;
+                } else {
+                    loop {
+                        self.value(out, depth + 1)?;
+                        self.skip_ws();
+                        match self.peek() {
+                            Some(b',') => {
+                                self.pos += 1;
+                                out.push(b',');
+                            }
+                            Some(b']') => {
+                                self.pos += 1;
+                                break;
+                            }
+                            _ => return Err(self.error("expected , or ]")),
+                        }
+                    }
+                }
+                out.push(b']');
+                Ok(())
+            }
+            Some(b'"') => {
+                let mut decoded = Vec::new();
+                self.string(&mut decoded)?;
+                write_string_bytes(&decoded, out);
+                Ok(())
+            }
+            Some(b't') => self.literal(b"true", out),
+            Some(b'f') => self.literal(b"false", out),
+            Some(b'n') => self.literal(b"null", out),
+            Some(b'-' | b'0'..=b'9') => self.number(out),
+            _ => Err(self.error("expected a value")),
+        }
+    }
+
+    fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), CanonicalError> {
+        self.pos += 1;
+        // Keys and canonical values go into one buffer; members are sorted by key after.
+        let mut buf = Vec::new();
+        let mut members: Vec<(usize, usize, usize)> = Vec::new();
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+        } else {
+            loop {
+                self.skip_ws();
+                if self.peek() != Some(b'"') {
+                    return Err(self.error("expected a key"));
+                }
+                let key_start = buf.len();
+                self.string(&mut buf)?;
+                let key_end = buf.len();
+                self.expect(b':')?;
+                self.value(&mut buf, depth + 1)?;
+                members.push((key_start, key_end, buf.len()));
+                self.skip_ws();
+                match self.peek() {
+                    Some(b',') => self.pos += 1,
+                    Some(b'}') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(self.error("expected , or }")),
+                }
+            }
+        }
+        members.sort_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
+        if members
+            .windows(2)
+            .any(|w| buf[w[0].0..w[0].1] == buf[w[1].0..w[1].1])
+        {
+            return Err(self.error("duplicate object key"));
+        }
+        out.push(b'{');
+        for (i, (key_start, key_end, value_end)) in members.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_string_bytes(&buf[key_start..key_end], out);
+            out.push(b':');
+            out.extend_from_slice(&buf[key_end..value_end]);
+        }
+        out.push(b'}');
+        Ok(())
+    }
+
+    /// Reads a string literal, appending its decoded UTF-8 bytes to `out`.
+    fn string(&mut self, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+        self.pos += 1;
+        loop {
+            let start = self.pos;
+            while let Some(&b) = self.text.get(self.pos) {
+                if b == b'"' || b == b'\\' || b < 0x20 {
+                    break;
+                }
+                self.pos += 1;
+            }
+            out.extend_from_slice(&self.text[start..self.pos]);
+            match self.peek() {
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    self.pos += 1;
+                    let escaped = self.peek().ok_or_else(|| self.error("bad escape"))?;
+                    self.pos += 1;
+                    match escaped {
+                        b'"' | b'\\' | b'/' => out.push(escaped),
+                        b'b' => out.push(0x08),
+                        b'f' => out.push(0x0c),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
+                        b'u' => {
+                            let first = self.hex4()?;
+                            let code = if (0xD800..0xDC00).contains(&first) {
+                                if !self.text[self.pos..].starts_with(b"\\u") {
+                                    return Err(self.error("lone surrogate"));
+                                }
+                                self.pos += 2;
+                                let second = self.hex4()?;
+                                if !(0xDC00..0xE000).contains(&second) {
+                                    return Err(self.error("lone surrogate"));
+                                }
+                                0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
+                            } else {
+                                first
+                            };
+                            let c = char::from_u32(code).ok_or_else(|| self.error("lone surrogate"))?;
+                            let mut utf8 = [0u8; 4];
+                            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                        }
+                        _ => return Err(self.error("bad escape")),
+                    }
+                }
+                _ => return Err(self.error("unterminated string")),
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, CanonicalError> {
+        let digits = self
+            .text
+            .get(self.pos..self.pos + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u32::from_str_radix(d, 16).ok())
+            .ok_or_else(|| self.error("bad \\u escape"))?;
+        self.pos += 4;
+        Ok(digits)
+    }
+
+    fn number(&mut self, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+        let start = self.pos;
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+        if let Some(b'.' | b'e' | b'E') = self.peek() {
+            return Err(CanonicalError::NonInteger(format!("number at byte {start}")));
+        }
+        let digits = std::str::from_utf8(&self.text[start..self.pos]).map_err(|_| self.error("bad number"))?;
+        let in_range = digits.parse::<i64>().is_ok() || digits.parse::<u64>().is_ok();
+        // serde_json reads -0 as a float; refuse it rather than canonicalize it differently.
+        if !in_range || digits == "-0" {
+            return Err(CanonicalError::NonInteger(digits.to_string()));
+        }
+        out.extend_from_slice(digits.as_bytes());
+        Ok(())
+    }
+}
+
+fn write_string_bytes(s: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    for &b in s {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
 fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
@@ -83,14 +338,7 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
 }
 
 fn write_string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
-    for &b in s.as_bytes() {
-        if b == b'"' || b == b'\\' {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    out.push(b'"');
+    write_string_bytes(s.as_bytes(), out);
 }
 
 #[cfg(test)]
@@ -150,7 +398,37 @@ mod tests {
         })
     }
 
+    #[test]
+    fn text_path_refuses_what_the_value_path_could_read_differently() {
+        for bad in [
+            &br#"{"a":1,"a":2}"#[..],
+            b"1.0",
+            b"1e3",
+            b"-0",
+            b"18446744073709551616",
+            br#""\ud800""#,
+        ] {
+            assert!(canonicalize_json_text(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(canonicalize_json_text(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn text_path_decodes_escapes() {
+        let text = br#" { "b" : "\u00e9\ud83d\ude00\n\/\"" , "a" : [ -5 , true , null ] } "#;
+        let value: Value = serde_json::from_slice(text).unwrap();
+        assert_eq!(canonicalize_json_text(text).unwrap(), canonicalize(&value).unwrap());
+    }
+
     proptest! {
+        #[test]
+        fn text_path_matches_value_path(v in arb_json()) {
+            for text in [serde_json::to_vec(&v).unwrap(), serde_json::to_vec_pretty(&v).unwrap()] {
+                prop_assert_eq!(canonicalize_json_text(&text).unwrap(), canonicalize(&v).unwrap());
+            }
+        }
+
         #[test]
         fn canonical_form_is_idempotent(v in arb_json()) {
             let once = canonicalize(&v).unwrap();

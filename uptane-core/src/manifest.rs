@@ -13,6 +13,7 @@ use crate::cjson::CanonicalError;
 use crate::crypto::{PublicKey, SigningKey};
 use crate::error::{AttackKind, VerifyError};
 use crate::hash::Hashes;
+use crate::metadata::Signed;
 use crate::sign;
 use crate::time::UtcTime;
 use crate::verify::{Raw, Verified, verify_signed_by};
@@ -70,6 +71,20 @@ pub struct EcuVersionReport {
     pub last_install: Option<Value>,
 }
 
+impl Signed for EcuVersionReport {
+    const TYPE: &'static str = ECU_REPORT_TYPE;
+    fn type_field(&self) -> &str {
+        &self.report_type
+    }
+}
+
+impl Signed for VehicleVersionManifest {
+    const TYPE: &'static str = VEHICLE_MANIFEST_TYPE;
+    fn type_field(&self) -> &str {
+        &self.manifest_type
+    }
+}
+
 impl EcuVersionReport {
     /// Signs the report with the ECU's key.
     pub fn sign(&self, key: &SigningKey) -> Result<Vec<u8>, CanonicalError> {
@@ -82,7 +97,7 @@ pub fn verify_ecu_report(
     raw: &Raw<EcuVersionReport>,
     key: &PublicKey,
 ) -> Result<Verified<EcuVersionReport>, VerifyError> {
-    verify_signed_by(raw, ECU_REPORT_TYPE, key)
+    verify_signed_by(raw, key)
 }
 
 /// The vehicle's report to the Director, signed by the Primary (Uptane §5.4.2.1.1).
@@ -141,7 +156,7 @@ pub fn verify_vehicle_manifest(
     raw: &Raw<VehicleVersionManifest>,
     primary_key: &PublicKey,
 ) -> Result<Verified<VehicleVersionManifest>, VerifyError> {
-    verify_signed_by(raw, VEHICLE_MANIFEST_TYPE, primary_key)
+    verify_signed_by(raw, primary_key)
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub trait Role: serde::de::DeserializeOwned + Serialize {
     const TYPE: &'static str;
     /// Version, expiry and spec version.
     fn common(&self) -> &Common;
+    /// Role-specific structural checks.
+    fn check_role(&self) -> Result<(), String>;
 }
 
 /// Fields every role's `signed` object has.
@@ -86,6 +88,9 @@ impl Role for Root {
     fn common(&self) -> &Common {
         &self.common
     }
+    fn check_role(&self) -> Result<(), String> {
+        self.check()
+    }
 }
 
 impl Root {
@@ -123,6 +128,9 @@ impl Role for Timestamp {
     fn common(&self) -> &Common {
         &self.common
     }
+    fn check_role(&self) -> Result<(), String> {
+        self.check()
+    }
 }
 
 impl Timestamp {
@@ -146,6 +154,9 @@ impl Role for Snapshot {
     const TYPE: &'static str = "snapshot";
     fn common(&self) -> &Common {
         &self.common
+    }
+    fn check_role(&self) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -241,6 +252,9 @@ impl Role for Targets {
     fn common(&self) -> &Common {
         &self.common
     }
+    fn check_role(&self) -> Result<(), String> {
+        self.check()
+    }
 }
 
 impl Targets {
@@ -256,12 +270,31 @@ impl Targets {
     }
 }
 
-/// Structural checks that serde cannot express; returns a description of the first problem.
-pub(crate) fn check_structure(signed: &Value, role_type: &str) -> Result<(), String> {
-    let spec = signed
-        .get("spec_version")
-        .and_then(Value::as_str)
-        .ok_or("missing spec_version")?;
+/// A signed document type: what `_type` it carries and the checks serde cannot express.
+pub trait Signed: serde::de::DeserializeOwned + Serialize {
+    /// The `_type` value of this document.
+    const TYPE: &'static str;
+    /// The `_type` the document carries.
+    fn type_field(&self) -> &str;
+    /// Structural checks beyond the schema; returns a description of the first problem.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<R: Role> Signed for R {
+    const TYPE: &'static str = <R as Role>::TYPE;
+    fn type_field(&self) -> &str {
+        &self.common().role_type
+    }
+    fn validate(&self) -> Result<(), String> {
+        check_common(self.common())?;
+        self.check_role()
+    }
+}
+
+fn check_common(common: &Common) -> Result<(), String> {
+    let spec = &common.spec_version;
     let mut parts = spec.split('.');
     let major = parts.next().unwrap_or_default();
     let rest: Vec<&str> = parts.collect();
@@ -273,88 +306,75 @@ pub(crate) fn check_structure(signed: &Value, role_type: &str) -> Result<(), Str
     {
         return Err(format!("unsupported spec_version {spec:?}"));
     }
-    match signed.get("version").and_then(Value::as_u64) {
-        Some(v) if v >= 1 => {}
-        _ => return Err("version must be an integer of at least 1".into()),
-    }
-    match role_type {
-        "root" => {
-            let roles = signed
-                .get("roles")
-                .and_then(Value::as_object)
-                .ok_or("missing roles")?;
-            let names: BTreeSet<&str> = roles.keys().map(String::as_str).collect();
-            if names != BTreeSet::from(["root", "snapshot", "targets", "timestamp"]) {
-                return Err("roles must be exactly root, snapshot, targets and timestamp".into());
-            }
-            check_thresholds(roles.values())?;
-            check_key_ids(signed.get("keys"))?;
-        }
-        "timestamp" => {
-            let meta = signed
-                .get("meta")
-                .and_then(Value::as_object)
-                .ok_or("missing meta")?;
-            if meta.len() != 1 || !meta.contains_key("snapshot.json") {
-                return Err("timestamp meta must list exactly snapshot.json".into());
-            }
-        }
-        "targets" => {
-            if let Some(delegations) = signed.get("delegations") {
-                if delegations.get("succinct_roles").is_some() {
-                    return Err("succinct hash-bin delegations are not supported".into());
-                }
-                let roles = delegations
-                    .get("roles")
-                    .and_then(Value::as_array)
-                    .ok_or("delegations without roles")?;
-                check_thresholds(roles.iter())?;
-                let mut names = BTreeSet::new();
-                for role in roles {
-                    let name = role.get("name").and_then(Value::as_str).unwrap_or_default();
-                    if !names.insert(name) {
-                        return Err(format!("delegated role {name:?} listed twice"));
-                    }
-                    if matches!(name, "root" | "snapshot" | "targets" | "timestamp") {
-                        return Err(format!("a delegated role cannot be named {name:?}"));
-                    }
-                    let has_paths = role.get("paths").is_some();
-                    let has_prefixes = role.get("path_hash_prefixes").is_some();
-                    if has_paths == has_prefixes {
-                        return Err(format!(
-                            "delegated role {name:?} needs exactly one of paths and path_hash_prefixes"
-                        ));
-                    }
-                }
-                check_key_ids(delegations.get("keys"))?;
-            }
-        }
-        _ => {}
+    if common.version < 1 {
+        return Err("version must be at least 1".into());
     }
     Ok(())
 }
 
-fn check_thresholds<'a>(roles: impl Iterator<Item = &'a Value>) -> Result<(), String> {
-    for role in roles {
-        match role.get("threshold").and_then(Value::as_u64) {
-            Some(t) if t >= 1 && t <= u64::from(u32::MAX) => {}
-            _ => return Err("threshold must be an integer of at least 1".into()),
-        }
+fn check_threshold(threshold: u32) -> Result<(), String> {
+    if threshold < 1 {
+        return Err("threshold must be at least 1".into());
     }
     Ok(())
 }
 
 /// Every key must be listed under the id it hashes to, so one key cannot pose as several
 /// and count more than once toward a threshold.
-fn check_key_ids(keys: Option<&Value>) -> Result<(), String> {
-    let keys = keys.and_then(Value::as_object).ok_or("missing keys")?;
+fn check_key_ids(keys: &BTreeMap<KeyId, PublicKey>) -> Result<(), String> {
     for (id, key) in keys {
-        let key = PublicKey::from_json(key.clone()).map_err(|e| format!("key {id}: {e}"))?;
-        if key.key_id().as_str() != id {
+        if key.key_id() != *id {
             return Err(format!("key id {id} is not the SHA-256 of its key"));
         }
     }
     Ok(())
+}
+
+impl Root {
+    fn check(&self) -> Result<(), String> {
+        let names: BTreeSet<&str> = self.roles.keys().map(String::as_str).collect();
+        if names != BTreeSet::from(["root", "snapshot", "targets", "timestamp"]) {
+            return Err("roles must be exactly root, snapshot, targets and timestamp".into());
+        }
+        for role in self.roles.values() {
+            check_threshold(role.threshold)?;
+        }
+        check_key_ids(&self.keys)
+    }
+}
+
+impl Timestamp {
+    fn check(&self) -> Result<(), String> {
+        if self.meta.len() != 1 || self.snapshot_meta().is_none() {
+            return Err("timestamp meta must list exactly snapshot.json".into());
+        }
+        Ok(())
+    }
+}
+
+impl Targets {
+    fn check(&self) -> Result<(), String> {
+        let Some(delegations) = &self.delegations else {
+            return Ok(());
+        };
+        let mut names = BTreeSet::new();
+        for role in &delegations.roles {
+            let name = role.name.as_str();
+            check_threshold(role.threshold)?;
+            if !names.insert(name) {
+                return Err(format!("delegated role {name:?} listed twice"));
+            }
+            if matches!(name, "root" | "snapshot" | "targets" | "timestamp") {
+                return Err(format!("a delegated role cannot be named {name:?}"));
+            }
+            if role.paths.is_some() == role.path_hash_prefixes.is_some() {
+                return Err(format!(
+                    "delegated role {name:?} needs exactly one of paths and path_hash_prefixes"
+                ));
+            }
+        }
+        check_key_ids(&delegations.keys)
+    }
 }
 
 /// TUF target path pattern matching: the same number of `/`-separated segments, each
@@ -473,18 +493,16 @@ mod tests {
 
     #[test]
     fn rejects_other_spec_majors_and_bad_versions() {
-        let base = serde_json::json!({"spec_version": "1.0.31", "version": 1, "meta": {"snapshot.json": {"version": 1}}});
-        assert!(check_structure(&base, "timestamp").is_ok());
-        for (field, value) in [
-            ("spec_version", serde_json::json!("2.0.0")),
-            ("spec_version", serde_json::json!("1")),
-            ("spec_version", serde_json::json!("1.x")),
-            ("version", serde_json::json!(0)),
-            ("version", serde_json::json!(-1)),
-        ] {
-            let mut v = base.clone();
-            v[field] = value;
-            assert!(check_structure(&v, "timestamp").is_err(), "{field}");
+        let ok = |spec: &str, version: u64| {
+            let mut c = Common::new("timestamp", version, crate::time::parse_expires("2030-01-01T00:00:00Z").unwrap());
+            c.spec_version = spec.into();
+            check_common(&c).is_ok()
+        };
+        assert!(ok("1.0.31", 1));
+        assert!(ok("1.0", 1));
+        for spec in ["2.0.0", "1", "1.x", "1..2", "1.0.0.0"] {
+            assert!(!ok(spec, 1), "{spec}");
         }
+        assert!(!ok("1.0.31", 0));
     }
 }

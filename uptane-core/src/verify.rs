@@ -23,12 +23,12 @@ use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::cjson;
 use crate::crypto::{KeyId, PublicKey};
 use crate::error::VerifyError;
-use crate::metadata::{self, Role, RoleKeys, Root};
+use crate::metadata::{RoleKeys, Root, Signed};
 
 /// Signed metadata exactly as received. Untrusted: the only useful thing to do with it is
 /// to verify it.
@@ -127,72 +127,71 @@ pub(crate) struct Envelope<R> {
     signatures: BTreeMap<String, String>,
 }
 
-/// Parses `{"signed", "signatures"}` and the role's schema, without checking signatures.
-pub(crate) fn parse_envelope<R: Role>(
-    bytes: &[u8],
-    role: &str,
-) -> Result<Envelope<R>, VerifyError> {
-    parse_signed(bytes, role, R::TYPE, |signed| {
-        metadata::check_structure(signed, R::TYPE)
-    })
+#[derive(serde::Deserialize)]
+struct EnvelopeText<'a> {
+    #[serde(borrow)]
+    signed: &'a RawValue,
+    signatures: Vec<SignatureText>,
 }
 
-/// Parses a signed envelope whose `signed._type` must be `type_name` and which passes
-/// `check`, then reads `T` from the JSON value that was canonicalized.
-pub(crate) fn parse_signed<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-    role: &str,
-    type_name: &str,
-    check: impl FnOnce(&Value) -> Result<(), String>,
-) -> Result<Envelope<T>, VerifyError> {
+#[derive(serde::Deserialize)]
+struct SignatureText {
+    keyid: String,
+    sig: String,
+}
+
+#[derive(serde::Deserialize)]
+struct TypeProbe {
+    #[serde(rename = "_type", default)]
+    role_type: Option<String>,
+}
+
+/// Parses `{"signed", "signatures"}` and the document's schema, without checking signatures.
+///
+/// The canonical bytes (what signatures cover) and the typed value are both read from the
+/// same `signed` text; the canonicalizer refuses duplicate keys and non-integers, the two
+/// things that could let those two readings differ.
+pub(crate) fn parse_envelope<R: Signed>(bytes: &[u8], role: &str) -> Result<Envelope<R>, VerifyError> {
     let malformed = |reason: String| VerifyError::Malformed {
         role: role.to_string(),
         reason,
     };
-    let mut doc: Value =
-        serde_json::from_slice(bytes).map_err(|e| malformed(format!("not JSON: {e}")))?;
-    let object = doc
-        .as_object_mut()
-        .ok_or_else(|| malformed("not a JSON object".into()))?;
-    let signed = object
-        .remove("signed")
-        .filter(Value::is_object)
-        .ok_or_else(|| malformed("missing signed object".into()))?;
-    let sig_list = object
-        .get("signatures")
-        .and_then(Value::as_array)
-        .ok_or_else(|| malformed("missing signatures list".into()))?;
+    let doc: EnvelopeText<'_> =
+        serde_json::from_slice(bytes).map_err(|e| malformed(format!("not a signed envelope: {e}")))?;
     let mut signatures = BTreeMap::new();
-    for sig in sig_list {
-        let keyid = sig
-            .get("keyid")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("signature without keyid".into()))?;
-        let value = sig
-            .get("sig")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("signature without sig".into()))?;
-        if signatures
-            .insert(keyid.to_string(), value.to_string())
-            .is_some()
-        {
+    for sig in doc.signatures {
+        if signatures.insert(sig.keyid.clone(), sig.sig).is_some() {
             return Err(VerifyError::DuplicateSignature {
                 role: role.to_string(),
-                keyid: keyid.to_string(),
+                keyid: sig.keyid,
             });
         }
     }
-    let found_type = signed.get("_type").and_then(Value::as_str).unwrap_or("");
-    if found_type != type_name {
-        return Err(VerifyError::WrongType {
-            role: role.to_string(),
-            found: found_type.to_string(),
-        });
+    let text = doc.signed.get();
+    if !text.starts_with('{') {
+        return Err(malformed("signed is not an object".into()));
     }
-    check(&signed).map_err(malformed)?;
-    let canonical = cjson::canonicalize(&signed).map_err(|e| malformed(e.to_string()))?;
-    // The typed value is read from the very JSON value whose canonical form is signed.
-    let value = T::deserialize(&signed).map_err(|e| malformed(e.to_string()))?;
+    let value = match serde_json::from_str::<R>(text) {
+        Ok(value) if value.type_field() == R::TYPE => value,
+        result => {
+            let found = serde_json::from_str::<TypeProbe>(text)
+                .ok()
+                .and_then(|p| p.role_type)
+                .unwrap_or_default();
+            if found != R::TYPE {
+                return Err(VerifyError::WrongType {
+                    role: role.to_string(),
+                    found,
+                });
+            }
+            return Err(malformed(match result {
+                Err(e) => e.to_string(),
+                Ok(_) => "wrong _type".into(),
+            }));
+        }
+    };
+    value.validate().map_err(malformed)?;
+    let canonical = cjson::canonicalize_json_text(text.as_bytes()).map_err(|e| malformed(e.to_string()))?;
     Ok(Envelope {
         value,
         canonical,
@@ -242,7 +241,7 @@ impl<R> Envelope<R> {
 /// threshold. Fails if the schema is wrong, a key id signs twice, or fewer than the
 /// threshold of distinct authorized keys made valid signatures; invalid extra signatures are
 /// ignored.
-pub fn verify_role<R: Role>(
+pub fn verify_role<R: Signed>(
     raw: &Raw<R>,
     role: &str,
     keys: &BTreeMap<KeyId, PublicKey>,
@@ -299,13 +298,13 @@ pub fn verify_root_rotation(
 }
 
 /// Verifies a document signed by one known key (ECU version reports, vehicle manifests):
-/// `signed._type` must be `type_name` and `key` must have signed it.
-pub fn verify_signed_by<T: serde::de::DeserializeOwned>(
+/// `signed._type` must be the document's type and `key` must have signed it.
+pub fn verify_signed_by<T: Signed>(
     raw: &Raw<T>,
-    type_name: &str,
     key: &PublicKey,
 ) -> Result<Verified<T>, VerifyError> {
-    let envelope = parse_signed::<T>(raw.as_bytes(), type_name, type_name, |_| Ok(()))?;
+    let type_name = T::TYPE;
+    let envelope = parse_envelope::<T>(raw.as_bytes(), type_name)?;
     let keyid = key.key_id();
     let keys = BTreeMap::from([(keyid.clone(), key.clone())]);
     let authorized = RoleKeys {
