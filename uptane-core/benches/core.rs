@@ -74,14 +74,21 @@ fn main() {
         let bytes = targets_file(n, &key);
         let reps = if n == 1_000 { 31 } else { 11 };
         let raw = Raw::<Targets>::new(bytes.clone());
-        let verify = time(reps, || verify_role(&raw, "targets", &keys, &authorized).unwrap());
+        let verify = time(reps, || {
+            verify_role(&raw, "targets", &keys, &authorized).unwrap()
+        });
         let doc: Value = serde_json::from_slice(&bytes).unwrap();
         let signed_text = serde_json::to_vec(&doc["signed"]).unwrap();
-        let canon = time(reps, || cjson::canonicalize_json_text(&signed_text).unwrap());
+        let canon = time(reps, || {
+            cjson::canonicalize_json_text(&signed_text).unwrap()
+        });
         let canon_value = time(reps, || cjson::canonicalize(&doc["signed"]).unwrap());
 
         let expires = parse_expires("2040-01-01T00:00:00Z").unwrap();
-        let root = RootBuilder::new(1, expires).all_roles(&key).sign(&[&key]).unwrap();
+        let root = RootBuilder::new(1, expires)
+            .all_roles(&key)
+            .sign(&[&key])
+            .unwrap();
         let snapshot = SnapshotBuilder::new(1, expires)
             .role("targets", describe(1, &bytes))
             .sign(&[&key])

@@ -238,7 +238,8 @@ impl TextReader<'_> {
                             } else {
                                 first
                             };
-                            let c = char::from_u32(code).ok_or_else(|| self.error("lone surrogate"))?;
+                            let c =
+                                char::from_u32(code).ok_or_else(|| self.error("lone surrogate"))?;
                             let mut utf8 = [0u8; 4];
                             out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
                         }
@@ -270,9 +271,12 @@ impl TextReader<'_> {
             self.pos += 1;
         }
         if let Some(b'.' | b'e' | b'E') = self.peek() {
-            return Err(CanonicalError::NonInteger(format!("number at byte {start}")));
+            return Err(CanonicalError::NonInteger(format!(
+                "number at byte {start}"
+            )));
         }
-        let digits = std::str::from_utf8(&self.text[start..self.pos]).map_err(|_| self.error("bad number"))?;
+        let digits = std::str::from_utf8(&self.text[start..self.pos])
+            .map_err(|_| self.error("bad number"))?;
         let in_range = digits.parse::<i64>().is_ok() || digits.parse::<u64>().is_ok();
         // serde_json reads -0 as a float; refuse it rather than canonicalize it differently.
         if !in_range || digits == "-0" {
@@ -408,7 +412,11 @@ mod tests {
             b"18446744073709551616",
             br#""\ud800""#,
         ] {
-            assert!(canonicalize_json_text(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                canonicalize_json_text(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(canonicalize_json_text(deep.as_bytes()).is_err());
@@ -418,7 +426,10 @@ mod tests {
     fn text_path_decodes_escapes() {
         let text = br#" { "b" : "\u00e9\ud83d\ude00\n\/\"" , "a" : [ -5 , true , null ] } "#;
         let value: Value = serde_json::from_slice(text).unwrap();
-        assert_eq!(canonicalize_json_text(text).unwrap(), canonicalize(&value).unwrap());
+        assert_eq!(
+            canonicalize_json_text(text).unwrap(),
+            canonicalize(&value).unwrap()
+        );
     }
 
     proptest! {

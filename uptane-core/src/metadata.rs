@@ -494,7 +494,11 @@ mod tests {
     #[test]
     fn rejects_other_spec_majors_and_bad_versions() {
         let ok = |spec: &str, version: u64| {
-            let mut c = Common::new("timestamp", version, crate::time::parse_expires("2030-01-01T00:00:00Z").unwrap());
+            let mut c = Common::new(
+                "timestamp",
+                version,
+                crate::time::parse_expires("2030-01-01T00:00:00Z").unwrap(),
+            );
             c.spec_version = spec.into();
             check_common(&c).is_ok()
         };

@@ -83,9 +83,6 @@ pub enum UptaneError {
         /// Offered counter.
         offered: u64,
     },
-    /// The Director targets list no image for this ECU (partial verification).
-    #[error("Director targets list no image for ECU {0}")]
-    NoTargetForEcu(String),
     /// Image bytes differ from the approved length or hashes.
     #[error("image {target}: {source}")]
     Image {
@@ -111,7 +108,6 @@ impl UptaneError {
                 AttackKind::RepositoryMismatch
             }
             UptaneError::ReleaseCounterRollback { .. } => AttackKind::Rollback,
-            UptaneError::NoTargetForEcu(_) => AttackKind::Malformed,
             UptaneError::Image { source, .. } => match source {
                 DigestError::TooLong { .. } => AttackKind::EndlessData,
                 _ => AttackKind::ArbitrarySoftware,

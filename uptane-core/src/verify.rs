@@ -151,13 +151,16 @@ struct TypeProbe {
 /// The canonical bytes (what signatures cover) and the typed value are both read from the
 /// same `signed` text; the canonicalizer refuses duplicate keys and non-integers, the two
 /// things that could let those two readings differ.
-pub(crate) fn parse_envelope<R: Signed>(bytes: &[u8], role: &str) -> Result<Envelope<R>, VerifyError> {
+pub(crate) fn parse_envelope<R: Signed>(
+    bytes: &[u8],
+    role: &str,
+) -> Result<Envelope<R>, VerifyError> {
     let malformed = |reason: String| VerifyError::Malformed {
         role: role.to_string(),
         reason,
     };
-    let doc: EnvelopeText<'_> =
-        serde_json::from_slice(bytes).map_err(|e| malformed(format!("not a signed envelope: {e}")))?;
+    let doc: EnvelopeText<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| malformed(format!("not a signed envelope: {e}")))?;
     let mut signatures = BTreeMap::new();
     for sig in doc.signatures {
         if signatures.insert(sig.keyid.clone(), sig.sig).is_some() {
@@ -191,7 +194,8 @@ pub(crate) fn parse_envelope<R: Signed>(bytes: &[u8], role: &str) -> Result<Enve
         }
     };
     value.validate().map_err(malformed)?;
-    let canonical = cjson::canonicalize_json_text(text.as_bytes()).map_err(|e| malformed(e.to_string()))?;
+    let canonical =
+        cjson::canonicalize_json_text(text.as_bytes()).map_err(|e| malformed(e.to_string()))?;
     Ok(Envelope {
         value,
         canonical,
@@ -313,4 +317,196 @@ pub fn verify_signed_by<T: Signed>(
     };
     envelope.check_threshold(type_name, &keys, &authorized)?;
     Ok(envelope.into_verified(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::metadata::{Targets, Timestamp};
+    use crate::sign::{RootBuilder, TargetsBuilder, delegated_role, sign_value};
+    use crate::testing::{key, later};
+
+    fn root_doc() -> Value {
+        let k = key(1);
+        let bytes = RootBuilder::new(1, later())
+            .all_roles(&k)
+            .sign(&[&k])
+            .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()["signed"].clone()
+    }
+
+    fn self_signed(signed: &Value) -> Result<Verified<Root>, VerifyError> {
+        verify_root_self_signed(&Raw::new(sign_value(signed, &[&key(1)]).unwrap()))
+    }
+
+    fn malformed<T>(r: Result<T, VerifyError>) -> bool {
+        matches!(r, Err(VerifyError::Malformed { .. }))
+    }
+
+    #[test]
+    fn rejects_envelopes_that_are_not_envelopes() {
+        let k = key(1);
+        let good = RootBuilder::new(1, later())
+            .all_roles(&k)
+            .sign(&[&k])
+            .unwrap();
+        let mut doc: Value = serde_json::from_slice(&good).unwrap();
+        for broken in [
+            json!([]),
+            json!({"signed": doc["signed"].clone()}),
+            json!({"signatures": doc["signatures"].clone()}),
+            json!({"signed": "x", "signatures": []}),
+            json!({"signed": doc["signed"].clone(), "signatures": [{"sig": "00"}]}),
+            json!({"signed": doc["signed"].clone(), "signatures": [{"keyid": "00"}]}),
+        ] {
+            let bytes = serde_json::to_vec(&broken).unwrap();
+            assert!(
+                malformed(verify_root_self_signed(&Raw::new(bytes))),
+                "{broken}"
+            );
+        }
+        assert!(malformed(verify_root_self_signed(&Raw::new(
+            b"not json".to_vec()
+        ))));
+        doc["signed"]["expires"] = json!(1.5);
+        assert!(malformed(verify_root_self_signed(&Raw::new(
+            serde_json::to_vec(&doc).unwrap()
+        ))));
+    }
+
+    #[test]
+    fn rejects_floats_and_duplicate_keys_in_signed() {
+        let k = key(1);
+        let good = String::from_utf8(
+            RootBuilder::new(1, later())
+                .all_roles(&k)
+                .sign(&[&k])
+                .unwrap(),
+        )
+        .unwrap();
+        let duplicated = good.replacen("\"version\":1", "\"version\":1,\"version\":1", 1);
+        assert!(malformed(verify_root_self_signed(&Raw::new(
+            duplicated.into_bytes()
+        ))));
+        let float = good.replacen("\"signed\":{", "\"signed\":{\"x\":0.5,", 1);
+        assert!(malformed(verify_root_self_signed(&Raw::new(
+            float.into_bytes()
+        ))));
+    }
+
+    #[test]
+    fn rejects_root_with_missing_or_extra_roles() {
+        let mut doc = root_doc();
+        doc["roles"].as_object_mut().unwrap().remove("snapshot");
+        assert!(malformed(self_signed(&doc)));
+        let mut doc = root_doc();
+        doc["roles"]["mirror"] = doc["roles"]["root"].clone();
+        assert!(malformed(self_signed(&doc)));
+    }
+
+    #[test]
+    fn rejects_zero_threshold() {
+        let mut doc = root_doc();
+        doc["roles"]["timestamp"]["threshold"] = json!(0);
+        assert!(malformed(self_signed(&doc)));
+    }
+
+    #[test]
+    fn rejects_key_listed_under_a_foreign_id() {
+        let mut doc = root_doc();
+        let keys = doc["keys"].as_object_mut().unwrap();
+        let (id, key_json) = keys
+            .iter()
+            .next()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .unwrap();
+        keys.remove(&id);
+        keys.insert("f".repeat(64), key_json);
+        assert!(malformed(self_signed(&doc)));
+    }
+
+    #[test]
+    fn rejects_timestamp_meta_other_than_snapshot() {
+        let k = key(2);
+        let signed = json!({
+            "_type": "timestamp", "spec_version": "1.0.31", "version": 1,
+            "expires": "2031-01-01T00:00:00Z",
+            "meta": {"snapshot.json": {"version": 1}, "targets.json": {"version": 1}}
+        });
+        let raw = Raw::<Timestamp>::new(sign_value(&signed, &[&k]).unwrap());
+        let keys = BTreeMap::from([(k.key_id(), k.public_key().clone())]);
+        let authorized = RoleKeys {
+            keyids: vec![k.key_id()],
+            threshold: 1,
+        };
+        assert!(malformed(verify_role(
+            &raw,
+            "timestamp",
+            &keys,
+            &authorized
+        )));
+    }
+
+    fn targets_with(edit: impl FnOnce(&mut Value)) -> Result<Verified<Targets>, VerifyError> {
+        let k = key(3);
+        let d = key(4);
+        let bytes = TargetsBuilder::new(1, later())
+            .delegate(
+                delegated_role("a", &[d.public_key()], 1, &["*"], false),
+                &[d.public_key()],
+            )
+            .sign(&[&k])
+            .unwrap();
+        let mut signed = serde_json::from_slice::<Value>(&bytes).unwrap()["signed"].clone();
+        edit(&mut signed);
+        let raw = Raw::<Targets>::new(sign_value(&signed, &[&k]).unwrap());
+        let keys = BTreeMap::from([(k.key_id(), k.public_key().clone())]);
+        let authorized = RoleKeys {
+            keyids: vec![k.key_id()],
+            threshold: 1,
+        };
+        verify_role(&raw, "targets", &keys, &authorized)
+    }
+
+    #[test]
+    fn rejects_bad_delegations() {
+        targets_with(|_| {}).unwrap();
+        assert!(malformed(targets_with(|s| {
+            let role = s["delegations"]["roles"][0].clone();
+            s["delegations"]["roles"].as_array_mut().unwrap().push(role);
+        })));
+        assert!(malformed(targets_with(|s| s["delegations"]["roles"][0]
+            ["name"] =
+            json!("snapshot"))));
+        assert!(malformed(targets_with(|s| s["delegations"]["roles"][0]
+            ["path_hash_prefixes"] =
+            json!(["ab"]))));
+        assert!(malformed(targets_with(|s| {
+            s["delegations"]["roles"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("paths");
+        })));
+        assert!(malformed(targets_with(
+            |s| s["delegations"]["roles"][0]["threshold"] = json!(0)
+        )));
+        assert!(malformed(targets_with(|s| {
+            s["delegations"] = json!({"keys": {}, "succinct_roles": {"bit_length": 8}});
+        })));
+    }
+
+    #[test]
+    fn path_hash_prefixes_cover_by_hash() {
+        let mut role = delegated_role("bins", &[], 1, &[], false);
+        role.paths = None;
+        let digest = crate::hash::sha256_hex(b"file.txt");
+        role.path_hash_prefixes = Some(vec![digest[..2].to_string()]);
+        assert!(role.covers("file.txt"));
+        role.path_hash_prefixes = Some(vec![
+            if digest.starts_with('0') { "1" } else { "0" }.to_string(),
+        ]);
+        assert!(!role.covers("file.txt"));
+    }
 }

@@ -339,3 +339,50 @@ fn director_root_rotation_builder_is_usable_for_partial_ecus() {
     let rotated = crate::verify::verify_root_rotation(&root, &Raw::new(new)).unwrap();
     assert_eq!(rotated.common.version, 2);
 }
+
+#[test]
+fn refuses_without_director_targets_or_image_target() {
+    let repo = RepoFixture::new();
+    let set = TrustedSet::<Director>::new(
+        &Raw::new(repo.initial_root().to_vec()),
+        now(),
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        director_targets(&set, VIN, &ecus()),
+        Err(UptaneError::NoDirectorTargets)
+    );
+    let mut other = entry();
+    other.path = "other.bin".into();
+    assert_eq!(
+        approve(&other, &ok_image(), None),
+        Err(UptaneError::ImageNotFound("other.bin".into()))
+    );
+}
+
+#[test]
+fn an_approved_image_without_hashes_cannot_be_verified() {
+    let (root, repo) = partial_fixture();
+    let bytes = TargetsBuilder::new(3, later())
+        .target_with(
+            "fw.bin",
+            IMAGE.len() as u64,
+            Default::default(),
+            Some(director_target_custom("ecu1", "hw-1", 2)),
+        )
+        .custom(director_targets_custom(VIN, "c"))
+        .sign(&[&repo.targets_key])
+        .unwrap();
+    let image = verify_partial(&root, &Raw::new(bytes), None, now(), &ME, 1 << 20)
+        .unwrap()
+        .image
+        .unwrap();
+    assert!(matches!(
+        image.verifier(),
+        Err(UptaneError::Image {
+            source: DigestError::NoHashes,
+            ..
+        })
+    ));
+}
