@@ -1,0 +1,554 @@
+//! The `image-repo` command line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use uptane_core::metadata::{DelegatedRole, Targets};
+use uptane_core::sign::TargetsBuilder;
+use uptane_core::time::UtcTime;
+
+use crate::keys;
+use crate::remote::Remote;
+use crate::repo::{Expiry, InitOptions, RepoState, Repository, image_custom, sign_targets_update};
+use crate::server::{AppState, ServerConfig};
+use crate::tokens::Tokens;
+
+/// The Uptane Image repository: a TUF repository of signed images.
+#[derive(Debug, Parser)]
+#[command(name = "image-repo", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where a publishing command acts: a repository directory, or a running server.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// The repository directory (acting locally).
+    #[arg(long, env = "IMAGE_REPO_DIR")]
+    repo: Option<PathBuf>,
+    /// A running server to upload to (with --token).
+    #[arg(long, env = "IMAGE_REPO_SERVER")]
+    server: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Key ceremony: creates keys and version 1 of every role.
+    Init {
+        /// Repository directory to create.
+        #[arg(long, env = "IMAGE_REPO_DIR")]
+        repo: PathBuf,
+        /// Directory for the offline root and targets keys (never read by the server).
+        #[arg(long, env = "IMAGE_REPO_OFFLINE_KEYS")]
+        offline_keys: PathBuf,
+        /// Number of root keys.
+        #[arg(long, default_value_t = 1)]
+        root_keys: usize,
+        /// Root signature threshold.
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u32,
+        /// Number of targets keys.
+        #[arg(long, default_value_t = 1)]
+        targets_keys: usize,
+        /// Targets signature threshold.
+        #[arg(long, default_value_t = 1)]
+        targets_threshold: u32,
+    },
+    /// Publishes an image in top-level targets.
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// Upload token (with --server).
+        #[arg(long, env = "IMAGE_REPO_TOKEN")]
+        token: Option<String>,
+        /// Offline keys directory holding the targets keys.
+        #[arg(long, env = "IMAGE_REPO_OFFLINE_KEYS")]
+        offline_keys: PathBuf,
+        /// Target name (path) of the image.
+        #[arg(long)]
+        name: String,
+        /// Hardware ids the image is for.
+        #[arg(long = "hardware-id", required = true)]
+        hardware_ids: Vec<String>,
+        /// Release counter.
+        #[arg(long, default_value_t = 0)]
+        release_counter: u64,
+        /// The image file.
+        file: PathBuf,
+    },
+    /// Removes an image from top-level targets.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        /// Upload token (with --server).
+        #[arg(long, env = "IMAGE_REPO_TOKEN")]
+        token: Option<String>,
+        /// Offline keys directory holding the targets keys.
+        #[arg(long, env = "IMAGE_REPO_OFFLINE_KEYS")]
+        offline_keys: PathBuf,
+        /// Target name to remove.
+        #[arg(long)]
+        name: String,
+    },
+    /// Delegates paths (and hardware ids) to a supplier's role, from top-level targets.
+    Delegate {
+        #[command(flatten)]
+        target: Target,
+        /// Upload token (with --server).
+        #[arg(long, env = "IMAGE_REPO_TOKEN")]
+        token: Option<String>,
+        /// Offline keys directory holding the targets keys.
+        #[arg(long, env = "IMAGE_REPO_OFFLINE_KEYS")]
+        offline_keys: PathBuf,
+        /// Name of the delegated role.
+        #[arg(long)]
+        role: String,
+        /// Public key files (JSON key objects, or PKCS#8 private keys) of the role.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Signature threshold of the role.
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+        /// Target path patterns the role may sign for (shell globs per `/` segment).
+        #[arg(long = "path", required = true)]
+        paths: Vec<String>,
+        /// Hardware ids the role may sign for (default: any).
+        #[arg(long = "hardware-id")]
+        hardware_ids: Vec<String>,
+        /// Stop the search after this role's subtree.
+        #[arg(long)]
+        terminating: bool,
+    },
+    /// A supplier publishes an image in its delegated role, signed with its own key.
+    SupplierAdd {
+        #[command(flatten)]
+        target: Target,
+        /// Upload token for the role (with --server).
+        #[arg(long, env = "IMAGE_REPO_TOKEN")]
+        token: Option<String>,
+        /// The delegated role.
+        #[arg(long)]
+        role: String,
+        /// The supplier's private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Target name of the image.
+        #[arg(long)]
+        name: String,
+        /// Hardware ids the image is for.
+        #[arg(long = "hardware-id", required = true)]
+        hardware_ids: Vec<String>,
+        /// Release counter.
+        #[arg(long, default_value_t = 0)]
+        release_counter: u64,
+        /// The image file.
+        file: PathBuf,
+    },
+    /// Creates a key pair: FILE (private, mode 0600) and FILE.pub.json.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Upload tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Rotates the root keys: root N+1 signed by the old and the new keys.
+    RotateRoot {
+        /// Repository directory.
+        #[arg(long, env = "IMAGE_REPO_DIR")]
+        repo: PathBuf,
+        /// Offline keys directory (old root keys in, new root keys out).
+        #[arg(long, env = "IMAGE_REPO_OFFLINE_KEYS")]
+        offline_keys: PathBuf,
+        /// Number of new root keys.
+        #[arg(long, default_value_t = 1)]
+        keys: usize,
+        /// New root threshold.
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+    },
+    /// Rotates the snapshot or timestamp key (a new root lists the new key).
+    RotateOnline {
+        /// Repository directory.
+        #[arg(long, env = "IMAGE_REPO_DIR")]
+        repo: PathBuf,
+        /// Offline keys directory holding the root keys.
+        #[arg(long, env = "IMAGE_REPO_OFFLINE_KEYS")]
+        offline_keys: PathBuf,
+        /// `snapshot` or `timestamp`.
+        #[arg(long)]
+        role: String,
+    },
+    /// Serves the repository over HTTP.
+    Serve {
+        /// Repository directory.
+        #[arg(long, env = "IMAGE_REPO_DIR")]
+        repo: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "IMAGE_REPO_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Seconds between checks for timestamp/snapshot renewal.
+        #[arg(long, env = "IMAGE_REPO_RENEW_INTERVAL_SECS", default_value_t = 60)]
+        renew_interval_secs: u64,
+        /// Re-sign timestamp/snapshot when they expire within this many seconds.
+        #[arg(long, env = "IMAGE_REPO_RENEW_MARGIN_SECS", default_value_t = 12 * 3600)]
+        renew_margin_secs: i64,
+        /// Lifetime of each new timestamp, in seconds.
+        #[arg(
+            long,
+            env = "IMAGE_REPO_TIMESTAMP_LIFETIME_SECS",
+            default_value_t = 86_400
+        )]
+        timestamp_lifetime_secs: i64,
+        /// Lifetime of each new snapshot, in seconds.
+        #[arg(long, env = "IMAGE_REPO_SNAPSHOT_LIFETIME_SECS", default_value_t = 7 * 86_400)]
+        snapshot_lifetime_secs: i64,
+        /// Largest image upload, in bytes.
+        #[arg(long, env = "IMAGE_REPO_MAX_BLOB_BYTES", default_value_t = 16 << 30)]
+        max_blob_bytes: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Creates a token that may upload metadata for ROLE (and blobs); prints it once.
+    Create {
+        /// Repository directory.
+        #[arg(long, env = "IMAGE_REPO_DIR")]
+        repo: PathBuf,
+        /// Role the token may write (`targets` or a delegated role).
+        #[arg(long)]
+        role: String,
+        /// A note for operators.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+}
+
+fn now() -> UtcTime {
+    std::time::SystemTime::now().into()
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            repo,
+            offline_keys,
+            root_keys,
+            root_threshold,
+            targets_keys,
+            targets_threshold,
+        } => {
+            let options = InitOptions {
+                root_keys,
+                root_threshold,
+                targets_keys,
+                targets_threshold,
+            };
+            Repository::init(&repo, &offline_keys, options, Expiry::default(), now())?;
+            println!(
+                "initialized {} ({root_threshold}-of-{root_keys} root, {targets_threshold}-of-{targets_keys} targets); offline keys in {}",
+                repo.display(),
+                offline_keys.display()
+            );
+            Ok(())
+        }
+        Command::Add {
+            target,
+            token,
+            offline_keys,
+            name,
+            hardware_ids,
+            release_counter,
+            file,
+        } => {
+            crate::repo::check_target_name(&name)?;
+            let custom = image_custom(&hardware_ids, release_counter);
+            let edit = |info: crate::repo::BlobInfo| {
+                move |b: TargetsBuilder| {
+                    Ok(b.target_with(&name, info.length, info.hashes.clone(), Some(custom)))
+                }
+            };
+            match (target.repo, target.server) {
+                (Some(dir), _) => {
+                    let repo = Repository::open(dir)?;
+                    let info = repo.import_file(&file)?;
+                    let report = repo.update_targets(&offline_keys, now(), edit(info))?;
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                (None, Some(server)) => {
+                    let remote = Remote::new(&server, token)?;
+                    let info = hash_file(&file)?;
+                    remote.upload_blob(&file, &info).await?;
+                    let state = remote.state().await?;
+                    let bytes = sign_targets_update(
+                        &state,
+                        &offline_keys,
+                        Expiry::default(),
+                        now(),
+                        edit(info),
+                    )?;
+                    let report = remote.upload_metadata("targets", bytes).await?;
+                    println!("{report}");
+                }
+                (None, None) => bail!("--repo or --server is required"),
+            }
+            Ok(())
+        }
+        Command::Remove {
+            target,
+            token,
+            offline_keys,
+            name,
+        } => {
+            let edit = |b: TargetsBuilder| {
+                if !b.clone().build().targets.contains_key(&name) {
+                    return Err(crate::error::RepoError::Invalid(format!(
+                        "no target {name:?}"
+                    )));
+                }
+                Ok(b.remove_target(&name))
+            };
+            publish_top_level(target, token, &offline_keys, edit).await
+        }
+        Command::Delegate {
+            target,
+            token,
+            offline_keys,
+            role,
+            keys: key_files,
+            threshold,
+            paths,
+            hardware_ids,
+            terminating,
+        } => {
+            let public: Vec<_> = key_files
+                .iter()
+                .map(|p| keys::read_public(p))
+                .collect::<Result<_, _>>()?;
+            if threshold == 0 || threshold as usize > public.len() {
+                bail!("threshold {threshold} needs 1 to {} keys", public.len());
+            }
+            let delegation = DelegatedRole {
+                name: role.clone(),
+                keyids: public.iter().map(|k| k.key_id()).collect(),
+                threshold,
+                terminating,
+                paths: Some(paths),
+                path_hash_prefixes: None,
+                hardware_ids: (!hardware_ids.is_empty()).then_some(hardware_ids),
+            };
+            let refs: Vec<_> = public.iter().collect();
+            publish_top_level(target, token, &offline_keys, move |b: TargetsBuilder| {
+                Ok(b.delegate(delegation, &refs))
+            })
+            .await
+        }
+        Command::SupplierAdd {
+            target,
+            token,
+            role,
+            key,
+            name,
+            hardware_ids,
+            release_counter,
+            file,
+        } => {
+            crate::repo::check_target_name(&name)?;
+            let key = keys::read_private(&key)?;
+            let custom = image_custom(&hardware_ids, release_counter);
+            let sign_role = |state: &RepoState,
+                             info: &crate::repo::BlobInfo|
+             -> anyhow::Result<Vec<u8>> {
+                let expires = now() + Expiry::default().targets;
+                let builder = match state.roles.get(&role) {
+                    Some(current) => {
+                        TargetsBuilder::from_targets(current, current.common.version + 1, expires)
+                    }
+                    None => {
+                        let listed = state
+                            .snapshot
+                            .meta
+                            .get(&format!("{role}.json"))
+                            .map_or(0, |m| m.version);
+                        TargetsBuilder::from_targets(&empty_targets(expires), listed + 1, expires)
+                    }
+                };
+                let targets = builder
+                    .target_with(
+                        &name,
+                        info.length,
+                        info.hashes.clone(),
+                        Some(custom.clone()),
+                    )
+                    .build();
+                Ok(uptane_core::sign::sign(&targets, &[&key])?)
+            };
+            match (target.repo, target.server) {
+                (Some(dir), _) => {
+                    let repo = Repository::open(dir)?;
+                    let info = repo.import_file(&file)?;
+                    let bytes = sign_role(&repo.state()?, &info)?;
+                    let report = repo.publish_role(&role, bytes, now())?;
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                (None, Some(server)) => {
+                    let remote = Remote::new(&server, token)?;
+                    let info = hash_file(&file)?;
+                    remote.upload_blob(&file, &info).await?;
+                    let bytes = sign_role(&remote.state().await?, &info)?;
+                    println!("{}", remote.upload_metadata(&role, bytes).await?);
+                }
+                (None, None) => bail!("--repo or --server is required"),
+            }
+            Ok(())
+        }
+        Command::Keygen { out } => {
+            let key = keys::generate()?;
+            keys::write_private(&out, &key)?;
+            let public = PathBuf::from(format!("{}.pub.json", out.display()));
+            keys::write_public(&public, key.public_key())?;
+            println!("{}", key.key_id());
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Create { repo, role, label },
+        } => {
+            Repository::open(&repo)?;
+            println!("{}", Tokens::create(&repo, &role, &label)?);
+            Ok(())
+        }
+        Command::RotateRoot {
+            repo,
+            offline_keys,
+            keys,
+            threshold,
+        } => {
+            let version =
+                Repository::open(repo)?.rotate_root_keys(&offline_keys, keys, threshold, now())?;
+            println!("published root version {version}");
+            Ok(())
+        }
+        Command::RotateOnline {
+            repo,
+            offline_keys,
+            role,
+        } => {
+            let version = Repository::open(repo)?.rotate_online_key(&offline_keys, &role, now())?;
+            println!("published root version {version} with a new {role} key");
+            Ok(())
+        }
+        Command::Serve {
+            repo,
+            listen,
+            renew_interval_secs,
+            renew_margin_secs,
+            timestamp_lifetime_secs,
+            snapshot_lifetime_secs,
+            max_blob_bytes,
+        } => {
+            if renew_interval_secs == 0
+                || timestamp_lifetime_secs <= 0
+                || snapshot_lifetime_secs <= 0
+            {
+                bail!("intervals and lifetimes must be positive");
+            }
+            let expiry = Expiry {
+                timestamp: chrono::Duration::seconds(timestamp_lifetime_secs),
+                snapshot: chrono::Duration::seconds(snapshot_lifetime_secs),
+                ..Expiry::default()
+            };
+            let repository = Repository::open(&repo)?.with_expiry(expiry);
+            repository
+                .state()
+                .context("the repository does not verify")?;
+            let config = ServerConfig {
+                max_blob_bytes,
+                renew_interval: Duration::from_secs(renew_interval_secs),
+                renew_margin: chrono::Duration::seconds(renew_margin_secs),
+                ..ServerConfig::default()
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, repo = %repo.display(), "listening");
+            println!("listening on {addr}");
+            crate::server::serve(
+                listener,
+                AppState::new(repository, config),
+                shutdown_signal(),
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+fn empty_targets(expires: UtcTime) -> Targets {
+    TargetsBuilder::new(1, expires).build()
+}
+
+fn hash_file(path: &Path) -> anyhow::Result<crate::repo::BlobInfo> {
+    use std::io::Read;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = crate::repo::BlobHasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+async fn publish_top_level(
+    target: Target,
+    token: Option<String>,
+    offline_keys: &Path,
+    edit: impl FnOnce(TargetsBuilder) -> Result<TargetsBuilder, crate::error::RepoError>,
+) -> anyhow::Result<()> {
+    match (target.repo, target.server) {
+        (Some(dir), _) => {
+            let report = Repository::open(dir)?.update_targets(offline_keys, now(), edit)?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        (None, Some(server)) => {
+            let remote = Remote::new(&server, token)?;
+            let state = remote.state().await?;
+            let bytes = sign_targets_update(&state, offline_keys, Expiry::default(), now(), edit)?;
+            println!("{}", remote.upload_metadata("targets", bytes).await?);
+        }
+        (None, None) => bail!("--repo or --server is required"),
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

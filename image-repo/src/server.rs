@@ -1,0 +1,267 @@
+//! The HTTP server: metadata and images for clients, authenticated uploads for publishers.
+//!
+//! - `GET /metadata/<file>` and `GET /targets/<path>`: files from disk, streamed in 64 KiB
+//!   reads, with HTTP Range for resumed downloads.
+//! - `GET /healthz`.
+//! - `PUT /api/v1/blobs/<sha256>`: image bytes, streamed to the blob store and hashed; kept
+//!   only if they hash to the digest in the URL. Any valid token.
+//! - `PUT /api/v1/metadata/<role>`: signed targets metadata for `role`, with a token for that
+//!   role. Verified against the trust chain and the stored blobs before anything is published.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::Mutex;
+use tower_http::services::ServeDir;
+
+use crate::error::RepoError;
+use crate::repo::{BlobHasher, Repository};
+use crate::tokens::Tokens;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest image upload.
+    pub max_blob_bytes: u64,
+    /// Largest metadata upload.
+    pub max_metadata_bytes: usize,
+    /// How often to check whether timestamp or snapshot need re-signing.
+    pub renew_interval: Duration,
+    /// Re-sign when they would expire within this.
+    pub renew_margin: chrono::Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_blob_bytes: 16 << 30,
+            max_metadata_bytes: 64 << 20,
+            renew_interval: Duration::from_secs(60),
+            renew_margin: chrono::Duration::hours(12),
+        }
+    }
+}
+
+/// Shared server state.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    repo: Repository,
+    config: ServerConfig,
+    /// Serializes every change to the repository.
+    write_lock: Arc<Mutex<()>>,
+}
+
+impl AppState {
+    /// State for serving `repo`.
+    pub fn new(repo: Repository, config: ServerConfig) -> Self {
+        Self {
+            repo,
+            config,
+            write_lock: Arc::new(Mutex::new(())),
+        }
+    }
+}
+
+/// An error response: JSON `{"error": "..."}`; 5xx responses say only "internal error".
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(e: RepoError) -> Self {
+        let status = match &e {
+            RepoError::VersionNotIncreased { .. } => StatusCode::CONFLICT,
+            RepoError::PathNotDelegated { .. } | RepoError::HardwareNotDelegated { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            RepoError::UnknownRole(_) => StatusCode::NOT_FOUND,
+            _ if e.is_client_error() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+            return Self::new(status, "internal error");
+        }
+        tracing::warn!(error = %e, "upload refused");
+        Self::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({"error": self.message}))).into_response()
+    }
+}
+
+fn now() -> uptane_core::time::UtcTime {
+    std::time::SystemTime::now().into()
+}
+
+/// The router, testable without a socket.
+pub fn router(state: AppState) -> Router {
+    let metadata = ServeDir::new(state.repo.metadata_dir());
+    let targets = ServeDir::new(state.repo.targets_dir());
+    let metadata_limit = state.config.max_metadata_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/api/v1/blobs/{sha256}",
+            put(upload_blob).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/v1/metadata/{role}",
+            put(upload_metadata).layer(DefaultBodyLimit::max(metadata_limit)),
+        )
+        .nest_service("/metadata", metadata)
+        .nest_service("/targets", targets)
+        .with_state(state)
+}
+
+fn bearer_role(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+    let tokens = Tokens::load(state.repo.dir()).map_err(ApiError::from)?;
+    tokens
+        .role_of(token)
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))
+}
+
+async fn upload_blob(
+    State(state): State<AppState>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    bearer_role(&state, &headers)?;
+    let expected = sha256.to_ascii_lowercase();
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the path must be a hex sha256",
+        ));
+    }
+    let limit = state.config.max_blob_bytes;
+    let tmp = state.repo.blob_tempfile()?;
+    let file = tmp.reopen().map_err(|e| RepoError::io(tmp.path(), e))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut hasher = BlobHasher::default();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk: Bytes = chunk.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}"))
+        })?;
+        hasher.update(&chunk);
+        if hasher.length() > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("blob larger than {limit} bytes"),
+            ));
+        }
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+            .await
+            .map_err(|e| RepoError::io(tmp.path(), e))?;
+    }
+    if let Some(declared) = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && declared != hasher.length()
+    {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "upload truncated"));
+    }
+    drop(file);
+    let info = hasher.finish();
+    if info.hashes["sha256"] != expected {
+        return Err(RepoError::BlobDigest {
+            expected,
+            actual: info.hashes["sha256"].clone(),
+        }
+        .into());
+    }
+    let repo = state.repo.clone();
+    let stored = info.clone();
+    tokio::task::spawn_blocking(move || repo.store_blob(tmp, &stored))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
+    tracing::info!(sha256 = %expected, length = info.length, "blob stored");
+    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+}
+
+async fn upload_metadata(
+    State(state): State<AppState>,
+    Path(role): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let allowed = bearer_role(&state, &headers)?;
+    if allowed != role {
+        tracing::warn!(token_role = %allowed, %role, "token used for another role");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("this token may upload {allowed:?} metadata, not {role:?}"),
+        ));
+    }
+    let _guard = state.write_lock.lock().await;
+    let repo = state.repo.clone();
+    let report =
+        tokio::task::spawn_blocking(move || repo.publish_role(&role, body.to_vec(), now()))
+            .await
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
+    tracing::info!(role = %report.role, version = report.version, "published");
+    Ok((StatusCode::OK, axum::Json(report)).into_response())
+}
+
+/// Re-signs timestamp and snapshot before they expire, until `shutdown`.
+async fn renew_loop(state: AppState) {
+    let mut interval = tokio::time::interval(state.config.renew_interval);
+    loop {
+        interval.tick().await;
+        let _guard = state.write_lock.lock().await;
+        let repo = state.repo.clone();
+        let margin = state.config.renew_margin;
+        match tokio::task::spawn_blocking(move || repo.renew_online(now(), margin)).await {
+            Ok(Ok(crate::repo::Renewal::None)) => {}
+            Ok(Ok(renewal)) => tracing::info!(?renewal, "re-signed online metadata"),
+            Ok(Err(e)) => tracing::error!(error = %e, "re-signing failed"),
+            Err(e) => tracing::error!(error = %e, "re-signing task failed"),
+        }
+    }
+}
+
+/// Serves on an already bound listener until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let renew = tokio::spawn(renew_loop(state.clone()));
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    renew.abort();
+    result
+}

@@ -1,0 +1,508 @@
+//! The upload API through the router, without a socket: every refusal leaves the served
+//! repository byte-for-byte unchanged.
+
+#![allow(clippy::unwrap_used)] // test support code outside #[test] functions
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use image_repo::repo::{
+    Expiry, InitOptions, RepoState, Repository, blob_info_of, image_custom, sign_targets_update,
+};
+use image_repo::server::{AppState, ServerConfig, router};
+use image_repo::tokens::Tokens;
+use tower::ServiceExt;
+use uptane_core::crypto::SigningKey;
+use uptane_core::sign::{TargetsBuilder, delegated_role};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    repo: Repository,
+    keys: std::path::PathBuf,
+    targets_token: String,
+    acme_token: String,
+    supplier: SigningKey,
+}
+
+fn now() -> uptane_core::time::UtcTime {
+    std::time::SystemTime::now().into()
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("offline");
+    let repo = Repository::init(
+        dir.path().join("repo"),
+        &keys,
+        InitOptions::default(),
+        Expiry::default(),
+        now(),
+    )
+    .unwrap();
+    let supplier = uptane_core::testing::key(77);
+    let mut delegation = delegated_role("acme", &[supplier.public_key()], 1, &["acme/*"], false);
+    delegation.hardware_ids = Some(vec!["hw-acme".into()]);
+    let public = supplier.public_key().clone();
+    repo.update_targets(&keys, now(), |b| Ok(b.delegate(delegation, &[&public])))
+        .unwrap();
+    let targets_token = Tokens::create(repo.dir(), "targets", "oem").unwrap();
+    let acme_token = Tokens::create(repo.dir(), "acme", "supplier").unwrap();
+    Fixture {
+        _dir: dir,
+        repo,
+        keys,
+        targets_token,
+        acme_token,
+        supplier,
+    }
+}
+
+impl Fixture {
+    fn app(&self) -> axum::Router {
+        router(AppState::new(self.repo.clone(), ServerConfig::default()))
+    }
+
+    fn state(&self) -> RepoState {
+        self.repo.state().unwrap()
+    }
+
+    /// Every served file, to compare before and after a refused upload.
+    fn served(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        for root in [self.repo.metadata_dir(), self.repo.targets_dir()] {
+            collect(&root, &root, &mut files);
+        }
+        files
+    }
+
+    async fn put(
+        &self,
+        uri: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::put(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(Body::from(body))
+            .unwrap();
+        send(self.app(), request).await
+    }
+
+    async fn upload_blob(&self, bytes: &[u8]) -> StatusCode {
+        let sha = uptane_core::hash::sha256_hex(bytes);
+        self.put(
+            &format!("/api/v1/blobs/{sha}"),
+            Some(&self.targets_token),
+            bytes.to_vec(),
+        )
+        .await
+        .0
+    }
+
+    fn signed_targets(&self, edit: impl FnOnce(TargetsBuilder) -> TargetsBuilder) -> Vec<u8> {
+        sign_targets_update(&self.state(), &self.keys, Expiry::default(), now(), |b| {
+            Ok(edit(b))
+        })
+        .unwrap()
+    }
+
+    fn signed_acme(
+        &self,
+        version: u64,
+        key: &SigningKey,
+        edit: impl FnOnce(TargetsBuilder) -> TargetsBuilder,
+    ) -> Vec<u8> {
+        let expires = now() + chrono::Duration::days(30);
+        edit(TargetsBuilder::new(version, expires))
+            .sign(&[key])
+            .unwrap()
+    }
+}
+
+async fn send(app: axum::Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+fn collect(root: &Path, dir: &Path, files: &mut BTreeMap<String, Vec<u8>>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect(root, &path, files);
+        } else {
+            let name = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            files.insert(
+                format!("{}/{name}", root.display()),
+                std::fs::read(&path).unwrap(),
+            );
+        }
+    }
+}
+
+const IMAGE: &[u8] = b"brake controller firmware 2.0";
+
+fn with_image(b: TargetsBuilder) -> TargetsBuilder {
+    b.target(
+        "brake.bin",
+        IMAGE,
+        Some(image_custom(&["hw-brake".into()], 2)),
+    )
+}
+
+#[tokio::test]
+async fn publishes_an_uploaded_image_and_serves_it_with_ranges() {
+    let f = fixture();
+    assert_eq!(f.upload_blob(IMAGE).await, StatusCode::CREATED);
+    let (status, report) = f
+        .put(
+            "/api/v1/metadata/targets",
+            Some(&f.targets_token),
+            f.signed_targets(with_image),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["version"], 3);
+    let sha = uptane_core::hash::sha256_hex(IMAGE);
+    let request = Request::get(format!("/targets/{sha}.brake.bin"))
+        .header(header::RANGE, "bytes=6-")
+        .body(Body::empty())
+        .unwrap();
+    let response = f.app().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], &IMAGE[6..]);
+    let response = f
+        .app()
+        .oneshot(
+            Request::get("/metadata/timestamp.json")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    let response = f
+        .app()
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// Runs a refused upload and checks its status and that nothing served changed.
+async fn assert_refused(
+    f: &Fixture,
+    uri: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+    expected: StatusCode,
+) -> String {
+    let before = f.served();
+    let (status, json) = f.put(uri, token, body).await;
+    assert_eq!(status, expected, "{json}");
+    assert_eq!(
+        f.served(),
+        before,
+        "served files changed after a refused upload"
+    );
+    json["error"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn refuses_uploads_without_a_valid_token() {
+    let f = fixture();
+    f.upload_blob(IMAGE).await;
+    let body = f.signed_targets(with_image);
+    assert_refused(
+        &f,
+        "/api/v1/metadata/targets",
+        None,
+        body.clone(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_refused(
+        &f,
+        "/api/v1/metadata/targets",
+        Some("irt_forged"),
+        body.clone(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let sha = uptane_core::hash::sha256_hex(IMAGE);
+    assert_refused(
+        &f,
+        &format!("/api/v1/blobs/{sha}"),
+        None,
+        IMAGE.to_vec(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_a_token_for_another_role() {
+    let f = fixture();
+    f.upload_blob(IMAGE).await;
+    let body = f.signed_targets(with_image);
+    let error = assert_refused(
+        &f,
+        "/api/v1/metadata/targets",
+        Some(&f.acme_token),
+        body,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert!(error.contains("acme"), "{error}");
+}
+
+#[tokio::test]
+async fn refuses_a_bad_signature() {
+    let f = fixture();
+    f.upload_blob(IMAGE).await;
+    let state = f.state();
+    let forged =
+        TargetsBuilder::from_targets(state.targets(), 3, now() + chrono::Duration::days(1));
+    let body = with_image(forged)
+        .sign(&[&uptane_core::testing::key(99)])
+        .unwrap();
+    let error = assert_refused(
+        &f,
+        "/api/v1/metadata/targets",
+        Some(&f.targets_token),
+        body,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(error.contains("threshold"), "{error}");
+}
+
+#[tokio::test]
+async fn refuses_a_version_that_does_not_go_up() {
+    let f = fixture();
+    f.upload_blob(IMAGE).await;
+    let state = f.state();
+    let keys = image_repo::keys::load_role_keys(&f.keys, "targets").unwrap();
+    for version in [1, 2] {
+        let body = with_image(TargetsBuilder::from_targets(
+            state.targets(),
+            version,
+            now() + chrono::Duration::days(1),
+        ))
+        .sign(&[&keys[0]])
+        .unwrap();
+        assert_refused(
+            &f,
+            "/api/v1/metadata/targets",
+            Some(&f.targets_token),
+            body,
+            StatusCode::CONFLICT,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn refuses_expired_metadata() {
+    let f = fixture();
+    f.upload_blob(IMAGE).await;
+    let state = f.state();
+    let keys = image_repo::keys::load_role_keys(&f.keys, "targets").unwrap();
+    let body = with_image(TargetsBuilder::from_targets(
+        state.targets(),
+        3,
+        now() - chrono::Duration::seconds(1),
+    ))
+    .sign(&[&keys[0]])
+    .unwrap();
+    let error = assert_refused(
+        &f,
+        "/api/v1/metadata/targets",
+        Some(&f.targets_token),
+        body,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(error.contains("expired"), "{error}");
+}
+
+#[tokio::test]
+async fn refuses_paths_and_hardware_outside_the_delegation() {
+    let f = fixture();
+    f.upload_blob(IMAGE).await;
+    let outside = f.signed_acme(1, &f.supplier, |b| {
+        b.target(
+            "brake.bin",
+            IMAGE,
+            Some(image_custom(&["hw-acme".into()], 1)),
+        )
+    });
+    let error = assert_refused(
+        &f,
+        "/api/v1/metadata/acme",
+        Some(&f.acme_token),
+        outside,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert!(error.contains("not authorized for target"), "{error}");
+    let other_hw = f.signed_acme(1, &f.supplier, |b| {
+        b.target(
+            "acme/x.bin",
+            IMAGE,
+            Some(image_custom(&["hw-brake".into()], 1)),
+        )
+    });
+    let error = assert_refused(
+        &f,
+        "/api/v1/metadata/acme",
+        Some(&f.acme_token),
+        other_hw,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert!(error.contains("hardware id"), "{error}");
+    // Signed by the OEM's targets key instead of the supplier's: not the delegated key.
+    let keys = image_repo::keys::load_role_keys(&f.keys, "targets").unwrap();
+    let wrong_key = f.signed_acme(1, &keys[0], |b| {
+        b.target(
+            "acme/x.bin",
+            IMAGE,
+            Some(image_custom(&["hw-acme".into()], 1)),
+        )
+    });
+    assert_refused(
+        &f,
+        "/api/v1/metadata/acme",
+        Some(&f.acme_token),
+        wrong_key,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    // Inside the delegation it is accepted.
+    let good = f.signed_acme(1, &f.supplier, |b| {
+        b.target(
+            "acme/x.bin",
+            IMAGE,
+            Some(image_custom(&["hw-acme".into()], 1)),
+        )
+    });
+    let (status, json) = f
+        .put("/api/v1/metadata/acme", Some(&f.acme_token), good)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+}
+
+#[tokio::test]
+async fn refuses_metadata_whose_blob_differs() {
+    let f = fixture();
+    f.upload_blob(IMAGE).await;
+    let info = blob_info_of(IMAGE);
+    let longer = f
+        .signed_targets(|b| b.target_with("brake.bin", info.length + 1, info.hashes.clone(), None));
+    let error = assert_refused(
+        &f,
+        "/api/v1/metadata/targets",
+        Some(&f.targets_token),
+        longer,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(error.contains("bytes"), "{error}");
+    let mut hashes = info.hashes.clone();
+    hashes.insert("sha512".into(), uptane_core::hash::sha512_hex(b"other"));
+    let wrong_hash = f.signed_targets(|b| b.target_with("brake.bin", info.length, hashes, None));
+    assert_refused(
+        &f,
+        "/api/v1/metadata/targets",
+        Some(&f.targets_token),
+        wrong_hash,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let never_uploaded = f.signed_targets(|b| b.target("other.bin", b"never uploaded", None));
+    let error = assert_refused(
+        &f,
+        "/api/v1/metadata/targets",
+        Some(&f.targets_token),
+        never_uploaded,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(error.contains("no uploaded blob"), "{error}");
+}
+
+#[tokio::test]
+async fn refuses_blobs_that_do_not_hash_to_their_name_or_are_truncated() {
+    let f = fixture();
+    let sha = uptane_core::hash::sha256_hex(IMAGE);
+    let error = assert_refused(
+        &f,
+        &format!("/api/v1/blobs/{sha}"),
+        Some(&f.targets_token),
+        b"other bytes".to_vec(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(error.contains("hashes to"), "{error}");
+    let before = f.served();
+    let request = Request::put(format!("/api/v1/blobs/{sha}"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.targets_token))
+        .header(header::CONTENT_LENGTH, IMAGE.len() + 10)
+        .body(Body::from(IMAGE.to_vec()))
+        .unwrap();
+    let (status, json) = send(f.app(), request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("truncated"));
+    assert_eq!(f.served(), before);
+    assert!(f.repo.blob_info(&sha).unwrap().is_none());
+    assert_refused(
+        &f,
+        "/api/v1/blobs/not-a-hash",
+        Some(&f.targets_token),
+        IMAGE.to_vec(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_malformed_metadata_and_unknown_roles() {
+    let f = fixture();
+    assert_refused(
+        &f,
+        "/api/v1/metadata/targets",
+        Some(&f.targets_token),
+        b"{not json".to_vec(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let token = Tokens::create(f.repo.dir(), "nobody", "").unwrap();
+    let body = f.signed_acme(1, &f.supplier, |b| b);
+    assert_refused(
+        &f,
+        "/api/v1/metadata/nobody",
+        Some(&token),
+        body,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+}
