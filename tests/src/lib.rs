@@ -1,1 +1,205 @@
-//! End-to-end tests, the attack suite and fleet-sim. Filled by issues 7 and 8; nothing is implemented yet.
+//! Test harness for real-process tests: finding the workspace's binaries, starting them on
+//! `127.0.0.1:0` and waiting for their `listening on ADDR` line, killing them on drop, and a
+//! Python virtual environment with python-tuf for interoperability tests.
+//!
+//! The end-to-end tests, the attack suite and `fleet-sim` (issues 7 and 8) will build on it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's binaries (`target/debug` or `target/release`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    let mut dir = exe
+        .parent()
+        .expect("a binary lives in a directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of workspace binary `name`, building the workspace's binaries first if it is missing
+/// (as when one test crate is run alone).
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = bin_dir().ends_with("release");
+        let mut build = Command::new(cargo);
+        build.args(["build", "--workspace", "--bins"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building the workspace's binaries failed");
+    }
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Child,
+    /// What the process wrote to stderr, collected in the background.
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl ChildGuard {
+    /// Waits (bounded) for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Kills the process at once, as a power cut would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `command` and waits up to `limit` for a `listening on ADDR` line on its stdout.
+pub fn spawn_listening(mut command: Command, limit: Duration) -> (ChildGuard, String) {
+    command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = command.spawn().expect("the program starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let collected = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = std::sync::Arc::clone(&collected);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut s) = sink.lock() {
+                s.push_str(&line);
+                s.push('\n');
+            }
+        }
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let guard = ChildGuard {
+        child,
+        stderr: collected,
+    };
+    match rx.recv_timeout(limit) {
+        Ok(addr) => (guard, addr),
+        Err(_) => panic!(
+            "no 'listening on' line within {limit:?}; stderr:\n{}",
+            guard.stderr()
+        ),
+    }
+}
+
+/// Runs a command to completion (bounded by `limit`), returning its status and output.
+pub fn run(command: &mut Command, limit: Duration) -> (ExitStatus, String, String) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command.spawn().expect("the program starts");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(output)) => (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        ),
+        Ok(Err(e)) => panic!("waiting for {command:?}: {e}"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("{command:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run_ok(command: &mut Command, limit: Duration) -> String {
+    let description = format!("{command:?}");
+    let (status, stdout, stderr) = run(command, limit);
+    assert!(
+        status.success(),
+        "{description} failed ({status}):\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+/// A Python virtual environment with python-tuf 7.0.0 from PyPI, created once under the
+/// target directory and reused.
+pub fn python_tuf_venv() -> PathBuf {
+    let venv = bin_dir().join("python-tuf-venv");
+    let python = venv.join("bin").join("python");
+    let marker = venv.join(".tuf-7.0.0-installed");
+    let lock_path = bin_dir().join(".python-tuf-venv.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .expect("lock file opens");
+    lock.lock().expect("venv lock");
+    if !marker.exists() {
+        run_ok(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            Duration::from_secs(120),
+        );
+        run_ok(
+            Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "tuf==7.0.0",
+                "securesystemslib==1.4.0",
+            ]),
+            Duration::from_secs(300),
+        );
+        std::fs::write(&marker, b"").expect("marker writes");
+    }
+    python
+}
+
+/// Copies `src` to `dst` (a file).
+pub fn copy(src: &Path, dst: &Path) {
+    std::fs::copy(src, dst).unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+}
