@@ -609,19 +609,24 @@ impl Repository {
         now: UtcTime,
     ) -> Result<PublishReport, RepoError> {
         let _lock = self.lock()?;
-        self.publish_role_locked(role, bytes, now)
+        let state = self.state()?;
+        self.publish_role_with(&state, role, bytes, now)
     }
 
-    fn publish_role_locked(
+    fn publish_role_with(
         &self,
+        state: &RepoState,
         role: &str,
         bytes: Vec<u8>,
         now: UtcTime,
     ) -> Result<PublishReport, RepoError> {
-        let state = self.state()?;
-        let checked = self.check_upload(&state, role, &bytes, now)?;
+        let checked = self.check_upload(state, role, &bytes, now)?;
+        let mut linked_dirs = BTreeSet::new();
         for (path, info) in &checked.new_targets {
-            self.link_target(path, info)?;
+            linked_dirs.insert(self.link_target(path, info)?);
+        }
+        for dir in linked_dirs {
+            sync_dir(&dir)?;
         }
         fault_point("after-blobs");
         let new = checked.metadata;
@@ -635,7 +640,7 @@ impl Repository {
         fault_point("after-role");
         let mut changed = BTreeMap::new();
         changed.insert(role.to_string(), describe(version, &bytes));
-        let (snapshot_version, timestamp_version) = self.publish_snapshot(&state, changed, now)?;
+        let (snapshot_version, timestamp_version) = self.publish_snapshot(state, changed, now)?;
         Ok(PublishReport {
             role: role.to_string(),
             version,
@@ -766,8 +771,9 @@ impl Repository {
         Ok(())
     }
 
-    /// Hard-links the blob of `path` under every hash-prefixed name clients may request.
-    fn link_target(&self, path: &str, info: &TargetFile) -> Result<(), RepoError> {
+    /// Hard-links the blob of `path` under every hash-prefixed name clients may request;
+    /// returns the directory, which the caller syncs once for all links.
+    fn link_target(&self, path: &str, info: &TargetFile) -> Result<PathBuf, RepoError> {
         let sha256 = info.hashes["sha256"].to_ascii_lowercase();
         let blob = self.blob_path(&sha256);
         let (dir, name) = match path.rsplit_once('/') {
@@ -785,7 +791,7 @@ impl Repository {
             std::fs::hard_link(&blob, &tmp).map_err(|e| RepoError::io(&tmp, e))?;
             std::fs::rename(&tmp, &link).map_err(|e| RepoError::io(&link, e))?;
         }
-        sync_dir(&dir)
+        Ok(dir)
     }
 
     /// Publishes a new snapshot listing `changed` roles (others as before), then a new
@@ -871,7 +877,7 @@ impl Repository {
         let _lock = self.lock()?;
         let state = self.state()?;
         let bytes = sign_targets_update(&state, offline_keys, self.expiry, now, edit)?;
-        self.publish_role_locked("targets", bytes, now)
+        self.publish_role_with(&state, "targets", bytes, now)
     }
 
     /// Publishes root version N+1 from `root` (edited from the current one), signed with
@@ -1169,5 +1175,128 @@ pub fn blob_info_of(bytes: &[u8]) -> BlobInfo {
 impl From<UpdateError> for RepoError {
     fn from(e: UpdateError) -> Self {
         RepoError::Update(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> (tempfile::TempDir, Repository, UtcTime) {
+        let dir = tempfile::tempdir().unwrap();
+        let now = uptane_core::testing::now();
+        let repo = Repository::init(
+            dir.path().join("repo"),
+            &dir.path().join("keys"),
+            InitOptions::default(),
+            Expiry::default(),
+            now,
+        )
+        .unwrap();
+        (dir, repo, now)
+    }
+
+    #[test]
+    fn renews_timestamp_and_snapshot_before_they_expire() {
+        let (_dir, repo, now) = repo();
+        let margin = Duration::hours(12);
+        assert_eq!(repo.renew_online(now, margin).unwrap(), Renewal::None);
+        assert_eq!(
+            repo.renew_online(now + Duration::hours(13), margin)
+                .unwrap(),
+            Renewal::Timestamp(2)
+        );
+        assert_eq!(
+            repo.renew_online(now + Duration::days(7) - Duration::hours(1), margin)
+                .unwrap(),
+            Renewal::Snapshot {
+                snapshot: 2,
+                timestamp: 3
+            }
+        );
+        let state = repo.state().unwrap();
+        assert!(state.timestamp.common.expires > now + Duration::days(7));
+    }
+
+    #[test]
+    fn online_key_rotation_is_published_and_signed_with_the_new_key() {
+        let (dir, repo, now) = repo();
+        let keys = dir.path().join("keys");
+        let before = repo.state().unwrap();
+        repo.rotate_online_key(&keys, "timestamp", now).unwrap();
+        let after = repo.state().unwrap();
+        assert!(after.online_keys_current);
+        assert_eq!(after.root.common.version, 2);
+        assert_ne!(
+            after.root.role_keys("timestamp").unwrap().keyids,
+            before.root.role_keys("timestamp").unwrap().keyids
+        );
+        assert!(matches!(
+            repo.rotate_online_key(&keys, "targets", now),
+            Err(RepoError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn root_rotation_needs_the_old_keys() {
+        let (dir, repo, now) = repo();
+        let empty = dir.path().join("no-keys");
+        std::fs::create_dir_all(&empty).unwrap();
+        assert!(matches!(
+            repo.rotate_root_keys(&empty, 1, 1, now),
+            Err(RepoError::NotEnoughKeys { .. })
+        ));
+        assert_eq!(
+            repo.rotate_root_keys(&dir.path().join("keys"), 3, 2, now)
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            repo.state()
+                .unwrap()
+                .root
+                .role_keys("root")
+                .unwrap()
+                .threshold,
+            2
+        );
+    }
+
+    #[test]
+    fn refuses_unsafe_target_names() {
+        for bad in ["", "/abs", "a//b", "../x", "a/./b", "a\\b", "a\0b"] {
+            assert!(check_target_name(bad).is_err(), "{bad:?}");
+        }
+        check_target_name("dir/sub/file-1.2.bin").unwrap();
+    }
+
+    #[test]
+    fn refuses_to_initialize_twice_or_with_impossible_thresholds() {
+        let (dir, _repo, now) = repo();
+        assert!(matches!(
+            Repository::init(
+                dir.path().join("repo"),
+                &dir.path().join("keys"),
+                InitOptions::default(),
+                Expiry::default(),
+                now
+            ),
+            Err(RepoError::Layout(_))
+        ));
+        let options = InitOptions {
+            root_keys: 2,
+            root_threshold: 3,
+            ..InitOptions::default()
+        };
+        assert!(matches!(
+            Repository::init(
+                dir.path().join("other"),
+                &dir.path().join("k2"),
+                options,
+                Expiry::default(),
+                now
+            ),
+            Err(RepoError::Invalid(_))
+        ));
     }
 }

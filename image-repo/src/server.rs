@@ -8,6 +8,7 @@
 //! - `PUT /api/v1/metadata/<role>`: signed targets metadata for `role`, with a token for that
 //!   role. Verified against the trust chain and the stored blobs before anything is published.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,32 @@ pub struct AppState {
     config: ServerConfig,
     /// Serializes every change to the repository.
     write_lock: Arc<Mutex<()>>,
+    metadata_cache: Arc<std::sync::RwLock<HashMap<String, CachedFile>>>,
+}
+
+/// A metadata file in memory, valid while the file on disk has the same identity.
+#[derive(Debug, Clone)]
+struct CachedFile {
+    identity: FileIdentity,
+    bytes: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    inode: u64,
+    length: u64,
+    modified_ns: i64,
+}
+
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            inode: meta.ino(),
+            length: meta.len(),
+            modified_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        }
+    }
 }
 
 impl AppState {
@@ -67,6 +94,7 @@ impl AppState {
             repo,
             config,
             write_lock: Arc::new(Mutex::new(())),
+            metadata_cache: Arc::default(),
         }
     }
 }
@@ -119,8 +147,8 @@ fn now() -> uptane_core::time::UtcTime {
 
 /// The router, testable without a socket.
 pub fn router(state: AppState) -> Router {
-    let metadata = ServeDir::new(state.repo.metadata_dir());
-    let targets = ServeDir::new(state.repo.targets_dir());
+    // 256 KiB reads: 64 KiB reads cap a single download well below what loopback carries.
+    let targets = ServeDir::new(state.repo.targets_dir()).with_buf_chunk_size(256 * 1024);
     let metadata_limit = state.config.max_metadata_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -132,9 +160,60 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/metadata/{role}",
             put(upload_metadata).layer(DefaultBodyLimit::max(metadata_limit)),
         )
-        .nest_service("/metadata", metadata)
+        .route("/metadata/{file}", get(get_metadata))
         .nest_service("/targets", targets)
         .with_state(state)
+}
+
+/// Metadata files are small and read far more often than written: they are served from
+/// memory, re-read whenever the file's inode, length or mtime changes (every publish
+/// replaces files by rename).
+async fn get_metadata(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+    let not_found = || {
+        (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "not found"})),
+        )
+            .into_response()
+    };
+    if file.starts_with('.') || file.contains('/') || !file.ends_with(".json") {
+        return not_found();
+    }
+    let path = state.repo.metadata_dir().join(&file);
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return not_found();
+    };
+    let identity = FileIdentity::of(&meta);
+    let cached = state.metadata_cache.read().ok().and_then(|cache| {
+        cache
+            .get(&file)
+            .filter(|c| c.identity == identity)
+            .map(|c| c.bytes.clone())
+    });
+    let bytes = match cached {
+        Some(bytes) => bytes,
+        None => {
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                return not_found();
+            };
+            let bytes = Bytes::from(bytes);
+            if let Ok(mut cache) = state.metadata_cache.write() {
+                cache.insert(
+                    file,
+                    CachedFile {
+                        identity,
+                        bytes: bytes.clone(),
+                    },
+                );
+            }
+            bytes
+        }
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response()
 }
 
 fn bearer_role(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
@@ -258,7 +337,15 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let renew = tokio::spawn(renew_loop(state.clone()));
+    // Responses go out as headers then a streamed body; without TCP_NODELAY the second
+    // small write waits for the client's delayed ACK (~40 ms per request).
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await;

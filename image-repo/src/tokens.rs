@@ -78,3 +78,19 @@ impl Tokens {
             .map(|t| t.role.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_stored_hashed_and_bound_to_a_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = Tokens::create(dir.path(), "acme", "supplier").unwrap();
+        let stored = std::fs::read_to_string(dir.path().join("tokens.json")).unwrap();
+        assert!(!stored.contains(&token));
+        let tokens = Tokens::load(dir.path()).unwrap();
+        assert_eq!(tokens.role_of(&token), Some("acme"));
+        assert_eq!(tokens.role_of("irt_other"), None);
+    }
+}

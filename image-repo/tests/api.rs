@@ -506,3 +506,29 @@ async fn refuses_malformed_metadata_and_unknown_roles() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn serves_nothing_outside_metadata_and_targets() {
+    let f = fixture();
+    for uri in [
+        "/metadata/..%2Fkeys%2Fsnapshot.pem",
+        "/metadata/%2E%2E%2Ftokens.json",
+        "/metadata/.lock",
+        "/targets/../keys/snapshot.pem",
+        "/targets/%2E%2E/keys/snapshot.pem",
+        "/targets/..%2Fkeys%2Fsnapshot.pem",
+        "/blobs/x",
+        "/keys/snapshot.pem",
+    ] {
+        let response = f
+            .app()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_client_error(),
+            "{uri}: {}",
+            response.status()
+        );
+    }
+}

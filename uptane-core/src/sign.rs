@@ -27,9 +27,26 @@ pub fn sign_value(signed: &Value, keys: &[&SigningKey]) -> Result<Vec<u8>, Canon
 }
 
 /// Signs any serializable role value.
+///
+/// The value is written once as compact JSON text, canonicalized from that text, and the
+/// text itself becomes `signed` in the envelope: no intermediate `serde_json::Value`, which
+/// matters for targets files with 100,000 entries.
 pub fn sign<T: Serialize>(signed: &T, keys: &[&SigningKey]) -> Result<Vec<u8>, CanonicalError> {
-    let value = serde_json::to_value(signed).map_err(|e| CanonicalError::NotJson(e.to_string()))?;
-    sign_value(&value, keys)
+    let text = serde_json::to_vec(signed).map_err(|e| CanonicalError::NotJson(e.to_string()))?;
+    let canonical = cjson::canonicalize_json_text(&text)?;
+    let signatures: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"keyid": k.key_id(), "sig": k.sign_hex(&canonical)}))
+        .collect();
+    let signatures =
+        serde_json::to_vec(&signatures).map_err(|e| CanonicalError::NotJson(e.to_string()))?;
+    let mut envelope = Vec::with_capacity(text.len() + signatures.len() + 32);
+    envelope.extend_from_slice(b"{\"signatures\":");
+    envelope.extend_from_slice(&signatures);
+    envelope.extend_from_slice(b",\"signed\":");
+    envelope.extend_from_slice(&text);
+    envelope.push(b'}');
+    Ok(envelope)
 }
 
 /// Describes published metadata bytes for snapshot or timestamp: version, length, hashes.
