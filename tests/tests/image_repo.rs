@@ -281,6 +281,34 @@ fn python_tuf_and_our_client_read_the_repository_through_rotations_and_delegatio
     assert_eq!(std::fs::read(&paths[0]).unwrap(), image_d);
     assert_eq!(std::fs::read(&paths[1]).unwrap(), image_a);
     our_client(&repo, &url, clients.path(), &["acme/ctl.bin", "ecu/a.bin"]).unwrap();
+
+    // Removing a target: neither client finds it any more.
+    repo.cli(&[
+        "remove",
+        "--server",
+        &url,
+        "--token",
+        &token,
+        "--offline-keys",
+        &keys,
+        "--name",
+        "b.bin",
+    ]);
+    let script = clients.path().join("client.py");
+    let (status, _, stderr) = run(
+        Command::new(python_tuf_venv())
+            .arg(&script)
+            .arg(clients.path().join("py-md"))
+            .arg(&url)
+            .arg(clients.path().join("py-out"))
+            .arg("b.bin"),
+        LIMIT,
+    );
+    assert!(
+        !status.success() && stderr.contains("no target b.bin"),
+        "{stderr}"
+    );
+    assert!(our_client(&repo, &url, clients.path(), &["b.bin"]).is_err());
 }
 
 #[test]
