@@ -1,0 +1,679 @@
+//! The `director` command line: `init` and `serve` act on a Director directory; the
+//! operator commands call the REST API of a running Director.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::catalog::ImageCatalog;
+use crate::db::Db;
+use crate::keys::{self, OnlineKeys};
+use crate::service::{self, Policy};
+
+/// The Uptane Director repository.
+#[derive(Debug, Parser)]
+#[command(name = "director", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How operator commands reach the Director.
+#[derive(Debug, Args)]
+struct Remote {
+    /// URL of the Director.
+    #[arg(long, env = "DIRECTOR_URL", default_value = "http://127.0.0.1:8081")]
+    server: String,
+    /// Operator API token.
+    #[arg(long, env = "DIRECTOR_TOKEN")]
+    token: String,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates the Director's keys, root and database.
+    Init {
+        /// Director directory (database, online keys).
+        #[arg(long, env = "DIRECTOR_DIR")]
+        dir: PathBuf,
+        /// Directory for the offline root keys (never read by the server).
+        #[arg(long, env = "DIRECTOR_OFFLINE_KEYS")]
+        offline_keys: PathBuf,
+        /// Number of root keys.
+        #[arg(long, default_value_t = 1)]
+        root_keys: usize,
+        /// Root threshold.
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u32,
+        /// The Image repository's root metadata to pin (its `1.root.json`).
+        #[arg(long, env = "DIRECTOR_IMAGE_ROOT")]
+        image_root: PathBuf,
+    },
+    /// Serves the Director.
+    Serve {
+        /// Director directory.
+        #[arg(long, env = "DIRECTOR_DIR")]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "DIRECTOR_LISTEN", default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+        /// Base URL of the Image repository (its `/metadata` is read from there).
+        #[arg(long, env = "DIRECTOR_IMAGE_REPO")]
+        image_repo: String,
+        /// Lifetime of per-vehicle metadata, in seconds.
+        #[arg(
+            long,
+            env = "DIRECTOR_METADATA_LIFETIME_SECS",
+            default_value_t = 86_400
+        )]
+        metadata_lifetime_secs: i64,
+        /// Largest request body, in bytes.
+        #[arg(long, env = "DIRECTOR_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+        max_body_bytes: usize,
+    },
+    /// Operator API tokens (acts on the database directly).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Vehicles.
+    Vehicle {
+        #[command(subcommand)]
+        command: VehicleCommand,
+    },
+    /// Replaces an ECU of a vehicle.
+    EcuReplace {
+        #[command(flatten)]
+        remote: Remote,
+        /// Vehicle.
+        #[arg(long)]
+        vin: String,
+        /// Serial of the ECU being replaced.
+        #[arg(long)]
+        serial: String,
+        /// Serial of the new ECU.
+        #[arg(long)]
+        new_serial: String,
+        /// Hardware id of the new ECU.
+        #[arg(long)]
+        hardware_id: String,
+        /// Public key of the new ECU (TUF key JSON file).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Assigns an image to ECUs.
+    Assign {
+        #[command(flatten)]
+        remote: Remote,
+        /// Image name in the Image repository.
+        #[arg(long)]
+        image: String,
+        /// Vehicles (repeat); none means all vehicles, filtered by --hardware-id.
+        #[arg(long = "vin")]
+        vins: Vec<String>,
+        /// Only ECUs of this hardware id.
+        #[arg(long)]
+        hardware_id: Option<String>,
+        /// Only these ECU serials (repeat).
+        #[arg(long = "ecu")]
+        ecus: Vec<String>,
+    },
+    /// Assignments.
+    Assignment {
+        #[command(subcommand)]
+        command: AssignmentCommand,
+    },
+    /// The event log.
+    Events {
+        #[command(flatten)]
+        remote: Remote,
+        /// Only this vehicle.
+        #[arg(long)]
+        vin: Option<String>,
+        /// Only security events.
+        #[arg(long)]
+        security: bool,
+    },
+    /// Provisioning tokens with which Primaries register themselves.
+    ProvisioningToken {
+        #[command(subcommand)]
+        command: ProvisioningCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Creates an operator API token and prints it once.
+    Create {
+        /// Director directory.
+        #[arg(long, env = "DIRECTOR_DIR")]
+        dir: PathBuf,
+        /// A label for the token.
+        #[arg(long)]
+        label: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VehicleCommand {
+    /// Registers a vehicle; prints its credential.
+    Register {
+        #[command(flatten)]
+        remote: Remote,
+        /// Vehicle identifier.
+        #[arg(long)]
+        vin: String,
+        /// An ECU as SERIAL:HARDWARE_ID:PUBLIC_KEY_FILE; the first is the Primary.
+        #[arg(long = "ecu", required = true)]
+        ecus: Vec<String>,
+    },
+    /// Lists vehicles.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Shows a vehicle: ECUs, installed images, assignments.
+    Show {
+        #[command(flatten)]
+        remote: Remote,
+        /// Vehicle identifier.
+        vin: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AssignmentCommand {
+    /// Lists assignment entries.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Only this vehicle.
+        #[arg(long)]
+        vin: Option<String>,
+    },
+    /// Cancels the entries of an assignment not yet delivered.
+    Cancel {
+        #[command(flatten)]
+        remote: Remote,
+        /// Correlation id.
+        correlation_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProvisioningCommand {
+    /// Creates a provisioning token and prints it once.
+    Create {
+        #[command(flatten)]
+        remote: Remote,
+        /// Label.
+        #[arg(long)]
+        label: String,
+        /// Valid for one registration only.
+        #[arg(long)]
+        one_time: bool,
+    },
+    /// Revokes the tokens with a label.
+    Revoke {
+        #[command(flatten)]
+        remote: Remote,
+        /// Label.
+        label: String,
+    },
+}
+
+fn now() -> uptane_core::time::UtcTime {
+    std::time::SystemTime::now().into()
+}
+
+fn db_path(dir: &std::path::Path) -> PathBuf {
+    dir.join("director.db")
+}
+
+async fn call(
+    remote: &Remote,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let url = format!("{}{path}", remote.server.trim_end_matches('/'));
+    let mut request = client.request(method, &url).bearer_auth(&remote.token);
+    if let Some(body) = body {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&body)?);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("calling {url}"))?;
+    let status = response.status();
+    let bytes = response.bytes().await?;
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "{url}: HTTP {}: {}",
+            status.as_u16(),
+            value["error"].as_str().unwrap_or("no detail")
+        );
+    }
+    Ok(value)
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.into_iter().map(line));
+    out.join("\n")
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print(remote: &Remote, value: &Value, render: impl FnOnce(&Value) -> String) {
+    if remote.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("JSON serializes")
+        );
+    } else {
+        println!("{}", render(value));
+    }
+}
+
+fn assignment_table(rows: &Value) -> String {
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    table(
+        &["CORRELATION", "VIN", "ECU", "IMAGE", "STATUS", "DETAIL"],
+        rows.iter()
+            .map(|r| {
+                [
+                    "correlation_id",
+                    "vin",
+                    "ecu_serial",
+                    "filename",
+                    "status",
+                    "detail",
+                ]
+                .iter()
+                .map(|k| text(&r[*k]))
+                .collect()
+            })
+            .collect(),
+    )
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            dir,
+            offline_keys,
+            root_keys,
+            root_threshold,
+            image_root,
+        } => {
+            if root_threshold == 0 || root_keys < root_threshold as usize {
+                bail!("root threshold {root_threshold} needs 1 to {root_keys} keys");
+            }
+            if db_path(&dir).exists() {
+                bail!("{} is already a Director directory", dir.display());
+            }
+            let image_root_bytes = std::fs::read(&image_root)
+                .with_context(|| format!("reading {}", image_root.display()))?;
+            uptane_core::verify::verify_root_self_signed(&uptane_core::verify::Raw::new(
+                image_root_bytes.clone(),
+            ))
+            .context("the Image repository root does not verify")?;
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("image-root.json"), &image_root_bytes)?;
+            let roots = (0..root_keys)
+                .map(|_| keys::generate())
+                .collect::<Result<Vec<_>, _>>()?;
+            for key in &roots {
+                let short: String = key.key_id().as_str().chars().take(16).collect();
+                keys::write_private(&offline_keys.join(format!("root-{short}.pem")), key)?;
+            }
+            for role in ["targets", "snapshot", "timestamp"] {
+                keys::write_private(&keys::online_key_path(&dir, role), &keys::generate()?)?;
+            }
+            let online = OnlineKeys::load(&dir)?;
+            let db = Db::open(&db_path(&dir))?;
+            let signers: Vec<_> = roots.iter().take(root_threshold as usize).collect();
+            db.call_blocking(|conn| {
+                service::store_initial_root(conn, &signers, root_threshold, &online, now())
+            })?;
+            println!(
+                "initialized Director in {} ({root_threshold}-of-{root_keys} root keys in {})",
+                dir.display(),
+                offline_keys.display()
+            );
+            Ok(())
+        }
+        Command::Serve {
+            dir,
+            listen,
+            image_repo,
+            metadata_lifetime_secs,
+            max_body_bytes,
+        } => {
+            if metadata_lifetime_secs < 120 {
+                bail!("--metadata-lifetime-secs must be at least 120");
+            }
+            let db = Db::open(&db_path(&dir))
+                .with_context(|| format!("opening {}", db_path(&dir).display()))?;
+            let keys = OnlineKeys::load(&dir)?;
+            let image_root = std::fs::read(dir.join("image-root.json"))
+                .context("reading the pinned Image repository root")?;
+            let catalog = ImageCatalog::http(
+                &format!("{}/metadata", image_repo.trim_end_matches('/')),
+                image_root,
+            )?;
+            let lifetime = chrono::Duration::seconds(metadata_lifetime_secs);
+            let policy = Policy {
+                metadata_lifetime: lifetime,
+                renew_margin: (lifetime / 4).min(chrono::Duration::hours(1)),
+                ..Policy::default()
+            };
+            let state = AppState {
+                db,
+                keys: Arc::new(keys),
+                catalog: Arc::new(catalog),
+                policy,
+                max_body_bytes,
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, "listening");
+            println!("listening on {addr}");
+            crate::api::serve(listener, state, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Create { dir, label },
+        } => {
+            let db = Db::open(&db_path(&dir))?;
+            let token = db.call_blocking(|conn| service::create_api_token(conn, &label, now()))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Vehicle { command } => match command {
+            VehicleCommand::Register { remote, vin, ecus } => {
+                let mut list = Vec::new();
+                for (i, spec) in ecus.iter().enumerate() {
+                    let mut parts = spec.splitn(3, ':');
+                    let (Some(serial), Some(hw), Some(key)) =
+                        (parts.next(), parts.next(), parts.next())
+                    else {
+                        bail!("--ecu {spec:?} is not SERIAL:HARDWARE_ID:PUBLIC_KEY_FILE");
+                    };
+                    let key: Value = serde_json::from_slice(
+                        &std::fs::read(key).with_context(|| format!("reading {key}"))?,
+                    )?;
+                    list.push(json!({"serial": serial, "hardware_id": hw, "public_key": key, "primary": i == 0}));
+                }
+                let value = call(
+                    &remote,
+                    reqwest::Method::POST,
+                    "/api/v1/vehicles",
+                    Some(json!({"vin": vin, "ecus": list})),
+                )
+                .await?;
+                print(&remote, &value, |v| {
+                    format!(
+                        "registered {}; vehicle credential: {}",
+                        text(&v["vin"]),
+                        text(&v["credential"])
+                    )
+                });
+                Ok(())
+            }
+            VehicleCommand::List { remote } => {
+                let value = call(&remote, reqwest::Method::GET, "/api/v1/vehicles", None).await?;
+                print(&remote, &value, |v| {
+                    table(
+                        &["VIN"],
+                        v.as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|x| vec![text(x)])
+                            .collect(),
+                    )
+                });
+                Ok(())
+            }
+            VehicleCommand::Show { remote, vin } => {
+                let value = call(
+                    &remote,
+                    reqwest::Method::GET,
+                    &format!("/api/v1/vehicles/{vin}"),
+                    None,
+                )
+                .await?;
+                print(&remote, &value, |v| {
+                    let ecus = v["ecus"].as_array().cloned().unwrap_or_default();
+                    let ecu_table = table(
+                        &[
+                            "ECU",
+                            "HARDWARE",
+                            "PRIMARY",
+                            "INSTALLED",
+                            "COUNTER",
+                            "ATTACKS",
+                        ],
+                        ecus.iter()
+                            .map(|e| {
+                                vec![
+                                    text(&e["serial"]),
+                                    text(&e["hardware_id"]),
+                                    text(&e["primary"]),
+                                    text(&e["installed"]["filename"]),
+                                    text(&e["last_report_counter"]),
+                                    text(&e["attacks_reported"]),
+                                ]
+                            })
+                            .collect(),
+                    );
+                    format!(
+                        "vehicle {}\n\n{ecu_table}\n\n{}",
+                        text(&v["vin"]),
+                        assignment_table(&v["assignments"])
+                    )
+                });
+                Ok(())
+            }
+        },
+        Command::EcuReplace {
+            remote,
+            vin,
+            serial,
+            new_serial,
+            hardware_id,
+            key,
+        } => {
+            let key: Value = serde_json::from_slice(&std::fs::read(&key)?)?;
+            let value = call(
+                &remote,
+                reqwest::Method::PUT,
+                &format!("/api/v1/vehicles/{vin}/ecus/{serial}"),
+                Some(json!({"serial": new_serial, "hardware_id": hardware_id, "public_key": key})),
+            )
+            .await?;
+            print(&remote, &value, |_| {
+                format!("ECU {serial} of {vin} replaced by {new_serial}")
+            });
+            Ok(())
+        }
+        Command::Assign {
+            remote,
+            image,
+            vins,
+            hardware_id,
+            ecus,
+        } => {
+            let body =
+                json!({"image": image, "vins": vins, "hardware_id": hardware_id, "ecus": ecus});
+            let value = call(
+                &remote,
+                reqwest::Method::POST,
+                "/api/v1/assignments",
+                Some(body),
+            )
+            .await?;
+            print(&remote, &value, |v| {
+                format!(
+                    "assignment {}\n{}",
+                    text(&v["correlation_id"]),
+                    assignment_table(&v["ecus"])
+                )
+            });
+            Ok(())
+        }
+        Command::Assignment { command } => match command {
+            AssignmentCommand::List { remote, vin } => {
+                let path = match &vin {
+                    Some(vin) => format!("/api/v1/assignments?vin={vin}"),
+                    None => "/api/v1/assignments".into(),
+                };
+                let value = call(&remote, reqwest::Method::GET, &path, None).await?;
+                print(&remote, &value, assignment_table);
+                Ok(())
+            }
+            AssignmentCommand::Cancel {
+                remote,
+                correlation_id,
+            } => {
+                let value = call(
+                    &remote,
+                    reqwest::Method::POST,
+                    &format!("/api/v1/assignments/{correlation_id}/cancel"),
+                    None,
+                )
+                .await?;
+                print(&remote, &value, |v| {
+                    format!("cancelled {} ECU entries", text(&v["cancelled"]))
+                });
+                Ok(())
+            }
+        },
+        Command::Events {
+            remote,
+            vin,
+            security,
+        } => {
+            let mut path = format!("/api/v1/events?security={security}");
+            if let Some(vin) = &vin {
+                path.push_str(&format!("&vin={vin}"));
+            }
+            let value = call(&remote, reqwest::Method::GET, &path, None).await?;
+            print(&remote, &value, |v| {
+                table(
+                    &[
+                        "ID", "AT", "SEVERITY", "KIND", "VIN", "ECU", "ACTOR", "DETAIL",
+                    ],
+                    v.as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|e| {
+                            [
+                                "id",
+                                "at",
+                                "severity",
+                                "kind",
+                                "vin",
+                                "ecu_serial",
+                                "actor",
+                                "detail",
+                            ]
+                            .iter()
+                            .map(|k| text(&e[*k]))
+                            .collect()
+                        })
+                        .collect(),
+                )
+            });
+            Ok(())
+        }
+        Command::ProvisioningToken { command } => match command {
+            ProvisioningCommand::Create {
+                remote,
+                label,
+                one_time,
+            } => {
+                let value = call(
+                    &remote,
+                    reqwest::Method::POST,
+                    "/api/v1/provisioning-tokens",
+                    Some(json!({"label": label, "one_time": one_time})),
+                )
+                .await?;
+                print(&remote, &value, |v| text(&v["token"]));
+                Ok(())
+            }
+            ProvisioningCommand::Revoke { remote, label } => {
+                let value = call(
+                    &remote,
+                    reqwest::Method::POST,
+                    &format!("/api/v1/provisioning-tokens/{label}/revoke"),
+                    None,
+                )
+                .await?;
+                print(&remote, &value, |v| {
+                    format!("revoked {}", text(&v["revoked"]))
+                });
+                Ok(())
+            }
+        },
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

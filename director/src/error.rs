@@ -1,0 +1,80 @@
+//! Director errors and their HTTP mapping: 4xx with a precise reason, 5xx with none.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::db::DbError;
+
+/// Why a Director operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectorError {
+    /// No or an invalid credential.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid credential asking for something it may not have (another vehicle's data).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed or breaks a rule.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is larger than the configured limit.
+    #[error("body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A vehicle version manifest or ECU report failed a security check; the Director
+    /// records a security event.
+    #[error("manifest refused: {0}")]
+    ManifestRefused(String),
+    /// The image repository could not be read or did not verify.
+    #[error("image repository: {0}")]
+    ImageRepository(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Anything else on the server's side (keys, signing).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for DirectorError {
+    fn from(e: rusqlite::Error) -> Self {
+        DirectorError::Db(DbError::Sqlite(e))
+    }
+}
+
+impl DirectorError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            DirectorError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            DirectorError::Forbidden(_) => StatusCode::FORBIDDEN,
+            DirectorError::NotFound(_) => StatusCode::NOT_FOUND,
+            DirectorError::BadRequest(_) | DirectorError::ManifestRefused(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            DirectorError::Conflict(_) => StatusCode::CONFLICT,
+            DirectorError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            DirectorError::ImageRepository(_) => StatusCode::BAD_GATEWAY,
+            DirectorError::Db(_) | DirectorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for DirectorError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+            "internal error".to_string()
+        } else {
+            self.to_string()
+        };
+        (status, axum::Json(json!({"error": message}))).into_response()
+    }
+}

@@ -1,0 +1,68 @@
+//! The Director's keys: root keys offline (a key directory the server never reads), targets,
+//! snapshot and timestamp keys online in `DIR/keys`, all PKCS#8 PEM with mode 0600.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use uptane_core::crypto::SigningKey;
+
+use crate::error::DirectorError;
+
+/// A new key from the operating system's generator.
+pub fn generate() -> Result<SigningKey, DirectorError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| DirectorError::Internal(format!("random: {e}")))?;
+    Ok(SigningKey::from_seed(seed))
+}
+
+/// Writes a private key readable by its owner only.
+pub fn write_private(path: &Path, key: &SigningKey) -> Result<(), DirectorError> {
+    let io = |e: std::io::Error| DirectorError::Internal(format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(key.to_pkcs8_pem().as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+/// Reads a private key.
+pub fn read_private(path: &Path) -> Result<SigningKey, DirectorError> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| DirectorError::Internal(format!("{}: {e}", path.display())))?;
+    SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| DirectorError::Internal(format!("{}: {e}", path.display())))
+}
+
+/// The online keys the server signs per-vehicle metadata with.
+#[derive(Debug, Clone)]
+pub struct OnlineKeys {
+    /// Signs per-vehicle targets.
+    pub targets: SigningKey,
+    /// Signs per-vehicle snapshots.
+    pub snapshot: SigningKey,
+    /// Signs per-vehicle timestamps.
+    pub timestamp: SigningKey,
+}
+
+/// Path of online key `role` in the Director directory.
+pub fn online_key_path(dir: &Path, role: &str) -> PathBuf {
+    dir.join("keys").join(format!("{role}.pem"))
+}
+
+impl OnlineKeys {
+    /// Reads the online keys from `DIR/keys`.
+    pub fn load(dir: &Path) -> Result<Self, DirectorError> {
+        Ok(Self {
+            targets: read_private(&online_key_path(dir, "targets"))?,
+            snapshot: read_private(&online_key_path(dir, "snapshot"))?,
+            timestamp: read_private(&online_key_path(dir, "timestamp"))?,
+        })
+    }
+}

@@ -1,0 +1,885 @@
+//! The Director through its router, without a socket, on an in-memory SQLite database, with
+//! an Image repository made of real signed metadata.
+
+#![allow(clippy::unwrap_used)] // test support code outside #[test] functions
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use director::api::{AppState, router};
+use director::catalog::ImageCatalog;
+use director::db::Db;
+use director::keys::OnlineKeys;
+use director::service::{self, Policy};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use uptane_core::crypto::SigningKey;
+use uptane_core::error::AttackKind;
+use uptane_core::manifest::{
+    DetectedAttack, ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
+};
+use uptane_core::testing::{RepoFixture, key};
+use uptane_core::trusted::{Director, Limits, TrustedSet};
+use uptane_core::uptane::{director_targets, image_target_custom};
+use uptane_core::verify::Raw;
+
+const VIN: &str = "VIN-0001";
+const BRAKE_FW: &[u8] = b"brake firmware 2";
+
+struct Fleet {
+    app: axum::Router,
+    db: Db,
+    token: String,
+    director_root: Vec<u8>,
+}
+
+struct Vehicle {
+    vin: String,
+    credential: String,
+    ecus: Vec<(String, String, SigningKey)>,
+    counter: u64,
+}
+
+fn now() -> uptane_core::time::UtcTime {
+    std::time::SystemTime::now().into()
+}
+
+fn image_repo() -> ImageCatalog {
+    let mut repo = RepoFixture::new();
+    repo.expires = now() + chrono::Duration::days(30);
+    repo.add_target(
+        "brake-2.bin",
+        BRAKE_FW,
+        Some(image_target_custom(&["hw-brake"], 2)),
+    );
+    repo.add_target(
+        "radio-1.bin",
+        b"radio",
+        Some(image_target_custom(&["hw-radio"], 1)),
+    );
+    repo.publish();
+    let mut files = HashMap::new();
+    files.insert("1.root.json".to_string(), repo.roots[0].clone());
+    files.insert("timestamp.json".to_string(), repo.timestamp.clone());
+    files.insert(
+        format!("{}.snapshot.json", repo.versions.1),
+        repo.snapshot.clone(),
+    );
+    files.insert(
+        format!("{}.targets.json", repo.targets.common.version),
+        repo.targets_files["targets"].clone(),
+    );
+    ImageCatalog::memory(files, repo.roots[0].clone())
+}
+
+fn fleet() -> Fleet {
+    let db = Db::open_in_memory().unwrap();
+    let online = OnlineKeys {
+        targets: key(101),
+        snapshot: key(102),
+        timestamp: key(103),
+    };
+    let root_key = key(100);
+    db.call_blocking(|conn| service::store_initial_root(conn, &[&root_key], 1, &online, now()))
+        .unwrap();
+    let token = db
+        .call_blocking(|conn| service::create_api_token(conn, "test", now()))
+        .unwrap();
+    let director_root = db
+        .call_blocking(|conn| service::root(conn, 1))
+        .unwrap()
+        .unwrap();
+    let state = AppState {
+        db: db.clone(),
+        keys: Arc::new(online),
+        catalog: Arc::new(image_repo()),
+        policy: Policy::default(),
+        max_body_bytes: 64 * 1024,
+    };
+    Fleet {
+        app: router(state),
+        db,
+        token,
+        director_root,
+    }
+}
+
+impl Fleet {
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value, Vec<u8>) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+            .await
+            .unwrap()
+            .to_vec();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            bytes,
+        )
+    }
+
+    async fn operator(&self, method: &str, uri: &str, body: Value) -> (StatusCode, Value) {
+        let body = (!body.is_null()).then(|| serde_json::to_vec(&body).unwrap());
+        let (status, json, _) = self.send(method, uri, Some(&self.token), body).await;
+        (status, json)
+    }
+
+    async fn register(&self, vin: &str, seed: u8) -> Vehicle {
+        let ecus = vec![
+            (format!("{vin}-gw"), "hw-gateway".to_string(), key(seed)),
+            (
+                format!("{vin}-brake"),
+                "hw-brake".to_string(),
+                key(seed + 1),
+            ),
+            (
+                format!("{vin}-radio"),
+                "hw-radio".to_string(),
+                key(seed + 2),
+            ),
+        ];
+        let body = json!({"vin": vin, "ecus": ecus.iter().enumerate().map(|(i, (s, hw, k))| json!({
+            "serial": s, "hardware_id": hw, "public_key": k.public_key().to_json(), "primary": i == 0
+        })).collect::<Vec<_>>()});
+        let (status, json) = self.operator("POST", "/api/v1/vehicles", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{json}");
+        Vehicle {
+            vin: vin.to_string(),
+            credential: json["credential"].as_str().unwrap().to_string(),
+            ecus,
+            counter: 0,
+        }
+    }
+
+    fn event_count(&self, security: bool) -> usize {
+        self.db
+            .call_blocking(|conn| service::events(conn, None, security, 0, 100_000))
+            .unwrap()
+            .len()
+    }
+
+    fn snapshot(&self) -> String {
+        self.db
+            .call_blocking(|conn| {
+                let mut out = String::new();
+                for table in [
+                    "vehicles",
+                    "ecus",
+                    "seen_nonces",
+                    "manifests",
+                    "assignments",
+                    "assignment_ecus",
+                ] {
+                    let mut stmt = conn.prepare(&format!("SELECT * FROM {table}"))?;
+                    let columns = stmt.column_count();
+                    let rows = stmt.query_map([], |r| {
+                        Ok((0..columns)
+                            .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                            .collect::<Vec<_>>()
+                            .join("|"))
+                    })?;
+                    for row in rows {
+                        out.push_str(&row?);
+                        out.push('\n');
+                    }
+                }
+                Ok::<_, director::error::DirectorError>(out)
+            })
+            .unwrap()
+    }
+}
+
+impl Vehicle {
+    fn report(
+        &self,
+        i: usize,
+        installed: &[u8],
+        filename: &str,
+        counter: u64,
+        nonce: &str,
+    ) -> Vec<u8> {
+        let (serial, _, key) = &self.ecus[i];
+        EcuVersionReport {
+            report_type: ECU_REPORT_TYPE.into(),
+            ecu_serial: serial.clone(),
+            installed_image: InstalledImage {
+                filename: filename.into(),
+                length: installed.len() as u64,
+                hashes: uptane_core::hash::standard_hashes(installed),
+                release_counter: 0,
+            },
+            attacks_detected: vec![],
+            latest_time: now(),
+            nonce: nonce.into(),
+            report_counter: counter,
+            last_install: None,
+        }
+        .sign(key)
+        .unwrap()
+    }
+
+    /// A manifest with every ECU on `images[i]` (content, file name).
+    fn manifest(&mut self, images: &[(&[u8], &str)]) -> Vec<u8> {
+        self.counter += 1;
+        let reports: BTreeMap<String, Vec<u8>> = (0..self.ecus.len())
+            .map(|i| {
+                let (bytes, name) = images[i];
+                (
+                    self.ecus[i].0.clone(),
+                    self.report(
+                        i,
+                        bytes,
+                        name,
+                        self.counter,
+                        &format!("n{}-{i}", self.counter),
+                    ),
+                )
+            })
+            .collect();
+        self.sign_manifest(&reports)
+    }
+
+    fn sign_manifest(&self, reports: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+        VehicleVersionManifest::new(&self.vin, &self.ecus[0].0, reports)
+            .unwrap()
+            .sign(&self.ecus[0].2)
+            .unwrap()
+    }
+
+    fn factory(&mut self) -> Vec<u8> {
+        self.manifest(&[
+            (b"gw 1", "gw-1.bin"),
+            (b"brake 1", "brake-1.bin"),
+            (b"radio 0", "radio-0.bin"),
+        ])
+    }
+}
+
+async fn fetch(fleet: &Fleet, vehicle: &Vehicle, file: &str) -> (StatusCode, Vec<u8>) {
+    let (status, _, bytes) = fleet
+        .send(
+            "GET",
+            &format!("/vehicles/{}/metadata/{file}", vehicle.vin),
+            Some(&vehicle.credential),
+            None,
+        )
+        .await;
+    (status, bytes)
+}
+
+#[tokio::test]
+async fn assignment_is_signed_for_the_vehicle_and_completed_by_its_manifest() {
+    let fleet = fleet();
+    let mut car = fleet.register(VIN, 10).await;
+    let factory = car.factory();
+    let (status, json, _) = fleet
+        .send(
+            "POST",
+            &format!("/vehicles/{VIN}/manifest"),
+            Some(&car.credential),
+            Some(factory),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+
+    let (status, json) = fleet
+        .operator(
+            "POST",
+            "/api/v1/assignments",
+            json!({"image": "brake-2.bin", "vins": [VIN]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    assert_eq!(json["ecus"].as_array().unwrap().len(), 1);
+    assert_eq!(json["ecus"][0]["ecu_serial"], format!("{VIN}-brake"));
+
+    // The vehicle verifies its metadata as a Primary would.
+    let mut set = TrustedSet::<Director>::new(
+        &Raw::new(fleet.director_root.clone()),
+        now(),
+        Limits::default(),
+    )
+    .unwrap();
+    let (status, timestamp) = fetch(&fleet, &car, "timestamp.json").await;
+    assert_eq!(status, StatusCode::OK);
+    set.update_timestamp(&Raw::new(timestamp)).unwrap();
+    let request = set.snapshot_request().unwrap();
+    let (_, snapshot) = fetch(
+        &fleet,
+        &car,
+        &format!("{}.snapshot.json", request.version.unwrap()),
+    )
+    .await;
+    set.update_snapshot(&Raw::new(snapshot)).unwrap();
+    let request = set.targets_request("targets").unwrap();
+    let (_, targets) = fetch(
+        &fleet,
+        &car,
+        &format!("{}.targets.json", request.version.unwrap()),
+    )
+    .await;
+    set.update_targets(&Raw::new(targets)).unwrap();
+    let ecus: BTreeMap<String, String> = car
+        .ecus
+        .iter()
+        .map(|(s, hw, _)| (s.clone(), hw.clone()))
+        .collect();
+    let assigned = director_targets(&set, VIN, &ecus).unwrap();
+    assert_eq!(assigned.len(), 1);
+    assert_eq!(assigned[0].path, "brake-2.bin");
+    assert_eq!(assigned[0].release_counter, 2);
+
+    let (_, entries) = fleet
+        .operator(
+            "GET",
+            &format!("/api/v1/assignments?vin={VIN}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(entries[0]["status"], "delivered");
+
+    let manifest = car.manifest(&[
+        (b"gw 1", "gw-1.bin"),
+        (BRAKE_FW, "brake-2.bin"),
+        (b"radio 0", "radio-0.bin"),
+    ]);
+    let (status, outcome, _) = fleet
+        .send(
+            "POST",
+            &format!("/vehicles/{VIN}/manifest"),
+            Some(&car.credential),
+            Some(manifest),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{outcome}");
+    assert_eq!(outcome["installed"].as_array().unwrap().len(), 1);
+    let (_, entries) = fleet
+        .operator(
+            "GET",
+            &format!("/api/v1/assignments?vin={VIN}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(entries[0]["status"], "installed");
+    let (_, vehicle) = fleet
+        .operator("GET", &format!("/api/v1/vehicles/{VIN}"), Value::Null)
+        .await;
+    assert_eq!(vehicle["ecus"][1]["installed"]["filename"], "brake-2.bin");
+
+    // Nothing assigned any more: the next targets are empty, with a higher version.
+    let (_, timestamp) = fetch(&fleet, &car, "timestamp.json").await;
+    let doc: Value = serde_json::from_slice(&timestamp).unwrap();
+    assert_eq!(doc["signed"]["version"], 2);
+}
+
+/// Posts a manifest that must be refused: 4xx, a security event, nothing else changed.
+async fn assert_manifest_refused(
+    fleet: &Fleet,
+    car: &Vehicle,
+    vin: &str,
+    manifest: Vec<u8>,
+    expected: StatusCode,
+    reason: &str,
+) {
+    let before = fleet.snapshot();
+    let security_before = fleet.event_count(true);
+    let (status, json, _) = fleet
+        .send(
+            "POST",
+            &format!("/vehicles/{vin}/manifest"),
+            Some(&car.credential),
+            Some(manifest),
+        )
+        .await;
+    assert_eq!(status, expected, "{json}");
+    let error = json["error"].as_str().unwrap();
+    assert!(
+        error.contains(reason),
+        "{error:?} does not mention {reason:?}"
+    );
+    assert_eq!(
+        fleet.snapshot(),
+        before,
+        "state changed after a refused manifest"
+    );
+    assert_eq!(
+        fleet.event_count(true),
+        security_before + 1,
+        "no security event for {reason}"
+    );
+}
+
+#[tokio::test]
+async fn refuses_manifests_that_fail_any_check() {
+    let fleet = fleet();
+    let mut car = fleet.register(VIN, 20).await;
+    let accepted = car.factory();
+    let (status, _, _) = fleet
+        .send(
+            "POST",
+            &format!("/vehicles/{VIN}/manifest"),
+            Some(&car.credential),
+            Some(accepted.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Signed by a key that is not the Primary's.
+    let mut forged = car.factory();
+    let doc: Value = serde_json::from_slice(&forged).unwrap();
+    forged = uptane_core::sign::sign_value(&doc["signed"], &[&key(99)]).unwrap();
+    assert_manifest_refused(
+        &fleet,
+        &car,
+        VIN,
+        forged,
+        StatusCode::BAD_REQUEST,
+        "vehicle manifest",
+    )
+    .await;
+
+    // An ECU report whose signature does not match its content.
+    car.counter += 1;
+    let c = car.counter;
+    let mut reports: BTreeMap<String, Vec<u8>> = (0..3)
+        .map(|i| {
+            (
+                car.ecus[i].0.clone(),
+                car.report(i, b"x", "x.bin", c, &format!("f{i}")),
+            )
+        })
+        .collect();
+    let brake = car.ecus[1].0.clone();
+    let tampered = String::from_utf8(reports[&brake].clone())
+        .unwrap()
+        .replace("x.bin", "y.bin");
+    reports.insert(brake.clone(), tampered.into_bytes());
+    assert_manifest_refused(
+        &fleet,
+        &car,
+        VIN,
+        car.sign_manifest(&reports),
+        StatusCode::BAD_REQUEST,
+        "report",
+    )
+    .await;
+
+    // Replay of the accepted manifest: nonces and counters already seen.
+    assert_manifest_refused(
+        &fleet,
+        &car,
+        VIN,
+        accepted,
+        StatusCode::BAD_REQUEST,
+        "nonce",
+    )
+    .await;
+
+    // A fresh nonce but an old counter.
+    let reports: BTreeMap<String, Vec<u8>> = (0..3)
+        .map(|i| {
+            (
+                car.ecus[i].0.clone(),
+                car.report(i, b"x", "x.bin", 1, &format!("new{i}")),
+            )
+        })
+        .collect();
+    assert_manifest_refused(
+        &fleet,
+        &car,
+        VIN,
+        car.sign_manifest(&reports),
+        StatusCode::BAD_REQUEST,
+        "counter",
+    )
+    .await;
+
+    // A missing ECU.
+    let reports: BTreeMap<String, Vec<u8>> = (0..2)
+        .map(|i| {
+            (
+                car.ecus[i].0.clone(),
+                car.report(i, b"x", "x.bin", 50, &format!("m{i}")),
+            )
+        })
+        .collect();
+    assert_manifest_refused(
+        &fleet,
+        &car,
+        VIN,
+        car.sign_manifest(&reports),
+        StatusCode::BAD_REQUEST,
+        "no version report",
+    )
+    .await;
+
+    // An unknown ECU.
+    let mut reports: BTreeMap<String, Vec<u8>> = (0..3)
+        .map(|i| {
+            (
+                car.ecus[i].0.clone(),
+                car.report(i, b"x", "x.bin", 51, &format!("u{i}")),
+            )
+        })
+        .collect();
+    let stranger = EcuVersionReport {
+        report_type: ECU_REPORT_TYPE.into(),
+        ecu_serial: "stranger".into(),
+        installed_image: InstalledImage {
+            filename: "s".into(),
+            length: 1,
+            hashes: uptane_core::hash::standard_hashes(b"s"),
+            release_counter: 0,
+        },
+        attacks_detected: vec![],
+        latest_time: now(),
+        nonce: "s".into(),
+        report_counter: 1,
+        last_install: None,
+    };
+    reports.insert("stranger".into(), stranger.sign(&key(98)).unwrap());
+    assert_manifest_refused(
+        &fleet,
+        &car,
+        VIN,
+        car.sign_manifest(&reports),
+        StatusCode::BAD_REQUEST,
+        "unknown ECU",
+    )
+    .await;
+
+    // A report from the future.
+    let mut future: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for i in 0..3 {
+        let (serial, _, key) = &car.ecus[i];
+        let mut report: EcuVersionReport =
+            serde_json::from_slice::<Value>(&car.report(i, b"x", "x.bin", 60, &format!("t{i}")))
+                .map(|v| serde_json::from_value(v["signed"].clone()).unwrap())
+                .unwrap();
+        report.latest_time = now() + chrono::Duration::hours(1);
+        future.insert(serial.clone(), report.sign(key).unwrap());
+    }
+    assert_manifest_refused(
+        &fleet,
+        &car,
+        VIN,
+        car.sign_manifest(&future),
+        StatusCode::BAD_REQUEST,
+        "future",
+    )
+    .await;
+
+    // Malformed.
+    assert_manifest_refused(
+        &fleet,
+        &car,
+        VIN,
+        b"{not json".to_vec(),
+        StatusCode::BAD_REQUEST,
+        "manifest",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn reported_attacks_become_security_events() {
+    let fleet = fleet();
+    let mut car = fleet.register(VIN, 30).await;
+    car.counter = 1;
+    let mut reports = BTreeMap::new();
+    for i in 0..3 {
+        let (serial, _, key) = &car.ecus[i];
+        let mut report: EcuVersionReport = serde_json::from_value(
+            serde_json::from_slice::<Value>(&car.report(i, b"x", "x.bin", 1, &format!("a{i}")))
+                .unwrap()["signed"]
+                .clone(),
+        )
+        .unwrap();
+        if i == 1 {
+            report.attacks_detected = vec![DetectedAttack {
+                kind: AttackKind::Rollback,
+                detail: "targets version 3 < 4".into(),
+            }];
+        }
+        reports.insert(serial.clone(), report.sign(key).unwrap());
+    }
+    let (status, outcome, _) = fleet
+        .send(
+            "POST",
+            &format!("/vehicles/{VIN}/manifest"),
+            Some(&car.credential),
+            Some(car.sign_manifest(&reports)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{outcome}");
+    assert_eq!(outcome["attacks_reported"], 1);
+    let (_, events) = fleet
+        .operator("GET", "/api/v1/events?security=true", Value::Null)
+        .await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "attack_reported:rollback"
+                && e["ecu_serial"] == format!("{VIN}-brake"))
+    );
+}
+
+#[tokio::test]
+async fn a_vehicle_reaches_only_its_own_metadata_and_manifests() {
+    let fleet = fleet();
+    let mut car = fleet.register(VIN, 40).await;
+    let other = fleet.register("VIN-0002", 50).await;
+    let before = fleet.event_count(true);
+    let (status, _, _) = fleet
+        .send(
+            "GET",
+            "/vehicles/VIN-0002/metadata/timestamp.json",
+            Some(&car.credential),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let manifest = car.factory();
+    let (status, _, _) = fleet
+        .send(
+            "POST",
+            "/vehicles/VIN-0002/manifest",
+            Some(&car.credential),
+            Some(manifest),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(fleet.event_count(true), before + 2);
+    let (status, _, _) = fleet
+        .send(
+            "GET",
+            &format!("/vehicles/{VIN}/metadata/timestamp.json"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = fleet
+        .send(
+            "GET",
+            &format!("/vehicles/{VIN}/metadata/timestamp.json"),
+            Some("dvc_forged"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = fleet
+        .send(
+            "GET",
+            "/vehicles/VIN-0002/metadata/timestamp.json",
+            Some(&other.credential),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn operator_calls_need_a_token() {
+    let fleet = fleet();
+    for (method, uri) in [
+        ("GET", "/api/v1/vehicles"),
+        ("POST", "/api/v1/assignments"),
+        ("GET", "/api/v1/events"),
+        ("POST", "/api/v1/vehicles"),
+    ] {
+        let (status, json, _) = fleet.send(method, uri, None, Some(b"{}".to_vec())).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(json["error"].is_string());
+        let (status, _, _) = fleet
+            .send(method, uri, Some("dat_forged"), Some(b"{}".to_vec()))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn refuses_assignments_the_image_repository_does_not_back() {
+    let fleet = fleet();
+    fleet.register(VIN, 60).await;
+    let before = fleet.snapshot();
+    let (status, json) = fleet
+        .operator(
+            "POST",
+            "/api/v1/assignments",
+            json!({"image": "nonexistent.bin", "vins": [VIN]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{json}");
+    let (status, json) = fleet
+        .operator(
+            "POST",
+            "/api/v1/assignments",
+            json!({"image": "radio-1.bin", "ecus": [format!("{VIN}-brake")]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("hardware"));
+    let (status, _) = fleet
+        .operator(
+            "POST",
+            "/api/v1/assignments",
+            json!({"image": "brake-2.bin", "vins": ["NOPE"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(fleet.snapshot(), before);
+}
+
+#[tokio::test]
+async fn refuses_malformed_and_oversized_json() {
+    let fleet = fleet();
+    let (status, json, _) = fleet
+        .send(
+            "POST",
+            "/api/v1/vehicles",
+            Some(&fleet.token),
+            Some(b"{\"vin\": 5".to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(json["error"].as_str().unwrap().contains("malformed JSON"));
+    let big = format!("{{\"vin\": \"{}\", \"ecus\": []}}", "x".repeat(100_000));
+    let (status, json, _) = fleet
+        .send(
+            "POST",
+            "/api/v1/vehicles",
+            Some(&fleet.token),
+            Some(big.into_bytes()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    let (status, json) = fleet
+        .operator(
+            "POST",
+            "/api/v1/vehicles",
+            json!({"vin": "bad vin!", "ecus": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    assert_eq!(fleet.snapshot(), "");
+}
+
+#[tokio::test]
+async fn assignments_can_be_cancelled_before_delivery_only() {
+    let fleet = fleet();
+    let car = fleet.register(VIN, 70).await;
+    let (_, first) = fleet
+        .operator(
+            "POST",
+            "/api/v1/assignments",
+            json!({"image": "brake-2.bin", "vins": [VIN]}),
+        )
+        .await;
+    let id = first["correlation_id"].as_str().unwrap();
+    let (status, _) = fleet
+        .operator(
+            "POST",
+            &format!("/api/v1/assignments/{id}/cancel"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, second) = fleet
+        .operator(
+            "POST",
+            "/api/v1/assignments",
+            json!({"image": "brake-2.bin", "vins": [VIN]}),
+        )
+        .await;
+    let id = second["correlation_id"].as_str().unwrap();
+    fetch(&fleet, &car, "timestamp.json").await;
+    let (_, targets) = fetch(&fleet, &car, "1.targets.json").await;
+    assert!(String::from_utf8(targets).unwrap().contains("brake-2.bin"));
+    let (status, json) = fleet
+        .operator(
+            "POST",
+            &format!("/api/v1/assignments/{id}/cancel"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{json}");
+}
+
+#[tokio::test]
+async fn primaries_register_with_provisioning_tokens() {
+    let fleet = fleet();
+    let (status, json) = fleet
+        .operator(
+            "POST",
+            "/api/v1/provisioning-tokens",
+            json!({"label": "line-1", "one_time": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let token = json["token"].as_str().unwrap().to_string();
+    let body = |vin: &str| {
+        serde_json::to_vec(&json!({"vin": vin, "ecus": [{"serial": format!("{vin}-gw"), "hardware_id": "hw-gateway", "public_key": key(80).public_key().to_json(), "primary": true}]})).unwrap()
+    };
+    let (status, json, _) = fleet
+        .send(
+            "POST",
+            "/api/v1/register",
+            Some(&token),
+            Some(body("VIN-P1")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    let (status, _, _) = fleet
+        .send(
+            "POST",
+            "/api/v1/register",
+            Some(&token),
+            Some(body("VIN-P2")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, json) = fleet
+        .operator(
+            "POST",
+            "/api/v1/provisioning-tokens",
+            json!({"label": "fleet"}),
+        )
+        .await;
+    let fleet_token = json["token"].as_str().unwrap().to_string();
+    let (status, _) = fleet
+        .operator(
+            "POST",
+            "/api/v1/provisioning-tokens/fleet/revoke",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = fleet
+        .send(
+            "POST",
+            "/api/v1/register",
+            Some(&fleet_token),
+            Some(body("VIN-P3")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
