@@ -79,12 +79,49 @@ fn bearer(headers: &HeaderMap) -> Result<String, DirectorError> {
 }
 
 async fn operator(state: &AppState, headers: &HeaderMap) -> Result<String, DirectorError> {
-    let token = bearer(headers)?;
+    let token = bearer(headers);
     let label = state
         .db
-        .call(move |conn| service::check_api_token(conn, &token))
+        .call(move |conn| {
+            let checked = token.and_then(|token| service::check_api_token(conn, &token));
+            if let Err(e) = &checked {
+                service::record_event(
+                    conn,
+                    now(),
+                    "unauthorized_api_call",
+                    true,
+                    None,
+                    None,
+                    "unknown",
+                    &e.to_string(),
+                )?;
+            }
+            checked
+        })
         .await?;
     Ok(format!("operator:{label}"))
+}
+
+/// Records a refused operator request in the event log, then returns the error.
+async fn refused(
+    state: &AppState,
+    kind: &'static str,
+    actor: String,
+    error: DirectorError,
+) -> DirectorError {
+    if error.status().is_client_error() {
+        let detail = error.to_string();
+        let logged = state
+            .db
+            .call(move |conn| {
+                service::record_event(conn, now(), kind, false, None, None, &actor, &detail)
+            })
+            .await;
+        if let Err(e) = logged {
+            return e;
+        }
+    }
+    error
 }
 
 async fn vehicle(state: &AppState, headers: &HeaderMap, vin: &str) -> Result<(), DirectorError> {
@@ -122,12 +159,20 @@ async fn register_vehicle(
     body: Body,
 ) -> ApiResult {
     let actor = operator(&state, &headers).await?;
-    let vehicle: NewVehicle = read_json(&state, body).await?;
+    let vehicle: NewVehicle = match read_json(&state, body).await {
+        Ok(v) => v,
+        Err(e) => return Err(refused(&state, "registration_refused", actor, e).await),
+    };
     let vin = vehicle.vin.clone();
-    let credential = state
+    let who = actor.clone();
+    let registered = state
         .db
-        .call(move |conn| service::register_vehicle(conn, &vehicle, &actor, now()))
-        .await?;
+        .call(move |conn| service::register_vehicle(conn, &vehicle, &who, now()))
+        .await;
+    let credential = match registered {
+        Ok(c) => c,
+        Err(e) => return Err(refused(&state, "registration_refused", actor, e).await),
+    };
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"vin": vin, "credential": credential})),
@@ -213,6 +258,14 @@ async fn replace_ecu(
 
 async fn assign(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
     let actor = operator(&state, &headers).await?;
+    match create_assignment(&state, actor.clone(), body).await {
+        Ok(response) => Ok(response),
+        Err(e) => Err(refused(&state, "assignment_refused", actor, e).await),
+    }
+}
+
+async fn create_assignment(state: &AppState, actor: String, body: Body) -> ApiResult {
+    let state = state.clone();
     let request: AssignRequest = read_json(&state, body).await?;
     let info = state
         .catalog
@@ -321,12 +374,16 @@ async fn vehicle_metadata(
     headers: HeaderMap,
     Path((vin, file)): Path<(String, String)>,
 ) -> ApiResult {
-    vehicle(&state, &headers, &vin).await?;
+    let credential = bearer(&headers);
     let keys = Arc::clone(&state.keys);
     let policy = state.policy;
+    // One trip to the database thread for both the credential check and the file.
     let bytes = state
         .db
-        .call(move |conn| service::vehicle_file(conn, &keys, &vin, &file, &policy, now()))
+        .call(move |conn| {
+            service::authorize_vehicle(conn, &vin, &credential?, now())?;
+            service::vehicle_file(conn, &keys, &vin, &file, &policy, now())
+        })
         .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001_init.sql"),
+    include_str!("migrations/002_indexes.sql"),
+];
 
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]

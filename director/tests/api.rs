@@ -174,6 +174,15 @@ impl Fleet {
             .len()
     }
 
+    fn events_of(&self, kind: &str) -> usize {
+        self.db
+            .call_blocking(|conn| service::events(conn, None, false, 0, 100_000))
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == kind)
+            .count()
+    }
+
     fn snapshot(&self) -> String {
         self.db
             .call_blocking(|conn| {
@@ -781,6 +790,7 @@ async fn refuses_malformed_and_oversized_json() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
     assert_eq!(fleet.snapshot(), "");
+    assert_eq!(fleet.events_of("registration_refused"), 3);
 }
 
 #[tokio::test]

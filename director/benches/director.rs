@@ -1,0 +1,204 @@
+//! Director benchmarks with 100,000 registered vehicles. Run with
+//! `cargo bench -p director --bench director` (uses `wrk` when installed).
+//!
+//! 1. Vehicle version manifests verified and recorded per second: a Primary and two
+//!    Secondaries each (3 ECU reports + the vehicle signature, canonical JSON, nonce and
+//!    counter checks, one SQLite transaction with `synchronous=FULL`).
+//! 2. Vehicle metadata requests per second (`GET /vehicles/<vin>/metadata/timestamp.json`
+//!    with each vehicle's credential), first for vehicles whose metadata must be signed,
+//!    then for vehicles whose metadata is current.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use director::api::AppState;
+use director::catalog::ImageCatalog;
+use director::db::Db;
+use director::keys::OnlineKeys;
+use director::service::{self, Policy};
+use rusqlite::params;
+use uptane_core::crypto::SigningKey;
+use uptane_core::hash::sha256_hex;
+use uptane_core::manifest::{
+    ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
+};
+
+const VEHICLES: usize = 100_000;
+const MANIFESTS: usize = 3_000;
+
+fn now() -> uptane_core::time::UtcTime {
+    std::time::SystemTime::now().into()
+}
+
+fn vin(i: usize) -> String {
+    format!("VIN{i:06}")
+}
+
+fn ecu_key(i: usize, j: usize) -> SigningKey {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    seed[8] = j as u8;
+    SigningKey::from_seed(seed)
+}
+
+/// Bulk registration in one transaction: benchmark setup only.
+fn seed(db: &Db) {
+    db.call_blocking(|conn| {
+        let tx = conn.transaction()?;
+        {
+            let mut vehicle = tx.prepare("INSERT INTO vehicles (vin, credential_sha256, created_at) VALUES (?1, ?2, 'now')")?;
+            let mut ecu = tx.prepare("INSERT INTO ecus (serial, vin, hardware_id, public_key, is_primary) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for i in 0..VEHICLES {
+                let v = vin(i);
+                vehicle.execute(params![v, sha256_hex(format!("cred-{v}").as_bytes())])?;
+                for j in 0..3 {
+                    // Keys only matter for the vehicles whose manifests are measured.
+                    let key = if i < MANIFESTS { ecu_key(i, j) } else { ecu_key(0, j) };
+                    ecu.execute(params![format!("{v}-{j}"), v, format!("hw-{j}"), key.public_key().to_json().to_string(), j == 0])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok::<_, director::error::DirectorError>(())
+    })
+    .unwrap();
+}
+
+fn manifest(i: usize) -> Vec<u8> {
+    let v = vin(i);
+    let reports: BTreeMap<String, Vec<u8>> = (0..3)
+        .map(|j| {
+            let serial = format!("{v}-{j}");
+            let report = EcuVersionReport {
+                report_type: ECU_REPORT_TYPE.into(),
+                ecu_serial: serial.clone(),
+                installed_image: InstalledImage {
+                    filename: format!("fw-{j}.bin"),
+                    length: 1_048_576,
+                    hashes: uptane_core::hash::standard_hashes(serial.as_bytes()),
+                    release_counter: 1,
+                },
+                attacks_detected: vec![],
+                latest_time: now(),
+                nonce: format!("nonce-{i}-{j}"),
+                report_counter: 1,
+                last_install: None,
+            };
+            (serial, report.sign(&ecu_key(i, j)).unwrap())
+        })
+        .collect();
+    VehicleVersionManifest::new(&v, &format!("{v}-0"), &reports)
+        .unwrap()
+        .sign(&ecu_key(i, 0))
+        .unwrap()
+}
+
+fn wrk(url: &str, first: usize, count: usize, seconds: u32) -> String {
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        script.path(),
+        format!(
+            r#"counter = 0
+request = function()
+  local vin = string.format("VIN%06d", {first} + (counter % {count}))
+  counter = counter + 1
+  return wrk.format("GET", "/vehicles/" .. vin .. "/metadata/timestamp.json", {{["Authorization"] = "Bearer cred-" .. vin}})
+end
+"#
+        ),
+    )
+    .unwrap();
+    match std::process::Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{seconds}s"), "-s"])
+        .arg(script.path())
+        .arg(url)
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("Requests/sec") || l.contains("Non-2xx"))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(_) => "wrk is not installed (apt-get install wrk)".into(),
+    }
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("director.db")).unwrap();
+    let start = Instant::now();
+    seed(&db);
+    println!(
+        "registered {VEHICLES} vehicles with 3 ECUs each in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    let manifests: Vec<Vec<u8>> = (0..MANIFESTS).map(manifest).collect();
+    let policy = Policy::default();
+    let start = Instant::now();
+    for (i, bytes) in manifests.iter().enumerate() {
+        let v = vin(i);
+        db.call_blocking(|conn| service::process_manifest(conn, &v, bytes, &policy, now()))
+            .unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "manifests verified and recorded: {MANIFESTS} in {elapsed:.2} s = {:.0}/s (one thread, synchronous=FULL)",
+        MANIFESTS as f64 / elapsed
+    );
+    let start = Instant::now();
+    for bytes in manifests.iter().take(1000) {
+        let m = uptane_core::verify::Raw::<VehicleVersionManifest>::new(bytes.clone());
+        std::hint::black_box(
+            uptane_core::manifest::verify_vehicle_manifest(&m, ecu_key(0, 0).public_key()).ok(),
+        );
+    }
+    println!(
+        "  (of which parsing and one signature check alone: {:.0}/s)",
+        1000.0 / start.elapsed().as_secs_f64()
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let keys = OnlineKeys {
+            targets: ecu_key(1 << 40, 1),
+            snapshot: ecu_key(1 << 40, 2),
+            timestamp: ecu_key(1 << 40, 3),
+        };
+        let root_key = ecu_key(1 << 40, 4);
+        db.call_blocking(|conn| service::store_initial_root(conn, &[&root_key], 1, &keys, now()))
+            .unwrap();
+        let state = AppState {
+            db: db.clone(),
+            keys: Arc::new(keys),
+            catalog: Arc::new(ImageCatalog::memory(HashMap::new(), Vec::new())),
+            policy,
+            max_body_bytes: 1 << 20,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(director::api::serve(
+            listener,
+            state,
+            std::future::pending(),
+        ));
+        let fresh_url = url.clone();
+        let fresh = tokio::task::spawn_blocking(move || wrk(&fresh_url, 10_000, 90_000, 10))
+            .await
+            .unwrap();
+        println!(
+            "metadata requests, vehicles needing new signed metadata (sign per request): {fresh}"
+        );
+        let warm = tokio::task::spawn_blocking(move || wrk(&url, 10_000, 2_000, 10))
+            .await
+            .unwrap();
+        println!("metadata requests, vehicles with current metadata: {warm}");
+    });
+}

@@ -1,0 +1,290 @@
+//! The Director as a real process next to a real Image repository: an operator registers a
+//! vehicle and assigns an image with the `director` commands, the vehicle verifies its
+//! metadata with `uptane-core` as a Primary would and reports the install, and nothing
+//! accepted is lost when the Director is killed with SIGKILL and restarted.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use uptane_core::crypto::SigningKey;
+use uptane_core::manifest::{
+    ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
+};
+use uptane_core::trusted::{Director, Limits, TrustedSet};
+use uptane_core::verify::Raw;
+use uptane_tests::{ChildGuard, bin, run_ok, spawn_listening};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const VIN: &str = "WVWZZZ1JZXW000001";
+const IMAGE: &[u8] = b"brake controller firmware 2.0";
+
+struct Setup {
+    dir: tempfile::TempDir,
+    _image_repo: ChildGuard,
+    image_url: String,
+}
+
+impl Setup {
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn director(&self) -> (ChildGuard, String) {
+        let mut command = Command::new(bin("director"));
+        command.args([
+            "serve",
+            "--dir",
+            &self.path("director"),
+            "--listen",
+            "127.0.0.1:0",
+            "--image-repo",
+            &self.image_url,
+        ]);
+        let (child, addr) = spawn_listening(command, LIMIT);
+        (child, format!("http://{addr}"))
+    }
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    run_ok(
+        Command::new(bin("image-repo")).args([
+            "init",
+            "--repo",
+            &path("repo"),
+            "--offline-keys",
+            &path("repo-keys"),
+        ]),
+        LIMIT,
+    );
+    std::fs::write(dir.path().join("brake.bin"), IMAGE).unwrap();
+    run_ok(
+        Command::new(bin("image-repo")).args([
+            "add",
+            "--repo",
+            &path("repo"),
+            "--offline-keys",
+            &path("repo-keys"),
+            "--name",
+            "brake-2.0.bin",
+            "--hardware-id",
+            "hw-brake",
+            "--release-counter",
+            "2",
+            &path("brake.bin"),
+        ]),
+        LIMIT,
+    );
+    let mut command = Command::new(bin("image-repo"));
+    command.args(["serve", "--repo", &path("repo"), "--listen", "127.0.0.1:0"]);
+    let (image_repo, addr) = spawn_listening(command, LIMIT);
+    run_ok(
+        Command::new(bin("director")).args([
+            "init",
+            "--dir",
+            &path("director"),
+            "--offline-keys",
+            &path("director-keys"),
+            "--image-root",
+            &path("repo/metadata/1.root.json"),
+        ]),
+        LIMIT,
+    );
+    Setup {
+        dir,
+        _image_repo: image_repo,
+        image_url: format!("http://{addr}"),
+    }
+}
+
+fn operator(setup: &Setup, url: &str, token: &str, args: &[&str]) -> Value {
+    let out = run_ok(
+        Command::new(bin("director"))
+            .args(args)
+            .args(["--server", url, "--token", token, "--json"]),
+        LIMIT,
+    );
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} ({})", setup.path("")))
+}
+
+fn now() -> uptane_core::time::UtcTime {
+    std::time::SystemTime::now().into()
+}
+
+async fn get(client: &reqwest::Client, url: &str, credential: &str) -> Vec<u8> {
+    let response = client
+        .get(url)
+        .bearer_auth(credential)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    response.bytes().await.unwrap().to_vec()
+}
+
+fn report(serial: &str, key: &SigningKey, image: &[u8], name: &str, counter: u64) -> Vec<u8> {
+    EcuVersionReport {
+        report_type: ECU_REPORT_TYPE.into(),
+        ecu_serial: serial.into(),
+        installed_image: InstalledImage {
+            filename: name.into(),
+            length: image.len() as u64,
+            hashes: uptane_core::hash::standard_hashes(image),
+            release_counter: 0,
+        },
+        attacks_detected: vec![],
+        latest_time: now(),
+        nonce: format!("{serial}-{counter}"),
+        report_counter: counter,
+        last_install: None,
+    }
+    .sign(key)
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_assigns_vehicle_verifies_and_reports_and_nothing_is_lost_on_kill() {
+    let setup = setup();
+    let token = run_ok(
+        Command::new(bin("director")).args([
+            "token",
+            "create",
+            "--dir",
+            &setup.path("director"),
+            "--label",
+            "ops",
+        ]),
+        LIMIT,
+    )
+    .trim()
+    .to_string();
+    let (mut director, url) = setup.director();
+
+    let keys = [uptane_core::testing::key(1), uptane_core::testing::key(2)];
+    let serials = ["ECU-GW-1", "ECU-BRAKE-1"];
+    let hardware = ["hw-gateway", "hw-brake"];
+    let mut ecu_args = Vec::new();
+    for i in 0..2 {
+        let key_file = setup.path(&format!("ecu{i}.pub.json"));
+        std::fs::write(
+            &key_file,
+            serde_json::to_vec(keys[i].public_key().to_json()).unwrap(),
+        )
+        .unwrap();
+        ecu_args.push(format!("{}:{}:{key_file}", serials[i], hardware[i]));
+    }
+    let mut args = vec!["vehicle", "register", "--vin", VIN];
+    for spec in &ecu_args {
+        args.extend(["--ecu", spec.as_str()]);
+    }
+    let registered = operator(&setup, &url, &token, &args);
+    let credential = registered["credential"].as_str().unwrap().to_string();
+
+    let assigned = operator(
+        &setup,
+        &url,
+        &token,
+        &["assign", "--image", "brake-2.0.bin", "--vin", VIN],
+    );
+    let correlation = assigned["correlation_id"].as_str().unwrap().to_string();
+    assert_eq!(assigned["ecus"][0]["ecu_serial"], "ECU-BRAKE-1");
+
+    // The vehicle: full verification of its Director metadata, as a Primary does.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("{url}/vehicles/{VIN}/metadata");
+    let root = get(&client, &format!("{base}/1.root.json"), &credential).await;
+    let mut set = TrustedSet::<Director>::new(&Raw::new(root), now(), Limits::default()).unwrap();
+    set.update_timestamp(&Raw::new(
+        get(&client, &format!("{base}/timestamp.json"), &credential).await,
+    ))
+    .unwrap();
+    let v = set.snapshot_request().unwrap().version.unwrap();
+    set.update_snapshot(&Raw::new(
+        get(&client, &format!("{base}/{v}.snapshot.json"), &credential).await,
+    ))
+    .unwrap();
+    let v = set.targets_request("targets").unwrap().version.unwrap();
+    set.update_targets(&Raw::new(
+        get(&client, &format!("{base}/{v}.targets.json"), &credential).await,
+    ))
+    .unwrap();
+    let ecus: BTreeMap<String, String> = serials
+        .iter()
+        .zip(hardware)
+        .map(|(s, h)| (s.to_string(), h.to_string()))
+        .collect();
+    let targets = uptane_core::uptane::director_targets(&set, VIN, &ecus).unwrap();
+    assert_eq!(targets.len(), 1);
+    assert_eq!(
+        targets[0].info.hashes["sha256"],
+        uptane_core::hash::sha256_hex(IMAGE)
+    );
+
+    // It installs and reports.
+    let reports = BTreeMap::from([
+        (
+            serials[0].to_string(),
+            report(serials[0], &keys[0], b"gateway 1", "gw-1.bin", 1),
+        ),
+        (
+            serials[1].to_string(),
+            report(serials[1], &keys[1], IMAGE, "brake-2.0.bin", 1),
+        ),
+    ]);
+    let manifest = VehicleVersionManifest::new(VIN, serials[0], &reports)
+        .unwrap()
+        .sign(&keys[0])
+        .unwrap();
+    let response = client
+        .post(format!("{url}/vehicles/{VIN}/manifest"))
+        .bearer_auth(&credential)
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+
+    let shown = operator(&setup, &url, &token, &["vehicle", "show", VIN]);
+    assert_eq!(shown["assignments"][0]["status"], "installed");
+    assert_eq!(shown["ecus"][1]["installed"]["filename"], "brake-2.0.bin");
+    let events_before = operator(&setup, &url, &token, &["events"]);
+
+    // SIGKILL, restart: everything accepted is still there.
+    director.kill();
+    let (_director, url) = setup.director();
+    let shown = operator(&setup, &url, &token, &["vehicle", "show", VIN]);
+    assert_eq!(shown["assignments"][0]["status"], "installed");
+    assert_eq!(
+        shown["assignments"][0]["correlation_id"],
+        correlation.as_str()
+    );
+    assert_eq!(shown["ecus"][1]["last_report_counter"], 1);
+    let events_after = operator(&setup, &url, &token, &["events"]);
+    assert_eq!(events_after, events_before);
+    // The replayed manifest is still refused after the restart: its nonces were kept.
+    let manifest = VehicleVersionManifest::new(VIN, serials[0], &reports)
+        .unwrap()
+        .sign(&keys[0])
+        .unwrap();
+    let response = client
+        .post(format!("{url}/vehicles/{VIN}/manifest"))
+        .bearer_auth(&credential)
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
