@@ -252,6 +252,33 @@ pub fn director_targets(
     Ok(entries)
 }
 
+/// The Director target of one ECU, for an ECU that knows only itself (a Secondary in full
+/// verification, Uptane §5.4.4.2 step 10: it "can elect to perform this check only on the
+/// metadata for the image it will install"). The Director targets checks of §5.4.4.6 steps
+/// 6, 7 and the VIN apply; the entry's hardware id must be `hardware_id`. `None` when the
+/// Director assigns this ECU nothing.
+pub fn director_target_for(
+    director: &TrustedSet<Director>,
+    vin: &str,
+    ecu_serial: &str,
+    hardware_id: &str,
+) -> Result<Option<DirectorTarget>, UptaneError> {
+    let targets = director.targets().ok_or(UptaneError::NoDirectorTargets)?;
+    let entry = director_entries(targets, vin)?
+        .into_iter()
+        .find(|e| e.ecu_serial == ecu_serial);
+    if let Some(entry) = &entry
+        && entry.hardware_id != hardware_id
+    {
+        return Err(UptaneError::WrongHardware {
+            target: entry.path.clone(),
+            hardware_id: entry.hardware_id.clone(),
+            expected: format!("this ECU's {hardware_id:?}"),
+        });
+    }
+    Ok(entry)
+}
+
 /// An image both repositories vouch for, for one ECU. Only [`approve`] and
 /// [`verify_partial`] make one.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -386,3 +386,30 @@ fn an_approved_image_without_hashes_cannot_be_verified() {
         })
     ));
 }
+
+#[test]
+fn an_ecu_finds_only_its_own_director_target() {
+    let set = director(|b| {
+        b.target(
+            "other.bin",
+            b"x",
+            Some(director_target_custom("someone-else", "hw-9", 1)),
+        )
+    });
+    let mine = director_target_for(&set, VIN, "ecu1", "hw-1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(mine.path, "fw.bin");
+    assert_eq!(
+        director_target_for(&set, VIN, "ecu7", "hw-1").unwrap(),
+        None
+    );
+    assert!(matches!(
+        director_target_for(&set, VIN, "ecu1", "hw-2"),
+        Err(UptaneError::WrongHardware { .. })
+    ));
+    assert!(matches!(
+        director_target_for(&set, "OTHER", "ecu1", "hw-1"),
+        Err(UptaneError::WrongVehicle { .. })
+    ));
+}

@@ -1,0 +1,276 @@
+//! The simulated A/B hardware: two slots as files and a persistent bootloader environment.
+//!
+//! Installs go to the inactive slot only. Activation marks the new slot for a trial boot with
+//! a number of attempts; each boot of the trial slot uses one attempt; a trial that boots and
+//! passes its health check is confirmed (made active); a trial that runs out of attempts is
+//! marked bad and the bootloader falls back to the old slot. Everything the bootloader knows
+//! survives power loss (`bootenv.json`, written atomically).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uptane_core::manifest::InstalledImage;
+
+use crate::files;
+
+/// What a slot holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// `empty`, `pending` (written, not booted), `good` or `bad`.
+    pub state: String,
+    /// The image in it.
+    pub image: Option<InstalledImage>,
+}
+
+/// The persistent bootloader environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootEnv {
+    /// The slot that boots when no trial is pending.
+    pub active: String,
+    /// A slot being tried.
+    pub trial: Option<String>,
+    /// Boot attempts the trial has left.
+    pub attempts_left: u32,
+    /// Correlation id of the trial's installation.
+    pub trial_correlation_id: Option<String>,
+    /// Slot name to its content.
+    pub slots: BTreeMap<String, Slot>,
+    /// Boots so far.
+    pub boot_count: u64,
+}
+
+/// What the last boot did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootOutcome {
+    /// Booted the active slot; no trial pending.
+    Normal,
+    /// Booted the trial slot; it waits for its health check and confirmation.
+    Trial {
+        /// The trial's correlation id.
+        correlation_id: String,
+    },
+    /// The trial ran out of attempts: marked bad, back on the old slot.
+    RolledBack {
+        /// The trial's correlation id.
+        correlation_id: String,
+    },
+}
+
+/// Two slots in a directory.
+#[derive(Debug, Clone)]
+pub struct AbDevice {
+    dir: PathBuf,
+}
+
+impl AbDevice {
+    /// The device whose files are in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn env_path(&self) -> PathBuf {
+        self.dir.join("bootenv.json")
+    }
+
+    /// The file of slot `name`.
+    pub fn slot_path(&self, name: &str) -> PathBuf {
+        self.dir.join("slots").join(format!("{name}.img"))
+    }
+
+    /// Creates the device with `image` in slot A (active, good) and slot B empty.
+    pub fn create(&self, image: &[u8], info: InstalledImage) -> std::io::Result<()> {
+        files::write_atomic(&self.slot_path("A"), image)?;
+        files::write_atomic(&self.slot_path("B"), b"")?;
+        let env = BootEnv {
+            active: "A".into(),
+            trial: None,
+            attempts_left: 0,
+            trial_correlation_id: None,
+            slots: BTreeMap::from([
+                (
+                    "A".to_string(),
+                    Slot {
+                        state: "good".into(),
+                        image: Some(info),
+                    },
+                ),
+                (
+                    "B".to_string(),
+                    Slot {
+                        state: "empty".into(),
+                        image: None,
+                    },
+                ),
+            ]),
+            boot_count: 0,
+        };
+        files::save(&self.env_path(), &env)
+    }
+
+    /// The bootloader environment.
+    pub fn env(&self) -> std::io::Result<BootEnv> {
+        files::load(&self.env_path())
+    }
+
+    /// Persists the bootloader environment.
+    pub fn save(&self, env: &BootEnv) -> std::io::Result<()> {
+        files::save(&self.env_path(), env)
+    }
+
+    /// The slot installs go to.
+    pub fn inactive(env: &BootEnv) -> String {
+        if env.active == "A" {
+            "B".into()
+        } else {
+            "A".into()
+        }
+    }
+
+    /// Marks the inactive slot for a trial boot with `attempts` attempts.
+    pub fn activate(&self, correlation_id: &str, attempts: u32) -> std::io::Result<String> {
+        let mut env = self.env()?;
+        let slot = Self::inactive(&env);
+        env.trial = Some(slot.clone());
+        env.attempts_left = attempts;
+        env.trial_correlation_id = Some(correlation_id.to_string());
+        self.save(&env)?;
+        Ok(slot)
+    }
+
+    /// One boot: the trial slot if one is pending and has attempts left (using one), else
+    /// the active slot. `trial_boots` says whether the trial slot's image starts.
+    pub fn boot(&self, trial_boots: bool) -> std::io::Result<BootOutcome> {
+        let mut env = self.env()?;
+        env.boot_count += 1;
+        let outcome = loop {
+            let Some(trial) = env.trial.clone() else {
+                break BootOutcome::Normal;
+            };
+            let correlation_id = env.trial_correlation_id.clone().unwrap_or_default();
+            if env.attempts_left == 0 {
+                if let Some(slot) = env.slots.get_mut(&trial) {
+                    slot.state = "bad".into();
+                }
+                env.trial = None;
+                env.trial_correlation_id = None;
+                break BootOutcome::RolledBack { correlation_id };
+            }
+            env.attempts_left -= 1;
+            // The attempt is spent before the boot, as a bootloader counts it.
+            self.save(&env)?;
+            if trial_boots {
+                break BootOutcome::Trial { correlation_id };
+            }
+            // The watchdog resets the board and the bootloader tries again.
+        };
+        self.save(&env)?;
+        Ok(outcome)
+    }
+
+    /// Makes the running trial slot the active one.
+    pub fn confirm(&self) -> std::io::Result<Option<InstalledImage>> {
+        let mut env = self.env()?;
+        let Some(trial) = env.trial.take() else {
+            return Ok(None);
+        };
+        env.trial_correlation_id = None;
+        env.attempts_left = 0;
+        env.active = trial.clone();
+        let image = env.slots.get_mut(&trial).and_then(|slot| {
+            slot.state = "good".into();
+            slot.image.clone()
+        });
+        self.save(&env)?;
+        Ok(image)
+    }
+
+    /// The image the device runs (the active slot's).
+    pub fn running(&self) -> std::io::Result<Option<InstalledImage>> {
+        let env = self.env()?;
+        Ok(env.slots.get(&env.active).and_then(|s| s.image.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(name: &str) -> InstalledImage {
+        InstalledImage {
+            filename: name.into(),
+            length: 1,
+            hashes: Default::default(),
+            release_counter: 0,
+        }
+    }
+
+    fn device() -> (tempfile::TempDir, AbDevice) {
+        let dir = tempfile::tempdir().unwrap();
+        let device = AbDevice::new(dir.path());
+        device.create(b"old", image("old.bin")).unwrap();
+        let mut env = device.env().unwrap();
+        env.slots.insert(
+            "B".into(),
+            Slot {
+                state: "pending".into(),
+                image: Some(image("new.bin")),
+            },
+        );
+        device.save(&env).unwrap();
+        (dir, device)
+    }
+
+    #[test]
+    fn a_trial_that_boots_is_confirmed() {
+        let (_d, device) = device();
+        device.activate("c1", 3).unwrap();
+        assert_eq!(
+            device.boot(true).unwrap(),
+            BootOutcome::Trial {
+                correlation_id: "c1".into()
+            }
+        );
+        assert_eq!(device.confirm().unwrap().unwrap().filename, "new.bin");
+        assert_eq!(device.running().unwrap().unwrap().filename, "new.bin");
+        assert_eq!(device.boot(true).unwrap(), BootOutcome::Normal);
+    }
+
+    #[test]
+    fn a_trial_that_never_boots_falls_back_after_its_attempts() {
+        let (_d, device) = device();
+        device.activate("c2", 3).unwrap();
+        assert_eq!(
+            device.boot(false).unwrap(),
+            BootOutcome::RolledBack {
+                correlation_id: "c2".into()
+            }
+        );
+        let env = device.env().unwrap();
+        assert_eq!(env.active, "A");
+        assert_eq!(env.slots["B"].state, "bad");
+        assert_eq!(device.running().unwrap().unwrap().filename, "old.bin");
+    }
+
+    #[test]
+    fn power_loss_during_a_trial_spends_an_attempt() {
+        let (_d, device) = device();
+        device.activate("c3", 2).unwrap();
+        assert!(matches!(
+            device.boot(true).unwrap(),
+            BootOutcome::Trial { .. }
+        ));
+        // Power lost before confirmation: the next boot tries again with one attempt left.
+        assert!(matches!(
+            device.boot(true).unwrap(),
+            BootOutcome::Trial { .. }
+        ));
+        assert_eq!(device.env().unwrap().attempts_left, 0);
+        assert!(matches!(
+            device.boot(true).unwrap(),
+            BootOutcome::RolledBack { .. }
+        ));
+    }
+}

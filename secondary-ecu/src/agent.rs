@@ -1,0 +1,988 @@
+//! The ECU's state machine: verification results, the resumable transfer, the install
+//! lifecycle on the A/B device, version reports, and results per correlation id. Everything
+//! that must survive a power cut is in `state.json` and `bootenv.json`, written atomically;
+//! a restart runs the bootloader step and resumes from there.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use proto::v1::{PutMetadataRequest, ResultCode};
+use serde::{Deserialize, Serialize};
+use uptane_core::crypto::SigningKey;
+use uptane_core::error::AttackKind;
+use uptane_core::hash::DigestError;
+use uptane_core::manifest::{DetectedAttack, ECU_REPORT_TYPE, EcuVersionReport, InstalledImage};
+use uptane_core::time::UtcTime;
+use uptane_core::uptane::{ApprovedImage, EcuIdentity, ImageVerifier, UptaneError};
+
+use crate::ab::{AbDevice, BootOutcome};
+use crate::files;
+use crate::verify::{self, Ecu};
+
+/// How this ECU verifies metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Both repositories, as the Primary does, checking only its own image.
+    Full,
+    /// Director targets only.
+    Partial,
+}
+
+/// A phase at which to simulate a power cut (`std::process::abort`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Half the image received (and made durable).
+    Transfer,
+    /// Half the inactive slot written.
+    Write,
+    /// Slot written, before the boot target switches.
+    AfterWrite,
+    /// Boot target switched, before the trial boot finishes.
+    TrialBoot,
+    /// Trial booted, before it is confirmed.
+    BeforeConfirm,
+}
+
+/// Fault knobs of the simulated hardware.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Cut power at this phase.
+    pub power_loss: Option<Phase>,
+    /// Flip a byte of the slot after writing it.
+    pub corrupt_write: bool,
+    /// Delay per received chunk, in milliseconds (slow link).
+    pub slow_link_ms: u64,
+    /// Stop reading the transfer after this many bytes (stalled link).
+    pub stall_after: Option<u64>,
+    /// The new image never boots.
+    pub fail_boot: bool,
+    /// Staging capacity in bytes (storage full beyond it).
+    pub storage_bytes: Option<u64>,
+}
+
+/// Fixed identity, written by `init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Vehicle.
+    pub vin: String,
+    /// ECU serial.
+    pub serial: String,
+    /// Hardware id.
+    pub hardware_id: String,
+    /// Verification mode.
+    pub mode: Mode,
+}
+
+/// Runtime settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest chunk accepted.
+    pub max_chunk_size: u32,
+    /// Boot attempts of a trial slot.
+    pub boot_attempts: u32,
+    /// Wait for an explicit Confirm instead of confirming after the health check.
+    pub manual_confirm: bool,
+    /// Fault knobs.
+    pub faults: Faults,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_chunk_size: 1 << 20,
+            boot_attempts: 3,
+            manual_confirm: false,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// The result kept for one correlation id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// `ResultCode` value.
+    pub code: i32,
+    /// Attack name, if the result is a refusal that stopped one.
+    pub attack: String,
+    /// Words.
+    pub description: String,
+    /// Image file name.
+    pub filename: String,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
+    correlation_id: String,
+    filename: String,
+    length: u64,
+    release_counter: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct State {
+    report_counter: u64,
+    latest_time: i64,
+    targets_version: Option<u64>,
+    attacks: Vec<DetectedAttack>,
+    pending: Option<Pending>,
+    durable_offset: u64,
+    transfer_complete: bool,
+    installed_release_counter: u64,
+    results: BTreeMap<String, ResultRecord>,
+    last_correlation_id: Option<String>,
+}
+
+/// A refusal or failure with its protocol code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Protocol result code.
+    pub code: ResultCode,
+    /// The attack it stopped, if any.
+    pub attack: Option<AttackKind>,
+    /// Words.
+    pub description: String,
+}
+
+impl Refusal {
+    fn new(code: ResultCode, description: impl Into<String>) -> Self {
+        Self {
+            code,
+            attack: None,
+            description: description.into(),
+        }
+    }
+}
+
+fn uptane_refusal(e: &UptaneError) -> Refusal {
+    use uptane_core::error::UpdateError;
+    let code = match e {
+        UptaneError::WrongHardware { .. } => ResultCode::HardwareIdMismatch,
+        UptaneError::ReleaseCounterRollback { .. } => ResultCode::ReleaseCounterRollback,
+        UptaneError::Image {
+            source: DigestError::TooLong { .. } | DigestError::LengthMismatch { .. },
+            ..
+        } => ResultCode::LengthMismatch,
+        UptaneError::Image { .. } => ResultCode::HashMismatch,
+        UptaneError::Update(UpdateError::Expired { .. }) => ResultCode::MetadataExpired,
+        UptaneError::Update(UpdateError::Rollback { .. }) => ResultCode::MetadataRollback,
+        UptaneError::Update(UpdateError::Verify(_)) => ResultCode::SignatureInvalid,
+        _ => ResultCode::VerificationFailed,
+    };
+    Refusal {
+        code,
+        attack: Some(e.attack()),
+        description: e.to_string(),
+    }
+}
+
+fn io(e: std::io::Error) -> Refusal {
+    Refusal::new(ResultCode::InternalError, format!("storage: {e}"))
+}
+
+/// The ECU agent.
+#[derive(Debug)]
+pub struct Agent {
+    dir: PathBuf,
+    identity: Identity,
+    settings: Settings,
+    key: SigningKey,
+    device: AbDevice,
+    state: State,
+    boot_id: String,
+    /// Volatile: the hasher of the transfer in progress and the offset received so far.
+    receiving: Option<(ImageVerifier, u64)>,
+    /// Volatile: a trial slot running and waiting for Confirm.
+    trial_running: Option<String>,
+}
+
+/// Paths inside the ECU directory.
+pub fn key_path(dir: &Path) -> PathBuf {
+    dir.join("ecu.pem")
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+fn staging_path(dir: &Path) -> PathBuf {
+    dir.join("staging").join("image.part")
+}
+
+fn trusted(dir: &Path, name: &str) -> PathBuf {
+    dir.join("trusted").join(name)
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    hex::encode(b)
+}
+
+fn unix(t: UtcTime) -> i64 {
+    t.timestamp()
+}
+
+fn power_cut(phase: Phase, settings: &Settings) {
+    if settings.faults.power_loss == Some(phase) {
+        eprintln!("fault injection: power lost at {phase:?}");
+        std::process::abort();
+    }
+}
+
+/// What an ECU is provisioned with.
+#[derive(Debug)]
+pub struct Provisioning<'a> {
+    /// Vehicle, serial, hardware id, mode.
+    pub identity: &'a Identity,
+    /// The ECU key.
+    pub key: &'a SigningKey,
+    /// The Director root to trust.
+    pub director_root: &'a [u8],
+    /// The Image repository root to trust (full verification).
+    pub image_root: Option<&'a [u8]>,
+    /// File name of the factory image.
+    pub image_name: &'a str,
+    /// The factory image, written to slot A.
+    pub image: &'a [u8],
+}
+
+/// Creates an ECU directory: key, identity, trusted roots, and a device with the factory
+/// image in slot A.
+pub fn init(dir: &Path, p: &Provisioning<'_>, now: UtcTime) -> std::io::Result<()> {
+    let Provisioning {
+        identity,
+        key,
+        director_root,
+        image_root,
+        image_name,
+        image,
+    } = *p;
+    if state_path(dir).exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} is already an ECU directory", dir.display()),
+        ));
+    }
+    std::fs::create_dir_all(dir)?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(key_path(dir))?;
+        file.write_all(key.to_pkcs8_pem().as_bytes())?;
+        file.sync_all()?;
+    }
+    files::write_atomic(
+        &dir.join("ecu.pub.json"),
+        &serde_json::to_vec_pretty(key.public_key().to_json())?,
+    )?;
+    files::save(&dir.join("identity.json"), identity)?;
+    files::write_atomic(&trusted(dir, "director-root.json"), director_root)?;
+    if let Some(root) = image_root {
+        files::write_atomic(&trusted(dir, "image-root.json"), root)?;
+    }
+    let info = InstalledImage {
+        filename: image_name.into(),
+        length: image.len() as u64,
+        hashes: uptane_core::hash::standard_hashes(image),
+        release_counter: 0,
+    };
+    AbDevice::new(dir).create(image, info)?;
+    let state = State {
+        latest_time: unix(now),
+        ..State::default()
+    };
+    files::save(&state_path(dir), &state)
+}
+
+impl Agent {
+    /// Opens the ECU directory and boots (the bootloader step runs at every start).
+    pub fn open(dir: &Path, settings: Settings) -> std::io::Result<Self> {
+        let pem = std::fs::read_to_string(key_path(dir))?;
+        let key = SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        let identity: Identity = files::load(&dir.join("identity.json"))?;
+        let state: State = files::load(&state_path(dir))?;
+        let mut agent = Self {
+            dir: dir.to_path_buf(),
+            identity,
+            settings,
+            key,
+            device: AbDevice::new(dir),
+            state,
+            boot_id: random_id(),
+            receiving: None,
+            trial_running: None,
+        };
+        agent.boot()?;
+        Ok(agent)
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        files::save(&state_path(&self.dir), &self.state)
+    }
+
+    /// The bootloader step, then the health check of a trial slot.
+    fn boot(&mut self) -> std::io::Result<()> {
+        self.boot_id = random_id();
+        self.receiving = None;
+        self.trial_running = None;
+        match self.device.boot(!self.settings.faults.fail_boot)? {
+            BootOutcome::Normal => {}
+            BootOutcome::RolledBack { correlation_id } => {
+                let filename = self
+                    .state
+                    .pending
+                    .as_ref()
+                    .map(|p| p.filename.clone())
+                    .unwrap_or_default();
+                self.record(
+                    &correlation_id,
+                    ResultCode::RolledBack,
+                    None,
+                    "the new image failed its trial boot; back on the previous slot",
+                    &filename,
+                )?;
+            }
+            BootOutcome::Trial { correlation_id } => {
+                power_cut(Phase::BeforeConfirm, &self.settings);
+                if self.settings.manual_confirm {
+                    self.trial_running = Some(correlation_id);
+                } else {
+                    self.confirm_trial(&correlation_id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn confirm_trial(&mut self, correlation_id: &str) -> std::io::Result<()> {
+        if let Some(image) = self.device.confirm()? {
+            self.state.installed_release_counter = image.release_counter;
+            self.state.pending = None;
+            self.record(
+                correlation_id,
+                ResultCode::Ok,
+                None,
+                "installed and confirmed",
+                &image.filename,
+            )?;
+        }
+        self.trial_running = None;
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        correlation_id: &str,
+        code: ResultCode,
+        attack: Option<AttackKind>,
+        description: &str,
+        filename: &str,
+    ) -> std::io::Result<()> {
+        if !correlation_id.is_empty() {
+            self.state.results.insert(
+                correlation_id.to_string(),
+                ResultRecord {
+                    code: code as i32,
+                    attack: attack.map(|a| a.as_str().to_string()).unwrap_or_default(),
+                    description: description.to_string(),
+                    filename: filename.to_string(),
+                    updated_at: self.state.latest_time,
+                },
+            );
+            self.state.last_correlation_id = Some(correlation_id.to_string());
+        }
+        if let Some(kind) = attack {
+            tracing::warn!(attack = %kind, correlation_id, description, "attack detected");
+            self.state.attacks.push(DetectedAttack {
+                kind,
+                detail: description.to_string(),
+            });
+        }
+        self.save()
+    }
+
+    fn refuse(&mut self, correlation_id: &str, refusal: Refusal, filename: &str) -> Refusal {
+        if let Err(e) = self.record(
+            correlation_id,
+            refusal.code,
+            refusal.attack,
+            &refusal.description,
+            filename,
+        ) {
+            return io(e);
+        }
+        refusal
+    }
+
+    /// The identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The ECU public key.
+    pub fn public_key(&self) -> &uptane_core::crypto::PublicKey {
+        self.key.public_key()
+    }
+
+    /// Settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Random per boot.
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    /// The bootloader environment.
+    pub fn device(&self) -> &AbDevice {
+        &self.device
+    }
+
+    /// The correlation id of the update in progress.
+    pub fn pending_correlation_id(&self) -> Option<&str> {
+        self.state
+            .pending
+            .as_ref()
+            .map(|p| p.correlation_id.as_str())
+    }
+
+    fn now(&self) -> UtcTime {
+        chrono::DateTime::from_timestamp(self.state.latest_time, 0).unwrap_or_default()
+    }
+
+    /// Takes the Primary's time; time never goes back.
+    pub fn put_time(&mut self, unix_seconds: i64) -> std::io::Result<()> {
+        if unix_seconds > self.state.latest_time {
+            self.state.latest_time = unix_seconds;
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// A signed version report with the Primary's nonce and a counter that only goes up.
+    pub fn version_report(&mut self, nonce: &str) -> std::io::Result<Vec<u8>> {
+        let installed = self.device.running()?.unwrap_or(InstalledImage {
+            filename: String::new(),
+            length: 0,
+            hashes: Default::default(),
+            release_counter: 0,
+        });
+        self.state.report_counter += 1;
+        let attacks = std::mem::take(&mut self.state.attacks);
+        let last_install = self.state.last_correlation_id.as_ref().and_then(|c| {
+            self.state.results.get(c).map(|r| {
+                serde_json::json!({
+                    "correlation_id": c,
+                    "result": result_name(r.code),
+                    "detail": r.description,
+                })
+            })
+        });
+        let report = EcuVersionReport {
+            report_type: ECU_REPORT_TYPE.into(),
+            ecu_serial: self.identity.serial.clone(),
+            installed_image: installed,
+            attacks_detected: attacks,
+            latest_time: self.now(),
+            nonce: nonce.to_string(),
+            report_counter: self.state.report_counter,
+            last_install,
+        };
+        // The counter is durable before the report leaves, so it can never be reused.
+        self.save()?;
+        report.sign(&self.key).map_err(std::io::Error::other)
+    }
+
+    fn verify_bundle(&self, bundle: &PutMetadataRequest) -> Result<verify::Accepted, UptaneError> {
+        let director_root =
+            std::fs::read(trusted(&self.dir, "director-root.json")).unwrap_or_default();
+        let image_root = std::fs::read(trusted(&self.dir, "image-root.json")).ok();
+        let ecu = Ecu {
+            identity: EcuIdentity {
+                vin: &self.identity.vin,
+                ecu_serial: &self.identity.serial,
+                hardware_id: &self.identity.hardware_id,
+                installed_release_counter: self.state.installed_release_counter,
+            },
+            director_root: &director_root,
+            image_root: image_root.as_deref(),
+            previous_targets_version: self.state.targets_version,
+        };
+        match self.identity.mode {
+            Mode::Full => verify::full(&ecu, bundle, self.now()),
+            Mode::Partial => verify::partial(&ecu, bundle, self.now()),
+        }
+    }
+
+    /// The image approved by the metadata last accepted, verified again now.
+    fn approved(&self) -> Result<ApprovedImage, Refusal> {
+        let bytes = std::fs::read(trusted(&self.dir, "metadata.pb")).map_err(io)?;
+        let bundle = PutMetadataRequest::decode(bytes.as_slice())
+            .map_err(|e| Refusal::new(ResultCode::InternalError, e.to_string()))?;
+        match self.verify_bundle(&bundle) {
+            Ok(accepted) => accepted
+                .image
+                .ok_or_else(|| Refusal::new(ResultCode::NoUpdate, "no image assigned to this ECU")),
+            Err(e) => Err(uptane_refusal(&e)),
+        }
+    }
+
+    /// Verifies and keeps new metadata; on any failure the previous metadata and image stay
+    /// and the attack is recorded for the next version report.
+    pub fn put_metadata(&mut self, bundle: PutMetadataRequest) -> Result<ResultCode, Refusal> {
+        let correlation_id = bundle.correlation_id.clone();
+        let accepted = match self.verify_bundle(&bundle) {
+            Ok(a) => a,
+            Err(e) => return Err(self.refuse(&correlation_id, uptane_refusal(&e), "")),
+        };
+        files::write_atomic(
+            &trusted(&self.dir, "director-root.json"),
+            &accepted.director_root,
+        )
+        .map_err(io)?;
+        if let Some(root) = &accepted.image_root {
+            files::write_atomic(&trusted(&self.dir, "image-root.json"), root).map_err(io)?;
+        }
+        files::write_atomic(&trusted(&self.dir, "metadata.pb"), &bundle.encode_to_vec())
+            .map_err(io)?;
+        self.state.targets_version = Some(accepted.targets_version);
+        let Some(image) = accepted.image else {
+            self.state.pending = None;
+            self.save().map_err(io)?;
+            return Ok(ResultCode::NoUpdate);
+        };
+        let running = self.device.running().map_err(io)?;
+        if running.is_some_and(|r| {
+            r.filename == image.filename() && r.hashes.get("sha256") == image.hashes().get("sha256")
+        }) {
+            self.state.pending = None;
+            self.save().map_err(io)?;
+            return Ok(ResultCode::AlreadyProcessed);
+        }
+        let pending = Pending {
+            correlation_id: correlation_id.clone(),
+            filename: image.filename().to_string(),
+            length: image.length(),
+            release_counter: image.release_counter(),
+        };
+        if self.state.pending.as_ref() != Some(&pending) {
+            self.state.pending = Some(pending);
+            self.state.durable_offset = 0;
+            self.state.transfer_complete = false;
+            self.receiving = None;
+            let _ = std::fs::remove_file(staging_path(&self.dir));
+        }
+        self.save().map_err(io)?;
+        Ok(ResultCode::Ok)
+    }
+
+    fn pending_for(&self, correlation_id: &str) -> Result<Pending, Refusal> {
+        match &self.state.pending {
+            Some(p) if p.correlation_id == correlation_id => Ok(p.clone()),
+            _ => Err(Refusal::new(
+                ResultCode::NotForThisEcu,
+                format!("no verified update {correlation_id:?} pending"),
+            )),
+        }
+    }
+
+    /// Starts or resumes the transfer of the pending image; returns the durable offset.
+    pub fn begin_transfer(
+        &mut self,
+        correlation_id: &str,
+        filename: &str,
+        length: u64,
+    ) -> Result<(u64, u64, bool), Refusal> {
+        let pending = match self.pending_for(correlation_id) {
+            Ok(p) => p,
+            Err(mut refusal) => {
+                // An image the verified metadata does not assign to this ECU.
+                refusal.attack = Some(AttackKind::ArbitrarySoftware);
+                return Err(self.refuse(correlation_id, refusal, filename));
+            }
+        };
+        if pending.filename != filename || pending.length != length {
+            let refusal = Refusal {
+                code: ResultCode::VerificationFailed,
+                attack: Some(AttackKind::ArbitrarySoftware),
+                description: format!(
+                    "offered {filename} ({length} bytes), the metadata approves {} ({} bytes)",
+                    pending.filename, pending.length
+                ),
+            };
+            return Err(self.refuse(correlation_id, refusal, filename));
+        }
+        if self
+            .settings
+            .faults
+            .storage_bytes
+            .is_some_and(|cap| cap < length)
+        {
+            return Err(self.refuse(
+                correlation_id,
+                Refusal::new(
+                    ResultCode::InsufficientStorage,
+                    format!("{length} bytes do not fit in staging"),
+                ),
+                filename,
+            ));
+        }
+        Ok((
+            self.state.durable_offset,
+            pending.length,
+            self.state.transfer_complete,
+        ))
+    }
+
+    /// Durable offset, length and completeness of the transfer of `correlation_id`.
+    pub fn transfer_state(&self, correlation_id: &str) -> Result<(u64, u64, bool), Refusal> {
+        let pending = self.pending_for(correlation_id)?;
+        Ok((
+            self.state.durable_offset,
+            pending.length,
+            self.state.transfer_complete,
+        ))
+    }
+
+    /// Resets the receive position to the durable offset (a new Upload stream).
+    pub fn start_upload(&mut self, correlation_id: &str) -> Result<u64, Refusal> {
+        self.pending_for(correlation_id)?;
+        if self.state.transfer_complete {
+            return Err(Refusal::new(
+                ResultCode::AlreadyProcessed,
+                "transfer already complete",
+            ));
+        }
+        let approved = self.approved()?;
+        let mut verifier = approved.verifier().map_err(|e| uptane_refusal(&e))?;
+        let path = staging_path(&self.dir);
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        // Bytes past the durable offset may be torn: drop them, and re-hash what is kept.
+        file.set_len(self.state.durable_offset).map_err(io)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = self.state.durable_offset;
+        while left > 0 {
+            let n = file
+                .read(&mut buf[..left.min(1 << 20) as usize])
+                .map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            verifier.update(&buf[..n]).map_err(|e| uptane_refusal(&e))?;
+            left -= n as u64;
+        }
+        self.receiving = Some((verifier, self.state.durable_offset));
+        Ok(self.state.durable_offset)
+    }
+
+    /// Receives one chunk; returns the durable offset and whether the image is complete and
+    /// verified.
+    pub fn receive(
+        &mut self,
+        correlation_id: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(u64, bool), Refusal> {
+        let pending = self.pending_for(correlation_id)?;
+        if data.len() > self.settings.max_chunk_size as usize {
+            return Err(Refusal::new(
+                ResultCode::DownloadFailed,
+                format!(
+                    "chunk of {} bytes exceeds {}",
+                    data.len(),
+                    self.settings.max_chunk_size
+                ),
+            ));
+        }
+        let Some((verifier, received)) = self.receiving.as_mut() else {
+            return Err(Refusal::new(
+                ResultCode::DownloadFailed,
+                "no upload in progress",
+            ));
+        };
+        if offset != *received {
+            return Err(Refusal::new(
+                ResultCode::DownloadFailed,
+                format!("chunk at offset {offset}, expected {received}"),
+            ));
+        }
+        if let Err(e) = verifier.update(data) {
+            // Uptane: stop at the approved length, not after (endless data).
+            self.receiving = None;
+            self.discard_transfer();
+            return Err(self.refuse(correlation_id, uptane_refusal(&e), &pending.filename));
+        }
+        *received += data.len() as u64;
+        let received = *received;
+        let path = staging_path(&self.dir);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        file.seek(SeekFrom::Start(offset)).map_err(io)?;
+        file.write_all(data).map_err(io)?;
+        let complete = received == pending.length;
+        if complete || received - self.state.durable_offset >= 4 << 20 {
+            file.sync_all().map_err(io)?;
+            self.state.durable_offset = received;
+            self.save().map_err(io)?;
+            if received * 2 >= pending.length {
+                power_cut(Phase::Transfer, &self.settings);
+            }
+        }
+        if complete {
+            let (verifier, _) = self.receiving.take().expect("receiving was checked above");
+            if let Err(e) = verifier.finish() {
+                self.discard_transfer();
+                return Err(self.refuse(correlation_id, uptane_refusal(&e), &pending.filename));
+            }
+            self.state.transfer_complete = true;
+            self.save().map_err(io)?;
+        }
+        Ok((self.state.durable_offset, complete))
+    }
+
+    /// Makes what was received so far durable (end of an Upload stream).
+    pub fn flush_upload(&mut self) -> Result<u64, Refusal> {
+        if let Some((_, received)) = &self.receiving {
+            let received = *received;
+            if received > self.state.durable_offset {
+                std::fs::File::open(staging_path(&self.dir))
+                    .and_then(|f| f.sync_all())
+                    .map_err(io)?;
+                self.state.durable_offset = received;
+                self.save().map_err(io)?;
+            }
+        }
+        Ok(self.state.durable_offset)
+    }
+
+    fn discard_transfer(&mut self) {
+        self.state.durable_offset = 0;
+        self.state.transfer_complete = false;
+        let _ = std::fs::remove_file(staging_path(&self.dir));
+    }
+
+    /// What an install needs: the approved image, the staging file and the slot to write.
+    pub fn prepare_install(&mut self, correlation_id: &str) -> Result<InstallJob, Refusal> {
+        let pending = self.pending_for(correlation_id)?;
+        if !self.state.transfer_complete {
+            return Err(Refusal::new(
+                ResultCode::DownloadFailed,
+                "the image has not been received completely",
+            ));
+        }
+        let approved = self.approved()?;
+        let env = self.device.env().map_err(io)?;
+        let slot = AbDevice::inactive(&env);
+        Ok(InstallJob {
+            approved,
+            staging: staging_path(&self.dir),
+            slot_path: self.device.slot_path(&slot),
+            slot,
+            correlation_id: correlation_id.to_string(),
+            filename: pending.filename,
+            faults: self.settings.faults.clone(),
+            settings: self.settings.clone(),
+        })
+    }
+
+    /// Records the end of an install job.
+    pub fn finish_install(
+        &mut self,
+        job: &InstallJob,
+        outcome: Result<(), Refusal>,
+    ) -> Result<ResultCode, Refusal> {
+        match outcome {
+            Ok(()) => {
+                let mut env = self.device.env().map_err(io)?;
+                env.slots.insert(
+                    job.slot.clone(),
+                    crate::ab::Slot {
+                        state: "pending".into(),
+                        image: Some(InstalledImage {
+                            filename: job.approved.filename().to_string(),
+                            length: job.approved.length(),
+                            hashes: job.approved.hashes().clone(),
+                            release_counter: job.approved.release_counter(),
+                        }),
+                    },
+                );
+                self.device.save(&env).map_err(io)?;
+                power_cut(Phase::AfterWrite, &self.settings);
+                self.discard_transfer();
+                self.record(
+                    &job.correlation_id,
+                    ResultCode::NeedCompletion,
+                    None,
+                    "written to the inactive slot; activate to boot it",
+                    &job.filename,
+                )
+                .map_err(io)?;
+                Ok(ResultCode::NeedCompletion)
+            }
+            Err(refusal) => {
+                if let Ok(mut env) = self.device.env() {
+                    if let Some(slot) = env.slots.get_mut(&job.slot) {
+                        slot.state = "bad".into();
+                    }
+                    let _ = self.device.save(&env);
+                }
+                Err(self.refuse(&job.correlation_id, refusal, &job.filename))
+            }
+        }
+    }
+
+    /// Switches to the new slot and reboots into its trial boot.
+    pub fn activate(&mut self, correlation_id: &str) -> Result<ResultCode, Refusal> {
+        self.pending_for(correlation_id)?;
+        let env = self.device.env().map_err(io)?;
+        let slot = AbDevice::inactive(&env);
+        if env.slots.get(&slot).is_none_or(|s| s.state != "pending") {
+            return Err(Refusal::new(
+                ResultCode::InstallFailed,
+                "nothing installed to activate",
+            ));
+        }
+        self.device
+            .activate(correlation_id, self.settings.boot_attempts)
+            .map_err(io)?;
+        power_cut(Phase::TrialBoot, &self.settings);
+        self.boot().map_err(io)?;
+        Ok(self.result(correlation_id).map_or(ResultCode::Ok, |r| {
+            ResultCode::try_from(r.code).unwrap_or(ResultCode::Ok)
+        }))
+    }
+
+    /// Confirms a trial slot that waits for it.
+    pub fn confirm(&mut self, correlation_id: &str) -> Result<ResultCode, Refusal> {
+        match &self.trial_running {
+            Some(c) if c == correlation_id => {
+                self.confirm_trial(correlation_id).map_err(io)?;
+                Ok(ResultCode::Ok)
+            }
+            _ => Err(Refusal::new(
+                ResultCode::NotForThisEcu,
+                format!("no trial of {correlation_id:?} is waiting for confirmation"),
+            )),
+        }
+    }
+
+    /// Simulated reboot.
+    pub fn reboot(&mut self) -> std::io::Result<()> {
+        self.boot()
+    }
+
+    /// The result kept for `correlation_id`.
+    pub fn result(&self, correlation_id: &str) -> Option<&ResultRecord> {
+        self.state.results.get(correlation_id)
+    }
+}
+
+/// An install that runs without holding the agent: copy, verify, and the slot to record.
+#[derive(Debug, Clone)]
+pub struct InstallJob {
+    approved: ApprovedImage,
+    staging: PathBuf,
+    slot_path: PathBuf,
+    slot: String,
+    correlation_id: String,
+    filename: String,
+    faults: Faults,
+    settings: Settings,
+}
+
+impl InstallJob {
+    /// Checks the staged image against the approved length and hashes, writes it into the
+    /// inactive slot, and reads the slot back to check the write. `cancelled` is polled
+    /// between blocks.
+    pub fn run(&self, cancelled: &std::sync::atomic::AtomicBool) -> Result<(), Refusal> {
+        use std::sync::atomic::Ordering;
+        // Verified before anything is written to the slot (Uptane §5.4.3 step 4).
+        let verified = self.check_file(&self.staging)?;
+        let mut input = std::fs::File::open(&self.staging).map_err(io)?;
+        let mut output = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.slot_path)
+            .map_err(io)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        let length = verified.approved().length();
+        loop {
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(Refusal::new(
+                    ResultCode::OperationCancelled,
+                    "install cancelled; the active slot is untouched",
+                ));
+            }
+            let n = input.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            output.write_all(&buf[..n]).map_err(io)?;
+            written += n as u64;
+            if written * 2 >= length && written - (n as u64) < length.div_ceil(2) {
+                output.sync_all().map_err(io)?;
+                power_cut(Phase::Write, &self.settings);
+            }
+        }
+        if self.faults.corrupt_write && length > 0 {
+            output.seek(SeekFrom::Start(length / 2)).map_err(io)?;
+            output.write_all(&[0xff ^ buf[0]]).map_err(io)?;
+        }
+        output.sync_all().map_err(io)?;
+        // Read back: a corrupted write must not be activated.
+        self.check_file(&self.slot_path).map_err(|r| {
+            Refusal::new(
+                ResultCode::InstallFailed,
+                format!("slot write check failed: {}", r.description),
+            )
+        })?;
+        Ok(())
+    }
+
+    fn check_file(&self, path: &Path) -> Result<uptane_core::uptane::VerifiedImage, Refusal> {
+        let mut verifier = self.approved.verifier().map_err(|e| uptane_refusal(&e))?;
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            verifier.update(&buf[..n]).map_err(|e| uptane_refusal(&e))?;
+        }
+        verifier.finish().map_err(|e| uptane_refusal(&e))
+    }
+}
+
+/// Stable text of a result code, as reports carry it.
+pub fn result_name(code: i32) -> &'static str {
+    match ResultCode::try_from(code).unwrap_or(ResultCode::Unspecified) {
+        ResultCode::Ok => "installed",
+        ResultCode::NeedCompletion => "in_progress",
+        ResultCode::RolledBack => "rolled_back",
+        ResultCode::OperationCancelled => "cancelled",
+        ResultCode::AlreadyProcessed => "installed",
+        _ => "failed",
+    }
+}

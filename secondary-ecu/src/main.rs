@@ -1,0 +1,225 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use secondary_ecu::agent::{self, Agent, Faults, Identity, Mode, Phase, Settings};
+
+/// The Secondary ECU agent on a simulated A/B device.
+#[derive(Debug, Parser)]
+#[command(name = "secondary-ecu", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates the ECU key, identity, trusted roots and the device (factory image in slot A).
+    Init {
+        /// ECU directory.
+        #[arg(long, env = "SECONDARY_DIR")]
+        dir: PathBuf,
+        /// Vehicle identifier.
+        #[arg(long, env = "SECONDARY_VIN")]
+        vin: String,
+        /// ECU serial.
+        #[arg(long, env = "SECONDARY_SERIAL")]
+        serial: String,
+        /// Hardware id.
+        #[arg(long, env = "SECONDARY_HARDWARE_ID")]
+        hardware_id: String,
+        /// Verification mode.
+        #[arg(long, env = "SECONDARY_MODE", value_enum)]
+        mode: Mode,
+        /// The Director root to trust (provisioned).
+        #[arg(long, env = "SECONDARY_DIRECTOR_ROOT")]
+        director_root: PathBuf,
+        /// The Image repository root to trust (full verification).
+        #[arg(long, env = "SECONDARY_IMAGE_ROOT")]
+        image_root: Option<PathBuf>,
+        /// Factory image file for slot A.
+        #[arg(long)]
+        factory_image: PathBuf,
+        /// Its file name.
+        #[arg(long)]
+        factory_name: String,
+    },
+    /// Serves the Secondary protocol.
+    Run {
+        /// ECU directory.
+        #[arg(long, env = "SECONDARY_DIR")]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "SECONDARY_LISTEN", default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Largest transfer chunk accepted, in bytes (at most 4 MiB minus framing).
+        #[arg(long, env = "SECONDARY_MAX_CHUNK", default_value_t = 1 << 20)]
+        max_chunk_size: u32,
+        /// Boot attempts of a new slot before falling back.
+        #[arg(long, env = "SECONDARY_BOOT_ATTEMPTS", default_value_t = 3)]
+        boot_attempts: u32,
+        /// Wait for Confirm instead of confirming after the health check.
+        #[arg(long, env = "SECONDARY_MANUAL_CONFIRM")]
+        manual_confirm: bool,
+        /// Fault: cut power at this phase.
+        #[arg(long, env = "SECONDARY_FAULT_POWER_LOSS", value_enum)]
+        fault_power_loss: Option<Phase>,
+        /// Fault: corrupt the slot write.
+        #[arg(long, env = "SECONDARY_FAULT_CORRUPT_WRITE")]
+        fault_corrupt_write: bool,
+        /// Fault: milliseconds of delay per received chunk.
+        #[arg(long, env = "SECONDARY_FAULT_SLOW_LINK_MS", default_value_t = 0)]
+        fault_slow_link_ms: u64,
+        /// Fault: stop reading the transfer at this offset.
+        #[arg(long, env = "SECONDARY_FAULT_STALL_AFTER")]
+        fault_stall_after: Option<u64>,
+        /// Fault: the new image never boots.
+        #[arg(long, env = "SECONDARY_FAULT_FAIL_BOOT")]
+        fault_fail_boot: bool,
+        /// Fault: staging capacity in bytes.
+        #[arg(long, env = "SECONDARY_FAULT_STORAGE_BYTES")]
+        fault_storage_bytes: Option<u64>,
+    },
+}
+
+fn now() -> uptane_core::time::UtcTime {
+    std::time::SystemTime::now().into()
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            dir,
+            vin,
+            serial,
+            hardware_id,
+            mode,
+            director_root,
+            image_root,
+            factory_image,
+            factory_name,
+        } => {
+            let director_root = std::fs::read(&director_root)
+                .with_context(|| format!("reading {}", director_root.display()))?;
+            uptane_core::verify::verify_root_self_signed(&uptane_core::verify::Raw::new(
+                director_root.clone(),
+            ))
+            .context("the Director root does not verify")?;
+            let image_root = match (&image_root, mode) {
+                (Some(path), _) => Some(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                ),
+                (None, Mode::Full) => anyhow::bail!("full verification needs --image-root"),
+                (None, Mode::Partial) => None,
+            };
+            let image = std::fs::read(&factory_image)
+                .with_context(|| format!("reading {}", factory_image.display()))?;
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+            let key = uptane_core::crypto::SigningKey::from_seed(seed);
+            let identity = Identity {
+                vin,
+                serial,
+                hardware_id,
+                mode,
+            };
+            let provisioning = agent::Provisioning {
+                identity: &identity,
+                key: &key,
+                director_root: &director_root,
+                image_root: image_root.as_deref(),
+                image_name: &factory_name,
+                image: &image,
+            };
+            agent::init(&dir, &provisioning, now())?;
+            println!(
+                "initialized ECU {} in {}; public key in {}",
+                identity.serial,
+                dir.display(),
+                dir.join("ecu.pub.json").display()
+            );
+            Ok(())
+        }
+        Command::Run {
+            dir,
+            listen,
+            max_chunk_size,
+            boot_attempts,
+            manual_confirm,
+            fault_power_loss,
+            fault_corrupt_write,
+            fault_slow_link_ms,
+            fault_stall_after,
+            fault_fail_boot,
+            fault_storage_bytes,
+        } => {
+            if max_chunk_size == 0
+                || max_chunk_size as usize > secondary_ecu::rpc::MAX_MESSAGE_BYTES - 1024
+            {
+                anyhow::bail!(
+                    "--max-chunk-size must be between 1 and {}",
+                    secondary_ecu::rpc::MAX_MESSAGE_BYTES - 1024
+                );
+            }
+            if boot_attempts == 0 {
+                anyhow::bail!("--boot-attempts must be at least 1");
+            }
+            let settings = Settings {
+                max_chunk_size,
+                boot_attempts,
+                manual_confirm,
+                faults: Faults {
+                    power_loss: fault_power_loss,
+                    corrupt_write: fault_corrupt_write,
+                    slow_link_ms: fault_slow_link_ms,
+                    stall_after: fault_stall_after,
+                    fail_boot: fault_fail_boot,
+                    storage_bytes: fault_storage_bytes,
+                },
+            };
+            let agent = Agent::open(&dir, settings)
+                .with_context(|| format!("opening {}", dir.display()))?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, serial = %agent.identity().serial, "listening");
+            println!("listening on {addr}");
+            secondary_ecu::rpc::serve(listener, agent, shutdown_signal()).await?;
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The gRPC service: thin handlers over the [`Agent`], and `serve`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use proto::v1::secondary_server::{Secondary, SecondaryServer};
+use proto::v1::{
+    ActivateRequest, BeginTransferRequest, CancelOperationRequest, Chunk, ConfirmRequest, EcuInfo,
+    EcuStatus, GetInfoRequest, GetInstallationResultRequest, GetOperationRequest, GetStatusRequest,
+    GetTransferStateRequest, GetVersionReportRequest, InstallRequest, InstallationResult,
+    Operation, PutMetadataRequest, PutTimeRequest, RebootRequest, ResultCode, SignedVersionReport,
+    SlotInfo, TransferState, VerificationMode,
+};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::agent::{Agent, Refusal, result_name};
+
+/// Largest gRPC message accepted: the largest chunk plus framing.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+#[derive(Debug, Clone)]
+struct OperationRecord {
+    operation: Operation,
+    cancel: Arc<AtomicBool>,
+}
+
+/// The service state.
+#[derive(Debug, Clone)]
+pub struct Service {
+    agent: Arc<Mutex<Agent>>,
+    operations: Arc<Mutex<HashMap<String, OperationRecord>>>,
+}
+
+impl Service {
+    /// A service over `agent`.
+    pub fn new(agent: Agent) -> Self {
+        Self {
+            agent: Arc::new(Mutex::new(agent)),
+            operations: Arc::default(),
+        }
+    }
+
+    fn agent(&self) -> Result<std::sync::MutexGuard<'_, Agent>, Status> {
+        self.agent
+            .lock()
+            .map_err(|_| Status::internal("agent state poisoned"))
+    }
+
+    fn store(&self, operation: Operation, cancel: Arc<AtomicBool>) -> Result<(), Status> {
+        self.operations
+            .lock()
+            .map_err(|_| Status::internal("operations poisoned"))?
+            .insert(
+                operation.operation_id.clone(),
+                OperationRecord { operation, cancel },
+            );
+        Ok(())
+    }
+}
+
+fn result(code: ResultCode, description: &str, correlation_id: &str) -> proto::v1::Result {
+    proto::v1::Result {
+        code: code as i32,
+        attack: String::new(),
+        description: description.to_string(),
+        correlation_id: correlation_id.to_string(),
+    }
+}
+
+fn refused(r: &Refusal, correlation_id: &str) -> proto::v1::Result {
+    proto::v1::Result {
+        code: r.code as i32,
+        attack: r.attack.map(|a| a.as_str().to_string()).unwrap_or_default(),
+        description: r.description.clone(),
+        correlation_id: correlation_id.to_string(),
+    }
+}
+
+fn io_status(e: std::io::Error) -> Status {
+    Status::internal(format!("storage: {e}"))
+}
+
+fn new_operation(kind: &str, correlation_id: &str) -> Operation {
+    let mut id = [0u8; 8];
+    let _ = getrandom::fill(&mut id);
+    Operation {
+        operation_id: format!("op-{}", hex::encode(id)),
+        kind: kind.to_string(),
+        correlation_id: correlation_id.to_string(),
+        state: "running".into(),
+        result: None,
+    }
+}
+
+fn finished(mut operation: Operation, outcome: Result<ResultCode, Refusal>) -> Operation {
+    let correlation_id = operation.correlation_id.clone();
+    match outcome {
+        Ok(code) => {
+            operation.state = "done".into();
+            operation.result = Some(result(code, result_name(code as i32), &correlation_id));
+        }
+        Err(r) => {
+            operation.state = if r.code == ResultCode::OperationCancelled {
+                "cancelled"
+            } else {
+                "failed"
+            }
+            .into();
+            operation.result = Some(refused(&r, &correlation_id));
+        }
+    }
+    operation
+}
+
+#[tonic::async_trait]
+impl Secondary for Service {
+    async fn get_info(&self, _: Request<GetInfoRequest>) -> Result<Response<EcuInfo>, Status> {
+        let agent = self.agent()?;
+        let identity = agent.identity();
+        Ok(Response::new(EcuInfo {
+            ecu_serial: identity.serial.clone(),
+            hardware_id: identity.hardware_id.clone(),
+            public_key: serde_json::to_vec(agent.public_key().to_json())
+                .map_err(|e| Status::internal(e.to_string()))?,
+            verification: match identity.mode {
+                crate::agent::Mode::Full => VerificationMode::Full,
+                crate::agent::Mode::Partial => VerificationMode::Partial,
+            } as i32,
+            max_chunk_size: agent.settings().max_chunk_size,
+            protocol_version: proto::PROTOCOL_VERSION,
+            boot_id: agent.boot_id().to_string(),
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        _: Request<GetStatusRequest>,
+    ) -> Result<Response<EcuStatus>, Status> {
+        let agent = self.agent()?;
+        let env = agent.device().env().map_err(io_status)?;
+        Ok(Response::new(EcuStatus {
+            boot_id: agent.boot_id().to_string(),
+            boot_count: env.boot_count,
+            active_slot: env.active.clone(),
+            trial_slot: env.trial.clone().unwrap_or_default(),
+            slots: env
+                .slots
+                .iter()
+                .map(|(name, slot)| SlotInfo {
+                    name: name.clone(),
+                    state: slot.state.clone(),
+                    filename: slot
+                        .image
+                        .as_ref()
+                        .map(|i| i.filename.clone())
+                        .unwrap_or_default(),
+                    length: slot.image.as_ref().map_or(0, |i| i.length),
+                    boot_attempts_left: if env.trial.as_deref() == Some(name) {
+                        env.attempts_left
+                    } else {
+                        0
+                    },
+                })
+                .collect(),
+            phase: if env.trial.is_some() {
+                "trial_boot"
+            } else {
+                "idle"
+            }
+            .into(),
+            pending_correlation_id: agent
+                .pending_correlation_id()
+                .unwrap_or_default()
+                .to_string(),
+        }))
+    }
+
+    async fn get_version_report(
+        &self,
+        request: Request<GetVersionReportRequest>,
+    ) -> Result<Response<SignedVersionReport>, Status> {
+        let nonce = request.into_inner().nonce;
+        if nonce.is_empty() || nonce.len() > 128 {
+            return Err(Status::invalid_argument(
+                "the nonce must be 1 to 128 characters",
+            ));
+        }
+        let signed_report = self.agent()?.version_report(&nonce).map_err(io_status)?;
+        Ok(Response::new(SignedVersionReport { signed_report }))
+    }
+
+    async fn put_time(
+        &self,
+        request: Request<PutTimeRequest>,
+    ) -> Result<Response<proto::v1::Result>, Status> {
+        self.agent()?
+            .put_time(request.into_inner().unix_seconds)
+            .map_err(io_status)?;
+        Ok(Response::new(result(ResultCode::Ok, "time accepted", "")))
+    }
+
+    async fn put_metadata(
+        &self,
+        request: Request<PutMetadataRequest>,
+    ) -> Result<Response<proto::v1::Result>, Status> {
+        let bundle = request.into_inner();
+        let correlation_id = bundle.correlation_id.clone();
+        let outcome = self.agent()?.put_metadata(bundle);
+        Ok(Response::new(match outcome {
+            Ok(code) => result(code, "metadata verified", &correlation_id),
+            Err(r) => refused(&r, &correlation_id),
+        }))
+    }
+
+    async fn begin_transfer(
+        &self,
+        request: Request<BeginTransferRequest>,
+    ) -> Result<Response<TransferState>, Status> {
+        let r = request.into_inner();
+        let outcome = self
+            .agent()?
+            .begin_transfer(&r.correlation_id, &r.filename, r.length);
+        Ok(Response::new(transfer_state(&r.correlation_id, outcome)))
+    }
+
+    async fn get_transfer_state(
+        &self,
+        request: Request<GetTransferStateRequest>,
+    ) -> Result<Response<TransferState>, Status> {
+        let correlation_id = request.into_inner().correlation_id;
+        let outcome = self.agent()?.transfer_state(&correlation_id);
+        Ok(Response::new(transfer_state(&correlation_id, outcome)))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<Chunk>>,
+    ) -> Result<Response<TransferState>, Status> {
+        let mut stream = request.into_inner();
+        let mut correlation_id: Option<String> = None;
+        let (slow_ms, stall_after) = {
+            let agent = self.agent()?;
+            (
+                agent.settings().faults.slow_link_ms,
+                agent.settings().faults.stall_after,
+            )
+        };
+        let mut last = (0, false);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if correlation_id.is_none() {
+                self.agent()?
+                    .start_upload(&chunk.correlation_id)
+                    .map_err(|r| Status::failed_precondition(r.description))?;
+                correlation_id = Some(chunk.correlation_id.clone());
+            }
+            if correlation_id.as_deref() != Some(chunk.correlation_id.as_str()) {
+                return Err(Status::invalid_argument(
+                    "one upload carries one correlation id",
+                ));
+            }
+            if slow_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(slow_ms)).await;
+            }
+            if stall_after.is_some_and(|limit| chunk.offset >= limit) {
+                // A stalled link: nothing more is read.
+                std::future::pending::<()>().await;
+            }
+            let outcome = self
+                .agent()?
+                .receive(&chunk.correlation_id, chunk.offset, &chunk.data);
+            match outcome {
+                Ok(state) => last = state,
+                Err(r) if r.code == ResultCode::DownloadFailed => {
+                    return Err(Status::failed_precondition(r.description));
+                }
+                Err(r) => {
+                    let length = self
+                        .agent()?
+                        .transfer_state(&chunk.correlation_id)
+                        .map_or(0, |s| s.1);
+                    return Ok(Response::new(TransferState {
+                        correlation_id: chunk.correlation_id.clone(),
+                        durable_offset: 0,
+                        length,
+                        complete: false,
+                        result: Some(refused(&r, &chunk.correlation_id)),
+                    }));
+                }
+            }
+        }
+        let Some(correlation_id) = correlation_id else {
+            return Err(Status::invalid_argument("empty upload"));
+        };
+        let durable = self
+            .agent()?
+            .flush_upload()
+            .map_err(|r| Status::internal(r.description))?;
+        let length = self
+            .agent()?
+            .transfer_state(&correlation_id)
+            .map_or(0, |s| s.1);
+        Ok(Response::new(TransferState {
+            correlation_id: correlation_id.clone(),
+            durable_offset: durable.max(last.0),
+            length,
+            complete: last.1,
+            result: Some(result(
+                ResultCode::Ok,
+                if last.1 {
+                    "image received and verified"
+                } else {
+                    "partial"
+                },
+                &correlation_id,
+            )),
+        }))
+    }
+
+    async fn install(
+        &self,
+        request: Request<InstallRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let correlation_id = request.into_inner().correlation_id;
+        let operation = new_operation("install", &correlation_id);
+        let job = self.agent()?.prepare_install(&correlation_id);
+        let job = match job {
+            Ok(job) => job,
+            Err(r) => return Ok(Response::new(finished(operation, Err(r)))),
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.store(operation.clone(), Arc::clone(&cancel))?;
+        let service = self.clone();
+        let op = operation.clone();
+        tokio::spawn(async move {
+            let flag = Arc::clone(&cancel);
+            let job_in = job.clone();
+            let run = tokio::task::spawn_blocking(move || job_in.run(&flag)).await;
+            let outcome = match run {
+                Ok(outcome) => outcome,
+                Err(e) => Err(Refusal {
+                    code: ResultCode::InternalError,
+                    attack: None,
+                    description: e.to_string(),
+                }),
+            };
+            let recorded = match service.agent.lock() {
+                Ok(mut agent) => agent.finish_install(&job, outcome),
+                Err(_) => Err(Refusal {
+                    code: ResultCode::InternalError,
+                    attack: None,
+                    description: "poisoned".into(),
+                }),
+            };
+            let _ = service.store(finished(op, recorded), cancel);
+        });
+        Ok(Response::new(operation))
+    }
+
+    async fn activate(
+        &self,
+        request: Request<ActivateRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let correlation_id = request.into_inner().correlation_id;
+        let operation = new_operation("activate", &correlation_id);
+        let outcome = self.agent()?.activate(&correlation_id);
+        let done = finished(operation, outcome);
+        self.store(done.clone(), Arc::default())?;
+        Ok(Response::new(done))
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<ConfirmRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let correlation_id = request.into_inner().correlation_id;
+        let operation = new_operation("confirm", &correlation_id);
+        let outcome = self.agent()?.confirm(&correlation_id);
+        let done = finished(operation, outcome);
+        self.store(done.clone(), Arc::default())?;
+        Ok(Response::new(done))
+    }
+
+    async fn get_operation(
+        &self,
+        request: Request<GetOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let id = request.into_inner().operation_id;
+        let operations = self
+            .operations
+            .lock()
+            .map_err(|_| Status::internal("operations poisoned"))?;
+        operations
+            .get(&id)
+            .map(|r| Response::new(r.operation.clone()))
+            .ok_or_else(|| Status::not_found(format!("no operation {id}")))
+    }
+
+    async fn cancel_operation(
+        &self,
+        request: Request<CancelOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let id = request.into_inner().operation_id;
+        let operations = self
+            .operations
+            .lock()
+            .map_err(|_| Status::internal("operations poisoned"))?;
+        let record = operations
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("no operation {id}")))?;
+        if record.operation.state == "running" {
+            record
+                .cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(Response::new(record.operation.clone()))
+    }
+
+    async fn get_installation_result(
+        &self,
+        request: Request<GetInstallationResultRequest>,
+    ) -> Result<Response<InstallationResult>, Status> {
+        let correlation_id = request.into_inner().correlation_id;
+        let agent = self.agent()?;
+        let record = agent
+            .result(&correlation_id)
+            .ok_or_else(|| Status::not_found(format!("no result for {correlation_id}")))?;
+        Ok(Response::new(InstallationResult {
+            correlation_id: correlation_id.clone(),
+            result: Some(proto::v1::Result {
+                code: record.code,
+                attack: record.attack.clone(),
+                description: record.description.clone(),
+                correlation_id: correlation_id.clone(),
+            }),
+            filename: record.filename.clone(),
+            updated_at: record.updated_at,
+        }))
+    }
+
+    async fn reboot(
+        &self,
+        _: Request<RebootRequest>,
+    ) -> Result<Response<proto::v1::Result>, Status> {
+        self.agent()?.reboot().map_err(io_status)?;
+        Ok(Response::new(result(ResultCode::Ok, "rebooted", "")))
+    }
+}
+
+fn transfer_state(
+    correlation_id: &str,
+    outcome: Result<(u64, u64, bool), Refusal>,
+) -> TransferState {
+    match outcome {
+        Ok((durable_offset, length, complete)) => TransferState {
+            correlation_id: correlation_id.to_string(),
+            durable_offset,
+            length,
+            complete,
+            result: Some(result(ResultCode::Ok, "ready", correlation_id)),
+        },
+        Err(r) => TransferState {
+            correlation_id: correlation_id.to_string(),
+            durable_offset: 0,
+            length: 0,
+            complete: false,
+            result: Some(refused(&r, correlation_id)),
+        },
+    }
+}
+
+/// Serves the Secondary service and the gRPC health service on an already bound listener
+/// until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    agent: Agent,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<SecondaryServer<Service>>().await;
+    let service = SecondaryServer::new(Service::new(agent))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

@@ -1,0 +1,740 @@
+//! The Secondary agent as a real process, over real gRPC on 127.0.0.1: updates in both
+//! verification modes, power loss at each phase, a failed trial boot, and every refusal.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use proto::v1::secondary_client::SecondaryClient;
+use proto::v1::{
+    ActivateRequest, BeginTransferRequest, Chunk, GetInstallationResultRequest,
+    GetOperationRequest, GetStatusRequest, GetVersionReportRequest, InstallRequest,
+    PutMetadataRequest, PutTimeRequest, ResultCode,
+};
+use serde_json::Value;
+use tonic::transport::Channel;
+use uptane_core::crypto::SigningKey;
+use uptane_core::sign::TargetsBuilder;
+use uptane_core::testing::{RepoFixture, key};
+use uptane_core::uptane::{director_target_custom, director_targets_custom, image_target_custom};
+use uptane_tests::{ChildGuard, run_ok, spawn_listening};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const VIN: &str = "VIN-0001";
+const SERIAL: &str = "ECU-BRAKE-1";
+const HW: &str = "hw-brake";
+const CORR: &str = "asg-1";
+
+fn bin() -> std::path::PathBuf {
+    env!("CARGO_BIN_EXE_secondary-ecu").into()
+}
+
+fn now() -> uptane_core::time::UtcTime {
+    std::time::SystemTime::now().into()
+}
+
+/// Both repositories, with the Director assigning `image` (as `name`) to this ECU.
+struct Repos {
+    director: RepoFixture,
+    images: RepoFixture,
+}
+
+impl Repos {
+    fn new(name: &str, image: &[u8], counter: u64) -> Self {
+        let mut images = RepoFixture::new();
+        images.expires = now() + chrono::Duration::days(30);
+        images.add_target(name, image, Some(image_target_custom(&[HW], counter)));
+        images.publish();
+        let mut director = RepoFixture::new();
+        director.root_keys = vec![key(11)];
+        director.timestamp_key = key(12);
+        director.snapshot_key = key(13);
+        director.targets_key = key(14);
+        director.roots = vec![
+            uptane_core::sign::RootBuilder::new(1, now() + chrono::Duration::days(30))
+                .key("root", key(11).public_key())
+                .key("timestamp", key(12).public_key())
+                .key("snapshot", key(13).public_key())
+                .key("targets", key(14).public_key())
+                .sign(&[&key(11)])
+                .unwrap(),
+        ];
+        director.expires = now() + chrono::Duration::days(30);
+        director.targets = TargetsBuilder::new(0, director.expires)
+            .target(
+                name,
+                image,
+                Some(director_target_custom(SERIAL, HW, counter)),
+            )
+            .custom(director_targets_custom(VIN, CORR))
+            .build();
+        director.publish();
+        Self { director, images }
+    }
+
+    fn bundle(&self) -> PutMetadataRequest {
+        PutMetadataRequest {
+            correlation_id: CORR.into(),
+            director_roots: vec![],
+            director_timestamp: self.director.timestamp.clone(),
+            director_snapshot: self.director.snapshot.clone(),
+            director_targets: self.director.targets_files["targets"].clone(),
+            image_roots: vec![],
+            image_timestamp: self.images.timestamp.clone(),
+            image_snapshot: self.images.snapshot.clone(),
+            image_targets: self.images.targets_files["targets"].clone(),
+            image_delegations: Default::default(),
+        }
+    }
+
+    /// Re-signs the Director targets with `edit` applied, and republishes snapshot and timestamp.
+    fn edit_director(
+        &mut self,
+        edit: impl FnOnce(TargetsBuilder) -> TargetsBuilder,
+        signer: Option<&SigningKey>,
+    ) {
+        let builder = TargetsBuilder::from_targets(
+            &self.director.targets,
+            self.director.targets.common.version + 1,
+            self.director.expires,
+        );
+        let targets = edit(builder).build();
+        self.director.targets = targets.clone();
+        let key = signer.unwrap_or(&self.director.targets_key).clone();
+        self.director.targets_files.insert(
+            "targets".into(),
+            uptane_core::sign::sign(&targets, &[&key]).unwrap(),
+        );
+        self.director.versions.1 += 1;
+        self.director.publish_snapshot_only();
+    }
+}
+
+struct Ecu {
+    dir: tempfile::TempDir,
+    process: Option<ChildGuard>,
+    client: Option<SecondaryClient<Channel>>,
+}
+
+impl Ecu {
+    fn new(repos: &Repos, mode: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("director-root.json"), &repos.director.roots[0]).unwrap();
+        std::fs::write(p("image-root.json"), &repos.images.roots[0]).unwrap();
+        std::fs::write(p("factory.bin"), b"factory firmware").unwrap();
+        run_ok(
+            Command::new(bin())
+                .args([
+                    "init",
+                    "--vin",
+                    VIN,
+                    "--serial",
+                    SERIAL,
+                    "--hardware-id",
+                    HW,
+                    "--mode",
+                    mode,
+                    "--factory-name",
+                    "factory.bin",
+                ])
+                .arg("--dir")
+                .arg(p("ecu"))
+                .arg("--director-root")
+                .arg(p("director-root.json"))
+                .arg("--image-root")
+                .arg(p("image-root.json"))
+                .arg("--factory-image")
+                .arg(p("factory.bin")),
+            LIMIT,
+        );
+        Self {
+            dir,
+            process: None,
+            client: None,
+        }
+    }
+
+    async fn start(&mut self, faults: &[&str]) -> &mut SecondaryClient<Channel> {
+        self.client = None;
+        self.process = None;
+        let mut command = Command::new(bin());
+        command
+            .arg("run")
+            .arg("--dir")
+            .arg(self.dir.path().join("ecu"))
+            .args(["--listen", "127.0.0.1:0", "--max-chunk-size", "65536"])
+            .args(faults);
+        let (process, addr) = spawn_listening(command, LIMIT);
+        self.process = Some(process);
+        let client = SecondaryClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        self.client = Some(client);
+        let client = self.client.as_mut().unwrap();
+        client
+            .put_time(PutTimeRequest {
+                unix_seconds: now().timestamp(),
+            })
+            .await
+            .unwrap();
+        client
+    }
+
+    fn client(&mut self) -> &mut SecondaryClient<Channel> {
+        self.client.as_mut().unwrap()
+    }
+
+    fn wait_exit(&mut self) {
+        let process = self.process.as_mut().unwrap();
+        assert!(
+            process.wait_exit(LIMIT).is_some(),
+            "the ECU did not lose power"
+        );
+        self.client = None;
+    }
+
+    async fn upload(
+        &mut self,
+        image: &[u8],
+        from: u64,
+    ) -> Result<proto::v1::TransferState, tonic::Status> {
+        let chunks: Vec<Chunk> = image[from as usize..]
+            .chunks(65536)
+            .enumerate()
+            .map(|(i, c)| Chunk {
+                correlation_id: CORR.into(),
+                offset: from + (i * 65536) as u64,
+                data: c.to_vec(),
+            })
+            .collect();
+        self.client()
+            .upload(tokio_stream::iter(chunks))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn install(&mut self) -> proto::v1::Operation {
+        let op = self
+            .client()
+            .install(InstallRequest {
+                correlation_id: CORR.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for _ in 0..600 {
+            let current = self
+                .client()
+                .get_operation(GetOperationRequest {
+                    operation_id: op.operation_id.clone(),
+                })
+                .await;
+            match current {
+                Ok(r) if r.get_ref().state != "running" => return r.into_inner(),
+                Err(_) if op.state != "running" => return op,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        panic!("install did not finish");
+    }
+
+    async fn result(&mut self) -> ResultCode {
+        let r = self
+            .client()
+            .get_installation_result(GetInstallationResultRequest {
+                correlation_id: CORR.into(),
+            })
+            .await
+            .unwrap();
+        ResultCode::try_from(r.into_inner().result.unwrap().code).unwrap()
+    }
+
+    async fn running(&mut self) -> String {
+        let status = self
+            .client()
+            .get_status(GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        status
+            .slots
+            .iter()
+            .find(|s| s.name == status.active_slot)
+            .unwrap()
+            .filename
+            .clone()
+    }
+
+    /// The next version report, verified against the ECU key, as JSON.
+    async fn report(&mut self, nonce: &str) -> Value {
+        let public: Value = serde_json::from_slice(
+            &std::fs::read(self.dir.path().join("ecu/ecu.pub.json")).unwrap(),
+        )
+        .unwrap();
+        let key = uptane_core::crypto::PublicKey::from_json(public).unwrap();
+        let signed = self
+            .client()
+            .get_version_report(GetVersionReportRequest {
+                nonce: nonce.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .signed_report;
+        let verified =
+            uptane_core::manifest::verify_ecu_report(&uptane_core::verify::Raw::new(signed), &key)
+                .unwrap();
+        assert_eq!(verified.nonce, nonce);
+        serde_json::to_value(&*verified).unwrap()
+    }
+}
+
+const IMAGE: &[u8] = &[7u8; 300_000];
+
+async fn full_update(mode: &str) {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, mode);
+    ecu.start(&[]).await;
+    let r = ecu
+        .client()
+        .put_metadata(repos.bundle())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.code, ResultCode::Ok as i32, "{r:?}");
+    let t = ecu
+        .client()
+        .begin_transfer(BeginTransferRequest {
+            correlation_id: CORR.into(),
+            filename: "brake-2.bin".into(),
+            length: IMAGE.len() as u64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.durable_offset, 0);
+    let t = ecu.upload(IMAGE, 0).await.unwrap();
+    assert!(t.complete, "{t:?}");
+    let op = ecu.install().await;
+    assert_eq!(op.state, "done", "{op:?}");
+    let op = ecu
+        .client()
+        .activate(ActivateRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(op.state, "done", "{op:?}");
+    assert_eq!(ecu.result().await, ResultCode::Ok);
+    assert_eq!(ecu.running().await, "brake-2.bin");
+    let report = ecu.report("n1").await;
+    assert_eq!(report["installed_image"]["filename"], "brake-2.bin");
+    assert_eq!(report["last_install"]["result"], "installed");
+    let next = ecu.report("n2").await;
+    assert!(next["report_counter"].as_u64() > report["report_counter"].as_u64());
+}
+
+#[tokio::test]
+async fn a_full_update_in_full_verification() {
+    full_update("full").await;
+}
+
+#[tokio::test]
+async fn a_full_update_in_partial_verification() {
+    full_update("partial").await;
+}
+
+async fn prepared(ecu: &mut Ecu, repos: &Repos, faults: &[&str]) {
+    ecu.start(faults).await;
+    let r = ecu
+        .client()
+        .put_metadata(repos.bundle())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.code, ResultCode::Ok as i32, "{r:?}");
+    ecu.client()
+        .begin_transfer(BeginTransferRequest {
+            correlation_id: CORR.into(),
+            filename: "brake-2.bin".into(),
+            length: IMAGE.len() as u64,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn power_loss_during_transfer_resumes_from_the_durable_offset() {
+    let image = vec![9u8; 12 << 20];
+    let repos = Repos::new("brake-2.bin", &image, 2);
+    let mut ecu = Ecu::new(&repos, "full");
+    ecu.start(&["--fault-power-loss", "transfer"]).await;
+    ecu.client().put_metadata(repos.bundle()).await.unwrap();
+    ecu.client()
+        .begin_transfer(BeginTransferRequest {
+            correlation_id: CORR.into(),
+            filename: "brake-2.bin".into(),
+            length: image.len() as u64,
+        })
+        .await
+        .unwrap();
+    assert!(ecu.upload(&image, 0).await.is_err());
+    ecu.wait_exit();
+    ecu.start(&[]).await;
+    let t = ecu
+        .client()
+        .begin_transfer(BeginTransferRequest {
+            correlation_id: CORR.into(),
+            filename: "brake-2.bin".into(),
+            length: image.len() as u64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        t.durable_offset > 0 && t.durable_offset < image.len() as u64,
+        "{t:?}"
+    );
+    let t = ecu.upload(&image, t.durable_offset).await.unwrap();
+    assert!(t.complete, "{t:?}");
+    assert_eq!(ecu.install().await.state, "done");
+    ecu.client()
+        .activate(ActivateRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ecu.running().await, "brake-2.bin");
+}
+
+#[tokio::test]
+async fn power_loss_during_write_keeps_the_old_slot_and_the_update_can_be_retried() {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    prepared(&mut ecu, &repos, &["--fault-power-loss", "write"]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    let _ = ecu
+        .client()
+        .install(InstallRequest {
+            correlation_id: CORR.into(),
+        })
+        .await;
+    ecu.wait_exit();
+    ecu.start(&[]).await;
+    assert_eq!(ecu.running().await, "factory.bin");
+    // The staged image survived: install again, then activate.
+    let op = ecu.install().await;
+    assert_eq!(op.state, "done", "{op:?}");
+    ecu.client()
+        .activate(ActivateRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ecu.running().await, "brake-2.bin");
+}
+
+#[tokio::test]
+async fn power_loss_during_trial_boot_and_before_confirm_still_completes() {
+    for phase in ["trial-boot", "before-confirm"] {
+        let repos = Repos::new("brake-2.bin", IMAGE, 2);
+        let mut ecu = Ecu::new(&repos, "full");
+        prepared(&mut ecu, &repos, &["--fault-power-loss", phase]).await;
+        assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+        assert_eq!(ecu.install().await.state, "done");
+        let _ = ecu
+            .client()
+            .activate(ActivateRequest {
+                correlation_id: CORR.into(),
+            })
+            .await;
+        ecu.wait_exit();
+        // At power-up the bootloader tries the new slot again and it is confirmed.
+        ecu.start(&[]).await;
+        assert_eq!(ecu.running().await, "brake-2.bin", "{phase}");
+        assert_eq!(ecu.result().await, ResultCode::Ok, "{phase}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_image_that_fails_its_trial_boot_is_rolled_back_and_reported() {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "full");
+    prepared(&mut ecu, &repos, &["--fault-fail-boot"]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    assert_eq!(ecu.install().await.state, "done");
+    let op = ecu
+        .client()
+        .activate(ActivateRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(op.result.unwrap().code, ResultCode::RolledBack as i32);
+    assert_eq!(ecu.running().await, "factory.bin");
+    let report = ecu.report("n1").await;
+    assert_eq!(report["last_install"]["result"], "rolled_back");
+    // The result is still there after a reboot of the process.
+    ecu.start(&[]).await;
+    assert_eq!(ecu.result().await, ResultCode::RolledBack);
+}
+
+/// Sends `bundle` and expects a refusal with `code`; the attack shows in the next report
+/// and the factory image still runs.
+async fn assert_refused(ecu: &mut Ecu, bundle: PutMetadataRequest, code: ResultCode, attack: &str) {
+    let r = ecu
+        .client()
+        .put_metadata(bundle)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ResultCode::try_from(r.code).unwrap(), code, "{r:?}");
+    assert_eq!(r.attack, attack, "{r:?}");
+    let report = ecu
+        .report(&format!("after-{attack}-{}", r.description.len()))
+        .await;
+    let attacks: Vec<String> = report["attacks_detected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(attacks.contains(&attack.to_string()), "{attacks:?}");
+    assert_eq!(ecu.running().await, "factory.bin");
+}
+
+#[tokio::test]
+async fn refuses_bad_metadata_and_records_the_attack() {
+    for mode in ["full", "partial"] {
+        let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+        let mut ecu = Ecu::new(&repos, mode);
+        ecu.start(&[]).await;
+        let good = repos.bundle();
+
+        // Another hardware id for this ECU.
+        repos.edit_director(
+            |b| {
+                b.target(
+                    "brake-2.bin",
+                    IMAGE,
+                    Some(director_target_custom(SERIAL, "hw-other", 2)),
+                )
+            },
+            None,
+        );
+        assert_refused(
+            &mut ecu,
+            repos.bundle(),
+            ResultCode::HardwareIdMismatch,
+            "wrong_hardware",
+        )
+        .await;
+        // Signed by a wrong key.
+        repos.edit_director(|b| b, Some(&key(66)));
+        assert_refused(
+            &mut ecu,
+            repos.bundle(),
+            ResultCode::SignatureInvalid,
+            "arbitrary_software",
+        )
+        .await;
+        // Expired.
+        repos.director.expires = now() - chrono::Duration::hours(1);
+        repos.edit_director(|b| b, None);
+        assert_refused(
+            &mut ecu,
+            repos.bundle(),
+            ResultCode::MetadataExpired,
+            "freeze",
+        )
+        .await;
+        repos.director.expires = now() + chrono::Duration::days(30);
+
+        // Accept the good metadata, then offer a lower targets version.
+        let r = ecu
+            .client()
+            .put_metadata(good.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.code, ResultCode::Ok as i32, "{r:?}");
+        let mut newer = Repos::new("brake-2.bin", IMAGE, 2);
+        for _ in 0..3 {
+            newer.edit_director(|b| b, None);
+        }
+        let r = ecu
+            .client()
+            .put_metadata(newer.bundle())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.code, ResultCode::Ok as i32, "{r:?}");
+        assert_refused(&mut ecu, good, ResultCode::MetadataRollback, "rollback").await;
+    }
+}
+
+#[tokio::test]
+async fn refuses_a_release_counter_below_the_installed_one() {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    prepared(&mut ecu, &repos, &[]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    ecu.install().await;
+    ecu.client()
+        .activate(ActivateRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ecu.running().await, "brake-2.bin");
+    let older = Repos::new("brake-1.bin", b"older firmware", 1);
+    let r = ecu
+        .client()
+        .put_metadata(older.bundle())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.code, ResultCode::ReleaseCounterRollback as i32, "{r:?}");
+    assert_eq!(r.attack, "rollback");
+    assert_eq!(ecu.running().await, "brake-2.bin");
+}
+
+#[tokio::test]
+async fn refuses_bytes_that_are_not_the_approved_image() {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "full");
+    prepared(&mut ecu, &repos, &[]).await;
+    // Same length, other bytes: refused when the last byte arrives.
+    let mut evil = IMAGE.to_vec();
+    evil[1000] ^= 1;
+    let t = ecu.upload(&evil, 0).await.unwrap();
+    assert_eq!(
+        t.result.as_ref().unwrap().code,
+        ResultCode::HashMismatch as i32,
+        "{t:?}"
+    );
+    assert_eq!(t.result.unwrap().attack, "arbitrary_software");
+    // Longer than approved: stopped at the limit, not after.
+    ecu.client()
+        .begin_transfer(BeginTransferRequest {
+            correlation_id: CORR.into(),
+            filename: "brake-2.bin".into(),
+            length: IMAGE.len() as u64,
+        })
+        .await
+        .unwrap();
+    let mut longer = IMAGE.to_vec();
+    longer.extend_from_slice(&[0u8; 100_000]);
+    let t = ecu.upload(&longer, 0).await.unwrap();
+    assert_eq!(
+        t.result.as_ref().unwrap().code,
+        ResultCode::LengthMismatch as i32,
+        "{t:?}"
+    );
+    assert_eq!(t.result.unwrap().attack, "endless_data");
+    let report = ecu.report("n1").await;
+    assert_eq!(report["attacks_detected"].as_array().unwrap().len(), 2);
+    assert_eq!(ecu.running().await, "factory.bin");
+    // Nothing was installed.
+    let op = ecu.install().await;
+    assert_eq!(op.state, "failed", "{op:?}");
+}
+
+#[tokio::test]
+async fn an_entry_for_another_ecu_only_installs_nothing() {
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    repos.edit_director(
+        |b| {
+            b.remove_target("brake-2.bin").target(
+                "radio.bin",
+                b"radio",
+                Some(director_target_custom("ECU-RADIO-1", "hw-radio", 1)),
+            )
+        },
+        None,
+    );
+    let mut ecu = Ecu::new(&repos, "partial");
+    ecu.start(&[]).await;
+    let r = ecu
+        .client()
+        .put_metadata(repos.bundle())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.code, ResultCode::NoUpdate as i32, "{r:?}");
+    let t = ecu
+        .client()
+        .begin_transfer(BeginTransferRequest {
+            correlation_id: CORR.into(),
+            filename: "radio.bin".into(),
+            length: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let result = t.result.unwrap();
+    assert_eq!(result.code, ResultCode::NotForThisEcu as i32);
+    assert_eq!(result.attack, "arbitrary_software");
+    assert_eq!(ecu.running().await, "factory.bin");
+}
+
+#[tokio::test]
+async fn refuses_malformed_and_oversized_messages_without_crashing() {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    prepared(&mut ecu, &repos, &[]).await;
+    let mut bundle = repos.bundle();
+    bundle.director_targets = b"{not json".to_vec();
+    let r = ecu
+        .client()
+        .put_metadata(bundle)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(r.code, ResultCode::Ok as i32);
+    let huge = Chunk {
+        correlation_id: CORR.into(),
+        offset: 0,
+        data: vec![0u8; 5 << 20],
+    };
+    let err = ecu
+        .client()
+        .upload(tokio_stream::iter(vec![huge]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::Internal
+                | tonic::Code::Unknown
+        ),
+        "{err:?}"
+    );
+    let chunk = Chunk {
+        correlation_id: CORR.into(),
+        offset: 12345,
+        data: vec![0u8; 10],
+    };
+    let err = ecu
+        .client()
+        .upload(tokio_stream::iter(vec![chunk]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let err = ecu
+        .client()
+        .get_version_report(GetVersionReportRequest {
+            nonce: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // Still serving.
+    assert_eq!(ecu.running().await, "factory.bin");
+}
