@@ -85,6 +85,8 @@ pub struct Settings {
     pub boot_attempts: u32,
     /// Wait for an explicit Confirm instead of confirming after the health check.
     pub manual_confirm: bool,
+    /// Received bytes are made durable (fsync, offset recorded) at least this often.
+    pub durable_interval: u64,
     /// Fault knobs.
     pub faults: Faults,
 }
@@ -95,6 +97,7 @@ impl Default for Settings {
             max_chunk_size: 1 << 20,
             boot_attempts: 3,
             manual_confirm: false,
+            durable_interval: 32 << 20,
             faults: Faults::default(),
         }
     }
@@ -194,8 +197,9 @@ pub struct Agent {
     device: AbDevice,
     state: State,
     boot_id: String,
-    /// Volatile: the hasher of the transfer in progress and the offset received so far.
-    receiving: Option<(ImageVerifier, u64)>,
+    /// Volatile: the hasher of the transfer in progress, the offset received so far, and the
+    /// open staging file.
+    receiving: Option<(ImageVerifier, u64, std::fs::File)>,
     /// Volatile: a trial slot running and waiting for Confirm.
     trial_running: Option<String>,
 }
@@ -688,7 +692,9 @@ impl Agent {
             verifier.update(&buf[..n]).map_err(|e| uptane_refusal(&e))?;
             left -= n as u64;
         }
-        self.receiving = Some((verifier, self.state.durable_offset));
+        file.seek(SeekFrom::Start(self.state.durable_offset))
+            .map_err(io)?;
+        self.receiving = Some((verifier, self.state.durable_offset, file));
         Ok(self.state.durable_offset)
     }
 
@@ -711,7 +717,7 @@ impl Agent {
                 ),
             ));
         }
-        let Some((verifier, received)) = self.receiving.as_mut() else {
+        let Some((verifier, received, file)) = self.receiving.as_mut() else {
             return Err(Refusal::new(
                 ResultCode::DownloadFailed,
                 "no upload in progress",
@@ -729,17 +735,11 @@ impl Agent {
             self.discard_transfer();
             return Err(self.refuse(correlation_id, uptane_refusal(&e), &pending.filename));
         }
+        file.write_all(data).map_err(io)?;
         *received += data.len() as u64;
         let received = *received;
-        let path = staging_path(&self.dir);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        file.seek(SeekFrom::Start(offset)).map_err(io)?;
-        file.write_all(data).map_err(io)?;
         let complete = received == pending.length;
-        if complete || received - self.state.durable_offset >= 4 << 20 {
+        if complete || received - self.state.durable_offset >= self.settings.durable_interval {
             file.sync_all().map_err(io)?;
             self.state.durable_offset = received;
             self.save().map_err(io)?;
@@ -748,7 +748,7 @@ impl Agent {
             }
         }
         if complete {
-            let (verifier, _) = self.receiving.take().expect("receiving was checked above");
+            let (verifier, _, _) = self.receiving.take().expect("receiving was checked above");
             if let Err(e) = verifier.finish() {
                 self.discard_transfer();
                 return Err(self.refuse(correlation_id, uptane_refusal(&e), &pending.filename));
@@ -761,12 +761,10 @@ impl Agent {
 
     /// Makes what was received so far durable (end of an Upload stream).
     pub fn flush_upload(&mut self) -> Result<u64, Refusal> {
-        if let Some((_, received)) = &self.receiving {
+        if let Some((_, received, file)) = &self.receiving {
             let received = *received;
             if received > self.state.durable_offset {
-                std::fs::File::open(staging_path(&self.dir))
-                    .and_then(|f| f.sync_all())
-                    .map_err(io)?;
+                file.sync_all().map_err(io)?;
                 self.state.durable_offset = received;
                 self.save().map_err(io)?;
             }

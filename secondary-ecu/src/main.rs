@@ -62,6 +62,9 @@ enum Command {
         /// Wait for Confirm instead of confirming after the health check.
         #[arg(long, env = "SECONDARY_MANUAL_CONFIRM")]
         manual_confirm: bool,
+        /// Make received bytes durable at least every this many bytes.
+        #[arg(long, env = "SECONDARY_DURABLE_INTERVAL_BYTES", default_value_t = 32 << 20)]
+        durable_interval_bytes: u64,
         /// Fault: cut power at this phase.
         #[arg(long, env = "SECONDARY_FAULT_POWER_LOSS", value_enum)]
         fault_power_loss: Option<Phase>,
@@ -162,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_chunk_size,
             boot_attempts,
             manual_confirm,
+            durable_interval_bytes,
             fault_power_loss,
             fault_corrupt_write,
             fault_slow_link_ms,
@@ -184,6 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_chunk_size,
                 boot_attempts,
                 manual_confirm,
+                durable_interval: durable_interval_bytes.max(1),
                 faults: Faults {
                     power_loss: fault_power_loss,
                     corrupt_write: fault_corrupt_write,

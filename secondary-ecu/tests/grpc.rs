@@ -112,6 +112,7 @@ impl Repos {
 }
 
 struct Ecu {
+    addr: String,
     dir: tempfile::TempDir,
     process: Option<ChildGuard>,
     client: Option<SecondaryClient<Channel>>,
@@ -150,6 +151,7 @@ impl Ecu {
             LIMIT,
         );
         Self {
+            addr: String::new(),
             dir,
             process: None,
             client: None,
@@ -168,9 +170,8 @@ impl Ecu {
             .args(faults);
         let (process, addr) = spawn_listening(command, LIMIT);
         self.process = Some(process);
-        let client = SecondaryClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        self.addr = format!("http://{addr}");
+        let client = SecondaryClient::connect(self.addr.clone()).await.unwrap();
         self.client = Some(client);
         let client = self.client.as_mut().unwrap();
         client
@@ -297,6 +298,23 @@ async fn full_update(mode: &str) {
     let repos = Repos::new("brake-2.bin", IMAGE, 2);
     let mut ecu = Ecu::new(&repos, mode);
     ecu.start(&[]).await;
+    let channel = tonic::transport::Endpoint::from_shared(ecu.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "uptane.secondary.v1.Secondary".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let r = ecu
         .client()
         .put_metadata(repos.bundle())
@@ -371,7 +389,13 @@ async fn power_loss_during_transfer_resumes_from_the_durable_offset() {
     let image = vec![9u8; 12 << 20];
     let repos = Repos::new("brake-2.bin", &image, 2);
     let mut ecu = Ecu::new(&repos, "full");
-    ecu.start(&["--fault-power-loss", "transfer"]).await;
+    ecu.start(&[
+        "--fault-power-loss",
+        "transfer",
+        "--durable-interval-bytes",
+        "4194304",
+    ])
+    .await;
     ecu.client().put_metadata(repos.bundle()).await.unwrap();
     ecu.client()
         .begin_transfer(BeginTransferRequest {
