@@ -44,13 +44,18 @@ fn version_of(bytes: &[u8]) -> Option<u64> {
     doc.get("signed")?.get("version")?.as_u64()
 }
 
+/// The root versions after `current`, in the order sent: the Primary sends every version it
+/// has, and those up to `current` are already trusted here.
+fn newer(roots: &[Vec<u8>], current: u64) -> impl Iterator<Item = &Vec<u8>> {
+    roots
+        .iter()
+        .filter(move |bytes| version_of(bytes).is_none_or(|v| v > current))
+}
+
 /// Applies the root versions after the trusted one, in order (older ones are skipped).
 fn rotate(trusted: Verified<Root>, roots: &[Vec<u8>]) -> Result<Verified<Root>, UptaneError> {
     let mut root = trusted;
-    for bytes in roots {
-        if version_of(bytes).is_some_and(|v| v <= root.common.version) {
-            continue;
-        }
+    for bytes in newer(roots, root.common.version) {
         root = verify_root_rotation(&root, &Raw::new(bytes.clone()))
             .map_err(uptane_core::error::UpdateError::from)?;
     }
@@ -91,10 +96,7 @@ fn load<R>(
     now: UtcTime,
 ) -> Result<TrustedSet<R>, UptaneError> {
     let mut set = TrustedSet::<R>::new(&Raw::new(trusted_root.to_vec()), now, Limits::default())?;
-    for bytes in roots {
-        if version_of(bytes).is_some_and(|v| v <= set.root().common.version) {
-            continue;
-        }
+    for bytes in newer(roots, set.root().common.version) {
         set.update_root(&Raw::new(bytes.clone()))?;
     }
     set.update_timestamp(&Raw::new(timestamp.to_vec()))?;

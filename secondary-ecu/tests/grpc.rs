@@ -762,3 +762,44 @@ async fn refuses_malformed_and_oversized_messages_without_crashing() {
     // Still serving.
     assert_eq!(ecu.running().await, "factory.bin");
 }
+
+#[tokio::test]
+async fn follows_a_director_root_rotation_and_refuses_a_forged_root() {
+    for mode in ["full", "partial"] {
+        let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+        let mut ecu = Ecu::new(&repos, mode);
+        ecu.start(&[]).await;
+        let current: Value = serde_json::from_slice(&repos.director.roots[0]).unwrap();
+        let root: uptane_core::metadata::Root =
+            serde_json::from_value(current["signed"].clone()).unwrap();
+        let forged = uptane_core::sign::RootBuilder::from_root(&root, 2, repos.director.expires)
+            .remove_key("root", &key(11).key_id())
+            .key("root", key(15).public_key())
+            .sign(&[&key(15)])
+            .unwrap();
+        let mut bundle = repos.bundle();
+        bundle.director_roots = vec![forged];
+        let r = ecu
+            .client()
+            .put_metadata(bundle)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.code, ResultCode::SignatureInvalid as i32, "{mode}: {r:?}");
+        assert_eq!(r.attack, "arbitrary_software");
+
+        let builder = uptane_core::sign::RootBuilder::from_root(&root, 2, repos.director.expires)
+            .remove_key("root", &key(11).key_id())
+            .key("root", key(15).public_key());
+        repos.director.rotate_root(builder, vec![key(15)]);
+        let mut bundle = repos.bundle();
+        bundle.director_roots = repos.director.roots[1..].to_vec();
+        let r = ecu
+            .client()
+            .put_metadata(bundle)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.code, ResultCode::Ok as i32, "{mode}: {r:?}");
+    }
+}
