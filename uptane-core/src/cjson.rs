@@ -56,6 +56,7 @@ pub fn canonicalize_json_text(text: &[u8]) -> Result<Vec<u8>, CanonicalError> {
 }
 
 const MAX_DEPTH: usize = 128;
+const OPTIMISTIC_DEPTH: usize = 6;
 
 struct TextReader<'a> {
     text: &'a [u8],
@@ -145,6 +146,68 @@ impl TextReader<'_> {
     }
 
     fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), CanonicalError> {
+        // Most signed metadata is written with sorted keys already: copy it straight through,
+        // and only when a key is out of order start this object again with sorting. The
+        // optimism stops at a small depth so that nested unsorted objects cannot make the
+        // work grow with the depth of the document.
+        if depth <= OPTIMISTIC_DEPTH {
+            let (pos, len) = (self.pos, out.len());
+            if self.sorted_object(out, depth)? {
+                return Ok(());
+            }
+            self.pos = pos;
+            out.truncate(len);
+        }
+        self.sorting_object(out, depth)
+    }
+
+    /// Writes an object whose keys arrive in order; returns `false` (having written a partial
+    /// object the caller discards) at the first key that is not above the previous one.
+    fn sorted_object(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<bool, CanonicalError> {
+        self.pos += 1;
+        out.push(b'{');
+        let mut previous: Vec<u8> = Vec::new();
+        let mut key: Vec<u8> = Vec::new();
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            out.push(b'}');
+            return Ok(true);
+        }
+        let mut first = true;
+        loop {
+            self.skip_ws();
+            if self.peek() != Some(b'"') {
+                return Err(self.error("expected a key"));
+            }
+            key.clear();
+            self.string(&mut key)?;
+            if !first && key <= previous {
+                return Ok(false);
+            }
+            if !first {
+                out.push(b',');
+            }
+            write_string_bytes(&key, out);
+            out.push(b':');
+            self.expect(b':')?;
+            self.value(out, depth + 1)?;
+            std::mem::swap(&mut previous, &mut key);
+            first = false;
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    out.push(b'}');
+                    return Ok(true);
+                }
+                _ => return Err(self.error("expected , or }")),
+            }
+        }
+    }
+
+    fn sorting_object(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), CanonicalError> {
         self.pos += 1;
         // Keys and canonical values go into one buffer; members are sorted by key after.
         let mut buf = Vec::new();
@@ -420,6 +483,23 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(canonicalize_json_text(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn text_path_sorts_objects_whatever_their_order() {
+        for text in [
+            &br#"{"a":1,"b":{"y":2,"x":[{"q":1,"p":2}]},"c":3}"#[..],
+            br#"{"c":3,"b":{"x":[{"p":2,"q":1}],"y":2},"a":1}"#,
+            br#"{"a":{"b":{"c":{"d":{"e":{"f":{"h":1,"g":2}}}}}}}"#,
+        ] {
+            let value: Value = serde_json::from_slice(text).unwrap();
+            assert_eq!(
+                canonicalize_json_text(text).unwrap(),
+                canonicalize(&value).unwrap()
+            );
+        }
+        // A duplicate after sorted keys is still refused.
+        assert!(canonicalize_json_text(br#"{"a":1,"b":2,"b":3}"#).is_err());
     }
 
     #[test]
