@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use uptane_core::metadata::TargetFile;
+use uptane_core::metadata::{TargetFile, metadata_file_name};
 use uptane_core::time::UtcTime;
 use uptane_core::trusted::{ImageRepo, Limits, SearchStep, TargetSearch, TrustedSet};
 use uptane_core::verify::Raw;
@@ -113,7 +113,10 @@ impl ImageCatalog {
             .map_err(repo_err)?;
         let request = set.snapshot_request().map_err(repo_err)?;
         let snapshot = self
-            .need(&versioned("snapshot", request.version), request.max_length)
+            .need(
+                &metadata_file_name("snapshot", request.version),
+                request.max_length,
+            )
             .await?;
         set.update_snapshot(&Raw::new(snapshot)).map_err(repo_err)?;
         let mut search = TargetSearch::new(name);
@@ -123,7 +126,7 @@ impl ImageCatalog {
                     let request = set.targets_request(&role).map_err(repo_err)?;
                     let bytes = self
                         .need(
-                            &versioned(&quote(&role), request.version),
+                            &metadata_file_name(&role, request.version),
                             request.max_length,
                         )
                         .await?;
@@ -136,23 +139,4 @@ impl ImageCatalog {
         }
         Ok(None)
     }
-}
-
-fn versioned(role: &str, version: Option<u64>) -> String {
-    match version {
-        Some(v) => format!("{v}.{role}.json"),
-        None => format!("{role}.json"),
-    }
-}
-
-fn quote(role: &str) -> String {
-    role.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

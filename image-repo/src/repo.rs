@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use uptane_core::crypto::SigningKey;
 use uptane_core::error::UpdateError;
 use uptane_core::hash::{Hashes, standard_hashes};
+pub use uptane_core::metadata::quote_role;
 use uptane_core::metadata::{
-    DelegatedRole, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp,
+    DelegatedRole, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp, metadata_file_name,
 };
 use uptane_core::sign::{self, SnapshotBuilder, TimestampBuilder, describe};
 use uptane_core::time::{UtcTime, format_expires};
@@ -121,20 +122,6 @@ fn corrupt(role: &str, reason: impl ToString) -> RepoError {
     }
 }
 
-/// Quoted file-name form of a role (`/x` becomes `%2Fx`), as clients request it.
-pub fn quote_role(role: &str) -> String {
-    const KEEP: &[u8] = b"-._~";
-    role.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || KEEP.contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 impl RepoState {
     /// Loads and verifies the published state through `read(file name in metadata/)`.
     /// Expiry is not checked: a repository must be able to renew expired metadata.
@@ -199,7 +186,7 @@ impl RepoState {
                 let Some(meta) = snapshot.meta.get(&format!("{}.json", delegation.name)) else {
                     continue;
                 };
-                let file = format!("{}.{}.json", meta.version, quote_role(&delegation.name));
+                let file = metadata_file_name(&delegation.name, Some(meta.version));
                 let bytes = read(&file)?.ok_or_else(|| corrupt(&delegation.name, "missing"))?;
                 let verified = verify::verify_role(
                     &Raw::new(bytes),
@@ -634,7 +621,7 @@ impl Repository {
         write_atomic(
             &self
                 .metadata_dir()
-                .join(format!("{version}.{}.json", quote_role(role))),
+                .join(metadata_file_name(role, Some(version))),
             &bytes,
         )?;
         fault_point("after-role");

@@ -377,6 +377,30 @@ impl Targets {
     }
 }
 
+/// A role name as it appears in URLs and file names: every byte but `A-Z a-z 0-9 - . _ ~`
+/// percent-encoded, as Python's `urllib.parse.quote(name, safe="")` does (`/x` becomes
+/// `%2Fx`), so role names can never name another path.
+pub fn quote_role(role: &str) -> String {
+    let mut out = String::with_capacity(role.len());
+    for b in role.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The file name of role `role`'s metadata: `V.<quoted role>.json` with a version
+/// (consistent snapshots), `<quoted role>.json` without.
+pub fn metadata_file_name(role: &str, version: Option<u64>) -> String {
+    match version {
+        Some(v) => format!("{v}.{}.json", quote_role(role)),
+        None => format!("{}.json", quote_role(role)),
+    }
+}
+
 /// TUF target path pattern matching: the same number of `/`-separated segments, each
 /// matched with a case-sensitive shell glob (`*`, `?`, `[seq]`, `[!seq]`) that never
 /// crosses a `/`.
@@ -472,6 +496,17 @@ fn match_class(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotes_role_names_like_python() {
+        assert_eq!(quote_role("targets"), "targets");
+        assert_eq!(quote_role("a-b.c_d~e"), "a-b.c_d~e");
+        assert_eq!(quote_role("/delegatedrole"), "%2Fdelegatedrole");
+        assert_eq!(quote_role("../delegatedrole"), "..%2Fdelegatedrole");
+        assert_eq!(quote_role("?#é"), "%3F%23%C3%A9");
+        assert_eq!(metadata_file_name("a/b", Some(3)), "3.a%2Fb.json");
+        assert_eq!(metadata_file_name("timestamp", None), "timestamp.json");
+    }
 
     #[test]
     fn glob_matches_per_segment() {

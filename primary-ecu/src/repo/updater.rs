@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use uptane_core::error::{AttackKind, UpdateError};
 use uptane_core::hash::StreamVerifier;
-use uptane_core::metadata::TargetFile;
+pub use uptane_core::metadata::quote_role;
+use uptane_core::metadata::{TargetFile, metadata_file_name};
 use uptane_core::time::UtcTime;
 use uptane_core::trusted::{
     Freshness, Limits, SearchStep, TargetSearch, TimestampUpdate, TrustedSet, TrustedTarget,
@@ -14,18 +14,6 @@ use uptane_core::verify::Raw;
 
 use super::fetch::{FetchError, Fetcher};
 use crate::store::write_atomic;
-
-/// Python's `urllib.parse.quote(name, safe="")`: everything but `A-Z a-z 0-9 - . _ ~`.
-const ROLE_NAME: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// A role name as it appears in URLs and file names (`/x` becomes `%2Fx`).
-pub fn quote_role(role: &str) -> String {
-    utf8_percent_encode(role, ROLE_NAME).to_string()
-}
 
 /// Why a refresh or a target download failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +81,7 @@ impl MetadataDir {
 
     /// Where role `role` is kept.
     pub fn path(&self, role: &str) -> PathBuf {
-        self.dir.join(format!("{}.json", quote_role(role)))
+        self.dir.join(metadata_file_name(role, None))
     }
 
     /// The kept bytes of `role`, if any.
@@ -163,10 +151,7 @@ impl<Repo> Updater<Repo> {
     }
 
     fn url(&self, role: &str, version: Option<u64>) -> String {
-        match version {
-            Some(v) => format!("{}{v}.{}.json", self.metadata_url, quote_role(role)),
-            None => format!("{}{}.json", self.metadata_url, quote_role(role)),
-        }
+        format!("{}{}", self.metadata_url, metadata_file_name(role, version))
     }
 
     /// Root, timestamp, snapshot and top-level targets, in that order (TUF §5.3–5.6).
