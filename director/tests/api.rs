@@ -893,3 +893,45 @@ async fn primaries_register_with_provisioning_tokens() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn replacing_an_ecu_is_logged_and_cancels_its_open_assignment() {
+    let fleet = fleet();
+    fleet.register(VIN, 90).await;
+    let (_, assigned) = fleet
+        .operator(
+            "POST",
+            "/api/v1/assignments",
+            json!({"image": "brake-2.bin", "vins": [VIN]}),
+        )
+        .await;
+    assert_eq!(assigned["ecus"][0]["status"], "pending");
+    let body = json!({"serial": "VIN-0001-brake-v2", "hardware_id": "hw-brake", "public_key": key(95).public_key().to_json()});
+    let (status, json) = fleet
+        .operator(
+            "PUT",
+            &format!("/api/v1/vehicles/{VIN}/ecus/{VIN}-brake"),
+            body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let (_, vehicle) = fleet
+        .operator("GET", &format!("/api/v1/vehicles/{VIN}"), Value::Null)
+        .await;
+    let serials: Vec<&str> = vehicle["ecus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["serial"].as_str().unwrap())
+        .collect();
+    assert!(serials.contains(&"VIN-0001-brake-v2") && !serials.contains(&"VIN-0001-brake"));
+    assert_eq!(vehicle["assignments"][0]["status"], "cancelled");
+    assert_eq!(fleet.events_of("ecu_replaced"), 1);
+    // An unknown ECU cannot be replaced.
+    let body =
+        json!({"serial": "X", "hardware_id": "hw", "public_key": key(96).public_key().to_json()});
+    let (status, _) = fleet
+        .operator("PUT", &format!("/api/v1/vehicles/{VIN}/ecus/nope"), body)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
