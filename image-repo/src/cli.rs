@@ -498,18 +498,7 @@ fn empty_targets(expires: UtcTime) -> Targets {
 }
 
 fn hash_file(path: &Path) -> anyhow::Result<crate::repo::BlobInfo> {
-    use std::io::Read;
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = crate::repo::BlobHasher::default();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hasher.finish());
-        }
-        hasher.update(&buf[..n]);
-    }
+    Ok(crate::repo::hash_file(path, |_| Ok(()))?)
 }
 
 async fn publish_top_level(

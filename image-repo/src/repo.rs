@@ -567,21 +567,13 @@ impl Repository {
 
     /// Copies a local file into the blob store, hashing it on the way.
     pub fn import_file(&self, path: &Path) -> Result<BlobInfo, RepoError> {
-        use std::io::{Read, Write};
-        let mut input = std::fs::File::open(path).map_err(|e| RepoError::io(path, e))?;
+        use std::io::Write;
         let mut tmp = self.blob_tempfile()?;
-        let mut hasher = BlobHasher::default();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = input.read(&mut buf).map_err(|e| RepoError::io(path, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n])
-                .map_err(|e| RepoError::io(tmp.path(), e))?;
-        }
-        let info = hasher.finish();
+        let tmp_path = tmp.path().to_path_buf();
+        let info = hash_file(path, |chunk| {
+            tmp.write_all(chunk)
+                .map_err(|e| RepoError::io(&tmp_path, e))
+        })?;
         self.store_blob(tmp, &info)?;
         Ok(info)
     }
@@ -1148,6 +1140,25 @@ impl BlobHasher {
                 ("sha512".to_string(), hex::encode(self.sha512.finalize())),
             ]),
         }
+    }
+}
+
+/// Length and hashes of the file at `path`, read in 1 MiB blocks, each also handed to `sink`.
+pub fn hash_file(
+    path: &Path,
+    mut sink: impl FnMut(&[u8]) -> Result<(), RepoError>,
+) -> Result<BlobInfo, RepoError> {
+    use std::io::Read;
+    let mut input = std::fs::File::open(path).map_err(|e| RepoError::io(path, e))?;
+    let mut hasher = BlobHasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf).map_err(|e| RepoError::io(path, e))?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+        sink(&buf[..n])?;
     }
 }
 
