@@ -280,10 +280,22 @@ impl<Repo> Updater<Repo> {
 
 /// Whether `file` already holds exactly the bytes `info` describes.
 pub fn is_cached(file: &Path, info: &TargetFile) -> bool {
-    let Ok(bytes) = std::fs::read(file) else {
+    use std::io::Read;
+    // Streamed: a cached image may be far larger than memory should hold for a check.
+    let (Ok(mut input), Ok(mut verifier)) = (
+        std::fs::File::open(file),
+        StreamVerifier::new(Some(info.length), &info.hashes),
+    ) else {
         return false;
     };
-    uptane_core::hash::verify_bytes(&bytes, Some(info.length), Some(&info.hashes)).is_ok()
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => return verifier.finish().is_ok(),
+            Ok(n) if verifier.update(&buf[..n]).is_ok() => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Downloads `url` to `dest`, verifying length and every hash while streaming. The bytes go
