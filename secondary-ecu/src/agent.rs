@@ -680,18 +680,8 @@ impl Agent {
             .map_err(io)?;
         // Bytes past the durable offset may be torn: drop them, and re-hash what is kept.
         file.set_len(self.state.durable_offset).map_err(io)?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = self.state.durable_offset;
-        while left > 0 {
-            let n = file
-                .read(&mut buf[..left.min(1 << 20) as usize])
-                .map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            verifier.update(&buf[..n]).map_err(|e| uptane_refusal(&e))?;
-            left -= n as u64;
-        }
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        feed(&mut verifier, &mut file)?;
         file.seek(SeekFrom::Start(self.state.durable_offset))
             .map_err(io)?;
         self.receiving = Some((verifier, self.state.durable_offset, file));
@@ -960,16 +950,20 @@ impl InstallJob {
 
     fn check_file(&self, path: &Path) -> Result<uptane_core::uptane::VerifiedImage, Refusal> {
         let mut verifier = self.approved.verifier().map_err(|e| uptane_refusal(&e))?;
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            verifier.update(&buf[..n]).map_err(|e| uptane_refusal(&e))?;
-        }
+        feed(&mut verifier, std::fs::File::open(path).map_err(io)?)?;
         verifier.finish().map_err(|e| uptane_refusal(&e))
+    }
+}
+
+/// Feeds everything `input` holds to `verifier`, in 1 MiB blocks.
+fn feed(verifier: &mut ImageVerifier, mut input: impl Read) -> Result<(), Refusal> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            return Ok(());
+        }
+        verifier.update(&buf[..n]).map_err(|e| uptane_refusal(&e))?;
     }
 }
 

@@ -49,6 +49,18 @@ impl Service {
             .map_err(|_| Status::internal("agent state poisoned"))
     }
 
+    /// Records an operation that finished within its call and returns it.
+    fn completed(
+        &self,
+        kind: &str,
+        correlation_id: &str,
+        outcome: Result<ResultCode, Refusal>,
+    ) -> Result<Response<Operation>, Status> {
+        let done = finished(new_operation(kind, correlation_id), outcome);
+        self.store(done.clone(), Arc::default())?;
+        Ok(Response::new(done))
+    }
+
     fn store(&self, operation: Operation, cancel: Arc<AtomicBool>) -> Result<(), Status> {
         self.operations
             .lock()
@@ -365,11 +377,8 @@ impl Secondary for Service {
         request: Request<ActivateRequest>,
     ) -> Result<Response<Operation>, Status> {
         let correlation_id = request.into_inner().correlation_id;
-        let operation = new_operation("activate", &correlation_id);
         let outcome = self.agent()?.activate(&correlation_id);
-        let done = finished(operation, outcome);
-        self.store(done.clone(), Arc::default())?;
-        Ok(Response::new(done))
+        self.completed("activate", &correlation_id, outcome)
     }
 
     async fn confirm(
@@ -377,11 +386,8 @@ impl Secondary for Service {
         request: Request<ConfirmRequest>,
     ) -> Result<Response<Operation>, Status> {
         let correlation_id = request.into_inner().correlation_id;
-        let operation = new_operation("confirm", &correlation_id);
         let outcome = self.agent()?.confirm(&correlation_id);
-        let done = finished(operation, outcome);
-        self.store(done.clone(), Arc::default())?;
-        Ok(Response::new(done))
+        self.completed("confirm", &correlation_id, outcome)
     }
 
     async fn get_operation(
