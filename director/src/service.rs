@@ -65,6 +65,14 @@ pub fn check_id(kind: &str, id: &str) -> Result<(), DirectorError> {
     }
 }
 
+/// Whether `table` has a row whose `column` is `value` (both names are literals of this module).
+fn exists(conn: &Connection, table: &str, column: &str, value: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(&format!(
+        "SELECT EXISTS(SELECT 1 FROM {table} WHERE {column} = ?1)"
+    ))?
+    .query_row([value], |r| r.get(0))
+}
+
 fn random_token(prefix: &str) -> Result<String, DirectorError> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| DirectorError::Internal(format!("random: {e}")))?;
@@ -227,11 +235,7 @@ fn insert_ecu(tx: &Transaction<'_>, vin: &str, ecu: &NewEcu) -> Result<(), Direc
     check_id("ECU serial", &ecu.serial)?;
     check_id("hardware id", &ecu.hardware_id)?;
     let key = check_key(&ecu.serial, &ecu.public_key)?;
-    let taken: bool = tx.query_row(
-        "SELECT EXISTS(SELECT 1 FROM ecus WHERE serial = ?1)",
-        [&ecu.serial],
-        |r| r.get(0),
-    )?;
+    let taken = exists(tx, "ecus", "serial", &ecu.serial)?;
     if taken {
         return Err(DirectorError::Conflict(format!(
             "ECU {} is already registered",
@@ -262,12 +266,7 @@ pub fn register_vehicle(
     }
     let credential = random_token("dvc")?;
     let tx = conn.transaction()?;
-    let exists: bool = tx.query_row(
-        "SELECT EXISTS(SELECT 1 FROM vehicles WHERE vin = ?1)",
-        [&vehicle.vin],
-        |r| r.get(0),
-    )?;
-    if exists {
+    if exists(&tx, "vehicles", "vin", &vehicle.vin)? {
         return Err(DirectorError::Conflict(format!(
             "vehicle {} is already registered",
             vehicle.vin
@@ -630,45 +629,38 @@ pub fn assign(
         .and_then(Value::as_u64)
         .unwrap_or(0);
     let tx = conn.transaction()?;
-    let mut candidates: Vec<(String, String, String, u64)> = Vec::new();
-    {
-        let mut stmt = tx.prepare_cached(
-            "SELECT serial, vin, hardware_id, installed_release_counter FROM ecus WHERE vin = ?1",
-        )?;
-        let mut all = tx.prepare_cached(
-            "SELECT serial, vin, hardware_id, installed_release_counter FROM ecus",
-        )?;
-        let mut by_serial = tx.prepare_cached("SELECT serial, vin, hardware_id, installed_release_counter FROM ecus WHERE serial = ?1")?;
-        let map = |r: &rusqlite::Row<'_>| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
+    let ecus_where =
+        |filter: Option<(&str, &str)>| -> rusqlite::Result<Vec<(String, String, String, u64)>> {
+            let sql = "SELECT serial, vin, hardware_id, installed_release_counter FROM ecus";
+            let map = |r: &rusqlite::Row<'_>| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
+            };
+            match filter {
+                Some((column, value)) => tx
+                    .prepare_cached(&format!("{sql} WHERE {column} = ?1"))?
+                    .query_map([value], map)?
+                    .collect(),
+                None => tx.prepare_cached(sql)?.query_map([], map)?.collect(),
+            }
         };
-        if !request.vins.is_empty() {
-            for vin in &request.vins {
-                let before = candidates.len();
-                let exists: bool = tx.query_row(
-                    "SELECT EXISTS(SELECT 1 FROM vehicles WHERE vin = ?1)",
-                    [vin],
-                    |r| r.get(0),
-                )?;
-                if !exists {
-                    return Err(DirectorError::NotFound(format!("no vehicle {vin}")));
-                }
-                candidates.extend(stmt.query_map([vin], map)?.collect::<Result<Vec<_>, _>>()?);
-                debug_assert!(candidates.len() >= before);
+    let mut candidates = Vec::new();
+    if !request.vins.is_empty() {
+        for vin in &request.vins {
+            if !exists(&tx, "vehicles", "vin", vin)? {
+                return Err(DirectorError::NotFound(format!("no vehicle {vin}")));
             }
-        } else if !request.ecus.is_empty() {
-            for serial in &request.ecus {
-                let found: Vec<_> = by_serial
-                    .query_map([serial], map)?
-                    .collect::<Result<_, _>>()?;
-                if found.is_empty() {
-                    return Err(DirectorError::NotFound(format!("no ECU {serial}")));
-                }
-                candidates.extend(found);
-            }
-        } else {
-            candidates.extend(all.query_map([], map)?.collect::<Result<Vec<_>, _>>()?);
+            candidates.extend(ecus_where(Some(("vin", vin)))?);
         }
+    } else if !request.ecus.is_empty() {
+        for serial in &request.ecus {
+            let found = ecus_where(Some(("serial", serial)))?;
+            if found.is_empty() {
+                return Err(DirectorError::NotFound(format!("no ECU {serial}")));
+            }
+            candidates.extend(found);
+        }
+    } else {
+        candidates.extend(ecus_where(None)?);
     }
     if !request.ecus.is_empty() {
         let wanted: BTreeSet<&String> = request.ecus.iter().collect();
@@ -804,12 +796,7 @@ pub fn cancel_assignment(
     now: UtcTime,
 ) -> Result<usize, DirectorError> {
     let tx = conn.transaction()?;
-    let exists: bool = tx.query_row(
-        "SELECT EXISTS(SELECT 1 FROM assignments WHERE correlation_id = ?1)",
-        [correlation_id],
-        |r| r.get(0),
-    )?;
-    if !exists {
+    if !exists(&tx, "assignments", "correlation_id", correlation_id)? {
         return Err(DirectorError::NotFound(format!(
             "no assignment {correlation_id}"
         )));
