@@ -1055,6 +1055,8 @@ pub struct ManifestOutcome {
     pub failed: Vec<String>,
     /// Attacks the ECUs reported.
     pub attacks_reported: usize,
+    /// ECUs the Primary could not reach this time.
+    pub unreachable: Vec<String>,
 }
 
 struct EcuRow {
@@ -1077,7 +1079,7 @@ pub fn process_manifest(
     now: UtcTime,
 ) -> Result<ManifestOutcome, DirectorError> {
     match check_manifest(conn, vin, bytes, policy, now) {
-        Ok(checked) => record_manifest(conn, vin, bytes, checked, now),
+        Ok((reports, unreachable)) => record_manifest(conn, vin, bytes, reports, &unreachable, now),
         Err((ecu, reason)) => {
             record_event(
                 conn,
@@ -1102,7 +1104,7 @@ fn check_manifest(
     bytes: &[u8],
     policy: &Policy,
     now: UtcTime,
-) -> Result<Vec<Verified<EcuVersionReport>>, Refusal> {
+) -> Result<(Vec<Verified<EcuVersionReport>>, BTreeMap<String, String>), Refusal> {
     let internal = |e: rusqlite::Error| (None, format!("storage: {e}"));
     let mut stmt = conn
         .prepare_cached(
@@ -1154,8 +1156,21 @@ fn check_manifest(
             ),
         ));
     }
+    for serial in manifest.unreachable_ecus.keys() {
+        if !inventory.contains_key(serial) {
+            return Err((Some(serial.clone()), format!("unknown ECU {serial}")));
+        }
+        if serial == primary_serial || manifest.ecu_version_reports.contains_key(serial) {
+            return Err((
+                Some(serial.clone()),
+                format!("ECU {serial} is both reported and declared unreachable"),
+            ));
+        }
+    }
     for serial in inventory.keys() {
-        if !manifest.ecu_version_reports.contains_key(serial) {
+        if !manifest.ecu_version_reports.contains_key(serial)
+            && !manifest.unreachable_ecus.contains_key(serial)
+        {
             return Err((
                 Some(serial.clone()),
                 format!("no version report from ECU {serial}"),
@@ -1218,7 +1233,7 @@ fn check_manifest(
         }
         reports.push(report);
     }
-    Ok(reports)
+    Ok((reports, manifest.unreachable_ecus.clone()))
 }
 
 fn record_manifest(
@@ -1226,6 +1241,7 @@ fn record_manifest(
     vin: &str,
     bytes: &[u8],
     reports: Vec<Verified<EcuVersionReport>>,
+    unreachable: &BTreeMap<String, String>,
     now: UtcTime,
 ) -> Result<ManifestOutcome, DirectorError> {
     let tx = conn.transaction()?;
@@ -1240,7 +1256,20 @@ fn record_manifest(
         installed: Vec::new(),
         failed: Vec::new(),
         attacks_reported: 0,
+        unreachable: unreachable.keys().cloned().collect(),
     };
+    for (serial, reason) in unreachable {
+        record_event(
+            &tx,
+            now,
+            "ecu_unreachable",
+            false,
+            Some(vin),
+            Some(serial),
+            &actor,
+            reason,
+        )?;
+    }
     let active = active_entries(&tx, vin)?;
     for report in &reports {
         let serial = &report.ecu_serial;

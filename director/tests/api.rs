@@ -652,6 +652,62 @@ async fn reported_attacks_become_security_events() {
 }
 
 #[tokio::test]
+async fn an_ecu_the_primary_declares_unreachable_does_not_block_the_manifest() {
+    let fleet = fleet();
+    let car = fleet.register(VIN, 35).await;
+    let reports: BTreeMap<String, Vec<u8>> = (0..2)
+        .map(|i| {
+            (
+                car.ecus[i].0.clone(),
+                car.report(i, b"x", "x.bin", 1, &format!("u{i}")),
+            )
+        })
+        .collect();
+    let radio = car.ecus[2].0.clone();
+    let declare = |unreachable: &[(&str, &str)]| {
+        let mut manifest = VehicleVersionManifest::new(&car.vin, &car.ecus[0].0, &reports).unwrap();
+        manifest.unreachable_ecus = unreachable
+            .iter()
+            .map(|(s, r)| (s.to_string(), r.to_string()))
+            .collect();
+        manifest.sign(&car.ecus[0].2).unwrap()
+    };
+
+    // Declaring a reported ECU, the Primary, or an unknown one unreachable is refused.
+    let brake = car.ecus[1].0.clone();
+    assert_manifest_refused(
+        &fleet,
+        &car,
+        VIN,
+        declare(&[(&radio, "offline"), (&brake, "offline")]),
+        StatusCode::BAD_REQUEST,
+        "both reported and declared unreachable",
+    )
+    .await;
+    assert_manifest_refused(
+        &fleet,
+        &car,
+        VIN,
+        declare(&[(&radio, "offline"), ("ECU-NOBODY", "offline")]),
+        StatusCode::BAD_REQUEST,
+        "unknown ECU",
+    )
+    .await;
+
+    let (status, outcome, _) = fleet
+        .send(
+            "POST",
+            &format!("/vehicles/{VIN}/manifest"),
+            Some(&car.credential),
+            Some(declare(&[(&radio, "connection refused")])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{outcome}");
+    assert_eq!(outcome["unreachable"], json!([radio]));
+    assert_eq!(fleet.events_of("ecu_unreachable"), 1);
+}
+
+#[tokio::test]
 async fn a_vehicle_reaches_only_its_own_metadata_and_manifests() {
     let fleet = fleet();
     let mut car = fleet.register(VIN, 40).await;

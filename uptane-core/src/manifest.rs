@@ -112,6 +112,10 @@ pub struct VehicleVersionManifest {
     pub primary_ecu_serial: String,
     /// ECU serial to that ECU's signed report, as the ECU signed it.
     pub ecu_version_reports: BTreeMap<String, Value>,
+    /// ECUs of the vehicle the Primary could not get a report from this time, with the
+    /// reason: an offline Secondary must not keep the rest of the vehicle from reporting.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unreachable_ecus: BTreeMap<String, String>,
 }
 
 impl VehicleVersionManifest {
@@ -135,6 +139,7 @@ impl VehicleVersionManifest {
             vin: vin.into(),
             primary_ecu_serial: primary_ecu_serial.into(),
             ecu_version_reports,
+            unreachable_ecus: BTreeMap::new(),
         })
     }
 
