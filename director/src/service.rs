@@ -1098,13 +1098,16 @@ pub fn process_manifest(
 
 type Refusal = (Option<String>, String);
 
+/// The verified reports, and the ECUs declared unreachable with why.
+type CheckedManifest = (Vec<Verified<EcuVersionReport>>, BTreeMap<String, String>);
+
 fn check_manifest(
     conn: &Connection,
     vin: &str,
     bytes: &[u8],
     policy: &Policy,
     now: UtcTime,
-) -> Result<(Vec<Verified<EcuVersionReport>>, BTreeMap<String, String>), Refusal> {
+) -> Result<CheckedManifest, Refusal> {
     let internal = |e: rusqlite::Error| (None, format!("storage: {e}"));
     let mut stmt = conn
         .prepare_cached(

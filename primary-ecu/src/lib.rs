@@ -1,9 +1,19 @@
-//! The Primary ECU agent.
+//! The Primary ECU agent: the only part of the vehicle that talks to the servers.
 //!
-//! So far this crate holds the repository client the Primary uses for both repositories
-//! ([`repo`]) and atomic file storage ([`store`]); the update cycle, the Secondary links and
-//! the `primary-ecu` binary come with issue 6. The `tuf-conformance-client` binary drives
-//! the repository client through the public TUF conformance suite's client protocol.
+//! [`agent::Primary`] runs the Uptane update cycle (§5.4.2): it collects the Secondaries'
+//! signed reports and sends the vehicle version manifest, verifies the Director and the
+//! Image repository with [`repo`] (a TUF client over `uptane_core::trusted`), downloads
+//! each image once ([`download`]), and delivers it to every Secondary in parallel over
+//! `uptane.secondary.v1` ([`secondary`]). [`provision`] creates the state directory and
+//! registers the vehicle; [`config`] and [`state`] hold what it is told and what it keeps.
+//! The `tuf-conformance-client` binary drives [`repo`] through the public TUF conformance
+//! suite's client protocol.
 
+pub mod agent;
+pub mod config;
+pub mod download;
+pub mod provision;
 pub mod repo;
+pub mod secondary;
+pub mod state;
 pub mod store;

@@ -3,157 +3,18 @@
 
 #![allow(clippy::unwrap_used)] // test support code outside #[test] functions
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod support;
+
 use std::time::Duration;
 
 use primary_ecu::repo::{
     ClientError, FetchError, Fetcher, MetadataDir, RefreshOutcome, Updater, download_verified,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use support::{Reply, Server};
 use uptane_core::error::{AttackKind, UpdateError};
 use uptane_core::sign::delegated_role;
 use uptane_core::testing::{RepoFixture, key, now};
 use uptane_core::trusted::{ImageRepo, Limits};
-
-#[derive(Clone)]
-enum Reply {
-    Body(Vec<u8>),
-    /// Streams this many bytes without a Content-Length.
-    Endless(u64),
-    /// Sends one byte per interval.
-    Trickle(Vec<u8>, Duration),
-}
-
-#[derive(Clone, Default)]
-struct Server {
-    files: Arc<Mutex<HashMap<String, Reply>>>,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    async fn start() -> (Self, String) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = Server::default();
-        let s = server.clone();
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(s.clone().handle(socket));
-            }
-        });
-        (server, base)
-    }
-
-    fn put(&self, path: &str, reply: Reply) {
-        self.files.lock().unwrap().insert(path.to_string(), reply);
-    }
-
-    fn publish(&self, repo: &RepoFixture) {
-        for (i, root) in repo.roots.iter().enumerate() {
-            self.put(
-                &format!("/metadata/{}.root.json", i + 1),
-                Reply::Body(root.clone()),
-            );
-        }
-        self.put(
-            "/metadata/timestamp.json",
-            Reply::Body(repo.timestamp.clone()),
-        );
-        let version = |bytes: &[u8]| {
-            let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
-            v["signed"]["version"].as_u64().unwrap()
-        };
-        self.put(
-            &format!("/metadata/{}.snapshot.json", version(&repo.snapshot)),
-            Reply::Body(repo.snapshot.clone()),
-        );
-        for (role, bytes) in &repo.targets_files {
-            let quoted = primary_ecu::repo::quote_role(role);
-            self.put(
-                &format!("/metadata/{}.{quoted}.json", version(bytes)),
-                Reply::Body(bytes.clone()),
-            );
-        }
-    }
-
-    fn take_log(&self) -> Vec<String> {
-        std::mem::take(&mut *self.log.lock().unwrap())
-    }
-
-    async fn handle(self, mut socket: tokio::net::TcpStream) {
-        let mut request = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-            match socket.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => request.extend_from_slice(&buf[..n]),
-            }
-        }
-        let text = String::from_utf8_lossy(&request).to_string();
-        let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let range_from: Option<usize> = text.lines().find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("range: bytes=")
-                .and_then(|r| r.trim_end_matches('-').parse().ok())
-        });
-        self.log.lock().unwrap().push(path.clone());
-        let reply = self.files.lock().unwrap().get(&path).cloned();
-        let _ = match reply {
-            None => {
-                socket
-                    .write_all(
-                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    )
-                    .await
-            }
-            Some(Reply::Body(body)) => {
-                let (status, body) = match range_from {
-                    Some(from) => ("206 Partial Content", body[from.min(body.len())..].to_vec()),
-                    None => ("200 OK", body),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                socket.write_all(head.as_bytes()).await.ok();
-                socket.write_all(&body).await
-            }
-            Some(Reply::Endless(total)) => {
-                socket
-                    .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
-                    .await
-                    .ok();
-                let chunk = vec![b' '; 64 * 1024];
-                let mut sent = 0;
-                while sent < total {
-                    if socket.write_all(&chunk).await.is_err() {
-                        break;
-                    }
-                    sent += chunk.len() as u64;
-                }
-                Ok(())
-            }
-            Some(Reply::Trickle(body, interval)) => {
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                socket.write_all(head.as_bytes()).await.ok();
-                for b in body {
-                    if socket.write_all(&[b]).await.is_err() {
-                        break;
-                    }
-                    socket.flush().await.ok();
-                    tokio::time::sleep(interval).await;
-                }
-                Ok(())
-            }
-        };
-        let _ = socket.shutdown().await;
-    }
-}
 
 fn fetcher() -> Fetcher {
     Fetcher::new(Duration::from_secs(10), 0).unwrap()

@@ -86,8 +86,9 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Starts `command` and waits up to `limit` for a `listening on ADDR` line on its stdout.
-pub fn spawn_listening(mut command: Command, limit: Duration) -> (ChildGuard, String) {
+/// Starts `command` in the background, collecting its stderr; its stdout goes to the
+/// returned reader.
+fn start(mut command: Command) -> (ChildGuard, std::process::ChildStdout) {
     command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -105,6 +106,26 @@ pub fn spawn_listening(mut command: Command, limit: Duration) -> (ChildGuard, St
             }
         }
     });
+    (
+        ChildGuard {
+            child,
+            stderr: collected,
+        },
+        stdout,
+    )
+}
+
+/// Starts `command` in the background (killed when the guard drops); its stdout is
+/// discarded.
+pub fn spawn(command: Command) -> ChildGuard {
+    let (guard, stdout) = start(command);
+    std::thread::spawn(move || std::io::copy(&mut BufReader::new(stdout), &mut std::io::sink()));
+    guard
+}
+
+/// Starts `command` and waits up to `limit` for a `listening on ADDR` line on its stdout.
+pub fn spawn_listening(command: Command, limit: Duration) -> (ChildGuard, String) {
+    let (guard, stdout) = start(command);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -113,10 +134,6 @@ pub fn spawn_listening(mut command: Command, limit: Duration) -> (ChildGuard, St
             }
         }
     });
-    let guard = ChildGuard {
-        child,
-        stderr: collected,
-    };
     match rx.recv_timeout(limit) {
         Ok(addr) => (guard, addr),
         Err(_) => panic!(

@@ -30,6 +30,8 @@ pub enum AttackKind {
     RepositoryMismatch,
     /// Metadata that is not well-formed; an attacker may be probing parsers.
     Malformed,
+    /// A signed report or manifest sent again, or not answering the nonce it was asked for.
+    Replay,
 }
 
 impl AttackKind {
@@ -47,6 +49,7 @@ impl AttackKind {
             AttackKind::WrongVehicle => "wrong_vehicle",
             AttackKind::RepositoryMismatch => "repository_mismatch",
             AttackKind::Malformed => "malformed",
+            AttackKind::Replay => "replay",
         }
     }
 }

@@ -79,6 +79,7 @@ pub struct Fetcher {
     http: reqwest::Client,
     min_bytes_per_sec: u64,
     grace: Duration,
+    bearer: Option<String>,
 }
 
 impl Fetcher {
@@ -103,11 +104,27 @@ impl Fetcher {
             http,
             min_bytes_per_sec,
             grace,
+            bearer: None,
         })
+    }
+
+    /// The same client, sending `token` as a bearer credential with every request (the
+    /// Director serves a vehicle's metadata only to that vehicle).
+    pub fn with_bearer(mut self, token: &str) -> Self {
+        self.bearer = Some(token.to_string());
+        self
+    }
+
+    /// The underlying HTTP client (connection pool shared with other calls).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     async fn get(&self, url: &str, from: u64) -> Result<reqwest::Response, FetchError> {
         let mut request = self.http.get(url);
+        if let Some(token) = &self.bearer {
+            request = request.bearer_auth(token);
+        }
         if from > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
         }

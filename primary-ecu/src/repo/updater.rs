@@ -71,12 +71,66 @@ fn update_err(role: &str) -> impl FnOnce(UpdateError) -> ClientError + '_ {
 #[derive(Debug, Clone)]
 pub struct MetadataDir {
     dir: PathBuf,
+    keep_root_history: bool,
 }
 
 impl MetadataDir {
     /// Metadata kept in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            keep_root_history: false,
+        }
+    }
+
+    /// Metadata kept in `dir`, with every root version also kept as `N.root.json`: a Primary
+    /// forwards the whole chain to Secondaries that may trust any older version.
+    pub fn with_root_history(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            keep_root_history: true,
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keeps `bytes` as root version `version` (and as the current root).
+    pub fn store_root(&self, version: u64, bytes: &[u8]) -> Result<(), ClientError> {
+        if self.keep_root_history {
+            let path = self.dir.join(metadata_file_name("root", Some(version)));
+            write_atomic(&path, bytes).map_err(|source| ClientError::Io { path, source })?;
+        }
+        self.store("root", bytes)
+    }
+
+    /// The kept root versions, oldest first (with [`MetadataDir::with_root_history`]).
+    pub fn root_history(&self) -> Result<Vec<Vec<u8>>, ClientError> {
+        let io = |source| ClientError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut versions = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            if let Some(version) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".root.json"))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                versions.push(version);
+            }
+        }
+        versions.sort_unstable();
+        versions
+            .into_iter()
+            .map(|v| {
+                let path = self.dir.join(metadata_file_name("root", Some(v)));
+                std::fs::read(&path).map_err(|source| ClientError::Io { path, source })
+            })
+            .collect()
     }
 
     /// Where role `role` is kept.
@@ -120,6 +174,7 @@ pub struct Updater<Repo> {
     fetcher: Fetcher,
     dir: MetadataDir,
     set: TrustedSet<Repo>,
+    delegated_roles: Vec<String>,
 }
 
 impl<Repo> Updater<Repo> {
@@ -142,7 +197,18 @@ impl<Repo> Updater<Repo> {
             fetcher,
             dir,
             set,
+            delegated_roles: Vec::new(),
         })
+    }
+
+    /// The metadata directory.
+    pub fn dir(&self) -> &MetadataDir {
+        &self.dir
+    }
+
+    /// The delegated roles target searches have loaded, in the order loaded.
+    pub fn delegated_roles(&self) -> &[String] {
+        &self.delegated_roles
     }
 
     /// The verified metadata.
@@ -177,7 +243,7 @@ impl<Repo> Updater<Repo> {
             self.set
                 .update_root(&Raw::new(bytes.clone()))
                 .map_err(update_err("root"))?;
-            self.dir.store("root", &bytes)?;
+            self.dir.store_root(next, &bytes)?;
         }
         Ok(())
     }
@@ -256,7 +322,10 @@ impl<Repo> Updater<Repo> {
         loop {
             match search.step(&self.set) {
                 SearchStep::Load { role, delegator } => {
-                    self.load_targets(&role, &delegator).await?
+                    self.load_targets(&role, &delegator).await?;
+                    if !self.delegated_roles.contains(&role) {
+                        self.delegated_roles.push(role);
+                    }
                 }
                 SearchStep::Found(target) => return Ok(target),
                 SearchStep::NotFound => return Err(ClientError::TargetNotFound(path.to_string())),

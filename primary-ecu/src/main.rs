@@ -1,0 +1,332 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use primary_ecu::agent::Primary;
+use primary_ecu::config::{Settings, SettingsArgs};
+use primary_ecu::provision::{self, Provisioning, Registration};
+use primary_ecu::state::{StateDir, read_json};
+use serde_json::{Value, json};
+
+/// The Primary ECU agent: polls the Director and the Image repository, verifies everything,
+/// and updates the vehicle's ECUs.
+#[derive(Debug, Parser)]
+#[command(name = "primary-ecu", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct RegistrationArgs {
+    /// Register the vehicle with this provisioning token.
+    #[arg(long, env = "PRIMARY_PROVISIONING_TOKEN", group = "registration")]
+    provisioning_token: Option<String>,
+    /// Register the vehicle with this operator API token.
+    #[arg(long, env = "PRIMARY_OPERATOR_TOKEN", group = "registration")]
+    operator_token: Option<String>,
+    /// The vehicle is registered already: use this credential.
+    #[arg(long, env = "PRIMARY_VEHICLE_CREDENTIAL", group = "registration")]
+    vehicle_credential: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates the Primary's key and state, pins both roots, asks each Secondary who it is,
+    /// and registers the vehicle with the Director.
+    Init {
+        /// State directory.
+        #[arg(long, env = "PRIMARY_DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        settings: SettingsArgs,
+        /// The Director root to pin.
+        #[arg(long, env = "PRIMARY_DIRECTOR_ROOT")]
+        director_root: PathBuf,
+        /// The Image repository root to pin.
+        #[arg(long, env = "PRIMARY_IMAGE_ROOT")]
+        image_root: PathBuf,
+        /// The Primary's factory image.
+        #[arg(long, env = "PRIMARY_FACTORY_IMAGE")]
+        factory_image: PathBuf,
+        /// File name of the factory image [default: its file name].
+        #[arg(long, env = "PRIMARY_FACTORY_NAME")]
+        factory_name: Option<String>,
+        #[command(flatten)]
+        registration: RegistrationArgs,
+    },
+    /// Runs update cycles every poll interval until SIGTERM or SIGINT.
+    Run {
+        /// State directory.
+        #[arg(long, env = "PRIMARY_DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Runs one update cycle. Exit status: 0 nothing left to do, 1 a server could not be
+    /// reached, 2 an attack was refused, 3 an ECU failed or work is pending.
+    Once {
+        /// State directory.
+        #[arg(long, env = "PRIMARY_DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Trusted metadata versions, installed images, pending work and the last error.
+    Status {
+        /// State directory.
+        #[arg(long, env = "PRIMARY_DIR")]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+}
+
+fn settings(dir: &Path, args: SettingsArgs) -> anyhow::Result<Settings> {
+    let kept = Settings::load(dir)?;
+    Ok(Settings::resolve(kept, args)?)
+}
+
+fn version_of(path: &Path) -> Value {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map_or(Value::Null, |doc| doc["signed"]["version"].clone())
+}
+
+fn status(dir: &Path) -> anyhow::Result<Value> {
+    let files = StateDir::new(dir);
+    let settings = Settings::load(dir)?.context("no config.json: run `primary-ecu init` first")?;
+    let state = files.load_state()?;
+    let versions = |metadata: PathBuf| {
+        json!({
+            "root": version_of(&metadata.join("root.json")),
+            "timestamp": version_of(&metadata.join("timestamp.json")),
+            "snapshot": version_of(&metadata.join("snapshot.json")),
+            "targets": version_of(&metadata.join("targets.json")),
+        })
+    };
+    let mut installed = serde_json::Map::new();
+    if let Some(own) = &state.installed {
+        installed.insert(settings.serial.clone(), json!(own.filename));
+    }
+    for (serial, image) in &state.reported {
+        installed.insert(serial.clone(), json!(image.filename));
+    }
+    let pending: Vec<Value> = state
+        .updates
+        .iter()
+        .filter(|(_, u)| !u.phase.is_final())
+        .map(|(serial, u)| json!({"ecu": serial, "correlation_id": u.correlation_id, "filename": u.filename, "phase": u.phase, "detail": u.detail, "attempts": u.attempts}))
+        .collect();
+    let inventory: Value = read_json(&files.inventory()).unwrap_or(Value::Null);
+    Ok(json!({
+        "vin": settings.vin,
+        "primary": settings.serial,
+        "ecus": inventory,
+        "director": versions(files.director_metadata()),
+        "image_repo": versions(files.image_metadata()),
+        "installed": installed,
+        "updates": state.updates,
+        "pending": pending,
+        "attacks_not_yet_reported": state.pending_attacks,
+        "last_cycle": state.last_cycle,
+        "last_error": state.last_error,
+    }))
+}
+
+fn print_status(status: &Value) {
+    let v = |x: &Value| match x {
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    println!(
+        "vehicle {}  primary {}",
+        v(&status["vin"]),
+        v(&status["primary"])
+    );
+    for repo in ["director", "image_repo"] {
+        let r = &status[repo];
+        println!(
+            "{repo:<10} root v{}  timestamp v{}  snapshot v{}  targets v{}",
+            v(&r["root"]),
+            v(&r["timestamp"]),
+            v(&r["snapshot"]),
+            v(&r["targets"])
+        );
+    }
+    if let Some(installed) = status["installed"].as_object() {
+        for (serial, filename) in installed {
+            println!("installed  {serial:<20} {}", v(filename));
+        }
+    }
+    match status["pending"].as_array() {
+        Some(pending) if !pending.is_empty() => {
+            for p in pending {
+                println!(
+                    "pending    {:<20} {} ({}, {}): {}",
+                    v(&p["ecu"]),
+                    v(&p["filename"]),
+                    v(&p["correlation_id"]),
+                    v(&p["phase"]),
+                    v(&p["detail"])
+                );
+            }
+        }
+        _ => println!("pending    none"),
+    }
+    let attacks = status["attacks_not_yet_reported"]
+        .as_array()
+        .map_or(0, Vec::len);
+    println!("attacks not yet reported: {attacks}");
+    println!("last cycle: {}", v(&status["last_cycle"]));
+    println!("last error: {}", v(&status["last_error"]));
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init {
+            dir,
+            settings: args,
+            director_root,
+            image_root,
+            factory_image,
+            factory_name,
+            registration,
+        } => {
+            let settings = settings(&dir, args)?;
+            let registration = match registration {
+                RegistrationArgs {
+                    provisioning_token: Some(t),
+                    ..
+                } => Registration::ProvisioningToken(t),
+                RegistrationArgs {
+                    operator_token: Some(t),
+                    ..
+                } => Registration::OperatorToken(t),
+                RegistrationArgs {
+                    vehicle_credential: Some(c),
+                    ..
+                } => Registration::Credential(c),
+                _ => anyhow::bail!(
+                    "one of --provisioning-token, --operator-token or --vehicle-credential is required"
+                ),
+            };
+            let factory_name = match factory_name {
+                Some(name) => name,
+                None => factory_image
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .context("--factory-name is required when the image path has no file name")?
+                    .to_string(),
+            };
+            let provisioning = Provisioning {
+                director_root,
+                image_root,
+                factory_image,
+                factory_name,
+                registration,
+            };
+            let inventory = provision::init(&dir, &settings, &provisioning).await?;
+            println!(
+                "provisioned vehicle {} in {}: {}",
+                settings.vin,
+                dir.display(),
+                inventory
+                    .iter()
+                    .map(|e| format!(
+                        "{} ({}, {})",
+                        e.serial,
+                        e.hardware_id,
+                        e.mode.map_or("primary", |m| m.as_str())
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            dir,
+            settings: args,
+        } => {
+            let settings = settings(&dir, args)?;
+            let interval = settings.poll_interval();
+            let mut primary = Primary::open(&dir, settings.clone())?;
+            println!(
+                "primary-ecu running for vehicle {} (every {} s)",
+                settings.vin,
+                interval.as_secs()
+            );
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
+            loop {
+                // Every state change is an atomic write, so stopping mid-cycle loses nothing.
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    report = primary.cycle() => {
+                        tracing::info!(exit = report.exit_code(), "{}", report.summary());
+                    }
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Once {
+            dir,
+            settings: args,
+        } => {
+            let settings = settings(&dir, args)?;
+            let mut primary = Primary::open(&dir, settings)?;
+            let report = primary.cycle().await;
+            println!("{}", report.summary());
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Command::Status { dir, json } => {
+            let status = status(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

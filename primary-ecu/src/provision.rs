@@ -1,0 +1,294 @@
+//! `primary-ecu init`: the Primary's key and state directory, the pinned roots of both
+//! repositories, the Secondaries' identities (asked over gRPC), and the vehicle's
+//! registration with the Director.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uptane_core::crypto::{PublicKey, SigningKey};
+use uptane_core::manifest::InstalledImage;
+use uptane_core::metadata::Root;
+use uptane_core::verify::{Raw, verify_root_self_signed};
+
+use crate::config::{Mode, Settings};
+use crate::repo::MetadataDir;
+use crate::secondary::SecondaryLink;
+use crate::state::{InventoryEcu, PrimaryState, StateDir};
+
+/// How the vehicle gets its Director credential.
+#[derive(Debug, Clone)]
+pub enum Registration {
+    /// The Primary registers the vehicle with a provisioning token.
+    ProvisioningToken(String),
+    /// The Primary registers the vehicle with an operator's API token.
+    OperatorToken(String),
+    /// An operator registered the vehicle already and handed over its credential.
+    Credential(String),
+}
+
+/// What `init` needs besides the settings.
+#[derive(Debug, Clone)]
+pub struct Provisioning {
+    /// The Director root to pin.
+    pub director_root: PathBuf,
+    /// The Image repository root to pin.
+    pub image_root: PathBuf,
+    /// The Primary's factory image and its file name.
+    pub factory_image: PathBuf,
+    /// File name of the factory image.
+    pub factory_name: String,
+    /// How to register.
+    pub registration: Registration,
+}
+
+/// Why provisioning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The state directory is already provisioned.
+    #[error("{0} already holds a provisioned Primary")]
+    AlreadyProvisioned(PathBuf),
+    /// A pinned root does not verify or cannot be read.
+    #[error("{path}: {reason}")]
+    Root {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A Secondary could not be asked, or says something else than configured.
+    #[error("Secondary {serial}: {reason}")]
+    Secondary {
+        /// Its configured serial.
+        serial: String,
+        /// Why.
+        reason: String,
+    },
+    /// The Director refused or could not be reached.
+    #[error("registration: {0}")]
+    Registration(String),
+    /// Local files.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError + '_ {
+    move |source| ProvisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn pinned_root(path: &Path) -> Result<(u64, Vec<u8>), ProvisionError> {
+    let root_error = |reason: String| ProvisionError::Root {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| root_error(e.to_string()))?;
+    let root = verify_root_self_signed(&Raw::<Root>::new(bytes.clone()))
+        .map_err(|e| root_error(format!("does not verify: {e}")))?;
+    Ok((root.common.version, bytes))
+}
+
+/// Asks every configured Secondary who it is, and checks that against the configuration.
+async fn secondaries(settings: &Settings) -> Result<Vec<InventoryEcu>, ProvisionError> {
+    let mut out = Vec::new();
+    for config in &settings.secondaries {
+        let refuse = |reason: String| ProvisionError::Secondary {
+            serial: config.serial.clone(),
+            reason,
+        };
+        let mut link = SecondaryLink::new(
+            config.clone(),
+            Duration::from_secs(settings.secondary_timeout_secs),
+        );
+        let info = link.info().await.map_err(|e| refuse(e.to_string()))?;
+        if info.ecu_serial != config.serial {
+            return Err(refuse(format!(
+                "{} answers as ECU {:?}",
+                config.address, info.ecu_serial
+            )));
+        }
+        let mode = match info.verification {
+            1 => Mode::Full,
+            2 => Mode::Partial,
+            other => return Err(refuse(format!("unknown verification mode {other}"))),
+        };
+        if mode != config.mode {
+            return Err(refuse(format!(
+                "configured for {} verification, the ECU does {}",
+                config.mode.as_str(),
+                mode.as_str()
+            )));
+        }
+        let public_key: Value = serde_json::from_slice(&info.public_key)
+            .map_err(|e| refuse(format!("public key is not JSON: {e}")))?;
+        PublicKey::from_json(public_key.clone())
+            .map_err(|e| refuse(format!("unusable public key: {e}")))?;
+        out.push(InventoryEcu {
+            serial: info.ecu_serial,
+            hardware_id: info.hardware_id,
+            public_key,
+            mode: Some(mode),
+        });
+    }
+    Ok(out)
+}
+
+async fn register(
+    settings: &Settings,
+    registration: &Registration,
+    inventory: &[InventoryEcu],
+) -> Result<String, ProvisionError> {
+    let (path, token) = match registration {
+        Registration::Credential(credential) => return Ok(credential.clone()),
+        Registration::ProvisioningToken(token) => ("api/v1/register", token),
+        Registration::OperatorToken(token) => ("api/v1/vehicles", token),
+    };
+    let body = json!({
+        "vin": settings.vin,
+        "ecus": inventory.iter().map(|e| json!({
+            "serial": e.serial,
+            "hardware_id": e.hardware_id,
+            "public_key": e.public_key,
+            "primary": e.mode.is_none(),
+        })).collect::<Vec<_>>(),
+    });
+    let url = format!("{}/{path}", settings.director_url.trim_end_matches('/'));
+    let failed = |reason: String| ProvisionError::Registration(reason);
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(settings.read_timeout_secs))
+        .build()
+        .map_err(|e| failed(e.to_string()))?
+        .post(&url)
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| failed(format!("{url}: {e}")))?;
+    let status = response.status();
+    let answer = json_body(response).await;
+    if !status.is_success() {
+        let why = answer["error"].as_str().unwrap_or("no reason given");
+        return Err(failed(format!("{url}: HTTP {status}: {why}")));
+    }
+    answer["credential"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| failed(format!("{url}: no credential in the answer")))
+}
+
+/// A response body as JSON (`null` when it is not JSON).
+pub(crate) async fn json_body(response: reqwest::Response) -> Value {
+    let bytes = response.bytes().await.unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    file.write_all(bytes).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+/// Provisions a Primary in `dir`. The credential is written last: a directory without one
+/// is an interrupted `init`, which may be run again.
+pub async fn init(
+    dir: &Path,
+    settings: &Settings,
+    provisioning: &Provisioning,
+) -> Result<Vec<InventoryEcu>, ProvisionError> {
+    let files = StateDir::new(dir);
+    if files.credential().exists() {
+        return Err(ProvisionError::AlreadyProvisioned(dir.to_path_buf()));
+    }
+    let (director_version, director_root) = pinned_root(&provisioning.director_root)?;
+    let (image_version, image_root) = pinned_root(&provisioning.image_root)?;
+    let factory =
+        std::fs::read(&provisioning.factory_image).map_err(io(&provisioning.factory_image))?;
+    let mut inventory = secondaries(settings).await?;
+
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let key = match std::fs::read_to_string(files.key()) {
+        Ok(pem) => SigningKey::from_pkcs8_pem(&pem).map_err(|e| ProvisionError::Io {
+            path: files.key(),
+            source: std::io::Error::other(e.to_string()),
+        })?,
+        Err(_) => {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| ProvisionError::Io {
+                path: files.key(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let key = SigningKey::from_seed(seed);
+            write_secret(&files.key(), key.to_pkcs8_pem().as_bytes())?;
+            key
+        }
+    };
+    let public = key.public_key().to_json().clone();
+    crate::store::write_atomic(
+        &files.public_key(),
+        &serde_json::to_vec_pretty(&public).expect("JSON serializes"),
+    )
+    .map_err(io(&files.public_key()))?;
+    inventory.insert(
+        0,
+        InventoryEcu {
+            serial: settings.serial.clone(),
+            hardware_id: settings.hardware_id.clone(),
+            public_key: public,
+            mode: None,
+        },
+    );
+    for (metadata, version, root) in [
+        (files.director_metadata(), director_version, &director_root),
+        (files.image_metadata(), image_version, &image_root),
+    ] {
+        std::fs::create_dir_all(&metadata).map_err(io(&metadata))?;
+        MetadataDir::with_root_history(&metadata)
+            .store_root(version, root)
+            .map_err(|e| ProvisionError::Io {
+                path: metadata.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+    }
+    let firmware = files.firmware();
+    std::fs::create_dir_all(crate::store::parent_dir(&firmware)).map_err(io(&firmware))?;
+    crate::store::write_atomic(&firmware, &factory).map_err(io(&firmware))?;
+    let state = PrimaryState {
+        installed: Some(InstalledImage {
+            filename: provisioning.factory_name.clone(),
+            length: factory.len() as u64,
+            hashes: uptane_core::hash::standard_hashes(&factory),
+            release_counter: 0,
+        }),
+        ..PrimaryState::default()
+    };
+    files.save_state(&state).map_err(io(&files.state()))?;
+    crate::store::write_atomic(
+        &files.inventory(),
+        &serde_json::to_vec_pretty(&inventory).expect("JSON serializes"),
+    )
+    .map_err(io(&files.inventory()))?;
+    settings.save(dir).map_err(|e| ProvisionError::Io {
+        path: dir.join("config.json"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let credential = register(settings, &provisioning.registration, &inventory).await?;
+    write_secret(&files.credential(), credential.as_bytes())?;
+    Ok(inventory)
+}

@@ -1,0 +1,487 @@
+//! The Primary's side of `uptane.secondary.v1`: version reports, and the delivery of one
+//! verified update (time, metadata, resumable transfer, install, trial boot) to one
+//! Secondary. Every call has a deadline, so a Secondary that stops answering costs a bounded
+//! wait and never blocks the others.
+
+use std::path::Path;
+use std::time::Duration;
+
+use proto::v1::secondary_client::SecondaryClient;
+use proto::v1::{
+    ActivateRequest, BeginTransferRequest, Chunk, GetInfoRequest, GetInstallationResultRequest,
+    GetOperationRequest, GetVersionReportRequest, InstallRequest, Operation, PutMetadataRequest,
+    PutTimeRequest, ResultCode,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::SecondaryConfig;
+
+/// Largest chunk the Primary sends, whatever the Secondary accepts.
+const MAX_CHUNK: usize = 1 << 20;
+/// Slowest transfer the deadline of an upload allows for, in bytes per second.
+const MIN_TRANSFER_BYTES_PER_SEC: u64 = 1 << 20;
+
+/// Why talking to a Secondary failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// It could not be reached.
+    #[error("{serial} at {address} is unreachable: {reason}")]
+    Unreachable {
+        /// Its serial.
+        serial: String,
+        /// Where it was expected.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// It did not answer in time.
+    #[error("{serial}: {call} did not finish within {seconds} s")]
+    Timeout {
+        /// Its serial.
+        serial: String,
+        /// The call.
+        call: &'static str,
+        /// The deadline.
+        seconds: u64,
+    },
+    /// It answered with a protocol error.
+    #[error("{serial}: {call}: {status}")]
+    Status {
+        /// Its serial.
+        serial: String,
+        /// The call.
+        call: &'static str,
+        /// What it said.
+        status: Box<tonic::Status>,
+    },
+    /// Reading the image to send failed.
+    #[error("{serial}: reading the image: {source}")]
+    Io {
+        /// Its serial.
+        serial: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How one delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The ECU runs the image.
+    Installed,
+    /// The ECU refused or failed it; final for this assignment.
+    Failed {
+        /// The ECU's result code.
+        code: ResultCode,
+        /// The attack it named, if any.
+        attack: Option<String>,
+        /// Its description.
+        detail: String,
+    },
+    /// Not finished; try again in a later cycle.
+    Retry(String),
+}
+
+/// A connection (made on demand) to one Secondary.
+#[derive(Debug)]
+pub struct SecondaryLink {
+    config: SecondaryConfig,
+    timeout: Duration,
+    client: Option<SecondaryClient<Channel>>,
+}
+
+fn final_failure(code: ResultCode) -> bool {
+    !matches!(
+        code,
+        ResultCode::Ok
+            | ResultCode::NeedCompletion
+            | ResultCode::AlreadyProcessed
+            | ResultCode::Busy
+            | ResultCode::InternalError
+            | ResultCode::DownloadFailed
+            | ResultCode::Unspecified
+    )
+}
+
+fn failed(result: Option<proto::v1::Result>, fallback: &str) -> Delivery {
+    let result = result.unwrap_or_default();
+    let code = ResultCode::try_from(result.code).unwrap_or(ResultCode::InternalError);
+    let detail = if result.description.is_empty() {
+        fallback.to_string()
+    } else {
+        result.description
+    };
+    if final_failure(code) {
+        Delivery::Failed {
+            code,
+            attack: (!result.attack.is_empty()).then_some(result.attack),
+            detail,
+        }
+    } else {
+        Delivery::Retry(format!("{}: {detail}", code.as_str_name()))
+    }
+}
+
+impl SecondaryLink {
+    /// A link to `config`, each call bounded by `timeout`.
+    pub fn new(config: SecondaryConfig, timeout: Duration) -> Self {
+        Self {
+            config,
+            timeout,
+            client: None,
+        }
+    }
+
+    /// The Secondary's configuration.
+    pub fn config(&self) -> &SecondaryConfig {
+        &self.config
+    }
+
+    fn serial(&self) -> String {
+        self.config.serial.clone()
+    }
+
+    async fn client(&mut self) -> Result<&mut SecondaryClient<Channel>, LinkError> {
+        if self.client.is_none() {
+            let unreachable = |reason: String| LinkError::Unreachable {
+                serial: self.config.serial.clone(),
+                address: self.config.address.clone(),
+                reason,
+            };
+            let endpoint = Endpoint::from_shared(format!("http://{}", self.config.address))
+                .map_err(|e| unreachable(e.to_string()))?
+                .connect_timeout(self.timeout.min(Duration::from_secs(5)))
+                // One chunk in flight needs windows of at least a chunk (docs/PROTOCOL.md).
+                .initial_stream_window_size(Some(4 << 20))
+                .initial_connection_window_size(Some(8 << 20))
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(self.timeout);
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| unreachable(format!("{e}: {:?}", std::error::Error::source(&e))))?;
+            self.client = Some(
+                SecondaryClient::new(channel)
+                    .max_decoding_message_size(4 << 20)
+                    .max_encoding_message_size(4 << 20),
+            );
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Runs one call under the deadline; a failed call drops the connection so the next
+    /// one reconnects.
+    async fn call<T, F>(
+        &mut self,
+        name: &'static str,
+        deadline: Duration,
+        call: impl FnOnce(SecondaryClient<Channel>) -> F,
+    ) -> Result<T, LinkError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let client = self.client().await?.clone();
+        let serial = self.serial();
+        match tokio::time::timeout(deadline, call(client)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => {
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) {
+                    self.client = None;
+                }
+                Err(LinkError::Status {
+                    serial,
+                    call: name,
+                    status: Box::new(status),
+                })
+            }
+            Err(_) => {
+                self.client = None;
+                Err(LinkError::Timeout {
+                    serial,
+                    call: name,
+                    seconds: deadline.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// Serial, hardware id, public key and verification mode, as the ECU states them.
+    pub async fn info(&mut self) -> Result<proto::v1::EcuInfo, LinkError> {
+        let t = self.timeout;
+        self.call("GetInfo", t, |mut c| async move {
+            c.get_info(GetInfoRequest {
+                primary_protocol_version: 1,
+            })
+            .await
+        })
+        .await
+    }
+
+    /// The ECU's signed version report for `nonce`, as it signed it.
+    pub async fn version_report(&mut self, nonce: &str) -> Result<Vec<u8>, LinkError> {
+        let t = self.timeout;
+        let nonce = nonce.to_string();
+        let report = self
+            .call("GetVersionReport", t, |mut c| async move {
+                c.get_version_report(GetVersionReportRequest { nonce })
+                    .await
+            })
+            .await?;
+        Ok(report.signed_report)
+    }
+
+    async fn installation_result(
+        &mut self,
+        correlation_id: &str,
+    ) -> Result<Option<proto::v1::Result>, LinkError> {
+        let t = self.timeout;
+        let correlation_id = correlation_id.to_string();
+        match self
+            .call("GetInstallationResult", t, |mut c| async move {
+                c.get_installation_result(GetInstallationResultRequest { correlation_id })
+                    .await
+            })
+            .await
+        {
+            Ok(r) => Ok(r.result),
+            Err(LinkError::Status { status, .. }) if status.code() == tonic::Code::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends one verified update: the time, the metadata, the image (resumed from what the
+    /// ECU already holds durably), then install and trial boot. Safe to repeat after any
+    /// interruption: an update the ECU already finished is recognized by its kept result.
+    pub async fn deliver(
+        &mut self,
+        unix_seconds: i64,
+        bundle: PutMetadataRequest,
+        image: &Path,
+        filename: &str,
+        length: u64,
+    ) -> Result<Delivery, LinkError> {
+        let correlation_id = bundle.correlation_id.clone();
+        if let Some(done) = self.kept_outcome(&correlation_id).await? {
+            return Ok(done);
+        }
+        let t = self.timeout;
+        let time = self
+            .call("PutTime", t, |mut c| async move {
+                c.put_time(PutTimeRequest { unix_seconds }).await
+            })
+            .await?;
+        if time.code != ResultCode::Ok as i32 {
+            return Ok(failed(Some(time), "time refused"));
+        }
+        let accepted = self
+            .call("PutMetadata", t, |mut c| async move {
+                c.put_metadata(bundle).await
+            })
+            .await?;
+        match ResultCode::try_from(accepted.code) {
+            Ok(ResultCode::Ok) => {}
+            Ok(ResultCode::AlreadyProcessed) => return Ok(Delivery::Installed),
+            Ok(ResultCode::NoUpdate) => {
+                return Ok(Delivery::Failed {
+                    code: ResultCode::NoUpdate,
+                    attack: None,
+                    detail: "the ECU's own verification finds no update for it".into(),
+                });
+            }
+            _ => return Ok(failed(Some(accepted), "metadata refused")),
+        }
+        if self
+            .installation_result(&correlation_id)
+            .await?
+            .map(|r| r.code)
+            != Some(ResultCode::NeedCompletion as i32)
+        {
+            if let Some(refused) = self
+                .transfer(&correlation_id, image, filename, length)
+                .await?
+            {
+                return Ok(refused);
+            }
+            let installed = self.install(&correlation_id, length).await?;
+            if installed.code != ResultCode::NeedCompletion as i32 {
+                return Ok(failed(Some(installed), "install failed"));
+            }
+        }
+        let activated = self
+            .call("Activate", t, |mut c| {
+                let correlation_id = correlation_id.clone();
+                async move { c.activate(ActivateRequest { correlation_id }).await }
+            })
+            .await?;
+        let activated = self.finish_operation(activated, t).await?;
+        match self.kept_outcome(&correlation_id).await? {
+            Some(done) => Ok(done),
+            None => Ok(failed(activated.result, "activation did not finish")),
+        }
+    }
+
+    /// The final outcome the ECU kept for this update, if it has one.
+    async fn kept_outcome(&mut self, correlation_id: &str) -> Result<Option<Delivery>, LinkError> {
+        Ok(match self.installation_result(correlation_id).await? {
+            Some(r) if r.code == ResultCode::Ok as i32 => Some(Delivery::Installed),
+            Some(r) if final_failure(ResultCode::try_from(r.code).unwrap_or_default()) => {
+                Some(failed(Some(r), "failed"))
+            }
+            _ => None,
+        })
+    }
+
+    /// Sends the image from the ECU's durable offset; `Some` when the ECU refused it.
+    async fn transfer(
+        &mut self,
+        correlation_id: &str,
+        image: &Path,
+        filename: &str,
+        length: u64,
+    ) -> Result<Option<Delivery>, LinkError> {
+        let t = self.timeout;
+        let begin = BeginTransferRequest {
+            correlation_id: correlation_id.to_string(),
+            filename: filename.to_string(),
+            length,
+        };
+        let state = self
+            .call("BeginTransfer", t, |mut c| async move {
+                c.begin_transfer(begin).await
+            })
+            .await?;
+        if state
+            .result
+            .as_ref()
+            .is_some_and(|r| r.code != ResultCode::Ok as i32)
+        {
+            return Ok(Some(failed(state.result, "transfer refused")));
+        }
+        if state.complete {
+            return Ok(None);
+        }
+        let from = state.durable_offset;
+        let chunk_size = match self.info().await?.max_chunk_size as usize {
+            0 => MAX_CHUNK,
+            n => n.min(MAX_CHUNK),
+        };
+        let serial = self.serial();
+        let io = |source| LinkError::Io {
+            serial: serial.clone(),
+            source,
+        };
+        let mut file = tokio::fs::File::open(image).await.map_err(io)?;
+        file.seek(std::io::SeekFrom::Start(from))
+            .await
+            .map_err(io)?;
+        let chunks = chunk_stream(file, correlation_id.to_string(), from, length, chunk_size);
+        let deadline = t + Duration::from_secs((length - from) / MIN_TRANSFER_BYTES_PER_SEC);
+        let state = self
+            .call(
+                "Upload",
+                deadline,
+                |mut c| async move { c.upload(chunks).await },
+            )
+            .await?;
+        if state
+            .result
+            .as_ref()
+            .is_some_and(|r| r.code != ResultCode::Ok as i32)
+        {
+            return Ok(Some(failed(state.result, "transfer refused")));
+        }
+        if !state.complete {
+            return Ok(Some(Delivery::Retry(format!(
+                "transfer stopped at {} of {length} bytes",
+                state.durable_offset
+            ))));
+        }
+        Ok(None)
+    }
+
+    async fn install(
+        &mut self,
+        correlation_id: &str,
+        length: u64,
+    ) -> Result<proto::v1::Result, LinkError> {
+        let t = self.timeout;
+        let request = InstallRequest {
+            correlation_id: correlation_id.to_string(),
+        };
+        let operation = self
+            .call(
+                "Install",
+                t,
+                |mut c| async move { c.install(request).await },
+            )
+            .await?;
+        let deadline = t + Duration::from_secs(2 * length / MIN_TRANSFER_BYTES_PER_SEC);
+        let operation = self.finish_operation(operation, deadline).await?;
+        Ok(operation.result.unwrap_or_default())
+    }
+
+    /// Polls a background operation until it leaves `running`, within `deadline`.
+    async fn finish_operation(
+        &mut self,
+        mut operation: Operation,
+        deadline: Duration,
+    ) -> Result<Operation, LinkError> {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        while operation.state == "running" {
+            if started.elapsed() > deadline {
+                return Err(LinkError::Timeout {
+                    serial: self.serial(),
+                    call: "GetOperation",
+                    seconds: deadline.as_secs(),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+            let operation_id = operation.operation_id.clone();
+            let t = self.timeout;
+            operation = self
+                .call("GetOperation", t, |mut c| async move {
+                    c.get_operation(GetOperationRequest { operation_id }).await
+                })
+                .await?;
+        }
+        Ok(operation)
+    }
+}
+
+/// The image from `from` to `length`, in chunks read as the stream is polled (never the
+/// whole image in memory).
+fn chunk_stream(
+    file: tokio::fs::File,
+    correlation_id: String,
+    from: u64,
+    length: u64,
+    chunk_size: usize,
+) -> impl futures_util::Stream<Item = Chunk> + Send + 'static {
+    futures_util::stream::unfold((file, from), move |(mut file, offset)| {
+        let correlation_id = correlation_id.clone();
+        async move {
+            if offset >= length {
+                return None;
+            }
+            let want = chunk_size.min((length - offset) as usize);
+            let mut data = vec![0u8; want];
+            // A short or failed read ends the stream; the ECU reports the offset reached.
+            file.read_exact(&mut data).await.ok()?;
+            let chunk = Chunk {
+                correlation_id,
+                offset,
+                data,
+            };
+            Some((chunk, (file, offset + want as u64)))
+        }
+    })
+}

@@ -1,0 +1,208 @@
+//! What the Primary keeps between cycles and across `kill -9`: its identity and inventory,
+//! counters, the latest time it has seen, attacks not yet reported, its own installed image,
+//! and the progress of each ECU's update. Every change is one atomic file write.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uptane_core::manifest::{DetectedAttack, InstalledImage};
+use uptane_core::time::UtcTime;
+
+use crate::config::Mode;
+
+/// One ECU of the vehicle as the Primary registered it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryEcu {
+    /// Serial.
+    pub serial: String,
+    /// Hardware id.
+    pub hardware_id: String,
+    /// Its public key, a TUF key object.
+    pub public_key: serde_json::Value,
+    /// Verification mode (`None` for the Primary itself).
+    pub mode: Option<Mode>,
+}
+
+/// Where an ECU's current update stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Verified, waiting for the image download.
+    Downloading,
+    /// Downloaded, being sent to (or installed by) the ECU.
+    Delivering,
+    /// The ECU runs the image.
+    Installed,
+    /// The ECU refused or failed it; not retried for this assignment.
+    Failed,
+}
+
+impl Phase {
+    /// Whether nothing more will be done for this assignment.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Installed | Phase::Failed)
+    }
+}
+
+/// One ECU's update in progress or done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EcuUpdate {
+    /// The assignment's correlation id.
+    pub correlation_id: String,
+    /// The image.
+    pub filename: String,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// Where it stands.
+    pub phase: Phase,
+    /// The ECU's result code or the Primary's reason, in words.
+    pub detail: String,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+}
+
+/// The Primary's durable state (`state.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrimaryState {
+    /// The Primary's report counter; goes up before each report leaves.
+    pub report_counter: u64,
+    /// The latest time the Primary has seen; its clock is never trusted to go back.
+    #[serde(default, with = "optional_time")]
+    pub latest_time: Option<UtcTime>,
+    /// Attacks detected and not yet accepted by the Director in a manifest.
+    pub pending_attacks: Vec<DetectedAttack>,
+    /// The Primary's own image.
+    pub installed: Option<InstalledImage>,
+    /// The Primary's own latest install result (`{correlation_id, result, detail}`).
+    pub last_install: Option<serde_json::Value>,
+    /// The update of each ECU (the Primary included), by serial.
+    pub updates: BTreeMap<String, EcuUpdate>,
+    /// The Director targets version whose updates all reached a final phase.
+    pub completed_targets_version: Option<u64>,
+    /// The last installed image each ECU reported, by serial.
+    pub reported: BTreeMap<String, InstalledImage>,
+    /// The last cycle, in words.
+    pub last_cycle: Option<String>,
+    /// The last error, in words.
+    pub last_error: Option<String>,
+}
+
+mod optional_time {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use uptane_core::time::{UtcTime, format_expires, parse_expires};
+
+    pub(super) fn serialize<S: Serializer>(t: &Option<UtcTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&format_expires(t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<UtcTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| {
+                parse_expires(&text)
+                    .ok_or_else(|| serde::de::Error::custom(format!("bad time {text:?}")))
+            })
+            .transpose()
+    }
+}
+
+/// The files of a Primary's state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The Primary's ECU key (PKCS#8 PEM, mode 0600).
+    pub fn key(&self) -> PathBuf {
+        self.root.join("ecu.pem")
+    }
+
+    /// The Primary's public key, a TUF key object.
+    pub fn public_key(&self) -> PathBuf {
+        self.root.join("ecu.pub.json")
+    }
+
+    /// The vehicle credential the Director issued (mode 0600).
+    pub fn credential(&self) -> PathBuf {
+        self.root.join("credential")
+    }
+
+    /// The registered ECUs.
+    pub fn inventory(&self) -> PathBuf {
+        self.root.join("inventory.json")
+    }
+
+    /// `state.json`.
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+
+    /// Trusted Director metadata.
+    pub fn director_metadata(&self) -> PathBuf {
+        self.root.join("metadata").join("director")
+    }
+
+    /// Trusted Image repository metadata.
+    pub fn image_metadata(&self) -> PathBuf {
+        self.root.join("metadata").join("image-repo")
+    }
+
+    /// Verified images, named by SHA-256.
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// Downloads in progress.
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
+
+    /// The image the Primary itself runs.
+    pub fn firmware(&self) -> PathBuf {
+        self.root.join("firmware").join("active.img")
+    }
+
+    /// Reads `state.json`.
+    pub fn load_state(&self) -> std::io::Result<PrimaryState> {
+        read_json(&self.state())
+    }
+
+    /// Writes `state.json` atomically.
+    pub fn save_state(&self, state: &PrimaryState) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+        crate::store::write_atomic(&self.state(), &bytes)
+    }
+
+    /// Reads the inventory.
+    pub fn load_inventory(&self) -> std::io::Result<Vec<InventoryEcu>> {
+        read_json(&self.inventory())
+    }
+}
+
+/// Reads and parses a JSON file, naming the file in the error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<T> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
+}
