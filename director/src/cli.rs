@@ -371,10 +371,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.call_blocking(|conn| {
                 service::store_initial_root(conn, &signers, root_threshold, &online, now())
             })?;
+            let root = db
+                .call_blocking(|conn| service::root(conn, 1))?
+                .context("the initial root was not stored")?;
+            // Public: vehicles are provisioned with it before they hold a credential.
+            let root_path = dir.join("1.root.json");
+            std::fs::write(&root_path, &root)?;
             println!(
-                "initialized Director in {} ({root_threshold}-of-{root_keys} root keys in {})",
+                "initialized Director in {} ({root_threshold}-of-{root_keys} root keys in {}); \
+                 the root to provision vehicles with is {}",
                 dir.display(),
-                offline_keys.display()
+                offline_keys.display(),
+                root_path.display()
             );
             Ok(())
         }

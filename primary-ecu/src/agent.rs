@@ -639,10 +639,15 @@ impl Primary {
                     downloaded.insert(sha256, path);
                 }
                 Err(e) => {
-                    let detail = format!("download of {}: {e}", image.filename());
-                    if let Some(kind) = e.attack() {
-                        self.record_attack(kind, &detail);
-                    }
+                    let detail = match e.attack() {
+                        Some(kind) => {
+                            let detail =
+                                format!("download of {} refused ({kind}): {e}", image.filename());
+                            self.record_attack(kind, &detail);
+                            detail
+                        }
+                        None => format!("download of {}: {e}", image.filename()),
+                    };
                     for (other, _) in work.iter().filter(|(o, _)| sha256_of(o) == sha256) {
                         report.ecus.insert(
                             other.ecu_serial().to_string(),

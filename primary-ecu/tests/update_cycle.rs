@@ -690,3 +690,233 @@ async fn a_primary_killed_during_a_transfer_completes_it_after_the_restart() {
         "the image was downloaded once"
     );
 }
+
+/// One refusal: how the attack is staged, and what the Primary must say.
+struct Attack {
+    name: &'static str,
+    stage: fn(&mut World, &[Offer]),
+    kind: &'static str,
+    exit: i32,
+}
+
+fn other_bytes(offer: &Offer) -> Vec<u8> {
+    offer.bytes.iter().map(|b| b ^ 0x5a).collect()
+}
+
+fn attacks() -> Vec<Attack> {
+    vec![
+        Attack {
+            name: "the repositories disagree on the hashes",
+            stage: |w, o| {
+                w.assign_with(o, |x| Offer {
+                    bytes: other_bytes(x),
+                    ..x.clone()
+                })
+            },
+            kind: "repository_mismatch",
+            exit: 2,
+        },
+        Attack {
+            name: "the repositories disagree on the length",
+            stage: |w, o| {
+                w.assign_with(o, |x| Offer {
+                    bytes: [x.bytes.as_slice(), b"more"].concat(),
+                    ..x.clone()
+                })
+            },
+            kind: "repository_mismatch",
+            exit: 2,
+        },
+        Attack {
+            name: "the Image repository lists another hardware id",
+            stage: |w, o| {
+                w.assign_with(o, |x| Offer {
+                    hardware_id: "hw-other",
+                    ..x.clone()
+                })
+            },
+            kind: "wrong_hardware",
+            exit: 2,
+        },
+        Attack {
+            name: "the repositories disagree on the release counter",
+            stage: |w, o| {
+                w.assign_with(o, |x| Offer {
+                    counter: x.counter + 1,
+                    ..x.clone()
+                })
+            },
+            kind: "repository_mismatch",
+            exit: 2,
+        },
+        Attack {
+            name: "the image served is not the one the metadata describes",
+            stage: |w, o| {
+                w.assign(o);
+                for offer in o {
+                    w.server.put(
+                        &World::target_path(&offer.name, &offer.bytes),
+                        Reply::Body(other_bytes(offer)),
+                    );
+                }
+            },
+            kind: "arbitrary_software",
+            exit: 3,
+        },
+        Attack {
+            name: "a Director target for an ECU not in this vehicle",
+            stage: |w, o| {
+                let mut stranger = o[0].clone();
+                stranger.serial = "STRANGER-1";
+                w.assign(&[stranger]);
+            },
+            kind: "unknown_ecu",
+            exit: 2,
+        },
+        Attack {
+            name: "expired Director metadata",
+            stage: |w, o| {
+                let expires = w.director.expires;
+                w.director.expires = now() - chrono::Duration::hours(1);
+                w.assign(o);
+                w.director.expires = expires;
+                w.director.publish();
+            },
+            kind: "freeze",
+            exit: 2,
+        },
+        Attack {
+            name: "expired Image repository metadata",
+            stage: |w, o| {
+                let expires = w.images.expires;
+                w.images.expires = now() - chrono::Duration::hours(1);
+                w.assign(o);
+                w.images.expires = expires;
+                w.images.publish();
+            },
+            kind: "freeze",
+            exit: 2,
+        },
+        Attack {
+            name: "rolled-back Director metadata",
+            stage: |w, _| {
+                let old = w.director.clone();
+                w.assign(&[]);
+                // The Primary trusts the newer versions now; serve the old ones.
+                let (code, _) = futures_block(w.once());
+                assert_eq!(code, 0);
+                w.server
+                    .publish_at(&format!("/director/vehicles/{VIN}/metadata"), &old);
+            },
+            kind: "rollback",
+            exit: 2,
+        },
+        Attack {
+            name: "rolled-back Image repository metadata",
+            stage: |w, o| {
+                let old = w.images.clone();
+                w.assign(&[]);
+                let (code, _) = futures_block(w.once());
+                assert_eq!(code, 0);
+                w.assign(o);
+                w.server.publish_at("/images/metadata", &old);
+            },
+            kind: "rollback",
+            exit: 2,
+        },
+        Attack {
+            name: "a timestamp larger than its limit",
+            stage: |w, o| {
+                w.assign(o);
+                w.server.put(
+                    &format!("/director/vehicles/{VIN}/metadata/timestamp.json"),
+                    Reply::Endless(4 << 20),
+                );
+            },
+            kind: "endless_data",
+            exit: 2,
+        },
+    ]
+}
+
+fn futures_block<F: Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_installs_nothing_and_is_reported_with_its_kind() {
+    let mut world = World::new(&[(BRAKE, "full")]).await;
+    let (code, summary) = world.once().await;
+    assert_eq!(code, 0, "{summary}");
+    for (i, attack) in attacks().into_iter().enumerate() {
+        let version = 10 + i as u64;
+        let offers = vec![
+            Offer::new(
+                PRIMARY,
+                &format!("gw-{version}.bin"),
+                image(version as u8, 5_000),
+                version,
+            ),
+            Offer::new(
+                BRAKE,
+                &format!("brake-{version}.bin"),
+                image(version as u8 + 1, 7_000),
+                version,
+            ),
+        ];
+        (attack.stage)(&mut world, &offers);
+        let trusted_before = world.status();
+        let (code, summary) = world.once().await;
+        assert_eq!(code, attack.exit, "{}: {summary}", attack.name);
+        assert!(
+            summary.contains(attack.kind),
+            "{}: {summary} does not name {}",
+            attack.name,
+            attack.kind
+        );
+        let manifest = world.last_manifest();
+        let mut kinds = manifest.attacks();
+        kinds.dedup();
+        assert_eq!(kinds, [attack.kind], "{}", attack.name);
+        assert_eq!(
+            manifest.installed(PRIMARY.0),
+            "factory.bin",
+            "{}",
+            attack.name
+        );
+        assert_eq!(
+            manifest.installed(BRAKE.0),
+            "BRAKE-1-0.bin",
+            "{}",
+            attack.name
+        );
+        let trusted_after = world.status();
+        for repo in ["director", "image_repo"] {
+            for role in ["timestamp", "snapshot", "targets"] {
+                let (before, after) = (
+                    trusted_before[repo][role].as_u64().unwrap_or(0),
+                    trusted_after[repo][role].as_u64().unwrap_or(0),
+                );
+                assert!(
+                    after >= before,
+                    "{}: {repo} {role} went from {before} to {after}",
+                    attack.name
+                );
+            }
+        }
+        world.serve();
+    }
+
+    // The attacks stop: the vehicle updates normally.
+    let offers = [
+        Offer::new(PRIMARY, "gw-99.bin", image(99, 5_000), 99),
+        Offer::new(BRAKE, "brake-99.bin", image(98, 7_000), 99),
+    ];
+    world.assign(&offers);
+    let (code, summary) = world.once().await;
+    assert_eq!(code, 0, "{summary}");
+    let manifest = world.last_manifest();
+    assert_eq!(manifest.installed(PRIMARY.0), "gw-99.bin");
+    assert_eq!(manifest.installed(BRAKE.0), "brake-99.bin");
+    assert!(manifest.attacks().is_empty());
+}

@@ -1,0 +1,278 @@
+//! The Primary against the real servers: a Director and an Image repository as processes,
+//! the vehicle registered by the Primary itself with a provisioning token, an operator
+//! assigning images with the `director` commands, and `primary-ecu run` updating itself and
+//! a Secondary until the Director records both installs, then stopping on SIGTERM.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use uptane_tests::{ChildGuard, bin, run, run_ok, spawn, spawn_listening};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const VIN: &str = "WVWZZZ1JZXW000042";
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    _image_repo: ChildGuard,
+    image_url: String,
+    _director: ChildGuard,
+    director_url: String,
+    token: String,
+}
+
+impl Fleet {
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn operator(&self, args: &[&str]) -> Value {
+        let out = run_ok(
+            Command::new(bin("director")).args(args).args([
+                "--server",
+                &self.director_url,
+                "--token",
+                &self.token,
+                "--json",
+            ]),
+            LIMIT,
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    fn publish(&self, name: &str, hardware_id: &str, counter: u64, content: &[u8]) {
+        let file = self.path(name);
+        std::fs::write(&file, content).unwrap();
+        run_ok(
+            Command::new(bin("image-repo")).args([
+                "add",
+                "--repo",
+                &self.path("repo"),
+                "--offline-keys",
+                &self.path("repo-keys"),
+                "--name",
+                name,
+                "--hardware-id",
+                hardware_id,
+                "--release-counter",
+                &counter.to_string(),
+                &file,
+            ]),
+            LIMIT,
+        );
+    }
+
+    /// What the Director records as installed on `serial`.
+    fn installed(&self, serial: &str) -> Option<String> {
+        let shown = self.operator(&["vehicle", "show", VIN]);
+        shown["ecus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["serial"] == serial)
+            .and_then(|e| e["installed"]["filename"].as_str().map(String::from))
+    }
+}
+
+fn fleet() -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    run_ok(
+        Command::new(bin("image-repo")).args([
+            "init",
+            "--repo",
+            &path("repo"),
+            "--offline-keys",
+            &path("repo-keys"),
+        ]),
+        LIMIT,
+    );
+    let mut command = Command::new(bin("image-repo"));
+    command.args(["serve", "--repo", &path("repo"), "--listen", "127.0.0.1:0"]);
+    let (image_repo, image_addr) = spawn_listening(command, LIMIT);
+    run_ok(
+        Command::new(bin("director")).args([
+            "init",
+            "--dir",
+            &path("director"),
+            "--offline-keys",
+            &path("director-keys"),
+            "--image-root",
+            &path("repo/metadata/1.root.json"),
+        ]),
+        LIMIT,
+    );
+    let token = run_ok(
+        Command::new(bin("director")).args([
+            "token",
+            "create",
+            "--dir",
+            &path("director"),
+            "--label",
+            "ops",
+        ]),
+        LIMIT,
+    )
+    .trim()
+    .to_string();
+    let image_url = format!("http://{image_addr}");
+    let mut command = Command::new(bin("director"));
+    command.args([
+        "serve",
+        "--dir",
+        &path("director"),
+        "--listen",
+        "127.0.0.1:0",
+        "--image-repo",
+        &image_url,
+    ]);
+    let (director, director_addr) = spawn_listening(command, LIMIT);
+    Fleet {
+        dir,
+        _image_repo: image_repo,
+        image_url,
+        _director: director,
+        director_url: format!("http://{director_addr}"),
+        token,
+    }
+}
+
+#[test]
+fn a_primary_provisions_itself_and_updates_its_vehicle_through_the_real_servers() {
+    let fleet = fleet();
+    let path = |n: &str| fleet.path(n);
+    std::fs::write(path("factory.bin"), b"factory firmware").unwrap();
+
+    run_ok(
+        Command::new(bin("secondary-ecu")).args([
+            "init",
+            "--vin",
+            VIN,
+            "--serial",
+            "BRAKE-42",
+            "--hardware-id",
+            "hw-brake",
+            "--mode",
+            "partial",
+            "--dir",
+            &path("brake"),
+            "--director-root",
+            &path("director/1.root.json"),
+            "--factory-image",
+            &path("factory.bin"),
+            "--factory-name",
+            "brake-1.bin",
+        ]),
+        LIMIT,
+    );
+    let mut command = Command::new(bin("secondary-ecu"));
+    command.args(["run", "--dir", &path("brake"), "--listen", "127.0.0.1:0"]);
+    let (_brake, brake_addr) = spawn_listening(command, LIMIT);
+
+    let provisioning = fleet.operator(&["provisioning-token", "create", "--label", "factory-line"]);
+    let provisioning = provisioning["token"].as_str().unwrap().to_string();
+    let primary_args = |command: &mut Command| {
+        command.args([
+            "--dir",
+            &path("primary"),
+            "--director-url",
+            &fleet.director_url,
+            "--image-repo-url",
+            &fleet.image_url,
+        ]);
+    };
+    let mut init = Command::new(bin("primary-ecu"));
+    init.arg("init");
+    primary_args(&mut init);
+    init.args([
+        "--vin",
+        VIN,
+        "--serial",
+        "GW-42",
+        "--hardware-id",
+        "hw-gateway",
+        "--secondary",
+        &format!("BRAKE-42,{brake_addr},partial"),
+        "--poll-interval-secs",
+        "1",
+        "--provisioning-token",
+        &provisioning,
+        "--director-root",
+        &path("director/1.root.json"),
+        "--image-root",
+        &path("repo/metadata/1.root.json"),
+        "--factory-image",
+        &path("factory.bin"),
+        "--factory-name",
+        "gw-1.bin",
+    ]);
+    let out = run_ok(&mut init, LIMIT);
+    assert!(out.contains("BRAKE-42 (hw-brake, partial)"), "{out}");
+    // A second init of the same directory is refused.
+    let (status, _, stderr) = run(&mut init, LIMIT);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("already holds a provisioned Primary"),
+        "{stderr}"
+    );
+
+    let shown = fleet.operator(&["vehicle", "show", VIN]);
+    assert_eq!(shown["ecus"].as_array().unwrap().len(), 2);
+
+    // One cycle: the factory images are reported.
+    let mut once = Command::new(bin("primary-ecu"));
+    once.arg("once");
+    primary_args(&mut once);
+    let (status, out, err) = run(&mut once, LIMIT);
+    assert!(status.success(), "{out}\n{err}");
+    assert_eq!(fleet.installed("GW-42").as_deref(), Some("gw-1.bin"));
+    assert_eq!(fleet.installed("BRAKE-42").as_deref(), Some("brake-1.bin"));
+
+    // The operator publishes and assigns; the running Primary installs both.
+    fleet.publish("gw-2.bin", "hw-gateway", 2, &[3u8; 150_000]);
+    fleet.publish("brake-2.bin", "hw-brake", 2, &[4u8; 250_000]);
+    let mut command = Command::new(bin("primary-ecu"));
+    command.arg("run");
+    primary_args(&mut command);
+    let mut primary = spawn(command);
+    for image in ["gw-2.bin", "brake-2.bin"] {
+        fleet.operator(&["assign", "--image", image, "--vin", VIN]);
+    }
+    let deadline = Instant::now() + LIMIT;
+    while fleet.installed("GW-42").as_deref() != Some("gw-2.bin")
+        || fleet.installed("BRAKE-42").as_deref() != Some("brake-2.bin")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the vehicle did not update; Primary stderr:\n{}",
+            primary.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let assignments = fleet.operator(&["assignment", "list", "--vin", VIN]);
+    let statuses: Vec<&str> = assignments
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["installed", "installed"], "{assignments}");
+
+    // SIGTERM: a graceful stop.
+    run_ok(
+        Command::new("kill").args(["-TERM", &primary.id().to_string()]),
+        LIMIT,
+    );
+    let status = primary
+        .wait_exit(LIMIT)
+        .expect("the Primary stops on SIGTERM");
+    assert!(status.success(), "{status}");
+
+    let mut show = Command::new(bin("primary-ecu"));
+    show.args(["status", "--dir", &path("primary")]);
+    let out = run_ok(&mut show, LIMIT);
+    assert!(out.contains("GW-42") && out.contains("gw-2.bin"), "{out}");
+    assert!(out.contains("pending    none"), "{out}");
+}
