@@ -1,0 +1,128 @@
+//! The Primary's update cycle, measured: a cycle that finds nothing new; a full cycle that
+//! downloads one image once and delivers it to three Secondaries (two in full, one in
+//! partial verification) over gRPC, at 64 MiB and at 256 MiB, with the Primary's peak
+//! memory (VmHWM) during each; and download-and-verify throughput. Everything runs on
+//! 127.0.0.1 with real processes. Run with `cargo bench -p primary-ecu --bench cycle`.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use primary_ecu::download::ImageStore;
+use primary_ecu::repo::Fetcher;
+use support::world::World;
+use uptane_core::metadata::TargetFile;
+use uptane_tests::spawn;
+
+const DOORS: [((&str, &str), &str); 3] = [
+    (("DOOR-1", "hw-door"), "full"),
+    (("DOOR-2", "hw-door"), "full"),
+    (("DOOR-3", "hw-door"), "partial"),
+];
+
+fn image(len: usize, tag: u8) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(tag);
+    (0..len / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect()
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Runs `primary-ecu once`, sampling its high-water resident memory until it exits.
+fn timed_once(world: &World) -> (Duration, u64) {
+    let started = Instant::now();
+    let mut primary = spawn(world.once_command());
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(primary.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = primary.wait_exit(Duration::from_millis(10)) {
+            break status;
+        }
+    };
+    let elapsed = started.elapsed();
+    assert!(status.success(), "once failed: {}", primary.stderr());
+    (elapsed, peak)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut world = World::new(&DOORS).await;
+        let serials: Vec<&str> = DOORS.iter().map(|((s, _), _)| *s).collect();
+        let (settle, _) = tokio::task::block_in_place(|| timed_once(&world));
+        println!("first cycle (reports only): {:.0} ms", settle.as_secs_f64() * 1e3);
+
+        for (mib, tag) in [(64usize, 1u8), (256, 2)] {
+            let bytes = image(mib << 20, tag);
+            let name = format!("door-{mib}.bin");
+            world.assign_shared(&name, &bytes, u64::from(tag), &serials, "hw-door");
+
+            // Download and verify alone, in this process, from the same server.
+            let dir = tempfile::tempdir().unwrap();
+            let store = ImageStore::new(dir.path().join("images"), dir.path().join("downloads"));
+            let fetcher = Fetcher::new(Duration::from_secs(30), 0).unwrap();
+            let info = TargetFile {
+                length: bytes.len() as u64,
+                hashes: uptane_core::hash::standard_hashes(&bytes),
+                custom: None,
+            };
+            let sha = info.hashes["sha256"].clone();
+            let url = format!("{}{}", world.base, World::target_path(&name, &bytes));
+            let started = Instant::now();
+            store.fetch(&fetcher, &url, &sha, &info).await.unwrap();
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "download and verify (sha256 + sha512) of {mib} MiB: {:.0} ms, {:.0} MB/s",
+                seconds * 1e3,
+                bytes.len() as f64 / seconds / 1e6
+            );
+            drop(dir);
+
+            let (elapsed, peak) = tokio::task::block_in_place(|| timed_once(&world));
+            let manifest = world.last_manifest();
+            for serial in &serials {
+                assert_eq!(manifest.installed(serial), name, "{serial}");
+            }
+            println!(
+                "full cycle, one {mib} MiB image to three Secondaries: {:.2} s; Primary peak memory {} MiB",
+                elapsed.as_secs_f64(),
+                peak / 1024
+            );
+        }
+
+        let mut times: Vec<Duration> = (0..5)
+            .map(|_| tokio::task::block_in_place(|| timed_once(&world)).0)
+            .collect();
+        times.sort();
+        println!(
+            "cycle with no change (median of 5, process start to exit): {:.1} ms (min {:.1}, max {:.1})",
+            times[2].as_secs_f64() * 1e3,
+            times[0].as_secs_f64() * 1e3,
+            times[4].as_secs_f64() * 1e3
+        );
+    });
+}
