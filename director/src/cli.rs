@@ -424,7 +424,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let addr = listener.local_addr()?;
             tracing::info!(%addr, "listening");
             println!("listening on {addr}");
-            crate::api::serve(listener, state, shutdown_signal()).await?;
+            crate::api::serve(listener, state, service_runtime::shutdown_signal()).await?;
             Ok(())
         }
         Command::Token {
@@ -664,24 +664,5 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
     }
 }

@@ -485,7 +485,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::server::serve(
                 listener,
                 AppState::new(repository, config),
-                shutdown_signal(),
+                service_runtime::shutdown_signal(),
             )
             .await?;
             Ok(())
@@ -521,23 +521,4 @@ async fn publish_top_level(
         (None, None) => bail!("--repo or --server is required"),
     }
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
 }

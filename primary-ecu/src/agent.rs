@@ -928,14 +928,14 @@ async fn install_own(
         attack: Some(e.attack()),
         detail: e.to_string(),
     })?;
-    let dir = crate::store::parent_dir(firmware);
+    let dir = service_runtime::files::parent_dir(firmware);
     let (source, target) = (path.to_path_buf(), firmware.to_path_buf());
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir)?;
         std::fs::copy(&source, tmp.path())?;
         tmp.as_file().sync_all()?;
         tmp.persist(&target).map_err(|e| e.error)?;
-        crate::store::sync_dir(&dir)
+        service_runtime::files::sync_dir(&dir)
     })
     .await
     .map_err(|e| failure(e.to_string()))?

@@ -335,7 +335,7 @@ impl Settings {
     pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
         let path = config_path(dir);
         let bytes = serde_json::to_vec_pretty(self).expect("settings serialize");
-        crate::store::write_atomic(&path, &bytes).map_err(|e| ConfigError::File {
+        service_runtime::files::write_atomic(&path, &bytes).map_err(|e| ConfigError::File {
             path,
             reason: e.to_string(),
         })

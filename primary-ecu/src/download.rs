@@ -133,7 +133,7 @@ impl ImageStore {
         tokio::fs::rename(&partial, &done)
             .await
             .map_err(io(&done))?;
-        crate::store::sync_dir(&self.images).map_err(io(&self.images))?;
+        service_runtime::files::sync_dir(&self.images).map_err(io(&self.images))?;
         Ok(done)
     }
 }

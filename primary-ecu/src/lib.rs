@@ -16,4 +16,3 @@ pub mod provision;
 pub mod repo;
 pub mod secondary;
 pub mod state;
-pub mod store;

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use primary_ecu::agent::Primary;
 use primary_ecu::config::{Settings, SettingsArgs};
 use primary_ecu::provision::{self, Provisioning, Registration};
-use primary_ecu::state::{StateDir, read_json};
+use primary_ecu::state::StateDir;
 use serde_json::{Value, json};
 
 /// The Primary ECU agent: polls the Director and the Image repository, verifies everything,
@@ -84,21 +84,6 @@ enum Command {
     },
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
-    }
-}
-
 fn settings(dir: &Path, args: SettingsArgs) -> anyhow::Result<Settings> {
     let kept = Settings::load(dir)?;
     Ok(Settings::resolve(kept, args)?)
@@ -136,7 +121,8 @@ fn status(dir: &Path) -> anyhow::Result<Value> {
         .filter(|(_, u)| !u.phase.is_final())
         .map(|(serial, u)| json!({"ecu": serial, "correlation_id": u.correlation_id, "filename": u.filename, "phase": u.phase, "detail": u.detail, "attempts": u.attempts}))
         .collect();
-    let inventory: Value = read_json(&files.inventory()).unwrap_or(Value::Null);
+    let inventory: Value =
+        service_runtime::files::load_json(&files.inventory()).unwrap_or(Value::Null);
     Ok(json!({
         "vin": settings.vin,
         "primary": settings.serial,
@@ -274,7 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 settings.vin,
                 interval.as_secs()
             );
-            let shutdown = shutdown_signal();
+            let shutdown = service_runtime::shutdown_signal();
             tokio::pin!(shutdown);
             loop {
                 // Every state change is an atomic write, so stopping mid-cycle loses nothing.
@@ -316,17 +302,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    service_runtime::init_tracing();
     match run(Cli::parse()).await {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => service_runtime::exit_code(Err(e)),
     }
 }

@@ -240,7 +240,7 @@ pub async fn init(
         }
     };
     let public = key.public_key().to_json().clone();
-    crate::store::write_atomic(
+    service_runtime::files::write_atomic(
         &files.public_key(),
         &serde_json::to_vec_pretty(&public).expect("JSON serializes"),
     )
@@ -267,8 +267,9 @@ pub async fn init(
             })?;
     }
     let firmware = files.firmware();
-    std::fs::create_dir_all(crate::store::parent_dir(&firmware)).map_err(io(&firmware))?;
-    crate::store::write_atomic(&firmware, &factory).map_err(io(&firmware))?;
+    std::fs::create_dir_all(service_runtime::files::parent_dir(&firmware))
+        .map_err(io(&firmware))?;
+    service_runtime::files::write_atomic(&firmware, &factory).map_err(io(&firmware))?;
     let state = PrimaryState {
         installed: Some(InstalledImage {
             filename: provisioning.factory_name.clone(),
@@ -279,7 +280,7 @@ pub async fn init(
         ..PrimaryState::default()
     };
     files.save_state(&state).map_err(io(&files.state()))?;
-    crate::store::write_atomic(
+    service_runtime::files::write_atomic(
         &files.inventory(),
         &serde_json::to_vec_pretty(&inventory).expect("JSON serializes"),
     )

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use service_runtime::files::load_json;
 use uptane_core::manifest::{DetectedAttack, InstalledImage};
 use uptane_core::time::UtcTime;
 
@@ -180,29 +181,17 @@ impl StateDir {
 
     /// Reads `state.json`.
     pub fn load_state(&self) -> std::io::Result<PrimaryState> {
-        read_json(&self.state())
+        load_json(&self.state())
     }
 
     /// Writes `state.json` atomically.
     pub fn save_state(&self, state: &PrimaryState) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-        crate::store::write_atomic(&self.state(), &bytes)
+        service_runtime::files::write_atomic(&self.state(), &bytes)
     }
 
     /// Reads the inventory.
     pub fn load_inventory(&self) -> std::io::Result<Vec<InventoryEcu>> {
-        read_json(&self.inventory())
+        load_json(&self.inventory())
     }
-}
-
-/// Reads and parses a JSON file, naming the file in the error.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<T> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{}: {e}", path.display()),
-        )
-    })
 }

@@ -90,21 +90,6 @@ fn now() -> uptane_core::time::UtcTime {
     std::time::SystemTime::now().into()
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
-    }
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init {
@@ -206,7 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let addr = listener.local_addr()?;
             tracing::info!(%addr, serial = %agent.identity().serial, "listening");
             println!("listening on {addr}");
-            secondary_ecu::rpc::serve(listener, agent, shutdown_signal()).await?;
+            secondary_ecu::rpc::serve(listener, agent, service_runtime::shutdown_signal()).await?;
             Ok(())
         }
     }
@@ -214,17 +199,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    service_runtime::init_tracing();
+    service_runtime::exit_code(run(Cli::parse()).await)
 }

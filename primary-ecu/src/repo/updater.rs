@@ -13,7 +13,7 @@ use uptane_core::trusted::{
 use uptane_core::verify::Raw;
 
 use super::fetch::{FetchError, Fetcher};
-use crate::store::write_atomic;
+use service_runtime::files::write_atomic;
 
 /// Why a refresh or a target download failed.
 #[derive(Debug, thiserror::Error)]
@@ -386,7 +386,7 @@ pub async fn download_verified(
             source,
         }
     })?;
-    let dir = crate::store::parent_dir(dest);
+    let dir = service_runtime::files::parent_dir(dest);
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .suffix(".partial")
@@ -402,5 +402,5 @@ pub async fn download_verified(
     })?;
     drop(file);
     tmp.persist(dest).map_err(|e| io_err(e.error))?;
-    crate::store::sync_dir(&dir).map_err(io_err)
+    service_runtime::files::sync_dir(&dir).map_err(io_err)
 }
