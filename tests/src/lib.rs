@@ -2,7 +2,13 @@
 //! `127.0.0.1:0` and waiting for their `listening on ADDR` line, killing them on drop, and a
 //! Python virtual environment with python-tuf for interoperability tests.
 //!
-//! The end-to-end tests, the attack suite and `fleet-sim` (issues 7 and 8) will build on it.
+//! [`sim`] builds a fleet of the real programs on it; [`demo`] and [`hil`] are `fleet-sim`'s
+//! commands; [`proxy`] stands for a network link that can be cut or stalled.
+
+pub mod demo;
+pub mod hil;
+pub mod proxy;
+pub mod sim;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,23 +29,45 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// Builds the workspace's binaries next to the running one (release or debug), through the
+/// cargo that launched it. For `cargo run --bin fleet-sim`, which builds only its own package:
+/// the programs it starts must be as fresh as it is.
+pub fn build_workspace_binaries() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--workspace", "--bins"]);
+    if bin_dir().ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building the workspace's binaries failed");
+}
+
 /// Path of workspace binary `name`, building the workspace's binaries first if it is missing
 /// (as when one test crate is run alone).
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = bin_dir().ends_with("release");
-        let mut build = Command::new(cargo);
-        build.args(["build", "--workspace", "--bins"]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(status.success(), "building the workspace's binaries failed");
+        build_workspace_binaries();
     }
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// Every child process started here and not yet killed, for [`kill_all_children`].
+static LIVE: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Kills every child process started by this harness that is still alive (from a signal
+/// handler: Ctrl-C must not leave servers behind).
+pub fn kill_all_children() {
+    let pids: Vec<u32> = LIVE
+        .lock()
+        .map(|l| l.iter().copied().collect())
+        .unwrap_or_default();
+    for pid in pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
 }
 
 /// A child process that is killed (SIGKILL) and reaped when dropped.
@@ -67,6 +95,17 @@ impl ChildGuard {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Ok(mut live) = LIVE.lock() {
+            live.remove(&self.child.id());
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait_exit(limit)
     }
 
     /// Everything the process wrote to stderr so far.
@@ -94,6 +133,9 @@ fn start(mut command: Command) -> (ChildGuard, std::process::ChildStdout) {
         .stderr(Stdio::piped())
         .stdin(Stdio::null());
     let mut child = command.spawn().expect("the program starts");
+    if let Ok(mut live) = LIVE.lock() {
+        live.insert(child.id());
+    }
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let collected = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

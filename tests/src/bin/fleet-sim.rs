@@ -1,0 +1,148 @@
+//! `fleet-sim`: the whole system on 127.0.0.1, for a first look (`demo`) and for
+//! hardware-in-loop style fault runs (`hil`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use uptane_tests::{demo, hil, kill_all_children};
+
+#[derive(Debug, Parser)]
+#[command(name = "fleet-sim", version, about = "The Uptane fleet on one machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Starts a Director, an Image repository and a vehicle, publishes and assigns an image
+    /// per ECU, and follows the update to the end.
+    Demo {
+        /// Leave everything running afterwards, until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Runs the HIL fault matrix; exit 0 only when every row holds.
+    Hil {
+        /// Vehicles per row.
+        #[arg(long, default_value_t = 2)]
+        vehicles: usize,
+        /// Secondaries per vehicle.
+        #[arg(long, default_value_t = 2)]
+        secondaries: usize,
+        /// Only the rows whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
+}
+
+/// On SIGINT or SIGTERM, every child process goes too.
+fn stop_children_on_signal() {
+    std::thread::spawn(|| {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(service_runtime::shutdown_signal());
+        kill_all_children();
+        eprintln!("fleet-sim: stopped every process it started");
+        std::process::exit(130);
+    });
+}
+
+fn wait_for_signal() {
+    if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        runtime.block_on(service_runtime::shutdown_signal());
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if std::env::var_os("CARGO").is_some() {
+        // Launched by `cargo run`, which built only this package.
+        uptane_tests::build_workspace_binaries();
+    }
+    let mut out = std::io::stdout();
+    match cli.command {
+        Command::Demo { keep_running } => {
+            if !keep_running {
+                stop_children_on_signal();
+            }
+            let demo = match demo::run(&mut out) {
+                Ok(demo) => demo,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let ok = demo.all_updated();
+            println!();
+            println!(
+                "{}",
+                if ok {
+                    "Every ECU runs its new image, and the Director has recorded it."
+                } else {
+                    "Not every ECU was updated: see the table."
+                }
+            );
+            if keep_running {
+                let director = &demo.fleet.director_url;
+                println!();
+                println!("Still running (Ctrl-C stops everything):");
+                println!("  Director          {director}");
+                println!("  Image repository  {}", demo.fleet.image_url);
+                println!("  files             {}", demo.fleet.root().display());
+                println!();
+                println!("Try next:");
+                println!(
+                    "  export DIRECTOR_URL={director} DIRECTOR_TOKEN={}",
+                    demo.fleet.token
+                );
+                println!("  director vehicle show {}", demo::VIN);
+                println!("  director events --vin {}", demo::VIN);
+                println!("  director assignment list --vin {}", demo::VIN);
+                println!(
+                    "  primary-ecu status --dir {}",
+                    demo.vehicle.primary_dir.display()
+                );
+                println!(
+                    "  (binaries in target/release; publish with `image-repo add --repo {} --offline-keys {} ...`)",
+                    demo.fleet.path("repo").display(),
+                    demo.fleet.path("repo-keys").display()
+                );
+                wait_for_signal();
+                drop(demo);
+                println!("stopped");
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Hil {
+            vehicles,
+            secondaries,
+            only,
+        } => {
+            stop_children_on_signal();
+            let rig = hil::Rig {
+                vehicles: vehicles.max(1),
+                secondaries: secondaries.max(1),
+            };
+            match hil::run(&mut out, rig, only.as_deref()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

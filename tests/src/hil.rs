@@ -1,0 +1,491 @@
+//! `fleet-sim hil`: the fault matrix of `ecu-side.md` (c) run against real processes. Each
+//! row provisions fresh vehicles (N, each a Primary and M Secondaries), injects its fault
+//! into the first Secondary of the first vehicle (or into the link, the Primary or the
+//! Director), publishes and assigns a new image for every ECU, and checks what the Director
+//! records at the end: the faulted ECU's outcome, and every other ECU updated.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::sim::{Fleet, SimVehicle, VehicleSpec, wait_until};
+
+/// The shape of the rig.
+#[derive(Debug, Clone, Copy)]
+pub struct Rig {
+    /// Vehicles per row.
+    pub vehicles: usize,
+    /// Secondaries per vehicle (at least 1).
+    pub secondaries: usize,
+}
+
+/// What the faulted ECU must end with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Its new image, installed.
+    Installed,
+    /// A failed assignment naming this result, and its previous image still running.
+    Failed(&'static str),
+}
+
+/// A fault and when it strikes.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// No fault.
+    None,
+    /// Secondary flags for the run that gets the update; the process restarts without them
+    /// once it has died (power loss) or right away when it lives on.
+    Secondary(&'static [&'static str], bool),
+    /// The link to the Secondary is reset once the transfer is under way.
+    LinkCut,
+    /// The link holds every byte once the transfer is under way, until the Primary gives up.
+    LinkStall,
+    /// The Secondary is off until the rest of the vehicle has updated.
+    Offline,
+    /// The Primary is killed with SIGKILL once the transfer is under way, then restarted.
+    PrimaryKilled,
+    /// The Director is killed with SIGKILL once an assignment was delivered, then restarted.
+    DirectorRestarted,
+}
+
+/// One row of the matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    /// Row numbers in `ecu-side.md` (c).
+    pub matrix: &'static str,
+    /// The fault, in words.
+    pub name: &'static str,
+    /// The fault.
+    pub fault: Fault,
+    /// The faulted ECU's expected outcome.
+    pub expect: Expect,
+}
+
+/// The rows run.
+pub fn rows() -> Vec<Row> {
+    use Expect::{Failed, Installed};
+    use Fault::*;
+    vec![
+        Row {
+            matrix: "1",
+            name: "no fault (golden path)",
+            fault: None,
+            expect: Installed,
+        },
+        Row {
+            matrix: "16",
+            name: "power loss mid-transfer",
+            fault: Secondary(&["--fault-power-loss", "transfer"], true),
+            expect: Installed,
+        },
+        Row {
+            matrix: "21",
+            name: "power loss writing the inactive slot",
+            fault: Secondary(&["--fault-power-loss", "write"], true),
+            expect: Installed,
+        },
+        Row {
+            matrix: "23",
+            name: "power loss after the write, before the boot switch",
+            fault: Secondary(&["--fault-power-loss", "after-write"], true),
+            expect: Installed,
+        },
+        Row {
+            matrix: "23",
+            name: "power loss after the boot switch, before the trial boot",
+            fault: Secondary(&["--fault-power-loss", "trial-boot"], true),
+            expect: Installed,
+        },
+        Row {
+            matrix: "29",
+            name: "power loss after the trial boot, before confirmation",
+            fault: Secondary(&["--fault-power-loss", "before-confirm"], true),
+            expect: Installed,
+        },
+        Row {
+            matrix: "8",
+            name: "link cut mid-transfer",
+            fault: LinkCut,
+            expect: Installed,
+        },
+        Row {
+            matrix: "9",
+            name: "link stalled mid-transfer",
+            fault: LinkStall,
+            expect: Installed,
+        },
+        Row {
+            matrix: "11",
+            name: "slow link above the threshold",
+            fault: Secondary(&["--fault-slow-link-ms", "3"], false),
+            expect: Installed,
+        },
+        Row {
+            matrix: "25",
+            name: "new image never boots",
+            fault: Secondary(&["--fault-fail-boot"], false),
+            expect: Failed("rolled_back"),
+        },
+        Row {
+            matrix: "22",
+            name: "slot write corrupted (read-back check)",
+            fault: Secondary(&["--fault-corrupt-write"], false),
+            expect: Failed("failed"),
+        },
+        Row {
+            matrix: "18",
+            name: "storage full",
+            fault: Secondary(&["--fault-storage-bytes", "1000"], false),
+            expect: Failed("do not fit"),
+        },
+        Row {
+            matrix: "3, 40",
+            name: "Secondary offline, back later",
+            fault: Offline,
+            expect: Installed,
+        },
+        Row {
+            matrix: "17",
+            name: "Primary killed mid-transfer and restarted",
+            fault: PrimaryKilled,
+            expect: Installed,
+        },
+        Row {
+            matrix: "-",
+            name: "Director killed mid-campaign and restarted",
+            fault: DirectorRestarted,
+            expect: Installed,
+        },
+    ]
+}
+
+/// What a row observed.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The row.
+    pub row: Row,
+    /// What happened, in words.
+    pub observed: String,
+    /// Whether it matches the expectation.
+    pub holds: bool,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+const ROW_LIMIT: Duration = Duration::from_secs(120);
+const IMAGE_BYTES: usize = 1 << 20;
+
+fn image(seed: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(131) ^ seed) as u8)
+        .collect()
+}
+
+fn entries(fleet: &Fleet, vin: &str) -> Vec<Value> {
+    fleet.assignments(vin)
+}
+
+fn final_status(entry: &Value) -> bool {
+    matches!(
+        entry["status"].as_str(),
+        Some("installed" | "failed" | "cancelled")
+    )
+}
+
+/// Runs one row with fresh vehicles.
+pub fn run_row(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Outcome {
+    let started = Instant::now();
+    let observed = match drive(fleet, rig, index, row) {
+        Ok(observed) => observed,
+        Err(why) => Err(why),
+    };
+    let (observed, holds) = match observed {
+        Ok(text) => (text, true),
+        Err(text) => (text, false),
+    };
+    Outcome {
+        row,
+        observed,
+        holds,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+type Observed = Result<String, String>;
+
+fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Result<Observed, String> {
+    let mut vehicles: Vec<SimVehicle> = (0..rig.vehicles)
+        .map(|v| {
+            SimVehicle::provision(
+                fleet,
+                &VehicleSpec::standard(&format!("HIL{index:02}V{v}"), rig.secondaries.max(1)),
+            )
+        })
+        .collect();
+    let vins: Vec<String> = vehicles.iter().map(|v| v.vin.clone()).collect();
+    let vin_refs: Vec<&str> = vins.iter().map(String::as_str).collect();
+
+    let persistent = match row.fault {
+        Fault::Secondary(flags, _) => {
+            let mut all = vec![
+                "--max-chunk-size",
+                "65536",
+                "--durable-interval-bytes",
+                "65536",
+            ];
+            all.extend_from_slice(flags);
+            vehicles[0].start_secondary(0, &all);
+            true
+        }
+        Fault::LinkCut | Fault::LinkStall | Fault::PrimaryKilled => {
+            vehicles[0].start_secondary(
+                0,
+                &[
+                    "--max-chunk-size",
+                    "65536",
+                    "--durable-interval-bytes",
+                    "65536",
+                    "--fault-slow-link-ms",
+                    "15",
+                ],
+            );
+            true
+        }
+        Fault::Offline => {
+            vehicles[0].stop_secondary(0);
+            false
+        }
+        _ => false,
+    };
+    let _ = persistent;
+    for vehicle in &mut vehicles {
+        vehicle.start_primary();
+    }
+    // Every vehicle has reported its factory images before the campaign starts.
+    for vin in &vin_refs {
+        let reported = wait_until(ROW_LIMIT, || {
+            fleet
+                .installed(vin)
+                .iter()
+                .filter(|(_, image)| image.is_some())
+                .count()
+                >= 1
+        });
+        if !reported {
+            return Err(format!("{vin} never reported"));
+        }
+    }
+
+    let mut hardware: Vec<String> = vec![vehicles[0].primary_hardware_id.clone()];
+    hardware.extend(
+        vehicles[0]
+            .secondaries
+            .iter()
+            .map(|s| s.hardware_id.clone()),
+    );
+    let mut names = Vec::new();
+    for (i, hardware_id) in hardware.iter().enumerate() {
+        let name = format!("hil-{index:02}-{hardware_id}.bin");
+        fleet.publish(
+            &name,
+            hardware_id,
+            index as u64 + 1,
+            &image(index * 10 + i, IMAGE_BYTES),
+        );
+        names.push(name);
+    }
+    for name in &names {
+        fleet.assign(name, &vin_refs);
+    }
+
+    let target = &vehicles[0].secondaries[0].serial.clone();
+    let vin0 = vins[0].clone();
+    let under_way =
+        |v: &SimVehicle| wait_until(ROW_LIMIT, || v.secondaries[0].durable_offset() > 0);
+    match row.fault {
+        Fault::Secondary(_, true) => {
+            if !vehicles[0].secondaries[0].wait_power_loss(ROW_LIMIT) {
+                return Err("the power cut never happened".into());
+            }
+            vehicles[0].start_secondary(0, &[]);
+        }
+        Fault::LinkCut => {
+            if !under_way(&vehicles[0]) {
+                return Err("the transfer never started".into());
+            }
+            vehicles[0].secondaries[0].link.cut();
+        }
+        Fault::LinkStall => {
+            if !under_way(&vehicles[0]) {
+                return Err("the transfer never started".into());
+            }
+            vehicles[0].secondaries[0].link.set_stalled(true);
+            let primary_dir = vehicles[0].primary_dir.clone();
+            let gave_up = wait_until(ROW_LIMIT, || attempts(&primary_dir, target) > 0);
+            vehicles[0].secondaries[0].link.set_stalled(false);
+            vehicles[0].secondaries[0].link.cut();
+            if !gave_up {
+                return Err("the Primary never gave up on the stalled transfer".into());
+            }
+        }
+        Fault::Offline => {
+            let others_done = wait_until(ROW_LIMIT, || {
+                entries(fleet, &vin0)
+                    .iter()
+                    .filter(|e| e["ecu_serial"] != target.as_str())
+                    .all(|e| e["status"] == "installed")
+                    && !fleet
+                        .events(&vin0, false)
+                        .iter()
+                        .all(|e| e["kind"] != "ecu_unreachable")
+            });
+            if !others_done {
+                return Err("the rest of the vehicle did not update while one ECU was off".into());
+            }
+            vehicles[0].start_secondary(0, &[]);
+        }
+        Fault::PrimaryKilled => {
+            if !under_way(&vehicles[0]) {
+                return Err("the transfer never started".into());
+            }
+            vehicles[0].kill_primary();
+            vehicles[0].start_primary();
+        }
+        Fault::DirectorRestarted => {
+            let delivered = wait_until(ROW_LIMIT, || {
+                entries(fleet, &vin0)
+                    .iter()
+                    .any(|e| e["status"] != "pending")
+            });
+            if !delivered {
+                return Err("no assignment was ever delivered".into());
+            }
+            fleet.restart_director();
+        }
+        Fault::Secondary(_, false) | Fault::None => {}
+    }
+
+    let settled = wait_until(ROW_LIMIT, || {
+        vin_refs.iter().all(|vin| {
+            let e = entries(fleet, vin);
+            e.len() == names.len() && e.iter().all(final_status)
+        })
+    });
+    for vehicle in &mut vehicles {
+        vehicle.stop_primary();
+    }
+    if !settled {
+        let states: Vec<String> = vin_refs
+            .iter()
+            .flat_map(|vin| entries(fleet, vin))
+            .map(|e| {
+                format!(
+                    "{}={}",
+                    e["ecu_serial"].as_str().unwrap_or("?"),
+                    e["status"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        return Ok(Err(format!(
+            "not settled within {ROW_LIMIT:?}: {}",
+            states.join(" ")
+        )));
+    }
+    Ok(judge(fleet, &vin_refs, target, row.expect))
+}
+
+/// The Primary's delivery attempts for `serial`, from its state file.
+fn attempts(primary_dir: &std::path::Path, serial: &str) -> u64 {
+    std::fs::read(primary_dir.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["updates"][serial]["attempts"].as_u64())
+        .unwrap_or(0)
+}
+
+fn judge(fleet: &Fleet, vins: &[&str], target: &str, expect: Expect) -> Observed {
+    let mut others_installed = 0;
+    let mut problems = Vec::new();
+    let mut target_seen = String::new();
+    for vin in vins {
+        let installed: std::collections::BTreeMap<String, Option<String>> =
+            fleet.installed(vin).into_iter().collect();
+        for entry in entries(fleet, vin) {
+            let serial = entry["ecu_serial"].as_str().unwrap_or_default();
+            let status = entry["status"].as_str().unwrap_or_default();
+            let detail = entry["detail"].as_str().unwrap_or_default();
+            let filename = entry["filename"].as_str().unwrap_or_default();
+            let running = installed.get(serial).cloned().flatten().unwrap_or_default();
+            if serial == target {
+                target_seen = match status {
+                    "installed" => format!("{serial} installed {running}"),
+                    _ => format!("{serial} {status} ({detail}), still runs {running}"),
+                };
+                let ok = match expect {
+                    Expect::Installed => status == "installed" && running == filename,
+                    Expect::Failed(word) => {
+                        status == "failed"
+                            && detail.contains(word)
+                            && running != filename
+                            && !running.is_empty()
+                    }
+                };
+                if !ok {
+                    problems.push(target_seen.clone());
+                }
+            } else if status == "installed" && running == filename {
+                others_installed += 1;
+            } else {
+                problems.push(format!("{serial} {status} ({detail}), runs {running}"));
+            }
+        }
+    }
+    let text = format!("{target_seen}; {others_installed} other ECU(s) updated");
+    if problems.is_empty() {
+        Ok(text)
+    } else {
+        Err(format!("{text}; wrong: {}", problems.join("; ")))
+    }
+}
+
+/// Runs every row (or those whose name contains `only`), printing each as it ends; whether
+/// all held.
+pub fn run(out: &mut dyn Write, rig: Rig, only: Option<&str>) -> std::io::Result<bool> {
+    writeln!(
+        out,
+        "HIL fault matrix: {} vehicle(s) x (1 Primary + {} Secondaries) per row; the fault hits \
+         the first Secondary of the first vehicle.",
+        rig.vehicles, rig.secondaries
+    )?;
+    let mut fleet = Fleet::start();
+    writeln!(
+        out,
+        "Director {}, Image repository {}",
+        fleet.director_url, fleet.image_url
+    )?;
+    let mut outcomes = Vec::new();
+    for (i, row) in rows().into_iter().enumerate() {
+        if only.is_some_and(|o| !row.name.contains(o)) {
+            continue;
+        }
+        let outcome = run_row(&mut fleet, rig, i + 1, row);
+        writeln!(
+            out,
+            "{} row {:>5} {:<56} expected: {:<28} observed: {} ({:.1} s)",
+            if outcome.holds { "HOLDS " } else { "FAILS " },
+            row.matrix,
+            row.name,
+            match row.expect {
+                Expect::Installed => "installed".to_string(),
+                Expect::Failed(word) => format!("failed ({word}), old image"),
+            },
+            outcome.observed,
+            outcome.seconds
+        )?;
+        outcomes.push(outcome);
+    }
+    let held = outcomes.iter().filter(|o| o.holds).count();
+    writeln!(out, "{held} of {} rows hold", outcomes.len())?;
+    Ok(held == outcomes.len())
+}

@@ -1,0 +1,161 @@
+//! A TCP relay on 127.0.0.1 that stands for a network link: it can be cut (every open
+//! connection reset), taken down (new connections refused), or stalled (bytes held), and
+//! pointed at a new target when the far end restarts on another port.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+struct LinkState {
+    target: Mutex<String>,
+    down: AtomicBool,
+    stalled: AtomicBool,
+    stopped: AtomicBool,
+    open: Mutex<Vec<TcpStream>>,
+    chunk_delay_micros: std::sync::atomic::AtomicU64,
+    relayed_back: std::sync::atomic::AtomicU64,
+}
+
+impl LinkState {
+    fn cut(&self) {
+        if let Ok(mut open) = self.open.lock() {
+            for stream in open.drain(..) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// A relay from its own address to a target address.
+#[derive(Debug)]
+pub struct LinkProxy {
+    addr: String,
+    state: Arc<LinkState>,
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, state: Arc<LinkState>, back: bool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while state.stalled.load(Ordering::Relaxed) && !state.stopped.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let delay = state.chunk_delay_micros.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_micros(delay));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        if back {
+            state.relayed_back.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+impl LinkProxy {
+    /// Starts relaying to `target` (`host:port`).
+    pub fn start(target: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?.to_string();
+        let state = Arc::new(LinkState {
+            target: Mutex::new(target.to_string()),
+            ..LinkState::default()
+        });
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for incoming in listener.incoming() {
+                if shared.stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = incoming else { continue };
+                if shared.down.load(Ordering::Relaxed) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let target = shared.target.lock().map(|t| t.clone()).unwrap_or_default();
+                let Ok(server) = TcpStream::connect(&target) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                    server.try_clone(),
+                ) else {
+                    continue;
+                };
+                if let Ok(mut open) = shared.open.lock() {
+                    open.push(c3);
+                    open.push(s3);
+                }
+                let (a, b) = (Arc::clone(&shared), Arc::clone(&shared));
+                std::thread::spawn(move || pump(client, s2, a, false));
+                std::thread::spawn(move || pump(server, c2, b, true));
+            }
+        });
+        Ok(Self { addr, state })
+    }
+
+    /// Where to connect to reach the target through the link.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Points the link at a new target (new connections only).
+    pub fn set_target(&self, target: &str) {
+        if let Ok(mut t) = self.state.target.lock() {
+            *t = target.to_string();
+        }
+    }
+
+    /// Resets every open connection.
+    pub fn cut(&self) {
+        self.state.cut();
+    }
+
+    /// Takes the link down (cutting open connections) or brings it back up.
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::Relaxed);
+        if down {
+            self.state.cut();
+        }
+    }
+
+    /// Slows the link: each read of up to 64 KiB waits this long before it is passed on.
+    pub fn set_chunk_delay(&self, delay: Duration) {
+        self.state
+            .chunk_delay_micros
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes passed from the target back to the clients so far.
+    pub fn bytes_relayed_back(&self) -> u64 {
+        self.state.relayed_back.load(Ordering::Relaxed)
+    }
+
+    /// Holds (or releases) every byte in flight.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.state.stalled.store(stalled, Ordering::Relaxed);
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.state.stopped.store(true, Ordering::Relaxed);
+        self.state.cut();
+        // Wakes the accept loop so it sees the stop flag.
+        let _ = TcpStream::connect(&self.addr);
+    }
+}

@@ -1,0 +1,572 @@
+//! A fleet on 127.0.0.1 made of the real programs: an Image repository and a Director
+//! (each a process, with its key ceremony done by its own `init`), and vehicles, each a
+//! `primary-ecu` and `secondary-ecu` processes on simulated A/B devices. Operators act
+//! through the `director` and `image-repo` commands, as they would by hand. `fleet-sim`, the
+//! end-to-end tests and the attack suite drive it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::proxy::LinkProxy;
+use crate::{ChildGuard, bin, run, run_ok, spawn, spawn_listening};
+
+/// Bound of any single wait.
+pub const LIMIT: Duration = Duration::from_secs(90);
+
+/// Polls `condition` every 50 ms until it holds or `limit` passes; `false` on timeout.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The servers and the operator's credentials.
+#[derive(Debug)]
+pub struct Fleet {
+    _image_repo: ChildGuard,
+    /// Image repository base URL.
+    pub image_url: String,
+    director: Option<ChildGuard>,
+    director_addr: String,
+    /// Director base URL.
+    pub director_url: String,
+    /// An operator API token.
+    pub token: String,
+    /// A fleet-wide provisioning token for Primaries.
+    pub provisioning_token: String,
+    // Last: removed after the processes using it are gone.
+    tmp: tempfile::TempDir,
+}
+
+fn text(path: &Path) -> String {
+    path.display().to_string()
+}
+
+impl Fleet {
+    /// Runs both key ceremonies, starts both servers, and creates the operator's tokens.
+    pub fn start() -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("fleet-sim-")
+            .tempdir()
+            .expect("a temporary directory");
+        let path = |n: &str| text(&tmp.path().join(n));
+        run_ok(
+            Command::new(bin("image-repo")).args([
+                "init",
+                "--repo",
+                &path("repo"),
+                "--offline-keys",
+                &path("repo-keys"),
+            ]),
+            LIMIT,
+        );
+        let mut command = Command::new(bin("image-repo"));
+        command.args(["serve", "--repo", &path("repo"), "--listen", "127.0.0.1:0"]);
+        let (image_repo, image_addr) = spawn_listening(command, LIMIT);
+        run_ok(
+            Command::new(bin("director")).args([
+                "init",
+                "--dir",
+                &path("director"),
+                "--offline-keys",
+                &path("director-keys"),
+                "--image-root",
+                &path("repo/metadata/1.root.json"),
+            ]),
+            LIMIT,
+        );
+        let token = run_ok(
+            Command::new(bin("director")).args([
+                "token",
+                "create",
+                "--dir",
+                &path("director"),
+                "--label",
+                "operator",
+            ]),
+            LIMIT,
+        )
+        .trim()
+        .to_string();
+        let mut fleet = Self {
+            _image_repo: image_repo,
+            image_url: format!("http://{image_addr}"),
+            director: None,
+            director_addr: "127.0.0.1:0".into(),
+            director_url: String::new(),
+            token,
+            provisioning_token: String::new(),
+            tmp,
+        };
+        fleet.start_director();
+        let created = fleet.operator(&["provisioning-token", "create", "--label", "factory"]);
+        fleet.provisioning_token = created["token"].as_str().unwrap_or_default().to_string();
+        fleet
+    }
+
+    /// A path inside the fleet's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// The temporary directory holding everything.
+    pub fn root(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn start_director(&mut self) {
+        let mut command = Command::new(bin("director"));
+        command.args([
+            "serve",
+            "--dir",
+            &text(&self.path("director")),
+            "--listen",
+            &self.director_addr,
+            "--image-repo",
+            &self.image_url,
+        ]);
+        let (director, addr) = spawn_listening(command, LIMIT);
+        self.director = Some(director);
+        self.director_addr = addr.clone();
+        self.director_url = format!("http://{addr}");
+    }
+
+    /// Kills the Director with SIGKILL and starts it again on the same address.
+    pub fn restart_director(&mut self) {
+        if let Some(mut director) = self.director.take() {
+            director.kill();
+        }
+        self.start_director();
+    }
+
+    /// Stops the Director (SIGKILL) without restarting it.
+    pub fn stop_director(&mut self) {
+        if let Some(mut director) = self.director.take() {
+            director.kill();
+        }
+    }
+
+    /// Starts a stopped Director on its address.
+    pub fn resume_director(&mut self) {
+        if self.director.is_none() {
+            self.start_director();
+        }
+    }
+
+    /// Runs a `director` operator command against the server; its JSON output.
+    pub fn operator(&self, args: &[&str]) -> Value {
+        let out = run_ok(
+            Command::new(bin("director")).args(args).args([
+                "--server",
+                &self.director_url,
+                "--token",
+                &self.token,
+                "--json",
+            ]),
+            LIMIT,
+        );
+        serde_json::from_str(&out).unwrap_or(Value::Null)
+    }
+
+    /// The `image-repo add` an OEM release engineer runs: signs and publishes an image.
+    pub fn publish(&self, name: &str, hardware_id: &str, release_counter: u64, content: &[u8]) {
+        let file = self.path(&format!("upload-{}", name.replace('/', "_")));
+        std::fs::write(&file, content).expect("the image file writes");
+        run_ok(
+            Command::new(bin("image-repo")).args([
+                "add",
+                "--repo",
+                &text(&self.path("repo")),
+                "--offline-keys",
+                &text(&self.path("repo-keys")),
+                "--name",
+                name,
+                "--hardware-id",
+                hardware_id,
+                "--release-counter",
+                &release_counter.to_string(),
+                &text(&file),
+            ]),
+            LIMIT,
+        );
+    }
+
+    /// `director assign --image NAME --vin ...`; the assignment as JSON.
+    pub fn assign(&self, image: &str, vins: &[&str]) -> Value {
+        let mut args = vec!["assign", "--image", image];
+        for vin in vins {
+            args.extend(["--vin", vin]);
+        }
+        self.operator(&args)
+    }
+
+    /// `director vehicle show VIN`.
+    pub fn vehicle(&self, vin: &str) -> Value {
+        self.operator(&["vehicle", "show", vin])
+    }
+
+    /// The assignment entries of a vehicle, newest first.
+    pub fn assignments(&self, vin: &str) -> Vec<Value> {
+        match self.operator(&["assignment", "list", "--vin", vin]) {
+            Value::Array(entries) => entries,
+            _ => Vec::new(),
+        }
+    }
+
+    /// What the Director records as installed on each ECU of a vehicle.
+    pub fn installed(&self, vin: &str) -> Vec<(String, Option<String>)> {
+        let shown = self.vehicle(vin);
+        shown["ecus"]
+            .as_array()
+            .map(|ecus| {
+                ecus.iter()
+                    .map(|e| {
+                        (
+                            e["serial"].as_str().unwrap_or_default().to_string(),
+                            e["installed"]["filename"].as_str().map(String::from),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The event log (security events only with `security`).
+    pub fn events(&self, vin: &str, security: bool) -> Vec<Value> {
+        let mut args = vec!["events", "--vin", vin];
+        if security {
+            args.push("--security");
+        }
+        match self.operator(&args) {
+            Value::Array(events) => events,
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// How an ECU verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Both repositories.
+    Full,
+    /// Director targets only.
+    Partial,
+}
+
+impl Mode {
+    /// `full` or `partial`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Partial => "partial",
+        }
+    }
+}
+
+/// One simulated Secondary: its directory, its process, and the link the Primary reaches it
+/// through.
+#[derive(Debug)]
+pub struct SimSecondary {
+    /// Serial.
+    pub serial: String,
+    /// Hardware id.
+    pub hardware_id: String,
+    /// Verification mode.
+    pub mode: Mode,
+    /// Factory image file name.
+    pub factory_name: String,
+    /// Its state directory.
+    pub dir: PathBuf,
+    process: Option<ChildGuard>,
+    /// The link between the Primary and it.
+    pub link: LinkProxy,
+}
+
+impl SimSecondary {
+    /// Whether its process runs.
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// The durable offset of the transfer in progress, as its state file says.
+    pub fn durable_offset(&self) -> u64 {
+        std::fs::read(self.dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["durable_offset"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Waits (bounded) for the process to exit by itself (a simulated power cut).
+    pub fn wait_power_loss(&mut self, limit: Duration) -> bool {
+        let lost = self
+            .process
+            .as_mut()
+            .is_some_and(|p| p.wait_exit(limit).is_some());
+        if lost {
+            self.process = None;
+        }
+        lost
+    }
+}
+
+/// A vehicle: a Primary and its Secondaries.
+#[derive(Debug)]
+pub struct SimVehicle {
+    /// VIN.
+    pub vin: String,
+    /// The Primary's serial.
+    pub primary_serial: String,
+    /// The Primary's hardware id.
+    pub primary_hardware_id: String,
+    /// The Primary's state directory.
+    pub primary_dir: PathBuf,
+    /// The Secondaries.
+    pub secondaries: Vec<SimSecondary>,
+    primary: Option<ChildGuard>,
+    director_url: String,
+    image_url: String,
+}
+
+/// What a vehicle is made of.
+#[derive(Debug, Clone)]
+pub struct VehicleSpec {
+    /// VIN.
+    pub vin: String,
+    /// Secondaries: serial suffix, hardware id, mode.
+    pub secondaries: Vec<(String, String, Mode)>,
+}
+
+impl VehicleSpec {
+    /// A vehicle with `count` Secondaries alternating full and partial verification, of
+    /// hardware ids `hw-ecu-1`, `hw-ecu-2`, ...
+    pub fn standard(vin: &str, count: usize) -> Self {
+        Self {
+            vin: vin.to_string(),
+            secondaries: (1..=count)
+                .map(|i| {
+                    (
+                        format!("ECU{i}"),
+                        format!("hw-ecu-{i}"),
+                        if i % 2 == 1 {
+                            Mode::Full
+                        } else {
+                            Mode::Partial
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+impl SimVehicle {
+    /// Provisions a vehicle: every Secondary's `init` with the pinned roots, a link to each,
+    /// then the Primary's `init`, which registers the vehicle with the provisioning token.
+    pub fn provision(fleet: &Fleet, spec: &VehicleSpec) -> Self {
+        let base = fleet.path(&format!("vehicle-{}", spec.vin));
+        std::fs::create_dir_all(&base).expect("the vehicle directory");
+        let director_root = text(&fleet.path("director/1.root.json"));
+        let image_root = text(&fleet.path("repo/metadata/1.root.json"));
+        let mut secondaries = Vec::new();
+        for (suffix, hardware_id, mode) in &spec.secondaries {
+            let serial = format!("{}-{suffix}", spec.vin);
+            let dir = base.join(&serial);
+            let factory_name = format!("{hardware_id}-factory.bin");
+            let factory = base.join(&factory_name);
+            std::fs::write(&factory, format!("{serial} factory image")).expect("factory image");
+            let mut init = Command::new(bin("secondary-ecu"));
+            init.args([
+                "init",
+                "--vin",
+                &spec.vin,
+                "--serial",
+                &serial,
+                "--hardware-id",
+                hardware_id,
+                "--mode",
+                mode.as_str(),
+                "--director-root",
+                &director_root,
+                "--factory-image",
+                &text(&factory),
+                "--factory-name",
+                &factory_name,
+                "--dir",
+                &text(&dir),
+            ]);
+            if *mode == Mode::Full {
+                init.args(["--image-root", &image_root]);
+            }
+            run_ok(&mut init, LIMIT);
+            let link = LinkProxy::start("127.0.0.1:1").expect("a link proxy");
+            let mut secondary = SimSecondary {
+                serial,
+                hardware_id: hardware_id.clone(),
+                mode: *mode,
+                factory_name,
+                dir,
+                process: None,
+                link,
+            };
+            start_secondary(&mut secondary, &[]);
+            secondaries.push(secondary);
+        }
+        let primary_serial = format!("{}-GW", spec.vin);
+        let primary_hardware_id = "hw-gateway".to_string();
+        let factory = base.join("gateway-factory.bin");
+        std::fs::write(&factory, format!("{primary_serial} factory image")).expect("factory");
+        let vehicle = Self {
+            vin: spec.vin.clone(),
+            primary_serial,
+            primary_hardware_id,
+            primary_dir: base.join("primary"),
+            secondaries,
+            primary: None,
+            director_url: fleet.director_url.clone(),
+            image_url: fleet.image_url.clone(),
+        };
+        let mut init = vehicle.primary_command("init");
+        init.args([
+            "--vin",
+            &vehicle.vin,
+            "--serial",
+            &vehicle.primary_serial,
+            "--hardware-id",
+            &vehicle.primary_hardware_id,
+            "--provisioning-token",
+            &fleet.provisioning_token,
+            "--director-root",
+            &director_root,
+            "--image-root",
+            &image_root,
+            "--factory-image",
+            &text(&factory),
+            "--factory-name",
+            "gateway-factory.bin",
+        ]);
+        run_ok(&mut init, LIMIT);
+        vehicle
+    }
+
+    /// A `primary-ecu` command with this vehicle's directory, servers and links (given on
+    /// every command, as they move when a process restarts), with short timeouts.
+    pub fn primary_command(&self, subcommand: &str) -> Command {
+        let mut command = Command::new(bin("primary-ecu"));
+        command.args([
+            subcommand,
+            "--dir",
+            &text(&self.primary_dir),
+            "--director-url",
+            &self.director_url,
+            "--image-repo-url",
+            &self.image_url,
+            "--poll-interval-secs",
+            "1",
+            "--secondary-timeout-secs",
+            "5",
+            "--read-timeout-secs",
+            "5",
+        ]);
+        for s in &self.secondaries {
+            command.args([
+                "--secondary",
+                &format!("{},{},{}", s.serial, s.link.addr(), s.mode.as_str()),
+            ]);
+        }
+        command
+    }
+
+    /// Points the Primary at another Image repository URL (a link in front of it).
+    pub fn set_image_url(&mut self, url: &str) {
+        self.image_url = url.to_string();
+    }
+
+    /// Starts `primary-ecu run` (a cycle every second) in the background.
+    pub fn start_primary(&mut self) {
+        self.primary = None;
+        self.primary = Some(spawn(self.primary_command("run")));
+    }
+
+    /// Kills the Primary with SIGKILL.
+    pub fn kill_primary(&mut self) {
+        if let Some(mut primary) = self.primary.take() {
+            primary.kill();
+        }
+    }
+
+    /// Stops the Primary with SIGTERM; whether it exited cleanly.
+    pub fn stop_primary(&mut self) -> bool {
+        match self.primary.take() {
+            Some(mut primary) => primary
+                .terminate(LIMIT)
+                .is_some_and(|status| status.success()),
+            None => true,
+        }
+    }
+
+    /// What the running Primary wrote to stderr.
+    pub fn primary_log(&self) -> String {
+        self.primary
+            .as_ref()
+            .map(ChildGuard::stderr)
+            .unwrap_or_default()
+    }
+
+    /// One `primary-ecu once`: exit code and summary line.
+    pub fn once(&self) -> (i32, String) {
+        let (status, stdout, stderr) = run(&mut self.primary_command("once"), LIMIT);
+        let summary = if stdout.trim().is_empty() {
+            stderr.trim().to_string()
+        } else {
+            stdout.trim().to_string()
+        };
+        (status.code().unwrap_or(-1), summary)
+    }
+
+    /// Starts (or restarts) Secondary `i` with fault flags.
+    pub fn start_secondary(&mut self, i: usize, faults: &[&str]) {
+        start_secondary(&mut self.secondaries[i], faults);
+    }
+
+    /// Stops Secondary `i` (SIGKILL: power off).
+    pub fn stop_secondary(&mut self, i: usize) {
+        if let Some(mut process) = self.secondaries[i].process.take() {
+            process.kill();
+        }
+    }
+
+    /// Every ECU serial, the Primary first.
+    pub fn serials(&self) -> Vec<String> {
+        std::iter::once(self.primary_serial.clone())
+            .chain(self.secondaries.iter().map(|s| s.serial.clone()))
+            .collect()
+    }
+}
+
+fn start_secondary(secondary: &mut SimSecondary, faults: &[&str]) {
+    secondary.process = None;
+    let mut command = Command::new(bin("secondary-ecu"));
+    command
+        .args([
+            "run",
+            "--dir",
+            &text(&secondary.dir),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(faults);
+    let (process, addr) = spawn_listening(command, LIMIT);
+    secondary.link.set_target(&addr);
+    secondary.process = Some(process);
+}
