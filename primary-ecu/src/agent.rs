@@ -138,10 +138,19 @@ impl CycleReport {
         for (serial, why) in &self.unreachable {
             parts.push(format!("{serial} unreachable: {why}"));
         }
-        match &self.manifest {
-            ManifestOutcome::Accepted => {}
-            ManifestOutcome::Refused(why) => parts.push(format!("manifest refused: {why}")),
-            ManifestOutcome::Unsent(why) => parts.push(format!("manifest not sent: {why}")),
+        for (which, outcome) in [
+            ("manifest", Some(&self.manifest)),
+            ("closing manifest", self.closing_manifest.as_ref()),
+        ] {
+            match outcome {
+                Some(ManifestOutcome::Refused(why)) => {
+                    parts.push(format!("{which} refused: {why}"))
+                }
+                Some(ManifestOutcome::Unsent(why)) => {
+                    parts.push(format!("{which} not sent: {why}"))
+                }
+                _ => {}
+            }
         }
         parts.join("; ")
     }

@@ -235,9 +235,12 @@ impl SecondaryLink {
         Ok(report.signed_report)
     }
 
+    /// The result the ECU kept for `correlation_id`, if it is about `filename`: a result
+    /// for another image under the same correlation id says nothing about this one.
     async fn installation_result(
         &mut self,
         correlation_id: &str,
+        filename: &str,
     ) -> Result<Option<proto::v1::Result>, LinkError> {
         let t = self.timeout;
         let correlation_id = correlation_id.to_string();
@@ -248,7 +251,8 @@ impl SecondaryLink {
             })
             .await
         {
-            Ok(r) => Ok(r.result),
+            Ok(r) if r.filename == filename => Ok(r.result),
+            Ok(_) => Ok(None),
             Err(LinkError::Status { status, .. }) if status.code() == tonic::Code::NotFound => {
                 Ok(None)
             }
@@ -268,7 +272,7 @@ impl SecondaryLink {
         length: u64,
     ) -> Result<Delivery, LinkError> {
         let correlation_id = bundle.correlation_id.clone();
-        if let Some(done) = self.kept_outcome(&correlation_id).await? {
+        if let Some(done) = self.kept_outcome(&correlation_id, filename).await? {
             return Ok(done);
         }
         let t = self.timeout;
@@ -298,7 +302,7 @@ impl SecondaryLink {
             _ => return Ok(failed(Some(accepted), "metadata refused")),
         }
         if self
-            .installation_result(&correlation_id)
+            .installation_result(&correlation_id, filename)
             .await?
             .map(|r| r.code)
             != Some(ResultCode::NeedCompletion as i32)
@@ -321,21 +325,27 @@ impl SecondaryLink {
             })
             .await?;
         let activated = self.finish_operation(activated, t).await?;
-        match self.kept_outcome(&correlation_id).await? {
+        match self.kept_outcome(&correlation_id, filename).await? {
             Some(done) => Ok(done),
             None => Ok(failed(activated.result, "activation did not finish")),
         }
     }
 
     /// The final outcome the ECU kept for this update, if it has one.
-    async fn kept_outcome(&mut self, correlation_id: &str) -> Result<Option<Delivery>, LinkError> {
-        Ok(match self.installation_result(correlation_id).await? {
-            Some(r) if r.code == ResultCode::Ok as i32 => Some(Delivery::Installed),
-            Some(r) if final_failure(ResultCode::try_from(r.code).unwrap_or_default()) => {
-                Some(failed(Some(r), "failed"))
-            }
-            _ => None,
-        })
+    async fn kept_outcome(
+        &mut self,
+        correlation_id: &str,
+        filename: &str,
+    ) -> Result<Option<Delivery>, LinkError> {
+        Ok(
+            match self.installation_result(correlation_id, filename).await? {
+                Some(r) if r.code == ResultCode::Ok as i32 => Some(Delivery::Installed),
+                Some(r) if final_failure(ResultCode::try_from(r.code).unwrap_or_default()) => {
+                    Some(failed(Some(r), "failed"))
+                }
+                _ => None,
+            },
+        )
     }
 
     /// Sends the image from the ECU's durable offset; `Some` when the ECU refused it.

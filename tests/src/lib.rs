@@ -5,8 +5,11 @@
 //! [`sim`] builds a fleet of the real programs on it; [`demo`] and [`hil`] are `fleet-sim`'s
 //! commands; [`proxy`] stands for a network link that can be cut or stalled.
 
+pub mod attacks;
 pub mod demo;
+pub mod forge;
 pub mod hil;
+pub mod mitm;
 pub mod proxy;
 pub mod sim;
 

@@ -44,6 +44,7 @@ pub struct Fleet {
     pub token: String,
     /// A fleet-wide provisioning token for Primaries.
     pub provisioning_token: String,
+    upload_token: Option<String>,
     // Last: removed after the processes using it are gone.
     tmp: tempfile::TempDir,
 }
@@ -55,6 +56,11 @@ fn text(path: &Path) -> String {
 impl Fleet {
     /// Runs both key ceremonies, starts both servers, and creates the operator's tokens.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Fleet::start`], with extra `image-repo serve` flags.
+    pub fn start_with(image_repo_flags: &[&str]) -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("fleet-sim-")
             .tempdir()
@@ -71,7 +77,9 @@ impl Fleet {
             LIMIT,
         );
         let mut command = Command::new(bin("image-repo"));
-        command.args(["serve", "--repo", &path("repo"), "--listen", "127.0.0.1:0"]);
+        command
+            .args(["serve", "--repo", &path("repo"), "--listen", "127.0.0.1:0"])
+            .args(image_repo_flags);
         let (image_repo, image_addr) = spawn_listening(command, LIMIT);
         run_ok(
             Command::new(bin("director")).args([
@@ -106,6 +114,7 @@ impl Fleet {
             director_url: String::new(),
             token,
             provisioning_token: String::new(),
+            upload_token: None,
             tmp,
         };
         fleet.start_director();
@@ -178,15 +187,38 @@ impl Fleet {
         serde_json::from_str(&out).unwrap_or(Value::Null)
     }
 
+    /// From now on, [`Fleet::publish`] uploads through the running Image repository (which
+    /// then signs snapshot and timestamp with its own lifetimes) instead of writing the
+    /// repository directly.
+    pub fn publish_through_server(&mut self) {
+        let token = run_ok(
+            Command::new(bin("image-repo")).args([
+                "token",
+                "create",
+                "--repo",
+                &text(&self.path("repo")),
+                "--role",
+                "targets",
+                "--label",
+                "release-engineering",
+            ]),
+            LIMIT,
+        );
+        self.upload_token = Some(token.trim().to_string());
+    }
+
     /// The `image-repo add` an OEM release engineer runs: signs and publishes an image.
     pub fn publish(&self, name: &str, hardware_id: &str, release_counter: u64, content: &[u8]) {
         let file = self.path(&format!("upload-{}", name.replace('/', "_")));
         std::fs::write(&file, content).expect("the image file writes");
+        let mut command = Command::new(bin("image-repo"));
+        command.arg("add");
+        match &self.upload_token {
+            Some(token) => command.args(["--server", &self.image_url, "--token", token]),
+            None => command.args(["--repo", &text(&self.path("repo"))]),
+        };
         run_ok(
-            Command::new(bin("image-repo")).args([
-                "add",
-                "--repo",
-                &text(&self.path("repo")),
+            command.args([
                 "--offline-keys",
                 &text(&self.path("repo-keys")),
                 "--name",
@@ -287,12 +319,18 @@ pub struct SimSecondary {
     pub factory_name: String,
     /// Its state directory.
     pub dir: PathBuf,
+    addr: String,
     process: Option<ChildGuard>,
     /// The link between the Primary and it.
     pub link: LinkProxy,
 }
 
 impl SimSecondary {
+    /// The address its process listens on (the link's far end).
+    pub fn real_addr(&self) -> String {
+        self.addr.clone()
+    }
+
     /// Whether its process runs.
     pub fn is_running(&self) -> bool {
         self.process.is_some()
@@ -336,6 +374,7 @@ pub struct SimVehicle {
     primary: Option<ChildGuard>,
     director_url: String,
     image_url: String,
+    primary_flags: Vec<String>,
 }
 
 /// What a vehicle is made of.
@@ -416,6 +455,7 @@ impl SimVehicle {
                 mode: *mode,
                 factory_name,
                 dir,
+                addr: String::new(),
                 process: None,
                 link,
             };
@@ -435,6 +475,7 @@ impl SimVehicle {
             primary: None,
             director_url: fleet.director_url.clone(),
             image_url: fleet.image_url.clone(),
+            primary_flags: Vec::new(),
         };
         let mut init = vehicle.primary_command("init");
         init.args([
@@ -478,6 +519,7 @@ impl SimVehicle {
             "--read-timeout-secs",
             "5",
         ]);
+        command.args(&self.primary_flags);
         for s in &self.secondaries {
             command.args([
                 "--secondary",
@@ -490,6 +532,16 @@ impl SimVehicle {
     /// Points the Primary at another Image repository URL (a link in front of it).
     pub fn set_image_url(&mut self, url: &str) {
         self.image_url = url.to_string();
+    }
+
+    /// Points the Primary at another Director URL (a link in front of it).
+    pub fn set_director_url(&mut self, url: &str) {
+        self.director_url = url.to_string();
+    }
+
+    /// Extra flags for every later `primary-ecu` command.
+    pub fn set_primary_flags(&mut self, flags: &[&str]) {
+        self.primary_flags = flags.iter().map(|f| f.to_string()).collect();
     }
 
     /// Starts `primary-ecu run` (a cycle every second) in the background.
@@ -568,5 +620,6 @@ fn start_secondary(secondary: &mut SimSecondary, faults: &[&str]) {
         .args(faults);
     let (process, addr) = spawn_listening(command, LIMIT);
     secondary.link.set_target(&addr);
+    secondary.addr = addr;
     secondary.process = Some(process);
 }

@@ -32,6 +32,8 @@ pub enum AttackKind {
     Malformed,
     /// A signed report or manifest sent again, or not answering the nonce it was asked for.
     Replay,
+    /// A repository refused or dropped a request for metadata or an image it must serve.
+    DropRequest,
 }
 
 impl AttackKind {
@@ -50,6 +52,7 @@ impl AttackKind {
             AttackKind::RepositoryMismatch => "repository_mismatch",
             AttackKind::Malformed => "malformed",
             AttackKind::Replay => "replay",
+            AttackKind::DropRequest => "drop_request",
         }
     }
 }

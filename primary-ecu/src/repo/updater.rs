@@ -51,6 +51,9 @@ impl ClientError {
             ClientError::Update { source, .. } => Some(source.attack()),
             ClientError::Fetch(FetchError::TooLarge { .. }) => Some(AttackKind::EndlessData),
             ClientError::Fetch(FetchError::TooSlow { .. }) => Some(AttackKind::SlowRetrieval),
+            // Not a missing next root (that ends the root update): a file the metadata
+            // says exists was refused.
+            ClientError::Fetch(FetchError::Status { .. }) => Some(AttackKind::DropRequest),
             ClientError::Fetch(FetchError::Digest { source, .. }) => Some(match source {
                 uptane_core::hash::DigestError::TooLong { .. } => AttackKind::EndlessData,
                 _ => AttackKind::ArbitrarySoftware,

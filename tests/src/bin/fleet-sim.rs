@@ -1,10 +1,10 @@
-//! `fleet-sim`: the whole system on 127.0.0.1, for a first look (`demo`) and for
-//! hardware-in-loop style fault runs (`hil`).
+//! `fleet-sim`: the whole system on 127.0.0.1, for a first look (`demo`), hardware-in-loop
+//! style fault runs (`hil`), and the attack suite (`attacks`).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use uptane_tests::{demo, hil, kill_all_children};
+use uptane_tests::{attacks, demo, hil, kill_all_children};
 
 #[derive(Debug, Parser)]
 #[command(name = "fleet-sim", version, about = "The Uptane fleet on one machine")]
@@ -31,6 +31,13 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         secondaries: usize,
         /// Only the rows whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
+    /// Runs the attack suite against real processes; exit 0 only when every attack ends as
+    /// expected.
+    Attacks {
+        /// Only the attacks whose name contains this.
         #[arg(long)]
         only: Option<String>,
     },
@@ -123,6 +130,17 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Command::Attacks { only } => {
+            stop_children_on_signal();
+            match attacks::run_all(&mut out, only.as_deref()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Hil {
