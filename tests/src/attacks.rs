@@ -754,7 +754,10 @@ pub fn scenarios() -> Vec<Scenario> {
                 let key = steal_key(&w.car.secondaries[0].dir.join("ecu.pem"));
                 let real = w.car.secondaries[0].real_addr();
                 let (fake, link) = ForgingLink::start(&real);
-                link.forge(ReportForgery::Resign(key, "claimed-by-attacker.bin".into()));
+                link.forge(ReportForgery::Resign(
+                    Box::new(key),
+                    "claimed-by-attacker.bin".into(),
+                ));
                 w.car.secondaries[0].link.set_target(&fake);
                 w.cycle();
                 w.car.secondaries[0].link.set_target(&real);

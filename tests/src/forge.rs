@@ -140,7 +140,7 @@ pub enum ReportForgery {
     /// Answer with this earlier report (another nonce) instead.
     Replay(Vec<u8>),
     /// Change the installed file name and sign again with the ECU's stolen key.
-    Resign(SigningKey, String),
+    Resign(Box<SigningKey>, String),
 }
 
 /// A Secondary link in the attacker's hands: it forwards every call to the real ECU, keeps
