@@ -10,7 +10,7 @@ use proto::v1::secondary_client::SecondaryClient;
 use proto::v1::{
     ActivateRequest, BeginTransferRequest, Chunk, GetInfoRequest, GetInstallationResultRequest,
     GetOperationRequest, GetVersionReportRequest, InstallRequest, Operation, PutMetadataRequest,
-    PutTimeRequest, ResultCode,
+    PutTimeRequest, ResultCode, TransferState,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::transport::{Channel, Endpoint};
@@ -367,12 +367,8 @@ impl SecondaryLink {
                 c.begin_transfer(begin).await
             })
             .await?;
-        if state
-            .result
-            .as_ref()
-            .is_some_and(|r| r.code != ResultCode::Ok as i32)
-        {
-            return Ok(Some(failed(state.result, "transfer refused")));
+        if let Some(refused) = refused_transfer(&state) {
+            return Ok(Some(refused));
         }
         if state.complete {
             return Ok(None);
@@ -400,12 +396,8 @@ impl SecondaryLink {
                 |mut c| async move { c.upload(chunks).await },
             )
             .await?;
-        if state
-            .result
-            .as_ref()
-            .is_some_and(|r| r.code != ResultCode::Ok as i32)
-        {
-            return Ok(Some(failed(state.result, "transfer refused")));
+        if let Some(refused) = refused_transfer(&state) {
+            return Ok(Some(refused));
         }
         if !state.complete {
             return Ok(Some(Delivery::Retry(format!(
@@ -465,6 +457,15 @@ impl SecondaryLink {
         }
         Ok(operation)
     }
+}
+
+/// The ECU's refusal in a transfer state, if it refused.
+fn refused_transfer(state: &TransferState) -> Option<Delivery> {
+    state
+        .result
+        .as_ref()
+        .filter(|r| r.code != ResultCode::Ok as i32)
+        .map(|r| failed(Some(r.clone()), "transfer refused"))
 }
 
 /// The image from `from` to `length`, in chunks read as the stream is polled (never the

@@ -284,6 +284,27 @@ impl World {
         );
     }
 
+    /// Serves Director metadata signed with the stolen Director keys that assigns the brake
+    /// ECU `name` (`bytes`, release counter `counter`).
+    fn assign_to_brake_as_director(&self, name: &str, bytes: &[u8], counter: u64) {
+        let brake = self.ecus()[1].0.clone();
+        let set = self.forge_director(&[(name, bytes, &brake, "hw-brake", counter)]);
+        self.serve_forged(&self.director, &set);
+    }
+
+    /// Rotates the Image repository's timestamp key, as its operator would.
+    fn rotate_timestamp_key(&self) -> Result<String, String> {
+        run_ok_cmd(&[
+            "rotate-online",
+            "--repo",
+            &self.fleet.path("repo").display().to_string(),
+            "--offline-keys",
+            &self.fleet.path("repo-keys").display().to_string(),
+            "--role",
+            "timestamp",
+        ])
+    }
+
     /// Director metadata for the car, signed with the stolen Director keys, assigning
     /// `entries` (file name, bytes, ECU serial, hardware id, release counter).
     fn forge_director(
@@ -472,15 +493,7 @@ pub fn scenarios() -> Vec<Scenario> {
             "refused (arbitrary_software)",
             |w| {
                 let old = w.image_keys().timestamp;
-                run_ok_cmd(&[
-                    "rotate-online",
-                    "--repo",
-                    &w.fleet.path("repo").display().to_string(),
-                    "--offline-keys",
-                    &w.fleet.path("repo-keys").display().to_string(),
-                    "--role",
-                    "timestamp",
-                ])?;
+                w.rotate_timestamp_key()?;
                 w.release(&[1]);
                 w.settle()?;
                 attacked(
@@ -522,13 +535,7 @@ pub fn scenarios() -> Vec<Scenario> {
             |w| {
                 attacked(
                     w,
-                    |w| {
-                        let brake = w.ecus()[1].0.clone();
-                        let old = image(999, 1, 20_000);
-                        let set =
-                            w.forge_director(&[("brake-old.bin", &old, &brake, "hw-brake", 1)]);
-                        w.serve_forged(&w.director, &set);
-                    },
+                    |w| w.assign_to_brake_as_director("brake-old.bin", &image(999, 1, 20_000), 1),
                     "rollback",
                 )
             },
@@ -832,15 +839,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 w.cycle();
                 refused(w, &before, since, "attack_reported:rollback")
                     .map_err(|e| format!("after the fast-forward: {e}"))?;
-                run_ok_cmd(&[
-                    "rotate-online",
-                    "--repo",
-                    &w.fleet.path("repo").display().to_string(),
-                    "--offline-keys",
-                    &w.fleet.path("repo-keys").display().to_string(),
-                    "--role",
-                    "timestamp",
-                ])?;
+                w.rotate_timestamp_key()?;
                 Ok(format!(
                     "fast-forwarded timestamp accepted, real ones then refused as rollback; after rotation: {}",
                     w.recover()?
@@ -854,13 +853,7 @@ pub fn scenarios() -> Vec<Scenario> {
             |w| {
                 attacked(
                     w,
-                    |w| {
-                        let brake = w.ecus()[1].0.clone();
-                        let evil = image(666, 1, 25_000);
-                        let set =
-                            w.forge_director(&[("brake-evil.bin", &evil, &brake, "hw-brake", 99)]);
-                        w.serve_forged(&w.director, &set);
-                    },
+                    |w| w.assign_to_brake_as_director("brake-evil.bin", &image(666, 1, 25_000), 99),
                     "repository_mismatch",
                 )
             },

@@ -8,141 +8,24 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use uptane_tests::{ChildGuard, bin, run, run_ok, spawn, spawn_listening};
+use uptane_tests::sim::Fleet;
+use uptane_tests::{bin, run, run_ok, spawn, spawn_listening};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const VIN: &str = "WVWZZZ1JZXW000042";
 
-struct Fleet {
-    dir: tempfile::TempDir,
-    _image_repo: ChildGuard,
-    image_url: String,
-    _director: ChildGuard,
-    director_url: String,
-    token: String,
-}
-
-impl Fleet {
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    fn operator(&self, args: &[&str]) -> Value {
-        let out = run_ok(
-            Command::new(bin("director")).args(args).args([
-                "--server",
-                &self.director_url,
-                "--token",
-                &self.token,
-                "--json",
-            ]),
-            LIMIT,
-        );
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-    }
-
-    fn publish(&self, name: &str, hardware_id: &str, counter: u64, content: &[u8]) {
-        let file = self.path(name);
-        std::fs::write(&file, content).unwrap();
-        run_ok(
-            Command::new(bin("image-repo")).args([
-                "add",
-                "--repo",
-                &self.path("repo"),
-                "--offline-keys",
-                &self.path("repo-keys"),
-                "--name",
-                name,
-                "--hardware-id",
-                hardware_id,
-                "--release-counter",
-                &counter.to_string(),
-                &file,
-            ]),
-            LIMIT,
-        );
-    }
-
-    /// What the Director records as installed on `serial`.
-    fn installed(&self, serial: &str) -> Option<String> {
-        let shown = self.operator(&["vehicle", "show", VIN]);
-        shown["ecus"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["serial"] == serial)
-            .and_then(|e| e["installed"]["filename"].as_str().map(String::from))
-    }
-}
-
-fn fleet() -> Fleet {
-    let dir = tempfile::tempdir().unwrap();
-    let path = |n: &str| dir.path().join(n).display().to_string();
-    run_ok(
-        Command::new(bin("image-repo")).args([
-            "init",
-            "--repo",
-            &path("repo"),
-            "--offline-keys",
-            &path("repo-keys"),
-        ]),
-        LIMIT,
-    );
-    let mut command = Command::new(bin("image-repo"));
-    command.args(["serve", "--repo", &path("repo"), "--listen", "127.0.0.1:0"]);
-    let (image_repo, image_addr) = spawn_listening(command, LIMIT);
-    run_ok(
-        Command::new(bin("director")).args([
-            "init",
-            "--dir",
-            &path("director"),
-            "--offline-keys",
-            &path("director-keys"),
-            "--image-root",
-            &path("repo/metadata/1.root.json"),
-        ]),
-        LIMIT,
-    );
-    let token = run_ok(
-        Command::new(bin("director")).args([
-            "token",
-            "create",
-            "--dir",
-            &path("director"),
-            "--label",
-            "ops",
-        ]),
-        LIMIT,
-    )
-    .trim()
-    .to_string();
-    let image_url = format!("http://{image_addr}");
-    let mut command = Command::new(bin("director"));
-    command.args([
-        "serve",
-        "--dir",
-        &path("director"),
-        "--listen",
-        "127.0.0.1:0",
-        "--image-repo",
-        &image_url,
-    ]);
-    let (director, director_addr) = spawn_listening(command, LIMIT);
-    Fleet {
-        dir,
-        _image_repo: image_repo,
-        image_url,
-        _director: director,
-        director_url: format!("http://{director_addr}"),
-        token,
-    }
+fn installed(fleet: &Fleet, serial: &str) -> Option<String> {
+    fleet
+        .installed(VIN)
+        .into_iter()
+        .find(|(s, _)| s == serial)
+        .and_then(|(_, image)| image)
 }
 
 #[test]
 fn a_primary_provisions_itself_and_updates_its_vehicle_through_the_real_servers() {
-    let fleet = fleet();
-    let path = |n: &str| fleet.path(n);
+    let fleet = Fleet::start();
+    let path = |n: &str| fleet.path(n).display().to_string();
     std::fs::write(path("factory.bin"), b"factory firmware").unwrap();
 
     run_ok(
@@ -171,8 +54,7 @@ fn a_primary_provisions_itself_and_updates_its_vehicle_through_the_real_servers(
     command.args(["run", "--dir", &path("brake"), "--listen", "127.0.0.1:0"]);
     let (_brake, brake_addr) = spawn_listening(command, LIMIT);
 
-    let provisioning = fleet.operator(&["provisioning-token", "create", "--label", "factory-line"]);
-    let provisioning = provisioning["token"].as_str().unwrap().to_string();
+    let provisioning = fleet.provisioning_token.clone();
     let primary_args = |command: &mut Command| {
         command.args([
             "--dir",
@@ -227,8 +109,11 @@ fn a_primary_provisions_itself_and_updates_its_vehicle_through_the_real_servers(
     primary_args(&mut once);
     let (status, out, err) = run(&mut once, LIMIT);
     assert!(status.success(), "{out}\n{err}");
-    assert_eq!(fleet.installed("GW-42").as_deref(), Some("gw-1.bin"));
-    assert_eq!(fleet.installed("BRAKE-42").as_deref(), Some("brake-1.bin"));
+    assert_eq!(installed(&fleet, "GW-42").as_deref(), Some("gw-1.bin"));
+    assert_eq!(
+        installed(&fleet, "BRAKE-42").as_deref(),
+        Some("brake-1.bin")
+    );
 
     // The operator publishes and assigns; the running Primary installs both.
     fleet.publish("gw-2.bin", "hw-gateway", 2, &[3u8; 150_000]);
@@ -241,8 +126,8 @@ fn a_primary_provisions_itself_and_updates_its_vehicle_through_the_real_servers(
         fleet.operator(&["assign", "--image", image, "--vin", VIN]);
     }
     let deadline = Instant::now() + LIMIT;
-    while fleet.installed("GW-42").as_deref() != Some("gw-2.bin")
-        || fleet.installed("BRAKE-42").as_deref() != Some("brake-2.bin")
+    while installed(&fleet, "GW-42").as_deref() != Some("gw-2.bin")
+        || installed(&fleet, "BRAKE-42").as_deref() != Some("brake-2.bin")
     {
         assert!(
             Instant::now() < deadline,
