@@ -71,9 +71,9 @@ impl World {
         // Short-lived Image repository timestamps, so that a freeze shows within seconds.
         let fleet = Fleet::start_with(&[
             "--timestamp-lifetime-secs",
-            "6",
+            "12",
             "--renew-margin-secs",
-            "3",
+            "6",
             "--renew-interval-secs",
             "1",
         ]);
