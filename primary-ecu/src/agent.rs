@@ -283,11 +283,6 @@ impl Primary {
         })
     }
 
-    /// The durable state.
-    pub fn state(&self) -> &PrimaryState {
-        &self.state
-    }
-
     fn save(&self) -> Result<(), String> {
         self.files
             .save_state(&self.state)
@@ -557,7 +552,9 @@ impl Primary {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let installed = self.installed_counter(&target.ecu_serial);
+            let installed = self
+                .running_image(&target.ecu_serial)
+                .map(|i| i.release_counter);
             let image = approve(target, &found, installed)?;
             let url = images.target_url(
                 &self.settings.image_targets_url(),
@@ -577,11 +574,13 @@ impl Primary {
         }))
     }
 
-    fn installed_counter(&self, serial: &str) -> Option<u64> {
+    /// What an ECU runs, as far as the Primary knows: its own image, or the last report.
+    fn running_image(&self, serial: &str) -> Option<&InstalledImage> {
         if *serial == self.settings.serial {
-            return self.state.installed.as_ref().map(|i| i.release_counter);
+            self.state.installed.as_ref()
+        } else {
+            self.state.reported.get(serial)
         }
-        self.state.reported.get(serial).map(|i| i.release_counter)
     }
 
     /// Steps 3–5: download each image once, deliver to every ECU in parallel, record.
@@ -607,12 +606,10 @@ impl Primary {
                 })
                 .or_insert_with(|| EcuUpdate::new(&plan.correlation_id, image, &sha256))
                 .clone();
-            let running = if serial == self.settings.serial {
-                self.state.installed.clone()
-            } else {
-                self.state.reported.get(&serial).cloned()
-            };
-            if running.is_some_and(|r| same_image(&r, image)) {
+            if self
+                .running_image(&serial)
+                .is_some_and(|r| same_image(r, image))
+            {
                 self.set_phase(&serial, Phase::Installed, "running");
                 continue;
             }

@@ -36,11 +36,6 @@ impl ImageStore {
         self.downloads.join(format!("{sha256}.part"))
     }
 
-    /// Bytes of `sha256` downloaded so far (0 when none are kept).
-    pub fn partial_len(&self, sha256: &str) -> u64 {
-        std::fs::metadata(self.partial(sha256)).map_or(0, |m| m.len())
-    }
-
     /// Removes images and partial downloads not in `keep` (SHA-256s).
     pub fn prune(&self, keep: &[&str]) {
         for dir in [&self.images, &self.downloads] {
