@@ -15,7 +15,7 @@ use primary_ecu::download::ImageStore;
 use primary_ecu::repo::Fetcher;
 use support::world::World;
 use uptane_core::metadata::TargetFile;
-use uptane_tests::spawn;
+use uptane_tests::{peak_rss_kib, spawn};
 
 const DOORS: [((&str, &str), &str); 3] = [
     (("DOOR-1", "hw-door"), "full"),
@@ -33,17 +33,6 @@ fn image(len: usize, tag: u8) -> Vec<u8> {
             state.to_le_bytes()
         })
         .collect()
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Runs `primary-ecu once`, sampling its high-water resident memory until it exits.

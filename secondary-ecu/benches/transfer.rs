@@ -15,7 +15,7 @@ use uptane_core::hash::Hashes;
 use uptane_core::sign::TargetsBuilder;
 use uptane_core::testing::RepoFixture;
 use uptane_core::uptane::{director_target_custom, director_targets_custom, image_target_custom};
-use uptane_tests::spawn_listening;
+use uptane_tests::{peak_rss_kib, spawn_listening};
 
 const SIZE: u64 = 1 << 30;
 const CHUNK: usize = 1 << 20;
@@ -26,18 +26,6 @@ fn chunk() -> Vec<u8> {
 
 fn now() -> uptane_core::time::UtcTime {
     std::time::SystemTime::now().into()
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
 }
 
 fn main() {
@@ -168,7 +156,7 @@ fn main() {
             elapsed,
             SIZE as f64 / 1e6 / elapsed
         );
-        println!("Secondary peak resident memory (VmHWM) after the transfer: {} MiB", peak_rss_kib(process.id()) / 1024);
+        println!("Secondary peak resident memory (VmHWM) after the transfer: {} MiB", peak_rss_kib(process.id()).unwrap_or(0) / 1024);
     });
 }
 

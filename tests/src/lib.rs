@@ -261,6 +261,18 @@ pub fn python_tuf_venv() -> PathBuf {
     python
 }
 
+/// A process's peak resident memory (VmHWM) in KiB, while it runs (Linux).
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Copies `src` to `dst` (a file).
 pub fn copy(src: &Path, dst: &Path) {
     std::fs::copy(src, dst).unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
