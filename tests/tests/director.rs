@@ -6,111 +6,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::process::Command;
-use std::time::Duration;
 
-use serde_json::Value;
 use uptane_core::crypto::SigningKey;
 use uptane_core::manifest::{
     ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
 };
 use uptane_core::trusted::{Director, Limits, TrustedSet};
 use uptane_core::verify::Raw;
-use uptane_tests::{ChildGuard, bin, run_ok, spawn_listening};
+use uptane_tests::sim::Fleet;
 
-const LIMIT: Duration = Duration::from_secs(60);
 const VIN: &str = "WVWZZZ1JZXW000001";
 const IMAGE: &[u8] = b"brake controller firmware 2.0";
-
-struct Setup {
-    dir: tempfile::TempDir,
-    _image_repo: ChildGuard,
-    image_url: String,
-}
-
-impl Setup {
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    fn director(&self) -> (ChildGuard, String) {
-        let mut command = Command::new(bin("director"));
-        command.args([
-            "serve",
-            "--dir",
-            &self.path("director"),
-            "--listen",
-            "127.0.0.1:0",
-            "--image-repo",
-            &self.image_url,
-        ]);
-        let (child, addr) = spawn_listening(command, LIMIT);
-        (child, format!("http://{addr}"))
-    }
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let path = |n: &str| dir.path().join(n).display().to_string();
-    run_ok(
-        Command::new(bin("image-repo")).args([
-            "init",
-            "--repo",
-            &path("repo"),
-            "--offline-keys",
-            &path("repo-keys"),
-        ]),
-        LIMIT,
-    );
-    std::fs::write(dir.path().join("brake.bin"), IMAGE).unwrap();
-    run_ok(
-        Command::new(bin("image-repo")).args([
-            "add",
-            "--repo",
-            &path("repo"),
-            "--offline-keys",
-            &path("repo-keys"),
-            "--name",
-            "brake-2.0.bin",
-            "--hardware-id",
-            "hw-brake",
-            "--release-counter",
-            "2",
-            &path("brake.bin"),
-        ]),
-        LIMIT,
-    );
-    let mut command = Command::new(bin("image-repo"));
-    command.args(["serve", "--repo", &path("repo"), "--listen", "127.0.0.1:0"]);
-    let (image_repo, addr) = spawn_listening(command, LIMIT);
-    run_ok(
-        Command::new(bin("director")).args([
-            "init",
-            "--dir",
-            &path("director"),
-            "--offline-keys",
-            &path("director-keys"),
-            "--image-root",
-            &path("repo/metadata/1.root.json"),
-        ]),
-        LIMIT,
-    );
-    Setup {
-        dir,
-        _image_repo: image_repo,
-        image_url: format!("http://{addr}"),
-    }
-}
-
-fn operator(setup: &Setup, url: &str, token: &str, args: &[&str]) -> Value {
-    let out = run_ok(
-        Command::new(bin("director"))
-            .args(args)
-            .args(["--server", url, "--token", token, "--json"]),
-        LIMIT,
-    );
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} ({})", setup.path("")))
-}
 
 fn now() -> uptane_core::time::UtcTime {
     std::time::SystemTime::now().into()
@@ -153,28 +59,19 @@ fn report(serial: &str, key: &SigningKey, image: &[u8], name: &str, counter: u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_assigns_vehicle_verifies_and_reports_and_nothing_is_lost_on_kill() {
-    let setup = setup();
-    let token = run_ok(
-        Command::new(bin("director")).args([
-            "token",
-            "create",
-            "--dir",
-            &setup.path("director"),
-            "--label",
-            "ops",
-        ]),
-        LIMIT,
-    )
-    .trim()
-    .to_string();
-    let (mut director, url) = setup.director();
+    let mut fleet = Fleet::start();
+    fleet.publish("brake-2.0.bin", "hw-brake", 2, IMAGE);
+    let url = fleet.director_url.clone();
 
     let keys = [uptane_core::testing::key(1), uptane_core::testing::key(2)];
     let serials = ["ECU-GW-1", "ECU-BRAKE-1"];
     let hardware = ["hw-gateway", "hw-brake"];
     let mut ecu_args = Vec::new();
     for i in 0..2 {
-        let key_file = setup.path(&format!("ecu{i}.pub.json"));
+        let key_file = fleet
+            .path(&format!("ecu{i}.pub.json"))
+            .display()
+            .to_string();
         std::fs::write(
             &key_file,
             serde_json::to_vec(keys[i].public_key().to_json()).unwrap(),
@@ -186,15 +83,10 @@ async fn operator_assigns_vehicle_verifies_and_reports_and_nothing_is_lost_on_ki
     for spec in &ecu_args {
         args.extend(["--ecu", spec.as_str()]);
     }
-    let registered = operator(&setup, &url, &token, &args);
+    let registered = fleet.operator(&args);
     let credential = registered["credential"].as_str().unwrap().to_string();
 
-    let assigned = operator(
-        &setup,
-        &url,
-        &token,
-        &["assign", "--image", "brake-2.0.bin", "--vin", VIN],
-    );
+    let assigned = fleet.operator(&["assign", "--image", "brake-2.0.bin", "--vin", VIN]);
     let correlation = assigned["correlation_id"].as_str().unwrap().to_string();
     assert_eq!(assigned["ecus"][0]["ecu_serial"], "ECU-BRAKE-1");
 
@@ -257,22 +149,22 @@ async fn operator_assigns_vehicle_verifies_and_reports_and_nothing_is_lost_on_ki
         response.text().await.unwrap()
     );
 
-    let shown = operator(&setup, &url, &token, &["vehicle", "show", VIN]);
+    let shown = fleet.operator(&["vehicle", "show", VIN]);
     assert_eq!(shown["assignments"][0]["status"], "installed");
     assert_eq!(shown["ecus"][1]["installed"]["filename"], "brake-2.0.bin");
-    let events_before = operator(&setup, &url, &token, &["events"]);
+    let events_before = fleet.operator(&["events"]);
 
     // SIGKILL, restart: everything accepted is still there.
-    director.kill();
-    let (_director, url) = setup.director();
-    let shown = operator(&setup, &url, &token, &["vehicle", "show", VIN]);
+    fleet.restart_director();
+    let url = fleet.director_url.clone();
+    let shown = fleet.operator(&["vehicle", "show", VIN]);
     assert_eq!(shown["assignments"][0]["status"], "installed");
     assert_eq!(
         shown["assignments"][0]["correlation_id"],
         correlation.as_str()
     );
     assert_eq!(shown["ecus"][1]["last_report_counter"], 1);
-    let events_after = operator(&setup, &url, &token, &["events"]);
+    let events_after = fleet.operator(&["events"]);
     assert_eq!(events_after, events_before);
     // The replayed manifest is still refused after the restart: its nonces were kept.
     let manifest = VehicleVersionManifest::new(VIN, serials[0], &reports)
