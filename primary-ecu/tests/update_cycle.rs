@@ -8,11 +8,11 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
 use support::Reply;
 use support::world::{BRAKE, LIMIT, Offer, PRIMARY, RADIO, VIN, World, now, sha256};
+use uptane_tests::sim::{durable_offset, wait_until};
 use uptane_tests::spawn;
 
 fn image(tag: u8, len: usize) -> Vec<u8> {
@@ -212,12 +212,8 @@ async fn an_offline_secondary_does_not_block_the_other_and_is_updated_when_back(
 }
 
 /// Waits (bounded) until `condition` holds.
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LIMIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_for(what: &str, condition: impl FnMut() -> bool) {
+    assert!(wait_until(LIMIT, condition), "timed out waiting for {what}");
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -258,14 +254,6 @@ async fn a_primary_killed_during_a_download_resumes_it_after_the_restart() {
         "resumed from {resumed}, {kept} bytes were kept"
     );
     assert_eq!(world.last_manifest().installed(PRIMARY.0), "gw-2.bin");
-}
-
-fn durable_offset(dir: &Path) -> u64 {
-    std::fs::read(dir.join("state.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v["durable_offset"].as_u64())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -361,6 +361,16 @@ pub struct AttackRow {
     pub seconds: f64,
 }
 
+/// Whether the Director recorded a security event `event` for the car after event `since`.
+fn expect_event(world: &World, since: i64, event: &str) -> Result<(), String> {
+    let events = world.security_events_since(since);
+    if events.iter().any(|e| e == event) {
+        Ok(())
+    } else {
+        Err(format!("no {event} security event; got {events:?}"))
+    }
+}
+
 /// The standard check after an attacked cycle: nothing installed anywhere, and the Director
 /// recorded the attack of kind `kind` reported by the vehicle.
 fn refused(
@@ -373,10 +383,7 @@ fn refused(
     if &after != before {
         return Err(format!("installed changed: {before:?} -> {after:?}"));
     }
-    let events = world.security_events_since(since);
-    if !events.iter().any(|e| e == event) {
-        return Err(format!("no {event} security event; got {events:?}"));
-    }
+    expect_event(world, since, event)?;
     Ok(format!("nothing installed; Director event {event}"))
 }
 
@@ -546,7 +553,7 @@ pub fn scenarios() -> Vec<Scenario> {
             "accepted while valid; then refused (freeze)",
             |w| {
                 w.release(&[2]);
-                let frozen = get(&format!("{}/metadata/timestamp.json", w.images.url))?;
+                let frozen = get(&format!("{}/metadata/timestamp.json", w.images.url), None)?;
                 let expires = signed_part::<uptane_core::metadata::Timestamp>(&frozen)
                     .common
                     .expires;
@@ -669,10 +676,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 if after.get(&released[0].0) != Some(&released[0].1) {
                     return Err(format!("{} did not update: {after:?}", released[0].0));
                 }
-                let events = w.security_events_since(since);
-                if !events.iter().any(|e| e == "attack_reported:drop_request") {
-                    return Err(format!("no drop_request event: {events:?}"));
-                }
+                expect_event(w, since, "attack_reported:drop_request")?;
                 Ok(format!(
                     "{withheld} kept its image; Director event attack_reported:drop_request; {}",
                     w.recover()?
@@ -694,13 +698,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 if after.get(&released[0].0) != before.get(&released[0].0) {
                     return Err(format!("{} changed: {after:?}", released[0].0));
                 }
-                let events = w.security_events_since(since);
-                if !events
-                    .iter()
-                    .any(|e| e == "attack_reported:arbitrary_software")
-                {
-                    return Err(format!("no arbitrary_software event: {events:?}"));
-                }
+                expect_event(w, since, "attack_reported:arbitrary_software")?;
                 Ok(format!(
                     "{} kept its image; Director event attack_reported:arbitrary_software; {}",
                     released[0].0,
@@ -729,10 +727,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 if status != 400 {
                     return Err(format!("the replayed manifest got HTTP {status}"));
                 }
-                let events = w.security_events_since(since);
-                if !events.iter().any(|e| e == "manifest_refused") {
-                    return Err(format!("no manifest_refused event: {events:?}"));
-                }
+                expect_event(w, since, "manifest_refused")?;
                 Ok(format!(
                     "HTTP 400; Director event manifest_refused; {}",
                     w.recover()?
@@ -828,7 +823,7 @@ pub fn scenarios() -> Vec<Scenario> {
             |w| {
                 let stolen = w.image_keys().timestamp;
                 w.release(&[1]);
-                let current = get(&format!("{}/metadata/timestamp.json", w.images.url))?;
+                let current = get(&format!("{}/metadata/timestamp.json", w.images.url), None)?;
                 let forged = resign_bumped(&current, 1_000_000, &[&stolen]);
                 w.images.tamper("/timestamp.json", Tamper::Replace(forged));
                 w.settle()?;
@@ -985,48 +980,34 @@ fn blocking<T>(future: impl Future<Output = T>) -> T {
 type MetadataFiles = (Vec<u8>, Vec<u8>, Vec<u8>);
 
 fn fetch_set(base: &str, credential: &str) -> Result<MetadataFiles, String> {
-    blocking(async {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let get = |url: String| {
-            let http = http.clone();
-            async move {
-                let response = http
-                    .get(&url)
-                    .bearer_auth(credential)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !response.status().is_success() {
-                    return Err(format!("{url}: HTTP {}", response.status()));
-                }
-                response
-                    .bytes()
-                    .await
-                    .map(|b| b.to_vec())
-                    .map_err(|e| e.to_string())
-            }
-        };
-        let timestamp = get(format!("{base}/timestamp.json")).await?;
-        let ts: uptane_core::metadata::Timestamp = signed_part(&timestamp);
-        let snapshot_version = ts.meta.get("snapshot.json").map_or(0, |m| m.version);
-        let snapshot = get(format!("{base}/{snapshot_version}.snapshot.json")).await?;
-        let sn: uptane_core::metadata::Snapshot = signed_part(&snapshot);
-        let targets_version = sn.meta.get("targets.json").map_or(0, |m| m.version);
-        let targets = get(format!("{base}/{targets_version}.targets.json")).await?;
-        Ok((timestamp, snapshot, targets))
-    })
+    let timestamp = get(&format!("{base}/timestamp.json"), Some(credential))?;
+    let ts: uptane_core::metadata::Timestamp = signed_part(&timestamp);
+    let snapshot_version = ts.meta.get("snapshot.json").map_or(0, |m| m.version);
+    let snapshot = get(
+        &format!("{base}/{snapshot_version}.snapshot.json"),
+        Some(credential),
+    )?;
+    let sn: uptane_core::metadata::Snapshot = signed_part(&snapshot);
+    let targets_version = sn.meta.get("targets.json").map_or(0, |m| m.version);
+    let targets = get(
+        &format!("{base}/{targets_version}.targets.json"),
+        Some(credential),
+    )?;
+    Ok((timestamp, snapshot, targets))
 }
 
-fn get(url: &str) -> Result<Vec<u8>, String> {
+/// GETs `url` (with a vehicle credential when given); the body of a 2xx answer.
+fn get(url: &str, credential: Option<&str>) -> Result<Vec<u8>, String> {
     blocking(async {
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
             .map_err(|e| e.to_string())?;
-        let response = http.get(url).send().await.map_err(|e| e.to_string())?;
+        let mut request = http.get(url);
+        if let Some(credential) = credential {
+            request = request.bearer_auth(credential);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("{url}: HTTP {}", response.status()));
         }

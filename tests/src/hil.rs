@@ -182,10 +182,6 @@ fn image(seed: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn entries(fleet: &Fleet, vin: &str) -> Vec<Value> {
-    fleet.assignments(vin)
-}
-
 fn final_status(entry: &Value) -> bool {
     matches!(
         entry["status"].as_str(),
@@ -196,11 +192,7 @@ fn final_status(entry: &Value) -> bool {
 /// Runs one row with fresh vehicles.
 pub fn run_row(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Outcome {
     let started = Instant::now();
-    let observed = match drive(fleet, rig, index, row) {
-        Ok(observed) => observed,
-        Err(why) => Err(why),
-    };
-    let (observed, holds) = match observed {
+    let (observed, holds) = match drive(fleet, rig, index, row) {
         Ok(text) => (text, true),
         Err(text) => (text, false),
     };
@@ -212,9 +204,10 @@ pub fn run_row(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Outcome {
     }
 }
 
+/// What a row observed: `Ok` when it matches the expectation.
 type Observed = Result<String, String>;
 
-fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Result<Observed, String> {
+fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
     let mut vehicles: Vec<SimVehicle> = (0..rig.vehicles)
         .map(|v| {
             SimVehicle::provision(
@@ -226,39 +219,26 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Result<Observed
     let vins: Vec<String> = vehicles.iter().map(|v| v.vin.clone()).collect();
     let vin_refs: Vec<&str> = vins.iter().map(String::as_str).collect();
 
-    let persistent = match row.fault {
+    // Small chunks, each made durable, so that a fault strikes mid-transfer.
+    let fine_grained = [
+        "--max-chunk-size",
+        "65536",
+        "--durable-interval-bytes",
+        "65536",
+    ];
+    match row.fault {
         Fault::Secondary(flags, _) => {
-            let mut all = vec![
-                "--max-chunk-size",
-                "65536",
-                "--durable-interval-bytes",
-                "65536",
-            ];
-            all.extend_from_slice(flags);
-            vehicles[0].start_secondary(0, &all);
-            true
+            vehicles[0].start_secondary(0, &[&fine_grained[..], flags].concat());
         }
         Fault::LinkCut | Fault::LinkStall | Fault::PrimaryKilled => {
             vehicles[0].start_secondary(
                 0,
-                &[
-                    "--max-chunk-size",
-                    "65536",
-                    "--durable-interval-bytes",
-                    "65536",
-                    "--fault-slow-link-ms",
-                    "15",
-                ],
+                &[&fine_grained[..], &["--fault-slow-link-ms", "15"]].concat(),
             );
-            true
         }
-        Fault::Offline => {
-            vehicles[0].stop_secondary(0);
-            false
-        }
-        _ => false,
-    };
-    let _ = persistent;
+        Fault::Offline => vehicles[0].stop_secondary(0),
+        _ => {}
+    }
     for vehicle in &mut vehicles {
         vehicle.start_primary();
     }
@@ -331,7 +311,8 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Result<Observed
         }
         Fault::Offline => {
             let others_done = wait_until(ROW_LIMIT, || {
-                entries(fleet, &vin0)
+                fleet
+                    .assignments(&vin0)
                     .iter()
                     .filter(|e| e["ecu_serial"] != target.as_str())
                     .all(|e| e["status"] == "installed")
@@ -354,7 +335,8 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Result<Observed
         }
         Fault::DirectorRestarted => {
             let delivered = wait_until(ROW_LIMIT, || {
-                entries(fleet, &vin0)
+                fleet
+                    .assignments(&vin0)
                     .iter()
                     .any(|e| e["status"] != "pending")
             });
@@ -368,7 +350,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Result<Observed
 
     let settled = wait_until(ROW_LIMIT, || {
         vin_refs.iter().all(|vin| {
-            let e = entries(fleet, vin);
+            let e = fleet.assignments(vin);
             e.len() == names.len() && e.iter().all(final_status)
         })
     });
@@ -378,7 +360,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Result<Observed
     if !settled {
         let states: Vec<String> = vin_refs
             .iter()
-            .flat_map(|vin| entries(fleet, vin))
+            .flat_map(|vin| fleet.assignments(vin))
             .map(|e| {
                 format!(
                     "{}={}",
@@ -387,12 +369,12 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Result<Observed
                 )
             })
             .collect();
-        return Ok(Err(format!(
+        return Err(format!(
             "not settled within {ROW_LIMIT:?}: {}",
             states.join(" ")
-        )));
+        ));
     }
-    Ok(judge(fleet, &vin_refs, target, row.expect))
+    judge(fleet, &vin_refs, target, row.expect)
 }
 
 /// The Primary's delivery attempts for `serial`, from its state file.
@@ -411,7 +393,7 @@ fn judge(fleet: &Fleet, vins: &[&str], target: &str, expect: Expect) -> Observed
     for vin in vins {
         let installed: std::collections::BTreeMap<String, Option<String>> =
             fleet.installed(vin).into_iter().collect();
-        for entry in entries(fleet, vin) {
+        for entry in fleet.assignments(vin) {
             let serial = entry["ecu_serial"].as_str().unwrap_or_default();
             let status = entry["status"].as_str().unwrap_or_default();
             let detail = entry["detail"].as_str().unwrap_or_default();

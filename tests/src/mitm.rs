@@ -31,7 +31,6 @@ struct MitmState {
     http: reqwest::Client,
     rules: Mutex<Vec<(String, Tamper)>>,
     seen: Mutex<Vec<(String, Vec<u8>)>>,
-    log: Mutex<Vec<String>>,
 }
 
 /// The relay; stops when dropped.
@@ -57,7 +56,6 @@ impl Mitm {
                 .map_err(std::io::Error::other)?,
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
-            log: Mutex::new(Vec::new()),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let shared = Arc::clone(&state);
@@ -118,11 +116,6 @@ impl Mitm {
             })
             .unwrap_or_default()
     }
-
-    /// The paths requested so far.
-    pub fn requests(&self) -> Vec<String> {
-        self.state.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
 }
 
 impl Drop for Mitm {
@@ -145,9 +138,6 @@ async fn relay(State(state): State<Arc<MitmState>>, request: Request) -> Respons
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    if let Ok(mut log) = state.log.lock() {
-        log.push(path.clone());
-    }
     let rule = state.rules.lock().ok().and_then(|rules| {
         rules
             .iter()

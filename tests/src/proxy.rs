@@ -1,6 +1,6 @@
 //! A TCP relay on 127.0.0.1 that stands for a network link: it can be cut (every open
-//! connection reset), taken down (new connections refused), or stalled (bytes held), and
-//! pointed at a new target when the far end restarts on another port.
+//! connection reset), stalled (bytes held) or slowed, and pointed at a new target when the
+//! far end restarts on another port.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -11,7 +11,6 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 struct LinkState {
     target: Mutex<String>,
-    down: AtomicBool,
     stalled: AtomicBool,
     stopped: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
@@ -77,10 +76,6 @@ impl LinkProxy {
                     break;
                 }
                 let Ok(client) = incoming else { continue };
-                if shared.down.load(Ordering::Relaxed) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
                 let target = shared.target.lock().map(|t| t.clone()).unwrap_or_default();
                 let Ok(server) = TcpStream::connect(&target) else {
                     let _ = client.shutdown(Shutdown::Both);
@@ -123,14 +118,6 @@ impl LinkProxy {
     /// Resets every open connection.
     pub fn cut(&self) {
         self.state.cut();
-    }
-
-    /// Takes the link down (cutting open connections) or brings it back up.
-    pub fn set_down(&self, down: bool) {
-        self.state.down.store(down, Ordering::Relaxed);
-        if down {
-            self.state.cut();
-        }
     }
 
     /// Slows the link: each read of up to 64 KiB waits this long before it is passed on.

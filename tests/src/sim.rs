@@ -158,20 +158,6 @@ impl Fleet {
         self.start_director();
     }
 
-    /// Stops the Director (SIGKILL) without restarting it.
-    pub fn stop_director(&mut self) {
-        if let Some(mut director) = self.director.take() {
-            director.kill();
-        }
-    }
-
-    /// Starts a stopped Director on its address.
-    pub fn resume_director(&mut self) {
-        if self.director.is_none() {
-            self.start_director();
-        }
-    }
-
     /// Runs a `director` operator command against the server; its JSON output.
     pub fn operator(&self, args: &[&str]) -> Value {
         let out = run_ok(
@@ -315,8 +301,6 @@ pub struct SimSecondary {
     pub hardware_id: String,
     /// Verification mode.
     pub mode: Mode,
-    /// Factory image file name.
-    pub factory_name: String,
     /// Its state directory.
     pub dir: PathBuf,
     addr: String,
@@ -331,18 +315,9 @@ impl SimSecondary {
         self.addr.clone()
     }
 
-    /// Whether its process runs.
-    pub fn is_running(&self) -> bool {
-        self.process.is_some()
-    }
-
     /// The durable offset of the transfer in progress, as its state file says.
     pub fn durable_offset(&self) -> u64 {
-        std::fs::read(self.dir.join("state.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v["durable_offset"].as_u64())
-            .unwrap_or(0)
+        durable_offset(&self.dir)
     }
 
     /// Waits (bounded) for the process to exit by itself (a simulated power cut).
@@ -453,7 +428,6 @@ impl SimVehicle {
                 serial,
                 hardware_id: hardware_id.clone(),
                 mode: *mode,
-                factory_name,
                 dir,
                 addr: String::new(),
                 process: None,
@@ -597,13 +571,15 @@ impl SimVehicle {
             process.kill();
         }
     }
+}
 
-    /// Every ECU serial, the Primary first.
-    pub fn serials(&self) -> Vec<String> {
-        std::iter::once(self.primary_serial.clone())
-            .chain(self.secondaries.iter().map(|s| s.serial.clone()))
-            .collect()
-    }
+/// The durable offset of the transfer in progress in a Secondary's state directory.
+pub fn durable_offset(ecu_dir: &Path) -> u64 {
+    std::fs::read(ecu_dir.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["durable_offset"].as_u64())
+        .unwrap_or(0)
 }
 
 fn start_secondary(secondary: &mut SimSecondary, faults: &[&str]) {

@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 server on 127.0.0.1 for the Primary's tests: fixed replies per path,
 //! Range requests, and the faults a hostile or broken network produces (endless bodies,
-//! trickled bytes, a connection cut mid-body). It logs every request and keeps POST bodies.
+//! trickled bytes, a connection cut mid-body). It logs every request and keeps POST bodies,
+//! answering each POST with 200.
 //! Written on raw sockets so each fault is exact.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
@@ -43,8 +44,6 @@ pub struct Server {
     log: Arc<Mutex<Vec<Logged>>>,
     /// Paths starting with the prefix need this bearer token (401 otherwise).
     guarded: Arc<Mutex<Option<(String, String)>>>,
-    /// Status of POST answers (200 by default).
-    post_status: Arc<Mutex<u16>>,
 }
 
 fn version(bytes: &[u8]) -> u64 {
@@ -57,7 +56,6 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = Server::default();
-        *server.post_status.lock().unwrap() = 200;
         let s = server.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
@@ -71,16 +69,8 @@ impl Server {
         self.files.lock().unwrap().insert(path.to_string(), reply);
     }
 
-    pub fn remove(&self, path: &str) {
-        self.files.lock().unwrap().remove(path);
-    }
-
     pub fn guard(&self, prefix: &str, token: &str) {
         *self.guarded.lock().unwrap() = Some((prefix.to_string(), token.to_string()));
-    }
-
-    pub fn set_post_status(&self, status: u16) {
-        *self.post_status.lock().unwrap() = status;
     }
 
     /// Serves `repo`'s metadata under `/metadata/`.
@@ -184,17 +174,9 @@ impl Server {
             return;
         }
         if method == "POST" {
-            let status = *self.post_status.lock().unwrap();
-            let body = if status == 200 {
-                "{}"
-            } else {
-                r#"{"error":"refused by the test"}"#
-            };
-            let head = format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                .await;
             return;
         }
         let reply = self.files.lock().unwrap().get(&path).cloned();
