@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use uptane_core::metadata::{TargetFile, metadata_file_name};
+use uptane_core::metadata::TargetFile;
+use uptane_core::refresh::{Refresh, Step};
 use uptane_core::time::UtcTime;
-use uptane_core::trusted::{ImageRepo, Limits, SearchStep, TargetSearch, TrustedSet};
+use uptane_core::trusted::{ImageRepo, Limits};
 use uptane_core::verify::Raw;
 
 use crate::error::DirectorError;
@@ -80,12 +81,6 @@ impl ImageCatalog {
         }
     }
 
-    async fn need(&self, file: &str, limit: u64) -> Result<Vec<u8>, DirectorError> {
-        self.fetch(file, limit)
-            .await?
-            .ok_or_else(|| repo_err(format!("{file} is missing")))
-    }
-
     /// The verified target entry of image `name`, or `None` if the Image repository has no
     /// such image (TUF client workflow and delegation search, at `now`).
     pub async fn lookup(
@@ -93,50 +88,23 @@ impl ImageCatalog {
         name: &str,
         now: UtcTime,
     ) -> Result<Option<TargetFile>, DirectorError> {
-        let limits = Limits::default();
         let root = self.root.lock().map_err(|_| repo_err("poisoned"))?.clone();
-        let mut set =
-            TrustedSet::<ImageRepo>::new(&Raw::new(root), now, limits).map_err(repo_err)?;
-        for _ in 0..limits.max_root_rotations {
-            let next = set.root().common.version + 1;
-            let Some(bytes) = self
-                .fetch(&format!("{next}.root.json"), limits.root)
-                .await?
-            else {
-                break;
+        let mut refresh =
+            Refresh::<ImageRepo>::new(&Raw::new(root), now, Limits::default()).map_err(repo_err)?;
+        refresh.find(name);
+        // The Director keeps nothing between lookups but the newest root.
+        loop {
+            let answer = match refresh.next() {
+                Step::ReadKept(_) => None,
+                Step::Fetch { file, max_len } => self.fetch(&file.file_name(), max_len).await?,
+                Step::Done => break,
             };
-            set.update_root(&Raw::new(bytes)).map_err(repo_err)?;
-        }
-        *self.root.lock().map_err(|_| repo_err("poisoned"))? = set.root().as_bytes().to_vec();
-        let timestamp = self.need("timestamp.json", limits.timestamp).await?;
-        set.update_timestamp(&Raw::new(timestamp))
-            .map_err(repo_err)?;
-        let request = set.snapshot_request().map_err(repo_err)?;
-        let snapshot = self
-            .need(
-                &metadata_file_name("snapshot", request.version),
-                request.max_length,
-            )
-            .await?;
-        set.update_snapshot(&Raw::new(snapshot)).map_err(repo_err)?;
-        let mut search = TargetSearch::new(name);
-        for _ in 0..=limits.max_delegations + 1 {
-            match search.step(&set) {
-                SearchStep::Load { role, delegator } => {
-                    let request = set.targets_request(&role).map_err(repo_err)?;
-                    let bytes = self
-                        .need(
-                            &metadata_file_name(&role, request.version),
-                            request.max_length,
-                        )
-                        .await?;
-                    set.update_delegated_targets(&Raw::new(bytes), &role, &delegator)
-                        .map_err(repo_err)?;
-                }
-                SearchStep::Found(target) => return Ok(Some(target.info().clone())),
-                SearchStep::NotFound => return Ok(None),
+            if let Some(accepted) = refresh.feed(answer).map_err(repo_err)?
+                && accepted.file.role() == "root"
+            {
+                *self.root.lock().map_err(|_| repo_err("poisoned"))? = accepted.bytes.to_vec();
             }
         }
-        Ok(None)
+        Ok(refresh.target(name).map(|t| t.info().clone()))
     }
 }

@@ -20,8 +20,9 @@ use uptane_core::error::AttackKind;
 use uptane_core::manifest::{
     DetectedAttack, ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
 };
+use uptane_core::refresh::{Refresh, Step};
 use uptane_core::testing::{RepoFixture, key};
-use uptane_core::trusted::{Director, Limits, TrustedSet};
+use uptane_core::trusted::{Director, Limits};
 use uptane_core::uptane::{director_targets, image_target_custom};
 use uptane_core::verify::Raw;
 
@@ -319,37 +320,30 @@ async fn assignment_is_signed_for_the_vehicle_and_completed_by_its_manifest() {
     assert_eq!(json["ecus"][0]["ecu_serial"], format!("{VIN}-brake"));
 
     // The vehicle verifies its metadata as a Primary would.
-    let mut set = TrustedSet::<Director>::new(
+    let mut refresh = Refresh::<Director>::new(
         &Raw::new(fleet.director_root.clone()),
         now(),
         Limits::default(),
     )
     .unwrap();
-    let (status, timestamp) = fetch(&fleet, &car, "timestamp.json").await;
-    assert_eq!(status, StatusCode::OK);
-    set.update_timestamp(&Raw::new(timestamp)).unwrap();
-    let request = set.snapshot_request().unwrap();
-    let (_, snapshot) = fetch(
-        &fleet,
-        &car,
-        &format!("{}.snapshot.json", request.version.unwrap()),
-    )
-    .await;
-    set.update_snapshot(&Raw::new(snapshot)).unwrap();
-    let request = set.targets_request("targets").unwrap();
-    let (_, targets) = fetch(
-        &fleet,
-        &car,
-        &format!("{}.targets.json", request.version.unwrap()),
-    )
-    .await;
-    set.update_targets(&Raw::new(targets)).unwrap();
+    loop {
+        let answer = match refresh.next() {
+            Step::ReadKept(_) => None,
+            Step::Fetch { file, .. } => {
+                let (status, bytes) = fetch(&fleet, &car, &file.file_name()).await;
+                (status == StatusCode::OK).then_some(bytes)
+            }
+            Step::Done => break,
+        };
+        refresh.feed(answer).unwrap();
+    }
+    let set = refresh.trusted();
     let ecus: BTreeMap<String, String> = car
         .ecus
         .iter()
         .map(|(s, hw, _)| (s.clone(), hw.clone()))
         .collect();
-    let assigned = director_targets(&set, VIN, &ecus).unwrap();
+    let assigned = director_targets(set, VIN, &ecus).unwrap();
     assert_eq!(assigned.len(), 1);
     assert_eq!(assigned[0].path, "brake-2.bin");
     assert_eq!(assigned[0].release_counter, 2);

@@ -18,14 +18,16 @@ use std::path::{Path, PathBuf};
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use uptane_core::crypto::SigningKey;
-use uptane_core::error::UpdateError;
+use uptane_core::error::{UpdateError, VerifyError};
 use uptane_core::hash::{Hashes, standard_hashes};
 pub use uptane_core::metadata::quote_role;
 use uptane_core::metadata::{
     DelegatedRole, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp, metadata_file_name,
 };
+use uptane_core::refresh::{MetadataFile, MetadataSource, Refresh};
 use uptane_core::sign::{self, SnapshotBuilder, TimestampBuilder, describe};
 use uptane_core::time::{UtcTime, format_expires};
+use uptane_core::trusted::{ImageRepo, Limits, RootChain};
 use uptane_core::verify::{self, Raw, Verified};
 
 use crate::error::RepoError;
@@ -122,89 +124,74 @@ fn corrupt(role: &str, reason: impl ToString) -> RepoError {
     }
 }
 
+/// Limits for reading back the repository's own published state. Generous, since it is
+/// what this repository wrote, but finite, so a planted file cannot make it read forever.
+const OWN_STATE_LIMITS: Limits = Limits {
+    root: 4 << 20,
+    timestamp: 1 << 20,
+    snapshot: 256 << 20,
+    targets: 1 << 30,
+    max_root_rotations: 1 << 20,
+    max_delegations: 1 << 20,
+};
+
+/// Reads the published files through a caller's `read(file name in metadata/)`, remembering
+/// the last one read (what a refusal is about).
+struct Published<F> {
+    read: F,
+    last: String,
+}
+
+impl<F> MetadataSource for Published<F>
+where
+    F: Fn(&str) -> Result<Option<Vec<u8>>, RepoError>,
+{
+    type Error = RepoError;
+
+    fn fetch(&mut self, file: &MetadataFile, _: u64) -> Result<Option<Vec<u8>>, RepoError> {
+        self.last = file.file_name();
+        (self.read)(&self.last)
+    }
+}
+
 impl RepoState {
-    /// Loads and verifies the published state through `read(file name in metadata/)`.
-    /// Expiry is not checked: a repository must be able to renew expired metadata.
+    /// Loads and verifies the published state through `read(file name in metadata/)`, as a
+    /// client would (`uptane_core::refresh::Refresh`), from the repository's own viewpoint:
+    /// expiry is not checked, since a repository must be able to renew expired metadata,
+    /// and timestamp or snapshot still signed with an earlier root's online keys are
+    /// accepted so that they can be re-signed.
     pub fn load(
         read: impl Fn(&str) -> Result<Option<Vec<u8>>, RepoError>,
     ) -> Result<Self, RepoError> {
         let first = read("1.root.json")?.ok_or_else(|| {
             RepoError::Layout("no 1.root.json: not an initialized repository".into())
         })?;
-        let mut roots = vec![
-            verify::verify_root_self_signed(&Raw::new(first)).map_err(|e| corrupt("root", e))?,
-        ];
-        for version in 2.. {
-            let Some(bytes) = read(&format!("{version}.root.json"))? else {
-                break;
-            };
-            let previous = roots.last().expect("starts with version 1");
-            roots.push(
-                verify::verify_root_rotation(previous, &Raw::new(bytes))
-                    .map_err(|e| corrupt("root", e))?,
-            );
-        }
-        let timestamp_bytes =
-            read("timestamp.json")?.ok_or_else(|| corrupt("timestamp", "missing"))?;
-        let (timestamp, timestamp_current): (Verified<Timestamp>, bool) =
-            verify_online(&roots, "timestamp", timestamp_bytes)?;
-        let snapshot_version = timestamp
-            .snapshot_meta()
-            .map(|m| m.version)
-            .ok_or_else(|| corrupt("timestamp", "no snapshot.json"))?;
-        let snapshot_bytes = read(&format!("{snapshot_version}.snapshot.json"))?
-            .ok_or_else(|| corrupt("snapshot", "missing"))?;
-        let (snapshot, snapshot_current): (Verified<Snapshot>, bool) =
-            verify_online(&roots, "snapshot", snapshot_bytes)?;
-        let root = roots.pop().expect("starts with version 1");
-        let mut roles = BTreeMap::new();
-        let targets_version = snapshot
-            .meta
-            .get("targets.json")
-            .map(|m| m.version)
-            .ok_or_else(|| corrupt("snapshot", "no targets.json"))?;
-        let targets_bytes = read(&format!("{targets_version}.targets.json"))?
-            .ok_or_else(|| corrupt("targets", "missing"))?;
-        roles.insert(
-            "targets".to_string(),
-            verify_top::<Targets>(&root, "targets", targets_bytes)?,
-        );
-        // Breadth-first through delegations; a role listed in snapshot that nobody delegates
-        // to any more stays listed there (clients must not see roles disappear).
-        let mut queue = vec!["targets".to_string()];
-        while let Some(delegator) = queue.pop() {
-            let Some(parent) = roles.get(&delegator).cloned() else {
-                continue;
-            };
-            let Some(delegations) = &parent.delegations else {
-                continue;
-            };
-            for delegation in &delegations.roles {
-                if roles.contains_key(&delegation.name) {
-                    continue;
-                }
-                let Some(meta) = snapshot.meta.get(&format!("{}.json", delegation.name)) else {
-                    continue;
-                };
-                let file = metadata_file_name(&delegation.name, Some(meta.version));
-                let bytes = read(&file)?.ok_or_else(|| corrupt(&delegation.name, "missing"))?;
-                let verified = verify::verify_role(
-                    &Raw::new(bytes),
-                    &delegation.name,
-                    &delegations.keys,
-                    &delegation.role_keys(),
-                )
-                .map_err(|e| corrupt(&delegation.name, e))?;
-                roles.insert(delegation.name.clone(), verified);
-                queue.push(delegation.name.clone());
-            }
-        }
+        let mut refresh = Refresh::<ImageRepo>::for_publisher(&Raw::new(first), OWN_STATE_LIMITS)
+            .map_err(|e| corrupt("root", e))?;
+        let mut files = Published {
+            read,
+            last: String::new(),
+        };
+        // A file the published metadata names but that is missing or does not verify means
+        // the repository is corrupt; I/O errors stay what they are.
+        refresh.run(&mut files).map_err(|e| match e {
+            RepoError::Update(e) => corrupt(&files.last, e),
+            other => other,
+        })?;
+        let set = refresh.into_trusted();
+        let missing = |role: &str| corrupt(role, "missing");
         Ok(Self {
-            root,
-            timestamp,
-            snapshot,
-            roles,
-            online_keys_current: timestamp_current && snapshot_current,
+            root: set.root().clone(),
+            timestamp: set
+                .timestamp()
+                .cloned()
+                .ok_or_else(|| missing("timestamp"))?,
+            snapshot: set.snapshot().cloned().ok_or_else(|| missing("snapshot"))?,
+            roles: set
+                .roles()
+                .map(|(name, meta)| (name.to_string(), meta.clone()))
+                .collect(),
+            online_keys_current: set.online_keys_current(),
         })
     }
 
@@ -248,36 +235,6 @@ impl RepoState {
         }
         found
     }
-}
-
-/// Verifies timestamp or snapshot against the latest root, or else an earlier one (the keys
-/// of a rotation not yet re-signed with); says whether the latest root's keys signed it.
-fn verify_online<R: uptane_core::metadata::Role>(
-    roots: &[Verified<Root>],
-    role: &str,
-    bytes: Vec<u8>,
-) -> Result<(Verified<R>, bool), RepoError> {
-    let mut first_error = None;
-    for (i, root) in roots.iter().rev().enumerate() {
-        match verify_top(root, role, bytes.clone()) {
-            Ok(verified) => return Ok((verified, i == 0)),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    Err(first_error.unwrap_or_else(|| corrupt(role, "no root")))
-}
-
-fn verify_top<R: uptane_core::metadata::Role>(
-    root: &Root,
-    role: &str,
-    bytes: Vec<u8>,
-) -> Result<Verified<R>, RepoError> {
-    let keys = root
-        .role_keys(role)
-        .ok_or_else(|| corrupt(role, "not in root"))?;
-    verify::verify_role(&Raw::new(bytes), role, &root.keys, keys).map_err(|e| corrupt(role, e))
 }
 
 /// Checks a target path is safe to store: relative, no empty, `.` or `..` segments, no NUL
@@ -882,18 +839,20 @@ impl Repository {
             }
         }
         let bytes = sign::sign(&root, &signers).map_err(|e| RepoError::Invalid(e.to_string()))?;
-        verify::verify_root_rotation(&state.root, &Raw::new(bytes.clone())).map_err(
-            |e| match e {
-                uptane_core::error::VerifyError::Threshold {
-                    valid, threshold, ..
-                } => RepoError::NotEnoughKeys {
-                    role: "root".into(),
-                    have: valid as usize,
-                    threshold,
-                },
-                other => RepoError::Signature(other),
+        // The new root must pass the chain rule every client applies: version N+1, signed by
+        // a threshold of the old root keys and of the new ones.
+        let mut chain = RootChain::new(&state.root.to_raw(), u64::MAX, 1)?;
+        chain.apply(&Raw::new(bytes.clone())).map_err(|e| match e {
+            UpdateError::Verify(VerifyError::Threshold {
+                valid, threshold, ..
+            }) => RepoError::NotEnoughKeys {
+                role: "root".into(),
+                have: valid as usize,
+                threshold,
             },
-        )?;
+            UpdateError::Verify(other) => RepoError::Signature(other),
+            other => RepoError::Invalid(other.to_string()),
+        })?;
         let version = root.common.version;
         write_atomic(
             &self.metadata_dir().join(format!("{version}.root.json")),

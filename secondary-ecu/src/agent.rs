@@ -507,10 +507,16 @@ impl Agent {
         report.sign(&self.key).map_err(std::io::Error::other)
     }
 
-    fn verify_bundle(&self, bundle: &PutMetadataRequest) -> Result<verify::Accepted, UptaneError> {
-        let director_root =
-            std::fs::read(trusted(&self.dir, "director-root.json")).unwrap_or_default();
-        let image_root = std::fs::read(trusted(&self.dir, "image-root.json")).ok();
+    fn verify_bundle(&self, bundle: &PutMetadataRequest) -> Result<verify::Accepted, Refusal> {
+        let read = |name: &str| {
+            std::fs::read(trusted(&self.dir, name)).map_err(|e| {
+                io(std::io::Error::new(
+                    e.kind(),
+                    format!("trusted {name}: {e}"),
+                ))
+            })
+        };
+        let director_root = read("director-root.json")?;
         let ecu = Ecu {
             identity: EcuIdentity {
                 vin: &self.identity.vin,
@@ -519,13 +525,13 @@ impl Agent {
                 installed_release_counter: self.state.installed_release_counter,
             },
             director_root: &director_root,
-            image_root: image_root.as_deref(),
             previous_targets_version: self.state.targets_version,
         };
-        match self.identity.mode {
-            Mode::Full => verify::full(&ecu, bundle, self.now()),
+        let verified = match self.identity.mode {
+            Mode::Full => verify::full(&ecu, &read("image-root.json")?, bundle, self.now()),
             Mode::Partial => verify::partial(&ecu, bundle, self.now()),
-        }
+        };
+        verified.map_err(|e| uptane_refusal(&e))
     }
 
     /// The image approved by the metadata last accepted, verified again now.
@@ -533,12 +539,9 @@ impl Agent {
         let bytes = std::fs::read(trusted(&self.dir, "metadata.pb")).map_err(io)?;
         let bundle = PutMetadataRequest::decode(bytes.as_slice())
             .map_err(|e| Refusal::new(ResultCode::InternalError, e.to_string()))?;
-        match self.verify_bundle(&bundle) {
-            Ok(accepted) => accepted
-                .image
-                .ok_or_else(|| Refusal::new(ResultCode::NoUpdate, "no image assigned to this ECU")),
-            Err(e) => Err(uptane_refusal(&e)),
-        }
+        self.verify_bundle(&bundle)?
+            .image
+            .ok_or_else(|| Refusal::new(ResultCode::NoUpdate, "no image assigned to this ECU"))
     }
 
     /// Verifies and keeps new metadata; on any failure the previous metadata and image stay
@@ -547,7 +550,7 @@ impl Agent {
         let correlation_id = bundle.correlation_id.clone();
         let accepted = match self.verify_bundle(&bundle) {
             Ok(a) => a,
-            Err(e) => return Err(self.refuse(&correlation_id, uptane_refusal(&e), "")),
+            Err(refusal) => return Err(self.refuse(&correlation_id, refusal, "")),
         };
         files::write_atomic(
             &trusted(&self.dir, "director-root.json"),

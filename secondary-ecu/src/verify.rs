@@ -1,17 +1,21 @@
 //! What a Secondary checks before it accepts anything: full verification (both
 //! repositories, only its own image, Uptane §5.4.4.2) or partial verification (Director
 //! targets only, §5.4.4.1), against the roots it trusts and what it has already accepted.
+//!
+//! Both are adapters over `uptane_core::refresh::Refresh`, the one TUF workflow: the
+//! metadata comes from the bundle the Primary sent instead of from the network.
 
 use std::collections::HashMap;
 
 use proto::v1::PutMetadataRequest;
-use uptane_core::metadata::Root;
+use uptane_core::error::UpdateError;
+use uptane_core::refresh::{MetadataFile, MetadataSource, Refresh};
 use uptane_core::time::UtcTime;
-use uptane_core::trusted::{Director, ImageRepo, Limits, SearchStep, TargetSearch, TrustedSet};
+use uptane_core::trusted::{Director, ImageRepo, Limits};
 use uptane_core::uptane::{
     ApprovedImage, EcuIdentity, UptaneError, approve, director_target_for, verify_partial,
 };
-use uptane_core::verify::{Raw, Verified, verify_root_rotation, verify_root_self_signed};
+use uptane_core::verify::Raw;
 
 /// This ECU and what it runs.
 #[derive(Debug, Clone)]
@@ -20,8 +24,6 @@ pub struct Ecu<'a> {
     pub identity: EcuIdentity<'a>,
     /// The Director root it trusts.
     pub director_root: &'a [u8],
-    /// The Image repository root it trusts (full verification).
-    pub image_root: Option<&'a [u8]>,
     /// Version of the Director targets it last accepted.
     pub previous_targets_version: Option<u64>,
 }
@@ -39,27 +41,79 @@ pub struct Accepted {
     pub image_root: Option<Vec<u8>>,
 }
 
-fn version_of(bytes: &[u8]) -> Option<u64> {
-    let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    doc.get("signed")?.get("version")?.as_u64()
+/// One repository's metadata as the Primary forwarded it. Roots are looked up by the version
+/// they claim, which is only an index: the refresh reads the version from what the
+/// signatures cover and accepts exactly N+1, so a root filed under a forged version is
+/// refused, never applied out of order.
+struct Bundle<'a> {
+    roots: &'a [Vec<u8>],
+    timestamp: &'a [u8],
+    snapshot: &'a [u8],
+    targets: &'a [u8],
+    delegations: Option<&'a HashMap<String, Vec<u8>>>,
 }
 
-/// The root versions after `current`, in the order sent: the Primary sends every version it
-/// has, and those up to `current` are already trusted here.
-fn newer(roots: &[Vec<u8>], current: u64) -> impl Iterator<Item = &Vec<u8>> {
-    roots
-        .iter()
-        .filter(move |bytes| version_of(bytes).is_none_or(|v| v > current))
-}
-
-/// Applies the root versions after the trusted one, in order (older ones are skipped).
-fn rotate(trusted: Verified<Root>, roots: &[Vec<u8>]) -> Result<Verified<Root>, UptaneError> {
-    let mut root = trusted;
-    for bytes in newer(roots, root.common.version) {
-        root = verify_root_rotation(&root, &Raw::new(bytes.clone()))
-            .map_err(uptane_core::error::UpdateError::from)?;
+impl<'a> Bundle<'a> {
+    fn director(bundle: &'a PutMetadataRequest) -> Self {
+        Self {
+            roots: &bundle.director_roots,
+            timestamp: &bundle.director_timestamp,
+            snapshot: &bundle.director_snapshot,
+            targets: &bundle.director_targets,
+            delegations: None,
+        }
     }
-    Ok(root)
+
+    fn image_repo(bundle: &'a PutMetadataRequest) -> Self {
+        Self {
+            roots: &bundle.image_roots,
+            timestamp: &bundle.image_timestamp,
+            snapshot: &bundle.image_snapshot,
+            targets: &bundle.image_targets,
+            delegations: Some(&bundle.image_delegations),
+        }
+    }
+
+    fn root(&self, version: u64) -> Option<&'a [u8]> {
+        self.roots
+            .iter()
+            .find(|bytes| claimed_version(bytes) == Some(version))
+            .map(Vec::as_slice)
+    }
+}
+
+/// The version a root says it is, unverified.
+fn claimed_version(bytes: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        signed: Signed,
+    }
+    #[derive(serde::Deserialize)]
+    struct Signed {
+        version: u64,
+    }
+    serde_json::from_slice::<Envelope>(bytes)
+        .ok()
+        .map(|e| e.signed.version)
+}
+
+impl MetadataSource for Bundle<'_> {
+    type Error = UpdateError;
+
+    fn fetch(&mut self, file: &MetadataFile, _: u64) -> Result<Option<Vec<u8>>, UpdateError> {
+        let bytes = match (file.role(), file.version()) {
+            ("root", Some(version)) => self.root(version),
+            ("timestamp", _) => Some(self.timestamp),
+            ("snapshot", _) => Some(self.snapshot),
+            ("targets", _) => Some(self.targets),
+            (role, _) => self
+                .delegations
+                .and_then(|d| d.get(role))
+                .map(Vec::as_slice),
+        };
+        // An empty field is one the Primary did not send.
+        Ok(bytes.filter(|b| !b.is_empty()).map(<[u8]>::to_vec))
+    }
 }
 
 /// Partial verification of the Director targets in `bundle`.
@@ -68,118 +122,195 @@ pub fn partial(
     bundle: &PutMetadataRequest,
     now: UtcTime,
 ) -> Result<Accepted, UptaneError> {
-    let trusted = verify_root_self_signed(&Raw::new(ecu.director_root.to_vec()))
-        .map_err(uptane_core::error::UpdateError::from)?;
-    let root = rotate(trusted, &bundle.director_roots)?;
-    let result = verify_partial(
-        &root,
-        &Raw::new(bundle.director_targets.clone()),
-        ecu.previous_targets_version,
-        now,
-        &ecu.identity,
-        Limits::default().targets,
-    )?;
+    let root = Raw::new(ecu.director_root.to_vec());
+    let mut director = Refresh::<Director>::partial(&root, now, Limits::default())?
+        .with_previous_targets_version(ecu.previous_targets_version);
+    director.run(&mut Bundle::director(bundle))?;
+    let image = verify_partial(director.trusted(), &ecu.identity)?;
+    let trusted = director.into_trusted();
     Ok(Accepted {
-        image: result.image,
-        targets_version: result.targets.common.version,
-        director_root: root.as_bytes().to_vec(),
+        image,
+        targets_version: trusted.targets().map_or(0, |t| t.common.version),
+        director_root: trusted.root().as_bytes().to_vec(),
         image_root: None,
     })
-}
-
-fn load<R>(
-    trusted_root: &[u8],
-    roots: &[Vec<u8>],
-    timestamp: &[u8],
-    snapshot: &[u8],
-    targets: &[u8],
-    now: UtcTime,
-) -> Result<TrustedSet<R>, UptaneError> {
-    let mut set = TrustedSet::<R>::new(&Raw::new(trusted_root.to_vec()), now, Limits::default())?;
-    for bytes in newer(roots, set.root().common.version) {
-        set.update_root(&Raw::new(bytes.clone()))?;
-    }
-    set.update_timestamp(&Raw::new(timestamp.to_vec()))?;
-    set.update_snapshot(&Raw::new(snapshot.to_vec()))?;
-    set.update_targets(&Raw::new(targets.to_vec()))?;
-    Ok(set)
 }
 
 /// Full verification: the Director's metadata, then the Image repository's, then the
 /// match of this ECU's image in both.
 pub fn full(
     ecu: &Ecu<'_>,
+    image_root: &[u8],
     bundle: &PutMetadataRequest,
     now: UtcTime,
 ) -> Result<Accepted, UptaneError> {
-    let director: TrustedSet<Director> = load(
-        ecu.director_root,
-        &bundle.director_roots,
-        &bundle.director_timestamp,
-        &bundle.director_snapshot,
-        &bundle.director_targets,
-        now,
-    )?;
-    let targets_version = director.targets().map_or(0, |t| t.common.version);
-    if let Some(previous) = ecu.previous_targets_version
-        && targets_version < previous
-    {
-        return Err(uptane_core::error::UpdateError::Rollback {
-            role: "targets".into(),
-            trusted: previous,
-            new: targets_version,
-        }
-        .into());
-    }
+    let root = Raw::new(ecu.director_root.to_vec());
+    let mut director = Refresh::<Director>::new(&root, now, Limits::default())?
+        .with_previous_targets_version(ecu.previous_targets_version);
+    director.run(&mut Bundle::director(bundle))?;
     let entry = director_target_for(
-        &director,
+        director.trusted(),
         ecu.identity.vin,
         ecu.identity.ecu_serial,
         ecu.identity.hardware_id,
     )?;
-    let image_root = ecu.image_root.ok_or(UptaneError::NoDirectorTargets)?;
-    let mut images: TrustedSet<ImageRepo> = load(
-        image_root,
-        &bundle.image_roots,
-        &bundle.image_timestamp,
-        &bundle.image_snapshot,
-        &bundle.image_targets,
-        now,
-    )?;
+    let root = Raw::new(image_root.to_vec());
+    let mut images = Refresh::<ImageRepo>::new(&root, now, Limits::default())?;
+    if let Some(entry) = &entry {
+        images.find(&entry.path);
+    }
+    images.run(&mut Bundle::image_repo(bundle))?;
     let image = match entry {
         None => None,
         Some(entry) => {
-            let delegations: &HashMap<String, Vec<u8>> = &bundle.image_delegations;
-            let mut search = TargetSearch::new(&entry.path);
-            let found = loop {
-                match search.step(&images) {
-                    SearchStep::Load { role, delegator } => {
-                        let bytes = delegations
-                            .get(&role)
-                            .ok_or_else(|| UptaneError::ImageNotFound(entry.path.clone()))?;
-                        images.update_delegated_targets(
-                            &Raw::new(bytes.clone()),
-                            &role,
-                            &delegator,
-                        )?;
-                    }
-                    SearchStep::Found(target) => break target,
-                    SearchStep::NotFound => {
-                        return Err(UptaneError::ImageNotFound(entry.path.clone()));
-                    }
-                }
-            };
+            let found = images
+                .target(&entry.path)
+                .ok_or_else(|| UptaneError::ImageNotFound(entry.path.clone()))?;
             Some(approve(
                 &entry,
-                &found,
+                found,
                 Some(ecu.identity.installed_release_counter),
             )?)
         }
     };
+    let director = director.into_trusted();
     Ok(Accepted {
         image,
-        targets_version,
+        targets_version: director.targets().map_or(0, |t| t.common.version),
         director_root: director.root().as_bytes().to_vec(),
-        image_root: Some(images.root().as_bytes().to_vec()),
+        image_root: Some(images.trusted().root().as_bytes().to_vec()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The root-chain rules on the Secondary's path: the bundle the Primary forwards, in
+    //! both verification modes.
+
+    use serde_json::Value;
+    use uptane_core::error::{AttackKind, VerifyError};
+    use uptane_core::sign::{TargetsBuilder, sign_value};
+    use uptane_core::testing::{RepoFixture, earlier, key, now};
+    use uptane_core::uptane::{
+        director_target_custom, director_targets_custom, image_target_custom,
+    };
+
+    use super::*;
+
+    const VIN: &str = "VIN1";
+    const SERIAL: &str = "ECU-1";
+    const HW: &str = "hw-1";
+
+    fn repos() -> (RepoFixture, RepoFixture) {
+        let mut images = RepoFixture::new();
+        images.add_target("fw.bin", b"fw", Some(image_target_custom(&[HW], 1)));
+        images.publish();
+        let mut director = RepoFixture::new();
+        director.targets = TargetsBuilder::new(0, director.expires)
+            .target("fw.bin", b"fw", Some(director_target_custom(SERIAL, HW, 1)))
+            .custom(director_targets_custom(VIN, "c1"))
+            .build();
+        director.publish();
+        (director, images)
+    }
+
+    /// Root version `version`, re-signed by the fixture's root key after `edit`.
+    fn root_v(repo: &RepoFixture, version: u64, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let mut doc: Value = serde_json::from_slice(repo.initial_root()).unwrap();
+        doc["signed"]["version"] = version.into();
+        edit(&mut doc["signed"]);
+        sign_value(&doc["signed"], &[&key(1)]).unwrap()
+    }
+
+    fn bundle(
+        director: &RepoFixture,
+        images: &RepoFixture,
+        roots: Vec<Vec<u8>>,
+    ) -> PutMetadataRequest {
+        PutMetadataRequest {
+            correlation_id: "c1".into(),
+            director_roots: roots,
+            director_timestamp: director.timestamp.clone(),
+            director_snapshot: director.snapshot.clone(),
+            director_targets: director.targets_files["targets"].clone(),
+            image_roots: vec![],
+            image_timestamp: images.timestamp.clone(),
+            image_snapshot: images.snapshot.clone(),
+            image_targets: images.targets_files["targets"].clone(),
+            image_delegations: Default::default(),
+        }
+    }
+
+    /// Verifies `roots` (forwarded as the Primary sends them, version 1 included) in `mode`.
+    fn verify(full_mode: bool, roots: Vec<Vec<u8>>) -> Result<Accepted, UptaneError> {
+        let (director, images) = repos();
+        let ecu = Ecu {
+            identity: EcuIdentity {
+                vin: VIN,
+                ecu_serial: SERIAL,
+                hardware_id: HW,
+                installed_release_counter: 0,
+            },
+            director_root: director.initial_root(),
+            previous_targets_version: None,
+        };
+        let mut all = vec![director.initial_root().to_vec()];
+        all.extend(roots);
+        let bundle = bundle(&director, &images, all);
+        if full_mode {
+            full(&ecu, images.initial_root(), &bundle, now())
+        } else {
+            partial(&ecu, &bundle, now())
+        }
+    }
+
+    fn version(accepted: Accepted) -> u64 {
+        let doc: Value = serde_json::from_slice(&accepted.director_root).unwrap();
+        doc["signed"]["version"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn both_modes_follow_the_chain_and_refuse_what_breaks_it() {
+        let (director, _) = repos();
+        for full_mode in [true, false] {
+            // The chain in order, whatever order the Primary sent it in.
+            let good = vec![root_v(&director, 3, |_| {}), root_v(&director, 2, |_| {})];
+            let accepted = verify(full_mode, good).unwrap();
+            assert!(accepted.image.is_some());
+            assert_eq!(version(accepted), 3);
+
+            // A skipped version: 1 then 3 is not a chain; 3 is never applied.
+            let skipped = vec![root_v(&director, 3, |_| {})];
+            assert_eq!(version(verify(full_mode, skipped).unwrap()), 1);
+
+            // Filed under a forged version: the bytes of version 3 relabelled 2 are refused,
+            // not skipped over or applied out of order.
+            let v3 = root_v(&director, 3, |_| {});
+            let mut forged: Value = serde_json::from_slice(&v3).unwrap();
+            forged["signed"]["version"] = 2.into();
+            let err = verify(full_mode, vec![serde_json::to_vec(&forged).unwrap()]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    UptaneError::Update(UpdateError::Verify(VerifyError::Threshold { .. }))
+                ),
+                "{err}"
+            );
+            assert_eq!(err.attack(), AttackKind::ArbitrarySoftware);
+
+            // More rotations than the limit: the chain stops at the cap.
+            let cap = Limits::default().max_root_rotations;
+            let many: Vec<Vec<u8>> = (2..=cap + 2)
+                .map(|v| root_v(&director, v, |_| {}))
+                .collect();
+            assert_eq!(version(verify(full_mode, many).unwrap()), cap + 1);
+
+            // An expired final root is a freeze attack.
+            let expired = root_v(&director, 2, |s| {
+                s["expires"] = uptane_core::time::format_expires(&earlier()).into();
+            });
+            let err = verify(full_mode, vec![expired]).unwrap_err();
+            assert_eq!(err.attack(), AttackKind::Freeze, "{err}");
+        }
+    }
 }

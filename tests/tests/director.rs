@@ -11,7 +11,8 @@ use uptane_core::crypto::SigningKey;
 use uptane_core::manifest::{
     ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
 };
-use uptane_core::trusted::{Director, Limits, TrustedSet};
+use uptane_core::refresh::{Refresh, Step};
+use uptane_core::trusted::{Director, Limits};
 use uptane_core::verify::Raw;
 use uptane_tests::sim::Fleet;
 
@@ -94,27 +95,42 @@ async fn operator_assigns_vehicle_verifies_and_reports_and_nothing_is_lost_on_ki
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let base = format!("{url}/vehicles/{VIN}/metadata");
     let root = get(&client, &format!("{base}/1.root.json"), &credential).await;
-    let mut set = TrustedSet::<Director>::new(&Raw::new(root), now(), Limits::default()).unwrap();
-    set.update_timestamp(&Raw::new(
-        get(&client, &format!("{base}/timestamp.json"), &credential).await,
-    ))
-    .unwrap();
-    let v = set.snapshot_request().unwrap().version.unwrap();
-    set.update_snapshot(&Raw::new(
-        get(&client, &format!("{base}/{v}.snapshot.json"), &credential).await,
-    ))
-    .unwrap();
-    let v = set.targets_request("targets").unwrap().version.unwrap();
-    set.update_targets(&Raw::new(
-        get(&client, &format!("{base}/{v}.targets.json"), &credential).await,
-    ))
-    .unwrap();
+    let mut refresh = Refresh::<Director>::new(&Raw::new(root), now(), Limits::default()).unwrap();
+    loop {
+        let answer = match refresh.next() {
+            Step::ReadKept(_) => None,
+            Step::Fetch { file, .. } => {
+                let url = format!("{base}/{}", file.file_name());
+                let response = client
+                    .get(&url)
+                    .bearer_auth(&credential)
+                    .send()
+                    .await
+                    .unwrap();
+                match response.status().as_u16() {
+                    404 => None,
+                    _ => Some(
+                        response
+                            .error_for_status()
+                            .unwrap()
+                            .bytes()
+                            .await
+                            .unwrap()
+                            .to_vec(),
+                    ),
+                }
+            }
+            Step::Done => break,
+        };
+        refresh.feed(answer).unwrap();
+    }
+    let set = refresh.trusted();
     let ecus: BTreeMap<String, String> = serials
         .iter()
         .zip(hardware)
         .map(|(s, h)| (s.to_string(), h.to_string()))
         .collect();
-    let targets = uptane_core::uptane::director_targets(&set, VIN, &ecus).unwrap();
+    let targets = uptane_core::uptane::director_targets(set, VIN, &ecus).unwrap();
     assert_eq!(targets.len(), 1);
     assert_eq!(
         targets[0].info.hashes["sha256"],

@@ -3,14 +3,14 @@
 //! Reports the median of several runs of: canonicalizing the `signed` part of a targets file
 //! with 1,000 and 10,000 targets (from text, as verification does, and from a parsed value,
 //! as signing does), verifying the whole file (envelope parse, canonicalize, typed read,
-//! ed25519 `verify_strict`), a full TrustedSet update (root, timestamp, snapshot with its
+//! ed25519 `verify_strict`), a full refresh (root, timestamp, snapshot with its
 //! hash check, targets with its sha256+sha512 check), and SHA-256 over 1 GiB fed in 1 MiB
 //! chunks.
 
 #![allow(clippy::disallowed_methods)] // a benchmark reads the clock; the library never does
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -19,9 +19,10 @@ use uptane_core::cjson;
 use uptane_core::crypto::SigningKey;
 use uptane_core::hash::{Hashes, StreamVerifier};
 use uptane_core::metadata::{RoleKeys, Targets};
+use uptane_core::refresh::Refresh;
 use uptane_core::sign::{RootBuilder, SnapshotBuilder, TargetsBuilder, TimestampBuilder, describe};
 use uptane_core::time::parse_expires;
-use uptane_core::trusted::{ImageRepo, Limits, TrustedSet};
+use uptane_core::trusted::{ImageRepo, Limits};
 use uptane_core::verify::{Raw, verify_role};
 
 fn median(mut runs: Vec<Duration>) -> Duration {
@@ -97,14 +98,16 @@ fn main() {
             .sign(&[&key])
             .unwrap();
         let now = parse_expires("2030-01-01T00:00:00Z").unwrap();
+        let mut files = HashMap::from([
+            ("timestamp.json".to_string(), timestamp),
+            ("1.snapshot.json".to_string(), snapshot),
+            ("1.targets.json".to_string(), bytes.clone()),
+        ]);
         let update = time(reps, || {
-            let mut set =
-                TrustedSet::<ImageRepo>::new(&Raw::new(root.clone()), now, Limits::default())
-                    .unwrap();
-            set.update_timestamp(&Raw::new(timestamp.clone())).unwrap();
-            set.update_snapshot(&Raw::new(snapshot.clone())).unwrap();
-            set.update_targets(&Raw::new(bytes.clone())).unwrap();
-            set
+            let mut refresh =
+                Refresh::<ImageRepo>::new(&Raw::new(root.clone()), now, Limits::default()).unwrap();
+            refresh.run(&mut files).unwrap();
+            refresh.into_trusted()
         });
         let size = format!("{:.2} MiB", bytes.len() as f64 / 1_048_576.0);
         for (name, value) in [
@@ -122,7 +125,7 @@ fn main() {
                 format!("{:.2} ms", verify.as_secs_f64() * 1e3),
             ),
             (
-                "e. TrustedSet update: root, timestamp, snapshot (hash check), targets",
+                "e. refresh: root, timestamp, snapshot (hash check), targets",
                 format!("{:.2} ms", update.as_secs_f64() * 1e3),
             ),
         ] {

@@ -198,6 +198,15 @@ pub enum UpdateError {
     /// More root versions in one update than the configured maximum.
     #[error("more than {0} root rotations in one update")]
     TooManyRootRotations(u64),
+    /// More delegated roles than the configured maximum.
+    #[error("more than {0} delegated roles")]
+    TooManyDelegations(usize),
+    /// The repository does not serve a file the trusted metadata says it has.
+    #[error("{file}: the repository does not serve it")]
+    Missing {
+        /// The file name.
+        file: String,
+    },
 }
 
 impl UpdateError {
@@ -214,7 +223,10 @@ impl UpdateError {
                 AttackKind::ArbitrarySoftware
             }
             UpdateError::OutOfOrder(_) => AttackKind::Malformed,
-            UpdateError::TooManyRootRotations(_) => AttackKind::EndlessData,
+            UpdateError::TooManyRootRotations(_) | UpdateError::TooManyDelegations(_) => {
+                AttackKind::EndlessData
+            }
+            UpdateError::Missing { .. } => AttackKind::DropRequest,
         }
     }
 }

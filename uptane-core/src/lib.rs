@@ -13,7 +13,10 @@
 //! - [`hash`]: hashes and streaming length/hash checks;
 //! - [`metadata`]: the role types;
 //! - [`verify`]: `Raw<R>` to `Verified<R>`, the only place signatures are checked;
-//! - [`trusted`]: `TrustedSet<Repo>`, the update workflow, and delegation search;
+//! - [`trusted`]: `TrustedSet<Repo>` and the checks that admit metadata into it,
+//!   [`trusted::RootChain`], and delegation search;
+//! - [`refresh`]: `Refresh<Repo>`, the one sans-I/O driver of the TUF client workflow that
+//!   every repository client uses;
 //! - [`uptane`]: Director checks, matching, partial verification, image verification;
 //! - [`manifest`]: ECU version reports and vehicle version manifests;
 //! - [`sign`]: builders that create and sign metadata.
@@ -26,6 +29,7 @@ pub mod error;
 pub mod hash;
 pub mod manifest;
 pub mod metadata;
+pub mod refresh;
 pub mod sign;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -209,9 +209,43 @@ impl RepoFixture {
         self.root_keys = new_root_keys;
     }
 
+    /// What the repository serves as `file` (the current version of each role, every root
+    /// version), or `None`: answers a [`crate::refresh::Refresh`]'s fetches in tests.
+    pub fn file(&self, file: &crate::refresh::MetadataFile) -> Option<Vec<u8>> {
+        let current = |version: u64| file.version().is_none_or(|v| v == version);
+        match file.role() {
+            "root" => {
+                let index = usize::try_from(file.version()?.checked_sub(1)?).ok()?;
+                self.roots.get(index).cloned()
+            }
+            "timestamp" => Some(self.timestamp.clone()),
+            "snapshot" => current(self.versions.1).then(|| self.snapshot.clone()),
+            role => {
+                let version = if role == "targets" {
+                    self.targets.common.version
+                } else {
+                    self.delegated.get(role)?.targets.common.version
+                };
+                current(version).then(|| self.targets_files.get(role).cloned())?
+            }
+        }
+    }
+
     /// The version the next root will have.
     pub fn next_root_version(&self) -> u64 {
         self.roots.len() as u64 + 1
+    }
+}
+
+impl crate::refresh::MetadataSource for RepoFixture {
+    type Error = crate::error::UpdateError;
+
+    fn fetch(
+        &mut self,
+        file: &crate::refresh::MetadataFile,
+        _max_len: u64,
+    ) -> Result<Option<Vec<u8>>, Self::Error> {
+        Ok(self.file(file))
     }
 }
 

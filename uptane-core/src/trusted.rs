@@ -1,46 +1,35 @@
-//! `TrustedSet<Repo>`: the TUF 1.0.31 client workflow (§5.3–5.6) as a pure state machine.
+//! `TrustedSet<Repo>`: the verified metadata of one repository during one update, and the
+//! checks of the TUF 1.0.31 client workflow (§5.3–5.6) that admit metadata into it.
 //!
 //! A trusted set lives for one update: it starts from the trusted root and a `now` sampled
 //! once, then takes metadata in workflow order (root versions, timestamp, snapshot, targets,
 //! delegated targets). Metadata the caller kept from an earlier update goes through the same
 //! checks as downloaded metadata, so nothing persisted is trusted without being verified
-//! against the current root. The caller does the I/O: which file to fetch next, with which
-//! size limit, follows from the state (see [`TrustedSet::snapshot_request`] and friends).
+//! against the current root. Only [`crate::refresh::Refresh`] drives it: that is the one
+//! implementation of the workflow's order, file names, limits and loop bounds, and every
+//! client is an adapter doing the I/O it asks for.
 //!
 //! Fast-forward recovery (TUF §5.3.11, Uptane §5.4.4.3 step 4): when a new root rotates the
 //! timestamp or snapshot keys, a kept timestamp or snapshot no longer verifies against the
-//! root in force and is refused by [`TrustedSet::load_local_timestamp`] or
-//! [`TrustedSet::load_local_snapshot`], so it is forgotten and cannot block versions that
-//! restart from 1.
-//!
-//! ```
-//! use uptane_core::crypto::SigningKey;
-//! use uptane_core::sign::{RootBuilder, TimestampBuilder, describe};
-//! use uptane_core::trusted::{ImageRepo, Limits, TrustedSet};
-//! use uptane_core::verify::Raw;
-//! use uptane_core::error::UpdateError;
-//!
-//! let key = SigningKey::from_seed([7; 32]);
-//! let expires = uptane_core::time::parse_expires("2030-01-01T00:00:00Z").unwrap();
-//! let now = uptane_core::time::parse_expires("2029-01-01T00:00:00Z").unwrap();
-//! let root = RootBuilder::new(1, expires).all_roles(&key).sign(&[&key]).unwrap();
-//! let mut set = TrustedSet::<ImageRepo>::new(&Raw::new(root), now, Limits::default()).unwrap();
-//!
-//! let ts = |v| TimestampBuilder::new(v, expires, describe(1, b"")).sign(&[&key]).unwrap();
-//! set.update_timestamp(&Raw::new(ts(2))).unwrap();
-//! // A lower version is a rollback attack.
-//! let err = set.update_timestamp(&Raw::new(ts(1))).unwrap_err();
-//! assert!(matches!(err, UpdateError::Rollback { .. }));
-//! ```
+//! root in force and is refused when loaded, so it is forgotten and cannot block versions
+//! that restart from 1.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod root_chain;
+mod search;
+
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
-use crate::error::{UpdateError, VerifyError};
+use crate::error::UpdateError;
 use crate::hash::verify_bytes;
-use crate::metadata::{MetaFile, Role, Root, Snapshot, TargetFile, Targets, Timestamp};
+use crate::metadata::{MetaFile, Role, Root, Snapshot, Targets, Timestamp};
 use crate::time::UtcTime;
 use crate::verify::{self, Raw, Verified};
+
+pub use root_chain::RootChain;
+use root_chain::check_size;
+pub use search::TrustedTarget;
+pub(crate) use search::{SearchStep, TargetSearch};
 
 /// Marker: metadata from the Director repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +70,20 @@ impl Default for Limits {
     }
 }
 
+/// Whose view a trusted set takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Viewpoint {
+    /// A client (TUF 1.0.31 §5): every expiry is checked at this time, sampled once per
+    /// update.
+    Client(UtcTime),
+    /// The repository reading back what it published, in order to renew or extend it: no
+    /// expiry is checked (expired metadata must stay renewable), and a timestamp or snapshot
+    /// signed with the online keys of an earlier root is accepted and reported by
+    /// [`TrustedSet::online_keys_current`] (an online key rotation interrupted before
+    /// re-signing). Never for clients.
+    Publisher,
+}
+
 /// What happened to a new timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimestampUpdate {
@@ -92,7 +95,7 @@ pub enum TimestampUpdate {
 
 /// Whether metadata kept from an earlier update can be used as the current one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Freshness {
+pub(crate) enum Freshness {
     /// Current: no download needed.
     Current,
     /// Verified, and kept as the reference for rollback checks, but not current (expired, or
@@ -102,11 +105,11 @@ pub enum Freshness {
 
 /// Where to fetch a file and how many bytes to accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileRequest {
+pub(crate) struct FileRequest {
     /// Version for a consistent-snapshot file name, if the repository uses them.
-    pub version: Option<u64>,
+    pub(crate) version: Option<u64>,
     /// Largest number of bytes to read.
-    pub max_length: u64,
+    pub(crate) max_length: u64,
 }
 
 struct TrustedTargets {
@@ -114,23 +117,24 @@ struct TrustedTargets {
     delegator: String,
 }
 
-/// The verified metadata of one repository during one update.
+/// The verified metadata of one repository during one update. Built and fed only by
+/// [`crate::refresh::Refresh`]; everything public here reads what was verified.
 pub struct TrustedSet<Repo> {
-    now: UtcTime,
+    viewpoint: Viewpoint,
     limits: Limits,
-    root: Verified<Root>,
-    rotations: u64,
+    chain: RootChain,
     timestamp: Option<Verified<Timestamp>>,
     snapshot: Option<Verified<Snapshot>>,
     targets: BTreeMap<String, TrustedTargets>,
+    online_keys_current: bool,
     _repo: PhantomData<fn() -> Repo>,
 }
 
 impl<Repo> std::fmt::Debug for TrustedSet<Repo> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrustedSet")
-            .field("now", &self.now)
-            .field("root", &self.root.common.version)
+            .field("viewpoint", &self.viewpoint)
+            .field("root", &self.root().common.version)
             .field(
                 "timestamp",
                 &self.timestamp.as_ref().map(|t| t.common.version),
@@ -142,30 +146,6 @@ impl<Repo> std::fmt::Debug for TrustedSet<Repo> {
             .field("targets", &self.targets.keys().collect::<Vec<_>>())
             .finish()
     }
-}
-
-fn check_size(role: &str, bytes: &[u8], limit: u64) -> Result<(), UpdateError> {
-    let length = bytes.len() as u64;
-    if length > limit {
-        return Err(VerifyError::TooLarge {
-            role: role.to_string(),
-            length,
-            limit,
-        }
-        .into());
-    }
-    Ok(())
-}
-
-fn check_expiry<R: Role>(role: &str, meta: &R, now: UtcTime) -> Result<(), UpdateError> {
-    // TUF §5.3.10, §5.4.4, §5.5.6, §5.6.6; Uptane §5.4.4.3-6: freeze attack.
-    if meta.common().is_expired(now) {
-        return Err(UpdateError::Expired {
-            role: role.to_string(),
-            expires: meta.common().expires,
-        });
-    }
-    Ok(())
 }
 
 fn check_against_meta(
@@ -184,26 +164,35 @@ fn check_against_meta(
 }
 
 impl<Repo> TrustedSet<Repo> {
-    /// Starts from a trusted root, which must be signed by its own threshold (TUF §5.2).
-    /// Its expiry is checked only once no newer root is found ([`Self::update_timestamp`]).
-    pub fn new(root: &Raw<Root>, now: UtcTime, limits: Limits) -> Result<Self, UpdateError> {
-        check_size("root", root.as_bytes(), limits.root)?;
-        let root = verify::verify_root_self_signed(root)?;
-        Ok(Self {
-            now,
+    /// A client's set: starts from a trusted root, which must be signed by its own
+    /// threshold (TUF §5.2). Its expiry is checked only once no newer root is found.
+    pub(crate) fn new(root: &Raw<Root>, now: UtcTime, limits: Limits) -> Result<Self, UpdateError> {
+        let chain = RootChain::new(root, limits.root, limits.max_root_rotations)?;
+        Ok(Self::from_chain(chain, Viewpoint::Client(now), limits))
+    }
+
+    /// The repository's own view of what it published ([`Viewpoint::Publisher`]).
+    pub(crate) fn for_publisher(root: &Raw<Root>, limits: Limits) -> Result<Self, UpdateError> {
+        let chain = RootChain::new(root, limits.root, limits.max_root_rotations)?.keep_earlier();
+        Ok(Self::from_chain(chain, Viewpoint::Publisher, limits))
+    }
+
+    fn from_chain(chain: RootChain, viewpoint: Viewpoint, limits: Limits) -> Self {
+        Self {
+            viewpoint,
             limits,
-            root,
-            rotations: 0,
+            chain,
             timestamp: None,
             snapshot: None,
             targets: BTreeMap::new(),
+            online_keys_current: true,
             _repo: PhantomData,
-        })
+        }
     }
 
-    /// The time this update runs at.
-    pub fn now(&self) -> UtcTime {
-        self.now
+    /// Whose view this is.
+    pub fn viewpoint(&self) -> Viewpoint {
+        self.viewpoint
     }
 
     /// The limits in force.
@@ -213,7 +202,12 @@ impl<Repo> TrustedSet<Repo> {
 
     /// The trusted root.
     pub fn root(&self) -> &Verified<Root> {
-        &self.root
+        self.chain.trusted()
+    }
+
+    /// The root chain walked so far.
+    pub(crate) fn chain(&self) -> &RootChain {
+        &self.chain
     }
 
     /// The trusted timestamp, if any.
@@ -236,6 +230,13 @@ impl<Repo> TrustedSet<Repo> {
         self.targets.get(name).map(|t| &t.meta)
     }
 
+    /// Every trusted targets role, by name.
+    pub fn roles(&self) -> impl Iterator<Item = (&str, &Verified<Targets>)> {
+        self.targets
+            .iter()
+            .map(|(name, t)| (name.as_str(), &t.meta))
+    }
+
     /// A trusted targets role, only if it was verified against `delegator`'s keys.
     pub fn role_via(&self, name: &str, delegator: &str) -> Option<&Verified<Targets>> {
         self.targets
@@ -244,72 +245,69 @@ impl<Repo> TrustedSet<Repo> {
             .map(|t| &t.meta)
     }
 
-    /// Applies root version N+1 (TUF §5.3.4–5.3.8; Uptane §5.4.4.3 step 2).
-    pub fn update_root(&mut self, raw: &Raw<Root>) -> Result<(), UpdateError> {
-        if self.timestamp.is_some() {
+    /// False when the repository's own view ([`Viewpoint::Publisher`]) found timestamp or
+    /// snapshot signed only with the keys of an earlier root: they must be re-signed.
+    pub fn online_keys_current(&self) -> bool {
+        self.online_keys_current
+    }
+
+    fn check_expiry<R: Role>(&self, role: &str, meta: &R) -> Result<(), UpdateError> {
+        // TUF §5.3.10, §5.4.4, §5.5.6, §5.6.6; Uptane §5.4.4.3-6: freeze attack.
+        match self.viewpoint {
+            Viewpoint::Client(now) if meta.common().is_expired(now) => Err(UpdateError::Expired {
+                role: role.to_string(),
+                expires: meta.common().expires,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies root version N+1 (TUF §5.3.4–5.3.8; Uptane §5.4.4.3 step 2), by the rules of
+    /// [`RootChain`].
+    pub(crate) fn update_root(&mut self, raw: &Raw<Root>) -> Result<(), UpdateError> {
+        if self.timestamp.is_some() || !self.targets.is_empty() {
             return Err(UpdateError::OutOfOrder("root"));
         }
-        if self.rotations >= self.limits.max_root_rotations {
-            return Err(UpdateError::TooManyRootRotations(
-                self.limits.max_root_rotations,
-            ));
-        }
-        check_size("root", raw.as_bytes(), self.limits.root)?;
-        // §5.3.5: signed by a threshold of the trusted root's keys and of its own.
-        let new = verify::verify_root_rotation(&self.root, raw)?;
-        let trusted = self.root.common.version;
-        let version = new.common.version;
-        // §5.3.6 / Uptane §5.4.4.3 step 2.4: the version is exactly N+1.
-        if version <= trusted {
-            return Err(UpdateError::Rollback {
-                role: "root".into(),
-                trusted,
-                new: version,
-            });
-        }
-        if version != trusted + 1 {
-            return Err(UpdateError::VersionMismatch {
-                role: "root".into(),
-                referrer: "file name".into(),
-                expected: trusted + 1,
-                found: version,
-            });
-        }
-        self.root = new;
-        self.rotations += 1;
-        Ok(())
+        self.chain.apply(raw)
     }
 
     fn check_final_root(&self) -> Result<(), UpdateError> {
-        // §5.3.10: only the final root must be unexpired.
-        check_expiry("root", &*self.root, self.now)
+        match self.viewpoint {
+            Viewpoint::Client(now) => self.chain.check_final(now),
+            Viewpoint::Publisher => Ok(()),
+        }
     }
 
     fn verify_top_level<R: Role>(
-        &self,
+        &mut self,
         raw: &Raw<R>,
         role: &str,
     ) -> Result<Verified<R>, UpdateError> {
-        let keys = self
-            .root
-            .role_keys(role)
-            .ok_or_else(|| UpdateError::NotDelegated {
-                role: role.into(),
-                delegator: "root".into(),
-            })?;
-        Ok(verify::verify_role(raw, role, &self.root.keys, keys)?)
+        let first = verify_with_root(self.root(), raw, role);
+        if first.is_err() && role != "targets" && self.viewpoint == Viewpoint::Publisher {
+            for earlier in self.chain.earlier() {
+                if let Ok(verified) = verify_with_root(earlier, raw, role) {
+                    self.online_keys_current = false;
+                    return Ok(verified);
+                }
+            }
+        }
+        first
     }
 
     /// Loads a timestamp kept from an earlier update. It must verify against the current
     /// root; then it is the reference for rollback checks even when it has expired.
-    pub fn load_local_timestamp(&mut self, raw: &Raw<Timestamp>) -> Result<Freshness, UpdateError> {
+    pub(crate) fn load_local_timestamp(
+        &mut self,
+        raw: &Raw<Timestamp>,
+    ) -> Result<Freshness, UpdateError> {
         if self.timestamp.is_some() || self.snapshot.is_some() {
             return Err(UpdateError::OutOfOrder("timestamp"));
         }
         self.check_final_root()?;
         check_size("timestamp", raw.as_bytes(), self.limits.timestamp)?;
         let timestamp = self.verify_top_level(raw, "timestamp")?;
-        let freshness = match check_expiry("timestamp", &*timestamp, self.now) {
+        let freshness = match self.check_expiry("timestamp", &*timestamp) {
             Ok(()) => Freshness::Current,
             Err(e) => Freshness::Stale(e),
         };
@@ -318,7 +316,7 @@ impl<Repo> TrustedSet<Repo> {
     }
 
     /// Applies a downloaded timestamp (TUF §5.4; Uptane §5.4.4.4).
-    pub fn update_timestamp(
+    pub(crate) fn update_timestamp(
         &mut self,
         raw: &Raw<Timestamp>,
     ) -> Result<TimestampUpdate, UpdateError> {
@@ -353,7 +351,7 @@ impl<Repo> TrustedSet<Repo> {
                 });
             }
         }
-        check_expiry("timestamp", &*new, self.now)?;
+        self.check_expiry("timestamp", &*new)?;
         self.timestamp = Some(new);
         Ok(TimestampUpdate::Updated)
     }
@@ -363,7 +361,7 @@ impl<Repo> TrustedSet<Repo> {
             .timestamp
             .as_ref()
             .ok_or(UpdateError::OutOfOrder("snapshot"))?;
-        check_expiry("timestamp", &**timestamp, self.now)?;
+        self.check_expiry("timestamp", &**timestamp)?;
         Ok(timestamp)
     }
 
@@ -374,10 +372,10 @@ impl<Repo> TrustedSet<Repo> {
     }
 
     /// File name version and byte limit for the snapshot the trusted timestamp names.
-    pub fn snapshot_request(&self) -> Result<FileRequest, UpdateError> {
+    pub(crate) fn snapshot_request(&self) -> Result<FileRequest, UpdateError> {
         let meta = self.snapshot_meta()?;
         Ok(FileRequest {
-            version: self.root.consistent_snapshot.then_some(meta.version),
+            version: self.root().consistent_snapshot.then_some(meta.version),
             max_length: meta.length.unwrap_or(self.limits.snapshot),
         })
     }
@@ -412,7 +410,7 @@ impl<Repo> TrustedSet<Repo> {
     }
 
     fn check_final_snapshot(&self, snapshot: &Snapshot) -> Result<(), UpdateError> {
-        check_expiry("snapshot", snapshot, self.now)?;
+        self.check_expiry("snapshot", snapshot)?;
         let expected = self.snapshot_meta()?.version;
         // §5.5.3: the version timestamp names (mix-and-match attack).
         if snapshot.common.version != expected {
@@ -428,7 +426,10 @@ impl<Repo> TrustedSet<Repo> {
 
     /// Loads a snapshot kept from an earlier update: verified against the current root, and
     /// then the reference for rollback checks even when it is not current.
-    pub fn load_local_snapshot(&mut self, raw: &Raw<Snapshot>) -> Result<Freshness, UpdateError> {
+    pub(crate) fn load_local_snapshot(
+        &mut self,
+        raw: &Raw<Snapshot>,
+    ) -> Result<Freshness, UpdateError> {
         if self.snapshot.is_some() || !self.targets.is_empty() {
             return Err(UpdateError::OutOfOrder("snapshot"));
         }
@@ -444,7 +445,7 @@ impl<Repo> TrustedSet<Repo> {
     }
 
     /// Applies a downloaded snapshot (TUF §5.5; Uptane §5.4.4.5).
-    pub fn update_snapshot(&mut self, raw: &Raw<Snapshot>) -> Result<(), UpdateError> {
+    pub(crate) fn update_snapshot(&mut self, raw: &Raw<Snapshot>) -> Result<(), UpdateError> {
         if !self.targets.is_empty() {
             return Err(UpdateError::OutOfOrder("snapshot"));
         }
@@ -479,24 +480,32 @@ impl<Repo> TrustedSet<Repo> {
             .ok_or_else(|| UpdateError::NotInSnapshot { role: role.into() })
     }
 
+    /// Whether the trusted snapshot lists targets role `role`.
+    pub(crate) fn lists(&self, role: &str) -> bool {
+        self.snapshot
+            .as_ref()
+            .is_some_and(|s| s.meta.contains_key(&format!("{role}.json")))
+    }
+
     /// File name version and byte limit for targets role `role` as snapshot lists it.
-    pub fn targets_request(&self, role: &str) -> Result<FileRequest, UpdateError> {
+    pub(crate) fn targets_request(&self, role: &str) -> Result<FileRequest, UpdateError> {
         let meta = self.targets_meta(role)?;
         Ok(FileRequest {
-            version: self.root.consistent_snapshot.then_some(meta.version),
+            version: self.root().consistent_snapshot.then_some(meta.version),
             max_length: meta.length.unwrap_or(self.limits.targets),
         })
     }
 
     /// Applies the top-level targets (TUF §5.6; Uptane §5.4.4.6).
-    pub fn update_targets(&mut self, raw: &Raw<Targets>) -> Result<(), UpdateError> {
+    #[cfg(test)]
+    pub(crate) fn update_targets(&mut self, raw: &Raw<Targets>) -> Result<(), UpdateError> {
         self.update_delegated_targets(raw, "targets", "root")
     }
 
     /// Applies targets role `role`, verified against the keys `delegator` gives it (TUF
     /// §5.6.7; Uptane §5.4.4.7). The same role reached through another delegator must be
     /// applied again through that one before [`Self::role_via`] returns it.
-    pub fn update_delegated_targets(
+    pub(crate) fn update_delegated_targets(
         &mut self,
         raw: &Raw<Targets>,
         role: &str,
@@ -517,7 +526,7 @@ impl<Repo> TrustedSet<Repo> {
                     delegator: delegator.into(),
                 });
             }
-            self.verify_top_level(raw, "targets")?
+            verify_with_root(self.root(), raw, "targets")?
         } else {
             let parent = self
                 .targets
@@ -545,144 +554,52 @@ impl<Repo> TrustedSet<Repo> {
                 found: new.common.version,
             });
         }
-        check_expiry(role, &*new, self.now)?;
+        self.check_expiry(role, &*new)?;
+        self.insert_targets(role, delegator, new);
+        Ok(())
+    }
+
+    fn insert_targets(&mut self, role: &str, delegator: &str, meta: Verified<Targets>) {
         self.targets.insert(
             role.to_string(),
             TrustedTargets {
-                meta: new,
+                meta,
                 delegator: delegator.to_string(),
             },
         );
+    }
+}
+
+impl TrustedSet<Director> {
+    /// Partial verification (Uptane §5.4.4.1): the Director targets checked against the root
+    /// alone. Signatures, size and expiry as for full verification; the snapshot comparison
+    /// of check_targets step 2 is the step partial verification may skip.
+    pub(crate) fn update_partial_targets(&mut self, raw: &Raw<Targets>) -> Result<(), UpdateError> {
+        if self.timestamp.is_some() || !self.targets.is_empty() {
+            return Err(UpdateError::OutOfOrder("targets"));
+        }
+        self.check_final_root()?;
+        check_size("targets", raw.as_bytes(), self.limits.targets)?;
+        let new = verify_with_root(self.root(), raw, "targets")?;
+        self.check_expiry("targets", &*new)?;
+        self.insert_targets("targets", "root", new);
         Ok(())
     }
 }
 
-/// A target entry found by a delegation search: signed by a role whose every delegation on
-/// the path from top-level targets covers this target path.
-pub struct TrustedTarget<Repo> {
-    path: String,
-    info: TargetFile,
-    role: String,
-    _repo: PhantomData<fn() -> Repo>,
-}
-
-impl<Repo> Clone for TrustedTarget<Repo> {
-    fn clone(&self) -> Self {
-        Self {
-            path: self.path.clone(),
-            info: self.info.clone(),
-            role: self.role.clone(),
-            _repo: PhantomData,
-        }
-    }
-}
-
-impl<Repo> PartialEq for TrustedTarget<Repo> {
-    fn eq(&self, other: &Self) -> bool {
-        (&self.path, &self.info, &self.role) == (&other.path, &other.info, &other.role)
-    }
-}
-
-impl<Repo> std::fmt::Debug for TrustedTarget<Repo> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrustedTarget")
-            .field("path", &self.path)
-            .field("role", &self.role)
-            .field("info", &self.info)
-            .finish()
-    }
-}
-
-impl<Repo> TrustedTarget<Repo> {
-    /// The target path.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// Length, hashes and custom fields.
-    pub fn info(&self) -> &TargetFile {
-        &self.info
-    }
-
-    /// The role that signed it.
-    pub fn role(&self) -> &str {
-        &self.role
-    }
-}
-
-/// What a [`TargetSearch`] needs next.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SearchStep<Repo> {
-    /// Apply targets role `role` through `delegator` to the trusted set, then step again.
-    Load {
-        /// The role to load.
-        role: String,
-        /// The delegator whose keys must verify it.
-        delegator: String,
-    },
-    /// The target, from the first role in search order that lists it.
-    Found(TrustedTarget<Repo>),
-    /// No role on a permitted path lists it.
-    NotFound,
-}
-
-/// Pre-order depth-first search of the delegation graph for one target path (TUF §5.6.7,
-/// Uptane §5.4.4.7): roles in listed order, a terminating role ends the search after its
-/// subtree, each role visited once (cycles), at most `max_delegations` roles.
-#[derive(Debug, Clone)]
-pub struct TargetSearch {
-    path: String,
-    stack: Vec<(String, String)>,
-    visited: BTreeSet<String>,
-}
-
-impl TargetSearch {
-    /// A search for `path`, starting at top-level targets.
-    pub fn new(path: &str) -> Self {
-        Self {
-            path: path.to_string(),
-            stack: vec![("targets".to_string(), "root".to_string())],
-            visited: BTreeSet::new(),
-        }
-    }
-
-    /// The next step, given what `set` holds now.
-    pub fn step<Repo>(&mut self, set: &TrustedSet<Repo>) -> SearchStep<Repo> {
-        loop {
-            if self.visited.len() > set.limits.max_delegations {
-                return SearchStep::NotFound;
-            }
-            let Some((role, delegator)) = self.stack.last().cloned() else {
-                return SearchStep::NotFound;
-            };
-            if self.visited.contains(&role) {
-                self.stack.pop();
-                continue;
-            }
-            let Some(targets) = set.role_via(&role, &delegator) else {
-                return SearchStep::Load { role, delegator };
-            };
-            self.stack.pop();
-            if let Some(info) = targets.targets.get(&self.path) {
-                return SearchStep::Found(TrustedTarget {
-                    path: self.path.clone(),
-                    info: info.clone(),
-                    role,
-                    _repo: PhantomData,
-                });
-            }
-            self.visited.insert(role.clone());
-            let mut children = Vec::new();
-            for delegation in targets.roles_for_target(&self.path) {
-                children.push((delegation.name.clone(), role.clone()));
-                if delegation.terminating {
-                    self.stack.clear();
-                    break;
-                }
-            }
-            self.stack.extend(children.into_iter().rev());
-        }
-    }
+/// Verifies top-level role `role` against the keys `root` gives it.
+fn verify_with_root<R: Role>(
+    root: &Root,
+    raw: &Raw<R>,
+    role: &str,
+) -> Result<Verified<R>, UpdateError> {
+    let keys = root
+        .role_keys(role)
+        .ok_or_else(|| UpdateError::NotDelegated {
+            role: role.into(),
+            delegator: "root".into(),
+        })?;
+    Ok(verify::verify_role(raw, role, &root.keys, keys)?)
 }
 
 #[cfg(test)]

@@ -10,12 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use crate::error::{AttackKind, UpdateError, VerifyError};
+use crate::error::{AttackKind, UpdateError};
 use crate::hash::{DigestError, Hashes, StreamVerifier};
-use crate::metadata::{Root, TargetFile, Targets};
-use crate::time::UtcTime;
+use crate::metadata::{TargetFile, Targets};
 use crate::trusted::{Director, ImageRepo, TrustedSet, TrustedTarget};
-use crate::verify::{self, Raw, Verified};
 
 /// Why Director targets, a match, or an image were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -414,15 +412,6 @@ pub fn approve(
     })
 }
 
-/// What partial verification accepted.
-#[derive(Debug)]
-pub struct PartialVerification {
-    /// The Director targets, to keep as the new reference.
-    pub targets: Verified<Targets>,
-    /// The image for this ECU, if the Director assigns one.
-    pub image: Option<ApprovedImage>,
-}
-
 /// The ECU a partial-verification Secondary is, and what it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EcuIdentity<'a> {
@@ -436,76 +425,35 @@ pub struct EcuIdentity<'a> {
     pub installed_release_counter: u64,
 }
 
-/// Partial verification (Uptane §5.4.4.1): Director targets only, against the Director root
-/// the ECU trusts and the version of the Director targets it last accepted.
+/// Partial verification (Uptane §5.4.4.1) of Director targets that
+/// [`crate::refresh::Refresh::partial`] admitted (root chain, signatures, size, expiry and
+/// the previous version checked there): the Director targets checks of §5.4.4.6 steps 6, 7
+/// and the VIN, and this ECU's entry, if any, for its hardware id and a release counter not
+/// below the installed one (step 5).
 pub fn verify_partial(
-    root: &Verified<Root>,
-    raw: &Raw<Targets>,
-    previous_version: Option<u64>,
-    now: UtcTime,
+    director: &TrustedSet<Director>,
     ecu: &EcuIdentity<'_>,
-    max_length: u64,
-) -> Result<PartialVerification, UptaneError> {
-    let length = raw.as_bytes().len() as u64;
-    if length > max_length {
-        return Err(UpdateError::from(VerifyError::TooLarge {
-            role: "targets".into(),
-            length,
-            limit: max_length,
-        })
-        .into());
-    }
-    let keys = root
-        .role_keys("targets")
-        .ok_or_else(|| UpdateError::NotDelegated {
-            role: "targets".into(),
-            delegator: "root".into(),
-        })?;
-    // Step 2: signed by the Director's targets keys.
-    let targets =
-        verify::verify_role(raw, "targets", &root.keys, keys).map_err(UpdateError::from)?;
-    // Step 3: the version never goes down.
-    if let Some(previous) = previous_version
-        && targets.common.version < previous
-    {
-        return Err(UpdateError::Rollback {
-            role: "targets".into(),
-            trusted: previous,
-            new: targets.common.version,
-        }
-        .into());
-    }
-    // Step 4: not expired.
-    if targets.common.is_expired(now) {
-        return Err(UpdateError::Expired {
-            role: "targets".into(),
-            expires: targets.common.expires,
-        }
-        .into());
-    }
-    let entries = director_entries(&targets, ecu.vin)?;
-    let image = match entries.into_iter().find(|e| e.ecu_serial == ecu.ecu_serial) {
-        None => None,
-        Some(entry) => {
-            // Step 5: the hardware id and release counter.
-            if entry.hardware_id != ecu.hardware_id {
-                return Err(UptaneError::WrongHardware {
-                    target: entry.path,
-                    hardware_id: entry.hardware_id,
-                    expected: format!("this ECU's {:?}", ecu.hardware_id),
-                });
-            }
-            if entry.release_counter < ecu.installed_release_counter {
-                return Err(UptaneError::ReleaseCounterRollback {
-                    target: entry.path,
-                    installed: ecu.installed_release_counter,
-                    offered: entry.release_counter,
-                });
-            }
-            Some(ApprovedImage { target: entry })
-        }
+) -> Result<Option<ApprovedImage>, UptaneError> {
+    let targets = director.targets().ok_or(UptaneError::NoDirectorTargets)?;
+    let entries = director_entries(targets, ecu.vin)?;
+    let Some(entry) = entries.into_iter().find(|e| e.ecu_serial == ecu.ecu_serial) else {
+        return Ok(None);
     };
-    Ok(PartialVerification { targets, image })
+    if entry.hardware_id != ecu.hardware_id {
+        return Err(UptaneError::WrongHardware {
+            target: entry.path,
+            hardware_id: entry.hardware_id,
+            expected: format!("this ECU's {:?}", ecu.hardware_id),
+        });
+    }
+    if entry.release_counter < ecu.installed_release_counter {
+        return Err(UptaneError::ReleaseCounterRollback {
+            target: entry.path,
+            installed: ecu.installed_release_counter,
+            offered: entry.release_counter,
+        });
+    }
+    Ok(Some(ApprovedImage { target: entry }))
 }
 
 /// Checks image bytes as they arrive against an [`ApprovedImage`].

@@ -67,6 +67,14 @@ impl<R> Raw<R> {
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// The same untrusted bytes, to be read as another role.
+    pub(crate) fn cast<S>(&self) -> Raw<S> {
+        Raw {
+            bytes: Arc::clone(&self.bytes),
+            _role: PhantomData,
+        }
+    }
 }
 
 /// Metadata whose signatures met the threshold of the keys that were asked for. Only this
@@ -274,8 +282,9 @@ pub fn verify_root_self_signed(raw: &Raw<Root>) -> Result<Verified<Root>, Verify
 }
 
 /// Verifies a new root version against both the trusted root's root keys and its own
-/// (TUF 1.0.31 §5.3.4, Uptane §5.4.4.3 step 2.3). Version order is the caller's check.
-pub fn verify_root_rotation(
+/// (TUF 1.0.31 §5.3.4, Uptane §5.4.4.3 step 2.3). Version order is not checked here: only
+/// [`crate::trusted::RootChain`] calls this, and it checks that the version is exactly N+1.
+pub(crate) fn verify_root_rotation(
     trusted: &Root,
     raw: &Raw<Root>,
 ) -> Result<Verified<Root>, VerifyError> {

@@ -1,4 +1,5 @@
-//! The TUF client workflow (TUF 1.0.31 §5.3–5.7) over HTTP, for one repository.
+//! The TUF client workflow (TUF 1.0.31 §5.3–5.7) over HTTP, for one repository: the I/O
+//! for `uptane_core::refresh::Refresh`, and verified target downloads.
 
 use std::path::{Path, PathBuf};
 
@@ -6,10 +7,10 @@ use uptane_core::error::{AttackKind, UpdateError};
 use uptane_core::hash::StreamVerifier;
 pub use uptane_core::metadata::quote_role;
 use uptane_core::metadata::{TargetFile, metadata_file_name};
+pub use uptane_core::refresh::RefreshOutcome;
+use uptane_core::refresh::{Accepted, Refresh, Step};
 use uptane_core::time::UtcTime;
-use uptane_core::trusted::{
-    Freshness, Limits, SearchStep, TargetSearch, TimestampUpdate, TrustedSet, TrustedTarget,
-};
+use uptane_core::trusted::{Limits, TrustedSet, TrustedTarget};
 use uptane_core::verify::Raw;
 
 use super::fetch::{FetchError, Fetcher};
@@ -18,11 +19,11 @@ use service_runtime::files::write_atomic;
 /// Why a refresh or a target download failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The trusted set refused metadata.
-    #[error("{role}: {source}")]
+    /// The refresh refused metadata.
+    #[error("{file}: {source}")]
     Update {
-        /// Role being updated.
-        role: String,
+        /// The file being read.
+        file: String,
         /// Why.
         #[source]
         source: Box<UpdateError>,
@@ -63,9 +64,9 @@ impl ClientError {
     }
 }
 
-fn update_err(role: &str) -> impl FnOnce(UpdateError) -> ClientError + '_ {
+fn update_err(file: &str) -> impl FnOnce(UpdateError) -> ClientError + '_ {
     move |source| ClientError::Update {
-        role: role.to_string(),
+        file: file.to_string(),
         source: Box::new(source),
     }
 }
@@ -146,20 +147,19 @@ impl MetadataDir {
         std::fs::read(self.path(role)).ok()
     }
 
+    /// Keeps metadata a refresh admitted (roots also as `N.root.json`).
+    pub fn keep(&self, accepted: &Accepted) -> Result<(), ClientError> {
+        match (accepted.file.role(), accepted.file.version()) {
+            ("root", Some(version)) => self.store_root(version, &accepted.bytes),
+            (role, _) => self.store(role, &accepted.bytes),
+        }
+    }
+
     /// Replaces the kept bytes of `role` atomically.
     pub fn store(&self, role: &str, bytes: &[u8]) -> Result<(), ClientError> {
         let path = self.path(role);
         write_atomic(&path, bytes).map_err(|source| ClientError::Io { path, source })
     }
-}
-
-/// Whether a refresh found anything new.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshOutcome {
-    /// The timestamp did not change: the trusted metadata is current as it was.
-    Unchanged,
-    /// New metadata was verified and persisted.
-    Updated,
 }
 
 fn base_url(url: &str) -> String {
@@ -170,14 +170,14 @@ fn base_url(url: &str) -> String {
     }
 }
 
-/// One update of one repository: a trusted set, the place it persists to, and the fetcher.
+/// One update of one repository: the refresh driver, the place it persists to, and the
+/// fetcher. The workflow is `uptane_core::refresh::Refresh`'s; this only does its I/O.
 #[derive(Debug)]
 pub struct Updater<Repo> {
     metadata_url: String,
     fetcher: Fetcher,
     dir: MetadataDir,
-    set: TrustedSet<Repo>,
-    delegated_roles: Vec<String>,
+    refresh: Refresh<Repo>,
 }
 
 impl<Repo> Updater<Repo> {
@@ -194,13 +194,13 @@ impl<Repo> Updater<Repo> {
             path: root_path,
             source,
         })?;
-        let set = TrustedSet::new(&Raw::new(root), now, limits).map_err(update_err("root"))?;
+        let refresh =
+            Refresh::new(&Raw::new(root), now, limits).map_err(update_err("root.json"))?;
         Ok(Self {
             metadata_url: base_url(metadata_url),
             fetcher,
             dir,
-            set,
-            delegated_roles: Vec::new(),
+            refresh,
         })
     }
 
@@ -211,129 +211,59 @@ impl<Repo> Updater<Repo> {
 
     /// The delegated roles target searches have loaded, in the order loaded.
     pub fn delegated_roles(&self) -> &[String] {
-        &self.delegated_roles
+        self.refresh.delegated_roles()
     }
 
     /// The verified metadata.
     pub fn trusted(&self) -> &TrustedSet<Repo> {
-        &self.set
+        self.refresh.trusted()
     }
 
-    fn url(&self, role: &str, version: Option<u64>) -> String {
-        format!("{}{}", self.metadata_url, metadata_file_name(role, version))
+    /// Does the I/O the refresh asks for until it has nothing more to ask.
+    async fn drive(&mut self) -> Result<(), ClientError> {
+        loop {
+            let (file, answer) = match self.refresh.next() {
+                Step::ReadKept(file) => {
+                    let kept = self.dir.load(file.role());
+                    (file, kept)
+                }
+                Step::Fetch { file, max_len } => {
+                    let url = format!("{}{}", self.metadata_url, file.file_name());
+                    let fetched = match self.fetcher.fetch_bounded(&url, max_len).await {
+                        Ok(bytes) => Some(bytes),
+                        // The repository says it has no such file: the refresh decides
+                        // whether that ends the root chain or is a dropped request.
+                        Err(e) if matches!(e.status(), Some(403 | 404)) => None,
+                        Err(e) => return Err(e.into()),
+                    };
+                    (file, fetched)
+                }
+                Step::Done => return Ok(()),
+            };
+            let accepted = self
+                .refresh
+                .feed(answer)
+                .map_err(update_err(&file.file_name()))?;
+            if let Some(accepted) = accepted {
+                self.dir.keep(&accepted)?;
+            }
+        }
     }
 
     /// Root, timestamp, snapshot and top-level targets, in that order (TUF §5.3–5.6).
     pub async fn refresh(&mut self) -> Result<RefreshOutcome, ClientError> {
-        self.update_root().await?;
-        let outcome = self.update_timestamp().await?;
-        self.update_snapshot().await?;
-        self.load_targets("targets", "root").await?;
-        Ok(outcome)
-    }
-
-    async fn update_root(&mut self) -> Result<(), ClientError> {
-        let limits = *self.set.limits();
-        for _ in 0..limits.max_root_rotations {
-            let next = self.set.root().common.version + 1;
-            let url = self.url("root", Some(next));
-            let bytes = match self.fetcher.fetch_bounded(&url, limits.root).await {
-                Ok(bytes) => bytes,
-                // TUF §5.3.3: no N+1 means the trusted root is the newest.
-                Err(e) if matches!(e.status(), Some(403 | 404)) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            };
-            self.set
-                .update_root(&Raw::new(bytes.clone()))
-                .map_err(update_err("root"))?;
-            self.dir.store_root(next, &bytes)?;
-        }
-        Ok(())
-    }
-
-    async fn update_timestamp(&mut self) -> Result<RefreshOutcome, ClientError> {
-        if let Some(local) = self.dir.load("timestamp") {
-            // A kept timestamp that no longer verifies (e.g. its key rotated) is forgotten.
-            let _ = self.set.load_local_timestamp(&Raw::new(local));
-        }
-        let limit = self.set.limits().timestamp;
-        let bytes = self
-            .fetcher
-            .fetch_bounded(&self.url("timestamp", None), limit)
-            .await?;
-        match self
-            .set
-            .update_timestamp(&Raw::new(bytes.clone()))
-            .map_err(update_err("timestamp"))?
-        {
-            TimestampUpdate::Unchanged => Ok(RefreshOutcome::Unchanged),
-            TimestampUpdate::Updated => {
-                self.dir.store("timestamp", &bytes)?;
-                Ok(RefreshOutcome::Updated)
-            }
-        }
-    }
-
-    async fn update_snapshot(&mut self) -> Result<(), ClientError> {
-        if let Some(local) = self.dir.load("snapshot")
-            && let Ok(Freshness::Current) = self.set.load_local_snapshot(&Raw::new(local))
-        {
-            return Ok(());
-        }
-        let request = self
-            .set
-            .snapshot_request()
-            .map_err(update_err("snapshot"))?;
-        let bytes = self
-            .fetcher
-            .fetch_bounded(&self.url("snapshot", request.version), request.max_length)
-            .await?;
-        self.set
-            .update_snapshot(&Raw::new(bytes.clone()))
-            .map_err(update_err("snapshot"))?;
-        self.dir.store("snapshot", &bytes)
-    }
-
-    /// Makes targets role `role`, verified through `delegator`, trusted: from memory, from
-    /// the metadata directory if still current, or downloaded.
-    async fn load_targets(&mut self, role: &str, delegator: &str) -> Result<(), ClientError> {
-        if self.set.role_via(role, delegator).is_some() {
-            return Ok(());
-        }
-        if let Some(local) = self.dir.load(role)
-            && self
-                .set
-                .update_delegated_targets(&Raw::new(local), role, delegator)
-                .is_ok()
-        {
-            return Ok(());
-        }
-        let request = self.set.targets_request(role).map_err(update_err(role))?;
-        let bytes = self
-            .fetcher
-            .fetch_bounded(&self.url(role, request.version), request.max_length)
-            .await?;
-        self.set
-            .update_delegated_targets(&Raw::new(bytes.clone()), role, delegator)
-            .map_err(update_err(role))?;
-        self.dir.store(role, &bytes)
+        self.drive().await?;
+        Ok(self.refresh.outcome().unwrap_or(RefreshOutcome::Unchanged))
     }
 
     /// Finds `path` by the delegation search (TUF §5.6.7), loading roles as needed.
     pub async fn find_target(&mut self, path: &str) -> Result<TrustedTarget<Repo>, ClientError> {
-        let mut search = TargetSearch::new(path);
-        loop {
-            match search.step(&self.set) {
-                SearchStep::Load { role, delegator } => {
-                    self.load_targets(&role, &delegator).await?;
-                    if !self.delegated_roles.contains(&role) {
-                        self.delegated_roles.push(role);
-                    }
-                }
-                SearchStep::Found(target) => return Ok(target),
-                SearchStep::NotFound => return Err(ClientError::TargetNotFound(path.to_string())),
-            }
-        }
+        self.refresh.find(path);
+        self.drive().await?;
+        self.refresh
+            .target(path)
+            .cloned()
+            .ok_or_else(|| ClientError::TargetNotFound(path.to_string()))
     }
 
     /// The URL of a target's bytes: with consistent snapshots, the basename is prefixed with
@@ -341,10 +271,12 @@ impl<Repo> Updater<Repo> {
     pub fn target_url(&self, target_base_url: &str, path: &str, info: &TargetFile) -> String {
         let base = base_url(target_base_url);
         match info.hashes.values().next() {
-            Some(hash) if self.set.root().consistent_snapshot => match path.rsplit_once('/') {
-                Some((dir, name)) => format!("{base}{dir}/{hash}.{name}"),
-                None => format!("{base}{hash}.{path}"),
-            },
+            Some(hash) if self.trusted().root().consistent_snapshot => {
+                match path.rsplit_once('/') {
+                    Some((dir, name)) => format!("{base}{dir}/{hash}.{name}"),
+                    None => format!("{base}{hash}.{path}"),
+                }
+            }
             _ => format!("{base}{path}"),
         }
     }

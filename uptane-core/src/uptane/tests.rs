@@ -1,10 +1,11 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::metadata::Targets;
+use crate::refresh::Refresh;
 use crate::sign::{RootBuilder, TargetsBuilder, delegated_role, sign_value};
 use crate::testing::{RepoFixture, earlier, key, later, now};
 use crate::trusted::{Limits, SearchStep, TargetSearch};
+use crate::verify::Raw;
 
 const VIN: &str = "VIN0001";
 const IMAGE: &[u8] = b"firmware v2";
@@ -243,11 +244,24 @@ fn image_verification_stops_at_the_length_and_checks_hashes() {
     assert_eq!(err.attack(), AttackKind::ArbitrarySoftware);
 }
 
-fn partial_fixture() -> (Verified<crate::metadata::Root>, RepoFixture) {
-    let repo = RepoFixture::new();
-    let root =
-        crate::verify::verify_root_self_signed(&Raw::new(repo.initial_root().to_vec())).unwrap();
-    (root, repo)
+fn partial_fixture() -> RepoFixture {
+    RepoFixture::new()
+}
+
+/// Partial verification of `bytes` served as the Director targets.
+fn partial(
+    repo: &RepoFixture,
+    bytes: Vec<u8>,
+    previous: Option<u64>,
+    limits: Limits,
+    ecu: &EcuIdentity<'_>,
+) -> Result<Option<ApprovedImage>, UptaneError> {
+    let mut repo = repo.clone();
+    repo.targets_files.insert("targets".into(), bytes);
+    let mut refresh = Refresh::partial(&Raw::new(repo.initial_root().to_vec()), now(), limits)?
+        .with_previous_targets_version(previous);
+    refresh.run(&mut repo)?;
+    verify_partial(refresh.trusted(), ecu)
 }
 
 fn director_targets_bytes(
@@ -277,25 +291,24 @@ const ME: EcuIdentity<'static> = EcuIdentity {
 
 #[test]
 fn partial_verification_accepts_its_own_entry() {
-    let (root, repo) = partial_fixture();
-    let raw = Raw::<Targets>::new(director_targets_bytes(&repo, 3, later(), "hw-1", 2));
-    let result = verify_partial(&root, &raw, Some(2), now(), &ME, 1 << 20).unwrap();
-    assert_eq!(result.image.unwrap().release_counter(), 2);
+    let repo = partial_fixture();
+    let bytes = director_targets_bytes(&repo, 3, later(), "hw-1", 2);
+    let image = partial(&repo, bytes.clone(), Some(2), Limits::default(), &ME).unwrap();
+    assert_eq!(image.unwrap().release_counter(), 2);
     let other = EcuIdentity {
         ecu_serial: "ecu2",
         ..ME
     };
     assert!(
-        verify_partial(&root, &raw, None, now(), &other, 1 << 20)
+        partial(&repo, bytes, None, Limits::default(), &other)
             .unwrap()
-            .image
             .is_none()
     );
 }
 
 #[test]
 fn partial_verification_refusals() {
-    let (root, repo) = partial_fixture();
+    let repo = partial_fixture();
     let good = director_targets_bytes(&repo, 3, later(), "hw-1", 2);
     let wrong_key = {
         let doc: serde_json::Value = serde_json::from_slice(&good).unwrap();
@@ -321,18 +334,23 @@ fn partial_verification_refusals() {
         ),
     ];
     for (bytes, previous, attack) in cases {
-        let err =
-            verify_partial(&root, &Raw::new(bytes), previous, now(), &ME, 1 << 20).unwrap_err();
+        let err = partial(&repo, bytes, previous, Limits::default(), &ME).unwrap_err();
         assert_eq!(err.attack(), attack, "{err}");
     }
-    let err = verify_partial(&root, &Raw::new(good), None, now(), &ME, 10).unwrap_err();
+    let small = Limits {
+        targets: 10,
+        ..Limits::default()
+    };
+    let err = partial(&repo, good, None, small, &ME).unwrap_err();
     assert_eq!(err.attack(), AttackKind::EndlessData);
 }
 
 #[test]
 fn director_root_rotation_builder_is_usable_for_partial_ecus() {
     // Partial ECUs take a rotated Director root through the same chain check.
-    let (root, repo) = partial_fixture();
+    let repo = partial_fixture();
+    let root =
+        crate::verify::verify_root_self_signed(&Raw::new(repo.initial_root().to_vec())).unwrap();
     let new = RootBuilder::from_root(&root, 2, later())
         .sign(&[&repo.root_keys[0]])
         .unwrap();
@@ -363,7 +381,7 @@ fn refuses_without_director_targets_or_image_target() {
 
 #[test]
 fn an_approved_image_without_hashes_cannot_be_verified() {
-    let (root, repo) = partial_fixture();
+    let repo = partial_fixture();
     let bytes = TargetsBuilder::new(3, later())
         .target_with(
             "fw.bin",
@@ -374,9 +392,8 @@ fn an_approved_image_without_hashes_cannot_be_verified() {
         .custom(director_targets_custom(VIN, "c"))
         .sign(&[&repo.targets_key])
         .unwrap();
-    let image = verify_partial(&root, &Raw::new(bytes), None, now(), &ME, 1 << 20)
+    let image = partial(&repo, bytes, None, Limits::default(), &ME)
         .unwrap()
-        .image
         .unwrap();
     assert!(matches!(
         image.verifier(),
