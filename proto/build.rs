@@ -6,9 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["proto/uptane/secondary/v1/secondary.proto"],
+        &["proto/uptane/secondary/v2/secondary.proto"],
         &["proto"],
     )?;
-    println!("cargo:rerun-if-changed=proto/uptane/secondary/v1/secondary.proto");
+    println!("cargo:rerun-if-changed=proto/uptane/secondary/v2/secondary.proto");
     Ok(())
 }

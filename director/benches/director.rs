@@ -11,17 +11,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Instant;
 
 use director::api::AppState;
 use director::catalog::ImageCatalog;
 use director::db::Db;
 use director::keys::OnlineKeys;
-use director::service::{self, Policy};
+use director::service::{self, DirectorService, Policy};
 use rusqlite::params;
 use uptane_core::crypto::SigningKey;
 use uptane_core::hash::sha256_hex;
+use uptane_core::ids::{EcuSerial, Vin};
 use uptane_core::manifest::{
     ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
 };
@@ -69,16 +69,16 @@ fn seed(db: &Db) {
 
 fn manifest(i: usize) -> Vec<u8> {
     let v = vin(i);
-    let reports: BTreeMap<String, Vec<u8>> = (0..3)
+    let reports: BTreeMap<EcuSerial, Vec<u8>> = (0..3)
         .map(|j| {
-            let serial = format!("{v}-{j}");
+            let serial: EcuSerial = format!("{v}-{j}").parse().unwrap();
             let report = EcuVersionReport {
                 report_type: ECU_REPORT_TYPE.into(),
                 ecu_serial: serial.clone(),
                 installed_image: InstalledImage {
                     filename: format!("fw-{j}.bin"),
                     length: 1_048_576,
-                    hashes: uptane_core::hash::standard_hashes(serial.as_bytes()),
+                    hashes: uptane_core::hash::standard_hashes(serial.as_str().as_bytes()),
                     release_counter: 1,
                 },
                 attacks_detected: vec![],
@@ -90,7 +90,8 @@ fn manifest(i: usize) -> Vec<u8> {
             (serial, report.sign(&ecu_key(i, j)).unwrap())
         })
         .collect();
-    VehicleVersionManifest::new(&v, &format!("{v}-0"), &reports)
+    let primary: EcuSerial = format!("{v}-0").parse().unwrap();
+    VehicleVersionManifest::new(&v.parse().unwrap(), &primary, &reports)
         .unwrap()
         .sign(&ecu_key(i, 0))
         .unwrap()
@@ -140,7 +141,7 @@ fn main() {
     let policy = Policy::default();
     let start = Instant::now();
     for (i, bytes) in manifests.iter().enumerate() {
-        let v = vin(i);
+        let v: Vin = vin(i).parse().unwrap();
         db.call_blocking(|conn| service::process_manifest(conn, &v, bytes, &policy, now()))
             .unwrap();
     }
@@ -175,11 +176,9 @@ fn main() {
         let root_key = ecu_key(1 << 40, 4);
         db.call_blocking(|conn| service::store_initial_root(conn, &[&root_key], 1, &keys, now()))
             .unwrap();
+        let catalog = ImageCatalog::memory(HashMap::new(), Vec::new());
         let state = AppState {
-            db: db.clone(),
-            keys: Arc::new(keys),
-            catalog: Arc::new(ImageCatalog::memory(HashMap::new(), Vec::new())),
-            policy,
+            service: DirectorService::new(db.clone(), keys, catalog, policy),
             max_body_bytes: 1 << 20,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

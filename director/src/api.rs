@@ -1,8 +1,6 @@
 //! The HTTP API: the operator REST API under `/api/v1` (bearer API tokens), the vehicle API
 //! under `/vehicles/<vin>` (per-vehicle credentials), and Primary self-registration with a
-//! provisioning token. Handlers parse, authorize and call one `service` function.
-
-use std::sync::Arc;
+//! provisioning token. Handlers parse, call [`DirectorService`] and map its errors.
 
 use axum::Router;
 use axum::body::Body;
@@ -13,30 +11,18 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use uptane_core::ids::{EcuSerial, Vin};
 
-use crate::catalog::ImageCatalog;
-use crate::db::Db;
 use crate::error::DirectorError;
-use crate::keys::OnlineKeys;
-use crate::service::{self, AssignRequest, EcuReplacement, NewVehicle, Policy};
+use crate::service::{AssignRequest, DirectorService, EcuReplacement, NewVehicle};
 
 /// Shared server state: cheap clones.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The inventory.
-    pub db: Db,
-    /// Online signing keys.
-    pub keys: Arc<OnlineKeys>,
-    /// The Image repository, verified.
-    pub catalog: Arc<ImageCatalog>,
-    /// Timing policy.
-    pub policy: Policy,
+    /// The Director.
+    pub service: DirectorService,
     /// Largest JSON or manifest body accepted.
     pub max_body_bytes: usize,
-}
-
-fn now() -> uptane_core::time::UtcTime {
-    std::time::SystemTime::now().into()
 }
 
 /// The router, testable without a socket.
@@ -69,71 +55,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn bearer(headers: &HeaderMap) -> Result<String, DirectorError> {
+fn bearer(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string)
-        .ok_or_else(|| DirectorError::Unauthorized("missing bearer token".into()))
 }
 
-async fn operator(state: &AppState, headers: &HeaderMap) -> Result<String, DirectorError> {
-    let token = bearer(headers);
-    let label = state
-        .db
-        .call(move |conn| {
-            let checked = token.and_then(|token| service::check_api_token(conn, &token));
-            if let Err(e) = &checked {
-                service::record_event(
-                    conn,
-                    now(),
-                    "unauthorized_api_call",
-                    true,
-                    None,
-                    None,
-                    "unknown",
-                    &e.to_string(),
-                )?;
-            }
-            checked
-        })
-        .await?;
-    Ok(format!("operator:{label}"))
+fn parse_id<T: std::str::FromStr<Err = uptane_core::ids::IdError>>(
+    text: &str,
+) -> Result<T, DirectorError> {
+    text.parse()
+        .map_err(|e: uptane_core::ids::IdError| DirectorError::BadRequest(e.to_string()))
 }
 
-/// Records a refused operator request in the event log, then returns the error.
-async fn refused(
-    state: &AppState,
-    kind: &'static str,
-    actor: String,
-    error: DirectorError,
-) -> DirectorError {
-    if error.status().is_client_error() {
-        let detail = error.to_string();
-        let logged = state
-            .db
-            .call(move |conn| {
-                service::record_event(conn, now(), kind, false, None, None, &actor, &detail)
-            })
-            .await;
-        if let Err(e) = logged {
-            return e;
-        }
-    }
-    error
-}
-
-async fn vehicle(state: &AppState, headers: &HeaderMap, vin: &str) -> Result<(), DirectorError> {
-    let credential = bearer(headers)?;
-    let vin = vin.to_string();
-    state
-        .db
-        .call(move |conn| service::authorize_vehicle(conn, &vin, &credential, now()))
-        .await
-}
-
-/// Reads a body of at most the configured size: 413 above it, 400 for malformed JSON.
+/// Reads a body of at most the configured size: 413 above it.
 async fn read_body(state: &AppState, body: Body) -> Result<Vec<u8>, DirectorError> {
     axum::body::to_bytes(body, state.max_body_bytes)
         .await
@@ -141,6 +78,7 @@ async fn read_body(state: &AppState, body: Body) -> Result<Vec<u8>, DirectorErro
         .map_err(|_| DirectorError::PayloadTooLarge(state.max_body_bytes))
 }
 
+/// Reads a JSON body: 413 above the size limit, 400 when malformed.
 async fn read_json<T: DeserializeOwned>(state: &AppState, body: Body) -> Result<T, DirectorError> {
     let bytes = read_body(state, body).await?;
     serde_json::from_slice(&bytes)
@@ -153,31 +91,28 @@ fn ok_json(value: impl serde::Serialize) -> ApiResult {
     Ok(axum::Json(value).into_response())
 }
 
+fn created(value: serde_json::Value) -> ApiResult {
+    Ok((StatusCode::CREATED, axum::Json(value)).into_response())
+}
+
 async fn register_vehicle(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let actor = operator(&state, &headers).await?;
+    let actor = state.service.operator(bearer(&headers)).await?;
     let vehicle: NewVehicle = match read_json(&state, body).await {
-        Ok(v) => v,
-        Err(e) => return Err(refused(&state, "registration_refused", actor, e).await),
+        Ok(vehicle) => vehicle,
+        Err(e) => {
+            return Err(state
+                .service
+                .refused("registration_refused", &actor, e)
+                .await);
+        }
     };
     let vin = vehicle.vin.clone();
-    let who = actor.clone();
-    let registered = state
-        .db
-        .call(move |conn| service::register_vehicle(conn, &vehicle, &who, now()))
-        .await;
-    let credential = match registered {
-        Ok(c) => c,
-        Err(e) => return Err(refused(&state, "registration_refused", actor, e).await),
-    };
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({"vin": vin, "credential": credential})),
-    )
-        .into_response())
+    let credential = state.service.register_vehicle(&actor, vehicle).await?;
+    created(json!({"vin": vin, "credential": credential}))
 }
 
 async fn register_with_provisioning(
@@ -185,24 +120,21 @@ async fn register_with_provisioning(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let token = bearer(&headers)?;
+    let token = bearer(&headers)
+        .ok_or_else(|| DirectorError::Unauthorized("missing bearer token".into()))?;
     let vehicle: NewVehicle = read_json(&state, body).await?;
     let vin = vehicle.vin.clone();
     let credential = state
-        .db
-        .call(move |conn| service::register_with_provisioning(conn, &token, &vehicle, now()))
+        .service
+        .register_with_provisioning(token, vehicle)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({"vin": vin, "credential": credential})),
-    )
-        .into_response())
+    created(json!({"vin": vin, "credential": credential}))
 }
 
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     #[serde(default)]
-    vin: Option<String>,
+    vin: Option<Vin>,
     #[serde(default)]
     security: bool,
     #[serde(default)]
@@ -220,12 +152,8 @@ async fn list_vehicles(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    operator(&state, &headers).await?;
-    let vins = state
-        .db
-        .call(move |conn| service::vehicles(conn, q.limit))
-        .await?;
-    ok_json(vins)
+    state.service.operator(bearer(&headers)).await?;
+    ok_json(state.service.vehicles(q.limit).await?)
 }
 
 async fn show_vehicle(
@@ -233,12 +161,8 @@ async fn show_vehicle(
     headers: HeaderMap,
     Path(vin): Path<String>,
 ) -> ApiResult {
-    operator(&state, &headers).await?;
-    let record = state
-        .db
-        .call(move |conn| service::vehicle(conn, &vin))
-        .await?;
-    ok_json(record)
+    state.service.operator(bearer(&headers)).await?;
+    ok_json(state.service.vehicle(parse_id(&vin)?).await?)
 }
 
 async fn replace_ecu(
@@ -247,45 +171,24 @@ async fn replace_ecu(
     Path((vin, serial)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult {
-    let actor = operator(&state, &headers).await?;
+    let actor = state.service.operator(bearer(&headers)).await?;
+    let (vin, old): (Vin, EcuSerial) = (parse_id(&vin)?, parse_id(&serial)?);
     let replacement: EcuReplacement = read_json(&state, body).await?;
     state
-        .db
-        .call(move |conn| service::replace_ecu(conn, &vin, &serial, &replacement, &actor, now()))
+        .service
+        .replace_ecu(&actor, vin, old, replacement)
         .await?;
     ok_json(json!({"replaced": true}))
 }
 
 async fn assign(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
-    let actor = operator(&state, &headers).await?;
-    match create_assignment(&state, actor.clone(), body).await {
-        Ok(response) => Ok(response),
-        Err(e) => Err(refused(&state, "assignment_refused", actor, e).await),
-    }
-}
-
-async fn create_assignment(state: &AppState, actor: String, body: Body) -> ApiResult {
-    let state = state.clone();
-    let request: AssignRequest = read_json(&state, body).await?;
-    let info = state
-        .catalog
-        .lookup(&request.image, now())
-        .await?
-        .ok_or_else(|| {
-            DirectorError::NotFound(format!(
-                "the image repository has no image {:?}",
-                request.image
-            ))
-        })?;
-    let (correlation_id, entries) = state
-        .db
-        .call(move |conn| service::assign(conn, &request, &info, &actor, now()))
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({"correlation_id": correlation_id, "ecus": entries})),
-    )
-        .into_response())
+    let actor = state.service.operator(bearer(&headers)).await?;
+    let request: AssignRequest = match read_json(&state, body).await {
+        Ok(request) => request,
+        Err(e) => return Err(state.service.refused("assignment_refused", &actor, e).await),
+    };
+    let (correlation_id, entries) = state.service.assign(&actor, request).await?;
+    created(json!({"correlation_id": correlation_id, "ecus": entries}))
 }
 
 async fn list_assignments(
@@ -293,12 +196,8 @@ async fn list_assignments(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    operator(&state, &headers).await?;
-    let rows = state
-        .db
-        .call(move |conn| service::assignments(conn, q.vin.as_deref()))
-        .await?;
-    ok_json(rows)
+    state.service.operator(bearer(&headers)).await?;
+    ok_json(state.service.assignments(q.vin).await?)
 }
 
 async fn cancel_assignment(
@@ -306,10 +205,10 @@ async fn cancel_assignment(
     headers: HeaderMap,
     Path(correlation_id): Path<String>,
 ) -> ApiResult {
-    let actor = operator(&state, &headers).await?;
+    let actor = state.service.operator(bearer(&headers)).await?;
     let n = state
-        .db
-        .call(move |conn| service::cancel_assignment(conn, &correlation_id, &actor, now()))
+        .service
+        .cancel_assignment(&actor, correlation_id)
         .await?;
     ok_json(json!({"cancelled": n}))
 }
@@ -319,12 +218,13 @@ async fn list_events(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    operator(&state, &headers).await?;
-    let rows = state
-        .db
-        .call(move |conn| service::events(conn, q.vin.as_deref(), q.security, q.after, q.limit))
-        .await?;
-    ok_json(rows)
+    state.service.operator(bearer(&headers)).await?;
+    ok_json(
+        state
+            .service
+            .events(q.vin, q.security, q.after, q.limit)
+            .await?,
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,21 +239,13 @@ async fn create_provisioning_token(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let actor = operator(&state, &headers).await?;
+    let actor = state.service.operator(bearer(&headers)).await?;
     let request: NewProvisioningToken = read_json(&state, body).await?;
     let token = state
-        .db
-        .call(move |conn| {
-            service::create_provisioning_token(
-                conn,
-                &request.label,
-                request.one_time,
-                &actor,
-                now(),
-            )
-        })
+        .service
+        .create_provisioning_token(&actor, request.label, request.one_time)
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"token": token}))).into_response())
+    created(json!({"token": token}))
 }
 
 async fn revoke_provisioning_tokens(
@@ -361,10 +253,10 @@ async fn revoke_provisioning_tokens(
     headers: HeaderMap,
     Path(label): Path<String>,
 ) -> ApiResult {
-    let actor = operator(&state, &headers).await?;
+    let actor = state.service.operator(bearer(&headers)).await?;
     let n = state
-        .db
-        .call(move |conn| service::revoke_provisioning_tokens(conn, &label, &actor, now()))
+        .service
+        .revoke_provisioning_tokens(&actor, label)
         .await?;
     ok_json(json!({"revoked": n}))
 }
@@ -374,16 +266,9 @@ async fn vehicle_metadata(
     headers: HeaderMap,
     Path((vin, file)): Path<(String, String)>,
 ) -> ApiResult {
-    let credential = bearer(&headers);
-    let keys = Arc::clone(&state.keys);
-    let policy = state.policy;
-    // One trip to the database thread for both the credential check and the file.
     let bytes = state
-        .db
-        .call(move |conn| {
-            service::authorize_vehicle(conn, &vin, &credential?, now())?;
-            service::vehicle_file(conn, &keys, &vin, &file, &policy, now())
-        })
+        .service
+        .vehicle_file(parse_id(&vin)?, bearer(&headers), file)
         .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
@@ -394,14 +279,13 @@ async fn post_manifest(
     Path(vin): Path<String>,
     body: Body,
 ) -> ApiResult {
-    vehicle(&state, &headers, &vin).await?;
-    let bytes = read_body(&state, body).await?;
-    let policy = state.policy;
-    let outcome = state
-        .db
-        .call(move |conn| service::process_manifest(conn, &vin, &bytes, &policy, now()))
+    // The credential is checked before the body is read.
+    let vehicle = state
+        .service
+        .authorize(parse_id(&vin)?, bearer(&headers))
         .await?;
-    ok_json(outcome)
+    let bytes = read_body(&state, body).await?;
+    ok_json(state.service.manifest(vehicle, bytes).await?)
 }
 
 /// Serves on an already bound listener until `shutdown` completes.

@@ -2,7 +2,6 @@
 //! operator commands call the REST API of a running Director.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -12,7 +11,7 @@ use crate::api::AppState;
 use crate::catalog::ImageCatalog;
 use crate::db::Db;
 use crate::keys::{self, OnlineKeys};
-use crate::service::{self, Policy};
+use crate::service::{self, DirectorService, Policy};
 
 /// The Uptane Director repository.
 #[derive(Debug, Parser)]
@@ -412,10 +411,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Policy::default()
             };
             let state = AppState {
-                db,
-                keys: Arc::new(keys),
-                catalog: Arc::new(catalog),
-                policy,
+                service: DirectorService::new(db, keys, catalog, policy),
                 max_body_bytes,
             };
             let listener = tokio::net::TcpListener::bind(listen)

@@ -13,6 +13,7 @@ use rusqlite::Connection;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_init.sql"),
     include_str!("migrations/002_indexes.sql"),
+    include_str!("migrations/003_typed.sql"),
 ];
 
 /// Why a database call failed.

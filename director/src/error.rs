@@ -28,9 +28,9 @@ pub enum DirectorError {
     #[error("{0}")]
     Conflict(String),
     /// A vehicle version manifest or ECU report failed a security check; the Director
-    /// records a security event.
-    #[error("manifest refused: {0}")]
-    ManifestRefused(String),
+    /// records a security event naming the attack.
+    #[error("manifest refused ({kind}): {refusal}", kind = .0.attack(), refusal = .0)]
+    ManifestRefused(uptane_core::manifest::ManifestError),
     /// The image repository could not be read or did not verify.
     #[error("image repository: {0}")]
     ImageRepository(String),

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // test support code outside #[test] functions
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -12,11 +11,12 @@ use director::api::{AppState, router};
 use director::catalog::ImageCatalog;
 use director::db::Db;
 use director::keys::OnlineKeys;
-use director::service::{self, Policy};
+use director::service::{self, DirectorService, Policy};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use uptane_core::crypto::SigningKey;
 use uptane_core::error::AttackKind;
+use uptane_core::ids::{EcuSerial, HardwareId, Vin};
 use uptane_core::manifest::{
     DetectedAttack, ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
 };
@@ -37,10 +37,14 @@ struct Fleet {
 }
 
 struct Vehicle {
-    vin: String,
+    vin: Vin,
     credential: String,
-    ecus: Vec<(String, String, SigningKey)>,
+    ecus: Vec<(EcuSerial, HardwareId, SigningKey)>,
     counter: u64,
+}
+
+fn serial(s: &str) -> EcuSerial {
+    s.parse().unwrap()
 }
 
 fn now() -> uptane_core::time::UtcTime {
@@ -93,10 +97,7 @@ fn fleet() -> Fleet {
         .unwrap()
         .unwrap();
     let state = AppState {
-        db: db.clone(),
-        keys: Arc::new(online),
-        catalog: Arc::new(image_repo()),
-        policy: Policy::default(),
+        service: DirectorService::new(db.clone(), online, image_repo(), Policy::default()),
         max_body_bytes: 64 * 1024,
     };
     Fleet {
@@ -142,16 +143,17 @@ impl Fleet {
     }
 
     async fn register(&self, vin: &str, seed: u8) -> Vehicle {
+        let hw = |s: &str| -> HardwareId { s.parse().unwrap() };
         let ecus = vec![
-            (format!("{vin}-gw"), "hw-gateway".to_string(), key(seed)),
+            (serial(&format!("{vin}-gw")), hw("hw-gateway"), key(seed)),
             (
-                format!("{vin}-brake"),
-                "hw-brake".to_string(),
+                serial(&format!("{vin}-brake")),
+                hw("hw-brake"),
                 key(seed + 1),
             ),
             (
-                format!("{vin}-radio"),
-                "hw-radio".to_string(),
+                serial(&format!("{vin}-radio")),
+                hw("hw-radio"),
                 key(seed + 2),
             ),
         ];
@@ -161,7 +163,7 @@ impl Fleet {
         let (status, json) = self.operator("POST", "/api/v1/vehicles", body).await;
         assert_eq!(status, StatusCode::CREATED, "{json}");
         Vehicle {
-            vin: vin.to_string(),
+            vin: vin.parse().unwrap(),
             credential: json["credential"].as_str().unwrap().to_string(),
             ecus,
             counter: 0,
@@ -247,7 +249,7 @@ impl Vehicle {
     /// A manifest with every ECU on `images[i]` (content, file name).
     fn manifest(&mut self, images: &[(&[u8], &str)]) -> Vec<u8> {
         self.counter += 1;
-        let reports: BTreeMap<String, Vec<u8>> = (0..self.ecus.len())
+        let reports: BTreeMap<EcuSerial, Vec<u8>> = (0..self.ecus.len())
             .map(|i| {
                 let (bytes, name) = images[i];
                 (
@@ -265,7 +267,7 @@ impl Vehicle {
         self.sign_manifest(&reports)
     }
 
-    fn sign_manifest(&self, reports: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    fn sign_manifest(&self, reports: &BTreeMap<EcuSerial, Vec<u8>>) -> Vec<u8> {
         VehicleVersionManifest::new(&self.vin, &self.ecus[0].0, reports)
             .unwrap()
             .sign(&self.ecus[0].2)
@@ -338,12 +340,12 @@ async fn assignment_is_signed_for_the_vehicle_and_completed_by_its_manifest() {
         refresh.feed(answer).unwrap();
     }
     let set = refresh.trusted();
-    let ecus: BTreeMap<String, String> = car
+    let ecus: BTreeMap<EcuSerial, HardwareId> = car
         .ecus
         .iter()
         .map(|(s, hw, _)| (s.clone(), hw.clone()))
         .collect();
-    let assigned = director_targets(set, VIN, &ecus).unwrap();
+    let assigned = director_targets(set, &VIN.parse().unwrap(), &ecus).unwrap();
     assert_eq!(assigned.len(), 1);
     assert_eq!(assigned[0].path, "brake-2.bin");
     assert_eq!(assigned[0].release_counter, 2);
@@ -399,6 +401,7 @@ async fn assert_manifest_refused(
     manifest: Vec<u8>,
     expected: StatusCode,
     reason: &str,
+    attack: AttackKind,
 ) {
     let before = fleet.snapshot();
     let security_before = fleet.event_count(true);
@@ -426,6 +429,14 @@ async fn assert_manifest_refused(
         security_before + 1,
         "no security event for {reason}"
     );
+    // The security event names the attack the refusal stopped.
+    let events = fleet
+        .db
+        .call_blocking(|conn| service::events(conn, None, true, 0, 100_000))
+        .unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "manifest_refused");
+    assert_eq!(last.attack, Some(attack), "{reason}: {last:?}");
 }
 
 #[tokio::test]
@@ -454,13 +465,14 @@ async fn refuses_manifests_that_fail_any_check() {
         forged,
         StatusCode::BAD_REQUEST,
         "vehicle manifest",
+        AttackKind::ArbitrarySoftware,
     )
     .await;
 
     // An ECU report whose signature does not match its content.
     car.counter += 1;
     let c = car.counter;
-    let mut reports: BTreeMap<String, Vec<u8>> = (0..3)
+    let mut reports: BTreeMap<EcuSerial, Vec<u8>> = (0..3)
         .map(|i| {
             (
                 car.ecus[i].0.clone(),
@@ -480,6 +492,7 @@ async fn refuses_manifests_that_fail_any_check() {
         car.sign_manifest(&reports),
         StatusCode::BAD_REQUEST,
         "report",
+        AttackKind::ArbitrarySoftware,
     )
     .await;
 
@@ -491,11 +504,12 @@ async fn refuses_manifests_that_fail_any_check() {
         accepted,
         StatusCode::BAD_REQUEST,
         "nonce",
+        AttackKind::Replay,
     )
     .await;
 
     // A fresh nonce but an old counter.
-    let reports: BTreeMap<String, Vec<u8>> = (0..3)
+    let reports: BTreeMap<EcuSerial, Vec<u8>> = (0..3)
         .map(|i| {
             (
                 car.ecus[i].0.clone(),
@@ -510,11 +524,12 @@ async fn refuses_manifests_that_fail_any_check() {
         car.sign_manifest(&reports),
         StatusCode::BAD_REQUEST,
         "counter",
+        AttackKind::Rollback,
     )
     .await;
 
     // A missing ECU.
-    let reports: BTreeMap<String, Vec<u8>> = (0..2)
+    let reports: BTreeMap<EcuSerial, Vec<u8>> = (0..2)
         .map(|i| {
             (
                 car.ecus[i].0.clone(),
@@ -529,11 +544,12 @@ async fn refuses_manifests_that_fail_any_check() {
         car.sign_manifest(&reports),
         StatusCode::BAD_REQUEST,
         "no version report",
+        AttackKind::Malformed,
     )
     .await;
 
     // An unknown ECU.
-    let mut reports: BTreeMap<String, Vec<u8>> = (0..3)
+    let mut reports: BTreeMap<EcuSerial, Vec<u8>> = (0..3)
         .map(|i| {
             (
                 car.ecus[i].0.clone(),
@@ -543,7 +559,7 @@ async fn refuses_manifests_that_fail_any_check() {
         .collect();
     let stranger = EcuVersionReport {
         report_type: ECU_REPORT_TYPE.into(),
-        ecu_serial: "stranger".into(),
+        ecu_serial: serial("stranger"),
         installed_image: InstalledImage {
             filename: "s".into(),
             length: 1,
@@ -556,7 +572,7 @@ async fn refuses_manifests_that_fail_any_check() {
         report_counter: 1,
         last_install: None,
     };
-    reports.insert("stranger".into(), stranger.sign(&key(98)).unwrap());
+    reports.insert(serial("stranger"), stranger.sign(&key(98)).unwrap());
     assert_manifest_refused(
         &fleet,
         &car,
@@ -564,11 +580,12 @@ async fn refuses_manifests_that_fail_any_check() {
         car.sign_manifest(&reports),
         StatusCode::BAD_REQUEST,
         "unknown ECU",
+        AttackKind::UnknownEcu,
     )
     .await;
 
     // A report from the future.
-    let mut future: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut future: BTreeMap<EcuSerial, Vec<u8>> = BTreeMap::new();
     for i in 0..3 {
         let (serial, _, key) = &car.ecus[i];
         let mut report: EcuVersionReport =
@@ -585,6 +602,7 @@ async fn refuses_manifests_that_fail_any_check() {
         car.sign_manifest(&future),
         StatusCode::BAD_REQUEST,
         "future",
+        AttackKind::TimeTampering,
     )
     .await;
 
@@ -596,6 +614,7 @@ async fn refuses_manifests_that_fail_any_check() {
         b"{not json".to_vec(),
         StatusCode::BAD_REQUEST,
         "manifest",
+        AttackKind::Malformed,
     )
     .await;
 }
@@ -649,7 +668,7 @@ async fn reported_attacks_become_security_events() {
 async fn an_ecu_the_primary_declares_unreachable_does_not_block_the_manifest() {
     let fleet = fleet();
     let car = fleet.register(VIN, 35).await;
-    let reports: BTreeMap<String, Vec<u8>> = (0..2)
+    let reports: BTreeMap<EcuSerial, Vec<u8>> = (0..2)
         .map(|i| {
             (
                 car.ecus[i].0.clone(),
@@ -662,7 +681,7 @@ async fn an_ecu_the_primary_declares_unreachable_does_not_block_the_manifest() {
         let mut manifest = VehicleVersionManifest::new(&car.vin, &car.ecus[0].0, &reports).unwrap();
         manifest.unreachable_ecus = unreachable
             .iter()
-            .map(|(s, r)| (s.to_string(), r.to_string()))
+            .map(|(s, r)| (serial(s), r.to_string()))
             .collect();
         manifest.sign(&car.ecus[0].2).unwrap()
     };
@@ -673,18 +692,20 @@ async fn an_ecu_the_primary_declares_unreachable_does_not_block_the_manifest() {
         &fleet,
         &car,
         VIN,
-        declare(&[(&radio, "offline"), (&brake, "offline")]),
+        declare(&[(radio.as_str(), "offline"), (brake.as_str(), "offline")]),
         StatusCode::BAD_REQUEST,
         "both reported and declared unreachable",
+        AttackKind::Malformed,
     )
     .await;
     assert_manifest_refused(
         &fleet,
         &car,
         VIN,
-        declare(&[(&radio, "offline"), ("ECU-NOBODY", "offline")]),
+        declare(&[(radio.as_str(), "offline"), ("ECU-NOBODY", "offline")]),
         StatusCode::BAD_REQUEST,
         "unknown ECU",
+        AttackKind::UnknownEcu,
     )
     .await;
 
@@ -693,7 +714,7 @@ async fn an_ecu_the_primary_declares_unreachable_does_not_block_the_manifest() {
             "POST",
             &format!("/vehicles/{VIN}/manifest"),
             Some(&car.credential),
-            Some(declare(&[(&radio, "connection refused")])),
+            Some(declare(&[(radio.as_str(), "connection refused")])),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{outcome}");
@@ -882,6 +903,63 @@ async fn assignments_can_be_cancelled_before_delivery_only() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{json}");
+}
+
+#[tokio::test]
+async fn serving_targets_delivers_only_the_entries_signed_into_them() {
+    let fleet = fleet();
+    let car = fleet.register(VIN, 75).await;
+    let (_, brake) = fleet
+        .operator(
+            "POST",
+            "/api/v1/assignments",
+            json!({"image": "brake-2.bin", "vins": [VIN]}),
+        )
+        .await;
+    // The vehicle's timestamp request signs targets v1 with the brake assignment ...
+    fetch(&fleet, &car, "timestamp.json").await;
+    // ... then an operator assigns the radio, after that version was signed ...
+    let (_, radio) = fleet
+        .operator(
+            "POST",
+            "/api/v1/assignments",
+            json!({"image": "radio-1.bin", "vins": [VIN]}),
+        )
+        .await;
+    // ... and the vehicle fetches targets v1, which does not contain it.
+    let (status, targets) = fetch(&fleet, &car, "1.targets.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!String::from_utf8(targets).unwrap().contains("radio-1.bin"));
+    let (_, entries) = fleet
+        .operator(
+            "GET",
+            &format!("/api/v1/assignments?vin={VIN}"),
+            Value::Null,
+        )
+        .await;
+    let status_of = |id: &Value| {
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["correlation_id"] == *id)
+            .map(|e| e["status"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(status_of(&brake["correlation_id"]), "delivered");
+    assert_eq!(status_of(&radio["correlation_id"]), "pending");
+    // Still cancellable, since the vehicle has not seen it.
+    let (status, _) = fleet
+        .operator(
+            "POST",
+            &format!(
+                "/api/v1/assignments/{}/cancel",
+                radio["correlation_id"].as_str().unwrap()
+            ),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]

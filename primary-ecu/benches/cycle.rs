@@ -11,10 +11,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use primary_ecu::download::ImageStore;
 use primary_ecu::repo::Fetcher;
 use support::world::World;
-use uptane_core::metadata::TargetFile;
+use uptane_core::hash::StreamVerifier;
 use uptane_tests::{peak_rss_kib, spawn};
 
 const DOORS: [((&str, &str), &str); 3] = [
@@ -72,17 +71,18 @@ fn main() {
 
             // Download and verify alone, in this process, from the same server.
             let dir = tempfile::tempdir().unwrap();
-            let store = ImageStore::new(dir.path().join("images"), dir.path().join("downloads"));
             let fetcher = Fetcher::new(Duration::from_secs(30), 0).unwrap();
-            let info = TargetFile {
-                length: bytes.len() as u64,
-                hashes: uptane_core::hash::standard_hashes(&bytes),
-                custom: None,
-            };
-            let sha = info.hashes["sha256"].clone();
+            let hashes = uptane_core::hash::standard_hashes(&bytes);
+            let length = bytes.len() as u64;
             let url = format!("{}{}", world.base, World::target_path(&name, &bytes));
             let started = Instant::now();
-            store.fetch(&fetcher, &url, &sha, &info).await.unwrap();
+            let mut file = tokio::fs::File::create(dir.path().join("image")).await.unwrap();
+            let mut verifier = StreamVerifier::new(Some(length), &hashes).unwrap();
+            fetcher
+                .download_to(&url, &mut file, &mut verifier, length)
+                .await
+                .unwrap();
+            verifier.finish().unwrap();
             let seconds = started.elapsed().as_secs_f64();
             println!(
                 "download and verify (sha256 + sha512) of {mib} MiB: {:.0} ms, {:.0} MB/s",

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use uptane_core::ids::{EcuSerial, HardwareId, Vin};
 use uptane_core::trusted::Limits;
 
 /// How a Secondary verifies what it is sent (Uptane §5.4.4).
@@ -32,7 +33,7 @@ impl Mode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecondaryConfig {
     /// Its ECU serial.
-    pub serial: String,
+    pub serial: EcuSerial,
     /// Where its gRPC service listens (`host:port`).
     pub address: String,
     /// Its verification mode.
@@ -56,7 +57,7 @@ impl std::str::FromStr for SecondaryConfig {
             other => return Err(format!("{text:?}: mode {other:?} is not full or partial")),
         };
         Ok(Self {
-            serial: serial.to_string(),
+            serial: serial.parse().map_err(|e| format!("{text:?}: {e}"))?,
             address: address.to_string(),
             mode,
         })
@@ -67,11 +68,11 @@ impl std::str::FromStr for SecondaryConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     /// Vehicle identifier.
-    pub vin: String,
+    pub vin: Vin,
     /// The Primary's ECU serial.
-    pub serial: String,
+    pub serial: EcuSerial,
     /// The Primary's hardware id.
-    pub hardware_id: String,
+    pub hardware_id: HardwareId,
     /// Director base URL.
     pub director_url: String,
     /// Image repository base URL (metadata under `metadata/`, images under `targets/`).
@@ -196,6 +197,16 @@ impl Settings {
                     .or_else(|| kept.map(|k| k.$field.clone()))
                     .ok_or(ConfigError::Missing($flag))?
             };
+            (id $field:ident, $flag:literal) => {
+                match args.$field.clone() {
+                    Some(text) => text
+                        .parse()
+                        .map_err(|e: uptane_core::ids::IdError| invalid($flag, e.to_string()))?,
+                    None => kept
+                        .map(|k| k.$field.clone())
+                        .ok_or(ConfigError::Missing($flag))?,
+                }
+            };
             ($field:ident, $flag:literal, $default:expr) => {
                 args.$field
                     .or_else(|| kept.map(|k| k.$field))
@@ -203,9 +214,9 @@ impl Settings {
             };
         }
         let settings = Self {
-            vin: pick!(vin, "vin"),
-            serial: pick!(serial, "serial"),
-            hardware_id: pick!(hardware_id, "hardware-id"),
+            vin: pick!(id vin, "vin"),
+            serial: pick!(id serial, "serial"),
+            hardware_id: pick!(id hardware_id, "hardware-id"),
             director_url: pick!(director_url, "director-url"),
             image_repo_url: pick!(image_repo_url, "image-repo-url"),
             secondaries: if args.secondaries.is_empty() {
@@ -237,14 +248,10 @@ impl Settings {
 
     /// Checks every setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_id("vin", &self.vin)?;
-        check_id("serial", &self.serial)?;
-        check_id("hardware-id", &self.hardware_id)?;
         check_url("director-url", &self.director_url)?;
         check_url("image-repo-url", &self.image_repo_url)?;
-        let mut serials = std::collections::BTreeSet::from([self.serial.as_str()]);
+        let mut serials = std::collections::BTreeSet::from([&self.serial]);
         for secondary in &self.secondaries {
-            check_id("secondary", &secondary.serial)?;
             if !serials.insert(&secondary.serial) {
                 return Err(invalid(
                     "secondary",
@@ -343,22 +350,6 @@ impl Settings {
 }
 
 /// The identifiers the Director accepts: 1–64 characters of `A-Za-z0-9._-`.
-fn check_id(field: &'static str, value: &str) -> Result<(), ConfigError> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            field,
-            format!("{value:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"),
-        ))
-    }
-}
-
 fn check_url(field: &'static str, value: &str) -> Result<(), ConfigError> {
     let url = reqwest::Url::parse(value).map_err(|e| invalid(field, format!("{value:?}: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
@@ -441,7 +432,7 @@ mod tests {
             ),
             (
                 "secondary",
-                Box::new(|a| a.secondaries[0].serial = "GW-1".into()),
+                Box::new(|a| a.secondaries[0].serial = "GW-1".parse().unwrap()),
             ),
             (
                 "secondary",
@@ -471,6 +462,11 @@ mod tests {
         let s: SecondaryConfig = "B-1,localhost:7000,partial".parse().unwrap();
         assert_eq!(s.mode, Mode::Partial);
         assert!("B-1,localhost:7000".parse::<SecondaryConfig>().is_err());
+        assert!(
+            "B 1,localhost:7000,full"
+                .parse::<SecondaryConfig>()
+                .is_err()
+        );
         assert!(
             "B-1,localhost:7000,half"
                 .parse::<SecondaryConfig>()

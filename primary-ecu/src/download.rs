@@ -1,18 +1,77 @@
 //! Image downloads that survive interruptions: bytes go to `downloads/<sha256>.part`,
 //! hashed while streaming; an interrupted download (a cut connection, or a `kill -9` and a
 //! restart) resumes with an HTTP Range request after re-hashing the kept bytes; only a
-//! download whose length and every hash match moves to `images/<sha256>`.
+//! download whose length and every hash match moves to `images/<sha256>`, and only then is
+//! it handed out, as a [`VerifiedFile`].
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncReadExt;
-use uptane_core::hash::StreamVerifier;
-use uptane_core::metadata::TargetFile;
+use uptane_core::uptane::{ApprovedImage, ImageVerifier, UptaneError, VerifiedImage};
 
-use crate::repo::{ClientError, FetchError, Fetcher};
+use crate::ports::ImageRepoPort;
+use crate::repo::{ClientError, FetchError};
 
 /// Attempts within one call when the connection drops mid-download.
 const ATTEMPTS: u32 = 4;
+
+/// A file whose bytes were hashed against an approved image: the capability install and
+/// delivery code takes. Only [`ImageStore::fetch`] makes one. The file can still change on
+/// disk afterwards, so whoever copies it checks the bytes again as they copy
+/// ([`VerifiedFile::copy_verified`]).
+#[derive(Debug, Clone)]
+pub struct VerifiedFile {
+    path: PathBuf,
+    image: VerifiedImage,
+}
+
+impl VerifiedFile {
+    /// What the bytes were verified against.
+    pub fn image(&self) -> &VerifiedImage {
+        &self.image
+    }
+
+    /// The approved image.
+    pub fn approved(&self) -> &ApprovedImage {
+        self.image.approved()
+    }
+
+    /// The file (to stream it to a Secondary, which verifies it itself).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Copies the file into `out` while hashing every byte copied against the approval:
+    /// what is written is exactly what is verified, whatever happened to the file since
+    /// it was downloaded. Fails, having written possibly bad bytes to `out`, when they
+    /// differ; the caller must then discard `out`.
+    pub fn copy_verified(&self, out: &mut impl std::io::Write) -> Result<VerifiedImage, CopyError> {
+        let mut verifier = self.approved().verifier()?;
+        let mut input = std::fs::File::open(&self.path)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            verifier.update(&buf[..n])?;
+            out.write_all(&buf[..n])?;
+        }
+        Ok(verifier.finish()?)
+    }
+}
+
+/// Why a verified copy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The bytes are not the approved image (the file changed after it was verified).
+    #[error(transparent)]
+    Image(#[from] UptaneError),
+    /// Reading or writing failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
 
 /// Where verified images and partial downloads live.
 #[derive(Debug, Clone)]
@@ -21,22 +80,31 @@ pub struct ImageStore {
     downloads: PathBuf,
 }
 
+/// The name an approved image is kept under: its SHA-256, or its first hash.
+pub fn image_key(image: &ApprovedImage) -> String {
+    image
+        .hashes()
+        .get("sha256")
+        .or_else(|| image.hashes().values().next())
+        .cloned()
+        .unwrap_or_default()
+}
+
 impl ImageStore {
     /// Images in `images`, partial downloads in `downloads`.
     pub fn new(images: PathBuf, downloads: PathBuf) -> Self {
         Self { images, downloads }
     }
 
-    /// The verified image with this SHA-256.
-    pub fn image(&self, sha256: &str) -> PathBuf {
-        self.images.join(sha256)
+    fn image(&self, key: &str) -> PathBuf {
+        self.images.join(key)
     }
 
-    fn partial(&self, sha256: &str) -> PathBuf {
-        self.downloads.join(format!("{sha256}.part"))
+    fn partial(&self, key: &str) -> PathBuf {
+        self.downloads.join(format!("{key}.part"))
     }
 
-    /// Removes images and partial downloads not in `keep` (SHA-256s).
+    /// Removes images and partial downloads not in `keep` (keys from [`image_key`]).
     pub fn prune(&self, keep: &[&str]) {
         for dir in [&self.images, &self.downloads] {
             let Ok(entries) = std::fs::read_dir(dir) else {
@@ -45,42 +113,52 @@ impl ImageStore {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                let sha = name.strip_suffix(".part").unwrap_or(&name);
-                if !keep.contains(&sha) {
+                let key = name.strip_suffix(".part").unwrap_or(&name);
+                if !keep.contains(&key) {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
         }
     }
 
-    /// Makes `images/<sha256>` hold exactly the bytes `info` describes, downloading from
-    /// `url` what is missing. Returns its path.
+    /// Makes `images/<key>` hold exactly the approved image, downloading from `location`
+    /// what is missing, and hands it out verified.
     pub async fn fetch(
         &self,
-        fetcher: &Fetcher,
-        url: &str,
-        sha256: &str,
-        info: &TargetFile,
-    ) -> Result<PathBuf, ClientError> {
-        let done = self.image(sha256);
-        if done.exists() {
-            return Ok(done);
-        }
-        let partial = self.partial(sha256);
+        source: &impl ImageRepoPort,
+        location: &str,
+        approved: &ApprovedImage,
+    ) -> Result<VerifiedFile, ClientError> {
+        let key = image_key(approved);
+        let done = self.image(&key);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ClientError::Io { path, source }
         };
+        let digest = |e: UptaneError| match e {
+            UptaneError::Image { source, .. } => ClientError::Fetch(FetchError::Digest {
+                url: location.to_string(),
+                source,
+            }),
+            other => ClientError::Image(other),
+        };
+        if done.exists() {
+            // Kept from an earlier cycle: hashed again before it is trusted.
+            let mut verifier = approved.verifier().map_err(digest)?;
+            let mut file = tokio::fs::File::open(&done).await.map_err(io(&done))?;
+            if rehash_kept(&mut file, &mut verifier).await
+                && let Ok(image) = verifier.finish()
+            {
+                return Ok(VerifiedFile { path: done, image });
+            }
+            let _ = tokio::fs::remove_file(&done).await;
+        }
+        let partial = self.partial(&key);
         for dir in [&self.images, &self.downloads] {
             tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
         }
-        let digest = |source| {
-            ClientError::Fetch(FetchError::Digest {
-                url: url.to_string(),
-                source,
-            })
-        };
-        let mut verifier = StreamVerifier::new(Some(info.length), &info.hashes).map_err(digest)?;
+        let length = approved.length();
+        let mut verifier = approved.verifier().map_err(digest)?;
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -91,19 +169,19 @@ impl ImageStore {
         if !rehash_kept(&mut file, &mut verifier).await {
             // Kept bytes that cannot be part of the image: start over.
             file.set_len(0).await.map_err(io(&partial))?;
-            verifier = StreamVerifier::new(Some(info.length), &info.hashes).map_err(digest)?;
+            verifier = approved.verifier().map_err(digest)?;
         }
         let mut attempt = 0;
-        while verifier.bytes_seen() < info.length {
+        while verifier.bytes_seen() < length {
             attempt += 1;
-            match fetcher
-                .download_to(url, &mut file, &mut verifier, info.length)
+            match source
+                .download_to(location, &mut file, verifier.stream_mut(), length)
                 .await
             {
                 Ok(()) => {}
                 Err(FetchError::Transport { .. }) if attempt < ATTEMPTS => {
                     tracing::info!(
-                        url,
+                        location,
                         from = verifier.bytes_seen(),
                         "download interrupted; resuming"
                     );
@@ -115,27 +193,30 @@ impl ImageStore {
                 }
                 Err(e) => return Err(e.into()),
             }
-            if attempt >= ATTEMPTS && verifier.bytes_seen() < info.length {
+            if attempt >= ATTEMPTS && verifier.bytes_seen() < length {
                 break;
             }
         }
         file.sync_all().await.map_err(io(&partial))?;
         drop(file);
-        if let Err(e) = verifier.finish() {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(digest(e));
-        }
+        let image = match verifier.finish() {
+            Ok(image) => image,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(digest(e));
+            }
+        };
         tokio::fs::rename(&partial, &done)
             .await
             .map_err(io(&done))?;
         service_runtime::files::sync_dir(&self.images).map_err(io(&self.images))?;
-        Ok(done)
+        Ok(VerifiedFile { path: done, image })
     }
 }
 
 /// Feeds the bytes already in `file` to `verifier`, from the start; `false` when they
 /// cannot be the start of the image (too many) or cannot be read.
-async fn rehash_kept(file: &mut tokio::fs::File, verifier: &mut StreamVerifier) -> bool {
+async fn rehash_kept(file: &mut tokio::fs::File, verifier: &mut ImageVerifier) -> bool {
     use tokio::io::AsyncSeekExt;
     if file.seek(std::io::SeekFrom::Start(0)).await.is_err() {
         return false;

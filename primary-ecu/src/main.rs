@@ -110,10 +110,10 @@ fn status(dir: &Path) -> anyhow::Result<Value> {
     };
     let mut installed = serde_json::Map::new();
     if let Some(own) = &state.installed {
-        installed.insert(settings.serial.clone(), json!(own.filename));
+        installed.insert(settings.serial.to_string(), json!(own.filename));
     }
     for (serial, image) in &state.reported {
-        installed.insert(serial.clone(), json!(image.filename));
+        installed.insert(serial.to_string(), json!(image.filename));
     }
     let pending: Vec<Value> = state
         .updates
@@ -260,21 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 settings.vin,
                 interval.as_secs()
             );
-            let shutdown = service_runtime::shutdown_signal();
-            tokio::pin!(shutdown);
-            loop {
-                // Every state change is an atomic write, so stopping mid-cycle loses nothing.
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    report = primary.cycle() => {
-                        tracing::info!(exit = report.exit_code(), "{}", report.summary());
-                    }
-                }
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(interval) => {}
-                }
-            }
+            primary.run(service_runtime::shutdown_signal()).await;
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }

@@ -86,15 +86,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError + '_ {
     }
 }
 
-fn pinned_root(path: &Path) -> Result<(u64, Vec<u8>), ProvisionError> {
-    let root_error = |reason: String| ProvisionError::Root {
+/// The version of a root to pin, which must be signed by its own root keys.
+fn pinned_root(bytes: &[u8]) -> Result<u64, String> {
+    let root = verify_root_self_signed(&Raw::<Root>::new(bytes.to_vec()))
+        .map_err(|e| format!("does not verify: {e}"))?;
+    Ok(root.common.version)
+}
+
+fn root_error(path: &Path, reason: String) -> ProvisionError {
+    ProvisionError::Root {
         path: path.to_path_buf(),
         reason,
-    };
-    let bytes = std::fs::read(path).map_err(|e| root_error(e.to_string()))?;
-    let root = verify_root_self_signed(&Raw::<Root>::new(bytes.clone()))
-        .map_err(|e| root_error(format!("does not verify: {e}")))?;
-    Ok((root.common.version, bytes))
+    }
 }
 
 /// Asks every configured Secondary who it is, and checks that against the configuration.
@@ -102,7 +105,7 @@ async fn secondaries(settings: &Settings) -> Result<Vec<InventoryEcu>, Provision
     let mut out = Vec::new();
     for config in &settings.secondaries {
         let refuse = |reason: String| ProvisionError::Secondary {
-            serial: config.serial.clone(),
+            serial: config.serial.to_string(),
             reason,
         };
         let mut link = SecondaryLink::new(
@@ -110,7 +113,7 @@ async fn secondaries(settings: &Settings) -> Result<Vec<InventoryEcu>, Provision
             Duration::from_secs(settings.secondary_timeout_secs),
         );
         let info = link.info().await.map_err(|e| refuse(e.to_string()))?;
-        if info.ecu_serial != config.serial {
+        if config.serial != info.ecu_serial.as_str() {
             return Err(refuse(format!(
                 "{} answers as ECU {:?}",
                 config.address, info.ecu_serial
@@ -132,9 +135,13 @@ async fn secondaries(settings: &Settings) -> Result<Vec<InventoryEcu>, Provision
             .map_err(|e| refuse(format!("public key is not JSON: {e}")))?;
         PublicKey::from_json(public_key.clone())
             .map_err(|e| refuse(format!("unusable public key: {e}")))?;
+        let hardware_id = info
+            .hardware_id
+            .parse()
+            .map_err(|e| refuse(format!("{e}")))?;
         out.push(InventoryEcu {
-            serial: info.ecu_serial,
-            hardware_id: info.hardware_id,
+            serial: config.serial.clone(),
+            hardware_id,
             public_key,
             mode: Some(mode),
         });
@@ -205,8 +212,9 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
     file.sync_all().map_err(io(path))
 }
 
-/// Provisions a Primary in `dir`. The credential is written last: a directory without one
-/// is an interrupted `init`, which may be run again.
+/// Provisions a Primary in `dir`: asks the Secondaries who they are, writes the state
+/// directory ([`write_state`]), registers the vehicle, and writes the credential last: a
+/// directory without one is an interrupted `init`, which may be run again.
 pub async fn init(
     dir: &Path,
     settings: &Settings,
@@ -216,12 +224,61 @@ pub async fn init(
     if files.credential().exists() {
         return Err(ProvisionError::AlreadyProvisioned(dir.to_path_buf()));
     }
-    let (director_version, director_root) = pinned_root(&provisioning.director_root)?;
-    let (image_version, image_root) = pinned_root(&provisioning.image_root)?;
+    let director_root =
+        std::fs::read(&provisioning.director_root).map_err(io(&provisioning.director_root))?;
+    let image_root =
+        std::fs::read(&provisioning.image_root).map_err(io(&provisioning.image_root))?;
+    for (path, bytes) in [
+        (&provisioning.director_root, &director_root),
+        (&provisioning.image_root, &image_root),
+    ] {
+        pinned_root(bytes).map_err(|reason| root_error(path, reason))?;
+    }
     let factory =
         std::fs::read(&provisioning.factory_image).map_err(io(&provisioning.factory_image))?;
-    let mut inventory = secondaries(settings).await?;
+    let secondaries = secondaries(settings).await?;
+    let state = LocalState {
+        director_root: &director_root,
+        image_root: &image_root,
+        factory_image: &factory,
+        factory_name: &provisioning.factory_name,
+        secondaries,
+    };
+    let inventory = write_state(dir, settings, state)?;
+    let credential = register(settings, &provisioning.registration, &inventory).await?;
+    write_credential(dir, &credential)?;
+    Ok(inventory)
+}
 
+/// What a state directory starts with, besides the settings.
+#[derive(Debug)]
+pub struct LocalState<'a> {
+    /// The Director root to pin.
+    pub director_root: &'a [u8],
+    /// The Image repository root to pin.
+    pub image_root: &'a [u8],
+    /// The Primary's factory image.
+    pub factory_image: &'a [u8],
+    /// Its file name.
+    pub factory_name: &'a str,
+    /// The Secondaries, as they identified themselves.
+    pub secondaries: Vec<InventoryEcu>,
+}
+
+/// Writes everything of a state directory but the credential: the Primary's key (kept if
+/// one is there already), the pinned roots (which must verify), the factory image, the
+/// state, the inventory (the Primary first) and the settings.
+pub fn write_state(
+    dir: &Path,
+    settings: &Settings,
+    local: LocalState<'_>,
+) -> Result<Vec<InventoryEcu>, ProvisionError> {
+    let files = StateDir::new(dir);
+    let director_version = pinned_root(local.director_root)
+        .map_err(|reason| root_error(&files.director_metadata(), reason))?;
+    let image_version = pinned_root(local.image_root)
+        .map_err(|reason| root_error(&files.image_metadata(), reason))?;
+    let mut inventory = local.secondaries;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let key = match std::fs::read_to_string(files.key()) {
         Ok(pem) => SigningKey::from_pkcs8_pem(&pem).map_err(|e| ProvisionError::Io {
@@ -255,8 +312,12 @@ pub async fn init(
         },
     );
     for (metadata, version, root) in [
-        (files.director_metadata(), director_version, &director_root),
-        (files.image_metadata(), image_version, &image_root),
+        (
+            files.director_metadata(),
+            director_version,
+            local.director_root,
+        ),
+        (files.image_metadata(), image_version, local.image_root),
     ] {
         std::fs::create_dir_all(&metadata).map_err(io(&metadata))?;
         MetadataDir::with_root_history(&metadata)
@@ -269,12 +330,12 @@ pub async fn init(
     let firmware = files.firmware();
     std::fs::create_dir_all(service_runtime::files::parent_dir(&firmware))
         .map_err(io(&firmware))?;
-    service_runtime::files::write_atomic(&firmware, &factory).map_err(io(&firmware))?;
+    service_runtime::files::write_atomic(&firmware, local.factory_image).map_err(io(&firmware))?;
     let state = PrimaryState {
         installed: Some(InstalledImage {
-            filename: provisioning.factory_name.clone(),
-            length: factory.len() as u64,
-            hashes: uptane_core::hash::standard_hashes(&factory),
+            filename: local.factory_name.to_string(),
+            length: local.factory_image.len() as u64,
+            hashes: uptane_core::hash::standard_hashes(local.factory_image),
             release_counter: 0,
         }),
         ..PrimaryState::default()
@@ -289,7 +350,10 @@ pub async fn init(
         path: dir.join("config.json"),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let credential = register(settings, &provisioning.registration, &inventory).await?;
-    write_secret(&files.credential(), credential.as_bytes())?;
     Ok(inventory)
+}
+
+/// Writes the vehicle's Director credential (mode 0600): the last step of provisioning.
+pub fn write_credential(dir: &Path, credential: &str) -> Result<(), ProvisionError> {
+    write_secret(&StateDir::new(dir).credential(), credential.as_bytes())
 }

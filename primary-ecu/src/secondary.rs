@@ -1,4 +1,4 @@
-//! The Primary's side of `uptane.secondary.v1`: version reports, and the delivery of one
+//! The Primary's side of `uptane.secondary.v2`: version reports, and the delivery of one
 //! verified update (time, metadata, resumable transfer, install, trial boot) to one
 //! Secondary. Every call has a deadline, so a Secondary that stops answering costs a bounded
 //! wait and never blocks the others.
@@ -6,16 +6,19 @@
 use std::path::Path;
 use std::time::Duration;
 
-use proto::v1::secondary_client::SecondaryClient;
-use proto::v1::{
+use proto::v2::secondary_client::SecondaryClient;
+use proto::v2::{
     ActivateRequest, BeginTransferRequest, Chunk, GetInfoRequest, GetInstallationResultRequest,
-    GetOperationRequest, GetVersionReportRequest, InstallRequest, Operation, PutMetadataRequest,
-    PutTimeRequest, ResultCode, TransferState,
+    GetOperationRequest, GetVersionReportRequest, InstallRequest, Operation, OperationState,
+    PutMetadataRequest, PutTimeRequest, ResultCode, TransferState,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::transport::{Channel, Endpoint};
 
+use uptane_core::error::AttackKind;
+
 use crate::config::SecondaryConfig;
+use crate::download::VerifiedFile;
 
 /// Largest chunk the Primary sends, whatever the Secondary accepts.
 const MAX_CHUNK: usize = 1 << 20;
@@ -76,7 +79,7 @@ pub enum Delivery {
         /// The ECU's result code.
         code: ResultCode,
         /// The attack it named, if any.
-        attack: Option<String>,
+        attack: Option<AttackKind>,
         /// Its description.
         detail: String,
     },
@@ -105,8 +108,9 @@ fn final_failure(code: ResultCode) -> bool {
     )
 }
 
-fn failed(result: Option<proto::v1::Result>, fallback: &str) -> Delivery {
+fn failed(result: Option<proto::v2::Result>, fallback: &str) -> Delivery {
     let result = result.unwrap_or_default();
+    let attack = attack_from_proto(result.attack());
     let code = ResultCode::try_from(result.code).unwrap_or(ResultCode::InternalError);
     let detail = if result.description.is_empty() {
         fallback.to_string()
@@ -116,12 +120,34 @@ fn failed(result: Option<proto::v1::Result>, fallback: &str) -> Delivery {
     if final_failure(code) {
         Delivery::Failed {
             code,
-            attack: (!result.attack.is_empty()).then_some(result.attack),
+            attack,
             detail,
         }
     } else {
         Delivery::Retry(format!("{}: {detail}", code.as_str_name()))
     }
+}
+
+/// The attack a Secondary named, in the core's terms.
+pub fn attack_from_proto(attack: proto::v2::Attack) -> Option<AttackKind> {
+    use proto::v2::Attack;
+    Some(match attack {
+        Attack::None => return None,
+        Attack::ArbitrarySoftware => AttackKind::ArbitrarySoftware,
+        Attack::Rollback => AttackKind::Rollback,
+        Attack::Freeze => AttackKind::Freeze,
+        Attack::MixAndMatch => AttackKind::MixAndMatch,
+        Attack::EndlessData => AttackKind::EndlessData,
+        Attack::SlowRetrieval => AttackKind::SlowRetrieval,
+        Attack::WrongHardware => AttackKind::WrongHardware,
+        Attack::UnknownEcu => AttackKind::UnknownEcu,
+        Attack::WrongVehicle => AttackKind::WrongVehicle,
+        Attack::RepositoryMismatch => AttackKind::RepositoryMismatch,
+        Attack::Malformed => AttackKind::Malformed,
+        Attack::Replay => AttackKind::Replay,
+        Attack::DropRequest => AttackKind::DropRequest,
+        Attack::TimeTampering => AttackKind::TimeTampering,
+    })
 }
 
 impl SecondaryLink {
@@ -140,13 +166,13 @@ impl SecondaryLink {
     }
 
     fn serial(&self) -> String {
-        self.config.serial.clone()
+        self.config.serial.to_string()
     }
 
     async fn client(&mut self) -> Result<&mut SecondaryClient<Channel>, LinkError> {
         if self.client.is_none() {
             let unreachable = |reason: String| LinkError::Unreachable {
-                serial: self.config.serial.clone(),
+                serial: self.config.serial.to_string(),
                 address: self.config.address.clone(),
                 reason,
             };
@@ -211,11 +237,11 @@ impl SecondaryLink {
     }
 
     /// Serial, hardware id, public key and verification mode, as the ECU states them.
-    pub async fn info(&mut self) -> Result<proto::v1::EcuInfo, LinkError> {
+    pub async fn info(&mut self) -> Result<proto::v2::EcuInfo, LinkError> {
         let t = self.timeout;
         self.call("GetInfo", t, |mut c| async move {
             c.get_info(GetInfoRequest {
-                primary_protocol_version: 1,
+                primary_protocol_version: proto::PROTOCOL_VERSION,
             })
             .await
         })
@@ -241,7 +267,7 @@ impl SecondaryLink {
         &mut self,
         correlation_id: &str,
         filename: &str,
-    ) -> Result<Option<proto::v1::Result>, LinkError> {
+    ) -> Result<Option<proto::v2::Result>, LinkError> {
         let t = self.timeout;
         let correlation_id = correlation_id.to_string();
         match self
@@ -267,10 +293,13 @@ impl SecondaryLink {
         &mut self,
         unix_seconds: i64,
         bundle: PutMetadataRequest,
-        image: &Path,
-        filename: &str,
-        length: u64,
+        verified: &VerifiedFile,
     ) -> Result<Delivery, LinkError> {
+        let (image, filename, length) = (
+            verified.path(),
+            verified.approved().filename(),
+            verified.approved().length(),
+        );
         let correlation_id = bundle.correlation_id.clone();
         if let Some(done) = self.kept_outcome(&correlation_id, filename).await? {
             return Ok(done);
@@ -412,7 +441,7 @@ impl SecondaryLink {
         &mut self,
         correlation_id: &str,
         length: u64,
-    ) -> Result<proto::v1::Result, LinkError> {
+    ) -> Result<proto::v2::Result, LinkError> {
         let t = self.timeout;
         let request = InstallRequest {
             correlation_id: correlation_id.to_string(),
@@ -437,7 +466,7 @@ impl SecondaryLink {
     ) -> Result<Operation, LinkError> {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(5);
-        while operation.state == "running" {
+        while operation.state == OperationState::Running as i32 {
             if started.elapsed() > deadline {
                 return Err(LinkError::Timeout {
                     serial: self.serial(),

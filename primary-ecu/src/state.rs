@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use service_runtime::files::load_json;
-use uptane_core::manifest::{DetectedAttack, InstalledImage};
+use uptane_core::ids::{EcuSerial, HardwareId};
+use uptane_core::manifest::{DetectedAttack, InstalledImage, LastInstall};
 use uptane_core::time::UtcTime;
 
 use crate::config::Mode;
@@ -16,9 +17,9 @@ use crate::config::Mode;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryEcu {
     /// Serial.
-    pub serial: String,
+    pub serial: EcuSerial,
     /// Hardware id.
-    pub hardware_id: String,
+    pub hardware_id: HardwareId,
     /// Its public key, a TUF key object.
     pub public_key: serde_json::Value,
     /// Verification mode (`None` for the Primary itself).
@@ -75,14 +76,14 @@ pub struct PrimaryState {
     pub pending_attacks: Vec<DetectedAttack>,
     /// The Primary's own image.
     pub installed: Option<InstalledImage>,
-    /// The Primary's own latest install result (`{correlation_id, result, detail}`).
-    pub last_install: Option<serde_json::Value>,
+    /// The Primary's own latest install result.
+    pub last_install: Option<LastInstall>,
     /// The update of each ECU (the Primary included), by serial.
-    pub updates: BTreeMap<String, EcuUpdate>,
+    pub updates: BTreeMap<EcuSerial, EcuUpdate>,
     /// The Director targets version whose updates all reached a final phase.
     pub completed_targets_version: Option<u64>,
     /// The last installed image each ECU reported, by serial.
-    pub reported: BTreeMap<String, InstalledImage>,
+    pub reported: BTreeMap<EcuSerial, InstalledImage>,
     /// The last cycle, in words.
     pub last_cycle: Option<String>,
     /// The last error, in words.

@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use primary_ecu::ports::HttpRepository;
 use primary_ecu::repo::{
     ClientError, FetchError, Fetcher, MetadataDir, RefreshOutcome, Updater, download_verified,
 };
@@ -20,14 +21,17 @@ fn fetcher() -> Fetcher {
     Fetcher::new(Duration::from_secs(10), 0).unwrap()
 }
 
-fn updater(base: &str, dir: &std::path::Path) -> Result<Updater<ImageRepo>, ClientError> {
-    Updater::new(
-        &format!("{base}/metadata"),
-        MetadataDir::new(dir),
+fn updater(
+    base: &str,
+    dir: &std::path::Path,
+) -> Result<Updater<'static, ImageRepo, HttpRepository>, ClientError> {
+    // Each test's repository lives as long as the test process.
+    let remote: &'static HttpRepository = Box::leak(Box::new(HttpRepository::new(
         fetcher(),
-        now(),
-        Limits::default(),
-    )
+        &format!("{base}/metadata"),
+        &format!("{base}/targets"),
+    )));
+    Updater::new(remote, MetadataDir::new(dir), now(), Limits::default())
 }
 
 fn pinned(repo: &RepoFixture) -> tempfile::TempDir {

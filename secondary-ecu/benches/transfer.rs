@@ -8,8 +8,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use proto::v1::secondary_client::SecondaryClient;
-use proto::v1::{BeginTransferRequest, Chunk, PutMetadataRequest, PutTimeRequest};
+use proto::v2::secondary_client::SecondaryClient;
+use proto::v2::{BeginTransferRequest, Chunk, PutMetadataRequest, PutTimeRequest};
 use sha2::Digest;
 use uptane_core::hash::Hashes;
 use uptane_core::sign::TargetsBuilder;
@@ -135,7 +135,7 @@ fn main() {
             ..PutMetadataRequest::default()
         };
         let r = client.put_metadata(bundle).await.unwrap().into_inner();
-        assert_eq!(r.code, proto::v1::ResultCode::Ok as i32, "{r:?}");
+        assert_eq!(r.code, proto::v2::ResultCode::Ok as i32, "{r:?}");
         client
             .begin_transfer(BeginTransferRequest { correlation_id: "c1".into(), filename: "big.bin".into(), length: SIZE })
             .await

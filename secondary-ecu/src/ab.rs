@@ -14,11 +14,25 @@ use uptane_core::manifest::InstalledImage;
 
 use crate::files;
 
+/// Where a slot stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    /// Nothing written.
+    Empty,
+    /// Written and checked, not booted yet.
+    Pending,
+    /// Booted and confirmed (or the factory image).
+    Good,
+    /// Failed its write check or its trial boot.
+    Bad,
+}
+
 /// What a slot holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
-    /// `empty`, `pending` (written, not booted), `good` or `bad`.
-    pub state: String,
+    /// Where it stands.
+    pub state: SlotState,
     /// The image in it.
     pub image: Option<InstalledImage>,
 }
@@ -93,14 +107,14 @@ impl AbDevice {
                 (
                     "A".to_string(),
                     Slot {
-                        state: "good".into(),
+                        state: SlotState::Good,
                         image: Some(info),
                     },
                 ),
                 (
                     "B".to_string(),
                     Slot {
-                        state: "empty".into(),
+                        state: SlotState::Empty,
                         image: None,
                     },
                 ),
@@ -152,7 +166,7 @@ impl AbDevice {
             let correlation_id = env.trial_correlation_id.clone().unwrap_or_default();
             if env.attempts_left == 0 {
                 if let Some(slot) = env.slots.get_mut(&trial) {
-                    slot.state = "bad".into();
+                    slot.state = SlotState::Bad;
                 }
                 env.trial = None;
                 env.trial_correlation_id = None;
@@ -180,7 +194,7 @@ impl AbDevice {
         env.attempts_left = 0;
         env.active = trial.clone();
         let image = env.slots.get_mut(&trial).and_then(|slot| {
-            slot.state = "good".into();
+            slot.state = SlotState::Good;
             slot.image.clone()
         });
         self.save(&env)?;
@@ -215,7 +229,7 @@ mod tests {
         env.slots.insert(
             "B".into(),
             Slot {
-                state: "pending".into(),
+                state: SlotState::Pending,
                 image: Some(image("new.bin")),
             },
         );
@@ -250,7 +264,7 @@ mod tests {
         );
         let env = device.env().unwrap();
         assert_eq!(env.active, "A");
-        assert_eq!(env.slots["B"].state, "bad");
+        assert_eq!(env.slots["B"].state, SlotState::Bad);
         assert_eq!(device.running().unwrap().unwrap().filename, "old.bin");
     }
 

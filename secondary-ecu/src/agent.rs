@@ -8,16 +8,19 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use proto::v1::{PutMetadataRequest, ResultCode};
+use proto::v2::{PutMetadataRequest, ResultCode};
 use serde::{Deserialize, Serialize};
 use uptane_core::crypto::SigningKey;
 use uptane_core::error::AttackKind;
 use uptane_core::hash::DigestError;
-use uptane_core::manifest::{DetectedAttack, ECU_REPORT_TYPE, EcuVersionReport, InstalledImage};
+use uptane_core::ids::{EcuSerial, HardwareId, Vin};
+use uptane_core::manifest::{
+    DetectedAttack, ECU_REPORT_TYPE, EcuVersionReport, InstallResult, InstalledImage, LastInstall,
+};
 use uptane_core::time::UtcTime;
 use uptane_core::uptane::{ApprovedImage, EcuIdentity, ImageVerifier, UptaneError};
 
-use crate::ab::{AbDevice, BootOutcome};
+use crate::ab::{AbDevice, BootOutcome, SlotState};
 use crate::files;
 use crate::verify::{self, Ecu};
 
@@ -67,11 +70,11 @@ pub struct Faults {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// Vehicle.
-    pub vin: String,
+    pub vin: Vin,
     /// ECU serial.
-    pub serial: String,
+    pub serial: EcuSerial,
     /// Hardware id.
-    pub hardware_id: String,
+    pub hardware_id: HardwareId,
     /// Verification mode.
     pub mode: Mode,
 }
@@ -108,8 +111,9 @@ impl Default for Settings {
 pub struct ResultRecord {
     /// `ResultCode` value.
     pub code: i32,
-    /// Attack name, if the result is a refusal that stopped one.
-    pub attack: String,
+    /// The attack, if the result is a refusal that stopped one.
+    #[serde(default)]
+    pub attack: Option<AttackKind>,
     /// Words.
     pub description: String,
     /// Image file name.
@@ -221,10 +225,12 @@ fn trusted(dir: &Path, name: &str) -> PathBuf {
     dir.join("trusted").join(name)
 }
 
-fn random_id() -> String {
+/// A random identifier (boot ids). Fails loudly when the system has no entropy: an ECU
+/// must not make up predictable identifiers.
+pub fn random_id() -> std::io::Result<String> {
     let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    hex::encode(b)
+    getrandom::fill(&mut b).map_err(|e| std::io::Error::other(format!("no entropy: {e}")))?;
+    Ok(hex::encode(b))
 }
 
 fn unix(t: UtcTime) -> i64 {
@@ -321,7 +327,7 @@ impl Agent {
             key,
             device: AbDevice::new(dir),
             state,
-            boot_id: random_id(),
+            boot_id: random_id()?,
             receiving: None,
             trial_running: None,
         };
@@ -335,7 +341,7 @@ impl Agent {
 
     /// The bootloader step, then the health check of a trial slot.
     fn boot(&mut self) -> std::io::Result<()> {
-        self.boot_id = random_id();
+        self.boot_id = random_id()?;
         self.receiving = None;
         self.trial_running = None;
         match self.device.boot(!self.settings.faults.fail_boot)? {
@@ -396,7 +402,7 @@ impl Agent {
                 correlation_id.to_string(),
                 ResultRecord {
                     code: code as i32,
-                    attack: attack.map(|a| a.as_str().to_string()).unwrap_or_default(),
+                    attack,
                     description: description.to_string(),
                     filename: filename.to_string(),
                     updated_at: self.state.latest_time,
@@ -484,12 +490,10 @@ impl Agent {
         self.state.report_counter += 1;
         let attacks = std::mem::take(&mut self.state.attacks);
         let last_install = self.state.last_correlation_id.as_ref().and_then(|c| {
-            self.state.results.get(c).map(|r| {
-                serde_json::json!({
-                    "correlation_id": c,
-                    "result": result_name(r.code),
-                    "detail": r.description,
-                })
+            self.state.results.get(c).map(|r| LastInstall {
+                correlation_id: c.clone(),
+                result: install_result(r.code),
+                detail: r.description.clone(),
             })
         });
         let report = EcuVersionReport {
@@ -807,7 +811,7 @@ impl Agent {
                 env.slots.insert(
                     job.slot.clone(),
                     crate::ab::Slot {
-                        state: "pending".into(),
+                        state: SlotState::Pending,
                         image: Some(InstalledImage {
                             filename: job.approved.filename().to_string(),
                             length: job.approved.length(),
@@ -832,7 +836,7 @@ impl Agent {
             Err(refusal) => {
                 if let Ok(mut env) = self.device.env() {
                     if let Some(slot) = env.slots.get_mut(&job.slot) {
-                        slot.state = "bad".into();
+                        slot.state = SlotState::Bad;
                     }
                     let _ = self.device.save(&env);
                 }
@@ -846,7 +850,11 @@ impl Agent {
         self.pending_for(correlation_id)?;
         let env = self.device.env().map_err(io)?;
         let slot = AbDevice::inactive(&env);
-        if env.slots.get(&slot).is_none_or(|s| s.state != "pending") {
+        if env
+            .slots
+            .get(&slot)
+            .is_none_or(|s| s.state != SlotState::Pending)
+        {
             return Err(Refusal::new(
                 ResultCode::InstallFailed,
                 "nothing installed to activate",
@@ -970,14 +978,13 @@ fn feed(verifier: &mut ImageVerifier, mut input: impl Read) -> Result<(), Refusa
     }
 }
 
-/// Stable text of a result code, as reports carry it.
-pub fn result_name(code: i32) -> &'static str {
+/// How an installation with this result code ended, as version reports state it.
+pub fn install_result(code: i32) -> InstallResult {
     match ResultCode::try_from(code).unwrap_or(ResultCode::Unspecified) {
-        ResultCode::Ok => "installed",
-        ResultCode::NeedCompletion => "in_progress",
-        ResultCode::RolledBack => "rolled_back",
-        ResultCode::OperationCancelled => "cancelled",
-        ResultCode::AlreadyProcessed => "installed",
-        _ => "failed",
+        ResultCode::Ok | ResultCode::AlreadyProcessed => InstallResult::Installed,
+        ResultCode::NeedCompletion => InstallResult::InProgress,
+        ResultCode::RolledBack => InstallResult::RolledBack,
+        ResultCode::OperationCancelled => InstallResult::Cancelled,
+        _ => InstallResult::Failed,
     }
 }

@@ -1,6 +1,6 @@
 //! The Secondary ECU agent.
 //!
-//! It serves `uptane.secondary.v1.Secondary` over gRPC ([`rpc`]), verifies what the
+//! It serves `uptane.secondary.v2.Secondary` over gRPC ([`rpc`]), verifies what the
 //! Primary sends (full or partial verification, [`verify`]), receives images through a
 //! resumable transfer, installs them on a simulated A/B device with trial boot and rollback
 //! ([`ab`]), and signs version reports with its key. Fault knobs on the simulated hardware

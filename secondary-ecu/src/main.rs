@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secondary_ecu::agent::{self, Agent, Faults, Identity, Mode, Phase, Settings};
+use uptane_core::ids::{EcuSerial, HardwareId, Vin};
 
 /// The Secondary ECU agent on a simulated A/B device.
 #[derive(Debug, Parser)]
@@ -22,13 +23,13 @@ enum Command {
         dir: PathBuf,
         /// Vehicle identifier.
         #[arg(long, env = "SECONDARY_VIN")]
-        vin: String,
+        vin: Vin,
         /// ECU serial.
         #[arg(long, env = "SECONDARY_SERIAL")]
-        serial: String,
+        serial: EcuSerial,
         /// Hardware id.
         #[arg(long, env = "SECONDARY_HARDWARE_ID")]
-        hardware_id: String,
+        hardware_id: HardwareId,
         /// Verification mode.
         #[arg(long, env = "SECONDARY_MODE", value_enum)]
         mode: Mode,

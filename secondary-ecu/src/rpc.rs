@@ -5,18 +5,22 @@ use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use proto::v1::secondary_server::{Secondary, SecondaryServer};
-use proto::v1::{
+use proto::v2::secondary_server::{Secondary, SecondaryServer};
+use proto::v2::{
     ActivateRequest, BeginTransferRequest, CancelOperationRequest, Chunk, ConfirmRequest, EcuInfo,
-    EcuStatus, GetInfoRequest, GetInstallationResultRequest, GetOperationRequest, GetStatusRequest,
-    GetTransferStateRequest, GetVersionReportRequest, InstallRequest, InstallationResult,
-    Operation, PutMetadataRequest, PutTimeRequest, RebootRequest, ResultCode, SignedVersionReport,
-    SlotInfo, TransferState, VerificationMode,
+    EcuPhase, EcuStatus, GetInfoRequest, GetInstallationResultRequest, GetOperationRequest,
+    GetStatusRequest, GetTransferStateRequest, GetVersionReportRequest, InstallRequest,
+    InstallationResult, Operation, OperationKind, OperationState, PutMetadataRequest,
+    PutTimeRequest, RebootRequest, ResultCode, SignedVersionReport, SlotInfo, TransferState,
+    VerificationMode,
 };
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::agent::{Agent, Refusal, result_name};
+use uptane_core::error::AttackKind;
+
+use crate::ab::SlotState;
+use crate::agent::{Agent, Refusal, install_result};
 
 /// Largest gRPC message accepted: the largest chunk plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -52,11 +56,11 @@ impl Service {
     /// Records an operation that finished within its call and returns it.
     fn completed(
         &self,
-        kind: &str,
+        kind: OperationKind,
         correlation_id: &str,
         outcome: Result<ResultCode, Refusal>,
     ) -> Result<Response<Operation>, Status> {
-        let done = finished(new_operation(kind, correlation_id), outcome);
+        let done = finished(new_operation(kind, correlation_id)?, outcome);
         self.store(done.clone(), Arc::default())?;
         Ok(Response::new(done))
     }
@@ -73,19 +77,50 @@ impl Service {
     }
 }
 
-fn result(code: ResultCode, description: &str, correlation_id: &str) -> proto::v1::Result {
-    proto::v1::Result {
+fn result(code: ResultCode, description: &str, correlation_id: &str) -> proto::v2::Result {
+    proto::v2::Result {
         code: code as i32,
-        attack: String::new(),
+        attack: proto::v2::Attack::None as i32,
         description: description.to_string(),
         correlation_id: correlation_id.to_string(),
     }
 }
 
-fn refused(r: &Refusal, correlation_id: &str) -> proto::v1::Result {
-    proto::v1::Result {
+/// The protocol's name for an attack.
+pub fn attack_to_proto(attack: Option<AttackKind>) -> proto::v2::Attack {
+    use proto::v2::Attack;
+    match attack {
+        None => Attack::None,
+        Some(AttackKind::ArbitrarySoftware) => Attack::ArbitrarySoftware,
+        Some(AttackKind::Rollback) => Attack::Rollback,
+        Some(AttackKind::Freeze) => Attack::Freeze,
+        Some(AttackKind::MixAndMatch) => Attack::MixAndMatch,
+        Some(AttackKind::EndlessData) => Attack::EndlessData,
+        Some(AttackKind::SlowRetrieval) => Attack::SlowRetrieval,
+        Some(AttackKind::WrongHardware) => Attack::WrongHardware,
+        Some(AttackKind::UnknownEcu) => Attack::UnknownEcu,
+        Some(AttackKind::WrongVehicle) => Attack::WrongVehicle,
+        Some(AttackKind::RepositoryMismatch) => Attack::RepositoryMismatch,
+        Some(AttackKind::Malformed) => Attack::Malformed,
+        Some(AttackKind::Replay) => Attack::Replay,
+        Some(AttackKind::DropRequest) => Attack::DropRequest,
+        Some(AttackKind::TimeTampering) => Attack::TimeTampering,
+    }
+}
+
+fn slot_state(state: SlotState) -> proto::v2::SlotState {
+    match state {
+        SlotState::Empty => proto::v2::SlotState::Empty,
+        SlotState::Pending => proto::v2::SlotState::Pending,
+        SlotState::Good => proto::v2::SlotState::Good,
+        SlotState::Bad => proto::v2::SlotState::Bad,
+    }
+}
+
+fn refused(r: &Refusal, correlation_id: &str) -> proto::v2::Result {
+    proto::v2::Result {
         code: r.code as i32,
-        attack: r.attack.map(|a| a.as_str().to_string()).unwrap_or_default(),
+        attack: attack_to_proto(r.attack) as i32,
         description: r.description.clone(),
         correlation_id: correlation_id.to_string(),
     }
@@ -95,32 +130,31 @@ fn io_status(e: std::io::Error) -> Status {
     Status::internal(format!("storage: {e}"))
 }
 
-fn new_operation(kind: &str, correlation_id: &str) -> Operation {
-    let mut id = [0u8; 8];
-    let _ = getrandom::fill(&mut id);
-    Operation {
-        operation_id: format!("op-{}", hex::encode(id)),
-        kind: kind.to_string(),
+fn new_operation(kind: OperationKind, correlation_id: &str) -> Result<Operation, Status> {
+    let id = crate::agent::random_id().map_err(io_status)?;
+    Ok(Operation {
+        operation_id: format!("op-{id}"),
+        kind: kind as i32,
         correlation_id: correlation_id.to_string(),
-        state: "running".into(),
+        state: OperationState::Running as i32,
         result: None,
-    }
+    })
 }
 
 fn finished(mut operation: Operation, outcome: Result<ResultCode, Refusal>) -> Operation {
     let correlation_id = operation.correlation_id.clone();
     match outcome {
         Ok(code) => {
-            operation.state = "done".into();
-            operation.result = Some(result(code, result_name(code as i32), &correlation_id));
+            operation.state = OperationState::Done as i32;
+            let description = install_result(code as i32).as_str();
+            operation.result = Some(result(code, description, &correlation_id));
         }
         Err(r) => {
             operation.state = if r.code == ResultCode::OperationCancelled {
-                "cancelled"
+                OperationState::Cancelled
             } else {
-                "failed"
-            }
-            .into();
+                OperationState::Failed
+            } as i32;
             operation.result = Some(refused(&r, &correlation_id));
         }
     }
@@ -133,8 +167,8 @@ impl Secondary for Service {
         let agent = self.agent()?;
         let identity = agent.identity();
         Ok(Response::new(EcuInfo {
-            ecu_serial: identity.serial.clone(),
-            hardware_id: identity.hardware_id.clone(),
+            ecu_serial: identity.serial.to_string(),
+            hardware_id: identity.hardware_id.to_string(),
             public_key: serde_json::to_vec(agent.public_key().to_json())
                 .map_err(|e| Status::internal(e.to_string()))?,
             verification: match identity.mode {
@@ -163,7 +197,7 @@ impl Secondary for Service {
                 .iter()
                 .map(|(name, slot)| SlotInfo {
                     name: name.clone(),
-                    state: slot.state.clone(),
+                    state: slot_state(slot.state) as i32,
                     filename: slot
                         .image
                         .as_ref()
@@ -178,11 +212,10 @@ impl Secondary for Service {
                 })
                 .collect(),
             phase: if env.trial.is_some() {
-                "trial_boot"
+                EcuPhase::TrialBoot
             } else {
-                "idle"
-            }
-            .into(),
+                EcuPhase::Idle
+            } as i32,
             pending_correlation_id: agent
                 .pending_correlation_id()
                 .unwrap_or_default()
@@ -207,7 +240,7 @@ impl Secondary for Service {
     async fn put_time(
         &self,
         request: Request<PutTimeRequest>,
-    ) -> Result<Response<proto::v1::Result>, Status> {
+    ) -> Result<Response<proto::v2::Result>, Status> {
         self.agent()?
             .put_time(request.into_inner().unix_seconds)
             .map_err(io_status)?;
@@ -217,7 +250,7 @@ impl Secondary for Service {
     async fn put_metadata(
         &self,
         request: Request<PutMetadataRequest>,
-    ) -> Result<Response<proto::v1::Result>, Status> {
+    ) -> Result<Response<proto::v2::Result>, Status> {
         let bundle = request.into_inner();
         let correlation_id = bundle.correlation_id.clone();
         let outcome = self.agent()?.put_metadata(bundle);
@@ -337,7 +370,7 @@ impl Secondary for Service {
         request: Request<InstallRequest>,
     ) -> Result<Response<Operation>, Status> {
         let correlation_id = request.into_inner().correlation_id;
-        let operation = new_operation("install", &correlation_id);
+        let operation = new_operation(OperationKind::Install, &correlation_id)?;
         let job = self.agent()?.prepare_install(&correlation_id);
         let job = match job {
             Ok(job) => job,
@@ -378,7 +411,7 @@ impl Secondary for Service {
     ) -> Result<Response<Operation>, Status> {
         let correlation_id = request.into_inner().correlation_id;
         let outcome = self.agent()?.activate(&correlation_id);
-        self.completed("activate", &correlation_id, outcome)
+        self.completed(OperationKind::Activate, &correlation_id, outcome)
     }
 
     async fn confirm(
@@ -387,7 +420,7 @@ impl Secondary for Service {
     ) -> Result<Response<Operation>, Status> {
         let correlation_id = request.into_inner().correlation_id;
         let outcome = self.agent()?.confirm(&correlation_id);
-        self.completed("confirm", &correlation_id, outcome)
+        self.completed(OperationKind::Confirm, &correlation_id, outcome)
     }
 
     async fn get_operation(
@@ -417,7 +450,7 @@ impl Secondary for Service {
         let record = operations
             .get(&id)
             .ok_or_else(|| Status::not_found(format!("no operation {id}")))?;
-        if record.operation.state == "running" {
+        if record.operation.state == OperationState::Running as i32 {
             record
                 .cancel
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -436,9 +469,9 @@ impl Secondary for Service {
             .ok_or_else(|| Status::not_found(format!("no result for {correlation_id}")))?;
         Ok(Response::new(InstallationResult {
             correlation_id: correlation_id.clone(),
-            result: Some(proto::v1::Result {
+            result: Some(proto::v2::Result {
                 code: record.code,
-                attack: record.attack.clone(),
+                attack: attack_to_proto(record.attack) as i32,
                 description: record.description.clone(),
                 correlation_id: correlation_id.clone(),
             }),
@@ -450,7 +483,7 @@ impl Secondary for Service {
     async fn reboot(
         &self,
         _: Request<RebootRequest>,
-    ) -> Result<Response<proto::v1::Result>, Status> {
+    ) -> Result<Response<proto::v2::Result>, Status> {
         self.agent()?.reboot().map_err(io_status)?;
         Ok(Response::new(result(ResultCode::Ok, "rebooted", "")))
     }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use proto::v1::PutMetadataRequest;
+use proto::v2::PutMetadataRequest;
 use uptane_core::error::UpdateError;
 use uptane_core::refresh::{MetadataFile, MetadataSource, Refresh};
 use uptane_core::time::UtcTime;
@@ -244,11 +244,16 @@ mod tests {
     /// Verifies `roots` (forwarded as the Primary sends them, version 1 included) in `mode`.
     fn verify(full_mode: bool, roots: Vec<Vec<u8>>) -> Result<Accepted, UptaneError> {
         let (director, images) = repos();
+        let (vin, serial, hw) = (
+            VIN.parse().unwrap(),
+            SERIAL.parse().unwrap(),
+            HW.parse().unwrap(),
+        );
         let ecu = Ecu {
             identity: EcuIdentity {
-                vin: VIN,
-                ecu_serial: SERIAL,
-                hardware_id: HW,
+                vin: &vin,
+                ecu_serial: &serial,
+                hardware_id: &hw,
                 installed_release_counter: 0,
             },
             director_root: director.initial_root(),

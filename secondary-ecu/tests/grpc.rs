@@ -6,10 +6,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use proto::v1::secondary_client::SecondaryClient;
-use proto::v1::{
+use proto::v2::secondary_client::SecondaryClient;
+use proto::v2::{
     ActivateRequest, BeginTransferRequest, Chunk, GetInstallationResultRequest,
-    GetOperationRequest, GetStatusRequest, GetVersionReportRequest, InstallRequest,
+    GetOperationRequest, GetStatusRequest, GetVersionReportRequest, InstallRequest, OperationState,
     PutMetadataRequest, PutTimeRequest, ResultCode,
 };
 use serde_json::Value;
@@ -200,7 +200,7 @@ impl Ecu {
         &mut self,
         image: &[u8],
         from: u64,
-    ) -> Result<proto::v1::TransferState, tonic::Status> {
+    ) -> Result<proto::v2::TransferState, tonic::Status> {
         let chunks: Vec<Chunk> = image[from as usize..]
             .chunks(65536)
             .enumerate()
@@ -216,7 +216,7 @@ impl Ecu {
             .map(|r| r.into_inner())
     }
 
-    async fn install(&mut self) -> proto::v1::Operation {
+    async fn install(&mut self) -> proto::v2::Operation {
         let op = self
             .client()
             .install(InstallRequest {
@@ -233,8 +233,8 @@ impl Ecu {
                 })
                 .await;
             match current {
-                Ok(r) if r.get_ref().state != "running" => return r.into_inner(),
-                Err(_) if op.state != "running" => return op,
+                Ok(r) if r.get_ref().state() != OperationState::Running => return r.into_inner(),
+                Err(_) if op.state() != OperationState::Running => return op,
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
@@ -306,7 +306,7 @@ async fn full_update(mode: &str) {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let serving = health
         .check(tonic_health::pb::HealthCheckRequest {
-            service: "uptane.secondary.v1.Secondary".into(),
+            service: "uptane.secondary.v2.Secondary".into(),
         })
         .await
         .unwrap()
@@ -336,7 +336,7 @@ async fn full_update(mode: &str) {
     let t = ecu.upload(IMAGE, 0).await.unwrap();
     assert!(t.complete, "{t:?}");
     let op = ecu.install().await;
-    assert_eq!(op.state, "done", "{op:?}");
+    assert_eq!(op.state(), OperationState::Done, "{op:?}");
     let op = ecu
         .client()
         .activate(ActivateRequest {
@@ -345,7 +345,7 @@ async fn full_update(mode: &str) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(op.state, "done", "{op:?}");
+    assert_eq!(op.state(), OperationState::Done, "{op:?}");
     assert_eq!(ecu.result().await, ResultCode::Ok);
     assert_eq!(ecu.running().await, "brake-2.bin");
     let report = ecu.report("n1").await;
@@ -424,7 +424,7 @@ async fn power_loss_during_transfer_resumes_from_the_durable_offset() {
     );
     let t = ecu.upload(&image, t.durable_offset).await.unwrap();
     assert!(t.complete, "{t:?}");
-    assert_eq!(ecu.install().await.state, "done");
+    assert_eq!(ecu.install().await.state(), OperationState::Done);
     ecu.client()
         .activate(ActivateRequest {
             correlation_id: CORR.into(),
@@ -451,7 +451,7 @@ async fn power_loss_during_write_keeps_the_old_slot_and_the_update_can_be_retrie
     assert_eq!(ecu.running().await, "factory.bin");
     // The staged image survived: install again, then activate.
     let op = ecu.install().await;
-    assert_eq!(op.state, "done", "{op:?}");
+    assert_eq!(op.state(), OperationState::Done, "{op:?}");
     ecu.client()
         .activate(ActivateRequest {
             correlation_id: CORR.into(),
@@ -468,7 +468,7 @@ async fn power_loss_during_trial_boot_and_before_confirm_still_completes() {
         let mut ecu = Ecu::new(&repos, "full");
         prepared(&mut ecu, &repos, &["--fault-power-loss", phase]).await;
         assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
-        assert_eq!(ecu.install().await.state, "done");
+        assert_eq!(ecu.install().await.state(), OperationState::Done);
         let _ = ecu
             .client()
             .activate(ActivateRequest {
@@ -489,7 +489,7 @@ async fn a_new_image_that_fails_its_trial_boot_is_rolled_back_and_reported() {
     let mut ecu = Ecu::new(&repos, "full");
     prepared(&mut ecu, &repos, &["--fault-fail-boot"]).await;
     assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
-    assert_eq!(ecu.install().await.state, "done");
+    assert_eq!(ecu.install().await.state(), OperationState::Done);
     let op = ecu
         .client()
         .activate(ActivateRequest {
@@ -507,6 +507,14 @@ async fn a_new_image_that_fails_its_trial_boot_is_rolled_back_and_reported() {
     assert_eq!(ecu.result().await, ResultCode::RolledBack);
 }
 
+/// The attack's name as reports write it (`ATTACK_ROLLBACK` is `rollback`).
+fn attack_name(attack: proto::v2::Attack) -> String {
+    attack
+        .as_str_name()
+        .trim_start_matches("ATTACK_")
+        .to_ascii_lowercase()
+}
+
 /// Sends `bundle` and expects a refusal with `code`; the attack shows in the next report
 /// and the factory image still runs.
 async fn assert_refused(ecu: &mut Ecu, bundle: PutMetadataRequest, code: ResultCode, attack: &str) {
@@ -517,7 +525,7 @@ async fn assert_refused(ecu: &mut Ecu, bundle: PutMetadataRequest, code: ResultC
         .unwrap()
         .into_inner();
     assert_eq!(ResultCode::try_from(r.code).unwrap(), code, "{r:?}");
-    assert_eq!(r.attack, attack, "{r:?}");
+    assert_eq!(attack_name(r.attack()), attack, "{r:?}");
     let report = ecu
         .report(&format!("after-{attack}-{}", r.description.len()))
         .await;
@@ -623,7 +631,7 @@ async fn refuses_a_release_counter_below_the_installed_one() {
         .unwrap()
         .into_inner();
     assert_eq!(r.code, ResultCode::ReleaseCounterRollback as i32, "{r:?}");
-    assert_eq!(r.attack, "rollback");
+    assert_eq!(attack_name(r.attack()), "rollback");
     assert_eq!(ecu.running().await, "brake-2.bin");
 }
 
@@ -641,7 +649,10 @@ async fn refuses_bytes_that_are_not_the_approved_image() {
         ResultCode::HashMismatch as i32,
         "{t:?}"
     );
-    assert_eq!(t.result.unwrap().attack, "arbitrary_software");
+    assert_eq!(
+        attack_name(t.result.unwrap().attack()),
+        "arbitrary_software"
+    );
     // Longer than approved: stopped at the limit, not after.
     ecu.client()
         .begin_transfer(BeginTransferRequest {
@@ -659,13 +670,13 @@ async fn refuses_bytes_that_are_not_the_approved_image() {
         ResultCode::LengthMismatch as i32,
         "{t:?}"
     );
-    assert_eq!(t.result.unwrap().attack, "endless_data");
+    assert_eq!(attack_name(t.result.unwrap().attack()), "endless_data");
     let report = ecu.report("n1").await;
     assert_eq!(report["attacks_detected"].as_array().unwrap().len(), 2);
     assert_eq!(ecu.running().await, "factory.bin");
     // Nothing was installed.
     let op = ecu.install().await;
-    assert_eq!(op.state, "failed", "{op:?}");
+    assert_eq!(op.state(), OperationState::Failed, "{op:?}");
 }
 
 #[tokio::test]
@@ -702,7 +713,7 @@ async fn an_entry_for_another_ecu_only_installs_nothing() {
         .into_inner();
     let result = t.result.unwrap();
     assert_eq!(result.code, ResultCode::NotForThisEcu as i32);
-    assert_eq!(result.attack, "arbitrary_software");
+    assert_eq!(attack_name(result.attack()), "arbitrary_software");
     assert_eq!(ecu.running().await, "factory.bin");
 }
 
@@ -786,7 +797,7 @@ async fn follows_a_director_root_rotation_and_refuses_a_forged_root() {
             .unwrap()
             .into_inner();
         assert_eq!(r.code, ResultCode::SignatureInvalid as i32, "{mode}: {r:?}");
-        assert_eq!(r.attack, "arbitrary_software");
+        assert_eq!(attack_name(r.attack()), "arbitrary_software");
 
         let builder = uptane_core::sign::RootBuilder::from_root(&root, 2, repos.director.expires)
             .remove_key("root", &key(11).key_id())

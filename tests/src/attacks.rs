@@ -187,6 +187,16 @@ impl World {
             .collect()
     }
 
+    /// The attacks the security events of `kind` after `after` name.
+    pub fn event_attacks_since(&self, after: i64, kind: &str) -> Vec<String> {
+        self.fleet
+            .events(VIN, true)
+            .iter()
+            .filter(|e| e["id"].as_i64().unwrap_or(0) > after && e["kind"] == kind)
+            .filter_map(|e| e["attack"].as_str().map(String::from))
+            .collect()
+    }
+
     /// Whether the newest assignment entry of every ECU is installed.
     pub fn up_to_date(&self) -> bool {
         let mut newest: BTreeMap<String, String> = BTreeMap::new();
@@ -709,7 +719,7 @@ pub fn scenarios() -> Vec<Scenario> {
         scenario(
             "replay of a vehicle version manifest",
             "network; recorded earlier traffic (with the vehicle's credential)",
-            "refused by the Director (manifest_refused)",
+            "refused by the Director (manifest_refused, replay)",
             |w| {
                 let since = w.last_event();
                 let manifest = w
@@ -728,8 +738,12 @@ pub fn scenarios() -> Vec<Scenario> {
                     return Err(format!("the replayed manifest got HTTP {status}"));
                 }
                 expect_event(w, since, "manifest_refused")?;
+                let attacks = w.event_attacks_since(since, "manifest_refused");
+                if !attacks.iter().any(|a| a == "replay") {
+                    return Err(format!("manifest_refused names {attacks:?}, not replay"));
+                }
                 Ok(format!(
-                    "HTTP 400; Director event manifest_refused; {}",
+                    "HTTP 400; Director event manifest_refused (replay); {}",
                     w.recover()?
                 ))
             },
@@ -800,7 +814,7 @@ pub fn scenarios() -> Vec<Scenario> {
                             "hw-radio",
                             50,
                         )]);
-                        let bundle = proto::v1::PutMetadataRequest {
+                        let bundle = proto::v2::PutMetadataRequest {
                             correlation_id: "attacker".into(),
                             director_timestamp: set.timestamp.clone(),
                             director_snapshot: set.snapshot.1.clone(),
@@ -1038,10 +1052,10 @@ fn post(url: &str, credential: &str, body: Vec<u8>) -> Result<u16, String> {
 }
 
 /// Sends a metadata bundle straight to a Secondary, as an attacker on its link would.
-fn feed_secondary(addr: &str, bundle: proto::v1::PutMetadataRequest) -> Result<Value, String> {
+fn feed_secondary(addr: &str, bundle: proto::v2::PutMetadataRequest) -> Result<Value, String> {
     blocking(async {
         let mut client =
-            proto::v1::secondary_client::SecondaryClient::connect(format!("http://{addr}"))
+            proto::v2::secondary_client::SecondaryClient::connect(format!("http://{addr}"))
                 .await
                 .map_err(|e| e.to_string())?;
         let result = client

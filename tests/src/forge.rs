@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use proto::v1::secondary_client::SecondaryClient;
-use proto::v1::secondary_server::{Secondary, SecondaryServer};
-use proto::v1::{
+use proto::v2::secondary_client::SecondaryClient;
+use proto::v2::secondary_server::{Secondary, SecondaryServer};
+use proto::v2::{
     ActivateRequest, BeginTransferRequest, CancelOperationRequest, Chunk, ConfirmRequest, EcuInfo,
     EcuStatus, GetInfoRequest, GetInstallationResultRequest, GetOperationRequest, GetStatusRequest,
     GetTransferStateRequest, GetVersionReportRequest, InstallRequest, InstallationResult,
@@ -229,14 +229,14 @@ impl Secondary for ForgingLink {
     async fn put_time(
         &self,
         request: Request<PutTimeRequest>,
-    ) -> Result<Response<proto::v1::Result>, Status> {
+    ) -> Result<Response<proto::v2::Result>, Status> {
         self.real.clone().put_time(request.into_inner()).await
     }
 
     async fn put_metadata(
         &self,
         request: Request<PutMetadataRequest>,
-    ) -> Result<Response<proto::v1::Result>, Status> {
+    ) -> Result<Response<proto::v2::Result>, Status> {
         self.real.clone().put_metadata(request.into_inner()).await
     }
 
@@ -308,7 +308,7 @@ impl Secondary for ForgingLink {
     async fn reboot(
         &self,
         request: Request<RebootRequest>,
-    ) -> Result<Response<proto::v1::Result>, Status> {
+    ) -> Result<Response<proto::v2::Result>, Status> {
         self.real.clone().reboot(request.into_inner()).await
     }
 

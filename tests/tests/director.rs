@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use uptane_core::crypto::SigningKey;
+use uptane_core::ids::{EcuSerial, HardwareId};
 use uptane_core::manifest::{
     ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
 };
@@ -38,10 +39,18 @@ async fn get(client: &reqwest::Client, url: &str, credential: &str) -> Vec<u8> {
     response.bytes().await.unwrap().to_vec()
 }
 
+/// An identifier of the type the context wants.
+fn id<T: std::str::FromStr>(text: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    text.parse().unwrap()
+}
+
 fn report(serial: &str, key: &SigningKey, image: &[u8], name: &str, counter: u64) -> Vec<u8> {
     EcuVersionReport {
         report_type: ECU_REPORT_TYPE.into(),
-        ecu_serial: serial.into(),
+        ecu_serial: id(serial),
         installed_image: InstalledImage {
             filename: name.into(),
             length: image.len() as u64,
@@ -125,12 +134,12 @@ async fn operator_assigns_vehicle_verifies_and_reports_and_nothing_is_lost_on_ki
         refresh.feed(answer).unwrap();
     }
     let set = refresh.trusted();
-    let ecus: BTreeMap<String, String> = serials
+    let ecus: BTreeMap<EcuSerial, HardwareId> = serials
         .iter()
         .zip(hardware)
-        .map(|(s, h)| (s.to_string(), h.to_string()))
+        .map(|(s, h)| (id(s), id(h)))
         .collect();
-    let targets = uptane_core::uptane::director_targets(set, VIN, &ecus).unwrap();
+    let targets = uptane_core::uptane::director_targets(set, &id(VIN), &ecus).unwrap();
     assert_eq!(targets.len(), 1);
     assert_eq!(
         targets[0].info.hashes["sha256"],
@@ -140,15 +149,15 @@ async fn operator_assigns_vehicle_verifies_and_reports_and_nothing_is_lost_on_ki
     // It installs and reports.
     let reports = BTreeMap::from([
         (
-            serials[0].to_string(),
+            id(serials[0]),
             report(serials[0], &keys[0], b"gateway 1", "gw-1.bin", 1),
         ),
         (
-            serials[1].to_string(),
+            id(serials[1]),
             report(serials[1], &keys[1], IMAGE, "brake-2.0.bin", 1),
         ),
     ]);
-    let manifest = VehicleVersionManifest::new(VIN, serials[0], &reports)
+    let manifest = VehicleVersionManifest::new(&id(VIN), &id(serials[0]), &reports)
         .unwrap()
         .sign(&keys[0])
         .unwrap();
@@ -183,7 +192,7 @@ async fn operator_assigns_vehicle_verifies_and_reports_and_nothing_is_lost_on_ki
     let events_after = fleet.operator(&["events"]);
     assert_eq!(events_after, events_before);
     // The replayed manifest is still refused after the restart: its nonces were kept.
-    let manifest = VehicleVersionManifest::new(VIN, serials[0], &reports)
+    let manifest = VehicleVersionManifest::new(&id(VIN), &id(serials[0]), &reports)
         .unwrap()
         .sign(&keys[0])
         .unwrap();

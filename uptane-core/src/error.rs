@@ -34,6 +34,9 @@ pub enum AttackKind {
     Replay,
     /// A repository refused or dropped a request for metadata or an image it must serve.
     DropRequest,
+    /// A time that cannot be right: a report dated in the future, or a clock moved to make
+    /// expired metadata look current (or current metadata look expired).
+    TimeTampering,
 }
 
 impl AttackKind {
@@ -53,6 +56,7 @@ impl AttackKind {
             AttackKind::Malformed => "malformed",
             AttackKind::Replay => "replay",
             AttackKind::DropRequest => "drop_request",
+            AttackKind::TimeTampering => "time_tampering",
         }
     }
 }

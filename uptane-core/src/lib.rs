@@ -11,6 +11,7 @@
 //! - [`crypto`]: keys, key ids, signatures (ed25519 signing; ed25519, ECDSA P-256 and
 //!   RSA-PSS verification);
 //! - [`hash`]: hashes and streaming length/hash checks;
+//! - [`ids`]: `Vin`, `EcuSerial`, `HardwareId`, validated once;
 //! - [`metadata`]: the role types;
 //! - [`verify`]: `Raw<R>` to `Verified<R>`, the only place signatures are checked;
 //! - [`trusted`]: `TrustedSet<Repo>` and the checks that admit metadata into it,
@@ -18,7 +19,8 @@
 //! - [`refresh`]: `Refresh<Repo>`, the one sans-I/O driver of the TUF client workflow that
 //!   every repository client uses;
 //! - [`uptane`]: Director checks, matching, partial verification, image verification;
-//! - [`manifest`]: ECU version reports and vehicle version manifests;
+//! - [`manifest`]: ECU version reports and vehicle version manifests, and the Director's
+//!   checks of a manifest against its inventory;
 //! - [`sign`]: builders that create and sign metadata.
 
 #![warn(missing_docs)]
@@ -27,6 +29,7 @@ pub mod cjson;
 pub mod crypto;
 pub mod error;
 pub mod hash;
+pub mod ids;
 pub mod manifest;
 pub mod metadata;
 pub mod refresh;

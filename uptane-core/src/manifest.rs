@@ -9,10 +9,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod check;
+
+pub use check::{
+    CheckedManifest, InventoryEcu, ManifestError, VehicleInventory, check_vehicle_manifest,
+};
+
 use crate::cjson::CanonicalError;
 use crate::crypto::{PublicKey, SigningKey};
 use crate::error::{AttackKind, VerifyError};
 use crate::hash::Hashes;
+use crate::ids::{EcuSerial, Vin};
 use crate::metadata::Signed;
 use crate::sign;
 use crate::time::UtcTime;
@@ -46,6 +53,61 @@ pub struct DetectedAttack {
     pub detail: String,
 }
 
+/// How an ECU's latest installation ended, as its version report states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallResult {
+    /// Installed and running.
+    Installed,
+    /// Not finished yet (written, waiting for activation or confirmation).
+    InProgress,
+    /// Refused or failed; the ECU runs what it ran before.
+    Failed,
+    /// The new image failed its trial boot; the ECU went back to the previous one.
+    RolledBack,
+    /// Cancelled before it was activated; the ECU runs what it ran before.
+    Cancelled,
+}
+
+impl InstallResult {
+    /// A short stable name (`installed`, `rolled_back`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstallResult::Installed => "installed",
+            InstallResult::InProgress => "in_progress",
+            InstallResult::Failed => "failed",
+            InstallResult::RolledBack => "rolled_back",
+            InstallResult::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the installation ended without the image running (final for its assignment).
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            InstallResult::Failed | InstallResult::RolledBack | InstallResult::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for InstallResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome of the latest installation an ECU attempted, for the Director to close the
+/// assignment with that correlation id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastInstall {
+    /// The assignment.
+    pub correlation_id: String,
+    /// How it ended.
+    pub result: InstallResult,
+    /// Why, in words.
+    pub detail: String,
+}
+
 /// What an ECU says it runs, signed with its key (Uptane §5.4.2.1.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EcuVersionReport {
@@ -53,7 +115,7 @@ pub struct EcuVersionReport {
     #[serde(rename = "_type")]
     pub report_type: String,
     /// ECU serial.
-    pub ecu_serial: String,
+    pub ecu_serial: EcuSerial,
     /// Installed image.
     pub installed_image: InstalledImage,
     /// Attacks detected since the last report.
@@ -66,9 +128,9 @@ pub struct EcuVersionReport {
     pub nonce: String,
     /// A counter that only goes up, for every report the ECU signs.
     pub report_counter: u64,
-    /// Result of the latest install, if any: free-form but stable codes.
+    /// Result of the latest install, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_install: Option<Value>,
+    pub last_install: Option<LastInstall>,
 }
 
 impl Signed for EcuVersionReport {
@@ -107,23 +169,23 @@ pub struct VehicleVersionManifest {
     #[serde(rename = "_type")]
     pub manifest_type: String,
     /// Vehicle identifier.
-    pub vin: String,
+    pub vin: Vin,
     /// Serial of the Primary that signs this manifest.
-    pub primary_ecu_serial: String,
+    pub primary_ecu_serial: EcuSerial,
     /// ECU serial to that ECU's signed report, as the ECU signed it.
-    pub ecu_version_reports: BTreeMap<String, Value>,
+    pub ecu_version_reports: BTreeMap<EcuSerial, Value>,
     /// ECUs of the vehicle the Primary could not get a report from this time, with the
     /// reason: an offline Secondary must not keep the rest of the vehicle from reporting.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub unreachable_ecus: BTreeMap<String, String>,
+    pub unreachable_ecus: BTreeMap<EcuSerial, String>,
 }
 
 impl VehicleVersionManifest {
     /// A manifest from signed ECU reports (each the bytes an ECU sent).
     pub fn new(
-        vin: &str,
-        primary_ecu_serial: &str,
-        reports: &BTreeMap<String, Vec<u8>>,
+        vin: &Vin,
+        primary_ecu_serial: &EcuSerial,
+        reports: &BTreeMap<EcuSerial, Vec<u8>>,
     ) -> Result<Self, VerifyError> {
         let mut ecu_version_reports = BTreeMap::new();
         for (serial, bytes) in reports {
@@ -136,8 +198,8 @@ impl VehicleVersionManifest {
         }
         Ok(Self {
             manifest_type: VEHICLE_MANIFEST_TYPE.into(),
-            vin: vin.into(),
-            primary_ecu_serial: primary_ecu_serial.into(),
+            vin: vin.clone(),
+            primary_ecu_serial: primary_ecu_serial.clone(),
             ecu_version_reports,
             unreachable_ecus: BTreeMap::new(),
         })
@@ -149,7 +211,7 @@ impl VehicleVersionManifest {
     }
 
     /// The embedded report of `serial`, as bytes to verify against that ECU's key.
-    pub fn report(&self, serial: &str) -> Option<Raw<EcuVersionReport>> {
+    pub fn report(&self, serial: &EcuSerial) -> Option<Raw<EcuVersionReport>> {
         let value = self.ecu_version_reports.get(serial)?;
         serde_json::to_vec(value).ok().map(Raw::new)
     }
@@ -172,7 +234,7 @@ mod tests {
     fn report(serial: &str, counter: u64) -> EcuVersionReport {
         EcuVersionReport {
             report_type: ECU_REPORT_TYPE.into(),
-            ecu_serial: serial.into(),
+            ecu_serial: EcuSerial::new(serial).unwrap(),
             installed_image: InstalledImage {
                 filename: "fw.bin".into(),
                 length: 3,
@@ -220,11 +282,15 @@ mod tests {
     fn manifest_embeds_reports_that_still_verify() {
         let primary = SigningKey::from_seed([3; 32]);
         let ecu = SigningKey::from_seed([4; 32]);
-        let reports = BTreeMap::from([("ecu1".to_string(), report("ecu1", 1).sign(&ecu).unwrap())]);
-        let manifest = VehicleVersionManifest::new("VIN1", "primary", &reports).unwrap();
+        let ecu1 = EcuSerial::new("ecu1").unwrap();
+        let reports = BTreeMap::from([(ecu1.clone(), report("ecu1", 1).sign(&ecu).unwrap())]);
+        let vin = Vin::new("VIN1").unwrap();
+        let manifest =
+            VehicleVersionManifest::new(&vin, &EcuSerial::new("primary").unwrap(), &reports)
+                .unwrap();
         let bytes = manifest.sign(&primary).unwrap();
         let verified = verify_vehicle_manifest(&Raw::new(bytes), primary.public_key()).unwrap();
-        let embedded = verified.report("ecu1").unwrap();
+        let embedded = verified.report(&ecu1).unwrap();
         verify_ecu_report(&embedded, ecu.public_key()).unwrap();
     }
 

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::error::{AttackKind, UpdateError};
 use crate::hash::{DigestError, Hashes, StreamVerifier};
+use crate::ids::{EcuSerial, HardwareId, Vin};
 use crate::metadata::{TargetFile, Targets};
 use crate::trusted::{Director, ImageRepo, TrustedSet, TrustedTarget};
 
@@ -29,15 +30,15 @@ pub enum UptaneError {
     DirectorDelegates,
     /// Uptane §5.4.4.6 step 7: one ECU named by two targets.
     #[error("ECU {0} appears more than once in Director targets")]
-    DuplicateEcu(String),
+    DuplicateEcu(EcuSerial),
     /// Uptane §5.4.4.6 step 8: a target for an ECU not in this vehicle.
     #[error("Director targets name ECU {0}, which is not in this vehicle")]
-    UnknownEcu(String),
+    UnknownEcu(EcuSerial),
     /// The Director targets were signed for another vehicle.
-    #[error("Director targets are for vehicle {found:?}, not {expected:?}")]
+    #[error("Director targets are for vehicle {found:?}, not {expected}")]
     WrongVehicle {
         /// Our VIN.
-        expected: String,
+        expected: Vin,
         /// The VIN in the metadata.
         found: String,
     },
@@ -120,9 +121,9 @@ pub struct DirectorTarget {
     /// Target path (image file name).
     pub path: String,
     /// ECU serial it is for.
-    pub ecu_serial: String,
+    pub ecu_serial: EcuSerial,
     /// Hardware id the Director names for it.
-    pub hardware_id: String,
+    pub hardware_id: HardwareId,
     /// Release counter the Director names.
     pub release_counter: u64,
     /// Length and hashes.
@@ -157,7 +158,7 @@ fn release_counter(target: &str, custom: Option<&Value>) -> Result<u64, UptaneEr
     }
 }
 
-/// The VIN and correlation id in Director targets, if present.
+/// The VIN in Director targets, if present.
 pub fn director_vin(targets: &Targets) -> Option<&str> {
     targets.custom.as_ref()?.get("vin")?.as_str()
 }
@@ -167,7 +168,7 @@ pub fn correlation_id(targets: &Targets) -> Option<&str> {
     targets.custom.as_ref()?.get("correlationId")?.as_str()
 }
 
-fn director_entries(targets: &Targets, vin: &str) -> Result<Vec<DirectorTarget>, UptaneError> {
+fn director_entries(targets: &Targets, vin: &Vin) -> Result<Vec<DirectorTarget>, UptaneError> {
     // Uptane §5.4.4.6 step 6.
     if targets
         .delegations
@@ -179,9 +180,9 @@ fn director_entries(targets: &Targets, vin: &str) -> Result<Vec<DirectorTarget>,
     // POUF: the VIN is signed into the Director targets, so one vehicle's metadata replayed
     // to another is refused.
     let found = director_vin(targets).unwrap_or_default();
-    if found != vin {
+    if found != vin.as_str() {
         return Err(UptaneError::WrongVehicle {
-            expected: vin.to_string(),
+            expected: vin.clone(),
             found: found.to_string(),
         });
     }
@@ -200,18 +201,20 @@ fn director_entries(targets: &Targets, vin: &str) -> Result<Vec<DirectorTarget>,
             .ok_or_else(|| bad("missing custom.ecuIdentifiers"))?;
         let counter = release_counter(path, info.custom.as_ref())?;
         for (serial, ecu) in ecus {
+            let serial = EcuSerial::new(serial.as_str()).map_err(|e| bad(&e.to_string()))?;
             // Uptane §5.4.4.6 step 7.
             if !seen.insert(serial.clone()) {
-                return Err(UptaneError::DuplicateEcu(serial.clone()));
+                return Err(UptaneError::DuplicateEcu(serial));
             }
             let hardware_id = ecu
                 .get("hardwareId")
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad("ecuIdentifiers entry without hardwareId"))?;
+            let hardware_id = HardwareId::new(hardware_id).map_err(|e| bad(&e.to_string()))?;
             out.push(DirectorTarget {
                 path: path.clone(),
-                ecu_serial: serial.clone(),
-                hardware_id: hardware_id.to_string(),
+                ecu_serial: serial,
+                hardware_id,
                 release_counter: counter,
                 info: TargetFile {
                     length: info.length,
@@ -229,8 +232,8 @@ fn director_entries(targets: &Targets, vin: &str) -> Result<Vec<DirectorTarget>,
 /// hardware id.
 pub fn director_targets(
     director: &TrustedSet<Director>,
-    vin: &str,
-    ecus: &BTreeMap<String, String>,
+    vin: &Vin,
+    ecus: &BTreeMap<EcuSerial, HardwareId>,
 ) -> Result<Vec<DirectorTarget>, UptaneError> {
     let targets = director.targets().ok_or(UptaneError::NoDirectorTargets)?;
     let entries = director_entries(targets, vin)?;
@@ -242,7 +245,7 @@ pub fn director_targets(
         if *known != entry.hardware_id {
             return Err(UptaneError::WrongHardware {
                 target: entry.path.clone(),
-                hardware_id: entry.hardware_id.clone(),
+                hardware_id: entry.hardware_id.to_string(),
                 expected: format!("ECU {}'s hardware id {known:?}", entry.ecu_serial),
             });
         }
@@ -257,21 +260,21 @@ pub fn director_targets(
 /// Director assigns this ECU nothing.
 pub fn director_target_for(
     director: &TrustedSet<Director>,
-    vin: &str,
-    ecu_serial: &str,
-    hardware_id: &str,
+    vin: &Vin,
+    ecu_serial: &EcuSerial,
+    hardware_id: &HardwareId,
 ) -> Result<Option<DirectorTarget>, UptaneError> {
     let targets = director.targets().ok_or(UptaneError::NoDirectorTargets)?;
     let entry = director_entries(targets, vin)?
         .into_iter()
-        .find(|e| e.ecu_serial == ecu_serial);
+        .find(|e| &e.ecu_serial == ecu_serial);
     if let Some(entry) = &entry
-        && entry.hardware_id != hardware_id
+        && &entry.hardware_id != hardware_id
     {
         return Err(UptaneError::WrongHardware {
             target: entry.path.clone(),
-            hardware_id: entry.hardware_id.clone(),
-            expected: format!("this ECU's {hardware_id:?}"),
+            hardware_id: entry.hardware_id.to_string(),
+            expected: format!("this ECU's {:?}", hardware_id.as_str()),
         });
     }
     Ok(entry)
@@ -291,12 +294,12 @@ impl ApprovedImage {
     }
 
     /// ECU serial it is for.
-    pub fn ecu_serial(&self) -> &str {
+    pub fn ecu_serial(&self) -> &EcuSerial {
         &self.target.ecu_serial
     }
 
     /// Hardware id it is for.
-    pub fn hardware_id(&self) -> &str {
+    pub fn hardware_id(&self) -> &HardwareId {
         &self.target.hardware_id
     }
 
@@ -386,7 +389,7 @@ pub fn approve(
     if !hardware_ids.contains(&director.hardware_id.as_str()) {
         return Err(UptaneError::WrongHardware {
             target: target(),
-            hardware_id: director.hardware_id.clone(),
+            hardware_id: director.hardware_id.to_string(),
             expected: format!("the Image repository's {hardware_ids:?}"),
         });
     }
@@ -416,11 +419,11 @@ pub fn approve(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EcuIdentity<'a> {
     /// Vehicle identifier.
-    pub vin: &'a str,
+    pub vin: &'a Vin,
     /// This ECU's serial.
-    pub ecu_serial: &'a str,
+    pub ecu_serial: &'a EcuSerial,
     /// This ECU's hardware id.
-    pub hardware_id: &'a str,
+    pub hardware_id: &'a HardwareId,
     /// Release counter of the installed image.
     pub installed_release_counter: u64,
 }
@@ -436,13 +439,16 @@ pub fn verify_partial(
 ) -> Result<Option<ApprovedImage>, UptaneError> {
     let targets = director.targets().ok_or(UptaneError::NoDirectorTargets)?;
     let entries = director_entries(targets, ecu.vin)?;
-    let Some(entry) = entries.into_iter().find(|e| e.ecu_serial == ecu.ecu_serial) else {
+    let Some(entry) = entries
+        .into_iter()
+        .find(|e| &e.ecu_serial == ecu.ecu_serial)
+    else {
         return Ok(None);
     };
-    if entry.hardware_id != ecu.hardware_id {
+    if &entry.hardware_id != ecu.hardware_id {
         return Err(UptaneError::WrongHardware {
             target: entry.path,
-            hardware_id: entry.hardware_id,
+            hardware_id: entry.hardware_id.to_string(),
             expected: format!("this ECU's {:?}", ecu.hardware_id),
         });
     }
@@ -474,6 +480,12 @@ impl ImageVerifier {
     /// Bytes fed so far.
     pub fn bytes_seen(&self) -> u64 {
         self.inner.bytes_seen()
+    }
+
+    /// The length-and-hash check underneath, for code that streams into a
+    /// [`StreamVerifier`]; only [`Self::finish`] turns what it saw into a [`VerifiedImage`].
+    pub fn stream_mut(&mut self) -> &mut StreamVerifier {
+        &mut self.inner
     }
 
     /// Checks length and every hash.

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use primary_ecu::ports::HttpRepository;
 use primary_ecu::repo::{Fetcher, MetadataDir, Updater, download_verified, is_cached, quote_role};
 use uptane_core::time::UtcTime;
 use uptane_core::trusted::{ImageRepo, Limits};
@@ -92,7 +93,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_deref()
                 .context("--metadata-url is required")?;
             runtime()?.block_on(async {
-                let mut updater = updater(url, dir, now)?;
+                let remote = HttpRepository::new(fetcher()?, url, url);
+                let mut updater =
+                    Updater::<ImageRepo, _>::new(&remote, dir, now, Limits::default())?;
                 updater.refresh().await?;
                 Ok(())
             })
@@ -111,7 +114,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_deref()
                 .context("--target-base-url is required")?;
             runtime()?.block_on(async {
-                let mut updater = updater(url, dir, now)?;
+                let remote = HttpRepository::new(fetcher()?, url, url);
+                let mut updater =
+                    Updater::<ImageRepo, _>::new(&remote, dir, now, Limits::default())?;
                 updater.refresh().await?;
                 for name in &cli.target_names {
                     download(&mut updater, name, target_dir, base).await?;
@@ -132,12 +137,8 @@ fn fetcher() -> anyhow::Result<Fetcher> {
     Ok(Fetcher::new(Duration::from_secs(30), 0)?)
 }
 
-fn updater(url: &str, dir: MetadataDir, now: UtcTime) -> anyhow::Result<Updater<ImageRepo>> {
-    Ok(Updater::new(url, dir, fetcher()?, now, Limits::default())?)
-}
-
 async fn download(
-    updater: &mut Updater<ImageRepo>,
+    updater: &mut Updater<'_, ImageRepo, HttpRepository>,
     name: &str,
     target_dir: &Path,
     base: &str,

@@ -146,40 +146,27 @@ impl Fetcher {
         Ok(response)
     }
 
-    /// Streams the body of `url` to `sink`, stopping with an error past `limit` bytes or when
-    /// slower than the minimum speed.
-    async fn stream(
+    /// The body of `url`, read chunk by chunk with a byte limit and the minimum speed.
+    fn body(
         &self,
         url: &str,
         response: reqwest::Response,
         limit: u64,
-        mut sink: impl AsyncFnMut(&[u8]) -> Result<(), FetchError>,
-    ) -> Result<u64, FetchError> {
+    ) -> Result<Body<'_>, FetchError> {
         if response.content_length().is_some_and(|n| n > limit) {
             return Err(FetchError::TooLarge {
                 url: url.to_string(),
                 limit,
             });
         }
-        let started = tokio::time::Instant::now();
-        let mut received = 0u64;
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|source| FetchError::Transport {
-                url: url.to_string(),
-                source,
-            })?;
-            received += chunk.len() as u64;
-            if received > limit {
-                return Err(FetchError::TooLarge {
-                    url: url.to_string(),
-                    limit,
-                });
-            }
-            sink(&chunk).await?;
-            self.check_speed(url, started, received)?;
-        }
-        Ok(received)
+        Ok(Body {
+            fetcher: self,
+            url: url.to_string(),
+            stream: Box::pin(response.bytes_stream()),
+            limit,
+            received: 0,
+            started: tokio::time::Instant::now(),
+        })
     }
 
     fn check_speed(
@@ -206,12 +193,11 @@ impl Fetcher {
     /// Downloads a whole body of at most `limit` bytes into memory (metadata).
     pub async fn fetch_bounded(&self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
         let response = self.get(url, 0).await?;
+        let mut body = self.body(url, response, limit)?;
         let mut out = Vec::new();
-        self.stream(url, response, limit, async |chunk: &[u8]| {
-            out.extend_from_slice(chunk);
-            Ok(())
-        })
-        .await?;
+        while let Some(chunk) = body.next().await? {
+            out.extend_from_slice(&chunk);
+        }
         Ok(out)
     }
 
@@ -233,18 +219,56 @@ impl Fetcher {
             url: url.to_string(),
             source,
         };
-        self.stream(url, response, remaining, async |chunk: &[u8]| {
+        let mut body = self.body(url, response, remaining)?;
+        while let Some(chunk) = body.next().await? {
             verifier
-                .update(chunk)
+                .update(&chunk)
                 .map_err(|source| FetchError::Digest {
                     url: url.to_string(),
                     source,
                 })?;
-            file.write_all(chunk).await.map_err(io_err)
-        })
-        .await?;
+            file.write_all(&chunk).await.map_err(io_err)?;
+        }
         file.flush().await.map_err(io_err)?;
         file.sync_all().await.map_err(io_err)?;
         Ok(())
+    }
+}
+
+type ChunkStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>,
+>;
+
+/// A response body being read under a byte limit and the fetcher's minimum speed.
+struct Body<'f> {
+    fetcher: &'f Fetcher,
+    url: String,
+    stream: ChunkStream,
+    limit: u64,
+    received: u64,
+    started: tokio::time::Instant,
+}
+
+impl Body<'_> {
+    /// The next chunk; an error past the limit (endless data) or when slower than the
+    /// minimum (slow retrieval).
+    async fn next(&mut self) -> Result<Option<bytes::Bytes>, FetchError> {
+        let Some(chunk) = self.stream.next().await else {
+            return Ok(None);
+        };
+        let chunk = chunk.map_err(|source| FetchError::Transport {
+            url: self.url.clone(),
+            source,
+        })?;
+        self.received += chunk.len() as u64;
+        if self.received > self.limit {
+            return Err(FetchError::TooLarge {
+                url: self.url.clone(),
+                limit: self.limit,
+            });
+        }
+        self.fetcher
+            .check_speed(&self.url, self.started, self.received)?;
+        Ok(Some(chunk))
     }
 }

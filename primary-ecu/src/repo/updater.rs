@@ -14,6 +14,7 @@ use uptane_core::trusted::{Limits, TrustedSet, TrustedTarget};
 use uptane_core::verify::Raw;
 
 use super::fetch::{FetchError, Fetcher};
+use crate::ports::RemoteRepository;
 use service_runtime::files::write_atomic;
 
 /// Why a refresh or a target download failed.
@@ -43,6 +44,9 @@ pub enum ClientError {
     /// No trusted role lists the target (on a path the delegations permit).
     #[error("no trusted metadata lists target {0:?}")]
     TargetNotFound(String),
+    /// The image cannot be checked as approved (no usable hashes).
+    #[error(transparent)]
+    Image(uptane_core::uptane::UptaneError),
 }
 
 impl ClientError {
@@ -59,6 +63,7 @@ impl ClientError {
                 uptane_core::hash::DigestError::TooLong { .. } => AttackKind::EndlessData,
                 _ => AttackKind::ArbitrarySoftware,
             }),
+            ClientError::Image(e) => Some(e.attack()),
             _ => None,
         }
     }
@@ -171,21 +176,20 @@ fn base_url(url: &str) -> String {
 }
 
 /// One update of one repository: the refresh driver, the place it persists to, and the
-/// fetcher. The workflow is `uptane_core::refresh::Refresh`'s; this only does its I/O.
+/// repository it reads. The workflow is `uptane_core::refresh::Refresh`'s; this only does
+/// its I/O.
 #[derive(Debug)]
-pub struct Updater<Repo> {
-    metadata_url: String,
-    fetcher: Fetcher,
+pub struct Updater<'r, Repo, R> {
+    remote: &'r R,
     dir: MetadataDir,
     refresh: Refresh<Repo>,
 }
 
-impl<Repo> Updater<Repo> {
+impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
     /// Starts from the trusted `root.json` in `dir`, at `now` (sampled once per update).
     pub fn new(
-        metadata_url: &str,
+        remote: &'r R,
         dir: MetadataDir,
-        fetcher: Fetcher,
         now: UtcTime,
         limits: Limits,
     ) -> Result<Self, ClientError> {
@@ -197,8 +201,7 @@ impl<Repo> Updater<Repo> {
         let refresh =
             Refresh::new(&Raw::new(root), now, limits).map_err(update_err("root.json"))?;
         Ok(Self {
-            metadata_url: base_url(metadata_url),
-            fetcher,
+            remote,
             dir,
             refresh,
         })
@@ -228,14 +231,7 @@ impl<Repo> Updater<Repo> {
                     (file, kept)
                 }
                 Step::Fetch { file, max_len } => {
-                    let url = format!("{}{}", self.metadata_url, file.file_name());
-                    let fetched = match self.fetcher.fetch_bounded(&url, max_len).await {
-                        Ok(bytes) => Some(bytes),
-                        // The repository says it has no such file: the refresh decides
-                        // whether that ends the root chain or is a dropped request.
-                        Err(e) if matches!(e.status(), Some(403 | 404)) => None,
-                        Err(e) => return Err(e.into()),
-                    };
+                    let fetched = self.remote.metadata(&file, max_len).await?;
                     (file, fetched)
                 }
                 Step::Done => return Ok(()),

@@ -391,14 +391,20 @@ impl World {
                         .unwrap();
                 let mut reports = std::collections::BTreeMap::new();
                 for serial in manifest.ecu_version_reports.keys() {
-                    let report =
-                        verify_ecu_report(&manifest.report(serial).unwrap(), &self.key_of(serial))
-                            .unwrap();
-                    reports.insert(serial.clone(), serde_json::to_value(&*report).unwrap());
+                    let report = verify_ecu_report(
+                        &manifest.report(serial).unwrap(),
+                        &self.key_of(serial.as_str()),
+                    )
+                    .unwrap();
+                    reports.insert(serial.to_string(), serde_json::to_value(&*report).unwrap());
                 }
                 Manifest {
                     reports,
-                    unreachable: manifest.unreachable_ecus.clone(),
+                    unreachable: manifest
+                        .unreachable_ecus
+                        .iter()
+                        .map(|(s, why)| (s.to_string(), why.clone()))
+                        .collect(),
                 }
             })
             .collect()

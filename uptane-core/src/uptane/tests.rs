@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::ids::{EcuSerial, HardwareId, Vin};
 use crate::refresh::Refresh;
 use crate::sign::{RootBuilder, TargetsBuilder, delegated_role, sign_value};
 use crate::testing::{RepoFixture, earlier, key, later, now};
@@ -10,11 +11,49 @@ use crate::verify::Raw;
 const VIN: &str = "VIN0001";
 const IMAGE: &[u8] = b"firmware v2";
 
-fn ecus() -> BTreeMap<String, String> {
+fn ecus() -> BTreeMap<EcuSerial, HardwareId> {
     BTreeMap::from([
-        ("primary".to_string(), "hw-gw".to_string()),
-        ("ecu1".to_string(), "hw-1".to_string()),
+        (serial("primary"), hw("hw-gw")),
+        (serial("ecu1"), hw("hw-1")),
     ])
+}
+
+fn vin() -> Vin {
+    Vin::new(VIN).unwrap()
+}
+
+fn serial(s: &str) -> EcuSerial {
+    EcuSerial::new(s).unwrap()
+}
+
+fn hw(s: &str) -> HardwareId {
+    HardwareId::new(s).unwrap()
+}
+
+/// This ECU (ecu1, hw-1, running release counter 1), for partial verification.
+struct Me {
+    vin: Vin,
+    serial: EcuSerial,
+    hardware_id: HardwareId,
+}
+
+impl Me {
+    fn new(serial_text: &str) -> Self {
+        Self {
+            vin: vin(),
+            serial: serial(serial_text),
+            hardware_id: hw("hw-1"),
+        }
+    }
+
+    fn identity(&self) -> EcuIdentity<'_> {
+        EcuIdentity {
+            vin: &self.vin,
+            ecu_serial: &self.serial,
+            hardware_id: &self.hardware_id,
+            installed_release_counter: 1,
+        }
+    }
 }
 
 /// A Director repository whose targets assign `IMAGE` to ecu1 (with `edit` applied).
@@ -73,7 +112,7 @@ fn ok_image() -> TrustedTarget<ImageRepo> {
 
 #[test]
 fn approves_matching_targets_and_verifies_the_image() {
-    let entries = director_targets(&director(|b| b), VIN, &ecus()).unwrap();
+    let entries = director_targets(&director(|b| b), &vin(), &ecus()).unwrap();
     assert_eq!(entries.len(), 1);
     let approved = approve(&entries[0], &ok_image(), Some(1)).unwrap();
     assert_eq!(approved.ecu_serial(), "ecu1");
@@ -94,7 +133,7 @@ fn rejects_director_delegations() {
         )
     });
     assert_eq!(
-        director_targets(&set, VIN, &ecus()),
+        director_targets(&set, &vin(), &ecus()),
         Err(UptaneError::DirectorDelegates)
     );
 }
@@ -109,8 +148,8 @@ fn rejects_an_ecu_listed_twice() {
         )
     });
     assert_eq!(
-        director_targets(&set, VIN, &ecus()),
-        Err(UptaneError::DuplicateEcu("ecu1".into()))
+        director_targets(&set, &vin(), &ecus()),
+        Err(UptaneError::DuplicateEcu(serial("ecu1")))
     );
 }
 
@@ -123,8 +162,8 @@ fn rejects_an_ecu_not_in_the_vehicle() {
             Some(director_target_custom("stranger", "hw-1", 1)),
         )
     });
-    let err = director_targets(&set, VIN, &ecus()).unwrap_err();
-    assert_eq!(err, UptaneError::UnknownEcu("stranger".into()));
+    let err = director_targets(&set, &vin(), &ecus()).unwrap_err();
+    assert_eq!(err, UptaneError::UnknownEcu(serial("stranger")));
     assert_eq!(err.attack(), AttackKind::UnknownEcu);
 }
 
@@ -132,7 +171,7 @@ fn rejects_an_ecu_not_in_the_vehicle() {
 fn rejects_metadata_for_another_vehicle() {
     let set = director(|b| b.custom(director_targets_custom("OTHERVIN", "c")));
     assert!(matches!(
-        director_targets(&set, VIN, &ecus()),
+        director_targets(&set, &vin(), &ecus()),
         Err(UptaneError::WrongVehicle { .. })
     ));
 }
@@ -147,7 +186,7 @@ fn rejects_director_hardware_id_that_is_not_the_ecus() {
         )
     });
     assert!(matches!(
-        director_targets(&set, VIN, &ecus()),
+        director_targets(&set, &vin(), &ecus()),
         Err(UptaneError::WrongHardware { .. })
     ));
 }
@@ -156,13 +195,13 @@ fn rejects_director_hardware_id_that_is_not_the_ecus() {
 fn rejects_missing_ecu_identifiers() {
     let set = director(|b| b.target("fw.bin", IMAGE, None));
     assert!(matches!(
-        director_targets(&set, VIN, &ecus()),
+        director_targets(&set, &vin(), &ecus()),
         Err(UptaneError::BadCustom { .. })
     ));
 }
 
 fn entry() -> DirectorTarget {
-    director_targets(&director(|b| b), VIN, &ecus())
+    director_targets(&director(|b| b), &vin(), &ecus())
         .unwrap()
         .remove(0)
 }
@@ -282,23 +321,22 @@ fn director_targets_bytes(
         .unwrap()
 }
 
-const ME: EcuIdentity<'static> = EcuIdentity {
-    vin: VIN,
-    ecu_serial: "ecu1",
-    hardware_id: "hw-1",
-    installed_release_counter: 1,
-};
-
 #[test]
 fn partial_verification_accepts_its_own_entry() {
     let repo = partial_fixture();
     let bytes = director_targets_bytes(&repo, 3, later(), "hw-1", 2);
-    let image = partial(&repo, bytes.clone(), Some(2), Limits::default(), &ME).unwrap();
+    let me = Me::new("ecu1");
+    let image = partial(
+        &repo,
+        bytes.clone(),
+        Some(2),
+        Limits::default(),
+        &me.identity(),
+    )
+    .unwrap();
     assert_eq!(image.unwrap().release_counter(), 2);
-    let other = EcuIdentity {
-        ecu_serial: "ecu2",
-        ..ME
-    };
+    let other = Me::new("ecu2");
+    let other = other.identity();
     assert!(
         partial(&repo, bytes, None, Limits::default(), &other)
             .unwrap()
@@ -334,14 +372,21 @@ fn partial_verification_refusals() {
         ),
     ];
     for (bytes, previous, attack) in cases {
-        let err = partial(&repo, bytes, previous, Limits::default(), &ME).unwrap_err();
+        let err = partial(
+            &repo,
+            bytes,
+            previous,
+            Limits::default(),
+            &Me::new("ecu1").identity(),
+        )
+        .unwrap_err();
         assert_eq!(err.attack(), attack, "{err}");
     }
     let small = Limits {
         targets: 10,
         ..Limits::default()
     };
-    let err = partial(&repo, good, None, small, &ME).unwrap_err();
+    let err = partial(&repo, good, None, small, &Me::new("ecu1").identity()).unwrap_err();
     assert_eq!(err.attack(), AttackKind::EndlessData);
 }
 
@@ -368,7 +413,7 @@ fn refuses_without_director_targets_or_image_target() {
     )
     .unwrap();
     assert_eq!(
-        director_targets(&set, VIN, &ecus()),
+        director_targets(&set, &vin(), &ecus()),
         Err(UptaneError::NoDirectorTargets)
     );
     let mut other = entry();
@@ -392,9 +437,15 @@ fn an_approved_image_without_hashes_cannot_be_verified() {
         .custom(director_targets_custom(VIN, "c"))
         .sign(&[&repo.targets_key])
         .unwrap();
-    let image = partial(&repo, bytes, None, Limits::default(), &ME)
-        .unwrap()
-        .unwrap();
+    let image = partial(
+        &repo,
+        bytes,
+        None,
+        Limits::default(),
+        &Me::new("ecu1").identity(),
+    )
+    .unwrap()
+    .unwrap();
     assert!(matches!(
         image.verifier(),
         Err(UptaneError::Image {
@@ -413,20 +464,25 @@ fn an_ecu_finds_only_its_own_director_target() {
             Some(director_target_custom("someone-else", "hw-9", 1)),
         )
     });
-    let mine = director_target_for(&set, VIN, "ecu1", "hw-1")
+    let mine = director_target_for(&set, &vin(), &serial("ecu1"), &hw("hw-1"))
         .unwrap()
         .unwrap();
     assert_eq!(mine.path, "fw.bin");
     assert_eq!(
-        director_target_for(&set, VIN, "ecu7", "hw-1").unwrap(),
+        director_target_for(&set, &vin(), &serial("ecu7"), &hw("hw-1")).unwrap(),
         None
     );
     assert!(matches!(
-        director_target_for(&set, VIN, "ecu1", "hw-2"),
+        director_target_for(&set, &vin(), &serial("ecu1"), &hw("hw-2")),
         Err(UptaneError::WrongHardware { .. })
     ));
     assert!(matches!(
-        director_target_for(&set, "OTHER", "ecu1", "hw-1"),
+        director_target_for(
+            &set,
+            &Vin::new("OTHER").unwrap(),
+            &serial("ecu1"),
+            &hw("hw-1")
+        ),
         Err(UptaneError::WrongVehicle { .. })
     ));
 }

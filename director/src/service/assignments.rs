@@ -1,0 +1,432 @@
+//! Assignments: which image each selected ECU is to install, and where each ECU's part
+//! stands ([`AssignmentStatus`]).
+
+use std::collections::BTreeSet;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uptane_core::hash::Hashes;
+use uptane_core::ids::{EcuSerial, HardwareId, Vin};
+use uptane_core::metadata::TargetFile;
+use uptane_core::time::UtcTime;
+
+use super::events::NewEvent;
+use super::tokens::random_token;
+use super::{bad, exists, now_text};
+use crate::error::DirectorError;
+
+/// An operator's assignment request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignRequest {
+    /// Image (target name) in the Image repository.
+    pub image: String,
+    /// Vehicles; empty means every registered vehicle (then `hardware_id` is required).
+    #[serde(default)]
+    pub vins: Vec<Vin>,
+    /// Only ECUs with this hardware id.
+    #[serde(default)]
+    pub hardware_id: Option<HardwareId>,
+    /// Only these ECU serials.
+    #[serde(default)]
+    pub ecus: Vec<EcuSerial>,
+}
+
+/// Where one ECU's part of an assignment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentStatus {
+    /// Created; the vehicle has not fetched targets that include it.
+    Pending,
+    /// The vehicle fetched the signed targets that include it.
+    Delivered,
+    /// The ECU reported the image installed.
+    Installed,
+    /// The ECU reported a failure, or refused it.
+    Failed,
+    /// Cancelled by an operator, superseded, or the ECU was replaced.
+    Cancelled,
+}
+
+impl AssignmentStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignmentStatus::Pending => "pending",
+            AssignmentStatus::Delivered => "delivered",
+            AssignmentStatus::Installed => "installed",
+            AssignmentStatus::Failed => "failed",
+            AssignmentStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether nothing will change it any more.
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            AssignmentStatus::Pending | AssignmentStatus::Delivered
+        )
+    }
+}
+
+impl std::fmt::Display for AssignmentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ToSql for AssignmentStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for AssignmentStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value.as_str()? {
+            "pending" => Ok(AssignmentStatus::Pending),
+            "delivered" => Ok(AssignmentStatus::Delivered),
+            "installed" => Ok(AssignmentStatus::Installed),
+            "failed" => Ok(AssignmentStatus::Failed),
+            "cancelled" => Ok(AssignmentStatus::Cancelled),
+            other => Err(FromSqlError::Other(
+                format!("unknown assignment status {other:?}").into(),
+            )),
+        }
+    }
+}
+
+/// One ECU's part of an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AssignmentEcu {
+    /// The assignment's correlation id.
+    pub correlation_id: String,
+    /// Vehicle.
+    pub vin: String,
+    /// ECU serial.
+    pub ecu_serial: String,
+    /// Image file name.
+    pub filename: String,
+    /// Image length.
+    pub length: u64,
+    /// Image hashes.
+    pub hashes: Hashes,
+    /// Hardware id.
+    pub hardware_id: String,
+    /// Release counter.
+    pub release_counter: u64,
+    /// Where it stands.
+    pub status: AssignmentStatus,
+    /// Why, for failed and cancelled.
+    pub detail: String,
+    /// Last change.
+    pub updated_at: String,
+}
+
+fn image_hardware_ids(info: &TargetFile) -> Vec<String> {
+    info.custom
+        .as_ref()
+        .and_then(|c| c.get("hardwareIds"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Creates an assignment of `image` (whose verified Image repository entry is `info`) to
+/// the ECUs `request` selects; returns its correlation id and ECU entries. An ECU's earlier
+/// assignment that is still pending or delivered is superseded.
+pub fn assign(
+    conn: &mut Connection,
+    request: &AssignRequest,
+    info: &TargetFile,
+    actor: &str,
+    now: UtcTime,
+) -> Result<(String, Vec<AssignmentEcu>), DirectorError> {
+    if request.vins.is_empty() && request.hardware_id.is_none() && request.ecus.is_empty() {
+        return Err(bad("name vehicles, ECUs, or a hardware id"));
+    }
+    let hardware_ids = image_hardware_ids(info);
+    let release_counter = info
+        .custom
+        .as_ref()
+        .and_then(|c| c.get("releaseCounter"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let tx = conn.transaction()?;
+    let ecus_where =
+        |filter: Option<(&str, &str)>| -> rusqlite::Result<Vec<(String, String, String, u64)>> {
+            let sql = "SELECT serial, vin, hardware_id, installed_release_counter FROM ecus";
+            let map = |r: &rusqlite::Row<'_>| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
+            };
+            match filter {
+                Some((column, value)) => tx
+                    .prepare_cached(&format!("{sql} WHERE {column} = ?1"))?
+                    .query_map([value], map)?
+                    .collect(),
+                None => tx.prepare_cached(sql)?.query_map([], map)?.collect(),
+            }
+        };
+    let mut candidates = Vec::new();
+    if !request.vins.is_empty() {
+        for vin in &request.vins {
+            if !exists(&tx, "vehicles", "vin", vin.as_str())? {
+                return Err(DirectorError::NotFound(format!("no vehicle {vin}")));
+            }
+            candidates.extend(ecus_where(Some(("vin", vin.as_str())))?);
+        }
+    } else if !request.ecus.is_empty() {
+        for serial in &request.ecus {
+            let found = ecus_where(Some(("serial", serial.as_str())))?;
+            if found.is_empty() {
+                return Err(DirectorError::NotFound(format!("no ECU {serial}")));
+            }
+            candidates.extend(found);
+        }
+    } else {
+        candidates.extend(ecus_where(None)?);
+    }
+    if !request.ecus.is_empty() {
+        let wanted: BTreeSet<&str> = request.ecus.iter().map(EcuSerial::as_str).collect();
+        candidates.retain(|c| wanted.contains(c.0.as_str()));
+        for serial in &request.ecus {
+            if !candidates.iter().any(|c| serial == c.0.as_str()) {
+                return Err(DirectorError::NotFound(format!(
+                    "no ECU {serial} in the named vehicles"
+                )));
+            }
+        }
+    }
+    if let Some(hw) = &request.hardware_id {
+        candidates.retain(|c| hw == c.2.as_str());
+    }
+    for (serial, _, hw, installed) in &candidates {
+        if !hardware_ids.contains(hw) {
+            if !request.ecus.is_empty() || request.hardware_id.is_some() {
+                return Err(bad(format!(
+                    "image {} is for hardware {hardware_ids:?}, ECU {serial} is {hw}",
+                    request.image
+                )));
+            }
+            continue;
+        }
+        if release_counter < *installed {
+            return Err(bad(format!(
+                "image {} has release counter {release_counter}, below the {installed} ECU {serial} runs",
+                request.image
+            )));
+        }
+    }
+    candidates.retain(|c| hardware_ids.contains(&c.2));
+    if candidates.is_empty() {
+        return Err(bad(format!(
+            "no selected ECU has a hardware id the image is for ({hardware_ids:?})"
+        )));
+    }
+    let correlation_id = format!("asg-{}", &random_token("x")?[2..18]);
+    tx.execute(
+        "INSERT INTO assignments (correlation_id, created_at, created_by) VALUES (?1, ?2, ?3)",
+        params![correlation_id, now_text(now), actor],
+    )?;
+    let id = tx.last_insert_rowid();
+    let hashes = serde_json::to_string(&info.hashes).expect("hashes serialize");
+    let superseded = format!("superseded by {correlation_id}");
+    for (serial, vin, hw, _) in &candidates {
+        cancel_open_entries_of(&tx, serial, &superseded, now)?;
+        tx.execute(
+            "INSERT INTO assignment_ecus (assignment_id, vin, ecu_serial, filename, length, hashes, hardware_id, release_counter, status, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![id, vin, serial, request.image, info.length as i64, hashes, hw, release_counter as i64, AssignmentStatus::Pending, now_text(now)],
+        )?;
+    }
+    let vins: BTreeSet<&str> = candidates.iter().map(|c| c.1.as_str()).collect();
+    let detail = format!(
+        "{correlation_id}: {} to {} ECUs in {} vehicles",
+        request.image,
+        candidates.len(),
+        vins.len()
+    );
+    NewEvent::info("assignment_created", actor, &detail).record(&tx, now)?;
+    tx.commit()?;
+    let entries = assignments_by_correlation(conn, &correlation_id)?;
+    Ok((correlation_id, entries))
+}
+
+const ASSIGNMENT_COLUMNS: &str = "a.correlation_id, e.vin, e.ecu_serial, e.filename, e.length, e.hashes, e.hardware_id, e.release_counter, e.status, e.detail, e.updated_at";
+
+fn assignment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentEcu> {
+    let hashes: String = r.get(5)?;
+    Ok(AssignmentEcu {
+        correlation_id: r.get(0)?,
+        vin: r.get(1)?,
+        ecu_serial: r.get(2)?,
+        filename: r.get(3)?,
+        length: r.get::<_, i64>(4)? as u64,
+        hashes: serde_json::from_str(&hashes).unwrap_or_default(),
+        hardware_id: r.get(6)?,
+        release_counter: r.get::<_, i64>(7)? as u64,
+        status: r.get(8)?,
+        detail: r.get(9)?,
+        updated_at: r.get(10)?,
+    })
+}
+
+fn assignments_by_correlation(
+    conn: &Connection,
+    correlation_id: &str,
+) -> Result<Vec<AssignmentEcu>, DirectorError> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id WHERE a.correlation_id = ?1 ORDER BY e.vin, e.ecu_serial"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([correlation_id], assignment_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Assignment entries, newest first, optionally of one vehicle.
+pub fn assignments(
+    conn: &Connection,
+    vin: Option<&Vin>,
+) -> Result<Vec<AssignmentEcu>, DirectorError> {
+    let vin = vin.map(Vin::as_str);
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
+         WHERE ?1 IS NULL OR e.vin = ?1 ORDER BY a.id DESC, e.vin, e.ecu_serial LIMIT 10000"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([vin], assignment_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Cancels the entries of an assignment not yet delivered; refuses if none can be.
+pub fn cancel_assignment(
+    conn: &mut Connection,
+    correlation_id: &str,
+    actor: &str,
+    now: UtcTime,
+) -> Result<usize, DirectorError> {
+    let tx = conn.transaction()?;
+    if !exists(&tx, "assignments", "correlation_id", correlation_id)? {
+        return Err(DirectorError::NotFound(format!(
+            "no assignment {correlation_id}"
+        )));
+    }
+    let n = tx.execute(
+        "UPDATE assignment_ecus SET status = ?1, detail = 'cancelled by operator', updated_at = ?2
+         WHERE status = ?3 AND assignment_id = (SELECT id FROM assignments WHERE correlation_id = ?4)",
+        params![
+            AssignmentStatus::Cancelled,
+            now_text(now),
+            AssignmentStatus::Pending,
+            correlation_id
+        ],
+    )?;
+    if n == 0 {
+        return Err(DirectorError::Conflict(format!(
+            "assignment {correlation_id} has no pending entries: delivered ones can no longer be cancelled"
+        )));
+    }
+    NewEvent::info(
+        "assignment_cancelled",
+        actor,
+        &format!("{correlation_id}: {n} ECUs"),
+    )
+    .record(&tx, now)?;
+    tx.commit()?;
+    Ok(n)
+}
+
+/// The entries of vehicle `vin` not yet final, by ECU serial.
+pub(crate) fn active_entries(
+    conn: &Connection,
+    vin: &str,
+) -> Result<Vec<AssignmentEcu>, DirectorError> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
+         WHERE e.vin = ?1 AND e.status IN ('pending', 'delivered') ORDER BY e.ecu_serial"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([vin], assignment_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Cancels `serial`'s entries that are not final, saying why.
+fn cancel_open_entries_of(
+    conn: &Connection,
+    serial: &str,
+    why: &str,
+    now: UtcTime,
+) -> Result<(), DirectorError> {
+    conn.prepare_cached(
+        "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
+         WHERE ecu_serial = ?4 AND status IN (?5, ?6)",
+    )?
+    .execute(params![
+        AssignmentStatus::Cancelled,
+        why,
+        now_text(now),
+        serial,
+        AssignmentStatus::Pending,
+        AssignmentStatus::Delivered
+    ])?;
+    Ok(())
+}
+
+/// Cancels ECU `serial`'s entries that are not final (the ECU was replaced).
+pub(crate) fn cancel_open_entries(
+    conn: &Connection,
+    serial: &EcuSerial,
+    why: &str,
+    now: UtcTime,
+) -> Result<(), DirectorError> {
+    cancel_open_entries_of(conn, serial.as_str(), why, now)
+}
+
+/// Sets the outcome of ECU `serial`'s entry in assignment `correlation_id`.
+pub(crate) fn set_outcome(
+    conn: &Connection,
+    correlation_id: &str,
+    serial: &str,
+    status: AssignmentStatus,
+    detail: &str,
+    now: UtcTime,
+) -> Result<(), DirectorError> {
+    conn.prepare_cached(
+        "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
+         WHERE ecu_serial = ?4 AND assignment_id = (SELECT id FROM assignments WHERE correlation_id = ?5)",
+    )?
+    .execute(params![status, detail, now_text(now), serial, correlation_id])?;
+    Ok(())
+}
+
+/// Marks delivered the pending entries among `entries` (correlation id, ECU serial): the
+/// ones inside the targets a vehicle just fetched, and no others. Returns how many.
+pub(crate) fn mark_delivered(
+    conn: &Connection,
+    vin: &str,
+    entries: &[(String, String)],
+    now: UtcTime,
+) -> Result<usize, DirectorError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE assignment_ecus SET status = ?1, updated_at = ?2
+         WHERE vin = ?3 AND ecu_serial = ?4 AND status = ?5
+           AND assignment_id = (SELECT id FROM assignments WHERE correlation_id = ?6)",
+    )?;
+    let mut n = 0;
+    for (correlation_id, serial) in entries {
+        n += stmt.execute(params![
+            AssignmentStatus::Delivered,
+            now_text(now),
+            vin,
+            serial,
+            AssignmentStatus::Pending,
+            correlation_id
+        ])?;
+    }
+    Ok(n)
+}

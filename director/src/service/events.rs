@@ -1,0 +1,156 @@
+//! The append-only event log: what happened, to which vehicle and ECU, caused by whom, and
+//! for security events the attack it was.
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+use uptane_core::error::AttackKind;
+use uptane_core::time::UtcTime;
+
+use super::now_text;
+use crate::error::DirectorError;
+
+/// An event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    /// What happened (`vehicle_registered`, `manifest_refused`, ...).
+    pub kind: &'a str,
+    /// Whether it is a security event (logged at `warn` too).
+    pub security: bool,
+    /// The attack it was, for a refusal or a reported attack.
+    pub attack: Option<AttackKind>,
+    /// The vehicle, if any.
+    pub vin: Option<&'a str>,
+    /// The ECU, if any.
+    pub ecu: Option<&'a str>,
+    /// Who caused it (`operator:LABEL`, `vehicle:VIN`, `cli`, ...).
+    pub actor: &'a str,
+    /// Details.
+    pub detail: &'a str,
+}
+
+impl<'a> NewEvent<'a> {
+    /// An informational event.
+    pub fn info(kind: &'a str, actor: &'a str, detail: &'a str) -> Self {
+        Self {
+            kind,
+            security: false,
+            attack: None,
+            vin: None,
+            ecu: None,
+            actor,
+            detail,
+        }
+    }
+
+    /// A security event.
+    pub fn security(kind: &'a str, actor: &'a str, detail: &'a str) -> Self {
+        Self {
+            security: true,
+            ..Self::info(kind, actor, detail)
+        }
+    }
+
+    /// About vehicle `vin`.
+    pub fn vin(mut self, vin: &'a str) -> Self {
+        self.vin = Some(vin);
+        self
+    }
+
+    /// About ECU `ecu`, if one.
+    pub fn ecu(mut self, ecu: Option<&'a str>) -> Self {
+        self.ecu = ecu;
+        self
+    }
+
+    /// The attack it was.
+    pub fn attack(mut self, attack: AttackKind) -> Self {
+        self.attack = Some(attack);
+        self
+    }
+
+    /// Appends it to the log at `now`.
+    pub fn record(&self, conn: &Connection, now: UtcTime) -> Result<(), DirectorError> {
+        if self.security {
+            tracing::warn!(
+                kind = self.kind,
+                attack = self.attack.map(AttackKind::as_str),
+                vin = self.vin,
+                ecu = self.ecu,
+                actor = self.actor,
+                detail = self.detail,
+                "security event"
+            );
+        }
+        conn.prepare_cached(
+            "INSERT INTO events (at, kind, severity, vin, ecu_serial, actor, detail, attack)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            now_text(now),
+            self.kind,
+            if self.security { "security" } else { "info" },
+            self.vin,
+            self.ecu,
+            self.actor,
+            self.detail,
+            self.attack.map(AttackKind::as_str),
+        ])?;
+        Ok(())
+    }
+}
+
+/// An event from the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Sequence number.
+    pub id: i64,
+    /// When.
+    pub at: String,
+    /// What.
+    pub kind: String,
+    /// `info` or `security`.
+    pub severity: String,
+    /// The attack, for a security event that names one.
+    pub attack: Option<AttackKind>,
+    /// Vehicle, if any.
+    pub vin: Option<String>,
+    /// ECU, if any.
+    pub ecu_serial: Option<String>,
+    /// Who caused it.
+    pub actor: String,
+    /// Details.
+    pub detail: String,
+}
+
+fn attack_from_text(text: Option<String>) -> Option<AttackKind> {
+    let text = text?;
+    serde_json::from_value(serde_json::Value::String(text)).ok()
+}
+
+/// Events after `after`, oldest first, optionally of one vehicle or only security events.
+pub fn events(
+    conn: &Connection,
+    vin: Option<&str>,
+    security_only: bool,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<Event>, DirectorError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, kind, severity, vin, ecu_serial, actor, detail, attack FROM events
+         WHERE id > ?1 AND (?2 IS NULL OR vin = ?2) AND (?3 = 0 OR severity = 'security') ORDER BY id LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![after, vin, security_only, limit], |r| {
+        Ok(Event {
+            id: r.get(0)?,
+            at: r.get(1)?,
+            kind: r.get(2)?,
+            severity: r.get(3)?,
+            vin: r.get(4)?,
+            ecu_serial: r.get(5)?,
+            actor: r.get(6)?,
+            detail: r.get(7)?,
+            attack: attack_from_text(r.get(8)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,218 @@
+//! Vehicle version manifests (Uptane §5.4.2.1; Director §5.3.2.1): checked by
+//! `uptane_core::manifest::check_vehicle_manifest` against the inventory, then recorded.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+use uptane_core::crypto::PublicKey;
+use uptane_core::ids::{EcuSerial, Vin};
+use uptane_core::manifest::{
+    CheckedManifest, InventoryEcu, ManifestError, VehicleInventory, check_vehicle_manifest,
+};
+use uptane_core::time::UtcTime;
+
+use super::assignments::{self, AssignmentStatus};
+use super::events::NewEvent;
+use super::{Policy, now_text};
+use crate::error::DirectorError;
+
+/// What an accepted manifest changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ManifestOutcome {
+    /// The stored manifest's id.
+    pub manifest_id: i64,
+    /// Assignment entries now installed.
+    pub installed: Vec<String>,
+    /// Assignment entries now failed.
+    pub failed: Vec<String>,
+    /// Attacks the ECUs reported.
+    pub attacks_reported: usize,
+    /// ECUs the Primary could not reach this time.
+    pub unreachable: Vec<String>,
+}
+
+/// The vehicle as the inventory knows it, for the manifest checks.
+fn inventory(conn: &Connection, vin: &Vin) -> Result<VehicleInventory, DirectorError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT serial, public_key, is_primary, last_report_counter FROM ecus WHERE vin = ?1",
+    )?;
+    let rows: Vec<(String, String, bool, Option<i64>)> = stmt
+        .query_map([vin.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut ecus = BTreeMap::new();
+    for (serial, key, primary, counter) in rows {
+        let unreadable =
+            |what: &str| DirectorError::Internal(format!("ECU {serial}: stored {what} unreadable"));
+        let key = serde_json::from_str(&key)
+            .ok()
+            .and_then(|k| PublicKey::from_json(k).ok())
+            .ok_or_else(|| unreadable("key"))?;
+        let id = EcuSerial::new(serial.as_str()).map_err(|_| unreadable("serial"))?;
+        ecus.insert(
+            id,
+            InventoryEcu {
+                key,
+                primary,
+                last_counter: counter.map(|c| c as u64),
+            },
+        );
+    }
+    Ok(VehicleInventory {
+        vin: vin.clone(),
+        ecus,
+    })
+}
+
+/// Verifies a vehicle version manifest and records it. A refusal is logged as a security
+/// event naming the attack and changes nothing else; an accepted manifest updates installed
+/// images and assignment outcomes in one transaction.
+pub fn process_manifest(
+    conn: &mut Connection,
+    vin: &Vin,
+    bytes: &[u8],
+    policy: &Policy,
+    now: UtcTime,
+) -> Result<ManifestOutcome, DirectorError> {
+    let inventory = inventory(conn, vin)?;
+    let mut seen = conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM seen_nonces WHERE ecu_serial = ?1 AND nonce = ?2)",
+    )?;
+    let checked =
+        check_vehicle_manifest(bytes, &inventory, now, policy.clock_skew, |ecu, nonce| {
+            seen.query_row(params![ecu.as_str(), nonce], |r| r.get::<_, bool>(0))
+        })?;
+    drop(seen);
+    match checked {
+        Ok(checked) => record_manifest(conn, vin, bytes, &checked, now),
+        Err(refusal) => Err(refused(conn, vin, refusal, now)),
+    }
+}
+
+fn refused(conn: &Connection, vin: &Vin, refusal: ManifestError, now: UtcTime) -> DirectorError {
+    let actor = format!("vehicle:{vin}");
+    let detail = refusal.to_string();
+    let logged = NewEvent::security("manifest_refused", &actor, &detail)
+        .vin(vin.as_str())
+        .ecu(refusal.ecu().map(EcuSerial::as_str))
+        .attack(refusal.attack())
+        .record(conn, now);
+    match logged {
+        Ok(()) => DirectorError::ManifestRefused(refusal),
+        Err(e) => e,
+    }
+}
+
+/// Records an accepted manifest in one transaction: the manifest, every nonce, what each
+/// ECU runs, the attacks it reported, and the outcome of its assignment.
+fn record_manifest(
+    conn: &mut Connection,
+    vin: &Vin,
+    bytes: &[u8],
+    checked: &CheckedManifest,
+    now: UtcTime,
+) -> Result<ManifestOutcome, DirectorError> {
+    let vin_text = vin.as_str();
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT INTO manifests (vin, received_at, body) VALUES (?1, ?2, ?3)",
+        params![vin_text, now_text(now), bytes],
+    )?;
+    let manifest_id = tx.last_insert_rowid();
+    let actor = format!("vehicle:{vin}");
+    let mut outcome = ManifestOutcome {
+        manifest_id,
+        installed: Vec::new(),
+        failed: Vec::new(),
+        attacks_reported: 0,
+        unreachable: checked
+            .unreachable
+            .keys()
+            .map(ToString::to_string)
+            .collect(),
+    };
+    for (serial, reason) in &checked.unreachable {
+        NewEvent::info("ecu_unreachable", &actor, reason)
+            .vin(vin_text)
+            .ecu(Some(serial.as_str()))
+            .record(&tx, now)?;
+    }
+    let active = assignments::active_entries(&tx, vin_text)?;
+    for report in &checked.reports {
+        let serial = report.ecu_serial.as_str();
+        let image = &report.installed_image;
+        tx.execute(
+            "INSERT INTO seen_nonces (ecu_serial, nonce) VALUES (?1, ?2)",
+            params![serial, report.nonce],
+        )?;
+        tx.execute(
+            "UPDATE ecus SET installed_filename = ?1, installed_length = ?2, installed_hashes = ?3, installed_release_counter = ?4,
+                    last_report_counter = ?5, last_report_at = ?6, attacks_reported = ?7 WHERE serial = ?8",
+            params![
+                image.filename,
+                image.length as i64,
+                serde_json::to_string(&image.hashes).expect("hashes serialize"),
+                image.release_counter as i64,
+                report.report_counter as i64,
+                now_text(now),
+                serde_json::to_string(&report.attacks_detected).expect("attacks serialize"),
+                serial
+            ],
+        )?;
+        for attack in &report.attacks_detected {
+            outcome.attacks_reported += 1;
+            NewEvent::security(
+                &format!("attack_reported:{}", attack.kind),
+                &actor,
+                &attack.detail,
+            )
+            .vin(vin_text)
+            .ecu(Some(serial))
+            .attack(attack.kind)
+            .record(&tx, now)?;
+        }
+        for entry in active.iter().filter(|e| e.ecu_serial == serial) {
+            let matches = image.filename == entry.filename
+                && image.length == entry.length
+                && entry
+                    .hashes
+                    .get("sha256")
+                    .is_some_and(|h| image.hashes.get("sha256") == Some(h));
+            // The ECU's own word on this assignment, when it names it and it failed.
+            let failed = report
+                .last_install
+                .as_ref()
+                .filter(|l| l.correlation_id == entry.correlation_id && l.result.is_failure());
+            let (status, detail) = match (matches, failed) {
+                (true, _) => (AssignmentStatus::Installed, String::new()),
+                (false, Some(last)) => (
+                    AssignmentStatus::Failed,
+                    format!("{}: {}", last.result, last.detail),
+                ),
+                (false, None) => continue,
+            };
+            assignments::set_outcome(&tx, &entry.correlation_id, serial, status, &detail, now)?;
+            let what = format!("{} on {serial}: {status} {detail}", entry.correlation_id);
+            let kind = format!("assignment_{status}");
+            let event = if status == AssignmentStatus::Failed {
+                NewEvent::security(&kind, &actor, what.trim())
+            } else {
+                NewEvent::info(&kind, &actor, what.trim())
+            };
+            event.vin(vin_text).ecu(Some(serial)).record(&tx, now)?;
+            if status == AssignmentStatus::Installed {
+                outcome
+                    .installed
+                    .push(format!("{}:{serial}", entry.correlation_id));
+            } else {
+                outcome
+                    .failed
+                    .push(format!("{}:{serial}", entry.correlation_id));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(outcome)
+}

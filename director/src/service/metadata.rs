@@ -1,0 +1,224 @@
+//! Per-vehicle Director metadata: the Director's root, and each vehicle's targets, snapshot
+//! and timestamp, signed on demand with the online keys and served only to that vehicle.
+
+use std::collections::BTreeMap;
+
+use chrono::Duration;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::json;
+use uptane_core::hash::sha256_hex;
+use uptane_core::sign::{RootBuilder, SnapshotBuilder, TargetsBuilder, TimestampBuilder, describe};
+use uptane_core::time::{UtcTime, format_expires, parse_expires};
+use uptane_core::uptane::{director_target_custom, director_targets_custom};
+
+use super::events::NewEvent;
+use super::{Policy, assignments};
+use crate::error::DirectorError;
+use crate::keys::OnlineKeys;
+
+/// Signs and stores the Director's root version 1 (called by `director init`).
+pub fn store_initial_root(
+    conn: &Connection,
+    root_keys: &[&uptane_core::crypto::SigningKey],
+    threshold: u32,
+    online: &OnlineKeys,
+    now: UtcTime,
+) -> Result<(), DirectorError> {
+    let mut builder = RootBuilder::new(1, now + Duration::days(365))
+        .threshold("root", threshold)
+        .key("targets", online.targets.public_key())
+        .key("snapshot", online.snapshot.public_key())
+        .key("timestamp", online.timestamp.public_key());
+    for key in root_keys {
+        builder = builder.key("root", key.public_key());
+    }
+    let bytes = builder
+        .sign(root_keys)
+        .map_err(|e| DirectorError::Internal(e.to_string()))?;
+    conn.execute("INSERT INTO roots (version, body) VALUES (1, ?1)", [bytes])?;
+    Ok(())
+}
+
+/// Root version `version`, if published.
+pub fn root(conn: &Connection, version: u64) -> Result<Option<Vec<u8>>, DirectorError> {
+    Ok(conn
+        .query_row(
+            "SELECT body FROM roots WHERE version = ?1",
+            [version as i64],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+struct StoredMetadata {
+    content_sha256: String,
+    targets_version: u64,
+    snapshot_version: u64,
+    timestamp_version: u64,
+    expires: UtcTime,
+}
+
+/// Makes sure vehicle `vin` has current signed targets, snapshot and timestamp: re-signed
+/// (with versions going up) when its assignments changed or the metadata nears expiry.
+pub fn refresh_vehicle_metadata(
+    conn: &mut Connection,
+    keys: &OnlineKeys,
+    vin: &str,
+    policy: &Policy,
+    now: UtcTime,
+) -> Result<(), DirectorError> {
+    let tx = conn.transaction()?;
+    let entries = assignments::active_entries(&tx, vin)?;
+    let content = json!(
+        entries
+            .iter()
+            .map(|e| json!([
+                e.correlation_id,
+                e.ecu_serial,
+                e.filename,
+                e.length,
+                e.hashes,
+                e.hardware_id,
+                e.release_counter
+            ]))
+            .collect::<Vec<_>>()
+    );
+    let content_sha256 = sha256_hex(content.to_string().as_bytes());
+    let stored: Option<StoredMetadata> = tx
+        .query_row(
+            "SELECT content_sha256, targets_version, snapshot_version, timestamp_version, expires FROM vehicle_metadata WHERE vin = ?1",
+            [vin],
+            |r| {
+                Ok(StoredMetadata {
+                    content_sha256: r.get(0)?,
+                    targets_version: r.get::<_, i64>(1)? as u64,
+                    snapshot_version: r.get::<_, i64>(2)? as u64,
+                    timestamp_version: r.get::<_, i64>(3)? as u64,
+                    expires: parse_expires(&r.get::<_, String>(4)?).unwrap_or(now),
+                })
+            },
+        )
+        .optional()?;
+    if let Some(s) = &stored
+        && s.content_sha256 == content_sha256
+        && s.expires - now > policy.renew_margin
+    {
+        return Ok(());
+    }
+    let (tv, sv, tsv) = stored.as_ref().map_or((1, 1, 1), |s| {
+        (
+            s.targets_version + 1,
+            s.snapshot_version + 1,
+            s.timestamp_version + 1,
+        )
+    });
+    let expires = now + policy.metadata_lifetime;
+    let latest_correlation = entries
+        .iter()
+        .map(|e| e.correlation_id.as_str())
+        .max()
+        .unwrap_or("");
+    let mut by_file: BTreeMap<&str, Vec<&assignments::AssignmentEcu>> = BTreeMap::new();
+    for e in &entries {
+        by_file.entry(e.filename.as_str()).or_default().push(e);
+    }
+    let mut builder =
+        TargetsBuilder::new(tv, expires).custom(director_targets_custom(vin, latest_correlation));
+    for (filename, group) in by_file {
+        let first = group[0];
+        let mut custom =
+            director_target_custom(&first.ecu_serial, &first.hardware_id, first.release_counter);
+        for e in &group[1..] {
+            custom["ecuIdentifiers"][&e.ecu_serial] = json!({"hardwareId": e.hardware_id});
+        }
+        custom["correlationId"] = json!(first.correlation_id);
+        builder = builder.target_with(filename, first.length, first.hashes.clone(), Some(custom));
+    }
+    let sign_err = |e: uptane_core::cjson::CanonicalError| DirectorError::Internal(e.to_string());
+    let targets = builder.sign(&[&keys.targets]).map_err(sign_err)?;
+    let snapshot = SnapshotBuilder::new(sv, expires)
+        .role("targets", describe(tv, &targets))
+        .sign(&[&keys.snapshot])
+        .map_err(sign_err)?;
+    let timestamp = TimestampBuilder::new(tsv, expires, describe(sv, &snapshot))
+        .sign(&[&keys.timestamp])
+        .map_err(sign_err)?;
+    // What this targets version contains, so serving it marks exactly these delivered.
+    let included: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.correlation_id.as_str(), e.ecu_serial.as_str()))
+        .collect();
+    let included = serde_json::to_string(&included).expect("pairs of strings serialize");
+    tx.execute(
+        "INSERT INTO vehicle_metadata (vin, content_sha256, targets_version, snapshot_version, timestamp_version, targets, snapshot, timestamp, expires, targets_entries)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (vin) DO UPDATE SET content_sha256 = ?2, targets_version = ?3, snapshot_version = ?4,
+             timestamp_version = ?5, targets = ?6, snapshot = ?7, timestamp = ?8, expires = ?9, targets_entries = ?10",
+        params![vin, content_sha256, tv as i64, sv as i64, tsv as i64, targets, snapshot, timestamp, format_expires(&expires), included],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// A file of vehicle `vin`'s Director repository: `N.root.json`, `timestamp.json` (re-signed
+/// first when needed), or the current `V.snapshot.json` / `V.targets.json`. Serving the
+/// targets marks the assignments in it delivered.
+pub fn vehicle_file(
+    conn: &mut Connection,
+    keys: &OnlineKeys,
+    vin: &str,
+    file: &str,
+    policy: &Policy,
+    now: UtcTime,
+) -> Result<Vec<u8>, DirectorError> {
+    let missing = || DirectorError::NotFound(format!("no metadata file {file:?}"));
+    if let Some(version) = file.strip_suffix(".root.json") {
+        let version: u64 = version.parse().map_err(|_| missing())?;
+        return root(conn, version)?.ok_or_else(missing);
+    }
+    if file == "timestamp.json" {
+        refresh_vehicle_metadata(conn, keys, vin, policy, now)?;
+    }
+    let (version, role) = file
+        .strip_suffix(".json")
+        .and_then(|f| f.split_once('.'))
+        .map_or((None, file.trim_end_matches(".json")), |(v, r)| {
+            (v.parse::<u64>().ok(), r)
+        });
+    let column = match (role, version) {
+        ("timestamp", None) => "timestamp",
+        ("snapshot", Some(_)) => "snapshot",
+        ("targets", Some(_)) => "targets",
+        _ => return Err(missing()),
+    };
+    let row: Option<(Vec<u8>, i64, i64, String)> = conn
+        .query_row(
+            &format!("SELECT {column}, snapshot_version, targets_version, targets_entries FROM vehicle_metadata WHERE vin = ?1"),
+            [vin],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    let (bytes, snapshot_version, targets_version, included) = row.ok_or_else(missing)?;
+    match (column, version) {
+        ("snapshot", Some(v)) if v != snapshot_version as u64 => return Err(missing()),
+        ("targets", Some(v)) if v != targets_version as u64 => return Err(missing()),
+        _ => {}
+    }
+    if column == "targets" {
+        // Only the entries inside the version served: an assignment created after it was
+        // signed is not delivered by it.
+        let included: Vec<(String, String)> = serde_json::from_str(&included)
+            .map_err(|e| DirectorError::Internal(format!("stored targets entries: {e}")))?;
+        let tx = conn.transaction()?;
+        let n = assignments::mark_delivered(&tx, vin, &included, now)?;
+        if n > 0 {
+            let actor = format!("vehicle:{vin}");
+            let detail = format!("{n} ECUs received their targets");
+            NewEvent::info("assignment_delivered", &actor, &detail)
+                .vin(vin)
+                .record(&tx, now)?;
+        }
+        tx.commit()?;
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,366 @@
+//! The Director's rules. [`DirectorService`] owns the database, the Image repository
+//! catalog, the online keys and the policy; the HTTP handlers only parse, call it and map
+//! its errors. Underneath, each concern is a module of functions over a SQLite connection,
+//! every multi-row write in one transaction:
+//!
+//! - [`tokens`]: operator API tokens and provisioning tokens;
+//! - [`vehicles`]: registration, credentials, the inventory, ECU replacement;
+//! - [`assignments`]: who installs what, and where it stands;
+//! - [`metadata`]: the Director root and per-vehicle signed metadata;
+//! - [`manifests`]: vehicle version manifests, checked and recorded;
+//! - [`events`]: the append-only event log.
+
+pub mod assignments;
+pub mod events;
+pub mod manifests;
+pub mod metadata;
+pub mod tokens;
+pub mod vehicles;
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use rusqlite::Connection;
+use uptane_core::ids::{EcuSerial, Vin};
+use uptane_core::time::{UtcTime, format_expires};
+
+pub use self::assignments::{
+    AssignRequest, AssignmentEcu, AssignmentStatus, assignments, cancel_assignment,
+};
+pub use self::events::{Event, NewEvent, events};
+pub use self::manifests::{ManifestOutcome, process_manifest};
+pub use self::metadata::{refresh_vehicle_metadata, root, store_initial_root, vehicle_file};
+pub use self::tokens::{
+    check_api_token, create_api_token, create_provisioning_token, revoke_provisioning_tokens,
+};
+pub use self::vehicles::{
+    EcuRecord, EcuReplacement, NewEcu, NewVehicle, VehicleRecord, authorize_vehicle,
+    register_vehicle, register_with_provisioning, replace_ecu, vehicle, vehicles,
+};
+use crate::catalog::ImageCatalog;
+use crate::db::Db;
+use crate::error::DirectorError;
+use crate::keys::OnlineKeys;
+
+/// Timing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Lifetime of per-vehicle targets, snapshot and timestamp (short: a day by default).
+    pub metadata_lifetime: Duration,
+    /// Re-sign when the metadata would expire within this.
+    pub renew_margin: Duration,
+    /// How far in the future a report's time may be.
+    pub clock_skew: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            metadata_lifetime: Duration::days(1),
+            renew_margin: Duration::hours(1),
+            clock_skew: Duration::minutes(5),
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> DirectorError {
+    DirectorError::BadRequest(message.into())
+}
+
+/// Whether `table` has a row whose `column` is `value` (both names are literals of this module).
+fn exists(conn: &Connection, table: &str, column: &str, value: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(&format!(
+        "SELECT EXISTS(SELECT 1 FROM {table} WHERE {column} = ?1)"
+    ))?
+    .query_row([value], |r| r.get(0))
+}
+
+fn now_text(now: UtcTime) -> String {
+    format_expires(&now)
+}
+
+fn now() -> UtcTime {
+    std::time::SystemTime::now().into()
+}
+
+/// Who made a request, as the event log names them (`operator:LABEL`, `vehicle:VIN`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor(String);
+
+impl Actor {
+    /// The name in the event log.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The Director: its storage, the Image repository it reads, its online keys, its policy.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DirectorService {
+    db: Db,
+    keys: Arc<OnlineKeys>,
+    catalog: Arc<ImageCatalog>,
+    policy: Policy,
+}
+
+impl DirectorService {
+    /// A service over `db`.
+    pub fn new(db: Db, keys: OnlineKeys, catalog: ImageCatalog, policy: Policy) -> Self {
+        Self {
+            db,
+            keys: Arc::new(keys),
+            catalog: Arc::new(catalog),
+            policy,
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The operator a bearer token belongs to; a missing or invalid one is refused and
+    /// logged as a security event.
+    pub async fn operator(&self, token: Option<String>) -> Result<Actor, DirectorError> {
+        let label = self
+            .db
+            .call(move |conn| {
+                let checked = token
+                    .ok_or_else(|| DirectorError::Unauthorized("missing bearer token".into()))
+                    .and_then(|token| check_api_token(conn, &token));
+                if let Err(e) = &checked {
+                    let detail = e.to_string();
+                    NewEvent::security("unauthorized_api_call", "unknown", &detail)
+                        .record(conn, now())?;
+                }
+                checked
+            })
+            .await?;
+        Ok(Actor(format!("operator:{label}")))
+    }
+
+    /// Logs an operator request refused as `kind` (a client error only), then returns the
+    /// error.
+    pub async fn refused(
+        &self,
+        kind: &'static str,
+        actor: &Actor,
+        error: DirectorError,
+    ) -> DirectorError {
+        if !error.status().is_client_error() {
+            return error;
+        }
+        let (detail, actor) = (error.to_string(), actor.0.clone());
+        let logged = self
+            .db
+            .call(move |conn| NewEvent::info(kind, &actor, &detail).record(conn, now()))
+            .await;
+        match logged {
+            Ok(()) => error,
+            Err(e) => e,
+        }
+    }
+
+    /// An operator registers a vehicle; returns its credential.
+    pub async fn register_vehicle(
+        &self,
+        actor: &Actor,
+        vehicle: NewVehicle,
+    ) -> Result<String, DirectorError> {
+        let who = actor.0.clone();
+        let registered = self
+            .db
+            .call(move |conn| register_vehicle(conn, &vehicle, &who, now()))
+            .await;
+        match registered {
+            Ok(credential) => Ok(credential),
+            Err(e) => Err(self.refused("registration_refused", actor, e).await),
+        }
+    }
+
+    /// A Primary registers its vehicle with a provisioning token; returns its credential.
+    pub async fn register_with_provisioning(
+        &self,
+        token: String,
+        vehicle: NewVehicle,
+    ) -> Result<String, DirectorError> {
+        self.db
+            .call(move |conn| register_with_provisioning(conn, &token, &vehicle, now()))
+            .await
+    }
+
+    /// Registered VINs, in order.
+    pub async fn vehicles(&self, limit: u32) -> Result<Vec<String>, DirectorError> {
+        self.db.call(move |conn| vehicles(conn, limit)).await
+    }
+
+    /// A vehicle's record.
+    pub async fn vehicle(&self, vin: Vin) -> Result<VehicleRecord, DirectorError> {
+        self.db.call(move |conn| vehicle(conn, &vin)).await
+    }
+
+    /// Replaces ECU `old` of `vin`.
+    pub async fn replace_ecu(
+        &self,
+        actor: &Actor,
+        vin: Vin,
+        old: EcuSerial,
+        new: EcuReplacement,
+    ) -> Result<(), DirectorError> {
+        let actor = actor.0.clone();
+        self.db
+            .call(move |conn| replace_ecu(conn, &vin, &old, &new, &actor, now()))
+            .await
+    }
+
+    /// Assigns an image the Image repository vouches for; returns the correlation id and
+    /// the entries created.
+    pub async fn assign(
+        &self,
+        actor: &Actor,
+        request: AssignRequest,
+    ) -> Result<(String, Vec<AssignmentEcu>), DirectorError> {
+        match self.assign_checked(actor, request).await {
+            Ok(created) => Ok(created),
+            Err(e) => Err(self.refused("assignment_refused", actor, e).await),
+        }
+    }
+
+    async fn assign_checked(
+        &self,
+        actor: &Actor,
+        request: AssignRequest,
+    ) -> Result<(String, Vec<AssignmentEcu>), DirectorError> {
+        let info = self
+            .catalog
+            .lookup(&request.image, now())
+            .await?
+            .ok_or_else(|| {
+                DirectorError::NotFound(format!(
+                    "the image repository has no image {:?}",
+                    request.image
+                ))
+            })?;
+        let actor = actor.0.clone();
+        self.db
+            .call(move |conn| assignments::assign(conn, &request, &info, &actor, now()))
+            .await
+    }
+
+    /// Assignment entries, newest first, optionally of one vehicle.
+    pub async fn assignments(&self, vin: Option<Vin>) -> Result<Vec<AssignmentEcu>, DirectorError> {
+        self.db
+            .call(move |conn| assignments(conn, vin.as_ref()))
+            .await
+    }
+
+    /// Cancels the entries of an assignment not yet delivered.
+    pub async fn cancel_assignment(
+        &self,
+        actor: &Actor,
+        correlation_id: String,
+    ) -> Result<usize, DirectorError> {
+        let actor = actor.0.clone();
+        self.db
+            .call(move |conn| cancel_assignment(conn, &correlation_id, &actor, now()))
+            .await
+    }
+
+    /// Events after `after`, oldest first.
+    pub async fn events(
+        &self,
+        vin: Option<Vin>,
+        security_only: bool,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, DirectorError> {
+        self.db
+            .call(move |conn| {
+                events(
+                    conn,
+                    vin.as_ref().map(Vin::as_str),
+                    security_only,
+                    after,
+                    limit,
+                )
+            })
+            .await
+    }
+
+    /// A new provisioning token.
+    pub async fn create_provisioning_token(
+        &self,
+        actor: &Actor,
+        label: String,
+        one_time: bool,
+    ) -> Result<String, DirectorError> {
+        let actor = actor.0.clone();
+        self.db
+            .call(move |conn| create_provisioning_token(conn, &label, one_time, &actor, now()))
+            .await
+    }
+
+    /// Revokes the provisioning tokens labelled `label`.
+    pub async fn revoke_provisioning_tokens(
+        &self,
+        actor: &Actor,
+        label: String,
+    ) -> Result<usize, DirectorError> {
+        let actor = actor.0.clone();
+        self.db
+            .call(move |conn| revoke_provisioning_tokens(conn, &label, &actor, now()))
+            .await
+    }
+
+    /// A file of vehicle `vin`'s repository, for the holder of `credential` only.
+    pub async fn vehicle_file(
+        &self,
+        vin: Vin,
+        credential: Option<String>,
+        file: String,
+    ) -> Result<Vec<u8>, DirectorError> {
+        let (keys, policy) = (Arc::clone(&self.keys), self.policy);
+        // One trip to the database thread for both the credential check and the file.
+        self.db
+            .call(move |conn| {
+                authorize_vehicle(conn, &vin, &credential_or_refuse(credential)?, now())?;
+                vehicle_file(conn, &keys, vin.as_str(), &file, &policy, now())
+            })
+            .await
+    }
+
+    /// Checks that `credential` is vehicle `vin`'s, before anything it sends is read.
+    pub async fn authorize(
+        &self,
+        vin: Vin,
+        credential: Option<String>,
+    ) -> Result<AuthorizedVehicle, DirectorError> {
+        self.db
+            .call(move |conn| {
+                authorize_vehicle(conn, &vin, &credential_or_refuse(credential)?, now())?;
+                Ok(AuthorizedVehicle(vin))
+            })
+            .await
+    }
+
+    /// A vehicle version manifest from an authorized vehicle.
+    pub async fn manifest(
+        &self,
+        vehicle: AuthorizedVehicle,
+        body: Vec<u8>,
+    ) -> Result<ManifestOutcome, DirectorError> {
+        let policy = self.policy;
+        self.db
+            .call(move |conn| process_manifest(conn, &vehicle.0, &body, &policy, now()))
+            .await
+    }
+}
+
+/// A vehicle whose credential was checked; only [`DirectorService::authorize`] makes one.
+#[derive(Debug)]
+pub struct AuthorizedVehicle(Vin);
+
+fn credential_or_refuse(credential: Option<String>) -> Result<String, DirectorError> {
+    credential.ok_or_else(|| DirectorError::Unauthorized("missing bearer token".into()))
+}

@@ -1,0 +1,169 @@
+//! Step 1 of the cycle (Uptane §5.4.2.1): every Secondary's signed version report for a
+//! fresh nonce, checked before it is forwarded; the Primary's own report; the vehicle
+//! version manifest, signed and sent to the Director.
+
+use std::collections::BTreeMap;
+
+use uptane_core::crypto::PublicKey;
+use uptane_core::error::AttackKind;
+use uptane_core::ids::EcuSerial;
+use uptane_core::manifest::{
+    ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest, verify_ecu_report,
+};
+use uptane_core::time::UtcTime;
+use uptane_core::verify::Raw;
+
+use super::Primary;
+use crate::ports::{DirectorPort, ManifestOutcome, Ports, SecondaryPort};
+
+/// Signed reports by serial, and the Secondaries that gave none, with why.
+pub(super) type Reports = (BTreeMap<EcuSerial, Vec<u8>>, BTreeMap<EcuSerial, String>);
+
+/// A fresh nonce. The nonce is what makes a replayed report detectable, so a system with no
+/// entropy gets no nonce rather than a predictable one.
+fn nonce() -> Result<String, String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| format!("no entropy for a nonce: {e}"))?;
+    Ok(hex::encode(b))
+}
+
+impl<P: Ports> Primary<P> {
+    /// Every Secondary's signed report for a fresh nonce, checked against the key it
+    /// registered with (a forged or replayed report is not forwarded).
+    pub(super) async fn collect_reports(&mut self) -> Reports {
+        let mut reports = BTreeMap::new();
+        let mut unreachable = BTreeMap::new();
+        let nonces: Result<Vec<String>, String> = self.links.iter().map(|_| nonce()).collect();
+        let nonces = match nonces {
+            Ok(nonces) => nonces,
+            Err(e) => {
+                for link in &self.links {
+                    unreachable.insert(link.serial().clone(), e.clone());
+                }
+                return (reports, unreachable);
+            }
+        };
+        let answers = futures_util::future::join_all(
+            self.links
+                .iter_mut()
+                .zip(&nonces)
+                .map(|(link, nonce)| async move { link.version_report(nonce).await }),
+        )
+        .await;
+        let serials: Vec<EcuSerial> = self.links.iter().map(|l| l.serial().clone()).collect();
+        for ((serial, nonce), answer) in serials.into_iter().zip(nonces).zip(answers) {
+            let bytes = match answer {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::info!(%serial, error = %e, "no version report");
+                    unreachable.insert(serial, e.to_string());
+                    continue;
+                }
+            };
+            match self.check_report(&serial, &nonce, &bytes) {
+                Ok(installed) => {
+                    self.state.reported.insert(serial.clone(), installed);
+                    reports.insert(serial, bytes);
+                }
+                Err((kind, why)) => {
+                    self.record_attack(kind, &format!("ECU {serial}: {why}"));
+                    unreachable.insert(serial, why);
+                }
+            }
+        }
+        (reports, unreachable)
+    }
+
+    fn check_report(
+        &self,
+        serial: &EcuSerial,
+        nonce: &str,
+        bytes: &[u8],
+    ) -> Result<InstalledImage, (AttackKind, String)> {
+        let ecu = self
+            .inventory
+            .iter()
+            .find(|e| &e.serial == serial)
+            .ok_or((AttackKind::UnknownEcu, "not in the inventory".to_string()))?;
+        let key = PublicKey::from_json(ecu.public_key.clone())
+            .map_err(|e| (AttackKind::Malformed, format!("registered key: {e}")))?;
+        let report = verify_ecu_report(&Raw::new(bytes.to_vec()), &key)
+            .map_err(|e| (e.attack(), format!("version report: {e}")))?;
+        if &report.ecu_serial != serial {
+            return Err((
+                AttackKind::ArbitrarySoftware,
+                format!("report signed for ECU {}", report.ecu_serial),
+            ));
+        }
+        if report.nonce != nonce {
+            return Err((
+                AttackKind::Replay,
+                format!("report answers nonce {:?}, not the one asked", report.nonce),
+            ));
+        }
+        Ok(report.installed_image.clone())
+    }
+
+    /// The Primary's own report: its image, the attacks not yet reported, a fresh nonce and
+    /// a counter made durable before the report is signed.
+    fn own_report(&mut self, now: UtcTime) -> Result<Vec<u8>, String> {
+        let nonce = nonce()?;
+        self.state.report_counter += 1;
+        self.save()?;
+        let installed = self
+            .state
+            .installed
+            .clone()
+            .ok_or("no installed image recorded")?;
+        EcuVersionReport {
+            report_type: ECU_REPORT_TYPE.into(),
+            ecu_serial: self.settings.serial.clone(),
+            installed_image: installed,
+            attacks_detected: self.state.pending_attacks.clone(),
+            latest_time: now,
+            nonce,
+            report_counter: self.state.report_counter,
+            last_install: self.state.last_install.clone(),
+        }
+        .sign(&self.key)
+        .map_err(|e| e.to_string())
+    }
+
+    /// Signs the vehicle version manifest and sends it; the attacks it carries are
+    /// forgotten only once the Director accepted it.
+    pub(super) async fn send_manifest(
+        &mut self,
+        (reports, unreachable): &Reports,
+        now: UtcTime,
+    ) -> ManifestOutcome {
+        let reported_attacks = self.state.pending_attacks.len();
+        let mut all = reports.clone();
+        match self.own_report(now) {
+            Ok(own) => all.insert(self.settings.serial.clone(), own),
+            Err(e) => return ManifestOutcome::Unsent(e),
+        };
+        let signed = VehicleVersionManifest::new(&self.settings.vin, &self.settings.serial, &all)
+            .map(|mut m| {
+                m.unreachable_ecus = unreachable.clone();
+                m
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|m| m.sign(&self.key).map_err(|e| e.to_string()));
+        let body = match signed {
+            Ok(body) => body,
+            Err(e) => return ManifestOutcome::Unsent(e),
+        };
+        let outcome = self.director.send_manifest(body).await;
+        match &outcome {
+            ManifestOutcome::Accepted => {
+                self.state.pending_attacks.drain(..reported_attacks);
+                if let Err(e) = self.save() {
+                    return ManifestOutcome::Unsent(e);
+                }
+            }
+            ManifestOutcome::Refused(why) => tracing::warn!(%why, "manifest refused"),
+            ManifestOutcome::Unsent(_) => {}
+        }
+        outcome
+    }
+}

@@ -1,0 +1,118 @@
+//! What one update cycle did, for logs, `primary-ecu once` and its exit status.
+
+use std::collections::BTreeMap;
+
+use uptane_core::error::AttackKind;
+use uptane_core::ids::EcuSerial;
+
+use crate::ports::ManifestOutcome;
+
+/// What the verification step concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// The Director's metadata did not change and every update in it is finished.
+    Unchanged,
+    /// Both repositories verified; this many images are assigned.
+    Verified {
+        /// Director targets version.
+        targets_version: u64,
+        /// Images assigned.
+        images: usize,
+    },
+    /// Refused as an attack; nothing was installed.
+    Refused {
+        /// The attack.
+        kind: AttackKind,
+        /// What was refused.
+        detail: String,
+    },
+    /// A repository could not be reached or local state could not be written.
+    Failed(String),
+}
+
+/// One ECU's outcome in a cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EcuOutcome {
+    /// It runs the assigned image now.
+    Installed(String),
+    /// It refused or failed the image.
+    Failed(String),
+    /// Not finished; retried in a later cycle.
+    Pending(String),
+}
+
+/// What one cycle did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CycleReport {
+    /// The manifest sent at the start of the cycle.
+    pub manifest: ManifestOutcome,
+    /// The verification step.
+    pub verification: Verification,
+    /// Per ECU, the updates attempted.
+    pub ecus: BTreeMap<EcuSerial, EcuOutcome>,
+    /// Secondaries that did not answer, with why.
+    pub unreachable: BTreeMap<EcuSerial, String>,
+    /// The manifest sent at the end, when the cycle changed what the vehicle reports.
+    pub closing_manifest: Option<ManifestOutcome>,
+}
+
+impl CycleReport {
+    /// The exit status of `primary-ecu once`: 0 when nothing is left to do, 2 when an attack
+    /// was refused, 3 when an ECU failed or work is pending, 1 when a repository or the
+    /// Director could not be reached.
+    pub fn exit_code(&self) -> u8 {
+        match &self.verification {
+            Verification::Refused { .. } => 2,
+            Verification::Failed(_) => 1,
+            _ if self
+                .ecus
+                .values()
+                .any(|o| !matches!(o, EcuOutcome::Installed(_))) =>
+            {
+                3
+            }
+            _ if !self.unreachable.is_empty() => 3,
+            _ if !matches!(self.manifest, ManifestOutcome::Accepted) => 1,
+            _ => 0,
+        }
+    }
+
+    /// One line saying what happened.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        parts.push(match &self.verification {
+            Verification::Unchanged => "no change".to_string(),
+            Verification::Verified {
+                targets_version,
+                images,
+            } => format!("director targets v{targets_version}: {images} image(s) assigned"),
+            Verification::Refused { kind, detail } => format!("REFUSED ({kind}): {detail}"),
+            Verification::Failed(why) => format!("failed: {why}"),
+        });
+        for (serial, outcome) in &self.ecus {
+            parts.push(match outcome {
+                EcuOutcome::Installed(f) => format!("{serial} installed {f}"),
+                EcuOutcome::Failed(why) => format!("{serial} failed: {why}"),
+                EcuOutcome::Pending(why) => format!("{serial} pending: {why}"),
+            });
+        }
+        for (serial, why) in &self.unreachable {
+            parts.push(format!("{serial} unreachable: {why}"));
+        }
+        for (which, outcome) in [
+            ("manifest", Some(&self.manifest)),
+            ("closing manifest", self.closing_manifest.as_ref()),
+        ] {
+            match outcome {
+                Some(ManifestOutcome::Refused(why)) => {
+                    parts.push(format!("{which} refused: {why}"))
+                }
+                Some(ManifestOutcome::Unsent(why)) => {
+                    parts.push(format!("{which} not sent: {why}"))
+                }
+                _ => {}
+            }
+        }
+        parts.join("; ")
+    }
+}

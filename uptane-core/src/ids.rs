@@ -1,0 +1,141 @@
+//! Identifiers that cross trust boundaries, as types: a VIN, an ECU serial and a hardware id
+//! are all short strings, and a function taking three `&str` lets a caller swap them without
+//! a compiler noticing. Each is 1 to 64 characters of `A-Z a-z 0-9 . _ : -`, checked once
+//! when it is made (and when it is read from JSON); after that it is known good.
+//!
+//! ```
+//! use uptane_core::ids::{EcuSerial, Vin};
+//!
+//! let vin: Vin = "WVWZZZ1JZXW000001".parse().unwrap();
+//! assert_eq!(vin.as_str(), "WVWZZZ1JZXW000001");
+//! assert!("ECU 1".parse::<EcuSerial>().is_err());
+//! ```
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} {value:?}: 1-64 characters of A-Z a-z 0-9 . _ : -")]
+pub struct IdError {
+    /// Which kind of identifier.
+    pub kind: &'static str,
+    /// The refused text (cut to 80 characters).
+    pub value: String,
+}
+
+fn check(kind: &'static str, text: &str) -> Result<(), IdError> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(IdError {
+            kind,
+            value: text.chars().take(80).collect(),
+        })
+    }
+}
+
+macro_rules! identifier {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks `text` and wraps it.
+            pub fn new(text: impl Into<String>) -> Result<Self, IdError> {
+                let text = text.into();
+                check($kind, &text)?;
+                Ok(Self(text))
+            }
+
+            /// The identifier.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(text: &str) -> Result<Self, IdError> {
+                Self::new(text)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(text: String) -> Result<Self, IdError> {
+                Self::new(text)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                Self::new(text).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+identifier!(
+    /// A vehicle identification number (or any fleet-unique vehicle identifier).
+    Vin,
+    "VIN"
+);
+identifier!(
+    /// An ECU serial, unique in the fleet.
+    EcuSerial,
+    "ECU serial"
+);
+identifier!(
+    /// A hardware id: which images an ECU can run.
+    HardwareId,
+    "hardware id"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_only_the_identifier_alphabet() {
+        for good in ["A", "VIN-1.2_3:x", &"a".repeat(64)] {
+            Vin::new(good).unwrap();
+        }
+        for bad in ["", "with space", "slash/", "ü", &"a".repeat(65), "a\0"] {
+            let err = HardwareId::new(bad).unwrap_err();
+            assert_eq!(err.kind, "hardware id");
+        }
+        assert!(serde_json::from_str::<EcuSerial>("\"../x\"").is_err());
+        let serial: EcuSerial = serde_json::from_str("\"ECU-1\"").unwrap();
+        assert_eq!(serde_json::to_string(&serial).unwrap(), "\"ECU-1\"");
+    }
+}
