@@ -1,4 +1,7 @@
-//! The simulated A/B hardware: two slots as files and a persistent bootloader environment.
+//! The simulated A/B hardware: two slots as files, a persistent bootloader environment, and
+//! every fault knob of the simulated device ([`Faults`]): the agent asks this type whether to
+//! lose power, whether an image boots, whether it fits, and how the link behaves, and never
+//! reads a knob itself.
 //!
 //! Installs go to the inactive slot only. Activation marks the new slot for a trial boot with
 //! a number of attempts; each boot of the trial slot uses one attempt; a trial that boots and
@@ -7,7 +10,9 @@
 //! survives power loss (`bootenv.json`, written atomically).
 
 use std::collections::BTreeMap;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uptane_core::manifest::InstalledImage;
@@ -71,18 +76,94 @@ pub enum BootOutcome {
     },
 }
 
-/// Two slots in a directory.
+/// A phase at which to simulate a power cut (`std::process::abort`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Half the image received (and made durable).
+    Transfer,
+    /// Half the inactive slot written.
+    Write,
+    /// Slot written, before the boot target switches.
+    AfterWrite,
+    /// Boot target switched, before the trial boot finishes.
+    TrialBoot,
+    /// Trial booted, before it is confirmed.
+    BeforeConfirm,
+}
+
+/// Fault knobs of the simulated hardware.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Cut power at this phase.
+    pub power_loss: Option<Phase>,
+    /// Flip a byte of the slot after writing it.
+    pub corrupt_write: bool,
+    /// Delay per received chunk, in milliseconds (slow link).
+    pub slow_link_ms: u64,
+    /// Stop reading the transfer after this many bytes (stalled link).
+    pub stall_after: Option<u64>,
+    /// The new image never boots.
+    pub fail_boot: bool,
+    /// Staging capacity in bytes (storage full beyond it).
+    pub storage_bytes: Option<u64>,
+}
+
+/// Two slots in a directory, with the device's fault knobs.
 #[derive(Debug, Clone)]
 pub struct AbDevice {
     dir: PathBuf,
+    faults: Faults,
 }
 
 impl AbDevice {
-    /// The device whose files are in `dir`.
+    /// The device whose files are in `dir`, without faults.
     pub fn new(dir: &Path) -> Self {
+        Self::with_faults(dir, Faults::default())
+    }
+
+    /// The device whose files are in `dir`, with `faults` (tests and HIL rigs).
+    pub fn with_faults(dir: &Path, faults: Faults) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            faults,
         }
+    }
+
+    /// Cuts power at `phase` if the device is set to: the process dies as with `kill -9`.
+    pub fn power_cut(&self, phase: Phase) {
+        if self.faults.power_loss == Some(phase) {
+            eprintln!("fault injection: power lost at {phase:?}");
+            std::process::abort();
+        }
+    }
+
+    /// Whether `length` bytes fit in staging.
+    pub fn fits_staging(&self, length: u64) -> bool {
+        self.faults.storage_bytes.is_none_or(|cap| length <= cap)
+    }
+
+    /// What the storage does to a slot just written with `length` bytes (a corrupted write
+    /// flips a byte in the middle).
+    pub fn after_slot_write(&self, slot: &mut std::fs::File, length: u64) -> std::io::Result<()> {
+        if self.faults.corrupt_write && length > 0 {
+            use std::io::Read;
+            slot.seek(SeekFrom::Start(length / 2))?;
+            let mut byte = [0u8; 1];
+            std::fs::File::read_exact(slot, &mut byte)?;
+            slot.seek(SeekFrom::Start(length / 2))?;
+            slot.write_all(&[!byte[0]])?;
+        }
+        Ok(())
+    }
+
+    /// How long the link takes per received chunk (a slow link), if it is slowed.
+    pub fn link_delay(&self) -> Option<Duration> {
+        (self.faults.slow_link_ms > 0).then(|| Duration::from_millis(self.faults.slow_link_ms))
+    }
+
+    /// Whether the link stalls for good before the chunk at `offset`.
+    pub fn link_stalls_at(&self, offset: u64) -> bool {
+        self.faults.stall_after.is_some_and(|limit| offset >= limit)
     }
 
     fn env_path(&self) -> PathBuf {
@@ -155,8 +236,13 @@ impl AbDevice {
     }
 
     /// One boot: the trial slot if one is pending and has attempts left (using one), else
-    /// the active slot. `trial_boots` says whether the trial slot's image starts.
-    pub fn boot(&self, trial_boots: bool) -> std::io::Result<BootOutcome> {
+    /// the active slot. A trial image starts unless the device is set to fail its boot.
+    pub fn boot(&self) -> std::io::Result<BootOutcome> {
+        self.boot_trial(!self.faults.fail_boot)
+    }
+
+    /// One boot; `trial_boots` says whether the trial slot's image starts.
+    fn boot_trial(&self, trial_boots: bool) -> std::io::Result<BootOutcome> {
         let mut env = self.env()?;
         env.boot_count += 1;
         let outcome = loop {
@@ -242,14 +328,14 @@ mod tests {
         let (_d, device) = device();
         device.activate("c1", 3).unwrap();
         assert_eq!(
-            device.boot(true).unwrap(),
+            device.boot_trial(true).unwrap(),
             BootOutcome::Trial {
                 correlation_id: "c1".into()
             }
         );
         assert_eq!(device.confirm().unwrap().unwrap().filename, "new.bin");
         assert_eq!(device.running().unwrap().unwrap().filename, "new.bin");
-        assert_eq!(device.boot(true).unwrap(), BootOutcome::Normal);
+        assert_eq!(device.boot_trial(true).unwrap(), BootOutcome::Normal);
     }
 
     #[test]
@@ -257,7 +343,7 @@ mod tests {
         let (_d, device) = device();
         device.activate("c2", 3).unwrap();
         assert_eq!(
-            device.boot(false).unwrap(),
+            device.boot_trial(false).unwrap(),
             BootOutcome::RolledBack {
                 correlation_id: "c2".into()
             }
@@ -273,17 +359,17 @@ mod tests {
         let (_d, device) = device();
         device.activate("c3", 2).unwrap();
         assert!(matches!(
-            device.boot(true).unwrap(),
+            device.boot_trial(true).unwrap(),
             BootOutcome::Trial { .. }
         ));
         // Power lost before confirmation: the next boot tries again with one attempt left.
         assert!(matches!(
-            device.boot(true).unwrap(),
+            device.boot_trial(true).unwrap(),
             BootOutcome::Trial { .. }
         ));
         assert_eq!(device.env().unwrap().attempts_left, 0);
         assert!(matches!(
-            device.boot(true).unwrap(),
+            device.boot_trial(true).unwrap(),
             BootOutcome::RolledBack { .. }
         ));
     }

@@ -21,6 +21,7 @@ use uptane_core::time::UtcTime;
 use uptane_core::uptane::{ApprovedImage, EcuIdentity, ImageVerifier, UptaneError};
 
 use crate::ab::{AbDevice, BootOutcome, SlotState};
+pub use crate::ab::{Faults, Phase};
 use crate::files;
 use crate::verify::{self, Ecu};
 
@@ -32,38 +33,6 @@ pub enum Mode {
     Full,
     /// Director targets only.
     Partial,
-}
-
-/// A phase at which to simulate a power cut (`std::process::abort`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Phase {
-    /// Half the image received (and made durable).
-    Transfer,
-    /// Half the inactive slot written.
-    Write,
-    /// Slot written, before the boot target switches.
-    AfterWrite,
-    /// Boot target switched, before the trial boot finishes.
-    TrialBoot,
-    /// Trial booted, before it is confirmed.
-    BeforeConfirm,
-}
-
-/// Fault knobs of the simulated hardware.
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    /// Cut power at this phase.
-    pub power_loss: Option<Phase>,
-    /// Flip a byte of the slot after writing it.
-    pub corrupt_write: bool,
-    /// Delay per received chunk, in milliseconds (slow link).
-    pub slow_link_ms: u64,
-    /// Stop reading the transfer after this many bytes (stalled link).
-    pub stall_after: Option<u64>,
-    /// The new image never boots.
-    pub fail_boot: bool,
-    /// Staging capacity in bytes (storage full beyond it).
-    pub storage_bytes: Option<u64>,
 }
 
 /// Fixed identity, written by `init`.
@@ -237,13 +206,6 @@ fn unix(t: UtcTime) -> i64 {
     t.timestamp()
 }
 
-fn power_cut(phase: Phase, settings: &Settings) {
-    if settings.faults.power_loss == Some(phase) {
-        eprintln!("fault injection: power lost at {phase:?}");
-        std::process::abort();
-    }
-}
-
 /// What an ECU is provisioned with.
 #[derive(Debug)]
 pub struct Provisioning<'a> {
@@ -315,6 +277,7 @@ pub fn init(dir: &Path, p: &Provisioning<'_>, now: UtcTime) -> std::io::Result<(
 impl Agent {
     /// Opens the ECU directory and boots (the bootloader step runs at every start).
     pub fn open(dir: &Path, settings: Settings) -> std::io::Result<Self> {
+        let faults = settings.faults.clone();
         let pem = std::fs::read_to_string(key_path(dir))?;
         let key = SigningKey::from_pkcs8_pem(&pem)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
@@ -325,7 +288,7 @@ impl Agent {
             identity,
             settings,
             key,
-            device: AbDevice::new(dir),
+            device: AbDevice::with_faults(dir, faults),
             state,
             boot_id: random_id()?,
             receiving: None,
@@ -344,7 +307,7 @@ impl Agent {
         self.boot_id = random_id()?;
         self.receiving = None;
         self.trial_running = None;
-        match self.device.boot(!self.settings.faults.fail_boot)? {
+        match self.device.boot()? {
             BootOutcome::Normal => {}
             BootOutcome::RolledBack { correlation_id } => {
                 let filename = self
@@ -362,7 +325,7 @@ impl Agent {
                 )?;
             }
             BootOutcome::Trial { correlation_id } => {
-                power_cut(Phase::BeforeConfirm, &self.settings);
+                self.device.power_cut(Phase::BeforeConfirm);
                 if self.settings.manual_confirm {
                     self.trial_running = Some(correlation_id);
                 } else {
@@ -633,12 +596,7 @@ impl Agent {
             };
             return Err(self.refuse(correlation_id, refusal, filename));
         }
-        if self
-            .settings
-            .faults
-            .storage_bytes
-            .is_some_and(|cap| cap < length)
-        {
+        if !self.device.fits_staging(length) {
             return Err(self.refuse(
                 correlation_id,
                 Refusal::new(
@@ -741,7 +699,7 @@ impl Agent {
             self.state.durable_offset = received;
             self.save().map_err(io)?;
             if received * 2 >= pending.length {
-                power_cut(Phase::Transfer, &self.settings);
+                self.device.power_cut(Phase::Transfer);
             }
         }
         if complete {
@@ -794,8 +752,7 @@ impl Agent {
             slot,
             correlation_id: correlation_id.to_string(),
             filename: pending.filename,
-            faults: self.settings.faults.clone(),
-            settings: self.settings.clone(),
+            device: self.device.clone(),
         })
     }
 
@@ -821,7 +778,7 @@ impl Agent {
                     },
                 );
                 self.device.save(&env).map_err(io)?;
-                power_cut(Phase::AfterWrite, &self.settings);
+                self.device.power_cut(Phase::AfterWrite);
                 self.discard_transfer();
                 self.record(
                     &job.correlation_id,
@@ -863,7 +820,7 @@ impl Agent {
         self.device
             .activate(correlation_id, self.settings.boot_attempts)
             .map_err(io)?;
-        power_cut(Phase::TrialBoot, &self.settings);
+        self.device.power_cut(Phase::TrialBoot);
         self.boot().map_err(io)?;
         Ok(self.result(correlation_id).map_or(ResultCode::Ok, |r| {
             ResultCode::try_from(r.code).unwrap_or(ResultCode::Ok)
@@ -904,8 +861,7 @@ pub struct InstallJob {
     slot: String,
     correlation_id: String,
     filename: String,
-    faults: Faults,
-    settings: Settings,
+    device: AbDevice,
 }
 
 impl InstallJob {
@@ -918,6 +874,7 @@ impl InstallJob {
         let verified = self.check_file(&self.staging)?;
         let mut input = std::fs::File::open(&self.staging).map_err(io)?;
         let mut output = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
@@ -941,13 +898,12 @@ impl InstallJob {
             written += n as u64;
             if written * 2 >= length && written - (n as u64) < length.div_ceil(2) {
                 output.sync_all().map_err(io)?;
-                power_cut(Phase::Write, &self.settings);
+                self.device.power_cut(Phase::Write);
             }
         }
-        if self.faults.corrupt_write && length > 0 {
-            output.seek(SeekFrom::Start(length / 2)).map_err(io)?;
-            output.write_all(&[0xff ^ buf[0]]).map_err(io)?;
-        }
+        self.device
+            .after_slot_write(&mut output, length)
+            .map_err(io)?;
         output.sync_all().map_err(io)?;
         // Read back: a corrupted write must not be activated.
         self.check_file(&self.slot_path).map_err(|r| {

@@ -47,10 +47,21 @@ impl Service {
         }
     }
 
-    fn agent(&self) -> Result<std::sync::MutexGuard<'_, Agent>, Status> {
-        self.agent
-            .lock()
-            .map_err(|_| Status::internal("agent state poisoned"))
+    /// Runs `f` on the agent on a blocking thread: the agent reads, writes and syncs files,
+    /// which must not stall the runtime that serves every other call.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Agent) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let agent = Arc::clone(&self.agent);
+        tokio::task::spawn_blocking(move || {
+            let mut agent = agent
+                .lock()
+                .map_err(|_| Status::internal("agent state poisoned"))?;
+            Ok(f(&mut agent))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
     }
 
     /// Records an operation that finished within its call and returns it.
@@ -164,63 +175,14 @@ fn finished(mut operation: Operation, outcome: Result<ResultCode, Refusal>) -> O
 #[tonic::async_trait]
 impl Secondary for Service {
     async fn get_info(&self, _: Request<GetInfoRequest>) -> Result<Response<EcuInfo>, Status> {
-        let agent = self.agent()?;
-        let identity = agent.identity();
-        Ok(Response::new(EcuInfo {
-            ecu_serial: identity.serial.to_string(),
-            hardware_id: identity.hardware_id.to_string(),
-            public_key: serde_json::to_vec(agent.public_key().to_json())
-                .map_err(|e| Status::internal(e.to_string()))?,
-            verification: match identity.mode {
-                crate::agent::Mode::Full => VerificationMode::Full,
-                crate::agent::Mode::Partial => VerificationMode::Partial,
-            } as i32,
-            max_chunk_size: agent.settings().max_chunk_size,
-            protocol_version: proto::PROTOCOL_VERSION,
-            boot_id: agent.boot_id().to_string(),
-        }))
+        self.call(info).await?.map(Response::new)
     }
 
     async fn get_status(
         &self,
         _: Request<GetStatusRequest>,
     ) -> Result<Response<EcuStatus>, Status> {
-        let agent = self.agent()?;
-        let env = agent.device().env().map_err(io_status)?;
-        Ok(Response::new(EcuStatus {
-            boot_id: agent.boot_id().to_string(),
-            boot_count: env.boot_count,
-            active_slot: env.active.clone(),
-            trial_slot: env.trial.clone().unwrap_or_default(),
-            slots: env
-                .slots
-                .iter()
-                .map(|(name, slot)| SlotInfo {
-                    name: name.clone(),
-                    state: slot_state(slot.state) as i32,
-                    filename: slot
-                        .image
-                        .as_ref()
-                        .map(|i| i.filename.clone())
-                        .unwrap_or_default(),
-                    length: slot.image.as_ref().map_or(0, |i| i.length),
-                    boot_attempts_left: if env.trial.as_deref() == Some(name) {
-                        env.attempts_left
-                    } else {
-                        0
-                    },
-                })
-                .collect(),
-            phase: if env.trial.is_some() {
-                EcuPhase::TrialBoot
-            } else {
-                EcuPhase::Idle
-            } as i32,
-            pending_correlation_id: agent
-                .pending_correlation_id()
-                .unwrap_or_default()
-                .to_string(),
-        }))
+        self.call(status).await?.map(Response::new)
     }
 
     async fn get_version_report(
@@ -233,7 +195,10 @@ impl Secondary for Service {
                 "the nonce must be 1 to 128 characters",
             ));
         }
-        let signed_report = self.agent()?.version_report(&nonce).map_err(io_status)?;
+        let signed_report = self
+            .call(move |agent| agent.version_report(&nonce))
+            .await?
+            .map_err(io_status)?;
         Ok(Response::new(SignedVersionReport { signed_report }))
     }
 
@@ -241,8 +206,9 @@ impl Secondary for Service {
         &self,
         request: Request<PutTimeRequest>,
     ) -> Result<Response<proto::v2::Result>, Status> {
-        self.agent()?
-            .put_time(request.into_inner().unix_seconds)
+        let unix_seconds = request.into_inner().unix_seconds;
+        self.call(move |agent| agent.put_time(unix_seconds))
+            .await?
             .map_err(io_status)?;
         Ok(Response::new(result(ResultCode::Ok, "time accepted", "")))
     }
@@ -253,7 +219,7 @@ impl Secondary for Service {
     ) -> Result<Response<proto::v2::Result>, Status> {
         let bundle = request.into_inner();
         let correlation_id = bundle.correlation_id.clone();
-        let outcome = self.agent()?.put_metadata(bundle);
+        let outcome = self.call(move |agent| agent.put_metadata(bundle)).await?;
         Ok(Response::new(match outcome {
             Ok(code) => result(code, "metadata verified", &correlation_id),
             Err(r) => refused(&r, &correlation_id),
@@ -265,10 +231,11 @@ impl Secondary for Service {
         request: Request<BeginTransferRequest>,
     ) -> Result<Response<TransferState>, Status> {
         let r = request.into_inner();
+        let id = r.correlation_id.clone();
         let outcome = self
-            .agent()?
-            .begin_transfer(&r.correlation_id, &r.filename, r.length);
-        Ok(Response::new(transfer_state(&r.correlation_id, outcome)))
+            .call(move |agent| agent.begin_transfer(&r.correlation_id, &r.filename, r.length))
+            .await?;
+        Ok(Response::new(transfer_state(&id, outcome)))
     }
 
     async fn get_transfer_state(
@@ -276,7 +243,8 @@ impl Secondary for Service {
         request: Request<GetTransferStateRequest>,
     ) -> Result<Response<TransferState>, Status> {
         let correlation_id = request.into_inner().correlation_id;
-        let outcome = self.agent()?.transfer_state(&correlation_id);
+        let id = correlation_id.clone();
+        let outcome = self.call(move |agent| agent.transfer_state(&id)).await?;
         Ok(Response::new(transfer_state(&correlation_id, outcome)))
     }
 
@@ -286,19 +254,15 @@ impl Secondary for Service {
     ) -> Result<Response<TransferState>, Status> {
         let mut stream = request.into_inner();
         let mut correlation_id: Option<String> = None;
-        let (slow_ms, stall_after) = {
-            let agent = self.agent()?;
-            (
-                agent.settings().faults.slow_link_ms,
-                agent.settings().faults.stall_after,
-            )
-        };
+        // The simulated device's link knobs (a slow or stalled link).
+        let device = self.call(|agent| agent.device().clone()).await?;
         let mut last = (0, false);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if correlation_id.is_none() {
-                self.agent()?
-                    .start_upload(&chunk.correlation_id)
+                let id = chunk.correlation_id.clone();
+                self.call(move |agent| agent.start_upload(&id))
+                    .await?
                     .map_err(|r| Status::failed_precondition(r.description))?;
                 correlation_id = Some(chunk.correlation_id.clone());
             }
@@ -307,32 +271,34 @@ impl Secondary for Service {
                     "one upload carries one correlation id",
                 ));
             }
-            if slow_ms > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(slow_ms)).await;
+            if let Some(delay) = device.link_delay() {
+                tokio::time::sleep(delay).await;
             }
-            if stall_after.is_some_and(|limit| chunk.offset >= limit) {
+            if device.link_stalls_at(chunk.offset) {
                 // A stalled link: nothing more is read.
                 std::future::pending::<()>().await;
             }
+            let id = chunk.correlation_id.clone();
             let outcome = self
-                .agent()?
-                .receive(&chunk.correlation_id, chunk.offset, &chunk.data);
+                .call(move |agent| agent.receive(&id, chunk.offset, &chunk.data))
+                .await?;
             match outcome {
                 Ok(state) => last = state,
                 Err(r) if r.code == ResultCode::DownloadFailed => {
                     return Err(Status::failed_precondition(r.description));
                 }
                 Err(r) => {
+                    let id = correlation_id.clone().unwrap_or_default();
                     let length = self
-                        .agent()?
-                        .transfer_state(&chunk.correlation_id)
-                        .map_or(0, |s| s.1);
+                        .call(move |agent| agent.transfer_state(&id).map_or(0, |s| s.1))
+                        .await?;
+                    let id = correlation_id.unwrap_or_default();
                     return Ok(Response::new(TransferState {
-                        correlation_id: chunk.correlation_id.clone(),
+                        correlation_id: id.clone(),
                         durable_offset: 0,
                         length,
                         complete: false,
-                        result: Some(refused(&r, &chunk.correlation_id)),
+                        result: Some(refused(&r, &id)),
                     }));
                 }
             }
@@ -340,14 +306,14 @@ impl Secondary for Service {
         let Some(correlation_id) = correlation_id else {
             return Err(Status::invalid_argument("empty upload"));
         };
-        let durable = self
-            .agent()?
-            .flush_upload()
-            .map_err(|r| Status::internal(r.description))?;
-        let length = self
-            .agent()?
-            .transfer_state(&correlation_id)
-            .map_or(0, |s| s.1);
+        let id = correlation_id.clone();
+        let (durable, length) = self
+            .call(move |agent| {
+                let durable = agent.flush_upload();
+                (durable, agent.transfer_state(&id).map_or(0, |s| s.1))
+            })
+            .await?;
+        let durable = durable.map_err(|r| Status::internal(r.description))?;
         Ok(Response::new(TransferState {
             correlation_id: correlation_id.clone(),
             durable_offset: durable.max(last.0),
@@ -371,7 +337,8 @@ impl Secondary for Service {
     ) -> Result<Response<Operation>, Status> {
         let correlation_id = request.into_inner().correlation_id;
         let operation = new_operation(OperationKind::Install, &correlation_id)?;
-        let job = self.agent()?.prepare_install(&correlation_id);
+        let id = correlation_id.clone();
+        let job = self.call(move |agent| agent.prepare_install(&id)).await?;
         let job = match job {
             Ok(job) => job,
             Err(r) => return Ok(Response::new(finished(operation, Err(r)))),
@@ -392,14 +359,16 @@ impl Secondary for Service {
                     description: e.to_string(),
                 }),
             };
-            let recorded = match service.agent.lock() {
-                Ok(mut agent) => agent.finish_install(&job, outcome),
-                Err(_) => Err(Refusal {
-                    code: ResultCode::InternalError,
-                    attack: None,
-                    description: "poisoned".into(),
-                }),
-            };
+            let recorded = service
+                .call(move |agent| agent.finish_install(&job, outcome))
+                .await
+                .unwrap_or_else(|status| {
+                    Err(Refusal {
+                        code: ResultCode::InternalError,
+                        attack: None,
+                        description: status.message().to_string(),
+                    })
+                });
             let _ = service.store(finished(op, recorded), cancel);
         });
         Ok(Response::new(operation))
@@ -410,7 +379,8 @@ impl Secondary for Service {
         request: Request<ActivateRequest>,
     ) -> Result<Response<Operation>, Status> {
         let correlation_id = request.into_inner().correlation_id;
-        let outcome = self.agent()?.activate(&correlation_id);
+        let id = correlation_id.clone();
+        let outcome = self.call(move |agent| agent.activate(&id)).await?;
         self.completed(OperationKind::Activate, &correlation_id, outcome)
     }
 
@@ -419,7 +389,8 @@ impl Secondary for Service {
         request: Request<ConfirmRequest>,
     ) -> Result<Response<Operation>, Status> {
         let correlation_id = request.into_inner().correlation_id;
-        let outcome = self.agent()?.confirm(&correlation_id);
+        let id = correlation_id.clone();
+        let outcome = self.call(move |agent| agent.confirm(&id)).await?;
         self.completed(OperationKind::Confirm, &correlation_id, outcome)
     }
 
@@ -463,9 +434,10 @@ impl Secondary for Service {
         request: Request<GetInstallationResultRequest>,
     ) -> Result<Response<InstallationResult>, Status> {
         let correlation_id = request.into_inner().correlation_id;
-        let agent = self.agent()?;
-        let record = agent
-            .result(&correlation_id)
+        let id = correlation_id.clone();
+        let record = self
+            .call(move |agent| agent.result(&id).cloned())
+            .await?
             .ok_or_else(|| Status::not_found(format!("no result for {correlation_id}")))?;
         Ok(Response::new(InstallationResult {
             correlation_id: correlation_id.clone(),
@@ -484,9 +456,66 @@ impl Secondary for Service {
         &self,
         _: Request<RebootRequest>,
     ) -> Result<Response<proto::v2::Result>, Status> {
-        self.agent()?.reboot().map_err(io_status)?;
+        self.call(Agent::reboot).await?.map_err(io_status)?;
         Ok(Response::new(result(ResultCode::Ok, "rebooted", "")))
     }
+}
+
+/// Serial, hardware id, key, mode and limits.
+fn info(agent: &mut Agent) -> Result<EcuInfo, Status> {
+    let identity = agent.identity();
+    Ok(EcuInfo {
+        ecu_serial: identity.serial.to_string(),
+        hardware_id: identity.hardware_id.to_string(),
+        public_key: serde_json::to_vec(agent.public_key().to_json())
+            .map_err(|e| Status::internal(e.to_string()))?,
+        verification: match identity.mode {
+            crate::agent::Mode::Full => VerificationMode::Full,
+            crate::agent::Mode::Partial => VerificationMode::Partial,
+        } as i32,
+        max_chunk_size: agent.settings().max_chunk_size,
+        protocol_version: proto::PROTOCOL_VERSION,
+        boot_id: agent.boot_id().to_string(),
+    })
+}
+
+/// Slots, boot state and the update in progress.
+fn status(agent: &mut Agent) -> Result<EcuStatus, Status> {
+    let env = agent.device().env().map_err(io_status)?;
+    Ok(EcuStatus {
+        boot_id: agent.boot_id().to_string(),
+        boot_count: env.boot_count,
+        active_slot: env.active.clone(),
+        trial_slot: env.trial.clone().unwrap_or_default(),
+        slots: env
+            .slots
+            .iter()
+            .map(|(name, slot)| SlotInfo {
+                name: name.clone(),
+                state: slot_state(slot.state) as i32,
+                filename: slot
+                    .image
+                    .as_ref()
+                    .map(|i| i.filename.clone())
+                    .unwrap_or_default(),
+                length: slot.image.as_ref().map_or(0, |i| i.length),
+                boot_attempts_left: if env.trial.as_deref() == Some(name) {
+                    env.attempts_left
+                } else {
+                    0
+                },
+            })
+            .collect(),
+        phase: if env.trial.is_some() {
+            EcuPhase::TrialBoot
+        } else {
+            EcuPhase::Idle
+        } as i32,
+        pending_correlation_id: agent
+            .pending_correlation_id()
+            .unwrap_or_default()
+            .to_string(),
+    })
 }
 
 fn transfer_state(
