@@ -1,0 +1,157 @@
+//! The published state, read back and verified as a client reads it, from the
+//! repository's own viewpoint (`uptane_core::refresh::Refresh::for_publisher`).
+
+use super::corrupt;
+use crate::error::RepoError;
+use std::collections::BTreeMap;
+use uptane_core::metadata::DelegatedRole;
+use uptane_core::metadata::Root;
+use uptane_core::metadata::Snapshot;
+use uptane_core::metadata::Targets;
+use uptane_core::metadata::Timestamp;
+use uptane_core::refresh::MetadataFile;
+use uptane_core::refresh::MetadataSource;
+use uptane_core::refresh::Refresh;
+use uptane_core::trusted::ImageRepo;
+use uptane_core::trusted::Limits;
+use uptane_core::verify::Raw;
+use uptane_core::verify::Verified;
+
+/// The published metadata, verified.
+#[derive(Debug)]
+pub struct RepoState {
+    /// Latest root.
+    pub root: Verified<Root>,
+    /// Current timestamp.
+    pub timestamp: Verified<Timestamp>,
+    /// Current snapshot.
+    pub snapshot: Verified<Snapshot>,
+    /// Every targets role reachable from top-level targets, by name.
+    pub roles: BTreeMap<String, Verified<Targets>>,
+    /// False when the published timestamp or snapshot is signed by keys of an earlier root
+    /// only (an online key rotation not yet followed by re-signing): they must be re-signed.
+    pub online_keys_current: bool,
+}
+
+/// A chain of delegations from top-level targets down to a role, and the keys of the last
+/// delegator.
+#[derive(Debug, Clone)]
+pub struct DelegationChain {
+    /// Delegations along the chain, top first; the last is the role itself.
+    pub delegations: Vec<DelegatedRole>,
+    /// Name of the role that delegates to the target role.
+    pub delegator: String,
+}
+
+/// Limits for reading back the repository's own published state. Generous, since it is
+/// what this repository wrote, but finite, so a planted file cannot make it read forever.
+const OWN_STATE_LIMITS: Limits = Limits {
+    root: 4 << 20,
+    timestamp: 1 << 20,
+    snapshot: 256 << 20,
+    targets: 1 << 30,
+    max_root_rotations: 1 << 20,
+    max_delegations: 1 << 20,
+};
+
+/// Reads the published files through a caller's `read(file name in metadata/)`, remembering
+/// the last one read (what a refusal is about).
+struct Published<F> {
+    read: F,
+    last: String,
+}
+
+impl<F> MetadataSource for Published<F>
+where
+    F: Fn(&str) -> Result<Option<Vec<u8>>, RepoError>,
+{
+    type Error = RepoError;
+
+    fn fetch(&mut self, file: &MetadataFile, _: u64) -> Result<Option<Vec<u8>>, RepoError> {
+        self.last = file.file_name();
+        (self.read)(&self.last)
+    }
+}
+
+impl RepoState {
+    /// Loads and verifies the published state through `read(file name in metadata/)`, as a
+    /// client would (`uptane_core::refresh::Refresh`), from the repository's own viewpoint:
+    /// expiry is not checked, since a repository must be able to renew expired metadata,
+    /// and timestamp or snapshot still signed with an earlier root's online keys are
+    /// accepted so that they can be re-signed.
+    pub fn load(
+        read: impl Fn(&str) -> Result<Option<Vec<u8>>, RepoError>,
+    ) -> Result<Self, RepoError> {
+        let first = read("1.root.json")?.ok_or_else(|| {
+            RepoError::Layout("no 1.root.json: not an initialized repository".into())
+        })?;
+        let mut refresh = Refresh::<ImageRepo>::for_publisher(&Raw::new(first), OWN_STATE_LIMITS)
+            .map_err(|e| corrupt("root", e))?;
+        let mut files = Published {
+            read,
+            last: String::new(),
+        };
+        // A file the published metadata names but that is missing or does not verify means
+        // the repository is corrupt; I/O errors stay what they are.
+        refresh.run(&mut files).map_err(|e| match e {
+            RepoError::Update(e) => corrupt(&files.last, e),
+            other => other,
+        })?;
+        let set = refresh.into_trusted();
+        let missing = |role: &str| corrupt(role, "missing");
+        Ok(Self {
+            root: set.root().clone(),
+            timestamp: set
+                .timestamp()
+                .cloned()
+                .ok_or_else(|| missing("timestamp"))?,
+            snapshot: set.snapshot().cloned().ok_or_else(|| missing("snapshot"))?,
+            roles: set
+                .roles()
+                .map(|(name, meta)| (name.to_string(), meta.clone()))
+                .collect(),
+            online_keys_current: set.online_keys_current(),
+        })
+    }
+
+    /// The top-level targets.
+    pub fn targets(&self) -> &Verified<Targets> {
+        &self.roles["targets"]
+    }
+
+    /// Every chain of delegations from top-level targets to `role` (cycles cut).
+    pub fn chains_to(&self, role: &str) -> Vec<DelegationChain> {
+        let mut found = Vec::new();
+        let mut stack: Vec<(String, Vec<DelegatedRole>)> =
+            vec![("targets".to_string(), Vec::new())];
+        let mut steps = 0;
+        while let Some((name, path)) = stack.pop() {
+            steps += 1;
+            if steps > 10_000 {
+                break;
+            }
+            let Some(meta) = self.roles.get(&name) else {
+                continue;
+            };
+            let Some(delegations) = &meta.delegations else {
+                continue;
+            };
+            for delegation in &delegations.roles {
+                if path.iter().any(|d| d.name == delegation.name) {
+                    continue;
+                }
+                let mut chain = path.clone();
+                chain.push(delegation.clone());
+                if delegation.name == role {
+                    found.push(DelegationChain {
+                        delegations: chain,
+                        delegator: name.clone(),
+                    });
+                } else {
+                    stack.push((delegation.name.clone(), chain));
+                }
+            }
+        }
+        found
+    }
+}
