@@ -16,22 +16,38 @@
 //! ([`Refresh::for_publisher`]).
 //!
 //! ```
+//! use std::collections::HashMap;
+//! use uptane_core::crypto::SigningKey;
 //! use uptane_core::refresh::{Refresh, Step};
-//! use uptane_core::testing::{RepoFixture, now};
+//! use uptane_core::sign::{RootBuilder, SnapshotBuilder, TargetsBuilder, TimestampBuilder, describe};
+//! use uptane_core::time::parse_expires;
 //! use uptane_core::trusted::{ImageRepo, Limits};
 //! use uptane_core::verify::Raw;
 //!
-//! let mut repo = RepoFixture::new();
-//! repo.add_target("fw.bin", b"firmware", None);
-//! repo.publish();
-//! let root = Raw::new(repo.initial_root().to_vec());
-//! let mut refresh = Refresh::<ImageRepo>::new(&root, now(), Limits::default()).unwrap();
+//! // A repository: one key for every role, one target.
+//! let key = SigningKey::from_seed([7; 32]);
+//! let expires = parse_expires("2030-01-01T00:00:00Z").unwrap();
+//! let now = parse_expires("2029-01-01T00:00:00Z").unwrap();
+//! let root = RootBuilder::new(1, expires).all_roles(&key).sign(&[&key]).unwrap();
+//! let targets = TargetsBuilder::new(1, expires).target("fw.bin", b"firmware", None);
+//! let targets = targets.sign(&[&key]).unwrap();
+//! let snapshot = SnapshotBuilder::new(1, expires).role("targets", describe(1, &targets));
+//! let snapshot = snapshot.sign(&[&key]).unwrap();
+//! let timestamp = TimestampBuilder::new(1, expires, describe(1, &snapshot));
+//! let timestamp = timestamp.sign(&[&key]).unwrap();
+//! let served = HashMap::from([
+//!     ("timestamp.json".to_string(), timestamp),
+//!     ("1.snapshot.json".to_string(), snapshot),
+//!     ("1.targets.json".to_string(), targets),
+//! ]);
+//!
+//! let mut refresh = Refresh::<ImageRepo>::new(&Raw::new(root), now, Limits::default()).unwrap();
 //! refresh.find("fw.bin");
-//! // The I/O: here an in-memory repository; a client downloads over HTTP.
+//! // The I/O: here a map; a client downloads over HTTP and keeps what was accepted.
 //! loop {
 //!     let answer = match refresh.next() {
 //!         Step::ReadKept(_) => None,
-//!         Step::Fetch { file, .. } => repo.file(&file),
+//!         Step::Fetch { file, .. } => served.get(&file.file_name()).cloned(),
 //!         Step::Done => break,
 //!     };
 //!     refresh.feed(answer).unwrap();

@@ -5,7 +5,7 @@ use crate::ids::{EcuSerial, HardwareId, Vin};
 use crate::refresh::Refresh;
 use crate::sign::{RootBuilder, TargetsBuilder, delegated_role, sign_value};
 use crate::testing::{RepoFixture, earlier, key, later, now};
-use crate::trusted::{Limits, SearchStep, TargetSearch};
+use crate::trusted::{Limits, RootChain};
 use crate::verify::Raw;
 
 const VIN: &str = "VIN0001";
@@ -68,19 +68,10 @@ fn director(edit: impl FnOnce(TargetsBuilder) -> TargetsBuilder) -> TrustedSet<D
         .custom(director_targets_custom(VIN, "corr-1"));
     repo.targets = edit(builder).build();
     repo.publish();
-    let mut set = TrustedSet::<Director>::new(
-        &Raw::new(repo.initial_root().to_vec()),
-        now(),
-        Limits::default(),
-    )
-    .unwrap();
-    set.update_timestamp(&Raw::new(repo.timestamp.clone()))
-        .unwrap();
-    set.update_snapshot(&Raw::new(repo.snapshot.clone()))
-        .unwrap();
-    set.update_targets(&Raw::new(repo.targets_files["targets"].clone()))
-        .unwrap();
-    set
+    let root = Raw::new(repo.initial_root().to_vec());
+    let mut refresh = Refresh::<Director>::new(&root, now(), Limits::default()).unwrap();
+    refresh.run(&mut repo).unwrap();
+    refresh.into_trusted()
 }
 
 /// An Image repository listing `IMAGE` as fw.bin with `custom`.
@@ -88,22 +79,11 @@ fn image_target(content: &[u8], custom: serde_json::Value) -> TrustedTarget<Imag
     let mut repo = RepoFixture::new();
     repo.add_target("fw.bin", content, Some(custom));
     repo.publish();
-    let mut set = TrustedSet::<ImageRepo>::new(
-        &Raw::new(repo.initial_root().to_vec()),
-        now(),
-        Limits::default(),
-    )
-    .unwrap();
-    set.update_timestamp(&Raw::new(repo.timestamp.clone()))
-        .unwrap();
-    set.update_snapshot(&Raw::new(repo.snapshot.clone()))
-        .unwrap();
-    set.update_targets(&Raw::new(repo.targets_files["targets"].clone()))
-        .unwrap();
-    match TargetSearch::new("fw.bin").step(&set) {
-        SearchStep::Found(t) => t,
-        other => panic!("{other:?}"),
-    }
+    let root = Raw::new(repo.initial_root().to_vec());
+    let mut refresh = Refresh::<ImageRepo>::new(&root, now(), Limits::default()).unwrap();
+    refresh.find("fw.bin");
+    refresh.run(&mut repo).unwrap();
+    refresh.target("fw.bin").unwrap().clone()
 }
 
 fn ok_image() -> TrustedTarget<ImageRepo> {
@@ -399,8 +379,9 @@ fn director_root_rotation_builder_is_usable_for_partial_ecus() {
     let new = RootBuilder::from_root(&root, 2, later())
         .sign(&[&repo.root_keys[0]])
         .unwrap();
-    let rotated = crate::verify::verify_root_rotation(&root, &Raw::new(new)).unwrap();
-    assert_eq!(rotated.common.version, 2);
+    let mut chain = RootChain::new(&Raw::new(repo.initial_root().to_vec()), 512_000, 1).unwrap();
+    chain.apply(&Raw::new(new)).unwrap();
+    assert_eq!(chain.trusted().common.version, 2);
 }
 
 #[test]
