@@ -133,8 +133,9 @@ async fn register_with_provisioning(
 
 #[derive(Debug, Deserialize)]
 struct ListQuery {
+    /// Checked only once the caller is authenticated.
     #[serde(default)]
-    vin: Option<Vin>,
+    vin: Option<String>,
     #[serde(default)]
     security: bool,
     #[serde(default)]
@@ -197,7 +198,8 @@ async fn list_assignments(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
-    ok_json(state.service.assignments(q.vin).await?)
+    let vin = q.vin.as_deref().map(parse_id).transpose()?;
+    ok_json(state.service.assignments(vin).await?)
 }
 
 async fn cancel_assignment(
@@ -219,10 +221,11 @@ async fn list_events(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
+    let vin = q.vin.as_deref().map(parse_id).transpose()?;
     ok_json(
         state
             .service
-            .events(q.vin, q.security, q.after, q.limit)
+            .events(vin, q.security, q.after, q.limit)
             .await?,
     )
 }

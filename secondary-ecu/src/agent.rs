@@ -75,13 +75,21 @@ impl Default for Settings {
     }
 }
 
+/// One Upload stream's claim on the transfer ([`Agent::start_upload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upload {
+    id: u64,
+    /// The durable offset the stream starts from.
+    pub from: u64,
+}
+
 /// The result kept for one correlation id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultRecord {
     /// `ResultCode` value.
     pub code: i32,
     /// The attack, if the result is a refusal that stopped one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "attack_or_empty")]
     pub attack: Option<AttackKind>,
     /// Words.
     pub description: String,
@@ -89,6 +97,17 @@ pub struct ResultRecord {
     pub filename: String,
     /// Unix seconds.
     pub updated_at: i64,
+}
+
+/// An attack as kept in `state.json`; before protocol v2 a result without one kept `""`.
+fn attack_or_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<AttackKind>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(text) if text.is_empty() => Ok(None),
+        Some(text) => serde_json::from_value(serde_json::Value::String(text))
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +192,9 @@ pub struct Agent {
     /// Volatile: the hasher of the transfer in progress, the offset received so far, and the
     /// open staging file.
     receiving: Option<(ImageVerifier, u64, std::fs::File)>,
+    /// Volatile: the upload stream that owns `receiving`; a stream started later takes it
+    /// over, and chunks still queued from an abandoned one are refused.
+    upload: u64,
     /// Volatile: a trial slot running and waiting for Confirm.
     trial_running: Option<String>,
 }
@@ -292,6 +314,7 @@ impl Agent {
             state,
             boot_id: random_id()?,
             receiving: None,
+            upload: 0,
             trial_running: None,
         };
         agent.boot()?;
@@ -624,7 +647,7 @@ impl Agent {
     }
 
     /// Resets the receive position to the durable offset (a new Upload stream).
-    pub fn start_upload(&mut self, correlation_id: &str) -> Result<u64, Refusal> {
+    pub fn start_upload(&mut self, correlation_id: &str) -> Result<Upload, Refusal> {
         self.pending_for(correlation_id)?;
         if self.state.transfer_complete {
             return Err(Refusal::new(
@@ -650,17 +673,34 @@ impl Agent {
         file.seek(SeekFrom::Start(self.state.durable_offset))
             .map_err(io)?;
         self.receiving = Some((verifier, self.state.durable_offset, file));
-        Ok(self.state.durable_offset)
+        self.upload += 1;
+        Ok(Upload {
+            id: self.upload,
+            from: self.state.durable_offset,
+        })
+    }
+
+    fn owns_upload(&self, upload: &Upload) -> Result<(), Refusal> {
+        if upload.id == self.upload {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                ResultCode::DownloadFailed,
+                "a newer upload took over this transfer",
+            ))
+        }
     }
 
     /// Receives one chunk; returns the durable offset and whether the image is complete and
     /// verified.
     pub fn receive(
         &mut self,
+        upload: &Upload,
         correlation_id: &str,
         offset: u64,
         data: &[u8],
     ) -> Result<(u64, bool), Refusal> {
+        self.owns_upload(upload)?;
         let pending = self.pending_for(correlation_id)?;
         if data.len() > self.settings.max_chunk_size as usize {
             return Err(Refusal::new(
@@ -715,7 +755,8 @@ impl Agent {
     }
 
     /// Makes what was received so far durable (end of an Upload stream).
-    pub fn flush_upload(&mut self) -> Result<u64, Refusal> {
+    pub fn flush_upload(&mut self, upload: &Upload) -> Result<u64, Refusal> {
+        self.owns_upload(upload)?;
         if let Some((_, received, file)) = &self.receiving {
             let received = *received;
             if received > self.state.durable_offset {
@@ -942,5 +983,23 @@ pub fn install_result(code: i32) -> InstallResult {
         ResultCode::RolledBack => InstallResult::RolledBack,
         ResultCode::OperationCancelled => InstallResult::Cancelled,
         _ => InstallResult::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_results_kept_before_protocol_v2() {
+        let kept = r#"{"code": 100, "attack": "", "description": "installed and confirmed",
+                       "filename": "fw.bin", "updated_at": 1}"#;
+        let record: ResultRecord = serde_json::from_str(kept).unwrap();
+        assert_eq!(record.attack, None);
+        let kept = kept.replace(r#""attack": """#, r#""attack": "rollback""#);
+        let record: ResultRecord = serde_json::from_str(&kept).unwrap();
+        assert_eq!(record.attack, Some(AttackKind::Rollback));
+        let unknown = kept.replace("rollback", "nonsense");
+        assert!(serde_json::from_str::<ResultRecord>(&unknown).is_err());
     }
 }

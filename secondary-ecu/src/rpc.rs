@@ -254,6 +254,7 @@ impl Secondary for Service {
     ) -> Result<Response<TransferState>, Status> {
         let mut stream = request.into_inner();
         let mut correlation_id: Option<String> = None;
+        let mut upload = None;
         // The simulated device's link knobs (a slow or stalled link).
         let device = self.call(|agent| agent.device().clone()).await?;
         let mut last = (0, false);
@@ -261,11 +262,16 @@ impl Secondary for Service {
             let chunk = chunk?;
             if correlation_id.is_none() {
                 let id = chunk.correlation_id.clone();
-                self.call(move |agent| agent.start_upload(&id))
+                let started = self
+                    .call(move |agent| agent.start_upload(&id))
                     .await?
                     .map_err(|r| Status::failed_precondition(r.description))?;
+                upload = Some(started);
                 correlation_id = Some(chunk.correlation_id.clone());
             }
+            let Some(this) = upload else {
+                return Err(Status::internal("upload not started"));
+            };
             if correlation_id.as_deref() != Some(chunk.correlation_id.as_str()) {
                 return Err(Status::invalid_argument(
                     "one upload carries one correlation id",
@@ -280,7 +286,7 @@ impl Secondary for Service {
             }
             let id = chunk.correlation_id.clone();
             let outcome = self
-                .call(move |agent| agent.receive(&id, chunk.offset, &chunk.data))
+                .call(move |agent| agent.receive(&this, &id, chunk.offset, &chunk.data))
                 .await?;
             match outcome {
                 Ok(state) => last = state,
@@ -303,13 +309,13 @@ impl Secondary for Service {
                 }
             }
         }
-        let Some(correlation_id) = correlation_id else {
+        let (Some(correlation_id), Some(this)) = (correlation_id, upload) else {
             return Err(Status::invalid_argument("empty upload"));
         };
         let id = correlation_id.clone();
         let (durable, length) = self
             .call(move |agent| {
-                let durable = agent.flush_upload();
+                let durable = agent.flush_upload(&this);
                 (durable, agent.transfer_state(&id).map_or(0, |s| s.1))
             })
             .await?;

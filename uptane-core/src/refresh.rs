@@ -13,7 +13,7 @@
 //! The same driver serves three viewpoints: a full-verification client
 //! ([`Refresh::new`]), a partial-verification ECU ([`Refresh::partial`]: the Director root
 //! chain and targets only, Uptane §5.4.4.1), and a repository reading back what it published
-//! ([`Refresh::for_publisher`]).
+//! ([`Refresh::for_publisher`], a `Refresh<Published>`).
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -62,7 +62,7 @@ use crate::error::UpdateError;
 use crate::metadata::{Root, Targets, metadata_file_name};
 use crate::time::UtcTime;
 use crate::trusted::{
-    Director, Freshness, Limits, SearchStep, TargetSearch, TimestampUpdate, TrustedSet,
+    Director, Freshness, Limits, Published, SearchStep, TargetSearch, TimestampUpdate, TrustedSet,
     TrustedTarget,
 };
 use crate::verify::Raw;
@@ -236,7 +236,6 @@ pub struct Refresh<Repo> {
     visited: BTreeSet<String>,
     delegated: Vec<String>,
     outcome: Option<RefreshOutcome>,
-    previous_targets_version: Option<u64>,
     partial_targets: Option<PartialTargets<Repo>>,
     failed: bool,
 }
@@ -254,7 +253,7 @@ impl<Repo> std::fmt::Debug for Refresh<Repo> {
 }
 
 impl<Repo> Refresh<Repo> {
-    fn start(set: TrustedSet<Repo>, goal: Goal) -> Self {
+    fn start(set: TrustedSet<Repo>, goal: Goal) -> Result<Self, UpdateError> {
         let mut refresh = Self {
             set,
             goal,
@@ -268,13 +267,11 @@ impl<Repo> Refresh<Repo> {
             visited: BTreeSet::new(),
             delegated: Vec::new(),
             outcome: None,
-            previous_targets_version: None,
             partial_targets: None,
             failed: false,
         };
-        // The first steps (the root chain, or kept metadata) cannot fail.
-        refresh.failed = refresh.settle().is_err();
-        refresh
+        refresh.settle()?;
+        Ok(refresh)
     }
 
     /// A full-verification client's refresh from `trusted_root`, at `now` (sampled once per
@@ -285,22 +282,15 @@ impl<Repo> Refresh<Repo> {
         limits: Limits,
     ) -> Result<Self, UpdateError> {
         let set = TrustedSet::new(trusted_root, now, limits)?;
-        Ok(Self::start(set, Goal::Search))
-    }
-
-    /// A repository reading back what it published ([`crate::trusted::Viewpoint::Publisher`]):
-    /// the root chain from version 1, timestamp, snapshot, and every targets role reachable
-    /// from top-level targets and listed in snapshot. Never for clients.
-    pub fn for_publisher(first_root: &Raw<Root>, limits: Limits) -> Result<Self, UpdateError> {
-        let set = TrustedSet::for_publisher(first_root, limits)?;
-        Ok(Self::start(set, Goal::EveryRole))
+        Self::start(set, Goal::Search)
     }
 
     /// Refuses top-level targets older than `version`, the version this client accepted
     /// before (Uptane §5.4.4.1 step 2, §5.4.4.6: rollback), for clients that keep only the
-    /// targets version and not the snapshot that would otherwise catch it.
+    /// targets version and not the snapshot that would otherwise catch it. Checked before
+    /// the targets are admitted.
     pub fn with_previous_targets_version(mut self, version: Option<u64>) -> Self {
-        self.previous_targets_version = version;
+        self.set.set_targets_floor(version);
         self
     }
 
@@ -363,7 +353,8 @@ impl<Repo> Refresh<Repo> {
         }
     }
 
-    /// The verified metadata.
+    /// The verified metadata. After an error it holds only what passed every check before
+    /// the refusal (a check that fails admits nothing); callers stop at the error anyway.
     pub fn trusted(&self) -> &TrustedSet<Repo> {
         &self.set
     }
@@ -518,7 +509,6 @@ impl<Repo> Refresh<Repo> {
                     .partial_targets
                     .ok_or(UpdateError::OutOfOrder("targets"))?;
                 admit(&mut self.set, &Raw::new(bytes))?;
-                check_previous_targets(&self.set, self.previous_targets_version)?;
                 self.stage = Stage::Done;
             }
             _ => return Err(UpdateError::OutOfOrder("refresh")),
@@ -595,7 +585,6 @@ impl<Repo> Refresh<Repo> {
         }
         if !self.top_level_checked {
             self.top_level_checked = true;
-            check_previous_targets(&self.set, self.previous_targets_version)?;
             if self.goal == Goal::EveryRole {
                 self.walk.push(Walk::Expand("targets".into()));
             }
@@ -684,22 +673,6 @@ fn top_level_load() -> Load {
     }
 }
 
-fn check_previous_targets<Repo>(
-    set: &TrustedSet<Repo>,
-    previous: Option<u64>,
-) -> Result<(), UpdateError> {
-    if let (Some(previous), Some(targets)) = (previous, set.targets())
-        && targets.common.version < previous
-    {
-        return Err(UpdateError::Rollback {
-            role: "targets".into(),
-            trusted: previous,
-            new: targets.common.version,
-        });
-    }
-    Ok(())
-}
-
 impl Refresh<Director> {
     /// Partial verification (Uptane §5.4.4.1): the Director root chain from `trusted_root`,
     /// then the Director targets checked against the final root alone, at `now`.
@@ -709,9 +682,20 @@ impl Refresh<Director> {
         limits: Limits,
     ) -> Result<Self, UpdateError> {
         let set = TrustedSet::new(trusted_root, now, limits)?;
-        let mut refresh = Self::start(set, Goal::Partial);
+        let mut refresh = Self::start(set, Goal::Partial)?;
         refresh.partial_targets = Some(TrustedSet::<Director>::update_partial_targets);
         Ok(refresh)
+    }
+}
+
+impl Refresh<Published> {
+    /// A repository reading back what it published ([`crate::trusted::Viewpoint::Publisher`]):
+    /// the root chain from version 1, timestamp, snapshot, and every targets role reachable
+    /// from top-level targets and listed in snapshot. What it trusts is a
+    /// `TrustedSet<Published>`, which no client check accepts.
+    pub fn for_publisher(first_root: &Raw<Root>, limits: Limits) -> Result<Self, UpdateError> {
+        let set = TrustedSet::for_publisher(first_root, limits)?;
+        Self::start(set, Goal::EveryRole)
     }
 }
 

@@ -39,6 +39,13 @@ pub enum Director {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageRepo {}
 
+/// Marker: a repository's own published metadata, read back by the repository itself
+/// ([`Viewpoint::Publisher`]). A distinct type, so that what it admits (expired metadata,
+/// online roles signed by an earlier root) can never be taken for a client's view: no
+/// Uptane check accepts a `TrustedSet<Published>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {}
+
 /// Size and count limits (endless data attacks). Callers enforce them while streaming; the
 /// trusted set checks them again on the bytes it is handed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +133,8 @@ pub struct TrustedSet<Repo> {
     timestamp: Option<Verified<Timestamp>>,
     snapshot: Option<Verified<Snapshot>>,
     targets: BTreeMap<String, TrustedTargets>,
+    /// The lowest top-level targets version acceptable (the one a client accepted before).
+    targets_floor: Option<u64>,
     online_keys_current: bool,
     _repo: PhantomData<fn() -> Repo>,
 }
@@ -185,6 +194,7 @@ impl<Repo> TrustedSet<Repo> {
             timestamp: None,
             snapshot: None,
             targets: BTreeMap::new(),
+            targets_floor: None,
             online_keys_current: true,
             _repo: PhantomData,
         }
@@ -249,6 +259,26 @@ impl<Repo> TrustedSet<Repo> {
     /// snapshot signed only with the keys of an earlier root: they must be re-signed.
     pub fn online_keys_current(&self) -> bool {
         self.online_keys_current
+    }
+
+    /// Refuses top-level targets below `version` from now on (Uptane §5.4.4.1 step 2,
+    /// §5.4.4.6: rollback), for clients that keep only the targets version they accepted.
+    pub(crate) fn set_targets_floor(&mut self, version: Option<u64>) {
+        self.targets_floor = version;
+    }
+
+    fn check_targets_floor(&self, role: &str, new: &Targets) -> Result<(), UpdateError> {
+        if let Some(floor) = self.targets_floor
+            && role == "targets"
+            && new.common.version < floor
+        {
+            return Err(UpdateError::Rollback {
+                role: "targets".into(),
+                trusted: floor,
+                new: new.common.version,
+            });
+        }
+        Ok(())
     }
 
     fn check_expiry<R: Role>(&self, role: &str, meta: &R) -> Result<(), UpdateError> {
@@ -554,6 +584,7 @@ impl<Repo> TrustedSet<Repo> {
                 found: new.common.version,
             });
         }
+        self.check_targets_floor(role, &new)?;
         self.check_expiry(role, &*new)?;
         self.insert_targets(role, delegator, new);
         Ok(())
@@ -581,6 +612,7 @@ impl TrustedSet<Director> {
         self.check_final_root()?;
         check_size("targets", raw.as_bytes(), self.limits.targets)?;
         let new = verify_with_root(self.root(), raw, "targets")?;
+        self.check_targets_floor("targets", &new)?;
         self.check_expiry("targets", &*new)?;
         self.insert_targets("targets", "root", new);
         Ok(())

@@ -109,11 +109,15 @@ pub(crate) fn provisioning_token(
         .optional()?)
 }
 
-/// Marks a one-time provisioning token used, in the caller's transaction.
-pub(crate) fn use_provisioning_token(conn: &Connection, token: &str) -> Result<(), DirectorError> {
-    conn.execute(
-        "UPDATE provisioning_tokens SET used = 1 WHERE sha256 = ?1",
+/// Marks a one-time provisioning token used, in the caller's transaction; `false` when it
+/// was used or revoked meanwhile (nothing changed).
+pub(crate) fn use_provisioning_token(
+    conn: &Connection,
+    token: &str,
+) -> Result<bool, DirectorError> {
+    let changed = conn.execute(
+        "UPDATE provisioning_tokens SET used = 1 WHERE sha256 = ?1 AND used = 0 AND revoked = 0",
         [sha256_hex(token.as_bytes())],
     )?;
-    Ok(())
+    Ok(changed == 1)
 }

@@ -127,35 +127,44 @@ fn insert_vehicle(
     Ok(credential)
 }
 
-/// A Primary registers its vehicle with a provisioning token. A one-time token is marked
-/// used in the same transaction as the registration, so a crash cannot let it be used
-/// twice.
+/// A Primary registers its vehicle with a provisioning token. The token is checked and a
+/// one-time token used inside the registration's transaction, by a conditional update that
+/// must change exactly one row: a crash cannot leave it unused after a registration, and no
+/// two registrations can share it.
 pub fn register_with_provisioning(
     conn: &mut Connection,
     token: &str,
     vehicle: &NewVehicle,
     now: UtcTime,
 ) -> Result<String, DirectorError> {
-    let refused = |conn: &Connection, detail: &str| {
-        NewEvent::security("provisioning_refused", "vehicle", detail)
-            .vin(vehicle.vin.as_str())
-            .record(conn, now)
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let refusal = match tokens::provisioning_token(&tx, token)? {
+        None => Err((
+            "unknown provisioning token".to_string(),
+            "invalid provisioning token",
+        )),
+        Some(t) if t.revoked || (t.one_time && t.used) => Err((
+            format!("token {:?} revoked or used", t.label),
+            "provisioning token revoked or already used",
+        )),
+        Some(t) => Ok(t),
     };
-    let Some(stored) = tokens::provisioning_token(conn, token)? else {
-        refused(conn, "unknown provisioning token")?;
-        return Err(DirectorError::Unauthorized(
-            "invalid provisioning token".into(),
-        ));
+    let stored = match refusal {
+        Ok(stored) => stored,
+        Err((detail, answer)) => {
+            drop(tx);
+            NewEvent::security("provisioning_refused", "vehicle", &detail)
+                .vin(vehicle.vin.as_str())
+                .record(conn, now)?;
+            return Err(DirectorError::Unauthorized(answer.into()));
+        }
     };
-    if stored.revoked || (stored.one_time && stored.used) {
-        refused(conn, &format!("token {:?} revoked or used", stored.label))?;
-        return Err(DirectorError::Unauthorized(
-            "provisioning token revoked or already used".into(),
+    let credential = insert_vehicle(&tx, vehicle, &format!("provisioning:{}", stored.label), now)?;
+    if stored.one_time && !tokens::use_provisioning_token(&tx, token)? {
+        return Err(DirectorError::Conflict(
+            "provisioning token used concurrently".into(),
         ));
     }
-    let tx = conn.transaction()?;
-    let credential = insert_vehicle(&tx, vehicle, &format!("provisioning:{}", stored.label), now)?;
-    tokens::use_provisioning_token(&tx, token)?;
     tx.commit()?;
     Ok(credential)
 }

@@ -12,8 +12,8 @@ use uptane_core::metadata::Timestamp;
 use uptane_core::refresh::MetadataFile;
 use uptane_core::refresh::MetadataSource;
 use uptane_core::refresh::Refresh;
-use uptane_core::trusted::ImageRepo;
 use uptane_core::trusted::Limits;
+use uptane_core::trusted::Published;
 use uptane_core::verify::Raw;
 use uptane_core::verify::Verified;
 
@@ -56,12 +56,12 @@ const OWN_STATE_LIMITS: Limits = Limits {
 
 /// Reads the published files through a caller's `read(file name in metadata/)`, remembering
 /// the last one read (what a refusal is about).
-struct Published<F> {
+struct PublishedFiles<F> {
     read: F,
     last: String,
 }
 
-impl<F> MetadataSource for Published<F>
+impl<F> MetadataSource for PublishedFiles<F>
 where
     F: Fn(&str) -> Result<Option<Vec<u8>>, RepoError>,
 {
@@ -85,9 +85,9 @@ impl RepoState {
         let first = read("1.root.json")?.ok_or_else(|| {
             RepoError::Layout("no 1.root.json: not an initialized repository".into())
         })?;
-        let mut refresh = Refresh::<ImageRepo>::for_publisher(&Raw::new(first), OWN_STATE_LIMITS)
+        let mut refresh = Refresh::<Published>::for_publisher(&Raw::new(first), OWN_STATE_LIMITS)
             .map_err(|e| corrupt("root", e))?;
-        let mut files = Published {
+        let mut files = PublishedFiles {
             read,
             last: String::new(),
         };

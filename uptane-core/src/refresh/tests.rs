@@ -7,7 +7,7 @@ use crate::crypto::SigningKey;
 use crate::error::{AttackKind, VerifyError};
 use crate::sign::{RootBuilder, TargetsBuilder, delegated_role, sign_value};
 use crate::testing::{RepoFixture, earlier, key, later, now};
-use crate::trusted::{ImageRepo, RootChain, Viewpoint};
+use crate::trusted::{ImageRepo, Published, RootChain, Viewpoint};
 
 /// A repository as a client sees it: what it serves, what the client kept from the last
 /// update, and every request in order.
@@ -330,6 +330,10 @@ fn targets_older_than_the_previous_accepted_are_a_rollback() {
             }
         );
     }
+    // Refused before they were admitted: nothing of them is trusted.
+    assert!(full.trusted().targets().is_none());
+    assert!(partial.trusted().targets().is_none());
+    assert_eq!(partial.next(), Step::Done);
     let mut same = Refresh::partial(&root(&repo), now(), Limits::default())
         .unwrap()
         .with_previous_targets_version(Some(3));
@@ -458,7 +462,7 @@ fn the_publisher_view_renews_expired_metadata_and_walks_every_role() {
     repo.targets_files.remove("unpublished");
     repo.publish_snapshot_only();
     let mut client = Client::new(&repo);
-    let mut refresh = Refresh::<ImageRepo>::for_publisher(&root(&repo), Limits::default()).unwrap();
+    let mut refresh = Refresh::<Published>::for_publisher(&root(&repo), Limits::default()).unwrap();
     refresh.run(&mut client).unwrap();
     assert!(!client.log.iter().any(|l| l.starts_with("kept")));
     let set = refresh.into_trusted();
@@ -483,7 +487,7 @@ fn the_publisher_view_accepts_online_metadata_of_an_earlier_root() {
         .key("timestamp", key(60).public_key());
     repo.rotate_root(builder, vec![key(1)]);
     // Interrupted before re-signing: the timestamp is still the old key's.
-    let mut refresh = Refresh::<ImageRepo>::for_publisher(&root(&repo), Limits::default()).unwrap();
+    let mut refresh = Refresh::<Published>::for_publisher(&root(&repo), Limits::default()).unwrap();
     refresh.run(&mut Client::new(&repo)).unwrap();
     assert!(!refresh.trusted().online_keys_current());
     assert_eq!(refresh.trusted().root().common.version, 2);
