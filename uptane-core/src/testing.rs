@@ -134,6 +134,16 @@ impl RepoFixture {
             });
     }
 
+    /// Delegates every `(delegator, role, terminating)` in order, all paths (`*`), each role
+    /// signed by `key` alone.
+    pub fn delegate_all(&mut self, key: &SigningKey, roles: &[(&str, &str, bool)]) {
+        let public = key.public_key().clone();
+        for (delegator, role, terminating) in roles {
+            let delegation = crate::sign::delegated_role(role, &[&public], 1, &["*"], *terminating);
+            self.delegate(delegator, delegation, vec![key.clone()]);
+        }
+    }
+
     /// Adds a target to delegated role `role`.
     pub fn add_delegated_target(&mut self, role: &str, path: &str, content: &[u8]) {
         let d = self.delegated.get_mut(role).expect("role exists");

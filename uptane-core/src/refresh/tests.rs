@@ -400,22 +400,13 @@ fn with_timestamp(repo: &RepoFixture, timestamp: Vec<u8>) -> RepoFixture {
 #[test]
 fn searches_delegations_and_lists_the_roles_loaded() {
     let mut repo = RepoFixture::new();
-    let k = key(40);
-    let pk = k.public_key().clone();
-    repo.delegate(
-        "targets",
-        delegated_role("a", &[&pk], 1, &["*"], false),
-        vec![k.clone()],
-    );
-    repo.delegate(
-        "a",
-        delegated_role("c", &[&pk], 1, &["*"], false),
-        vec![k.clone()],
-    );
-    repo.delegate(
-        "targets",
-        delegated_role("b", &[&pk], 1, &["*"], false),
-        vec![k.clone()],
+    repo.delegate_all(
+        &key(40),
+        &[
+            ("targets", "a", false),
+            ("a", "c", false),
+            ("targets", "b", false),
+        ],
     );
     repo.add_delegated_target("b", "x", b"from b");
     repo.publish();

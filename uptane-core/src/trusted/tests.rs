@@ -572,26 +572,14 @@ fn load_all(set: &mut Set, repo: &RepoFixture, path: &str) -> (SearchStep<ImageR
 fn delegation_search_is_preorder_depth_first_and_honours_terminating() {
     let mut repo = RepoFixture::new();
     let k = key(40);
-    let pk = k.public_key().clone();
-    repo.delegate(
-        "targets",
-        delegated_role("a", &[&pk], 1, &["*"], false),
-        vec![k.clone()],
-    );
-    repo.delegate(
-        "targets",
-        delegated_role("b", &[&pk], 1, &["*"], false),
-        vec![k.clone()],
-    );
-    repo.delegate(
-        "a",
-        delegated_role("c", &[&pk], 1, &["*"], true),
-        vec![k.clone()],
-    );
-    repo.delegate(
-        "targets",
-        delegated_role("d", &[&pk], 1, &["*"], false),
-        vec![k.clone()],
+    repo.delegate_all(
+        &k,
+        &[
+            ("targets", "a", false),
+            ("targets", "b", false),
+            ("a", "c", true),
+            ("targets", "d", false),
+        ],
     );
     repo.add_delegated_target("b", "x", b"from b");
     repo.publish();
@@ -602,20 +590,13 @@ fn delegation_search_is_preorder_depth_first_and_honours_terminating() {
     assert_eq!(step, SearchStep::NotFound);
 
     let mut repo = RepoFixture::new();
-    repo.delegate(
-        "targets",
-        delegated_role("a", &[&pk], 1, &["*"], false),
-        vec![k.clone()],
-    );
-    repo.delegate(
-        "a",
-        delegated_role("c", &[&pk], 1, &["*"], false),
-        vec![k.clone()],
-    );
-    repo.delegate(
-        "targets",
-        delegated_role("b", &[&pk], 1, &["*"], false),
-        vec![k.clone()],
+    repo.delegate_all(
+        &k,
+        &[
+            ("targets", "a", false),
+            ("a", "c", false),
+            ("targets", "b", false),
+        ],
     );
     repo.add_delegated_target("b", "x", b"from b");
     repo.publish();
