@@ -1,8 +1,11 @@
 //! What every program of the workspace does the same way: structured logs to stderr, a
-//! future that completes on SIGTERM or SIGINT, one exit status convention, and atomic file
-//! writes ([`files`]). Kept apart so the servers and agents stay thin (linkerd's thin `main`).
+//! future that completes on SIGTERM or SIGINT, one exit status convention, atomic file
+//! writes ([`files`]), TLS with rustls ([`tls`]) and the certificates the programs make
+//! ([`pki`]). Kept apart so the servers and agents stay thin (linkerd's thin `main`).
 
 pub mod files;
+pub mod pki;
+pub mod tls;
 
 use std::process::ExitCode;
 
