@@ -1,13 +1,32 @@
 //! What every program of the workspace does the same way: structured logs to stderr, a
 //! future that completes on SIGTERM or SIGINT, one exit status convention, atomic file
-//! writes ([`files`]), TLS with rustls ([`tls`]) and the certificates the programs make
+//! writes ([`files`]), TLS with rustls ([`tls`]), the HTTP accept loop and client builder
+//! that refuse clear text by default ([`http`]) and the certificates the programs make
 //! ([`pki`]). Kept apart so the servers and agents stay thin (linkerd's thin `main`).
 
 pub mod files;
+pub mod http;
 pub mod pki;
 pub mod tls;
 
 use std::process::ExitCode;
+
+/// An error and its causes in one line (`a: b: c`), each cause once: what reqwest, tonic
+/// and rustls put in the chain (an unknown certificate issuer, a refused connection) is
+/// what an operator needs to read.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {

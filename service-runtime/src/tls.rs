@@ -1,7 +1,8 @@
 //! TLS for every link, with rustls only: identities read from PEM files, server
-//! configurations whose certificate reloads on SIGHUP, the HTTPS accept loop the two servers
-//! share (each request carries what its client proved, [`PeerIdentity`]), and client
-//! configurations that trust a CA or pin one exact certificate.
+//! configurations whose certificate reloads on SIGHUP, what a connection's client proved
+//! ([`PeerIdentity`]), client configurations that trust a CA or pin one exact certificate,
+//! and the gRPC side of the Secondary link. The HTTP servers' accept loop is in
+//! [`crate::http`].
 //!
 //! Two ways of authenticating a peer are used, each where it fits:
 //! - a **CA**: the servers' certificates, and suppliers' upload certificates, chain to a root
@@ -10,7 +11,6 @@
 //!   (a Primary, a Secondary) pinned by its peer at provisioning, as SSH pins host keys. The
 //!   TLS handshake proves the peer holds the key; the fingerprint says which key.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -399,6 +399,9 @@ impl ServerCertVerifier for PinnedServer {
 /// Which server a client trusts.
 #[derive(Debug, Clone)]
 pub enum ServerTrust {
+    /// Certificates that chain to the operating system's roots (a server with a public
+    /// certificate), for the name connected to.
+    System,
     /// Certificates that chain to these roots, for the name connected to.
     Roots(Arc<RootCertStore>),
     /// Exactly this certificate.
@@ -414,6 +417,10 @@ pub fn client_config(
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?;
     let builder = match trust {
+        ServerTrust::System => {
+            use rustls_platform_verifier::BuilderVerifierExt;
+            builder.with_platform_verifier()?
+        }
         ServerTrust::Roots(roots) => builder.with_root_certificates(Arc::clone(roots)),
         ServerTrust::Pinned(pinned) => {
             builder
@@ -515,88 +522,30 @@ impl ServerTls {
 /// Longest a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts TLS connections on `listener` and serves HTTP/1.1 and HTTP/2 on each with
-/// `service`, until `shutdown` completes (then lets requests in progress finish, for at most
-/// 10 s). Every request carries the connection's [`PeerIdentity`] as an extension.
-pub async fn serve_https<S, B>(
-    listener: tokio::net::TcpListener,
-    tls: ServerTls,
-    service: S,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()>
-where
-    S: tower::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto;
-    use tower::ServiceExt;
-
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, _) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
+/// A connector for HTTP/2 clients that take one (tonic's `Endpoint::connect_with_connector`):
+/// every connection goes to `address` over TLS with `config`, whatever URI it is asked for.
+pub fn connector(
+    address: String,
+    server_name: &'static str,
+    config: Arc<ClientConfig>,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Future<
+        Output = std::io::Result<
+            hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        >,
+    > + Send,
+> + Clone
++ Send {
+    tower::service_fn(move |_: http::Uri| {
+        let (address, config) = (address.clone(), Arc::clone(&config));
+        async move {
+            let stream = connect(&address, server_name, config).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
         }
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-        let service = service.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("TLS handshake timed out");
-                    return;
-                }
-            };
-            let peer = PeerIdentity::of(stream.get_ref().1);
-            let service = tower::service_fn(move |mut request: http::Request<_>| {
-                request.extensions_mut().insert(peer);
-                service.clone().oneshot(request)
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(service),
-            );
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(error = %e, "connection ended");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {},
-        () = tokio::time::sleep(Duration::from_secs(10)) => {
-            tracing::warn!("requests still running at shutdown were cut");
-        }
-    }
-    Ok(())
+    })
 }
 
 /// Connects to `address` over TLS with `config`, presenting `server_name` (what a
@@ -614,6 +563,93 @@ pub async fn connect(
     tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+}
+
+/// A server-side TLS connection, telling tonic what its client proved (tonic puts the
+/// [`PeerIdentity`] into every request's extensions).
+#[derive(Debug)]
+pub struct TlsConnection(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = PeerIdentity;
+
+    fn connect_info(&self) -> PeerIdentity {
+        PeerIdentity::of(self.0.get_ref().1)
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// TLS connections accepted on `listener` for a gRPC server, each handshake in its own task
+/// under [`HANDSHAKE_TIMEOUT`], so a client that never finishes one holds up nobody.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> impl futures_util::Stream<Item = std::io::Result<TlsConnection>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if tx.is_closed() {
+                break;
+            }
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                match handshake.await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(TlsConnection(stream))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 #[cfg(test)]
@@ -634,9 +670,15 @@ mod tests {
                     Some(f) => f.to_string(),
                     None => "anonymous".to_string(),
                 };
-                Ok::<_, Infallible>(http::Response::new(body))
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
             });
-        tokio::spawn(serve_https(listener, tls, service, std::future::pending()));
+        let transport = crate::http::Transport::Tls(tls);
+        tokio::spawn(crate::http::serve(
+            listener,
+            transport,
+            service,
+            std::future::pending(),
+        ));
         address
     }
 

@@ -1,0 +1,353 @@
+//! HTTP on every link: the accept loop both servers share (TLS by default, plaintext only
+//! when an operator asked for it by name), and the one way a client is built, so that no
+//! program talks clear text by accident.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::tls::{
+    HANDSHAKE_TIMEOUT, Identity, PeerIdentity, ServerTls, ServerTrust, TlsError, client_config,
+};
+
+/// How a server talks to its clients.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// HTTPS with this (reloadable) configuration.
+    Tls(ServerTls),
+    /// Clear text (`--insecure`): every credential crosses the network readable.
+    Plaintext,
+}
+
+impl Transport {
+    /// From a server's flags: HTTPS with `cert` and `key` (reloaded on SIGHUP) asking for
+    /// client certificates as `auth` says, or plaintext when `insecure` (logged as a
+    /// warning). Neither is an error: a server never falls back to clear text by itself.
+    pub fn from_flags(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        auth: crate::tls::ClientAuth,
+        insecure: bool,
+    ) -> Result<Self, TransportError> {
+        match (cert, key, insecure) {
+            (Some(cert), Some(key), false) => Ok(Self::Tls(ServerTls::reloading(cert, key, auth)?)),
+            (None, None, true) => {
+                tracing::warn!(
+                    "--insecure: serving plaintext HTTP; tokens and credentials cross the network readable"
+                );
+                Ok(Self::Plaintext)
+            }
+            (_, _, true) => Err(TransportError::Both),
+            _ => Err(TransportError::Neither),
+        }
+    }
+
+    /// `https` or `http`, for the URL a server prints when it is ready.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Self::Tls(_) => "https",
+            Self::Plaintext => "http",
+        }
+    }
+}
+
+/// Why a server's transport could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Neither a certificate nor `--insecure`.
+    #[error(
+        "give --tls-cert and --tls-key (PEM) to serve HTTPS, or --insecure to serve plaintext HTTP"
+    )]
+    Neither,
+    /// A certificate and `--insecure` both.
+    #[error("--insecure serves plaintext: it cannot be combined with --tls-cert/--tls-key")]
+    Both,
+    /// The certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Accepts connections on `listener` and serves HTTP/1.1 and HTTP/2 on each with `service`,
+/// until `shutdown` completes (then lets requests in progress finish, for at most 10 s).
+/// Every request carries the connection's [`PeerIdentity`] as an extension (empty on
+/// plaintext). A TLS handshake has [`HANDSHAKE_TIMEOUT`] to finish, in its own task.
+pub async fn serve<S, B>(
+    listener: tokio::net::TcpListener,
+    transport: Transport,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let service = service.clone();
+        let watcher = graceful.watcher();
+        match &transport {
+            Transport::Tls(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                tokio::spawn(async move {
+                    let accepted =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    let stream = match accepted {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let peer = PeerIdentity::of(stream.get_ref().1);
+                    connection(stream, peer, service, watcher).await;
+                });
+            }
+            Transport::Plaintext => {
+                tokio::spawn(connection(tcp, PeerIdentity::default(), service, watcher));
+            }
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {},
+        () = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!("requests still running at shutdown were cut");
+        }
+    }
+    Ok(())
+}
+
+/// Serves one connection, every request tagged with `peer`.
+async fn connection<IO, S, B>(
+    io: IO,
+    peer: PeerIdentity,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt;
+    let service = tower::service_fn(move |mut request: http::Request<_>| {
+        request.extensions_mut().insert(peer);
+        service.clone().oneshot(request)
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(
+        TokioIo::new(io),
+        hyper_util::service::TowerToHyperService::new(service),
+    );
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(error = %e, "connection ended");
+    }
+}
+
+/// How a client reaches HTTP servers: whom it trusts, what certificate it shows, and
+/// whether clear text is allowed at all.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    trust: ServerTrust,
+    identity: Option<Arc<Identity>>,
+    insecure: bool,
+}
+
+/// A URL a client refuses to use.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// `http://` without `--insecure`.
+    #[error(
+        "{0} is plaintext http://: credentials would cross the network readable; use https:// (or --insecure, for tests only)"
+    )]
+    Plaintext(String),
+    /// Neither `https://` nor `http://`.
+    #[error("{0} is not an https:// URL")]
+    Scheme(String),
+}
+
+impl ClientTls {
+    /// Trusts the CA certificates in `ca_cert` (PEM), or the operating system's roots when
+    /// none is given; presents `identity` to servers that ask; refuses `http://` unless
+    /// `insecure`.
+    pub fn new(
+        ca_cert: Option<&Path>,
+        identity: Option<Identity>,
+        insecure: bool,
+    ) -> Result<Self, TlsError> {
+        let trust = match ca_cert {
+            Some(path) => ServerTrust::Roots(Arc::new(crate::tls::roots_from_pem_file(path)?)),
+            None => ServerTrust::System,
+        };
+        Ok(Self {
+            trust,
+            identity: identity.map(Arc::new),
+            insecure,
+        })
+    }
+
+    /// The same, presenting `identity`.
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(Arc::new(identity));
+        self
+    }
+
+    /// Whether clear text is allowed.
+    pub fn insecure(&self) -> bool {
+        self.insecure
+    }
+
+    /// The certificate this client presents, if any.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_deref()
+    }
+
+    /// Checks that `url` may be used: `https://`, or `http://` with `--insecure` (logged).
+    pub fn check_url(&self, url: &str) -> Result<(), UrlError> {
+        check_url(url, self.insecure)
+    }
+
+    /// A reqwest client builder over this TLS configuration that will not send a request to
+    /// an `http://` URL unless clear text is allowed. Callers add their timeouts.
+    pub fn reqwest(&self) -> Result<reqwest::ClientBuilder, TlsError> {
+        let config = client_config(&self.trust, self.identity.as_deref())?;
+        Ok(reqwest::Client::builder()
+            .no_proxy()
+            .tls_backend_preconfigured(config)
+            .https_only(!self.insecure))
+    }
+}
+
+/// Checks that `url` may be used: `https://`, or `http://` when `insecure` (logged as a
+/// warning, once per check).
+pub fn check_url(url: &str, insecure: bool) -> Result<(), UrlError> {
+    let lower = url.trim().to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        Ok(())
+    } else if lower.starts_with("http://") {
+        if insecure {
+            tracing::warn!(%url, "--insecure: talking plaintext HTTP");
+            Ok(())
+        } else {
+            Err(UrlError::Plaintext(url.to_string()))
+        }
+    } else {
+        Err(UrlError::Scheme(url.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clear_text_only_when_asked_for_by_name() {
+        assert!(check_url("https://director.example", false).is_ok());
+        assert!(matches!(
+            check_url("http://director.example", false),
+            Err(UrlError::Plaintext(_))
+        ));
+        assert!(check_url("http://127.0.0.1:1", true).is_ok());
+        assert!(matches!(
+            check_url("ftp://x", true),
+            Err(UrlError::Scheme(_))
+        ));
+        let tls = ClientTls::new(None, None, false).unwrap();
+        assert!(tls.check_url("HTTP://x").is_err());
+    }
+
+    #[test]
+    fn a_server_needs_a_certificate_or_insecure_and_not_both() {
+        let auth = || crate::tls::ClientAuth::None;
+        assert!(matches!(
+            Transport::from_flags(None, None, auth(), false),
+            Err(TransportError::Neither)
+        ));
+        let (cert, key) = (Path::new("/nonexistent/c"), Path::new("/nonexistent/k"));
+        assert!(matches!(
+            Transport::from_flags(Some(cert), Some(key), auth(), true),
+            Err(TransportError::Both)
+        ));
+        assert!(matches!(
+            Transport::from_flags(Some(cert), Some(key), auth(), false),
+            Err(TransportError::Tls(_))
+        ));
+        assert!(matches!(
+            Transport::from_flags(None, None, auth(), true),
+            Ok(Transport::Plaintext)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_reqwest_client_refuses_to_send_to_http_unless_insecure() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let service =
+            tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+                let peer = request.extensions().get::<PeerIdentity>().copied();
+                let body = format!("{:?}", peer.and_then(|p| p.fingerprint));
+                Ok::<_, Infallible>(http::Response::new(body))
+            });
+        tokio::spawn(serve(
+            listener,
+            Transport::Plaintext,
+            service,
+            std::future::pending(),
+        ));
+        let strict = ClientTls::new(None, None, false)
+            .unwrap()
+            .reqwest()
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(strict.get(&url).send().await.is_err());
+        let lax = ClientTls::new(None, None, true)
+            .unwrap()
+            .reqwest()
+            .unwrap()
+            .build()
+            .unwrap();
+        let body = lax.get(&url).send().await.unwrap().text().await.unwrap();
+        assert_eq!(body, "None");
+    }
+}
