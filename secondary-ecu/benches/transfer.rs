@@ -1,4 +1,5 @@
-//! Primary-to-Secondary transfer throughput over gRPC on 127.0.0.1 for a 1 GiB image in
+//! Primary-to-Secondary transfer throughput over gRPC on 127.0.0.1 (pinned mutual TLS, then
+//! plaintext for comparison) for a 1 GiB image in
 //! 1 MiB chunks, with the Secondary hashing (sha256 and sha512) and writing every byte, and
 //! the Secondary's peak memory (VmHWM) during it. Run with
 //! `cargo bench -p secondary-ecu --bench transfer`.
@@ -10,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use proto::v2::secondary_client::SecondaryClient;
 use proto::v2::{BeginTransferRequest, Chunk, PutMetadataRequest, PutTimeRequest};
+use service_runtime::tls::ServerTrust;
 use sha2::Digest;
+use std::sync::Arc;
 use uptane_core::hash::Hashes;
 use uptane_core::sign::TargetsBuilder;
 use uptane_core::testing::RepoFixture;
 use uptane_core::uptane::{director_target_custom, director_targets_custom, image_target_custom};
+use uptane_tests::forge::LinkKeys;
 use uptane_tests::{peak_rss_kib, spawn_listening};
 
 const SIZE: u64 = 1 << 30;
@@ -68,11 +72,22 @@ fn main() {
         .build();
     director.publish();
 
+    for secure in [true, false] {
+        transfer(&director, &images, secure);
+    }
+}
+
+/// One 1 GiB transfer to a fresh Secondary, over pinned mutual TLS when `secure`, else over
+/// plaintext gRPC (`--insecure`) for comparison.
+fn transfer(director: &RepoFixture, images: &RepoFixture, secure: bool) {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     std::fs::write(p("d.json"), &director.roots[0]).unwrap();
     std::fs::write(p("i.json"), &images.roots[0]).unwrap();
     std::fs::write(p("f.bin"), b"factory").unwrap();
+    let primary =
+        service_runtime::pki::self_signed("primary", &[service_runtime::pki::DEVICE_NAME]).unwrap();
+    primary.write(&p("primary/tls")).unwrap();
     let bin = env!("CARGO_BIN_EXE_secondary-ecu");
     let status = Command::new(bin)
         .args([
@@ -87,6 +102,8 @@ fn main() {
             "full",
             "--factory-name",
             "f.bin",
+            "--primary-fingerprint",
+            &primary.fingerprint().unwrap().to_string(),
         ])
         .arg("--dir")
         .arg(p("ecu"))
@@ -96,6 +113,7 @@ fn main() {
         .arg(p("i.json"))
         .arg("--factory-image")
         .arg(p("f.bin"))
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());
@@ -106,6 +124,9 @@ fn main() {
         "--max-chunk-size",
         &CHUNK.to_string(),
     ]);
+    if !secure {
+        command.arg("--insecure");
+    }
     let (process, addr) = spawn_listening(command, Duration::from_secs(30));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -114,14 +135,29 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(8 << 20))
-            .tcp_nodelay(true)
-            .connect()
-            .await
+            .tcp_nodelay(true);
+        let channel = if secure {
+            let keys = LinkKeys::steal(&p("ecu"), &p("primary"));
+            let tls = service_runtime::tls::client_config(
+                &ServerTrust::Pinned(keys.secondary.fingerprint()),
+                Some(&keys.primary),
+            )
             .unwrap();
+            endpoint
+                .connect_with_connector(service_runtime::tls::connector(
+                    addr.clone(),
+                    service_runtime::pki::DEVICE_NAME,
+                    Arc::new(tls),
+                ))
+                .await
+                .unwrap()
+        } else {
+            endpoint.connect().await.unwrap()
+        };
         let mut client = SecondaryClient::new(channel);
         client.put_time(PutTimeRequest { unix_seconds: now().timestamp() }).await.unwrap();
         let bundle = PutMetadataRequest {
@@ -151,7 +187,8 @@ fn main() {
         let elapsed = start.elapsed().as_secs_f64();
         assert!(state.complete, "{state:?}");
         println!(
-            "1 GiB Primary -> Secondary over gRPC, {} KiB chunks, received, hashed (sha256+sha512) and made durable every 32 MiB: {:.2} s, {:.0} MB/s",
+            "1 GiB Primary -> Secondary over gRPC ({}), {} KiB chunks, received, hashed (sha256+sha512) and made durable every 32 MiB: {:.2} s, {:.0} MB/s",
+            if secure { "mutual TLS, pinned" } else { "plaintext, --insecure" },
             CHUNK / 1024,
             elapsed,
             SIZE as f64 / 1e6 / elapsed

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use proto::v2::{PutMetadataRequest, ResultCode};
 use serde::{Deserialize, Serialize};
+use service_runtime::tls::{Fingerprint, Identity as TlsIdentity};
 use uptane_core::crypto::SigningKey;
 use uptane_core::error::AttackKind;
 use uptane_core::hash::DigestError;
@@ -46,6 +47,10 @@ pub struct Identity {
     pub hardware_id: HardwareId,
     /// Verification mode.
     pub mode: Mode,
+    /// The Primary's TLS certificate, pinned at provisioning: only it may change this ECU's
+    /// state or read its evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_fingerprint: Option<Fingerprint>,
 }
 
 /// Runtime settings.
@@ -118,12 +123,22 @@ struct Pending {
     release_counter: u64,
 }
 
+/// An attack detected, kept until the Primary acknowledges a report that carried it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct KeptAttack {
+    #[serde(flatten)]
+    attack: DetectedAttack,
+    /// The counter of the first report that carried it.
+    #[serde(default)]
+    first_reported_in: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct State {
     report_counter: u64,
     latest_time: i64,
     targets_version: Option<u64>,
-    attacks: Vec<DetectedAttack>,
+    attacks: Vec<KeptAttack>,
     pending: Option<Pending>,
     durable_offset: u64,
     transfer_complete: bool,
@@ -204,6 +219,17 @@ pub fn key_path(dir: &Path) -> PathBuf {
     dir.join("ecu.pem")
 }
 
+/// The ECU's TLS identity (`cert.pem`, `key.pem`), made at `init`.
+pub fn tls_dir(dir: &Path) -> PathBuf {
+    dir.join("tls")
+}
+
+/// Reads the ECU's TLS identity.
+pub fn tls_identity(dir: &Path) -> Result<TlsIdentity, service_runtime::tls::TlsError> {
+    let tls = tls_dir(dir);
+    TlsIdentity::from_pem_files(&tls.join("cert.pem"), &tls.join("key.pem"))
+}
+
 fn state_path(dir: &Path) -> PathBuf {
     dir.join("state.json")
 }
@@ -245,9 +271,10 @@ pub struct Provisioning<'a> {
     pub image: &'a [u8],
 }
 
-/// Creates an ECU directory: key, identity, trusted roots, and a device with the factory
-/// image in slot A.
-pub fn init(dir: &Path, p: &Provisioning<'_>, now: UtcTime) -> std::io::Result<()> {
+/// Creates an ECU directory: key, TLS identity, identity, trusted roots, and a device with
+/// the factory image in slot A. Returns the fingerprint of the TLS certificate, which the
+/// Primary pins.
+pub fn init(dir: &Path, p: &Provisioning<'_>, now: UtcTime) -> std::io::Result<Fingerprint> {
     let Provisioning {
         identity,
         key,
@@ -277,6 +304,13 @@ pub fn init(dir: &Path, p: &Provisioning<'_>, now: UtcTime) -> std::io::Result<(
         &dir.join("ecu.pub.json"),
         &serde_json::to_vec_pretty(key.public_key().to_json())?,
     )?;
+    let tls = service_runtime::pki::self_signed(
+        identity.serial.as_str(),
+        &[service_runtime::pki::DEVICE_NAME],
+    )
+    .map_err(std::io::Error::other)?;
+    tls.write(&tls_dir(dir))?;
+    let fingerprint = tls.fingerprint().map_err(std::io::Error::other)?;
     files::save(&dir.join("identity.json"), identity)?;
     files::write_atomic(&trusted(dir, "director-root.json"), director_root)?;
     if let Some(root) = image_root {
@@ -293,7 +327,8 @@ pub fn init(dir: &Path, p: &Provisioning<'_>, now: UtcTime) -> std::io::Result<(
         latest_time: unix(now),
         ..State::default()
     };
-    files::save(&state_path(dir), &state)
+    files::save(&state_path(dir), &state)?;
+    Ok(fingerprint)
 }
 
 impl Agent {
@@ -398,12 +433,21 @@ impl Agent {
         }
         if let Some(kind) = attack {
             tracing::warn!(attack = %kind, correlation_id, description, "attack detected");
-            self.state.attacks.push(DetectedAttack {
-                kind,
-                detail: description.to_string(),
+            self.state.attacks.push(KeptAttack {
+                attack: DetectedAttack {
+                    kind,
+                    detail: description.to_string(),
+                },
+                first_reported_in: None,
             });
         }
         self.save()
+    }
+
+    /// Records the attack a refusal stopped, without a result: the call named no update of
+    /// this ECU's, and a caller must not be able to write a result under an id it chose.
+    fn refuse_unkept(&mut self, refusal: Refusal) -> Refusal {
+        self.refuse("", refusal, "")
     }
 
     fn refuse(&mut self, correlation_id: &str, refusal: Refusal, filename: &str) -> Refusal {
@@ -474,7 +518,18 @@ impl Agent {
             release_counter: 0,
         });
         self.state.report_counter += 1;
-        let attacks = std::mem::take(&mut self.state.attacks);
+        let counter = self.state.report_counter;
+        // Every attack not yet acknowledged goes into every report: a report that never
+        // reaches the Director loses no evidence.
+        for kept in &mut self.state.attacks {
+            kept.first_reported_in.get_or_insert(counter);
+        }
+        let attacks = self
+            .state
+            .attacks
+            .iter()
+            .map(|k| k.attack.clone())
+            .collect();
         let last_install = self.state.last_correlation_id.as_ref().and_then(|c| {
             self.state.results.get(c).map(|r| LastInstall {
                 correlation_id: c.clone(),
@@ -495,6 +550,20 @@ impl Agent {
         // The counter is durable before the report leaves, so it can never be reused.
         self.save()?;
         report.sign(&self.key).map_err(std::io::Error::other)
+    }
+
+    /// The Director accepted a manifest carrying this ECU's report `report_counter`: the
+    /// attacks that report carried are forgotten.
+    pub fn acknowledge_report(&mut self, report_counter: u64) -> std::io::Result<()> {
+        let before = self.state.attacks.len();
+        self.state.attacks.retain(|k| {
+            k.first_reported_in
+                .is_none_or(|first| first > report_counter)
+        });
+        if self.state.attacks.len() != before {
+            self.save()?;
+        }
+        Ok(())
     }
 
     fn verify_bundle(&self, bundle: &PutMetadataRequest) -> Result<verify::Accepted, Refusal> {
@@ -537,11 +606,23 @@ impl Agent {
     /// Verifies and keeps new metadata; on any failure the previous metadata and image stay
     /// and the attack is recorded for the next version report.
     pub fn put_metadata(&mut self, bundle: PutMetadataRequest) -> Result<ResultCode, Refusal> {
-        let correlation_id = bundle.correlation_id.clone();
         let accepted = match self.verify_bundle(&bundle) {
             Ok(a) => a,
-            Err(refusal) => return Err(self.refuse(&correlation_id, refusal, "")),
+            Err(refusal) => return Err(self.refuse_unkept(refusal)),
         };
+        // The update's id is the one the Director signed, whatever the bundle says.
+        let correlation_id = accepted.correlation_id.clone();
+        if correlation_id != bundle.correlation_id {
+            let refusal = Refusal {
+                code: ResultCode::VerificationFailed,
+                attack: Some(AttackKind::MixAndMatch),
+                description: format!(
+                    "the bundle names update {:?}, the signed targets {correlation_id:?}",
+                    bundle.correlation_id
+                ),
+            };
+            return Err(self.refuse_unkept(refusal));
+        }
         files::write_atomic(
             &trusted(&self.dir, "director-root.json"),
             &accepted.director_root,
@@ -605,7 +686,7 @@ impl Agent {
             Err(mut refusal) => {
                 // An image the verified metadata does not assign to this ECU.
                 refusal.attack = Some(AttackKind::ArbitrarySoftware);
-                return Err(self.refuse(correlation_id, refusal, filename));
+                return Err(self.refuse_unkept(refusal));
             }
         };
         if pending.filename != filename || pending.length != length {

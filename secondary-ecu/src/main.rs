@@ -4,6 +4,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secondary_ecu::agent::{self, Agent, Faults, Identity, Mode, Phase, Settings};
+use secondary_ecu::rpc::Link;
+use service_runtime::tls::Fingerprint;
 use uptane_core::ids::{EcuSerial, HardwareId, Vin};
 
 /// The Secondary ECU agent on a simulated A/B device.
@@ -45,6 +47,17 @@ enum Command {
         /// Its file name.
         #[arg(long)]
         factory_name: String,
+        /// The Primary's TLS certificate fingerprint (printed by `primary-ecu tls-identity`):
+        /// only that certificate may change this ECU's state or read its evidence.
+        #[arg(
+            long,
+            env = "SECONDARY_PRIMARY_FINGERPRINT",
+            required_unless_present = "insecure"
+        )]
+        primary_fingerprint: Option<Fingerprint>,
+        /// Provision without pinning a Primary: the ECU can then only run with `--insecure`.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Serves the Secondary protocol.
     Run {
@@ -84,6 +97,9 @@ enum Command {
         /// Fault: staging capacity in bytes.
         #[arg(long, env = "SECONDARY_FAULT_STORAGE_BYTES")]
         fault_storage_bytes: Option<u64>,
+        /// Serve plaintext gRPC and answer anyone: for tests that inject faults only.
+        #[arg(long, env = "SECONDARY_INSECURE")]
+        insecure: bool,
     },
 }
 
@@ -103,7 +119,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             image_root,
             factory_image,
             factory_name,
+            primary_fingerprint,
+            insecure,
         } => {
+            if insecure && primary_fingerprint.is_none() {
+                tracing::warn!("no Primary pinned: this ECU can only run with --insecure");
+            }
             let director_root = std::fs::read(&director_root)
                 .with_context(|| format!("reading {}", director_root.display()))?;
             uptane_core::verify::verify_root_self_signed(&uptane_core::verify::Raw::new(
@@ -127,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 serial,
                 hardware_id,
                 mode,
+                primary_fingerprint,
             };
             let provisioning = agent::Provisioning {
                 identity: &identity,
@@ -136,13 +158,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 image_name: &factory_name,
                 image: &image,
             };
-            agent::init(&dir, &provisioning, now())?;
+            let fingerprint = agent::init(&dir, &provisioning, now())?;
             println!(
                 "initialized ECU {} in {}; public key in {}",
                 identity.serial,
                 dir.display(),
                 dir.join("ecu.pub.json").display()
             );
+            println!("TLS certificate fingerprint {fingerprint}");
             Ok(())
         }
         Command::Run {
@@ -158,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fault_stall_after,
             fault_fail_boot,
             fault_storage_bytes,
+            insecure,
         } => {
             if max_chunk_size == 0
                 || max_chunk_size as usize > secondary_ecu::rpc::MAX_MESSAGE_BYTES - 1024
@@ -186,13 +210,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let agent = Agent::open(&dir, settings)
                 .with_context(|| format!("opening {}", dir.display()))?;
+            let link = if insecure {
+                tracing::warn!("--insecure: plaintext gRPC, every call answered to anyone");
+                Link::Insecure
+            } else {
+                let primary = agent.identity().primary_fingerprint.context(
+                    "no Primary is pinned (provisioned with --insecure); run with --insecure",
+                )?;
+                let identity = agent::tls_identity(&dir).context("reading the TLS identity")?;
+                Link::Tls { identity, primary }
+            };
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             let addr = listener.local_addr()?;
             tracing::info!(%addr, serial = %agent.identity().serial, "listening");
             println!("listening on {addr}");
-            secondary_ecu::rpc::serve(listener, agent, service_runtime::shutdown_signal()).await?;
+            secondary_ecu::rpc::serve(listener, agent, link, service_runtime::shutdown_signal())
+                .await?;
             Ok(())
         }
     }

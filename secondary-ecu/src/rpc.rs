@@ -7,16 +7,17 @@ use std::sync::{Arc, Mutex};
 
 use proto::v2::secondary_server::{Secondary, SecondaryServer};
 use proto::v2::{
-    ActivateRequest, BeginTransferRequest, CancelOperationRequest, Chunk, ConfirmRequest, EcuInfo,
-    EcuPhase, EcuStatus, GetInfoRequest, GetInstallationResultRequest, GetOperationRequest,
-    GetStatusRequest, GetTransferStateRequest, GetVersionReportRequest, InstallRequest,
-    InstallationResult, Operation, OperationKind, OperationState, PutMetadataRequest,
-    PutTimeRequest, RebootRequest, ResultCode, SignedVersionReport, SlotInfo, TransferState,
-    VerificationMode,
+    AcknowledgeReportRequest, ActivateRequest, BeginTransferRequest, CancelOperationRequest, Chunk,
+    ConfirmRequest, EcuInfo, EcuPhase, EcuStatus, GetInfoRequest, GetInstallationResultRequest,
+    GetOperationRequest, GetStatusRequest, GetTransferStateRequest, GetVersionReportRequest,
+    InstallRequest, InstallationResult, Operation, OperationKind, OperationState,
+    PutMetadataRequest, PutTimeRequest, RebootRequest, ResultCode, SignedVersionReport, SlotInfo,
+    TransferState, VerificationMode,
 };
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use service_runtime::tls::{ClientAuth, Fingerprint, Identity, PeerIdentity};
 use uptane_core::error::AttackKind;
 
 use crate::ab::SlotState;
@@ -31,19 +32,64 @@ struct OperationRecord {
     cancel: Arc<AtomicBool>,
 }
 
+/// How the link to the Primary is secured.
+#[derive(Debug, Clone)]
+pub enum Link {
+    /// Mutual TLS: this ECU's identity, and the Primary's certificate pinned at provisioning.
+    /// Every call but `GetInfo` (and health) must come from that certificate.
+    Tls {
+        /// This ECU's certificate and key.
+        identity: Identity,
+        /// The Primary's certificate.
+        primary: Fingerprint,
+    },
+    /// Plaintext, every call from anyone: `--insecure`, for tests that inject faults only.
+    Insecure,
+}
+
 /// The service state.
 #[derive(Debug, Clone)]
 pub struct Service {
     agent: Arc<Mutex<Agent>>,
     operations: Arc<Mutex<HashMap<String, OperationRecord>>>,
+    primary: Option<Fingerprint>,
 }
 
 impl Service {
-    /// A service over `agent`.
-    pub fn new(agent: Agent) -> Self {
+    /// A service over `agent`, answering state-changing calls only from `primary` (anyone
+    /// when `None`: an insecure link).
+    pub fn new(agent: Agent, primary: Option<Fingerprint>) -> Self {
         Self {
             agent: Arc::new(Mutex::new(agent)),
             operations: Arc::default(),
+            primary,
+        }
+    }
+
+    /// Refuses a call that does not come from the Primary: `UNAUTHENTICATED` without a
+    /// client certificate, `PERMISSION_DENIED` with another one.
+    fn require_primary<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(primary) = self.primary else {
+            return Ok(());
+        };
+        let peer = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|p| p.fingerprint);
+        match peer {
+            Some(f) if f == primary => Ok(()),
+            Some(f) => {
+                tracing::warn!(peer = %f, "call from a certificate that is not the Primary's");
+                Err(Status::permission_denied(
+                    "this certificate is not the Primary's",
+                ))
+            }
+            None => {
+                tracing::warn!("call without a client certificate");
+                Err(Status::unauthenticated(
+                    "this call is answered only to the Primary's certificate",
+                ))
+            }
         }
     }
 
@@ -180,8 +226,9 @@ impl Secondary for Service {
 
     async fn get_status(
         &self,
-        _: Request<GetStatusRequest>,
+        request: Request<GetStatusRequest>,
     ) -> Result<Response<EcuStatus>, Status> {
+        self.require_primary(&request)?;
         self.call(status).await?.map(Response::new)
     }
 
@@ -189,6 +236,7 @@ impl Secondary for Service {
         &self,
         request: Request<GetVersionReportRequest>,
     ) -> Result<Response<SignedVersionReport>, Status> {
+        self.require_primary(&request)?;
         let nonce = request.into_inner().nonce;
         if nonce.is_empty() || nonce.len() > 128 {
             return Err(Status::invalid_argument(
@@ -202,10 +250,23 @@ impl Secondary for Service {
         Ok(Response::new(SignedVersionReport { signed_report }))
     }
 
+    async fn acknowledge_report(
+        &self,
+        request: Request<AcknowledgeReportRequest>,
+    ) -> Result<Response<proto::v2::Result>, Status> {
+        self.require_primary(&request)?;
+        let counter = request.into_inner().report_counter;
+        self.call(move |agent| agent.acknowledge_report(counter))
+            .await?
+            .map_err(io_status)?;
+        Ok(Response::new(result(ResultCode::Ok, "acknowledged", "")))
+    }
+
     async fn put_time(
         &self,
         request: Request<PutTimeRequest>,
     ) -> Result<Response<proto::v2::Result>, Status> {
+        self.require_primary(&request)?;
         let unix_seconds = request.into_inner().unix_seconds;
         self.call(move |agent| agent.put_time(unix_seconds))
             .await?
@@ -217,6 +278,7 @@ impl Secondary for Service {
         &self,
         request: Request<PutMetadataRequest>,
     ) -> Result<Response<proto::v2::Result>, Status> {
+        self.require_primary(&request)?;
         let bundle = request.into_inner();
         let correlation_id = bundle.correlation_id.clone();
         let outcome = self.call(move |agent| agent.put_metadata(bundle)).await?;
@@ -230,6 +292,7 @@ impl Secondary for Service {
         &self,
         request: Request<BeginTransferRequest>,
     ) -> Result<Response<TransferState>, Status> {
+        self.require_primary(&request)?;
         let r = request.into_inner();
         let id = r.correlation_id.clone();
         let outcome = self
@@ -242,6 +305,7 @@ impl Secondary for Service {
         &self,
         request: Request<GetTransferStateRequest>,
     ) -> Result<Response<TransferState>, Status> {
+        self.require_primary(&request)?;
         let correlation_id = request.into_inner().correlation_id;
         let id = correlation_id.clone();
         let outcome = self.call(move |agent| agent.transfer_state(&id)).await?;
@@ -252,6 +316,7 @@ impl Secondary for Service {
         &self,
         request: Request<Streaming<Chunk>>,
     ) -> Result<Response<TransferState>, Status> {
+        self.require_primary(&request)?;
         let mut stream = request.into_inner();
         let mut correlation_id: Option<String> = None;
         let mut upload = None;
@@ -341,6 +406,7 @@ impl Secondary for Service {
         &self,
         request: Request<InstallRequest>,
     ) -> Result<Response<Operation>, Status> {
+        self.require_primary(&request)?;
         let correlation_id = request.into_inner().correlation_id;
         let operation = new_operation(OperationKind::Install, &correlation_id)?;
         let id = correlation_id.clone();
@@ -384,6 +450,7 @@ impl Secondary for Service {
         &self,
         request: Request<ActivateRequest>,
     ) -> Result<Response<Operation>, Status> {
+        self.require_primary(&request)?;
         let correlation_id = request.into_inner().correlation_id;
         let id = correlation_id.clone();
         let outcome = self.call(move |agent| agent.activate(&id)).await?;
@@ -394,6 +461,7 @@ impl Secondary for Service {
         &self,
         request: Request<ConfirmRequest>,
     ) -> Result<Response<Operation>, Status> {
+        self.require_primary(&request)?;
         let correlation_id = request.into_inner().correlation_id;
         let id = correlation_id.clone();
         let outcome = self.call(move |agent| agent.confirm(&id)).await?;
@@ -404,6 +472,7 @@ impl Secondary for Service {
         &self,
         request: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
+        self.require_primary(&request)?;
         let id = request.into_inner().operation_id;
         let operations = self
             .operations
@@ -419,6 +488,7 @@ impl Secondary for Service {
         &self,
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
+        self.require_primary(&request)?;
         let id = request.into_inner().operation_id;
         let operations = self
             .operations
@@ -439,6 +509,7 @@ impl Secondary for Service {
         &self,
         request: Request<GetInstallationResultRequest>,
     ) -> Result<Response<InstallationResult>, Status> {
+        self.require_primary(&request)?;
         let correlation_id = request.into_inner().correlation_id;
         let id = correlation_id.clone();
         let record = self
@@ -460,8 +531,9 @@ impl Secondary for Service {
 
     async fn reboot(
         &self,
-        _: Request<RebootRequest>,
+        request: Request<RebootRequest>,
     ) -> Result<Response<proto::v2::Result>, Status> {
+        self.require_primary(&request)?;
         self.call(Agent::reboot).await?.map_err(io_status)?;
         Ok(Response::new(result(ResultCode::Ok, "rebooted", "")))
     }
@@ -547,26 +619,51 @@ fn transfer_state(
 }
 
 /// Serves the Secondary service and the gRPC health service on an already bound listener
-/// until `shutdown` completes.
+/// until `shutdown` completes, over `link`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     agent: Agent,
+    link: Link,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<SecondaryServer<Service>>().await;
-    let service = SecondaryServer::new(Service::new(agent))
+    let primary = match &link {
+        Link::Tls { primary, .. } => Some(*primary),
+        Link::Insecure => None,
+    };
+    let service = SecondaryServer::new(Service::new(agent, primary))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     // Windows large enough for a 1 MiB chunk in flight; the 64 KiB defaults cap a transfer
     // at a few tens of MB/s on loopback.
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))
         .tcp_nodelay(true)
         .add_service(health)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_service(service);
+    match link {
+        Link::Insecure => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Link::Tls { identity, .. } => {
+            let config = service_runtime::tls::server_config(&identity, &ClientAuth::Pinned)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "TLS configuration");
+                    e
+                });
+            let Ok(config) = config else {
+                // Unreachable with an identity that loaded; nothing is served.
+                return Ok(());
+            };
+            let incoming = service_runtime::tls::incoming(listener, Arc::new(config));
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
 }

@@ -11,9 +11,10 @@ use proto::v2::PutMetadataRequest;
 use uptane_core::error::UpdateError;
 use uptane_core::refresh::{MetadataFile, MetadataSource, Refresh};
 use uptane_core::time::UtcTime;
-use uptane_core::trusted::{Director, ImageRepo, Limits};
+use uptane_core::trusted::{Director, ImageRepo, Limits, TrustedSet};
 use uptane_core::uptane::{
-    ApprovedImage, EcuIdentity, UptaneError, approve, director_target_for, verify_partial,
+    ApprovedImage, EcuIdentity, UptaneError, approve, correlation_id, director_target_for,
+    verify_partial,
 };
 use uptane_core::verify::Raw;
 
@@ -35,6 +36,8 @@ pub struct Accepted {
     pub image: Option<ApprovedImage>,
     /// The accepted Director targets version.
     pub targets_version: u64,
+    /// The update's correlation id, as the Director signed it.
+    pub correlation_id: String,
     /// The newest trusted Director root (to persist).
     pub director_root: Vec<u8>,
     /// The newest trusted Image repository root (to persist), in full verification.
@@ -116,6 +119,14 @@ impl MetadataSource for Bundle<'_> {
     }
 }
 
+fn signed_correlation_id(director: &TrustedSet<Director>) -> String {
+    director
+        .targets()
+        .and_then(|t| correlation_id(t))
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Partial verification of the Director targets in `bundle`.
 pub fn partial(
     ecu: &Ecu<'_>,
@@ -130,6 +141,7 @@ pub fn partial(
     let trusted = director.into_trusted();
     Ok(Accepted {
         image,
+        correlation_id: signed_correlation_id(&trusted),
         targets_version: trusted.targets().map_or(0, |t| t.common.version),
         director_root: trusted.root().as_bytes().to_vec(),
         image_root: None,
@@ -176,6 +188,7 @@ pub fn full(
     let director = director.into_trusted();
     Ok(Accepted {
         image,
+        correlation_id: signed_correlation_id(&director),
         targets_version: director.targets().map_or(0, |t| t.common.version),
         director_root: director.root().as_bytes().to_vec(),
         image_root: Some(images.trusted().root().as_bytes().to_vec()),

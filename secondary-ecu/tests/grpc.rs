@@ -1,5 +1,6 @@
 //! The Secondary agent as a real process, over real gRPC on 127.0.0.1: updates in both
-//! verification modes, power loss at each phase, a failed trial boot, and every refusal.
+//! verification modes, power loss at each phase, a failed trial boot, every refusal, and
+//! every call but `GetInfo` refused to anything that is not the pinned Primary.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,11 +14,13 @@ use proto::v2::{
     PutMetadataRequest, PutTimeRequest, ResultCode,
 };
 use serde_json::Value;
+use service_runtime::tls::{Identity, ServerTrust};
 use tonic::transport::Channel;
 use uptane_core::crypto::SigningKey;
 use uptane_core::sign::TargetsBuilder;
 use uptane_core::testing::{RepoFixture, key};
 use uptane_core::uptane::{director_target_custom, director_targets_custom, image_target_custom};
+use uptane_tests::forge::{LinkKeys, secondary_client};
 use uptane_tests::{ChildGuard, run_ok, spawn_listening};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -118,6 +121,30 @@ struct Ecu {
     client: Option<SecondaryClient<Channel>>,
 }
 
+/// A channel to the Secondary at `addr` that pins its certificate and presents `identity`.
+fn channel(addr: &str, secondary: &Identity, identity: Option<&Identity>) -> Channel {
+    let tls = service_runtime::tls::client_config(
+        &ServerTrust::Pinned(secondary.fingerprint()),
+        identity,
+    )
+    .unwrap();
+    tonic::transport::Endpoint::from_static("http://secondary.invalid").connect_with_connector_lazy(
+        service_runtime::tls::connector(
+            addr.to_string(),
+            service_runtime::pki::DEVICE_NAME,
+            std::sync::Arc::new(tls),
+        ),
+    )
+}
+
+/// The test's Primary identity, made in `dir/primary/tls`, and its fingerprint.
+fn primary_identity(dir: &std::path::Path) -> String {
+    let made =
+        service_runtime::pki::self_signed("primary", &[service_runtime::pki::DEVICE_NAME]).unwrap();
+    made.write(&dir.join("primary/tls")).unwrap();
+    made.identity().unwrap().fingerprint().to_string()
+}
+
 impl Ecu {
     fn new(repos: &Repos, mode: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -125,6 +152,7 @@ impl Ecu {
         std::fs::write(p("director-root.json"), &repos.director.roots[0]).unwrap();
         std::fs::write(p("image-root.json"), &repos.images.roots[0]).unwrap();
         std::fs::write(p("factory.bin"), b"factory firmware").unwrap();
+        let primary = primary_identity(dir.path());
         run_ok(
             Command::new(bin())
                 .args([
@@ -147,7 +175,8 @@ impl Ecu {
                 .arg("--image-root")
                 .arg(p("image-root.json"))
                 .arg("--factory-image")
-                .arg(p("factory.bin")),
+                .arg(p("factory.bin"))
+                .args(["--primary-fingerprint", &primary]),
             LIMIT,
         );
         Self {
@@ -170,9 +199,8 @@ impl Ecu {
             .args(faults);
         let (process, addr) = spawn_listening(command, LIMIT);
         self.process = Some(process);
-        self.addr = format!("http://{addr}");
-        let client = SecondaryClient::connect(self.addr.clone()).await.unwrap();
-        self.client = Some(client);
+        self.addr = addr;
+        self.client = Some(secondary_client(&self.addr, &self.keys()));
         let client = self.client.as_mut().unwrap();
         client
             .put_time(PutTimeRequest {
@@ -181,6 +209,14 @@ impl Ecu {
             .await
             .unwrap();
         client
+    }
+
+    /// The TLS keys of the link: the test is the Primary.
+    fn keys(&self) -> LinkKeys {
+        LinkKeys::steal(
+            &self.dir.path().join("ecu"),
+            &self.dir.path().join("primary"),
+        )
     }
 
     fn client(&mut self) -> &mut SecondaryClient<Channel> {
@@ -298,11 +334,8 @@ async fn full_update(mode: &str) {
     let repos = Repos::new("brake-2.bin", IMAGE, 2);
     let mut ecu = Ecu::new(&repos, mode);
     ecu.start(&[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(ecu.addr.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    // Health answers anyone who reaches the port over TLS, without a client certificate.
+    let channel = channel(&ecu.addr, &ecu.keys().secondary, None);
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let serving = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -813,4 +846,226 @@ async fn follows_a_director_root_rotation_and_refuses_a_forged_root() {
             .into_inner();
         assert_eq!(r.code, ResultCode::Ok as i32, "{mode}: {r:?}");
     }
+}
+
+/// Every file under the ECU's state directory, with its contents.
+fn state_files(ecu: &Ecu) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut dirs = vec![ecu.dir.path().join("ecu")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.insert(path, bytes);
+            }
+        }
+    }
+    out
+}
+
+/// An ECU with evidence to erase and an update to disturb: a forged bundle refused (an
+/// attack kept for the Primary), the real one accepted, and the first chunk transferred.
+async fn with_evidence_and_a_pending_update() -> Ecu {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    ecu.start(&[]).await;
+    let mut forged = repos.bundle();
+    forged.director_targets =
+        uptane_core::sign::sign(&repos.director.targets, &[&key(66)]).unwrap();
+    let r = ecu
+        .client()
+        .put_metadata(forged)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.code, ResultCode::SignatureInvalid as i32, "{r:?}");
+    prepared(&mut ecu, &repos, &[]).await;
+    let first = ecu.upload(&IMAGE[..65536], 0).await.unwrap();
+    assert_eq!(first.durable_offset, 65536, "{first:?}");
+    ecu
+}
+
+/// `call` from a client without a certificate is `UNAUTHENTICATED`, from one with a
+/// certificate that is not the Primary's `PERMISSION_DENIED`; neither changes a file of the
+/// ECU's state, and the Primary is still answered and still sees the evidence.
+async fn refused_to_anyone_but_the_primary<F, Fut, T>(call: F)
+where
+    F: Fn(SecondaryClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    T: std::fmt::Debug,
+{
+    let mut ecu = with_evidence_and_a_pending_update().await;
+    let before = state_files(&ecu);
+    let secondary = ecu.keys().secondary;
+
+    let anonymous = SecondaryClient::new(channel(&ecu.addr, &secondary, None));
+    let status = call(anonymous).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+
+    let rogue = service_runtime::pki::self_signed("rogue", &[service_runtime::pki::DEVICE_NAME])
+        .unwrap()
+        .identity()
+        .unwrap();
+    let mut rogue_client = SecondaryClient::new(channel(&ecu.addr, &secondary, Some(&rogue)));
+    // Who the ECU is stays public.
+    let info = rogue_client
+        .get_info(proto::v2::GetInfoRequest {
+            primary_protocol_version: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.ecu_serial, SERIAL);
+    let status = call(rogue_client).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    assert_eq!(
+        state_files(&ecu),
+        before,
+        "a refused call changed the state"
+    );
+    let t = ecu
+        .client()
+        .get_transfer_state(proto::v2::GetTransferStateRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.durable_offset, 65536, "{t:?}");
+    let report = ecu.report("after-the-rogue").await;
+    let attacks = report["attacks_detected"].as_array().unwrap();
+    assert!(
+        attacks.iter().any(|a| a["kind"] == "arbitrary_software"),
+        "{report}"
+    );
+    assert_eq!(ecu.running().await, "factory.bin");
+}
+
+macro_rules! refused_to_rogues {
+    ($($name:ident: $client:ident => $call:expr;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            refused_to_anyone_but_the_primary(|mut $client: SecondaryClient<Channel>| async move {
+                $call.await
+            })
+            .await;
+        }
+    )*};
+}
+
+refused_to_rogues! {
+    a_rogue_cannot_read_the_status: c => c.get_status(GetStatusRequest {});
+    a_rogue_cannot_take_a_version_report: c => c.get_version_report(GetVersionReportRequest {
+        nonce: "rogue".into(),
+    });
+    a_rogue_cannot_acknowledge_the_evidence_away: c => c.acknowledge_report(
+        proto::v2::AcknowledgeReportRequest { report_counter: u64::MAX },
+    );
+    a_rogue_cannot_set_the_time: c => c.put_time(PutTimeRequest {
+        unix_seconds: now().timestamp() + 10 * 365 * 86400,
+    });
+    a_rogue_cannot_send_metadata: c => c.put_metadata(PutMetadataRequest {
+        correlation_id: CORR.into(),
+        ..Default::default()
+    });
+    a_rogue_cannot_reset_the_transfer: c => c.begin_transfer(BeginTransferRequest {
+        correlation_id: CORR.into(),
+        filename: "brake-2.bin".into(),
+        length: 1,
+    });
+    a_rogue_cannot_read_the_transfer_state: c => c.get_transfer_state(
+        proto::v2::GetTransferStateRequest { correlation_id: CORR.into() },
+    );
+    a_rogue_cannot_upload: c => c.upload(tokio_stream::iter(vec![Chunk {
+        correlation_id: CORR.into(),
+        offset: 65536,
+        data: vec![0u8; 1024],
+    }]));
+    a_rogue_cannot_install: c => c.install(InstallRequest { correlation_id: CORR.into() });
+    a_rogue_cannot_activate: c => c.activate(ActivateRequest { correlation_id: CORR.into() });
+    a_rogue_cannot_confirm: c => c.confirm(proto::v2::ConfirmRequest {
+        correlation_id: CORR.into(),
+    });
+    a_rogue_cannot_read_an_operation: c => c.get_operation(GetOperationRequest {
+        operation_id: "op-1".into(),
+    });
+    a_rogue_cannot_cancel_an_operation: c => c.cancel_operation(
+        proto::v2::CancelOperationRequest { operation_id: "op-1".into() },
+    );
+    a_rogue_cannot_read_an_installation_result: c => c.get_installation_result(
+        GetInstallationResultRequest { correlation_id: CORR.into() },
+    );
+    a_rogue_cannot_reboot_the_ecu: c => c.reboot(proto::v2::RebootRequest {});
+}
+
+#[tokio::test]
+async fn detected_attacks_are_kept_until_the_primary_acknowledges_the_report_carrying_them() {
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    ecu.start(&[]).await;
+    let mut forged = repos.bundle();
+    forged.director_targets =
+        uptane_core::sign::sign(&repos.director.targets, &[&key(66)]).unwrap();
+    let kinds = |report: &Value| -> Vec<String> {
+        report["attacks_detected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let r = ecu
+        .client()
+        .put_metadata(forged.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.code, ResultCode::SignatureInvalid as i32, "{r:?}");
+    let first = ecu.report("n1").await;
+    assert_eq!(kinds(&first), ["arbitrary_software"]);
+    // Taking a report again (the manifest was lost on the way) still carries it, and so does
+    // a restart of the ECU.
+    ecu.start(&[]).await;
+    let second = ecu.report("n2").await;
+    assert_eq!(kinds(&second), ["arbitrary_software"]);
+    // A second attack after the first report; the Director accepted the manifest carrying
+    // the first report only.
+    repos.edit_director(
+        |b| {
+            b.target(
+                "brake-2.bin",
+                IMAGE,
+                Some(director_target_custom(SERIAL, "hw-other", 2)),
+            )
+        },
+        None,
+    );
+    let r = ecu
+        .client()
+        .put_metadata(repos.bundle())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.code, ResultCode::HardwareIdMismatch as i32, "{r:?}");
+    let with_both = ecu.report("n3").await;
+    assert_eq!(kinds(&with_both), ["arbitrary_software", "wrong_hardware"]);
+    ecu.client()
+        .acknowledge_report(proto::v2::AcknowledgeReportRequest {
+            report_counter: second["report_counter"].as_u64().unwrap(),
+        })
+        .await
+        .unwrap();
+    let after = ecu.report("n4").await;
+    assert_eq!(kinds(&after), ["wrong_hardware"]);
+    ecu.client()
+        .acknowledge_report(proto::v2::AcknowledgeReportRequest {
+            report_counter: after["report_counter"].as_u64().unwrap(),
+        })
+        .await
+        .unwrap();
+    assert!(kinds(&ecu.report("n5").await).is_empty());
 }
