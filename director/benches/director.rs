@@ -6,7 +6,7 @@
 //!    counter checks, one SQLite transaction with `synchronous=FULL`).
 //! 2. Vehicle metadata requests per second (`GET /vehicles/<vin>/metadata/timestamp.json`
 //!    with each vehicle's credential), first for vehicles whose metadata must be signed,
-//!    then for vehicles whose metadata is current.
+//!    then for vehicles whose metadata is current, over plaintext and over TLS.
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,6 +19,8 @@ use director::db::Db;
 use director::keys::OnlineKeys;
 use director::service::{self, DirectorService, Policy};
 use rusqlite::params;
+use service_runtime::http::Transport;
+use service_runtime::tls::{ClientAuth, ServerTls};
 use uptane_core::crypto::SigningKey;
 use uptane_core::hash::sha256_hex;
 use uptane_core::ids::{EcuSerial, Vin};
@@ -185,6 +187,23 @@ fn main() {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(director::api::serve(
             listener,
+            Transport::Plaintext,
+            state.clone(),
+            std::future::pending(),
+        ));
+        // The same service over TLS (an ECDSA P-256 certificate from a test CA; wrk keeps
+        // its 32 connections open, as Primaries behind one gateway would not, so this is
+        // the per-request cost of TLS, not of handshakes).
+        let ca = service_runtime::pki::Ca::generate("bench CA").unwrap();
+        let identity = ca.issue_server(&["127.0.0.1"]).unwrap().identity().unwrap();
+        let tls = ServerTls::fixed(
+            service_runtime::tls::server_config(&identity, &ClientAuth::Pinned).unwrap(),
+        );
+        let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls_url = format!("https://{}", tls_listener.local_addr().unwrap());
+        tokio::spawn(director::api::serve(
+            tls_listener,
+            Transport::Tls(tls),
             state,
             std::future::pending(),
         ));
@@ -198,6 +217,10 @@ fn main() {
         let warm = tokio::task::spawn_blocking(move || wrk(&url, 10_000, 2_000, 10))
             .await
             .unwrap();
-        println!("metadata requests, vehicles with current metadata: {warm}");
+        println!("metadata requests, vehicles with current metadata, plaintext: {warm}");
+        let warm_tls = tokio::task::spawn_blocking(move || wrk(&tls_url, 10_000, 2_000, 10))
+            .await
+            .unwrap();
+        println!("metadata requests, vehicles with current metadata, TLS 1.3: {warm_tls}");
     });
 }

@@ -1,20 +1,25 @@
 //! The HTTP API: the operator REST API under `/api/v1` (bearer API tokens), the vehicle API
-//! under `/vehicles/<vin>` (per-vehicle credentials), and Primary self-registration with a
-//! provisioning token. Handlers parse, call [`DirectorService`] and map its errors.
+//! under `/vehicles/<vin>` (the vehicle's bound client certificate or its bearer
+//! credential), and Primary self-registration with a provisioning token. Handlers parse, call
+//! [`DirectorService`] and map its errors.
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use service_runtime::tls::{Fingerprint, PeerIdentity};
 use uptane_core::ids::{EcuSerial, Vin};
 
 use crate::error::DirectorError;
-use crate::service::{AssignRequest, DirectorService, EcuReplacement, NewVehicle};
+use crate::service::{
+    AssignRequest, DirectorService, EcuReplacement, IssuedCredential, NewVehicle,
+    ProvisioningLimits, VehicleAuth,
+};
 
 /// Shared server state: cheap clones.
 #[derive(Debug, Clone)]
@@ -42,9 +47,15 @@ pub fn router(state: AppState) -> Router {
             post(cancel_assignment),
         )
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/vehicles/{vin}/credential", post(issue_credential))
+        .route(
+            "/api/v1/vehicles/{vin}/credential/revoke",
+            post(revoke_credential),
+        )
+        .route("/api/v1/vehicle-credentials", get(list_credentials))
         .route(
             "/api/v1/provisioning-tokens",
-            post(create_provisioning_token),
+            get(list_provisioning_tokens).post(create_provisioning_token),
         )
         .route(
             "/api/v1/provisioning-tokens/{label}/revoke",
@@ -52,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/vehicles/{vin}/metadata/{file}", get(vehicle_metadata))
         .route("/vehicles/{vin}/manifest", post(post_manifest))
+        .route("/vehicles/{vin}/credential", post(renew_credential))
         .with_state(state)
 }
 
@@ -61,6 +73,16 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string)
+}
+
+/// What a vehicle request presented: its bearer credential and the client certificate the
+/// TLS handshake proved (none over plaintext, or when the router is called without a
+/// socket).
+fn vehicle_auth(headers: &HeaderMap, peer: Option<Extension<PeerIdentity>>) -> VehicleAuth {
+    VehicleAuth {
+        bearer: bearer(headers),
+        certificate: peer.and_then(|Extension(p)| p.fingerprint),
+    }
 }
 
 fn parse_id<T: std::str::FromStr<Err = uptane_core::ids::IdError>>(
@@ -110,25 +132,39 @@ async fn register_vehicle(
                 .await);
         }
     };
-    let vin = vehicle.vin.clone();
+    let (vin, bound) = (vehicle.vin.clone(), vehicle.tls_fingerprint.is_some());
     let credential = state.service.register_vehicle(&actor, vehicle).await?;
-    created(json!({"vin": vin, "credential": credential}))
+    created(registered(&vin, &credential, bound))
+}
+
+/// The answer to a registration: the credential (shown once) and what authenticates the
+/// vehicle from now on.
+fn registered(vin: &Vin, credential: &IssuedCredential, bound: bool) -> serde_json::Value {
+    json!({
+        "vin": vin,
+        "credential": credential.credential,
+        "credential_issued_at": credential.issued_at,
+        "credential_expires_at": credential.expires_at,
+        "certificate_bound": bound,
+    })
 }
 
 async fn register_with_provisioning(
     State(state): State<AppState>,
     headers: HeaderMap,
+    peer: Option<Extension<PeerIdentity>>,
     body: Body,
 ) -> ApiResult {
     let token = bearer(&headers)
         .ok_or_else(|| DirectorError::Unauthorized("missing bearer token".into()))?;
+    let certificate = peer.and_then(|Extension(p)| p.fingerprint);
     let vehicle: NewVehicle = read_json(&state, body).await?;
     let vin = vehicle.vin.clone();
     let credential = state
         .service
-        .register_with_provisioning(token, vehicle)
+        .register_with_provisioning(token, vehicle, certificate)
         .await?;
-    created(json!({"vin": vin, "credential": credential}))
+    created(registered(&vin, &credential, certificate.is_some()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,10 +267,37 @@ async fn list_events(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewProvisioningToken {
     label: String,
+    /// Shorthand for `max_uses: 1`.
     #[serde(default)]
     one_time: bool,
+    /// Registrations it allows [default: 100].
+    #[serde(default)]
+    max_uses: Option<u64>,
+    /// How long it works, in seconds [default: 7 days].
+    #[serde(default)]
+    expires_in_secs: Option<i64>,
+}
+
+impl NewProvisioningToken {
+    fn limits(&self) -> Result<ProvisioningLimits, DirectorError> {
+        let default = ProvisioningLimits::DEFAULT;
+        let max_uses = match (self.one_time, self.max_uses) {
+            (true, Some(n)) if n != 1 => {
+                return Err(DirectorError::BadRequest(
+                    "one_time and max_uses disagree".into(),
+                ));
+            }
+            (true, _) => 1,
+            (false, n) => n.unwrap_or(default.max_uses),
+        };
+        let lifetime = self
+            .expires_in_secs
+            .map_or(default.lifetime, chrono::Duration::seconds);
+        Ok(ProvisioningLimits { max_uses, lifetime })
+    }
 }
 
 async fn create_provisioning_token(
@@ -244,11 +307,84 @@ async fn create_provisioning_token(
 ) -> ApiResult {
     let actor = state.service.operator(bearer(&headers)).await?;
     let request: NewProvisioningToken = read_json(&state, body).await?;
+    let limits = request.limits()?;
     let token = state
         .service
-        .create_provisioning_token(&actor, request.label, request.one_time)
+        .create_provisioning_token(&actor, request.label, limits)
         .await?;
-    created(json!({"token": token}))
+    created(json!({"token": token, "max_uses": limits.max_uses,
+        "expires_in_secs": limits.lifetime.num_seconds()}))
+}
+
+async fn list_provisioning_tokens(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    state.service.operator(bearer(&headers)).await?;
+    ok_json(state.service.provisioning_tokens().await?)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCredential {
+    /// A client certificate to bind to the vehicle.
+    #[serde(default)]
+    tls_fingerprint: Option<Fingerprint>,
+}
+
+async fn issue_credential(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(vin): Path<String>,
+    body: Body,
+) -> ApiResult {
+    let actor = state.service.operator(bearer(&headers)).await?;
+    let vin: Vin = parse_id(&vin)?;
+    let request: NewCredential = read_json(&state, body).await?;
+    let issued = state
+        .service
+        .issue_credential(&actor, vin.clone(), request.tls_fingerprint)
+        .await?;
+    created(registered(&vin, &issued, request.tls_fingerprint.is_some()))
+}
+
+async fn revoke_credential(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(vin): Path<String>,
+) -> ApiResult {
+    let actor = state.service.operator(bearer(&headers)).await?;
+    state
+        .service
+        .revoke_credential(&actor, parse_id(&vin)?)
+        .await?;
+    ok_json(json!({"revoked": true}))
+}
+
+async fn list_credentials(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    state.service.operator(bearer(&headers)).await?;
+    let vin = q.vin.as_deref().map(parse_id).transpose()?;
+    ok_json(state.service.credentials(vin, q.limit).await?)
+}
+
+/// A vehicle renews its credential; the new one takes over at its first use.
+async fn renew_credential(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    peer: Option<Extension<PeerIdentity>>,
+    Path(vin): Path<String>,
+) -> ApiResult {
+    let vehicle = state
+        .service
+        .authorize(parse_id(&vin)?, vehicle_auth(&headers, peer))
+        .await?;
+    let issued = state.service.renew_credential(&vehicle).await?;
+    ok_json(json!({
+        "credential": issued.credential,
+        "credential_issued_at": issued.issued_at,
+        "credential_expires_at": issued.expires_at,
+    }))
 }
 
 async fn revoke_provisioning_tokens(
@@ -267,11 +403,12 @@ async fn revoke_provisioning_tokens(
 async fn vehicle_metadata(
     State(state): State<AppState>,
     headers: HeaderMap,
+    peer: Option<Extension<PeerIdentity>>,
     Path((vin, file)): Path<(String, String)>,
 ) -> ApiResult {
     let bytes = state
         .service
-        .vehicle_file(parse_id(&vin)?, bearer(&headers), file)
+        .vehicle_file(parse_id(&vin)?, vehicle_auth(&headers, peer), file)
         .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
@@ -279,29 +416,25 @@ async fn vehicle_metadata(
 async fn post_manifest(
     State(state): State<AppState>,
     headers: HeaderMap,
+    peer: Option<Extension<PeerIdentity>>,
     Path(vin): Path<String>,
     body: Body,
 ) -> ApiResult {
     // The credential is checked before the body is read.
     let vehicle = state
         .service
-        .authorize(parse_id(&vin)?, bearer(&headers))
+        .authorize(parse_id(&vin)?, vehicle_auth(&headers, peer))
         .await?;
     let bytes = read_body(&state, body).await?;
     ok_json(state.service.manifest(vehicle, bytes).await?)
 }
 
-/// Serves on an already bound listener until `shutdown` completes.
+/// Serves on an already bound listener over `transport` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    transport: service_runtime::http::Transport,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    service_runtime::http::serve(listener, transport, router(state), shutdown).await
 }

@@ -34,10 +34,15 @@ fn repo_err(e: impl std::fmt::Display) -> DirectorError {
 
 impl ImageCatalog {
     /// A catalog of the Image repository whose metadata is served under `base`
-    /// (e.g. `http://host:port/metadata`), trusting `pinned_root`.
-    pub fn http(base: &str, pinned_root: Vec<u8>) -> Result<Self, DirectorError> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
+    /// (e.g. `https://host:port/metadata`), trusting `pinned_root`, over `tls`.
+    pub fn http(
+        base: &str,
+        pinned_root: Vec<u8>,
+        tls: &service_runtime::http::ClientTls,
+    ) -> Result<Self, DirectorError> {
+        let client = tls
+            .reqwest()
+            .map_err(repo_err)?
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(repo_err)?;

@@ -11,7 +11,9 @@ use crate::api::AppState;
 use crate::catalog::ImageCatalog;
 use crate::db::Db;
 use crate::keys::{self, OnlineKeys};
-use crate::service::{self, DirectorService, Policy};
+use crate::service::{self, DirectorService, Policy, TokenSelector};
+use service_runtime::http::{ClientTls, Transport};
+use service_runtime::tls::{ClientAuth, Fingerprint};
 
 /// The Uptane Director repository.
 #[derive(Debug, Parser)]
@@ -24,12 +26,18 @@ pub struct Cli {
 /// How operator commands reach the Director.
 #[derive(Debug, Args)]
 struct Remote {
-    /// URL of the Director.
-    #[arg(long, env = "DIRECTOR_URL", default_value = "http://127.0.0.1:8081")]
+    /// URL of the Director (`https://`).
+    #[arg(long, env = "DIRECTOR_URL", default_value = "https://127.0.0.1:8081")]
     server: String,
     /// Operator API token.
     #[arg(long, env = "DIRECTOR_TOKEN")]
     token: String,
+    /// CA certificates (PEM) the Director's certificate chains to [default: the system's].
+    #[arg(long, env = "DIRECTOR_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Allow a plaintext `http://` server: the token crosses the network readable.
+    #[arg(long, env = "DIRECTOR_INSECURE")]
+    insecure: bool,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -76,6 +84,16 @@ enum Command {
         /// Largest request body, in bytes.
         #[arg(long, env = "DIRECTOR_MAX_BODY_BYTES", default_value_t = 1 << 20)]
         max_body_bytes: usize,
+        /// How long a vehicle credential works, in seconds (vehicles renew theirs when a
+        /// third of that is left).
+        #[arg(
+            long,
+            env = "DIRECTOR_VEHICLE_CREDENTIAL_LIFETIME_SECS",
+            default_value_t = 365 * 86_400
+        )]
+        vehicle_credential_lifetime_secs: i64,
+        #[command(flatten)]
+        tls: ServerTlsArgs,
     },
     /// Operator API tokens (acts on the database directly).
     Token {
@@ -147,6 +165,24 @@ enum Command {
     },
 }
 
+/// How the server talks to its clients, and how it reaches the Image repository.
+#[derive(Debug, Args)]
+struct ServerTlsArgs {
+    /// The server's certificate chain (PEM); re-read on SIGHUP.
+    #[arg(long, env = "DIRECTOR_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM); re-read on SIGHUP.
+    #[arg(long, env = "DIRECTOR_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) the Image repository's certificate chains to [default: the
+    /// system's].
+    #[arg(long, env = "DIRECTOR_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Serve plaintext HTTP, and read a plaintext Image repository: for tests only.
+    #[arg(long, env = "DIRECTOR_INSECURE")]
+    insecure: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Creates an operator API token and prints it once.
@@ -157,6 +193,30 @@ enum TokenCommand {
         /// A label for the token.
         #[arg(long)]
         label: String,
+        /// Days until it stops working.
+        #[arg(long, default_value_t = 90)]
+        expires_in_days: u32,
+    },
+    /// Lists the operator tokens (never their secrets).
+    List {
+        /// Director directory.
+        #[arg(long, env = "DIRECTOR_DIR")]
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes operator tokens, by id (from `token list`) or by label.
+    Revoke {
+        /// Director directory.
+        #[arg(long, env = "DIRECTOR_DIR")]
+        dir: PathBuf,
+        /// The token's id.
+        #[arg(long, required_unless_present = "label", conflicts_with = "label")]
+        id: Option<String>,
+        /// Every live token with this label.
+        #[arg(long)]
+        label: Option<String>,
     },
 }
 
@@ -172,6 +232,36 @@ enum VehicleCommand {
         /// An ECU as SERIAL:HARDWARE_ID:PUBLIC_KEY_FILE; the first is the Primary.
         #[arg(long = "ecu", required = true)]
         ecus: Vec<String>,
+        /// The fingerprint of the Primary's client certificate, to bind to the vehicle.
+        #[arg(long)]
+        tls_fingerprint: Option<Fingerprint>,
+    },
+    /// Lists vehicle credentials: expiry, revocation, pending renewal, bound certificate.
+    Credentials {
+        #[command(flatten)]
+        remote: Remote,
+        /// Only this vehicle.
+        #[arg(long)]
+        vin: Option<String>,
+    },
+    /// Revokes a vehicle's credential and certificate binding: it is refused until it is
+    /// issued a new one.
+    RevokeCredential {
+        #[command(flatten)]
+        remote: Remote,
+        /// Vehicle identifier.
+        vin: String,
+    },
+    /// Issues a vehicle a new credential (printed once; install it with `primary-ecu
+    /// set-credential`); the old one stops working.
+    IssueCredential {
+        #[command(flatten)]
+        remote: Remote,
+        /// Vehicle identifier.
+        vin: String,
+        /// Also bind this client certificate fingerprint to it.
+        #[arg(long)]
+        tls_fingerprint: Option<Fingerprint>,
     },
     /// Lists vehicles.
     List {
@@ -215,9 +305,20 @@ enum ProvisioningCommand {
         /// Label.
         #[arg(long)]
         label: String,
-        /// Valid for one registration only.
-        #[arg(long)]
+        /// Valid for one registration only (`--max-uses 1`).
+        #[arg(long, conflicts_with = "max_uses")]
         one_time: bool,
+        /// Registrations it allows [default: 100].
+        #[arg(long)]
+        max_uses: Option<u64>,
+        /// Hours until it stops working [default: 168].
+        #[arg(long)]
+        expires_in_hours: Option<u32>,
+    },
+    /// Lists provisioning tokens: uses, expiry, revocation.
+    List {
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Revokes the tokens with a label.
     Revoke {
@@ -242,7 +343,9 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    let tls = ClientTls::new(remote.ca_cert.as_deref(), None, remote.insecure)?;
+    tls.check_url(&remote.server)?;
+    let client = tls.reqwest()?.build()?;
     let url = format!("{}{path}", remote.server.trim_end_matches('/'));
     let mut request = client.request(method, &url).bearer_auth(&remote.token);
     if let Some(body) = body {
@@ -330,6 +433,75 @@ fn assignment_table(rows: &Value) -> String {
     )
 }
 
+/// Rows of `keys` from a JSON array.
+fn rows(value: &Value, keys: &[&str]) -> Vec<Vec<String>> {
+    value
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| keys.iter().map(|k| text(&r[*k])).collect())
+        .collect()
+}
+
+fn token_table(value: &Value) -> String {
+    let keys = [
+        "id",
+        "label",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "uses",
+        "max_uses",
+    ];
+    table(
+        &[
+            "ID", "LABEL", "CREATED", "EXPIRES", "REVOKED", "USES", "MAX",
+        ],
+        rows(value, &keys),
+    )
+}
+
+/// The operator token commands, which act on the database directly: whoever can read the
+/// Director's directory is its administrator.
+fn token_command(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            dir,
+            label,
+            expires_in_days,
+        } => {
+            let db = Db::open(&db_path(&dir))?;
+            let lifetime = chrono::Duration::days(i64::from(expires_in_days));
+            let token =
+                db.call_blocking(|conn| service::create_api_token(conn, &label, lifetime, now()))?;
+            println!("{token}");
+        }
+        TokenCommand::List { dir, json } => {
+            let db = Db::open(&db_path(&dir))?;
+            let tokens = db.call_blocking(|conn| service::list_api_tokens(conn))?;
+            let value = serde_json::to_value(&tokens)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("{}", token_table(&value));
+            }
+        }
+        TokenCommand::Revoke { dir, id, label } => {
+            let which = match (id, label) {
+                (Some(id), _) => TokenSelector::Id(id),
+                (None, Some(label)) => TokenSelector::Label(label),
+                (None, None) => bail!("give --id or --label"),
+            };
+            let db = Db::open(&db_path(&dir))?;
+            let n =
+                db.call_blocking(|conn| service::revoke_api_tokens(conn, &which, "cli", now()))?;
+            println!("revoked {n} token(s)");
+        }
+    }
+    Ok(())
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -391,10 +563,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             image_repo,
             metadata_lifetime_secs,
             max_body_bytes,
+            vehicle_credential_lifetime_secs,
+            tls,
         } => {
             if metadata_lifetime_secs < 120 {
                 bail!("--metadata-lifetime-secs must be at least 120");
             }
+            if vehicle_credential_lifetime_secs < 60 {
+                bail!("--vehicle-credential-lifetime-secs must be at least 60");
+            }
+            // Vehicles may show a client certificate: any, proven by the handshake; the
+            // vehicle API accepts only the one bound to the VIN.
+            let transport = Transport::from_flags(
+                tls.tls_cert.as_deref(),
+                tls.tls_key.as_deref(),
+                ClientAuth::Pinned,
+                tls.insecure,
+            )?;
+            let image_tls = ClientTls::new(tls.ca_cert.as_deref(), None, tls.insecure)?;
+            image_tls.check_url(&image_repo)?;
             let db = Db::open(&db_path(&dir))
                 .with_context(|| format!("opening {}", db_path(&dir).display()))?;
             let keys = OnlineKeys::load(&dir)?;
@@ -403,11 +590,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let catalog = ImageCatalog::http(
                 &format!("{}/metadata", image_repo.trim_end_matches('/')),
                 image_root,
+                &image_tls,
             )?;
             let lifetime = chrono::Duration::seconds(metadata_lifetime_secs);
             let policy = Policy {
                 metadata_lifetime: lifetime,
                 renew_margin: (lifetime / 4).min(chrono::Duration::hours(1)),
+                vehicle_credential_lifetime: chrono::Duration::seconds(
+                    vehicle_credential_lifetime_secs,
+                ),
                 ..Policy::default()
             };
             let state = AppState {
@@ -418,21 +609,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             let addr = listener.local_addr()?;
-            tracing::info!(%addr, "listening");
+            tracing::info!(%addr, scheme = transport.scheme(), "listening");
             println!("listening on {addr}");
-            crate::api::serve(listener, state, service_runtime::shutdown_signal()).await?;
+            crate::api::serve(
+                listener,
+                transport,
+                state,
+                service_runtime::shutdown_signal(),
+            )
+            .await?;
             Ok(())
         }
-        Command::Token {
-            command: TokenCommand::Create { dir, label },
-        } => {
-            let db = Db::open(&db_path(&dir))?;
-            let token = db.call_blocking(|conn| service::create_api_token(conn, &label, now()))?;
-            println!("{token}");
-            Ok(())
-        }
+        Command::Token { command } => token_command(command),
         Command::Vehicle { command } => match command {
-            VehicleCommand::Register { remote, vin, ecus } => {
+            VehicleCommand::Register {
+                remote,
+                vin,
+                ecus,
+                tls_fingerprint,
+            } => {
                 let mut list = Vec::new();
                 for (i, spec) in ecus.iter().enumerate() {
                     let mut parts = spec.splitn(3, ':');
@@ -450,13 +645,76 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     &remote,
                     reqwest::Method::POST,
                     "/api/v1/vehicles",
-                    Some(json!({"vin": vin, "ecus": list})),
+                    Some(json!({"vin": vin, "ecus": list, "tls_fingerprint": tls_fingerprint})),
                 )
                 .await?;
                 print(&remote, &value, |v| {
                     format!(
                         "registered {}; vehicle credential: {}",
                         text(&v["vin"]),
+                        text(&v["credential"])
+                    )
+                });
+                Ok(())
+            }
+            VehicleCommand::Credentials { remote, vin } => {
+                let path = match &vin {
+                    Some(vin) => format!("/api/v1/vehicle-credentials?vin={vin}"),
+                    None => "/api/v1/vehicle-credentials".into(),
+                };
+                let value = call(&remote, reqwest::Method::GET, &path, None).await?;
+                print(&remote, &value, |v| {
+                    let keys = [
+                        "vin",
+                        "issued_at",
+                        "expires_at",
+                        "revoked_at",
+                        "renewal_pending",
+                        "tls_fingerprint",
+                    ];
+                    table(
+                        &[
+                            "VIN",
+                            "ISSUED",
+                            "EXPIRES",
+                            "REVOKED",
+                            "RENEWING",
+                            "CERTIFICATE",
+                        ],
+                        rows(v, &keys),
+                    )
+                });
+                Ok(())
+            }
+            VehicleCommand::RevokeCredential { remote, vin } => {
+                let value = call(
+                    &remote,
+                    reqwest::Method::POST,
+                    &format!("/api/v1/vehicles/{vin}/credential/revoke"),
+                    None,
+                )
+                .await?;
+                print(&remote, &value, |_| {
+                    format!("revoked the credential and certificate binding of {vin}")
+                });
+                Ok(())
+            }
+            VehicleCommand::IssueCredential {
+                remote,
+                vin,
+                tls_fingerprint,
+            } => {
+                let value = call(
+                    &remote,
+                    reqwest::Method::POST,
+                    &format!("/api/v1/vehicles/{vin}/credential"),
+                    Some(json!({"tls_fingerprint": tls_fingerprint})),
+                )
+                .await?;
+                print(&remote, &value, |v| {
+                    format!(
+                        "new credential for {vin} (expires {}): {}",
+                        text(&v["credential_expires_at"]),
                         text(&v["credential"])
                     )
                 });
@@ -635,15 +893,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 remote,
                 label,
                 one_time,
+                max_uses,
+                expires_in_hours,
             } => {
+                let mut body = json!({"label": label, "one_time": one_time});
+                if let Some(n) = max_uses {
+                    body["max_uses"] = json!(n);
+                }
+                if let Some(h) = expires_in_hours {
+                    body["expires_in_secs"] = json!(i64::from(h) * 3600);
+                }
                 let value = call(
                     &remote,
                     reqwest::Method::POST,
                     "/api/v1/provisioning-tokens",
-                    Some(json!({"label": label, "one_time": one_time})),
+                    Some(body),
                 )
                 .await?;
                 print(&remote, &value, |v| text(&v["token"]));
+                Ok(())
+            }
+            ProvisioningCommand::List { remote } => {
+                let value = call(
+                    &remote,
+                    reqwest::Method::GET,
+                    "/api/v1/provisioning-tokens",
+                    None,
+                )
+                .await?;
+                print(&remote, &value, token_table);
                 Ok(())
             }
             ProvisioningCommand::Revoke { remote, label } => {

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_init.sql"),
     include_str!("migrations/002_indexes.sql"),
     include_str!("migrations/003_typed.sql"),
+    include_str!("migrations/004_credentials.sql"),
 ];
 
 /// Why a database call failed.

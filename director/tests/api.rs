@@ -90,7 +90,9 @@ fn fleet() -> Fleet {
     db.call_blocking(|conn| service::store_initial_root(conn, &[&root_key], 1, &online, now()))
         .unwrap();
     let token = db
-        .call_blocking(|conn| service::create_api_token(conn, "test", now()))
+        .call_blocking(|conn| {
+            service::create_api_token(conn, "test", chrono::Duration::days(1), now())
+        })
         .unwrap();
     let director_root = db
         .call_blocking(|conn| service::root(conn, 1))

@@ -4,13 +4,15 @@
 //! every multi-row write in one transaction:
 //!
 //! - [`tokens`]: operator API tokens and provisioning tokens;
-//! - [`vehicles`]: registration, credentials, the inventory, ECU replacement;
+//! - [`credentials`]: how a vehicle proves who it is (bound certificate, bearer credential);
+//! - [`vehicles`]: registration, the inventory, ECU replacement;
 //! - [`assignments`]: who installs what, and where it stands;
 //! - [`metadata`]: the Director root and per-vehicle signed metadata;
 //! - [`manifests`]: vehicle version manifests, checked and recorded;
 //! - [`events`]: the append-only event log.
 
 pub mod assignments;
+pub mod credentials;
 pub mod events;
 pub mod manifests;
 pub mod metadata;
@@ -27,15 +29,18 @@ use uptane_core::time::{UtcTime, format_expires};
 pub use self::assignments::{
     AssignRequest, AssignmentEcu, AssignmentStatus, assignments, cancel_assignment,
 };
+pub use self::credentials::{CredentialInfo, IssuedCredential, VehicleAuth};
 pub use self::events::{Event, NewEvent, events};
 pub use self::manifests::{ManifestOutcome, process_manifest};
 pub use self::metadata::{refresh_vehicle_metadata, root, store_initial_root, vehicle_file};
 pub use self::tokens::{
-    check_api_token, create_api_token, create_provisioning_token, revoke_provisioning_tokens,
+    ProvisioningLimits, TokenInfo, TokenSelector, check_api_token, create_api_token,
+    create_provisioning_token, list_api_tokens, list_provisioning_tokens, revoke_api_tokens,
+    revoke_provisioning_tokens,
 };
 pub use self::vehicles::{
-    EcuRecord, EcuReplacement, NewEcu, NewVehicle, VehicleRecord, authorize_vehicle,
-    register_vehicle, register_with_provisioning, replace_ecu, vehicle, vehicles,
+    EcuRecord, EcuReplacement, NewEcu, NewVehicle, VehicleRecord, register_vehicle,
+    register_with_provisioning, replace_ecu, vehicle, vehicles,
 };
 use crate::catalog::ImageCatalog;
 use crate::db::Db;
@@ -51,6 +56,8 @@ pub struct Policy {
     pub renew_margin: Duration,
     /// How far in the future a report's time may be.
     pub clock_skew: Duration,
+    /// How long a vehicle credential works (vehicles renew theirs before it ends).
+    pub vehicle_credential_lifetime: Duration,
 }
 
 impl Default for Policy {
@@ -59,6 +66,7 @@ impl Default for Policy {
             metadata_lifetime: Duration::days(1),
             renew_margin: Duration::hours(1),
             clock_skew: Duration::minutes(5),
+            vehicle_credential_lifetime: Duration::days(365),
         }
     }
 }
@@ -128,7 +136,7 @@ impl DirectorService {
             .call(move |conn| {
                 let checked = token
                     .ok_or_else(|| DirectorError::Unauthorized("missing bearer token".into()))
-                    .and_then(|token| check_api_token(conn, &token));
+                    .and_then(|token| check_api_token(conn, &token, now()));
                 if let Err(e) = &checked {
                     let detail = e.to_string();
                     NewEvent::security("unauthorized_api_call", "unknown", &detail)
@@ -167,11 +175,12 @@ impl DirectorService {
         &self,
         actor: &Actor,
         vehicle: NewVehicle,
-    ) -> Result<String, DirectorError> {
+    ) -> Result<IssuedCredential, DirectorError> {
         let who = actor.0.clone();
+        let lifetime = self.policy.vehicle_credential_lifetime;
         let registered = self
             .db
-            .call(move |conn| register_vehicle(conn, &vehicle, &who, now()))
+            .call(move |conn| register_vehicle(conn, &vehicle, lifetime, &who, now()))
             .await;
         match registered {
             Ok(credential) => Ok(credential),
@@ -179,14 +188,19 @@ impl DirectorService {
         }
     }
 
-    /// A Primary registers its vehicle with a provisioning token; returns its credential.
+    /// A Primary registers its vehicle with a provisioning token, binding the client
+    /// certificate it showed (`certificate`); returns its credential.
     pub async fn register_with_provisioning(
         &self,
         token: String,
         vehicle: NewVehicle,
-    ) -> Result<String, DirectorError> {
+        certificate: Option<service_runtime::tls::Fingerprint>,
+    ) -> Result<IssuedCredential, DirectorError> {
+        let lifetime = self.policy.vehicle_credential_lifetime;
         self.db
-            .call(move |conn| register_with_provisioning(conn, &token, &vehicle, now()))
+            .call(move |conn| {
+                register_with_provisioning(conn, &token, &vehicle, certificate, lifetime, now())
+            })
             .await
     }
 
@@ -288,17 +302,22 @@ impl DirectorService {
             .await
     }
 
-    /// A new provisioning token.
+    /// A new provisioning token within `limits`.
     pub async fn create_provisioning_token(
         &self,
         actor: &Actor,
         label: String,
-        one_time: bool,
+        limits: ProvisioningLimits,
     ) -> Result<String, DirectorError> {
         let actor = actor.0.clone();
         self.db
-            .call(move |conn| create_provisioning_token(conn, &label, one_time, &actor, now()))
+            .call(move |conn| create_provisioning_token(conn, &label, limits, &actor, now()))
             .await
+    }
+
+    /// Every provisioning token, newest first.
+    pub async fn provisioning_tokens(&self) -> Result<Vec<TokenInfo>, DirectorError> {
+        self.db.call(|conn| list_provisioning_tokens(conn)).await
     }
 
     /// Revokes the provisioning tokens labelled `label`.
@@ -313,32 +332,32 @@ impl DirectorService {
             .await
     }
 
-    /// A file of vehicle `vin`'s repository, for the holder of `credential` only.
+    /// A file of vehicle `vin`'s repository, for that vehicle only.
     pub async fn vehicle_file(
         &self,
         vin: Vin,
-        credential: Option<String>,
+        auth: VehicleAuth,
         file: String,
     ) -> Result<Vec<u8>, DirectorError> {
         let (keys, policy) = (Arc::clone(&self.keys), self.policy);
         // One trip to the database thread for both the credential check and the file.
         self.db
             .call(move |conn| {
-                authorize_vehicle(conn, &vin, &credential_or_refuse(credential)?, now())?;
+                credentials::authorize(conn, &vin, &auth, now())?;
                 vehicle_file(conn, &keys, vin.as_str(), &file, &policy, now())
             })
             .await
     }
 
-    /// Checks that `credential` is vehicle `vin`'s, before anything it sends is read.
+    /// Checks that the request comes from vehicle `vin`, before anything it sends is read.
     pub async fn authorize(
         &self,
         vin: Vin,
-        credential: Option<String>,
+        auth: VehicleAuth,
     ) -> Result<AuthorizedVehicle, DirectorError> {
         self.db
             .call(move |conn| {
-                authorize_vehicle(conn, &vin, &credential_or_refuse(credential)?, now())?;
+                credentials::authorize(conn, &vin, &auth, now())?;
                 Ok(AuthorizedVehicle(vin))
             })
             .await
@@ -361,6 +380,9 @@ impl DirectorService {
 #[derive(Debug)]
 pub struct AuthorizedVehicle(Vin);
 
-fn credential_or_refuse(credential: Option<String>) -> Result<String, DirectorError> {
-    credential.ok_or_else(|| DirectorError::Unauthorized("missing bearer token".into()))
+impl AuthorizedVehicle {
+    /// Its VIN.
+    pub fn vin(&self) -> &Vin {
+        &self.0
+    }
 }

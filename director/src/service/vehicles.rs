@@ -3,19 +3,20 @@
 
 use std::collections::BTreeSet;
 
+use chrono::Duration;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use service_runtime::tls::Fingerprint;
 use uptane_core::crypto::PublicKey;
-use uptane_core::error::AttackKind;
-use uptane_core::hash::sha256_hex;
 use uptane_core::ids::{EcuSerial, HardwareId, Vin};
 use uptane_core::manifest::InstalledImage;
 use uptane_core::time::UtcTime;
 
+use super::credentials::{self, IssuedCredential};
 use super::events::NewEvent;
-use super::tokens::{self, random_token};
-use super::{assignments, bad, exists, now_text};
+use super::tokens;
+use super::{assignments, bad, exists};
 use crate::error::DirectorError;
 
 /// An ECU to register.
@@ -39,6 +40,11 @@ pub struct NewVehicle {
     pub vin: Vin,
     /// Its ECUs.
     pub ecus: Vec<NewEcu>,
+    /// The client certificate to bind to it (an operator registering a vehicle whose
+    /// Primary's certificate it knows). A Primary registering itself binds the certificate
+    /// it shows on the connection instead, which proves it holds the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<Fingerprint>,
 }
 
 fn check_key(serial: &str, key: &Value) -> Result<String, DirectorError> {
@@ -72,15 +78,17 @@ fn insert_ecu(tx: &Transaction<'_>, vin: &Vin, ecu: &NewEcu) -> Result<(), Direc
     Ok(())
 }
 
-/// Registers a vehicle and its ECUs; returns the vehicle's credential (shown once).
+/// Registers a vehicle and its ECUs, binding the certificate the body names; returns the
+/// vehicle's credential (shown once), valid for `lifetime`.
 pub fn register_vehicle(
     conn: &mut Connection,
     vehicle: &NewVehicle,
+    lifetime: Duration,
     actor: &str,
     now: UtcTime,
-) -> Result<String, DirectorError> {
+) -> Result<IssuedCredential, DirectorError> {
     let tx = conn.transaction()?;
-    let credential = insert_vehicle(&tx, vehicle, actor, now)?;
+    let credential = insert_vehicle(&tx, vehicle, vehicle.tls_fingerprint, lifetime, actor, now)?;
     tx.commit()?;
     Ok(credential)
 }
@@ -88,9 +96,11 @@ pub fn register_vehicle(
 fn insert_vehicle(
     tx: &Transaction<'_>,
     vehicle: &NewVehicle,
+    certificate: Option<Fingerprint>,
+    lifetime: Duration,
     actor: &str,
     now: UtcTime,
-) -> Result<String, DirectorError> {
+) -> Result<IssuedCredential, DirectorError> {
     if vehicle.ecus.iter().filter(|e| e.primary).count() != 1 {
         return Err(bad("a vehicle has exactly one Primary ECU"));
     }
@@ -98,26 +108,22 @@ fn insert_vehicle(
     if serials.len() != vehicle.ecus.len() {
         return Err(bad("ECU serials must be unique"));
     }
-    let credential = random_token("dvc")?;
     if exists(tx, "vehicles", "vin", vehicle.vin.as_str())? {
         return Err(DirectorError::Conflict(format!(
             "vehicle {} is already registered",
             vehicle.vin
         )));
     }
-    tx.execute(
-        "INSERT INTO vehicles (vin, credential_sha256, created_at) VALUES (?1, ?2, ?3)",
-        params![
-            vehicle.vin.as_str(),
-            sha256_hex(credential.as_bytes()),
-            now_text(now)
-        ],
-    )?;
+    let credential = credentials::insert(tx, &vehicle.vin, certificate, lifetime, now)?;
     for ecu in &vehicle.ecus {
         insert_ecu(tx, &vehicle.vin, ecu)?;
     }
+    let bound = match certificate {
+        Some(f) => format!("; client certificate {f} bound"),
+        None => String::new(),
+    };
     let detail = format!(
-        "{} ECUs: {}",
+        "{} ECUs: {}{bound}",
         vehicle.ecus.len(),
         serials.into_iter().collect::<Vec<_>>().join(", ")
     );
@@ -127,80 +133,67 @@ fn insert_vehicle(
     Ok(credential)
 }
 
-/// A Primary registers its vehicle with a provisioning token. The token is checked and a
-/// one-time token used inside the registration's transaction, by a conditional update that
-/// must change exactly one row: a crash cannot leave it unused after a registration, and no
-/// two registrations can share it.
+/// A Primary registers its vehicle with a provisioning token, binding the client
+/// certificate it showed on the connection (`certificate`), if any. The token is checked and
+/// used inside the registration's transaction, by a conditional update that must change
+/// exactly one row: a crash at any instant leaves either both the registration and the use
+/// or neither, and no two registrations can share a one-time token.
 pub fn register_with_provisioning(
     conn: &mut Connection,
     token: &str,
     vehicle: &NewVehicle,
+    certificate: Option<Fingerprint>,
+    lifetime: Duration,
     now: UtcTime,
-) -> Result<String, DirectorError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let refusal = match tokens::provisioning_token(&tx, token)? {
-        None => Err((
-            "unknown provisioning token".to_string(),
-            "invalid provisioning token",
-        )),
-        Some(t) if t.revoked || (t.one_time && t.used) => Err((
-            format!("token {:?} revoked or used", t.label),
-            "provisioning token revoked or already used",
-        )),
-        Some(t) => Ok(t),
-    };
-    let stored = match refusal {
-        Ok(stored) => stored,
-        Err((detail, answer)) => {
-            drop(tx);
-            NewEvent::security("provisioning_refused", "vehicle", &detail)
-                .vin(vehicle.vin.as_str())
-                .record(conn, now)?;
-            return Err(DirectorError::Unauthorized(answer.into()));
-        }
-    };
-    let credential = insert_vehicle(&tx, vehicle, &format!("provisioning:{}", stored.label), now)?;
-    if stored.one_time && !tokens::use_provisioning_token(&tx, token)? {
-        return Err(DirectorError::Conflict(
-            "provisioning token used concurrently".into(),
+) -> Result<IssuedCredential, DirectorError> {
+    if vehicle
+        .tls_fingerprint
+        .is_some_and(|named| Some(named) != certificate)
+    {
+        return Err(bad(
+            "a Primary registering itself binds the client certificate it shows on the \
+             connection, not one named in the body",
         ));
     }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let label = match tokens::use_provisioning_token(&tx, token, now)? {
+        Ok(label) => label,
+        Err(refusal) => {
+            drop(tx);
+            NewEvent::security("provisioning_refused", "vehicle", &refusal.detail())
+                .vin(vehicle.vin.as_str())
+                .record(conn, now)?;
+            return Err(DirectorError::Unauthorized(refusal.answer().into()));
+        }
+    };
+    let credential = insert_vehicle(
+        &tx,
+        vehicle,
+        certificate,
+        lifetime,
+        &format!("provisioning:{label}"),
+        now,
+    )?;
+    fault_point("registration-before-commit");
     tx.commit()?;
     Ok(credential)
 }
 
-/// Which vehicle a credential belongs to; refuses other vehicles' resources.
-pub fn authorize_vehicle(
-    conn: &Connection,
-    vin: &Vin,
-    credential: &str,
-    now: UtcTime,
-) -> Result<(), DirectorError> {
-    let owner: Option<String> = conn
-        .query_row(
-            "SELECT vin FROM vehicles WHERE credential_sha256 = ?1",
-            [sha256_hex(credential.as_bytes())],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match owner {
-        None => Err(DirectorError::Unauthorized(
-            "invalid vehicle credential".into(),
-        )),
-        Some(owner) if vin != owner.as_str() => {
-            let actor = format!("vehicle:{owner}");
-            let detail = format!("tried to access vehicle {vin}");
-            NewEvent::security("cross_vehicle_access", &actor, &detail)
-                .vin(&owner)
-                .attack(AttackKind::WrongVehicle)
-                .record(conn, now)?;
-            Err(DirectorError::Forbidden(format!(
-                "this credential belongs to another vehicle, not {vin}"
-            )))
-        }
-        Some(_) => Ok(()),
+/// Test fault injection, compiled only with the cargo feature `fault-injection` (which the
+/// end-to-end tests enable; a release build has no such hook):
+/// `DIRECTOR_FAULT_CRASH_AT=<point>` aborts the process at that point, as a power cut or
+/// `kill -9` would (`registration-before-commit`).
+#[cfg(feature = "fault-injection")]
+fn fault_point(point: &str) {
+    if std::env::var("DIRECTOR_FAULT_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("fault injection: aborting at {point}");
+        std::process::abort();
     }
 }
+
+/// Without the `fault-injection` feature, there are no crash points.
+#[cfg(not(feature = "fault-injection"))]
+fn fault_point(_point: &str) {}
 
 /// One ECU as the inventory knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,0 +1,603 @@
+//! How a vehicle proves who it is: a client certificate bound to its VIN at registration
+//! (checked by fingerprint; the TLS handshake proved the key), or its bearer credential, a
+//! random secret stored as a hash that expires, is renewed by the vehicle, and is revoked
+//! and re-issued by an operator.
+//!
+//! A renewed credential does not replace the current one until the vehicle first uses it:
+//! a vehicle that loses the answer to its renewal (a crash, a cut link) still holds a
+//! credential that works.
+
+use chrono::Duration;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use service_runtime::tls::Fingerprint;
+use uptane_core::error::AttackKind;
+use uptane_core::hash::sha256_hex;
+use uptane_core::ids::Vin;
+use uptane_core::time::UtcTime;
+
+use super::events::NewEvent;
+use super::now_text;
+use super::tokens::random_token;
+use crate::error::DirectorError;
+
+/// What a vehicle request presented.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VehicleAuth {
+    /// The `Authorization: Bearer` credential, if any.
+    pub bearer: Option<String>,
+    /// The fingerprint of the client certificate the TLS handshake proved, if any.
+    pub certificate: Option<Fingerprint>,
+}
+
+/// A credential just issued: the secret (shown once) and its validity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IssuedCredential {
+    /// The secret.
+    pub credential: String,
+    /// When it was issued.
+    pub issued_at: String,
+    /// When it stops working.
+    pub expires_at: String,
+}
+
+impl IssuedCredential {
+    fn new(now: UtcTime, lifetime: Duration) -> Result<Self, DirectorError> {
+        if lifetime < Duration::minutes(1) {
+            return Err(DirectorError::BadRequest(
+                "a vehicle credential lives at least a minute".into(),
+            ));
+        }
+        Ok(Self {
+            credential: random_token("dvc")?,
+            issued_at: now_text(now),
+            expires_at: now_text(now + lifetime),
+        })
+    }
+
+    fn sha256(&self) -> String {
+        sha256_hex(self.credential.as_bytes())
+    }
+}
+
+/// Stores a new vehicle with its first credential and, if given, its bound certificate
+/// (refused if that certificate is another vehicle's).
+pub(crate) fn insert(
+    conn: &Connection,
+    vin: &Vin,
+    certificate: Option<Fingerprint>,
+    lifetime: Duration,
+    now: UtcTime,
+) -> Result<IssuedCredential, DirectorError> {
+    let issued = IssuedCredential::new(now, lifetime)?;
+    if let Some(fingerprint) = certificate {
+        refuse_bound_elsewhere(conn, vin, fingerprint)?;
+    }
+    conn.execute(
+        "INSERT INTO vehicles (vin, credential_sha256, created_at, credential_issued_at,
+                               credential_expires_at, tls_fingerprint)
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
+        params![
+            vin.as_str(),
+            issued.sha256(),
+            issued.issued_at,
+            issued.expires_at,
+            certificate.map(|f| f.to_string())
+        ],
+    )?;
+    Ok(issued)
+}
+
+fn refuse_bound_elsewhere(
+    conn: &Connection,
+    vin: &Vin,
+    fingerprint: Fingerprint,
+) -> Result<(), DirectorError> {
+    let owner: Option<String> = conn
+        .query_row(
+            "SELECT vin FROM vehicles WHERE tls_fingerprint = ?1",
+            [fingerprint.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match owner {
+        Some(owner) if owner != vin.as_str() => Err(DirectorError::Conflict(format!(
+            "client certificate {fingerprint} is already bound to another vehicle"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A refusal, recorded as a security event before it is returned.
+fn refuse(
+    conn: &Connection,
+    vin: &Vin,
+    actor: &str,
+    detail: &str,
+    attack: Option<AttackKind>,
+    error: DirectorError,
+    now: UtcTime,
+) -> Result<(), DirectorError> {
+    let mut event = NewEvent::security("vehicle_auth_refused", actor, detail).vin(vin.as_str());
+    if let Some(attack) = attack {
+        event = event.attack(attack);
+    }
+    event.record(conn, now)?;
+    Err(error)
+}
+
+/// Checks that the request comes from vehicle `vin`: its bound certificate, or (when it
+/// shows no certificate, or one bound to no vehicle while `vin` has none bound) its live
+/// bearer credential. A certificate or credential of another vehicle is refused with 403,
+/// anything else with 401; each refusal is a security event.
+pub fn authorize(
+    conn: &Connection,
+    vin: &Vin,
+    auth: &VehicleAuth,
+    now: UtcTime,
+) -> Result<(), DirectorError> {
+    if let Some(fingerprint) = auth.certificate {
+        let owner: Option<String> = conn
+            .query_row(
+                "SELECT vin FROM vehicles WHERE tls_fingerprint = ?1",
+                [fingerprint.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match owner {
+            Some(owner) if owner == vin.as_str() => return Ok(()),
+            Some(owner) => {
+                let detail = format!("the client certificate of {owner} was used for {vin}");
+                return refuse(
+                    conn,
+                    vin,
+                    &format!("vehicle:{owner}"),
+                    &detail,
+                    Some(AttackKind::WrongVehicle),
+                    DirectorError::Forbidden(format!(
+                        "this client certificate is bound to another vehicle, not {vin}"
+                    )),
+                    now,
+                );
+            }
+            None => {
+                let bound: Option<Option<String>> = conn
+                    .query_row(
+                        "SELECT tls_fingerprint FROM vehicles WHERE vin = ?1",
+                        [vin.as_str()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(Some(_)) = bound {
+                    let detail = format!("a client certificate not bound to {vin}: {fingerprint}");
+                    return refuse(
+                        conn,
+                        vin,
+                        "unknown",
+                        &detail,
+                        Some(AttackKind::WrongVehicle),
+                        DirectorError::Forbidden(format!(
+                            "this client certificate is not the one bound to {vin}"
+                        )),
+                        now,
+                    );
+                }
+            }
+        }
+    }
+    let Some(bearer) = &auth.bearer else {
+        return refuse(
+            conn,
+            vin,
+            "unknown",
+            "no credential",
+            None,
+            DirectorError::Unauthorized(
+                "missing credential: a bearer token or the vehicle's client certificate".into(),
+            ),
+            now,
+        );
+    };
+    let sha256 = sha256_hex(bearer.as_bytes());
+    type Row = (String, bool, Option<String>, Option<String>, Option<String>);
+    let row: Option<Row> = conn
+        .query_row(
+            "SELECT vin, credential_sha256 = ?1, credential_revoked_at, credential_expires_at,
+                    next_credential_expires_at
+             FROM vehicles WHERE credential_sha256 = ?1 OR next_credential_sha256 = ?1",
+            [&sha256],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((owner, current, revoked, expires, next_expires)) = row else {
+        return refuse(
+            conn,
+            vin,
+            "unknown",
+            "invalid vehicle credential",
+            None,
+            DirectorError::Unauthorized("invalid vehicle credential".into()),
+            now,
+        );
+    };
+    let actor = format!("vehicle:{owner}");
+    if owner != vin.as_str() {
+        let detail = format!("tried to access vehicle {vin}");
+        NewEvent::security("cross_vehicle_access", &actor, &detail)
+            .vin(&owner)
+            .attack(AttackKind::WrongVehicle)
+            .record(conn, now)?;
+        return Err(DirectorError::Forbidden(format!(
+            "this credential belongs to another vehicle, not {vin}"
+        )));
+    }
+    if revoked.is_some() {
+        return refuse(
+            conn,
+            vin,
+            &actor,
+            "revoked vehicle credential",
+            None,
+            DirectorError::Unauthorized(format!("the credential of {vin} was revoked")),
+            now,
+        );
+    }
+    let expires = if current { expires } else { next_expires };
+    if let Some(expires) = expires.filter(|e| *e <= now_text(now)) {
+        return refuse(
+            conn,
+            vin,
+            &actor,
+            "expired vehicle credential",
+            None,
+            DirectorError::Unauthorized(format!("the credential of {vin} expired at {expires}")),
+            now,
+        );
+    }
+    if !current {
+        // The vehicle stored its renewed credential: it takes over, the old one stops.
+        conn.execute(
+            "UPDATE vehicles SET credential_sha256 = next_credential_sha256,
+                    credential_expires_at = next_credential_expires_at,
+                    credential_issued_at = ?2,
+                    next_credential_sha256 = NULL, next_credential_expires_at = NULL
+             WHERE vin = ?1",
+            params![vin.as_str(), now_text(now)],
+        )?;
+        NewEvent::info(
+            "vehicle_credential_renewed",
+            &actor,
+            "the renewed credential took over",
+        )
+        .vin(vin.as_str())
+        .record(conn, now)?;
+    }
+    Ok(())
+}
+
+/// A renewed credential for an authorized vehicle, valid for `lifetime`; it takes over
+/// when the vehicle first uses it (asking again replaces an unused one).
+pub fn renew(
+    conn: &Connection,
+    vin: &Vin,
+    lifetime: Duration,
+    now: UtcTime,
+) -> Result<IssuedCredential, DirectorError> {
+    let issued = IssuedCredential::new(now, lifetime)?;
+    conn.execute(
+        "UPDATE vehicles SET next_credential_sha256 = ?2, next_credential_expires_at = ?3
+         WHERE vin = ?1 AND credential_revoked_at IS NULL",
+        params![vin.as_str(), issued.sha256(), issued.expires_at],
+    )?;
+    Ok(issued)
+}
+
+fn require_vehicle(conn: &Connection, vin: &Vin) -> Result<(), DirectorError> {
+    if super::exists(conn, "vehicles", "vin", vin.as_str())? {
+        Ok(())
+    } else {
+        Err(DirectorError::NotFound(format!("no vehicle {vin}")))
+    }
+}
+
+/// Revokes vehicle `vin`'s credential, any renewal of it, and its certificate binding:
+/// every request from it is refused until an operator issues a new credential.
+pub fn revoke(
+    conn: &Connection,
+    vin: &Vin,
+    actor: &str,
+    now: UtcTime,
+) -> Result<(), DirectorError> {
+    require_vehicle(conn, vin)?;
+    conn.execute(
+        "UPDATE vehicles SET credential_revoked_at = ?2, next_credential_sha256 = NULL,
+                next_credential_expires_at = NULL, tls_fingerprint = NULL
+         WHERE vin = ?1",
+        params![vin.as_str(), now_text(now)],
+    )?;
+    NewEvent::security(
+        "vehicle_credential_revoked",
+        actor,
+        "credential and certificate binding revoked",
+    )
+    .vin(vin.as_str())
+    .record(conn, now)?;
+    Ok(())
+}
+
+/// Issues vehicle `vin` a new credential (the old one, revoked or not, stops working) and
+/// binds `certificate` if given; the operator hands the secret to the vehicle
+/// (`primary-ecu set-credential`).
+pub fn issue(
+    conn: &mut Connection,
+    vin: &Vin,
+    certificate: Option<Fingerprint>,
+    lifetime: Duration,
+    actor: &str,
+    now: UtcTime,
+) -> Result<IssuedCredential, DirectorError> {
+    let tx = conn.transaction()?;
+    require_vehicle(&tx, vin)?;
+    if let Some(fingerprint) = certificate {
+        refuse_bound_elsewhere(&tx, vin, fingerprint)?;
+    }
+    let issued = IssuedCredential::new(now, lifetime)?;
+    tx.execute(
+        "UPDATE vehicles SET credential_sha256 = ?2, credential_issued_at = ?3,
+                credential_expires_at = ?4, credential_revoked_at = NULL,
+                next_credential_sha256 = NULL, next_credential_expires_at = NULL,
+                tls_fingerprint = COALESCE(?5, tls_fingerprint)
+         WHERE vin = ?1",
+        params![
+            vin.as_str(),
+            issued.sha256(),
+            issued.issued_at,
+            issued.expires_at,
+            certificate.map(|f| f.to_string())
+        ],
+    )?;
+    let detail = match certificate {
+        Some(f) => format!(
+            "new credential, expires {}; certificate {f} bound",
+            issued.expires_at
+        ),
+        None => format!("new credential, expires {}", issued.expires_at),
+    };
+    NewEvent::info("vehicle_credential_issued", actor, &detail)
+        .vin(vin.as_str())
+        .record(&tx, now)?;
+    tx.commit()?;
+    Ok(issued)
+}
+
+/// A vehicle's credential as listed: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialInfo {
+    /// The vehicle.
+    pub vin: String,
+    /// When its credential was issued.
+    pub issued_at: Option<String>,
+    /// When it stops working.
+    pub expires_at: Option<String>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<String>,
+    /// Whether a renewed credential waits for its first use.
+    pub renewal_pending: bool,
+    /// The fingerprint of the client certificate bound to it, if any.
+    pub tls_fingerprint: Option<String>,
+}
+
+/// The credentials of every vehicle (or of `vin`), by VIN.
+pub fn list(
+    conn: &Connection,
+    vin: Option<&Vin>,
+    limit: u32,
+) -> Result<Vec<CredentialInfo>, DirectorError> {
+    let mut stmt = conn.prepare(
+        "SELECT vin, credential_issued_at, credential_expires_at, credential_revoked_at,
+                next_credential_sha256 IS NOT NULL, tls_fingerprint
+         FROM vehicles WHERE ?1 IS NULL OR vin = ?1 ORDER BY vin LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![vin.map(Vin::as_str), limit], |r| {
+        Ok(CredentialInfo {
+            vin: r.get(0)?,
+            issued_at: r.get(1)?,
+            expires_at: r.get(2)?,
+            revoked_at: r.get(3)?,
+            renewal_pending: r.get(4)?,
+            tls_fingerprint: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+impl super::DirectorService {
+    /// A renewed credential for an authorized vehicle.
+    pub async fn renew_credential(
+        &self,
+        vehicle: &super::AuthorizedVehicle,
+    ) -> Result<IssuedCredential, DirectorError> {
+        let (vin, lifetime) = (
+            vehicle.vin().clone(),
+            self.policy.vehicle_credential_lifetime,
+        );
+        self.db
+            .call(move |conn| renew(conn, &vin, lifetime, super::now()))
+            .await
+    }
+
+    /// An operator revokes vehicle `vin`'s credential and certificate binding.
+    pub async fn revoke_credential(
+        &self,
+        actor: &super::Actor,
+        vin: Vin,
+    ) -> Result<(), DirectorError> {
+        let actor = actor.as_str().to_string();
+        self.db
+            .call(move |conn| revoke(conn, &vin, &actor, super::now()))
+            .await
+    }
+
+    /// An operator issues vehicle `vin` a new credential, binding `certificate` if given.
+    pub async fn issue_credential(
+        &self,
+        actor: &super::Actor,
+        vin: Vin,
+        certificate: Option<Fingerprint>,
+    ) -> Result<IssuedCredential, DirectorError> {
+        let actor = actor.as_str().to_string();
+        let lifetime = self.policy.vehicle_credential_lifetime;
+        self.db
+            .call(move |conn| issue(conn, &vin, certificate, lifetime, &actor, super::now()))
+            .await
+    }
+
+    /// The credentials of every vehicle, or of `vin`.
+    pub async fn credentials(
+        &self,
+        vin: Option<Vin>,
+        limit: u32,
+    ) -> Result<Vec<CredentialInfo>, DirectorError> {
+        self.db
+            .call(move |conn| list(conn, vin.as_ref(), limit))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    fn at(text: &str) -> UtcTime {
+        uptane_core::time::parse_expires(text).unwrap()
+    }
+
+    fn bearer(credential: &IssuedCredential) -> VehicleAuth {
+        VehicleAuth {
+            bearer: Some(credential.credential.clone()),
+            certificate: None,
+        }
+    }
+
+    fn fingerprint(n: u8) -> Fingerprint {
+        hex::encode([n; 32]).parse().unwrap()
+    }
+
+    fn security_events(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT detail FROM events WHERE severity = 'security' ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_credential_expires_is_renewed_at_first_use_and_is_revoked_and_reissued() {
+        let db = Db::open_in_memory().unwrap();
+        db.call_blocking(|conn| {
+            let t0 = at("2030-01-01T00:00:00Z");
+            let vin: Vin = "VIN-1".parse().unwrap();
+            let first = insert(conn, &vin, None, Duration::days(10), t0)?;
+            authorize(conn, &vin, &bearer(&first), t0)?;
+            let expired = authorize(conn, &vin, &bearer(&first), t0 + Duration::days(10));
+            assert!(
+                matches!(&expired, Err(DirectorError::Unauthorized(m)) if m.contains("expired")),
+                "{expired:?}"
+            );
+
+            // Renewed, but the answer was lost: the first still works, and a second renewal
+            // replaces the lost one.
+            let lost = renew(conn, &vin, Duration::days(10), t0 + Duration::days(8))?;
+            authorize(conn, &vin, &bearer(&first), t0 + Duration::days(8))?;
+            let second = renew(conn, &vin, Duration::days(10), t0 + Duration::days(8))?;
+            assert!(authorize(conn, &vin, &bearer(&lost), t0 + Duration::days(8)).is_err());
+            authorize(conn, &vin, &bearer(&second), t0 + Duration::days(9))?;
+            // It took over: the first stops working, the second lives past the first's end.
+            assert!(authorize(conn, &vin, &bearer(&first), t0 + Duration::days(9)).is_err());
+            authorize(conn, &vin, &bearer(&second), t0 + Duration::days(12))?;
+
+            revoke(conn, &vin, "operator:x", t0 + Duration::days(12))?;
+            let revoked = authorize(conn, &vin, &bearer(&second), t0 + Duration::days(12));
+            assert!(
+                matches!(&revoked, Err(DirectorError::Unauthorized(m)) if m.contains("revoked")),
+                "{revoked:?}"
+            );
+            let third = issue(
+                conn,
+                &vin,
+                None,
+                Duration::days(10),
+                "operator:x",
+                t0 + Duration::days(12),
+            )?;
+            authorize(conn, &vin, &bearer(&third), t0 + Duration::days(13))?;
+            assert!(authorize(conn, &vin, &bearer(&second), t0 + Duration::days(13)).is_err());
+            assert!(security_events(conn).len() >= 4);
+            Ok::<_, DirectorError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_bound_certificate_authenticates_only_its_own_vehicle() {
+        let db = Db::open_in_memory().unwrap();
+        db.call_blocking(|conn| {
+            let t0 = at("2030-01-01T00:00:00Z");
+            let (a, b): (Vin, Vin) = ("VIN-A".parse().unwrap(), "VIN-B".parse().unwrap());
+            let a_credential = insert(conn, &a, Some(fingerprint(1)), Duration::days(10), t0)?;
+            insert(conn, &b, Some(fingerprint(2)), Duration::days(10), t0)?;
+            let cert = |n| VehicleAuth {
+                bearer: None,
+                certificate: Some(fingerprint(n)),
+            };
+            authorize(conn, &a, &cert(1), t0)?;
+            // B's certificate for A: 403, logged as the wrong vehicle.
+            assert!(matches!(
+                authorize(conn, &a, &cert(2), t0),
+                Err(DirectorError::Forbidden(_))
+            ));
+            // A certificate bound to nobody, for a vehicle with one bound: 403 even with the
+            // right bearer credential.
+            let stranger = VehicleAuth {
+                bearer: Some(a_credential.credential.clone()),
+                certificate: Some(fingerprint(3)),
+            };
+            assert!(matches!(
+                authorize(conn, &a, &stranger, t0),
+                Err(DirectorError::Forbidden(_))
+            ));
+            // No certificate: the bearer credential is the alternative.
+            authorize(conn, &a, &bearer(&a_credential), t0)?;
+            // A certificate can be bound to one vehicle only.
+            assert!(matches!(
+                insert(
+                    conn,
+                    &"VIN-C".parse().unwrap(),
+                    Some(fingerprint(1)),
+                    Duration::days(1),
+                    t0
+                ),
+                Err(DirectorError::Conflict(_))
+            ));
+            let events = security_events(conn);
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e.contains("VIN-B was used for VIN-A")),
+                "{events:?}"
+            );
+            // Revoking unbinds the certificate.
+            revoke(conn, &a, "operator:x", t0)?;
+            assert!(authorize(conn, &a, &cert(1), t0).is_err());
+            let listed = list(conn, None, 10)?;
+            assert_eq!(listed.len(), 2);
+            assert_eq!(listed[0].tls_fingerprint, None);
+            assert_eq!(listed[1].tls_fingerprint, Some(fingerprint(2).to_string()));
+            Ok::<_, DirectorError>(())
+        })
+        .unwrap();
+    }
+}
