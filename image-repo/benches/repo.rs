@@ -4,9 +4,10 @@
 //!    median of 5 publishes that each add one target (load and verify the published state,
 //!    verify the upload, sign with the offline key, write targets, snapshot, timestamp).
 //! 2. Metadata requests per second: `wrk -t2 -c64 -d10s` on `/metadata/timestamp.json`
-//!    when `wrk` is installed, else an in-process reqwest load (64 tasks, 5 s).
+//!    when `wrk` is installed, else an in-process reqwest load (64 tasks, 5 s); over
+//!    plaintext and over TLS.
 //! 3. Download throughput of a 1 GiB image over 127.0.0.1, streamed, with and without
-//!    SHA-256 verification on the client side.
+//!    SHA-256 verification on the client side; over plaintext and over TLS.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,6 +19,8 @@ use image_repo::repo::{
     BlobInfo, Expiry, InitOptions, Repository, blob_info_of, image_custom, sign_targets_update,
 };
 use image_repo::server::{AppState, ServerConfig};
+use service_runtime::http::{ClientTls, Transport};
+use service_runtime::tls::{ClientAuth, ServerTls};
 use sha2::Digest;
 
 fn now() -> uptane_core::time::UtcTime {
@@ -93,18 +96,47 @@ fn publish_bench(n: usize) {
     );
 }
 
-async fn start_server(repo: Repository) -> String {
+/// The server over plaintext and over TLS (a certificate from a test CA); both URLs, and a
+/// client that trusts the CA.
+async fn start_servers(repo: Repository) -> (String, String, reqwest::Client) {
+    let state = AppState::new(repo, ServerConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(image_repo::server::serve(
         listener,
-        AppState::new(repo, ServerConfig::default()),
+        Transport::Plaintext,
+        state.clone(),
         std::future::pending(),
     ));
-    format!("http://{addr}")
+    let ca = service_runtime::pki::Ca::generate("bench CA").unwrap();
+    let identity = ca.issue_server(&["127.0.0.1"]).unwrap().identity().unwrap();
+    let tls = ServerTls::fixed(
+        service_runtime::tls::server_config(&identity, &ClientAuth::None).unwrap(),
+    );
+    let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_addr = tls_listener.local_addr().unwrap();
+    tokio::spawn(image_repo::server::serve(
+        tls_listener,
+        Transport::Tls(tls),
+        state,
+        std::future::pending(),
+    ));
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), ca.cert_pem()).unwrap();
+    let client = ClientTls::new(Some(ca_file.path()), None, true)
+        .unwrap()
+        .reqwest()
+        .unwrap()
+        .build()
+        .unwrap();
+    (
+        format!("http://{addr}"),
+        format!("https://{tls_addr}"),
+        client,
+    )
 }
 
-async fn requests_per_second(url: &str) -> String {
+async fn requests_per_second(url: &str, client: &reqwest::Client) -> String {
     let target = format!("{url}/metadata/timestamp.json");
     let wrk_target = target.clone();
     let wrk = tokio::task::spawn_blocking(move || {
@@ -121,7 +153,6 @@ async fn requests_per_second(url: &str) -> String {
             );
         }
     }
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let tasks: Vec<_> = (0..64)
         .map(|_| {
@@ -149,8 +180,7 @@ async fn requests_per_second(url: &str) -> String {
     )
 }
 
-async fn download(url: &str, verify: bool) -> f64 {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+async fn download(client: &reqwest::Client, url: &str, verify: bool) -> f64 {
     let start = Instant::now();
     let mut stream = client.get(url).send().await.unwrap().bytes_stream();
     let mut hasher = sha2::Sha256::new();
@@ -198,19 +228,23 @@ fn main() {
         std::fs::remove_file(&image).unwrap();
         repo.update_targets(&keys, now(), |b| Ok(b.target_with("big.bin", info.length, info.hashes.clone(), None)))
             .unwrap();
-        let url = start_server(repo).await;
+        let (url, tls_url, client) = start_servers(repo).await;
         println!();
-        println!("metadata requests/s (timestamp.json): {}", requests_per_second(&url).await);
-        let image_url = format!("{url}/targets/{}.big.bin", info.hashes["sha256"]);
-        download(&image_url, false).await;
-        let mut plain = Vec::new();
-        let mut verified = Vec::new();
-        for _ in 0..3 {
-            plain.push(download(&image_url, false).await);
-            verified.push(download(&image_url, true).await);
+        for (name, url) in [("plaintext", &url), ("TLS 1.3", &tls_url)] {
+            println!("metadata requests/s (timestamp.json), {name}: {}", requests_per_second(url, &client).await);
         }
-        plain.sort_by(f64::total_cmp);
-        verified.sort_by(f64::total_cmp);
-        println!("1 GiB image download over 127.0.0.1 (median of 3): {:.0} MB/s; with SHA-256 on the client: {:.0} MB/s", plain[1], verified[1]);
+        for (name, url) in [("plaintext", &url), ("TLS 1.3", &tls_url)] {
+            let image_url = format!("{url}/targets/{}.big.bin", info.hashes["sha256"]);
+            download(&client, &image_url, false).await;
+            let mut plain = Vec::new();
+            let mut verified = Vec::new();
+            for _ in 0..3 {
+                plain.push(download(&client, &image_url, false).await);
+                verified.push(download(&client, &image_url, true).await);
+            }
+            plain.sort_by(f64::total_cmp);
+            verified.sort_by(f64::total_cmp);
+            println!("1 GiB image download over 127.0.0.1, {name} (median of 3): {:.0} MB/s; with SHA-256 on the client: {:.0} MB/s", plain[1], verified[1]);
+        }
     });
 }

@@ -9,11 +9,14 @@ use uptane_core::metadata::{DelegatedRole, Targets};
 use uptane_core::sign::TargetsBuilder;
 use uptane_core::time::UtcTime;
 
+use service_runtime::http::{ClientTls, Transport};
+use service_runtime::tls::{ClientAuth, Identity};
+
 use crate::keys;
 use crate::remote::Remote;
 use crate::repo::{Expiry, InitOptions, RepoState, Repository, image_custom, sign_targets_update};
 use crate::server::{AppState, ServerConfig};
-use crate::tokens::Tokens;
+use crate::tokens::{TokenSelector, Tokens};
 
 /// The Uptane Image repository: a TUF repository of signed images.
 #[derive(Debug, Parser)]
@@ -33,6 +36,39 @@ struct Target {
     /// A running server to upload to (with --token).
     #[arg(long, env = "IMAGE_REPO_SERVER")]
     server: Option<String>,
+}
+
+/// How a publishing command reaches a running server: its upload token, whom it trusts,
+/// and the client certificate a server that requires one for uploads asks for.
+#[derive(Debug, Args)]
+pub struct Upload {
+    /// Upload token (with --server).
+    #[arg(long, env = "IMAGE_REPO_TOKEN")]
+    pub token: Option<String>,
+    /// CA certificates (PEM) the server's certificate chains to [default: the system's].
+    #[arg(long, env = "IMAGE_REPO_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate chain (PEM), for a server that requires one for uploads.
+    #[arg(long, env = "IMAGE_REPO_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "IMAGE_REPO_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Allow a plaintext `http://` server: the token crosses the network readable.
+    #[arg(long, env = "IMAGE_REPO_INSECURE")]
+    pub insecure: bool,
+}
+
+impl Upload {
+    /// A client of the server at `base`.
+    fn remote(&self, base: &str) -> anyhow::Result<Remote> {
+        let identity = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(Identity::from_pem_files(cert, key)?),
+            _ => None,
+        };
+        let tls = ClientTls::new(self.ca_cert.as_deref(), identity, self.insecure)?;
+        Ok(Remote::new(base, self.token.clone(), &tls)?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,9 +98,8 @@ enum Command {
     Add {
         #[command(flatten)]
         target: Target,
-        /// Upload token (with --server).
-        #[arg(long, env = "IMAGE_REPO_TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        upload: Upload,
         /// Offline keys directory holding the targets keys.
         #[arg(long, env = "IMAGE_REPO_OFFLINE_KEYS")]
         offline_keys: PathBuf,
@@ -84,9 +119,8 @@ enum Command {
     Remove {
         #[command(flatten)]
         target: Target,
-        /// Upload token (with --server).
-        #[arg(long, env = "IMAGE_REPO_TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        upload: Upload,
         /// Offline keys directory holding the targets keys.
         #[arg(long, env = "IMAGE_REPO_OFFLINE_KEYS")]
         offline_keys: PathBuf,
@@ -98,9 +132,8 @@ enum Command {
     Delegate {
         #[command(flatten)]
         target: Target,
-        /// Upload token (with --server).
-        #[arg(long, env = "IMAGE_REPO_TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        upload: Upload,
         /// Offline keys directory holding the targets keys.
         #[arg(long, env = "IMAGE_REPO_OFFLINE_KEYS")]
         offline_keys: PathBuf,
@@ -127,9 +160,8 @@ enum Command {
     SupplierAdd {
         #[command(flatten)]
         target: Target,
-        /// Upload token for the role (with --server).
-        #[arg(long, env = "IMAGE_REPO_TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        upload: Upload,
         /// The delegated role.
         #[arg(long)]
         role: String,
@@ -213,6 +245,19 @@ enum Command {
         /// Largest image upload, in bytes.
         #[arg(long, env = "IMAGE_REPO_MAX_BLOB_BYTES", default_value_t = 16 << 30)]
         max_blob_bytes: u64,
+        /// The server's certificate chain (PEM); re-read on SIGHUP.
+        #[arg(long, env = "IMAGE_REPO_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The server's private key (PEM); re-read on SIGHUP.
+        #[arg(long, env = "IMAGE_REPO_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require uploads to show a client certificate issued by these CAs (PEM), as well
+        /// as a token. Downloads stay open to everyone.
+        #[arg(long, env = "IMAGE_REPO_UPLOAD_CLIENT_CA", requires = "tls_cert")]
+        upload_client_ca: Option<PathBuf>,
+        /// Serve plaintext HTTP: for tests only; upload tokens cross the network readable.
+        #[arg(long, env = "IMAGE_REPO_INSECURE")]
+        insecure: bool,
     },
 }
 
@@ -229,6 +274,31 @@ enum TokenCommand {
         /// A note for operators.
         #[arg(long, default_value = "")]
         label: String,
+        /// Days until it stops working.
+        #[arg(long, default_value_t = 90)]
+        expires_in_days: u32,
+    },
+    /// Lists the upload tokens (never their secrets).
+    List {
+        /// Repository directory.
+        #[arg(long, env = "IMAGE_REPO_DIR")]
+        repo: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes upload tokens, by id (from `token list`) or by label; takes effect at the
+    /// next upload, without a restart.
+    Revoke {
+        /// Repository directory.
+        #[arg(long, env = "IMAGE_REPO_DIR")]
+        repo: PathBuf,
+        /// The token's id.
+        #[arg(long, required_unless_present = "label", conflicts_with = "label")]
+        id: Option<String>,
+        /// Every live token with this label.
+        #[arg(long)]
+        label: Option<String>,
     },
 }
 
@@ -263,7 +333,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Add {
             target,
-            token,
+            upload,
             offline_keys,
             name,
             hardware_ids,
@@ -285,7 +355,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(&report)?);
                 }
                 (None, Some(server)) => {
-                    let remote = Remote::new(&server, token)?;
+                    let remote = upload.remote(&server)?;
                     let info = hash_file(&file)?;
                     remote.upload_blob(&file, &info).await?;
                     let state = remote.state().await?;
@@ -305,7 +375,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Remove {
             target,
-            token,
+            upload,
             offline_keys,
             name,
         } => {
@@ -317,11 +387,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Ok(b.remove_target(&name))
             };
-            publish_top_level(target, token, &offline_keys, edit).await
+            publish_top_level(target, upload, &offline_keys, edit).await
         }
         Command::Delegate {
             target,
-            token,
+            upload,
             offline_keys,
             role,
             keys: key_files,
@@ -347,14 +417,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 hardware_ids: (!hardware_ids.is_empty()).then_some(hardware_ids),
             };
             let refs: Vec<_> = public.iter().collect();
-            publish_top_level(target, token, &offline_keys, move |b: TargetsBuilder| {
+            publish_top_level(target, upload, &offline_keys, move |b: TargetsBuilder| {
                 Ok(b.delegate(delegation, &refs))
             })
             .await
         }
         Command::SupplierAdd {
             target,
-            token,
+            upload,
             role,
             key,
             name,
@@ -401,7 +471,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(&report)?);
                 }
                 (None, Some(server)) => {
-                    let remote = Remote::new(&server, token)?;
+                    let remote = upload.remote(&server)?;
                     let info = hash_file(&file)?;
                     remote.upload_blob(&file, &info).await?;
                     let bytes = sign_role(&remote.state().await?, &info)?;
@@ -419,13 +489,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.key_id());
             Ok(())
         }
-        Command::Token {
-            command: TokenCommand::Create { repo, role, label },
-        } => {
-            Repository::open(&repo)?;
-            println!("{}", Tokens::create(&repo, &role, &label)?);
-            Ok(())
-        }
+        Command::Token { command } => token_command(command),
         Command::RotateRoot {
             repo,
             offline_keys,
@@ -454,7 +518,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             timestamp_lifetime_secs,
             snapshot_lifetime_secs,
             max_blob_bytes,
+            tls_cert,
+            tls_key,
+            upload_client_ca,
+            insecure,
         } => {
+            let auth = match &upload_client_ca {
+                Some(ca) => ClientAuth::Optional(std::sync::Arc::new(
+                    service_runtime::tls::roots_from_pem_file(ca)?,
+                )),
+                None => ClientAuth::None,
+            };
+            let transport =
+                Transport::from_flags(tls_cert.as_deref(), tls_key.as_deref(), auth, insecure)?;
             if renew_interval_secs == 0
                 || timestamp_lifetime_secs <= 0
                 || snapshot_lifetime_secs <= 0
@@ -474,16 +550,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_blob_bytes,
                 renew_interval: Duration::from_secs(renew_interval_secs),
                 renew_margin: chrono::Duration::seconds(renew_margin_secs),
+                uploads_need_certificate: upload_client_ca.is_some(),
                 ..ServerConfig::default()
             };
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             let addr = listener.local_addr()?;
-            tracing::info!(%addr, repo = %repo.display(), "listening");
+            tracing::info!(%addr, repo = %repo.display(), scheme = transport.scheme(), "listening");
             println!("listening on {addr}");
             crate::server::serve(
                 listener,
+                transport,
                 AppState::new(repository, config),
                 service_runtime::shutdown_signal(),
             )
@@ -491,6 +569,67 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn token_command(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            repo,
+            role,
+            label,
+            expires_in_days,
+        } => {
+            Repository::open(&repo)?;
+            let lifetime = chrono::Duration::days(i64::from(expires_in_days));
+            println!("{}", Tokens::create(&repo, &role, &label, lifetime, now())?);
+        }
+        TokenCommand::List { repo, json } => {
+            Repository::open(&repo)?;
+            let tokens = Tokens::load(&repo)?;
+            if json {
+                let listed: Vec<_> = tokens
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "id": t.id(), "role": t.role, "label": t.label,
+                            "created_at": t.created_at, "expires_at": t.expires_at,
+                            "revoked_at": t.revoked_at,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+            } else {
+                println!("ID                ROLE  LABEL  CREATED  EXPIRES  REVOKED");
+                let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                for t in &tokens.tokens {
+                    println!(
+                        "{}  {}  {}  {}  {}  {}",
+                        t.id(),
+                        t.role,
+                        if t.label.is_empty() { "-" } else { &t.label },
+                        dash(&t.created_at),
+                        dash(&t.expires_at),
+                        dash(&t.revoked_at)
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke { repo, id, label } => {
+            Repository::open(&repo)?;
+            let which = match (id, label) {
+                (Some(id), _) => TokenSelector::Id(id),
+                (None, Some(label)) => TokenSelector::Label(label),
+                (None, None) => bail!("give --id or --label"),
+            };
+            let n = Tokens::revoke(&repo, &which, now())?;
+            if n == 0 {
+                bail!("no live token matches");
+            }
+            println!("revoked {n} token(s)");
+        }
+    }
+    Ok(())
 }
 
 fn empty_targets(expires: UtcTime) -> Targets {
@@ -503,7 +642,7 @@ fn hash_file(path: &Path) -> anyhow::Result<crate::repo::BlobInfo> {
 
 async fn publish_top_level(
     target: Target,
-    token: Option<String>,
+    upload: Upload,
     offline_keys: &Path,
     edit: impl FnOnce(TargetsBuilder) -> Result<TargetsBuilder, crate::error::RepoError>,
 ) -> anyhow::Result<()> {
@@ -513,7 +652,7 @@ async fn publish_top_level(
             println!("{}", serde_json::to_string(&report)?);
         }
         (None, Some(server)) => {
-            let remote = Remote::new(&server, token)?;
+            let remote = upload.remote(&server)?;
             let state = remote.state().await?;
             let bytes = sign_targets_update(&state, offline_keys, Expiry::default(), now(), edit)?;
             println!("{}", remote.upload_metadata("targets", bytes).await?);

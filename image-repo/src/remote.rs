@@ -36,6 +36,12 @@ pub enum RemoteError {
     /// The published state does not verify, or a local file failed.
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// A plaintext URL without `--insecure`, or one that is not HTTP at all.
+    #[error(transparent)]
+    Url(#[from] service_runtime::http::UrlError),
+    /// The TLS configuration could not be made (a CA or client certificate file).
+    #[error(transparent)]
+    Tls(#[from] service_runtime::tls::TlsError),
 }
 
 /// A client of one server.
@@ -47,15 +53,18 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base: &str, token: Option<String>) -> Result<Self, RemoteError> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|source| RemoteError::Http {
-                url: base.to_string(),
-                source,
-            })?;
+    /// A client of the server at `base` (e.g. `https://repo.example:8080`) over `tls`,
+    /// which refuses `http://` unless it allows clear text.
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        tls: &service_runtime::http::ClientTls,
+    ) -> Result<Self, RemoteError> {
+        tls.check_url(base)?;
+        let http = tls.reqwest()?.build().map_err(|source| RemoteError::Http {
+            url: base.to_string(),
+            source,
+        })?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token,

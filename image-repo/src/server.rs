@@ -7,6 +7,9 @@
 //!   only if they hash to the digest in the URL. Any valid token.
 //! - `PUT /api/v1/metadata/<role>`: signed targets metadata for `role`, with a token for that
 //!   role. Verified against the trust chain and the stored blobs before anything is published.
+//!
+//! Uploads need a live token (and, with `--upload-client-ca`, a client certificate from that
+//! CA); every refusal is a 401 or 403 logged as a security event.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,12 +18,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use futures_util::StreamExt;
 use serde_json::json;
+use service_runtime::tls::PeerIdentity;
 use tokio::sync::Mutex;
 use tower_http::services::ServeDir;
 
@@ -39,6 +43,9 @@ pub struct ServerConfig {
     pub renew_interval: Duration,
     /// Re-sign when they would expire within this.
     pub renew_margin: chrono::Duration,
+    /// Uploads need a client certificate as well as a token (one that chains to the upload
+    /// CA: the TLS layer checked that).
+    pub uploads_need_certificate: bool,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +55,7 @@ impl Default for ServerConfig {
             max_metadata_bytes: 64 << 20,
             renew_interval: Duration::from_secs(60),
             renew_margin: chrono::Duration::hours(12),
+            uploads_need_certificate: false,
         }
     }
 }
@@ -216,26 +224,48 @@ async fn get_metadata(State(state): State<AppState>, Path(file): Path<String>) -
         .into_response()
 }
 
-fn bearer_role(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+/// A refused upload: 401 (or 403), logged as a security event.
+fn refused(status: StatusCode, reason: impl Into<String>) -> ApiError {
+    let reason = reason.into();
+    tracing::warn!(security_event = "upload_refused", status = status.as_u16(), %reason, "upload refused");
+    ApiError::new(status, reason)
+}
+
+/// The role the request's uploader may write: its bearer token must be live and, when the
+/// server requires one, it must have shown a client certificate from the upload CA.
+fn uploader_role(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<Extension<PeerIdentity>>,
+) -> Result<String, ApiError> {
+    if state.config.uploads_need_certificate
+        && peer.and_then(|Extension(p)| p.fingerprint).is_none()
+    {
+        return Err(refused(
+            StatusCode::UNAUTHORIZED,
+            "uploads need a client certificate issued by the upload CA",
+        ));
+    }
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+        .ok_or_else(|| refused(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
     let tokens = Tokens::load(state.repo.dir()).map_err(ApiError::from)?;
     tokens
-        .role_of(token)
+        .role_of(token, now())
         .map(str::to_string)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))
+        .map_err(|e| refused(StatusCode::UNAUTHORIZED, e.to_string()))
 }
 
 async fn upload_blob(
     State(state): State<AppState>,
     Path(sha256): Path<String>,
     headers: HeaderMap,
+    peer: Option<Extension<PeerIdentity>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    bearer_role(&state, &headers)?;
+    uploader_role(&state, &headers, peer)?;
     let expected = sha256.to_ascii_lowercase();
     if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::new(
@@ -294,12 +324,12 @@ async fn upload_metadata(
     State(state): State<AppState>,
     Path(role): Path<String>,
     headers: HeaderMap,
+    peer: Option<Extension<PeerIdentity>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let allowed = bearer_role(&state, &headers)?;
+    let allowed = uploader_role(&state, &headers, peer)?;
     if allowed != role {
-        tracing::warn!(token_role = %allowed, %role, "token used for another role");
-        return Err(ApiError::new(
+        return Err(refused(
             StatusCode::FORBIDDEN,
             format!("this token may upload {allowed:?} metadata, not {role:?}"),
         ));
@@ -331,24 +361,17 @@ async fn renew_loop(state: AppState) {
     }
 }
 
-/// Serves on an already bound listener until `shutdown` completes.
+/// Serves on an already bound listener over `transport` until `shutdown` completes (every
+/// connection with TCP_NODELAY: responses go out as headers then a streamed body, and the
+/// second small write would otherwise wait for the client's delayed ACK).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    transport: service_runtime::http::Transport,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let renew = tokio::spawn(renew_loop(state.clone()));
-    // Responses go out as headers then a streamed body; without TCP_NODELAY the second
-    // small write waits for the client's delayed ACK (~40 ms per request).
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = service_runtime::http::serve(listener, transport, router(state), shutdown).await;
     renew.abort();
     result
 }

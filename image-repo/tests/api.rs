@@ -47,8 +47,22 @@ fn fixture() -> Fixture {
     let public = supplier.public_key().clone();
     repo.update_targets(&keys, now(), |b| Ok(b.delegate(delegation, &[&public])))
         .unwrap();
-    let targets_token = Tokens::create(repo.dir(), "targets", "oem").unwrap();
-    let acme_token = Tokens::create(repo.dir(), "acme", "supplier").unwrap();
+    let targets_token = Tokens::create(
+        repo.dir(),
+        "targets",
+        "oem",
+        chrono::Duration::days(1),
+        now(),
+    )
+    .unwrap();
+    let acme_token = Tokens::create(
+        repo.dir(),
+        "acme",
+        "supplier",
+        chrono::Duration::days(1),
+        now(),
+    )
+    .unwrap();
     Fixture {
         _dir: dir,
         repo,
@@ -495,7 +509,8 @@ async fn refuses_malformed_metadata_and_unknown_roles() {
         StatusCode::BAD_REQUEST,
     )
     .await;
-    let token = Tokens::create(f.repo.dir(), "nobody", "").unwrap();
+    let token =
+        Tokens::create(f.repo.dir(), "nobody", "", chrono::Duration::days(1), now()).unwrap();
     let body = f.signed_acme(1, &f.supplier, |b| b);
     assert_refused(
         &f,
