@@ -9,6 +9,7 @@
 //! [`crate::ports`]: the network in production, in-memory stand-ins in tests.
 
 mod apply;
+mod credential;
 mod manifest;
 mod outcome;
 mod plan;
@@ -76,18 +77,28 @@ impl Primary<Network> {
             .to_string();
         let read_timeout = Duration::from_secs(settings.read_timeout_secs);
         let grace = Duration::from_millis(settings.download_grace_ms);
-        let fetcher = || {
-            Fetcher::with_grace(read_timeout, settings.min_download_bytes_per_sec, grace)
-                .map_err(|e| OpenError::State(format!("HTTP client: {e}")))
+        let identity = crate::provision::tls_identity(dir, settings.serial.as_str())
+            .map_err(|e| state_error("TLS identity", &e))?;
+        let fetcher = |identity| {
+            let tls = settings
+                .client_tls(identity)
+                .map_err(|e| OpenError::State(format!("TLS: {e}")))?;
+            Fetcher::with_grace(
+                &tls,
+                read_timeout,
+                settings.min_download_bytes_per_sec,
+                grace,
+            )
+            .map_err(|e| OpenError::State(e.to_string()))
         };
+        // The Director may have bound this certificate to the vehicle at registration.
         let director = HttpDirector::new(
-            fetcher()?,
-            &settings.director_metadata_url(),
-            &settings.manifest_url(),
+            fetcher(Some(identity.clone()))?,
+            settings.director_urls(),
             &credential,
         );
         let images = HttpRepository::new(
-            fetcher()?,
+            fetcher(None)?,
             &settings.image_metadata_url(),
             &settings.image_targets_url(),
         );
@@ -95,8 +106,9 @@ impl Primary<Network> {
         let links = settings
             .secondaries
             .iter()
-            .map(|c| SecondaryLink::new(c.clone(), timeout))
-            .collect();
+            .map(|c| SecondaryLink::new(c.clone(), timeout, &identity))
+            .collect::<Result<_, _>>()
+            .map_err(|e| OpenError::State(e.to_string()))?;
         Self::with_ports(dir, settings, director, images, links)
     }
 }
@@ -187,13 +199,14 @@ impl<P: Ports> Primary<P> {
     /// One update cycle.
     pub async fn cycle(&mut self) -> CycleReport {
         let now = self.now();
+        self.renew_credential_if_due(now).await;
         let reports = self.collect_reports().await;
         let manifest = self.send_manifest(&reports, now).await;
         let mut report = CycleReport {
             manifest,
             verification: Verification::Unchanged,
             ecus: Default::default(),
-            unreachable: reports.1,
+            unreachable: reports.unreachable.clone(),
             closing_manifest: None,
         };
         let attacks_before = self.state.pending_attacks.len();

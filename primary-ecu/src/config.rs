@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use service_runtime::tls::Fingerprint;
 use uptane_core::ids::{EcuSerial, HardwareId, Vin};
 use uptane_core::trusted::Limits;
 
@@ -38,19 +39,34 @@ pub struct SecondaryConfig {
     pub address: String,
     /// Its verification mode.
     pub mode: Mode,
+    /// Its TLS certificate's fingerprint (printed by `secondary-ecu init`), pinned: the link
+    /// is mutual TLS with exactly that certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
 }
 
 impl std::str::FromStr for SecondaryConfig {
     type Err = String;
 
-    /// `SERIAL,HOST:PORT,MODE`.
+    /// `SERIAL,HOST:PORT,MODE[,FINGERPRINT]`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = text.split(',').collect();
-        let [serial, address, mode] = parts[..] else {
-            return Err(format!(
-                "{text:?}: expected SERIAL,HOST:PORT,MODE (MODE is full or partial)"
-            ));
+        let (serial, address, mode, fingerprint) = match parts[..] {
+            [serial, address, mode] => (serial, address, mode, None),
+            [serial, address, mode, fingerprint] => (serial, address, mode, Some(fingerprint)),
+            _ => {
+                return Err(format!(
+                    "{text:?}: expected SERIAL,HOST:PORT,MODE,FINGERPRINT (MODE is full or partial; \
+                     FINGERPRINT is what `secondary-ecu init` printed)"
+                ));
+            }
         };
+        let fingerprint = fingerprint
+            .map(|f| {
+                f.parse::<Fingerprint>()
+                    .map_err(|e| format!("{text:?}: {e}"))
+            })
+            .transpose()?;
         let mode = match mode {
             "full" => Mode::Full,
             "partial" => Mode::Partial,
@@ -60,6 +76,7 @@ impl std::str::FromStr for SecondaryConfig {
             serial: serial.parse().map_err(|e| format!("{text:?}: {e}"))?,
             address: address.to_string(),
             mode,
+            fingerprint,
         })
     }
 }
@@ -97,6 +114,13 @@ pub struct Settings {
     pub read_timeout_secs: u64,
     /// Deadline of one call to a Secondary (transfers get more per byte), in seconds.
     pub secondary_timeout_secs: u64,
+    /// Plaintext links allowed (`--insecure`): for tests that inject faults only.
+    #[serde(default)]
+    pub insecure: bool,
+    /// The CA certificates (PEM) the Director's and the Image repository's certificates
+    /// chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Configuration flags; any left out come from `config.json` in the state directory.
@@ -147,6 +171,13 @@ pub struct SettingsArgs {
     /// Deadline of one call to a Secondary, in seconds [default: 30].
     #[arg(long, env = "PRIMARY_SECONDARY_TIMEOUT_SECS")]
     pub secondary_timeout_secs: Option<u64>,
+    /// Allow plaintext: `http://` servers and Secondaries without TLS. For tests that inject
+    /// faults only; every plaintext link is logged as a warning.
+    #[arg(long, env = "PRIMARY_INSECURE")]
+    pub insecure: bool,
+    /// CA certificates (PEM) the servers' certificates must chain to.
+    #[arg(long, env = "PRIMARY_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Why the configuration cannot be used.
@@ -241,6 +272,11 @@ impl Settings {
             download_grace_ms: pick!(download_grace_ms, "download-grace-ms", 5_000),
             read_timeout_secs: pick!(read_timeout_secs, "read-timeout-secs", 30),
             secondary_timeout_secs: pick!(secondary_timeout_secs, "secondary-timeout-secs", 30),
+            insecure: args.insecure || kept.is_some_and(|k| k.insecure),
+            ca_cert: args
+                .ca_cert
+                .clone()
+                .or_else(|| kept.and_then(|k| k.ca_cert.clone())),
         };
         settings.validate()?;
         Ok(settings)
@@ -248,8 +284,8 @@ impl Settings {
 
     /// Checks every setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_url("director-url", &self.director_url)?;
-        check_url("image-repo-url", &self.image_repo_url)?;
+        check_url("director-url", &self.director_url, self.insecure)?;
+        check_url("image-repo-url", &self.image_repo_url, self.insecure)?;
         let mut serials = std::collections::BTreeSet::from([&self.serial]);
         for secondary in &self.secondaries {
             if !serials.insert(&secondary.serial) {
@@ -259,6 +295,16 @@ impl Settings {
                 ));
             }
             check_address(&secondary.address)?;
+            if !self.insecure && secondary.fingerprint.is_none() {
+                return Err(invalid(
+                    "secondary",
+                    format!(
+                        "{} has no TLS fingerprint: give SERIAL,HOST:PORT,MODE,FINGERPRINT with \
+                         the fingerprint `secondary-ecu init` printed (or --insecure)",
+                        secondary.serial
+                    ),
+                ));
+            }
         }
         for (field, value) in [
             ("poll-interval-secs", self.poll_interval_secs),
@@ -290,6 +336,30 @@ impl Settings {
     /// The poll interval.
     pub fn poll_interval(&self) -> Duration {
         Duration::from_secs(self.poll_interval_secs)
+    }
+
+    /// The Director's vehicle API for this vehicle.
+    pub fn director_urls(&self) -> crate::ports::DirectorUrls {
+        crate::ports::DirectorUrls {
+            metadata: self.director_metadata_url(),
+            manifest: self.manifest_url(),
+            credential: format!(
+                "{}/vehicles/{}/credential",
+                self.director_url.trim_end_matches('/'),
+                self.vin
+            ),
+        }
+    }
+
+    /// How this Primary reaches the servers: trusting `--ca-cert` (or the system's roots),
+    /// presenting `identity` (its own certificate, to the Director only: the Image
+    /// repository may ask uploaders for certificates of another CA), refusing `http://`
+    /// unless `--insecure`.
+    pub fn client_tls(
+        &self,
+        identity: Option<service_runtime::tls::Identity>,
+    ) -> Result<service_runtime::http::ClientTls, service_runtime::tls::TlsError> {
+        service_runtime::http::ClientTls::new(self.ca_cert.as_deref(), identity, self.insecure)
     }
 
     /// The Director's metadata URL for this vehicle.
@@ -350,7 +420,8 @@ impl Settings {
 }
 
 /// The identifiers the Director accepts: 1–64 characters of `A-Za-z0-9._-`.
-fn check_url(field: &'static str, value: &str) -> Result<(), ConfigError> {
+fn check_url(field: &'static str, value: &str, insecure: bool) -> Result<(), ConfigError> {
+    service_runtime::http::check_url(value, insecure).map_err(|e| invalid(field, e.to_string()))?;
     let url = reqwest::Url::parse(value).map_err(|e| invalid(field, format!("{value:?}: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(invalid(
@@ -386,9 +457,13 @@ mod tests {
             vin: Some("VIN-1".into()),
             serial: Some("GW-1".into()),
             hardware_id: Some("hw-gw".into()),
-            director_url: Some("http://127.0.0.1:1".into()),
-            image_repo_url: Some("http://127.0.0.1:2/".into()),
-            secondaries: vec!["BRAKE-1,127.0.0.1:5000,full".parse().unwrap()],
+            director_url: Some("https://127.0.0.1:1".into()),
+            image_repo_url: Some("https://127.0.0.1:2/".into()),
+            secondaries: vec![
+                format!("BRAKE-1,127.0.0.1:5000,full,{}", "ab".repeat(32))
+                    .parse()
+                    .unwrap(),
+            ],
             ..Default::default()
         }
     }
@@ -397,7 +472,7 @@ mod tests {
     fn flags_override_the_kept_file_and_defaults_fill_the_rest() {
         let kept = Settings::resolve(None, args()).unwrap();
         assert_eq!(kept.poll_interval_secs, 300);
-        assert_eq!(kept.image_targets_url(), "http://127.0.0.1:2/targets/");
+        assert_eq!(kept.image_targets_url(), "https://127.0.0.1:2/targets/");
         let again = Settings::resolve(
             Some(kept.clone()),
             SettingsArgs {
@@ -430,6 +505,16 @@ mod tests {
                 "image-repo-url",
                 Box::new(|a| a.image_repo_url = Some("not a url".into())),
             ),
+            // Clear text only when asked for by name.
+            (
+                "director-url",
+                Box::new(|a| a.director_url = Some("http://127.0.0.1:1".into())),
+            ),
+            // A Secondary link is pinned mutual TLS unless asked otherwise.
+            (
+                "secondary",
+                Box::new(|a| a.secondaries[0].fingerprint = None),
+            ),
             (
                 "secondary",
                 Box::new(|a| a.secondaries[0].serial = "GW-1".parse().unwrap()),
@@ -455,6 +540,19 @@ mod tests {
                 other => panic!("{field}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn insecure_allows_plaintext_servers_and_unpinned_secondaries() {
+        let mut a = args();
+        a.insecure = true;
+        a.director_url = Some("http://127.0.0.1:1".into());
+        a.secondaries[0].fingerprint = None;
+        let settings = Settings::resolve(None, a).unwrap();
+        assert!(settings.insecure);
+        // And it is kept: a later command without the flag still may.
+        let again = Settings::resolve(Some(settings), SettingsArgs::default()).unwrap();
+        assert!(again.insecure);
     }
 
     #[test]

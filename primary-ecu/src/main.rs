@@ -73,6 +73,24 @@ enum Command {
         #[command(flatten)]
         settings: SettingsArgs,
     },
+    /// Makes the Primary's TLS identity in the state directory (kept if there is one) and
+    /// prints its fingerprint, which each Secondary pins at `secondary-ecu init`.
+    TlsIdentity {
+        /// State directory.
+        #[arg(long, env = "PRIMARY_DIR")]
+        dir: PathBuf,
+        /// The name the certificate carries.
+        #[arg(long, env = "PRIMARY_SERIAL", default_value = "primary")]
+        serial: String,
+    },
+    /// Replaces the vehicle credential with one an operator issued (`director vehicle
+    /// issue-credential`), read from standard input so that it stays out of the process
+    /// list and the shell history.
+    SetCredential {
+        /// State directory.
+        #[arg(long, env = "PRIMARY_DIR")]
+        dir: PathBuf,
+    },
     /// Trusted metadata versions, installed images, pending work and the last error.
     Status {
         /// State directory.
@@ -273,6 +291,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = primary.cycle().await;
             println!("{}", report.summary());
             Ok(ExitCode::from(report.exit_code()))
+        }
+        Command::SetCredential { dir } => {
+            let mut secret = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(std::io::stdin(), 4096),
+                &mut secret,
+            )?;
+            provision::replace_credential(&dir, &secret)?;
+            println!("credential replaced; its lifetime is learnt at the next cycle");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TlsIdentity { dir, serial } => {
+            let identity = provision::tls_identity(&dir, &serial)?;
+            println!("{}", identity.fingerprint());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { dir, json } => {
             let status = status(&dir)?;

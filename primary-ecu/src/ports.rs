@@ -8,9 +8,10 @@ use proto::v2::PutMetadataRequest;
 use uptane_core::hash::StreamVerifier;
 use uptane_core::ids::EcuSerial;
 use uptane_core::refresh::MetadataFile;
+use uptane_core::time::UtcTime;
 
 use crate::download::VerifiedFile;
-use crate::repo::{FetchError, Fetcher};
+use crate::repo::{Credential, FetchError, Fetcher};
 use crate::secondary::{Delivery, LinkError, SecondaryLink};
 
 /// What happened to a vehicle version manifest the Primary sent.
@@ -35,10 +36,58 @@ pub trait RemoteRepository: Send + Sync {
     ) -> impl Future<Output = Result<Option<Vec<u8>>, FetchError>> + Send;
 }
 
-/// The Director: its per-vehicle repository, and where manifests go.
+/// A vehicle credential the Director issued.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedCredential {
+    /// The secret.
+    pub secret: String,
+    /// When it was issued.
+    pub issued_at: UtcTime,
+    /// When it stops working.
+    pub expires_at: UtcTime,
+}
+
+impl std::fmt::Debug for IssuedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCredential")
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IssuedCredential {
+    /// From the Director's answer to a registration or a renewal.
+    pub fn from_answer(answer: &serde_json::Value) -> Result<Self, String> {
+        let time = |key: &str| {
+            answer[key]
+                .as_str()
+                .and_then(uptane_core::time::parse_expires)
+                .ok_or_else(|| format!("no {key} in the Director's answer"))
+        };
+        Ok(Self {
+            secret: answer["credential"]
+                .as_str()
+                .ok_or("no credential in the Director's answer")?
+                .to_string(),
+            issued_at: time("credential_issued_at")?,
+            expires_at: time("credential_expires_at")?,
+        })
+    }
+}
+
+/// The Director: its per-vehicle repository, where manifests go, and the vehicle's
+/// credential.
 pub trait DirectorPort: RemoteRepository {
     /// Sends a signed vehicle version manifest.
     fn send_manifest(&self, body: Vec<u8>) -> impl Future<Output = ManifestOutcome> + Send;
+
+    /// Asks for a renewed credential (the Director lets it take over at its first use, so
+    /// losing this answer loses nothing).
+    fn renew_credential(&self) -> impl Future<Output = Result<IssuedCredential, String>> + Send;
+
+    /// Sends `secret` as the credential from the next request on.
+    fn use_credential(&self, secret: &str);
 }
 
 /// The Image repository: its metadata and its images.
@@ -67,6 +116,13 @@ pub trait SecondaryPort: Send {
         &mut self,
         nonce: &str,
     ) -> impl Future<Output = Result<Vec<u8>, LinkError>> + Send;
+
+    /// Tells it the Director accepted its report `report_counter` (the attacks the report
+    /// carried may be forgotten).
+    fn acknowledge(
+        &mut self,
+        report_counter: u64,
+    ) -> impl Future<Output = Result<(), LinkError>> + Send;
 
     /// Delivers one verified update: time, metadata, the image, install and activation.
     fn deliver(
@@ -164,25 +220,38 @@ impl ImageRepoPort for HttpRepository {
     }
 }
 
-/// The Director over HTTP, with the vehicle's credential.
+/// The Director over HTTP(S), with the vehicle's credential (and, over TLS, the Primary's
+/// client certificate, which the Director may have bound to the vehicle).
 #[derive(Debug, Clone)]
 pub struct HttpDirector {
     repository: HttpRepository,
-    manifest_url: String,
-    credential: String,
+    urls: DirectorUrls,
+    credential: Credential,
+}
+
+/// Where the Director's vehicle API is.
+#[derive(Debug, Clone)]
+pub struct DirectorUrls {
+    /// The vehicle's repository.
+    pub metadata: String,
+    /// Where manifests go.
+    pub manifest: String,
+    /// Where the credential is renewed.
+    pub credential: String,
 }
 
 impl HttpDirector {
-    /// The vehicle's repository under `metadata_url`; manifests to `manifest_url`.
-    pub fn new(fetcher: Fetcher, metadata_url: &str, manifest_url: &str, credential: &str) -> Self {
+    /// The vehicle's Director API at `urls`, sending `credential`.
+    pub fn new(fetcher: Fetcher, urls: DirectorUrls, credential: &str) -> Self {
+        let credential = Credential::new(credential);
         Self {
             repository: HttpRepository::new(
-                fetcher.with_bearer(credential),
-                metadata_url,
-                metadata_url,
+                fetcher.with_bearer(credential.clone()),
+                &urls.metadata,
+                &urls.metadata,
             ),
-            manifest_url: manifest_url.to_string(),
-            credential: credential.to_string(),
+            urls,
+            credential,
         }
     }
 }
@@ -203,8 +272,8 @@ impl DirectorPort for HttpDirector {
             .repository
             .fetcher()
             .http()
-            .post(&self.manifest_url)
-            .bearer_auth(&self.credential)
+            .post(&self.urls.manifest)
+            .bearer_auth(self.credential.get())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()
@@ -219,8 +288,33 @@ impl DirectorPort for HttpDirector {
                     why["error"].as_str().unwrap_or("no reason given")
                 ))
             }
-            Err(e) => ManifestOutcome::Unsent(e.to_string()),
+            Err(e) => ManifestOutcome::Unsent(service_runtime::error_chain(&e)),
         }
+    }
+
+    async fn renew_credential(&self) -> Result<IssuedCredential, String> {
+        let response = self
+            .repository
+            .fetcher()
+            .http()
+            .post(&self.urls.credential)
+            .bearer_auth(self.credential.get())
+            .send()
+            .await
+            .map_err(|e| service_runtime::error_chain(&e))?;
+        let status = response.status();
+        let answer = crate::provision::json_body(response).await;
+        if !status.is_success() {
+            return Err(format!(
+                "HTTP {status}: {}",
+                answer["error"].as_str().unwrap_or("no reason given")
+            ));
+        }
+        IssuedCredential::from_answer(&answer)
+    }
+
+    fn use_credential(&self, secret: &str) {
+        self.credential.set(secret);
     }
 }
 
@@ -231,6 +325,10 @@ impl SecondaryPort for SecondaryLink {
 
     async fn version_report(&mut self, nonce: &str) -> Result<Vec<u8>, LinkError> {
         SecondaryLink::version_report(self, nonce).await
+    }
+
+    async fn acknowledge(&mut self, report_counter: u64) -> Result<(), LinkError> {
+        SecondaryLink::acknowledge(self, report_counter).await
     }
 
     async fn deliver(

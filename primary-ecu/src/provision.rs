@@ -13,9 +13,11 @@ use uptane_core::metadata::Root;
 use uptane_core::verify::{Raw, verify_root_self_signed};
 
 use crate::config::{Mode, Settings};
+use crate::ports::IssuedCredential;
 use crate::repo::MetadataDir;
 use crate::secondary::SecondaryLink;
 use crate::state::{InventoryEcu, PrimaryState, StateDir};
+use service_runtime::tls::Identity;
 
 /// How the vehicle gets its Director credential.
 #[derive(Debug, Clone)]
@@ -68,6 +70,9 @@ pub enum ProvisionError {
     /// The Director refused or could not be reached.
     #[error("registration: {0}")]
     Registration(String),
+    /// The TLS identity could not be made or read.
+    #[error("TLS identity: {0}")]
+    Tls(#[from] service_runtime::tls::TlsError),
     /// Local files.
     #[error("{path}: {source}")]
     Io {
@@ -100,8 +105,25 @@ fn root_error(path: &Path, reason: String) -> ProvisionError {
     }
 }
 
+/// The Primary's TLS identity in `dir`, made (self-signed) if there is none yet. Its
+/// Secondaries pin its fingerprint; the Director binds it to the vehicle at registration.
+pub fn tls_identity(dir: &Path, serial: &str) -> Result<Identity, ProvisionError> {
+    let tls = StateDir::new(dir).tls();
+    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    if !cert.exists() {
+        let made = service_runtime::pki::self_signed(serial, &[service_runtime::pki::DEVICE_NAME])?;
+        made.write(&tls).map_err(io(&tls))?;
+    }
+    Ok(Identity::from_pem_files(&cert, &key)?)
+}
+
 /// Asks every configured Secondary who it is, and checks that against the configuration.
-async fn secondaries(settings: &Settings) -> Result<Vec<InventoryEcu>, ProvisionError> {
+/// Over mutual TLS the answer comes from the pinned certificate, so the ECU key it states
+/// is authentic.
+async fn secondaries(
+    settings: &Settings,
+    identity: &Identity,
+) -> Result<Vec<InventoryEcu>, ProvisionError> {
     let mut out = Vec::new();
     for config in &settings.secondaries {
         let refuse = |reason: String| ProvisionError::Secondary {
@@ -111,7 +133,9 @@ async fn secondaries(settings: &Settings) -> Result<Vec<InventoryEcu>, Provision
         let mut link = SecondaryLink::new(
             config.clone(),
             Duration::from_secs(settings.secondary_timeout_secs),
-        );
+            identity,
+        )
+        .map_err(|e| refuse(e.to_string()))?;
         let info = link.info().await.map_err(|e| refuse(e.to_string()))?;
         if config.serial != info.ecu_serial.as_str() {
             return Err(refuse(format!(
@@ -149,17 +173,23 @@ async fn secondaries(settings: &Settings) -> Result<Vec<InventoryEcu>, Provision
     Ok(out)
 }
 
+/// Registers the vehicle; returns its credential (and when it expires, when the Director
+/// said). Over TLS the Primary shows its certificate: a self-registration binds it to the
+/// vehicle, and an operator registration names it.
 async fn register(
     settings: &Settings,
+    identity: &Identity,
     registration: &Registration,
     inventory: &[InventoryEcu],
-) -> Result<String, ProvisionError> {
+) -> Result<Registered, ProvisionError> {
     let (path, token) = match registration {
-        Registration::Credential(credential) => return Ok(credential.clone()),
+        Registration::Credential(credential) => {
+            return Ok(Registered::Handed(credential.clone()));
+        }
         Registration::ProvisioningToken(token) => ("api/v1/register", token),
         Registration::OperatorToken(token) => ("api/v1/vehicles", token),
     };
-    let body = json!({
+    let mut body = json!({
         "vin": settings.vin,
         "ecus": inventory.iter().map(|e| json!({
             "serial": e.serial,
@@ -168,10 +198,17 @@ async fn register(
             "primary": e.mode.is_none(),
         })).collect::<Vec<_>>(),
     });
+    if matches!(registration, Registration::OperatorToken(_)) && !settings.insecure {
+        body["tls_fingerprint"] = json!(identity.fingerprint());
+    }
     let url = format!("{}/{path}", settings.director_url.trim_end_matches('/'));
     let failed = |reason: String| ProvisionError::Registration(reason);
-    let response = reqwest::Client::builder()
-        .no_proxy()
+    let tls = settings
+        .client_tls(Some(identity.clone()))
+        .map_err(|e| failed(e.to_string()))?;
+    let response = tls
+        .reqwest()
+        .map_err(|e| failed(e.to_string()))?
         .timeout(Duration::from_secs(settings.read_timeout_secs))
         .build()
         .map_err(|e| failed(e.to_string()))?
@@ -181,17 +218,28 @@ async fn register(
         .body(body.to_string())
         .send()
         .await
-        .map_err(|e| failed(format!("{url}: {e}")))?;
+        .map_err(|e| failed(format!("{url}: {}", service_runtime::error_chain(&e))))?;
     let status = response.status();
     let answer = json_body(response).await;
     if !status.is_success() {
         let why = answer["error"].as_str().unwrap_or("no reason given");
         return Err(failed(format!("{url}: HTTP {status}: {why}")));
     }
-    answer["credential"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| failed(format!("{url}: no credential in the answer")))
+    let issued =
+        IssuedCredential::from_answer(&answer).map_err(|e| failed(format!("{url}: {e}")))?;
+    if answer["certificate_bound"].as_bool() == Some(true) {
+        tracing::info!(fingerprint = %identity.fingerprint(), "the Director bound this Primary's certificate to the vehicle");
+    }
+    Ok(Registered::Issued(issued))
+}
+
+/// The credential registration produced.
+#[derive(Debug)]
+pub enum Registered {
+    /// Issued by the Director just now, with its lifetime.
+    Issued(IssuedCredential),
+    /// Handed over by an operator (its lifetime is learnt at the first renewal).
+    Handed(String),
 }
 
 /// A response body as JSON (`null` when it is not JSON).
@@ -236,7 +284,9 @@ pub async fn init(
     }
     let factory =
         std::fs::read(&provisioning.factory_image).map_err(io(&provisioning.factory_image))?;
-    let secondaries = secondaries(settings).await?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let identity = tls_identity(dir, settings.serial.as_str())?;
+    let secondaries = secondaries(settings, &identity).await?;
     let state = LocalState {
         director_root: &director_root,
         image_root: &image_root,
@@ -245,8 +295,8 @@ pub async fn init(
         secondaries,
     };
     let inventory = write_state(dir, settings, state)?;
-    let credential = register(settings, &provisioning.registration, &inventory).await?;
-    write_credential(dir, &credential)?;
+    let registered = register(settings, &identity, &provisioning.registration, &inventory).await?;
+    write_credential(dir, &registered)?;
     Ok(inventory)
 }
 
@@ -353,7 +403,37 @@ pub fn write_state(
     Ok(inventory)
 }
 
-/// Writes the vehicle's Director credential (mode 0600): the last step of provisioning.
-pub fn write_credential(dir: &Path, credential: &str) -> Result<(), ProvisionError> {
-    write_secret(&StateDir::new(dir).credential(), credential.as_bytes())
+/// Writes the vehicle's Director credential (mode 0600) and when it expires: the last step
+/// of provisioning.
+pub fn write_credential(dir: &Path, registered: &Registered) -> Result<(), ProvisionError> {
+    let files = StateDir::new(dir);
+    let secret = match registered {
+        Registered::Issued(issued) => {
+            let mut state = files.load_state().map_err(io(&files.state()))?;
+            state.credential_issued_at = Some(issued.issued_at);
+            state.credential_expires_at = Some(issued.expires_at);
+            files.save_state(&state).map_err(io(&files.state()))?;
+            &issued.secret
+        }
+        Registered::Handed(secret) => secret,
+    };
+    write_secret(&files.credential(), secret.as_bytes())
+}
+
+/// Replaces the vehicle credential with one an operator issued (`director vehicle
+/// issue-credential`), after a revocation; its lifetime is learnt at the next renewal.
+pub fn replace_credential(dir: &Path, secret: &str) -> Result<(), ProvisionError> {
+    let files = StateDir::new(dir);
+    let secret = secret.trim();
+    if !secret.starts_with("dvc_") || secret.len() != 68 {
+        return Err(ProvisionError::Registration(
+            "that is not a vehicle credential (dvc_ and 64 hex digits)".into(),
+        ));
+    }
+    let mut state = files.load_state().map_err(io(&files.state()))?;
+    service_runtime::files::write_atomic(&files.credential(), secret.as_bytes())
+        .map_err(io(&files.credential()))?;
+    state.credential_issued_at = None;
+    state.credential_expires_at = None;
+    files.save_state(&state).map_err(io(&files.state()))
 }

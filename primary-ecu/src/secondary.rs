@@ -4,6 +4,7 @@
 //! wait and never blocks the others.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::v2::secondary_client::SecondaryClient;
@@ -16,6 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::transport::{Channel, Endpoint};
 
 use uptane_core::error::AttackKind;
+
+use service_runtime::pki::DEVICE_NAME;
+use service_runtime::tls::{Identity, ServerTrust};
 
 use crate::config::SecondaryConfig;
 use crate::download::VerifiedFile;
@@ -92,6 +96,7 @@ pub enum Delivery {
 pub struct SecondaryLink {
     config: SecondaryConfig,
     timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
     client: Option<SecondaryClient<Channel>>,
 }
 
@@ -151,13 +156,39 @@ pub fn attack_from_proto(attack: proto::v2::Attack) -> Option<AttackKind> {
 }
 
 impl SecondaryLink {
-    /// A link to `config`, each call bounded by `timeout`.
-    pub fn new(config: SecondaryConfig, timeout: Duration) -> Self {
-        Self {
+    /// A link to `config`, each call bounded by `timeout`: mutual TLS with the Primary's
+    /// `identity` and the Secondary's certificate pinned by its configured fingerprint, or
+    /// plaintext when none is configured (which [`crate::config::Settings`] allows only
+    /// with `--insecure`).
+    pub fn new(
+        config: SecondaryConfig,
+        timeout: Duration,
+        identity: &Identity,
+    ) -> Result<Self, LinkError> {
+        let tls = match config.fingerprint {
+            None => {
+                tracing::warn!(serial = %config.serial, "no fingerprint pinned: plaintext gRPC to this Secondary");
+                None
+            }
+            Some(pinned) => {
+                let tls = service_runtime::tls::client_config(
+                    &ServerTrust::Pinned(pinned),
+                    Some(identity),
+                )
+                .map_err(|e| LinkError::Unreachable {
+                    serial: config.serial.to_string(),
+                    address: config.address.clone(),
+                    reason: e.to_string(),
+                })?;
+                Some(Arc::new(tls))
+            }
+        };
+        Ok(Self {
             config,
             timeout,
+            tls,
             client: None,
-        }
+        })
     }
 
     /// The Secondary's configuration.
@@ -184,10 +215,18 @@ impl SecondaryLink {
                 .initial_connection_window_size(Some(8 << 20))
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(self.timeout);
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| unreachable(format!("{e}: {:?}", std::error::Error::source(&e))))?;
+            let channel = match &self.tls {
+                None => endpoint.connect().await,
+                Some(tls) => {
+                    let connector = service_runtime::tls::connector(
+                        self.config.address.clone(),
+                        DEVICE_NAME,
+                        Arc::clone(tls),
+                    );
+                    endpoint.connect_with_connector(connector).await
+                }
+            }
+            .map_err(|e| unreachable(service_runtime::error_chain(&e)))?;
             self.client = Some(
                 SecondaryClient::new(channel)
                     .max_decoding_message_size(4 << 20)
@@ -259,6 +298,18 @@ impl SecondaryLink {
             })
             .await?;
         Ok(report.signed_report)
+    }
+
+    /// Tells the ECU the Director accepted its report `report_counter`, so the attacks it
+    /// carried may be forgotten.
+    pub async fn acknowledge(&mut self, report_counter: u64) -> Result<(), LinkError> {
+        let t = self.timeout;
+        self.call("AcknowledgeReport", t, |mut c| async move {
+            c.acknowledge_report(proto::v2::AcknowledgeReportRequest { report_counter })
+                .await
+        })
+        .await?;
+        Ok(())
     }
 
     /// The result the ECU kept for `correlation_id`, if it is about `filename`: a result

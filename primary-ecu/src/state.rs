@@ -88,6 +88,13 @@ pub struct PrimaryState {
     pub last_cycle: Option<String>,
     /// The last error, in words.
     pub last_error: Option<String>,
+    /// When the vehicle credential was issued, as the Director said (`None` for one from
+    /// before credentials expired: it is renewed at the next cycle).
+    #[serde(default, with = "optional_time")]
+    pub credential_issued_at: Option<UtcTime>,
+    /// When the vehicle credential stops working.
+    #[serde(default, with = "optional_time")]
+    pub credential_expires_at: Option<UtcTime>,
 }
 
 mod optional_time {
@@ -138,6 +145,12 @@ impl StateDir {
     /// The Primary's public key, a TUF key object.
     pub fn public_key(&self) -> PathBuf {
         self.root.join("ecu.pub.json")
+    }
+
+    /// The Primary's TLS identity (`cert.pem`, `key.pem`): what its Secondaries pin, and
+    /// what it shows the Director.
+    pub fn tls(&self) -> PathBuf {
+        self.root.join("tls")
     }
 
     /// The vehicle credential the Director issued (mode 0600).

@@ -12,8 +12,10 @@ use primary_ecu::agent::{EcuOutcome, ManifestOutcome, Primary, Verification};
 use primary_ecu::config::{Mode, SecondaryConfig, Settings, SettingsArgs};
 use primary_ecu::download::{ImageStore, VerifiedFile};
 use primary_ecu::install::install_own;
-use primary_ecu::ports::{DirectorPort, ImageRepoPort, Ports, RemoteRepository, SecondaryPort};
-use primary_ecu::provision::{LocalState, write_credential, write_state};
+use primary_ecu::ports::{
+    DirectorPort, ImageRepoPort, IssuedCredential, Ports, RemoteRepository, SecondaryPort,
+};
+use primary_ecu::provision::{LocalState, Registered, write_credential, write_state};
 use primary_ecu::repo::FetchError;
 use primary_ecu::secondary::{Delivery, LinkError};
 use primary_ecu::state::InventoryEcu;
@@ -47,11 +49,22 @@ where
     text.parse().unwrap()
 }
 
-/// The Director: one vehicle's repository, and every manifest it was sent.
+fn now() -> uptane_core::time::UtcTime {
+    std::time::SystemTime::now().into()
+}
+
+/// The Director: one vehicle's repository, every manifest it was sent, and the credentials
+/// it issued.
 #[derive(Clone)]
 struct Director {
     repo: Arc<Mutex<RepoFixture>>,
     manifests: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Credentials issued by renewals, oldest first.
+    renewals: Arc<Mutex<Vec<String>>>,
+    /// The credential the Primary sends now.
+    in_use: Arc<Mutex<String>>,
+    /// Renewals fail (the Director is unreachable).
+    renewal_fails: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Director {
@@ -77,6 +90,9 @@ impl Director {
         Self {
             repo: Arc::new(Mutex::new(repo)),
             manifests: Arc::default(),
+            renewals: Arc::default(),
+            in_use: Arc::default(),
+            renewal_fails: Arc::default(),
         }
     }
 
@@ -120,6 +136,28 @@ impl DirectorPort for Director {
     async fn send_manifest(&self, body: Vec<u8>) -> ManifestOutcome {
         self.manifests.lock().unwrap().push(body);
         ManifestOutcome::Accepted
+    }
+
+    async fn renew_credential(&self) -> Result<IssuedCredential, String> {
+        if self
+            .renewal_fails
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err("connection refused".into());
+        }
+        let mut renewals = self.renewals.lock().unwrap();
+        let secret = format!("dvc_{:064}", renewals.len() + 1);
+        renewals.push(secret.clone());
+        let now = now();
+        Ok(IssuedCredential {
+            secret,
+            issued_at: now,
+            expires_at: now + chrono::Duration::days(30),
+        })
+    }
+
+    fn use_credential(&self, secret: &str) {
+        *self.in_use.lock().unwrap() = secret.to_string();
     }
 }
 
@@ -268,6 +306,10 @@ impl SecondaryPort for Secondary {
         Ok(report.sign(&self.key).unwrap())
     }
 
+    async fn acknowledge(&mut self, _: u64) -> Result<(), LinkError> {
+        Ok(())
+    }
+
     async fn deliver(
         &mut self,
         _: i64,
@@ -317,6 +359,11 @@ struct Vehicle {
 
 impl Vehicle {
     fn new() -> Self {
+        Self::with_credential_age(chrono::Duration::zero())
+    }
+
+    /// A vehicle whose 30-day credential was issued `age` ago.
+    fn with_credential_age(age: chrono::Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let director = Director::new();
         let images = Images::new();
@@ -333,7 +380,9 @@ impl Vehicle {
                     serial: id(BRAKE.0),
                     address: "127.0.0.1:9".into(),
                     mode: Mode::Full,
+                    fingerprint: None,
                 }],
+                insecure: true,
                 ..Default::default()
             },
         )
@@ -351,7 +400,13 @@ impl Vehicle {
             }],
         };
         write_state(dir.path(), &settings, local).unwrap();
-        write_credential(dir.path(), "dvc_test").unwrap();
+        let issued_at = now() - age;
+        let first = IssuedCredential {
+            secret: "dvc_test".into(),
+            issued_at,
+            expires_at: issued_at + chrono::Duration::days(30),
+        };
+        write_credential(dir.path(), &Registered::Issued(first)).unwrap();
         let primary = Primary::<InMemory>::with_ports(
             dir.path(),
             settings,
@@ -384,6 +439,37 @@ impl Vehicle {
     fn firmware(&self) -> Vec<u8> {
         std::fs::read(self.dir.path().join("firmware/active.img")).unwrap()
     }
+}
+
+#[tokio::test]
+async fn a_credential_with_a_third_of_its_life_left_is_renewed_stored_and_used() {
+    // 10 days into a 30-day credential: not yet.
+    let mut car = Vehicle::with_credential_age(chrono::Duration::days(10));
+    car.primary.cycle().await;
+    assert!(car.director.renewals.lock().unwrap().is_empty());
+
+    // 21 days in: renewed, and the new one is on disk before it is used.
+    let mut car = Vehicle::with_credential_age(chrono::Duration::days(21));
+    car.director
+        .renewal_fails
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    car.primary.cycle().await;
+    // A failed renewal keeps the old credential, and is tried again next cycle.
+    let stored = || std::fs::read_to_string(car.dir.path().join("credential")).unwrap();
+    assert_eq!(stored(), "dvc_test");
+    car.director
+        .renewal_fails
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    car.primary.cycle().await;
+    let renewed = car.director.renewals.lock().unwrap().clone();
+    assert_eq!(renewed.len(), 1);
+    assert_eq!(stored(), renewed[0]);
+    assert_eq!(*car.director.in_use.lock().unwrap(), renewed[0]);
+    let state = car.primary.state();
+    assert!(state.credential_expires_at.unwrap() > now() + chrono::Duration::days(29));
+    // Not again until it is due again.
+    car.primary.cycle().await;
+    assert_eq!(car.director.renewals.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -17,8 +17,13 @@ use uptane_core::sign::delegated_role;
 use uptane_core::testing::{RepoFixture, key, now};
 use uptane_core::trusted::{ImageRepo, Limits};
 
+/// The test server is plaintext HTTP (it injects faults at the byte level).
+fn plaintext() -> service_runtime::http::ClientTls {
+    service_runtime::http::ClientTls::new(None, None, true).unwrap()
+}
+
 fn fetcher() -> Fetcher {
-    Fetcher::new(Duration::from_secs(10), 0).unwrap()
+    Fetcher::new(&plaintext(), Duration::from_secs(10), 0).unwrap()
 }
 
 fn updater(
@@ -252,6 +257,7 @@ async fn a_download_slower_than_the_minimum_is_abandoned() {
         Reply::Trickle(vec![b'x'; 200], Duration::from_millis(20)),
     );
     let slow = Fetcher::with_grace(
+        &plaintext(),
         Duration::from_secs(10),
         1_000_000,
         Duration::from_millis(100),

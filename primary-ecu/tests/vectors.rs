@@ -774,6 +774,8 @@ async fn run_vector(vector: &Vector) -> Result<(), String> {
         image_repo_url: Some(format!("{base}/images")),
         min_download_bytes_per_sec: Some(0),
         read_timeout_secs: Some(5),
+        // The vector server is plaintext HTTP; the vectors test Uptane, not the transport.
+        insecure: true,
         ..SettingsArgs::default()
     };
     if vector.image.too_large || vector.director.too_large {

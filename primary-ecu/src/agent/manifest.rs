@@ -16,8 +16,16 @@ use uptane_core::verify::Raw;
 use super::Primary;
 use crate::ports::{DirectorPort, ManifestOutcome, Ports, SecondaryPort};
 
-/// Signed reports by serial, and the Secondaries that gave none, with why.
-pub(super) type Reports = (BTreeMap<EcuSerial, Vec<u8>>, BTreeMap<EcuSerial, String>);
+/// What the Secondaries reported this time.
+#[derive(Debug, Default)]
+pub(super) struct Reports {
+    /// Each signed report, as its ECU signed it.
+    signed: BTreeMap<EcuSerial, Vec<u8>>,
+    /// Each report's counter, to acknowledge once the Director accepted it.
+    counters: BTreeMap<EcuSerial, u64>,
+    /// The Secondaries that gave none, with why.
+    pub(super) unreachable: BTreeMap<EcuSerial, String>,
+}
 
 /// A fresh nonce. The nonce is what makes a replayed report detectable, so a system with no
 /// entropy gets no nonce rather than a predictable one.
@@ -31,16 +39,15 @@ impl<P: Ports> Primary<P> {
     /// Every Secondary's signed report for a fresh nonce, checked against the key it
     /// registered with (a forged or replayed report is not forwarded).
     pub(super) async fn collect_reports(&mut self) -> Reports {
-        let mut reports = BTreeMap::new();
-        let mut unreachable = BTreeMap::new();
+        let mut reports = Reports::default();
         let nonces: Result<Vec<String>, String> = self.links.iter().map(|_| nonce()).collect();
         let nonces = match nonces {
             Ok(nonces) => nonces,
             Err(e) => {
                 for link in &self.links {
-                    unreachable.insert(link.serial().clone(), e.clone());
+                    reports.unreachable.insert(link.serial().clone(), e.clone());
                 }
-                return (reports, unreachable);
+                return reports;
             }
         };
         let answers = futures_util::future::join_all(
@@ -56,22 +63,23 @@ impl<P: Ports> Primary<P> {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     tracing::info!(%serial, error = %e, "no version report");
-                    unreachable.insert(serial, e.to_string());
+                    reports.unreachable.insert(serial, e.to_string());
                     continue;
                 }
             };
             match self.check_report(&serial, &nonce, &bytes) {
-                Ok(installed) => {
+                Ok((installed, counter)) => {
                     self.state.reported.insert(serial.clone(), installed);
-                    reports.insert(serial, bytes);
+                    reports.counters.insert(serial.clone(), counter);
+                    reports.signed.insert(serial, bytes);
                 }
                 Err((kind, why)) => {
                     self.record_attack(kind, &format!("ECU {serial}: {why}"));
-                    unreachable.insert(serial, why);
+                    reports.unreachable.insert(serial, why);
                 }
             }
         }
-        (reports, unreachable)
+        reports
     }
 
     fn check_report(
@@ -79,7 +87,7 @@ impl<P: Ports> Primary<P> {
         serial: &EcuSerial,
         nonce: &str,
         bytes: &[u8],
-    ) -> Result<InstalledImage, (AttackKind, String)> {
+    ) -> Result<(InstalledImage, u64), (AttackKind, String)> {
         let ecu = self
             .inventory
             .iter()
@@ -101,7 +109,21 @@ impl<P: Ports> Primary<P> {
                 format!("report answers nonce {:?}, not the one asked", report.nonce),
             ));
         }
-        Ok(report.installed_image.clone())
+        Ok((report.installed_image.clone(), report.report_counter))
+    }
+
+    /// Tells each Secondary whose report the Director accepted, so it may forget the attacks
+    /// the report carried. Best effort: one not told keeps them for the next report.
+    async fn acknowledge(&mut self, counters: &BTreeMap<EcuSerial, u64>) {
+        let acks = self.links.iter_mut().filter_map(|link| {
+            let counter = *counters.get(link.serial())?;
+            Some(async move {
+                if let Err(e) = link.acknowledge(counter).await {
+                    tracing::debug!(serial = %link.serial(), error = %e, "report not acknowledged");
+                }
+            })
+        });
+        futures_util::future::join_all(acks).await;
     }
 
     /// The Primary's own report: its image, the attacks not yet reported, a fresh nonce and
@@ -133,18 +155,18 @@ impl<P: Ports> Primary<P> {
     /// forgotten only once the Director accepted it.
     pub(super) async fn send_manifest(
         &mut self,
-        (reports, unreachable): &Reports,
+        reports: &Reports,
         now: UtcTime,
     ) -> ManifestOutcome {
         let reported_attacks = self.state.pending_attacks.len();
-        let mut all = reports.clone();
+        let mut all = reports.signed.clone();
         match self.own_report(now) {
             Ok(own) => all.insert(self.settings.serial.clone(), own),
             Err(e) => return ManifestOutcome::Unsent(e),
         };
         let signed = VehicleVersionManifest::new(&self.settings.vin, &self.settings.serial, &all)
             .map(|mut m| {
-                m.unreachable_ecus = unreachable.clone();
+                m.unreachable_ecus = reports.unreachable.clone();
                 m
             })
             .map_err(|e| e.to_string())
@@ -160,6 +182,7 @@ impl<P: Ports> Primary<P> {
                 if let Err(e) = self.save() {
                     return ManifestOutcome::Unsent(e);
                 }
+                self.acknowledge(&reports.counters).await;
             }
             ManifestOutcome::Refused(why) => tracing::warn!(%why, "manifest refused"),
             ManifestOutcome::Unsent(_) => {}

@@ -1,6 +1,10 @@
-//! HTTP GETs with hard byte limits, streamed.
+//! HTTP GETs with hard byte limits, streamed, over a client that refuses clear text unless
+//! told otherwise ([`ClientTls`]).
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use service_runtime::http::ClientTls;
 
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -33,8 +37,8 @@ pub enum FetchError {
         /// The configured minimum.
         min_bytes_per_sec: u64,
     },
-    /// Connection or protocol failure.
-    #[error("{url}: {source}")]
+    /// Connection or protocol failure (a refused certificate among them).
+    #[error("{url}: {}", service_runtime::error_chain(.source))]
     Transport {
         /// URL requested.
         url: String,
@@ -72,6 +76,51 @@ impl FetchError {
     }
 }
 
+/// Why an HTTP client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpClientError {
+    /// The TLS configuration (a CA or certificate file).
+    #[error(transparent)]
+    Tls(#[from] service_runtime::tls::TlsError),
+    /// reqwest refused the configuration.
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// The vehicle's bearer credential, shared by every request that sends it, so that a
+/// renewed one is used from the next request on.
+#[derive(Clone, Default)]
+pub struct Credential(Arc<RwLock<String>>);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(..)")
+    }
+}
+
+impl Credential {
+    /// Holding `secret`.
+    pub fn new(secret: &str) -> Self {
+        Self(Arc::new(RwLock::new(secret.to_string())))
+    }
+
+    /// The secret now.
+    pub fn get(&self) -> String {
+        match self.0.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the secret.
+    pub fn set(&self, secret: &str) {
+        match self.0.write() {
+            Ok(mut s) => *s = secret.to_string(),
+            Err(poisoned) => *poisoned.into_inner() = secret.to_string(),
+        }
+    }
+}
+
 /// An HTTP client with a read timeout (a stalled connection) and a minimum speed over each
 /// download (slow retrieval).
 #[derive(Debug, Clone)]
@@ -79,24 +128,29 @@ pub struct Fetcher {
     http: reqwest::Client,
     min_bytes_per_sec: u64,
     grace: Duration,
-    bearer: Option<String>,
+    bearer: Option<Credential>,
 }
 
 impl Fetcher {
-    /// A client; `min_bytes_per_sec` of 0 disables the speed check, which starts after a
-    /// five-second grace period.
-    pub fn new(read_timeout: Duration, min_bytes_per_sec: u64) -> Result<Self, reqwest::Error> {
-        Self::with_grace(read_timeout, min_bytes_per_sec, Duration::from_secs(5))
+    /// A client over `tls`; `min_bytes_per_sec` of 0 disables the speed check, which starts
+    /// after a five-second grace period.
+    pub fn new(
+        tls: &ClientTls,
+        read_timeout: Duration,
+        min_bytes_per_sec: u64,
+    ) -> Result<Self, HttpClientError> {
+        Self::with_grace(tls, read_timeout, min_bytes_per_sec, Duration::from_secs(5))
     }
 
     /// Like [`Fetcher::new`], with the grace period before the speed check applies.
     pub fn with_grace(
+        tls: &ClientTls,
         read_timeout: Duration,
         min_bytes_per_sec: u64,
         grace: Duration,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
+    ) -> Result<Self, HttpClientError> {
+        let http = tls
+            .reqwest()?
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(read_timeout)
             .build()?;
@@ -108,10 +162,10 @@ impl Fetcher {
         })
     }
 
-    /// The same client, sending `token` as a bearer credential with every request (the
-    /// Director serves a vehicle's metadata only to that vehicle).
-    pub fn with_bearer(mut self, token: &str) -> Self {
-        self.bearer = Some(token.to_string());
+    /// The same client, sending `credential` as a bearer credential with every request
+    /// (the Director serves a vehicle's metadata only to that vehicle).
+    pub fn with_bearer(mut self, credential: Credential) -> Self {
+        self.bearer = Some(credential);
         self
     }
 
@@ -122,8 +176,8 @@ impl Fetcher {
 
     async fn get(&self, url: &str, from: u64) -> Result<reqwest::Response, FetchError> {
         let mut request = self.http.get(url);
-        if let Some(token) = &self.bearer {
-            request = request.bearer_auth(token);
+        if let Some(credential) = &self.bearer {
+            request = request.bearer_auth(credential.get());
         }
         if from > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));

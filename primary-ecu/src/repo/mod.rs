@@ -8,7 +8,7 @@
 mod fetch;
 mod updater;
 
-pub use fetch::{FetchError, Fetcher};
+pub use fetch::{Credential, FetchError, Fetcher, HttpClientError};
 pub use updater::{
     ClientError, MetadataDir, RefreshOutcome, Updater, download_verified, is_cached, quote_role,
 };

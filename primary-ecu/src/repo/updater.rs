@@ -56,6 +56,11 @@ impl ClientError {
             ClientError::Update { source, .. } => Some(source.attack()),
             ClientError::Fetch(FetchError::TooLarge { .. }) => Some(AttackKind::EndlessData),
             ClientError::Fetch(FetchError::TooSlow { .. }) => Some(AttackKind::SlowRetrieval),
+            // Our credential refused (revoked, expired) is an authentication failure for
+            // the operator to fix, not an attack: over TLS only the server can answer so.
+            ClientError::Fetch(FetchError::Status {
+                status: 401 | 403, ..
+            }) => None,
             // Not a missing next root (that ends the root update): a file the metadata
             // says exists was refused.
             ClientError::Fetch(FetchError::Status { .. }) => Some(AttackKind::DropRequest),

@@ -173,7 +173,8 @@ impl Server {
                 .await;
             return;
         }
-        if method == "POST" {
+        // A POST gets the reply stored for its path (a credential renewal), or `{}`.
+        if method == "POST" && !self.files.lock().unwrap().contains_key(&path) {
             let _ = socket
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
                 .await;

@@ -61,6 +61,8 @@ pub struct Secondary {
     pub serial: &'static str,
     pub mode: &'static str,
     pub dir: PathBuf,
+    /// Its TLS certificate's fingerprint, which the Primary pins.
+    pub fingerprint: String,
     pub addr: String,
     pub process: Option<ChildGuard>,
 }
@@ -114,6 +116,19 @@ impl World {
         director.publish();
         let (server, base) = Server::start().await;
         server.guard("/director/", CREDENTIAL);
+        // The Director renews the handed-over credential (whose lifetime the Primary does
+        // not know) at the first cycle; this one renews it as itself, for a year.
+        let now: uptane_core::time::UtcTime = std::time::SystemTime::now().into();
+        let renewal = serde_json::json!({
+            "credential": CREDENTIAL,
+            "credential_issued_at": uptane_core::time::format_expires(&now),
+            "credential_expires_at":
+                uptane_core::time::format_expires(&(now + chrono::Duration::days(365))),
+        });
+        server.put(
+            &format!("/director/vehicles/{VIN}/credential"),
+            Reply::Body(renewal.to_string().into_bytes()),
+        );
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         let p = |n: &str| root.join(n);
@@ -131,9 +146,18 @@ impl World {
             assignments: 0,
         };
         world.serve();
+        // The Primary's TLS identity first: each Secondary pins it.
+        let primary_fingerprint = run_ok(
+            Command::new(bin("primary-ecu"))
+                .args(["tls-identity", "--serial", PRIMARY.0, "--dir"])
+                .arg(world.primary_dir()),
+            LIMIT,
+        )
+        .trim()
+        .to_string();
         for ((serial, hardware_id), mode) in secondaries {
             let dir = world.tmp.path().join(serial);
-            run_ok(
+            let printed = run_ok(
                 Command::new(bin("secondary-ecu"))
                     .args(["init", "--vin", VIN, "--serial", serial, "--hardware-id"])
                     .arg(hardware_id)
@@ -145,13 +169,21 @@ impl World {
                     .arg("--image-root")
                     .arg(p("image-root.json"))
                     .arg("--factory-image")
-                    .arg(p("factory.bin")),
+                    .arg(p("factory.bin"))
+                    .args(["--primary-fingerprint", &primary_fingerprint]),
                 LIMIT,
             );
+            let fingerprint = printed
+                .lines()
+                .find_map(|l| l.strip_prefix("TLS certificate fingerprint "))
+                .expect("init prints the fingerprint")
+                .trim()
+                .to_string();
             world.secondaries.push(Secondary {
                 serial,
                 mode,
                 dir,
+                fingerprint,
                 addr: String::new(),
                 process: None,
             });
@@ -193,6 +225,9 @@ impl World {
             .arg(self.primary_dir())
             .args(["--director-url", &format!("{}/director", self.base)])
             .args(["--image-repo-url", &format!("{}/images", self.base)])
+            // The test server is plaintext HTTP (it injects faults); the Secondary links
+            // stay pinned mutual TLS, since every one has a fingerprint.
+            .arg("--insecure")
             .args([
                 "--secondary-timeout-secs",
                 "10",
@@ -202,14 +237,15 @@ impl World {
             .args(&self.primary_flags);
         for s in &self.secondaries {
             command.arg("--secondary").arg(format!(
-                "{},{},{}",
+                "{},{},{},{}",
                 s.serial,
                 if s.addr.is_empty() {
                     "127.0.0.1:1"
                 } else {
                     &s.addr
                 },
-                s.mode
+                s.mode,
+                s.fingerprint
             ));
         }
     }
