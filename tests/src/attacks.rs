@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -25,6 +26,8 @@ use crate::forge::{
     targets_with, version_of,
 };
 use crate::mitm::{Mitm, Tamper};
+
+mod transport;
 use crate::sim::{Fleet, Mode, SimVehicle, VehicleSpec, wait_until};
 use crate::{bin, run};
 
@@ -79,8 +82,11 @@ impl World {
         ]);
         let mut fleet = fleet;
         fleet.publish_through_server();
-        let director = Mitm::start(&fleet.director_url).map_err(|e| e.to_string())?;
-        let images = Mitm::start(&fleet.image_url).map_err(|e| e.to_string())?;
+        let certificate = fleet.misissued_server_certificate();
+        let director = Mitm::start(&fleet.director_url, &certificate, &fleet.ca_cert)
+            .map_err(|e| e.to_string())?;
+        let images = Mitm::start(&fleet.image_url, &certificate, &fleet.ca_cert)
+            .map_err(|e| e.to_string())?;
         let mut car = SimVehicle::provision(
             &fleet,
             &VehicleSpec {
@@ -151,6 +157,16 @@ impl World {
             out.push((serial.clone(), name, bytes));
         }
         out
+    }
+
+    /// The Director URL the car uses (its man in the middle).
+    fn car_director_url(&self) -> String {
+        self.director.url.clone()
+    }
+
+    /// The Image repository URL the car uses (its man in the middle).
+    fn car_image_url(&self) -> String {
+        self.images.url.clone()
     }
 
     /// One cycle of the car's Primary.
@@ -429,6 +445,13 @@ fn scenario(
 
 /// Every scenario, in the order run.
 pub fn scenarios() -> Vec<Scenario> {
+    let mut all = uptane_scenarios();
+    all.extend(transport::scenarios());
+    all
+}
+
+/// The attacks on Uptane's checks.
+fn uptane_scenarios() -> Vec<Scenario> {
     vec![
         scenario(
             "replay of another vehicle's Director metadata",
@@ -450,7 +473,7 @@ pub fn scenarios() -> Vec<Scenario> {
                     w.fleet
                         .publish(&name, &gateway, 1 + round, &image(round, 7, 1000));
                     w.fleet.assign(&name, &[OTHER_VIN]);
-                    let set = fetch_set(&base, &credential)?;
+                    let set = fetch_set(&w.fleet.ca_cert, &base, &credential)?;
                     let higher = version_of(&set.0) > trusted + 1;
                     fetched = Some(set);
                     if higher {
@@ -563,7 +586,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "accepted while valid; then refused (freeze)",
             |w| {
                 w.release(&[2]);
-                let frozen = get(&format!("{}/metadata/timestamp.json", w.images.url), None)?;
+                let frozen = get(
+                    &w.fleet.ca_cert,
+                    &format!("{}/metadata/timestamp.json", w.images.url),
+                    None,
+                )?;
                 let expires = signed_part::<uptane_core::metadata::Timestamp>(&frozen)
                     .common
                     .expires;
@@ -730,6 +757,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 let credential = std::fs::read_to_string(w.car.primary_dir.join("credential"))
                     .map_err(|e| e.to_string())?;
                 let status = post(
+                    &w.fleet.ca_cert,
                     &format!("{}/vehicles/{VIN}/manifest", w.fleet.director_url),
                     &credential,
                     manifest,
@@ -769,7 +797,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 let serial = w.car.secondaries[0].serial.clone();
                 let key = steal_key(&w.car.secondaries[0].dir.join("ecu.pem"));
                 let real = w.car.secondaries[0].real_addr();
-                let (fake, link) = ForgingLink::start(&real);
+                let (fake, link) = ForgingLink::start(&real, &w.car.link_keys(0));
                 link.forge(ReportForgery::Resign(
                     Box::new(key),
                     "claimed-by-attacker.bin".into(),
@@ -824,7 +852,7 @@ pub fn scenarios() -> Vec<Scenario> {
                             image_targets: w.latest(&w.images, ".targets.json"),
                             ..Default::default()
                         };
-                        let _ = feed_secondary(&brake, bundle);
+                        let _ = feed_secondary(&brake, &w.car.link_keys(0), bundle);
                     },
                     "wrong_hardware",
                 )
@@ -837,7 +865,11 @@ pub fn scenarios() -> Vec<Scenario> {
             |w| {
                 let stolen = w.image_keys().timestamp;
                 w.release(&[1]);
-                let current = get(&format!("{}/metadata/timestamp.json", w.images.url), None)?;
+                let current = get(
+                    &w.fleet.ca_cert,
+                    &format!("{}/metadata/timestamp.json", w.images.url),
+                    None,
+                )?;
                 let forged = resign_bumped(&current, 1_000_000, &[&stolen]);
                 w.images.tamper("/timestamp.json", Tamper::Replace(forged));
                 w.settle()?;
@@ -993,30 +1025,38 @@ fn blocking<T>(future: impl Future<Output = T>) -> T {
 /// Timestamp, snapshot and targets files, as served.
 type MetadataFiles = (Vec<u8>, Vec<u8>, Vec<u8>);
 
-fn fetch_set(base: &str, credential: &str) -> Result<MetadataFiles, String> {
-    let timestamp = get(&format!("{base}/timestamp.json"), Some(credential))?;
+fn fetch_set(ca: &Path, base: &str, credential: &str) -> Result<MetadataFiles, String> {
+    let timestamp = get(ca, &format!("{base}/timestamp.json"), Some(credential))?;
     let ts: uptane_core::metadata::Timestamp = signed_part(&timestamp);
     let snapshot_version = ts.meta.get("snapshot.json").map_or(0, |m| m.version);
     let snapshot = get(
+        ca,
         &format!("{base}/{snapshot_version}.snapshot.json"),
         Some(credential),
     )?;
     let sn: uptane_core::metadata::Snapshot = signed_part(&snapshot);
     let targets_version = sn.meta.get("targets.json").map_or(0, |m| m.version);
     let targets = get(
+        ca,
         &format!("{base}/{targets_version}.targets.json"),
         Some(credential),
     )?;
     Ok((timestamp, snapshot, targets))
 }
 
+/// An HTTPS client trusting the fleet's CA (`ca`).
+fn https(ca: &Path) -> Result<reqwest::Client, String> {
+    service_runtime::http::ClientTls::new(Some(ca), None, false)
+        .and_then(|tls| tls.reqwest())
+        .map_err(|e| e.to_string())?
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// GETs `url` (with a vehicle credential when given); the body of a 2xx answer.
-fn get(url: &str, credential: Option<&str>) -> Result<Vec<u8>, String> {
+fn get(ca: &Path, url: &str, credential: Option<&str>) -> Result<Vec<u8>, String> {
     blocking(async {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = https(ca)?;
         let mut request = http.get(url);
         if let Some(credential) = credential {
             request = request.bearer_auth(credential);
@@ -1033,12 +1073,9 @@ fn get(url: &str, credential: Option<&str>) -> Result<Vec<u8>, String> {
     })
 }
 
-fn post(url: &str, credential: &str, body: Vec<u8>) -> Result<u16, String> {
+fn post(ca: &Path, url: &str, credential: &str, body: Vec<u8>) -> Result<u16, String> {
     blocking(async {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = https(ca)?;
         let response = http
             .post(url)
             .bearer_auth(credential)
@@ -1051,13 +1088,15 @@ fn post(url: &str, credential: &str, body: Vec<u8>) -> Result<u16, String> {
     })
 }
 
-/// Sends a metadata bundle straight to a Secondary, as an attacker on its link would.
-fn feed_secondary(addr: &str, bundle: proto::v2::PutMetadataRequest) -> Result<Value, String> {
+/// Sends a metadata bundle straight to a Secondary, as an attacker holding its link's TLS
+/// keys would.
+fn feed_secondary(
+    addr: &str,
+    keys: &crate::forge::LinkKeys,
+    bundle: proto::v2::PutMetadataRequest,
+) -> Result<Value, String> {
     blocking(async {
-        let mut client =
-            proto::v2::secondary_client::SecondaryClient::connect(format!("http://{addr}"))
-                .await
-                .map_err(|e| e.to_string())?;
+        let mut client = crate::forge::secondary_client(addr, keys);
         let result = client
             .put_metadata(bundle)
             .await
@@ -1072,7 +1111,7 @@ fn feed_secondary(addr: &str, bundle: proto::v2::PutMetadataRequest) -> Result<V
 /// The Secondary link taken over: reports replayed (`replay`) or tampered with.
 fn forged_report(w: &mut World, replay: bool) -> Result<String, String> {
     let real = w.car.secondaries[0].real_addr();
-    let (fake, link) = ForgingLink::start(&real);
+    let (fake, link) = ForgingLink::start(&real, &w.car.link_keys(0));
     w.car.secondaries[0].link.set_target(&fake);
     w.cycle();
     let recorded = link
@@ -1111,10 +1150,13 @@ fn supplier_compromise(w: &mut World) -> Result<String, String> {
         "token", "create", "--repo", &repo, "--role", "targets", "--label", "oem",
     ])?;
     let server = w.fleet.image_url.clone();
+    let ca = w.fleet.ca_cert.display().to_string();
     run_ok_cmd(&[
         "delegate",
         "--server",
         &server,
+        "--ca-cert",
+        &ca,
         "--token",
         token.trim(),
         "--offline-keys",
@@ -1140,6 +1182,8 @@ fn supplier_compromise(w: &mut World) -> Result<String, String> {
             "supplier-add",
             "--server",
             &server,
+            "--ca-cert",
+            &ca,
             "--token",
             acme.trim(),
             "--role",

@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex};
 use proto::v2::secondary_client::SecondaryClient;
 use proto::v2::secondary_server::{Secondary, SecondaryServer};
 use proto::v2::{
-    ActivateRequest, BeginTransferRequest, CancelOperationRequest, Chunk, ConfirmRequest, EcuInfo,
-    EcuStatus, GetInfoRequest, GetInstallationResultRequest, GetOperationRequest, GetStatusRequest,
-    GetTransferStateRequest, GetVersionReportRequest, InstallRequest, InstallationResult,
-    Operation, PutMetadataRequest, PutTimeRequest, RebootRequest, SignedVersionReport,
-    TransferState,
+    AcknowledgeReportRequest, ActivateRequest, BeginTransferRequest, CancelOperationRequest, Chunk,
+    ConfirmRequest, EcuInfo, EcuStatus, GetInfoRequest, GetInstallationResultRequest,
+    GetOperationRequest, GetStatusRequest, GetTransferStateRequest, GetVersionReportRequest,
+    InstallRequest, InstallationResult, Operation, PutMetadataRequest, PutTimeRequest,
+    RebootRequest, SignedVersionReport, TransferState,
 };
 use serde_json::Value;
+use service_runtime::pki::DEVICE_NAME;
+use service_runtime::tls::{ClientAuth, Identity, ServerTrust};
 use tonic::{Request, Response, Status, Streaming};
 use uptane_core::crypto::SigningKey;
 use uptane_core::metadata::{Snapshot, TargetFile, Targets, Timestamp};
@@ -153,20 +155,71 @@ pub struct ForgingLink {
     pub seen: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
+/// The TLS keys of a Secondary link, stolen from both ends: what an attacker needs to sit on
+/// a link that is mutual TLS with pinned certificates.
+#[derive(Debug, Clone)]
+pub struct LinkKeys {
+    /// The Secondary's certificate and key (to pass for it towards the Primary).
+    pub secondary: Identity,
+    /// The Primary's certificate and key (to pass for it towards the Secondary).
+    pub primary: Identity,
+}
+
+impl LinkKeys {
+    /// Reads both identities from the ECUs' directories.
+    pub fn steal(secondary_dir: &Path, primary_dir: &Path) -> Self {
+        let read = |dir: &Path| {
+            let tls = dir.join("tls");
+            Identity::from_pem_files(&tls.join("cert.pem"), &tls.join("key.pem"))
+                .unwrap_or_else(|e| panic!("stealing the TLS identity in {}: {e}", dir.display()))
+        };
+        Self {
+            secondary: read(secondary_dir),
+            primary: read(primary_dir),
+        }
+    }
+}
+
+/// A client of the Secondary at `addr` that passes for its Primary with stolen `keys`.
+pub fn secondary_client(addr: &str, keys: &LinkKeys) -> SecondaryClient<tonic::transport::Channel> {
+    let tls = service_runtime::tls::client_config(
+        &ServerTrust::Pinned(keys.secondary.fingerprint()),
+        Some(&keys.primary),
+    )
+    .expect("a TLS client configuration");
+    let channel = tonic::transport::Endpoint::from_static("http://secondary.invalid")
+        .connect_with_connector_lazy(service_runtime::tls::connector(
+            addr.to_string(),
+            DEVICE_NAME,
+            Arc::new(tls),
+        ));
+    SecondaryClient::new(channel)
+}
+
 impl ForgingLink {
-    /// Serves on a new 127.0.0.1 port in a background thread; returns the address and the
-    /// handle to steer it.
-    pub fn start(real_addr: &str) -> (String, Self) {
+    /// Serves on a new 127.0.0.1 port in a background thread, passing for the Secondary at
+    /// `real_addr` with the stolen `keys`; returns the address and the handle to steer it.
+    pub fn start(real_addr: &str, keys: &LinkKeys) -> (String, Self) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("a runtime");
-        let real_addr = format!("http://{real_addr}");
+        let to_real = service_runtime::tls::client_config(
+            &ServerTrust::Pinned(keys.secondary.fingerprint()),
+            Some(&keys.primary),
+        )
+        .expect("a TLS client configuration");
+        let as_secondary =
+            service_runtime::tls::server_config(&keys.secondary, &ClientAuth::Pinned)
+                .expect("a TLS server configuration");
         let (link, listener) = runtime.block_on(async {
-            let channel = tonic::transport::Endpoint::from_shared(real_addr)
-                .expect("an address")
-                .connect_lazy();
+            let channel = tonic::transport::Endpoint::from_static("http://secondary.invalid")
+                .connect_with_connector_lazy(service_runtime::tls::connector(
+                    real_addr.to_string(),
+                    DEVICE_NAME,
+                    Arc::new(to_real),
+                ));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("binds");
@@ -183,7 +236,7 @@ impl ForgingLink {
         let service = link.clone();
         std::thread::spawn(move || {
             runtime.block_on(async move {
-                let incoming = tokio_stream_from(listener);
+                let incoming = service_runtime::tls::incoming(listener, Arc::new(as_secondary));
                 let _ = tonic::transport::Server::builder()
                     .add_service(SecondaryServer::new(service))
                     .serve_with_incoming(incoming)
@@ -199,15 +252,6 @@ impl ForgingLink {
             *f = forgery;
         }
     }
-}
-
-fn tokio_stream_from(
-    listener: tokio::net::TcpListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(socket, _)| socket);
-        Some((accepted, listener))
-    })
 }
 
 #[tonic::async_trait]
@@ -231,6 +275,16 @@ impl Secondary for ForgingLink {
         request: Request<PutTimeRequest>,
     ) -> Result<Response<proto::v2::Result>, Status> {
         self.real.clone().put_time(request.into_inner()).await
+    }
+
+    async fn acknowledge_report(
+        &self,
+        request: Request<AcknowledgeReportRequest>,
+    ) -> Result<Response<proto::v2::Result>, Status> {
+        self.real
+            .clone()
+            .acknowledge_report(request.into_inner())
+            .await
     }
 
     async fn put_metadata(

@@ -1,11 +1,21 @@
-//! A man in the middle in front of a repository: an HTTP relay on 127.0.0.1 that passes
+//! A man in the middle in front of a repository: an HTTPS relay on 127.0.0.1 that passes
 //! requests to the real server and can, per path, answer with bytes of the attacker's
 //! choosing, replay what the server said earlier, refuse, send endless or trickled bodies.
 //! It keeps every distinct body the server sent for each path, as an attacker who watched
 //! the traffic would.
+//!
+//! It terminates TLS with a certificate the fleet's CA issued to it: the attacker of the
+//! Uptane threat model holds the network *and* a certificate clients accept (a misissuing
+//! or compromised CA), so what stops it is Uptane's signatures, not TLS. (An attacker
+//! without such a certificate is refused at the handshake; the attack suite shows that
+//! too.)
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use service_runtime::http::{ClientTls, Transport};
+use service_runtime::tls::{ClientAuth, Identity, ServerTls};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -43,17 +53,20 @@ pub struct Mitm {
 }
 
 impl Mitm {
-    /// A relay to `upstream` (a base URL).
-    pub fn start(upstream: &str) -> std::io::Result<Self> {
+    /// A relay to `upstream` (a base URL), serving `certificate` and trusting the CAs in
+    /// `ca_cert` towards the real server.
+    pub fn start(upstream: &str, certificate: &Identity, ca_cert: &Path) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let url = format!("https://{}", listener.local_addr()?);
+        let server = service_runtime::tls::server_config(certificate, &ClientAuth::None)
+            .map_err(std::io::Error::other)?;
+        let client = ClientTls::new(Some(ca_cert), None, false)
+            .and_then(|tls| tls.reqwest())
+            .map_err(std::io::Error::other)?;
         let state = Arc::new(MitmState {
             upstream: upstream.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .map_err(std::io::Error::other)?,
+            http: client.build().map_err(std::io::Error::other)?,
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
         });
@@ -72,11 +85,11 @@ impl Mitm {
                     return;
                 };
                 let app = axum::Router::new().fallback(relay).with_state(shared);
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
+                let transport = Transport::Tls(ServerTls::fixed(server));
+                let _ = service_runtime::http::serve(listener, transport, app, async {
+                    let _ = rx.await;
+                })
+                .await;
             });
         });
         Ok(Self {

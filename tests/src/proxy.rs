@@ -1,6 +1,7 @@
 //! A TCP relay on 127.0.0.1 that stands for a network link: it can be cut (every open
-//! connection reset), stalled (bytes held) or slowed, and pointed at a new target when the
-//! far end restarts on another port.
+//! connection reset), stalled (bytes held) or slowed, pointed at a new target when the far
+//! end restarts on another port, and tapped: a sniffer keeps a copy of every byte that
+//! crosses it.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -16,7 +17,11 @@ struct LinkState {
     open: Mutex<Vec<TcpStream>>,
     chunk_delay_micros: std::sync::atomic::AtomicU64,
     relayed_back: std::sync::atomic::AtomicU64,
+    capture: Mutex<Option<Vec<u8>>>,
 }
+
+/// Most bytes a tap keeps (both directions together); the rest is dropped.
+const CAPTURE_LIMIT: usize = 64 << 20;
 
 impl LinkState {
     fn cut(&self) {
@@ -48,6 +53,12 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: Arc<LinkState>, back: boo
         let delay = state.chunk_delay_micros.load(Ordering::Relaxed);
         if delay > 0 {
             std::thread::sleep(Duration::from_micros(delay));
+        }
+        if let Ok(mut capture) = state.capture.lock()
+            && let Some(capture) = capture.as_mut()
+        {
+            let room = CAPTURE_LIMIT.saturating_sub(capture.len());
+            capture.extend_from_slice(&buf[..n.min(room)]);
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
@@ -130,6 +141,30 @@ impl LinkProxy {
     /// Bytes passed from the target back to the clients so far.
     pub fn bytes_relayed_back(&self) -> u64 {
         self.state.relayed_back.load(Ordering::Relaxed)
+    }
+
+    /// Starts keeping a copy of every byte that crosses the link, either way (a sniffer).
+    pub fn tap(&self) {
+        if let Ok(mut capture) = self.state.capture.lock() {
+            *capture = Some(Vec::new());
+        }
+    }
+
+    /// Stops keeping copies, and drops what was kept.
+    pub fn untap(&self) {
+        if let Ok(mut capture) = self.state.capture.lock() {
+            *capture = None;
+        }
+    }
+
+    /// What the sniffer saw since [`LinkProxy::tap`] (at most 64 MiB).
+    pub fn captured(&self) -> Vec<u8> {
+        self.state
+            .capture
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .unwrap_or_default()
     }
 
     /// Holds (or releases) every byte in flight.

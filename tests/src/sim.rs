@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use service_runtime::pki::Ca;
+
 use crate::proxy::LinkProxy;
 use crate::{ChildGuard, bin, run, run_ok, spawn, spawn_listening};
 
@@ -34,23 +36,39 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
 #[derive(Debug)]
 pub struct Fleet {
     _image_repo: ChildGuard,
-    /// Image repository base URL.
+    /// Image repository base URL (`https://`).
     pub image_url: String,
+    /// The throwaway CA every server certificate of this fleet chains to.
+    pub ca: Ca,
+    /// Its certificate (PEM), which every client is given with `--ca-cert`.
+    pub ca_cert: PathBuf,
     director: Option<ChildGuard>,
     director_addr: String,
-    /// Director base URL.
+    /// Director base URL (`https://`).
     pub director_url: String,
     /// An operator API token.
     pub token: String,
     /// A fleet-wide provisioning token for Primaries.
     pub provisioning_token: String,
     upload_token: Option<String>,
+    director_flags: Vec<String>,
+    director_env: Vec<(String, String)>,
     // Last: removed after the processes using it are gone.
     tmp: tempfile::TempDir,
 }
 
 fn text(path: &Path) -> String {
     path.display().to_string()
+}
+
+/// `--tls-cert DIR/cert.pem --tls-key DIR/key.pem`.
+fn tls_flags(dir: &Path) -> [String; 4] {
+    [
+        "--tls-cert".into(),
+        text(&dir.join("cert.pem")),
+        "--tls-key".into(),
+        text(&dir.join("key.pem")),
+    ]
 }
 
 impl Fleet {
@@ -66,6 +84,18 @@ impl Fleet {
             .tempdir()
             .expect("a temporary directory");
         let path = |n: &str| text(&tmp.path().join(n));
+        // TLS everywhere: a CA made for this fleet, and a certificate for 127.0.0.1 for
+        // each server.
+        let ca = Ca::generate("fleet-sim throwaway CA").expect("a CA");
+        let ca_cert = tmp.path().join("pki/ca.pem");
+        std::fs::create_dir_all(tmp.path().join("pki")).expect("the pki directory");
+        std::fs::write(&ca_cert, ca.cert_pem()).expect("the CA certificate writes");
+        for server in ["image-repo", "director"] {
+            ca.issue_server(&["127.0.0.1", "localhost"])
+                .expect("a server certificate")
+                .write(&tmp.path().join("pki").join(server))
+                .expect("the server certificate writes");
+        }
         run_ok(
             Command::new(bin("image-repo")).args([
                 "init",
@@ -79,6 +109,7 @@ impl Fleet {
         let mut command = Command::new(bin("image-repo"));
         command
             .args(["serve", "--repo", &path("repo"), "--listen", "127.0.0.1:0"])
+            .args(tls_flags(&tmp.path().join("pki/image-repo")))
             .args(image_repo_flags);
         let (image_repo, image_addr) = spawn_listening(command, LIMIT);
         run_ok(
@@ -108,13 +139,17 @@ impl Fleet {
         .to_string();
         let mut fleet = Self {
             _image_repo: image_repo,
-            image_url: format!("http://{image_addr}"),
+            image_url: format!("https://{image_addr}"),
+            ca,
+            ca_cert,
             director: None,
             director_addr: "127.0.0.1:0".into(),
             director_url: String::new(),
             token,
             provisioning_token: String::new(),
             upload_token: None,
+            director_flags: Vec::new(),
+            director_env: Vec::new(),
             tmp,
         };
         fleet.start_director();
@@ -135,19 +170,61 @@ impl Fleet {
 
     fn start_director(&mut self) {
         let mut command = Command::new(bin("director"));
-        command.args([
-            "serve",
-            "--dir",
-            &text(&self.path("director")),
-            "--listen",
-            &self.director_addr,
-            "--image-repo",
-            &self.image_url,
-        ]);
+        command
+            .args([
+                "serve",
+                "--dir",
+                &text(&self.path("director")),
+                "--listen",
+                &self.director_addr,
+                "--image-repo",
+                &self.image_url,
+                "--ca-cert",
+                &text(&self.ca_cert),
+            ])
+            .args(tls_flags(&self.path("pki/director")))
+            .args(&self.director_flags)
+            .envs(self.director_env.iter().map(|(k, v)| (k, v)));
         let (director, addr) = spawn_listening(command, LIMIT);
         self.director = Some(director);
         self.director_addr = addr.clone();
-        self.director_url = format!("http://{addr}");
+        self.director_url = format!("https://{addr}");
+    }
+
+    /// Restarts the Director (SIGKILL) with extra `director serve` flags and environment
+    /// variables from now on.
+    pub fn restart_director_with(&mut self, flags: &[&str], env: &[(&str, &str)]) {
+        self.director_flags = flags.iter().map(|f| f.to_string()).collect();
+        self.director_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.restart_director();
+    }
+
+    /// Waits (bounded) for the Director process to exit on its own (an injected crash).
+    pub fn director_exited(&mut self) -> bool {
+        self.director
+            .as_mut()
+            .is_some_and(|d| d.wait_exit(LIMIT).is_some())
+    }
+
+    /// An HTTPS client that trusts this fleet's CA (and refuses plaintext).
+    pub fn https_client(&self) -> reqwest::Client {
+        service_runtime::http::ClientTls::new(Some(&self.ca_cert), None, false)
+            .and_then(|tls| tls.reqwest())
+            .expect("a TLS client configuration")
+            .build()
+            .expect("an HTTP client")
+    }
+
+    /// A certificate for 127.0.0.1 from this fleet's CA, as a misissuing (or compromised)
+    /// CA would give an attacker: what a man in the middle needs to pass for a server.
+    pub fn misissued_server_certificate(&self) -> service_runtime::tls::Identity {
+        self.ca
+            .issue_server(&["127.0.0.1", "localhost"])
+            .and_then(|c| c.identity())
+            .expect("a certificate")
     }
 
     /// Kills the Director with SIGKILL and starts it again on the same address.
@@ -158,19 +235,51 @@ impl Fleet {
         self.start_director();
     }
 
-    /// Runs a `director` operator command against the server; its JSON output.
-    pub fn operator(&self, args: &[&str]) -> Value {
-        let out = run_ok(
+    /// The upload token [`Fleet::publish`] uses, once [`Fleet::publish_through_server`].
+    pub fn upload_token(&self) -> Option<String> {
+        self.upload_token.clone()
+    }
+
+    /// Runs a `director` operator command against the Director at `url` (a link in front of
+    /// it); its JSON output, or the command's error.
+    pub fn operator_at(&self, url: &str, args: &[&str]) -> Result<Value, String> {
+        let (status, out, err) = run(
             Command::new(bin("director")).args(args).args([
                 "--server",
-                &self.director_url,
+                url,
                 "--token",
                 &self.token,
+                "--ca-cert",
+                &text(&self.ca_cert),
                 "--json",
             ]),
             LIMIT,
         );
+        if !status.success() {
+            return Err(format!("director {args:?}: {err}"));
+        }
+        Ok(serde_json::from_str(&out).unwrap_or(Value::Null))
+    }
+
+    /// Runs a `director` operator command against the server; its JSON output.
+    pub fn operator(&self, args: &[&str]) -> Value {
+        let out = run_ok(&mut self.operator_command(args), LIMIT);
         serde_json::from_str(&out).unwrap_or(Value::Null)
+    }
+
+    /// A `director` operator command against the server over TLS (`--json`), to run.
+    pub fn operator_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("director"));
+        command.args(args).args([
+            "--server",
+            &self.director_url,
+            "--token",
+            &self.token,
+            "--ca-cert",
+            &text(&self.ca_cert),
+            "--json",
+        ]);
+        command
     }
 
     /// From now on, [`Fleet::publish`] uploads through the running Image repository (which
@@ -200,7 +309,14 @@ impl Fleet {
         let mut command = Command::new(bin("image-repo"));
         command.arg("add");
         match &self.upload_token {
-            Some(token) => command.args(["--server", &self.image_url, "--token", token]),
+            Some(token) => command.args([
+                "--server",
+                &self.image_url,
+                "--token",
+                token,
+                "--ca-cert",
+                &text(&self.ca_cert),
+            ]),
             None => command.args(["--repo", &text(&self.path("repo"))]),
         };
         run_ok(
@@ -303,6 +419,8 @@ pub struct SimSecondary {
     pub mode: Mode,
     /// Its state directory.
     pub dir: PathBuf,
+    /// Its TLS certificate's fingerprint, as `init` printed it (the Primary pins it).
+    pub fingerprint: String,
     addr: String,
     process: Option<ChildGuard>,
     /// The link between the Primary and it.
@@ -349,6 +467,7 @@ pub struct SimVehicle {
     primary: Option<ChildGuard>,
     director_url: String,
     image_url: String,
+    ca_cert: PathBuf,
     primary_flags: Vec<String>,
 }
 
@@ -385,13 +504,43 @@ impl VehicleSpec {
 }
 
 impl SimVehicle {
+    /// The TLS keys of the link to Secondary `i`, stolen from both ends.
+    pub fn link_keys(&self, i: usize) -> crate::forge::LinkKeys {
+        crate::forge::LinkKeys::steal(&self.secondaries[i].dir, &self.primary_dir)
+    }
+
     /// Provisions a vehicle: every Secondary's `init` with the pinned roots, a link to each,
     /// then the Primary's `init`, which registers the vehicle with the provisioning token.
     pub fn provision(fleet: &Fleet, spec: &VehicleSpec) -> Self {
+        let vehicle = Self::prepare(fleet, spec);
+        if let Err(e) = vehicle.init_primary(fleet, &fleet.provisioning_token) {
+            panic!("{e}");
+        }
+        vehicle
+    }
+
+    /// A vehicle whose Secondaries are provisioned and running, and whose Primary is not
+    /// yet: [`SimVehicle::init_primary`] does that.
+    pub fn prepare(fleet: &Fleet, spec: &VehicleSpec) -> Self {
         let base = fleet.path(&format!("vehicle-{}", spec.vin));
         std::fs::create_dir_all(&base).expect("the vehicle directory");
         let director_root = text(&fleet.path("director/1.root.json"));
         let image_root = text(&fleet.path("repo/metadata/1.root.json"));
+        let primary_serial = format!("{}-GW", spec.vin);
+        let primary_dir = base.join("primary");
+        // The Primary's TLS identity first: each Secondary pins it at its own init.
+        let primary_fingerprint = run_ok(
+            Command::new(bin("primary-ecu")).args([
+                "tls-identity",
+                "--dir",
+                &text(&primary_dir),
+                "--serial",
+                &primary_serial,
+            ]),
+            LIMIT,
+        )
+        .trim()
+        .to_string();
         let mut secondaries = Vec::new();
         for (suffix, hardware_id, mode) in &spec.secondaries {
             let serial = format!("{}-{suffix}", spec.vin);
@@ -418,17 +567,26 @@ impl SimVehicle {
                 &factory_name,
                 "--dir",
                 &text(&dir),
+                "--primary-fingerprint",
+                &primary_fingerprint,
             ]);
             if *mode == Mode::Full {
                 init.args(["--image-root", &image_root]);
             }
-            run_ok(&mut init, LIMIT);
+            let printed = run_ok(&mut init, LIMIT);
+            let fingerprint = printed
+                .lines()
+                .find_map(|l| l.strip_prefix("TLS certificate fingerprint "))
+                .expect("init prints the fingerprint")
+                .trim()
+                .to_string();
             let link = LinkProxy::start("127.0.0.1:1").expect("a link proxy");
             let mut secondary = SimSecondary {
                 serial,
                 hardware_id: hardware_id.clone(),
                 mode: *mode,
                 dir,
+                fingerprint,
                 addr: String::new(),
                 process: None,
                 link,
@@ -436,31 +594,41 @@ impl SimVehicle {
             start_secondary(&mut secondary, &[]);
             secondaries.push(secondary);
         }
-        let primary_serial = format!("{}-GW", spec.vin);
         let primary_hardware_id = "hw-gateway".to_string();
         let factory = base.join("gateway-factory.bin");
         std::fs::write(&factory, format!("{primary_serial} factory image")).expect("factory");
-        let vehicle = Self {
+        Self {
             vin: spec.vin.clone(),
             primary_serial,
             primary_hardware_id,
-            primary_dir: base.join("primary"),
+            primary_dir,
             secondaries,
             primary: None,
             director_url: fleet.director_url.clone(),
             image_url: fleet.image_url.clone(),
+            ca_cert: fleet.ca_cert.clone(),
             primary_flags: Vec::new(),
-        };
-        let mut init = vehicle.primary_command("init");
+        }
+    }
+
+    /// The Primary's `init`, registering the vehicle with provisioning token `token`; the
+    /// command's error output when it fails.
+    pub fn init_primary(&self, fleet: &Fleet, token: &str) -> Result<(), String> {
+        let director_root = text(&fleet.path("director/1.root.json"));
+        let image_root = text(&fleet.path("repo/metadata/1.root.json"));
+        let factory = self.primary_dir.with_file_name("gateway-factory.bin");
+        std::fs::write(&factory, format!("{} factory image", self.primary_serial))
+            .map_err(|e| e.to_string())?;
+        let mut init = self.primary_command("init");
         init.args([
             "--vin",
-            &vehicle.vin,
+            &self.vin,
             "--serial",
-            &vehicle.primary_serial,
+            &self.primary_serial,
             "--hardware-id",
-            &vehicle.primary_hardware_id,
+            &self.primary_hardware_id,
             "--provisioning-token",
-            &fleet.provisioning_token,
+            token,
             "--director-root",
             &director_root,
             "--image-root",
@@ -470,8 +638,12 @@ impl SimVehicle {
             "--factory-name",
             "gateway-factory.bin",
         ]);
-        run_ok(&mut init, LIMIT);
-        vehicle
+        let (status, _, stderr) = run(&mut init, LIMIT);
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("primary-ecu init: {stderr}"))
+        }
     }
 
     /// A `primary-ecu` command with this vehicle's directory, servers and links (given on
@@ -492,12 +664,20 @@ impl SimVehicle {
             "5",
             "--read-timeout-secs",
             "5",
+            "--ca-cert",
+            &text(&self.ca_cert),
         ]);
         command.args(&self.primary_flags);
         for s in &self.secondaries {
             command.args([
                 "--secondary",
-                &format!("{},{},{}", s.serial, s.link.addr(), s.mode.as_str()),
+                &format!(
+                    "{},{},{},{}",
+                    s.serial,
+                    s.link.addr(),
+                    s.mode.as_str(),
+                    s.fingerprint
+                ),
             ]);
         }
         command
@@ -511,6 +691,11 @@ impl SimVehicle {
     /// Points the Primary at another Director URL (a link in front of it).
     pub fn set_director_url(&mut self, url: &str) {
         self.director_url = url.to_string();
+    }
+
+    /// The CA certificate the Primary trusts for both servers (the fleet's by default).
+    pub fn set_ca_cert(&mut self, path: &Path) {
+        self.ca_cert = path.to_path_buf();
     }
 
     /// Extra flags for every later `primary-ecu` command.

@@ -101,7 +101,7 @@ async fn operator_assigns_vehicle_verifies_and_reports_and_nothing_is_lost_on_ki
     assert_eq!(assigned["ecus"][0]["ecu_serial"], "ECU-BRAKE-1");
 
     // The vehicle: full verification of its Director metadata, as a Primary does.
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = fleet.https_client();
     let base = format!("{url}/vehicles/{VIN}/metadata");
     let root = get(&client, &format!("{base}/1.root.json"), &credential).await;
     let mut refresh = Refresh::<Director>::new(&Raw::new(root), now(), Limits::default()).unwrap();

@@ -159,9 +159,9 @@ fn an_image_that_fails_its_trial_boot_is_rolled_back_and_the_operator_sees_it() 
 #[test]
 fn a_primary_killed_mid_download_resumes_after_the_restart() {
     let fleet = Fleet::start();
-    let link = LinkProxy::start(fleet.image_url.trim_start_matches("http://")).unwrap();
+    let link = LinkProxy::start(fleet.image_url.trim_start_matches("https://")).unwrap();
     let mut vehicle = SimVehicle::provision(&fleet, &VehicleSpec::standard("KILLDL", 1));
-    vehicle.set_image_url(&format!("http://{}", link.addr()));
+    vehicle.set_image_url(&format!("https://{}", link.addr()));
     vehicle.start_primary();
     assert!(wait_until(LIMIT, || fleet
         .installed("KILLDL")

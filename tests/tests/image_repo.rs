@@ -1,6 +1,10 @@
 //! The image repository as real processes: python-tuf and our own client read it, through
 //! root and online key rotation and a supplier delegation; and a crash in the middle of a
 //! publish leaves a repository clients can still verify.
+//!
+//! Everything here talks plaintext HTTP (`IMAGE_REPO_INSECURE`, the clients' `--insecure`):
+//! python-tuf reads the repository without a CA bundle, and these tests are about TUF and
+//! crash safety. The transport is tested in `tls.rs`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,6 +18,13 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 struct Repo {
     dir: tempfile::TempDir,
+}
+
+/// An `image-repo` command allowed to talk plaintext HTTP.
+fn image_repo(args: &[&str]) -> Command {
+    let mut command = Command::new(bin("image-repo"));
+    command.args(args).env("IMAGE_REPO_INSECURE", "true");
+    command
 }
 
 impl Repo {
@@ -36,7 +47,7 @@ impl Repo {
     }
 
     fn cli(&self, args: &[&str]) -> String {
-        run_ok(Command::new(bin("image-repo")).args(args), LIMIT)
+        run_ok(&mut image_repo(args), LIMIT)
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> String {
@@ -45,7 +56,7 @@ impl Repo {
     }
 
     fn serve(&self, fault: Option<&str>) -> (ChildGuard, String) {
-        let mut command = Command::new(bin("image-repo"));
+        let mut command = image_repo(&[]);
         command.args([
             "serve",
             "--repo",
@@ -343,7 +354,7 @@ fn a_crash_at_any_point_of_a_publish_leaves_a_verifiable_repository() {
         let name = format!("crash-{i}.bin");
         let file = repo.write(&name, format!("image {i}").as_bytes());
         let (status, _, _) = run(
-            Command::new(bin("image-repo")).args([
+            &mut image_repo(&[
                 "add",
                 "--server",
                 &url,
@@ -416,7 +427,7 @@ fn a_kill_at_any_moment_of_a_publish_leaves_old_or_new_state() {
     // Kill the publishing process at increasing delays; each time the repository verifies.
     for (i, delay_ms) in [0u64, 2, 5, 10, 20, 40].into_iter().enumerate() {
         let before = repo.timestamp_version();
-        let mut child = Command::new(bin("image-repo"))
+        let mut child = image_repo(&[])
             .args([
                 "add",
                 "--repo",

@@ -28,7 +28,21 @@ fn a_primary_provisions_itself_and_updates_its_vehicle_through_the_real_servers(
     let path = |n: &str| fleet.path(n).display().to_string();
     std::fs::write(path("factory.bin"), b"factory firmware").unwrap();
 
-    run_ok(
+    // The Primary's TLS identity first: the Secondary pins it at its init, and the Primary
+    // pins the Secondary's in return.
+    let primary_fingerprint = run_ok(
+        Command::new(bin("primary-ecu")).args([
+            "tls-identity",
+            "--dir",
+            &path("primary"),
+            "--serial",
+            "GW-42",
+        ]),
+        LIMIT,
+    )
+    .trim()
+    .to_string();
+    let printed = run_ok(
         Command::new(bin("secondary-ecu")).args([
             "init",
             "--vin",
@@ -47,9 +61,17 @@ fn a_primary_provisions_itself_and_updates_its_vehicle_through_the_real_servers(
             &path("factory.bin"),
             "--factory-name",
             "brake-1.bin",
+            "--primary-fingerprint",
+            &primary_fingerprint,
         ]),
         LIMIT,
     );
+    let brake_fingerprint = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("TLS certificate fingerprint "))
+        .expect("init prints the fingerprint")
+        .trim()
+        .to_string();
     let mut command = Command::new(bin("secondary-ecu"));
     command.args(["run", "--dir", &path("brake"), "--listen", "127.0.0.1:0"]);
     let (_brake, brake_addr) = spawn_listening(command, LIMIT);
@@ -63,6 +85,8 @@ fn a_primary_provisions_itself_and_updates_its_vehicle_through_the_real_servers(
             &fleet.director_url,
             "--image-repo-url",
             &fleet.image_url,
+            "--ca-cert",
+            &fleet.ca_cert.display().to_string(),
         ]);
     };
     let mut init = Command::new(bin("primary-ecu"));
@@ -76,7 +100,7 @@ fn a_primary_provisions_itself_and_updates_its_vehicle_through_the_real_servers(
         "--hardware-id",
         "hw-gateway",
         "--secondary",
-        &format!("BRAKE-42,{brake_addr},partial"),
+        &format!("BRAKE-42,{brake_addr},partial,{brake_fingerprint}"),
         "--poll-interval-secs",
         "1",
         "--provisioning-token",

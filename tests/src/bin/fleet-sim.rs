@@ -1,5 +1,6 @@
 //! `fleet-sim`: the whole system on 127.0.0.1, for a first look (`demo`), hardware-in-loop
-//! style fault runs (`hil`), and the attack suite (`attacks`).
+//! style fault runs (`hil`), the attack suite (`attacks`), and throwaway certificates for
+//! trying the programs by hand (`pki`).
 
 use std::process::ExitCode;
 
@@ -41,6 +42,44 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Writes a throwaway CA certificate and certificates issued by it, for trying the
+    /// programs by hand: `ca.pem`, `director/` and `image-repo/` (server certificates for
+    /// `--name`), `supplier/` (a client certificate for uploads). The CA's key is not kept:
+    /// nothing more can be issued, and a fleet uses its own PKI.
+    Pki {
+        /// The directory to write into (created; existing files are replaced).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// A name the servers answer to (repeat; host names or IP addresses).
+        #[arg(long = "name", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+        names: Vec<String>,
+    },
+}
+
+/// `fleet-sim pki`.
+fn write_pki(out: &std::path::Path, names: &[String]) -> Result<(), String> {
+    use service_runtime::pki::Ca;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ca = Ca::generate("fleet-sim throwaway CA").map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let write = |dir: &str, key: service_runtime::pki::CertifiedKey| {
+        key.write(&out.join(dir))
+            .map_err(|e| format!("{}: {e}", out.join(dir).display()))
+    };
+    std::fs::write(out.join("ca.pem"), ca.cert_pem())
+        .map_err(|e| format!("{}: {e}", out.join("ca.pem").display()))?;
+    for server in ["director", "image-repo"] {
+        write(server, ca.issue_server(&names).map_err(|e| e.to_string())?)?;
+    }
+    write(
+        "supplier",
+        ca.issue_client("supplier").map_err(|e| e.to_string())?,
+    )?;
+    println!(
+        "wrote {0}/ca.pem, {0}/director/, {0}/image-repo/ and {0}/supplier/ (cert.pem, key.pem)",
+        out.display()
+    );
+    Ok(())
 }
 
 /// On SIGINT or SIGTERM, every child process goes too.
@@ -70,7 +109,8 @@ fn wait_for_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if std::env::var_os("CARGO").is_some() {
+    let needs_binaries = !matches!(cli.command, Command::Pki { .. });
+    if needs_binaries && std::env::var_os("CARGO").is_some() {
         // Launched by `cargo run`, which built only this package.
         uptane_tests::build_workspace_binaries();
     }
@@ -143,6 +183,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Pki { out, names } => match write_pki(&out, &names) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Hil {
             vehicles,
             secondaries,
