@@ -266,6 +266,9 @@ async fn list_events(
     )
 }
 
+/// The longest a provisioning token may live: a year.
+const MAX_PROVISIONING_SECS: i64 = 366 * 86_400;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewProvisioningToken {
@@ -293,9 +296,15 @@ impl NewProvisioningToken {
             (true, _) => 1,
             (false, n) => n.unwrap_or(default.max_uses),
         };
-        let lifetime = self
-            .expires_in_secs
-            .map_or(default.lifetime, chrono::Duration::seconds);
+        let lifetime = match self.expires_in_secs {
+            None => default.lifetime,
+            Some(secs @ 1..=MAX_PROVISIONING_SECS) => chrono::Duration::seconds(secs),
+            Some(secs) => {
+                return Err(DirectorError::BadRequest(format!(
+                    "expires_in_secs must be between 1 and {MAX_PROVISIONING_SECS}, not {secs}"
+                )));
+            }
+        };
         Ok(ProvisioningLimits { max_uses, lifetime })
     }
 }

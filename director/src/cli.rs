@@ -259,7 +259,7 @@ enum VehicleCommand {
         remote: Remote,
         /// Vehicle identifier.
         vin: String,
-        /// Also bind this client certificate fingerprint to it.
+        /// Bind this client certificate fingerprint to the vehicle (a certificate bound already stays bound unless this replaces it; `revoke-credential` unbinds).
         #[arg(long)]
         tls_fingerprint: Option<Fingerprint>,
     },

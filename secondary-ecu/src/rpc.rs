@@ -641,6 +641,10 @@ pub async fn serve(
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))
         .tcp_nodelay(true)
+        // A connection that stops answering pings is closed, so a device that connects and
+        // goes quiet cannot hold it.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(30)))
         .add_service(health)
         .add_service(service);
     match link {

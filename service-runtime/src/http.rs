@@ -12,6 +12,10 @@ use crate::tls::{
     HANDSHAKE_TIMEOUT, Identity, PeerIdentity, ServerTls, ServerTrust, TlsError, client_config,
 };
 
+/// Longest a client may take to send a request's headers once connected (and to answer an
+/// HTTP/2 keep-alive ping).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How a server talks to its clients.
 #[derive(Debug, Clone)]
 pub enum Transport {
@@ -168,13 +172,24 @@ async fn connection<IO, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
     let service = tower::service_fn(move |mut request: http::Request<_>| {
         request.extensions_mut().insert(peer);
         service.clone().oneshot(request)
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper's header-read timeout does nothing: a client that finished the
+    // handshake could then hold the connection by trickling header bytes.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(HEADER_READ_TIMEOUT))
+        .keep_alive_timeout(HEADER_READ_TIMEOUT);
     let connection = builder.serve_connection(
         TokioIo::new(io),
         hyper_util::service::TowerToHyperService::new(service),
@@ -316,6 +331,41 @@ mod tests {
             Transport::from_flags(None, None, auth(), true),
             Ok(Transport::Plaintext)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_trickles_its_headers_is_cut_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+            Ok::<_, Infallible>(http::Response::new(String::from("ok")))
+        });
+        tokio::spawn(serve(
+            listener,
+            Transport::Plaintext,
+            service,
+            std::future::pending(),
+        ));
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // One whole request first, so the connection is being served before time moves.
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 256];
+        let n = tcp.read(&mut answer).await.unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+        // Then headers that never end: the server closes the connection after the timeout
+        // (time is paused and jumps ahead when everything waits).
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(HEADER_READ_TIMEOUT * 4, tcp.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok(),
+            "the server kept a trickling client's connection open"
+        );
     }
 
     #[tokio::test]

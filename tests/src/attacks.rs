@@ -97,6 +97,11 @@ impl World {
                 ],
             },
         );
+        // The men in the middle hold a server certificate the car trusts but not the car's
+        // TLS key, so both vehicles authenticate by credential alone (a bound certificate
+        // would stop them at the Director: tests/tls.rs); the Uptane checks are what is
+        // tested here.
+        car.use_credential_only(&fleet)?;
         car.set_director_url(&director.url);
         car.set_image_url(&images.url);
         car.set_primary_flags(&[
@@ -112,6 +117,7 @@ impl World {
                 secondaries: Vec::new(),
             },
         );
+        other.use_credential_only(&fleet)?;
         fleet.publish("brake-old.bin", "hw-brake", 1, &image(999, 1, 20_000));
         let mut world = Self {
             car,

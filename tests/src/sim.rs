@@ -734,6 +734,54 @@ impl SimVehicle {
             .unwrap_or_default()
     }
 
+    /// Re-issues this vehicle a bearer credential with no certificate bound (`director vehicle
+    /// revoke-credential`, which unbinds, `issue-credential`, then `primary-ecu
+    /// set-credential`): what a fleet does for a vehicle that cannot show its client
+    /// certificate, e.g. behind a TLS-terminating proxy.
+    pub fn use_credential_only(&self, fleet: &Fleet) -> Result<(), String> {
+        self.reissue_credential(fleet, false)
+    }
+
+    /// Revokes this vehicle's credential and issues it a new one, bound to the Primary's TLS
+    /// certificate when `bind_certificate`, which the Primary installs.
+    pub fn reissue_credential(&self, fleet: &Fleet, bind_certificate: bool) -> Result<(), String> {
+        fleet.operator(&["vehicle", "revoke-credential", &self.vin]);
+        let mut issue = vec!["vehicle", "issue-credential", &self.vin];
+        let fingerprint;
+        if bind_certificate {
+            // `tls-identity` keeps the identity there is and prints its fingerprint.
+            fingerprint = run_ok(
+                Command::new(bin("primary-ecu")).args([
+                    "tls-identity",
+                    "--dir",
+                    &text(&self.primary_dir),
+                    "--serial",
+                    &self.primary_serial,
+                ]),
+                LIMIT,
+            );
+            issue.extend(["--tls-fingerprint", fingerprint.trim()]);
+        }
+        let issued = fleet.operator(&issue);
+        let secret = issued["credential"]
+            .as_str()
+            .ok_or_else(|| format!("issue-credential printed no credential: {issued}"))?;
+        let mut set = Command::new(bin("primary-ecu"))
+            .args(["set-credential", "--dir", &text(&self.primary_dir)])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("primary-ecu set-credential: {e}"))?;
+        if let Some(mut stdin) = set.stdin.take() {
+            std::io::Write::write_all(&mut stdin, secret.as_bytes())
+                .map_err(|e| format!("primary-ecu set-credential: {e}"))?;
+        }
+        match set.wait() {
+            Ok(status) if status.success() => Ok(()),
+            other => Err(format!("primary-ecu set-credential: {other:?}")),
+        }
+    }
+
     /// One `primary-ecu once`: exit code and summary line.
     pub fn once(&self) -> (i32, String) {
         let (status, stdout, stderr) = run(&mut self.primary_command("once"), LIMIT);

@@ -126,16 +126,25 @@ fn refuse(
     Err(error)
 }
 
-/// Checks that the request comes from vehicle `vin`: its bound certificate, or (when it
-/// shows no certificate, or one bound to no vehicle while `vin` has none bound) its live
-/// bearer credential. A certificate or credential of another vehicle is refused with 403,
-/// anything else with 401; each refusal is a security event.
+/// Checks that the request comes from vehicle `vin`. A vehicle with a bound certificate must
+/// show it (a bearer credential alone is refused, so a credential copied off the vehicle is
+/// useless without its TLS key); one without a binding shows its live bearer credential. A
+/// certificate or credential of another vehicle is refused with 403, anything else with
+/// 401; each refusal is a security event.
 pub fn authorize(
     conn: &Connection,
     vin: &Vin,
     auth: &VehicleAuth,
     now: UtcTime,
 ) -> Result<(), DirectorError> {
+    let bound: Option<String> = conn
+        .query_row(
+            "SELECT tls_fingerprint FROM vehicles WHERE vin = ?1",
+            [vin.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
     if let Some(fingerprint) = auth.certificate {
         let owner: Option<String> = conn
             .query_row(
@@ -145,7 +154,14 @@ pub fn authorize(
             )
             .optional()?;
         match owner {
-            Some(owner) if owner == vin.as_str() => return Ok(()),
+            Some(owner) if owner == vin.as_str() => {
+                // The certificate proves the vehicle; a renewed credential it sends along
+                // still takes over, so the one it replaced stops working.
+                if let Some(bearer) = &auth.bearer {
+                    take_over_if_renewed(conn, vin, bearer, now)?;
+                }
+                return Ok(());
+            }
             Some(owner) => {
                 let detail = format!("the client certificate of {owner} was used for {vin}");
                 return refuse(
@@ -160,30 +176,35 @@ pub fn authorize(
                     now,
                 );
             }
-            None => {
-                let bound: Option<Option<String>> = conn
-                    .query_row(
-                        "SELECT tls_fingerprint FROM vehicles WHERE vin = ?1",
-                        [vin.as_str()],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if let Some(Some(_)) = bound {
-                    let detail = format!("a client certificate not bound to {vin}: {fingerprint}");
-                    return refuse(
-                        conn,
-                        vin,
-                        "unknown",
-                        &detail,
-                        Some(AttackKind::WrongVehicle),
-                        DirectorError::Forbidden(format!(
-                            "this client certificate is not the one bound to {vin}"
-                        )),
-                        now,
-                    );
-                }
+            None if bound.is_some() => {
+                let detail = format!("a client certificate not bound to {vin}: {fingerprint}");
+                return refuse(
+                    conn,
+                    vin,
+                    "unknown",
+                    &detail,
+                    Some(AttackKind::WrongVehicle),
+                    DirectorError::Forbidden(format!(
+                        "this client certificate is not the one bound to {vin}"
+                    )),
+                    now,
+                );
             }
+            None => {}
         }
+    } else if bound.is_some() {
+        return refuse(
+            conn,
+            vin,
+            "unknown",
+            "no client certificate, for a vehicle with one bound",
+            None,
+            DirectorError::Unauthorized(format!(
+                "{vin} authenticates with its bound client certificate; a credential alone is \
+                 not enough"
+            )),
+            now,
+        );
     }
     let Some(bearer) = &auth.bearer else {
         return refuse(
@@ -255,23 +276,50 @@ pub fn authorize(
         );
     }
     if !current {
-        // The vehicle stored its renewed credential: it takes over, the old one stops.
-        conn.execute(
-            "UPDATE vehicles SET credential_sha256 = next_credential_sha256,
-                    credential_expires_at = next_credential_expires_at,
-                    credential_issued_at = ?2,
-                    next_credential_sha256 = NULL, next_credential_expires_at = NULL
-             WHERE vin = ?1",
-            params![vin.as_str(), now_text(now)],
-        )?;
-        NewEvent::info(
-            "vehicle_credential_renewed",
-            &actor,
-            "the renewed credential took over",
-        )
-        .vin(vin.as_str())
-        .record(conn, now)?;
+        take_over(conn, vin, now)?;
     }
+    Ok(())
+}
+
+/// When `bearer` is `vin`'s renewed credential, not yet in use: it takes over.
+fn take_over_if_renewed(
+    conn: &Connection,
+    vin: &Vin,
+    bearer: &str,
+    now: UtcTime,
+) -> Result<(), DirectorError> {
+    let renewed = conn
+        .query_row(
+            "SELECT 1 FROM vehicles WHERE vin = ?1 AND next_credential_sha256 = ?2
+                AND credential_revoked_at IS NULL AND next_credential_expires_at > ?3",
+            params![vin.as_str(), sha256_hex(bearer.as_bytes()), now_text(now)],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if renewed {
+        take_over(conn, vin, now)?;
+    }
+    Ok(())
+}
+
+/// The vehicle stored its renewed credential and used it: it takes over, the old one stops.
+fn take_over(conn: &Connection, vin: &Vin, now: UtcTime) -> Result<(), DirectorError> {
+    conn.execute(
+        "UPDATE vehicles SET credential_sha256 = next_credential_sha256,
+                credential_expires_at = next_credential_expires_at,
+                credential_issued_at = ?2,
+                next_credential_sha256 = NULL, next_credential_expires_at = NULL
+         WHERE vin = ?1",
+        params![vin.as_str(), now_text(now)],
+    )?;
+    NewEvent::info(
+        "vehicle_credential_renewed",
+        &format!("vehicle:{vin}"),
+        "the renewed credential took over",
+    )
+    .vin(vin.as_str())
+    .record(conn, now)?;
     Ok(())
 }
 
@@ -569,8 +617,35 @@ mod tests {
                 authorize(conn, &a, &stranger, t0),
                 Err(DirectorError::Forbidden(_))
             ));
-            // No certificate: the bearer credential is the alternative.
-            authorize(conn, &a, &bearer(&a_credential), t0)?;
+            // No certificate: a bound vehicle's credential alone is not enough (a copy of it
+            // taken off the vehicle is useless without the TLS key).
+            let alone = authorize(conn, &a, &bearer(&a_credential), t0);
+            assert!(
+                matches!(&alone, Err(DirectorError::Unauthorized(m)) if m.contains("bound client certificate")),
+                "{alone:?}"
+            );
+            // Renewed: the new credential, sent along with the certificate, takes over, and
+            // the one it replaced stops working.
+            let renewed = renew(conn, &a, Duration::days(10), t0)?;
+            let both = |credential: &IssuedCredential| VehicleAuth {
+                bearer: Some(credential.credential.clone()),
+                certificate: Some(fingerprint(1)),
+            };
+            authorize(conn, &a, &both(&renewed), t0 + Duration::days(1))?;
+            let sha256: (String, Option<String>) = conn.query_row(
+                "SELECT credential_sha256, next_credential_sha256 FROM vehicles WHERE vin = 'VIN-A'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            assert_eq!(sha256, (renewed.sha256(), None));
+            // Without a binding (A's unbound by hand), the bearer alone works.
+            conn.execute("UPDATE vehicles SET tls_fingerprint = NULL WHERE vin = 'VIN-A'", [])?;
+            authorize(conn, &a, &bearer(&renewed), t0 + Duration::days(1))?;
+            assert!(authorize(conn, &a, &bearer(&a_credential), t0 + Duration::days(1)).is_err());
+            conn.execute(
+                "UPDATE vehicles SET tls_fingerprint = ?1 WHERE vin = 'VIN-A'",
+                [fingerprint(1).to_string()],
+            )?;
             // A certificate can be bound to one vehicle only.
             assert!(matches!(
                 insert(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use proto::v2::secondary_client::SecondaryClient;
 use tonic::transport::Channel;
 
-use super::{Scenario, VIN, World, blocking, scenario};
+use super::{OTHER_VIN, Scenario, VIN, World, blocking, https, scenario};
 use crate::mitm::Mitm;
 use crate::proxy::LinkProxy;
 
@@ -77,6 +77,12 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             "the network, with a certificate of its own CA",
             "refused at the TLS handshake: nothing reaches it, nothing installed",
             untrusted_mitm,
+        ),
+        scenario(
+            "a vehicle credential copied off a certificate-bound vehicle",
+            "the vehicle's credential file (not its TLS key), and the network",
+            "refused without the bound certificate (401) and with another one (403); nothing renewed; the vehicle updates normally",
+            stolen_credential,
         ),
         scenario(
             "a sniffer on the Director link",
@@ -444,4 +450,81 @@ fn sniff_secondary(w: &mut World) -> Result<String, String> {
         ],
     )?;
     Ok(format!("{verdict}; {}", w.recover()?))
+}
+
+/// The other vehicle, certificate-bound for this row, has its credential copied: alone, or
+/// with the attacker's own client certificate, it reads nothing and renews nothing, and each
+/// refusal is a security event; the vehicle itself, showing its certificate, updates.
+fn stolen_credential(w: &mut World) -> Result<String, String> {
+    w.other.reissue_credential(&w.fleet, true)?;
+    let outcome = stolen_credential_refused(w);
+    // The rows after this one use the other vehicle's credential alone.
+    w.other.use_credential_only(&w.fleet)?;
+    outcome
+}
+
+fn stolen_credential_refused(w: &mut World) -> Result<String, String> {
+    let credential = std::fs::read_to_string(w.other.primary_dir.join("credential"))
+        .map_err(|e| e.to_string())?;
+    let credential = credential.trim().to_string();
+    let refused_before = w.fleet.events(OTHER_VIN, true).len();
+    let director = w.fleet.director_url.clone();
+    let own = service_runtime::pki::self_signed("thief", &["thief.invalid"])
+        .and_then(|c| c.identity())
+        .map_err(|e| e.to_string())?;
+    let with_own = service_runtime::http::ClientTls::new(Some(&w.fleet.ca_cert), Some(own), false)
+        .and_then(|tls| tls.reqwest())
+        .map_err(|e| e.to_string())?
+        .build()
+        .map_err(|e| e.to_string())?;
+    let alone = https(&w.fleet.ca_cert)?;
+    let timestamp = format!("{director}/vehicles/{OTHER_VIN}/metadata/timestamp.json");
+    let renew = format!("{director}/vehicles/{OTHER_VIN}/credential");
+    let statuses = blocking(async {
+        let mut statuses = Vec::new();
+        for (client, post) in [
+            (&alone, false),
+            (&alone, true),
+            (&with_own, false),
+            (&with_own, true),
+        ] {
+            let request = if post {
+                client.post(&renew)
+            } else {
+                client.get(&timestamp)
+            };
+            let response = request
+                .bearer_auth(&credential)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            statuses.push(response.status().as_u16());
+        }
+        Ok::<_, String>(statuses)
+    })?;
+    if statuses != [401, 401, 403, 403] {
+        return Err(format!(
+            "expected 401, 401 (alone) and 403, 403 (another certificate) for metadata and \
+             renewal, got {statuses:?}"
+        ));
+    }
+    let events = w.fleet.events(OTHER_VIN, true);
+    let new: Vec<_> = events[refused_before.min(events.len())..]
+        .iter()
+        .filter(|e| e["kind"] == "vehicle_auth_refused")
+        .collect();
+    if new.len() < 4 {
+        return Err(format!(
+            "{} refusals recorded, expected 4: {new:?}",
+            new.len()
+        ));
+    }
+    let (code, summary) = w.other.once();
+    if code != 0 {
+        return Err(format!("the vehicle itself was refused: {summary}"));
+    }
+    Ok(format!(
+        "metadata and renewal refused ({statuses:?}); {} security events; the vehicle itself updated normally",
+        new.len()
+    ))
 }
