@@ -176,11 +176,25 @@ fn main() {
             timestamp: ecu_key(1 << 40, 3),
         };
         let root_key = ecu_key(1 << 40, 4);
-        db.call_blocking(|conn| service::store_initial_root(conn, &[&root_key], 1, &keys, now()))
-            .unwrap();
+        db.call_blocking(|conn| {
+            service::store_initial_root(
+                conn,
+                &[&root_key],
+                1,
+                &keys,
+                chrono::Duration::days(365),
+                now(),
+            )
+        })
+        .unwrap();
         let catalog = ImageCatalog::memory(HashMap::new(), Vec::new());
         let state = AppState {
-            service: DirectorService::new(db.clone(), keys, catalog, policy),
+            service: DirectorService::new(
+                db.clone(),
+                service::KeyRing::fixed(keys),
+                catalog,
+                policy,
+            ),
             max_body_bytes: 1 << 20,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

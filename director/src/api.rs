@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
             post(cancel_assignment),
         )
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/status", get(status))
         .route("/api/v1/vehicles/{vin}/credential", post(issue_credential))
         .route(
             "/api/v1/vehicles/{vin}/credential/revoke",
@@ -249,6 +250,12 @@ async fn cancel_assignment(
         .cancel_assignment(&actor, correlation_id)
         .await?;
     ok_json(json!({"cancelled": n}))
+}
+
+/// The root's version and expiry, with `root_expiry_warning` for operators to alert on.
+async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    state.service.operator(bearer(&headers)).await?;
+    ok_json(state.service.root_status().await?)
 }
 
 async fn list_events(

@@ -11,6 +11,27 @@ use crate::api::AppState;
 use crate::catalog::ImageCatalog;
 use crate::db::Db;
 use crate::keys::{self, OnlineKeys};
+
+/// Checks the root's expiry now and every hour: a warning in the log and a `root_expiring`
+/// security event (at most one a day) when it expires within `window`.
+async fn watch_root_expiry(db: Db, window: chrono::Duration) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        match db
+            .call(move |conn| service::rotation::record_expiry_warning(conn, window, now()))
+            .await
+        {
+            Ok(Some(status)) => {
+                if let Some(warning) = status.warning() {
+                    tracing::warn!(security_event = "root_expiring", "{warning}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "checking the root's expiry"),
+        }
+    }
+}
 use crate::service::{self, DirectorService, Policy, TokenSelector};
 use service_runtime::http::{ClientTls, Transport};
 use service_runtime::tls::{ClientAuth, Fingerprint};
@@ -62,6 +83,51 @@ enum Command {
         /// The Image repository's root metadata to pin (its `1.root.json`).
         #[arg(long, env = "DIRECTOR_IMAGE_ROOT")]
         image_root: PathBuf,
+        /// Days until the root expires (renew it before with `director rotate-root`).
+        #[arg(long, default_value_t = 365)]
+        root_lifetime_days: u32,
+    },
+    /// Publishes root version N+1 (signed by the offline root keys of N and of N+1): with new
+    /// root keys (`--keys`), or the same keys and a later expiry. Vehicles follow the chain at
+    /// their next cycle; a running server serves it at once.
+    RotateRoot {
+        /// Director directory.
+        #[arg(long, env = "DIRECTOR_DIR")]
+        dir: PathBuf,
+        /// The offline root keys; new ones are written here too.
+        #[arg(long, env = "DIRECTOR_OFFLINE_KEYS")]
+        offline_keys: PathBuf,
+        /// Replace the root keys with this many new ones (with --threshold).
+        #[arg(long, requires = "threshold")]
+        keys: Option<usize>,
+        /// Threshold of the new root keys.
+        #[arg(long, requires = "keys")]
+        threshold: Option<u32>,
+        /// Days until the new root expires.
+        #[arg(long, default_value_t = 365)]
+        root_lifetime_days: u32,
+    },
+    /// Replaces online keys (targets, snapshot, timestamp) through root version N+1, e.g.
+    /// after they were stolen: a running server signs with the new keys from its next
+    /// request, and vehicles refuse metadata signed by the old ones.
+    RotateOnline {
+        /// Director directory (the online keys are in DIR/keys).
+        #[arg(long, env = "DIRECTOR_DIR")]
+        dir: PathBuf,
+        /// The offline root keys that sign the new root.
+        #[arg(long, env = "DIRECTOR_OFFLINE_KEYS")]
+        offline_keys: PathBuf,
+        /// The roles whose keys to replace (repeat) [default: all three].
+        #[arg(long = "role", value_enum)]
+        roles: Vec<OnlineRole>,
+        /// Days until the new root expires.
+        #[arg(long, default_value_t = 365)]
+        root_lifetime_days: u32,
+    },
+    /// The Director root's version and expiry (warns when it expires within 60 days).
+    Status {
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Serves the Director.
     Serve {
@@ -92,6 +158,9 @@ enum Command {
             default_value_t = 365 * 86_400
         )]
         vehicle_credential_lifetime_secs: i64,
+        /// Warn (log, security event) when the root expires within this many days.
+        #[arg(long, env = "DIRECTOR_ROOT_EXPIRY_WARNING_DAYS", default_value_t = 60)]
+        root_expiry_warning_days: u32,
         #[command(flatten)]
         tls: ServerTlsArgs,
     },
@@ -337,6 +406,42 @@ fn db_path(dir: &std::path::Path) -> PathBuf {
     dir.join("director.db")
 }
 
+/// A root lifetime in days, within reason.
+fn root_lifetime(days: u32) -> anyhow::Result<chrono::Duration> {
+    if !(1..=3650).contains(&days) {
+        bail!("--root-lifetime-days must be between 1 and 3650, not {days}");
+    }
+    Ok(chrono::Duration::days(i64::from(days)))
+}
+
+/// Prints the warning of a root that expires soon, on standard error.
+fn warn_if_root_expires(db: &Db) {
+    let status = db.call_blocking(|conn| {
+        service::rotation::root_status(conn, service::rotation::DEFAULT_EXPIRY_WARNING, now())
+    });
+    if let Ok(Some(warning)) = status.map(|s| s.warning()) {
+        eprintln!("warning: {warning}");
+    }
+}
+
+/// A role whose key the server holds.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OnlineRole {
+    Targets,
+    Snapshot,
+    Timestamp,
+}
+
+impl OnlineRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            OnlineRole::Targets => "targets",
+            OnlineRole::Snapshot => "snapshot",
+            OnlineRole::Timestamp => "timestamp",
+        }
+    }
+}
+
 async fn call(
     remote: &Remote,
     method: reqwest::Method,
@@ -472,6 +577,7 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             expires_in_days,
         } => {
             let db = Db::open(&db_path(&dir))?;
+            warn_if_root_expires(&db);
             let lifetime = chrono::Duration::days(i64::from(expires_in_days));
             let token =
                 db.call_blocking(|conn| service::create_api_token(conn, &label, lifetime, now()))?;
@@ -479,6 +585,7 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::List { dir, json } => {
             let db = Db::open(&db_path(&dir))?;
+            warn_if_root_expires(&db);
             let tokens = db.call_blocking(|conn| service::list_api_tokens(conn))?;
             let value = serde_json::to_value(&tokens)?;
             if json {
@@ -511,10 +618,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             root_keys,
             root_threshold,
             image_root,
+            root_lifetime_days,
         } => {
             if root_threshold == 0 || root_keys < root_threshold as usize {
                 bail!("root threshold {root_threshold} needs 1 to {root_keys} keys");
             }
+            let lifetime = root_lifetime(root_lifetime_days)?;
             if db_path(&dir).exists() {
                 bail!("{} is already a Director directory", dir.display());
             }
@@ -530,8 +639,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|_| keys::generate())
                 .collect::<Result<Vec<_>, _>>()?;
             for key in &roots {
-                let short: String = key.key_id().as_str().chars().take(16).collect();
-                keys::write_private(&offline_keys.join(format!("root-{short}.pem")), key)?;
+                keys::write_private(&keys::offline_root_key_path(&offline_keys, key), key)?;
             }
             for role in ["targets", "snapshot", "timestamp"] {
                 keys::write_private(&keys::online_key_path(&dir, role), &keys::generate()?)?;
@@ -540,7 +648,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = Db::open(&db_path(&dir))?;
             let signers: Vec<_> = roots.iter().take(root_threshold as usize).collect();
             db.call_blocking(|conn| {
-                service::store_initial_root(conn, &signers, root_threshold, &online, now())
+                service::store_initial_root(
+                    conn,
+                    &signers,
+                    root_threshold,
+                    &online,
+                    lifetime,
+                    now(),
+                )
             })?;
             let root = db
                 .call_blocking(|conn| service::root(conn, 1))?
@@ -564,6 +679,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             metadata_lifetime_secs,
             max_body_bytes,
             vehicle_credential_lifetime_secs,
+            root_expiry_warning_days,
             tls,
         } => {
             if metadata_lifetime_secs < 120 {
@@ -584,7 +700,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             image_tls.check_url(&image_repo)?;
             let db = Db::open(&db_path(&dir))
                 .with_context(|| format!("opening {}", db_path(&dir).display()))?;
-            let keys = OnlineKeys::load(&dir)?;
+            let keys = db.call_blocking(|conn| service::KeyRing::load(conn, &dir))?;
             let image_root = std::fs::read(dir.join("image-root.json"))
                 .context("reading the pinned Image repository root")?;
             let catalog = ImageCatalog::http(
@@ -601,6 +717,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 ..Policy::default()
             };
+            let expiry_warning = chrono::Duration::days(i64::from(root_expiry_warning_days));
+            tokio::spawn(watch_root_expiry(db.clone(), expiry_warning));
             let state = AppState {
                 service: DirectorService::new(db, keys, catalog, policy),
                 max_body_bytes,
@@ -621,6 +739,97 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { command } => token_command(command),
+        Command::RotateRoot {
+            dir,
+            offline_keys,
+            keys: count,
+            threshold,
+            root_lifetime_days,
+        } => {
+            let lifetime = root_lifetime(root_lifetime_days)?;
+            let offline = keys::load_offline_root_keys(&offline_keys)?;
+            let mut change = service::rotation::RootChange::default();
+            if let (Some(count), Some(threshold)) = (count, threshold) {
+                let new_keys = (0..count)
+                    .map(|_| keys::generate())
+                    .collect::<Result<Vec<_>, _>>()?;
+                change.root_keys = Some((new_keys, threshold));
+            }
+            let db = Db::open(&db_path(&dir))?;
+            let version = db.call_blocking(|conn| {
+                service::rotation::publish_next_root(
+                    conn,
+                    &offline,
+                    &change,
+                    lifetime,
+                    "operator:cli",
+                    now(),
+                )
+            })?;
+            // Written only once the root that lists them is stored.
+            if let Some((new_keys, _)) = &change.root_keys {
+                for key in new_keys {
+                    keys::write_private(&keys::offline_root_key_path(&offline_keys, key), key)?;
+                }
+            }
+            println!(
+                "published Director root version {version} (expires in {root_lifetime_days} days)"
+            );
+            warn_if_root_expires(&db);
+            Ok(())
+        }
+        Command::RotateOnline {
+            dir,
+            offline_keys,
+            roles,
+            root_lifetime_days,
+        } => {
+            let lifetime = root_lifetime(root_lifetime_days)?;
+            let offline = keys::load_offline_root_keys(&offline_keys)?;
+            let roles: Vec<&'static str> = if roles.is_empty() {
+                service::rotation::ONLINE_ROLES.to_vec()
+            } else {
+                roles.iter().map(|r| r.as_str()).collect()
+            };
+            let db = Db::open(&db_path(&dir))?;
+            let version = db.call_blocking(|conn| {
+                service::rotation::rotate_online(
+                    conn,
+                    &dir,
+                    &offline,
+                    &roles,
+                    lifetime,
+                    "operator:cli",
+                    now(),
+                )
+            })?;
+            println!(
+                "published Director root version {version} with new {} key(s); the server signs \
+                 with them from its next request",
+                roles.join(", ")
+            );
+            Ok(())
+        }
+        Command::Status { remote } => {
+            let status = call(&remote, reqwest::Method::GET, "/api/v1/status", None).await?;
+            if remote.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!(
+                    "Director root version {}, expires {} ({} days)",
+                    status["root_version"],
+                    status["root_expires_at"].as_str().unwrap_or("?"),
+                    status["root_expires_in_days"]
+                );
+            }
+            if status["root_expiry_warning"] == true {
+                eprintln!(
+                    "warning: the Director root expires within 60 days: publish a new one with \
+                     `director rotate-root`"
+                );
+            }
+            Ok(())
+        }
         Command::Vehicle { command } => match command {
             VehicleCommand::Register {
                 remote,

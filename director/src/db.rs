@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/002_indexes.sql"),
     include_str!("migrations/003_typed.sql"),
     include_str!("migrations/004_credentials.sql"),
+    include_str!("migrations/005_root_versions.sql"),
 ];
 
 /// Why a database call failed.

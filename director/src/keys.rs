@@ -51,6 +51,37 @@ pub struct OnlineKeys {
     pub timestamp: SigningKey,
 }
 
+/// Where `director rotate-online` writes the next key of `role` until the new root lists it.
+pub fn next_online_key_path(dir: &Path, role: &str) -> PathBuf {
+    dir.join("keys").join(format!("next-{role}.pem"))
+}
+
+/// Path of offline root key `key` in the offline key directory.
+pub fn offline_root_key_path(offline: &Path, key: &SigningKey) -> PathBuf {
+    let short: String = key.key_id().as_str().chars().take(16).collect();
+    offline.join(format!("root-{short}.pem"))
+}
+
+/// Every offline root key (`root-*.pem`) in `offline`: the signers a new root version needs.
+pub fn load_offline_root_keys(offline: &Path) -> Result<Vec<SigningKey>, DirectorError> {
+    let io = |e: std::io::Error| DirectorError::Internal(format!("{}: {e}", offline.display()));
+    let mut keys = Vec::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(offline)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("root-") && n.ends_with(".pem"))
+        })
+        .collect();
+    names.sort();
+    for path in names {
+        keys.push(read_private(&path)?);
+    }
+    Ok(keys)
+}
+
 /// Path of online key `role` in the Director directory.
 pub fn online_key_path(dir: &Path, role: &str) -> PathBuf {
     dir.join("keys").join(format!("{role}.pem"))

@@ -87,8 +87,17 @@ fn fleet() -> Fleet {
         timestamp: key(103),
     };
     let root_key = key(100);
-    db.call_blocking(|conn| service::store_initial_root(conn, &[&root_key], 1, &online, now()))
-        .unwrap();
+    db.call_blocking(|conn| {
+        service::store_initial_root(
+            conn,
+            &[&root_key],
+            1,
+            &online,
+            chrono::Duration::days(365),
+            now(),
+        )
+    })
+    .unwrap();
     let token = db
         .call_blocking(|conn| {
             service::create_api_token(conn, "test", chrono::Duration::days(1), now())
@@ -99,7 +108,12 @@ fn fleet() -> Fleet {
         .unwrap()
         .unwrap();
     let state = AppState {
-        service: DirectorService::new(db.clone(), online, image_repo(), Policy::default()),
+        service: DirectorService::new(
+            db.clone(),
+            service::KeyRing::fixed(online),
+            image_repo(),
+            Policy::default(),
+        ),
         max_body_bytes: 64 * 1024,
     };
     Fleet {

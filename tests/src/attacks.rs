@@ -27,6 +27,7 @@ use crate::forge::{
 };
 use crate::mitm::{Mitm, Tamper};
 
+mod keys;
 mod transport;
 use crate::sim::{Fleet, Mode, SimVehicle, VehicleSpec, wait_until};
 use crate::{bin, run};
@@ -319,8 +320,13 @@ impl World {
     /// Serves Director metadata signed with the stolen Director keys that assigns the brake
     /// ECU `name` (`bytes`, release counter `counter`).
     fn assign_to_brake_as_director(&self, name: &str, bytes: &[u8], counter: u64) {
+        self.assign_to_brake_with(&self.director_keys(), name, bytes, counter);
+    }
+
+    /// The same with Director keys stolen earlier.
+    fn assign_to_brake_with(&self, keys: &RoleKeys, name: &str, bytes: &[u8], counter: u64) {
         let brake = self.ecus()[1].0.clone();
-        let set = self.forge_director(&[(name, bytes, &brake, "hw-brake", counter)]);
+        let set = self.forge_director(keys, &[(name, bytes, &brake, "hw-brake", counter)]);
         self.serve_forged(&self.director, &set);
     }
 
@@ -341,6 +347,7 @@ impl World {
     /// `entries` (file name, bytes, ECU serial, hardware id, release counter).
     fn forge_director(
         &self,
+        keys: &RoleKeys,
         entries: &[(&str, &[u8], &str, &str, u64)],
     ) -> crate::forge::ForgedSet {
         let current: Targets = signed_part(&self.latest(&self.director, ".targets.json"));
@@ -359,7 +366,7 @@ impl World {
             .collect();
         let targets = targets_with(&current, current.common.version + 1, later(), listed);
         forge_set(
-            &self.director_keys(),
+            keys,
             &targets,
             &self.latest(&self.director, "/timestamp.json"),
             &self.latest(&self.director, ".snapshot.json"),
@@ -453,6 +460,7 @@ fn scenario(
 pub fn scenarios() -> Vec<Scenario> {
     let mut all = uptane_scenarios();
     all.extend(transport::scenarios());
+    all.extend(keys::scenarios());
     all
 }
 
@@ -841,13 +849,10 @@ fn uptane_scenarios() -> Vec<Scenario> {
                         let brake = w.car.secondaries[0].real_addr();
                         let serial = w.car.secondaries[0].serial.clone();
                         let radio_image = image(4242, 2, 10_000);
-                        let set = w.forge_director(&[(
-                            "radio-evil.bin",
-                            &radio_image,
-                            &serial,
-                            "hw-radio",
-                            50,
-                        )]);
+                        let set = w.forge_director(
+                            &w.director_keys(),
+                            &[("radio-evil.bin", &radio_image, &serial, "hw-radio", 50)],
+                        );
                         let bundle = proto::v2::PutMetadataRequest {
                             correlation_id: "attacker".into(),
                             director_timestamp: set.timestamp.clone(),
@@ -985,8 +990,10 @@ fn uptane_scenarios() -> Vec<Scenario> {
                 );
                 w.images
                     .tamper("/brake-evil.bin", Tamper::Replace(evil.clone()));
-                let set =
-                    w.forge_director(&[("brake-evil.bin", &evil, &brake, "hw-brake", counter)]);
+                let set = w.forge_director(
+                    &w.director_keys(),
+                    &[("brake-evil.bin", &evil, &brake, "hw-brake", counter)],
+                );
                 w.serve_forged(&w.director, &set);
                 let (code, summary) = w.cycle();
                 let installed = w.installed();

@@ -205,3 +205,112 @@ async fn operator_assigns_vehicle_verifies_and_reports_and_nothing_is_lost_on_ki
         .unwrap();
     assert_eq!(response.status(), 400);
 }
+
+/// `director ARGS --dir --offline-keys` of the fleet's Director: (success, stdout, stderr).
+fn director_local(fleet: &Fleet, args: &[&str], offline_keys: &str) -> (bool, String, String) {
+    let dir = fleet.path("director").display().to_string();
+    let (status, out, err) = uptane_tests::run(
+        std::process::Command::new(uptane_tests::bin("director"))
+            .args(args)
+            .args(["--dir", &dir, "--offline-keys", offline_keys]),
+        std::time::Duration::from_secs(60),
+    );
+    (status.success(), out, err)
+}
+
+#[test]
+fn the_root_is_rotated_only_by_its_offline_keys_and_warns_before_it_expires() {
+    let mut fleet = Fleet::start();
+    let offline = fleet.path("director-keys").display().to_string();
+    let status = fleet.operator(&["status"]);
+    assert_eq!(status["root_version"], 1, "{status}");
+    assert_eq!(status["root_expiry_warning"], false, "{status}");
+
+    // Without the current root's offline keys nothing is published.
+    let empty = fleet.path("no-keys");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (ok, _, err) = director_local(&fleet, &["rotate-root"], &empty.display().to_string());
+    assert!(!ok);
+    assert!(err.contains("would not be accepted by vehicles"), "{err}");
+    // A threshold above the number of keys is refused before anything is written.
+    let (ok, _, err) = director_local(
+        &fleet,
+        &["rotate-root", "--keys", "2", "--threshold", "3"],
+        &offline,
+    );
+    assert!(!ok);
+    assert!(err.contains("threshold 3 needs 1 to 2 keys"), "{err}");
+    let (ok, _, err) = director_local(
+        &fleet,
+        &["rotate-root", "--root-lifetime-days", "0"],
+        &offline,
+    );
+    assert!(!ok && err.contains("between 1 and 3650"), "{err}");
+    assert_eq!(fleet.operator(&["status"])["root_version"], 1);
+
+    // A root that expires in 30 days: served at once, and warned about.
+    let (ok, out, err) = director_local(
+        &fleet,
+        &["rotate-root", "--root-lifetime-days", "30"],
+        &offline,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("version 2"), "{out}");
+    assert!(
+        err.contains("warning: the Director root (version 2) expires"),
+        "{err}"
+    );
+    let status = fleet.operator(&["status"]);
+    assert_eq!(status["root_version"], 2, "{status}");
+    assert_eq!(status["root_expiry_warning"], true, "{status}");
+    let served = blocking(async {
+        fleet
+            .https_client()
+            .get(format!(
+                "{}/vehicles/ANY/metadata/2.root.json",
+                fleet.director_url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    // Roots are served to vehicles only, like the rest of their repository.
+    assert_eq!(served, 401);
+    // The server warns at start and records one security event a day.
+    fleet.restart_director();
+    fleet.restart_director();
+    let events = fleet.operator(&["events", "--security"]);
+    let expiring: Vec<_> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "root_expiring")
+        .collect();
+    assert_eq!(expiring.len(), 1, "{events}");
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "director_root_rotated"),
+        "{events}"
+    );
+    // Renewed for two years: no warning.
+    let (ok, _, err) = director_local(
+        &fleet,
+        &["rotate-root", "--root-lifetime-days", "730"],
+        &offline,
+    );
+    assert!(ok, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(fleet.operator(&["status"])["root_expiry_warning"], false);
+}
+
+fn blocking<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(future)
+}

@@ -88,19 +88,26 @@ pub(crate) fn insert(
     Ok(issued)
 }
 
-fn refuse_bound_elsewhere(
+/// The vehicle the certificate with `fingerprint` is bound to, if any.
+fn certificate_owner(
     conn: &Connection,
-    vin: &Vin,
     fingerprint: Fingerprint,
-) -> Result<(), DirectorError> {
-    let owner: Option<String> = conn
+) -> Result<Option<String>, DirectorError> {
+    Ok(conn
         .query_row(
             "SELECT vin FROM vehicles WHERE tls_fingerprint = ?1",
             [fingerprint.to_string()],
             |r| r.get(0),
         )
-        .optional()?;
-    match owner {
+        .optional()?)
+}
+
+fn refuse_bound_elsewhere(
+    conn: &Connection,
+    vin: &Vin,
+    fingerprint: Fingerprint,
+) -> Result<(), DirectorError> {
+    match certificate_owner(conn, fingerprint)? {
         Some(owner) if owner != vin.as_str() => Err(DirectorError::Conflict(format!(
             "client certificate {fingerprint} is already bound to another vehicle"
         ))),
@@ -146,14 +153,7 @@ pub fn authorize(
         .optional()?
         .flatten();
     if let Some(fingerprint) = auth.certificate {
-        let owner: Option<String> = conn
-            .query_row(
-                "SELECT vin FROM vehicles WHERE tls_fingerprint = ?1",
-                [fingerprint.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match owner {
+        match certificate_owner(conn, fingerprint)? {
             Some(owner) if owner == vin.as_str() => {
                 // The certificate proves the vehicle; a renewed credential it sends along
                 // still takes over, so the one it replaced stops working.

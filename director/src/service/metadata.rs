@@ -12,19 +12,22 @@ use uptane_core::time::{UtcTime, format_expires, parse_expires};
 use uptane_core::uptane::{director_target_custom, director_targets_custom};
 
 use super::events::NewEvent;
+use super::rotation::ActiveKeys;
 use super::{Policy, assignments};
 use crate::error::DirectorError;
 use crate::keys::OnlineKeys;
 
-/// Signs and stores the Director's root version 1 (called by `director init`).
+/// Signs and stores the Director's root version 1 (called by `director init`), expiring
+/// after `lifetime`.
 pub fn store_initial_root(
     conn: &Connection,
     root_keys: &[&uptane_core::crypto::SigningKey],
     threshold: u32,
     online: &OnlineKeys,
+    lifetime: Duration,
     now: UtcTime,
 ) -> Result<(), DirectorError> {
-    let mut builder = RootBuilder::new(1, now + Duration::days(365))
+    let mut builder = RootBuilder::new(1, now + lifetime)
         .threshold("root", threshold)
         .key("targets", online.targets.public_key())
         .key("snapshot", online.snapshot.public_key())
@@ -52,6 +55,7 @@ pub fn root(conn: &Connection, version: u64) -> Result<Option<Vec<u8>>, Director
 
 struct StoredMetadata {
     content_sha256: String,
+    root_version: u64,
     targets_version: u64,
     snapshot_version: u64,
     timestamp_version: u64,
@@ -59,10 +63,11 @@ struct StoredMetadata {
 }
 
 /// Makes sure vehicle `vin` has current signed targets, snapshot and timestamp: re-signed
-/// (with versions going up) when its assignments changed or the metadata nears expiry.
+/// (with versions going up) when its assignments changed, the metadata nears expiry, or it
+/// was signed under an older root (whose online keys may have been replaced).
 pub fn refresh_vehicle_metadata(
     conn: &mut Connection,
-    keys: &OnlineKeys,
+    active: &ActiveKeys,
     vin: &str,
     policy: &Policy,
     now: UtcTime,
@@ -86,7 +91,7 @@ pub fn refresh_vehicle_metadata(
     let content_sha256 = sha256_hex(content.to_string().as_bytes());
     let stored: Option<StoredMetadata> = tx
         .query_row(
-            "SELECT content_sha256, targets_version, snapshot_version, timestamp_version, expires FROM vehicle_metadata WHERE vin = ?1",
+            "SELECT content_sha256, targets_version, snapshot_version, timestamp_version, expires, root_version FROM vehicle_metadata WHERE vin = ?1",
             [vin],
             |r| {
                 Ok(StoredMetadata {
@@ -95,12 +100,14 @@ pub fn refresh_vehicle_metadata(
                     snapshot_version: r.get::<_, i64>(2)? as u64,
                     timestamp_version: r.get::<_, i64>(3)? as u64,
                     expires: parse_expires(&r.get::<_, String>(4)?).unwrap_or(now),
+                    root_version: r.get::<_, i64>(5)? as u64,
                 })
             },
         )
         .optional()?;
     if let Some(s) = &stored
         && s.content_sha256 == content_sha256
+        && s.root_version == active.root_version
         && s.expires - now > policy.renew_margin
     {
         return Ok(());
@@ -134,6 +141,7 @@ pub fn refresh_vehicle_metadata(
         custom["correlationId"] = json!(first.correlation_id);
         builder = builder.target_with(filename, first.length, first.hashes.clone(), Some(custom));
     }
+    let keys = &active.online;
     let sign_err = |e: uptane_core::cjson::CanonicalError| DirectorError::Internal(e.to_string());
     let targets = builder.sign(&[&keys.targets]).map_err(sign_err)?;
     let snapshot = SnapshotBuilder::new(sv, expires)
@@ -150,11 +158,11 @@ pub fn refresh_vehicle_metadata(
         .collect();
     let included = serde_json::to_string(&included).expect("pairs of strings serialize");
     tx.execute(
-        "INSERT INTO vehicle_metadata (vin, content_sha256, targets_version, snapshot_version, timestamp_version, targets, snapshot, timestamp, expires, targets_entries)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+        "INSERT INTO vehicle_metadata (vin, content_sha256, targets_version, snapshot_version, timestamp_version, targets, snapshot, timestamp, expires, targets_entries, root_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (vin) DO UPDATE SET content_sha256 = ?2, targets_version = ?3, snapshot_version = ?4,
-             timestamp_version = ?5, targets = ?6, snapshot = ?7, timestamp = ?8, expires = ?9, targets_entries = ?10",
-        params![vin, content_sha256, tv as i64, sv as i64, tsv as i64, targets, snapshot, timestamp, format_expires(&expires), included],
+             timestamp_version = ?5, targets = ?6, snapshot = ?7, timestamp = ?8, expires = ?9, targets_entries = ?10, root_version = ?11",
+        params![vin, content_sha256, tv as i64, sv as i64, tsv as i64, targets, snapshot, timestamp, format_expires(&expires), included, active.root_version as i64],
     )?;
     tx.commit()?;
     Ok(())
@@ -165,7 +173,7 @@ pub fn refresh_vehicle_metadata(
 /// targets marks the assignments in it delivered.
 pub fn vehicle_file(
     conn: &mut Connection,
-    keys: &OnlineKeys,
+    keys: &ActiveKeys,
     vin: &str,
     file: &str,
     policy: &Policy,

@@ -8,6 +8,8 @@
 //! - [`vehicles`]: registration, the inventory, ECU replacement;
 //! - [`assignments`]: who installs what, and where it stands;
 //! - [`metadata`]: the Director root and per-vehicle signed metadata;
+//! - [`rotation`]: new root versions (root and online keys), the keys the server signs
+//!   with, and warnings before the root expires;
 //! - [`manifests`]: vehicle version manifests, checked and recorded;
 //! - [`events`]: the append-only event log.
 
@@ -16,6 +18,7 @@ pub mod credentials;
 pub mod events;
 pub mod manifests;
 pub mod metadata;
+pub mod rotation;
 pub mod tokens;
 pub mod vehicles;
 
@@ -33,6 +36,7 @@ pub use self::credentials::{CredentialInfo, IssuedCredential, VehicleAuth};
 pub use self::events::{Event, NewEvent, events};
 pub use self::manifests::{ManifestOutcome, process_manifest};
 pub use self::metadata::{refresh_vehicle_metadata, root, store_initial_root, vehicle_file};
+pub use self::rotation::{KeyRing, RootStatus};
 pub use self::tokens::{
     ProvisioningLimits, TokenInfo, TokenSelector, check_api_token, create_api_token,
     create_provisioning_token, list_api_tokens, list_provisioning_tokens, revoke_api_tokens,
@@ -45,7 +49,6 @@ pub use self::vehicles::{
 use crate::catalog::ImageCatalog;
 use crate::db::Db;
 use crate::error::DirectorError;
-use crate::keys::OnlineKeys;
 
 /// Timing policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,14 +110,14 @@ impl Actor {
 #[derive(Debug, Clone)]
 pub struct DirectorService {
     db: Db,
-    keys: Arc<OnlineKeys>,
+    keys: Arc<KeyRing>,
     catalog: Arc<ImageCatalog>,
     policy: Policy,
 }
 
 impl DirectorService {
     /// A service over `db`.
-    pub fn new(db: Db, keys: OnlineKeys, catalog: ImageCatalog, policy: Policy) -> Self {
+    pub fn new(db: Db, keys: KeyRing, catalog: ImageCatalog, policy: Policy) -> Self {
         Self {
             db,
             keys: Arc::new(keys),
@@ -332,6 +335,13 @@ impl DirectorService {
             .await
     }
 
+    /// The newest root's version and expiry.
+    pub async fn root_status(&self) -> Result<RootStatus, DirectorError> {
+        self.db
+            .call(|conn| rotation::root_status(conn, rotation::DEFAULT_EXPIRY_WARNING, now()))
+            .await
+    }
+
     /// A file of vehicle `vin`'s repository, for that vehicle only.
     pub async fn vehicle_file(
         &self,
@@ -344,7 +354,8 @@ impl DirectorService {
         self.db
             .call(move |conn| {
                 credentials::authorize(conn, &vin, &auth, now())?;
-                vehicle_file(conn, &keys, vin.as_str(), &file, &policy, now())
+                let active = keys.current(conn)?;
+                vehicle_file(conn, &active, vin.as_str(), &file, &policy, now())
             })
             .await
     }

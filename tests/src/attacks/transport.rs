@@ -277,7 +277,10 @@ fn erase_evidence(w: &mut World) -> Result<String, String> {
     let since = w.last_event();
     let serial = w.car.secondaries[0].serial.clone();
     let radio_image = super::image(4343, 2, 10_000);
-    let set = w.forge_director(&[("radio-evil-2.bin", &radio_image, &serial, "hw-radio", 60)]);
+    let set = w.forge_director(
+        &w.director_keys(),
+        &[("radio-evil-2.bin", &radio_image, &serial, "hw-radio", 60)],
+    );
     let bundle = proto::v2::PutMetadataRequest {
         correlation_id: "attacker".into(),
         director_timestamp: set.timestamp.clone(),
