@@ -306,6 +306,20 @@ fn now() -> UtcTime {
     std::time::SystemTime::now().into()
 }
 
+/// Prints a warning on standard error for each offline-signed file that expires soon.
+fn warn_expiring(state: &crate::repo::RepoState) {
+    for expiring in state.expiring(now()) {
+        eprintln!("warning: {expiring}");
+    }
+}
+
+/// The same for a local repository (a failure to read it is left to the command).
+fn warn_expiring_in(repo: &Repository) {
+    if let Ok(state) = repo.state() {
+        warn_expiring(&state);
+    }
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -353,12 +367,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     let info = repo.import_file(&file)?;
                     let report = repo.update_targets(&offline_keys, now(), edit(info))?;
                     println!("{}", serde_json::to_string(&report)?);
+                    warn_expiring_in(&repo);
                 }
                 (None, Some(server)) => {
                     let remote = upload.remote(&server)?;
                     let info = hash_file(&file)?;
                     remote.upload_blob(&file, &info).await?;
                     let state = remote.state().await?;
+                    warn_expiring(&state);
                     let bytes = sign_targets_update(
                         &state,
                         &offline_keys,
@@ -497,8 +513,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             threshold,
         } => {
             let version =
-                Repository::open(repo)?.rotate_root_keys(&offline_keys, keys, threshold, now())?;
+                Repository::open(&repo)?.rotate_root_keys(&offline_keys, keys, threshold, now())?;
             println!("published root version {version}");
+            warn_expiring_in(&Repository::open(repo)?);
             Ok(())
         }
         Command::RotateOnline {
@@ -506,8 +523,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             offline_keys,
             role,
         } => {
-            let version = Repository::open(repo)?.rotate_online_key(&offline_keys, &role, now())?;
+            let version =
+                Repository::open(&repo)?.rotate_online_key(&offline_keys, &role, now())?;
             println!("published root version {version} with a new {role} key");
+            warn_expiring_in(&Repository::open(repo)?);
             Ok(())
         }
         Command::Serve {
@@ -648,12 +667,15 @@ async fn publish_top_level(
 ) -> anyhow::Result<()> {
     match (target.repo, target.server) {
         (Some(dir), _) => {
-            let report = Repository::open(dir)?.update_targets(offline_keys, now(), edit)?;
+            let repo = Repository::open(dir)?;
+            let report = repo.update_targets(offline_keys, now(), edit)?;
             println!("{}", serde_json::to_string(&report)?);
+            warn_expiring_in(&repo);
         }
         (None, Some(server)) => {
             let remote = upload.remote(&server)?;
             let state = remote.state().await?;
+            warn_expiring(&state);
             let bytes = sign_targets_update(&state, offline_keys, Expiry::default(), now(), edit)?;
             println!("{}", remote.upload_metadata("targets", bytes).await?);
         }

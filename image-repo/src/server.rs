@@ -160,6 +160,7 @@ pub fn router(state: AppState) -> Router {
     let metadata_limit = state.config.max_metadata_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/status", get(status))
         .route(
             "/api/v1/blobs/{sha256}",
             put(upload_blob).layer(DefaultBodyLimit::disable()),
@@ -344,11 +345,46 @@ async fn upload_metadata(
     Ok((StatusCode::OK, axum::Json(report)).into_response())
 }
 
-/// Re-signs timestamp and snapshot before they expire, until `shutdown`.
+/// Offline-signed metadata that expires soon (`expiring`, empty when none), for operators
+/// to alert on. Public, as the metadata it summarises is.
+async fn status(State(state): State<AppState>) -> Response {
+    let repo = state.repo.clone();
+    match tokio::task::spawn_blocking(move || repo.state()).await {
+        Ok(Ok(repo_state)) => {
+            let body = serde_json::json!({
+                "root_version": repo_state.root.common.version,
+                "expiring": repo_state.expiring(now()),
+            });
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        _ => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the repository cannot be read",
+        )
+        .into_response(),
+    }
+}
+
+/// Re-signs timestamp and snapshot before they expire, until `shutdown`; warns (at most
+/// once an hour) about offline-signed metadata that expires soon, which only an operator
+/// can renew.
 async fn renew_loop(state: AppState) {
     let mut interval = tokio::time::interval(state.config.renew_interval);
+    let mut warned: Option<std::time::Instant> = None;
     loop {
         interval.tick().await;
+        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
+            let repo = state.repo.clone();
+            if let Ok(Ok(repo_state)) = tokio::task::spawn_blocking(move || repo.state()).await {
+                let expiring = repo_state.expiring(now());
+                for e in &expiring {
+                    tracing::warn!(security_event = "metadata_expiring", "{e}");
+                }
+                if !expiring.is_empty() {
+                    warned = Some(std::time::Instant::now());
+                }
+            }
+        }
         let _guard = state.write_lock.lock().await;
         let repo = state.repo.clone();
         let margin = state.config.renew_margin;

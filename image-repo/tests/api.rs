@@ -219,6 +219,19 @@ async fn publishes_an_uploaded_image_and_serves_it_with_ranges() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // What operators alert on: nothing offline-signed expires soon in a new repository.
+    let response = f
+        .app()
+        .oneshot(Request::get("/status").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status["root_version"], 1, "{status}");
+    assert_eq!(status["expiring"], serde_json::json!([]), "{status}");
 }
 
 /// Runs a refused upload and checks its status and that nothing served changed.

@@ -23,7 +23,9 @@ mod state;
 
 pub use blobs::{BlobHasher, BlobInfo, blob_info_of, hash_file};
 pub use publish::{CheckedUpload, PublishReport, Renewal, image_custom, sign_targets_update};
-pub use state::{DelegationChain, RepoState};
+pub use state::{
+    DelegationChain, Expiring, ROOT_EXPIRY_WARNING, RepoState, TARGETS_EXPIRY_WARNING,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -351,6 +353,30 @@ mod tests {
         )
         .unwrap();
         (dir, repo, now)
+    }
+
+    #[test]
+    fn offline_signed_metadata_is_reported_before_it_expires() {
+        let (_dir, repo, now) = repo();
+        let state = repo.state().unwrap();
+        assert_eq!(state.expiring(now), Vec::new());
+        // Top-level targets (90 days) enters its 14-day window first, then the root.
+        let soon = now + Duration::days(80);
+        let expiring = state.expiring(soon);
+        assert_eq!(expiring.len(), 1, "{expiring:?}");
+        assert_eq!(
+            (expiring[0].role.as_str(), expiring[0].days_left),
+            ("targets", 10)
+        );
+        assert!(expiring[0].to_string().contains("re-sign it"));
+        let later = now + Duration::days(310);
+        let roles: Vec<_> = state.expiring(later).into_iter().map(|e| e.role).collect();
+        assert_eq!(roles, ["root", "targets"]);
+        assert!(
+            state.expiring(later)[0]
+                .to_string()
+                .contains("image-repo rotate-root")
+        );
     }
 
     #[test]

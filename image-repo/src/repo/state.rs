@@ -155,3 +155,61 @@ impl RepoState {
         found
     }
 }
+
+/// Metadata signed with offline keys that expires soon: only an operator with those keys
+/// can renew it (the server renews timestamp and snapshot itself).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Expiring {
+    /// `root`, `targets` or a delegated role.
+    pub role: String,
+    /// Its version.
+    pub version: u64,
+    /// When it expires.
+    pub expires_at: String,
+    /// Whole days left (negative once expired).
+    pub days_left: i64,
+}
+
+impl std::fmt::Display for Expiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.role == "root" {
+            "publish a new one with `image-repo rotate-root`"
+        } else {
+            "re-sign it by publishing a change to it"
+        };
+        write!(
+            f,
+            "{} version {} expires at {} ({} days): vehicles refuse it then; {how}",
+            self.role, self.version, self.expires_at, self.days_left
+        )
+    }
+}
+
+/// How far ahead of expiry operators are warned: the root, and targets roles.
+pub const ROOT_EXPIRY_WARNING: chrono::Duration = chrono::Duration::days(60);
+/// See [`ROOT_EXPIRY_WARNING`].
+pub const TARGETS_EXPIRY_WARNING: chrono::Duration = chrono::Duration::days(14);
+
+impl RepoState {
+    /// The offline-signed metadata (root, and every targets role) that expires within its
+    /// warning window at `now`.
+    pub fn expiring(&self, now: uptane_core::time::UtcTime) -> Vec<Expiring> {
+        let mut out = Vec::new();
+        let mut check = |role: &str, common: &uptane_core::metadata::Common, window| {
+            let left = common.expires - now;
+            if left <= window {
+                out.push(Expiring {
+                    role: role.to_string(),
+                    version: common.version,
+                    expires_at: uptane_core::time::format_expires(&common.expires),
+                    days_left: left.num_days(),
+                });
+            }
+        };
+        check("root", &self.root.common, ROOT_EXPIRY_WARNING);
+        for (name, targets) in &self.roles {
+            check(name, &targets.common, TARGETS_EXPIRY_WARNING);
+        }
+        out
+    }
+}
