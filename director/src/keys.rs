@@ -11,9 +11,8 @@ use crate::error::DirectorError;
 
 /// A new key from the operating system's generator.
 pub fn generate() -> Result<SigningKey, DirectorError> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| DirectorError::Internal(format!("random: {e}")))?;
-    Ok(SigningKey::from_seed(seed))
+    SigningKey::generate_with(getrandom::fill)
+        .map_err(|e| DirectorError::Internal(format!("random: {e}")))
 }
 
 /// Writes a private key readable by its owner only.

@@ -106,9 +106,9 @@ pub enum RepoError {
         /// Digest of the bytes.
         actual: String,
     },
-    /// A target name that cannot be stored safely.
-    #[error("invalid target name {0:?}")]
-    BadTargetName(String),
+    /// A target name that cannot be published (Uptane G-4).
+    #[error(transparent)]
+    BadTargetName(uptane_core::ids::TargetNameError),
     /// An argument is out of range.
     #[error("{0}")]
     Invalid(String),

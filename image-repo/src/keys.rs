@@ -14,9 +14,7 @@ use crate::error::RepoError;
 
 /// A new key from the operating system's random generator.
 pub fn generate() -> Result<SigningKey, RepoError> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| RepoError::Random(e.to_string()))?;
-    Ok(SigningKey::from_seed(seed))
+    SigningKey::generate_with(getrandom::fill).map_err(|e| RepoError::Random(e.to_string()))
 }
 
 /// Writes a private key as PKCS#8 PEM, readable by its owner only, atomically.

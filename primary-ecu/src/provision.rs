@@ -336,12 +336,11 @@ pub fn write_state(
             source: std::io::Error::other(e.to_string()),
         })?,
         Err(_) => {
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| ProvisionError::Io {
-                path: files.key(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            let key = SigningKey::from_seed(seed);
+            let key =
+                SigningKey::generate_with(getrandom::fill).map_err(|e| ProvisionError::Io {
+                    path: files.key(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
             write_secret(&files.key(), key.to_pkcs8_pem().as_bytes())?;
             key
         }

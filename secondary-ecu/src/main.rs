@@ -140,9 +140,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let image = std::fs::read(&factory_image)
                 .with_context(|| format!("reading {}", factory_image.display()))?;
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-            let key = uptane_core::crypto::SigningKey::from_seed(seed);
+            let key = uptane_core::crypto::SigningKey::generate_with(getrandom::fill)
+                .map_err(|e| anyhow::anyhow!("random: {e}"))?;
             let identity = Identity {
                 vin,
                 serial,

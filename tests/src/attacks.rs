@@ -911,6 +911,23 @@ fn uptane_scenarios() -> Vec<Scenario> {
             },
         ),
         scenario(
+            "a target name that hides what it is (Uptane G-4)",
+            "the Director's online keys",
+            "refused before anything is fetched (malformed): control characters, a second Unicode spelling",
+            |w| {
+                let mut seen = Vec::new();
+                for name in ["brake\u{1b}[2K-2.0.bin", "brake-cafe\u{301}.bin"] {
+                    let verdict = attacked(
+                        w,
+                        |w| w.assign_to_brake_as_director(name, &image(668, 1, 25_000), 97),
+                        "malformed",
+                    )?;
+                    seen.push(format!("{name:?}: {verdict}"));
+                }
+                Ok(seen.join("; "))
+            },
+        ),
+        scenario(
             "a compromised Image repository alone",
             "the Image repository's online and offline targets keys, and its server",
             "refused: the Director did not assign it (repository_mismatch)",

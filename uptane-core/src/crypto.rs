@@ -10,6 +10,7 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signer as _, Verifier as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use zeroize::Zeroize;
 
 use crate::cjson;
 use crate::hash::sha256_hex;
@@ -134,6 +135,30 @@ impl PublicKey {
         &self.public
     }
 
+    /// The decoded key material (the same key however its text is encoded), for counting
+    /// distinct keys toward a threshold; `None` for a key that cannot verify.
+    pub fn material(&self) -> Option<Vec<u8>> {
+        match &self.verifier {
+            Verifier::Ed25519(key) => Some([b"ed25519:".as_slice(), key.as_bytes()].concat()),
+            Verifier::EcdsaP256(key) => {
+                Some([b"p256:".as_slice(), key.to_encoded_point(true).as_bytes()].concat())
+            }
+            Verifier::RsaPss(key) => {
+                use rsa::traits::PublicKeyParts;
+                Some(
+                    [
+                        b"rsa:".as_slice(),
+                        &key.n().to_bytes_be(),
+                        b":",
+                        &key.e().to_bytes_be(),
+                    ]
+                    .concat(),
+                )
+            }
+            Verifier::Unusable(_) => None,
+        }
+    }
+
     /// Why signatures by this key can never verify here (unsupported type or bad key
     /// material), or `None` for a usable key.
     pub fn unusable_reason(&self) -> Option<&str> {
@@ -182,6 +207,9 @@ impl<'de> Deserialize<'de> for PublicKey {
     }
 }
 
+/// The smallest RSA modulus accepted (NIST SP 800-57: 2048 bits for 112-bit security).
+pub const MIN_RSA_BITS: usize = 2048;
+
 fn make_verifier(keytype: &str, scheme: &str, public: &str) -> Verifier {
     use p256::pkcs8::DecodePublicKey;
     let unusable = |why: &str| Verifier::Unusable(format!("{keytype}/{scheme}: {why}"));
@@ -208,8 +236,16 @@ fn make_verifier(keytype: &str, scheme: &str, public: &str) -> Verifier {
                     .map_or_else(|| unusable("bad SEC1 key"), Verifier::EcdsaP256)
             }
         }
-        ("rsa", "rsassa-pss-sha256") => rsa::RsaPublicKey::from_public_key_pem(public)
-            .map_or_else(|_| unusable("bad PEM key"), Verifier::RsaPss),
+        ("rsa", "rsassa-pss-sha256") => match rsa::RsaPublicKey::from_public_key_pem(public) {
+            Err(_) => unusable("bad PEM key"),
+            Ok(key) if rsa::traits::PublicKeyParts::n(&key).bits() < MIN_RSA_BITS => {
+                unusable(&format!(
+                    "an RSA key of {} bits (at least {MIN_RSA_BITS} required)",
+                    rsa::traits::PublicKeyParts::n(&key).bits()
+                ))
+            }
+            Ok(key) => Verifier::RsaPss(key),
+        },
         _ => unusable("unsupported key type or scheme"),
     }
 }
@@ -246,15 +282,32 @@ impl fmt::Debug for SigningKey {
 
 impl Clone for SigningKey {
     fn clone(&self) -> Self {
-        Self::from_seed(self.inner.to_bytes())
+        Self::from_inner(self.inner.clone())
     }
 }
 
 impl SigningKey {
     /// A key from 32 secret bytes. The core has no randomness: callers supply the seed
     /// from the operating system's generator.
-    pub fn from_seed(seed: [u8; 32]) -> Self {
-        let inner = ed25519_dalek::SigningKey::from_bytes(&seed);
+    pub fn from_seed(mut seed: [u8; 32]) -> Self {
+        let key = Self::from_inner(ed25519_dalek::SigningKey::from_bytes(&seed));
+        seed.zeroize();
+        key
+    }
+
+    /// A new key from 32 bytes that `fill` draws from the operating system's generator
+    /// (the core has no randomness of its own). The seed is wiped once the key holds it,
+    /// also when `fill` fails.
+    pub fn generate_with<E>(fill: impl FnOnce(&mut [u8]) -> Result<(), E>) -> Result<Self, E> {
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        fill(&mut seed[..])?;
+        Ok(Self::from_inner(ed25519_dalek::SigningKey::from_bytes(
+            &seed,
+        )))
+    }
+
+    /// The key (which wipes its secret when dropped) with its public half.
+    fn from_inner(inner: ed25519_dalek::SigningKey) -> Self {
         let public = PublicKey::from_json(json!({
             "keytype": "ed25519",
             "scheme": "ed25519",
@@ -268,14 +321,14 @@ impl SigningKey {
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
         let inner = ed25519_dalek::SigningKey::from_pkcs8_der(der)
             .map_err(|e| KeyError::PrivateKey(e.to_string()))?;
-        Ok(Self::from_seed(inner.to_bytes()))
+        Ok(Self::from_inner(inner))
     }
 
     /// Reads a PKCS#8 private key in PEM form (`-----BEGIN PRIVATE KEY-----`).
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
         let inner = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
             .map_err(|e| KeyError::PrivateKey(e.to_string()))?;
-        Ok(Self::from_seed(inner.to_bytes()))
+        Ok(Self::from_inner(inner))
     }
 
     /// Writes the key as PKCS#8 PEM. Whoever stores it must keep it private.
@@ -396,6 +449,59 @@ mod tests {
         assert!(key.unusable_reason().is_none());
         assert!(key.verify(b"hello", sig));
         assert!(!key.verify(b"hello!", sig));
+    }
+
+    #[test]
+    fn an_rsa_key_below_2048_bits_verifies_nothing() {
+        // A 1024-bit key and a valid PSS signature by it (openssl, as above).
+        let pem = include_str!("../tests/data/keys/rsa-1024.pub.pem");
+        let sig = include_str!("../tests/data/keys/rsa-1024-hello.sig.hex").trim();
+        let key = PublicKey::from_json(json!({
+            "keytype": "rsa", "scheme": "rsassa-pss-sha256", "keyval": {"public": pem}
+        }))
+        .unwrap();
+        let why = key.unusable_reason().unwrap();
+        assert!(why.contains("1024 bits (at least 2048 required)"), "{why}");
+        assert!(!key.verify(b"hello", sig));
+        assert_eq!(key.material(), None);
+    }
+
+    #[test]
+    fn one_key_in_two_encodings_is_one_key_material() {
+        use p256::pkcs8::EncodePublicKey;
+        let sk = p256::ecdsa::SigningKey::from_slice(&[6; 32]).unwrap();
+        let pem = sk
+            .verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap();
+        let sec1 = hex::encode(sk.verifying_key().to_encoded_point(false).as_bytes());
+        let as_pem = PublicKey::from_json(json!({
+            "keytype": "ecdsa", "scheme": "ecdsa-sha2-nistp256", "keyval": {"public": pem}
+        }))
+        .unwrap();
+        let as_hex = PublicKey::from_json(json!({
+            "keytype": "ecdsa", "scheme": "ecdsa-sha2-nistp256", "keyval": {"public": sec1}
+        }))
+        .unwrap();
+        assert_ne!(as_pem.key_id(), as_hex.key_id());
+        assert_eq!(as_pem.material(), as_hex.material());
+        assert!(as_pem.material().is_some());
+    }
+
+    #[test]
+    fn a_generated_seed_is_wiped_and_a_failed_draw_makes_no_key() {
+        let mut seen = [0u8; 32];
+        let key = SigningKey::generate_with(|seed: &mut [u8]| {
+            seed.fill(7);
+            seen.copy_from_slice(seed);
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(key.key_id(), SigningKey::from_seed(seen).key_id());
+        assert_eq!(
+            SigningKey::generate_with(|_: &mut [u8]| Err("no entropy")).map(|k| k.key_id()),
+            Err("no entropy")
+        );
     }
 
     proptest! {

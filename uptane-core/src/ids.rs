@@ -139,3 +139,90 @@ mod tests {
         assert_eq!(serde_json::to_string(&serial).unwrap(), "\"ECU-1\"");
     }
 }
+
+/// Why a target name is refused (Uptane G-4: names are compared byte for byte, so two
+/// spellings of one name, or names hiding control characters, could make an operator, a
+/// log or a file system see another image than the metadata names).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetNameError {
+    /// Empty, or longer than [`MAX_TARGET_NAME_BYTES`].
+    #[error("target name of {0} bytes: 1 to 1024 allowed")]
+    Length(usize),
+    /// A control character (C0, DEL or C1), which a terminal or log would not show.
+    #[error("target name {0:?} contains a control character")]
+    Control(String),
+    /// A backslash, or an empty, `.` or `..` path segment.
+    #[error(
+        "target name {0:?} is not a plain relative path (no \\, and no empty, . or .. segment)"
+    )]
+    Path(String),
+    /// Not in Unicode normalization form C, so another byte string spells the same name.
+    #[error("target name {0:?} is not in Unicode normalization form C")]
+    NotNfc(String),
+}
+
+/// The longest target name accepted, in bytes.
+pub const MAX_TARGET_NAME_BYTES: usize = 1024;
+
+/// Checks a target name: 1 to 1024 bytes, no control characters, a plain relative path,
+/// in Unicode normalization form C. The one rule the Image repository applies when it
+/// publishes and every client applies when it reads targets.
+pub fn check_target_name(name: &str) -> Result<(), TargetNameError> {
+    let shown = || name.chars().take(80).collect::<String>();
+    if name.is_empty() || name.len() > MAX_TARGET_NAME_BYTES {
+        return Err(TargetNameError::Length(name.len()));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(TargetNameError::Control(shown()));
+    }
+    if name.contains('\\')
+        || name
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(TargetNameError::Path(shown()));
+    }
+    if !unicode_normalization::is_nfc(name) {
+        return Err(TargetNameError::NotNfc(shown()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod target_name_tests {
+    use super::*;
+
+    #[test]
+    fn target_names_are_plain_visible_and_normalized() {
+        for good in [
+            "brake-2.bin",
+            "acme/ctl-1.4.bin",
+            "café/ü.bin",
+            "日本/画像.bin",
+        ] {
+            assert_eq!(check_target_name(good), Ok(()), "{good}");
+        }
+        assert_eq!(check_target_name(""), Err(TargetNameError::Length(0)));
+        assert!(matches!(
+            check_target_name(&"a".repeat(1025)),
+            Err(TargetNameError::Length(1025))
+        ));
+        for control in ["a\u{0}b", "bin\n", "x\u{1b}[31m.bin", "a\u{7f}", "a\u{85}b"] {
+            assert!(
+                matches!(check_target_name(control), Err(TargetNameError::Control(_))),
+                "{control:?}"
+            );
+        }
+        for path in ["/abs.bin", "a//b", "a/./b", "../up.bin", "a\\b", "dir/"] {
+            assert!(
+                matches!(check_target_name(path), Err(TargetNameError::Path(_))),
+                "{path:?}"
+            );
+        }
+        // "é" as e + combining acute (NFD): the same name as "café" to a reader.
+        assert!(matches!(
+            check_target_name("cafe\u{301}.bin"),
+            Err(TargetNameError::NotNfc(_))
+        ));
+    }
+}

@@ -82,6 +82,10 @@ pub enum UptaneError {
         /// Offered counter.
         offered: u64,
     },
+    /// Uptane G-4: a target name with control characters, not a plain relative path, or
+    /// not in Unicode normalization form C.
+    #[error(transparent)]
+    BadTargetName(#[from] crate::ids::TargetNameError),
     /// Image bytes differ from the approved length or hashes.
     #[error("image {target}: {source}")]
     Image {
@@ -98,7 +102,9 @@ impl UptaneError {
     pub fn attack(&self) -> AttackKind {
         match self {
             UptaneError::Update(e) => e.attack(),
-            UptaneError::NoDirectorTargets | UptaneError::BadCustom { .. } => AttackKind::Malformed,
+            UptaneError::NoDirectorTargets
+            | UptaneError::BadCustom { .. }
+            | UptaneError::BadTargetName(_) => AttackKind::Malformed,
             UptaneError::DirectorDelegates => AttackKind::ArbitrarySoftware,
             UptaneError::DuplicateEcu(_) | UptaneError::UnknownEcu(_) => AttackKind::UnknownEcu,
             UptaneError::WrongVehicle { .. } => AttackKind::WrongVehicle,
@@ -189,6 +195,7 @@ fn director_entries(targets: &Targets, vin: &Vin) -> Result<Vec<DirectorTarget>,
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for (path, info) in &targets.targets {
+        crate::ids::check_target_name(path)?;
         let bad = |reason: &str| UptaneError::BadCustom {
             target: path.clone(),
             reason: reason.to_string(),

@@ -219,15 +219,18 @@ impl<R> Envelope<R> {
         keys: &BTreeMap<KeyId, PublicKey>,
         authorized: &RoleKeys,
     ) -> Result<(), VerifyError> {
-        // Count distinct key material, so one key listed under several ids counts once.
-        let mut counted: BTreeSet<(&str, &str)> = BTreeSet::new();
+        // Count distinct decoded key material, so one key listed under several ids counts
+        // once, however its text is encoded (PEM line breaks, hex case, compressed points).
+        let mut counted: BTreeSet<Vec<u8>> = BTreeSet::new();
         for keyid in &authorized.keyids {
             let (Some(key), Some(sig)) = (keys.get(keyid), self.signatures.get(keyid.as_str()))
             else {
                 continue;
             };
-            if key.verify(&self.canonical, sig) {
-                counted.insert((key.keytype(), key.public()));
+            if let Some(material) = key.material()
+                && key.verify(&self.canonical, sig)
+            {
+                counted.insert(material);
             }
         }
         let valid = u32::try_from(counted.len()).unwrap_or(u32::MAX);
@@ -352,6 +355,44 @@ mod tests {
 
     fn malformed<T>(r: Result<T, VerifyError>) -> bool {
         matches!(r, Err(VerifyError::Malformed { .. }))
+    }
+
+    #[test]
+    fn one_key_under_two_encodings_counts_once_toward_a_threshold() {
+        let k = key(1);
+        let bytes = TargetsBuilder::new(1, later()).sign(&[&k]).unwrap();
+        let mut doc: Value = serde_json::from_slice(&bytes).unwrap();
+        // The same ed25519 key with its hex in capitals: another key id, the same key.
+        let mut upper = k.public_key().to_json().clone();
+        upper["keyval"]["public"] = json!(k.public_key().public().to_uppercase());
+        let upper = PublicKey::from_json(upper).unwrap();
+        assert_ne!(upper.key_id(), k.key_id());
+        let sig = doc["signatures"][0]["sig"].clone();
+        doc["signatures"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"keyid": upper.key_id().as_str(), "sig": sig}));
+        let raw = Raw::<Targets>::new(serde_json::to_vec(&doc).unwrap());
+        let keys = BTreeMap::from([
+            (k.key_id(), k.public_key().clone()),
+            (upper.key_id(), upper.clone()),
+        ]);
+        let authorized = RoleKeys {
+            keyids: vec![k.key_id(), upper.key_id()],
+            threshold: 2,
+        };
+        let refused = verify_role(&raw, "targets", &keys, &authorized);
+        assert!(
+            matches!(
+                refused,
+                Err(VerifyError::Threshold {
+                    valid: 1,
+                    threshold: 2,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -95,19 +95,9 @@ fn corrupt(role: &str, reason: impl ToString) -> RepoError {
     }
 }
 
-/// Checks a target path is safe to store: relative, no empty, `.` or `..` segments, no NUL
-/// or backslash.
+/// Checks a target name before it is published ([`uptane_core::ids::check_target_name`]).
 pub fn check_target_name(name: &str) -> Result<(), RepoError> {
-    let bad = name.is_empty()
-        || name.len() > 1024
-        || name.contains(['\0', '\\'])
-        || name
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
-    if bad {
-        return Err(RepoError::BadTargetName(name.to_string()));
-    }
-    Ok(())
+    uptane_core::ids::check_target_name(name).map_err(RepoError::BadTargetName)
 }
 
 /// Holds the repository's exclusive lock (`DIR/.lock`) so that the server and command-line
@@ -447,7 +437,16 @@ mod tests {
 
     #[test]
     fn refuses_unsafe_target_names() {
-        for bad in ["", "/abs", "a//b", "../x", "a/./b", "a\\b", "a\0b"] {
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "../x",
+            "a/./b",
+            "a\\b",
+            "a\0b",
+            "cafe\u{301}",
+        ] {
             assert!(check_target_name(bad).is_err(), "{bad:?}");
         }
         check_target_name("dir/sub/file-1.2.bin").unwrap();

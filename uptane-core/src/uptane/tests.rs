@@ -134,6 +134,30 @@ fn rejects_an_ecu_listed_twice() {
 }
 
 #[test]
+fn rejects_target_names_with_control_characters_or_two_spellings() {
+    for (name, expected) in [
+        (
+            "fw\u{1b}[2K.bin",
+            crate::ids::TargetNameError::Control("fw\u{1b}[2K.bin".into()),
+        ),
+        (
+            "cafe\u{301}.bin",
+            crate::ids::TargetNameError::NotNfc("cafe\u{301}.bin".into()),
+        ),
+        (
+            "../fw.bin",
+            crate::ids::TargetNameError::Path("../fw.bin".into()),
+        ),
+    ] {
+        let set =
+            director(|b| b.target(name, b"x", Some(director_target_custom("ecu2", "hw-2", 1))));
+        let err = director_targets(&set, &vin(), &ecus()).unwrap_err();
+        assert_eq!(err, UptaneError::BadTargetName(expected), "{name:?}");
+        assert_eq!(err.attack(), AttackKind::Malformed);
+    }
+}
+
+#[test]
 fn rejects_an_ecu_not_in_the_vehicle() {
     let set = director(|b| {
         b.target(
