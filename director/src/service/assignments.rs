@@ -244,6 +244,27 @@ pub fn assign(
             params![id, vin, serial, request.image, info.length as i64, hashes, hw, release_counter as i64, AssignmentStatus::Pending, now_text(now)],
         )?;
     }
+    // The name now stands for other bytes (re-published): open entries for the old bytes
+    // can never be approved by the Image repository again, and one targets file cannot
+    // list one name with two contents; they end here, saying why.
+    let republished = format!(
+        "image {} was re-published with other content; superseded by {correlation_id}",
+        request.image
+    );
+    tx.prepare_cached(
+        "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
+         WHERE filename = ?4 AND (length != ?5 OR hashes != ?6) AND status IN (?7, ?8)",
+    )?
+    .execute(params![
+        AssignmentStatus::Cancelled,
+        republished,
+        now_text(now),
+        request.image,
+        info.length as i64,
+        hashes,
+        AssignmentStatus::Pending,
+        AssignmentStatus::Delivered
+    ])?;
     let vins: BTreeSet<&str> = candidates.iter().map(|c| c.1.as_str()).collect();
     let detail = format!(
         "{correlation_id}: {} to {} ECUs in {} vehicles",

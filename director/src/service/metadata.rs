@@ -125,13 +125,26 @@ pub fn refresh_vehicle_metadata(
         .map(|e| e.correlation_id.as_str())
         .max()
         .unwrap_or("");
+    // One targets entry per name, so one content per name: ECUs assigned the same name and
+    // bytes share an entry; if a name has two contents (an assignment made as the name was
+    // re-published; `assign` cancels the older one, so this is a fallback), the most recently
+    // changed entry's content is listed and the rest wait.
     let mut by_file: BTreeMap<&str, Vec<&assignments::AssignmentEcu>> = BTreeMap::new();
     for e in &entries {
-        by_file.entry(e.filename.as_str()).or_default().push(e);
+        let group = by_file.entry(e.filename.as_str()).or_default();
+        match group.first() {
+            Some(first) if (first.length, &first.hashes) != (e.length, &e.hashes) => {
+                if (&e.updated_at, &e.correlation_id) > (&first.updated_at, &first.correlation_id) {
+                    group.clear();
+                    group.push(e);
+                }
+            }
+            _ => group.push(e),
+        }
     }
     let mut builder =
         TargetsBuilder::new(tv, expires).custom(director_targets_custom(vin, latest_correlation));
-    for (filename, group) in by_file {
+    for (filename, group) in &by_file {
         let first = group[0];
         let mut custom =
             director_target_custom(&first.ecu_serial, &first.hardware_id, first.release_counter);
@@ -152,8 +165,9 @@ pub fn refresh_vehicle_metadata(
         .sign(&[&keys.timestamp])
         .map_err(sign_err)?;
     // What this targets version contains, so serving it marks exactly these delivered.
-    let included: Vec<(&str, &str)> = entries
-        .iter()
+    let included: Vec<(&str, &str)> = by_file
+        .values()
+        .flatten()
         .map(|e| (e.correlation_id.as_str(), e.ecu_serial.as_str()))
         .collect();
     let included = serde_json::to_string(&included).expect("pairs of strings serialize");
@@ -229,4 +243,118 @@ pub fn vehicle_file(
         tx.commit()?;
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+    use crate::service::assignments::{AssignRequest, AssignmentStatus, assign, assignments};
+    use crate::service::rotation::KeyRing;
+    use crate::service::vehicles::{NewEcu, NewVehicle, register_vehicle};
+    use uptane_core::metadata::{TargetFile, Targets};
+    use uptane_core::testing::key;
+    use uptane_core::uptane::image_target_custom;
+
+    fn image(bytes: &[u8]) -> TargetFile {
+        TargetFile {
+            length: bytes.len() as u64,
+            hashes: uptane_core::hash::standard_hashes(bytes),
+            custom: Some(image_target_custom(&["hw-door"], 2)),
+        }
+    }
+
+    #[test]
+    fn a_name_re_published_with_other_bytes_is_listed_once_with_its_new_bytes() {
+        let db = Db::open_in_memory().unwrap();
+        let now = uptane_core::time::parse_expires("2030-01-01T00:00:00Z").unwrap();
+        db.call_blocking(|conn| {
+            let ecu = |serial: &str, n: u8, primary| NewEcu {
+                serial: serial.parse().unwrap(),
+                hardware_id: if primary { "hw-gw" } else { "hw-door" }.parse().unwrap(),
+                public_key: key(n).public_key().to_json().clone(),
+                primary,
+            };
+            let vehicle = NewVehicle {
+                vin: "VIN-R".parse().unwrap(),
+                ecus: vec![
+                    ecu("GW", 1, true),
+                    ecu("DOOR-L", 2, false),
+                    ecu("DOOR-R", 3, false),
+                ],
+                tls_fingerprint: None,
+            };
+            register_vehicle(conn, &vehicle, Duration::days(1), "operator:x", now)?;
+            let request = |serial: &str| AssignRequest {
+                image: "door.bin".into(),
+                vins: vec!["VIN-R".parse().unwrap()],
+                hardware_id: None,
+                ecus: vec![serial.parse().unwrap()],
+            };
+            let (old, _) = assign(conn, &request("DOOR-L"), &image(b"door v1"), "op", now)?;
+            let (new, _) = assign(
+                conn,
+                &request("DOOR-R"),
+                &image(b"door v1 fixed"),
+                "op",
+                now,
+            )?;
+            // The entry for the old bytes ends, saying why.
+            let listed = assignments(conn, Some(&vehicle.vin))?;
+            let left = listed.iter().find(|e| e.correlation_id == old).unwrap();
+            assert_eq!(left.status, AssignmentStatus::Cancelled);
+            assert!(
+                left.detail.contains("re-published with other content"),
+                "{left:?}"
+            );
+            // The vehicle's targets list the name once, with the new bytes, for the right ECU.
+            let keys = KeyRing::fixed(crate::keys::OnlineKeys {
+                targets: key(10),
+                snapshot: key(11),
+                timestamp: key(12),
+            });
+            let active = keys.current(conn)?;
+            let bytes = vehicle_file(
+                conn,
+                &active,
+                "VIN-R",
+                "1.targets.json",
+                &Policy::default(),
+                now,
+            );
+            assert!(
+                bytes.is_err(),
+                "not signed before the timestamp is asked for"
+            );
+            vehicle_file(
+                conn,
+                &active,
+                "VIN-R",
+                "timestamp.json",
+                &Policy::default(),
+                now,
+            )?;
+            let bytes = vehicle_file(
+                conn,
+                &active,
+                "VIN-R",
+                "1.targets.json",
+                &Policy::default(),
+                now,
+            )?;
+            let targets: Targets = serde_json::from_value(
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["signed"].clone(),
+            )
+            .unwrap();
+            let door = &targets.targets["door.bin"];
+            assert_eq!(door.hashes, image(b"door v1 fixed").hashes);
+            let ecus = door.custom.as_ref().unwrap()["ecuIdentifiers"]
+                .as_object()
+                .unwrap();
+            assert_eq!(ecus.keys().collect::<Vec<_>>(), ["DOOR-R"]);
+            assert_eq!(door.custom.as_ref().unwrap()["correlationId"], new.as_str());
+            Ok::<_, DirectorError>(())
+        })
+        .unwrap();
+    }
 }
