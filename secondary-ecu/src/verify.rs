@@ -169,14 +169,14 @@ pub fn full(
     let root = Raw::new(image_root.to_vec());
     let mut images = Refresh::<ImageRepo>::new(&root, now, Limits::default())?;
     if let Some(entry) = &entry {
-        images.find(&entry.path);
+        images.find_for_hardware(&entry.path, ecu.identity.hardware_id);
     }
     images.run(&mut Bundle::image_repo(bundle))?;
     let image = match entry {
         None => None,
         Some(entry) => {
             let found = images
-                .target(&entry.path)
+                .target_for_hardware(&entry.path, ecu.identity.hardware_id)
                 .ok_or_else(|| UptaneError::ImageNotFound(entry.path.clone()))?;
             Some(approve(
                 &entry,

@@ -59,6 +59,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::error::UpdateError;
+use crate::ids::HardwareId;
 use crate::metadata::{Root, Targets, metadata_file_name};
 use crate::time::UtcTime;
 use crate::trusted::{
@@ -222,6 +223,9 @@ enum Walk {
 /// a `Refresh<Director>` has one).
 type PartialTargets<Repo> = fn(&mut TrustedSet<Repo>, &Raw<Targets>) -> Result<(), UpdateError>;
 
+/// A search: a target path, and the hardware id it is for (`None`: any hardware).
+type SearchKey = (String, Option<String>);
+
 /// One refresh of one repository (see the module documentation).
 pub struct Refresh<Repo> {
     set: TrustedSet<Repo>,
@@ -230,8 +234,8 @@ pub struct Refresh<Repo> {
     step: Step,
     load: Option<Load>,
     top_level_checked: bool,
-    searches: VecDeque<(String, TargetSearch)>,
-    found: BTreeMap<String, Option<TrustedTarget<Repo>>>,
+    searches: VecDeque<(SearchKey, TargetSearch)>,
+    found: BTreeMap<SearchKey, Option<TrustedTarget<Repo>>>,
     walk: Vec<Walk>,
     visited: BTreeSet<String>,
     delegated: Vec<String>,
@@ -298,12 +302,24 @@ impl<Repo> Refresh<Repo> {
     /// is trusted; [`Self::target`] then has the result. May be called again after
     /// [`Step::Done`] to search another target with the metadata already trusted.
     pub fn find(&mut self, path: &str) {
-        let queued = self.searches.iter().any(|(p, _)| p == path);
-        if self.goal != Goal::Search || self.found.contains_key(path) || queued {
+        self.find_key((path.to_string(), None));
+    }
+
+    /// Searches for target `path` for an ECU with hardware id `hardware_id`: a delegation
+    /// that lists hardware ids without this one is not followed (Uptane: a supplier's role
+    /// covers only the hardware its delegation names). [`Self::target_for_hardware`] then
+    /// has the result.
+    pub fn find_for_hardware(&mut self, path: &str, hardware_id: &HardwareId) {
+        self.find_key((path.to_string(), Some(hardware_id.as_str().to_string())));
+    }
+
+    fn find_key(&mut self, key: SearchKey) {
+        let queued = self.searches.iter().any(|(k, _)| *k == key);
+        if self.goal != Goal::Search || self.found.contains_key(&key) || queued {
             return;
         }
-        self.searches
-            .push_back((path.to_string(), TargetSearch::new(path)));
+        let search = TargetSearch::new(&key.0, key.1.clone());
+        self.searches.push_back((key, search));
         if self.stage == Stage::Done && !self.failed {
             self.stage = Stage::Roles;
             if self.settle().is_err() {
@@ -372,7 +388,20 @@ impl<Repo> Refresh<Repo> {
     /// The target found for `path` by [`Self::find`]: `None` when no role on a permitted
     /// path lists it (or it was not searched).
     pub fn target(&self, path: &str) -> Option<&TrustedTarget<Repo>> {
-        self.found.get(path).and_then(Option::as_ref)
+        self.found
+            .get(&(path.to_string(), None))
+            .and_then(Option::as_ref)
+    }
+
+    /// The target found for `path` by [`Self::find_for_hardware`] with `hardware_id`.
+    pub fn target_for_hardware(
+        &self,
+        path: &str,
+        hardware_id: &HardwareId,
+    ) -> Option<&TrustedTarget<Repo>> {
+        self.found
+            .get(&(path.to_string(), Some(hardware_id.as_str().to_string())))
+            .and_then(Option::as_ref)
     }
 
     /// The delegated roles loaded so far, in the order loaded (what a full-verification
@@ -596,7 +625,7 @@ impl<Repo> Refresh<Repo> {
     }
 
     fn search_step(&mut self) -> Option<Step> {
-        let Some((path, search)) = self.searches.front_mut() else {
+        let Some((key, search)) = self.searches.front_mut() else {
             self.stage = Stage::Done;
             return None;
         };
@@ -610,12 +639,12 @@ impl<Repo> Refresh<Repo> {
                 return None;
             }
             SearchStep::Found(target) => {
-                let path = path.clone();
-                self.found.insert(path, Some(target));
+                let key = key.clone();
+                self.found.insert(key, Some(target));
             }
             SearchStep::NotFound => {
-                let path = path.clone();
-                self.found.insert(path, None);
+                let key = key.clone();
+                self.found.insert(key, None);
             }
         }
         self.searches.pop_front();

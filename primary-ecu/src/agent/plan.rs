@@ -87,7 +87,10 @@ impl<P: Ports> Primary<P> {
         images.refresh().await?;
         let mut approved = Vec::new();
         for target in &assigned {
-            let found = match images.find_target(&target.path).await {
+            let found = match images
+                .find_target_for_hardware(&target.path, &target.hardware_id)
+                .await
+            {
                 Ok(found) => found,
                 Err(ClientError::TargetNotFound(path)) => {
                     return Err(UptaneError::ImageNotFound(path).into());

@@ -267,6 +267,21 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
             .ok_or_else(|| ClientError::TargetNotFound(path.to_string()))
     }
 
+    /// The same for an ECU of `hardware_id`: delegations restricted to other hardware are
+    /// not followed.
+    pub async fn find_target_for_hardware(
+        &mut self,
+        path: &str,
+        hardware_id: &uptane_core::ids::HardwareId,
+    ) -> Result<TrustedTarget<Repo>, ClientError> {
+        self.refresh.find_for_hardware(path, hardware_id);
+        self.drive().await?;
+        self.refresh
+            .target_for_hardware(path, hardware_id)
+            .cloned()
+            .ok_or_else(|| ClientError::TargetNotFound(path.to_string()))
+    }
+
     /// The URL of a target's bytes: with consistent snapshots, the basename is prefixed with
     /// one of its hashes (TUF §5.7.3).
     pub fn target_url(&self, target_base_url: &str, path: &str, info: &TargetFile) -> String {

@@ -488,3 +488,28 @@ fn the_publisher_view_accepts_online_metadata_of_an_earlier_root() {
         Err(UpdateError::Verify(VerifyError::Threshold { ref role, .. })) if role == "timestamp"
     ));
 }
+
+#[test]
+fn a_delegation_for_other_hardware_is_not_followed_for_this_ecu() {
+    let mut repo = RepoFixture::new();
+    let supplier = key(41);
+    let mut role = delegated_role("acme", &[supplier.public_key()], 1, &["acme/*"], false);
+    role.hardware_ids = Some(vec!["hw-acme".into()]);
+    repo.delegate("targets", role, vec![supplier]);
+    repo.add_delegated_target("acme", "acme/ctl.bin", b"controller");
+    repo.publish();
+    let mut client = Client::new(&repo);
+    let mut refresh = full(&repo);
+    let acme: crate::ids::HardwareId = "hw-acme".parse().unwrap();
+    let brake: crate::ids::HardwareId = "hw-brake".parse().unwrap();
+    refresh.find_for_hardware("acme/ctl.bin", &brake);
+    refresh.find_for_hardware("acme/ctl.bin", &acme);
+    refresh.find("acme/ctl.bin");
+    refresh.run(&mut client).unwrap();
+    // For a brake ECU the supplier's role is not consulted, so nothing lists the image ...
+    assert_eq!(refresh.target_for_hardware("acme/ctl.bin", &brake), None);
+    // ... while for the hardware it names (and for a search for any hardware) it is found.
+    let found = refresh.target_for_hardware("acme/ctl.bin", &acme).unwrap();
+    assert_eq!(found.role(), "acme");
+    assert_eq!(refresh.target("acme/ctl.bin").unwrap().role(), "acme");
+}

@@ -83,15 +83,18 @@ pub(crate) enum SearchStep<Repo> {
 #[derive(Debug, Clone)]
 pub(crate) struct TargetSearch {
     path: String,
+    hardware_id: Option<String>,
     stack: Vec<(String, String)>,
     visited: BTreeSet<String>,
 }
 
 impl TargetSearch {
-    /// A search for `path`, starting at top-level targets.
-    pub(crate) fn new(path: &str) -> Self {
+    /// A search for `path` (for an ECU of `hardware_id`, when given), starting at top-level
+    /// targets.
+    pub(crate) fn new(path: &str, hardware_id: Option<String>) -> Self {
         Self {
             path: path.to_string(),
+            hardware_id,
             stack: vec![("targets".to_string(), "root".to_string())],
             visited: BTreeSet::new(),
         }
@@ -125,6 +128,21 @@ impl TargetSearch {
             self.visited.insert(role.clone());
             let mut children = Vec::new();
             for delegation in targets.roles_for_target(&self.path) {
+                // A delegation restricted to hardware ids covers no other ECU's images
+                // (checked by the Image repository at upload, and here by every ECU).
+                let for_other_hardware = match (&delegation.hardware_ids, &self.hardware_id) {
+                    (Some(listed), Some(ours)) => !listed.contains(ours),
+                    _ => false,
+                };
+                if for_other_hardware {
+                    // Not followed, but a terminating delegation still ends the search: it
+                    // was meant to keep later roles from answering for these paths.
+                    if delegation.terminating {
+                        self.stack.clear();
+                        break;
+                    }
+                    continue;
+                }
                 children.push((delegation.name.clone(), role.clone()));
                 if delegation.terminating {
                     self.stack.clear();

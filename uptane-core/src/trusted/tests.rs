@@ -549,7 +549,7 @@ fn fast_forward_recovery_after_timestamp_key_rotation() {
 }
 
 fn load_all(set: &mut Set, repo: &RepoFixture, path: &str) -> (SearchStep<ImageRepo>, Vec<String>) {
-    let mut search = TargetSearch::new(path);
+    let mut search = TargetSearch::new(path, None);
     let mut loaded = Vec::new();
     for _ in 0..50 {
         match search.step(set) {
@@ -654,7 +654,7 @@ fn a_role_reached_through_another_delegator_is_verified_again() {
     let mut set = refresh(&repo);
     let (step, _) = load_all(&mut set, &repo, "a/x");
     assert!(matches!(step, SearchStep::Found(_)));
-    let mut search = TargetSearch::new("b/x");
+    let mut search = TargetSearch::new("b/x", None);
     let mut result = None;
     for _ in 0..10 {
         match search.step(&set) {
