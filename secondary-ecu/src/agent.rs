@@ -576,6 +576,7 @@ impl Agent {
             })
         };
         let director_root = read("director-root.json")?;
+        let kept = self.kept_metadata()?;
         let ecu = Ecu {
             identity: EcuIdentity {
                 vin: &self.identity.vin,
@@ -585,12 +586,25 @@ impl Agent {
             },
             director_root: &director_root,
             previous_targets_version: self.state.targets_version,
+            kept: &kept,
         };
         let verified = match self.identity.mode {
             Mode::Full => verify::full(&ecu, &read("image-root.json")?, bundle, self.now()),
             Mode::Partial => verify::partial(&ecu, bundle, self.now()),
         };
         verified.map_err(|e| uptane_refusal(&e))
+    }
+
+    /// What full verification kept from the last accepted bundle (nothing before the first,
+    /// or for a Secondary kept from before this was recorded).
+    fn kept_metadata(&self) -> Result<verify::KeptMetadata, Refusal> {
+        match std::fs::read(trusted(&self.dir, "kept.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Refusal::new(ResultCode::InternalError, format!("trusted kept.json: {e}"))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(io(e)),
+        }
     }
 
     /// The image approved by the metadata last accepted, verified again now.
@@ -630,6 +644,10 @@ impl Agent {
         .map_err(io)?;
         if let Some(root) = &accepted.image_root {
             files::write_atomic(&trusted(&self.dir, "image-root.json"), root).map_err(io)?;
+        }
+        if let Some(kept) = &accepted.kept {
+            let bytes = serde_json::to_vec(kept).map_err(|e| io(std::io::Error::other(e)))?;
+            files::write_atomic(&trusted(&self.dir, "kept.json"), &bytes).map_err(io)?;
         }
         files::write_atomic(&trusted(&self.dir, "metadata.pb"), &bundle.encode_to_vec())
             .map_err(io)?;

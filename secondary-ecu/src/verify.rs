@@ -5,11 +5,11 @@
 //! Both are adapters over `uptane_core::refresh::Refresh`, the one TUF workflow: the
 //! metadata comes from the bundle the Primary sent instead of from the network.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use proto::v2::PutMetadataRequest;
 use uptane_core::error::UpdateError;
-use uptane_core::refresh::{MetadataFile, MetadataSource, Refresh};
+use uptane_core::refresh::{self, MetadataFile, MetadataSource, Refresh};
 use uptane_core::time::UtcTime;
 use uptane_core::trusted::{Director, ImageRepo, Limits, TrustedSet};
 use uptane_core::uptane::{
@@ -27,6 +27,19 @@ pub struct Ecu<'a> {
     pub director_root: &'a [u8],
     /// Version of the Director targets it last accepted.
     pub previous_targets_version: Option<u64>,
+    /// In full verification, the timestamp, snapshot and targets roles of each repository
+    /// it last accepted: none of them may go back (TUF §5.4.3, §5.5.5, §5.6.5).
+    pub kept: &'a KeptMetadata,
+}
+
+/// Metadata a full-verification ECU keeps from the last bundle it accepted, by repository
+/// and role (exact bytes, as the repository signed them; roots are kept separately).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeptMetadata {
+    /// The Director's timestamp, snapshot and targets.
+    pub director: BTreeMap<String, String>,
+    /// The Image repository's timestamp, snapshot, targets and delegated roles.
+    pub image_repo: BTreeMap<String, String>,
 }
 
 /// What verification accepted.
@@ -42,6 +55,8 @@ pub struct Accepted {
     pub director_root: Vec<u8>,
     /// The newest trusted Image repository root (to persist), in full verification.
     pub image_root: Option<Vec<u8>>,
+    /// What to keep for the next bundle, in full verification.
+    pub kept: Option<KeptMetadata>,
 }
 
 /// One repository's metadata as the Primary forwarded it. Roots are looked up by the version
@@ -54,6 +69,9 @@ struct Bundle<'a> {
     snapshot: &'a [u8],
     targets: &'a [u8],
     delegations: Option<&'a HashMap<String, Vec<u8>>>,
+    /// What was accepted before (read back as the trusted copies), then what this
+    /// refresh admitted on top of it.
+    kept: BTreeMap<String, String>,
 }
 
 impl<'a> Bundle<'a> {
@@ -64,6 +82,7 @@ impl<'a> Bundle<'a> {
             snapshot: &bundle.director_snapshot,
             targets: &bundle.director_targets,
             delegations: None,
+            kept: BTreeMap::new(),
         }
     }
 
@@ -74,7 +93,13 @@ impl<'a> Bundle<'a> {
             snapshot: &bundle.image_snapshot,
             targets: &bundle.image_targets,
             delegations: Some(&bundle.image_delegations),
+            kept: BTreeMap::new(),
         }
+    }
+
+    fn keeping(mut self, kept: &BTreeMap<String, String>) -> Self {
+        self.kept = kept.clone();
+        self
     }
 
     fn root(&self, version: u64) -> Option<&'a [u8]> {
@@ -117,6 +142,21 @@ impl MetadataSource for Bundle<'_> {
         // An empty field is one the Primary did not send.
         Ok(bytes.filter(|b| !b.is_empty()).map(<[u8]>::to_vec))
     }
+
+    fn read_kept(&mut self, file: &MetadataFile) -> Result<Option<Vec<u8>>, UpdateError> {
+        Ok(self.kept.get(file.role()).map(|k| k.as_bytes().to_vec()))
+    }
+
+    fn keep(&mut self, accepted: refresh::Accepted) -> Result<(), UpdateError> {
+        // Roots are kept apart (the newest one is the trust anchor).
+        if accepted.file.role() != "root"
+            && let Ok(text) = std::str::from_utf8(&accepted.bytes)
+        {
+            self.kept
+                .insert(accepted.file.role().to_string(), text.to_string());
+        }
+        Ok(())
+    }
 }
 
 fn signed_correlation_id(director: &TrustedSet<Director>) -> String {
@@ -145,6 +185,7 @@ pub fn partial(
         targets_version: trusted.targets().map_or(0, |t| t.common.version),
         director_root: trusted.root().as_bytes().to_vec(),
         image_root: None,
+        kept: None,
     })
 }
 
@@ -159,7 +200,8 @@ pub fn full(
     let root = Raw::new(ecu.director_root.to_vec());
     let mut director = Refresh::<Director>::new(&root, now, Limits::default())?
         .with_previous_targets_version(ecu.previous_targets_version);
-    director.run(&mut Bundle::director(bundle))?;
+    let mut director_source = Bundle::director(bundle).keeping(&ecu.kept.director);
+    director.run(&mut director_source)?;
     let entry = director_target_for(
         director.trusted(),
         ecu.identity.vin,
@@ -171,7 +213,8 @@ pub fn full(
     if let Some(entry) = &entry {
         images.find_for_hardware(&entry.path, ecu.identity.hardware_id);
     }
-    images.run(&mut Bundle::image_repo(bundle))?;
+    let mut image_source = Bundle::image_repo(bundle).keeping(&ecu.kept.image_repo);
+    images.run(&mut image_source)?;
     let image = match entry {
         None => None,
         Some(entry) => {
@@ -192,6 +235,10 @@ pub fn full(
         targets_version: director.targets().map_or(0, |t| t.common.version),
         director_root: director.root().as_bytes().to_vec(),
         image_root: Some(images.trusted().root().as_bytes().to_vec()),
+        kept: Some(KeptMetadata {
+            director: director_source.kept,
+            image_repo: image_source.kept,
+        }),
     })
 }
 
@@ -271,6 +318,7 @@ mod tests {
             },
             director_root: director.initial_root(),
             previous_targets_version: None,
+            kept: &KeptMetadata::default(),
         };
         let mut all = vec![director.initial_root().to_vec()];
         all.extend(roots);
@@ -280,6 +328,49 @@ mod tests {
         } else {
             partial(&ecu, &bundle, now())
         }
+    }
+
+    #[test]
+    fn full_verification_keeps_every_role_and_refuses_an_older_image_repository() {
+        let (director, mut images) = repos();
+        let old = bundle(&director, &images, vec![director.initial_root().to_vec()]);
+        images.add_target(
+            "other.bin",
+            b"other",
+            Some(image_target_custom(&["hw-2"], 1)),
+        );
+        images.publish();
+        let new = bundle(&director, &images, vec![director.initial_root().to_vec()]);
+        let (vin, serial, hw) = (
+            VIN.parse().unwrap(),
+            SERIAL.parse().unwrap(),
+            HW.parse().unwrap(),
+        );
+        let ecu = |kept| Ecu {
+            identity: EcuIdentity {
+                vin: &vin,
+                ecu_serial: &serial,
+                hardware_id: &hw,
+                installed_release_counter: 0,
+            },
+            director_root: director.initial_root(),
+            previous_targets_version: None,
+            kept,
+        };
+        let nothing = KeptMetadata::default();
+        let accepted = full(&ecu(&nothing), images.initial_root(), &new, now()).unwrap();
+        let kept = accepted.kept.unwrap();
+        for role in ["timestamp", "snapshot", "targets"] {
+            assert!(kept.image_repo.contains_key(role), "{role}: {kept:?}");
+            assert!(kept.director.contains_key(role), "{role}: {kept:?}");
+        }
+        // The same bundle again (an install re-verifies it) passes ...
+        full(&ecu(&kept), images.initial_root(), &new, now()).unwrap();
+        // ... the Image repository's earlier metadata, valid on its own, does not.
+        let refused = full(&ecu(&kept), images.initial_root(), &old, now()).unwrap_err();
+        assert_eq!(refused.attack(), AttackKind::Rollback, "{refused}");
+        // Without what was kept, it would have been accepted.
+        full(&ecu(&nothing), images.initial_root(), &old, now()).unwrap();
     }
 
     fn version(accepted: Accepted) -> u64 {
