@@ -124,7 +124,8 @@ enum Command {
         #[arg(long, default_value_t = 365)]
         root_lifetime_days: u32,
     },
-    /// The Director root's version and expiry (warns when it expires within 60 days).
+    /// The Director root's version and expiry (warns within the server's
+    /// `--root-expiry-warning-days`).
     Status {
         #[command(flatten)]
         remote: Remote,
@@ -709,15 +710,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &image_tls,
             )?;
             let lifetime = chrono::Duration::seconds(metadata_lifetime_secs);
+            let expiry_warning = chrono::Duration::days(i64::from(root_expiry_warning_days));
             let policy = Policy {
                 metadata_lifetime: lifetime,
                 renew_margin: (lifetime / 4).min(chrono::Duration::hours(1)),
                 vehicle_credential_lifetime: chrono::Duration::seconds(
                     vehicle_credential_lifetime_secs,
                 ),
+                root_expiry_warning: expiry_warning,
                 ..Policy::default()
             };
-            let expiry_warning = chrono::Duration::days(i64::from(root_expiry_warning_days));
             tokio::spawn(watch_root_expiry(db.clone(), expiry_warning));
             let state = AppState {
                 service: DirectorService::new(db, keys, catalog, policy),
@@ -756,7 +758,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 change.root_keys = Some((new_keys, threshold));
             }
             let db = Db::open(&db_path(&dir))?;
-            let version = db.call_blocking(|conn| {
+            // The new keys are on disk (and durable) before the root that lists them is
+            // published: a root whose keys nobody holds could never be rotated again.
+            let written: Vec<PathBuf> = change
+                .root_keys
+                .iter()
+                .flat_map(|(new_keys, _)| new_keys.iter())
+                .map(|key| keys::offline_root_key_path(&offline_keys, key))
+                .collect();
+            if let Some((new_keys, _)) = &change.root_keys {
+                for (key, path) in new_keys.iter().zip(&written) {
+                    keys::write_private(path, key)?;
+                }
+                service::rotation::sync_dir(&offline_keys)?;
+            }
+            let published = db.call_blocking(|conn| {
                 service::rotation::publish_next_root(
                     conn,
                     &offline,
@@ -765,13 +781,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "operator:cli",
                     now(),
                 )
-            })?;
-            // Written only once the root that lists them is stored.
-            if let Some((new_keys, _)) = &change.root_keys {
-                for key in new_keys {
-                    keys::write_private(&keys::offline_root_key_path(&offline_keys, key), key)?;
+            });
+            let version = match published {
+                Ok(version) => version,
+                Err(e) => {
+                    for path in &written {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(e.into());
                 }
-            }
+            };
             println!(
                 "published Director root version {version} (expires in {root_lifetime_days} days)"
             );
@@ -824,8 +843,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if status["root_expiry_warning"] == true {
                 eprintln!(
-                    "warning: the Director root expires within 60 days: publish a new one with \
-                     `director rotate-root`"
+                    "warning: the Director root expires in {} days: publish a new one with \
+                     `director rotate-root`",
+                    status["root_expires_in_days"]
                 );
             }
             Ok(())

@@ -68,6 +68,9 @@ pub struct AppState {
     /// Serializes every change to the repository.
     write_lock: Arc<Mutex<()>>,
     metadata_cache: Arc<std::sync::RwLock<HashMap<String, CachedFile>>>,
+    /// `GET /status`'s answer and when it was computed: reading the whole repository is
+    /// not done more than once a minute, whoever asks.
+    status_cache: Arc<Mutex<Option<(std::time::Instant, serde_json::Value)>>>,
 }
 
 /// A metadata file in memory, valid while the file on disk has the same identity.
@@ -103,6 +106,7 @@ impl AppState {
             config,
             write_lock: Arc::new(Mutex::new(())),
             metadata_cache: Arc::default(),
+            status_cache: Arc::default(),
         }
     }
 }
@@ -348,6 +352,13 @@ async fn upload_metadata(
 /// Offline-signed metadata that expires soon (`expiring`, empty when none), for operators
 /// to alert on. Public, as the metadata it summarises is.
 async fn status(State(state): State<AppState>) -> Response {
+    // One computation at a time; the others wait for it and read its answer.
+    let mut cached = state.status_cache.lock().await;
+    if let Some((at, body)) = cached.as_ref()
+        && at.elapsed() < Duration::from_secs(60)
+    {
+        return (StatusCode::OK, axum::Json(body.clone())).into_response();
+    }
     let repo = state.repo.clone();
     match tokio::task::spawn_blocking(move || repo.state()).await {
         Ok(Ok(repo_state)) => {
@@ -355,6 +366,7 @@ async fn status(State(state): State<AppState>) -> Response {
                 "root_version": repo_state.root.common.version,
                 "expiring": repo_state.expiring(now()),
             });
+            *cached = Some((std::time::Instant::now(), body.clone()));
             (StatusCode::OK, axum::Json(body)).into_response()
         }
         _ => ApiError::new(

@@ -645,12 +645,14 @@ impl Agent {
         if let Some(root) = &accepted.image_root {
             files::write_atomic(&trusted(&self.dir, "image-root.json"), root).map_err(io)?;
         }
+        // The bundle first: were the kept copies newer than the kept bundle, re-verifying
+        // it at install would look like a rollback.
+        files::write_atomic(&trusted(&self.dir, "metadata.pb"), &bundle.encode_to_vec())
+            .map_err(io)?;
         if let Some(kept) = &accepted.kept {
             let bytes = serde_json::to_vec(kept).map_err(|e| io(std::io::Error::other(e)))?;
             files::write_atomic(&trusted(&self.dir, "kept.json"), &bytes).map_err(io)?;
         }
-        files::write_atomic(&trusted(&self.dir, "metadata.pb"), &bundle.encode_to_vec())
-            .map_err(io)?;
         self.state.targets_version = Some(accepted.targets_version);
         let Some(image) = accepted.image else {
             self.state.pending = None;

@@ -232,6 +232,14 @@ fn the_root_is_rotated_only_by_its_offline_keys_and_warns_before_it_expires() {
     let (ok, _, err) = director_local(&fleet, &["rotate-root"], &empty.display().to_string());
     assert!(!ok);
     assert!(err.contains("would not be accepted by vehicles"), "{err}");
+    // New root keys that the current keys cannot sign over are not kept either.
+    let (ok, _, err) = director_local(
+        &fleet,
+        &["rotate-root", "--keys", "2", "--threshold", "1"],
+        &empty.display().to_string(),
+    );
+    assert!(!ok && err.contains("would not be accepted"), "{err}");
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
     // A threshold above the number of keys is refused before anything is written.
     let (ok, _, err) = director_local(
         &fleet,

@@ -143,17 +143,11 @@ impl PublicKey {
             Verifier::EcdsaP256(key) => {
                 Some([b"p256:".as_slice(), key.to_encoded_point(true).as_bytes()].concat())
             }
+            // The modulus alone: whoever holds the factors signs for any public exponent, so
+            // (n, 3) and (n, 65537) are one key.
             Verifier::RsaPss(key) => {
                 use rsa::traits::PublicKeyParts;
-                Some(
-                    [
-                        b"rsa:".as_slice(),
-                        &key.n().to_bytes_be(),
-                        b":",
-                        &key.e().to_bytes_be(),
-                    ]
-                    .concat(),
-                )
+                Some([b"rsa:".as_slice(), &key.n().to_bytes_be()].concat())
             }
             Verifier::Unusable(_) => None,
         }

@@ -148,8 +148,10 @@ pub enum TargetNameError {
     /// Empty, or longer than [`MAX_TARGET_NAME_BYTES`].
     #[error("target name of {0} bytes: 1 to 1024 allowed")]
     Length(usize),
-    /// A control character (C0, DEL or C1), which a terminal or log would not show.
-    #[error("target name {0:?} contains a control character")]
+    /// A control character (C0, DEL or C1), or an invisible one that changes what is shown
+    /// (format characters such as bidirectional overrides and zero-width joiners, line and
+    /// paragraph separators, private use, noncharacters).
+    #[error("target name {0:?} contains a control or invisible character")]
     Control(String),
     /// A backslash, or an empty, `.` or `..` path segment.
     #[error(
@@ -159,6 +161,20 @@ pub enum TargetNameError {
     /// Not in Unicode normalization form C, so another byte string spells the same name.
     #[error("target name {0:?} is not in Unicode normalization form C")]
     NotNfc(String),
+}
+
+/// Characters a reader does not see but that change what is shown or compared: Unicode's
+/// format characters (Cf: bidirectional controls, zero-width characters, the byte-order
+/// mark, tags, ...), line and paragraph separators, private use, and noncharacters.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{FEFF}'
+        | '\u{0600}'..='\u{0605}' | '\u{06DD}' | '\u{070F}' | '\u{08E2}'
+        | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}'
+        | '\u{FDD0}'..='\u{FDEF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E000}'..='\u{F8FF}'
+        | '\u{110BD}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}'
+        | '\u{F0000}'..='\u{10FFFF}')
+        || (c as u32 & 0xFFFE) == 0xFFFE
 }
 
 /// The longest target name accepted, in bytes.
@@ -172,7 +188,7 @@ pub fn check_target_name(name: &str) -> Result<(), TargetNameError> {
     if name.is_empty() || name.len() > MAX_TARGET_NAME_BYTES {
         return Err(TargetNameError::Length(name.len()));
     }
-    if name.chars().any(char::is_control) {
+    if name.chars().any(|c| c.is_control() || invisible(c)) {
         return Err(TargetNameError::Control(shown()));
     }
     if name.contains('\\')
@@ -207,7 +223,20 @@ mod target_name_tests {
             check_target_name(&"a".repeat(1025)),
             Err(TargetNameError::Length(1025))
         ));
-        for control in ["a\u{0}b", "bin\n", "x\u{1b}[31m.bin", "a\u{7f}", "a\u{85}b"] {
+        for control in [
+            "a\u{0}b",
+            "bin\n",
+            "x\u{1b}[31m.bin",
+            "a\u{7f}",
+            "a\u{85}b",
+            // Shown as "fw-exe.bin".
+            "fw-\u{202E}nib.exe",
+            "a\u{200B}b",
+            "\u{FEFF}a",
+            "a\u{2028}b",
+            "a\u{E000}",
+            "a\u{FFFF}",
+        ] {
             assert!(
                 matches!(check_target_name(control), Err(TargetNameError::Control(_))),
                 "{control:?}"

@@ -150,6 +150,9 @@ pub fn assign(
     if request.vins.is_empty() && request.hardware_id.is_none() && request.ecus.is_empty() {
         return Err(bad("name vehicles, ECUs, or a hardware id"));
     }
+    // Every ECU refuses a Director targets file with such a name (Uptane G-4), and with it
+    // the vehicle's whole update: refused here, before it is assigned.
+    uptane_core::ids::check_target_name(&request.image).map_err(|e| bad(e.to_string()))?;
     let hardware_ids = image_hardware_ids(info);
     let release_counter = info
         .custom

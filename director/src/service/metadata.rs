@@ -291,6 +291,14 @@ mod tests {
                 hardware_id: None,
                 ecus: vec![serial.parse().unwrap()],
             };
+            // A name every ECU would refuse (Uptane G-4) is refused before it is assigned.
+            let mut spoofed = request("DOOR-L");
+            spoofed.image = "door-\u{202E}nib.exe".into();
+            let refused = assign(conn, &spoofed, &image(b"door v1"), "op", now);
+            assert!(
+                matches!(&refused, Err(DirectorError::BadRequest(m)) if m.contains("invisible")),
+                "{refused:?}"
+            );
             let (old, _) = assign(conn, &request("DOOR-L"), &image(b"door v1"), "op", now)?;
             let (new, _) = assign(
                 conn,

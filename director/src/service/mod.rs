@@ -61,6 +61,8 @@ pub struct Policy {
     pub clock_skew: Duration,
     /// How long a vehicle credential works (vehicles renew theirs before it ends).
     pub vehicle_credential_lifetime: Duration,
+    /// How far ahead of the root's expiry operators are warned.
+    pub root_expiry_warning: Duration,
 }
 
 impl Default for Policy {
@@ -70,6 +72,7 @@ impl Default for Policy {
             renew_margin: Duration::hours(1),
             clock_skew: Duration::minutes(5),
             vehicle_credential_lifetime: Duration::days(365),
+            root_expiry_warning: rotation::DEFAULT_EXPIRY_WARNING,
         }
     }
 }
@@ -337,8 +340,9 @@ impl DirectorService {
 
     /// The newest root's version and expiry.
     pub async fn root_status(&self) -> Result<RootStatus, DirectorError> {
+        let window = self.policy.root_expiry_warning;
         self.db
-            .call(|conn| rotation::root_status(conn, rotation::DEFAULT_EXPIRY_WARNING, now()))
+            .call(move |conn| rotation::root_status(conn, window, now()))
             .await
     }
 

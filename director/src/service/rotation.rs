@@ -185,24 +185,72 @@ pub fn rotate_online(
     actor: &str,
     now: UtcTime,
 ) -> Result<u64, DirectorError> {
+    let mut roles = roles.to_vec();
+    roles.sort_unstable();
+    roles.dedup();
+    // An earlier rotation that stopped after its root was stored leaves the listed key as
+    // `next-ROLE.pem` only: finish it rather than lose it.
+    finish_interrupted_rotation(conn, dir)?;
     let mut change = RootChange::default();
-    for role in roles {
+    for role in &roles {
         let key = keys::generate()?;
         let next = keys::next_online_key_path(dir, role);
+        // Left by an attempt whose root was never stored (it is listed by no root).
         remove_if_present(&next)?;
+        // `create_new`: a rotation running at the same time fails here instead of
+        // replacing this one's key.
         keys::write_private(&next, &key)?;
         change.online.push((role, key));
     }
-    let version = publish_next_root(conn, offline, &change, lifetime, actor, now)?;
-    for role in roles {
-        // The root lists the new key now; the server finds it under either name meanwhile.
-        std::fs::rename(
-            keys::next_online_key_path(dir, role),
-            keys::online_key_path(dir, role),
-        )
-        .map_err(|e| DirectorError::Internal(format!("{}: {e}", dir.display())))?;
+    sync_dir(&dir.join("keys"))?;
+    let version = match publish_next_root(conn, offline, &change, lifetime, actor, now) {
+        Ok(version) => version,
+        Err(e) => {
+            for role in &roles {
+                let _ = std::fs::remove_file(keys::next_online_key_path(dir, role));
+            }
+            return Err(e);
+        }
+    };
+    for role in &roles {
+        rename_into_place(dir, role)?;
     }
+    sync_dir(&dir.join("keys"))?;
     Ok(version)
+}
+
+/// Puts in place each `next-ROLE.pem` that the newest root lists.
+fn finish_interrupted_rotation(conn: &Connection, dir: &Path) -> Result<(), DirectorError> {
+    let root = latest_root(conn)?;
+    for role in ONLINE_ROLES {
+        let next = keys::next_online_key_path(dir, role);
+        if next.exists() {
+            let key = keys::read_private(&next)?;
+            let listed = root
+                .role_keys(role)
+                .is_some_and(|r| r.keyids.contains(&key.key_id()));
+            if listed {
+                rename_into_place(dir, role)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rename_into_place(dir: &Path, role: &str) -> Result<(), DirectorError> {
+    // The root lists the new key now; the server finds it under either name meanwhile.
+    std::fs::rename(
+        keys::next_online_key_path(dir, role),
+        keys::online_key_path(dir, role),
+    )
+    .map_err(|e| DirectorError::Internal(format!("{}: {e}", dir.display())))
+}
+
+/// Makes the directory's entries durable (new and renamed key files survive a power cut).
+pub fn sync_dir(dir: &Path) -> Result<(), DirectorError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| DirectorError::Internal(format!("{}: {e}", dir.display())))
 }
 
 fn remove_if_present(path: &Path) -> Result<(), DirectorError> {
@@ -515,6 +563,65 @@ mod tests {
                 |r| r.get(0),
             )?;
             assert_eq!(rotated, 3);
+            Ok::<_, DirectorError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_rotation_interrupted_after_its_root_is_stored_is_finished_not_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t0 = at("2030-01-01T00:00:00Z");
+        let (db, root_keys) = initialized(tmp.path(), t0);
+        db.call_blocking(|conn| {
+            // As a rotate-online that stopped between storing root 2 and the rename.
+            let key = keys::generate()?;
+            keys::write_private(&keys::next_online_key_path(tmp.path(), "targets"), &key)?;
+            let change = RootChange {
+                root_keys: None,
+                online: vec![("targets", key.clone())],
+            };
+            publish_next_root(conn, &root_keys, &change, Duration::days(365), "x", t0)?;
+            // The server still finds the listed key under its next name.
+            assert_eq!(
+                KeyRing::load(conn, tmp.path())?
+                    .current(conn)?
+                    .online
+                    .targets
+                    .key_id(),
+                key.key_id()
+            );
+            // The next rotation finishes that one instead of deleting the listed key.
+            rotate_online(
+                conn,
+                tmp.path(),
+                &root_keys,
+                &["snapshot", "snapshot"],
+                Duration::days(365),
+                "x",
+                t0,
+            )?;
+            assert!(!keys::next_online_key_path(tmp.path(), "targets").exists());
+            let ring = KeyRing::load(conn, tmp.path())?;
+            let active = ring.current(conn)?;
+            assert_eq!(active.root_version, 3);
+            assert_eq!(active.online.targets.key_id(), key.key_id());
+            // A rotation whose root is refused leaves no next key behind.
+            let strangers: Vec<SigningKey> = (0..2).map(|_| keys::generate().unwrap()).collect();
+            assert!(
+                rotate_online(
+                    conn,
+                    tmp.path(),
+                    &strangers,
+                    &["timestamp"],
+                    Duration::days(365),
+                    "x",
+                    t0
+                )
+                .is_err()
+            );
+            assert!(!keys::next_online_key_path(tmp.path(), "timestamp").exists());
+            KeyRing::load(conn, tmp.path())?;
             Ok::<_, DirectorError>(())
         })
         .unwrap();
