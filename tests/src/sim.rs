@@ -62,6 +62,30 @@ fn text(path: &Path) -> String {
 }
 
 /// `--tls-cert DIR/cert.pem --tls-key DIR/key.pem`.
+/// Writes a throwaway CA and certificates it issued into `out`: `ca.pem`, `director/` and
+/// `image-repo/` (server certificates for `names`), `supplier/` (a client certificate for
+/// uploads), each `cert.pem` and `key.pem`. The CA is returned to issue more (its key is
+/// never written). What the simulated fleet and `fleet-sim pki` use.
+pub fn write_throwaway_pki(out: &Path, names: &[&str]) -> Result<Ca, String> {
+    let failed = |what: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", what.display());
+    let ca = Ca::generate("fleet-sim throwaway CA").map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(out).map_err(|e| failed(out, &e))?;
+    std::fs::write(out.join("ca.pem"), ca.cert_pem())
+        .map_err(|e| failed(&out.join("ca.pem"), &e))?;
+    let issued = [
+        ("director", ca.issue_server(names)),
+        ("image-repo", ca.issue_server(names)),
+        ("supplier", ca.issue_client("supplier")),
+    ];
+    for (dir, key) in issued {
+        let dir = out.join(dir);
+        key.map_err(|e| e.to_string())?
+            .write(&dir)
+            .map_err(|e| failed(&dir, &e))?;
+    }
+    Ok(ca)
+}
+
 fn tls_flags(dir: &Path) -> [String; 4] {
     [
         "--tls-cert".into(),
@@ -86,16 +110,9 @@ impl Fleet {
         let path = |n: &str| text(&tmp.path().join(n));
         // TLS everywhere: a CA made for this fleet, and a certificate for 127.0.0.1 for
         // each server.
-        let ca = Ca::generate("fleet-sim throwaway CA").expect("a CA");
+        let ca = write_throwaway_pki(&tmp.path().join("pki"), &["127.0.0.1", "localhost"])
+            .expect("the fleet's certificates");
         let ca_cert = tmp.path().join("pki/ca.pem");
-        std::fs::create_dir_all(tmp.path().join("pki")).expect("the pki directory");
-        std::fs::write(&ca_cert, ca.cert_pem()).expect("the CA certificate writes");
-        for server in ["image-repo", "director"] {
-            ca.issue_server(&["127.0.0.1", "localhost"])
-                .expect("a server certificate")
-                .write(&tmp.path().join("pki").join(server))
-                .expect("the server certificate writes");
-        }
         run_ok(
             Command::new(bin("image-repo")).args([
                 "init",

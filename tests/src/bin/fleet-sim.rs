@@ -58,23 +58,8 @@ enum Command {
 
 /// `fleet-sim pki`.
 fn write_pki(out: &std::path::Path, names: &[String]) -> Result<(), String> {
-    use service_runtime::pki::Ca;
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let ca = Ca::generate("fleet-sim throwaway CA").map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let write = |dir: &str, key: service_runtime::pki::CertifiedKey| {
-        key.write(&out.join(dir))
-            .map_err(|e| format!("{}: {e}", out.join(dir).display()))
-    };
-    std::fs::write(out.join("ca.pem"), ca.cert_pem())
-        .map_err(|e| format!("{}: {e}", out.join("ca.pem").display()))?;
-    for server in ["director", "image-repo"] {
-        write(server, ca.issue_server(&names).map_err(|e| e.to_string())?)?;
-    }
-    write(
-        "supplier",
-        ca.issue_client("supplier").map_err(|e| e.to_string())?,
-    )?;
+    uptane_tests::sim::write_throwaway_pki(out, &names)?;
     println!(
         "wrote {0}/ca.pem, {0}/director/, {0}/image-repo/ and {0}/supplier/ (cert.pem, key.pem)",
         out.display()
