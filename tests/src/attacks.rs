@@ -30,7 +30,7 @@ use crate::mitm::{Mitm, Tamper};
 mod keys;
 mod transport;
 use crate::sim::{Fleet, Mode, SimVehicle, VehicleSpec, wait_until};
-use crate::{bin, run};
+use crate::{bin, blocking, run};
 
 /// The attacked vehicle.
 pub const VIN: &str = "ATTACK00000000001";
@@ -1041,14 +1041,6 @@ fn run_ok_cmd(args: &[&str]) -> Result<String, String> {
     } else {
         Err(format!("image-repo {args:?}: {err}"))
     }
-}
-
-fn blocking<T>(future: impl Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(future)
 }
 
 /// GETs a vehicle's timestamp, snapshot and targets with its credential.

@@ -188,6 +188,15 @@ pub fn spawn_listening(command: Command, limit: Duration) -> (ChildGuard, String
     }
 }
 
+/// Runs `future` to completion on a runtime of its own (the harness is synchronous).
+pub fn blocking<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(future)
+}
+
 /// Runs a command to completion (bounded by `limit`), returning its status and output.
 pub fn run(command: &mut Command, limit: Duration) -> (ExitStatus, String, String) {
     command

@@ -284,6 +284,19 @@ impl Fleet {
         serde_json::from_str(&out).unwrap_or(Value::Null)
     }
 
+    /// `director ARGS --dir DIR --offline-keys KEYS` on the fleet's Director directory
+    /// (the commands an administrator runs on the Director's host): success and output.
+    pub fn director_local(&self, args: &[&str], offline_keys: &Path) -> (bool, String, String) {
+        let (status, out, err) = run(
+            Command::new(bin("director"))
+                .args(args)
+                .args(["--dir", &text(&self.path("director"))])
+                .args(["--offline-keys", &text(offline_keys)]),
+            LIMIT,
+        );
+        (status.success(), out, err)
+    }
+
     /// A `director` operator command against the server over TLS (`--json`), to run.
     pub fn operator_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(bin("director"));

@@ -15,6 +15,7 @@ use uptane_core::manifest::{
 use uptane_core::refresh::{Refresh, Step};
 use uptane_core::trusted::{Director, Limits};
 use uptane_core::verify::Raw;
+use uptane_tests::blocking;
 use uptane_tests::sim::Fleet;
 
 const VIN: &str = "WVWZZZ1JZXW000001";
@@ -206,22 +207,10 @@ async fn operator_assigns_vehicle_verifies_and_reports_and_nothing_is_lost_on_ki
     assert_eq!(response.status(), 400);
 }
 
-/// `director ARGS --dir --offline-keys` of the fleet's Director: (success, stdout, stderr).
-fn director_local(fleet: &Fleet, args: &[&str], offline_keys: &str) -> (bool, String, String) {
-    let dir = fleet.path("director").display().to_string();
-    let (status, out, err) = uptane_tests::run(
-        std::process::Command::new(uptane_tests::bin("director"))
-            .args(args)
-            .args(["--dir", &dir, "--offline-keys", offline_keys]),
-        std::time::Duration::from_secs(60),
-    );
-    (status.success(), out, err)
-}
-
 #[test]
 fn the_root_is_rotated_only_by_its_offline_keys_and_warns_before_it_expires() {
     let mut fleet = Fleet::start();
-    let offline = fleet.path("director-keys").display().to_string();
+    let offline = fleet.path("director-keys");
     let status = fleet.operator(&["status"]);
     assert_eq!(status["root_version"], 1, "{status}");
     assert_eq!(status["root_expiry_warning"], false, "{status}");
@@ -229,39 +218,29 @@ fn the_root_is_rotated_only_by_its_offline_keys_and_warns_before_it_expires() {
     // Without the current root's offline keys nothing is published.
     let empty = fleet.path("no-keys");
     std::fs::create_dir_all(&empty).unwrap();
-    let (ok, _, err) = director_local(&fleet, &["rotate-root"], &empty.display().to_string());
+    let (ok, _, err) = fleet.director_local(&["rotate-root"], &empty);
     assert!(!ok);
     assert!(err.contains("would not be accepted by vehicles"), "{err}");
     // New root keys that the current keys cannot sign over are not kept either.
-    let (ok, _, err) = director_local(
-        &fleet,
-        &["rotate-root", "--keys", "2", "--threshold", "1"],
-        &empty.display().to_string(),
-    );
+    let (ok, _, err) =
+        fleet.director_local(&["rotate-root", "--keys", "2", "--threshold", "1"], &empty);
     assert!(!ok && err.contains("would not be accepted"), "{err}");
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
     // A threshold above the number of keys is refused before anything is written.
-    let (ok, _, err) = director_local(
-        &fleet,
+    let (ok, _, err) = fleet.director_local(
         &["rotate-root", "--keys", "2", "--threshold", "3"],
         &offline,
     );
     assert!(!ok);
     assert!(err.contains("threshold 3 needs 1 to 2 keys"), "{err}");
-    let (ok, _, err) = director_local(
-        &fleet,
-        &["rotate-root", "--root-lifetime-days", "0"],
-        &offline,
-    );
+    let (ok, _, err) =
+        fleet.director_local(&["rotate-root", "--root-lifetime-days", "0"], &offline);
     assert!(!ok && err.contains("between 1 and 3650"), "{err}");
     assert_eq!(fleet.operator(&["status"])["root_version"], 1);
 
     // A root that expires in 30 days: served at once, and warned about.
-    let (ok, out, err) = director_local(
-        &fleet,
-        &["rotate-root", "--root-lifetime-days", "30"],
-        &offline,
-    );
+    let (ok, out, err) =
+        fleet.director_local(&["rotate-root", "--root-lifetime-days", "30"], &offline);
     assert!(ok, "{err}");
     assert!(out.contains("version 2"), "{out}");
     assert!(
@@ -305,20 +284,9 @@ fn the_root_is_rotated_only_by_its_offline_keys_and_warns_before_it_expires() {
         "{events}"
     );
     // Renewed for two years: no warning.
-    let (ok, _, err) = director_local(
-        &fleet,
-        &["rotate-root", "--root-lifetime-days", "730"],
-        &offline,
-    );
+    let (ok, _, err) =
+        fleet.director_local(&["rotate-root", "--root-lifetime-days", "730"], &offline);
     assert!(ok, "{err}");
     assert!(!err.contains("warning"), "{err}");
     assert_eq!(fleet.operator(&["status"])["root_expiry_warning"], false);
-}
-
-fn blocking<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(future)
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use service_runtime::pki::Ca;
 use uptane_tests::proxy::LinkProxy;
 use uptane_tests::sim::{Fleet, LIMIT, SimVehicle, VehicleSpec, wait_until};
-use uptane_tests::{bin, run, run_ok, spawn_listening};
+use uptane_tests::{bin, blocking, run, run_ok, spawn_listening};
 
 fn now() -> uptane_core::time::UtcTime {
     std::time::SystemTime::now().into()
@@ -68,14 +68,6 @@ fn client_with_certificate(fleet: &Fleet, dir: &std::path::Path) -> reqwest::Cli
         .unwrap()
         .build()
         .unwrap()
-}
-
-fn blocking<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
 }
 
 #[test]

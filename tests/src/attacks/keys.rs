@@ -25,20 +25,11 @@ pub(super) fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-/// `director ARGS` against the fleet's Director directory and offline keys.
+/// `director ARGS` on the fleet's Director directory, with its offline keys.
 fn director(w: &World, args: &[&str]) -> Result<String, String> {
-    let dir = w.fleet.path("director").display().to_string();
-    let offline = w.fleet.path("director-keys").display().to_string();
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--dir", &dir, "--offline-keys", &offline]);
-    let (status, out, err) = run(
-        std::process::Command::new(bin("director")).args(&all),
-        Duration::from_secs(60),
-    );
-    if status.success() {
-        Ok(out.trim().to_string())
-    } else {
-        Err(format!("director {args:?}: {err}"))
+    match w.fleet.director_local(args, &w.fleet.path("director-keys")) {
+        (true, out, _) => Ok(out.trim().to_string()),
+        (false, _, err) => Err(format!("director {args:?}: {err}")),
     }
 }
 
