@@ -153,15 +153,16 @@ pub fn authorize(
         .optional()?
         .flatten();
     if let Some(fingerprint) = auth.certificate {
-        match certificate_owner(conn, fingerprint)? {
-            Some(owner) if owner == vin.as_str() => {
-                // The certificate proves the vehicle; a renewed credential it sends along
-                // still takes over, so the one it replaced stops working.
-                if let Some(bearer) = &auth.bearer {
-                    take_over_if_renewed(conn, vin, bearer, now)?;
-                }
-                return Ok(());
+        if bound.as_deref() == Some(fingerprint.to_string().as_str()) {
+            // The certificate proves the vehicle; a renewed credential it sends along still
+            // takes over, so the one it replaced stops working.
+            if let Some(bearer) = &auth.bearer {
+                take_over_if_renewed(conn, vin, bearer, now)?;
             }
+            return Ok(());
+        }
+        // Not this vehicle's: another vehicle's, or bound to none.
+        match certificate_owner(conn, fingerprint)? {
             Some(owner) => {
                 let detail = format!("the client certificate of {owner} was used for {vin}");
                 return refuse(

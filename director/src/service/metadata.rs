@@ -12,7 +12,7 @@ use uptane_core::time::{UtcTime, format_expires, parse_expires};
 use uptane_core::uptane::{director_target_custom, director_targets_custom};
 
 use super::events::NewEvent;
-use super::rotation::ActiveKeys;
+use super::rotation::{ActiveKeys, KeyRing};
 use super::{Policy, assignments};
 use crate::error::DirectorError;
 use crate::keys::OnlineKeys;
@@ -187,7 +187,7 @@ pub fn refresh_vehicle_metadata(
 /// targets marks the assignments in it delivered.
 pub fn vehicle_file(
     conn: &mut Connection,
-    keys: &ActiveKeys,
+    keys: &KeyRing,
     vin: &str,
     file: &str,
     policy: &Policy,
@@ -199,7 +199,9 @@ pub fn vehicle_file(
         return root(conn, version)?.ok_or_else(missing);
     }
     if file == "timestamp.json" {
-        refresh_vehicle_metadata(conn, keys, vin, policy, now)?;
+        // Only the timestamp request signs, so only it needs the current keys.
+        let active = keys.current(conn)?;
+        refresh_vehicle_metadata(conn, &active, vin, policy, now)?;
     }
     let (version, role) = file
         .strip_suffix(".json")
@@ -250,7 +252,6 @@ mod tests {
     use super::*;
     use crate::db::Db;
     use crate::service::assignments::{AssignRequest, AssignmentStatus, assign, assignments};
-    use crate::service::rotation::KeyRing;
     use crate::service::vehicles::{NewEcu, NewVehicle, register_vehicle};
     use uptane_core::metadata::{TargetFile, Targets};
     use uptane_core::testing::key;
@@ -321,10 +322,9 @@ mod tests {
                 snapshot: key(11),
                 timestamp: key(12),
             });
-            let active = keys.current(conn)?;
             let bytes = vehicle_file(
                 conn,
-                &active,
+                &keys,
                 "VIN-R",
                 "1.targets.json",
                 &Policy::default(),
@@ -336,7 +336,7 @@ mod tests {
             );
             vehicle_file(
                 conn,
-                &active,
+                &keys,
                 "VIN-R",
                 "timestamp.json",
                 &Policy::default(),
@@ -344,7 +344,7 @@ mod tests {
             )?;
             let bytes = vehicle_file(
                 conn,
-                &active,
+                &keys,
                 "VIN-R",
                 "1.targets.json",
                 &Policy::default(),

@@ -358,8 +358,7 @@ impl DirectorService {
         self.db
             .call(move |conn| {
                 credentials::authorize(conn, &vin, &auth, now())?;
-                let active = keys.current(conn)?;
-                vehicle_file(conn, &active, vin.as_str(), &file, &policy, now())
+                vehicle_file(conn, &keys, vin.as_str(), &file, &policy, now())
             })
             .await
     }
