@@ -979,6 +979,34 @@ async fn serving_targets_delivers_only_the_entries_signed_into_them() {
 }
 
 #[tokio::test]
+async fn a_provisioning_token_lifetime_out_of_range_is_a_400_not_a_panic() {
+    let fleet = fleet();
+    for secs in [0i64, -1, 366 * 86_400 + 1, i64::MAX] {
+        let (status, json) = fleet
+            .operator(
+                "POST",
+                "/api/v1/provisioning-tokens",
+                json!({"label": "x", "expires_in_secs": secs}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{secs}: {json}");
+        let message = json["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("expires_in_secs must be between 1 and"),
+            "{json}"
+        );
+    }
+    let (status, json) = fleet
+        .operator(
+            "POST",
+            "/api/v1/provisioning-tokens",
+            json!({"label": "x", "one_time": true, "max_uses": 2}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+}
+
+#[tokio::test]
 async fn primaries_register_with_provisioning_tokens() {
     let fleet = fleet();
     let (status, json) = fleet
