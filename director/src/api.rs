@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/vehicles/{vin}/credential/revoke",
             post(revoke_credential),
         )
+        .route("/api/v1/vehicles/{vin}/time-reset", post(reset_time))
         .route("/api/v1/vehicle-credentials", get(list_credentials))
         .route(
             "/api/v1/provisioning-tokens",
@@ -372,6 +373,18 @@ async fn revoke_credential(
         .revoke_credential(&actor, parse_id(&vin)?)
         .await?;
     ok_json(json!({"revoked": true}))
+}
+
+/// The operator's authenticated recovery after a vehicle's trusted time went past the real
+/// one (docs/SECURITY.md, "Time").
+async fn reset_time(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(vin): Path<String>,
+) -> ApiResult {
+    let actor = state.service.operator(bearer(&headers)).await?;
+    let reset = state.service.reset_time(&actor, parse_id(&vin)?).await?;
+    ok_json(json!({"time_reset": reset}))
 }
 
 async fn list_credentials(

@@ -322,6 +322,15 @@ enum VehicleCommand {
         /// Vehicle identifier.
         vin: String,
     },
+    /// Lets a vehicle whose trusted time is past the real one (after the Director's own clock
+    /// ran ahead while it signed) accept the time of its next Director metadata, once. The
+    /// reset is signed into that metadata; see docs/SECURITY.md, "Time".
+    ResetTime {
+        #[command(flatten)]
+        remote: Remote,
+        /// Vehicle identifier.
+        vin: String,
+    },
     /// Issues a vehicle a new credential (printed once; install it with `primary-ecu
     /// set-credential`); the old one stops working.
     IssueCredential {
@@ -945,6 +954,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         "new credential for {vin} (expires {}): {}",
                         text(&v["credential_expires_at"]),
                         text(&v["credential"])
+                    )
+                });
+                Ok(())
+            }
+            VehicleCommand::ResetTime { remote, vin } => {
+                let value = call(
+                    &remote,
+                    reqwest::Method::POST,
+                    &format!("/api/v1/vehicles/{vin}/time-reset"),
+                    None,
+                )
+                .await?;
+                print(&remote, &value, |v| {
+                    format!(
+                        "time reset {} for {vin}: its next Director metadata carries it",
+                        v["time_reset"]
                     )
                 });
                 Ok(())

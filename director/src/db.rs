@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/003_typed.sql"),
     include_str!("migrations/004_credentials.sql"),
     include_str!("migrations/005_root_versions.sql"),
+    include_str!("migrations/006_time.sql"),
 ];
 
 /// Why a database call failed.

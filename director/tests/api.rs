@@ -1107,3 +1107,118 @@ async fn replacing_an_ecu_is_logged_and_cancels_its_open_assignment() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// The Director's part of the time model (docs/SECURITY.md, "Time"): its targets state when
+/// it signed them; an operator's time reset is signed into the vehicle's next targets; a report
+/// time that goes back is a security event, and the manifest still counts.
+#[tokio::test]
+async fn the_director_states_its_signing_time_signs_resets_and_records_times_going_back() {
+    let fleet = fleet();
+    let mut car = fleet.register(VIN, 40).await;
+    let custom =
+        |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).unwrap()["signed"]["custom"].clone();
+    let (status, _) = fetch(&fleet, &car, "timestamp.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, targets) = fetch(&fleet, &car, "1.targets.json").await;
+    let first = custom(&targets);
+    let signed_at = uptane_core::time::parse_expires(first["signedAt"].as_str().unwrap()).unwrap();
+    assert!((now() - signed_at).num_seconds().abs() < 60, "{first}");
+    assert!(first.get("timeReset").is_none(), "{first}");
+
+    // Only an operator asks, and only for a vehicle that exists.
+    let (status, _, _) = fleet
+        .send(
+            "POST",
+            &format!("/api/v1/vehicles/{VIN}/time-reset"),
+            Some(&car.credential),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = fleet
+        .operator(
+            "POST",
+            "/api/v1/vehicles/NO-SUCH-VIN/time-reset",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = fleet
+        .operator(
+            "POST",
+            &format!("/api/v1/vehicles/{VIN}/time-reset"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["time_reset"], 1);
+    assert_eq!(fleet.events_of("time_reset_requested"), 1);
+    // The next targets carry it, at once (a new version, though no assignment changed).
+    fetch(&fleet, &car, "timestamp.json").await;
+    let (status, targets) = fetch(&fleet, &car, "2.targets.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(custom(&targets)["timeReset"], 1);
+
+    // A report time earlier than the ECU's last: recorded as time tampering, manifest kept.
+    let factory = car.factory();
+    let (status, outcome, _) = fleet
+        .send(
+            "POST",
+            &format!("/vehicles/{VIN}/manifest"),
+            Some(&car.credential),
+            Some(factory),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{outcome}");
+    assert_eq!(fleet.events_of("report_time_went_back"), 0);
+    car.counter += 1;
+    let mut reports = BTreeMap::new();
+    for i in 0..3 {
+        let (serial, _, key) = &car.ecus[i];
+        let mut report: EcuVersionReport = serde_json::from_value(
+            serde_json::from_slice::<Value>(&car.report(
+                i,
+                b"gw 1",
+                "gw-1.bin",
+                car.counter,
+                &format!("b{i}"),
+            ))
+            .unwrap()["signed"]
+                .clone(),
+        )
+        .unwrap();
+        if i == 2 {
+            report.latest_time = now() - chrono::Duration::days(3);
+        }
+        reports.insert(serial.clone(), report.sign(key).unwrap());
+    }
+    let (status, outcome, _) = fleet
+        .send(
+            "POST",
+            &format!("/vehicles/{VIN}/manifest"),
+            Some(&car.credential),
+            Some(car.sign_manifest(&reports)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{outcome}");
+    let (_, events) = fleet
+        .operator("GET", "/api/v1/events?security=true", Value::Null)
+        .await;
+    let went_back: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "report_time_went_back")
+        .collect();
+    assert_eq!(went_back.len(), 1, "{events}");
+    assert_eq!(went_back[0]["ecu_serial"], format!("{VIN}-radio"));
+    assert_eq!(went_back[0]["attack"], "time_tampering");
+    assert!(
+        went_back[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is earlier than its last report's"),
+        "{}",
+        went_back[0]
+    );
+}

@@ -22,7 +22,7 @@ use uptane_core::crypto::SigningKey;
 use uptane_core::error::AttackKind;
 use uptane_core::ids::EcuSerial;
 use uptane_core::manifest::{DetectedAttack, InstalledImage};
-use uptane_core::time::UtcTime;
+use uptane_core::time::{TrustedTime, UtcTime, format_expires};
 
 pub use self::outcome::{CycleReport, EcuOutcome, Verification};
 use self::plan::Refusal;
@@ -53,6 +53,8 @@ pub struct Primary<P: Ports = Network> {
     images: P::ImageRepo,
     links: Vec<P::Secondary>,
     store: ImageStore,
+    /// Fault injection: how far off the system clock is read.
+    clock_offset: chrono::Duration,
 }
 
 impl<P: Ports> std::fmt::Debug for Primary<P> {
@@ -154,7 +156,13 @@ impl<P: Ports> Primary<P> {
             images,
             links,
             store,
+            clock_offset: chrono::Duration::zero(),
         })
+    }
+
+    /// Fault injection: reads the system clock `offset` off from now on.
+    pub fn offset_clock(&mut self, offset: chrono::Duration) {
+        self.clock_offset = offset;
     }
 
     /// The durable state, as last saved or changed.
@@ -176,15 +184,59 @@ impl<P: Ports> Primary<P> {
         });
     }
 
-    /// The cycle's `now`: the system clock, never earlier than the latest time already seen.
-    fn now(&mut self) -> UtcTime {
-        let system: UtcTime = std::time::SystemTime::now().into();
-        let now = match self.state.latest_time {
-            Some(latest) if latest > system => latest,
-            _ => system,
-        };
-        self.state.latest_time = Some(now);
-        now
+    /// The time the Primary trusts: the latest time its verified Director metadata
+    /// corroborated (`uptane_core::time::TrustedTime`), never a bare clock reading.
+    fn trusted_time(&self) -> TrustedTime {
+        TrustedTime {
+            floor: self.state.latest_time.unwrap_or(UtcTime::UNIX_EPOCH),
+            reset: self.state.time_reset,
+        }
+    }
+
+    /// Step 2 (Uptane §5.4.4.2) with the time checked against what it verifies: verification
+    /// at the clock reading (never earlier than the trusted time), which then moves the trusted
+    /// time up to what the Director's metadata corroborates. A reading earlier than the
+    /// trusted time that verifies lowers it only if the Director's signed metadata carries a
+    /// new operator reset. Returns the time verified at, which is the time the Secondaries get.
+    async fn verify_in_time(
+        &mut self,
+        reading: UtcTime,
+    ) -> (UtcTime, Result<Option<plan::Plan>, Refusal>) {
+        let mut time = self.trusted_time();
+        let at = time.at(reading);
+        let mut evidence = None;
+        let verified = self.verify(at, &mut evidence).await;
+        if let Some(e) = &evidence
+            && verified.is_ok()
+        {
+            time.corroborate(at, e);
+            self.set_trusted_time(time);
+            return (at, verified);
+        }
+        if let Err(Refusal::Attack(AttackKind::Freeze, _)) = &verified
+            && let Some(earlier) = time.recovery_reading(reading)
+        {
+            let mut evidence = None;
+            let retried = self.verify(earlier, &mut evidence).await;
+            if retried.is_ok()
+                && let Some(e) = &evidence
+                && time.reset(earlier, e)
+            {
+                tracing::warn!(
+                    trusted_time = %format_expires(&time.floor),
+                    reset = time.reset,
+                    "trusted time lowered by the operator's reset in the Director's metadata"
+                );
+                self.set_trusted_time(time);
+                return (earlier, retried);
+            }
+        }
+        (at, verified)
+    }
+
+    fn set_trusted_time(&mut self, time: TrustedTime) {
+        self.state.latest_time = Some(time.floor);
+        self.state.time_reset = time.reset;
     }
 
     /// What an ECU runs, as far as the Primary knows: its own image, or the last report.
@@ -198,10 +250,18 @@ impl<P: Ports> Primary<P> {
 
     /// One update cycle.
     pub async fn cycle(&mut self) -> CycleReport {
-        let now = self.now();
-        self.renew_credential_if_due(now).await;
+        let reading = UtcTime::from(std::time::SystemTime::now()) + self.clock_offset;
+        self.cycle_at(reading).await
+    }
+
+    /// One update cycle with the clock reading `reading`.
+    pub async fn cycle_at(&mut self, reading: UtcTime) -> CycleReport {
+        let trusted = self.trusted_time();
+        // The trusted time, not the reading: a clock jump must not trigger a renewal.
+        self.renew_credential_if_due(trusted.floor).await;
         let reports = self.collect_reports().await;
-        let manifest = self.send_manifest(&reports, now).await;
+        // A report states the latest time the ECU can verify (Uptane §5.4.2.1).
+        let manifest = self.send_manifest(&reports, trusted.floor).await;
         let mut report = CycleReport {
             manifest,
             verification: Verification::Unchanged,
@@ -210,7 +270,8 @@ impl<P: Ports> Primary<P> {
             closing_manifest: None,
         };
         let attacks_before = self.state.pending_attacks.len();
-        match self.verify(now).await {
+        let (now, verified) = self.verify_in_time(reading).await;
+        match verified {
             Ok(None) => {}
             Ok(Some(plan)) => {
                 report.verification = Verification::Verified {
@@ -232,7 +293,8 @@ impl<P: Ports> Primary<P> {
         let changed = !report.ecus.is_empty() || self.state.pending_attacks.len() > attacks_before;
         if changed {
             let reports = self.collect_reports().await;
-            report.closing_manifest = Some(self.send_manifest(&reports, now).await);
+            let floor = self.trusted_time().floor;
+            report.closing_manifest = Some(self.send_manifest(&reports, floor).await);
         }
         self.state.last_cycle = Some(report.summary());
         self.state.last_error = match &report.verification {

@@ -72,6 +72,10 @@ enum Command {
         dir: PathBuf,
         #[command(flatten)]
         settings: SettingsArgs,
+        /// Fault injection for tests: read the system clock this many seconds off (a
+        /// spoofed NTP jump, a bad RTC). Never kept; see docs/SECURITY.md, "Time".
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        fault_clock_offset_secs: i64,
     },
     /// Makes the Primary's TLS identity in the state directory (kept if there is one) and
     /// prints its fingerprint, which each Secondary pins at `secondary-ecu init`.
@@ -285,9 +289,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Once {
             dir,
             settings: args,
+            fault_clock_offset_secs,
         } => {
             let settings = settings(&dir, args)?;
             let mut primary = Primary::open(&dir, settings)?;
+            primary.offset_clock(chrono::Duration::seconds(fault_clock_offset_secs));
             let report = primary.cycle().await;
             println!("{}", report.summary());
             Ok(ExitCode::from(report.exit_code()))

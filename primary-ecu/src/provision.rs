@@ -387,6 +387,8 @@ pub fn write_state(
             hashes: uptane_core::hash::standard_hashes(local.factory_image),
             release_counter: 0,
         }),
+        // Uptane §5.4.1: the time at provisioning is the first one trusted.
+        latest_time: Some(std::time::SystemTime::now().into()),
         ..PrimaryState::default()
     };
     files.save_state(&state).map_err(io(&files.state()))?;

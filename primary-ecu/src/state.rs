@@ -69,9 +69,13 @@ pub struct EcuUpdate {
 pub struct PrimaryState {
     /// The Primary's report counter; goes up before each report leaves.
     pub report_counter: u64,
-    /// The latest time the Primary has seen; its clock is never trusted to go back.
+    /// The latest time the Director's verified metadata corroborated; never earlier than
+    /// any before it, except after an operator's reset (`uptane_core::time::TrustedTime`).
     #[serde(default, with = "optional_time")]
     pub latest_time: Option<UtcTime>,
+    /// The last operator time reset applied.
+    #[serde(default)]
+    pub time_reset: u64,
     /// Attacks detected and not yet accepted by the Director in a manifest.
     pub pending_attacks: Vec<DetectedAttack>,
     /// The Primary's own image.

@@ -526,3 +526,77 @@ async fn every_refusal_installs_nothing_and_is_reported_with_its_kind() {
     assert_eq!(manifest.installed(BRAKE.0), "brake-99.bin");
     assert!(manifest.attacks().is_empty());
 }
+
+/// The time in the Primary's `state.json`.
+fn trusted_time(world: &World) -> uptane_core::time::UtcTime {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(world.primary_dir().join("state.json")).unwrap())
+            .unwrap();
+    uptane_core::time::parse_expires(state["latest_time"].as_str().unwrap()).unwrap()
+}
+
+/// The Director signs its targets again, stating `signed_at` and the operator's `reset`,
+/// with everything expiring at `expires`.
+fn director_signs(
+    world: &mut World,
+    signed_at: uptane_core::time::UtcTime,
+    reset: u64,
+    expires: uptane_core::time::UtcTime,
+) {
+    world.director.expires = expires;
+    let custom = world.director.targets.custom.clone().unwrap();
+    world.director.targets.custom = Some(uptane_core::uptane::with_signing_time(
+        custom, &signed_at, reset,
+    ));
+    world.director.publish();
+    world.serve();
+}
+
+/// The Primary's time model (docs/SECURITY.md, "Time"): the trusted time moves only to what
+/// the Director's verified metadata corroborates, a clock jump is never kept, and it goes back
+/// only by the operator's reset signed into that metadata.
+#[tokio::test]
+async fn the_primary_trusts_the_time_the_director_corroborates_and_resets_only_when_told() {
+    let mut world = World::new(&[]).await;
+    let t0 = uptane_core::time::from_unix_seconds(now().timestamp()).unwrap();
+    let day = chrono::Duration::days(1);
+    // The Director's clock runs 20 days ahead: its signing time is later than the Primary's
+    // clock, and is what the Primary trusts.
+    director_signs(&mut world, t0 + day * 20, 0, t0 + day * 30);
+    let (code, summary) = world.once().await;
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(trusted_time(&world), t0 + day * 20);
+    // A clock ten years ahead finds the metadata expired (freeze) and is not kept.
+    let mut jumped = world.once_command();
+    jumped.arg(format!("--fault-clock-offset-secs={}", 3650 * 86_400));
+    let (status, stdout, _) =
+        tokio::task::spawn_blocking(move || uptane_tests::run(&mut jumped, LIMIT))
+            .await
+            .unwrap();
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("freeze"), "{stdout}");
+    assert_eq!(trusted_time(&world), t0 + day * 20);
+    // The Director's clock fixed, its metadata expires before the trusted time: refused, and
+    // the earlier clock reading changes nothing...
+    director_signs(&mut world, t0, 0, t0 + day * 5);
+    let (code, summary) = world.once().await;
+    assert_eq!(code, 2, "{summary}");
+    assert!(summary.contains("freeze"), "{summary}");
+    assert_eq!(trusted_time(&world), t0 + day * 20);
+    // ...until the operator's reset comes in the Director's signed metadata.
+    director_signs(&mut world, t0, 1, t0 + day * 5);
+    let (code, summary) = world.once().await;
+    assert_eq!(code, 0, "{summary}");
+    let trusted = trusted_time(&world);
+    assert!(
+        trusted >= t0 && trusted < t0 + day,
+        "trusted {trusted} after the reset"
+    );
+    // The manifest states the trusted time (Uptane §5.4.2.1: the latest time it can verify).
+    let (code, summary) = world.once().await;
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(
+        world.last_manifest().reports[PRIMARY.0]["latest_time"],
+        uptane_core::time::format_expires(&trusted)
+    );
+}

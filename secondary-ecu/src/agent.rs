@@ -18,7 +18,7 @@ use uptane_core::ids::{EcuSerial, HardwareId, Vin};
 use uptane_core::manifest::{
     DetectedAttack, ECU_REPORT_TYPE, EcuVersionReport, InstallResult, InstalledImage, LastInstall,
 };
-use uptane_core::time::UtcTime;
+use uptane_core::time::{TrustedTime, UtcTime, format_expires, from_unix_seconds};
 use uptane_core::uptane::{ApprovedImage, EcuIdentity, ImageVerifier, UptaneError};
 
 use crate::ab::{AbDevice, BootOutcome, SlotState};
@@ -145,6 +145,9 @@ struct State {
     installed_release_counter: u64,
     results: BTreeMap<String, ResultRecord>,
     last_correlation_id: Option<String>,
+    /// The last operator time reset applied (`uptane_core::time::TrustedTime`).
+    #[serde(default)]
+    time_reset: u64,
 }
 
 /// A refusal or failure with its protocol code.
@@ -212,6 +215,9 @@ pub struct Agent {
     upload: u64,
     /// Volatile: a trial slot running and waiting for Confirm.
     trial_running: Option<String>,
+    /// Volatile: the Primary's last `PutTime`, kept only once the next metadata verifies at
+    /// it (`uptane_core::time::TrustedTime`).
+    proposed_time: Option<UtcTime>,
 }
 
 /// Paths inside the ECU directory.
@@ -351,6 +357,7 @@ impl Agent {
             receiving: None,
             upload: 0,
             trial_running: None,
+            proposed_time: None,
         };
         agent.boot()?;
         Ok(agent)
@@ -496,17 +503,36 @@ impl Agent {
             .map(|p| p.correlation_id.as_str())
     }
 
-    fn now(&self) -> UtcTime {
-        chrono::DateTime::from_timestamp(self.state.latest_time, 0).unwrap_or_default()
+    /// The time this ECU trusts. A stored time no date corresponds to is an error, never
+    /// read as 1970.
+    fn trusted_time(&self) -> Result<TrustedTime, Refusal> {
+        let floor = from_unix_seconds(self.state.latest_time).map_err(|e| {
+            Refusal::new(
+                ResultCode::InternalError,
+                format!("state.json latest_time: {e}"),
+            )
+        })?;
+        Ok(TrustedTime {
+            floor,
+            reset: self.state.time_reset,
+        })
     }
 
-    /// Takes the Primary's time; time never goes back.
-    pub fn put_time(&mut self, unix_seconds: i64) -> std::io::Result<()> {
-        if unix_seconds > self.state.latest_time {
-            self.state.latest_time = unix_seconds;
-            self.save()?;
+    /// Takes the Primary's time as a proposal: it is trusted only once the next metadata
+    /// verifies at it (`put_metadata`). A time no date corresponds to is refused and
+    /// reported as an attack.
+    pub fn put_time(&mut self, unix_seconds: i64) -> Result<&'static str, Refusal> {
+        match from_unix_seconds(unix_seconds) {
+            Ok(time) => {
+                self.proposed_time = Some(time);
+                Ok("time taken; trusted once the Director's metadata verifies at it")
+            }
+            Err(e) => Err(self.refuse_unkept(Refusal {
+                code: ResultCode::TimeRefused,
+                attack: Some(AttackKind::TimeTampering),
+                description: e.to_string(),
+            })),
         }
-        Ok(())
     }
 
     /// A signed version report with the Primary's nonce and a counter that only goes up.
@@ -542,7 +568,10 @@ impl Agent {
             ecu_serial: self.identity.serial.clone(),
             installed_image: installed,
             attacks_detected: attacks,
-            latest_time: self.now(),
+            latest_time: self
+                .trusted_time()
+                .map_err(|r| std::io::Error::other(r.description))?
+                .floor,
             nonce: nonce.to_string(),
             report_counter: self.state.report_counter,
             last_install,
@@ -566,7 +595,11 @@ impl Agent {
         Ok(())
     }
 
-    fn verify_bundle(&self, bundle: &PutMetadataRequest) -> Result<verify::Accepted, Refusal> {
+    fn verify_bundle(
+        &self,
+        bundle: &PutMetadataRequest,
+        now: UtcTime,
+    ) -> Result<verify::Accepted, Refusal> {
         let read = |name: &str| {
             std::fs::read(trusted(&self.dir, name)).map_err(|e| {
                 io(std::io::Error::new(
@@ -589,8 +622,8 @@ impl Agent {
             kept: &kept,
         };
         let verified = match self.identity.mode {
-            Mode::Full => verify::full(&ecu, &read("image-root.json")?, bundle, self.now()),
-            Mode::Partial => verify::partial(&ecu, bundle, self.now()),
+            Mode::Full => verify::full(&ecu, &read("image-root.json")?, bundle, now),
+            Mode::Partial => verify::partial(&ecu, bundle, now),
         };
         verified.map_err(|e| uptane_refusal(&e))
     }
@@ -612,7 +645,7 @@ impl Agent {
         let bytes = std::fs::read(trusted(&self.dir, "metadata.pb")).map_err(io)?;
         let bundle = PutMetadataRequest::decode(bytes.as_slice())
             .map_err(|e| Refusal::new(ResultCode::InternalError, e.to_string()))?;
-        self.verify_bundle(&bundle)?
+        self.verify_bundle(&bundle, self.trusted_time()?.floor)?
             .image
             .ok_or_else(|| Refusal::new(ResultCode::NoUpdate, "no image assigned to this ECU"))
     }
@@ -620,7 +653,7 @@ impl Agent {
     /// Verifies and keeps new metadata; on any failure the previous metadata and image stay
     /// and the attack is recorded for the next version report.
     pub fn put_metadata(&mut self, bundle: PutMetadataRequest) -> Result<ResultCode, Refusal> {
-        let accepted = match self.verify_bundle(&bundle) {
+        let (accepted, time) = match self.verify_at_trusted_time(&bundle) {
             Ok(a) => a,
             Err(refusal) => return Err(self.refuse_unkept(refusal)),
         };
@@ -654,6 +687,8 @@ impl Agent {
             files::write_atomic(&trusted(&self.dir, "kept.json"), &bytes).map_err(io)?;
         }
         self.state.targets_version = Some(accepted.targets_version);
+        self.state.latest_time = time.floor.timestamp();
+        self.state.time_reset = time.reset;
         let Some(image) = accepted.image else {
             self.state.pending = None;
             self.save().map_err(io)?;
@@ -682,6 +717,57 @@ impl Agent {
         }
         self.save().map_err(io)?;
         Ok(ResultCode::Ok)
+    }
+
+    /// Verifies `bundle` at the Primary's proposed time and returns the time trusted after it,
+    /// by the one rule of `uptane_core::time::TrustedTime`: a proposal the metadata does not
+    /// corroborate is refused as time tampering, and an earlier one lowers the trusted time
+    /// only when the Director's signed metadata carries a new operator reset.
+    fn verify_at_trusted_time(
+        &self,
+        bundle: &PutMetadataRequest,
+    ) -> Result<(verify::Accepted, TrustedTime), Refusal> {
+        let mut time = self.trusted_time()?;
+        let reading = self.proposed_time.unwrap_or(time.floor);
+        let at = time.at(reading);
+        let refusal = match self.verify_bundle(bundle, at) {
+            Ok(accepted) => {
+                if let Some(evidence) = &accepted.time {
+                    time.corroborate(at, evidence);
+                }
+                return Ok((accepted, time));
+            }
+            Err(refusal) if refusal.code == ResultCode::MetadataExpired => refusal,
+            Err(refusal) => return Err(refusal),
+        };
+        if at > time.floor
+            && let Ok(accepted) = self.verify_bundle(bundle, time.floor)
+            && let Some(wrong) = accepted
+                .time
+                .as_ref()
+                .and_then(|e| time.past_evidence(at, e))
+        {
+            return Err(Refusal {
+                code: ResultCode::TimeRefused,
+                attack: Some(AttackKind::TimeTampering),
+                description: wrong.to_string(),
+            });
+        }
+        if let Some(earlier) = time.recovery_reading(reading)
+            && let Ok(accepted) = self.verify_bundle(bundle, earlier)
+            && accepted
+                .time
+                .as_ref()
+                .is_some_and(|e| time.reset(earlier, e))
+        {
+            tracing::warn!(
+                trusted_time = %format_expires(&time.floor),
+                reset = time.reset,
+                "trusted time lowered by the operator's reset in the Director's metadata"
+            );
+            return Ok((accepted, time));
+        }
+        Err(refusal)
     }
 
     fn pending_for(&self, correlation_id: &str) -> Result<Pending, Refusal> {

@@ -268,10 +268,12 @@ impl Secondary for Service {
     ) -> Result<Response<proto::v2::Result>, Status> {
         self.require_primary(&request)?;
         let unix_seconds = request.into_inner().unix_seconds;
-        self.call(move |agent| agent.put_time(unix_seconds))
-            .await?
-            .map_err(io_status)?;
-        Ok(Response::new(result(ResultCode::Ok, "time accepted", "")))
+        Ok(Response::new(
+            match self.call(move |agent| agent.put_time(unix_seconds)).await? {
+                Ok(words) => result(ResultCode::Ok, words, ""),
+                Err(r) => refused(&r, ""),
+            },
+        ))
     }
 
     async fn put_metadata(

@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, HashMap};
 use proto::v2::PutMetadataRequest;
 use uptane_core::error::UpdateError;
 use uptane_core::refresh::{self, MetadataFile, MetadataSource, Refresh};
-use uptane_core::time::UtcTime;
+use uptane_core::time::{Evidence, UtcTime};
 use uptane_core::trusted::{Director, ImageRepo, Limits, TrustedSet};
 use uptane_core::uptane::{
     ApprovedImage, EcuIdentity, UptaneError, approve, correlation_id, director_target_for,
-    verify_partial,
+    time_evidence, verify_partial,
 };
 use uptane_core::verify::Raw;
 
@@ -47,6 +47,8 @@ pub struct KeptMetadata {
 pub struct Accepted {
     /// The image for this ECU, if one is assigned.
     pub image: Option<ApprovedImage>,
+    /// What the Director's verified metadata says about the time.
+    pub time: Option<Evidence>,
     /// The accepted Director targets version.
     pub targets_version: u64,
     /// The update's correlation id, as the Director signed it.
@@ -181,6 +183,7 @@ pub fn partial(
     let trusted = director.into_trusted();
     Ok(Accepted {
         image,
+        time: time_evidence(&trusted)?,
         correlation_id: signed_correlation_id(&trusted),
         targets_version: trusted.targets().map_or(0, |t| t.common.version),
         director_root: trusted.root().as_bytes().to_vec(),
@@ -231,6 +234,7 @@ pub fn full(
     let director = director.into_trusted();
     Ok(Accepted {
         image,
+        time: time_evidence(&director)?,
         correlation_id: signed_correlation_id(&director),
         targets_version: director.targets().map_or(0, |t| t.common.version),
         director_root: director.root().as_bytes().to_vec(),

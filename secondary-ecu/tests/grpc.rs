@@ -19,7 +19,10 @@ use tonic::transport::Channel;
 use uptane_core::crypto::SigningKey;
 use uptane_core::sign::TargetsBuilder;
 use uptane_core::testing::{RepoFixture, key};
-use uptane_core::uptane::{director_target_custom, director_targets_custom, image_target_custom};
+use uptane_core::time::format_expires;
+use uptane_core::uptane::{
+    director_target_custom, director_targets_custom, image_target_custom, with_signing_time,
+};
 use uptane_tests::forge::{LinkKeys, secondary_client};
 use uptane_tests::{ChildGuard, run_ok, spawn_listening};
 
@@ -386,6 +389,99 @@ async fn full_update(mode: &str) {
     assert_eq!(report["last_install"]["result"], "installed");
     let next = ecu.report("n2").await;
     assert!(next["report_counter"].as_u64() > report["report_counter"].as_u64());
+}
+
+impl Ecu {
+    async fn put_time(&mut self, time: i64) -> proto::v2::Result {
+        self.client()
+            .put_time(PutTimeRequest { unix_seconds: time })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn put(&mut self, repos: &Repos) -> proto::v2::Result {
+        self.client()
+            .put_metadata(repos.bundle())
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+/// The Secondary's time model (docs/SECURITY.md, "Time"), in both verification modes: a
+/// time is trusted only as far as the Director's verified metadata corroborates it, and
+/// goes back only by the operator's reset signed into that metadata.
+#[tokio::test]
+async fn a_secondary_trusts_only_times_the_directors_metadata_corroborates() {
+    let day = chrono::Duration::days(1);
+    let t0 = uptane_core::time::from_unix_seconds(now().timestamp()).unwrap();
+    let signed_at = |repos: &mut Repos, at: uptane_core::time::UtcTime, reset: u64| {
+        repos.edit_director(
+            |b| {
+                b.custom(with_signing_time(
+                    director_targets_custom(VIN, CORR),
+                    &at,
+                    reset,
+                ))
+            },
+            None,
+        );
+    };
+    for mode in ["partial", "full"] {
+        let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+        let mut ecu = Ecu::new(&repos, mode);
+        ecu.start(&[]).await;
+        ecu.put_time(t0.timestamp()).await;
+        // No date: refused at once, as an attack; never read as 1970.
+        let r = ecu.put_time(i64::MAX).await;
+        assert_eq!(r.code, ResultCode::TimeRefused as i32, "{mode}: {r:?}");
+        assert_eq!(r.attack(), proto::v2::Attack::TimeTampering, "{mode}");
+        assert!(r.description.contains("not a date"), "{mode}: {r:?}");
+        // Past the expiry of the Director's metadata, which verifies at the trusted time: the
+        // time is what is wrong.
+        ecu.put_time((t0 + day * 365).timestamp()).await;
+        let r = ecu.put(&repos).await;
+        assert_eq!(r.code, ResultCode::TimeRefused as i32, "{mode}: {r:?}");
+        assert_eq!(r.attack(), proto::v2::Attack::TimeTampering, "{mode}");
+        assert!(r.description.contains("past the expiry"), "{mode}: {r:?}");
+        let report = ecu.report("n1").await;
+        assert_eq!(report["latest_time"], format_expires(&t0), "{mode}");
+        let attacks = report["attacks_detected"].to_string();
+        assert_eq!(
+            attacks.matches("time_tampering").count(),
+            2,
+            "{mode}: {attacks}"
+        );
+        // A time the metadata corroborates is trusted; so is the Director's signing time when
+        // it is later (the Director's clock ran 20 days ahead).
+        signed_at(&mut repos, t0 + day * 20, 0);
+        ecu.put_time((t0 + day).timestamp()).await;
+        let r = ecu.put(&repos).await;
+        assert_eq!(r.code, ResultCode::Ok as i32, "{mode}: {r:?}");
+        assert_eq!(
+            ecu.report("n2").await["latest_time"],
+            format_expires(&(t0 + day * 20)),
+            "{mode}"
+        );
+        // Its clock fixed, the Director signs metadata that expires before the trusted time:
+        // refused as expired, and an earlier time from the Primary changes nothing...
+        repos.director.expires = t0 + day * 5;
+        signed_at(&mut repos, t0, 0);
+        ecu.put_time(t0.timestamp()).await;
+        let r = ecu.put(&repos).await;
+        assert_eq!(r.code, ResultCode::MetadataExpired as i32, "{mode}: {r:?}");
+        // ...until the operator's reset comes in the Director's signed metadata.
+        signed_at(&mut repos, t0, 1);
+        ecu.put_time(t0.timestamp()).await;
+        let r = ecu.put(&repos).await;
+        assert_eq!(r.code, ResultCode::Ok as i32, "{mode}: {r:?}");
+        assert_eq!(
+            ecu.report("n3").await["latest_time"],
+            format_expires(&t0),
+            "{mode}"
+        );
+    }
 }
 
 #[tokio::test]

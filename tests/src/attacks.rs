@@ -28,6 +28,7 @@ use crate::forge::{
 use crate::mitm::{Mitm, Tamper};
 
 mod keys;
+mod time;
 mod transport;
 use crate::sim::{Fleet, Mode, SimVehicle, VehicleSpec, wait_until};
 use crate::{bin, blocking, run};
@@ -461,6 +462,7 @@ pub fn scenarios() -> Vec<Scenario> {
     let mut all = uptane_scenarios();
     all.extend(transport::scenarios());
     all.extend(keys::scenarios());
+    all.extend(time::scenarios());
     all
 }
 

@@ -151,6 +151,8 @@ pub enum ReportForgery {
 pub struct ForgingLink {
     real: SecondaryClient<tonic::transport::Channel>,
     forgery: Arc<Mutex<ReportForgery>>,
+    /// The time sent instead of the Primary's, if set.
+    time: Arc<Mutex<Option<i64>>>,
     /// Reports that passed through.
     pub seen: Arc<Mutex<Vec<Vec<u8>>>>,
 }
@@ -227,6 +229,7 @@ impl ForgingLink {
                 ForgingLink {
                     real: SecondaryClient::new(channel),
                     forgery: Arc::new(Mutex::new(ReportForgery::None)),
+                    time: Arc::new(Mutex::new(None)),
                     seen: Arc::new(Mutex::new(Vec::new())),
                 },
                 listener,
@@ -244,6 +247,13 @@ impl ForgingLink {
             });
         });
         (addr, link)
+    }
+
+    /// Sends `unix_seconds` in every later `PutTime` instead of the Primary's time.
+    pub fn forge_time(&self, unix_seconds: i64) {
+        if let Ok(mut t) = self.time.lock() {
+            *t = Some(unix_seconds);
+        }
     }
 
     /// Sets how reports are rewritten.
@@ -274,7 +284,11 @@ impl Secondary for ForgingLink {
         &self,
         request: Request<PutTimeRequest>,
     ) -> Result<Response<proto::v2::Result>, Status> {
-        self.real.clone().put_time(request.into_inner()).await
+        let mut time = request.into_inner();
+        if let Some(forged) = self.time.lock().ok().and_then(|t| *t) {
+            time.unix_seconds = forged;
+        }
+        self.real.clone().put_time(time).await
     }
 
     async fn acknowledge_report(

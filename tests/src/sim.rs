@@ -499,6 +499,7 @@ pub struct SimVehicle {
     image_url: String,
     ca_cert: PathBuf,
     primary_flags: Vec<String>,
+    clock_offset_secs: i64,
 }
 
 /// What a vehicle is made of.
@@ -638,6 +639,7 @@ impl SimVehicle {
             image_url: fleet.image_url.clone(),
             ca_cert: fleet.ca_cert.clone(),
             primary_flags: Vec::new(),
+            clock_offset_secs: 0,
         }
     }
 
@@ -698,6 +700,12 @@ impl SimVehicle {
             &text(&self.ca_cert),
         ]);
         command.args(&self.primary_flags);
+        if self.clock_offset_secs != 0 && subcommand == "once" {
+            command.arg(format!(
+                "--fault-clock-offset-secs={}",
+                self.clock_offset_secs
+            ));
+        }
         for s in &self.secondaries {
             command.args([
                 "--secondary",
@@ -726,6 +734,11 @@ impl SimVehicle {
     /// The CA certificate the Primary trusts for both servers (the fleet's by default).
     pub fn set_ca_cert(&mut self, path: &Path) {
         self.ca_cert = path.to_path_buf();
+    }
+
+    /// Fault injection: later `primary-ecu once` runs read the system clock this far off.
+    pub fn set_clock_offset_secs(&mut self, seconds: i64) {
+        self.clock_offset_secs = seconds;
     }
 
     /// Extra flags for every later `primary-ecu` command.

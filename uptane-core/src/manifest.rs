@@ -12,7 +12,8 @@ use serde_json::Value;
 mod check;
 
 pub use check::{
-    CheckedManifest, InventoryEcu, ManifestError, VehicleInventory, check_vehicle_manifest,
+    CheckedManifest, InventoryEcu, ManifestError, TimeWentBack, VehicleInventory,
+    check_vehicle_manifest,
 };
 
 use crate::cjson::CanonicalError;

@@ -4,7 +4,8 @@
 //! Custom fields (see `docs/POUF.md`): Image repository targets carry
 //! `custom.hardwareIds` (list) and `custom.releaseCounter`; Director targets carry
 //! `custom.ecuIdentifiers` (`{serial: {"hardwareId": ...}}`) and `custom.releaseCounter`
-//! per target, and a top-level `custom.vin` and `custom.correlationId`.
+//! per target, and a top-level `custom.vin`, `custom.correlationId`, `custom.signedAt` and
+//! `custom.timeReset`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,6 +15,7 @@ use crate::error::{AttackKind, UpdateError};
 use crate::hash::{DigestError, Hashes, StreamVerifier};
 use crate::ids::{EcuSerial, HardwareId, Vin};
 use crate::metadata::{TargetFile, Targets};
+use crate::time::{Evidence, UtcTime, format_expires, parse_expires};
 use crate::trusted::{Director, ImageRepo, TrustedSet, TrustedTarget};
 
 /// Why Director targets, a match, or an image were refused.
@@ -162,6 +164,60 @@ fn release_counter(target: &str, custom: Option<&Value>) -> Result<u64, UptaneEr
             reason: "releaseCounter is not a non-negative integer".into(),
         }),
     }
+}
+
+/// Adds what the Director states about the time to its targets' custom object: when it signed
+/// them, and the number of the latest time reset an operator asked for this vehicle (0: none).
+pub fn with_signing_time(mut custom: Value, signed_at: &UtcTime, reset: u64) -> Value {
+    custom["signedAt"] = json!(format_expires(signed_at));
+    if reset > 0 {
+        custom["timeReset"] = json!(reset);
+    }
+    custom
+}
+
+/// What the verified Director metadata says about the time (`docs/POUF.md`): the signing
+/// time and reset number in the targets' custom object, and the earliest expiry among the
+/// roles verified. `None` before any targets are trusted; a malformed field is an error, never
+/// read as absent.
+pub fn time_evidence(director: &TrustedSet<Director>) -> Result<Option<Evidence>, UptaneError> {
+    let Some(targets) = director.targets() else {
+        return Ok(None);
+    };
+    let bad = |reason: &str| UptaneError::BadCustom {
+        target: "(Director targets)".into(),
+        reason: reason.into(),
+    };
+    let custom = targets.custom.as_ref();
+    let signed_at = match custom.and_then(|c| c.get("signedAt")) {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(parse_expires)
+                .ok_or_else(|| bad("signedAt is not YYYY-MM-DDTHH:MM:SSZ"))?,
+        ),
+    };
+    let reset = match custom.and_then(|c| c.get("timeReset")) {
+        None => 0,
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| bad("timeReset is not a non-negative integer"))?,
+    };
+    let expires = [
+        Some(director.root().common.expires),
+        director.timestamp().map(|t| t.common.expires),
+        director.snapshot().map(|s| s.common.expires),
+        Some(targets.common.expires),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(targets.common.expires);
+    Ok(Some(Evidence {
+        signed_at,
+        expires,
+        reset,
+    }))
 }
 
 /// The VIN in Director targets, if present.

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 use uptane_core::crypto::PublicKey;
+use uptane_core::error::AttackKind;
 use uptane_core::ids::{EcuSerial, Vin};
 use uptane_core::manifest::{
     CheckedManifest, InventoryEcu, ManifestError, VehicleInventory, check_vehicle_manifest,
 };
-use uptane_core::time::UtcTime;
+use uptane_core::time::{UtcTime, format_expires, parse_expires};
 
 use super::assignments::{self, AssignmentStatus};
 use super::events::NewEvent;
@@ -35,15 +36,16 @@ pub struct ManifestOutcome {
 /// The vehicle as the inventory knows it, for the manifest checks.
 fn inventory(conn: &Connection, vin: &Vin) -> Result<VehicleInventory, DirectorError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT serial, public_key, is_primary, last_report_counter FROM ecus WHERE vin = ?1",
+        "SELECT serial, public_key, is_primary, last_report_counter, last_report_time FROM ecus WHERE vin = ?1",
     )?;
-    let rows: Vec<(String, String, bool, Option<i64>)> = stmt
+    type Row = (String, String, bool, Option<i64>, Option<String>);
+    let rows: Vec<Row> = stmt
         .query_map([vin.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<Result<_, _>>()?;
     let mut ecus = BTreeMap::new();
-    for (serial, key, primary, counter) in rows {
+    for (serial, key, primary, counter, last_time) in rows {
         let unreadable =
             |what: &str| DirectorError::Internal(format!("ECU {serial}: stored {what} unreadable"));
         let key = serde_json::from_str(&key)
@@ -51,12 +53,16 @@ fn inventory(conn: &Connection, vin: &Vin) -> Result<VehicleInventory, DirectorE
             .and_then(|k| PublicKey::from_json(k).ok())
             .ok_or_else(|| unreadable("key"))?;
         let id = EcuSerial::new(serial.as_str()).map_err(|_| unreadable("serial"))?;
+        let last_time = last_time
+            .map(|t| parse_expires(&t).ok_or_else(|| unreadable("report time")))
+            .transpose()?;
         ecus.insert(
             id,
             InventoryEcu {
                 key,
                 primary,
                 last_counter: counter.map(|c| c as u64),
+                last_time,
             },
         );
     }
@@ -133,6 +139,13 @@ fn record_manifest(
             .map(ToString::to_string)
             .collect(),
     };
+    for went_back in &checked.times_went_back {
+        NewEvent::security("report_time_went_back", &actor, &went_back.to_string())
+            .vin(vin_text)
+            .ecu(Some(went_back.ecu.as_str()))
+            .attack(AttackKind::TimeTampering)
+            .record(&tx, now)?;
+    }
     for (serial, reason) in &checked.unreachable {
         NewEvent::info("ecu_unreachable", &actor, reason)
             .vin(vin_text)
@@ -149,7 +162,8 @@ fn record_manifest(
         )?;
         tx.execute(
             "UPDATE ecus SET installed_filename = ?1, installed_length = ?2, installed_hashes = ?3, installed_release_counter = ?4,
-                    last_report_counter = ?5, last_report_at = ?6, attacks_reported = ?7 WHERE serial = ?8",
+                    last_report_counter = ?5, last_report_at = ?6, attacks_reported = ?7,
+                    last_report_time = ?9 WHERE serial = ?8",
             params![
                 image.filename,
                 image.length as i64,
@@ -158,7 +172,8 @@ fn record_manifest(
                 report.report_counter as i64,
                 now_text(now),
                 serde_json::to_string(&report.attacks_detected).expect("attacks serialize"),
-                serial
+                serial,
+                format_expires(&report.latest_time)
             ],
         )?;
         for attack in &report.attacks_detected {

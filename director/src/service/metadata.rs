@@ -9,7 +9,7 @@ use serde_json::json;
 use uptane_core::hash::sha256_hex;
 use uptane_core::sign::{RootBuilder, SnapshotBuilder, TargetsBuilder, TimestampBuilder, describe};
 use uptane_core::time::{UtcTime, format_expires, parse_expires};
-use uptane_core::uptane::{director_target_custom, director_targets_custom};
+use uptane_core::uptane::{director_target_custom, director_targets_custom, with_signing_time};
 
 use super::events::NewEvent;
 use super::rotation::{ActiveKeys, KeyRing};
@@ -88,6 +88,9 @@ pub fn refresh_vehicle_metadata(
             ]))
             .collect::<Vec<_>>()
     );
+    // A new operator time reset must reach the vehicle: it is content like an assignment.
+    let reset = super::time::current_reset(&tx, vin)?;
+    let content = json!([content, reset]);
     let content_sha256 = sha256_hex(content.to_string().as_bytes());
     let stored: Option<StoredMetadata> = tx
         .query_row(
@@ -142,8 +145,12 @@ pub fn refresh_vehicle_metadata(
             _ => group.push(e),
         }
     }
-    let mut builder =
-        TargetsBuilder::new(tv, expires).custom(director_targets_custom(vin, latest_correlation));
+    let custom = with_signing_time(
+        director_targets_custom(vin, latest_correlation),
+        &now,
+        reset,
+    );
+    let mut builder = TargetsBuilder::new(tv, expires).custom(custom);
     for (filename, group) in &by_file {
         let first = group[0];
         let mut custom =

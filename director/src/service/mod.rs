@@ -19,6 +19,7 @@ pub mod events;
 pub mod manifests;
 pub mod metadata;
 pub mod rotation;
+pub mod time;
 pub mod tokens;
 pub mod vehicles;
 

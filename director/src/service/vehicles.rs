@@ -212,6 +212,8 @@ pub struct EcuRecord {
     pub last_report_counter: Option<u64>,
     /// When its last report arrived.
     pub last_report_at: Option<String>,
+    /// The time its last report stated (the latest time the ECU could verify).
+    pub last_report_time: Option<String>,
     /// Attacks its last report named.
     pub attacks_reported: Value,
 }
@@ -232,7 +234,8 @@ pub struct VehicleRecord {
 fn ecus_of(conn: &Connection, vin: &str) -> Result<Vec<EcuRecord>, DirectorError> {
     let mut stmt = conn.prepare_cached(
         "SELECT serial, hardware_id, is_primary, public_key, installed_filename, installed_length, installed_hashes,
-                installed_release_counter, last_report_counter, last_report_at, attacks_reported
+                installed_release_counter, last_report_counter, last_report_at, attacks_reported,
+                last_report_time
          FROM ecus WHERE vin = ?1 ORDER BY is_primary DESC, serial",
     )?;
     let rows = stmt.query_map([vin], |r| {
@@ -256,6 +259,7 @@ fn ecus_of(conn: &Connection, vin: &str) -> Result<Vec<EcuRecord>, DirectorError
             installed,
             last_report_counter: r.get::<_, Option<i64>>(8)?.map(|c| c as u64),
             last_report_at: r.get(9)?,
+            last_report_time: r.get(11)?,
             attacks_reported: attacks
                 .and_then(|a| serde_json::from_str(&a).ok())
                 .unwrap_or(json!([])),

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use proto::v2::PutMetadataRequest;
 use uptane_core::error::AttackKind;
 use uptane_core::ids::{EcuSerial, HardwareId};
-use uptane_core::time::UtcTime;
+use uptane_core::time::{Evidence, UtcTime};
 use uptane_core::trusted::{Director, ImageRepo};
-use uptane_core::uptane::{ApprovedImage, UptaneError, approve, correlation_id, director_targets};
+use uptane_core::uptane::{
+    ApprovedImage, UptaneError, approve, correlation_id, director_targets, time_evidence,
+};
 
 use super::Primary;
 use crate::ports::{ImageRepoPort, Ports};
@@ -51,7 +53,12 @@ impl From<UptaneError> for Refusal {
 impl<P: Ports> Primary<P> {
     /// Full verification of both repositories and the match of every Director target.
     /// `None` when nothing changed and nothing is pending.
-    pub(super) async fn verify(&mut self, now: UtcTime) -> Result<Option<Plan>, Refusal> {
+    /// `evidence` gets what the Director's metadata says about the time once it verified.
+    pub(super) async fn verify(
+        &mut self,
+        now: UtcTime,
+        evidence: &mut Option<Evidence>,
+    ) -> Result<Option<Plan>, Refusal> {
         let limits = self.settings.limits();
         let mut director = Updater::<Director, _>::new(
             &self.director,
@@ -60,6 +67,7 @@ impl<P: Ports> Primary<P> {
             limits,
         )?;
         let outcome = director.refresh().await?;
+        *evidence = time_evidence(director.trusted())?;
         let targets = director
             .trusted()
             .targets()

@@ -24,6 +24,34 @@ pub struct InventoryEcu {
     pub primary: bool,
     /// The counter of its last accepted report.
     pub last_counter: Option<u64>,
+    /// The time its last accepted report stated.
+    pub last_time: Option<UtcTime>,
+}
+
+/// A report time earlier than the last one its ECU stated: the ECU's trusted time only goes
+/// back after an operator's reset, so anything else is a clock tampered with (or a report
+/// replayed with a fresh nonce by something holding the ECU's key). Recorded, not refused:
+/// an old time puts nothing at risk on the Director's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeWentBack {
+    /// The ECU.
+    pub ecu: EcuSerial,
+    /// The time the report states.
+    pub time: UtcTime,
+    /// The time its last accepted report stated.
+    pub last: UtcTime,
+}
+
+impl std::fmt::Display for TimeWentBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ECU {} report time {} is earlier than its last report's {}",
+            self.ecu,
+            format_expires(&self.time),
+            format_expires(&self.last)
+        )
+    }
 }
 
 /// A vehicle as the Director's inventory knows it.
@@ -44,6 +72,8 @@ pub struct CheckedManifest {
     pub reports: Vec<Verified<EcuVersionReport>>,
     /// ECUs the Primary declared unreachable, with why.
     pub unreachable: BTreeMap<EcuSerial, String>,
+    /// Reports whose time went back.
+    pub times_went_back: Vec<TimeWentBack>,
 }
 
 /// Why a vehicle version manifest was refused; each names the attack it stopped.
@@ -168,7 +198,8 @@ impl ManifestError {
 /// the Primary's signature against its registered key, the VIN and Primary it names, every
 /// inventory ECU either reported or declared unreachable and no other, every report signed
 /// by its ECU's key and for that ECU, every nonce unseen and every counter above the last,
-/// no report time beyond `now + clock_skew`.
+/// no report time beyond `now + clock_skew`; report times earlier than the ECU's last are
+/// named in [`CheckedManifest::times_went_back`].
 ///
 /// `nonce_seen(ecu, nonce)` asks the caller's storage whether a nonce was accepted before;
 /// its error is returned as the outer `Err`, a refusal as the inner one.
@@ -215,6 +246,7 @@ pub fn check_vehicle_manifest<E>(
         }
     }
     let mut reports = Vec::new();
+    let mut times_went_back = Vec::new();
     let mut nonces = BTreeSet::new();
     for serial in manifest.ecu_version_reports.keys() {
         let Some(ecu) = inventory.ecus.get(serial) else {
@@ -266,6 +298,15 @@ pub fn check_vehicle_manifest<E>(
                 time: report.latest_time,
             });
         }
+        if let Some(last) = ecu.last_time
+            && report.latest_time < last
+        {
+            times_went_back.push(TimeWentBack {
+                ecu: serial.clone(),
+                time: report.latest_time,
+                last,
+            });
+        }
         reports.push(report);
     }
     let unreachable = manifest.unreachable_ecus.clone();
@@ -273,6 +314,7 @@ pub fn check_vehicle_manifest<E>(
         manifest,
         reports,
         unreachable,
+        times_went_back,
     }))
 }
 
@@ -317,6 +359,7 @@ mod tests {
             key: key(k).public_key().clone(),
             primary,
             last_counter: Some(5),
+            last_time: None,
         };
         VehicleInventory {
             vin: vin(),
@@ -369,6 +412,32 @@ mod tests {
     fn accepts_a_manifest_that_passes_every_check() {
         let checked = check(&with(|_| {})).unwrap();
         assert_eq!(checked.reports.len(), 2);
+        assert!(checked.times_went_back.is_empty());
+    }
+
+    #[test]
+    fn a_report_time_earlier_than_the_last_is_named_not_refused() {
+        let mut inventory = inventory();
+        let last = now() + Duration::minutes(1);
+        inventory.ecus.get_mut(&serial("ecu1")).unwrap().last_time = Some(last);
+        let bytes = with(|_| {});
+        let seen = |_: &EcuSerial, _: &str| Ok::<_, Infallible>(false);
+        let checked = check_vehicle_manifest(&bytes, &inventory, now(), Duration::minutes(5), seen)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            checked.times_went_back,
+            vec![TimeWentBack {
+                ecu: serial("ecu1"),
+                time: now(),
+                last,
+            }]
+        );
+        assert!(
+            checked.times_went_back[0]
+                .to_string()
+                .contains("is earlier than its last report's"),
+        );
     }
 
     #[test]
