@@ -141,11 +141,14 @@ fn main() {
 
     let manifests: Vec<Vec<u8>> = (0..MANIFESTS).map(manifest).collect();
     let policy = Policy::default();
+    let refusals = service::refusals::RefusalLog::new(policy.refusal_window);
     let start = Instant::now();
     for (i, bytes) in manifests.iter().enumerate() {
         let v: Vin = vin(i).parse().unwrap();
-        db.call_blocking(|conn| service::process_manifest(conn, &v, bytes, &policy, now()))
-            .unwrap();
+        db.call_blocking(|conn| {
+            service::process_manifest(conn, &v, bytes, &policy, now(), &refusals)
+        })
+        .unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
     println!(

@@ -12,6 +12,7 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use service_runtime::http::ServerLimits;
 use service_runtime::tls::{Fingerprint, PeerIdentity};
 use uptane_core::ids::{EcuSerial, Vin};
 
@@ -94,17 +95,38 @@ fn parse_id<T: std::str::FromStr<Err = uptane_core::ids::IdError>>(
         .map_err(|e: uptane_core::ids::IdError| DirectorError::BadRequest(e.to_string()))
 }
 
-/// Reads a body of at most the configured size: 413 above it.
-async fn read_body(state: &AppState, body: Body) -> Result<Vec<u8>, DirectorError> {
-    axum::body::to_bytes(body, state.max_body_bytes)
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|_| DirectorError::PayloadTooLarge(state.max_body_bytes))
+/// The largest operator or registration JSON body: a vehicle of 100 ECUs with RSA keys is
+/// about 100 KiB.
+pub const MAX_JSON_BYTES: usize = 256 << 10;
+
+/// Time to receive a body once the request is authenticated.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a body of at most `limit` bytes: 413 above it (from the declared length before a
+/// byte is read), 408 when it does not arrive within [`BODY_TIMEOUT`].
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, DirectorError> {
+    if axum::body::HttpBody::size_hint(&body)
+        .exact()
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(DirectorError::PayloadTooLarge(limit));
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes.to_vec()),
+        Ok(Err(_)) => Err(DirectorError::PayloadTooLarge(limit)),
+        Err(_) => Err(DirectorError::BodyTimeout(BODY_TIMEOUT.as_secs())),
+    }
 }
 
-/// Reads a JSON body: 413 above the size limit, 400 when malformed.
+/// Reads a vehicle manifest: at most the configured size.
+async fn read_body(state: &AppState, body: Body) -> Result<Vec<u8>, DirectorError> {
+    read_limited(body, state.max_body_bytes).await
+}
+
+/// Reads a JSON body: 413 above [`MAX_JSON_BYTES`] (or the configured size, if smaller),
+/// 408 when too slow, 400 when malformed.
 async fn read_json<T: DeserializeOwned>(state: &AppState, body: Body) -> Result<T, DirectorError> {
-    let bytes = read_body(state, body).await?;
+    let bytes = read_limited(body, MAX_JSON_BYTES.min(state.max_body_bytes)).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| DirectorError::BadRequest(format!("malformed JSON: {e}")))
 }
@@ -160,6 +182,12 @@ async fn register_with_provisioning(
     let token = bearer(&headers)
         .ok_or_else(|| DirectorError::Unauthorized("missing bearer token".into()))?;
     let certificate = peer.and_then(|Extension(p)| p.fingerprint);
+    // The token is checked before a byte of the body is read; it is used (counted) only
+    // in the registration's transaction.
+    state
+        .service
+        .check_provisioning_token(token.clone())
+        .await?;
     let vehicle: NewVehicle = read_json(&state, body).await?;
     let vin = vehicle.vin.clone();
     let credential = state
@@ -465,5 +493,23 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    service_runtime::http::serve(listener, transport, router(state), shutdown).await
+    serve_within(
+        listener,
+        transport,
+        ServerLimits::default(),
+        state,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] within connection `limits`.
+pub async fn serve_within(
+    listener: tokio::net::TcpListener,
+    transport: service_runtime::http::Transport,
+    limits: ServerLimits,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    service_runtime::http::serve_with(listener, transport, limits, router(state), shutdown).await
 }

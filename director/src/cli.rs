@@ -32,8 +32,39 @@ async fn watch_root_expiry(db: Db, window: chrono::Duration) {
         }
     }
 }
+/// Removes what is older than the retention period, at start and every day.
+async fn watch_retention(service: DirectorService) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(86_400));
+    loop {
+        every.tick().await;
+        match service.sweep_retention().await {
+            Ok(swept) if swept.events + swept.manifests > 0 => tracing::info!(
+                events = swept.events,
+                manifests = swept.manifests,
+                "removed what is older than the retention period"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "retention sweep"),
+        }
+    }
+}
+
+/// Records the summary of each refusal window as it ends (`service/refusals.rs`).
+async fn watch_refusals(service: DirectorService, window: chrono::Duration) {
+    let period = window
+        .to_std()
+        .unwrap_or(std::time::Duration::from_secs(60));
+    let mut every = tokio::time::interval(period);
+    loop {
+        every.tick().await;
+        if let Err(e) = service.flush_refusals(false).await {
+            tracing::error!(error = %e, "recording refusal summaries");
+        }
+    }
+}
+
 use crate::service::{self, DirectorService, Policy, TokenSelector};
-use service_runtime::http::{ClientTls, Transport};
+use service_runtime::http::{ClientTls, ServerLimitsArgs, Transport};
 use service_runtime::tls::{ClientAuth, Fingerprint};
 
 /// The Uptane Director repository.
@@ -148,9 +179,17 @@ enum Command {
             default_value_t = 86_400
         )]
         metadata_lifetime_secs: i64,
-        /// Largest request body, in bytes.
+        /// Largest vehicle manifest, in bytes (operator and registration JSON bodies are
+        /// capped at 256 KiB).
         #[arg(long, env = "DIRECTOR_MAX_BODY_BYTES", default_value_t = 1 << 20)]
         max_body_bytes: usize,
+        /// Days events and received manifests are kept (the newest manifest of each vehicle
+        /// stays).
+        #[arg(long, env = "DIRECTOR_RETENTION_DAYS", default_value_t = 365,
+              value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        retention_days: u32,
+        #[command(flatten)]
+        limits: ServerLimitsArgs,
         /// How long a vehicle credential works, in seconds (vehicles renew theirs when a
         /// third of that is left).
         #[arg(
@@ -690,6 +729,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             max_body_bytes,
             vehicle_credential_lifetime_secs,
             root_expiry_warning_days,
+            retention_days,
+            limits,
             tls,
         } => {
             if metadata_lifetime_secs < 120 {
@@ -727,11 +768,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     vehicle_credential_lifetime_secs,
                 ),
                 root_expiry_warning: expiry_warning,
+                retention: chrono::Duration::days(i64::from(retention_days)),
                 ..Policy::default()
             };
             tokio::spawn(watch_root_expiry(db.clone(), expiry_warning));
+            let service = DirectorService::new(db, keys, catalog, policy);
+            tokio::spawn(watch_refusals(service.clone(), policy.refusal_window));
+            tokio::spawn(watch_retention(service.clone()));
             let state = AppState {
-                service: DirectorService::new(db, keys, catalog, policy),
+                service: service.clone(),
                 max_body_bytes,
             };
             let listener = tokio::net::TcpListener::bind(listen)
@@ -740,13 +785,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let addr = listener.local_addr()?;
             tracing::info!(%addr, scheme = transport.scheme(), "listening");
             println!("listening on {addr}");
-            crate::api::serve(
+            crate::api::serve_within(
                 listener,
                 transport,
+                limits.limits(),
                 state,
                 service_runtime::shutdown_signal(),
             )
             .await?;
+            // What the refusal log counted since its last summary is not lost at shutdown.
+            service.flush_refusals(true).await?;
             Ok(())
         }
         Command::Token { command } => token_command(command),

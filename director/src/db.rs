@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/004_credentials.sql"),
     include_str!("migrations/005_root_versions.sql"),
     include_str!("migrations/006_time.sql"),
+    include_str!("migrations/007_retention.sql"),
 ];
 
 /// Why a database call failed.

@@ -24,6 +24,9 @@ pub enum DirectorError {
     /// The body is larger than the configured limit.
     #[error("body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive in time.
+    #[error("the request body took longer than {0} s")]
+    BodyTimeout(u64),
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
@@ -60,6 +63,7 @@ impl DirectorError {
             }
             DirectorError::Conflict(_) => StatusCode::CONFLICT,
             DirectorError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            DirectorError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             DirectorError::ImageRepository(_) => StatusCode::BAD_GATEWAY,
             DirectorError::Db(_) | DirectorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

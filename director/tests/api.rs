@@ -31,6 +31,7 @@ const BRAKE_FW: &[u8] = b"brake firmware 2";
 
 struct Fleet {
     app: axum::Router,
+    service: DirectorService,
     db: Db,
     token: String,
     director_root: Vec<u8>,
@@ -107,17 +108,19 @@ fn fleet() -> Fleet {
         .call_blocking(|conn| service::root(conn, 1))
         .unwrap()
         .unwrap();
+    let service = DirectorService::new(
+        db.clone(),
+        service::KeyRing::fixed(online),
+        image_repo(),
+        Policy::default(),
+    );
     let state = AppState {
-        service: DirectorService::new(
-            db.clone(),
-            service::KeyRing::fixed(online),
-            image_repo(),
-            Policy::default(),
-        ),
+        service: service.clone(),
         max_body_bytes: 64 * 1024,
     };
     Fleet {
         app: router(state),
+        service,
         db,
         token,
         director_root,
@@ -763,6 +766,10 @@ async fn a_vehicle_reaches_only_its_own_metadata_and_manifests() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // The second refusal of the same kind within the refusal window is counted, not a row
+    // (`service/refusals.rs`); it is recorded in the window's summary.
+    assert_eq!(fleet.event_count(true), before + 1);
+    fleet.service.flush_refusals(true).await.unwrap();
     assert_eq!(fleet.event_count(true), before + 2);
     let (status, _, _) = fleet
         .send(

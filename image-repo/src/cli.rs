@@ -9,7 +9,7 @@ use uptane_core::metadata::{DelegatedRole, Targets};
 use uptane_core::sign::TargetsBuilder;
 use uptane_core::time::UtcTime;
 
-use service_runtime::http::{ClientTls, Transport};
+use service_runtime::http::{ClientTls, ServerLimitsArgs, Transport};
 use service_runtime::tls::{ClientAuth, Identity};
 
 use crate::keys;
@@ -218,6 +218,17 @@ enum Command {
         #[arg(long)]
         role: String,
     },
+    /// Removes uploaded images that no published metadata lists (uploads whose metadata was
+    /// refused or never came) and interrupted uploads, once older than the grace period. A
+    /// running server does this every hour.
+    Gc {
+        /// Repository directory.
+        #[arg(long, env = "IMAGE_REPO_DIR")]
+        repo: PathBuf,
+        /// Keep what is younger than this many hours.
+        #[arg(long, default_value_t = 24)]
+        grace_hours: u64,
+    },
     /// Serves the repository over HTTP.
     Serve {
         /// Repository directory.
@@ -245,6 +256,17 @@ enum Command {
         /// Largest image upload, in bytes.
         #[arg(long, env = "IMAGE_REPO_MAX_BLOB_BYTES", default_value_t = 16 << 30)]
         max_blob_bytes: u64,
+        /// Largest upload of the top-level targets metadata, in bytes.
+        #[arg(long, env = "IMAGE_REPO_MAX_TARGETS_BYTES", default_value_t = 16 << 20)]
+        max_targets_bytes: usize,
+        /// Largest upload of a delegated role's metadata, in bytes.
+        #[arg(long, env = "IMAGE_REPO_MAX_DELEGATED_BYTES", default_value_t = 16 << 20)]
+        max_delegated_bytes: usize,
+        /// Hours after which an uploaded image no published metadata lists is removed.
+        #[arg(long, env = "IMAGE_REPO_BLOB_GRACE_HOURS", default_value_t = 24)]
+        blob_grace_hours: u64,
+        #[command(flatten)]
+        limits: ServerLimitsArgs,
         /// The server's certificate chain (PEM); re-read on SIGHUP.
         #[arg(long, env = "IMAGE_REPO_TLS_CERT", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -529,6 +551,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             warn_expiring_in(&Repository::open(repo)?);
             Ok(())
         }
+        Command::Gc { repo, grace_hours } => {
+            let collected = Repository::open(&repo)?.collect_garbage(
+                std::time::SystemTime::now(),
+                Duration::from_secs(grace_hours * 3600),
+            )?;
+            println!(
+                "removed {} unlisted images and {} interrupted uploads ({} bytes)",
+                collected.blobs, collected.partial_uploads, collected.bytes
+            );
+            Ok(())
+        }
         Command::Serve {
             repo,
             listen,
@@ -537,6 +570,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             timestamp_lifetime_secs,
             snapshot_lifetime_secs,
             max_blob_bytes,
+            max_targets_bytes,
+            max_delegated_bytes,
+            blob_grace_hours,
+            limits,
             tls_cert,
             tls_key,
             upload_client_ca,
@@ -567,6 +604,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("the repository does not verify")?;
             let config = ServerConfig {
                 max_blob_bytes,
+                max_targets_bytes,
+                max_delegated_bytes,
+                blob_grace: Duration::from_secs(blob_grace_hours * 3600),
+                limits: limits.limits(),
                 renew_interval: Duration::from_secs(renew_interval_secs),
                 renew_margin: chrono::Duration::seconds(renew_margin_secs),
                 uploads_need_certificate: upload_client_ca.is_some(),

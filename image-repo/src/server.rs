@@ -24,6 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use futures_util::StreamExt;
 use serde_json::json;
+use service_runtime::http::ServerLimits;
+use service_runtime::throttle::Throttle;
 use service_runtime::tls::PeerIdentity;
 use tokio::sync::Mutex;
 use tower_http::services::ServeDir;
@@ -37,8 +39,16 @@ use crate::tokens::Tokens;
 pub struct ServerConfig {
     /// Largest image upload.
     pub max_blob_bytes: u64,
-    /// Largest metadata upload.
-    pub max_metadata_bytes: usize,
+    /// Largest upload of the top-level targets role.
+    pub max_targets_bytes: usize,
+    /// Largest upload of a delegated targets role.
+    pub max_delegated_bytes: usize,
+    /// Time to receive a metadata upload once its token is accepted.
+    pub metadata_body_timeout: Duration,
+    /// Connections and timeouts of the server.
+    pub limits: ServerLimits,
+    /// Blobs no published metadata lists are removed once this old (`collect_garbage`).
+    pub blob_grace: Duration,
     /// How often to check whether timestamp or snapshot need re-signing.
     pub renew_interval: Duration,
     /// Re-sign when they would expire within this.
@@ -52,7 +62,12 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_blob_bytes: 16 << 30,
-            max_metadata_bytes: 64 << 20,
+            // A 10,000-target role is about 3 MiB (docs/BENCHMARKS.md).
+            max_targets_bytes: 16 << 20,
+            max_delegated_bytes: 16 << 20,
+            metadata_body_timeout: Duration::from_secs(60),
+            limits: ServerLimits::default(),
+            blob_grace: Duration::from_secs(24 * 3600),
             renew_interval: Duration::from_secs(60),
             renew_margin: chrono::Duration::hours(12),
             uploads_need_certificate: false,
@@ -68,6 +83,8 @@ pub struct AppState {
     /// Serializes every change to the repository.
     write_lock: Arc<Mutex<()>>,
     metadata_cache: Arc<std::sync::RwLock<HashMap<String, CachedFile>>>,
+    /// Refused uploads, counted so that a flood is not a log line per request.
+    refusals: Arc<Throttle<(u16, String)>>,
     /// `GET /status`'s answer and when it was computed: reading the whole repository is
     /// not done more than once a minute, whoever asks.
     status_cache: Arc<Mutex<Option<(std::time::Instant, serde_json::Value)>>>,
@@ -107,9 +124,38 @@ impl AppState {
             write_lock: Arc::new(Mutex::new(())),
             metadata_cache: Arc::default(),
             status_cache: Arc::default(),
+            refusals: Arc::new(Throttle::new(REFUSAL_WINDOW, 64)),
         }
     }
+
+    /// Logs the tallies of a refusal window that ended (every window; `all` at shutdown).
+    fn log_refusals(&self, all: bool) {
+        let now = std::time::SystemTime::now();
+        log_tallies(if all {
+            self.refusals.drain(now)
+        } else {
+            self.refusals.due(now)
+        });
+    }
 }
+
+fn log_tallies(tallies: Vec<service_runtime::throttle::Tally<(u16, String)>>) {
+    for tally in tallies {
+        let (status, reason) = tally
+            .kind
+            .unwrap_or((0, "refusals beyond 64 distinct kinds".into()));
+        tracing::warn!(
+            security_event = "upload_refused",
+            status,
+            count = tally.count,
+            %reason,
+            "more uploads refused in the last window"
+        );
+    }
+}
+
+/// Refused uploads of one kind are logged once per window, then as one count.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 
 /// An error response: JSON `{"error": "..."}`; 5xx responses say only "internal error".
 #[derive(Debug)]
@@ -161,7 +207,6 @@ fn now() -> uptane_core::time::UtcTime {
 pub fn router(state: AppState) -> Router {
     // 256 KiB reads: 64 KiB reads cap a single download well below what loopback carries.
     let targets = ServeDir::new(state.repo.targets_dir()).with_buf_chunk_size(256 * 1024);
-    let metadata_limit = state.config.max_metadata_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/status", get(status))
@@ -171,7 +216,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/metadata/{role}",
-            put(upload_metadata).layer(DefaultBodyLimit::max(metadata_limit)),
+            put(upload_metadata).layer(DefaultBodyLimit::disable()),
         )
         .route("/metadata/{file}", get(get_metadata))
         .nest_service("/targets", targets)
@@ -229,10 +274,18 @@ async fn get_metadata(State(state): State<AppState>, Path(file): Path<String>) -
         .into_response()
 }
 
-/// A refused upload: 401 (or 403), logged as a security event.
-fn refused(status: StatusCode, reason: impl Into<String>) -> ApiError {
+/// A refused upload: 401 (or 403), logged as a security event, the first of its kind in a
+/// window at once and the rest as one count (`service_runtime::throttle`).
+fn refused(state: &AppState, status: StatusCode, reason: impl Into<String>) -> ApiError {
     let reason = reason.into();
-    tracing::warn!(security_event = "upload_refused", status = status.as_u16(), %reason, "upload refused");
+    let (first, ended) = state.refusals.note(
+        &(status.as_u16(), reason.clone()),
+        std::time::SystemTime::now(),
+    );
+    if first {
+        tracing::warn!(security_event = "upload_refused", status = status.as_u16(), %reason, "upload refused");
+    }
+    log_tallies(ended);
     ApiError::new(status, reason)
 }
 
@@ -247,6 +300,7 @@ fn uploader_role(
         && peer.and_then(|Extension(p)| p.fingerprint).is_none()
     {
         return Err(refused(
+            state,
             StatusCode::UNAUTHORIZED,
             "uploads need a client certificate issued by the upload CA",
         ));
@@ -255,12 +309,12 @@ fn uploader_role(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| refused(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+        .ok_or_else(|| refused(state, StatusCode::UNAUTHORIZED, "missing bearer token"))?;
     let tokens = Tokens::load(state.repo.dir()).map_err(ApiError::from)?;
     tokens
         .role_of(token, now())
         .map(str::to_string)
-        .map_err(|e| refused(StatusCode::UNAUTHORIZED, e.to_string()))
+        .map_err(|e| refused(state, StatusCode::UNAUTHORIZED, e.to_string()))
 }
 
 async fn upload_blob(
@@ -325,20 +379,53 @@ async fn upload_blob(
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }
 
+/// Reads an upload of at most `limit` bytes within `timeout`: 413 above the limit (refused
+/// from the declared length before a byte is read), 408 when too slow.
+async fn read_limited(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("metadata larger than {limit} bytes"),
+        )
+    };
+    if axum::body::HttpBody::size_hint(&body)
+        .exact()
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the upload took longer than {} s", timeout.as_secs()),
+        )),
+    }
+}
+
 async fn upload_metadata(
     State(state): State<AppState>,
     Path(role): Path<String>,
     headers: HeaderMap,
     peer: Option<Extension<PeerIdentity>>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    // The token is checked before a byte of the body is read.
     let allowed = uploader_role(&state, &headers, peer)?;
     if allowed != role {
         return Err(refused(
+            &state,
             StatusCode::FORBIDDEN,
             format!("this token may upload {allowed:?} metadata, not {role:?}"),
         ));
     }
+    let limit = if role == "targets" {
+        state.config.max_targets_bytes
+    } else {
+        state.config.max_delegated_bytes
+    };
+    let body = read_limited(body, limit, state.config.metadata_body_timeout).await?;
     let _guard = state.write_lock.lock().await;
     let repo = state.repo.clone();
     let report =
@@ -383,8 +470,30 @@ async fn status(State(state): State<AppState>) -> Response {
 async fn renew_loop(state: AppState) {
     let mut interval = tokio::time::interval(state.config.renew_interval);
     let mut warned: Option<std::time::Instant> = None;
+    let mut collected: Option<std::time::Instant> = None;
     loop {
         interval.tick().await;
+        state.log_refusals(false);
+        if collected.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
+            collected = Some(std::time::Instant::now());
+            let _guard = state.write_lock.lock().await;
+            let (repo, grace) = (state.repo.clone(), state.config.blob_grace);
+            let swept = tokio::task::spawn_blocking(move || {
+                repo.collect_garbage(std::time::SystemTime::now(), grace)
+            })
+            .await;
+            match swept {
+                Ok(Ok(c)) if c != crate::repo::Collected::default() => tracing::info!(
+                    blobs = c.blobs,
+                    partial_uploads = c.partial_uploads,
+                    bytes = c.bytes,
+                    "removed uploads no published metadata lists"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "collecting unlisted blobs"),
+                Err(e) => tracing::error!(error = %e, "collecting unlisted blobs"),
+            }
+        }
         if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
             let repo = state.repo.clone();
             if let Ok(Ok(repo_state)) = tokio::task::spawn_blocking(move || repo.state()).await {
@@ -419,7 +528,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let renew = tokio::spawn(renew_loop(state.clone()));
-    let result = service_runtime::http::serve(listener, transport, router(state), shutdown).await;
+    let limits = state.config.limits;
+    let result = service_runtime::http::serve_with(
+        listener,
+        transport,
+        limits,
+        router(state.clone()),
+        shutdown,
+    )
+    .await;
     renew.abort();
+    state.log_refusals(true);
     result
 }

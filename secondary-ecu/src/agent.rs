@@ -102,7 +102,18 @@ pub struct ResultRecord {
     pub filename: String,
     /// Unix seconds.
     pub updated_at: i64,
+    /// Order of recording, to forget the oldest first.
+    #[serde(default)]
+    pub seq: u64,
 }
+
+/// Results kept at most (the newest; the current update's is never forgotten).
+pub const MAX_RESULTS: usize = 32;
+
+/// Distinct attacks kept for the next reports at most; more of them are counted (`State`
+/// `attacks_not_itemized`) and reported as one entry, so `state.json` and every report stay
+/// bounded whatever a caller provokes.
+pub const MAX_KEPT_ATTACKS: usize = 32;
 
 /// An attack as kept in `state.json`; before protocol v2 a result without one kept `""`.
 fn attack_or_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<AttackKind>, D::Error> {
@@ -148,6 +159,33 @@ struct State {
     /// The last operator time reset applied (`uptane_core::time::TrustedTime`).
     #[serde(default)]
     time_reset: u64,
+    /// Attacks beyond [`MAX_KEPT_ATTACKS`], until a report that carried them is
+    /// acknowledged.
+    #[serde(default)]
+    attacks_not_itemized: Option<NotItemized>,
+}
+
+/// Attacks counted, not kept one by one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct NotItemized {
+    /// The newest one's kind.
+    kind: AttackKind,
+    /// How many.
+    count: u64,
+    /// The counter of the first report that carried them.
+    first_reported_in: Option<u64>,
+}
+
+impl NotItemized {
+    fn detected(&self) -> DetectedAttack {
+        DetectedAttack {
+            kind: self.kind,
+            detail: format!(
+                "{} more attacks beyond the {MAX_KEPT_ATTACKS} kept, the newest of this kind",
+                self.count
+            ),
+        }
+    }
 }
 
 /// A refusal or failure with its protocol code.
@@ -426,6 +464,13 @@ impl Agent {
         filename: &str,
     ) -> std::io::Result<()> {
         if !correlation_id.is_empty() {
+            let seq = self
+                .state
+                .results
+                .values()
+                .map(|r| r.seq + 1)
+                .max()
+                .unwrap_or(0);
             self.state.results.insert(
                 correlation_id.to_string(),
                 ResultRecord {
@@ -434,19 +479,54 @@ impl Agent {
                     description: description.to_string(),
                     filename: filename.to_string(),
                     updated_at: self.state.latest_time,
+                    seq,
                 },
             );
             self.state.last_correlation_id = Some(correlation_id.to_string());
+            while self.state.results.len() > MAX_RESULTS {
+                let oldest = self
+                    .state
+                    .results
+                    .iter()
+                    .filter(|(c, _)| Some(c.as_str()) != self.pending_correlation_id())
+                    .min_by_key(|(_, r)| r.seq)
+                    .map(|(c, _)| c.clone());
+                match oldest {
+                    Some(c) => self.state.results.remove(&c),
+                    None => break,
+                };
+            }
         }
         if let Some(kind) = attack {
             tracing::warn!(attack = %kind, correlation_id, description, "attack detected");
-            self.state.attacks.push(KeptAttack {
-                attack: DetectedAttack {
+            let attack = DetectedAttack {
+                kind,
+                detail: description.to_string(),
+            };
+            let pending = |k: &KeptAttack| k.first_reported_in.is_none();
+            if self
+                .state
+                .attacks
+                .iter()
+                .any(|k| pending(k) && k.attack == attack)
+            {
+                // The same attack again before a report carried the first: once is evidence.
+            } else if self.state.attacks.len() >= MAX_KEPT_ATTACKS {
+                let counted = self.state.attacks_not_itemized.get_or_insert(NotItemized {
                     kind,
-                    detail: description.to_string(),
-                },
-                first_reported_in: None,
-            });
+                    count: 0,
+                    first_reported_in: None,
+                });
+                counted.kind = kind;
+                counted.count += 1;
+                // Not yet reported with this one in it: not forgotten until a report is.
+                counted.first_reported_in = None;
+            } else {
+                self.state.attacks.push(KeptAttack {
+                    attack,
+                    first_reported_in: None,
+                });
+            }
         }
         self.save()
     }
@@ -550,12 +630,16 @@ impl Agent {
         for kept in &mut self.state.attacks {
             kept.first_reported_in.get_or_insert(counter);
         }
-        let attacks = self
+        let mut attacks: Vec<DetectedAttack> = self
             .state
             .attacks
             .iter()
             .map(|k| k.attack.clone())
             .collect();
+        if let Some(counted) = &mut self.state.attacks_not_itemized {
+            counted.first_reported_in.get_or_insert(counter);
+            attacks.push(counted.detected());
+        }
         let last_install = self.state.last_correlation_id.as_ref().and_then(|c| {
             self.state.results.get(c).map(|r| LastInstall {
                 correlation_id: c.clone(),
@@ -589,7 +673,16 @@ impl Agent {
             k.first_reported_in
                 .is_none_or(|first| first > report_counter)
         });
-        if self.state.attacks.len() != before {
+        let counted_reported = self
+            .state
+            .attacks_not_itemized
+            .as_ref()
+            .and_then(|c| c.first_reported_in)
+            .is_some_and(|first| first <= report_counter);
+        if counted_reported {
+            self.state.attacks_not_itemized = None;
+        }
+        if self.state.attacks.len() != before || counted_reported {
             self.save()?;
         }
         Ok(())

@@ -30,7 +30,13 @@ pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 struct OperationRecord {
     operation: Operation,
     cancel: Arc<AtomicBool>,
+    /// Order of storing, to forget the oldest finished ones first.
+    seq: u64,
 }
+
+/// Operations remembered at most: every finished one beyond is forgotten, oldest first (a
+/// running one never is). The Primary asks about the operation it just started.
+pub const MAX_OPERATIONS: usize = 64;
 
 /// How the link to the Primary is secured.
 #[derive(Debug, Clone)]
@@ -123,13 +129,30 @@ impl Service {
     }
 
     fn store(&self, operation: Operation, cancel: Arc<AtomicBool>) -> Result<(), Status> {
-        self.operations
+        let mut operations = self
+            .operations
             .lock()
-            .map_err(|_| Status::internal("operations poisoned"))?
-            .insert(
-                operation.operation_id.clone(),
-                OperationRecord { operation, cancel },
-            );
+            .map_err(|_| Status::internal("operations poisoned"))?;
+        let seq = operations.values().map(|r| r.seq + 1).max().unwrap_or(0);
+        operations.insert(
+            operation.operation_id.clone(),
+            OperationRecord {
+                operation,
+                cancel,
+                seq,
+            },
+        );
+        while operations.len() > MAX_OPERATIONS {
+            let oldest_finished = operations
+                .iter()
+                .filter(|(_, r)| r.operation.state != OperationState::Running as i32)
+                .min_by_key(|(_, r)| r.seq)
+                .map(|(id, _)| id.clone());
+            match oldest_finished {
+                Some(id) => operations.remove(&id),
+                None => break,
+            };
+        }
         Ok(())
     }
 }
@@ -620,6 +643,21 @@ fn transfer_state(
     }
 }
 
+/// Longest a call may run.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Calls served at once on one connection.
+pub const MAX_CALLS_PER_CONNECTION: usize = 16;
+
+/// Connections to a Secondary: one Primary (and health checks) use a few; anything else on
+/// the vehicle network fails the pinned handshake, which these bound in number and time.
+pub const LINK_LIMITS: service_runtime::http::ServerLimits = service_runtime::http::ServerLimits {
+    max_connections: 32,
+    header_read_timeout: service_runtime::http::HEADER_READ_TIMEOUT,
+    idle_timeout: std::time::Duration::from_secs(120),
+    max_streams_per_connection: MAX_CALLS_PER_CONNECTION as u32,
+};
+
 /// Serves the Secondary service and the gRPC health service on an already bound listener
 /// until `shutdown` completes, over `link`.
 pub async fn serve(
@@ -647,6 +685,11 @@ pub async fn serve(
         // goes quiet cannot hold it.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(30)))
+        // A call that has not finished in this time is cut (an upload that stalled);
+        // the Primary's own deadlines are shorter.
+        .timeout(CALL_TIMEOUT)
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        .max_concurrent_streams(Some(MAX_CALLS_PER_CONNECTION as u32))
         .add_service(health)
         .add_service(service);
     match link {
@@ -666,7 +709,8 @@ pub async fn serve(
                 // Unreachable with an identity that loaded; nothing is served.
                 return Ok(());
             };
-            let incoming = service_runtime::tls::incoming(listener, Arc::new(config));
+            let incoming =
+                service_runtime::tls::incoming_within(listener, Arc::new(config), LINK_LIMITS);
             server
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await

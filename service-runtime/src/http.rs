@@ -12,9 +12,61 @@ use crate::tls::{
     HANDSHAKE_TIMEOUT, Identity, PeerIdentity, ServerTls, ServerTrust, TlsError, client_config,
 };
 
-/// Longest a client may take to send a request's headers once connected (and to answer an
-/// HTTP/2 keep-alive ping).
+/// Longest a client may take to send a request's headers once connected, by default.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one server gives its clients at most: connections, and time without progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections served at once; further ones wait in the kernel's backlog until one
+    /// closes (each costs a file descriptor and a task).
+    pub max_connections: usize,
+    /// Time to send a request's headers (HTTP/1; a client trickling them is cut).
+    pub header_read_timeout: Duration,
+    /// Time without a byte either way before a connection is closed: an idle keep-alive
+    /// connection, a stalled body or TLS handshake, a client that stopped reading.
+    pub idle_timeout: Duration,
+    /// Requests in flight at once on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            idle_timeout: Duration::from_secs(60),
+            max_streams_per_connection: 32,
+        }
+    }
+}
+
+/// A server's connection limits as flags (`--max-connections`, `--header-timeout-secs`,
+/// `--idle-timeout-secs`), shared by both servers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerLimitsArgs {
+    /// Connections served at once; more wait until one closes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_secs: u64,
+    /// Seconds without a byte either way before a connection is closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_secs: u64,
+}
+
+impl ServerLimitsArgs {
+    /// The limits these flags set.
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections as usize,
+            header_read_timeout: Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            ..ServerLimits::default()
+        }
+    }
+}
 
 /// How a server talks to its clients.
 #[derive(Debug, Clone)]
@@ -73,10 +125,7 @@ pub enum TransportError {
     Tls(#[from] TlsError),
 }
 
-/// Accepts connections on `listener` and serves HTTP/1.1 and HTTP/2 on each with `service`,
-/// until `shutdown` completes (then lets requests in progress finish, for at most 10 s).
-/// Every request carries the connection's [`PeerIdentity`] as an extension (empty on
-/// plaintext). A TLS handshake has [`HANDSHAKE_TIMEOUT`] to finish, in its own task.
+/// [`serve_with`] the default [`ServerLimits`].
 pub async fn serve<S, B>(
     listener: tokio::net::TcpListener,
     transport: Transport,
@@ -96,9 +145,53 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_with(
+        listener,
+        transport,
+        ServerLimits::default(),
+        service,
+        shutdown,
+    )
+    .await
+}
+
+/// Accepts connections on `listener` and serves HTTP/1.1 and HTTP/2 on each with `service`,
+/// until `shutdown` completes (then lets requests in progress finish, for at most 10 s).
+/// Every request carries the connection's [`PeerIdentity`] as an extension (empty on
+/// plaintext). A TLS handshake has [`HANDSHAKE_TIMEOUT`] to finish, in its own task; every
+/// connection lives within `limits`.
+pub async fn serve_with<S, B>(
+    listener: tokio::net::TcpListener,
+    transport: Transport,
+    limits: ServerLimits,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
+        // A slot first: at the cap, new connections wait in the backlog, not in memory.
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let (tcp, _) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -114,12 +207,14 @@ where
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        let tcp = crate::idle::Idle::new(tcp, limits.idle_timeout);
         let service = service.clone();
         let watcher = graceful.watcher();
         match &transport {
             Transport::Tls(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let accepted =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                     let stream = match accepted {
@@ -134,11 +229,14 @@ where
                         }
                     };
                     let peer = PeerIdentity::of(stream.get_ref().1);
-                    connection(stream, peer, service, watcher).await;
+                    connection(stream, peer, limits, service, watcher).await;
                 });
             }
             Transport::Plaintext => {
-                tokio::spawn(connection(tcp, PeerIdentity::default(), service, watcher));
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    connection(tcp, PeerIdentity::default(), limits, service, watcher).await;
+                });
             }
         }
     }
@@ -156,6 +254,7 @@ where
 async fn connection<IO, S, B>(
     io: IO,
     peer: PeerIdentity,
+    limits: ServerLimits,
     service: S,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -184,12 +283,13 @@ async fn connection<IO, S, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout);
+    // No HTTP/2 keep-alive pings: the idle timeout finds dead peers, and a client answering
+    // pings could otherwise hold an idle connection (and a slot) for ever.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(HEADER_READ_TIMEOUT))
-        .keep_alive_timeout(HEADER_READ_TIMEOUT);
+        .max_concurrent_streams(limits.max_streams_per_connection);
     let connection = builder.serve_connection(
         TokioIo::new(io),
         hyper_util::service::TowerToHyperService::new(service),

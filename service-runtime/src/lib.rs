@@ -6,7 +6,9 @@
 
 pub mod files;
 pub mod http;
+pub mod idle;
 pub mod pki;
+pub mod throttle;
 pub mod tls;
 
 use std::process::ExitCode;

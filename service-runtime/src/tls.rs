@@ -568,7 +568,12 @@ pub async fn connect(
 /// A server-side TLS connection, telling tonic what its client proved (tonic puts the
 /// [`PeerIdentity`] into every request's extensions).
 #[derive(Debug)]
-pub struct TlsConnection(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+pub struct TlsConnection(
+    tokio_rustls::server::TlsStream<crate::idle::Idle<tokio::net::TcpStream>>,
+    /// The connection's slot under the server's connection cap, given back when it drops.
+    #[allow(dead_code)]
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 impl tonic::transport::server::Connected for TlsConnection {
     type ConnectInfo = PeerIdentity;
@@ -612,16 +617,32 @@ impl tokio::io::AsyncWrite for TlsConnection {
     }
 }
 
-/// TLS connections accepted on `listener` for a gRPC server, each handshake in its own task
-/// under [`HANDSHAKE_TIMEOUT`], so a client that never finishes one holds up nobody.
+/// TLS connections accepted on `listener` for a gRPC server within the default
+/// [`ServerLimits`](crate::http::ServerLimits).
 pub fn incoming(
     listener: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
 ) -> impl futures_util::Stream<Item = std::io::Result<TlsConnection>> {
+    incoming_within(listener, config, crate::http::ServerLimits::default())
+}
+
+/// TLS connections accepted on `listener` for a gRPC server, each handshake in its own task
+/// under [`HANDSHAKE_TIMEOUT`], so a client that never finishes one holds up nobody; at most
+/// `limits.max_connections` at once (more wait in the kernel's backlog), each closed after
+/// `limits.idle_timeout` without a byte either way.
+pub fn incoming_within(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    limits: crate::http::ServerLimits,
+) -> impl futures_util::Stream<Item = std::io::Result<TlsConnection>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                break;
+            };
             let (tcp, _) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -634,12 +655,13 @@ pub fn incoming(
             if tx.is_closed() {
                 break;
             }
+            let tcp = crate::idle::Idle::new(tcp, limits.idle_timeout);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                 match handshake.await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(TlsConnection(stream))).await;
+                        let _ = tx.send(Ok(TlsConnection(stream, slot))).await;
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake refused"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),

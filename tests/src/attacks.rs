@@ -27,6 +27,7 @@ use crate::forge::{
 };
 use crate::mitm::{Mitm, Tamper};
 
+mod exhaustion;
 mod keys;
 mod time;
 mod transport;
@@ -463,6 +464,7 @@ pub fn scenarios() -> Vec<Scenario> {
     all.extend(transport::scenarios());
     all.extend(keys::scenarios());
     all.extend(time::scenarios());
+    all.extend(exhaustion::scenarios());
     all
 }
 

@@ -7,6 +7,7 @@
 
 pub mod attacks;
 pub mod demo;
+pub mod flood;
 pub mod forge;
 pub mod hil;
 pub mod mitm;

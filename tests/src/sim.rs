@@ -185,6 +185,26 @@ impl Fleet {
         self.tmp.path()
     }
 
+    /// The Director's process id.
+    pub fn director_pid(&self) -> Option<u32> {
+        self.director.as_ref().map(ChildGuard::id)
+    }
+
+    /// The Image repository's process id.
+    pub fn image_repo_pid(&self) -> u32 {
+        self._image_repo.id()
+    }
+
+    /// What the Image repository wrote to stderr (its log) so far.
+    pub fn image_repo_log(&self) -> String {
+        self._image_repo.stderr()
+    }
+
+    /// The Director's address (`127.0.0.1:PORT`).
+    pub fn director_addr(&self) -> &str {
+        &self.director_addr
+    }
+
     fn start_director(&mut self) {
         let mut command = Command::new(bin("director"));
         command

@@ -5,7 +5,9 @@ use crate::time::UtcTime;
 
 /// The kinds of attack the Uptane threat model names (Uptane 2.1.0 §4.2); every check
 /// reports which one it stopped, and ECUs put it into their version reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AttackKind {
     /// Metadata or an image not signed by the keys that must sign it.

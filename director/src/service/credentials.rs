@@ -18,6 +18,7 @@ use uptane_core::time::UtcTime;
 
 use super::events::NewEvent;
 use super::now_text;
+use super::refusals::RefusalLog;
 use super::tokens::random_token;
 use crate::error::DirectorError;
 
@@ -115,21 +116,28 @@ fn refuse_bound_elsewhere(
     }
 }
 
-/// A refusal, recorded as a security event before it is returned.
+/// Why a vehicle request is refused, as its security event says.
+struct Why<'a> {
+    actor: &'a str,
+    detail: &'a str,
+    attack: Option<AttackKind>,
+}
+
+/// A refusal, recorded as a security event (through the refusal log) before it is returned.
 fn refuse(
     conn: &Connection,
     vin: &Vin,
-    actor: &str,
-    detail: &str,
-    attack: Option<AttackKind>,
+    why: Why<'_>,
     error: DirectorError,
     now: UtcTime,
+    log: &RefusalLog,
 ) -> Result<(), DirectorError> {
-    let mut event = NewEvent::security("vehicle_auth_refused", actor, detail).vin(vin.as_str());
-    if let Some(attack) = attack {
+    let mut event =
+        NewEvent::security("vehicle_auth_refused", why.actor, why.detail).vin(vin.as_str());
+    if let Some(attack) = why.attack {
         event = event.attack(attack);
     }
-    event.record(conn, now)?;
+    event.record_refusal(conn, now, log)?;
     Err(error)
 }
 
@@ -143,6 +151,7 @@ pub fn authorize(
     vin: &Vin,
     auth: &VehicleAuth,
     now: UtcTime,
+    log: &RefusalLog,
 ) -> Result<(), DirectorError> {
     let bound: Option<String> = conn
         .query_row(
@@ -168,13 +177,16 @@ pub fn authorize(
                 return refuse(
                     conn,
                     vin,
-                    &format!("vehicle:{owner}"),
-                    &detail,
-                    Some(AttackKind::WrongVehicle),
+                    Why {
+                        actor: &format!("vehicle:{owner}"),
+                        detail: &detail,
+                        attack: Some(AttackKind::WrongVehicle),
+                    },
                     DirectorError::Forbidden(format!(
                         "this client certificate is bound to another vehicle, not {vin}"
                     )),
                     now,
+                    log,
                 );
             }
             None if bound.is_some() => {
@@ -182,13 +194,16 @@ pub fn authorize(
                 return refuse(
                     conn,
                     vin,
-                    "unknown",
-                    &detail,
-                    Some(AttackKind::WrongVehicle),
+                    Why {
+                        actor: "unknown",
+                        detail: &detail,
+                        attack: Some(AttackKind::WrongVehicle),
+                    },
                     DirectorError::Forbidden(format!(
                         "this client certificate is not the one bound to {vin}"
                     )),
                     now,
+                    log,
                 );
             }
             None => {}
@@ -197,27 +212,33 @@ pub fn authorize(
         return refuse(
             conn,
             vin,
-            "unknown",
-            "no client certificate, for a vehicle with one bound",
-            None,
+            Why {
+                actor: "unknown",
+                detail: "no client certificate, for a vehicle with one bound",
+                attack: None,
+            },
             DirectorError::Unauthorized(format!(
                 "{vin} authenticates with its bound client certificate; a credential alone is \
                  not enough"
             )),
             now,
+            log,
         );
     }
     let Some(bearer) = &auth.bearer else {
         return refuse(
             conn,
             vin,
-            "unknown",
-            "no credential",
-            None,
+            Why {
+                actor: "unknown",
+                detail: "no credential",
+                attack: None,
+            },
             DirectorError::Unauthorized(
                 "missing credential: a bearer token or the vehicle's client certificate".into(),
             ),
             now,
+            log,
         );
     };
     let sha256 = sha256_hex(bearer.as_bytes());
@@ -235,11 +256,14 @@ pub fn authorize(
         return refuse(
             conn,
             vin,
-            "unknown",
-            "invalid vehicle credential",
-            None,
+            Why {
+                actor: "unknown",
+                detail: "invalid vehicle credential",
+                attack: None,
+            },
             DirectorError::Unauthorized("invalid vehicle credential".into()),
             now,
+            log,
         );
     };
     let actor = format!("vehicle:{owner}");
@@ -248,7 +272,7 @@ pub fn authorize(
         NewEvent::security("cross_vehicle_access", &actor, &detail)
             .vin(&owner)
             .attack(AttackKind::WrongVehicle)
-            .record(conn, now)?;
+            .record_refusal(conn, now, log)?;
         return Err(DirectorError::Forbidden(format!(
             "this credential belongs to another vehicle, not {vin}"
         )));
@@ -257,11 +281,14 @@ pub fn authorize(
         return refuse(
             conn,
             vin,
-            &actor,
-            "revoked vehicle credential",
-            None,
+            Why {
+                actor: &actor,
+                detail: "revoked vehicle credential",
+                attack: None,
+            },
             DirectorError::Unauthorized(format!("the credential of {vin} was revoked")),
             now,
+            log,
         );
     }
     let expires = if current { expires } else { next_expires };
@@ -269,11 +296,14 @@ pub fn authorize(
         return refuse(
             conn,
             vin,
-            &actor,
-            "expired vehicle credential",
-            None,
+            Why {
+                actor: &actor,
+                detail: "expired vehicle credential",
+                attack: None,
+            },
             DirectorError::Unauthorized(format!("the credential of {vin} expired at {expires}")),
             now,
+            log,
         );
     }
     if !current {
@@ -548,10 +578,11 @@ mod tests {
         let db = Db::open_in_memory().unwrap();
         db.call_blocking(|conn| {
             let t0 = at("2030-01-01T00:00:00Z");
+            let log = RefusalLog::new(Duration::seconds(60));
             let vin: Vin = "VIN-1".parse().unwrap();
             let first = insert(conn, &vin, None, Duration::days(10), t0)?;
-            authorize(conn, &vin, &bearer(&first), t0)?;
-            let expired = authorize(conn, &vin, &bearer(&first), t0 + Duration::days(10));
+            authorize(conn, &vin, &bearer(&first), t0, &log)?;
+            let expired = authorize(conn, &vin, &bearer(&first), t0 + Duration::days(10), &log);
             assert!(
                 matches!(&expired, Err(DirectorError::Unauthorized(m)) if m.contains("expired")),
                 "{expired:?}"
@@ -560,16 +591,16 @@ mod tests {
             // Renewed, but the answer was lost: the first still works, and a second renewal
             // replaces the lost one.
             let lost = renew(conn, &vin, Duration::days(10), t0 + Duration::days(8))?;
-            authorize(conn, &vin, &bearer(&first), t0 + Duration::days(8))?;
+            authorize(conn, &vin, &bearer(&first), t0 + Duration::days(8), &log)?;
             let second = renew(conn, &vin, Duration::days(10), t0 + Duration::days(8))?;
-            assert!(authorize(conn, &vin, &bearer(&lost), t0 + Duration::days(8)).is_err());
-            authorize(conn, &vin, &bearer(&second), t0 + Duration::days(9))?;
+            assert!(authorize(conn, &vin, &bearer(&lost), t0 + Duration::days(8), &log).is_err());
+            authorize(conn, &vin, &bearer(&second), t0 + Duration::days(9), &log)?;
             // It took over: the first stops working, the second lives past the first's end.
-            assert!(authorize(conn, &vin, &bearer(&first), t0 + Duration::days(9)).is_err());
-            authorize(conn, &vin, &bearer(&second), t0 + Duration::days(12))?;
+            assert!(authorize(conn, &vin, &bearer(&first), t0 + Duration::days(9), &log).is_err());
+            authorize(conn, &vin, &bearer(&second), t0 + Duration::days(12), &log)?;
 
             revoke(conn, &vin, "operator:x", t0 + Duration::days(12))?;
-            let revoked = authorize(conn, &vin, &bearer(&second), t0 + Duration::days(12));
+            let revoked = authorize(conn, &vin, &bearer(&second), t0 + Duration::days(12), &log);
             assert!(
                 matches!(&revoked, Err(DirectorError::Unauthorized(m)) if m.contains("revoked")),
                 "{revoked:?}"
@@ -582,8 +613,10 @@ mod tests {
                 "operator:x",
                 t0 + Duration::days(12),
             )?;
-            authorize(conn, &vin, &bearer(&third), t0 + Duration::days(13))?;
-            assert!(authorize(conn, &vin, &bearer(&second), t0 + Duration::days(13)).is_err());
+            authorize(conn, &vin, &bearer(&third), t0 + Duration::days(13), &log)?;
+            assert!(
+                authorize(conn, &vin, &bearer(&second), t0 + Duration::days(13), &log).is_err()
+            );
             assert!(security_events(conn).len() >= 4);
             Ok::<_, DirectorError>(())
         })
@@ -595,6 +628,7 @@ mod tests {
         let db = Db::open_in_memory().unwrap();
         db.call_blocking(|conn| {
             let t0 = at("2030-01-01T00:00:00Z");
+            let log = RefusalLog::new(Duration::seconds(60));
             let (a, b): (Vin, Vin) = ("VIN-A".parse().unwrap(), "VIN-B".parse().unwrap());
             let a_credential = insert(conn, &a, Some(fingerprint(1)), Duration::days(10), t0)?;
             insert(conn, &b, Some(fingerprint(2)), Duration::days(10), t0)?;
@@ -602,10 +636,10 @@ mod tests {
                 bearer: None,
                 certificate: Some(fingerprint(n)),
             };
-            authorize(conn, &a, &cert(1), t0)?;
+            authorize(conn, &a, &cert(1), t0, &log)?;
             // B's certificate for A: 403, logged as the wrong vehicle.
             assert!(matches!(
-                authorize(conn, &a, &cert(2), t0),
+                authorize(conn, &a, &cert(2), t0, &log),
                 Err(DirectorError::Forbidden(_))
             ));
             // A certificate bound to nobody, for a vehicle with one bound: 403 even with the
@@ -615,12 +649,12 @@ mod tests {
                 certificate: Some(fingerprint(3)),
             };
             assert!(matches!(
-                authorize(conn, &a, &stranger, t0),
+                authorize(conn, &a, &stranger, t0, &log),
                 Err(DirectorError::Forbidden(_))
             ));
             // No certificate: a bound vehicle's credential alone is not enough (a copy of it
             // taken off the vehicle is useless without the TLS key).
-            let alone = authorize(conn, &a, &bearer(&a_credential), t0);
+            let alone = authorize(conn, &a, &bearer(&a_credential), t0, &log);
             assert!(
                 matches!(&alone, Err(DirectorError::Unauthorized(m)) if m.contains("bound client certificate")),
                 "{alone:?}"
@@ -632,7 +666,7 @@ mod tests {
                 bearer: Some(credential.credential.clone()),
                 certificate: Some(fingerprint(1)),
             };
-            authorize(conn, &a, &both(&renewed), t0 + Duration::days(1))?;
+            authorize(conn, &a, &both(&renewed), t0 + Duration::days(1), &log)?;
             let sha256: (String, Option<String>) = conn.query_row(
                 "SELECT credential_sha256, next_credential_sha256 FROM vehicles WHERE vin = 'VIN-A'",
                 [],
@@ -641,8 +675,8 @@ mod tests {
             assert_eq!(sha256, (renewed.sha256(), None));
             // Without a binding (A's unbound by hand), the bearer alone works.
             conn.execute("UPDATE vehicles SET tls_fingerprint = NULL WHERE vin = 'VIN-A'", [])?;
-            authorize(conn, &a, &bearer(&renewed), t0 + Duration::days(1))?;
-            assert!(authorize(conn, &a, &bearer(&a_credential), t0 + Duration::days(1)).is_err());
+            authorize(conn, &a, &bearer(&renewed), t0 + Duration::days(1), &log)?;
+            assert!(authorize(conn, &a, &bearer(&a_credential), t0 + Duration::days(1), &log).is_err());
             conn.execute(
                 "UPDATE vehicles SET tls_fingerprint = ?1 WHERE vin = 'VIN-A'",
                 [fingerprint(1).to_string()],
@@ -667,7 +701,7 @@ mod tests {
             );
             // Revoking unbinds the certificate.
             revoke(conn, &a, "operator:x", t0)?;
-            assert!(authorize(conn, &a, &cert(1), t0).is_err());
+            assert!(authorize(conn, &a, &cert(1), t0, &log).is_err());
             let listed = list(conn, None, 10)?;
             assert_eq!(listed.len(), 2);
             assert_eq!(listed[0].tls_fingerprint, None);

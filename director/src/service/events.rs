@@ -7,6 +7,7 @@ use uptane_core::error::AttackKind;
 use uptane_core::time::UtcTime;
 
 use super::now_text;
+use super::refusals::RefusalLog;
 use crate::error::DirectorError;
 
 /// An event to append.
@@ -96,6 +97,27 @@ impl<'a> NewEvent<'a> {
             self.attack.map(AttackKind::as_str),
         ])?;
         Ok(())
+    }
+}
+
+impl NewEvent<'_> {
+    /// Appends a refusal through `log`: the first of its kind in a window at once, the rest
+    /// as one summary when the window ends (`refusals.rs`).
+    pub fn record_refusal(
+        &self,
+        conn: &Connection,
+        now: UtcTime,
+        log: &RefusalLog,
+    ) -> Result<(), DirectorError> {
+        let (first, ended) = log.note(self, now);
+        for summary in &ended {
+            summary.record(conn)?;
+        }
+        if first {
+            self.record(conn, now)
+        } else {
+            Ok(())
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use uptane_core::time::{UtcTime, format_expires, parse_expires};
 
 use super::assignments::{self, AssignmentStatus};
 use super::events::NewEvent;
+use super::refusals::RefusalLog;
 use super::{Policy, now_text};
 use crate::error::DirectorError;
 
@@ -81,6 +82,7 @@ pub fn process_manifest(
     bytes: &[u8],
     policy: &Policy,
     now: UtcTime,
+    log: &RefusalLog,
 ) -> Result<ManifestOutcome, DirectorError> {
     let inventory = inventory(conn, vin)?;
     let mut seen = conn.prepare_cached(
@@ -93,18 +95,24 @@ pub fn process_manifest(
     drop(seen);
     match checked {
         Ok(checked) => record_manifest(conn, vin, bytes, &checked, now),
-        Err(refusal) => Err(refused(conn, vin, refusal, now)),
+        Err(refusal) => Err(refused(conn, vin, refusal, now, log)),
     }
 }
 
-fn refused(conn: &Connection, vin: &Vin, refusal: ManifestError, now: UtcTime) -> DirectorError {
+fn refused(
+    conn: &Connection,
+    vin: &Vin,
+    refusal: ManifestError,
+    now: UtcTime,
+    log: &RefusalLog,
+) -> DirectorError {
     let actor = format!("vehicle:{vin}");
     let detail = refusal.to_string();
     let logged = NewEvent::security("manifest_refused", &actor, &detail)
         .vin(vin.as_str())
         .ecu(refusal.ecu().map(EcuSerial::as_str))
         .attack(refusal.attack())
-        .record(conn, now);
+        .record_refusal(conn, now, log);
     match logged {
         Ok(()) => DirectorError::ManifestRefused(refusal),
         Err(e) => e,

@@ -18,6 +18,8 @@ pub mod credentials;
 pub mod events;
 pub mod manifests;
 pub mod metadata;
+pub mod refusals;
+pub mod retention;
 pub mod rotation;
 pub mod time;
 pub mod tokens;
@@ -37,6 +39,7 @@ pub use self::credentials::{CredentialInfo, IssuedCredential, VehicleAuth};
 pub use self::events::{Event, NewEvent, events};
 pub use self::manifests::{ManifestOutcome, process_manifest};
 pub use self::metadata::{refresh_vehicle_metadata, root, store_initial_root, vehicle_file};
+use self::refusals::RefusalLog;
 pub use self::rotation::{KeyRing, RootStatus};
 pub use self::tokens::{
     ProvisioningLimits, TokenInfo, TokenSelector, check_api_token, create_api_token,
@@ -64,6 +67,11 @@ pub struct Policy {
     pub vehicle_credential_lifetime: Duration,
     /// How far ahead of the root's expiry operators are warned.
     pub root_expiry_warning: Duration,
+    /// Refusals of the same kind within this are recorded once, then as one summary
+    /// (`refusals.rs`).
+    pub refusal_window: Duration,
+    /// Events and manifests older than this are removed (`retention.rs`).
+    pub retention: Duration,
 }
 
 impl Default for Policy {
@@ -74,6 +82,8 @@ impl Default for Policy {
             clock_skew: Duration::minutes(5),
             vehicle_credential_lifetime: Duration::days(365),
             root_expiry_warning: rotation::DEFAULT_EXPIRY_WARNING,
+            refusal_window: Duration::seconds(60),
+            retention: Duration::days(365),
         }
     }
 }
@@ -117,6 +127,7 @@ pub struct DirectorService {
     keys: Arc<KeyRing>,
     catalog: Arc<ImageCatalog>,
     policy: Policy,
+    refusals: Arc<RefusalLog>,
 }
 
 impl DirectorService {
@@ -126,8 +137,36 @@ impl DirectorService {
             db,
             keys: Arc::new(keys),
             catalog: Arc::new(catalog),
+            refusals: Arc::new(RefusalLog::new(policy.refusal_window)),
             policy,
         }
+    }
+
+    /// Removes events and manifests older than the retention period.
+    pub async fn sweep_retention(&self) -> Result<retention::Swept, DirectorError> {
+        let period = self.policy.retention;
+        self.db
+            .call(move |conn| retention::sweep(conn, period, now()))
+            .await
+    }
+
+    /// Records the summaries of a refusal window that ended (`refusals.rs`); with `all`, every
+    /// refusal counted so far (at shutdown). The server calls this every window.
+    pub async fn flush_refusals(&self, all: bool) -> Result<(), DirectorError> {
+        let log = Arc::clone(&self.refusals);
+        self.db
+            .call(move |conn| {
+                let summaries = if all {
+                    log.drain(now())
+                } else {
+                    log.due(now())
+                };
+                for summary in &summaries {
+                    summary.record(conn)?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// The database.
@@ -138,6 +177,7 @@ impl DirectorService {
     /// The operator a bearer token belongs to; a missing or invalid one is refused and
     /// logged as a security event.
     pub async fn operator(&self, token: Option<String>) -> Result<Actor, DirectorError> {
+        let log = Arc::clone(&self.refusals);
         let label = self
             .db
             .call(move |conn| {
@@ -147,7 +187,7 @@ impl DirectorService {
                 if let Err(e) = &checked {
                     let detail = e.to_string();
                     NewEvent::security("unauthorized_api_call", "unknown", &detail)
-                        .record(conn, now())?;
+                        .record_refusal(conn, now(), &log)?;
                 }
                 checked
             })
@@ -204,10 +244,28 @@ impl DirectorService {
         certificate: Option<service_runtime::tls::Fingerprint>,
     ) -> Result<IssuedCredential, DirectorError> {
         let lifetime = self.policy.vehicle_credential_lifetime;
+        let log = Arc::clone(&self.refusals);
         self.db
             .call(move |conn| {
-                register_with_provisioning(conn, &token, &vehicle, certificate, lifetime, now())
+                register_with_provisioning(
+                    conn,
+                    &token,
+                    &vehicle,
+                    certificate,
+                    lifetime,
+                    now(),
+                    &log,
+                )
             })
+            .await
+    }
+
+    /// Checks a provisioning token before the registration it comes with is read: a refusal
+    /// spends nothing on the body.
+    pub async fn check_provisioning_token(&self, token: String) -> Result<(), DirectorError> {
+        let log = Arc::clone(&self.refusals);
+        self.db
+            .call(move |conn| vehicles::check_provisioning_token(conn, &token, now(), &log))
             .await
     }
 
@@ -355,10 +413,11 @@ impl DirectorService {
         file: String,
     ) -> Result<Vec<u8>, DirectorError> {
         let (keys, policy) = (Arc::clone(&self.keys), self.policy);
+        let log = Arc::clone(&self.refusals);
         // One trip to the database thread for both the credential check and the file.
         self.db
             .call(move |conn| {
-                credentials::authorize(conn, &vin, &auth, now())?;
+                credentials::authorize(conn, &vin, &auth, now(), &log)?;
                 vehicle_file(conn, &keys, vin.as_str(), &file, &policy, now())
             })
             .await
@@ -370,9 +429,10 @@ impl DirectorService {
         vin: Vin,
         auth: VehicleAuth,
     ) -> Result<AuthorizedVehicle, DirectorError> {
+        let log = Arc::clone(&self.refusals);
         self.db
             .call(move |conn| {
-                credentials::authorize(conn, &vin, &auth, now())?;
+                credentials::authorize(conn, &vin, &auth, now(), &log)?;
                 Ok(AuthorizedVehicle(vin))
             })
             .await
@@ -384,9 +444,9 @@ impl DirectorService {
         vehicle: AuthorizedVehicle,
         body: Vec<u8>,
     ) -> Result<ManifestOutcome, DirectorError> {
-        let policy = self.policy;
+        let (policy, log) = (self.policy, Arc::clone(&self.refusals));
         self.db
-            .call(move |conn| process_manifest(conn, &vehicle.0, &body, &policy, now()))
+            .call(move |conn| process_manifest(conn, &vehicle.0, &body, &policy, now(), &log))
             .await
     }
 }

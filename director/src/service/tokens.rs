@@ -306,6 +306,39 @@ impl ProvisioningRefusal {
 /// Uses provisioning token `token` once, in the caller's transaction: a conditional update
 /// that changes its row only while it is live, unexpired and has uses left. Returns its
 /// label, or why it may not be used; nothing changes when it may not.
+/// What [`use_provisioning_token`] would answer, without using the token.
+pub(crate) fn check_provisioning_token(
+    conn: &Connection,
+    token: &str,
+    now: UtcTime,
+) -> Result<Result<String, ProvisioningRefusal>, DirectorError> {
+    let row: Option<(String, bool, String, i64, i64)> = conn
+        .query_row(
+            "SELECT label, revoked, expires_at, uses, max_uses FROM provisioning_tokens WHERE sha256 = ?1",
+            [sha256_hex(token.as_bytes())],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    Ok(classify(row, false, now))
+}
+
+fn classify(
+    row: Option<(String, bool, String, i64, i64)>,
+    used_now: bool,
+    now: UtcTime,
+) -> Result<String, ProvisioningRefusal> {
+    match row {
+        None => Err(ProvisioningRefusal::Unknown),
+        Some((label, _, _, _, _)) if used_now => Ok(label),
+        Some((label, true, _, _, _)) => Err(ProvisioningRefusal::Revoked(label)),
+        Some((label, _, expires, _, _)) if expires <= now_text(now) => {
+            Err(ProvisioningRefusal::Expired(label))
+        }
+        Some((label, _, _, uses, max_uses)) if !used_now && uses < max_uses => Ok(label),
+        Some((label, _, _, _, _)) => Err(ProvisioningRefusal::UsedUp(label)),
+    }
+}
+
 pub(crate) fn use_provisioning_token(
     conn: &Connection,
     token: &str,
@@ -324,14 +357,10 @@ pub(crate) fn use_provisioning_token(
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?;
-    Ok(match row {
-        None => Err(ProvisioningRefusal::Unknown),
-        Some((label, _, _, _, _)) if changed == 1 => Ok(label),
-        Some((label, true, _, _, _)) => Err(ProvisioningRefusal::Revoked(label)),
-        Some((label, _, expires, _, _)) if expires <= now_text(now) => {
-            Err(ProvisioningRefusal::Expired(label))
-        }
-        Some((label, _, _, _, _)) => Err(ProvisioningRefusal::UsedUp(label)),
+    Ok(match classify(row, changed == 1, now) {
+        // Uses remained when read but the update found none: another registration took it.
+        Ok(label) if changed != 1 => Err(ProvisioningRefusal::UsedUp(label)),
+        answer => answer,
     })
 }
 

@@ -15,6 +15,7 @@ use uptane_core::time::UtcTime;
 
 use super::credentials::{self, IssuedCredential};
 use super::events::NewEvent;
+use super::refusals::RefusalLog;
 use super::tokens;
 use super::{assignments, bad, exists};
 use crate::error::DirectorError;
@@ -138,6 +139,35 @@ fn insert_vehicle(
 /// used inside the registration's transaction, by a conditional update that must change
 /// exactly one row: a crash at any instant leaves either both the registration and the use
 /// or neither, and no two registrations can share a one-time token.
+/// A provisioning token refused: a security event (through the refusal log; the VIN of a
+/// request whose token failed is not recorded), and the answer.
+fn refuse_provisioning(
+    conn: &Connection,
+    refusal: &tokens::ProvisioningRefusal,
+    now: UtcTime,
+    log: &RefusalLog,
+) -> DirectorError {
+    let recorded = NewEvent::security("provisioning_refused", "vehicle", &refusal.detail())
+        .record_refusal(conn, now, log);
+    match recorded {
+        Ok(()) => DirectorError::Unauthorized(refusal.answer().into()),
+        Err(e) => e,
+    }
+}
+
+/// Checks a provisioning token without using it, before the registration's body is read.
+pub fn check_provisioning_token(
+    conn: &Connection,
+    token: &str,
+    now: UtcTime,
+    log: &RefusalLog,
+) -> Result<(), DirectorError> {
+    match tokens::check_provisioning_token(conn, token, now)? {
+        Ok(_) => Ok(()),
+        Err(refusal) => Err(refuse_provisioning(conn, &refusal, now, log)),
+    }
+}
+
 pub fn register_with_provisioning(
     conn: &mut Connection,
     token: &str,
@@ -145,6 +175,7 @@ pub fn register_with_provisioning(
     certificate: Option<Fingerprint>,
     lifetime: Duration,
     now: UtcTime,
+    log: &RefusalLog,
 ) -> Result<IssuedCredential, DirectorError> {
     if vehicle
         .tls_fingerprint
@@ -160,10 +191,7 @@ pub fn register_with_provisioning(
         Ok(label) => label,
         Err(refusal) => {
             drop(tx);
-            NewEvent::security("provisioning_refused", "vehicle", &refusal.detail())
-                .vin(vehicle.vin.as_str())
-                .record(conn, now)?;
-            return Err(DirectorError::Unauthorized(refusal.answer().into()));
+            return Err(refuse_provisioning(conn, &refusal, now, log));
         }
     };
     let credential = insert_vehicle(

@@ -217,3 +217,82 @@ impl Repository {
         Ok(dir)
     }
 }
+
+/// What a garbage collection removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Collected {
+    /// Blobs no published role lists, removed.
+    pub blobs: usize,
+    /// Uploads interrupted (a process killed while receiving), removed.
+    pub partial_uploads: usize,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+impl Repository {
+    /// Removes what an uploader left and no published metadata lists, once it is older than
+    /// `grace` (so an upload waiting for the metadata that lists it is kept): blobs that no
+    /// targets role of the current state names (uploads whose metadata was refused, or never
+    /// came), and partial uploads. Published images stay: `targets/` links them.
+    pub fn collect_garbage(
+        &self,
+        now: std::time::SystemTime,
+        grace: std::time::Duration,
+    ) -> Result<Collected, RepoError> {
+        let state = self.state()?;
+        let listed: std::collections::BTreeSet<String> = state
+            .roles
+            .values()
+            .flat_map(|role| role.targets.values())
+            .filter_map(|info| info.hashes.get("sha256"))
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let dir = self.blobs_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Collected::default()),
+            Err(e) => return Err(RepoError::io(&dir, e)),
+        };
+        let old_enough = |path: &Path| -> Result<Option<u64>, RepoError> {
+            let meta = std::fs::metadata(path).map_err(|e| RepoError::io(path, e))?;
+            let modified = meta.modified().map_err(|e| RepoError::io(path, e))?;
+            Ok((now.duration_since(modified).unwrap_or_default() >= grace).then_some(meta.len()))
+        };
+        let mut collected = Collected::default();
+        let mut unlisted = std::collections::BTreeSet::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| RepoError::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with(".upload-") {
+                if let Some(len) = old_enough(&path)? {
+                    std::fs::remove_file(&path).map_err(|e| RepoError::io(&path, e))?;
+                    collected.partial_uploads += 1;
+                    collected.bytes += len;
+                }
+                continue;
+            }
+            // A blob is `SHA256` and `SHA256.json`; either may be left alone by a crash.
+            let sha256 = name.strip_suffix(".json").unwrap_or(&name);
+            if sha256.len() == 64
+                && sha256.bytes().all(|b| b.is_ascii_hexdigit())
+                && !listed.contains(sha256)
+                && old_enough(&path)?.is_some()
+            {
+                unlisted.insert(sha256.to_string());
+            }
+        }
+        for sha256 in unlisted {
+            for path in [self.blob_path(&sha256), dir.join(format!("{sha256}.json"))] {
+                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => collected.bytes += len,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(RepoError::io(&path, e)),
+                }
+            }
+            collected.blobs += 1;
+        }
+        Ok(collected)
+    }
+}

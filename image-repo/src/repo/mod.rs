@@ -21,7 +21,7 @@ mod publish;
 mod rotate;
 mod state;
 
-pub use blobs::{BlobHasher, BlobInfo, blob_info_of, hash_file};
+pub use blobs::{BlobHasher, BlobInfo, Collected, blob_info_of, hash_file};
 pub use publish::{CheckedUpload, PublishReport, Renewal, image_custom, sign_targets_update};
 pub use state::{
     DelegationChain, Expiring, ROOT_EXPIRY_WARNING, RepoState, TARGETS_EXPIRY_WARNING,

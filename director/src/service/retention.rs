@@ -1,0 +1,123 @@
+//! Retention: what a flood or plain years of traffic add to the event log and the manifest
+//! history is removed once older than the retention period (`--retention-days`). The event
+//! log stays append-only inside the period (`migrations/007_retention.sql`); the newest
+//! manifest of each vehicle is always kept.
+
+use chrono::Duration;
+use rusqlite::{Connection, params};
+use uptane_core::time::UtcTime;
+
+use super::events::NewEvent;
+use super::now_text;
+use crate::error::DirectorError;
+
+/// Rows removed by one pass, at most, so that a first sweep over years of history does not
+/// hold the database for long; the next pass continues.
+const BATCH: i64 = 10_000;
+
+/// What a sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Events older than the period.
+    pub events: usize,
+    /// Manifests older than the period (not a vehicle's newest).
+    pub manifests: usize,
+}
+
+/// Removes events and manifests older than `period` before `now`, in batches of
+/// [`BATCH`] per transaction; records what it removed as an event.
+pub fn sweep(
+    conn: &mut Connection,
+    period: Duration,
+    now: UtcTime,
+) -> Result<Swept, DirectorError> {
+    let cutoff = now_text(now - period);
+    let mut swept = Swept::default();
+    loop {
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE retention SET events_before = ?1 WHERE id = 1 AND events_before < ?1",
+            [&cutoff],
+        )?;
+        let events = tx.execute(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?1 LIMIT ?2)",
+            params![cutoff, BATCH],
+        )?;
+        let manifests = tx.execute(
+            "DELETE FROM manifests WHERE id IN (
+                 SELECT id FROM manifests WHERE received_at < ?1
+                     AND id NOT IN (SELECT MAX(id) FROM manifests GROUP BY vin)
+                 LIMIT ?2)",
+            params![cutoff, BATCH],
+        )?;
+        tx.commit()?;
+        swept.events += events;
+        swept.manifests += manifests;
+        if events < BATCH as usize && manifests < BATCH as usize {
+            break;
+        }
+    }
+    if swept != Swept::default() {
+        let detail = format!(
+            "removed {} events and {} manifests older than {cutoff}",
+            swept.events, swept.manifests
+        );
+        NewEvent::info("retention_sweep", "director", &detail).record(conn, now)?;
+    }
+    Ok(swept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    fn at(text: &str) -> UtcTime {
+        uptane_core::time::parse_expires(text).unwrap()
+    }
+
+    #[test]
+    fn only_what_is_older_than_the_period_goes_and_each_vehicles_newest_manifest_stays() {
+        let db = Db::open_in_memory().unwrap();
+        db.call_blocking(|conn| {
+            let old = at("2030-01-01T00:00:00Z");
+            let recent = at("2031-06-01T00:00:00Z");
+            for t in [old, old, recent] {
+                NewEvent::info("x", "test", "d").record(conn, t)?;
+            }
+            for (vin, t) in [("A", old), ("A", old), ("A", recent), ("B", old)] {
+                conn.execute(
+                    "INSERT INTO manifests (vin, received_at, body) VALUES (?1, ?2, x'00')",
+                    params![vin, now_text(t)],
+                )?;
+            }
+            // Inside the period, the log is append-only.
+            let refused = conn.execute("DELETE FROM events WHERE at = ?1", [now_text(recent)]);
+            assert!(refused.is_err(), "{refused:?}");
+            let swept = sweep(conn, Duration::days(365), at("2031-07-01T00:00:00Z"))?;
+            assert_eq!(
+                swept,
+                Swept {
+                    events: 2,
+                    manifests: 2
+                }
+            );
+            let left: i64 = conn.query_row("SELECT COUNT(*) FROM manifests", [], |r| r.get(0))?;
+            assert_eq!(left, 2, "A's newest and B's only manifest stay");
+            let kinds: Vec<String> = conn
+                .prepare("SELECT kind FROM events ORDER BY id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            assert_eq!(kinds, ["x", "retention_sweep"]);
+            // The cutoff never goes back, and still protects what is recent.
+            conn.execute(
+                "UPDATE retention SET events_before = '2000-01-01T00:00:00Z'",
+                [],
+            )
+            .unwrap_err();
+            assert!(conn.execute("DELETE FROM events", []).is_err());
+            Ok::<_, DirectorError>(())
+        })
+        .unwrap();
+    }
+}

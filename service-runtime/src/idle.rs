@@ -1,0 +1,155 @@
+//! A connection closed after a time with no progress: an idle keep-alive connection, a body
+//! that stopped arriving, or a client that stopped reading the answer. Every byte read or
+//! written starts the time again, so a large transfer that keeps moving is never cut.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// `IO` that fails with `TimedOut` once `timeout` passes without a byte either way.
+#[derive(Debug)]
+pub struct Idle<IO> {
+    io: IO,
+    timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<IO> Idle<IO> {
+    /// Wraps `io`.
+    pub fn new(io: IO, timeout: Duration) -> Self {
+        Self {
+            io,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// The wrapped connection.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    fn progressed(&mut self) {
+        self.deadline.as_mut().reset(Instant::now() + self.timeout);
+    }
+
+    /// Pending: fails if the time without progress is up (the deadline's waker is
+    /// registered either way).
+    fn expired<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no progress for {} s", self.timeout.as_secs()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Idle<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.progressed();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.expired(cx),
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Idle<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.progressed();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.expired(cx),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Pending => this.expired(cx),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.progressed();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.expired(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_cut_and_a_moving_one_is_not() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut idle = Idle::new(near, Duration::from_secs(10));
+        // Bytes every 9 s for a minute: never cut.
+        let talker = tokio::spawn(async move {
+            for _ in 0..7 {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                far.write_all(b"x").await.unwrap();
+            }
+            far
+        });
+        let mut got = [0u8; 7];
+        idle.read_exact(&mut got).await.unwrap();
+        let _far = talker.await.unwrap();
+        // Then silence: cut 10 s later.
+        let started = Instant::now();
+        let err = idle.read(&mut [0u8; 1]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+}

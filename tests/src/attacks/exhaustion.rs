@@ -1,0 +1,85 @@
+//! Attacks on the servers' resources by someone who holds no key at all: half-open
+//! connections, floods of refused requests, large uploads without a token. Each is run
+//! against the running fleet (`crate::flood` has the attacks); each ends with the vehicle
+//! updating normally.
+
+use super::{Scenario, blocking, scenario};
+use crate::flood;
+
+/// The attacks of this module, in the order run.
+pub(super) fn scenarios() -> Vec<Scenario> {
+    vec![
+        scenario(
+            "a flood of 10,000 unauthenticated requests to the Director",
+            "the network (no key, no credential)",
+            "every one refused (401); a bounded number of event-log rows, nothing the requests chose in them; then updates",
+            |w| {
+                let fleet = &w.fleet;
+                let (not_refused, added) = blocking(async {
+                    let before = flood::last_security_event(fleet).await?;
+                    let not_refused = flood::unauthenticated_flood(fleet, 10_000).await;
+                    let added = flood::security_events_after(fleet, before).await?;
+                    Ok::<_, String>((not_refused, added))
+                })?;
+                if !not_refused.is_empty() {
+                    return Err(format!("not refused: {not_refused:?}"));
+                }
+                if added.len() > flood::MAX_FLOOD_ROWS {
+                    return Err(format!("{} event-log rows", added.len()));
+                }
+                if added
+                    .iter()
+                    .any(|e| e["detail"].as_str().unwrap_or_default().contains("xxxx"))
+                {
+                    return Err("a request's body reached the event log".into());
+                }
+                Ok(format!(
+                    "10,000 refused with 401; {} event-log rows; {}",
+                    added.len(),
+                    w.recover()?
+                ))
+            },
+        ),
+        scenario(
+            "500 half-open connections to each server (slowloris)",
+            "the network (no key)",
+            "the car updates while they are held",
+            |w| {
+                // The connections stay open (their runtime is kept) while the car runs.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let mut held = Vec::new();
+                for url in [w.fleet.director_url.clone(), w.fleet.image_url.clone()] {
+                    held.push(
+                        runtime
+                            .block_on(flood::hold_half_open(&w.fleet, &url, 500))
+                            .map_err(|e| format!("{url}: {e}"))?,
+                    );
+                }
+                let recovered = w.recover()?;
+                drop(held);
+                Ok(format!("1,000 connections held; {recovered}"))
+            },
+        ),
+        scenario(
+            "eight unauthenticated 60 MB uploads to each server at once",
+            "the network (no key)",
+            "refused before the body is read: peak memory rises by less than 8 MiB; then updates",
+            |w| {
+                let measured = blocking(flood::unauthenticated_uploads(&w.fleet))?;
+                let mut seen = Vec::new();
+                for (name, before, after) in measured {
+                    if after > before + 8 * 1024 {
+                        return Err(format!(
+                            "{name}: peak memory rose from {before} KiB to {after} KiB"
+                        ));
+                    }
+                    seen.push(format!("{name} +{} KiB", after - before));
+                }
+                Ok(format!("{}; {}", seen.join(", "), w.recover()?))
+            },
+        ),
+    ]
+}

@@ -1,0 +1,233 @@
+//! What an unauthenticated attacker can throw at the servers without any key: connections
+//! that never finish their headers or handshake, floods of refused requests, and large
+//! uploads without a token. Used by `tests/limits.rs` and the attack suite's rows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use service_runtime::tls::{ServerTrust, client_config, connect, roots_from_pem_file};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::sim::Fleet;
+
+/// A TLS connection the test holds.
+pub type Held = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS client configuration that trusts the fleet's CA.
+pub fn tls(fleet: &Fleet) -> Arc<rustls::ClientConfig> {
+    let roots = roots_from_pem_file(&fleet.ca_cert).expect("the fleet's CA");
+    Arc::new(
+        client_config(&ServerTrust::Roots(Arc::new(roots)), None).expect("a TLS configuration"),
+    )
+}
+
+/// `ADDR` of `https://ADDR`.
+pub fn addr(url: &str) -> String {
+    url.trim_start_matches("https://").to_string()
+}
+
+/// Opens a TLS connection to `addr`, sends the start of a request's headers and never the
+/// rest.
+pub async fn partial_headers(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<Held> {
+    let mut tls = connect(addr, "127.0.0.1", config).await?;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+        .await?;
+    tls.flush().await?;
+    Ok(tls)
+}
+
+/// Reads until the server closes the connection; `false` if it is still open after `limit`.
+pub async fn closed_within(tls: &mut Held, limit: Duration) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(limit, tls.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
+/// Connections held half-open against `url`: half with partial headers, half that never
+/// start their TLS handshake.
+pub async fn hold_half_open(
+    fleet: &Fleet,
+    url: &str,
+    count: usize,
+) -> std::io::Result<(Vec<Held>, Vec<tokio::net::TcpStream>)> {
+    let config = tls(fleet);
+    let (mut held, mut silent) = (Vec::new(), Vec::new());
+    for i in 0..count {
+        if i % 2 == 0 {
+            held.push(partial_headers(&addr(url), Arc::clone(&config)).await?);
+        } else {
+            silent.push(tokio::net::TcpStream::connect(addr(url)).await?);
+        }
+    }
+    Ok((held, silent))
+}
+
+/// The Director's security events after event `after`.
+pub async fn security_events_after(
+    fleet: &Fleet,
+    after: i64,
+) -> Result<Vec<serde_json::Value>, String> {
+    let client = fleet.https_client();
+    let mut out = Vec::new();
+    let mut cursor = after;
+    for _ in 0..1000 {
+        let body = client
+            .get(format!(
+                "{}/api/v1/events?security=true&after={cursor}&limit=500",
+                fleet.director_url
+            ))
+            .bearer_auth(&fleet.token)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| e.to_string())?
+            .bytes()
+            .await
+            .map_err(|e| e.to_string())?;
+        let page: Vec<serde_json::Value> =
+            serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let Some(last) = page.last().and_then(|e| e["id"].as_i64()) else {
+            return Ok(out);
+        };
+        cursor = last;
+        out.extend(page);
+    }
+    Ok(out)
+}
+
+/// The newest security event's id.
+pub async fn last_security_event(fleet: &Fleet) -> Result<i64, String> {
+    Ok(security_events_after(fleet, 0)
+        .await?
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .max()
+        .unwrap_or(0))
+}
+
+/// `count` requests to the Director without valid credentials: five kinds first (no token,
+/// a forged one, registration without and with a forged token, a vehicle without a
+/// credential), then a spread over 100 VINs, more kinds than the refusal log keeps per
+/// window. Returns the HTTP statuses that were not 401.
+pub async fn unauthenticated_flood(fleet: &Fleet, count: usize) -> Vec<String> {
+    let client = fleet.https_client();
+    let base = fleet.director_url.clone();
+    let requests = (0..count).map(|i| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let request = match i % 5 {
+                0 if i < count / 2 => client.get(format!("{base}/api/v1/vehicles")),
+                1 if i < count / 2 => client
+                    .get(format!("{base}/api/v1/vehicles"))
+                    .bearer_auth("dat_forged"),
+                2 if i < count / 2 => client
+                    .post(format!("{base}/api/v1/register"))
+                    .body(vec![b'x'; 10_000]),
+                3 if i < count / 2 => client
+                    .post(format!("{base}/api/v1/register"))
+                    .bearer_auth("dpt_forged")
+                    .body(vec![b'x'; 10_000]),
+                _ => client.get(format!(
+                    "{base}/vehicles/VIN-FLOOD-{}/metadata/timestamp.json",
+                    i % 100
+                )),
+            };
+            match request.send().await {
+                Ok(r) if r.status() == 401 => None,
+                Ok(r) => Some(format!("request {i}: {}", r.status())),
+                Err(e) => Some(format!("request {i}: {e}")),
+            }
+        }
+    });
+    futures_util::stream::iter(requests)
+        .buffer_unordered(16)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await
+}
+
+/// The most rows a flood may add to the Director's event log within two refusal windows:
+/// 64 kinds recorded at once and 64 summaries plus one for the rest, per window.
+pub const MAX_FLOOD_ROWS: usize = 2 * (2 * 64 + 1);
+
+/// Resident and peak resident memory of process `pid`, in KiB.
+pub fn memory_kib(pid: u32) -> Result<(u64, u64), String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// A 60 MB body, made as it is sent.
+pub fn sixty_megabytes() -> reqwest::Body {
+    let chunks = (0..60).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 1 << 20])));
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
+/// Eight concurrent unauthenticated 60 MB uploads to each server (images and metadata to the
+/// Image repository, registrations and manifests to the Director). Returns, per server, its
+/// peak resident memory before and after, in KiB; an error for an upload that was accepted.
+pub async fn unauthenticated_uploads(
+    fleet: &Fleet,
+) -> Result<Vec<(&'static str, u64, u64)>, String> {
+    let client = fleet.https_client();
+    let servers = [
+        (
+            "image-repo",
+            fleet.image_repo_pid(),
+            reqwest::Method::PUT,
+            [
+                format!("{}/api/v1/blobs/{}", fleet.image_url, "ab".repeat(32)),
+                format!("{}/api/v1/metadata/targets", fleet.image_url),
+            ],
+        ),
+        (
+            "director",
+            fleet.director_pid().ok_or("the Director is not running")?,
+            reqwest::Method::POST,
+            [
+                format!("{}/api/v1/register", fleet.director_url),
+                format!("{}/vehicles/VIN-NONE/manifest", fleet.director_url),
+            ],
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, pid, method, urls) in servers {
+        let (_, before) = memory_kib(pid)?;
+        let uploads = (0..8).map(|i| {
+            let (client, method, url) = (client.clone(), method.clone(), urls[i % 2].clone());
+            async move {
+                // Refused before the body is read: a 401, or the connection closed under the
+                // upload.
+                match client
+                    .request(method, &url)
+                    .body(sixty_megabytes())
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 401 => Ok(()),
+                    Ok(r) => Err(format!("{url}: {}", r.status())),
+                    Err(e) if e.is_timeout() => Err(format!("{url}: {e}")),
+                    Err(_) => Ok(()),
+                }
+            }
+        });
+        for result in futures_util::future::join_all(uploads).await {
+            result?;
+        }
+        let (_, after) = memory_kib(pid)?;
+        out.push((name, before, after));
+    }
+    Ok(out)
+}
