@@ -1229,3 +1229,31 @@ async fn the_director_states_its_signing_time_signs_resets_and_records_times_goi
         went_back[0]
     );
 }
+
+/// A body that stops arriving is cut off with 408 (time is paused and jumps ahead when
+/// everything waits); one announced larger than the cap is refused before it is read.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_or_oversized_body_is_refused() {
+    let fleet = fleet();
+    let car = fleet.register(VIN, 60).await;
+    let stalled = futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+    let request = Request::builder()
+        .method("POST")
+        .uri(format!("/vehicles/{VIN}/manifest"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", car.credential))
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let response = fleet.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    // An operator's JSON above its cap: 413 naming the cap.
+    let (status, body, _) = fleet
+        .send(
+            "POST",
+            "/api/v1/vehicles",
+            Some(&fleet.token),
+            Some(vec![b' '; 64 * 1024 + 1]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"], "body larger than 65536 bytes");
+}

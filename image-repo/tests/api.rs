@@ -560,3 +560,76 @@ async fn serves_nothing_outside_metadata_and_targets() {
         );
     }
 }
+
+#[tokio::test]
+async fn metadata_uploads_are_capped_per_role_after_the_token_is_checked() {
+    let f = fixture();
+    let config = ServerConfig {
+        max_targets_bytes: 1000,
+        max_delegated_bytes: 500,
+        ..ServerConfig::default()
+    };
+    let app = || router(AppState::new(f.repo.clone(), config.clone()));
+    let upload = |role: &str, token: Option<&str>, length: usize| {
+        let mut request = Request::put(format!("/api/v1/metadata/{role}"));
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request
+            .header(header::CONTENT_LENGTH, length)
+            .body(Body::from(vec![b'{'; length]))
+            .unwrap()
+    };
+    // Without a token, the size does not matter: 401, the body unread.
+    let (status, json) = send(app(), upload("targets", None, 10 << 20)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
+    // With one, each role has its cap.
+    let (status, json) = send(app(), upload("targets", Some(&f.targets_token), 1001)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    assert_eq!(json["error"], "metadata larger than 1000 bytes");
+    let (status, json) = send(app(), upload("acme", Some(&f.acme_token), 501)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    assert_eq!(json["error"], "metadata larger than 500 bytes");
+    // Under the cap, the upload is read and checked (and this one is malformed).
+    let (status, _) = send(app(), upload("acme", Some(&f.acme_token), 400)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn blobs_no_published_metadata_lists_are_collected_after_the_grace_period() {
+    let f = fixture();
+    let listed = f.repo.import_file(&write_temp(IMAGE)).unwrap();
+    let orphan = f.repo.import_file(&write_temp(b"never published")).unwrap();
+    // Only the first is published.
+    let bytes = f.signed_targets(with_image);
+    f.repo.publish_role("targets", bytes, now()).unwrap();
+    let partial = f.repo.blob_tempfile().unwrap().keep().unwrap().1;
+    let blobs = f.repo.blobs_dir();
+    let exists = |info: &image_repo::repo::BlobInfo| blobs.join(&info.hashes["sha256"]).exists();
+    let grace = std::time::Duration::from_secs(3600);
+    // Within the grace period, nothing goes (the metadata may still be on its way).
+    let early = f
+        .repo
+        .collect_garbage(std::time::SystemTime::now(), grace)
+        .unwrap();
+    assert_eq!(early, image_repo::repo::Collected::default());
+    let later = std::time::SystemTime::now() + 2 * grace;
+    let collected = f.repo.collect_garbage(later, grace).unwrap();
+    assert_eq!(collected.blobs, 1);
+    assert_eq!(collected.partial_uploads, 1);
+    assert!(exists(&listed), "a published image was collected");
+    assert!(!exists(&orphan), "an unlisted blob stayed");
+    assert!(!partial.exists(), "an interrupted upload stayed");
+    // The published image is still served.
+    assert!(f.repo.state().is_ok());
+}
+
+fn write_temp(bytes: &[u8]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "image-repo-test-{}-{}",
+        std::process::id(),
+        uptane_core::hash::sha256_hex(bytes)
+    ));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}

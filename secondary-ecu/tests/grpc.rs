@@ -484,6 +484,66 @@ async fn a_secondary_trusts_only_times_the_directors_metadata_corroborates() {
     }
 }
 
+/// What the Primary (or whoever holds its link) provokes stays bounded: operations
+/// remembered, and attacks kept for the next reports (the rest counted in one entry, and
+/// acknowledged like the others).
+#[tokio::test]
+async fn operations_and_kept_attacks_stay_bounded() {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    ecu.start(&[]).await;
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let op = ecu
+            .client()
+            .confirm(proto::v2::ConfirmRequest {
+                correlation_id: format!("nothing-{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(op.operation_id);
+    }
+    let get = |id: String| GetOperationRequest { operation_id: id };
+    let first = ecu.client().get_operation(get(ids[0].clone())).await;
+    assert_eq!(first.unwrap_err().code(), tonic::Code::NotFound);
+    let last = ecu.client().get_operation(get(ids[99].clone())).await;
+    assert!(last.is_ok(), "{last:?}");
+    // 100 distinct refused times: 32 kept one by one, the other 68 counted in one entry.
+    for i in 0..100 {
+        let r = ecu.put_time(i64::MAX - i).await;
+        assert_eq!(r.code, ResultCode::TimeRefused as i32);
+    }
+    let report = ecu.report("bounded").await;
+    let attacks = report["attacks_detected"].as_array().unwrap();
+    assert_eq!(attacks.len(), 33, "{attacks:?}");
+    assert!(
+        attacks[32]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("68 more attacks beyond the 32 kept"),
+        "{}",
+        attacks[32]
+    );
+    // The same attack again before a report carried it is kept once.
+    let counter = report["report_counter"].as_u64().unwrap();
+    ecu.client()
+        .acknowledge_report(proto::v2::AcknowledgeReportRequest {
+            report_counter: counter,
+        })
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        ecu.put_time(i64::MIN).await;
+    }
+    let report = ecu.report("after").await;
+    assert_eq!(
+        report["attacks_detected"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+}
+
 #[tokio::test]
 async fn a_full_update_in_full_verification() {
     full_update("full").await;

@@ -468,6 +468,85 @@ mod tests {
         );
     }
 
+    /// A plaintext server with `limits` answering "ok"; its address.
+    async fn ok_server(limits: ServerLimits) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+            Ok::<_, Infallible>(http::Response::new(String::from("ok")))
+        });
+        tokio::spawn(serve_with(
+            listener,
+            Transport::Plaintext,
+            limits,
+            service,
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    async fn get(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+        let mut answer = vec![0u8; 256];
+        let n = tcp.read(&mut answer).await?;
+        answer.truncate(n);
+        Ok(answer)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_beyond_the_cap_wait_until_one_closes() {
+        let limits = ServerLimits {
+            max_connections: 2,
+            ..ServerLimits::default()
+        };
+        let addr = ok_server(limits).await;
+        let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(get(&mut a).await.unwrap().starts_with(b"HTTP/1.1 200"));
+        assert!(get(&mut b).await.unwrap().starts_with(b"HTTP/1.1 200"));
+        // The third is accepted by the kernel but not served while both are open...
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_secs(5), get(&mut c)).await;
+        assert!(
+            waiting.is_err(),
+            "a third connection was served: {waiting:?}"
+        );
+        // ...and is as soon as one closes.
+        drop(a);
+        let served = tokio::time::timeout(Duration::from_secs(5), async {
+            use tokio::io::AsyncReadExt;
+            let mut answer = vec![0u8; 256];
+            let n = c.read(&mut answer).await.unwrap();
+            answer.truncate(n);
+            answer
+        })
+        .await
+        .unwrap();
+        assert!(served.starts_with(b"HTTP/1.1 200"), "{served:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_keep_alive_connection_is_closed() {
+        use tokio::io::AsyncReadExt;
+        let limits = ServerLimits {
+            idle_timeout: Duration::from_secs(60),
+            ..ServerLimits::default()
+        };
+        let addr = ok_server(limits).await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(get(&mut tcp).await.unwrap().starts_with(b"HTTP/1.1 200"));
+        let started = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(600), tcp.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "an idle connection stayed open");
+        assert!(
+            started.elapsed() >= Duration::from_secs(30),
+            "closed too early"
+        );
+    }
+
     #[tokio::test]
     async fn a_reqwest_client_refuses_to_send_to_http_unless_insecure() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
