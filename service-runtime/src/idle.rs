@@ -15,6 +15,10 @@ use tokio::time::{Instant, Sleep};
 pub struct Idle<IO> {
     io: IO,
     timeout: Duration,
+    /// When a byte last moved.
+    progress: Instant,
+    /// Armed for `progress + timeout` as of when it was last set; moved forward only when it
+    /// fires, so a busy connection costs a clock read per operation, not a timer update.
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -24,6 +28,7 @@ impl<IO> Idle<IO> {
         Self {
             io,
             timeout,
+            progress: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(timeout)),
         }
     }
@@ -34,18 +39,27 @@ impl<IO> Idle<IO> {
     }
 
     fn progressed(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.timeout);
+        self.progress = Instant::now();
     }
 
     /// Pending: fails if the time without progress is up (the deadline's waker is
     /// registered either way).
     fn expired<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no progress for {} s", self.timeout.as_secs()),
-            ))),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match self.deadline.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    let due = self.progress + self.timeout;
+                    if due <= Instant::now() {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no progress for {} s", self.timeout.as_secs()),
+                        )));
+                    }
+                    // Bytes moved since it was armed: re-arm from the last of them.
+                    self.deadline.as_mut().reset(due);
+                }
+            }
         }
     }
 }

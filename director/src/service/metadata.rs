@@ -102,7 +102,9 @@ pub fn refresh_vehicle_metadata(
                     targets_version: r.get::<_, i64>(1)? as u64,
                     snapshot_version: r.get::<_, i64>(2)? as u64,
                     timestamp_version: r.get::<_, i64>(3)? as u64,
-                    expires: parse_expires(&r.get::<_, String>(4)?).unwrap_or(now),
+                    // An expiry that does not parse is treated as reached: the metadata is
+                    // signed again, never served on a guess.
+                    expires: parse_expires(&r.get::<_, String>(4)?).unwrap_or(UtcTime::MIN_UTC),
                     root_version: r.get::<_, i64>(5)? as u64,
                 })
             },
