@@ -49,7 +49,7 @@ fn ecu_key(i: usize, j: usize) -> SigningKey {
 /// Bulk registration in one transaction: benchmark setup only.
 fn seed(db: &Db) {
     db.call_blocking(|conn| {
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         {
             let mut vehicle = tx.prepare("INSERT INTO vehicles (vin, credential_sha256, created_at) VALUES (?1, ?2, 'now')")?;
             let mut ecu = tx.prepare("INSERT INTO ecus (serial, vin, hardware_id, public_key, is_primary) VALUES (?1, ?2, ?3, ?4, ?5)")?;

@@ -1,5 +1,6 @@
-//! SQLite storage: one connection in WAL mode behind a small async wrapper, migrations
-//! embedded and keyed on `PRAGMA user_version`.
+//! SQLite storage in WAL mode: one writer thread committing the writes waiting for it
+//! together (group commit), a pool of read-only connections, migrations embedded and keyed
+//! on `PRAGMA user_version`.
 //!
 //! The storage seam is [`Db::call`]: every repository function takes a `&mut Connection`
 //! and does its multi-row writes in one transaction, so a PostgreSQL backend can later
@@ -20,6 +21,14 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/007_retention.sql"),
 ];
 
+/// Manifests, registrations and every other write of this many requests at most share one
+/// durable commit.
+const MAX_BATCH: usize = 256;
+
+/// Read-only connections beside the writer (on-disk databases only: WAL lets them read
+/// while the writer commits).
+const READERS: usize = 4;
+
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -32,21 +41,67 @@ pub enum DbError {
     /// The blocking task failed.
     #[error("database task failed: {0}")]
     Join(String),
+    /// The transaction a write shared with others could not be committed, so none of them
+    /// took effect.
+    #[error("database commit failed: {0}")]
+    Commit(String),
+    /// The writer thread is gone (the database was closed, or it panicked).
+    #[error("the database writer stopped")]
+    WriterGone,
 }
 
+/// What a write job leaves to do once its batch's commit is known: answer its caller.
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A write: runs on the writer thread inside the batch's transaction.
+type Job = Box<dyn FnOnce(&mut Connection) -> Completion + Send>;
+
 /// The database handle: cheap to clone.
+///
+/// Every call that may write goes to one writer thread, which runs the calls waiting for it
+/// inside one transaction, each in its own savepoint, and commits them with one fsync (group
+/// commit): a call's result is handed back only after the commit that made it durable, so an
+/// acknowledged manifest survives `kill -9`. A call that fails keeps the writes it chose to
+/// keep (a refusal's security event) as it would on its own connection; one that panics is
+/// rolled back to its savepoint. If the commit fails, every call of the batch gets the error.
+/// Pure reads ([`Db::read`]) run on a pool of read-only connections and never wait for the
+/// writer.
 #[derive(Debug, Clone)]
 pub struct Db {
+    /// The writer connection: the writer thread holds it for a batch; command-line tools
+    /// and tests take it in between ([`Db::call_blocking`]).
     conn: Arc<Mutex<Connection>>,
+    writer: std::sync::mpsc::SyncSender<Job>,
+    readers: Arc<Readers>,
+}
+
+#[derive(Debug, Default)]
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Db {
     /// Opens (creating if needed) the database at `path` and applies migrations.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        Self::from_connection(Connection::open(path)?)
+        let writer = Connection::open(path)?;
+        let db = Self::from_connection(writer)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = Connection::open(path)?;
+            conn.pragma_update(None, "query_only", "ON")?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            readers.push(Mutex::new(conn));
+        }
+        Ok(Self {
+            readers: Arc::new(Readers {
+                conns: readers,
+                next: Default::default(),
+            }),
+            ..db
+        })
     }
 
-    /// An in-memory database, for tests.
+    /// An in-memory database, for tests (reads go through the writer).
     pub fn open_in_memory() -> Result<Self, DbError> {
         Self::from_connection(Connection::open_in_memory()?)
     }
@@ -58,28 +113,42 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
+        // Bounded: a flood of writes waits for the queue instead of growing it.
+        let conn = Arc::new(Mutex::new(conn));
+        let (writer, jobs) = std::sync::mpsc::sync_channel::<Job>(4 * MAX_BATCH);
+        let batches = Arc::clone(&conn);
+        std::thread::Builder::new()
+            .name("director-db-writer".into())
+            .spawn(move || write_batches(&batches, jobs))
+            .map_err(|e| DbError::Join(format!("cannot start the database writer: {e}")))?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn,
+            writer,
+            readers: Arc::default(),
         })
     }
 
-    /// Runs `f` on the connection in a blocking task.
+    /// Runs `f` on the writer connection, as part of the next group commit; resolves once
+    /// that commit is durable.
     pub async fn call<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().map_err(|_| DbError::Poisoned)?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| DbError::Join(e.to_string()))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let writer = self.writer.clone();
+        // Sending blocks while the queue is full: off the async threads.
+        tokio::task::spawn_blocking(move || writer.send(job(f, move |r| drop(tx.send(r)))))
+            .await
+            .map_err(|e| DbError::Join(e.to_string()))?
+            .map_err(|_| DbError::WriterGone)?;
+        rx.await
+            .map_err(|_| DbError::Join("a database call panicked".into()))?
     }
 
-    /// Runs `f` on the connection on this thread (command-line tools, tests).
+    /// Runs `f` on the writer connection on this thread, between two batches and in its own
+    /// transactions (command-line tools, tests).
     pub fn call_blocking<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Connection) -> Result<T, E>,
@@ -88,12 +157,117 @@ impl Db {
         let mut conn = self.conn.lock().map_err(|_| DbError::Poisoned)?;
         f(&mut conn)
     }
+
+    /// Runs `f`, which only reads, on a read-only connection (on the writer for an in-memory
+    /// database). It sees every write whose call has returned.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        if self.readers.conns.is_empty() {
+            return self.call(move |conn| f(conn)).await;
+        }
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let conns = &readers.conns;
+            let start = readers
+                .next
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // A free connection if there is one, else wait for the next in turn.
+            let guard = (0..conns.len())
+                .find_map(|i| conns[(start + i) % conns.len()].try_lock().ok())
+                .map_or_else(|| conns[start % conns.len()].lock(), Ok)
+                .map_err(|_| DbError::Poisoned)?;
+            f(&guard)
+        })
+        .await
+        .map_err(|e| DbError::Join(e.to_string()))?
+    }
+}
+
+/// A write job for `f` whose outcome, once its batch's commit is known, goes to `answer`.
+fn job<T, E, F>(f: F, answer: impl FnOnce(Result<T, E>) + Send + 'static) -> Job
+where
+    F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<DbError> + Send + 'static,
+{
+    Box::new(move |conn: &mut Connection| -> Completion {
+        let result = f(conn);
+        Box::new(move |committed: Result<(), String>| {
+            answer(match committed {
+                Ok(()) => result,
+                Err(e) => Err(E::from(DbError::Commit(e))),
+            })
+        })
+    })
+}
+
+/// The writer thread: runs waiting jobs in batches, one transaction and one commit each.
+fn write_batches(conn: &Mutex<Connection>, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
+        // A panic is caught per job, so the lock is poisoned only by a `call_blocking`
+        // caller's panic; the connection itself is still sound.
+        let mut conn = conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut done: Vec<Completion> = Vec::with_capacity(batch.len());
+        let mut failed = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .err()
+            .map(|e| e.to_string());
+        for job in batch {
+            if failed.is_some() {
+                // Dropping the job answers its caller with an error.
+                continue;
+            }
+            if let Err(e) = conn.execute_batch("SAVEPOINT call") {
+                failed = Some(e.to_string());
+                continue;
+            }
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back (a full disk, an I/O error):
+                // nothing of this batch will be committed.
+                failed = Some("the transaction was rolled back by SQLite".into());
+                if let Ok(completion) = ran {
+                    done.push(completion);
+                }
+                continue;
+            }
+            let end = match ran {
+                Ok(completion) => {
+                    done.push(completion);
+                    "RELEASE call"
+                }
+                // The panicking call's writes go; its caller sees the panic as a failed call.
+                Err(_) => "ROLLBACK TO call; RELEASE call",
+            };
+            if let Err(e) = conn.execute_batch(end) {
+                failed = Some(e.to_string());
+            }
+        }
+        let outcome = match failed {
+            Some(e) => Err(e),
+            None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+        };
+        if outcome.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for completion in done {
+            completion(outcome.clone());
+        }
+    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), DbError> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod flood;
 pub mod forge;
 pub mod hil;
+pub mod load;
 pub mod mitm;
 pub mod proxy;
 pub mod sim;

@@ -160,7 +160,7 @@ pub fn assign(
         .and_then(|c| c.get("releaseCounter"))
         .and_then(Value::as_u64)
         .unwrap_or(0);
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let ecus_where =
         |filter: Option<(&str, &str)>| -> rusqlite::Result<Vec<(String, String, String, u64)>> {
             let sql = "SELECT serial, vin, hardware_id, installed_release_counter FROM ecus";
@@ -334,7 +334,7 @@ pub fn cancel_assignment(
     actor: &str,
     now: UtcTime,
 ) -> Result<usize, DirectorError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     if !exists(&tx, "assignments", "correlation_id", correlation_id)? {
         return Err(DirectorError::NotFound(format!(
             "no assignment {correlation_id}"

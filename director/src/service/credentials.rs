@@ -141,6 +141,52 @@ fn refuse(
     Err(error)
 }
 
+/// Whether the request certainly comes from vehicle `vin` and [`authorize`] would write
+/// nothing: its bound certificate (with no credential, or the current one), or, for a vehicle
+/// without a binding, its current credential, live. Only reads, so the common case runs on
+/// a read connection; `false` leaves the decision, and any refusal or take-over it records,
+/// to [`authorize`] on the writer.
+pub fn allowed_without_writes(
+    conn: &Connection,
+    vin: &Vin,
+    auth: &VehicleAuth,
+    now: UtcTime,
+) -> Result<bool, DirectorError> {
+    type Row = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let row: Option<Row> = conn
+        .prepare_cached(
+            "SELECT tls_fingerprint, credential_sha256, credential_revoked_at, credential_expires_at
+             FROM vehicles WHERE vin = ?1",
+        )?
+        .query_row([vin.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((bound, current, revoked, expires)) = row else {
+        return Ok(false);
+    };
+    let bearer_is_current = auth
+        .bearer
+        .as_ref()
+        .map(|b| current.as_deref() == Some(sha256_hex(b.as_bytes()).as_str()));
+    Ok(match (auth.certificate, bound) {
+        (Some(shown), Some(bound)) => {
+            shown.to_string() == bound && bearer_is_current.unwrap_or(true)
+        }
+        (None, None) => {
+            bearer_is_current == Some(true)
+                && revoked.is_none()
+                && expires.is_none_or(|e| e > now_text(now))
+        }
+        _ => false,
+    })
+}
+
 /// Checks that the request comes from vehicle `vin`. A vehicle with a bound certificate must
 /// show it (a bearer credential alone is refused, so a credential copied off the vehicle is
 /// useless without its TLS key); one without a binding shows its live bearer credential. A
@@ -415,7 +461,7 @@ pub fn issue(
     actor: &str,
     now: UtcTime,
 ) -> Result<IssuedCredential, DirectorError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     require_vehicle(&tx, vin)?;
     if let Some(fingerprint) = certificate {
         refuse_bound_elsewhere(&tx, vin, fingerprint)?;
@@ -538,7 +584,7 @@ impl super::DirectorService {
         limit: u32,
     ) -> Result<Vec<CredentialInfo>, DirectorError> {
         self.db
-            .call(move |conn| list(conn, vin.as_ref(), limit))
+            .read(move |conn| list(conn, vin.as_ref(), limit))
             .await
     }
 }

@@ -34,48 +34,131 @@ pub struct ManifestOutcome {
     pub unreachable: Vec<String>,
 }
 
-/// The vehicle as the inventory knows it, for the manifest checks.
-fn inventory(conn: &Connection, vin: &Vin) -> Result<VehicleInventory, DirectorError> {
+/// An ECU's inventory row as stored: key, whether it is the Primary, last report counter
+/// and time.
+type InventoryRow = (String, String, bool, Option<i64>, Option<String>);
+
+/// The vehicle as the inventory knows it, for the manifest checks, and the rows it was read
+/// from (to tell whether it changed since).
+fn inventory(
+    conn: &Connection,
+    vin: &Vin,
+) -> Result<(VehicleInventory, Vec<InventoryRow>), DirectorError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT serial, public_key, is_primary, last_report_counter, last_report_time FROM ecus WHERE vin = ?1",
+        "SELECT serial, public_key, is_primary, last_report_counter, last_report_time FROM ecus WHERE vin = ?1 ORDER BY serial",
     )?;
-    type Row = (String, String, bool, Option<i64>, Option<String>);
-    let rows: Vec<Row> = stmt
+    let rows: Vec<InventoryRow> = stmt
         .query_map([vin.as_str()], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<Result<_, _>>()?;
     let mut ecus = BTreeMap::new();
-    for (serial, key, primary, counter, last_time) in rows {
+    for (serial, key, primary, counter, last_time) in &rows {
         let unreadable =
             |what: &str| DirectorError::Internal(format!("ECU {serial}: stored {what} unreadable"));
-        let key = serde_json::from_str(&key)
+        let key = serde_json::from_str(key)
             .ok()
             .and_then(|k| PublicKey::from_json(k).ok())
             .ok_or_else(|| unreadable("key"))?;
         let id = EcuSerial::new(serial.as_str()).map_err(|_| unreadable("serial"))?;
         let last_time = last_time
-            .map(|t| parse_expires(&t).ok_or_else(|| unreadable("report time")))
+            .as_ref()
+            .map(|t| parse_expires(t).ok_or_else(|| unreadable("report time")))
             .transpose()?;
         ecus.insert(
             id,
             InventoryEcu {
                 key,
-                primary,
+                primary: *primary,
                 last_counter: counter.map(|c| c as u64),
                 last_time,
             },
         );
     }
-    Ok(VehicleInventory {
+    let inventory = VehicleInventory {
         vin: vin.clone(),
         ecus,
+    };
+    Ok((inventory, rows))
+}
+
+/// A manifest checked against the inventory as it was read (`rows`), not yet recorded.
+#[derive(Debug)]
+pub struct Checked {
+    vin: Vin,
+    body: Vec<u8>,
+    rows: Vec<InventoryRow>,
+    result: Result<CheckedManifest, ManifestError>,
+}
+
+/// Verifies a vehicle version manifest (parsing, every signature, nonces, counters and
+/// times) against the inventory. Only reads: it runs on a read connection, beside other
+/// requests, so the signature checks are not serialized behind the writer.
+pub fn check(
+    conn: &Connection,
+    vin: &Vin,
+    body: Vec<u8>,
+    policy: &Policy,
+    now: UtcTime,
+) -> Result<Checked, DirectorError> {
+    let (inventory, rows) = inventory(conn, vin)?;
+    let result = check_against(conn, &inventory, &body, policy, now)?;
+    Ok(Checked {
+        vin: vin.clone(),
+        body,
+        rows,
+        result,
     })
 }
 
-/// Verifies a vehicle version manifest and records it. A refusal is logged as a security
-/// event naming the attack and changes nothing else; an accepted manifest updates installed
-/// images and assignment outcomes in one transaction.
+fn check_against(
+    conn: &Connection,
+    inventory: &VehicleInventory,
+    body: &[u8],
+    policy: &Policy,
+    now: UtcTime,
+) -> Result<Result<CheckedManifest, ManifestError>, DirectorError> {
+    let mut seen = conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM seen_nonces WHERE ecu_serial = ?1 AND nonce = ?2)",
+    )?;
+    Ok(check_vehicle_manifest(
+        body,
+        inventory,
+        now,
+        policy.clock_skew,
+        |ecu, nonce| seen.query_row(params![ecu.as_str(), nonce], |r| r.get::<_, bool>(0)),
+    )?)
+}
+
+/// Records a checked manifest (on the writer): an accepted one updates installed images and
+/// assignment outcomes, a refused one is logged as a security event naming the attack. If
+/// the vehicle's ECUs reported or changed since the check (another manifest of the same
+/// vehicle recorded in between), the check runs again here, so no nonce or counter is
+/// accepted twice.
+pub fn record(
+    conn: &mut Connection,
+    checked: Checked,
+    policy: &Policy,
+    now: UtcTime,
+    log: &RefusalLog,
+) -> Result<ManifestOutcome, DirectorError> {
+    let Checked {
+        vin,
+        body,
+        rows,
+        mut result,
+    } = checked;
+    let (inventory, current) = inventory(conn, &vin)?;
+    if current != rows {
+        result = check_against(conn, &inventory, &body, policy, now)?;
+    }
+    match result {
+        Ok(checked) => record_manifest(conn, &vin, &body, &checked, now),
+        Err(refusal) => Err(refused(conn, &vin, refusal, now, log)),
+    }
+}
+
+/// [`check`] then [`record`] on one connection.
 pub fn process_manifest(
     conn: &mut Connection,
     vin: &Vin,
@@ -84,19 +167,8 @@ pub fn process_manifest(
     now: UtcTime,
     log: &RefusalLog,
 ) -> Result<ManifestOutcome, DirectorError> {
-    let inventory = inventory(conn, vin)?;
-    let mut seen = conn.prepare_cached(
-        "SELECT EXISTS(SELECT 1 FROM seen_nonces WHERE ecu_serial = ?1 AND nonce = ?2)",
-    )?;
-    let checked =
-        check_vehicle_manifest(bytes, &inventory, now, policy.clock_skew, |ecu, nonce| {
-            seen.query_row(params![ecu.as_str(), nonce], |r| r.get::<_, bool>(0))
-        })?;
-    drop(seen);
-    match checked {
-        Ok(checked) => record_manifest(conn, vin, bytes, &checked, now),
-        Err(refusal) => Err(refused(conn, vin, refusal, now, log)),
-    }
+    let checked = check(conn, vin, bytes.to_vec(), policy, now)?;
+    record(conn, checked, policy, now, log)
 }
 
 fn refused(
@@ -129,7 +201,7 @@ fn record_manifest(
     now: UtcTime,
 ) -> Result<ManifestOutcome, DirectorError> {
     let vin_text = vin.as_str();
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     tx.execute(
         "INSERT INTO manifests (vin, received_at, body) VALUES (?1, ?2, ?3)",
         params![vin_text, now_text(now), bytes],

@@ -72,8 +72,40 @@ pub fn refresh_vehicle_metadata(
     policy: &Policy,
     now: UtcTime,
 ) -> Result<(), DirectorError> {
-    let tx = conn.transaction()?;
-    let entries = assignments::active_entries(&tx, vin)?;
+    let tx = conn.savepoint()?;
+    if let Some(signed) = sign_vehicle_metadata(&tx, active, vin, policy, now)? {
+        store_vehicle_metadata(&tx, &signed)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A vehicle's metadata, signed, to be stored in place of the versions it was signed after.
+#[derive(Debug)]
+pub struct SignedMetadata {
+    vin: String,
+    after: Option<(u64, u64, u64)>,
+    content_sha256: String,
+    versions: (u64, u64, u64),
+    targets: Vec<u8>,
+    snapshot: Vec<u8>,
+    timestamp: Vec<u8>,
+    expires: UtcTime,
+    included: String,
+    root_version: u64,
+}
+
+/// The metadata vehicle `vin` should be served if what is stored is not current (see
+/// [`refresh_vehicle_metadata`]), signed; `None` if it is current. Only reads, so it runs on
+/// a read connection and the signing stays off the writer.
+pub fn sign_vehicle_metadata(
+    tx: &Connection,
+    active: &ActiveKeys,
+    vin: &str,
+    policy: &Policy,
+    now: UtcTime,
+) -> Result<Option<SignedMetadata>, DirectorError> {
+    let entries = assignments::active_entries(tx, vin)?;
     let content = json!(
         entries
             .iter()
@@ -89,7 +121,7 @@ pub fn refresh_vehicle_metadata(
             .collect::<Vec<_>>()
     );
     // A new operator time reset must reach the vehicle: it is content like an assignment.
-    let reset = super::time::current_reset(&tx, vin)?;
+    let reset = super::time::current_reset(tx, vin)?;
     let content = json!([content, reset]);
     let content_sha256 = sha256_hex(content.to_string().as_bytes());
     let stored: Option<StoredMetadata> = tx
@@ -115,7 +147,7 @@ pub fn refresh_vehicle_metadata(
         && s.root_version == active.root_version
         && s.expires - now > policy.renew_margin
     {
-        return Ok(());
+        return Ok(None);
     }
     let (tv, sv, tsv) = stored.as_ref().map_or((1, 1, 1), |s| {
         (
@@ -180,15 +212,61 @@ pub fn refresh_vehicle_metadata(
         .map(|e| (e.correlation_id.as_str(), e.ecu_serial.as_str()))
         .collect();
     let included = serde_json::to_string(&included).expect("pairs of strings serialize");
-    tx.execute(
+    Ok(Some(SignedMetadata {
+        vin: vin.to_owned(),
+        after: stored
+            .as_ref()
+            .map(|s| (s.targets_version, s.snapshot_version, s.timestamp_version)),
+        content_sha256,
+        versions: (tv, sv, tsv),
+        targets,
+        snapshot,
+        timestamp,
+        expires,
+        included,
+        root_version: active.root_version,
+    }))
+}
+
+/// Stores `signed` if the vehicle's stored versions are still the ones it was signed after;
+/// `false` (nothing stored) if another request stored newer ones first, so a version is
+/// never repeated with other content.
+pub fn store_vehicle_metadata(
+    conn: &Connection,
+    signed: &SignedMetadata,
+) -> Result<bool, DirectorError> {
+    let stored: Option<(i64, i64, i64)> = conn
+        .query_row(
+            "SELECT targets_version, snapshot_version, timestamp_version FROM vehicle_metadata WHERE vin = ?1",
+            [&signed.vin],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let stored = stored.map(|(t, s, ts)| (t as u64, s as u64, ts as u64));
+    if stored != signed.after {
+        return Ok(false);
+    }
+    let (tv, sv, tsv) = signed.versions;
+    conn.execute(
         "INSERT INTO vehicle_metadata (vin, content_sha256, targets_version, snapshot_version, timestamp_version, targets, snapshot, timestamp, expires, targets_entries, root_version)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (vin) DO UPDATE SET content_sha256 = ?2, targets_version = ?3, snapshot_version = ?4,
              timestamp_version = ?5, targets = ?6, snapshot = ?7, timestamp = ?8, expires = ?9, targets_entries = ?10, root_version = ?11",
-        params![vin, content_sha256, tv as i64, sv as i64, tsv as i64, targets, snapshot, timestamp, format_expires(&expires), included, active.root_version as i64],
+        params![
+            signed.vin,
+            signed.content_sha256,
+            tv as i64,
+            sv as i64,
+            tsv as i64,
+            signed.targets,
+            signed.snapshot,
+            signed.timestamp,
+            format_expires(&signed.expires),
+            signed.included,
+            signed.root_version as i64
+        ],
     )?;
-    tx.commit()?;
-    Ok(())
+    Ok(true)
 }
 
 /// A file of vehicle `vin`'s Director repository: `N.root.json`, `timestamp.json` (re-signed
@@ -202,15 +280,48 @@ pub fn vehicle_file(
     policy: &Policy,
     now: UtcTime,
 ) -> Result<Vec<u8>, DirectorError> {
-    let missing = || DirectorError::NotFound(format!("no metadata file {file:?}"));
-    if let Some(version) = file.strip_suffix(".root.json") {
-        let version: u64 = version.parse().map_err(|_| missing())?;
-        return root(conn, version)?.ok_or_else(missing);
-    }
     if file == "timestamp.json" {
         // Only the timestamp request signs, so only it needs the current keys.
         let active = keys.current(conn)?;
         refresh_vehicle_metadata(conn, &active, vin, policy, now)?;
+    }
+    let stored = stored_file(conn, vin, file)?;
+    if stored.role == StoredRole::Targets {
+        mark_delivered(conn, vin, &stored.included, now)?;
+    }
+    Ok(stored.bytes)
+}
+
+/// Which of a vehicle's stored files a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredRole {
+    /// `N.root.json`.
+    Root,
+    /// `timestamp.json`.
+    Timestamp,
+    /// `V.snapshot.json`.
+    Snapshot,
+    /// `V.targets.json`: serving it marks what it contains delivered.
+    Targets,
+}
+
+/// A stored file of a vehicle's repository, as read.
+#[derive(Debug)]
+pub struct StoredFile {
+    /// Which file.
+    pub role: StoredRole,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// For the targets: the (correlation id, ECU) pairs it contains, as stored.
+    pub included: String,
+}
+
+/// Which role `file` names, without reading anything.
+pub fn stored_role(file: &str) -> Result<StoredRole, DirectorError> {
+    let missing = || DirectorError::NotFound(format!("no metadata file {file:?}"));
+    if let Some(version) = file.strip_suffix(".root.json") {
+        version.parse::<u64>().map_err(|_| missing())?;
+        return Ok(StoredRole::Root);
     }
     let (version, role) = file
         .strip_suffix(".json")
@@ -218,11 +329,31 @@ pub fn vehicle_file(
         .map_or((None, file.trim_end_matches(".json")), |(v, r)| {
             (v.parse::<u64>().ok(), r)
         });
-    let column = match (role, version) {
-        ("timestamp", None) => "timestamp",
-        ("snapshot", Some(_)) => "snapshot",
-        ("targets", Some(_)) => "targets",
-        _ => return Err(missing()),
+    match (role, version) {
+        ("timestamp", None) => Ok(StoredRole::Timestamp),
+        ("snapshot", Some(_)) => Ok(StoredRole::Snapshot),
+        ("targets", Some(_)) => Ok(StoredRole::Targets),
+        _ => Err(missing()),
+    }
+}
+
+/// Reads a file of vehicle `vin`'s repository as stored (only reads).
+pub fn stored_file(conn: &Connection, vin: &str, file: &str) -> Result<StoredFile, DirectorError> {
+    let missing = || DirectorError::NotFound(format!("no metadata file {file:?}"));
+    let role = stored_role(file)?;
+    let version = file.split('.').next().and_then(|v| v.parse::<u64>().ok());
+    if role == StoredRole::Root {
+        let bytes = root(conn, version.ok_or_else(missing)?)?.ok_or_else(missing)?;
+        return Ok(StoredFile {
+            role,
+            bytes,
+            included: String::new(),
+        });
+    }
+    let column = match role {
+        StoredRole::Timestamp => "timestamp",
+        StoredRole::Snapshot => "snapshot",
+        _ => "targets",
     };
     let row: Option<(Vec<u8>, i64, i64, String)> = conn
         .query_row(
@@ -232,28 +363,39 @@ pub fn vehicle_file(
         )
         .optional()?;
     let (bytes, snapshot_version, targets_version, included) = row.ok_or_else(missing)?;
-    match (column, version) {
-        ("snapshot", Some(v)) if v != snapshot_version as u64 => return Err(missing()),
-        ("targets", Some(v)) if v != targets_version as u64 => return Err(missing()),
+    match (role, version) {
+        (StoredRole::Snapshot, Some(v)) if v != snapshot_version as u64 => return Err(missing()),
+        (StoredRole::Targets, Some(v)) if v != targets_version as u64 => return Err(missing()),
         _ => {}
     }
-    if column == "targets" {
-        // Only the entries inside the version served: an assignment created after it was
-        // signed is not delivered by it.
-        let included: Vec<(String, String)> = serde_json::from_str(&included)
-            .map_err(|e| DirectorError::Internal(format!("stored targets entries: {e}")))?;
-        let tx = conn.transaction()?;
-        let n = assignments::mark_delivered(&tx, vin, &included, now)?;
-        if n > 0 {
-            let actor = format!("vehicle:{vin}");
-            let detail = format!("{n} ECUs received their targets");
-            NewEvent::info("assignment_delivered", &actor, &detail)
-                .vin(vin)
-                .record(&tx, now)?;
-        }
-        tx.commit()?;
+    Ok(StoredFile {
+        role,
+        bytes,
+        included,
+    })
+}
+
+/// Marks the entries a served targets file contains delivered (only those: an assignment
+/// created after it was signed is not delivered by it).
+pub fn mark_delivered(
+    conn: &mut Connection,
+    vin: &str,
+    included: &str,
+    now: UtcTime,
+) -> Result<(), DirectorError> {
+    let included: Vec<(String, String)> = serde_json::from_str(included)
+        .map_err(|e| DirectorError::Internal(format!("stored targets entries: {e}")))?;
+    let tx = conn.savepoint()?;
+    let n = assignments::mark_delivered(&tx, vin, &included, now)?;
+    if n > 0 {
+        let actor = format!("vehicle:{vin}");
+        let detail = format!("{n} ECUs received their targets");
+        NewEvent::info("assignment_delivered", &actor, &detail)
+            .vin(vin)
+            .record(&tx, now)?;
     }
-    Ok(bytes)
+    tx.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -271,12 +271,12 @@ impl DirectorService {
 
     /// Registered VINs, in order.
     pub async fn vehicles(&self, limit: u32) -> Result<Vec<String>, DirectorError> {
-        self.db.call(move |conn| vehicles(conn, limit)).await
+        self.db.read(move |conn| vehicles(conn, limit)).await
     }
 
     /// A vehicle's record.
     pub async fn vehicle(&self, vin: Vin) -> Result<VehicleRecord, DirectorError> {
-        self.db.call(move |conn| vehicle(conn, &vin)).await
+        self.db.read(move |conn| vehicle(conn, &vin)).await
     }
 
     /// Replaces ECU `old` of `vin`.
@@ -330,7 +330,7 @@ impl DirectorService {
     /// Assignment entries, newest first, optionally of one vehicle.
     pub async fn assignments(&self, vin: Option<Vin>) -> Result<Vec<AssignmentEcu>, DirectorError> {
         self.db
-            .call(move |conn| assignments(conn, vin.as_ref()))
+            .read(move |conn| assignments(conn, vin.as_ref()))
             .await
     }
 
@@ -355,7 +355,7 @@ impl DirectorService {
         limit: u32,
     ) -> Result<Vec<Event>, DirectorError> {
         self.db
-            .call(move |conn| {
+            .read(move |conn| {
                 events(
                     conn,
                     vin.as_ref().map(Vin::as_str),
@@ -382,7 +382,7 @@ impl DirectorService {
 
     /// Every provisioning token, newest first.
     pub async fn provisioning_tokens(&self) -> Result<Vec<TokenInfo>, DirectorError> {
-        self.db.call(|conn| list_provisioning_tokens(conn)).await
+        self.db.read(list_provisioning_tokens).await
     }
 
     /// Revokes the provisioning tokens labelled `label`.
@@ -401,7 +401,7 @@ impl DirectorService {
     pub async fn root_status(&self) -> Result<RootStatus, DirectorError> {
         let window = self.policy.root_expiry_warning;
         self.db
-            .call(move |conn| rotation::root_status(conn, window, now()))
+            .read(move |conn| rotation::root_status(conn, window, now()))
             .await
     }
 
@@ -412,23 +412,68 @@ impl DirectorService {
         auth: VehicleAuth,
         file: String,
     ) -> Result<Vec<u8>, DirectorError> {
-        let (keys, policy) = (Arc::clone(&self.keys), self.policy);
-        let log = Arc::clone(&self.refusals);
-        // One trip to the database thread for both the credential check and the file.
+        let vin = self.authorize(vin, auth).await?.0;
+        let role = metadata::stored_role(&file)?;
+        if role == metadata::StoredRole::Targets {
+            // Serving the targets marks what it contains delivered: a write.
+            let (keys, policy) = (Arc::clone(&self.keys), self.policy);
+            return self
+                .db
+                .call(move |conn| vehicle_file(conn, &keys, vin.as_str(), &file, &policy, now()))
+                .await;
+        }
+        if role == metadata::StoredRole::Timestamp {
+            self.refresh_metadata(&vin).await?;
+        }
+        self.db
+            .read(move |conn| Ok(metadata::stored_file(conn, vin.as_str(), &file)?.bytes))
+            .await
+    }
+
+    /// Re-signs vehicle `vin`'s metadata if it is not current: checked and signed on a read
+    /// connection, stored by the writer only if no other request stored a version first.
+    async fn refresh_metadata(&self, vin: &Vin) -> Result<(), DirectorError> {
+        let (keys, policy, now) = (Arc::clone(&self.keys), self.policy, now());
+        let signing = vin.clone();
+        let signed = self
+            .db
+            .read(move |conn| {
+                let active = keys.current(conn)?;
+                metadata::sign_vehicle_metadata(conn, &active, signing.as_str(), &policy, now)
+            })
+            .await?;
+        let Some(signed) = signed else {
+            return Ok(());
+        };
+        let (keys, vin) = (Arc::clone(&self.keys), vin.clone());
         self.db
             .call(move |conn| {
-                credentials::authorize(conn, &vin, &auth, now(), &log)?;
-                vehicle_file(conn, &keys, vin.as_str(), &file, &policy, now())
+                if !metadata::store_vehicle_metadata(conn, &signed)? {
+                    // Another request stored a version in between: check again from it.
+                    let active = keys.current(conn)?;
+                    refresh_vehicle_metadata(conn, &active, vin.as_str(), &policy, now)?;
+                }
+                Ok(())
             })
             .await
     }
 
-    /// Checks that the request comes from vehicle `vin`, before anything it sends is read.
+    /// Checks that the request comes from vehicle `vin`, before anything it sends is read:
+    /// on a read connection when nothing needs recording, else on the writer (refusals are
+    /// security events; a renewed credential takes over).
     pub async fn authorize(
         &self,
         vin: Vin,
         auth: VehicleAuth,
     ) -> Result<AuthorizedVehicle, DirectorError> {
+        let (checking, shown) = (vin.clone(), auth.clone());
+        let allowed = self
+            .db
+            .read(move |conn| credentials::allowed_without_writes(conn, &checking, &shown, now()))
+            .await?;
+        if allowed {
+            return Ok(AuthorizedVehicle(vin));
+        }
         let log = Arc::clone(&self.refusals);
         self.db
             .call(move |conn| {
@@ -444,9 +489,15 @@ impl DirectorService {
         vehicle: AuthorizedVehicle,
         body: Vec<u8>,
     ) -> Result<ManifestOutcome, DirectorError> {
-        let (policy, log) = (self.policy, Arc::clone(&self.refusals));
+        let (policy, log, now) = (self.policy, Arc::clone(&self.refusals), now());
+        // The signature checks run on a read connection, in parallel; the writer only
+        // records (group commit), re-checking if the vehicle changed in between.
+        let checked = self
+            .db
+            .read(move |conn| manifests::check(conn, &vehicle.0, body, &policy, now))
+            .await?;
         self.db
-            .call(move |conn| process_manifest(conn, &vehicle.0, &body, &policy, now(), &log))
+            .call(move |conn| manifests::record(conn, checked, &policy, now, &log))
             .await
     }
 }

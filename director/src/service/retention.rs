@@ -34,7 +34,7 @@ pub fn sweep(
     let cutoff = now_text(now - period);
     let mut swept = Swept::default();
     loop {
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         tx.execute(
             "UPDATE retention SET events_before = ?1 WHERE id = 1 AND events_before < ?1",
             [&cutoff],

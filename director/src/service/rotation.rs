@@ -68,7 +68,7 @@ pub fn publish_next_root(
     actor: &str,
     now: UtcTime,
 ) -> Result<u64, DirectorError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let current = latest_root(&tx)?;
     let version = current.common.version + 1;
     let mut builder = RootBuilder::from_root(&current, version, now + lifetime);

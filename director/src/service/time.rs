@@ -20,7 +20,7 @@ pub fn reset_time(
     actor: &str,
     now: UtcTime,
 ) -> Result<u64, DirectorError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let reset: Option<i64> = tx
         .query_row(
             "UPDATE vehicles SET time_reset = time_reset + 1 WHERE vin = ?1 RETURNING time_reset",

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use chrono::Duration;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use service_runtime::tls::Fingerprint;
@@ -57,7 +57,7 @@ fn check_key(serial: &str, key: &Value) -> Result<String, DirectorError> {
     Ok(serde_json::to_string(key).expect("a JSON value serializes"))
 }
 
-fn insert_ecu(tx: &Transaction<'_>, vin: &Vin, ecu: &NewEcu) -> Result<(), DirectorError> {
+fn insert_ecu(tx: &Connection, vin: &Vin, ecu: &NewEcu) -> Result<(), DirectorError> {
     let key = check_key(ecu.serial.as_str(), &ecu.public_key)?;
     let taken = exists(tx, "ecus", "serial", ecu.serial.as_str())?;
     if taken {
@@ -88,14 +88,14 @@ pub fn register_vehicle(
     actor: &str,
     now: UtcTime,
 ) -> Result<IssuedCredential, DirectorError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let credential = insert_vehicle(&tx, vehicle, vehicle.tls_fingerprint, lifetime, actor, now)?;
     tx.commit()?;
     Ok(credential)
 }
 
 fn insert_vehicle(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     vehicle: &NewVehicle,
     certificate: Option<Fingerprint>,
     lifetime: Duration,
@@ -186,7 +186,9 @@ pub fn register_with_provisioning(
              connection, not one named in the body",
         ));
     }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Inside the writer's batch, which holds the write lock: the token is used by this call
+    // alone.
+    let tx = conn.savepoint()?;
     let label = match tokens::use_provisioning_token(&tx, token, now)? {
         Ok(label) => label,
         Err(refusal) => {
@@ -342,7 +344,7 @@ pub fn replace_ecu(
     actor: &str,
     now: UtcTime,
 ) -> Result<(), DirectorError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let primary: Option<bool> = tx
         .query_row(
             "SELECT is_primary FROM ecus WHERE serial = ?1 AND vin = ?2",

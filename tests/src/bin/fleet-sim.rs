@@ -1,6 +1,6 @@
 //! `fleet-sim`: the whole system on 127.0.0.1, for a first look (`demo`), hardware-in-loop
-//! style fault runs (`hil`), the attack suite (`attacks`), and throwaway certificates for
-//! trying the programs by hand (`pki`).
+//! style fault runs (`hil`), the attack suite (`attacks`), a load test (`load`), and
+//! throwaway certificates for trying the programs by hand (`pki`).
 
 use std::process::ExitCode;
 
@@ -41,6 +41,27 @@ enum Command {
         /// Only the attacks whose name contains this.
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Load test: simulated vehicles (real keys, signed manifests, HTTPS) poll a real
+    /// Director and Image repository; a campaign assigns an update to a share of the fleet
+    /// over one poll interval. Prints requests/s and latency percentiles per route, errors
+    /// by kind, and the servers' CPU and peak memory; exit 0 only without errors.
+    Load {
+        /// Simulated vehicles (a Primary and two Secondaries each).
+        #[arg(long, default_value_t = 1000)]
+        vehicles: usize,
+        /// Seconds between two cycles of a vehicle.
+        #[arg(long, default_value_t = 60)]
+        poll_secs: u64,
+        /// Seconds of polling to measure (after registration).
+        #[arg(long = "duration", default_value_t = 60)]
+        duration_secs: u64,
+        /// Percent of the fleet the campaign assigns an update to.
+        #[arg(long, default_value_t = 10)]
+        campaign_percent: u32,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
     },
     /// Writes a throwaway CA certificate and certificates issued by it, for trying the
     /// programs by hand: `ca.pem`, `director/` and `image-repo/` (server certificates for
@@ -164,6 +185,33 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Load {
+            vehicles,
+            poll_secs,
+            duration_secs,
+            campaign_percent,
+            connections,
+        } => {
+            stop_children_on_signal();
+            let args = uptane_tests::load::LoadArgs {
+                vehicles,
+                poll_secs,
+                duration_secs,
+                campaign_percent: campaign_percent.min(100),
+                connections,
+            };
+            match uptane_tests::load::run(&args) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(report) => {
+                    print!("{report}");
+                    eprintln!("error: the load test saw errors");
                     ExitCode::FAILURE
                 }
             }

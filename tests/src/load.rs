@@ -1,0 +1,583 @@
+//! `fleet-sim load`: simulated vehicles polling the real Director and Image repository.
+//!
+//! Each simulated vehicle has a Primary and two Secondaries with their own ed25519 keys and
+//! does what a Primary does on every cycle, over HTTPS: the Director's `timestamp.json` (and
+//! its snapshot and targets when they changed), the Image repository's `timestamp.json`, and
+//! a vehicle version manifest of three signed ECU reports with fresh nonces and rising
+//! counters. Vehicles are spread evenly over the poll interval. A campaign assigns an update
+//! to a share of the fleet, spread over one poll interval; the vehicles it reaches report it
+//! installed on their next cycle, as a Primary would after installing it. The run prints
+//! requests per second, latency percentiles per route, errors by kind, and the servers' CPU
+//! time and peak memory, and fails on any error.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use uptane_core::crypto::SigningKey;
+use uptane_core::hash::{Hashes, sha256_hex, standard_hashes};
+use uptane_core::ids::{EcuSerial, Vin};
+use uptane_core::manifest::{
+    ECU_REPORT_TYPE, EcuVersionReport, InstallResult, InstalledImage, LastInstall,
+    VehicleVersionManifest,
+};
+
+use crate::sim::Fleet;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadArgs {
+    /// Simulated vehicles.
+    pub vehicles: usize,
+    /// Seconds between two cycles of a vehicle.
+    pub poll_secs: u64,
+    /// Seconds of polling measured (after registration).
+    pub duration_secs: u64,
+    /// Percent of the fleet the campaign assigns an update to.
+    pub campaign_percent: u32,
+    /// Requests in flight at most (and so connections to each server).
+    pub connections: usize,
+}
+
+/// A simulated vehicle: a Primary and two Secondaries with their own keys, reporting what
+/// they run in signed manifests (also used by the group-commit durability test).
+pub struct Car {
+    /// Its VIN.
+    pub vin: Vin,
+    /// Its Director credential, once registered.
+    pub credential: String,
+    serials: [EcuSerial; 3],
+    keys: [SigningKey; 3],
+    /// The report counter of its last manifest.
+    pub counter: u64,
+    installed: [InstalledImage; 3],
+    last_install: [Option<LastInstall>; 3],
+    director_snapshot: Option<u64>,
+    /// Whether an update assigned by the campaign was installed.
+    updated: bool,
+}
+
+const HARDWARE: [&str; 3] = ["load-gateway", "load-body", "load-door"];
+const UPDATE: &str = "load/door-2.bin";
+
+/// The shared parts of a run.
+struct Load {
+    client: reqwest::Client,
+    director: String,
+    image: String,
+    operator: String,
+    limit: tokio::sync::Semaphore,
+    latencies: Mutex<BTreeMap<&'static str, Vec<u32>>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    measuring: std::sync::atomic::AtomicBool,
+    run: String,
+}
+
+impl Load {
+    fn error(&self, kind: String) {
+        *self
+            .errors
+            .lock()
+            .expect("errors lock")
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    /// One request: timed under `route`, its body on success.
+    async fn send(
+        &self,
+        route: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Option<bytes::Bytes> {
+        let _permit = self.limit.acquire().await.ok()?;
+        let start = Instant::now();
+        let sent = request.send().await;
+        let outcome = match sent {
+            Ok(response) if response.status().is_success() => response
+                .bytes()
+                .await
+                .map_err(|e| format!("{route}: body: {e}")),
+            Ok(response) => Err(format!("{route}: HTTP {}", response.status().as_u16())),
+            Err(e) if e.is_timeout() => Err(format!("{route}: timeout")),
+            Err(e) if e.is_connect() => Err(format!("{route}: connect")),
+            Err(e) => Err(format!("{route}: {}", e.without_url())),
+        };
+        let micros = start.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        if self.measuring.load(Ordering::Relaxed) {
+            self.latencies
+                .lock()
+                .expect("latencies lock")
+                .entry(route)
+                .or_default()
+                .push(micros);
+        }
+        match outcome {
+            Ok(body) => Some(body),
+            Err(kind) => {
+                self.error(kind);
+                None
+            }
+        }
+    }
+}
+
+fn seed(run: &str, vehicle: usize, ecu: usize) -> [u8; 32] {
+    let hex = sha256_hex(format!("{run}/{vehicle}/{ecu}").as_bytes());
+    let mut seed = [0u8; 32];
+    for (i, byte) in seed.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex digits");
+    }
+    seed
+}
+
+fn factory_image(ecu: usize) -> InstalledImage {
+    let bytes = format!("factory image of {}", HARDWARE[ecu]);
+    InstalledImage {
+        filename: format!("load/{}-1.bin", HARDWARE[ecu]),
+        length: bytes.len() as u64,
+        hashes: standard_hashes(bytes.as_bytes()),
+        release_counter: 1,
+    }
+}
+
+impl Car {
+    /// Vehicle `i` of run `run` (keys derived from both).
+    pub fn new(run: &str, i: usize) -> Self {
+        let vin: Vin = format!("LOAD{i:07}").parse().expect("a valid VIN");
+        let serials = [0, 1, 2].map(|j| {
+            format!("{vin}-{}", ["gw", "body", "door"][j])
+                .parse::<EcuSerial>()
+                .expect("a valid serial")
+        });
+        Self {
+            serials,
+            keys: [0, 1, 2].map(|j| SigningKey::from_seed(seed(run, i, j))),
+            vin,
+            credential: String::new(),
+            counter: 0,
+            installed: [0, 1, 2].map(factory_image),
+            last_install: [None, None, None],
+            director_snapshot: None,
+            updated: false,
+        }
+    }
+
+    /// Its registration, as `POST /api/v1/vehicles` takes it.
+    pub fn registration(&self) -> Value {
+        json!({
+            "vin": self.vin,
+            "ecus": (0..3).map(|j| json!({
+                "serial": self.serials[j],
+                "hardware_id": HARDWARE[j],
+                "public_key": self.keys[j].public_key().to_json(),
+                "primary": j == 0,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The signed vehicle version manifest of its next cycle (counter one higher).
+    pub fn manifest(&mut self, run: &str) -> Vec<u8> {
+        self.counter += 1;
+        let now: uptane_core::time::UtcTime = std::time::SystemTime::now().into();
+        let reports: BTreeMap<EcuSerial, Vec<u8>> = (0..3)
+            .map(|j| {
+                let report = EcuVersionReport {
+                    report_type: ECU_REPORT_TYPE.into(),
+                    ecu_serial: self.serials[j].clone(),
+                    installed_image: self.installed[j].clone(),
+                    attacks_detected: vec![],
+                    latest_time: now,
+                    nonce: sha256_hex(
+                        format!("{run}/{}/{j}/{}", self.vin, self.counter).as_bytes(),
+                    ),
+                    report_counter: self.counter,
+                    last_install: self.last_install[j].clone(),
+                };
+                let signed = report.sign(&self.keys[j]).expect("a report signs");
+                (self.serials[j].clone(), signed)
+            })
+            .collect();
+        VehicleVersionManifest::new(&self.vin, &self.serials[0], &reports)
+            .expect("reports are JSON")
+            .sign(&self.keys[0])
+            .expect("a manifest signs")
+    }
+
+    /// Takes what the Director's targets assign to this vehicle's ECUs as installed (the
+    /// simulated install succeeds at once).
+    fn install_from(&mut self, targets: &Value) {
+        let Some(listed) = targets["signed"]["targets"].as_object() else {
+            return;
+        };
+        for (name, target) in listed {
+            let custom = &target["custom"];
+            for j in 0..3 {
+                if custom["ecuIdentifiers"]
+                    .get(self.serials[j].as_str())
+                    .is_none()
+                {
+                    continue;
+                }
+                let hashes: Hashes =
+                    serde_json::from_value(target["hashes"].clone()).unwrap_or_default();
+                let image = InstalledImage {
+                    filename: name.clone(),
+                    length: target["length"].as_u64().unwrap_or_default(),
+                    hashes,
+                    release_counter: custom["releaseCounter"].as_u64().unwrap_or_default(),
+                };
+                if image != self.installed[j] {
+                    self.installed[j] = image;
+                    self.last_install[j] = Some(LastInstall {
+                        correlation_id: custom["correlationId"].as_str().unwrap_or("").into(),
+                        result: InstallResult::Installed,
+                        detail: String::new(),
+                    });
+                    self.updated = true;
+                }
+            }
+        }
+    }
+}
+
+fn version_of(body: &[u8], meta: &str) -> Option<u64> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value["signed"]["meta"][meta]["version"].as_u64()
+}
+
+/// One cycle of vehicle `car`, as its Primary does it.
+async fn cycle(load: &Load, car: &Mutex<Car>) {
+    let (vin, credential, known) = {
+        let car = car.lock().expect("car lock");
+        (
+            car.vin.clone(),
+            car.credential.clone(),
+            car.director_snapshot,
+        )
+    };
+    let director = |file: &str| {
+        load.client
+            .get(format!("{}/vehicles/{vin}/metadata/{file}", load.director))
+            .bearer_auth(&credential)
+    };
+    let Some(timestamp) = load
+        .send("director timestamp", director("timestamp.json"))
+        .await
+    else {
+        return;
+    };
+    let Some(snapshot_version) = version_of(&timestamp, "snapshot.json") else {
+        load.error("director timestamp: unreadable".into());
+        return;
+    };
+    if known != Some(snapshot_version) {
+        let file = format!("{snapshot_version}.snapshot.json");
+        let Some(snapshot) = load.send("director snapshot", director(&file)).await else {
+            return;
+        };
+        let Some(targets_version) = version_of(&snapshot, "targets.json") else {
+            load.error("director snapshot: unreadable".into());
+            return;
+        };
+        let file = format!("{targets_version}.targets.json");
+        let Some(targets) = load.send("director targets", director(&file)).await else {
+            return;
+        };
+        let Ok(targets) = serde_json::from_slice::<Value>(&targets) else {
+            load.error("director targets: unreadable".into());
+            return;
+        };
+        let mut car = car.lock().expect("car lock");
+        car.install_from(&targets);
+        car.director_snapshot = Some(snapshot_version);
+    }
+    let image_timestamp = load
+        .client
+        .get(format!("{}/metadata/timestamp.json", load.image));
+    load.send("image timestamp", image_timestamp).await;
+    let manifest = car.lock().expect("car lock").manifest(&load.run);
+    let post = load
+        .client
+        .post(format!("{}/vehicles/{vin}/manifest", load.director))
+        .bearer_auth(&credential)
+        .header("content-type", "application/json")
+        .body(manifest);
+    load.send("director manifest", post).await;
+}
+
+/// CPU seconds (user + system) and peak resident memory (KiB) of process `pid`.
+fn usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((ticks as f64 / 100.0, hwm))
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+/// Runs the load test; `Ok` with the report when nothing failed, `Err` with it otherwise.
+pub fn run(args: &LoadArgs) -> Result<String, String> {
+    if args.vehicles == 0 || args.poll_secs == 0 || args.duration_secs == 0 {
+        return Err("--vehicles, --poll-secs and --duration must be above 0".into());
+    }
+    println!("starting a Director and an Image repository (release engineering, key ceremonies)");
+    let mut fleet = Fleet::start();
+    fleet.publish_through_server();
+    let update = b"door firmware 2, load test";
+    fleet.publish(UPDATE, HARDWARE[2], 2, update);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("a runtime: {e}"))?;
+    let result = runtime.block_on(drive(args, &fleet));
+    drop(runtime);
+    drop(fleet);
+    result
+}
+
+async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
+    let run = format!(
+        "{:?}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    );
+    let load = Arc::new(Load {
+        client: fleet.https_client(),
+        director: fleet.director_url.clone(),
+        image: fleet.image_url.clone(),
+        operator: fleet.token.clone(),
+        limit: tokio::sync::Semaphore::new(args.connections.max(1)),
+        latencies: Mutex::default(),
+        errors: Mutex::default(),
+        measuring: false.into(),
+        run,
+    });
+    let director_pid = fleet.director_pid().ok_or("the Director is not running")?;
+    let image_pid = fleet.image_repo_pid();
+
+    // Registration, by the operator, many at a time.
+    let started = Instant::now();
+    let cars: Arc<Vec<Mutex<Car>>> = Arc::new(
+        (0..args.vehicles)
+            .map(|i| Mutex::new(Car::new(&load.run, i)))
+            .collect(),
+    );
+    println!(
+        "{} vehicles with 3 ECUs each: keys made in {:.1} s",
+        args.vehicles,
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..args.connections.max(1) {
+        let (load, cars, next) = (Arc::clone(&load), Arc::clone(&cars), Arc::clone(&next));
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(car) = cars.get(i) else { break };
+                let body = car.lock().expect("car lock").registration();
+                let request = load
+                    .client
+                    .post(format!("{}/api/v1/vehicles", load.director))
+                    .bearer_auth(&load.operator)
+                    .header("content-type", "application/json")
+                    .body(body.to_string());
+                let Some(issued) = load.send("register", request).await else {
+                    continue;
+                };
+                let issued: Value = serde_json::from_slice(&issued).unwrap_or_default();
+                car.lock().expect("car lock").credential =
+                    issued["credential"].as_str().unwrap_or_default().into();
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let registration = started.elapsed().as_secs_f64();
+    println!(
+        "registered {} vehicles through the operator API in {registration:.1} s ({:.0}/s)",
+        args.vehicles,
+        args.vehicles as f64 / registration
+    );
+    if !load.errors.lock().expect("errors lock").is_empty() {
+        return Err(format!(
+            "registration failed: {:?}",
+            load.errors.lock().expect("errors lock")
+        ));
+    }
+
+    // Polling: vehicle i's cycles start at phase i/N of the interval.
+    let (director_before, image_before, me_before) = (
+        usage(director_pid).unwrap_or_default(),
+        usage(image_pid).unwrap_or_default(),
+        usage(std::process::id()).unwrap_or_default(),
+    );
+    load.measuring.store(true, Ordering::Relaxed);
+    let poll = Duration::from_secs(args.poll_secs);
+    let duration = Duration::from_secs(args.duration_secs);
+    let start = tokio::time::Instant::now();
+    let end = start + duration;
+    let late = Arc::new(AtomicUsize::new(0));
+    let scheduler = {
+        let (load, cars, late) = (Arc::clone(&load), Arc::clone(&cars), Arc::clone(&late));
+        let n = args.vehicles;
+        tokio::spawn(async move {
+            let mut cycles = tokio::task::JoinSet::new();
+            for k in 0u64.. {
+                let i = (k % n as u64) as usize;
+                let due = start + poll * (k / n as u64) as u32 + poll.mul_f64(i as f64 / n as f64);
+                if due >= end {
+                    break;
+                }
+                tokio::time::sleep_until(due).await;
+                if tokio::time::Instant::now() > due + Duration::from_secs(1) {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
+                let (load, cars) = (Arc::clone(&load), Arc::clone(&cars));
+                cycles.spawn(async move { cycle(&load, &cars[i]).await });
+                while cycles.try_join_next().is_some() {}
+            }
+            while cycles.join_next().await.is_some() {}
+        })
+    };
+
+    // The campaign: after a quarter of the run (at most one interval), a share of the fleet,
+    // in batches spread over one poll interval.
+    let campaign_at = (duration / 4).min(poll);
+    tokio::time::sleep_until(start + campaign_at).await;
+    let chosen: Vec<usize> = (0..args.vehicles)
+        .filter(|i| (i * 100 / args.vehicles.max(1)) < args.campaign_percent as usize)
+        .collect();
+    let batches: Vec<&[usize]> = chosen.chunks(500).collect();
+    let assign_started = tokio::time::Instant::now();
+    for (b, batch) in batches.iter().enumerate() {
+        tokio::time::sleep_until(assign_started + poll.mul_f64(b as f64 / batches.len() as f64))
+            .await;
+        let vins: Vec<String> = batch
+            .iter()
+            .map(|&i| cars[i].lock().expect("car lock").vin.to_string())
+            .collect();
+        let request = load
+            .client
+            .post(format!("{}/api/v1/assignments", load.director))
+            .bearer_auth(&load.operator)
+            .header("content-type", "application/json")
+            .body(json!({"image": UPDATE, "vins": vins, "hardware_id": HARDWARE[2]}).to_string());
+        load.send("assign", request).await;
+    }
+    let assigned_in = assign_started.elapsed().as_secs_f64();
+    let _ = scheduler.await;
+    let elapsed = start.elapsed().as_secs_f64();
+    load.measuring.store(false, Ordering::Relaxed);
+    let (director_after, image_after, me_after) = (
+        usage(director_pid).unwrap_or_default(),
+        usage(image_pid).unwrap_or_default(),
+        usage(std::process::id()).unwrap_or_default(),
+    );
+
+    // The report.
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!(
+        "fleet-sim load: {} vehicles polling every {} s, measured for {elapsed:.1} s ({} requests in flight at most)",
+        args.vehicles, args.poll_secs, args.connections
+    ));
+    line(format!(
+        "{:<20} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
+        "route", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    ));
+    let latencies = std::mem::take(&mut *load.latencies.lock().expect("latencies lock"));
+    let mut all = Vec::new();
+    let row = |name: &str, sorted: &[u32], line: &mut dyn FnMut(String)| {
+        line(format!(
+            "{:<20} {:>9} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            name,
+            sorted.len(),
+            sorted.len() as f64 / elapsed,
+            percentile(sorted, 50.0),
+            percentile(sorted, 95.0),
+            percentile(sorted, 99.0),
+            percentile(sorted, 100.0)
+        ))
+    };
+    for (route, mut values) in latencies {
+        values.sort_unstable();
+        row(route, &values, &mut line);
+        if route != "assign" {
+            all.extend(values);
+        }
+    }
+    all.sort_unstable();
+    row("all vehicle requests", &all, &mut line);
+    let errors = std::mem::take(&mut *load.errors.lock().expect("errors lock"));
+    if errors.is_empty() {
+        line("errors: none".into());
+    } else {
+        for (kind, n) in &errors {
+            line(format!("error: {kind}: {n}"));
+        }
+    }
+    let updated = chosen
+        .iter()
+        .filter(|&&i| cars[i].lock().expect("car lock").updated)
+        .count();
+    line(format!(
+        "campaign: {} vehicles ({}%) assigned {UPDATE} in {assigned_in:.1} s; {updated} reported it installed",
+        chosen.len(),
+        args.campaign_percent
+    ));
+    let late = late.load(Ordering::Relaxed);
+    if late > 0 {
+        line(format!(
+            "generator: {late} cycles started more than 1 s late (the generator could not keep up)"
+        ));
+    }
+    let cpu = |name: &str, before: (f64, u64), after: (f64, u64), line: &mut dyn FnMut(String)| {
+        let used = after.0 - before.0;
+        line(format!(
+            "{name:<12} CPU {used:.1} s ({:.2} cores), peak RSS {} MiB",
+            used / elapsed,
+            after.1 / 1024
+        ))
+    };
+    cpu("director", director_before, director_after, &mut line);
+    cpu("image-repo", image_before, image_after, &mut line);
+    cpu("generator", me_before, me_after, &mut line);
+    // Every vehicle the campaign reached in time must have taken the update: those whose
+    // first cycle after the last batch came with two intervals to spare.
+    let must_update = elapsed - campaign_at.as_secs_f64() - assigned_in >= 2.0 * poll.as_secs_f64();
+    if errors.is_empty() && (!must_update || updated == chosen.len()) {
+        Ok(out)
+    } else {
+        if must_update && updated < chosen.len() {
+            out.push_str(&format!(
+                "error: {} assigned vehicles did not take the update\n",
+                chosen.len() - updated
+            ));
+        }
+        Err(out)
+    }
+}
