@@ -61,14 +61,18 @@ pub struct Car {
 
 const HARDWARE: [&str; 3] = ["load-gateway", "load-body", "load-door"];
 const UPDATE: &str = "load/door-2.bin";
+/// Requests in flight at most on one client's connection.
+const PER_CLIENT: usize = 8;
 
 /// The shared parts of a run.
 struct Load {
-    client: reqwest::Client,
+    /// HTTP clients, each multiplexing up to [`PER_CLIENT`] requests on its HTTP/2
+    /// connection to each server (below the servers' stream limit per connection).
+    clients: Vec<reqwest::Client>,
     director: String,
     image: String,
     operator: String,
-    limit: tokio::sync::Semaphore,
+    limits: Vec<tokio::sync::Semaphore>,
     latencies: Mutex<BTreeMap<&'static str, Vec<u32>>>,
     errors: Mutex<BTreeMap<String, u64>>,
     measuring: std::sync::atomic::AtomicBool,
@@ -76,6 +80,11 @@ struct Load {
 }
 
 impl Load {
+    /// The client vehicle `slot` uses.
+    fn client(&self, slot: usize) -> &reqwest::Client {
+        &self.clients[slot % self.clients.len()]
+    }
+
     fn error(&self, kind: String) {
         *self
             .errors
@@ -88,10 +97,11 @@ impl Load {
     /// One request: timed under `route`, its body on success.
     async fn send(
         &self,
+        slot: usize,
         route: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Option<bytes::Bytes> {
-        let _permit = self.limit.acquire().await.ok()?;
+        let _permit = self.limits[slot % self.limits.len()].acquire().await.ok()?;
         let start = Instant::now();
         let sent = request.send().await;
         let outcome = match sent {
@@ -102,7 +112,10 @@ impl Load {
             Ok(response) => Err(format!("{route}: HTTP {}", response.status().as_u16())),
             Err(e) if e.is_timeout() => Err(format!("{route}: timeout")),
             Err(e) if e.is_connect() => Err(format!("{route}: connect")),
-            Err(e) => Err(format!("{route}: {}", e.without_url())),
+            Err(e) => Err(format!(
+                "{route}: {}",
+                service_runtime::error_chain(&e.without_url())
+            )),
         };
         let micros = start.elapsed().as_micros().min(u32::MAX as u128) as u32;
         if self.measuring.load(Ordering::Relaxed) {
@@ -139,6 +152,16 @@ fn factory_image(ecu: usize) -> InstalledImage {
         length: bytes.len() as u64,
         hashes: standard_hashes(bytes.as_bytes()),
         release_counter: 1,
+    }
+}
+
+impl std::fmt::Debug for Car {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not its keys or credential.
+        f.debug_struct("Car")
+            .field("vin", &self.vin)
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
     }
 }
 
@@ -248,7 +271,7 @@ fn version_of(body: &[u8], meta: &str) -> Option<u64> {
 }
 
 /// One cycle of vehicle `car`, as its Primary does it.
-async fn cycle(load: &Load, car: &Mutex<Car>) {
+async fn cycle(load: &Load, slot: usize, car: &Mutex<Car>) {
     let (vin, credential, known) = {
         let car = car.lock().expect("car lock");
         (
@@ -258,12 +281,12 @@ async fn cycle(load: &Load, car: &Mutex<Car>) {
         )
     };
     let director = |file: &str| {
-        load.client
+        load.client(slot)
             .get(format!("{}/vehicles/{vin}/metadata/{file}", load.director))
             .bearer_auth(&credential)
     };
     let Some(timestamp) = load
-        .send("director timestamp", director("timestamp.json"))
+        .send(slot, "director timestamp", director("timestamp.json"))
         .await
     else {
         return;
@@ -274,7 +297,7 @@ async fn cycle(load: &Load, car: &Mutex<Car>) {
     };
     if known != Some(snapshot_version) {
         let file = format!("{snapshot_version}.snapshot.json");
-        let Some(snapshot) = load.send("director snapshot", director(&file)).await else {
+        let Some(snapshot) = load.send(slot, "director snapshot", director(&file)).await else {
             return;
         };
         let Some(targets_version) = version_of(&snapshot, "targets.json") else {
@@ -282,7 +305,7 @@ async fn cycle(load: &Load, car: &Mutex<Car>) {
             return;
         };
         let file = format!("{targets_version}.targets.json");
-        let Some(targets) = load.send("director targets", director(&file)).await else {
+        let Some(targets) = load.send(slot, "director targets", director(&file)).await else {
             return;
         };
         let Ok(targets) = serde_json::from_slice::<Value>(&targets) else {
@@ -294,17 +317,17 @@ async fn cycle(load: &Load, car: &Mutex<Car>) {
         car.director_snapshot = Some(snapshot_version);
     }
     let image_timestamp = load
-        .client
+        .client(slot)
         .get(format!("{}/metadata/timestamp.json", load.image));
-    load.send("image timestamp", image_timestamp).await;
+    load.send(slot, "image timestamp", image_timestamp).await;
     let manifest = car.lock().expect("car lock").manifest(&load.run);
     let post = load
-        .client
+        .client(slot)
         .post(format!("{}/vehicles/{vin}/manifest", load.director))
         .bearer_auth(&credential)
         .header("content-type", "application/json")
         .body(manifest);
-    load.send("director manifest", post).await;
+    load.send(slot, "director manifest", post).await;
 }
 
 /// CPU seconds (user + system) and peak resident memory (KiB) of process `pid`.
@@ -361,12 +384,24 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
     );
+    let slots = args.connections.div_ceil(PER_CLIENT).max(1);
+    let clients = (0..slots)
+        .map(|_| {
+            service_runtime::http::ClientTls::new(Some(&fleet.ca_cert), None, false)
+                .and_then(|tls| tls.reqwest())
+                .map_err(|e| format!("a TLS client: {e}"))?
+                .build()
+                .map_err(|e| format!("an HTTP client: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let load = Arc::new(Load {
-        client: fleet.https_client(),
+        clients,
         director: fleet.director_url.clone(),
         image: fleet.image_url.clone(),
         operator: fleet.token.clone(),
-        limit: tokio::sync::Semaphore::new(args.connections.max(1)),
+        limits: (0..slots)
+            .map(|_| tokio::sync::Semaphore::new(PER_CLIENT))
+            .collect(),
         latencies: Mutex::default(),
         errors: Mutex::default(),
         measuring: false.into(),
@@ -398,12 +433,12 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                 let Some(car) = cars.get(i) else { break };
                 let body = car.lock().expect("car lock").registration();
                 let request = load
-                    .client
+                    .client(i)
                     .post(format!("{}/api/v1/vehicles", load.director))
                     .bearer_auth(&load.operator)
                     .header("content-type", "application/json")
                     .body(body.to_string());
-                let Some(issued) = load.send("register", request).await else {
+                let Some(issued) = load.send(i, "register", request).await else {
                     continue;
                 };
                 let issued: Value = serde_json::from_slice(&issued).unwrap_or_default();
@@ -450,11 +485,15 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                     break;
                 }
                 tokio::time::sleep_until(due).await;
-                if tokio::time::Instant::now() > due + Duration::from_secs(1) {
-                    late.fetch_add(1, Ordering::Relaxed);
-                }
-                let (load, cars) = (Arc::clone(&load), Arc::clone(&cars));
-                cycles.spawn(async move { cycle(&load, &cars[i]).await });
+                let (load, cars, late) = (Arc::clone(&load), Arc::clone(&cars), Arc::clone(&late));
+                cycles.spawn(async move {
+                    cycle(&load, i, &cars[i]).await;
+                    // A cycle still running when the next one is due: the fleet was not
+                    // served at the rate it polls.
+                    if tokio::time::Instant::now() > due + poll {
+                        late.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
                 while cycles.try_join_next().is_some() {}
             }
             while cycles.join_next().await.is_some() {}
@@ -469,21 +508,23 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         .filter(|i| (i * 100 / args.vehicles.max(1)) < args.campaign_percent as usize)
         .collect();
     let batches: Vec<&[usize]> = chosen.chunks(500).collect();
+    // Over one interval, or half of what is left of the run if that is shorter.
+    let spread = poll.min((duration - campaign_at) / 2);
     let assign_started = tokio::time::Instant::now();
     for (b, batch) in batches.iter().enumerate() {
-        tokio::time::sleep_until(assign_started + poll.mul_f64(b as f64 / batches.len() as f64))
+        tokio::time::sleep_until(assign_started + spread.mul_f64(b as f64 / batches.len() as f64))
             .await;
         let vins: Vec<String> = batch
             .iter()
             .map(|&i| cars[i].lock().expect("car lock").vin.to_string())
             .collect();
         let request = load
-            .client
+            .client(b)
             .post(format!("{}/api/v1/assignments", load.director))
             .bearer_auth(&load.operator)
             .header("content-type", "application/json")
             .body(json!({"image": UPDATE, "vins": vins, "hardware_id": HARDWARE[2]}).to_string());
-        load.send("assign", request).await;
+        load.send(b, "assign", request).await;
     }
     let assigned_in = assign_started.elapsed().as_secs_f64();
     let _ = scheduler.await;
@@ -552,7 +593,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
     let late = late.load(Ordering::Relaxed);
     if late > 0 {
         line(format!(
-            "generator: {late} cycles started more than 1 s late (the generator could not keep up)"
+            "error: {late} cycles ended after the vehicle's next cycle was due: the fleet was not served at the rate it polls"
         ));
     }
     let cpu = |name: &str, before: (f64, u64), after: (f64, u64), line: &mut dyn FnMut(String)| {
@@ -569,7 +610,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
     // Every vehicle the campaign reached in time must have taken the update: those whose
     // first cycle after the last batch came with two intervals to spare.
     let must_update = elapsed - campaign_at.as_secs_f64() - assigned_in >= 2.0 * poll.as_secs_f64();
-    if errors.is_empty() && (!must_update || updated == chosen.len()) {
+    if errors.is_empty() && late == 0 && (!must_update || updated == chosen.len()) {
         Ok(out)
     } else {
         if must_update && updated < chosen.len() {
