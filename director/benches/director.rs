@@ -187,7 +187,8 @@ fn main() {
                 service::KeyRing::fixed(keys),
                 catalog,
                 policy,
-            ),
+            )
+            .unwrap(),
             max_body_bytes: 1 << 20,
         };
         // Manifests through the service, as the HTTP handler calls it: first one at a time

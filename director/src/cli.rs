@@ -188,6 +188,10 @@ enum Command {
         #[arg(long, env = "DIRECTOR_RETENTION_DAYS", default_value_t = 365,
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         retention_days: u32,
+        /// Vehicles whose credential and current timestamp are kept in memory, so that a
+        /// polling vehicle's common request needs no database call (0: off).
+        #[arg(long, default_value_t = 200_000)]
+        cached_vehicles: usize,
         #[command(flatten)]
         limits: ServerLimitsArgs,
         /// How long a vehicle credential works, in seconds (vehicles renew theirs when a
@@ -730,6 +734,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             vehicle_credential_lifetime_secs,
             root_expiry_warning_days,
             retention_days,
+            cached_vehicles,
             limits,
             tls,
         } => {
@@ -769,10 +774,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 root_expiry_warning: expiry_warning,
                 retention: chrono::Duration::days(i64::from(retention_days)),
+                cached_vehicles,
                 ..Policy::default()
             };
             tokio::spawn(watch_root_expiry(db.clone(), expiry_warning));
-            let service = DirectorService::new(db, keys, catalog, policy);
+            let service = DirectorService::new(db, keys, catalog, policy)?;
             tokio::spawn(watch_refusals(service.clone(), policy.refusal_window));
             tokio::spawn(watch_retention(service.clone()));
             let state = AppState {

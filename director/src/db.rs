@@ -72,6 +72,7 @@ pub struct Db {
     conn: Arc<Mutex<Connection>>,
     writer: std::sync::mpsc::SyncSender<Job>,
     readers: Arc<Readers>,
+    path: Option<Arc<Path>>,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +98,7 @@ impl Db {
                 conns: readers,
                 next: Default::default(),
             }),
+            path: Some(Arc::from(path)),
             ..db
         })
     }
@@ -125,7 +127,13 @@ impl Db {
             conn,
             writer,
             readers: Arc::default(),
+            path: None,
         })
+    }
+
+    /// The database file (`None` in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Runs `f` on the writer connection, as part of the next group commit; resolves once

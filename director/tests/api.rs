@@ -113,7 +113,8 @@ fn fleet() -> Fleet {
         service::KeyRing::fixed(online),
         image_repo(),
         Policy::default(),
-    );
+    )
+    .unwrap();
     let state = AppState {
         service: service.clone(),
         max_body_bytes: 64 * 1024,

@@ -71,6 +71,37 @@ impl Upload {
     }
 }
 
+/// A hash a targets entry lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HashAlgorithm {
+    /// SHA-256 (the default).
+    Sha256,
+    /// SHA-512.
+    Sha512,
+}
+
+impl HashAlgorithm {
+    /// Its name in TUF's `hashes` object.
+    pub fn tuf_name(self) -> &'static str {
+        match self {
+            HashAlgorithm::Sha256 => "sha256",
+            HashAlgorithm::Sha512 => "sha512",
+        }
+    }
+}
+
+/// The entry of `info` listing only `algorithms`.
+fn listing(
+    info: &crate::repo::BlobInfo,
+    algorithms: &[HashAlgorithm],
+) -> uptane_core::hash::Hashes {
+    info.hashes
+        .iter()
+        .filter(|(name, _)| algorithms.iter().any(|a| a.tuf_name() == name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Key ceremony: creates keys and version 1 of every role.
@@ -112,6 +143,10 @@ enum Command {
         /// Release counter.
         #[arg(long, default_value_t = 0)]
         release_counter: u64,
+        /// The hashes the targets entry lists (repeat for both; docs/POUF.md): every ECU
+        /// computes each one listed over the whole image.
+        #[arg(long = "hash", value_enum, default_values_t = [HashAlgorithm::Sha256])]
+        hashes: Vec<HashAlgorithm>,
         /// The image file.
         file: PathBuf,
     },
@@ -177,6 +212,10 @@ enum Command {
         /// Release counter.
         #[arg(long, default_value_t = 0)]
         release_counter: u64,
+        /// The hashes the targets entry lists (repeat for both; docs/POUF.md): every ECU
+        /// computes each one listed over the whole image.
+        #[arg(long = "hash", value_enum, default_values_t = [HashAlgorithm::Sha256])]
+        hashes: Vec<HashAlgorithm>,
         /// The image file.
         file: PathBuf,
     },
@@ -374,13 +413,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             hardware_ids,
             release_counter,
+            hashes,
             file,
         } => {
             crate::repo::check_target_name(&name)?;
             let custom = image_custom(&hardware_ids, release_counter);
             let edit = |info: crate::repo::BlobInfo| {
                 move |b: TargetsBuilder| {
-                    Ok(b.target_with(&name, info.length, info.hashes.clone(), Some(custom)))
+                    let listed = listing(&info, &hashes);
+                    Ok(b.target_with(&name, info.length, listed, Some(custom)))
                 }
             };
             match (target.repo, target.server) {
@@ -468,6 +509,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             hardware_ids,
             release_counter,
+            hashes,
             file,
         } => {
             crate::repo::check_target_name(&name)?;
@@ -494,7 +536,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .target_with(
                         &name,
                         info.length,
-                        info.hashes.clone(),
+                        listing(info, &hashes),
                         Some(custom.clone()),
                     )
                     .build();

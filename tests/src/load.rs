@@ -336,15 +336,7 @@ fn usage(pid: u32) -> Option<(f64, u64)> {
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let hwm = crate::peak_rss_kib(pid)?;
     // USER_HZ is 100 on Linux.
     Some((ticks as f64 / 100.0, hwm))
 }

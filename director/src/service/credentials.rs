@@ -141,50 +141,56 @@ fn refuse(
     Err(error)
 }
 
-/// Whether the request certainly comes from vehicle `vin` and [`authorize`] would write
-/// nothing: its bound certificate (with no credential, or the current one), or, for a vehicle
-/// without a binding, its current credential, live. Only reads, so the common case runs on
-/// a read connection; `false` leaves the decision, and any refusal or take-over it records,
-/// to [`authorize`] on the writer.
-pub fn allowed_without_writes(
-    conn: &Connection,
-    vin: &Vin,
-    auth: &VehicleAuth,
-    now: UtcTime,
-) -> Result<bool, DirectorError> {
-    type Row = (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let row: Option<Row> = conn
+/// A vehicle's credential columns, as the common-case check reads them (and the cache keeps
+/// them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRow {
+    bound: Option<String>,
+    current: Option<String>,
+    revoked: Option<String>,
+    expires: Option<String>,
+}
+
+/// Vehicle `vin`'s credential columns, if it is registered.
+pub fn auth_row(conn: &Connection, vin: &Vin) -> Result<Option<AuthRow>, DirectorError> {
+    Ok(conn
         .prepare_cached(
             "SELECT tls_fingerprint, credential_sha256, credential_revoked_at, credential_expires_at
              FROM vehicles WHERE vin = ?1",
         )?
         .query_row([vin.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok(AuthRow {
+                bound: r.get(0)?,
+                current: r.get(1)?,
+                revoked: r.get(2)?,
+                expires: r.get(3)?,
+            })
         })
-        .optional()?;
-    let Some((bound, current, revoked, expires)) = row else {
-        return Ok(false);
-    };
-    let bearer_is_current = auth
-        .bearer
-        .as_ref()
-        .map(|b| current.as_deref() == Some(sha256_hex(b.as_bytes()).as_str()));
-    Ok(match (auth.certificate, bound) {
-        (Some(shown), Some(bound)) => {
-            shown.to_string() == bound && bearer_is_current.unwrap_or(true)
+        .optional()?)
+}
+
+impl AuthRow {
+    /// Whether the request certainly comes from this vehicle and [`authorize`] would write
+    /// nothing: its bound certificate (with no credential, or the current one), or, for a
+    /// vehicle without a binding, its current credential, live. `false` leaves the decision,
+    /// and any refusal or take-over it records, to [`authorize`] on the writer.
+    pub fn allows(&self, auth: &VehicleAuth, now: UtcTime) -> bool {
+        let bearer_is_current = auth
+            .bearer
+            .as_ref()
+            .map(|b| self.current.as_deref() == Some(sha256_hex(b.as_bytes()).as_str()));
+        match (auth.certificate, &self.bound) {
+            (Some(shown), Some(bound)) => {
+                shown.to_string() == *bound && bearer_is_current.unwrap_or(true)
+            }
+            (None, None) => {
+                bearer_is_current == Some(true)
+                    && self.revoked.is_none()
+                    && self.expires.as_ref().is_none_or(|e| *e > now_text(now))
+            }
+            _ => false,
         }
-        (None, None) => {
-            bearer_is_current == Some(true)
-                && revoked.is_none()
-                && expires.is_none_or(|e| e > now_text(now))
-        }
-        _ => false,
-    })
+    }
 }
 
 /// Checks that the request comes from vehicle `vin`. A vehicle with a bound certificate must
@@ -546,9 +552,13 @@ impl super::DirectorService {
             vehicle.vin().clone(),
             self.policy.vehicle_credential_lifetime,
         );
-        self.db
+        let forget = vin.clone();
+        let renewed = self
+            .db
             .call(move |conn| renew(conn, &vin, lifetime, super::now()))
-            .await
+            .await?;
+        self.cache.forget(&forget);
+        Ok(renewed)
     }
 
     /// An operator revokes vehicle `vin`'s credential and certificate binding.
@@ -558,9 +568,12 @@ impl super::DirectorService {
         vin: Vin,
     ) -> Result<(), DirectorError> {
         let actor = actor.as_str().to_string();
+        let forget = vin.clone();
         self.db
             .call(move |conn| revoke(conn, &vin, &actor, super::now()))
-            .await
+            .await?;
+        self.cache.forget(&forget);
+        Ok(())
     }
 
     /// An operator issues vehicle `vin` a new credential, binding `certificate` if given.
@@ -572,9 +585,13 @@ impl super::DirectorService {
     ) -> Result<IssuedCredential, DirectorError> {
         let actor = actor.as_str().to_string();
         let lifetime = self.policy.vehicle_credential_lifetime;
-        self.db
+        let forget = vin.clone();
+        let issued = self
+            .db
             .call(move |conn| issue(conn, &vin, certificate, lifetime, &actor, super::now()))
-            .await
+            .await?;
+        self.cache.forget(&forget);
+        Ok(issued)
     }
 
     /// The credentials of every vehicle, or of `vin`.

@@ -375,6 +375,34 @@ pub fn stored_file(conn: &Connection, vin: &str, file: &str) -> Result<StoredFil
     })
 }
 
+/// A vehicle's stored `timestamp.json`, with its expiry and the root it was signed under.
+#[derive(Debug)]
+pub struct StoredTimestamp {
+    /// The file.
+    pub bytes: Vec<u8>,
+    /// When it expires (the earliest time if the stored text does not parse: then it is
+    /// never taken as current).
+    pub expires: UtcTime,
+    /// The root version it was signed under.
+    pub root_version: u64,
+}
+
+/// Reads vehicle `vin`'s stored timestamp (only reads).
+pub fn stored_timestamp(conn: &Connection, vin: &str) -> Result<StoredTimestamp, DirectorError> {
+    conn.prepare_cached(
+        "SELECT timestamp, expires, root_version FROM vehicle_metadata WHERE vin = ?1",
+    )?
+    .query_row([vin], |r| {
+        Ok(StoredTimestamp {
+            bytes: r.get(0)?,
+            expires: parse_expires(&r.get::<_, String>(1)?).unwrap_or(UtcTime::MIN_UTC),
+            root_version: r.get::<_, i64>(2)? as u64,
+        })
+    })
+    .optional()?
+    .ok_or_else(|| DirectorError::NotFound("no metadata file \"timestamp.json\"".into()))
+}
+
 /// Marks the entries a served targets file contains delivered (only those: an assignment
 /// created after it was signed is not delivered by it).
 pub fn mark_delivered(

@@ -11,9 +11,11 @@
 //! - [`rotation`]: new root versions (root and online keys), the keys the server signs
 //!   with, and warnings before the root expires;
 //! - [`manifests`]: vehicle version manifests, checked and recorded;
-//! - [`events`]: the append-only event log.
+//! - [`events`]: the append-only event log;
+//! - [`cache`]: the credential rows and current timestamps polling vehicles ask for.
 
 pub mod assignments;
+pub mod cache;
 pub mod credentials;
 pub mod events;
 pub mod manifests;
@@ -72,6 +74,9 @@ pub struct Policy {
     pub refusal_window: Duration,
     /// Events and manifests older than this are removed (`retention.rs`).
     pub retention: Duration,
+    /// Vehicles whose credential row and current timestamp are kept in memory (`cache.rs`);
+    /// 0 turns the cache off.
+    pub cached_vehicles: usize,
 }
 
 impl Default for Policy {
@@ -84,6 +89,7 @@ impl Default for Policy {
             root_expiry_warning: rotation::DEFAULT_EXPIRY_WARNING,
             refusal_window: Duration::seconds(60),
             retention: Duration::days(365),
+            cached_vehicles: 200_000,
         }
     }
 }
@@ -128,26 +134,43 @@ pub struct DirectorService {
     catalog: Arc<ImageCatalog>,
     policy: Policy,
     refusals: Arc<RefusalLog>,
+    cache: Arc<cache::VehicleCache>,
+    roots: Arc<cache::RootWatch>,
 }
 
 impl DirectorService {
     /// A service over `db`.
-    pub fn new(db: Db, keys: KeyRing, catalog: ImageCatalog, policy: Policy) -> Self {
-        Self {
+    pub fn new(
+        db: Db,
+        keys: KeyRing,
+        catalog: ImageCatalog,
+        policy: Policy,
+    ) -> Result<Self, DirectorError> {
+        Ok(Self {
+            roots: Arc::new(cache::RootWatch::open(db.path())?),
             db,
             keys: Arc::new(keys),
             catalog: Arc::new(catalog),
             refusals: Arc::new(RefusalLog::new(policy.refusal_window)),
+            cache: Arc::new(cache::VehicleCache::new(policy.cached_vehicles)),
             policy,
-        }
+        })
+    }
+
+    /// Requests answered from the vehicle cache, and those that were not.
+    pub fn cache_hits_and_misses(&self) -> (u64, u64) {
+        self.cache.hits_and_misses()
     }
 
     /// Removes events and manifests older than the retention period.
     pub async fn sweep_retention(&self) -> Result<retention::Swept, DirectorError> {
         let period = self.policy.retention;
-        self.db
+        let swept = self
+            .db
             .call(move |conn| retention::sweep(conn, period, now()))
-            .await
+            .await?;
+        self.cache.forget_all();
+        Ok(swept)
     }
 
     /// Records the summaries of a refusal window that ended (`refusals.rs`); with `all`, every
@@ -225,12 +248,16 @@ impl DirectorService {
     ) -> Result<IssuedCredential, DirectorError> {
         let who = actor.0.clone();
         let lifetime = self.policy.vehicle_credential_lifetime;
+        let vin = vehicle.vin.clone();
         let registered = self
             .db
             .call(move |conn| register_vehicle(conn, &vehicle, lifetime, &who, now()))
             .await;
         match registered {
-            Ok(credential) => Ok(credential),
+            Ok(credential) => {
+                self.cache.forget(&vin);
+                Ok(credential)
+            }
             Err(e) => Err(self.refused("registration_refused", actor, e).await),
         }
     }
@@ -245,7 +272,9 @@ impl DirectorService {
     ) -> Result<IssuedCredential, DirectorError> {
         let lifetime = self.policy.vehicle_credential_lifetime;
         let log = Arc::clone(&self.refusals);
-        self.db
+        let vin = vehicle.vin.clone();
+        let issued = self
+            .db
             .call(move |conn| {
                 register_with_provisioning(
                     conn,
@@ -257,7 +286,9 @@ impl DirectorService {
                     &log,
                 )
             })
-            .await
+            .await?;
+        self.cache.forget(&vin);
+        Ok(issued)
     }
 
     /// Checks a provisioning token before the registration it comes with is read: a refusal
@@ -288,9 +319,12 @@ impl DirectorService {
         new: EcuReplacement,
     ) -> Result<(), DirectorError> {
         let actor = actor.0.clone();
+        let forget = vin.clone();
         self.db
             .call(move |conn| replace_ecu(conn, &vin, &old, &new, &actor, now()))
-            .await
+            .await?;
+        self.cache.forget(&forget);
+        Ok(())
     }
 
     /// Assigns an image the Image repository vouches for; returns the correlation id and
@@ -322,9 +356,13 @@ impl DirectorService {
                 ))
             })?;
         let actor = actor.0.clone();
-        self.db
+        let created = self
+            .db
             .call(move |conn| assignments::assign(conn, &request, &info, &actor, now()))
-            .await
+            .await?;
+        // An assignment may reach many vehicles (and end older entries of others).
+        self.cache.forget_all();
+        Ok(created)
     }
 
     /// Assignment entries, newest first, optionally of one vehicle.
@@ -341,9 +379,12 @@ impl DirectorService {
         correlation_id: String,
     ) -> Result<usize, DirectorError> {
         let actor = actor.0.clone();
-        self.db
+        let cancelled = self
+            .db
             .call(move |conn| cancel_assignment(conn, &correlation_id, &actor, now()))
-            .await
+            .await?;
+        self.cache.forget_all();
+        Ok(cancelled)
     }
 
     /// Events after `after`, oldest first.
@@ -414,20 +455,54 @@ impl DirectorService {
     ) -> Result<Vec<u8>, DirectorError> {
         let vin = self.authorize(vin, auth).await?.0;
         let role = metadata::stored_role(&file)?;
-        if role == metadata::StoredRole::Targets {
-            // Serving the targets marks what it contains delivered: a write.
-            let (keys, policy) = (Arc::clone(&self.keys), self.policy);
-            return self
-                .db
-                .call(move |conn| vehicle_file(conn, &keys, vin.as_str(), &file, &policy, now()))
-                .await;
+        match role {
+            metadata::StoredRole::Timestamp => Ok(self.timestamp(vin).await?.to_vec()),
+            metadata::StoredRole::Targets => {
+                // Serving the targets marks what it contains delivered: a write.
+                let (keys, policy) = (Arc::clone(&self.keys), self.policy);
+                self.db
+                    .call(move |conn| {
+                        vehicle_file(conn, &keys, vin.as_str(), &file, &policy, now())
+                    })
+                    .await
+            }
+            metadata::StoredRole::Root | metadata::StoredRole::Snapshot => {
+                self.db
+                    .read(move |conn| Ok(metadata::stored_file(conn, vin.as_str(), &file)?.bytes))
+                    .await
+            }
         }
-        if role == metadata::StoredRole::Timestamp {
-            self.refresh_metadata(&vin).await?;
+    }
+
+    /// Vehicle `vin`'s current `timestamp.json`: from the cache while it is current (signed
+    /// under the newest root, not near expiry, nothing changed since), else re-signed if
+    /// needed and read from the database.
+    async fn timestamp(&self, vin: Vin) -> Result<bytes::Bytes, DirectorError> {
+        let latest_root = self.roots.latest()?;
+        if let Some(cached) = self.cache.timestamp(&vin)
+            && Some(cached.root_version) == latest_root
+            && cached.expires - now() > self.policy.renew_margin
+        {
+            return Ok(cached.bytes.clone());
         }
-        self.db
-            .read(move |conn| Ok(metadata::stored_file(conn, vin.as_str(), &file)?.bytes))
-            .await
+        let ticket = self.cache.ticket(&vin);
+        self.refresh_metadata(&vin).await?;
+        let reading = vin.clone();
+        let stored = self
+            .db
+            .read(move |conn| metadata::stored_timestamp(conn, reading.as_str()))
+            .await?;
+        let bytes = bytes::Bytes::from(stored.bytes);
+        self.cache.keep_timestamp(
+            &vin,
+            ticket,
+            cache::CachedTimestamp {
+                bytes: bytes.clone(),
+                expires: stored.expires,
+                root_version: stored.root_version,
+            },
+        );
+        Ok(bytes)
     }
 
     /// Re-signs vehicle `vin`'s metadata if it is not current: checked and signed on a read
@@ -459,28 +534,42 @@ impl DirectorService {
     }
 
     /// Checks that the request comes from vehicle `vin`, before anything it sends is read:
-    /// on a read connection when nothing needs recording, else on the writer (refusals are
-    /// security events; a renewed credential takes over).
+    /// from the cached credential row or a read connection when nothing needs recording,
+    /// else on the writer (refusals are security events; a renewed credential takes over).
     pub async fn authorize(
         &self,
         vin: Vin,
         auth: VehicleAuth,
     ) -> Result<AuthorizedVehicle, DirectorError> {
-        let (checking, shown) = (vin.clone(), auth.clone());
-        let allowed = self
-            .db
-            .read(move |conn| credentials::allowed_without_writes(conn, &checking, &shown, now()))
-            .await?;
-        if allowed {
+        if self
+            .cache
+            .auth(&vin)
+            .is_some_and(|row| row.allows(&auth, now()))
+        {
             return Ok(AuthorizedVehicle(vin));
         }
+        let ticket = self.cache.ticket(&vin);
+        let reading = vin.clone();
+        let row = self
+            .db
+            .read(move |conn| credentials::auth_row(conn, &reading))
+            .await?;
+        if let Some(row) = row {
+            let allowed = row.allows(&auth, now());
+            self.cache.keep_auth(&vin, ticket, row);
+            if allowed {
+                return Ok(AuthorizedVehicle(vin));
+            }
+        }
         let log = Arc::clone(&self.refusals);
-        self.db
-            .call(move |conn| {
-                credentials::authorize(conn, &vin, &auth, now(), &log)?;
-                Ok(AuthorizedVehicle(vin))
-            })
-            .await
+        let checking = vin.clone();
+        let checked = self
+            .db
+            .call(move |conn| credentials::authorize(conn, &checking, &auth, now(), &log))
+            .await;
+        // A renewed credential may have taken over.
+        self.cache.forget(&vin);
+        checked.map(|()| AuthorizedVehicle(vin))
     }
 
     /// A vehicle version manifest from an authorized vehicle.
@@ -490,15 +579,22 @@ impl DirectorService {
         body: Vec<u8>,
     ) -> Result<ManifestOutcome, DirectorError> {
         let (policy, log, now) = (self.policy, Arc::clone(&self.refusals), now());
+        let vin = vehicle.0.clone();
         // The signature checks run on a read connection, in parallel; the writer only
         // records (group commit), re-checking if the vehicle changed in between.
         let checked = self
             .db
             .read(move |conn| manifests::check(conn, &vehicle.0, body, &policy, now))
             .await?;
-        self.db
+        let outcome = self
+            .db
             .call(move |conn| manifests::record(conn, checked, &policy, now, &log))
-            .await
+            .await?;
+        if !outcome.installed.is_empty() || !outcome.failed.is_empty() {
+            // Assignments ended: the vehicle's targets change.
+            self.cache.forget(&vin);
+        }
+        Ok(outcome)
     }
 }
 

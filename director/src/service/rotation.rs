@@ -41,7 +41,7 @@ pub fn latest_root(conn: &Connection) -> Result<Verified<Root>, DirectorError> {
         .map_err(|e| DirectorError::Internal(format!("the stored Director root: {e}")))
 }
 
-fn latest_version(conn: &Connection) -> Result<u64, DirectorError> {
+pub(super) fn latest_version(conn: &Connection) -> Result<u64, DirectorError> {
     let version: Option<i64> =
         conn.query_row("SELECT MAX(version) FROM roots", [], |r| r.get(0))?;
     Ok(version.unwrap_or(0) as u64)

@@ -56,8 +56,13 @@ impl super::DirectorService {
     /// An operator asks vehicle `vin` to accept an earlier time once.
     pub async fn reset_time(&self, actor: &super::Actor, vin: Vin) -> Result<u64, DirectorError> {
         let actor = actor.as_str().to_string();
-        self.db
+        let forget = vin.clone();
+        let reset = self
+            .db
             .call(move |conn| reset_time(conn, &vin, &actor, super::now()))
-            .await
+            .await?;
+        // The reset is signed into the vehicle's next targets.
+        self.cache.forget(&forget);
+        Ok(reset)
     }
 }

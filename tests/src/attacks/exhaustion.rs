@@ -76,7 +76,9 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                             "{name}: peak memory rose from {before} KiB to {after} KiB"
                         ));
                     }
-                    seen.push(format!("{name} +{} KiB", after - before));
+                    // Signed: the kernel's high-water mark is sampled lazily and may read a
+                    // little lower the second time.
+                    seen.push(format!("{name} {:+} KiB", after as i64 - before as i64));
                 }
                 Ok(format!("{}; {}", seen.join(", "), w.recover()?))
             },
