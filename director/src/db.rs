@@ -145,12 +145,21 @@ impl Db {
         E: From<DbError> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let writer = self.writer.clone();
-        // Sending blocks while the queue is full: off the async threads.
-        tokio::task::spawn_blocking(move || writer.send(job(f, move |r| drop(tx.send(r)))))
-            .await
-            .map_err(|e| DbError::Join(e.to_string()))?
-            .map_err(|_| DbError::WriterGone)?;
+        let queued = job(f, move |r| drop(tx.send(r)));
+        match self.writer.try_send(queued) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(queued)) => {
+                // The queue is full: wait for room off the async threads.
+                let writer = self.writer.clone();
+                tokio::task::spawn_blocking(move || writer.send(queued))
+                    .await
+                    .map_err(|e| DbError::Join(e.to_string()))?
+                    .map_err(|_| DbError::WriterGone)?;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                return Err(DbError::WriterGone.into());
+            }
+        }
         rx.await
             .map_err(|_| DbError::Join("a database call panicked".into()))?
     }

@@ -57,6 +57,8 @@ pub struct Car {
     director_snapshot: Option<u64>,
     /// Whether an update assigned by the campaign was installed.
     updated: bool,
+    /// A cycle is under way (a Primary runs one at a time).
+    busy: bool,
 }
 
 const HARDWARE: [&str; 3] = ["load-gateway", "load-body", "load-door"];
@@ -184,6 +186,7 @@ impl Car {
             last_install: [None, None, None],
             director_snapshot: None,
             updated: false,
+            busy: false,
         }
     }
 
@@ -270,8 +273,22 @@ fn version_of(body: &[u8], meta: &str) -> Option<u64> {
     value["signed"]["meta"][meta]["version"].as_u64()
 }
 
-/// One cycle of vehicle `car`, as its Primary does it.
-async fn cycle(load: &Load, slot: usize, car: &Mutex<Car>) {
+/// One cycle of vehicle `car`, unless its previous one is still under way (`false`: skipped).
+async fn cycle(load: &Load, slot: usize, car: &Mutex<Car>) -> bool {
+    {
+        let mut car = car.lock().expect("car lock");
+        if car.busy {
+            return false;
+        }
+        car.busy = true;
+    }
+    cycle_steps(load, slot, car).await;
+    car.lock().expect("car lock").busy = false;
+    true
+}
+
+/// The requests of one cycle, as a Primary makes them.
+async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>) {
     let (vin, credential, known) = {
         let car = car.lock().expect("car lock");
         (
@@ -479,10 +496,11 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                 tokio::time::sleep_until(due).await;
                 let (load, cars, late) = (Arc::clone(&load), Arc::clone(&cars), Arc::clone(&late));
                 cycles.spawn(async move {
-                    cycle(&load, i, &cars[i]).await;
-                    // A cycle still running when the next one is due: the fleet was not
-                    // served at the rate it polls.
-                    if tokio::time::Instant::now() > due + poll {
+                    let ran = cycle(&load, i, &cars[i]).await;
+                    // A cycle skipped because the last one was still running, or still
+                    // running when the next one is due: the fleet was not served at the rate
+                    // it polls.
+                    if !ran || tokio::time::Instant::now() > due + poll {
                         late.fetch_add(1, Ordering::Relaxed);
                     }
                 });
@@ -585,7 +603,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
     let late = late.load(Ordering::Relaxed);
     if late > 0 {
         line(format!(
-            "error: {late} cycles ended after the vehicle's next cycle was due: the fleet was not served at the rate it polls"
+            "error: {late} cycles ended after the vehicle's next cycle was due, or were skipped because the last one was still running: the fleet was not served at the rate it polls"
         ));
     }
     let cpu = |name: &str, before: (f64, u64), after: (f64, u64), line: &mut dyn FnMut(String)| {
