@@ -192,12 +192,27 @@ impl Db {
             let start = readers
                 .next
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // A free connection if there is one, else wait for the next in turn.
+            // A free connection if there is one, else wait for the next in turn. A panic in
+            // an earlier read left nothing half-done on a query-only connection: a poisoned
+            // lock is taken over.
             let guard = (0..conns.len())
-                .find_map(|i| conns[(start + i) % conns.len()].try_lock().ok())
-                .map_or_else(|| conns[start % conns.len()].lock(), Ok)
-                .map_err(|_| DbError::Poisoned)?;
-            f(&guard)
+                .find_map(|i| match conns[(start + i) % conns.len()].try_lock() {
+                    Ok(guard) => Some(guard),
+                    Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                    Err(std::sync::TryLockError::WouldBlock) => None,
+                })
+                .unwrap_or_else(|| {
+                    conns[start % conns.len()]
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                });
+            // One snapshot for every statement of the call.
+            guard
+                .execute_batch("BEGIN")
+                .map_err(|e| E::from(DbError::from(e)))?;
+            let read = f(&guard);
+            let _ = guard.execute_batch("ROLLBACK");
+            read
         })
         .await
         .map_err(|e| DbError::Join(e.to_string()))?
@@ -233,6 +248,11 @@ fn write_batches(conn: &Mutex<Connection>, jobs: std::sync::mpsc::Receiver<Job>)
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut done: Vec<Completion> = Vec::with_capacity(batch.len());
+        if !conn.is_autocommit() {
+            // A transaction left open (a COMMIT and its ROLLBACK both failed): end it, or
+            // every later batch would fail to begin.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         let mut failed = conn
             .execute_batch("BEGIN IMMEDIATE")
             .err()

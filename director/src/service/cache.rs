@@ -156,17 +156,9 @@ impl VehicleCache {
             slot.generation += 1;
             slot.auth = None;
             slot.timestamp = None;
-        } else if slots.len() < self.capacity {
-            // A read of this vehicle may be under way with generation 0: make it stale.
-            slots.insert(
-                vin.clone(),
-                Slot {
-                    generation: 1,
-                    ..Slot::default()
-                },
-            );
         } else {
-            // No room to remember the forget: make every ticket stale instead.
+            // Not cached: a read of it may be under way, so every ticket is made stale
+            // (rather than remembering a slot for a vehicle nobody asked about).
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -202,6 +194,7 @@ impl RootWatch {
             Some(path) => {
                 let conn = Connection::open(path)?;
                 conn.pragma_update(None, "query_only", "ON")?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
                 Some((conn, i64::MIN, 0))
             }
             None => None,

@@ -553,12 +553,10 @@ impl super::DirectorService {
             self.policy.vehicle_credential_lifetime,
         );
         let forget = vin.clone();
-        let renewed = self
-            .db
-            .call(move |conn| renew(conn, &vin, lifetime, super::now()))
-            .await?;
-        self.cache.forget(&forget);
-        Ok(renewed)
+        self.write_vehicle(&forget, move |conn| {
+            renew(conn, &vin, lifetime, super::now())
+        })
+        .await
     }
 
     /// An operator revokes vehicle `vin`'s credential and certificate binding.
@@ -569,11 +567,10 @@ impl super::DirectorService {
     ) -> Result<(), DirectorError> {
         let actor = actor.as_str().to_string();
         let forget = vin.clone();
-        self.db
-            .call(move |conn| revoke(conn, &vin, &actor, super::now()))
-            .await?;
-        self.cache.forget(&forget);
-        Ok(())
+        self.write_vehicle(&forget, move |conn| {
+            revoke(conn, &vin, &actor, super::now())
+        })
+        .await
     }
 
     /// An operator issues vehicle `vin` a new credential, binding `certificate` if given.
@@ -586,12 +583,10 @@ impl super::DirectorService {
         let actor = actor.as_str().to_string();
         let lifetime = self.policy.vehicle_credential_lifetime;
         let forget = vin.clone();
-        let issued = self
-            .db
-            .call(move |conn| issue(conn, &vin, certificate, lifetime, &actor, super::now()))
-            .await?;
-        self.cache.forget(&forget);
-        Ok(issued)
+        self.write_vehicle(&forget, move |conn| {
+            issue(conn, &vin, certificate, lifetime, &actor, super::now())
+        })
+        .await
     }
 
     /// The credentials of every vehicle, or of `vin`.

@@ -92,7 +92,8 @@ pub struct SignedMetadata {
     timestamp: Vec<u8>,
     expires: UtcTime,
     included: String,
-    root_version: u64,
+    /// The root version whose keys signed it.
+    pub root_version: u64,
 }
 
 /// The metadata vehicle `vin` should be served if what is stored is not current (see

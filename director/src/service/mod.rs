@@ -157,6 +157,46 @@ impl DirectorService {
         })
     }
 
+    /// Runs `f` on the writer; once it committed, `after` tells the cache what changed. Both
+    /// run in a task of their own, so a request dropped while its write was queued (a client
+    /// that hung up) still leaves the cache right.
+    async fn write_then<T, F, A>(&self, f: F, after: A) -> Result<T, DirectorError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, DirectorError> + Send + 'static,
+        A: FnOnce(&T, &cache::VehicleCache) + Send + 'static,
+        T: Send + 'static,
+    {
+        let (db, cache) = (self.db.clone(), Arc::clone(&self.cache));
+        tokio::spawn(async move {
+            let written = db.call(f).await;
+            if let Ok(value) = &written {
+                after(value, &cache);
+            }
+            written
+        })
+        .await
+        .map_err(|e| DirectorError::Internal(format!("a database write task failed: {e}")))?
+    }
+
+    /// [`DirectorService::write_then`], forgetting vehicle `vin`.
+    async fn write_vehicle<T, F>(&self, vin: &Vin, f: F) -> Result<T, DirectorError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, DirectorError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let vin = vin.clone();
+        self.write_then(f, move |_, cache| cache.forget(&vin)).await
+    }
+
+    /// [`DirectorService::write_then`], forgetting every vehicle.
+    async fn write_all<T, F>(&self, f: F) -> Result<T, DirectorError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, DirectorError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_then(f, |_, cache| cache.forget_all()).await
+    }
+
     /// Requests answered from the vehicle cache, and those that were not.
     pub fn cache_hits_and_misses(&self) -> (u64, u64) {
         self.cache.hits_and_misses()
@@ -165,12 +205,8 @@ impl DirectorService {
     /// Removes events and manifests older than the retention period.
     pub async fn sweep_retention(&self) -> Result<retention::Swept, DirectorError> {
         let period = self.policy.retention;
-        let swept = self
-            .db
-            .call(move |conn| retention::sweep(conn, period, now()))
-            .await?;
-        self.cache.forget_all();
-        Ok(swept)
+        self.write_all(move |conn| retention::sweep(conn, period, now()))
+            .await
     }
 
     /// Records the summaries of a refusal window that ended (`refusals.rs`); with `all`, every
@@ -250,14 +286,12 @@ impl DirectorService {
         let lifetime = self.policy.vehicle_credential_lifetime;
         let vin = vehicle.vin.clone();
         let registered = self
-            .db
-            .call(move |conn| register_vehicle(conn, &vehicle, lifetime, &who, now()))
+            .write_vehicle(&vin, move |conn| {
+                register_vehicle(conn, &vehicle, lifetime, &who, now())
+            })
             .await;
         match registered {
-            Ok(credential) => {
-                self.cache.forget(&vin);
-                Ok(credential)
-            }
+            Ok(credential) => Ok(credential),
             Err(e) => Err(self.refused("registration_refused", actor, e).await),
         }
     }
@@ -273,22 +307,10 @@ impl DirectorService {
         let lifetime = self.policy.vehicle_credential_lifetime;
         let log = Arc::clone(&self.refusals);
         let vin = vehicle.vin.clone();
-        let issued = self
-            .db
-            .call(move |conn| {
-                register_with_provisioning(
-                    conn,
-                    &token,
-                    &vehicle,
-                    certificate,
-                    lifetime,
-                    now(),
-                    &log,
-                )
-            })
-            .await?;
-        self.cache.forget(&vin);
-        Ok(issued)
+        self.write_vehicle(&vin, move |conn| {
+            register_with_provisioning(conn, &token, &vehicle, certificate, lifetime, now(), &log)
+        })
+        .await
     }
 
     /// Checks a provisioning token before the registration it comes with is read: a refusal
@@ -320,11 +342,10 @@ impl DirectorService {
     ) -> Result<(), DirectorError> {
         let actor = actor.0.clone();
         let forget = vin.clone();
-        self.db
-            .call(move |conn| replace_ecu(conn, &vin, &old, &new, &actor, now()))
-            .await?;
-        self.cache.forget(&forget);
-        Ok(())
+        self.write_vehicle(&forget, move |conn| {
+            replace_ecu(conn, &vin, &old, &new, &actor, now())
+        })
+        .await
     }
 
     /// Assigns an image the Image repository vouches for; returns the correlation id and
@@ -356,13 +377,9 @@ impl DirectorService {
                 ))
             })?;
         let actor = actor.0.clone();
-        let created = self
-            .db
-            .call(move |conn| assignments::assign(conn, &request, &info, &actor, now()))
-            .await?;
         // An assignment may reach many vehicles (and end older entries of others).
-        self.cache.forget_all();
-        Ok(created)
+        self.write_all(move |conn| assignments::assign(conn, &request, &info, &actor, now()))
+            .await
     }
 
     /// Assignment entries, newest first, optionally of one vehicle.
@@ -379,12 +396,8 @@ impl DirectorService {
         correlation_id: String,
     ) -> Result<usize, DirectorError> {
         let actor = actor.0.clone();
-        let cancelled = self
-            .db
-            .call(move |conn| cancel_assignment(conn, &correlation_id, &actor, now()))
-            .await?;
-        self.cache.forget_all();
-        Ok(cancelled)
+        self.write_all(move |conn| cancel_assignment(conn, &correlation_id, &actor, now()))
+            .await
     }
 
     /// Events after `after`, oldest first.
@@ -523,9 +536,12 @@ impl DirectorService {
         let (keys, vin) = (Arc::clone(&self.keys), vin.clone());
         self.db
             .call(move |conn| {
-                if !metadata::store_vehicle_metadata(conn, &signed)? {
-                    // Another request stored a version in between: check again from it.
-                    let active = keys.current(conn)?;
+                let active = keys.current(conn)?;
+                // Signed under a root that is no longer the newest (a rotation in between), or
+                // another request stored a version first: checked and signed again here.
+                if signed.root_version != active.root_version
+                    || !metadata::store_vehicle_metadata(conn, &signed)?
+                {
                     refresh_vehicle_metadata(conn, &active, vin.as_str(), &policy, now)?;
                 }
                 Ok(())
@@ -563,13 +579,13 @@ impl DirectorService {
         }
         let log = Arc::clone(&self.refusals);
         let checking = vin.clone();
-        let checked = self
-            .db
-            .call(move |conn| credentials::authorize(conn, &checking, &auth, now(), &log))
-            .await;
-        // A renewed credential may have taken over.
-        self.cache.forget(&vin);
-        checked.map(|()| AuthorizedVehicle(vin))
+        // Allowed here, a renewed credential may have taken over: forgotten. A refusal changes
+        // no credential, so it forgets nothing (an attacker cannot empty the cache with it).
+        self.write_vehicle(&vin, move |conn| {
+            credentials::authorize(conn, &checking, &auth, now(), &log)
+        })
+        .await?;
+        Ok(AuthorizedVehicle(vin))
     }
 
     /// A vehicle version manifest from an authorized vehicle.
@@ -586,15 +602,16 @@ impl DirectorService {
             .db
             .read(move |conn| manifests::check(conn, &vehicle.0, body, &policy, now))
             .await?;
-        let outcome = self
-            .db
-            .call(move |conn| manifests::record(conn, checked, &policy, now, &log))
-            .await?;
-        if !outcome.installed.is_empty() || !outcome.failed.is_empty() {
-            // Assignments ended: the vehicle's targets change.
-            self.cache.forget(&vin);
-        }
-        Ok(outcome)
+        self.write_then(
+            move |conn| manifests::record(conn, checked, &policy, now, &log),
+            move |outcome: &ManifestOutcome, cache| {
+                if !outcome.installed.is_empty() || !outcome.failed.is_empty() {
+                    // Assignments ended: the vehicle's targets change.
+                    cache.forget(&vin);
+                }
+            },
+        )
+        .await
     }
 }
 

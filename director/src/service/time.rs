@@ -57,12 +57,10 @@ impl super::DirectorService {
     pub async fn reset_time(&self, actor: &super::Actor, vin: Vin) -> Result<u64, DirectorError> {
         let actor = actor.as_str().to_string();
         let forget = vin.clone();
-        let reset = self
-            .db
-            .call(move |conn| reset_time(conn, &vin, &actor, super::now()))
-            .await?;
         // The reset is signed into the vehicle's next targets.
-        self.cache.forget(&forget);
-        Ok(reset)
+        self.write_vehicle(&forget, move |conn| {
+            reset_time(conn, &vin, &actor, super::now())
+        })
+        .await
     }
 }
