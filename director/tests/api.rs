@@ -129,6 +129,19 @@ fn fleet() -> Fleet {
 }
 
 impl Fleet {
+    /// `POST /vehicles/VIN/manifest` with `car`'s credential.
+    async fn post_manifest(&self, car: &Vehicle, manifest: Vec<u8>) -> (StatusCode, Value) {
+        let (status, outcome, _) = self
+            .send(
+                "POST",
+                &format!("/vehicles/{VIN}/manifest"),
+                Some(&car.credential),
+                Some(manifest),
+            )
+            .await;
+        (status, outcome)
+    }
+
     async fn send(
         &self,
         method: &str,
@@ -320,14 +333,7 @@ async fn assignment_is_signed_for_the_vehicle_and_completed_by_its_manifest() {
     let fleet = fleet();
     let mut car = fleet.register(VIN, 10).await;
     let factory = car.factory();
-    let (status, json, _) = fleet
-        .send(
-            "POST",
-            &format!("/vehicles/{VIN}/manifest"),
-            Some(&car.credential),
-            Some(factory),
-        )
-        .await;
+    let (status, json) = fleet.post_manifest(&car, factory).await;
     assert_eq!(status, StatusCode::OK, "{json}");
 
     let (status, json) = fleet
@@ -384,14 +390,7 @@ async fn assignment_is_signed_for_the_vehicle_and_completed_by_its_manifest() {
         (BRAKE_FW, "brake-2.bin"),
         (b"radio 0", "radio-0.bin"),
     ]);
-    let (status, outcome, _) = fleet
-        .send(
-            "POST",
-            &format!("/vehicles/{VIN}/manifest"),
-            Some(&car.credential),
-            Some(manifest),
-        )
-        .await;
+    let (status, outcome) = fleet.post_manifest(&car, manifest).await;
     assert_eq!(status, StatusCode::OK, "{outcome}");
     assert_eq!(outcome["installed"].as_array().unwrap().len(), 1);
     let (_, entries) = fleet
@@ -464,14 +463,7 @@ async fn refuses_manifests_that_fail_any_check() {
     let fleet = fleet();
     let mut car = fleet.register(VIN, 20).await;
     let accepted = car.factory();
-    let (status, _, _) = fleet
-        .send(
-            "POST",
-            &format!("/vehicles/{VIN}/manifest"),
-            Some(&car.credential),
-            Some(accepted.clone()),
-        )
-        .await;
+    let (status, _) = fleet.post_manifest(&car, accepted.clone()).await;
     assert_eq!(status, StatusCode::OK);
 
     // Signed by a key that is not the Primary's.
@@ -661,14 +653,7 @@ async fn reported_attacks_become_security_events() {
         }
         reports.insert(serial.clone(), report.sign(key).unwrap());
     }
-    let (status, outcome, _) = fleet
-        .send(
-            "POST",
-            &format!("/vehicles/{VIN}/manifest"),
-            Some(&car.credential),
-            Some(car.sign_manifest(&reports)),
-        )
-        .await;
+    let (status, outcome) = fleet.post_manifest(&car, car.sign_manifest(&reports)).await;
     assert_eq!(status, StatusCode::OK, "{outcome}");
     assert_eq!(outcome["attacks_reported"], 1);
     let (_, events) = fleet
@@ -729,13 +714,8 @@ async fn an_ecu_the_primary_declares_unreachable_does_not_block_the_manifest() {
     )
     .await;
 
-    let (status, outcome, _) = fleet
-        .send(
-            "POST",
-            &format!("/vehicles/{VIN}/manifest"),
-            Some(&car.credential),
-            Some(declare(&[(radio.as_str(), "connection refused")])),
-        )
+    let (status, outcome) = fleet
+        .post_manifest(&car, declare(&[(radio.as_str(), "connection refused")]))
         .await;
     assert_eq!(status, StatusCode::OK, "{outcome}");
     assert_eq!(outcome["unreachable"], json!([radio]));
@@ -1169,14 +1149,7 @@ async fn the_director_states_its_signing_time_signs_resets_and_records_times_goi
 
     // A report time earlier than the ECU's last: recorded as time tampering, manifest kept.
     let factory = car.factory();
-    let (status, outcome, _) = fleet
-        .send(
-            "POST",
-            &format!("/vehicles/{VIN}/manifest"),
-            Some(&car.credential),
-            Some(factory),
-        )
-        .await;
+    let (status, outcome) = fleet.post_manifest(&car, factory).await;
     assert_eq!(status, StatusCode::OK, "{outcome}");
     assert_eq!(fleet.events_of("report_time_went_back"), 0);
     car.counter += 1;
@@ -1200,14 +1173,7 @@ async fn the_director_states_its_signing_time_signs_resets_and_records_times_goi
         }
         reports.insert(serial.clone(), report.sign(key).unwrap());
     }
-    let (status, outcome, _) = fleet
-        .send(
-            "POST",
-            &format!("/vehicles/{VIN}/manifest"),
-            Some(&car.credential),
-            Some(car.sign_manifest(&reports)),
-        )
-        .await;
+    let (status, outcome) = fleet.post_manifest(&car, car.sign_manifest(&reports)).await;
     assert_eq!(status, StatusCode::OK, "{outcome}");
     let (_, events) = fleet
         .operator("GET", "/api/v1/events?security=true", Value::Null)
