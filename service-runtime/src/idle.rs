@@ -42,6 +42,24 @@ impl<IO> Idle<IO> {
         self.progress = Instant::now();
     }
 
+    /// A write's outcome: bytes written are progress; pending checks the deadline.
+    fn written(
+        &mut self,
+        polled: Poll<std::io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        match polled {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.progressed();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.expired(cx),
+        }
+    }
+
     /// Pending: fails if the time without progress is up (the deadline's waker is
     /// registered either way).
     fn expired<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
@@ -92,16 +110,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Idle<IO> {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.progressed();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.expired(cx),
-        }
+        let polled = Pin::new(&mut this.io).poll_write(cx, data);
+        this.written(polled, cx)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -122,16 +132,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Idle<IO> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.progressed();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.expired(cx),
-        }
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.written(polled, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
