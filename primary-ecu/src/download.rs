@@ -7,8 +7,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use tokio::io::AsyncReadExt;
-use uptane_core::uptane::{ApprovedImage, ImageVerifier, UptaneError, VerifiedImage};
+use service_runtime::digest::{DigestThreadError, ThreadedDigests};
+use uptane_core::uptane::{ApprovedImage, UptaneError, VerifiedImage};
 
 use crate::ports::ImageRepoPort;
 use crate::repo::{ClientError, FetchError};
@@ -142,12 +142,27 @@ impl ImageStore {
             }),
             other => ClientError::Image(other),
         };
+        let threads = |e: DigestThreadError| match e {
+            DigestThreadError::Digest(source) => ClientError::Fetch(FetchError::Digest {
+                url: location.to_string(),
+                source,
+            }),
+            other => ClientError::Io {
+                path: done.clone(),
+                source: std::io::Error::other(other),
+            },
+        };
+        let start = || -> Result<_, ClientError> {
+            let (pending, stream) = approved.verifier().map_err(digest)?.into_stream();
+            Ok((pending, ThreadedDigests::start(stream).map_err(threads)?))
+        };
         if done.exists() {
             // Kept from an earlier cycle: hashed again before it is trusted.
-            let mut verifier = approved.verifier().map_err(digest)?;
-            let mut file = tokio::fs::File::open(&done).await.map_err(io(&done))?;
-            if rehash_kept(&mut file, &mut verifier).await
-                && let Ok(image) = verifier.finish()
+            let (pending, digests) = start()?;
+            let file = tokio::fs::File::open(&done).await.map_err(io(&done))?;
+            if let Ok((_, digests)) = rehash_kept(file.into_std().await, digests).await
+                && let Ok(stream) = digests.finish().await
+                && let Ok(image) = pending.finish(stream)
             {
                 return Ok(VerifiedFile { path: done, image });
             }
@@ -158,31 +173,36 @@ impl ImageStore {
             tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
         }
         let length = approved.length();
-        let mut verifier = approved.verifier().map_err(digest)?;
-        let mut file = tokio::fs::OpenOptions::new()
+        let (pending, digests) = start()?;
+        let file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .open(&partial)
             .await
-            .map_err(io(&partial))?;
-        if !rehash_kept(&mut file, &mut verifier).await {
-            // Kept bytes that cannot be part of the image: start over.
-            file.set_len(0).await.map_err(io(&partial))?;
-            verifier = approved.verifier().map_err(digest)?;
-        }
+            .map_err(io(&partial))?
+            .into_std()
+            .await;
+        let (file, mut digests) = match rehash_kept(file, digests).await {
+            Ok(kept) => kept,
+            Err(file) => {
+                // Kept bytes that cannot be part of the image: start over.
+                file.set_len(0).map_err(io(&partial))?;
+                (file, start()?.1)
+            }
+        };
         let mut attempt = 0;
-        while verifier.bytes_seen() < length {
+        while digests.bytes_seen() < length {
             attempt += 1;
             match source
-                .download_to(location, &mut file, verifier.stream_mut(), length)
+                .download_to(location, &file, &mut digests, length)
                 .await
             {
                 Ok(()) => {}
                 Err(FetchError::Transport { .. }) if attempt < ATTEMPTS => {
                     tracing::info!(
                         location,
-                        from = verifier.bytes_seen(),
+                        from = digests.bytes_seen(),
                         "download interrupted; resuming"
                     );
                 }
@@ -193,17 +213,21 @@ impl ImageStore {
                 }
                 Err(e) => return Err(e.into()),
             }
-            if attempt >= ATTEMPTS && verifier.bytes_seen() < length {
+            if attempt >= ATTEMPTS && digests.bytes_seen() < length {
                 break;
             }
         }
-        file.sync_all().await.map_err(io(&partial))?;
         drop(file);
-        let image = match verifier.finish() {
+        let checked = digests
+            .finish()
+            .await
+            .map_err(threads)
+            .and_then(|stream| pending.finish(stream).map_err(digest));
+        let image = match checked {
             Ok(image) => image,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&partial).await;
-                return Err(digest(e));
+                return Err(e);
             }
         };
         tokio::fs::rename(&partial, &done)
@@ -214,19 +238,38 @@ impl ImageStore {
     }
 }
 
-/// Feeds the bytes already in `file` to `verifier`, from the start; `false` when they
-/// cannot be the start of the image (too many) or cannot be read.
-async fn rehash_kept(file: &mut tokio::fs::File, verifier: &mut ImageVerifier) -> bool {
-    use tokio::io::AsyncSeekExt;
-    if file.seek(std::io::SeekFrom::Start(0)).await.is_err() {
-        return false;
-    }
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buf).await {
-            Ok(0) => return true,
-            Ok(n) if verifier.update(&buf[..n]).is_ok() => {}
-            _ => return false,
+/// Feeds the bytes already in `file` to `digests`, from the start, on a blocking thread;
+/// hands back the file (positioned at its end) and the digests, or only the file when its
+/// bytes cannot be the start of the image (too many) or cannot be read.
+async fn rehash_kept(
+    file: std::fs::File,
+    digests: ThreadedDigests,
+) -> Result<(std::fs::File, ThreadedDigests), std::fs::File> {
+    let fed = tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut digests = digests;
+        let kept = (|| -> Option<()> {
+            use std::io::Seek;
+            file.seek(std::io::SeekFrom::Start(0)).ok()?;
+            loop {
+                let mut buf = bytes::BytesMut::zeroed(service_runtime::digest::BATCH_BYTES);
+                let n = file.read(&mut buf).ok()?;
+                if n == 0 {
+                    return Some(());
+                }
+                buf.truncate(n);
+                digests.update_blocking(buf.freeze().into()).ok()?;
+            }
+        })();
+        match kept {
+            Some(()) => Ok((file, digests)),
+            None => Err(file),
         }
+    })
+    .await;
+    match fed {
+        Ok(fed) => fed,
+        // The blocking task panicked: nothing to hand back but a failed start.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

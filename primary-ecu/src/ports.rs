@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use proto::v2::PutMetadataRequest;
-use uptane_core::hash::StreamVerifier;
+use service_runtime::digest::ThreadedDigests;
 use uptane_core::ids::EcuSerial;
 use uptane_core::refresh::MetadataFile;
 use uptane_core::time::UtcTime;
@@ -95,13 +95,13 @@ pub trait ImageRepoPort: RemoteRepository {
     /// The base every image location starts from.
     fn targets_base(&self) -> &str;
 
-    /// Streams the image at `location` into `file` from `verifier.bytes_seen()` on, each
-    /// chunk through `verifier` before it is written, at most `length` bytes in all.
+    /// Streams the image at `location` into `file` from `digests.bytes_seen()` on, each
+    /// chunk through `digests` before it is written, at most `length` bytes in all.
     fn download_to(
         &self,
         location: &str,
-        file: &mut tokio::fs::File,
-        verifier: &mut StreamVerifier,
+        file: &std::fs::File,
+        digests: &mut ThreadedDigests,
         length: u64,
     ) -> impl Future<Output = Result<(), FetchError>> + Send;
 }
@@ -210,12 +210,12 @@ impl ImageRepoPort for HttpRepository {
     async fn download_to(
         &self,
         location: &str,
-        file: &mut tokio::fs::File,
-        verifier: &mut StreamVerifier,
+        file: &std::fs::File,
+        digests: &mut ThreadedDigests,
         length: u64,
     ) -> Result<(), FetchError> {
         self.fetcher
-            .download_to(location, file, verifier, length)
+            .download_to(location, file, digests, length)
             .await
     }
 }

@@ -570,7 +570,7 @@ fn chunk_stream(
             let chunk = Chunk {
                 correlation_id,
                 offset,
-                data,
+                data: data.into(),
             };
             Some((chunk, (file, offset + want as u64)))
         }

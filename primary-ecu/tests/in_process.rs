@@ -20,10 +20,12 @@ use primary_ecu::repo::FetchError;
 use primary_ecu::secondary::{Delivery, LinkError};
 use primary_ecu::state::InventoryEcu;
 use proto::v2::{PutMetadataRequest, ResultCode};
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
+
+use service_runtime::digest::ThreadedDigests;
 use uptane_core::crypto::{PublicKey, SigningKey};
 use uptane_core::error::AttackKind;
-use uptane_core::hash::{StreamVerifier, sha256_hex, standard_hashes};
+use uptane_core::hash::{sha256_hex, standard_hashes};
 use uptane_core::ids::{EcuSerial, HardwareId, Vin};
 use uptane_core::manifest::{
     ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
@@ -209,8 +211,8 @@ impl ImageRepoPort for Images {
     async fn download_to(
         &self,
         location: &str,
-        file: &mut tokio::fs::File,
-        verifier: &mut StreamVerifier,
+        file: &std::fs::File,
+        digests: &mut ThreadedDigests,
         length: u64,
     ) -> Result<(), FetchError> {
         let name = location.trim_start_matches("mem://targets/");
@@ -221,16 +223,20 @@ impl ImageRepoPort for Images {
                 status: 404,
             });
         };
-        let from = verifier.bytes_seen() as usize;
+        let from = digests.bytes_seen() as usize;
         // As a real client, never more than the approved length.
         let end = bytes.len().min(length as usize + 1);
-        let rest = &bytes[from.min(end)..end];
-        verifier.update(rest).map_err(|source| FetchError::Digest {
-            url: location.into(),
-            source,
-        })?;
-        file.write_all(rest).await.unwrap();
-        file.sync_all().await.unwrap();
+        let rest = bytes::Bytes::copy_from_slice(&bytes[from.min(end)..end]);
+        digests
+            .update(rest.clone().into())
+            .await
+            .map_err(|source| FetchError::Digest {
+                url: location.into(),
+                source,
+            })?;
+        let mut file = file;
+        file.write_all(&rest).unwrap();
+        file.sync_all().unwrap();
         Ok(())
     }
 }

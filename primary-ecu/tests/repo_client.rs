@@ -233,19 +233,19 @@ async fn resumes_a_download_with_a_range_request() {
     let hashes = uptane_core::hash::standard_hashes(&body);
     let mut verifier = uptane_core::hash::StreamVerifier::new(Some(16), &hashes).unwrap();
     verifier.update(&body[..6]).unwrap();
+    let mut digests = service_runtime::digest::ThreadedDigests::start(verifier).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t");
     std::fs::write(&path, &body[..6]).unwrap();
-    let mut file = tokio::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
-        .await
         .unwrap();
     fetcher()
-        .download_to(&format!("{base}/t"), &mut file, &mut verifier, 16)
+        .download_to(&format!("{base}/t"), &file, &mut digests, 16)
         .await
         .unwrap();
-    verifier.finish().unwrap();
+    digests.finish().await.unwrap().finish().unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), body);
 }
 

@@ -176,7 +176,7 @@ fn transfer(director: &RepoFixture, images: &RepoFixture, secure: bool) {
             .begin_transfer(BeginTransferRequest { correlation_id: "c1".into(), filename: "big.bin".into(), length: SIZE })
             .await
             .unwrap();
-        let data = bytes_chunk();
+        let data = tonic::codegen::Bytes::from(bytes_chunk());
         let chunks = (0..SIZE / CHUNK as u64).map(move |i| Chunk {
             correlation_id: "c1".into(),
             offset: i * CHUNK as u64,

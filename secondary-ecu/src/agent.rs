@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use proto::v2::{PutMetadataRequest, ResultCode};
 use serde::{Deserialize, Serialize};
+use service_runtime::digest::{BATCH_BYTES, DigestThreadError, ThreadedDigests};
 use service_runtime::tls::{Fingerprint, Identity as TlsIdentity};
 use uptane_core::crypto::SigningKey;
 use uptane_core::error::AttackKind;
@@ -19,7 +21,7 @@ use uptane_core::manifest::{
     DetectedAttack, ECU_REPORT_TYPE, EcuVersionReport, InstallResult, InstalledImage, LastInstall,
 };
 use uptane_core::time::{TrustedTime, UtcTime, format_expires, from_unix_seconds};
-use uptane_core::uptane::{ApprovedImage, EcuIdentity, ImageVerifier, UptaneError};
+use uptane_core::uptane::{ApprovedImage, EcuIdentity, PendingImage, UptaneError, VerifiedImage};
 
 use crate::ab::{AbDevice, BootOutcome, SlotState};
 pub use crate::ab::{Faults, Phase};
@@ -247,7 +249,7 @@ pub struct Agent {
     boot_id: String,
     /// Volatile: the hasher of the transfer in progress, the offset received so far, and the
     /// open staging file.
-    receiving: Option<(ImageVerifier, u64, std::fs::File)>,
+    receiving: Option<Receiving>,
     /// Volatile: the upload stream that owns `receiving`; a stream started later takes it
     /// over, and chunks still queued from an abandoned one are refused.
     upload: u64,
@@ -936,7 +938,11 @@ impl Agent {
             ));
         }
         let approved = self.approved()?;
-        let mut verifier = approved.verifier().map_err(|e| uptane_refusal(&e))?;
+        let (pending, stream) = approved
+            .verifier()
+            .map_err(|e| uptane_refusal(&e))?
+            .into_stream();
+        let mut digests = ThreadedDigests::start(stream).map_err(thread_refusal)?;
         let path = staging_path(&self.dir);
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(io)?;
         let mut file = std::fs::OpenOptions::new()
@@ -949,10 +955,15 @@ impl Agent {
         // Bytes past the durable offset may be torn: drop them, and re-hash what is kept.
         file.set_len(self.state.durable_offset).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
-        feed(&mut verifier, &mut file)?;
+        feed(&mut digests, &pending, &mut file)?;
         file.seek(SeekFrom::Start(self.state.durable_offset))
             .map_err(io)?;
-        self.receiving = Some((verifier, self.state.durable_offset, file));
+        self.receiving = Some(Receiving {
+            pending,
+            digests,
+            received: self.state.durable_offset,
+            file,
+        });
         self.upload += 1;
         Ok(Upload {
             id: self.upload,
@@ -978,7 +989,7 @@ impl Agent {
         upload: &Upload,
         correlation_id: &str,
         offset: u64,
-        data: &[u8],
+        data: Bytes,
     ) -> Result<(u64, bool), Refusal> {
         self.owns_upload(upload)?;
         let pending = self.pending_for(correlation_id)?;
@@ -992,7 +1003,13 @@ impl Agent {
                 ),
             ));
         }
-        let Some((verifier, received, file)) = self.receiving.as_mut() else {
+        let Some(Receiving {
+            pending: image,
+            digests,
+            received,
+            file,
+        }) = self.receiving.as_mut()
+        else {
             return Err(Refusal::new(
                 ResultCode::DownloadFailed,
                 "no upload in progress",
@@ -1004,13 +1021,15 @@ impl Agent {
                 format!("chunk at offset {offset}, expected {received}"),
             ));
         }
-        if let Err(e) = verifier.update(data) {
+        // Hashed on threads of their own while this thread writes the same bytes.
+        if let Err(e) = digests.update_blocking(data.clone().into()) {
             // Uptane: stop at the approved length, not after (endless data).
+            let refusal = uptane_refusal(&image.image_error(e));
             self.receiving = None;
             self.discard_transfer();
-            return Err(self.refuse(correlation_id, uptane_refusal(&e), &pending.filename));
+            return Err(self.refuse(correlation_id, refusal, &pending.filename));
         }
-        file.write_all(data).map_err(io)?;
+        file.write_all(&data).map_err(io)?;
         *received += data.len() as u64;
         let received = *received;
         let complete = received == pending.length;
@@ -1023,10 +1042,14 @@ impl Agent {
             }
         }
         if complete {
-            let (verifier, _, _) = self.receiving.take().expect("receiving was checked above");
-            if let Err(e) = verifier.finish() {
+            let Receiving {
+                pending: image,
+                digests,
+                ..
+            } = self.receiving.take().expect("receiving was checked above");
+            if let Err(e) = finish(digests, image) {
                 self.discard_transfer();
-                return Err(self.refuse(correlation_id, uptane_refusal(&e), &pending.filename));
+                return Err(self.refuse(correlation_id, e, &pending.filename));
             }
             self.state.transfer_complete = true;
             self.save().map_err(io)?;
@@ -1037,7 +1060,7 @@ impl Agent {
     /// Makes what was received so far durable (end of an Upload stream).
     pub fn flush_upload(&mut self, upload: &Upload) -> Result<u64, Refusal> {
         self.owns_upload(upload)?;
-        if let Some((_, received, file)) = &self.receiving {
+        if let Some(Receiving { received, file, .. }) = &self.receiving {
             let received = *received;
             if received > self.state.durable_offset {
                 file.sync_all().map_err(io)?;
@@ -1237,22 +1260,62 @@ impl InstallJob {
     }
 
     fn check_file(&self, path: &Path) -> Result<uptane_core::uptane::VerifiedImage, Refusal> {
-        let mut verifier = self.approved.verifier().map_err(|e| uptane_refusal(&e))?;
-        feed(&mut verifier, std::fs::File::open(path).map_err(io)?)?;
-        verifier.finish().map_err(|e| uptane_refusal(&e))
+        let (pending, stream) = self
+            .approved
+            .verifier()
+            .map_err(|e| uptane_refusal(&e))?
+            .into_stream();
+        let mut digests = ThreadedDigests::start(stream).map_err(thread_refusal)?;
+        feed(
+            &mut digests,
+            &pending,
+            std::fs::File::open(path).map_err(io)?,
+        )?;
+        finish(digests, pending)
     }
 }
 
-/// Feeds everything `input` holds to `verifier`, in 1 MiB blocks.
-fn feed(verifier: &mut ImageVerifier, mut input: impl Read) -> Result<(), Refusal> {
-    let mut buf = vec![0u8; 1 << 20];
+/// The transfer under way: its check (digests on threads of their own), the bytes received
+/// and the staging file.
+#[derive(Debug)]
+struct Receiving {
+    pending: PendingImage,
+    digests: ThreadedDigests,
+    received: u64,
+    file: std::fs::File,
+}
+
+/// Feeds everything `input` holds to `digests`, in blocks of a megabyte.
+fn feed(
+    digests: &mut ThreadedDigests,
+    image: &PendingImage,
+    mut input: impl Read,
+) -> Result<(), Refusal> {
     loop {
+        let mut buf = BytesMut::zeroed(BATCH_BYTES);
         let n = input.read(&mut buf).map_err(io)?;
         if n == 0 {
             return Ok(());
         }
-        verifier.update(&buf[..n]).map_err(|e| uptane_refusal(&e))?;
+        buf.truncate(n);
+        digests
+            .update_blocking(buf.freeze().into())
+            .map_err(|e| uptane_refusal(&image.image_error(e)))?;
     }
+}
+
+/// Waits for the digests and compares them with what the metadata lists.
+fn finish(digests: ThreadedDigests, image: PendingImage) -> Result<VerifiedImage, Refusal> {
+    match digests.finish_blocking() {
+        Ok(stream) => image.finish(stream).map_err(|e| uptane_refusal(&e)),
+        Err(DigestThreadError::Digest(e)) => Err(uptane_refusal(&image.image_error(e))),
+        Err(e) => Err(thread_refusal(e)),
+    }
+}
+
+/// A hash thread that could not start or stopped: the ECU's fault, not the image's.
+fn thread_refusal(e: DigestThreadError) -> Refusal {
+    Refusal::new(ResultCode::InternalError, e.to_string())
 }
 
 /// How an installation with this result code ended, as version reports state it.

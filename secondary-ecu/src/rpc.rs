@@ -376,7 +376,7 @@ impl Secondary for Service {
             }
             let id = chunk.correlation_id.clone();
             let outcome = self
-                .call(move |agent| agent.receive(&this, &id, chunk.offset, &chunk.data))
+                .call(move |agent| agent.receive(&this, &id, chunk.offset, chunk.data))
                 .await?;
             match outcome {
                 Ok(state) => last = state,

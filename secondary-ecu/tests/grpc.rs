@@ -246,7 +246,7 @@ impl Ecu {
             .map(|(i, c)| Chunk {
                 correlation_id: CORR.into(),
                 offset: from + (i * 65536) as u64,
-                data: c.to_vec(),
+                data: c.to_vec().into(),
             })
             .collect();
         self.client()
@@ -926,7 +926,7 @@ async fn refuses_malformed_and_oversized_messages_without_crashing() {
     let huge = Chunk {
         correlation_id: CORR.into(),
         offset: 0,
-        data: vec![0u8; 5 << 20],
+        data: vec![0u8; 5 << 20].into(),
     };
     let err = ecu
         .client()
@@ -946,7 +946,7 @@ async fn refuses_malformed_and_oversized_messages_without_crashing() {
     let chunk = Chunk {
         correlation_id: CORR.into(),
         offset: 12345,
-        data: vec![0u8; 10],
+        data: vec![0u8; 10].into(),
     };
     let err = ecu
         .client()
@@ -1142,7 +1142,7 @@ refused_to_rogues! {
     a_rogue_cannot_upload: c => c.upload(tokio_stream::iter(vec![Chunk {
         correlation_id: CORR.into(),
         offset: 65536,
-        data: vec![0u8; 1024],
+        data: vec![0u8; 1024].into(),
     }]));
     a_rogue_cannot_install: c => c.install(InstallRequest { correlation_id: CORR.into() });
     a_rogue_cannot_activate: c => c.activate(ActivateRequest { correlation_id: CORR.into() });

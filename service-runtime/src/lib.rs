@@ -1,9 +1,10 @@
 //! What every program of the workspace does the same way: structured logs to stderr, a
 //! future that completes on SIGTERM or SIGINT, one exit status convention, atomic file
-//! writes ([`files`]), TLS with rustls ([`tls`]), the HTTP accept loop and client builder
+//! writes ([`files`]), image digests on threads of their own ([`digest`]), TLS with rustls ([`tls`]), the HTTP accept loop and client builder
 //! that refuse clear text by default ([`http`]) and the certificates the programs make
 //! ([`pki`]). Kept apart so the servers and agents stay thin (linkerd's thin `main`).
 
+pub mod digest;
 pub mod files;
 pub mod http;
 pub mod idle;

@@ -41,6 +41,18 @@ pub enum DigestError {
     /// The metadata lists no hash at all.
     #[error("no hashes listed")]
     NoHashes,
+    /// Parts of a split check saw different bytes (see [`StreamVerifier::split`]); nothing can
+    /// be concluded from them.
+    #[error("the digests were computed over {digest} bytes, the length check saw {length}")]
+    PartsDisagree {
+        /// Bytes the length check saw.
+        length: u64,
+        /// Bytes a digest part saw.
+        digest: u64,
+    },
+    /// A check handed back for other length or hashes than the image's own.
+    #[error("the check handed back is not the one made for this image")]
+    OtherCheck,
 }
 
 enum Hasher {
@@ -117,6 +129,59 @@ impl StreamVerifier {
         self.seen
     }
 
+    /// Splits the check into the length alone and one part per listed hash (each without a
+    /// length), so that each digest can be computed apart from the others, on a thread of its
+    /// own, over the same bytes. [`Self::join`] puts the parts back together; the comparison
+    /// stays in [`Self::finish`].
+    pub fn split(self) -> (StreamVerifier, Vec<StreamVerifier>) {
+        let seen = self.seen;
+        let digests = self
+            .hashers
+            .into_iter()
+            .map(|hasher| StreamVerifier {
+                limit: None,
+                seen,
+                hashers: vec![hasher],
+            })
+            .collect();
+        let length = StreamVerifier {
+            limit: self.limit,
+            seen,
+            hashers: Vec::new(),
+        };
+        (length, digests)
+    }
+
+    /// Puts parts from [`Self::split`] back together; fails when a part saw other bytes than
+    /// the length check did.
+    pub fn join(
+        length: StreamVerifier,
+        digests: impl IntoIterator<Item = StreamVerifier>,
+    ) -> Result<StreamVerifier, DigestError> {
+        let mut joined = length;
+        for part in digests {
+            if part.seen != joined.seen {
+                return Err(DigestError::PartsDisagree {
+                    length: joined.seen,
+                    digest: part.seen,
+                });
+            }
+            joined.hashers.extend(part.hashers);
+        }
+        Ok(joined)
+    }
+
+    /// Whether this checks exactly `length` bytes against exactly `hashes`.
+    pub fn checks(&self, length: Option<u64>, hashes: &Hashes) -> bool {
+        self.limit == length
+            && self.hashers.len() == hashes.len()
+            && self.hashers.iter().all(|(algorithm, expected, _)| {
+                hashes
+                    .get(algorithm)
+                    .is_some_and(|listed| listed.eq_ignore_ascii_case(expected))
+            })
+    }
+
     /// Checks the final length and every digest.
     pub fn finish(self) -> Result<(), DigestError> {
         if let Some(expected) = self.limit
@@ -187,6 +252,44 @@ mod tests {
             v.update(chunk).unwrap();
         }
         v.finish().unwrap();
+    }
+
+    #[test]
+    fn split_parts_fed_apart_check_as_one() {
+        let data = vec![9u8; 5_000];
+        let hashes = standard_hashes(&data);
+        let mut whole = StreamVerifier::new(Some(5_000), &hashes).unwrap();
+        whole.update(&data[..1_000]).unwrap();
+        let (mut length, mut digests) = whole.split();
+        assert_eq!(digests.len(), 2);
+        assert!(!length.checks(Some(5_000), &hashes));
+        length.update(&data[1_000..]).unwrap();
+        for part in &mut digests {
+            part.update(&data[1_000..]).unwrap();
+        }
+        let joined = StreamVerifier::join(length, digests).unwrap();
+        assert!(joined.checks(Some(5_000), &hashes));
+        joined.finish().unwrap();
+
+        // A part that missed bytes cannot be joined; one fed other bytes fails its digest.
+        let (mut length, mut digests) = StreamVerifier::new(Some(5_000), &hashes).unwrap().split();
+        length.update(&data).unwrap();
+        digests[0].update(&data[1..]).unwrap();
+        assert_eq!(
+            StreamVerifier::join(length, digests).err(),
+            Some(DigestError::PartsDisagree {
+                length: 5_000,
+                digest: 4_999
+            })
+        );
+        let (mut length, mut digests) = StreamVerifier::new(Some(5_000), &hashes).unwrap().split();
+        length.update(&data).unwrap();
+        digests[0].update(&data).unwrap();
+        digests[1].update(&[0u8; 5_000]).unwrap();
+        assert!(matches!(
+            StreamVerifier::join(length, digests).unwrap().finish(),
+            Err(DigestError::HashMismatch { algorithm, .. }) if algorithm == "sha512"
+        ));
     }
 
     #[test]

@@ -557,6 +557,46 @@ impl ImageVerifier {
         self.inner.finish().map_err(|e| approved.image_error(e))?;
         Ok(VerifiedImage { approved })
     }
+
+    /// Hands out the length-and-hash check, for code that feeds it elsewhere (its digests on
+    /// threads of their own); [`PendingImage::finish`] takes it back.
+    pub fn into_stream(self) -> (PendingImage, StreamVerifier) {
+        (
+            PendingImage {
+                approved: self.approved,
+            },
+            self.inner,
+        )
+    }
+}
+
+/// An approved image whose check ([`StreamVerifier`]) is being fed apart from it.
+#[derive(Debug, Clone)]
+pub struct PendingImage {
+    approved: ApprovedImage,
+}
+
+impl PendingImage {
+    /// What the bytes are checked against.
+    pub fn approved(&self) -> &ApprovedImage {
+        &self.approved
+    }
+
+    /// The error for bytes that failed their check.
+    pub fn image_error(&self, source: DigestError) -> UptaneError {
+        self.approved.image_error(source)
+    }
+
+    /// Checks length and every hash with `stream`, which must be the check this image handed
+    /// out (the same length and hashes; anything else is refused, not trusted).
+    pub fn finish(self, stream: StreamVerifier) -> Result<VerifiedImage, UptaneError> {
+        let approved = self.approved;
+        if !stream.checks(Some(approved.length()), approved.hashes()) {
+            return Err(approved.image_error(DigestError::OtherCheck));
+        }
+        stream.finish().map_err(|e| approved.image_error(e))?;
+        Ok(VerifiedImage { approved })
+    }
 }
 
 /// Image bytes that match an approved image. Install code accepts only this.

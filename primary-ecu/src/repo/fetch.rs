@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use service_runtime::http::ClientTls;
 
-use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
-use uptane_core::hash::StreamVerifier;
+use futures_util::{FutureExt, StreamExt};
+use service_runtime::digest::{Batch, Batcher, ThreadedDigests};
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
@@ -255,37 +254,87 @@ impl Fetcher {
         Ok(out)
     }
 
-    /// Streams `url` into `file` (already holding `verifier.bytes_seen()` bytes of it, which
-    /// the verifier has seen), resuming with an HTTP Range request when that is not zero.
-    /// Every chunk goes through `verifier` before it is written, so nothing beyond the
-    /// approved length reaches the disk.
+    /// Streams `url` into `file` (already holding `digests.bytes_seen()` bytes of it, which
+    /// the digests have seen), resuming with an HTTP Range request when that is not zero.
+    /// Every batch of chunks is checked against the approved length and handed to the hash
+    /// threads before it is written, so nothing beyond the approved length reaches the disk;
+    /// the file is durable when this returns `Ok`.
     pub async fn download_to(
         &self,
         url: &str,
-        file: &mut tokio::fs::File,
-        verifier: &mut StreamVerifier,
+        file: &std::fs::File,
+        digests: &mut ThreadedDigests,
         length: u64,
     ) -> Result<(), FetchError> {
-        let from = verifier.bytes_seen();
+        let from = digests.bytes_seen();
         let response = self.get(url, from).await?;
         let remaining = length.saturating_sub(from);
         let io_err = |source| FetchError::Io {
             url: url.to_string(),
             source,
         };
+        let mut writer = BatchWriter::new(file).map_err(io_err)?;
+        let mut batcher = Batcher::default();
         let mut body = self.body(url, response, remaining)?;
-        while let Some(chunk) = body.next().await? {
-            verifier
-                .update(&chunk)
-                .map_err(|source| FetchError::Digest {
-                    url: url.to_string(),
-                    source,
-                })?;
-            file.write_all(&chunk).await.map_err(io_err)?;
+        let ended = loop {
+            // Wait for a chunk, then take what else has already arrived, up to a batch: a fast
+            // link gives batches of a megabyte, a slow one hands on each chunk as it comes
+            // (so an interrupted download keeps what arrived).
+            let chunk = match body.next().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            let mut full = batcher.push(chunk);
+            let mut end = None;
+            while full.is_none() {
+                match body.next().now_or_never() {
+                    None => break,
+                    Some(Ok(Some(chunk))) => full = batcher.push(chunk),
+                    Some(Ok(None)) => end = Some(Ok(())),
+                    Some(Err(e)) => end = Some(Err(e)),
+                }
+                if end.is_some() {
+                    break;
+                }
+            }
+            let batch = full.unwrap_or_else(|| batcher.take());
+            self.hand_on(url, batch, digests, &mut writer).await?;
+            if let Some(end) = end {
+                break end;
+            }
+        };
+        // What arrived before an interruption is kept (hashed and written), so that a resumed
+        // download asks for the bytes after it.
+        self.hand_on(url, batcher.take(), digests, &mut writer)
+            .await?;
+        writer.finish().await.map_err(io_err)?;
+        ended
+    }
+
+    /// Checks a batch against the approved length, hands it to the hash threads, then to the
+    /// disk (one write in flight while the next batch arrives).
+    async fn hand_on(
+        &self,
+        url: &str,
+        batch: Batch,
+        digests: &mut ThreadedDigests,
+        writer: &mut BatchWriter,
+    ) -> Result<(), FetchError> {
+        if batch.is_empty() {
+            return Ok(());
         }
-        file.flush().await.map_err(io_err)?;
-        file.sync_all().await.map_err(io_err)?;
-        Ok(())
+        digests
+            .update(batch.clone())
+            .await
+            .map_err(|source| FetchError::Digest {
+                url: url.to_string(),
+                source,
+            })?;
+        writer.write(batch).await.map_err(|source| FetchError::Io {
+            url: url.to_string(),
+            source,
+        })
     }
 }
 
@@ -324,5 +373,53 @@ impl Body<'_> {
         self.fetcher
             .check_speed(&self.url, self.started, self.received)?;
         Ok(Some(chunk))
+    }
+}
+
+/// Writes batches to a file on a blocking thread, one batch in flight: the disk works while
+/// the next batch arrives from the network, and no chunk is copied on its way.
+struct BatchWriter {
+    file: Option<std::fs::File>,
+    in_flight: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>>,
+}
+
+impl BatchWriter {
+    fn new(file: &std::fs::File) -> std::io::Result<Self> {
+        Ok(Self {
+            file: Some(file.try_clone()?),
+            in_flight: None,
+        })
+    }
+
+    async fn settle(&mut self) -> std::io::Result<std::fs::File> {
+        if let Some(writing) = self.in_flight.take() {
+            let (file, written) = writing.await.map_err(std::io::Error::other)?;
+            self.file = Some(file);
+            written?;
+        }
+        self.file
+            .take()
+            .ok_or_else(|| std::io::Error::other("an earlier write failed"))
+    }
+
+    async fn write(&mut self, batch: Batch) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = self.settle().await?;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let written = batch
+                .chunks()
+                .iter()
+                .try_for_each(|chunk| file.write_all(chunk));
+            (file, written)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the last write and makes the file durable.
+    async fn finish(mut self) -> std::io::Result<()> {
+        let file = self.settle().await?;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(std::io::Error::other)?
     }
 }

@@ -16,6 +16,7 @@ use uptane_core::verify::Raw;
 use super::fetch::{FetchError, Fetcher};
 use crate::ports::RemoteRepository;
 use service_runtime::files::write_atomic;
+use service_runtime::digest::{DigestThreadError, ThreadedDigests};
 
 /// Why a refresh or a target download failed.
 #[derive(Debug, thiserror::Error)]
@@ -331,26 +332,32 @@ pub async fn download_verified(
         path: dest.to_path_buf(),
         source,
     };
-    let mut verifier = StreamVerifier::new(Some(info.length), &info.hashes).map_err(|source| {
-        FetchError::Digest {
-            url: url.to_string(),
-            source,
-        }
-    })?;
+    let digest = |source| FetchError::Digest {
+        url: url.to_string(),
+        source,
+    };
+    let verifier = StreamVerifier::new(Some(info.length), &info.hashes).map_err(digest)?;
+    let threads = |e: DigestThreadError| match e {
+        DigestThreadError::Digest(source) => digest(source).into(),
+        other => io_err(std::io::Error::other(other)),
+    };
+    let mut digests = ThreadedDigests::start(verifier).map_err(threads)?;
     let dir = service_runtime::files::parent_dir(dest);
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .suffix(".partial")
         .tempfile_in(&dir)
         .map_err(io_err)?;
-    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(io_err)?);
+    let file = tmp.reopen().map_err(io_err)?;
     fetcher
-        .download_to(url, &mut file, &mut verifier, info.length)
+        .download_to(url, &file, &mut digests, info.length)
         .await?;
-    verifier.finish().map_err(|source| FetchError::Digest {
-        url: url.to_string(),
-        source,
-    })?;
+    digests
+        .finish()
+        .await
+        .map_err(threads)?
+        .finish()
+        .map_err(digest)?;
     drop(file);
     tmp.persist(dest).map_err(|e| io_err(e.error))?;
     service_runtime::files::sync_dir(&dir).map_err(io_err)

@@ -165,7 +165,7 @@ impl Call {
                     .upload(futures_util::stream::iter(vec![Chunk {
                         correlation_id: id.clone(),
                         offset: 0,
-                        data: vec![0u8; 1024],
+                        data: vec![0u8; 1024].into(),
                     }]))
                     .await,
             ),

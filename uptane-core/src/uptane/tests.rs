@@ -287,6 +287,31 @@ fn image_verification_stops_at_the_length_and_checks_hashes() {
     assert_eq!(err.attack(), AttackKind::ArbitrarySoftware);
 }
 
+#[test]
+fn a_check_handed_out_is_taken_back_only_for_its_own_image() {
+    let approved = approve(&entry(), &ok_image(), None).unwrap();
+    let (pending, stream) = approved.verifier().unwrap().into_stream();
+    let (mut length, mut digests) = stream.split();
+    length.update(IMAGE).unwrap();
+    for part in &mut digests {
+        part.update(IMAGE).unwrap();
+    }
+    let stream = StreamVerifier::join(length, digests).unwrap();
+    assert_eq!(pending.finish(stream).unwrap().approved(), &approved);
+
+    // A check made for something else (here: no hashes at all) is not accepted in its place.
+    let (pending, _) = approved.verifier().unwrap().into_stream();
+    let mut empty = StreamVerifier::new(Some(IMAGE.len() as u64), &Hashes::new()).unwrap();
+    empty.update(IMAGE).unwrap();
+    assert!(matches!(
+        pending.finish(empty),
+        Err(UptaneError::Image {
+            source: DigestError::OtherCheck,
+            ..
+        })
+    ));
+}
+
 fn partial_fixture() -> RepoFixture {
     RepoFixture::new()
 }
