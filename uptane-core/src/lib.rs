@@ -3,7 +3,8 @@
 //! It implements TUF 1.0.31 client verification (§5.3–5.6) and the Uptane 2.1.0 checks
 //! on top (§5.4.4: full and partial verification, Director/Image repository matching,
 //! version reports). It takes bytes and `now` in and returns values or typed errors out:
-//! it never reads the clock, files or sockets, and has no async code. Every refusal names
+//! it never reads the clock, files or sockets, and has no async code (documents of a
+//! megabyte or more are checked on two scoped threads, see `both.rs`). Every refusal names
 //! the attack it stopped ([`error::AttackKind`]).
 //!
 //! Layout:
@@ -25,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod both;
 pub mod cjson;
 pub mod crypto;
 pub mod error;

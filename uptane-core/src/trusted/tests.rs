@@ -3,7 +3,9 @@ use serde_json::Value;
 use super::*;
 use crate::crypto::SigningKey;
 use crate::error::VerifyError;
-use crate::sign::{RootBuilder, TimestampBuilder, delegated_role, describe, sign_value};
+use crate::sign::{
+    RootBuilder, TargetsBuilder, TimestampBuilder, delegated_role, describe, sign_value,
+};
 use crate::testing::{RepoFixture, earlier, key, now};
 
 type Set = TrustedSet<ImageRepo>;
@@ -483,6 +485,62 @@ fn rejects_targets_not_matching_snapshot() {
             found: 1,
             ..
         })
+    ));
+}
+
+/// A targets file of a megabyte or more is hash-checked and verified on two threads: the
+/// outcome is the one a sequential check gives, a digest mismatch first.
+#[test]
+fn a_large_targets_file_is_checked_as_a_small_one() {
+    let mut repo = RepoFixture::new();
+    let mut many = TargetsBuilder::new(repo.targets.common.version, repo.expires);
+    for i in 0..6_000u32 {
+        many = many.target(&format!("images/ecu-{i:05}.bin"), &i.to_le_bytes(), None);
+    }
+    repo.targets = many.build();
+    let old_targets = repo.targets_files["targets"].clone();
+    repo.publish();
+    let large = repo.targets_files["targets"].clone();
+    assert!(
+        large.len() >= crate::both::PARALLEL_BYTES,
+        "{}",
+        large.len()
+    );
+    let mut set = start(&repo);
+    set.update_timestamp(&Raw::new(repo.timestamp.clone()))
+        .unwrap();
+    set.update_snapshot(&Raw::new(repo.snapshot.clone()))
+        .unwrap();
+    // Another file, signed by nobody: the digest mismatch is what is reported.
+    let mut forged = large.clone();
+    let at = forged.len() / 2;
+    forged[at] = if forged[at] == b'0' { b'1' } else { b'0' };
+    assert!(matches!(
+        set.update_targets(&Raw::new(forged)),
+        Err(UpdateError::DigestMismatch { .. })
+    ));
+    assert!(matches!(
+        set.update_targets(&Raw::new(old_targets)),
+        Err(UpdateError::DigestMismatch { .. })
+    ));
+    set.update_targets(&Raw::new(large)).unwrap();
+    assert_eq!(set.targets().unwrap().targets.len(), 6_000);
+
+    // The snapshot lists only a version: the signature check refuses a changed file.
+    let snapshot = resign(&repo.snapshot, &[&repo.snapshot_key], |s| {
+        s["meta"]["targets.json"] = serde_json::json!({"version": 2});
+    });
+    let mut set = start(&repo);
+    set.update_timestamp(&Raw::new(timestamp_for(&repo, 3, &snapshot, 2)))
+        .unwrap();
+    set.update_snapshot(&Raw::new(snapshot)).unwrap();
+    let mut forged = repo.targets_files["targets"].clone();
+    let text = String::from_utf8(forged.clone()).unwrap();
+    let at = text.find("ecu-03000").unwrap() + 4;
+    forged[at] = b'9';
+    assert!(matches!(
+        set.update_targets(&Raw::new(forged)),
+        Err(UpdateError::Verify(VerifyError::Threshold { valid: 0, .. }))
     ));
 }
 
