@@ -12,8 +12,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use primary_ecu::repo::Fetcher;
-use support::world::World;
 use service_runtime::digest::ThreadedDigests;
+use support::world::World;
 use uptane_core::hash::{Hashes, StreamVerifier};
 use uptane_tests::{peak_rss_kib, spawn};
 

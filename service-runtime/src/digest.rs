@@ -227,8 +227,9 @@ mod tests {
         other[1_500_000] ^= 1;
         let mut only_sha512 = hashes.clone();
         only_sha512.remove("sha256");
-        let mut v = ThreadedDigests::start(StreamVerifier::new(Some(3_000_000), &only_sha512).unwrap())
-            .unwrap();
+        let mut v =
+            ThreadedDigests::start(StreamVerifier::new(Some(3_000_000), &only_sha512).unwrap())
+                .unwrap();
         for batch in batches(&other) {
             v.update(batch).await.unwrap();
         }

@@ -15,8 +15,8 @@ use uptane_core::verify::Raw;
 
 use super::fetch::{FetchError, Fetcher};
 use crate::ports::RemoteRepository;
-use service_runtime::files::write_atomic;
 use service_runtime::digest::{DigestThreadError, ThreadedDigests};
+use service_runtime::files::write_atomic;
 
 /// Why a refresh or a target download failed.
 #[derive(Debug, thiserror::Error)]
