@@ -81,6 +81,10 @@ struct Readers {
     next: std::sync::atomic::AtomicUsize,
 }
 
+/// Prepared statements kept per connection: every statement of the request paths (rusqlite
+/// keeps 16 by default, fewer than the manifest and metadata paths use between them).
+const STATEMENT_CACHE: usize = 64;
+
 impl Db {
     /// Opens (creating if needed) the database at `path` and applies migrations.
     pub fn open(path: &Path) -> Result<Self, DbError> {
@@ -91,6 +95,7 @@ impl Db {
             let conn = Connection::open(path)?;
             conn.pragma_update(None, "query_only", "ON")?;
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(Mutex::new(conn));
         }
         Ok(Self {
@@ -114,6 +119,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate(&mut conn)?;
         // Bounded: a flood of writes waits for the queue instead of growing it.
         let conn = Arc::new(Mutex::new(conn));

@@ -38,22 +38,24 @@ pub struct ManifestOutcome {
 /// and time.
 type InventoryRow = (String, String, bool, Option<i64>, Option<String>);
 
-/// The vehicle as the inventory knows it, for the manifest checks, and the rows it was read
-/// from (to tell whether it changed since).
-fn inventory(
-    conn: &Connection,
-    vin: &Vin,
-) -> Result<(VehicleInventory, Vec<InventoryRow>), DirectorError> {
+/// The vehicle's inventory rows, as stored.
+fn inventory_rows(conn: &Connection, vin: &Vin) -> Result<Vec<InventoryRow>, DirectorError> {
     let mut stmt = conn.prepare_cached(
         "SELECT serial, public_key, is_primary, last_report_counter, last_report_time FROM ecus WHERE vin = ?1 ORDER BY serial",
     )?;
-    let rows: Vec<InventoryRow> = stmt
+    let rows = stmt
         .query_map([vin.as_str()], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// The vehicle as its inventory rows describe it, for the manifest checks (each ECU key
+/// decoded: the costly part, done only when a check runs).
+fn inventory(vin: &Vin, rows: &[InventoryRow]) -> Result<VehicleInventory, DirectorError> {
     let mut ecus = BTreeMap::new();
-    for (serial, key, primary, counter, last_time) in &rows {
+    for (serial, key, primary, counter, last_time) in rows {
         let unreadable =
             |what: &str| DirectorError::Internal(format!("ECU {serial}: stored {what} unreadable"));
         let key = serde_json::from_str(key)
@@ -75,11 +77,10 @@ fn inventory(
             },
         );
     }
-    let inventory = VehicleInventory {
+    Ok(VehicleInventory {
         vin: vin.clone(),
         ecus,
-    };
-    Ok((inventory, rows))
+    })
 }
 
 /// A manifest checked against the inventory as it was read (`rows`), not yet recorded.
@@ -101,8 +102,8 @@ pub fn check(
     policy: &Policy,
     now: UtcTime,
 ) -> Result<Checked, DirectorError> {
-    let (inventory, rows) = inventory(conn, vin)?;
-    let result = check_against(conn, &inventory, &body, policy, now)?;
+    let rows = inventory_rows(conn, vin)?;
+    let result = check_against(conn, &inventory(vin, &rows)?, &body, policy, now)?;
     Ok(Checked {
         vin: vin.clone(),
         body,
@@ -148,9 +149,9 @@ pub fn record(
         rows,
         mut result,
     } = checked;
-    let (inventory, current) = inventory(conn, &vin)?;
+    let current = inventory_rows(conn, &vin)?;
     if current != rows {
-        result = check_against(conn, &inventory, &body, policy, now)?;
+        result = check_against(conn, &inventory(&vin, &current)?, &body, policy, now)?;
     }
     match result {
         Ok(checked) => record_manifest(conn, &vin, &body, &checked, now),
@@ -202,10 +203,9 @@ fn record_manifest(
 ) -> Result<ManifestOutcome, DirectorError> {
     let vin_text = vin.as_str();
     let tx = conn.savepoint()?;
-    tx.execute(
-        "INSERT INTO manifests (vin, received_at, body) VALUES (?1, ?2, ?3)",
-        params![vin_text, now_text(now), bytes],
-    )?;
+    // Statements of the hot path are prepared once per connection (`prepare_cached`).
+    tx.prepare_cached("INSERT INTO manifests (vin, received_at, body) VALUES (?1, ?2, ?3)")?
+        .execute(params![vin_text, now_text(now), bytes])?;
     let manifest_id = tx.last_insert_rowid();
     let actor = format!("vehicle:{vin}");
     let mut outcome = ManifestOutcome {
@@ -236,15 +236,14 @@ fn record_manifest(
     for report in &checked.reports {
         let serial = report.ecu_serial.as_str();
         let image = &report.installed_image;
-        tx.execute(
-            "INSERT INTO seen_nonces (ecu_serial, nonce) VALUES (?1, ?2)",
-            params![serial, report.nonce],
-        )?;
-        tx.execute(
+        tx.prepare_cached("INSERT INTO seen_nonces (ecu_serial, nonce) VALUES (?1, ?2)")?
+            .execute(params![serial, report.nonce])?;
+        tx.prepare_cached(
             "UPDATE ecus SET installed_filename = ?1, installed_length = ?2, installed_hashes = ?3, installed_release_counter = ?4,
                     last_report_counter = ?5, last_report_at = ?6, attacks_reported = ?7,
                     last_report_time = ?9 WHERE serial = ?8",
-            params![
+        )?
+        .execute(params![
                 image.filename,
                 image.length as i64,
                 serde_json::to_string(&image.hashes).expect("hashes serialize"),
