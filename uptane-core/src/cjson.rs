@@ -132,6 +132,13 @@ impl TextReader<'_> {
                 Ok(())
             }
             Some(b'"') => {
+                // Without an escape, the literal is already canonical: copied as it is (what
+                // decoding and writing it again would give, without either).
+                if let Some(end) = self.plain_string_end() {
+                    out.extend_from_slice(&self.text[self.pos..end]);
+                    self.pos = end;
+                    return Ok(());
+                }
                 let mut decoded = Vec::new();
                 self.string(&mut decoded)?;
                 write_string_bytes(&decoded, out);
@@ -181,14 +188,25 @@ impl TextReader<'_> {
                 return Err(self.error("expected a key"));
             }
             key.clear();
-            self.string(&mut key)?;
+            let plain = self.plain_string_end();
+            let literal = self.pos;
+            match plain {
+                Some(end) => {
+                    key.extend_from_slice(&self.text[literal + 1..end - 1]);
+                    self.pos = end;
+                }
+                None => self.string(&mut key)?,
+            }
             if !first && key <= previous {
                 return Ok(false);
             }
             if !first {
                 out.push(b',');
             }
-            write_string_bytes(&key, out);
+            match plain {
+                Some(end) => out.extend_from_slice(&self.text[literal..end]),
+                None => write_string_bytes(&key, out),
+            }
             out.push(b':');
             self.expect(b':')?;
             self.value(out, depth + 1)?;
@@ -256,6 +274,16 @@ impl TextReader<'_> {
         }
         out.push(b'}');
         Ok(())
+    }
+
+    /// The end (past the closing quote) of the string literal at `pos` if it holds neither an
+    /// escape nor a control character.
+    fn plain_string_end(&self) -> Option<usize> {
+        let body = self.text.get(self.pos + 1..)?;
+        let stop = body
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        (body[stop] == b'"').then_some(self.pos + stop + 2)
     }
 
     /// Reads a string literal, appending its decoded UTF-8 bytes to `out`.
@@ -352,12 +380,15 @@ impl TextReader<'_> {
 
 fn write_string_bytes(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
-    for &b in s {
-        if b == b'"' || b == b'\\' {
-            out.push(b'\\');
-        }
-        out.push(b);
+    // Runs between the bytes that need a backslash are copied whole.
+    let mut rest = s;
+    while let Some(at) = rest.iter().position(|&b| b == b'"' || b == b'\\') {
+        out.extend_from_slice(&rest[..at]);
+        out.push(b'\\');
+        out.push(rest[at]);
+        rest = &rest[at + 1..];
     }
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 
