@@ -96,7 +96,8 @@ impl Load {
             .or_default() += 1;
     }
 
-    /// One request: timed under `route`, its body on success.
+    /// One vehicle request, within its client's share of requests in flight: timed under
+    /// `route`, its body on success.
     async fn send(
         &self,
         slot: usize,
@@ -104,6 +105,16 @@ impl Load {
         request: reqwest::RequestBuilder,
     ) -> Option<bytes::Bytes> {
         let _permit = self.limits[slot % self.limits.len()].acquire().await.ok()?;
+        self.exchange(route, request).await
+    }
+
+    /// One request, timed under `route`, its body on success. The operator's requests come
+    /// here directly: an operator does not queue behind the fleet's polls.
+    async fn exchange(
+        &self,
+        route: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Option<bytes::Bytes> {
         let start = Instant::now();
         let sent = request.send().await;
         let outcome = match sent {
@@ -534,7 +545,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
             .bearer_auth(&load.operator)
             .header("content-type", "application/json")
             .body(json!({"image": UPDATE, "vins": vins, "hardware_id": HARDWARE[2]}).to_string());
-        load.send(b, "assign", request).await;
+        load.exchange("assign", request).await;
     }
     let assigned_in = assign_started.elapsed().as_secs_f64();
     let _ = scheduler.await;

@@ -114,7 +114,8 @@ fn main() -> anyhow::Result<()> {
             workdir,
             only_download,
         } => {
-            let root = std::fs::read(&root).with_context(|| format!("reading {}", root.display()))?;
+            let root =
+                std::fs::read(&root).with_context(|| format!("reading {}", root.display()))?;
             let bench = Bench {
                 client,
                 metadata_url: with_slash(&metadata_url),
@@ -205,10 +206,10 @@ fn generate(count: usize, large_mib: usize, out: &Path) -> anyhow::Result<()> {
     repo.publish();
 
     let root = repo.initial_root().to_vec();
-    let consistent = serde_json::from_slice::<serde_json::Value>(&root)?["signed"]
-        ["consistent_snapshot"]
-        .as_bool()
-        .unwrap_or(false);
+    let consistent =
+        serde_json::from_slice::<serde_json::Value>(&root)?["signed"]["consistent_snapshot"]
+            .as_bool()
+            .unwrap_or(false);
     let snapshot_version = repo.versions.1;
     let targets_version = repo.targets.common.version;
     let targets_file = &repo.targets_files["targets"];
@@ -255,7 +256,10 @@ fn generate(count: usize, large_mib: usize, out: &Path) -> anyhow::Result<()> {
         "expires": repo.expires.to_rfc3339(),
         "hashes": large.hashes.keys().collect::<Vec<_>>(),
     });
-    write(&out.join("info.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
+    write(
+        &out.join("info.json"),
+        serde_json::to_string_pretty(&info)?.as_bytes(),
+    )?;
     eprintln!(
         "generated {} targets ({} bytes of targets.json, consistent_snapshot={consistent}) in {:?}",
         count + 1,
@@ -305,6 +309,21 @@ impl Bench {
         })
     }
 
+    /// One timed refresh (with the download when `download`) from a fresh state; checks that
+    /// it found as many targets as the runs before it.
+    async fn timed(&self, download: bool, targets: &mut usize) -> anyhow::Result<(f64, Fresh)> {
+        let fresh = self.fresh()?;
+        let started = Instant::now();
+        let listed = self.once(&fresh, download).await?;
+        let took = ms(started.elapsed());
+        ensure!(
+            *targets == 0 || listed == *targets,
+            "refreshes disagree: {listed} then {targets} targets"
+        );
+        *targets = listed;
+        Ok((took, fresh))
+    }
+
     async fn run(&self, runs: usize, only_download: bool) -> anyhow::Result<()> {
         ensure!(runs > 0, "--runs must be at least 1");
         let mut refresh = Vec::new();
@@ -313,25 +332,10 @@ impl Bench {
         let mut downloaded = 0;
         for _ in 0..runs {
             if !only_download {
-                let fresh = self.fresh()?;
-                let started = Instant::now();
-                let listed = self.once(&fresh, false).await?;
-                refresh.push(ms(started.elapsed()));
-                ensure!(
-                    targets == 0 || listed == targets,
-                    "refreshes disagree: {listed} then {targets} targets"
-                );
-                targets = listed;
+                refresh.push(self.timed(false, &mut targets).await?.0);
             }
-            let fresh = self.fresh()?;
-            let started = Instant::now();
-            let listed = self.once(&fresh, true).await?;
-            download.push(ms(started.elapsed()));
-            ensure!(
-                targets == 0 || listed == targets,
-                "refreshes disagree: {listed} then {targets} targets"
-            );
-            targets = listed;
+            let (took, fresh) = self.timed(true, &mut targets).await?;
+            download.push(took);
             // Outside the timing: the file is there, whole.
             let path = fresh.out.join(quote_role(&self.download));
             downloaded = std::fs::metadata(&path)

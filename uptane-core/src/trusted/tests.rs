@@ -456,6 +456,18 @@ fn rejects_expired_snapshot_and_targets() {
     ));
 }
 
+/// A set that trusted a re-signed snapshot listing only the version (2) of targets.json.
+fn with_targets_version_only(repo: &RepoFixture) -> Set {
+    let snapshot = resign(&repo.snapshot, &[&repo.snapshot_key], |s| {
+        s["meta"]["targets.json"] = serde_json::json!({"version": 2});
+    });
+    let mut set = start(repo);
+    set.update_timestamp(&Raw::new(timestamp_for(repo, 3, &snapshot, 2)))
+        .unwrap();
+    set.update_snapshot(&Raw::new(snapshot)).unwrap();
+    set
+}
+
 #[test]
 fn rejects_targets_not_matching_snapshot() {
     let mut repo = RepoFixture::new();
@@ -471,13 +483,7 @@ fn rejects_targets_not_matching_snapshot() {
         Err(UpdateError::DigestMismatch { .. })
     ));
     // Without hashes in snapshot, the version check catches it.
-    let snapshot = resign(&repo.snapshot, &[&repo.snapshot_key], |s| {
-        s["meta"]["targets.json"] = serde_json::json!({"version": 2});
-    });
-    let mut set = start(&repo);
-    set.update_timestamp(&Raw::new(timestamp_for(&repo, 3, &snapshot, 2)))
-        .unwrap();
-    set.update_snapshot(&Raw::new(snapshot)).unwrap();
+    let mut set = with_targets_version_only(&repo);
     assert!(matches!(
         set.update_targets(&Raw::new(old_targets)),
         Err(UpdateError::VersionMismatch {
@@ -527,13 +533,7 @@ fn a_large_targets_file_is_checked_as_a_small_one() {
     assert_eq!(set.targets().unwrap().targets.len(), 6_000);
 
     // The snapshot lists only a version: the signature check refuses a changed file.
-    let snapshot = resign(&repo.snapshot, &[&repo.snapshot_key], |s| {
-        s["meta"]["targets.json"] = serde_json::json!({"version": 2});
-    });
-    let mut set = start(&repo);
-    set.update_timestamp(&Raw::new(timestamp_for(&repo, 3, &snapshot, 2)))
-        .unwrap();
-    set.update_snapshot(&Raw::new(snapshot)).unwrap();
+    let mut set = with_targets_version_only(&repo);
     let mut forged = repo.targets_files["targets"].clone();
     let text = String::from_utf8(forged.clone()).unwrap();
     let at = text.find("ecu-03000").unwrap() + 4;
