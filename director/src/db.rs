@@ -199,7 +199,11 @@ impl Db {
             return self.call(move |conn| f(conn)).await;
         }
         if let Some(conn) = self.readers.free() {
-            return in_snapshot(&conn, f);
+            // A panic in `f` is this call's error, as on a blocking thread, not the task's.
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                in_snapshot(&conn, f)
+            }))
+            .unwrap_or_else(|_| Err(DbError::Join("a database read panicked".into()).into()));
         }
         let readers = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || in_snapshot(&readers.next_in_turn(), f))
@@ -209,14 +213,15 @@ impl Db {
 }
 
 impl Readers {
-    /// A connection nobody is using, if there is one. A panic in an earlier read left nothing
-    /// half-done on a query-only connection: a poisoned lock is taken over.
+    /// A connection nobody is using, if there is one. A poisoned lock is taken over: a
+    /// query-only connection holds nothing half-written, and a read transaction a panic left
+    /// open is ended (`in_snapshot` ends its own; this covers any other).
     fn free(&self) -> Option<std::sync::MutexGuard<'_, Connection>> {
         let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         (0..self.conns.len()).find_map(|i| {
             match self.conns[(start + i) % self.conns.len()].try_lock() {
                 Ok(guard) => Some(guard),
-                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(taken_over(p.into_inner())),
                 Err(std::sync::TryLockError::WouldBlock) => None,
             }
         })
@@ -228,24 +233,42 @@ impl Readers {
             let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.conns[start % self.conns.len()]
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or_else(|p| taken_over(p.into_inner()))
         })
     }
 }
 
-/// Runs `f` in one read transaction: one snapshot for every statement of the call.
+/// A read connection whose lock was poisoned, with no transaction left open.
+fn taken_over(
+    conn: std::sync::MutexGuard<'_, Connection>,
+) -> std::sync::MutexGuard<'_, Connection> {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    conn
+}
+
+/// Runs `f` in one read transaction: one snapshot for every statement of the call. The
+/// transaction ends however `f` ends (a panic included): an open one would pin its snapshot
+/// and keep checkpoints from finishing.
 fn in_snapshot<T, E: From<DbError>>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, E>,
 ) -> Result<T, E> {
+    struct Snapshot<'a>(&'a Connection);
+    impl Drop for Snapshot<'_> {
+        fn drop(&mut self) {
+            let _ = self
+                .0
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut end| end.execute([]));
+        }
+    }
     conn.prepare_cached("BEGIN")
         .and_then(|mut begin| begin.execute([]))
         .map_err(|e| E::from(DbError::from(e)))?;
-    let read = f(conn);
-    let _ = conn
-        .prepare_cached("ROLLBACK")
-        .and_then(|mut end| end.execute([]));
-    read
+    let snapshot = Snapshot(conn);
+    f(snapshot.0)
 }
 
 /// A write job for `f` whose outcome, once its batch's commit is known, goes to `answer`.
@@ -344,6 +367,24 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read that panics is that call's error, on the calling thread as on a blocking one,
+    /// and leaves no transaction open on its connection (the next read there begins one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_that_panics_is_an_error_and_ends_its_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("director.db")).unwrap();
+        for _ in 0..2 * READERS {
+            let read: Result<(), DbError> = db.read(|_| panic!("a read that fails")).await;
+            assert!(matches!(read, Err(DbError::Join(_))), "{read:?}");
+        }
+        for _ in 0..2 * READERS {
+            let one: Result<i64, DbError> = db
+                .read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get(0))?))
+                .await;
+            assert_eq!(one.unwrap(), 1);
+        }
+    }
 
     #[test]
     fn migrations_apply_once_and_events_are_append_only() {

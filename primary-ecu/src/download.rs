@@ -136,6 +136,10 @@ impl ImageStore {
             move |source| ClientError::Io { path, source }
         };
         let digest = |e: UptaneError| match e {
+            UptaneError::Image { source, .. } if source.is_internal() => ClientError::Io {
+                path: done.clone(),
+                source: std::io::Error::other(source),
+            },
             UptaneError::Image { source, .. } => ClientError::Fetch(FetchError::Digest {
                 url: location.to_string(),
                 source,
@@ -143,10 +147,12 @@ impl ImageStore {
             other => ClientError::Image(other),
         };
         let threads = |e: DigestThreadError| match e {
-            DigestThreadError::Digest(source) => ClientError::Fetch(FetchError::Digest {
-                url: location.to_string(),
-                source,
-            }),
+            DigestThreadError::Digest(source) if !source.is_internal() => {
+                ClientError::Fetch(FetchError::Digest {
+                    url: location.to_string(),
+                    source,
+                })
+            }
             other => ClientError::Io {
                 path: done.clone(),
                 source: std::io::Error::other(other),
@@ -217,6 +223,9 @@ impl ImageStore {
                 break;
             }
         }
+        // Durable before it is renamed into place (also a kept partial file that was already
+        // complete, which no download above wrote and synced).
+        file.sync_all().map_err(io(&partial))?;
         drop(file);
         let checked = digests
             .finish()

@@ -1306,8 +1306,13 @@ fn feed(
 
 /// Waits for the digests and compares them with what the metadata lists.
 fn finish(digests: ThreadedDigests, image: PendingImage) -> Result<VerifiedImage, Refusal> {
+    let internal = |e: DigestError| Refusal::new(ResultCode::InternalError, e.to_string());
     match digests.finish_blocking() {
-        Ok(stream) => image.finish(stream).map_err(|e| uptane_refusal(&e)),
+        Ok(stream) => image.finish(stream).map_err(|e| match e {
+            UptaneError::Image { source, .. } if source.is_internal() => internal(source),
+            e => uptane_refusal(&e),
+        }),
+        Err(DigestThreadError::Digest(e)) if e.is_internal() => Err(internal(e)),
         Err(DigestThreadError::Digest(e)) => Err(uptane_refusal(&image.image_error(e))),
         Err(e) => Err(thread_refusal(e)),
     }

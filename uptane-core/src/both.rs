@@ -50,6 +50,22 @@ pub(crate) fn both<A: Send, B>(
     })
 }
 
+/// Runs `check`, then `then` only if it passed; for a large document both at once, `check`'s
+/// failure still reported first. What a check refuses (bytes that are not what a referrer
+/// listed) is read only when both run at once, and then only to be dropped.
+pub(crate) fn check_then<C: Send, E: Send, T>(
+    len: usize,
+    check: impl FnOnce() -> Result<C, E> + Send,
+    then: impl FnOnce() -> T,
+) -> Result<(C, T), E> {
+    if len < PARALLEL_BYTES {
+        let checked = check()?;
+        return Ok((checked, then()));
+    }
+    let (checked, done) = both(len, check, then);
+    Ok((checked?, done))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +76,17 @@ mod tests {
             let (a, b) = both(len, || len + 1, || len + 2);
             assert_eq!((a, b), (len + 1, len + 2));
         }
+    }
+
+    #[test]
+    fn a_small_document_that_fails_its_check_is_not_read() {
+        let mut read = false;
+        let checked: Result<((), ()), &str> = check_then(10, || Err("mismatch"), || read = true);
+        assert_eq!(checked, Err("mismatch"));
+        assert!(!read);
+        let checked: Result<((), bool), &str> =
+            check_then(PARALLEL_BYTES, || Err("mismatch"), || true);
+        assert_eq!(checked, Err("mismatch"));
     }
 
     #[test]

@@ -55,6 +55,17 @@ pub enum DigestError {
     OtherCheck,
 }
 
+impl DigestError {
+    /// Whether this is a fault of the checking code (parts of a split check put together
+    /// wrongly), not of the bytes: not evidence of an attack.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            DigestError::PartsDisagree { .. } | DigestError::OtherCheck
+        )
+    }
+}
+
 enum Hasher {
     Sha256(Sha256),
     Sha512(Sha512),
@@ -173,12 +184,15 @@ impl StreamVerifier {
 
     /// Whether this checks exactly `length` bytes against exactly `hashes`.
     pub fn checks(&self, length: Option<u64>, hashes: &Hashes) -> bool {
+        // Every listed hash checked, by exactly one hasher, against the listed digest.
         self.limit == length
             && self.hashers.len() == hashes.len()
-            && self.hashers.iter().all(|(algorithm, expected, _)| {
-                hashes
-                    .get(algorithm)
-                    .is_some_and(|listed| listed.eq_ignore_ascii_case(expected))
+            && hashes.iter().all(|(algorithm, listed)| {
+                let mut of_it = self.hashers.iter().filter(|h| &h.0 == algorithm);
+                of_it
+                    .next()
+                    .is_some_and(|h| listed.eq_ignore_ascii_case(&h.1))
+                    && of_it.next().is_none()
             })
     }
 
@@ -270,6 +284,21 @@ mod tests {
         let joined = StreamVerifier::join(length, digests).unwrap();
         assert!(joined.checks(Some(5_000), &hashes));
         joined.finish().unwrap();
+
+        // Two sha256 parts do not check a listing of sha256 and sha512.
+        let only_sha256 = Hashes::from([("sha256".to_string(), hashes["sha256"].clone())]);
+        let (length, mut twice) = StreamVerifier::new(Some(5_000), &only_sha256)
+            .unwrap()
+            .split();
+        twice.push(
+            StreamVerifier::new(None, &only_sha256)
+                .unwrap()
+                .split()
+                .1
+                .remove(0),
+        );
+        let doubled = StreamVerifier::join(length, twice).unwrap();
+        assert!(!doubled.checks(Some(5_000), &hashes));
 
         // A part that missed bytes cannot be joined; one fed other bytes fails its digest.
         let (mut length, mut digests) = StreamVerifier::new(Some(5_000), &hashes).unwrap().split();

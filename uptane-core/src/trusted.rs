@@ -548,15 +548,13 @@ impl<Repo> TrustedSet<Repo> {
             meta.length.unwrap_or(self.limits.targets),
         )?;
         let expected = meta.version;
-        // The hash check against snapshot and the signature check need nothing from each
-        // other: on two cores for a large file. A digest mismatch is reported first, as if
-        // the bytes had been checked before anything read them.
-        let (checked, verified) = crate::both::both(
+        // The hash check against snapshot first (§5.6.2); for a large file it runs beside the
+        // signature check on two cores, and a digest mismatch is still what is reported.
+        let ((), verified) = crate::both::check_then(
             raw.as_bytes().len(),
             || check_against_meta(role, "snapshot", raw.as_bytes(), meta),
             || self.verify_targets(raw, role, delegator),
-        );
-        checked?;
+        )?;
         let new = verified?;
         // §5.6.3: the version snapshot lists (mix-and-match attack).
         if new.common.version != expected {

@@ -338,7 +338,7 @@ pub async fn download_verified(
     };
     let verifier = StreamVerifier::new(Some(info.length), &info.hashes).map_err(digest)?;
     let threads = |e: DigestThreadError| match e {
-        DigestThreadError::Digest(source) => digest(source).into(),
+        DigestThreadError::Digest(source) if !source.is_internal() => digest(source).into(),
         other => io_err(std::io::Error::other(other)),
     };
     let mut digests = ThreadedDigests::start(verifier).map_err(threads)?;
