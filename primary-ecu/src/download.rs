@@ -159,8 +159,7 @@ impl ImageStore {
             },
         };
         let start = || -> Result<_, ClientError> {
-            let (pending, stream) = approved.verifier().map_err(digest)?.into_stream();
-            Ok((pending, ThreadedDigests::start(stream).map_err(threads)?))
+            ThreadedDigests::for_image(approved.verifier().map_err(digest)?).map_err(threads)
         };
         if done.exists() {
             // Kept from an earlier cycle: hashed again before it is trusted.
@@ -257,23 +256,10 @@ async fn rehash_kept(
     let fed = tokio::task::spawn_blocking(move || {
         let mut file = file;
         let mut digests = digests;
-        let kept = (|| -> Option<()> {
-            use std::io::Seek;
-            file.seek(std::io::SeekFrom::Start(0)).ok()?;
-            loop {
-                let mut buf = bytes::BytesMut::zeroed(service_runtime::digest::BATCH_BYTES);
-                let n = file.read(&mut buf).ok()?;
-                if n == 0 {
-                    return Some(());
-                }
-                buf.truncate(n);
-                digests.update_blocking(buf.freeze().into()).ok()?;
-            }
-        })();
-        match kept {
-            Some(()) => Ok((file, digests)),
-            None => Err(file),
-        }
+        use std::io::Seek;
+        let kept = file.seek(std::io::SeekFrom::Start(0)).is_ok()
+            && digests.feed_blocking(&mut file).is_ok();
+        if kept { Ok((file, digests)) } else { Err(file) }
     })
     .await;
     match fed {

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use prost::Message;
 use proto::v2::{PutMetadataRequest, ResultCode};
 use serde::{Deserialize, Serialize};
-use service_runtime::digest::{BATCH_BYTES, DigestThreadError, ThreadedDigests};
+use service_runtime::digest::{DigestThreadError, FeedError, ThreadedDigests};
 use service_runtime::tls::{Fingerprint, Identity as TlsIdentity};
 use uptane_core::crypto::SigningKey;
 use uptane_core::error::AttackKind;
@@ -938,11 +938,9 @@ impl Agent {
             ));
         }
         let approved = self.approved()?;
-        let (pending, stream) = approved
-            .verifier()
-            .map_err(|e| uptane_refusal(&e))?
-            .into_stream();
-        let mut digests = ThreadedDigests::start(stream).map_err(thread_refusal)?;
+        let (pending, mut digests) =
+            ThreadedDigests::for_image(approved.verifier().map_err(|e| uptane_refusal(&e))?)
+                .map_err(thread_refusal)?;
         let path = staging_path(&self.dir);
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(io)?;
         let mut file = std::fs::OpenOptions::new()
@@ -1260,12 +1258,9 @@ impl InstallJob {
     }
 
     fn check_file(&self, path: &Path) -> Result<uptane_core::uptane::VerifiedImage, Refusal> {
-        let (pending, stream) = self
-            .approved
-            .verifier()
-            .map_err(|e| uptane_refusal(&e))?
-            .into_stream();
-        let mut digests = ThreadedDigests::start(stream).map_err(thread_refusal)?;
+        let (pending, mut digests) =
+            ThreadedDigests::for_image(self.approved.verifier().map_err(|e| uptane_refusal(&e))?)
+                .map_err(thread_refusal)?;
         feed(
             &mut digests,
             &pending,
@@ -1285,23 +1280,16 @@ struct Receiving {
     file: std::fs::File,
 }
 
-/// Feeds everything `input` holds to `digests`, in blocks of a megabyte.
+/// Feeds everything `input` holds to `digests`.
 fn feed(
     digests: &mut ThreadedDigests,
     image: &PendingImage,
-    mut input: impl Read,
+    input: impl Read,
 ) -> Result<(), Refusal> {
-    loop {
-        let mut buf = BytesMut::zeroed(BATCH_BYTES);
-        let n = input.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.truncate(n);
-        digests
-            .update_blocking(buf.freeze().into())
-            .map_err(|e| uptane_refusal(&image.image_error(e)))?;
-    }
+    digests.feed_blocking(input).map_err(|e| match e {
+        FeedError::Read(e) => io(e),
+        FeedError::Digest(e) => uptane_refusal(&image.image_error(e)),
+    })
 }
 
 /// Waits for the digests and compares them with what the metadata lists.

@@ -11,9 +11,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 use uptane_core::hash::{DigestError, StreamVerifier};
+use uptane_core::uptane::{ImageVerifier, PendingImage};
 
 /// Batches queued per hash thread before the feeder waits for it: memory stays bounded
 /// (about this many megabytes) however fast the bytes arrive.
@@ -92,6 +93,17 @@ pub enum DigestThreadError {
     Lost,
 }
 
+/// Why bytes read from a file could not all be fed.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// Reading failed.
+    #[error("reading: {0}")]
+    Read(#[from] std::io::Error),
+    /// The bytes go past the approved length.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+}
+
 struct Worker {
     batches: mpsc::Sender<Batch>,
     done: oneshot::Receiver<StreamVerifier>,
@@ -135,6 +147,27 @@ impl ThreadedDigests {
             workers.push(Worker { batches, done });
         }
         Ok(Self { length, workers })
+    }
+
+    /// The check of an approved image's bytes, its digests on threads of their own; the
+    /// pending image takes the check back ([`PendingImage::finish`]).
+    pub fn for_image(verifier: ImageVerifier) -> Result<(PendingImage, Self), DigestThreadError> {
+        let (pending, stream) = verifier.into_stream();
+        Ok((pending, Self::start(stream)?))
+    }
+
+    /// Feeds everything `input` holds, in batches of [`BATCH_BYTES`] (a kept file re-hashed
+    /// before it is trusted). On a blocking thread.
+    pub fn feed_blocking(&mut self, mut input: impl std::io::Read) -> Result<(), FeedError> {
+        loop {
+            let mut buf = BytesMut::zeroed(BATCH_BYTES);
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.truncate(n);
+            self.update_blocking(buf.freeze().into())?;
+        }
     }
 
     /// Checks the length: refuses at once a batch that goes past the approved length, before

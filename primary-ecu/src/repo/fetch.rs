@@ -280,22 +280,16 @@ impl Fetcher {
             // Wait for a chunk, then take what else has already arrived, up to a batch: a fast
             // link gives batches of a megabyte, a slow one hands on each chunk as it comes
             // (so an interrupted download keeps what arrived).
-            let chunk = match body.next().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            };
-            let mut full = batcher.push(chunk);
             let mut end = None;
-            while full.is_none() {
+            let mut full = match body.next().await {
+                Ok(Some(chunk)) => batcher.push(chunk),
+                other => break other.map(drop),
+            };
+            while full.is_none() && end.is_none() {
                 match body.next().now_or_never() {
                     None => break,
                     Some(Ok(Some(chunk))) => full = batcher.push(chunk),
-                    Some(Ok(None)) => end = Some(Ok(())),
-                    Some(Err(e)) => end = Some(Err(e)),
-                }
-                if end.is_some() {
-                    break;
+                    Some(other) => end = Some(other.map(drop)),
                 }
             }
             let batch = full.unwrap_or_else(|| batcher.take());
@@ -304,10 +298,6 @@ impl Fetcher {
                 break end;
             }
         };
-        // What arrived before an interruption is kept (hashed and written), so that a resumed
-        // download asks for the bytes after it.
-        self.hand_on(url, batcher.take(), digests, &mut writer)
-            .await?;
         writer.finish().await.map_err(io_err)?;
         ended
     }
