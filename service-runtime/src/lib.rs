@@ -2,7 +2,8 @@
 //! future that completes on SIGTERM or SIGINT, one exit status convention, atomic file
 //! writes ([`files`]), image digests on threads of their own ([`digest`]), TLS with rustls ([`tls`]), the HTTP accept loop and client builder
 //! that refuse clear text by default ([`http`]) and the certificates the programs make
-//! ([`pki`]). Kept apart so the servers and agents stay thin (linkerd's thin `main`).
+//! ([`pki`]), and the memory allocator. Kept apart so the servers and agents stay thin
+//! (linkerd's thin `main`).
 
 pub mod digest;
 pub mod files;
@@ -13,6 +14,13 @@ pub mod throttle;
 pub mod tls;
 
 use std::process::ExitCode;
+
+/// Every program of the workspace allocates through mimalloc. Reading a large targets file
+/// and verifying manifests make many small, short-lived allocations; with the system
+/// allocator they were a third of the typed reading of a 10,000-target file (issue 15,
+/// docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// An error and its causes in one line (`a: b: c`), each cause once: what reqwest, tonic
 /// and rustls put in the chain (an unknown certificate issuer, a refused connection) is

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
+use ed25519_dalek::Signer as _;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use ed25519_dalek::{Signer as _, Verifier as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use zeroize::Zeroize;
@@ -181,7 +181,7 @@ impl PublicKey {
             Verifier::Ed25519(key) => ed25519_dalek::Signature::from_slice(&sig)
                 .is_ok_and(|s| key.verify_strict(message, &s).is_ok()),
             Verifier::EcdsaP256(key) => p256::ecdsa::Signature::from_der(&sig)
-                .is_ok_and(|s| key.verify(message, &s).is_ok()),
+                .is_ok_and(|s| p256::ecdsa::signature::Verifier::verify(key, message, &s).is_ok()),
             Verifier::RsaPss(key) => verify_rsa_pss(key, message, &sig),
             Verifier::Unusable(_) => false,
         }

@@ -163,6 +163,18 @@ pub(crate) fn parse_envelope<R: Signed>(
     bytes: &[u8],
     role: &str,
 ) -> Result<Envelope<R>, VerifyError> {
+    parse_envelope_checked(bytes, role, |_, _| Ok(()))
+}
+
+/// [`parse_envelope`], with `check` run on the canonical bytes and the signatures as soon as
+/// they exist: for a large document, the signature check then runs beside the typed reading
+/// instead of after it. Errors are reported as in sequence: the typed reading's first, then
+/// the canonical form's, then `check`'s.
+fn parse_envelope_checked<R: Signed>(
+    bytes: &[u8],
+    role: &str,
+    check: impl FnOnce(&[u8], &BTreeMap<String, String>) -> Result<(), VerifyError> + Send,
+) -> Result<Envelope<R>, VerifyError> {
     let malformed = |reason: String| VerifyError::Malformed {
         role: role.to_string(),
         reason,
@@ -182,15 +194,19 @@ pub(crate) fn parse_envelope<R: Signed>(
     if !text.starts_with('{') {
         return Err(malformed("signed is not an object".into()));
     }
-    // The canonical form (what signatures cover) and the typed reading need nothing from
-    // each other: on two cores for a large document.
+    // The canonical form (what signatures cover, and then the signatures) and the typed
+    // reading need nothing from each other: on two cores for a large document.
     let (canonical, value) = crate::both::both(
         text.len(),
-        || cjson::canonicalize_json_text(text.as_bytes()),
+        || {
+            let canonical = cjson::canonicalize_json_text(text.as_bytes())
+                .map_err(|e| malformed(e.to_string()))?;
+            check(&canonical, &signatures).map(|()| canonical)
+        },
         || read_signed::<R>(text, role),
     );
     let value = value?;
-    let canonical = canonical.map_err(|e| malformed(e.to_string()))?;
+    let canonical = canonical?;
     Ok(Envelope {
         value,
         canonical,
@@ -235,29 +251,7 @@ impl<R> Envelope<R> {
         keys: &BTreeMap<KeyId, PublicKey>,
         authorized: &RoleKeys,
     ) -> Result<(), VerifyError> {
-        // Count distinct decoded key material, so one key listed under several ids counts
-        // once, however its text is encoded (PEM line breaks, hex case, compressed points).
-        let mut counted: BTreeSet<Vec<u8>> = BTreeSet::new();
-        for keyid in &authorized.keyids {
-            let (Some(key), Some(sig)) = (keys.get(keyid), self.signatures.get(keyid.as_str()))
-            else {
-                continue;
-            };
-            if let Some(material) = key.material()
-                && key.verify(&self.canonical, sig)
-            {
-                counted.insert(material);
-            }
-        }
-        let valid = u32::try_from(counted.len()).unwrap_or(u32::MAX);
-        if authorized.threshold == 0 || valid < authorized.threshold {
-            return Err(VerifyError::Threshold {
-                role: role.to_string(),
-                valid,
-                threshold: authorized.threshold,
-            });
-        }
-        Ok(())
+        check_threshold(role, &self.canonical, &self.signatures, keys, authorized)
     }
 
     pub(crate) fn into_verified(self, raw: &Raw<R>) -> Verified<R> {
@@ -266,6 +260,38 @@ impl<R> Envelope<R> {
             bytes: Arc::clone(&raw.bytes),
         }
     }
+}
+
+/// Checks that at least `threshold` distinct keys among `authorized` signed `canonical`.
+fn check_threshold(
+    role: &str,
+    canonical: &[u8],
+    signatures: &BTreeMap<String, String>,
+    keys: &BTreeMap<KeyId, PublicKey>,
+    authorized: &RoleKeys,
+) -> Result<(), VerifyError> {
+    // Count distinct decoded key material, so one key listed under several ids counts
+    // once, however its text is encoded (PEM line breaks, hex case, compressed points).
+    let mut counted: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for keyid in &authorized.keyids {
+        let (Some(key), Some(sig)) = (keys.get(keyid), signatures.get(keyid.as_str())) else {
+            continue;
+        };
+        if let Some(material) = key.material()
+            && key.verify(canonical, sig)
+        {
+            counted.insert(material);
+        }
+    }
+    let valid = u32::try_from(counted.len()).unwrap_or(u32::MAX);
+    if authorized.threshold == 0 || valid < authorized.threshold {
+        return Err(VerifyError::Threshold {
+            role: role.to_string(),
+            valid,
+            threshold: authorized.threshold,
+        });
+    }
+    Ok(())
 }
 
 /// Verifies `raw` as role `role` against `keys` and the role's `authorized` key ids and
@@ -278,8 +304,9 @@ pub fn verify_role<R: Signed>(
     keys: &BTreeMap<KeyId, PublicKey>,
     authorized: &RoleKeys,
 ) -> Result<Verified<R>, VerifyError> {
-    let envelope = parse_envelope::<R>(raw.as_bytes(), role)?;
-    envelope.check_threshold(role, keys, authorized)?;
+    let envelope = parse_envelope_checked::<R>(raw.as_bytes(), role, |canonical, signatures| {
+        check_threshold(role, canonical, signatures, keys, authorized)
+    })?;
     Ok(envelope.into_verified(raw))
 }
 
@@ -335,16 +362,13 @@ pub fn verify_signed_by<T: Signed>(
     raw: &Raw<T>,
     key: &PublicKey,
 ) -> Result<Verified<T>, VerifyError> {
-    let type_name = T::TYPE;
-    let envelope = parse_envelope::<T>(raw.as_bytes(), type_name)?;
     let keyid = key.key_id();
     let keys = BTreeMap::from([(keyid.clone(), key.clone())]);
     let authorized = RoleKeys {
         keyids: vec![keyid],
         threshold: 1,
     };
-    envelope.check_threshold(type_name, &keys, &authorized)?;
-    Ok(envelope.into_verified(raw))
+    verify_role(raw, T::TYPE, &keys, &authorized)
 }
 
 #[cfg(test)]
@@ -352,6 +376,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::crypto::SigningKey;
     use crate::metadata::{Targets, Timestamp};
     use crate::sign::{RootBuilder, TargetsBuilder, delegated_role, sign_value};
     use crate::testing::{key, later};
@@ -574,5 +599,42 @@ mod tests {
             if digest.starts_with('0') { "1" } else { "0" }.to_string(),
         ]);
         assert!(!role.covers("file.txt"));
+    }
+
+    /// A document large enough that its signatures are checked beside its typed reading
+    /// (`both::PARALLEL_BYTES`) reports what the sequential order would: a schema error
+    /// before a bad signature, a bad signature when the schema holds, and a valid one is read.
+    #[test]
+    fn a_large_document_reports_errors_in_the_sequential_order() {
+        let k = key(3);
+        let other = key(4);
+        let mut signed =
+            serde_json::from_slice::<Value>(&TargetsBuilder::new(1, later()).sign(&[&k]).unwrap())
+                .unwrap()["signed"]
+                .clone();
+        let padding = "p".repeat(crate::both::PARALLEL_BYTES);
+        signed["custom"] = json!({ "padding": padding });
+        let keys = BTreeMap::from([(k.key_id(), k.public_key().clone())]);
+        let authorized = RoleKeys {
+            keyids: vec![k.key_id()],
+            threshold: 1,
+        };
+        let check = |signed: &Value, by: &SigningKey| {
+            let raw = Raw::<Targets>::new(sign_value(signed, &[by]).unwrap());
+            assert!(raw.as_bytes().len() > crate::both::PARALLEL_BYTES);
+            verify_role(&raw, "targets", &keys, &authorized)
+        };
+        let read = check(&signed, &k).unwrap();
+        assert_eq!(read.custom.as_ref().unwrap()["padding"], json!(padding));
+        assert!(
+            matches!(
+                check(&signed, &other),
+                Err(VerifyError::Threshold { valid: 0, .. })
+            ),
+            "a signature by a key not authorized"
+        );
+        let mut wrong_schema = signed.clone();
+        wrong_schema["version"] = json!("one");
+        assert!(malformed(check(&wrong_schema, &other)));
     }
 }
