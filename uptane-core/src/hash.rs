@@ -245,7 +245,8 @@ pub fn sha512_hex(bytes: &[u8]) -> String {
     hex::encode(Sha512::digest(bytes))
 }
 
-/// The `hashes` object our repositories publish: sha256 and sha512.
+/// sha256 and sha512 of `bytes`: what an image entry lists when `image-repo add --hash sha512`
+/// asks for both (by default images and metadata list sha256 alone, `docs/POUF.md`).
 pub fn standard_hashes(bytes: &[u8]) -> Hashes {
     Hashes::from([
         ("sha256".to_string(), sha256_hex(bytes)),

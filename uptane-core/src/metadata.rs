@@ -18,7 +18,7 @@ use crate::time::UtcTime;
 pub const SPEC_VERSION: &str = "1.0.31";
 
 /// Behaviour every top-level and delegated role shares.
-pub trait Role: serde::de::DeserializeOwned + Serialize {
+pub trait Role: serde::de::DeserializeOwned + Serialize + Send {
     /// The `_type` value of this role.
     const TYPE: &'static str;
     /// Version, expiry and spec version.
@@ -302,7 +302,7 @@ where
 }
 
 /// A signed document type: what `_type` it carries and the checks serde cannot express.
-pub trait Signed: serde::de::DeserializeOwned + Serialize {
+pub trait Signed: serde::de::DeserializeOwned + Serialize + Send {
     /// The `_type` value of this document.
     const TYPE: &'static str;
     /// The `_type` the document carries.

@@ -194,18 +194,19 @@ fn parse_envelope_checked<R: Signed>(
     if !text.starts_with('{') {
         return Err(malformed("signed is not an object".into()));
     }
-    // The canonical form (what signatures cover, and then the signatures) and the typed
-    // reading need nothing from each other: on two cores for a large document.
-    let (canonical, value) = crate::both::both(
+    // The typed reading, and the canonical form (what signatures cover) with the signature
+    // check, need nothing from each other: on two cores for a large document. A small one is
+    // read first and its signatures are checked only if it reads (no signature work on a
+    // malformed document).
+    let (value, canonical) = crate::both::check_then(
         text.len(),
+        || read_signed::<R>(text, role),
         || {
             let canonical = cjson::canonicalize_json_text(text.as_bytes())
                 .map_err(|e| malformed(e.to_string()))?;
             check(&canonical, &signatures).map(|()| canonical)
         },
-        || read_signed::<R>(text, role),
-    );
-    let value = value?;
+    )?;
     let canonical = canonical?;
     Ok(Envelope {
         value,
@@ -636,5 +637,24 @@ mod tests {
         let mut wrong_schema = signed.clone();
         wrong_schema["version"] = json!("one");
         assert!(malformed(check(&wrong_schema, &other)));
+    }
+
+    /// A small document that does not read as its type costs no signature check.
+    #[test]
+    fn a_small_malformed_document_is_not_checked_for_signatures() {
+        let k = key(3);
+        let mut signed =
+            serde_json::from_slice::<Value>(&TargetsBuilder::new(1, later()).sign(&[&k]).unwrap())
+                .unwrap()["signed"]
+                .clone();
+        signed["version"] = json!("one");
+        let bytes = sign_value(&signed, &[&k]).unwrap();
+        let checked = std::sync::atomic::AtomicBool::new(false);
+        let read = parse_envelope_checked::<Targets>(&bytes, "targets", |_, _| {
+            checked.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        });
+        assert!(malformed(read));
+        assert!(!checked.load(std::sync::atomic::Ordering::Relaxed));
     }
 }
