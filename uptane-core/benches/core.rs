@@ -15,11 +15,6 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-// The allocator every program of the workspace uses (service-runtime declares it for them;
-// the core itself is allocator-agnostic).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use uptane_core::cjson;
 use uptane_core::crypto::SigningKey;
 use uptane_core::hash::{Hashes, StreamVerifier};
@@ -29,6 +24,11 @@ use uptane_core::sign::{RootBuilder, SnapshotBuilder, TargetsBuilder, TimestampB
 use uptane_core::time::parse_expires;
 use uptane_core::trusted::{ImageRepo, Limits};
 use uptane_core::verify::{Raw, verify_role};
+
+// The allocator every program of the workspace uses (service-runtime declares it for them;
+// the core itself is allocator-agnostic).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn median(mut runs: Vec<Duration>) -> Duration {
     runs.sort();
