@@ -361,7 +361,7 @@ impl World {
                     TargetFile {
                         length: bytes.len() as u64,
                         hashes: uptane_core::hash::standard_hashes(bytes),
-                        custom: Some(director_target_custom(serial, hardware_id, *counter)),
+                        custom: Some(director_target_custom(serial, hardware_id, *counter).into()),
                     },
                 )
             })
@@ -989,10 +989,9 @@ fn uptane_scenarios() -> Vec<Scenario> {
                     TargetFile {
                         length: evil.len() as u64,
                         hashes: uptane_core::hash::standard_hashes(&evil),
-                        custom: Some(uptane_core::uptane::image_target_custom(
-                            &["hw-brake"],
-                            counter,
-                        )),
+                        custom: Some(
+                            uptane_core::uptane::image_target_custom(&["hw-brake"], counter).into(),
+                        ),
                     },
                 ));
                 let targets = targets_with(&current, current.common.version + 1, later(), entries);

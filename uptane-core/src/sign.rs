@@ -248,7 +248,7 @@ impl TargetsBuilder {
             TargetFile {
                 length: content.len() as u64,
                 hashes: standard_hashes(content),
-                custom,
+                custom: custom.map(Into::into),
             },
         )
     }
@@ -266,7 +266,7 @@ impl TargetsBuilder {
             TargetFile {
                 length,
                 hashes,
-                custom,
+                custom: custom.map(Into::into),
             },
         )
     }

@@ -257,12 +257,11 @@ fn director_entries(targets: &Targets, vin: &Vin) -> Result<Vec<DirectorTarget>,
             reason: reason.to_string(),
         };
         let ecus = info
-            .custom
-            .as_ref()
+            .custom_value()
             .and_then(|c| c.get("ecuIdentifiers"))
             .and_then(Value::as_object)
             .ok_or_else(|| bad("missing custom.ecuIdentifiers"))?;
-        let counter = release_counter(path, info.custom.as_ref())?;
+        let counter = release_counter(path, info.custom_value())?;
         for (serial, ecu) in ecus {
             let serial = EcuSerial::new(serial.as_str()).map_err(|e| bad(&e.to_string()))?;
             // Uptane §5.4.4.6 step 7.
@@ -443,8 +442,7 @@ pub fn approve(
     }
     // Step 10.2.2: SHALL-match custom fields: hardware id and release counter.
     let hardware_ids: Vec<&str> = info
-        .custom
-        .as_ref()
+        .custom_value()
         .and_then(|c| c.get("hardwareIds"))
         .and_then(Value::as_array)
         .map(|ids| ids.iter().filter_map(Value::as_str).collect())
@@ -456,7 +454,7 @@ pub fn approve(
             expected: format!("the Image repository's {hardware_ids:?}"),
         });
     }
-    let image_counter = release_counter(&director.path, info.custom.as_ref())?;
+    let image_counter = release_counter(&director.path, info.custom_value())?;
     if image_counter != director.release_counter {
         return Err(UptaneError::Mismatch {
             target: target(),

@@ -45,11 +45,8 @@ pub fn store_initial_root(
 /// Root version `version`, if published.
 pub fn root(conn: &Connection, version: u64) -> Result<Option<Vec<u8>>, DirectorError> {
     Ok(conn
-        .query_row(
-            "SELECT body FROM roots WHERE version = ?1",
-            [version as i64],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT body FROM roots WHERE version = ?1")?
+        .query_row([version as i64], |r| r.get(0))
         .optional()?)
 }
 
@@ -126,8 +123,10 @@ pub fn sign_vehicle_metadata(
     let content = json!([content, reset]);
     let content_sha256 = sha256_hex(content.to_string().as_bytes());
     let stored: Option<StoredMetadata> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT content_sha256, targets_version, snapshot_version, timestamp_version, expires, root_version FROM vehicle_metadata WHERE vin = ?1",
+        )?
+        .query_row(
             [vin],
             |r| {
                 Ok(StoredMetadata {
@@ -237,8 +236,10 @@ pub fn store_vehicle_metadata(
     signed: &SignedMetadata,
 ) -> Result<bool, DirectorError> {
     let stored: Option<(i64, i64, i64)> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT targets_version, snapshot_version, timestamp_version FROM vehicle_metadata WHERE vin = ?1",
+        )?
+        .query_row(
             [&signed.vin],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -248,12 +249,13 @@ pub fn store_vehicle_metadata(
         return Ok(false);
     }
     let (tv, sv, tsv) = signed.versions;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO vehicle_metadata (vin, content_sha256, targets_version, snapshot_version, timestamp_version, targets, snapshot, timestamp, expires, targets_entries, root_version)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (vin) DO UPDATE SET content_sha256 = ?2, targets_version = ?3, snapshot_version = ?4,
              timestamp_version = ?5, targets = ?6, snapshot = ?7, timestamp = ?8, expires = ?9, targets_entries = ?10, root_version = ?11",
-        params![
+    )?
+    .execute(params![
             signed.vin,
             signed.content_sha256,
             tv as i64,
@@ -357,8 +359,8 @@ pub fn stored_file(conn: &Connection, vin: &str, file: &str) -> Result<StoredFil
         _ => "targets",
     };
     let row: Option<(Vec<u8>, i64, i64, String)> = conn
+        .prepare_cached(&format!("SELECT {column}, snapshot_version, targets_version, targets_entries FROM vehicle_metadata WHERE vin = ?1"))?
         .query_row(
-            &format!("SELECT {column}, snapshot_version, targets_version, targets_entries FROM vehicle_metadata WHERE vin = ?1"),
             [vin],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
@@ -441,7 +443,7 @@ mod tests {
         TargetFile {
             length: bytes.len() as u64,
             hashes: uptane_core::hash::standard_hashes(bytes),
-            custom: Some(image_target_custom(&["hw-door"], 2)),
+            custom: Some(image_target_custom(&["hw-door"], 2).into()),
         }
     }
 
@@ -536,11 +538,11 @@ mod tests {
             .unwrap();
             let door = &targets.targets["door.bin"];
             assert_eq!(door.hashes, image(b"door v1 fixed").hashes);
-            let ecus = door.custom.as_ref().unwrap()["ecuIdentifiers"]
+            let ecus = door.custom_value().unwrap()["ecuIdentifiers"]
                 .as_object()
                 .unwrap();
             assert_eq!(ecus.keys().collect::<Vec<_>>(), ["DOOR-R"]);
-            assert_eq!(door.custom.as_ref().unwrap()["correlationId"], new.as_str());
+            assert_eq!(door.custom_value().unwrap()["correlationId"], new.as_str());
             Ok::<_, DirectorError>(())
         })
         .unwrap();

@@ -42,8 +42,9 @@ pub fn latest_root(conn: &Connection) -> Result<Verified<Root>, DirectorError> {
 }
 
 pub(super) fn latest_version(conn: &Connection) -> Result<u64, DirectorError> {
-    let version: Option<i64> =
-        conn.query_row("SELECT MAX(version) FROM roots", [], |r| r.get(0))?;
+    let version: Option<i64> = conn
+        .prepare_cached("SELECT MAX(version) FROM roots")?
+        .query_row([], |r| r.get(0))?;
     Ok(version.unwrap_or(0) as u64)
 }
 

@@ -43,11 +43,8 @@ pub fn reset_time(
 /// The reset number to sign into `vin`'s targets.
 pub fn current_reset(conn: &Connection, vin: &str) -> Result<u64, DirectorError> {
     let reset: Option<i64> = conn
-        .query_row(
-            "SELECT time_reset FROM vehicles WHERE vin = ?1",
-            [vin],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT time_reset FROM vehicles WHERE vin = ?1")?
+        .query_row([vin], |r| r.get(0))
         .optional()?;
     Ok(reset.unwrap_or(0) as u64)
 }

@@ -122,8 +122,7 @@ pub(super) fn check_authorized(
         });
     }
     let listed: Vec<&str> = info
-        .custom
-        .as_ref()
+        .custom_value()
         .and_then(|c| c.get("hardwareIds"))
         .and_then(|h| h.as_array())
         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
