@@ -87,10 +87,13 @@ const STATEMENT_CACHE: usize = 64;
 
 /// Makes `conn` keep what it has prepared: a statement cache for every statement of the
 /// request paths, and SQLite's query planner stability guarantee. Without the guarantee
-/// SQLite (built with STAT4, as rusqlite bundles it) marks some statements, such as one
-/// joining on an `IN` list, to be planned again whenever a parameter is bound, so a cached
-/// statement was parsed and planned anew on every call (a fifth of the Director's time
-/// signing vehicle metadata). Our queries have one good plan whatever the values.
+/// SQLite's planner marks some statements (here a join, or an `ORDER BY`, over `vin = ?1
+/// AND status IN (...)`) as worth planning again for other values of a parameter, and
+/// rusqlite clears a statement's bindings when it returns it to the cache, which expires a
+/// statement so marked: the cached statement was parsed and planned anew on every call (a
+/// fifth of the Director's time signing vehicle metadata). Under the guarantee a plan never
+/// adapts to values, so a partial index or a `LIKE ?` prefix search would not be used for a
+/// bound parameter; our queries use neither and have one good plan whatever the values.
 fn keep_plans(conn: &Connection) -> Result<(), DbError> {
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.set_db_config(

@@ -175,6 +175,13 @@ pub fn sixty_megabytes() -> reqwest::Body {
     reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
 }
 
+/// How much a server's peak resident memory may rise under [`unauthenticated_uploads`], in
+/// KiB. Buffering the eight 60 MB bodies would be 480 MB; what a refused upload may cost is
+/// what its connection's flow-control window let the client send before the refusal (hyper's
+/// HTTP/2 default, 1 MiB) and the TLS and allocator buffers around it: 2 MiB each. At 1 MiB
+/// each, the bound the window alone sets, a healthy server failed one run in two (8.3-8.6 MiB).
+pub const UPLOADS_MEMORY_BOUND_KIB: u64 = 8 * 2 * 1024;
+
 /// Eight concurrent unauthenticated 60 MB uploads to each server (images and metadata to the
 /// Image repository, registrations and manifests to the Director). Returns, per server, its
 /// peak resident memory before and after, in KiB; an error for an upload that was accepted.

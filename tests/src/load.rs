@@ -522,7 +522,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                 while cycles.try_join_next().is_some() {}
             }
             while cycles.join_next().await.is_some() {}
-            scheduled
+            (scheduled, tokio::time::Instant::now())
         })
     };
 
@@ -553,7 +553,9 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         load.exchange("assign", request).await;
     }
     let assigned_in = assign_started.elapsed().as_secs_f64();
-    let scheduled = scheduler.await.unwrap_or(0);
+    let (scheduled, served_at) = scheduler
+        .await
+        .map_err(|e| format!("the load test's scheduler failed: {e}"))?;
     let elapsed = start.elapsed().as_secs_f64();
     load.measuring.store(false, Ordering::Relaxed);
     let (director_after, image_after, me_after) = (
@@ -625,13 +627,13 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
     // A fleet served more slowly than it polls falls behind a little more every interval; a
     // short run ends before any cycle is a whole interval late, so the schedule's overrun is
     // checked too (the last cycle is due just before the end and takes milliseconds).
-    let overrun = elapsed - duration.as_secs_f64();
-    let behind = overrun > 1.0 + duration.as_secs_f64() / 50.0;
+    let served_in = (served_at - start).as_secs_f64();
+    let behind = served_in - duration.as_secs_f64() > 1.0 + duration.as_secs_f64() / 50.0;
     if behind {
         line(format!(
-            "error: the cycles scheduled over {} s took {elapsed:.1} s to serve: {:.0} cycles/s of the {:.0} the fleet asks",
+            "error: the cycles scheduled over {} s took {served_in:.1} s to serve: {:.0} cycles/s of the {:.0} the fleet asks",
             duration.as_secs(),
-            scheduled as f64 / elapsed,
+            scheduled as f64 / served_in,
             args.vehicles as f64 / poll.as_secs_f64()
         ));
     }

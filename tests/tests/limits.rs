@@ -13,8 +13,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use uptane_tests::flood::{
-    MAX_FLOOD_ROWS, addr, closed_within, hold_half_open, last_security_event, partial_headers,
-    security_events_after, tls, unauthenticated_flood, unauthenticated_uploads,
+    MAX_FLOOD_ROWS, UPLOADS_MEMORY_BOUND_KIB, addr, closed_within, hold_half_open,
+    last_security_event, partial_headers, security_events_after, tls, unauthenticated_flood,
+    unauthenticated_uploads,
 };
 use uptane_tests::sim::Fleet;
 
@@ -98,7 +99,7 @@ async fn unauthenticated_60_mb_uploads_are_refused_before_their_bodies_cost_memo
     let fleet = Fleet::start();
     for (name, before, after) in unauthenticated_uploads(&fleet).await.unwrap() {
         assert!(
-            after <= before + 8 * 1024,
+            after <= before + UPLOADS_MEMORY_BOUND_KIB,
             "{name}: peak resident memory rose from {before} KiB to {after} KiB"
         );
     }

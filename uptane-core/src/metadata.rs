@@ -183,20 +183,30 @@ impl TargetFile {
 /// first use. A client reads every entry of a targets file but looks at the custom fields of
 /// the few entries meant for it; building a `Value` for each of 10,000 entries was about a
 /// quarter of reading the file. Equality, serialization and `Debug` are those of the value.
+///
+/// Reading captures the text with serde_json's raw-value scanner, which accepts a little
+/// that a `Value` does not (a lone surrogate escape, a number beyond `f64`, nesting deeper
+/// than 128). A verified document never holds such text (the canonical form refuses all
+/// three before the document is trusted); an unverified one that does is kept apart: its
+/// value reads as `null` (every field the Uptane checks require is then missing, so the
+/// entry is refused), it equals only the same text, and it does not serialize.
 #[derive(Clone)]
 pub struct Custom {
     text: Box<serde_json::value::RawValue>,
-    value: std::sync::OnceLock<Value>,
+    value: std::sync::OnceLock<Option<Value>>,
 }
 
 impl Custom {
-    /// The value. The text is JSON (the reader checked it), and a verified document's
-    /// nesting is within what the canonicalizer allows, which is within what serde_json
-    /// parses; should the text ever fail to parse, the value is `null`, so every field the
-    /// Uptane checks require reads as missing and the entry is refused, never trusted.
+    /// The value (`null` if the text does not parse; see the type's documentation).
     pub fn value(&self) -> &Value {
+        static UNREADABLE: Value = Value::Null;
+        self.parsed().unwrap_or(&UNREADABLE)
+    }
+
+    fn parsed(&self) -> Option<&Value> {
         self.value
-            .get_or_init(|| serde_json::from_str(self.text.get()).unwrap_or(Value::Null))
+            .get_or_init(|| serde_json::from_str(self.text.get()).ok())
+            .as_ref()
     }
 }
 
@@ -206,14 +216,17 @@ impl From<Value> for Custom {
             serde_json::value::to_raw_value(&value).expect("a serde_json Value always serializes");
         Self {
             text,
-            value: std::sync::OnceLock::from(value),
+            value: std::sync::OnceLock::from(Some(value)),
         }
     }
 }
 
 impl PartialEq for Custom {
     fn eq(&self, other: &Self) -> bool {
-        self.value() == other.value()
+        match (self.parsed(), other.parsed()) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.text.get() == other.text.get(),
+        }
     }
 }
 
@@ -221,13 +234,20 @@ impl Eq for Custom {}
 
 impl std::fmt::Debug for Custom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.value().fmt(f)
+        match self.parsed() {
+            Some(value) => value.fmt(f),
+            None => write!(f, "unreadable custom {}", self.text.get()),
+        }
     }
 }
 
 impl Serialize for Custom {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.value().serialize(serializer)
+        self.parsed()
+            .ok_or_else(|| {
+                serde::ser::Error::custom("a target's custom field is JSON no Value can hold")
+            })?
+            .serialize(serializer)
     }
 }
 
@@ -622,6 +642,18 @@ mod tests {
         assert_eq!(from_value, read);
         let broken = r#"{"length":3,"hashes":{"sha256":"ab"},"custom":{"hardwareIds":[}}"#;
         assert!(serde_json::from_str::<TargetFile>(broken).is_err());
+        // Text the raw scanner takes but no Value holds (never in a verified document): read
+        // as null, equal only to itself, and not written back as anything else.
+        let odd = |n: &str| {
+            serde_json::from_str::<TargetFile>(&format!(
+                r#"{{"length":3,"hashes":{{"sha256":"ab"}},"custom":{{"x":"\ud800","n":{n}}}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(odd("1").custom_value(), Some(&Value::Null));
+        assert_eq!(odd("1"), odd("1"));
+        assert_ne!(odd("1"), odd("2"));
+        assert!(serde_json::to_string(&odd("1")).is_err());
         let none: TargetFile =
             serde_json::from_str(r#"{"length":3,"hashes":{"sha256":"ab"},"custom":null}"#).unwrap();
         assert_eq!(none.custom_value(), None);

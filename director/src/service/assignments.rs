@@ -462,8 +462,9 @@ mod tests {
     use crate::db::Db;
 
     /// The query every metadata signing makes is parsed and planned once per connection, not
-    /// on every call: SQLite would plan it again for each new VIN bound to it unless the
-    /// connection keeps its plans (`db.rs`), which cost a fifth of signing vehicle metadata.
+    /// on every call: SQLite would plan it again each time it is taken from the statement
+    /// cache unless the connection keeps its plans (`db.rs` `keep_plans`), which cost a fifth
+    /// of signing vehicle metadata.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_active_entries_query_is_planned_once_per_connection() {
         let dir = tempfile::tempdir().unwrap();
