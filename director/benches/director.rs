@@ -1,4 +1,5 @@
-//! Director benchmarks with 100,000 registered vehicles. Run with
+//! Director benchmarks with 100,000 registered vehicles (`BENCH_VEHICLES=N` for another
+//! number; the requests measured go to the first 100,000). Run with
 //! `cargo bench -p director --bench director` (uses `wrk` when installed).
 //!
 //! 1. Vehicle version manifests verified and recorded per second through the service: a
@@ -29,7 +30,16 @@ use uptane_core::manifest::{
     ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
 };
 
+/// Registered vehicles unless `BENCH_VEHICLES` says otherwise.
 const VEHICLES: usize = 100_000;
+
+fn vehicles() -> usize {
+    std::env::var("BENCH_VEHICLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(VEHICLES)
+        .max(VEHICLES)
+}
 /// Vehicles whose manifests are measured: the first one at a time, the rest many at once.
 const MANIFESTS: usize = 6_000;
 const ONE_AT_A_TIME: usize = 1_000;
@@ -57,7 +67,7 @@ fn seed(db: &Db) {
         {
             let mut vehicle = tx.prepare("INSERT INTO vehicles (vin, credential_sha256, created_at) VALUES (?1, ?2, 'now')")?;
             let mut ecu = tx.prepare("INSERT INTO ecus (serial, vin, hardware_id, public_key, is_primary) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-            for i in 0..VEHICLES {
+            for i in 0..vehicles() {
                 let v = vin(i);
                 vehicle.execute(params![v, sha256_hex(format!("cred-{v}").as_bytes())])?;
                 for j in 0..3 {
@@ -139,7 +149,8 @@ fn main() {
     let start = Instant::now();
     seed(&db);
     println!(
-        "registered {VEHICLES} vehicles with 3 ECUs each in {:.1} s",
+        "registered {} vehicles with 3 ECUs each in {:.1} s",
+        vehicles(),
         start.elapsed().as_secs_f64()
     );
 
