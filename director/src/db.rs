@@ -103,6 +103,16 @@ fn keep_plans(conn: &Connection) -> Result<(), DbError> {
     Ok(())
 }
 
+/// A read-only connection to the on-disk database at `path`, as the read pool and the root
+/// watch use.
+pub(crate) fn open_read_only(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "query_only", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    keep_plans(&conn)?;
+    Ok(conn)
+}
+
 impl Db {
     /// Opens (creating if needed) the database at `path` and applies migrations.
     pub fn open(path: &Path) -> Result<Self, DbError> {
@@ -110,11 +120,7 @@ impl Db {
         let db = Self::from_connection(writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            let conn = Connection::open(path)?;
-            conn.pragma_update(None, "query_only", "ON")?;
-            conn.busy_timeout(std::time::Duration::from_secs(5))?;
-            keep_plans(&conn)?;
-            readers.push(Mutex::new(conn));
+            readers.push(Mutex::new(open_read_only(path)?));
         }
         Ok(Self {
             readers: Arc::new(Readers {

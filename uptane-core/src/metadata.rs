@@ -192,7 +192,8 @@ impl TargetFile {
 /// entry is refused), it equals only the same text, and it does not serialize.
 #[derive(Clone)]
 pub struct Custom {
-    text: Box<serde_json::value::RawValue>,
+    /// The text it was read from (`None` when built from a value, which needs none).
+    text: Option<Box<serde_json::value::RawValue>>,
     value: std::sync::OnceLock<Option<Value>>,
 }
 
@@ -205,17 +206,22 @@ impl Custom {
 
     fn parsed(&self) -> Option<&Value> {
         self.value
-            .get_or_init(|| serde_json::from_str(self.text.get()).ok())
+            .get_or_init(|| {
+                let text = self.text.as_ref()?;
+                serde_json::from_str(text.get()).ok()
+            })
             .as_ref()
+    }
+
+    fn text(&self) -> Option<&str> {
+        self.text.as_deref().map(serde_json::value::RawValue::get)
     }
 }
 
 impl From<Value> for Custom {
     fn from(value: Value) -> Self {
-        let text =
-            serde_json::value::to_raw_value(&value).expect("a serde_json Value always serializes");
         Self {
-            text,
+            text: None,
             value: std::sync::OnceLock::from(Some(value)),
         }
     }
@@ -225,7 +231,7 @@ impl PartialEq for Custom {
     fn eq(&self, other: &Self) -> bool {
         match (self.parsed(), other.parsed()) {
             (Some(a), Some(b)) => a == b,
-            _ => self.text.get() == other.text.get(),
+            _ => self.text() == other.text(),
         }
     }
 }
@@ -236,7 +242,7 @@ impl std::fmt::Debug for Custom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.parsed() {
             Some(value) => value.fmt(f),
-            None => write!(f, "unreadable custom {}", self.text.get()),
+            None => write!(f, "unreadable custom {}", self.text().unwrap_or_default()),
         }
     }
 }
@@ -254,7 +260,7 @@ impl Serialize for Custom {
 impl<'de> Deserialize<'de> for Custom {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(Self {
-            text: Deserialize::deserialize(deserializer)?,
+            text: Some(Deserialize::deserialize(deserializer)?),
             value: std::sync::OnceLock::new(),
         })
     }

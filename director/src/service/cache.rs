@@ -208,11 +208,8 @@ impl RootWatch {
         let mut watches = Vec::new();
         if let Some(path) = path {
             for _ in 0..WATCHES {
-                let conn = Connection::open(path)?;
-                conn.pragma_update(None, "query_only", "ON")?;
-                conn.busy_timeout(std::time::Duration::from_secs(5))?;
                 watches.push(Mutex::new(Watch {
-                    conn,
+                    conn: crate::db::open_read_only(path)?,
                     seen: i64::MIN,
                     version: 0,
                 }));
