@@ -15,6 +15,7 @@ use serde_json::json;
 use service_runtime::http::ServerLimits;
 use service_runtime::tls::{Fingerprint, PeerIdentity};
 use uptane_core::ids::{EcuSerial, Vin};
+use uptane_core::time::UtcTime;
 
 use crate::error::DirectorError;
 use crate::service::{
@@ -204,14 +205,53 @@ struct ListQuery {
     vin: Option<String>,
     #[serde(default)]
     security: bool,
+    /// Events after this one, oldest first (following the log); without it, newest first.
     #[serde(default)]
-    after: i64,
+    after: Option<i64>,
+    /// Newest first, those before this event (the next page back).
+    #[serde(default)]
+    before: Option<i64>,
+    /// Newest first, those at or after this time (RFC 3339).
+    #[serde(default)]
+    since: Option<String>,
     #[serde(default = "default_limit")]
     limit: u32,
 }
 
+/// Rows a listing returns unless asked for fewer.
+const DEFAULT_LIMIT: u32 = 100;
+/// The most rows one listing call returns: a page, not the table.
+const MAX_LIMIT: u32 = 1000;
+
 fn default_limit() -> u32 {
-    1000
+    DEFAULT_LIMIT
+}
+
+impl ListQuery {
+    /// The page size, refused outside 1..=1000 before any row is read.
+    fn limit(&self) -> Result<u32, DirectorError> {
+        if (1..=MAX_LIMIT).contains(&self.limit) {
+            Ok(self.limit)
+        } else {
+            Err(DirectorError::BadRequest(format!(
+                "limit must be between 1 and {MAX_LIMIT}, not {}",
+                self.limit
+            )))
+        }
+    }
+
+    fn since(&self) -> Result<Option<UtcTime>, DirectorError> {
+        self.since
+            .as_deref()
+            .map(|t| {
+                t.parse::<UtcTime>().map_err(|_| {
+                    DirectorError::BadRequest(format!(
+                        "since must be an RFC 3339 time such as 2026-12-01T00:00:00Z, not {t:?}"
+                    ))
+                })
+            })
+            .transpose()
+    }
 }
 
 async fn list_vehicles(
@@ -220,7 +260,7 @@ async fn list_vehicles(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
-    ok_json(state.service.vehicles(q.limit).await?)
+    ok_json(state.service.vehicles(q.limit()?).await?)
 }
 
 async fn show_vehicle(
@@ -254,8 +294,8 @@ async fn assign(State(state): State<AppState>, headers: HeaderMap, body: Body) -
         Ok(request) => request,
         Err(e) => return Err(state.service.refused("assignment_refused", &actor, e).await),
     };
-    let (correlation_id, entries) = state.service.assign(&actor, request).await?;
-    created(json!({"correlation_id": correlation_id, "ecus": entries}))
+    let assigned = state.service.assign(&actor, request).await?;
+    created(json!(assigned))
 }
 
 async fn list_assignments(
@@ -294,12 +334,17 @@ async fn list_events(
 ) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
     let vin = q.vin.as_deref().map(parse_id).transpose()?;
-    ok_json(
-        state
-            .service
-            .events(vin, q.security, q.after, q.limit)
-            .await?,
-    )
+    let (limit, since) = (q.limit()?, q.since()?);
+    let events = match q.after {
+        Some(after) => state.service.events(vin, q.security, after, limit).await?,
+        None => {
+            state
+                .service
+                .recent_events(vin, q.security, q.before, since, limit)
+                .await?
+        }
+    };
+    ok_json(events)
 }
 
 /// The longest a provisioning token may live: a year.
@@ -422,7 +467,7 @@ async fn list_credentials(
 ) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
     let vin = q.vin.as_deref().map(parse_id).transpose()?;
-    ok_json(state.service.credentials(vin, q.limit).await?)
+    ok_json(state.service.credentials(vin, q.limit()?).await?)
 }
 
 /// A vehicle renews its credential; the new one takes over at its first use.

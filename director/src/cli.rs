@@ -64,7 +64,9 @@ async fn watch_refusals(service: DirectorService, window: chrono::Duration) {
 }
 
 use crate::service::{self, DirectorService, Policy, TokenSelector};
+use service_runtime::cli::{Exit, Fail, failure};
 use service_runtime::http::{ClientTls, ServerLimitsArgs, Transport};
+use service_runtime::outln;
 use service_runtime::tls::{ClientAuth, Fingerprint};
 
 /// The Uptane Director repository.
@@ -76,14 +78,14 @@ pub struct Cli {
 }
 
 /// How operator commands reach the Director.
-#[derive(Debug, Args)]
+#[derive(Args)]
 struct Remote {
     /// URL of the Director (`https://`).
     #[arg(long, env = "DIRECTOR_URL", default_value = "https://127.0.0.1:8081")]
     server: String,
-    /// Operator API token.
-    #[arg(long, env = "DIRECTOR_TOKEN")]
-    token: String,
+    /// Operator API token (`director token create` makes one).
+    #[arg(long, env = "DIRECTOR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// CA certificates (PEM) the Director's certificate chains to [default: the system's].
     #[arg(long, env = "DIRECTOR_CA_CERT")]
     ca_cert: Option<PathBuf>,
@@ -93,6 +95,43 @@ struct Remote {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Remote {
+    /// The operator token, or what to do without one.
+    fn token(&self) -> anyhow::Result<&str> {
+        self.token.as_deref().ok_or_else(|| {
+            failure(
+                Exit::Config,
+                "no operator token: set DIRECTOR_TOKEN or pass --token. Create one on the \
+                 Director's machine with `director token create --dir DIR --label NAME`.",
+            )
+        })
+    }
+}
+
+/// Which page of a listing to read: newest first.
+#[derive(Debug, Args)]
+struct PageArgs {
+    /// Show at most this many rows (1 to 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Only rows older than this id (the next page back: the footer prints it).
+    #[arg(long)]
+    before: Option<i64>,
+    /// Only rows at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,7 +299,7 @@ enum Command {
         #[command(subcommand)]
         command: AssignmentCommand,
     },
-    /// The event log.
+    /// The event log, newest first; `--follow` prints new events as they happen.
     Events {
         #[command(flatten)]
         remote: Remote,
@@ -270,6 +309,16 @@ enum Command {
         /// Only security events.
         #[arg(long)]
         security: bool,
+        #[command(flatten)]
+        page: PageArgs,
+        /// After the newest events, keep printing new ones as they are recorded (until
+        /// interrupted).
+        #[arg(long, conflicts_with = "before")]
+        follow: bool,
+        /// With --follow, how often to ask for new events, in seconds.
+        #[arg(long, default_value_t = 2, requires = "follow",
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        poll_secs: u64,
     },
     /// Provisioning tokens with which Primaries register themselves.
     ProvisioningToken {
@@ -459,6 +508,26 @@ fn db_path(dir: &std::path::Path) -> PathBuf {
     dir.join("director.db")
 }
 
+/// The database of an initialized Director directory, or what to do when `dir` is not one.
+fn open_director(dir: &std::path::Path) -> anyhow::Result<Db> {
+    let path = db_path(dir);
+    if !path.is_file() {
+        return Err(failure(
+            Exit::Config,
+            format!(
+                "{} is not a Director directory (it has no director.db): run `director init \
+                 --dir {}` first, or pass the directory `director serve` uses.",
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
+    Db::open(&path).fail(
+        Exit::Failed,
+        format!("could not open the Director database {}", path.display()),
+    )
+}
+
 /// A root lifetime in days, within reason.
 fn root_lifetime(days: u32) -> anyhow::Result<chrono::Duration> {
     if !(1..=3650).contains(&days) {
@@ -501,45 +570,91 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let tls = ClientTls::new(remote.ca_cert.as_deref(), None, remote.insecure)?;
-    tls.check_url(&remote.server)?;
+    let token = remote.token()?;
+    let tls = ClientTls::new(remote.ca_cert.as_deref(), None, remote.insecure).fail(
+        Exit::Config,
+        "the CA certificate (--ca-cert, DIRECTOR_CA_CERT) is not usable",
+    )?;
+    tls.check_url(&remote.server).fail(
+        Exit::Config,
+        format!(
+            "--server {} (DIRECTOR_URL) is not an https:// URL (plaintext needs --insecure)",
+            remote.server
+        ),
+    )?;
     let client = tls.reqwest()?.build()?;
     let url = format!("{}{path}", remote.server.trim_end_matches('/'));
-    let mut request = client.request(method, &url).bearer_auth(&remote.token);
+    let mut request = client.request(method, &url).bearer_auth(token);
     if let Some(body) = body {
         request = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(&body)?);
     }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("calling {url}"))?;
+    let response = request.send().await.fail(
+        Exit::Unreachable,
+        format!(
+            "could not reach the Director at {}: is it running, and are --server (DIRECTOR_URL) \
+             and --ca-cert right?",
+            remote.server
+        ),
+    )?;
     let status = response.status();
-    let bytes = response.bytes().await?;
+    let bytes = response.bytes().await.fail(
+        Exit::Unreachable,
+        format!("the Director at {} stopped answering", remote.server),
+    )?;
     let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !status.is_success() {
-        bail!(
-            "{url}: HTTP {}: {}",
-            status.as_u16(),
-            value["error"].as_str().unwrap_or("no detail")
-        );
+        let detail = value["error"].as_str().unwrap_or("no detail");
+        let advice = match status.as_u16() {
+            401 => {
+                " Check the operator token (DIRECTOR_TOKEN); `director token create` makes a new one."
+            }
+            403 => " The token may not do this.",
+            _ => "",
+        };
+        return Err(failure(
+            Exit::Refused,
+            format!(
+                "the Director refused the request (HTTP {}: {detail}).{advice}",
+                status.as_u16()
+            ),
+        ));
     }
     Ok(value)
 }
 
+/// The widest a table cell gets; `--json` prints every field whole.
+const MAX_CELL: usize = 80;
+
+/// A cell as a table shows it: control characters (newlines, escape sequences a caller
+/// wrote into an event) made visible rather than sent to the terminal, and cut to
+/// [`MAX_CELL`] characters.
+fn cell(text: &str) -> String {
+    let visible: String = text
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    service_runtime::cli::truncate(&visible, MAX_CELL).into_owned()
+}
+
 fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| row.iter().map(|c| cell(c)).collect())
+        .collect();
+    let width = |c: &str| c.chars().count();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(width(cell));
         }
     }
     let line = |cells: Vec<String>| {
         cells
             .iter()
             .zip(&widths)
-            .map(|(c, w)| format!("{c:w$}"))
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(width(c)))))
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()
@@ -560,12 +675,12 @@ fn text(v: &Value) -> String {
 
 fn print(remote: &Remote, value: &Value, render: impl FnOnce(&Value) -> String) {
     if remote.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(value).expect("JSON serializes")
         );
     } else {
-        println!("{}", render(value));
+        outln!("{}", render(value));
     }
 }
 
@@ -629,22 +744,22 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             label,
             expires_in_days,
         } => {
-            let db = Db::open(&db_path(&dir))?;
+            let db = open_director(&dir)?;
             warn_if_root_expires(&db);
             let lifetime = chrono::Duration::days(i64::from(expires_in_days));
             let token =
                 db.call_blocking(|conn| service::create_api_token(conn, &label, lifetime, now()))?;
-            println!("{token}");
+            outln!("{token}");
         }
         TokenCommand::List { dir, json } => {
-            let db = Db::open(&db_path(&dir))?;
+            let db = open_director(&dir)?;
             warn_if_root_expires(&db);
             let tokens = db.call_blocking(|conn| service::list_api_tokens(conn))?;
             let value = serde_json::to_value(&tokens)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                outln!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                println!("{}", token_table(&value));
+                outln!("{}", token_table(&value));
             }
         }
         TokenCommand::Revoke { dir, id, label } => {
@@ -653,13 +768,128 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
                 (None, Some(label)) => TokenSelector::Label(label),
                 (None, None) => bail!("give --id or --label"),
             };
-            let db = Db::open(&db_path(&dir))?;
+            let db = open_director(&dir)?;
             let n =
                 db.call_blocking(|conn| service::revoke_api_tokens(conn, &which, "cli", now()))?;
-            println!("revoked {n} token(s)");
+            outln!("revoked {n} token(s)");
         }
     }
     Ok(())
+}
+
+const EVENT_COLUMNS: [&str; 8] = [
+    "id",
+    "at",
+    "severity",
+    "kind",
+    "vin",
+    "ecu_serial",
+    "actor",
+    "detail",
+];
+
+fn event_table(events: &[Value]) -> String {
+    table(
+        &[
+            "ID", "AT", "SEVERITY", "KIND", "VIN", "ECU", "ACTOR", "DETAIL",
+        ],
+        events
+            .iter()
+            .map(|e| EVENT_COLUMNS.iter().map(|k| text(&e[*k])).collect())
+            .collect(),
+    )
+}
+
+/// `director events`: a page of the newest events; with `--follow`, then every new event,
+/// oldest first, as it is recorded.
+async fn events_command(
+    remote: &Remote,
+    vin: Option<String>,
+    security: bool,
+    page: &PageArgs,
+    follow: bool,
+    poll_secs: u64,
+) -> anyhow::Result<()> {
+    let mut filter = format!("security={security}");
+    if let Some(vin) = &vin {
+        filter.push_str(&format!("&vin={}", query_value(vin)));
+    }
+    let mut path = format!("/api/v1/events?{filter}&limit={}", page.limit);
+    if let Some(before) = page.before {
+        path.push_str(&format!("&before={before}"));
+    }
+    if let Some(since) = page.since {
+        path.push_str(&format!("&since={}", query_value(&since.to_rfc3339())));
+    }
+    let value = call(remote, reqwest::Method::GET, &path, None).await?;
+    let mut newest = value.as_array().cloned().unwrap_or_default();
+    let mut last = newest.first().and_then(|e| e["id"].as_i64()).unwrap_or(0);
+    if follow {
+        // Oldest first, so that what follows reads on in order.
+        newest.reverse();
+    }
+    if remote.json {
+        if follow {
+            for event in &newest {
+                outln!("{event}");
+            }
+        } else {
+            outln!("{}", serde_json::to_string_pretty(&value)?);
+        }
+    } else {
+        outln!("{}", event_table(&newest));
+        if let Some(oldest) = newest.last().and_then(|e| e["id"].as_i64())
+            && !follow
+            && newest.len() == page.limit as usize
+        {
+            outln!("(older: --before {oldest})");
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(poll_secs));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = service_runtime::shutdown_signal() => return Ok(()),
+        }
+        // Everything recorded since, a page at a time, so a burst is not skipped.
+        loop {
+            let path = format!("/api/v1/events?{filter}&after={last}&limit=1000");
+            let value = call(remote, reqwest::Method::GET, &path, None).await?;
+            let events = value.as_array().cloned().unwrap_or_default();
+            let Some(id) = events.last().and_then(|e| e["id"].as_i64()) else {
+                break;
+            };
+            last = id;
+            for event in &events {
+                if remote.json {
+                    outln!("{event}");
+                } else {
+                    let row = event_table(std::slice::from_ref(event));
+                    outln!("{}", row.lines().nth(1).unwrap_or_default());
+                }
+            }
+            if events.len() < 1000 {
+                break;
+            }
+        }
+    }
+}
+
+/// `value` escaped for a URL query.
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Runs a parsed command line.
@@ -716,7 +946,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Public: vehicles are provisioned with it before they hold a credential.
             let root_path = dir.join("1.root.json");
             std::fs::write(&root_path, &root)?;
-            println!(
+            outln!(
                 "initialized Director in {} ({root_threshold}-of-{root_keys} root keys in {}); \
                  the root to provision vehicles with is {}",
                 dir.display(),
@@ -754,8 +984,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let image_tls = ClientTls::new(tls.ca_cert.as_deref(), None, tls.insecure)?;
             image_tls.check_url(&image_repo)?;
-            let db = Db::open(&db_path(&dir))
-                .with_context(|| format!("opening {}", db_path(&dir).display()))?;
+            let db = open_director(&dir)?;
             let keys = db.call_blocking(|conn| service::KeyRing::load(conn, &dir))?;
             let image_root = std::fs::read(dir.join("image-root.json"))
                 .context("reading the pinned Image repository root")?;
@@ -789,8 +1018,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             let addr = listener.local_addr()?;
-            tracing::info!(%addr, scheme = transport.scheme(), "listening");
-            println!("listening on {addr}");
+            tracing::debug!(%addr, scheme = transport.scheme(), "listening");
+            outln!("listening on {addr}");
             crate::api::serve_within(
                 listener,
                 transport,
@@ -820,7 +1049,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect::<Result<Vec<_>, _>>()?;
                 change.root_keys = Some((new_keys, threshold));
             }
-            let db = Db::open(&db_path(&dir))?;
+            let db = open_director(&dir)?;
             // The new keys are on disk (and durable) before the root that lists them is
             // published: a root whose keys nobody holds could never be rotated again.
             let written: Vec<PathBuf> = change
@@ -854,7 +1083,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     return Err(e.into());
                 }
             };
-            println!(
+            outln!(
                 "published Director root version {version} (expires in {root_lifetime_days} days)"
             );
             warn_if_root_expires(&db);
@@ -873,7 +1102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 roles.iter().map(|r| r.as_str()).collect()
             };
-            let db = Db::open(&db_path(&dir))?;
+            let db = open_director(&dir)?;
             let version = db.call_blocking(|conn| {
                 service::rotation::rotate_online(
                     conn,
@@ -885,7 +1114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     now(),
                 )
             })?;
-            println!(
+            outln!(
                 "published Director root version {version} with new {} key(s); the server signs \
                  with them from its next request",
                 roles.join(", ")
@@ -895,9 +1124,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { remote } => {
             let status = call(&remote, reqwest::Method::GET, "/api/v1/status", None).await?;
             if remote.json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                outln!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                println!(
+                outln!(
                     "Director root version {}, expires {} ({} days)",
                     status["root_version"],
                     status["root_expires_at"].as_str().unwrap_or("?"),
@@ -951,7 +1180,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             VehicleCommand::Credentials { remote, vin } => {
                 let path = match &vin {
-                    Some(vin) => format!("/api/v1/vehicle-credentials?vin={vin}"),
+                    Some(vin) => format!("/api/v1/vehicle-credentials?vin={}", query_value(vin)),
                     None => "/api/v1/vehicle-credentials".into(),
                 };
                 let value = call(&remote, reqwest::Method::GET, &path, None).await?;
@@ -1122,18 +1351,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
             print(&remote, &value, |v| {
-                format!(
+                let mut out = format!(
                     "assignment {}\n{}",
                     text(&v["correlation_id"]),
                     assignment_table(&v["ecus"])
-                )
+                );
+                let superseded = v["superseded"].as_array().map_or(0, Vec::len);
+                if superseded > 0 {
+                    out.push_str(&format!(
+                        "\n\nit supersedes {superseded} earlier entr{} not yet installed (now \
+                         cancelled):\n{}",
+                        if superseded == 1 { "y" } else { "ies" },
+                        assignment_table(&v["superseded"])
+                    ));
+                }
+                out
             });
             Ok(())
         }
         Command::Assignment { command } => match command {
             AssignmentCommand::List { remote, vin } => {
                 let path = match &vin {
-                    Some(vin) => format!("/api/v1/assignments?vin={vin}"),
+                    Some(vin) => format!("/api/v1/assignments?vin={}", query_value(vin)),
                     None => "/api/v1/assignments".into(),
                 };
                 let value = call(&remote, reqwest::Method::GET, &path, None).await?;
@@ -1161,41 +1400,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             remote,
             vin,
             security,
-        } => {
-            let mut path = format!("/api/v1/events?security={security}");
-            if let Some(vin) = &vin {
-                path.push_str(&format!("&vin={vin}"));
-            }
-            let value = call(&remote, reqwest::Method::GET, &path, None).await?;
-            print(&remote, &value, |v| {
-                table(
-                    &[
-                        "ID", "AT", "SEVERITY", "KIND", "VIN", "ECU", "ACTOR", "DETAIL",
-                    ],
-                    v.as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|e| {
-                            [
-                                "id",
-                                "at",
-                                "severity",
-                                "kind",
-                                "vin",
-                                "ecu_serial",
-                                "actor",
-                                "detail",
-                            ]
-                            .iter()
-                            .map(|k| text(&e[*k]))
-                            .collect()
-                        })
-                        .collect(),
-                )
-            });
-            Ok(())
-        }
+            page,
+            follow,
+            poll_secs,
+        } => events_command(&remote, vin, security, &page, follow, poll_secs).await,
         Command::ProvisioningToken { command } => match command {
             ProvisioningCommand::Create {
                 remote,

@@ -10,6 +10,7 @@ use uptane_core::sign::TargetsBuilder;
 use uptane_core::time::UtcTime;
 
 use service_runtime::http::{ClientTls, ServerLimitsArgs, Transport};
+use service_runtime::outln;
 use service_runtime::tls::{ClientAuth, Identity};
 
 use crate::keys;
@@ -22,6 +23,9 @@ use crate::tokens::{TokenSelector, Tokens};
 #[derive(Debug, Parser)]
 #[command(name = "image-repo", version)]
 pub struct Cli {
+    /// Print JSON instead of sentences and tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,7 +47,7 @@ struct Target {
 #[derive(Debug, Args)]
 pub struct Upload {
     /// Upload token (with --server).
-    #[arg(long, env = "IMAGE_REPO_TOKEN")]
+    #[arg(long, env = "IMAGE_REPO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// CA certificates (PEM) the server's certificate chains to [default: the system's].
     #[arg(long, env = "IMAGE_REPO_CA_CERT")]
@@ -219,6 +223,42 @@ enum Command {
         /// The image file.
         file: PathBuf,
     },
+    /// Re-signs targets metadata without changing what it lists, with a new expiry:
+    /// top-level targets with the offline targets keys, or a delegated role (`--role`) with
+    /// its key. What `status` warns about is renewed this way.
+    Renew {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        upload: Upload,
+        /// Offline keys directory holding the targets keys (top-level targets).
+        #[arg(
+            long,
+            env = "IMAGE_REPO_OFFLINE_KEYS",
+            required_unless_present = "role"
+        )]
+        offline_keys: Option<PathBuf>,
+        /// A delegated role to renew instead of top-level targets (with --key).
+        #[arg(long, requires = "key")]
+        role: Option<String>,
+        /// The delegated role's private key (PKCS#8 PEM).
+        #[arg(long, requires = "role")]
+        key: Option<PathBuf>,
+    },
+    /// Each role's version and expiry, with a warning for those that expire within the
+    /// warning period; exits 0 even with warnings.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        upload: Upload,
+        /// Warn when the root expires within this many days.
+        #[arg(long, default_value_t = 60)]
+        root_warning_days: u32,
+        /// Warn when a targets role expires within this many days.
+        #[arg(long, default_value_t = 14)]
+        targets_warning_days: u32,
+    },
     /// Creates a key pair: FILE (private, mode 0600) and FILE.pub.json.
     Keygen {
         /// Where to write the private key.
@@ -344,9 +384,6 @@ enum TokenCommand {
         /// Repository directory.
         #[arg(long, env = "IMAGE_REPO_DIR")]
         repo: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
     },
     /// Revokes upload tokens, by id (from `token list`) or by label; takes effect at the
     /// next upload, without a restart.
@@ -383,6 +420,7 @@ fn warn_expiring_in(repo: &Repository) {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
     match cli.command {
         Command::Init {
             repo,
@@ -399,7 +437,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 targets_threshold,
             };
             Repository::init(&repo, &offline_keys, options, Expiry::default(), now())?;
-            println!(
+            outln!(
                 "initialized {} ({root_threshold}-of-{root_keys} root, {targets_threshold}-of-{targets_keys} targets); offline keys in {}",
                 repo.display(),
                 offline_keys.display()
@@ -429,7 +467,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     let repo = Repository::open(dir)?;
                     let info = repo.import_file(&file)?;
                     let report = repo.update_targets(&offline_keys, now(), edit(info))?;
-                    println!("{}", serde_json::to_string(&report)?);
+                    published(json, &serde_json::to_value(&report)?);
                     warn_expiring_in(&repo);
                 }
                 (None, Some(server)) => {
@@ -446,7 +484,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         edit(info),
                     )?;
                     let report = remote.upload_metadata("targets", bytes).await?;
-                    println!("{report}");
+                    published(json, &report);
                 }
                 (None, None) => bail!("--repo or --server is required"),
             }
@@ -466,7 +504,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Ok(b.remove_target(&name))
             };
-            publish_top_level(target, upload, &offline_keys, edit).await
+            publish_top_level(json, target, upload, &offline_keys, edit).await
         }
         Command::Delegate {
             target,
@@ -496,9 +534,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 hardware_ids: (!hardware_ids.is_empty()).then_some(hardware_ids),
             };
             let refs: Vec<_> = public.iter().collect();
-            publish_top_level(target, upload, &offline_keys, move |b: TargetsBuilder| {
-                Ok(b.delegate(delegation, &refs))
-            })
+            publish_top_level(
+                json,
+                target,
+                upload,
+                &offline_keys,
+                move |b: TargetsBuilder| Ok(b.delegate(delegation, &refs)),
+            )
             .await
         }
         Command::SupplierAdd {
@@ -548,28 +590,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     let info = repo.import_file(&file)?;
                     let bytes = sign_role(&repo.state()?, &info)?;
                     let report = repo.publish_role(&role, bytes, now())?;
-                    println!("{}", serde_json::to_string(&report)?);
+                    published(json, &serde_json::to_value(&report)?);
                 }
                 (None, Some(server)) => {
                     let remote = upload.remote(&server)?;
                     let info = hash_file(&file)?;
                     remote.upload_blob(&file, &info).await?;
                     let bytes = sign_role(&remote.state().await?, &info)?;
-                    println!("{}", remote.upload_metadata(&role, bytes).await?);
+                    published(json, &remote.upload_metadata(&role, bytes).await?);
                 }
                 (None, None) => bail!("--repo or --server is required"),
             }
             Ok(())
+        }
+        Command::Renew {
+            target,
+            upload,
+            offline_keys,
+            role,
+            key,
+        } => match (role, key, offline_keys) {
+            (Some(role), Some(key), _) => renew_delegated(json, target, upload, &role, &key).await,
+            (None, _, Some(offline_keys)) => {
+                publish_top_level(json, target, upload, &offline_keys, Ok).await
+            }
+            _ => bail!("give --offline-keys (top-level targets) or --role with --key"),
+        },
+        Command::Status {
+            target,
+            upload,
+            root_warning_days,
+            targets_warning_days,
+        } => {
+            let state = match (target.repo, target.server) {
+                (Some(dir), _) => Repository::open(dir)?.state()?,
+                (None, Some(server)) => upload.remote(&server)?.state().await?,
+                (None, None) => bail!("--repo or --server is required"),
+            };
+            let warnings = crate::repo::Warnings {
+                root: chrono::Duration::days(i64::from(root_warning_days)),
+                targets: chrono::Duration::days(i64::from(targets_warning_days)),
+            };
+            print_status(json, &state.status(now(), warnings))
         }
         Command::Keygen { out } => {
             let key = keys::generate()?;
             keys::write_private(&out, &key)?;
             let public = PathBuf::from(format!("{}.pub.json", out.display()));
             keys::write_public(&public, key.public_key())?;
-            println!("{}", key.key_id());
+            outln!("{}", key.key_id());
             Ok(())
         }
-        Command::Token { command } => token_command(command),
+        Command::Token { command } => token_command(command, json),
         Command::RotateRoot {
             repo,
             offline_keys,
@@ -578,7 +650,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let version =
                 Repository::open(&repo)?.rotate_root_keys(&offline_keys, keys, threshold, now())?;
-            println!("published root version {version}");
+            outln!("published root version {version}");
             warn_expiring_in(&Repository::open(repo)?);
             Ok(())
         }
@@ -589,7 +661,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let version =
                 Repository::open(&repo)?.rotate_online_key(&offline_keys, &role, now())?;
-            println!("published root version {version} with a new {role} key");
+            outln!("published root version {version} with a new {role} key");
             warn_expiring_in(&Repository::open(repo)?);
             Ok(())
         }
@@ -598,9 +670,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::time::SystemTime::now(),
                 Duration::from_secs(grace_hours * 3600),
             )?;
-            println!(
+            outln!(
                 "removed {} unlisted images and {} interrupted uploads ({} bytes)",
-                collected.blobs, collected.partial_uploads, collected.bytes
+                collected.blobs,
+                collected.partial_uploads,
+                collected.bytes
             );
             Ok(())
         }
@@ -659,8 +733,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             let addr = listener.local_addr()?;
-            tracing::info!(%addr, repo = %repo.display(), scheme = transport.scheme(), "listening");
-            println!("listening on {addr}");
+            tracing::debug!(%addr, repo = %repo.display(), scheme = transport.scheme(), "listening");
+            outln!("listening on {addr}");
             crate::server::serve(
                 listener,
                 transport,
@@ -673,7 +747,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn token_command(command: TokenCommand) -> anyhow::Result<()> {
+fn token_command(command: TokenCommand, json: bool) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create {
             repo,
@@ -683,9 +757,9 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
         } => {
             Repository::open(&repo)?;
             let lifetime = chrono::Duration::days(i64::from(expires_in_days));
-            println!("{}", Tokens::create(&repo, &role, &label, lifetime, now())?);
+            outln!("{}", Tokens::create(&repo, &role, &label, lifetime, now())?);
         }
-        TokenCommand::List { repo, json } => {
+        TokenCommand::List { repo } => {
             Repository::open(&repo)?;
             let tokens = Tokens::load(&repo)?;
             if json {
@@ -700,12 +774,12 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&listed)?);
+                outln!("{}", serde_json::to_string_pretty(&listed)?);
             } else {
-                println!("ID                ROLE  LABEL  CREATED  EXPIRES  REVOKED");
+                outln!("ID                ROLE  LABEL  CREATED  EXPIRES  REVOKED");
                 let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
                 for t in &tokens.tokens {
-                    println!(
+                    outln!(
                         "{}  {}  {}  {}  {}  {}",
                         t.id(),
                         t.role,
@@ -728,8 +802,115 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             if n == 0 {
                 bail!("no live token matches");
             }
-            println!("revoked {n} token(s)");
+            outln!("revoked {n} token(s)");
         }
+    }
+    Ok(())
+}
+
+/// A publication as one sentence (or its JSON report).
+fn published(json: bool, report: &serde_json::Value) {
+    if json {
+        outln!("{report}");
+        return;
+    }
+    let number = |key: &str| report[key].as_u64().map_or("?".into(), |n| n.to_string());
+    outln!(
+        "published {} version {} ({} targets); snapshot version {}, timestamp version {}",
+        report["role"].as_str().unwrap_or("?"),
+        number("version"),
+        number("targets"),
+        number("snapshot_version"),
+        number("timestamp_version")
+    );
+}
+
+/// `image-repo status`: a table of the roles, then a warning line (on stderr) for each that
+/// needs attention.
+fn print_status(json: bool, roles: &[crate::repo::RoleStatus]) -> anyhow::Result<()> {
+    if json {
+        outln!("{}", serde_json::to_string_pretty(roles)?);
+    } else {
+        outln!(
+            "{:<20}  {:>7}  {:<20}  {:>9}  {:<7}  STATUS",
+            "ROLE",
+            "VERSION",
+            "EXPIRES",
+            "DAYS LEFT",
+            "KEY"
+        );
+        for r in roles {
+            let signed = match r.signed_with {
+                crate::repo::SignedWith::Offline => "offline",
+                crate::repo::SignedWith::Online => "online",
+            };
+            outln!(
+                "{:<20}  {:>7}  {:<20}  {:>9}  {:<7}  {}",
+                r.role,
+                r.version,
+                r.expires_at,
+                r.days_left,
+                signed,
+                if r.warning { "WARNING" } else { "ok" }
+            );
+        }
+    }
+    for r in roles.iter().filter(|r| r.warning) {
+        match r.signed_with {
+            crate::repo::SignedWith::Offline => eprintln!(
+                "warning: {}",
+                crate::repo::Expiring {
+                    role: r.role.clone(),
+                    version: r.version,
+                    expires_at: r.expires_at.clone(),
+                    days_left: r.days_left,
+                }
+            ),
+            crate::repo::SignedWith::Online => eprintln!(
+                "warning: {} version {} expired at {}: is `image-repo serve` running?",
+                r.role, r.version, r.expires_at
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Re-signs delegated role `role`, unchanged, with its key and a new expiry.
+async fn renew_delegated(
+    json: bool,
+    target: Target,
+    upload: Upload,
+    role: &str,
+    key: &Path,
+) -> anyhow::Result<()> {
+    let key = keys::read_private(key)?;
+    let sign = |state: &RepoState| -> anyhow::Result<Vec<u8>> {
+        let current = state
+            .roles
+            .get(role)
+            .with_context(|| {
+                format!("the repository has no metadata for delegated role {role:?} to renew: delegate it and publish to it (`image-repo supplier-add`) first")
+            })?;
+        let expires = now() + Expiry::default().targets;
+        let renewed =
+            TargetsBuilder::from_targets(current, current.common.version + 1, expires).build();
+        Ok(uptane_core::sign::sign(&renewed, &[&key])?)
+    };
+    match (target.repo, target.server) {
+        (Some(dir), _) => {
+            let repo = Repository::open(dir)?;
+            let bytes = sign(&repo.state()?)?;
+            published(
+                json,
+                &serde_json::to_value(repo.publish_role(role, bytes, now())?)?,
+            );
+        }
+        (None, Some(server)) => {
+            let remote = upload.remote(&server)?;
+            let bytes = sign(&remote.state().await?)?;
+            published(json, &remote.upload_metadata(role, bytes).await?);
+        }
+        (None, None) => bail!("--repo or --server is required"),
     }
     Ok(())
 }
@@ -743,6 +924,7 @@ fn hash_file(path: &Path) -> anyhow::Result<crate::repo::BlobInfo> {
 }
 
 async fn publish_top_level(
+    json: bool,
     target: Target,
     upload: Upload,
     offline_keys: &Path,
@@ -752,7 +934,7 @@ async fn publish_top_level(
         (Some(dir), _) => {
             let repo = Repository::open(dir)?;
             let report = repo.update_targets(offline_keys, now(), edit)?;
-            println!("{}", serde_json::to_string(&report)?);
+            published(json, &serde_json::to_value(&report)?);
             warn_expiring_in(&repo);
         }
         (None, Some(server)) => {
@@ -760,7 +942,7 @@ async fn publish_top_level(
             let state = remote.state().await?;
             warn_expiring(&state);
             let bytes = sign_targets_update(&state, offline_keys, Expiry::default(), now(), edit)?;
-            println!("{}", remote.upload_metadata("targets", bytes).await?);
+            published(json, &remote.upload_metadata("targets", bytes).await?);
         }
         (None, None) => bail!("--repo or --server is required"),
     }

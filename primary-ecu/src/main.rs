@@ -8,6 +8,8 @@ use primary_ecu::config::{Settings, SettingsArgs};
 use primary_ecu::provision::{self, Provisioning, Registration};
 use primary_ecu::state::StateDir;
 use serde_json::{Value, json};
+use service_runtime::cli::{Exit, Fail};
+use service_runtime::outln;
 
 /// The Primary ECU agent: polls the Director and the Image repository, verifies everything,
 /// and updates the vehicle's ECUs.
@@ -21,13 +23,28 @@ struct Cli {
 #[derive(Debug, clap::Args)]
 struct RegistrationArgs {
     /// Register the vehicle with this provisioning token.
-    #[arg(long, env = "PRIMARY_PROVISIONING_TOKEN", group = "registration")]
+    #[arg(
+        long,
+        env = "PRIMARY_PROVISIONING_TOKEN",
+        group = "registration",
+        hide_env_values = true
+    )]
     provisioning_token: Option<String>,
     /// Register the vehicle with this operator API token.
-    #[arg(long, env = "PRIMARY_OPERATOR_TOKEN", group = "registration")]
+    #[arg(
+        long,
+        env = "PRIMARY_OPERATOR_TOKEN",
+        group = "registration",
+        hide_env_values = true
+    )]
     operator_token: Option<String>,
     /// The vehicle is registered already: use this credential.
-    #[arg(long, env = "PRIMARY_VEHICLE_CREDENTIAL", group = "registration")]
+    #[arg(
+        long,
+        env = "PRIMARY_VEHICLE_CREDENTIAL",
+        group = "registration",
+        hide_env_values = true
+    )]
     vehicle_credential: Option<String>,
 }
 
@@ -107,8 +124,23 @@ enum Command {
 }
 
 fn settings(dir: &Path, args: SettingsArgs) -> anyhow::Result<Settings> {
-    let kept = Settings::load(dir)?;
-    Ok(Settings::resolve(kept, args)?)
+    let kept = Settings::load(dir).fail(
+        Exit::Config,
+        format!("the settings kept in {} are not readable", dir.display()),
+    )?;
+    Settings::resolve(kept, args).fail(Exit::Config, "the Primary's settings are not usable")
+}
+
+/// The provisioned Primary in `dir`, or what to do when there is none.
+fn open(dir: &Path, settings: Settings) -> anyhow::Result<Primary> {
+    Primary::open(dir, settings).fail(
+        Exit::Config,
+        format!(
+            "{} does not hold a usable provisioned Primary: run `primary-ecu init --dir {}` first",
+            dir.display(),
+            dir.display()
+        ),
+    )
 }
 
 fn version_of(path: &Path) -> Value {
@@ -165,14 +197,14 @@ fn print_status(status: &Value) {
         Value::Null => "-".to_string(),
         other => other.to_string(),
     };
-    println!(
+    outln!(
         "vehicle {}  primary {}",
         v(&status["vin"]),
         v(&status["primary"])
     );
     for repo in ["director", "image_repo"] {
         let r = &status[repo];
-        println!(
+        outln!(
             "{repo:<10} root v{}  timestamp v{}  snapshot v{}  targets v{}",
             v(&r["root"]),
             v(&r["timestamp"]),
@@ -182,13 +214,13 @@ fn print_status(status: &Value) {
     }
     if let Some(installed) = status["installed"].as_object() {
         for (serial, filename) in installed {
-            println!("installed  {serial:<20} {}", v(filename));
+            outln!("installed  {serial:<20} {}", v(filename));
         }
     }
     match status["pending"].as_array() {
         Some(pending) if !pending.is_empty() => {
             for p in pending {
-                println!(
+                outln!(
                     "pending    {:<20} {} ({}, {}): {}",
                     v(&p["ecu"]),
                     v(&p["filename"]),
@@ -198,14 +230,14 @@ fn print_status(status: &Value) {
                 );
             }
         }
-        _ => println!("pending    none"),
+        _ => outln!("pending    none"),
     }
     let attacks = status["attacks_not_yet_reported"]
         .as_array()
         .map_or(0, Vec::len);
-    println!("attacks not yet reported: {attacks}");
-    println!("last cycle: {}", v(&status["last_cycle"]));
-    println!("last error: {}", v(&status["last_error"]));
+    outln!("attacks not yet reported: {attacks}");
+    outln!("last cycle: {}", v(&status["last_cycle"]));
+    outln!("last error: {}", v(&status["last_error"]));
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -252,8 +284,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 factory_name,
                 registration,
             };
-            let inventory = provision::init(&dir, &settings, &provisioning).await?;
-            println!(
+            let inventory = match provision::init(&dir, &settings, &provisioning).await {
+                Ok(inventory) => inventory,
+                Err(e) => {
+                    let (exit, advice) = e.advice();
+                    return Err(e).fail(exit, advice);
+                }
+            };
+            outln!(
                 "provisioned vehicle {} in {}: {}",
                 settings.vin,
                 dir.display(),
@@ -276,8 +314,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let settings = settings(&dir, args)?;
             let interval = settings.poll_interval();
-            let mut primary = Primary::open(&dir, settings.clone())?;
-            println!(
+            let mut primary = open(&dir, settings.clone())?;
+            outln!(
                 "primary-ecu running for vehicle {} (every {} s)",
                 settings.vin,
                 interval.as_secs()
@@ -292,10 +330,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fault_clock_offset_secs,
         } => {
             let settings = settings(&dir, args)?;
-            let mut primary = Primary::open(&dir, settings)?;
+            let mut primary = open(&dir, settings)?;
             primary.offset_clock(chrono::Duration::seconds(fault_clock_offset_secs));
             let report = primary.cycle().await;
-            println!("{}", report.summary());
+            outln!("{}", report.summary());
             Ok(ExitCode::from(report.exit_code()))
         }
         Command::SetCredential { dir } => {
@@ -305,18 +343,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &mut secret,
             )?;
             provision::replace_credential(&dir, &secret)?;
-            println!("credential replaced; its lifetime is learnt at the next cycle");
+            outln!("credential replaced; its lifetime is learnt at the next cycle");
             Ok(ExitCode::SUCCESS)
         }
         Command::TlsIdentity { dir, serial } => {
             let identity = provision::tls_identity(&dir, &serial)?;
-            println!("{}", identity.fingerprint());
+            outln!("{}", identity.fingerprint());
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { dir, json } => {
             let status = status(&dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                outln!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print_status(&status);
             }
@@ -328,7 +366,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 #[tokio::main]
 async fn main() -> ExitCode {
     service_runtime::init_tracing();
-    match run(Cli::parse()).await {
+    let cli: Cli = service_runtime::cli::parse();
+    match run(cli).await {
         Ok(code) => code,
         Err(e) => service_runtime::exit_code(Err(e)),
     }

@@ -15,8 +15,9 @@ use uptane_core::verify::{Raw, verify_root_self_signed};
 use crate::config::{Mode, Settings};
 use crate::ports::IssuedCredential;
 use crate::repo::MetadataDir;
-use crate::secondary::SecondaryLink;
+use crate::secondary::{LinkError, SecondaryLink};
 use crate::state::{InventoryEcu, PrimaryState, StateDir};
+use service_runtime::cli::Exit;
 use service_runtime::tls::Identity;
 
 /// How the vehicle gets its Director credential.
@@ -67,9 +68,22 @@ pub enum ProvisionError {
         /// Why.
         reason: String,
     },
-    /// The Director refused or could not be reached.
+    /// A Secondary did not answer.
+    #[error("{reason}")]
+    SecondaryUnreachable {
+        /// Its configured serial.
+        serial: String,
+        /// Where it was expected.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// The Director refused the registration.
     #[error("registration: {0}")]
     Registration(String),
+    /// The Director could not be reached.
+    #[error("{0}")]
+    DirectorUnreachable(String),
     /// The TLS identity could not be made or read.
     #[error("TLS identity: {0}")]
     Tls(#[from] service_runtime::tls::TlsError),
@@ -82,6 +96,43 @@ pub enum ProvisionError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl ProvisionError {
+    /// The exit status it ends `primary-ecu init` with, and what the user should do.
+    pub fn advice(&self) -> (Exit, String) {
+        match self {
+            ProvisionError::AlreadyProvisioned(dir) => (
+                Exit::Config,
+                format!("{} is provisioned already: use another --dir, or `primary-ecu run` this one", dir.display()),
+            ),
+            ProvisionError::Root { path, .. } => (
+                Exit::Config,
+                format!("the pinned root {} is not usable: give the repository's 1.root.json", path.display()),
+            ),
+            ProvisionError::Secondary { serial, .. } => (
+                Exit::Config,
+                format!("Secondary {serial} is not what --secondary says: check its serial, verification mode and address"),
+            ),
+            ProvisionError::SecondaryUnreachable { serial, address, .. } => (
+                Exit::Unreachable,
+                format!("could not reach Secondary {serial} at {address}: start it (`secondary-ecu run`) or correct --secondary"),
+            ),
+            ProvisionError::Registration(_) => (
+                Exit::Refused,
+                "the Director refused to register the vehicle: check the token and that the VIN is not registered already".into(),
+            ),
+            ProvisionError::DirectorUnreachable(_) => (
+                Exit::Unreachable,
+                "could not reach the Director: is it running, and are --director-url and --ca-cert right?".into(),
+            ),
+            ProvisionError::Tls(_) => (Exit::Config, "the Primary's TLS identity is not usable".into()),
+            ProvisionError::Io { path, .. } => (
+                Exit::Failed,
+                format!("could not read or write {}", path.display()),
+            ),
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError + '_ {
@@ -136,7 +187,19 @@ async fn secondaries(
             identity,
         )
         .map_err(|e| refuse(e.to_string()))?;
-        let info = link.info().await.map_err(|e| refuse(e.to_string()))?;
+        let info = link.info().await.map_err(|e| match e {
+            LinkError::Unreachable { reason, .. } => ProvisionError::SecondaryUnreachable {
+                serial: config.serial.to_string(),
+                address: config.address.clone(),
+                reason,
+            },
+            LinkError::Timeout { .. } => ProvisionError::SecondaryUnreachable {
+                serial: config.serial.to_string(),
+                address: config.address.clone(),
+                reason: e.to_string(),
+            },
+            other => refuse(other.to_string()),
+        })?;
         if config.serial != info.ecu_serial.as_str() {
             return Err(refuse(format!(
                 "{} answers as ECU {:?}",
@@ -218,7 +281,12 @@ async fn register(
         .body(body.to_string())
         .send()
         .await
-        .map_err(|e| failed(format!("{url}: {}", service_runtime::error_chain(&e))))?;
+        .map_err(|e| {
+            ProvisionError::DirectorUnreachable(format!(
+                "{url}: {}",
+                service_runtime::error_chain(&e)
+            ))
+        })?;
     let status = response.status();
     let answer = json_body(response).await;
     if !status.is_success() {

@@ -5,6 +5,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secondary_ecu::agent::{self, Agent, Faults, Identity, Mode, Phase, Settings};
 use secondary_ecu::rpc::Link;
+use service_runtime::cli::{Exit, Fail};
+use service_runtime::outln;
 use service_runtime::tls::Fingerprint;
 use uptane_core::ids::{EcuSerial, HardwareId, Vin};
 
@@ -44,9 +46,9 @@ enum Command {
         /// Factory image file for slot A.
         #[arg(long)]
         factory_image: PathBuf,
-        /// Its file name.
+        /// File name of the factory image [default: its file name].
         #[arg(long)]
-        factory_name: String,
+        factory_name: Option<String>,
         /// The Primary's TLS certificate fingerprint (printed by `primary-ecu tls-identity`):
         /// only that certificate may change this ECU's state or read its evidence.
         #[arg(
@@ -138,8 +140,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Mode::Full) => anyhow::bail!("full verification needs --image-root"),
                 (None, Mode::Partial) => None,
             };
-            let image = std::fs::read(&factory_image)
-                .with_context(|| format!("reading {}", factory_image.display()))?;
+            let image = std::fs::read(&factory_image).fail(
+                Exit::Config,
+                format!(
+                    "could not read the factory image {}",
+                    factory_image.display()
+                ),
+            )?;
+            // As `primary-ecu init`: the image's own file name unless told otherwise.
+            let factory_name = match factory_name {
+                Some(name) => name,
+                None => factory_image
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .context("--factory-name is required when the image path has no file name")?
+                    .to_string(),
+            };
             let key = uptane_core::crypto::SigningKey::generate_with(getrandom::fill)
                 .map_err(|e| anyhow::anyhow!("random: {e}"))?;
             let identity = Identity {
@@ -158,13 +174,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 image: &image,
             };
             let fingerprint = agent::init(&dir, &provisioning, now())?;
-            println!(
+            outln!(
                 "initialized ECU {} in {}; public key in {}",
                 identity.serial,
                 dir.display(),
                 dir.join("ecu.pub.json").display()
             );
-            println!("TLS certificate fingerprint {fingerprint}");
+            outln!("TLS certificate fingerprint {fingerprint}");
             Ok(())
         }
         Command::Run {
@@ -223,8 +239,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             let addr = listener.local_addr()?;
-            tracing::info!(%addr, serial = %agent.identity().serial, "listening");
-            println!("listening on {addr}");
+            tracing::debug!(%addr, serial = %agent.identity().serial, "listening");
+            outln!("listening on {addr}");
             secondary_ecu::rpc::serve(listener, agent, link, service_runtime::shutdown_signal())
                 .await?;
             Ok(())
@@ -235,5 +251,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     service_runtime::init_tracing();
-    service_runtime::exit_code(run(Cli::parse()).await)
+    let cli: Cli = service_runtime::cli::parse();
+    service_runtime::exit_code(run(cli).await)
 }

@@ -1,10 +1,12 @@
 //! What every program of the workspace does the same way: structured logs to stderr, a
-//! future that completes on SIGTERM or SIGINT, one exit status convention, atomic file
+//! future that completes on SIGTERM or SIGINT, one table of exit statuses and error messages
+//! ([`cli`]), atomic file
 //! writes ([`files`]), image digests on threads of their own ([`digest`]), TLS with rustls ([`tls`]), the HTTP accept loop and client builder
 //! that refuse clear text by default ([`http`]) and the certificates the programs make
 //! ([`pki`]), and the memory allocator. Kept apart so the servers and agents stay thin
 //! (linkerd's thin `main`).
 
+pub mod cli;
 pub mod digest;
 pub mod files;
 pub mod http;
@@ -39,10 +41,12 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), coloured only on a terminal and
+/// without `NO_COLOR` (a log written to a file carries no escape codes).
 pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(cli::colour_on_stderr())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -65,13 +69,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Exit status 0, or 1 after printing the error and its causes on stderr.
+/// Exit status 0, or the error's status ([`cli::Exit`]) after printing it on stderr.
 pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::finish(result)
 }

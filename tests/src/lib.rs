@@ -130,9 +130,9 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Starts `command` in the background, collecting its stderr; its stdout goes to the
-/// returned reader.
-fn start(mut command: Command) -> (ChildGuard, std::process::ChildStdout) {
+/// Starts `command` in the background (killed when the guard drops), collecting its
+/// stderr; its stdout goes to the returned reader.
+pub fn start(mut command: Command) -> (ChildGuard, std::process::ChildStdout) {
     command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -319,6 +319,13 @@ impl Fleet {
 
     /// A `director` operator command against the server over TLS (`--json`), to run.
     pub fn operator_command(&self, args: &[&str]) -> Command {
+        let mut command = self.operator_human(args);
+        command.arg("--json");
+        command
+    }
+
+    /// The same without `--json`: what an operator reads.
+    pub fn operator_human(&self, args: &[&str]) -> Command {
         let mut command = Command::new(bin("director"));
         command.args(args).args([
             "--server",
@@ -327,7 +334,6 @@ impl Fleet {
             &self.token,
             "--ca-cert",
             &text(&self.ca_cert),
-            "--json",
         ]);
         command
     }
@@ -425,9 +431,10 @@ impl Fleet {
             .unwrap_or_default()
     }
 
-    /// The event log (security events only with `security`).
+    /// The vehicle's newest 1,000 events, newest first (security events only with
+    /// `security`).
     pub fn events(&self, vin: &str, security: bool) -> Vec<Value> {
-        let mut args = vec!["events", "--vin", vin];
+        let mut args = vec!["events", "--vin", vin, "--limit", "1000"];
         if security {
             args.push("--security");
         }

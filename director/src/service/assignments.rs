@@ -136,16 +136,28 @@ fn image_hardware_ids(info: &TargetFile) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What an assignment created, and what it replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Assigned {
+    /// Its correlation id.
+    pub correlation_id: String,
+    /// Its ECU entries.
+    pub ecus: Vec<AssignmentEcu>,
+    /// The earlier entries of the same ECUs, pending or delivered, that it cancelled (as
+    /// they stood before): the operator is told, not left to find out.
+    pub superseded: Vec<AssignmentEcu>,
+}
+
 /// Creates an assignment of `image` (whose verified Image repository entry is `info`) to
-/// the ECUs `request` selects; returns its correlation id and ECU entries. An ECU's earlier
-/// assignment that is still pending or delivered is superseded.
+/// the ECUs `request` selects. An ECU's earlier assignment that is still pending or
+/// delivered is superseded.
 pub fn assign(
     conn: &mut Connection,
     request: &AssignRequest,
     info: &TargetFile,
     actor: &str,
     now: UtcTime,
-) -> Result<(String, Vec<AssignmentEcu>), DirectorError> {
+) -> Result<Assigned, DirectorError> {
     if request.vins.is_empty() && request.hardware_id.is_none() && request.ecus.is_empty() {
         return Err(bad("name vehicles, ECUs, or a hardware id"));
     }
@@ -236,9 +248,11 @@ pub fn assign(
     )?;
     let id = tx.last_insert_rowid();
     let hashes = serde_json::to_string(&info.hashes).expect("hashes serialize");
-    let superseded = format!("superseded by {correlation_id}");
+    let why = format!("superseded by {correlation_id}");
+    let mut superseded = Vec::new();
     for (serial, vin, hw, _) in &candidates {
-        cancel_open_entries_of(&tx, serial, &superseded, now)?;
+        superseded.extend(open_entries_of(&tx, serial)?);
+        cancel_open_entries_of(&tx, serial, &why, now)?;
         tx.execute(
             "INSERT INTO assignment_ecus (assignment_id, vin, ecu_serial, filename, length, hashes, hardware_id, release_counter, status, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -275,8 +289,30 @@ pub fn assign(
     );
     NewEvent::info("assignment_created", actor, &detail).record(&tx, now)?;
     tx.commit()?;
-    let entries = assignments_by_correlation(conn, &correlation_id)?;
-    Ok((correlation_id, entries))
+    let ecus = assignments_by_correlation(conn, &correlation_id)?;
+    Ok(Assigned {
+        correlation_id,
+        ecus,
+        superseded,
+    })
+}
+
+/// ECU `serial`'s entries that are pending or delivered.
+fn open_entries_of(conn: &Connection, serial: &str) -> Result<Vec<AssignmentEcu>, DirectorError> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
+         WHERE e.ecu_serial = ?1 AND e.status IN (?2, ?3) ORDER BY a.id"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![
+            serial,
+            AssignmentStatus::Pending,
+            AssignmentStatus::Delivered
+        ],
+        assignment_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 const ASSIGNMENT_COLUMNS: &str = "a.correlation_id, e.vin, e.ecu_serial, e.filename, e.length, e.hashes, e.hardware_id, e.release_counter, e.status, e.detail, e.updated_at";

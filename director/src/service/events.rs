@@ -149,7 +149,24 @@ fn attack_from_text(text: Option<String>) -> Option<AttackKind> {
     serde_json::from_value(serde_json::Value::String(text)).ok()
 }
 
-/// Events after `after`, oldest first, optionally of one vehicle or only security events.
+const EVENT_COLUMNS: &str = "id, at, kind, severity, vin, ecu_serial, actor, detail, attack";
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        kind: r.get(2)?,
+        severity: r.get(3)?,
+        vin: r.get(4)?,
+        ecu_serial: r.get(5)?,
+        actor: r.get(6)?,
+        detail: r.get(7)?,
+        attack: attack_from_text(r.get(8)?),
+    })
+}
+
+/// Events after `after`, oldest first, optionally of one vehicle or only security events:
+/// how a reader follows the log (`director events --follow`).
 pub fn events(
     conn: &Connection,
     vin: Option<&str>,
@@ -157,22 +174,33 @@ pub fn events(
     after: i64,
     limit: u32,
 ) -> Result<Vec<Event>, DirectorError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, at, kind, severity, vin, ecu_serial, actor, detail, attack FROM events
-         WHERE id > ?1 AND (?2 IS NULL OR vin = ?2) AND (?3 = 0 OR severity = 'security') ORDER BY id LIMIT ?4",
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+         WHERE id > ?1 AND (?2 IS NULL OR vin = ?2) AND (?3 = 0 OR severity = 'security') ORDER BY id LIMIT ?4"
+    ))?;
+    let rows = stmt.query_map(params![after, vin, security_only, limit], event_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The newest events, newest first: those before event `before` (a page further back) and
+/// at or after `since`, optionally of one vehicle or only security events.
+pub fn recent_events(
+    conn: &Connection,
+    vin: Option<&str>,
+    security_only: bool,
+    before: Option<i64>,
+    since: Option<UtcTime>,
+    limit: u32,
+) -> Result<Vec<Event>, DirectorError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+         WHERE id < ?1 AND at >= ?2 AND (?3 IS NULL OR vin = ?3) AND (?4 = 0 OR severity = 'security')
+         ORDER BY id DESC LIMIT ?5"
+    ))?;
+    let since = since.map_or_else(String::new, now_text);
+    let rows = stmt.query_map(
+        params![before.unwrap_or(i64::MAX), since, vin, security_only, limit],
+        event_row,
     )?;
-    let rows = stmt.query_map(params![after, vin, security_only, limit], |r| {
-        Ok(Event {
-            id: r.get(0)?,
-            at: r.get(1)?,
-            kind: r.get(2)?,
-            severity: r.get(3)?,
-            vin: r.get(4)?,
-            ecu_serial: r.get(5)?,
-            actor: r.get(6)?,
-            detail: r.get(7)?,
-            attack: attack_from_text(r.get(8)?),
-        })
-    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -482,14 +482,16 @@ mod tests {
                 matches!(&refused, Err(DirectorError::BadRequest(m)) if m.contains("invisible")),
                 "{refused:?}"
             );
-            let (old, _) = assign(conn, &request("DOOR-L"), &image(b"door v1"), "op", now)?;
-            let (new, _) = assign(
+            let old =
+                assign(conn, &request("DOOR-L"), &image(b"door v1"), "op", now)?.correlation_id;
+            let new = assign(
                 conn,
                 &request("DOOR-R"),
                 &image(b"door v1 fixed"),
                 "op",
                 now,
-            )?;
+            )?
+            .correlation_id;
             // The entry for the old bytes ends, saying why.
             let listed = assignments(conn, Some(&vehicle.vin))?;
             let left = listed.iter().find(|e| e.correlation_id == old).unwrap();

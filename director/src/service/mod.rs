@@ -35,10 +35,10 @@ use uptane_core::ids::{EcuSerial, Vin};
 use uptane_core::time::{UtcTime, format_expires};
 
 pub use self::assignments::{
-    AssignRequest, AssignmentEcu, AssignmentStatus, assignments, cancel_assignment,
+    AssignRequest, Assigned, AssignmentEcu, AssignmentStatus, assignments, cancel_assignment,
 };
 pub use self::credentials::{CredentialInfo, IssuedCredential, VehicleAuth};
-pub use self::events::{Event, NewEvent, events};
+pub use self::events::{Event, NewEvent, events, recent_events};
 pub use self::manifests::{ManifestOutcome, process_manifest};
 pub use self::metadata::{refresh_vehicle_metadata, root, store_initial_root, vehicle_file};
 use self::refusals::RefusalLog;
@@ -348,13 +348,13 @@ impl DirectorService {
         .await
     }
 
-    /// Assigns an image the Image repository vouches for; returns the correlation id and
-    /// the entries created.
+    /// Assigns an image the Image repository vouches for; returns the entries created and
+    /// those it superseded.
     pub async fn assign(
         &self,
         actor: &Actor,
         request: AssignRequest,
-    ) -> Result<(String, Vec<AssignmentEcu>), DirectorError> {
+    ) -> Result<Assigned, DirectorError> {
         match self.assign_checked(actor, request).await {
             Ok(created) => Ok(created),
             Err(e) => Err(self.refused("assignment_refused", actor, e).await),
@@ -365,7 +365,7 @@ impl DirectorService {
         &self,
         actor: &Actor,
         request: AssignRequest,
-    ) -> Result<(String, Vec<AssignmentEcu>), DirectorError> {
+    ) -> Result<Assigned, DirectorError> {
         let info = self
             .catalog
             .lookup(&request.image, now())
@@ -415,6 +415,29 @@ impl DirectorService {
                     vin.as_ref().map(Vin::as_str),
                     security_only,
                     after,
+                    limit,
+                )
+            })
+            .await
+    }
+
+    /// The newest events first: before event `before`, at or after `since`.
+    pub async fn recent_events(
+        &self,
+        vin: Option<Vin>,
+        security_only: bool,
+        before: Option<i64>,
+        since: Option<UtcTime>,
+        limit: u32,
+    ) -> Result<Vec<Event>, DirectorError> {
+        self.db
+            .read(move |conn| {
+                recent_events(
+                    conn,
+                    vin.as_ref().map(Vin::as_str),
+                    security_only,
+                    before,
+                    since,
                     limit,
                 )
             })

@@ -24,7 +24,8 @@ mod state;
 pub use blobs::{BlobHasher, BlobInfo, Collected, blob_info_of, hash_file};
 pub use publish::{CheckedUpload, PublishReport, Renewal, image_custom, sign_targets_update};
 pub use state::{
-    DelegationChain, Expiring, ROOT_EXPIRY_WARNING, RepoState, TARGETS_EXPIRY_WARNING,
+    DelegationChain, Expiring, ROOT_EXPIRY_WARNING, RepoState, RoleStatus, SignedWith,
+    TARGETS_EXPIRY_WARNING, Warnings,
 };
 
 use std::path::{Path, PathBuf};

@@ -172,10 +172,12 @@ pub struct Expiring {
 
 impl std::fmt::Display for Expiring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let how = if self.role == "root" {
-            "publish a new one with `image-repo rotate-root`"
-        } else {
-            "re-sign it by publishing a change to it"
+        let how = match self.role.as_str() {
+            "root" => "publish a new one with `image-repo rotate-root`".to_string(),
+            "targets" => "re-sign it with `image-repo renew`".to_string(),
+            role => {
+                format!("its supplier re-signs it with `image-repo renew --role {role} --key KEY`")
+            }
         };
         write!(
             f,
@@ -190,26 +192,112 @@ pub const ROOT_EXPIRY_WARNING: chrono::Duration = chrono::Duration::days(60);
 /// See [`ROOT_EXPIRY_WARNING`].
 pub const TARGETS_EXPIRY_WARNING: chrono::Duration = chrono::Duration::days(14);
 
+/// Which key signs a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignedWith {
+    /// An operator's or supplier's offline key: only they can renew it.
+    Offline,
+    /// The server's key: a running server renews it.
+    Online,
+}
+
+/// One role's version and expiry, as `image-repo status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoleStatus {
+    /// `root`, `timestamp`, `snapshot`, `targets` or a delegated role.
+    pub role: String,
+    /// Its version.
+    pub version: u64,
+    /// When it expires.
+    pub expires_at: String,
+    /// Whole days left (negative once expired).
+    pub days_left: i64,
+    /// Whose key signs it.
+    pub signed_with: SignedWith,
+    /// Whether it needs attention: an offline-signed role within its warning period, or an
+    /// online one that has expired (its server is not renewing it).
+    pub warning: bool,
+}
+
+/// How far ahead of expiry offline-signed roles are warned about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Warnings {
+    /// The root.
+    pub root: chrono::Duration,
+    /// Every targets role.
+    pub targets: chrono::Duration,
+}
+
+impl Default for Warnings {
+    fn default() -> Self {
+        Warnings {
+            root: ROOT_EXPIRY_WARNING,
+            targets: TARGETS_EXPIRY_WARNING,
+        }
+    }
+}
+
 impl RepoState {
+    /// Every role's version and expiry at `now`, root first.
+    pub fn status(&self, now: uptane_core::time::UtcTime, warnings: Warnings) -> Vec<RoleStatus> {
+        let row = |role: &str, common: &uptane_core::metadata::Common, signed_with, window| {
+            let left = common.expires - now;
+            RoleStatus {
+                role: role.to_string(),
+                version: common.version,
+                expires_at: uptane_core::time::format_expires(&common.expires),
+                days_left: left.num_days(),
+                signed_with,
+                warning: left <= window,
+            }
+        };
+        let mut out = vec![
+            row(
+                "root",
+                &self.root.common,
+                SignedWith::Offline,
+                warnings.root,
+            ),
+            row(
+                "timestamp",
+                &self.timestamp.common,
+                SignedWith::Online,
+                chrono::Duration::zero(),
+            ),
+            row(
+                "snapshot",
+                &self.snapshot.common,
+                SignedWith::Online,
+                chrono::Duration::zero(),
+            ),
+        ];
+        // Top-level targets first, then the delegated roles by name.
+        let mut roles: Vec<_> = self.roles.iter().collect();
+        roles.sort_by_key(|(name, _)| (name.as_str() != "targets", name.as_str()));
+        for (name, targets) in roles {
+            out.push(row(
+                name,
+                &targets.common,
+                SignedWith::Offline,
+                warnings.targets,
+            ));
+        }
+        out
+    }
+
     /// The offline-signed metadata (root, and every targets role) that expires within its
     /// warning window at `now`.
     pub fn expiring(&self, now: uptane_core::time::UtcTime) -> Vec<Expiring> {
-        let mut out = Vec::new();
-        let mut check = |role: &str, common: &uptane_core::metadata::Common, window| {
-            let left = common.expires - now;
-            if left <= window {
-                out.push(Expiring {
-                    role: role.to_string(),
-                    version: common.version,
-                    expires_at: uptane_core::time::format_expires(&common.expires),
-                    days_left: left.num_days(),
-                });
-            }
-        };
-        check("root", &self.root.common, ROOT_EXPIRY_WARNING);
-        for (name, targets) in &self.roles {
-            check(name, &targets.common, TARGETS_EXPIRY_WARNING);
-        }
-        out
+        self.status(now, Warnings::default())
+            .into_iter()
+            .filter(|r| r.warning && r.signed_with == SignedWith::Offline)
+            .map(|r| Expiring {
+                role: r.role,
+                version: r.version,
+                expires_at: r.expires_at,
+                days_left: r.days_left,
+            })
+            .collect()
     }
 }

@@ -57,24 +57,31 @@ pub struct CycleReport {
 }
 
 impl CycleReport {
-    /// The exit status of `primary-ecu once`: 0 when nothing is left to do, 2 when an attack
-    /// was refused, 3 when an ECU failed or work is pending, 1 when a repository or the
-    /// Director could not be reached.
+    /// The exit status of `primary-ecu once` (`service_runtime::cli::Exit`, docs/CLI.md):
+    /// 0 when nothing is left to do; 2 when an attack was refused; 5 when the Director
+    /// refused the manifest; 4 when a repository or the Director could not be reached (or
+    /// answered with an error); 3 when an ECU failed, was unreachable, or work is pending.
     pub fn exit_code(&self) -> u8 {
-        match &self.verification {
-            Verification::Refused { .. } => 2,
-            Verification::Failed(_) => 1,
+        use service_runtime::cli::Exit;
+        let refused = |m: Option<&ManifestOutcome>| matches!(m, Some(ManifestOutcome::Refused(_)));
+        let exit = match &self.verification {
+            Verification::Refused { .. } => Exit::Verification,
+            _ if refused(Some(&self.manifest)) || refused(self.closing_manifest.as_ref()) => {
+                Exit::Refused
+            }
+            Verification::Failed(_) => Exit::Unreachable,
             _ if self
                 .ecus
                 .values()
                 .any(|o| !matches!(o, EcuOutcome::Installed(_))) =>
             {
-                3
+                Exit::Incomplete
             }
-            _ if !self.unreachable.is_empty() => 3,
-            _ if !matches!(self.manifest, ManifestOutcome::Accepted) => 1,
-            _ => 0,
-        }
+            _ if !self.unreachable.is_empty() => Exit::Incomplete,
+            _ if !matches!(self.manifest, ManifestOutcome::Accepted) => Exit::Unreachable,
+            _ => Exit::Ok,
+        };
+        exit.code()
     }
 
     /// One line saying what happened.

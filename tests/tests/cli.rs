@@ -1,0 +1,438 @@
+//! The command lines as an operator meets them (issue 19): the real binaries, their stdout,
+//! stderr and exit status. Statuses are those of `service_runtime::cli::Exit`
+//! (docs/CLI.md): 4 unreachable, 5 refused by a server, 6 bad configuration, 64 usage.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::Command;
+use std::sync::mpsc;
+
+use serde_json::Value;
+use uptane_tests::sim::{Fleet, LIMIT};
+use uptane_tests::{bin, run, run_ok};
+
+const SECRETS: [(&str, &str); 5] = [
+    ("DIRECTOR_TOKEN", "dat_SECRET_director_token"),
+    ("IMAGE_REPO_TOKEN", "SECRET_upload_token"),
+    ("PRIMARY_PROVISIONING_TOKEN", "SECRET_provisioning_token"),
+    ("PRIMARY_OPERATOR_TOKEN", "SECRET_operator_token"),
+    ("PRIMARY_VEHICLE_CREDENTIAL", "SECRET_vehicle_credential"),
+];
+
+/// The subcommand names a `--help` output lists.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(String::from)
+        .collect()
+}
+
+fn help_with_secrets(program: &str, path: &[String]) -> String {
+    let mut command = Command::new(bin(program));
+    command.args(path).arg("--help");
+    for (name, value) in SECRETS {
+        command.env(name, value);
+    }
+    let (status, out, err) = run(&mut command, LIMIT);
+    assert!(status.success(), "{program} {path:?} --help: {err}");
+    out
+}
+
+#[test]
+fn no_help_shows_a_secret_from_the_environment() {
+    let mut seen = 0;
+    for program in ["director", "image-repo", "primary-ecu", "secondary-ecu"] {
+        let mut queue = vec![Vec::<String>::new()];
+        while let Some(path) = queue.pop() {
+            let help = help_with_secrets(program, &path);
+            seen += 1;
+            for (name, value) in SECRETS {
+                assert!(
+                    !help.contains(value),
+                    "`{program} {} --help` prints {name}'s value:\n{help}",
+                    path.join(" ")
+                );
+            }
+            for sub in subcommands(&help) {
+                let mut next = path.clone();
+                next.push(sub);
+                queue.push(next);
+            }
+        }
+    }
+    // Every program's subcommands were walked, not only the top-level help.
+    assert!(seen > 40, "only {seen} help pages");
+}
+
+#[test]
+fn operator_errors_say_what_to_do_and_exit_with_their_status() {
+    let empty = tempfile::tempdir().unwrap();
+    let director = |args: &[&str]| {
+        let mut command = Command::new(bin("director"));
+        command.args(args).env_remove("DIRECTOR_TOKEN");
+        run(&mut command, LIMIT)
+    };
+    let no_dir = empty.path().join("nodir");
+    let (status, _, err) = director(&[
+        "token",
+        "create",
+        "--dir",
+        no_dir.to_str().unwrap(),
+        "--label",
+        "x",
+    ]);
+    assert_eq!(status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("is not a Director directory") && err.contains("director init"),
+        "{err}"
+    );
+    assert!(!err.contains("Error code 14"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+
+    let (status, _, err) = director(&["vehicle", "list"]);
+    assert_eq!(status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("DIRECTOR_TOKEN") && err.contains("director token create"),
+        "{err}"
+    );
+
+    let (status, _, err) = director(&[
+        "vehicle",
+        "list",
+        "--token",
+        "dat_x",
+        "--server",
+        "https://127.0.0.1:9",
+    ]);
+    assert_eq!(status.code(), Some(4), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines[0].starts_with("error: could not reach the Director"),
+        "{err}"
+    );
+    assert!(lines[1].trim_start().starts_with("cause:"), "{err}");
+
+    let (status, _, err) = director(&["vehicle", "lst"]);
+    assert_eq!(status.code(), Some(64), "{err}");
+
+    let fleet = Fleet::start();
+    let (status, _, err) = run(
+        Command::new(bin("director")).args([
+            "vehicle",
+            "list",
+            "--server",
+            &fleet.director_url,
+            "--ca-cert",
+            fleet.ca_cert.to_str().unwrap(),
+            "--token",
+            "dat_not_a_token",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("HTTP 401") && err.contains("DIRECTOR_TOKEN"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Records events straight into the Director's database (the server is running: SQLite
+/// serializes the writers), as the service records them.
+fn record_events(fleet: &Fleet, count: usize, detail: &str) {
+    let db = director::db::Db::open(&fleet.path("director/director.db")).unwrap();
+    let now: uptane_core::time::UtcTime = std::time::SystemTime::now().into();
+    db.call_blocking(|conn| {
+        let tx = conn.transaction().unwrap();
+        for i in 0..count {
+            let detail = if detail.is_empty() {
+                format!("event {i}")
+            } else {
+                detail.to_string()
+            };
+            director::service::NewEvent::info("cli_test", "test", &detail)
+                .record(&tx, now)
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        Ok::<_, director::db::DbError>(())
+    })
+    .unwrap();
+}
+
+fn event_ids(value: &Value) -> Vec<i64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn director_events_pages_newest_first_and_survives_a_megabyte_field() {
+    let fleet = Fleet::start();
+    record_events(&fleet, 5_000, "");
+    let huge = "\u{1b}[31m".to_string() + &"x".repeat(1 << 20);
+    record_events(&fleet, 1, &huge);
+    record_events(&fleet, 1, "the newest");
+
+    // JSON: newest first, whole fields, pages by --before.
+    let page = fleet.operator(&["events", "--limit", "3"]);
+    let ids = event_ids(&page);
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+    assert_eq!(page[0]["detail"], "the newest");
+    assert_eq!(page[1]["detail"].as_str().unwrap().len(), huge.len());
+    let before = ids[2].to_string();
+    let next = event_ids(&fleet.operator(&["events", "--limit", "2", "--before", &before]));
+    assert_eq!(next, vec![ids[2] - 1, ids[2] - 2]);
+    let all = fleet.operator(&["events", "--limit", "1000"]);
+    assert_eq!(all.as_array().unwrap().len(), 1000);
+
+    // A table: newest first, the long field cut, no escape sequence reaching the terminal.
+    let out = run_ok(
+        &mut fleet.operator_human(&["events", "--limit", "5"]),
+        LIMIT,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{out}");
+    assert!(lines[1].contains("the newest"), "{out}");
+    assert!(lines[2].len() < 1_000, "{}", lines[2].len());
+    assert!(
+        !out.contains('\u{1b}'),
+        "an escape sequence reached the table"
+    );
+    assert!(out.contains("(older: --before"), "{out}");
+    // Beyond the API's page size: a clear refusal, before any row is read.
+    let (status, _, err) = run(
+        &mut fleet.operator_human(&["events", "--limit", "1001"]),
+        LIMIT,
+    );
+    assert_eq!(status.code(), Some(64), "{err}");
+
+    // `| head -1`: the reader goes away; the command ends quietly with status 0.
+    let (mut child, stdout) =
+        uptane_tests::start(fleet.operator_human(&["events", "--limit", "1000"]));
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    assert!(first.starts_with("ID"), "{first}");
+    let status = child.wait_exit(LIMIT).expect("it ends");
+    assert_eq!(status.code(), Some(0), "{}", child.stderr());
+    assert!(!child.stderr().contains("panicked"), "{}", child.stderr());
+}
+
+#[test]
+fn director_events_follow_prints_new_events_as_they_are_recorded() {
+    let fleet = Fleet::start();
+    record_events(&fleet, 3, "");
+    let mut follow = fleet.operator_command(&["events", "--follow", "--poll-secs", "1"]);
+    follow.args(["--limit", "2"]);
+    let (_child, stdout) = uptane_tests::start(follow);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next =
+        || -> Value { serde_json::from_str(&rx.recv_timeout(LIMIT).expect("a line")).unwrap() };
+    // The newest two first, oldest of them first, then what is recorded later.
+    let (a, b) = (next(), next());
+    assert!(a["id"].as_i64() < b["id"].as_i64(), "{a} {b}");
+    record_events(&fleet, 1, "recorded while following");
+    let later = next();
+    assert_eq!(later["detail"], "recorded while following");
+    assert!(later["id"].as_i64() > b["id"].as_i64());
+}
+
+#[test]
+fn assign_says_which_earlier_entries_it_supersedes() {
+    let fleet = Fleet::start();
+    fleet.publish("brake-2.0.bin", "hw-brake", 2, b"brake 2.0");
+    fleet.publish("brake-2.1.bin", "hw-brake", 2, b"brake 2.1");
+    let key = uptane_core::testing::key(7);
+    let key_file = fleet.path("brake.pub.json");
+    std::fs::write(
+        &key_file,
+        serde_json::to_vec(key.public_key().to_json()).unwrap(),
+    )
+    .unwrap();
+    let ecu = format!("ECU-BRAKE-1:hw-brake:{}", key_file.display());
+    fleet.operator(&["vehicle", "register", "--vin", "VIN-CLI-1", "--ecu", &ecu]);
+    let first = fleet.assign("brake-2.0.bin", &["VIN-CLI-1"]);
+    let first_id = first["correlation_id"].as_str().unwrap();
+    assert_eq!(first["superseded"], serde_json::json!([]));
+
+    let out = run_ok(
+        &mut fleet.operator_human(&["assign", "--image", "brake-2.1.bin", "--vin", "VIN-CLI-1"]),
+        LIMIT,
+    );
+    assert!(out.contains("it supersedes 1 earlier entry"), "{out}");
+    assert!(out.contains(first_id), "{out}");
+    let listed = fleet.assignments("VIN-CLI-1");
+    let old = listed
+        .iter()
+        .find(|e| e["correlation_id"] == first_id)
+        .unwrap();
+    assert_eq!(old["status"], "cancelled");
+}
+
+#[test]
+fn image_repo_speaks_in_sentences_renews_and_shows_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    let image_repo = |args: &[&str]| {
+        let mut command = Command::new(bin("image-repo"));
+        command.args(args);
+        run(&mut command, LIMIT)
+    };
+    let (repo, keys) = (path("repo"), path("keys"));
+    std::fs::write(path("a.bin"), b"image a").unwrap();
+    run_ok(
+        Command::new(bin("image-repo")).args(["init", "--repo", &repo, "--offline-keys", &keys]),
+        LIMIT,
+    );
+    let (status, out, err) = image_repo(&[
+        "add",
+        "--repo",
+        &repo,
+        "--offline-keys",
+        &keys,
+        "--name",
+        "a.bin",
+        "--hardware-id",
+        "hw",
+        &path("a.bin"),
+    ]);
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        out.trim(),
+        "published targets version 2 (1 targets); snapshot version 2, timestamp version 2"
+    );
+    // Logs written to a file carry no colour codes.
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+
+    let (status, out, err) = image_repo(&["status", "--repo", &repo]);
+    assert!(status.success(), "{err}");
+    let roles: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(roles, ["root", "timestamp", "snapshot", "targets"], "{out}");
+    assert!(!out.contains("WARNING") && err.is_empty(), "{out}{err}");
+    // Within a configured warning period: a warning that says how to renew.
+    let (status, out, err) =
+        image_repo(&["status", "--repo", &repo, "--targets-warning-days", "100"]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("WARNING"), "{out}");
+    assert!(err.contains("image-repo renew"), "{err}");
+
+    let (status, out, err) =
+        image_repo(&["renew", "--repo", &repo, "--offline-keys", &keys, "--json"]);
+    assert!(status.success(), "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (report["version"].as_u64(), report["targets"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let (_, out, _) = image_repo(&["status", "--repo", &repo, "--json"]);
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let targets = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["role"] == "targets")
+        .unwrap();
+    assert_eq!(targets["version"], 3);
+    assert_eq!(targets["warning"], false);
+}
+
+#[test]
+fn servers_say_listening_once() {
+    let fleet = Fleet::start();
+    let log = fleet.image_repo_log();
+    assert!(!log.contains("listening"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}
+
+#[test]
+fn ecu_init_defaults_the_factory_name_and_explains_an_unreachable_secondary() {
+    let fleet = Fleet::start();
+    let dir = fleet.path("cli-ecu");
+    std::fs::write(fleet.path("door-1.0.bin"), b"door factory image").unwrap();
+    let out = run_ok(
+        Command::new(bin("secondary-ecu")).args([
+            "init",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--vin",
+            "VIN-CLI-2",
+            "--serial",
+            "DOOR-1",
+            "--hardware-id",
+            "hw-door",
+            "--mode",
+            "partial",
+            "--director-root",
+            fleet.path("director/1.root.json").to_str().unwrap(),
+            "--factory-image",
+            fleet.path("door-1.0.bin").to_str().unwrap(),
+            "--insecure",
+        ]),
+        LIMIT,
+    );
+    assert!(out.contains("initialized ECU DOOR-1"), "{out}");
+
+    let (status, out, err) = run(
+        Command::new(bin("primary-ecu")).args([
+            "init",
+            "--dir",
+            fleet.path("cli-primary").to_str().unwrap(),
+            "--vin",
+            "VIN-CLI-2",
+            "--serial",
+            "GW-1",
+            "--hardware-id",
+            "hw-gw",
+            "--director-url",
+            &fleet.director_url,
+            "--image-repo-url",
+            &fleet.director_url,
+            "--ca-cert",
+            fleet.ca_cert.to_str().unwrap(),
+            "--secondary",
+            "DOOR-1,127.0.0.1:9,partial",
+            "--insecure",
+            "--director-root",
+            fleet.path("director/1.root.json").to_str().unwrap(),
+            "--image-root",
+            fleet.path("repo/metadata/1.root.json").to_str().unwrap(),
+            "--factory-image",
+            fleet.path("door-1.0.bin").to_str().unwrap(),
+            "--operator-token",
+            &fleet.token,
+        ]),
+        LIMIT,
+    );
+    assert_eq!(status.code(), Some(4), "{out}{err}");
+    let error: Vec<&str> = err.lines().filter(|l| !l.contains(" WARN ")).collect();
+    assert!(
+        error[0].starts_with("error: could not reach Secondary DOOR-1 at 127.0.0.1:9"),
+        "{err}"
+    );
+    assert!(error[1].trim_start().starts_with("cause:"), "{err}");
+    let debug_words: BTreeSet<&str> = ["Some(", "ConnectError(", "Os {", "Custom {"].into();
+    for word in debug_words {
+        assert!(!err.contains(word), "debug text {word:?} in:\n{err}");
+    }
+}
