@@ -136,6 +136,8 @@ struct PageArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Docs(service_runtime::cli::Docs),
     /// Creates the Director's keys, root and database.
     Init {
         /// Director directory (database, online keys).
@@ -895,6 +897,7 @@ fn query_value(value: &str) -> String {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Docs(docs) => docs.run::<Cli>(),
         Command::Init {
             dir,
             offline_keys,

@@ -108,6 +108,8 @@ fn listing(
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Docs(service_runtime::cli::Docs),
     /// Key ceremony: creates keys and version 1 of every role.
     Init {
         /// Repository directory to create.
@@ -422,6 +424,7 @@ fn warn_expiring_in(repo: &Repository) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
+        Command::Docs(docs) => docs.run::<Cli>(),
         Command::Init {
             repo,
             offline_keys,

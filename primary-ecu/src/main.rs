@@ -50,6 +50,8 @@ struct RegistrationArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Docs(service_runtime::cli::Docs),
     /// Creates the Primary's key and state, pins both roots, asks each Secondary who it is,
     /// and registers the vehicle with the Director.
     Init {
@@ -242,6 +244,7 @@ fn print_status(status: &Value) {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Docs(docs) => docs.run::<Cli>().map(|()| ExitCode::SUCCESS),
         Command::Init {
             dir,
             settings: args,

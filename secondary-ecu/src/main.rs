@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Docs(service_runtime::cli::Docs),
     /// Creates the ECU key, identity, trusted roots and the device (factory image in slot A).
     Init {
         /// ECU directory.
@@ -111,6 +113,7 @@ fn now() -> uptane_core::time::UtcTime {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Docs(docs) => docs.run::<Cli>(),
         Command::Init {
             dir,
             vin,

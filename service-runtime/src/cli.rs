@@ -199,6 +199,56 @@ pub fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The `completions` and `man` subcommands every program has (flattened into its command
+/// enum), generated from its own clap definition so they cannot drift from it.
+#[derive(Debug, clap::Subcommand)]
+pub enum Docs {
+    /// Prints a shell completion script on stdout (e.g. `director completions bash >
+    /// /etc/bash_completion.d/director`).
+    #[command(display_order = 1000)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Writes man pages, one for the program and one per subcommand, into a directory.
+    #[command(display_order = 1001)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+impl Docs {
+    /// Runs it for program `C`.
+    pub fn run<C: clap::CommandFactory>(self) -> anyhow::Result<()> {
+        let mut command = C::command();
+        match self {
+            Docs::Completions { shell } => {
+                let name = command.get_name().to_string();
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut command, name, &mut script);
+                crate::outln!("{}", String::from_utf8_lossy(&script).trim_end());
+            }
+            Docs::Man { out } => {
+                std::fs::create_dir_all(&out)
+                    .fail(Exit::Config, format!("could not create {}", out.display()))?;
+                clap_mangen::generate_to(command, &out).fail(
+                    Exit::Failed,
+                    format!("could not write man pages to {}", out.display()),
+                )?;
+                let pages = std::fs::read_dir(&out)?
+                    .filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "1"))
+                    .count();
+                crate::outln!("wrote {pages} man pages to {}", out.display());
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

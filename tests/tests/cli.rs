@@ -436,3 +436,50 @@ fn ecu_init_defaults_the_factory_name_and_explains_an_unreachable_secondary() {
         assert!(!err.contains(word), "debug text {word:?} in:\n{err}");
     }
 }
+
+#[test]
+fn completions_and_man_pages_come_from_each_program() {
+    let out = tempfile::tempdir().unwrap();
+    for program in ["director", "image-repo", "primary-ecu", "secondary-ecu"] {
+        let mut command = Command::new(bin(program));
+        command.args(["completions", "bash"]);
+        for (name, value) in SECRETS {
+            command.env(name, value);
+        }
+        let script = run_ok(&mut command, LIMIT);
+        // Every top-level subcommand completes.
+        let top = help_with_secrets(program, &[]);
+        for sub in subcommands(&top) {
+            assert!(script.contains(&sub), "{program}: no completion for {sub}");
+        }
+        let script_file = out.path().join(format!("{program}.bash"));
+        std::fs::write(&script_file, &script).unwrap();
+        run_ok(Command::new("bash").arg("-n").arg(&script_file), LIMIT);
+
+        let pages = out.path().join(format!("man-{program}"));
+        let mut command = Command::new(bin(program));
+        command.args(["man", "--out", pages.to_str().unwrap()]);
+        for (name, value) in SECRETS {
+            command.env(name, value);
+        }
+        let said = run_ok(&mut command, LIMIT);
+        assert!(said.starts_with("wrote "), "{said}");
+        let names: BTreeSet<String> = std::fs::read_dir(&pages)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&format!("{program}.1")), "{names:?}");
+        for name in &names {
+            let page = std::fs::read_to_string(pages.join(name)).unwrap();
+            for (_, value) in SECRETS {
+                assert!(!page.contains(value), "{name} prints a secret");
+            }
+        }
+        for sub in subcommands(&top) {
+            assert!(
+                names.contains(&format!("{program}-{sub}.1")),
+                "{program}: no man page for {sub}: {names:?}"
+            );
+        }
+    }
+}
