@@ -19,7 +19,7 @@ use uptane_core::time::UtcTime;
 
 use crate::error::DirectorError;
 use crate::service::{
-    AssignRequest, DirectorService, EcuReplacement, IssuedCredential, NewVehicle,
+    AssignRequest, DirectorService, EcuReplacement, IssuedCredential, NewVehicle, Page,
     ProvisioningLimits, VehicleAuth,
 };
 
@@ -218,30 +218,16 @@ struct ListQuery {
     limit: u32,
 }
 
-/// Rows a listing returns unless asked for fewer.
-const DEFAULT_LIMIT: u32 = 100;
-/// The most rows one listing call returns: a page, not the table.
-const MAX_LIMIT: u32 = 1000;
-
 fn default_limit() -> u32 {
-    DEFAULT_LIMIT
+    Page::DEFAULT_LIMIT
 }
 
 impl ListQuery {
-    /// The page size, refused outside 1..=1000 before any row is read.
-    fn limit(&self) -> Result<u32, DirectorError> {
-        if (1..=MAX_LIMIT).contains(&self.limit) {
-            Ok(self.limit)
-        } else {
-            Err(DirectorError::BadRequest(format!(
-                "limit must be between 1 and {MAX_LIMIT}, not {}",
-                self.limit
-            )))
-        }
-    }
-
-    fn since(&self) -> Result<Option<UtcTime>, DirectorError> {
-        self.since
+    /// The page asked for: refused (400) outside 1..=1000 rows or with a `since` that is not
+    /// an RFC 3339 time, before any row is read.
+    fn page(&self) -> Result<Page, DirectorError> {
+        let since = self
+            .since
             .as_deref()
             .map(|t| {
                 t.parse::<UtcTime>().map_err(|_| {
@@ -250,7 +236,8 @@ impl ListQuery {
                     ))
                 })
             })
-            .transpose()
+            .transpose()?;
+        Page::new(self.limit, self.before, since)
     }
 }
 
@@ -260,7 +247,7 @@ async fn list_vehicles(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
-    ok_json(state.service.vehicles(q.limit()?).await?)
+    ok_json(state.service.vehicles(q.page()?).await?)
 }
 
 async fn show_vehicle(
@@ -305,7 +292,7 @@ async fn list_assignments(
 ) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
     let vin = q.vin.as_deref().map(parse_id).transpose()?;
-    ok_json(state.service.assignments(vin).await?)
+    ok_json(state.service.assignments(vin, q.page()?).await?)
 }
 
 async fn cancel_assignment(
@@ -334,15 +321,15 @@ async fn list_events(
 ) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
     let vin = q.vin.as_deref().map(parse_id).transpose()?;
-    let (limit, since) = (q.limit()?, q.since()?);
+    let page = q.page()?;
     let events = match q.after {
-        Some(after) => state.service.events(vin, q.security, after, limit).await?,
-        None => {
+        Some(after) => {
             state
                 .service
-                .recent_events(vin, q.security, q.before, since, limit)
+                .events(vin, q.security, after, page.limit())
                 .await?
         }
+        None => state.service.recent_events(vin, q.security, page).await?,
     };
     ok_json(events)
 }
@@ -406,9 +393,13 @@ async fn create_provisioning_token(
         "expires_in_secs": limits.lifetime.num_seconds()}))
 }
 
-async fn list_provisioning_tokens(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+async fn list_provisioning_tokens(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
-    ok_json(state.service.provisioning_tokens().await?)
+    ok_json(state.service.provisioning_tokens(q.page()?).await?)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -467,7 +458,7 @@ async fn list_credentials(
 ) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
     let vin = q.vin.as_deref().map(parse_id).transpose()?;
-    ok_json(state.service.credentials(vin, q.limit()?).await?)
+    ok_json(state.service.credentials(vin, q.page()?).await?)
 }
 
 /// A vehicle renews its credential; the new one takes over at its first use.

@@ -73,6 +73,9 @@ use service_runtime::tls::{ClientAuth, Fingerprint};
 #[derive(Debug, Parser)]
 #[command(name = "director", version)]
 pub struct Cli {
+    /// Print JSON instead of sentences and tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,9 +95,6 @@ struct Remote {
     /// Allow a plaintext `http://` server: the token crosses the network readable.
     #[arg(long, env = "DIRECTOR_INSECURE")]
     insecure: bool,
-    /// Print JSON instead of tables.
-    #[arg(long)]
-    json: bool,
 }
 
 impl std::fmt::Debug for Remote {
@@ -132,6 +132,48 @@ struct PageArgs {
     /// Only rows at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
     #[arg(long)]
     since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl PageArgs {
+    /// Its query parameters.
+    fn query(&self) -> String {
+        let mut query = format!("limit={}", self.limit);
+        if let Some(before) = self.before {
+            query.push_str(&format!("&before={before}"));
+        }
+        if let Some(since) = self.since {
+            query.push_str(&format!("&since={}", query_value(&since.to_rfc3339())));
+        }
+        query
+    }
+
+    /// The same page, for a listing read from the database directly.
+    fn page(&self) -> anyhow::Result<service::Page> {
+        service::Page::new(self.limit, self.before, self.since).fail(
+            Exit::Usage,
+            "the page asked for is not one the Director lists",
+        )
+    }
+
+    /// After a full page of `rows` (newest first, each with a `cursor` or, for events, an
+    /// `id`): how to ask for the next one.
+    fn next(&self, rows: &Value) -> Option<String> {
+        let rows = rows.as_array()?;
+        if rows.len() < self.limit as usize {
+            return None;
+        }
+        let last = rows.last()?;
+        let cursor = last["cursor"].as_i64().or_else(|| last["id"].as_i64())?;
+        Some(format!("(older: --before {cursor})"))
+    }
+}
+
+/// A page of a listing: JSON, or its table and, after a full page, how to read on.
+fn print_page(json: bool, page: &PageArgs, value: &Value, render: impl FnOnce(&Value) -> String) {
+    print(json, value, render);
+    if !json && let Some(next) = page.next(value) {
+        outln!("{next}");
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -361,14 +403,13 @@ enum TokenCommand {
         #[arg(long, default_value_t = 90)]
         expires_in_days: u32,
     },
-    /// Lists the operator tokens (never their secrets).
+    /// Lists the operator tokens (never their secrets), newest first.
     List {
         /// Director directory.
         #[arg(long, env = "DIRECTOR_DIR")]
         dir: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Revokes operator tokens, by id (from `token list`) or by label.
     Revoke {
@@ -400,13 +441,16 @@ enum VehicleCommand {
         #[arg(long)]
         tls_fingerprint: Option<Fingerprint>,
     },
-    /// Lists vehicle credentials: expiry, revocation, pending renewal, bound certificate.
+    /// Lists vehicle credentials: expiry, revocation, pending renewal, bound certificate;
+    /// the most recently registered vehicle first.
     Credentials {
         #[command(flatten)]
         remote: Remote,
         /// Only this vehicle.
         #[arg(long)]
         vin: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Revokes a vehicle's credential and certificate binding: it is refused until it is
     /// issued a new one.
@@ -436,10 +480,12 @@ enum VehicleCommand {
         #[arg(long)]
         tls_fingerprint: Option<Fingerprint>,
     },
-    /// Lists vehicles.
+    /// Lists vehicles, the most recently registered first.
     List {
         #[command(flatten)]
         remote: Remote,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Shows a vehicle: ECUs, installed images, assignments.
     Show {
@@ -452,13 +498,15 @@ enum VehicleCommand {
 
 #[derive(Debug, Subcommand)]
 enum AssignmentCommand {
-    /// Lists assignment entries.
+    /// Lists assignment entries, newest first.
     List {
         #[command(flatten)]
         remote: Remote,
         /// Only this vehicle.
         #[arg(long)]
         vin: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Cancels the entries of an assignment not yet delivered.
     Cancel {
@@ -488,10 +536,12 @@ enum ProvisioningCommand {
         #[arg(long)]
         expires_in_hours: Option<u32>,
     },
-    /// Lists provisioning tokens: uses, expiry, revocation.
+    /// Lists provisioning tokens: uses, expiry, revocation; newest first.
     List {
         #[command(flatten)]
         remote: Remote,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Revokes the tokens with a label.
     Revoke {
@@ -626,46 +676,7 @@ async fn call(
     Ok(value)
 }
 
-/// The widest a table cell gets; `--json` prints every field whole.
-const MAX_CELL: usize = 80;
-
-/// A cell as a table shows it: control characters (newlines, escape sequences a caller
-/// wrote into an event) made visible rather than sent to the terminal, and cut to
-/// [`MAX_CELL`] characters.
-fn cell(text: &str) -> String {
-    let visible: String = text
-        .chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect();
-    service_runtime::cli::truncate(&visible, MAX_CELL).into_owned()
-}
-
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|row| row.iter().map(|c| cell(c)).collect())
-        .collect();
-    let width = |c: &str| c.chars().count();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(width(cell));
-        }
-    }
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(width(c)))))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
-    out.extend(rows.into_iter().map(line));
-    out.join("\n")
-}
+use service_runtime::cli::table;
 
 fn text(v: &Value) -> String {
     match v {
@@ -675,8 +686,8 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn print(remote: &Remote, value: &Value, render: impl FnOnce(&Value) -> String) {
-    if remote.json {
+fn print(json: bool, value: &Value, render: impl FnOnce(&Value) -> String) {
+    if json {
         outln!(
             "{}",
             serde_json::to_string_pretty(value).expect("JSON serializes")
@@ -739,7 +750,7 @@ fn token_table(value: &Value) -> String {
 
 /// The operator token commands, which act on the database directly: whoever can read the
 /// Director's directory is its administrator.
-fn token_command(command: TokenCommand) -> anyhow::Result<()> {
+fn token_command(command: TokenCommand, json: bool) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create {
             dir,
@@ -751,17 +762,26 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             let lifetime = chrono::Duration::days(i64::from(expires_in_days));
             let token =
                 db.call_blocking(|conn| service::create_api_token(conn, &label, lifetime, now()))?;
-            outln!("{token}");
+            // Bare, so that `export DIRECTOR_TOKEN=$(director token create ...)` works.
+            print(
+                json,
+                &json!({"token": token, "label": label, "expires_in_days": expires_in_days}),
+                |_| token.clone(),
+            );
         }
-        TokenCommand::List { dir, json } => {
+        TokenCommand::List { dir, page } => {
             let db = open_director(&dir)?;
             warn_if_root_expires(&db);
-            let tokens = db.call_blocking(|conn| service::list_api_tokens(conn))?;
+            let range = page.page()?;
+            let tokens = db.call_blocking(|conn| service::list_api_tokens(conn, range))?;
             let value = serde_json::to_value(&tokens)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 outln!("{}", token_table(&value));
+                if let Some(next) = page.next(&value) {
+                    outln!("{next}");
+                }
             }
         }
         TokenCommand::Revoke { dir, id, label } => {
@@ -773,7 +793,9 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             let db = open_director(&dir)?;
             let n =
                 db.call_blocking(|conn| service::revoke_api_tokens(conn, &which, "cli", now()))?;
-            outln!("revoked {n} token(s)");
+            print(json, &json!({"revoked": n}), |_| {
+                format!("revoked {n} token(s)")
+            });
         }
     }
     Ok(())
@@ -806,6 +828,7 @@ fn event_table(events: &[Value]) -> String {
 /// oldest first, as it is recorded.
 async fn events_command(
     remote: &Remote,
+    json: bool,
     vin: Option<String>,
     security: bool,
     page: &PageArgs,
@@ -816,13 +839,7 @@ async fn events_command(
     if let Some(vin) = &vin {
         filter.push_str(&format!("&vin={}", query_value(vin)));
     }
-    let mut path = format!("/api/v1/events?{filter}&limit={}", page.limit);
-    if let Some(before) = page.before {
-        path.push_str(&format!("&before={before}"));
-    }
-    if let Some(since) = page.since {
-        path.push_str(&format!("&since={}", query_value(&since.to_rfc3339())));
-    }
+    let path = format!("/api/v1/events?{filter}&{}", page.query());
     let value = call(remote, reqwest::Method::GET, &path, None).await?;
     let mut newest = value.as_array().cloned().unwrap_or_default();
     let mut last = newest.first().and_then(|e| e["id"].as_i64()).unwrap_or(0);
@@ -830,7 +847,7 @@ async fn events_command(
         // Oldest first, so that what follows reads on in order.
         newest.reverse();
     }
-    if remote.json {
+    if json {
         if follow {
             for event in &newest {
                 outln!("{event}");
@@ -840,11 +857,8 @@ async fn events_command(
         }
     } else {
         outln!("{}", event_table(&newest));
-        if let Some(oldest) = newest.last().and_then(|e| e["id"].as_i64())
-            && !follow
-            && newest.len() == page.limit as usize
-        {
-            outln!("(older: --before {oldest})");
+        if let Some(next) = page.next(&value).filter(|_| !follow) {
+            outln!("{next}");
         }
     }
     if !follow {
@@ -867,7 +881,7 @@ async fn events_command(
             };
             last = id;
             for event in &events {
-                if remote.json {
+                if json {
                     outln!("{event}");
                 } else {
                     let row = event_table(std::slice::from_ref(event));
@@ -896,6 +910,7 @@ fn query_value(value: &str) -> String {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
     match cli.command {
         Command::Docs(docs) => docs.run::<Cli>(),
         Command::Init {
@@ -949,12 +964,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Public: vehicles are provisioned with it before they hold a credential.
             let root_path = dir.join("1.root.json");
             std::fs::write(&root_path, &root)?;
-            outln!(
-                "initialized Director in {} ({root_threshold}-of-{root_keys} root keys in {}); \
-                 the root to provision vehicles with is {}",
-                dir.display(),
-                offline_keys.display(),
-                root_path.display()
+            print(
+                json,
+                &json!({"dir": dir, "offline_keys": offline_keys, "root_keys": root_keys,
+                    "root_threshold": root_threshold, "root": root_path}),
+                |_| {
+                    format!(
+                        "initialized Director in {} ({root_threshold}-of-{root_keys} root keys \
+                         in {}); the root to provision vehicles with is {}",
+                        dir.display(),
+                        offline_keys.display(),
+                        root_path.display()
+                    )
+                },
             );
             Ok(())
         }
@@ -1035,7 +1057,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             service.flush_refusals(true).await?;
             Ok(())
         }
-        Command::Token { command } => token_command(command),
+        Command::Token { command } => token_command(command, json),
         Command::RotateRoot {
             dir,
             offline_keys,
@@ -1086,8 +1108,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     return Err(e.into());
                 }
             };
-            outln!(
-                "published Director root version {version} (expires in {root_lifetime_days} days)"
+            print(
+                json,
+                &json!({"root_version": version, "expires_in_days": root_lifetime_days}),
+                |_| {
+                    format!(
+                        "published Director root version {version} (expires in \
+                         {root_lifetime_days} days)"
+                    )
+                },
             );
             warn_if_root_expires(&db);
             Ok(())
@@ -1117,16 +1146,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     now(),
                 )
             })?;
-            outln!(
-                "published Director root version {version} with new {} key(s); the server signs \
-                 with them from its next request",
-                roles.join(", ")
+            print(
+                json,
+                &json!({"root_version": version, "rotated": roles}),
+                |_| {
+                    format!(
+                        "published Director root version {version} with new {} key(s); the \
+                         server signs with them from its next request",
+                        roles.join(", ")
+                    )
+                },
             );
             Ok(())
         }
         Command::Status { remote } => {
             let status = call(&remote, reqwest::Method::GET, "/api/v1/status", None).await?;
-            if remote.json {
+            if json {
                 outln!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 outln!(
@@ -1172,7 +1207,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(json!({"vin": vin, "ecus": list, "tls_fingerprint": tls_fingerprint})),
                 )
                 .await?;
-                print(&remote, &value, |v| {
+                print(json, &value, |v| {
                     format!(
                         "registered {}; vehicle credential: {}",
                         text(&v["vin"]),
@@ -1181,13 +1216,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 });
                 Ok(())
             }
-            VehicleCommand::Credentials { remote, vin } => {
-                let path = match &vin {
-                    Some(vin) => format!("/api/v1/vehicle-credentials?vin={}", query_value(vin)),
-                    None => "/api/v1/vehicle-credentials".into(),
-                };
+            VehicleCommand::Credentials { remote, vin, page } => {
+                let mut path = format!("/api/v1/vehicle-credentials?{}", page.query());
+                if let Some(vin) = &vin {
+                    path.push_str(&format!("&vin={}", query_value(vin)));
+                }
                 let value = call(&remote, reqwest::Method::GET, &path, None).await?;
-                print(&remote, &value, |v| {
+                print_page(json, &page, &value, |v| {
                     let keys = [
                         "vin",
                         "issued_at",
@@ -1218,7 +1253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-                print(&remote, &value, |_| {
+                print(json, &value, |_| {
                     format!("revoked the credential and certificate binding of {vin}")
                 });
                 Ok(())
@@ -1235,7 +1270,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(json!({"tls_fingerprint": tls_fingerprint})),
                 )
                 .await?;
-                print(&remote, &value, |v| {
+                print(json, &value, |v| {
                     format!(
                         "new credential for {vin} (expires {}): {}",
                         text(&v["credential_expires_at"]),
@@ -1252,7 +1287,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-                print(&remote, &value, |v| {
+                print(json, &value, |v| {
                     format!(
                         "time reset {} for {vin}: its next Director metadata carries it",
                         v["time_reset"]
@@ -1260,18 +1295,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 });
                 Ok(())
             }
-            VehicleCommand::List { remote } => {
-                let value = call(&remote, reqwest::Method::GET, "/api/v1/vehicles", None).await?;
-                print(&remote, &value, |v| {
-                    table(
-                        &["VIN"],
-                        v.as_array()
-                            .cloned()
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|x| vec![text(x)])
-                            .collect(),
-                    )
+            VehicleCommand::List { remote, page } => {
+                let path = format!("/api/v1/vehicles?{}", page.query());
+                let value = call(&remote, reqwest::Method::GET, &path, None).await?;
+                print_page(json, &page, &value, |v| {
+                    table(&["VIN", "REGISTERED"], rows(v, &["vin", "registered_at"]))
                 });
                 Ok(())
             }
@@ -1283,7 +1311,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-                print(&remote, &value, |v| {
+                print(json, &value, |v| {
                     let ecus = v["ecus"].as_array().cloned().unwrap_or_default();
                     let ecu_table = table(
                         &[
@@ -1332,7 +1360,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(json!({"serial": new_serial, "hardware_id": hardware_id, "public_key": key})),
             )
             .await?;
-            print(&remote, &value, |_| {
+            print(json, &value, |_| {
                 format!("ECU {serial} of {vin} replaced by {new_serial}")
             });
             Ok(())
@@ -1353,7 +1381,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(body),
             )
             .await?;
-            print(&remote, &value, |v| {
+            print(json, &value, |v| {
                 let mut out = format!(
                     "assignment {}\n{}",
                     text(&v["correlation_id"]),
@@ -1373,13 +1401,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Assignment { command } => match command {
-            AssignmentCommand::List { remote, vin } => {
-                let path = match &vin {
-                    Some(vin) => format!("/api/v1/assignments?vin={}", query_value(vin)),
-                    None => "/api/v1/assignments".into(),
-                };
+            AssignmentCommand::List { remote, vin, page } => {
+                let mut path = format!("/api/v1/assignments?{}", page.query());
+                if let Some(vin) = &vin {
+                    path.push_str(&format!("&vin={}", query_value(vin)));
+                }
                 let value = call(&remote, reqwest::Method::GET, &path, None).await?;
-                print(&remote, &value, assignment_table);
+                print_page(json, &page, &value, assignment_table);
                 Ok(())
             }
             AssignmentCommand::Cancel {
@@ -1393,7 +1421,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-                print(&remote, &value, |v| {
+                print(json, &value, |v| {
                     format!("cancelled {} ECU entries", text(&v["cancelled"]))
                 });
                 Ok(())
@@ -1406,7 +1434,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             page,
             follow,
             poll_secs,
-        } => events_command(&remote, vin, security, &page, follow, poll_secs).await,
+        } => events_command(&remote, json, vin, security, &page, follow, poll_secs).await,
         Command::ProvisioningToken { command } => match command {
             ProvisioningCommand::Create {
                 remote,
@@ -1429,18 +1457,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(body),
                 )
                 .await?;
-                print(&remote, &value, |v| text(&v["token"]));
+                print(json, &value, |v| text(&v["token"]));
                 Ok(())
             }
-            ProvisioningCommand::List { remote } => {
-                let value = call(
-                    &remote,
-                    reqwest::Method::GET,
-                    "/api/v1/provisioning-tokens",
-                    None,
-                )
-                .await?;
-                print(&remote, &value, token_table);
+            ProvisioningCommand::List { remote, page } => {
+                let path = format!("/api/v1/provisioning-tokens?{}", page.query());
+                let value = call(&remote, reqwest::Method::GET, &path, None).await?;
+                print_page(json, &page, &value, token_table);
                 Ok(())
             }
             ProvisioningCommand::Revoke { remote, label } => {
@@ -1451,9 +1474,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-                print(&remote, &value, |v| {
-                    format!("revoked {}", text(&v["revoked"]))
-                });
+                print(json, &value, |v| format!("revoked {}", text(&v["revoked"])));
                 Ok(())
             }
         },

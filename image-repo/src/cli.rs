@@ -381,11 +381,18 @@ enum TokenCommand {
         #[arg(long, default_value_t = 90)]
         expires_in_days: u32,
     },
-    /// Lists the upload tokens (never their secrets).
+    /// Lists the upload tokens (never their secrets), newest first.
     List {
         /// Repository directory.
         #[arg(long, env = "IMAGE_REPO_DIR")]
         repo: PathBuf,
+        /// Show at most this many tokens (1 to 1000).
+        #[arg(long, default_value_t = 100,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Only tokens older than this cursor (the next page back: the footer prints it).
+        #[arg(long)]
+        before: Option<usize>,
     },
     /// Revokes upload tokens, by id (from `token list`) or by label; takes effect at the
     /// next upload, without a restart.
@@ -420,8 +427,74 @@ fn warn_expiring_in(repo: &Repository) {
     }
 }
 
-/// Runs a parsed command line.
+/// Runs a parsed command line; an error ends with the exit status of docs/CLI.md.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    run_command(cli).await.map_err(advise)
+}
+
+/// A server that could not be reached, or refused, says so and what to check, with the
+/// status for it (an error with advice already, or a local one, is left as it is).
+fn advise(error: anyhow::Error) -> anyhow::Error {
+    use service_runtime::cli::Exit;
+    if error
+        .chain()
+        .any(|e| e.is::<service_runtime::cli::Failure>())
+    {
+        return error;
+    }
+    let remote = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<crate::remote::RemoteError>());
+    let repo = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<crate::error::RepoError>());
+    let (exit, advice) = match (remote, repo) {
+        (Some(crate::remote::RemoteError::Http { .. }), _) => (
+            Exit::Unreachable,
+            "could not reach the Image repository: is it running, and are --server and \
+             --ca-cert right?"
+                .to_string(),
+        ),
+        (Some(crate::remote::RemoteError::Refused { status, .. }), _)
+            if *status == 401 || *status == 403 =>
+        {
+            (
+                Exit::Refused,
+                format!(
+                    "the Image repository refused the upload token (HTTP {status}): check \
+                     --token (IMAGE_REPO_TOKEN); `image-repo token create` makes one"
+                ),
+            )
+        }
+        (Some(crate::remote::RemoteError::Refused { status, .. }), _) => (
+            Exit::Refused,
+            format!("the Image repository refused the request (HTTP {status})"),
+        ),
+        (Some(crate::remote::RemoteError::Url(_) | crate::remote::RemoteError::Tls(_)), _) => (
+            Exit::Config,
+            "the server URL or the TLS files are not usable".to_string(),
+        ),
+        (_, Some(crate::error::RepoError::Corrupt { .. })) => (
+            Exit::Verification,
+            "the repository's metadata does not verify".to_string(),
+        ),
+        (_, Some(crate::error::RepoError::Layout(_))) => (
+            Exit::Config,
+            "not an Image repository directory as this command needs: `image-repo init` \
+             makes one"
+                .to_string(),
+        ),
+        _ => return error,
+    };
+    service_runtime::cli::Failure {
+        exit,
+        message: advice,
+        cause: Some(error),
+    }
+    .into()
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Docs(docs) => docs.run::<Cli>(),
@@ -440,10 +513,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 targets_threshold,
             };
             Repository::init(&repo, &offline_keys, options, Expiry::default(), now())?;
-            outln!(
-                "initialized {} ({root_threshold}-of-{root_keys} root, {targets_threshold}-of-{targets_keys} targets); offline keys in {}",
-                repo.display(),
-                offline_keys.display()
+            say(
+                json,
+                serde_json::json!({"repo": repo, "offline_keys": offline_keys,
+                    "root_keys": root_keys, "root_threshold": root_threshold,
+                    "targets_keys": targets_keys, "targets_threshold": targets_threshold}),
+                || {
+                    format!(
+                        "initialized {} ({root_threshold}-of-{root_keys} root, \
+                         {targets_threshold}-of-{targets_keys} targets); offline keys in {}",
+                        repo.display(),
+                        offline_keys.display()
+                    )
+                },
             );
             Ok(())
         }
@@ -641,7 +723,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             keys::write_private(&out, &key)?;
             let public = PathBuf::from(format!("{}.pub.json", out.display()));
             keys::write_public(&public, key.public_key())?;
-            outln!("{}", key.key_id());
+            // Bare: the key id, for scripts.
+            say(
+                json,
+                serde_json::json!({"key_id": key.key_id().to_string(), "private": out,
+                    "public": public}),
+                || key.key_id().to_string(),
+            );
             Ok(())
         }
         Command::Token { command } => token_command(command, json),
@@ -653,7 +741,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let version =
                 Repository::open(&repo)?.rotate_root_keys(&offline_keys, keys, threshold, now())?;
-            outln!("published root version {version}");
+            say(json, serde_json::json!({"root_version": version}), || {
+                format!("published root version {version}")
+            });
             warn_expiring_in(&Repository::open(repo)?);
             Ok(())
         }
@@ -664,7 +754,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let version =
                 Repository::open(&repo)?.rotate_online_key(&offline_keys, &role, now())?;
-            outln!("published root version {version} with a new {role} key");
+            say(
+                json,
+                serde_json::json!({"root_version": version, "rotated": role}),
+                || format!("published root version {version} with a new {role} key"),
+            );
             warn_expiring_in(&Repository::open(repo)?);
             Ok(())
         }
@@ -673,11 +767,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::time::SystemTime::now(),
                 Duration::from_secs(grace_hours * 3600),
             )?;
-            outln!(
-                "removed {} unlisted images and {} interrupted uploads ({} bytes)",
-                collected.blobs,
-                collected.partial_uploads,
-                collected.bytes
+            say(
+                json,
+                serde_json::json!({"blobs": collected.blobs,
+                    "partial_uploads": collected.partial_uploads, "bytes": collected.bytes}),
+                || {
+                    format!(
+                        "removed {} unlisted images and {} interrupted uploads ({} bytes)",
+                        collected.blobs, collected.partial_uploads, collected.bytes
+                    )
+                },
             );
             Ok(())
         }
@@ -760,18 +859,37 @@ fn token_command(command: TokenCommand, json: bool) -> anyhow::Result<()> {
         } => {
             Repository::open(&repo)?;
             let lifetime = chrono::Duration::days(i64::from(expires_in_days));
-            outln!("{}", Tokens::create(&repo, &role, &label, lifetime, now())?);
+            let token = Tokens::create(&repo, &role, &label, lifetime, now())?;
+            // Bare, for `TOKEN=$(image-repo token create ...)`.
+            say(
+                json,
+                serde_json::json!({"token": token, "role": role, "label": label}),
+                || token.to_string(),
+            );
         }
-        TokenCommand::List { repo } => {
+        TokenCommand::List {
+            repo,
+            limit,
+            before,
+        } => {
             Repository::open(&repo)?;
             let tokens = Tokens::load(&repo)?;
+            // A token's cursor is its place in the append-only token file, from 1.
+            let page: Vec<(usize, &crate::tokens::TokenEntry)> = tokens
+                .tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i + 1, t))
+                .filter(|(cursor, _)| before.is_none_or(|b| *cursor < b))
+                .rev()
+                .take(limit as usize)
+                .collect();
             if json {
-                let listed: Vec<_> = tokens
-                    .tokens
+                let listed: Vec<_> = page
                     .iter()
-                    .map(|t| {
+                    .map(|(cursor, t)| {
                         serde_json::json!({
-                            "id": t.id(), "role": t.role, "label": t.label,
+                            "cursor": cursor, "id": t.id(), "role": t.role, "label": t.label,
                             "created_at": t.created_at, "expires_at": t.expires_at,
                             "revoked_at": t.revoked_at,
                         })
@@ -779,18 +897,33 @@ fn token_command(command: TokenCommand, json: bool) -> anyhow::Result<()> {
                     .collect();
                 outln!("{}", serde_json::to_string_pretty(&listed)?);
             } else {
-                outln!("ID                ROLE  LABEL  CREATED  EXPIRES  REVOKED");
                 let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-                for t in &tokens.tokens {
-                    outln!(
-                        "{}  {}  {}  {}  {}  {}",
-                        t.id(),
-                        t.role,
-                        if t.label.is_empty() { "-" } else { &t.label },
-                        dash(&t.created_at),
-                        dash(&t.expires_at),
-                        dash(&t.revoked_at)
-                    );
+                let rows = page
+                    .iter()
+                    .map(|(_, t)| {
+                        vec![
+                            t.id().to_string(),
+                            t.role.clone(),
+                            if t.label.is_empty() {
+                                "-".into()
+                            } else {
+                                t.label.clone()
+                            },
+                            dash(&t.created_at),
+                            dash(&t.expires_at),
+                            dash(&t.revoked_at),
+                        ]
+                    })
+                    .collect();
+                outln!(
+                    "{}",
+                    service_runtime::cli::table(
+                        &["ID", "ROLE", "LABEL", "CREATED", "EXPIRES", "REVOKED"],
+                        rows
+                    )
+                );
+                if let Some((oldest, _)) = page.last().filter(|_| page.len() == limit as usize) {
+                    outln!("(older: --before {oldest})");
                 }
             }
         }
@@ -805,10 +938,21 @@ fn token_command(command: TokenCommand, json: bool) -> anyhow::Result<()> {
             if n == 0 {
                 bail!("no live token matches");
             }
-            outln!("revoked {n} token(s)");
+            say(json, serde_json::json!({"revoked": n}), || {
+                format!("revoked {n} token(s)")
+            });
         }
     }
     Ok(())
+}
+
+/// What a command did: `json` as JSON, or the sentence `human` makes.
+fn say(json: bool, value: serde_json::Value, human: impl FnOnce() -> String) {
+    if json {
+        outln!("{value}");
+    } else {
+        outln!("{}", human());
+    }
 }
 
 /// A publication as one sentence (or its JSON report).

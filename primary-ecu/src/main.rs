@@ -16,6 +16,9 @@ use service_runtime::outln;
 #[derive(Debug, Parser)]
 #[command(name = "primary-ecu", version)]
 struct Cli {
+    /// Print JSON instead of sentences.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -119,9 +122,6 @@ enum Command {
         /// State directory.
         #[arg(long, env = "PRIMARY_DIR")]
         dir: PathBuf,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -143,6 +143,15 @@ fn open(dir: &Path, settings: Settings) -> anyhow::Result<Primary> {
             dir.display()
         ),
     )
+}
+
+/// What a command did: JSON, or the sentence `human` makes.
+fn say(json: bool, value: Value, human: impl FnOnce() -> String) {
+    if json {
+        outln!("{value}");
+    } else {
+        outln!("{}", human());
+    }
 }
 
 fn version_of(path: &Path) -> Value {
@@ -243,6 +252,7 @@ fn print_status(status: &Value) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let json = cli.json;
     match cli.command {
         Command::Docs(docs) => docs.run::<Cli>().map(|()| ExitCode::SUCCESS),
         Command::Init {
@@ -294,20 +304,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Err(e).fail(exit, advice);
                 }
             };
-            outln!(
-                "provisioned vehicle {} in {}: {}",
-                settings.vin,
-                dir.display(),
-                inventory
-                    .iter()
-                    .map(|e| format!(
-                        "{} ({}, {})",
-                        e.serial,
-                        e.hardware_id,
-                        e.mode.map_or("primary", |m| m.as_str())
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            let role =
+                |e: &primary_ecu::state::InventoryEcu| e.mode.map_or("primary", |m| m.as_str());
+            say(
+                json,
+                json!({"vin": settings.vin.as_str(), "dir": dir,
+                    "ecus": inventory.iter().map(|e| json!({"serial": e.serial.as_str(),
+                        "hardware_id": e.hardware_id.as_str(), "role": role(e)}))
+                        .collect::<Vec<_>>()}),
+                || {
+                    format!(
+                        "provisioned vehicle {} in {}: {}",
+                        settings.vin,
+                        dir.display(),
+                        inventory
+                            .iter()
+                            .map(|e| format!("{} ({}, {})", e.serial, e.hardware_id, role(e)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -336,7 +352,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut primary = open(&dir, settings)?;
             primary.offset_clock(chrono::Duration::seconds(fault_clock_offset_secs));
             let report = primary.cycle().await;
-            outln!("{}", report.summary());
+            say(
+                json,
+                json!({"exit": report.exit_code(), "summary": report.summary()}),
+                || report.summary(),
+            );
             Ok(ExitCode::from(report.exit_code()))
         }
         Command::SetCredential { dir } => {
@@ -346,15 +366,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &mut secret,
             )?;
             provision::replace_credential(&dir, &secret)?;
-            outln!("credential replaced; its lifetime is learnt at the next cycle");
+            say(json, json!({"replaced": true}), || {
+                "credential replaced; its lifetime is learnt at the next cycle".into()
+            });
             Ok(ExitCode::SUCCESS)
         }
         Command::TlsIdentity { dir, serial } => {
             let identity = provision::tls_identity(&dir, &serial)?;
-            outln!("{}", identity.fingerprint());
+            // Bare, for `FP=$(primary-ecu tls-identity ...)`.
+            say(
+                json,
+                json!({"fingerprint": identity.fingerprint().to_string()}),
+                || identity.fingerprint().to_string(),
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { dir, json } => {
+        Command::Status { dir } => {
             let status = status(&dir)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&status)?);

@@ -14,6 +14,9 @@ use uptane_core::ids::{EcuSerial, HardwareId, Vin};
 #[derive(Debug, Parser)]
 #[command(name = "secondary-ecu", version)]
 struct Cli {
+    /// Print JSON instead of sentences.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,6 +115,7 @@ fn now() -> uptane_core::time::UtcTime {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
     match cli.command {
         Command::Docs(docs) => docs.run::<Cli>(),
         Command::Init {
@@ -177,13 +181,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 image: &image,
             };
             let fingerprint = agent::init(&dir, &provisioning, now())?;
-            outln!(
-                "initialized ECU {} in {}; public key in {}",
-                identity.serial,
-                dir.display(),
-                dir.join("ecu.pub.json").display()
-            );
-            outln!("TLS certificate fingerprint {fingerprint}");
+            let public_key = dir.join("ecu.pub.json");
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"serial": identity.serial.as_str(), "dir": dir,
+                        "public_key": public_key, "fingerprint": fingerprint.to_string()})
+                );
+            } else {
+                outln!(
+                    "initialized ECU {} in {}; public key in {}",
+                    identity.serial,
+                    dir.display(),
+                    public_key.display()
+                );
+                outln!("TLS certificate fingerprint {fingerprint}");
+            }
             Ok(())
         }
         Command::Run {

@@ -199,6 +199,48 @@ pub fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The widest a table cell gets; `--json` prints every field whole.
+const MAX_CELL: usize = 80;
+
+/// A cell as a table shows it: control characters (newlines, escape sequences a caller
+/// wrote into an event) made visible rather than sent to the terminal, and cut to
+/// [`MAX_CELL`] characters.
+pub fn cell(text: &str) -> String {
+    let visible: String = text
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    truncate(&visible, MAX_CELL).into_owned()
+}
+
+/// Rows under their headers, columns aligned, each cell as [`cell`] shows it.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| row.iter().map(|c| cell(c)).collect())
+        .collect();
+    let width = |c: &str| c.chars().count();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(width(cell));
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(width(c)))))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.into_iter().map(line));
+    out.join("\n")
+}
+
 /// The `completions` and `man` subcommands every program has (flattened into its command
 /// enum), generated from its own clap definition so they cannot drift from it.
 #[derive(Debug, clap::Subcommand)]

@@ -483,3 +483,264 @@ fn completions_and_man_pages_come_from_each_program() {
         }
     }
 }
+
+/// The cursors of a listing's rows, newest first.
+fn cursors(value: &Value) -> Vec<i64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cursor"].as_i64().unwrap())
+        .collect()
+}
+
+/// `LIST --limit 2`, then `--before` the last cursor: the newest two, then the next, with
+/// nothing repeated or skipped; the table ends with how to read on.
+fn pages_newest_first(fleet: &Fleet, list: &[&str], expect_first: &str, key: &str) {
+    let first = fleet.operator(&[list, &["--limit", "2"]].concat());
+    let ids = cursors(&first);
+    assert_eq!(ids.len(), 2, "{list:?}: {first}");
+    assert!(ids[0] > ids[1], "{list:?}: {ids:?}");
+    assert_eq!(first[0][key], expect_first, "{list:?}: {first}");
+    let before = ids[1].to_string();
+    let next = fleet.operator(&[list, &["--limit", "2", "--before", &before]].concat());
+    let next_ids = cursors(&next);
+    assert!(
+        !next_ids.is_empty() && next_ids[0] < ids[1],
+        "{list:?}: {next_ids:?}"
+    );
+    let table = run_ok(
+        &mut fleet.operator_human(&[list, &["--limit", "2"]].concat()),
+        LIMIT,
+    );
+    assert!(
+        table
+            .trim_end()
+            .ends_with(&format!("(older: --before {})", ids[1])),
+        "{list:?}:\n{table}"
+    );
+}
+
+#[test]
+fn every_listing_pages_newest_first() {
+    let fleet = Fleet::start();
+    fleet.publish("brake-2.0.bin", "hw-brake", 2, b"brake 2.0");
+    let key = uptane_core::testing::key(8);
+    let key_file = fleet.path("brake.pub.json");
+    std::fs::write(
+        &key_file,
+        serde_json::to_vec(key.public_key().to_json()).unwrap(),
+    )
+    .unwrap();
+    for i in 1..=3 {
+        let ecu = format!("BRAKE-{i}:hw-brake:{}", key_file.display());
+        let vin = format!("VIN-PAGE-{i}");
+        fleet.operator(&["vehicle", "register", "--vin", &vin, "--ecu", &ecu]);
+        fleet.assign("brake-2.0.bin", &[&vin]);
+        fleet.operator(&[
+            "provisioning-token",
+            "create",
+            "--label",
+            &format!("plant-{i}"),
+        ]);
+    }
+    pages_newest_first(&fleet, &["vehicle", "list"], "VIN-PAGE-3", "vin");
+    pages_newest_first(&fleet, &["vehicle", "credentials"], "VIN-PAGE-3", "vin");
+    pages_newest_first(&fleet, &["assignment", "list"], "VIN-PAGE-3", "vin");
+    pages_newest_first(&fleet, &["provisioning-token", "list"], "plant-3", "label");
+
+    // Operator tokens, read from the database on the Director's machine.
+    let dir = fleet.path("director").display().to_string();
+    for label in ["second", "third"] {
+        run_ok(
+            Command::new(bin("director"))
+                .args(["token", "create", "--dir", &dir, "--label", label]),
+            LIMIT,
+        );
+    }
+    let listed = run_ok(
+        Command::new(bin("director"))
+            .args(["token", "list", "--dir", &dir, "--json", "--limit", "2"]),
+        LIMIT,
+    );
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["label"], "third");
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    // The API refuses a page larger than a thousand rows, before reading any.
+    let refused = uptane_tests::blocking(async {
+        fleet
+            .https_client()
+            .get(format!("{}/api/v1/vehicles?limit=5000", fleet.director_url))
+            .bearer_auth(&fleet.token)
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(refused.status(), 400);
+}
+
+/// `PROGRAM ARGS --json`: its output, which must be one JSON document.
+fn json_of(program: &str, args: &[&str]) -> Value {
+    let out = run_ok(Command::new(bin(program)).args(args).arg("--json"), LIMIT);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{program} {args:?}: {e}: {out}"))
+}
+
+#[test]
+fn commands_that_act_locally_speak_json_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    let (repo, repo_keys) = (path("repo"), path("repo-keys"));
+    let init = json_of(
+        "image-repo",
+        &["init", "--repo", &repo, "--offline-keys", &repo_keys],
+    );
+    assert_eq!(init["root_threshold"], 1);
+    let key = json_of("image-repo", &["keygen", "--out", &path("supplier.key")]);
+    assert!(key["key_id"].as_str().unwrap().len() >= 32, "{key}");
+    let token = json_of(
+        "image-repo",
+        &[
+            "token", "create", "--repo", &repo, "--role", "targets", "--label", "ci",
+        ],
+    );
+    assert!(token["token"].is_string(), "{token}");
+    let revoked = json_of(
+        "image-repo",
+        &["token", "revoke", "--repo", &repo, "--label", "ci"],
+    );
+    assert_eq!(revoked["revoked"], 1);
+    let gc = json_of("image-repo", &["gc", "--repo", &repo]);
+    assert_eq!(gc["blobs"], 0);
+    // Upload tokens page too, newest first.
+    for label in ["second", "third"] {
+        json_of(
+            "image-repo",
+            &[
+                "token", "create", "--repo", &repo, "--role", "targets", "--label", label,
+            ],
+        );
+    }
+    let page = json_of(
+        "image-repo",
+        &["token", "list", "--repo", &repo, "--limit", "2"],
+    );
+    assert_eq!(page[0]["label"], "third");
+    assert_eq!(cursors(&page), [3, 2]);
+    let rest = json_of(
+        "image-repo",
+        &[
+            "token", "list", "--repo", &repo, "--limit", "2", "--before", "2",
+        ],
+    );
+    assert_eq!(rest[0]["label"], "ci");
+    assert_eq!(cursors(&rest), [1]);
+
+    let director = path("director");
+    let root = format!("{repo}/metadata/1.root.json");
+    let init = json_of(
+        "director",
+        &[
+            "init",
+            "--dir",
+            &director,
+            "--offline-keys",
+            &path("director-keys"),
+            "--image-root",
+            &root,
+        ],
+    );
+    assert_eq!(init["root_keys"], 1);
+    let token = json_of(
+        "director",
+        &["token", "create", "--dir", &director, "--label", "ops"],
+    );
+    assert!(
+        token["token"].as_str().unwrap().starts_with("dat_"),
+        "{token}"
+    );
+    let listed = json_of("director", &["token", "list", "--dir", &director]);
+    assert_eq!(listed[0]["label"], "ops");
+    let revoked = json_of(
+        "director",
+        &["token", "revoke", "--dir", &director, "--label", "ops"],
+    );
+    assert_eq!(revoked["revoked"], 1);
+
+    std::fs::write(path("door.bin"), b"door").unwrap();
+    let ecu = json_of(
+        "secondary-ecu",
+        &[
+            "init",
+            "--dir",
+            &path("ecu"),
+            "--vin",
+            "VIN-JSON",
+            "--serial",
+            "DOOR-1",
+            "--hardware-id",
+            "hw-door",
+            "--mode",
+            "partial",
+            "--director-root",
+            &format!("{director}/1.root.json"),
+            "--factory-image",
+            &path("door.bin"),
+            "--insecure",
+        ],
+    );
+    assert_eq!(ecu["serial"], "DOOR-1");
+    assert_eq!(ecu["fingerprint"].as_str().unwrap().len(), 64);
+    let identity = json_of("primary-ecu", &["tls-identity", "--dir", &path("gw")]);
+    assert_eq!(identity["fingerprint"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn image_repo_errors_end_with_their_status() {
+    let fleet = Fleet::start();
+    std::fs::write(fleet.path("x.bin"), b"x").unwrap();
+    let keys = fleet.path("repo-keys").display().to_string();
+    let file = fleet.path("x.bin").display().to_string();
+    let add = |server: &str, token: &str| {
+        let mut command = Command::new(bin("image-repo"));
+        command.args([
+            "add",
+            "--server",
+            server,
+            "--token",
+            token,
+            "--ca-cert",
+            fleet.ca_cert.to_str().unwrap(),
+            "--offline-keys",
+            &keys,
+            "--name",
+            "x.bin",
+            "--hardware-id",
+            "hw",
+            &file,
+        ]);
+        run(&mut command, LIMIT)
+    };
+    let (status, _, err) = add("https://127.0.0.1:9", "irt_x");
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(
+        err.starts_with("error: could not reach the Image repository"),
+        "{err}"
+    );
+    let (status, _, err) = add(&fleet.image_url, "irt_not_a_token");
+    assert_eq!(status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("HTTP 401") && err.contains("IMAGE_REPO_TOKEN"),
+        "{err}"
+    );
+    let (status, _, err) = run(
+        Command::new(bin("image-repo")).args([
+            "status",
+            "--repo",
+            fleet.path("no-repo").to_str().unwrap(),
+        ]),
+        LIMIT,
+    );
+    assert_eq!(status.code(), Some(6), "{err}");
+    assert!(err.contains("image-repo init"), "{err}");
+}

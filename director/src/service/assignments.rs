@@ -13,6 +13,7 @@ use uptane_core::metadata::TargetFile;
 use uptane_core::time::UtcTime;
 
 use super::events::NewEvent;
+use super::page::Page;
 use super::tokens::random_token;
 use super::{bad, exists, now_text};
 use crate::error::DirectorError;
@@ -122,6 +123,8 @@ pub struct AssignmentEcu {
     pub detail: String,
     /// Last change.
     pub updated_at: String,
+    /// Where the next page of a listing starts (`before`).
+    pub cursor: i64,
 }
 
 fn image_hardware_ids(info: &TargetFile) -> Vec<String> {
@@ -315,7 +318,7 @@ fn open_entries_of(conn: &Connection, serial: &str) -> Result<Vec<AssignmentEcu>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-const ASSIGNMENT_COLUMNS: &str = "a.correlation_id, e.vin, e.ecu_serial, e.filename, e.length, e.hashes, e.hardware_id, e.release_counter, e.status, e.detail, e.updated_at";
+const ASSIGNMENT_COLUMNS: &str = "a.correlation_id, e.vin, e.ecu_serial, e.filename, e.length, e.hashes, e.hardware_id, e.release_counter, e.status, e.detail, e.updated_at, e.rowid";
 
 fn assignment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentEcu> {
     let hashes: String = r.get(5)?;
@@ -331,6 +334,7 @@ fn assignment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentEcu> {
         status: r.get(8)?,
         detail: r.get(9)?,
         updated_at: r.get(10)?,
+        cursor: r.get(11)?,
     })
 }
 
@@ -350,14 +354,19 @@ fn assignments_by_correlation(
 pub fn assignments(
     conn: &Connection,
     vin: Option<&Vin>,
+    page: Page,
 ) -> Result<Vec<AssignmentEcu>, DirectorError> {
     let vin = vin.map(Vin::as_str);
     let sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
-         WHERE ?1 IS NULL OR e.vin = ?1 ORDER BY a.id DESC, e.vin, e.ecu_serial LIMIT 10000"
+         WHERE (?1 IS NULL OR e.vin = ?1) AND e.rowid < ?2 AND (?3 IS NULL OR a.created_at >= ?3)
+         ORDER BY e.rowid DESC LIMIT ?4"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map([vin], assignment_row)?;
+    let rows = stmt.query_map(
+        params![vin, page.before(), page.since(), page.limit()],
+        assignment_row,
+    )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -504,6 +504,8 @@ pub fn issue(
 /// A vehicle's credential as listed: never the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CredentialInfo {
+    /// Where the next page starts (`before`).
+    pub cursor: i64,
     /// The vehicle.
     pub vin: String,
     /// When its credential was issued.
@@ -518,27 +520,39 @@ pub struct CredentialInfo {
     pub tls_fingerprint: Option<String>,
 }
 
-/// The credentials of every vehicle (or of `vin`), by VIN.
+/// A page of the vehicles' credentials (or `vin`'s), the most recently registered vehicle
+/// first; `since` keeps those issued from then on.
 pub fn list(
     conn: &Connection,
     vin: Option<&Vin>,
-    limit: u32,
+    page: super::Page,
 ) -> Result<Vec<CredentialInfo>, DirectorError> {
-    let mut stmt = conn.prepare(
-        "SELECT vin, credential_issued_at, credential_expires_at, credential_revoked_at,
+    let mut stmt = conn.prepare_cached(
+        "SELECT rowid, vin, credential_issued_at, credential_expires_at, credential_revoked_at,
                 next_credential_sha256 IS NOT NULL, tls_fingerprint
-         FROM vehicles WHERE ?1 IS NULL OR vin = ?1 ORDER BY vin LIMIT ?2",
+         FROM vehicles WHERE (?1 IS NULL OR vin = ?1) AND rowid < ?2
+           AND (?3 IS NULL OR credential_issued_at >= ?3)
+         ORDER BY rowid DESC LIMIT ?4",
     )?;
-    let rows = stmt.query_map(params![vin.map(Vin::as_str), limit], |r| {
-        Ok(CredentialInfo {
-            vin: r.get(0)?,
-            issued_at: r.get(1)?,
-            expires_at: r.get(2)?,
-            revoked_at: r.get(3)?,
-            renewal_pending: r.get(4)?,
-            tls_fingerprint: r.get(5)?,
-        })
-    })?;
+    let rows = stmt.query_map(
+        params![
+            vin.map(Vin::as_str),
+            page.before(),
+            page.since(),
+            page.limit()
+        ],
+        |r| {
+            Ok(CredentialInfo {
+                cursor: r.get(0)?,
+                vin: r.get(1)?,
+                issued_at: r.get(2)?,
+                expires_at: r.get(3)?,
+                revoked_at: r.get(4)?,
+                renewal_pending: r.get(5)?,
+                tls_fingerprint: r.get(6)?,
+            })
+        },
+    )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -593,10 +607,10 @@ impl super::DirectorService {
     pub async fn credentials(
         &self,
         vin: Option<Vin>,
-        limit: u32,
+        page: super::Page,
     ) -> Result<Vec<CredentialInfo>, DirectorError> {
         self.db
-            .read(move |conn| list(conn, vin.as_ref(), limit))
+            .read(move |conn| list(conn, vin.as_ref(), page))
             .await
     }
 }
@@ -760,10 +774,12 @@ mod tests {
             // Revoking unbinds the certificate.
             revoke(conn, &a, "operator:x", t0)?;
             assert!(authorize(conn, &a, &cert(1), t0, &log).is_err());
-            let listed = list(conn, None, 10)?;
+            let listed = list(conn, None, crate::service::Page::newest(10))?;
             assert_eq!(listed.len(), 2);
-            assert_eq!(listed[0].tls_fingerprint, None);
-            assert_eq!(listed[1].tls_fingerprint, Some(fingerprint(2).to_string()));
+            // The most recently registered first.
+            assert_eq!(listed[1].vin, a.as_str());
+            assert_eq!(listed[1].tls_fingerprint, None);
+            assert_eq!(listed[0].tls_fingerprint, Some(fingerprint(2).to_string()));
             Ok::<_, DirectorError>(())
         })
         .unwrap();

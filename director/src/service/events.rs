@@ -7,6 +7,7 @@ use uptane_core::error::AttackKind;
 use uptane_core::time::UtcTime;
 
 use super::now_text;
+use super::page::Page;
 use super::refusals::RefusalLog;
 use crate::error::DirectorError;
 
@@ -182,24 +183,28 @@ pub fn events(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The newest events, newest first: those before event `before` (a page further back) and
-/// at or after `since`, optionally of one vehicle or only security events.
+/// A page of the newest events, newest first, optionally of one vehicle or only security
+/// events; an event's cursor is its id.
 pub fn recent_events(
     conn: &Connection,
     vin: Option<&str>,
     security_only: bool,
-    before: Option<i64>,
-    since: Option<UtcTime>,
-    limit: u32,
+    page: Page,
 ) -> Result<Vec<Event>, DirectorError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM events
-         WHERE id < ?1 AND at >= ?2 AND (?3 IS NULL OR vin = ?3) AND (?4 = 0 OR severity = 'security')
+         WHERE id < ?1 AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR vin = ?3)
+           AND (?4 = 0 OR severity = 'security')
          ORDER BY id DESC LIMIT ?5"
     ))?;
-    let since = since.map_or_else(String::new, now_text);
     let rows = stmt.query_map(
-        params![before.unwrap_or(i64::MAX), since, vin, security_only, limit],
+        params![
+            page.before(),
+            page.since(),
+            vin,
+            security_only,
+            page.limit()
+        ],
         event_row,
     )?;
     Ok(rows.collect::<Result<_, _>>()?)

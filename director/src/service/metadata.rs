@@ -493,7 +493,7 @@ mod tests {
             )?
             .correlation_id;
             // The entry for the old bytes ends, saying why.
-            let listed = assignments(conn, Some(&vehicle.vin))?;
+            let listed = assignments(conn, Some(&vehicle.vin), crate::service::Page::newest(100))?;
             let left = listed.iter().find(|e| e.correlation_id == old).unwrap();
             assert_eq!(left.status, AssignmentStatus::Cancelled);
             assert!(

@@ -20,6 +20,7 @@ pub mod credentials;
 pub mod events;
 pub mod manifests;
 pub mod metadata;
+pub mod page;
 pub mod refusals;
 pub mod retention;
 pub mod rotation;
@@ -41,6 +42,7 @@ pub use self::credentials::{CredentialInfo, IssuedCredential, VehicleAuth};
 pub use self::events::{Event, NewEvent, events, recent_events};
 pub use self::manifests::{ManifestOutcome, process_manifest};
 pub use self::metadata::{refresh_vehicle_metadata, root, store_initial_root, vehicle_file};
+pub use self::page::Page;
 use self::refusals::RefusalLog;
 pub use self::rotation::{KeyRing, RootStatus};
 pub use self::tokens::{
@@ -49,7 +51,7 @@ pub use self::tokens::{
     revoke_provisioning_tokens,
 };
 pub use self::vehicles::{
-    EcuRecord, EcuReplacement, NewEcu, NewVehicle, VehicleRecord, register_vehicle,
+    EcuRecord, EcuReplacement, NewEcu, NewVehicle, VehicleRecord, VehicleSummary, register_vehicle,
     register_with_provisioning, replace_ecu, vehicle, vehicles,
 };
 use crate::catalog::ImageCatalog;
@@ -323,8 +325,8 @@ impl DirectorService {
     }
 
     /// Registered VINs, in order.
-    pub async fn vehicles(&self, limit: u32) -> Result<Vec<String>, DirectorError> {
-        self.db.read(move |conn| vehicles(conn, limit)).await
+    pub async fn vehicles(&self, page: Page) -> Result<Vec<VehicleSummary>, DirectorError> {
+        self.db.read(move |conn| vehicles(conn, page)).await
     }
 
     /// A vehicle's record.
@@ -383,9 +385,13 @@ impl DirectorService {
     }
 
     /// Assignment entries, newest first, optionally of one vehicle.
-    pub async fn assignments(&self, vin: Option<Vin>) -> Result<Vec<AssignmentEcu>, DirectorError> {
+    pub async fn assignments(
+        &self,
+        vin: Option<Vin>,
+        page: Page,
+    ) -> Result<Vec<AssignmentEcu>, DirectorError> {
         self.db
-            .read(move |conn| assignments(conn, vin.as_ref()))
+            .read(move |conn| assignments(conn, vin.as_ref(), page))
             .await
     }
 
@@ -421,25 +427,16 @@ impl DirectorService {
             .await
     }
 
-    /// The newest events first: before event `before`, at or after `since`.
+    /// A page of the newest events, newest first.
     pub async fn recent_events(
         &self,
         vin: Option<Vin>,
         security_only: bool,
-        before: Option<i64>,
-        since: Option<UtcTime>,
-        limit: u32,
+        page: Page,
     ) -> Result<Vec<Event>, DirectorError> {
         self.db
             .read(move |conn| {
-                recent_events(
-                    conn,
-                    vin.as_ref().map(Vin::as_str),
-                    security_only,
-                    before,
-                    since,
-                    limit,
-                )
+                recent_events(conn, vin.as_ref().map(Vin::as_str), security_only, page)
             })
             .await
     }
@@ -458,8 +455,10 @@ impl DirectorService {
     }
 
     /// Every provisioning token, newest first.
-    pub async fn provisioning_tokens(&self) -> Result<Vec<TokenInfo>, DirectorError> {
-        self.db.read(list_provisioning_tokens).await
+    pub async fn provisioning_tokens(&self, page: Page) -> Result<Vec<TokenInfo>, DirectorError> {
+        self.db
+            .read(move |conn| list_provisioning_tokens(conn, page))
+            .await
     }
 
     /// Revokes the provisioning tokens labelled `label`.

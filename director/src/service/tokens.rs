@@ -10,6 +10,7 @@ use uptane_core::time::UtcTime;
 
 use super::events::NewEvent;
 use super::now_text;
+use super::page::Page;
 use crate::error::DirectorError;
 
 /// A new secret `PREFIX_<64 hex digits>`. Fails when the system has no entropy, rather
@@ -41,6 +42,8 @@ fn check_lifetime(lifetime: Duration) -> Result<(), DirectorError> {
 /// A token as listed: never the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenInfo {
+    /// Where the next page starts (`before`).
+    pub cursor: i64,
     /// What it is revoked by.
     pub id: String,
     /// The operator's label.
@@ -126,13 +129,13 @@ pub fn check_api_token(
     }
 }
 
-/// Every operator token, newest first.
-pub fn list_api_tokens(conn: &Connection) -> Result<Vec<TokenInfo>, DirectorError> {
-    let mut stmt = conn.prepare(
-        "SELECT sha256, label, created_at, expires_at, revoked_at FROM api_tokens
-         ORDER BY created_at DESC, sha256",
+/// A page of the operator tokens, newest first.
+pub fn list_api_tokens(conn: &Connection, page: Page) -> Result<Vec<TokenInfo>, DirectorError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT sha256, label, created_at, expires_at, revoked_at, rowid FROM api_tokens
+         WHERE rowid < ?1 AND (?2 IS NULL OR created_at >= ?2) ORDER BY rowid DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map(params![page.before(), page.since(), page.limit()], |r| {
         Ok(TokenInfo {
             id: token_id(&r.get::<_, String>(0)?),
             label: r.get(1)?,
@@ -141,6 +144,7 @@ pub fn list_api_tokens(conn: &Connection) -> Result<Vec<TokenInfo>, DirectorErro
             revoked_at: r.get(4)?,
             uses: None,
             max_uses: None,
+            cursor: r.get(5)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -251,13 +255,17 @@ pub fn revoke_provisioning_tokens(
     Ok(n)
 }
 
-/// Every provisioning token, newest first.
-pub fn list_provisioning_tokens(conn: &Connection) -> Result<Vec<TokenInfo>, DirectorError> {
-    let mut stmt = conn.prepare(
-        "SELECT sha256, label, created_at, expires_at, revoked, uses, max_uses
-         FROM provisioning_tokens ORDER BY created_at DESC, sha256",
+/// A page of the provisioning tokens, newest first.
+pub fn list_provisioning_tokens(
+    conn: &Connection,
+    page: Page,
+) -> Result<Vec<TokenInfo>, DirectorError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT sha256, label, created_at, expires_at, revoked, uses, max_uses, rowid
+         FROM provisioning_tokens
+         WHERE rowid < ?1 AND (?2 IS NULL OR created_at >= ?2) ORDER BY rowid DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map(params![page.before(), page.since(), page.limit()], |r| {
         let revoked: bool = r.get(4)?;
         Ok(TokenInfo {
             id: token_id(&r.get::<_, String>(0)?),
@@ -267,6 +275,7 @@ pub fn list_provisioning_tokens(conn: &Connection) -> Result<Vec<TokenInfo>, Dir
             revoked_at: revoked.then(|| "revoked".to_string()),
             uses: Some(r.get::<_, i64>(5)? as u64),
             max_uses: r.get::<_, Option<i64>>(6)?.map(|m| m as u64),
+            cursor: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -384,7 +393,7 @@ mod tests {
             let expired = check_api_token(conn, &a, t0 + Duration::days(1)).unwrap_err();
             assert!(expired.to_string().contains("expired"), "{expired}");
             assert!(matches!(expired, DirectorError::Unauthorized(_)));
-            let listed = list_api_tokens(conn)?;
+            let listed = list_api_tokens(conn, Page::newest(100))?;
             assert_eq!(listed.len(), 2);
             assert!(
                 listed
@@ -448,7 +457,7 @@ mod tests {
                 use_provisioning_token(conn, "dpt_nope", t0)?,
                 Err(ProvisioningRefusal::Unknown)
             );
-            let listed = list_provisioning_tokens(conn)?;
+            let listed = list_provisioning_tokens(conn, Page::newest(100))?;
             let line3 = listed.iter().find(|t| t.label == "line-3").unwrap();
             assert_eq!((line3.uses, line3.max_uses), (Some(2), Some(2)));
             assert!(matches!(

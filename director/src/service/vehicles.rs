@@ -15,6 +15,7 @@ use uptane_core::time::UtcTime;
 
 use super::credentials::{self, IssuedCredential};
 use super::events::NewEvent;
+use super::page::Page;
 use super::refusals::RefusalLog;
 use super::tokens;
 use super::{assignments, bad, exists};
@@ -313,15 +314,35 @@ pub fn vehicle(conn: &Connection, vin: &Vin) -> Result<VehicleRecord, DirectorEr
         vin: vin.to_string(),
         created_at,
         ecus: ecus_of(conn, vin.as_str())?,
-        assignments: assignments::assignments(conn, Some(vin))?,
+        assignments: assignments::assignments(conn, Some(vin), Page::newest(Page::DEFAULT_LIMIT))?,
     })
 }
 
-/// Every VIN, in order.
-pub fn vehicles(conn: &Connection, limit: u32) -> Result<Vec<String>, DirectorError> {
-    let mut stmt = conn.prepare("SELECT vin FROM vehicles ORDER BY vin LIMIT ?1")?;
-    let rows = stmt.query_map([limit], |r| r.get(0))?;
+/// A page of the registered vehicles, the newest first.
+pub fn vehicles(conn: &Connection, page: Page) -> Result<Vec<VehicleSummary>, DirectorError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT rowid, vin, created_at FROM vehicles
+         WHERE rowid < ?1 AND (?2 IS NULL OR created_at >= ?2) ORDER BY rowid DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![page.before(), page.since(), page.limit()], |r| {
+        Ok(VehicleSummary {
+            cursor: r.get(0)?,
+            vin: r.get(1)?,
+            registered_at: r.get(2)?,
+        })
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One vehicle in the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VehicleSummary {
+    /// Where the next page starts (`before`).
+    pub cursor: i64,
+    /// The vehicle.
+    pub vin: String,
+    /// When it was registered.
+    pub registered_at: String,
 }
 
 /// Replacement of one ECU: an explicit, logged operator action.

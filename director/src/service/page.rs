@@ -1,0 +1,84 @@
+//! Which page of a listing to read. Every listing is newest first and every row carries a
+//! cursor (its row number; an event's is its id): `before` reads on from the last row of a
+//! page, `since` keeps rows from that time on. A page is at most [`Page::MAX_LIMIT`] rows,
+//! so no request reads a whole table.
+
+use uptane_core::time::UtcTime;
+
+use super::now_text;
+use crate::error::DirectorError;
+
+/// A page of a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    limit: u32,
+    before: Option<i64>,
+    since: Option<UtcTime>,
+}
+
+impl Page {
+    /// Rows a listing returns unless asked for fewer.
+    pub const DEFAULT_LIMIT: u32 = 100;
+    /// The most rows one page holds.
+    pub const MAX_LIMIT: u32 = 1000;
+
+    /// A page of at most `limit` rows (refused outside 1..=[`Page::MAX_LIMIT`]) older than
+    /// cursor `before` and at or after `since`.
+    pub fn new(
+        limit: u32,
+        before: Option<i64>,
+        since: Option<UtcTime>,
+    ) -> Result<Self, DirectorError> {
+        if !(1..=Self::MAX_LIMIT).contains(&limit) {
+            return Err(DirectorError::BadRequest(format!(
+                "limit must be between 1 and {}, not {limit}",
+                Self::MAX_LIMIT
+            )));
+        }
+        Ok(Page {
+            limit,
+            before,
+            since,
+        })
+    }
+
+    /// The newest `limit` rows (a limit outside the bounds is clamped).
+    pub fn newest(limit: u32) -> Self {
+        Page {
+            limit: limit.clamp(1, Self::MAX_LIMIT),
+            before: None,
+            since: None,
+        }
+    }
+
+    /// Its size.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The exclusive upper bound on the cursor (`rowid < ?`).
+    pub fn before(&self) -> i64 {
+        self.before.unwrap_or(i64::MAX)
+    }
+
+    /// The inclusive lower bound on the row's time, as stored (`time >= ?`; `NULL`: any).
+    pub fn since(&self) -> Option<String> {
+        self.since.map(now_text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_one_to_a_thousand_rows() {
+        assert!(Page::new(0, None, None).is_err());
+        assert!(Page::new(1001, None, None).is_err());
+        let page = Page::new(1000, Some(5), None).unwrap();
+        assert_eq!((page.limit(), page.before(), page.since()), (1000, 5, None));
+        assert_eq!(Page::newest(0).limit(), 1);
+        assert_eq!(Page::newest(u32::MAX).limit(), 1000);
+        assert_eq!(Page::newest(10).before(), i64::MAX);
+    }
+}
