@@ -282,14 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "one of --provisioning-token, --operator-token or --vehicle-credential is required"
                 ),
             };
-            let factory_name = match factory_name {
-                Some(name) => name,
-                None => factory_image
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .context("--factory-name is required when the image path has no file name")?
-                    .to_string(),
-            };
+            let factory_name = service_runtime::cli::image_name(factory_name, &factory_image)?;
             let provisioning = Provisioning {
                 director_root,
                 image_root,

@@ -154,15 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     factory_image.display()
                 ),
             )?;
-            // As `primary-ecu init`: the image's own file name unless told otherwise.
-            let factory_name = match factory_name {
-                Some(name) => name,
-                None => factory_image
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .context("--factory-name is required when the image path has no file name")?
-                    .to_string(),
-            };
+            let factory_name = service_runtime::cli::image_name(factory_name, &factory_image)?;
             let key = uptane_core::crypto::SigningKey::generate_with(getrandom::fill)
                 .map_err(|e| anyhow::anyhow!("random: {e}"))?;
             let identity = Identity {

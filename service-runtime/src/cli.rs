@@ -241,6 +241,21 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     out.join("\n")
 }
 
+/// The name an image is known by: `given`, else the file name of its path (what `primary-ecu
+/// init` and `secondary-ecu init` call their factory image).
+pub fn image_name(given: Option<String>, image: &std::path::Path) -> anyhow::Result<String> {
+    match given {
+        Some(name) => Ok(name),
+        None => image
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                anyhow::anyhow!("--factory-name is required when the image path has no file name")
+            }),
+    }
+}
+
 /// The `completions` and `man` subcommands every program has (flattened into its command
 /// enum), generated from its own clap definition so they cannot drift from it.
 #[derive(Debug, clap::Subcommand)]

@@ -254,18 +254,24 @@ fn director_events_follow_prints_new_events_as_they_are_recorded() {
     assert!(later["id"].as_i64() > b["id"].as_i64());
 }
 
+/// An ECU public key file (TUF key JSON) for `director vehicle register --ecu`.
+fn ecu_key_file(fleet: &Fleet, seed: u8) -> std::path::PathBuf {
+    let key = uptane_core::testing::key(seed);
+    let file = fleet.path(&format!("ecu-{seed}.pub.json"));
+    std::fs::write(
+        &file,
+        serde_json::to_vec(key.public_key().to_json()).unwrap(),
+    )
+    .unwrap();
+    file
+}
+
 #[test]
 fn assign_says_which_earlier_entries_it_supersedes() {
     let fleet = Fleet::start();
     fleet.publish("brake-2.0.bin", "hw-brake", 2, b"brake 2.0");
     fleet.publish("brake-2.1.bin", "hw-brake", 2, b"brake 2.1");
-    let key = uptane_core::testing::key(7);
-    let key_file = fleet.path("brake.pub.json");
-    std::fs::write(
-        &key_file,
-        serde_json::to_vec(key.public_key().to_json()).unwrap(),
-    )
-    .unwrap();
+    let key_file = ecu_key_file(&fleet, 7);
     let ecu = format!("ECU-BRAKE-1:hw-brake:{}", key_file.display());
     fleet.operator(&["vehicle", "register", "--vin", "VIN-CLI-1", "--ecu", &ecu]);
     let first = fleet.assign("brake-2.0.bin", &["VIN-CLI-1"]);
@@ -365,30 +371,40 @@ fn servers_say_listening_once() {
     assert!(!log.contains('\u{1b}'), "{log:?}");
 }
 
+/// `secondary-ecu init` of a partial-verification door ECU, no Primary pinned.
+fn door_init<'a>(dir: &'a str, director_root: &'a str, image: &'a str) -> [&'a str; 16] {
+    [
+        "init",
+        "--dir",
+        dir,
+        "--vin",
+        "VIN-DOOR",
+        "--serial",
+        "DOOR-1",
+        "--hardware-id",
+        "hw-door",
+        "--mode",
+        "partial",
+        "--director-root",
+        director_root,
+        "--factory-image",
+        image,
+        "--insecure",
+    ]
+}
+
 #[test]
 fn ecu_init_defaults_the_factory_name_and_explains_an_unreachable_secondary() {
     let fleet = Fleet::start();
     let dir = fleet.path("cli-ecu");
     std::fs::write(fleet.path("door-1.0.bin"), b"door factory image").unwrap();
+    // No --factory-name: the image's file name.
     let out = run_ok(
-        Command::new(bin("secondary-ecu")).args([
-            "init",
-            "--dir",
+        Command::new(bin("secondary-ecu")).args(door_init(
             dir.to_str().unwrap(),
-            "--vin",
-            "VIN-CLI-2",
-            "--serial",
-            "DOOR-1",
-            "--hardware-id",
-            "hw-door",
-            "--mode",
-            "partial",
-            "--director-root",
             fleet.path("director/1.root.json").to_str().unwrap(),
-            "--factory-image",
             fleet.path("door-1.0.bin").to_str().unwrap(),
-            "--insecure",
-        ]),
+        )),
         LIMIT,
     );
     assert!(out.contains("initialized ECU DOOR-1"), "{out}");
@@ -525,13 +541,7 @@ fn pages_newest_first(fleet: &Fleet, list: &[&str], expect_first: &str, key: &st
 fn every_listing_pages_newest_first() {
     let fleet = Fleet::start();
     fleet.publish("brake-2.0.bin", "hw-brake", 2, b"brake 2.0");
-    let key = uptane_core::testing::key(8);
-    let key_file = fleet.path("brake.pub.json");
-    std::fs::write(
-        &key_file,
-        serde_json::to_vec(key.public_key().to_json()).unwrap(),
-    )
-    .unwrap();
+    let key_file = ecu_key_file(&fleet, 8);
     for i in 1..=3 {
         let ecu = format!("BRAKE-{i}:hw-brake:{}", key_file.display());
         let vin = format!("VIN-PAGE-{i}");
@@ -670,24 +680,11 @@ fn commands_that_act_locally_speak_json_when_asked() {
     std::fs::write(path("door.bin"), b"door").unwrap();
     let ecu = json_of(
         "secondary-ecu",
-        &[
-            "init",
-            "--dir",
+        &door_init(
             &path("ecu"),
-            "--vin",
-            "VIN-JSON",
-            "--serial",
-            "DOOR-1",
-            "--hardware-id",
-            "hw-door",
-            "--mode",
-            "partial",
-            "--director-root",
             &format!("{director}/1.root.json"),
-            "--factory-image",
             &path("door.bin"),
-            "--insecure",
-        ],
+        ),
     );
     assert_eq!(ecu["serial"], "DOOR-1");
     assert_eq!(ecu["fingerprint"].as_str().unwrap().len(), 64);
