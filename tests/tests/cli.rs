@@ -166,6 +166,22 @@ fn record_events(fleet: &Fleet, count: usize, detail: &str) {
     .unwrap();
 }
 
+/// Writes an event row past the service (which cuts details to 4 KiB): one a database from
+/// before that bound, or edited by hand, can hold.
+fn write_raw_event(fleet: &Fleet, detail: &str) {
+    let db = director::db::Db::open(&fleet.path("director/director.db")).unwrap();
+    db.call_blocking(|conn| {
+        conn.execute(
+            "INSERT INTO events (at, kind, severity, actor, detail) \
+             VALUES ('2026-12-04T00:00:00Z', 'cli_test', 'info', 'test', ?1)",
+            [detail],
+        )
+        .unwrap();
+        Ok::<_, director::db::DbError>(())
+    })
+    .unwrap();
+}
+
 fn event_ids(value: &Value) -> Vec<i64> {
     value
         .as_array()
@@ -180,7 +196,7 @@ fn director_events_pages_newest_first_and_survives_a_megabyte_field() {
     let fleet = Fleet::start();
     record_events(&fleet, 5_000, "");
     let huge = "\u{1b}[31m".to_string() + &"x".repeat(1 << 20);
-    record_events(&fleet, 1, &huge);
+    write_raw_event(&fleet, &huge);
     record_events(&fleet, 1, "the newest");
 
     // JSON: newest first, whole fields, pages by --before.

@@ -70,8 +70,9 @@ impl<'a> NewEvent<'a> {
         self
     }
 
-    /// Appends it to the log at `now`.
+    /// Appends it to the log at `now`, its detail cut to [`MAX_DETAIL_BYTES`].
     pub fn record(&self, conn: &Connection, now: UtcTime) -> Result<(), DirectorError> {
+        let detail = bounded(self.detail);
         if self.security {
             tracing::warn!(
                 kind = self.kind,
@@ -79,7 +80,7 @@ impl<'a> NewEvent<'a> {
                 vin = self.vin,
                 ecu = self.ecu,
                 actor = self.actor,
-                detail = self.detail,
+                detail = %detail,
                 "security event"
             );
         }
@@ -94,11 +95,30 @@ impl<'a> NewEvent<'a> {
             self.vin,
             self.ecu,
             self.actor,
-            self.detail,
+            detail,
             self.attack.map(AttackKind::as_str),
         ])?;
         Ok(())
     }
+}
+
+/// The longest detail an event keeps, in bytes. Some details carry what a request sent (a
+/// refused manifest's reason, an ECU's attack report): bounded here, no caller makes one event
+/// fill the log, a log line or an operator's terminal.
+pub const MAX_DETAIL_BYTES: usize = 4096;
+
+/// `detail` cut on a character boundary to at most [`MAX_DETAIL_BYTES`], saying how long it
+/// was.
+fn bounded(detail: &str) -> std::borrow::Cow<'_, str> {
+    if detail.len() <= MAX_DETAIL_BYTES {
+        return std::borrow::Cow::Borrowed(detail);
+    }
+    let note = format!("… ({} bytes, cut)", detail.len());
+    let mut end = MAX_DETAIL_BYTES - note.len();
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{note}", &detail[..end]))
 }
 
 impl NewEvent<'_> {
@@ -208,4 +228,33 @@ pub fn recent_events(
         event_row,
     )?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    #[test]
+    fn a_detail_is_kept_to_its_bound_and_says_it_was_cut() {
+        let db = Db::open_in_memory().unwrap();
+        let now: UtcTime = "2026-12-04T00:00:00Z".parse().unwrap();
+        let huge = "é".repeat(1 << 20);
+        db.call_blocking(|conn| {
+            NewEvent::security("probe", "anonymous", &huge).record(conn, now)?;
+            NewEvent::info("short", "op", "fits").record(conn, now)
+        })
+        .unwrap();
+        let events = db
+            .call_blocking(|conn| events(conn, None, false, 0, 10))
+            .unwrap();
+        let cut = &events[0].detail;
+        assert!(cut.len() <= MAX_DETAIL_BYTES, "{}", cut.len());
+        assert!(cut.starts_with("éé"));
+        assert!(
+            cut.ends_with(&format!("… ({} bytes, cut)", huge.len())),
+            "{cut}"
+        );
+        assert_eq!(events[1].detail, "fits");
+    }
 }
