@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
@@ -64,7 +64,7 @@ async fn watch_refusals(service: DirectorService, window: chrono::Duration) {
 }
 
 use crate::service::{self, DirectorService, Policy, TokenSelector};
-use service_runtime::cli::{Exit, Fail, failure};
+use service_runtime::cli::{Exit, Fail, failure, table};
 use service_runtime::http::{ClientTls, ServerLimitsArgs, Transport};
 use service_runtime::outln;
 use service_runtime::tls::{ClientAuth, Fingerprint};
@@ -142,7 +142,7 @@ impl PageArgs {
             query.push_str(&format!("&before={before}"));
         }
         if let Some(since) = self.since {
-            query.push_str(&format!("&since={}", query_value(&since.to_rfc3339())));
+            query.push_str(&format!("&since={}", url_part(&since.to_rfc3339())));
         }
         query
     }
@@ -574,16 +574,30 @@ fn open_director(dir: &std::path::Path) -> anyhow::Result<Db> {
             ),
         ));
     }
-    Db::open(&path).fail(
+    let db = Db::open(&path).fail(
         Exit::Failed,
         format!("could not open the Director database {}", path.display()),
-    )
+    )?;
+    // A database `director init` finished holds root version 1.
+    if db.call_blocking(|conn| service::root(conn, 1))?.is_none() {
+        return Err(failure(
+            Exit::Config,
+            format!(
+                "{} holds no Director root: it is not a directory `director init` finished",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(db)
 }
 
 /// A root lifetime in days, within reason.
 fn root_lifetime(days: u32) -> anyhow::Result<chrono::Duration> {
     if !(1..=3650).contains(&days) {
-        bail!("--root-lifetime-days must be between 1 and 3650, not {days}");
+        return Err(failure(
+            Exit::Config,
+            format!("--root-lifetime-days must be between 1 and 3650, not {days}"),
+        ));
     }
     Ok(chrono::Duration::days(i64::from(days)))
 }
@@ -656,6 +670,18 @@ async fn call(
         format!("the Director at {} stopped answering", remote.server),
     )?;
     let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if status.is_server_error() {
+        // The Director (or what it depends on, the Image repository) failed: worth trying
+        // again, unlike a refusal.
+        return Err(failure(
+            Exit::Unreachable,
+            format!(
+                "the Director failed to answer (HTTP {}: {}); try again, and see its log",
+                status.as_u16(),
+                value["error"].as_str().unwrap_or("no detail")
+            ),
+        ));
+    }
     if !status.is_success() {
         let detail = value["error"].as_str().unwrap_or("no detail");
         let advice = match status.as_u16() {
@@ -675,8 +701,6 @@ async fn call(
     }
     Ok(value)
 }
-
-use service_runtime::cli::table;
 
 fn text(v: &Value) -> String {
     match v {
@@ -788,7 +812,7 @@ fn token_command(command: TokenCommand, json: bool) -> anyhow::Result<()> {
             let which = match (id, label) {
                 (Some(id), _) => TokenSelector::Id(id),
                 (None, Some(label)) => TokenSelector::Label(label),
-                (None, None) => bail!("give --id or --label"),
+                (None, None) => return Err(failure(Exit::Config, "give --id or --label")),
             };
             let db = open_director(&dir)?;
             let n =
@@ -837,13 +861,18 @@ async fn events_command(
 ) -> anyhow::Result<()> {
     let mut filter = format!("security={security}");
     if let Some(vin) = &vin {
-        filter.push_str(&format!("&vin={}", query_value(vin)));
+        filter.push_str(&format!("&vin={}", url_part(vin)));
     }
     let path = format!("/api/v1/events?{filter}&{}", page.query());
     let value = call(remote, reqwest::Method::GET, &path, None).await?;
     let mut newest = value.as_array().cloned().unwrap_or_default();
-    let mut last = newest.first().and_then(|e| e["id"].as_i64()).unwrap_or(0);
+    let newest_id = |events: &Value| events[0]["id"].as_i64().unwrap_or(0);
+    let mut last = newest_id(&value);
     if follow {
+        // Follow from the newest event of the whole log, not of this page: a page that
+        // --vin, --security or --since left empty must not replay the log from its start.
+        let log = call(remote, reqwest::Method::GET, "/api/v1/events?limit=1", None).await?;
+        last = last.max(newest_id(&log));
         // Oldest first, so that what follows reads on in order.
         newest.reverse();
     }
@@ -895,8 +924,9 @@ async fn events_command(
     }
 }
 
-/// `value` escaped for a URL query.
-fn query_value(value: &str) -> String {
+/// `value` escaped for a URL query or path segment: what an operator typed (a VIN, a label)
+/// stays one value and cannot reach another endpoint (`../`).
+fn url_part(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
@@ -922,18 +952,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             root_lifetime_days,
         } => {
             if root_threshold == 0 || root_keys < root_threshold as usize {
-                bail!("root threshold {root_threshold} needs 1 to {root_keys} keys");
+                return Err(failure(
+                    Exit::Config,
+                    format!(
+                        "--root-threshold {root_threshold} needs 1 to {root_keys} keys \
+                         (--root-keys)"
+                    ),
+                ));
             }
             let lifetime = root_lifetime(root_lifetime_days)?;
             if db_path(&dir).exists() {
-                bail!("{} is already a Director directory", dir.display());
+                return Err(failure(
+                    Exit::Config,
+                    format!(
+                        "{} is already a Director directory: `director serve --dir {}` uses it",
+                        dir.display(),
+                        dir.display()
+                    ),
+                ));
             }
-            let image_root_bytes = std::fs::read(&image_root)
-                .with_context(|| format!("reading {}", image_root.display()))?;
+            let image_root_bytes = std::fs::read(&image_root).fail(
+                Exit::Config,
+                format!(
+                    "could not read the Image repository root {}",
+                    image_root.display()
+                ),
+            )?;
             uptane_core::verify::verify_root_self_signed(&uptane_core::verify::Raw::new(
                 image_root_bytes.clone(),
             ))
-            .context("the Image repository root does not verify")?;
+            .fail(
+                Exit::Config,
+                format!(
+                    "{} does not verify as a root: give the Image repository's \
+                     metadata/1.root.json",
+                    image_root.display()
+                ),
+            )?;
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join("image-root.json"), &image_root_bytes)?;
             let roots = (0..root_keys)
@@ -994,10 +1049,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
         } => {
             if metadata_lifetime_secs < 120 {
-                bail!("--metadata-lifetime-secs must be at least 120");
+                return Err(failure(
+                    Exit::Config,
+                    "--metadata-lifetime-secs must be at least 120",
+                ));
             }
             if vehicle_credential_lifetime_secs < 60 {
-                bail!("--vehicle-credential-lifetime-secs must be at least 60");
+                return Err(failure(
+                    Exit::Config,
+                    "--vehicle-credential-lifetime-secs must be at least 60",
+                ));
             }
             // Vehicles may show a client certificate: any, proven by the handshake; the
             // vehicle API accepts only the one bound to the VIN.
@@ -1039,9 +1100,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 service: service.clone(),
                 max_body_bytes,
             };
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding {listen}"))?;
+            let listener = tokio::net::TcpListener::bind(listen).await.fail(
+                Exit::Config,
+                format!("could not listen on {listen}: is another program using it?"),
+            )?;
             let addr = listener.local_addr()?;
             tracing::debug!(%addr, scheme = transport.scheme(), "listening");
             outln!("listening on {addr}");
@@ -1066,7 +1128,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             root_lifetime_days,
         } => {
             let lifetime = root_lifetime(root_lifetime_days)?;
-            let offline = keys::load_offline_root_keys(&offline_keys)?;
+            let offline = keys::load_offline_root_keys(&offline_keys).fail(
+                Exit::Config,
+                format!(
+                    "could not read the offline root keys in {} (--offline-keys)",
+                    offline_keys.display()
+                ),
+            )?;
             let mut change = service::rotation::RootChange::default();
             if let (Some(count), Some(threshold)) = (count, threshold) {
                 let new_keys = (0..count)
@@ -1128,7 +1196,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             root_lifetime_days,
         } => {
             let lifetime = root_lifetime(root_lifetime_days)?;
-            let offline = keys::load_offline_root_keys(&offline_keys)?;
+            let offline = keys::load_offline_root_keys(&offline_keys).fail(
+                Exit::Config,
+                format!(
+                    "could not read the offline root keys in {} (--offline-keys)",
+                    offline_keys.display()
+                ),
+            )?;
             let roles: Vec<&'static str> = if roles.is_empty() {
                 service::rotation::ONLINE_ROLES.to_vec()
             } else {
@@ -1193,7 +1267,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     let (Some(serial), Some(hw), Some(key)) =
                         (parts.next(), parts.next(), parts.next())
                     else {
-                        bail!("--ecu {spec:?} is not SERIAL:HARDWARE_ID:PUBLIC_KEY_FILE");
+                        return Err(failure(
+                            Exit::Config,
+                            format!("--ecu {spec:?} is not SERIAL:HARDWARE_ID:PUBLIC_KEY_FILE"),
+                        ));
                     };
                     let key: Value = serde_json::from_slice(
                         &std::fs::read(key).with_context(|| format!("reading {key}"))?,
@@ -1219,7 +1296,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             VehicleCommand::Credentials { remote, vin, page } => {
                 let mut path = format!("/api/v1/vehicle-credentials?{}", page.query());
                 if let Some(vin) = &vin {
-                    path.push_str(&format!("&vin={}", query_value(vin)));
+                    path.push_str(&format!("&vin={}", url_part(vin)));
                 }
                 let value = call(&remote, reqwest::Method::GET, &path, None).await?;
                 print_page(json, &page, &value, |v| {
@@ -1249,7 +1326,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let value = call(
                     &remote,
                     reqwest::Method::POST,
-                    &format!("/api/v1/vehicles/{vin}/credential/revoke"),
+                    &format!("/api/v1/vehicles/{}/credential/revoke", url_part(&vin)),
                     None,
                 )
                 .await?;
@@ -1266,7 +1343,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let value = call(
                     &remote,
                     reqwest::Method::POST,
-                    &format!("/api/v1/vehicles/{vin}/credential"),
+                    &format!("/api/v1/vehicles/{}/credential", url_part(&vin)),
                     Some(json!({"tls_fingerprint": tls_fingerprint})),
                 )
                 .await?;
@@ -1283,7 +1360,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let value = call(
                     &remote,
                     reqwest::Method::POST,
-                    &format!("/api/v1/vehicles/{vin}/time-reset"),
+                    &format!("/api/v1/vehicles/{}/time-reset", url_part(&vin)),
                     None,
                 )
                 .await?;
@@ -1307,7 +1384,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let value = call(
                     &remote,
                     reqwest::Method::GET,
-                    &format!("/api/v1/vehicles/{vin}"),
+                    &format!("/api/v1/vehicles/{}", url_part(&vin)),
                     None,
                 )
                 .await?;
@@ -1330,7 +1407,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                                     text(&e["primary"]),
                                     text(&e["installed"]["filename"]),
                                     text(&e["last_report_counter"]),
-                                    text(&e["attacks_reported"]),
+                                    e["attacks_reported"].as_array().map_or_else(
+                                        || text(&e["attacks_reported"]),
+                                        |a| a.len().to_string(),
+                                    ),
                                 ]
                             })
                             .collect(),
@@ -1356,7 +1436,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let value = call(
                 &remote,
                 reqwest::Method::PUT,
-                &format!("/api/v1/vehicles/{vin}/ecus/{serial}"),
+                &format!(
+                    "/api/v1/vehicles/{}/ecus/{}",
+                    url_part(&vin),
+                    url_part(&serial)
+                ),
                 Some(json!({"serial": new_serial, "hardware_id": hardware_id, "public_key": key})),
             )
             .await?;
@@ -1404,7 +1488,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             AssignmentCommand::List { remote, vin, page } => {
                 let mut path = format!("/api/v1/assignments?{}", page.query());
                 if let Some(vin) = &vin {
-                    path.push_str(&format!("&vin={}", query_value(vin)));
+                    path.push_str(&format!("&vin={}", url_part(vin)));
                 }
                 let value = call(&remote, reqwest::Method::GET, &path, None).await?;
                 print_page(json, &page, &value, assignment_table);
@@ -1417,7 +1501,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let value = call(
                     &remote,
                     reqwest::Method::POST,
-                    &format!("/api/v1/assignments/{correlation_id}/cancel"),
+                    &format!("/api/v1/assignments/{}/cancel", url_part(&correlation_id)),
                     None,
                 )
                 .await?;
@@ -1470,7 +1554,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let value = call(
                     &remote,
                     reqwest::Method::POST,
-                    &format!("/api/v1/provisioning-tokens/{label}/revoke"),
+                    &format!("/api/v1/provisioning-tokens/{}/revoke", url_part(&label)),
                     None,
                 )
                 .await?;

@@ -3,12 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use uptane_core::metadata::{DelegatedRole, Targets};
 use uptane_core::sign::TargetsBuilder;
 use uptane_core::time::UtcTime;
 
+use service_runtime::cli::{Exit, Fail, failure};
 use service_runtime::http::{ClientTls, ServerLimitsArgs, Transport};
 use service_runtime::outln;
 use service_runtime::tls::{ClientAuth, Identity};
@@ -435,7 +436,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// A server that could not be reached, or refused, says so and what to check, with the
 /// status for it (an error with advice already, or a local one, is left as it is).
 fn advise(error: anyhow::Error) -> anyhow::Error {
-    use service_runtime::cli::Exit;
     if error
         .chain()
         .any(|e| e.is::<service_runtime::cli::Failure>())
@@ -478,7 +478,21 @@ fn advise(error: anyhow::Error) -> anyhow::Error {
             Exit::Verification,
             "the repository's metadata does not verify".to_string(),
         ),
-        (_, Some(crate::error::RepoError::Layout(_))) => (
+        (
+            None,
+            Some(
+                crate::error::RepoError::BadKey { .. }
+                | crate::error::RepoError::NotEnoughKeys { .. },
+            ),
+        ) => (
+            Exit::Config,
+            "the offline keys (--offline-keys, or --key) are not usable for this role".to_string(),
+        ),
+        (None, Some(crate::error::RepoError::Io { path, .. })) => (
+            Exit::Failed,
+            format!("could not read or write {}", path.display()),
+        ),
+        (None, Some(crate::error::RepoError::Layout(_))) => (
             Exit::Config,
             "not an Image repository directory as this command needs: `image-repo init` \
              makes one"
@@ -571,7 +585,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                     let report = remote.upload_metadata("targets", bytes).await?;
                     published(json, &report);
                 }
-                (None, None) => bail!("--repo or --server is required"),
+                (None, None) => {
+                    return Err(failure(Exit::Config, "--repo or --server is required"));
+                }
             }
             Ok(())
         }
@@ -607,7 +623,10 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 .map(|p| keys::read_public(p))
                 .collect::<Result<_, _>>()?;
             if threshold == 0 || threshold as usize > public.len() {
-                bail!("threshold {threshold} needs 1 to {} keys", public.len());
+                return Err(failure(
+                    Exit::Config,
+                    format!("threshold {threshold} needs 1 to {} keys", public.len()),
+                ));
             }
             let delegation = DelegatedRole {
                 name: role.clone(),
@@ -684,7 +703,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                     let bytes = sign_role(&remote.state().await?, &info)?;
                     published(json, &remote.upload_metadata(&role, bytes).await?);
                 }
-                (None, None) => bail!("--repo or --server is required"),
+                (None, None) => {
+                    return Err(failure(Exit::Config, "--repo or --server is required"));
+                }
             }
             Ok(())
         }
@@ -699,7 +720,10 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             (None, _, Some(offline_keys)) => {
                 publish_top_level(json, target, upload, &offline_keys, Ok).await
             }
-            _ => bail!("give --offline-keys (top-level targets) or --role with --key"),
+            _ => Err(failure(
+                Exit::Config,
+                "give --offline-keys (top-level targets) or --role with --key",
+            )),
         },
         Command::Status {
             target,
@@ -710,7 +734,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             let state = match (target.repo, target.server) {
                 (Some(dir), _) => Repository::open(dir)?.state()?,
                 (None, Some(server)) => upload.remote(&server)?.state().await?,
-                (None, None) => bail!("--repo or --server is required"),
+                (None, None) => {
+                    return Err(failure(Exit::Config, "--repo or --server is required"));
+                }
             };
             let warnings = crate::repo::Warnings {
                 root: chrono::Duration::days(i64::from(root_warning_days)),
@@ -809,7 +835,10 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 || timestamp_lifetime_secs <= 0
                 || snapshot_lifetime_secs <= 0
             {
-                bail!("intervals and lifetimes must be positive");
+                return Err(failure(
+                    Exit::Config,
+                    "intervals and lifetimes must be positive",
+                ));
             }
             let expiry = Expiry {
                 timestamp: chrono::Duration::seconds(timestamp_lifetime_secs),
@@ -831,9 +860,10 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 uploads_need_certificate: upload_client_ca.is_some(),
                 ..ServerConfig::default()
             };
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding {listen}"))?;
+            let listener = tokio::net::TcpListener::bind(listen).await.fail(
+                Exit::Config,
+                format!("could not listen on {listen}: is another program using it?"),
+            )?;
             let addr = listener.local_addr()?;
             tracing::debug!(%addr, repo = %repo.display(), scheme = transport.scheme(), "listening");
             outln!("listening on {addr}");
@@ -932,11 +962,11 @@ fn token_command(command: TokenCommand, json: bool) -> anyhow::Result<()> {
             let which = match (id, label) {
                 (Some(id), _) => TokenSelector::Id(id),
                 (None, Some(label)) => TokenSelector::Label(label),
-                (None, None) => bail!("give --id or --label"),
+                (None, None) => return Err(failure(Exit::Config, "give --id or --label")),
             };
             let n = Tokens::revoke(&repo, &which, now())?;
             if n == 0 {
-                bail!("no live token matches");
+                return Err(failure(Exit::Config, "no live token matches"));
             }
             say(json, serde_json::json!({"revoked": n}), || {
                 format!("revoked {n} token(s)")
@@ -978,46 +1008,47 @@ fn print_status(json: bool, roles: &[crate::repo::RoleStatus]) -> anyhow::Result
     if json {
         outln!("{}", serde_json::to_string_pretty(roles)?);
     } else {
+        let rows = roles
+            .iter()
+            .map(|r| {
+                let signed = match r.signed_with {
+                    crate::repo::SignedWith::Offline => "offline",
+                    crate::repo::SignedWith::Online => "online",
+                };
+                vec![
+                    r.role.clone(),
+                    r.version.to_string(),
+                    r.expires_at.clone(),
+                    r.days_left.to_string(),
+                    signed.to_string(),
+                    if r.warning { "WARNING" } else { "ok" }.to_string(),
+                ]
+            })
+            .collect();
         outln!(
-            "{:<20}  {:>7}  {:<20}  {:>9}  {:<7}  STATUS",
-            "ROLE",
-            "VERSION",
-            "EXPIRES",
-            "DAYS LEFT",
-            "KEY"
+            "{}",
+            service_runtime::cli::table(
+                &["ROLE", "VERSION", "EXPIRES", "DAYS LEFT", "KEY", "STATUS"],
+                rows
+            )
         );
-        for r in roles {
-            let signed = match r.signed_with {
-                crate::repo::SignedWith::Offline => "offline",
-                crate::repo::SignedWith::Online => "online",
-            };
-            outln!(
-                "{:<20}  {:>7}  {:<20}  {:>9}  {:<7}  {}",
-                r.role,
-                r.version,
-                r.expires_at,
-                r.days_left,
-                signed,
-                if r.warning { "WARNING" } else { "ok" }
-            );
-        }
     }
     for r in roles.iter().filter(|r| r.warning) {
-        match r.signed_with {
-            crate::repo::SignedWith::Offline => eprintln!(
-                "warning: {}",
-                crate::repo::Expiring {
-                    role: r.role.clone(),
-                    version: r.version,
-                    expires_at: r.expires_at.clone(),
-                    days_left: r.days_left,
-                }
-            ),
-            crate::repo::SignedWith::Online => eprintln!(
-                "warning: {} version {} expired at {}: is `image-repo serve` running?",
+        // Role names come from the repository (a server's, with --server): made visible.
+        let warning = match r.signed_with {
+            crate::repo::SignedWith::Offline => crate::repo::Expiring {
+                role: r.role.clone(),
+                version: r.version,
+                expires_at: r.expires_at.clone(),
+                days_left: r.days_left,
+            }
+            .to_string(),
+            crate::repo::SignedWith::Online => format!(
+                "{} version {} expired at {}: is `image-repo serve` running?",
                 r.role, r.version, r.expires_at
             ),
-        }
+        };
+        eprintln!("warning: {}", service_runtime::cli::visible(&warning));
     }
     Ok(())
 }
@@ -1057,7 +1088,7 @@ async fn renew_delegated(
             let bytes = sign(&remote.state().await?)?;
             published(json, &remote.upload_metadata(role, bytes).await?);
         }
-        (None, None) => bail!("--repo or --server is required"),
+        (None, None) => return Err(failure(Exit::Config, "--repo or --server is required")),
     }
     Ok(())
 }
@@ -1091,7 +1122,7 @@ async fn publish_top_level(
             let bytes = sign_targets_update(&state, offline_keys, Expiry::default(), now(), edit)?;
             published(json, &remote.upload_metadata("targets", bytes).await?);
         }
-        (None, None) => bail!("--repo or --server is required"),
+        (None, None) => return Err(failure(Exit::Config, "--repo or --server is required")),
     }
     Ok(())
 }

@@ -133,6 +133,21 @@ fn settings(dir: &Path, args: SettingsArgs) -> anyhow::Result<Settings> {
     Settings::resolve(kept, args).fail(Exit::Config, "the Primary's settings are not usable")
 }
 
+/// Whether `dir` holds a provisioned Primary (its kept settings), or what to do.
+fn require_provisioned(dir: &Path) -> anyhow::Result<()> {
+    match Settings::load(dir) {
+        Ok(Some(_)) => Ok(()),
+        _ => Err(service_runtime::cli::failure(
+            Exit::Config,
+            format!(
+                "{} holds no provisioned Primary: run `primary-ecu init --dir {}` first",
+                dir.display(),
+                dir.display()
+            ),
+        )),
+    }
+}
+
 /// The provisioned Primary in `dir`, or what to do when there is none.
 fn open(dir: &Path, settings: Settings) -> anyhow::Result<Primary> {
     Primary::open(dir, settings).fail(
@@ -163,7 +178,8 @@ fn version_of(path: &Path) -> Value {
 
 fn status(dir: &Path) -> anyhow::Result<Value> {
     let files = StateDir::new(dir);
-    let settings = Settings::load(dir)?.context("no config.json: run `primary-ecu init` first")?;
+    require_provisioned(dir)?;
+    let settings = Settings::load(dir)?.context("no config.json")?;
     let state = files.load_state()?;
     let versions = |metadata: PathBuf| {
         json!({
@@ -204,9 +220,11 @@ fn status(dir: &Path) -> anyhow::Result<Value> {
 }
 
 fn print_status(status: &Value) {
+    // Strings bare, and made visible: details come from Secondaries and the Director.
     let v = |x: &Value| match x {
         Value::Null => "-".to_string(),
-        other => other.to_string(),
+        Value::String(text) => service_runtime::cli::visible(text),
+        other => service_runtime::cli::visible(&other.to_string()),
     };
     outln!(
         "vehicle {}  primary {}",
@@ -225,7 +243,11 @@ fn print_status(status: &Value) {
     }
     if let Some(installed) = status["installed"].as_object() {
         for (serial, filename) in installed {
-            outln!("installed  {serial:<20} {}", v(filename));
+            outln!(
+                "installed  {:<20} {}",
+                service_runtime::cli::visible(serial),
+                v(filename)
+            );
         }
     }
     match status["pending"].as_array() {
@@ -324,6 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             settings: args,
         } => {
+            require_provisioned(&dir)?;
             let settings = settings(&dir, args)?;
             let interval = settings.poll_interval();
             let mut primary = open(&dir, settings.clone())?;
@@ -341,6 +364,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             settings: args,
             fault_clock_offset_secs,
         } => {
+            require_provisioned(&dir)?;
             let settings = settings(&dir, args)?;
             let mut primary = open(&dir, settings)?;
             primary.offset_clock(chrono::Duration::seconds(fault_clock_offset_secs));
@@ -348,7 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             say(
                 json,
                 json!({"exit": report.exit_code(), "summary": report.summary()}),
-                || report.summary(),
+                || service_runtime::cli::visible(&report.summary()),
             );
             Ok(ExitCode::from(report.exit_code()))
         }

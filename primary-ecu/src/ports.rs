@@ -21,6 +21,8 @@ pub enum ManifestOutcome {
     Accepted,
     /// The Director refused it (4xx), with its reason.
     Refused(String),
+    /// The Director failed to take it (5xx): worth sending again later.
+    ServerError(String),
     /// It could not be sent.
     Unsent(String),
 }
@@ -283,10 +285,15 @@ impl DirectorPort for HttpDirector {
             Ok(response) => {
                 let status = response.status();
                 let why = crate::provision::json_body(response).await;
-                ManifestOutcome::Refused(format!(
+                let why = format!(
                     "HTTP {status}: {}",
                     why["error"].as_str().unwrap_or("no reason given")
-                ))
+                );
+                if status.is_server_error() {
+                    ManifestOutcome::ServerError(why)
+                } else {
+                    ManifestOutcome::Refused(why)
+                }
             }
             Err(e) => ManifestOutcome::Unsent(service_runtime::error_chain(&e)),
         }

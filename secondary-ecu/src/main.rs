@@ -134,17 +134,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if insecure && primary_fingerprint.is_none() {
                 tracing::warn!("no Primary pinned: this ECU can only run with --insecure");
             }
-            let director_root = std::fs::read(&director_root)
-                .with_context(|| format!("reading {}", director_root.display()))?;
+            let director_root = std::fs::read(&director_root).fail(
+                Exit::Config,
+                format!(
+                    "could not read the Director root {}",
+                    director_root.display()
+                ),
+            )?;
             uptane_core::verify::verify_root_self_signed(&uptane_core::verify::Raw::new(
                 director_root.clone(),
             ))
-            .context("the Director root does not verify")?;
+            .fail(
+                Exit::Config,
+                "the Director root does not verify: give the Director's 1.root.json",
+            )?;
             let image_root = match (&image_root, mode) {
-                (Some(path), _) => Some(
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-                ),
-                (None, Mode::Full) => anyhow::bail!("full verification needs --image-root"),
+                (Some(path), _) => Some(std::fs::read(path).fail(
+                    Exit::Config,
+                    format!(
+                        "could not read the Image repository root {}",
+                        path.display()
+                    ),
+                )?),
+                (None, Mode::Full) => {
+                    return Err(service_runtime::cli::failure(
+                        Exit::Config,
+                        "full verification needs --image-root (the Image repository's \
+                         1.root.json)",
+                    ));
+                }
                 (None, Mode::Partial) => None,
             };
             let image = std::fs::read(&factory_image).fail(
@@ -231,21 +249,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     storage_bytes: fault_storage_bytes,
                 },
             };
-            let agent = Agent::open(&dir, settings)
-                .with_context(|| format!("opening {}", dir.display()))?;
+            let agent = Agent::open(&dir, settings).fail(
+                Exit::Config,
+                format!(
+                    "{} does not hold a usable ECU: run `secondary-ecu init --dir {}` first",
+                    dir.display(),
+                    dir.display()
+                ),
+            )?;
             let link = if insecure {
                 tracing::warn!("--insecure: plaintext gRPC, every call answered to anyone");
                 Link::Insecure
             } else {
-                let primary = agent.identity().primary_fingerprint.context(
-                    "no Primary is pinned (provisioned with --insecure); run with --insecure",
-                )?;
+                let primary = agent.identity().primary_fingerprint.ok_or_else(|| {
+                    service_runtime::cli::failure(
+                        Exit::Config,
+                        "no Primary is pinned (provisioned with --insecure); run with --insecure",
+                    )
+                })?;
                 let identity = agent::tls_identity(&dir).context("reading the TLS identity")?;
                 Link::Tls { identity, primary }
             };
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding {listen}"))?;
+            let listener = tokio::net::TcpListener::bind(listen).await.fail(
+                Exit::Config,
+                format!("could not listen on {listen}: is another program using it?"),
+            )?;
             let addr = listener.local_addr()?;
             tracing::debug!(%addr, serial = %agent.identity().serial, "listening");
             outln!("listening on {addr}");

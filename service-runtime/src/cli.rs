@@ -202,15 +202,24 @@ pub fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// The widest a table cell gets; `--json` prints every field whole.
 const MAX_CELL: usize = 80;
 
-/// A cell as a table shows it: control characters (newlines, escape sequences a caller
-/// wrote into an event) made visible rather than sent to the terminal, and cut to
-/// [`MAX_CELL`] characters.
+/// `text` as a terminal may show it: control characters (newlines, escape sequences) and
+/// invisible or bidirectional ones (`uptane_core::ids::invisible`, which could reorder what
+/// follows) are replaced by `�`. For any text a caller, a server or an ECU chose.
+pub fn visible(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || uptane_core::ids::invisible(c) {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// A cell as a table shows it: [`visible`], cut to [`MAX_CELL`] characters.
 pub fn cell(text: &str) -> String {
-    let visible: String = text
-        .chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect();
-    truncate(&visible, MAX_CELL).into_owned()
+    truncate(&visible(text), MAX_CELL).into_owned()
 }
 
 /// Rows under their headers, columns aligned, each cell as [`cell`] shows it.
@@ -236,8 +245,12 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
             .trim_end()
             .to_string()
     };
+    let empty = rows.is_empty();
     let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
     out.extend(rows.into_iter().map(line));
+    if empty {
+        out.push("(none)".into());
+    }
     out.join("\n")
 }
 
@@ -324,6 +337,15 @@ mod tests {
         let plain = anyhow::anyhow!("disk full");
         assert_eq!(exit_of(&plain), Exit::Failed);
         assert_eq!(render(&plain), "error: disk full");
+    }
+
+    #[test]
+    fn nothing_in_a_cell_can_steer_the_terminal() {
+        assert_eq!(cell("a\u{1b}[31mb\nc"), "a\u{fffd}[31mb\u{fffd}c");
+        assert_eq!(cell("exe.\u{202E}nib"), "exe.\u{fffd}nib");
+        assert_eq!(visible("zero\u{200B}width"), "zero\u{fffd}width");
+        assert_eq!(visible("plain élan"), "plain élan");
+        assert!(table(&["A"], Vec::new()).ends_with("(none)"));
     }
 
     #[test]

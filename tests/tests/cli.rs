@@ -121,6 +121,31 @@ fn operator_errors_say_what_to_do_and_exit_with_their_status() {
     let (status, _, err) = director(&["vehicle", "lst"]);
     assert_eq!(status.code(), Some(64), "{err}");
 
+    // Local files that are not what a command needs: bad configuration, said plainly.
+    let not_a_root = empty.path().join("not-a-root.json");
+    std::fs::write(&not_a_root, b"{}").unwrap();
+    let (status, _, err) = director(&[
+        "init",
+        "--dir",
+        empty.path().join("d").to_str().unwrap(),
+        "--offline-keys",
+        empty.path().join("k").to_str().unwrap(),
+        "--image-root",
+        not_a_root.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(6), "{err}");
+    assert!(err.contains("does not verify as a root"), "{err}");
+    let nowhere = empty.path().join("nowhere");
+    for (program, args) in [
+        ("primary-ecu", vec!["status", "--dir"]),
+        ("primary-ecu", vec!["once", "--dir"]),
+        ("secondary-ecu", vec!["run", "--insecure", "--dir"]),
+    ] {
+        let (status, _, err) = run(Command::new(bin(program)).args(&args).arg(&nowhere), LIMIT);
+        assert_eq!(status.code(), Some(6), "{program} {args:?}: {err}");
+        assert!(err.contains("init --dir"), "{program} {args:?}: {err}");
+    }
+
     let fleet = Fleet::start();
     let (status, _, err) = run(
         Command::new(bin("director")).args([
@@ -233,12 +258,13 @@ fn director_events_pages_newest_first_and_survives_a_megabyte_field() {
     );
     assert_eq!(status.code(), Some(64), "{err}");
 
-    // `| head -1`: the reader goes away; the command ends quietly with status 0.
+    // `| head -1`: the reader goes away; the command ends quietly with status 0. A thousand
+    // events as JSON are about 250 KB, well past what a pipe buffers.
     let (mut child, stdout) =
-        uptane_tests::start(fleet.operator_human(&["events", "--limit", "1000"]));
+        uptane_tests::start(fleet.operator_command(&["events", "--limit", "1000"]));
     let mut first = String::new();
     BufReader::new(stdout).read_line(&mut first).unwrap();
-    assert!(first.starts_with("ID"), "{first}");
+    assert_eq!(first.trim(), "[");
     let status = child.wait_exit(LIMIT).expect("it ends");
     assert_eq!(status.code(), Some(0), "{}", child.stderr());
     assert!(!child.stderr().contains("panicked"), "{}", child.stderr());
@@ -268,6 +294,38 @@ fn director_events_follow_prints_new_events_as_they_are_recorded() {
     let later = next();
     assert_eq!(later["detail"], "recorded while following");
     assert!(later["id"].as_i64() > b["id"].as_i64());
+
+    // A filter that leaves the first page empty follows from the newest event of the log,
+    // without replaying it.
+    let mut future = fleet.operator_command(&["events", "--follow", "--poll-secs", "1"]);
+    future.args(["--since", "2099-01-01T00:00:00Z"]);
+    let (_child, stdout) = uptane_tests::start(future);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Recorded once the follower has read the log (its first page came back empty): wait
+    // for that by recording until a line arrives, bounded.
+    let mut first = None;
+    for i in 0..200 {
+        record_events(&fleet, 1, &format!("after the filter {i}"));
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(250)) {
+            first = Some(line);
+            break;
+        }
+    }
+    let first: Value = serde_json::from_str(&first.expect("a followed event")).unwrap();
+    assert!(
+        first["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("after the filter"),
+        "replayed the log: {first}"
+    );
 }
 
 /// An ECU public key file (TUF key JSON) for `director vehicle register --ecu`.
@@ -479,10 +537,16 @@ fn completions_and_man_pages_come_from_each_program() {
             command.env(name, value);
         }
         let script = run_ok(&mut command, LIMIT);
-        // Every top-level subcommand completes.
+        // Every top-level subcommand completes (clap_complete's bash script has a case for
+        // each, named after the program and the subcommand).
         let top = help_with_secrets(program, &[]);
+        let prefix = program.replace('-', "__subcmd__");
         for sub in subcommands(&top) {
-            assert!(script.contains(&sub), "{program}: no completion for {sub}");
+            let case = format!("{prefix}__subcmd__{})", sub.replace('-', "__subcmd__"));
+            assert!(
+                script.contains(&case),
+                "{program}: no completion case {case}"
+            );
         }
         let script_file = out.path().join(format!("{program}.bash"));
         std::fs::write(&script_file, &script).unwrap();

@@ -166,7 +166,10 @@ pub enum TargetNameError {
 /// Characters a reader does not see but that change what is shown or compared: Unicode's
 /// format characters (Cf: bidirectional controls, zero-width characters, the byte-order
 /// mark, tags, ...), line and paragraph separators, private use, and noncharacters.
-fn invisible(c: char) -> bool {
+/// Whether `c` is a character that shows nothing or changes how what follows is shown
+/// (format, bidirectional and private-use characters, noncharacters): refused in target
+/// names, and never sent to an operator's terminal.
+pub fn invisible(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{FEFF}'
         | '\u{0600}'..='\u{0605}' | '\u{06DD}' | '\u{070F}' | '\u{08E2}'

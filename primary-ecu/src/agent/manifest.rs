@@ -185,6 +185,7 @@ impl<P: Ports> Primary<P> {
                 self.acknowledge(&reports.counters).await;
             }
             ManifestOutcome::Refused(why) => tracing::warn!(%why, "manifest refused"),
+            ManifestOutcome::ServerError(why) => tracing::warn!(%why, "the Director failed"),
             ManifestOutcome::Unsent(_) => {}
         }
         outcome

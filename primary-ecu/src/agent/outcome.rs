@@ -59,8 +59,8 @@ pub struct CycleReport {
 impl CycleReport {
     /// The exit status of `primary-ecu once` (`service_runtime::cli::Exit`, docs/CLI.md):
     /// 0 when nothing is left to do; 2 when an attack was refused; 5 when the Director
-    /// refused the manifest; 4 when a repository or the Director could not be reached (or
-    /// answered with an error); 3 when an ECU failed, was unreachable, or work is pending.
+    /// refused the manifest (4xx); 4 when a repository or the Director could not be reached
+    /// or failed to answer (5xx); 3 when an ECU failed, was unreachable, or work is pending.
     pub fn exit_code(&self) -> u8 {
         use service_runtime::cli::Exit;
         let refused = |m: Option<&ManifestOutcome>| matches!(m, Some(ManifestOutcome::Refused(_)));
@@ -113,6 +113,9 @@ impl CycleReport {
             match outcome {
                 Some(ManifestOutcome::Refused(why)) => {
                     parts.push(format!("{which} refused: {why}"))
+                }
+                Some(ManifestOutcome::ServerError(why)) => {
+                    parts.push(format!("{which} failed on the Director: {why}"))
                 }
                 Some(ManifestOutcome::Unsent(why)) => {
                     parts.push(format!("{which} not sent: {why}"))

@@ -329,7 +329,8 @@ fn untrusted_mitm(w: &mut World) -> Result<String, String> {
     w.car.set_director_url(&mitm.url);
     let (code, summary) = w.cycle();
     w.car.set_director_url(&original);
-    if code != 1 || !summary.contains("UnknownIssuer") {
+    // Exit 4: the Director could not be reached (docs/CLI.md).
+    if code != 4 || !summary.contains("UnknownIssuer") {
         return Err(format!(
             "expected an unreachable Director (certificate refused); cycle {code}: {summary}"
         ));
@@ -470,7 +471,13 @@ fn stolen_credential_refused(w: &mut World) -> Result<String, String> {
     let credential = std::fs::read_to_string(w.other.primary_dir.join("credential"))
         .map_err(|e| e.to_string())?;
     let credential = credential.trim().to_string();
-    let refused_before = w.fleet.events(OTHER_VIN, true).len();
+    // Events are listed newest first: what is new has an id above the newest one now.
+    let newest_before = w
+        .fleet
+        .events(OTHER_VIN, true)
+        .first()
+        .and_then(|e| e["id"].as_i64())
+        .unwrap_or(0);
     let director = w.fleet.director_url.clone();
     let own = service_runtime::pki::self_signed("thief", &["thief.invalid"])
         .and_then(|c| c.identity())
@@ -512,8 +519,9 @@ fn stolen_credential_refused(w: &mut World) -> Result<String, String> {
         ));
     }
     let events = w.fleet.events(OTHER_VIN, true);
-    let new: Vec<_> = events[refused_before.min(events.len())..]
+    let new: Vec<_> = events
         .iter()
+        .filter(|e| e["id"].as_i64().unwrap_or(0) > newest_before)
         .filter(|e| e["kind"] == "vehicle_auth_refused")
         .collect();
     // One event per kind of refusal (no certificate; another certificate): the repeats
