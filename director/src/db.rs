@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/005_root_versions.sql"),
     include_str!("migrations/006_time.sql"),
     include_str!("migrations/007_retention.sql"),
+    include_str!("migrations/008_listing_indexes.sql"),
 ];
 
 /// Manifests, registrations and every other write of this many requests at most share one

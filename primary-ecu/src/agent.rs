@@ -298,7 +298,9 @@ impl<P: Ports> Primary<P> {
         }
         self.state.last_cycle = Some(report.summary());
         self.state.last_error = match &report.verification {
-            Verification::Refused { .. } | Verification::Failed(_) => Some(report.summary()),
+            Verification::Refused { .. }
+            | Verification::Failed(_)
+            | Verification::LocalFailure(_) => Some(report.summary()),
             _ => None,
         };
         if let Err(e) = self.save() {

@@ -356,17 +356,25 @@ pub fn assignments(
     vin: Option<&Vin>,
     page: Page,
 ) -> Result<Vec<AssignmentEcu>, DirectorError> {
-    let vin = vin.map(Vin::as_str);
-    let sql = format!(
+    // Only the filters given are in the statement: one vehicle's entries are found from
+    // `assignment_ecus_by_vin`, not by scanning every entry.
+    let mut sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
-         WHERE (?1 IS NULL OR e.vin = ?1) AND e.rowid < ?2 AND (?3 IS NULL OR a.created_at >= ?3)
-         ORDER BY e.rowid DESC LIMIT ?4"
+         WHERE e.rowid < ?"
     );
+    let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(page.before())];
+    if let Some(vin) = vin {
+        sql.push_str(" AND e.vin = ?");
+        values.push(Box::new(vin.as_str().to_string()));
+    }
+    if let Some(since) = page.since() {
+        sql.push_str(" AND a.created_at >= ?");
+        values.push(Box::new(since));
+    }
+    sql.push_str(" ORDER BY e.rowid DESC LIMIT ?");
+    values.push(Box::new(page.limit()));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(
-        params![vin, page.before(), page.since(), page.limit()],
-        assignment_row,
-    )?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), assignment_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

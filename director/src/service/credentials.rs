@@ -527,32 +527,35 @@ pub fn list(
     vin: Option<&Vin>,
     page: super::Page,
 ) -> Result<Vec<CredentialInfo>, DirectorError> {
-    let mut stmt = conn.prepare_cached(
+    // Only the filters given are in the statement: one vehicle is found by its key.
+    let mut sql = String::from(
         "SELECT rowid, vin, credential_issued_at, credential_expires_at, credential_revoked_at,
                 next_credential_sha256 IS NOT NULL, tls_fingerprint
-         FROM vehicles WHERE (?1 IS NULL OR vin = ?1) AND rowid < ?2
-           AND (?3 IS NULL OR credential_issued_at >= ?3)
-         ORDER BY rowid DESC LIMIT ?4",
-    )?;
-    let rows = stmt.query_map(
-        params![
-            vin.map(Vin::as_str),
-            page.before(),
-            page.since(),
-            page.limit()
-        ],
-        |r| {
-            Ok(CredentialInfo {
-                cursor: r.get(0)?,
-                vin: r.get(1)?,
-                issued_at: r.get(2)?,
-                expires_at: r.get(3)?,
-                revoked_at: r.get(4)?,
-                renewal_pending: r.get(5)?,
-                tls_fingerprint: r.get(6)?,
-            })
-        },
-    )?;
+         FROM vehicles WHERE rowid < ?",
+    );
+    let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(page.before())];
+    if let Some(vin) = vin {
+        sql.push_str(" AND vin = ?");
+        values.push(Box::new(vin.as_str().to_string()));
+    }
+    if let Some(since) = page.since() {
+        sql.push_str(" AND credential_issued_at >= ?");
+        values.push(Box::new(since));
+    }
+    sql.push_str(" ORDER BY rowid DESC LIMIT ?");
+    values.push(Box::new(page.limit()));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), |r| {
+        Ok(CredentialInfo {
+            cursor: r.get(0)?,
+            vin: r.get(1)?,
+            issued_at: r.get(2)?,
+            expires_at: r.get(3)?,
+            revoked_at: r.get(4)?,
+            renewal_pending: r.get(5)?,
+            tls_fingerprint: r.get(6)?,
+        })
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -203,30 +203,45 @@ pub fn events(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The statement of [`recent_events`] with the filters given, its parameters in order: the
+/// cursor, the VIN, the time, the limit.
+fn recent_events_sql(vin: bool, since: bool, security_only: bool) -> String {
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id < ?");
+    if vin {
+        sql.push_str(" AND vin = ?");
+    }
+    if since {
+        sql.push_str(" AND at >= ?");
+    }
+    if security_only {
+        sql.push_str(" AND severity = 'security'");
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    sql
+}
+
 /// A page of the newest events, newest first, optionally of one vehicle or only security
-/// events; an event's cursor is its id.
+/// events; an event's cursor is its id. Only the filters given are in the statement, so
+/// SQLite finds a page of one vehicle's or of the security events from their indexes
+/// (`008_listing_indexes.sql`) rather than by scanning the log.
 pub fn recent_events(
     conn: &Connection,
     vin: Option<&str>,
     security_only: bool,
     page: Page,
 ) -> Result<Vec<Event>, DirectorError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events
-         WHERE id < ?1 AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR vin = ?3)
-           AND (?4 = 0 OR severity = 'security')
-         ORDER BY id DESC LIMIT ?5"
-    ))?;
-    let rows = stmt.query_map(
-        params![
-            page.before(),
-            page.since(),
-            vin,
-            security_only,
-            page.limit()
-        ],
-        event_row,
-    )?;
+    let since = page.since();
+    let sql = recent_events_sql(vin.is_some(), since.is_some(), security_only);
+    let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(page.before())];
+    if let Some(vin) = vin {
+        values.push(Box::new(vin.to_string()));
+    }
+    if let Some(since) = since {
+        values.push(Box::new(since));
+    }
+    values.push(Box::new(page.limit()));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), event_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -256,5 +271,26 @@ mod tests {
             "{cut}"
         );
         assert_eq!(events[1].detail, "fits");
+    }
+
+    #[test]
+    fn a_page_of_one_vehicle_or_of_security_events_is_found_from_an_index() {
+        let db = Db::open_in_memory().unwrap();
+        let plan = |sql: String| {
+            db.call_blocking(move |conn| {
+                let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let n = stmt.parameter_count();
+                let rows = stmt.query_map(
+                    rusqlite::params_from_iter(std::iter::repeat_n(&1i64, n)),
+                    |r| r.get::<_, String>(3),
+                )?;
+                Ok::<_, DirectorError>(rows.collect::<Result<Vec<_>, _>>()?.join("; "))
+            })
+            .unwrap()
+        };
+        let by_vin = plan(recent_events_sql(true, false, false));
+        assert!(by_vin.contains("events_by_vin"), "{by_vin}");
+        let security = plan(recent_events_sql(false, false, true));
+        assert!(security.contains("events_by_severity"), "{security}");
     }
 }

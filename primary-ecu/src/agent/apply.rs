@@ -51,13 +51,13 @@ impl<P: Ports> Primary<P> {
         let work = self.select_work(&plan, unreachable, report);
         let files = self.download(&work, report).await;
         if let Err(e) = self.save() {
-            report.verification = Verification::Failed(e);
+            report.verification = Verification::LocalFailure(e);
             return;
         }
         self.deliver(&plan, &work, &files, now, report).await;
         self.finish(&plan);
         if let Err(e) = self.save() {
-            report.verification = Verification::Failed(e);
+            report.verification = Verification::LocalFailure(e);
         }
     }
 

@@ -26,8 +26,10 @@ pub enum Verification {
         /// What was refused.
         detail: String,
     },
-    /// A repository could not be reached or local state could not be written.
+    /// A repository or the Director could not be reached, or failed to answer.
     Failed(String),
+    /// The Primary's own state could not be written (a full or failing disk).
+    LocalFailure(String),
 }
 
 /// One ECU's outcome in a cycle.
@@ -58,7 +60,8 @@ pub struct CycleReport {
 
 impl CycleReport {
     /// The exit status of `primary-ecu once` (`service_runtime::cli::Exit`, docs/CLI.md):
-    /// 0 when nothing is left to do; 2 when an attack was refused; 5 when the Director
+    /// 0 when nothing is left to do; 1 when its own state could not be written; 2 when an
+    /// attack was refused; 5 when the Director
     /// refused the manifest (4xx); 4 when a repository or the Director could not be reached
     /// or failed to answer (5xx); 3 when an ECU failed, was unreachable, or work is pending.
     pub fn exit_code(&self) -> u8 {
@@ -70,6 +73,7 @@ impl CycleReport {
                 Exit::Refused
             }
             Verification::Failed(_) => Exit::Unreachable,
+            Verification::LocalFailure(_) => Exit::Failed,
             _ if self
                 .ecus
                 .values()
@@ -95,6 +99,7 @@ impl CycleReport {
             } => format!("director targets v{targets_version}: {images} image(s) assigned"),
             Verification::Refused { kind, detail } => format!("REFUSED ({kind}): {detail}"),
             Verification::Failed(why) => format!("failed: {why}"),
+            Verification::LocalFailure(why) => format!("failed to save its state: {why}"),
         });
         for (serial, outcome) in &self.ecus {
             parts.push(match outcome {
@@ -124,5 +129,71 @@ impl CycleReport {
             }
         }
         parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(manifest: ManifestOutcome, verification: Verification) -> CycleReport {
+        CycleReport {
+            manifest,
+            verification,
+            ecus: BTreeMap::new(),
+            unreachable: BTreeMap::new(),
+            closing_manifest: None,
+        }
+    }
+
+    #[test]
+    fn each_ending_of_a_cycle_has_its_status() {
+        let accepted = || ManifestOutcome::Accepted;
+        let cases = [
+            (report(accepted(), Verification::Unchanged), 0),
+            (
+                report(accepted(), Verification::LocalFailure("disk full".into())),
+                1,
+            ),
+            (
+                report(
+                    accepted(),
+                    Verification::Refused {
+                        kind: AttackKind::Rollback,
+                        detail: "targets 3 < 4".into(),
+                    },
+                ),
+                2,
+            ),
+            (
+                report(
+                    ManifestOutcome::Unsent("connection refused".into()),
+                    Verification::Failed("connection refused".into()),
+                ),
+                4,
+            ),
+            (
+                report(
+                    ManifestOutcome::ServerError("HTTP 503".into()),
+                    Verification::Unchanged,
+                ),
+                4,
+            ),
+            (
+                report(
+                    ManifestOutcome::Refused("HTTP 401".into()),
+                    Verification::Failed("HTTP 401".into()),
+                ),
+                5,
+            ),
+        ];
+        for (report, status) in cases {
+            assert_eq!(report.exit_code(), status, "{}", report.summary());
+        }
+        let mut pending = report(accepted(), Verification::Unchanged);
+        pending
+            .unreachable
+            .insert("BRAKE-1".parse().unwrap(), "connection refused".into());
+        assert_eq!(pending.exit_code(), 3);
     }
 }
