@@ -356,26 +356,18 @@ pub fn assignments(
     vin: Option<&Vin>,
     page: Page,
 ) -> Result<Vec<AssignmentEcu>, DirectorError> {
-    // Only the filters given are in the statement: one vehicle's entries are found from
-    // `assignment_ecus_by_vin`, not by scanning every entry.
-    let mut sql = format!(
-        "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
-         WHERE e.rowid < ?"
+    // One vehicle's entries are found from `assignment_ecus_by_vin`.
+    let mut query = page.query(
+        &format!(
+            "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id WHERE"
+        ),
+        "e.rowid",
+        "a.created_at",
     );
-    let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(page.before())];
     if let Some(vin) = vin {
-        sql.push_str(" AND e.vin = ?");
-        values.push(Box::new(vin.as_str().to_string()));
+        query = query.filter("e.vin = ?", vin.as_str().to_string());
     }
-    if let Some(since) = page.since() {
-        sql.push_str(" AND a.created_at >= ?");
-        values.push(Box::new(since));
-    }
-    sql.push_str(" ORDER BY e.rowid DESC LIMIT ?");
-    values.push(Box::new(page.limit()));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), assignment_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    query.rows(conn, assignment_row)
 }
 
 /// Cancels the entries of an assignment not yet delivered; refuses if none can be.

@@ -527,25 +527,17 @@ pub fn list(
     vin: Option<&Vin>,
     page: super::Page,
 ) -> Result<Vec<CredentialInfo>, DirectorError> {
-    // Only the filters given are in the statement: one vehicle is found by its key.
-    let mut sql = String::from(
+    let mut query = page.query(
         "SELECT rowid, vin, credential_issued_at, credential_expires_at, credential_revoked_at,
                 next_credential_sha256 IS NOT NULL, tls_fingerprint
-         FROM vehicles WHERE rowid < ?",
+         FROM vehicles WHERE",
+        "rowid",
+        "credential_issued_at",
     );
-    let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(page.before())];
     if let Some(vin) = vin {
-        sql.push_str(" AND vin = ?");
-        values.push(Box::new(vin.as_str().to_string()));
+        query = query.filter("vin = ?", vin.as_str().to_string());
     }
-    if let Some(since) = page.since() {
-        sql.push_str(" AND credential_issued_at >= ?");
-        values.push(Box::new(since));
-    }
-    sql.push_str(" ORDER BY rowid DESC LIMIT ?");
-    values.push(Box::new(page.limit()));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), |r| {
+    query.rows(conn, |r| {
         Ok(CredentialInfo {
             cursor: r.get(0)?,
             vin: r.get(1)?,
@@ -555,8 +547,7 @@ pub fn list(
             renewal_pending: r.get(5)?,
             tls_fingerprint: r.get(6)?,
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    })
 }
 
 impl super::DirectorService {

@@ -7,7 +7,7 @@ use uptane_core::error::AttackKind;
 use uptane_core::time::UtcTime;
 
 use super::now_text;
-use super::page::Page;
+use super::page::{Page, PageQuery};
 use super::refusals::RefusalLog;
 use crate::error::DirectorError;
 
@@ -205,44 +205,32 @@ pub fn events(
 
 /// The statement of [`recent_events`] with the filters given, its parameters in order: the
 /// cursor, the VIN, the time, the limit.
-fn recent_events_sql(vin: bool, since: bool, security_only: bool) -> String {
-    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id < ?");
-    if vin {
-        sql.push_str(" AND vin = ?");
-    }
-    if since {
-        sql.push_str(" AND at >= ?");
+/// A page of the newest events, newest first, optionally of one vehicle or only security
+/// events; an event's cursor is its id. SQLite finds a page of one vehicle's or of the
+/// security events from their indexes (`008_listing_indexes.sql`), not by scanning the log.
+fn recent_events_query(vin: Option<&str>, security_only: bool, page: Page) -> PageQuery {
+    let mut query = page.query(
+        &format!("SELECT {EVENT_COLUMNS} FROM events WHERE"),
+        "id",
+        "at",
+    );
+    if let Some(vin) = vin {
+        query = query.filter("vin = ?", vin.to_string());
     }
     if security_only {
-        sql.push_str(" AND severity = 'security'");
+        query = query.condition("severity = 'security'");
     }
-    sql.push_str(" ORDER BY id DESC LIMIT ?");
-    sql
+    query
 }
 
-/// A page of the newest events, newest first, optionally of one vehicle or only security
-/// events; an event's cursor is its id. Only the filters given are in the statement, so
-/// SQLite finds a page of one vehicle's or of the security events from their indexes
-/// (`008_listing_indexes.sql`) rather than by scanning the log.
+/// A page of the newest events (see [`recent_events_query`]).
 pub fn recent_events(
     conn: &Connection,
     vin: Option<&str>,
     security_only: bool,
     page: Page,
 ) -> Result<Vec<Event>, DirectorError> {
-    let since = page.since();
-    let sql = recent_events_sql(vin.is_some(), since.is_some(), security_only);
-    let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(page.before())];
-    if let Some(vin) = vin {
-        values.push(Box::new(vin.to_string()));
-    }
-    if let Some(since) = since {
-        values.push(Box::new(since));
-    }
-    values.push(Box::new(page.limit()));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), event_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    recent_events_query(vin, security_only, page).rows(conn, event_row)
 }
 
 #[cfg(test)]
@@ -288,9 +276,9 @@ mod tests {
             })
             .unwrap()
         };
-        let by_vin = plan(recent_events_sql(true, false, false));
+        let by_vin = plan(recent_events_query(Some("VIN1"), false, Page::newest(10)).sql());
         assert!(by_vin.contains("events_by_vin"), "{by_vin}");
-        let security = plan(recent_events_sql(false, false, true));
+        let security = plan(recent_events_query(None, true, Page::newest(10)).sql());
         assert!(security.contains("events_by_severity"), "{security}");
     }
 }

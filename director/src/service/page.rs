@@ -3,6 +3,7 @@
 //! page, `since` keeps rows from that time on. A page is at most [`Page::MAX_LIMIT`] rows,
 //! so no request reads a whole table.
 
+use rusqlite::{Connection, ToSql};
 use uptane_core::time::UtcTime;
 
 use super::now_text;
@@ -64,6 +65,75 @@ impl Page {
     /// The inclusive lower bound on the row's time, as stored (`time >= ?`; `NULL`: any).
     pub fn since(&self) -> Option<String> {
         self.since.map(now_text)
+    }
+
+    /// The statement reading this page: `select` (up to its `WHERE`) rows whose `cursor`
+    /// column is below [`Page::before`] and whose `time` column is at or after `since`.
+    pub fn query(&self, select: &str, cursor: &str, time: &str) -> PageQuery {
+        let mut query = PageQuery {
+            sql: format!("{select} {cursor} < ?"),
+            values: vec![Box::new(self.before())],
+            cursor: cursor.to_string(),
+            limit: self.limit,
+        };
+        if let Some(since) = self.since() {
+            query = query.filter(&format!("{time} >= ?"), since);
+        }
+        query
+    }
+}
+
+/// A page's statement, holding only the filters given: a filter written as `(? IS NULL OR
+/// vin = ?)` would leave SQLite scanning the table, one written only when given lets it read
+/// the page from the filter's index.
+pub struct PageQuery {
+    sql: String,
+    values: Vec<Box<dyn ToSql>>,
+    cursor: String,
+    limit: u32,
+}
+
+impl std::fmt::Debug for PageQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageQuery").field("sql", &self.sql()).finish()
+    }
+}
+
+impl PageQuery {
+    /// Adds `AND clause`, binding `value` to its one `?`.
+    pub fn filter(mut self, clause: &str, value: impl ToSql + 'static) -> Self {
+        self.sql.push_str(" AND ");
+        self.sql.push_str(clause);
+        self.values.push(Box::new(value));
+        self
+    }
+
+    /// Adds `AND clause`, which binds nothing.
+    pub fn condition(mut self, clause: &str) -> Self {
+        self.sql.push_str(" AND ");
+        self.sql.push_str(clause);
+        self
+    }
+
+    /// The whole statement, newest first.
+    pub fn sql(&self) -> String {
+        format!("{} ORDER BY {} DESC LIMIT ?", self.sql, self.cursor)
+    }
+
+    /// The page's rows, each read by `row`.
+    pub fn rows<T>(
+        self,
+        conn: &Connection,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, DirectorError> {
+        let mut stmt = conn.prepare_cached(&self.sql())?;
+        let values = self
+            .values
+            .iter()
+            .map(|v| v.as_ref())
+            .chain(std::iter::once(&self.limit as &dyn ToSql));
+        let rows = stmt.query_map(rusqlite::params_from_iter(values), row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
