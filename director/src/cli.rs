@@ -1,7 +1,7 @@
 //! The `director` command line: `init` and `serve` act on a Director directory; the
 //! operator commands call the REST API of a running Director.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -602,6 +602,17 @@ fn root_lifetime(days: u32) -> anyhow::Result<chrono::Duration> {
     Ok(chrono::Duration::days(i64::from(days)))
 }
 
+/// The offline root keys a rotation signs with (`--offline-keys`).
+fn offline_root_keys(dir: &Path) -> anyhow::Result<Vec<uptane_core::crypto::SigningKey>> {
+    keys::load_offline_root_keys(dir).fail(
+        Exit::Config,
+        format!(
+            "could not read the offline root keys in {} (--offline-keys)",
+            dir.display()
+        ),
+    )
+}
+
 /// Prints the warning of a root that expires soon, on standard error.
 fn warn_if_root_expires(db: &Db) {
     let status = db.call_blocking(|conn| {
@@ -1128,13 +1139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             root_lifetime_days,
         } => {
             let lifetime = root_lifetime(root_lifetime_days)?;
-            let offline = keys::load_offline_root_keys(&offline_keys).fail(
-                Exit::Config,
-                format!(
-                    "could not read the offline root keys in {} (--offline-keys)",
-                    offline_keys.display()
-                ),
-            )?;
+            let offline = offline_root_keys(&offline_keys)?;
             let mut change = service::rotation::RootChange::default();
             if let (Some(count), Some(threshold)) = (count, threshold) {
                 let new_keys = (0..count)
@@ -1196,13 +1201,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             root_lifetime_days,
         } => {
             let lifetime = root_lifetime(root_lifetime_days)?;
-            let offline = keys::load_offline_root_keys(&offline_keys).fail(
-                Exit::Config,
-                format!(
-                    "could not read the offline root keys in {} (--offline-keys)",
-                    offline_keys.display()
-                ),
-            )?;
+            let offline = offline_root_keys(&offline_keys)?;
             let roles: Vec<&'static str> = if roles.is_empty() {
                 service::rotation::ONLINE_ROLES.to_vec()
             } else {

@@ -95,7 +95,9 @@ pub struct PageQuery {
 
 impl std::fmt::Debug for PageQuery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PageQuery").field("sql", &self.sql()).finish()
+        f.debug_struct("PageQuery")
+            .field("sql", &self.sql())
+            .finish()
     }
 }
 
