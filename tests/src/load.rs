@@ -362,13 +362,7 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>) {
 
 /// CPU seconds (user + system) and peak resident memory (KiB) of process `pid`.
 fn usage(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: fields are counted after its closing parenthesis.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let hwm = crate::peak_rss_kib(pid)?;
-    // USER_HZ is 100 on Linux.
-    Some((ticks as f64 / 100.0, hwm))
+    Some((crate::cpu_seconds(pid)?, crate::peak_rss_kib(pid)?))
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
