@@ -25,6 +25,7 @@ use uptane_core::uptane::{ApprovedImage, EcuIdentity, PendingImage, UptaneError,
 
 use crate::ab::{AbDevice, BootOutcome, SlotState};
 pub use crate::ab::{Faults, Phase};
+use crate::durable::BackgroundSync;
 use crate::files;
 use crate::verify::{self, Ecu};
 
@@ -64,7 +65,9 @@ pub struct Settings {
     pub boot_attempts: u32,
     /// Wait for an explicit Confirm instead of confirming after the health check.
     pub manual_confirm: bool,
-    /// Received bytes are made durable (fsync, offset recorded) at least this often.
+    /// Received bytes are made durable (fsync, offset recorded) this often: a sync starts on
+    /// a thread of its own each time this many bytes have arrived since the last durable
+    /// offset, and the receive path waits for it only when two intervals are not yet durable.
     pub durable_interval: u64,
     /// Fault knobs.
     pub faults: Faults,
@@ -930,7 +933,7 @@ impl Agent {
 
     /// Resets the receive position to the durable offset (a new Upload stream).
     pub fn start_upload(&mut self, correlation_id: &str) -> Result<Upload, Refusal> {
-        self.pending_for(correlation_id)?;
+        let length = self.pending_for(correlation_id)?.length;
         if self.state.transfer_complete {
             return Err(Refusal::new(
                 ResultCode::AlreadyProcessed,
@@ -961,6 +964,8 @@ impl Agent {
             digests,
             received: self.state.durable_offset,
             file,
+            length,
+            syncing: None,
         });
         self.upload += 1;
         Ok(Upload {
@@ -1006,6 +1011,7 @@ impl Agent {
             digests,
             received,
             file,
+            ..
         }) = self.receiving.as_mut()
         else {
             return Err(Refusal::new(
@@ -1031,13 +1037,22 @@ impl Agent {
         *received += data.len() as u64;
         let received = *received;
         let complete = received == pending.length;
-        if complete || received - self.state.durable_offset >= self.settings.durable_interval {
-            file.sync_all().map_err(io)?;
-            self.state.durable_offset = received;
-            self.save().map_err(io)?;
-            if received * 2 >= pending.length {
-                self.device.power_cut(Phase::Transfer);
-            }
+        // The disk syncs behind the receive path; it is waited for only at the end, or when
+        // two intervals are not yet durable (so a power loss costs at most that much).
+        let behind = received - self.state.durable_offset;
+        self.settle_sync(complete || behind >= 2 * self.settings.durable_interval)
+            .map_err(io)?;
+        let receiving = self
+            .receiving
+            .as_mut()
+            .expect("receiving was checked above");
+        if complete {
+            receiving.file.sync_all().map_err(io)?;
+            self.record_durable(received).map_err(io)?;
+        } else if receiving.syncing.is_none()
+            && received - self.state.durable_offset >= self.settings.durable_interval
+        {
+            receiving.syncing = Some(BackgroundSync::start(&receiving.file, received).map_err(io)?);
         }
         if complete {
             let Receiving {
@@ -1055,9 +1070,50 @@ impl Agent {
         Ok((self.state.durable_offset, complete))
     }
 
+    /// Records the offset of a finished background sync (waiting for the one in flight when
+    /// `wait`).
+    fn settle_sync(&mut self, wait: bool) -> std::io::Result<()> {
+        let Some(receiving) = self.receiving.as_mut() else {
+            return Ok(());
+        };
+        let synced = match receiving.syncing.take() {
+            Some(sync) if wait => Some(sync.wait()?),
+            Some(sync) => match sync.poll()? {
+                None => {
+                    receiving.syncing = Some(sync);
+                    None
+                }
+                done => done,
+            },
+            None => None,
+        };
+        match synced {
+            Some(offset) => self.record_durable(offset),
+            None => Ok(()),
+        }
+    }
+
+    /// Records that the staging file holds `offset` durable bytes.
+    fn record_durable(&mut self, offset: u64) -> std::io::Result<()> {
+        if offset <= self.state.durable_offset {
+            return Ok(());
+        }
+        self.state.durable_offset = offset;
+        self.save()?;
+        let length = self
+            .receiving
+            .as_ref()
+            .map_or(0, |receiving| receiving.length);
+        if offset * 2 >= length {
+            self.device.power_cut(Phase::Transfer);
+        }
+        Ok(())
+    }
+
     /// Makes what was received so far durable (end of an Upload stream).
     pub fn flush_upload(&mut self, upload: &Upload) -> Result<u64, Refusal> {
         self.owns_upload(upload)?;
+        self.settle_sync(true).map_err(io)?;
         if let Some(Receiving { received, file, .. }) = &self.receiving {
             let received = *received;
             if received > self.state.durable_offset {
@@ -1278,6 +1334,9 @@ struct Receiving {
     digests: ThreadedDigests,
     received: u64,
     file: std::fs::File,
+    /// The approved length.
+    length: u64,
+    syncing: Option<BackgroundSync>,
 }
 
 /// Feeds everything `input` holds to `digests`.

@@ -83,7 +83,8 @@ enum Command {
         /// Wait for Confirm instead of confirming after the health check.
         #[arg(long, env = "SECONDARY_MANUAL_CONFIRM")]
         manual_confirm: bool,
-        /// Make received bytes durable at least every this many bytes.
+        /// Start making received bytes durable every this many bytes (at most twice this many
+        /// are ever not yet durable).
         #[arg(long, env = "SECONDARY_DURABLE_INTERVAL_BYTES", default_value_t = 32 << 20)]
         durable_interval_bytes: u64,
         /// Fault: cut power at this phase.

@@ -348,7 +348,8 @@ impl Secondary for Service {
         // The simulated device's link knobs (a slow or stalled link).
         let device = self.call(|agent| agent.device().clone()).await?;
         let mut last = (0, false);
-        while let Some(chunk) = stream.next().await {
+        let mut next = stream.next().await;
+        while let Some(chunk) = next {
             let chunk = chunk?;
             if correlation_id.is_none() {
                 let id = chunk.correlation_id.clone();
@@ -375,10 +376,14 @@ impl Secondary for Service {
                 std::future::pending::<()>().await;
             }
             let id = chunk.correlation_id.clone();
-            let outcome = self
-                .call(move |agent| agent.receive(&this, &id, chunk.offset, chunk.data))
-                .await?;
-            match outcome {
+            // The next chunk is read and decoded while this one is hashed and written (the
+            // agent still receives them one at a time, in order).
+            let (outcome, following) = tokio::join!(
+                self.call(move |agent| agent.receive(&this, &id, chunk.offset, chunk.data)),
+                stream.next()
+            );
+            next = following;
+            match outcome? {
                 Ok(state) => last = state,
                 Err(r) if r.code == ResultCode::DownloadFailed => {
                     return Err(Status::failed_precondition(r.description));
