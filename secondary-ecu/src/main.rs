@@ -83,8 +83,8 @@ enum Command {
         /// Wait for Confirm instead of confirming after the health check.
         #[arg(long, env = "SECONDARY_MANUAL_CONFIRM")]
         manual_confirm: bool,
-        /// Start making received bytes durable every this many bytes (at most twice this many
-        /// are ever not yet durable).
+        /// Start making received bytes durable every this many bytes (no more than twice this
+        /// and one chunk are ever waiting to become durable).
         #[arg(long, env = "SECONDARY_DURABLE_INTERVAL_BYTES", default_value_t = 32 << 20)]
         durable_interval_bytes: u64,
         /// Fault: cut power at this phase.
