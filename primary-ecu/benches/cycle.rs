@@ -6,15 +6,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod shared;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
 
 use primary_ecu::repo::Fetcher;
-use service_runtime::digest::ThreadedDigests;
+use shared::{image, median_download};
 use support::world::World;
-use uptane_core::hash::{Hashes, StreamVerifier};
+use uptane_core::hash::Hashes;
 use uptane_tests::{peak_rss_kib, spawn};
 
 const DOORS: [((&str, &str), &str); 3] = [
@@ -22,18 +23,6 @@ const DOORS: [((&str, &str), &str); 3] = [
     (("DOOR-2", "hw-door"), "full"),
     (("DOOR-3", "hw-door"), "partial"),
 ];
-
-fn image(len: usize, tag: u8) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(tag);
-    (0..len / 8)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect()
-}
 
 /// Runs `primary-ecu once`, sampling its high-water resident memory until it exits.
 fn timed_once(world: &World) -> (Duration, u64) {
@@ -81,23 +70,8 @@ fn main() {
             let both = uptane_core::hash::standard_hashes(&bytes);
             let sha256 = Hashes::from([("sha256".to_string(), both["sha256"].clone())]);
             for (listed, hashes) in [("sha256", &sha256), ("sha256 + sha512", &both)] {
-                let mut seconds = Vec::new();
-                for run in 0..3 {
-                    let path = dir.path().join(format!("image-{run}"));
-                    let started = Instant::now();
-                    let file = std::fs::File::create(&path).unwrap();
-                    let verifier = StreamVerifier::new(Some(length), hashes).unwrap();
-                    let mut digests = ThreadedDigests::start(verifier).unwrap();
-                    fetcher
-                        .download_to(&url, &file, &mut digests, length)
-                        .await
-                        .unwrap();
-                    digests.finish().await.unwrap().finish().unwrap();
-                    seconds.push(started.elapsed().as_secs_f64());
-                    std::fs::remove_file(&path).unwrap();
-                }
-                seconds.sort_by(f64::total_cmp);
-                let median = seconds[1];
+                let (median, _) =
+                    median_download(&fetcher, &url, hashes, length, dir.path()).await;
                 println!(
                     "download, verify ({listed}) and persist {mib} MiB, median of 3: {:.0} ms, {:.0} MB/s",
                     median * 1e3,

@@ -11,62 +11,22 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod shared;
 
 use primary_ecu::repo::Fetcher;
-use service_runtime::digest::ThreadedDigests;
 use service_runtime::http::ClientTls;
-use uptane_core::hash::{Hashes, StreamVerifier};
+use shared::{image, median_download};
+use uptane_core::hash::Hashes;
 use uptane_tests::sim::write_throwaway_pki;
-use uptane_tests::{bin, cpu_seconds, run_ok, spawn_listening};
+use uptane_tests::{bin, run_ok, spawn_listening};
 
 const MIB: usize = 512;
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn text(path: &Path) -> String {
     path.display().to_string()
-}
-
-fn image(len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len / 8)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect()
-}
-
-/// Downloads `url` three times into `dir` under `hashes`; the median in seconds, and the CPU
-/// seconds this process (the client) used per download on average.
-async fn median_download(
-    fetcher: &Fetcher,
-    url: &str,
-    hashes: &Hashes,
-    length: u64,
-    dir: &Path,
-) -> (f64, f64) {
-    let cpu_now = || cpu_seconds(std::process::id()).unwrap();
-    let (mut seconds, mut cpu) = (Vec::new(), 0.0);
-    for run in 0..3 {
-        let path = dir.join(format!("image-{run}"));
-        let (started, cpu_before) = (Instant::now(), cpu_now());
-        let file = std::fs::File::create(&path).unwrap();
-        let verifier = StreamVerifier::new(Some(length), hashes).unwrap();
-        let mut digests = ThreadedDigests::start(verifier).unwrap();
-        fetcher
-            .download_to(url, &file, &mut digests, length)
-            .await
-            .unwrap();
-        digests.finish().await.unwrap().finish().unwrap();
-        seconds.push(started.elapsed().as_secs_f64());
-        cpu += cpu_now() - cpu_before;
-        std::fs::remove_file(&path).unwrap();
-    }
-    seconds.sort_by(f64::total_cmp);
-    (seconds[1], cpu / 3.0)
 }
 
 fn main() {
@@ -83,7 +43,7 @@ fn main() {
         ]),
         LIMIT,
     );
-    let bytes = image(MIB << 20);
+    let bytes = image(MIB << 20, 0);
     std::fs::write(tmp.path().join("big.bin"), &bytes).unwrap();
     run_ok(
         Command::new(bin("image-repo")).args([
