@@ -273,3 +273,40 @@ async fn a_download_slower_than_the_minimum_is_abandoned() {
         Some(AttackKind::SlowRetrieval)
     );
 }
+
+/// Accepted metadata is written beside the next fetch, in order: a chain of roots ends with
+/// the newest on disk, and what was accepted is durable even when a later file is refused.
+#[tokio::test]
+async fn accepted_roots_are_kept_in_order_even_when_the_refresh_then_fails() {
+    let mut repo = RepoFixture::new();
+    for version in 2..=4 {
+        let current: serde_json::Value =
+            serde_json::from_slice(repo.roots.last().unwrap()).unwrap();
+        let old: uptane_core::metadata::Root =
+            serde_json::from_value(current["signed"].clone()).unwrap();
+        let builder = uptane_core::sign::RootBuilder::from_root(&old, version, repo.expires);
+        repo.rotate_root(builder, vec![key(1)]);
+    }
+    repo.publish();
+    let (server, base) = Server::start().await;
+    server.publish(&repo);
+    server.put(
+        "/metadata/timestamp.json",
+        Reply::Endless(100 * 1024 * 1024),
+    );
+    let dir = pinned(&repo);
+    let err = updater(&base, dir.path())
+        .unwrap()
+        .refresh()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Fetch(FetchError::TooLarge { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("root.json")).unwrap(),
+        repo.roots[3]
+    );
+    assert_eq!(json_files(dir.path()), ["root.json"]);
+}
