@@ -13,9 +13,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use primary_ecu::repo::Fetcher;
-use shared::{image, median_download};
+use shared::{image, listings, median_download};
 use support::world::World;
-use uptane_core::hash::Hashes;
 use uptane_tests::{peak_rss_kib, spawn};
 
 const DOORS: [((&str, &str), &str); 3] = [
@@ -67,9 +66,7 @@ fn main() {
             let fetcher = Fetcher::new(&tls, Duration::from_secs(30), 0).unwrap();
             let length = bytes.len() as u64;
             let url = format!("{}{}", world.base, World::target_path(&name, &bytes));
-            let both = uptane_core::hash::standard_hashes(&bytes);
-            let sha256 = Hashes::from([("sha256".to_string(), both["sha256"].clone())]);
-            for (listed, hashes) in [("sha256", &sha256), ("sha256 + sha512", &both)] {
+            for (listed, hashes) in &listings(&bytes) {
                 let (median, _) =
                     median_download(&fetcher, &url, hashes, length, dir.path()).await;
                 println!(

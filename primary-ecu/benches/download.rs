@@ -17,8 +17,7 @@ mod shared;
 
 use primary_ecu::repo::Fetcher;
 use service_runtime::http::ClientTls;
-use shared::{image, median_download};
-use uptane_core::hash::Hashes;
+use shared::{image, listings, median_download};
 use uptane_tests::sim::write_throwaway_pki;
 use uptane_tests::{bin, run_ok, spawn_listening};
 
@@ -62,9 +61,8 @@ fn main() {
         ]),
         LIMIT,
     );
-    let both = uptane_core::hash::standard_hashes(&bytes);
-    let sha256 = Hashes::from([("sha256".to_string(), both["sha256"].clone())]);
-    let target = format!("/targets/{}.big.bin", both["sha256"]);
+    let listings = listings(&bytes);
+    let target = format!("/targets/{}.big.bin", listings[0].1["sha256"]);
     let length = bytes.len() as u64;
     drop(bytes);
 
@@ -110,7 +108,7 @@ fn main() {
         ];
         for (transport, url, tls) in transports {
             let fetcher = Fetcher::new(&tls, Duration::from_secs(60), 0).unwrap();
-            for (listed, hashes) in [("sha256", &sha256), ("sha256 + sha512", &both)] {
+            for (listed, hashes) in &listings {
                 let (median, cpu) =
                     median_download(&fetcher, &url, hashes, length, downloads.path()).await;
                 // What the client alone would reach with two cores of its own (the server

@@ -140,21 +140,28 @@ async fn refused_metadata_is_not_persisted() {
     );
 }
 
-#[tokio::test]
-async fn endless_metadata_is_cut_at_the_limit() {
-    let repo = RepoFixture::new();
+/// Refreshes from a pinned `repo` whose server answers `timestamp.json` with endless bytes;
+/// the client's directory and the refresh's error.
+async fn refresh_with_endless_timestamp(repo: &RepoFixture) -> (tempfile::TempDir, ClientError) {
     let (server, base) = Server::start().await;
-    server.publish(&repo);
+    server.publish(repo);
     server.put(
         "/metadata/timestamp.json",
         Reply::Endless(100 * 1024 * 1024),
     );
-    let dir = pinned(&repo);
+    let dir = pinned(repo);
     let err = updater(&base, dir.path())
         .unwrap()
         .refresh()
         .await
         .unwrap_err();
+    (dir, err)
+}
+
+#[tokio::test]
+async fn endless_metadata_is_cut_at_the_limit() {
+    let repo = RepoFixture::new();
+    let (dir, err) = refresh_with_endless_timestamp(&repo).await;
     assert!(matches!(
         err,
         ClientError::Fetch(FetchError::TooLarge { limit: 16_384, .. })
@@ -288,18 +295,7 @@ async fn accepted_roots_are_kept_in_order_even_when_the_refresh_then_fails() {
         repo.rotate_root(builder, vec![key(1)]);
     }
     repo.publish();
-    let (server, base) = Server::start().await;
-    server.publish(&repo);
-    server.put(
-        "/metadata/timestamp.json",
-        Reply::Endless(100 * 1024 * 1024),
-    );
-    let dir = pinned(&repo);
-    let err = updater(&base, dir.path())
-        .unwrap()
-        .refresh()
-        .await
-        .unwrap_err();
+    let (dir, err) = refresh_with_endless_timestamp(&repo).await;
     assert!(
         matches!(err, ClientError::Fetch(FetchError::TooLarge { .. })),
         "{err:?}"

@@ -21,6 +21,14 @@ pub(crate) fn image(len: usize, tag: u8) -> Vec<u8> {
         .collect()
 }
 
+/// The two listings a download is timed with: sha256 alone (what new images list) and
+/// sha256 with sha512.
+pub(crate) fn listings(bytes: &[u8]) -> [(&'static str, Hashes); 2] {
+    let both = uptane_core::hash::standard_hashes(bytes);
+    let sha256 = Hashes::from([("sha256".to_string(), both["sha256"].clone())]);
+    [("sha256", sha256), ("sha256 + sha512", both)]
+}
+
 /// Downloads, verifies (`hashes`) and persists `url` into `dir` three times, as the Primary
 /// does; the median in seconds, and the CPU seconds this process used per download.
 pub(crate) async fn median_download(
