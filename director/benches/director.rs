@@ -8,7 +8,11 @@
 //!    64 at a time (group commit).
 //! 2. Vehicle metadata requests per second (`GET /vehicles/<vin>/metadata/timestamp.json`
 //!    with each vehicle's credential), first for vehicles whose metadata must be signed,
-//!    then for vehicles whose metadata is current, over plaintext and over TLS.
+//!    then for vehicles whose metadata is current, over plaintext and over TLS. Each line
+//!    gives wrk's rate and the server's CPU per request. wrk runs `-t2 -c32` with a script
+//!    that names a different vehicle per request; `BENCH_CONNECTIONS=N` changes the
+//!    connections, and `BENCH_STATIC=1` sends one fixed request (one vehicle, no script: the
+//!    method of `../shared/reference/performance.md` §6, whose wrk costs less).
 
 #![allow(clippy::unwrap_used)]
 
@@ -114,6 +118,17 @@ fn manifest(i: usize) -> Vec<u8> {
 }
 
 fn wrk(url: &str, first: usize, count: usize, seconds: u32) -> String {
+    if std::env::var_os("BENCH_STATIC").is_some() {
+        let vin = vin(first);
+        return run_wrk(&[
+            "-t2".into(),
+            format!("-c{}", connections()),
+            format!("-d{seconds}s"),
+            "-H".into(),
+            format!("Authorization: Bearer cred-{vin}"),
+            format!("{url}/vehicles/{vin}/metadata/timestamp.json"),
+        ]);
+    }
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         script.path(),
@@ -128,17 +143,50 @@ end
         ),
     )
     .unwrap();
-    match std::process::Command::new("wrk")
-        .args(["-t2", "-c32", &format!("-d{seconds}s"), "-s"])
-        .arg(script.path())
-        .arg(url)
-        .output()
-    {
-        Ok(out) => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("Requests/sec") || l.contains("Non-2xx"))
-            .collect::<Vec<_>>()
-            .join("; "),
+    run_wrk(&[
+        "-t2".into(),
+        format!("-c{}", connections()),
+        format!("-d{seconds}s"),
+        "-s".into(),
+        script.path().display().to_string(),
+        url.into(),
+    ])
+}
+
+fn connections() -> usize {
+    std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(32)
+}
+
+/// wrk's rate, and the server's CPU per request (this process's CPU while wrk ran, wrk
+/// being another process): the figure that co-tenants' load moves least.
+fn run_wrk(args: &[String]) -> String {
+    let cpu = || uptane_tests::cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let before = cpu();
+    match std::process::Command::new("wrk").args(args).output() {
+        Ok(out) => {
+            let spent = cpu() - before;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let requests: f64 = text
+                .lines()
+                .find_map(|l| l.trim().split_once(" requests in"))
+                .and_then(|(n, _)| n.parse().ok())
+                .unwrap_or(0.0);
+            let mut parts: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with("Requests/sec") || l.contains("Non-2xx"))
+                .map(str::to_string)
+                .collect();
+            if requests > 0.0 {
+                parts.push(format!(
+                    "server CPU {:.1} µs per request",
+                    spent * 1e6 / requests
+                ));
+            }
+            parts.join("; ")
+        }
         Err(_) => "wrk is not installed (apt-get install wrk)".into(),
     }
 }

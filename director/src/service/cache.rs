@@ -9,19 +9,17 @@
 //!   since the read began ([`VehicleCache::ticket`]), so a read that raced a write never
 //!   leaves stale data behind;
 //! - the only writes made by other processes (`director rotate-root`, `rotate-online`) change
-//!   the root: a cached timestamp is served only if it was signed under the newest root, which
-//!   is read again whenever the database changed ([`RootWatch`]).
+//!   the root: a cached timestamp is served only if it was signed under the newest root
+//!   ([`super::root_watch::RootWatch`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
-use rusqlite::Connection;
 use uptane_core::ids::Vin;
 use uptane_core::time::UtcTime;
 
 use super::credentials::AuthRow;
-use crate::error::DirectorError;
 
 /// A vehicle's signed timestamp as stored, with what decides whether it is still current.
 #[derive(Debug, Clone)]
@@ -179,75 +177,6 @@ impl VehicleCache {
     }
 }
 
-/// The newest root's version, read again only when the database changed: SQLite's
-/// `data_version` on a connection of the watch's own changes with every commit of any other
-/// connection, ours or another process's (`director rotate-root` commits from its own
-/// process). Every current-metadata request asks, so the watch has a few connections and a
-/// request takes a free one: with one, the requests of both cores queued for it (a third of
-/// the time the check took was waiting for its lock).
-#[derive(Debug)]
-pub struct RootWatch {
-    watches: Vec<Mutex<Watch>>,
-    next: AtomicUsize,
-}
-
-#[derive(Debug)]
-struct Watch {
-    conn: Connection,
-    /// `data_version` when `version` was read.
-    seen: i64,
-    version: u64,
-}
-
-/// Connections of the root watch.
-const WATCHES: usize = 4;
-
-impl RootWatch {
-    /// Watches the database at `path` (`None`: an in-memory database, read through `db`).
-    pub fn open(path: Option<&std::path::Path>) -> Result<Self, DirectorError> {
-        let mut watches = Vec::new();
-        if let Some(path) = path {
-            for _ in 0..WATCHES {
-                watches.push(Mutex::new(Watch {
-                    conn: crate::db::open_read_only(path)?,
-                    seen: i64::MIN,
-                    version: 0,
-                }));
-            }
-        }
-        Ok(Self {
-            watches,
-            next: AtomicUsize::new(0),
-        })
-    }
-
-    /// The newest root's version, if this watch has connections of its own. Each check
-    /// starts after the call did, so a root committed before the call is seen.
-    pub fn latest(&self) -> Result<Option<u64>, DirectorError> {
-        let n = self.watches.len();
-        if n == 0 {
-            return Ok(None);
-        }
-        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let free = (0..n).find_map(|k| self.watches[(first + k) % n].try_lock().ok());
-        let mut watch = match free {
-            Some(watch) => watch,
-            None => self.watches[first]
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        };
-        let now: i64 = watch
-            .conn
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?;
-        if now != watch.seen {
-            watch.version = super::rotation::latest_version(&watch.conn)?;
-            watch.seen = now;
-        }
-        Ok(Some(watch.version))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,40 +191,6 @@ mod tests {
 
     fn vin(n: u32) -> Vin {
         format!("VIN-{n}").parse().unwrap()
-    }
-
-    /// Whichever of its connections a request takes, the watch sees a root that another
-    /// connection (here standing for `director rotate-root`'s process) committed before the
-    /// request, and a watch on an in-memory database has nothing to say.
-    #[test]
-    fn every_connection_of_the_root_watch_sees_a_root_committed_before_the_call() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("director.db");
-        drop(crate::db::Db::open(&path).unwrap());
-        let watch = RootWatch::open(Some(&path)).unwrap();
-        let other = Connection::open(&path).unwrap();
-        for version in 1..=3u64 {
-            other
-                .execute(
-                    "INSERT INTO roots (version, body) VALUES (?1, x'00')",
-                    [version as i64],
-                )
-                .unwrap();
-            for _ in 0..2 * WATCHES {
-                assert_eq!(watch.latest().unwrap(), Some(version));
-            }
-        }
-        // A request that finds every connection busy waits for one instead of guessing.
-        let held: Vec<_> = watch.watches.iter().map(|w| w.lock().unwrap()).collect();
-        std::thread::scope(|s| {
-            let waiting = s.spawn(|| watch.latest().unwrap());
-            other
-                .execute("INSERT INTO roots (version, body) VALUES (4, x'00')", [])
-                .unwrap();
-            drop(held);
-            assert_eq!(waiting.join().unwrap(), Some(4));
-        });
-        assert_eq!(RootWatch::open(None).unwrap().latest().unwrap(), None);
     }
 
     #[test]

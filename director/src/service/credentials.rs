@@ -558,7 +558,7 @@ impl super::DirectorService {
     ) -> Result<IssuedCredential, DirectorError> {
         let (vin, lifetime) = (
             vehicle.vin().clone(),
-            self.policy.vehicle_credential_lifetime,
+            self.inner.policy.vehicle_credential_lifetime,
         );
         let forget = vin.clone();
         self.write_vehicle(&forget, move |conn| {
@@ -589,7 +589,7 @@ impl super::DirectorService {
         certificate: Option<Fingerprint>,
     ) -> Result<IssuedCredential, DirectorError> {
         let actor = actor.as_str().to_string();
-        let lifetime = self.policy.vehicle_credential_lifetime;
+        let lifetime = self.inner.policy.vehicle_credential_lifetime;
         let forget = vin.clone();
         self.write_vehicle(&forget, move |conn| {
             issue(conn, &vin, certificate, lifetime, &actor, super::now())
@@ -603,7 +603,8 @@ impl super::DirectorService {
         vin: Option<Vin>,
         page: super::Page,
     ) -> Result<Vec<CredentialInfo>, DirectorError> {
-        self.db
+        self.inner
+            .db
             .read(move |conn| list(conn, vin.as_ref(), page))
             .await
     }

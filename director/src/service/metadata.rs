@@ -298,8 +298,8 @@ pub fn vehicle_file(
 /// Which of a vehicle's stored files a request names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredRole {
-    /// `N.root.json`.
-    Root,
+    /// `N.root.json`, version N.
+    Root(u64),
     /// `timestamp.json`.
     Timestamp,
     /// `V.snapshot.json`.
@@ -323,8 +323,7 @@ pub struct StoredFile {
 pub fn stored_role(file: &str) -> Result<StoredRole, DirectorError> {
     let missing = || DirectorError::NotFound(format!("no metadata file {file:?}"));
     if let Some(version) = file.strip_suffix(".root.json") {
-        version.parse::<u64>().map_err(|_| missing())?;
-        return Ok(StoredRole::Root);
+        return Ok(StoredRole::Root(version.parse().map_err(|_| missing())?));
     }
     let (version, role) = file
         .strip_suffix(".json")
@@ -345,8 +344,8 @@ pub fn stored_file(conn: &Connection, vin: &str, file: &str) -> Result<StoredFil
     let missing = || DirectorError::NotFound(format!("no metadata file {file:?}"));
     let role = stored_role(file)?;
     let version = file.split('.').next().and_then(|v| v.parse::<u64>().ok());
-    if role == StoredRole::Root {
-        let bytes = root(conn, version.ok_or_else(missing)?)?.ok_or_else(missing)?;
+    if let StoredRole::Root(version) = role {
+        let bytes = root(conn, version)?.ok_or_else(missing)?;
         return Ok(StoredFile {
             role,
             bytes,

@@ -23,6 +23,7 @@ pub mod metadata;
 pub mod page;
 pub mod refusals;
 pub mod retention;
+pub mod root_watch;
 pub mod rotation;
 pub mod time;
 pub mod tokens;
@@ -128,16 +129,22 @@ impl Actor {
 }
 
 /// The Director: its storage, the Image repository it reads, its online keys, its policy.
-/// Cheap to clone.
+/// Cheap to clone: one reference count (every request clones it, and one count shared by
+/// both cores costs less than one per part).
 #[derive(Debug, Clone)]
 pub struct DirectorService {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     db: Db,
     keys: Arc<KeyRing>,
     catalog: Arc<ImageCatalog>,
     policy: Policy,
     refusals: Arc<RefusalLog>,
     cache: Arc<cache::VehicleCache>,
-    roots: Arc<cache::RootWatch>,
+    roots: Arc<root_watch::RootWatch>,
 }
 
 impl DirectorService {
@@ -149,13 +156,15 @@ impl DirectorService {
         policy: Policy,
     ) -> Result<Self, DirectorError> {
         Ok(Self {
-            roots: Arc::new(cache::RootWatch::open(db.path())?),
-            db,
-            keys: Arc::new(keys),
-            catalog: Arc::new(catalog),
-            refusals: Arc::new(RefusalLog::new(policy.refusal_window)),
-            cache: Arc::new(cache::VehicleCache::new(policy.cached_vehicles)),
-            policy,
+            inner: Arc::new(Shared {
+                roots: Arc::new(root_watch::RootWatch::open(db.path())?),
+                db,
+                keys: Arc::new(keys),
+                catalog: Arc::new(catalog),
+                refusals: Arc::new(RefusalLog::new(policy.refusal_window)),
+                cache: Arc::new(cache::VehicleCache::new(policy.cached_vehicles)),
+                policy,
+            }),
         })
     }
 
@@ -168,7 +177,7 @@ impl DirectorService {
         A: FnOnce(&T, &cache::VehicleCache) + Send + 'static,
         T: Send + 'static,
     {
-        let (db, cache) = (self.db.clone(), Arc::clone(&self.cache));
+        let (db, cache) = (self.inner.db.clone(), Arc::clone(&self.inner.cache));
         tokio::spawn(async move {
             let written = db.call(f).await;
             if let Ok(value) = &written {
@@ -201,12 +210,12 @@ impl DirectorService {
 
     /// Requests answered from the vehicle cache, and those that were not.
     pub fn cache_hits_and_misses(&self) -> (u64, u64) {
-        self.cache.hits_and_misses()
+        self.inner.cache.hits_and_misses()
     }
 
     /// Removes events and manifests older than the retention period.
     pub async fn sweep_retention(&self) -> Result<retention::Swept, DirectorError> {
-        let period = self.policy.retention;
+        let period = self.inner.policy.retention;
         self.write_all(move |conn| retention::sweep(conn, period, now()))
             .await
     }
@@ -214,8 +223,9 @@ impl DirectorService {
     /// Records the summaries of a refusal window that ended (`refusals.rs`); with `all`, every
     /// refusal counted so far (at shutdown). The server calls this every window.
     pub async fn flush_refusals(&self, all: bool) -> Result<(), DirectorError> {
-        let log = Arc::clone(&self.refusals);
-        self.db
+        let log = Arc::clone(&self.inner.refusals);
+        self.inner
+            .db
             .call(move |conn| {
                 let summaries = if all {
                     log.drain(now())
@@ -232,14 +242,15 @@ impl DirectorService {
 
     /// The database.
     pub fn db(&self) -> &Db {
-        &self.db
+        &self.inner.db
     }
 
     /// The operator a bearer token belongs to; a missing or invalid one is refused and
     /// logged as a security event.
     pub async fn operator(&self, token: Option<String>) -> Result<Actor, DirectorError> {
-        let log = Arc::clone(&self.refusals);
+        let log = Arc::clone(&self.inner.refusals);
         let label = self
+            .inner
             .db
             .call(move |conn| {
                 let checked = token
@@ -269,6 +280,7 @@ impl DirectorService {
         }
         let (detail, actor) = (error.to_string(), actor.0.clone());
         let logged = self
+            .inner
             .db
             .call(move |conn| NewEvent::info(kind, &actor, &detail).record(conn, now()))
             .await;
@@ -285,7 +297,7 @@ impl DirectorService {
         vehicle: NewVehicle,
     ) -> Result<IssuedCredential, DirectorError> {
         let who = actor.0.clone();
-        let lifetime = self.policy.vehicle_credential_lifetime;
+        let lifetime = self.inner.policy.vehicle_credential_lifetime;
         let vin = vehicle.vin.clone();
         let registered = self
             .write_vehicle(&vin, move |conn| {
@@ -306,8 +318,8 @@ impl DirectorService {
         vehicle: NewVehicle,
         certificate: Option<service_runtime::tls::Fingerprint>,
     ) -> Result<IssuedCredential, DirectorError> {
-        let lifetime = self.policy.vehicle_credential_lifetime;
-        let log = Arc::clone(&self.refusals);
+        let lifetime = self.inner.policy.vehicle_credential_lifetime;
+        let log = Arc::clone(&self.inner.refusals);
         let vin = vehicle.vin.clone();
         self.write_vehicle(&vin, move |conn| {
             register_with_provisioning(conn, &token, &vehicle, certificate, lifetime, now(), &log)
@@ -318,20 +330,21 @@ impl DirectorService {
     /// Checks a provisioning token before the registration it comes with is read: a refusal
     /// spends nothing on the body.
     pub async fn check_provisioning_token(&self, token: String) -> Result<(), DirectorError> {
-        let log = Arc::clone(&self.refusals);
-        self.db
+        let log = Arc::clone(&self.inner.refusals);
+        self.inner
+            .db
             .call(move |conn| vehicles::check_provisioning_token(conn, &token, now(), &log))
             .await
     }
 
     /// Registered VINs, in order.
     pub async fn vehicles(&self, page: Page) -> Result<Vec<VehicleSummary>, DirectorError> {
-        self.db.read(move |conn| vehicles(conn, page)).await
+        self.inner.db.read(move |conn| vehicles(conn, page)).await
     }
 
     /// A vehicle's record.
     pub async fn vehicle(&self, vin: Vin) -> Result<VehicleRecord, DirectorError> {
-        self.db.read(move |conn| vehicle(conn, &vin)).await
+        self.inner.db.read(move |conn| vehicle(conn, &vin)).await
     }
 
     /// Replaces ECU `old` of `vin`.
@@ -369,6 +382,7 @@ impl DirectorService {
         request: AssignRequest,
     ) -> Result<Assigned, DirectorError> {
         let info = self
+            .inner
             .catalog
             .lookup(&request.image, now())
             .await?
@@ -390,7 +404,8 @@ impl DirectorService {
         vin: Option<Vin>,
         page: Page,
     ) -> Result<Vec<AssignmentEcu>, DirectorError> {
-        self.db
+        self.inner
+            .db
             .read(move |conn| assignments(conn, vin.as_ref(), page))
             .await
     }
@@ -414,7 +429,8 @@ impl DirectorService {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Event>, DirectorError> {
-        self.db
+        self.inner
+            .db
             .read(move |conn| {
                 events(
                     conn,
@@ -434,7 +450,8 @@ impl DirectorService {
         security_only: bool,
         page: Page,
     ) -> Result<Vec<Event>, DirectorError> {
-        self.db
+        self.inner
+            .db
             .read(move |conn| {
                 recent_events(conn, vin.as_ref().map(Vin::as_str), security_only, page)
             })
@@ -449,14 +466,16 @@ impl DirectorService {
         limits: ProvisioningLimits,
     ) -> Result<String, DirectorError> {
         let actor = actor.0.clone();
-        self.db
+        self.inner
+            .db
             .call(move |conn| create_provisioning_token(conn, &label, limits, &actor, now()))
             .await
     }
 
     /// Every provisioning token, newest first.
     pub async fn provisioning_tokens(&self, page: Page) -> Result<Vec<TokenInfo>, DirectorError> {
-        self.db
+        self.inner
+            .db
             .read(move |conn| list_provisioning_tokens(conn, page))
             .await
     }
@@ -468,15 +487,17 @@ impl DirectorService {
         label: String,
     ) -> Result<usize, DirectorError> {
         let actor = actor.0.clone();
-        self.db
+        self.inner
+            .db
             .call(move |conn| revoke_provisioning_tokens(conn, &label, &actor, now()))
             .await
     }
 
     /// The newest root's version and expiry.
     pub async fn root_status(&self) -> Result<RootStatus, DirectorError> {
-        let window = self.policy.root_expiry_warning;
-        self.db
+        let window = self.inner.policy.root_expiry_warning;
+        self.inner
+            .db
             .read(move |conn| rotation::root_status(conn, window, now()))
             .await
     }
@@ -487,25 +508,43 @@ impl DirectorService {
         vin: Vin,
         auth: VehicleAuth,
         file: String,
-    ) -> Result<Vec<u8>, DirectorError> {
+    ) -> Result<bytes::Bytes, DirectorError> {
         let vin = self.authorize(vin, auth).await?.0;
         let role = metadata::stored_role(&file)?;
         match role {
-            metadata::StoredRole::Timestamp => Ok(self.timestamp(vin).await?.to_vec()),
+            metadata::StoredRole::Timestamp => self.timestamp(vin).await,
             metadata::StoredRole::Targets => {
                 // Serving the targets marks what it contains delivered: a write.
-                let (keys, policy) = (Arc::clone(&self.keys), self.policy);
-                self.db
+                let (keys, policy) = (Arc::clone(&self.inner.keys), self.inner.policy);
+                self.inner
+                    .db
                     .call(move |conn| {
                         vehicle_file(conn, &keys, vin.as_str(), &file, &policy, now())
                     })
                     .await
+                    .map(bytes::Bytes::from)
             }
-            metadata::StoredRole::Root | metadata::StoredRole::Snapshot => {
-                self.db
-                    .read(move |conn| Ok(metadata::stored_file(conn, vin.as_str(), &file)?.bytes))
-                    .await
+            metadata::StoredRole::Root(version) => {
+                let bytes = self
+                    .inner
+                    .db
+                    .read(move |conn| {
+                        Ok::<_, DirectorError>(
+                            metadata::stored_file(conn, vin.as_str(), &file)?.bytes,
+                        )
+                    })
+                    .await?;
+                // A vehicle that has this root is served metadata signed under it (or a
+                // newer one) from now on, even before its publisher's signal arrives.
+                self.inner.roots.served(version);
+                Ok(bytes::Bytes::from(bytes))
             }
+            metadata::StoredRole::Snapshot => self
+                .inner
+                .db
+                .read(move |conn| Ok(metadata::stored_file(conn, vin.as_str(), &file)?.bytes))
+                .await
+                .map(bytes::Bytes::from),
         }
     }
 
@@ -513,22 +552,23 @@ impl DirectorService {
     /// under the newest root, not near expiry, nothing changed since), else re-signed if
     /// needed and read from the database.
     async fn timestamp(&self, vin: Vin) -> Result<bytes::Bytes, DirectorError> {
-        let latest_root = self.roots.latest()?;
-        if let Some(cached) = self.cache.timestamp(&vin)
+        let latest_root = self.inner.roots.latest()?;
+        if let Some(cached) = self.inner.cache.timestamp(&vin)
             && Some(cached.root_version) == latest_root
-            && cached.expires - now() > self.policy.renew_margin
+            && cached.expires - now() > self.inner.policy.renew_margin
         {
             return Ok(cached.bytes.clone());
         }
-        let ticket = self.cache.ticket(&vin);
+        let ticket = self.inner.cache.ticket(&vin);
         self.refresh_metadata(&vin).await?;
         let reading = vin.clone();
         let stored = self
+            .inner
             .db
             .read(move |conn| metadata::stored_timestamp(conn, reading.as_str()))
             .await?;
         let bytes = bytes::Bytes::from(stored.bytes);
-        self.cache.keep_timestamp(
+        self.inner.cache.keep_timestamp(
             &vin,
             ticket,
             cache::CachedTimestamp {
@@ -543,9 +583,10 @@ impl DirectorService {
     /// Re-signs vehicle `vin`'s metadata if it is not current: checked and signed on a read
     /// connection, stored by the writer only if no other request stored a version first.
     async fn refresh_metadata(&self, vin: &Vin) -> Result<(), DirectorError> {
-        let (keys, policy, now) = (Arc::clone(&self.keys), self.policy, now());
+        let (keys, policy, now) = (Arc::clone(&self.inner.keys), self.inner.policy, now());
         let signing = vin.clone();
         let signed = self
+            .inner
             .db
             .read(move |conn| {
                 let active = keys.current(conn)?;
@@ -555,8 +596,9 @@ impl DirectorService {
         let Some(signed) = signed else {
             return Ok(());
         };
-        let (keys, vin) = (Arc::clone(&self.keys), vin.clone());
-        self.db
+        let (keys, vin) = (Arc::clone(&self.inner.keys), vin.clone());
+        self.inner
+            .db
             .call(move |conn| {
                 let active = keys.current(conn)?;
                 // Signed under a root that is no longer the newest (a rotation in between), or
@@ -580,26 +622,28 @@ impl DirectorService {
         auth: VehicleAuth,
     ) -> Result<AuthorizedVehicle, DirectorError> {
         if self
+            .inner
             .cache
             .auth(&vin)
             .is_some_and(|row| row.allows(&auth, now()))
         {
             return Ok(AuthorizedVehicle(vin));
         }
-        let ticket = self.cache.ticket(&vin);
+        let ticket = self.inner.cache.ticket(&vin);
         let reading = vin.clone();
         let row = self
+            .inner
             .db
             .read(move |conn| credentials::auth_row(conn, &reading))
             .await?;
         if let Some(row) = row {
             let allowed = row.allows(&auth, now());
-            self.cache.keep_auth(&vin, ticket, row);
+            self.inner.cache.keep_auth(&vin, ticket, row);
             if allowed {
                 return Ok(AuthorizedVehicle(vin));
             }
         }
-        let log = Arc::clone(&self.refusals);
+        let log = Arc::clone(&self.inner.refusals);
         let checking = vin.clone();
         // Allowed here, a renewed credential may have taken over: forgotten. A refusal changes
         // no credential, so it forgets nothing (an attacker cannot empty the cache with it).
@@ -616,11 +660,12 @@ impl DirectorService {
         vehicle: AuthorizedVehicle,
         body: Vec<u8>,
     ) -> Result<ManifestOutcome, DirectorError> {
-        let (policy, log, now) = (self.policy, Arc::clone(&self.refusals), now());
+        let (policy, log, now) = (self.inner.policy, Arc::clone(&self.inner.refusals), now());
         let vin = vehicle.0.clone();
         // The signature checks run on a read connection, in parallel; the writer only
         // records (group commit), re-checking if the vehicle changed in between.
         let checked = self
+            .inner
             .db
             .read(move |conn| manifests::check(conn, &vehicle.0, body, &policy, now))
             .await?;

@@ -140,6 +140,11 @@ pub fn publish_next_root(
     );
     NewEvent::security("director_root_rotated", actor, &detail).record(&tx, now)?;
     tx.commit()?;
+    // Committed (unless inside a caller's transaction, whose commit is not yet made: running
+    // servers then see the root at their next full check).
+    if conn.is_autocommit() {
+        super::root_watch::announce(conn);
+    }
     Ok(version)
 }
 
@@ -440,6 +445,10 @@ mod tests {
     }
 
     fn initialized(dir: &Path, t0: UtcTime) -> (Db, Vec<SigningKey>) {
+        initialized_in(dir, Db::open_in_memory().unwrap(), t0)
+    }
+
+    fn initialized_in(dir: &Path, db: Db, t0: UtcTime) -> (Db, Vec<SigningKey>) {
         for role in ONLINE_ROLES {
             keys::write_private(
                 &keys::online_key_path(dir, role),
@@ -449,13 +458,51 @@ mod tests {
         }
         let online = OnlineKeys::load(dir).unwrap();
         let root_keys: Vec<SigningKey> = (0..3).map(|_| keys::generate().unwrap()).collect();
-        let db = Db::open_in_memory().unwrap();
         let signers: Vec<&SigningKey> = root_keys.iter().take(2).collect();
         db.call_blocking(|conn| {
             super::super::store_initial_root(conn, &signers, 2, &online, Duration::days(365), t0)
         })
         .unwrap();
         (db, root_keys)
+    }
+
+    /// Publishing a root signals running servers: a watch that would not read the table on
+    /// its own for an hour sees each new root at its next call.
+    #[test]
+    fn each_published_root_is_announced_to_running_servers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t0 = at("2030-01-01T00:00:00Z");
+        let path = tmp.path().join("director.db");
+        let (db, root_keys) = initialized_in(tmp.path(), Db::open(&path).unwrap(), t0);
+        let watch = super::super::root_watch::RootWatch::with_full_check(
+            Some(&path),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(watch.latest().unwrap(), Some(1));
+        db.call_blocking(|conn| {
+            let v = publish_next_root(
+                conn,
+                &root_keys,
+                &RootChange::default(),
+                Duration::days(365),
+                "operator:x",
+                t0,
+            )?;
+            assert_eq!(watch.latest().unwrap(), Some(v));
+            let v = rotate_online(
+                conn,
+                tmp.path(),
+                &root_keys,
+                &["timestamp"],
+                Duration::days(365),
+                "operator:x",
+                t0,
+            )?;
+            assert_eq!((v, watch.latest().unwrap()), (3, Some(3)));
+            Ok::<_, DirectorError>(())
+        })
+        .unwrap();
     }
 
     #[test]

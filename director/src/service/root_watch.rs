@@ -1,0 +1,230 @@
+//! The newest Director root's version, as the current-metadata path needs it on every request
+//! without a database read.
+//!
+//! New roots are published by other processes (`director rotate-root`, `rotate-online`), so the
+//! server cannot learn of them in memory. Each publication, once committed, writes 8 fresh
+//! random bytes to a signal file beside the database (`director.db-root-signal`,
+//! [`announce`]); a request reads those 8 bytes (one `pread`, no lock, no SQLite transaction)
+//! and reads the roots table again only when they changed since its last read. The bytes are
+//! only a hint that something changed: the version always comes from the database, so a torn
+//! or forged signal costs one extra read, never a wrong answer. A publication whose process
+//! died between its commit and its signal is still seen within [`FULL_CHECK_EVERY`], when the
+//! table is read again regardless.
+//!
+//! Before this, each request asked SQLite whether the database had changed
+//! (`PRAGMA data_version`): a read transaction, whose shared-memory locks cost two `fcntl`
+//! calls and, with both cores asking, a contended mutex: a fifth of the server's time on
+//! the current-metadata path (docs/BENCHMARKS.md).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::error::DirectorError;
+
+/// How long a publication whose signal was lost can go unseen.
+pub const FULL_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The signal file of the database at `db`.
+pub fn signal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-root-signal");
+    PathBuf::from(name)
+}
+
+/// Tells running servers on the database `conn` is connected to that a new root was committed.
+/// Call after the commit. A failure is logged, not returned: the root is published either way,
+/// and servers see it within [`FULL_CHECK_EVERY`].
+pub fn announce(conn: &Connection) {
+    let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let path = signal_path(Path::new(db));
+    let written = (|| {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.write_all_at(&fresh()?, 0)
+    })();
+    if let Err(e) = written {
+        tracing::warn!(
+            path = %path.display(),
+            error = %e,
+            "could not signal the new root; running servers see it within a second"
+        );
+    }
+}
+
+/// A new signal: random, so that two publications never write the same one.
+fn fresh() -> std::io::Result<[u8; 8]> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// The newest root's version, read from the database when the signal changed or
+/// [`FULL_CHECK_EVERY`] passed.
+#[derive(Debug)]
+pub struct RootWatch {
+    watched: Option<Watched>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    signal: File,
+    conn: Mutex<Connection>,
+    /// The signal when `version` was read (published after `version`).
+    seen: AtomicU64,
+    version: AtomicU64,
+    /// Milliseconds after `start` at which the table is read again regardless.
+    due_ms: AtomicU64,
+    start: Instant,
+    every: Duration,
+}
+
+impl RootWatch {
+    /// Watches the database at `path` (`None`: an in-memory database, for which the watch has
+    /// nothing to say).
+    pub fn open(path: Option<&Path>) -> Result<Self, DirectorError> {
+        Self::with_full_check(path, FULL_CHECK_EVERY)
+    }
+
+    /// [`RootWatch::open`], reading the table regardless every `every`.
+    pub fn with_full_check(path: Option<&Path>, every: Duration) -> Result<Self, DirectorError> {
+        let Some(path) = path else {
+            return Ok(Self { watched: None });
+        };
+        let signal_path = signal_path(path);
+        let signal = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&signal_path)
+            .and_then(|file| {
+                // A new file gets its first signal, so that reading it succeeds.
+                if file.metadata()?.len() < 8 {
+                    file.write_all_at(&fresh()?, 0)?;
+                }
+                Ok(file)
+            })
+            .map_err(|e| {
+                DirectorError::Internal(format!("opening {}: {e}", signal_path.display()))
+            })?;
+        Ok(Self {
+            watched: Some(Watched {
+                signal,
+                conn: Mutex::new(crate::db::open_read_only(path)?),
+                // Due at once: the first call reads the table.
+                seen: AtomicU64::new(0),
+                version: AtomicU64::new(0),
+                due_ms: AtomicU64::new(0),
+                start: Instant::now(),
+                every,
+            }),
+        })
+    }
+
+    /// Root `version` was just read from the database and served: if it is newer than the
+    /// one known, the next call reads the table (a vehicle that fetched a new root asks for
+    /// its timestamp next, maybe before the publisher's signal was written).
+    pub fn served(&self, version: u64) {
+        if let Some(w) = &self.watched
+            && version > w.version.load(Ordering::Relaxed)
+        {
+            w.due_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The newest root's version (`None` for an in-memory database). A root whose
+    /// publication (`announce` included) finished before this call began is seen.
+    pub fn latest(&self) -> Result<Option<u64>, DirectorError> {
+        let Some(w) = &self.watched else {
+            return Ok(None);
+        };
+        let mut bytes = [0u8; 8];
+        // A missing or short signal reads as changed: the table is read.
+        let signal = match w.signal.read_exact_at(&mut bytes, 0) {
+            Ok(()) => u64::from_le_bytes(bytes),
+            Err(_) => u64::MAX,
+        };
+        let now_ms = w.start.elapsed().as_millis() as u64;
+        // Acquire pairs with the Release below: a matching `seen` brings its `version`.
+        if signal == w.seen.load(Ordering::Acquire)
+            && signal != u64::MAX
+            && now_ms < w.due_ms.load(Ordering::Relaxed)
+        {
+            return Ok(Some(w.version.load(Ordering::Relaxed)));
+        }
+        let conn = w
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Read after the signal: everything committed before it was written is seen.
+        let version = super::rotation::latest_version(&conn)?;
+        // Under the lock, so versions are stored in the order they were read (never down).
+        w.version.store(version, Ordering::Relaxed);
+        w.due_ms
+            .store(now_ms + w.every.as_millis() as u64, Ordering::Relaxed);
+        w.seen.store(signal, Ordering::Release);
+        Ok(Some(version))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert_root(conn: &Connection, version: u64) {
+        conn.execute(
+            "INSERT INTO roots (version, body) VALUES (?1, x'00')",
+            [version as i64],
+        )
+        .unwrap();
+    }
+
+    /// A root published by another connection (here standing for `director rotate-root`'s
+    /// process) and announced is seen by the next call; one committed without its signal
+    /// (a process that died in between) is not, until the full check is due.
+    #[test]
+    fn an_announced_root_is_seen_at_once_and_an_unannounced_one_at_the_full_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("director.db");
+        drop(crate::db::Db::open(&path).unwrap());
+        let other = Connection::open(&path).unwrap();
+        insert_root(&other, 1);
+        let watch = RootWatch::with_full_check(Some(&path), Duration::from_secs(3600)).unwrap();
+        assert_eq!(watch.latest().unwrap(), Some(1));
+        for version in 2..=4 {
+            insert_root(&other, version);
+            announce(&other);
+            assert_eq!(watch.latest().unwrap(), Some(version));
+            assert_eq!(watch.latest().unwrap(), Some(version));
+        }
+        // Not announced: the signal is unchanged and the full check an hour away.
+        insert_root(&other, 5);
+        assert_eq!(watch.latest().unwrap(), Some(4));
+        // The same watch with the full check always due sees it.
+        let always = RootWatch::with_full_check(Some(&path), Duration::ZERO).unwrap();
+        assert_eq!(always.latest().unwrap(), Some(5));
+        insert_root(&other, 6);
+        assert_eq!(always.latest().unwrap(), Some(6));
+        // Not announced, but a vehicle was served it: seen by the next call.
+        insert_root(&other, 7);
+        assert_eq!(watch.latest().unwrap(), Some(4));
+        watch.served(7);
+        assert_eq!(watch.latest().unwrap(), Some(7));
+        // A signal file removed or cut short reads as changed.
+        insert_root(&other, 8);
+        std::fs::write(signal_path(&path), b"").unwrap();
+        assert_eq!(watch.latest().unwrap(), Some(8));
+        assert_eq!(RootWatch::open(None).unwrap().latest().unwrap(), None);
+    }
+}
