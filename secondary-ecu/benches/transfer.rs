@@ -195,9 +195,12 @@ fn transfer(director: &RepoFixture, images: &RepoFixture, secure: bool, listed: 
             offset: i * CHUNK as u64,
             data: data.clone(),
         });
+        let cpu = || uptane_tests::cpu_seconds(process.id()).unwrap_or(0.0);
+        let cpu_before = cpu();
         let start = Instant::now();
         let state = client.upload(tokio_stream::iter(chunks)).await.unwrap().into_inner();
         let elapsed = start.elapsed().as_secs_f64();
+        let secondary_cpu = cpu() - cpu_before;
         assert!(state.complete, "{state:?}");
         println!(
             "1 GiB Primary -> Secondary over gRPC ({}), {} KiB chunks, received, hashed ({listed}, each on its own thread) and written, synced in the background every 32 MiB and made durable at the end: {:.2} s, {:.0} MB/s",
@@ -206,7 +209,11 @@ fn transfer(director: &RepoFixture, images: &RepoFixture, secure: bool, listed: 
             elapsed,
             SIZE as f64 / 1e6 / elapsed
         );
-        println!("Secondary peak resident memory (VmHWM) after the transfer: {} MiB", peak_rss_kib(process.id()).unwrap_or(0) / 1024);
+        println!(
+            "Secondary CPU during the transfer: {:.2} s per GB; peak resident memory (VmHWM) after it: {} MiB",
+            secondary_cpu / (SIZE as f64 / 1e9),
+            peak_rss_kib(process.id()).unwrap_or(0) / 1024
+        );
     });
 }
 
