@@ -444,6 +444,22 @@ mod tests {
         uptane_core::time::parse_expires(text).unwrap()
     }
 
+    /// Root N+1 with the same keys, for a year from `now`.
+    fn renew(
+        conn: &mut Connection,
+        offline: &[SigningKey],
+        now: UtcTime,
+    ) -> Result<u64, DirectorError> {
+        publish_next_root(
+            conn,
+            offline,
+            &RootChange::default(),
+            Duration::days(365),
+            "operator:x",
+            now,
+        )
+    }
+
     fn initialized(dir: &Path, t0: UtcTime) -> (Db, Vec<SigningKey>) {
         initialized_in(dir, Db::open_in_memory().unwrap(), t0)
     }
@@ -481,14 +497,7 @@ mod tests {
         .unwrap();
         assert_eq!(watch.latest().unwrap(), Some(1));
         db.call_blocking(|conn| {
-            let v = publish_next_root(
-                conn,
-                &root_keys,
-                &RootChange::default(),
-                Duration::days(365),
-                "operator:x",
-                t0,
-            )?;
+            let v = renew(conn, &root_keys, t0)?;
             assert_eq!(watch.latest().unwrap(), Some(v));
             let v = rotate_online(
                 conn,
@@ -516,14 +525,7 @@ mod tests {
             assert_eq!(before.root_version, 1);
 
             // Same keys, later expiry: version 2.
-            let v = publish_next_root(
-                conn,
-                &root_keys,
-                &RootChange::default(),
-                Duration::days(365),
-                "operator:x",
-                t0 + Duration::days(300),
-            )?;
+            let v = renew(conn, &root_keys, t0 + Duration::days(300))?;
             assert_eq!(v, 2);
             let status = root_status(conn, DEFAULT_EXPIRY_WARNING, t0 + Duration::days(300))?;
             assert_eq!((status.root_version, status.root_expires_in_days), (2, 365));
@@ -554,14 +556,7 @@ mod tests {
 
             // Without the offline keys of the current root, nothing is published.
             let strangers: Vec<SigningKey> = (0..2).map(|_| keys::generate().unwrap()).collect();
-            let refused = publish_next_root(
-                conn,
-                &strangers,
-                &RootChange::default(),
-                Duration::days(365),
-                "operator:x",
-                t0,
-            );
+            let refused = renew(conn, &strangers, t0);
             assert!(
                 matches!(&refused, Err(DirectorError::BadRequest(m)) if m.contains("would not be accepted")),
                 "{refused:?}"
@@ -584,17 +579,7 @@ mod tests {
             )?;
             assert_eq!(v, 4);
             // The old keys no longer sign anything.
-            assert!(
-                publish_next_root(
-                    conn,
-                    &root_keys,
-                    &RootChange::default(),
-                    Duration::days(365),
-                    "operator:x",
-                    t0
-                )
-                .is_err()
-            );
+            assert!(renew(conn, &root_keys, t0).is_err());
             // Thirty days: inside the warning window, one event a day.
             let now = t0 + Duration::days(303);
             assert!(record_expiry_warning(conn, DEFAULT_EXPIRY_WARNING, now)?.is_some());
