@@ -7,9 +7,10 @@
 //! [`announce`]); a request reads those 8 bytes (one `pread`, no lock, no SQLite transaction)
 //! and reads the roots table again only when they changed since its last read. The bytes are
 //! only a hint that something changed: the version always comes from the database, so a torn
-//! or forged signal costs one extra read, never a wrong answer. A publication whose process
-//! died between its commit and its signal is still seen within [`FULL_CHECK_EVERY`], when the
-//! table is read again regardless.
+//! or forged signal costs one extra read, never a wrong answer. A publication whose signal
+//! was lost (its process died after the commit; the file was replaced while the server runs,
+//! which is logged) is still seen within [`FULL_CHECK_EVERY`], when the table is read again
+//! regardless, and at once by a server that served the new root to a vehicle.
 //!
 //! Before this, each request asked SQLite whether the database had changed
 //! (`PRAGMA data_version`): a read transaction, whose shared-memory locks cost two `fcntl`
@@ -20,7 +21,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -41,10 +42,16 @@ pub fn signal_path(db: &Path) -> PathBuf {
 /// Call after the commit. A failure is logged, not returned: the root is published either way,
 /// and servers see it within [`FULL_CHECK_EVERY`].
 pub fn announce(conn: &Connection) {
-    let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
-        return;
+    let path = match conn.path() {
+        Some("") => return,
+        Some(db) => signal_path(Path::new(db)),
+        None => {
+            tracing::warn!(
+                "the database's path is not UTF-8: running servers see the new root within a second"
+            );
+            return;
+        }
     };
-    let path = signal_path(Path::new(db));
     let written = (|| {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -79,14 +86,22 @@ pub struct RootWatch {
 #[derive(Debug)]
 struct Watched {
     signal: File,
+    /// Where the signal is: a file put there after `signal` was opened (the old one removed)
+    /// is one publishers write and this server does not read.
+    signal_path: PathBuf,
     conn: Mutex<Connection>,
     /// The signal when `version` was read (published after `version`).
     seen: AtomicU64,
     version: AtomicU64,
     /// Milliseconds after `start` at which the table is read again regardless.
     due_ms: AtomicU64,
+    /// Raised by [`RootWatch::served`]: a read of the table that began before it does not
+    /// put the next one off.
+    forced: AtomicU64,
     start: Instant,
     every: Duration,
+    /// Whether the signal's trouble (unreadable, replaced) was logged.
+    warned: AtomicBool,
 }
 
 impl RootWatch {
@@ -101,33 +116,29 @@ impl RootWatch {
         let Some(path) = path else {
             return Ok(Self { watched: None });
         };
-        let signal_path = signal_path(path);
-        let signal = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&signal_path)
-            .and_then(|file| {
-                // A new file gets its first signal, so that reading it succeeds.
-                if file.metadata()?.len() < 8 {
-                    file.write_all_at(&fresh()?, 0)?;
-                }
-                Ok(file)
-            })
-            .map_err(|e| {
-                DirectorError::Internal(format!("opening {}: {e}", signal_path.display()))
-            })?;
+        let conn = crate::db::open_read_only(path)?;
+        // Named as publishers name it: after SQLite's full name of the database file.
+        let db_file = match conn.path() {
+            Some(name) if !name.is_empty() => PathBuf::from(name),
+            _ => path.to_path_buf(),
+        };
+        let signal_path = signal_path(&db_file);
+        let signal = open_signal(&signal_path).map_err(|e| {
+            DirectorError::Internal(format!("opening {}: {e}", signal_path.display()))
+        })?;
         Ok(Self {
             watched: Some(Watched {
                 signal,
-                conn: Mutex::new(crate::db::open_read_only(path)?),
+                signal_path,
+                conn: Mutex::new(conn),
                 // Due at once: the first call reads the table.
                 seen: AtomicU64::new(0),
                 version: AtomicU64::new(0),
                 due_ms: AtomicU64::new(0),
+                forced: AtomicU64::new(0),
                 start: Instant::now(),
                 every,
+                warned: AtomicBool::new(false),
             }),
         })
     }
@@ -137,9 +148,10 @@ impl RootWatch {
     /// its timestamp next, maybe before the publisher's signal was written).
     pub fn served(&self, version: u64) {
         if let Some(w) = &self.watched
-            && version > w.version.load(Ordering::Relaxed)
+            && version > w.version.load(Ordering::SeqCst)
         {
-            w.due_ms.store(0, Ordering::Relaxed);
+            w.forced.fetch_add(1, Ordering::SeqCst);
+            w.due_ms.store(0, Ordering::SeqCst);
         }
     }
 
@@ -150,32 +162,94 @@ impl RootWatch {
             return Ok(None);
         };
         let mut bytes = [0u8; 8];
-        // A missing or short signal reads as changed: the table is read.
+        // A short or unreadable signal reads as changed: the table is read.
         let signal = match w.signal.read_exact_at(&mut bytes, 0) {
             Ok(()) => u64::from_le_bytes(bytes),
             Err(_) => u64::MAX,
         };
         let now_ms = w.start.elapsed().as_millis() as u64;
-        // Acquire pairs with the Release below: a matching `seen` brings its `version`.
-        if signal == w.seen.load(Ordering::Acquire)
-            && signal != u64::MAX
-            && now_ms < w.due_ms.load(Ordering::Relaxed)
-        {
-            return Ok(Some(w.version.load(Ordering::Relaxed)));
+        if let Some(version) = w.current(signal, now_ms) {
+            return Ok(Some(version));
         }
         let conn = w
             .conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another request read the table for this signal while this one waited.
+        if let Some(version) = w.current(signal, now_ms) {
+            return Ok(Some(version));
+        }
+        let forced = w.forced.load(Ordering::SeqCst);
         // Read after the signal: everything committed before it was written is seen.
         let version = super::rotation::latest_version(&conn)?;
         // Under the lock, so versions are stored in the order they were read (never down).
-        w.version.store(version, Ordering::Relaxed);
+        w.version.store(version, Ordering::SeqCst);
+        let every = u64::try_from(w.every.as_millis()).unwrap_or(u64::MAX);
         w.due_ms
-            .store(now_ms + w.every.as_millis() as u64, Ordering::Relaxed);
+            .store(now_ms.saturating_add(every), Ordering::SeqCst);
+        // A root served meanwhile keeps its call for a read of the table.
+        if w.forced.load(Ordering::SeqCst) != forced {
+            w.due_ms.store(0, Ordering::SeqCst);
+        }
         w.seen.store(signal, Ordering::Release);
+        w.check_signal(signal);
         Ok(Some(version))
     }
+}
+
+impl Watched {
+    /// The version known, if it is current for `signal` at `now_ms`.
+    fn current(&self, signal: u64, now_ms: u64) -> Option<u64> {
+        // Acquire pairs with the Release in `latest`: a matching `seen` brings its `version`.
+        (signal == self.seen.load(Ordering::Acquire)
+            && signal != u64::MAX
+            && now_ms < self.due_ms.load(Ordering::SeqCst))
+        .then(|| self.version.load(Ordering::SeqCst))
+    }
+
+    /// Logs, once, a signal this server cannot use: unreadable, or replaced by another file.
+    /// New roots are then seen within [`FULL_CHECK_EVERY`] rather than at once.
+    fn check_signal(&self, signal: u64) {
+        use std::os::unix::fs::MetadataExt;
+        let replaced = || {
+            let (Ok(open), Ok(there)) =
+                (self.signal.metadata(), std::fs::metadata(&self.signal_path))
+            else {
+                return true;
+            };
+            (open.dev(), open.ino()) != (there.dev(), there.ino())
+        };
+        let trouble = if signal == u64::MAX {
+            Some("cannot be read")
+        } else if replaced() {
+            Some("was removed or replaced since the server started (restart it)")
+        } else {
+            None
+        };
+        if let Some(trouble) = trouble
+            && !self.warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                path = %self.signal_path.display(),
+                "the root signal {trouble}: new roots are seen within a second, not at once"
+            );
+        }
+    }
+}
+
+/// Opens the signal to read it, creating it (with a first signal) if it is missing. Only
+/// read: a signal made by another user (a publisher run with `sudo`) does not stop a server.
+fn open_signal(path: &Path) -> std::io::Result<File> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(file) => file.write_all_at(&fresh()?, 0)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    File::open(path)
 }
 
 #[cfg(test)]
@@ -221,7 +295,7 @@ mod tests {
         assert_eq!(watch.latest().unwrap(), Some(4));
         watch.served(7);
         assert_eq!(watch.latest().unwrap(), Some(7));
-        // A signal file removed or cut short reads as changed.
+        // A signal cut short reads as changed.
         insert_root(&other, 8);
         std::fs::write(signal_path(&path), b"").unwrap();
         assert_eq!(watch.latest().unwrap(), Some(8));
