@@ -160,10 +160,14 @@ fn connections() -> usize {
         .unwrap_or(32)
 }
 
+/// This process's CPU seconds so far (the Director's, in this bench).
+fn cpu() -> f64 {
+    uptane_tests::cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
 /// wrk's rate, and the server's CPU per request (this process's CPU while wrk ran, wrk
 /// being another process): the figure that co-tenants' load moves least.
 fn run_wrk(args: &[String]) -> String {
-    let cpu = || uptane_tests::cpu_seconds(std::process::id()).unwrap_or(0.0);
     let before = cpu();
     match std::process::Command::new("wrk").args(args).output() {
         Ok(out) => {
@@ -291,7 +295,6 @@ fn main() {
             ONE_AT_A_TIME as f64 / elapsed
         );
         let start = Instant::now();
-        let cpu = || uptane_tests::cpu_seconds(std::process::id()).unwrap_or(0.0);
         let cpu_before = cpu();
         let mut tasks = tokio::task::JoinSet::new();
         for (i, bytes) in manifests.iter().enumerate().skip(ONE_AT_A_TIME) {

@@ -140,11 +140,11 @@ pub struct DirectorService {
 struct Shared {
     db: Db,
     keys: Arc<KeyRing>,
-    catalog: Arc<ImageCatalog>,
+    catalog: ImageCatalog,
     policy: Policy,
     refusals: Arc<RefusalLog>,
     cache: Arc<cache::VehicleCache>,
-    roots: Arc<root_watch::RootWatch>,
+    roots: root_watch::RootWatch,
 }
 
 impl DirectorService {
@@ -157,10 +157,10 @@ impl DirectorService {
     ) -> Result<Self, DirectorError> {
         Ok(Self {
             inner: Arc::new(Shared {
-                roots: Arc::new(root_watch::RootWatch::open(db.path())?),
+                roots: root_watch::RootWatch::open(db.path())?,
                 db,
                 keys: Arc::new(keys),
-                catalog: Arc::new(catalog),
+                catalog,
                 refusals: Arc::new(RefusalLog::new(policy.refusal_window)),
                 cache: Arc::new(cache::VehicleCache::new(policy.cached_vehicles)),
                 policy,
@@ -524,7 +524,7 @@ impl DirectorService {
                     .await
                     .map(bytes::Bytes::from)
             }
-            metadata::StoredRole::Root(version) => {
+            metadata::StoredRole::Root(_) | metadata::StoredRole::Snapshot => {
                 let bytes = self
                     .inner
                     .db
@@ -534,17 +534,13 @@ impl DirectorService {
                         )
                     })
                     .await?;
-                // A vehicle that has this root is served metadata signed under it (or a
-                // newer one) from now on, even before its publisher's signal arrives.
-                self.inner.roots.served(version);
+                if let metadata::StoredRole::Root(version) = role {
+                    // A vehicle that has this root is served metadata signed under it (or a
+                    // newer one) from now on, even before its publisher's signal arrives.
+                    self.inner.roots.served(version);
+                }
                 Ok(bytes::Bytes::from(bytes))
             }
-            metadata::StoredRole::Snapshot => self
-                .inner
-                .db
-                .read(move |conn| Ok(metadata::stored_file(conn, vin.as_str(), &file)?.bytes))
-                .await
-                .map(bytes::Bytes::from),
         }
     }
 
