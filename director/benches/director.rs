@@ -23,8 +23,8 @@ use director::api::AppState;
 use director::catalog::ImageCatalog;
 use director::db::Db;
 use director::keys::OnlineKeys;
+use director::params;
 use director::service::{self, DirectorService, Policy};
-use rusqlite::params;
 use service_runtime::http::Transport;
 use service_runtime::tls::{ClientAuth, ServerTls};
 use uptane_core::crypto::SigningKey;
@@ -68,17 +68,19 @@ fn ecu_key(i: usize, j: usize) -> SigningKey {
 fn seed(db: &Db) {
     db.call_blocking(|conn| {
         let tx = conn.savepoint()?;
-        {
-            let mut vehicle = tx.prepare("INSERT INTO vehicles (vin, credential_sha256, created_at) VALUES (?1, ?2, 'now')")?;
-            let mut ecu = tx.prepare("INSERT INTO ecus (serial, vin, hardware_id, public_key, is_primary) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-            for i in 0..vehicles() {
-                let v = vin(i);
-                vehicle.execute(params![v, sha256_hex(format!("cred-{v}").as_bytes())])?;
-                for j in 0..3 {
-                    // Keys only matter for the vehicles whose manifests are measured.
-                    let key = if i < MANIFESTS { ecu_key(i, j) } else { ecu_key(0, j) };
-                    ecu.execute(params![format!("{v}-{j}"), v, format!("hw-{j}"), key.public_key().to_json().to_string(), j == 0])?;
-                }
+        for i in 0..vehicles() {
+            let v = vin(i);
+            tx.execute(
+                "INSERT INTO vehicles (vin, credential_sha256, created_at) VALUES (?1, ?2, 'now')",
+                params![v, sha256_hex(format!("cred-{v}").as_bytes())],
+            )?;
+            for j in 0..3 {
+                // Keys only matter for the vehicles whose manifests are measured.
+                let key = if i < MANIFESTS { ecu_key(i, j) } else { ecu_key(0, j) };
+                tx.execute(
+                    "INSERT INTO ecus (serial, vin, hardware_id, public_key, is_primary) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![format!("{v}-{j}"), v, format!("hw-{j}"), key.public_key().to_json().to_string(), j == 0],
+                )?;
             }
         }
         tx.commit()?;

@@ -1,15 +1,78 @@
-//! SQLite storage in WAL mode: one writer thread committing the writes waiting for it
-//! together (group commit), a pool of read-only connections, migrations embedded and keyed
-//! on `PRAGMA user_version`.
+//! The Director's database: SQLite in WAL mode (the default) or PostgreSQL, behind one
+//! handle. One writer thread commits the writes waiting for it together (group commit), a
+//! pool of read connections answers reads, and migrations are embedded for both engines
+//! (keyed on SQLite's `PRAGMA user_version`, on PostgreSQL's `schema_version` table).
 //!
-//! The storage seam is [`Db::call`]: every repository function takes a `&mut Connection`
-//! and does its multi-row writes in one transaction, so a PostgreSQL backend can later
-//! implement the same functions.
+//! The storage seam is [`Db::call`] and [`Db::read`]: every repository function takes a
+//! [`Conn`] and does its multi-row writes in one savepoint, so the service is written once
+//! for both engines ([`crate::sql`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
+use crate::sql::{Conn, Engine};
+
+/// Where the Director keeps its state: `sqlite:PATH` (or a bare path) or
+/// `postgres://user@host:port/name` (`postgresql://` too).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string (it may hold a password: never printed whole).
+    Postgres(String),
+}
+
+impl std::str::FromStr for Database {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            s.parse::<postgres::Config>()
+                .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+            Ok(Database::Postgres(s.to_owned()))
+        } else {
+            let path = s.strip_prefix("sqlite:").unwrap_or(s);
+            if path.is_empty() {
+                return Err("name a SQLite file (sqlite:PATH) or postgres://…".into());
+            }
+            Ok(Database::Sqlite(PathBuf::from(path)))
+        }
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::fmt::Display for Database {
+    /// The database without any password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            Database::Postgres(url) => match url.parse::<postgres::Config>() {
+                Ok(config) => {
+                    let host = config
+                        .get_hosts()
+                        .first()
+                        .map(|h| match h {
+                            postgres::config::Host::Tcp(h) => h.clone(),
+                            postgres::config::Host::Unix(p) => p.display().to_string(),
+                        })
+                        .unwrap_or_default();
+                    let port = config.get_ports().first().copied().unwrap_or(5432);
+                    write!(
+                        f,
+                        "postgres://{}@{host}:{port}/{}",
+                        config.get_user().unwrap_or(""),
+                        config.get_dbname().unwrap_or("")
+                    )
+                }
+                Err(_) => f.write_str("postgres://…"),
+            },
+        }
+    }
+}
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_init.sql"),
@@ -21,6 +84,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/007_retention.sql"),
     include_str!("migrations/008_listing_indexes.sql"),
 ];
+
+/// PostgreSQL's migrations: the schema SQLite's migrations reach, in PostgreSQL's terms.
+const PG_MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/001_init.sql")];
 
 /// Manifests, registrations and every other write of this many requests at most share one
 /// durable commit.
@@ -36,6 +102,20 @@ pub enum DbError {
     /// SQLite refused.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused, or the connection to it failed.
+    #[error("postgres: {}", postgres_message(.0))]
+    Postgres(#[from] postgres::Error),
+    /// A statement that must return a row returned none.
+    #[error("the query returned no row")]
+    NoRow,
+    /// A column did not hold what the schema says.
+    #[error("column {index}: {message}")]
+    Column {
+        /// The column's index in the row.
+        index: usize,
+        /// What it held instead.
+        message: String,
+    },
     /// A previous call panicked while holding the connection.
     #[error("database connection poisoned")]
     Poisoned,
@@ -51,10 +131,19 @@ pub enum DbError {
     WriterGone,
 }
 
+/// What PostgreSQL said: the server's message and code when it refused (the client's
+/// own text is only "db error" then), else the client's error.
+fn postgres_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 /// What a write job leaves to do once its batch's commit is known: answer its caller.
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A write: runs on the writer thread inside the batch's transaction.
-type Job = Box<dyn FnOnce(&mut Connection) -> Completion + Send>;
+type Job = Box<dyn FnOnce(&mut Conn) -> Completion + Send>;
 
 /// The database handle: cheap to clone.
 ///
@@ -70,15 +159,16 @@ type Job = Box<dyn FnOnce(&mut Connection) -> Completion + Send>;
 pub struct Db {
     /// The writer connection: the writer thread holds it for a batch; command-line tools
     /// and tests take it in between ([`Db::call_blocking`]).
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Conn>>,
     writer: std::sync::mpsc::SyncSender<Job>,
     readers: Arc<Readers>,
     path: Option<Arc<Path>>,
+    engine: Engine,
 }
 
 #[derive(Debug, Default)]
 struct Readers {
-    conns: Vec<Mutex<Connection>>,
+    conns: Vec<Mutex<Conn>>,
     next: std::sync::atomic::AtomicUsize,
 }
 
@@ -95,7 +185,7 @@ const STATEMENT_CACHE: usize = 64;
 /// fifth of the Director's time signing vehicle metadata). Under the guarantee a plan never
 /// adapts to values, so a partial index or a `LIKE ?` prefix search would not be used for a
 /// bound parameter; our queries use neither and have one good plan whatever the values.
-fn keep_plans(conn: &Connection) -> Result<(), DbError> {
+fn keep_plans(conn: &rusqlite::Connection) -> Result<(), DbError> {
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
@@ -106,8 +196,8 @@ fn keep_plans(conn: &Connection) -> Result<(), DbError> {
 
 /// A read-only connection to the on-disk database at `path`, as the read pool and the root
 /// watch use.
-pub(crate) fn open_read_only(path: &Path) -> Result<Connection, DbError> {
-    let conn = Connection::open(path)?;
+pub(crate) fn open_read_only(path: &Path) -> Result<rusqlite::Connection, DbError> {
+    let conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "query_only", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     keep_plans(&conn)?;
@@ -115,13 +205,21 @@ pub(crate) fn open_read_only(path: &Path) -> Result<Connection, DbError> {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database at `path` and applies migrations.
+    /// Opens (creating if needed) `database` and applies migrations.
+    pub fn connect(database: &Database) -> Result<Self, DbError> {
+        match database {
+            Database::Sqlite(path) => Self::open(path),
+            Database::Postgres(url) => Self::open_postgres(url),
+        }
+    }
+
+    /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let writer = Connection::open(path)?;
-        let db = Self::from_connection(writer)?;
+        let writer = rusqlite::Connection::open(path)?;
+        let db = Self::from_sqlite(writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            readers.push(Mutex::new(open_read_only(path)?));
+            readers.push(Mutex::new(Conn::sqlite(open_read_only(path)?)));
         }
         Ok(Self {
             readers: Arc::new(Readers {
@@ -133,19 +231,84 @@ impl Db {
         })
     }
 
-    /// An in-memory database, for tests (reads go through the writer).
-    pub fn open_in_memory() -> Result<Self, DbError> {
-        Self::from_connection(Connection::open_in_memory()?)
+    /// Connects to the PostgreSQL database at `url` and applies migrations.
+    ///
+    /// The connection is made off the async threads: the `postgres` client runs its own
+    /// runtime and may not be driven from inside another.
+    pub fn open_postgres(url: &str) -> Result<Self, DbError> {
+        Self::open_postgres_config(url.parse()?)
     }
 
-    fn from_connection(mut conn: Connection) -> Result<Self, DbError> {
+    fn open_postgres_config(config: postgres::Config) -> Result<Self, DbError> {
+        let connect = move || -> Result<Self, DbError> {
+            let mut writer = Conn::postgres(config.connect(postgres::NoTls)?);
+            migrate_postgres(&mut writer)?;
+            let mut readers = Vec::with_capacity(READERS);
+            for _ in 0..READERS {
+                readers.push(Mutex::new(Conn::postgres(config.connect(postgres::NoTls)?)));
+            }
+            let db = Self::start(writer, Engine::Postgres)?;
+            Ok(Self {
+                readers: Arc::new(Readers {
+                    conns: readers,
+                    next: Default::default(),
+                }),
+                ..db
+            })
+        };
+        off_runtime(connect)
+    }
+
+    /// A fresh database for a test: a new database on the PostgreSQL server that
+    /// `DIRECTOR_TEST_POSTGRES` names (`postgres://…`, a database the user may create
+    /// databases from), or else an in-memory SQLite database. CI runs the Director's tests
+    /// both ways (`.ci/run`).
+    pub fn for_tests() -> Result<Self, DbError> {
+        match std::env::var("DIRECTOR_TEST_POSTGRES") {
+            Ok(server) if !server.is_empty() => {
+                let mut name = [0u8; 8];
+                getrandom::fill(&mut name)
+                    .map_err(|e| DbError::Join(format!("no randomness: {e}")))?;
+                let name = format!("director_test_{}", hex::encode(name));
+                let created = {
+                    let server = server.clone();
+                    let name = name.clone();
+                    off_runtime(move || -> Result<(), DbError> {
+                        let mut admin = server
+                            .parse::<postgres::Config>()?
+                            .connect(postgres::NoTls)?;
+                        admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
+                        Ok(())
+                    })
+                };
+                created?;
+                let mut config: postgres::Config = server.parse()?;
+                config.dbname(&name);
+                Self::open_postgres_config(config)
+            }
+            _ => Self::open_in_memory(),
+        }
+    }
+
+    /// An in-memory database, for tests (reads go through the writer).
+    pub fn open_in_memory() -> Result<Self, DbError> {
+        Self::from_sqlite(rusqlite::Connection::open_in_memory()?)
+    }
+
+    fn from_sqlite(conn: rusqlite::Connection) -> Result<Self, DbError> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: an acknowledged manifest, assignment or event survives a power cut.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         keep_plans(&conn)?;
+        let mut conn = Conn::sqlite(conn);
         migrate(&mut conn)?;
+        Self::start(conn, Engine::Sqlite)
+    }
+
+    /// Starts the writer thread on `conn`.
+    fn start(conn: Conn, engine: Engine) -> Result<Self, DbError> {
         // Bounded: a flood of writes waits for the queue instead of growing it.
         let conn = Arc::new(Mutex::new(conn));
         let (writer, jobs) = std::sync::mpsc::sync_channel::<Job>(4 * MAX_BATCH);
@@ -159,10 +322,16 @@ impl Db {
             writer,
             readers: Arc::default(),
             path: None,
+            engine,
         })
     }
 
-    /// The database file (`None` in memory).
+    /// The engine behind this database.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The database file (`None` in memory and on PostgreSQL).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
@@ -171,7 +340,7 @@ impl Db {
     /// that commit is durable.
     pub async fn call<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
@@ -196,14 +365,31 @@ impl Db {
     }
 
     /// Runs `f` on the writer connection on this thread, between two batches and in its own
-    /// transactions (command-line tools, tests).
+    /// transactions (command-line tools, tests). On PostgreSQL `f` runs in one transaction.
     pub fn call_blocking<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut Connection) -> Result<T, E>,
-        E: From<DbError>,
+        F: FnOnce(&mut Conn) -> Result<T, E> + Send,
+        T: Send,
+        E: From<DbError> + Send,
     {
-        let mut conn = self.conn.lock().map_err(|_| DbError::Poisoned)?;
-        f(&mut conn)
+        let mut guard = self.conn.lock().map_err(|_| DbError::Poisoned)?;
+        let conn: &mut Conn = &mut guard;
+        match self.engine {
+            Engine::Sqlite => f(conn),
+            Engine::Postgres => off_runtime(move || {
+                conn.batch("BEGIN")?;
+                let result = f(conn);
+                let ended = match &result {
+                    Ok(_) => conn.batch("COMMIT"),
+                    Err(_) => conn.batch("ROLLBACK"),
+                };
+                match (result, ended) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(e)) => Err(e.into()),
+                }
+            }),
+        }
     }
 
     /// Runs `f`, which only reads, on a read-only connection (on the writer for an in-memory
@@ -216,14 +402,16 @@ impl Db {
     /// 15). Only a caller that would wait for a connection goes to a blocking thread.
     pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&Conn) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
         if self.readers.conns.is_empty() {
             return self.call(move |conn| f(conn)).await;
         }
-        if let Some(conn) = self.readers.free() {
+        // The `postgres` client blocks on its own runtime: never on an async thread.
+        let here = self.engine == Engine::Sqlite;
+        if let Some(conn) = self.readers.free().filter(|_| here) {
             // A panic in `f` is this call's error, as on a blocking thread, not the task's.
             return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 in_snapshot(&conn, f)
@@ -241,7 +429,7 @@ impl Readers {
     /// A connection nobody is using, if there is one. A poisoned lock is taken over: a
     /// query-only connection holds nothing half-written, and a read transaction a panic left
     /// open is ended (`in_snapshot` ends its own; this covers any other).
-    fn free(&self) -> Option<std::sync::MutexGuard<'_, Connection>> {
+    fn free(&self) -> Option<std::sync::MutexGuard<'_, Conn>> {
         let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         (0..self.conns.len()).find_map(|i| {
             match self.conns[(start + i) % self.conns.len()].try_lock() {
@@ -253,7 +441,7 @@ impl Readers {
     }
 
     /// A free connection, or else the next in turn once it is free (blocks).
-    fn next_in_turn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn next_in_turn(&self) -> std::sync::MutexGuard<'_, Conn> {
         self.free().unwrap_or_else(|| {
             let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.conns[start % self.conns.len()]
@@ -264,11 +452,10 @@ impl Readers {
 }
 
 /// A read connection whose lock was poisoned, with no transaction left open.
-fn taken_over(
-    conn: std::sync::MutexGuard<'_, Connection>,
-) -> std::sync::MutexGuard<'_, Connection> {
-    if !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
+fn taken_over(conn: std::sync::MutexGuard<'_, Conn>) -> std::sync::MutexGuard<'_, Conn> {
+    if conn.engine() == Engine::Postgres || !conn.is_autocommit() {
+        // PostgreSQL only warns when no transaction is open.
+        let _ = conn.batch("ROLLBACK");
     }
     conn
 }
@@ -277,33 +464,49 @@ fn taken_over(
 /// transaction ends however `f` ends (a panic included): an open one would pin its snapshot
 /// and keep checkpoints from finishing.
 fn in_snapshot<T, E: From<DbError>>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, E>,
+    conn: &Conn,
+    f: impl FnOnce(&Conn) -> Result<T, E>,
 ) -> Result<T, E> {
-    struct Snapshot<'a>(&'a Connection);
+    struct Snapshot<'a>(&'a Conn);
     impl Drop for Snapshot<'_> {
         fn drop(&mut self) {
-            let _ = self
-                .0
-                .prepare_cached("ROLLBACK")
-                .and_then(|mut end| end.execute([]));
+            let _ = self.0.run("ROLLBACK");
         }
     }
-    conn.prepare_cached("BEGIN")
-        .and_then(|mut begin| begin.execute([]))
-        .map_err(|e| E::from(DbError::from(e)))?;
+    let begin = match conn.engine() {
+        Engine::Sqlite => "BEGIN",
+        // One snapshot for every statement, as SQLite's read transaction gives.
+        Engine::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    };
+    conn.run(begin).map_err(E::from)?;
     let snapshot = Snapshot(conn);
     f(snapshot.0)
+}
+
+/// Runs `f`, which may block on a PostgreSQL client (which refuses to block on a thread that
+/// drives async tasks): as is when no runtime drives this thread, announced as blocking to a
+/// multi-threaded runtime, and on a thread of its own beside a current-thread runtime.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+        Err(_) => f(),
+    }
 }
 
 /// A write job for `f` whose outcome, once its batch's commit is known, goes to `answer`.
 fn job<T, E, F>(f: F, answer: impl FnOnce(Result<T, E>) + Send + 'static) -> Job
 where
-    F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    F: FnOnce(&mut Conn) -> Result<T, E> + Send + 'static,
     T: Send + 'static,
     E: From<DbError> + Send + 'static,
 {
-    Box::new(move |conn: &mut Connection| -> Completion {
+    Box::new(move |conn: &mut Conn| -> Completion {
         let result = f(conn);
         Box::new(move |committed: Result<(), String>| {
             answer(match committed {
@@ -315,7 +518,7 @@ where
 }
 
 /// The writer thread: runs waiting jobs in batches, one transaction and one commit each.
-fn write_batches(conn: &Mutex<Connection>, jobs: std::sync::mpsc::Receiver<Job>) {
+fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
@@ -324,14 +527,15 @@ fn write_batches(conn: &Mutex<Connection>, jobs: std::sync::mpsc::Receiver<Job>)
         let mut conn = conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let sqlite = conn.engine() == Engine::Sqlite;
         let mut done: Vec<Completion> = Vec::with_capacity(batch.len());
-        if !conn.is_autocommit() {
+        if !sqlite || !conn.is_autocommit() {
             // A transaction left open (a COMMIT and its ROLLBACK both failed): end it, or
             // every later batch would fail to begin.
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = conn.run("ROLLBACK");
         }
         let mut failed = conn
-            .execute_batch("BEGIN IMMEDIATE")
+            .run(if sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" })
             .err()
             .map(|e| e.to_string());
         for job in batch {
@@ -339,12 +543,12 @@ fn write_batches(conn: &Mutex<Connection>, jobs: std::sync::mpsc::Receiver<Job>)
                 // Dropping the job answers its caller with an error.
                 continue;
             }
-            if let Err(e) = run_cached(&conn, "SAVEPOINT call") {
+            if let Err(e) = conn.run("SAVEPOINT call") {
                 failed = Some(e.to_string());
                 continue;
             }
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
-            if conn.is_autocommit() {
+            if sqlite && conn.is_autocommit() {
                 // SQLite rolled the whole transaction back (a full disk, an I/O error):
                 // nothing of this batch will be committed.
                 failed = Some("the transaction was rolled back by SQLite".into());
@@ -354,12 +558,27 @@ fn write_batches(conn: &Mutex<Connection>, jobs: std::sync::mpsc::Receiver<Job>)
                 continue;
             }
             let ended = match ran {
-                Ok(completion) => {
-                    done.push(completion);
-                    run_cached(&conn, "RELEASE call")
-                }
+                Ok(completion) => match conn.run("RELEASE call") {
+                    Ok(()) => {
+                        done.push(completion);
+                        Ok(())
+                    }
+                    // PostgreSQL: a statement of this call failed, which aborts the
+                    // transaction until it is rolled back to the call's savepoint. The call's
+                    // writes go, and the batch goes on; the call is answered with the failure
+                    // even if it chose to go on after it.
+                    Err(e) if !sqlite => {
+                        let why = e.to_string();
+                        done.push(Box::new(move |_| completion(Err(why))));
+                        conn.batch("ROLLBACK TO call; RELEASE call")
+                    }
+                    Err(e) => {
+                        done.push(completion);
+                        Err(e)
+                    }
+                },
                 // The panicking call's writes go; its caller sees the panic as a failed call.
-                Err(_) => conn.execute_batch("ROLLBACK TO call; RELEASE call"),
+                Err(_) => conn.batch("ROLLBACK TO call; RELEASE call"),
             };
             if let Err(e) = ended {
                 failed = Some(e.to_string());
@@ -367,10 +586,10 @@ fn write_batches(conn: &Mutex<Connection>, jobs: std::sync::mpsc::Receiver<Job>)
         }
         let outcome = match failed {
             Some(e) => Err(e),
-            None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+            None => conn.batch("COMMIT").map_err(|e| e.to_string()),
         };
-        if outcome.is_err() && !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+        if outcome.is_err() && (!sqlite || !conn.is_autocommit()) {
+            let _ = conn.batch("ROLLBACK");
         }
         for completion in done {
             completion(outcome.clone());
@@ -378,21 +597,49 @@ fn write_batches(conn: &Mutex<Connection>, jobs: std::sync::mpsc::Receiver<Job>)
     }
 }
 
-/// Runs one statement from the connection's cache: the writer opens and releases a savepoint
-/// per call, and parsing them again each time was a twentieth of its work under load.
-fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), DbError> {
-    let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+fn migrate(conn: &mut Conn) -> Result<(), DbError> {
+    let sqlite = conn
+        .as_sqlite()
+        .ok_or_else(|| DbError::Join("SQLite migrations on another engine".into()))?;
+    let current: i64 = sqlite.pragma_query_value(None, "user_version", |row| row.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         let tx = conn.savepoint()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.batch(sql)?;
+        tx.batch(&format!("PRAGMA user_version = {}", i + 1))?;
         tx.commit()?;
     }
     Ok(())
+}
+
+/// Applies PostgreSQL's migrations not yet applied, under a lock every Director process
+/// takes (replicas may start together).
+fn migrate_postgres(conn: &mut Conn) -> Result<(), DbError> {
+    conn.batch("BEGIN")?;
+    let migrated = (|| {
+        // A constant of this schema: serializes migrations across processes.
+        conn.batch("SELECT pg_advisory_xact_lock(7261626)")?;
+        conn.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+        let current: Option<i64> = conn.value("SELECT MAX(version) FROM schema_version", &[])?;
+        for (i, sql) in PG_MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(current.unwrap_or(0).max(0) as usize)
+        {
+            conn.batch(sql)?;
+            conn.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                crate::params![(i + 1) as i64],
+            )?;
+        }
+        Ok::<_, DbError>(())
+    })();
+    match migrated {
+        Ok(()) => conn.batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -410,24 +657,36 @@ mod tests {
             assert!(matches!(read, Err(DbError::Join(_))), "{read:?}");
         }
         for _ in 0..2 * READERS {
-            let one: Result<i64, DbError> = db
-                .read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get(0))?))
-                .await;
+            let one: Result<i64, DbError> = db.read(|conn| conn.value("SELECT 1", &[])).await;
             assert_eq!(one.unwrap(), 1);
         }
     }
 
+    /// On both engines: applying the migrations again changes nothing, and the event log
+    /// refuses updates and deletions of what is recent.
     #[test]
     fn migrations_apply_once_and_events_are_append_only() {
-        let db = Db::open_in_memory().unwrap();
+        let db = Db::for_tests().unwrap();
+        {
+            let mut guard = db.conn.lock().unwrap();
+            let conn: &mut Conn = &mut guard;
+            match db.engine() {
+                Engine::Sqlite => migrate(conn).unwrap(),
+                Engine::Postgres => off_runtime(move || migrate_postgres(conn)).unwrap(),
+            }
+        }
         db.call_blocking(|conn| {
-            migrate(conn)?;
             conn.execute(
-                "INSERT INTO events (at, kind, severity, actor, detail) VALUES ('t', 'k', 'info', 'a', 'd')",
-                [],
+                "INSERT INTO events (at, kind, severity, actor, detail) VALUES ('9999', 'k', 'info', 'a', 'd')",
+                &[],
             )?;
-            assert!(conn.execute("UPDATE events SET detail = 'x'", []).is_err());
-            assert!(conn.execute("DELETE FROM events", []).is_err());
+            for refused in ["UPDATE events SET detail = 'x'", "DELETE FROM events"] {
+                // In a savepoint: on PostgreSQL a failed statement ends the transaction.
+                let tried = conn.savepoint()?;
+                let error = tried.execute(refused, &[]).unwrap_err().to_string();
+                assert!(error.contains("append-only"), "{refused}: {error}");
+            }
+            assert_eq!(conn.value::<i64>("SELECT COUNT(*) FROM events", &[])?, 1);
             Ok::<_, DbError>(())
         })
         .unwrap();

@@ -14,3 +14,4 @@ pub mod db;
 pub mod error;
 pub mod keys;
 pub mod service;
+pub mod sql;

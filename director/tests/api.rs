@@ -81,7 +81,7 @@ fn image_repo() -> ImageCatalog {
 }
 
 fn fleet() -> Fleet {
-    let db = Db::open_in_memory().unwrap();
+    let db = Db::for_tests().unwrap();
     let online = OnlineKeys {
         targets: key(101),
         snapshot: key(102),
@@ -231,16 +231,13 @@ impl Fleet {
                     "assignments",
                     "assignment_ecus",
                 ] {
-                    let mut stmt = conn.prepare(&format!("SELECT * FROM {table}"))?;
-                    let columns = stmt.column_count();
-                    let rows = stmt.query_map([], |r| {
-                        Ok((0..columns)
-                            .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
-                            .collect::<Vec<_>>()
-                            .join("|"))
+                    let rows = conn.query(&format!("SELECT * FROM {table}"), &[], |r| {
+                        (0..r.len())
+                            .map(|i| r.render(i))
+                            .collect::<Result<Vec<_>, _>>()
                     })?;
                     for row in rows {
-                        out.push_str(&row?);
+                        out.push_str(&row.join("|"));
                         out.push('\n');
                     }
                 }

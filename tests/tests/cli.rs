@@ -174,7 +174,7 @@ fn record_events(fleet: &Fleet, count: usize, detail: &str) {
     let db = director::db::Db::open(&fleet.path("director/director.db")).unwrap();
     let now: uptane_core::time::UtcTime = std::time::SystemTime::now().into();
     db.call_blocking(|conn| {
-        let tx = conn.transaction().unwrap();
+        let tx = conn.savepoint().unwrap();
         for i in 0..count {
             let detail = if detail.is_empty() {
                 format!("event {i}")
@@ -199,7 +199,7 @@ fn write_raw_event(fleet: &Fleet, detail: &str) {
         conn.execute(
             "INSERT INTO events (at, kind, severity, actor, detail) \
              VALUES ('2026-12-04T00:00:00Z', 'cli_test', 'info', 'test', ?1)",
-            [detail],
+            director::params![detail],
         )
         .unwrap();
         Ok::<_, director::db::DbError>(())

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use director::db::{Db, DbError};
+use director::db::Db;
 use serde_json::Value;
 use tokio::sync::Mutex;
 use uptane_tests::blocking;
@@ -122,11 +122,9 @@ fn every_manifest_acknowledged_under_group_commit_survives_kill_9() {
     let db = Db::open(&fleet.path("director/director.db")).unwrap();
     let stored: Vec<(String, Vec<u8>)> = db
         .call_blocking(|conn| {
-            let mut stmt = conn.prepare("SELECT vin, body FROM manifests")?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, DbError>(rows)
+            conn.query("SELECT vin, body FROM manifests", &[], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
         })
         .unwrap();
     let stored: BTreeSet<(String, u64)> = stored

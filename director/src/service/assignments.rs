@@ -3,8 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uptane_core::hash::Hashes;
@@ -16,7 +14,10 @@ use super::events::NewEvent;
 use super::page::Page;
 use super::tokens::random_token;
 use super::{bad, exists, now_text};
+use crate::db::DbError;
 use crate::error::DirectorError;
+use crate::params;
+use crate::sql::{Column, Conn, Param, Row, ToParam, Value as SqlValue};
 
 /// An operator's assignment request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,23 +78,21 @@ impl std::fmt::Display for AssignmentStatus {
     }
 }
 
-impl ToSql for AssignmentStatus {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
+impl ToParam for AssignmentStatus {
+    fn param(&self) -> Param<'_> {
+        Param::Text(self.as_str())
     }
 }
 
-impl FromSql for AssignmentStatus {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        match value.as_str()? {
-            "pending" => Ok(AssignmentStatus::Pending),
-            "delivered" => Ok(AssignmentStatus::Delivered),
-            "installed" => Ok(AssignmentStatus::Installed),
-            "failed" => Ok(AssignmentStatus::Failed),
-            "cancelled" => Ok(AssignmentStatus::Cancelled),
-            other => Err(FromSqlError::Other(
-                format!("unknown assignment status {other:?}").into(),
-            )),
+impl Column for AssignmentStatus {
+    fn column(value: SqlValue<'_>) -> Result<Self, String> {
+        match value {
+            SqlValue::Text("pending") => Ok(AssignmentStatus::Pending),
+            SqlValue::Text("delivered") => Ok(AssignmentStatus::Delivered),
+            SqlValue::Text("installed") => Ok(AssignmentStatus::Installed),
+            SqlValue::Text("failed") => Ok(AssignmentStatus::Failed),
+            SqlValue::Text("cancelled") => Ok(AssignmentStatus::Cancelled),
+            other => Err(format!("unknown assignment status {other:?}")),
         }
     }
 }
@@ -155,7 +154,7 @@ pub struct Assigned {
 /// the ECUs `request` selects. An ECU's earlier assignment that is still pending or
 /// delivered is superseded.
 pub fn assign(
-    conn: &mut Connection,
+    conn: &mut Conn,
     request: &AssignRequest,
     info: &TargetFile,
     actor: &str,
@@ -175,17 +174,14 @@ pub fn assign(
         .unwrap_or(0);
     let tx = conn.savepoint()?;
     let ecus_where =
-        |filter: Option<(&str, &str)>| -> rusqlite::Result<Vec<(String, String, String, u64)>> {
+        |filter: Option<(&str, &str)>| -> Result<Vec<(String, String, String, u64)>, DbError> {
             let sql = "SELECT serial, vin, hardware_id, installed_release_counter FROM ecus";
-            let map = |r: &rusqlite::Row<'_>| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
-            };
+            let map = |r: &Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<u64>(3)?));
             match filter {
-                Some((column, value)) => tx
-                    .prepare_cached(&format!("{sql} WHERE {column} = ?1"))?
-                    .query_map([value], map)?
-                    .collect(),
-                None => tx.prepare_cached(sql)?.query_map([], map)?.collect(),
+                Some((column, value)) => {
+                    tx.query(&format!("{sql} WHERE {column} = ?1"), params![value], map)
+                }
+                None => tx.query(sql, params![], map),
             }
         };
     let mut candidates = Vec::new();
@@ -245,11 +241,10 @@ pub fn assign(
         )));
     }
     let correlation_id = format!("asg-{}", &random_token("x")?[2..18]);
-    tx.execute(
-        "INSERT INTO assignments (correlation_id, created_at, created_by) VALUES (?1, ?2, ?3)",
+    let id: i64 = tx.value(
+        "INSERT INTO assignments (correlation_id, created_at, created_by) VALUES (?1, ?2, ?3) RETURNING id",
         params![correlation_id, now_text(now), actor],
     )?;
-    let id = tx.last_insert_rowid();
     let hashes = serde_json::to_string(&info.hashes).expect("hashes serialize");
     let why = format!("superseded by {correlation_id}");
     let mut superseded = Vec::new();
@@ -269,20 +264,20 @@ pub fn assign(
         "image {} was re-published with other content; superseded by {correlation_id}",
         request.image
     );
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
          WHERE filename = ?4 AND (length != ?5 OR hashes != ?6) AND status IN (?7, ?8)",
-    )?
-    .execute(params![
-        AssignmentStatus::Cancelled,
-        republished,
-        now_text(now),
-        request.image,
-        info.length as i64,
-        hashes,
-        AssignmentStatus::Pending,
-        AssignmentStatus::Delivered
-    ])?;
+        params![
+            AssignmentStatus::Cancelled,
+            republished,
+            now_text(now),
+            request.image,
+            info.length as i64,
+            hashes,
+            AssignmentStatus::Pending,
+            AssignmentStatus::Delivered
+        ],
+    )?;
     let vins: BTreeSet<&str> = candidates.iter().map(|c| c.1.as_str()).collect();
     let detail = format!(
         "{correlation_id}: {} to {} ECUs in {} vehicles",
@@ -301,36 +296,35 @@ pub fn assign(
 }
 
 /// ECU `serial`'s entries that are pending or delivered.
-fn open_entries_of(conn: &Connection, serial: &str) -> Result<Vec<AssignmentEcu>, DirectorError> {
+fn open_entries_of(conn: &Conn, serial: &str) -> Result<Vec<AssignmentEcu>, DirectorError> {
     let sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
          WHERE e.ecu_serial = ?1 AND e.status IN (?2, ?3) ORDER BY a.id"
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(
+    Ok(conn.query(
+        &sql,
         params![
             serial,
             AssignmentStatus::Pending,
             AssignmentStatus::Delivered
         ],
         assignment_row,
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    )?)
 }
 
 const ASSIGNMENT_COLUMNS: &str = "a.correlation_id, e.vin, e.ecu_serial, e.filename, e.length, e.hashes, e.hardware_id, e.release_counter, e.status, e.detail, e.updated_at, e.rowid";
 
-fn assignment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentEcu> {
+fn assignment_row(r: &Row<'_>) -> Result<AssignmentEcu, DbError> {
     let hashes: String = r.get(5)?;
     Ok(AssignmentEcu {
         correlation_id: r.get(0)?,
         vin: r.get(1)?,
         ecu_serial: r.get(2)?,
         filename: r.get(3)?,
-        length: r.get::<_, i64>(4)? as u64,
+        length: r.get(4)?,
         hashes: serde_json::from_str(&hashes).unwrap_or_default(),
         hardware_id: r.get(6)?,
-        release_counter: r.get::<_, i64>(7)? as u64,
+        release_counter: r.get(7)?,
         status: r.get(8)?,
         detail: r.get(9)?,
         updated_at: r.get(10)?,
@@ -339,20 +333,18 @@ fn assignment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentEcu> {
 }
 
 fn assignments_by_correlation(
-    conn: &Connection,
+    conn: &Conn,
     correlation_id: &str,
 ) -> Result<Vec<AssignmentEcu>, DirectorError> {
     let sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id WHERE a.correlation_id = ?1 ORDER BY e.vin, e.ecu_serial"
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map([correlation_id], assignment_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(conn.query(&sql, params![correlation_id], assignment_row)?)
 }
 
 /// Assignment entries, newest first, optionally of one vehicle.
 pub fn assignments(
-    conn: &Connection,
+    conn: &Conn,
     vin: Option<&Vin>,
     page: Page,
 ) -> Result<Vec<AssignmentEcu>, DirectorError> {
@@ -372,7 +364,7 @@ pub fn assignments(
 
 /// Cancels the entries of an assignment not yet delivered; refuses if none can be.
 pub fn cancel_assignment(
-    conn: &mut Connection,
+    conn: &mut Conn,
     correlation_id: &str,
     actor: &str,
     now: UtcTime,
@@ -416,40 +408,35 @@ fn active_entries_sql() -> String {
     )
 }
 
-pub(crate) fn active_entries(
-    conn: &Connection,
-    vin: &str,
-) -> Result<Vec<AssignmentEcu>, DirectorError> {
-    let mut stmt = conn.prepare_cached(&active_entries_sql())?;
-    let rows = stmt.query_map([vin], assignment_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub(crate) fn active_entries(conn: &Conn, vin: &str) -> Result<Vec<AssignmentEcu>, DirectorError> {
+    Ok(conn.query(&active_entries_sql(), params![vin], assignment_row)?)
 }
 
 /// Cancels `serial`'s entries that are not final, saying why.
 fn cancel_open_entries_of(
-    conn: &Connection,
+    conn: &Conn,
     serial: &str,
     why: &str,
     now: UtcTime,
 ) -> Result<(), DirectorError> {
-    conn.prepare_cached(
+    conn.execute(
         "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
          WHERE ecu_serial = ?4 AND status IN (?5, ?6)",
-    )?
-    .execute(params![
-        AssignmentStatus::Cancelled,
-        why,
-        now_text(now),
-        serial,
-        AssignmentStatus::Pending,
-        AssignmentStatus::Delivered
-    ])?;
+        params![
+            AssignmentStatus::Cancelled,
+            why,
+            now_text(now),
+            serial,
+            AssignmentStatus::Pending,
+            AssignmentStatus::Delivered
+        ],
+    )?;
     Ok(())
 }
 
 /// Cancels ECU `serial`'s entries that are not final (the ECU was replaced).
 pub(crate) fn cancel_open_entries(
-    conn: &Connection,
+    conn: &Conn,
     serial: &EcuSerial,
     why: &str,
     now: UtcTime,
@@ -459,44 +446,44 @@ pub(crate) fn cancel_open_entries(
 
 /// Sets the outcome of ECU `serial`'s entry in assignment `correlation_id`.
 pub(crate) fn set_outcome(
-    conn: &Connection,
+    conn: &Conn,
     correlation_id: &str,
     serial: &str,
     status: AssignmentStatus,
     detail: &str,
     now: UtcTime,
 ) -> Result<(), DirectorError> {
-    conn.prepare_cached(
+    conn.execute(
         "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
          WHERE ecu_serial = ?4 AND assignment_id = (SELECT id FROM assignments WHERE correlation_id = ?5)",
-    )?
-    .execute(params![status, detail, now_text(now), serial, correlation_id])?;
+        params![status, detail, now_text(now), serial, correlation_id],
+    )?;
     Ok(())
 }
 
 /// Marks delivered the pending entries among `entries` (correlation id, ECU serial): the
 /// ones inside the targets a vehicle just fetched, and no others. Returns how many.
 pub(crate) fn mark_delivered(
-    conn: &Connection,
+    conn: &Conn,
     vin: &str,
     entries: &[(String, String)],
     now: UtcTime,
 ) -> Result<usize, DirectorError> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE assignment_ecus SET status = ?1, updated_at = ?2
-         WHERE vin = ?3 AND ecu_serial = ?4 AND status = ?5
-           AND assignment_id = (SELECT id FROM assignments WHERE correlation_id = ?6)",
-    )?;
     let mut n = 0;
     for (correlation_id, serial) in entries {
-        n += stmt.execute(params![
-            AssignmentStatus::Delivered,
-            now_text(now),
-            vin,
-            serial,
-            AssignmentStatus::Pending,
-            correlation_id
-        ])?;
+        n += conn.execute(
+            "UPDATE assignment_ecus SET status = ?1, updated_at = ?2
+             WHERE vin = ?3 AND ecu_serial = ?4 AND status = ?5
+               AND assignment_id = (SELECT id FROM assignments WHERE correlation_id = ?6)",
+            params![
+                AssignmentStatus::Delivered,
+                now_text(now),
+                vin,
+                serial,
+                AssignmentStatus::Pending,
+                correlation_id
+            ],
+        )?;
     }
     Ok(n)
 }
@@ -519,7 +506,10 @@ mod tests {
                 for vin in ["VIN-1", "VIN-2", "VIN-3"] {
                     active_entries(conn, vin)?;
                 }
-                let stmt = conn.prepare_cached(&active_entries_sql())?;
+                let stmt = conn
+                    .as_sqlite()
+                    .expect("SQLite")
+                    .prepare_cached(&active_entries_sql())?;
                 Ok::<_, DirectorError>(stmt.get_status(rusqlite::StatementStatus::RePrepare))
             })
             .await

@@ -7,8 +7,9 @@
 //! a vehicle that loses the answer to its renewal (a crash, a cut link) still holds a
 //! credential that works.
 
+use crate::params;
+use crate::sql::Conn;
 use chrono::Duration;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use service_runtime::tls::Fingerprint;
 use uptane_core::error::AttackKind;
@@ -64,7 +65,7 @@ impl IssuedCredential {
 /// Stores a new vehicle with its first credential and, if given, its bound certificate
 /// (refused if that certificate is another vehicle's).
 pub(crate) fn insert(
-    conn: &Connection,
+    conn: &Conn,
     vin: &Vin,
     certificate: Option<Fingerprint>,
     lifetime: Duration,
@@ -91,20 +92,18 @@ pub(crate) fn insert(
 
 /// The vehicle the certificate with `fingerprint` is bound to, if any.
 fn certificate_owner(
-    conn: &Connection,
+    conn: &Conn,
     fingerprint: Fingerprint,
 ) -> Result<Option<String>, DirectorError> {
-    Ok(conn
-        .query_row(
-            "SELECT vin FROM vehicles WHERE tls_fingerprint = ?1",
-            [fingerprint.to_string()],
-            |r| r.get(0),
-        )
-        .optional()?)
+    Ok(conn.query_opt(
+        "SELECT vin FROM vehicles WHERE tls_fingerprint = ?1",
+        params![fingerprint.to_string()],
+        |r| r.get(0),
+    )?)
 }
 
 fn refuse_bound_elsewhere(
-    conn: &Connection,
+    conn: &Conn,
     vin: &Vin,
     fingerprint: Fingerprint,
 ) -> Result<(), DirectorError> {
@@ -125,7 +124,7 @@ struct Why<'a> {
 
 /// A refusal, recorded as a security event (through the refusal log) before it is returned.
 fn refuse(
-    conn: &Connection,
+    conn: &Conn,
     vin: &Vin,
     why: Why<'_>,
     error: DirectorError,
@@ -152,21 +151,20 @@ pub struct AuthRow {
 }
 
 /// Vehicle `vin`'s credential columns, if it is registered.
-pub fn auth_row(conn: &Connection, vin: &Vin) -> Result<Option<AuthRow>, DirectorError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT tls_fingerprint, credential_sha256, credential_revoked_at, credential_expires_at
+pub fn auth_row(conn: &Conn, vin: &Vin) -> Result<Option<AuthRow>, DirectorError> {
+    Ok(conn.query_opt(
+        "SELECT tls_fingerprint, credential_sha256, credential_revoked_at, credential_expires_at
              FROM vehicles WHERE vin = ?1",
-        )?
-        .query_row([vin.as_str()], |r| {
+        params![vin.as_str()],
+        |r| {
             Ok(AuthRow {
                 bound: r.get(0)?,
                 current: r.get(1)?,
                 revoked: r.get(2)?,
                 expires: r.get(3)?,
             })
-        })
-        .optional()?)
+        },
+    )?)
 }
 
 impl AuthRow {
@@ -199,19 +197,18 @@ impl AuthRow {
 /// certificate or credential of another vehicle is refused with 403, anything else with
 /// 401; each refusal is a security event.
 pub fn authorize(
-    conn: &Connection,
+    conn: &Conn,
     vin: &Vin,
     auth: &VehicleAuth,
     now: UtcTime,
     log: &RefusalLog,
 ) -> Result<(), DirectorError> {
     let bound: Option<String> = conn
-        .query_row(
+        .query_opt(
             "SELECT tls_fingerprint FROM vehicles WHERE vin = ?1",
-            [vin.as_str()],
+            params![vin.as_str()],
             |r| r.get(0),
-        )
-        .optional()?
+        )?
         .flatten();
     if let Some(fingerprint) = auth.certificate {
         if bound.as_deref() == Some(fingerprint.to_string().as_str()) {
@@ -295,15 +292,13 @@ pub fn authorize(
     };
     let sha256 = sha256_hex(bearer.as_bytes());
     type Row = (String, bool, Option<String>, Option<String>, Option<String>);
-    let row: Option<Row> = conn
-        .query_row(
-            "SELECT vin, credential_sha256 = ?1, credential_revoked_at, credential_expires_at,
+    let row: Option<Row> = conn.query_opt(
+        "SELECT vin, credential_sha256 = ?1, credential_revoked_at, credential_expires_at,
                     next_credential_expires_at
              FROM vehicles WHERE credential_sha256 = ?1 OR next_credential_sha256 = ?1",
-            [&sha256],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()?;
+        params![&sha256],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?;
     let Some((owner, current, revoked, expires, next_expires)) = row else {
         return refuse(
             conn,
@@ -366,19 +361,18 @@ pub fn authorize(
 
 /// When `bearer` is `vin`'s renewed credential, not yet in use: it takes over.
 fn take_over_if_renewed(
-    conn: &Connection,
+    conn: &Conn,
     vin: &Vin,
     bearer: &str,
     now: UtcTime,
 ) -> Result<(), DirectorError> {
     let renewed = conn
-        .query_row(
+        .query_opt(
             "SELECT 1 FROM vehicles WHERE vin = ?1 AND next_credential_sha256 = ?2
                 AND credential_revoked_at IS NULL AND next_credential_expires_at > ?3",
             params![vin.as_str(), sha256_hex(bearer.as_bytes()), now_text(now)],
             |_| Ok(()),
-        )
-        .optional()?
+        )?
         .is_some();
     if renewed {
         take_over(conn, vin, now)?;
@@ -387,7 +381,7 @@ fn take_over_if_renewed(
 }
 
 /// The vehicle stored its renewed credential and used it: it takes over, the old one stops.
-fn take_over(conn: &Connection, vin: &Vin, now: UtcTime) -> Result<(), DirectorError> {
+fn take_over(conn: &Conn, vin: &Vin, now: UtcTime) -> Result<(), DirectorError> {
     conn.execute(
         "UPDATE vehicles SET credential_sha256 = next_credential_sha256,
                 credential_expires_at = next_credential_expires_at,
@@ -409,7 +403,7 @@ fn take_over(conn: &Connection, vin: &Vin, now: UtcTime) -> Result<(), DirectorE
 /// A renewed credential for an authorized vehicle, valid for `lifetime`; it takes over
 /// when the vehicle first uses it (asking again replaces an unused one).
 pub fn renew(
-    conn: &Connection,
+    conn: &Conn,
     vin: &Vin,
     lifetime: Duration,
     now: UtcTime,
@@ -423,7 +417,7 @@ pub fn renew(
     Ok(issued)
 }
 
-fn require_vehicle(conn: &Connection, vin: &Vin) -> Result<(), DirectorError> {
+fn require_vehicle(conn: &Conn, vin: &Vin) -> Result<(), DirectorError> {
     if super::exists(conn, "vehicles", "vin", vin.as_str())? {
         Ok(())
     } else {
@@ -433,12 +427,7 @@ fn require_vehicle(conn: &Connection, vin: &Vin) -> Result<(), DirectorError> {
 
 /// Revokes vehicle `vin`'s credential, any renewal of it, and its certificate binding:
 /// every request from it is refused until an operator issues a new credential.
-pub fn revoke(
-    conn: &Connection,
-    vin: &Vin,
-    actor: &str,
-    now: UtcTime,
-) -> Result<(), DirectorError> {
+pub fn revoke(conn: &Conn, vin: &Vin, actor: &str, now: UtcTime) -> Result<(), DirectorError> {
     require_vehicle(conn, vin)?;
     conn.execute(
         "UPDATE vehicles SET credential_revoked_at = ?2, next_credential_sha256 = NULL,
@@ -460,7 +449,7 @@ pub fn revoke(
 /// binds `certificate` if given; the operator hands the secret to the vehicle
 /// (`primary-ecu set-credential`).
 pub fn issue(
-    conn: &mut Connection,
+    conn: &mut Conn,
     vin: &Vin,
     certificate: Option<Fingerprint>,
     lifetime: Duration,
@@ -523,7 +512,7 @@ pub struct CredentialInfo {
 /// A page of the vehicles' credentials (or `vin`'s), the most recently registered vehicle
 /// first; `since` keeps those issued from then on.
 pub fn list(
-    conn: &Connection,
+    conn: &Conn,
     vin: Option<&Vin>,
     page: super::Page,
 ) -> Result<Vec<CredentialInfo>, DirectorError> {
@@ -630,19 +619,18 @@ mod tests {
         hex::encode([n; 32]).parse().unwrap()
     }
 
-    fn security_events(conn: &Connection) -> Vec<String> {
-        let mut stmt = conn
-            .prepare("SELECT detail FROM events WHERE severity = 'security' ORDER BY id")
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+    fn security_events(conn: &Conn) -> Vec<String> {
+        conn.query(
+            "SELECT detail FROM events WHERE severity = 'security' ORDER BY id",
+            params![],
+            |r| r.get(0),
+        )
+        .unwrap()
     }
 
     #[test]
     fn a_credential_expires_is_renewed_at_first_use_and_is_revoked_and_reissued() {
-        let db = Db::open_in_memory().unwrap();
+        let db = Db::for_tests().unwrap();
         db.call_blocking(|conn| {
             let t0 = at("2030-01-01T00:00:00Z");
             let log = RefusalLog::new(Duration::seconds(60));
@@ -692,7 +680,7 @@ mod tests {
 
     #[test]
     fn a_bound_certificate_authenticates_only_its_own_vehicle() {
-        let db = Db::open_in_memory().unwrap();
+        let db = Db::for_tests().unwrap();
         db.call_blocking(|conn| {
             let t0 = at("2030-01-01T00:00:00Z");
             let log = RefusalLog::new(Duration::seconds(60));
@@ -736,17 +724,17 @@ mod tests {
             authorize(conn, &a, &both(&renewed), t0 + Duration::days(1), &log)?;
             let sha256: (String, Option<String>) = conn.query_row(
                 "SELECT credential_sha256, next_credential_sha256 FROM vehicles WHERE vin = 'VIN-A'",
-                [],
+                params![],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             assert_eq!(sha256, (renewed.sha256(), None));
             // Without a binding (A's unbound by hand), the bearer alone works.
-            conn.execute("UPDATE vehicles SET tls_fingerprint = NULL WHERE vin = 'VIN-A'", [])?;
+            conn.execute("UPDATE vehicles SET tls_fingerprint = NULL WHERE vin = 'VIN-A'", params![])?;
             authorize(conn, &a, &bearer(&renewed), t0 + Duration::days(1), &log)?;
             assert!(authorize(conn, &a, &bearer(&a_credential), t0 + Duration::days(1), &log).is_err());
             conn.execute(
                 "UPDATE vehicles SET tls_fingerprint = ?1 WHERE vin = 'VIN-A'",
-                [fingerprint(1).to_string()],
+                params![fingerprint(1).to_string()],
             )?;
             // A certificate can be bound to one vehicle only.
             assert!(matches!(

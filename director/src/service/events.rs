@@ -1,7 +1,8 @@
 //! The append-only event log: what happened, to which vehicle and ECU, caused by whom, and
 //! for security events the attack it was.
 
-use rusqlite::{Connection, params};
+use crate::params;
+use crate::sql::{Conn, Row};
 use serde::Serialize;
 use uptane_core::error::AttackKind;
 use uptane_core::time::UtcTime;
@@ -71,7 +72,7 @@ impl<'a> NewEvent<'a> {
     }
 
     /// Appends it to the log at `now`, its detail cut to [`MAX_DETAIL_BYTES`].
-    pub fn record(&self, conn: &Connection, now: UtcTime) -> Result<(), DirectorError> {
+    pub fn record(&self, conn: &Conn, now: UtcTime) -> Result<(), DirectorError> {
         let detail = bounded(self.detail);
         if self.security {
             tracing::warn!(
@@ -84,20 +85,20 @@ impl<'a> NewEvent<'a> {
                 "security event"
             );
         }
-        conn.prepare_cached(
+        conn.execute(
             "INSERT INTO events (at, kind, severity, vin, ecu_serial, actor, detail, attack)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            now_text(now),
-            self.kind,
-            if self.security { "security" } else { "info" },
-            self.vin,
-            self.ecu,
-            self.actor,
-            detail,
-            self.attack.map(AttackKind::as_str),
-        ])?;
+            params![
+                now_text(now),
+                self.kind,
+                if self.security { "security" } else { "info" },
+                self.vin,
+                self.ecu,
+                self.actor,
+                detail,
+                self.attack.map(AttackKind::as_str),
+            ],
+        )?;
         Ok(())
     }
 }
@@ -126,7 +127,7 @@ impl NewEvent<'_> {
     /// as one summary when the window ends (`refusals.rs`).
     pub fn record_refusal(
         &self,
-        conn: &Connection,
+        conn: &Conn,
         now: UtcTime,
         log: &RefusalLog,
     ) -> Result<(), DirectorError> {
@@ -172,7 +173,7 @@ fn attack_from_text(text: Option<String>) -> Option<AttackKind> {
 
 const EVENT_COLUMNS: &str = "id, at, kind, severity, vin, ecu_serial, actor, detail, attack";
 
-fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+fn event_row(r: &Row<'_>) -> Result<Event, crate::db::DbError> {
     Ok(Event {
         id: r.get(0)?,
         at: r.get(1)?,
@@ -189,18 +190,21 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
 /// Events after `after`, oldest first, optionally of one vehicle or only security events:
 /// how a reader follows the log (`director events --follow`).
 pub fn events(
-    conn: &Connection,
+    conn: &Conn,
     vin: Option<&str>,
     security_only: bool,
     after: i64,
     limit: u32,
 ) -> Result<Vec<Event>, DirectorError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events
-         WHERE id > ?1 AND (?2 IS NULL OR vin = ?2) AND (?3 = 0 OR severity = 'security') ORDER BY id LIMIT ?4"
-    ))?;
-    let rows = stmt.query_map(params![after, vin, security_only, limit], event_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(conn.query(
+        &format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE id > ?1 AND (CAST(?2 AS TEXT) IS NULL OR vin = ?2)
+               AND (CAST(?3 AS BIGINT) = 0 OR severity = 'security') ORDER BY id LIMIT ?4"
+        ),
+        params![after, vin, security_only, limit],
+        event_row,
+    )?)
 }
 
 /// The statement of [`recent_events`] with the filters given, its parameters in order: the
@@ -225,7 +229,7 @@ fn recent_events_query(vin: Option<&str>, security_only: bool, page: Page) -> Pa
 
 /// A page of the newest events (see [`recent_events_query`]).
 pub fn recent_events(
-    conn: &Connection,
+    conn: &Conn,
     vin: Option<&str>,
     security_only: bool,
     page: Page,
@@ -240,7 +244,7 @@ mod tests {
 
     #[test]
     fn a_detail_is_kept_to_its_bound_and_says_it_was_cut() {
-        let db = Db::open_in_memory().unwrap();
+        let db = Db::for_tests().unwrap();
         let now: UtcTime = "2026-12-04T00:00:00Z".parse().unwrap();
         let huge = "é".repeat(1 << 20);
         db.call_blocking(|conn| {
@@ -266,6 +270,7 @@ mod tests {
         let db = Db::open_in_memory().unwrap();
         let plan = |sql: String| {
             db.call_blocking(move |conn| {
+                let conn = conn.as_sqlite().expect("SQLite");
                 let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
                 let n = stmt.parameter_count();
                 let rows = stmt.query_map(

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, params};
 use serde::Serialize;
 use uptane_core::crypto::PublicKey;
 use uptane_core::error::AttackKind;
@@ -18,6 +17,8 @@ use super::events::NewEvent;
 use super::refusals::RefusalLog;
 use super::{Policy, now_text};
 use crate::error::DirectorError;
+use crate::params;
+use crate::sql::Conn;
 
 /// What an accepted manifest changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,16 +40,12 @@ pub struct ManifestOutcome {
 type InventoryRow = (String, String, bool, Option<i64>, Option<String>);
 
 /// The vehicle's inventory rows, as stored.
-fn inventory_rows(conn: &Connection, vin: &Vin) -> Result<Vec<InventoryRow>, DirectorError> {
-    let mut stmt = conn.prepare_cached(
+fn inventory_rows(conn: &Conn, vin: &Vin) -> Result<Vec<InventoryRow>, DirectorError> {
+    Ok(conn.query(
         "SELECT serial, public_key, is_primary, last_report_counter, last_report_time FROM ecus WHERE vin = ?1 ORDER BY serial",
-    )?;
-    let rows = stmt
-        .query_map([vin.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+        params![vin.as_str()],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?)
 }
 
 /// The vehicle as its inventory rows describe it, for the manifest checks (each ECU key
@@ -96,7 +93,7 @@ pub struct Checked {
 /// times) against the inventory. Only reads: it runs on a read connection, beside other
 /// requests, so the signature checks are not serialized behind the writer.
 pub fn check(
-    conn: &Connection,
+    conn: &Conn,
     vin: &Vin,
     body: Vec<u8>,
     policy: &Policy,
@@ -113,21 +110,23 @@ pub fn check(
 }
 
 fn check_against(
-    conn: &Connection,
+    conn: &Conn,
     inventory: &VehicleInventory,
     body: &[u8],
     policy: &Policy,
     now: UtcTime,
 ) -> Result<Result<CheckedManifest, ManifestError>, DirectorError> {
-    let mut seen = conn.prepare_cached(
-        "SELECT EXISTS(SELECT 1 FROM seen_nonces WHERE ecu_serial = ?1 AND nonce = ?2)",
-    )?;
     Ok(check_vehicle_manifest(
         body,
         inventory,
         now,
         policy.clock_skew,
-        |ecu, nonce| seen.query_row(params![ecu.as_str(), nonce], |r| r.get::<_, bool>(0)),
+        |ecu, nonce| {
+            conn.value::<bool>(
+                "SELECT EXISTS(SELECT 1 FROM seen_nonces WHERE ecu_serial = ?1 AND nonce = ?2)",
+                params![ecu.as_str(), nonce],
+            )
+        },
     )?)
 }
 
@@ -137,7 +136,7 @@ fn check_against(
 /// vehicle recorded in between), the check runs again here, so no nonce or counter is
 /// accepted twice.
 pub fn record(
-    conn: &mut Connection,
+    conn: &mut Conn,
     checked: Checked,
     policy: &Policy,
     now: UtcTime,
@@ -161,7 +160,7 @@ pub fn record(
 
 /// [`check`] then [`record`] on one connection.
 pub fn process_manifest(
-    conn: &mut Connection,
+    conn: &mut Conn,
     vin: &Vin,
     bytes: &[u8],
     policy: &Policy,
@@ -173,7 +172,7 @@ pub fn process_manifest(
 }
 
 fn refused(
-    conn: &Connection,
+    conn: &Conn,
     vin: &Vin,
     refusal: ManifestError,
     now: UtcTime,
@@ -195,7 +194,7 @@ fn refused(
 /// Records an accepted manifest in one transaction: the manifest, every nonce, what each
 /// ECU runs, the attacks it reported, and the outcome of its assignment.
 fn record_manifest(
-    conn: &mut Connection,
+    conn: &mut Conn,
     vin: &Vin,
     bytes: &[u8],
     checked: &CheckedManifest,
@@ -203,10 +202,11 @@ fn record_manifest(
 ) -> Result<ManifestOutcome, DirectorError> {
     let vin_text = vin.as_str();
     let tx = conn.savepoint()?;
-    // Statements of the hot path are prepared once per connection (`prepare_cached`).
-    tx.prepare_cached("INSERT INTO manifests (vin, received_at, body) VALUES (?1, ?2, ?3)")?
-        .execute(params![vin_text, now_text(now), bytes])?;
-    let manifest_id = tx.last_insert_rowid();
+    // Statements are prepared once per connection (`Conn::execute`).
+    let manifest_id: i64 = tx.value(
+        "INSERT INTO manifests (vin, received_at, body) VALUES (?1, ?2, ?3) RETURNING id",
+        params![vin_text, now_text(now), bytes],
+    )?;
     let actor = format!("vehicle:{vin}");
     let mut outcome = ManifestOutcome {
         manifest_id,
@@ -236,14 +236,15 @@ fn record_manifest(
     for report in &checked.reports {
         let serial = report.ecu_serial.as_str();
         let image = &report.installed_image;
-        tx.prepare_cached("INSERT INTO seen_nonces (ecu_serial, nonce) VALUES (?1, ?2)")?
-            .execute(params![serial, report.nonce])?;
-        tx.prepare_cached(
+        tx.execute(
+            "INSERT INTO seen_nonces (ecu_serial, nonce) VALUES (?1, ?2)",
+            params![serial, report.nonce],
+        )?;
+        tx.execute(
             "UPDATE ecus SET installed_filename = ?1, installed_length = ?2, installed_hashes = ?3, installed_release_counter = ?4,
                     last_report_counter = ?5, last_report_at = ?6, attacks_reported = ?7,
                     last_report_time = ?9 WHERE serial = ?8",
-        )?
-        .execute(params![
+            params![
                 image.filename,
                 image.length as i64,
                 serde_json::to_string(&image.hashes).expect("hashes serialize"),

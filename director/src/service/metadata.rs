@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::params;
+use crate::sql::Conn;
 use chrono::Duration;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 use uptane_core::hash::sha256_hex;
 use uptane_core::sign::{RootBuilder, SnapshotBuilder, TargetsBuilder, TimestampBuilder, describe};
@@ -20,7 +21,7 @@ use crate::keys::OnlineKeys;
 /// Signs and stores the Director's root version 1 (called by `director init`), expiring
 /// after `lifetime`.
 pub fn store_initial_root(
-    conn: &Connection,
+    conn: &Conn,
     root_keys: &[&uptane_core::crypto::SigningKey],
     threshold: u32,
     online: &OnlineKeys,
@@ -38,16 +39,20 @@ pub fn store_initial_root(
     let bytes = builder
         .sign(root_keys)
         .map_err(|e| DirectorError::Internal(e.to_string()))?;
-    conn.execute("INSERT INTO roots (version, body) VALUES (1, ?1)", [bytes])?;
+    conn.execute(
+        "INSERT INTO roots (version, body) VALUES (1, ?1)",
+        params![bytes],
+    )?;
     Ok(())
 }
 
 /// Root version `version`, if published.
-pub fn root(conn: &Connection, version: u64) -> Result<Option<Vec<u8>>, DirectorError> {
-    Ok(conn
-        .prepare_cached("SELECT body FROM roots WHERE version = ?1")?
-        .query_row([version as i64], |r| r.get(0))
-        .optional()?)
+pub fn root(conn: &Conn, version: u64) -> Result<Option<Vec<u8>>, DirectorError> {
+    Ok(conn.query_opt(
+        "SELECT body FROM roots WHERE version = ?1",
+        params![version as i64],
+        |r| r.get(0),
+    )?)
 }
 
 struct StoredMetadata {
@@ -63,7 +68,7 @@ struct StoredMetadata {
 /// (with versions going up) when its assignments changed, the metadata nears expiry, or it
 /// was signed under an older root (whose online keys may have been replaced).
 pub fn refresh_vehicle_metadata(
-    conn: &mut Connection,
+    conn: &mut Conn,
     active: &ActiveKeys,
     vin: &str,
     policy: &Policy,
@@ -97,7 +102,7 @@ pub struct SignedMetadata {
 /// [`refresh_vehicle_metadata`]), signed; `None` if it is current. Only reads, so it runs on
 /// a read connection and the signing stays off the writer.
 pub fn sign_vehicle_metadata(
-    tx: &Connection,
+    tx: &Conn,
     active: &ActiveKeys,
     vin: &str,
     policy: &Policy,
@@ -123,25 +128,20 @@ pub fn sign_vehicle_metadata(
     let content = json!([content, reset]);
     let content_sha256 = sha256_hex(content.to_string().as_bytes());
     let stored: Option<StoredMetadata> = tx
-        .prepare_cached(
-            "SELECT content_sha256, targets_version, snapshot_version, timestamp_version, expires, root_version FROM vehicle_metadata WHERE vin = ?1",
-        )?
-        .query_row(
-            [vin],
+        .query_opt("SELECT content_sha256, targets_version, snapshot_version, timestamp_version, expires, root_version FROM vehicle_metadata WHERE vin = ?1", params![vin],
             |r| {
                 Ok(StoredMetadata {
                     content_sha256: r.get(0)?,
-                    targets_version: r.get::<_, i64>(1)? as u64,
-                    snapshot_version: r.get::<_, i64>(2)? as u64,
-                    timestamp_version: r.get::<_, i64>(3)? as u64,
+                    targets_version: r.get::<i64>(1)? as u64,
+                    snapshot_version: r.get::<i64>(2)? as u64,
+                    timestamp_version: r.get::<i64>(3)? as u64,
                     // An expiry that does not parse is treated as reached: the metadata is
                     // signed again, never served on a guess.
-                    expires: parse_expires(&r.get::<_, String>(4)?).unwrap_or(UtcTime::MIN_UTC),
-                    root_version: r.get::<_, i64>(5)? as u64,
+                    expires: parse_expires(&r.get::<String>(4)?).unwrap_or(UtcTime::MIN_UTC),
+                    root_version: r.get::<i64>(5)? as u64,
                 })
             },
-        )
-        .optional()?;
+        )?;
     if let Some(s) = &stored
         && s.content_sha256 == content_sha256
         && s.root_version == active.root_version
@@ -231,31 +231,20 @@ pub fn sign_vehicle_metadata(
 /// Stores `signed` if the vehicle's stored versions are still the ones it was signed after;
 /// `false` (nothing stored) if another request stored newer ones first, so a version is
 /// never repeated with other content.
-pub fn store_vehicle_metadata(
-    conn: &Connection,
-    signed: &SignedMetadata,
-) -> Result<bool, DirectorError> {
+pub fn store_vehicle_metadata(conn: &Conn, signed: &SignedMetadata) -> Result<bool, DirectorError> {
     let stored: Option<(i64, i64, i64)> = conn
-        .prepare_cached(
-            "SELECT targets_version, snapshot_version, timestamp_version FROM vehicle_metadata WHERE vin = ?1",
-        )?
-        .query_row(
-            [&signed.vin],
+        .query_opt("SELECT targets_version, snapshot_version, timestamp_version FROM vehicle_metadata WHERE vin = ?1", params![&signed.vin],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
+        )?;
     let stored = stored.map(|(t, s, ts)| (t as u64, s as u64, ts as u64));
     if stored != signed.after {
         return Ok(false);
     }
     let (tv, sv, tsv) = signed.versions;
-    conn.prepare_cached(
-        "INSERT INTO vehicle_metadata (vin, content_sha256, targets_version, snapshot_version, timestamp_version, targets, snapshot, timestamp, expires, targets_entries, root_version)
+    conn.execute("INSERT INTO vehicle_metadata (vin, content_sha256, targets_version, snapshot_version, timestamp_version, targets, snapshot, timestamp, expires, targets_entries, root_version)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (vin) DO UPDATE SET content_sha256 = ?2, targets_version = ?3, snapshot_version = ?4,
-             timestamp_version = ?5, targets = ?6, snapshot = ?7, timestamp = ?8, expires = ?9, targets_entries = ?10, root_version = ?11",
-    )?
-    .execute(params![
+             timestamp_version = ?5, targets = ?6, snapshot = ?7, timestamp = ?8, expires = ?9, targets_entries = ?10, root_version = ?11", params![
             signed.vin,
             signed.content_sha256,
             tv as i64,
@@ -276,7 +265,7 @@ pub fn store_vehicle_metadata(
 /// first when needed), or the current `V.snapshot.json` / `V.targets.json`. Serving the
 /// targets marks the assignments in it delivered.
 pub fn vehicle_file(
-    conn: &mut Connection,
+    conn: &mut Conn,
     keys: &KeyRing,
     vin: &str,
     file: &str,
@@ -340,7 +329,7 @@ pub fn stored_role(file: &str) -> Result<StoredRole, DirectorError> {
 }
 
 /// Reads a file of vehicle `vin`'s repository as stored (only reads).
-pub fn stored_file(conn: &Connection, vin: &str, file: &str) -> Result<StoredFile, DirectorError> {
+pub fn stored_file(conn: &Conn, vin: &str, file: &str) -> Result<StoredFile, DirectorError> {
     let missing = || DirectorError::NotFound(format!("no metadata file {file:?}"));
     let role = stored_role(file)?;
     let version = file.split('.').next().and_then(|v| v.parse::<u64>().ok());
@@ -358,12 +347,9 @@ pub fn stored_file(conn: &Connection, vin: &str, file: &str) -> Result<StoredFil
         _ => "targets",
     };
     let row: Option<(Vec<u8>, i64, i64, String)> = conn
-        .prepare_cached(&format!("SELECT {column}, snapshot_version, targets_version, targets_entries FROM vehicle_metadata WHERE vin = ?1"))?
-        .query_row(
-            [vin],
+        .query_opt(&format!("SELECT {column}, snapshot_version, targets_version, targets_entries FROM vehicle_metadata WHERE vin = ?1"), params![vin],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
+        )?;
     let (bytes, snapshot_version, targets_version, included) = row.ok_or_else(missing)?;
     match (role, version) {
         (StoredRole::Snapshot, Some(v)) if v != snapshot_version as u64 => return Err(missing()),
@@ -390,25 +376,25 @@ pub struct StoredTimestamp {
 }
 
 /// Reads vehicle `vin`'s stored timestamp (only reads).
-pub fn stored_timestamp(conn: &Connection, vin: &str) -> Result<StoredTimestamp, DirectorError> {
-    conn.prepare_cached(
+pub fn stored_timestamp(conn: &Conn, vin: &str) -> Result<StoredTimestamp, DirectorError> {
+    conn.query_opt(
         "SELECT timestamp, expires, root_version FROM vehicle_metadata WHERE vin = ?1",
+        params![vin],
+        |r| {
+            Ok(StoredTimestamp {
+                bytes: r.get(0)?,
+                expires: parse_expires(&r.get::<String>(1)?).unwrap_or(UtcTime::MIN_UTC),
+                root_version: r.get::<i64>(2)? as u64,
+            })
+        },
     )?
-    .query_row([vin], |r| {
-        Ok(StoredTimestamp {
-            bytes: r.get(0)?,
-            expires: parse_expires(&r.get::<_, String>(1)?).unwrap_or(UtcTime::MIN_UTC),
-            root_version: r.get::<_, i64>(2)? as u64,
-        })
-    })
-    .optional()?
     .ok_or_else(|| DirectorError::NotFound("no metadata file \"timestamp.json\"".into()))
 }
 
 /// Marks the entries a served targets file contains delivered (only those: an assignment
 /// created after it was signed is not delivered by it).
 pub fn mark_delivered(
-    conn: &mut Connection,
+    conn: &mut Conn,
     vin: &str,
     included: &str,
     now: UtcTime,
@@ -448,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_name_re_published_with_other_bytes_is_listed_once_with_its_new_bytes() {
-        let db = Db::open_in_memory().unwrap();
+        let db = Db::for_tests().unwrap();
         let now = uptane_core::time::parse_expires("2030-01-01T00:00:00Z").unwrap();
         db.call_blocking(|conn| {
             let ecu = |serial: &str, n: u8, primary| NewEcu {

@@ -31,8 +31,8 @@ pub mod vehicles;
 
 use std::sync::Arc;
 
+use crate::sql::Conn;
 use chrono::Duration;
-use rusqlite::Connection;
 use uptane_core::ids::{EcuSerial, Vin};
 use uptane_core::time::{UtcTime, format_expires};
 
@@ -56,7 +56,7 @@ pub use self::vehicles::{
     register_with_provisioning, replace_ecu, vehicle, vehicles,
 };
 use crate::catalog::ImageCatalog;
-use crate::db::Db;
+use crate::db::{Db, DbError};
 use crate::error::DirectorError;
 
 /// Timing policy.
@@ -102,11 +102,11 @@ fn bad(message: impl Into<String>) -> DirectorError {
 }
 
 /// Whether `table` has a row whose `column` is `value` (both names are literals of this module).
-fn exists(conn: &Connection, table: &str, column: &str, value: &str) -> rusqlite::Result<bool> {
-    conn.prepare_cached(&format!(
-        "SELECT EXISTS(SELECT 1 FROM {table} WHERE {column} = ?1)"
-    ))?
-    .query_row([value], |r| r.get(0))
+fn exists(conn: &Conn, table: &str, column: &str, value: &str) -> Result<bool, DbError> {
+    conn.value(
+        &format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE {column} = ?1)"),
+        crate::params![value],
+    )
 }
 
 fn now_text(now: UtcTime) -> String {
@@ -173,7 +173,7 @@ impl DirectorService {
     /// that hung up) still leaves the cache right.
     async fn write_then<T, F, A>(&self, f: F, after: A) -> Result<T, DirectorError>
     where
-        F: FnOnce(&mut Connection) -> Result<T, DirectorError> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, DirectorError> + Send + 'static,
         A: FnOnce(&T, &cache::VehicleCache) + Send + 'static,
         T: Send + 'static,
     {
@@ -192,7 +192,7 @@ impl DirectorService {
     /// [`DirectorService::write_then`], forgetting vehicle `vin`.
     async fn write_vehicle<T, F>(&self, vin: &Vin, f: F) -> Result<T, DirectorError>
     where
-        F: FnOnce(&mut Connection) -> Result<T, DirectorError> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, DirectorError> + Send + 'static,
         T: Send + 'static,
     {
         let vin = vin.clone();
@@ -202,7 +202,7 @@ impl DirectorService {
     /// [`DirectorService::write_then`], forgetting every vehicle.
     async fn write_all<T, F>(&self, f: F) -> Result<T, DirectorError>
     where
-        F: FnOnce(&mut Connection) -> Result<T, DirectorError> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, DirectorError> + Send + 'static,
         T: Send + 'static,
     {
         self.write_then(f, |_, cache| cache.forget_all()).await

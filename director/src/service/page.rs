@@ -3,7 +3,7 @@
 //! page, `since` keeps rows from that time on. A page is at most [`Page::MAX_LIMIT`] rows,
 //! so no request reads a whole table.
 
-use rusqlite::{Connection, ToSql};
+use crate::sql::{Conn, Param, Row, ToParam};
 use uptane_core::time::UtcTime;
 
 use super::now_text;
@@ -71,7 +71,7 @@ impl Page {
     /// column is below [`Page::before`] and whose `time` column is at or after `since`.
     pub fn query(&self, select: &str, cursor: &str, time: &str) -> PageQuery {
         let mut query = PageQuery {
-            sql: format!("{select} {cursor} < ?"),
+            sql: format!("{select} {cursor} < ?1"),
             values: vec![Box::new(self.before())],
             cursor: cursor.to_string(),
             limit: self.limit,
@@ -88,7 +88,7 @@ impl Page {
 /// the page from the filter's index.
 pub struct PageQuery {
     sql: String,
-    values: Vec<Box<dyn ToSql>>,
+    values: Vec<Box<dyn ToParam>>,
     cursor: String,
     limit: u32,
 }
@@ -102,11 +102,12 @@ impl std::fmt::Debug for PageQuery {
 }
 
 impl PageQuery {
-    /// Adds `AND clause`, binding `value` to its one `?`.
-    pub fn filter(mut self, clause: &str, value: impl ToSql + 'static) -> Self {
-        self.sql.push_str(" AND ");
-        self.sql.push_str(clause);
+    /// Adds `AND clause`, binding `value` to its one `?` (numbered here, as PostgreSQL needs).
+    pub fn filter(mut self, clause: &str, value: impl ToParam + 'static) -> Self {
         self.values.push(Box::new(value));
+        self.sql.push_str(" AND ");
+        self.sql
+            .push_str(&clause.replacen('?', &format!("?{}", self.values.len()), 1));
         self
     }
 
@@ -119,23 +120,28 @@ impl PageQuery {
 
     /// The whole statement, newest first.
     pub fn sql(&self) -> String {
-        format!("{} ORDER BY {} DESC LIMIT ?", self.sql, self.cursor)
+        format!(
+            "{} ORDER BY {} DESC LIMIT ?{}",
+            self.sql,
+            self.cursor,
+            self.values.len() + 1
+        )
     }
 
     /// The page's rows, each read by `row`.
     pub fn rows<T>(
         self,
-        conn: &Connection,
-        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+        conn: &Conn,
+        row: impl FnMut(&Row<'_>) -> Result<T, crate::db::DbError>,
     ) -> Result<Vec<T>, DirectorError> {
-        let mut stmt = conn.prepare_cached(&self.sql())?;
-        let values = self
+        let limit = Param::Int(self.limit.into());
+        let values: Vec<&dyn ToParam> = self
             .values
             .iter()
             .map(|v| v.as_ref())
-            .chain(std::iter::once(&self.limit as &dyn ToSql));
-        let rows = stmt.query_map(rusqlite::params_from_iter(values), row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .chain(std::iter::once(&limit as &dyn ToParam))
+            .collect();
+        Ok(conn.query(&self.sql(), &values, row)?)
     }
 }
 

@@ -59,7 +59,7 @@ impl Summary {
     }
 
     /// Appends it to the event log.
-    pub fn record(&self, conn: &rusqlite::Connection) -> Result<(), crate::error::DirectorError> {
+    pub fn record(&self, conn: &crate::sql::Conn) -> Result<(), crate::error::DirectorError> {
         let (from, to) = (UtcTime::from(self.0.from), UtcTime::from(self.0.to));
         let span = format!("from {} to {}", format_expires(&from), format_expires(&to));
         match &self.0.kind {
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_summary_is_an_event_saying_how_many() {
-        let db = crate::db::Db::open_in_memory().unwrap();
+        let db = crate::db::Db::for_tests().unwrap();
         let log = RefusalLog::new(Duration::seconds(60));
         let event = NewEvent::security("vehicle_auth_refused", "unknown", "no credential")
             .vin("VIN1")

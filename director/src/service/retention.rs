@@ -3,8 +3,9 @@
 //! log stays append-only inside the period (`migrations/007_retention.sql`); the newest
 //! manifest of each vehicle is always kept.
 
+use crate::params;
+use crate::sql::Conn;
 use chrono::Duration;
-use rusqlite::{Connection, params};
 use uptane_core::time::UtcTime;
 
 use super::events::NewEvent;
@@ -26,18 +27,14 @@ pub struct Swept {
 
 /// Removes events and manifests older than `period` before `now`, in batches of
 /// [`BATCH`] per transaction; records what it removed as an event.
-pub fn sweep(
-    conn: &mut Connection,
-    period: Duration,
-    now: UtcTime,
-) -> Result<Swept, DirectorError> {
+pub fn sweep(conn: &mut Conn, period: Duration, now: UtcTime) -> Result<Swept, DirectorError> {
     let cutoff = now_text(now - period);
     let mut swept = Swept::default();
     loop {
         let tx = conn.savepoint()?;
         tx.execute(
             "UPDATE retention SET events_before = ?1 WHERE id = 1 AND events_before < ?1",
-            [&cutoff],
+            params![&cutoff],
         )?;
         let events = tx.execute(
             "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?1 LIMIT ?2)",
@@ -78,7 +75,7 @@ mod tests {
 
     #[test]
     fn only_what_is_older_than_the_period_goes_and_each_vehicles_newest_manifest_stays() {
-        let db = Db::open_in_memory().unwrap();
+        let db = Db::for_tests().unwrap();
         db.call_blocking(|conn| {
             let old = at("2030-01-01T00:00:00Z");
             let recent = at("2031-06-01T00:00:00Z");
@@ -87,13 +84,23 @@ mod tests {
             }
             for (vin, t) in [("A", old), ("A", old), ("A", recent), ("B", old)] {
                 conn.execute(
-                    "INSERT INTO manifests (vin, received_at, body) VALUES (?1, ?2, x'00')",
-                    params![vin, now_text(t)],
+                    "INSERT INTO manifests (vin, received_at, body) VALUES (?1, ?2, ?3)",
+                    params![vin, now_text(t), b"\0".as_slice()],
                 )?;
             }
+            // Each refusal in a savepoint: on PostgreSQL a failed statement ends the
+            // transaction.
+            fn refused(conn: &Conn, sql: &str, params: &[&dyn crate::sql::ToParam]) -> String {
+                let tried = conn.savepoint().unwrap();
+                tried.execute(sql, params).unwrap_err().to_string()
+            }
             // Inside the period, the log is append-only.
-            let refused = conn.execute("DELETE FROM events WHERE at = ?1", [now_text(recent)]);
-            assert!(refused.is_err(), "{refused:?}");
+            let error = refused(
+                conn,
+                "DELETE FROM events WHERE at = ?1",
+                params![now_text(recent)],
+            );
+            assert!(error.contains("append-only"), "{error}");
             let swept = sweep(conn, Duration::days(365), at("2031-07-01T00:00:00Z"))?;
             assert_eq!(
                 swept,
@@ -102,20 +109,23 @@ mod tests {
                     manifests: 2
                 }
             );
-            let left: i64 = conn.query_row("SELECT COUNT(*) FROM manifests", [], |r| r.get(0))?;
+            let left: i64 =
+                conn.query_row("SELECT COUNT(*) FROM manifests", params![], |r| r.get(0))?;
             assert_eq!(left, 2, "A's newest and B's only manifest stay");
-            let kinds: Vec<String> = conn
-                .prepare("SELECT kind FROM events ORDER BY id")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+            let kinds: Vec<String> =
+                conn.query("SELECT kind FROM events ORDER BY id", params![], |r| {
+                    r.get(0)
+                })?;
             assert_eq!(kinds, ["x", "retention_sweep"]);
             // The cutoff never goes back, and still protects what is recent.
-            conn.execute(
+            let error = refused(
+                conn,
                 "UPDATE retention SET events_before = '2000-01-01T00:00:00Z'",
-                [],
-            )
-            .unwrap_err();
-            assert!(conn.execute("DELETE FROM events", []).is_err());
+                params![],
+            );
+            assert!(error.contains("only moves forward"), "{error}");
+            let error = refused(conn, "DELETE FROM events", params![]);
+            assert!(error.contains("append-only"), "{error}");
             Ok::<_, DirectorError>(())
         })
         .unwrap();

@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use crate::sql::Conn;
 
 use crate::error::DirectorError;
 
@@ -41,7 +41,11 @@ pub fn signal_path(db: &Path) -> PathBuf {
 /// Tells running servers on the database `conn` is connected to that a new root was committed.
 /// Call after the commit. A failure is logged, not returned: the root is published either way,
 /// and servers see it within [`FULL_CHECK_EVERY`].
-pub fn announce(conn: &Connection) {
+pub fn announce(conn: &Conn) {
+    // PostgreSQL: servers read the roots table at their full check.
+    let Some(conn) = conn.as_sqlite() else {
+        return;
+    };
     let path = match conn.path() {
         Some("") => return,
         Some(db) => signal_path(Path::new(db)),
@@ -89,7 +93,7 @@ struct Watched {
     /// Where the signal is: a file put there after `signal` was opened (the old one removed)
     /// is one publishers write and this server does not read.
     signal_path: PathBuf,
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
     /// The signal when `version` was read (published after `version`).
     seen: AtomicU64,
     version: AtomicU64,
@@ -130,7 +134,7 @@ impl RootWatch {
             watched: Some(Watched {
                 signal,
                 signal_path,
-                conn: Mutex::new(conn),
+                conn: Mutex::new(Conn::sqlite(conn)),
                 // Due at once: the first call reads the table.
                 seen: AtomicU64::new(0),
                 version: AtomicU64::new(0),
@@ -255,11 +259,12 @@ fn open_signal(path: &Path) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params;
 
-    fn insert_root(conn: &Connection, version: u64) {
+    fn insert_root(conn: &Conn, version: u64) {
         conn.execute(
             "INSERT INTO roots (version, body) VALUES (?1, x'00')",
-            [version as i64],
+            params![version as i64],
         )
         .unwrap();
     }
@@ -272,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("director.db");
         drop(crate::db::Db::open(&path).unwrap());
-        let other = Connection::open(&path).unwrap();
+        let other = Conn::sqlite(rusqlite::Connection::open(&path).unwrap());
         insert_root(&other, 1);
         let watch = RootWatch::with_full_check(Some(&path), Duration::from_secs(3600)).unwrap();
         assert_eq!(watch.latest().unwrap(), Some(1));

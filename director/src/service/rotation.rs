@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::params;
+use crate::sql::Conn;
 use chrono::Duration;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use uptane_core::crypto::SigningKey;
 use uptane_core::metadata::Root;
@@ -28,23 +29,21 @@ pub const ONLINE_ROLES: [&str; 3] = ["targets", "snapshot", "timestamp"];
 pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::days(60);
 
 /// The newest root: its version and its verified content.
-pub fn latest_root(conn: &Connection) -> Result<Verified<Root>, DirectorError> {
+pub fn latest_root(conn: &Conn) -> Result<Verified<Root>, DirectorError> {
     let body: Vec<u8> = conn
-        .query_row(
+        .query_opt(
             "SELECT body FROM roots ORDER BY version DESC LIMIT 1",
-            [],
+            params![],
             |r| r.get(0),
-        )
-        .optional()?
+        )?
         .ok_or_else(|| DirectorError::Internal("no Director root is stored".into()))?;
     verify_root_self_signed(&Raw::new(body))
         .map_err(|e| DirectorError::Internal(format!("the stored Director root: {e}")))
 }
 
-pub(super) fn latest_version(conn: &Connection) -> Result<u64, DirectorError> {
-    let version: Option<i64> = conn
-        .prepare_cached("SELECT MAX(version) FROM roots")?
-        .query_row([], |r| r.get(0))?;
+pub(super) fn latest_version(conn: &Conn) -> Result<u64, DirectorError> {
+    let version: Option<i64> =
+        conn.query_row("SELECT MAX(version) FROM roots", params![], |r| r.get(0))?;
     Ok(version.unwrap_or(0) as u64)
 }
 
@@ -62,7 +61,7 @@ pub struct RootChange {
 /// least each one's threshold). It is checked by the same chain rule every vehicle applies
 /// before it is stored, and served at once as `N+1.root.json`.
 pub fn publish_next_root(
-    conn: &mut Connection,
+    conn: &mut Conn,
     offline: &[SigningKey],
     change: &RootChange,
     lifetime: Duration,
@@ -183,7 +182,7 @@ fn root_signers<'k>(
 /// running server takes them at its next request, and re-signs every vehicle's metadata
 /// with them; metadata signed by the old keys is refused by vehicles that follow the chain.
 pub fn rotate_online(
-    conn: &mut Connection,
+    conn: &mut Conn,
     dir: &Path,
     offline: &[SigningKey],
     roles: &[&'static str],
@@ -226,7 +225,7 @@ pub fn rotate_online(
 }
 
 /// Puts in place each `next-ROLE.pem` that the newest root lists.
-fn finish_interrupted_rotation(conn: &Connection, dir: &Path) -> Result<(), DirectorError> {
+fn finish_interrupted_rotation(conn: &Conn, dir: &Path) -> Result<(), DirectorError> {
     let root = latest_root(conn)?;
     for role in ONLINE_ROLES {
         let next = keys::next_online_key_path(dir, role);
@@ -287,7 +286,7 @@ pub struct KeyRing {
 
 impl KeyRing {
     /// The keys in `DIR/keys` that the newest root lists.
-    pub fn load(conn: &Connection, dir: &Path) -> Result<Self, DirectorError> {
+    pub fn load(conn: &Conn, dir: &Path) -> Result<Self, DirectorError> {
         let root = latest_root(conn)?;
         let online = keys_for(dir, &root)?;
         Ok(Self {
@@ -311,7 +310,7 @@ impl KeyRing {
     }
 
     /// The keys for the newest root, read again when the root changed.
-    pub fn current(&self, conn: &Connection) -> Result<Arc<ActiveKeys>, DirectorError> {
+    pub fn current(&self, conn: &Conn) -> Result<Arc<ActiveKeys>, DirectorError> {
         let cached = match self.current.read() {
             Ok(current) => Arc::clone(&current),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
@@ -385,7 +384,7 @@ pub struct RootStatus {
 
 /// The newest root's status at `now`, warning within `window` of its expiry.
 pub fn root_status(
-    conn: &Connection,
+    conn: &Conn,
     window: Duration,
     now: UtcTime,
 ) -> Result<RootStatus, DirectorError> {
@@ -415,7 +414,7 @@ impl RootStatus {
 /// Records a `root_expiring` security event when the root expires within `window`, at most
 /// once a day.
 pub fn record_expiry_warning(
-    conn: &Connection,
+    conn: &Conn,
     window: Duration,
     now: UtcTime,
 ) -> Result<Option<RootStatus>, DirectorError> {
@@ -426,7 +425,7 @@ pub fn record_expiry_warning(
     let since = format_expires(&(now - Duration::days(1)));
     let recent: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM events WHERE kind = 'root_expiring' AND at > ?1)",
-        [since],
+        params![since],
         |r| r.get(0),
     )?;
     if !recent {
@@ -445,11 +444,7 @@ mod tests {
     }
 
     /// Root N+1 with the same keys, for a year from `now`.
-    fn renew(
-        conn: &mut Connection,
-        offline: &[SigningKey],
-        now: UtcTime,
-    ) -> Result<u64, DirectorError> {
+    fn renew(conn: &mut Conn, offline: &[SigningKey], now: UtcTime) -> Result<u64, DirectorError> {
         publish_next_root(
             conn,
             offline,
@@ -461,7 +456,7 @@ mod tests {
     }
 
     fn initialized(dir: &Path, t0: UtcTime) -> (Db, Vec<SigningKey>) {
-        initialized_in(dir, Db::open_in_memory().unwrap(), t0)
+        initialized_in(dir, Db::for_tests().unwrap(), t0)
     }
 
     fn initialized_in(dir: &Path, db: Db, t0: UtcTime) -> (Db, Vec<SigningKey>) {
@@ -586,13 +581,13 @@ mod tests {
             record_expiry_warning(conn, DEFAULT_EXPIRY_WARNING, now + Duration::hours(1))?;
             let warned: i64 = conn.query_row(
                 "SELECT COUNT(*) FROM events WHERE kind = 'root_expiring'",
-                [],
+                params![],
                 |r| r.get(0),
             )?;
             assert_eq!(warned, 1);
             let rotated: i64 = conn.query_row(
                 "SELECT COUNT(*) FROM events WHERE kind = 'director_root_rotated'",
-                [],
+                params![],
                 |r| r.get(0),
             )?;
             assert_eq!(rotated, 3);

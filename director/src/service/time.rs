@@ -4,7 +4,8 @@
 //! real one (the Director's own clock jumped ahead while it signed) can come back by an
 //! authenticated action instead of a file edit on the vehicle.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::params;
+use crate::sql::Conn;
 use uptane_core::ids::Vin;
 use uptane_core::time::UtcTime;
 
@@ -15,19 +16,17 @@ use crate::error::DirectorError;
 /// vehicle's next metadata (signed at once: the content changed) carries it. Returns the
 /// new number.
 pub fn reset_time(
-    conn: &mut Connection,
+    conn: &mut Conn,
     vin: &Vin,
     actor: &str,
     now: UtcTime,
 ) -> Result<u64, DirectorError> {
     let tx = conn.savepoint()?;
-    let reset: Option<i64> = tx
-        .query_row(
-            "UPDATE vehicles SET time_reset = time_reset + 1 WHERE vin = ?1 RETURNING time_reset",
-            params![vin.as_str()],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let reset: Option<i64> = tx.query_opt(
+        "UPDATE vehicles SET time_reset = time_reset + 1 WHERE vin = ?1 RETURNING time_reset",
+        params![vin.as_str()],
+        |r| r.get(0),
+    )?;
     let reset = reset.ok_or_else(|| DirectorError::NotFound(format!("no vehicle {vin}")))?;
     NewEvent::security(
         "time_reset_requested",
@@ -41,11 +40,12 @@ pub fn reset_time(
 }
 
 /// The reset number to sign into `vin`'s targets.
-pub fn current_reset(conn: &Connection, vin: &str) -> Result<u64, DirectorError> {
-    let reset: Option<i64> = conn
-        .prepare_cached("SELECT time_reset FROM vehicles WHERE vin = ?1")?
-        .query_row([vin], |r| r.get(0))
-        .optional()?;
+pub fn current_reset(conn: &Conn, vin: &str) -> Result<u64, DirectorError> {
+    let reset: Option<i64> = conn.query_opt(
+        "SELECT time_reset FROM vehicles WHERE vin = ?1",
+        params![vin],
+        |r| r.get(0),
+    )?;
     Ok(reset.unwrap_or(0) as u64)
 }
 

@@ -2,8 +2,9 @@
 //! SHA-256 hashes, each with an expiry, revocable, and listed by an id (a prefix of the
 //! hash, which says nothing about the secret).
 
+use crate::params;
+use crate::sql::Conn;
 use chrono::Duration;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use uptane_core::hash::sha256_hex;
 use uptane_core::time::UtcTime;
@@ -82,7 +83,7 @@ impl TokenSelector {
 
 /// Creates an operator API token valid for `lifetime`; returns it (only its hash is stored).
 pub fn create_api_token(
-    conn: &Connection,
+    conn: &Conn,
     label: &str,
     lifetime: Duration,
     now: UtcTime,
@@ -105,18 +106,12 @@ pub fn create_api_token(
 
 /// The label of a live operator token; an unknown, revoked or expired one is refused (401)
 /// with which of the three it is.
-pub fn check_api_token(
-    conn: &Connection,
-    token: &str,
-    now: UtcTime,
-) -> Result<String, DirectorError> {
-    let row: Option<(String, Option<String>, Option<String>)> = conn
-        .query_row(
-            "SELECT label, revoked_at, expires_at FROM api_tokens WHERE sha256 = ?1",
-            [sha256_hex(token.as_bytes())],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-        .optional()?;
+pub fn check_api_token(conn: &Conn, token: &str, now: UtcTime) -> Result<String, DirectorError> {
+    let row: Option<(String, Option<String>, Option<String>)> = conn.query_opt(
+        "SELECT label, revoked_at, expires_at FROM api_tokens WHERE sha256 = ?1",
+        params![sha256_hex(token.as_bytes())],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
     match row {
         None => Err(DirectorError::Unauthorized("invalid API token".into())),
         Some((label, Some(_), _)) => Err(DirectorError::Unauthorized(format!(
@@ -130,14 +125,14 @@ pub fn check_api_token(
 }
 
 /// A page of the operator tokens, newest first.
-pub fn list_api_tokens(conn: &Connection, page: Page) -> Result<Vec<TokenInfo>, DirectorError> {
-    let mut stmt = conn.prepare_cached(
+pub fn list_api_tokens(conn: &Conn, page: Page) -> Result<Vec<TokenInfo>, DirectorError> {
+    Ok(conn.query(
         "SELECT sha256, label, created_at, expires_at, revoked_at, rowid FROM api_tokens
-         WHERE rowid < ?1 AND (?2 IS NULL OR created_at >= ?2) ORDER BY rowid DESC LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(params![page.before(), page.since(), page.limit()], |r| {
+         WHERE rowid < ?1 AND (CAST(?2 AS TEXT) IS NULL OR created_at >= ?2) ORDER BY rowid DESC LIMIT ?3",
+        params![page.before(), page.since(), page.limit()],
+        |r| {
         Ok(TokenInfo {
-            id: token_id(&r.get::<_, String>(0)?),
+            id: token_id(&r.get::<String>(0)?),
             label: r.get(1)?,
             created_at: r.get(2)?,
             expires_at: r.get(3)?,
@@ -146,13 +141,13 @@ pub fn list_api_tokens(conn: &Connection, page: Page) -> Result<Vec<TokenInfo>, 
             max_uses: None,
             cursor: r.get(5)?,
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        },
+    )?)
 }
 
 /// Revokes the live operator tokens `which` selects; returns how many (`NotFound` if none).
 pub fn revoke_api_tokens(
-    conn: &Connection,
+    conn: &Conn,
     which: &TokenSelector,
     actor: &str,
     now: UtcTime,
@@ -199,7 +194,7 @@ impl ProvisioningLimits {
 
 /// Creates a provisioning token with which Primaries register, within `limits`.
 pub fn create_provisioning_token(
-    conn: &Connection,
+    conn: &Conn,
     label: &str,
     limits: ProvisioningLimits,
     actor: &str,
@@ -237,14 +232,14 @@ pub fn create_provisioning_token(
 
 /// Revokes every live provisioning token with `label`; returns how many.
 pub fn revoke_provisioning_tokens(
-    conn: &Connection,
+    conn: &Conn,
     label: &str,
     actor: &str,
     now: UtcTime,
 ) -> Result<usize, DirectorError> {
     let n = conn.execute(
         "UPDATE provisioning_tokens SET revoked = 1 WHERE label = ?1 AND revoked = 0",
-        [label],
+        params![label],
     )?;
     if n == 0 {
         return Err(DirectorError::NotFound(format!(
@@ -256,29 +251,26 @@ pub fn revoke_provisioning_tokens(
 }
 
 /// A page of the provisioning tokens, newest first.
-pub fn list_provisioning_tokens(
-    conn: &Connection,
-    page: Page,
-) -> Result<Vec<TokenInfo>, DirectorError> {
-    let mut stmt = conn.prepare_cached(
+pub fn list_provisioning_tokens(conn: &Conn, page: Page) -> Result<Vec<TokenInfo>, DirectorError> {
+    Ok(conn.query(
         "SELECT sha256, label, created_at, expires_at, revoked, uses, max_uses, rowid
          FROM provisioning_tokens
-         WHERE rowid < ?1 AND (?2 IS NULL OR created_at >= ?2) ORDER BY rowid DESC LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(params![page.before(), page.since(), page.limit()], |r| {
+         WHERE rowid < ?1 AND (CAST(?2 AS TEXT) IS NULL OR created_at >= ?2) ORDER BY rowid DESC LIMIT ?3",
+        params![page.before(), page.since(), page.limit()],
+        |r| {
         let revoked: bool = r.get(4)?;
         Ok(TokenInfo {
-            id: token_id(&r.get::<_, String>(0)?),
+            id: token_id(&r.get::<String>(0)?),
             label: r.get(1)?,
             created_at: r.get(2)?,
             expires_at: r.get(3)?,
             revoked_at: revoked.then(|| "revoked".to_string()),
-            uses: Some(r.get::<_, i64>(5)? as u64),
-            max_uses: r.get::<_, Option<i64>>(6)?.map(|m| m as u64),
+            uses: Some(r.get::<i64>(5)? as u64),
+            max_uses: r.get::<Option<i64>>(6)?.map(|m| m as u64),
             cursor: r.get(7)?,
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        },
+    )?)
 }
 
 /// Why a provisioning token does not allow a registration.
@@ -317,17 +309,16 @@ impl ProvisioningRefusal {
 /// label, or why it may not be used; nothing changes when it may not.
 /// What [`use_provisioning_token`] would answer, without using the token.
 pub(crate) fn check_provisioning_token(
-    conn: &Connection,
+    conn: &Conn,
     token: &str,
     now: UtcTime,
 ) -> Result<Result<String, ProvisioningRefusal>, DirectorError> {
     let row: Option<(String, bool, String, i64, i64)> = conn
-        .query_row(
+        .query_opt(
             "SELECT label, revoked, expires_at, uses, max_uses FROM provisioning_tokens WHERE sha256 = ?1",
-            [sha256_hex(token.as_bytes())],
+            params![sha256_hex(token.as_bytes())],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()?;
+        )?;
     Ok(classify(row, false, now))
 }
 
@@ -349,7 +340,7 @@ fn classify(
 }
 
 pub(crate) fn use_provisioning_token(
-    conn: &Connection,
+    conn: &Conn,
     token: &str,
     now: UtcTime,
 ) -> Result<Result<String, ProvisioningRefusal>, DirectorError> {
@@ -360,12 +351,11 @@ pub(crate) fn use_provisioning_token(
         params![sha256, now_text(now)],
     )?;
     let row: Option<(String, bool, String, i64, i64)> = conn
-        .query_row(
+        .query_opt(
             "SELECT label, revoked, expires_at, uses, max_uses FROM provisioning_tokens WHERE sha256 = ?1",
-            [&sha256],
+            params![&sha256],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()?;
+        )?;
     Ok(match classify(row, changed == 1, now) {
         // Uses remained when read but the update found none: another registration took it.
         Ok(label) if changed != 1 => Err(ProvisioningRefusal::UsedUp(label)),
@@ -384,7 +374,7 @@ mod tests {
 
     #[test]
     fn operator_tokens_expire_and_are_revoked_by_id_or_label() {
-        let db = Db::open_in_memory().unwrap();
+        let db = Db::for_tests().unwrap();
         db.call_blocking(|conn| {
             let t0 = at("2030-01-01T00:00:00Z");
             let a = create_api_token(conn, "alice", Duration::days(1), t0)?;
@@ -423,7 +413,7 @@ mod tests {
 
     #[test]
     fn provisioning_tokens_run_out_of_uses_and_time() {
-        let db = Db::open_in_memory().unwrap();
+        let db = Db::for_tests().unwrap();
         db.call_blocking(|conn| {
             let t0 = at("2030-01-01T00:00:00Z");
             let limits = ProvisioningLimits {

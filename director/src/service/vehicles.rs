@@ -3,8 +3,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::params;
+use crate::sql::Conn;
 use chrono::Duration;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use service_runtime::tls::Fingerprint;
@@ -58,7 +59,7 @@ fn check_key(serial: &str, key: &Value) -> Result<String, DirectorError> {
     Ok(serde_json::to_string(key).expect("a JSON value serializes"))
 }
 
-fn insert_ecu(tx: &Connection, vin: &Vin, ecu: &NewEcu) -> Result<(), DirectorError> {
+fn insert_ecu(tx: &Conn, vin: &Vin, ecu: &NewEcu) -> Result<(), DirectorError> {
     let key = check_key(ecu.serial.as_str(), &ecu.public_key)?;
     let taken = exists(tx, "ecus", "serial", ecu.serial.as_str())?;
     if taken {
@@ -83,7 +84,7 @@ fn insert_ecu(tx: &Connection, vin: &Vin, ecu: &NewEcu) -> Result<(), DirectorEr
 /// Registers a vehicle and its ECUs, binding the certificate the body names; returns the
 /// vehicle's credential (shown once), valid for `lifetime`.
 pub fn register_vehicle(
-    conn: &mut Connection,
+    conn: &mut Conn,
     vehicle: &NewVehicle,
     lifetime: Duration,
     actor: &str,
@@ -96,7 +97,7 @@ pub fn register_vehicle(
 }
 
 fn insert_vehicle(
-    tx: &Connection,
+    tx: &Conn,
     vehicle: &NewVehicle,
     certificate: Option<Fingerprint>,
     lifetime: Duration,
@@ -143,7 +144,7 @@ fn insert_vehicle(
 /// A provisioning token refused: a security event (through the refusal log; the VIN of a
 /// request whose token failed is not recorded), and the answer.
 fn refuse_provisioning(
-    conn: &Connection,
+    conn: &Conn,
     refusal: &tokens::ProvisioningRefusal,
     now: UtcTime,
     log: &RefusalLog,
@@ -158,7 +159,7 @@ fn refuse_provisioning(
 
 /// Checks a provisioning token without using it, before the registration's body is read.
 pub fn check_provisioning_token(
-    conn: &Connection,
+    conn: &Conn,
     token: &str,
     now: UtcTime,
     log: &RefusalLog,
@@ -170,7 +171,7 @@ pub fn check_provisioning_token(
 }
 
 pub fn register_with_provisioning(
-    conn: &mut Connection,
+    conn: &mut Conn,
     token: &str,
     vehicle: &NewVehicle,
     certificate: Option<Fingerprint>,
@@ -262,23 +263,23 @@ pub struct VehicleRecord {
     pub assignments: Vec<assignments::AssignmentEcu>,
 }
 
-fn ecus_of(conn: &Connection, vin: &str) -> Result<Vec<EcuRecord>, DirectorError> {
-    let mut stmt = conn.prepare_cached(
+fn ecus_of(conn: &Conn, vin: &str) -> Result<Vec<EcuRecord>, DirectorError> {
+    Ok(conn.query(
         "SELECT serial, hardware_id, is_primary, public_key, installed_filename, installed_length, installed_hashes,
                 installed_release_counter, last_report_counter, last_report_at, attacks_reported,
                 last_report_time
          FROM ecus WHERE vin = ?1 ORDER BY is_primary DESC, serial",
-    )?;
-    let rows = stmt.query_map([vin], |r| {
+        params![vin],
+        |r| {
         let filename: Option<String> = r.get(4)?;
         let hashes: Option<String> = r.get(6)?;
         let installed = filename.map(|filename| InstalledImage {
             filename,
-            length: r.get::<_, Option<i64>>(5).ok().flatten().unwrap_or(0) as u64,
+            length: r.get::<Option<i64>>(5).ok().flatten().unwrap_or(0) as u64,
             hashes: hashes
                 .and_then(|h| serde_json::from_str(&h).ok())
                 .unwrap_or_default(),
-            release_counter: r.get::<_, i64>(7).unwrap_or(0) as u64,
+            release_counter: r.get::<i64>(7).unwrap_or(0) as u64,
         });
         let key: String = r.get(3)?;
         let attacks: Option<String> = r.get(10)?;
@@ -288,26 +289,24 @@ fn ecus_of(conn: &Connection, vin: &str) -> Result<Vec<EcuRecord>, DirectorError
             primary: r.get(2)?,
             public_key: serde_json::from_str(&key).unwrap_or(Value::Null),
             installed,
-            last_report_counter: r.get::<_, Option<i64>>(8)?.map(|c| c as u64),
+            last_report_counter: r.get::<Option<i64>>(8)?.map(|c| c as u64),
             last_report_at: r.get(9)?,
             last_report_time: r.get(11)?,
             attacks_reported: attacks
                 .and_then(|a| serde_json::from_str(&a).ok())
                 .unwrap_or(json!([])),
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        },
+    )?)
 }
 
 /// A vehicle's record, or `NotFound`.
-pub fn vehicle(conn: &Connection, vin: &Vin) -> Result<VehicleRecord, DirectorError> {
-    let created_at: Option<String> = conn
-        .query_row(
-            "SELECT created_at FROM vehicles WHERE vin = ?1",
-            [vin.as_str()],
-            |r| r.get(0),
-        )
-        .optional()?;
+pub fn vehicle(conn: &Conn, vin: &Vin) -> Result<VehicleRecord, DirectorError> {
+    let created_at: Option<String> = conn.query_opt(
+        "SELECT created_at FROM vehicles WHERE vin = ?1",
+        params![vin.as_str()],
+        |r| r.get(0),
+    )?;
     let created_at =
         created_at.ok_or_else(|| DirectorError::NotFound(format!("no vehicle {vin}")))?;
     Ok(VehicleRecord {
@@ -319,19 +318,19 @@ pub fn vehicle(conn: &Connection, vin: &Vin) -> Result<VehicleRecord, DirectorEr
 }
 
 /// A page of the registered vehicles, the newest first.
-pub fn vehicles(conn: &Connection, page: Page) -> Result<Vec<VehicleSummary>, DirectorError> {
-    let mut stmt = conn.prepare_cached(
+pub fn vehicles(conn: &Conn, page: Page) -> Result<Vec<VehicleSummary>, DirectorError> {
+    Ok(conn.query(
         "SELECT rowid, vin, created_at FROM vehicles
-         WHERE rowid < ?1 AND (?2 IS NULL OR created_at >= ?2) ORDER BY rowid DESC LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(params![page.before(), page.since(), page.limit()], |r| {
+         WHERE rowid < ?1 AND (CAST(?2 AS TEXT) IS NULL OR created_at >= ?2) ORDER BY rowid DESC LIMIT ?3",
+        params![page.before(), page.since(), page.limit()],
+        |r| {
         Ok(VehicleSummary {
             cursor: r.get(0)?,
             vin: r.get(1)?,
             registered_at: r.get(2)?,
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        },
+    )?)
 }
 
 /// One vehicle in the list.
@@ -358,7 +357,7 @@ pub struct EcuReplacement {
 
 /// Replaces ECU `old` of `vin` with a new one; its active assignments are cancelled.
 pub fn replace_ecu(
-    conn: &mut Connection,
+    conn: &mut Conn,
     vin: &Vin,
     old: &EcuSerial,
     new: &EcuReplacement,
@@ -366,17 +365,15 @@ pub fn replace_ecu(
     now: UtcTime,
 ) -> Result<(), DirectorError> {
     let tx = conn.savepoint()?;
-    let primary: Option<bool> = tx
-        .query_row(
-            "SELECT is_primary FROM ecus WHERE serial = ?1 AND vin = ?2",
-            params![old.as_str(), vin.as_str()],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let primary: Option<bool> = tx.query_opt(
+        "SELECT is_primary FROM ecus WHERE serial = ?1 AND vin = ?2",
+        params![old.as_str(), vin.as_str()],
+        |r| r.get(0),
+    )?;
     let primary = primary
         .ok_or_else(|| DirectorError::NotFound(format!("vehicle {vin} has no ECU {old}")))?;
     assignments::cancel_open_entries(&tx, old, "ECU replaced", now)?;
-    tx.execute("DELETE FROM ecus WHERE serial = ?1", [old.as_str()])?;
+    tx.execute("DELETE FROM ecus WHERE serial = ?1", params![old.as_str()])?;
     insert_ecu(
         &tx,
         vin,

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Starts a throwaway PostgreSQL cluster for the tests: a fresh data directory under a
+# temporary directory, listening only on 127.0.0.1 on a free port, owned by a non-root user
+# (PostgreSQL refuses to run as root; the tests run as root in CI).
+#
+#   eval "$(tools/pg-test-cluster.sh start)"   # exports DIRECTOR_TEST_POSTGRES and PG_TEST_DIR
+#   tools/pg-test-cluster.sh stop "$PG_TEST_DIR"
+#
+# PostgreSQL comes from Debian's packages (`postgresql`); `start` installs it when missing
+# and apt-get can. Exits non-zero if the cluster cannot start: nothing is skipped silently.
+set -euo pipefail
+
+bin_dir() {
+    local d
+    for d in /usr/lib/postgresql/*/bin; do
+        [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+    done
+    return 1
+}
+
+case "${1:-}" in
+start)
+    if ! bin_dir > /dev/null; then
+        echo "PostgreSQL is not installed: installing Debian's package" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2
+    fi
+    bin="$(bin_dir)"
+    # The cluster's owner: the `postgres` user Debian's package makes, or the caller when
+    # not root.
+    owner="$(id -un)"
+    if [ "$(id -u)" -eq 0 ]; then
+        owner=postgres
+    fi
+    as_owner() {
+        if [ "$(id -un)" = "$owner" ]; then "$@"; else runuser -u "$owner" -- "$@"; fi
+    }
+    dir="$(mktemp -d /tmp/pg-test.XXXXXX)"
+    chown "$owner" "$dir"
+    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync > "$dir/initdb.log"
+    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400 -c fsync=on" \
+        start > /dev/null
+    echo "export PG_TEST_DIR=$dir"
+    echo "export DIRECTOR_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port/postgres"
+    ;;
+stop)
+    dir="${2:?the cluster directory printed by start}"
+    bin="$(bin_dir)"
+    owner="$(stat -c %U "$dir")"
+    if [ "$(id -un)" = "$owner" ]; then
+        "$bin/pg_ctl" -D "$dir/data" -m immediate stop > /dev/null || true
+    else
+        runuser -u "$owner" -- "$bin/pg_ctl" -D "$dir/data" -m immediate stop > /dev/null || true
+    fi
+    rm -rf "$dir"
+    ;;
+*)
+    echo "usage: $0 start | stop DIR" >&2
+    exit 2
+    ;;
+esac
