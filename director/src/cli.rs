@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::api::AppState;
 use crate::catalog::ImageCatalog;
-use crate::db::Db;
+use crate::db::{Database, Db};
 use crate::keys::{self, OnlineKeys};
 
 /// Checks the root's expiry now and every hour: a warning in the log and a `root_expiring`
@@ -200,6 +200,18 @@ enum Command {
         /// Days until the root expires (renew it before with `director rotate-root`).
         #[arg(long, default_value_t = 365)]
         root_lifetime_days: u32,
+        /// Where the Director keeps its state: `sqlite:PATH` or `postgres://…` [default:
+        /// sqlite:DIR/director.db]. A PostgreSQL database is written to DIR/database, which
+        /// every later command and `director serve` read.
+        #[arg(long, env = "DIRECTOR_DATABASE")]
+        database: Option<Database>,
+    },
+    /// Applies the database's migrations (`director serve` applies them too) and prints its
+    /// engine.
+    Migrate {
+        /// Director directory.
+        #[arg(long, env = "DIRECTOR_DIR")]
+        dir: PathBuf,
     },
     /// Publishes root version N+1 (signed by the offline root keys of N and of N+1): with new
     /// root keys (`--keys`), or the same keys and a later expiry. Vehicles follow the chain at
@@ -560,10 +572,17 @@ fn db_path(dir: &std::path::Path) -> PathBuf {
     dir.join("director.db")
 }
 
+/// The database a Director directory uses ([`Database::of_dir`]).
+fn database_of(dir: &std::path::Path) -> anyhow::Result<Database> {
+    Database::of_dir(dir).map_err(|e| failure(Exit::Config, e))
+}
+
 /// The database of an initialized Director directory, or what to do when `dir` is not one.
 fn open_director(dir: &std::path::Path) -> anyhow::Result<Db> {
-    let path = db_path(dir);
-    if !path.is_file() {
+    let database = database_of(dir)?;
+    if let Database::Sqlite(path) = &database
+        && !path.is_file()
+    {
         return Err(failure(
             Exit::Config,
             format!(
@@ -574,9 +593,9 @@ fn open_director(dir: &std::path::Path) -> anyhow::Result<Db> {
             ),
         ));
     }
-    let db = Db::open(&path).fail(
+    let db = Db::connect(&database).fail(
         Exit::Failed,
-        format!("could not open the Director database {}", path.display()),
+        format!("could not open the Director database {database}"),
     )?;
     // A database `director init` finished holds root version 1.
     if db.call_blocking(|conn| service::root(conn, 1))?.is_none() {
@@ -954,6 +973,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Docs(docs) => docs.run::<Cli>(),
+        Command::Migrate { dir } => {
+            let database = database_of(&dir)?;
+            let db = open_director(&dir)?;
+            print(
+                json,
+                &json!({"database": database.to_string(), "engine": format!("{:?}", db.engine())}),
+                |_| format!("{database}: migrations applied"),
+            );
+            Ok(())
+        }
         Command::Init {
             dir,
             offline_keys,
@@ -961,6 +990,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             root_threshold,
             image_root,
             root_lifetime_days,
+            database,
         } => {
             if root_threshold == 0 || root_keys < root_threshold as usize {
                 return Err(failure(
@@ -1012,7 +1042,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 keys::write_private(&keys::online_key_path(&dir, role), &keys::generate()?)?;
             }
             let online = OnlineKeys::load(&dir)?;
-            let db = Db::open(&db_path(&dir))?;
+            let database = database.unwrap_or_else(|| Database::Sqlite(db_path(&dir)));
+            let db = Db::connect(&database).fail(
+                Exit::Failed,
+                format!("could not open the Director database {database}"),
+            )?;
+            if let Database::Postgres(url) = &database {
+                // It may hold a password: readable by the Director's user only.
+                keys::write_private_text(&Database::file_in(&dir), url)?;
+            }
             let signers: Vec<_> = roots.iter().take(root_threshold as usize).collect();
             db.call_blocking(|conn| {
                 service::store_initial_root(

@@ -39,6 +39,62 @@ impl std::str::FromStr for Database {
     }
 }
 
+impl Database {
+    /// The file of a Director directory that names its database when it is not
+    /// DIR/director.db (written by `director init --database postgres://…`).
+    pub fn file_in(dir: &Path) -> PathBuf {
+        dir.join("database")
+    }
+
+    /// The database a Director directory uses: the one DIR/database names, else SQLite in
+    /// DIR/director.db.
+    pub fn of_dir(dir: &Path) -> Result<Self, String> {
+        let file = Self::file_in(dir);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map_err(|e| format!("{} does not name a database: {e}", file.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Database::Sqlite(dir.join("director.db")))
+            }
+            Err(e) => Err(format!("could not read {}: {e}", file.display())),
+        }
+    }
+
+    /// A new, empty database for a test on the PostgreSQL server `DIRECTOR_TEST_POSTGRES`
+    /// names (`postgres://…`, as a user who may create databases); `None` when it names none.
+    pub fn fresh_for_tests() -> Result<Option<Self>, DbError> {
+        let server = match std::env::var("DIRECTOR_TEST_POSTGRES") {
+            Ok(server) if !server.is_empty() => server,
+            _ => return Ok(None),
+        };
+        let mut name = [0u8; 8];
+        getrandom::fill(&mut name).map_err(|e| DbError::Join(format!("no randomness: {e}")))?;
+        let name = format!("director_test_{}", hex::encode(name));
+        let mut config: postgres::Config = server.parse()?;
+        {
+            let config = config.clone();
+            let name = name.clone();
+            off_runtime(move || -> Result<(), DbError> {
+                let mut admin = config.connect(postgres::NoTls)?;
+                admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
+                Ok(())
+            })?;
+        }
+        config.dbname(&name);
+        // The URL of the new database: the server's, with its name replaced.
+        let base = server.split('?').next().unwrap_or(&server);
+        let (prefix, _) = base.rsplit_once('/').unwrap_or((base, ""));
+        let url = if prefix.ends_with('/') || prefix.ends_with(':') {
+            format!("{base}/{name}")
+        } else {
+            format!("{prefix}/{name}")
+        };
+        Ok(Some(Database::Postgres(url)))
+    }
+}
+
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)

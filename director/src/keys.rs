@@ -17,6 +17,12 @@ pub fn generate() -> Result<SigningKey, DirectorError> {
 
 /// Writes a private key readable by its owner only.
 pub fn write_private(path: &Path, key: &SigningKey) -> Result<(), DirectorError> {
+    write_private_text(path, &key.to_pkcs8_pem())
+}
+
+/// Writes a new secret file (mode 0600, never over an existing one): a key, or a database
+/// connection string that may hold a password.
+pub fn write_private_text(path: &Path, text: &str) -> Result<(), DirectorError> {
     let io = |e: std::io::Error| DirectorError::Internal(format!("{}: {e}", path.display()));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -27,7 +33,7 @@ pub fn write_private(path: &Path, key: &SigningKey) -> Result<(), DirectorError>
         .mode(0o600)
         .open(path)
         .map_err(io)?;
-    file.write_all(key.to_pkcs8_pem().as_bytes()).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)
 }
 

@@ -86,6 +86,14 @@ pub fn write_throwaway_pki(out: &Path, names: &[&str]) -> Result<Ca, String> {
     Ok(ca)
 }
 
+/// `database` as `director --database` takes it.
+fn database_url(database: &director::db::Database) -> String {
+    match database {
+        director::db::Database::Sqlite(path) => format!("sqlite:{}", path.display()),
+        director::db::Database::Postgres(url) => url.clone(),
+    }
+}
+
 fn tls_flags(dir: &Path) -> [String; 4] {
     [
         "--tls-cert".into(),
@@ -129,18 +137,23 @@ impl Fleet {
             .args(tls_flags(&tmp.path().join("pki/image-repo")))
             .args(image_repo_flags);
         let (image_repo, image_addr) = spawn_listening(command, LIMIT);
-        run_ok(
-            Command::new(bin("director")).args([
-                "init",
-                "--dir",
-                &path("director"),
-                "--offline-keys",
-                &path("director-keys"),
-                "--image-root",
-                &path("repo/metadata/1.root.json"),
-            ]),
-            LIMIT,
-        );
+        let mut init = Command::new(bin("director"));
+        init.args([
+            "init",
+            "--dir",
+            &path("director"),
+            "--offline-keys",
+            &path("director-keys"),
+            "--image-root",
+            &path("repo/metadata/1.root.json"),
+        ]);
+        // On PostgreSQL when the tests are given a server (`.ci/run` runs them both ways).
+        if let Some(database) =
+            director::db::Database::fresh_for_tests().expect("a test database on PostgreSQL")
+        {
+            init.env("DIRECTOR_DATABASE", database_url(&database));
+        }
+        run_ok(&mut init, LIMIT);
         let token = run_ok(
             Command::new(bin("director")).args([
                 "token",
@@ -178,6 +191,14 @@ impl Fleet {
     /// A path inside the fleet's temporary directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
+    }
+
+    /// The Director's database, opened beside the running server (SQLite or PostgreSQL, as
+    /// `director init` chose).
+    pub fn director_db(&self) -> director::db::Db {
+        let database = director::db::Database::of_dir(&self.path("director"))
+            .expect("the Director directory names its database");
+        director::db::Db::connect(&database).expect("the Director's database opens")
     }
 
     /// The temporary directory holding everything.

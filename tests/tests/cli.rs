@@ -171,7 +171,7 @@ fn operator_errors_say_what_to_do_and_exit_with_their_status() {
 /// Records events straight into the Director's database (the server is running: SQLite
 /// serializes the writers), as the service records them.
 fn record_events(fleet: &Fleet, count: usize, detail: &str) {
-    let db = director::db::Db::open(&fleet.path("director/director.db")).unwrap();
+    let db = fleet.director_db();
     let now: uptane_core::time::UtcTime = std::time::SystemTime::now().into();
     db.call_blocking(|conn| {
         let tx = conn.savepoint().unwrap();
@@ -194,7 +194,7 @@ fn record_events(fleet: &Fleet, count: usize, detail: &str) {
 /// Writes an event row past the service (which cuts details to 4 KiB): one a database from
 /// before that bound, or edited by hand, can hold.
 fn write_raw_event(fleet: &Fleet, detail: &str) {
-    let db = director::db::Db::open(&fleet.path("director/director.db")).unwrap();
+    let db = fleet.director_db();
     db.call_blocking(|conn| {
         conn.execute(
             "INSERT INTO events (at, kind, severity, actor, detail) \

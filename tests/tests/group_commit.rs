@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use director::db::Db;
 use serde_json::Value;
 use tokio::sync::Mutex;
 use uptane_tests::blocking;
@@ -119,7 +118,7 @@ fn every_manifest_acknowledged_under_group_commit_survives_kill_9() {
     fleet.restart_director();
 
     // What the database holds after the restart.
-    let db = Db::open(&fleet.path("director/director.db")).unwrap();
+    let db = fleet.director_db();
     let stored: Vec<(String, Vec<u8>)> = db
         .call_blocking(|conn| {
             conn.query("SELECT vin, body FROM manifests", &[], |r| {

@@ -215,7 +215,7 @@ fn revoked_and_expired_credentials_of_every_kind_are_refused_and_logged() {
     let vehicle = SimVehicle::provision(&fleet, &no_secondaries("REVOKEVIN01"));
     assert_eq!(vehicle.once().0, 0);
     let ca = fleet.ca_cert.display().to_string();
-    let db = director::db::Db::open(&fleet.path("director/director.db")).unwrap();
+    let db = fleet.director_db();
 
     // Operator tokens: revoked by id; expired (issued "31 days ago" for 30 days).
     let second = run_ok(
