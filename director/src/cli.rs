@@ -577,6 +577,37 @@ fn database_of(dir: &std::path::Path) -> anyhow::Result<Database> {
     Database::of_dir(dir).map_err(|e| failure(Exit::Config, e))
 }
 
+/// Makes this process the one `director serve` of the SQLite database at `path`, for as long
+/// as the returned file is open. Its vehicle cache is right only while every write of vehicle
+/// data goes through it (`service/cache.rs`); replicas run on PostgreSQL.
+fn claim_sqlite(path: &Path) -> anyhow::Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-serve.lock");
+    let lock = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .fail(Exit::Failed, format!("could not open {}", lock.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(failure(
+            Exit::Config,
+            format!(
+                "another `director serve` is using the SQLite database {}: one server per \
+                 SQLite database; run replicas on PostgreSQL (`director init --database \
+                 postgres://…`)",
+                path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(failure(
+            Exit::Failed,
+            format!("could not lock {}: {e}", lock.display()),
+        )),
+    }
+}
+
 /// The database of an initialized Director directory, or what to do when `dir` is not one.
 fn open_director(dir: &std::path::Path) -> anyhow::Result<Db> {
     let database = database_of(dir)?;
@@ -1120,6 +1151,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let image_tls = ClientTls::new(tls.ca_cert.as_deref(), None, tls.insecure)?;
             image_tls.check_url(&image_repo)?;
             let db = open_director(&dir)?;
+            let _one_server = match database_of(&dir)? {
+                Database::Sqlite(path) => Some(claim_sqlite(&path)?),
+                Database::Postgres(_) => None,
+            };
             let keys = db.call_blocking(|conn| service::KeyRing::load(conn, &dir))?;
             let image_root = std::fs::read(dir.join("image-root.json"))
                 .context("reading the pinned Image repository root")?;

@@ -39,6 +39,26 @@ impl std::str::FromStr for Database {
     }
 }
 
+impl DbError {
+    /// The constraint a write broke by repeating a unique key, if that is why it failed: on
+    /// PostgreSQL, a row another replica inserted first.
+    pub fn repeated_key(&self) -> Option<String> {
+        match self {
+            DbError::Postgres(e) => e
+                .as_db_error()
+                .filter(|db| *db.code() == postgres::error::SqlState::UNIQUE_VIOLATION)
+                .map(|db| db.constraint().unwrap_or("a unique key").to_owned()),
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, message))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                Some(message.clone().unwrap_or_else(|| "a unique key".into()))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl Database {
     /// The file of a Director directory that names its database when it is not
     /// DIR/director.db (written by `director init --database postgres://…`).
@@ -199,7 +219,8 @@ fn postgres_message(e: &postgres::Error) -> String {
 /// What a write job leaves to do once its batch's commit is known: answer its caller.
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A write: runs on the writer thread inside the batch's transaction.
-type Job = Box<dyn FnOnce(&mut Conn) -> Completion + Send>;
+/// Also says whether the call succeeded: a call that failed is answered with its own error.
+type Job = Box<dyn FnOnce(&mut Conn) -> (bool, Completion) + Send>;
 
 /// The database handle: cheap to clone.
 ///
@@ -562,14 +583,16 @@ where
     T: Send + 'static,
     E: From<DbError> + Send + 'static,
 {
-    Box::new(move |conn: &mut Conn| -> Completion {
+    Box::new(move |conn: &mut Conn| -> (bool, Completion) {
         let result = f(conn);
-        Box::new(move |committed: Result<(), String>| {
+        let ok = result.is_ok();
+        let completion: Completion = Box::new(move |committed: Result<(), String>| {
             answer(match committed {
                 Ok(()) => result,
                 Err(e) => Err(E::from(DbError::Commit(e))),
             })
-        })
+        });
+        (ok, completion)
     })
 }
 
@@ -608,24 +631,29 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
                 // SQLite rolled the whole transaction back (a full disk, an I/O error):
                 // nothing of this batch will be committed.
                 failed = Some("the transaction was rolled back by SQLite".into());
-                if let Ok(completion) = ran {
+                if let Ok((_, completion)) = ran {
                     done.push(completion);
                 }
                 continue;
             }
             let ended = match ran {
-                Ok(completion) => match conn.run("RELEASE call") {
+                Ok((ok, completion)) => match conn.run("RELEASE call") {
                     Ok(()) => {
                         done.push(completion);
                         Ok(())
                     }
-                    // PostgreSQL: a statement of this call failed, which aborts the
-                    // transaction until it is rolled back to the call's savepoint. The call's
-                    // writes go, and the batch goes on; the call is answered with the failure
-                    // even if it chose to go on after it.
+                    // PostgreSQL: a statement of this call failed (a unique key another
+                    // replica took first, a deadlock), which aborts the transaction until it
+                    // is rolled back to the call's savepoint. The call's writes go and the
+                    // batch goes on. A call that failed is answered with its own error; one
+                    // that went on after the failure, with the failure.
                     Err(e) if !sqlite => {
                         let why = e.to_string();
-                        done.push(Box::new(move |_| completion(Err(why))));
+                        done.push(if ok {
+                            Box::new(move |_| completion(Err(why)))
+                        } else {
+                            Box::new(move |_| completion(Ok(())))
+                        });
                         conn.batch("ROLLBACK TO call; RELEASE call")
                     }
                     Err(e) => {

@@ -39,15 +39,28 @@ pub enum DirectorError {
     ImageRepository(String),
     /// Storage failed.
     #[error(transparent)]
-    Db(#[from] DbError),
+    Db(DbError),
     /// Anything else on the server's side (keys, signing).
     #[error("{0}")]
     Internal(String),
 }
 
+impl From<DbError> for DirectorError {
+    /// A unique key another request (on another replica) wrote first is a conflict the caller
+    /// can act on, not a server failure.
+    fn from(e: DbError) -> Self {
+        match e.repeated_key() {
+            Some(key) => DirectorError::Conflict(format!(
+                "a concurrent request wrote the same record first ({key}); try again"
+            )),
+            None => DirectorError::Db(e),
+        }
+    }
+}
+
 impl From<rusqlite::Error> for DirectorError {
     fn from(e: rusqlite::Error) -> Self {
-        DirectorError::Db(DbError::Sqlite(e))
+        DbError::Sqlite(e).into()
     }
 }
 

@@ -552,6 +552,25 @@ impl Conn {
         self.query_row(sql, params, |r| r.get(0))
     }
 
+    /// Locks the row of `table` whose `column` is `value` until the transaction ends, so that
+    /// what this transaction reads of it next is current and no other writer changes it in
+    /// between: on PostgreSQL, where replicas write at once (`SELECT … FOR UPDATE`). SQLite
+    /// has one writer at a time, whose transaction holds the database lock: nothing to do.
+    /// `table` and `column` are literals of the caller.
+    pub fn lock_row(&self, table: &str, column: &str, value: &str) -> Result<(), DbError> {
+        match self.engine() {
+            Engine::Sqlite => Ok(()),
+            Engine::Postgres => {
+                self.query(
+                    &format!("SELECT 1 FROM {table} WHERE {column} = ?1 FOR UPDATE"),
+                    params![value],
+                    |_| Ok(()),
+                )?;
+                Ok(())
+            }
+        }
+    }
+
     /// Opens a savepoint: its writes are kept by [`Savepoint::commit`] and undone if it is
     /// dropped. Outside a transaction it begins one (SQLite), which its commit ends.
     pub fn savepoint(&self) -> Result<Savepoint<'_>, DbError> {

@@ -226,7 +226,8 @@ impl Fleet {
         &self.director_addr
     }
 
-    fn start_director(&mut self) {
+    /// `director serve` on this fleet's Director directory, listening on `addr`.
+    fn director_command(&self, addr: &str) -> Command {
         let mut command = Command::new(bin("director"));
         command
             .args([
@@ -234,7 +235,7 @@ impl Fleet {
                 "--dir",
                 &text(&self.path("director")),
                 "--listen",
-                &self.director_addr,
+                addr,
                 "--image-repo",
                 &self.image_url,
                 "--ca-cert",
@@ -243,10 +244,26 @@ impl Fleet {
             .args(tls_flags(&self.path("pki/director")))
             .args(&self.director_flags)
             .envs(self.director_env.iter().map(|(k, v)| (k, v)));
-        let (director, addr) = spawn_listening(command, LIMIT);
+        command
+    }
+
+    fn start_director(&mut self) {
+        let (director, addr) = spawn_listening(self.director_command(&self.director_addr), LIMIT);
         self.director = Some(director);
         self.director_addr = addr.clone();
         self.director_url = format!("https://{addr}");
+    }
+
+    /// Another Director process serving the same directory and database (a replica behind
+    /// the same load balancer), on a port of its own: the process and its `https://` URL.
+    pub fn start_director_replica(&self) -> (ChildGuard, String) {
+        let (replica, addr) = spawn_listening(self.director_replica_command(), LIMIT);
+        (replica, format!("https://{addr}"))
+    }
+
+    /// The command [`Fleet::start_director_replica`] runs.
+    pub fn director_replica_command(&self) -> Command {
+        self.director_command("127.0.0.1:0")
     }
 
     /// Restarts the Director (SIGKILL) with extra `director serve` flags and environment

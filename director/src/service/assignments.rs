@@ -240,6 +240,14 @@ pub fn assign(
             "no selected ECU has a hardware id the image is for ({hardware_ids:?})"
         )));
     }
+    // An assignment made at the same time on another replica waits for these ECUs (locked
+    // in one order, so two assignments never wait for each other), and then finds this one's
+    // entries open and supersedes them: an ECU never has two open entries.
+    candidates.sort();
+    candidates.dedup();
+    for (serial, ..) in &candidates {
+        tx.lock_row("ecus", "serial", serial)?;
+    }
     let correlation_id = format!("asg-{}", &random_token("x")?[2..18]);
     let id: i64 = tx.value(
         "INSERT INTO assignments (correlation_id, created_at, created_by) VALUES (?1, ?2, ?3) RETURNING id",

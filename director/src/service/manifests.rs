@@ -148,6 +148,9 @@ pub fn record(
         rows,
         mut result,
     } = checked;
+    // Another replica may record a manifest of this vehicle at the same time: it waits here,
+    // and the inventory read next includes what it recorded (its nonces, its counters).
+    conn.lock_row("vehicles", "vin", vin.as_str())?;
     let current = inventory_rows(conn, &vin)?;
     if current != rows {
         result = check_against(conn, &inventory(&vin, &current)?, &body, policy, now)?;
@@ -308,6 +311,7 @@ fn record_manifest(
             }
         }
     }
+    super::fault::point("manifest-before-commit");
     tx.commit()?;
     Ok(outcome)
 }

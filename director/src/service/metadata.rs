@@ -232,11 +232,15 @@ pub fn sign_vehicle_metadata(
 /// `false` (nothing stored) if another request stored newer ones first, so a version is
 /// never repeated with other content.
 pub fn store_vehicle_metadata(conn: &Conn, signed: &SignedMetadata) -> Result<bool, DirectorError> {
+    // Two replicas signing this vehicle's next versions at once: the second waits here and
+    // then finds the versions it signed after gone, so it stores nothing.
+    conn.lock_row("vehicles", "vin", &signed.vin)?;
     let stored: Option<(i64, i64, i64)> = conn
         .query_opt("SELECT targets_version, snapshot_version, timestamp_version FROM vehicle_metadata WHERE vin = ?1", params![&signed.vin],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
     let stored = stored.map(|(t, s, ts)| (t as u64, s as u64, ts as u64));
+    super::fault::point("metadata-before-store");
     if stored != signed.after {
         return Ok(false);
     }

@@ -18,6 +18,7 @@ pub mod assignments;
 pub mod cache;
 pub mod credentials;
 pub mod events;
+mod fault;
 pub mod manifests;
 pub mod metadata;
 pub mod page;
@@ -155,6 +156,12 @@ impl DirectorService {
         catalog: ImageCatalog,
         policy: Policy,
     ) -> Result<Self, DirectorError> {
+        // The cache is right only while every write to what it holds goes through this
+        // process (`cache.rs`): on PostgreSQL, replicas write beside it, so it is off there.
+        let cached_vehicles = match db.engine() {
+            crate::sql::Engine::Sqlite => policy.cached_vehicles,
+            crate::sql::Engine::Postgres => 0,
+        };
         Ok(Self {
             inner: Arc::new(Shared {
                 roots: root_watch::RootWatch::open(db.path())?,
@@ -162,7 +169,7 @@ impl DirectorService {
                 keys: Arc::new(keys),
                 catalog,
                 refusals: Arc::new(RefusalLog::new(policy.refusal_window)),
-                cache: Arc::new(cache::VehicleCache::new(policy.cached_vehicles)),
+                cache: Arc::new(cache::VehicleCache::new(cached_vehicles)),
                 policy,
             }),
         })

@@ -206,26 +206,10 @@ pub fn register_with_provisioning(
         &format!("provisioning:{label}"),
         now,
     )?;
-    fault_point("registration-before-commit");
+    super::fault::point("registration-before-commit");
     tx.commit()?;
     Ok(credential)
 }
-
-/// Test fault injection, compiled only with the cargo feature `fault-injection` (which the
-/// end-to-end tests enable; a release build has no such hook):
-/// `DIRECTOR_FAULT_CRASH_AT=<point>` aborts the process at that point, as a power cut or
-/// `kill -9` would (`registration-before-commit`).
-#[cfg(feature = "fault-injection")]
-fn fault_point(point: &str) {
-    if std::env::var("DIRECTOR_FAULT_CRASH_AT").is_ok_and(|p| p == point) {
-        eprintln!("fault injection: aborting at {point}");
-        std::process::abort();
-    }
-}
-
-/// Without the `fault-injection` feature, there are no crash points.
-#[cfg(not(feature = "fault-injection"))]
-fn fault_point(_point: &str) {}
 
 /// One ECU as the inventory knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

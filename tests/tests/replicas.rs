@@ -1,0 +1,306 @@
+//! Two Director processes on one PostgreSQL database (replicas behind a load balancer):
+//! whatever must be unique or only rise stays so when both are asked at the same instant,
+//! because the database decides (row locks, unique keys), not either process. `.ci/run` runs
+//! the tests twice: with the Director on PostgreSQL these race the replicas; on SQLite, where
+//! one server owns a database (its vehicle cache relies on it), each checks that a second
+//! `director serve` is refused with the reason.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use uptane_core::hash::sha256_hex;
+use uptane_tests::load::Car;
+use uptane_tests::sim::Fleet;
+use uptane_tests::{ChildGuard, blocking, run};
+
+/// A second Director process on the fleet's database, and its URL; on SQLite, `None` once
+/// the second process was refused as it must be.
+fn replica(fleet: &Fleet) -> Option<(ChildGuard, String)> {
+    replica_with(fleet, &[])
+}
+
+/// [`replica`], with extra environment variables for the second process.
+fn replica_with(fleet: &Fleet, env: &[(&str, &str)]) -> Option<(ChildGuard, String)> {
+    let database = director::db::Database::of_dir(&fleet.path("director")).unwrap();
+    if let director::db::Database::Sqlite(_) = database {
+        let (status, _, stderr) = run(
+            &mut fleet.director_replica_command(),
+            std::time::Duration::from_secs(60),
+        );
+        assert!(!status.success());
+        assert!(
+            stderr.contains("another `director serve` is using the SQLite database"),
+            "{stderr}"
+        );
+        return None;
+    }
+    let mut command = fleet.director_replica_command();
+    command.envs(env.iter().copied());
+    let (replica, addr) =
+        uptane_tests::spawn_listening(command, std::time::Duration::from_secs(60));
+    Some((replica, format!("https://{addr}")))
+}
+
+/// Registers `car` through the Director at `url` (an operator registration).
+async fn register(fleet: &Fleet, client: &reqwest::Client, url: &str, car: &mut Car) {
+    let response = client
+        .post(format!("{url}/api/v1/vehicles"))
+        .bearer_auth(&fleet.token)
+        .header("content-type", "application/json")
+        .body(car.registration().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let issued: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    car.credential = issued["credential"].as_str().unwrap().into();
+}
+
+/// Posts `body` as `car`'s manifest to the Director at `url`: the status and the body.
+async fn post_manifest(
+    client: &reqwest::Client,
+    url: &str,
+    car: &Car,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let response = client
+        .post(format!("{url}/vehicles/{}/manifest", car.vin))
+        .bearer_auth(&car.credential)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// How many manifests of `vin` the database holds.
+fn stored_manifests(fleet: &Fleet, vin: &str) -> i64 {
+    let vin = vin.to_string();
+    fleet
+        .director_db()
+        .call_blocking(move |conn| {
+            conn.value::<i64>(
+                "SELECT COUNT(*) FROM manifests WHERE vin = ?1",
+                director::params![vin],
+            )
+        })
+        .unwrap()
+}
+
+/// Both replicas hold their writer at `point` (inside the transaction) for `ms`, so that two
+/// transactions begun at about the same instant overlap for certain.
+fn stall_at(fleet: &mut Fleet, point: &str, ms: u64) {
+    fleet.restart_director_with(
+        &[],
+        &[
+            ("DIRECTOR_FAULT_STALL_AT", point),
+            ("DIRECTOR_FAULT_STALL_MS", &ms.to_string()),
+        ],
+    );
+}
+
+/// The same manifest sent to both replicas at the same instant, five times over, each
+/// replica holding its transaction open after writing the manifest's nonces: each time one
+/// accepts it and the other, which waited for the vehicle, refuses it as a replay; never
+/// both, and never a conflict or a server error.
+#[test]
+fn the_same_manifest_posted_to_both_replicas_at_once_is_accepted_once() {
+    let mut fleet = Fleet::start();
+    stall_at(&mut fleet, "manifest-before-commit", 300);
+    let Some((_replica, other)) = replica(&fleet) else {
+        return;
+    };
+    let client = fleet.https_client();
+    let mut car = Car::new("replicas-race", 0);
+    blocking(async {
+        register(&fleet, &client, &fleet.director_url, &mut car).await;
+        for round in 0..5 {
+            let body = car.manifest("replicas-race");
+            let (a, b) = tokio::join!(
+                post_manifest(&client, &fleet.director_url, &car, body.clone()),
+                post_manifest(&client, &other, &car, body),
+            );
+            let mut statuses = [a.0, b.0];
+            statuses.sort();
+            assert_eq!(statuses, [200, 400], "round {round}: {a:?} {b:?}");
+            let refused = if a.0 == 400 { &a.1 } else { &b.1 };
+            assert!(refused.contains("replay"), "round {round}: {refused}");
+        }
+    });
+    assert_eq!(stored_manifests(&fleet, car.vin.as_str()), 5);
+}
+
+/// A manifest one replica accepted is refused by the other: the nonces it carried are spent
+/// on every replica, and the refusal is a security event.
+#[test]
+fn a_nonce_accepted_by_one_replica_is_refused_by_the_other() {
+    let fleet = Fleet::start();
+    let Some((_replica, other)) = replica(&fleet) else {
+        return;
+    };
+    let client = fleet.https_client();
+    let mut car = Car::new("replicas-replay", 0);
+    blocking(async {
+        register(&fleet, &client, &fleet.director_url, &mut car).await;
+        let body = car.manifest("replicas-replay");
+        let (status, text) = post_manifest(&client, &fleet.director_url, &car, body.clone()).await;
+        assert_eq!(status, 200, "{text}");
+        let (status, text) = post_manifest(&client, &other, &car, body).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("replay"), "{text}");
+    });
+    assert_eq!(stored_manifests(&fleet, car.vin.as_str()), 1);
+    let security = fleet.events(car.vin.as_str(), true);
+    assert!(
+        security
+            .iter()
+            .any(|e| e["kind"] == "manifest_refused" && e["attack"] == "replay"),
+        "{security:?}"
+    );
+}
+
+/// At least 1,000 requests for one vehicle's `timestamp.json`, split across both replicas
+/// from 8 clients, until the operator has changed the vehicle's assignments eight times
+/// through both (so both replicas re-sign its metadata at the same instant, each holding its
+/// transaction open between reading the stored versions and writing the next, the second
+/// replica longer: what it would write over the first's is then served for a while): no
+/// client sees a version go down, and no version is ever served with two contents.
+#[test]
+fn metadata_signed_by_two_replicas_never_goes_back_or_differs_for_one_version() {
+    let mut fleet = Fleet::start();
+    stall_at(&mut fleet, "metadata-before-store", 20);
+    let Some((_replica, other)) = replica_with(&fleet, &[("DIRECTOR_FAULT_STALL_MS", "250")])
+    else {
+        return;
+    };
+    let client = fleet.https_client();
+    let mut car = Car::new("replicas-metadata", 0);
+    for i in 0..4u8 {
+        fleet.publish(&format!("door-{i}.bin"), "load-door", 1, &[i; 64]);
+    }
+    blocking(async {
+        register(&fleet, &client, &fleet.director_url, &mut car).await;
+    });
+    let urls = [fleet.director_url.clone(), other.clone()];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let assigned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen: Vec<Vec<(u64, String)>> = runtime.block_on(async {
+        let mut clients = tokio::task::JoinSet::new();
+        for c in 0..8usize {
+            let (client, urls) = (client.clone(), urls.clone());
+            let (vin, credential) = (car.vin.to_string(), car.credential.clone());
+            let assigned = std::sync::Arc::clone(&assigned);
+            clients.spawn(async move {
+                let mut seen = Vec::with_capacity(125);
+                // Bounded: the assignments take seconds at most.
+                for i in 0..100_000usize {
+                    if i >= 125 && assigned.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let url = &urls[(c + i) % 2];
+                    let response = client
+                        .get(format!("{url}/vehicles/{vin}/metadata/timestamp.json"))
+                        .bearer_auth(&credential)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(response.status().is_success(), "{}", response.status());
+                    let bytes = response.bytes().await.unwrap();
+                    let version = uptane_tests::forge::version_of(&bytes);
+                    seen.push((version, sha256_hex(&bytes)));
+                }
+                seen
+            });
+        }
+        // Meanwhile, assignments through one replica and the other change what is signed.
+        for (i, url) in urls.iter().cycle().take(8).enumerate() {
+            let image = format!("door-{}.bin", i % 4);
+            fleet
+                .operator_at(
+                    url,
+                    &["assign", "--image", &image, "--vin", car.vin.as_str()],
+                )
+                .unwrap();
+        }
+        assigned.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut all = Vec::new();
+        while let Some(seen) = clients.join_next().await {
+            all.push(seen.unwrap());
+        }
+        all
+    });
+    let mut contents: BTreeMap<u64, String> = BTreeMap::new();
+    for client in &seen {
+        for pair in client.windows(2) {
+            assert!(pair[0].0 <= pair[1].0, "a version went down: {pair:?}");
+        }
+        for (version, sha256) in client {
+            let first = contents.entry(*version).or_insert_with(|| sha256.clone());
+            assert_eq!(first, sha256, "version {version} served with two contents");
+        }
+    }
+    assert!(seen.iter().map(Vec::len).sum::<usize>() >= 1000);
+    // Every assignment made both replicas sign again.
+    assert!(contents.len() > 8, "{contents:?}");
+}
+
+/// A one-time provisioning token presented to both replicas at the same instant, by two
+/// vehicles: one is registered, the other refused, twenty times over.
+#[test]
+fn a_one_time_provisioning_token_raced_on_both_replicas_registers_one_vehicle() {
+    let fleet = Fleet::start();
+    let Some((_replica, other)) = replica(&fleet) else {
+        return;
+    };
+    let client = fleet.https_client();
+    blocking(async {
+        for round in 0..20 {
+            let created = fleet.operator(&[
+                "provisioning-token",
+                "create",
+                "--label",
+                &format!("race-{round}"),
+                "--one-time",
+            ]);
+            let token = created["token"].as_str().unwrap().to_string();
+            let register = |url: String, car: Car| {
+                let (client, token) = (client.clone(), token.clone());
+                async move {
+                    let response = client
+                        .post(format!("{url}/api/v1/register"))
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(car.registration().to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status().as_u16();
+                    (status, response.text().await.unwrap())
+                }
+            };
+            let (a, b) = tokio::join!(
+                register(
+                    fleet.director_url.clone(),
+                    Car::new("replicas-token", 2 * round)
+                ),
+                register(other.clone(), Car::new("replicas-token", 2 * round + 1)),
+            );
+            let registered = [&a, &b].iter().filter(|r| r.0 == 201).count();
+            assert_eq!(registered, 1, "round {round}: {a:?} {b:?}");
+            let refused = if a.0 == 201 { &b } else { &a };
+            assert_eq!(refused.0, 401, "round {round}: {refused:?}");
+        }
+    });
+    let vehicles = fleet
+        .director_db()
+        .call_blocking(|conn| conn.value::<i64>("SELECT COUNT(*) FROM vehicles", &[]))
+        .unwrap();
+    assert_eq!(vehicles, 20);
+}
