@@ -11,7 +11,10 @@ use std::time::Duration;
 
 #[derive(Debug, Default)]
 struct LinkState {
-    target: Mutex<String>,
+    /// Where new connections go: the first of these, in turn, that accepts the connection
+    /// (one target: a link; several: a TCP load balancer over replicas).
+    targets: Mutex<Vec<String>>,
+    next: std::sync::atomic::AtomicUsize,
     stalled: AtomicBool,
     stopped: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
@@ -74,10 +77,17 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: Arc<LinkState>, back: boo
 impl LinkProxy {
     /// Starts relaying to `target` (`host:port`).
     pub fn start(target: &str) -> std::io::Result<Self> {
+        Self::balance(&[target])
+    }
+
+    /// Starts relaying each new connection to the next of `targets` in turn that accepts it,
+    /// as a TCP load balancer in front of replicas does (a replica that died refuses, and
+    /// its share goes to the others).
+    pub fn balance(targets: &[&str]) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?.to_string();
         let state = Arc::new(LinkState {
-            target: Mutex::new(target.to_string()),
+            targets: Mutex::new(targets.iter().map(|t| t.to_string()).collect()),
             ..LinkState::default()
         });
         let shared = Arc::clone(&state);
@@ -87,8 +97,11 @@ impl LinkProxy {
                     break;
                 }
                 let Ok(client) = incoming else { continue };
-                let target = shared.target.lock().map(|t| t.clone()).unwrap_or_default();
-                let Ok(server) = TcpStream::connect(&target) else {
+                let targets = shared.targets.lock().map(|t| t.clone()).unwrap_or_default();
+                let first = shared.next.fetch_add(1, Ordering::Relaxed);
+                let connected = (0..targets.len())
+                    .find_map(|i| TcpStream::connect(&targets[(first + i) % targets.len()]).ok());
+                let Some(server) = connected else {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
@@ -121,8 +134,8 @@ impl LinkProxy {
 
     /// Points the link at a new target (new connections only).
     pub fn set_target(&self, target: &str) {
-        if let Ok(mut t) = self.state.target.lock() {
-            *t = target.to_string();
+        if let Ok(mut t) = self.state.targets.lock() {
+            *t = vec![target.to_string()];
         }
     }
 

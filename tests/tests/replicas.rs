@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use uptane_core::hash::sha256_hex;
 use uptane_tests::load::Car;
-use uptane_tests::sim::Fleet;
+use uptane_tests::proxy::LinkProxy;
+use uptane_tests::sim::{Fleet, Mode, SimVehicle, VehicleSpec, wait_until};
 use uptane_tests::{ChildGuard, blocking, run};
 
 /// A second Director process on the fleet's database, and its URL; on SQLite, `None` once
@@ -303,4 +304,75 @@ fn a_one_time_provisioning_token_raced_on_both_replicas_registers_one_vehicle() 
         .call_blocking(|conn| conn.value::<i64>("SELECT COUNT(*) FROM vehicles", &[]))
         .unwrap();
     assert_eq!(vehicles, 20);
+}
+
+/// A campaign in two waves of three vehicles (real Primaries and Secondaries) through a TCP
+/// load balancer in front of both replicas; one replica is killed with SIGKILL once the first
+/// wave installed, while every Primary keeps polling. The second wave is assigned and
+/// installed through the survivor, and the Director's records (read through it) hold every
+/// installation and every vehicle's history from before the kill: nothing is lost.
+#[test]
+fn vehicles_finish_a_campaign_through_the_other_replica_when_one_is_killed() {
+    let mut fleet = Fleet::start();
+    let Some((_replica, other)) = replica(&fleet) else {
+        return;
+    };
+    let other_addr = other.trim_start_matches("https://").to_string();
+    let balancer = LinkProxy::balance(&[fleet.director_addr(), &other_addr]).unwrap();
+    let mut vehicles: Vec<SimVehicle> = (0..6)
+        .map(|i| {
+            let mut vehicle = SimVehicle::provision(
+                &fleet,
+                &VehicleSpec {
+                    vin: format!("REPLICA{i:02}"),
+                    secondaries: vec![("DOOR".into(), "hw-door".into(), Mode::Full)],
+                },
+            );
+            vehicle.set_director_url(&format!("https://{}", balancer.addr()));
+            vehicle
+        })
+        .collect();
+    for vehicle in &mut vehicles {
+        vehicle.start_primary();
+    }
+    let vins: Vec<String> = vehicles.iter().map(|v| v.vin.clone()).collect();
+    let vin_refs: Vec<&str> = vins.iter().map(String::as_str).collect();
+    let (first, second) = vin_refs.split_at(3);
+    fleet.publish("door-7.bin", "hw-door", 7, &[7u8; 300_000]);
+    let installed = |fleet: &Fleet, vin: &str| {
+        let entries = fleet.assignments(vin);
+        entries.len() == 1 && entries[0]["status"] == "installed"
+    };
+    let limit = std::time::Duration::from_secs(120);
+    fleet.assign("door-7.bin", first);
+    assert!(
+        wait_until(limit, || first.iter().all(|vin| installed(&fleet, vin))),
+        "the first wave did not install"
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &fleet.director_pid().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The operator, too, goes to the survivor now.
+    fleet.director_url = other.clone();
+    fleet.assign("door-7.bin", second);
+    assert!(
+        wait_until(limit, || vin_refs.iter().all(|vin| installed(&fleet, vin))),
+        "not every vehicle finished through the surviving replica"
+    );
+    for vin in &vin_refs {
+        let shown = fleet.installed(vin);
+        assert!(
+            shown
+                .iter()
+                .any(|(s, i)| s.ends_with("-DOOR") && i.as_deref() == Some("door-7.bin")),
+            "{vin}: {shown:?}"
+        );
+        let events = fleet.events(vin, false);
+        assert!(
+            events.iter().any(|e| e["kind"] == "vehicle_registered"),
+            "{vin}: {events:?}"
+        );
+    }
 }
