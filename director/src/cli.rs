@@ -206,12 +206,17 @@ enum Command {
         #[arg(long, env = "DIRECTOR_DATABASE")]
         database: Option<Database>,
     },
-    /// Applies the database's migrations (`director serve` applies them too) and prints its
-    /// engine.
+    /// Applies the database's migrations (`director serve` applies them too); with `--to`,
+    /// moves the Director's state from its SQLite database to a new PostgreSQL database.
     Migrate {
         /// Director directory.
         #[arg(long, env = "DIRECTOR_DIR")]
         dir: PathBuf,
+        /// A new, empty PostgreSQL database (`postgres://…`) to move the state to, with the
+        /// server stopped: every row is copied in one transaction and counted on both sides,
+        /// then DIR/database names it (the SQLite file is kept, unchanged).
+        #[arg(long)]
+        to: Option<Database>,
     },
     /// Publishes root version N+1 (signed by the offline root keys of N and of N+1): with new
     /// root keys (`--keys`), or the same keys and a later expiry. Vehicles follow the chain at
@@ -1004,7 +1009,57 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Docs(docs) => docs.run::<Cli>(),
-        Command::Migrate { dir } => {
+        Command::Migrate { dir, to: Some(to) } => {
+            let Database::Sqlite(source) = database_of(&dir)? else {
+                return Err(failure(
+                    Exit::Config,
+                    format!("{} already uses PostgreSQL", dir.display()),
+                ));
+            };
+            if !matches!(to, Database::Postgres(_)) {
+                return Err(failure(
+                    Exit::Usage,
+                    "--to names the PostgreSQL database to move to (postgres://…)",
+                ));
+            }
+            // Held for the whole move: no server writes what would then be left behind.
+            let _no_server = claim_sqlite(&source)?;
+            let counts = crate::transfer::sqlite_to_postgres(&source, &to).fail(
+                Exit::Failed,
+                format!(
+                    "could not move {} to {to}; nothing was committed there",
+                    source.display()
+                ),
+            )?;
+            let Database::Postgres(url) = &to else {
+                unreachable!("checked above")
+            };
+            keys::write_private_text(&Database::file_in(&dir), url)?;
+            print(
+                json,
+                &json!({"from": Database::Sqlite(source.clone()).to_string(), "to": to.to_string(), "tables": counts}),
+                |_| {
+                    let rows: Vec<Vec<String>> = counts
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                c.table.to_string(),
+                                c.source.to_string(),
+                                c.target.to_string(),
+                            ]
+                        })
+                        .collect();
+                    format!(
+                        "{}\nmoved {} to {to}; {} names it now (the SQLite file is unchanged)",
+                        table(&["TABLE", "SQLITE", "POSTGRESQL"], rows),
+                        source.display(),
+                        Database::file_in(&dir).display()
+                    )
+                },
+            );
+            Ok(())
+        }
+        Command::Migrate { dir, to: None } => {
             let database = database_of(&dir)?;
             let db = open_director(&dir)?;
             print(

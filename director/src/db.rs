@@ -85,10 +85,16 @@ impl Database {
     /// A new, empty database for a test on the PostgreSQL server `DIRECTOR_TEST_POSTGRES`
     /// names (`postgres://…`, as a user who may create databases); `None` when it names none.
     pub fn fresh_for_tests() -> Result<Option<Self>, DbError> {
-        let server = match std::env::var("DIRECTOR_TEST_POSTGRES") {
-            Ok(server) if !server.is_empty() => server,
-            _ => return Ok(None),
-        };
+        match std::env::var("DIRECTOR_TEST_POSTGRES") {
+            Ok(server) if !server.is_empty() => Self::fresh_on(&server).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// A new, empty database on the PostgreSQL server `server` names (`postgres://…`, as a
+    /// user who may create databases), for a test.
+    pub fn fresh_on(server: &str) -> Result<Self, DbError> {
+        let server = server.to_owned();
         let mut name = [0u8; 8];
         getrandom::fill(&mut name).map_err(|e| DbError::Join(format!("no randomness: {e}")))?;
         let name = format!("director_test_{}", hex::encode(name));
@@ -111,7 +117,7 @@ impl Database {
         } else {
             format!("{prefix}/{name}")
         };
-        Ok(Some(Database::Postgres(url)))
+        Ok(Database::Postgres(url))
     }
 }
 

@@ -15,3 +15,4 @@ pub mod error;
 pub mod keys;
 pub mod service;
 pub mod sql;
+pub mod transfer;

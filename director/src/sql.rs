@@ -371,6 +371,8 @@ impl PgToSql for Param<'_> {
                     Err(format!("an integer given for a {ty} parameter").into())
                 }
             }
+            // Text bound to a bytes column (a value SQLite kept as text, being moved).
+            Param::Text(s) if *ty == Type::BYTEA => s.as_bytes().to_sql(ty, out),
             Param::Text(s) => s.to_sql(ty, out),
             Param::Blob(b) => b.to_sql(ty, out),
         }

@@ -87,7 +87,7 @@ pub fn write_throwaway_pki(out: &Path, names: &[&str]) -> Result<Ca, String> {
 }
 
 /// `database` as `director --database` takes it.
-fn database_url(database: &director::db::Database) -> String {
+pub fn database_url(database: &director::db::Database) -> String {
     match database {
         director::db::Database::Sqlite(path) => format!("sqlite:{}", path.display()),
         director::db::Database::Postgres(url) => url.clone(),
@@ -111,6 +111,19 @@ impl Fleet {
 
     /// Like [`Fleet::start`], with extra `image-repo serve` flags.
     pub fn start_with(image_repo_flags: &[&str]) -> Self {
+        // On PostgreSQL when the tests are given a server (`.ci/run` runs them both ways).
+        let database =
+            director::db::Database::fresh_for_tests().expect("a test database on PostgreSQL");
+        Self::start_on(image_repo_flags, database)
+    }
+
+    /// Like [`Fleet::start`], the Director on SQLite whatever the tests are given.
+    pub fn start_on_sqlite() -> Self {
+        Self::start_on(&[], None)
+    }
+
+    /// Starts the fleet, the Director on `database` (`None`: SQLite in its directory).
+    fn start_on(image_repo_flags: &[&str], database: Option<director::db::Database>) -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("fleet-sim-")
             .tempdir()
@@ -147,10 +160,7 @@ impl Fleet {
             "--image-root",
             &path("repo/metadata/1.root.json"),
         ]);
-        // On PostgreSQL when the tests are given a server (`.ci/run` runs them both ways).
-        if let Some(database) =
-            director::db::Database::fresh_for_tests().expect("a test database on PostgreSQL")
-        {
+        if let Some(database) = database {
             init.env("DIRECTOR_DATABASE", database_url(&database));
         }
         run_ok(&mut init, LIMIT);
@@ -300,6 +310,13 @@ impl Fleet {
             .issue_server(&["127.0.0.1", "localhost"])
             .and_then(|c| c.identity())
             .expect("a certificate")
+    }
+
+    /// Stops the Director (SIGKILL); [`Fleet::restart_director`] starts it again.
+    pub fn stop_director(&mut self) {
+        if let Some(mut director) = self.director.take() {
+            director.kill();
+        }
     }
 
     /// Kills the Director with SIGKILL and starts it again on the same address.

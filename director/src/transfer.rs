@@ -1,0 +1,305 @@
+//! Moving a Director's state from SQLite to PostgreSQL (`director migrate --to postgres://…`):
+//! every row of every table, with its ids and cursors, copied from one read snapshot of the
+//! SQLite database into a new PostgreSQL database in one transaction, then counted on both
+//! sides. Nothing is half-moved: the copy commits whole or not at all, and the SQLite file is
+//! only read.
+
+use crate::db::{Database, Db, DbError};
+use crate::sql::{Column, Conn, Param, ToParam, Value};
+
+/// The tables, parents before children, each with the columns both schemas share. Tables
+/// whose SQLite rows are paged by the implicit `rowid` have a `rowid` column on PostgreSQL,
+/// copied too, so listing cursors stay valid.
+const TABLES: &[(&str, &[&str])] = &[
+    (
+        "vehicles",
+        &[
+            "rowid",
+            "vin",
+            "credential_sha256",
+            "created_at",
+            "credential_issued_at",
+            "credential_expires_at",
+            "credential_revoked_at",
+            "next_credential_sha256",
+            "next_credential_expires_at",
+            "tls_fingerprint",
+            "time_reset",
+        ],
+    ),
+    (
+        "ecus",
+        &[
+            "serial",
+            "vin",
+            "hardware_id",
+            "public_key",
+            "is_primary",
+            "installed_filename",
+            "installed_length",
+            "installed_hashes",
+            "installed_release_counter",
+            "last_report_counter",
+            "last_report_at",
+            "attacks_reported",
+            "last_report_time",
+        ],
+    ),
+    ("seen_nonces", &["ecu_serial", "nonce"]),
+    ("manifests", &["id", "vin", "received_at", "body"]),
+    (
+        "assignments",
+        &["id", "correlation_id", "created_at", "created_by"],
+    ),
+    (
+        "assignment_ecus",
+        &[
+            "rowid",
+            "assignment_id",
+            "vin",
+            "ecu_serial",
+            "filename",
+            "length",
+            "hashes",
+            "hardware_id",
+            "release_counter",
+            "status",
+            "detail",
+            "updated_at",
+        ],
+    ),
+    (
+        "vehicle_metadata",
+        &[
+            "vin",
+            "content_sha256",
+            "targets_version",
+            "snapshot_version",
+            "timestamp_version",
+            "targets",
+            "snapshot",
+            "timestamp",
+            "expires",
+            "targets_entries",
+            "root_version",
+        ],
+    ),
+    ("roots", &["version", "body"]),
+    (
+        "api_tokens",
+        &[
+            "rowid",
+            "sha256",
+            "label",
+            "created_at",
+            "revoked",
+            "expires_at",
+            "revoked_at",
+        ],
+    ),
+    (
+        "provisioning_tokens",
+        &[
+            "rowid",
+            "sha256",
+            "label",
+            "one_time",
+            "used",
+            "revoked",
+            "created_at",
+            "expires_at",
+            "max_uses",
+            "uses",
+        ],
+    ),
+    (
+        "events",
+        &[
+            "id",
+            "at",
+            "kind",
+            "severity",
+            "vin",
+            "ecu_serial",
+            "actor",
+            "detail",
+            "attack",
+        ],
+    ),
+];
+
+/// Identity columns on PostgreSQL whose sequences continue after the copied rows.
+const IDENTITIES: &[(&str, &str)] = &[
+    ("vehicles", "rowid"),
+    ("manifests", "id"),
+    ("assignments", "id"),
+    ("assignment_ecus", "rowid"),
+    ("api_tokens", "rowid"),
+    ("provisioning_tokens", "rowid"),
+    ("events", "id"),
+];
+
+/// Rows read from SQLite at a time.
+const PAGE: i64 = 1000;
+
+/// A value as read, owned, to be written to the other engine.
+#[derive(Debug, Clone)]
+enum Owned {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Column for Owned {
+    fn column(value: Value<'_>) -> Result<Self, String> {
+        Ok(match value {
+            Value::Null => Owned::Null,
+            Value::Int(v) => Owned::Int(v),
+            Value::Text(t) => Owned::Text(t.to_owned()),
+            Value::Blob(b) => Owned::Blob(b.to_vec()),
+        })
+    }
+}
+
+impl ToParam for Owned {
+    fn param(&self) -> Param<'_> {
+        match self {
+            Owned::Null => Param::Null,
+            Owned::Int(v) => Param::Int(*v),
+            Owned::Text(t) => Param::Text(t),
+            Owned::Blob(b) => Param::Blob(b),
+        }
+    }
+}
+
+/// How many rows one table holds on each side after a move.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Counted {
+    /// The table.
+    pub table: &'static str,
+    /// Rows in the SQLite database.
+    pub source: i64,
+    /// Rows in the PostgreSQL database.
+    pub target: i64,
+}
+
+/// Why a move failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    /// Reading or writing failed; nothing was committed to the target.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The target already holds a Director's state.
+    #[error(
+        "the target database already holds a Director (root version 1): move into a new, empty database"
+    )]
+    NotEmpty,
+    /// A table's counts differ after the copy (then nothing was committed).
+    #[error("{table}: {in_sqlite} rows in SQLite, {in_postgres} on PostgreSQL")]
+    Differs {
+        /// The table.
+        table: &'static str,
+        /// Rows in the source.
+        in_sqlite: i64,
+        /// Rows in the target.
+        in_postgres: i64,
+    },
+}
+
+/// Copies the SQLite database at `source` (read-only, one snapshot) into the PostgreSQL
+/// database `target` (migrated here, and empty), all in one transaction; returns each
+/// table's counts, which are equal.
+pub fn sqlite_to_postgres(
+    source: &std::path::Path,
+    target: &Database,
+) -> Result<Vec<Counted>, MoveError> {
+    // The source's own migrations first, so both schemas are the newest.
+    drop(Db::open(source)?);
+    let from = Conn::sqlite(crate::db::open_read_only(source)?);
+    let to = Db::connect(target)?;
+    if to.engine() != crate::sql::Engine::Postgres {
+        return Err(DbError::Join("the target of a move is a PostgreSQL database".into()).into());
+    }
+    to.call_blocking(move |to| {
+        if to.value::<i64>("SELECT COUNT(*) FROM roots", &[])? > 0 {
+            return Err(MoveError::NotEmpty);
+        }
+        // One read snapshot of the source for the whole copy.
+        from.run("BEGIN")?;
+        let copied = copy_all(&from, to);
+        let _ = from.run("ROLLBACK");
+        copied
+    })
+}
+
+fn copy_all(from: &Conn, to: &Conn) -> Result<Vec<Counted>, MoveError> {
+    for (table, columns) in TABLES {
+        copy_table(from, to, table, columns)?;
+    }
+    // The retention cutoff (its row exists on both sides; the cutoff only moves forward).
+    let cutoff: String = from.value("SELECT events_before FROM retention WHERE id = 1", &[])?;
+    to.execute(
+        "UPDATE retention SET events_before = ?1 WHERE id = 1 AND events_before < ?1",
+        crate::params![cutoff],
+    )?;
+    for (table, column) in IDENTITIES {
+        // The next id after the copied ones (`setval` of an empty table: 1, not yet used).
+        to.query(
+            &format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', '{column}'),
+                               COALESCE(MAX({column}), 0) + 1, false) FROM {table}"
+            ),
+            &[],
+            |_| Ok(()),
+        )?;
+    }
+    let mut counts = Vec::with_capacity(TABLES.len());
+    for (table, _) in TABLES {
+        let count = format!("SELECT COUNT(*) FROM {table}");
+        let counted = Counted {
+            table,
+            source: from.value(&count, &[])?,
+            target: to.value(&count, &[])?,
+        };
+        if counted.source != counted.target {
+            return Err(MoveError::Differs {
+                table,
+                in_sqlite: counted.source,
+                in_postgres: counted.target,
+            });
+        }
+        counts.push(counted);
+    }
+    Ok(counts)
+}
+
+/// Copies every row of `table`, a page at a time in SQLite's row order.
+fn copy_table(from: &Conn, to: &Conn, table: &str, columns: &[&str]) -> Result<(), DbError> {
+    let list = columns.join(", ");
+    let read =
+        format!("SELECT rowid, {list} FROM {table} WHERE rowid > ?1 ORDER BY rowid LIMIT {PAGE}");
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    let write = format!(
+        "INSERT INTO {table} ({list}) OVERRIDING SYSTEM VALUE VALUES ({})",
+        placeholders.join(", ")
+    );
+    let mut after = 0i64;
+    loop {
+        let rows = from.query(&read, crate::params![after], |r| {
+            let position: i64 = r.get(0)?;
+            let values = (1..=columns.len())
+                .map(|i| r.get::<Owned>(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((position, values))
+        })?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(());
+        };
+        after = *last;
+        for (_, values) in &rows {
+            let params: Vec<&dyn ToParam> = values.iter().map(|v| v as &dyn ToParam).collect();
+            to.execute(&write, &params)?;
+        }
+    }
+}
