@@ -12,6 +12,7 @@ pub mod forge;
 pub mod hil;
 pub mod load;
 pub mod mitm;
+pub mod nginx;
 pub mod postgres;
 pub mod proxy;
 pub mod sim;
