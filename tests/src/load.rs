@@ -41,6 +41,13 @@ pub struct LoadArgs {
     pub campaign_percent: u32,
     /// Requests in flight at most (and so connections to each server).
     pub connections: usize,
+    /// Where the Director keeps its state: `sqlite` (in its directory), `postgres` (a
+    /// throwaway cluster, or the server `DIRECTOR_TEST_POSTGRES` names), or `postgres://…`
+    /// (a new database on that server).
+    pub database: String,
+    /// Director processes on that database (replicas); vehicle `i` talks to replica
+    /// `i % directors`, as DNS round robin would spread them.
+    pub directors: usize,
 }
 
 /// A simulated vehicle: a Primary and two Secondaries with their own keys, reporting what
@@ -73,7 +80,8 @@ struct Load {
     /// HTTP clients, each multiplexing up to [`PER_CLIENT`] requests on its HTTP/2
     /// connection to each server (below the servers' stream limit per connection).
     clients: Vec<reqwest::Client>,
-    director: String,
+    /// The replicas' base URLs.
+    directors: Vec<String>,
     image: String,
     operator: String,
     limits: Vec<tokio::sync::Semaphore>,
@@ -84,6 +92,11 @@ struct Load {
 }
 
 impl Load {
+    /// The Director replica vehicle `slot` talks to.
+    fn director(&self, slot: usize) -> &str {
+        &self.directors[slot % self.directors.len()]
+    }
+
     /// The client vehicle `slot` uses.
     fn client(&self, slot: usize) -> &reqwest::Client {
         &self.clients[slot % self.clients.len()]
@@ -312,7 +325,10 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>) {
     };
     let director = |file: &str| {
         load.client(slot)
-            .get(format!("{}/vehicles/{vin}/metadata/{file}", load.director))
+            .get(format!(
+                "{}/vehicles/{vin}/metadata/{file}",
+                load.director(slot)
+            ))
             .bearer_auth(&credential)
     };
     let Some(timestamp) = load
@@ -353,11 +369,28 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>) {
     let manifest = car.lock().expect("car lock").manifest(&load.run);
     let post = load
         .client(slot)
-        .post(format!("{}/vehicles/{vin}/manifest", load.director))
+        .post(format!("{}/vehicles/{vin}/manifest", load.director(slot)))
         .bearer_auth(&credential)
         .header("content-type", "application/json")
         .body(manifest);
     load.send(slot, "director manifest", post).await;
+}
+
+/// CPU seconds of every process named `postgres` on this machine (the server's backends, one
+/// per connection, and its background processes), when the Director runs on PostgreSQL.
+fn postgres_cpu() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter_map(crate::cpu_seconds)
+        .sum()
 }
 
 /// CPU seconds (user + system) and peak resident memory (KiB) of process `pid`.
@@ -378,8 +411,43 @@ pub fn run(args: &LoadArgs) -> Result<String, String> {
     if args.vehicles == 0 || args.poll_secs == 0 || args.duration_secs == 0 {
         return Err("--vehicles, --poll-secs and --duration must be above 0".into());
     }
-    println!("starting a Director and an Image repository (release engineering, key ceremonies)");
-    let mut fleet = Fleet::start();
+    if args.directors == 0 {
+        return Err("--directors must be above 0".into());
+    }
+    // Kept for the run: a throwaway cluster is stopped when it is dropped.
+    let postgres;
+    let database = match args.database.as_str() {
+        "sqlite" => None,
+        "postgres" => {
+            postgres = crate::postgres::Postgres::server();
+            Some(postgres.fresh())
+        }
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(
+            director::db::Database::fresh_on(url)
+                .map_err(|e| format!("a new database on {url}: {e}"))?,
+        ),
+        other => {
+            return Err(format!(
+                "--database is sqlite, postgres or postgres://…, not {other:?}"
+            ));
+        }
+    };
+    if database.is_none() && args.directors > 1 {
+        return Err(
+            "replicas (--directors above 1) run on PostgreSQL: add --database postgres".into(),
+        );
+    }
+    println!(
+        "starting {} Director process(es) on {} and an Image repository (release engineering, key ceremonies)",
+        args.directors,
+        database
+            .as_ref()
+            .map_or("SQLite".to_string(), ToString::to_string)
+    );
+    let mut fleet = Fleet::start_on_database(database);
+    for _ in 1..args.directors {
+        fleet.add_director_replica();
+    }
     fleet.publish_through_server();
     let update = b"door firmware 2, load test";
     fleet.publish(UPDATE, HARDWARE[2], 2, update);
@@ -412,7 +480,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         .collect::<Result<Vec<_>, _>>()?;
     let load = Arc::new(Load {
         clients,
-        director: fleet.director_url.clone(),
+        directors: fleet.director_urls(),
         image: fleet.image_url.clone(),
         operator: fleet.token.clone(),
         limits: (0..slots)
@@ -423,7 +491,17 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         measuring: false.into(),
         run,
     });
-    let director_pid = fleet.director_pid().ok_or("the Director is not running")?;
+    let director_pids = fleet.director_pids();
+    if director_pids.len() != args.directors {
+        return Err("a Director is not running".into());
+    }
+    // Every replica's CPU together, and the highest peak memory of one.
+    let directors_usage = || {
+        director_pids
+            .iter()
+            .filter_map(|&pid| usage(pid))
+            .fold((0.0, 0), |(cpu, rss), (c, r)| (cpu + c, rss.max(r)))
+    };
     let image_pid = fleet.image_repo_pid();
 
     // Registration, by the operator, many at a time.
@@ -450,7 +528,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                 let body = car.lock().expect("car lock").registration();
                 let request = load
                     .client(i)
-                    .post(format!("{}/api/v1/vehicles", load.director))
+                    .post(format!("{}/api/v1/vehicles", load.director(i)))
                     .bearer_auth(&load.operator)
                     .header("content-type", "application/json")
                     .body(body.to_string());
@@ -478,8 +556,10 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
     }
 
     // Polling: vehicle i's cycles start at phase i/N of the interval.
+    let on_postgres = args.database != "sqlite";
+    let postgres_before = postgres_cpu();
     let (director_before, image_before, me_before) = (
-        usage(director_pid).unwrap_or_default(),
+        directors_usage(),
         usage(image_pid).unwrap_or_default(),
         usage(std::process::id()).unwrap_or_default(),
     );
@@ -540,7 +620,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
             .collect();
         let request = load
             .client(b)
-            .post(format!("{}/api/v1/assignments", load.director))
+            .post(format!("{}/api/v1/assignments", load.director(b)))
             .bearer_auth(&load.operator)
             .header("content-type", "application/json")
             .body(json!({"image": UPDATE, "vins": vins, "hardware_id": HARDWARE[2]}).to_string());
@@ -552,8 +632,9 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         .map_err(|e| format!("the load test's scheduler failed: {e}"))?;
     let elapsed = start.elapsed().as_secs_f64();
     load.measuring.store(false, Ordering::Relaxed);
+    let postgres_used = postgres_cpu() - postgres_before;
     let (director_after, image_after, me_after) = (
-        usage(director_pid).unwrap_or_default(),
+        directors_usage(),
         usage(image_pid).unwrap_or_default(),
         usage(std::process::id()).unwrap_or_default(),
     );
@@ -639,7 +720,19 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
             after.1 / 1024
         ))
     };
-    cpu("director", director_before, director_after, &mut line);
+    let name = if args.directors == 1 {
+        "director".to_string()
+    } else {
+        format!("{} directors", args.directors)
+    };
+    cpu(&name, director_before, director_after, &mut line);
+    if on_postgres {
+        line(format!(
+            "{:<12} CPU {postgres_used:.1} s ({:.2} cores; every postgres process of this machine)",
+            "postgresql",
+            postgres_used / elapsed
+        ));
+    }
     cpu("image-repo", image_before, image_after, &mut line);
     cpu("generator", me_before, me_after, &mut line);
     // Every vehicle the campaign reached in time must have taken the update: those whose

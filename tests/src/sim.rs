@@ -44,6 +44,8 @@ pub struct Fleet {
     pub ca_cert: PathBuf,
     director: Option<ChildGuard>,
     director_addr: String,
+    /// Replicas added by [`Fleet::add_director_replica`], and their URLs.
+    replicas: Vec<(ChildGuard, String)>,
     /// Director base URL (`https://`).
     pub director_url: String,
     /// An operator API token.
@@ -122,6 +124,11 @@ impl Fleet {
         Self::start_on(&[], None)
     }
 
+    /// Like [`Fleet::start`], the Director on `database` (`None`: SQLite in its directory).
+    pub fn start_on_database(database: Option<director::db::Database>) -> Self {
+        Self::start_on(&[], database)
+    }
+
     /// Starts the fleet, the Director on `database` (`None`: SQLite in its directory).
     fn start_on(image_repo_flags: &[&str], database: Option<director::db::Database>) -> Self {
         let tmp = tempfile::Builder::new()
@@ -184,6 +191,7 @@ impl Fleet {
             ca_cert,
             director: None,
             director_addr: "127.0.0.1:0".into(),
+            replicas: Vec::new(),
             director_url: String::new(),
             token,
             provisioning_token: String::new(),
@@ -269,6 +277,27 @@ impl Fleet {
     pub fn start_director_replica(&self) -> (ChildGuard, String) {
         let (replica, addr) = spawn_listening(self.director_replica_command(), LIMIT);
         (replica, format!("https://{addr}"))
+    }
+
+    /// Starts a replica the fleet keeps running ([`Fleet::director_urls`]).
+    pub fn add_director_replica(&mut self) {
+        let replica = self.start_director_replica();
+        self.replicas.push(replica);
+    }
+
+    /// Every Director process's URL: the first, then the replicas.
+    pub fn director_urls(&self) -> Vec<String> {
+        std::iter::once(self.director_url.clone())
+            .chain(self.replicas.iter().map(|(_, url)| url.clone()))
+            .collect()
+    }
+
+    /// Every running Director process's id: the first, then the replicas.
+    pub fn director_pids(&self) -> Vec<u32> {
+        self.director_pid()
+            .into_iter()
+            .chain(self.replicas.iter().map(|(r, _)| r.id()))
+            .collect()
     }
 
     /// The command [`Fleet::start_director_replica`] runs.

@@ -376,3 +376,30 @@ fn vehicles_finish_a_campaign_through_the_other_replica_when_one_is_killed() {
         );
     }
 }
+
+/// `fleet-sim load` with the Director on PostgreSQL as two replicas, the vehicles spread over
+/// both: a short run serves every cycle on time with no error, and the campaign reaches its
+/// vehicles.
+#[test]
+fn fleet_sim_load_runs_two_replicas_on_postgres() {
+    let (status, stdout, stderr) = run(
+        std::process::Command::new(uptane_tests::bin("fleet-sim")).args([
+            "load",
+            "--vehicles",
+            "300",
+            "--poll-secs",
+            "2",
+            "--duration",
+            "8",
+            "--database",
+            "postgres",
+            "--directors",
+            "2",
+        ]),
+        std::time::Duration::from_secs(300),
+    );
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("2 directors"), "{stdout}");
+    assert!(stdout.contains("errors: none"), "{stdout}");
+    assert!(stdout.contains("postgresql   CPU"), "{stdout}");
+}

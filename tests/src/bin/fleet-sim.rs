@@ -62,6 +62,14 @@ enum Command {
         /// Requests in flight at most.
         #[arg(long, default_value_t = 64)]
         connections: usize,
+        /// Where the Director keeps its state: sqlite, postgres (a throwaway cluster from
+        /// Debian's PostgreSQL, or the server DIRECTOR_TEST_POSTGRES names), or
+        /// postgres://… (a new database on that server).
+        #[arg(long, default_value = "sqlite")]
+        database: String,
+        /// Director processes (replicas, PostgreSQL only); vehicles are spread over them.
+        #[arg(long, default_value_t = 1)]
+        directors: usize,
     },
     /// Writes a throwaway CA certificate and certificates issued by it, for trying the
     /// programs by hand: `ca.pem`, `director/` and `image-repo/` (server certificates for
@@ -195,6 +203,8 @@ fn main() -> ExitCode {
             duration_secs,
             campaign_percent,
             connections,
+            database,
+            directors,
         } => {
             stop_children_on_signal();
             let args = uptane_tests::load::LoadArgs {
@@ -203,6 +213,8 @@ fn main() -> ExitCode {
                 duration_secs,
                 campaign_percent: campaign_percent.min(100),
                 connections,
+                database,
+                directors,
             };
             match uptane_tests::load::run(&args) {
                 Ok(report) => {
