@@ -468,11 +468,7 @@ impl Conn {
                 Ok(stmt.execute(rusqlite::params_from_iter(params.iter().map(|p| p.param())))?)
             }
             Backend::Postgres(pg) => {
-                let stmt = pg.statement(sql)?;
-                let values: Vec<Param<'_>> = params.iter().map(|p| p.param()).collect();
-                let refs: Vec<&(dyn PgToSql + Sync)> =
-                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
-                let n = pg.client().execute(&stmt, &refs)?;
+                let n = pg.run(sql, params, |client, stmt, refs| client.execute(stmt, refs))?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
         }
@@ -497,11 +493,7 @@ impl Conn {
                 Ok(out)
             }
             Backend::Postgres(pg) => {
-                let stmt = pg.statement(sql)?;
-                let values: Vec<Param<'_>> = params.iter().map(|p| p.param()).collect();
-                let refs: Vec<&(dyn PgToSql + Sync)> =
-                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
-                let rows = pg.client().query(&stmt, &refs)?;
+                let rows = pg.run(sql, params, |client, stmt, refs| client.query(stmt, refs))?;
                 rows.iter()
                     .map(|r| f(&Row(RowInner::Postgres(r))))
                     .collect()
@@ -527,11 +519,9 @@ impl Conn {
                 }
             }
             Backend::Postgres(pg) => {
-                let stmt = pg.statement(sql)?;
-                let values: Vec<Param<'_>> = params.iter().map(|p| p.param()).collect();
-                let refs: Vec<&(dyn PgToSql + Sync)> =
-                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
-                let row = pg.client().query_opt(&stmt, &refs)?;
+                let row = pg.run(sql, params, |client, stmt, refs| {
+                    client.query_opt(stmt, refs)
+                })?;
                 row.as_ref()
                     .map(|r| f(&Row(RowInner::Postgres(r))))
                     .transpose()
@@ -605,7 +595,28 @@ impl Conn {
     }
 }
 
+/// The parameters of one PostgreSQL statement, as the client takes them.
+type PgParams<'a> = [&'a (dyn PgToSql + Sync)];
+
 impl Pg {
+    /// Runs `call` on statement `sql` (prepared once per connection) with `params`.
+    fn run<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn ToParam],
+        call: impl FnOnce(
+            &mut postgres::Client,
+            &postgres::Statement,
+            &PgParams<'_>,
+        ) -> Result<T, postgres::Error>,
+    ) -> Result<T, DbError> {
+        let stmt = self.statement(sql)?;
+        let values: Vec<Param<'_>> = params.iter().map(|p| p.param()).collect();
+        let refs: Vec<&(dyn PgToSql + Sync)> =
+            values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+        Ok(call(&mut self.client(), &stmt, &refs)?)
+    }
+
     fn client(&self) -> std::cell::RefMut<'_, postgres::Client> {
         std::cell::RefMut::map(self.client.borrow_mut(), |c| {
             c.as_mut()
