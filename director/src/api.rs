@@ -35,7 +35,7 @@ pub struct AppState {
 /// The router, testable without a socket.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/api/v1/register", post(register_with_provisioning))
         .route(
             "/api/v1/vehicles",
@@ -172,6 +172,13 @@ fn registered(vin: &Vin, credential: &IssuedCredential, bound: bool) -> serde_js
         "credential_expires_at": credential.expires_at,
         "certificate_bound": bound,
     })
+}
+
+/// `ok` when the database answers (a load balancer takes a replica that lost its database
+/// out of rotation), else 503.
+async fn healthz(State(state): State<AppState>) -> ApiResult {
+    state.service.healthy().await?;
+    Ok("ok".into_response())
 }
 
 async fn register_with_provisioning(

@@ -1024,17 +1024,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             // Held for the whole move: no server writes what would then be left behind.
             let _no_server = claim_sqlite(&source)?;
-            let counts = crate::transfer::sqlite_to_postgres(&source, &to).fail(
-                Exit::Failed,
-                format!(
-                    "could not move {} to {to}; nothing was committed there",
-                    source.display()
-                ),
-            )?;
             let Database::Postgres(url) = &to else {
                 unreachable!("checked above")
             };
-            keys::write_private_text(&Database::file_in(&dir), url)?;
+            // Once committed, the directory names the new database, and the SQLite file is
+            // marked moved: a copy of the directory without DIR/database is refused rather
+            // than serving the state from before the move.
+            let name_it = || {
+                keys::write_private_text(&Database::file_in(&dir), url)
+                    .and_then(|()| {
+                        std::fs::write(Database::moved_marker(&dir), to.to_string())
+                            .map_err(|e| crate::error::DirectorError::Internal(e.to_string()))
+                    })
+                    .map_err(|e| {
+                        crate::transfer::MoveError::Naming(format!(
+                            "the copy to {to} was committed, but {} could not be written \
+                             ({e}): write the connection string there by hand",
+                            Database::file_in(&dir).display()
+                        ))
+                    })
+            };
+            let counts = crate::transfer::sqlite_to_postgres(&source, &to, name_it).fail(
+                Exit::Failed,
+                format!("could not move {} to {to}", source.display()),
+            )?;
             print(
                 json,
                 &json!({"from": Database::Sqlite(source.clone()).to_string(), "to": to.to_string(), "tables": counts}),

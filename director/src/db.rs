@@ -26,8 +26,8 @@ impl std::str::FromStr for Database {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            s.parse::<postgres::Config>()
-                .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+            // Checked when connecting, not here: a parser's refusal would be echoed with the
+            // string, password included.
             Ok(Database::Postgres(s.to_owned()))
         } else {
             let path = s.strip_prefix("sqlite:").unwrap_or(s);
@@ -40,6 +40,16 @@ impl std::str::FromStr for Database {
 }
 
 impl DbError {
+    /// Whether PostgreSQL refused because of other transactions, not this one's content: a
+    /// deadlock it broke, a serialization failure, a lock not granted within `lock_timeout`.
+    pub fn is_contention(&self) -> bool {
+        use postgres::error::SqlState;
+        matches!(self, DbError::Postgres(e) if e.as_db_error().is_some_and(|db| {
+            [SqlState::T_R_DEADLOCK_DETECTED, SqlState::T_R_SERIALIZATION_FAILURE, SqlState::LOCK_NOT_AVAILABLE]
+                .contains(db.code())
+        }))
+    }
+
     /// The constraint a write broke by repeating a unique key, if that is why it failed: on
     /// PostgreSQL, a row another replica inserted first.
     pub fn repeated_key(&self) -> Option<String> {
@@ -66,8 +76,14 @@ impl Database {
         dir.join("database")
     }
 
+    /// The file `director migrate --to` writes beside a SQLite database it moved.
+    pub fn moved_marker(dir: &Path) -> PathBuf {
+        dir.join("director.db-moved")
+    }
+
     /// The database a Director directory uses: the one DIR/database names, else SQLite in
-    /// DIR/director.db.
+    /// DIR/director.db (unless it was moved to PostgreSQL: then DIR/database is missing,
+    /// and serving the state from before the move would accept spent nonces again).
     pub fn of_dir(dir: &Path) -> Result<Self, String> {
         let file = Self::file_in(dir);
         match std::fs::read_to_string(&file) {
@@ -76,6 +92,17 @@ impl Database {
                 .parse()
                 .map_err(|e| format!("{} does not name a database: {e}", file.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let marker = Self::moved_marker(dir);
+                if let Ok(to) = std::fs::read_to_string(&marker) {
+                    return Err(format!(
+                        "{}'s SQLite database was moved to {} ({} says so), but {} is \
+                         missing: write the connection string there",
+                        dir.display(),
+                        to.trim(),
+                        marker.display(),
+                        file.display()
+                    ));
+                }
                 Ok(Database::Sqlite(dir.join("director.db")))
             }
             Err(e) => Err(format!("could not read {}: {e}", file.display())),
@@ -168,7 +195,10 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// PostgreSQL's migrations: the schema SQLite's migrations reach, in PostgreSQL's terms.
-const PG_MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/001_init.sql")];
+const PG_MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/001_init.sql"),
+    include_str!("migrations/postgres/002_no_truncate.sql"),
+];
 
 /// Manifests, registrations and every other write of this many requests at most share one
 /// durable commit.
@@ -324,11 +354,12 @@ impl Db {
 
     fn open_postgres_config(config: postgres::Config) -> Result<Self, DbError> {
         let connect = move || -> Result<Self, DbError> {
-            let mut writer = Conn::postgres(config.connect(postgres::NoTls)?);
+            let config = with_limits(config);
+            let mut writer = Conn::postgres(config.clone())?;
             migrate_postgres(&mut writer)?;
             let mut readers = Vec::with_capacity(READERS);
             for _ in 0..READERS {
-                readers.push(Mutex::new(Conn::postgres(config.connect(postgres::NoTls)?)));
+                readers.push(Mutex::new(Conn::postgres(config.clone())?));
             }
             let db = Self::start(writer, Engine::Postgres)?;
             Ok(Self {
@@ -460,6 +491,7 @@ impl Db {
         match self.engine {
             Engine::Sqlite => f(conn),
             Engine::Postgres => off_runtime(move || {
+                conn.reconnect_if_lost()?;
                 conn.batch("BEGIN")?;
                 let result = f(conn);
                 let ended = match &result {
@@ -494,7 +526,7 @@ impl Db {
         }
         // The `postgres` client blocks on its own runtime: never on an async thread.
         let here = self.engine == Engine::Sqlite;
-        if let Some(conn) = self.readers.free().filter(|_| here) {
+        if let Some(conn) = here.then(|| self.readers.free()).flatten() {
             // A panic in `f` is this call's error, as on a blocking thread, not the task's.
             return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 in_snapshot(&conn, f)
@@ -515,9 +547,13 @@ impl Readers {
     fn free(&self) -> Option<std::sync::MutexGuard<'_, Conn>> {
         let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         (0..self.conns.len()).find_map(|i| {
-            match self.conns[(start + i) % self.conns.len()].try_lock() {
+            let slot = &self.conns[(start + i) % self.conns.len()];
+            match slot.try_lock() {
                 Ok(guard) => Some(guard),
-                Err(std::sync::TryLockError::Poisoned(p)) => Some(taken_over(p.into_inner())),
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    slot.clear_poison();
+                    Some(taken_over(p.into_inner()))
+                }
                 Err(std::sync::TryLockError::WouldBlock) => None,
             }
         })
@@ -561,9 +597,28 @@ fn in_snapshot<T, E: From<DbError>>(
         // One snapshot for every statement, as SQLite's read transaction gives.
         Engine::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     };
+    conn.reconnect_if_lost().map_err(E::from)?;
     conn.run(begin).map_err(E::from)?;
     let snapshot = Snapshot(conn);
     f(snapshot.0)
+}
+
+/// `config` with the limits a Director needs unless the connection string sets its own: a
+/// connection attempt and a lock wait end (a replica partitioned while holding a vehicle's
+/// row does not stall the others' writers for hours), statements and idle transactions are
+/// bounded, and keepalives notice a dead peer.
+fn with_limits(mut config: postgres::Config) -> postgres::Config {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    config.keepalives(true);
+    config.keepalives_idle(std::time::Duration::from_secs(30));
+    if config.get_options().is_none() {
+        config.options(
+            "-c lock_timeout=10s -c statement_timeout=60s -c idle_in_transaction_session_timeout=300s",
+        );
+    }
+    config
 }
 
 /// Runs `f`, which may block on a PostgreSQL client (which refuses to block on a thread that
@@ -604,6 +659,8 @@ where
 
 /// The writer thread: runs waiting jobs in batches, one transaction and one commit each.
 fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
+    // PostgreSQL does not say whether a transaction is open: whether the last one's end failed.
+    let mut open_after_failure = false;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
@@ -614,13 +671,14 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let sqlite = conn.engine() == Engine::Sqlite;
         let mut done: Vec<Completion> = Vec::with_capacity(batch.len());
-        if !sqlite || !conn.is_autocommit() {
+        if (sqlite && !conn.is_autocommit()) || (!sqlite && open_after_failure) {
             // A transaction left open (a COMMIT and its ROLLBACK both failed): end it, or
             // every later batch would fail to begin.
             let _ = conn.run("ROLLBACK");
         }
         let mut failed = conn
-            .run(if sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" })
+            .reconnect_if_lost()
+            .and_then(|()| conn.run(if sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" }))
             .err()
             .map(|e| e.to_string());
         for job in batch {
@@ -679,7 +737,7 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
             None => conn.batch("COMMIT").map_err(|e| e.to_string()),
         };
         if outcome.is_err() && (!sqlite || !conn.is_autocommit()) {
-            let _ = conn.batch("ROLLBACK");
+            open_after_failure = conn.batch("ROLLBACK").is_err();
         }
         for completion in done {
             completion(outcome.clone());
@@ -770,7 +828,12 @@ mod tests {
                 "INSERT INTO events (at, kind, severity, actor, detail) VALUES ('9999', 'k', 'info', 'a', 'd')",
                 &[],
             )?;
-            for refused in ["UPDATE events SET detail = 'x'", "DELETE FROM events"] {
+            let mut refusals = vec!["UPDATE events SET detail = 'x'", "DELETE FROM events"];
+            if conn.engine() == Engine::Postgres {
+                // Row triggers do not see TRUNCATE; statement triggers refuse it.
+                refusals.extend(["TRUNCATE events", "TRUNCATE retention"]);
+            }
+            for refused in refusals {
                 // In a savepoint: on PostgreSQL a failed statement ends the transaction.
                 let tried = conn.savepoint()?;
                 let error = tried.execute(refused, &[]).unwrap_err().to_string();

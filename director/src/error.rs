@@ -30,6 +30,10 @@ pub enum DirectorError {
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// The database could not serve it now (a deadlock it broke, a lock not granted in
+    /// time): worth trying again.
+    #[error("{0}")]
+    Busy(String),
     /// A vehicle version manifest or ECU report failed a security check; the Director
     /// records a security event naming the attack.
     #[error("manifest refused ({kind}): {refusal}", kind = .0.attack(), refusal = .0)]
@@ -49,12 +53,17 @@ impl From<DbError> for DirectorError {
     /// A unique key another request (on another replica) wrote first is a conflict the caller
     /// can act on, not a server failure.
     fn from(e: DbError) -> Self {
-        match e.repeated_key() {
-            Some(key) => DirectorError::Conflict(format!(
+        if let Some(key) = e.repeated_key() {
+            return DirectorError::Conflict(format!(
                 "a concurrent request wrote the same record first ({key}); try again"
-            )),
-            None => DirectorError::Db(e),
+            ));
         }
+        if e.is_contention() {
+            return DirectorError::Busy(
+                "the database is busy with concurrent requests; try again".into(),
+            );
+        }
+        DirectorError::Db(e)
     }
 }
 
@@ -75,6 +84,7 @@ impl DirectorError {
                 StatusCode::BAD_REQUEST
             }
             DirectorError::Conflict(_) => StatusCode::CONFLICT,
+            DirectorError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             DirectorError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             DirectorError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             DirectorError::ImageRepository(_) => StatusCode::BAD_GATEWAY,
@@ -86,12 +96,20 @@ impl DirectorError {
 impl IntoResponse for DirectorError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = if status.is_server_error() {
+        let busy = matches!(self, DirectorError::Busy(_));
+        let message = if status.is_server_error() && !busy {
             tracing::error!(error = %self, "request failed");
             "internal error".to_string()
         } else {
             self.to_string()
         };
-        (status, axum::Json(json!({"error": message}))).into_response()
+        let mut response = (status, axum::Json(json!({"error": message}))).into_response();
+        if busy {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }

@@ -41,6 +41,8 @@ enum Backend {
 struct Pg {
     /// Always `Some` until dropped ([`Pg`]'s `Drop`).
     client: RefCell<Option<postgres::Client>>,
+    /// How to connect again after the connection was lost ([`Conn::reconnect_if_lost`]).
+    config: postgres::Config,
     /// Statements prepared on this connection, by their `?N` text.
     statements: RefCell<HashMap<String, postgres::Statement>>,
 }
@@ -373,8 +375,14 @@ impl PgToSql for Param<'_> {
             }
             // Text bound to a bytes column (a value SQLite kept as text, being moved).
             Param::Text(s) if *ty == Type::BYTEA => s.as_bytes().to_sql(ty, out),
-            Param::Text(s) => s.to_sql(ty, out),
-            Param::Blob(b) => b.to_sql(ty, out),
+            Param::Text(s)
+                if [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(ty) =>
+            {
+                s.to_sql(ty, out)
+            }
+            Param::Blob(b) if *ty == Type::BYTEA => b.to_sql(ty, out),
+            Param::Text(_) => Err(format!("text given for a {ty} parameter").into()),
+            Param::Blob(_) => Err(format!("bytes given for a {ty} parameter").into()),
         }
     }
 
@@ -413,15 +421,36 @@ impl Conn {
         }
     }
 
-    /// A connection over an open PostgreSQL client.
-    pub fn postgres(client: postgres::Client) -> Self {
-        Conn {
+    /// A connection to the PostgreSQL database `config` names.
+    pub fn postgres(config: postgres::Config) -> Result<Self, DbError> {
+        let client = config.connect(postgres::NoTls)?;
+        Ok(Conn {
             backend: Backend::Postgres(Box::new(Pg {
                 client: RefCell::new(Some(client)),
+                config,
                 statements: RefCell::default(),
             })),
             depth: std::cell::Cell::new(0),
+        })
+    }
+
+    /// On PostgreSQL, connects again if the connection was lost (the server restarted, a
+    /// failover, a network cut): called only before a transaction begins, so a statement
+    /// of a transaction never runs on a new connection outside it (a COMMIT there would
+    /// "succeed" with nothing committed).
+    pub fn reconnect_if_lost(&self) -> Result<(), DbError> {
+        let Backend::Postgres(pg) = &self.backend else {
+            return Ok(());
+        };
+        let mut slot = pg.client.borrow_mut();
+        if slot.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
         }
+        pg.statements.borrow_mut().clear();
+        *slot = None;
+        *slot = Some(pg.config.connect(postgres::NoTls)?);
+        tracing::info!("connected to PostgreSQL again");
+        Ok(())
     }
 
     /// The engine behind this connection.

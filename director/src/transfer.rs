@@ -195,6 +195,9 @@ pub enum MoveError {
         "the target database already holds a Director (root version 1): move into a new, empty database"
     )]
     NotEmpty,
+    /// The copy was committed, but the Director directory could not be told.
+    #[error("{0}")]
+    Naming(String),
     /// A table's counts differ after the copy (then nothing was committed).
     #[error("{table}: {in_sqlite} rows in SQLite, {in_postgres} on PostgreSQL")]
     Differs {
@@ -207,30 +210,39 @@ pub enum MoveError {
     },
 }
 
-/// Copies the SQLite database at `source` (read-only, one snapshot) into the PostgreSQL
-/// database `target` (migrated here, and empty), all in one transaction; returns each
-/// table's counts, which are equal.
+/// Copies the SQLite database at `source` into the PostgreSQL database `target` (migrated
+/// here, and empty), all in one transaction, and returns each table's counts, which are
+/// equal. The source's write lock is held from before the copy until `then` (which names
+/// the new database for the Director) has run after the commit: no command line writes to
+/// SQLite what the copy would leave behind. The SQLite file is not changed.
 pub fn sqlite_to_postgres(
     source: &std::path::Path,
     target: &Database,
+    then: impl FnOnce() -> Result<(), MoveError>,
 ) -> Result<Vec<Counted>, MoveError> {
     // The source's own migrations first, so both schemas are the newest.
     drop(Db::open(source)?);
-    let from = Conn::sqlite(crate::db::open_read_only(source)?);
+    let lock = rusqlite::Connection::open(source).map_err(DbError::from)?;
+    lock.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(DbError::from)?;
+    let from = Conn::sqlite(lock);
+    // Other writers wait (and give up after their busy timeout); this connection reads one
+    // snapshot, which is therefore the last state.
+    // (Closing the connection on an error ends the transaction and its lock.)
+    from.run("BEGIN IMMEDIATE")?;
     let to = Db::connect(target)?;
     if to.engine() != crate::sql::Engine::Postgres {
         return Err(DbError::Join("the target of a move is a PostgreSQL database".into()).into());
     }
-    to.call_blocking(move |to| {
+    let (counts, from) = to.call_blocking(move |to| {
         if to.value::<i64>("SELECT COUNT(*) FROM roots", &[])? > 0 {
             return Err(MoveError::NotEmpty);
         }
-        // One read snapshot of the source for the whole copy.
-        from.run("BEGIN")?;
-        let copied = copy_all(&from, to);
-        let _ = from.run("ROLLBACK");
-        copied
-    })
+        copy_all(&from, to).map(|counts| (counts, from))
+    })?;
+    let named = then();
+    let _ = from.run("ROLLBACK");
+    named.map(|()| counts)
 }
 
 fn copy_all(from: &Conn, to: &Conn) -> Result<Vec<Counted>, MoveError> {

@@ -105,6 +105,24 @@ fn a_fleet_moved_from_sqlite_to_postgres_loses_nothing_and_keeps_updating() {
     assert!(!moved);
     assert!(stderr.contains("already holds a Director"), "{stderr}");
 
+    // A copy of the directory that lost DIR/database is refused, not served from the
+    // SQLite state of before the move (its spent nonces would be accepted again).
+    let stale = fleet.path("director-stale");
+    std::fs::create_dir_all(&stale).unwrap();
+    for file in ["director.db", "director.db-moved"] {
+        std::fs::copy(dir.join(file), stale.join(file)).unwrap();
+    }
+    let (status, _, stderr) = run(
+        std::process::Command::new(uptane_tests::bin("director")).args([
+            "migrate",
+            "--dir",
+            &stale.display().to_string(),
+        ]),
+        LIMIT,
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("was moved to postgres://"), "{stderr}");
+
     // The server now runs on PostgreSQL, with the history from before the move, and the
     // vehicle takes its next update through it.
     fleet.restart_director();

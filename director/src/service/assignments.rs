@@ -184,25 +184,41 @@ pub fn assign(
                 None => tx.query(sql, params![], map),
             }
         };
-    let mut candidates = Vec::new();
-    if !request.vins.is_empty() {
-        for vin in &request.vins {
-            if !exists(&tx, "vehicles", "vin", vin.as_str())? {
-                return Err(DirectorError::NotFound(format!("no vehicle {vin}")));
+    let gather = || -> Result<Vec<(String, String, String, u64)>, DirectorError> {
+        let mut candidates = Vec::new();
+        if !request.vins.is_empty() {
+            for vin in &request.vins {
+                if !exists(&tx, "vehicles", "vin", vin.as_str())? {
+                    return Err(DirectorError::NotFound(format!("no vehicle {vin}")));
+                }
+                candidates.extend(ecus_where(Some(("vin", vin.as_str())))?);
             }
-            candidates.extend(ecus_where(Some(("vin", vin.as_str())))?);
-        }
-    } else if !request.ecus.is_empty() {
-        for serial in &request.ecus {
-            let found = ecus_where(Some(("serial", serial.as_str())))?;
-            if found.is_empty() {
-                return Err(DirectorError::NotFound(format!("no ECU {serial}")));
+        } else if !request.ecus.is_empty() {
+            for serial in &request.ecus {
+                let found = ecus_where(Some(("serial", serial.as_str())))?;
+                if found.is_empty() {
+                    return Err(DirectorError::NotFound(format!("no ECU {serial}")));
+                }
+                candidates.extend(found);
             }
-            candidates.extend(found);
+        } else {
+            candidates.extend(ecus_where(None)?);
         }
-    } else {
-        candidates.extend(ecus_where(None)?);
+        Ok(candidates)
+    };
+    // An assignment or a manifest on another replica at the same time waits for these
+    // ECUs (locked in serial order, so two assignments alone never deadlock), and what is
+    // checked below is read again after the locks: current, not what was read before them
+    // (an installed release counter raised meanwhile, an ECU replaced).
+    let mut locked = gather()?;
+    locked.sort();
+    locked.dedup();
+    for (serial, ..) in &locked {
+        tx.lock_row("ecus", "serial", serial)?;
     }
+    let mut candidates = gather()?;
+    candidates.sort();
+    candidates.dedup();
     if !request.ecus.is_empty() {
         let wanted: BTreeSet<&str> = request.ecus.iter().map(EcuSerial::as_str).collect();
         candidates.retain(|c| wanted.contains(c.0.as_str()));
@@ -239,14 +255,6 @@ pub fn assign(
         return Err(bad(format!(
             "no selected ECU has a hardware id the image is for ({hardware_ids:?})"
         )));
-    }
-    // An assignment made at the same time on another replica waits for these ECUs (locked
-    // in one order, so two assignments never wait for each other), and then finds this one's
-    // entries open and supersedes them: an ECU never has two open entries.
-    candidates.sort();
-    candidates.dedup();
-    for (serial, ..) in &candidates {
-        tx.lock_row("ecus", "serial", serial)?;
     }
     let correlation_id = format!("asg-{}", &random_token("x")?[2..18]);
     let id: i64 = tx.value(

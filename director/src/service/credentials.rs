@@ -203,6 +203,9 @@ pub fn authorize(
     now: UtcTime,
     log: &RefusalLog,
 ) -> Result<(), DirectorError> {
+    // Every credential change of a vehicle locks its row first (on PostgreSQL, where
+    // replicas write at once): what is read next is current until the change commits.
+    conn.lock_row("vehicles", "vin", vin.as_str())?;
     let bound: Option<String> = conn
         .query_opt(
             "SELECT tls_fingerprint FROM vehicles WHERE vin = ?1",
@@ -387,7 +390,7 @@ fn take_over(conn: &Conn, vin: &Vin, now: UtcTime) -> Result<(), DirectorError> 
                 credential_expires_at = next_credential_expires_at,
                 credential_issued_at = ?2,
                 next_credential_sha256 = NULL, next_credential_expires_at = NULL
-         WHERE vin = ?1",
+         WHERE vin = ?1 AND next_credential_sha256 IS NOT NULL",
         params![vin.as_str(), now_text(now)],
     )?;
     NewEvent::info(
@@ -409,6 +412,7 @@ pub fn renew(
     now: UtcTime,
 ) -> Result<IssuedCredential, DirectorError> {
     let issued = IssuedCredential::new(now, lifetime)?;
+    conn.lock_row("vehicles", "vin", vin.as_str())?;
     conn.execute(
         "UPDATE vehicles SET next_credential_sha256 = ?2, next_credential_expires_at = ?3
          WHERE vin = ?1 AND credential_revoked_at IS NULL",
@@ -428,6 +432,7 @@ fn require_vehicle(conn: &Conn, vin: &Vin) -> Result<(), DirectorError> {
 /// Revokes vehicle `vin`'s credential, any renewal of it, and its certificate binding:
 /// every request from it is refused until an operator issues a new credential.
 pub fn revoke(conn: &Conn, vin: &Vin, actor: &str, now: UtcTime) -> Result<(), DirectorError> {
+    conn.lock_row("vehicles", "vin", vin.as_str())?;
     require_vehicle(conn, vin)?;
     conn.execute(
         "UPDATE vehicles SET credential_revoked_at = ?2, next_credential_sha256 = NULL,
@@ -457,6 +462,7 @@ pub fn issue(
     now: UtcTime,
 ) -> Result<IssuedCredential, DirectorError> {
     let tx = conn.savepoint()?;
+    tx.lock_row("vehicles", "vin", vin.as_str())?;
     require_vehicle(&tx, vin)?;
     if let Some(fingerprint) = certificate {
         refuse_bound_elsewhere(&tx, vin, fingerprint)?;

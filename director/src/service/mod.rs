@@ -215,6 +215,19 @@ impl DirectorService {
         self.write_then(f, |_, cache| cache.forget_all()).await
     }
 
+    /// Whether the database answers.
+    pub async fn healthy(&self) -> Result<(), DirectorError> {
+        self.inner
+            .db
+            .read(|conn| conn.value::<i64>("SELECT 1", &[]))
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "health check: the database does not answer");
+                DirectorError::Busy("the database does not answer".into())
+            })?;
+        Ok(())
+    }
+
     /// Requests answered from the vehicle cache, and those that were not.
     pub fn cache_hits_and_misses(&self) -> (u64, u64) {
         self.inner.cache.hits_and_misses()

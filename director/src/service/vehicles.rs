@@ -349,6 +349,9 @@ pub fn replace_ecu(
     now: UtcTime,
 ) -> Result<(), DirectorError> {
     let tx = conn.savepoint()?;
+    // A manifest of this vehicle being recorded on another replica (checked against the old
+    // ECU's key) finishes first, or waits and is checked against the new inventory.
+    tx.lock_row("vehicles", "vin", vin.as_str())?;
     let primary: Option<bool> = tx.query_opt(
         "SELECT is_primary FROM ecus WHERE serial = ?1 AND vin = ?2",
         params![old.as_str(), vin.as_str()],
