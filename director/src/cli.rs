@@ -573,10 +573,6 @@ fn now() -> uptane_core::time::UtcTime {
     std::time::SystemTime::now().into()
 }
 
-fn db_path(dir: &std::path::Path) -> PathBuf {
-    dir.join("director.db")
-}
-
 /// The database a Director directory uses ([`Database::of_dir`]).
 fn database_of(dir: &std::path::Path) -> anyhow::Result<Database> {
     Database::of_dir(dir).map_err(|e| failure(Exit::Config, e))
@@ -615,8 +611,12 @@ fn claim_sqlite(path: &Path) -> anyhow::Result<std::fs::File> {
 
 /// The database of an initialized Director directory, or what to do when `dir` is not one.
 fn open_director(dir: &std::path::Path) -> anyhow::Result<Db> {
-    let database = database_of(dir)?;
-    if let Database::Sqlite(path) = &database
+    open_director_at(dir, &database_of(dir)?)
+}
+
+/// [`open_director`], the directory's database already read from it.
+fn open_director_at(dir: &std::path::Path, database: &Database) -> anyhow::Result<Db> {
+    if let Database::Sqlite(path) = database
         && !path.is_file()
     {
         return Err(failure(
@@ -629,7 +629,7 @@ fn open_director(dir: &std::path::Path) -> anyhow::Result<Db> {
             ),
         ));
     }
-    let db = Db::connect(&database).fail(
+    let db = Db::connect(database).fail(
         Exit::Failed,
         format!("could not open the Director database {database}"),
     )?;
@@ -1016,17 +1016,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     format!("{} already uses PostgreSQL", dir.display()),
                 ));
             };
-            if !matches!(to, Database::Postgres(_)) {
+            let Database::Postgres(url) = &to else {
                 return Err(failure(
                     Exit::Usage,
                     "--to names the PostgreSQL database to move to (postgres://…)",
                 ));
-            }
+            };
             // Held for the whole move: no server writes what would then be left behind.
             let _no_server = claim_sqlite(&source)?;
-            let Database::Postgres(url) = &to else {
-                unreachable!("checked above")
-            };
             // Once committed, the directory names the new database, and the SQLite file is
             // marked moved: a copy of the directory without DIR/database is refused rather
             // than serving the state from before the move.
@@ -1074,7 +1071,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate { dir, to: None } => {
             let database = database_of(&dir)?;
-            let db = open_director(&dir)?;
+            let db = open_director_at(&dir, &database)?;
             print(
                 json,
                 &json!({"database": database.to_string(), "engine": format!("{:?}", db.engine())}),
@@ -1101,7 +1098,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ));
             }
             let lifetime = root_lifetime(root_lifetime_days)?;
-            if db_path(&dir).exists() {
+            if Database::sqlite_file(&dir).exists() {
                 return Err(failure(
                     Exit::Config,
                     format!(
@@ -1141,7 +1138,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 keys::write_private(&keys::online_key_path(&dir, role), &keys::generate()?)?;
             }
             let online = OnlineKeys::load(&dir)?;
-            let database = database.unwrap_or_else(|| Database::Sqlite(db_path(&dir)));
+            let database =
+                database.unwrap_or_else(|| Database::Sqlite(Database::sqlite_file(&dir)));
             let db = Db::connect(&database).fail(
                 Exit::Failed,
                 format!("could not open the Director database {database}"),
@@ -1218,9 +1216,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let image_tls = ClientTls::new(tls.ca_cert.as_deref(), None, tls.insecure)?;
             image_tls.check_url(&image_repo)?;
-            let db = open_director(&dir)?;
-            let _one_server = match database_of(&dir)? {
-                Database::Sqlite(path) => Some(claim_sqlite(&path)?),
+            let database = database_of(&dir)?;
+            let db = open_director_at(&dir, &database)?;
+            let _one_server = match &database {
+                Database::Sqlite(path) => Some(claim_sqlite(path)?),
                 Database::Postgres(_) => None,
             };
             let keys = db.call_blocking(|conn| service::KeyRing::load(conn, &dir))?;

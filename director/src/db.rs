@@ -70,6 +70,20 @@ impl DbError {
 }
 
 impl Database {
+    /// The SQLite file of a Director directory (its database unless it names another).
+    pub fn sqlite_file(dir: &Path) -> PathBuf {
+        dir.join("director.db")
+    }
+
+    /// As `--database` takes it: the inverse of parsing, a password included (unlike
+    /// `Display`).
+    pub fn to_arg(&self) -> String {
+        match self {
+            Database::Sqlite(path) => format!("sqlite:{}", path.display()),
+            Database::Postgres(url) => url.clone(),
+        }
+    }
+
     /// The file of a Director directory that names its database when it is not
     /// DIR/director.db (written by `director init --database postgres://…`).
     pub fn file_in(dir: &Path) -> PathBuf {
@@ -103,7 +117,7 @@ impl Database {
                         file.display()
                     ));
                 }
-                Ok(Database::Sqlite(dir.join("director.db")))
+                Ok(Database::Sqlite(Self::sqlite_file(dir)))
             }
             Err(e) => Err(format!("could not read {}: {e}", file.display())),
         }
@@ -121,23 +135,17 @@ impl Database {
     /// A new, empty database on the PostgreSQL server `server` names (`postgres://…`, as a
     /// user who may create databases), for a test.
     pub fn fresh_on(server: &str) -> Result<Self, DbError> {
-        let server = server.to_owned();
         let mut name = [0u8; 8];
         getrandom::fill(&mut name).map_err(|e| DbError::Join(format!("no randomness: {e}")))?;
         let name = format!("director_test_{}", hex::encode(name));
-        let mut config: postgres::Config = server.parse()?;
-        {
-            let config = config.clone();
-            let name = name.clone();
-            off_runtime(move || -> Result<(), DbError> {
-                let mut admin = config.connect(postgres::NoTls)?;
-                admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
-                Ok(())
-            })?;
-        }
-        config.dbname(&name);
+        let config: postgres::Config = server.parse()?;
+        off_runtime(|| -> Result<(), DbError> {
+            let mut admin = config.connect(postgres::NoTls)?;
+            admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
+            Ok(())
+        })?;
         // The URL of the new database: the server's, with its name replaced.
-        let base = server.split('?').next().unwrap_or(&server);
+        let base = server.split('?').next().unwrap_or(server);
         let (prefix, _) = base.rsplit_once('/').unwrap_or((base, ""));
         let url = if prefix.ends_with('/') || prefix.ends_with(':') {
             format!("{base}/{name}")
@@ -308,6 +316,19 @@ fn keep_plans(conn: &rusqlite::Connection) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The SQLite writer connection `conn`, set up and migrated.
+fn sqlite_writer(conn: rusqlite::Connection) -> Result<Conn, DbError> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: an acknowledged manifest, assignment or event survives a power cut.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    keep_plans(&conn)?;
+    let mut conn = Conn::sqlite(conn);
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
 /// A read-only connection to the on-disk database at `path`, as the read pool and the root
 /// watch use.
 pub(crate) fn open_read_only(path: &Path) -> Result<rusqlite::Connection, DbError> {
@@ -329,20 +350,11 @@ impl Db {
 
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let writer = rusqlite::Connection::open(path)?;
-        let db = Self::from_sqlite(writer)?;
-        let mut readers = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
-            readers.push(Mutex::new(Conn::sqlite(open_read_only(path)?)));
-        }
-        Ok(Self {
-            readers: Arc::new(Readers {
-                conns: readers,
-                next: Default::default(),
-            }),
-            path: Some(Arc::from(path)),
-            ..db
-        })
+        let writer = sqlite_writer(rusqlite::Connection::open(path)?)?;
+        let readers = (0..READERS)
+            .map(|_| open_read_only(path).map(Conn::sqlite))
+            .collect::<Result<_, _>>()?;
+        Self::start(writer, readers, Some(path))
     }
 
     /// Connects to the PostgreSQL database at `url` and applies migrations.
@@ -350,28 +362,15 @@ impl Db {
     /// The connection is made off the async threads: the `postgres` client runs its own
     /// runtime and may not be driven from inside another.
     pub fn open_postgres(url: &str) -> Result<Self, DbError> {
-        Self::open_postgres_config(url.parse()?)
-    }
-
-    fn open_postgres_config(config: postgres::Config) -> Result<Self, DbError> {
-        let connect = move || -> Result<Self, DbError> {
-            let config = with_limits(config);
+        let config = with_limits(url.parse()?);
+        off_runtime(move || {
             let mut writer = Conn::postgres(config.clone())?;
             migrate_postgres(&mut writer)?;
-            let mut readers = Vec::with_capacity(READERS);
-            for _ in 0..READERS {
-                readers.push(Mutex::new(Conn::postgres(config.clone())?));
-            }
-            let db = Self::start(writer, Engine::Postgres)?;
-            Ok(Self {
-                readers: Arc::new(Readers {
-                    conns: readers,
-                    next: Default::default(),
-                }),
-                ..db
-            })
-        };
-        off_runtime(connect)
+            let readers = (0..READERS)
+                .map(|_| Conn::postgres(config.clone()))
+                .collect::<Result<_, _>>()?;
+            Self::start(writer, readers, None)
+        })
     }
 
     /// A fresh database for a test: a new database on the PostgreSQL server that
@@ -379,51 +378,22 @@ impl Db {
     /// databases from), or else an in-memory SQLite database. CI runs the Director's tests
     /// both ways (`.ci/run`).
     pub fn for_tests() -> Result<Self, DbError> {
-        match std::env::var("DIRECTOR_TEST_POSTGRES") {
-            Ok(server) if !server.is_empty() => {
-                let mut name = [0u8; 8];
-                getrandom::fill(&mut name)
-                    .map_err(|e| DbError::Join(format!("no randomness: {e}")))?;
-                let name = format!("director_test_{}", hex::encode(name));
-                let created = {
-                    let server = server.clone();
-                    let name = name.clone();
-                    off_runtime(move || -> Result<(), DbError> {
-                        let mut admin = server
-                            .parse::<postgres::Config>()?
-                            .connect(postgres::NoTls)?;
-                        admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
-                        Ok(())
-                    })
-                };
-                created?;
-                let mut config: postgres::Config = server.parse()?;
-                config.dbname(&name);
-                Self::open_postgres_config(config)
-            }
-            _ => Self::open_in_memory(),
+        match Database::fresh_for_tests()? {
+            Some(database) => Self::connect(&database),
+            None => Self::open_in_memory(),
         }
     }
 
     /// An in-memory database, for tests (reads go through the writer).
     pub fn open_in_memory() -> Result<Self, DbError> {
-        Self::from_sqlite(rusqlite::Connection::open_in_memory()?)
+        let writer = sqlite_writer(rusqlite::Connection::open_in_memory()?)?;
+        Self::start(writer, Vec::new(), None)
     }
 
-    fn from_sqlite(conn: rusqlite::Connection) -> Result<Self, DbError> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: an acknowledged manifest, assignment or event survives a power cut.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        keep_plans(&conn)?;
-        let mut conn = Conn::sqlite(conn);
-        migrate(&mut conn)?;
-        Self::start(conn, Engine::Sqlite)
-    }
-
-    /// Starts the writer thread on `conn`.
-    fn start(conn: Conn, engine: Engine) -> Result<Self, DbError> {
+    /// Starts the writer thread on `conn`, with `readers` for [`Db::read`] (none: reads go
+    /// through the writer) and the database file at `path`, if there is one.
+    fn start(conn: Conn, readers: Vec<Conn>, path: Option<&Path>) -> Result<Self, DbError> {
+        let engine = conn.engine();
         // Bounded: a flood of writes waits for the queue instead of growing it.
         let conn = Arc::new(Mutex::new(conn));
         let (writer, jobs) = std::sync::mpsc::sync_channel::<Job>(4 * MAX_BATCH);
@@ -435,8 +405,11 @@ impl Db {
         Ok(Self {
             conn,
             writer,
-            readers: Arc::default(),
-            path: None,
+            readers: Arc::new(Readers {
+                conns: readers.into_iter().map(Mutex::new).collect(),
+                next: Default::default(),
+            }),
+            path: path.map(Arc::from),
             engine,
         })
     }

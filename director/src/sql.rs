@@ -243,12 +243,39 @@ impl<T: Column> Column for Option<T> {
     }
 }
 
-/// Any value, written out ([`Row::render`]).
-struct Rendered(String);
+/// Any value, owned: what a column held, to be written elsewhere (a move between engines)
+/// or compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedValue {
+    /// NULL.
+    Null,
+    /// An integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
 
-impl Column for Rendered {
+impl Column for OwnedValue {
     fn column(value: Value<'_>) -> Result<Self, String> {
-        Ok(Rendered(format!("{value:?}")))
+        Ok(match value {
+            Value::Null => OwnedValue::Null,
+            Value::Int(v) => OwnedValue::Int(v),
+            Value::Text(t) => OwnedValue::Text(t.to_owned()),
+            Value::Blob(b) => OwnedValue::Blob(b.to_vec()),
+        })
+    }
+}
+
+impl ToParam for OwnedValue {
+    fn param(&self) -> Param<'_> {
+        match self {
+            OwnedValue::Null => Param::Null,
+            OwnedValue::Int(v) => Param::Int(*v),
+            OwnedValue::Text(t) => Param::Text(t),
+            OwnedValue::Blob(b) => Param::Blob(b),
+        }
     }
 }
 
@@ -280,11 +307,6 @@ impl Row<'_> {
         self.len() == 0
     }
 
-    /// Column `i` written out, whatever its type (for comparing rows).
-    pub fn render(&self, i: usize) -> Result<String, DbError> {
-        self.get::<Rendered>(i).map(|r| r.0)
-    }
-
     /// Column `i` as a `T`.
     pub fn get<T: Column>(&self, i: usize) -> Result<T, DbError> {
         let column = |message: String| DbError::Column { index: i, message };
@@ -307,25 +329,25 @@ impl Row<'_> {
                 let Some(c) = row.columns().get(i) else {
                     return Err(column("no such column".into()));
                 };
-                let ty = c.type_().clone();
+                let ty = c.type_();
                 let pg = |e: postgres::Error| DbError::Postgres(e);
-                let value = if ty == Type::INT8 {
+                let value = if *ty == Type::INT8 {
                     row.try_get::<_, Option<i64>>(i)
                         .map_err(pg)?
                         .map(Value::Int)
-                } else if ty == Type::INT4 {
+                } else if *ty == Type::INT4 {
                     row.try_get::<_, Option<i32>>(i)
                         .map_err(pg)?
                         .map(|v| Value::Int(v.into()))
-                } else if ty == Type::INT2 {
+                } else if *ty == Type::INT2 {
                     row.try_get::<_, Option<i16>>(i)
                         .map_err(pg)?
                         .map(|v| Value::Int(v.into()))
-                } else if ty == Type::BOOL {
+                } else if *ty == Type::BOOL {
                     row.try_get::<_, Option<bool>>(i)
                         .map_err(pg)?
                         .map(|v| Value::Int(v.into()))
-                } else if ty == Type::BYTEA {
+                } else if *ty == Type::BYTEA {
                     row.try_get::<_, Option<&[u8]>>(i)
                         .map_err(pg)?
                         .map(Value::Blob)

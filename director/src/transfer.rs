@@ -5,7 +5,7 @@
 //! only read.
 
 use crate::db::{Database, Db, DbError};
-use crate::sql::{Column, Conn, Param, ToParam, Value};
+use crate::sql::{Conn, OwnedValue, ToParam};
 
 /// The tables, parents before children, each with the columns both schemas share. Tables
 /// whose SQLite rows are paged by the implicit `rowid` have a `rowid` column on PostgreSQL,
@@ -142,37 +142,6 @@ const IDENTITIES: &[(&str, &str)] = &[
 /// Rows read from SQLite at a time.
 const PAGE: i64 = 1000;
 
-/// A value as read, owned, to be written to the other engine.
-#[derive(Debug, Clone)]
-enum Owned {
-    Null,
-    Int(i64),
-    Text(String),
-    Blob(Vec<u8>),
-}
-
-impl Column for Owned {
-    fn column(value: Value<'_>) -> Result<Self, String> {
-        Ok(match value {
-            Value::Null => Owned::Null,
-            Value::Int(v) => Owned::Int(v),
-            Value::Text(t) => Owned::Text(t.to_owned()),
-            Value::Blob(b) => Owned::Blob(b.to_vec()),
-        })
-    }
-}
-
-impl ToParam for Owned {
-    fn param(&self) -> Param<'_> {
-        match self {
-            Owned::Null => Param::Null,
-            Owned::Int(v) => Param::Int(*v),
-            Owned::Text(t) => Param::Text(t),
-            Owned::Blob(b) => Param::Blob(b),
-        }
-    }
-}
-
 /// How many rows one table holds on each side after a move.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Counted {
@@ -301,7 +270,7 @@ fn copy_table(from: &Conn, to: &Conn, table: &str, columns: &[&str]) -> Result<(
         let rows = from.query(&read, crate::params![after], |r| {
             let position: i64 = r.get(0)?;
             let values = (1..=columns.len())
-                .map(|i| r.get::<Owned>(i))
+                .map(|i| r.get::<OwnedValue>(i))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((position, values))
         })?;

@@ -9,9 +9,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use director::api::{AppState, router};
 use director::catalog::ImageCatalog;
-use director::db::Db;
+use director::db::{Db, DbError};
 use director::keys::OnlineKeys;
 use director::service::{self, DirectorService, Policy};
+use director::sql::OwnedValue;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use uptane_core::crypto::SigningKey;
@@ -233,8 +234,8 @@ impl Fleet {
                 ] {
                     let rows = conn.query(&format!("SELECT * FROM {table}"), &[], |r| {
                         (0..r.len())
-                            .map(|i| r.render(i))
-                            .collect::<Result<Vec<_>, _>>()
+                            .map(|i| Ok(format!("{:?}", r.get::<OwnedValue>(i)?)))
+                            .collect::<Result<Vec<_>, DbError>>()
                     })?;
                     for row in rows {
                         out.push_str(&row.join("|"));

@@ -229,6 +229,35 @@ impl Car {
         })
     }
 
+    /// Registers it through the Director at `director` as the operator whose token is
+    /// `operator` (`POST /api/v1/vehicles`), keeping the credential issued.
+    pub async fn register(
+        &mut self,
+        client: &reqwest::Client,
+        director: &str,
+        operator: &str,
+    ) -> Result<(), String> {
+        let response = client
+            .post(format!("{director}/api/v1/vehicles"))
+            .bearer_auth(operator)
+            .header("content-type", "application/json")
+            .body(self.registration().to_string())
+            .send()
+            .await
+            .map_err(|e| format!("registering {}: {e}", self.vin))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("registering {}: HTTP {status}", self.vin));
+        }
+        let issued: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        self.credential = issued["credential"]
+            .as_str()
+            .ok_or_else(|| format!("registering {}: no credential in {issued}", self.vin))?
+            .into();
+        Ok(())
+    }
+
     /// The signed vehicle version manifest of its next cycle (counter one higher).
     pub fn manifest(&mut self, run: &str) -> Vec<u8> {
         self.counter += 1;

@@ -88,14 +88,6 @@ pub fn write_throwaway_pki(out: &Path, names: &[&str]) -> Result<Ca, String> {
     Ok(ca)
 }
 
-/// `database` as `director --database` takes it.
-pub fn database_url(database: &director::db::Database) -> String {
-    match database {
-        director::db::Database::Sqlite(path) => format!("sqlite:{}", path.display()),
-        director::db::Database::Postgres(url) => url.clone(),
-    }
-}
-
 fn tls_flags(dir: &Path) -> [String; 4] {
     [
         "--tls-cert".into(),
@@ -168,7 +160,7 @@ impl Fleet {
             &path("repo/metadata/1.root.json"),
         ]);
         if let Some(database) = database {
-            init.env("DIRECTOR_DATABASE", database_url(&database));
+            init.env("DIRECTOR_DATABASE", database.to_arg());
         }
         run_ok(&mut init, LIMIT);
         let token = run_ok(
@@ -275,7 +267,14 @@ impl Fleet {
     /// Another Director process serving the same directory and database (a replica behind
     /// the same load balancer), on a port of its own: the process and its `https://` URL.
     pub fn start_director_replica(&self) -> (ChildGuard, String) {
-        let (replica, addr) = spawn_listening(self.director_replica_command(), LIMIT);
+        self.start_director_replica_with(&[])
+    }
+
+    /// [`Fleet::start_director_replica`], with extra environment variables for it.
+    pub fn start_director_replica_with(&self, env: &[(&str, &str)]) -> (ChildGuard, String) {
+        let mut command = self.director_replica_command();
+        command.envs(env.iter().copied());
+        let (replica, addr) = spawn_listening(command, LIMIT);
         (replica, format!("https://{addr}"))
     }
 
@@ -495,6 +494,15 @@ impl Fleet {
             Value::Array(entries) => entries,
             _ => Vec::new(),
         }
+    }
+
+    /// Whether the Director records `image` installed on vehicle `vin`'s ECU whose serial
+    /// ends with `-SUFFIX` (`-DOOR`: the Secondary a [`VehicleSpec`] names `DOOR`).
+    pub fn installed_on(&self, vin: &str, suffix: &str, image: &str) -> bool {
+        let ending = format!("-{suffix}");
+        self.installed(vin)
+            .iter()
+            .any(|(serial, i)| serial.ends_with(&ending) && i.as_deref() == Some(image))
     }
 
     /// What the Director records as installed on each ECU of a vehicle.

@@ -102,11 +102,10 @@ fn one_assignment_reaches_twenty_vehicles() {
         "not every vehicle updated"
     );
     for vin in &vin_refs {
-        let installed = fleet.installed(vin);
         assert!(
-            installed
-                .iter()
-                .any(|(s, i)| s.ends_with("-DOOR") && i.as_deref() == Some("door-5.bin"))
+            fleet.installed_on(vin, "DOOR", "door-5.bin"),
+            "{vin}: {:?}",
+            fleet.installed(vin)
         );
     }
 }

@@ -30,19 +30,9 @@ fn every_manifest_acknowledged_under_group_commit_survives_kill_9() {
     blocking(async {
         for car in &cars {
             let mut car = car.lock().await;
-            let issued = client
-                .post(format!("{}/api/v1/vehicles", fleet.director_url))
-                .bearer_auth(&fleet.token)
-                .header("content-type", "application/json")
-                .body(car.registration().to_string())
-                .send()
-                .await
-                .unwrap()
-                .bytes()
+            car.register(&client, &fleet.director_url, &fleet.token)
                 .await
                 .unwrap();
-            let issued: Value = serde_json::from_slice(&issued).unwrap();
-            car.credential = issued["credential"].as_str().unwrap().into();
         }
     });
 

@@ -11,16 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 use uptane_tests::postgres::Postgres;
 use uptane_tests::run;
-use uptane_tests::sim::{Fleet, Mode, SimVehicle, VehicleSpec, database_url, wait_until};
+use uptane_tests::sim::{Fleet, Mode, SimVehicle, VehicleSpec, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn installed(fleet: &Fleet, vin: &str, image: &str) -> bool {
-    fleet
-        .installed(vin)
-        .iter()
-        .any(|(serial, i)| serial.ends_with("-DOOR") && i.as_deref() == Some(image))
-}
 
 /// `director migrate --dir DIR --to URL --json`: its status, parsed output and stderr.
 fn migrate(dir: &std::path::Path, to: &str) -> (bool, Value, String) {
@@ -56,12 +49,12 @@ fn a_fleet_moved_from_sqlite_to_postgres_loses_nothing_and_keeps_updating() {
     vehicle.start_primary();
     fleet.publish("door-1.bin", "hw-door", 1, &[1u8; 100_000]);
     fleet.assign("door-1.bin", &["MOVE01"]);
-    assert!(wait_until(LIMIT, || installed(
-        &fleet,
+    assert!(wait_until(LIMIT, || fleet.installed_on(
         "MOVE01",
+        "DOOR",
         "door-1.bin"
     )));
-    let target = database_url(&postgres.fresh());
+    let target = postgres.fresh().to_arg();
     let dir = fleet.path("director");
 
     // Refused while the server uses the database: what it wrote afterwards would be lost.
@@ -133,9 +126,9 @@ fn a_fleet_moved_from_sqlite_to_postgres_loses_nothing_and_keeps_updating() {
     assert_eq!(before[0]["status"], "installed");
     fleet.publish("door-2.bin", "hw-door", 2, &[2u8; 100_000]);
     fleet.assign("door-2.bin", &["MOVE01"]);
-    assert!(wait_until(LIMIT, || installed(
-        &fleet,
+    assert!(wait_until(LIMIT, || fleet.installed_on(
         "MOVE01",
+        "DOOR",
         "door-2.bin"
     )));
     assert_eq!(fleet.assignments("MOVE01").len(), 2);

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
 use uptane_core::hash::sha256_hex;
 use uptane_tests::load::Car;
 use uptane_tests::proxy::LinkProxy;
@@ -37,26 +36,7 @@ fn replica_with(fleet: &Fleet, env: &[(&str, &str)]) -> Option<(ChildGuard, Stri
         );
         return None;
     }
-    let mut command = fleet.director_replica_command();
-    command.envs(env.iter().copied());
-    let (replica, addr) =
-        uptane_tests::spawn_listening(command, std::time::Duration::from_secs(60));
-    Some((replica, format!("https://{addr}")))
-}
-
-/// Registers `car` through the Director at `url` (an operator registration).
-async fn register(fleet: &Fleet, client: &reqwest::Client, url: &str, car: &mut Car) {
-    let response = client
-        .post(format!("{url}/api/v1/vehicles"))
-        .bearer_auth(&fleet.token)
-        .header("content-type", "application/json")
-        .body(car.registration().to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
-    let issued: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-    car.credential = issued["credential"].as_str().unwrap().into();
+    Some(fleet.start_director_replica_with(env))
 }
 
 /// Posts `body` as `car`'s manifest to the Director at `url`: the status and the body.
@@ -118,7 +98,9 @@ fn the_same_manifest_posted_to_both_replicas_at_once_is_accepted_once() {
     let client = fleet.https_client();
     let mut car = Car::new("replicas-race", 0);
     blocking(async {
-        register(&fleet, &client, &fleet.director_url, &mut car).await;
+        car.register(&client, &fleet.director_url, &fleet.token)
+            .await
+            .unwrap();
         for round in 0..5 {
             let body = car.manifest("replicas-race");
             let (a, b) = tokio::join!(
@@ -146,7 +128,9 @@ fn a_nonce_accepted_by_one_replica_is_refused_by_the_other() {
     let client = fleet.https_client();
     let mut car = Car::new("replicas-replay", 0);
     blocking(async {
-        register(&fleet, &client, &fleet.director_url, &mut car).await;
+        car.register(&client, &fleet.director_url, &fleet.token)
+            .await
+            .unwrap();
         let body = car.manifest("replicas-replay");
         let (status, text) = post_manifest(&client, &fleet.director_url, &car, body.clone()).await;
         assert_eq!(status, 200, "{text}");
@@ -184,7 +168,9 @@ fn metadata_signed_by_two_replicas_never_goes_back_or_differs_for_one_version() 
         fleet.publish(&format!("door-{i}.bin"), "load-door", 1, &[i; 64]);
     }
     blocking(async {
-        register(&fleet, &client, &fleet.director_url, &mut car).await;
+        car.register(&client, &fleet.director_url, &fleet.token)
+            .await
+            .unwrap();
     });
     let urls = [fleet.director_url.clone(), other.clone()];
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -364,12 +350,10 @@ fn vehicles_finish_a_campaign_through_the_other_replica_when_one_is_killed() {
         "not every vehicle finished through the surviving replica"
     );
     for vin in &vin_refs {
-        let shown = fleet.installed(vin);
         assert!(
-            shown
-                .iter()
-                .any(|(s, i)| s.ends_with("-DOOR") && i.as_deref() == Some("door-7.bin")),
-            "{vin}: {shown:?}"
+            fleet.installed_on(vin, "DOOR", "door-7.bin"),
+            "{vin}: {:?}",
+            fleet.installed(vin)
         );
         let events = fleet.events(vin, false);
         assert!(

@@ -33,10 +33,7 @@ fn a_vehicle_updates_from_the_published_tree_served_by_nginx() {
     fleet.assign("door-3.bin", &["STATIC01"]);
     assert!(
         wait_until(Duration::from_secs(120), || {
-            fleet
-                .installed("STATIC01")
-                .iter()
-                .any(|(s, i)| s.ends_with("-DOOR") && i.as_deref() == Some("door-3.bin"))
+            fleet.installed_on("STATIC01", "DOOR", "door-3.bin")
         }),
         "the vehicle did not update through nginx"
     );
