@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a throwaway PostgreSQL cluster for the tests: a fresh data directory under a
 # temporary directory, listening only on 127.0.0.1 on a free port, owned by a non-root user
-# (PostgreSQL refuses to run as root; the tests run as root in CI).
+# (PostgreSQL refuses to run as root; the tests run as root in CI). It takes TCP connections
+# over TLS only (a throwaway CA in DIR/ca.pem signs its certificate for 127.0.0.1), so every
+# test against it goes through the Director's verified TLS, as a deployment does.
 #
 #   eval "$(tools/pg-test-cluster.sh start)"   # exports DIRECTOR_TEST_POSTGRES and PG_TEST_DIR
 #   tools/pg-test-cluster.sh stop "$PG_TEST_DIR"
@@ -38,11 +40,27 @@ start)
     chown "$owner" "$dir"
     port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync > "$dir/initdb.log"
+    # A CA for this cluster alone, and the server's certificate for 127.0.0.1.
+    (
+        cd "$dir"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+            -subj /CN=pg-test-ca -keyout ca.key -out ca.pem 2> /dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2> /dev/null
+        printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+            -extfile server.ext -out server.crt 2> /dev/null
+        rm -f ca.key server.csr ca.srl server.ext
+        chown "$owner" server.key server.crt
+        chmod 600 server.key
+    )
+    # TCP only with TLS; the socket in DIR for the owner's tools.
+    printf 'local all all trust\nhostssl all all 127.0.0.1/32 trust\n' > "$dir/data/pg_hba.conf"
     as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400 -c fsync=on" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400 -c fsync=on -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key" \
         start > /dev/null
     echo "export PG_TEST_DIR=$dir"
-    echo "export DIRECTOR_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port/postgres"
+    echo "export DIRECTOR_TEST_POSTGRES='postgres://postgres@127.0.0.1:$port/postgres?sslmode=verify-full&sslrootcert=$dir/ca.pem'"
     ;;
 stop)
     dir="${2:?the cluster directory printed by start}"

@@ -138,20 +138,24 @@ impl Database {
         let mut name = [0u8; 8];
         getrandom::fill(&mut name).map_err(|e| DbError::Join(format!("no randomness: {e}")))?;
         let name = format!("director_test_{}", hex::encode(name));
-        let config: postgres::Config = server.parse()?;
+        let target = crate::pg::PgTarget::new(server)?;
         off_runtime(|| -> Result<(), DbError> {
-            let mut admin = config.connect(postgres::NoTls)?;
+            let mut admin = target.connect()?;
             admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
             Ok(())
         })?;
-        // The URL of the new database: the server's, with its name replaced.
-        let base = server.split('?').next().unwrap_or(server);
+        // The URL of the new database: the server's, with its name replaced and its
+        // settings (TLS among them) kept.
+        let (base, query) = server.split_once('?').unwrap_or((server, ""));
         let (prefix, _) = base.rsplit_once('/').unwrap_or((base, ""));
-        let url = if prefix.ends_with('/') || prefix.ends_with(':') {
+        let mut url = if prefix.ends_with('/') || prefix.ends_with(':') {
             format!("{base}/{name}")
         } else {
             format!("{prefix}/{name}")
         };
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
         Ok(Database::Postgres(url))
     }
 }
@@ -167,26 +171,7 @@ impl std::fmt::Display for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Database::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
-            Database::Postgres(url) => match url.parse::<postgres::Config>() {
-                Ok(config) => {
-                    let host = config
-                        .get_hosts()
-                        .first()
-                        .map(|h| match h {
-                            postgres::config::Host::Tcp(h) => h.clone(),
-                            postgres::config::Host::Unix(p) => p.display().to_string(),
-                        })
-                        .unwrap_or_default();
-                    let port = config.get_ports().first().copied().unwrap_or(5432);
-                    write!(
-                        f,
-                        "postgres://{}@{host}:{port}/{}",
-                        config.get_user().unwrap_or(""),
-                        config.get_dbname().unwrap_or("")
-                    )
-                }
-                Err(_) => f.write_str("postgres://…"),
-            },
+            Database::Postgres(url) => f.write_str(&crate::pg::redacted(url)),
         }
     }
 }
@@ -243,6 +228,10 @@ pub enum DbError {
     /// The blocking task failed.
     #[error("database task failed: {0}")]
     Join(String),
+    /// The PostgreSQL connection string asks for what the Director refuses, or names a file
+    /// it cannot use ([`crate::pg`]).
+    #[error("the PostgreSQL connection string: {0}")]
+    Settings(String),
     /// The transaction a write shared with others could not be committed, so none of them
     /// took effect.
     #[error("database commit failed: {0}")]
@@ -257,7 +246,16 @@ pub enum DbError {
 fn postgres_message(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            // The client's text alone is "error performing TLS handshake": say why.
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            message
+        }
     }
 }
 
@@ -362,12 +360,12 @@ impl Db {
     /// The connection is made off the async threads: the `postgres` client runs its own
     /// runtime and may not be driven from inside another.
     pub fn open_postgres(url: &str) -> Result<Self, DbError> {
-        let config = with_limits(url.parse()?);
+        let target = crate::pg::PgTarget::new(url)?;
         off_runtime(move || {
-            let mut writer = Conn::postgres(config.clone())?;
+            let mut writer = Conn::postgres(target.clone())?;
             migrate_postgres(&mut writer)?;
             let readers = (0..READERS)
-                .map(|_| Conn::postgres(config.clone()))
+                .map(|_| Conn::postgres(target.clone()))
                 .collect::<Result<_, _>>()?;
             Self::start(writer, readers, None)
         })
@@ -575,24 +573,6 @@ fn in_snapshot<T, E: From<DbError>>(
     conn.run(begin).map_err(E::from)?;
     let snapshot = Snapshot(conn);
     f(snapshot.0)
-}
-
-/// `config` with the limits a Director needs unless the connection string sets its own: a
-/// connection attempt and a lock wait end (a replica partitioned while holding a vehicle's
-/// row does not stall the others' writers for hours), statements and idle transactions are
-/// bounded, and keepalives notice a dead peer.
-fn with_limits(mut config: postgres::Config) -> postgres::Config {
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(std::time::Duration::from_secs(10));
-    }
-    config.keepalives(true);
-    config.keepalives_idle(std::time::Duration::from_secs(30));
-    if config.get_options().is_none() {
-        config.options(
-            "-c lock_timeout=10s -c statement_timeout=60s -c idle_in_transaction_session_timeout=300s",
-        );
-    }
-    config
 }
 
 /// Runs `f`, which may block on a PostgreSQL client (which refuses to block on a thread that

@@ -42,7 +42,7 @@ struct Pg {
     /// Always `Some` until dropped ([`Pg`]'s `Drop`).
     client: RefCell<Option<postgres::Client>>,
     /// How to connect again after the connection was lost ([`Conn::reconnect_if_lost`]).
-    config: postgres::Config,
+    target: crate::pg::PgTarget,
     /// Statements prepared on this connection, by their `?N` text.
     statements: RefCell<HashMap<String, postgres::Statement>>,
 }
@@ -443,13 +443,13 @@ impl Conn {
         }
     }
 
-    /// A connection to the PostgreSQL database `config` names.
-    pub fn postgres(config: postgres::Config) -> Result<Self, DbError> {
-        let client = config.connect(postgres::NoTls)?;
+    /// A connection to the PostgreSQL database `target` names.
+    pub fn postgres(target: crate::pg::PgTarget) -> Result<Self, DbError> {
+        let client = target.connect()?;
         Ok(Conn {
             backend: Backend::Postgres(Box::new(Pg {
                 client: RefCell::new(Some(client)),
-                config,
+                target,
                 statements: RefCell::default(),
             })),
             depth: std::cell::Cell::new(0),
@@ -470,7 +470,7 @@ impl Conn {
         }
         pg.statements.borrow_mut().clear();
         *slot = None;
-        *slot = Some(pg.config.connect(postgres::NoTls)?);
+        *slot = Some(pg.target.connect()?);
         tracing::info!("connected to PostgreSQL again");
         Ok(())
     }

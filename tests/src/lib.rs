@@ -13,6 +13,7 @@ pub mod hil;
 pub mod load;
 pub mod mitm;
 pub mod nginx;
+pub mod pg_mitm;
 pub mod postgres;
 pub mod proxy;
 pub mod sim;

@@ -42,7 +42,7 @@ impl Postgres {
             stdout
                 .lines()
                 .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-                .map(str::to_string)
+                .map(|v| v.trim_matches('\'').to_string())
                 .unwrap_or_else(|| panic!("pg-test-cluster.sh printed no {name}: {stdout}"))
         };
         Self {

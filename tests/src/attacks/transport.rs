@@ -10,6 +10,7 @@ use tonic::transport::Channel;
 
 use super::{OTHER_VIN, Scenario, VIN, World, blocking, https, scenario};
 use crate::mitm::Mitm;
+use crate::pg_mitm::{PgAnswer, PgMitm, PgSeen};
 use crate::proxy::LinkProxy;
 
 /// The attacks of this module, in the order run.
@@ -77,6 +78,24 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             "the network, with a certificate of its own CA",
             "refused at the TLS handshake: nothing reaches it, nothing installed",
             untrusted_mitm,
+        ),
+        scenario(
+            "a man in the middle on a Director replica's database link strips TLS",
+            "the network between a Director and PostgreSQL",
+            "the replica does not start: \"server does not support TLS\"; it sent nothing in plaintext",
+            |w| database_link(w, PgAnswer::StripTls),
+        ),
+        scenario(
+            "a man in the middle on a Director replica's database link presents its own certificate",
+            "the network between a Director and PostgreSQL, with a certificate of its own CA",
+            "the replica does not start: the certificate is refused (UnknownIssuer) before any query",
+            |w| {
+                let stranger = service_runtime::pki::Ca::generate("an attacker's CA")
+                    .and_then(|ca| ca.issue_server(&["127.0.0.1"]))
+                    .map_err(|e| e.to_string())?;
+                let tls = PgMitm::tls(&stranger, &service_runtime::tls::ClientAuth::None)?;
+                database_link(w, PgAnswer::Tls(Box::new(tls)))
+            },
         ),
         scenario(
             "a vehicle credential copied off a certificate-bound vehicle",
@@ -343,6 +362,69 @@ fn untrusted_mitm(w: &mut World) -> Result<String, String> {
     }
     Ok(format!(
         "cycle {code}: certificate refused; {}",
+        w.recover()?
+    ))
+}
+
+/// Starts a Director replica whose database (PostgreSQL, trusting the fleet's CA) is reached
+/// through a man in the middle answering as `answer` says: the replica must refuse to start,
+/// having sent the attacker nothing but PostgreSQL's TLS request.
+fn database_link(w: &mut World, answer: PgAnswer) -> Result<String, String> {
+    let expected = match answer {
+        PgAnswer::StripTls => "server does not support TLS",
+        PgAnswer::Tls(_) => "invalid peer certificate: UnknownIssuer",
+    };
+    let mitm = PgMitm::start(answer).map_err(|e| e.to_string())?;
+    // The replica's directory: the Director's keys and pinned root, and a database file
+    // naming PostgreSQL behind the man in the middle.
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let ours = w.fleet.path("director");
+    for entry in std::fs::read_dir(&ours).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.file_name();
+        if entry.path().is_file() && !name.to_string_lossy().starts_with("director.db") {
+            std::fs::copy(entry.path(), dir.path().join(&name)).map_err(|e| e.to_string())?;
+        }
+    }
+    std::fs::write(
+        director::db::Database::file_in(dir.path()),
+        format!(
+            "postgres://director:s3cret@127.0.0.1:{}/director?sslrootcert={}",
+            mitm.port,
+            w.fleet.ca_cert.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let template = w.fleet.director_replica_command();
+    let mut replica = std::process::Command::new(template.get_program());
+    let mut args = template
+        .get_args()
+        .map(std::ffi::OsStr::to_owned)
+        .collect::<Vec<_>>();
+    let at = args.iter().position(|a| a == "--dir").ok_or("no --dir")? + 1;
+    args[at] = dir.path().as_os_str().to_owned();
+    replica.args(args);
+    for (key, value) in template.get_envs() {
+        if let Some(value) = value {
+            replica.env(key, value);
+        }
+    }
+    let (status, _, stderr) = crate::run(&mut replica, std::time::Duration::from_secs(60));
+    if status.success() || !stderr.contains(expected) {
+        return Err(format!(
+            "expected the replica to stop on \"{expected}\"; {status}: {stderr}"
+        ));
+    }
+    let seen = mitm.seen(std::time::Duration::from_secs(30))?;
+    match seen {
+        PgSeen::ClosedAfterRefusal | PgSeen::HandshakeFailed(_) => {}
+        other => return Err(format!("the replica went on: {other:?}")),
+    }
+    if stderr.contains("s3cret") {
+        return Err("the replica printed the database password".into());
+    }
+    Ok(format!(
+        "replica stopped: {expected}; the attacker saw {seen:?}; {}",
         w.recover()?
     ))
 }
