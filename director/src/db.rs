@@ -192,6 +192,7 @@ const PG_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/001_init.sql"),
     include_str!("migrations/postgres/002_no_truncate.sql"),
     include_str!("migrations/postgres/003_byte_order.sql"),
+    include_str!("migrations/postgres/004_event_order.sql"),
 ];
 
 /// Manifests, registrations and every other write of this many requests at most share one

@@ -100,6 +100,37 @@ pub async fn security_events_after(
     Ok(out)
 }
 
+/// The Director's security events after event `after`, once they include one of each of
+/// `kinds` (or after 30 s): on PostgreSQL a follower of the log is given an event only once
+/// every older transaction of the database server ended, so events show a moment later
+/// there when other transactions run.
+pub async fn security_events_including(
+    fleet: &Fleet,
+    after: i64,
+    kinds: &[&str],
+) -> Result<Vec<serde_json::Value>, String> {
+    let mut added = Vec::new();
+    for _ in 0..300 {
+        added = security_events_after(fleet, after).await?;
+        if kinds
+            .iter()
+            .all(|kind| added.iter().any(|e| e["kind"] == *kind))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(added)
+}
+
+/// The kinds of security event a flood of unauthenticated requests
+/// ([`unauthenticated_flood`]) leaves.
+pub const FLOOD_EVENT_KINDS: [&str; 3] = [
+    "unauthorized_api_call",
+    "provisioning_refused",
+    "vehicle_auth_refused",
+];
+
 /// The newest security event's id.
 pub async fn last_security_event(fleet: &Fleet) -> Result<i64, String> {
     Ok(security_events_after(fleet, 0)

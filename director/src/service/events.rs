@@ -2,7 +2,7 @@
 //! for security events the attack it was.
 
 use crate::params;
-use crate::sql::{Conn, Row};
+use crate::sql::{Conn, Engine, Row};
 use serde::Serialize;
 use uptane_core::error::AttackKind;
 use uptane_core::time::UtcTime;
@@ -187,8 +187,18 @@ fn event_row(r: &Row<'_>) -> Result<Event, crate::db::DbError> {
     })
 }
 
-/// Events after `after`, oldest first, optionally of one vehicle or only security events:
-/// how a reader follows the log (`director events --follow`).
+/// Events after the event `after` (0: from the start), oldest first, optionally of one
+/// vehicle or only security events: how a reader follows the log (`director events
+/// --follow`), passing the id of the last event it was given.
+///
+/// On SQLite the one writer commits ids in order, so "after" is by id. On PostgreSQL
+/// replicas commit ids out of order (id 10's transaction may commit after id 11's): paging by
+/// id would pass 10 for good. There the log is read in the order of the transactions that
+/// wrote it, and only as far as every transaction older than the oldest still running (the
+/// snapshot's xmin): anything that commits later has a later transaction id, so it sorts
+/// after every event already given. An event shows once its transaction and every older one
+/// ended (a transaction is bounded by `statement_timeout` and
+/// `idle_in_transaction_session_timeout`).
 pub fn events(
     conn: &Conn,
     vin: Option<&str>,
@@ -196,13 +206,37 @@ pub fn events(
     after: i64,
     limit: u32,
 ) -> Result<Vec<Event>, DirectorError> {
+    const FILTERS: &str = "(CAST(?2 AS TEXT) IS NULL OR vin = ?2)
+               AND (CAST(?3 AS BIGINT) = 0 OR severity = 'security')";
+    if conn.engine() == Engine::Sqlite {
+        return Ok(conn.query(
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events
+                 WHERE id > ?1 AND {FILTERS} ORDER BY id LIMIT ?4"
+            ),
+            params![after, vin, security_only, limit],
+            event_row,
+        )?);
+    }
+    // The position of the event `after`; one the retention sweep removed (a follower further
+    // behind than the retention period) or none (0) continues from the first event after it.
+    let cursor: Option<String> = conn.query_opt(
+        "SELECT CAST(tx AS TEXT) FROM events WHERE id = ?1",
+        params![after],
+        |r| r.get(0),
+    )?;
+    let position = match cursor {
+        Some(_) => "(tx, id) > (CAST(CAST(?5 AS TEXT) AS xid8), ?1)",
+        None => "id > ?1 AND CAST(?5 AS TEXT) IS NULL",
+    };
     Ok(conn.query(
         &format!(
             "SELECT {EVENT_COLUMNS} FROM events
-             WHERE id > ?1 AND (CAST(?2 AS TEXT) IS NULL OR vin = ?2)
-               AND (CAST(?3 AS BIGINT) = 0 OR severity = 'security') ORDER BY id LIMIT ?4"
+             WHERE {position} AND {FILTERS}
+               AND tx < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY tx, id LIMIT ?4"
         ),
-        params![after, vin, security_only, limit],
+        params![after, vin, security_only, limit, cursor],
         event_row,
     )?)
 }
@@ -241,6 +275,86 @@ pub fn recent_events(
 mod tests {
     use super::*;
     use crate::db::Db;
+
+    /// The events (id, kind) a follower is given after event `after`.
+    fn follow(db: &Db, after: i64) -> Vec<(i64, String)> {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(db.read(move |conn| events(conn, None, false, after, 100)))
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.id, e.kind))
+            .collect()
+    }
+
+    /// Two writers of the log beside the Director (as two replicas are): raw connections to
+    /// the test's database, which the returned handle reads.
+    fn writers() -> (Db, Conn, Conn, Option<tempfile::TempDir>) {
+        match crate::db::Database::fresh_for_tests().unwrap() {
+            Some(crate::db::Database::Postgres(url)) => {
+                let db = Db::open_postgres(&url).unwrap();
+                let target = crate::pg::PgTarget::new(&url).unwrap();
+                let a = Conn::postgres(target.clone()).unwrap();
+                let b = Conn::postgres(target).unwrap();
+                (db, a, b, None)
+            }
+            _ => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("director.db");
+                let db = Db::open(&path).unwrap();
+                let a = Conn::sqlite(rusqlite::Connection::open(&path).unwrap());
+                let b = Conn::sqlite(rusqlite::Connection::open(&path).unwrap());
+                (db, a, b, Some(dir))
+            }
+        }
+    }
+
+    #[test]
+    fn a_follower_is_given_every_event_once_whatever_order_writers_commit_in() {
+        let (db, a, b, _dir) = writers();
+        let now: UtcTime = "2026-12-04T00:00:00Z".parse().unwrap();
+        let record = |conn: &Conn, kind: &str| NewEvent::info(kind, "op", "").record(conn, now);
+        let kinds =
+            |seen: &[(i64, String)]| seen.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>();
+        if db.engine() == Engine::Sqlite {
+            // One writer at a time: an event shows when its transaction commits, in id order.
+            a.run("BEGIN IMMEDIATE").unwrap();
+            record(&a, "first").unwrap();
+            assert!(follow(&db, 0).is_empty());
+            a.run("COMMIT").unwrap();
+            record(&b, "second").unwrap();
+            assert_eq!(kinds(&follow(&db, 0)), ["first", "second"]);
+            return;
+        }
+        // A takes the smaller id and commits last: a follower that had passed B's id would
+        // never see A's event.
+        a.run("BEGIN").unwrap();
+        record(&a, "a").unwrap();
+        b.run("BEGIN").unwrap();
+        record(&b, "b").unwrap();
+        b.run("COMMIT").unwrap();
+        assert!(follow(&db, 0).is_empty(), "B waits for the older A");
+        a.run("COMMIT").unwrap();
+        let seen = follow(&db, 0);
+        assert_eq!(kinds(&seen), ["a", "b"]);
+        assert!(seen[0].0 < seen[1].0);
+        let last = seen[1].0;
+
+        // C's transaction is older but takes the larger id: given before D, then nothing
+        // twice after D's id.
+        a.run("BEGIN").unwrap();
+        a.run("SELECT pg_current_xact_id()").unwrap();
+        b.run("BEGIN").unwrap();
+        record(&b, "d").unwrap();
+        b.run("COMMIT").unwrap();
+        record(&a, "c").unwrap();
+        assert!(follow(&db, last).is_empty(), "D waits for the older C");
+        a.run("COMMIT").unwrap();
+        let seen = follow(&db, last);
+        assert_eq!(kinds(&seen), ["c", "d"]);
+        assert!(seen[0].0 > seen[1].0, "C's id is the larger: {seen:?}");
+        assert!(follow(&db, seen[1].0).is_empty(), "nothing given twice");
+    }
 
     #[test]
     fn a_detail_is_kept_to_its_bound_and_says_it_was_cut() {

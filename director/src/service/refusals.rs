@@ -136,6 +136,11 @@ mod tests {
             for s in &summaries {
                 s.record(conn)?;
             }
+            Ok::<_, crate::error::DirectorError>(())
+        })
+        .unwrap();
+        // Read once committed: a follower of the log is given events of ended transactions.
+        db.call_blocking(move |conn| {
             let events = crate::service::events(conn, None, true, 0, 10)?;
             assert_eq!(events.len(), 1);
             assert_eq!(events[0].kind, "vehicle_auth_refused");

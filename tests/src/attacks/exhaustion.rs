@@ -18,7 +18,9 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                 let (not_refused, added) = blocking(async {
                     let before = flood::last_security_event(fleet).await?;
                     let not_refused = flood::unauthenticated_flood(fleet, 10_000).await;
-                    let added = flood::security_events_after(fleet, before).await?;
+                    let added =
+                        flood::security_events_including(fleet, before, &flood::FLOOD_EVENT_KINDS)
+                            .await?;
                     Ok::<_, String>((not_refused, added))
                 })?;
                 if !not_refused.is_empty() {
