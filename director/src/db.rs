@@ -50,6 +50,27 @@ impl DbError {
         }))
     }
 
+    /// Whether PostgreSQL could not be reached or is not serving (the link cut, the server
+    /// restarting or shutting down, out of connections): the request may succeed later,
+    /// here or on another replica.
+    pub fn is_unavailable(&self) -> bool {
+        use postgres::error::SqlState;
+        match self {
+            DbError::Unavailable(_) => true,
+            DbError::Postgres(e) => match e.as_db_error() {
+                None => true,
+                Some(db) => [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                ]
+                .contains(db.code()),
+            },
+            _ => false,
+        }
+    }
+
     /// The constraint a write broke by repeating a unique key, if that is why it failed: on
     /// PostgreSQL, a row another replica inserted first.
     pub fn repeated_key(&self) -> Option<String> {
@@ -233,6 +254,10 @@ pub enum DbError {
     /// it cannot use ([`crate::pg`]).
     #[error("the PostgreSQL connection string: {0}")]
     Settings(String),
+    /// The database could not be reached or is not serving, so the write was not made (or,
+    /// when the link broke during its commit, may have been): worth trying again.
+    #[error("the database does not answer: {0}")]
+    Unavailable(String),
     /// The transaction a write shared with others could not be committed, so none of them
     /// took effect.
     #[error("database commit failed: {0}")]
@@ -260,11 +285,37 @@ fn postgres_message(e: &postgres::Error) -> String {
     }
 }
 
+/// Why a batch's writes were not committed.
+#[derive(Debug, Clone)]
+struct NotCommitted {
+    why: String,
+    /// The database could not be reached or is not serving ([`DbError::is_unavailable`]).
+    unavailable: bool,
+}
+
+impl NotCommitted {
+    fn of(e: &DbError) -> Self {
+        Self {
+            why: e.to_string(),
+            unavailable: e.is_unavailable(),
+        }
+    }
+
+    fn error(self) -> DbError {
+        if self.unavailable {
+            DbError::Unavailable(self.why)
+        } else {
+            DbError::Commit(self.why)
+        }
+    }
+}
+
 /// What a write job leaves to do once its batch's commit is known: answer its caller.
-type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// A write: runs on the writer thread inside the batch's transaction.
-/// Also says whether the call succeeded: a call that failed is answered with its own error.
-type Job = Box<dyn FnOnce(&mut Conn) -> (bool, Completion) + Send>;
+type Completion = Box<dyn FnOnce(Result<(), NotCommitted>) + Send>;
+/// A write: runs on the writer thread inside the batch's transaction, or is told why it
+/// cannot (the batch's transaction could not begin). Also says whether the call succeeded: a
+/// call that failed is answered with its own error.
+type Job = Box<dyn FnOnce(Result<&mut Conn, &NotCommitted>) -> (bool, Completion) + Send>;
 
 /// The database handle: cheap to clone.
 ///
@@ -599,17 +650,22 @@ where
     T: Send + 'static,
     E: From<DbError> + Send + 'static,
 {
-    Box::new(move |conn: &mut Conn| -> (bool, Completion) {
-        let result = f(conn);
-        let ok = result.is_ok();
-        let completion: Completion = Box::new(move |committed: Result<(), String>| {
-            answer(match committed {
-                Ok(()) => result,
-                Err(e) => Err(E::from(DbError::Commit(e))),
-            })
-        });
-        (ok, completion)
-    })
+    Box::new(
+        move |conn: Result<&mut Conn, &NotCommitted>| -> (bool, Completion) {
+            let result = match conn {
+                Ok(conn) => f(conn),
+                Err(why) => Err(E::from(why.clone().error())),
+            };
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |committed: Result<(), NotCommitted>| {
+                answer(match committed {
+                    Ok(()) => result,
+                    Err(e) => Err(E::from(e.error())),
+                })
+            });
+            (ok, completion)
+        },
+    )
 }
 
 /// The writer thread: runs waiting jobs in batches, one transaction and one commit each.
@@ -635,21 +691,28 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
             .reconnect_if_lost()
             .and_then(|()| conn.run(if sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" }))
             .err()
-            .map(|e| e.to_string());
+            .map(|e| NotCommitted::of(&e));
         for job in batch {
-            if failed.is_some() {
-                // Dropping the job answers its caller with an error.
+            if let Some(why) = &failed {
+                // Not run: its caller is told why (a database that does not answer is worth
+                // trying again).
+                done.push(job(Err(why)).1);
                 continue;
             }
             if let Err(e) = conn.run("SAVEPOINT call") {
-                failed = Some(e.to_string());
+                let why = NotCommitted::of(&e);
+                done.push(job(Err(&why)).1);
+                failed = Some(why);
                 continue;
             }
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(&mut conn))));
             if sqlite && conn.is_autocommit() {
                 // SQLite rolled the whole transaction back (a full disk, an I/O error):
                 // nothing of this batch will be committed.
-                failed = Some("the transaction was rolled back by SQLite".into());
+                failed = Some(NotCommitted {
+                    why: "the transaction was rolled back by SQLite".into(),
+                    unavailable: false,
+                });
                 if let Ok((_, completion)) = ran {
                     done.push(completion);
                 }
@@ -667,7 +730,7 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
                     // batch goes on. A call that failed is answered with its own error; one
                     // that went on after the failure, with the failure.
                     Err(e) if !sqlite => {
-                        let why = e.to_string();
+                        let why = NotCommitted::of(&e);
                         done.push(if ok {
                             Box::new(move |_| completion(Err(why)))
                         } else {
@@ -684,12 +747,12 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
                 Err(_) => conn.batch("ROLLBACK TO call; RELEASE call"),
             };
             if let Err(e) = ended {
-                failed = Some(e.to_string());
+                failed = Some(NotCommitted::of(&e));
             }
         }
         let outcome = match failed {
             Some(e) => Err(e),
-            None => conn.batch("COMMIT").map_err(|e| e.to_string()),
+            None => conn.batch("COMMIT").map_err(|e| NotCommitted::of(&e)),
         };
         if outcome.is_err() && (!sqlite || !conn.is_autocommit()) {
             open_after_failure = conn.batch("ROLLBACK").is_err();

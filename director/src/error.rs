@@ -63,6 +63,10 @@ impl From<DbError> for DirectorError {
                 "the database is busy with concurrent requests; try again".into(),
             );
         }
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "the database does not answer");
+            return DirectorError::Busy("the database does not answer; try again".into());
+        }
         DirectorError::Db(e)
     }
 }

@@ -102,8 +102,8 @@ pub async fn security_events_after(
 
 /// The Director's security events after event `after`, once they include one of each of
 /// `kinds` (or after 30 s): on PostgreSQL a follower of the log is given an event only once
-/// every older transaction of the database server ended, so events show a moment later
-/// there when other transactions run.
+/// every older transaction of the Director's database ended, so events may show a moment
+/// later there.
 pub async fn security_events_including(
     fleet: &Fleet,
     after: i64,

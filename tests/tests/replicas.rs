@@ -294,6 +294,67 @@ fn a_one_time_provisioning_token_raced_on_both_replicas_registers_one_vehicle() 
     assert_eq!(vehicles, 5);
 }
 
+/// Two Primaries registering the same VIN on both replicas at the same instant: the
+/// database's unique key decides, one is registered, and the other is told plainly that a
+/// concurrent request wrote the record first (409), not a server error.
+#[test]
+fn the_same_vin_registered_on_both_replicas_at_once_is_one_vehicle_and_a_409() {
+    let mut fleet = Fleet::start();
+    stall_at(&mut fleet, "registration-before-commit", 300);
+    let Some((_replica, other)) = replica(&fleet) else {
+        return;
+    };
+    let client = fleet.https_client();
+    // A token each, so that neither waits for the other's use of it: both check that the
+    // VIN is new before either commits, and the unique key is what stops the second.
+    let token = |label: &str| {
+        let created = fleet.operator(&["provisioning-token", "create", "--label", label]);
+        created["token"].as_str().unwrap().to_string()
+    };
+    let tokens = [token("twin-a"), token("twin-b")];
+    blocking(async {
+        for round in 0..3 {
+            let register = |url: String, car: Car, token: &String| {
+                let (client, token) = (client.clone(), token.clone());
+                async move {
+                    let response = client
+                        .post(format!("{url}/api/v1/register"))
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(car.registration().to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status().as_u16();
+                    (status, response.text().await.unwrap())
+                }
+            };
+            // One VIN, two sets of keys.
+            let (a, b) = tokio::join!(
+                register(
+                    fleet.director_url.clone(),
+                    Car::new("twin-a", round),
+                    &tokens[0]
+                ),
+                register(other.clone(), Car::new("twin-b", round), &tokens[1]),
+            );
+            let mut statuses = [a.0, b.0];
+            statuses.sort();
+            assert_eq!(statuses, [201, 409], "round {round}: {a:?} {b:?}");
+            let refused = if a.0 == 409 { &a.1 } else { &b.1 };
+            assert!(
+                refused.contains("a concurrent request wrote the same record first"),
+                "round {round}: {refused}"
+            );
+        }
+    });
+    let vehicles = fleet
+        .director_db()
+        .call_blocking(|conn| conn.value::<i64>("SELECT COUNT(*) FROM vehicles", &[]))
+        .unwrap();
+    assert_eq!(vehicles, 3);
+}
+
 /// A campaign in two waves of three vehicles (real Primaries and Secondaries) through a TCP
 /// load balancer in front of both replicas; one replica is killed with SIGKILL once the first
 /// wave installed, while every Primary keeps polling. The second wave is assigned and

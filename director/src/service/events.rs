@@ -194,11 +194,13 @@ fn event_row(r: &Row<'_>) -> Result<Event, crate::db::DbError> {
 /// On SQLite the one writer commits ids in order, so "after" is by id. On PostgreSQL
 /// replicas commit ids out of order (id 10's transaction may commit after id 11's): paging by
 /// id would pass 10 for good. There the log is read in the order of the transactions that
-/// wrote it, and only as far as every transaction older than the oldest still running (the
-/// snapshot's xmin): anything that commits later has a later transaction id, so it sorts
-/// after every event already given. An event shows once its transaction and every older one
-/// ended (a transaction is bounded by `statement_timeout` and
-/// `idle_in_transaction_session_timeout`).
+/// wrote it (`tx`, the top-level transaction id), and only below the oldest transaction that
+/// was still running when this read's snapshot was taken and may be one of this database's
+/// (one running in another database of the server is left out, as seen a moment after the
+/// snapshot; one that ended by then counts): anything that commits later has a transaction
+/// id at least that one, so it sorts after every event already given. An event shows once
+/// its transaction and every older one of this database ended (a transaction is bounded by
+/// `statement_timeout` and `idle_in_transaction_session_timeout`).
 pub fn events(
     conn: &Conn,
     vin: Option<&str>,
@@ -233,7 +235,13 @@ pub fn events(
         &format!(
             "SELECT {EVENT_COLUMNS} FROM events
              WHERE {position} AND {FILTERS}
-               AND tx < pg_snapshot_xmin(pg_current_snapshot())
+               AND tx < (
+                 SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot()))
+                 FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+                 WHERE NOT EXISTS (
+                     SELECT 1 FROM pg_stat_activity a
+                     WHERE a.backend_xid = CAST(x AS xid)
+                       AND a.datname IS DISTINCT FROM current_database()))
              ORDER BY tx, id LIMIT ?4"
         ),
         params![after, vin, security_only, limit, cursor],
@@ -354,6 +362,20 @@ mod tests {
         assert_eq!(kinds(&seen), ["c", "d"]);
         assert!(seen[0].0 > seen[1].0, "C's id is the larger: {seen:?}");
         assert!(follow(&db, seen[1].0).is_empty(), "nothing given twice");
+        let last = seen[1].0;
+
+        // A transaction of another database of the server holds nothing back.
+        let Some(crate::db::Database::Postgres(elsewhere)) =
+            crate::db::Database::fresh_for_tests().unwrap()
+        else {
+            unreachable!("the test server gives a second database");
+        };
+        let other = Conn::postgres(crate::pg::PgTarget::new(&elsewhere).unwrap()).unwrap();
+        other.run("BEGIN").unwrap();
+        other.run("SELECT pg_current_xact_id()").unwrap();
+        record(&a, "e").unwrap();
+        assert_eq!(kinds(&follow(&db, last)), ["e"]);
+        other.run("ROLLBACK").unwrap();
     }
 
     #[test]
