@@ -355,6 +355,113 @@ fn the_same_vin_registered_on_both_replicas_at_once_is_one_vehicle_and_a_409() {
     assert_eq!(vehicles, 3);
 }
 
+/// Two operators assign two images to one vehicle's ECU through both replicas at the same
+/// instant: each assignment locks the ECU's row and reads its open entries after the lock,
+/// so the second supersedes the first and the ECU has one open entry, never two.
+#[test]
+fn two_assignments_of_one_ecu_on_both_replicas_at_once_leave_one_open() {
+    let mut fleet = Fleet::start();
+    stall_at(&mut fleet, "assignment-before-commit", 300);
+    let Some((_replica, other)) = replica(&fleet) else {
+        return;
+    };
+    let client = fleet.https_client();
+    let mut car = Car::new("replicas-assign", 0);
+    blocking(car.register(&client, &fleet.director_url, &fleet.token)).unwrap();
+    let vin = car.vin.as_str().to_string();
+    for round in 0..3u64 {
+        let images = [0, 1].map(|i| format!("door-{round}-{i}.bin"));
+        for (i, image) in images.iter().enumerate() {
+            fleet.publish(image, "load-door", 1, &[(round * 2) as u8 + i as u8; 4096]);
+        }
+        let urls = [fleet.director_url.clone(), other.clone()];
+        let outcomes: Vec<Result<serde_json::Value, String>> = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..2)
+                .map(|i| {
+                    let (fleet, url, image, vin) = (&fleet, &urls[i], &images[i], &vin);
+                    s.spawn(move || {
+                        fleet.operator_at(url, &["assign", "--image", image, "--vin", vin])
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        for outcome in &outcomes {
+            assert!(outcome.is_ok(), "round {round}: {outcomes:?}");
+        }
+        let open: Vec<_> = fleet
+            .assignments(&vin)
+            .into_iter()
+            .filter(|e| {
+                e["ecu_serial"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with("-door")
+                    && matches!(e["status"].as_str(), Some("pending" | "delivered"))
+            })
+            .collect();
+        assert_eq!(open.len(), 1, "round {round}: {open:?}");
+    }
+}
+
+/// A vehicle renews its credential on one replica while an operator revokes it on the
+/// other: whichever takes the vehicle's row first, the revocation holds, and no credential
+/// the renewal handed out works.
+#[test]
+fn a_revocation_raced_with_a_renewal_on_the_other_replica_holds() {
+    let mut fleet = Fleet::start();
+    stall_at(&mut fleet, "renewal-before-commit", 300);
+    let Some((_replica, other)) = replica(&fleet) else {
+        return;
+    };
+    let client = fleet.https_client();
+    let mut car = Car::new("replicas-revoke", 0);
+    blocking(car.register(&client, &fleet.director_url, &fleet.token)).unwrap();
+    let vin = car.vin.as_str().to_string();
+    let renewal = std::thread::scope(|s| {
+        let renewal = s.spawn(|| {
+            blocking(async {
+                let response = client
+                    .post(format!("{}/vehicles/{vin}/credential", fleet.director_url))
+                    .bearer_auth(&car.credential)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                (status, response.text().await.unwrap())
+            })
+        });
+        let revoked = fleet.operator_at(&other, &["vehicle", "revoke-credential", &vin]);
+        assert!(revoked.is_ok(), "{revoked:?}");
+        renewal.join().unwrap()
+    });
+    assert!(
+        renewal.0 == 200 || renewal.0 == 401,
+        "the renewal: {renewal:?}"
+    );
+    let mut credentials = vec![car.credential.clone()];
+    if renewal.0 == 200 {
+        let issued: serde_json::Value = serde_json::from_str(&renewal.1).unwrap();
+        credentials.push(issued["credential"].as_str().unwrap().to_string());
+    }
+    for credential in credentials {
+        let status = blocking(async {
+            client
+                .get(format!(
+                    "{}/vehicles/{vin}/metadata/timestamp.json",
+                    fleet.director_url
+                ))
+                .bearer_auth(&credential)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+        assert_eq!(status, 401, "a credential works after the revocation");
+    }
+}
+
 /// A campaign in two waves of three vehicles (real Primaries and Secondaries) through a TCP
 /// load balancer in front of both replicas; one replica is killed with SIGKILL once the first
 /// wave installed, while every Primary keeps polling. The second wave is assigned and

@@ -302,6 +302,7 @@ pub fn assign(
         vins.len()
     );
     NewEvent::info("assignment_created", actor, &detail).record(&tx, now)?;
+    super::fault::point("assignment-before-commit");
     tx.commit()?;
     let ecus = assignments_by_correlation(conn, &correlation_id)?;
     Ok(Assigned {

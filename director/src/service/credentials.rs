@@ -413,11 +413,19 @@ pub fn renew(
 ) -> Result<IssuedCredential, DirectorError> {
     let issued = IssuedCredential::new(now, lifetime)?;
     conn.lock_row("vehicles", "vin", vin.as_str())?;
-    conn.execute(
+    let renewed = conn.execute(
         "UPDATE vehicles SET next_credential_sha256 = ?2, next_credential_expires_at = ?3
          WHERE vin = ?1 AND credential_revoked_at IS NULL",
         params![vin.as_str(), issued.sha256(), issued.expires_at],
     )?;
+    if renewed == 0 {
+        // Revoked since the request was authorized (by an operator, on another replica): a
+        // credential that was never stored is not handed out.
+        return Err(DirectorError::Unauthorized(
+            "the vehicle's credential was revoked".into(),
+        ));
+    }
+    super::fault::point("renewal-before-commit");
     Ok(issued)
 }
 
