@@ -36,6 +36,8 @@ pub struct Demo {
     pub fleet: Fleet,
     /// The closing table.
     pub rows: Vec<EcuRow>,
+    /// The Director's database (last: a throwaway cluster stops after the servers).
+    pub database: crate::postgres::ChosenDatabase,
 }
 
 impl Demo {
@@ -56,8 +58,11 @@ fn image(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Runs the demo, narrating to `out`.
-pub fn run(out: &mut dyn Write) -> std::io::Result<Demo> {
+/// Runs the demo, narrating to `out`, the Director on `database` (`--database`: sqlite,
+/// postgres or postgres://…, [`crate::postgres::ChosenDatabase`]).
+pub fn run(out: &mut dyn Write, database: &str) -> std::io::Result<Demo> {
+    let chosen = crate::postgres::ChosenDatabase::from_arg(database)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let started = Instant::now();
     let say = |out: &mut dyn Write, text: &str| -> std::io::Result<()> {
         writeln!(out, "[{:>5.1}s] {text}", started.elapsed().as_secs_f64())
@@ -68,13 +73,15 @@ pub fn run(out: &mut dyn Write) -> std::io::Result<Demo> {
          (and, for the Image repository, targets) keys in their own directories, online snapshot \
          and timestamp keys for the servers.",
     )?;
-    let fleet = Fleet::start();
+    let fleet = Fleet::start_on_database(chosen.database.clone());
     say(
         out,
         &format!(
-            "Image repository serving signed metadata and images at {}; Director at {} (SQLite, \
+            "Image repository serving signed metadata and images at {}; Director at {} (on {}, \
              per-vehicle metadata signed on demand).",
-            fleet.image_url, fleet.director_url
+            fleet.image_url,
+            fleet.director_url,
+            chosen.describe()
         ),
     )?;
 
@@ -131,6 +138,7 @@ pub fn run(out: &mut dyn Write) -> std::io::Result<Demo> {
             fleet,
             vehicle,
             rows: Vec::new(),
+            database: chosen,
         });
     }
     for (serial, image) in fleet.installed(VIN) {
@@ -242,6 +250,7 @@ pub fn run(out: &mut dyn Write) -> std::io::Result<Demo> {
         fleet,
         vehicle,
         rows,
+        database: chosen,
     })
 }
 

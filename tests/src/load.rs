@@ -444,23 +444,8 @@ pub fn run(args: &LoadArgs) -> Result<String, String> {
         return Err("--directors must be above 0".into());
     }
     // Kept for the run: a throwaway cluster is stopped when it is dropped.
-    let postgres;
-    let database = match args.database.as_str() {
-        "sqlite" => None,
-        "postgres" => {
-            postgres = crate::postgres::Postgres::server();
-            Some(postgres.fresh())
-        }
-        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(
-            director::db::Database::fresh_on(url)
-                .map_err(|e| format!("a new database on {url}: {e}"))?,
-        ),
-        other => {
-            return Err(format!(
-                "--database is sqlite, postgres or postgres://…, not {other:?}"
-            ));
-        }
-    };
+    let chosen = crate::postgres::ChosenDatabase::from_arg(&args.database)?;
+    let database = chosen.database.clone();
     if database.is_none() && args.directors > 1 {
         return Err(
             "replicas (--directors above 1) run on PostgreSQL: add --database postgres".into(),
@@ -469,9 +454,7 @@ pub fn run(args: &LoadArgs) -> Result<String, String> {
     println!(
         "starting {} Director process(es) on {} and an Image repository (release engineering, key ceremonies)",
         args.directors,
-        database
-            .as_ref()
-            .map_or("SQLite".to_string(), ToString::to_string)
+        chosen.describe()
     );
     let mut fleet = Fleet::start_on_database(database);
     for _ in 1..args.directors {

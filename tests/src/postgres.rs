@@ -57,6 +57,53 @@ impl Postgres {
     }
 }
 
+/// The Director's database a `fleet-sim` command was asked for (`--database`), and the
+/// throwaway cluster behind it, kept running as long as this is.
+#[derive(Debug)]
+pub struct ChosenDatabase {
+    /// `None`: SQLite in the Director's directory.
+    pub database: Option<Database>,
+    _server: Option<Postgres>,
+}
+
+impl ChosenDatabase {
+    /// `sqlite`, `postgres` (a throwaway cluster from Debian's PostgreSQL, or the server
+    /// `DIRECTOR_TEST_POSTGRES` names) or `postgres://…` (a new database on that server).
+    pub fn from_arg(arg: &str) -> Result<Self, String> {
+        Ok(match arg {
+            "sqlite" => Self {
+                database: None,
+                _server: None,
+            },
+            "postgres" => {
+                let server = Postgres::server();
+                Self {
+                    database: Some(server.fresh()),
+                    _server: Some(server),
+                }
+            }
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Self {
+                database: Some(
+                    Database::fresh_on(url).map_err(|e| format!("a new database on {url}: {e}"))?,
+                ),
+                _server: None,
+            },
+            other => {
+                return Err(format!(
+                    "--database is sqlite, postgres or postgres://…, not {other:?}"
+                ));
+            }
+        })
+    }
+
+    /// As the narration names it.
+    pub fn describe(&self) -> String {
+        self.database
+            .as_ref()
+            .map_or("SQLite".to_string(), ToString::to_string)
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         if let Some(dir) = &self.cluster {

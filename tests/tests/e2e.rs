@@ -23,8 +23,18 @@ fn all_installed(fleet: &Fleet, vin: &str, images: usize) -> bool {
 #[test]
 fn the_demo_updates_every_ecu_and_a_second_update_follows() {
     let mut narration = Vec::new();
-    let demo = demo::run(&mut narration).unwrap();
+    // On the engine the suite is given (`fleet-sim demo --database postgres` in CI's second
+    // pass).
+    let on_postgres = std::env::var("DIRECTOR_TEST_POSTGRES").is_ok_and(|v| !v.is_empty());
+    let database = if on_postgres { "postgres" } else { "sqlite" };
+    let demo = demo::run(&mut narration, database).unwrap();
     let text = String::from_utf8(narration).unwrap();
+    let engine = if on_postgres {
+        "(on postgres://"
+    } else {
+        "(on SQLite"
+    };
+    assert!(text.contains(engine), "{text}");
     assert!(demo.all_updated(), "{text}");
     assert_eq!(demo.rows.len(), 3);
     let installed = demo.fleet.installed(demo::VIN);

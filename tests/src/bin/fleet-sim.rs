@@ -22,6 +22,11 @@ enum Command {
         /// Leave everything running afterwards, until Ctrl-C.
         #[arg(long)]
         keep_running: bool,
+        /// Where the Director keeps its state: sqlite, postgres (a throwaway cluster from
+        /// Debian's PostgreSQL, or the server DIRECTOR_TEST_POSTGRES names), or
+        /// postgres://… (a new database on that server).
+        #[arg(long, default_value = "sqlite")]
+        database: String,
     },
     /// Runs the HIL fault matrix; exit 0 only when every row holds.
     Hil {
@@ -130,11 +135,14 @@ fn main() -> ExitCode {
     }
     let mut out = std::io::stdout();
     match cli.command {
-        Command::Demo { keep_running } => {
+        Command::Demo {
+            keep_running,
+            database,
+        } => {
             if !keep_running {
                 stop_children_on_signal();
             }
-            let demo = match demo::run(&mut out) {
+            let demo = match demo::run(&mut out, &database) {
                 Ok(demo) => demo,
                 Err(e) => {
                     eprintln!("error: {e}");
