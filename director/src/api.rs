@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
             post(cancel_assignment),
         )
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events/position", get(events_position))
         .route("/api/v1/status", get(status))
         .route("/api/v1/vehicles/{vin}/credential", post(issue_credential))
         .route(
@@ -341,6 +342,12 @@ async fn list_events(
     ok_json(events)
 }
 
+/// Where a follower of the event log starts (`after` for `GET /api/v1/events`).
+async fn events_position(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    state.service.operator(bearer(&headers)).await?;
+    ok_json(json!({"after": state.service.follow_position().await?}))
+}
+
 /// The longest a provisioning token may live: a year.
 const MAX_PROVISIONING_SECS: i64 = 366 * 86_400;
 
@@ -475,11 +482,12 @@ async fn renew_credential(
     peer: Option<Extension<PeerIdentity>>,
     Path(vin): Path<String>,
 ) -> ApiResult {
+    let auth = vehicle_auth(&headers, peer);
     let vehicle = state
         .service
-        .authorize(parse_id(&vin)?, vehicle_auth(&headers, peer))
+        .authorize(parse_id(&vin)?, auth.clone())
         .await?;
-    let issued = state.service.renew_credential(&vehicle).await?;
+    let issued = state.service.renew_credential(&vehicle, auth).await?;
     ok_json(json!({
         "credential": issued.credential,
         "credential_issued_at": issued.issued_at,

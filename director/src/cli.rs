@@ -929,16 +929,27 @@ async fn events_command(
     if let Some(vin) = &vin {
         filter.push_str(&format!("&vin={}", url_part(vin)));
     }
+    // Following starts where the server says a follower starts, taken before the page: a
+    // page that --vin, --security or --since left empty must not replay the log from its
+    // start, and on PostgreSQL ids are not the order events commit in. (An event recorded
+    // between the two may show in both, never in neither.)
+    let mut last = 0;
+    if follow {
+        let position = call(
+            remote,
+            reqwest::Method::GET,
+            "/api/v1/events/position",
+            None,
+        )
+        .await?;
+        last = position["after"]
+            .as_i64()
+            .context("the Director gave no follow position")?;
+    }
     let path = format!("/api/v1/events?{filter}&{}", page.query());
     let value = call(remote, reqwest::Method::GET, &path, None).await?;
     let mut newest = value.as_array().cloned().unwrap_or_default();
-    let newest_id = |events: &Value| events[0]["id"].as_i64().unwrap_or(0);
-    let mut last = newest_id(&value);
     if follow {
-        // Follow from the newest event of the whole log, not of this page: a page that
-        // --vin, --security or --since left empty must not replay the log from its start.
-        let log = call(remote, reqwest::Method::GET, "/api/v1/events?limit=1", None).await?;
-        last = last.max(newest_id(&log));
         // Oldest first, so that what follows reads on in order.
         newest.reverse();
     }

@@ -58,7 +58,8 @@ impl DbError {
         match self {
             DbError::Unavailable(_) => true,
             DbError::Postgres(e) => match e.as_db_error() {
-                None => true,
+                // The link, not a mistake of ours (a type or parameter error is not this).
+                None => e.is_closed() || io_cause(e),
                 Some(db) => [
                     SqlState::ADMIN_SHUTDOWN,
                     SqlState::CRASH_SHUTDOWN,
@@ -254,8 +255,8 @@ pub enum DbError {
     /// it cannot use ([`crate::pg`]).
     #[error("the PostgreSQL connection string: {0}")]
     Settings(String),
-    /// The database could not be reached or is not serving, so the write was not made (or,
-    /// when the link broke during its commit, may have been): worth trying again.
+    /// The database could not be reached or is not serving, so the write was not made:
+    /// worth trying again.
     #[error("the database does not answer: {0}")]
     Unavailable(String),
     /// The transaction a write shared with others could not be committed, so none of them
@@ -265,6 +266,18 @@ pub enum DbError {
     /// The writer thread is gone (the database was closed, or it panicked).
     #[error("the database writer stopped")]
     WriterGone,
+}
+
+/// Whether `e` was caused by the network (a connection refused, reset or timed out).
+fn io_cause(e: &postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// What PostgreSQL said: the server's message and code when it refused (the client's
@@ -752,7 +765,11 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
         }
         let outcome = match failed {
             Some(e) => Err(e),
-            None => conn.batch("COMMIT").map_err(|e| NotCommitted::of(&e)),
+            // Never "try again": a COMMIT whose link broke may have committed.
+            None => conn.batch("COMMIT").map_err(|e| NotCommitted {
+                why: e.to_string(),
+                unavailable: false,
+            }),
         };
         if outcome.is_err() && (!sqlite || !conn.is_autocommit()) {
             open_after_failure = conn.batch("ROLLBACK").is_err();

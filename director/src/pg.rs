@@ -114,10 +114,23 @@ pub fn settings(url: &str) -> Result<(postgres::Config, PgTls), DbError> {
     };
     let mut config: postgres::Config = driver.parse()?;
     let [mode, root, cert, key] = ours;
-    let over_tcp = config
+    // A `hostaddr` is reached over TCP whatever the host names (the driver connects to it
+    // even beside a Unix socket path): it counts as TCP, and beside a socket path it is
+    // refused as the contradiction it is.
+    let unix = config
         .get_hosts()
         .iter()
-        .any(|h| matches!(h, postgres::config::Host::Tcp(_)));
+        .any(|h| matches!(h, postgres::config::Host::Unix(_)));
+    if unix && !config.get_hostaddrs().is_empty() {
+        return Err(refused(
+            "hostaddr names a TCP address beside a Unix socket path: give one or the other",
+        ));
+    }
+    let over_tcp = !config.get_hostaddrs().is_empty()
+        || config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, postgres::config::Host::Tcp(_)));
     let tls = match mode.as_deref() {
         Some("disable") => PgTls::Off,
         None if !over_tcp => PgTls::Off,
@@ -195,26 +208,42 @@ impl PgTarget {
         &self.tls
     }
 
-    /// A new connection (blocking: off the async threads).
+    /// A new connection (blocking: off the async threads), to a server that takes writes.
     pub fn connect(&self) -> Result<postgres::Client, DbError> {
-        Ok(match &self.connector {
+        let mut client = match &self.connector {
             Some(tls) => self.config.connect(tls.clone())?,
             None => self.config.connect(postgres::NoTls)?,
-        })
+        };
+        // A hot standby cannot take the Director's writes, and its snapshots list no running
+        // transaction of the primary, which the event log's followers rely on
+        // (`service::events`).
+        let standby: bool = client.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
+        if standby {
+            return Err(refused(
+                "the server is a standby (in recovery): connect to the primary \
+                 (target_session_attrs=read-write with several hosts)",
+            ));
+        }
+        Ok(client)
     }
 }
 
-/// Whether every host `config` names is this machine (a socket, a loopback address).
+/// Whether every address `config` connects to is this machine (a socket, a loopback
+/// address); `hostaddr`, when given, is where the driver connects.
 fn local(config: &postgres::Config) -> bool {
-    config.get_hosts().iter().all(|h| match h {
-        postgres::config::Host::Unix(_) => true,
-        postgres::config::Host::Tcp(name) => {
-            name == "localhost"
-                || name
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-    })
+    if !config.get_hostaddrs().is_empty() {
+        return config.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+    }
+    !config.get_hosts().is_empty()
+        && config.get_hosts().iter().all(|h| match h {
+            postgres::config::Host::Unix(_) => true,
+            postgres::config::Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        })
 }
 
 /// The TLS connector for `roots`, presenting `client` (certificate and key files) when the
@@ -245,22 +274,46 @@ fn connector(
 /// row does not stall the others' writers for hours), statements and idle transactions are
 /// bounded, and keepalives notice a dead peer.
 fn with_limits(mut config: postgres::Config) -> postgres::Config {
+    use std::time::Duration;
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(std::time::Duration::from_secs(10));
+        config.connect_timeout(Duration::from_secs(10));
     }
+    // A peer that vanished without a reset (a partition, a machine lost) is noticed in about
+    // a minute, whether the connection is idle (keepalives) or waiting for data it sent to be
+    // acknowledged (the user timeout), not after the operating system's 11 minutes.
     config.keepalives(true);
-    config.keepalives_idle(std::time::Duration::from_secs(30));
-    if config.get_options().is_none() {
-        config.options(
-            "-c lock_timeout=10s -c statement_timeout=60s -c idle_in_transaction_session_timeout=300s",
-        );
+    config.keepalives_idle(Duration::from_secs(30));
+    config.keepalives_interval(Duration::from_secs(10));
+    config.keepalives_retries(3);
+    config.tcp_user_timeout(Duration::from_secs(60));
+    // Each limit the connection string's `options` does not set itself.
+    let given = config.get_options().unwrap_or("").to_owned();
+    let mut options = given.clone();
+    for (name, value) in [
+        ("lock_timeout", "10s"),
+        ("statement_timeout", "60s"),
+        ("idle_in_transaction_session_timeout", "300s"),
+    ] {
+        if !given.contains(name) {
+            options = format!("{options} -c {name}={value}");
+        }
     }
+    config.options(options.trim());
     config
 }
 
 /// `url` as printed: user, host, port and database, without any password.
 pub fn redacted(url: &str) -> String {
     match settings(url) {
+        // A host with an `@` is a password with an unescaped `@` read as a host.
+        Ok((config, _))
+            if config
+                .get_hosts()
+                .iter()
+                .any(|h| matches!(h, postgres::config::Host::Tcp(name) if name.contains('@'))) =>
+        {
+            "postgres://…".into()
+        }
         Ok((config, tls)) => {
             let host = config
                 .get_hosts()
@@ -329,6 +382,19 @@ mod tests {
         // A Unix socket has no network to protect.
         let (_, tls) = settings("postgres://d@%2Frun%2Fpostgresql/director").unwrap();
         assert_eq!(tls, PgTls::Off);
+        // A TCP address given as hostaddr is TCP, whatever the host list says.
+        for url in [
+            "postgres://d:pw@/director?hostaddr=10.0.0.5",
+            "postgres://d@localhost/director?hostaddr=10.0.0.5",
+        ] {
+            let (config, tls) = settings(url).unwrap();
+            assert_ne!(tls, PgTls::Off, "{url}");
+            assert!(!local(&config), "{url}");
+        }
+        assert!(
+            refusal("postgres://d@%2Frun%2Fpostgresql/director?hostaddr=10.0.0.5")
+                .contains("beside a Unix socket")
+        );
     }
 
     #[test]
@@ -367,6 +433,16 @@ mod tests {
     }
 
     #[test]
+    fn the_limits_the_connection_string_does_not_set_are_added() {
+        let (config, _) = settings("postgres://d@db/x?options=-c%20lock_timeout%3D300ms").unwrap();
+        let options = with_limits(config).get_options().unwrap().to_owned();
+        assert_eq!(
+            options,
+            "-c lock_timeout=300ms -c statement_timeout=60s -c idle_in_transaction_session_timeout=300s"
+        );
+    }
+
+    #[test]
     fn printed_without_password_and_with_plaintext_said() {
         assert_eq!(
             redacted("postgres://d:s3cret@db:6432/director?sslrootcert=ca.pem"),
@@ -376,6 +452,7 @@ mod tests {
             redacted("postgres://d:s3cret@db/director?sslmode=disable"),
             "postgres://d@db:5432/director?sslmode=disable"
         );
+        assert_eq!(redacted("postgres://d:s3@cret@db/director"), "postgres://…");
     }
 
     /// Connects through `mitm` trusting `dir`/ca.pem; the error and what the man in the

@@ -131,14 +131,24 @@ pub const FLOOD_EVENT_KINDS: [&str; 3] = [
     "vehicle_auth_refused",
 ];
 
-/// The newest security event's id.
-pub async fn last_security_event(fleet: &Fleet) -> Result<i64, String> {
-    Ok(security_events_after(fleet, 0)
-        .await?
-        .iter()
-        .filter_map(|e| e["id"].as_i64())
-        .max()
-        .unwrap_or(0))
+/// Where a follower of the Director's event log starts now (`GET /api/v1/events/position`):
+/// what [`security_events_after`] takes to list what is recorded from now on.
+pub async fn follow_position(fleet: &Fleet) -> Result<i64, String> {
+    let body = fleet
+        .https_client()
+        .get(format!("{}/api/v1/events/position", fleet.director_url))
+        .bearer_auth(&fleet.token)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| e.to_string())?
+        .bytes()
+        .await
+        .map_err(|e| e.to_string())?;
+    let position: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    position["after"]
+        .as_i64()
+        .ok_or_else(|| format!("no follow position in {position}"))
 }
 
 /// `count` requests to the Director without valid credentials: five kinds first (no token,

@@ -24,8 +24,10 @@ pub enum PgAnswer {
 pub enum PgSeen {
     /// After `N`, the client closed without sending a byte more.
     ClosedAfterRefusal,
-    /// After `N`, the client sent this many bytes (a plaintext startup message).
+    /// The client sent this many bytes in plaintext after `N`, or did not ask for TLS.
     PlaintextSent(usize),
+    /// After `N`, the client neither sent anything nor closed (within 30 s).
+    NoAnswer(String),
     /// The TLS handshake failed (the client refused the certificate).
     HandshakeFailed(String),
     /// The TLS handshake completed, with this many client certificates.
@@ -58,11 +60,21 @@ impl PgMitm {
             if stream.read_exact(&mut request).is_err() {
                 return;
             }
+            // PostgreSQL's SSLRequest: length 8, code 80877103. Anything else is a client
+            // that went on without asking for TLS: a startup message in plaintext.
+            if request != [0, 0, 0, 8, 4, 210, 22, 47] {
+                let _ = report.send(PgSeen::PlaintextSent(request.len()));
+                return;
+            }
             let outcome = match answer {
                 PgAnswer::StripTls => {
                     let _ = stream.write_all(b"N");
                     match stream.read(&mut [0u8; 4096]) {
-                        Ok(0) | Err(_) => PgSeen::ClosedAfterRefusal,
+                        Ok(0) => PgSeen::ClosedAfterRefusal,
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                            PgSeen::ClosedAfterRefusal
+                        }
+                        Err(e) => PgSeen::NoAnswer(e.to_string()),
                         Ok(n) => PgSeen::PlaintextSent(n),
                     }
                 }

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use uptane_tests::flood::{
     FLOOD_EVENT_KINDS, MAX_FLOOD_ROWS, UPLOADS_MEMORY_BOUND_KIB, addr, closed_within,
-    hold_half_open, last_security_event, partial_headers, security_events_including, tls,
+    follow_position, hold_half_open, partial_headers, security_events_including, tls,
     unauthenticated_flood, unauthenticated_uploads,
 };
 use uptane_tests::sim::Fleet;
@@ -67,7 +67,7 @@ async fn five_hundred_half_open_connections_do_not_keep_a_normal_client_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_unauthenticated_requests_add_a_bounded_number_of_rows() {
     let fleet = Fleet::start();
-    let before = last_security_event(&fleet).await.unwrap();
+    let before = follow_position(&fleet).await.unwrap();
     let not_refused = unauthenticated_flood(&fleet, 10_000).await;
     assert!(not_refused.is_empty(), "{not_refused:?}");
     let added = security_events_including(&fleet, before, &FLOOD_EVENT_KINDS)

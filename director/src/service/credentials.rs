@@ -413,19 +413,11 @@ pub fn renew(
 ) -> Result<IssuedCredential, DirectorError> {
     let issued = IssuedCredential::new(now, lifetime)?;
     conn.lock_row("vehicles", "vin", vin.as_str())?;
-    let renewed = conn.execute(
+    conn.execute(
         "UPDATE vehicles SET next_credential_sha256 = ?2, next_credential_expires_at = ?3
          WHERE vin = ?1 AND credential_revoked_at IS NULL",
         params![vin.as_str(), issued.sha256(), issued.expires_at],
     )?;
-    if renewed == 0 {
-        // Revoked since the request was authorized (by an operator, on another replica): a
-        // credential that was never stored is not handed out.
-        return Err(DirectorError::Unauthorized(
-            "the vehicle's credential was revoked".into(),
-        ));
-    }
-    super::fault::point("renewal-before-commit");
     Ok(issued)
 }
 
@@ -554,17 +546,24 @@ pub fn list(
 }
 
 impl super::DirectorService {
-    /// A renewed credential for an authorized vehicle.
+    /// A renewed credential for an authorized vehicle, presenting `auth`. Authorized again
+    /// on the writer, under the vehicle's row lock: a revocation or re-issue committed since
+    /// the request was first authorized (by an operator, on another replica) wins, and the
+    /// credential it replaced cannot renew itself past it.
     pub async fn renew_credential(
         &self,
         vehicle: &super::AuthorizedVehicle,
+        auth: VehicleAuth,
     ) -> Result<IssuedCredential, DirectorError> {
         let (vin, lifetime) = (
             vehicle.vin().clone(),
             self.inner.policy.vehicle_credential_lifetime,
         );
+        let log = std::sync::Arc::clone(&self.inner.refusals);
         let forget = vin.clone();
         self.write_vehicle(&forget, move |conn| {
+            super::fault::point("renewal-before-authorize");
+            authorize(conn, &vin, &auth, super::now(), &log)?;
             renew(conn, &vin, lifetime, super::now())
         })
         .await

@@ -187,20 +187,34 @@ fn event_row(r: &Row<'_>) -> Result<Event, crate::db::DbError> {
     })
 }
 
+/// On PostgreSQL, the transaction id below which every transaction that may have written
+/// this database's events had ended when this read's snapshot was taken: the oldest
+/// transaction the snapshot lists as running, leaving out those seen (a moment after the
+/// snapshot) running in another database of the server; with none, the snapshot's next
+/// transaction id. (`ORDER BY … LIMIT 1`, not `min`: `min` over xid8 is PostgreSQL 15's.)
+const HORIZON: &str = "coalesce(
+        (SELECT x FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+         WHERE NOT EXISTS (
+             SELECT 1 FROM pg_stat_activity a
+             WHERE a.backend_xid = CAST(x AS xid)
+               AND a.datname IS DISTINCT FROM current_database())
+         ORDER BY x LIMIT 1),
+        pg_snapshot_xmax(pg_current_snapshot()))";
+
 /// Events after the event `after` (0: from the start), oldest first, optionally of one
 /// vehicle or only security events: how a reader follows the log (`director events
-/// --follow`), passing the id of the last event it was given.
+/// --follow`), passing the id of the last event it was given, starting from
+/// [`follow_position`].
 ///
 /// On SQLite the one writer commits ids in order, so "after" is by id. On PostgreSQL
 /// replicas commit ids out of order (id 10's transaction may commit after id 11's): paging by
 /// id would pass 10 for good. There the log is read in the order of the transactions that
-/// wrote it (`tx`, the top-level transaction id), and only below the oldest transaction that
-/// was still running when this read's snapshot was taken and may be one of this database's
-/// (one running in another database of the server is left out, as seen a moment after the
-/// snapshot; one that ended by then counts): anything that commits later has a transaction
-/// id at least that one, so it sorts after every event already given. An event shows once
-/// its transaction and every older one of this database ended (a transaction is bounded by
-/// `statement_timeout` and `idle_in_transaction_session_timeout`).
+/// wrote it (`tx`, the top-level transaction id), and only below [`HORIZON`]: anything that
+/// commits later has a transaction id at least the horizon, so it sorts after every event
+/// already given. An event shows once every older transaction of the Director's database
+/// ended: a transaction held open (an operator's `psql` session, a prepared transaction)
+/// holds followers back until it ends. An `after` that names no event (removed by the
+/// retention period, or never given) is refused: where it stood in the order is not known.
 pub fn events(
     conn: &Conn,
     vin: Option<&str>,
@@ -220,33 +234,45 @@ pub fn events(
             event_row,
         )?);
     }
-    // The position of the event `after`; one the retention sweep removed (a follower further
-    // behind than the retention period) or none (0) continues from the first event after it.
-    let cursor: Option<String> = conn.query_opt(
-        "SELECT CAST(tx AS TEXT) FROM events WHERE id = ?1",
-        params![after],
-        |r| r.get(0),
-    )?;
-    let position = match cursor {
-        Some(_) => "(tx, id) > (CAST(CAST(?5 AS TEXT) AS xid8), ?1)",
-        None => "id > ?1 AND CAST(?5 AS TEXT) IS NULL",
+    // Where the event `after` stands (the start: before every event, whose tx is above 0).
+    let cursor: String = if after == 0 {
+        "0".into()
+    } else {
+        conn.query_opt(
+            "SELECT CAST(tx AS TEXT) FROM events WHERE id = ?1",
+            params![after],
+            |r| r.get(0),
+        )?
+        .ok_or_else(|| {
+            DirectorError::NotFound(format!(
+                "no event {after} (removed by the retention period, or never given): follow \
+                 again from GET /api/v1/events/position"
+            ))
+        })?
     };
     Ok(conn.query(
         &format!(
             "SELECT {EVENT_COLUMNS} FROM events
-             WHERE {position} AND {FILTERS}
-               AND tx < (
-                 SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot()))
-                 FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-                 WHERE NOT EXISTS (
-                     SELECT 1 FROM pg_stat_activity a
-                     WHERE a.backend_xid = CAST(x AS xid)
-                       AND a.datname IS DISTINCT FROM current_database()))
+             WHERE (tx, id) > (CAST(CAST(?5 AS TEXT) AS xid8), ?1) AND {FILTERS}
+               AND tx < {HORIZON}
              ORDER BY tx, id LIMIT ?4"
         ),
         params![after, vin, security_only, limit, cursor],
         event_row,
     )?)
+}
+
+/// Where a new follower of the log starts ([`events`]' `after`): the last event a follower
+/// reading now would be given, 0 when there is none yet.
+pub fn follow_position(conn: &Conn) -> Result<i64, DirectorError> {
+    let sql = match conn.engine() {
+        Engine::Sqlite => "SELECT coalesce(max(id), 0) FROM events".to_string(),
+        Engine::Postgres => format!(
+            "SELECT coalesce((SELECT id FROM events WHERE tx < {HORIZON}
+                              ORDER BY tx DESC, id DESC LIMIT 1), 0)"
+        ),
+    };
+    Ok(conn.value(&sql, params![])?)
 }
 
 /// The statement of [`recent_events`] with the filters given, its parameters in order: the
@@ -331,7 +357,13 @@ mod tests {
             assert!(follow(&db, 0).is_empty());
             a.run("COMMIT").unwrap();
             record(&b, "second").unwrap();
-            assert_eq!(kinds(&follow(&db, 0)), ["first", "second"]);
+            let seen = follow(&db, 0);
+            assert_eq!(kinds(&seen), ["first", "second"]);
+            let position = tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(db.read(follow_position))
+                .unwrap();
+            assert_eq!(position, seen[1].0);
             return;
         }
         // A takes the smaller id and commits last: a follower that had passed B's id would
@@ -363,6 +395,21 @@ mod tests {
         assert!(seen[0].0 > seen[1].0, "C's id is the larger: {seen:?}");
         assert!(follow(&db, seen[1].0).is_empty(), "nothing given twice");
         let last = seen[1].0;
+        // A new follower starts after the last event a follower is given (D, not C's larger
+        // id), and an id that names no event is refused rather than guessed at.
+        let position = |db: &Db| {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(db.read(follow_position))
+                .unwrap()
+        };
+        assert_eq!(position(&db), last);
+        let unknown = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(db.read(|conn| events(conn, None, false, 999_999, 10)))
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("no event 999999"), "{unknown}");
 
         // A transaction of another database of the server holds nothing back.
         let Some(crate::db::Database::Postgres(elsewhere)) =

@@ -8,8 +8,8 @@
 //! Points: `registration-before-commit`, `manifest-before-commit` (after an accepted
 //! manifest's nonces and counters are written), `metadata-before-store` (after the stored
 //! versions are read, before new ones are written), `assignment-before-commit` (after an
-//! assignment's entries are written), `renewal-before-commit` (after a credential renewal
-//! is stored).
+//! assignment's entries are written), `renewal-before-authorize` (a credential renewal,
+//! before it is authorized again under the vehicle's row lock).
 
 /// Fault point `point`.
 #[cfg(feature = "fault-injection")]

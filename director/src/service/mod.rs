@@ -41,7 +41,7 @@ pub use self::assignments::{
     AssignRequest, Assigned, AssignmentEcu, AssignmentStatus, assignments, cancel_assignment,
 };
 pub use self::credentials::{CredentialInfo, IssuedCredential, VehicleAuth};
-pub use self::events::{Event, NewEvent, events, recent_events};
+pub use self::events::{Event, NewEvent, events, follow_position, recent_events};
 pub use self::manifests::{ManifestOutcome, process_manifest};
 pub use self::metadata::{refresh_vehicle_metadata, root, store_initial_root, vehicle_file};
 pub use self::page::Page;
@@ -461,6 +461,11 @@ impl DirectorService {
                 )
             })
             .await
+    }
+
+    /// Where a new follower of the event log starts: the id to pass as `after`.
+    pub async fn follow_position(&self) -> Result<i64, DirectorError> {
+        self.inner.db.read(follow_position).await
     }
 
     /// A page of the newest events, newest first.

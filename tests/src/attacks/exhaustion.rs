@@ -16,7 +16,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             |w| {
                 let fleet = &w.fleet;
                 let (not_refused, added) = blocking(async {
-                    let before = flood::last_security_event(fleet).await?;
+                    let before = flood::follow_position(fleet).await?;
                     let not_refused = flood::unauthenticated_flood(fleet, 10_000).await;
                     let added =
                         flood::security_events_including(fleet, before, &flood::FLOOD_EVENT_KINDS)
