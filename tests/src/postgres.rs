@@ -83,9 +83,9 @@ impl ChosenDatabase {
                 }
             }
             url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Self {
-                database: Some(
-                    Database::fresh_on(url).map_err(|e| format!("a new database on {url}: {e}"))?,
-                ),
+                database: Some(Database::fresh_on(url).map_err(|e| {
+                    format!("a new database on {}: {e}", director::pg::redacted(url))
+                })?),
                 _server: None,
             },
             other => {
