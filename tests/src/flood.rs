@@ -76,21 +76,13 @@ pub async fn security_events_after(
     let mut out = Vec::new();
     let mut cursor = after;
     for _ in 0..1000 {
-        let body = client
-            .get(format!(
-                "{}/api/v1/events?security=true&after={cursor}&limit=500",
-                fleet.director_url
-            ))
-            .bearer_auth(&fleet.token)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| e.to_string())?
-            .bytes()
-            .await
-            .map_err(|e| e.to_string())?;
-        let page: Vec<serde_json::Value> =
-            serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let page = operator_get(
+            &client,
+            fleet,
+            &format!("/api/v1/events?security=true&after={cursor}&limit=500"),
+        )
+        .await?;
+        let page = page.as_array().cloned().unwrap_or_default();
         let Some(last) = page.last().and_then(|e| e["id"].as_i64()) else {
             return Ok(out);
         };
@@ -134,9 +126,20 @@ pub const FLOOD_EVENT_KINDS: [&str; 3] = [
 /// Where a follower of the Director's event log starts now (`GET /api/v1/events/position`):
 /// what [`security_events_after`] takes to list what is recorded from now on.
 pub async fn follow_position(fleet: &Fleet) -> Result<i64, String> {
-    let body = fleet
-        .https_client()
-        .get(format!("{}/api/v1/events/position", fleet.director_url))
+    let position = operator_get(&fleet.https_client(), fleet, "/api/v1/events/position").await?;
+    position["after"]
+        .as_i64()
+        .ok_or_else(|| format!("no follow position in {position}"))
+}
+
+/// `GET path` of the fleet's Director as its operator: the JSON answer.
+async fn operator_get(
+    client: &reqwest::Client,
+    fleet: &Fleet,
+    path: &str,
+) -> Result<serde_json::Value, String> {
+    let body = client
+        .get(format!("{}{path}", fleet.director_url))
         .bearer_auth(&fleet.token)
         .send()
         .await
@@ -145,10 +148,7 @@ pub async fn follow_position(fleet: &Fleet) -> Result<i64, String> {
         .bytes()
         .await
         .map_err(|e| e.to_string())?;
-    let position: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-    position["after"]
-        .as_i64()
-        .ok_or_else(|| format!("no follow position in {position}"))
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
 }
 
 /// `count` requests to the Director without valid credentials: five kinds first (no token,

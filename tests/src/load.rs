@@ -258,6 +258,42 @@ impl Car {
         Ok(())
     }
 
+    /// Registers it through the Director at `director` with provisioning token `token`
+    /// (`POST /api/v1/register`): the status and the body, whatever they are.
+    pub async fn register_with_token(
+        &self,
+        client: &reqwest::Client,
+        director: &str,
+        token: &str,
+    ) -> reqwest::Result<(u16, String)> {
+        let response = client
+            .post(format!("{director}/api/v1/register"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(self.registration().to_string())
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    }
+
+    /// Posts `body` (a manifest of [`Car::manifest`]) to the Director at `director` with
+    /// its credential.
+    pub async fn post_manifest(
+        &self,
+        client: &reqwest::Client,
+        director: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Result<reqwest::Response> {
+        client
+            .post(format!("{director}/vehicles/{}/manifest", self.vin))
+            .bearer_auth(&self.credential)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+    }
+
     /// The signed vehicle version manifest of its next cycle (counter one higher).
     pub fn manifest(&mut self, run: &str) -> Vec<u8> {
         self.counter += 1;

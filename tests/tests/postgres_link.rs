@@ -40,18 +40,12 @@ async fn post_manifest(
     car: &Car,
     body: Vec<u8>,
 ) -> (u16, Option<String>, String) {
-    let response = client
-        .post(format!(
-            "{}/vehicles/{}/manifest",
-            fleet.director_url, car.vin
-        ))
-        .bearer_auth(&car.credential)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    answer(response).await
+    answer(
+        car.post_manifest(client, &fleet.director_url, body)
+            .await
+            .unwrap(),
+    )
+    .await
 }
 
 async fn answer(response: reqwest::Response) -> (u16, Option<String>, String) {

@@ -46,14 +46,7 @@ async fn post_manifest(
     car: &Car,
     body: Vec<u8>,
 ) -> (u16, String) {
-    let response = client
-        .post(format!("{url}/vehicles/{}/manifest", car.vin))
-        .bearer_auth(&car.credential)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = car.post_manifest(client, url, body).await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }
@@ -262,16 +255,9 @@ fn a_one_time_provisioning_token_raced_on_both_replicas_registers_one_vehicle() 
             let register = |url: String, car: Car| {
                 let (client, token) = (client.clone(), token.clone());
                 async move {
-                    let response = client
-                        .post(format!("{url}/api/v1/register"))
-                        .bearer_auth(&token)
-                        .header("content-type", "application/json")
-                        .body(car.registration().to_string())
-                        .send()
+                    car.register_with_token(&client, &url, &token)
                         .await
-                        .unwrap();
-                    let status = response.status().as_u16();
-                    (status, response.text().await.unwrap())
+                        .unwrap()
                 }
             };
             let (a, b) = tokio::join!(
@@ -317,16 +303,9 @@ fn the_same_vin_registered_on_both_replicas_at_once_is_one_vehicle_and_a_409() {
             let register = |url: String, car: Car, token: &String| {
                 let (client, token) = (client.clone(), token.clone());
                 async move {
-                    let response = client
-                        .post(format!("{url}/api/v1/register"))
-                        .bearer_auth(&token)
-                        .header("content-type", "application/json")
-                        .body(car.registration().to_string())
-                        .send()
+                    car.register_with_token(&client, &url, &token)
                         .await
-                        .unwrap();
-                    let status = response.status().as_u16();
-                    (status, response.text().await.unwrap())
+                        .unwrap()
                 }
             };
             // One VIN, two sets of keys.
