@@ -65,6 +65,14 @@ fn stored_manifests(fleet: &Fleet, vin: &str) -> i64 {
         .unwrap()
 }
 
+/// How many vehicles the database holds.
+fn registered_vehicles(fleet: &Fleet) -> i64 {
+    fleet
+        .director_db()
+        .call_blocking(|conn| conn.value::<i64>("SELECT COUNT(*) FROM vehicles", &[]))
+        .unwrap()
+}
+
 /// Both replicas hold their writer at `point` (inside the transaction) for `ms`, so that two
 /// transactions begun at about the same instant overlap for certain.
 fn stall_at(fleet: &mut Fleet, point: &str, ms: u64) {
@@ -273,11 +281,7 @@ fn a_one_time_provisioning_token_raced_on_both_replicas_registers_one_vehicle() 
             assert_eq!(refused.0, 401, "round {round}: {refused:?}");
         }
     });
-    let vehicles = fleet
-        .director_db()
-        .call_blocking(|conn| conn.value::<i64>("SELECT COUNT(*) FROM vehicles", &[]))
-        .unwrap();
-    assert_eq!(vehicles, 5);
+    assert_eq!(registered_vehicles(&fleet), 5);
 }
 
 /// Two Primaries registering the same VIN on both replicas at the same instant: the
@@ -327,11 +331,7 @@ fn the_same_vin_registered_on_both_replicas_at_once_is_one_vehicle_and_a_409() {
             );
         }
     });
-    let vehicles = fleet
-        .director_db()
-        .call_blocking(|conn| conn.value::<i64>("SELECT COUNT(*) FROM vehicles", &[]))
-        .unwrap();
-    assert_eq!(vehicles, 3);
+    assert_eq!(registered_vehicles(&fleet), 3);
 }
 
 /// Two operators assign two images to one vehicle's ECU through both replicas at the same
