@@ -8,8 +8,8 @@
 #   eval "$(tools/pg-test-cluster.sh start)"   # exports DIRECTOR_TEST_POSTGRES and PG_TEST_DIR
 #   tools/pg-test-cluster.sh stop "$PG_TEST_DIR"
 #
-# PostgreSQL comes from Debian's packages (`postgresql`); `start` installs it when missing
-# and apt-get can. Exits non-zero if the cluster cannot start: nothing is skipped silently.
+# PostgreSQL comes from Debian's packages (`postgresql`, and `openssl` for the certificates);
+# `start` installs them when missing and apt-get can. Exits non-zero if the cluster cannot start: nothing is skipped silently.
 set -euo pipefail
 
 bin_dir() {
@@ -25,6 +25,10 @@ start)
     if ! bin_dir > /dev/null; then
         echo "PostgreSQL is not installed: installing Debian's package" >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2
+    fi
+    if ! command -v openssl > /dev/null; then
+        echo "openssl is not installed (the cluster's certificates): installing Debian's package" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >&2
     fi
     bin="$(bin_dir)"
     # The cluster's owner: the `postgres` user Debian's package makes, or the caller when
