@@ -139,9 +139,13 @@ mod tests {
             Ok::<_, crate::error::DirectorError>(())
         })
         .unwrap();
-        // Read once committed: a follower of the log is given events of ended transactions.
         db.call_blocking(move |conn| {
-            let events = crate::service::events(conn, None, true, 0, 10)?;
+            let events = crate::service::recent_events(
+                conn,
+                None,
+                true,
+                crate::service::Page::newest(10),
+            )?;
             assert_eq!(events.len(), 1);
             assert_eq!(events[0].kind, "vehicle_auth_refused");
             assert_eq!(events[0].vin.as_deref(), Some("VIN1"));
