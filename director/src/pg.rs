@@ -482,33 +482,29 @@ mod tests {
         assert!(why.contains("server does not support TLS"), "{why}");
         assert_eq!(seen, PgSeen::ClosedAfterRefusal);
 
-        // Intercepting with a certificate of another CA.
+        // A man in the middle presenting `ca`'s certificate for `name`: refused with
+        // `expected`, at the handshake.
+        let presenting = |ca: &Ca, name: &str, expected: &str| {
+            let tls = PgMitm::tls(&ca.issue_server(&[name]).unwrap(), &ClientAuth::None);
+            let mitm = PgMitm::start(PgAnswer::Tls(Box::new(tls.unwrap()))).unwrap();
+            let (why, seen) = connect(&mitm, dir.path(), "");
+            assert!(why.contains(expected), "{why}");
+            assert!(matches!(seen, PgSeen::HandshakeFailed(_)), "{seen:?}");
+            assert!(!why.contains("s3cret"), "{why}");
+        };
+        // A certificate of another CA.
         let other = Ca::generate("attacker").unwrap();
-        let tls = PgMitm::tls(
-            &other.issue_server(&["127.0.0.1"]).unwrap(),
-            &ClientAuth::None,
+        presenting(
+            &other,
+            "127.0.0.1",
+            "invalid peer certificate: UnknownIssuer",
         );
-        let mitm = PgMitm::start(PgAnswer::Tls(Box::new(tls.unwrap()))).unwrap();
-        let (why, seen) = connect(&mitm, dir.path(), "");
-        assert!(
-            why.contains("invalid peer certificate: UnknownIssuer"),
-            "{why}"
-        );
-        assert!(matches!(seen, PgSeen::HandshakeFailed(_)), "{seen:?}");
-
         // The right CA's certificate, for another host.
-        let tls = PgMitm::tls(
-            &ca.issue_server(&["db.internal"]).unwrap(),
-            &ClientAuth::None,
+        presenting(
+            &ca,
+            "db.internal",
+            "certificate not valid for name \"127.0.0.1\"",
         );
-        let mitm = PgMitm::start(PgAnswer::Tls(Box::new(tls.unwrap()))).unwrap();
-        let (why, seen) = connect(&mitm, dir.path(), "");
-        assert!(
-            why.contains("certificate not valid for name \"127.0.0.1\""),
-            "{why}"
-        );
-        assert!(matches!(seen, PgSeen::HandshakeFailed(_)), "{seen:?}");
-        assert!(!why.contains("s3cret"), "{why}");
     }
 
     #[test]

@@ -237,12 +237,8 @@ impl Car {
         director: &str,
         operator: &str,
     ) -> Result<(), String> {
-        let response = client
-            .post(format!("{director}/api/v1/vehicles"))
-            .bearer_auth(operator)
-            .header("content-type", "application/json")
-            .body(self.registration().to_string())
-            .send()
+        let response = self
+            .send_registration(client, &format!("{director}/api/v1/vehicles"), operator)
             .await
             .map_err(|e| format!("registering {}: {e}", self.vin))?;
         let status = response.status();
@@ -266,15 +262,27 @@ impl Car {
         director: &str,
         token: &str,
     ) -> reqwest::Result<(u16, String)> {
-        let response = client
-            .post(format!("{director}/api/v1/register"))
+        let response = self
+            .send_registration(client, &format!("{director}/api/v1/register"), token)
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    }
+
+    /// POSTs its registration to `url` with bearer `token`.
+    async fn send_registration(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        token: &str,
+    ) -> reqwest::Result<reqwest::Response> {
+        client
+            .post(url)
             .bearer_auth(token)
             .header("content-type", "application/json")
             .body(self.registration().to_string())
             .send()
-            .await?;
-        let status = response.status().as_u16();
-        Ok((status, response.text().await?))
+            .await
     }
 
     /// Posts `body` (a manifest of [`Car::manifest`]) to the Director at `director` with

@@ -260,21 +260,12 @@ fn a_one_time_provisioning_token_raced_on_both_replicas_registers_one_vehicle() 
                 "--one-time",
             ]);
             let token = created["token"].as_str().unwrap().to_string();
-            let register = |url: String, car: Car| {
-                let (client, token) = (client.clone(), token.clone());
-                async move {
-                    car.register_with_token(&client, &url, &token)
-                        .await
-                        .unwrap()
-                }
-            };
+            let cars = [2 * round, 2 * round + 1].map(|i| Car::new("replicas-token", i));
             let (a, b) = tokio::join!(
-                register(
-                    fleet.director_url.clone(),
-                    Car::new("replicas-token", 2 * round)
-                ),
-                register(other.clone(), Car::new("replicas-token", 2 * round + 1)),
+                cars[0].register_with_token(&client, &fleet.director_url, &token),
+                cars[1].register_with_token(&client, &other, &token),
             );
+            let (a, b) = (a.unwrap(), b.unwrap());
             let registered = [&a, &b].iter().filter(|r| r.0 == 201).count();
             assert_eq!(registered, 1, "round {round}: {a:?} {b:?}");
             let refused = if a.0 == 201 { &b } else { &a };
@@ -304,23 +295,13 @@ fn the_same_vin_registered_on_both_replicas_at_once_is_one_vehicle_and_a_409() {
     let tokens = [token("twin-a"), token("twin-b")];
     blocking(async {
         for round in 0..3 {
-            let register = |url: String, car: Car, token: &String| {
-                let (client, token) = (client.clone(), token.clone());
-                async move {
-                    car.register_with_token(&client, &url, &token)
-                        .await
-                        .unwrap()
-                }
-            };
             // One VIN, two sets of keys.
+            let cars = ["twin-a", "twin-b"].map(|run| Car::new(run, round));
             let (a, b) = tokio::join!(
-                register(
-                    fleet.director_url.clone(),
-                    Car::new("twin-a", round),
-                    &tokens[0]
-                ),
-                register(other.clone(), Car::new("twin-b", round), &tokens[1]),
+                cars[0].register_with_token(&client, &fleet.director_url, &tokens[0]),
+                cars[1].register_with_token(&client, &other, &tokens[1]),
             );
+            let (a, b) = (a.unwrap(), b.unwrap());
             let mut statuses = [a.0, b.0];
             statuses.sort();
             assert_eq!(statuses, [201, 409], "round {round}: {a:?} {b:?}");
