@@ -3,6 +3,8 @@
 //! credential), and Primary self-registration with a provisioning token. Handlers parse, call
 //! [`DirectorService`] and map its errors.
 
+mod campaigns;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, Path, Query, State};
@@ -69,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/vehicles/{vin}/metadata/{file}", get(vehicle_metadata))
         .route("/vehicles/{vin}/manifest", post(post_manifest))
         .route("/vehicles/{vin}/credential", post(renew_credential))
+        .merge(campaigns::routes())
         .with_state(state)
 }
 

@@ -49,6 +49,22 @@ async fn watch_retention(service: DirectorService) {
     }
 }
 
+/// Drives the running campaigns (`service/campaigns.rs`) every `period`.
+async fn drive_campaigns(service: DirectorService, period: std::time::Duration) {
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match service.campaign_tick().await {
+            Ok(assigned) if !assigned.is_empty() => {
+                tracing::info!(vehicles = assigned.len(), "campaigns moved vehicles")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "driving campaigns"),
+        }
+    }
+}
+
 /// Records the summary of each refusal window as it ends (`service/refusals.rs`).
 async fn watch_refusals(service: DirectorService, window: chrono::Duration) {
     let period = window
@@ -305,6 +321,11 @@ enum Command {
         /// Warn (log, security event) when the root expires within this many days.
         #[arg(long, env = "DIRECTOR_ROOT_EXPIRY_WARNING_DAYS", default_value_t = 60)]
         root_expiry_warning_days: u32,
+        /// How often running campaigns are driven (assignments of waiting vehicles, failure
+        /// thresholds, next waves), in seconds.
+        #[arg(long, env = "DIRECTOR_CAMPAIGN_INTERVAL_SECS", default_value_t = 5,
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        campaign_interval_secs: u64,
         #[command(flatten)]
         tls: ServerTlsArgs,
     },
@@ -1200,6 +1221,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             max_body_bytes,
             vehicle_credential_lifetime_secs,
             root_expiry_warning_days,
+            campaign_interval_secs,
             retention_days,
             cached_vehicles,
             limits,
@@ -1258,6 +1280,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let service = DirectorService::new(db, keys, catalog, policy)?;
             tokio::spawn(watch_refusals(service.clone(), policy.refusal_window));
             tokio::spawn(watch_retention(service.clone()));
+            tokio::spawn(drive_campaigns(
+                service.clone(),
+                std::time::Duration::from_secs(campaign_interval_secs),
+            ));
             let state = AppState {
                 service: service.clone(),
                 max_body_bytes,

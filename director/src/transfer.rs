@@ -112,6 +112,47 @@ const TABLES: &[(&str, &[&str])] = &[
             "uses",
         ],
     ),
+    ("vehicle_attributes", &["vin", "name", "value"]),
+    (
+        "vehicle_groups",
+        &["id", "name", "filter", "created_at", "created_by"],
+    ),
+    ("group_members", &["group_id", "vin"]),
+    (
+        "campaigns",
+        &[
+            "id",
+            "name",
+            "spec",
+            "seed",
+            "state",
+            "reason",
+            "wave",
+            "wave_started_at",
+            "wave_finished_at",
+            "accepted_failures",
+            "created_at",
+            "created_by",
+            "updated_at",
+        ],
+    ),
+    (
+        "campaign_vehicles",
+        &[
+            "campaign_id",
+            "vin",
+            "rank",
+            "wave",
+            "state",
+            "detail",
+            "attempts",
+            "updated_at",
+        ],
+    ),
+    (
+        "campaign_assignments",
+        &["campaign_id", "vin", "assignment_id"],
+    ),
     (
         "events",
         &[
@@ -136,6 +177,8 @@ const IDENTITIES: &[(&str, &str)] = &[
     ("assignment_ecus", "rowid"),
     ("api_tokens", "rowid"),
     ("provisioning_tokens", "rowid"),
+    ("vehicle_groups", "id"),
+    ("campaigns", "id"),
     ("events", "id"),
 ];
 

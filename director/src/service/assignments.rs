@@ -126,7 +126,7 @@ pub struct AssignmentEcu {
     pub cursor: i64,
 }
 
-fn image_hardware_ids(info: &TargetFile) -> Vec<String> {
+pub(crate) fn image_hardware_ids(info: &TargetFile) -> Vec<String> {
     info.custom_value()
         .and_then(|c| c.get("hardwareIds"))
         .and_then(Value::as_array)
@@ -154,7 +154,7 @@ pub struct Assigned {
 /// the ECUs `request` selects. An ECU's earlier assignment that is still pending or
 /// delivered is superseded.
 pub fn assign(
-    conn: &mut Conn,
+    conn: &Conn,
     request: &AssignRequest,
     info: &TargetFile,
     actor: &str,

@@ -16,12 +16,15 @@
 
 pub mod assignments;
 pub mod cache;
+pub mod campaigns;
 pub mod credentials;
 pub mod events;
 mod fault;
+pub mod groups;
 pub mod manifests;
 pub mod metadata;
 pub mod page;
+pub mod plan;
 pub mod refusals;
 pub mod retention;
 pub mod root_watch;
@@ -30,11 +33,15 @@ pub mod time;
 pub mod tokens;
 pub mod vehicles;
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::sql::Conn;
 use chrono::Duration;
 use uptane_core::ids::{EcuSerial, Vin};
+use uptane_core::metadata::TargetFile;
+
+use self::plan::Name;
 use uptane_core::time::{UtcTime, format_expires};
 
 pub use self::assignments::{
@@ -100,6 +107,15 @@ impl Default for Policy {
 
 fn bad(message: impl Into<String>) -> DirectorError {
     DirectorError::BadRequest(message.into())
+}
+
+/// Forgets the cached rows of the vehicles a campaign change touched.
+fn forget_vins(vins: &Vec<String>, cache: &cache::VehicleCache) {
+    for vin in vins {
+        if let Ok(vin) = vin.parse::<Vin>() {
+            cache.forget(&vin);
+        }
+    }
 }
 
 /// Whether `table` has a row whose `column` is `value` (both names are literals of this module).
@@ -438,6 +454,156 @@ impl DirectorService {
     ) -> Result<usize, DirectorError> {
         let actor = actor.0.clone();
         self.write_all(move |conn| cancel_assignment(conn, &correlation_id, &actor, now()))
+            .await
+    }
+
+    /// Creates a vehicle group.
+    pub async fn create_group(
+        &self,
+        actor: &Actor,
+        group: groups::NewGroup,
+    ) -> Result<groups::GroupDetail, DirectorError> {
+        let actor = actor.0.clone();
+        self.inner
+            .db
+            .call(move |conn| groups::create_group(conn, &group, &actor, now()))
+            .await
+    }
+
+    /// Every group.
+    pub async fn groups(&self) -> Result<Vec<groups::GroupInfo>, DirectorError> {
+        self.inner.db.read(|conn| groups::groups(conn)).await
+    }
+
+    /// A group and its members now.
+    pub async fn group(&self, name: Name) -> Result<groups::GroupDetail, DirectorError> {
+        self.inner
+            .db
+            .read(move |conn| groups::group(conn, &name))
+            .await
+    }
+
+    /// Adds and removes members of a static group.
+    pub async fn change_members(
+        &self,
+        actor: &Actor,
+        name: Name,
+        add: Vec<Vin>,
+        remove: Vec<Vin>,
+    ) -> Result<groups::GroupDetail, DirectorError> {
+        let actor = actor.0.clone();
+        self.inner
+            .db
+            .call(move |conn| groups::change_members(conn, &name, &add, &remove, &actor, now()))
+            .await
+    }
+
+    /// Sets and removes attributes of a vehicle.
+    pub async fn set_attributes(
+        &self,
+        actor: &Actor,
+        vin: Vin,
+        changes: BTreeMap<String, Option<String>>,
+    ) -> Result<BTreeMap<String, String>, DirectorError> {
+        let actor = actor.0.clone();
+        self.inner
+            .db
+            .call(move |conn| groups::set_attributes(conn, &vin, &changes, &actor, now()))
+            .await
+    }
+
+    /// The Image repository's entries for `names`, as it vouches for them at `now`; a name it
+    /// does not list is left out.
+    async fn images(
+        &self,
+        names: impl IntoIterator<Item = String>,
+        now: UtcTime,
+    ) -> Result<HashMap<String, TargetFile>, DirectorError> {
+        let mut found = HashMap::new();
+        for name in names {
+            if let Some(info) = self.inner.catalog.lookup(&name, now).await? {
+                found.insert(name, info);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Creates a draft campaign.
+    pub async fn create_campaign(
+        &self,
+        actor: &Actor,
+        plan: campaigns::NewCampaign,
+    ) -> Result<campaigns::CampaignDetail, DirectorError> {
+        campaigns::check_plan(&plan)?;
+        let images = self.images(plan.images.clone(), now()).await?;
+        let actor = actor.0.clone();
+        self.inner
+            .db
+            .call(move |conn| campaigns::create(conn, &plan, &images, &actor, now()))
+            .await
+    }
+
+    /// Every campaign, newest first.
+    pub async fn campaigns(&self) -> Result<Vec<campaigns::CampaignDetail>, DirectorError> {
+        self.inner.db.read(|conn| campaigns::list(conn)).await
+    }
+
+    /// A campaign and its progress.
+    pub async fn campaign(&self, name: Name) -> Result<campaigns::CampaignDetail, DirectorError> {
+        self.inner
+            .db
+            .read(move |conn| campaigns::show(conn, name.as_str()))
+            .await
+    }
+
+    /// A campaign's vehicles, with their outcomes.
+    pub async fn campaign_vehicles(
+        &self,
+        name: Name,
+    ) -> Result<Vec<campaigns::CampaignVehicle>, DirectorError> {
+        self.inner
+            .db
+            .read(move |conn| campaigns::vehicles(conn, name.as_str()))
+            .await
+    }
+
+    /// Does what an operator asked of a campaign, then drives the running campaigns one step.
+    pub async fn campaign_action(
+        &self,
+        actor: &Actor,
+        name: Name,
+        action: campaigns::CampaignAction,
+        reason: Option<String>,
+    ) -> Result<campaigns::CampaignDetail, DirectorError> {
+        let actor = actor.0.clone();
+        let acting = name.clone();
+        self.write_then(
+            move |conn| campaigns::act(conn, &acting, action, reason.as_deref(), &actor, now()),
+            forget_vins,
+        )
+        .await?;
+        self.campaign_tick().await?;
+        self.campaign(name).await
+    }
+
+    /// Drives the running campaigns one step now.
+    pub async fn campaign_tick(&self) -> Result<Vec<String>, DirectorError> {
+        self.campaign_tick_at(now()).await
+    }
+
+    /// Drives the running campaigns one step at `now` (`campaigns::tick`); tests inject the
+    /// time here. Returns the vehicles whose metadata changed.
+    pub async fn campaign_tick_at(&self, now: UtcTime) -> Result<Vec<String>, DirectorError> {
+        let names = self
+            .inner
+            .db
+            .read(|conn| campaigns::running_images(conn))
+            .await?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let images = self.images(names, now).await?;
+        self.write_then(move |conn| campaigns::tick(conn, &images, now), forget_vins)
             .await
     }
 
