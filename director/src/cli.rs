@@ -79,6 +79,8 @@ async fn watch_refusals(service: DirectorService, window: chrono::Duration) {
     }
 }
 
+mod campaigns;
+
 use crate::service::{self, DirectorService, Policy, TokenSelector};
 use service_runtime::cli::{Exit, Fail, failure, table};
 use service_runtime::http::{ClientTls, ServerLimitsArgs, Transport};
@@ -407,6 +409,16 @@ enum Command {
         #[command(subcommand)]
         command: ProvisioningCommand,
     },
+    /// Vehicle groups: static lists of VINs, or dynamic filters campaigns target.
+    Group {
+        #[command(subcommand)]
+        command: campaigns::GroupCommand,
+    },
+    /// Campaigns: an image rolled out to a group in waves.
+    Campaign {
+        #[command(subcommand)]
+        command: campaigns::CampaignCommand,
+    },
 }
 
 /// How the server talks to its clients, and how it reaches the Image repository.
@@ -465,6 +477,19 @@ enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum VehicleCommand {
+    /// Sets (NAME=VALUE) and removes (--unset NAME) attributes dynamic groups filter on;
+    /// `timezone` (an IANA name) places maintenance windows.
+    SetAttribute {
+        #[command(flatten)]
+        remote: Remote,
+        /// Vehicle identifier.
+        vin: String,
+        /// NAME=VALUE pairs to set.
+        set: Vec<String>,
+        /// Attributes to remove (repeat).
+        #[arg(long)]
+        unset: Vec<String>,
+    },
     /// Registers a vehicle; prints its credential.
     Register {
         #[command(flatten)]
@@ -1430,7 +1455,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Group { command } => campaigns::group(json, command).await,
+        Command::Campaign { command } => campaigns::campaign(json, command).await,
         Command::Vehicle { command } => match command {
+            VehicleCommand::SetAttribute {
+                remote,
+                vin,
+                set,
+                unset,
+            } => campaigns::set_attributes(json, &remote, &vin, &set, &unset).await,
             VehicleCommand::Register {
                 remote,
                 vin,

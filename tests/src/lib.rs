@@ -6,6 +6,7 @@
 //! commands; [`proxy`] stands for a network link that can be cut or stalled.
 
 pub mod attacks;
+pub mod campaign;
 pub mod demo;
 pub mod flood;
 pub mod forge;

@@ -250,6 +250,9 @@ impl Fleet {
                 &self.image_url,
                 "--ca-cert",
                 &text(&self.ca_cert),
+                // Campaigns move on within a second of what they wait for.
+                "--campaign-interval-secs",
+                "1",
             ])
             .args(tls_flags(&self.path("pki/director")))
             .args(&self.director_flags)

@@ -824,3 +824,113 @@ fn image_repo_errors_end_with_their_status() {
     assert_eq!(status.code(), Some(6), "{err}");
     assert!(err.contains("image-repo init"), "{err}");
 }
+
+#[test]
+fn groups_and_campaigns_read_as_tables_and_refusals_exit_5() {
+    let fleet = Fleet::start();
+    fleet.publish("brake-3.bin", "hw-brake", 3, b"brake 3");
+    for (i, vin) in ["VIN-G-1", "VIN-G-2"].iter().enumerate() {
+        let key_file = ecu_key_file(&fleet, 20 + i as u8);
+        let ecu = format!("{vin}-BRAKE:hw-brake:{}", key_file.display());
+        fleet.operator(&["vehicle", "register", "--vin", vin, "--ecu", &ecu]);
+    }
+    let human = |args: &[&str]| run_ok(&mut fleet.operator_human(args), LIMIT);
+    let set = human(&[
+        "vehicle",
+        "set-attribute",
+        "VIN-G-1",
+        "region=eu",
+        "timezone=Europe/Berlin",
+    ]);
+    assert!(
+        set.contains("region") && set.contains("Europe/Berlin"),
+        "{set}"
+    );
+    let group = human(&["group", "create", "eu", "--attribute", "region=eu"]);
+    assert!(
+        group.contains("dynamic") && group.contains("members: VIN-G-1"),
+        "{group}"
+    );
+    human(&["group", "create", "pilots", "--vin", "VIN-G-2"]);
+    let added = human(&["group", "add", "pilots", "VIN-G-1"]);
+    assert!(added.contains("members: VIN-G-1 VIN-G-2"), "{added}");
+    let list = human(&["group", "list"]);
+    assert!(list.starts_with("GROUP"), "{list}");
+
+    let created = human(&[
+        "campaign",
+        "create",
+        "brakes",
+        "--image",
+        "brake-3.bin",
+        "--group",
+        "pilots",
+        "--waves",
+        "50%,100%",
+        "--window",
+        "mon-fri 01:00-05:00",
+        "--soak",
+        "10m",
+    ]);
+    assert!(created.contains("campaign brakes: draft"), "{created}");
+    assert!(
+        created.contains("waves: 50%, 100% (pause above 5% failed; soak 600 s)"),
+        "{created}"
+    );
+    assert!(
+        created.contains("windows: mon,tue,wed,thu,fri 01:00-05:00"),
+        "{created}"
+    );
+    human(&["campaign", "start", "brakes"]);
+    let paused = human(&["campaign", "pause", "brakes", "--reason", "supplier recall"]);
+    assert!(
+        paused.contains("campaign brakes: paused (supplier recall)"),
+        "{paused}"
+    );
+    let list = human(&["campaign", "list"]);
+    assert!(
+        list.contains("brakes") && list.contains("paused") && list.contains("1/2"),
+        "{list}"
+    );
+    let vehicles = human(&["campaign", "vehicles", "brakes"]);
+    assert!(vehicles.starts_with("VIN"), "{vehicles}");
+
+    // Refused by the Director: exit 5 and its reason.
+    let (status, _, err) = run(
+        &mut fleet.operator_human(&["campaign", "start", "brakes"]),
+        LIMIT,
+    );
+    assert_eq!(status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("campaign brakes is paused: it cannot be started"),
+        "{err}"
+    );
+    let (status, _, err) = run(
+        &mut fleet.operator_human(&[
+            "campaign",
+            "create",
+            "x",
+            "--image",
+            "brake-3.bin",
+            "--group",
+            "pilots",
+            "--waves",
+            "60%,20%",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(status.code(), Some(5), "{err}");
+    assert!(err.contains("must rise"), "{err}");
+    let (status, _, err) = run(
+        &mut fleet.operator_human(&[
+            "campaign", "create", "x", "--image", "a.bin", "--group", "g", "--soak", "ten",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(status.code(), Some(64), "{err}");
+    let aborted = human(&["campaign", "abort", "brakes"]);
+    assert!(
+        aborted.contains("campaign brakes: aborted (aborted by an operator)"),
+        "{aborted}"
+    );
+}

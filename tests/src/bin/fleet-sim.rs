@@ -28,6 +28,17 @@ enum Command {
         #[arg(long, default_value = "sqlite")]
         database: String,
     },
+    /// Runs a four-wave campaign over a fleet of real vehicles, some of which fail their
+    /// trial boot in the third wave: the campaign pauses itself, the operator resumes it;
+    /// exit 0 only when every wave ends as expected.
+    Campaign {
+        /// Vehicles (a Primary and a Secondary each).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(20..=200))]
+        vehicles: u64,
+        /// Secondaries of the third wave that fail their trial boot.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(2..=4))]
+        failing: u64,
+    },
     /// Runs the HIL fault matrix; exit 0 only when every row holds.
     Hil {
         /// Vehicles per row.
@@ -192,6 +203,29 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Command::Campaign { vehicles, failing } => {
+            stop_children_on_signal();
+            let args = uptane_tests::campaign::CampaignArgs {
+                vehicles: vehicles as usize,
+                failing: failing as usize,
+            };
+            match uptane_tests::campaign::run(&mut out, args) {
+                Ok(report) if report.broken.is_empty() => {
+                    println!("Every wave ended as expected.");
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    for broken in &report.broken {
+                        println!("NOT AS EXPECTED: {broken}");
+                    }
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Attacks { only } => {
