@@ -7,7 +7,7 @@
 # on the PATH, as the README says. The only additions are waits: after a command that starts
 # a server in the background (`... --listen HOST:PORT ... &`), the script waits (bounded) until
 # the port accepts connections, as a person would wait for "listening on"; and at the end it
-# waits (bounded) until the vehicle reports the assigned image installed. Ports 8080, 8081
+# waits (bounded) until the campaign completes with its image installed on the vehicle. Ports 8080, 8081
 # and 50051 on 127.0.0.1 must be free. Exits non-zero when any command fails.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -52,15 +52,18 @@ EOF
         fi
     done <<<"$commands"
     cat <<'EOF'
-# The walkthrough's point: the assigned image reaches the vehicle.
-for _ in $(seq 1 1200); do
-    if director assignment list --vin VIN0001 --json | grep -q '"status": "installed"'; then
-        echo "walkthrough: brake-2.bin installed on VIN0001"
+# The walkthrough's point: the campaign's image reaches the vehicle, and the campaign
+# completes (every wave ran).
+for _ in $(seq 1 1800); do
+    if director campaign show brake-3 --json | grep -q '"state": "completed"' \
+        && director vehicle show VIN0001 --json | grep -q '"filename": "brake-3.bin"'; then
+        echo "walkthrough: campaign brake-3 completed, brake-3.bin installed on VIN0001"
         exit 0
     fi
     sleep 0.1
 done
-echo "walkthrough: the assigned image was not installed within 120 s" >&2
+echo "walkthrough: the campaign did not complete within 180 s" >&2
+director campaign show brake-3 >&2
 director assignment list --vin VIN0001 >&2
 exit 1
 EOF

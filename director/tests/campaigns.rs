@@ -1,6 +1,8 @@
 //! Groups and campaigns through the operator API: the campaign state machine driven by
 //! real manifests, with the time of each step injected (`campaign_tick_at`), never waited for.
 
+#![allow(clippy::unwrap_used)] // test support code outside #[test] functions
+
 mod common;
 
 use axum::http::StatusCode;

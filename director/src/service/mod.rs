@@ -472,7 +472,7 @@ impl DirectorService {
 
     /// Every group.
     pub async fn groups(&self) -> Result<Vec<groups::GroupInfo>, DirectorError> {
-        self.inner.db.read(|conn| groups::groups(conn)).await
+        self.inner.db.read(groups::groups).await
     }
 
     /// A group and its members now.
@@ -545,7 +545,7 @@ impl DirectorService {
 
     /// Every campaign, newest first.
     pub async fn campaigns(&self) -> Result<Vec<campaigns::CampaignDetail>, DirectorError> {
-        self.inner.db.read(|conn| campaigns::list(conn)).await
+        self.inner.db.read(campaigns::list).await
     }
 
     /// A campaign and its progress.
@@ -594,11 +594,7 @@ impl DirectorService {
     /// Drives the running campaigns one step at `now` (`campaigns::tick`); tests inject the
     /// time here. Returns the vehicles whose metadata changed.
     pub async fn campaign_tick_at(&self, now: UtcTime) -> Result<Vec<String>, DirectorError> {
-        let names = self
-            .inner
-            .db
-            .read(|conn| campaigns::running_images(conn))
-            .await?;
+        let names = self.inner.db.read(campaigns::running_images).await?;
         if names.is_empty() {
             return Ok(Vec::new());
         }
