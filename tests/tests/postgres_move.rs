@@ -54,6 +54,20 @@ fn a_fleet_moved_from_sqlite_to_postgres_loses_nothing_and_keeps_updating() {
         "DOOR",
         "door-1.bin"
     )));
+    // A group and a draft campaign for the next image, moved with the rest.
+    fleet.publish("door-2.bin", "hw-door", 2, &[2u8; 100_000]);
+    fleet.operator(&["vehicle", "set-attribute", "MOVE01", "plant=north"]);
+    fleet.operator(&["group", "create", "north", "--attribute", "plant=north"]);
+    fleet.operator(&["group", "create", "movers", "--vin", "MOVE01"]);
+    fleet.operator(&[
+        "campaign",
+        "create",
+        "door-2",
+        "--image",
+        "door-2.bin",
+        "--group",
+        "north",
+    ]);
     let target = postgres.fresh().to_arg();
     let dir = fleet.path("director");
 
@@ -69,7 +83,8 @@ fn a_fleet_moved_from_sqlite_to_postgres_loses_nothing_and_keeps_updating() {
     let (moved, report, stderr) = migrate(&dir, &target);
     assert!(moved, "{stderr}");
     let tables = report["tables"].as_array().unwrap();
-    assert_eq!(tables.len(), 11, "{report}");
+    // Every table of the schema, each counted on both sides.
+    assert_eq!(tables.len(), 17, "{report}");
     for table in tables {
         assert_eq!(table["source"], table["target"], "{table}");
     }
@@ -82,6 +97,15 @@ fn a_fleet_moved_from_sqlite_to_postgres_loses_nothing_and_keeps_updating() {
     };
     assert_eq!(rows("vehicles"), 1);
     assert!(rows("manifests") > 0 && rows("events") > 0 && rows("roots") == 1);
+    assert_eq!(
+        (
+            rows("vehicle_attributes"),
+            rows("vehicle_groups"),
+            rows("group_members"),
+            rows("campaigns")
+        ),
+        (1, 2, 1, 1)
+    );
     // The directory names the new database, readable by the Director's user only.
     let named = dir.join("database");
     assert_eq!(std::fs::read_to_string(&named).unwrap().trim(), target);
@@ -124,13 +148,16 @@ fn a_fleet_moved_from_sqlite_to_postgres_loses_nothing_and_keeps_updating() {
     let before = fleet.assignments("MOVE01");
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0]["status"], "installed");
-    fleet.publish("door-2.bin", "hw-door", 2, &[2u8; 100_000]);
-    fleet.assign("door-2.bin", &["MOVE01"]);
+    // The next update goes through the campaign made before the move.
+    fleet.operator(&["campaign", "start", "door-2"]);
     assert!(wait_until(LIMIT, || fleet.installed_on(
         "MOVE01",
         "DOOR",
         "door-2.bin"
     )));
+    assert!(wait_until(LIMIT, || fleet
+        .operator(&["campaign", "show", "door-2"])["state"]
+        == "completed"));
     assert_eq!(fleet.assignments("MOVE01").len(), 2);
     let db = fleet.director_db();
     assert_eq!(db.engine(), director::sql::Engine::Postgres);

@@ -582,7 +582,11 @@ impl DirectorService {
             forget_vins,
         )
         .await?;
-        self.campaign_tick().await?;
+        // The action is committed whatever the step finds: a step that fails (the Image
+        // repository unreachable) is logged and retried by the next one.
+        if let Err(e) = self.campaign_tick().await {
+            tracing::warn!(error = %e, "driving campaigns after an operator action");
+        }
         self.campaign(name).await
     }
 
