@@ -72,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route("/vehicles/{vin}/manifest", post(post_manifest))
         .route("/vehicles/{vin}/credential", post(renew_credential))
         .merge(campaigns::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.service.counters().http.clone(),
+            service_runtime::metrics::track,
+        ))
         .with_state(state)
 }
 

@@ -328,6 +328,11 @@ enum Command {
         #[arg(long, env = "DIRECTOR_CAMPAIGN_INTERVAL_SECS", default_value_t = 5,
               value_parser = clap::value_parser!(u64).range(1..=3600))]
         campaign_interval_secs: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics (plaintext, unauthenticated:
+        /// bind an address only the scraper reaches, such as 127.0.0.1 or a private
+        /// interface). Off unless given.
+        #[arg(long, env = "DIRECTOR_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
         #[command(flatten)]
         tls: ServerTlsArgs,
     },
@@ -1247,6 +1252,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             vehicle_credential_lifetime_secs,
             root_expiry_warning_days,
             campaign_interval_secs,
+            metrics_listen,
             retention_days,
             cached_vehicles,
             limits,
@@ -1317,6 +1323,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Exit::Config,
                 format!("could not listen on {listen}: is another program using it?"),
             )?;
+            if let Some(metrics_listen) = metrics_listen {
+                let metrics = tokio::net::TcpListener::bind(metrics_listen).await.fail(
+                    Exit::Config,
+                    format!("could not listen on {metrics_listen} for metrics: is another program using it?"),
+                )?;
+                outln!("metrics on {}", metrics.local_addr()?);
+                let scraped = service.clone();
+                tokio::spawn(service_runtime::metrics::serve(
+                    metrics,
+                    move || {
+                        let service = scraped.clone();
+                        async move {
+                            crate::metrics::render(&service)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                    },
+                    service_runtime::shutdown_signal(),
+                ));
+            }
             let addr = listener.local_addr()?;
             tracing::debug!(%addr, scheme = transport.scheme(), "listening");
             outln!("listening on {addr}");

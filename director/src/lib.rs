@@ -13,6 +13,7 @@ pub mod cli;
 pub mod db;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod pg;
 pub mod service;
 pub mod sql;

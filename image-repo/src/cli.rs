@@ -362,6 +362,10 @@ enum Command {
         /// Serve plaintext HTTP: for tests only; upload tokens cross the network readable.
         #[arg(long, env = "IMAGE_REPO_INSECURE")]
         insecure: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (plaintext, unauthenticated:
+        /// bind an address only the scraper reaches). Off unless given.
+        #[arg(long, env = "IMAGE_REPO_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -822,6 +826,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             tls_key,
             upload_client_ca,
             insecure,
+            metrics_listen,
         } => {
             let auth = match &upload_client_ca {
                 Some(ca) => ClientAuth::Optional(std::sync::Arc::new(
@@ -864,13 +869,30 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 Exit::Config,
                 format!("could not listen on {listen}: is another program using it?"),
             )?;
+            let state = AppState::new(repository, config);
+            if let Some(metrics_listen) = metrics_listen {
+                let metrics = tokio::net::TcpListener::bind(metrics_listen).await.fail(
+                    Exit::Config,
+                    format!("could not listen on {metrics_listen} for metrics: is another program using it?"),
+                )?;
+                outln!("metrics on {}", metrics.local_addr()?);
+                let scraped = state.clone();
+                tokio::spawn(service_runtime::metrics::serve(
+                    metrics,
+                    move || {
+                        let state = scraped.clone();
+                        async move { state.metrics().await }
+                    },
+                    service_runtime::shutdown_signal(),
+                ));
+            }
             let addr = listener.local_addr()?;
             tracing::debug!(%addr, repo = %repo.display(), scheme = transport.scheme(), "listening");
             outln!("listening on {addr}");
             crate::server::serve(
                 listener,
                 transport,
-                AppState::new(repository, config),
+                state,
                 service_runtime::shutdown_signal(),
             )
             .await?;

@@ -88,6 +88,8 @@ pub struct AppState {
     /// `GET /status`'s answer and when it was computed: reading the whole repository is
     /// not done more than once a minute, whoever asks.
     status_cache: Arc<Mutex<Option<(std::time::Instant, serde_json::Value)>>>,
+    /// Requests by route and status, for `--metrics-listen`.
+    http: service_runtime::metrics::HttpMetrics,
 }
 
 /// A metadata file in memory, valid while the file on disk has the same identity.
@@ -125,7 +127,52 @@ impl AppState {
             metadata_cache: Arc::default(),
             status_cache: Arc::default(),
             refusals: Arc::new(Throttle::new(REFUSAL_WINDOW, 64)),
+            http: service_runtime::metrics::HttpMetrics::default(),
         }
+    }
+
+    /// One scrape of `--metrics-listen` (names in docs/METRICS.md): the requests, and each
+    /// role's version and seconds until it expires, read from the published repository.
+    pub async fn metrics(&self) -> Result<String, String> {
+        use prometheus_client::encoding::EncodeLabelSet;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct RoleLabels {
+            role: String,
+        }
+        let repo = self.repo.clone();
+        let state = tokio::task::spawn_blocking(move || repo.state())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the repository does not verify: {e}"))?;
+        let now = now();
+        let mut registry = prometheus_client::registry::Registry::with_prefix("image_repo");
+        self.http.register(&mut registry);
+        let expires = Family::<RoleLabels, Gauge>::default();
+        let versions = Family::<RoleLabels, Gauge>::default();
+        for role in state.status(now, crate::repo::Warnings::default()) {
+            let labels = RoleLabels {
+                role: role.role.clone(),
+            };
+            let at = uptane_core::time::parse_expires(&role.expires_at).unwrap_or(now);
+            expires.get_or_create(&labels).set((at - now).num_seconds());
+            versions.get_or_create(&labels).set(role.version as i64);
+        }
+        registry.register(
+            "metadata_expires_in_seconds",
+            "Seconds until each role's current metadata expires (negative once expired)",
+            expires,
+        );
+        registry.register(
+            "metadata_version",
+            "Each role's current metadata version",
+            versions,
+        );
+        let targets = Gauge::<i64>::default();
+        targets.set(state.roles.values().map(|t| t.targets.len() as i64).sum());
+        registry.register("targets", "Images listed, over every targets role", targets);
+        Ok(service_runtime::metrics::encode(&registry))
     }
 
     /// Logs the tallies of a refusal window that ended (every window; `all` at shutdown).
@@ -220,6 +267,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/metadata/{file}", get(get_metadata))
         .nest_service("/targets", targets)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.http.clone(),
+            service_runtime::metrics::track,
+        ))
         .with_state(state)
 }
 

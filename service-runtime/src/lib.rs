@@ -11,6 +11,7 @@ pub mod digest;
 pub mod files;
 pub mod http;
 pub mod idle;
+pub mod metrics;
 pub mod pki;
 pub mod throttle;
 pub mod tls;

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::sim::{Fleet, SimVehicle, VehicleSpec, wait_until};
+use crate::sim::{Fleet, SimVehicle, VehicleSpec, metric, wait_until};
 
 /// The run's shape.
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +196,24 @@ pub fn run(out: &mut dyn Write, args: CampaignArgs) -> std::io::Result<CampaignR
                     out,
                     &format!("The campaign paused itself: {paused_because}"),
                 )?;
+                // What Prometheus would see at this moment.
+                let scraped = fleet.director_metrics();
+                let paused =
+                    format!("director_campaign{{campaign=\"{CAMPAIGN}\",state=\"paused\"}}");
+                let failed = format!(
+                    "director_campaign_vehicles{{campaign=\"{CAMPAIGN}\",wave=\"{FAILING_WAVE}\",outcome=\"failed\"}}"
+                );
+                let (seen_paused, seen_failed) =
+                    (metric(&scraped, &paused), metric(&scraped, &failed));
+                say(
+                    out,
+                    &format!("  /metrics: {paused} {seen_paused:?}; {failed} {seen_failed:?}"),
+                )?;
+                if seen_paused != Some(1.0) || seen_failed != Some(args.failing as f64) {
+                    broken.push(format!(
+                        "/metrics during the pause: {paused} {seen_paused:?}, {failed} {seen_failed:?}"
+                    ));
+                }
                 let undelivered = fleet.operator(&["campaign", "vehicles", CAMPAIGN]);
                 let waiting = undelivered.as_array().map_or(0, |a| {
                     a.iter().filter(|v| v["outcome"] == "waiting").count()
@@ -319,6 +337,11 @@ pub fn run(out: &mut dyn Write, args: CampaignArgs) -> std::io::Result<CampaignR
         broken.push("expected three campaign_wave_started events".into());
     }
 
+    for vehicle in &mut vehicles {
+        vehicle.stop_primary();
+    }
+    broken.extend(metrics_agree(out, &fleet, &waves)?);
+
     writeln!(out)?;
     writeln!(
         out,
@@ -347,12 +370,72 @@ pub fn run(out: &mut dyn Write, args: CampaignArgs) -> std::io::Result<CampaignR
                 .collect(),
         )
     )?;
-    for vehicle in &mut vehicles {
-        vehicle.stop_primary();
-    }
     Ok(CampaignReport {
         waves,
         paused_because,
         broken,
     })
+}
+
+/// Scrapes both servers' metrics once every vehicle has stopped and compares them with the
+/// Director's records: what disagrees.
+fn metrics_agree(
+    out: &mut dyn Write,
+    fleet: &Fleet,
+    waves: &[WaveRow],
+) -> std::io::Result<Vec<String>> {
+    let director = fleet.director_metrics();
+    let image_repo = fleet.image_repo_metrics();
+    let db = fleet.director_db();
+    let manifests = db
+        .call_blocking(|conn| conn.value::<i64>("SELECT COUNT(*) FROM manifests", &[]))
+        .unwrap_or(-1) as f64;
+    let installed: u64 = waves.iter().map(|w| w.installed).sum();
+    let failed: u64 = waves.iter().map(|w| w.failed).sum();
+    let checks: Vec<(String, f64)> = vec![
+        (r#"director_manifests_total{outcome="accepted",reason=""}"#.into(), manifests),
+        (
+            r#"director_http_requests_total{route="/vehicles/{vin}/manifest",method="POST",status="200"}"#.into(),
+            manifests,
+        ),
+        ("director_vehicles".into(), waves.iter().map(|w| w.vehicles).sum::<u64>() as f64),
+        (r#"director_assignment_entries{status="installed"}"#.into(), installed as f64),
+        (r#"director_assignment_entries{status="failed"}"#.into(), failed as f64),
+        (format!("director_campaign{{campaign=\"{CAMPAIGN}\",state=\"completed\"}}"), 1.0),
+        (
+            format!("director_campaign_current_wave{{campaign=\"{CAMPAIGN}\",state=\"completed\"}}"),
+            waves.len() as f64,
+        ),
+    ];
+    let mut broken = Vec::new();
+    writeln!(
+        out,
+        "Metrics against the Director's records (manifests stored: {manifests}):"
+    )?;
+    for (sample, want) in checks {
+        let seen = metric(&director, &sample);
+        writeln!(out, "  {sample} {seen:?} (records: {want})")?;
+        if seen != Some(want) {
+            broken.push(format!(
+                "/metrics {sample} is {seen:?}, the records say {want}"
+            ));
+        }
+    }
+    let served =
+        r#"image_repo_http_requests_total{route="/metadata/{file}",method="GET",status="200"}"#;
+    match metric(&image_repo, served) {
+        Some(n) if n > 0.0 => writeln!(out, "  {served} {n}")?,
+        other => broken.push(format!(
+            "/metrics of the Image repository: {served} is {other:?}"
+        )),
+    }
+    if metric(
+        &image_repo,
+        r#"image_repo_metadata_version{role="targets"}"#,
+    )
+    .is_none_or(|v| v < 2.0)
+    {
+        broken.push("/metrics of the Image repository has no targets version 2".into());
+    }
+    Ok(broken)
 }

@@ -176,17 +176,39 @@ pub fn spawn(command: Command) -> ChildGuard {
 
 /// Starts `command` and waits up to `limit` for a `listening on ADDR` line on its stdout.
 pub fn spawn_listening(command: Command, limit: Duration) -> (ChildGuard, String) {
+    let (guard, listening) = spawn_listening_with_metrics(command, limit);
+    (guard, listening.addr)
+}
+
+/// Where a started server listens.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// Its `listening on` address.
+    pub addr: String,
+    /// Its `metrics on` address, when it printed one first (`--metrics-listen`).
+    pub metrics: Option<String>,
+}
+
+/// [`spawn_listening`], keeping the `metrics on ADDR` line a server prints before it.
+pub fn spawn_listening_with_metrics(command: Command, limit: Duration) -> (ChildGuard, Listening) {
     let (guard, stdout) = start(command);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut metrics = None;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("metrics on ") {
+                metrics = Some(addr.trim().to_string());
+            }
             if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.trim().to_string());
+                let _ = tx.send(Listening {
+                    addr: addr.trim().to_string(),
+                    metrics: metrics.take(),
+                });
             }
         }
     });
     match rx.recv_timeout(limit) {
-        Ok(addr) => (guard, addr),
+        Ok(listening) => (guard, listening),
         Err(_) => panic!(
             "no 'listening on' line within {limit:?}; stderr:\n{}",
             guard.stderr()

@@ -13,7 +13,7 @@ use serde_json::Value;
 use service_runtime::pki::Ca;
 
 use crate::proxy::LinkProxy;
-use crate::{ChildGuard, bin, run, run_ok, spawn, spawn_listening};
+use crate::{ChildGuard, bin, run, run_ok, spawn, spawn_listening, spawn_listening_with_metrics};
 
 /// Bound of any single wait.
 pub const LIMIT: Duration = Duration::from_secs(90);
@@ -48,6 +48,10 @@ pub struct Fleet {
     replicas: Vec<(ChildGuard, String)>,
     /// Director base URL (`https://`).
     pub director_url: String,
+    /// The Director's metrics address (`--metrics-listen`), `http://ADDR/metrics`.
+    pub director_metrics: Option<String>,
+    /// The Image repository's.
+    pub image_metrics: Option<String>,
     /// An operator API token.
     pub token: String,
     /// A fleet-wide provisioning token for Primaries.
@@ -61,6 +65,29 @@ pub struct Fleet {
 
 fn text(path: &Path) -> String {
     path.display().to_string()
+}
+
+/// `GET http://ADDR/metrics`.
+fn scrape(addr: &str) -> String {
+    let url = format!("http://{addr}/metrics");
+    crate::blocking(async move {
+        let response = reqwest::get(&url)
+            .await
+            .expect("the metrics endpoint answers");
+        assert!(
+            response.status().is_success(),
+            "{url}: {}",
+            response.status()
+        );
+        response.text().await.expect("metrics are text")
+    })
+}
+
+/// The value of the sample `name{labels}` (labels as printed, in order) in a scrape.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// `--tls-cert DIR/cert.pem --tls-key DIR/key.pem`.
@@ -146,9 +173,11 @@ impl Fleet {
         let mut command = Command::new(bin("image-repo"));
         command
             .args(["serve", "--repo", &path("repo"), "--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(tls_flags(&tmp.path().join("pki/image-repo")))
             .args(image_repo_flags);
-        let (image_repo, image_addr) = spawn_listening(command, LIMIT);
+        let (image_repo, image_listening) = spawn_listening_with_metrics(command, LIMIT);
+        let image_addr = image_listening.addr;
         let mut init = Command::new(bin("director"));
         init.args([
             "init",
@@ -185,6 +214,8 @@ impl Fleet {
             director_addr: "127.0.0.1:0".into(),
             replicas: Vec::new(),
             director_url: String::new(),
+            director_metrics: None,
+            image_metrics: image_listening.metrics,
             token,
             provisioning_token: String::new(),
             upload_token: None,
@@ -196,6 +227,24 @@ impl Fleet {
         let created = fleet.operator(&["provisioning-token", "create", "--label", "factory"]);
         fleet.provisioning_token = created["token"].as_str().unwrap_or_default().to_string();
         fleet
+    }
+
+    /// One scrape of the Director's metrics (`--metrics-listen`), in the text format.
+    pub fn director_metrics(&self) -> String {
+        scrape(
+            self.director_metrics
+                .as_deref()
+                .expect("the Director serves metrics"),
+        )
+    }
+
+    /// One scrape of the Image repository's metrics.
+    pub fn image_repo_metrics(&self) -> String {
+        scrape(
+            self.image_metrics
+                .as_deref()
+                .expect("the Image repository serves metrics"),
+        )
     }
 
     /// A path inside the fleet's temporary directory.
@@ -253,6 +302,8 @@ impl Fleet {
                 // Campaigns move on within a second of what they wait for.
                 "--campaign-interval-secs",
                 "1",
+                "--metrics-listen",
+                "127.0.0.1:0",
             ])
             .args(tls_flags(&self.path("pki/director")))
             .args(&self.director_flags)
@@ -261,7 +312,10 @@ impl Fleet {
     }
 
     fn start_director(&mut self) {
-        let (director, addr) = spawn_listening(self.director_command(&self.director_addr), LIMIT);
+        let (director, listening) =
+            spawn_listening_with_metrics(self.director_command(&self.director_addr), LIMIT);
+        let addr = listening.addr;
+        self.director_metrics = listening.metrics;
         self.director = Some(director);
         self.director_addr = addr.clone();
         self.director_url = format!("https://{addr}");

@@ -31,6 +31,9 @@ pub struct ManifestOutcome {
     pub failed: Vec<String>,
     /// Attacks the ECUs reported.
     pub attacks_reported: usize,
+    /// Their kinds, for the metrics.
+    #[serde(skip)]
+    pub attack_kinds: Vec<uptane_core::error::AttackKind>,
     /// ECUs the Primary could not reach this time.
     pub unreachable: Vec<String>,
 }
@@ -216,6 +219,7 @@ fn record_manifest(
         installed: Vec::new(),
         failed: Vec::new(),
         attacks_reported: 0,
+        attack_kinds: Vec::new(),
         unreachable: checked
             .unreachable
             .keys()
@@ -261,6 +265,7 @@ fn record_manifest(
         )?;
         for attack in &report.attacks_detected {
             outcome.attacks_reported += 1;
+            outcome.attack_kinds.push(attack.kind);
             NewEvent::security(
                 &format!("attack_reported:{}", attack.kind),
                 &actor,

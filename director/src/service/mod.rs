@@ -162,6 +162,7 @@ struct Shared {
     refusals: Arc<RefusalLog>,
     cache: Arc<cache::VehicleCache>,
     roots: root_watch::RootWatch,
+    counters: crate::metrics::Counters,
 }
 
 impl DirectorService {
@@ -186,6 +187,7 @@ impl DirectorService {
                 catalog,
                 refusals: Arc::new(RefusalLog::new(policy.refusal_window)),
                 cache: Arc::new(cache::VehicleCache::new(cached_vehicles)),
+                counters: crate::metrics::Counters::default(),
                 policy,
             }),
         })
@@ -855,17 +857,34 @@ impl DirectorService {
             .inner
             .db
             .read(move |conn| manifests::check(conn, &vehicle.0, body, &policy, now))
-            .await?;
-        self.write_then(
-            move |conn| manifests::record(conn, checked, &policy, now, &log),
-            move |outcome: &ManifestOutcome, cache| {
-                if !outcome.installed.is_empty() || !outcome.failed.is_empty() {
-                    // Assignments ended: the vehicle's targets change.
-                    cache.forget(&vin);
-                }
-            },
-        )
-        .await
+            .await;
+        let counters = &self.inner.counters;
+        let recorded = match checked {
+            Ok(checked) => {
+                self.write_then(
+                    move |conn| manifests::record(conn, checked, &policy, now, &log),
+                    move |outcome: &ManifestOutcome, cache| {
+                        if !outcome.installed.is_empty() || !outcome.failed.is_empty() {
+                            // Assignments ended: the vehicle's targets change.
+                            cache.forget(&vin);
+                        }
+                    },
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match &recorded {
+            Ok(outcome) => counters.accepted(&outcome.attack_kinds),
+            Err(DirectorError::ManifestRefused(refusal)) => counters.refused(refusal.attack()),
+            Err(_) => {}
+        }
+        recorded
+    }
+
+    /// The counters this process keeps (`crate::metrics`).
+    pub fn counters(&self) -> &crate::metrics::Counters {
+        &self.inner.counters
     }
 }
 

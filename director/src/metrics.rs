@@ -1,0 +1,230 @@
+//! The Director's metrics (`director serve --metrics-listen`; names in docs/METRICS.md).
+//!
+//! Two kinds: counters this process keeps as requests pass (HTTP requests, manifests
+//! accepted and refused, attacks reported, cache hits), which start from zero when the
+//! process starts, as Prometheus counters do; and figures read from the database at each
+//! scrape (vehicles, assignment entries by status, campaigns and their waves, the root's
+//! expiry), which every replica reports alike.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use service_runtime::metrics::HttpMetrics;
+use uptane_core::error::AttackKind;
+
+use crate::error::DirectorError;
+use crate::params;
+use crate::service::DirectorService;
+use crate::service::campaigns::{self, CampaignState};
+use crate::sql::Conn;
+
+/// A manifest's outcome and, when refused, why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ManifestLabels {
+    /// `accepted` or `refused`.
+    pub outcome: &'static str,
+    /// The attack a refusal names (`replay`, `forged_signature`, …); empty when accepted.
+    pub reason: String,
+}
+
+/// An attack's kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttackLabels {
+    /// What an ECU reported.
+    pub kind: String,
+}
+
+/// The counters the service keeps as requests pass.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    /// HTTP requests.
+    pub http: HttpMetrics,
+    manifests: Family<ManifestLabels, Counter>,
+    attacks: Family<AttackLabels, Counter>,
+}
+
+impl Counters {
+    /// A manifest accepted, with the attacks its ECUs reported.
+    pub fn accepted(&self, attacks: &[AttackKind]) {
+        self.manifests
+            .get_or_create(&ManifestLabels {
+                outcome: "accepted",
+                reason: String::new(),
+            })
+            .inc();
+        for kind in attacks {
+            self.attacks
+                .get_or_create(&AttackLabels {
+                    kind: kind.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// A manifest refused as `attack`.
+    pub fn refused(&self, attack: AttackKind) {
+        self.manifests
+            .get_or_create(&ManifestLabels {
+                outcome: "refused",
+                reason: attack.to_string(),
+            })
+            .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CampaignLabels {
+    campaign: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaveLabels {
+    campaign: String,
+    wave: u64,
+    outcome: &'static str,
+}
+
+/// What the database says at a scrape.
+#[derive(Debug, Default)]
+struct Figures {
+    vehicles: i64,
+    entries: Vec<(String, i64)>,
+    campaigns: Vec<campaigns::CampaignDetail>,
+    root_version: u64,
+    root_expires_in: i64,
+}
+
+fn figures(conn: &Conn, now: uptane_core::time::UtcTime) -> Result<Figures, DirectorError> {
+    let root = crate::service::rotation::root_status(conn, chrono::Duration::zero(), now)?;
+    let expires = uptane_core::time::parse_expires(&root.root_expires_at).unwrap_or(now);
+    Ok(Figures {
+        vehicles: conn.value("SELECT COUNT(*) FROM vehicles", params![])?,
+        entries: conn.query(
+            "SELECT status, COUNT(*) FROM assignment_ecus GROUP BY status",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?,
+        campaigns: campaigns::list(conn)?,
+        root_version: root.root_version,
+        root_expires_in: (expires - now).num_seconds(),
+    })
+}
+
+/// One scrape: the counters, then the database's figures, in the OpenMetrics text format.
+pub async fn render(service: &DirectorService) -> Result<String, DirectorError> {
+    let now: uptane_core::time::UtcTime = std::time::SystemTime::now().into();
+    let figures = service.db().read(move |conn| figures(conn, now)).await?;
+    let counters = service.counters();
+    let mut registry = Registry::with_prefix("director");
+    counters.http.register(&mut registry);
+    registry.register(
+        "manifests",
+        "Vehicle version manifests accepted, and refused by the attack their refusal names",
+        counters.manifests.clone(),
+    );
+    registry.register(
+        "attacks_reported",
+        "Attacks ECUs reported in accepted manifests, by kind",
+        counters.attacks.clone(),
+    );
+    let (hits, misses) = service.cache_hits_and_misses();
+    registry.register(
+        "vehicle_cache_hits",
+        "Vehicle requests answered from memory (credential and current timestamp)",
+        ConstCounter::new(hits),
+    );
+    registry.register(
+        "vehicle_cache_misses",
+        "Vehicle requests that read the database",
+        ConstCounter::new(misses),
+    );
+    let gauge = |value: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(value);
+        g
+    };
+    registry.register("vehicles", "Registered vehicles", gauge(figures.vehicles));
+    let entries = Family::<StatusLabels, Gauge>::default();
+    for (status, count) in &figures.entries {
+        entries
+            .get_or_create(&StatusLabels {
+                status: status.clone(),
+            })
+            .set(*count);
+    }
+    registry.register(
+        "assignment_entries",
+        "Assignment entries (one per ECU), by status",
+        entries,
+    );
+    registry.register(
+        "root_version",
+        "The newest Director root's version",
+        gauge(figures.root_version as i64),
+    );
+    registry.register(
+        "root_expires_in_seconds",
+        "Seconds until the newest Director root expires (negative once expired): rotate before",
+        gauge(figures.root_expires_in),
+    );
+    let states = Family::<CampaignLabels, Gauge>::default();
+    let waves = Family::<WaveLabels, Gauge>::default();
+    let current = Family::<CampaignLabels, Gauge>::default();
+    for c in &figures.campaigns {
+        let (campaign, state) = (c.plan.name.to_string(), c.state.as_str());
+        states
+            .get_or_create(&CampaignLabels {
+                campaign: campaign.clone(),
+                state,
+            })
+            .set(1);
+        current
+            .get_or_create(&CampaignLabels {
+                campaign: campaign.clone(),
+                state,
+            })
+            .set(c.current_wave as i64);
+        // Finished campaigns keep their state line; their waves are history, not load.
+        if matches!(c.state, CampaignState::Completed | CampaignState::Aborted) {
+            continue;
+        }
+        for w in &c.progress {
+            for (outcome, count) in [
+                ("waiting", w.waiting),
+                ("installing", w.installing),
+                ("installed", w.installed),
+                ("failed", w.failed),
+                ("skipped", w.skipped),
+                ("cancelled", w.cancelled),
+            ] {
+                waves
+                    .get_or_create(&WaveLabels {
+                        campaign: campaign.clone(),
+                        wave: w.wave as u64,
+                        outcome,
+                    })
+                    .set(count as i64);
+            }
+        }
+    }
+    registry.register("campaign", "Each campaign, 1 in its state", states);
+    registry.register(
+        "campaign_current_wave",
+        "Each campaign's current wave (1 for the first, 0 before it starts)",
+        current,
+    );
+    registry.register(
+        "campaign_vehicles",
+        "Vehicles of each running or paused campaign's waves, by outcome",
+        waves,
+    );
+    Ok(service_runtime::metrics::encode(&registry))
+}
