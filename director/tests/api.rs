@@ -364,6 +364,23 @@ async fn reported_attacks_become_security_events() {
             .any(|e| e["kind"] == "attack_reported:rollback"
                 && e["ecu_serial"] == format!("{VIN}-brake"))
     );
+
+    // The same manifest again is a replay: refused, and counted as such.
+    let (status, _) = fleet.post_manifest(&car, car.sign_manifest(&reports)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let metrics = director::metrics::render(&fleet.service).await.unwrap();
+    for sample in [
+        r#"director_attacks_reported_total{kind="rollback"} 1"#,
+        r#"director_manifests_total{outcome="accepted",reason=""} 1"#,
+        r#"director_manifests_total{outcome="refused",reason="replay"} 1"#,
+        r#"director_http_requests_total{route="/vehicles/{vin}/manifest",method="POST",status="400"} 1"#,
+        "director_vehicles 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == sample), "{sample} not in\n{metrics}");
+    }
+    // Metrics are served on their own listener, never beside the API.
+    let (status, _, _) = fleet.send("GET", "/metrics", Some(&fleet.token), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
