@@ -4,6 +4,7 @@
 //! [`DirectorService`] and map its errors.
 
 mod campaigns;
+mod ui;
 
 use axum::Router;
 use axum::body::Body;
@@ -21,8 +22,8 @@ use uptane_core::time::UtcTime;
 
 use crate::error::DirectorError;
 use crate::service::{
-    AssignRequest, DirectorService, EcuReplacement, IssuedCredential, NewVehicle, Page,
-    ProvisioningLimits, VehicleAuth,
+    AssignRequest, DirectorService, EcuReplacement, EventFilter, IssuedCredential, NewVehicle,
+    Page, ProvisioningLimits, VehicleAuth,
 };
 
 /// Shared server state: cheap clones.
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/events/position", get(events_position))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/overview", get(overview))
         .route("/api/v1/vehicles/{vin}/credential", post(issue_credential))
         .route(
             "/api/v1/vehicles/{vin}/credential/revoke",
@@ -72,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/vehicles/{vin}/manifest", post(post_manifest))
         .route("/vehicles/{vin}/credential", post(renew_credential))
         .merge(campaigns::routes())
+        .merge(ui::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.service.counters().http.clone(),
             service_runtime::metrics::track,
@@ -231,6 +234,12 @@ struct ListQuery {
     since: Option<String>,
     #[serde(default = "default_limit")]
     limit: u32,
+    /// Events: only kinds starting with this.
+    #[serde(default)]
+    kind: Option<String>,
+    /// Vehicles: only VINs containing this (any case).
+    #[serde(default)]
+    search: Option<String>,
 }
 
 fn default_limit() -> u32 {
@@ -262,7 +271,15 @@ async fn list_vehicles(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
-    ok_json(state.service.vehicles(q.page()?).await?)
+    if q.search
+        .as_ref()
+        .is_some_and(|s| s.is_empty() || s.len() > 64)
+    {
+        return Err(DirectorError::BadRequest(
+            "search is 1 to 64 characters of a VIN".into(),
+        ));
+    }
+    ok_json(state.service.vehicles(q.page()?, q.search.clone()).await?)
 }
 
 async fn show_vehicle(
@@ -323,6 +340,12 @@ async fn cancel_assignment(
     ok_json(json!({"cancelled": n}))
 }
 
+/// The fleet at a glance (the dashboard's first page, `director overview`).
+async fn overview(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    state.service.operator(bearer(&headers)).await?;
+    ok_json(state.service.overview().await?)
+}
+
 /// The root's version and expiry, with `root_expiry_warning` for operators to alert on.
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
     state.service.operator(bearer(&headers)).await?;
@@ -344,7 +367,14 @@ async fn list_events(
                 .events(vin, q.security, after, page.limit())
                 .await?
         }
-        None => state.service.recent_events(vin, q.security, page).await?,
+        None => {
+            let filter = EventFilter {
+                vin: vin.map(|v: Vin| v.as_str().to_string()),
+                security_only: q.security,
+                kind: q.kind.clone(),
+            };
+            state.service.recent_events(filter, page).await?
+        }
     };
     ok_json(events)
 }

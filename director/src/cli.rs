@@ -279,6 +279,12 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The fleet at a glance: vehicles, ECUs, images in use, update success rate, campaigns,
+    /// security events of the last day (the dashboard's first page).
+    Overview {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Serves the Director.
     Serve {
         /// Director directory.
@@ -398,6 +404,9 @@ enum Command {
         /// Only security events.
         #[arg(long)]
         security: bool,
+        /// Only kinds starting with this (`attack_reported`, `campaign_`).
+        #[arg(long, conflicts_with = "follow")]
+        kind: Option<String>,
         #[command(flatten)]
         page: PageArgs,
         /// After the newest events, keep printing new ones as they are recorded (until
@@ -552,6 +561,9 @@ enum VehicleCommand {
     List {
         #[command(flatten)]
         remote: Remote,
+        /// Only VINs containing this (any case).
+        #[arg(long)]
+        search: Option<String>,
         #[command(flatten)]
         page: PageArgs,
     },
@@ -967,18 +979,27 @@ fn event_table(events: &[Value]) -> String {
 
 /// `director events`: a page of the newest events; with `--follow`, then every new event,
 /// oldest first, as it is recorded.
+/// Which events `director events` lists.
+struct EventsFilter {
+    vin: Option<String>,
+    security: bool,
+    kind: Option<String>,
+}
+
 async fn events_command(
     remote: &Remote,
     json: bool,
-    vin: Option<String>,
-    security: bool,
+    wanted: EventsFilter,
     page: &PageArgs,
     follow: bool,
     poll_secs: u64,
 ) -> anyhow::Result<()> {
-    let mut filter = format!("security={security}");
-    if let Some(vin) = &vin {
+    let mut filter = format!("security={}", wanted.security);
+    if let Some(vin) = &wanted.vin {
         filter.push_str(&format!("&vin={}", url_part(vin)));
+    }
+    if let Some(kind) = &wanted.kind {
+        filter.push_str(&format!("&kind={}", url_part(kind)));
     }
     // Following starts where the server says a follower starts, taken before the page: a
     // page that --vin, --security or --since left empty must not replay the log from its
@@ -1481,6 +1502,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Overview { remote } => {
+            let o = call(&remote, reqwest::Method::GET, "/api/v1/overview", None).await?;
+            print(json, &o, |o| {
+                let rate = o["success_rate"]
+                    .as_f64()
+                    .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+                let counts = |v: &Value| {
+                    v.as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, n)| format!("{k} {n}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default()
+                };
+                format!(
+                    "{} vehicles, {} ECUs; update success rate {rate}; {} security events in 24 h\n\
+                     assignment entries: {}\ncampaigns: {}\n\n{}",
+                    o["vehicles"],
+                    o["ecus"],
+                    o["security_events_24h"],
+                    counts(&o["assignments"]),
+                    counts(&o["campaigns"]),
+                    table(
+                        &["IMAGE", "ECUS"],
+                        rows(&o["images"], &["filename", "ecus"])
+                    )
+                )
+            });
+            Ok(())
+        }
         Command::Group { command } => campaigns::group(json, command).await,
         Command::Campaign { command } => campaigns::campaign(json, command).await,
         Command::Vehicle { command } => match command {
@@ -1607,8 +1660,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 });
                 Ok(())
             }
-            VehicleCommand::List { remote, page } => {
-                let path = format!("/api/v1/vehicles?{}", page.query());
+            VehicleCommand::List {
+                remote,
+                search,
+                page,
+            } => {
+                let mut path = format!("/api/v1/vehicles?{}", page.query());
+                if let Some(search) = &search {
+                    path.push_str(&format!("&search={}", url_part(search)));
+                }
                 let value = call(&remote, reqwest::Method::GET, &path, None).await?;
                 print_page(json, &page, &value, |v| {
                     table(&["VIN", "REGISTERED"], rows(v, &["vin", "registered_at"]))
@@ -1750,10 +1810,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             remote,
             vin,
             security,
+            kind,
             page,
             follow,
             poll_secs,
-        } => events_command(&remote, json, vin, security, &page, follow, poll_secs).await,
+        } => {
+            let filter = EventsFilter {
+                vin,
+                security,
+                kind,
+            };
+            events_command(&remote, json, filter, &page, follow, poll_secs).await
+        }
         Command::ProvisioningToken { command } => match command {
             ProvisioningCommand::Create {
                 remote,

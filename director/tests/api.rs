@@ -148,7 +148,16 @@ async fn assert_manifest_refused(
     // The security event names the attack the refusal stopped.
     let events = fleet
         .db
-        .call_blocking(|conn| service::recent_events(conn, None, true, service::Page::newest(1)))
+        .call_blocking(|conn| {
+            service::recent_events(
+                conn,
+                &service::EventFilter {
+                    security_only: true,
+                    ..Default::default()
+                },
+                service::Page::newest(1),
+            )
+        })
         .unwrap();
     let last = events.first().unwrap();
     assert_eq!(last.kind, "manifest_refused");
@@ -376,10 +385,15 @@ async fn reported_attacks_become_security_events() {
         r#"director_http_requests_total{route="/vehicles/{vin}/manifest",method="POST",status="400"} 1"#,
         "director_vehicles 1",
     ] {
-        assert!(metrics.lines().any(|l| l == sample), "{sample} not in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == sample),
+            "{sample} not in\n{metrics}"
+        );
     }
     // Metrics are served on their own listener, never beside the API.
-    let (status, _, _) = fleet.send("GET", "/metrics", Some(&fleet.token), None).await;
+    let (status, _, _) = fleet
+        .send("GET", "/metrics", Some(&fleet.token), None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 

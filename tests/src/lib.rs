@@ -7,6 +7,7 @@
 
 pub mod attacks;
 pub mod campaign;
+pub mod dashboard;
 pub mod demo;
 pub mod flood;
 pub mod forge;

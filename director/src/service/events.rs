@@ -280,17 +280,35 @@ pub fn follow_position(conn: &Conn) -> Result<i64, DirectorError> {
 /// A page of the newest events, newest first, optionally of one vehicle or only security
 /// events; an event's cursor is its id. SQLite finds a page of one vehicle's or of the
 /// security events from their indexes (`008_listing_indexes.sql`), not by scanning the log.
-fn recent_events_query(vin: Option<&str>, security_only: bool, page: Page) -> PageQuery {
+/// Which events a listing shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this vehicle's.
+    pub vin: Option<String>,
+    /// Only security events.
+    pub security_only: bool,
+    /// Only kinds that start with this (`attack_reported` matches
+    /// `attack_reported:rollback`).
+    pub kind: Option<String>,
+}
+
+fn recent_events_query(filter: &EventFilter, page: Page) -> PageQuery {
     let mut query = page.query(
         &format!("SELECT {EVENT_COLUMNS} FROM events WHERE"),
         "id",
         "at",
     );
-    if let Some(vin) = vin {
-        query = query.filter("vin = ?", vin.to_string());
+    if let Some(vin) = &filter.vin {
+        query = query.filter("vin = ?", vin.clone());
     }
-    if security_only {
+    if filter.security_only {
         query = query.condition("severity = 'security'");
+    }
+    if let Some(kind) = &filter.kind {
+        query = query.filter(
+            "kind LIKE ? ESCAPE '\\'",
+            super::page::like_pattern(kind, true),
+        );
     }
     query
 }
@@ -298,11 +316,10 @@ fn recent_events_query(vin: Option<&str>, security_only: bool, page: Page) -> Pa
 /// A page of the newest events (see [`recent_events_query`]).
 pub fn recent_events(
     conn: &Conn,
-    vin: Option<&str>,
-    security_only: bool,
+    filter: &EventFilter,
     page: Page,
 ) -> Result<Vec<Event>, DirectorError> {
-    recent_events_query(vin, security_only, page).rows(conn, event_row)
+    recent_events_query(filter, page).rows(conn, event_row)
 }
 
 #[cfg(test)]
@@ -460,7 +477,7 @@ mod tests {
         })
         .unwrap();
         let mut events = db
-            .call_blocking(|conn| recent_events(conn, None, false, Page::newest(10)))
+            .call_blocking(|conn| recent_events(conn, &EventFilter::default(), Page::newest(10)))
             .unwrap();
         events.reverse();
         let cut = &events[0].detail;
@@ -489,9 +506,27 @@ mod tests {
             })
             .unwrap()
         };
-        let by_vin = plan(recent_events_query(Some("VIN1"), false, Page::newest(10)).sql());
+        let by_vin = plan(
+            recent_events_query(
+                &EventFilter {
+                    vin: Some("VIN1".into()),
+                    ..Default::default()
+                },
+                Page::newest(10),
+            )
+            .sql(),
+        );
         assert!(by_vin.contains("events_by_vin"), "{by_vin}");
-        let security = plan(recent_events_query(None, true, Page::newest(10)).sql());
+        let security = plan(
+            recent_events_query(
+                &EventFilter {
+                    security_only: true,
+                    ..Default::default()
+                },
+                Page::newest(10),
+            )
+            .sql(),
+        );
         assert!(security.contains("events_by_severity"), "{security}");
     }
 }

@@ -23,6 +23,7 @@ mod fault;
 pub mod groups;
 pub mod manifests;
 pub mod metadata;
+pub mod overview;
 pub mod page;
 pub mod plan;
 pub mod refusals;
@@ -48,7 +49,7 @@ pub use self::assignments::{
     AssignRequest, Assigned, AssignmentEcu, AssignmentStatus, assignments, cancel_assignment,
 };
 pub use self::credentials::{CredentialInfo, IssuedCredential, VehicleAuth};
-pub use self::events::{Event, NewEvent, events, follow_position, recent_events};
+pub use self::events::{Event, EventFilter, NewEvent, events, follow_position, recent_events};
 pub use self::manifests::{ManifestOutcome, process_manifest};
 pub use self::metadata::{refresh_vehicle_metadata, root, store_initial_root, vehicle_file};
 pub use self::page::Page;
@@ -376,8 +377,15 @@ impl DirectorService {
     }
 
     /// Registered VINs, in order.
-    pub async fn vehicles(&self, page: Page) -> Result<Vec<VehicleSummary>, DirectorError> {
-        self.inner.db.read(move |conn| vehicles(conn, page)).await
+    pub async fn vehicles(
+        &self,
+        page: Page,
+        search: Option<String>,
+    ) -> Result<Vec<VehicleSummary>, DirectorError> {
+        self.inner
+            .db
+            .read(move |conn| vehicles(conn, page, search.as_deref()))
+            .await
     }
 
     /// A vehicle's record.
@@ -456,6 +464,14 @@ impl DirectorService {
     ) -> Result<usize, DirectorError> {
         let actor = actor.0.clone();
         self.write_all(move |conn| cancel_assignment(conn, &correlation_id, &actor, now()))
+            .await
+    }
+
+    /// The fleet at a glance.
+    pub async fn overview(&self) -> Result<overview::Overview, DirectorError> {
+        self.inner
+            .db
+            .read(|conn| overview::overview(conn, now()))
             .await
     }
 
@@ -639,15 +655,12 @@ impl DirectorService {
     /// A page of the newest events, newest first.
     pub async fn recent_events(
         &self,
-        vin: Option<Vin>,
-        security_only: bool,
+        filter: EventFilter,
         page: Page,
     ) -> Result<Vec<Event>, DirectorError> {
         self.inner
             .db
-            .read(move |conn| {
-                recent_events(conn, vin.as_ref().map(Vin::as_str), security_only, page)
-            })
+            .read(move |conn| recent_events(conn, &filter, page))
             .await
     }
 

@@ -145,6 +145,23 @@ impl PageQuery {
     }
 }
 
+/// A `LIKE` pattern (with `ESCAPE '\\'`) matching text that starts with `text` (`prefix`)
+/// or contains it: `%`, `_` and `\\` in `text` match only themselves.
+pub fn like_pattern(text: &str, prefix: bool) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    if !prefix {
+        pattern.push('%');
+    }
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +175,11 @@ mod tests {
         assert_eq!(Page::newest(0).limit(), 1);
         assert_eq!(Page::newest(u32::MAX).limit(), 1000);
         assert_eq!(Page::newest(10).before(), i64::MAX);
+    }
+
+    #[test]
+    fn like_patterns_match_wildcards_only_as_themselves() {
+        assert_eq!(like_pattern("ab", true), "ab%");
+        assert_eq!(like_pattern("a%b_c\\", false), "%a\\%b\\_c\\\\%");
     }
 }

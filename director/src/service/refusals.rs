@@ -140,12 +140,12 @@ mod tests {
         })
         .unwrap();
         db.call_blocking(move |conn| {
-            let events = crate::service::recent_events(
-                conn,
-                None,
-                true,
-                crate::service::Page::newest(10),
-            )?;
+            let security = crate::service::EventFilter {
+                security_only: true,
+                ..Default::default()
+            };
+            let events =
+                crate::service::recent_events(conn, &security, crate::service::Page::newest(10))?;
             assert_eq!(events.len(), 1);
             assert_eq!(events[0].kind, "vehicle_auth_refused");
             assert_eq!(events[0].vin.as_deref(), Some("VIN1"));

@@ -245,6 +245,10 @@ pub struct VehicleRecord {
     pub ecus: Vec<EcuRecord>,
     /// Assignments, newest first.
     pub assignments: Vec<assignments::AssignmentEcu>,
+    /// Attributes operators set (`director vehicle set-attribute`).
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// When its newest manifest arrived.
+    pub last_manifest_at: Option<String>,
 }
 
 fn ecus_of(conn: &Conn, vin: &str) -> Result<Vec<EcuRecord>, DirectorError> {
@@ -298,23 +302,40 @@ pub fn vehicle(conn: &Conn, vin: &Vin) -> Result<VehicleRecord, DirectorError> {
         created_at,
         ecus: ecus_of(conn, vin.as_str())?,
         assignments: assignments::assignments(conn, Some(vin), Page::newest(Page::DEFAULT_LIMIT))?,
+        attributes: super::groups::attributes(conn, vin.as_str())?,
+        last_manifest_at: conn.query_opt(
+            "SELECT received_at FROM manifests WHERE vin = ?1 ORDER BY id DESC LIMIT 1",
+            params![vin.as_str()],
+            |r| r.get(0),
+        )?,
     })
 }
 
-/// A page of the registered vehicles, the newest first.
-pub fn vehicles(conn: &Conn, page: Page) -> Result<Vec<VehicleSummary>, DirectorError> {
-    Ok(conn.query(
-        "SELECT rowid, vin, created_at FROM vehicles
-         WHERE rowid < ?1 AND (CAST(?2 AS TEXT) IS NULL OR created_at >= ?2) ORDER BY rowid DESC LIMIT ?3",
-        params![page.before(), page.since(), page.limit()],
-        |r| {
+/// A page of the registered vehicles, the newest first; with `search`, only those whose VIN
+/// contains it (in any case).
+pub fn vehicles(
+    conn: &Conn,
+    page: Page,
+    search: Option<&str>,
+) -> Result<Vec<VehicleSummary>, DirectorError> {
+    let mut query = page.query(
+        "SELECT rowid, vin, created_at FROM vehicles WHERE",
+        "rowid",
+        "created_at",
+    );
+    if let Some(search) = search {
+        query = query.filter(
+            "UPPER(vin) LIKE ? ESCAPE '\\'",
+            super::page::like_pattern(&search.to_uppercase(), false),
+        );
+    }
+    query.rows(conn, |r| {
         Ok(VehicleSummary {
             cursor: r.get(0)?,
             vin: r.get(1)?,
             registered_at: r.get(2)?,
         })
-        },
-    )?)
+    })
 }
 
 /// One vehicle in the list.

@@ -39,6 +39,20 @@ enum Command {
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(2..=4))]
         failing: u64,
     },
+    /// Drives the operator dashboard (/ui) in headless Chromium against a real Director and
+    /// fleet: log in, search, create and start a campaign, watch it, pause it; writes a
+    /// screenshot of each page. Needs `npm ci --prefix tests/browser` and Debian's chromium.
+    Dashboard {
+        /// Where the screenshots go.
+        #[arg(long, default_value = "target/dashboard")]
+        out: std::path::PathBuf,
+        /// Vehicles (a Primary and a Secondary each).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..=50))]
+        vehicles: u64,
+        /// The browser.
+        #[arg(long, default_value = "/usr/bin/chromium")]
+        chromium: std::path::PathBuf,
+    },
     /// Runs the HIL fault matrix; exit 0 only when every row holds.
     Hil {
         /// Vehicles per row.
@@ -221,6 +235,39 @@ fn main() -> ExitCode {
                         println!("NOT AS EXPECTED: {broken}");
                     }
                     ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dashboard {
+            out: screenshots,
+            vehicles,
+            chromium,
+        } => {
+            stop_children_on_signal();
+            let args = uptane_tests::dashboard::DashboardArgs {
+                out: screenshots,
+                vehicles: vehicles as usize,
+                chromium,
+            };
+            match uptane_tests::dashboard::run(&mut out, &args) {
+                Ok(report) => {
+                    println!("browser: {}", report.browser);
+                    for shot in &report.screenshots {
+                        println!("screenshot {}", shot.display());
+                    }
+                    for broken in &report.broken {
+                        println!("NOT AS EXPECTED: {broken}");
+                    }
+                    if report.broken.is_empty() {
+                        println!("The dashboard did what the operator asked, and the CLI agrees.");
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
