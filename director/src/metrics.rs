@@ -121,7 +121,9 @@ fn figures(conn: &Conn, now: uptane_core::time::UtcTime) -> Result<Figures, Dire
 /// One scrape: the counters, then the database's figures, in the OpenMetrics text format.
 pub async fn render(service: &DirectorService) -> Result<String, DirectorError> {
     let now: uptane_core::time::UtcTime = std::time::SystemTime::now().into();
+    let started = std::time::Instant::now();
     let figures = service.db().read(move |conn| figures(conn, now)).await?;
+    let read_seconds = started.elapsed().as_secs_f64();
     let counters = service.counters();
     let mut registry = Registry::with_prefix("director");
     counters.http.register(&mut registry);
@@ -226,5 +228,39 @@ pub async fn render(service: &DirectorService) -> Result<String, DirectorError> 
         "Vehicles of each running or paused campaign's waves, by outcome",
         waves,
     );
+    let engine = Family::<EngineLabels, Gauge>::default();
+    engine
+        .get_or_create(&EngineLabels {
+            engine: match service.db().engine() {
+                crate::sql::Engine::Sqlite => "sqlite",
+                crate::sql::Engine::Postgres => "postgres",
+            },
+        })
+        .set(1);
+    registry.register("database", "The database engine, 1", engine);
+    let read = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    read.set(read_seconds);
+    registry.register(
+        "database_scrape_read_seconds",
+        "Time this scrape took to read its figures from the database (a read connection's latency)",
+        read,
+    );
+    if let Some(path) = service.db().path() {
+        let size = |suffix: &str| {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            std::fs::metadata(file).map_or(0, |m| m.len() as i64)
+        };
+        registry.register(
+            "database_bytes",
+            "The SQLite database's size on disk, its write-ahead log included",
+            gauge(size("") + size("-wal")),
+        );
+    }
     Ok(service_runtime::metrics::encode(&registry))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineLabels {
+    engine: &'static str,
 }

@@ -56,6 +56,10 @@ try {
   page.on("console", (m) => {
     if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) errors.push(m.text());
   });
+  page.on("dialog", async (d) => {
+    errors.push(`a dialog opened: ${d.message()}`);
+    await d.dismiss();
+  });
   const shot = async (name) => {
     await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
     seen.pages.push(name);
@@ -78,9 +82,13 @@ try {
   // Vehicles: search, then one vehicle's page.
   await page.click("nav a[data-page=vehicles]");
   await page.waitForSelector("#vehicle-search", { timeout: LIMIT });
+  const unsearched = await page.getAttribute("main", "data-loaded");
   await page.fill("#vehicle-search", env("SEARCH"));
   await page.press("#vehicle-search", "Enter");
   await page.waitForFunction(() => location.hash.includes("search="), null, { timeout: LIMIT });
+  await page.waitForFunction((before) => document.querySelector("main").dataset.loaded !== before, unsearched, {
+    timeout: LIMIT,
+  });
   await page.waitForSelector("main table tbody tr a", { timeout: LIMIT });
   const found = await page.$$eval("main table tbody tr a", (links) => links.map((a) => a.textContent));
   expect(found.length > 0 && found.every((v) => v.includes(env_search())), `the search to list only matching VINs: ${found}`);
@@ -88,6 +96,15 @@ try {
   await page.click("main table tbody tr a");
   await page.waitForSelector("text=ECUs", { timeout: LIMIT });
   await shot("vehicle");
+  // A vehicle whose attribute holds markup (set through the API by whoever may): shown as
+  // the text it is, and nothing in it runs.
+  const markup = env("MARKUP");
+  await page.goto(url + "/ui#/vehicle/" + encodeURIComponent(env("MARKUP_VIN")), { timeout: LIMIT });
+  await page.waitForSelector("text=Attributes", { timeout: LIMIT });
+  const cells = await page.$$eval("main table tbody td", (tds) => tds.map((td) => td.textContent));
+  expect(cells.includes(markup), `the attribute shown as text: ${cells}`);
+  expect((await page.$$("main img")).length === 0, "no element made from the attribute");
+  await shot("vehicle-markup");
 
   // A campaign made in the form, started, watched.
   await page.click("nav a[data-page=campaigns]");
@@ -133,10 +150,13 @@ try {
   await page.click("nav a[data-page=events]");
   await page.waitForSelector("#f-kind", { timeout: LIMIT });
   await shot("security-events");
+  const unfiltered = await page.getAttribute("main", "data-loaded");
   await page.fill("#f-kind", "vehicle_auth");
   await page.click("main form button[type=submit]");
   await page.waitForFunction(() => location.hash.includes("kind=vehicle_auth"), null, { timeout: LIMIT });
-  await page.waitForFunction(() => document.querySelector("#f-kind")?.value === "vehicle_auth", null, { timeout: LIMIT });
+  await page.waitForFunction((before) => document.querySelector("main").dataset.loaded !== before, unfiltered, {
+    timeout: LIMIT,
+  });
   const kinds = await page.$$eval("main table tbody tr td:nth-child(2)", (cells) => cells.map((c) => c.textContent));
   expect(kinds.length > 0 && kinds.every((k) => k.startsWith("vehicle_auth")), `only vehicle_auth events after filtering, saw ${kinds}`);
 

@@ -35,6 +35,8 @@ pub struct DashboardReport {
 
 const CAMPAIGN: &str = "dash-door-2";
 const IMAGE: &str = "door-2.bin";
+/// An attribute value that would run script if the page put it in as markup.
+const MARKUP: &str = "<img src=x onerror=alert(document.domain)>";
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
@@ -71,6 +73,7 @@ pub fn run(out: &mut dyn Write, args: &DashboardArgs) -> std::io::Result<Dashboa
         "DASH000",
         "region=eu",
         "timezone=Europe/Berlin",
+        &format!("note={MARKUP}"),
     ]);
     // Something for the security events page: a vehicle credential that is not one.
     let refused = crate::blocking(async {
@@ -107,6 +110,8 @@ pub fn run(out: &mut dyn Write, args: &DashboardArgs) -> std::io::Result<Dashboa
             .env("GROUP", "doors")
             .env("VEHICLES", args.vehicles.to_string())
             .env("SEARCH", "ASH00")
+            .env("MARKUP", MARKUP)
+            .env("MARKUP_VIN", "DASH000")
             .env("CHROMIUM", &args.chromium),
         Duration::from_secs(600),
     );
@@ -114,7 +119,9 @@ pub fn run(out: &mut dyn Write, args: &DashboardArgs) -> std::io::Result<Dashboa
     if !status.success() {
         broken.push(format!("the browser run failed: {}", stderr.trim()));
     }
-    let shown = fleet.operator(&["campaign", "show", CAMPAIGN]);
+    let shown = fleet
+        .operator_at(&fleet.director_url, &["campaign", "show", CAMPAIGN])
+        .unwrap_or_else(|e| serde_json::json!({"state": e}));
     writeln!(
         out,
         "director campaign show {CAMPAIGN}: {} ({})",
@@ -135,8 +142,8 @@ pub fn run(out: &mut dyn Write, args: &DashboardArgs) -> std::io::Result<Dashboa
         }
     }
     screenshots.sort();
-    if screenshots.len() < 11 {
-        broken.push(format!("{} screenshots, expected 11", screenshots.len()));
+    if screenshots.len() < 12 {
+        broken.push(format!("{} screenshots, expected 12", screenshots.len()));
     }
     for vehicle in &mut vehicles {
         vehicle.stop_primary();

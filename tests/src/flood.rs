@@ -192,6 +192,39 @@ pub async fn unauthenticated_flood(fleet: &Fleet, count: usize) -> Vec<String> {
         .await
 }
 
+/// Sends `count` requests with made-up methods and paths (every one different) to the
+/// Director, to grow its metrics; returns how many got an answer.
+pub async fn made_up_requests(fleet: &Fleet, count: usize) -> usize {
+    let client = fleet.https_client();
+    let base = fleet.director_url.clone();
+    let requests = (0..count).map(|i| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let method = reqwest::Method::from_bytes(format!("M{i}").as_bytes())
+                .unwrap_or(reqwest::Method::GET);
+            let path = match i % 3 {
+                0 => format!("{base}/vehicles/VIN-MADE-UP-{i}/metadata/{i}.json"),
+                1 => format!("{base}/api/v1/campaigns/c{i}/a{i}"),
+                _ => format!("{base}/nothing/{i}"),
+            };
+            client.request(method, path).send().await.is_ok()
+        }
+    });
+    futures_util::stream::iter(requests)
+        .buffer_unordered(16)
+        .filter(|answered| std::future::ready(*answered))
+        .count()
+        .await
+}
+
+/// The HTTP request series in a scrape of metrics.
+pub fn request_series(scrape: &str) -> usize {
+    scrape
+        .lines()
+        .filter(|l| l.contains("_http_requests_total{"))
+        .count()
+}
+
 /// The most rows a flood may add to the Director's event log within two refusal windows:
 /// 64 kinds recorded at once and 64 summaries plus one for the rest, per window.
 pub const MAX_FLOOD_ROWS: usize = 2 * (2 * 64 + 1);

@@ -43,6 +43,25 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             },
         ),
         scenario(
+            "3,000 requests with made-up methods and paths, each different, to grow the Director's metrics",
+            "the network (no key)",
+            "a handful of new request series at most (route templates, OTHER, status codes); then updates",
+            |w| {
+                let before = flood::request_series(&w.fleet.director_metrics());
+                let answered = blocking(async {
+                    Ok::<_, String>(flood::made_up_requests(&w.fleet, 3_000).await)
+                })?;
+                let after = flood::request_series(&w.fleet.director_metrics());
+                if after > before + 10 {
+                    return Err(format!("{before} request series grew to {after}"));
+                }
+                Ok(format!(
+                    "{answered} answered; request series {before} -> {after}; {}",
+                    w.recover()?
+                ))
+            },
+        ),
+        scenario(
             "500 half-open connections to each server (slowloris)",
             "the network (no key)",
             "the car updates while they are held",
