@@ -360,6 +360,12 @@ async fn list_events(
     state.service.operator(bearer(&headers)).await?;
     let vin = q.vin.as_deref().map(parse_id).transpose()?;
     let page = q.page()?;
+    if q.after.is_some() && q.kind.is_some() {
+        return Err(DirectorError::BadRequest(
+            "kind filters the newest-first listing; following the log (after) takes every kind"
+                .into(),
+        ));
+    }
     let events = match q.after {
         Some(after) => {
             state

@@ -17,7 +17,9 @@ use uptane_core::error::AttackKind;
 use crate::error::DirectorError;
 use crate::params;
 use crate::service::DirectorService;
-use crate::service::campaigns::{self, CampaignState};
+use std::collections::BTreeMap;
+
+use crate::service::campaigns;
 use crate::sql::Conn;
 
 /// A manifest's outcome and, when refused, why.
@@ -80,6 +82,11 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CampaignLabels {
     campaign: String,
     state: &'static str,
@@ -98,6 +105,7 @@ struct Figures {
     vehicles: i64,
     entries: Vec<(String, i64)>,
     campaigns: Vec<campaigns::CampaignDetail>,
+    campaign_states: BTreeMap<String, i64>,
     root_version: u64,
     root_expires_in: i64,
 }
@@ -112,7 +120,8 @@ fn figures(conn: &Conn, now: uptane_core::time::UtcTime) -> Result<Figures, Dire
             params![],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?,
-        campaigns: campaigns::list(conn)?,
+        campaigns: campaigns::active(conn)?,
+        campaign_states: campaigns::states(conn)?,
         root_version: root.root_version,
         root_expires_in: (expires - now).num_seconds(),
     })
@@ -194,10 +203,6 @@ pub async fn render(service: &DirectorService) -> Result<String, DirectorError> 
                 state,
             })
             .set(c.current_wave as i64);
-        // Finished campaigns keep their state line; their waves are history, not load.
-        if matches!(c.state, CampaignState::Completed | CampaignState::Aborted) {
-            continue;
-        }
         for w in &c.progress {
             for (outcome, count) in [
                 ("waiting", w.waiting),
@@ -217,12 +222,24 @@ pub async fn render(service: &DirectorService) -> Result<String, DirectorError> 
             }
         }
     }
-    registry.register("campaign", "Each campaign, 1 in its state", states);
+    registry.register(
+        "campaign",
+        "Each running or paused campaign, 1 in its state",
+        states,
+    );
     registry.register(
         "campaign_current_wave",
-        "Each campaign's current wave (1 for the first, 0 before it starts)",
+        "Each running or paused campaign's current wave (1 for the first)",
         current,
     );
+    let all = Family::<StateLabels, Gauge>::default();
+    for state in ["draft", "running", "paused", "completed", "aborted"] {
+        all.get_or_create(&StateLabels {
+            state: state.to_string(),
+        })
+        .set(figures.campaign_states.get(state).copied().unwrap_or(0));
+    }
+    registry.register("campaigns", "Campaigns, by state", all);
     registry.register(
         "campaign_vehicles",
         "Vehicles of each running or paused campaign's waves, by outcome",

@@ -124,6 +124,7 @@ const TABLES: &[(&str, &[&str])] = &[
             "id",
             "name",
             "spec",
+            "pinned",
             "seed",
             "state",
             "reason",

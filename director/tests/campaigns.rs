@@ -446,9 +446,88 @@ async fn a_maintenance_window_holds_delivery_until_it_opens_in_the_vehicles_zone
         .unwrap();
     assert_eq!(pending(&fleet.entries(&cars[0].vin).await), 1);
     assert!(fleet.entries(&cars[1].vin).await.is_empty());
-    // Open in UTC.
+    // Open in UTC; closed in Tokyo again, where the entry was not fetched: withdrawn until
+    // the window opens again (a window holds delivery, not only assignment).
     fleet.service.campaign_tick_at(utc(hour)).await.unwrap();
     assert_eq!(pending(&fleet.entries(&cars[1].vin).await), 1);
+    let held = fleet.entries(&cars[0].vin).await;
+    assert_eq!(pending(&held), 0);
+    assert_eq!(
+        held[0]["detail"],
+        "campaign night: outside the vehicle's maintenance window"
+    );
+    assert_eq!(campaign(&fleet, "night").await["progress"][0]["waiting"], 1);
+    // The next day's window assigns it again.
+    fleet
+        .service
+        .campaign_tick_at(utc(hour + 15) + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(pending(&fleet.entries(&cars[0].vin).await), 1);
+}
+
+#[tokio::test]
+async fn a_re_published_image_pauses_its_campaign_and_a_wave_that_never_ends_times_out() {
+    let fleet = fleet();
+    let cars = cars(&fleet, "T", 2, 170).await;
+    ok(
+        &fleet,
+        "POST",
+        "/api/v1/groups",
+        json!({"name": "t", "vins": ["VIN-T000", "VIN-T001"]}),
+    )
+    .await;
+    ok(
+        &fleet,
+        "POST",
+        "/api/v1/campaigns",
+        json!({"name": "slow", "images": ["brake-2.bin"], "group": "t",
+               "waves": ["50%", "100%"], "wave_timeout_secs": 3600}),
+    )
+    .await;
+    ok(&fleet, "POST", "/api/v1/campaigns/slow/start", Value::Null).await;
+    // Nobody installs (the first wave's car is parked): an hour on, the wave has timed out
+    // and the second starts; the parked car keeps its assignment.
+    let later = now() + chrono::Duration::seconds(3601);
+    fleet.service.campaign_tick_at(later).await.unwrap();
+    let shown = campaign(&fleet, "slow").await;
+    assert_eq!(shown["current_wave"], 2, "{shown}");
+    assert_eq!(shown["progress"][0]["installing"], 1);
+    assert_eq!(shown["progress"][1]["installing"], 1);
+    assert_eq!(fleet.events_of("campaign_wave_timed_out"), 1);
+    for car in &cars {
+        assert_eq!(pending(&fleet.entries(&car.vin).await), 1);
+    }
+
+    // The image's name now stands for other bytes (a replica whose catalog sees the
+    // re-published repository drives the campaign): paused, never delivering them.
+    let other = director::service::DirectorService::new(
+        fleet.db.clone(),
+        director::service::KeyRing::fixed(online_keys()),
+        image_repo_with(b"brake firmware 2, rebuilt"),
+        director::service::Policy::default(),
+    )
+    .unwrap();
+    other.campaign_tick().await.unwrap();
+    let paused = campaign(&fleet, "slow").await;
+    assert_eq!(paused["state"], "paused");
+    assert!(
+        paused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("image brake-2.bin was re-published with other content"),
+        "{paused}"
+    );
+    // One image per hardware id.
+    let error = refused(
+        &fleet,
+        "POST",
+        "/api/v1/campaigns",
+        json!({"name": "two", "images": ["brake-2.bin", "brake-alt.bin"], "group": "t"}),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(error.contains("are both for hardware hw-brake"), "{error}");
 }
 
 #[tokio::test]

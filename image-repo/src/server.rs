@@ -90,7 +90,16 @@ pub struct AppState {
     status_cache: Arc<Mutex<Option<(std::time::Instant, serde_json::Value)>>>,
     /// Requests by route and status, for `--metrics-listen`.
     http: service_runtime::metrics::HttpMetrics,
+    /// Each role's (name, version, expiry) and the number of targets, read from the
+    /// repository at most every [`METRICS_READ_INTERVAL`], whoever scrapes.
+    metrics_cache: Arc<Mutex<Option<(std::time::Instant, RoleFigures)>>>,
 }
+
+/// The repository's figures for metrics: (role, version, expires at) and targets listed.
+type RoleFigures = (Vec<(String, u64, String)>, i64);
+
+/// How often a scrape may read (and verify) the whole repository.
+const METRICS_READ_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A metadata file in memory, valid while the file on disk has the same identity.
 #[derive(Debug, Clone)]
@@ -128,6 +137,7 @@ impl AppState {
             status_cache: Arc::default(),
             refusals: Arc::new(Throttle::new(REFUSAL_WINDOW, 64)),
             http: service_runtime::metrics::HttpMetrics::default(),
+            metrics_cache: Arc::default(),
         }
     }
 
@@ -141,23 +151,38 @@ impl AppState {
         struct RoleLabels {
             role: String,
         }
-        let repo = self.repo.clone();
-        let state = tokio::task::spawn_blocking(move || repo.state())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("the repository does not verify: {e}"))?;
         let now = now();
+        let (roles, targets_listed) = {
+            // One read at a time; the others wait for it and use its answer.
+            let mut cached = self.metrics_cache.lock().await;
+            match cached.as_ref() {
+                Some((at, figures)) if at.elapsed() < METRICS_READ_INTERVAL => figures.clone(),
+                _ => {
+                    let repo = self.repo.clone();
+                    let state = tokio::task::spawn_blocking(move || repo.state())
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| format!("the repository does not verify: {e}"))?;
+                    let roles = state
+                        .status(now, crate::repo::Warnings::default())
+                        .into_iter()
+                        .map(|r| (r.role, r.version, r.expires_at))
+                        .collect();
+                    let targets = state.roles.values().map(|t| t.targets.len() as i64).sum();
+                    *cached = Some((std::time::Instant::now(), (roles, targets)));
+                    cached.as_ref().map(|(_, f)| f.clone()).unwrap_or_default()
+                }
+            }
+        };
         let mut registry = prometheus_client::registry::Registry::with_prefix("image_repo");
         self.http.register(&mut registry);
         let expires = Family::<RoleLabels, Gauge>::default();
         let versions = Family::<RoleLabels, Gauge>::default();
-        for role in state.status(now, crate::repo::Warnings::default()) {
-            let labels = RoleLabels {
-                role: role.role.clone(),
-            };
-            let at = uptane_core::time::parse_expires(&role.expires_at).unwrap_or(now);
+        for (role, version, expires_at) in roles {
+            let at = uptane_core::time::parse_expires(&expires_at).unwrap_or(now);
+            let labels = RoleLabels { role };
             expires.get_or_create(&labels).set((at - now).num_seconds());
-            versions.get_or_create(&labels).set(role.version as i64);
+            versions.get_or_create(&labels).set(version as i64);
         }
         registry.register(
             "metadata_expires_in_seconds",
@@ -170,7 +195,7 @@ impl AppState {
             versions,
         );
         let targets = Gauge::<i64>::default();
-        targets.set(state.roles.values().map(|t| t.targets.len() as i64).sum());
+        targets.set(targets_listed);
         registry.register("targets", "Images listed, over every targets role", targets);
         Ok(service_runtime::metrics::encode(&registry))
     }

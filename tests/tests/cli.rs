@@ -874,7 +874,9 @@ fn groups_and_campaigns_read_as_tables_and_refusals_exit_5() {
     ]);
     assert!(created.contains("campaign brakes: draft"), "{created}");
     assert!(
-        created.contains("waves: 50%, 100% (pause above 5% failed; soak 600 s)"),
+        created.contains(
+            "waves: 50%, 100% (pause above 5% failed; soak 600 s; a wave times out after 604800 s)"
+        ),
         "{created}"
     );
     assert!(

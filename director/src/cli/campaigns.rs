@@ -96,6 +96,10 @@ pub(super) enum CampaignCommand {
         /// Vehicles that join the group while the campaign runs join the campaign.
         #[arg(long)]
         join_later: bool,
+        /// Time after its start a wave counts as finished although some vehicles have no
+        /// outcome (parked, offline): 0 waits for every vehicle.
+        #[arg(long, default_value = "7d", value_parser = parse_duration_secs)]
+        wave_timeout: u64,
         /// Start it at once.
         #[arg(long)]
         start: bool,
@@ -341,7 +345,7 @@ fn show_campaign(c: &Value) -> String {
             .unwrap_or_else(|| "-".into())
     };
     let mut out = format!(
-        "campaign {}: {}{}\nimages: {}\ngroup: {}{}\nwaves: {} (pause above {} failed; soak {} s)\nwindows: {}\n\n",
+        "campaign {}: {}{}\nimages: {}\ngroup: {}{}\nwaves: {} (pause above {} failed; soak {} s; a wave times out after {} s)\nwindows: {}\n\n",
         text(&c["name"]),
         text(&c["state"]),
         match c["reason"].as_str() {
@@ -358,6 +362,7 @@ fn show_campaign(c: &Value) -> String {
         list("waves"),
         text(&c["max_failure_ratio"]),
         text(&c["soak_secs"]),
+        text(&c["wave_timeout_secs"]),
         list("windows"),
     );
     let rows = c["progress"].as_array().cloned().unwrap_or_default();
@@ -421,12 +426,14 @@ pub(super) async fn campaign(json: bool, command: CampaignCommand) -> anyhow::Re
             soak,
             windows,
             join_later,
+            wave_timeout,
             start,
         } => {
             let body = json!({
                 "name": name, "images": images, "group": group, "waves": waves,
                 "max_failure_ratio": max_failure_ratio, "soak_secs": soak,
                 "windows": windows, "join_later": join_later,
+                "wave_timeout_secs": wave_timeout,
             });
             let created = call(&remote, Method::POST, "/api/v1/campaigns", Some(body)).await?;
             if start {

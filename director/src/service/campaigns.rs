@@ -57,6 +57,15 @@ pub struct NewCampaign {
     /// Whether vehicles that join the group while the campaign runs join the campaign.
     #[serde(default)]
     pub join_later: bool,
+    /// Seconds after its start a wave counts as finished even though some of its vehicles
+    /// have no outcome yet (parked, scrapped, offline for months): they keep their
+    /// assignments, and the next wave starts. 0: a wave waits for every vehicle.
+    #[serde(default = "a_week")]
+    pub wave_timeout_secs: u64,
+}
+
+fn a_week() -> u64 {
+    7 * 86_400
 }
 
 fn all_at_once() -> Vec<Wave> {
@@ -238,11 +247,29 @@ pub struct CampaignDetail {
 struct Campaign {
     id: i64,
     plan: NewCampaign,
+    pinned: BTreeMap<String, Pinned>,
     seed: String,
     state: CampaignState,
     wave: usize,
+    wave_started_at: Option<String>,
     wave_finished_at: Option<String>,
     accepted_failures: u64,
+}
+
+/// An image's content when the campaign was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Pinned {
+    length: u64,
+    hashes: uptane_core::hash::Hashes,
+}
+
+impl Pinned {
+    fn of(info: &TargetFile) -> Self {
+        Pinned {
+            length: info.length,
+            hashes: info.hashes.clone(),
+        }
+    }
 }
 
 impl Campaign {
@@ -252,35 +279,40 @@ impl Campaign {
 }
 
 fn load(conn: &Conn, name: &str) -> Result<Campaign, DirectorError> {
-    conn.query_opt(
-        "SELECT id, spec, seed, state, wave, wave_finished_at, accepted_failures FROM campaigns WHERE name = ?1",
+    let stored = |e: serde_json::Error| {
+        DirectorError::Internal(format!("campaign {name}'s stored plan: {e}"))
+    };
+    let row = conn.query_opt(
+        "SELECT id, spec, pinned, seed, state, wave, wave_started_at, wave_finished_at, accepted_failures FROM campaigns WHERE name = ?1",
         params![name],
         |r| {
             Ok((
                 r.get::<i64>(0)?,
                 r.get::<String>(1)?,
                 r.get::<String>(2)?,
-                r.get::<CampaignState>(3)?,
-                r.get::<i64>(4)?,
-                r.get::<Option<String>>(5)?,
-                r.get::<i64>(6)?,
+                r.get::<String>(3)?,
+                r.get::<CampaignState>(4)?,
+                r.get::<i64>(5)?,
+                r.get::<Option<String>>(6)?,
+                r.get::<Option<String>>(7)?,
+                r.get::<i64>(8)?,
             ))
         },
-    )?
-    .map(|(id, spec, seed, state, wave, wave_finished_at, accepted)| {
-        Ok(Campaign {
-            id,
-            plan: serde_json::from_str(&spec).map_err(|e| {
-                DirectorError::Internal(format!("campaign {name}'s stored plan: {e}"))
-            })?,
-            seed,
-            state,
-            wave: wave as usize,
-            wave_finished_at,
-            accepted_failures: accepted as u64,
-        })
+    )?;
+    let Some((id, spec, pinned, seed, state, wave, started, finished, accepted)) = row else {
+        return Err(DirectorError::NotFound(format!("no campaign {name}")));
+    };
+    Ok(Campaign {
+        id,
+        plan: serde_json::from_str(&spec).map_err(stored)?,
+        pinned: serde_json::from_str(&pinned).map_err(stored)?,
+        seed,
+        state,
+        wave: wave as usize,
+        wave_started_at: started,
+        wave_finished_at: finished,
+        accepted_failures: accepted as u64,
     })
-    .unwrap_or_else(|| Err(DirectorError::NotFound(format!("no campaign {name}"))))
 }
 
 /// Checks a plan against the rules that need no database: images named, waves sound.
@@ -299,8 +331,8 @@ pub fn check_plan(plan: &NewCampaign) -> Result<(), DirectorError> {
     if plan.windows.len() > 14 {
         return Err(bad("a campaign has at most 14 maintenance windows"));
     }
-    if plan.soak_secs > 365 * 86_400 {
-        return Err(bad("a soak time is at most a year"));
+    if plan.soak_secs > 365 * 86_400 || plan.wave_timeout_secs > 365 * 86_400 {
+        return Err(bad("a soak time or a wave timeout is at most a year"));
     }
     Ok(())
 }
@@ -315,13 +347,25 @@ pub fn create(
     now: UtcTime,
 ) -> Result<CampaignDetail, DirectorError> {
     check_plan(plan)?;
+    let mut pinned = BTreeMap::new();
+    let mut hardware: BTreeMap<String, &String> = BTreeMap::new();
     for image in &plan.images {
         let info = images.get(image).ok_or_else(|| {
             DirectorError::NotFound(format!("the image repository has no image {image:?}"))
         })?;
-        if assignments::image_hardware_ids(info).is_empty() {
+        let ids = assignments::image_hardware_ids(info);
+        if ids.is_empty() {
             return Err(bad(format!("image {image} names no hardware ids")));
         }
+        // One image per hardware id: a second would supersede the first on the same ECU.
+        for id in ids {
+            if let Some(other) = hardware.insert(id.clone(), image) {
+                return Err(bad(format!(
+                    "images {other} and {image} are both for hardware {id}: a campaign has one image per hardware id"
+                )));
+            }
+        }
+        pinned.insert(image.clone(), Pinned::of(info));
     }
     let tx = conn.savepoint()?;
     groups::members(&tx, &plan.group)?;
@@ -337,10 +381,11 @@ pub fn create(
         )));
     }
     let spec = serde_json::to_string(plan).expect("a plan serializes");
+    let pinned = serde_json::to_string(&pinned).expect("hashes serialize");
     let seed = random_token("seed")?;
     tx.execute(
-        "INSERT INTO campaigns (name, spec, seed, state, created_at, created_by, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5)",
-        params![plan.name.as_str(), spec, seed, CampaignState::Draft, now_text(now), actor],
+        "INSERT INTO campaigns (name, spec, pinned, seed, state, created_at, created_by, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6)",
+        params![plan.name.as_str(), spec, pinned, seed, CampaignState::Draft, now_text(now), actor],
     )?;
     let waves: Vec<String> = plan.waves.iter().map(ToString::to_string).collect();
     NewEvent::info(
@@ -487,8 +532,33 @@ pub fn show(conn: &Conn, name: &str) -> Result<CampaignDetail, DirectorError> {
 /// Every campaign, newest first.
 pub fn list(conn: &Conn) -> Result<Vec<CampaignDetail>, DirectorError> {
     let names: Vec<String> = conn.query(
-        "SELECT name FROM campaigns ORDER BY id DESC",
-        params![],
+        "SELECT name FROM campaigns ORDER BY id DESC LIMIT ?1",
+        params![MAX_LISTED],
+        |r| r.get(0),
+    )?;
+    names.iter().map(|n| show(conn, n)).collect()
+}
+
+/// Campaigns a listing shows at most, the newest.
+pub const MAX_LISTED: i64 = 1000;
+
+/// How many campaigns are in each state.
+pub fn states(conn: &Conn) -> Result<BTreeMap<String, i64>, DirectorError> {
+    Ok(conn
+        .query(
+            "SELECT state, COUNT(*) FROM campaigns GROUP BY state",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .into_iter()
+        .collect())
+}
+
+/// The campaigns that are running or paused, with their progress.
+pub fn active(conn: &Conn) -> Result<Vec<CampaignDetail>, DirectorError> {
+    let names: Vec<String> = conn.query(
+        "SELECT name FROM campaigns WHERE state IN (?1, ?2) ORDER BY id",
+        params![CampaignState::Running, CampaignState::Paused],
         |r| r.get(0),
     )?;
     names.iter().map(|n| show(conn, n)).collect()
@@ -508,14 +578,9 @@ fn set_state(
     Ok(())
 }
 
-/// Puts group members not yet in campaign `c` into it: into the pool, or straight into
-/// wave `into_wave` as waiting. Returns how many.
-fn enroll(
-    conn: &Conn,
-    c: &Campaign,
-    into_wave: Option<usize>,
-    now: UtcTime,
-) -> Result<usize, DirectorError> {
+/// Puts group members not yet in campaign `c` into its pool, for waves to pick. Returns how
+/// many.
+fn enroll(conn: &Conn, c: &Campaign, now: UtcTime) -> Result<usize, DirectorError> {
     let members = groups::members(conn, &c.plan.group)?;
     let known: BTreeSet<String> = conn
         .query(
@@ -525,18 +590,12 @@ fn enroll(
         )?
         .into_iter()
         .collect();
-    let state = if into_wave.is_some() {
-        "waiting"
-    } else {
-        "pool"
-    };
-    let wave = into_wave.map(|w| w as i64);
     let mut added = 0;
     for vin in members.difference(&known) {
         let rank = sha256_hex(format!("{}:{vin}", c.seed).as_bytes());
         conn.execute(
-            "INSERT INTO campaign_vehicles (campaign_id, vin, rank, wave, state, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![c.id, vin, rank, wave, state, now_text(now)],
+            "INSERT INTO campaign_vehicles (campaign_id, vin, rank, wave, state, updated_at) VALUES (?1, ?2, ?3, NULL, 'pool', ?4)",
+            params![c.id, vin, rank, now_text(now)],
         )?;
         added += 1;
     }
@@ -546,7 +605,7 @@ fn enroll(
 /// Picks the vehicles of wave `k` from the pool; returns how many.
 fn pick(conn: &Conn, c: &Campaign, k: usize, now: UtcTime) -> Result<usize, DirectorError> {
     if c.plan.join_later {
-        enroll(conn, c, None, now)?;
+        enroll(conn, c, now)?;
     }
     let pool: Vec<String> = conn.query(
         "SELECT vin FROM campaign_vehicles WHERE campaign_id = ?1 AND wave IS NULL ORDER BY rank",
@@ -577,15 +636,16 @@ fn pick(conn: &Conn, c: &Campaign, k: usize, now: UtcTime) -> Result<usize, Dire
     Ok(picked.len())
 }
 
-/// Cancels the entries of campaign `c` not yet delivered, saying `why`. Vehicles all of whose
-/// entries were pending go back to `back_to` (waiting, to be assigned again on resume; or
-/// cancelled). Returns the vehicles whose metadata changes.
+/// Cancels the entries of campaign `c` not yet delivered to the vehicles `only` accepts,
+/// saying `why`. Vehicles all of whose entries were pending go back to `back_to` (waiting,
+/// to be assigned again; or cancelled). Returns the vehicles whose metadata changes.
 fn withdraw(
     conn: &Conn,
     c: &Campaign,
     why: &str,
     back_to: &str,
     now: UtcTime,
+    only: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, DirectorError> {
     let entries: Vec<(String, AssignmentStatus)> = conn.query(
         "SELECT ca.vin, e.status FROM campaign_assignments ca
@@ -603,16 +663,17 @@ fn withdraw(
             seen.1 = true;
         }
     }
-    conn.execute(
-        "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
-         WHERE status = ?4 AND assignment_id IN (SELECT assignment_id FROM campaign_assignments WHERE campaign_id = ?5)",
-        params![AssignmentStatus::Cancelled, why, now_text(now), AssignmentStatus::Pending, c.id],
-    )?;
     let mut touched = Vec::new();
     for (vin, (pending, other)) in by_vin {
-        if !pending {
+        if !pending || !only(&vin) {
             continue;
         }
+        conn.execute(
+            "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
+             WHERE status = ?4 AND vin = ?5
+               AND assignment_id IN (SELECT assignment_id FROM campaign_assignments WHERE campaign_id = ?6 AND vin = ?5)",
+            params![AssignmentStatus::Cancelled, why, now_text(now), AssignmentStatus::Pending, &vin, c.id],
+        )?;
         if !other {
             conn.execute(
                 "DELETE FROM campaign_assignments WHERE campaign_id = ?1 AND vin = ?2",
@@ -628,6 +689,49 @@ fn withdraw(
     Ok(touched)
 }
 
+/// The zone of each of campaign `c`'s vehicles that has a `timezone` attribute.
+fn zones(conn: &Conn, c: &Campaign) -> Result<HashMap<String, String>, DirectorError> {
+    Ok(conn
+        .query(
+            "SELECT cv.vin, a.value FROM campaign_vehicles cv
+             JOIN vehicle_attributes a ON a.vin = cv.vin AND a.name = ?1
+             WHERE cv.campaign_id = ?2",
+            params![TIMEZONE, c.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .into_iter()
+        .collect())
+}
+
+/// Whether vehicle `vin`'s window is open at `now` (`None`: its zone is unknown here).
+fn window_open(c: &Campaign, zone: Option<&String>, now: UtcTime) -> Result<bool, String> {
+    let zone = match zone {
+        None => Zone::utc(),
+        Some(name) => Zone::named(name)?,
+    };
+    Ok(zone.open(&c.plan.windows, now))
+}
+
+/// A maintenance window holds delivery, not only assignment: what a vehicle has not fetched
+/// by the time its window closes is withdrawn until its window opens again.
+fn hold_outside_windows(
+    conn: &Conn,
+    c: &Campaign,
+    now: UtcTime,
+) -> Result<Vec<String>, DirectorError> {
+    if c.plan.windows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let zones = zones(conn, c)?;
+    let why = format!(
+        "campaign {}: outside the vehicle's maintenance window",
+        c.plan.name
+    );
+    withdraw(conn, c, &why, "waiting", now, |vin| {
+        !window_open(c, zones.get(vin), now).unwrap_or(false)
+    })
+}
+
 fn pause(
     conn: &Conn,
     c: &Campaign,
@@ -636,7 +740,7 @@ fn pause(
     now: UtcTime,
 ) -> Result<Vec<String>, DirectorError> {
     let why = format!("campaign {} paused", c.plan.name);
-    let touched = withdraw(conn, c, &why, "waiting", now)?;
+    let touched = withdraw(conn, c, &why, "waiting", now, |_| true)?;
     set_state(conn, c, CampaignState::Paused, reason, now)?;
     NewEvent::info(
         "campaign_paused",
@@ -675,7 +779,7 @@ pub fn act(
     let mut touched = Vec::new();
     match (action, c.state) {
         (A::Start, S::Draft) => {
-            if enroll(&tx, &c, None, now)? == 0 {
+            if enroll(&tx, &c, now)? == 0 {
                 return Err(DirectorError::Conflict(format!(
                     "group {} has no members: nothing to start",
                     c.plan.group
@@ -723,7 +827,7 @@ pub fn act(
         (A::Resume, _) => return refuse("resumed"),
         (A::Abort, S::Draft | S::Running | S::Paused) => {
             let why = format!("campaign {name} aborted");
-            touched = withdraw(&tx, &c, &why, "cancelled", now)?;
+            touched = withdraw(&tx, &c, &why, "cancelled", now, |_| true)?;
             tx.execute(
                 "UPDATE campaign_vehicles SET state = 'cancelled', detail = ?1, updated_at = ?2 WHERE campaign_id = ?3 AND state IN ('pool', 'waiting')",
                 params![why, now_text(now), c.id],
@@ -788,12 +892,16 @@ fn current_failures(conn: &Conn, c: &Campaign) -> Result<u64, DirectorError> {
         .count() as u64)
 }
 
+/// What the Image repository said of each image a step may deliver: its entry, or `None`
+/// when it no longer lists the image. An image it could not be asked about (unreachable)
+/// is absent: its campaigns assign nothing this step, but still watch their failures.
+pub type ImageLookups = HashMap<String, Option<TargetFile>>;
+
 /// Drives every running campaign one step at `now`: see the module's documentation.
-/// `images` holds the Image repository's current entries for [`running_images`]; an image
-/// missing from it pauses its campaigns. Returns the vehicles whose metadata changes.
+/// Returns the vehicles whose metadata changes.
 pub fn tick(
     conn: &Conn,
-    images: &HashMap<String, TargetFile>,
+    images: &ImageLookups,
     now: UtcTime,
 ) -> Result<Vec<String>, DirectorError> {
     let names: Vec<String> = conn.query(
@@ -808,36 +916,77 @@ pub fn tick(
         tx.lock_row("campaigns", "name", &name)?;
         let c = load(&tx, &name)?;
         if c.state == CampaignState::Running {
-            step(&tx, c, images, now, &mut touched)?;
+            let mut stepped = Vec::new();
+            match step(&tx, c, images, now, &mut stepped) {
+                Ok(()) => touched.extend(stepped),
+                // The database failing ends the tick (the next one tries again); anything
+                // else is this campaign's alone: its step is rolled back, the others go on.
+                Err(e @ (DirectorError::Db(_) | DirectorError::Busy(_))) => return Err(e),
+                Err(e) => {
+                    tracing::error!(campaign = %name, error = %e, "a campaign step failed; rolled back");
+                    continue;
+                }
+            }
         }
         tx.commit()?;
     }
     Ok(touched)
 }
 
+/// Whether campaign `c` may assign with what the Image repository said: `Ok(true)` when every
+/// image was looked up and holds the content pinned at creation; `Ok(false)` when one could
+/// not be looked up this time; `Err(reason)` to pause for.
+fn deliverable(c: &Campaign, images: &ImageLookups) -> Result<bool, String> {
+    let mut all = true;
+    for image in &c.plan.images {
+        match images.get(image) {
+            None => all = false,
+            Some(None) => {
+                return Err(format!(
+                    "image {image} is no longer in the Image repository"
+                ));
+            }
+            Some(Some(info)) if c.pinned.get(image) != Some(&Pinned::of(info)) => {
+                return Err(format!(
+                    "image {image} was re-published with other content since the campaign was made: \
+                     make a new campaign for the new content"
+                ));
+            }
+            Some(Some(_)) => {}
+        }
+    }
+    Ok(all)
+}
+
 fn step(
     conn: &Conn,
     mut c: Campaign,
-    images: &HashMap<String, TargetFile>,
+    images: &ImageLookups,
     now: UtcTime,
     touched: &mut Vec<String>,
 ) -> Result<(), DirectorError> {
     let actor = c.actor();
-    if let Some(missing) = c.plan.images.iter().find(|i| !images.contains_key(*i)) {
-        let reason = format!("image {missing} is no longer in the Image repository");
-        touched.extend(pause(conn, &c, &reason, &actor, now)?);
-        return Ok(());
-    }
+    let can_assign = match deliverable(&c, images) {
+        Ok(all) => all,
+        Err(reason) => {
+            touched.extend(pause(conn, &c, &reason, &actor, now)?);
+            return Ok(());
+        }
+    };
+    touched.extend(hold_outside_windows(conn, &c, now)?);
     // Each pass starts at most one wave; bounded by the number of waves.
     for _ in 0..=c.plan.waves.len() {
         if c.plan.join_later {
-            let joined = enroll(conn, &c, Some(c.wave), now)?;
-            if joined > 0 {
+            // Vehicles that joined the group go to the pool; the current wave takes what
+            // its plan takes of them (its share of the grown group, or its group's members).
+            let joined = enroll(conn, &c, now)?;
+            let picked = pick(conn, &c, c.wave, now)?;
+            if joined + picked > 0 {
                 NewEvent::info(
                     "campaign_joined",
                     &actor,
                     &format!(
-                        "{}: {joined} vehicles joined wave {}",
+                        "{}: {joined} vehicles joined the group; wave {} took {picked}",
                         c.plan.name,
                         c.wave + 1
                     ),
@@ -845,10 +994,13 @@ fn step(
                 .record(conn, now)?;
             }
         }
-        touched.extend(assign_waiting(conn, &c, images, now)?);
+        if can_assign {
+            touched.extend(assign_waiting(conn, &c, images, now)?);
+        }
         let outcomes = outcomes(conn, c.id)?;
         let (waves, _) = progress(&c, &outcomes);
         let current = &waves[c.wave];
+        // A share of the whole wave (as hawkBit's error threshold): small waves first.
         let counted = current.vehicles - current.skipped;
         let failed = current.failed.saturating_sub(c.accepted_failures);
         if failed > 0 && c.plan.max_failure_ratio.exceeded_by(failed, counted) {
@@ -861,7 +1013,14 @@ fn step(
             touched.extend(pause(conn, &c, &reason, &actor, now)?);
             return Ok(());
         }
-        if !waves[..=c.wave].iter().all(WaveProgress::finished) {
+        let started = c
+            .wave_started_at
+            .as_deref()
+            .and_then(parse_expires)
+            .unwrap_or(now);
+        let timed_out = c.plan.wave_timeout_secs > 0
+            && (now - started).num_seconds() >= c.plan.wave_timeout_secs as i64;
+        if !timed_out && !waves[..=c.wave].iter().all(WaveProgress::finished) {
             return Ok(());
         }
         let finished_at = match &c.wave_finished_at {
@@ -871,20 +1030,27 @@ fn step(
                     "UPDATE campaigns SET wave_finished_at = ?1, updated_at = ?1 WHERE id = ?2",
                     params![now_text(now), c.id],
                 )?;
+                let kind = if waves[..=c.wave].iter().all(WaveProgress::finished) {
+                    "campaign_wave_finished"
+                } else {
+                    "campaign_wave_timed_out"
+                };
                 NewEvent::info(
-                    "campaign_wave_finished",
+                    kind,
                     &actor,
                     &format!(
-                        "{}: wave {}: {} installed, {} failed, {} skipped, {} cancelled",
+                        "{}: wave {}: {} installed, {} failed, {} skipped, {} cancelled, {} without an outcome",
                         c.plan.name,
                         c.wave + 1,
                         current.installed,
                         current.failed,
                         current.skipped,
-                        current.cancelled
+                        current.cancelled,
+                        current.waiting + current.installing
                     ),
                 )
                 .record(conn, now)?;
+                c.wave_finished_at = Some(now_text(now));
                 now
             }
         };
@@ -897,6 +1063,7 @@ fn step(
             return Ok(());
         }
         c.wave += 1;
+        c.wave_started_at = Some(now_text(now));
         c.wave_finished_at = None;
         c.accepted_failures = 0;
         let picked = pick(conn, &c, c.wave, now)?;
@@ -925,7 +1092,7 @@ fn step(
 fn assign_waiting(
     conn: &Conn,
     c: &Campaign,
-    images: &HashMap<String, TargetFile>,
+    images: &ImageLookups,
     now: UtcTime,
 ) -> Result<Vec<String>, DirectorError> {
     let waiting: Vec<(String, Option<String>)> = conn.query(
@@ -941,16 +1108,13 @@ fn assign_waiting(
         if assigned.len() == ASSIGN_PER_TICK {
             break;
         }
-        let zone = match zone.as_deref().map(Zone::named) {
-            None => Zone::utc(),
-            Some(Ok(zone)) => zone,
-            Some(Err(e)) => {
+        match window_open(c, zone.as_ref(), now) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
                 note(conn, c, &vin, &e, now)?;
                 continue;
             }
-        };
-        if !zone.open(&c.plan.windows, now) {
-            continue;
         }
         match assign_vehicle(conn, c, &vin, images, &actor, now) {
             Ok(ids) if ids.is_empty() => {
@@ -992,7 +1156,7 @@ fn assign_vehicle(
     conn: &Conn,
     c: &Campaign,
     vin: &str,
-    images: &HashMap<String, TargetFile>,
+    images: &ImageLookups,
     actor: &str,
     now: UtcTime,
 ) -> Result<Vec<i64>, DirectorError> {
@@ -1010,7 +1174,11 @@ fn assign_vehicle(
     let tx = conn.savepoint()?;
     let mut ids = Vec::new();
     for image in &c.plan.images {
-        let info = &images[image];
+        let Some(Some(info)) = images.get(image) else {
+            return Err(DirectorError::Internal(format!(
+                "image {image} was not looked up"
+            )));
+        };
         if !assignments::image_hardware_ids(info)
             .iter()
             .any(|h| hardware.contains(h))

@@ -306,7 +306,7 @@ fn recent_events_query(filter: &EventFilter, page: Page) -> PageQuery {
     }
     if let Some(kind) = &filter.kind {
         query = query.filter(
-            "kind LIKE ? ESCAPE '\\'",
+            "LOWER(kind) LIKE LOWER(?) ESCAPE '\\'",
             super::page::like_pattern(kind, true),
         );
     }

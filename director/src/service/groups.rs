@@ -34,9 +34,37 @@ pub struct GroupFilter {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// Values one condition of a filter may list.
+pub const MAX_FILTER_VALUES: usize = 64;
+
 impl GroupFilter {
     fn is_empty(&self) -> bool {
         self.hardware_ids.is_empty() && self.images.is_empty() && self.attributes.is_empty()
+    }
+
+    fn check(&self) -> Result<(), DirectorError> {
+        if self.is_empty() {
+            return Err(bad("a dynamic group's filter needs at least one condition"));
+        }
+        if [
+            self.hardware_ids.len(),
+            self.images.len(),
+            self.attributes.len(),
+        ]
+        .iter()
+        .any(|n| *n > MAX_FILTER_VALUES)
+        {
+            return Err(bad(format!(
+                "a filter lists at most {MAX_FILTER_VALUES} values per condition"
+            )));
+        }
+        for image in &self.images {
+            uptane_core::ids::check_target_name(image).map_err(|e| bad(e.to_string()))?;
+        }
+        for (name, value) in &self.attributes {
+            check_attribute(name, value)?;
+        }
+        Ok(())
     }
 }
 
@@ -124,13 +152,8 @@ pub fn create_group(
 ) -> Result<GroupDetail, DirectorError> {
     let filter = match (&group.vins, &group.filter) {
         (Some(_), None) => None,
-        (None, Some(filter)) if filter.is_empty() => {
-            return Err(bad("a dynamic group's filter needs at least one condition"));
-        }
         (None, Some(filter)) => {
-            for (name, value) in &filter.attributes {
-                check_attribute(name, value)?;
-            }
+            filter.check()?;
             Some(serde_json::to_string(filter).expect("a filter serializes"))
         }
         _ => {
@@ -328,7 +351,10 @@ pub fn group(conn: &Conn, name: &Name) -> Result<GroupDetail, DirectorError> {
     })
 }
 
-/// Every group, by name.
+/// Groups a listing shows at most.
+pub const MAX_LISTED: i64 = 1000;
+
+/// Every group, by name (at most [`MAX_LISTED`]).
 pub fn groups(conn: &Conn) -> Result<Vec<GroupInfo>, DirectorError> {
     let names: Vec<String> = conn.query(
         "SELECT name FROM vehicle_groups ORDER BY name",

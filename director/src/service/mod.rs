@@ -620,7 +620,19 @@ impl DirectorService {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let images = self.images(names, now).await?;
+        // A lookup that fails (the Image repository unreachable) leaves its image out: the
+        // campaigns delivering it assign nothing this step but still watch their failures.
+        let mut images = campaigns::ImageLookups::new();
+        for name in names {
+            match self.inner.catalog.lookup(&name, now).await {
+                Ok(found) => {
+                    images.insert(name, found);
+                }
+                Err(e) => {
+                    tracing::warn!(image = %name, error = %e, "a campaign's image could not be looked up")
+                }
+            }
+        }
         self.write_then(move |conn| campaigns::tick(conn, &images, now), forget_vins)
             .await
     }

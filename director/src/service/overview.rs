@@ -56,10 +56,8 @@ pub fn overview(conn: &Conn, now: UtcTime) -> Result<Overview, DirectorError> {
         assignments.get("installed").copied().unwrap_or(0),
         assignments.get("failed").copied().unwrap_or(0),
     );
+    let stored = campaigns::states(conn)?;
     let mut by_state: BTreeMap<&'static str, i64> = BTreeMap::new();
-    for campaign in campaigns::list(conn)? {
-        *by_state.entry(campaign.state.as_str()).or_default() += 1;
-    }
     for state in [
         CampaignState::Draft,
         CampaignState::Running,
@@ -67,7 +65,10 @@ pub fn overview(conn: &Conn, now: UtcTime) -> Result<Overview, DirectorError> {
         CampaignState::Completed,
         CampaignState::Aborted,
     ] {
-        by_state.entry(state.as_str()).or_default();
+        by_state.insert(
+            state.as_str(),
+            stored.get(state.as_str()).copied().unwrap_or(0),
+        );
     }
     Ok(Overview {
         vehicles: conn.value("SELECT COUNT(*) FROM vehicles", params![])?,

@@ -54,11 +54,21 @@ pub(crate) fn now() -> uptane_core::time::UtcTime {
 }
 
 pub(crate) fn image_repo() -> ImageCatalog {
+    image_repo_with(BRAKE_FW)
+}
+
+/// The Image repository, with `brake-2.bin` holding `brake` (re-published: other bytes).
+pub(crate) fn image_repo_with(brake: &[u8]) -> ImageCatalog {
     let mut repo = RepoFixture::new();
     repo.expires = now() + chrono::Duration::days(30);
     repo.add_target(
         "brake-2.bin",
-        BRAKE_FW,
+        brake,
+        Some(image_target_custom(&["hw-brake"], 2)),
+    );
+    repo.add_target(
+        "brake-alt.bin",
+        b"another brake firmware",
         Some(image_target_custom(&["hw-brake"], 2)),
     );
     repo.add_target(
@@ -81,13 +91,18 @@ pub(crate) fn image_repo() -> ImageCatalog {
     ImageCatalog::memory(files, repo.roots[0].clone())
 }
 
-pub(crate) fn fleet() -> Fleet {
-    let db = Db::for_tests().unwrap();
-    let online = OnlineKeys {
+/// The Director's online keys in these tests.
+pub(crate) fn online_keys() -> OnlineKeys {
+    OnlineKeys {
         targets: key(101),
         snapshot: key(102),
         timestamp: key(103),
-    };
+    }
+}
+
+pub(crate) fn fleet() -> Fleet {
+    let db = Db::for_tests().unwrap();
+    let online = online_keys();
     let root_key = key(100);
     db.call_blocking(|conn| {
         service::store_initial_root(

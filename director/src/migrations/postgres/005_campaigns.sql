@@ -25,6 +25,9 @@ CREATE TABLE campaigns (
     name TEXT NOT NULL UNIQUE,
     -- The plan as JSON: images, group, waves, threshold, soak, windows, join_later.
     spec TEXT NOT NULL,
+    -- The content (length, hashes) of each image when the campaign was made: a campaign
+    -- delivers those bytes or pauses, never bytes no wave has seen.
+    pinned TEXT NOT NULL,
     -- Vehicles are ranked by SHA-256(seed || VIN): a random order, the same on every replica.
     seed TEXT NOT NULL,
     state TEXT NOT NULL,
