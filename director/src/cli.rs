@@ -1345,24 +1345,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 format!("could not listen on {listen}: is another program using it?"),
             )?;
             if let Some(metrics_listen) = metrics_listen {
-                let metrics = tokio::net::TcpListener::bind(metrics_listen).await.fail(
-                    Exit::Config,
-                    format!("could not listen on {metrics_listen} for metrics: is another program using it?"),
-                )?;
-                outln!("metrics on {}", metrics.local_addr()?);
                 let scraped = service.clone();
-                tokio::spawn(service_runtime::metrics::serve(
-                    metrics,
-                    move || {
-                        let service = scraped.clone();
-                        async move {
-                            crate::metrics::render(&service)
-                                .await
-                                .map_err(|e| e.to_string())
-                        }
-                    },
-                    service_runtime::shutdown_signal(),
-                ));
+                service_runtime::metrics::listen(metrics_listen, move || {
+                    let service = scraped.clone();
+                    async move {
+                        crate::metrics::render(&service)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                })
+                .await?;
             }
             let addr = listener.local_addr()?;
             tracing::debug!(%addr, scheme = transport.scheme(), "listening");

@@ -382,7 +382,7 @@ async fn reported_attacks_become_security_events() {
         r#"director_attacks_reported_total{kind="rollback"} 1"#,
         r#"director_manifests_total{outcome="accepted",reason=""} 1"#,
         r#"director_manifests_total{outcome="refused",reason="replay"} 1"#,
-        r#"director_http_requests_total{route="/vehicles/{vin}/manifest",method="POST",status="400"} 1"#,
+        r#"director_http_request_duration_seconds_count{route="/vehicles/{vin}/manifest",method="POST",status="400"} 1"#,
         "director_vehicles 1",
     ] {
         assert!(

@@ -871,20 +871,12 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             )?;
             let state = AppState::new(repository, config);
             if let Some(metrics_listen) = metrics_listen {
-                let metrics = tokio::net::TcpListener::bind(metrics_listen).await.fail(
-                    Exit::Config,
-                    format!("could not listen on {metrics_listen} for metrics: is another program using it?"),
-                )?;
-                outln!("metrics on {}", metrics.local_addr()?);
                 let scraped = state.clone();
-                tokio::spawn(service_runtime::metrics::serve(
-                    metrics,
-                    move || {
-                        let state = scraped.clone();
-                        async move { state.metrics().await }
-                    },
-                    service_runtime::shutdown_signal(),
-                ));
+                service_runtime::metrics::listen(metrics_listen, move || {
+                    let state = scraped.clone();
+                    async move { state.metrics().await }
+                })
+                .await?;
             }
             let addr = listener.local_addr()?;
             tracing::debug!(%addr, repo = %repo.display(), scheme = transport.scheme(), "listening");

@@ -395,7 +395,7 @@ fn metrics_agree(
     let checks: Vec<(String, f64)> = vec![
         (r#"director_manifests_total{outcome="accepted",reason=""}"#.into(), manifests),
         (
-            r#"director_http_requests_total{route="/vehicles/{vin}/manifest",method="POST",status="200"}"#.into(),
+            r#"director_http_request_duration_seconds_count{route="/vehicles/{vin}/manifest",method="POST",status="200"}"#.into(),
             manifests,
         ),
         ("director_vehicles".into(), waves.iter().map(|w| w.vehicles).sum::<u64>() as f64),
@@ -421,8 +421,7 @@ fn metrics_agree(
             ));
         }
     }
-    let served =
-        r#"image_repo_http_requests_total{route="/metadata/{file}",method="GET",status="200"}"#;
+    let served = r#"image_repo_http_request_duration_seconds_count{route="/metadata/{file}",method="GET",status="200"}"#;
     match metric(&image_repo, served) {
         Some(n) if n > 0.0 => writeln!(out, "  {served} {n}")?,
         other => broken.push(format!(

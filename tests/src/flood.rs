@@ -221,7 +221,7 @@ pub async fn made_up_requests(fleet: &Fleet, count: usize) -> usize {
 pub fn request_series(scrape: &str) -> usize {
     scrape
         .lines()
-        .filter(|l| l.contains("_http_requests_total{"))
+        .filter(|l| l.contains("_http_request_duration_seconds_count{"))
         .count()
 }
 
