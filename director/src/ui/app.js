@@ -273,7 +273,8 @@ async function campaignsPage() {
         skipped: sum.skipped + w.skipped,
         cancelled: sum.cancelled + w.cancelled,
       }),
-      { vehicles: 0, installed: 0, failed: 0, installing: 0, waiting: 0, skipped: 0, cancelled: 0 },
+      // Members no wave has picked yet are part of the whole: the bar is of the group.
+      { vehicles: c.not_picked, installed: 0, failed: 0, installing: 0, waiting: c.not_picked, skipped: 0, cancelled: 0 },
     );
     return [
       el("a", { href: "#/campaign/" + encodeURIComponent(c.name) }, c.name),
