@@ -272,14 +272,12 @@ pub enum DbError {
 
 /// Whether `e` was caused by the network (a connection refused, reset or timed out).
 fn io_cause(e: &postgres::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if cause.is::<std::io::Error>() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
+    causes(e).any(|cause| cause.is::<std::io::Error>())
+}
+
+/// The errors under `e`, the nearest first.
+fn causes(e: &postgres::Error) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(e), |cause| cause.source())
 }
 
 /// What PostgreSQL said: the server's message and code when it refused (the client's
@@ -289,13 +287,9 @@ fn postgres_message(e: &postgres::Error) -> String {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => {
             // The client's text alone is "error performing TLS handshake": say why.
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                message = format!("{message}: {cause}");
-                source = cause.source();
-            }
-            message
+            causes(e).fold(e.to_string(), |message, cause| {
+                format!("{message}: {cause}")
+            })
         }
     }
 }
