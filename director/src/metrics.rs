@@ -103,7 +103,7 @@ struct WaveLabels {
 #[derive(Debug, Default)]
 struct Figures {
     vehicles: i64,
-    entries: Vec<(String, i64)>,
+    entries: BTreeMap<String, i64>,
     campaigns: Vec<campaigns::CampaignDetail>,
     campaign_states: BTreeMap<String, i64>,
     root_version: u64,
@@ -115,11 +115,7 @@ fn figures(conn: &Conn, now: uptane_core::time::UtcTime) -> Result<Figures, Dire
     let expires = uptane_core::time::parse_expires(&root.root_expires_at).unwrap_or(now);
     Ok(Figures {
         vehicles: conn.value("SELECT COUNT(*) FROM vehicles", params![])?,
-        entries: conn.query(
-            "SELECT status, COUNT(*) FROM assignment_ecus GROUP BY status",
-            params![],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?,
+        entries: crate::service::assignments::entry_counts(conn)?,
         campaigns: campaigns::active(conn)?,
         campaign_states: campaigns::states(conn)?,
         root_version: root.root_version,

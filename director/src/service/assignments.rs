@@ -379,6 +379,18 @@ pub fn assignments(
     query.rows(conn, assignment_row)
 }
 
+/// How many entries there are in each status (the overview and the metrics).
+pub fn entry_counts(conn: &Conn) -> Result<std::collections::BTreeMap<String, i64>, DirectorError> {
+    Ok(conn
+        .query(
+            "SELECT status, COUNT(*) FROM assignment_ecus GROUP BY status",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .into_iter()
+        .collect())
+}
+
 /// Cancels the entries of an assignment not yet delivered; refuses if none can be.
 pub fn cancel_assignment(
     conn: &mut Conn,

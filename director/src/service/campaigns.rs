@@ -368,10 +368,10 @@ pub fn create(
         pinned.insert(image.clone(), Pinned::of(info));
     }
     let tx = conn.savepoint()?;
-    groups::members(&tx, &plan.group)?;
+    groups::check_exists(&tx, &plan.group)?;
     for wave in &plan.waves {
         if let Wave::Group(group) = wave {
-            groups::members(&tx, group)?;
+            groups::check_exists(&tx, group)?;
         }
     }
     if exists(&tx, "campaigns", "name", plan.name.as_str())? {
@@ -602,11 +602,9 @@ fn enroll(conn: &Conn, c: &Campaign, now: UtcTime) -> Result<usize, DirectorErro
     Ok(added)
 }
 
-/// Picks the vehicles of wave `k` from the pool; returns how many.
+/// Picks the vehicles of wave `k` from the pool (callers enroll the group's new members
+/// first); returns how many.
 fn pick(conn: &Conn, c: &Campaign, k: usize, now: UtcTime) -> Result<usize, DirectorError> {
-    if c.plan.join_later {
-        enroll(conn, c, now)?;
-    }
     let pool: Vec<String> = conn.query(
         "SELECT vin FROM campaign_vehicles WHERE campaign_id = ?1 AND wave IS NULL ORDER BY rank",
         params![c.id],

@@ -263,6 +263,11 @@ fn group_row(conn: &Conn, name: &Name) -> Result<(i64, Option<GroupFilter>), Dir
     Ok((id, filter))
 }
 
+/// Refuses (404) a group that does not exist, without evaluating its members.
+pub fn check_exists(conn: &Conn, name: &Name) -> Result<(), DirectorError> {
+    group_row(conn, name).map(|_| ())
+}
+
 /// The VINs of group `name` now.
 pub fn members(conn: &Conn, name: &Name) -> Result<BTreeSet<String>, DirectorError> {
     let (id, filter) = group_row(conn, name)?;

@@ -44,14 +44,7 @@ pub struct ImageInUse {
 
 /// The fleet at `now`.
 pub fn overview(conn: &Conn, now: UtcTime) -> Result<Overview, DirectorError> {
-    let assignments: BTreeMap<String, i64> = conn
-        .query(
-            "SELECT status, COUNT(*) FROM assignment_ecus GROUP BY status",
-            params![],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?
-        .into_iter()
-        .collect();
+    let assignments = super::assignments::entry_counts(conn)?;
     let (installed, failed) = (
         assignments.get("installed").copied().unwrap_or(0),
         assignments.get("failed").copied().unwrap_or(0),
