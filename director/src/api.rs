@@ -138,8 +138,12 @@ async fn read_body(state: &AppState, body: Body) -> Result<Vec<u8>, DirectorErro
 /// Reads a JSON body: 413 above [`MAX_JSON_BYTES`] (or the configured size, if smaller),
 /// 408 when too slow, 400 when malformed.
 async fn read_json<T: DeserializeOwned>(state: &AppState, body: Body) -> Result<T, DirectorError> {
-    let bytes = read_limited(body, MAX_JSON_BYTES.min(state.max_body_bytes)).await?;
-    serde_json::from_slice(&bytes)
+    parse_json(&read_limited(body, MAX_JSON_BYTES.min(state.max_body_bytes)).await?)
+}
+
+/// A JSON body, or 400 saying why it is not one.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DirectorError> {
+    serde_json::from_slice(bytes)
         .map_err(|e| DirectorError::BadRequest(format!("malformed JSON: {e}")))
 }
 

@@ -12,7 +12,7 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use uptane_core::ids::Vin;
 
-use super::{ApiResult, AppState, bearer, created, ok_json, parse_id, read_json};
+use super::{ApiResult, AppState, bearer, created, ok_json, parse_id, parse_json, read_json};
 use crate::error::DirectorError;
 use crate::service::campaigns::{CampaignAction, NewCampaign};
 use crate::service::groups::NewGroup;
@@ -156,8 +156,7 @@ async fn campaign_action(
     let body: ActionBody = if bytes.is_empty() {
         ActionBody::default()
     } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| DirectorError::BadRequest(format!("malformed JSON: {e}")))?
+        parse_json(&bytes)?
     };
     if let Some(reason) = &body.reason
         && (reason.is_empty() || reason.len() > 500 || reason.chars().any(char::is_control))

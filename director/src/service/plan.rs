@@ -8,6 +8,25 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uptane_core::time::UtcTime;
 
+/// The serde form of a type written as text: `TryFrom<String>` through its `FromStr`, and
+/// back to `String` through its `Display`.
+macro_rules! string_form {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(text: String) -> Result<Self, String> {
+                text.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(value: $t) -> String {
+                value.to_string()
+            }
+        }
+    };
+}
+
 /// A group's or a campaign's name: 1 to 64 of `A-Z a-z 0-9 . _ -`, so it is safe in a URL
 /// path and a table cell.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -104,18 +123,7 @@ impl FromStr for Share {
     }
 }
 
-impl TryFrom<String> for Share {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl From<Share> for String {
-    fn from(share: Share) -> String {
-        share.to_string()
-    }
-}
+string_form!(Share);
 
 impl fmt::Display for Share {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -148,18 +156,7 @@ impl FromStr for Wave {
     }
 }
 
-impl TryFrom<String> for Wave {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl From<Wave> for String {
-    fn from(wave: Wave) -> String {
-        wave.to_string()
-    }
-}
+string_form!(Wave);
 
 impl fmt::Display for Wave {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -316,18 +313,7 @@ impl FromStr for Window {
     }
 }
 
-impl TryFrom<String> for Window {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl From<Window> for String {
-    fn from(window: Window) -> String {
-        window.to_string()
-    }
-}
+string_form!(Window);
 
 impl fmt::Display for Window {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
