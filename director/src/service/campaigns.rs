@@ -337,12 +337,12 @@ pub fn check_plan(plan: &NewCampaign) -> Result<(), DirectorError> {
     Ok(())
 }
 
-/// Creates a draft campaign. `images` are the Image repository's entries for its images
+/// Creates a draft campaign. `images` are the Image repository's answers for its images
 /// (looked up and verified by the caller); each must be for some hardware.
 pub fn create(
     conn: &Conn,
     plan: &NewCampaign,
-    images: &HashMap<String, TargetFile>,
+    images: &ImageLookups,
     actor: &str,
     now: UtcTime,
 ) -> Result<CampaignDetail, DirectorError> {
@@ -350,9 +350,11 @@ pub fn create(
     let mut pinned = BTreeMap::new();
     let mut hardware: BTreeMap<String, &String> = BTreeMap::new();
     for image in &plan.images {
-        let info = images.get(image).ok_or_else(|| {
-            DirectorError::NotFound(format!("the image repository has no image {image:?}"))
-        })?;
+        let Some(Some(info)) = images.get(image) else {
+            return Err(DirectorError::NotFound(format!(
+                "the image repository has no image {image:?}"
+            )));
+        };
         let ids = assignments::image_hardware_ids(info);
         if ids.is_empty() {
             return Err(bad(format!("image {image} names no hardware ids")));

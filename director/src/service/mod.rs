@@ -34,7 +34,7 @@ pub mod time;
 pub mod tokens;
 pub mod vehicles;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::sql::Conn;
@@ -530,20 +530,19 @@ impl DirectorService {
             .await
     }
 
-    /// The Image repository's entries for `names`, as it vouches for them at `now`; a name it
-    /// does not list is left out.
-    async fn images(
+    /// What the Image repository says of each of `names` at `now`: its entry, `None` when
+    /// it does not list it, or why it could not be asked.
+    async fn look_up(
         &self,
         names: impl IntoIterator<Item = String>,
         now: UtcTime,
-    ) -> Result<HashMap<String, TargetFile>, DirectorError> {
-        let mut found = HashMap::new();
+    ) -> Vec<(String, Result<Option<TargetFile>, DirectorError>)> {
+        let mut answers = Vec::new();
         for name in names {
-            if let Some(info) = self.inner.catalog.lookup(&name, now).await? {
-                found.insert(name, info);
-            }
+            let answer = self.inner.catalog.lookup(&name, now).await;
+            answers.push((name, answer));
         }
-        Ok(found)
+        answers
     }
 
     /// Creates a draft campaign.
@@ -553,7 +552,10 @@ impl DirectorService {
         plan: campaigns::NewCampaign,
     ) -> Result<campaigns::CampaignDetail, DirectorError> {
         campaigns::check_plan(&plan)?;
-        let images = self.images(plan.images.clone(), now()).await?;
+        let mut images = campaigns::ImageLookups::new();
+        for (name, answer) in self.look_up(plan.images.clone(), now()).await {
+            images.insert(name, answer?);
+        }
         let actor = actor.0.clone();
         self.inner
             .db
@@ -623,8 +625,8 @@ impl DirectorService {
         // A lookup that fails (the Image repository unreachable) leaves its image out: the
         // campaigns delivering it assign nothing this step but still watch their failures.
         let mut images = campaigns::ImageLookups::new();
-        for name in names {
-            match self.inner.catalog.lookup(&name, now).await {
+        for (name, answer) in self.look_up(names, now).await {
+            match answer {
                 Ok(found) => {
                     images.insert(name, found);
                 }
