@@ -610,6 +610,30 @@ async fn campaign_and_group_requests_that_break_a_rule_are_refused_with_the_reas
             StatusCode::BAD_REQUEST,
             "a campaign names 1 to 16 images",
         ),
+        (
+            post(
+                "/api/v1/campaigns",
+                json!({"name": "c", "images": ["brake-2.bin", "brake-2.bin"], "group": "g1"}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "an image is named twice",
+        ),
+        (
+            post(
+                "/api/v1/campaigns",
+                json!({"name": "c", "images": ["brake-2.bin"], "group": "g1", "soak_secs": 400 * 86_400}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "a soak time or a wave timeout is at most a year",
+        ),
+        (
+            post(
+                "/api/v1/campaigns",
+                json!({"name": "c", "images": ["brake-2.bin"], "group": "g1", "windows": vec!["daily 01:00-02:00"; 15]}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "a campaign has at most 14 maintenance windows",
+        ),
     ];
     ok(
         &fleet,
@@ -683,6 +707,66 @@ async fn campaign_and_group_requests_that_break_a_rule_are_refused_with_the_reas
     )
     .await;
     assert!(error.contains("is not a time zone"), "{error}");
+    for (attributes, reason) in [
+        (
+            json!({"Region": "eu"}),
+            "\"Region\" is not an attribute name",
+        ),
+        (
+            json!({"region": "eu\u{1b}[2J"}),
+            "none of them control characters",
+        ),
+        (
+            json!({"region": "x".repeat(257)}),
+            "must be 1 to 256 characters",
+        ),
+    ] {
+        let error = refused(
+            &fleet,
+            "PUT",
+            "/api/v1/vehicles/VIN-N000/attributes",
+            attributes,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(error.contains(reason), "{error}");
+    }
+    let error = refused(
+        &fleet,
+        "GET",
+        &format!("/api/v1/vehicles?search={}", "A".repeat(65)),
+        Value::Null,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(error, "search is 1 to 64 characters of a VIN");
+    for reason in [
+        json!({"reason": ""}),
+        json!({"reason": "a\nb"}),
+        json!({"reason": "r".repeat(501)}),
+    ] {
+        let error = refused(
+            &fleet,
+            "POST",
+            "/api/v1/campaigns/c/pause",
+            reason,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert_eq!(
+            error,
+            "a reason is 1 to 500 characters, none of them control characters"
+        );
+    }
+    let (status, _, _) = fleet
+        .send(
+            "POST",
+            "/api/v1/campaigns/c/pause",
+            Some(&fleet.token),
+            Some(vec![b' '; 5000]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     let error = refused(
         &fleet,
         "PUT",
