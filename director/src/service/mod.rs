@@ -876,6 +876,20 @@ impl DirectorService {
         vehicle: AuthorizedVehicle,
         body: Vec<u8>,
     ) -> Result<ManifestOutcome, DirectorError> {
+        // Checked, recorded and counted in a task of its own: a Primary that goes away
+        // mid-request cannot leave a manifest recorded but not counted (the records and
+        // `/metrics` agree).
+        let service = self.clone();
+        tokio::spawn(async move { service.check_record_count(vehicle, body).await })
+            .await
+            .map_err(|e| DirectorError::Internal(format!("a manifest task failed: {e}")))?
+    }
+
+    async fn check_record_count(
+        &self,
+        vehicle: AuthorizedVehicle,
+        body: Vec<u8>,
+    ) -> Result<ManifestOutcome, DirectorError> {
         let (policy, log, now) = (self.inner.policy, Arc::clone(&self.inner.refusals), now());
         let vin = vehicle.0.clone();
         // The signature checks run on a read connection, in parallel; the writer only
