@@ -89,6 +89,8 @@ pub enum Phase {
     TrialBoot,
     /// Trial booted, before it is confirmed.
     BeforeConfirm,
+    /// The trial slot made the active one, before the result is recorded.
+    Confirm,
 }
 
 /// Fault knobs of the simulated hardware.
@@ -104,6 +106,15 @@ pub struct Faults {
     pub stall_after: Option<u64>,
     /// The new image never boots.
     pub fail_boot: bool,
+    /// The new image fails this many boots, then boots.
+    pub fail_boot_times: u32,
+    /// The new image boots but fails its health check every time (the watchdog resets it).
+    pub health_check_fail: bool,
+    /// The answer to the Upload stream that carries the chunk at this offset or beyond is
+    /// lost, once per process: the chunk is written, the Primary does not hear so.
+    pub lose_ack_after: Option<u64>,
+    /// Whether that answer was lost already.
+    pub ack_lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Staging capacity in bytes (storage full beyond it).
     pub storage_bytes: Option<u64>,
 }
@@ -159,6 +170,18 @@ impl AbDevice {
     /// How long the link takes per received chunk (a slow link), if it is slowed.
     pub fn link_delay(&self) -> Option<Duration> {
         (self.faults.slow_link_ms > 0).then(|| Duration::from_millis(self.faults.slow_link_ms))
+    }
+
+    /// Whether the answer to an Upload that carried the chunk at `offset` is to be lost
+    /// (true once per process, at the first such chunk).
+    pub fn loses_ack_at(&self, offset: u64) -> bool {
+        self.faults
+            .lose_ack_after
+            .is_some_and(|limit| offset >= limit)
+            && !self
+                .faults
+                .ack_lost
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether the link stalls for good before the chunk at `offset`.
@@ -236,13 +259,25 @@ impl AbDevice {
     }
 
     /// One boot: the trial slot if one is pending and has attempts left (using one), else
-    /// the active slot. A trial image starts unless the device is set to fail its boot.
+    /// the active slot. A trial image starts unless the device is set to fail its boot (or
+    /// its first boots), or to fail its health check, after which the watchdog resets it.
     pub fn boot(&self) -> std::io::Result<BootOutcome> {
-        self.boot_trial(!self.faults.fail_boot)
+        let mut failures_left = self.faults.fail_boot_times;
+        let never = self.faults.fail_boot || self.faults.health_check_fail;
+        self.boot_trial(move || {
+            if never {
+                return false;
+            }
+            if failures_left > 0 {
+                failures_left -= 1;
+                return false;
+            }
+            true
+        })
     }
 
-    /// One boot; `trial_boots` says whether the trial slot's image starts.
-    fn boot_trial(&self, trial_boots: bool) -> std::io::Result<BootOutcome> {
+    /// One boot; `trial_boots` says whether the trial slot's image starts this attempt.
+    fn boot_trial(&self, mut trial_boots: impl FnMut() -> bool) -> std::io::Result<BootOutcome> {
         let mut env = self.env()?;
         env.boot_count += 1;
         let outcome = loop {
@@ -261,7 +296,7 @@ impl AbDevice {
             env.attempts_left -= 1;
             // The attempt is spent before the boot, as a bootloader counts it.
             self.save(&env)?;
-            if trial_boots {
+            if trial_boots() {
                 break BootOutcome::Trial { correlation_id };
             }
             // The watchdog resets the board and the bootloader tries again.
@@ -328,14 +363,14 @@ mod tests {
         let (_d, device) = device();
         device.activate("c1", 3).unwrap();
         assert_eq!(
-            device.boot_trial(true).unwrap(),
+            device.boot_trial(|| true).unwrap(),
             BootOutcome::Trial {
                 correlation_id: "c1".into()
             }
         );
         assert_eq!(device.confirm().unwrap().unwrap().filename, "new.bin");
         assert_eq!(device.running().unwrap().unwrap().filename, "new.bin");
-        assert_eq!(device.boot_trial(true).unwrap(), BootOutcome::Normal);
+        assert_eq!(device.boot_trial(|| true).unwrap(), BootOutcome::Normal);
     }
 
     #[test]
@@ -343,7 +378,7 @@ mod tests {
         let (_d, device) = device();
         device.activate("c2", 3).unwrap();
         assert_eq!(
-            device.boot_trial(false).unwrap(),
+            device.boot_trial(|| false).unwrap(),
             BootOutcome::RolledBack {
                 correlation_id: "c2".into()
             }
@@ -359,18 +394,32 @@ mod tests {
         let (_d, device) = device();
         device.activate("c3", 2).unwrap();
         assert!(matches!(
-            device.boot_trial(true).unwrap(),
+            device.boot_trial(|| true).unwrap(),
             BootOutcome::Trial { .. }
         ));
         // Power lost before confirmation: the next boot tries again with one attempt left.
         assert!(matches!(
-            device.boot_trial(true).unwrap(),
+            device.boot_trial(|| true).unwrap(),
             BootOutcome::Trial { .. }
         ));
         assert_eq!(device.env().unwrap().attempts_left, 0);
         assert!(matches!(
-            device.boot_trial(true).unwrap(),
+            device.boot_trial(|| true).unwrap(),
             BootOutcome::RolledBack { .. }
         ));
+    }
+
+    #[test]
+    fn a_trial_that_fails_its_first_boot_boots_on_the_next_attempt() {
+        let (_d, device) = device();
+        device.activate("c4", 3).unwrap();
+        let mut boots = [false, true].into_iter();
+        assert_eq!(
+            device.boot_trial(|| boots.next().unwrap()).unwrap(),
+            BootOutcome::Trial {
+                correlation_id: "c4".into()
+            }
+        );
+        assert_eq!(device.env().unwrap().attempts_left, 1);
     }
 }

@@ -446,6 +446,7 @@ impl Agent {
 
     fn confirm_trial(&mut self, correlation_id: &str) -> std::io::Result<()> {
         if let Some(image) = self.device.confirm()? {
+            self.device.power_cut(Phase::Confirm);
             self.state.installed_release_counter = image.release_counter;
             self.state.pending = None;
             self.record(

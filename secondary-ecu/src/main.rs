@@ -102,6 +102,16 @@ enum Command {
         /// Fault: the new image never boots.
         #[arg(long, env = "SECONDARY_FAULT_FAIL_BOOT")]
         fault_fail_boot: bool,
+        /// Fault: the new image fails this many boots, then boots.
+        #[arg(long, env = "SECONDARY_FAULT_FAIL_BOOT_TIMES", default_value_t = 0)]
+        fault_fail_boot_times: u32,
+        /// Fault: the new image boots but fails its health check every time.
+        #[arg(long, env = "SECONDARY_FAULT_HEALTH_CHECK_FAIL")]
+        fault_health_check_fail: bool,
+        /// Fault: lose the answer to the Upload that carries the chunk at this offset or
+        /// beyond (once).
+        #[arg(long, env = "SECONDARY_FAULT_LOSE_ACK_AFTER")]
+        fault_lose_ack_after: Option<u64>,
         /// Fault: staging capacity in bytes.
         #[arg(long, env = "SECONDARY_FAULT_STORAGE_BYTES")]
         fault_storage_bytes: Option<u64>,
@@ -222,6 +232,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fault_slow_link_ms,
             fault_stall_after,
             fault_fail_boot,
+            fault_fail_boot_times,
+            fault_health_check_fail,
+            fault_lose_ack_after,
             fault_storage_bytes,
             insecure,
         } => {
@@ -247,6 +260,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     slow_link_ms: fault_slow_link_ms,
                     stall_after: fault_stall_after,
                     fail_boot: fault_fail_boot,
+                    fail_boot_times: fault_fail_boot_times,
+                    health_check_fail: fault_health_check_fail,
+                    lose_ack_after: fault_lose_ack_after,
+                    ack_lost: Default::default(),
                     storage_bytes: fault_storage_bytes,
                 },
             };

@@ -375,7 +375,7 @@ impl Secondary for Service {
                 // A stalled link: nothing more is read.
                 std::future::pending::<()>().await;
             }
-            let id = chunk.correlation_id.clone();
+            let (id, offset) = (chunk.correlation_id.clone(), chunk.offset);
             // The next chunk is read and decoded while this one is hashed and written (the
             // agent still receives them one at a time, in order).
             let (outcome, following) = tokio::join!(
@@ -384,6 +384,10 @@ impl Secondary for Service {
             );
             next = following;
             match outcome? {
+                Ok(_) if device.loses_ack_at(offset) => {
+                    // The chunk is written; the answer never reaches the Primary.
+                    return Err(Status::unavailable("fault injection: the answer was lost"));
+                }
                 Ok(state) => last = state,
                 Err(r) if r.code == ResultCode::DownloadFailed => {
                     return Err(Status::failed_precondition(r.description));

@@ -25,6 +25,9 @@ pub struct Rig {
 pub enum Expect {
     /// Its new image, installed.
     Installed,
+    /// Never reached: its assignment still open, its previous image running, and the
+    /// Director told it was unreachable.
+    Unreached,
     /// A failed assignment naming this result, and its previous image still running.
     Failed(&'static str),
 }
@@ -43,6 +46,14 @@ pub enum Fault {
     LinkStall,
     /// The Secondary is off until the rest of the vehicle has updated.
     Offline,
+    /// The Secondary is off for the whole row.
+    OfflineThroughout,
+    /// One byte towards the Secondary is corrupted in transit once the transfer is under way.
+    LinkCorrupt,
+    /// The Secondary loses its answer to an upload once (the chunk written).
+    LostAnswer,
+    /// Rogue connections send the Secondary garbage once the transfer is under way.
+    Garbage,
     /// The Primary is killed with SIGKILL once the transfer is under way, then restarted.
     PrimaryKilled,
     /// The Director is killed with SIGKILL once an assignment was delivered, then restarted.
@@ -64,7 +75,7 @@ pub struct Row {
 
 /// The rows run.
 pub fn rows() -> Vec<Row> {
-    use Expect::{Failed, Installed};
+    use Expect::{Failed, Installed, Unreached};
     use Fault::*;
     vec![
         Row {
@@ -98,10 +109,28 @@ pub fn rows() -> Vec<Row> {
             expect: Installed,
         },
         Row {
-            matrix: "29",
-            name: "power loss after the trial boot, before confirmation",
+            matrix: "28",
+            name: "power loss in the trial boot, before confirmation",
             fault: Secondary(&["--fault-power-loss", "before-confirm"], true),
             expect: Installed,
+        },
+        Row {
+            matrix: "29",
+            name: "power loss while confirming",
+            fault: Secondary(&["--fault-power-loss", "confirm"], true),
+            expect: Installed,
+        },
+        Row {
+            matrix: "26",
+            name: "new image fails its first boot, then boots",
+            fault: Secondary(&["--fault-fail-boot-times", "1"], false),
+            expect: Installed,
+        },
+        Row {
+            matrix: "27",
+            name: "new image fails its health check at every boot",
+            fault: Secondary(&["--fault-health-check-fail"], false),
+            expect: Failed("rolled_back"),
         },
         Row {
             matrix: "8",
@@ -113,6 +142,24 @@ pub fn rows() -> Vec<Row> {
             matrix: "9",
             name: "link stalled mid-transfer",
             fault: LinkStall,
+            expect: Installed,
+        },
+        Row {
+            matrix: "10",
+            name: "answer to an upload lost, its chunk written",
+            fault: LostAnswer,
+            expect: Installed,
+        },
+        Row {
+            matrix: "13",
+            name: "transfer bytes corrupted in transit",
+            fault: LinkCorrupt,
+            expect: Installed,
+        },
+        Row {
+            matrix: "38",
+            name: "garbage sent to the Secondary mid-transfer",
+            fault: Garbage,
             expect: Installed,
         },
         Row {
@@ -144,6 +191,12 @@ pub fn rows() -> Vec<Row> {
             name: "Secondary offline, back later",
             fault: Offline,
             expect: Installed,
+        },
+        Row {
+            matrix: "2",
+            name: "Secondary offline the whole time",
+            fault: OfflineThroughout,
+            expect: Unreached,
         },
         Row {
             matrix: "17",
@@ -230,13 +283,23 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         Fault::Secondary(flags, _) => {
             vehicles[0].start_secondary(0, &[&fine_grained[..], flags].concat());
         }
-        Fault::LinkCut | Fault::LinkStall | Fault::PrimaryKilled => {
+        Fault::LinkCut
+        | Fault::LinkStall
+        | Fault::PrimaryKilled
+        | Fault::LinkCorrupt
+        | Fault::Garbage => {
             vehicles[0].start_secondary(
                 0,
                 &[&fine_grained[..], &["--fault-slow-link-ms", "15"]].concat(),
             );
         }
-        Fault::Offline => vehicles[0].stop_secondary(0),
+        Fault::LostAnswer => {
+            vehicles[0].start_secondary(
+                0,
+                &[&fine_grained[..], &["--fault-lose-ack-after", "131072"]].concat(),
+            );
+        }
+        Fault::Offline | Fault::OfflineThroughout => vehicles[0].stop_secondary(0),
         _ => {}
     }
     for vehicle in &mut vehicles {
@@ -309,7 +372,29 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
                 return Err("the Primary never gave up on the stalled transfer".into());
             }
         }
-        Fault::Offline => {
+        Fault::LinkCorrupt => {
+            if !under_way(&vehicles[0]) {
+                return Err("the transfer never started".into());
+            }
+            vehicles[0].secondaries[0].link.corrupt_next();
+            let primary_dir = vehicles[0].primary_dir.clone();
+            if !wait_until(ROW_LIMIT, || attempts(&primary_dir, target) > 0) {
+                return Err("the corrupted transfer never failed".into());
+            }
+        }
+        Fault::LostAnswer => {
+            let primary_dir = vehicles[0].primary_dir.clone();
+            if !wait_until(ROW_LIMIT, || attempts(&primary_dir, target) > 0) {
+                return Err("the Primary never missed the lost answer".into());
+            }
+        }
+        Fault::Garbage => {
+            if !under_way(&vehicles[0]) {
+                return Err("the transfer never started".into());
+            }
+            send_garbage(&vehicles[0].secondaries[0].real_addr());
+        }
+        Fault::Offline | Fault::OfflineThroughout => {
             let others_done = wait_until(ROW_LIMIT, || {
                 fleet
                     .assignments(&vin0)
@@ -324,7 +409,9 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             if !others_done {
                 return Err("the rest of the vehicle did not update while one ECU was off".into());
             }
-            vehicles[0].start_secondary(0, &[]);
+            if matches!(row.fault, Fault::Offline) {
+                vehicles[0].start_secondary(0, &[]);
+            }
         }
         Fault::PrimaryKilled => {
             if !under_way(&vehicles[0]) {
@@ -348,10 +435,15 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         Fault::Secondary(_, false) | Fault::None => {}
     }
 
+    // An ECU never reached keeps its entry open: the others settle.
     let settled = wait_until(ROW_LIMIT, || {
         vin_refs.iter().all(|vin| {
             let e = fleet.assignments(vin);
-            e.len() == names.len() && e.iter().all(final_status)
+            e.len() == names.len()
+                && e.iter().all(|e| {
+                    final_status(e)
+                        || (row.expect == Expect::Unreached && e["ecu_serial"] == target.as_str())
+                })
         })
     });
     for vehicle in &mut vehicles {
@@ -375,6 +467,32 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         ));
     }
     judge(fleet, &vin_refs, target, row.expect)
+}
+
+/// Rogue connections to a Secondary's own port (bypassing the Primary's link): random
+/// bytes, a truncated TLS ClientHello, a plaintext HTTP/2 preface with a broken frame, and a
+/// megabyte of zeros. None may take the Secondary down or disturb the transfer under way.
+fn send_garbage(addr: &str) {
+    let mut random = vec![0u8; 4096];
+    let mut x: u32 = 0x9e37_79b9;
+    for byte in &mut random {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *byte = x as u8;
+    }
+    let truncated_hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0xff; 64]);
+    for payload in [random, truncated_hello, preface, vec![0u8; 1 << 20]] {
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.write_all(&payload);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// The Primary's delivery attempts for `serial`, from its state file.
@@ -402,10 +520,16 @@ fn judge(fleet: &Fleet, vins: &[&str], target: &str, expect: Expect) -> Observed
             if serial == target {
                 target_seen = match status {
                     "installed" => format!("{serial} installed {running}"),
+                    _ if running.is_empty() => {
+                        format!("{serial} {status} ({detail}), never reported an image")
+                    }
                     _ => format!("{serial} {status} ({detail}), still runs {running}"),
                 };
                 let ok = match expect {
                     Expect::Installed => status == "installed" && running == filename,
+                    // Never reached, it may never have reported: the Director then shows
+                    // no image for it, as it knows none.
+                    Expect::Unreached => !final_status(&entry) && running != filename,
                     Expect::Failed(word) => {
                         status == "failed"
                             && detail.contains(word)
@@ -460,6 +584,7 @@ pub fn run(out: &mut dyn Write, rig: Rig, only: Option<&str>) -> std::io::Result
             row.name,
             match row.expect {
                 Expect::Installed => "installed".to_string(),
+                Expect::Unreached => "not reached, old image".to_string(),
                 Expect::Failed(word) => format!("failed ({word}), old image"),
             },
             outcome.observed,

@@ -1,7 +1,7 @@
 //! A TCP relay on 127.0.0.1 that stands for a network link: it can be cut (every open
-//! connection reset), stalled (bytes held) or slowed, pointed at a new target when the far
-//! end restarts on another port, and tapped: a sniffer keeps a copy of every byte that
-//! crosses it.
+//! connection reset), stalled (bytes held), slowed, made to corrupt a byte, pointed at a new
+//! target when the far end restarts on another port, and tapped: a sniffer keeps a copy of
+//! every byte that crosses it.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -21,6 +21,8 @@ struct LinkState {
     chunk_delay_micros: std::sync::atomic::AtomicU64,
     relayed_back: std::sync::atomic::AtomicU64,
     capture: Mutex<Option<Vec<u8>>>,
+    /// Flip a bit in the next read passed on towards the target (a corrupted frame).
+    corrupt_next: AtomicBool,
 }
 
 /// Most bytes a tap keeps (both directions together); the rest is dropped.
@@ -62,6 +64,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: Arc<LinkState>, back: boo
         {
             let room = CAPTURE_LIMIT.saturating_sub(capture.len());
             capture.extend_from_slice(&buf[..n.min(room)]);
+        }
+        if !back && state.corrupt_next.swap(false, Ordering::SeqCst) {
+            buf[n / 2] ^= 0x10;
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
@@ -178,6 +183,12 @@ impl LinkProxy {
             .ok()
             .and_then(|c| c.clone())
             .unwrap_or_default()
+    }
+
+    /// Flips one bit in the next read passed on towards the target (bytes corrupted in
+    /// transit, once).
+    pub fn corrupt_next(&self) {
+        self.state.corrupt_next.store(true, Ordering::SeqCst);
     }
 
     /// Holds (or releases) every byte in flight.
