@@ -105,10 +105,17 @@ impl Primary<Network> {
             &settings.image_targets_url(),
         );
         let timeout = Duration::from_secs(settings.secondary_timeout_secs);
+        let min_speed = crate::secondary::MinSpeed {
+            bytes_per_sec: settings.min_upload_bytes_per_sec,
+            grace: Duration::from_millis(settings.upload_grace_ms),
+        };
         let links = settings
             .secondaries
             .iter()
-            .map(|c| SecondaryLink::new(c.clone(), timeout, &identity))
+            .map(|c| {
+                SecondaryLink::new(c.clone(), timeout, &identity)
+                    .map(|l| l.with_min_speed(min_speed))
+            })
             .collect::<Result<_, _>>()
             .map_err(|e| OpenError::State(e.to_string()))?;
         Self::with_ports(dir, settings, director, images, links)

@@ -114,6 +114,14 @@ pub struct Settings {
     pub read_timeout_secs: u64,
     /// Deadline of one call to a Secondary (transfers get more per byte), in seconds.
     pub secondary_timeout_secs: u64,
+    /// Slowest acceptable transfer to a Secondary, in bytes per second (0 disables the
+    /// check; Uptane's slow-retrieval defence on the vehicle's own links).
+    #[serde(default = "default_min_upload_bytes_per_sec")]
+    pub min_upload_bytes_per_sec: u64,
+    /// How long a transfer to a Secondary may run before the speed check applies, in
+    /// milliseconds.
+    #[serde(default = "default_upload_grace_ms")]
+    pub upload_grace_ms: u64,
     /// Plaintext links allowed (`--insecure`): for tests that inject faults only.
     #[serde(default)]
     pub insecure: bool,
@@ -171,6 +179,14 @@ pub struct SettingsArgs {
     /// Deadline of one call to a Secondary, in seconds [default: 30].
     #[arg(long, env = "PRIMARY_SECONDARY_TIMEOUT_SECS")]
     pub secondary_timeout_secs: Option<u64>,
+    /// Slowest acceptable transfer to a Secondary in bytes/s; 0 disables the check
+    /// [default: 16384].
+    #[arg(long, env = "PRIMARY_MIN_UPLOAD_BYTES_PER_SEC")]
+    pub min_upload_bytes_per_sec: Option<u64>,
+    /// Milliseconds a transfer to a Secondary may run before the speed check applies
+    /// [default: 5000].
+    #[arg(long, env = "PRIMARY_UPLOAD_GRACE_MS")]
+    pub upload_grace_ms: Option<u64>,
     /// Allow plaintext: `http://` servers and Secondaries without TLS. For tests that inject
     /// faults only; every plaintext link is logged as a warning.
     #[arg(long, env = "PRIMARY_INSECURE")]
@@ -202,6 +218,14 @@ pub enum ConfigError {
         /// What went wrong.
         reason: String,
     },
+}
+
+fn default_min_upload_bytes_per_sec() -> u64 {
+    16_384
+}
+
+fn default_upload_grace_ms() -> u64 {
+    5_000
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -272,6 +296,16 @@ impl Settings {
             download_grace_ms: pick!(download_grace_ms, "download-grace-ms", 5_000),
             read_timeout_secs: pick!(read_timeout_secs, "read-timeout-secs", 30),
             secondary_timeout_secs: pick!(secondary_timeout_secs, "secondary-timeout-secs", 30),
+            min_upload_bytes_per_sec: pick!(
+                min_upload_bytes_per_sec,
+                "min-upload-bytes-per-sec",
+                default_min_upload_bytes_per_sec()
+            ),
+            upload_grace_ms: pick!(
+                upload_grace_ms,
+                "upload-grace-ms",
+                default_upload_grace_ms()
+            ),
             insecure: args.insecure || kept.is_some_and(|k| k.insecure),
             ca_cert: args
                 .ca_cert

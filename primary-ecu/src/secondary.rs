@@ -5,7 +5,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use proto::v2::secondary_client::SecondaryClient;
 use proto::v2::{
@@ -62,6 +65,19 @@ pub enum LinkError {
         /// What it said.
         status: Box<tonic::Status>,
     },
+    /// A transfer ran slower than the minimum speed (slow retrieval, Uptane §5.4.4.2 on
+    /// the vehicle's own link): stopped, to be resumed in a later cycle.
+    #[error(
+        "{serial}: the transfer ran at {bytes_per_sec} bytes/s, below the minimum of {min_bytes_per_sec}"
+    )]
+    TooSlow {
+        /// Its serial.
+        serial: String,
+        /// The speed reached.
+        bytes_per_sec: u64,
+        /// The minimum.
+        min_bytes_per_sec: u64,
+    },
     /// Reading the image to send failed.
     #[error("{serial}: reading the image: {source}")]
     Io {
@@ -91,11 +107,30 @@ pub enum Delivery {
     Retry(String),
 }
 
+/// The slowest a transfer to a Secondary may run, after a grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinSpeed {
+    /// Bytes per second (0: no check).
+    pub bytes_per_sec: u64,
+    /// How long a transfer runs before the check applies.
+    pub grace: Duration,
+}
+
+impl Default for MinSpeed {
+    fn default() -> Self {
+        Self {
+            bytes_per_sec: 0,
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
 /// A connection (made on demand) to one Secondary.
 #[derive(Debug)]
 pub struct SecondaryLink {
     config: SecondaryConfig,
     timeout: Duration,
+    min_speed: MinSpeed,
     tls: Option<Arc<rustls::ClientConfig>>,
     client: Option<SecondaryClient<Channel>>,
 }
@@ -186,9 +221,16 @@ impl SecondaryLink {
         Ok(Self {
             config,
             timeout,
+            min_speed: MinSpeed::default(),
             tls,
             client: None,
         })
+    }
+
+    /// The same link, stopping transfers that run slower than `min_speed`.
+    pub fn with_min_speed(mut self, min_speed: MinSpeed) -> Self {
+        self.min_speed = min_speed;
+        self
     }
 
     /// The Secondary's configuration.
@@ -467,15 +509,39 @@ impl SecondaryLink {
         file.seek(std::io::SeekFrom::Start(from))
             .await
             .map_err(io)?;
-        let chunks = chunk_stream(file, correlation_id.to_string(), from, length, chunk_size);
+        let sent = Arc::new(AtomicU64::new(0));
+        let chunks = chunk_stream(file, correlation_id.to_string(), from, length, chunk_size)
+            .inspect({
+                let sent = Arc::clone(&sent);
+                move |chunk| {
+                    sent.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+                }
+            });
         let deadline = t + Duration::from_secs((length - from) / MIN_TRANSFER_BYTES_PER_SEC);
-        let state = self
-            .call(
+        let min_speed = self.min_speed;
+        let uploaded = {
+            let upload = self.call(
                 "Upload",
                 deadline,
                 |mut c| async move { c.upload(chunks).await },
-            )
-            .await?;
+            );
+            tokio::select! {
+                state = upload => Ok(state),
+                bytes_per_sec = too_slow(&sent, min_speed) => Err(bytes_per_sec),
+            }
+        };
+        let state = match uploaded {
+            Ok(state) => state?,
+            Err(bytes_per_sec) => {
+                // The stream was dropped with the call; the next call connects afresh.
+                self.client = None;
+                return Err(LinkError::TooSlow {
+                    serial: self.serial(),
+                    bytes_per_sec,
+                    min_bytes_per_sec: min_speed.bytes_per_sec,
+                });
+            }
+        };
         if let Some(refused) = refused_transfer(&state) {
             return Ok(Some(refused));
         }
@@ -536,6 +602,24 @@ impl SecondaryLink {
                 .await?;
         }
         Ok(operation)
+    }
+}
+
+/// Resolves, with the speed reached, once the bytes `sent` fall below `min` after its grace
+/// period; never when the check is off.
+async fn too_slow(sent: &AtomicU64, min: MinSpeed) -> u64 {
+    if min.bytes_per_sec == 0 {
+        return std::future::pending().await;
+    }
+    let started = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let elapsed = started.elapsed();
+        let bytes = sent.load(Ordering::Relaxed);
+        if elapsed > min.grace && (bytes as f64) < min.bytes_per_sec as f64 * elapsed.as_secs_f64()
+        {
+            return (bytes as f64 / elapsed.as_secs_f64()) as u64;
+        }
     }
 }
 

@@ -28,6 +28,9 @@ pub enum Expect {
     /// Never reached: its assignment still open, its previous image running, and the
     /// Director told it was unreachable.
     Unreached,
+    /// Not installed while the fault lasts: its assignment still open, its previous image
+    /// running, and this attack reported to the Director.
+    Reported(&'static str),
     /// A failed assignment naming this result, and its previous image still running.
     Failed(&'static str),
 }
@@ -52,6 +55,8 @@ pub enum Fault {
     LinkCorrupt,
     /// The Secondary loses its answer to an upload once (the chunk written).
     LostAnswer,
+    /// The link to the Secondary runs below the Primary's minimum transfer speed.
+    SlowBelowMinimum,
     /// Rogue connections send the Secondary garbage once the transfer is under way.
     Garbage,
     /// The Primary is killed with SIGKILL once the transfer is under way, then restarted.
@@ -75,7 +80,7 @@ pub struct Row {
 
 /// The rows run.
 pub fn rows() -> Vec<Row> {
-    use Expect::{Failed, Installed, Unreached};
+    use Expect::{Failed, Installed, Reported, Unreached};
     use Fault::*;
     vec![
         Row {
@@ -161,6 +166,12 @@ pub fn rows() -> Vec<Row> {
             name: "garbage sent to the Secondary mid-transfer",
             fault: Garbage,
             expect: Installed,
+        },
+        Row {
+            matrix: "12",
+            name: "slow link below the Primary's minimum speed",
+            fault: SlowBelowMinimum,
+            expect: Reported("slow_retrieval"),
         },
         Row {
             matrix: "11",
@@ -293,6 +304,19 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
                 &[&fine_grained[..], &["--fault-slow-link-ms", "15"]].concat(),
             );
         }
+        Fault::SlowBelowMinimum => {
+            // About 200 KiB/s, where the Primary expects 1 MiB/s after one second.
+            vehicles[0].set_primary_flags(&[
+                "--min-upload-bytes-per-sec",
+                "1048576",
+                "--upload-grace-ms",
+                "1000",
+            ]);
+            vehicles[0].start_secondary(
+                0,
+                &[&fine_grained[..], &["--fault-slow-link-ms", "300"]].concat(),
+            );
+        }
         Fault::LostAnswer => {
             vehicles[0].start_secondary(
                 0,
@@ -382,6 +406,17 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
                 return Err("the corrupted transfer never failed".into());
             }
         }
+        Fault::SlowBelowMinimum => {
+            let reported = wait_until(ROW_LIMIT, || {
+                fleet
+                    .events(&vin0, true)
+                    .iter()
+                    .any(|e| e["kind"] == "attack_reported:slow_retrieval")
+            });
+            if !reported {
+                return Err("the slow transfer was never reported to the Director".into());
+            }
+        }
         Fault::LostAnswer => {
             let primary_dir = vehicles[0].primary_dir.clone();
             if !wait_until(ROW_LIMIT, || attempts(&primary_dir, target) > 0) {
@@ -442,7 +477,8 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             e.len() == names.len()
                 && e.iter().all(|e| {
                     final_status(e)
-                        || (row.expect == Expect::Unreached && e["ecu_serial"] == target.as_str())
+                        || (matches!(row.expect, Expect::Unreached | Expect::Reported(_))
+                            && e["ecu_serial"] == target.as_str())
                 })
         })
     });
@@ -529,7 +565,9 @@ fn judge(fleet: &Fleet, vins: &[&str], target: &str, expect: Expect) -> Observed
                     Expect::Installed => status == "installed" && running == filename,
                     // Never reached, it may never have reported: the Director then shows
                     // no image for it, as it knows none.
-                    Expect::Unreached => !final_status(&entry) && running != filename,
+                    Expect::Unreached | Expect::Reported(_) => {
+                        !final_status(&entry) && running != filename
+                    }
                     Expect::Failed(word) => {
                         status == "failed"
                             && detail.contains(word)
@@ -585,6 +623,7 @@ pub fn run(out: &mut dyn Write, rig: Rig, only: Option<&str>) -> std::io::Result
             match row.expect {
                 Expect::Installed => "installed".to_string(),
                 Expect::Unreached => "not reached, old image".to_string(),
+                Expect::Reported(kind) => format!("{kind} reported, old image"),
                 Expect::Failed(word) => format!("failed ({word}), old image"),
             },
             outcome.observed,

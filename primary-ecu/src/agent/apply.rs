@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use uptane_core::error::AttackKind;
 use uptane_core::ids::EcuSerial;
 use uptane_core::manifest::{InstallResult, InstalledImage, LastInstall};
 use uptane_core::time::UtcTime;
@@ -233,6 +234,11 @@ impl<P: Ports> Primary<P> {
             }
             Err(e) => {
                 let detail = e.to_string();
+                if matches!(e, crate::secondary::LinkError::TooSlow { .. }) {
+                    // Reported to the Director with the next manifest; the transfer resumes
+                    // from the ECU's durable offset in a later cycle.
+                    self.record_attack(AttackKind::SlowRetrieval, &detail);
+                }
                 self.bump_attempts(serial, &detail);
                 EcuOutcome::Pending(detail)
             }
