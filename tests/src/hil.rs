@@ -57,6 +57,19 @@ pub enum Fault {
     LostAnswer,
     /// The link to the Secondary runs below the Primary's minimum transfer speed.
     SlowBelowMinimum,
+    /// The Secondary is off when the update starts and back once the Primary found it
+    /// unreachable.
+    OfflineBriefly,
+    /// The Secondary sleeps (powered off) after writing its slot, before activation, and
+    /// wakes once the Primary found it unreachable.
+    AsleepAtActivation,
+    /// The Director is down from mid-transfer until the Primary holds the ECU's result.
+    ResultUndelivered,
+    /// Once installed, the Primary's `Install` and `Activate` calls are sent again with the
+    /// same correlation id.
+    DuplicateCalls,
+    /// The operator assigns an image to an ECU the vehicle does not have.
+    UnknownEcu,
     /// Rogue connections send the Secondary garbage once the transfer is under way.
     Garbage,
     /// The Primary is killed with SIGKILL once the transfer is under way, then restarted.
@@ -204,6 +217,36 @@ pub fn rows() -> Vec<Row> {
             expect: Installed,
         },
         Row {
+            matrix: "4",
+            name: "Secondary back while the update is under way",
+            fault: OfflineBriefly,
+            expect: Installed,
+        },
+        Row {
+            matrix: "41",
+            name: "Secondary asleep across activation",
+            fault: AsleepAtActivation,
+            expect: Installed,
+        },
+        Row {
+            matrix: "32",
+            name: "Director down when the result is to be reported",
+            fault: ResultUndelivered,
+            expect: Installed,
+        },
+        Row {
+            matrix: "33",
+            name: "Install and Activate sent again after the install",
+            fault: DuplicateCalls,
+            expect: Installed,
+        },
+        Row {
+            matrix: "36",
+            name: "image assigned to an ECU the vehicle does not have",
+            fault: UnknownEcu,
+            expect: Installed,
+        },
+        Row {
             matrix: "2",
             name: "Secondary offline the whole time",
             fault: OfflineThroughout,
@@ -323,7 +366,21 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
                 &[&fine_grained[..], &["--fault-lose-ack-after", "131072"]].concat(),
             );
         }
-        Fault::Offline | Fault::OfflineThroughout => vehicles[0].stop_secondary(0),
+        Fault::AsleepAtActivation => {
+            vehicles[0].start_secondary(
+                0,
+                &[&fine_grained[..], &["--fault-power-loss", "after-write"]].concat(),
+            );
+        }
+        Fault::ResultUndelivered => {
+            vehicles[0].start_secondary(
+                0,
+                &[&fine_grained[..], &["--fault-slow-link-ms", "15"]].concat(),
+            );
+        }
+        Fault::Offline | Fault::OfflineThroughout | Fault::OfflineBriefly => {
+            vehicles[0].stop_secondary(0);
+        }
         _ => {}
     }
     for vehicle in &mut vehicles {
@@ -361,6 +418,17 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             &image(index * 10 + i, IMAGE_BYTES),
         );
         names.push(name);
+    }
+    if matches!(row.fault, Fault::UnknownEcu) {
+        let mut args = vec!["assign", "--image", &names[1], "--ecu", "NOT-IN-VEHICLE"];
+        for vin in &vin_refs {
+            args.extend(["--vin", vin]);
+        }
+        match fleet.operator_at(&fleet.director_url, &args) {
+            Ok(answer) => return Err(format!("the Director accepted the assignment: {answer}")),
+            Err(e) if e.contains("NOT-IN-VEHICLE") => {}
+            Err(e) => return Err(format!("refused, but without naming the ECU: {e}")),
+        }
     }
     for name in &names {
         fleet.assign(name, &vin_refs);
@@ -404,6 +472,37 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             let primary_dir = vehicles[0].primary_dir.clone();
             if !wait_until(ROW_LIMIT, || attempts(&primary_dir, target) > 0) {
                 return Err("the corrupted transfer never failed".into());
+            }
+        }
+        Fault::OfflineBriefly | Fault::AsleepAtActivation => {
+            if matches!(row.fault, Fault::AsleepAtActivation)
+                && !vehicles[0].secondaries[0].wait_power_loss(ROW_LIMIT)
+            {
+                return Err("the Secondary never went to sleep after its write".into());
+            }
+            let missed = wait_until(ROW_LIMIT, || {
+                fleet
+                    .events(&vin0, false)
+                    .iter()
+                    .any(|e| e["kind"] == "ecu_unreachable")
+            });
+            if !missed {
+                return Err("the Primary never found the Secondary unreachable".into());
+            }
+            vehicles[0].start_secondary(0, &[]);
+        }
+        Fault::ResultUndelivered => {
+            if !under_way(&vehicles[0]) {
+                return Err("the transfer never started".into());
+            }
+            fleet.stop_director();
+            let primary_dir = vehicles[0].primary_dir.clone();
+            let held = wait_until(ROW_LIMIT, || {
+                primary_phase(&primary_dir, target).as_deref() == Some("installed")
+            });
+            fleet.restart_director();
+            if !held {
+                return Err("the Primary never held the result while the Director was down".into());
             }
         }
         Fault::SlowBelowMinimum => {
@@ -467,7 +566,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             }
             fleet.restart_director();
         }
-        Fault::Secondary(_, false) | Fault::None => {}
+        Fault::Secondary(_, false) | Fault::None | Fault::DuplicateCalls | Fault::UnknownEcu => {}
     }
 
     // An ECU never reached keeps its entry open: the others settle.
@@ -502,7 +601,97 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             states.join(" ")
         ));
     }
-    judge(fleet, &vin_refs, target, row.expect)
+    let judged = judge(fleet, &vin_refs, target, row.expect)?;
+    if matches!(row.fault, Fault::DuplicateCalls) {
+        let replayed = replay_install(fleet, &vehicles[0], &vin0, target)?;
+        return Ok(format!("{judged}; {replayed}"));
+    }
+    Ok(judged)
+}
+
+/// Sends the Primary's `Install` and `Activate` again for the ECU's installed assignment
+/// (with the Primary's own TLS identity): nothing may happen twice (row 33).
+fn replay_install(fleet: &Fleet, vehicle: &SimVehicle, vin: &str, serial: &str) -> Observed {
+    let correlation_id = fleet
+        .assignments(vin)
+        .iter()
+        .find(|e| e["ecu_serial"] == serial)
+        .and_then(|e| e["correlation_id"].as_str().map(str::to_string))
+        .ok_or("no correlation id for the ECU")?;
+    // The simulated device's boot environment (`secondary_ecu::ab::BootEnv`), as stored.
+    let env_path = vehicle.secondaries[0].dir.join("bootenv.json");
+    let env = || -> Result<Value, String> {
+        std::fs::read(&env_path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    };
+    let before = env()?;
+    let keys = vehicle.link_keys(0);
+    let addr = vehicle.secondaries[0].real_addr();
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let answers = runtime.block_on(async {
+        let mut client = crate::forge::secondary_client(&addr, &keys);
+        let install = client
+            .install(proto::v2::InstallRequest {
+                correlation_id: correlation_id.clone(),
+            })
+            .await;
+        let activate = client
+            .activate(proto::v2::ActivateRequest {
+                correlation_id: correlation_id.clone(),
+            })
+            .await;
+        let result = client
+            .get_installation_result(proto::v2::GetInstallationResultRequest {
+                correlation_id: correlation_id.clone(),
+            })
+            .await;
+        (install, activate, result)
+    });
+    let after = env()?;
+    let (install, activate, result) = answers;
+    // The result was acknowledged by the Primary and may be gone; if it is still there it
+    // must still say OK.
+    if let Ok(result) = result
+        && let Some(r) = result.into_inner().result
+        && r.code != proto::v2::ResultCode::Ok as i32
+    {
+        return Err(format!("the result changed to code {}", r.code));
+    }
+    if after["boot_count"] != before["boot_count"]
+        || after["active"] != before["active"]
+        || !after["trial"].is_null()
+    {
+        return Err(format!(
+            "the replay changed the device: {before} became {after}"
+        ));
+    }
+    Ok(format!(
+        "Install replayed: {}; Activate replayed: {}; no reboot, same slot",
+        describe(install),
+        describe(activate)
+    ))
+}
+
+fn describe(answer: Result<tonic::Response<proto::v2::Operation>, tonic::Status>) -> String {
+    match answer {
+        Ok(op) => {
+            let op = op.into_inner();
+            match op.result {
+                Some(r) => format!("code {} ({})", r.code, r.description),
+                None => format!("state {}", op.state),
+            }
+        }
+        Err(status) => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+/// The Primary's phase for `serial`'s update, from its state file.
+fn primary_phase(primary_dir: &std::path::Path, serial: &str) -> Option<String> {
+    std::fs::read(primary_dir.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["updates"][serial]["phase"].as_str().map(str::to_string))
 }
 
 /// Rogue connections to a Secondary's own port (bypassing the Primary's link): random
