@@ -70,6 +70,9 @@ pub enum Fault {
     DuplicateCalls,
     /// The operator assigns an image to an ECU the vehicle does not have.
     UnknownEcu,
+    /// The Image repository serves the Secondary's image tampered with on its disk, until
+    /// the Primary reports it: longer than its targets entry (`true`), or with a byte changed.
+    ImageTampered(bool),
     /// Rogue connections send the Secondary garbage once the transfer is under way.
     Garbage,
     /// The Primary is killed with SIGKILL once the transfer is under way, then restarted.
@@ -244,6 +247,18 @@ pub fn rows() -> Vec<Row> {
             matrix: "36",
             name: "image assigned to an ECU the vehicle does not have",
             fault: UnknownEcu,
+            expect: Installed,
+        },
+        Row {
+            matrix: "14",
+            name: "Image repository serves more bytes than the image's length",
+            fault: ImageTampered(true),
+            expect: Installed,
+        },
+        Row {
+            matrix: "15",
+            name: "Image repository serves the image with a byte changed",
+            fault: ImageTampered(false),
             expect: Installed,
         },
         Row {
@@ -430,6 +445,13 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             Err(e) => return Err(format!("refused, but without naming the ECU: {e}")),
         }
     }
+    // The Secondary's image as the Image repository serves it (consistent snapshots: the
+    // file is `<sha256>.<name>`, a hard link to the stored blob), tampered with before the
+    // assignment and put right once the Primary reported the refusal.
+    let tampered = match row.fault {
+        Fault::ImageTampered(longer) => Some(tamper(fleet, &names[1], longer)?),
+        _ => None,
+    };
     for name in &names {
         fleet.assign(name, &vin_refs);
     }
@@ -503,6 +525,22 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             fleet.restart_director();
             if !held {
                 return Err("the Primary never held the result while the Director was down".into());
+            }
+        }
+        Fault::ImageTampered(longer) => {
+            let kind = if longer {
+                "attack_reported:endless_data"
+            } else {
+                "attack_reported:arbitrary_software"
+            };
+            let reported = wait_until(ROW_LIMIT, || {
+                fleet.events(&vin0, true).iter().any(|e| e["kind"] == kind)
+            });
+            if let Some((path, original)) = &tampered {
+                std::fs::write(path, original).map_err(|e| e.to_string())?;
+            }
+            if !reported {
+                return Err(format!("the Primary never reported {kind}"));
             }
         }
         Fault::SlowBelowMinimum => {
@@ -684,6 +722,34 @@ fn describe(answer: Result<tonic::Response<proto::v2::Operation>, tonic::Status>
         }
         Err(status) => format!("{:?}: {}", status.code(), status.message()),
     }
+}
+
+/// Tampers with the file the Image repository serves for `name` (in place, so the stored
+/// blob it is linked to changes too): a kilobyte appended, or its middle byte flipped.
+/// Returns the file and its original bytes.
+fn tamper(
+    fleet: &Fleet,
+    name: &str,
+    longer: bool,
+) -> Result<(std::path::PathBuf, Vec<u8>), String> {
+    let dir = fleet.path("repo/targets");
+    let suffix = format!(".{name}");
+    let path = std::fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&suffix))
+        .ok_or_else(|| format!("no served file for {name} in {}", dir.display()))?;
+    let original = std::fs::read(&path).map_err(|e| e.to_string())?;
+    let mut bad = original.clone();
+    if longer {
+        bad.extend_from_slice(&[0x5a; 1024]);
+    } else {
+        let middle = bad.len() / 2;
+        bad[middle] ^= 0xff;
+    }
+    std::fs::write(&path, &bad).map_err(|e| e.to_string())?;
+    Ok((path, original))
 }
 
 /// The Primary's phase for `serial`'s update, from its state file.
