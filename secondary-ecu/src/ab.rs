@@ -79,6 +79,8 @@ pub enum BootOutcome {
 /// A phase at which to simulate a power cut (`std::process::abort`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Phase {
+    /// Verified metadata half stored: the bundle written, the rest not yet.
+    Metadata,
     /// Half the image received (and made durable).
     Transfer,
     /// Half the inactive slot written.

@@ -781,6 +781,7 @@ impl Agent {
         // it at install would look like a rollback.
         files::write_atomic(&trusted(&self.dir, "metadata.pb"), &bundle.encode_to_vec())
             .map_err(io)?;
+        self.device.power_cut(Phase::Metadata);
         if let Some(kept) = &accepted.kept {
             let bytes = serde_json::to_vec(kept).map_err(|e| io(std::io::Error::other(e)))?;
             files::write_atomic(&trusted(&self.dir, "kept.json"), &bytes).map_err(io)?;

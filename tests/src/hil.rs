@@ -70,6 +70,8 @@ pub enum Fault {
     DuplicateCalls,
     /// The operator assigns an image to an ECU the vehicle does not have.
     UnknownEcu,
+    /// The Director's root is rotated twice (new keys, then a renewal) before the update.
+    RootsRotated,
     /// The Image repository serves the Secondary's image tampered with on its disk, until
     /// the Primary reports it: longer than its targets entry (`true`), or with a byte changed.
     ImageTampered(bool),
@@ -103,6 +105,18 @@ pub fn rows() -> Vec<Row> {
             matrix: "1",
             name: "no fault (golden path)",
             fault: None,
+            expect: Installed,
+        },
+        Row {
+            matrix: "7",
+            name: "power loss while storing verified metadata",
+            fault: Secondary(&["--fault-power-loss", "metadata"], true),
+            expect: Installed,
+        },
+        Row {
+            matrix: "6",
+            name: "Director root rotated twice before the update",
+            fault: RootsRotated,
             expect: Installed,
         },
         Row {
@@ -452,6 +466,18 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         Fault::ImageTampered(longer) => Some(tamper(fleet, &names[1], longer)?),
         _ => None,
     };
+    if matches!(row.fault, Fault::RootsRotated) {
+        let keys = fleet.path("director-keys");
+        for args in [
+            &["rotate-root", "--keys", "3", "--threshold", "2"][..],
+            &["rotate-root", "--root-lifetime-days", "730"][..],
+        ] {
+            let (ok, _, err) = fleet.director_local(args, &keys);
+            if !ok {
+                return Err(format!("director {args:?}: {err}"));
+            }
+        }
+    }
     for name in &names {
         fleet.assign(name, &vin_refs);
     }
@@ -604,7 +630,11 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             }
             fleet.restart_director();
         }
-        Fault::Secondary(_, false) | Fault::None | Fault::DuplicateCalls | Fault::UnknownEcu => {}
+        Fault::Secondary(_, false)
+        | Fault::None
+        | Fault::DuplicateCalls
+        | Fault::UnknownEcu
+        | Fault::RootsRotated => {}
     }
 
     // An ECU never reached keeps its entry open: the others settle.
