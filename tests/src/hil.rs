@@ -72,6 +72,9 @@ pub enum Fault {
     UnknownEcu,
     /// The Director's root is rotated twice (new keys, then a renewal) before the update.
     RootsRotated,
+    /// The Secondary is replaced by a new part (same serial, new key and certificate) at
+    /// the same address before the update.
+    Replaced,
     /// The Image repository serves the Secondary's image tampered with on its disk, until
     /// the Primary reports it: longer than its targets entry (`true`), or with a byte changed.
     ImageTampered(bool),
@@ -276,6 +279,12 @@ pub fn rows() -> Vec<Row> {
             expect: Installed,
         },
         Row {
+            matrix: "35",
+            name: "Secondary replaced by a new part at the same address",
+            fault: Replaced,
+            expect: Unreached,
+        },
+        Row {
             matrix: "2",
             name: "Secondary offline the whole time",
             fault: OfflineThroughout,
@@ -410,6 +419,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         Fault::Offline | Fault::OfflineThroughout | Fault::OfflineBriefly => {
             vehicles[0].stop_secondary(0);
         }
+        Fault::Replaced => replace_secondary(fleet, &mut vehicles[0])?,
         _ => {}
     }
     for vehicle in &mut vehicles {
@@ -592,7 +602,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             }
             send_garbage(&vehicles[0].secondaries[0].real_addr());
         }
-        Fault::Offline | Fault::OfflineThroughout => {
+        Fault::Offline | Fault::OfflineThroughout | Fault::Replaced => {
             let others_done = wait_until(ROW_LIMIT, || {
                 fleet
                     .assignments(&vin0)
@@ -606,6 +616,18 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             });
             if !others_done {
                 return Err("the rest of the vehicle did not update while one ECU was off".into());
+            }
+            // The new part is refused for its certificate, not merely missed: the Primary
+            // pinned the old part's, and nothing of the new one is accepted silently.
+            if matches!(row.fault, Fault::Replaced)
+                && !fleet.events(&vin0, false).iter().any(|e| {
+                    e["kind"] == "ecu_unreachable"
+                        && e["detail"]
+                            .as_str()
+                            .is_some_and(|d| d.contains("invalid peer certificate"))
+                })
+            {
+                return Err("the new part was not refused for its certificate".into());
             }
             if matches!(row.fault, Fault::Offline) {
                 vehicles[0].start_secondary(0, &[]);
@@ -752,6 +774,61 @@ fn describe(answer: Result<tonic::Response<proto::v2::Operation>, tonic::Status>
         }
         Err(status) => format!("{:?}: {}", status.code(), status.message()),
     }
+}
+
+/// Puts a new part in place of the vehicle's first Secondary: same serial, hardware id and
+/// address, a new key and TLS certificate (provisioned with the Primary's certificate, as a
+/// workshop would pair it), the old directory kept aside. The Primary pinned the old part's
+/// certificate.
+fn replace_secondary(fleet: &Fleet, vehicle: &mut SimVehicle) -> Result<(), String> {
+    vehicle.stop_secondary(0);
+    let old = &vehicle.secondaries[0];
+    let identity: Value = std::fs::read(old.dir.join("identity.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+    let primary_fingerprint = identity["primary_fingerprint"]
+        .as_str()
+        .ok_or("the old part pinned no Primary")?
+        .to_string();
+    let dir = old.dir.clone();
+    std::fs::rename(&dir, dir.with_extension("removed")).map_err(|e| e.to_string())?;
+    let factory_name = format!("{}-factory.bin", old.hardware_id);
+    let factory = dir
+        .parent()
+        .ok_or("no vehicle directory")?
+        .join(&factory_name);
+    let text = |p: &std::path::Path| p.display().to_string();
+    let mut init = std::process::Command::new(crate::bin("secondary-ecu"));
+    init.args([
+        "init",
+        "--vin",
+        &vehicle.vin,
+        "--serial",
+        &old.serial,
+        "--hardware-id",
+        &old.hardware_id,
+        "--mode",
+        old.mode.as_str(),
+        "--director-root",
+        &text(&fleet.path("director/1.root.json")),
+        "--factory-image",
+        &text(&factory),
+        "--factory-name",
+        &factory_name,
+        "--dir",
+        &text(&dir),
+        "--primary-fingerprint",
+        &primary_fingerprint,
+    ]);
+    if old.mode == crate::sim::Mode::Full {
+        init.args([
+            "--image-root",
+            &text(&fleet.path("repo/metadata/1.root.json")),
+        ]);
+    }
+    crate::run_ok(&mut init, ROW_LIMIT);
+    vehicle.start_secondary(0, &[]);
+    Ok(())
 }
 
 /// Tampers with the file the Image repository serves for `name` (in place, so the stored
