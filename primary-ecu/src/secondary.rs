@@ -397,6 +397,16 @@ impl SecondaryLink {
         if let Some(done) = self.kept_outcome(&correlation_id, filename).await? {
             return Ok(done);
         }
+        // An ECU that speaks another version of the protocol is not sent anything it might
+        // read otherwise; it is tried again once it is updated (HIL row 37).
+        let spoken = self.info().await?.protocol_version;
+        if spoken != proto::PROTOCOL_VERSION {
+            return Ok(Delivery::Retry(format!(
+                "the ECU speaks protocol version {spoken}, this Primary version {}: \
+                 nothing sent until they match",
+                proto::PROTOCOL_VERSION
+            )));
+        }
         let t = self.timeout;
         let time = self
             .call("PutTime", t, |mut c| async move {

@@ -117,6 +117,8 @@ pub struct Faults {
     pub lose_ack_after: Option<u64>,
     /// Whether that answer was lost already.
     pub ack_lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The protocol version the ECU states, if not this build's (an older Secondary).
+    pub protocol_version: Option<u32>,
     /// Staging capacity in bytes (storage full beyond it).
     pub storage_bytes: Option<u64>,
 }

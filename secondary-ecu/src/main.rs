@@ -112,6 +112,9 @@ enum Command {
         /// beyond (once).
         #[arg(long, env = "SECONDARY_FAULT_LOSE_ACK_AFTER")]
         fault_lose_ack_after: Option<u64>,
+        /// Fault: state this protocol version in GetInfo (an older Secondary).
+        #[arg(long, env = "SECONDARY_FAULT_PROTOCOL_VERSION")]
+        fault_protocol_version: Option<u32>,
         /// Fault: staging capacity in bytes.
         #[arg(long, env = "SECONDARY_FAULT_STORAGE_BYTES")]
         fault_storage_bytes: Option<u64>,
@@ -235,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fault_fail_boot_times,
             fault_health_check_fail,
             fault_lose_ack_after,
+            fault_protocol_version,
             fault_storage_bytes,
             insecure,
         } => {
@@ -264,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     health_check_fail: fault_health_check_fail,
                     lose_ack_after: fault_lose_ack_after,
                     ack_lost: Default::default(),
+                    protocol_version: fault_protocol_version,
                     storage_bytes: fault_storage_bytes,
                 },
             };

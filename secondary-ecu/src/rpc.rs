@@ -586,7 +586,11 @@ fn info(agent: &mut Agent) -> Result<EcuInfo, Status> {
             crate::agent::Mode::Partial => VerificationMode::Partial,
         } as i32,
         max_chunk_size: agent.settings().max_chunk_size,
-        protocol_version: proto::PROTOCOL_VERSION,
+        protocol_version: agent
+            .settings()
+            .faults
+            .protocol_version
+            .unwrap_or(proto::PROTOCOL_VERSION),
         boot_id: agent.boot_id().to_string(),
     })
 }

@@ -72,6 +72,9 @@ pub enum Fault {
     UnknownEcu,
     /// The Director's root is rotated twice (new keys, then a renewal) before the update.
     RootsRotated,
+    /// The Secondary states an older protocol version until it is updated (restarted
+    /// without the knob) once the Primary declined to serve it.
+    OlderProtocol,
     /// The Secondary is replaced by a new part (same serial, new key and certificate) at
     /// the same address before the update.
     Replaced,
@@ -279,6 +282,12 @@ pub fn rows() -> Vec<Row> {
             expect: Installed,
         },
         Row {
+            matrix: "37",
+            name: "Secondary speaking an older protocol version, then updated",
+            fault: OlderProtocol,
+            expect: Installed,
+        },
+        Row {
             matrix: "35",
             name: "Secondary replaced by a new part at the same address",
             fault: Replaced,
@@ -420,6 +429,9 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             vehicles[0].stop_secondary(0);
         }
         Fault::Replaced => replace_secondary(fleet, &mut vehicles[0])?,
+        Fault::OlderProtocol => {
+            vehicles[0].start_secondary(0, &["--fault-protocol-version", "1"]);
+        }
         _ => {}
     }
     for vehicle in &mut vehicles {
@@ -578,6 +590,17 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             if !reported {
                 return Err(format!("the Primary never reported {kind}"));
             }
+        }
+        Fault::OlderProtocol => {
+            let primary_dir = vehicles[0].primary_dir.clone();
+            let declined = wait_until(ROW_LIMIT, || {
+                primary_detail(&primary_dir, target).contains("protocol version 1")
+            });
+            if !declined {
+                return Err("the Primary never declined the older protocol".into());
+            }
+            // The Secondary's own update: the same part, speaking this version.
+            vehicles[0].start_secondary(0, &[]);
         }
         Fault::SlowBelowMinimum => {
             let reported = wait_until(ROW_LIMIT, || {
@@ -857,6 +880,15 @@ fn tamper(
     }
     std::fs::write(&path, &bad).map_err(|e| e.to_string())?;
     Ok((path, original))
+}
+
+/// What the Primary last noted about `serial`'s update, from its state file.
+fn primary_detail(primary_dir: &std::path::Path, serial: &str) -> String {
+    std::fs::read(primary_dir.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["updates"][serial]["detail"].as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The Primary's phase for `serial`'s update, from its state file.
