@@ -28,6 +28,9 @@ pub enum Expect {
     /// Never reached: its assignment still open, its previous image running, and the
     /// Director told it was unreachable.
     Unreached,
+    /// Its first assignment superseded mid-transfer by a second one (an image named
+    /// `…-next.bin`): the first cancelled, the second installed.
+    Superseded,
     /// Not installed while the fault lasts: its assignment still open, its previous image
     /// running, and this attack reported to the Director.
     Reported(&'static str),
@@ -72,6 +75,8 @@ pub enum Fault {
     UnknownEcu,
     /// The Director's root is rotated twice (new keys, then a renewal) before the update.
     RootsRotated,
+    /// A second image is assigned to the Secondary while the first one transfers.
+    SecondAssignment,
     /// The Secondary states an older protocol version until it is updated (restarted
     /// without the knob) once the Primary declined to serve it.
     OlderProtocol,
@@ -104,7 +109,7 @@ pub struct Row {
 
 /// The rows run.
 pub fn rows() -> Vec<Row> {
-    use Expect::{Failed, Installed, Reported, Unreached};
+    use Expect::{Failed, Installed, Reported, Superseded, Unreached};
     use Fault::*;
     vec![
         Row {
@@ -282,6 +287,12 @@ pub fn rows() -> Vec<Row> {
             expect: Installed,
         },
         Row {
+            matrix: "34",
+            name: "second update assigned while the first transfers",
+            fault: SecondAssignment,
+            expect: Superseded,
+        },
+        Row {
             matrix: "37",
             name: "Secondary speaking an older protocol version, then updated",
             fault: OlderProtocol,
@@ -388,7 +399,8 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         | Fault::LinkStall
         | Fault::PrimaryKilled
         | Fault::LinkCorrupt
-        | Fault::Garbage => {
+        | Fault::Garbage
+        | Fault::SecondAssignment => {
             vehicles[0].start_secondary(
                 0,
                 &[&fine_grained[..], &["--fault-slow-link-ms", "15"]].concat(),
@@ -591,6 +603,20 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
                 return Err(format!("the Primary never reported {kind}"));
             }
         }
+        Fault::SecondAssignment => {
+            if !under_way(&vehicles[0]) {
+                return Err("the transfer never started".into());
+            }
+            let hardware_id = &vehicles[0].secondaries[0].hardware_id;
+            let next = format!("hil-{index:02}-{hardware_id}-next.bin");
+            fleet.publish(
+                &next,
+                hardware_id,
+                index as u64 + 2,
+                &image(index * 10 + 9, IMAGE_BYTES),
+            );
+            fleet.assign(&next, &[vin0.as_str()]);
+        }
         Fault::OlderProtocol => {
             let primary_dir = vehicles[0].primary_dir.clone();
             let declined = wait_until(ROW_LIMIT, || {
@@ -686,7 +712,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
     let settled = wait_until(ROW_LIMIT, || {
         vin_refs.iter().all(|vin| {
             let e = fleet.assignments(vin);
-            e.len() == names.len()
+            e.len() >= names.len()
                 && e.iter().all(|e| {
                     final_status(e)
                         || (matches!(row.expect, Expect::Unreached | Expect::Reported(_))
@@ -957,6 +983,10 @@ fn judge(fleet: &Fleet, vins: &[&str], target: &str, expect: Expect) -> Observed
                 };
                 let ok = match expect {
                     Expect::Installed => status == "installed" && running == filename,
+                    Expect::Superseded if filename.ends_with("-next.bin") => {
+                        status == "installed" && running == filename
+                    }
+                    Expect::Superseded => status == "cancelled" && running != filename,
                     // Never reached, it may never have reported: the Director then shows
                     // no image for it, as it knows none.
                     Expect::Unreached | Expect::Reported(_) => {
@@ -1017,6 +1047,7 @@ pub fn run(out: &mut dyn Write, rig: Rig, only: Option<&str>) -> std::io::Result
             match row.expect {
                 Expect::Installed => "installed".to_string(),
                 Expect::Unreached => "not reached, old image".to_string(),
+                Expect::Superseded => "first cancelled, second installed".to_string(),
                 Expect::Reported(kind) => format!("{kind} reported, old image"),
                 Expect::Failed(word) => format!("failed ({word}), old image"),
             },
