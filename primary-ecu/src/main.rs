@@ -85,6 +85,10 @@ enum Command {
         dir: PathBuf,
         #[command(flatten)]
         settings: SettingsArgs,
+        /// Fault injection for tests: read the system clock this many seconds off (a
+        /// spoofed NTP jump, a bad RTC). Never kept; see docs/SECURITY.md, "Time".
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        fault_clock_offset_secs: i64,
     },
     /// Runs one update cycle. Exit status: 0 nothing left to do, 1 a server could not be
     /// reached, 2 an attack was refused, 3 an ECU failed or work is pending.
@@ -345,11 +349,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             dir,
             settings: args,
+            fault_clock_offset_secs,
         } => {
             require_provisioned(&dir)?;
             let settings = settings(&dir, args)?;
             let interval = settings.poll_interval();
             let mut primary = open(&dir, settings.clone())?;
+            primary.offset_clock(chrono::Duration::seconds(fault_clock_offset_secs));
             outln!(
                 "primary-ecu running for vehicle {} (every {} s)",
                 settings.vin,

@@ -77,6 +77,8 @@ pub enum Fault {
     RootsRotated,
     /// A second image is assigned to the Secondary while the first one transfers.
     SecondAssignment,
+    /// The vehicle's clock reads a year ahead during the update.
+    ClockAhead,
     /// The Secondary states an older protocol version until it is updated (restarted
     /// without the knob) once the Primary declined to serve it.
     OlderProtocol,
@@ -287,6 +289,12 @@ pub fn rows() -> Vec<Row> {
             expect: Installed,
         },
         Row {
+            matrix: "39",
+            name: "vehicle clock a year ahead",
+            fault: ClockAhead,
+            expect: Installed,
+        },
+        Row {
             matrix: "34",
             name: "second update assigned while the first transfers",
             fault: SecondAssignment,
@@ -445,6 +453,9 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             vehicles[0].start_secondary(0, &["--fault-protocol-version", "1"]);
         }
         _ => {}
+    }
+    if matches!(row.fault, Fault::ClockAhead) {
+        vehicles[0].set_clock_offset_secs(365 * 24 * 3600);
     }
     for vehicle in &mut vehicles {
         vehicle.start_primary();
@@ -706,6 +717,29 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         | Fault::DuplicateCalls
         | Fault::UnknownEcu
         | Fault::RootsRotated => {}
+        Fault::ClockAhead => {
+            // The vehicle does not trust the reading (against it every metadata file would
+            // look expired) and reports a freeze; with its clock put right it updates.
+            let reported = wait_until(ROW_LIMIT, || {
+                fleet
+                    .events(&vin0, true)
+                    .iter()
+                    .any(|e| e["kind"] == "attack_reported:freeze")
+            });
+            if !reported {
+                return Err("the vehicle never reported its clock ahead (freeze)".into());
+            }
+            if fleet
+                .assignments(&vin0)
+                .iter()
+                .any(|e| e["status"] == "installed")
+            {
+                return Err("the vehicle installed while its clock was a year ahead".into());
+            }
+            vehicles[0].stop_primary();
+            vehicles[0].set_clock_offset_secs(0);
+            vehicles[0].start_primary();
+        }
     }
 
     // An ECU never reached keeps its entry open: the others settle.

@@ -876,7 +876,7 @@ impl SimVehicle {
             &text(&self.ca_cert),
         ]);
         command.args(&self.primary_flags);
-        if self.clock_offset_secs != 0 && subcommand == "once" {
+        if self.clock_offset_secs != 0 && matches!(subcommand, "once" | "run") {
             command.arg(format!(
                 "--fault-clock-offset-secs={}",
                 self.clock_offset_secs
