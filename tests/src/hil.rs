@@ -1091,6 +1091,46 @@ pub fn run(out: &mut dyn Write, rig: Rig, only: Option<&str>) -> std::io::Result
         outcomes.push(outcome);
     }
     let held = outcomes.iter().filter(|o| o.holds).count();
+    if only.is_none() {
+        for (matrix, why) in NOT_RUN {
+            writeln!(out, "NOT RUN row {matrix:>5} {why}")?;
+        }
+    }
     writeln!(out, "{held} of {} rows hold", outcomes.len())?;
     Ok(held == outcomes.len())
 }
+
+/// Rows of the matrix this command does not run, and why.
+pub const NOT_RUN: &[(&str, &str)] = &[
+    (
+        "5",
+        "metadata refused at the Secondary (expired, bad signature, lower version, Director \
+         and Image repository disagreeing, wrong hardware id, lower release counter): the \
+         Director refuses to sign such an assignment, so against running processes each arises \
+         only from a compromised repository or link; `fleet-sim attacks` runs them (rollback of \
+         metadata and of a release counter, freeze, repository_mismatch, wrong_hardware, \
+         arbitrary software signed by the wrong keys)",
+    ),
+    (
+        "31",
+        "no events stream to break: the protocol has none; the Primary polls each result by \
+         correlation id and the Secondary keeps it until acknowledged (rows 29, 32 and 33)",
+    ),
+    (
+        "19, 20",
+        "not yet: `director assignment cancel` refuses entries already delivered",
+    ),
+    (
+        "24",
+        "not yet: the device writes its boot environment atomically (row 23); a torn, \
+         non-redundant environment has no knob",
+    ),
+    (
+        "30",
+        "not yet: the Primary retries an interrupted delivery every cycle without a bound",
+    ),
+    (
+        "42",
+        "not yet: the simulated device has two slots; no single-bank mode",
+    ),
+];
