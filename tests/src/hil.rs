@@ -573,13 +573,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             {
                 return Err("the Secondary never went to sleep after its write".into());
             }
-            let missed = wait_until(ROW_LIMIT, || {
-                fleet
-                    .events(&vin0, false)
-                    .iter()
-                    .any(|e| e["kind"] == "ecu_unreachable")
-            });
-            if !missed {
+            if !event_seen(fleet, &vin0, false, "ecu_unreachable") {
                 return Err("the Primary never found the Secondary unreachable".into());
             }
             vehicles[0].start_secondary(0, &[]);
@@ -604,9 +598,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             } else {
                 "attack_reported:arbitrary_software"
             };
-            let reported = wait_until(ROW_LIMIT, || {
-                fleet.events(&vin0, true).iter().any(|e| e["kind"] == kind)
-            });
+            let reported = event_seen(fleet, &vin0, true, kind);
             if let Some((path, original)) = &tampered {
                 std::fs::write(path, original).map_err(|e| e.to_string())?;
             }
@@ -640,13 +632,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             vehicles[0].start_secondary(0, &[]);
         }
         Fault::SlowBelowMinimum => {
-            let reported = wait_until(ROW_LIMIT, || {
-                fleet
-                    .events(&vin0, true)
-                    .iter()
-                    .any(|e| e["kind"] == "attack_reported:slow_retrieval")
-            });
-            if !reported {
+            if !event_seen(fleet, &vin0, true, "attack_reported:slow_retrieval") {
                 return Err("the slow transfer was never reported to the Director".into());
             }
         }
@@ -720,13 +706,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         Fault::ClockAhead => {
             // The vehicle does not trust the reading (against it every metadata file would
             // look expired) and reports a freeze; with its clock put right it updates.
-            let reported = wait_until(ROW_LIMIT, || {
-                fleet
-                    .events(&vin0, true)
-                    .iter()
-                    .any(|e| e["kind"] == "attack_reported:freeze")
-            });
-            if !reported {
+            if !event_seen(fleet, &vin0, true, "attack_reported:freeze") {
                 return Err("the vehicle never reported its clock ahead (freeze)".into());
             }
             if fleet
@@ -875,40 +855,17 @@ fn replace_secondary(fleet: &Fleet, vehicle: &mut SimVehicle) -> Result<(), Stri
         .to_string();
     let dir = old.dir.clone();
     std::fs::rename(&dir, dir.with_extension("removed")).map_err(|e| e.to_string())?;
-    let factory_name = format!("{}-factory.bin", old.hardware_id);
-    let factory = dir
-        .parent()
-        .ok_or("no vehicle directory")?
-        .join(&factory_name);
-    let text = |p: &std::path::Path| p.display().to_string();
-    let mut init = std::process::Command::new(crate::bin("secondary-ecu"));
-    init.args([
-        "init",
-        "--vin",
-        &vehicle.vin,
-        "--serial",
-        &old.serial,
-        "--hardware-id",
-        &old.hardware_id,
-        "--mode",
-        old.mode.as_str(),
-        "--director-root",
-        &text(&fleet.path("director/1.root.json")),
-        "--factory-image",
-        &text(&factory),
-        "--factory-name",
-        &factory_name,
-        "--dir",
-        &text(&dir),
-        "--primary-fingerprint",
-        &primary_fingerprint,
-    ]);
-    if old.mode == crate::sim::Mode::Full {
-        init.args([
-            "--image-root",
-            &text(&fleet.path("repo/metadata/1.root.json")),
-        ]);
-    }
+    let mut init = crate::sim::secondary_init(
+        fleet,
+        &crate::sim::SecondaryInit {
+            vin: &vehicle.vin,
+            serial: &old.serial,
+            hardware_id: &old.hardware_id,
+            mode: old.mode,
+            dir: &dir,
+            primary_fingerprint: &primary_fingerprint,
+        },
+    );
     crate::run_ok(&mut init, ROW_LIMIT);
     vehicle.start_secondary(0, &[]);
     Ok(())
@@ -942,21 +899,19 @@ fn tamper(
     Ok((path, original))
 }
 
-/// What the Primary last noted about `serial`'s update, from its state file.
+/// What the Primary last noted about `serial`'s update.
 fn primary_detail(primary_dir: &std::path::Path, serial: &str) -> String {
-    std::fs::read(primary_dir.join("state.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v["updates"][serial]["detail"].as_str().map(str::to_string))
+    primary_update(primary_dir, serial)["detail"]
+        .as_str()
         .unwrap_or_default()
+        .to_string()
 }
 
-/// The Primary's phase for `serial`'s update, from its state file.
+/// The Primary's phase for `serial`'s update.
 fn primary_phase(primary_dir: &std::path::Path, serial: &str) -> Option<String> {
-    std::fs::read(primary_dir.join("state.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v["updates"][serial]["phase"].as_str().map(str::to_string))
+    primary_update(primary_dir, serial)["phase"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// Rogue connections to a Secondary's own port (bypassing the Primary's link): random
@@ -985,13 +940,31 @@ fn send_garbage(addr: &str) {
     }
 }
 
-/// The Primary's delivery attempts for `serial`, from its state file.
-fn attempts(primary_dir: &std::path::Path, serial: &str) -> u64 {
+/// The Primary's record of `serial`'s update (`updates[serial]` of its state file), or null.
+fn primary_update(primary_dir: &std::path::Path, serial: &str) -> Value {
     std::fs::read(primary_dir.join("state.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v["updates"][serial]["attempts"].as_u64())
+        .map(|v| v["updates"][serial].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// The Primary's delivery attempts for `serial`.
+fn attempts(primary_dir: &std::path::Path, serial: &str) -> u64 {
+    primary_update(primary_dir, serial)["attempts"]
+        .as_u64()
         .unwrap_or(0)
+}
+
+/// Waits (bounded) for an event of `kind` about vehicle `vin` (security events only when
+/// `security`).
+fn event_seen(fleet: &Fleet, vin: &str, security: bool, kind: &str) -> bool {
+    wait_until(ROW_LIMIT, || {
+        fleet
+            .events(vin, security)
+            .iter()
+            .any(|e| e["kind"] == kind)
+    })
 }
 
 fn judge(fleet: &Fleet, vins: &[&str], target: &str, expect: Expect) -> Observed {

@@ -731,8 +731,6 @@ impl SimVehicle {
     pub fn prepare(fleet: &Fleet, spec: &VehicleSpec) -> Self {
         let base = fleet.path(&format!("vehicle-{}", spec.vin));
         std::fs::create_dir_all(&base).expect("the vehicle directory");
-        let director_root = text(&fleet.path("director/1.root.json"));
-        let image_root = text(&fleet.path("repo/metadata/1.root.json"));
         let primary_serial = format!("{}-GW", spec.vin);
         let primary_dir = base.join("primary");
         // The Primary's TLS identity first: each Secondary pins it at its own init.
@@ -752,34 +750,19 @@ impl SimVehicle {
         for (suffix, hardware_id, mode) in &spec.secondaries {
             let serial = format!("{}-{suffix}", spec.vin);
             let dir = base.join(&serial);
-            let factory_name = format!("{hardware_id}-factory.bin");
-            let factory = base.join(&factory_name);
+            let factory = base.join(format!("{hardware_id}-factory.bin"));
             std::fs::write(&factory, format!("{serial} factory image")).expect("factory image");
-            let mut init = Command::new(bin("secondary-ecu"));
-            init.args([
-                "init",
-                "--vin",
-                &spec.vin,
-                "--serial",
-                &serial,
-                "--hardware-id",
-                hardware_id,
-                "--mode",
-                mode.as_str(),
-                "--director-root",
-                &director_root,
-                "--factory-image",
-                &text(&factory),
-                "--factory-name",
-                &factory_name,
-                "--dir",
-                &text(&dir),
-                "--primary-fingerprint",
-                &primary_fingerprint,
-            ]);
-            if *mode == Mode::Full {
-                init.args(["--image-root", &image_root]);
-            }
+            let mut init = secondary_init(
+                fleet,
+                &SecondaryInit {
+                    vin: &spec.vin,
+                    serial: &serial,
+                    hardware_id,
+                    mode: *mode,
+                    dir: &dir,
+                    primary_fingerprint: &primary_fingerprint,
+                },
+            );
             let printed = run_ok(&mut init, LIMIT);
             let fingerprint = printed
                 .lines()
@@ -1023,6 +1006,64 @@ impl SimVehicle {
             process.kill();
         }
     }
+}
+
+/// What `secondary-ecu init` is given for one ECU of a vehicle.
+#[derive(Debug, Clone, Copy)]
+pub struct SecondaryInit<'a> {
+    /// The vehicle.
+    pub vin: &'a str,
+    /// The ECU's serial.
+    pub serial: &'a str,
+    /// Its hardware id.
+    pub hardware_id: &'a str,
+    /// Its verification mode.
+    pub mode: Mode,
+    /// Its state directory.
+    pub dir: &'a Path,
+    /// The certificate fingerprint of the Primary it pairs with.
+    pub primary_fingerprint: &'a str,
+}
+
+/// The `secondary-ecu init` command for `ecu` under `fleet`: the factory image is
+/// `<hardware id>-factory.bin` beside its directory; the Director's first root is pinned,
+/// and for full verification the Image repository's.
+pub fn secondary_init(fleet: &Fleet, ecu: &SecondaryInit<'_>) -> Command {
+    let factory_name = format!("{}-factory.bin", ecu.hardware_id);
+    let factory = ecu
+        .dir
+        .parent()
+        .map(|base| base.join(&factory_name))
+        .unwrap_or_default();
+    let mut init = Command::new(bin("secondary-ecu"));
+    init.args([
+        "init",
+        "--vin",
+        ecu.vin,
+        "--serial",
+        ecu.serial,
+        "--hardware-id",
+        ecu.hardware_id,
+        "--mode",
+        ecu.mode.as_str(),
+        "--director-root",
+        &text(&fleet.path("director/1.root.json")),
+        "--factory-image",
+        &text(&factory),
+        "--factory-name",
+        &factory_name,
+        "--dir",
+        &text(ecu.dir),
+        "--primary-fingerprint",
+        ecu.primary_fingerprint,
+    ]);
+    if ecu.mode == Mode::Full {
+        init.args([
+            "--image-root",
+            &text(&fleet.path("repo/metadata/1.root.json")),
+        ]);
+    }
+    init
 }
 
 /// The durable offset of the transfer in progress in a Secondary's state directory.
