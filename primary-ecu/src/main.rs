@@ -355,7 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = settings(&dir, args)?;
             let interval = settings.poll_interval();
             let mut primary = open(&dir, settings.clone())?;
-            primary.offset_clock(chrono::Duration::seconds(fault_clock_offset_secs));
+            primary.offset_clock(clock_offset(fault_clock_offset_secs)?);
             outln!(
                 "primary-ecu running for vehicle {} (every {} s)",
                 settings.vin,
@@ -373,7 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             require_provisioned(&dir)?;
             let settings = settings(&dir, args)?;
             let mut primary = open(&dir, settings)?;
-            primary.offset_clock(chrono::Duration::seconds(fault_clock_offset_secs));
+            primary.offset_clock(clock_offset(fault_clock_offset_secs)?);
             let report = primary.cycle().await;
             say(
                 json,
@@ -424,4 +424,11 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => service_runtime::exit_code(Err(e)),
     }
+}
+
+/// `--fault-clock-offset-secs` as a duration, refused when it is beyond what a clock can be
+/// off by (about 292 billion years).
+fn clock_offset(seconds: i64) -> anyhow::Result<chrono::Duration> {
+    chrono::Duration::try_seconds(seconds)
+        .ok_or_else(|| anyhow::anyhow!("--fault-clock-offset-secs {seconds} is out of range"))
 }

@@ -394,18 +394,18 @@ impl SecondaryLink {
             verified.approved().length(),
         );
         let correlation_id = bundle.correlation_id.clone();
-        if let Some(done) = self.kept_outcome(&correlation_id, filename).await? {
-            return Ok(done);
-        }
-        // An ECU that speaks another version of the protocol is not sent anything it might
-        // read otherwise; it is tried again once it is updated (HIL row 37).
+        // An ECU that speaks an older version of the protocol is asked nothing more and sent
+        // nothing it might read otherwise; it is tried again once it is updated (HIL row 37).
         let spoken = self.info().await?.protocol_version;
-        if spoken != proto::PROTOCOL_VERSION {
+        if spoken < proto::PROTOCOL_VERSION {
             return Ok(Delivery::Retry(format!(
-                "the ECU speaks protocol version {spoken}, this Primary version {}: \
-                 nothing sent until they match",
+                "the ECU speaks protocol version {spoken}; this Primary speaks version {} and \
+                 sends it nothing until it is updated",
                 proto::PROTOCOL_VERSION
             )));
+        }
+        if let Some(done) = self.kept_outcome(&correlation_id, filename).await? {
+            return Ok(done);
         }
         let t = self.timeout;
         let time = self
@@ -537,7 +537,7 @@ impl SecondaryLink {
             );
             tokio::select! {
                 state = upload => Ok(state),
-                bytes_per_sec = too_slow(&sent, min_speed) => Err(bytes_per_sec),
+                bytes_per_sec = too_slow(&sent, length - from, min_speed) => Err(bytes_per_sec),
             }
         };
         let state = match uploaded {
@@ -615,20 +615,49 @@ impl SecondaryLink {
     }
 }
 
-/// Resolves, with the speed reached, once the bytes `sent` fall below `min` after its grace
-/// period; never when the check is off.
-async fn too_slow(sent: &AtomicU64, min: MinSpeed) -> u64 {
+/// Resolves, with the speed reached, once the transfer runs slower than `min` after its
+/// grace period; never when the check is off. While bytes are still being handed to the
+/// link, the speed is what was `sent` over the last window of `min.grace` (at least a
+/// second), so a stall is caught one window after it starts however fast the transfer was
+/// before. Once all `total` bytes are handed over (HTTP/2 takes up to the ECU's window at
+/// once), the transfer ends only with the ECU's answer, and the speed is `total` over the
+/// whole time so far.
+async fn too_slow(sent: &AtomicU64, total: u64, min: MinSpeed) -> u64 {
     if min.bytes_per_sec == 0 {
         return std::future::pending().await;
     }
+    let tick = Duration::from_millis(250);
+    let window = min.grace.max(Duration::from_secs(1));
     let started = tokio::time::Instant::now();
+    // (when, bytes sent by then), the oldest first, spanning at most one window.
+    let mut samples = std::collections::VecDeque::from([(started, 0u64)]);
     loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let elapsed = started.elapsed();
+        tokio::time::sleep(tick).await;
+        let now = tokio::time::Instant::now();
         let bytes = sent.load(Ordering::Relaxed);
-        if elapsed > min.grace && (bytes as f64) < min.bytes_per_sec as f64 * elapsed.as_secs_f64()
+        let below = |bytes: u64, span: Duration| {
+            ((bytes as f64) < min.bytes_per_sec as f64 * span.as_secs_f64())
+                .then(|| (bytes as f64 / span.as_secs_f64()) as u64)
+        };
+        if bytes >= total {
+            let elapsed = now - started;
+            if elapsed > min.grace
+                && let Some(rate) = below(total, elapsed)
+            {
+                return rate;
+            }
+            continue;
+        }
+        samples.push_back((now, bytes));
+        while samples.len() > 1 && now - samples[1].0 >= window {
+            samples.pop_front();
+        }
+        let (since, then) = samples[0];
+        let span = now - since;
+        if span >= window
+            && let Some(rate) = below(bytes - then, span)
         {
-            return (bytes as f64 / elapsed.as_secs_f64()) as u64;
+            return rate;
         }
     }
 }

@@ -123,6 +123,22 @@ pub struct Faults {
     pub storage_bytes: Option<u64>,
 }
 
+impl Faults {
+    /// Whether any knob is set (a device that is not to be trusted with a real vehicle).
+    pub fn enabled(&self) -> bool {
+        self.power_loss.is_some()
+            || self.corrupt_write
+            || self.slow_link_ms > 0
+            || self.stall_after.is_some()
+            || self.fail_boot
+            || self.fail_boot_times > 0
+            || self.health_check_fail
+            || self.lose_ack_after.is_some()
+            || self.protocol_version.is_some()
+            || self.storage_bytes.is_some()
+    }
+}
+
 /// Two slots in a directory, with the device's fault knobs.
 #[derive(Debug, Clone)]
 pub struct AbDevice {
@@ -262,12 +278,18 @@ impl AbDevice {
         Ok(slot)
     }
 
+    /// Whether a trial image that started fails its health check (the agent's check after
+    /// a trial boot; the watchdog then resets the board).
+    pub fn health_check_fails(&self) -> bool {
+        self.faults.health_check_fail
+    }
+
     /// One boot: the trial slot if one is pending and has attempts left (using one), else
     /// the active slot. A trial image starts unless the device is set to fail its boot (or
-    /// its first boots), or to fail its health check, after which the watchdog resets it.
+    /// its first boots).
     pub fn boot(&self) -> std::io::Result<BootOutcome> {
         let mut failures_left = self.faults.fail_boot_times;
-        let never = self.faults.fail_boot || self.faults.health_check_fail;
+        let never = self.faults.fail_boot;
         self.boot_trial(move || {
             if never {
                 return false;

@@ -410,38 +410,80 @@ impl Agent {
         files::save(&state_path(&self.dir), &self.state)
     }
 
-    /// The bootloader step, then the health check of a trial slot.
+    /// The bootloader step, then the health check of a trial slot: a trial that fails it is
+    /// reset by the watchdog and booted again while the bootloader grants attempts (each
+    /// boot spends one), then rolled back.
     fn boot(&mut self) -> std::io::Result<()> {
         self.boot_id = random_id()?;
         self.receiving = None;
         self.trial_running = None;
-        match self.device.boot()? {
-            BootOutcome::Normal => {}
-            BootOutcome::RolledBack { correlation_id } => {
-                let filename = self
-                    .state
-                    .pending
-                    .as_ref()
-                    .map(|p| p.filename.clone())
-                    .unwrap_or_default();
-                self.record(
-                    &correlation_id,
-                    ResultCode::RolledBack,
-                    None,
-                    "the new image failed its trial boot; back on the previous slot",
-                    &filename,
-                )?;
-            }
-            BootOutcome::Trial { correlation_id } => {
-                self.device.power_cut(Phase::BeforeConfirm);
-                if self.settings.manual_confirm {
-                    self.trial_running = Some(correlation_id);
-                } else {
-                    self.confirm_trial(&correlation_id)?;
+        loop {
+            match self.device.boot()? {
+                BootOutcome::Normal => return self.reconcile_confirmed(),
+                BootOutcome::RolledBack { correlation_id } => {
+                    let filename = self
+                        .state
+                        .pending
+                        .as_ref()
+                        .map(|p| p.filename.clone())
+                        .unwrap_or_default();
+                    return self.record(
+                        &correlation_id,
+                        ResultCode::RolledBack,
+                        None,
+                        "the new image failed its trial boot; back on the previous slot",
+                        &filename,
+                    );
+                }
+                BootOutcome::Trial { correlation_id } => {
+                    self.device.power_cut(Phase::BeforeConfirm);
+                    if self.device.health_check_fails() {
+                        tracing::warn!(
+                            correlation_id,
+                            "the trial image failed its health check; the watchdog resets it"
+                        );
+                        continue;
+                    }
+                    if self.settings.manual_confirm {
+                        self.trial_running = Some(correlation_id);
+                    } else {
+                        self.confirm_trial(&correlation_id)?;
+                    }
+                    return Ok(());
                 }
             }
         }
-        Ok(())
+    }
+
+    /// A pending update whose image the device already runs as its good, active slot was
+    /// confirmed by the device but not recorded (power lost between the two): records it now,
+    /// once, as the confirmation would have.
+    fn reconcile_confirmed(&mut self) -> std::io::Result<()> {
+        let Some(pending) = self.state.pending.clone() else {
+            return Ok(());
+        };
+        let Some(image) = self.device.running()? else {
+            return Ok(());
+        };
+        if image.filename != pending.filename
+            || image.length != pending.length
+            || image.release_counter != pending.release_counter
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            correlation_id = %pending.correlation_id,
+            "the device runs the confirmed update whose result was not recorded; recording it"
+        );
+        self.state.installed_release_counter = image.release_counter;
+        self.state.pending = None;
+        self.record(
+            &pending.correlation_id,
+            ResultCode::Ok,
+            None,
+            "installed and confirmed",
+            &image.filename,
+        )
     }
 
     fn confirm_trial(&mut self, correlation_id: &str) -> std::io::Result<()> {

@@ -272,6 +272,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     storage_bytes: fault_storage_bytes,
                 },
             };
+            if settings.faults.enabled() {
+                tracing::warn!(faults = ?settings.faults, "fault injection enabled: this ECU misbehaves on purpose (tests only)");
+            }
             let agent = Agent::open(&dir, settings).fail(
                 Exit::Config,
                 format!(

@@ -348,6 +348,9 @@ pub struct Outcome {
 
 const ROW_LIMIT: Duration = Duration::from_secs(120);
 const IMAGE_BYTES: usize = 1 << 20;
+/// Where the last 64 KiB chunk of an image starts (the answer to the stream that carries it
+/// is the one a lost-answer row loses).
+const LAST_CHUNK_OFFSET: &str = "983040";
 
 fn image(seed: usize, len: usize) -> Vec<u8> {
     (0..len)
@@ -430,7 +433,11 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         Fault::LostAnswer => {
             vehicles[0].start_secondary(
                 0,
-                &[&fine_grained[..], &["--fault-lose-ack-after", "131072"]].concat(),
+                &[
+                    &fine_grained[..],
+                    &["--fault-lose-ack-after", LAST_CHUNK_OFFSET],
+                ]
+                .concat(),
             );
         }
         Fault::AsleepAtActivation => {
@@ -493,6 +500,9 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         );
         names.push(name);
     }
+    // Unreachable reports about the vehicle so far (its first manifests may declare an ECU
+    // that is off): rows that wait for the Primary to find one unreachable wait for a new one.
+    let unreachable_before = event_count(fleet, &vins[0], false, "ecu_unreachable");
     if matches!(row.fault, Fault::UnknownEcu) {
         let mut args = vec!["assign", "--image", &names[1], "--ecu", "NOT-IN-VEHICLE"];
         for vin in &vin_refs {
@@ -561,6 +571,14 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             if !under_way(&vehicles[0]) {
                 return Err("the transfer never started".into());
             }
+            // The corruption is to cut the transfer itself, not a later call: the transfer
+            // (the only traffic on the link meanwhile) is still under way.
+            let reached = vehicles[0].secondaries[0].durable_offset();
+            if reached >= IMAGE_BYTES as u64 {
+                return Err(format!(
+                    "the transfer had finished ({reached} bytes) before the corruption"
+                ));
+            }
             vehicles[0].secondaries[0].link.corrupt_next();
             let primary_dir = vehicles[0].primary_dir.clone();
             if !wait_until(ROW_LIMIT, || attempts(&primary_dir, target) > 0) {
@@ -568,12 +586,17 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             }
         }
         Fault::OfflineBriefly | Fault::AsleepAtActivation => {
-            if matches!(row.fault, Fault::AsleepAtActivation)
-                && !vehicles[0].secondaries[0].wait_power_loss(ROW_LIMIT)
-            {
-                return Err("the Secondary never went to sleep after its write".into());
+            let mut since = unreachable_before;
+            if matches!(row.fault, Fault::AsleepAtActivation) {
+                if !vehicles[0].secondaries[0].wait_power_loss(ROW_LIMIT) {
+                    return Err("the Secondary never went to sleep after its write".into());
+                }
+                since = event_count(fleet, &vin0, false, "ecu_unreachable");
             }
-            if !event_seen(fleet, &vin0, false, "ecu_unreachable") {
+            let missed = wait_until(ROW_LIMIT, || {
+                event_count(fleet, &vin0, false, "ecu_unreachable") > since
+            });
+            if !missed {
                 return Err("the Primary never found the Secondary unreachable".into());
             }
             vehicles[0].start_secondary(0, &[]);
@@ -646,7 +669,12 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             if !under_way(&vehicles[0]) {
                 return Err("the transfer never started".into());
             }
-            send_garbage(&vehicles[0].secondaries[0].real_addr());
+            let accepted = send_garbage(&vehicles[0].secondaries[0].real_addr());
+            if accepted < 4 {
+                return Err(format!(
+                    "only {accepted} of 4 rogue connections were accepted"
+                ));
+            }
         }
         Fault::Offline | Fault::OfflineThroughout | Fault::Replaced => {
             let others_done = wait_until(ROW_LIMIT, || {
@@ -755,6 +783,22 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         ));
     }
     let judged = judge(fleet, &vin_refs, target, row.expect)?;
+    if row.expect == Expect::Installed {
+        // The Secondary's own books agree: nothing pending, the new release counter kept
+        // (a result lost to a power cut while confirming is recorded at the next boot).
+        let state: Value = std::fs::read(vehicles[0].secondaries[0].dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        if !state["pending"].is_null()
+            || state["installed_release_counter"].as_u64() != Some(index as u64 + 1)
+        {
+            return Err(format!(
+                "{judged}; but the Secondary's state disagrees: pending {}, release counter {}",
+                state["pending"], state["installed_release_counter"]
+            ));
+        }
+    }
     if matches!(row.fault, Fault::DuplicateCalls) {
         let replayed = replay_install(fleet, &vehicles[0], &vin0, target)?;
         return Ok(format!("{judged}; {replayed}"));
@@ -803,6 +847,19 @@ fn replay_install(fleet: &Fleet, vehicle: &SimVehicle, vin: &str, serial: &str) 
     });
     let after = env()?;
     let (install, activate, result) = answers;
+    for (call, answer) in [("Install", &install), ("Activate", &activate)] {
+        if let Ok(op) = answer {
+            let op = op.get_ref();
+            let refused = op.state != proto::v2::OperationState::Running as i32
+                && op
+                    .result
+                    .as_ref()
+                    .is_some_and(|r| r.code != proto::v2::ResultCode::Ok as i32);
+            if !refused {
+                return Err(format!("the replayed {call} was not refused: {op:?}"));
+            }
+        }
+    }
     // The result was acknowledged by the Primary and may be gone; if it is still there it
     // must still say OK.
     if let Ok(result) = result
@@ -917,7 +974,7 @@ fn primary_phase(primary_dir: &std::path::Path, serial: &str) -> Option<String> 
 /// Rogue connections to a Secondary's own port (bypassing the Primary's link): random
 /// bytes, a truncated TLS ClientHello, a plaintext HTTP/2 preface with a broken frame, and a
 /// megabyte of zeros. None may take the Secondary down or disturb the transfer under way.
-fn send_garbage(addr: &str) {
+fn send_garbage(addr: &str) -> usize {
     let mut random = vec![0u8; 4096];
     let mut x: u32 = 0x9e37_79b9;
     for byte in &mut random {
@@ -931,13 +988,22 @@ fn send_garbage(addr: &str) {
     ];
     let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     preface.extend_from_slice(&[0xff; 64]);
+    let mut accepted = 0;
     for payload in [random, truncated_hello, preface, vec![0u8; 1 << 20]] {
         if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
             let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-            let _ = stream.write_all(&payload);
+            // The Secondary may close the connection before the megabyte is written.
+            if stream
+                .write_all(&payload[..payload.len().min(4096)])
+                .is_ok()
+            {
+                accepted += 1;
+            }
+            let _ = stream.write_all(&payload[payload.len().min(4096)..]);
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
+    accepted
 }
 
 /// The Primary's record of `serial`'s update (`updates[serial]` of its state file), or null.
@@ -954,6 +1020,15 @@ fn attempts(primary_dir: &std::path::Path, serial: &str) -> u64 {
     primary_update(primary_dir, serial)["attempts"]
         .as_u64()
         .unwrap_or(0)
+}
+
+/// How many events of `kind` vehicle `vin` has (security events only when `security`).
+fn event_count(fleet: &Fleet, vin: &str, security: bool, kind: &str) -> usize {
+    fleet
+        .events(vin, security)
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .count()
 }
 
 /// Waits (bounded) for an event of `kind` about vehicle `vin` (security events only when

@@ -81,36 +81,37 @@ fn server() -> &'static Server {
     })
 }
 
-/// `response` with every `Location` header pointed at a path of this server.
+/// `response` with every line that could be a `Location` header (in any header block: a
+/// 1xx answer may come first, and a body line costs nothing to rewrite) pointed at a path of
+/// this server: its value keeps only the characters of a plain path, and one that is not a
+/// single-slash path becomes `/redirected`. Folded continuation lines (leading whitespace)
+/// are dropped. The fuzzer cannot make the client look up or reach another host.
 pub fn keep_redirects_local(response: &[u8]) -> Vec<u8> {
-    let end = response
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .or_else(|| response.windows(4).position(|w| w == b"\r\n\r\n"))
-        .unwrap_or(response.len());
-    let (head, body) = response.split_at(end);
     let mut out = Vec::with_capacity(response.len());
-    for (i, line) in head.split(|b| *b == b'\n').enumerate() {
+    for (i, line) in response.split(|b| *b == b'\n').enumerate() {
         if i > 0 {
             out.push(b'\n');
         }
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            continue;
+        }
         let lower = line.to_ascii_lowercase();
-        match lower.strip_prefix(b"location:") {
-            Some(value) => {
-                let value = value.trim_ascii();
-                let local =
-                    value.starts_with(b"/") && !value.starts_with(b"//") && !value.contains(&b'\\');
-                out.extend_from_slice(b"location: ");
-                // The value as the fuzzer wrote it, lowercased: paths on this server only.
-                out.extend_from_slice(if local { value } else { b"/redirected" });
-                if line.ends_with(b"\r") {
-                    out.push(b'\r');
-                }
-            }
-            None => out.extend_from_slice(line),
+        let Some(value) = lower.strip_prefix(b"location:") else {
+            out.extend_from_slice(line);
+            continue;
+        };
+        let path: Vec<u8> = value
+            .iter()
+            .copied()
+            .filter(|b| b.is_ascii_alphanumeric() || b"/._-".contains(b))
+            .collect();
+        let local = path.starts_with(b"/") && !path.starts_with(b"//");
+        out.extend_from_slice(b"location: ");
+        out.extend_from_slice(if local { &path } else { b"/redirected" });
+        if line.ends_with(b"\r") {
+            out.push(b'\r');
         }
     }
-    out.extend_from_slice(body);
     out
 }
 
@@ -222,6 +223,37 @@ pub fn run(data: &[u8]) {
         Err(_) => {
             let left = std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0);
             assert_eq!(left, 0, "a failed download left an image file behind");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_redirects_local;
+
+    #[test]
+    fn redirects_stay_on_this_server() {
+        for (given, kept) in [
+            (
+                &b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/x\r\n\r\n"[..],
+                "/redirected",
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 302\r\nlocation: //evil.example/\r\n\r\n",
+                "/redirected",
+            ),
+            (
+                b"HTTP/1.1 302\r\nLocation: /\t/evil.example/\r\n\r\n",
+                "/redirected",
+            ),
+            (
+                b"HTTP/1.1 302\r\nLocation: /targets/a.bin\r\n\r\n",
+                "/targets/a.bin",
+            ),
+        ] {
+            let out = String::from_utf8_lossy(&keep_redirects_local(given)).into_owned();
+            assert!(out.contains(&format!("location: {kept}\r")), "{out:?}");
+            assert!(!out.contains("evil"), "{out:?}");
         }
     }
 }

@@ -144,13 +144,22 @@ pub fn run(data: &[u8]) {
             report.latest_time <= now() + chrono::Duration::minutes(5),
             "a report from the future accepted"
         );
+    }
+    // Each report as filed: under an ECU of the vehicle, signed by that ECU's key, for it.
+    for filed in checked.manifest.ecu_version_reports.keys() {
+        let ecu = inventory
+            .ecus
+            .get(filed)
+            .expect("a report filed under an ECU the vehicle does not have accepted");
         let raw = checked
             .manifest
-            .report(&report.ecu_serial)
-            .expect("an accepted report is in the manifest");
-        assert!(
-            uptane_core::manifest::verify_ecu_report(&raw, &ecu.key).is_ok(),
-            "a report accepted without its ECU's signature"
+            .report(filed)
+            .expect("a filed report is JSON");
+        let verified = uptane_core::manifest::verify_ecu_report(&raw, &ecu.key)
+            .expect("a report accepted without the signature of the ECU it is filed under");
+        assert_eq!(
+            &verified.ecu_serial, filed,
+            "a report signed for one ECU accepted under another"
         );
     }
     for serial in inventory.ecus.keys() {

@@ -253,13 +253,29 @@ async fn calls(dir: &Path, data: &[u8]) {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let records = records::parse(data);
+    // Operation ids are random: a GetOperation or CancelOperation naming none asks about the
+    // operation the last call started, so that the fuzzer reaches them.
+    let mut last_operation = String::new();
     let mut i = 0;
     while i < records.len() {
         let (tag, body) = records[i];
         let name = METHODS[usize::from(tag & 15)];
         i += 1;
         let framed = tag & UNFRAMED == 0;
-        let mut request = if framed { frame(body) } else { body.to_vec() };
+        let body = match GetOperationRequest::decode(body) {
+            Ok(r)
+                if framed
+                    && r.operation_id.is_empty()
+                    && matches!(name, "GetOperation" | "CancelOperation") =>
+            {
+                GetOperationRequest {
+                    operation_id: last_operation.clone(),
+                }
+                .encode_to_vec()
+            }
+            _ => body.to_vec(),
+        };
+        let mut request = if framed { frame(&body) } else { body };
         if name == "Upload" && framed {
             while let Some((next_tag, next)) = records.get(i) {
                 if next_tag & (15 | UNFRAMED) != method("Upload") {
@@ -271,6 +287,9 @@ async fn calls(dir: &Path, data: &[u8]) {
         }
         let (_, answer) = call(&server, name, request).await;
         if matches!(name, "Install" | "Activate" | "Confirm") {
+            if let Some(operation) = first_message::<Operation>(&answer) {
+                last_operation = operation.operation_id;
+            }
             settle(&server, &answer).await;
         }
     }
@@ -293,13 +312,15 @@ async fn calls(dir: &Path, data: &[u8]) {
     let report = first_message::<SignedVersionReport>(&answer).expect("a version report");
     let report: serde_json::Value =
         serde_json::from_slice(&report.signed_report).expect("the report is JSON");
-    let running = AbDevice::new(dir)
-        .running()
-        .expect("the running slot reads");
-    let reported = &report["signed"]["installed_image"]["filename"];
+    // The bytes in the slot the device boots are the image the report names.
+    let device = AbDevice::new(dir);
+    let env = device.env().expect("the boot environment reads");
+    let slot = std::fs::read(device.slot_path(&env.active)).expect("the active slot reads");
+    let reported = &report["signed"]["installed_image"];
     assert_eq!(
-        reported.as_str(),
-        running.as_ref().map(|image| image.filename.as_str()),
-        "the report names another image than the one running"
+        reported["hashes"]["sha256"].as_str(),
+        Some(uptane_core::hash::sha256_hex(&slot).as_str()),
+        "the report names another image than the one in the slot the ECU boots: {reported}"
     );
+    assert_eq!(reported["length"].as_u64(), Some(slot.len() as u64));
 }

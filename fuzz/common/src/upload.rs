@@ -126,12 +126,21 @@ pub fn run(data: &[u8]) {
         checked.metadata.common.version > published,
         "an upload that does not raise the version"
     );
+    let blob_hashes = uptane_core::hash::standard_hashes(BLOB);
     for (path, info) in &checked.new_targets {
         assert_eq!(
             info.length,
             BLOB.len() as u64,
             "{path}: a target without its uploaded blob"
         );
+        for (algorithm, digest) in &info.hashes {
+            assert!(
+                blob_hashes
+                    .get(algorithm)
+                    .is_some_and(|d| d.eq_ignore_ascii_case(digest)),
+                "{path}: a {algorithm} that is not the uploaded blob's"
+            );
+        }
         if supplier {
             assert!(
                 path.starts_with("supplier/"),
