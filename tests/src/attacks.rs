@@ -107,12 +107,7 @@ impl World {
         car.use_credential_only(&fleet)?;
         car.set_director_url(&director.url);
         car.set_image_url(&images.url);
-        car.set_primary_flags(&[
-            "--min-download-bytes-per-sec",
-            "50000",
-            "--download-grace-ms",
-            "500",
-        ]);
+        car.set_primary_flags(PRIMARY_FLAGS);
         let other = SimVehicle::provision(
             &fleet,
             &VehicleSpec {
@@ -428,6 +423,40 @@ fn refused(
     Ok(format!("nothing installed; Director event {event}"))
 }
 
+/// The car's Primary flags: minimum speeds the attacks on speed can trip within a cycle.
+const PRIMARY_FLAGS: &[&str] = &[
+    "--min-download-bytes-per-sec",
+    "50000",
+    "--download-grace-ms",
+    "500",
+];
+
+/// The link to the first Secondary delivers a chunk every 3 s (the Secondary's own link
+/// knob), far below the 64 KiB/s the Primary is set to expect after 2 s.
+fn slow_secondary_link(w: &mut World) -> Result<String, String> {
+    let slow: Vec<&str> = PRIMARY_FLAGS
+        .iter()
+        .copied()
+        .chain([
+            "--min-upload-bytes-per-sec",
+            "65536",
+            "--upload-grace-ms",
+            "2000",
+        ])
+        .collect();
+    w.car.set_primary_flags(&slow);
+    w.car.start_secondary(0, &["--fault-slow-link-ms", "3000"]);
+    let before = w.installed();
+    let since = w.last_event();
+    w.release(&[1]);
+    let (code, summary) = w.cycle();
+    w.car.start_secondary(0, &[]);
+    w.car.set_primary_flags(PRIMARY_FLAGS);
+    let verdict = refused(w, &before, since, "attack_reported:slow_retrieval")
+        .map_err(|e| format!("{e} (cycle {code}: {summary})"))?;
+    Ok(format!("{verdict}; {}", w.recover()?))
+}
+
 /// Runs an attacked cycle after `stage`, checks [`refused`], then recovery.
 fn attacked(
     world: &mut World,
@@ -676,6 +705,12 @@ fn uptane_scenarios() -> Vec<Scenario> {
                     "slow_retrieval",
                 )
             },
+        ),
+        scenario(
+            "slow retrieval on the vehicle network (a Secondary's link)",
+            "the link to a Secondary",
+            "abandoned below the minimum transfer speed (slow_retrieval)",
+            slow_secondary_link,
         ),
         scenario(
             "drop-request",
