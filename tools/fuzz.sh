@@ -44,9 +44,9 @@ for target in "${targets[@]}"; do
         outcome="FAILED (see fuzz/$log; the input is in fuzz/artifacts/$target/)"
         failed=1
     fi
-    runs=$(grep -oE '^stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
-    rate=$(grep -oE '^stat::average_exec_per_sec: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
-    cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 || true)
+    runs=$(grep -aoE '^stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
+    rate=$(grep -aoE '^stat::average_exec_per_sec: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
+    cov=$(grep -aoE 'cov: [0-9]+' "$log" | tail -1 || true)
     printf '%-16s %12s executions in %ss (%s/s, %s): %s\n' "$target" "$runs" "$seconds" "$rate" "$cov" "$outcome"
 done
 exit $failed
