@@ -11,6 +11,7 @@ use crate::api::AppState;
 use crate::catalog::ImageCatalog;
 use crate::db::{Database, Db};
 use crate::keys::{self, OnlineKeys};
+use service_runtime::clock::now;
 
 /// Checks the root's expiry now and every hour: a warning in the log and a `root_expiring`
 /// security event (at most one a day) when it expires within `window`.
@@ -632,10 +633,6 @@ enum ProvisioningCommand {
     },
 }
 
-fn now() -> uptane_core::time::UtcTime {
-    std::time::SystemTime::now().into()
-}
-
 /// The database a Director directory uses ([`Database::of_dir`]).
 fn database_of(dir: &std::path::Path) -> anyhow::Result<Database> {
     Database::of_dir(dir).map_err(|e| failure(Exit::Config, e))
@@ -1089,6 +1086,7 @@ fn url_part(value: &str) -> String {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    service_runtime::clock::init()?;
     let json = cli.json;
     match cli.command {
         Command::Docs(docs) => docs.run::<Cli>(),

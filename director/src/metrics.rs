@@ -125,7 +125,7 @@ fn figures(conn: &Conn, now: uptane_core::time::UtcTime) -> Result<Figures, Dire
 
 /// One scrape: the counters, then the database's figures, in the OpenMetrics text format.
 pub async fn render(service: &DirectorService) -> Result<String, DirectorError> {
-    let now: uptane_core::time::UtcTime = std::time::SystemTime::now().into();
+    let now = service_runtime::clock::now();
     let started = std::time::Instant::now();
     let figures = service.db().read(move |conn| figures(conn, now)).await?;
     let read_seconds = started.elapsed().as_secs_f64();

@@ -19,6 +19,7 @@ use crate::remote::Remote;
 use crate::repo::{Expiry, InitOptions, RepoState, Repository, image_custom, sign_targets_update};
 use crate::server::{AppState, ServerConfig};
 use crate::tokens::{TokenSelector, Tokens};
+use service_runtime::clock::now;
 
 /// The Uptane Image repository: a TUF repository of signed images.
 #[derive(Debug, Parser)]
@@ -414,10 +415,6 @@ enum TokenCommand {
     },
 }
 
-fn now() -> UtcTime {
-    std::time::SystemTime::now().into()
-}
-
 /// Prints a warning on standard error for each offline-signed file that expires soon.
 fn warn_expiring(state: &crate::repo::RepoState) {
     for expiring in state.expiring(now()) {
@@ -434,6 +431,7 @@ fn warn_expiring_in(repo: &Repository) {
 
 /// Runs a parsed command line; an error ends with the exit status of docs/CLI.md.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    service_runtime::clock::init()?;
     run_command(cli).await.map_err(advise)
 }
 

@@ -33,6 +33,7 @@ use tower_http::services::ServeDir;
 use crate::error::RepoError;
 use crate::repo::{BlobHasher, Repository};
 use crate::tokens::Tokens;
+use service_runtime::clock::now;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -269,10 +270,6 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, axum::Json(json!({"error": self.message}))).into_response()
     }
-}
-
-fn now() -> uptane_core::time::UtcTime {
-    std::time::SystemTime::now().into()
 }
 
 /// The router, testable without a socket.

@@ -1,12 +1,13 @@
 //! What every program of the workspace does the same way: structured logs to stderr, a
 //! future that completes on SIGTERM or SIGINT, one table of exit statuses and error messages
-//! ([`cli`]), atomic file
+//! ([`cli`]), the wall clock ([`clock`]), atomic file
 //! writes ([`files`]), image digests on threads of their own ([`digest`]), TLS with rustls ([`tls`]), the HTTP accept loop and client builder
 //! that refuse clear text by default ([`http`]) and the certificates the programs make
 //! ([`pki`]), and the memory allocator. Kept apart so the servers and agents stay thin
 //! (linkerd's thin `main`).
 
 pub mod cli;
+pub mod clock;
 pub mod digest;
 pub mod files;
 pub mod http;

@@ -94,6 +94,9 @@ pub enum Fault {
     PrimaryKilled,
     /// The Director is killed with SIGKILL once an assignment was delivered, then restarted.
     DirectorRestarted,
+    /// The vehicle is parked for 400 days while both repositories rotate keys and sign
+    /// everything again (`crate::parked`, on a fleet of its own whose clock moves).
+    ParkedForMonths,
 }
 
 /// One row of the matrix.
@@ -330,6 +333,12 @@ pub fn rows() -> Vec<Row> {
             fault: DirectorRestarted,
             expect: Installed,
         },
+        Row {
+            matrix: "-",
+            name: "vehicle parked 400 days; roots and keys rotated meanwhile",
+            fault: ParkedForMonths,
+            expect: Installed,
+        },
     ]
 }
 
@@ -368,7 +377,11 @@ fn final_status(entry: &Value) -> bool {
 /// Runs one row with fresh vehicles.
 pub fn run_row(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Outcome {
     let started = Instant::now();
-    let (observed, holds) = match drive(fleet, rig, index, row) {
+    let result = match row.fault {
+        Fault::ParkedForMonths => crate::parked::drive(),
+        _ => drive(fleet, rig, index, row),
+    };
+    let (observed, holds) = match result {
         Ok(text) => (text, true),
         Err(text) => (text, false),
     };
@@ -731,6 +744,8 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         | Fault::DuplicateCalls
         | Fault::UnknownEcu
         | Fault::RootsRotated => {}
+        // Driven by `crate::parked` instead.
+        Fault::ParkedForMonths => return Err("not a row of this rig".into()),
         Fault::ClockAhead => {
             // The vehicle does not trust the reading (against it every metadata file would
             // look expired) and reports a freeze; with its clock put right it updates.

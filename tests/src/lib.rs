@@ -15,6 +15,7 @@ pub mod hil;
 pub mod load;
 pub mod mitm;
 pub mod nginx;
+pub mod parked;
 pub mod pg_mitm;
 pub mod postgres;
 pub mod proxy;

@@ -35,7 +35,9 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
 /// The servers and the operator's credentials.
 #[derive(Debug)]
 pub struct Fleet {
-    _image_repo: ChildGuard,
+    image_repo: Option<ChildGuard>,
+    image_addr: String,
+    image_repo_flags: Vec<String>,
     /// Image repository base URL (`https://`).
     pub image_url: String,
     /// The throwaway CA every server certificate of this fleet chains to.
@@ -59,6 +61,9 @@ pub struct Fleet {
     upload_token: Option<String>,
     director_flags: Vec<String>,
     director_env: Vec<(String, String)>,
+    /// How far ahead of the real one the servers' and the operator's clocks read
+    /// ([`Fleet::set_clock_offset_days`]).
+    clock_offset_secs: i64,
     // Last: removed after the processes using it are gone.
     tmp: tempfile::TempDir,
 }
@@ -170,14 +175,6 @@ impl Fleet {
             ]),
             LIMIT,
         );
-        let mut command = Command::new(bin("image-repo"));
-        command
-            .args(["serve", "--repo", &path("repo"), "--listen", "127.0.0.1:0"])
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .args(tls_flags(&tmp.path().join("pki/image-repo")))
-            .args(image_repo_flags);
-        let (image_repo, image_listening) = spawn_listening_with_metrics(command, LIMIT);
-        let image_addr = image_listening.addr;
         let mut init = Command::new(bin("director"));
         init.args([
             "init",
@@ -206,8 +203,10 @@ impl Fleet {
         .trim()
         .to_string();
         let mut fleet = Self {
-            _image_repo: image_repo,
-            image_url: format!("https://{image_addr}"),
+            image_repo: None,
+            image_addr: "127.0.0.1:0".into(),
+            image_repo_flags: image_repo_flags.iter().map(|f| f.to_string()).collect(),
+            image_url: String::new(),
             ca,
             ca_cert,
             director: None,
@@ -215,14 +214,16 @@ impl Fleet {
             replicas: Vec::new(),
             director_url: String::new(),
             director_metrics: None,
-            image_metrics: image_listening.metrics,
+            image_metrics: None,
             token,
             provisioning_token: String::new(),
             upload_token: None,
             director_flags: Vec::new(),
             director_env: Vec::new(),
+            clock_offset_secs: 0,
             tmp,
         };
+        fleet.start_image_repo();
         fleet.start_director();
         let created = fleet.operator(&["provisioning-token", "create", "--label", "factory"]);
         fleet.provisioning_token = created["token"].as_str().unwrap_or_default().to_string();
@@ -272,12 +273,60 @@ impl Fleet {
 
     /// The Image repository's process id.
     pub fn image_repo_pid(&self) -> u32 {
-        self._image_repo.id()
+        self.image_repo.as_ref().map_or(0, ChildGuard::id)
     }
 
-    /// What the Image repository wrote to stderr (its log) so far.
+    /// What the Image repository wrote to stderr (its log) since it last started.
     pub fn image_repo_log(&self) -> String {
-        self._image_repo.stderr()
+        self.image_repo
+            .as_ref()
+            .map(ChildGuard::stderr)
+            .unwrap_or_default()
+    }
+
+    /// `image-repo serve` on this fleet's repository, on the address it had (a free one the
+    /// first time).
+    fn start_image_repo(&mut self) {
+        let mut command = self.server("image-repo");
+        command
+            .args(["serve", "--repo", &text(&self.path("repo"))])
+            .args(["--listen", &self.image_addr])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(tls_flags(&self.path("pki/image-repo")))
+            .args(&self.image_repo_flags);
+        let (image_repo, listening) = spawn_listening_with_metrics(command, LIMIT);
+        self.image_repo = Some(image_repo);
+        self.image_addr = listening.addr;
+        self.image_metrics = listening.metrics;
+        self.image_url = format!("https://{}", self.image_addr);
+    }
+
+    /// Kills both servers with SIGKILL and starts them again on the same addresses.
+    pub fn restart_servers(&mut self) {
+        if let Some(mut image_repo) = self.image_repo.take() {
+            image_repo.kill();
+        }
+        self.start_image_repo();
+        self.restart_director();
+    }
+
+    /// From now on, the servers (from their next start) and every `director` and
+    /// `image-repo` command read the clock `days` ahead of the real one (a test build's
+    /// `UPTANE_FAULT_CLOCK_OFFSET_SECS`): months pass for the repositories without waiting.
+    pub fn set_clock_offset_days(&mut self, days: i64) {
+        self.clock_offset_secs = days * 86_400;
+    }
+
+    /// A `director` or `image-repo` command on this fleet's clock.
+    fn server(&self, name: &str) -> Command {
+        let mut command = Command::new(bin(name));
+        if self.clock_offset_secs != 0 {
+            command.env(
+                service_runtime::clock::FAULT_OFFSET_ENV,
+                self.clock_offset_secs.to_string(),
+            );
+        }
+        command
     }
 
     /// The Director's address (`127.0.0.1:PORT`).
@@ -287,7 +336,7 @@ impl Fleet {
 
     /// `director serve` on this fleet's Director directory, listening on `addr`.
     fn director_command(&self, addr: &str) -> Command {
-        let mut command = Command::new(bin("director"));
+        let mut command = self.server("director");
         command
             .args([
                 "serve",
@@ -421,7 +470,7 @@ impl Fleet {
     /// it); its JSON output, or the command's error.
     pub fn operator_at(&self, url: &str, args: &[&str]) -> Result<Value, String> {
         let (status, out, err) = run(
-            Command::new(bin("director")).args(args).args([
+            self.server("director").args(args).args([
                 "--server",
                 url,
                 "--token",
@@ -448,13 +497,75 @@ impl Fleet {
     /// (the commands an administrator runs on the Director's host): success and output.
     pub fn director_local(&self, args: &[&str], offline_keys: &Path) -> (bool, String, String) {
         let (status, out, err) = run(
-            Command::new(bin("director"))
+            self.server("director")
                 .args(args)
                 .args(["--dir", &text(&self.path("director"))])
                 .args(["--offline-keys", &text(offline_keys)]),
             LIMIT,
         );
         (status.success(), out, err)
+    }
+
+    /// `image-repo ARGS --repo REPO --offline-keys KEYS` on the fleet's repository (what its
+    /// administrator runs with the offline keys): its output, or the command's error.
+    pub fn image_repo_local(&self, args: &[&str]) -> Result<String, String> {
+        let (status, out, err) = run(
+            self.server("image-repo")
+                .args(args)
+                .args(["--repo", &text(&self.path("repo"))])
+                .args(["--offline-keys", &text(&self.path("repo-keys"))]),
+            LIMIT,
+        );
+        if status.success() {
+            Ok(out)
+        } else {
+            Err(format!("image-repo {args:?}: {err}"))
+        }
+    }
+
+    /// Creates a new operator token (the old one may have expired on the fleet's clock) and
+    /// uses it from now on.
+    pub fn renew_operator_token(&mut self) {
+        let token = run_ok(
+            self.server("director").args([
+                "token",
+                "create",
+                "--dir",
+                &text(&self.path("director")),
+                "--label",
+                "operator",
+            ]),
+            LIMIT,
+        );
+        self.token = token.trim().to_string();
+    }
+
+    /// The Director root version the server publishes (`director status`).
+    pub fn director_root_version(&self) -> Result<u64, String> {
+        let status = self.operator(&["status"]);
+        status["root_version"]
+            .as_u64()
+            .ok_or_else(|| format!("director status: {status}"))
+    }
+
+    /// Whether the Image repository serves a timestamp that has not expired on the fleet's
+    /// clock.
+    pub fn image_repo_timestamp_fresh(&self) -> bool {
+        let url = format!("{}/metadata/timestamp.json", self.image_url);
+        let client = self.https_client();
+        let body = crate::blocking(async move {
+            let response = client.get(&url).send().await.ok()?;
+            response.bytes().await.ok()
+        });
+        let now = uptane_core::time::UtcTime::from(std::time::SystemTime::now())
+            + chrono::Duration::seconds(self.clock_offset_secs);
+        body.and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| {
+                v["signed"]["expires"]
+                    .as_str()
+                    .and_then(uptane_core::time::parse_expires)
+            })
+            .is_some_and(|expires| expires > now)
     }
 
     /// A `director` operator command against the server over TLS (`--json`), to run.
@@ -466,7 +577,7 @@ impl Fleet {
 
     /// The same without `--json`: what an operator reads.
     pub fn operator_human(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(bin("director"));
+        let mut command = self.server("director");
         command.args(args).args([
             "--server",
             &self.director_url,
@@ -483,7 +594,7 @@ impl Fleet {
     /// repository directly.
     pub fn publish_through_server(&mut self) {
         let token = run_ok(
-            Command::new(bin("image-repo")).args([
+            self.server("image-repo").args([
                 "token",
                 "create",
                 "--repo",
@@ -502,7 +613,7 @@ impl Fleet {
     pub fn publish(&self, name: &str, hardware_id: &str, release_counter: u64, content: &[u8]) {
         let file = self.path(&format!("upload-{}", name.replace('/', "_")));
         std::fs::write(&file, content).expect("the image file writes");
-        let mut command = Command::new(bin("image-repo"));
+        let mut command = self.server("image-repo");
         command.arg("add");
         match &self.upload_token {
             Some(token) => command.args([
@@ -982,6 +1093,23 @@ impl SimVehicle {
             Ok(status) if status.success() => Ok(()),
             other => Err(format!("primary-ecu set-credential: {other:?}")),
         }
+    }
+
+    /// `primary-ecu status --json`.
+    pub fn primary_status(&self) -> Result<Value, String> {
+        let (status, out, err) = run(
+            Command::new(bin("primary-ecu")).args([
+                "status",
+                "--dir",
+                &text(&self.primary_dir),
+                "--json",
+            ]),
+            LIMIT,
+        );
+        if !status.success() {
+            return Err(format!("primary-ecu status: {err}"));
+        }
+        serde_json::from_str(&out).map_err(|e| format!("primary-ecu status: {e}: {out}"))
     }
 
     /// One `primary-ecu once`: exit code and summary line.

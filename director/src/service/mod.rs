@@ -67,6 +67,7 @@ pub use self::vehicles::{
 use crate::catalog::ImageCatalog;
 use crate::db::{Db, DbError};
 use crate::error::DirectorError;
+use service_runtime::clock::now;
 
 /// Timing policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,10 +130,6 @@ fn exists(conn: &Conn, table: &str, column: &str, value: &str) -> Result<bool, D
 
 fn now_text(now: UtcTime) -> String {
     format_expires(&now)
-}
-
-fn now() -> UtcTime {
-    std::time::SystemTime::now().into()
 }
 
 /// Who made a request, as the event log names them (`operator:LABEL`, `vehicle:VIN`).
