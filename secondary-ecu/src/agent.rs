@@ -149,6 +149,11 @@ struct KeptAttack {
     first_reported_in: Option<u64>,
 }
 
+/// Starts of one install that may end without a result (power lost while writing the slot)
+/// before the update fails for good: a bound on the loop of a device that loses power in
+/// the same phase every time (ecu-side.md (c) row 30).
+pub const MAX_INSTALL_STARTS: u32 = 3;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct State {
     report_counter: u64,
@@ -168,6 +173,10 @@ struct State {
     /// acknowledged.
     #[serde(default)]
     attacks_not_itemized: Option<NotItemized>,
+    /// Installs of the pending image started and not seen to end (power lost while writing
+    /// the slot): the loop guard's count ([`MAX_INSTALL_STARTS`]).
+    #[serde(default)]
+    install_starts: u32,
 }
 
 /// Attacks counted, not kept one by one.
@@ -852,6 +861,7 @@ impl Agent {
         };
         if self.state.pending.as_ref() != Some(&pending) {
             self.state.pending = Some(pending);
+            self.state.install_starts = 0;
             self.state.durable_offset = 0;
             self.state.transfer_complete = false;
             self.receiving = None;
@@ -1176,6 +1186,10 @@ impl Agent {
     }
 
     /// What an install needs: the approved image, the staging file and the slot to write.
+    /// Each start is counted durably before the slot is touched; once [`MAX_INSTALL_STARTS`]
+    /// starts of one update never ended (the power lost while writing, every time), the
+    /// update fails for good instead of looping (ecu-side.md (c) row 30): the staging is
+    /// freed and the active slot, untouched, keeps booting.
     pub fn prepare_install(&mut self, correlation_id: &str) -> Result<InstallJob, Refusal> {
         let pending = self.pending_for(correlation_id)?;
         if !self.state.transfer_complete {
@@ -1184,6 +1198,20 @@ impl Agent {
                 "the image has not been received completely",
             ));
         }
+        if self.state.install_starts >= MAX_INSTALL_STARTS {
+            self.discard_transfer();
+            let refusal = Refusal::new(
+                ResultCode::InstallFailed,
+                format!(
+                    "install interrupted {} times before it ended (power lost while writing \
+                     the slot); given up: the active slot is untouched",
+                    self.state.install_starts
+                ),
+            );
+            return Err(self.refuse(correlation_id, refusal, &pending.filename));
+        }
+        self.state.install_starts += 1;
+        self.save().map_err(io)?;
         let approved = self.approved()?;
         let env = self.device.env().map_err(io)?;
         let slot = AbDevice::inactive(&env);
@@ -1204,6 +1232,9 @@ impl Agent {
         job: &InstallJob,
         outcome: Result<(), Refusal>,
     ) -> Result<ResultCode, Refusal> {
+        // The start ended (written, refused or cancelled): the loop guard counts only starts
+        // that never did.
+        self.state.install_starts = 0;
         match outcome {
             Ok(()) => {
                 let mut env = self.device.env().map_err(io)?;

@@ -654,6 +654,50 @@ async fn power_loss_during_write_keeps_the_old_slot_and_the_update_can_be_retrie
 }
 
 #[tokio::test]
+async fn power_lost_while_writing_every_time_fails_the_update_after_the_loop_bound() {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    let faults = ["--fault-power-loss", "write"];
+    prepared(&mut ecu, &repos, &faults).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    for _ in 0..secondary_ecu::agent::MAX_INSTALL_STARTS {
+        let _ = ecu
+            .client()
+            .install(InstallRequest {
+                correlation_id: CORR.into(),
+            })
+            .await;
+        ecu.wait_exit();
+        ecu.start(&faults).await;
+        assert_eq!(ecu.running().await, "factory.bin");
+    }
+    // The next start would loop again: the update fails for good, the slot untouched and
+    // the staging freed.
+    let op = ecu.install().await;
+    assert_eq!(op.state(), OperationState::Failed, "{op:?}");
+    assert_eq!(ecu.result().await, ResultCode::InstallFailed);
+    let result = ecu
+        .client()
+        .get_installation_result(GetInstallationResultRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert!(
+        result.description.contains("install interrupted 3 times"),
+        "{result:?}"
+    );
+    assert!(!ecu.dir.path().join("ecu/staging/image.part").exists());
+    assert_eq!(ecu.running().await, "factory.bin");
+    // Nothing loops: the same install is refused again, without a power cut.
+    assert_eq!(ecu.install().await.state(), OperationState::Failed);
+    assert_eq!(ecu.running().await, "factory.bin");
+}
+
+#[tokio::test]
 async fn power_loss_during_trial_boot_and_before_confirm_still_completes() {
     for phase in ["trial-boot", "before-confirm"] {
         let repos = Repos::new("brake-2.bin", IMAGE, 2);

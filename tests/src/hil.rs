@@ -46,6 +46,9 @@ pub enum Fault {
     /// Secondary flags for the run that gets the update; the process restarts without them
     /// once it has died (power loss) or right away when it lives on.
     Secondary(&'static [&'static str], bool),
+    /// Secondary flags that cut its power: it is powered up again with the same flags each
+    /// time, so that the cut strikes every time.
+    SecondaryRepeated(&'static [&'static str]),
     /// The link to the Secondary is reset once the transfer is under way.
     LinkCut,
     /// The link holds every byte once the transfer is under way, until the Primary gives up.
@@ -134,6 +137,12 @@ pub fn rows() -> Vec<Row> {
             name: "Director root rotated twice before the update",
             fault: RootsRotated,
             expect: Installed,
+        },
+        Row {
+            matrix: "30",
+            name: "power lost while writing the slot, every time",
+            fault: SecondaryRepeated(&["--fault-power-loss", "write"]),
+            expect: Failed("install interrupted 3 times"),
         },
         Row {
             matrix: "16",
@@ -356,6 +365,9 @@ pub struct Outcome {
 }
 
 const ROW_LIMIT: Duration = Duration::from_secs(120);
+/// The Secondary's loop guard: starts of one install that may end in a power cut
+/// (`secondary_ecu::agent::MAX_INSTALL_STARTS`).
+const INSTALL_STARTS: usize = 3;
 const IMAGE_BYTES: usize = 1 << 20;
 /// Where the last 64 KiB chunk of an image starts (the answer to the stream that carries it
 /// is the one a lost-answer row loses).
@@ -416,7 +428,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         "65536",
     ];
     match row.fault {
-        Fault::Secondary(flags, _) => {
+        Fault::Secondary(flags, _) | Fault::SecondaryRepeated(flags) => {
             vehicles[0].start_secondary(0, &[&fine_grained[..], flags].concat());
         }
         Fault::LinkCut
@@ -560,6 +572,31 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
                 return Err("the power cut never happened".into());
             }
             vehicles[0].start_secondary(0, &[]);
+        }
+        Fault::SecondaryRepeated(flags) => {
+            // Powered up again after each cut, until the Director records an end.
+            let mut cuts = 0;
+            let ended = wait_until(ROW_LIMIT, || {
+                if vehicles[0].secondaries[0].wait_power_loss(Duration::from_millis(100)) {
+                    cuts += 1;
+                    vehicles[0].start_secondary(0, &[&fine_grained[..], flags].concat());
+                }
+                fleet
+                    .assignments(&vin0)
+                    .iter()
+                    .any(|e| e["ecu_serial"] == target.as_str() && final_status(e))
+            });
+            if !ended {
+                return Err(format!("no end recorded after {cuts} power cuts"));
+            }
+            // At least the bound: the count starts again when new metadata changes the
+            // update (the row's three assignments may reach the vehicle in two versions).
+            if cuts < INSTALL_STARTS {
+                return Err(format!(
+                    "the update ended after {cuts} power cuts, below the loop guard's \
+                     {INSTALL_STARTS}"
+                ));
+            }
         }
         Fault::LinkCut => {
             if !under_way(&vehicles[0]) {
@@ -1187,10 +1224,6 @@ pub const NOT_RUN: &[(&str, &str)] = &[
         "24",
         "not yet: the device writes its boot environment atomically (row 23); a torn, \
          non-redundant environment has no knob",
-    ),
-    (
-        "30",
-        "not yet: the Primary retries an interrupted delivery every cycle without a bound",
     ),
     (
         "42",
