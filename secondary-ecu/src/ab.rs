@@ -7,7 +7,10 @@
 //! a number of attempts; each boot of the trial slot uses one attempt; a trial that boots and
 //! passes its health check is confirmed (made active); a trial that runs out of attempts is
 //! marked bad and the bootloader falls back to the old slot. Everything the bootloader knows
-//! survives power loss (`bootenv.json`, written atomically).
+//! survives power loss (`bootenv.json`, written atomically). Each slot also keeps a header of
+//! its own (`slots/<name>.json`: its state and image): a device whose environment is not
+//! redundant can have it torn by a power cut, and the bootloader then boots a slot whose
+//! header says good (ecu-side.md (c) row 24), so one good slot always stays bootable.
 
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
@@ -121,6 +124,9 @@ pub struct Faults {
     pub protocol_version: Option<u32>,
     /// Staging capacity in bytes (storage full beyond it).
     pub storage_bytes: Option<u64>,
+    /// The boot environment is not redundant, and power is lost halfway through its write
+    /// at activation (the boot target switch), leaving it torn.
+    pub torn_env: bool,
 }
 
 impl Faults {
@@ -136,6 +142,7 @@ impl Faults {
             || self.lose_ack_after.is_some()
             || self.protocol_version.is_some()
             || self.storage_bytes.is_some()
+            || self.torn_env
     }
 }
 
@@ -245,16 +252,63 @@ impl AbDevice {
             ]),
             boot_count: 0,
         };
-        files::save(&self.env_path(), &env)
+        self.save(&env)
     }
 
-    /// The bootloader environment.
+    fn header_path(&self, name: &str) -> PathBuf {
+        self.dir.join("slots").join(format!("{name}.json"))
+    }
+
+    /// The bootloader environment. A torn one (unreadable, as a power cut leaves a
+    /// non-redundant environment) is replaced by the bootloader's defaults: the slots as
+    /// their headers describe them, booting a good one and no trial.
     pub fn env(&self) -> std::io::Result<BootEnv> {
-        files::load(&self.env_path())
+        match files::load(&self.env_path()) {
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let env = self.default_env()?;
+                eprintln!(
+                    "bootloader: the boot environment is unreadable ({e}); defaults: booting slot \
+                     {}, marked good",
+                    env.active
+                );
+                self.save(&env)?;
+                Ok(env)
+            }
+            other => other,
+        }
     }
 
-    /// Persists the bootloader environment.
+    /// The environment rebuilt from the slots' headers: the good slot with the newest image
+    /// (by release counter) boots, with no trial pending.
+    fn default_env(&self) -> std::io::Result<BootEnv> {
+        let mut slots = BTreeMap::new();
+        for name in ["A", "B"] {
+            slots.insert(
+                name.to_string(),
+                files::load::<Slot>(&self.header_path(name))?,
+            );
+        }
+        let active = slots
+            .iter()
+            .filter(|(_, slot)| slot.state == SlotState::Good)
+            .max_by_key(|(_, slot)| slot.image.as_ref().map(|i| i.release_counter))
+            .map(|(name, _)| name.clone())
+            .ok_or_else(|| std::io::Error::other("no slot header says good: nothing to boot"))?;
+        Ok(BootEnv {
+            active,
+            trial: None,
+            attempts_left: 0,
+            trial_correlation_id: None,
+            slots,
+            boot_count: 0,
+        })
+    }
+
+    /// Persists the bootloader environment: each slot's header, then the environment.
     pub fn save(&self, env: &BootEnv) -> std::io::Result<()> {
+        for (name, slot) in &env.slots {
+            files::save(&self.header_path(name), slot)?;
+        }
         files::save(&self.env_path(), env)
     }
 
@@ -274,8 +328,22 @@ impl AbDevice {
         env.trial = Some(slot.clone());
         env.attempts_left = attempts;
         env.trial_correlation_id = Some(correlation_id.to_string());
+        if self.faults.torn_env {
+            self.tear_env(&env)?;
+        }
         self.save(&env)?;
         Ok(slot)
+    }
+
+    /// Writes half of `env` in place, not atomically, and cuts the power: a non-redundant
+    /// environment torn mid-write.
+    fn tear_env(&self, env: &BootEnv) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(env).map_err(std::io::Error::other)?;
+        let mut file = std::fs::File::create(self.env_path())?;
+        file.write_all(&bytes[..bytes.len() / 2])?;
+        file.sync_all()?;
+        eprintln!("fault injection: power lost writing the boot environment (torn)");
+        std::process::abort();
     }
 
     /// Whether a trial image that started fails its health check (the agent's check after
@@ -377,11 +445,62 @@ mod tests {
             "B".into(),
             Slot {
                 state: SlotState::Pending,
-                image: Some(image("new.bin")),
+                image: Some(InstalledImage {
+                    release_counter: 1,
+                    ..image("new.bin")
+                }),
             },
         );
         device.save(&env).unwrap();
         (dir, device)
+    }
+
+    /// Writes a torn environment, as a power cut halfway through a non-redundant write does.
+    fn tear(device: &AbDevice) {
+        let bytes = serde_json::to_vec_pretty(&device.env().unwrap()).unwrap();
+        std::fs::write(device.env_path(), &bytes[..bytes.len() / 2]).unwrap();
+    }
+
+    #[test]
+    fn a_torn_environment_boots_the_good_slot_and_keeps_the_written_one() {
+        let (_d, device) = device();
+        device.activate("c5", 3).unwrap();
+        tear(&device);
+        // The bootloader's defaults: the old slot (good) boots; no trial; the new image
+        // stays written (pending), to be activated again.
+        let env = device.env().unwrap();
+        assert_eq!(env.active, "A");
+        assert_eq!(env.trial, None);
+        assert_eq!(env.slots["B"].state, SlotState::Pending);
+        assert_eq!(device.boot_trial(|| true).unwrap(), BootOutcome::Normal);
+        assert_eq!(device.running().unwrap().unwrap().filename, "old.bin");
+        // The defaults were written back whole.
+        assert_eq!(
+            files::load::<BootEnv>(&device.env_path()).unwrap().active,
+            "A"
+        );
+    }
+
+    #[test]
+    fn a_torn_environment_after_confirmation_boots_the_newest_good_slot() {
+        let (_d, device) = device();
+        device.activate("c6", 3).unwrap();
+        device.boot_trial(|| true).unwrap();
+        device.confirm().unwrap();
+        tear(&device);
+        assert_eq!(device.env().unwrap().active, "B");
+        assert_eq!(device.running().unwrap().unwrap().filename, "new.bin");
+    }
+
+    #[test]
+    fn a_torn_environment_without_a_good_slot_header_is_an_error_not_a_guess() {
+        let (_d, device) = device();
+        tear(&device);
+        let mut header: Slot = files::load(&device.header_path("A")).unwrap();
+        header.state = SlotState::Bad;
+        files::save(&device.header_path("A"), &header).unwrap();
+        let error = device.env().unwrap_err().to_string();
+        assert!(error.contains("no slot header says good"), "{error}");
     }
 
     #[test]

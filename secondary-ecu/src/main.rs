@@ -118,6 +118,10 @@ enum Command {
         /// Fault: staging capacity in bytes.
         #[arg(long, env = "SECONDARY_FAULT_STORAGE_BYTES")]
         fault_storage_bytes: Option<u64>,
+        /// Fault: the boot environment is not redundant, and power is lost halfway through
+        /// its write at activation (torn).
+        #[arg(long, env = "SECONDARY_FAULT_TORN_ENV")]
+        fault_torn_env: bool,
         /// Serve plaintext gRPC and answer anyone: for tests that inject faults only.
         #[arg(long, env = "SECONDARY_INSECURE")]
         insecure: bool,
@@ -240,6 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fault_lose_ack_after,
             fault_protocol_version,
             fault_storage_bytes,
+            fault_torn_env,
             insecure,
         } => {
             if max_chunk_size == 0
@@ -270,6 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ack_lost: Default::default(),
                     protocol_version: fault_protocol_version,
                     storage_bytes: fault_storage_bytes,
+                    torn_env: fault_torn_env,
                 },
             };
             if settings.faults.enabled() {

@@ -139,6 +139,12 @@ pub fn rows() -> Vec<Row> {
             expect: Installed,
         },
         Row {
+            matrix: "24",
+            name: "boot environment torn by power loss at activation",
+            fault: Secondary(&["--fault-torn-env"], true),
+            expect: Installed,
+        },
+        Row {
             matrix: "30",
             name: "power lost while writing the slot, every time",
             fault: SecondaryRepeated(&["--fault-power-loss", "write"]),
@@ -1219,11 +1225,6 @@ pub const NOT_RUN: &[(&str, &str)] = &[
     (
         "19, 20",
         "not yet: `director assignment cancel` refuses entries already delivered",
-    ),
-    (
-        "24",
-        "not yet: the device writes its boot environment atomically (row 23); a torn, \
-         non-redundant environment has no knob",
     ),
     (
         "42",
