@@ -225,33 +225,60 @@ impl AbDevice {
         self.dir.join("slots").join(format!("{name}.img"))
     }
 
-    /// Creates the device with `image` in slot A (active, good) and slot B empty.
-    pub fn create(&self, image: &[u8], info: InstalledImage) -> std::io::Result<()> {
+    /// Creates the device with `image` in slot A (active, good) and slot B empty; a
+    /// `single_bank` device has slot A only (ecu-side.md (c) row 42).
+    pub fn create(
+        &self,
+        image: &[u8],
+        info: InstalledImage,
+        single_bank: bool,
+    ) -> std::io::Result<()> {
         files::write_atomic(&self.slot_path("A"), image)?;
-        files::write_atomic(&self.slot_path("B"), b"")?;
+        let mut slots = BTreeMap::from([(
+            "A".to_string(),
+            Slot {
+                state: SlotState::Good,
+                image: Some(info),
+            },
+        )]);
+        if !single_bank {
+            files::write_atomic(&self.slot_path("B"), b"")?;
+            slots.insert(
+                "B".to_string(),
+                Slot {
+                    state: SlotState::Empty,
+                    image: None,
+                },
+            );
+        }
         let env = BootEnv {
             active: "A".into(),
             trial: None,
             attempts_left: 0,
             trial_correlation_id: None,
-            slots: BTreeMap::from([
-                (
-                    "A".to_string(),
-                    Slot {
-                        state: SlotState::Good,
-                        image: Some(info),
-                    },
-                ),
-                (
-                    "B".to_string(),
-                    Slot {
-                        state: SlotState::Empty,
-                        image: None,
-                    },
-                ),
-            ]),
+            slots,
             boot_count: 0,
         };
+        self.save(&env)
+    }
+
+    /// Whether the device has one bank only: an install overwrites the image it runs.
+    pub fn single_bank(env: &BootEnv) -> bool {
+        env.slots.len() == 1
+    }
+
+    /// Clears a single bank's valid-application flag before it is overwritten: until the
+    /// new image is written and checked, the device boots into its bootloader's recovery
+    /// mode (no application, still speaking the protocol), never into half an image.
+    pub fn invalidate(&self, slot: &str) -> std::io::Result<()> {
+        let mut env = self.env()?;
+        env.slots.insert(
+            slot.to_string(),
+            Slot {
+                state: SlotState::Empty,
+                image: None,
+            },
+        );
         self.save(&env)
     }
 
@@ -283,16 +310,26 @@ impl AbDevice {
     fn default_env(&self) -> std::io::Result<BootEnv> {
         let mut slots = BTreeMap::new();
         for name in ["A", "B"] {
-            slots.insert(
-                name.to_string(),
-                files::load::<Slot>(&self.header_path(name))?,
-            );
+            match files::load::<Slot>(&self.header_path(name)) {
+                Ok(slot) => {
+                    slots.insert(name.to_string(), slot);
+                }
+                // A single-bank device has no slot B.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == "B" => {}
+                Err(e) => return Err(e),
+            }
         }
         let active = slots
             .iter()
             .filter(|(_, slot)| slot.state == SlotState::Good)
             .max_by_key(|(_, slot)| slot.image.as_ref().map(|i| i.release_counter))
             .map(|(name, _)| name.clone())
+            // A single bank without a good image boots into recovery, still programmable.
+            .or_else(|| {
+                (slots.len() == 1)
+                    .then(|| slots.keys().next().cloned())
+                    .flatten()
+            })
             .ok_or_else(|| std::io::Error::other("no slot header says good: nothing to boot"))?;
         Ok(BootEnv {
             active,
@@ -312,9 +349,11 @@ impl AbDevice {
         files::save(&self.env_path(), env)
     }
 
-    /// The slot installs go to.
+    /// The slot installs go to: the other one, or the only one of a single bank.
     pub fn inactive(env: &BootEnv) -> String {
-        if env.active == "A" {
+        if Self::single_bank(env) {
+            env.active.clone()
+        } else if env.active == "A" {
             "B".into()
         } else {
             "A".into()
@@ -416,10 +455,15 @@ impl AbDevice {
         Ok(image)
     }
 
-    /// The image the device runs (the active slot's).
+    /// The image the device runs: the active slot's, when it is good (none in a single
+    /// bank's recovery mode).
     pub fn running(&self) -> std::io::Result<Option<InstalledImage>> {
         let env = self.env()?;
-        Ok(env.slots.get(&env.active).and_then(|s| s.image.clone()))
+        Ok(env
+            .slots
+            .get(&env.active)
+            .filter(|s| s.state == SlotState::Good)
+            .and_then(|s| s.image.clone()))
     }
 }
 
@@ -439,7 +483,7 @@ mod tests {
     fn device() -> (tempfile::TempDir, AbDevice) {
         let dir = tempfile::tempdir().unwrap();
         let device = AbDevice::new(dir.path());
-        device.create(b"old", image("old.bin")).unwrap();
+        device.create(b"old", image("old.bin"), false).unwrap();
         let mut env = device.env().unwrap();
         env.slots.insert(
             "B".into(),
@@ -501,6 +545,51 @@ mod tests {
         files::save(&device.header_path("A"), &header).unwrap();
         let error = device.env().unwrap_err().to_string();
         assert!(error.contains("no slot header says good"), "{error}");
+    }
+
+    #[test]
+    fn a_single_bank_is_overwritten_in_place_and_boots_recovery_without_a_good_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = AbDevice::new(dir.path());
+        device.create(b"old", image("old.bin"), true).unwrap();
+        let env = device.env().unwrap();
+        assert!(AbDevice::single_bank(&env));
+        assert_eq!(AbDevice::inactive(&env), "A");
+        // Programming clears the valid-application flag first: recovery, no image.
+        device.invalidate("A").unwrap();
+        assert_eq!(device.running().unwrap(), None);
+        assert_eq!(device.boot_trial(|| true).unwrap(), BootOutcome::Normal);
+        // The bootloader's defaults need no slot B, and boot recovery without a good image.
+        tear(&device);
+        assert_eq!(device.env().unwrap().active, "A");
+        assert_eq!(device.running().unwrap(), None);
+    }
+
+    #[test]
+    fn a_single_bank_whose_new_image_never_boots_stays_in_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = AbDevice::new(dir.path());
+        device.create(b"old", image("old.bin"), true).unwrap();
+        device.invalidate("A").unwrap();
+        let mut env = device.env().unwrap();
+        env.slots.insert(
+            "A".into(),
+            Slot {
+                state: SlotState::Pending,
+                image: Some(image("new.bin")),
+            },
+        );
+        device.save(&env).unwrap();
+        device.activate("c7", 2).unwrap();
+        assert_eq!(
+            device.boot_trial(|| false).unwrap(),
+            BootOutcome::RolledBack {
+                correlation_id: "c7".into()
+            }
+        );
+        // Nothing to fall back to: recovery, no image reported.
+        assert_eq!(device.running().unwrap(), None);
+        assert_eq!(device.env().unwrap().slots["A"].state, SlotState::Bad);
     }
 
     #[test]

@@ -327,6 +327,8 @@ pub struct Provisioning<'a> {
     pub image_name: &'a str,
     /// The factory image, written to slot A.
     pub image: &'a [u8],
+    /// A device with one bank only (no slot B; an install overwrites slot A).
+    pub single_bank: bool,
 }
 
 /// Creates an ECU directory: key, TLS identity, identity, trusted roots, and a device with
@@ -340,6 +342,7 @@ pub fn init(dir: &Path, p: &Provisioning<'_>, now: UtcTime) -> std::io::Result<F
         image_root,
         image_name,
         image,
+        single_bank,
     } = *p;
     if state_path(dir).exists() {
         return Err(std::io::Error::new(
@@ -380,7 +383,7 @@ pub fn init(dir: &Path, p: &Provisioning<'_>, now: UtcTime) -> std::io::Result<F
         hashes: uptane_core::hash::standard_hashes(image),
         release_counter: 0,
     };
-    AbDevice::new(dir).create(image, info)?;
+    AbDevice::new(dir).create(image, info, single_bank)?;
     let state = State {
         latest_time: unix(now),
         ..State::default()
@@ -1215,6 +1218,9 @@ impl Agent {
         let approved = self.approved()?;
         let env = self.device.env().map_err(io)?;
         let slot = AbDevice::inactive(&env);
+        if AbDevice::single_bank(&env) {
+            self.device.invalidate(&slot).map_err(io)?;
+        }
         Ok(InstallJob {
             approved,
             staging: staging_path(&self.dir),

@@ -65,6 +65,10 @@ enum Command {
         /// Provision without pinning a Primary: the ECU can then only run with `--insecure`.
         #[arg(long)]
         insecure: bool,
+        /// The device has one bank only: an install overwrites the running image, and a
+        /// device interrupted while writing boots into recovery until programmed again.
+        #[arg(long)]
+        single_bank: bool,
     },
     /// Serves the Secondary protocol.
     Run {
@@ -148,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             factory_name,
             primary_fingerprint,
             insecure,
+            single_bank,
         } => {
             if insecure && primary_fingerprint.is_none() {
                 tracing::warn!("no Primary pinned: this ECU can only run with --insecure");
@@ -207,6 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 image_root: image_root.as_deref(),
                 image_name: &factory_name,
                 image: &image,
+                single_bank,
             };
             let fingerprint = agent::init(&dir, &provisioning, now())?;
             let public_key = dir.join("ecu.pub.json");

@@ -150,6 +150,11 @@ fn primary_identity(dir: &std::path::Path) -> String {
 
 impl Ecu {
     fn new(repos: &Repos, mode: &str) -> Self {
+        Self::with_init(repos, mode, &[])
+    }
+
+    /// Provisioned with extra `init` flags.
+    fn with_init(repos: &Repos, mode: &str, flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
         std::fs::write(p("director-root.json"), &repos.director.roots[0]).unwrap();
@@ -179,7 +184,8 @@ impl Ecu {
                 .arg(p("image-root.json"))
                 .arg("--factory-image")
                 .arg(p("factory.bin"))
-                .args(["--primary-fingerprint", &primary]),
+                .args(["--primary-fingerprint", &primary])
+                .args(flags),
             LIMIT,
         );
         Self {
@@ -695,6 +701,37 @@ async fn power_lost_while_writing_every_time_fails_the_update_after_the_loop_bou
     // Nothing loops: the same install is refused again, without a power cut.
     assert_eq!(ecu.install().await.state(), OperationState::Failed);
     assert_eq!(ecu.running().await, "factory.bin");
+}
+
+#[tokio::test]
+async fn a_single_bank_device_interrupted_while_writing_boots_into_recovery_and_is_programmed_again()
+ {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::with_init(&repos, "partial", &["--single-bank"]);
+    prepared(&mut ecu, &repos, &["--fault-power-loss", "write"]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    let _ = ecu
+        .client()
+        .install(InstallRequest {
+            correlation_id: CORR.into(),
+        })
+        .await;
+    ecu.wait_exit();
+    // Never dead: the bootloader answers, with no application to report.
+    ecu.start(&[]).await;
+    assert_eq!(ecu.running().await, "");
+    // A fresh programming sequence from the staged image succeeds.
+    let op = ecu.install().await;
+    assert_eq!(op.state(), OperationState::Done, "{op:?}");
+    ecu.client()
+        .activate(ActivateRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ecu.running().await, "brake-2.bin");
+    assert_eq!(ecu.result().await, ResultCode::Ok);
+    assert!(!ecu.dir.path().join("ecu/slots/B.img").exists());
 }
 
 #[tokio::test]

@@ -94,6 +94,7 @@ impl World {
             &fleet,
             &VehicleSpec {
                 vin: VIN.into(),
+                single_bank: Vec::new(),
                 secondaries: vec![
                     ("BRAKE".into(), "hw-brake".into(), Mode::Full),
                     ("RADIO".into(), "hw-radio".into(), Mode::Partial),
@@ -112,6 +113,7 @@ impl World {
             &fleet,
             &VehicleSpec {
                 vin: OTHER_VIN.into(),
+                single_bank: Vec::new(),
                 secondaries: Vec::new(),
             },
         );

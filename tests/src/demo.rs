@@ -87,6 +87,7 @@ pub fn run(out: &mut dyn Write, database: &str) -> std::io::Result<Demo> {
 
     let spec = VehicleSpec {
         vin: VIN.into(),
+        single_bank: Vec::new(),
         secondaries: vec![
             ("BRAKE".into(), "hw-brake".into(), Mode::Full),
             ("RADIO".into(), "hw-radio".into(), Mode::Partial),

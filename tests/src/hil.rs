@@ -46,6 +46,9 @@ pub enum Fault {
     /// Secondary flags for the run that gets the update; the process restarts without them
     /// once it has died (power loss) or right away when it lives on.
     Secondary(&'static [&'static str], bool),
+    /// The Secondary has one bank only and loses power while writing it; it is powered up
+    /// again without the fault.
+    SingleBankPowerLoss,
     /// Secondary flags that cut its power: it is powered up again with the same flags each
     /// time, so that the cut strikes every time.
     SecondaryRepeated(&'static [&'static str]),
@@ -142,6 +145,12 @@ pub fn rows() -> Vec<Row> {
             matrix: "24",
             name: "boot environment torn by power loss at activation",
             fault: Secondary(&["--fault-torn-env"], true),
+            expect: Installed,
+        },
+        Row {
+            matrix: "42",
+            name: "single-bank Secondary, power lost while writing it",
+            fault: SingleBankPowerLoss,
             expect: Installed,
         },
         Row {
@@ -417,10 +426,12 @@ type Observed = Result<String, String>;
 fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
     let mut vehicles: Vec<SimVehicle> = (0..rig.vehicles)
         .map(|v| {
-            SimVehicle::provision(
-                fleet,
-                &VehicleSpec::standard(&format!("HIL{index:02}V{v}"), rig.secondaries.max(1)),
-            )
+            let mut spec =
+                VehicleSpec::standard(&format!("HIL{index:02}V{v}"), rig.secondaries.max(1));
+            if v == 0 && matches!(row.fault, Fault::SingleBankPowerLoss) {
+                spec.single_bank.push(spec.secondaries[0].0.clone());
+            }
+            SimVehicle::provision(fleet, &spec)
         })
         .collect();
     let vins: Vec<String> = vehicles.iter().map(|v| v.vin.clone()).collect();
@@ -436,6 +447,12 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
     match row.fault {
         Fault::Secondary(flags, _) | Fault::SecondaryRepeated(flags) => {
             vehicles[0].start_secondary(0, &[&fine_grained[..], flags].concat());
+        }
+        Fault::SingleBankPowerLoss => {
+            vehicles[0].start_secondary(
+                0,
+                &[&fine_grained[..], &["--fault-power-loss", "write"]].concat(),
+            );
         }
         Fault::LinkCut
         | Fault::LinkStall
@@ -573,7 +590,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
     let under_way =
         |v: &SimVehicle| wait_until(ROW_LIMIT, || v.secondaries[0].durable_offset() > 0);
     match row.fault {
-        Fault::Secondary(_, true) => {
+        Fault::Secondary(_, true) | Fault::SingleBankPowerLoss => {
             if !vehicles[0].secondaries[0].wait_power_loss(ROW_LIMIT) {
                 return Err("the power cut never happened".into());
             }
@@ -1225,9 +1242,5 @@ pub const NOT_RUN: &[(&str, &str)] = &[
     (
         "19, 20",
         "not yet: `director assignment cancel` refuses entries already delivered",
-    ),
-    (
-        "42",
-        "not yet: the simulated device has two slots; no single-bank mode",
     ),
 ];

@@ -796,6 +796,8 @@ pub struct VehicleSpec {
     pub vin: String,
     /// Secondaries: serial suffix, hardware id, mode.
     pub secondaries: Vec<(String, String, Mode)>,
+    /// The serial suffixes of Secondaries with one bank only (`init --single-bank`).
+    pub single_bank: Vec<String>,
 }
 
 impl VehicleSpec {
@@ -817,6 +819,7 @@ impl VehicleSpec {
                     )
                 })
                 .collect(),
+            single_bank: Vec::new(),
         }
     }
 }
@@ -874,6 +877,9 @@ impl SimVehicle {
                     primary_fingerprint: &primary_fingerprint,
                 },
             );
+            if spec.single_bank.contains(suffix) {
+                init.arg("--single-bank");
+            }
             let printed = run_ok(&mut init, LIMIT);
             let fingerprint = printed
                 .lines()

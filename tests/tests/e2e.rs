@@ -88,6 +88,7 @@ fn one_assignment_reaches_twenty_vehicles() {
                 &fleet,
                 &VehicleSpec {
                     vin: format!("FLEET{i:02}"),
+                    single_bank: Vec::new(),
                     secondaries: vec![("DOOR".into(), "hw-door".into(), Mode::Partial)],
                 },
             )

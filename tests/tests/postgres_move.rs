@@ -43,6 +43,7 @@ fn a_fleet_moved_from_sqlite_to_postgres_loses_nothing_and_keeps_updating() {
         &fleet,
         &VehicleSpec {
             vin: "MOVE01".into(),
+            single_bank: Vec::new(),
             secondaries: vec![("DOOR".into(), "hw-door".into(), Mode::Full)],
         },
     );

@@ -452,6 +452,7 @@ fn vehicles_finish_a_campaign_through_the_other_replica_when_one_is_killed() {
                 &fleet,
                 &VehicleSpec {
                     vin: format!("REPLICA{i:02}"),
+                    single_bank: Vec::new(),
                     secondaries: vec![("DOOR".into(), "hw-door".into(), Mode::Full)],
                 },
             );

@@ -24,6 +24,7 @@ fn a_vehicle_updates_from_the_published_tree_served_by_nginx() {
         &fleet,
         &VehicleSpec {
             vin: "STATIC01".into(),
+            single_bank: Vec::new(),
             secondaries: vec![("DOOR".into(), "hw-door".into(), Mode::Partial)],
         },
     );

@@ -26,6 +26,7 @@ fn now() -> uptane_core::time::UtcTime {
 fn no_secondaries(vin: &str) -> VehicleSpec {
     VehicleSpec {
         vin: vin.into(),
+        single_bank: Vec::new(),
         secondaries: Vec::new(),
     }
 }

@@ -110,6 +110,7 @@ fn template(mode: Mode) -> &'static Path {
             image_root: Some(image_repo().initial_root()),
             image_name: "factory.bin",
             image: b"factory image",
+            single_bank: false,
         };
         secondary_ecu::agent::init(&dir.path().join("ecu"), &provisioning, now())
             .expect("the template ECU provisions");
