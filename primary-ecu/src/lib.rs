@@ -17,4 +17,5 @@ pub mod ports;
 pub mod provision;
 pub mod repo;
 pub mod secondary;
+pub mod speed;
 pub mod state;

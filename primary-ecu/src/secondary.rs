@@ -26,6 +26,7 @@ use service_runtime::tls::{Identity, ServerTrust};
 
 use crate::config::SecondaryConfig;
 use crate::download::VerifiedFile;
+use crate::speed::{MinSpeed, SpeedMonitor};
 
 /// Largest chunk the Primary sends, whatever the Secondary accepts.
 const MAX_CHUNK: usize = 1 << 20;
@@ -105,24 +106,6 @@ pub enum Delivery {
     },
     /// Not finished; try again in a later cycle.
     Retry(String),
-}
-
-/// The slowest a transfer to a Secondary may run, after a grace period.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MinSpeed {
-    /// Bytes per second (0: no check).
-    pub bytes_per_sec: u64,
-    /// How long a transfer runs before the check applies.
-    pub grace: Duration,
-}
-
-impl Default for MinSpeed {
-    fn default() -> Self {
-        Self {
-            bytes_per_sec: 0,
-            grace: Duration::from_secs(5),
-        }
-    }
 }
 
 /// A connection (made on demand) to one Secondary.
@@ -615,49 +598,27 @@ impl SecondaryLink {
     }
 }
 
-/// Resolves, with the speed reached, once the transfer runs slower than `min` after its
-/// grace period; never when the check is off. While bytes are still being handed to the
-/// link, the speed is what was `sent` over the last window of `min.grace` (at least a
-/// second), so a stall is caught one window after it starts however fast the transfer was
-/// before. Once all `total` bytes are handed over (HTTP/2 takes up to the ECU's window at
-/// once), the transfer ends only with the ECU's answer, and the speed is `total` over the
-/// whole time so far.
+/// Resolves, with the speed reached, once the transfer of `total` bytes (`sent` so far) runs
+/// below `min` ([`SpeedMonitor`]); never while it keeps up. Once all `total` bytes are
+/// handed to the link (HTTP/2 takes up to the ECU's window at once), the transfer ends only
+/// with the ECU's answer, so the whole transfer's average is what is judged from then on.
 async fn too_slow(sent: &AtomicU64, total: u64, min: MinSpeed) -> u64 {
     if min.bytes_per_sec == 0 {
         return std::future::pending().await;
     }
-    let tick = Duration::from_millis(250);
-    let window = min.grace.max(Duration::from_secs(1));
+    let mut monitor = SpeedMonitor::new(min);
     let started = tokio::time::Instant::now();
-    // (when, bytes sent by then), the oldest first, spanning at most one window.
-    let mut samples = std::collections::VecDeque::from([(started, 0u64)]);
     loop {
-        tokio::time::sleep(tick).await;
-        let now = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let elapsed = started.elapsed();
         let bytes = sent.load(Ordering::Relaxed);
-        let below = |bytes: u64, span: Duration| {
-            ((bytes as f64) < min.bytes_per_sec as f64 * span.as_secs_f64())
-                .then(|| (bytes as f64 / span.as_secs_f64()) as u64)
+        let slow = if bytes >= total {
+            monitor.finished(elapsed, total)
+        } else {
+            monitor.observe(elapsed, bytes)
         };
-        if bytes >= total {
-            let elapsed = now - started;
-            if elapsed > min.grace
-                && let Some(rate) = below(total, elapsed)
-            {
-                return rate;
-            }
-            continue;
-        }
-        samples.push_back((now, bytes));
-        while samples.len() > 1 && now - samples[1].0 >= window {
-            samples.pop_front();
-        }
-        let (since, then) = samples[0];
-        let span = now - since;
-        if span >= window
-            && let Some(rate) = below(bytes - then, span)
-        {
-            return rate;
+        if let Some(bytes_per_sec) = slow {
+            return bytes_per_sec;
         }
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use service_runtime::http::ClientTls;
 
+use crate::speed::{MinSpeed, SpeedMonitor};
+
 use futures_util::{FutureExt, StreamExt};
 use service_runtime::digest::{Batch, Batcher, ThreadedDigests};
 
@@ -121,12 +123,11 @@ impl Credential {
 }
 
 /// An HTTP client with a read timeout (a stalled connection) and a minimum speed over each
-/// download (slow retrieval).
+/// download (slow retrieval, `crate::speed`).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     http: reqwest::Client,
-    min_bytes_per_sec: u64,
-    grace: Duration,
+    min_speed: MinSpeed,
     bearer: Option<Credential>,
 }
 
@@ -155,8 +156,10 @@ impl Fetcher {
             .build()?;
         Ok(Self {
             http,
-            min_bytes_per_sec,
-            grace,
+            min_speed: MinSpeed {
+                bytes_per_sec: min_bytes_per_sec,
+                grace,
+            },
             bearer: None,
         })
     }
@@ -219,28 +222,8 @@ impl Fetcher {
             limit,
             received: 0,
             started: tokio::time::Instant::now(),
+            speed: SpeedMonitor::new(self.min_speed),
         })
-    }
-
-    fn check_speed(
-        &self,
-        url: &str,
-        started: tokio::time::Instant,
-        received: u64,
-    ) -> Result<(), FetchError> {
-        if self.min_bytes_per_sec == 0 {
-            return Ok(());
-        }
-        let elapsed = started.elapsed();
-        if elapsed > self.grace
-            && (received as f64) < self.min_bytes_per_sec as f64 * elapsed.as_secs_f64()
-        {
-            return Err(FetchError::TooSlow {
-                url: url.to_string(),
-                min_bytes_per_sec: self.min_bytes_per_sec,
-            });
-        }
-        Ok(())
     }
 
     /// Downloads a whole body of at most `limit` bytes into memory (metadata).
@@ -340,6 +323,7 @@ struct Body<'f> {
     limit: u64,
     received: u64,
     started: tokio::time::Instant,
+    speed: SpeedMonitor,
 }
 
 impl Body<'_> {
@@ -360,8 +344,16 @@ impl Body<'_> {
                 limit: self.limit,
             });
         }
-        self.fetcher
-            .check_speed(&self.url, self.started, self.received)?;
+        if self
+            .speed
+            .observe(self.started.elapsed(), self.received)
+            .is_some()
+        {
+            return Err(FetchError::TooSlow {
+                url: self.url.clone(),
+                min_bytes_per_sec: self.fetcher.min_speed.bytes_per_sec,
+            });
+        }
         Ok(Some(chunk))
     }
 }
