@@ -576,6 +576,19 @@ async fn the_primary_trusts_the_time_the_director_corroborates_and_resets_only_w
     assert_eq!(status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("freeze"), "{stdout}");
     assert_eq!(trusted_time(&world), t0 + day * 20);
+    // An offset no clock can be off by is refused before the cycle starts.
+    let mut absurd = world.once_command();
+    absurd.arg(format!("--fault-clock-offset-secs={}", i64::MAX));
+    let (status, _, stderr) =
+        tokio::task::spawn_blocking(move || uptane_tests::run(&mut absurd, LIMIT))
+            .await
+            .unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--fault-clock-offset-secs") && stderr.contains("out of range"),
+        "{stderr}"
+    );
+    assert_eq!(trusted_time(&world), t0 + day * 20);
     // The Director's clock fixed, its metadata expires before the trusted time: refused, and
     // the earlier clock reading changes nothing...
     director_signs(&mut world, t0, 0, t0 + day * 5);
