@@ -286,6 +286,27 @@ impl Ecu {
         panic!("install did not finish");
     }
 
+    /// Sends `Install` to an ECU set to lose power while writing, and waits for the cut.
+    async fn install_cut_by_power_loss(&mut self) {
+        let _ = self
+            .client()
+            .install(InstallRequest {
+                correlation_id: CORR.into(),
+            })
+            .await;
+        self.wait_exit();
+    }
+
+    /// `Activate` of the update, which must be answered.
+    async fn activate(&mut self) {
+        self.client()
+            .activate(ActivateRequest {
+                correlation_id: CORR.into(),
+            })
+            .await
+            .unwrap();
+    }
+
     async fn result(&mut self) -> ResultCode {
         let r = self
             .client()
@@ -638,24 +659,13 @@ async fn power_loss_during_write_keeps_the_old_slot_and_the_update_can_be_retrie
     let mut ecu = Ecu::new(&repos, "partial");
     prepared(&mut ecu, &repos, &["--fault-power-loss", "write"]).await;
     assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
-    let _ = ecu
-        .client()
-        .install(InstallRequest {
-            correlation_id: CORR.into(),
-        })
-        .await;
-    ecu.wait_exit();
+    ecu.install_cut_by_power_loss().await;
     ecu.start(&[]).await;
     assert_eq!(ecu.running().await, "factory.bin");
     // The staged image survived: install again, then activate.
     let op = ecu.install().await;
     assert_eq!(op.state(), OperationState::Done, "{op:?}");
-    ecu.client()
-        .activate(ActivateRequest {
-            correlation_id: CORR.into(),
-        })
-        .await
-        .unwrap();
+    ecu.activate().await;
     assert_eq!(ecu.running().await, "brake-2.bin");
 }
 
@@ -667,13 +677,7 @@ async fn power_lost_while_writing_every_time_fails_the_update_after_the_loop_bou
     prepared(&mut ecu, &repos, &faults).await;
     assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
     for _ in 0..secondary_ecu::agent::MAX_INSTALL_STARTS {
-        let _ = ecu
-            .client()
-            .install(InstallRequest {
-                correlation_id: CORR.into(),
-            })
-            .await;
-        ecu.wait_exit();
+        ecu.install_cut_by_power_loss().await;
         ecu.start(&faults).await;
         assert_eq!(ecu.running().await, "factory.bin");
     }
@@ -710,25 +714,14 @@ async fn a_single_bank_device_interrupted_while_writing_boots_into_recovery_and_
     let mut ecu = Ecu::with_init(&repos, "partial", &["--single-bank"]);
     prepared(&mut ecu, &repos, &["--fault-power-loss", "write"]).await;
     assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
-    let _ = ecu
-        .client()
-        .install(InstallRequest {
-            correlation_id: CORR.into(),
-        })
-        .await;
-    ecu.wait_exit();
+    ecu.install_cut_by_power_loss().await;
     // Never dead: the bootloader answers, with no application to report.
     ecu.start(&[]).await;
     assert_eq!(ecu.running().await, "");
     // A fresh programming sequence from the staged image succeeds.
     let op = ecu.install().await;
     assert_eq!(op.state(), OperationState::Done, "{op:?}");
-    ecu.client()
-        .activate(ActivateRequest {
-            correlation_id: CORR.into(),
-        })
-        .await
-        .unwrap();
+    ecu.activate().await;
     assert_eq!(ecu.running().await, "brake-2.bin");
     assert_eq!(ecu.result().await, ResultCode::Ok);
     assert!(!ecu.dir.path().join("ecu/slots/B.img").exists());
