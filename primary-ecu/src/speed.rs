@@ -4,9 +4,10 @@
 //! "slow retrieval"): a peer that trickles bytes just fast enough to keep a connection alive
 //! must not hold an update forever.
 //!
-//! The speed is judged over a sliding window (the grace period, at least a second), once the
-//! transfer has run that long, so that a fast start cannot buy a slow remainder; once every
-//! byte is handed over, the whole transfer's average is judged instead. Sans I/O: the caller
+//! Past a grace period the speed is judged over a sliding window (the grace period, or longer
+//! for downloads, at least a second), so that a fast start cannot buy a slow remainder, and
+//! since the start while the transfer is younger than a window; once every byte is handed
+//! over, the whole transfer's average is judged instead. Sans I/O: the caller
 //! says how long the transfer has run and how many bytes moved, so tests inject time.
 
 use std::collections::VecDeque;
@@ -44,11 +45,18 @@ pub struct SpeedMonitor {
 }
 
 impl SpeedMonitor {
-    /// A transfer starting now, held to `min`.
+    /// A transfer starting now, held to `min` over windows as long as its grace period.
     pub fn new(min: MinSpeed) -> Self {
+        Self::with_window(min, min.grace)
+    }
+
+    /// A transfer starting now, held to `min` over windows of `window` (at least the grace
+    /// period and a second): a download over a mobile network may pause for as long as its
+    /// read timeout allows without being taken for an attack.
+    pub fn with_window(min: MinSpeed, window: Duration) -> Self {
         Self {
             min,
-            window: min.grace.max(Duration::from_secs(1)),
+            window: window.max(min.grace).max(Duration::from_secs(1)),
             samples: VecDeque::from([(Duration::ZERO, 0)]),
         }
     }
@@ -71,7 +79,9 @@ impl SpeedMonitor {
         }
         let (since, then) = self.samples[0];
         let span = elapsed.saturating_sub(since);
-        if span < self.window {
+        // Younger than a window, the transfer is judged since its start, once past the grace
+        // period (the oldest sample is then the start).
+        if span < self.window && elapsed <= self.min.grace {
             return None;
         }
         self.below(bytes.saturating_sub(then), span)
@@ -155,6 +165,27 @@ mod tests {
         assert_eq!(m.finished(at(1_500), KIB), None, "within the grace period");
         assert_eq!(m.finished(at(4_000), 1_000 * KIB), None, "250 KiB/s");
         assert_eq!(m.finished(at(4_000), 200 * KIB), Some(51_200));
+    }
+
+    #[test]
+    fn a_pause_shorter_than_a_longer_window_is_not_taken_for_slow_retrieval() {
+        let min = MinSpeed {
+            bytes_per_sec: 100 * KIB,
+            grace: Duration::from_secs(5),
+        };
+        let mut m = SpeedMonitor::with_window(min, Duration::from_secs(30));
+        // 10 MiB in 5 s, then a 10 s radio dropout, then on at 1 MiB/s.
+        let fast = 10 * 1024 * KIB;
+        for ms in (0..=5_000).step_by(250) {
+            assert_eq!(m.observe(at(ms), fast * ms / 5_000), None);
+        }
+        for ms in (5_250..15_000).step_by(250) {
+            assert_eq!(m.observe(at(ms), fast), None, "{ms} ms");
+        }
+        // A window of the grace period alone would have stopped it.
+        let mut short = SpeedMonitor::new(min);
+        short.observe(at(5_000), fast);
+        assert!(short.observe(at(10_500), fast).is_some());
     }
 
     #[test]

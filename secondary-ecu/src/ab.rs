@@ -43,6 +43,10 @@ pub struct Slot {
     pub state: SlotState,
     /// The image in it.
     pub image: Option<InstalledImage>,
+    /// Rises each time a slot is confirmed: of two good slots, the one confirmed last is the
+    /// one the bootloader's defaults boot.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// The persistent bootloader environment.
@@ -239,6 +243,7 @@ impl AbDevice {
             Slot {
                 state: SlotState::Good,
                 image: Some(info),
+                generation: 1,
             },
         )]);
         if !single_bank {
@@ -248,6 +253,7 @@ impl AbDevice {
                 Slot {
                     state: SlotState::Empty,
                     image: None,
+                    generation: 0,
                 },
             );
         }
@@ -267,9 +273,11 @@ impl AbDevice {
         env.slots.len() == 1
     }
 
-    /// Clears a single bank's valid-application flag before it is overwritten: until the
-    /// new image is written and checked, the device boots into its bootloader's recovery
-    /// mode (no application, still speaking the protocol), never into half an image.
+    /// Marks a slot empty, durably, before it is overwritten: a slot being written is never
+    /// one the bootloader's defaults may boot. On a single bank this is the valid-application
+    /// flag: until the new image is written and checked, the device boots into its
+    /// bootloader's recovery mode (no application, still speaking the protocol), never into
+    /// half an image.
     pub fn invalidate(&self, slot: &str) -> std::io::Result<()> {
         let mut env = self.env()?;
         env.slots.insert(
@@ -277,6 +285,7 @@ impl AbDevice {
             Slot {
                 state: SlotState::Empty,
                 image: None,
+                generation: 0,
             },
         );
         self.save(&env)
@@ -290,23 +299,31 @@ impl AbDevice {
     /// non-redundant environment) is replaced by the bootloader's defaults: the slots as
     /// their headers describe them, booting a good one and no trial.
     pub fn env(&self) -> std::io::Result<BootEnv> {
-        match files::load(&self.env_path()) {
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+        let path = self.env_path();
+        let bytes = std::fs::read(&path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        match serde_json::from_slice(&bytes) {
+            Ok(env) => Ok(env),
+            // Cut short or garbled: torn. Whole but of another shape is not guessed at.
+            Err(e) if e.is_eof() || e.is_syntax() => {
                 let env = self.default_env()?;
                 eprintln!(
-                    "bootloader: the boot environment is unreadable ({e}); defaults: booting slot \
-                     {}, marked good",
+                    "bootloader: the boot environment is torn ({e}); defaults: booting slot {}",
                     env.active
                 );
                 self.save(&env)?;
                 Ok(env)
             }
-            other => other,
+            Err(e) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )),
         }
     }
 
-    /// The environment rebuilt from the slots' headers: the good slot with the newest image
-    /// (by release counter) boots, with no trial pending.
+    /// The environment rebuilt from the slots' headers: the good slot confirmed last boots,
+    /// with no trial pending; with no good slot, slot A in recovery (no application, still
+    /// programmable), never nothing.
     fn default_env(&self) -> std::io::Result<BootEnv> {
         let mut slots = BTreeMap::new();
         for name in ["A", "B"] {
@@ -322,15 +339,8 @@ impl AbDevice {
         let active = slots
             .iter()
             .filter(|(_, slot)| slot.state == SlotState::Good)
-            .max_by_key(|(_, slot)| slot.image.as_ref().map(|i| i.release_counter))
-            .map(|(name, _)| name.clone())
-            // A single bank without a good image boots into recovery, still programmable.
-            .or_else(|| {
-                (slots.len() == 1)
-                    .then(|| slots.keys().next().cloned())
-                    .flatten()
-            })
-            .ok_or_else(|| std::io::Error::other("no slot header says good: nothing to boot"))?;
+            .max_by_key(|(_, slot)| slot.generation)
+            .map_or_else(|| "A".to_string(), |(name, _)| name.clone());
         Ok(BootEnv {
             active,
             trial: None,
@@ -447,8 +457,10 @@ impl AbDevice {
         env.trial_correlation_id = None;
         env.attempts_left = 0;
         env.active = trial.clone();
+        let generation = env.slots.values().map(|s| s.generation).max().unwrap_or(0) + 1;
         let image = env.slots.get_mut(&trial).and_then(|slot| {
             slot.state = SlotState::Good;
+            slot.generation = generation;
             slot.image.clone()
         });
         self.save(&env)?;
@@ -489,10 +501,8 @@ mod tests {
             "B".into(),
             Slot {
                 state: SlotState::Pending,
-                image: Some(InstalledImage {
-                    release_counter: 1,
-                    ..image("new.bin")
-                }),
+                image: Some(image("new.bin")),
+                generation: 0,
             },
         );
         device.save(&env).unwrap();
@@ -537,14 +547,43 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_environment_without_a_good_slot_header_is_an_error_not_a_guess() {
+    fn a_torn_environment_without_a_good_slot_boots_recovery_not_nothing() {
         let (_d, device) = device();
         tear(&device);
         let mut header: Slot = files::load(&device.header_path("A")).unwrap();
         header.state = SlotState::Bad;
         files::save(&device.header_path("A"), &header).unwrap();
-        let error = device.env().unwrap_err().to_string();
-        assert!(error.contains("no slot header says good"), "{error}");
+        assert_eq!(device.env().unwrap().active, "A");
+        assert_eq!(device.running().unwrap(), None);
+    }
+
+    #[test]
+    fn a_slot_being_rewritten_is_never_booted_from_a_torn_environment() {
+        // A, then B, then A again confirmed: both good, A confirmed last.
+        let (_d, device) = device();
+        device.activate("c8", 3).unwrap();
+        device.boot_trial(|| true).unwrap();
+        device.confirm().unwrap();
+        let mut env = device.env().unwrap();
+        env.slots.get_mut("A").unwrap().state = SlotState::Pending;
+        device.save(&env).unwrap();
+        device.activate("c9", 3).unwrap();
+        device.boot_trial(|| true).unwrap();
+        device.confirm().unwrap();
+        assert_eq!(device.env().unwrap().active, "A");
+        // B, older, is rewritten: marked empty first, then power is lost and the
+        // environment torn. A boots, never the half-written B.
+        device.invalidate("B").unwrap();
+        tear(&device);
+        assert_eq!(device.env().unwrap().active, "A");
+        assert_eq!(device.running().unwrap().unwrap().filename, "old.bin");
+    }
+
+    #[test]
+    fn an_environment_of_another_shape_is_an_error_not_torn() {
+        let (_d, device) = device();
+        std::fs::write(device.env_path(), br#"{"active": 7}"#).unwrap();
+        assert!(device.env().is_err());
     }
 
     #[test]
@@ -577,6 +616,7 @@ mod tests {
             Slot {
                 state: SlotState::Pending,
                 image: Some(image("new.bin")),
+                generation: 0,
             },
         );
         device.save(&env).unwrap();

@@ -177,6 +177,10 @@ struct State {
     /// the slot): the loop guard's count ([`MAX_INSTALL_STARTS`]).
     #[serde(default)]
     install_starts: u32,
+    /// The boot in which the last counted start happened: a start again within the same boot
+    /// (the Primary asking again) is not another interruption.
+    #[serde(default)]
+    install_start_boot: Option<String>,
 }
 
 /// Attacks counted, not kept one by one.
@@ -1189,10 +1193,12 @@ impl Agent {
     }
 
     /// What an install needs: the approved image, the staging file and the slot to write.
-    /// Each start is counted durably before the slot is touched; once [`MAX_INSTALL_STARTS`]
-    /// starts of one update never ended (the power lost while writing, every time), the
-    /// update fails for good instead of looping (ecu-side.md (c) row 30): the staging is
-    /// freed and the active slot, untouched, keeps booting.
+    /// Each start is counted durably before the slot is touched (once per boot: the Primary
+    /// asking again in the same boot is not another interruption); once
+    /// [`MAX_INSTALL_STARTS`] starts of one update never ended (the power lost while writing,
+    /// every time), the update fails for good instead of looping (ecu-side.md (c) row 30)
+    /// and the staging is freed: a two-bank device keeps booting its active slot, a single
+    /// bank stays in recovery until it is programmed again.
     pub fn prepare_install(&mut self, correlation_id: &str) -> Result<InstallJob, Refusal> {
         let pending = self.pending_for(correlation_id)?;
         if !self.state.transfer_complete {
@@ -1201,25 +1207,34 @@ impl Agent {
                 "the image has not been received completely",
             ));
         }
-        if self.state.install_starts >= MAX_INSTALL_STARTS {
+        let env = self.device.env().map_err(io)?;
+        let single_bank = AbDevice::single_bank(&env);
+        let new_start = self.state.install_start_boot.as_deref() != Some(self.boot_id.as_str());
+        if new_start && self.state.install_starts >= MAX_INSTALL_STARTS {
             self.discard_transfer();
             let refusal = Refusal::new(
                 ResultCode::InstallFailed,
                 format!(
                     "install interrupted {} times before it ended (power lost while writing \
-                     the slot); given up: the active slot is untouched",
-                    self.state.install_starts
+                     the slot); given up: {}",
+                    self.state.install_starts,
+                    if single_bank {
+                        "this single-bank device stays in recovery until it is programmed again"
+                    } else {
+                        "the active slot is untouched"
+                    }
                 ),
             );
             return Err(self.refuse(correlation_id, refusal, &pending.filename));
         }
-        self.state.install_starts += 1;
-        self.save().map_err(io)?;
         let approved = self.approved()?;
-        let env = self.device.env().map_err(io)?;
         let slot = AbDevice::inactive(&env);
-        if AbDevice::single_bank(&env) {
-            self.device.invalidate(&slot).map_err(io)?;
+        // Counted once every check that could refuse has passed, and durably before the
+        // slot is touched.
+        if new_start {
+            self.state.install_starts += 1;
+            self.state.install_start_boot = Some(self.boot_id.clone());
+            self.save().map_err(io)?;
         }
         Ok(InstallJob {
             approved,
@@ -1229,6 +1244,7 @@ impl Agent {
             correlation_id: correlation_id.to_string(),
             filename: pending.filename,
             device: self.device.clone(),
+            single_bank,
         })
     }
 
@@ -1241,12 +1257,14 @@ impl Agent {
         // The start ended (written, refused or cancelled): the loop guard counts only starts
         // that never did.
         self.state.install_starts = 0;
+        self.state.install_start_boot = None;
         match outcome {
             Ok(()) => {
                 let mut env = self.device.env().map_err(io)?;
                 env.slots.insert(
                     job.slot.clone(),
                     crate::ab::Slot {
+                        generation: 0,
                         state: SlotState::Pending,
                         image: Some(InstalledImage {
                             filename: job.approved.filename().to_string(),
@@ -1341,6 +1359,7 @@ pub struct InstallJob {
     correlation_id: String,
     filename: String,
     device: AbDevice,
+    single_bank: bool,
 }
 
 impl InstallJob {
@@ -1351,6 +1370,9 @@ impl InstallJob {
         use std::sync::atomic::Ordering;
         // Verified before anything is written to the slot (Uptane §5.4.3 step 4).
         let verified = self.check_file(&self.staging)?;
+        // The slot is marked empty before its first byte changes: a slot half written is
+        // never one to boot (a torn environment's defaults, a single bank's recovery).
+        self.device.invalidate(&self.slot).map_err(io)?;
         let mut input = std::fs::File::open(&self.staging).map_err(io)?;
         let mut output = std::fs::OpenOptions::new()
             .read(true)
@@ -1366,7 +1388,12 @@ impl InstallJob {
             if cancelled.load(Ordering::Relaxed) {
                 return Err(Refusal::new(
                     ResultCode::OperationCancelled,
-                    "install cancelled; the active slot is untouched",
+                    if self.single_bank {
+                        "install cancelled; this single-bank device stays in recovery until it \
+                         is programmed again"
+                    } else {
+                        "install cancelled; the active slot is untouched"
+                    },
                 ));
             }
             let n = input.read(&mut buf).map_err(io)?;

@@ -34,9 +34,13 @@ pub fn init() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Without the `fault-injection` feature the clock is the system's.
+/// Without the `fault-injection` feature the clock is the system's, and says so when asked
+/// to be moved.
 #[cfg(not(feature = "fault-injection"))]
 pub fn init() -> anyhow::Result<()> {
+    if std::env::var_os(FAULT_OFFSET_ENV).is_some() {
+        tracing::warn!("{FAULT_OFFSET_ENV} is set and ignored: this is not a test build");
+    }
     Ok(())
 }
 

@@ -595,6 +595,25 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
                 return Err("the power cut never happened".into());
             }
             vehicles[0].start_secondary(0, &[]);
+            // The fault's own mark, seen at the power-up (before the Primary's next call).
+            let secondary = &vehicles[0].secondaries[0];
+            if matches!(row.fault, Fault::Secondary(flags, _) if flags.contains(&"--fault-torn-env"))
+                && !secondary.log().contains("the boot environment is torn")
+            {
+                return Err(format!(
+                    "the bootloader did not find its environment torn: {}",
+                    secondary.log()
+                ));
+            }
+            if matches!(row.fault, Fault::SingleBankPowerLoss) {
+                let env = std::fs::read_to_string(secondary.dir.join("bootenv.json"))
+                    .map_err(|e| e.to_string())?;
+                let env: Value = serde_json::from_str(&env).map_err(|e| e.to_string())?;
+                let slots = env["slots"].as_object().map(|s| s.len());
+                if slots != Some(1) || secondary.dir.join("slots/B.img").exists() {
+                    return Err(format!("not a single-bank device: {env}"));
+                }
+            }
         }
         Fault::SecondaryRepeated(flags) => {
             // Powered up again after each cut, until the Director records an end.

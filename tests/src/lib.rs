@@ -42,11 +42,19 @@ pub fn bin_dir() -> PathBuf {
 
 /// Builds the workspace's binaries next to the running one (release or debug), through the
 /// cargo that launched it. For `cargo run --bin fleet-sim`, which builds only its own package:
-/// the programs it starts must be as fresh as it is.
-pub fn build_workspace_binaries() {
+/// the programs it starts must be as fresh as it is. With `faults`, the servers are built with
+/// their test hooks (the `fault-injection` feature: crash points and the test clock), which
+/// the HIL matrix and the attack suite need; a later `cargo build` without it rebuilds them.
+pub fn build_workspace_binaries(faults: bool) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build.args(["build", "--workspace", "--bins"]);
+    if faults {
+        build.args([
+            "--features",
+            "director/fault-injection,image-repo/fault-injection",
+        ]);
+    }
     if bin_dir().ends_with("release") {
         build.arg("--release");
     }
@@ -59,7 +67,7 @@ pub fn build_workspace_binaries() {
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     if !path.exists() {
-        build_workspace_binaries();
+        build_workspace_binaries(true);
     }
     assert!(path.exists(), "{} was not built", path.display());
     path

@@ -19,9 +19,11 @@ use crate::sim::{Fleet, SimVehicle, VehicleSpec, wait_until};
 const VIN: &str = "PARKED0001";
 /// Long enough for one stage of the scenario (a cycle a second).
 const STAGE_LIMIT: Duration = Duration::from_secs(120);
-/// A fleet whose vehicles may stand unused longer than a year gives them credentials that
-/// outlive it; with the default (a year) the operator re-admits such a vehicle with
-/// `director vehicle issue-credential` (docs/OPERATIONS.md).
+/// A fleet whose vehicles may stand unused for months gives them credentials that outlive
+/// it: the Primary renews its credential only once a third of its lifetime is left, so with
+/// the default year a vehicle parked for four months may come back to an expired one, which
+/// the operator re-admits with `director vehicle issue-credential` (docs/SECURITY.md,
+/// "Transport and credentials").
 const CREDENTIAL_LIFETIME_SECS: &str = "63072000";
 /// Day the whole vehicle was last on (the Secondary `ECU1` has been off since day 0).
 const LAST_ON: i64 = 120;
@@ -115,7 +117,7 @@ pub fn drive() -> Result<String, String> {
         &[&["rotate-root", "--keys", "1", "--threshold", "1"]],
     )?;
     let expected_roots = server_roots(&fleet)?;
-    let since = security_events(&fleet).len();
+    let since = security_events(&fleet)?.len();
     car.start_secondary(0, &[]);
     car.start_secondary(1, &[]);
     car.set_clock_offset_secs(BACK * 86_400);
@@ -127,7 +129,7 @@ pub fn drive() -> Result<String, String> {
             "the vehicle trusts {roots}, the repositories publish {expected_roots}"
         ));
     }
-    let events = security_events(&fleet);
+    let events = security_events(&fleet)?;
     if events.len() > since {
         return Err(format!(
             "attacks reported after the wake-up: {:?}",
@@ -168,7 +170,9 @@ fn new_day(
     let fresh = wait_until(STAGE_LIMIT, || fleet.image_repo_timestamp_fresh());
     if !fresh {
         return Err(format!(
-            "day {day}: the Image repository never signed a current timestamp"
+            "day {day}: the Image repository never signed a timestamp current on the moved \
+             clock (a server built without the fault-injection feature ignores \
+             UPTANE_FAULT_CLOCK_OFFSET_SECS)"
         ));
     }
     Ok(())
@@ -230,13 +234,19 @@ fn wait_installed(fleet: &Fleet, images: &[String], ecus: &[usize]) -> Result<()
     }
 }
 
-/// The vehicle's security events, newest first.
-fn security_events(fleet: &Fleet) -> Vec<String> {
-    fleet
-        .events(VIN, true)
+/// The vehicle's security events, newest first (an error if the Director does not say).
+fn security_events(fleet: &Fleet) -> Result<Vec<String>, String> {
+    let events = fleet.operator_at(
+        &fleet.director_url,
+        &["events", "--vin", VIN, "--limit", "1000", "--security"],
+    )?;
+    let events = events
+        .as_array()
+        .ok_or_else(|| format!("director events printed {events}"))?;
+    Ok(events
         .iter()
         .map(|e| format!("{} {}", e["kind"], e["detail"]))
-        .collect()
+        .collect())
 }
 
 /// The root versions the Primary trusts, in words (`Director root vN, Image repository root

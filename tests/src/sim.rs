@@ -750,6 +750,14 @@ impl SimSecondary {
         self.addr.clone()
     }
 
+    /// What its running process wrote to stderr (its log) so far.
+    pub fn log(&self) -> String {
+        self.process
+            .as_ref()
+            .map(ChildGuard::stderr)
+            .unwrap_or_default()
+    }
+
     /// The durable offset of the transfer in progress, as its state file says.
     pub fn durable_offset(&self) -> u64 {
         durable_offset(&self.dir)

@@ -128,6 +128,9 @@ impl Credential {
 pub struct Fetcher {
     http: reqwest::Client,
     min_speed: MinSpeed,
+    /// The window the speed is judged over: the read timeout (a pause the connection may
+    /// take), at least the grace period.
+    speed_window: Duration,
     bearer: Option<Credential>,
 }
 
@@ -160,6 +163,7 @@ impl Fetcher {
                 bytes_per_sec: min_bytes_per_sec,
                 grace,
             },
+            speed_window: read_timeout,
             bearer: None,
         })
     }
@@ -222,7 +226,7 @@ impl Fetcher {
             limit,
             received: 0,
             started: tokio::time::Instant::now(),
-            speed: SpeedMonitor::new(self.min_speed),
+            speed: SpeedMonitor::with_window(self.min_speed, self.speed_window),
         })
     }
 

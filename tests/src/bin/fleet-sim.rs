@@ -156,7 +156,8 @@ fn main() -> ExitCode {
     let needs_binaries = !matches!(cli.command, Command::Pki { .. });
     if needs_binaries && std::env::var_os("CARGO").is_some() {
         // Launched by `cargo run`, which built only this package.
-        uptane_tests::build_workspace_binaries();
+        let faults = matches!(cli.command, Command::Hil { .. } | Command::Attacks { .. });
+        uptane_tests::build_workspace_binaries(faults);
     }
     let mut out = std::io::stdout();
     match cli.command {
