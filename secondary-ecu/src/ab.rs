@@ -131,6 +131,9 @@ pub struct Faults {
     /// The boot environment is not redundant, and power is lost halfway through its write
     /// at activation (the boot target switch), leaving it torn.
     pub torn_env: bool,
+    /// Slot writes wait (at most a minute) until this file exists: storage busy for as long
+    /// as a test needs.
+    pub hold_write_until: Option<PathBuf>,
 }
 
 impl Faults {
@@ -147,6 +150,7 @@ impl Faults {
             || self.protocol_version.is_some()
             || self.storage_bytes.is_some()
             || self.torn_env
+            || self.hold_write_until.is_some()
     }
 }
 
@@ -176,6 +180,17 @@ impl AbDevice {
         if self.faults.power_loss == Some(phase) {
             eprintln!("fault injection: power lost at {phase:?}");
             std::process::abort();
+        }
+    }
+
+    /// Waits while the storage is held busy (bounded: a minute at most).
+    pub fn wait_for_storage(&self) {
+        let Some(gate) = &self.faults.hold_write_until else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        while !gate.exists() && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

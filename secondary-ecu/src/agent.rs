@@ -1370,6 +1370,7 @@ impl InstallJob {
         use std::sync::atomic::Ordering;
         // Verified before anything is written to the slot (Uptane §5.4.3 step 4).
         let verified = self.check_file(&self.staging)?;
+        self.device.wait_for_storage();
         // The slot is marked empty before its first byte changes: a slot half written is
         // never one to boot (a torn environment's defaults, a single bank's recovery).
         self.device.invalidate(&self.slot).map_err(io)?;

@@ -126,6 +126,9 @@ enum Command {
         /// its write at activation (torn).
         #[arg(long, env = "SECONDARY_FAULT_TORN_ENV")]
         fault_torn_env: bool,
+        /// Fault: slot writes wait (at most a minute) until this file exists (busy storage).
+        #[arg(long, env = "SECONDARY_FAULT_HOLD_WRITE_UNTIL")]
+        fault_hold_write_until: Option<PathBuf>,
         /// Serve plaintext gRPC and answer anyone: for tests that inject faults only.
         #[arg(long, env = "SECONDARY_INSECURE")]
         insecure: bool,
@@ -251,6 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fault_protocol_version,
             fault_storage_bytes,
             fault_torn_env,
+            fault_hold_write_until,
             insecure,
         } => {
             if max_chunk_size == 0
@@ -282,6 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     protocol_version: fault_protocol_version,
                     storage_bytes: fault_storage_bytes,
                     torn_env: fault_torn_env,
+                    hold_write_until: fault_hold_write_until,
                 },
             };
             if settings.faults.enabled() {

@@ -129,10 +129,29 @@ impl Service {
     }
 
     fn store(&self, operation: Operation, cancel: Arc<AtomicBool>) -> Result<(), Status> {
+        self.store_unless_running(operation, cancel).map(|_| ())
+    }
+
+    /// Stores `operation`, unless an operation of its kind for its correlation id is still
+    /// running: that one is returned instead, and nothing is stored (one flight at a time).
+    fn store_unless_running(
+        &self,
+        operation: Operation,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Option<Operation>, Status> {
         let mut operations = self
             .operations
             .lock()
             .map_err(|_| Status::internal("operations poisoned"))?;
+        if operation.state == OperationState::Running as i32
+            && let Some(running) = operations.values().find(|r| {
+                r.operation.state == OperationState::Running as i32
+                    && r.operation.kind == operation.kind
+                    && r.operation.correlation_id == operation.correlation_id
+            })
+        {
+            return Ok(Some(running.operation.clone()));
+        }
         let seq = operations.values().map(|r| r.seq + 1).max().unwrap_or(0);
         operations.insert(
             operation.operation_id.clone(),
@@ -153,7 +172,7 @@ impl Service {
                 None => break,
             };
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -443,14 +462,33 @@ impl Secondary for Service {
         self.require_primary(&request)?;
         let correlation_id = request.into_inner().correlation_id;
         let operation = new_operation(OperationKind::Install, &correlation_id)?;
-        let id = correlation_id.clone();
-        let job = self.call(move |agent| agent.prepare_install(&id)).await?;
-        let job = match job {
-            Ok(job) => job,
-            Err(r) => return Ok(Response::new(finished(operation, Err(r)))),
-        };
         let cancel = Arc::new(AtomicBool::new(false));
-        self.store(operation.clone(), Arc::clone(&cancel))?;
+        // One writer per update: the Primary asking again while the install runs (its poll
+        // deadline passed on slow storage) is answered with the running one.
+        if let Some(running) = self.store_unless_running(operation.clone(), Arc::clone(&cancel))? {
+            return Ok(Response::new(running));
+        }
+        let id = correlation_id.clone();
+        let job = match self.call(move |agent| agent.prepare_install(&id)).await {
+            Ok(Ok(job)) => job,
+            Ok(Err(r)) => {
+                let done = finished(operation, Err(r));
+                self.store(done.clone(), cancel)?;
+                return Ok(Response::new(done));
+            }
+            Err(status) => {
+                let done = finished(
+                    operation,
+                    Err(Refusal {
+                        code: ResultCode::InternalError,
+                        attack: None,
+                        description: status.message().to_string(),
+                    }),
+                );
+                self.store(done, cancel)?;
+                return Err(status);
+            }
+        };
         let service = self.clone();
         let op = operation.clone();
         tokio::spawn(async move {

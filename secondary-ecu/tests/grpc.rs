@@ -270,6 +270,11 @@ impl Ecu {
             .await
             .unwrap()
             .into_inner();
+        self.finished(op).await
+    }
+
+    /// Operation `op` once it no longer runs (bounded).
+    async fn finished(&mut self, op: proto::v2::Operation) -> proto::v2::Operation {
         for _ in 0..600 {
             let current = self
                 .client()
@@ -665,6 +670,33 @@ async fn power_loss_during_write_keeps_the_old_slot_and_the_update_can_be_retrie
     // The staged image survived: install again, then activate.
     let op = ecu.install().await;
     assert_eq!(op.state(), OperationState::Done, "{op:?}");
+    ecu.activate().await;
+    assert_eq!(ecu.running().await, "brake-2.bin");
+}
+
+#[tokio::test]
+async fn an_install_asked_for_again_while_it_runs_is_the_same_install() {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    let gate = ecu.dir.path().join("storage-ready");
+    let gate_flag = gate.display().to_string();
+    prepared(&mut ecu, &repos, &["--fault-hold-write-until", &gate_flag]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    let request = || InstallRequest {
+        correlation_id: CORR.into(),
+    };
+    let first = ecu.client().install(request()).await.unwrap().into_inner();
+    assert_eq!(first.state(), OperationState::Running, "{first:?}");
+    // The storage is held busy: the Primary, past its poll deadline, asks again.
+    let again = ecu.client().install(request()).await.unwrap().into_inner();
+    assert_eq!(
+        again.operation_id, first.operation_id,
+        "a second writer: {again:?}"
+    );
+    assert_eq!(again.state(), OperationState::Running);
+    std::fs::write(&gate, b"").unwrap();
+    let done = ecu.finished(first).await;
+    assert_eq!(done.state(), OperationState::Done, "{done:?}");
     ecu.activate().await;
     assert_eq!(ecu.running().await, "brake-2.bin");
 }
