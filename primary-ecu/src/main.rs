@@ -427,8 +427,8 @@ async fn main() -> ExitCode {
 }
 
 /// `--fault-clock-offset-secs` as a duration, refused when it is beyond what a clock can be
-/// off by (about 292 billion years).
+/// off by (`service_runtime::clock::offset_of`).
 fn clock_offset(seconds: i64) -> anyhow::Result<chrono::Duration> {
-    chrono::Duration::try_seconds(seconds)
+    service_runtime::clock::offset_of(seconds)
         .ok_or_else(|| anyhow::anyhow!("--fault-clock-offset-secs {seconds} is out of range"))
 }

@@ -576,18 +576,21 @@ async fn the_primary_trusts_the_time_the_director_corroborates_and_resets_only_w
     assert_eq!(status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("freeze"), "{stdout}");
     assert_eq!(trusted_time(&world), t0 + day * 20);
-    // An offset no clock can be off by is refused before the cycle starts.
-    let mut absurd = world.once_command();
-    absurd.arg(format!("--fault-clock-offset-secs={}", i64::MAX));
-    let (status, _, stderr) =
-        tokio::task::spawn_blocking(move || uptane_tests::run(&mut absurd, LIMIT))
-            .await
-            .unwrap();
-    assert!(!status.success(), "{stderr}");
-    assert!(
-        stderr.contains("--fault-clock-offset-secs") && stderr.contains("out of range"),
-        "{stderr}"
-    );
+    // An offset no clock can be off by (no duration, or no date) is refused before the
+    // cycle starts.
+    for seconds in [i64::MAX, 9_000_000_000_000] {
+        let mut absurd = world.once_command();
+        absurd.arg(format!("--fault-clock-offset-secs={seconds}"));
+        let (status, _, stderr) =
+            tokio::task::spawn_blocking(move || uptane_tests::run(&mut absurd, LIMIT))
+                .await
+                .unwrap();
+        assert!(!status.success(), "{seconds}: {stderr}");
+        assert!(
+            stderr.contains("--fault-clock-offset-secs") && stderr.contains("out of range"),
+            "{seconds}: {stderr}"
+        );
+    }
     assert_eq!(trusted_time(&world), t0 + day * 20);
     // The Director's clock fixed, its metadata expires before the trusted time: refused, and
     // the earlier clock reading changes nothing...

@@ -1,8 +1,9 @@
 //! The wall clock the servers sign by and judge expiry, credentials and tokens against: one
 //! reading of the system clock for all of them.
 //!
-//! In a test build (the cargo feature `fault-injection`, which only the end-to-end tests
-//! enable; a release build has no such hook), `UPTANE_FAULT_CLOCK_OFFSET_SECS=<seconds>` moves
+//! In a build with the cargo feature `fault-injection` (the tests', `fleet-sim hil`'s and
+//! `fleet-sim attacks`'; `cargo build --release` leaves it out, docs/SECURITY.md "Time"),
+//! `UPTANE_FAULT_CLOCK_OFFSET_SECS=<seconds>` moves
 //! it by that many seconds, so that a test can run a server months ahead without waiting for
 //! them (the vehicle parked for 400 days, `fleet-sim hil`). TLS certificates are still
 //! judged by the real clock: the offset moves Uptane's time only.
@@ -60,10 +61,22 @@ pub fn parse_offset(text: &str) -> anyhow::Result<chrono::Duration> {
     })?;
     let offset = chrono::Duration::try_seconds(seconds)
         .ok_or_else(|| anyhow::anyhow!("{FAULT_OFFSET_ENV}={seconds} is out of range"))?;
+    if !within_dates(offset) {
+        anyhow::bail!("{FAULT_OFFSET_ENV}={seconds} is past any date");
+    }
+    Ok(offset)
+}
+
+/// `seconds` as a clock offset, if a clock can be off by that much: a duration, and one that
+/// keeps the current time a date (the Primary's `--fault-clock-offset-secs` too).
+pub fn offset_of(seconds: i64) -> Option<chrono::Duration> {
+    chrono::Duration::try_seconds(seconds).filter(|offset| within_dates(*offset))
+}
+
+fn within_dates(offset: chrono::Duration) -> bool {
     UtcTime::from(std::time::SystemTime::now())
         .checked_add_signed(offset)
-        .ok_or_else(|| anyhow::anyhow!("{FAULT_OFFSET_ENV}={seconds} is past any date"))?;
-    Ok(offset)
+        .is_some()
 }
 
 #[cfg(test)]
