@@ -337,11 +337,12 @@ async fn cancel_assignment(
     Path(correlation_id): Path<String>,
 ) -> ApiResult {
     let actor = state.service.operator(bearer(&headers)).await?;
-    let n = state
-        .service
-        .cancel_assignment(&actor, correlation_id)
-        .await?;
-    ok_json(json!({"cancelled": n}))
+    ok_json(
+        state
+            .service
+            .cancel_assignment(&actor, correlation_id)
+            .await?,
+    )
 }
 
 /// The fleet at a glance (the dashboard's first page, `director overview`).

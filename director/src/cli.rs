@@ -589,7 +589,9 @@ enum AssignmentCommand {
         #[command(flatten)]
         page: PageArgs,
     },
-    /// Cancels the entries of an assignment not yet delivered.
+    /// Cancels an assignment: entries not yet delivered end now; vehicles that received it
+    /// get targets without it, their ECUs abandon it unless past activation, and each entry
+    /// ends with the ECU's report (cancelled, or installed: the cancel came too late).
     Cancel {
         #[command(flatten)]
         remote: Remote,
@@ -853,7 +855,7 @@ fn assignment_table(rows: &Value) -> String {
         &["CORRELATION", "VIN", "ECU", "IMAGE", "STATUS", "DETAIL"],
         rows.iter()
             .map(|r| {
-                [
+                let mut row: Vec<String> = [
                     "correlation_id",
                     "vin",
                     "ecu_serial",
@@ -863,7 +865,14 @@ fn assignment_table(rows: &Value) -> String {
                 ]
                 .iter()
                 .map(|k| text(&r[*k]))
-                .collect()
+                .collect();
+                if r["status"] == "delivered"
+                    && let Some(at) = r["cancel_requested_at"].as_str()
+                {
+                    row[4] = "delivered, cancel requested".into();
+                    row[5] = format!("cancel requested at {at}; waiting for the ECU's word");
+                }
+                row
             })
             .collect(),
     )
@@ -1791,7 +1800,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await?;
                 print(json, &value, |v| {
-                    format!("cancelled {} ECU entries", text(&v["cancelled"]))
+                    format!(
+                        "cancelled {} ECU entries not yet delivered; {} ECUs that received it \
+                         are told to abandon it (each entry ends with the ECU's report: \
+                         cancelled, or installed if it was past activation)",
+                        text(&v["cancelled"]),
+                        text(&v["cancel_requested"])
+                    )
                 });
                 Ok(())
             }

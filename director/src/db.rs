@@ -208,6 +208,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/007_retention.sql"),
     include_str!("migrations/008_listing_indexes.sql"),
     include_str!("migrations/009_campaigns.sql"),
+    include_str!("migrations/010_cancel_requests.sql"),
 ];
 
 /// PostgreSQL's migrations: the schema SQLite's migrations reach, in PostgreSQL's terms.
@@ -217,6 +218,7 @@ const PG_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/003_byte_order.sql"),
     include_str!("migrations/postgres/004_event_order.sql"),
     include_str!("migrations/postgres/005_campaigns.sql"),
+    include_str!("migrations/postgres/006_cancel_requests.sql"),
 ];
 
 /// Manifests, registrations and every other write of this many requests at most share one

@@ -15,7 +15,8 @@ use tower::ServiceExt;
 use uptane_core::error::AttackKind;
 use uptane_core::ids::{EcuSerial, HardwareId};
 use uptane_core::manifest::{
-    DetectedAttack, ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest,
+    DetectedAttack, ECU_REPORT_TYPE, EcuVersionReport, InstallResult, InstalledImage, LastInstall,
+    VehicleVersionManifest,
 };
 use uptane_core::refresh::{Refresh, Step};
 use uptane_core::testing::key;
@@ -596,45 +597,187 @@ async fn refuses_malformed_and_oversized_json() {
     assert_eq!(fleet.events_of("registration_refused"), 3);
 }
 
-#[tokio::test]
-async fn assignments_can_be_cancelled_before_delivery_only() {
-    let fleet = fleet();
-    let car = fleet.register(VIN, 70).await;
-    let (_, first) = fleet
-        .operator(
-            "POST",
-            "/api/v1/assignments",
-            json!({"image": "brake-2.bin", "vins": [VIN]}),
-        )
-        .await;
-    let id = first["correlation_id"].as_str().unwrap();
-    let (status, _) = fleet
+/// The operator's cancel: `POST /api/v1/assignments/ID/cancel`, with its answer.
+async fn cancel(fleet: &Fleet, id: &str) -> (StatusCode, Value) {
+    fleet
         .operator(
             "POST",
             &format!("/api/v1/assignments/{id}/cancel"),
             Value::Null,
         )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let (_, second) = fleet
-        .operator(
-            "POST",
-            "/api/v1/assignments",
-            json!({"image": "brake-2.bin", "vins": [VIN]}),
-        )
-        .await;
-    let id = second["correlation_id"].as_str().unwrap();
-    fetch(&fleet, &car, "timestamp.json").await;
-    let (_, targets) = fetch(&fleet, &car, "1.targets.json").await;
-    assert!(String::from_utf8(targets).unwrap().contains("brake-2.bin"));
+        .await
+}
+
+/// Assigns `brake-2.bin` to the vehicle; its correlation id.
+async fn assign_brake(fleet: &Fleet) -> String {
     let (status, json) = fleet
         .operator(
             "POST",
-            &format!("/api/v1/assignments/{id}/cancel"),
-            Value::Null,
+            "/api/v1/assignments",
+            json!({"image": "brake-2.bin", "vins": [VIN]}),
         )
         .await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    json["correlation_id"].as_str().unwrap().to_string()
+}
+
+/// The vehicle's brake entry of assignment `id`.
+async fn brake_entry(fleet: &Fleet, id: &str) -> Value {
+    fleet
+        .entries(&VIN.parse().unwrap())
+        .await
+        .into_iter()
+        .find(|e| e["correlation_id"] == id)
+        .unwrap()
+}
+
+/// The vehicle's brake reporting its factory image, and this last install.
+fn brake_says(car: &mut Vehicle, last: Option<(&str, InstallResult)>) -> Vec<u8> {
+    match last {
+        Some((id, result)) => {
+            car.last_install.insert(
+                1,
+                LastInstall {
+                    correlation_id: id.into(),
+                    result,
+                    detail: "the ECU's words".into(),
+                },
+            );
+        }
+        None => {
+            car.last_install.remove(&1);
+        }
+    }
+    car.factory()
+}
+
+#[tokio::test]
+async fn a_cancel_ends_undelivered_entries_and_withdraws_delivered_ones_until_the_ecu_says() {
+    let fleet = fleet();
+    let mut car = fleet.register(VIN, 70).await;
+    // Not delivered yet: cancelled at once.
+    let first = assign_brake(&fleet).await;
+    let (status, json) = cancel(&fleet, &first).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json, json!({"cancelled": 1, "cancel_requested": 0}));
+    assert_eq!(brake_entry(&fleet, &first).await["status"], "cancelled");
+
+    // Delivered: the entry stays open, with the request noted, and leaves the targets.
+    let id = assign_brake(&fleet).await;
+    fleet.deliver(&car).await;
+    let (status, json) = cancel(&fleet, &id).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json, json!({"cancelled": 0, "cancel_requested": 1}));
+    let entry = brake_entry(&fleet, &id).await;
+    assert_eq!(entry["status"], "delivered");
+    assert!(entry["cancel_requested_at"].is_string(), "{entry}");
+    assert!(entry["withdrawn_at"].is_null(), "{entry}");
+    let (status, json) = cancel(&fleet, &id).await;
     assert_eq!(status, StatusCode::CONFLICT, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("no open entries"),
+        "{json}"
+    );
+
+    // A report from before the vehicle saw the withdrawal closes nothing.
+    let manifest = brake_says(&mut car, None);
+    let (status, outcome) = fleet.post_manifest(&car, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{outcome}");
+    assert_eq!(brake_entry(&fleet, &id).await["status"], "delivered");
+
+    fleet.deliver(&car).await;
+    let (_, timestamp) = fetch(&fleet, &car, "timestamp.json").await;
+    let version = |bytes: &[u8], file: &str| {
+        let doc: Value = serde_json::from_slice(bytes).unwrap();
+        doc["signed"]["meta"][file]["version"].as_u64().unwrap()
+    };
+    let (_, snapshot) = fetch(
+        &fleet,
+        &car,
+        &format!("{}.snapshot.json", version(&timestamp, "snapshot.json")),
+    )
+    .await;
+    let (_, targets) = fetch(
+        &fleet,
+        &car,
+        &format!("{}.targets.json", version(&snapshot, "targets.json")),
+    )
+    .await;
+    assert!(!String::from_utf8(targets).unwrap().contains("brake-2.bin"));
+    assert!(brake_entry(&fleet, &id).await["withdrawn_at"].is_string());
+    assert_eq!(fleet.events_of("assignment_withdrawn"), 1);
+
+    // Still in progress at the ECU: open. Abandoned by the ECU: cancelled.
+    let (_, outcome) = {
+        let manifest = brake_says(&mut car, Some((&id, InstallResult::InProgress)));
+        fleet.post_manifest(&car, manifest).await
+    };
+    assert_eq!(outcome["cancelled"], json!([]), "{outcome}");
+    assert_eq!(brake_entry(&fleet, &id).await["status"], "delivered");
+    let (_, outcome) = {
+        let manifest = brake_says(&mut car, Some((&id, InstallResult::Cancelled)));
+        fleet.post_manifest(&car, manifest).await
+    };
+    assert_eq!(outcome["cancelled"], json!([format!("{id}:{VIN}-brake")]));
+    let entry = brake_entry(&fleet, &id).await;
+    assert_eq!(entry["status"], "cancelled");
+    assert!(
+        entry["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the ECU abandoned it"),
+        "{entry}"
+    );
+}
+
+#[tokio::test]
+async fn a_withdrawn_entry_the_ecu_never_started_is_closed_by_its_next_report() {
+    let fleet = fleet();
+    let mut car = fleet.register(VIN, 71).await;
+    let id = assign_brake(&fleet).await;
+    fleet.deliver(&car).await;
+    cancel(&fleet, &id).await;
+    fleet.deliver(&car).await;
+    // The ECU's last install is of another update: it never started this one.
+    let (status, outcome) = {
+        let manifest = brake_says(&mut car, Some(("asg-older", InstallResult::Installed)));
+        fleet.post_manifest(&car, manifest).await
+    };
+    assert_eq!(status, StatusCode::OK, "{outcome}");
+    let entry = brake_entry(&fleet, &id).await;
+    assert_eq!(entry["status"], "cancelled", "{entry}");
+    assert!(
+        entry["detail"]
+            .as_str()
+            .unwrap()
+            .contains("had not started it")
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_that_comes_after_the_install_ends_installed_saying_so() {
+    let fleet = fleet();
+    let mut car = fleet.register(VIN, 72).await;
+    let id = assign_brake(&fleet).await;
+    fleet.deliver(&car).await;
+    cancel(&fleet, &id).await;
+    let manifest = car.manifest(&[
+        (b"gw 1", "gw-1.bin"),
+        (BRAKE_FW, "brake-2.bin"),
+        (b"radio 0", "radio-0.bin"),
+    ]);
+    let (_, outcome) = fleet.post_manifest(&car, manifest).await;
+    assert_eq!(
+        outcome["installed"].as_array().unwrap().len(),
+        1,
+        "{outcome}"
+    );
+    let entry = brake_entry(&fleet, &id).await;
+    assert_eq!(entry["status"], "installed");
+    assert!(
+        entry["detail"].as_str().unwrap().contains("came too late"),
+        "{entry}"
+    );
 }
 
 #[tokio::test]

@@ -124,6 +124,11 @@ pub struct AssignmentEcu {
     pub updated_at: String,
     /// Where the next page of a listing starts (`before`).
     pub cursor: i64,
+    /// When an operator cancelled it after the vehicle had received it: it is left out of
+    /// the vehicle's targets and waits for the ECU's word.
+    pub cancel_requested_at: Option<String>,
+    /// When the vehicle fetched targets without it (after a cancel request).
+    pub withdrawn_at: Option<String>,
 }
 
 pub(crate) fn image_hardware_ids(info: &TargetFile) -> Vec<String> {
@@ -329,7 +334,7 @@ fn open_entries_of(conn: &Conn, serial: &str) -> Result<Vec<AssignmentEcu>, Dire
     )?)
 }
 
-const ASSIGNMENT_COLUMNS: &str = "a.correlation_id, e.vin, e.ecu_serial, e.filename, e.length, e.hashes, e.hardware_id, e.release_counter, e.status, e.detail, e.updated_at, e.rowid";
+const ASSIGNMENT_COLUMNS: &str = "a.correlation_id, e.vin, e.ecu_serial, e.filename, e.length, e.hashes, e.hardware_id, e.release_counter, e.status, e.detail, e.updated_at, e.rowid, e.cancel_requested_at, e.withdrawn_at";
 
 fn assignment_row(r: &Row<'_>) -> Result<AssignmentEcu, DbError> {
     let hashes: String = r.get(5)?;
@@ -346,6 +351,8 @@ fn assignment_row(r: &Row<'_>) -> Result<AssignmentEcu, DbError> {
         detail: r.get(9)?,
         updated_at: r.get(10)?,
         cursor: r.get(11)?,
+        cancel_requested_at: r.get(12)?,
+        withdrawn_at: r.get(13)?,
     })
 }
 
@@ -391,20 +398,32 @@ pub fn entry_counts(conn: &Conn) -> Result<std::collections::BTreeMap<String, i6
         .collect())
 }
 
-/// Cancels the entries of an assignment not yet delivered; refuses if none can be.
+/// What an operator's cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CancelOutcome {
+    /// Entries not yet delivered: cancelled now.
+    pub cancelled: usize,
+    /// Entries the vehicle already received: left out of its targets from now on, and
+    /// closed by the ECU's word (cancelled, or installed when the cancel came too late).
+    pub cancel_requested: usize,
+}
+
+/// Cancels an assignment: its entries not yet delivered end now; those already delivered
+/// are withdrawn from the vehicles' targets and end when each ECU says how its update ended
+/// (`record_manifest`). Refuses if every entry has ended already.
 pub fn cancel_assignment(
     conn: &mut Conn,
     correlation_id: &str,
     actor: &str,
     now: UtcTime,
-) -> Result<usize, DirectorError> {
+) -> Result<CancelOutcome, DirectorError> {
     let tx = conn.savepoint()?;
     if !exists(&tx, "assignments", "correlation_id", correlation_id)? {
         return Err(DirectorError::NotFound(format!(
             "no assignment {correlation_id}"
         )));
     }
-    let n = tx.execute(
+    let cancelled = tx.execute(
         "UPDATE assignment_ecus SET status = ?1, detail = 'cancelled by operator', updated_at = ?2
          WHERE status = ?3 AND assignment_id = (SELECT id FROM assignments WHERE correlation_id = ?4)",
         params![
@@ -414,18 +433,63 @@ pub fn cancel_assignment(
             correlation_id
         ],
     )?;
-    if n == 0 {
+    let cancel_requested = tx.execute(
+        "UPDATE assignment_ecus SET cancel_requested_at = ?1, updated_at = ?1
+         WHERE status = ?2 AND cancel_requested_at IS NULL
+           AND assignment_id = (SELECT id FROM assignments WHERE correlation_id = ?3)",
+        params![now_text(now), AssignmentStatus::Delivered, correlation_id],
+    )?;
+    if cancelled + cancel_requested == 0 {
         return Err(DirectorError::Conflict(format!(
-            "assignment {correlation_id} has no pending entries: delivered ones can no longer be cancelled"
+            "assignment {correlation_id} has no open entries left to cancel: each was installed, \
+             failed, cancelled, or has a cancel requested already"
         )));
     }
     NewEvent::info(
         "assignment_cancelled",
         actor,
-        &format!("{correlation_id}: {n} ECUs"),
+        &format!(
+            "{correlation_id}: {cancelled} ECUs cancelled, {cancel_requested} already delivered \
+             asked to cancel"
+        ),
     )
     .record(&tx, now)?;
     tx.commit()?;
+    Ok(CancelOutcome {
+        cancelled,
+        cancel_requested,
+    })
+}
+
+/// Notes, of vehicle `vin`'s entries with a cancel requested, those the targets it just
+/// fetched (`included`: correlation id, ECU serial) no longer contain: from then on an ECU
+/// report silent about such an entry closes it (`record_manifest`). Returns how many.
+pub(crate) fn mark_withdrawn(
+    conn: &Conn,
+    vin: &str,
+    included: &[(String, String)],
+    now: UtcTime,
+) -> Result<usize, DirectorError> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
+         WHERE e.vin = ?1 AND e.status = ?2 AND e.cancel_requested_at IS NOT NULL AND e.withdrawn_at IS NULL"
+    );
+    let open = conn.query(
+        &sql,
+        params![vin, AssignmentStatus::Delivered],
+        assignment_row,
+    )?;
+    let mut n = 0;
+    for entry in open.iter().filter(|e| {
+        !included
+            .iter()
+            .any(|(c, s)| *c == e.correlation_id && *s == e.ecu_serial)
+    }) {
+        n += conn.execute(
+            "UPDATE assignment_ecus SET withdrawn_at = ?1 WHERE rowid = ?2",
+            params![now_text(now), entry.cursor],
+        )?;
+    }
     Ok(n)
 }
 
@@ -439,6 +503,17 @@ fn active_entries_sql() -> String {
 
 pub(crate) fn active_entries(conn: &Conn, vin: &str) -> Result<Vec<AssignmentEcu>, DirectorError> {
     Ok(conn.query(&active_entries_sql(), params![vin], assignment_row)?)
+}
+
+/// The entries of vehicle `vin` its targets list: those not final, less those an operator
+/// cancelled after delivery (withdrawn, waiting for the ECU's word).
+pub(crate) fn targeted_entries(
+    conn: &Conn,
+    vin: &str,
+) -> Result<Vec<AssignmentEcu>, DirectorError> {
+    let mut entries = active_entries(conn, vin)?;
+    entries.retain(|e| e.cancel_requested_at.is_none());
+    Ok(entries)
 }
 
 /// Cancels `serial`'s entries that are not final, saying why.

@@ -8,7 +8,8 @@ use uptane_core::crypto::PublicKey;
 use uptane_core::error::AttackKind;
 use uptane_core::ids::{EcuSerial, Vin};
 use uptane_core::manifest::{
-    CheckedManifest, InventoryEcu, ManifestError, VehicleInventory, check_vehicle_manifest,
+    CheckedManifest, InstallResult, InventoryEcu, ManifestError, VehicleInventory,
+    check_vehicle_manifest,
 };
 use uptane_core::time::{UtcTime, format_expires, parse_expires};
 
@@ -29,6 +30,8 @@ pub struct ManifestOutcome {
     pub installed: Vec<String>,
     /// Assignment entries now failed.
     pub failed: Vec<String>,
+    /// Assignment entries now cancelled (an operator's cancel the ECU carried out).
+    pub cancelled: Vec<String>,
     /// Attacks the ECUs reported.
     pub attacks_reported: usize,
     /// Their kinds, for the metrics.
@@ -197,6 +200,44 @@ fn refused(
     }
 }
 
+/// How an ECU's report closes one of its open entries, if it does: the image running closes
+/// it installed; the ECU's own result for it (its `last_install` naming the entry's
+/// correlation id) failed, rolled back or cancelled closes it so. An entry an operator
+/// cancelled after delivery is closed cancelled by the ECU's word that it abandoned it, or,
+/// once the vehicle fetched targets without it, by a report that says nothing of it (the ECU
+/// never started it); the image running closes it installed, saying the cancel came too late.
+fn entry_outcome(
+    entry: &assignments::AssignmentEcu,
+    running: bool,
+    last_install: Option<&uptane_core::manifest::LastInstall>,
+) -> Option<(AssignmentStatus, String)> {
+    let own = last_install.filter(|l| l.correlation_id == entry.correlation_id);
+    let cancel = entry.cancel_requested_at.as_deref();
+    Some(match (running, own, cancel) {
+        (true, _, None) => (AssignmentStatus::Installed, String::new()),
+        (true, _, Some(at)) => (
+            AssignmentStatus::Installed,
+            format!("the cancel requested at {at} came too late: the ECU had installed it"),
+        ),
+        (false, Some(last), Some(at)) if last.result == InstallResult::Cancelled => (
+            AssignmentStatus::Cancelled,
+            format!(
+                "cancelled by operator at {at}; the ECU abandoned it: {}",
+                last.detail
+            ),
+        ),
+        (false, Some(last), _) if last.result.is_failure() => (
+            AssignmentStatus::Failed,
+            format!("{}: {}", last.result, last.detail),
+        ),
+        (false, None, Some(at)) if entry.withdrawn_at.is_some() => (
+            AssignmentStatus::Cancelled,
+            format!("cancelled by operator at {at}; the ECU had not started it"),
+        ),
+        _ => return None,
+    })
+}
+
 /// Records an accepted manifest in one transaction: the manifest, every nonce, what each
 /// ECU runs, the attacks it reported, and the outcome of its assignment.
 fn record_manifest(
@@ -218,6 +259,7 @@ fn record_manifest(
         manifest_id,
         installed: Vec::new(),
         failed: Vec::new(),
+        cancelled: Vec::new(),
         attacks_reported: 0,
         attack_kinds: Vec::new(),
         unreachable: checked
@@ -283,18 +325,10 @@ fn record_manifest(
                     .hashes
                     .get("sha256")
                     .is_some_and(|h| image.hashes.get("sha256") == Some(h));
-            // The ECU's own word on this assignment, when it names it and it failed.
-            let failed = report
-                .last_install
-                .as_ref()
-                .filter(|l| l.correlation_id == entry.correlation_id && l.result.is_failure());
-            let (status, detail) = match (matches, failed) {
-                (true, _) => (AssignmentStatus::Installed, String::new()),
-                (false, Some(last)) => (
-                    AssignmentStatus::Failed,
-                    format!("{}: {}", last.result, last.detail),
-                ),
-                (false, None) => continue,
+            let Some((status, detail)) =
+                entry_outcome(entry, matches, report.last_install.as_ref())
+            else {
+                continue;
             };
             assignments::set_outcome(&tx, &entry.correlation_id, serial, status, &detail, now)?;
             let what = format!("{} on {serial}: {status} {detail}", entry.correlation_id);
@@ -305,14 +339,11 @@ fn record_manifest(
                 NewEvent::info(&kind, &actor, what.trim())
             };
             event.vin(vin_text).ecu(Some(serial)).record(&tx, now)?;
-            if status == AssignmentStatus::Installed {
-                outcome
-                    .installed
-                    .push(format!("{}:{serial}", entry.correlation_id));
-            } else {
-                outcome
-                    .failed
-                    .push(format!("{}:{serial}", entry.correlation_id));
+            let closed = format!("{}:{serial}", entry.correlation_id);
+            match status {
+                AssignmentStatus::Installed => outcome.installed.push(closed),
+                AssignmentStatus::Cancelled => outcome.cancelled.push(closed),
+                _ => outcome.failed.push(closed),
             }
         }
     }

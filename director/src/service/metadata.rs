@@ -108,7 +108,7 @@ pub fn sign_vehicle_metadata(
     policy: &Policy,
     now: UtcTime,
 ) -> Result<Option<SignedMetadata>, DirectorError> {
-    let entries = assignments::active_entries(tx, vin)?;
+    let entries = assignments::targeted_entries(tx, vin)?;
     let content = json!(
         entries
             .iter()
@@ -396,7 +396,8 @@ pub fn stored_timestamp(conn: &Conn, vin: &str) -> Result<StoredTimestamp, Direc
 }
 
 /// Marks the entries a served targets file contains delivered (only those: an assignment
-/// created after it was signed is not delivered by it).
+/// created after it was signed is not delivered by it), and the cancelled entries it leaves
+/// out withdrawn.
 pub fn mark_delivered(
     conn: &mut Conn,
     vin: &str,
@@ -407,10 +408,17 @@ pub fn mark_delivered(
         .map_err(|e| DirectorError::Internal(format!("stored targets entries: {e}")))?;
     let tx = conn.savepoint()?;
     let n = assignments::mark_delivered(&tx, vin, &included, now)?;
+    let actor = format!("vehicle:{vin}");
     if n > 0 {
-        let actor = format!("vehicle:{vin}");
         let detail = format!("{n} ECUs received their targets");
         NewEvent::info("assignment_delivered", &actor, &detail)
+            .vin(vin)
+            .record(&tx, now)?;
+    }
+    let withdrawn = assignments::mark_withdrawn(&tx, vin, &included, now)?;
+    if withdrawn > 0 {
+        let detail = format!("{withdrawn} ECUs received targets that withdraw a cancelled update");
+        NewEvent::info("assignment_withdrawn", &actor, &detail)
             .vin(vin)
             .record(&tx, now)?;
     }

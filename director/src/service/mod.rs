@@ -453,12 +453,12 @@ impl DirectorService {
             .await
     }
 
-    /// Cancels the entries of an assignment not yet delivered.
+    /// Cancels an assignment (`assignments::cancel_assignment`).
     pub async fn cancel_assignment(
         &self,
         actor: &Actor,
         correlation_id: String,
-    ) -> Result<usize, DirectorError> {
+    ) -> Result<assignments::CancelOutcome, DirectorError> {
         let actor = actor.0.clone();
         self.write_all(move |conn| cancel_assignment(conn, &correlation_id, &actor, now()))
             .await
