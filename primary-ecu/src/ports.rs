@@ -133,6 +133,16 @@ pub trait SecondaryPort: Send {
         bundle: PutMetadataRequest,
         image: &VerifiedFile,
     ) -> impl Future<Output = Result<Delivery, LinkError>> + Send;
+
+    /// Tells it the Director withdrew its update `correlation_id` (of `filename`): `bundle`
+    /// is the Director's new metadata, which assigns it nothing.
+    fn withdraw(
+        &mut self,
+        unix_seconds: i64,
+        bundle: PutMetadataRequest,
+        correlation_id: &str,
+        filename: &str,
+    ) -> impl Future<Output = Result<Delivery, LinkError>> + Send;
 }
 
 /// The ports the update cycle runs with.
@@ -345,5 +355,15 @@ impl SecondaryPort for SecondaryLink {
         image: &VerifiedFile,
     ) -> Result<Delivery, LinkError> {
         SecondaryLink::deliver(self, unix_seconds, bundle, image).await
+    }
+
+    async fn withdraw(
+        &mut self,
+        unix_seconds: i64,
+        bundle: PutMetadataRequest,
+        correlation_id: &str,
+        filename: &str,
+    ) -> Result<Delivery, LinkError> {
+        SecondaryLink::withdraw(self, unix_seconds, bundle, correlation_id, filename).await
     }
 }

@@ -377,28 +377,16 @@ impl SecondaryLink {
             verified.approved().length(),
         );
         let correlation_id = bundle.correlation_id.clone();
-        // An ECU that speaks an older version of the protocol is asked nothing more and sent
-        // nothing it might read otherwise; it is tried again once it is updated (HIL row 37).
-        let spoken = self.info().await?.protocol_version;
-        if spoken < proto::PROTOCOL_VERSION {
-            return Ok(Delivery::Retry(format!(
-                "the ECU speaks protocol version {spoken}; this Primary speaks version {} and \
-                 sends it nothing until it is updated",
-                proto::PROTOCOL_VERSION
-            )));
+        if let Some(declined) = self.older_protocol().await? {
+            return Ok(declined);
         }
         if let Some(done) = self.kept_outcome(&correlation_id, filename).await? {
             return Ok(done);
         }
-        let t = self.timeout;
-        let time = self
-            .call("PutTime", t, |mut c| async move {
-                c.put_time(PutTimeRequest { unix_seconds }).await
-            })
-            .await?;
-        if time.code != ResultCode::Ok as i32 {
-            return Ok(failed(Some(time), "time refused"));
+        if let Some(refused) = self.put_time(unix_seconds).await? {
+            return Ok(refused);
         }
+        let t = self.timeout;
         let accepted = self
             .call("PutMetadata", t, |mut c| async move {
                 c.put_metadata(bundle).await
@@ -444,6 +432,96 @@ impl SecondaryLink {
             Some(done) => Ok(done),
             None => Ok(failed(activated.result, "activation did not finish")),
         }
+    }
+
+    /// Tells the ECU that the Director withdrew its update `correlation_id` (of `filename`,
+    /// an operator's cancel): sends the Director's new metadata, which assigns it nothing, so
+    /// that the ECU abandons the update if it has not activated it (ecu-side.md (c) rows 19
+    /// and 20), then reads how the update ended. `Failed` with `OPERATION_CANCELLED` when it
+    /// was abandoned or never reached the ECU; `Installed` when it was past the point of no
+    /// return and is installed.
+    pub async fn withdraw(
+        &mut self,
+        unix_seconds: i64,
+        bundle: PutMetadataRequest,
+        correlation_id: &str,
+        filename: &str,
+    ) -> Result<Delivery, LinkError> {
+        if let Some(declined) = self.older_protocol().await? {
+            return Ok(declined);
+        }
+        if let Some(done) = self.kept_outcome(correlation_id, filename).await? {
+            return Ok(done);
+        }
+        if let Some(refused) = self.put_time(unix_seconds).await? {
+            return Ok(refused);
+        }
+        let t = self.timeout;
+        let answer = self
+            .call("PutMetadata", t, |mut c| async move {
+                c.put_metadata(bundle).await
+            })
+            .await?;
+        match ResultCode::try_from(answer.code) {
+            Ok(ResultCode::NoUpdate) => {}
+            Ok(ResultCode::Busy) => {
+                return Ok(Delivery::Retry(
+                    "the ECU is still stopping the install of the withdrawn update".into(),
+                ));
+            }
+            Ok(ResultCode::Ok | ResultCode::AlreadyProcessed) => {
+                return Ok(Delivery::Retry(
+                    "the ECU's verification of the new metadata still finds an update for it"
+                        .into(),
+                ));
+            }
+            _ => return Ok(failed(Some(answer), "metadata refused")),
+        }
+        Ok(
+            match self.installation_result(correlation_id, filename).await? {
+                Some(r) if r.code == ResultCode::Ok as i32 => Delivery::Installed,
+                Some(r) if final_failure(ResultCode::try_from(r.code).unwrap_or_default()) => {
+                    failed(Some(r), "failed")
+                }
+                Some(r) => Delivery::Retry(format!(
+                    "the ECU keeps the withdrawn update ({}: {}): past its point of no return",
+                    ResultCode::try_from(r.code)
+                        .unwrap_or_default()
+                        .as_str_name(),
+                    r.description
+                )),
+                None => Delivery::Failed {
+                    code: ResultCode::OperationCancelled,
+                    attack: None,
+                    detail: "withdrawn before it reached the ECU".into(),
+                },
+            },
+        )
+    }
+
+    /// An ECU that speaks an older version of the protocol is asked nothing more and sent
+    /// nothing it might read otherwise; it is tried again once it is updated (HIL row 37).
+    async fn older_protocol(&mut self) -> Result<Option<Delivery>, LinkError> {
+        let spoken = self.info().await?.protocol_version;
+        Ok((spoken < proto::PROTOCOL_VERSION).then(|| {
+            Delivery::Retry(format!(
+                "the ECU speaks protocol version {spoken}; this Primary speaks version {} and \
+                 sends it nothing until it is updated",
+                proto::PROTOCOL_VERSION
+            ))
+        }))
+    }
+
+    /// The Primary's time, verified by the ECU against the metadata that follows; `Some`
+    /// when it refused it.
+    async fn put_time(&mut self, unix_seconds: i64) -> Result<Option<Delivery>, LinkError> {
+        let t = self.timeout;
+        let time = self
+            .call("PutTime", t, |mut c| async move {
+                c.put_time(PutTimeRequest { unix_seconds }).await
+            })
+            .await?;
+        Ok((time.code != ResultCode::Ok as i32).then(|| failed(Some(time), "time refused")))
     }
 
     /// The final outcome the ECU kept for this update, if it has one.

@@ -38,12 +38,17 @@ pub enum Phase {
     Installed,
     /// The ECU refused or failed it; not retried for this assignment.
     Failed,
+    /// The Director's targets no longer assign it (an operator's cancel): the ECU is to
+    /// abandon it, and has not said it did.
+    Withdrawn,
+    /// Withdrawn, and abandoned before the ECU activated it.
+    Cancelled,
 }
 
 impl Phase {
     /// Whether nothing more will be done for this assignment.
     pub fn is_final(self) -> bool {
-        matches!(self, Phase::Installed | Phase::Failed)
+        matches!(self, Phase::Installed | Phase::Failed | Phase::Cancelled)
     }
 }
 

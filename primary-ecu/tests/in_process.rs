@@ -345,6 +345,22 @@ impl SecondaryPort for Secondary {
         };
         Ok(Delivery::Installed)
     }
+
+    /// Nothing is ever pending here between cycles: a withdrawn update never reached it.
+    async fn withdraw(
+        &mut self,
+        _: i64,
+        bundle: PutMetadataRequest,
+        _: &str,
+        _: &str,
+    ) -> Result<Delivery, LinkError> {
+        assert!(!bundle.director_targets.is_empty(), "metadata forwarded");
+        Ok(Delivery::Failed {
+            code: ResultCode::OperationCancelled,
+            attack: None,
+            detail: "withdrawn before it reached the ECU".into(),
+        })
+    }
 }
 
 enum InMemory {}
@@ -632,4 +648,55 @@ async fn the_primary_installs_exactly_the_bytes_it_verified() {
         0,
         "no temporary file left behind"
     );
+}
+
+/// An update the Director withdraws (an operator's cancel) before it is done: the Primary
+/// abandons its own, saying so in its next report, and tells the Secondary to.
+#[tokio::test]
+async fn updates_the_director_withdraws_are_abandoned() {
+    let mut car = Vehicle::new();
+    car.images.publish("gw-2.bin", b"gateway two", GATEWAY.1, 2);
+    car.images.publish("brake-2.bin", b"brake two", BRAKE.1, 2);
+    // The gateway's image cannot be downloaded yet, the brake is off: neither finishes.
+    car.images.blobs.lock().unwrap().clear();
+    car.brake.behave(Behaviour::Offline);
+    car.director.assign(
+        "asg-7",
+        &[
+            (GATEWAY.0, GATEWAY.1, "gw-2.bin", b"gateway two", 2),
+            (BRAKE.0, BRAKE.1, "brake-2.bin", b"brake two", 2),
+        ],
+    );
+    let report = car.primary.cycle().await;
+    assert_eq!(report.exit_code(), 3, "{}", report.summary());
+
+    car.brake.behave(Behaviour::Installs);
+    car.director.assign("asg-8", &[]);
+    let report = car.primary.cycle().await;
+    assert_eq!(report.exit_code(), 0, "{}", report.summary());
+    for serial in [GATEWAY.0, BRAKE.0] {
+        assert!(
+            matches!(
+                report.ecus[&id::<EcuSerial>(serial)],
+                EcuOutcome::Cancelled(_)
+            ),
+            "{}",
+            report.summary()
+        );
+        let update = &car.primary.state().updates[&id::<EcuSerial>(serial)];
+        assert_eq!(update.phase, primary_ecu::state::Phase::Cancelled);
+    }
+    assert_eq!(car.brake.running(), "brake-factory.bin");
+    let manifest = car.last_manifest();
+    let own = manifest.report(&id(GATEWAY.0)).unwrap();
+    let own: EcuVersionReport = serde_json::from_slice::<serde_json::Value>(own.as_bytes())
+        .map(|v| serde_json::from_value(v["signed"].clone()).unwrap())
+        .unwrap();
+    assert_eq!(own.installed_image.filename, "gw-factory.bin");
+    let last = own.last_install.unwrap();
+    assert_eq!(last.correlation_id, "asg-7");
+    assert_eq!(last.result, uptane_core::manifest::InstallResult::Cancelled);
+    // Done: nothing is sent again.
+    let report = car.primary.cycle().await;
+    assert!(report.ecus.is_empty(), "{}", report.summary());
 }

@@ -183,13 +183,17 @@ impl AbDevice {
         }
     }
 
-    /// Waits while the storage is held busy (bounded: a minute at most).
-    pub fn wait_for_storage(&self) {
+    /// Waits while the storage is held busy (bounded: a minute at most), or until the
+    /// install is `cancelled`.
+    pub fn wait_for_storage(&self, cancelled: &std::sync::atomic::AtomicBool) {
         let Some(gate) = &self.faults.hold_write_until else {
             return;
         };
         let started = std::time::Instant::now();
-        while !gate.exists() && started.elapsed() < Duration::from_secs(60) {
+        while !gate.exists()
+            && !cancelled.load(std::sync::atomic::Ordering::Relaxed)
+            && started.elapsed() < Duration::from_secs(60)
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -303,6 +307,15 @@ impl AbDevice {
                 generation: 0,
             },
         );
+        self.save(&env)
+    }
+
+    /// Marks a slot bad, durably: written in part or refused, never one to boot.
+    pub fn mark_bad(&self, slot: &str) -> std::io::Result<()> {
+        let mut env = self.env()?;
+        if let Some(s) = env.slots.get_mut(slot) {
+            s.state = SlotState::Bad;
+        }
         self.save(&env)
     }
 

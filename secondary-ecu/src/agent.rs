@@ -271,6 +271,9 @@ pub struct Agent {
     upload: u64,
     /// Volatile: a trial slot running and waiting for Confirm.
     trial_running: Option<String>,
+    /// Volatile: the update whose install job runs (between `prepare_install` and
+    /// `finish_install`).
+    installing: Option<String>,
     /// Volatile: the Primary's last `PutTime`, kept only once the next metadata verifies at
     /// it (`uptane_core::time::TrustedTime`).
     proposed_time: Option<UtcTime>,
@@ -416,6 +419,7 @@ impl Agent {
             receiving: None,
             upload: 0,
             trial_running: None,
+            installing: None,
             proposed_time: None,
         };
         agent.boot()?;
@@ -848,9 +852,7 @@ impl Agent {
         self.state.latest_time = time.floor.timestamp();
         self.state.time_reset = time.reset;
         let Some(image) = accepted.image else {
-            self.state.pending = None;
-            self.save().map_err(io)?;
-            return Ok(ResultCode::NoUpdate);
+            return self.withdraw_pending(accepted.targets_version);
         };
         let running = self.device.running().map_err(io)?;
         if running.is_some_and(|r| {
@@ -876,6 +878,57 @@ impl Agent {
         }
         self.save().map_err(io)?;
         Ok(ResultCode::Ok)
+    }
+
+    /// The Director's verified targets (version `targets_version`) assign this ECU nothing:
+    /// an update pending here was withdrawn (an operator's cancel, ecu-side.md (c) row 19).
+    /// Before its activation it is abandoned: the staging freed, a slot written for it marked
+    /// bad (never booted), and `OPERATION_CANCELLED` kept as its result for the Director.
+    /// Answers `BUSY` while its install job runs (the caller stops the job and asks again),
+    /// and leaves alone what is past the point of no return: a trial under way (it ends
+    /// installed or rolled back), or a single bank already being overwritten.
+    fn withdraw_pending(&mut self, targets_version: u64) -> Result<ResultCode, Refusal> {
+        let Some(pending) = self.state.pending.clone() else {
+            self.save().map_err(io)?;
+            return Ok(ResultCode::NoUpdate);
+        };
+        if self.installing.as_deref() == Some(pending.correlation_id.as_str()) {
+            self.save().map_err(io)?;
+            return Ok(ResultCode::Busy);
+        }
+        let env = self.device.env().map_err(io)?;
+        let slot = AbDevice::inactive(&env);
+        let written = env.slots.get(&slot).map(|s| s.state);
+        let overwriting_only_bank = AbDevice::single_bank(&env) && written != Some(SlotState::Good);
+        if env.trial.is_some() || self.trial_running.is_some() || overwriting_only_bank {
+            self.save().map_err(io)?;
+            return Ok(ResultCode::NoUpdate);
+        }
+        if written == Some(SlotState::Pending) {
+            self.device.mark_bad(&slot).map_err(io)?;
+        }
+        self.discard_transfer();
+        self.receiving = None;
+        self.state.install_starts = 0;
+        self.state.install_start_boot = None;
+        self.state.pending = None;
+        tracing::info!(
+            correlation_id = %pending.correlation_id,
+            targets_version,
+            "update withdrawn by the Director before activation; abandoned"
+        );
+        self.record(
+            &pending.correlation_id,
+            ResultCode::OperationCancelled,
+            None,
+            &format!(
+                "cancelled before activation: the Director's targets version {targets_version} \
+                 no longer assign it; staging freed, the running image untouched"
+            ),
+            &pending.filename,
+        )
+        .map_err(io)?;
+        Ok(ResultCode::NoUpdate)
     }
 
     /// Verifies `bundle` at the Primary's proposed time and returns the time trusted after it,
@@ -1236,6 +1289,7 @@ impl Agent {
             self.state.install_start_boot = Some(self.boot_id.clone());
             self.save().map_err(io)?;
         }
+        self.installing = Some(correlation_id.to_string());
         Ok(InstallJob {
             approved,
             staging: staging_path(&self.dir),
@@ -1256,6 +1310,7 @@ impl Agent {
     ) -> Result<ResultCode, Refusal> {
         // The start ended (written, refused or cancelled): the loop guard counts only starts
         // that never did.
+        self.installing = None;
         self.state.install_starts = 0;
         self.state.install_start_boot = None;
         match outcome {
@@ -1287,15 +1342,8 @@ impl Agent {
                 .map_err(io)?;
                 Ok(ResultCode::NeedCompletion)
             }
-            Err(refusal) => {
-                if let Ok(mut env) = self.device.env() {
-                    if let Some(slot) = env.slots.get_mut(&job.slot) {
-                        slot.state = SlotState::Bad;
-                    }
-                    let _ = self.device.save(&env);
-                }
-                Err(self.refuse(&job.correlation_id, refusal, &job.filename))
-            }
+            // The job marked a slot it touched bad; one it never reached keeps its state.
+            Err(refusal) => Err(self.refuse(&job.correlation_id, refusal, &job.filename)),
         }
     }
 
@@ -1370,10 +1418,43 @@ impl InstallJob {
         use std::sync::atomic::Ordering;
         // Verified before anything is written to the slot (Uptane §5.4.3 step 4).
         let verified = self.check_file(&self.staging)?;
-        self.device.wait_for_storage();
+        self.device.wait_for_storage(cancelled);
+        let stop = || {
+            Refusal::new(
+                ResultCode::OperationCancelled,
+                if self.single_bank {
+                    "install cancelled; this single-bank device stays in recovery until it is \
+                     programmed again"
+                } else {
+                    "install cancelled; the active slot is untouched"
+                },
+            )
+        };
+        if cancelled.load(Ordering::Relaxed) {
+            // Before the slot is touched: even a single bank keeps its image.
+            return Err(Refusal::new(
+                ResultCode::OperationCancelled,
+                "install cancelled before the slot was touched",
+            ));
+        }
         // The slot is marked empty before its first byte changes: a slot half written is
         // never one to boot (a torn environment's defaults, a single bank's recovery).
         self.device.invalidate(&self.slot).map_err(io)?;
+        self.write_slot(&verified, cancelled, stop)
+            .inspect_err(|_| {
+                // Touched and not finished: never one to boot.
+                let _ = self.device.mark_bad(&self.slot);
+            })
+    }
+
+    /// Copies the staged image into the slot (marked empty already) and reads it back.
+    fn write_slot(
+        &self,
+        verified: &uptane_core::uptane::VerifiedImage,
+        cancelled: &std::sync::atomic::AtomicBool,
+        stop: impl Fn() -> Refusal,
+    ) -> Result<(), Refusal> {
+        use std::sync::atomic::Ordering;
         let mut input = std::fs::File::open(&self.staging).map_err(io)?;
         let mut output = std::fs::OpenOptions::new()
             .read(true)
@@ -1387,15 +1468,7 @@ impl InstallJob {
         let length = verified.approved().length();
         loop {
             if cancelled.load(Ordering::Relaxed) {
-                return Err(Refusal::new(
-                    ResultCode::OperationCancelled,
-                    if self.single_bank {
-                        "install cancelled; this single-bank device stays in recovery until it \
-                         is programmed again"
-                    } else {
-                        "install cancelled; the active slot is untouched"
-                    },
-                ));
+                return Err(stop());
             }
             let n = input.read(&mut buf).map_err(io)?;
             if n == 0 {

@@ -38,6 +38,10 @@ struct OperationRecord {
 /// running one never is). The Primary asks about the operation it just started.
 pub const MAX_OPERATIONS: usize = 64;
 
+/// How long (in 20 ms polls) a `PutMetadata` that withdraws an update waits for its running
+/// install to stop: 10 s.
+const STOP_INSTALL_POLLS: u32 = 500;
+
 /// How the link to the Primary is secured.
 #[derive(Debug, Clone)]
 pub enum Link {
@@ -126,6 +130,35 @@ impl Service {
         let done = finished(new_operation(kind, correlation_id)?, outcome);
         self.store(done.clone(), Arc::default())?;
         Ok(Response::new(done))
+    }
+
+    /// Cancels every running install and waits (bounded) for them to end; whether they did.
+    async fn stop_installs(&self) -> Result<bool, Status> {
+        let running = || -> Result<bool, Status> {
+            let operations = self
+                .operations
+                .lock()
+                .map_err(|_| Status::internal("operations poisoned"))?;
+            let mut any = false;
+            for record in operations.values().filter(|r| {
+                r.operation.state == OperationState::Running as i32
+                    && r.operation.kind == OperationKind::Install as i32
+            }) {
+                record
+                    .cancel
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                any = true;
+            }
+            Ok(any)
+        };
+        // The job looks at its flag between blocks of a megabyte and while storage is held.
+        for _ in 0..STOP_INSTALL_POLLS {
+            if !running()? {
+                return Ok(true);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(!running()?)
     }
 
     fn store(&self, operation: Operation, cancel: Arc<AtomicBool>) -> Result<(), Status> {
@@ -325,7 +358,13 @@ impl Secondary for Service {
         self.require_primary(&request)?;
         let bundle = request.into_inner();
         let correlation_id = bundle.correlation_id.clone();
-        let outcome = self.call(move |agent| agent.put_metadata(bundle)).await?;
+        let again = bundle.clone();
+        let mut outcome = self.call(move |agent| agent.put_metadata(bundle)).await?;
+        if matches!(outcome, Ok(ResultCode::Busy)) && self.stop_installs().await? {
+            // The metadata withdraws an update whose install was running: stopped now, it
+            // can be abandoned.
+            outcome = self.call(move |agent| agent.put_metadata(again)).await?;
+        }
         Ok(Response::new(match outcome {
             Ok(code) => result(code, "metadata verified", &correlation_id),
             Err(r) => refused(&r, &correlation_id),

@@ -13,8 +13,8 @@ use uptane_core::refresh::{self, MetadataFile, MetadataSource, Refresh};
 use uptane_core::time::{Evidence, UtcTime};
 use uptane_core::trusted::{Director, ImageRepo, Limits, TrustedSet};
 use uptane_core::uptane::{
-    ApprovedImage, EcuIdentity, UptaneError, approve, correlation_id, director_target_for,
-    time_evidence, verify_partial,
+    ApprovedImage, DirectorTarget, EcuIdentity, UptaneError, approve, director_target_for,
+    time_evidence, update_correlation_id, verify_partial,
 };
 use uptane_core::verify::Raw;
 
@@ -161,12 +161,15 @@ impl MetadataSource for Bundle<'_> {
     }
 }
 
-fn signed_correlation_id(director: &TrustedSet<Director>) -> String {
+/// The id of this ECU's update as the Director signed it (`update_correlation_id`).
+fn signed_correlation_id(
+    director: &TrustedSet<Director>,
+    entry: Option<&DirectorTarget>,
+) -> String {
     director
         .targets()
-        .and_then(|t| correlation_id(t))
+        .map(|t| update_correlation_id(t, entry))
         .unwrap_or_default()
-        .to_string()
 }
 
 /// Partial verification of the Director targets in `bundle`.
@@ -181,10 +184,12 @@ pub fn partial(
     director.run(&mut Bundle::director(bundle))?;
     let image = verify_partial(director.trusted(), &ecu.identity)?;
     let trusted = director.into_trusted();
+    let correlation_id =
+        signed_correlation_id(&trusted, image.as_ref().map(ApprovedImage::director_target));
     Ok(Accepted {
         image,
         time: time_evidence(&trusted)?,
-        correlation_id: signed_correlation_id(&trusted),
+        correlation_id,
         targets_version: trusted.targets().map_or(0, |t| t.common.version),
         director_root: trusted.root().as_bytes().to_vec(),
         image_root: None,
@@ -218,6 +223,7 @@ pub fn full(
     }
     let mut image_source = Bundle::image_repo(bundle).keeping(&ecu.kept.image_repo);
     images.run(&mut image_source)?;
+    let correlation_id = signed_correlation_id(director.trusted(), entry.as_ref());
     let image = match entry {
         None => None,
         Some(entry) => {
@@ -235,7 +241,7 @@ pub fn full(
     Ok(Accepted {
         image,
         time: time_evidence(&director)?,
-        correlation_id: signed_correlation_id(&director),
+        correlation_id,
         targets_version: director.targets().map_or(0, |t| t.common.version),
         director_root: director.root().as_bytes().to_vec(),
         image_root: Some(images.trusted().root().as_bytes().to_vec()),

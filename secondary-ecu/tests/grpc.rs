@@ -701,6 +701,170 @@ async fn an_install_asked_for_again_while_it_runs_is_the_same_install() {
     assert_eq!(ecu.running().await, "brake-2.bin");
 }
 
+impl Repos {
+    /// New Director targets that assign this ECU nothing: its update withdrawn.
+    fn withdraw(&mut self) {
+        self.edit_director(|b| b.remove_target("brake-2.bin"), None);
+    }
+}
+
+impl Ecu {
+    /// The boot environment's record of slot `name`, as stored.
+    fn slot(&self, name: &str) -> Value {
+        let env: Value = serde_json::from_slice(
+            &std::fs::read(self.dir.path().join("ecu/bootenv.json")).unwrap(),
+        )
+        .unwrap();
+        env["slots"][name].clone()
+    }
+
+    /// Asserts what a withdrawn update leaves: `OPERATION_CANCELLED` kept and reported, the
+    /// staging freed, the factory image running, nothing left to activate.
+    async fn assert_abandoned(&mut self) {
+        assert_eq!(self.result().await, ResultCode::OperationCancelled);
+        let report = self.report("after-withdrawal").await;
+        assert_eq!(report["last_install"]["correlation_id"], CORR, "{report}");
+        assert_eq!(report["last_install"]["result"], "cancelled", "{report}");
+        assert_eq!(report["installed_image"]["filename"], "factory.bin");
+        assert!(!self.dir.path().join("ecu/staging/image.part").exists());
+        assert_eq!(self.running().await, "factory.bin");
+        let activated = self
+            .client()
+            .activate(ActivateRequest {
+                correlation_id: CORR.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let refused = activated.result.unwrap();
+        assert_eq!(
+            refused.code,
+            ResultCode::NotForThisEcu as i32,
+            "{refused:?}"
+        );
+        assert_eq!(self.running().await, "factory.bin");
+    }
+}
+
+#[tokio::test]
+async fn an_update_withdrawn_mid_transfer_is_abandoned_and_reported_cancelled() {
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "full");
+    prepared(&mut ecu, &repos, &["--durable-interval-bytes", "65536"]).await;
+    let t = ecu.upload(&IMAGE[..131072], 0).await.unwrap();
+    assert!(t.durable_offset > 0 && !t.complete, "{t:?}");
+    repos.withdraw();
+    let r = ecu.put(&repos).await;
+    assert_eq!(r.code, ResultCode::NoUpdate as i32, "{r:?}");
+    ecu.assert_abandoned().await;
+    // Nothing to resume: the transfer is refused as not this ECU's.
+    let t = ecu
+        .client()
+        .begin_transfer(BeginTransferRequest {
+            correlation_id: CORR.into(),
+            filename: "brake-2.bin".into(),
+            length: IMAGE.len() as u64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.result.unwrap().code, ResultCode::NotForThisEcu as i32);
+}
+
+#[tokio::test]
+async fn an_update_withdrawn_while_its_install_runs_stops_the_install() {
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    let gate = ecu.dir.path().join("storage-ready");
+    let gate_flag = gate.display().to_string();
+    prepared(&mut ecu, &repos, &["--fault-hold-write-until", &gate_flag]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    let install = ecu
+        .client()
+        .install(InstallRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(install.state(), OperationState::Running, "{install:?}");
+    let inactive_before = ecu.slot("B");
+    repos.withdraw();
+    // The storage stays held: only the cancel ends the install.
+    let r = ecu.put(&repos).await;
+    assert_eq!(r.code, ResultCode::NoUpdate as i32, "{r:?}");
+    let stopped = ecu.finished(install).await;
+    assert_eq!(
+        stopped.result.as_ref().unwrap().code,
+        ResultCode::OperationCancelled as i32,
+        "{stopped:?}"
+    );
+    assert_eq!(ecu.slot("B"), inactive_before, "the slot was touched");
+    ecu.assert_abandoned().await;
+}
+
+#[tokio::test]
+async fn an_update_withdrawn_after_its_write_is_never_activated() {
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    prepared(&mut ecu, &repos, &[]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    assert_eq!(ecu.install().await.state(), OperationState::Done);
+    assert_eq!(ecu.slot("B")["state"], "pending");
+    repos.withdraw();
+    let r = ecu.put(&repos).await;
+    assert_eq!(r.code, ResultCode::NoUpdate as i32, "{r:?}");
+    assert_eq!(ecu.slot("B")["state"], "bad");
+    ecu.assert_abandoned().await;
+}
+
+#[tokio::test]
+async fn a_withdrawal_after_activation_changes_nothing() {
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "full");
+    prepared(&mut ecu, &repos, &[]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    assert_eq!(ecu.install().await.state(), OperationState::Done);
+    ecu.activate().await;
+    repos.withdraw();
+    let r = ecu.put(&repos).await;
+    assert_eq!(r.code, ResultCode::NoUpdate as i32, "{r:?}");
+    assert_eq!(ecu.result().await, ResultCode::Ok);
+    assert_eq!(ecu.running().await, "brake-2.bin");
+    let report = ecu.report("after").await;
+    assert_eq!(report["last_install"]["result"], "installed", "{report}");
+}
+
+/// An update is named by the correlation id in this ECU's own targets entry (the assignment
+/// it belongs to), not by the targets' vehicle-wide one, which other ECUs' assignments move.
+#[tokio::test]
+async fn an_update_is_named_by_its_own_targets_entry() {
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut custom = director_target_custom(SERIAL, HW, 2);
+    custom["correlationId"] = "asg-brake".into();
+    repos.edit_director(
+        |b| {
+            b.remove_target("brake-2.bin")
+                .target("brake-2.bin", IMAGE, Some(custom))
+        },
+        None,
+    );
+    let mut ecu = Ecu::new(&repos, "partial");
+    ecu.start(&[]).await;
+    let r = ecu.put(&repos).await;
+    assert_eq!(r.code, ResultCode::VerificationFailed as i32, "{r:?}");
+    assert_eq!(attack_name(r.attack()), "mix_and_match");
+    let mut bundle = repos.bundle();
+    bundle.correlation_id = "asg-brake".into();
+    let r = ecu
+        .client()
+        .put_metadata(bundle)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.code, ResultCode::Ok as i32, "{r:?}");
+}
+
 #[tokio::test]
 async fn power_lost_while_writing_every_time_fails_the_update_after_the_loop_bound() {
     let repos = Repos::new("brake-2.bin", IMAGE, 2);

@@ -138,6 +138,13 @@ pub struct DirectorTarget {
     pub info: TargetFile,
 }
 
+impl DirectorTarget {
+    /// The correlation id in this entry's custom object, if present.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.info.custom_value()?.get("correlationId")?.as_str()
+    }
+}
+
 /// Director custom fields for one ECU's entry.
 pub fn director_target_custom(ecu_serial: &str, hardware_id: &str, release_counter: u64) -> Value {
     json!({
@@ -225,9 +232,24 @@ pub fn director_vin(targets: &Targets) -> Option<&str> {
     targets.custom.as_ref()?.get("vin")?.as_str()
 }
 
-/// The assignment's correlation id in Director targets, if present.
+/// The correlation id in the Director targets' own custom object (the newest assignment
+/// of the vehicle), if present.
 pub fn correlation_id(targets: &Targets) -> Option<&str> {
     targets.custom.as_ref()?.get("correlationId")?.as_str()
+}
+
+/// The correlation id of one ECU's update (docs/POUF.md): the one in its own target's
+/// custom object (the assignment it belongs to), else the targets' own (a Director that
+/// names one per vehicle), else empty. The one rule for the Primary and every Secondary, so
+/// that a result an ECU reports names the assignment the Director closes with it, whatever
+/// other ECUs of the vehicle are assigned meanwhile; `entry` is `None` for an ECU the targets
+/// assign nothing.
+pub fn update_correlation_id(targets: &Targets, entry: Option<&DirectorTarget>) -> String {
+    entry
+        .and_then(DirectorTarget::correlation_id)
+        .or_else(|| correlation_id(targets))
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn director_entries(targets: &Targets, vin: &Vin) -> Result<Vec<DirectorTarget>, UptaneError> {
@@ -368,6 +390,11 @@ impl ApprovedImage {
     /// Its release counter.
     pub fn release_counter(&self) -> u64 {
         self.target.release_counter
+    }
+
+    /// The Director's entry it was approved from.
+    pub fn director_target(&self) -> &DirectorTarget {
+        &self.target
     }
 
     /// Its length.

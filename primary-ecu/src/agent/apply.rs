@@ -19,6 +19,8 @@ use crate::install::install_own;
 use crate::ports::{Ports, SecondaryPort};
 use crate::secondary::Delivery;
 use crate::state::{EcuUpdate, Phase};
+use futures_util::future::BoxFuture;
+use proto::v2::ResultCode;
 
 /// An approved image one ECU still needs, with where to download it.
 type Work = Vec<(ApprovedImage, String)>;
@@ -50,12 +52,14 @@ impl<P: Ports> Primary<P> {
         report: &mut CycleReport,
     ) {
         let work = self.select_work(&plan, unreachable, report);
+        let withdrawn = self.withdrawn(&plan, report);
         let files = self.download(&work, report).await;
         if let Err(e) = self.save() {
             report.verification = Verification::LocalFailure(e);
             return;
         }
-        self.deliver(&plan, &work, &files, now, report).await;
+        self.deliver(&plan, &work, &files, &withdrawn, unreachable, now, report)
+            .await;
         self.finish(&plan);
         if let Err(e) = self.save() {
             report.verification = Verification::LocalFailure(e);
@@ -74,16 +78,17 @@ impl<P: Ports> Primary<P> {
         for (image, location) in &plan.images {
             let serial = image.ecu_serial().clone();
             let key = image_key(image);
+            let correlation_id = plan.correlation_for(&serial);
             let update = self
                 .state
                 .updates
                 .entry(serial.clone())
                 .and_modify(|u| {
-                    if u.correlation_id != plan.correlation_id || u.sha256 != key {
-                        *u = new_update(&plan.correlation_id, image);
+                    if u.correlation_id != correlation_id || u.sha256 != key {
+                        *u = new_update(correlation_id, image);
                     }
                 })
-                .or_insert_with(|| new_update(&plan.correlation_id, image))
+                .or_insert_with(|| new_update(correlation_id, image))
                 .clone();
             if self
                 .running_image(&serial)
@@ -104,6 +109,42 @@ impl<P: Ports> Primary<P> {
             work.push((image.clone(), location.clone()));
         }
         work
+    }
+
+    /// The ECUs whose unfinished update the Director's targets no longer assign (an
+    /// operator's cancel), marked withdrawn durably before anything is sent: they are to
+    /// abandon it. The Primary's own is abandoned here (it installs only in `deliver`).
+    fn withdrawn(&mut self, plan: &Plan, report: &mut CycleReport) -> BTreeSet<EcuSerial> {
+        let own = self.settings.serial.clone();
+        let mut withdrawn = BTreeSet::new();
+        for (serial, update) in self.state.updates.iter_mut() {
+            if update.phase.is_final() || plan.correlations.contains_key(serial) {
+                continue;
+            }
+            if update.phase != Phase::Withdrawn {
+                tracing::info!(%serial, correlation_id = %update.correlation_id, "update withdrawn by the Director");
+                update.phase = Phase::Withdrawn;
+                update.detail = format!(
+                    "withdrawn by the Director's targets version {}",
+                    plan.targets_version
+                );
+            }
+            withdrawn.insert(serial.clone());
+        }
+        if withdrawn.remove(&own)
+            && let Some(update) = self.state.updates.get_mut(&own)
+        {
+            let detail = "cancelled before installation: the Director withdrew it".to_string();
+            self.state.last_install = Some(LastInstall {
+                correlation_id: update.correlation_id.clone(),
+                result: InstallResult::Cancelled,
+                detail: detail.clone(),
+            });
+            update.phase = Phase::Cancelled;
+            update.detail = detail.clone();
+            report.ecus.insert(own, EcuOutcome::Cancelled(detail));
+        }
+        withdrawn
     }
 
     /// Each image once, verified as it downloads; a refusal is recorded as an attack.
@@ -149,13 +190,16 @@ impl<P: Ports> Primary<P> {
         files
     }
 
-    /// Every Secondary's delivery in parallel with the Primary's own install; each outcome
-    /// goes into the report and the durable state.
+    /// Every Secondary's delivery (or withdrawal) in parallel with the Primary's own
+    /// install; each outcome goes into the report and the durable state.
+    #[allow(clippy::too_many_arguments)]
     async fn deliver(
         &mut self,
         plan: &Plan,
         work: &Work,
         files: &BTreeMap<String, VerifiedFile>,
+        withdrawn: &BTreeSet<EcuSerial>,
+        unreachable: &BTreeMap<EcuSerial, String>,
         now: UtcTime,
         report: &mut CycleReport,
     ) {
@@ -173,17 +217,36 @@ impl<P: Ports> Primary<P> {
         let mut jobs = Vec::new();
         for link in self.links.iter_mut() {
             let serial = link.serial().clone();
-            let Some(file) = file_for(&serial) else {
-                continue;
-            };
-            let bundle = match modes.get(&serial) {
+            let mut bundle = match modes.get(&serial) {
                 Some(Mode::Partial) => partial_bundle(&plan.director_bundle),
                 _ => full_bundle(&plan.director_bundle, &plan.image_bundle),
             };
-            jobs.push(async move {
-                let delivery = link.deliver(unix, bundle, file).await;
-                (serial, file.approved().filename().to_string(), delivery)
-            });
+            bundle.correlation_id = plan.correlation_for(&serial).to_string();
+            let job: BoxFuture<'_, _> = match (file_for(&serial), self.state.updates.get(&serial)) {
+                (Some(file), _) => Box::pin(async move {
+                    let delivery = link.deliver(unix, bundle, file).await;
+                    (serial, file.approved().filename().to_string(), delivery)
+                }),
+                (None, Some(update)) if withdrawn.contains(&serial) => {
+                    if let Some(why) = unreachable.get(&serial) {
+                        report.ecus.insert(
+                            serial,
+                            EcuOutcome::Pending(format!("withdrawn; unreachable: {why}")),
+                        );
+                        continue;
+                    }
+                    let (correlation_id, filename) =
+                        (update.correlation_id.clone(), update.filename.clone());
+                    Box::pin(async move {
+                        let delivery = link
+                            .withdraw(unix, bundle, &correlation_id, &filename)
+                            .await;
+                        (serial, filename, delivery)
+                    })
+                }
+                _ => continue,
+            };
+            jobs.push(job);
         }
         let own = file_for(&self.settings.serial);
         let firmware = self.files.firmware();
@@ -200,7 +263,8 @@ impl<P: Ports> Primary<P> {
             report.ecus.insert(serial, outcome);
         }
         if let (Some(file), Some(result)) = (own, own_result) {
-            let outcome = self.record_own_install(&plan.correlation_id, file, result);
+            let correlation_id = plan.correlation_for(&self.settings.serial).to_string();
+            let outcome = self.record_own_install(&correlation_id, file, result);
             report.ecus.insert(self.settings.serial.clone(), outcome);
         }
     }
@@ -215,6 +279,14 @@ impl<P: Ports> Primary<P> {
             Ok(Delivery::Installed) => {
                 self.set_phase(serial, Phase::Installed, "installed");
                 EcuOutcome::Installed(filename.to_string())
+            }
+            Ok(Delivery::Failed {
+                code: ResultCode::OperationCancelled,
+                detail,
+                ..
+            }) => {
+                self.set_phase(serial, Phase::Cancelled, &detail);
+                EcuOutcome::Cancelled(detail)
             }
             Ok(Delivery::Failed {
                 code,
@@ -283,12 +355,12 @@ impl<P: Ports> Primary<P> {
     fn finish(&mut self, plan: &Plan) {
         let assigned: BTreeSet<&EcuSerial> =
             plan.images.iter().map(|(i, _)| i.ecu_serial()).collect();
+        // A withdrawn update not yet abandoned is unfinished work too.
         let finished = assigned.iter().all(|serial| {
-            self.state
-                .updates
-                .get(*serial)
-                .is_some_and(|u| u.correlation_id == plan.correlation_id && u.phase.is_final())
-        });
+            self.state.updates.get(*serial).is_some_and(|u| {
+                u.correlation_id == plan.correlation_for(serial) && u.phase.is_final()
+            })
+        }) && self.state.updates.values().all(|u| u.phase.is_final());
         self.state.completed_targets_version = finished.then_some(plan.targets_version);
         let keep: Vec<String> = self
             .state

@@ -41,6 +41,8 @@ pub enum EcuOutcome {
     Failed(String),
     /// Not finished; retried in a later cycle.
     Pending(String),
+    /// Withdrawn by the Director before the ECU activated it; it runs what it ran before.
+    Cancelled(String),
 }
 
 /// What one cycle did.
@@ -77,7 +79,7 @@ impl CycleReport {
             _ if self
                 .ecus
                 .values()
-                .any(|o| !matches!(o, EcuOutcome::Installed(_))) =>
+                .any(|o| !matches!(o, EcuOutcome::Installed(_) | EcuOutcome::Cancelled(_))) =>
             {
                 Exit::Incomplete
             }
@@ -106,6 +108,7 @@ impl CycleReport {
                 EcuOutcome::Installed(f) => format!("{serial} installed {f}"),
                 EcuOutcome::Failed(why) => format!("{serial} failed: {why}"),
                 EcuOutcome::Pending(why) => format!("{serial} pending: {why}"),
+                EcuOutcome::Cancelled(why) => format!("{serial} cancelled: {why}"),
             });
         }
         for (serial, why) in &self.unreachable {

@@ -10,7 +10,7 @@ use uptane_core::ids::{EcuSerial, HardwareId};
 use uptane_core::time::{Evidence, UtcTime};
 use uptane_core::trusted::{Director, ImageRepo};
 use uptane_core::uptane::{
-    ApprovedImage, UptaneError, approve, correlation_id, director_targets, time_evidence,
+    ApprovedImage, UptaneError, approve, director_targets, time_evidence, update_correlation_id,
 };
 
 use super::Primary;
@@ -21,11 +21,23 @@ use crate::repo::{ClientError, MetadataDir, RefreshOutcome, Updater};
 #[derive(Debug)]
 pub(super) struct Plan {
     pub(super) targets_version: u64,
+    /// The update id of an ECU the targets assign nothing (`update_correlation_id`).
     pub(super) correlation_id: String,
+    /// The update id of each ECU the targets assign an image.
+    pub(super) correlations: BTreeMap<EcuSerial, String>,
     /// Each approved image with where to download it.
     pub(super) images: Vec<(ApprovedImage, String)>,
     pub(super) director_bundle: PutMetadataRequest,
     pub(super) image_bundle: PutMetadataRequest,
+}
+
+impl Plan {
+    /// The id of `serial`'s update.
+    pub(super) fn correlation_for(&self, serial: &EcuSerial) -> &str {
+        self.correlations
+            .get(serial)
+            .unwrap_or(&self.correlation_id)
+    }
 }
 
 /// A refusal at the verification step.
@@ -78,13 +90,22 @@ impl<P: Ports> Primary<P> {
         {
             return Ok(None);
         }
-        let correlation = correlation_id(targets).unwrap_or_default().to_string();
+        let correlation = update_correlation_id(targets, None);
         let ecus: BTreeMap<EcuSerial, HardwareId> = self
             .inventory
             .iter()
             .map(|e| (e.serial.clone(), e.hardware_id.clone()))
             .collect();
         let assigned = director_targets(director.trusted(), &self.settings.vin, &ecus)?;
+        let correlations = assigned
+            .iter()
+            .map(|t| {
+                (
+                    t.ecu_serial.clone(),
+                    update_correlation_id(targets, Some(t)),
+                )
+            })
+            .collect();
 
         let mut images = Updater::<ImageRepo, _>::new(
             &self.images,
@@ -118,6 +139,7 @@ impl<P: Ports> Primary<P> {
         Ok(Some(Plan {
             targets_version,
             correlation_id: correlation,
+            correlations,
             images: approved,
             director_bundle,
             image_bundle,
