@@ -669,6 +669,13 @@ async fn updates_the_director_withdraws_are_abandoned() {
     );
     let report = car.primary.cycle().await;
     assert_eq!(report.exit_code(), 3, "{}", report.summary());
+    // Its own update is under way, and its report says so.
+    let own = own_report(&car);
+    let last = own.last_install.unwrap();
+    assert_eq!(
+        (last.correlation_id.as_str(), last.result),
+        ("asg-7", uptane_core::manifest::InstallResult::InProgress)
+    );
 
     car.brake.behave(Behaviour::Installs);
     car.director.assign("asg-8", &[]);
@@ -687,11 +694,7 @@ async fn updates_the_director_withdraws_are_abandoned() {
         assert_eq!(update.phase, primary_ecu::state::Phase::Cancelled);
     }
     assert_eq!(car.brake.running(), "brake-factory.bin");
-    let manifest = car.last_manifest();
-    let own = manifest.report(&id(GATEWAY.0)).unwrap();
-    let own: EcuVersionReport = serde_json::from_slice::<serde_json::Value>(own.as_bytes())
-        .map(|v| serde_json::from_value(v["signed"].clone()).unwrap())
-        .unwrap();
+    let own = own_report(&car);
     assert_eq!(own.installed_image.filename, "gw-factory.bin");
     let last = own.last_install.unwrap();
     assert_eq!(last.correlation_id, "asg-7");
@@ -699,4 +702,13 @@ async fn updates_the_director_withdraws_are_abandoned() {
     // Done: nothing is sent again.
     let report = car.primary.cycle().await;
     assert!(report.ecus.is_empty(), "{}", report.summary());
+}
+
+/// The Primary's own report in the last manifest sent.
+fn own_report(car: &Vehicle) -> EcuVersionReport {
+    let manifest = car.last_manifest();
+    let own = manifest.report(&id(GATEWAY.0)).unwrap();
+    serde_json::from_slice::<serde_json::Value>(own.as_bytes())
+        .map(|v| serde_json::from_value(v["signed"].clone()).unwrap())
+        .unwrap()
 }

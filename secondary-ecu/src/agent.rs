@@ -708,13 +708,27 @@ impl Agent {
             counted.first_reported_in.get_or_insert(counter);
             attacks.push(counted.detected());
         }
-        let last_install = self.state.last_correlation_id.as_ref().and_then(|c| {
-            self.state.results.get(c).map(|r| LastInstall {
-                correlation_id: c.clone(),
-                result: install_result(r.code),
-                detail: r.description.clone(),
-            })
-        });
+        let last_install = match &self.state.pending {
+            // An update under way with no result yet (its image being received) is in
+            // progress: the Director must not take silence for an update never started.
+            Some(p) if self.state.last_correlation_id.as_ref() != Some(&p.correlation_id) => {
+                Some(LastInstall {
+                    correlation_id: p.correlation_id.clone(),
+                    result: InstallResult::InProgress,
+                    detail: format!(
+                        "under way: {} of {} bytes of {} received",
+                        self.state.durable_offset, p.length, p.filename
+                    ),
+                })
+            }
+            _ => self.state.last_correlation_id.as_ref().and_then(|c| {
+                self.state.results.get(c).map(|r| LastInstall {
+                    correlation_id: c.clone(),
+                    result: install_result(r.code),
+                    detail: r.description.clone(),
+                })
+            }),
+        };
         let report = EcuVersionReport {
             report_type: ECU_REPORT_TYPE.into(),
             ecu_serial: self.identity.serial.clone(),

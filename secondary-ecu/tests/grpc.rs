@@ -753,6 +753,10 @@ async fn an_update_withdrawn_mid_transfer_is_abandoned_and_reported_cancelled() 
     prepared(&mut ecu, &repos, &["--durable-interval-bytes", "65536"]).await;
     let t = ecu.upload(&IMAGE[..131072], 0).await.unwrap();
     assert!(t.durable_offset > 0 && !t.complete, "{t:?}");
+    // Under way, and saying so: no result yet, but not silent about it either.
+    let report = ecu.report("mid-transfer").await;
+    assert_eq!(report["last_install"]["correlation_id"], CORR, "{report}");
+    assert_eq!(report["last_install"]["result"], "in_progress", "{report}");
     repos.withdraw();
     let r = ecu.put(&repos).await;
     assert_eq!(r.code, ResultCode::NoUpdate as i32, "{r:?}");

@@ -36,6 +36,12 @@ pub enum Expect {
     Reported(&'static str),
     /// A failed assignment naming this result, and its previous image still running.
     Failed(&'static str),
+    /// Cancelled by the operator's `director assignment cancel`: the entry cancelled, the
+    /// previous image running, nothing of the update left on the ECU.
+    Cancelled,
+    /// Cancelled by the operator after the ECU's boot switch: installed, the entry saying the
+    /// cancel came too late.
+    InstalledDespiteCancel,
 }
 
 /// A fault and when it strikes.
@@ -103,6 +109,15 @@ pub enum Fault {
     /// The vehicle is parked for 400 days while both repositories rotate keys and sign
     /// everything again (`crate::parked`, on a fleet of its own whose clock moves).
     ParkedForMonths,
+    /// The operator cancels the Secondary's assignment while its transfer is stalled, and
+    /// the link comes back once the Primary has seen the withdrawal.
+    CancelMidTransfer,
+    /// The operator cancels the Secondary's assignment while its install waits for busy
+    /// storage.
+    CancelDuringInstall,
+    /// The operator cancels the Secondary's assignment after its boot switch (power lost
+    /// before the trial boot), and powers it up again.
+    CancelAfterActivation,
 }
 
 /// One row of the matrix.
@@ -120,7 +135,9 @@ pub struct Row {
 
 /// The rows run.
 pub fn rows() -> Vec<Row> {
-    use Expect::{Failed, Installed, Reported, Superseded, Unreached};
+    use Expect::{
+        Cancelled, Failed, Installed, InstalledDespiteCancel, Reported, Superseded, Unreached,
+    };
     use Fault::*;
     vec![
         Row {
@@ -352,6 +369,24 @@ pub fn rows() -> Vec<Row> {
             expect: Installed,
         },
         Row {
+            matrix: "19",
+            name: "operator cancels while the transfer is stalled",
+            fault: CancelMidTransfer,
+            expect: Cancelled,
+        },
+        Row {
+            matrix: "19",
+            name: "operator cancels while the install waits for storage",
+            fault: CancelDuringInstall,
+            expect: Cancelled,
+        },
+        Row {
+            matrix: "20",
+            name: "operator cancels after the boot switch",
+            fault: CancelAfterActivation,
+            expect: InstalledDespiteCancel,
+        },
+        Row {
             matrix: "-",
             name: "Director killed mid-campaign and restarted",
             fault: DirectorRestarted,
@@ -456,6 +491,7 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
         }
         Fault::LinkCut
         | Fault::LinkStall
+        | Fault::CancelMidTransfer
         | Fault::PrimaryKilled
         | Fault::LinkCorrupt
         | Fault::Garbage
@@ -492,6 +528,24 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             vehicles[0].start_secondary(
                 0,
                 &[&fine_grained[..], &["--fault-power-loss", "after-write"]].concat(),
+            );
+        }
+        Fault::CancelAfterActivation => {
+            vehicles[0].start_secondary(
+                0,
+                &[&fine_grained[..], &["--fault-power-loss", "trial-boot"]].concat(),
+            );
+        }
+        Fault::CancelDuringInstall => {
+            // Storage that never becomes ready: only the cancel ends the install.
+            let gate = vehicles[0].secondaries[0].dir.join("storage-never-ready");
+            vehicles[0].start_secondary(
+                0,
+                &[
+                    &fine_grained[..],
+                    &["--fault-hold-write-until", &gate.display().to_string()],
+                ]
+                .concat(),
             );
         }
         Fault::ResultUndelivered => {
@@ -581,9 +635,39 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             }
         }
     }
-    for name in &names {
-        fleet.assign(name, &vin_refs);
+    // A cancel row's assignment of the faulted Secondary is the first vehicle's alone: the
+    // operator cancels it there only.
+    let cancel_row = matches!(
+        row.fault,
+        Fault::CancelMidTransfer | Fault::CancelDuringInstall | Fault::CancelAfterActivation
+    );
+    let mut cancelled_assignment = String::new();
+    for (i, name) in names.iter().enumerate() {
+        if cancel_row && i == 1 {
+            let assigned = fleet.assign(name, &vin_refs[..1]);
+            cancelled_assignment = assigned["correlation_id"]
+                .as_str()
+                .ok_or_else(|| format!("no correlation id in {assigned}"))?
+                .to_string();
+            if vin_refs.len() > 1 {
+                fleet.assign(name, &vin_refs[1..]);
+            }
+        } else {
+            fleet.assign(name, &vin_refs);
+        }
     }
+    let cancel = || -> Result<(), String> {
+        let answer = fleet.operator_at(
+            &fleet.director_url,
+            &["assignment", "cancel", &cancelled_assignment],
+        )?;
+        if answer["cancel_requested"] != 1 {
+            return Err(format!(
+                "the cancel did not reach the delivered entry: {answer}"
+            ));
+        }
+        Ok(())
+    };
 
     let target = &vehicles[0].secondaries[0].serial.clone();
     let vin0 = vins[0].clone();
@@ -691,6 +775,52 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             if !missed {
                 return Err("the Primary never found the Secondary unreachable".into());
             }
+            vehicles[0].start_secondary(0, &[]);
+        }
+        Fault::CancelMidTransfer => {
+            if !under_way(&vehicles[0]) {
+                return Err("the transfer never started".into());
+            }
+            vehicles[0].secondaries[0].link.set_stalled(true);
+            let primary_dir = vehicles[0].primary_dir.clone();
+            let gave_up = wait_until(ROW_LIMIT, || attempts(&primary_dir, target) > 0);
+            let cancelled = cancel();
+            // The link comes back only once the Primary holds the withdrawal durably: no
+            // transfer can finish before.
+            let withdrawn = wait_until(ROW_LIMIT, || {
+                primary_phase(&primary_dir, target).as_deref() == Some("withdrawn")
+            });
+            vehicles[0].secondaries[0].link.set_stalled(false);
+            vehicles[0].secondaries[0].link.cut();
+            if !gave_up {
+                return Err("the Primary never gave up on the stalled transfer".into());
+            }
+            cancelled?;
+            if !withdrawn {
+                return Err("the Primary never saw the withdrawal".into());
+            }
+        }
+        Fault::CancelDuringInstall => {
+            let primary_dir = vehicles[0].primary_dir.clone();
+            let secondary_state = vehicles[0].secondaries[0].dir.join("state.json");
+            // The install started (counted by the loop guard) and the Primary stopped waiting.
+            let held = wait_until(ROW_LIMIT, || {
+                attempts(&primary_dir, target) > 0
+                    && std::fs::read(&secondary_state)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                        .is_some_and(|s| s["install_starts"].as_u64() > Some(0))
+            });
+            if !held {
+                return Err("the install never started waiting for storage".into());
+            }
+            cancel()?;
+        }
+        Fault::CancelAfterActivation => {
+            if !vehicles[0].secondaries[0].wait_power_loss(ROW_LIMIT) {
+                return Err("the power cut after the boot switch never happened".into());
+            }
+            cancel()?;
             vehicles[0].start_secondary(0, &[]);
         }
         Fault::ResultUndelivered => {
@@ -890,6 +1020,37 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             return Err(format!(
                 "{judged}; but the Secondary's state disagrees: pending {}, release counter {}",
                 state["pending"], state["installed_release_counter"]
+            ));
+        }
+    }
+    if row.expect == Expect::Cancelled {
+        // Nothing of the update is left on the Secondary: nothing pending, no staging, and
+        // no slot it could boot holds the cancelled image.
+        let dir = &vehicles[0].secondaries[0].dir;
+        let state: Value = std::fs::read(dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let env: Value = std::fs::read(dir.join("bootenv.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let bootable_new = env["slots"].as_object().is_some_and(|slots| {
+            slots.values().any(|s| {
+                s["image"]["filename"] == names[1].as_str()
+                    && matches!(s["state"].as_str(), Some("good" | "pending"))
+            })
+        });
+        if !state["pending"].is_null()
+            || dir.join("staging/image.part").exists()
+            || bootable_new
+            || !env["trial"].is_null()
+        {
+            return Err(format!(
+                "{judged}; but the Secondary kept some of the update: pending {}, staging {}, \
+                 boot environment {env}",
+                state["pending"],
+                dir.join("staging/image.part").exists()
             ));
         }
     }
@@ -1151,7 +1312,8 @@ fn judge(fleet: &Fleet, vins: &[&str], target: &str, expect: Expect) -> Observed
             let running = installed.get(serial).cloned().flatten().unwrap_or_default();
             if serial == target {
                 target_seen = match status {
-                    "installed" => format!("{serial} installed {running}"),
+                    "installed" if detail.is_empty() => format!("{serial} installed {running}"),
+                    "installed" => format!("{serial} installed {running} ({detail})"),
                     _ if running.is_empty() => {
                         format!("{serial} {status} ({detail}), never reported an image")
                     }
@@ -1173,6 +1335,17 @@ fn judge(fleet: &Fleet, vins: &[&str], target: &str, expect: Expect) -> Observed
                             && detail.contains(word)
                             && running != filename
                             && !running.is_empty()
+                    }
+                    Expect::Cancelled => {
+                        status == "cancelled"
+                            && detail.contains("cancelled by operator")
+                            && running != filename
+                            && !running.is_empty()
+                    }
+                    Expect::InstalledDespiteCancel => {
+                        status == "installed"
+                            && detail.contains("came too late")
+                            && running == filename
                     }
                 };
                 if !ok {
@@ -1226,6 +1399,8 @@ pub fn run(out: &mut dyn Write, rig: Rig, only: Option<&str>) -> std::io::Result
                 Expect::Superseded => "first cancelled, second installed".to_string(),
                 Expect::Reported(kind) => format!("{kind} reported, old image"),
                 Expect::Failed(word) => format!("failed ({word}), old image"),
+                Expect::Cancelled => "cancelled, old image".to_string(),
+                Expect::InstalledDespiteCancel => "installed, cancel too late".to_string(),
             },
             outcome.observed,
             outcome.seconds
@@ -1257,9 +1432,5 @@ pub const NOT_RUN: &[(&str, &str)] = &[
         "31",
         "no events stream to break: the protocol has none; the Primary polls each result by \
          correlation id and the Secondary keeps it until acknowledged (rows 29, 32 and 33)",
-    ),
-    (
-        "19, 20",
-        "not yet: `director assignment cancel` refuses entries already delivered",
     ),
 ];

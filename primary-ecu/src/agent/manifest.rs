@@ -8,7 +8,8 @@ use uptane_core::crypto::PublicKey;
 use uptane_core::error::AttackKind;
 use uptane_core::ids::EcuSerial;
 use uptane_core::manifest::{
-    ECU_REPORT_TYPE, EcuVersionReport, InstalledImage, VehicleVersionManifest, verify_ecu_report,
+    ECU_REPORT_TYPE, EcuVersionReport, InstallResult, InstalledImage, LastInstall,
+    VehicleVersionManifest, verify_ecu_report,
 };
 use uptane_core::time::UtcTime;
 use uptane_core::verify::Raw;
@@ -145,10 +146,33 @@ impl<P: Ports> Primary<P> {
             latest_time: now,
             nonce,
             report_counter: self.state.report_counter,
-            last_install: self.state.last_install.clone(),
+            last_install: self.own_last_install(),
         }
         .sign(&self.key)
         .map_err(|e| e.to_string())
+    }
+
+    /// The Primary's own latest install as its report states it: an update of its own under
+    /// way (downloading, or withdrawn and not yet abandoned) is in progress, so that the
+    /// Director does not take silence for an update never started.
+    fn own_last_install(&self) -> Option<LastInstall> {
+        match self.state.updates.get(&self.settings.serial) {
+            Some(update)
+                if !update.phase.is_final()
+                    && self
+                        .state
+                        .last_install
+                        .as_ref()
+                        .is_none_or(|l| l.correlation_id != update.correlation_id) =>
+            {
+                Some(LastInstall {
+                    correlation_id: update.correlation_id.clone(),
+                    result: InstallResult::InProgress,
+                    detail: format!("under way: {}", update.detail),
+                })
+            }
+            _ => self.state.last_install.clone(),
+        }
     }
 
     /// Signs the vehicle version manifest and sends it; the attacks it carries are
