@@ -89,6 +89,26 @@ pub fn bundle() -> PutMetadataRequest {
     }
 }
 
+/// The Director's next metadata, which assign this ECU nothing: the update withdrawn (an
+/// operator's cancel), with the Image repository's as in [`bundle`].
+pub fn withdrawal() -> PutMetadataRequest {
+    let mut director = director_repo().clone();
+    director.targets = uptane_core::sign::TargetsBuilder::from_targets(
+        &director.targets,
+        director.targets.common.version,
+        director.expires,
+    )
+    .remove_target(crate::fixtures::IMAGE_NAME)
+    .build();
+    director.publish();
+    PutMetadataRequest {
+        director_timestamp: director.timestamp.clone(),
+        director_snapshot: director.snapshot.clone(),
+        director_targets: director.targets_files["targets"].clone(),
+        ..bundle()
+    }
+}
+
 fn template(mode: Mode) -> &'static Path {
     static FULL: OnceLock<tempfile::TempDir> = OnceLock::new();
     static PARTIAL: OnceLock<tempfile::TempDir> = OnceLock::new();
@@ -324,4 +344,23 @@ async fn calls(dir: &Path, data: &[u8]) {
         "the report names another image than the one in the slot the ECU boots: {reported}"
     );
     assert_eq!(reported["length"].as_u64(), Some(slot.len() as u64));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::v2::ResultCode;
+
+    /// The withdrawal seed reaches what it is for: a pending update abandoned.
+    #[test]
+    fn the_withdrawal_abandons_a_pending_update() {
+        let scratch = scratch_dir();
+        let dir = scratch.path().join("ecu");
+        copy_dir(&template(Mode::Full).join("ecu"), &dir);
+        let mut agent = Agent::open(&dir, settings()).expect("the ECU opens");
+        assert_eq!(agent.put_metadata(bundle()), Ok(ResultCode::Ok));
+        assert_eq!(agent.put_metadata(withdrawal()), Ok(ResultCode::NoUpdate));
+        let kept = agent.result(CORRELATION_ID).expect("a result kept");
+        assert_eq!(kept.code, ResultCode::OperationCancelled as i32);
+    }
 }

@@ -337,6 +337,20 @@ fn secondary_grpc() -> Vec<Seed> {
     let mut input = vec![1];
     input.extend(encode(&records[..5]));
     inputs.push(input);
+    // The update withdrawn by the Director's next targets: mid-transfer, and once written.
+    let withdrawal = secondary::withdrawal().encode_to_vec();
+    let install = records
+        .iter()
+        .position(|(t, _)| *t == m("Install"))
+        .expect("an Install record");
+    for cut in [5, install + 1] {
+        let mut withdrawn = records[..cut].to_vec();
+        withdrawn.push((m("PutMetadata"), withdrawal.as_slice()));
+        withdrawn.extend_from_slice(&records[install..]);
+        let mut input = vec![0];
+        input.extend(encode(&withdrawn));
+        inputs.push(input);
+    }
     named("grpc", inputs)
 }
 
