@@ -10,7 +10,8 @@
 //! survives power loss (`bootenv.json`, written atomically). Each slot also keeps a header of
 //! its own (`slots/<name>.json`: its state and image): a device whose environment is not
 //! redundant can have it torn by a power cut, and the bootloader then boots a slot whose
-//! header says good (ecu-side.md (c) row 24), so one good slot always stays bootable.
+//! header says good (ecu-side.md (c) row 24), so a good slot stays bootable (or, on a
+//! single bank being overwritten, the bootloader's recovery mode).
 
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
@@ -47,6 +48,17 @@ pub struct Slot {
     /// one the bootloader's defaults boot.
     #[serde(default)]
     pub generation: u64,
+}
+
+impl Slot {
+    /// Nothing written (or being written).
+    pub fn empty() -> Self {
+        Self {
+            state: SlotState::Empty,
+            image: None,
+            generation: 0,
+        }
+    }
 }
 
 /// The persistent bootloader environment.
@@ -267,14 +279,7 @@ impl AbDevice {
         )]);
         if !single_bank {
             files::write_atomic(&self.slot_path("B"), b"")?;
-            slots.insert(
-                "B".to_string(),
-                Slot {
-                    state: SlotState::Empty,
-                    image: None,
-                    generation: 0,
-                },
-            );
+            slots.insert("B".to_string(), Slot::empty());
         }
         let env = BootEnv {
             active: "A".into(),
@@ -299,14 +304,7 @@ impl AbDevice {
     /// half an image.
     pub fn invalidate(&self, slot: &str) -> std::io::Result<()> {
         let mut env = self.env()?;
-        env.slots.insert(
-            slot.to_string(),
-            Slot {
-                state: SlotState::Empty,
-                image: None,
-                generation: 0,
-            },
-        );
+        env.slots.insert(slot.to_string(), Slot::empty());
         self.save(&env)
     }
 
@@ -323,9 +321,10 @@ impl AbDevice {
         self.dir.join("slots").join(format!("{name}.json"))
     }
 
-    /// The bootloader environment. A torn one (unreadable, as a power cut leaves a
-    /// non-redundant environment) is replaced by the bootloader's defaults: the slots as
-    /// their headers describe them, booting a good one and no trial.
+    /// The bootloader environment. A torn one (cut short or garbled, as a power cut leaves a
+    /// non-redundant environment; a whole one of another shape is an error, not guessed at)
+    /// is replaced by the bootloader's defaults: the slots as their headers describe them,
+    /// booting the good one confirmed last (recovery when none is good) and no trial.
     pub fn env(&self) -> std::io::Result<BootEnv> {
         let path = self.env_path();
         let bytes = std::fs::read(&path)

@@ -189,19 +189,6 @@ impl Fleet {
             init.env("DIRECTOR_DATABASE", database.to_arg());
         }
         run_ok(&mut init, LIMIT);
-        let token = run_ok(
-            Command::new(bin("director")).args([
-                "token",
-                "create",
-                "--dir",
-                &path("director"),
-                "--label",
-                "operator",
-            ]),
-            LIMIT,
-        )
-        .trim()
-        .to_string();
         let mut fleet = Self {
             image_repo: None,
             image_addr: "127.0.0.1:0".into(),
@@ -215,7 +202,7 @@ impl Fleet {
             director_url: String::new(),
             director_metrics: None,
             image_metrics: None,
-            token,
+            token: String::new(),
             provisioning_token: String::new(),
             upload_token: None,
             director_flags: Vec::new(),
@@ -223,6 +210,7 @@ impl Fleet {
             clock_offset_secs: 0,
             tmp,
         };
+        fleet.renew_operator_token();
         fleet.start_image_repo();
         fleet.start_director();
         let created = fleet.operator(&["provisioning-token", "create", "--label", "factory"]);
