@@ -66,6 +66,8 @@ const TABLES: &[(&str, &[&str])] = &[
             "status",
             "detail",
             "updated_at",
+            "cancel_requested_at",
+            "withdrawn_at",
         ],
     ),
     (
@@ -325,6 +327,32 @@ fn copy_table(from: &Conn, to: &Conn, table: &str, columns: &[&str]) -> Result<(
         for (_, values) in &rows {
             let params: Vec<&dyn ToParam> = values.iter().map(|v| v as &dyn ToParam).collect();
             to.execute(&write, &params)?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every column of every copied table is copied: a column added by a migration and not
+    /// listed here would be lost silently by a move.
+    #[test]
+    fn every_column_of_the_schema_is_copied() {
+        let db = Db::open_in_memory().unwrap();
+        for (table, columns) in TABLES {
+            let table = table.to_string();
+            let schema: Vec<String> = db
+                .call_blocking(move |conn| {
+                    let conn = conn.as_sqlite().expect("SQLite");
+                    let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+                    let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+                    Ok::<_, crate::error::DirectorError>(names.collect::<Result<Vec<_>, _>>()?)
+                })
+                .unwrap();
+            for column in &schema {
+                assert!(columns.contains(&column.as_str()), "{column} is not copied");
+            }
         }
     }
 }

@@ -1095,3 +1095,21 @@ async fn a_stalled_or_oversized_body_is_refused() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["error"], "body larger than 65536 bytes");
 }
+
+/// A cancel that lands between the vehicle's timestamp request (which signed targets with the
+/// entry) and its targets fetch: the entry may still reach the ECU, so it is withdrawn like a
+/// delivered one, not ended as if the vehicle could never see it.
+#[tokio::test]
+async fn a_cancel_of_an_entry_already_signed_for_the_vehicle_withdraws_it() {
+    let fleet = fleet();
+    let car = fleet.register(VIN, 73).await;
+    let id = assign_brake(&fleet).await;
+    fetch(&fleet, &car, "timestamp.json").await;
+    assert_eq!(brake_entry(&fleet, &id).await["status"], "pending");
+    let (status, json) = cancel(&fleet, &id).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json, json!({"cancelled": 0, "cancel_requested": 1}));
+    let entry = brake_entry(&fleet, &id).await;
+    assert_eq!(entry["status"], "delivered", "{entry}");
+    assert!(entry["cancel_requested_at"].is_string(), "{entry}");
+}

@@ -13,8 +13,8 @@ use futures_util::StreamExt;
 use proto::v2::secondary_client::SecondaryClient;
 use proto::v2::{
     ActivateRequest, BeginTransferRequest, Chunk, GetInfoRequest, GetInstallationResultRequest,
-    GetOperationRequest, GetVersionReportRequest, InstallRequest, Operation, OperationState,
-    PutMetadataRequest, PutTimeRequest, ResultCode, TransferState,
+    GetOperationRequest, GetTransferStateRequest, GetVersionReportRequest, InstallRequest,
+    Operation, OperationState, PutMetadataRequest, PutTimeRequest, ResultCode, TransferState,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::transport::{Channel, Endpoint};
@@ -376,10 +376,11 @@ impl SecondaryLink {
             verified.approved().filename(),
             verified.approved().length(),
         );
+        let bundle = match self.protocol().await? {
+            Ok(spoken) => named_for(bundle, spoken),
+            Err(declined) => return Ok(declined),
+        };
         let correlation_id = bundle.correlation_id.clone();
-        if let Some(declined) = self.older_protocol().await? {
-            return Ok(declined);
-        }
         if let Some(done) = self.kept_outcome(&correlation_id, filename).await? {
             return Ok(done);
         }
@@ -421,17 +422,7 @@ impl SecondaryLink {
                 return Ok(failed(Some(installed), "install failed"));
             }
         }
-        let activated = self
-            .call("Activate", t, |mut c| {
-                let correlation_id = correlation_id.clone();
-                async move { c.activate(ActivateRequest { correlation_id }).await }
-            })
-            .await?;
-        let activated = self.finish_operation(activated, t).await?;
-        match self.kept_outcome(&correlation_id, filename).await? {
-            Some(done) => Ok(done),
-            None => Ok(failed(activated.result, "activation did not finish")),
-        }
+        self.activate(&correlation_id, filename).await
     }
 
     /// Tells the ECU that the Director withdrew its update `correlation_id` (of `filename`,
@@ -447,12 +438,10 @@ impl SecondaryLink {
         correlation_id: &str,
         filename: &str,
     ) -> Result<Delivery, LinkError> {
-        if let Some(declined) = self.older_protocol().await? {
-            return Ok(declined);
-        }
-        if let Some(done) = self.kept_outcome(correlation_id, filename).await? {
-            return Ok(done);
-        }
+        let bundle = match self.protocol().await? {
+            Ok(spoken) => named_for(bundle, spoken),
+            Err(declined) => return Ok(declined),
+        };
         if let Some(refused) = self.put_time(unix_seconds).await? {
             return Ok(refused);
         }
@@ -464,6 +453,9 @@ impl SecondaryLink {
             .await?;
         match ResultCode::try_from(answer.code) {
             Ok(ResultCode::NoUpdate) => {}
+            // Past its point of no return (a single bank being overwritten): the ECU keeps the
+            // metadata that approved it, and the update is finished rather than left half done.
+            Ok(ResultCode::NeedCompletion) => return self.complete(correlation_id, filename).await,
             Ok(ResultCode::Busy) => {
                 return Ok(Delivery::Retry(
                     "the ECU is still stopping the install of the withdrawn update".into(),
@@ -477,14 +469,13 @@ impl SecondaryLink {
             }
             _ => return Ok(failed(Some(answer), "metadata refused")),
         }
+        if let Some(done) = self.kept_outcome(correlation_id, filename).await? {
+            return Ok(done);
+        }
         Ok(
             match self.installation_result(correlation_id, filename).await? {
-                Some(r) if r.code == ResultCode::Ok as i32 => Delivery::Installed,
-                Some(r) if final_failure(ResultCode::try_from(r.code).unwrap_or_default()) => {
-                    failed(Some(r), "failed")
-                }
                 Some(r) => Delivery::Retry(format!(
-                    "the ECU keeps the withdrawn update ({}: {}): past its point of no return",
+                    "the ECU keeps the withdrawn update ({}: {})",
                     ResultCode::try_from(r.code)
                         .unwrap_or_default()
                         .as_str_name(),
@@ -493,23 +484,79 @@ impl SecondaryLink {
                 None => Delivery::Failed {
                     code: ResultCode::OperationCancelled,
                     attack: None,
-                    detail: "withdrawn before it reached the ECU".into(),
+                    detail: "no longer assigned before it reached the ECU".into(),
                 },
             },
         )
     }
 
-    /// An ECU that speaks an older version of the protocol is asked nothing more and sent
-    /// nothing it might read otherwise; it is tried again once it is updated (HIL row 37).
-    async fn older_protocol(&mut self) -> Result<Option<Delivery>, LinkError> {
+    /// Finishes an update the ECU holds past its point of no return: installs it from the
+    /// staged image unless it is written already, then activates it.
+    async fn complete(
+        &mut self,
+        correlation_id: &str,
+        filename: &str,
+    ) -> Result<Delivery, LinkError> {
+        if self
+            .installation_result(correlation_id, filename)
+            .await?
+            .map(|r| r.code)
+            != Some(ResultCode::NeedCompletion as i32)
+        {
+            let t = self.timeout;
+            let request = GetTransferStateRequest {
+                correlation_id: correlation_id.to_string(),
+            };
+            let state = self
+                .call("GetTransferState", t, |mut c| async move {
+                    c.get_transfer_state(request).await
+                })
+                .await?;
+            if let Some(refused) = refused_transfer(&state) {
+                return Ok(refused);
+            }
+            let installed = self.install(correlation_id, state.length).await?;
+            if installed.code != ResultCode::NeedCompletion as i32 {
+                return Ok(failed(Some(installed), "install failed"));
+            }
+        }
+        self.activate(correlation_id, filename).await
+    }
+
+    /// Activates a written update and reads how it ended.
+    async fn activate(
+        &mut self,
+        correlation_id: &str,
+        filename: &str,
+    ) -> Result<Delivery, LinkError> {
+        let t = self.timeout;
+        let activated = self
+            .call("Activate", t, |mut c| {
+                let correlation_id = correlation_id.to_string();
+                async move { c.activate(ActivateRequest { correlation_id }).await }
+            })
+            .await?;
+        let activated = self.finish_operation(activated, t).await?;
+        match self.kept_outcome(correlation_id, filename).await? {
+            Some(done) => Ok(done),
+            None => Ok(failed(activated.result, "activation did not finish")),
+        }
+    }
+
+    /// The protocol version the ECU speaks, or why it is sent nothing: an ECU older than
+    /// [`proto::MIN_PROTOCOL_VERSION`] is asked nothing more and sent nothing it might read
+    /// otherwise; it is tried again once it is updated (HIL row 37).
+    async fn protocol(&mut self) -> Result<Result<u32, Delivery>, LinkError> {
         let spoken = self.info().await?.protocol_version;
-        Ok((spoken < proto::PROTOCOL_VERSION).then(|| {
-            Delivery::Retry(format!(
-                "the ECU speaks protocol version {spoken}; this Primary speaks version {} and \
-                 sends it nothing until it is updated",
-                proto::PROTOCOL_VERSION
-            ))
-        }))
+        if spoken >= proto::MIN_PROTOCOL_VERSION {
+            return Ok(Ok(spoken));
+        }
+        Ok(Err(Delivery::Retry(format!(
+            "the ECU speaks protocol version {spoken}; this Primary speaks versions {} to {} \
+             and sends it nothing until it is updated",
+            proto::MIN_PROTOCOL_VERSION,
+            proto::PROTOCOL_VERSION
+        ))))
     }
 
     /// The Primary's time, verified by the ECU against the metadata that follows; `Some`
@@ -676,6 +723,23 @@ impl SecondaryLink {
     }
 }
 
+/// `bundle`, named as an ECU speaking protocol version `spoken` names its update: by its own
+/// targets entry (version 3, as the bundle comes), or by the targets' own correlation id
+/// (version 2). The id is read from the signed targets unverified: the ECU verifies them, and
+/// refuses an id they do not sign.
+fn named_for(mut bundle: PutMetadataRequest, spoken: u32) -> PutMetadataRequest {
+    if spoken < 3 {
+        let targets: Option<serde_json::Value> =
+            serde_json::from_slice(&bundle.director_targets).ok();
+        bundle.correlation_id = targets
+            .as_ref()
+            .and_then(|t| t["signed"]["custom"]["correlationId"].as_str())
+            .unwrap_or_default()
+            .to_string();
+    }
+    bundle
+}
+
 /// Resolves, with the speed reached, once the transfer of `total` bytes (`sent` so far) runs
 /// below `min` ([`SpeedMonitor`]); never while it keeps up. Once all `total` bytes are
 /// handed to the link (HTTP/2 takes up to the ECU's window at once), the transfer ends only
@@ -737,4 +801,20 @@ fn chunk_stream(
             Some((chunk, (file, offset + want as u64)))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ecu_speaking_version_2_is_sent_the_targets_own_correlation_id() {
+        let bundle = PutMetadataRequest {
+            correlation_id: "asg-own".into(),
+            director_targets: br#"{"signed":{"custom":{"correlationId":"asg-vehicle"}}}"#.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(named_for(bundle.clone(), 3).correlation_id, "asg-own");
+        assert_eq!(named_for(bundle, 2).correlation_id, "asg-vehicle");
+    }
 }

@@ -16,5 +16,11 @@ pub mod v2 {
     tonic::include_proto!("uptane.secondary.v2");
 }
 
-/// The protocol version this crate speaks (`EcuInfo.protocol_version`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol version this crate speaks (`EcuInfo.protocol_version`). Version 3 names each
+/// ECU's update by its own Director targets entry (`uptane_core::uptane::update_correlation_id`);
+/// version 2 by the targets' own correlation id.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest version a Primary of this crate still serves: a Secondary speaking it is sent
+/// updates named the version 2 way; an older one is sent nothing.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;

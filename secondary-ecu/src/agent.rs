@@ -832,18 +832,33 @@ impl Agent {
             Ok(a) => a,
             Err(refusal) => return Err(self.refuse_unkept(refusal)),
         };
-        // The update's id is the one the Director signed, whatever the bundle says.
-        let correlation_id = accepted.correlation_id.clone();
-        if correlation_id != bundle.correlation_id {
+        // The update's id is one the Director signed, whatever the bundle says: its own
+        // entry's (a Primary speaking protocol version 3) or the targets' own (version 2).
+        let correlation_id = bundle.correlation_id.clone();
+        if correlation_id != accepted.correlation_id
+            && correlation_id != accepted.vehicle_correlation_id
+        {
             let refusal = Refusal {
                 code: ResultCode::VerificationFailed,
                 attack: Some(AttackKind::MixAndMatch),
                 description: format!(
-                    "the bundle names update {:?}, the signed targets {correlation_id:?}",
-                    bundle.correlation_id
+                    "the bundle names update {correlation_id:?}, the signed targets {:?} (or \
+                     {:?})",
+                    accepted.correlation_id, accepted.vehicle_correlation_id
                 ),
             };
             return Err(self.refuse_unkept(refusal));
+        }
+        if accepted.image.is_none()
+            && let Some(why) = self.past_point_of_no_return().map_err(io)?
+        {
+            // The metadata that approved it stays, so that it can be finished.
+            tracing::warn!(
+                correlation_id = ?self.pending_correlation_id(),
+                "the Director withdrew an update past its point of no return ({why}); it is \
+                 kept, to be finished"
+            );
+            return Ok(ResultCode::NeedCompletion);
         }
         files::write_atomic(
             &trusted(&self.dir, "director-root.json"),
@@ -894,35 +909,52 @@ impl Agent {
         Ok(ResultCode::Ok)
     }
 
+    /// Why a pending update can no longer be abandoned, if it cannot: a trial under way (it
+    /// ends installed or rolled back), or a single bank whose image is being (or was)
+    /// overwritten. Before that point a withdrawal abandons it ([`Self::withdraw_pending`]).
+    fn past_point_of_no_return(&self) -> std::io::Result<Option<&'static str>> {
+        if self.state.pending.is_none() {
+            return Ok(None);
+        }
+        let env = self.device.env()?;
+        let only_bank_touched = AbDevice::single_bank(&env)
+            && env
+                .slots
+                .get(&AbDevice::inactive(&env))
+                .is_none_or(|s| s.state != SlotState::Good);
+        Ok(if env.trial.is_some() || self.trial_running.is_some() {
+            Some("its trial boot is under way")
+        } else if only_bank_touched {
+            Some("the only bank is being overwritten")
+        } else {
+            None
+        })
+    }
+
     /// The Director's verified targets (version `targets_version`) assign this ECU nothing:
-    /// an update pending here was withdrawn (an operator's cancel, ecu-side.md (c) row 19).
-    /// Before its activation it is abandoned: the staging freed, a slot written for it marked
-    /// bad (never booted), and `OPERATION_CANCELLED` kept as its result for the Director.
-    /// Answers `BUSY` while its install job runs (the caller stops the job and asks again),
-    /// and leaves alone what is past the point of no return: a trial under way (it ends
-    /// installed or rolled back), or a single bank already being overwritten.
+    /// an update pending here (not past its point of no return, checked before) was withdrawn
+    /// (an operator's cancel, ecu-side.md (c) row 19). It is abandoned: the staging freed, a
+    /// slot written for it marked bad (never booted), and `OPERATION_CANCELLED` kept as its
+    /// result for the Director, unless it already ended with a failure of its own. Answers
+    /// `BUSY` while an install job runs (the caller stops the job and asks again).
     fn withdraw_pending(&mut self, targets_version: u64) -> Result<ResultCode, Refusal> {
         let Some(pending) = self.state.pending.clone() else {
             self.save().map_err(io)?;
             return Ok(ResultCode::NoUpdate);
         };
-        if self.installing.as_deref() == Some(pending.correlation_id.as_str()) {
+        if self.installing.is_some() {
             self.save().map_err(io)?;
             return Ok(ResultCode::Busy);
         }
         let env = self.device.env().map_err(io)?;
         let slot = AbDevice::inactive(&env);
         let written = env.slots.get(&slot).map(|s| s.state);
-        let overwriting_only_bank = AbDevice::single_bank(&env) && written != Some(SlotState::Good);
-        if env.trial.is_some() || self.trial_running.is_some() || overwriting_only_bank {
-            self.save().map_err(io)?;
-            return Ok(ResultCode::NoUpdate);
-        }
-        if written == Some(SlotState::Pending) {
-            self.device.mark_bad(&slot).map_err(io)?;
-        }
-        self.discard_transfer();
+        // The update ends durably first (nothing pending, its result kept); a power cut before
+        // the slot and the staging are dealt with leaves a written slot no one activates and a
+        // staging file the next update replaces.
         self.receiving = None;
+        self.state.durable_offset = 0;
+        self.state.transfer_complete = false;
         self.state.install_starts = 0;
         self.state.install_start_boot = None;
         self.state.pending = None;
@@ -931,17 +963,29 @@ impl Agent {
             targets_version,
             "update withdrawn by the Director before activation; abandoned"
         );
-        self.record(
-            &pending.correlation_id,
-            ResultCode::OperationCancelled,
-            None,
-            &format!(
-                "cancelled before activation: the Director's targets version {targets_version} \
-                 no longer assign it; staging freed, the running image untouched"
-            ),
-            &pending.filename,
-        )
-        .map_err(io)?;
+        let ended = self
+            .result(&pending.correlation_id)
+            .is_some_and(|r| r.code != ResultCode::NeedCompletion as i32);
+        if ended {
+            self.save().map_err(io)?;
+        } else {
+            self.record(
+                &pending.correlation_id,
+                ResultCode::OperationCancelled,
+                None,
+                &format!(
+                    "cancelled before activation: the Director's targets version \
+                     {targets_version} no longer assign it; staging freed, the running image \
+                     untouched"
+                ),
+                &pending.filename,
+            )
+            .map_err(io)?;
+        }
+        if written == Some(SlotState::Pending) {
+            self.device.mark_bad(&slot).map_err(io)?;
+        }
+        self.discard_transfer();
         Ok(ResultCode::NoUpdate)
     }
 
@@ -1363,7 +1407,17 @@ impl Agent {
 
     /// Switches to the new slot and reboots into its trial boot.
     pub fn activate(&mut self, correlation_id: &str) -> Result<ResultCode, Refusal> {
-        self.pending_for(correlation_id)?;
+        let pending = self.pending_for(correlation_id)?;
+        // Only what the Director's latest accepted metadata still approves is booted.
+        if self.approved()?.filename() != pending.filename {
+            return Err(Refusal::new(
+                ResultCode::NotForThisEcu,
+                format!(
+                    "the Director's latest metadata no longer approve {}",
+                    pending.filename
+                ),
+            ));
+        }
         let env = self.device.env().map_err(io)?;
         let slot = AbDevice::inactive(&env);
         if env
@@ -1436,12 +1490,7 @@ impl InstallJob {
         let stop = || {
             Refusal::new(
                 ResultCode::OperationCancelled,
-                if self.single_bank {
-                    "install cancelled; this single-bank device stays in recovery until it is \
-                     programmed again"
-                } else {
-                    "install cancelled; the active slot is untouched"
-                },
+                "install cancelled; the active slot is untouched",
             )
         };
         if cancelled.load(Ordering::Relaxed) {
@@ -1481,7 +1530,8 @@ impl InstallJob {
         let mut written = 0u64;
         let length = verified.approved().length();
         loop {
-            if cancelled.load(Ordering::Relaxed) {
+            // A single bank being overwritten is past its point of no return: finished.
+            if !self.single_bank && cancelled.load(Ordering::Relaxed) {
                 return Err(stop());
             }
             let n = input.read(&mut buf).map_err(io)?;

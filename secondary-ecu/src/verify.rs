@@ -51,8 +51,12 @@ pub struct Accepted {
     pub time: Option<Evidence>,
     /// The accepted Director targets version.
     pub targets_version: u64,
-    /// The update's correlation id, as the Director signed it.
+    /// The update's correlation id, as the Director signed it (`update_correlation_id`:
+    /// protocol version 3).
     pub correlation_id: String,
+    /// The targets' own correlation id, which a Primary speaking protocol version 2 names
+    /// every update by.
+    pub vehicle_correlation_id: String,
     /// The newest trusted Director root (to persist).
     pub director_root: Vec<u8>,
     /// The newest trusted Image repository root (to persist), in full verification.
@@ -190,6 +194,7 @@ pub fn partial(
         image,
         time: time_evidence(&trusted)?,
         correlation_id,
+        vehicle_correlation_id: signed_correlation_id(&trusted, None),
         targets_version: trusted.targets().map_or(0, |t| t.common.version),
         director_root: trusted.root().as_bytes().to_vec(),
         image_root: None,
@@ -242,6 +247,7 @@ pub fn full(
         image,
         time: time_evidence(&director)?,
         correlation_id,
+        vehicle_correlation_id: signed_correlation_id(&director, None),
         targets_version: director.targets().map_or(0, |t| t.common.version),
         director_root: director.root().as_bytes().to_vec(),
         image_root: Some(images.trusted().root().as_bytes().to_vec()),

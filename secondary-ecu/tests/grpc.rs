@@ -855,18 +855,66 @@ async fn an_update_is_named_by_its_own_targets_entry() {
     );
     let mut ecu = Ecu::new(&repos, "partial");
     ecu.start(&[]).await;
-    let r = ecu.put(&repos).await;
+    let mut put = async |id: &str| {
+        let mut bundle = repos.bundle();
+        bundle.correlation_id = id.into();
+        ecu.client()
+            .put_metadata(bundle)
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    // An id the Director did not sign for it is refused.
+    let r = put("asg-other").await;
     assert_eq!(r.code, ResultCode::VerificationFailed as i32, "{r:?}");
     assert_eq!(attack_name(r.attack()), "mix_and_match");
-    let mut bundle = repos.bundle();
-    bundle.correlation_id = "asg-brake".into();
-    let r = ecu
+    // Its entry's (protocol version 3) and, from a Primary speaking version 2, the targets'.
+    assert_eq!(put("asg-brake").await.code, ResultCode::Ok as i32);
+    assert_eq!(put(CORR).await.code, ResultCode::Ok as i32);
+}
+
+#[tokio::test]
+async fn a_single_bank_withdrawn_before_its_bank_is_touched_keeps_its_image() {
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::with_init(&repos, "partial", &["--single-bank"]);
+    let gate = ecu.dir.path().join("storage-ready");
+    let gate_flag = gate.display().to_string();
+    prepared(&mut ecu, &repos, &["--fault-hold-write-until", &gate_flag]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    let install = ecu
         .client()
-        .put_metadata(bundle)
+        .install(InstallRequest {
+            correlation_id: CORR.into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.code, ResultCode::Ok as i32, "{r:?}");
+    repos.withdraw();
+    let r = ecu.put(&repos).await;
+    assert_eq!(r.code, ResultCode::NoUpdate as i32, "{r:?}");
+    ecu.finished(install).await;
+    assert_eq!(ecu.slot("A")["state"], "good");
+    ecu.assert_abandoned().await;
+}
+
+/// A single bank whose only image is being overwritten cannot go back: withdrawn then, the
+/// update is kept (with the metadata that approved it) to be finished, never left half done.
+#[tokio::test]
+async fn a_single_bank_withdrawn_while_overwritten_is_finished() {
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::with_init(&repos, "partial", &["--single-bank"]);
+    prepared(&mut ecu, &repos, &["--fault-power-loss", "write"]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    ecu.install_cut_by_power_loss().await;
+    ecu.start(&[]).await;
+    assert_eq!(ecu.running().await, "");
+    repos.withdraw();
+    let r = ecu.put(&repos).await;
+    assert_eq!(r.code, ResultCode::NeedCompletion as i32, "{r:?}");
+    assert_eq!(ecu.install().await.state(), OperationState::Done);
+    ecu.activate().await;
+    assert_eq!(ecu.running().await, "brake-2.bin");
+    assert_eq!(ecu.result().await, ResultCode::Ok);
 }
 
 #[tokio::test]

@@ -1338,7 +1338,7 @@ fn judge(fleet: &Fleet, vins: &[&str], target: &str, expect: Expect) -> Observed
                     }
                     Expect::Cancelled => {
                         status == "cancelled"
-                            && detail.contains("cancelled by operator")
+                            && detail.contains("the ECU abandoned it")
                             && running != filename
                             && !running.is_empty()
                     }

@@ -136,12 +136,15 @@ pub struct DirectorTarget {
     pub release_counter: u64,
     /// Length and hashes.
     pub info: TargetFile,
+    /// The assignment this ECU's entry belongs to: its `ecuIdentifiers` entry's
+    /// `correlationId`, else the target's.
+    pub correlation_id: Option<String>,
 }
 
 impl DirectorTarget {
-    /// The correlation id in this entry's custom object, if present.
+    /// The assignment this ECU's entry belongs to, if the Director names one.
     pub fn correlation_id(&self) -> Option<&str> {
-        self.info.custom_value()?.get("correlationId")?.as_str()
+        self.correlation_id.as_deref()
     }
 }
 
@@ -295,6 +298,12 @@ fn director_entries(targets: &Targets, vin: &Vin) -> Result<Vec<DirectorTarget>,
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad("ecuIdentifiers entry without hardwareId"))?;
             let hardware_id = HardwareId::new(hardware_id).map_err(|e| bad(&e.to_string()))?;
+            // ECUs sharing one file may belong to different assignments: each names its own.
+            let correlation_id = ecu
+                .get("correlationId")
+                .or_else(|| info.custom_value()?.get("correlationId"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
             out.push(DirectorTarget {
                 path: path.clone(),
                 ecu_serial: serial,
@@ -305,6 +314,7 @@ fn director_entries(targets: &Targets, vin: &Vin) -> Result<Vec<DirectorTarget>,
                     hashes: info.hashes.clone(),
                     custom: info.custom.clone(),
                 },
+                correlation_id,
             });
         }
     }

@@ -423,16 +423,55 @@ pub fn cancel_assignment(
             "no assignment {correlation_id}"
         )));
     }
-    let cancelled = tx.execute(
-        "UPDATE assignment_ecus SET status = ?1, detail = 'cancelled by operator', updated_at = ?2
-         WHERE status = ?3 AND assignment_id = (SELECT id FROM assignments WHERE correlation_id = ?4)",
-        params![
-            AssignmentStatus::Cancelled,
-            now_text(now),
-            AssignmentStatus::Pending,
-            correlation_id
-        ],
+    // A pending entry already signed into the targets its vehicle is served (signed at its
+    // timestamp request, not yet fetched) may still reach the ECU: it is treated as delivered.
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
+         WHERE a.correlation_id = ?1 AND e.status = ?2"
+    );
+    let pending = tx.query(
+        &sql,
+        params![correlation_id, AssignmentStatus::Pending],
+        assignment_row,
     )?;
+    let mut signed: std::collections::HashMap<String, Vec<(String, String)>> =
+        std::collections::HashMap::new();
+    let mut cancelled = 0;
+    for entry in &pending {
+        if !signed.contains_key(&entry.vin) {
+            let included: Option<String> = tx.query_opt(
+                "SELECT targets_entries FROM vehicle_metadata WHERE vin = ?1",
+                params![entry.vin],
+                |r| r.get(0),
+            )?;
+            let pairs = included
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .unwrap_or_default();
+            signed.insert(entry.vin.clone(), pairs);
+        }
+        let in_targets = signed[&entry.vin]
+            .iter()
+            .any(|(c, s)| *c == entry.correlation_id && *s == entry.ecu_serial);
+        let status = if in_targets {
+            AssignmentStatus::Delivered
+        } else {
+            cancelled += 1;
+            AssignmentStatus::Cancelled
+        };
+        tx.execute(
+            "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3 WHERE rowid = ?4",
+            params![
+                status,
+                if in_targets {
+                    ""
+                } else {
+                    "cancelled by operator"
+                },
+                now_text(now),
+                entry.cursor
+            ],
+        )?;
+    }
     let cancel_requested = tx.execute(
         "UPDATE assignment_ecus SET cancel_requested_at = ?1, updated_at = ?1
          WHERE status = ?2 AND cancel_requested_at IS NULL

@@ -189,8 +189,11 @@ pub fn sign_vehicle_metadata(
         let first = group[0];
         let mut custom =
             director_target_custom(&first.ecu_serial, &first.hardware_id, first.release_counter);
-        for e in &group[1..] {
-            custom["ecuIdentifiers"][&e.ecu_serial] = json!({"hardwareId": e.hardware_id});
+        // Each ECU names the assignment it belongs to: ECUs sharing one file may be in several
+        // (`uptane_core::uptane::update_correlation_id`).
+        for e in group.iter() {
+            custom["ecuIdentifiers"][&e.ecu_serial] =
+                json!({"hardwareId": e.hardware_id, "correlationId": e.correlation_id});
         }
         custom["correlationId"] = json!(first.correlation_id);
         builder = builder.target_with(filename, first.length, first.hashes.clone(), Some(custom));

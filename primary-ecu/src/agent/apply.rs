@@ -116,16 +116,24 @@ impl<P: Ports> Primary<P> {
     /// abandon it. The Primary's own is abandoned here (it installs only in `deliver`).
     fn withdrawn(&mut self, plan: &Plan, report: &mut CycleReport) -> BTreeSet<EcuSerial> {
         let own = self.settings.serial.clone();
+        let linked: BTreeSet<EcuSerial> = self.links.iter().map(|l| l.serial().clone()).collect();
         let mut withdrawn = BTreeSet::new();
         for (serial, update) in self.state.updates.iter_mut() {
             if update.phase.is_final() || plan.correlations.contains_key(serial) {
                 continue;
             }
+            if *serial != own && !linked.contains(serial) {
+                // No longer one of this Primary's Secondaries (replaced, or removed from its
+                // configuration): nothing to tell it.
+                update.phase = Phase::Cancelled;
+                update.detail = "no longer assigned, and no link to this ECU".into();
+                continue;
+            }
             if update.phase != Phase::Withdrawn {
-                tracing::info!(%serial, correlation_id = %update.correlation_id, "update withdrawn by the Director");
+                tracing::info!(%serial, correlation_id = %update.correlation_id, "update no longer assigned by the Director");
                 update.phase = Phase::Withdrawn;
                 update.detail = format!(
-                    "withdrawn by the Director's targets version {}",
+                    "no longer assigned by the Director's targets version {} (cancelled)",
                     plan.targets_version
                 );
             }
@@ -134,7 +142,8 @@ impl<P: Ports> Primary<P> {
         if withdrawn.remove(&own)
             && let Some(update) = self.state.updates.get_mut(&own)
         {
-            let detail = "cancelled before installation: the Director withdrew it".to_string();
+            let detail =
+                "cancelled before installation: the Director no longer assigns it".to_string();
             self.state.last_install = Some(LastInstall {
                 correlation_id: update.correlation_id.clone(),
                 result: InstallResult::Cancelled,

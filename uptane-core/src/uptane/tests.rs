@@ -521,14 +521,19 @@ fn an_ecu_finds_only_its_own_director_target() {
 /// entry without one, by the targets' own.
 #[test]
 fn an_update_is_named_by_its_own_entry_else_by_the_targets() {
+    // Two ECUs share radio.bin, each in an assignment of its own.
     let mut custom = director_target_custom("ecu2", "hw-2", 1);
     custom["correlationId"] = "corr-2".into();
+    custom["ecuIdentifiers"]["ecu3"] =
+        serde_json::json!({"hardwareId": "hw-2", "correlationId": "corr-3"});
     let set = director(|b| b.target("radio.bin", b"radio", Some(custom)));
     let targets = set.targets().unwrap();
     let mut vehicle = ecus();
     vehicle.insert(serial("ecu2"), hw("hw-2"));
+    vehicle.insert(serial("ecu3"), hw("hw-2"));
     let entries = director_targets(&set, &vin(), &vehicle).unwrap();
     let of = |serial: &str| entries.iter().find(|e| e.ecu_serial == serial);
+    assert_eq!(update_correlation_id(targets, of("ecu3")), "corr-3");
     assert_eq!(update_correlation_id(targets, of("ecu2")), "corr-2");
     assert_eq!(update_correlation_id(targets, of("ecu1")), "corr-1");
     assert_eq!(update_correlation_id(targets, None), "corr-1");
