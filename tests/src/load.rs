@@ -355,8 +355,14 @@ impl Car {
                 };
                 if image != self.installed[j] {
                     self.installed[j] = image;
+                    // The ECU's own assignment (docs/POUF.md, "Correlation ids").
+                    let correlation_id =
+                        custom["ecuIdentifiers"][self.serials[j].as_str()]["correlationId"]
+                            .as_str()
+                            .or(custom["correlationId"].as_str())
+                            .unwrap_or("");
                     self.last_install[j] = Some(LastInstall {
-                        correlation_id: custom["correlationId"].as_str().unwrap_or("").into(),
+                        correlation_id: correlation_id.into(),
                         result: InstallResult::Installed,
                         detail: String::new(),
                     });
