@@ -674,21 +674,36 @@ async fn power_loss_during_write_keeps_the_old_slot_and_the_update_can_be_retrie
     assert_eq!(ecu.running().await, "brake-2.bin");
 }
 
+/// `Install` of the received image on an ECU whose storage is held busy
+/// (`--fault-hold-write-until`): the running operation, and the file that releases the
+/// storage once it exists.
+async fn held_install(ecu: &mut Ecu, repos: &Repos) -> (proto::v2::Operation, std::path::PathBuf) {
+    let gate = ecu.dir.path().join("storage-ready");
+    let gate_flag = gate.display().to_string();
+    prepared(ecu, repos, &["--fault-hold-write-until", &gate_flag]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    let install = ecu
+        .client()
+        .install(InstallRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(install.state(), OperationState::Running, "{install:?}");
+    (install, gate)
+}
+
 #[tokio::test]
 async fn an_install_asked_for_again_while_it_runs_is_the_same_install() {
     let repos = Repos::new("brake-2.bin", IMAGE, 2);
     let mut ecu = Ecu::new(&repos, "partial");
-    let gate = ecu.dir.path().join("storage-ready");
-    let gate_flag = gate.display().to_string();
-    prepared(&mut ecu, &repos, &["--fault-hold-write-until", &gate_flag]).await;
-    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
-    let request = || InstallRequest {
+    let (first, gate) = held_install(&mut ecu, &repos).await;
+    // The storage is held busy: the Primary, past its poll deadline, asks again.
+    let request = InstallRequest {
         correlation_id: CORR.into(),
     };
-    let first = ecu.client().install(request()).await.unwrap().into_inner();
-    assert_eq!(first.state(), OperationState::Running, "{first:?}");
-    // The storage is held busy: the Primary, past its poll deadline, asks again.
-    let again = ecu.client().install(request()).await.unwrap().into_inner();
+    let again = ecu.client().install(request).await.unwrap().into_inner();
     assert_eq!(
         again.operation_id, first.operation_id,
         "a second writer: {again:?}"
@@ -779,19 +794,7 @@ async fn an_update_withdrawn_mid_transfer_is_abandoned_and_reported_cancelled() 
 async fn an_update_withdrawn_while_its_install_runs_stops_the_install() {
     let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
     let mut ecu = Ecu::new(&repos, "partial");
-    let gate = ecu.dir.path().join("storage-ready");
-    let gate_flag = gate.display().to_string();
-    prepared(&mut ecu, &repos, &["--fault-hold-write-until", &gate_flag]).await;
-    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
-    let install = ecu
-        .client()
-        .install(InstallRequest {
-            correlation_id: CORR.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(install.state(), OperationState::Running, "{install:?}");
+    let (install, _gate) = held_install(&mut ecu, &repos).await;
     let inactive_before = ecu.slot("B");
     repos.withdraw();
     // The storage stays held: only the cancel ends the install.
@@ -877,18 +880,7 @@ async fn an_update_is_named_by_its_own_targets_entry() {
 async fn a_single_bank_withdrawn_before_its_bank_is_touched_keeps_its_image() {
     let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
     let mut ecu = Ecu::with_init(&repos, "partial", &["--single-bank"]);
-    let gate = ecu.dir.path().join("storage-ready");
-    let gate_flag = gate.display().to_string();
-    prepared(&mut ecu, &repos, &["--fault-hold-write-until", &gate_flag]).await;
-    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
-    let install = ecu
-        .client()
-        .install(InstallRequest {
-            correlation_id: CORR.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (install, _gate) = held_install(&mut ecu, &repos).await;
     repos.withdraw();
     let r = ecu.put(&repos).await;
     assert_eq!(r.code, ResultCode::NoUpdate as i32, "{r:?}");

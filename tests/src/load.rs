@@ -164,6 +164,9 @@ impl Load {
     }
 }
 
+/// Attempts of one operator assignment when the Director answers 503.
+const ASSIGN_ATTEMPTS: u32 = 3;
+
 fn seed(run: &str, vehicle: usize, ecu: usize) -> [u8; 32] {
     let hex = sha256_hex(format!("{run}/{vehicle}/{ecu}").as_bytes());
     let mut seed = [0u8; 32];
@@ -673,6 +676,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
     // Over one interval, or half of what is left of the run if that is shorter.
     let spread = poll.min((duration - campaign_at) / 2);
     let assign_started = tokio::time::Instant::now();
+    let mut assign_retries = 0;
     for (b, batch) in batches.iter().enumerate() {
         tokio::time::sleep_until(assign_started + spread.mul_f64(b as f64 / batches.len() as f64))
             .await;
@@ -680,13 +684,31 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
             .iter()
             .map(|&i| cars[i].lock().expect("car lock").vin.to_string())
             .collect();
-        let request = load
-            .client(b)
-            .post(format!("{}/api/v1/assignments", load.director(b)))
-            .bearer_auth(&load.operator)
-            .header("content-type", "application/json")
-            .body(json!({"image": UPDATE, "vins": vins, "hardware_id": HARDWARE[2]}).to_string());
-        load.exchange("assign", request).await;
+        let body = json!({"image": UPDATE, "vins": vins, "hardware_id": HARDWARE[2]}).to_string();
+        // The operator's call, tried again when the Director answers 503: the replicas'
+        // concurrent writes made PostgreSQL break a deadlock, and the answer says "try again",
+        // as an operator (or the campaign engine) does. Counted and printed, bounded.
+        for attempt in 1..=ASSIGN_ATTEMPTS {
+            let request = load
+                .client(b)
+                .post(format!("{}/api/v1/assignments", load.director(b)))
+                .bearer_auth(&load.operator)
+                .header("content-type", "application/json")
+                .body(body.clone());
+            if attempt < ASSIGN_ATTEMPTS {
+                match request.send().await {
+                    Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                        assign_retries += 1;
+                        continue;
+                    }
+                    Ok(r) if r.status().is_success() => break,
+                    Ok(r) => load.error(format!("assign: HTTP {}", r.status().as_u16())),
+                    Err(e) => load.error(format!("assign: {}", e.without_url())),
+                }
+                break;
+            }
+            load.exchange("assign", request).await;
+        }
     }
     let assigned_in = assign_started.elapsed().as_secs_f64();
     let (scheduled, served_at) = scheduler
@@ -745,6 +767,12 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         for (kind, n) in &errors {
             line(format!("error: {kind}: {n}"));
         }
+    }
+    if assign_retries > 0 {
+        line(format!(
+            "assign: tried again {assign_retries} time(s) after HTTP 503 (the database busy with \
+             concurrent writes)"
+        ));
     }
     let updated = chosen
         .iter()
