@@ -118,19 +118,6 @@ pub struct SecondaryLink {
     client: Option<SecondaryClient<Channel>>,
 }
 
-fn final_failure(code: ResultCode) -> bool {
-    !matches!(
-        code,
-        ResultCode::Ok
-            | ResultCode::NeedCompletion
-            | ResultCode::AlreadyProcessed
-            | ResultCode::Busy
-            | ResultCode::InternalError
-            | ResultCode::DownloadFailed
-            | ResultCode::Unspecified
-    )
-}
-
 fn failed(result: Option<proto::v2::Result>, fallback: &str) -> Delivery {
     let result = result.unwrap_or_default();
     let attack = attack_from_proto(result.attack());
@@ -140,7 +127,7 @@ fn failed(result: Option<proto::v2::Result>, fallback: &str) -> Delivery {
     } else {
         result.description
     };
-    if final_failure(code) {
+    if proto::is_final_failure(code) {
         Delivery::Failed {
             code,
             attack,
@@ -580,7 +567,11 @@ impl SecondaryLink {
         Ok(
             match self.installation_result(correlation_id, filename).await? {
                 Some(r) if r.code == ResultCode::Ok as i32 => Some(Delivery::Installed),
-                Some(r) if final_failure(ResultCode::try_from(r.code).unwrap_or_default()) => {
+                Some(r)
+                    if proto::is_final_failure(
+                        ResultCode::try_from(r.code).unwrap_or_default(),
+                    ) =>
+                {
                     Some(failed(Some(r), "failed"))
                 }
                 _ => None,

@@ -24,3 +24,20 @@ pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest version a Primary of this crate still serves: a Secondary speaking it is sent
 /// updates named the version 2 way; an older one is sent nothing.
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
+
+/// Whether a result ends its update for good (a refusal or failure not worth retrying): not
+/// success, not work in progress, and not a transient failure (busy, internal error, download
+/// failed). The one rule for the Primary and the Secondary.
+pub fn is_final_failure(code: v2::ResultCode) -> bool {
+    use v2::ResultCode;
+    !matches!(
+        code,
+        ResultCode::Ok
+            | ResultCode::NeedCompletion
+            | ResultCode::AlreadyProcessed
+            | ResultCode::Busy
+            | ResultCode::InternalError
+            | ResultCode::DownloadFailed
+            | ResultCode::Unspecified
+    )
+}

@@ -963,9 +963,10 @@ impl Agent {
             targets_version,
             "update withdrawn by the Director before activation; abandoned"
         );
-        let ended = self
-            .result(&pending.correlation_id)
-            .is_some_and(|r| r.code != ResultCode::NeedCompletion as i32);
+        // A failure that ended it for good stays its result; a transient one does not.
+        let ended = self.result(&pending.correlation_id).is_some_and(|r| {
+            proto::is_final_failure(ResultCode::try_from(r.code).unwrap_or_default())
+        });
         if ended {
             self.save().map_err(io)?;
         } else {
