@@ -456,11 +456,9 @@ impl SecondaryLink {
             }
             _ => return Ok(failed(Some(answer), "metadata refused")),
         }
-        if let Some(done) = self.kept_outcome(correlation_id, filename).await? {
-            return Ok(done);
-        }
         Ok(
             match self.installation_result(correlation_id, filename).await? {
+                Some(r) if let Some(done) = ended(&r) => done,
                 Some(r) => Delivery::Retry(format!(
                     "the ECU keeps the withdrawn update ({}: {})",
                     ResultCode::try_from(r.code)
@@ -564,19 +562,10 @@ impl SecondaryLink {
         correlation_id: &str,
         filename: &str,
     ) -> Result<Option<Delivery>, LinkError> {
-        Ok(
-            match self.installation_result(correlation_id, filename).await? {
-                Some(r) if r.code == ResultCode::Ok as i32 => Some(Delivery::Installed),
-                Some(r)
-                    if proto::is_final_failure(
-                        ResultCode::try_from(r.code).unwrap_or_default(),
-                    ) =>
-                {
-                    Some(failed(Some(r), "failed"))
-                }
-                _ => None,
-            },
-        )
+        Ok(self
+            .installation_result(correlation_id, filename)
+            .await?
+            .and_then(|r| ended(&r)))
     }
 
     /// Sends the image from the ECU's durable offset; `Some` when the ECU refused it.
@@ -711,6 +700,17 @@ impl SecondaryLink {
                 .await?;
         }
         Ok(operation)
+    }
+}
+
+/// How a kept result ended its update, if it did: installed, or a failure for good.
+fn ended(result: &proto::v2::Result) -> Option<Delivery> {
+    if result.code == ResultCode::Ok as i32 {
+        Some(Delivery::Installed)
+    } else if proto::is_final_failure(ResultCode::try_from(result.code).unwrap_or_default()) {
+        Some(failed(Some(result.clone()), "failed"))
+    } else {
+        None
     }
 }
 
