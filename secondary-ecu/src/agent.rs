@@ -884,9 +884,7 @@ impl Agent {
             return self.withdraw_pending(accepted.targets_version);
         };
         let running = self.device.running().map_err(io)?;
-        if running.is_some_and(|r| {
-            r.filename == image.filename() && r.hashes.get("sha256") == image.hashes().get("sha256")
-        }) {
+        if running.is_some_and(|r| r.is(image.filename(), image.length(), image.hashes())) {
             self.state.pending = None;
             self.save().map_err(io)?;
             return Ok(ResultCode::AlreadyProcessed);
@@ -1410,7 +1408,8 @@ impl Agent {
     pub fn activate(&mut self, correlation_id: &str) -> Result<ResultCode, Refusal> {
         let pending = self.pending_for(correlation_id)?;
         // Only what the Director's latest accepted metadata still approves is booted.
-        if self.approved()?.filename() != pending.filename {
+        let approved = self.approved()?;
+        if approved.filename() != pending.filename {
             return Err(Refusal::new(
                 ResultCode::NotForThisEcu,
                 format!(
@@ -1420,15 +1419,27 @@ impl Agent {
             ));
         }
         let env = self.device.env().map_err(io)?;
-        let slot = AbDevice::inactive(&env);
-        if env
+        let written = env
             .slots
-            .get(&slot)
-            .is_none_or(|s| s.state != SlotState::Pending)
-        {
+            .get(&AbDevice::inactive(&env))
+            .filter(|s| s.state == SlotState::Pending)
+            .and_then(|s| s.image.as_ref());
+        let Some(written) = written else {
             return Err(Refusal::new(
                 ResultCode::InstallFailed,
                 "nothing installed to activate",
+            ));
+        };
+        // The slot may hold an image written for metadata since replaced (same update, a
+        // different image): that one is not booted, whatever the update is called.
+        if !written.is(approved.filename(), approved.length(), approved.hashes()) {
+            return Err(Refusal::new(
+                ResultCode::InstallFailed,
+                format!(
+                    "the inactive slot holds {}, not the approved {}: install it first",
+                    written.filename,
+                    approved.filename()
+                ),
             ));
         }
         self.device

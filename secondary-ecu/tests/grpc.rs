@@ -842,6 +842,67 @@ async fn a_withdrawal_after_activation_changes_nothing() {
     assert_eq!(report["last_install"]["result"], "installed", "{report}");
 }
 
+/// `Activate` boots only the image the latest accepted metadata approve, compared with what
+/// the slot holds: metadata that replace the image of the same update after its write leave
+/// the written slot unbootable until the new image is installed.
+#[tokio::test]
+async fn an_image_replaced_after_its_write_is_not_activated() {
+    const NEW: &[u8] = &[9u8; 200_000];
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    prepared(&mut ecu, &repos, &[]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    assert_eq!(ecu.install().await.state(), OperationState::Done);
+    assert_eq!(ecu.slot("B")["image"]["filename"], "brake-2.bin");
+    repos.edit_director(
+        |b| {
+            b.remove_target("brake-2.bin").target(
+                "brake-3.bin",
+                NEW,
+                Some(director_target_custom(SERIAL, HW, 3)),
+            )
+        },
+        None,
+    );
+    assert_eq!(ecu.put(&repos).await.code, ResultCode::Ok as i32);
+    let activated = ecu
+        .client()
+        .activate(ActivateRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = activated.result.unwrap();
+    assert_eq!(
+        refused.code,
+        ResultCode::InstallFailed as i32,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .description
+            .contains("holds brake-2.bin, not the approved brake-3.bin"),
+        "{refused:?}"
+    );
+    assert_eq!(ecu.running().await, "factory.bin");
+    assert_eq!(ecu.slot("B")["state"], "pending");
+    // Installed, the new image boots.
+    ecu.client()
+        .begin_transfer(BeginTransferRequest {
+            correlation_id: CORR.into(),
+            filename: "brake-3.bin".into(),
+            length: NEW.len() as u64,
+        })
+        .await
+        .unwrap();
+    assert!(ecu.upload(NEW, 0).await.unwrap().complete);
+    assert_eq!(ecu.install().await.state(), OperationState::Done);
+    ecu.activate().await;
+    assert_eq!(ecu.result().await, ResultCode::Ok);
+    assert_eq!(ecu.running().await, "brake-3.bin");
+}
+
 /// An update is named by the correlation id in this ECU's own targets entry (the assignment
 /// it belongs to), not by the targets' vehicle-wide one, which other ECUs' assignments move.
 #[tokio::test]

@@ -7,6 +7,17 @@ use sha2::{Digest, Sha256, Sha512};
 /// Hash algorithm name to lowercase hex digest, as in TUF `hashes` objects.
 pub type Hashes = BTreeMap<String, String>;
 
+/// Whether two digest listings describe the same bytes: they list at least one algorithm in
+/// common, and every algorithm both list has the same digest. (A listing with only sha512
+/// and one with only sha256 share nothing and so prove nothing.)
+pub fn same_digests(a: &Hashes, b: &Hashes) -> bool {
+    let shared: Vec<bool> = a
+        .iter()
+        .filter_map(|(alg, digest)| b.get(alg).map(|other| digest == other))
+        .collect();
+    !shared.is_empty() && shared.iter().all(|equal| *equal)
+}
+
 /// Why bytes do not match the length and hashes that metadata lists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
@@ -257,6 +268,23 @@ pub fn standard_hashes(bytes: &[u8]) -> Hashes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_digests_needs_one_shared_algorithm_and_every_shared_one_equal() {
+        let both = standard_hashes(b"image");
+        let sha256 = Hashes::from([("sha256".to_string(), sha256_hex(b"image"))]);
+        let sha512 = Hashes::from([("sha512".to_string(), sha512_hex(b"image"))]);
+        assert!(same_digests(&both, &sha256) && same_digests(&sha256, &both));
+        assert!(same_digests(&both, &both));
+        // Nothing in common proves nothing.
+        assert!(!same_digests(&sha256, &sha512));
+        assert!(!same_digests(&Hashes::new(), &Hashes::new()));
+        // One shared algorithm that disagrees is enough to differ.
+        let mut other = both.clone();
+        other.insert("sha512".into(), sha512_hex(b"other"));
+        assert!(!same_digests(&both, &other));
+        assert!(!same_digests(&standard_hashes(b"other"), &sha256));
+    }
 
     #[test]
     fn accepts_matching_bytes_in_chunks() {

@@ -45,6 +45,17 @@ pub struct InstalledImage {
     pub release_counter: u64,
 }
 
+impl InstalledImage {
+    /// Whether this is the image named `filename`, `length` bytes long with digests `hashes`
+    /// (the one rule by which the Director, the Primary and the Secondary tell an installed
+    /// image from an approved one).
+    pub fn is(&self, filename: &str, length: u64, hashes: &Hashes) -> bool {
+        self.filename == filename
+            && self.length == length
+            && crate::hash::same_digests(&self.hashes, hashes)
+    }
+}
+
 /// An attack an ECU detected since its previous report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DetectedAttack {

@@ -319,12 +319,7 @@ fn record_manifest(
             .record(&tx, now)?;
         }
         for entry in active.iter().filter(|e| e.ecu_serial == serial) {
-            let matches = image.filename == entry.filename
-                && image.length == entry.length
-                && entry
-                    .hashes
-                    .get("sha256")
-                    .is_some_and(|h| image.hashes.get("sha256") == Some(h));
+            let matches = image.is(&entry.filename, entry.length, &entry.hashes);
             let Some((status, detail)) =
                 entry_outcome(entry, matches, report.last_install.as_ref())
             else {

@@ -26,9 +26,7 @@ use proto::v2::ResultCode;
 type Work = Vec<(ApprovedImage, String)>;
 
 fn same_image(installed: &InstalledImage, image: &ApprovedImage) -> bool {
-    installed.filename == image.filename()
-        && installed.length == image.length()
-        && installed.hashes.get("sha256") == image.hashes().get("sha256")
+    installed.is(image.filename(), image.length(), image.hashes())
 }
 
 fn new_update(correlation_id: &str, image: &ApprovedImage) -> EcuUpdate {
