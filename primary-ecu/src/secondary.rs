@@ -383,6 +383,12 @@ impl SecondaryLink {
         match ResultCode::try_from(accepted.code) {
             Ok(ResultCode::Ok) => {}
             Ok(ResultCode::AlreadyProcessed) => return Ok(Delivery::Installed),
+            // An earlier update's trial boot is under way on the ECU: it ends first.
+            Ok(ResultCode::NeedCompletion) => {
+                return Ok(Delivery::Retry(
+                    "the ECU finishes the trial boot of an earlier update first".into(),
+                ));
+            }
             Ok(ResultCode::NoUpdate) => {
                 return Ok(Delivery::Failed {
                     code: ResultCode::NoUpdate,

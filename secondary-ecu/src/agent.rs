@@ -137,6 +137,23 @@ struct Pending {
     filename: String,
     length: u64,
     release_counter: u64,
+    /// The approved digests: metadata that keep the name and length but change the bytes
+    /// replace the update. (Absent in state written before they were kept: such an update
+    /// is taken as replaced by the next metadata, and starts again.)
+    #[serde(default)]
+    hashes: uptane_core::hash::Hashes,
+}
+
+impl Pending {
+    fn new(correlation_id: &str, image: &ApprovedImage) -> Self {
+        Self {
+            correlation_id: correlation_id.to_string(),
+            filename: image.filename().to_string(),
+            length: image.length(),
+            release_counter: image.release_counter(),
+            hashes: image.hashes().clone(),
+        }
+    }
 }
 
 /// An attack detected, kept until the Primary acknowledges a report that carried it.
@@ -485,8 +502,7 @@ impl Agent {
         let Some(image) = self.device.running()? else {
             return Ok(());
         };
-        if image.filename != pending.filename
-            || image.length != pending.length
+        if !image.is(&pending.filename, pending.length, &pending.hashes)
             || image.release_counter != pending.release_counter
         {
             return Ok(());
@@ -849,14 +865,17 @@ impl Agent {
             };
             return Err(self.refuse_unkept(refusal));
         }
-        if accepted.image.is_none()
-            && let Some(why) = self.past_point_of_no_return().map_err(io)?
-        {
-            // The metadata that approved it stays, so that it can be finished.
+        let next = accepted
+            .image
+            .as_ref()
+            .map(|image| Pending::new(&correlation_id, image));
+        let replaced = self.state.pending.is_some() && self.state.pending != next;
+        if replaced && let Some(why) = self.past_point_of_no_return(next.is_none()).map_err(io)? {
+            // The metadata that approved it stay, so that it can be finished.
             tracing::warn!(
                 correlation_id = ?self.pending_correlation_id(),
-                "the Director withdrew an update past its point of no return ({why}); it is \
-                 kept, to be finished"
+                "the Director withdrew or replaced an update past its point of no return \
+                 ({why}); it is kept, to be finished"
             );
             return Ok(ResultCode::NeedCompletion);
         }
@@ -880,42 +899,59 @@ impl Agent {
         self.state.targets_version = Some(accepted.targets_version);
         self.state.latest_time = time.floor.timestamp();
         self.state.time_reset = time.reset;
-        let Some(image) = accepted.image else {
+        let (Some(image), Some(next)) = (accepted.image, next) else {
             return self.withdraw_pending(accepted.targets_version);
         };
+        if let Some(old) = self.state.pending.clone().filter(|_| replaced) {
+            if self.installing.is_some() {
+                // Stopped by the caller, then asked again (as for a withdrawal).
+                self.save().map_err(io)?;
+                return Ok(ResultCode::Busy);
+            }
+            tracing::info!(
+                correlation_id = %old.correlation_id,
+                filename = %old.filename,
+                targets_version = accepted.targets_version,
+                "update replaced by the Director before activation; abandoned"
+            );
+            self.abandon_pending(
+                &old,
+                Some(&next.correlation_id),
+                &format!(
+                    "replaced before activation: the Director's targets version {} assign {}",
+                    accepted.targets_version, next.filename
+                ),
+            )?;
+        }
         let running = self.device.running().map_err(io)?;
         if running.is_some_and(|r| r.is(image.filename(), image.length(), image.hashes())) {
             self.state.pending = None;
             self.save().map_err(io)?;
             return Ok(ResultCode::AlreadyProcessed);
         }
-        let pending = Pending {
-            correlation_id: correlation_id.clone(),
-            filename: image.filename().to_string(),
-            length: image.length(),
-            release_counter: image.release_counter(),
-        };
-        if self.state.pending.as_ref() != Some(&pending) {
-            self.state.pending = Some(pending);
+        if self.state.pending.is_none() {
+            self.state.pending = Some(next);
             self.state.install_starts = 0;
-            self.state.durable_offset = 0;
-            self.state.transfer_complete = false;
+            self.state.install_start_boot = None;
             self.receiving = None;
-            let _ = std::fs::remove_file(staging_path(&self.dir));
+            self.discard_transfer();
         }
         self.save().map_err(io)?;
         Ok(ResultCode::Ok)
     }
 
     /// Why a pending update can no longer be abandoned, if it cannot: a trial under way (it
-    /// ends installed or rolled back), or a single bank whose image is being (or was)
-    /// overwritten. Before that point a withdrawal abandons it ([`Self::withdraw_pending`]).
-    fn past_point_of_no_return(&self) -> std::io::Result<Option<&'static str>> {
+    /// ends installed or rolled back), or, when it is `withdrawn` (nothing replaces it), a
+    /// single bank whose image is being (or was) overwritten: the bank must be programmed
+    /// with something, and a replacement is. Before that point a withdrawal or a replacement
+    /// abandons it ([`Self::abandon_pending`]).
+    fn past_point_of_no_return(&self, withdrawn: bool) -> std::io::Result<Option<&'static str>> {
         if self.state.pending.is_none() {
             return Ok(None);
         }
         let env = self.device.env()?;
-        let only_bank_touched = AbDevice::single_bank(&env)
+        let only_bank_touched = withdrawn
+            && AbDevice::single_bank(&env)
             && env
                 .slots
                 .get(&AbDevice::inactive(&env))
@@ -944,39 +980,60 @@ impl Agent {
             self.save().map_err(io)?;
             return Ok(ResultCode::Busy);
         }
+        tracing::info!(
+            correlation_id = %pending.correlation_id,
+            targets_version,
+            "update withdrawn by the Director before activation; abandoned"
+        );
+        self.abandon_pending(
+            &pending,
+            None,
+            &format!(
+                "cancelled before activation: the Director's targets version {targets_version} \
+                 no longer assign it; staging freed, the running image untouched"
+            ),
+        )?;
+        Ok(ResultCode::NoUpdate)
+    }
+
+    /// Ends `pending` before activation, withdrawn or replaced by the Director (no install job
+    /// running; the caller checked): nothing pending, a slot written for it marked bad (never
+    /// booted), the staging freed. Its result: `OPERATION_CANCELLED` (`why`) unless it already
+    /// ended with a failure of its own; when the update that replaces it keeps its id
+    /// (`next_id`), nothing: what was kept was about the image replaced.
+    fn abandon_pending(
+        &mut self,
+        pending: &Pending,
+        next_id: Option<&str>,
+        why: &str,
+    ) -> Result<(), Refusal> {
         let env = self.device.env().map_err(io)?;
         let slot = AbDevice::inactive(&env);
         let written = env.slots.get(&slot).map(|s| s.state);
-        // The update ends durably first (nothing pending, its result kept); a power cut before
-        // the slot and the staging are dealt with leaves a written slot no one activates and a
-        // staging file the next update replaces.
+        // The update ends durably first (nothing pending, its result settled); a power cut
+        // before the slot and the staging are dealt with leaves a written slot no one
+        // activates and a staging file the next update replaces.
         self.receiving = None;
         self.state.durable_offset = 0;
         self.state.transfer_complete = false;
         self.state.install_starts = 0;
         self.state.install_start_boot = None;
         self.state.pending = None;
-        tracing::info!(
-            correlation_id = %pending.correlation_id,
-            targets_version,
-            "update withdrawn by the Director before activation; abandoned"
-        );
-        // A failure that ended it for good stays its result; a transient one does not.
-        let ended = self.result(&pending.correlation_id).is_some_and(|r| {
+        let id = pending.correlation_id.as_str();
+        if next_id == Some(id) {
+            self.state.results.remove(id);
+            self.save().map_err(io)?;
+        } else if self.result(id).is_some_and(|r| {
             proto::is_final_failure(ResultCode::try_from(r.code).unwrap_or_default())
-        });
-        if ended {
+        }) {
+            // A failure that ended it for good stays its result; a transient one does not.
             self.save().map_err(io)?;
         } else {
             self.record(
-                &pending.correlation_id,
+                id,
                 ResultCode::OperationCancelled,
                 None,
-                &format!(
-                    "cancelled before activation: the Director's targets version \
-                     {targets_version} no longer assign it; staging freed, the running image \
-                     untouched"
-                ),
+                why,
                 &pending.filename,
             )
             .map_err(io)?;
@@ -985,7 +1042,7 @@ impl Agent {
             self.device.mark_bad(&slot).map_err(io)?;
         }
         self.discard_transfer();
-        Ok(ResultCode::NoUpdate)
+        Ok(())
     }
 
     /// Verifies `bundle` at the Primary's proposed time and returns the time trusted after it,
@@ -1318,6 +1375,13 @@ impl Agent {
             ));
         }
         let env = self.device.env().map_err(io)?;
+        if env.trial.is_some() || self.trial_running.is_some() {
+            // The slot a job would write is the one on trial.
+            return Err(Refusal::new(
+                ResultCode::Busy,
+                "a trial boot is under way; it ends before anything is written",
+            ));
+        }
         let single_bank = AbDevice::single_bank(&env);
         let new_start = self.state.install_start_boot.as_deref() != Some(self.boot_id.as_str());
         if new_start && self.state.install_starts >= MAX_INSTALL_STARTS {
@@ -1404,9 +1468,22 @@ impl Agent {
         }
     }
 
+    /// `BUSY` while an install job writes the inactive slot.
+    fn not_installing(&self) -> Result<(), Refusal> {
+        match &self.installing {
+            Some(id) => Err(Refusal::new(
+                ResultCode::Busy,
+                format!("the install of {id:?} is writing the inactive slot"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Switches to the new slot and reboots into its trial boot.
     pub fn activate(&mut self, correlation_id: &str) -> Result<ResultCode, Refusal> {
         let pending = self.pending_for(correlation_id)?;
+        // A job writing the inactive slot would go on writing it once it is the active one.
+        self.not_installing()?;
         // Only what the Director's latest accepted metadata still approves is booted.
         let approved = self.approved()?;
         if approved.filename() != pending.filename {
@@ -1454,6 +1531,7 @@ impl Agent {
 
     /// Confirms a trial slot that waits for it.
     pub fn confirm(&mut self, correlation_id: &str) -> Result<ResultCode, Refusal> {
+        self.not_installing()?;
         match &self.trial_running {
             Some(c) if c == correlation_id => {
                 self.confirm_trial(correlation_id).map_err(io)?;

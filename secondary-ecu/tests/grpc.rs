@@ -842,18 +842,160 @@ async fn a_withdrawal_after_activation_changes_nothing() {
     assert_eq!(report["last_install"]["result"], "installed", "{report}");
 }
 
-/// `Activate` boots only the image the latest accepted metadata approve, compared with what
-/// the slot holds: metadata that replace the image of the same update after its write leave
-/// the written slot unbootable until the new image is installed.
+impl Ecu {
+    /// Sends `image` (as `name`) for the pending update and installs it.
+    async fn transfer_and_install(&mut self, name: &str, image: &[u8]) -> proto::v2::Operation {
+        let t = self
+            .client()
+            .begin_transfer(BeginTransferRequest {
+                correlation_id: CORR.into(),
+                filename: name.into(),
+                length: image.len() as u64,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(t.result.unwrap().code, ResultCode::Ok as i32);
+        assert!(self.upload(image, 0).await.unwrap().complete);
+        self.install().await
+    }
+
+    /// `Activate`'s answer: the result of its operation.
+    async fn activate_answer(&mut self) -> proto::v2::Result {
+        self.client()
+            .activate(ActivateRequest {
+                correlation_id: CORR.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+            .unwrap()
+    }
+}
+
+/// Metadata that replace the image of the same update after its write (same name, other
+/// bytes) abandon the written image: its slot is marked bad, what was kept for it dropped,
+/// and only the new image, once installed, boots.
 #[tokio::test]
-async fn an_image_replaced_after_its_write_is_not_activated() {
+async fn an_image_replaced_after_its_write_is_never_activated() {
     const NEW: &[u8] = &[9u8; 200_000];
     let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
     let mut ecu = Ecu::new(&repos, "partial");
     prepared(&mut ecu, &repos, &[]).await;
     assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
     assert_eq!(ecu.install().await.state(), OperationState::Done);
-    assert_eq!(ecu.slot("B")["image"]["filename"], "brake-2.bin");
+    assert_eq!(ecu.slot("B")["state"], "pending");
+    repos.edit_director(
+        |b| {
+            b.remove_target("brake-2.bin").target(
+                "brake-2.bin",
+                NEW,
+                Some(director_target_custom(SERIAL, HW, 2)),
+            )
+        },
+        None,
+    );
+    assert_eq!(ecu.put(&repos).await.code, ResultCode::Ok as i32);
+    assert_eq!(ecu.slot("B")["state"], "bad");
+    // The result kept for the old image (written, to activate) is gone: a Primary that
+    // read it would skip the transfer of the new one.
+    let kept = ecu
+        .client()
+        .get_installation_result(GetInstallationResultRequest {
+            correlation_id: CORR.into(),
+        })
+        .await;
+    assert!(
+        kept.as_ref().map_or(true, |r| r.get_ref().result.is_none()),
+        "{kept:?}"
+    );
+    let refused = ecu.activate_answer().await;
+    assert_eq!(
+        refused.code,
+        ResultCode::InstallFailed as i32,
+        "{refused:?}"
+    );
+    assert_eq!(ecu.running().await, "factory.bin");
+    // Installed, the new image boots.
+    assert_eq!(
+        ecu.transfer_and_install("brake-2.bin", NEW).await.state(),
+        OperationState::Done
+    );
+    ecu.activate().await;
+    assert_eq!(ecu.result().await, ResultCode::Ok);
+    let report = ecu.report("replaced").await;
+    assert_eq!(
+        report["installed_image"]["hashes"]["sha256"],
+        uptane_core::hash::sha256_hex(NEW),
+        "{report}"
+    );
+}
+
+/// While an install job writes the inactive slot, `Activate` is answered `BUSY`: activated,
+/// the slot (holding an earlier write of the same image) would boot and become the active
+/// one while the job overwrites it.
+#[tokio::test]
+async fn activate_while_an_install_writes_is_busy() {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    prepared(&mut ecu, &repos, &[]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    assert_eq!(ecu.install().await.state(), OperationState::Done);
+    assert_eq!(ecu.slot("B")["state"], "pending");
+    // Power cycled with its storage held busy; the image sent and installed again.
+    let gate = ecu.dir.path().join("storage-ready");
+    ecu.start(&["--fault-hold-write-until", &gate.display().to_string()])
+        .await;
+    ecu.client()
+        .begin_transfer(BeginTransferRequest {
+            correlation_id: CORR.into(),
+            filename: "brake-2.bin".into(),
+            length: IMAGE.len() as u64,
+        })
+        .await
+        .unwrap();
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    let install = ecu
+        .client()
+        .install(InstallRequest {
+            correlation_id: CORR.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(install.state(), OperationState::Running, "{install:?}");
+    let busy = ecu.activate_answer().await;
+    assert_eq!(busy.code, ResultCode::Busy as i32, "{busy:?}");
+    assert_eq!(ecu.running().await, "factory.bin");
+    std::fs::write(&gate, b"").unwrap();
+    assert_eq!(ecu.finished(install).await.state(), OperationState::Done);
+    ecu.activate().await;
+    assert_eq!(ecu.running().await, "brake-2.bin");
+    assert_eq!(ecu.result().await, ResultCode::Ok);
+}
+
+/// During a trial boot waiting for its confirmation, metadata that replace the update leave
+/// it to be finished (`NEED_COMPLETION`, the metadata that approved it kept), nothing is
+/// written over the slot on trial, and once confirmed the new update is taken.
+#[tokio::test]
+async fn a_trial_under_way_is_finished_before_a_replacement() {
+    const NEW: &[u8] = &[9u8; 200_000];
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "partial");
+    prepared(&mut ecu, &repos, &["--manual-confirm"]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    assert_eq!(ecu.install().await.state(), OperationState::Done);
+    ecu.activate().await;
+    let env = |ecu: &Ecu| -> Value {
+        serde_json::from_slice(&std::fs::read(ecu.dir.path().join("ecu/bootenv.json")).unwrap())
+            .unwrap()
+    };
+    assert_eq!(env(&ecu)["trial"], "B", "not on trial");
+    // Sent again, installed again: refused while the trial runs.
+    let install = ecu.transfer_and_install("brake-2.bin", IMAGE).await;
+    let refused = install.result.unwrap();
+    assert_eq!(refused.code, ResultCode::Busy as i32, "{refused:?}");
     repos.edit_director(
         |b| {
             b.remove_target("brake-2.bin").target(
@@ -864,43 +1006,21 @@ async fn an_image_replaced_after_its_write_is_not_activated() {
         },
         None,
     );
-    assert_eq!(ecu.put(&repos).await.code, ResultCode::Ok as i32);
-    let activated = ecu
+    let r = ecu.put(&repos).await;
+    assert_eq!(r.code, ResultCode::NeedCompletion as i32, "{r:?}");
+    let confirmed = ecu
         .client()
-        .activate(ActivateRequest {
+        .confirm(proto::v2::ConfirmRequest {
             correlation_id: CORR.into(),
         })
         .await
         .unwrap()
         .into_inner();
-    let refused = activated.result.unwrap();
-    assert_eq!(
-        refused.code,
-        ResultCode::InstallFailed as i32,
-        "{refused:?}"
-    );
-    assert!(
-        refused
-            .description
-            .contains("holds brake-2.bin, not the approved brake-3.bin"),
-        "{refused:?}"
-    );
-    assert_eq!(ecu.running().await, "factory.bin");
-    assert_eq!(ecu.slot("B")["state"], "pending");
-    // Installed, the new image boots.
-    ecu.client()
-        .begin_transfer(BeginTransferRequest {
-            correlation_id: CORR.into(),
-            filename: "brake-3.bin".into(),
-            length: NEW.len() as u64,
-        })
-        .await
-        .unwrap();
-    assert!(ecu.upload(NEW, 0).await.unwrap().complete);
-    assert_eq!(ecu.install().await.state(), OperationState::Done);
-    ecu.activate().await;
+    assert_eq!(confirmed.state(), OperationState::Done, "{confirmed:?}");
+    assert!(env(&ecu)["trial"].is_null());
     assert_eq!(ecu.result().await, ResultCode::Ok);
-    assert_eq!(ecu.running().await, "brake-3.bin");
+    assert_eq!(ecu.running().await, "brake-2.bin");
+    assert_eq!(ecu.put(&repos).await.code, ResultCode::Ok as i32);
 }
 
 /// An update is named by the correlation id in this ECU's own targets entry (the assignment
