@@ -261,16 +261,21 @@ impl Ecu {
             .map(|r| r.into_inner())
     }
 
+    /// `Install`, once it has finished.
     async fn install(&mut self) -> proto::v2::Operation {
-        let op = self
-            .client()
+        let op = self.install_answer().await;
+        self.finished(op).await
+    }
+
+    /// `Install`'s first answer.
+    async fn install_answer(&mut self) -> proto::v2::Operation {
+        self.client()
             .install(InstallRequest {
                 correlation_id: CORR.into(),
             })
             .await
             .unwrap()
-            .into_inner();
-        self.finished(op).await
+            .into_inner()
     }
 
     /// Operation `op` once it no longer runs (bounded).
@@ -598,14 +603,7 @@ async fn prepared(ecu: &mut Ecu, repos: &Repos, faults: &[&str]) {
         .unwrap()
         .into_inner();
     assert_eq!(r.code, ResultCode::Ok as i32, "{r:?}");
-    ecu.client()
-        .begin_transfer(BeginTransferRequest {
-            correlation_id: CORR.into(),
-            filename: "brake-2.bin".into(),
-            length: IMAGE.len() as u64,
-        })
-        .await
-        .unwrap();
+    ecu.begin("brake-2.bin", IMAGE).await;
 }
 
 #[tokio::test]
@@ -682,15 +680,7 @@ async fn held_install(ecu: &mut Ecu, repos: &Repos) -> (proto::v2::Operation, st
     let gate_flag = gate.display().to_string();
     prepared(ecu, repos, &["--fault-hold-write-until", &gate_flag]).await;
     assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
-    let install = ecu
-        .client()
-        .install(InstallRequest {
-            correlation_id: CORR.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(install.state(), OperationState::Running, "{install:?}");
+    let install = ecu.running_install().await;
     (install, gate)
 }
 
@@ -720,6 +710,21 @@ impl Repos {
     /// New Director targets that assign this ECU nothing: its update withdrawn.
     fn withdraw(&mut self) {
         self.edit_director(|b| b.remove_target("brake-2.bin"), None);
+    }
+
+    /// New Director targets that assign this ECU `image` (as `name`) instead: its update
+    /// replaced.
+    fn replace(&mut self, name: &str, image: &[u8], counter: u64) {
+        self.edit_director(
+            |b| {
+                b.remove_target("brake-2.bin").target(
+                    name,
+                    image,
+                    Some(director_target_custom(SERIAL, HW, counter)),
+                )
+            },
+            None,
+        );
     }
 }
 
@@ -845,8 +850,22 @@ async fn a_withdrawal_after_activation_changes_nothing() {
 impl Ecu {
     /// Sends `image` (as `name`) for the pending update and installs it.
     async fn transfer_and_install(&mut self, name: &str, image: &[u8]) -> proto::v2::Operation {
-        let t = self
-            .client()
+        let t = self.begin(name, image).await;
+        assert_eq!(t.result.unwrap().code, ResultCode::Ok as i32);
+        assert!(self.upload(image, 0).await.unwrap().complete);
+        self.install().await
+    }
+
+    /// `Install` of the received image, still running when answered (storage held busy).
+    async fn running_install(&mut self) -> proto::v2::Operation {
+        let install = self.install_answer().await;
+        assert_eq!(install.state(), OperationState::Running, "{install:?}");
+        install
+    }
+
+    /// `BeginTransfer` of `image` (as `name`) for the update.
+    async fn begin(&mut self, name: &str, image: &[u8]) -> proto::v2::TransferState {
+        self.client()
             .begin_transfer(BeginTransferRequest {
                 correlation_id: CORR.into(),
                 filename: name.into(),
@@ -854,10 +873,7 @@ impl Ecu {
             })
             .await
             .unwrap()
-            .into_inner();
-        assert_eq!(t.result.unwrap().code, ResultCode::Ok as i32);
-        assert!(self.upload(image, 0).await.unwrap().complete);
-        self.install().await
+            .into_inner()
     }
 
     /// `Activate`'s answer: the result of its operation.
@@ -886,16 +902,7 @@ async fn an_image_replaced_after_its_write_is_never_activated() {
     assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
     assert_eq!(ecu.install().await.state(), OperationState::Done);
     assert_eq!(ecu.slot("B")["state"], "pending");
-    repos.edit_director(
-        |b| {
-            b.remove_target("brake-2.bin").target(
-                "brake-2.bin",
-                NEW,
-                Some(director_target_custom(SERIAL, HW, 2)),
-            )
-        },
-        None,
-    );
+    repos.replace("brake-2.bin", NEW, 2);
     assert_eq!(ecu.put(&repos).await.code, ResultCode::Ok as i32);
     assert_eq!(ecu.slot("B")["state"], "bad");
     // The result kept for the old image (written, to activate) is gone: a Primary that
@@ -947,24 +954,9 @@ async fn activate_while_an_install_writes_is_busy() {
     let gate = ecu.dir.path().join("storage-ready");
     ecu.start(&["--fault-hold-write-until", &gate.display().to_string()])
         .await;
-    ecu.client()
-        .begin_transfer(BeginTransferRequest {
-            correlation_id: CORR.into(),
-            filename: "brake-2.bin".into(),
-            length: IMAGE.len() as u64,
-        })
-        .await
-        .unwrap();
+    ecu.begin("brake-2.bin", IMAGE).await;
     assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
-    let install = ecu
-        .client()
-        .install(InstallRequest {
-            correlation_id: CORR.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(install.state(), OperationState::Running, "{install:?}");
+    let install = ecu.running_install().await;
     let busy = ecu.activate_answer().await;
     assert_eq!(busy.code, ResultCode::Busy as i32, "{busy:?}");
     assert_eq!(ecu.running().await, "factory.bin");
@@ -996,16 +988,7 @@ async fn a_trial_under_way_is_finished_before_a_replacement() {
     let install = ecu.transfer_and_install("brake-2.bin", IMAGE).await;
     let refused = install.result.unwrap();
     assert_eq!(refused.code, ResultCode::Busy as i32, "{refused:?}");
-    repos.edit_director(
-        |b| {
-            b.remove_target("brake-2.bin").target(
-                "brake-3.bin",
-                NEW,
-                Some(director_target_custom(SERIAL, HW, 3)),
-            )
-        },
-        None,
-    );
+    repos.replace("brake-3.bin", NEW, 3);
     let r = ecu.put(&repos).await;
     assert_eq!(r.code, ResultCode::NeedCompletion as i32, "{r:?}");
     let confirmed = ecu
