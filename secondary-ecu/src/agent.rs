@@ -138,8 +138,8 @@ struct Pending {
     length: u64,
     release_counter: u64,
     /// The approved digests: metadata that keep the name and length but change the bytes
-    /// replace the update. (Absent in state written before they were kept: such an update
-    /// is taken as replaced by the next metadata, and starts again.)
+    /// replace the update. (Empty in state written before they were kept: such a record is
+    /// taken at its name, length and release counter, and gets them from the next metadata.)
     #[serde(default)]
     hashes: uptane_core::hash::Hashes,
 }
@@ -152,6 +152,25 @@ impl Pending {
             length: image.length(),
             release_counter: image.release_counter(),
             hashes: image.hashes().clone(),
+        }
+    }
+
+    /// Whether `image` is the one this update installs (whatever the update is called).
+    fn is_image(&self, image: &InstalledImage) -> bool {
+        image.release_counter == self.release_counter
+            && if self.hashes.is_empty() {
+                image.filename == self.filename && image.length == self.length
+            } else {
+                image.is(&self.filename, self.length, &self.hashes)
+            }
+    }
+
+    fn image(&self) -> InstalledImage {
+        InstalledImage {
+            filename: self.filename.clone(),
+            length: self.length,
+            hashes: self.hashes.clone(),
+            release_counter: self.release_counter,
         }
     }
 }
@@ -502,9 +521,7 @@ impl Agent {
         let Some(image) = self.device.running()? else {
             return Ok(());
         };
-        if !image.is(&pending.filename, pending.length, &pending.hashes)
-            || image.release_counter != pending.release_counter
-        {
+        if !pending.is_image(&image) {
             return Ok(());
         }
         tracing::warn!(
@@ -869,7 +886,14 @@ impl Agent {
             .image
             .as_ref()
             .map(|image| Pending::new(&correlation_id, image));
-        let replaced = self.state.pending.is_some() && self.state.pending != next;
+        // Replaced: another image (a new name, length, release counter or digests). The same
+        // image under the other id the Director signed for it (protocol versions 2 and 3) is
+        // the same update.
+        let replaced = match (&self.state.pending, &next) {
+            (Some(current), Some(next)) => !current.is_image(&next.image()),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
         if replaced && let Some(why) = self.past_point_of_no_return(next.is_none()).map_err(io)? {
             // The metadata that approved it stay, so that it can be finished.
             tracing::warn!(
@@ -929,15 +953,39 @@ impl Agent {
             self.save().map_err(io)?;
             return Ok(ResultCode::AlreadyProcessed);
         }
-        if self.state.pending.is_none() {
-            self.state.pending = Some(next);
-            self.state.install_starts = 0;
-            self.state.install_start_boot = None;
-            self.receiving = None;
-            self.discard_transfer();
+        match self.state.pending.take() {
+            // The same image: its transfer and any write of it go on, under the id this bundle
+            // names and the digests listed now.
+            Some(current) => {
+                if current.correlation_id != next.correlation_id {
+                    self.rename_written(&current.correlation_id, &next.correlation_id);
+                }
+                self.state.pending = Some(next);
+            }
+            None => {
+                self.state.pending = Some(next);
+                self.state.install_starts = 0;
+                self.state.install_start_boot = None;
+                self.receiving = None;
+                self.discard_transfer();
+            }
         }
         self.save().map_err(io)?;
         Ok(ResultCode::Ok)
+    }
+
+    /// The "written, activate to boot it" result of the update called `old`, kept under its
+    /// new name `new`: the Primary asks by the name it sends.
+    fn rename_written(&mut self, old: &str, new: &str) {
+        if self
+            .state
+            .results
+            .get(old)
+            .is_some_and(|r| r.code == ResultCode::NeedCompletion as i32)
+            && let Some(written) = self.state.results.remove(old)
+        {
+            self.state.results.insert(new.to_string(), written);
+        }
     }
 
     /// Why a pending update can no longer be abandoned, if it cannot: a trial under way (it
@@ -950,12 +998,25 @@ impl Agent {
             return Ok(None);
         }
         let env = self.device.env()?;
+        let slot = env.slots.get(&AbDevice::inactive(&env));
+        // It can be finished only with its image at hand: being written, received whole, or
+        // written. Without (its bank already given up for a replacement that never arrived)
+        // the device stays in recovery until programmed again, as after the loop guard.
+        let finishable = self.installing.is_some()
+            || self.state.transfer_complete
+            || slot.is_some_and(|s| {
+                s.state == SlotState::Pending
+                    && s.image.as_ref().is_some_and(|image| {
+                        self.state
+                            .pending
+                            .as_ref()
+                            .is_some_and(|p| p.is_image(image))
+                    })
+            });
         let only_bank_touched = withdrawn
+            && finishable
             && AbDevice::single_bank(&env)
-            && env
-                .slots
-                .get(&AbDevice::inactive(&env))
-                .is_none_or(|s| s.state != SlotState::Good);
+            && slot.is_none_or(|s| s.state != SlotState::Good);
         Ok(if env.trial.is_some() || self.trial_running.is_some() {
             Some("its trial boot is under way")
         } else if only_bank_touched {

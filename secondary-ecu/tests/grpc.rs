@@ -1006,6 +1006,63 @@ async fn a_trial_under_way_is_finished_before_a_replacement() {
     assert_eq!(ecu.put(&repos).await.code, ResultCode::Ok as i32);
 }
 
+/// The same update named by the other id the Director signed for it (its entry's, or the
+/// targets' own for a Primary speaking protocol version 2) is not a replacement: the image
+/// written under one name is activated under the other.
+#[tokio::test]
+async fn an_update_renamed_keeps_its_written_image() {
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut custom = director_target_custom(SERIAL, HW, 2);
+    custom["correlationId"] = "asg-brake".into();
+    repos.edit_director(
+        |b| {
+            b.remove_target("brake-2.bin")
+                .target("brake-2.bin", IMAGE, Some(custom))
+        },
+        None,
+    );
+    let mut ecu = Ecu::new(&repos, "partial");
+    prepared(&mut ecu, &repos, &[]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    assert_eq!(ecu.install().await.state(), OperationState::Done);
+    let mut bundle = repos.bundle();
+    bundle.correlation_id = "asg-brake".into();
+    let r = ecu
+        .client()
+        .put_metadata(bundle)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.code, ResultCode::Ok as i32, "{r:?}");
+    assert_eq!(ecu.slot("B")["state"], "pending");
+    let kept =
+        |r: tonic::Response<proto::v2::InstallationResult>| r.into_inner().result.map(|r| r.code);
+    let ask = |id: &str| GetInstallationResultRequest {
+        correlation_id: id.into(),
+    };
+    let renamed = ecu.client().get_installation_result(ask("asg-brake")).await;
+    assert_eq!(
+        renamed.map(kept).ok().flatten(),
+        Some(ResultCode::NeedCompletion as i32)
+    );
+    let old = ecu.client().get_installation_result(ask(CORR)).await;
+    assert_eq!(
+        old.map(kept).ok().flatten(),
+        None,
+        "a result left under the old name"
+    );
+    let activated = ecu
+        .client()
+        .activate(ActivateRequest {
+            correlation_id: "asg-brake".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(activated.state(), OperationState::Done, "{activated:?}");
+    assert_eq!(ecu.running().await, "brake-2.bin");
+}
+
 /// An update is named by the correlation id in this ECU's own targets entry (the assignment
 /// it belongs to), not by the targets' vehicle-wide one, which other ECUs' assignments move.
 #[tokio::test]
@@ -1071,6 +1128,28 @@ async fn a_single_bank_withdrawn_while_overwritten_is_finished() {
     ecu.activate().await;
     assert_eq!(ecu.running().await, "brake-2.bin");
     assert_eq!(ecu.result().await, ResultCode::Ok);
+}
+
+/// A single bank given up for a replacement that is then withdrawn before it arrived has
+/// nothing to be finished with: the withdrawal is taken (the device stays in recovery until
+/// programmed again) rather than answered `NEED_COMPLETION` for ever.
+#[tokio::test]
+async fn a_single_bank_replaced_then_withdrawn_is_not_kept_for_ever() {
+    const NEW: &[u8] = &[9u8; 200_000];
+    let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::with_init(&repos, "partial", &["--single-bank"]);
+    prepared(&mut ecu, &repos, &["--fault-power-loss", "write"]).await;
+    assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
+    ecu.install_cut_by_power_loss().await;
+    ecu.start(&[]).await;
+    assert_eq!(ecu.running().await, "");
+    repos.replace("brake-3.bin", NEW, 3);
+    assert_eq!(ecu.put(&repos).await.code, ResultCode::Ok as i32);
+    repos.edit_director(|b| b.remove_target("brake-3.bin"), None);
+    let r = ecu.put(&repos).await;
+    assert_eq!(r.code, ResultCode::NoUpdate as i32, "{r:?}");
+    assert_eq!(ecu.result().await, ResultCode::OperationCancelled);
+    assert_eq!(ecu.running().await, "", "still in recovery");
 }
 
 #[tokio::test]
