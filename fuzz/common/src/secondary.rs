@@ -158,9 +158,23 @@ fn copy_dir(from: &Path, to: &Path) {
         if entry.file_type().expect("file type").is_dir() {
             copy_dir(&entry.path(), &target);
         } else {
-            std::fs::copy(entry.path(), &target).expect("template file copies");
+            copy_file(&entry.path(), &target);
         }
     }
+}
+
+/// `std::fs::copy`, again when a signal interrupts it: libFuzzer's timeout timer signals the
+/// process every second, and a copy it interrupts fails with `EINTR` (a crash of this harness,
+/// not of the code under test, found by the fourth long run; docs/FUZZING.md).
+fn copy_file(from: &Path, to: &Path) {
+    for _ in 0..100 {
+        match std::fs::copy(from, to) {
+            Ok(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("template file copies: {e}"),
+        }
+    }
+    panic!("copying a template file was interrupted 100 times in a row");
 }
 
 /// The settings of the fuzzed ECU: small chunks, each made durable.
