@@ -100,7 +100,14 @@ try {
   // the text it is, and nothing in it runs.
   const markup = env("MARKUP");
   await page.goto(url + "/ui#/vehicle/" + encodeURIComponent(env("MARKUP_VIN")), { timeout: LIMIT });
-  await page.waitForSelector("text=Attributes", { timeout: LIMIT });
+  // Only the hash changes, so the previous vehicle's page (which has "Attributes" too) stays
+  // until the new one is drawn: wait for the attribute's cell itself (never there if the
+  // markup were made into elements).
+  await page.waitForFunction(
+    (text) => [...document.querySelectorAll("main table tbody td")].some((td) => td.textContent === text),
+    markup,
+    { timeout: LIMIT },
+  );
   const cells = await page.$$eval("main table tbody td", (tds) => tds.map((td) => td.textContent));
   expect(cells.includes(markup), `the attribute shown as text: ${cells}`);
   expect((await page.$$("main img")).length === 0, "no element made from the attribute");
