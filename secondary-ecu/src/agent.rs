@@ -15,7 +15,7 @@ use service_runtime::digest::{DigestThreadError, FeedError, ThreadedDigests};
 use service_runtime::tls::{Fingerprint, Identity as TlsIdentity};
 use uptane_core::crypto::SigningKey;
 use uptane_core::error::AttackKind;
-use uptane_core::hash::DigestError;
+use uptane_core::hash::{DigestError, Hashes};
 use uptane_core::ids::{EcuSerial, HardwareId, Vin};
 use uptane_core::manifest::{
     DetectedAttack, ECU_REPORT_TYPE, EcuVersionReport, InstallResult, InstalledImage, LastInstall,
@@ -141,7 +141,7 @@ struct Pending {
     /// replace the update. (Empty in state written before they were kept: such a record is
     /// taken at its name, length and release counter, and gets them from the next metadata.)
     #[serde(default)]
-    hashes: uptane_core::hash::Hashes,
+    hashes: Hashes,
 }
 
 impl Pending {
@@ -157,21 +157,29 @@ impl Pending {
 
     /// Whether `image` is the one this update installs (whatever the update is called).
     fn is_image(&self, image: &InstalledImage) -> bool {
-        image.release_counter == self.release_counter
-            && if self.hashes.is_empty() {
-                image.filename == self.filename && image.length == self.length
-            } else {
-                image.is(&self.filename, self.length, &self.hashes)
-            }
+        self.installs(
+            &image.filename,
+            image.length,
+            &image.hashes,
+            image.release_counter,
+        )
     }
 
-    fn image(&self) -> InstalledImage {
-        InstalledImage {
-            filename: self.filename.clone(),
-            length: self.length,
-            hashes: self.hashes.clone(),
-            release_counter: self.release_counter,
-        }
+    /// Whether `next` installs the same image as this update (whatever either is called).
+    fn same_image_as(&self, next: &Pending) -> bool {
+        self.installs(
+            &next.filename,
+            next.length,
+            &next.hashes,
+            next.release_counter,
+        )
+    }
+
+    fn installs(&self, filename: &str, length: u64, hashes: &Hashes, release_counter: u64) -> bool {
+        release_counter == self.release_counter
+            && filename == self.filename
+            && length == self.length
+            && (self.hashes.is_empty() || uptane_core::hash::same_digests(&self.hashes, hashes))
     }
 }
 
@@ -890,7 +898,7 @@ impl Agent {
         // image under the other id the Director signed for it (protocol versions 2 and 3) is
         // the same update.
         let replaced = match (&self.state.pending, &next) {
-            (Some(current), Some(next)) => !current.is_image(&next.image()),
+            (Some(current), Some(next)) => !current.same_image_as(next),
             (Some(_), None) => true,
             (None, _) => false,
         };

@@ -726,6 +726,20 @@ impl Repos {
             None,
         );
     }
+
+    /// New Director targets whose entry for this ECU names its own assignment `id` (protocol
+    /// version 3), unlike the targets' vehicle-wide correlation id.
+    fn with_entry_id(&mut self, id: &str) {
+        let mut custom = director_target_custom(SERIAL, HW, 2);
+        custom["correlationId"] = id.into();
+        self.edit_director(
+            |b| {
+                b.remove_target("brake-2.bin")
+                    .target("brake-2.bin", IMAGE, Some(custom))
+            },
+            None,
+        );
+    }
 }
 
 impl Ecu {
@@ -1012,15 +1026,7 @@ async fn a_trial_under_way_is_finished_before_a_replacement() {
 #[tokio::test]
 async fn an_update_renamed_keeps_its_written_image() {
     let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
-    let mut custom = director_target_custom(SERIAL, HW, 2);
-    custom["correlationId"] = "asg-brake".into();
-    repos.edit_director(
-        |b| {
-            b.remove_target("brake-2.bin")
-                .target("brake-2.bin", IMAGE, Some(custom))
-        },
-        None,
-    );
+    repos.with_entry_id("asg-brake");
     let mut ecu = Ecu::new(&repos, "partial");
     prepared(&mut ecu, &repos, &[]).await;
     assert!(ecu.upload(IMAGE, 0).await.unwrap().complete);
@@ -1068,15 +1074,7 @@ async fn an_update_renamed_keeps_its_written_image() {
 #[tokio::test]
 async fn an_update_is_named_by_its_own_targets_entry() {
     let mut repos = Repos::new("brake-2.bin", IMAGE, 2);
-    let mut custom = director_target_custom(SERIAL, HW, 2);
-    custom["correlationId"] = "asg-brake".into();
-    repos.edit_director(
-        |b| {
-            b.remove_target("brake-2.bin")
-                .target("brake-2.bin", IMAGE, Some(custom))
-        },
-        None,
-    );
+    repos.with_entry_id("asg-brake");
     let mut ecu = Ecu::new(&repos, "partial");
     ecu.start(&[]).await;
     let mut put = async |id: &str| {

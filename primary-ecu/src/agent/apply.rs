@@ -25,10 +25,6 @@ use proto::v2::ResultCode;
 /// An approved image one ECU still needs, with where to download it.
 type Work = Vec<(ApprovedImage, String)>;
 
-fn same_image(installed: &InstalledImage, image: &ApprovedImage) -> bool {
-    installed.is(image.filename(), image.length(), image.hashes())
-}
-
 fn new_update(correlation_id: &str, image: &ApprovedImage) -> EcuUpdate {
     EcuUpdate {
         correlation_id: correlation_id.to_string(),
@@ -90,7 +86,7 @@ impl<P: Ports> Primary<P> {
                 .clone();
             if self
                 .running_image(&serial)
-                .is_some_and(|r| same_image(r, image))
+                .is_some_and(|r| r.is(image.filename(), image.length(), image.hashes()))
             {
                 self.set_phase(&serial, Phase::Installed, "running");
                 continue;
