@@ -9,7 +9,7 @@ use chrono::Duration;
 use serde_json::json;
 use uptane_core::hash::sha256_hex;
 use uptane_core::sign::{RootBuilder, SnapshotBuilder, TargetsBuilder, TimestampBuilder, describe};
-use uptane_core::time::{UtcTime, format_expires, parse_expires};
+use uptane_core::time::{UtcTime, format_expires, from_unix_seconds, parse_expires};
 use uptane_core::uptane::{director_target_custom, director_targets_custom, with_signing_time};
 
 use super::events::NewEvent;
@@ -96,6 +96,17 @@ pub struct SignedMetadata {
     included: String,
     /// The root version whose keys signed it.
     pub root_version: u64,
+}
+
+impl SignedMetadata {
+    /// Its timestamp as it reads once stored (the expiry to the second, as signed).
+    pub fn timestamp(&self) -> StoredTimestamp {
+        StoredTimestamp {
+            bytes: self.timestamp.clone(),
+            expires: from_unix_seconds(self.expires.timestamp()).unwrap_or(UtcTime::MIN_UTC),
+            root_version: self.root_version,
+        }
+    }
 }
 
 /// The metadata vehicle `vin` should be served if what is stored is not current (see

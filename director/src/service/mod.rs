@@ -773,13 +773,16 @@ impl DirectorService {
             return Ok(cached.bytes.clone());
         }
         let ticket = self.inner.cache.ticket(&vin);
-        self.refresh_metadata(&vin).await?;
-        let reading = vin.clone();
-        let stored = self
-            .inner
-            .db
-            .read(move |conn| metadata::stored_timestamp(conn, reading.as_str()))
-            .await?;
+        let stored = match self.refresh_metadata(&vin).await? {
+            Some(stored) => stored,
+            None => {
+                let reading = vin.clone();
+                self.inner
+                    .db
+                    .read(move |conn| metadata::stored_timestamp(conn, reading.as_str()))
+                    .await?
+            }
+        };
         let bytes = bytes::Bytes::from(stored.bytes);
         self.inner.cache.keep_timestamp(
             &vin,
@@ -795,7 +798,12 @@ impl DirectorService {
 
     /// Re-signs vehicle `vin`'s metadata if it is not current: checked and signed on a read
     /// connection, stored by the writer only if no other request stored a version first.
-    async fn refresh_metadata(&self, vin: &Vin) -> Result<(), DirectorError> {
+    /// Returns the timestamp this request signed and stored, if it did (then nothing needs
+    /// reading back); `None` when what is stored was current or was signed elsewhere.
+    async fn refresh_metadata(
+        &self,
+        vin: &Vin,
+    ) -> Result<Option<metadata::StoredTimestamp>, DirectorError> {
         let (keys, policy, now) = (Arc::clone(&self.inner.keys), self.inner.policy, now());
         let signing = vin.clone();
         let signed = self
@@ -807,7 +815,7 @@ impl DirectorService {
             })
             .await?;
         let Some(signed) = signed else {
-            return Ok(());
+            return Ok(None);
         };
         let (keys, vin) = (Arc::clone(&self.inner.keys), vin.clone());
         self.inner
@@ -816,12 +824,13 @@ impl DirectorService {
                 let active = keys.current(conn)?;
                 // Signed under a root that is no longer the newest (a rotation in between), or
                 // another request stored a version first: checked and signed again here.
-                if signed.root_version != active.root_version
-                    || !metadata::store_vehicle_metadata(conn, &signed)?
+                if signed.root_version == active.root_version
+                    && metadata::store_vehicle_metadata(conn, &signed)?
                 {
-                    refresh_vehicle_metadata(conn, &active, vin.as_str(), &policy, now)?;
+                    return Ok(Some(signed.timestamp()));
                 }
-                Ok(())
+                refresh_vehicle_metadata(conn, &active, vin.as_str(), &policy, now)?;
+                Ok(None)
             })
             .await
     }
