@@ -22,7 +22,10 @@ use std::process::ExitCode;
 /// Every program of the workspace allocates through mimalloc. Reading a large targets file
 /// and verifying manifests make many small, short-lived allocations; with the system
 /// allocator they were a third of the typed reading of a 10,000-target file (issue 15,
-/// docs/BENCHMARKS.md).
+/// docs/BENCHMARKS.md). The C code linked in (SQLite, aws-lc) allocates through it too
+/// (mimalloc's `override` feature, in the workspace's `Cargo.toml`): glibc handed the
+/// memory of SQLite's savepoint journals back to the system after every Director write,
+/// with a TLB shootdown on the other core each time.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
