@@ -762,8 +762,9 @@ impl DirectorService {
     }
 
     /// Vehicle `vin`'s current `timestamp.json`: from the cache while it is current (signed
-    /// under the newest root, not near expiry, nothing changed since), else re-signed if
-    /// needed and read from the database.
+    /// under the newest root, not near expiry, nothing changed since); else, when this request
+    /// signs and stores new metadata, the timestamp it stored (once committed); else read from
+    /// the database.
     async fn timestamp(&self, vin: Vin) -> Result<bytes::Bytes, DirectorError> {
         let latest_root = self.inner.roots.latest()?;
         if let Some(cached) = self.inner.cache.timestamp(&vin)
