@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -396,6 +396,70 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
+/// The operating system's roots, read at the first handshake that needs them rather than
+/// when a client is built: a client that only talks plaintext (the conformance client and
+/// the tests, with `--insecure`) never reads the system's ~140 certificates, which took
+/// about a millisecond of every refresh the peer bench times. Each check is the platform
+/// verifier's; if the system has no roots, every handshake fails with its error.
+#[derive(Debug)]
+struct SystemRoots {
+    provider: Arc<CryptoProvider>,
+    verifier: OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>>,
+}
+
+impl SystemRoots {
+    fn verifier(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
+        self.verifier
+            .get_or_init(|| rustls_platform_verifier::Verifier::new(Arc::clone(&self.provider)))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl ServerCertVerifier for SystemRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.verifier()?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        // What the platform verifier answers, without reading the roots to answer it.
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Which server a client trusts.
 #[derive(Debug, Clone)]
 pub enum ServerTrust {
@@ -417,10 +481,12 @@ pub fn client_config(
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?;
     let builder = match trust {
-        ServerTrust::System => {
-            use rustls_platform_verifier::BuilderVerifierExt;
-            builder.with_platform_verifier()?
-        }
+        ServerTrust::System => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SystemRoots {
+                provider,
+                verifier: OnceLock::new(),
+            })),
         ServerTrust::Roots(roots) => builder.with_root_certificates(Arc::clone(roots)),
         ServerTrust::Pinned(pinned) => {
             builder
@@ -745,6 +811,24 @@ mod tests {
         let untrusting = client_config(&ServerTrust::Roots(roots(&other)), None).unwrap();
         assert!(get(&address, "127.0.0.1", untrusting).await.is_err());
         assert!(get(&address, "localhost", trusted).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_system_roots_read_at_the_handshake_still_refuse_a_private_ca() {
+        let ca = Ca::generate("private CA").unwrap();
+        let identity = ca.issue_server(&["127.0.0.1"]).unwrap().identity().unwrap();
+        let tls = ServerTls::fixed(server_config(&identity, &ClientAuth::None).unwrap());
+        let address = server(tls).await;
+        let system = client_config(&ServerTrust::System, None).unwrap();
+        // Twice: the second handshake uses the roots the first one read.
+        for _ in 0..2 {
+            let error = get(&address, "127.0.0.1", system.clone())
+                .await
+                .unwrap_err();
+            // "invalid peer certificate: UnknownIssuer", or, on a machine without roots,
+            // "No CA certificates were loaded from the system".
+            assert!(error.to_string().contains("certificate"), "{error}");
+        }
     }
 
     #[tokio::test]
