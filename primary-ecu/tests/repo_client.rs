@@ -140,6 +140,69 @@ async fn refused_metadata_is_not_persisted() {
     );
 }
 
+/// The `.partial` files a refresh left in `dir` (written while checked, never renamed).
+fn partial_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".partial"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_large_file_written_while_checked_is_kept_only_if_admitted() {
+    let mut repo = RepoFixture::new();
+    for i in 0..400 {
+        repo.add_target(&format!("file-{i:04}.bin"), i.to_string().as_bytes(), None);
+    }
+    repo.publish();
+    let (server, base) = Server::start().await;
+    server.publish(&repo);
+    let dir = pinned(&repo);
+    updater(&base, dir.path()).unwrap().refresh().await.unwrap();
+    let kept = std::fs::read(dir.path().join("targets.json")).unwrap();
+    assert!(
+        kept.len() >= 64 << 10,
+        "{} bytes: too small to be written while it is checked",
+        kept.len()
+    );
+    assert_eq!(kept, repo.targets_files["targets"]);
+    assert!(partial_files(dir.path()).is_empty());
+
+    // The next version, altered on the way: refused (its hash is not the snapshot's), and
+    // neither the kept file nor a stray copy of the altered bytes is left changed on disk.
+    repo.add_target("new.bin", b"new", None);
+    repo.publish();
+    server.publish(&repo);
+    let path = format!("/metadata/{}.targets.json", repo.targets.common.version);
+    let mut altered = repo.targets_files["targets"].clone();
+    let at = altered.len() / 2;
+    altered[at] ^= 1;
+    server.put(&path, Reply::Body(altered));
+    let err = updater(&base, dir.path())
+        .unwrap()
+        .refresh()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ClientError::Update { source, .. } if matches!(**source, UpdateError::DigestMismatch { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("targets.json")).unwrap(),
+        kept
+    );
+    assert!(partial_files(dir.path()).is_empty());
+    // The timestamp and snapshot admitted before the refusal are kept.
+    assert_eq!(
+        std::fs::read(dir.path().join("snapshot.json")).unwrap(),
+        repo.snapshot
+    );
+}
+
 /// Refreshes from a pinned `repo` whose server answers `timestamp.json` with endless bytes;
 /// the client's directory and the refresh's error.
 async fn refresh_with_endless_timestamp(repo: &RepoFixture) -> (tempfile::TempDir, ClientError) {

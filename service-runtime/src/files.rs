@@ -14,19 +14,52 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Writes `bytes` to `path` atomically with permissions `mode`, creating its directory.
 pub fn write_atomic_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = parent_dir(path);
-    std::fs::create_dir_all(&dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".partial")
-        .tempfile_in(&dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(&dir)
+    StagedFile::write(path, bytes, mode)?.rename()?;
+    sync_dir(&parent_dir(path))
+}
+
+/// Bytes written and synced to a temporary file beside the path they are meant for, not yet
+/// under its name: [`write_atomic`] in two halves, so a caller can write while it still
+/// checks the bytes and give them the name only if they pass. Dropped, the temporary file
+/// is removed.
+#[derive(Debug)]
+pub struct StagedFile {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl StagedFile {
+    /// Writes `bytes` (permissions `mode`) to a temporary file in `path`'s directory,
+    /// creating it, and syncs the file.
+    pub fn write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = parent_dir(path);
+        std::fs::create_dir_all(&dir)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .suffix(".partial")
+            .tempfile_in(&dir)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+        tmp.as_file().sync_all()?;
+        Ok(Self {
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path the bytes are meant for.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the synced file over its path. After a crash either the old or the new
+    /// content is there; the new one only for certain once the directory is synced
+    /// ([`sync_dir`]).
+    pub fn rename(self) -> std::io::Result<()> {
+        self.tmp.persist(&self.path).map(drop).map_err(|e| e.error)
+    }
 }
 
 /// Flushes a directory entry change (a rename) to disk.
@@ -80,6 +113,27 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
+    }
+
+    #[test]
+    fn a_staged_file_takes_its_name_only_when_renamed_and_is_gone_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("targets.json");
+        write_atomic(&path, b"old").unwrap();
+        let entries = || std::fs::read_dir(dir.path()).unwrap().count();
+
+        let dropped = StagedFile::write(&path, b"refused", 0o600).unwrap();
+        assert_eq!(entries(), 2, "the staged bytes are on disk beside the path");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        drop(dropped);
+        assert_eq!(entries(), 1, "a dropped staged file is removed");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+
+        let staged = StagedFile::write(&path, b"new", 0o600).unwrap();
+        assert_eq!(staged.path(), path);
+        staged.rename().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(entries(), 1);
     }
 
     #[test]

@@ -341,6 +341,15 @@ impl<Repo> Refresh<Repo> {
     /// metadata was admitted. After an error the refresh is over: [`Self::next`] says
     /// [`Step::Done`] and nothing more is trusted.
     pub fn feed(&mut self, answer: Option<Vec<u8>>) -> Result<Option<Accepted>, UpdateError> {
+        self.feed_shared(answer.map(Arc::from))
+    }
+
+    /// [`Self::feed`] for bytes the caller also holds (to write them while they are
+    /// checked): an admitted file's [`Accepted::bytes`] are these same bytes, not a copy.
+    pub fn feed_shared(
+        &mut self,
+        answer: Option<Arc<[u8]>>,
+    ) -> Result<Option<Accepted>, UpdateError> {
         if self.failed {
             return Err(UpdateError::OutOfOrder("refresh"));
         }
@@ -427,7 +436,7 @@ impl<Repo> Refresh<Repo> {
     }
 
     /// Applies an answer to the pending step.
-    fn take(&mut self, answer: Option<Vec<u8>>) -> Result<Option<Accepted>, UpdateError> {
+    fn take(&mut self, answer: Option<Arc<[u8]>>) -> Result<Option<Accepted>, UpdateError> {
         let step = std::mem::replace(&mut self.step, Step::Done);
         match step {
             Step::Done => Err(UpdateError::OutOfOrder("refresh")),
@@ -446,7 +455,6 @@ impl<Repo> Refresh<Repo> {
                         file: file.file_name(),
                     });
                 };
-                let bytes: Arc<[u8]> = bytes.into();
                 let keep = self.take_fetched(Arc::clone(&bytes))?;
                 Ok(keep.then_some(Accepted { file, bytes }))
             }

@@ -233,8 +233,11 @@ impl Fetcher {
     /// Downloads a whole body of at most `limit` bytes into memory (metadata).
     pub async fn fetch_bounded(&self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
         let response = self.get(url, 0).await?;
+        // The announced length, once `body` has checked it against the limit: a 3 MB targets
+        // file is then received without growing (and copying) its buffer a dozen times.
+        let announced = response.content_length().unwrap_or(0);
         let mut body = self.body(url, response, limit)?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
         while let Some(chunk) = body.next().await? {
             out.extend_from_slice(&chunk);
         }

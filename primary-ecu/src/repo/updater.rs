@@ -2,6 +2,7 @@
 //! for `uptane_core::refresh::Refresh`, and verified target downloads.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use uptane_core::error::{AttackKind, UpdateError};
 use uptane_core::hash::StreamVerifier;
@@ -16,7 +17,7 @@ use uptane_core::verify::Raw;
 use super::fetch::{FetchError, Fetcher};
 use crate::ports::RemoteRepository;
 use service_runtime::digest::{DigestThreadError, ThreadedDigests};
-use service_runtime::files::write_atomic;
+use service_runtime::files::{StagedFile, sync_dir, write_atomic};
 
 /// Why a refresh or a target download failed.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +172,31 @@ impl MetadataDir {
         let path = self.path(role);
         write_atomic(&path, bytes).map_err(|source| ClientError::Io { path, source })
     }
+
+    /// Writes and syncs `bytes` beside `role`'s file, not yet under its name: see
+    /// [`Updater`]'s drive.
+    fn stage(&self, role: &str, bytes: &[u8]) -> Result<StagedFile, ClientError> {
+        let path = self.path(role);
+        StagedFile::write(&path, bytes, 0o600).map_err(|source| ClientError::Io { path, source })
+    }
+
+    /// Flushes the renames of [`Self::stage`]d files.
+    fn sync(&self) -> Result<(), ClientError> {
+        sync_dir(&self.dir).map_err(|source| ClientError::Io {
+            path: self.dir.clone(),
+            source,
+        })
+    }
 }
+
+/// A fetched file at least this large is written and synced while it is checked, and renamed
+/// into place if admitted: for a 10,000-target file (2.6 MB) the sync took about 3 ms of the
+/// refresh after the check, and hides behind the check's 8 ms. Smaller files are written
+/// only once admitted, so an unchanged timestamp costs no disk write.
+const STAGE_WHILE_CHECKING: usize = 64 << 10;
+
+/// A write of a fetched file that runs while the file is checked.
+type Staging = tokio::task::JoinHandle<Result<StagedFile, ClientError>>;
 
 fn base_url(url: &str) -> String {
     if url.ends_with('/') {
@@ -228,28 +253,79 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
         self.refresh.trusted()
     }
 
-    /// Does the I/O the refresh asks for until it has nothing more to ask.
+    /// Does the I/O the refresh asks for until it has nothing more to ask. Admitted files
+    /// other than roots are renamed into place as they are admitted and the directory is
+    /// synced once, when the refresh stops, whether it succeeded or not (roots are synced
+    /// one by one: their chain is kept in order). A crash before that sync can only leave an
+    /// older admitted file in place, which the next refresh reads as kept metadata and
+    /// replaces or forgets (TUF §5.4–5.6).
     async fn drive(&mut self) -> Result<(), ClientError> {
+        let mut renamed = false;
+        let driven = self.drive_renaming(&mut renamed).await;
+        if renamed {
+            let synced = self.dir.sync();
+            driven?;
+            return synced;
+        }
+        driven
+    }
+
+    async fn drive_renaming(&mut self, renamed: &mut bool) -> Result<(), ClientError> {
         loop {
-            let (file, answer) = match self.refresh.next() {
+            let (file, answer, staging) = match self.refresh.next() {
                 Step::ReadKept(file) => {
-                    let kept = self.dir.load(file.role());
-                    (file, kept)
+                    let kept = self.dir.load(file.role()).map(Arc::from);
+                    (file, kept, None)
                 }
                 Step::Fetch { file, max_len } => {
-                    let fetched = self.remote.metadata(&file, max_len).await?;
-                    (file, fetched)
+                    let fetched: Option<Arc<[u8]>> =
+                        self.remote.metadata(&file, max_len).await?.map(Arc::from);
+                    let staging = fetched
+                        .as_ref()
+                        .filter(|bytes| bytes.len() >= STAGE_WHILE_CHECKING)
+                        .filter(|_| file.role() != "root")
+                        .map(|bytes| self.stage(file.role(), Arc::clone(bytes)));
+                    (file, fetched, staging)
                 }
                 Step::Done => return Ok(()),
             };
-            let accepted = self
-                .refresh
-                .feed(answer)
-                .map_err(update_err(&file.file_name()))?;
-            if let Some(accepted) = accepted {
-                self.dir.keep(&accepted)?;
-            }
+            let fed = self.refresh.feed_shared(answer);
+            // The write ran beside the check. It is waited for either way, so that refused
+            // bytes are gone from the disk (the staged file dropped) when this returns.
+            let staged = match staging {
+                Some(staging) => Some(staging.await.unwrap_or_else(|e| {
+                    Err(ClientError::Io {
+                        path: self.dir.path(file.role()),
+                        source: std::io::Error::other(e),
+                    })
+                })),
+                None => None,
+            };
+            let Some(accepted) = fed.map_err(update_err(&file.file_name()))? else {
+                continue;
+            };
+            // `accepted.bytes` are the bytes fed, so a staged file holds exactly them.
+            let staged = match staged {
+                Some(staged) => staged?,
+                None if accepted.file.role() == "root" => {
+                    self.dir.keep(&accepted)?;
+                    continue;
+                }
+                None => self.dir.stage(accepted.file.role(), &accepted.bytes)?,
+            };
+            let path = staged.path().to_path_buf();
+            staged
+                .rename()
+                .map_err(|source| ClientError::Io { path, source })?;
+            *renamed = true;
         }
+    }
+
+    /// Starts writing `bytes` for `role` on a blocking thread.
+    fn stage(&self, role: &str, bytes: Arc<[u8]>) -> Staging {
+        let dir = self.dir.clone();
+        let role = role.to_string();
+        tokio::task::spawn_blocking(move || dir.stage(&role, &bytes))
     }
 
     /// Root, timestamp, snapshot and top-level targets, in that order (TUF §5.3–5.6).
