@@ -28,9 +28,14 @@ pub fn sign_value(signed: &Value, keys: &[&SigningKey]) -> Result<Vec<u8>, Canon
 
 /// Signs any serializable role value.
 ///
-/// The value is written once as compact JSON text, canonicalized from that text, and the
-/// text itself becomes `signed` in the envelope: no intermediate `serde_json::Value`, which
-/// matters for targets files with 100,000 entries.
+/// The value is written once as compact JSON text and canonicalized from that text: no
+/// intermediate `serde_json::Value`, which matters for targets files with 100,000 entries.
+/// The canonical form itself becomes `signed` in the envelope whenever it is valid JSON (it
+/// is, unless a string holds a control character, which canonical JSON writes raw and JSON
+/// must escape; then the compact text is written). A verifier canonicalizes what it reads
+/// before checking a signature, and text already in canonical form is copied straight
+/// through: reading a 10,000-target file in field order instead re-sorted every target
+/// entry, twice the canonicalizing time (issue 15).
 pub fn sign<T: Serialize>(signed: &T, keys: &[&SigningKey]) -> Result<Vec<u8>, CanonicalError> {
     let text = serde_json::to_vec(signed).map_err(|e| CanonicalError::NotJson(e.to_string()))?;
     let canonical = cjson::canonicalize_json_text(&text)?;
@@ -40,11 +45,16 @@ pub fn sign<T: Serialize>(signed: &T, keys: &[&SigningKey]) -> Result<Vec<u8>, C
         .collect();
     let signatures =
         serde_json::to_vec(&signatures).map_err(|e| CanonicalError::NotJson(e.to_string()))?;
-    let mut envelope = Vec::with_capacity(text.len() + signatures.len() + 32);
+    let written = if canonical.iter().any(|&b| b < 0x20) {
+        &text
+    } else {
+        &canonical
+    };
+    let mut envelope = Vec::with_capacity(written.len() + signatures.len() + 32);
     envelope.extend_from_slice(b"{\"signatures\":");
     envelope.extend_from_slice(&signatures);
     envelope.extend_from_slice(b",\"signed\":");
-    envelope.extend_from_slice(&text);
+    envelope.extend_from_slice(written);
     envelope.push(b'}');
     Ok(envelope)
 }
@@ -330,5 +340,71 @@ pub fn delegated_role(
         paths: Some(paths.iter().map(|p| p.to_string()).collect()),
         path_hash_prefixes: None,
         hardware_ids: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{key, now};
+    use crate::verify::{Raw, verify_role};
+
+    /// The `signed` text of an envelope, as written.
+    fn signed_text(envelope: &[u8]) -> Vec<u8> {
+        #[derive(serde::Deserialize)]
+        struct Envelope<'a> {
+            #[serde(borrow)]
+            signed: &'a serde_json::value::RawValue,
+        }
+        let envelope: Envelope<'_> = serde_json::from_slice(envelope).unwrap();
+        envelope.signed.get().as_bytes().to_vec()
+    }
+
+    fn verifies(bytes: Vec<u8>, by: &SigningKey) -> Targets {
+        let keys = BTreeMap::from([(by.key_id(), by.public_key().clone())]);
+        let authorized = RoleKeys {
+            keyids: vec![by.key_id()],
+            threshold: 1,
+        };
+        let verified =
+            verify_role(&Raw::<Targets>::new(bytes), "targets", &keys, &authorized).unwrap();
+        (*verified).clone()
+    }
+
+    #[test]
+    fn what_is_signed_is_written_in_canonical_form() {
+        let k = key(1);
+        let bytes = TargetsBuilder::new(3, now())
+            .target("b.bin", b"b", Some(serde_json::json!({"z": 1, "a": "é/"})))
+            .target("a.bin", b"a", None)
+            .sign(&[&k])
+            .unwrap();
+        let text = signed_text(&bytes);
+        // Field order would put "_type", "spec_version", "version" first, and "length"
+        // before "hashes": written sorted, the text is its own canonical form.
+        assert_eq!(cjson::canonicalize_json_text(&text).unwrap(), text);
+        assert!(text.starts_with(br#"{"_type":"targets","expires":"#));
+        let read = verifies(bytes, &k);
+        assert_eq!(read.common.version, 3);
+        assert_eq!(read.targets.len(), 2);
+    }
+
+    #[test]
+    fn a_control_character_is_written_escaped_and_still_verifies() {
+        let k = key(1);
+        let bytes = TargetsBuilder::new(1, now())
+            .target(
+                "a.bin",
+                b"a",
+                Some(serde_json::json!({"note": "line\nbreak"})),
+            )
+            .sign(&[&k])
+            .unwrap();
+        // Canonical JSON writes the newline raw, which JSON forbids: the text keeps it
+        // escaped, and the signature (over the canonical form) still verifies.
+        assert!(!bytes.contains(&b'\n'));
+        let read = verifies(bytes, &k);
+        let custom = read.targets["a.bin"].custom.as_ref().unwrap();
+        assert_eq!(custom.value()["note"], "line\nbreak");
     }
 }
