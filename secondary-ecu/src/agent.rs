@@ -25,9 +25,9 @@ use uptane_core::uptane::{ApprovedImage, EcuIdentity, PendingImage, UptaneError,
 
 use crate::ab::{AbDevice, BootOutcome, SlotState};
 pub use crate::ab::{Faults, Phase};
-use crate::durable::BackgroundSync;
 use crate::files;
 use crate::verify::{self, Ecu};
+use service_runtime::durable::BackgroundSync;
 
 /// How this ECU verifies metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

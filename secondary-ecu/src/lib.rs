@@ -9,7 +9,6 @@
 
 pub mod ab;
 pub mod agent;
-pub mod durable;
 pub mod files;
 pub mod rpc;
 pub mod verify;

@@ -10,6 +10,7 @@ use crate::speed::{MinSpeed, SpeedMonitor};
 
 use futures_util::{FutureExt, StreamExt};
 use service_runtime::digest::{Batch, Batcher, ThreadedDigests};
+use service_runtime::durable::BackgroundSync;
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
@@ -366,17 +367,31 @@ impl Body<'_> {
 }
 
 /// Writes batches to a file on a blocking thread, one batch in flight: the disk works while
-/// the next batch arrives from the network, and no chunk is copied on its way.
+/// the next batch arrives from the network, and no chunk is copied on its way. Every
+/// [`SYNC_BEHIND`] bytes the file is also synced on a thread of its own, so the sync that
+/// makes it durable at the end has little left to write: without it, a 512 MiB image sat
+/// dirty in memory until that sync, which then took a quarter of the download's time.
 struct BatchWriter {
     file: Option<std::fs::File>,
     in_flight: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>>,
+    /// Bytes handed to the file by this writer.
+    written: u64,
+    /// Where the last sync behind started.
+    sync_started_at: u64,
+    syncing: Option<BackgroundSync>,
 }
+
+/// How far the bytes written may run ahead of the last sync started behind them.
+const SYNC_BEHIND: u64 = 8 << 20;
 
 impl BatchWriter {
     fn new(file: &std::fs::File) -> std::io::Result<Self> {
         Ok(Self {
             file: Some(file.try_clone()?),
             in_flight: None,
+            written: 0,
+            sync_started_at: 0,
+            syncing: None,
         })
     }
 
@@ -386,14 +401,28 @@ impl BatchWriter {
             self.file = Some(file);
             written?;
         }
-        self.file
+        let file = self
+            .file
             .take()
-            .ok_or_else(|| std::io::Error::other("an earlier write failed"))
+            .ok_or_else(|| std::io::Error::other("an earlier write failed"))?;
+        // A finished sync behind is collected (its failure is this write's); the next starts
+        // once enough has been written since the last one, never two at once.
+        if let Some(syncing) = &self.syncing
+            && syncing.poll()?.is_some()
+        {
+            self.syncing = None;
+        }
+        if self.syncing.is_none() && self.written - self.sync_started_at >= SYNC_BEHIND {
+            self.syncing = Some(BackgroundSync::start(&file, self.written)?);
+            self.sync_started_at = self.written;
+        }
+        Ok(file)
     }
 
     async fn write(&mut self, batch: Batch) -> std::io::Result<()> {
         use std::io::Write;
         let mut file = self.settle().await?;
+        self.written += batch.len() as u64;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let written = batch
                 .chunks()
@@ -407,8 +436,42 @@ impl BatchWriter {
     /// Waits for the last write and makes the file durable.
     async fn finish(mut self) -> std::io::Result<()> {
         let file = self.settle().await?;
-        tokio::task::spawn_blocking(move || file.sync_all())
-            .await
-            .map_err(std::io::Error::other)?
+        let syncing = self.syncing.take();
+        tokio::task::spawn_blocking(move || {
+            if let Some(syncing) = syncing {
+                syncing.wait()?;
+            }
+            file.sync_all()
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_synced_behind_its_writes_holds_every_batch_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut writer = BatchWriter::new(&file).unwrap();
+        // Five batches of 3 MiB: syncs behind start after the third and again later.
+        let mut expected = Vec::new();
+        for i in 0..5u8 {
+            let chunk = bytes::Bytes::from(vec![i; 3 << 20]);
+            expected.extend_from_slice(&chunk);
+            let mut batcher = Batcher::default();
+            let batch = batcher.push(chunk).unwrap_or_else(|| batcher.take());
+            writer.write(batch).await.unwrap();
+        }
+        assert!(
+            writer.written > SYNC_BEHIND,
+            "the test must pass the interval"
+        );
+        writer.finish().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
     }
 }

@@ -1,11 +1,12 @@
-//! Making received bytes durable without stopping the receive path (issue 15): the staging
-//! file is synced on a thread of its own while the next chunks are hashed and written, and
-//! the offset it covers is recorded only once the sync has finished, so what the Secondary
-//! reports as durable always is.
+//! Making received bytes durable without stopping the receive path (issue 15): a file being
+//! received (the Secondary's staging file, the Primary's download) is synced on a thread of
+//! its own while the next chunks are hashed and written, so the sync at the end finds little
+//! left to write; the offset a sync covers is known only once it has finished, so what the
+//! Secondary reports as durable always is.
 
 use std::sync::mpsc::{self, TryRecvError};
 
-/// An fsync of the staging file, up to an offset, in flight on a thread of its own.
+/// An fsync of a file being received, up to an offset, in flight on a thread of its own.
 #[derive(Debug)]
 pub struct BackgroundSync {
     offset: u64,
