@@ -400,19 +400,25 @@ impl ServerCertVerifier for PinnedServer {
 /// when a client is built: a client that only talks plaintext (the conformance client and
 /// the tests, with `--insecure`) never reads the system's ~140 certificates, which took
 /// about a millisecond of every refresh the peer bench times. Each check is the platform
-/// verifier's; if the system has no roots, every handshake fails with its error.
+/// verifier's. If the system has no roots, the handshake fails with its error (logged) and
+/// the next handshake reads the system's certificates again, so roots installed later are
+/// found without a restart.
 #[derive(Debug)]
 struct SystemRoots {
     provider: Arc<CryptoProvider>,
-    verifier: OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>>,
+    verifier: OnceLock<rustls_platform_verifier::Verifier>,
 }
 
 impl SystemRoots {
     fn verifier(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
-        self.verifier
-            .get_or_init(|| rustls_platform_verifier::Verifier::new(Arc::clone(&self.provider)))
-            .as_ref()
-            .map_err(Clone::clone)
+        if let Some(verifier) = self.verifier.get() {
+            return Ok(verifier);
+        }
+        let built = rustls_platform_verifier::Verifier::new(Arc::clone(&self.provider))
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "reading the operating system's CA certificates"),
+            )?;
+        Ok(self.verifier.get_or_init(|| built))
     }
 }
 

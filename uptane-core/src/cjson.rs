@@ -394,7 +394,9 @@ impl TextReader<'_> {
 fn plain_run(bytes: &[u8]) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    // A byte of `x` is zero, or below `n` (n <= 0x80), iff its high bit is set here.
+    // Whole-word tests, exact as such: the result is non-zero iff some byte of `x` is zero, or
+    // below `n` (n <= 0x80). Which bits are set says nothing reliable about which byte (a
+    // borrow can mark the bytes above the first match), so only zero or not is used.
     let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
     let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
     let mut at = 0;
@@ -538,6 +540,11 @@ mod tests {
     fn text_path_refuses_what_the_value_path_could_read_differently() {
         for bad in [
             &br#"{"a":1,"a":2}"#[..],
+            // The same key written plain and escaped, in both orders, and at the end of an
+            // object whose other keys are sorted.
+            br#"{"a":1,"\u0061":2}"#,
+            br#"{"\u0061":1,"a":2}"#,
+            br#"{"0":0,"b\"":1,"b\u0022":2}"#,
             b"1.0",
             b"1e3",
             b"-0",

@@ -60,7 +60,7 @@ use std::sync::Arc;
 
 use crate::error::UpdateError;
 use crate::ids::HardwareId;
-use crate::metadata::{Root, Targets, metadata_file_name};
+use crate::metadata::{MetaFile, Root, Targets, metadata_file_name};
 use crate::time::UtcTime;
 use crate::trusted::{
     Director, Freshness, Limits, Published, SearchStep, TargetSearch, TimestampUpdate, TrustedSet,
@@ -361,6 +361,22 @@ impl<Repo> Refresh<Repo> {
             self.failed = true;
         }
         result
+    }
+
+    /// How the trusted metadata describes the file the last [`Step::Fetch`] asks for: the
+    /// length and hashes its referrer lists (the timestamp for the snapshot, the snapshot for
+    /// a targets role), or `None` for a root or the timestamp, which nothing describes. An
+    /// I/O layer may use it to decide early whether bytes are worth writing to disk; what the
+    /// refresh admits is decided by [`Self::feed`], which checks the same listing itself.
+    pub fn listed(&self) -> Option<&MetaFile> {
+        let Step::Fetch { file, .. } = &self.step else {
+            return None;
+        };
+        match file.role() {
+            "root" | "timestamp" => None,
+            "snapshot" => self.set.snapshot_meta().ok(),
+            role => self.set.targets_meta(role).ok(),
+        }
     }
 
     /// Drives the refresh until [`Step::Done`] over a synchronous `source`.

@@ -395,7 +395,7 @@ impl<Repo> TrustedSet<Repo> {
         Ok(timestamp)
     }
 
-    fn snapshot_meta(&self) -> Result<&MetaFile, UpdateError> {
+    pub(crate) fn snapshot_meta(&self) -> Result<&MetaFile, UpdateError> {
         self.final_timestamp()?
             .snapshot_meta()
             .ok_or(UpdateError::OutOfOrder("snapshot"))
@@ -503,7 +503,7 @@ impl<Repo> TrustedSet<Repo> {
         Ok(snapshot)
     }
 
-    fn targets_meta(&self, role: &str) -> Result<&MetaFile, UpdateError> {
+    pub(crate) fn targets_meta(&self, role: &str) -> Result<&MetaFile, UpdateError> {
         self.final_snapshot()?
             .meta
             .get(&format!("{role}.json"))

@@ -401,27 +401,30 @@ impl BatchWriter {
             self.file = Some(file);
             written?;
         }
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| std::io::Error::other("an earlier write failed"))?;
-        // A finished sync behind is collected (its failure is this write's); the next starts
-        // once enough has been written since the last one, never two at once.
+        // A finished sync behind is collected: its failure is this write's.
         if let Some(syncing) = &self.syncing
             && syncing.poll()?.is_some()
         {
             self.syncing = None;
         }
-        if self.syncing.is_none() && self.written - self.sync_started_at >= SYNC_BEHIND {
-            self.syncing = Some(BackgroundSync::start(&file, self.written)?);
-            self.sync_started_at = self.written;
-        }
-        Ok(file)
+        self.file
+            .take()
+            .ok_or_else(|| std::io::Error::other("an earlier write failed"))
     }
 
     async fn write(&mut self, batch: Batch) -> std::io::Result<()> {
         use std::io::Write;
         let mut file = self.settle().await?;
+        // The next sync behind starts once enough has been written since the last one, never
+        // two at once. One that cannot start (no thread, no descriptor) only costs speed: the
+        // sync at the end still makes everything durable.
+        if self.syncing.is_none() && self.written - self.sync_started_at >= SYNC_BEHIND {
+            match BackgroundSync::start(&file, self.written) {
+                Ok(syncing) => self.syncing = Some(syncing),
+                Err(e) => tracing::warn!(error = %e, "not syncing a download behind its writes"),
+            }
+            self.sync_started_at = self.written;
+        }
         self.written += batch.len() as u64;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let written = batch

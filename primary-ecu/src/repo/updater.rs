@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use uptane_core::error::{AttackKind, UpdateError};
-use uptane_core::hash::StreamVerifier;
+use uptane_core::hash::{StreamVerifier, verify_bytes};
 pub use uptane_core::metadata::quote_role;
-use uptane_core::metadata::{TargetFile, metadata_file_name};
+use uptane_core::metadata::{MetaFile, TargetFile, metadata_file_name};
 pub use uptane_core::refresh::RefreshOutcome;
 use uptane_core::refresh::{Accepted, Refresh, Step};
 use uptane_core::time::UtcTime;
@@ -180,6 +180,25 @@ impl MetadataDir {
         StagedFile::write(&path, bytes, 0o600).map_err(|source| ClientError::Io { path, source })
     }
 
+    /// Removes the temporary files a crash left behind (a write, staged or atomic, stopped
+    /// before its rename): they never held trusted bytes and nothing reads them. Only one
+    /// update uses a directory at a time, so none of them is still being written.
+    fn remove_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".tmp-")
+                && name.ends_with(".partial")
+                && let Err(e) = std::fs::remove_file(entry.path())
+            {
+                tracing::warn!(file = %entry.path().display(), error = %e, "removing a leftover");
+            }
+        }
+    }
+
     /// Flushes the renames of [`Self::stage`]d files.
     fn sync(&self) -> Result<(), ClientError> {
         sync_dir(&self.dir).map_err(|source| ClientError::Io {
@@ -191,12 +210,44 @@ impl MetadataDir {
 
 /// A fetched file at least this large is written and synced while it is checked, and renamed
 /// into place if admitted: for a 10,000-target file (2.6 MB) the sync took about 3 ms of the
-/// refresh after the check, and hides behind the check's 8 ms. Smaller files are written
-/// only once admitted, so an unchanged timestamp costs no disk write.
+/// refresh after the check, and hides behind the check's 8 ms. It is written only once its
+/// length and hashes are those its referrer lists (computed on the writing thread, before
+/// the write), so bytes an attacker substitutes never reach the disk. Smaller files, and
+/// files listed without hashes, are written only once admitted, so an unchanged timestamp
+/// costs no disk write.
 const STAGE_WHILE_CHECKING: usize = 64 << 10;
 
-/// A write of a fetched file that runs while the file is checked.
-type Staging = tokio::task::JoinHandle<Result<StagedFile, ClientError>>;
+/// A write of a fetched file that runs while the file is checked: `None` when the bytes are
+/// not those listed (then nothing was written).
+type Staging = tokio::task::JoinHandle<Result<Option<StagedFile>, ClientError>>;
+
+/// The directory sync owed for admitted files renamed into place: made when the drive loop
+/// stops, or, if the refresh is dropped midway (a Primary stopping mid-cycle), when this is
+/// dropped.
+struct OwedSync<'d> {
+    dir: &'d MetadataDir,
+    owed: bool,
+}
+
+impl OwedSync<'_> {
+    fn settle(mut self) -> Result<(), ClientError> {
+        if std::mem::take(&mut self.owed) {
+            self.dir.sync()
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for OwedSync<'_> {
+    fn drop(&mut self) {
+        if self.owed
+            && let Err(e) = self.dir.sync()
+        {
+            tracing::warn!(error = %e, "syncing the metadata directory of a dropped refresh");
+        }
+    }
+}
 
 fn base_url(url: &str) -> String {
     if url.ends_with('/') {
@@ -231,6 +282,7 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
         })?;
         let refresh =
             Refresh::new(&Raw::new(root), now, limits).map_err(update_err("root.json"))?;
+        dir.remove_leftovers();
         Ok(Self {
             remote,
             dir,
@@ -255,19 +307,22 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
 
     /// Does the I/O the refresh asks for until it has nothing more to ask. Admitted files
     /// other than roots are renamed into place as they are admitted and the directory is
-    /// synced once, when the refresh stops, whether it succeeded or not (roots are synced
-    /// one by one: their chain is kept in order). A crash before that sync can only leave an
-    /// older admitted file in place, which the next refresh reads as kept metadata and
-    /// replaces or forgets (TUF §5.4–5.6).
+    /// synced once, when the refresh stops, whether it succeeded, failed or was dropped
+    /// (roots are synced one by one: their chain is kept in order). A crash before that sync
+    /// can leave any of those renames undone, each file then older than the others: the next
+    /// refresh reads a kept timestamp only as the rollback reference, and a kept snapshot or
+    /// targets file only if it is what the newer metadata lists, else downloads it again
+    /// (TUF §5.4–5.6; `docs/POUF.md`).
     async fn drive(&mut self) -> Result<(), ClientError> {
-        let mut renamed = false;
-        let driven = self.drive_renaming(&mut renamed).await;
-        if renamed {
-            let synced = self.dir.sync();
-            driven?;
-            return synced;
-        }
-        driven
+        let dir = self.dir.clone();
+        let mut owed = OwedSync {
+            dir: &dir,
+            owed: false,
+        };
+        let driven = self.drive_renaming(&mut owed.owed).await;
+        let synced = owed.settle();
+        driven?;
+        synced
     }
 
     async fn drive_renaming(&mut self, renamed: &mut bool) -> Result<(), ClientError> {
@@ -280,11 +335,18 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
                 Step::Fetch { file, max_len } => {
                     let fetched: Option<Arc<[u8]>> =
                         self.remote.metadata(&file, max_len).await?.map(Arc::from);
-                    let staging = fetched
-                        .as_ref()
-                        .filter(|bytes| bytes.len() >= STAGE_WHILE_CHECKING)
-                        .filter(|_| file.role() != "root")
-                        .map(|bytes| self.stage(file.role(), Arc::clone(bytes)));
+                    let listed = self
+                        .refresh
+                        .listed()
+                        .filter(|meta| meta.hashes.as_ref().is_some_and(|h| !h.is_empty()));
+                    let staging = match (&fetched, listed) {
+                        (Some(bytes), Some(listed))
+                            if bytes.len() >= STAGE_WHILE_CHECKING && file.role() != "root" =>
+                        {
+                            Some(self.stage(file.role(), Arc::clone(bytes), listed.clone()))
+                        }
+                        _ => None,
+                    };
                     (file, fetched, staging)
                 }
                 Step::Done => return Ok(()),
@@ -293,20 +355,20 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
             // The write ran beside the check. It is waited for either way, so that refused
             // bytes are gone from the disk (the staged file dropped) when this returns.
             let staged = match staging {
-                Some(staging) => Some(staging.await.unwrap_or_else(|e| {
+                Some(staging) => staging.await.unwrap_or_else(|e| {
                     Err(ClientError::Io {
                         path: self.dir.path(file.role()),
                         source: std::io::Error::other(e),
                     })
-                })),
-                None => None,
+                }),
+                None => Ok(None),
             };
             let Some(accepted) = fed.map_err(update_err(&file.file_name()))? else {
                 continue;
             };
             // `accepted.bytes` are the bytes fed, so a staged file holds exactly them.
-            let staged = match staged {
-                Some(staged) => staged?,
+            let staged = match staged? {
+                Some(staged) => staged,
                 None if accepted.file.role() == "root" => {
                     self.dir.keep(&accepted)?;
                     continue;
@@ -321,11 +383,17 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
         }
     }
 
-    /// Starts writing `bytes` for `role` on a blocking thread.
-    fn stage(&self, role: &str, bytes: Arc<[u8]>) -> Staging {
+    /// Starts writing `bytes` for `role` on a blocking thread, if they are what `listed`
+    /// describes.
+    fn stage(&self, role: &str, bytes: Arc<[u8]>, listed: MetaFile) -> Staging {
         let dir = self.dir.clone();
         let role = role.to_string();
-        tokio::task::spawn_blocking(move || dir.stage(&role, &bytes))
+        tokio::task::spawn_blocking(move || {
+            if verify_bytes(&bytes, listed.length, listed.hashes.as_ref()).is_err() {
+                return Ok(None);
+            }
+            dir.stage(&role, &bytes).map(Some)
+        })
     }
 
     /// Root, timestamp, snapshot and top-level targets, in that order (TUF §5.3–5.6).

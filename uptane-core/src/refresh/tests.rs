@@ -120,6 +120,47 @@ fn asks_in_workflow_order_and_keeps_what_it_admits() {
 }
 
 #[test]
+fn each_fetch_is_described_by_what_its_referrer_lists() {
+    let mut repo = RepoFixture::new();
+    repo.add_target("a.bin", b"a", None);
+    repo.publish();
+    let mut refresh = full(&repo);
+    let mut described = Vec::new();
+    loop {
+        let answer = match refresh.next() {
+            Step::ReadKept(_) => None,
+            Step::Fetch { file, .. } => {
+                described.push((file.role().to_string(), refresh.listed().cloned()));
+                repo.file(&file)
+            }
+            Step::Done => break,
+        };
+        refresh.feed(answer).unwrap();
+    }
+    let timestamp = refresh.trusted().timestamp().unwrap();
+    let snapshot = refresh.trusted().snapshot().unwrap();
+    assert_eq!(
+        described,
+        [
+            ("root".to_string(), None),
+            ("timestamp".to_string(), None),
+            ("snapshot".to_string(), timestamp.snapshot_meta().cloned()),
+            (
+                "targets".to_string(),
+                snapshot.meta.get("targets.json").cloned()
+            ),
+        ]
+    );
+    // Both listings carry the hash a writer can check before it writes.
+    assert!(described[2..].iter().all(|(_, meta)| {
+        meta.as_ref()
+            .and_then(|m| m.hashes.as_ref())
+            .is_some_and(|h| h.contains_key("sha256"))
+    }));
+    assert!(refresh.listed().is_none(), "nothing is asked for once done");
+}
+
+#[test]
 fn a_missing_file_is_a_dropped_request() {
     let repo = RepoFixture::new();
     let mut refresh = full(&repo);
