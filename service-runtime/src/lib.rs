@@ -23,10 +23,11 @@ use std::process::ExitCode;
 /// Every program of the workspace allocates through mimalloc. Reading a large targets file
 /// and verifying manifests make many small, short-lived allocations; with the system
 /// allocator they were a third of the typed reading of a 10,000-target file (issue 15,
-/// docs/BENCHMARKS.md). The C code linked in (SQLite, aws-lc) allocates through it too
-/// (mimalloc's `override` feature, in the workspace's `Cargo.toml`): glibc handed the
-/// memory of SQLite's savepoint journals back to the system after every Director write,
-/// with a TLB shootdown on the other core each time.
+/// docs/BENCHMARKS.md). The C code linked in (SQLite, aws-lc) keeps the C library's
+/// allocator: mimalloc's `override` feature moved it over too (about 15% more manifests per
+/// second), but then glibc frees, during the start-up of a preloaded library such as
+/// libfaketime, memory mimalloc never allocated, and every program crashed at start under
+/// it (2026-12-05; docs/BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
