@@ -331,11 +331,13 @@ type Job = Box<dyn FnOnce(Result<&mut Conn, &NotCommitted>) -> (bool, Completion
 /// The database handle: cheap to clone.
 ///
 /// Every call that may write goes to one writer thread, which runs the calls waiting for it
-/// inside one transaction, each in its own savepoint, and commits them with one fsync (group
-/// commit): a call's result is handed back only after the commit that made it durable, so an
-/// acknowledged manifest survives `kill -9`. A call that fails keeps the writes it chose to
-/// keep (a refusal's security event) as it would on its own connection; one that panics is
-/// rolled back to its savepoint. If the commit fails, every call of the batch gets the error.
+/// inside one transaction and commits them with one fsync (group commit): a call's result is
+/// handed back only after the commit that made it durable, so an acknowledged manifest
+/// survives `kill -9`. A call that fails keeps the writes it chose to keep (a refusal's
+/// security event) as it would on its own connection. On PostgreSQL each call runs in its
+/// own savepoint, to which a failed statement or a panic rolls back; on SQLite a call that
+/// panics rolls back the transaction, and the calls already run in it are told nothing of
+/// theirs was committed. If the commit fails, every call of the batch gets the error.
 /// Pure reads ([`Db::read`]) run on a pool of read-only connections and never wait for the
 /// writer.
 #[derive(Debug, Clone)]
@@ -385,9 +387,34 @@ fn sqlite_writer(conn: rusqlite::Connection) -> Result<Conn, DbError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     keep_plans(&conn)?;
+    keep_c_heap(&conn)?;
     let mut conn = Conn::sqlite(conn);
     migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// Keeps the C library's allocator from handing memory back to the kernel after every
+/// write: once per process, frees one 16 MiB block through SQLite's allocator (the C
+/// library's `malloc`).
+///
+/// glibc gives the top of a thread's heap back (`madvise`, which also interrupts the other
+/// core to flush its TLB) whenever more than its trim threshold, 128 KiB at first, is free
+/// there; the next allocation then faults in fresh zeroed pages. SQLite takes and frees a
+/// 64 KiB journal chunk for each savepoint, so the writer paid that on nearly every
+/// manifest: about 40 µs of its ~360 µs of CPU (`docs/BENCHMARKS.md`). glibc raises the
+/// threshold to twice the largest `mmap`ped block freed (mallopt(3), "M_MMAP_THRESHOLD":
+/// the dynamic threshold), to 32 MiB here; an operator's `GLIBC_TUNABLES` for it turns the
+/// adjustment off and wins. Elsewhere this is one short-lived allocation.
+fn keep_c_heap(conn: &rusqlite::Connection) -> Result<(), DbError> {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DONE.get().is_none() {
+        // A zero blob takes no memory until the concatenation writes it out.
+        let _: i64 = conn.query_row("SELECT length(zeroblob(16777000) || x'00')", [], |r| {
+            r.get(0)
+        })?;
+        let _ = DONE.set(());
+    }
+    Ok(())
 }
 
 /// A read-only connection to the on-disk database at `path`, as the read pool and the root
@@ -710,6 +737,10 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
                 done.push(job(Err(why)).1);
                 continue;
             }
+            if sqlite {
+                failed = run_sqlite_call(&mut conn, job, &mut done);
+                continue;
+            }
             if let Err(e) = conn.run("SAVEPOINT call") {
                 let why = NotCommitted::of(&e);
                 done.push(job(Err(&why)).1);
@@ -717,30 +748,18 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
                 continue;
             }
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(&mut conn))));
-            if sqlite && conn.is_autocommit() {
-                // SQLite rolled the whole transaction back (a full disk, an I/O error):
-                // nothing of this batch will be committed.
-                failed = Some(NotCommitted {
-                    why: "the transaction was rolled back by SQLite".into(),
-                    unavailable: false,
-                });
-                if let Ok((_, completion)) = ran {
-                    done.push(completion);
-                }
-                continue;
-            }
             let ended = match ran {
                 Ok((ok, completion)) => match conn.run("RELEASE call") {
                     Ok(()) => {
                         done.push(completion);
                         Ok(())
                     }
-                    // PostgreSQL: a statement of this call failed (a unique key another
-                    // replica took first, a deadlock), which aborts the transaction until it
-                    // is rolled back to the call's savepoint. The call's writes go and the
-                    // batch goes on. A call that failed is answered with its own error; one
-                    // that went on after the failure, with the failure.
-                    Err(e) if !sqlite => {
+                    // A statement of this call failed (a unique key another replica took
+                    // first, a deadlock), which aborts the transaction until it is rolled
+                    // back to the call's savepoint. The call's writes go and the batch goes
+                    // on. A call that failed is answered with its own error; one that went
+                    // on after the failure, with the failure.
+                    Err(e) => {
                         let why = NotCommitted::of(&e);
                         done.push(if ok {
                             Box::new(move |_| completion(Err(why)))
@@ -748,10 +767,6 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
                             Box::new(move |_| completion(Ok(())))
                         });
                         conn.batch("ROLLBACK TO call; RELEASE call")
-                    }
-                    Err(e) => {
-                        done.push(completion);
-                        Err(e)
                     }
                 },
                 // The panicking call's writes go; its caller sees the panic as a failed call.
@@ -774,6 +789,49 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
         }
         for completion in done {
             completion(outcome.clone());
+        }
+    }
+}
+
+/// Runs one call of a batch on SQLite, inside the batch's transaction and without a
+/// savepoint of its own; returns why the rest of the batch cannot be committed, if it
+/// cannot.
+///
+/// On SQLite a failed statement undoes only itself, so a call that fails keeps what it chose
+/// to keep without a savepoint; one per call served only a call that panics, and cost two
+/// statements and a 64 KiB sub-journal chunk per call (about 20 µs of each manifest's
+/// record, `docs/BENCHMARKS.md`). A panicking call's writes cannot be told from the others':
+/// the transaction is rolled back, each call already run in it is told nothing of it was
+/// committed, and the rest of the batch runs in a new transaction.
+fn run_sqlite_call(conn: &mut Conn, job: Job, done: &mut Vec<Completion>) -> Option<NotCommitted> {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(&mut *conn))));
+    match ran {
+        Ok((_, completion)) => {
+            done.push(completion);
+            // SQLite rolled the whole transaction back (a full disk, an I/O error): nothing
+            // of this batch will be committed.
+            conn.is_autocommit().then(|| NotCommitted {
+                why: "the transaction was rolled back by SQLite".into(),
+                unavailable: false,
+            })
+        }
+        Err(_) => {
+            let why = NotCommitted {
+                why: "another call of the same commit panicked, so the transaction was rolled back"
+                    .into(),
+                unavailable: false,
+            };
+            if !conn.is_autocommit() {
+                // If this fails the connection is still in the transaction, so the BEGIN
+                // below fails too and the rest of the batch is told why.
+                let _ = conn.run("ROLLBACK");
+            }
+            for completion in done.drain(..) {
+                completion(Err(why.clone()));
+            }
+            conn.run("BEGIN IMMEDIATE")
+                .err()
+                .map(|e| NotCommitted::of(&e))
         }
     }
 }
@@ -841,6 +899,88 @@ mod tests {
             let one: Result<i64, DbError> = db.read(|conn| conn.value("SELECT 1", &[])).await;
             assert_eq!(one.unwrap(), 1);
         }
+    }
+
+    /// A call that panics inside a group commit: on both engines its write is not stored, a
+    /// later call of the same batch still commits, and the writes stored are exactly those
+    /// whose calls were acknowledged (SQLite rolls the batch back and tells the calls already
+    /// run in it; PostgreSQL rolls back to the panicking call's savepoint).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_that_panics_in_a_batch_leaves_exactly_the_acknowledged_writes() {
+        fn insert(detail: &'static str) -> impl FnOnce(&mut Conn) -> Result<(), DbError> {
+            move |conn| {
+                conn.execute(
+                    "INSERT INTO events (at, kind, severity, actor, detail) VALUES ('9999', 'batch', 'info', 'a', ?1)",
+                    crate::params![detail],
+                )
+                .map(drop)
+            }
+        }
+        let db = Db::for_tests().unwrap();
+        // The first call holds the writer until the others are queued behind it, so that
+        // they share the next batch.
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.call(move |conn| {
+                    started_tx.send(()).unwrap();
+                    released.recv().unwrap();
+                    insert("first")(conn)
+                })
+                .await
+            }
+        });
+        tokio::task::spawn_blocking(move || started.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut before = Box::pin(db.call(insert("before")));
+        let mut panics = Box::pin(
+            db.call(|_: &mut Conn| -> Result<(), DbError> { panic!("a write that fails") }),
+        );
+        let mut after = Box::pin(db.call(insert("after")));
+        // One poll each queues the calls, in this order.
+        std::future::poll_fn(|cx| {
+            assert!(before.as_mut().poll(cx).is_pending());
+            assert!(panics.as_mut().poll(cx).is_pending());
+            assert!(after.as_mut().poll(cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let before = before.await;
+        let panicked = panics.await;
+        assert!(
+            matches!(&panicked, Err(DbError::Join(why)) if why.contains("panicked")),
+            "{panicked:?}"
+        );
+        after.await.unwrap();
+        let mut acknowledged = vec!["after", "first"];
+        match (db.engine(), &before) {
+            (Engine::Postgres, Ok(())) => acknowledged.push("before"),
+            (Engine::Sqlite, Err(DbError::Commit(why))) => {
+                assert!(
+                    why.contains("another call of the same commit panicked"),
+                    "{why}"
+                )
+            }
+            (engine, before) => panic!("{engine:?}: the call before the panic gave {before:?}"),
+        }
+        acknowledged.sort_unstable();
+        let stored: Vec<String> = db
+            .read(|conn| {
+                conn.query(
+                    "SELECT detail FROM events WHERE kind = 'batch' ORDER BY detail",
+                    &[],
+                    |r| r.get(0),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(stored, acknowledged);
     }
 
     /// On both engines: applying the migrations again changes nothing, and the event log

@@ -388,7 +388,7 @@ impl TextReader<'_> {
 }
 
 /// How many bytes at the start of `bytes` a string literal holds as they are: the index of
-/// the first `"`, `\\` or control character, or the length. Eight bytes at a time (most of a
+/// the first quote, backslash or control character, or the length. Eight bytes at a time (most of a
 /// targets file is hex digests inside string literals), then byte by byte in the eight that
 /// hold the stop.
 fn plain_run(bytes: &[u8]) -> usize {

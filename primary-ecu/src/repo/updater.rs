@@ -343,7 +343,11 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
                         (Some(bytes), Some(listed))
                             if bytes.len() >= STAGE_WHILE_CHECKING && file.role() != "root" =>
                         {
-                            Some(self.stage(file.role(), Arc::clone(bytes), listed.clone()))
+                            Some(self.stage_if_listed(
+                                file.role(),
+                                Arc::clone(bytes),
+                                listed.clone(),
+                            ))
                         }
                         _ => None,
                     };
@@ -385,7 +389,7 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
 
     /// Starts writing `bytes` for `role` on a blocking thread, if they are what `listed`
     /// describes.
-    fn stage(&self, role: &str, bytes: Arc<[u8]>, listed: MetaFile) -> Staging {
+    fn stage_if_listed(&self, role: &str, bytes: Arc<[u8]>, listed: MetaFile) -> Staging {
         let dir = self.dir.clone();
         let role = role.to_string();
         tokio::task::spawn_blocking(move || {
