@@ -336,8 +336,9 @@ type Job = Box<dyn FnOnce(Result<&mut Conn, &NotCommitted>) -> (bool, Completion
 /// survives `kill -9`. A call that fails keeps the writes it chose to keep (a refusal's
 /// security event) as it would on its own connection. On PostgreSQL each call runs in its
 /// own savepoint, to which a failed statement or a panic rolls back; on SQLite a call that
-/// panics rolls back the transaction, and the calls already run in it are told nothing of
-/// theirs was committed. If the commit fails, every call of the batch gets the error.
+/// panics rolls back the transaction, the calls already run in it are told to try again,
+/// and from then on each call has a savepoint too. If the commit fails, every call of the
+/// batch gets the error.
 /// Pure reads ([`Db::read`]) run on a pool of read-only connections and never wait for the
 /// writer.
 #[derive(Debug, Clone)]
@@ -387,34 +388,45 @@ fn sqlite_writer(conn: rusqlite::Connection) -> Result<Conn, DbError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     keep_plans(&conn)?;
-    keep_c_heap(&conn)?;
+    keep_c_heap(&conn);
     let mut conn = Conn::sqlite(conn);
     migrate(&mut conn)?;
     Ok(conn)
 }
 
 /// Keeps the C library's allocator from handing memory back to the kernel after every
-/// write: once per process, frees one 16 MiB block through SQLite's allocator (the C
-/// library's `malloc`).
+/// write: once per process, has SQLite (which allocates through the C library's `malloc`)
+/// take and free two 16 MiB blocks.
 ///
 /// glibc gives the top of a thread's heap back (`madvise`, which also interrupts the other
 /// core to flush its TLB) whenever more than its trim threshold, 128 KiB at first, is free
 /// there; the next allocation then faults in fresh zeroed pages. SQLite takes and frees a
-/// 64 KiB journal chunk for each savepoint, so the writer paid that on nearly every
-/// manifest: about 40 µs of its ~360 µs of CPU (`docs/BENCHMARKS.md`). glibc raises the
-/// threshold to twice the largest `mmap`ped block freed (mallopt(3), "M_MMAP_THRESHOLD":
-/// the dynamic threshold), to 32 MiB here; an operator's `GLIBC_TUNABLES` for it turns the
-/// adjustment off and wins. Elsewhere this is one short-lived allocation.
-fn keep_c_heap(conn: &rusqlite::Connection) -> Result<(), DbError> {
+/// 64 KiB sub-journal chunk at each outermost savepoint a write uses (every manifest's
+/// record has one), so the writer paid that on nearly every manifest: about 40 µs of its
+/// ~360 µs of CPU (`docs/BENCHMARKS.md`). When glibc frees an `mmap`ped block larger than
+/// its mmap threshold (and at most 32 MiB on 64-bit), it raises that threshold to the
+/// block's size and the trim threshold to twice it (mallopt(3), M_MMAP_THRESHOLD): 16 and
+/// 32 MiB here. So C allocations below 16 MiB then come from the heaps (each may keep up to
+/// 32 MiB free); Rust's are on mimalloc and unaffected. Setting any of glibc's malloc
+/// tunables or `MALLOC_*_` variables turns this adjustment off, and the operator's setting
+/// wins. On other C libraries it is two short-lived allocations. Best effort: a failure
+/// (a memory limit) is logged, not fatal.
+fn keep_c_heap(conn: &rusqlite::Connection) {
     static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    if DONE.get().is_none() {
-        // A zero blob takes no memory until the concatenation writes it out.
-        let _: i64 = conn.query_row("SELECT length(zeroblob(16777000) || x'00')", [], |r| {
-            r.get(0)
-        })?;
-        let _ = DONE.set(());
+    if DONE.get().is_some() {
+        return;
     }
-    Ok(())
+    // A zero blob takes no memory until the concatenation writes it out.
+    let freed: rusqlite::Result<i64> =
+        conn.query_row("SELECT length(zeroblob(16777000) || x'00')", [], |r| {
+            r.get(0)
+        });
+    match freed {
+        Ok(_) => {
+            let _ = DONE.set(());
+        }
+        Err(e) => tracing::debug!("the C heap's trim threshold stays as it was: {e}"),
+    }
 }
 
 /// A read-only connection to the on-disk database at `path`, as the read pool and the root
@@ -710,6 +722,9 @@ where
 fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
     // PostgreSQL does not say whether a transaction is open: whether the last one's end failed.
     let mut open_after_failure = false;
+    // SQLite runs calls without a savepoint each (`run_sqlite_call`) until one panics; from
+    // then on a savepoint each again, so that a bug costs no more than one batch.
+    let mut savepoints = None;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
@@ -737,8 +752,15 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
                 done.push(job(Err(why)).1);
                 continue;
             }
-            if sqlite {
-                failed = run_sqlite_call(&mut conn, job, &mut done);
+            if sqlite && savepoints.is_none() {
+                let ran = run_sqlite_call(&mut conn, job, &mut done);
+                if ran.panicked {
+                    tracing::error!(
+                        "a database write panicked: its batch was rolled back; each write now runs in a savepoint of its own"
+                    );
+                    savepoints = Some(());
+                }
+                failed = ran.failed;
                 continue;
             }
             if let Err(e) = conn.run("SAVEPOINT call") {
@@ -748,18 +770,30 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
                 continue;
             }
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(&mut conn))));
+            if sqlite && conn.is_autocommit() {
+                // SQLite rolled the whole transaction back (a full disk, an I/O error):
+                // nothing of this batch will be committed.
+                failed = Some(NotCommitted {
+                    why: "the transaction was rolled back by SQLite".into(),
+                    unavailable: false,
+                });
+                if let Ok((_, completion)) = ran {
+                    done.push(completion);
+                }
+                continue;
+            }
             let ended = match ran {
                 Ok((ok, completion)) => match conn.run("RELEASE call") {
                     Ok(()) => {
                         done.push(completion);
                         Ok(())
                     }
-                    // A statement of this call failed (a unique key another replica took
-                    // first, a deadlock), which aborts the transaction until it is rolled
-                    // back to the call's savepoint. The call's writes go and the batch goes
-                    // on. A call that failed is answered with its own error; one that went
-                    // on after the failure, with the failure.
-                    Err(e) => {
+                    // PostgreSQL: a statement of this call failed (a unique key another
+                    // replica took first, a deadlock), which aborts the transaction until it
+                    // is rolled back to the call's savepoint. The call's writes go and the
+                    // batch goes on. A call that failed is answered with its own error; one
+                    // that went on after the failure, with the failure.
+                    Err(e) if !sqlite => {
                         let why = NotCommitted::of(&e);
                         done.push(if ok {
                             Box::new(move |_| completion(Err(why)))
@@ -767,6 +801,10 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
                             Box::new(move |_| completion(Ok(())))
                         });
                         conn.batch("ROLLBACK TO call; RELEASE call")
+                    }
+                    Err(e) => {
+                        done.push(completion);
+                        Err(e)
                     }
                 },
                 // The panicking call's writes go; its caller sees the panic as a failed call.
@@ -793,45 +831,60 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
     }
 }
 
+/// What [`run_sqlite_call`] leaves: why the rest of the batch cannot be committed, if it
+/// cannot, and whether the call panicked.
+struct SqliteCall {
+    failed: Option<NotCommitted>,
+    panicked: bool,
+}
+
 /// Runs one call of a batch on SQLite, inside the batch's transaction and without a
-/// savepoint of its own; returns why the rest of the batch cannot be committed, if it
-/// cannot.
+/// savepoint of its own.
 ///
-/// On SQLite a failed statement undoes only itself, so a call that fails keeps what it chose
-/// to keep without a savepoint; one per call served only a call that panics, and cost two
-/// statements and a 64 KiB sub-journal chunk per call (about 20 µs of each manifest's
-/// record, `docs/BENCHMARKS.md`). A panicking call's writes cannot be told from the others':
-/// the transaction is rolled back, each call already run in it is told nothing of it was
-/// committed, and the rest of the batch runs in a new transaction.
-fn run_sqlite_call(conn: &mut Conn, job: Job, done: &mut Vec<Completion>) -> Option<NotCommitted> {
+/// On SQLite a statement that fails with a constraint or a trigger's `RAISE(ABORT)` (all
+/// this schema has) undoes only itself, so a call that fails keeps what it chose to keep
+/// without a savepoint of the batch's; a full disk, an I/O error or a lost lock may roll
+/// the whole transaction back, which `is_autocommit` tells. The savepoint per call served
+/// only a call that panics, for two statements per call (`docs/BENCHMARKS.md`, "The writer
+/// keeps its heap"). A panicking call's writes cannot be told from the others': the
+/// transaction is rolled back, each call already run in it is told nothing of it was
+/// committed and to try again, and the rest of the batch runs in a new transaction.
+fn run_sqlite_call(conn: &mut Conn, job: Job, done: &mut Vec<Completion>) -> SqliteCall {
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(&mut *conn))));
     match ran {
         Ok((_, completion)) => {
             done.push(completion);
-            // SQLite rolled the whole transaction back (a full disk, an I/O error): nothing
-            // of this batch will be committed.
-            conn.is_autocommit().then(|| NotCommitted {
-                why: "the transaction was rolled back by SQLite".into(),
-                unavailable: false,
-            })
+            SqliteCall {
+                failed: conn.is_autocommit().then(|| NotCommitted {
+                    why: "the transaction was rolled back by SQLite".into(),
+                    unavailable: false,
+                }),
+                panicked: false,
+            }
         }
         Err(_) => {
             let why = NotCommitted {
-                why: "another call of the same commit panicked, so the transaction was rolled back"
-                    .into(),
-                unavailable: false,
+                why:
+                    "another write of the same commit panicked, so the transaction was rolled back"
+                        .into(),
+                // Nothing of theirs was committed, and nothing was wrong with them.
+                unavailable: true,
             };
             if !conn.is_autocommit() {
-                // If this fails the connection is still in the transaction, so the BEGIN
-                // below fails too and the rest of the batch is told why.
+                // If the transaction is still open after this, the BEGIN below fails and
+                // the rest of the batch is told why.
                 let _ = conn.run("ROLLBACK");
             }
             for completion in done.drain(..) {
                 completion(Err(why.clone()));
             }
-            conn.run("BEGIN IMMEDIATE")
-                .err()
-                .map(|e| NotCommitted::of(&e))
+            SqliteCall {
+                failed: conn
+                    .run("BEGIN IMMEDIATE")
+                    .err()
+                    .map(|e| NotCommitted::of(&e)),
+                panicked: true,
+            }
         }
     }
 }
@@ -901,33 +954,35 @@ mod tests {
         }
     }
 
-    /// A call that panics inside a group commit: on both engines its write is not stored, a
-    /// later call of the same batch still commits, and the writes stored are exactly those
-    /// whose calls were acknowledged (SQLite rolls the batch back and tells the calls already
-    /// run in it; PostgreSQL rolls back to the panicking call's savepoint).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_call_that_panics_in_a_batch_leaves_exactly_the_acknowledged_writes() {
-        fn insert(detail: &'static str) -> impl FnOnce(&mut Conn) -> Result<(), DbError> {
-            move |conn| {
-                conn.execute(
-                    "INSERT INTO events (at, kind, severity, actor, detail) VALUES ('9999', 'batch', 'info', 'a', ?1)",
-                    crate::params![detail],
-                )
-                .map(drop)
+    type Call = Box<dyn FnOnce(&mut Conn) -> Result<(), DbError> + Send>;
+
+    /// A call that writes `detail` and then ends as `end` says.
+    fn writes(detail: &'static str, end: &'static str) -> Call {
+        Box::new(move |conn| {
+            conn.execute(
+                "INSERT INTO events (at, kind, severity, actor, detail) VALUES ('9999', 'batch', 'info', 'a', ?1)",
+                crate::params![detail],
+            )?;
+            match end {
+                "ok" => Ok(()),
+                "refuses" => Err(DbError::Settings("refused by the call".into())),
+                _ => panic!("a write that fails"),
             }
-        }
-        let db = Db::for_tests().unwrap();
-        // The first call holds the writer until the others are queued behind it, so that
-        // they share the next batch.
+        })
+    }
+
+    /// Runs `calls` as one batch: a first call holds the writer until they are all queued
+    /// behind it, in order. Returns their answers.
+    async fn one_batch(db: &Db, calls: Vec<Call>) -> Vec<Result<(), DbError>> {
         let (started_tx, started) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
         let first = tokio::spawn({
             let db = db.clone();
             async move {
-                db.call(move |conn| {
+                db.call(move |_: &mut Conn| {
                     started_tx.send(()).unwrap();
                     released.recv().unwrap();
-                    insert("first")(conn)
+                    Ok::<_, DbError>(())
                 })
                 .await
             }
@@ -936,51 +991,83 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let mut before = Box::pin(db.call(insert("before")));
-        let mut panics = Box::pin(
-            db.call(|_: &mut Conn| -> Result<(), DbError> { panic!("a write that fails") }),
-        );
-        let mut after = Box::pin(db.call(insert("after")));
+        let mut queued: Vec<_> = calls.into_iter().map(|c| Box::pin(db.call(c))).collect();
         // One poll each queues the calls, in this order.
         std::future::poll_fn(|cx| {
-            assert!(before.as_mut().poll(cx).is_pending());
-            assert!(panics.as_mut().poll(cx).is_pending());
-            assert!(after.as_mut().poll(cx).is_pending());
+            for call in &mut queued {
+                assert!(call.as_mut().poll(cx).is_pending());
+            }
             std::task::Poll::Ready(())
         })
         .await;
         release.send(()).unwrap();
         first.await.unwrap().unwrap();
-        let before = before.await;
-        let panicked = panics.await;
-        assert!(
-            matches!(&panicked, Err(DbError::Join(why)) if why.contains("panicked")),
-            "{panicked:?}"
-        );
-        after.await.unwrap();
-        let mut acknowledged = vec!["after", "first"];
-        match (db.engine(), &before) {
-            (Engine::Postgres, Ok(())) => acknowledged.push("before"),
-            (Engine::Sqlite, Err(DbError::Commit(why))) => {
-                assert!(
-                    why.contains("another call of the same commit panicked"),
-                    "{why}"
-                )
-            }
-            (engine, before) => panic!("{engine:?}: the call before the panic gave {before:?}"),
+        let mut answers = Vec::new();
+        for call in queued {
+            answers.push(call.await);
         }
-        acknowledged.sort_unstable();
-        let stored: Vec<String> = db
+        answers
+    }
+
+    /// A call that panics inside a group commit, on both engines: its writes are not stored,
+    /// a later call of the same batch still commits, and the writes stored are exactly those
+    /// of the calls whose own answer came back (an acknowledgement, or a refusal that keeps
+    /// its writes). SQLite rolls the batch back and tells the calls already run in it to try
+    /// again, then gives each call a savepoint, as PostgreSQL always does, so that a second
+    /// panic costs only itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_that_panics_in_a_batch_leaves_exactly_the_answered_writes() {
+        let db = Db::for_tests().unwrap();
+        let sqlite = db.engine() == Engine::Sqlite;
+        let mut kept = Vec::new();
+        for round in ["1", "2"] {
+            let name = |what: &str| -> &'static str { format!("{what} {round}").leak() };
+            let answers = one_batch(
+                &db,
+                vec![
+                    writes(name("before"), "ok"),
+                    writes(name("refused"), "refuses"),
+                    writes(name("panics"), "panics"),
+                    writes(name("after"), "ok"),
+                ],
+            )
+            .await;
+            let [before, refused, panicked, after] = &answers[..] else {
+                unreachable!()
+            };
+            assert!(
+                matches!(panicked, Err(DbError::Join(why)) if why.contains("panicked")),
+                "{panicked:?}"
+            );
+            after.as_ref().unwrap();
+            kept.push(name("after"));
+            if sqlite && round == "1" {
+                for told in [before, refused] {
+                    assert!(
+                        matches!(told, Err(DbError::Unavailable(why)) if why.contains("another write of the same commit panicked")),
+                        "{told:?}"
+                    );
+                }
+            } else {
+                before.as_ref().unwrap();
+                assert!(
+                    matches!(refused, Err(DbError::Settings(why)) if why == "refused by the call"),
+                    "{refused:?}"
+                );
+                kept.extend([name("before"), name("refused")]);
+            }
+        }
+        let mut stored: Vec<String> = db
             .read(|conn| {
-                conn.query(
-                    "SELECT detail FROM events WHERE kind = 'batch' ORDER BY detail",
-                    &[],
-                    |r| r.get(0),
-                )
+                conn.query("SELECT detail FROM events WHERE kind = 'batch'", &[], |r| {
+                    r.get(0)
+                })
             })
             .await
             .unwrap();
-        assert_eq!(stored, acknowledged);
+        stored.sort_unstable();
+        kept.sort_unstable();
+        assert_eq!(stored, kept);
     }
 
     /// On both engines: applying the migrations again changes nothing, and the event log

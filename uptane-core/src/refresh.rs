@@ -63,8 +63,8 @@ use crate::ids::HardwareId;
 use crate::metadata::{MetaFile, Root, Targets, metadata_file_name};
 use crate::time::UtcTime;
 use crate::trusted::{
-    Director, Freshness, Limits, Published, SearchStep, TargetSearch, TimestampUpdate, TrustedSet,
-    TrustedTarget,
+    Director, Freshness, Limits, Listed, Published, SearchStep, TargetSearch, TimestampUpdate,
+    TrustedSet, TrustedTarget,
 };
 use crate::verify::Raw;
 
@@ -350,10 +350,33 @@ impl<Repo> Refresh<Repo> {
         &mut self,
         answer: Option<Arc<[u8]>>,
     ) -> Result<Option<Accepted>, UpdateError> {
+        self.feed_telling(answer, None)
+    }
+
+    /// [`Self::feed_shared`], calling `listed` as soon as the bytes are known to be exactly
+    /// what their referrer lists (the length and at least one hash: the snapshot as the
+    /// timestamp lists it, a targets file as the snapshot does), before their signatures
+    /// and contents are checked: an I/O layer may then write them to disk beside that check,
+    /// and keep them if they are admitted. `listed` is not called for a root or a
+    /// timestamp, for a listing without a hash, or for bytes other than those listed, and
+    /// it is called or dropped before this returns.
+    pub fn feed_shared_telling(
+        &mut self,
+        answer: Option<Arc<[u8]>>,
+        listed: impl FnOnce() + Send,
+    ) -> Result<Option<Accepted>, UpdateError> {
+        self.feed_telling(answer, Some(Box::new(listed)))
+    }
+
+    fn feed_telling(
+        &mut self,
+        answer: Option<Arc<[u8]>>,
+        listed: Listed<'_>,
+    ) -> Result<Option<Accepted>, UpdateError> {
         if self.failed {
             return Err(UpdateError::OutOfOrder("refresh"));
         }
-        let result = self.take(answer).and_then(|accepted| {
+        let result = self.take(answer, listed).and_then(|accepted| {
             self.settle()?;
             Ok(accepted)
         });
@@ -452,7 +475,11 @@ impl<Repo> Refresh<Repo> {
     }
 
     /// Applies an answer to the pending step.
-    fn take(&mut self, answer: Option<Arc<[u8]>>) -> Result<Option<Accepted>, UpdateError> {
+    fn take(
+        &mut self,
+        answer: Option<Arc<[u8]>>,
+        listed: Listed<'_>,
+    ) -> Result<Option<Accepted>, UpdateError> {
         let step = std::mem::replace(&mut self.step, Step::Done);
         match step {
             Step::Done => Err(UpdateError::OutOfOrder("refresh")),
@@ -471,7 +498,7 @@ impl<Repo> Refresh<Repo> {
                         file: file.file_name(),
                     });
                 };
-                let keep = self.take_fetched(Arc::clone(&bytes))?;
+                let keep = self.take_fetched(Arc::clone(&bytes), listed)?;
                 Ok(keep.then_some(Accepted { file, bytes }))
             }
         }
@@ -525,7 +552,7 @@ impl<Repo> Refresh<Repo> {
 
     /// Downloaded metadata; says whether the caller keeps it (an unchanged timestamp is not
     /// written again).
-    fn take_fetched(&mut self, bytes: Arc<[u8]>) -> Result<bool, UpdateError> {
+    fn take_fetched(&mut self, bytes: Arc<[u8]>, listed: Listed<'_>) -> Result<bool, UpdateError> {
         match self.stage {
             Stage::Root => {
                 self.set.update_root(&Raw::new(bytes))?;
@@ -544,7 +571,7 @@ impl<Repo> Refresh<Repo> {
                 return Ok(outcome == RefreshOutcome::Updated);
             }
             Stage::Snapshot => {
-                self.set.update_snapshot(&Raw::new(bytes))?;
+                self.set.update_snapshot_telling(&Raw::new(bytes), listed)?;
                 self.load = Some(top_level_load());
                 self.stage = Stage::Roles;
             }
@@ -553,8 +580,12 @@ impl<Repo> Refresh<Repo> {
                     .load
                     .clone()
                     .ok_or(UpdateError::OutOfOrder("targets"))?;
-                self.set
-                    .update_delegated_targets(&Raw::new(bytes), &load.role, &load.delegator)?;
+                self.set.update_delegated_targets_telling(
+                    &Raw::new(bytes),
+                    &load.role,
+                    &load.delegator,
+                    listed,
+                )?;
                 self.role_loaded();
             }
             Stage::PartialTargets => {

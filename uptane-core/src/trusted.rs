@@ -157,11 +157,18 @@ impl<Repo> std::fmt::Debug for TrustedSet<Repo> {
     }
 }
 
+/// Told, at most once, that fetched bytes are exactly what their referrer lists, before the
+/// rest of their check (`Refresh::feed_shared_telling`).
+pub(crate) type Listed<'a> = Option<Box<dyn FnOnce() + Send + 'a>>;
+
+/// The length and hashes `meta` lists for `role`'s bytes; `listed` is told if they match
+/// and the listing names a hash (a length alone does not say what the bytes are).
 fn check_against_meta(
     role: &str,
     referrer: &str,
     bytes: &[u8],
     meta: &MetaFile,
+    listed: Listed<'_>,
 ) -> Result<(), UpdateError> {
     verify_bytes(bytes, meta.length, meta.hashes.as_ref()).map_err(|source| {
         UpdateError::DigestMismatch {
@@ -169,7 +176,13 @@ fn check_against_meta(
             referrer: referrer.to_string(),
             source,
         }
-    })
+    })?;
+    if let Some(tell) = listed
+        && meta.hashes.as_ref().is_some_and(|h| !h.is_empty())
+    {
+        tell();
+    }
+    Ok(())
 }
 
 impl<Repo> TrustedSet<Repo> {
@@ -475,7 +488,18 @@ impl<Repo> TrustedSet<Repo> {
     }
 
     /// Applies a downloaded snapshot (TUF §5.5; Uptane §5.4.4.5).
+    #[cfg(test)]
     pub(crate) fn update_snapshot(&mut self, raw: &Raw<Snapshot>) -> Result<(), UpdateError> {
+        self.update_snapshot_telling(raw, None)
+    }
+
+    /// [`Self::update_snapshot`], telling `listed` once the bytes are what the timestamp
+    /// lists.
+    pub(crate) fn update_snapshot_telling(
+        &mut self,
+        raw: &Raw<Snapshot>,
+        listed: Listed<'_>,
+    ) -> Result<(), UpdateError> {
         if !self.targets.is_empty() {
             return Err(UpdateError::OutOfOrder("snapshot"));
         }
@@ -486,7 +510,7 @@ impl<Repo> TrustedSet<Repo> {
             meta.length.unwrap_or(self.limits.snapshot),
         )?;
         // §5.5.2: length and hashes as timestamp lists them (mix-and-match attack).
-        check_against_meta("snapshot", "timestamp", raw.as_bytes(), meta)?;
+        check_against_meta("snapshot", "timestamp", raw.as_bytes(), meta, listed)?;
         let new = self.verify_top_level(raw, "snapshot")?;
         self.check_snapshot_rollback(&new)?;
         self.check_final_snapshot(&new)?;
@@ -541,6 +565,18 @@ impl<Repo> TrustedSet<Repo> {
         role: &str,
         delegator: &str,
     ) -> Result<(), UpdateError> {
+        self.update_delegated_targets_telling(raw, role, delegator, None)
+    }
+
+    /// [`Self::update_delegated_targets`], telling `listed` once the bytes are what the
+    /// snapshot lists.
+    pub(crate) fn update_delegated_targets_telling(
+        &mut self,
+        raw: &Raw<Targets>,
+        role: &str,
+        delegator: &str,
+        listed: Listed<'_>,
+    ) -> Result<(), UpdateError> {
         let meta = self.targets_meta(role)?;
         check_size(
             role,
@@ -552,7 +588,7 @@ impl<Repo> TrustedSet<Repo> {
         // signature check on two cores, and a digest mismatch is still what is reported.
         let ((), verified) = crate::both::check_then(
             raw.as_bytes().len(),
-            || check_against_meta(role, "snapshot", raw.as_bytes(), meta),
+            || check_against_meta(role, "snapshot", raw.as_bytes(), meta, listed),
             || self.verify_targets(raw, role, delegator),
         )?;
         let new = verified?;

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use uptane_core::error::{AttackKind, UpdateError};
-use uptane_core::hash::{StreamVerifier, verify_bytes};
+use uptane_core::hash::StreamVerifier;
 pub use uptane_core::metadata::quote_role;
-use uptane_core::metadata::{MetaFile, TargetFile, metadata_file_name};
+use uptane_core::metadata::{TargetFile, metadata_file_name};
 pub use uptane_core::refresh::RefreshOutcome;
 use uptane_core::refresh::{Accepted, Refresh, Step};
 use uptane_core::time::UtcTime;
@@ -221,6 +221,29 @@ const STAGE_WHILE_CHECKING: usize = 64 << 10;
 /// not those listed (then nothing was written).
 type Staging = tokio::task::JoinHandle<Result<Option<StagedFile>, ClientError>>;
 
+/// Starts a blocking thread that writes `bytes` for `role` into `dir` once the refresh says
+/// they are what their referrer lists, and returns it with what the refresh calls to say so
+/// ([`Refresh::feed_shared_telling`]: the refresh's own hash check, done once). Never told
+/// (other bytes, or a check that failed first), it writes nothing.
+fn stage_when_listed(
+    dir: &MetadataDir,
+    role: &str,
+    bytes: Arc<[u8]>,
+) -> (Staging, impl FnOnce() + Send + use<>) {
+    let (tell, told) = std::sync::mpsc::sync_channel::<()>(1);
+    let dir = dir.clone();
+    let role = role.to_string();
+    let staging = tokio::task::spawn_blocking(move || match told.recv() {
+        Ok(()) => dir.stage(&role, &bytes).map(Some),
+        // The refresh dropped its side without saying so.
+        Err(_) => Ok(None),
+    });
+    // A send fails only when the thread is gone, which then writes nothing anyway.
+    (staging, move || {
+        let _ = tell.send(());
+    })
+}
+
 /// The directory sync owed for admitted files renamed into place: made when the drive loop
 /// stops, or, if the refresh is dropped midway (a Primary stopping mid-cycle), when this is
 /// dropped.
@@ -335,19 +358,15 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
                 Step::Fetch { file, max_len } => {
                     let fetched: Option<Arc<[u8]>> =
                         self.remote.metadata(&file, max_len).await?.map(Arc::from);
+                    // Only bytes a referrer lists with a hash can be known good before
+                    // their check: never a root or a timestamp.
                     let listed = self
                         .refresh
                         .listed()
-                        .filter(|meta| meta.hashes.as_ref().is_some_and(|h| !h.is_empty()));
-                    let staging = match (&fetched, listed) {
-                        (Some(bytes), Some(listed))
-                            if bytes.len() >= STAGE_WHILE_CHECKING && file.role() != "root" =>
-                        {
-                            Some(self.stage_if_listed(
-                                file.role(),
-                                Arc::clone(bytes),
-                                listed.clone(),
-                            ))
+                        .is_some_and(|meta| meta.hashes.as_ref().is_some_and(|h| !h.is_empty()));
+                    let staging = match &fetched {
+                        Some(bytes) if listed && bytes.len() >= STAGE_WHILE_CHECKING => {
+                            Some(stage_when_listed(&self.dir, file.role(), Arc::clone(bytes)))
                         }
                         _ => None,
                     };
@@ -355,7 +374,13 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
                 }
                 Step::Done => return Ok(()),
             };
-            let fed = self.refresh.feed_shared(answer);
+            let (fed, staging) = match staging {
+                Some((staging, tell)) => (
+                    self.refresh.feed_shared_telling(answer, tell),
+                    Some(staging),
+                ),
+                None => (self.refresh.feed_shared(answer), None),
+            };
             // The write ran beside the check. It is waited for either way, so that refused
             // bytes are gone from the disk (the staged file dropped) when this returns.
             let staged = match staging {
@@ -385,19 +410,6 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
                 .map_err(|source| ClientError::Io { path, source })?;
             *renamed = true;
         }
-    }
-
-    /// Starts writing `bytes` for `role` on a blocking thread, if they are what `listed`
-    /// describes.
-    fn stage_if_listed(&self, role: &str, bytes: Arc<[u8]>, listed: MetaFile) -> Staging {
-        let dir = self.dir.clone();
-        let role = role.to_string();
-        tokio::task::spawn_blocking(move || {
-            if verify_bytes(&bytes, listed.length, listed.hashes.as_ref()).is_err() {
-                return Ok(None);
-            }
-            dir.stage(&role, &bytes).map(Some)
-        })
     }
 
     /// Root, timestamp, snapshot and top-level targets, in that order (TUF §5.3–5.6).

@@ -160,6 +160,55 @@ fn each_fetch_is_described_by_what_its_referrer_lists() {
     assert!(refresh.listed().is_none(), "nothing is asked for once done");
 }
 
+/// `listed` is told for the snapshot and a targets file once they are what their referrer
+/// lists, never for a root or a timestamp, and not for bytes of the listed length that
+/// differ from the listed ones (which are then refused).
+#[test]
+fn only_the_bytes_a_referrer_lists_are_told_as_listed() {
+    let mut repo = RepoFixture::new();
+    repo.add_target("a.bin", b"a", None);
+    repo.publish();
+    for alter_targets in [false, true] {
+        let mut refresh = full(&repo);
+        let told = std::sync::Mutex::new(Vec::new());
+        let fed = loop {
+            let answer = match refresh.next() {
+                Step::ReadKept(_) => None,
+                Step::Fetch { file, .. } => repo.file(&file).map(|mut bytes| {
+                    if alter_targets && file.role() == "targets" {
+                        // The same length, other bytes.
+                        let at = bytes.len() - 4;
+                        bytes[at] ^= 0x01;
+                    }
+                    (file.role().to_string(), bytes)
+                }),
+                Step::Done => break Ok(()),
+            };
+            let (role, bytes) = match answer {
+                Some((role, bytes)) => (role, Some(Arc::from(bytes))),
+                None => (String::new(), None),
+            };
+            let told = &told;
+            if let Err(e) = refresh.feed_shared_telling(bytes, move || {
+                told.lock().unwrap().push(role);
+            }) {
+                break Err(e);
+            }
+        };
+        let told = told.into_inner().unwrap();
+        if alter_targets {
+            assert!(
+                matches!(fed, Err(UpdateError::DigestMismatch { ref role, .. }) if role == "targets"),
+                "{fed:?}"
+            );
+            assert_eq!(told, ["snapshot"]);
+        } else {
+            fed.unwrap();
+            assert_eq!(told, ["snapshot", "targets"]);
+        }
+    }
+}
+
 #[test]
 fn a_missing_file_is_a_dropped_request() {
     let repo = RepoFixture::new();
