@@ -407,10 +407,10 @@ fn sqlite_writer(conn: rusqlite::Connection) -> Result<Conn, DbError> {
 /// its mmap threshold (and at most 32 MiB on 64-bit), it raises that threshold to the
 /// block's size and the trim threshold to twice it (mallopt(3), M_MMAP_THRESHOLD): 16 and
 /// 32 MiB here. So C allocations below 16 MiB then come from the heaps (each may keep up to
-/// 32 MiB free); Rust's are on mimalloc and unaffected. Setting any of glibc's malloc
-/// tunables or `MALLOC_*_` variables turns this adjustment off, and the operator's setting
-/// wins. On other C libraries it is two short-lived allocations. Best effort: a failure
-/// (a memory limit) is logged, not fatal.
+/// 32 MiB free); Rust's are on mimalloc and unaffected. An operator who sets glibc's
+/// `trim_threshold`, `top_pad`, `mmap_threshold` or `mmap_max` tunable (or its `MALLOC_*_`
+/// variable) turns this adjustment off, and that setting wins. On other C libraries it is
+/// two short-lived allocations. Best effort: a failure (a memory limit) is logged, not fatal.
 fn keep_c_heap(conn: &rusqlite::Connection) {
     static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     if DONE.get().is_some() {
@@ -425,7 +425,7 @@ fn keep_c_heap(conn: &rusqlite::Connection) {
         Ok(_) => {
             let _ = DONE.set(());
         }
-        Err(e) => tracing::debug!("the C heap's trim threshold stays as it was: {e}"),
+        Err(e) => tracing::warn!("the C heap's trim threshold stays as it was: {e}"),
     }
 }
 
@@ -724,7 +724,7 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
     let mut open_after_failure = false;
     // SQLite runs calls without a savepoint each (`run_sqlite_call`) until one panics; from
     // then on a savepoint each again, so that a bug costs no more than one batch.
-    let mut savepoints = None;
+    let mut savepoints = false;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
@@ -752,13 +752,13 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
                 done.push(job(Err(why)).1);
                 continue;
             }
-            if sqlite && savepoints.is_none() {
+            if sqlite && !savepoints {
                 let ran = run_sqlite_call(&mut conn, job, &mut done);
                 if ran.panicked {
                     tracing::error!(
                         "a database write panicked: its batch was rolled back; each write now runs in a savepoint of its own"
                     );
-                    savepoints = Some(());
+                    savepoints = true;
                 }
                 failed = ran.failed;
                 continue;

@@ -182,7 +182,8 @@ impl MetadataDir {
 
     /// Removes the temporary files a crash left behind (a write, staged or atomic, stopped
     /// before its rename): they never held trusted bytes and nothing reads them. Only one
-    /// update uses a directory at a time, so none of them is still being written.
+    /// update uses a directory at a time; a write a dropped refresh left running on its
+    /// thread may still be going, and it is never renamed either.
     fn remove_leftovers(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -210,15 +211,16 @@ impl MetadataDir {
 
 /// A fetched file at least this large is written and synced while it is checked, and renamed
 /// into place if admitted: for a 10,000-target file (2.6 MB) the sync took about 3 ms of the
-/// refresh after the check, and hides behind the check's 8 ms. It is written only once its
-/// length and hashes are those its referrer lists (computed on the writing thread, before
-/// the write), so bytes an attacker substitutes never reach the disk. Smaller files, and
-/// files listed without hashes, are written only once admitted, so an unchanged timestamp
-/// costs no disk write.
+/// refresh after the check, and hides behind the check's 8 ms. It is written only once the
+/// refresh's own check has found it to be what its referrer lists, hashes included
+/// ([`Refresh::feed_shared_telling`]), so bytes an attacker substitutes never reach the
+/// disk. Smaller files, roots, and files listed without hashes are written only once
+/// admitted, so an unchanged timestamp costs no disk write.
 const STAGE_WHILE_CHECKING: usize = 64 << 10;
 
-/// A write of a fetched file that runs while the file is checked: `None` when the bytes are
-/// not those listed (then nothing was written).
+/// A write of a fetched file that runs while the file is checked: `None` when the refresh
+/// never said the bytes are those listed (other bytes, or a check that failed before the
+/// listing's), and then nothing was written.
 type Staging = tokio::task::JoinHandle<Result<Option<StagedFile>, ClientError>>;
 
 /// Starts a blocking thread that writes `bytes` for `role` into `dir` once the refresh says
@@ -365,7 +367,11 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
                         .listed()
                         .is_some_and(|meta| meta.hashes.as_ref().is_some_and(|h| !h.is_empty()));
                     let staging = match &fetched {
-                        Some(bytes) if listed && bytes.len() >= STAGE_WHILE_CHECKING => {
+                        Some(bytes)
+                            if listed
+                                && bytes.len() >= STAGE_WHILE_CHECKING
+                                && file.role() != "root" =>
+                        {
                             Some(stage_when_listed(&self.dir, file.role(), Arc::clone(bytes)))
                         }
                         _ => None,
