@@ -267,6 +267,10 @@ pub enum DbError {
     /// took effect.
     #[error("database commit failed: {0}")]
     Commit(String),
+    /// The write was rolled back with the others of its batch, though nothing was wrong
+    /// with it: worth trying again.
+    #[error("nothing was committed: {0}")]
+    RolledBack(String),
     /// The writer thread is gone (the database was closed, or it panicked).
     #[error("the database writer stopped")]
     WriterGone,
@@ -300,24 +304,27 @@ fn postgres_message(e: &postgres::Error) -> String {
 #[derive(Debug, Clone)]
 struct NotCommitted {
     why: String,
-    /// The database could not be reached or is not serving ([`DbError::is_unavailable`]).
-    unavailable: bool,
+    /// The error each call of the batch is told: [`DbError::Unavailable`] when the database
+    /// could not be reached or is not serving ([`DbError::is_unavailable`]),
+    /// [`DbError::RolledBack`] when another call's failure took the calls' writes with it,
+    /// else [`DbError::Commit`].
+    as_error: fn(String) -> DbError,
 }
 
 impl NotCommitted {
     fn of(e: &DbError) -> Self {
         Self {
             why: e.to_string(),
-            unavailable: e.is_unavailable(),
+            as_error: if e.is_unavailable() {
+                DbError::Unavailable
+            } else {
+                DbError::Commit
+            },
         }
     }
 
     fn error(self) -> DbError {
-        if self.unavailable {
-            DbError::Unavailable(self.why)
-        } else {
-            DbError::Commit(self.why)
-        }
+        (self.as_error)(self.why)
     }
 }
 
@@ -775,7 +782,7 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
                 // nothing of this batch will be committed.
                 failed = Some(NotCommitted {
                     why: "the transaction was rolled back by SQLite".into(),
-                    unavailable: false,
+                    as_error: DbError::Commit,
                 });
                 if let Ok((_, completion)) = ran {
                     done.push(completion);
@@ -819,7 +826,7 @@ fn write_batches(conn: &Mutex<Conn>, jobs: std::sync::mpsc::Receiver<Job>) {
             // Never "try again": a COMMIT whose link broke may have committed.
             None => conn.batch("COMMIT").map_err(|e| NotCommitted {
                 why: e.to_string(),
-                unavailable: false,
+                as_error: DbError::Commit,
             }),
         };
         if outcome.is_err() && (!sqlite || !conn.is_autocommit()) {
@@ -857,7 +864,7 @@ fn run_sqlite_call(conn: &mut Conn, job: Job, done: &mut Vec<Completion>) -> Sql
             SqliteCall {
                 failed: conn.is_autocommit().then(|| NotCommitted {
                     why: "the transaction was rolled back by SQLite".into(),
-                    unavailable: false,
+                    as_error: DbError::Commit,
                 }),
                 panicked: false,
             }
@@ -868,7 +875,7 @@ fn run_sqlite_call(conn: &mut Conn, job: Job, done: &mut Vec<Completion>) -> Sql
                     "another write of the same commit panicked, so the transaction was rolled back"
                         .into(),
                 // Nothing of theirs was committed, and nothing was wrong with them.
-                unavailable: true,
+                as_error: DbError::RolledBack,
             };
             if !conn.is_autocommit() {
                 // If the transaction is still open after this, the BEGIN below fails and
@@ -1044,7 +1051,7 @@ mod tests {
             if sqlite && round == "1" {
                 for told in [before, refused] {
                     assert!(
-                        matches!(told, Err(DbError::Unavailable(why)) if why.contains("another write of the same commit panicked")),
+                        matches!(told, Err(DbError::RolledBack(why)) if why.contains("another write of the same commit panicked")),
                         "{told:?}"
                     );
                 }

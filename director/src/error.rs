@@ -63,6 +63,11 @@ impl From<DbError> for DirectorError {
                 "the database is busy with concurrent requests; try again".into(),
             );
         }
+        if let DbError::RolledBack(why) = &e {
+            return DirectorError::Busy(format!(
+                "nothing of this request was committed ({why}); try again"
+            ));
+        }
         if e.is_unavailable() {
             tracing::warn!(error = %e, "the database does not answer");
             return DirectorError::Busy("the database does not answer; try again".into());

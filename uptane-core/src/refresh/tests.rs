@@ -160,53 +160,101 @@ fn each_fetch_is_described_by_what_its_referrer_lists() {
     assert!(refresh.listed().is_none(), "nothing is asked for once done");
 }
 
+/// Refreshes from `repo` through `feed_shared_telling`, the targets file altered (one byte,
+/// the same length) if `alter_targets`; the refresh's end and the roles told as listed.
+fn told_as_listed(
+    repo: &RepoFixture,
+    alter_targets: bool,
+) -> (Result<(), UpdateError>, Vec<String>) {
+    let mut refresh = full(repo);
+    let told = std::sync::Mutex::new(Vec::new());
+    let fed = loop {
+        let answer = match refresh.next() {
+            Step::ReadKept(_) => None,
+            Step::Fetch { file, .. } => repo.file(&file).map(|mut bytes| {
+                if alter_targets && file.role() == "targets" {
+                    let at = bytes.len() / 2;
+                    bytes[at] ^= 0x01;
+                }
+                (file.role().to_string(), bytes)
+            }),
+            Step::Done => break Ok(()),
+        };
+        let (role, bytes) = match answer {
+            Some((role, bytes)) => (role, Some(Arc::from(bytes))),
+            None => (String::new(), None),
+        };
+        let told = &told;
+        if let Err(e) = refresh.feed_shared_telling(bytes, move || {
+            told.lock().unwrap().push(role);
+        }) {
+            break Err(e);
+        }
+    };
+    (fed, told.into_inner().unwrap())
+}
+
 /// `listed` is told for the snapshot and a targets file once they are what their referrer
-/// lists, never for a root or a timestamp, and not for bytes of the listed length that
-/// differ from the listed ones (which are then refused).
+/// lists, never for a root or a timestamp; not for bytes of the listed length that differ
+/// from the listed ones (which are then refused); not for a file listed by length alone
+/// (which is still admitted); and from the thread that checks a large file's hashes beside
+/// its signatures.
 #[test]
 fn only_the_bytes_a_referrer_lists_are_told_as_listed() {
     let mut repo = RepoFixture::new();
     repo.add_target("a.bin", b"a", None);
     repo.publish();
-    for alter_targets in [false, true] {
-        let mut refresh = full(&repo);
-        let told = std::sync::Mutex::new(Vec::new());
-        let fed = loop {
-            let answer = match refresh.next() {
-                Step::ReadKept(_) => None,
-                Step::Fetch { file, .. } => repo.file(&file).map(|mut bytes| {
-                    if alter_targets && file.role() == "targets" {
-                        // The same length, other bytes.
-                        let at = bytes.len() - 4;
-                        bytes[at] ^= 0x01;
-                    }
-                    (file.role().to_string(), bytes)
-                }),
-                Step::Done => break Ok(()),
-            };
-            let (role, bytes) = match answer {
-                Some((role, bytes)) => (role, Some(Arc::from(bytes))),
-                None => (String::new(), None),
-            };
-            let told = &told;
-            if let Err(e) = refresh.feed_shared_telling(bytes, move || {
-                told.lock().unwrap().push(role);
-            }) {
-                break Err(e);
-            }
-        };
-        let told = told.into_inner().unwrap();
-        if alter_targets {
-            assert!(
-                matches!(fed, Err(UpdateError::DigestMismatch { ref role, .. }) if role == "targets"),
-                "{fed:?}"
-            );
-            assert_eq!(told, ["snapshot"]);
-        } else {
-            fed.unwrap();
-            assert_eq!(told, ["snapshot", "targets"]);
-        }
+    let (fed, told) = told_as_listed(&repo, false);
+    fed.unwrap();
+    assert_eq!(told, ["snapshot", "targets"]);
+
+    let (fed, told) = told_as_listed(&repo, true);
+    assert!(
+        matches!(fed, Err(UpdateError::DigestMismatch { ref role, .. }) if role == "targets"),
+        "{fed:?}"
+    );
+    assert_eq!(told, ["snapshot"]);
+
+    // Listed by length alone: admitted on its signature, never told.
+    let mut length_only = repo.clone();
+    let mut targets = crate::sign::describe(
+        length_only.targets.common.version,
+        &length_only.targets_files["targets"],
+    );
+    targets.hashes = None;
+    length_only.snapshot =
+        crate::sign::SnapshotBuilder::new(length_only.versions.1, length_only.expires)
+            .role("targets", targets)
+            .sign(&[&length_only.snapshot_key])
+            .unwrap();
+    length_only.publish_timestamp_only();
+    let (fed, told) = told_as_listed(&length_only, false);
+    fed.unwrap();
+    assert_eq!(told, ["snapshot"]);
+
+    // A targets file large enough to be checked on two cores.
+    let mut large = RepoFixture::new();
+    let mut builder =
+        TargetsBuilder::from_targets(&large.targets, large.targets.common.version, large.expires);
+    for i in 0..5000 {
+        builder = builder.target(&format!("file-{i:06}.bin"), i.to_string().as_bytes(), None);
     }
+    large.targets = builder.build();
+    large.publish();
+    let len = large.targets_files["targets"].len();
+    assert!(
+        len >= crate::both::PARALLEL_BYTES,
+        "{len} bytes: checked on one core"
+    );
+    let (fed, told) = told_as_listed(&large, false);
+    fed.unwrap();
+    assert_eq!(told, ["snapshot", "targets"]);
+    let (fed, told) = told_as_listed(&large, true);
+    assert!(
+        matches!(fed, Err(UpdateError::DigestMismatch { .. })),
+        "{fed:?}"
+    );
+    assert_eq!(told, ["snapshot"]);
 }
 
 #[test]
