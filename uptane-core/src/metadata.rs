@@ -113,6 +113,14 @@ pub struct MetaFile {
     pub hashes: Option<Hashes>,
 }
 
+impl MetaFile {
+    /// Whether the listing names a hash, and so says what the file's bytes are (a length
+    /// alone does not).
+    pub fn names_a_hash(&self) -> bool {
+        self.hashes.as_ref().is_some_and(|h| !h.is_empty())
+    }
+}
+
 /// Timestamp metadata: the current snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timestamp {

@@ -178,7 +178,7 @@ fn check_against_meta(
         }
     })?;
     if let Some(tell) = listed
-        && meta.hashes.as_ref().is_some_and(|h| !h.is_empty())
+        && meta.names_a_hash()
     {
         tell();
     }

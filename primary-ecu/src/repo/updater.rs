@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uptane_core::error::{AttackKind, UpdateError};
 use uptane_core::hash::StreamVerifier;
 pub use uptane_core::metadata::quote_role;
-use uptane_core::metadata::{TargetFile, metadata_file_name};
+use uptane_core::metadata::{MetaFile, TargetFile, metadata_file_name};
 pub use uptane_core::refresh::RefreshOutcome;
 use uptane_core::refresh::{Accepted, Refresh, Step};
 use uptane_core::time::UtcTime;
@@ -362,10 +362,7 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
                         self.remote.metadata(&file, max_len).await?.map(Arc::from);
                     // Only bytes a referrer lists with a hash can be known good before
                     // their check: never a root or a timestamp.
-                    let listed = self
-                        .refresh
-                        .listed()
-                        .is_some_and(|meta| meta.hashes.as_ref().is_some_and(|h| !h.is_empty()));
+                    let listed = self.refresh.listed().is_some_and(MetaFile::names_a_hash);
                     let staging = match &fetched {
                         Some(bytes)
                             if listed
