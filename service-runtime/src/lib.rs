@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod clock;
 pub mod digest;
+pub mod direct;
 pub mod durable;
 pub mod files;
 pub mod http;
