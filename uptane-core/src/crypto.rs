@@ -3,9 +3,12 @@
 //! We sign with ed25519 only: aws-lc computes the signatures (about 9.5 µs each against
 //! ed25519-dalek's 16.7 µs on our machines, docs/BENCHMARKS.md), ed25519-dalek reads and
 //! writes the keys. Ed25519 signatures are deterministic (RFC 8032 §5.1.6), so both write the
-//! same bytes for the same key and message; a test holds them to it. We verify ed25519 (`verify_strict`), ECDSA P-256 over SHA-256
-//! (PEM SubjectPublicKeyInfo keys, DER signatures) and RSASSA-PSS over SHA-256, because every
-//! TUF client must read repositories made by other tools.
+//! same bytes for the same key and message; tests hold them to it (RFC 8032's vectors, and
+//! ed25519-dalek's own signature for any key and message).
+//!
+//! We verify ed25519 (ed25519-dalek's `verify_strict`), ECDSA P-256 over SHA-256 (PEM
+//! SubjectPublicKeyInfo keys, DER signatures) and RSASSA-PSS over SHA-256, because every TUF
+//! client must read repositories made by other tools.
 
 use std::fmt;
 
@@ -323,6 +326,12 @@ impl SigningKey {
             inner.verifying_key().as_bytes(),
         )
         .ok();
+        // aws-lc refuses only a seed whose public half it derives differently from
+        // ed25519-dalek: the two would disagree, and ed25519-dalek, which verifies, signs.
+        debug_assert!(
+            signer.is_some(),
+            "aws-lc and ed25519-dalek disagree on a key"
+        );
         Self {
             inner,
             signer,
@@ -518,6 +527,29 @@ mod tests {
             SigningKey::generate_with(|_: &mut [u8]| Err("no entropy")).map(|k| k.key_id()),
             Err("no entropy")
         );
+    }
+
+    /// RFC 8032 §7.1, TEST 1 and TEST 2: the exact signatures, from the seeds.
+    #[test]
+    fn signs_the_rfc_8032_test_vectors() {
+        let vectors = [
+            (
+                "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+                "",
+                "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+            ),
+            (
+                "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+                "72",
+                "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+            ),
+        ];
+        for (seed, message, signature) in vectors {
+            let seed: [u8; 32] = hex::decode(seed).unwrap().try_into().unwrap();
+            let key = SigningKey::from_seed(seed);
+            assert!(key.signer.is_some());
+            assert_eq!(key.sign_hex(&hex::decode(message).unwrap()), signature);
+        }
     }
 
     proptest! {
