@@ -100,13 +100,9 @@ impl DirectAppender {
     }
 
     /// The file's length once everything appended so far is written.
-    pub fn len(&self) -> u64 {
+    #[cfg(test)]
+    fn len(&self) -> u64 {
         self.end + self.pending as u64
-    }
-
-    /// Whether nothing was appended and the file was empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Appends `bytes`: gathered, and written a megabyte at a time as the room fills. Up to a
@@ -123,13 +119,13 @@ impl DirectAppender {
         if self.direct.is_some() && self.pending == 0 && !self.end.is_multiple_of(ALIGN as u64) {
             let head = (ALIGN as u64 - self.end % ALIGN as u64) as usize;
             let head = head.min(bytes.len());
-            self.write_plain(&bytes[..head])?;
+            write_plain(&self.plain, &mut self.end, &bytes[..head])?;
             self.plain.sync_data()?;
             bytes = &bytes[head..];
         }
         while !bytes.is_empty() {
             if self.direct.is_none() {
-                return self.write_plain(bytes);
+                return write_plain(&self.plain, &mut self.end, bytes);
             }
             let take = (BLOCK - self.pending).min(bytes.len());
             let at = self.start + self.pending;
@@ -137,23 +133,18 @@ impl DirectAppender {
             self.pending += take;
             bytes = &bytes[take..];
             if self.pending == BLOCK {
-                self.write_blocks()?;
+                self.write_gathered()?;
             }
         }
         Ok(())
     }
 
-    /// Writes every whole aligned block gathered; less than one block stays gathered until
-    /// the next call or [`Self::finish`]. A caller appending what arrived in batches calls
-    /// this after each, so that what arrived is on the file even if nothing more comes.
+    /// Writes every whole aligned block gathered, directly; less than one block stays
+    /// gathered, at the front of the room, until the next call or [`Self::finish`]. Once
+    /// direct writes have stopped, writes everything gathered through the ordinary
+    /// descriptor. A caller appending what arrived in batches calls this after each, so that
+    /// what arrived is on the file even if nothing more comes.
     pub fn write_gathered(&mut self) -> std::io::Result<()> {
-        self.write_blocks()
-    }
-
-    /// Writes the whole blocks gathered, directly, and keeps the partial block at the front;
-    /// once direct writes have stopped, writes everything gathered through the ordinary
-    /// descriptor.
-    fn write_blocks(&mut self) -> std::io::Result<()> {
         let whole = self.pending - self.pending % ALIGN;
         let room = &self.buffer[self.start..self.start + self.pending];
         let written = match &self.direct {
@@ -177,10 +168,7 @@ impl DirectAppender {
         if self.direct.is_none() {
             let rest = self.start + written..self.start + self.pending;
             self.pending = 0;
-            self.plain
-                .write_all_at(&self.buffer[rest.clone()], self.end)?;
-            self.end += rest.len() as u64;
-            return Ok(());
+            return write_plain(&self.plain, &mut self.end, &self.buffer[rest]);
         }
         self.buffer
             .copy_within(self.start + whole..self.start + self.pending, self.start);
@@ -193,18 +181,16 @@ impl DirectAppender {
     pub fn finish(mut self) -> std::io::Result<File> {
         let room = self.start..self.start + self.pending;
         self.pending = 0;
-        self.plain
-            .write_all_at(&self.buffer[room.clone()], self.end)?;
-        self.end += room.len() as u64;
+        write_plain(&self.plain, &mut self.end, &self.buffer[room])?;
         Ok(self.plain)
     }
+}
 
-    /// Writes `bytes` at the end through the ordinary descriptor.
-    fn write_plain(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.plain.write_all_at(bytes, self.end)?;
-        self.end += bytes.len() as u64;
-        Ok(())
-    }
+/// Writes `bytes` at `end` through the ordinary descriptor and moves `end` past them.
+fn write_plain(plain: &File, end: &mut u64, bytes: &[u8]) -> std::io::Result<()> {
+    plain.write_all_at(bytes, *end)?;
+    *end += bytes.len() as u64;
+    Ok(())
 }
 
 /// `file` opened again for direct writes, if the system and the filesystem allow it.
