@@ -14,5 +14,6 @@ pub mod fsutil;
 pub mod keys;
 pub mod remote;
 pub mod repo;
+pub mod serve_targets;
 pub mod server;
 pub mod tokens;

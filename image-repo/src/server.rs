@@ -1,7 +1,8 @@
 //! The HTTP server: metadata and images for clients, authenticated uploads for publishers.
 //!
-//! - `GET /metadata/<file>` and `GET /targets/<path>`: files from disk, streamed in 64 KiB
-//!   reads, with HTTP Range for resumed downloads.
+//! - `GET /metadata/<file>`: metadata, served from memory.
+//! - `GET /targets/<path>`: images from disk, streamed in 256 KiB reads, with one HTTP range
+//!   for resumed downloads (`crate::serve_targets`).
 //! - `GET /healthz`.
 //! - `PUT /api/v1/blobs/<sha256>`: image bytes, streamed to the blob store and hashed; kept
 //!   only if they hash to the digest in the URL. Any valid token.
@@ -19,7 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Extension, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use futures_util::StreamExt;
@@ -28,7 +29,6 @@ use service_runtime::http::ServerLimits;
 use service_runtime::throttle::Throttle;
 use service_runtime::tls::PeerIdentity;
 use tokio::sync::Mutex;
-use tower_http::services::ServeDir;
 
 use crate::error::RepoError;
 use crate::repo::{BlobHasher, Repository};
@@ -274,8 +274,6 @@ impl IntoResponse for ApiError {
 
 /// The router, testable without a socket.
 pub fn router(state: AppState) -> Router {
-    // 256 KiB reads: 64 KiB reads cap a single download well below what loopback carries.
-    let targets = ServeDir::new(state.repo.targets_dir()).with_buf_chunk_size(256 * 1024);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/status", get(status))
@@ -288,12 +286,21 @@ pub fn router(state: AppState) -> Router {
             put(upload_metadata).layer(DefaultBodyLimit::disable()),
         )
         .route("/metadata/{file}", get(get_metadata))
-        .nest_service("/targets", targets)
+        .route("/targets/{*path}", get(get_target))
         .route_layer(axum::middleware::from_fn_with_state(
             state.http.clone(),
             service_runtime::metrics::track,
         ))
         .with_state(state)
+}
+
+async fn get_target(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> Response {
+    crate::serve_targets::serve(state.repo.targets_dir(), &path, &method, &headers).await
 }
 
 /// Metadata files are small and read far more often than written: they are served from

@@ -234,6 +234,114 @@ async fn publishes_an_uploaded_image_and_serves_it_with_ranges() {
     assert_eq!(status["expiring"], serde_json::json!([]), "{status}");
 }
 
+/// One image request: status, the headers a resuming client reads, and the body.
+async fn get_image(
+    f: &Fixture,
+    method: &str,
+    uri: &str,
+    range: Option<&str>,
+) -> (StatusCode, [Option<String>; 3], Vec<u8>) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(range) = range {
+        request = request.header(header::RANGE, range);
+    }
+    let response = f
+        .app()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &header::HeaderValue| v.to_str().unwrap().to_string())
+    };
+    let headers = [
+        header(header::CONTENT_LENGTH),
+        header(header::CONTENT_RANGE),
+        header(header::ACCEPT_RANGES),
+    ];
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, headers, body.to_vec())
+}
+
+#[tokio::test]
+async fn serves_an_image_whole_or_one_range_of_it_and_nothing_hidden() {
+    let f = fixture();
+    assert_eq!(f.upload_blob(IMAGE).await, StatusCode::CREATED);
+    let (status, report) = f
+        .put(
+            "/api/v1/metadata/targets",
+            Some(&f.targets_token),
+            f.signed_targets(with_image),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let uri = format!(
+        "/targets/{}.brake.bin",
+        uptane_core::hash::sha256_hex(IMAGE)
+    );
+    let len = IMAGE.len();
+    let some = |s: &str| Some(s.to_string());
+
+    let (status, headers, body) = get_image(&f, "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers, [Some(len.to_string()), None, some("bytes")]);
+    assert_eq!(body, IMAGE);
+
+    let (status, headers, body) = get_image(&f, "HEAD", &uri, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[0], Some(len.to_string()));
+    assert!(body.is_empty());
+
+    let (status, headers, body) = get_image(&f, "GET", &uri, Some("bytes=2-4")).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    let range = format!("bytes 2-4/{len}");
+    assert_eq!(headers, [some("3"), Some(range), some("bytes")]);
+    assert_eq!(body, &IMAGE[2..5]);
+
+    let (status, headers, body) = get_image(&f, "GET", &uri, Some("bytes=-5")).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        headers[1],
+        Some(format!("bytes {}-{}/{len}", len - 5, len - 1))
+    );
+    assert_eq!(body, &IMAGE[len - 5..]);
+
+    // Past the end: 416, with the length a client can resume against.
+    let past = format!("bytes={len}-");
+    let (status, headers, body) = get_image(&f, "GET", &uri, Some(&past)).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(headers[1], Some(format!("bytes */{len}")));
+    assert!(body.is_empty());
+
+    // Several ranges, or a malformed one: ignored, the whole image.
+    for ignored in ["bytes=0-1,4-5", "bytes=4-1", "pages=1-"] {
+        let (status, _, body) = get_image(&f, "GET", &uri, Some(ignored)).await;
+        assert_eq!(
+            (status, body.as_slice()),
+            (StatusCode::OK, IMAGE),
+            "{ignored}"
+        );
+    }
+
+    // A temporary link, a directory, a name never published: 404.
+    let targets = f.repo.targets_dir();
+    std::fs::write(targets.join(".tmp-link-1"), IMAGE).unwrap();
+    std::fs::create_dir_all(targets.join("dir")).unwrap();
+    for missing in [
+        "/targets/.tmp-link-1",
+        "/targets/dir",
+        "/targets/absent.bin",
+    ] {
+        let (status, _, _) = get_image(&f, "GET", missing, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    }
+}
+
 /// Runs a refused upload and checks its status and that nothing served changed.
 async fn assert_refused(
     f: &Fixture,

@@ -1,0 +1,404 @@
+//! `GET /targets/<path>`: image files from the `targets/` directory, streamed from disk, with
+//! one HTTP range for resumed downloads.
+//!
+//! Each chunk is read from the file straight into the buffer that is sent (a positional read
+//! into a fresh allocation, no zeroing), one read ahead of the socket. `tower-http`'s
+//! `ServeDir`, used before, read through `tokio::fs::File`, which reads into a buffer of its
+//! own and copies it into the caller's: that copy was 18% of the server's CPU while it served
+//! an image (docs/BENCHMARKS.md).
+//!
+//! What is served is a regular file under `targets/` named by path segments that are not
+//! empty and do not start with a dot: no `..`, and none of the repository's temporary links.
+//! Anything else is a 404, as is a directory.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::task::JoinHandle;
+
+/// Bytes read from the file per chunk: large reads for a fast single stream, and at most two
+/// chunks (one being sent, one read ahead) held per download.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Serves `path` (below `/targets/`, percent-decoded) from `dir`.
+pub async fn serve(dir: PathBuf, path: &str, method: &Method, headers: &HeaderMap) -> Response {
+    let Some(relative) = safe_relative(path) else {
+        return not_found();
+    };
+    let full = dir.join(relative);
+    let opened = tokio::task::spawn_blocking(move || open_regular(&full)).await;
+    let (file, length) = match opened {
+        Ok(Ok(Some(opened))) => opened,
+        Ok(Ok(None)) => return not_found(),
+        Ok(Err(e)) => {
+            tracing::error!(path, error = %e, "cannot open a target file");
+            return internal_error();
+        }
+        Err(e) => {
+            tracing::error!(path, error = %e, "the open of a target file stopped");
+            return internal_error();
+        }
+    };
+    let (status, start, len) = match requested_range(headers, length) {
+        Requested::Whole => (StatusCode::OK, 0, length),
+        Requested::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        Requested::Unsatisfiable => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{length}"))],
+            )
+                .into_response();
+        }
+    };
+    let body = if method == Method::HEAD || len == 0 {
+        Body::empty()
+    } else {
+        Body::from_stream(FileChunks::new(file, start, len))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if status == StatusCode::PARTIAL_CONTENT {
+        let range = format!("bytes {start}-{}/{length}", start + len - 1);
+        if let Ok(value) = HeaderValue::from_str(&range) {
+            h.insert(header::CONTENT_RANGE, value);
+        }
+    }
+    response
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({"error": "not found"})),
+    )
+        .into_response()
+}
+
+fn internal_error() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(serde_json::json!({"error": "internal error"})),
+    )
+        .into_response()
+}
+
+/// The path as segments safe to join below the targets directory, or `None`.
+fn safe_relative(path: &str) -> Option<PathBuf> {
+    if path.is_empty() || path.len() > 4096 {
+        return None;
+    }
+    let mut relative = PathBuf::new();
+    for segment in path.split('/') {
+        if segment.is_empty()
+            || segment.starts_with('.')
+            || segment.contains(['\\', '\0'])
+            || segment.len() > 255
+        {
+            return None;
+        }
+        relative.push(segment);
+    }
+    Some(relative)
+}
+
+/// The file and its length if `path` is a regular file; `None` if there is none (or it is
+/// something else).
+fn open_regular(path: &Path) -> std::io::Result<Option<(File, u64)>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if is_absent(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let metadata = file.metadata()?;
+    Ok(metadata.is_file().then_some((file, metadata.len())))
+}
+
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound
+            | std::io::ErrorKind::NotADirectory
+            | std::io::ErrorKind::InvalidFilename
+    )
+}
+
+/// What a request's `Range` asks of a file of `length` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Requested {
+    /// No range, one this server ignores (several ranges, other units, malformed, or an
+    /// `If-Range`): the whole file, 200 (RFC 9110 §14.2 lets a server ignore `Range`).
+    Whole,
+    /// Bytes `start..=end`, 206.
+    Part { start: u64, end: u64 },
+    /// A single byte range that starts past the end (or an empty suffix), 416.
+    Unsatisfiable,
+}
+
+fn requested_range(headers: &HeaderMap, length: u64) -> Requested {
+    // The files are never changed in place (a new image is a new name), but a validator this
+    // server does not send cannot match: the whole file (RFC 9110 §13.1.5).
+    if headers.contains_key(header::IF_RANGE) {
+        return Requested::Whole;
+    }
+    let mut values = headers.get_all(header::RANGE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Requested::Whole;
+    };
+    let Some(spec) = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return Requested::Whole;
+    };
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Requested::Whole;
+    };
+    let number = |text: &str| {
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse::<u64>().ok())
+            .flatten()
+    };
+    match (first.trim(), last.trim()) {
+        // bytes=-N: the last N bytes.
+        ("", suffix) => match number(suffix) {
+            Some(0) => Requested::Unsatisfiable,
+            Some(_) if length == 0 => Requested::Unsatisfiable,
+            Some(n) => Requested::Part {
+                start: length.saturating_sub(n),
+                end: length - 1,
+            },
+            None => Requested::Whole,
+        },
+        (first, last) => {
+            let Some(start) = number(first) else {
+                return Requested::Whole;
+            };
+            let end = if last.is_empty() {
+                None
+            } else {
+                match number(last) {
+                    Some(end) if end >= start => Some(end),
+                    _ => return Requested::Whole,
+                }
+            };
+            if start >= length {
+                return Requested::Unsatisfiable;
+            }
+            let end = end.map_or(length - 1, |end| end.min(length - 1));
+            Requested::Part { start, end }
+        }
+    }
+}
+
+/// `len` bytes of a file from `offset`, a chunk at a time, the next chunk read while the
+/// last is sent. An error (or a file shorter than it was) ends the body with an error, so the
+/// client sees a broken response, never a short one taken as whole.
+struct FileChunks {
+    reading: Option<JoinHandle<(File, std::io::Result<Bytes>)>>,
+    offset: u64,
+    remaining: u64,
+}
+
+impl FileChunks {
+    fn new(file: File, offset: u64, len: u64) -> Self {
+        let mut chunks = Self {
+            reading: None,
+            offset,
+            remaining: len,
+        };
+        chunks.read_next(file);
+        chunks
+    }
+
+    fn read_next(&mut self, file: File) {
+        let want = self.remaining.min(CHUNK_BYTES as u64);
+        let offset = self.offset;
+        self.reading = Some(tokio::task::spawn_blocking(move || {
+            let read = read_chunk(&file, offset, want);
+            (file, read)
+        }));
+    }
+}
+
+/// Reads `want` bytes at `offset` into a fresh buffer (`read_to_end` fills its spare
+/// capacity without zeroing it first).
+fn read_chunk(file: &File, offset: u64, want: u64) -> std::io::Result<Bytes> {
+    use std::io::{Seek, SeekFrom};
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    let mut buffer = Vec::with_capacity(usize::try_from(want).unwrap_or(CHUNK_BYTES));
+    reader.take(want).read_to_end(&mut buffer)?;
+    if (buffer.len() as u64) < want {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the target file is shorter than when it was opened",
+        ));
+    }
+    Ok(Bytes::from(buffer))
+}
+
+impl futures_util::Stream for FileChunks {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(reading) = self.reading.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let joined = ready!(Pin::new(reading).poll(cx));
+        self.reading = None;
+        let (file, read) = match joined {
+            Ok(done) => done,
+            Err(e) => return Poll::Ready(Some(Err(std::io::Error::other(e)))),
+        };
+        let chunk = match read {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                tracing::error!(error = %e, "reading a target file failed");
+                return Poll::Ready(Some(Err(e)));
+            }
+        };
+        self.offset += chunk.len() as u64;
+        self.remaining -= chunk.len() as u64;
+        if self.remaining > 0 {
+            self.read_next(file);
+        }
+        Poll::Ready(Some(Ok(chunk)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(value: &str, length: u64) -> Requested {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_str(value).unwrap());
+        requested_range(&headers, length)
+    }
+
+    #[test]
+    fn single_byte_ranges_are_read_as_rfc_9110_says() {
+        assert_eq!(range("bytes=6-", 10), Requested::Part { start: 6, end: 9 });
+        assert_eq!(range("bytes=2-4", 10), Requested::Part { start: 2, end: 4 });
+        assert_eq!(
+            range("bytes=2-400", 10),
+            Requested::Part { start: 2, end: 9 }
+        );
+        assert_eq!(range("bytes=-3", 10), Requested::Part { start: 7, end: 9 });
+        assert_eq!(range("bytes=-30", 10), Requested::Part { start: 0, end: 9 });
+        assert_eq!(range("bytes=9-9", 10), Requested::Part { start: 9, end: 9 });
+    }
+
+    #[test]
+    fn a_range_past_the_end_is_unsatisfiable() {
+        assert_eq!(range("bytes=10-", 10), Requested::Unsatisfiable);
+        assert_eq!(range("bytes=10-20", 10), Requested::Unsatisfiable);
+        assert_eq!(range("bytes=-0", 10), Requested::Unsatisfiable);
+        assert_eq!(range("bytes=0-", 0), Requested::Unsatisfiable);
+        assert_eq!(range("bytes=-5", 0), Requested::Unsatisfiable);
+    }
+
+    #[test]
+    fn ranges_this_server_does_not_serve_get_the_whole_file() {
+        for ignored in [
+            "bytes=0-1,4-5",
+            "bytes=5-2",
+            "bytes=a-",
+            "bytes=-",
+            "bytes=+1-",
+            "bytes=1",
+            "items=0-1",
+            "bytes=99999999999999999999999-",
+            "",
+        ] {
+            assert_eq!(range(ignored, 10), Requested::Whole, "{ignored:?}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=2-"));
+        headers.insert(
+            header::IF_RANGE,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(requested_range(&headers, 10), Requested::Whole);
+        let mut headers = HeaderMap::new();
+        headers.append(header::RANGE, HeaderValue::from_static("bytes=2-"));
+        headers.append(header::RANGE, HeaderValue::from_static("bytes=3-"));
+        assert_eq!(requested_range(&headers, 10), Requested::Whole);
+    }
+
+    #[test]
+    fn only_plain_segments_below_the_directory_are_served() {
+        assert_eq!(safe_relative("a.bin"), Some(PathBuf::from("a.bin")));
+        assert_eq!(safe_relative("dir/a.bin"), Some(PathBuf::from("dir/a.bin")));
+        for refused in [
+            "",
+            "../secret",
+            "dir/../../secret",
+            "./a.bin",
+            ".tmp-link-1",
+            "dir/.hidden",
+            "/etc/passwd",
+            "dir//a.bin",
+            "dir/",
+            "a\\..\\b",
+            "a\0b",
+        ] {
+            assert_eq!(safe_relative(refused), None, "{refused:?}");
+        }
+        assert_eq!(safe_relative(&"a".repeat(256)), None);
+        assert_eq!(safe_relative(&"a/".repeat(2049)), None);
+    }
+
+    #[tokio::test]
+    async fn a_file_of_several_chunks_is_read_whole_and_from_any_offset() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let bytes: Vec<u8> = (0..CHUNK_BYTES * 3 + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        for (start, len) in [
+            (0, bytes.len()),
+            (1, bytes.len() - 1),
+            (CHUNK_BYTES - 1, CHUNK_BYTES + 2),
+            (bytes.len() - 1, 1),
+        ] {
+            let file = File::open(&path).unwrap();
+            let chunks: Vec<Bytes> = FileChunks::new(file, start as u64, len as u64)
+                .map(|c| c.unwrap())
+                .collect()
+                .await;
+            assert!(chunks.iter().all(|c| c.len() <= CHUNK_BYTES));
+            assert_eq!(chunks.concat(), &bytes[start..start + len]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_promised_ends_in_an_error() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        std::fs::write(&path, vec![7u8; CHUNK_BYTES + 10]).unwrap();
+        let file = File::open(&path).unwrap();
+        let items: Vec<_> = FileChunks::new(file, 0, CHUNK_BYTES as u64 + 20)
+            .collect()
+            .await;
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].as_ref().unwrap().len(), CHUNK_BYTES);
+        let error = items[1].as_ref().unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+}
