@@ -1,15 +1,17 @@
 //! `GET /targets/<path>`: image files from the `targets/` directory, streamed from disk, with
 //! one HTTP range for resumed downloads.
 //!
-//! Each chunk is read from the file straight into the buffer that is sent (a positional read
-//! into a fresh allocation, no zeroing), one read ahead of the socket. `tower-http`'s
-//! `ServeDir`, used before, read through `tokio::fs::File`, which reads into a buffer of its
-//! own and copies it into the caller's: that copy was 18% of the server's CPU while it served
-//! an image (docs/BENCHMARKS.md).
+//! Each chunk is read from the file straight into the buffer that is sent (`read_to_end` into
+//! a fresh allocation, which it fills without zeroing), one read ahead of the socket.
+//! `tower-http`'s `ServeDir`, used before, read through `tokio::fs::File`, which reads into a
+//! buffer of its own and copies it into the caller's: that copy was 18% of the server's CPU
+//! while it served an image (docs/BENCHMARKS.md).
 //!
-//! What is served is a regular file under `targets/` named by path segments that are not
-//! empty and do not start with a dot: no `..`, and none of the repository's temporary links.
-//! Anything else is a 404, as is a directory.
+//! What is served is a regular file under `targets/`, reached one path component at a time
+//! without following a symbolic link (a link placed in `targets/` cannot hand out the online
+//! keys beside it) and opened without blocking (a FIFO cannot hold a thread). No segment may
+//! be empty, `.` or `..`, and the file's own name may not start with a dot (the publisher's
+//! temporary links). Anything else is a 404, as is a directory.
 
 use std::fs::File;
 use std::io::Read;
@@ -22,8 +24,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::task::JoinHandle;
 
-/// Bytes read from the file per chunk: large reads for a fast single stream, and at most two
-/// chunks (one being sent, one read ahead) held per download.
+/// Bytes read from the file per chunk: large reads for a fast single stream. A download holds
+/// at most three (hyper's write buffer takes up to about 400 KiB, and one is read ahead).
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Serves `path` (below `/targets/`, percent-decoded) from `dir`.
@@ -31,8 +33,7 @@ pub async fn serve(dir: PathBuf, path: &str, method: &Method, headers: &HeaderMa
     let Some(relative) = safe_relative(path) else {
         return not_found();
     };
-    let full = dir.join(relative);
-    let opened = tokio::task::spawn_blocking(move || open_regular(&full)).await;
+    let opened = tokio::task::spawn_blocking(move || open_regular(&dir, &relative)).await;
     let (file, length) = match opened {
         Ok(Ok(Some(opened))) => opened,
         Ok(Ok(None)) => return not_found(),
@@ -45,7 +46,13 @@ pub async fn serve(dir: PathBuf, path: &str, method: &Method, headers: &HeaderMa
             return internal_error();
         }
     };
-    let (status, start, len) = match requested_range(headers, length) {
+    // Range applies to GET only (RFC 9110 §14.2).
+    let requested = if method == Method::GET {
+        requested_range(headers, length)
+    } else {
+        Requested::Whole
+    };
+    let (status, start, len) = match requested {
         Requested::Whole => (StatusCode::OK, 0, length),
         Requested::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         Requested::Unsatisfiable => {
@@ -95,32 +102,57 @@ fn internal_error() -> Response {
         .into_response()
 }
 
-/// The path as segments safe to join below the targets directory, or `None`.
-fn safe_relative(path: &str) -> Option<PathBuf> {
+/// The path's segments, each safe to open below the targets directory, or `None`.
+fn safe_relative(path: &str) -> Option<Vec<String>> {
     if path.is_empty() || path.len() > 4096 {
         return None;
     }
-    let mut relative = PathBuf::new();
-    for segment in path.split('/') {
-        if segment.is_empty()
-            || segment.starts_with('.')
-            || segment.contains(['\\', '\0'])
-            || segment.len() > 255
-        {
-            return None;
-        }
-        relative.push(segment);
-    }
-    Some(relative)
+    let segments: Vec<String> = path.split('/').map(str::to_string).collect();
+    let plain = |s: &String| {
+        !s.is_empty() && s != "." && s != ".." && !s.contains(['\\', '\0']) && s.len() <= 255
+    };
+    let name = segments.last()?;
+    (segments.iter().all(plain) && !name.starts_with('.')).then_some(segments)
 }
 
-/// The file and its length if `path` is a regular file; `None` if there is none (or it is
-/// something else).
-fn open_regular(path: &Path) -> std::io::Result<Option<(File, u64)>> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if is_absent(&e) => return Ok(None),
-        Err(e) => return Err(e),
+/// The file and its length if `segments` below `dir` name a regular file, reached without
+/// following a symbolic link; `None` if there is none (or it is something else).
+fn open_regular(dir: &Path, segments: &[String]) -> std::io::Result<Option<(File, u64)>> {
+    use rustix::fs::{Mode, OFlags, openat};
+    let Some((name, parents)) = segments.split_last() else {
+        return Ok(None);
+    };
+    let opened = (|| {
+        let mut at = openat(
+            rustix::fs::CWD,
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        for parent in parents {
+            at = openat(
+                &at,
+                parent.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+        }
+        openat(
+            &at,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    })();
+    let file = match opened {
+        Ok(fd) => File::from(fd),
+        // A link where a directory or the file should be (ELOOP, or ENOTDIR for a link to a
+        // directory opened as one), or nothing there.
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => return Ok(None),
+        Err(e) => {
+            let e = std::io::Error::from(e);
+            return if is_absent(&e) { Ok(None) } else { Err(e) };
+        }
     };
     let metadata = file.metadata()?;
     Ok(metadata.is_file().then_some((file, metadata.len())))
@@ -176,7 +208,8 @@ fn requested_range(headers: &HeaderMap, length: u64) -> Requested {
         // bytes=-N: the last N bytes.
         ("", suffix) => match number(suffix) {
             Some(0) => Requested::Unsatisfiable,
-            Some(_) if length == 0 => Requested::Unsatisfiable,
+            // A suffix of an empty file: nothing to send, which the whole file says.
+            Some(_) if length == 0 => Requested::Whole,
             Some(n) => Requested::Part {
                 start: length.saturating_sub(n),
                 end: length - 1,
@@ -187,13 +220,17 @@ fn requested_range(headers: &HeaderMap, length: u64) -> Requested {
             let Some(start) = number(first) else {
                 return Requested::Whole;
             };
+            let digits = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit());
             let end = if last.is_empty() {
                 None
-            } else {
-                match number(last) {
-                    Some(end) if end >= start => Some(end),
+            } else if digits {
+                // An end past what u64 holds is past the end of any file.
+                match last.parse::<u64>().unwrap_or(u64::MAX) {
+                    end if end >= start => Some(end),
                     _ => return Requested::Whole,
                 }
+            } else {
+                return Requested::Whole;
             };
             if start >= length {
                 return Requested::Unsatisfiable;
@@ -301,6 +338,10 @@ mod tests {
         assert_eq!(range("bytes=-3", 10), Requested::Part { start: 7, end: 9 });
         assert_eq!(range("bytes=-30", 10), Requested::Part { start: 0, end: 9 });
         assert_eq!(range("bytes=9-9", 10), Requested::Part { start: 9, end: 9 });
+        assert_eq!(
+            range("bytes=3-99999999999999999999999", 10),
+            Requested::Part { start: 3, end: 9 }
+        );
     }
 
     #[test]
@@ -309,7 +350,7 @@ mod tests {
         assert_eq!(range("bytes=10-20", 10), Requested::Unsatisfiable);
         assert_eq!(range("bytes=-0", 10), Requested::Unsatisfiable);
         assert_eq!(range("bytes=0-", 0), Requested::Unsatisfiable);
-        assert_eq!(range("bytes=-5", 0), Requested::Unsatisfiable);
+        assert_eq!(range("bytes=-5", 0), Requested::Whole);
     }
 
     #[test]
@@ -342,15 +383,22 @@ mod tests {
 
     #[test]
     fn only_plain_segments_below_the_directory_are_served() {
-        assert_eq!(safe_relative("a.bin"), Some(PathBuf::from("a.bin")));
-        assert_eq!(safe_relative("dir/a.bin"), Some(PathBuf::from("dir/a.bin")));
+        let segments = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(safe_relative("a.bin"), segments(&["a.bin"]));
+        assert_eq!(safe_relative("dir/a.bin"), segments(&["dir", "a.bin"]));
+        // A target name may have a directory starting with a dot; only the file's own name
+        // may not (the publisher's temporary links).
+        assert_eq!(
+            safe_relative(".well-known/a.bin"),
+            segments(&[".well-known", "a.bin"])
+        );
         for refused in [
             "",
             "../secret",
             "dir/../../secret",
             "./a.bin",
             ".tmp-link-1",
-            "dir/.hidden",
+            "dir/.tmp-link-1",
             "/etc/passwd",
             "dir//a.bin",
             "dir/",
@@ -360,7 +408,66 @@ mod tests {
             assert_eq!(safe_relative(refused), None, "{refused:?}");
         }
         assert_eq!(safe_relative(&"a".repeat(256)), None);
-        assert_eq!(safe_relative(&"a/".repeat(2049)), None);
+        assert_eq!(safe_relative(&("a/".repeat(2048) + "a")), None);
+    }
+
+    /// What `serve` answered, and the body's bytes.
+    async fn served(dir: &Path, path: &str, method: Method) -> (StatusCode, Vec<u8>, Option<u64>) {
+        let response = serve(dir.to_path_buf(), path, &method, &HeaderMap::new()).await;
+        let status = response.status();
+        let exact = axum::body::HttpBody::size_hint(response.body()).exact();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, body.to_vec(), exact)
+    }
+
+    #[tokio::test]
+    async fn links_fifos_and_directories_are_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("key.pem"), b"secret").unwrap();
+        std::fs::write(dir.path().join("a.bin"), b"image").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b.bin"), b"image b").unwrap();
+        let link = |to: &Path, name: &str| std::os::unix::fs::symlink(to, dir.path().join(name));
+        link(&outside.path().join("key.pem"), "key.bin").unwrap();
+        link(outside.path(), "out").unwrap();
+        link(&dir.path().join("a.bin"), "inside.bin").unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            dir.path().join("fifo.bin"),
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .unwrap();
+
+        assert_eq!(served(dir.path(), "a.bin", Method::GET).await.1, b"image");
+        assert_eq!(
+            served(dir.path(), "sub/b.bin", Method::GET).await.1,
+            b"image b"
+        );
+        for refused in ["key.bin", "out/key.pem", "inside.bin", "fifo.bin", "sub"] {
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                served(dir.path(), refused, Method::GET),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{refused}: no answer"));
+            assert_eq!(answer.0, StatusCode::NOT_FOUND, "{refused}");
+        }
+    }
+
+    #[tokio::test]
+    async fn head_reads_nothing_and_ignores_a_range() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.bin"), b"image").unwrap();
+        let (status, body, exact) = served(dir.path(), "a.bin", Method::HEAD).await;
+        assert_eq!((status, body.len(), exact), (StatusCode::OK, 0, Some(0)));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=1-"));
+        let response = serve(dir.path().to_path_buf(), "a.bin", &Method::HEAD, &headers).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_LENGTH], "5");
     }
 
     #[tokio::test]

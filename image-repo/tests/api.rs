@@ -178,9 +178,8 @@ fn with_image(b: TargetsBuilder) -> TargetsBuilder {
     )
 }
 
-#[tokio::test]
-async fn publishes_an_uploaded_image_and_serves_it_with_ranges() {
-    let f = fixture();
+/// Uploads [`IMAGE`] and publishes targets metadata listing it; the publish report.
+async fn publish_image(f: &Fixture) -> serde_json::Value {
     assert_eq!(f.upload_blob(IMAGE).await, StatusCode::CREATED);
     let (status, report) = f
         .put(
@@ -190,6 +189,13 @@ async fn publishes_an_uploaded_image_and_serves_it_with_ranges() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{report}");
+    report
+}
+
+#[tokio::test]
+async fn publishes_an_uploaded_image_and_serves_it_with_ranges() {
+    let f = fixture();
+    let report = publish_image(&f).await;
     assert_eq!(report["version"], 3);
     let sha = uptane_core::hash::sha256_hex(IMAGE);
     let request = Request::get(format!("/targets/{sha}.brake.bin"))
@@ -271,15 +277,7 @@ async fn get_image(
 #[tokio::test]
 async fn serves_an_image_whole_or_one_range_of_it_and_nothing_hidden() {
     let f = fixture();
-    assert_eq!(f.upload_blob(IMAGE).await, StatusCode::CREATED);
-    let (status, report) = f
-        .put(
-            "/api/v1/metadata/targets",
-            Some(&f.targets_token),
-            f.signed_targets(with_image),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{report}");
+    publish_image(&f).await;
     let uri = format!(
         "/targets/{}.brake.bin",
         uptane_core::hash::sha256_hex(IMAGE)
