@@ -24,6 +24,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::task::JoinHandle;
 
+use crate::server::ApiError;
+
 /// Bytes read from the file per chunk: large reads for a fast single stream. A download holds
 /// at most three (hyper's write buffer takes up to about 400 KiB, and one is read ahead).
 pub const CHUNK_BYTES: usize = 256 * 1024;
@@ -87,19 +89,11 @@ pub async fn serve(dir: PathBuf, path: &str, method: &Method, headers: &HeaderMa
 }
 
 fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        axum::Json(serde_json::json!({"error": "not found"})),
-    )
-        .into_response()
+    ApiError::new(StatusCode::NOT_FOUND, "not found").into_response()
 }
 
 fn internal_error() -> Response {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        axum::Json(serde_json::json!({"error": "internal error"})),
-    )
-        .into_response()
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
 }
 
 /// The path's segments, each safe to open below the targets directory, or `None`.
@@ -199,11 +193,8 @@ fn requested_range(headers: &HeaderMap, length: u64) -> Requested {
     let Some((first, last)) = spec.trim().split_once('-') else {
         return Requested::Whole;
     };
-    let number = |text: &str| {
-        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| text.parse::<u64>().ok())
-            .flatten()
-    };
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let number = |text: &str| digits(text).then(|| text.parse::<u64>().ok()).flatten();
     match (first.trim(), last.trim()) {
         // bytes=-N: the last N bytes.
         ("", suffix) => match number(suffix) {
@@ -220,10 +211,9 @@ fn requested_range(headers: &HeaderMap, length: u64) -> Requested {
             let Some(start) = number(first) else {
                 return Requested::Whole;
             };
-            let digits = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit());
             let end = if last.is_empty() {
                 None
-            } else if digits {
+            } else if digits(last) {
                 // An end past what u64 holds is past the end of any file.
                 match last.parse::<u64>().unwrap_or(u64::MAX) {
                     end if end >= start => Some(end),

@@ -238,7 +238,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -307,13 +307,7 @@ async fn get_target(
 /// memory, re-read whenever the file's inode, length or mtime changes (every publish
 /// replaces files by rename).
 async fn get_metadata(State(state): State<AppState>, Path(file): Path<String>) -> Response {
-    let not_found = || {
-        (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({"error": "not found"})),
-        )
-            .into_response()
-    };
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not found").into_response();
     if file.starts_with('.') || file.contains('/') || !file.ends_with(".json") {
         return not_found();
     }
