@@ -14,6 +14,7 @@
 //! temporary links). Anything else is a 404, as is a directory.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -22,16 +23,26 @@ use std::task::{Context, Poll, ready};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use service_runtime::conn_memory::{ConnectionMemory, Reserved};
 use tokio::task::JoinHandle;
 
 use crate::server::ApiError;
 
 /// Bytes read from the file per chunk: large reads for a fast single stream. A download holds
-/// at most three (hyper's write buffer takes up to about 400 KiB, and one is read ahead).
+/// at most three (hyper's write buffer takes up to about 400 KiB, and one is read ahead), and
+/// all the downloads of one connection no more than its memory allowance
+/// ([`service_runtime::conn_memory`], 1 MiB by default).
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
-/// Serves `path` (below `/targets/`, percent-decoded) from `dir`.
-pub async fn serve(dir: PathBuf, path: &str, method: &Method, headers: &HeaderMap) -> Response {
+/// Serves `path` (below `/targets/`, percent-decoded) from `dir`, reading only as much ahead
+/// as `memory`, the connection's allowance, has room for.
+pub async fn serve(
+    dir: PathBuf,
+    path: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    memory: ConnectionMemory,
+) -> Response {
     let Some(relative) = safe_relative(path) else {
         return not_found();
     };
@@ -68,7 +79,7 @@ pub async fn serve(dir: PathBuf, path: &str, method: &Method, headers: &HeaderMa
     let body = if method == Method::HEAD || len == 0 {
         Body::empty()
     } else {
-        Body::from_stream(FileChunks::new(file, start, len))
+        Body::from_stream(FileChunks::new(file, start, len, memory))
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -232,42 +243,96 @@ fn requested_range(headers: &HeaderMap, length: u64) -> Requested {
 }
 
 /// `len` bytes of a file from `offset`, a chunk at a time, the next chunk read while the
-/// last is sent. An error (or a file shorter than it was) ends the body with an error, so the
+/// last is sent. Each chunk is read only once the connection's memory allowance has room for
+/// it, and gives its share back when the transport drops it (written, or the connection
+/// gone). An error (or a file shorter than it was) ends the body with an error, so the
 /// client sees a broken response, never a short one taken as whole.
 struct FileChunks {
-    reading: Option<JoinHandle<(File, std::io::Result<Bytes>)>>,
+    next: Next,
+    memory: ConnectionMemory,
     offset: u64,
     remaining: u64,
 }
 
-impl FileChunks {
-    fn new(file: File, offset: u64, len: u64) -> Self {
-        let mut chunks = Self {
-            reading: None,
-            offset,
-            remaining: len,
-        };
-        chunks.read_next(file);
-        chunks
-    }
+/// What the body is doing for its next chunk.
+enum Next {
+    /// Waiting for room in the connection's allowance.
+    Reserving {
+        file: File,
+        reserving: Pin<Box<dyn Future<Output = Option<Reserved>> + Send>>,
+    },
+    /// Reading it on the blocking pool.
+    Reading(JoinHandle<(File, std::io::Result<Bytes>)>),
+    /// Nothing more to send.
+    Done,
+}
 
-    fn read_next(&mut self, file: File) {
-        let want = self.remaining.min(CHUNK_BYTES as u64);
-        let offset = self.offset;
-        self.reading = Some(tokio::task::spawn_blocking(move || {
-            let read = read_chunk(&file, offset, want);
-            (file, read)
-        }));
+/// A chunk's bytes and the share of the connection's allowance they hold.
+struct Chunk {
+    bytes: Vec<u8>,
+    _held: Reserved,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
-/// Reads `want` bytes at `offset` into a fresh buffer (`read_to_end` fills its spare
-/// capacity without zeroing it first).
-fn read_chunk(file: &File, offset: u64, want: u64) -> std::io::Result<Bytes> {
+impl FileChunks {
+    fn new(file: File, offset: u64, len: u64, memory: ConnectionMemory) -> Self {
+        let mut chunks = Self {
+            next: Next::Done,
+            memory,
+            offset,
+            remaining: len,
+        };
+        chunks.next = chunks.start(file);
+        chunks
+    }
+
+    fn want(&self) -> u64 {
+        self.remaining.min(CHUNK_BYTES as u64)
+    }
+
+    /// Reads the next chunk now if the allowance has room, else waits for it.
+    fn start(&self, file: File) -> Next {
+        let want = self.want();
+        match self.memory.try_reserve(want as usize) {
+            Some(held) => self.read(file, held),
+            None => Next::Reserving {
+                file,
+                reserving: Box::pin(self.memory.reserve(want as usize)),
+            },
+        }
+    }
+
+    fn read(&self, file: File, held: Reserved) -> Next {
+        let (offset, want) = (self.offset, self.want());
+        // Allocated here, on one of the runtime's few worker threads, not on whichever of
+        // the many blocking threads reads it: the allocator gives each thread pages of its
+        // own, so buffers taken across dozens of blocking threads spread over as many
+        // regions of memory (each resident whole where transparent huge pages are on).
+        let buffer = Vec::with_capacity(usize::try_from(want).unwrap_or(CHUNK_BYTES));
+        Next::Reading(tokio::task::spawn_blocking(move || {
+            let read = read_chunk(&file, offset, want, buffer, held);
+            (file, read)
+        }))
+    }
+}
+
+/// Reads `want` bytes at `offset` into `buffer`, empty with room for them (`read_to_end`
+/// fills its spare capacity without zeroing it first), which keeps `held` until dropped.
+fn read_chunk(
+    file: &File,
+    offset: u64,
+    want: u64,
+    mut buffer: Vec<u8>,
+    held: Reserved,
+) -> std::io::Result<Bytes> {
     use std::io::{Seek, SeekFrom};
     let mut reader = file;
     reader.seek(SeekFrom::Start(offset))?;
-    let mut buffer = Vec::with_capacity(usize::try_from(want).unwrap_or(CHUNK_BYTES));
     reader.take(want).read_to_end(&mut buffer)?;
     if (buffer.len() as u64) < want {
         return Err(std::io::Error::new(
@@ -275,41 +340,63 @@ fn read_chunk(file: &File, offset: u64, want: u64) -> std::io::Result<Bytes> {
             "the target file is shorter than when it was opened",
         ));
     }
-    Ok(Bytes::from(buffer))
+    Ok(Bytes::from_owner(Chunk {
+        bytes: buffer,
+        _held: held,
+    }))
 }
 
 impl futures_util::Stream for FileChunks {
     type Item = std::io::Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(reading) = self.reading.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let joined = ready!(Pin::new(reading).poll(cx));
-        self.reading = None;
-        let (file, read) = match joined {
-            Ok(done) => done,
-            Err(e) => return Poll::Ready(Some(Err(std::io::Error::other(e)))),
-        };
-        let chunk = match read {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                tracing::error!(error = %e, "reading a target file failed");
-                return Poll::Ready(Some(Err(e)));
+        loop {
+            match &mut self.next {
+                Next::Done => return Poll::Ready(None),
+                Next::Reserving { reserving, .. } => {
+                    let reserved = ready!(reserving.as_mut().poll(cx));
+                    let Next::Reserving { file, .. } =
+                        std::mem::replace(&mut self.next, Next::Done)
+                    else {
+                        unreachable!("matched just above");
+                    };
+                    let Some(held) = reserved else {
+                        return Poll::Ready(Some(Err(std::io::Error::other(
+                            "the connection's memory allowance was closed",
+                        ))));
+                    };
+                    self.next = self.read(file, held);
+                }
+                Next::Reading(reading) => {
+                    let joined = ready!(Pin::new(reading).poll(cx));
+                    self.next = Next::Done;
+                    let (file, read) = match joined {
+                        Ok(done) => done,
+                        Err(e) => return Poll::Ready(Some(Err(std::io::Error::other(e)))),
+                    };
+                    let chunk = match read {
+                        Ok(chunk) => chunk,
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading a target file failed");
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    };
+                    self.offset += chunk.len() as u64;
+                    self.remaining -= chunk.len() as u64;
+                    if self.remaining > 0 {
+                        self.next = self.start(file);
+                    }
+                    return Poll::Ready(Some(Ok(chunk)));
+                }
             }
-        };
-        self.offset += chunk.len() as u64;
-        self.remaining -= chunk.len() as u64;
-        if self.remaining > 0 {
-            self.read_next(file);
         }
-        Poll::Ready(Some(Ok(chunk)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use service_runtime::conn_memory::DEFAULT_BYTES;
 
     fn range(value: &str, length: u64) -> Requested {
         let mut headers = HeaderMap::new();
@@ -403,7 +490,14 @@ mod tests {
 
     /// What `serve` answered, and the body's bytes.
     async fn served(dir: &Path, path: &str, method: Method) -> (StatusCode, Vec<u8>, Option<u64>) {
-        let response = serve(dir.to_path_buf(), path, &method, &HeaderMap::new()).await;
+        let response = serve(
+            dir.to_path_buf(),
+            path,
+            &method,
+            &HeaderMap::new(),
+            ConnectionMemory::new(DEFAULT_BYTES),
+        )
+        .await;
         let status = response.status();
         let exact = axum::body::HttpBody::size_hint(response.body()).exact();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
@@ -455,7 +549,14 @@ mod tests {
         assert_eq!((status, body.len(), exact), (StatusCode::OK, 0, Some(0)));
         let mut headers = HeaderMap::new();
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=1-"));
-        let response = serve(dir.path().to_path_buf(), "a.bin", &Method::HEAD, &headers).await;
+        let response = serve(
+            dir.path().to_path_buf(),
+            "a.bin",
+            &Method::HEAD,
+            &headers,
+            ConnectionMemory::new(DEFAULT_BYTES),
+        )
+        .await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()[header::CONTENT_LENGTH], "5");
     }
@@ -474,7 +575,9 @@ mod tests {
             (bytes.len() - 1, 1),
         ] {
             let file = File::open(&path).unwrap();
-            let chunks: Vec<Bytes> = FileChunks::new(file, start as u64, len as u64)
+            // Collected, so every chunk is held at once: an allowance for all of them.
+            let memory = ConnectionMemory::new(bytes.len() + (4 << 10));
+            let chunks: Vec<Bytes> = FileChunks::new(file, start as u64, len as u64, memory)
                 .map(|c| c.unwrap())
                 .collect()
                 .await;
@@ -490,12 +593,56 @@ mod tests {
         let path = dir.path().join("image");
         std::fs::write(&path, vec![7u8; CHUNK_BYTES + 10]).unwrap();
         let file = File::open(&path).unwrap();
-        let items: Vec<_> = FileChunks::new(file, 0, CHUNK_BYTES as u64 + 20)
+        let memory = ConnectionMemory::new(DEFAULT_BYTES);
+        let items: Vec<_> = FileChunks::new(file, 0, CHUNK_BYTES as u64 + 20, memory)
             .collect()
             .await;
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].as_ref().unwrap().len(), CHUNK_BYTES);
         let error = items[1].as_ref().unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn the_downloads_of_one_connection_hold_no_more_than_its_allowance() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let bytes: Vec<u8> = (0..CHUNK_BYTES * 8).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        // Room for two chunks, shared by two downloads (two HTTP/2 streams, say) whose
+        // client reads nothing: what the transport has not yet written stays held.
+        let memory = ConnectionMemory::new(2 * CHUNK_BYTES);
+        let len = bytes.len() as u64;
+        let mut first = FileChunks::new(File::open(&path).unwrap(), 0, len, memory.clone());
+        let held = first.next().await.unwrap().unwrap();
+        assert_eq!(held.len(), CHUNK_BYTES);
+        assert!(
+            matches!(first.next, Next::Reading(_)),
+            "one chunk read ahead"
+        );
+        assert_eq!(memory.available_bytes(), 0);
+        let mut second = FileChunks::new(File::open(&path).unwrap(), 0, len, memory.clone());
+        assert!(
+            matches!(second.next, Next::Reserving { .. }),
+            "the second download reads nothing while the allowance is taken"
+        );
+        // The transport writes the first chunk and drops it: the waiting download takes the
+        // share given back, and the first download's next read waits in turn.
+        drop(held);
+        let read = second.next().await.unwrap().unwrap();
+        assert_eq!(&read[..], &bytes[..CHUNK_BYTES]);
+        let ahead = first.next().await.unwrap().unwrap();
+        assert_eq!(&ahead[..], &bytes[CHUNK_BYTES..2 * CHUNK_BYTES]);
+        assert!(matches!(first.next, Next::Reserving { .. }));
+        assert!(matches!(second.next, Next::Reserving { .. }));
+        assert_eq!(memory.available_bytes(), 0);
+        // Both run to the end as their chunks are let go.
+        drop((read, ahead));
+        let rest = |chunks: FileChunks| chunks.map(|c| c.unwrap().len()).collect::<Vec<_>>();
+        let (a, b) = tokio::join!(rest(first), rest(second));
+        assert_eq!(a.iter().sum::<usize>(), 6 * CHUNK_BYTES);
+        assert_eq!(b.iter().sum::<usize>(), 7 * CHUNK_BYTES);
+        assert_eq!(memory.available_bytes(), memory.total_bytes());
     }
 }

@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use futures_util::StreamExt;
 use serde_json::json;
+use service_runtime::conn_memory::ConnectionMemory;
 use service_runtime::http::ServerLimits;
 use service_runtime::throttle::Throttle;
 use service_runtime::tls::PeerIdentity;
@@ -296,11 +297,18 @@ pub fn router(state: AppState) -> Router {
 
 async fn get_target(
     State(state): State<AppState>,
+    memory: Option<Extension<ConnectionMemory>>,
     method: Method,
     headers: HeaderMap,
     Path(path): Path<String>,
 ) -> Response {
-    crate::serve_targets::serve(state.repo.targets_dir(), &path, &method, &headers).await
+    // The connection's allowance, which the accept loop provides; a request that came some
+    // other way (a test through the router) gets one of its own.
+    let memory = memory.map_or_else(
+        || ConnectionMemory::new(state.config.limits.response_memory_per_connection),
+        |Extension(memory)| memory,
+    );
+    crate::serve_targets::serve(state.repo.targets_dir(), &path, &method, &headers, memory).await
 }
 
 /// Metadata files are small and read far more often than written: they are served from

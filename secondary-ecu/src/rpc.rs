@@ -746,6 +746,7 @@ pub const LINK_LIMITS: service_runtime::http::ServerLimits = service_runtime::ht
     header_read_timeout: service_runtime::http::HEADER_READ_TIMEOUT,
     idle_timeout: std::time::Duration::from_secs(120),
     max_streams_per_connection: MAX_CALLS_PER_CONNECTION as u32,
+    response_memory_per_connection: service_runtime::conn_memory::DEFAULT_BYTES,
 };
 
 /// Serves the Secondary service and the gRPC health service on an already bound listener

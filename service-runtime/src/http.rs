@@ -28,6 +28,9 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     /// Requests in flight at once on one HTTP/2 connection.
     pub max_streams_per_connection: u32,
+    /// Bytes one connection's streamed responses may hold at once, all its streams
+    /// together ([`crate::conn_memory`]).
+    pub response_memory_per_connection: usize,
 }
 
 impl Default for ServerLimits {
@@ -37,6 +40,7 @@ impl Default for ServerLimits {
             header_read_timeout: HEADER_READ_TIMEOUT,
             idle_timeout: Duration::from_secs(60),
             max_streams_per_connection: 32,
+            response_memory_per_connection: crate::conn_memory::DEFAULT_BYTES,
         }
     }
 }
@@ -273,8 +277,10 @@ async fn connection<IO, S, B>(
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
+    let memory = crate::conn_memory::ConnectionMemory::new(limits.response_memory_per_connection);
     let service = tower::service_fn(move |mut request: http::Request<_>| {
         request.extensions_mut().insert(peer);
+        request.extensions_mut().insert(memory.clone());
         service.clone().oneshot(request)
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

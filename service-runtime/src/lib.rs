@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod conn_memory;
 pub mod digest;
 pub mod direct;
 pub mod durable;

@@ -312,3 +312,91 @@ pub async fn unauthenticated_uploads(
     }
     Ok(out)
 }
+
+/// How much the Image repository's peak resident memory may rise under
+/// [`unread_http2_downloads`], per connection, in KiB: the connection's response allowance
+/// (`service_runtime::conn_memory`, 1 MiB) and the TLS, HTTP/2 and allocator state around it
+/// (allocator pages are resident 2 MiB at a time where transparent huge pages are on).
+/// Measured with the allowance: 1.5-2.1 MiB a connection; without it, 41 MiB.
+pub const UNREAD_DOWNLOADS_BOUND_KIB: u64 = 3 * 1024;
+
+/// Connections of [`unread_http2_downloads`], each with the servers' 32 streams.
+pub const UNREAD_DOWNLOAD_CONNECTIONS: usize = 8;
+
+/// Publishes an 8 MiB image, then opens [`UNREAD_DOWNLOAD_CONNECTIONS`] HTTP/2 connections
+/// to the Image repository, each downloading it on 32 streams whose flow-control window
+/// lets the server send one byte, and reads nothing more. Returns the server's peak resident
+/// memory before and while they are held, in KiB, once its memory stops growing.
+pub async fn unread_http2_downloads(fleet: &Fleet) -> Result<(u64, u64), String> {
+    const STREAMS: usize = 32;
+    let content: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8).collect();
+    let name = "unread-download.bin";
+    fleet.publish(name, "attack-hw", 1, &content);
+    let hash = uptane_core::hash::sha256_hex(&content);
+    drop(content);
+    let pid = fleet.image_repo_pid();
+    let (_, before) = memory_kib(pid)?;
+    let config = tls(fleet);
+    let mut held = Vec::new();
+    for _ in 0..UNREAD_DOWNLOAD_CONNECTIONS {
+        let io = connect(&addr(&fleet.image_url), "127.0.0.1", Arc::clone(&config))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(1)
+            .handshake::<_, bytes::Bytes>(io)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut responses = Vec::new();
+        for _ in 0..STREAMS {
+            let mut ready = client
+                .clone()
+                .ready()
+                .await
+                .map_err(|e| format!("a stream: {e}"))?;
+            // With consistent snapshots the file is stored under its hash.
+            let url = format!("{}/targets/{hash}.{name}", fleet.image_url);
+            let request = http::Request::get(url)
+                .body(())
+                .map_err(|e| e.to_string())?;
+            let (response, _) = ready
+                .send_request(request, true)
+                .map_err(|e| format!("a request: {e}"))?;
+            responses.push(response);
+        }
+        let mut bodies = Vec::new();
+        for response in responses {
+            let response = response.await.map_err(|e| format!("a response: {e}"))?;
+            if response.status() != http::StatusCode::OK {
+                return Err(format!("the download answered {}", response.status()));
+            }
+            bodies.push(response.into_body());
+        }
+        held.push((client, driver, bodies));
+    }
+    // The server reads its chunks on its blocking pool after answering the headers: wait
+    // (bounded) until its memory stops growing.
+    let mut last = memory_kib(pid)?.0;
+    let mut steady = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = memory_kib(pid)?.0;
+        steady = if now.abs_diff(last) < 256 {
+            steady + 1
+        } else {
+            0
+        };
+        last = now;
+        if steady == 5 {
+            break;
+        }
+    }
+    let (_, after) = memory_kib(pid)?;
+    for (_, driver, _) in &held {
+        driver.abort();
+    }
+    Ok((before, after))
+}

@@ -104,5 +104,25 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                 Ok(format!("{}; {}", seen.join(", "), w.recover()?))
             },
         ),
+        scenario(
+            "eight HTTP/2 connections downloading an 8 MiB image on 32 streams each, reading nothing",
+            "the network (no key)",
+            "the Image repository reads ahead only what each connection's allowance holds: peak memory rises by at most 3 MiB per connection; then updates",
+            |w| {
+                let (before, after) = blocking(flood::unread_http2_downloads(&w.fleet))?;
+                let bound =
+                    flood::UNREAD_DOWNLOAD_CONNECTIONS as u64 * flood::UNREAD_DOWNLOADS_BOUND_KIB;
+                if after > before + bound {
+                    return Err(format!(
+                        "peak memory rose from {before} KiB to {after} KiB (bound {bound} KiB)"
+                    ));
+                }
+                Ok(format!(
+                    "256 streams held; image-repo {:+} KiB; {}",
+                    after as i64 - before as i64,
+                    w.recover()?
+                ))
+            },
+        ),
     ]
 }
