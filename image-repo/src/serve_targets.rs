@@ -23,25 +23,28 @@ use std::task::{Context, Poll, ready};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use service_runtime::conn_memory::{ConnectionMemory, Reserved};
+use service_runtime::conn_memory::{Allowance, Reserved};
 use tokio::task::JoinHandle;
 
 use crate::server::ApiError;
 
-/// Bytes read from the file per chunk: large reads for a fast single stream. A download holds
-/// at most three (hyper's write buffer takes up to about 400 KiB, and one is read ahead), and
-/// all the downloads of one connection no more than its memory allowance
-/// ([`service_runtime::conn_memory`], 1 MiB by default).
+/// Bytes read from the file per chunk: large reads for a fast single stream. The downloads of
+/// one connection together hold no more than its allowance ([`service_runtime::conn_memory`],
+/// 1 MiB by default: four chunks) and [`OWN_CHUNK_BYTES`] each.
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
-/// Serves `path` (below `/targets/`, percent-decoded) from `dir`, reading only as much ahead
-/// as `memory`, the connection's allowance, has room for.
+/// What a download reads at a time when its connection's allowance is taken, from a small
+/// allowance of its own: 32 streams add at most half a MiB to a connection's 1 MiB.
+pub const OWN_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Serves `path` (below `/targets/`, percent-decoded) from `dir`, reading ahead only as much
+/// as `connection`, the connection's allowance, has room for.
 pub async fn serve(
     dir: PathBuf,
     path: &str,
     method: &Method,
     headers: &HeaderMap,
-    memory: ConnectionMemory,
+    connection: Allowance,
 ) -> Response {
     let Some(relative) = safe_relative(path) else {
         return not_found();
@@ -79,7 +82,7 @@ pub async fn serve(
     let body = if method == Method::HEAD || len == 0 {
         Body::empty()
     } else {
-        Body::from_stream(FileChunks::new(file, start, len, memory))
+        Body::from_stream(FileChunks::new(file, start, len, connection))
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -243,31 +246,38 @@ fn requested_range(headers: &HeaderMap, length: u64) -> Requested {
 }
 
 /// `len` bytes of a file from `offset`, a chunk at a time, the next chunk read while the
-/// last is sent. Each chunk is read only once the connection's memory allowance has room for
-/// it, and gives its share back when the transport drops it (written, or the connection
-/// gone). An error (or a file shorter than it was) ends the body with an error, so the
-/// client sees a broken response, never a short one taken as whole.
+/// last is sent.
+///
+/// Each chunk is read only once there is memory for it, and gives it back when the
+/// transport drops it (written, or the connection gone): a full chunk from the connection's
+/// allowance if it has room now, else a small one from this download's own allowance. A
+/// download never waits for the connection's allowance, which other streams may hold for as
+/// long as their client reads nothing: it waits only for its own previous small chunk, which
+/// its own client's reading sends. An error (or a file shorter than it was) ends the body
+/// with an error, so the client sees a broken response, never a short one taken as whole.
 struct FileChunks {
     next: Next,
-    memory: ConnectionMemory,
+    connection: Allowance,
+    own: Allowance,
     offset: u64,
     remaining: u64,
 }
 
 /// What the body is doing for its next chunk.
 enum Next {
-    /// Waiting for room in the connection's allowance.
+    /// Waiting for its own previous chunk to be let go.
     Reserving {
         file: File,
+        want: usize,
         reserving: Pin<Box<dyn Future<Output = Option<Reserved>> + Send>>,
     },
     /// Reading it on the blocking pool.
-    Reading(JoinHandle<(File, std::io::Result<Bytes>)>),
+    Reading(JoinHandle<(File, std::io::Result<Chunk>)>),
     /// Nothing more to send.
     Done,
 }
 
-/// A chunk's bytes and the share of the connection's allowance they hold.
+/// A chunk's bytes and the memory they hold.
 struct Chunk {
     bytes: Vec<u8>,
     _held: Reserved,
@@ -280,10 +290,11 @@ impl AsRef<[u8]> for Chunk {
 }
 
 impl FileChunks {
-    fn new(file: File, offset: u64, len: u64, memory: ConnectionMemory) -> Self {
+    fn new(file: File, offset: u64, len: u64, connection: Allowance) -> Self {
         let mut chunks = Self {
             next: Next::Done,
-            memory,
+            connection,
+            own: Allowance::new(OWN_CHUNK_BYTES),
             offset,
             remaining: len,
         };
@@ -291,59 +302,71 @@ impl FileChunks {
         chunks
     }
 
-    fn want(&self) -> u64 {
-        self.remaining.min(CHUNK_BYTES as u64)
-    }
-
-    /// Reads the next chunk now if the allowance has room, else waits for it.
+    /// Reads the next chunk now if there is memory for it, else waits for its own.
     fn start(&self, file: File) -> Next {
-        let want = self.want();
-        match self.memory.try_reserve(want as usize) {
-            Some(held) => self.read(file, held),
+        // At most a chunk, and never more than the allowance holds.
+        let want = usize::try_from(self.remaining.min(CHUNK_BYTES as u64))
+            .unwrap_or(CHUNK_BYTES)
+            .min(self.connection.total_bytes());
+        if let Some(held) = self.connection.try_reserve(want) {
+            return self.read(file, want, held);
+        }
+        let want = want.min(OWN_CHUNK_BYTES);
+        match self.own.try_reserve(want) {
+            Some(held) => self.read(file, want, held),
             None => Next::Reserving {
                 file,
-                reserving: Box::pin(self.memory.reserve(want as usize)),
+                want,
+                reserving: Box::pin(self.own.reserve(want)),
             },
         }
     }
 
-    fn read(&self, file: File, held: Reserved) -> Next {
-        let (offset, want) = (self.offset, self.want());
+    fn read(&self, file: File, want: usize, held: Reserved) -> Next {
+        let offset = self.offset;
         // Allocated here, on one of the runtime's few worker threads, not on whichever of
         // the many blocking threads reads it: the allocator gives each thread pages of its
         // own, so buffers taken across dozens of blocking threads spread over as many
         // regions of memory (each resident whole where transparent huge pages are on).
-        let buffer = Vec::with_capacity(usize::try_from(want).unwrap_or(CHUNK_BYTES));
+        let buffer = Vec::with_capacity(want);
         Next::Reading(tokio::task::spawn_blocking(move || {
-            let read = read_chunk(&file, offset, want, buffer, held);
+            let read =
+                read_chunk(&file, offset, want, buffer).map(|bytes| Chunk { bytes, _held: held });
             (file, read)
         }))
     }
 }
 
+impl Drop for FileChunks {
+    /// A read that has not started yet is kept from starting (tokio's `abort` can do that
+    /// much for blocking work), so a client that opens and drops downloads faster than the
+    /// pool reads does not leave queued reads, with their buffers and memory, behind it.
+    fn drop(&mut self) {
+        if let Next::Reading(reading) = &self.next {
+            reading.abort();
+        }
+    }
+}
+
 /// Reads `want` bytes at `offset` into `buffer`, empty with room for them (`read_to_end`
-/// fills its spare capacity without zeroing it first), which keeps `held` until dropped.
+/// fills its spare capacity without zeroing it first).
 fn read_chunk(
     file: &File,
     offset: u64,
-    want: u64,
+    want: usize,
     mut buffer: Vec<u8>,
-    held: Reserved,
-) -> std::io::Result<Bytes> {
+) -> std::io::Result<Vec<u8>> {
     use std::io::{Seek, SeekFrom};
     let mut reader = file;
     reader.seek(SeekFrom::Start(offset))?;
-    reader.take(want).read_to_end(&mut buffer)?;
-    if (buffer.len() as u64) < want {
+    reader.take(want as u64).read_to_end(&mut buffer)?;
+    if buffer.len() < want {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "the target file is shorter than when it was opened",
         ));
     }
-    Ok(Bytes::from_owner(Chunk {
-        bytes: buffer,
-        _held: held,
-    }))
+    Ok(buffer)
 }
 
 impl futures_util::Stream for FileChunks {
@@ -355,17 +378,17 @@ impl futures_util::Stream for FileChunks {
                 Next::Done => return Poll::Ready(None),
                 Next::Reserving { reserving, .. } => {
                     let reserved = ready!(reserving.as_mut().poll(cx));
-                    let Next::Reserving { file, .. } =
+                    let Next::Reserving { file, want, .. } =
                         std::mem::replace(&mut self.next, Next::Done)
                     else {
                         unreachable!("matched just above");
                     };
                     let Some(held) = reserved else {
                         return Poll::Ready(Some(Err(std::io::Error::other(
-                            "the connection's memory allowance was closed",
+                            "a download's own allowance was closed",
                         ))));
                     };
-                    self.next = self.read(file, held);
+                    self.next = self.read(file, want, held);
                 }
                 Next::Reading(reading) => {
                     let joined = ready!(Pin::new(reading).poll(cx));
@@ -381,12 +404,13 @@ impl futures_util::Stream for FileChunks {
                             return Poll::Ready(Some(Err(e)));
                         }
                     };
-                    self.offset += chunk.len() as u64;
-                    self.remaining -= chunk.len() as u64;
+                    let len = chunk.bytes.len() as u64;
+                    self.offset += len;
+                    self.remaining -= len;
                     if self.remaining > 0 {
                         self.next = self.start(file);
                     }
-                    return Poll::Ready(Some(Ok(chunk)));
+                    return Poll::Ready(Some(Ok(Bytes::from_owner(chunk))));
                 }
             }
         }
@@ -495,7 +519,7 @@ mod tests {
             path,
             &method,
             &HeaderMap::new(),
-            ConnectionMemory::new(DEFAULT_BYTES),
+            Allowance::new(DEFAULT_BYTES),
         )
         .await;
         let status = response.status();
@@ -554,7 +578,7 @@ mod tests {
             "a.bin",
             &Method::HEAD,
             &headers,
-            ConnectionMemory::new(DEFAULT_BYTES),
+            Allowance::new(DEFAULT_BYTES),
         )
         .await;
         assert_eq!(response.status(), StatusCode::OK);
@@ -576,7 +600,7 @@ mod tests {
         ] {
             let file = File::open(&path).unwrap();
             // Collected, so every chunk is held at once: an allowance for all of them.
-            let memory = ConnectionMemory::new(bytes.len() + (4 << 10));
+            let memory = Allowance::new(bytes.len() + (4 << 10));
             let chunks: Vec<Bytes> = FileChunks::new(file, start as u64, len as u64, memory)
                 .map(|c| c.unwrap())
                 .collect()
@@ -593,7 +617,7 @@ mod tests {
         let path = dir.path().join("image");
         std::fs::write(&path, vec![7u8; CHUNK_BYTES + 10]).unwrap();
         let file = File::open(&path).unwrap();
-        let memory = ConnectionMemory::new(DEFAULT_BYTES);
+        let memory = Allowance::new(DEFAULT_BYTES);
         let items: Vec<_> = FileChunks::new(file, 0, CHUNK_BYTES as u64 + 20, memory)
             .collect()
             .await;
@@ -603,46 +627,103 @@ mod tests {
         assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
+    /// A file of `chunks` full chunks, its bytes.
+    fn image(dir: &Path, chunks: usize) -> (PathBuf, Vec<u8>) {
+        let path = dir.join("image");
+        let bytes: Vec<u8> = (0..CHUNK_BYTES * chunks).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        (path, bytes)
+    }
+
     #[tokio::test]
     async fn the_downloads_of_one_connection_hold_no_more_than_its_allowance() {
-        use futures_util::StreamExt;
+        use futures_util::{FutureExt, StreamExt};
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("image");
-        let bytes: Vec<u8> = (0..CHUNK_BYTES * 8).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &bytes).unwrap();
-        // Room for two chunks, shared by two downloads (two HTTP/2 streams, say) whose
-        // client reads nothing: what the transport has not yet written stays held.
-        let memory = ConnectionMemory::new(2 * CHUNK_BYTES);
+        let (path, bytes) = image(dir.path(), 8);
         let len = bytes.len() as u64;
-        let mut first = FileChunks::new(File::open(&path).unwrap(), 0, len, memory.clone());
+        // Room for two chunks, shared by the downloads (HTTP/2 streams, say) of a client that
+        // reads none of them: what the transport has not yet written stays held.
+        let connection = Allowance::new(2 * CHUNK_BYTES);
+        let mut first = FileChunks::new(File::open(&path).unwrap(), 0, len, connection.clone());
         let held = first.next().await.unwrap().unwrap();
         assert_eq!(held.len(), CHUNK_BYTES);
         assert!(
             matches!(first.next, Next::Reading(_)),
             "one chunk read ahead"
         );
-        assert_eq!(memory.available_bytes(), 0);
-        let mut second = FileChunks::new(File::open(&path).unwrap(), 0, len, memory.clone());
-        assert!(
-            matches!(second.next, Next::Reserving { .. }),
-            "the second download reads nothing while the allowance is taken"
-        );
-        // The transport writes the first chunk and drops it: the waiting download takes the
-        // share given back, and the first download's next read waits in turn.
-        drop(held);
-        let read = second.next().await.unwrap().unwrap();
-        assert_eq!(&read[..], &bytes[..CHUNK_BYTES]);
-        let ahead = first.next().await.unwrap().unwrap();
-        assert_eq!(&ahead[..], &bytes[CHUNK_BYTES..2 * CHUNK_BYTES]);
-        assert!(matches!(first.next, Next::Reserving { .. }));
+        assert_eq!(connection.available_bytes(), 0);
+        // A second download finds the allowance taken: it reads a small chunk of its own,
+        // and then waits for that one, not for the connection's.
+        let mut second = FileChunks::new(File::open(&path).unwrap(), 0, len, connection.clone());
+        let small = second.next().await.unwrap().unwrap();
+        assert_eq!(&small[..], &bytes[..OWN_CHUNK_BYTES]);
         assert!(matches!(second.next, Next::Reserving { .. }));
-        assert_eq!(memory.available_bytes(), 0);
-        // Both run to the end as their chunks are let go.
-        drop((read, ahead));
-        let rest = |chunks: FileChunks| chunks.map(|c| c.unwrap().len()).collect::<Vec<_>>();
-        let (a, b) = tokio::join!(rest(first), rest(second));
-        assert_eq!(a.iter().sum::<usize>(), 6 * CHUNK_BYTES);
-        assert_eq!(b.iter().sum::<usize>(), 7 * CHUNK_BYTES);
-        assert_eq!(memory.available_bytes(), memory.total_bytes());
+        assert!(
+            second.next().now_or_never().is_none(),
+            "nothing of its own free"
+        );
+        drop(small);
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), second.next())
+            .await
+            .expect("woken when its own chunk is let go");
+        assert_eq!(
+            &woken.unwrap().unwrap()[..],
+            &bytes[OWN_CHUNK_BYTES..2 * OWN_CHUNK_BYTES]
+        );
+        // Throughout, the first download's two chunks are all the connection holds.
+        assert_eq!(connection.available_bytes(), 0);
+        drop((held, first));
+    }
+
+    #[tokio::test]
+    async fn a_download_whose_client_reads_finishes_while_others_hold_the_allowance() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = image(dir.path(), 4);
+        let len = bytes.len() as u64;
+        let connection = Allowance::new(2 * CHUNK_BYTES);
+        // Downloads whose client reads nothing more hold the whole allowance ...
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let mut chunks =
+                FileChunks::new(File::open(&path).unwrap(), 0, len, connection.clone());
+            let first = chunks.next().await.unwrap().unwrap();
+            stalled.push((chunks, first));
+        }
+        assert_eq!(connection.available_bytes(), 0);
+        // ... and a third, whose client reads each chunk as it comes, still gets all of it.
+        let reading = FileChunks::new(File::open(&path).unwrap(), 0, len, connection.clone());
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            reading.map(|c| c.unwrap().to_vec()).concat(),
+        )
+        .await
+        .expect("the reading download is not starved");
+        assert_eq!(read, bytes);
+        drop(stalled);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_download_gives_its_memory_back() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = image(dir.path(), 4);
+        let connection = Allowance::new(DEFAULT_BYTES);
+        let mut chunks = FileChunks::new(
+            File::open(&path).unwrap(),
+            0,
+            bytes.len() as u64,
+            connection.clone(),
+        );
+        let chunk = chunks.next().await.unwrap().unwrap();
+        drop((chunk, chunks));
+        // The read ahead may be running on a blocking thread: it ends by itself (bounded).
+        for _ in 0..1000 {
+            if connection.available_bytes() == DEFAULT_BYTES {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(connection.available_bytes(), DEFAULT_BYTES);
     }
 }

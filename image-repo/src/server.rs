@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use futures_util::StreamExt;
 use serde_json::json;
-use service_runtime::conn_memory::ConnectionMemory;
+use service_runtime::conn_memory::Allowance;
 use service_runtime::http::ServerLimits;
 use service_runtime::throttle::Throttle;
 use service_runtime::tls::PeerIdentity;
@@ -297,18 +297,26 @@ pub fn router(state: AppState) -> Router {
 
 async fn get_target(
     State(state): State<AppState>,
-    memory: Option<Extension<ConnectionMemory>>,
+    connection: Option<Extension<Allowance>>,
     method: Method,
     headers: HeaderMap,
     Path(path): Path<String>,
 ) -> Response {
-    // The connection's allowance, which the accept loop provides; a request that came some
-    // other way (a test through the router) gets one of its own.
-    let memory = memory.map_or_else(
-        || ConnectionMemory::new(state.config.limits.response_memory_per_connection),
-        |Extension(memory)| memory,
+    // The connection's allowance, which the accept loop (`serve_with`) puts in every request.
+    // Only a request handed to the router directly, as the tests do, comes without one, and
+    // gets one of its own.
+    let connection = connection.map_or_else(
+        || Allowance::new(state.config.limits.response_memory_per_connection),
+        |Extension(connection)| connection,
     );
-    crate::serve_targets::serve(state.repo.targets_dir(), &path, &method, &headers, memory).await
+    crate::serve_targets::serve(
+        state.repo.targets_dir(),
+        &path,
+        &method,
+        &headers,
+        connection,
+    )
+    .await
 }
 
 /// Metadata files are small and read far more often than written: they are served from

@@ -746,6 +746,7 @@ pub const LINK_LIMITS: service_runtime::http::ServerLimits = service_runtime::ht
     header_read_timeout: service_runtime::http::HEADER_READ_TIMEOUT,
     idle_timeout: std::time::Duration::from_secs(120),
     max_streams_per_connection: MAX_CALLS_PER_CONNECTION as u32,
+    // Unused here: no call of the Secondary's streams a file's bytes from an allowance.
     response_memory_per_connection: service_runtime::conn_memory::DEFAULT_BYTES,
 };
 

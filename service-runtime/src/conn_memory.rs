@@ -1,14 +1,14 @@
-//! Memory one connection's streamed responses may hold at once: bytes a handler has read
-//! ahead of the socket (from a file, say) and the transport has not yet written or dropped.
+//! Memory that streamed responses may hold at once: bytes a handler has read ahead of the
+//! socket (from a file, say) and the transport has not yet written or dropped.
 //!
-//! One allowance per connection, shared by all its HTTP/2 streams: a client that opens 32
-//! streams and reads none of them holds no more than one that opens a single stream, and a
-//! server holds at most its connection cap times the allowance in all. Without it, an
-//! unauthenticated client could make the server hold a chunk or two per stream (hyper's
-//! HTTP/2 sends a body's chunk whole into the stream's queue whatever the peer's window),
-//! 32 streams on each of 1,024 connections. The accept loop puts a [`ConnectionMemory`] into
-//! every request's extensions; a handler that streams reserves before each read and keeps
-//! the [`Reserved`] with the bytes until they are dropped.
+//! The accept loop gives each connection one [`Allowance`] (1 MiB by default), shared by all
+//! its HTTP/2 streams and put into every request's extensions. Without it, an
+//! unauthenticated client could make the server hold three chunks per stream (hyper's
+//! HTTP/2 takes a body's chunk whole, whatever the peer's window, and one is read ahead), 32
+//! streams on each of 1,024 connections. A handler that streams reserves before each read
+//! and keeps the [`Reserved`] with the bytes until they are dropped. A handler may also give
+//! a single response a small allowance of its own, so that it can still make progress when
+//! other streams of its connection hold the shared one (`image-repo`'s downloads do).
 
 use std::sync::Arc;
 
@@ -18,22 +18,24 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// at full speed (hyper buffers up to about 400 KiB, one chunk is read ahead).
 pub const DEFAULT_BYTES: usize = 1 << 20;
 
-/// The unit of the allowance.
+/// The unit of an allowance.
 const KIB: usize = 1024;
 
-/// A connection's allowance; clones share it.
+/// Memory that responses may hold; clones share it.
 #[derive(Debug, Clone)]
-pub struct ConnectionMemory {
+pub struct Allowance {
     kib: Arc<Semaphore>,
     total_kib: u32,
 }
 
-/// Part of a connection's allowance, given back when dropped.
+/// Part of an allowance, given back when dropped.
 #[derive(Debug)]
-pub struct Reserved(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Reserved {
+    _permit: OwnedSemaphorePermit,
+}
 
-impl ConnectionMemory {
-    /// An allowance of `bytes` (at least one KiB).
+impl Allowance {
+    /// An allowance of `bytes` (rounded up to a KiB, at least one).
     pub fn new(bytes: usize) -> Self {
         let total_kib = u32::try_from(bytes.div_ceil(KIB).max(1))
             .unwrap_or(u32::MAX)
@@ -44,7 +46,7 @@ impl ConnectionMemory {
         }
     }
 
-    /// The allowance's size, in bytes.
+    /// The allowance's size, in bytes: what a single reservation may take at most.
     pub fn total_bytes(&self) -> usize {
         self.total_kib as usize * KIB
     }
@@ -55,16 +57,18 @@ impl ConnectionMemory {
     }
 
     /// `bytes` of the allowance (rounded up to a KiB; a request larger than the whole
-    /// allowance takes all of it) if free now, without waiting.
+    /// allowance takes all of it, so ask for at most [`Self::total_bytes`]) if free now,
+    /// without waiting. It never takes memory that a waiting [`Self::reserve`] is owed.
     pub fn try_reserve(&self, bytes: usize) -> Option<Reserved> {
         Arc::clone(&self.kib)
             .try_acquire_many_owned(self.units(bytes))
             .ok()
-            .map(Reserved)
+            .map(|permit| Reserved { _permit: permit })
     }
 
-    /// `bytes` of the allowance once free (in the order asked); the future owns what it
-    /// needs, so a stream can keep it across polls.
+    /// `bytes` of the allowance once free; waiters are served in the order they were first
+    /// polled. The future owns what it needs, so a stream can keep it across polls; dropping
+    /// it gives back whatever it had been granted.
     pub fn reserve(
         &self,
         bytes: usize,
@@ -72,7 +76,12 @@ impl ConnectionMemory {
         let units = self.units(bytes);
         let kib = Arc::clone(&self.kib);
         // The semaphore is never closed; `None` would mean it was.
-        async move { kib.acquire_many_owned(units).await.ok().map(Reserved) }
+        async move {
+            kib.acquire_many_owned(units)
+                .await
+                .ok()
+                .map(|permit| Reserved { _permit: permit })
+        }
     }
 
     fn units(&self, bytes: usize) -> u32 {
@@ -85,10 +94,11 @@ impl ConnectionMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     #[test]
     fn reservations_share_one_allowance_until_dropped() {
-        let memory = ConnectionMemory::new(4 * 256 * KIB);
+        let memory = Allowance::new(4 * 256 * KIB);
         let other_stream = memory.clone();
         let held: Vec<Reserved> = (0..4)
             .map(|_| memory.try_reserve(256 * KIB).expect("within the allowance"))
@@ -104,7 +114,7 @@ mod tests {
 
     #[test]
     fn a_request_is_rounded_up_and_never_more_than_the_whole() {
-        let memory = ConnectionMemory::new(8 * KIB);
+        let memory = Allowance::new(8 * KIB);
         let one = memory.try_reserve(1).unwrap();
         assert_eq!(memory.available_bytes(), 7 * KIB);
         drop(one);
@@ -113,20 +123,35 @@ mod tests {
             .expect("clamped to the allowance");
         assert_eq!(memory.available_bytes(), 0);
         drop(all);
-        assert_eq!(ConnectionMemory::new(0).total_bytes(), KIB);
+        assert_eq!(Allowance::new(0).total_bytes(), KIB);
     }
 
     #[tokio::test]
-    async fn a_waiting_reservation_is_granted_when_memory_is_given_back() {
-        let memory = ConnectionMemory::new(KIB);
+    async fn a_waiting_reservation_is_woken_when_memory_is_given_back() {
+        let memory = Allowance::new(KIB);
         let held = memory.try_reserve(KIB).unwrap();
         let mut waiting = Box::pin(memory.reserve(KIB));
-        use futures_util::FutureExt;
         assert!(
             waiting.as_mut().now_or_never().is_none(),
             "nothing is free yet"
         );
+        // Queued now: memory given back goes to it, not to a later `try_reserve`.
         drop(held);
-        assert!(waiting.await.is_some());
+        assert!(memory.try_reserve(KIB).is_none());
+        let granted = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken");
+        assert!(granted.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_dropped_gives_back_what_it_was_granted() {
+        let memory = Allowance::new(4 * KIB);
+        let held = memory.try_reserve(3 * KIB).unwrap();
+        let mut waiting = Box::pin(memory.reserve(2 * KIB));
+        assert!(waiting.as_mut().now_or_never().is_none());
+        drop(waiting);
+        drop(held);
+        assert_eq!(memory.available_bytes(), 4 * KIB);
     }
 }

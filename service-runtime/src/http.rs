@@ -29,7 +29,7 @@ pub struct ServerLimits {
     /// Requests in flight at once on one HTTP/2 connection.
     pub max_streams_per_connection: u32,
     /// Bytes one connection's streamed responses may hold at once, all its streams
-    /// together ([`crate::conn_memory`]).
+    /// together: the [`crate::conn_memory::Allowance`] put in each of its requests.
     pub response_memory_per_connection: usize,
 }
 
@@ -277,7 +277,7 @@ async fn connection<IO, S, B>(
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
-    let memory = crate::conn_memory::ConnectionMemory::new(limits.response_memory_per_connection);
+    let memory = crate::conn_memory::Allowance::new(limits.response_memory_per_connection);
     let service = tower::service_fn(move |mut request: http::Request<_>| {
         request.extensions_mut().insert(peer);
         request.extensions_mut().insert(memory.clone());

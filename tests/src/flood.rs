@@ -315,70 +315,149 @@ pub async fn unauthenticated_uploads(
 
 /// How much the Image repository's peak resident memory may rise under
 /// [`unread_http2_downloads`], per connection, in KiB: the connection's response allowance
-/// (`service_runtime::conn_memory`, 1 MiB) and the TLS, HTTP/2 and allocator state around it
-/// (allocator pages are resident 2 MiB at a time where transparent huge pages are on).
-/// Measured with the allowance: 1.5-2.1 MiB a connection; without it, 41 MiB.
-pub const UNREAD_DOWNLOADS_BOUND_KIB: u64 = 3 * 1024;
+/// (`service_runtime::conn_memory`, 1 MiB), each stream's own 16 KiB, and the TLS, HTTP/2
+/// and allocator state around them (allocator pages are resident 2 MiB at a time where
+/// transparent huge pages are on). Without the allowance a connection cost 41 MiB.
+pub const UNREAD_DOWNLOADS_BOUND_KIB: u64 = 4 * 1024;
 
-/// Connections of [`unread_http2_downloads`], each with the servers' 32 streams.
+/// Connections of [`unread_http2_downloads`].
 pub const UNREAD_DOWNLOAD_CONNECTIONS: usize = 8;
 
+/// What [`unread_http2_downloads`] saw of the Image repository.
+#[derive(Debug)]
+pub struct UnreadDownloads {
+    /// Resident memory before, in KiB.
+    pub before_kib: u64,
+    /// Peak resident memory while the downloads were held, in KiB.
+    pub peak_kib: u64,
+    /// Streams held unread.
+    pub unread: usize,
+}
+
 /// Publishes an 8 MiB image, then opens [`UNREAD_DOWNLOAD_CONNECTIONS`] HTTP/2 connections
-/// to the Image repository, each downloading it on 32 streams whose flow-control window
-/// lets the server send one byte, and reads nothing more. Returns the server's peak resident
-/// memory before and while they are held, in KiB, once its memory stops growing.
-pub async fn unread_http2_downloads(fleet: &Fleet) -> Result<(u64, u64), String> {
-    const STREAMS: usize = 32;
+/// to the Image repository, each with as many streams as the server allows: all but one
+/// download the image and read nothing once their 64 KiB window is full; the last, on each
+/// connection, downloads the whole image while they are held, reading as it comes. Errors if
+/// such a download fails, is not the image, or does not finish within a minute (another
+/// stream's unread bytes starved it).
+pub async fn unread_http2_downloads(fleet: &Fleet) -> Result<UnreadDownloads, String> {
     let content: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8).collect();
     let name = "unread-download.bin";
     fleet.publish(name, "attack-hw", 1, &content);
     let hash = uptane_core::hash::sha256_hex(&content);
     drop(content);
+    // With consistent snapshots the file is stored under its hash.
+    let url = format!("{}/targets/{hash}.{name}", fleet.image_url);
     let pid = fleet.image_repo_pid();
-    let (_, before) = memory_kib(pid)?;
-    let config = tls(fleet);
-    let mut held = Vec::new();
-    for _ in 0..UNREAD_DOWNLOAD_CONNECTIONS {
-        let io = connect(&addr(&fleet.image_url), "127.0.0.1", Arc::clone(&config))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (client, connection) = h2::client::Builder::new()
-            .initial_window_size(1)
-            .handshake::<_, bytes::Bytes>(io)
-            .await
-            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut responses = Vec::new();
-        for _ in 0..STREAMS {
-            let mut ready = client
-                .clone()
-                .ready()
-                .await
-                .map_err(|e| format!("a stream: {e}"))?;
-            // With consistent snapshots the file is stored under its hash.
-            let url = format!("{}/targets/{hash}.{name}", fleet.image_url);
-            let request = http::Request::get(url)
-                .body(())
-                .map_err(|e| e.to_string())?;
-            let (response, _) = ready
-                .send_request(request, true)
-                .map_err(|e| format!("a request: {e}"))?;
-            responses.push(response);
+    // The peak from here on (the upload above raised it).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").map_err(|e| e.to_string())?;
+    let (before_kib, _) = memory_kib(pid)?;
+    let held = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut held = Vec::new();
+        for _ in 0..UNREAD_DOWNLOAD_CONNECTIONS {
+            held.push(unread_streams(fleet, &url).await?);
         }
-        let mut bodies = Vec::new();
-        for response in responses {
-            let response = response.await.map_err(|e| format!("a response: {e}"))?;
-            if response.status() != http::StatusCode::OK {
-                return Err(format!("the download answered {}", response.status()));
-            }
-            bodies.push(response.into_body());
+        Ok::<_, String>(held)
+    })
+    .await
+    .map_err(|_| "the unread downloads were not all answered within a minute".to_string())??;
+    let unread = held.iter().map(|(_, _, bodies)| bodies.len()).sum();
+    wait_steady(pid).await?;
+    // One more download on each connection, read as it comes: not starved by the others.
+    let reads = held
+        .iter()
+        .map(|(client, _, _)| read_whole(client.clone(), &url));
+    let read = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(reads),
+    )
+    .await
+    .map_err(|_| "a download read as it came did not finish within a minute".to_string())?;
+    for bytes in read {
+        if uptane_core::hash::sha256_hex(&bytes?) != hash {
+            return Err("a download read as it came is not the image".into());
         }
-        held.push((client, driver, bodies));
     }
-    // The server reads its chunks on its blocking pool after answering the headers: wait
-    // (bounded) until its memory stops growing.
+    let (_, peak_kib) = memory_kib(pid)?;
+    for (_, driver, _) in &held {
+        driver.abort();
+    }
+    Ok(UnreadDownloads {
+        before_kib,
+        peak_kib,
+        unread,
+    })
+}
+
+/// An HTTP/2 connection over TLS to the fleet's Image repository.
+type H2Client = h2::client::SendRequest<bytes::Bytes>;
+
+/// One connection with all its streams but one downloading `url` and reading nothing.
+async fn unread_streams(
+    fleet: &Fleet,
+    url: &str,
+) -> Result<(H2Client, tokio::task::JoinHandle<()>, Vec<h2::RecvStream>), String> {
+    let streams = service_runtime::http::ServerLimits::default().max_streams_per_connection;
+    let io = connect(&addr(&fleet.image_url), "127.0.0.1", tls(fleet))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(64 << 10)
+        .initial_connection_window_size(16 << 20)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut responses = Vec::new();
+    for _ in 1..streams {
+        let (response, _) = send_get(client.clone(), url).await?;
+        responses.push(response);
+    }
+    let mut bodies = Vec::new();
+    for response in responses {
+        let response = response.await.map_err(|e| format!("a response: {e}"))?;
+        if response.status() != http::StatusCode::OK {
+            return Err(format!("the download answered {}", response.status()));
+        }
+        bodies.push(response.into_body());
+    }
+    Ok((client, driver, bodies))
+}
+
+async fn send_get(
+    client: H2Client,
+    url: &str,
+) -> Result<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>), String> {
+    let mut ready = client.ready().await.map_err(|e| format!("a stream: {e}"))?;
+    let request = http::Request::get(url)
+        .body(())
+        .map_err(|e| e.to_string())?;
+    ready
+        .send_request(request, true)
+        .map_err(|e| format!("a request: {e}"))
+}
+
+/// Downloads `url` whole on a new stream of `client`, reading as it comes.
+async fn read_whole(client: H2Client, url: &str) -> Result<Vec<u8>, String> {
+    let (response, _) = send_get(client, url).await?;
+    let response = response.await.map_err(|e| format!("a response: {e}"))?;
+    let mut body = response.into_body();
+    let mut read = Vec::new();
+    while let Some(data) = body.data().await {
+        let data = data.map_err(|e| format!("a download read as it came: {e}"))?;
+        body.flow_control()
+            .release_capacity(data.len())
+            .map_err(|e| e.to_string())?;
+        read.extend_from_slice(&data);
+    }
+    Ok(read)
+}
+
+/// Waits (bounded) until process `pid`'s resident memory stops growing: the server reads
+/// its chunks on its blocking pool after answering the headers.
+async fn wait_steady(pid: u32) -> Result<(), String> {
     let mut last = memory_kib(pid)?.0;
     let mut steady = 0;
     for _ in 0..100 {
@@ -394,9 +473,5 @@ pub async fn unread_http2_downloads(fleet: &Fleet) -> Result<(u64, u64), String>
             break;
         }
     }
-    let (_, after) = memory_kib(pid)?;
-    for (_, driver, _) in &held {
-        driver.abort();
-    }
-    Ok((before, after))
+    Ok(())
 }
