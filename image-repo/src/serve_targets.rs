@@ -302,12 +302,16 @@ impl FileChunks {
         chunks
     }
 
+    /// The next full read: at most a chunk, and never more than the allowance holds.
+    fn full(&self) -> usize {
+        usize::try_from(self.remaining.min(CHUNK_BYTES as u64))
+            .unwrap_or(CHUNK_BYTES)
+            .min(self.connection.total_bytes())
+    }
+
     /// Reads the next chunk now if there is memory for it, else waits for its own.
     fn start(&self, file: File) -> Next {
-        // At most a chunk, and never more than the allowance holds.
-        let want = usize::try_from(self.remaining.min(CHUNK_BYTES as u64))
-            .unwrap_or(CHUNK_BYTES)
-            .min(self.connection.total_bytes());
+        let want = self.full();
         if let Some(held) = self.connection.try_reserve(want) {
             return self.read(file, want, held);
         }
@@ -338,9 +342,10 @@ impl FileChunks {
 }
 
 impl Drop for FileChunks {
-    /// A read that has not started yet is kept from starting (tokio's `abort` can do that
-    /// much for blocking work), so a client that opens and drops downloads faster than the
-    /// pool reads does not leave queued reads, with their buffers and memory, behind it.
+    /// A read that has not started yet is kept from reading (tokio's `abort` can do that
+    /// much for blocking work; its buffer and memory are freed when the pool reaches it),
+    /// so a client that opens and drops downloads faster than the pool reads does not make
+    /// it read for nobody. A read already running finishes and then gives its memory back.
     fn drop(&mut self) {
         if let Next::Reading(reading) = &self.next {
             reading.abort();
@@ -388,14 +393,22 @@ impl futures_util::Stream for FileChunks {
                             "a download's own allowance was closed",
                         ))));
                     };
-                    self.next = self.read(file, want, held);
+                    // The connection's allowance may have room again by now.
+                    let full = self.full();
+                    self.next = match self.connection.try_reserve(full) {
+                        Some(shared) => self.read(file, full, shared),
+                        None => self.read(file, want, held),
+                    };
                 }
                 Next::Reading(reading) => {
                     let joined = ready!(Pin::new(reading).poll(cx));
                     self.next = Next::Done;
                     let (file, read) = match joined {
                         Ok(done) => done,
-                        Err(e) => return Poll::Ready(Some(Err(std::io::Error::other(e)))),
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading a target file stopped");
+                            return Poll::Ready(Some(Err(std::io::Error::other(e))));
+                        }
                     };
                     let chunk = match read {
                         Ok(chunk) => chunk,
@@ -627,6 +640,14 @@ mod tests {
         assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
+    /// `future`'s output, failing the test if it takes more than 30 s (a download left
+    /// waiting for memory it will never get).
+    async fn within<T>(future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(30), future)
+            .await
+            .expect("no answer within 30 s")
+    }
+
     /// A file of `chunks` full chunks, its bytes.
     fn image(dir: &Path, chunks: usize) -> (PathBuf, Vec<u8>) {
         let path = dir.join("image");
@@ -645,7 +666,7 @@ mod tests {
         // reads none of them: what the transport has not yet written stays held.
         let connection = Allowance::new(2 * CHUNK_BYTES);
         let mut first = FileChunks::new(File::open(&path).unwrap(), 0, len, connection.clone());
-        let held = first.next().await.unwrap().unwrap();
+        let held = within(first.next()).await.unwrap().unwrap();
         assert_eq!(held.len(), CHUNK_BYTES);
         assert!(
             matches!(first.next, Next::Reading(_)),
@@ -655,7 +676,7 @@ mod tests {
         // A second download finds the allowance taken: it reads a small chunk of its own,
         // and then waits for that one, not for the connection's.
         let mut second = FileChunks::new(File::open(&path).unwrap(), 0, len, connection.clone());
-        let small = second.next().await.unwrap().unwrap();
+        let small = within(second.next()).await.unwrap().unwrap();
         assert_eq!(&small[..], &bytes[..OWN_CHUNK_BYTES]);
         assert!(matches!(second.next, Next::Reserving { .. }));
         assert!(
@@ -663,9 +684,7 @@ mod tests {
             "nothing of its own free"
         );
         drop(small);
-        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), second.next())
-            .await
-            .expect("woken when its own chunk is let go");
+        let woken = within(second.next()).await;
         assert_eq!(
             &woken.unwrap().unwrap()[..],
             &bytes[OWN_CHUNK_BYTES..2 * OWN_CHUNK_BYTES]
@@ -687,18 +706,13 @@ mod tests {
         for _ in 0..2 {
             let mut chunks =
                 FileChunks::new(File::open(&path).unwrap(), 0, len, connection.clone());
-            let first = chunks.next().await.unwrap().unwrap();
+            let first = within(chunks.next()).await.unwrap().unwrap();
             stalled.push((chunks, first));
         }
         assert_eq!(connection.available_bytes(), 0);
         // ... and a third, whose client reads each chunk as it comes, still gets all of it.
         let reading = FileChunks::new(File::open(&path).unwrap(), 0, len, connection.clone());
-        let read = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            reading.map(|c| c.unwrap().to_vec()).concat(),
-        )
-        .await
-        .expect("the reading download is not starved");
+        let read = within(reading.map(|c| c.unwrap().to_vec()).concat()).await;
         assert_eq!(read, bytes);
         drop(stalled);
     }
@@ -715,7 +729,7 @@ mod tests {
             bytes.len() as u64,
             connection.clone(),
         );
-        let chunk = chunks.next().await.unwrap().unwrap();
+        let chunk = within(chunks.next()).await.unwrap().unwrap();
         drop((chunk, chunks));
         // The read ahead may be running on a blocking thread: it ends by itself (bounded).
         for _ in 0..1000 {

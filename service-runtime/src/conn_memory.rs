@@ -14,8 +14,10 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// What one connection's responses may hold by default: enough for a single download to run
-/// at full speed (hyper buffers up to about 400 KiB, one chunk is read ahead).
+/// What one connection's responses may hold by default: four 256 KiB chunks, what a single
+/// fast download holds at most (HTTP/1.1: hyper queues two while under about 400 KiB, one
+/// more handed over, one read ahead; HTTP/2: one queued per stream, `http.rs`
+/// `HTTP2_SEND_BUFFER_BYTES`, one handed over, one read ahead).
 pub const DEFAULT_BYTES: usize = 1 << 20;
 
 /// The unit of an allowance.

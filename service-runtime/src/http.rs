@@ -12,6 +12,9 @@ use crate::tls::{
     HANDSHAKE_TIMEOUT, Identity, PeerIdentity, ServerTls, ServerTrust, TlsError, client_config,
 };
 
+/// What one HTTP/2 stream may queue for sending beyond its peer's window.
+pub const HTTP2_SEND_BUFFER_BYTES: usize = 256 * 1024;
+
 /// Longest a client may take to send a request's headers once connected, by default.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -292,10 +295,14 @@ async fn connection<IO, S, B>(
         .header_read_timeout(limits.header_read_timeout);
     // No HTTP/2 keep-alive pings: the idle timeout finds dead peers, and a client answering
     // pings could otherwise hold an idle connection (and a slot) for ever.
+    // A stream's send queue of one 256 KiB chunk (hyper's default lets h2 queue up to 400
+    // KiB, so a fast download wanted a fifth chunk past its connection's 1 MiB allowance):
+    // what a response streamed from a file keeps queued, read ahead and handed over fits.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_streams_per_connection);
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_send_buf_size(HTTP2_SEND_BUFFER_BYTES);
     let connection = builder.serve_connection(
         TokioIo::new(io),
         hyper_util::service::TowerToHyperService::new(service),

@@ -105,7 +105,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             },
         ),
         scenario(
-            "eight HTTP/2 connections downloading an 8 MiB image on every stream, reading nothing",
+            "eight HTTP/2 connections downloading an 8 MiB image on 31 streams each that read nothing, and on one each that reads it whole",
             "the network (no key)",
             "the Image repository reads ahead only what each connection's allowance holds (peak memory rises by at most 4 MiB per connection), and another download on each connection, read as it comes, still finishes whole; then updates",
             |w| {
