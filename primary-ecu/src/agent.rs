@@ -184,11 +184,9 @@ impl<P: Ports> Primary<P> {
     }
 
     fn record_attack(&mut self, kind: AttackKind, detail: &str) {
-        tracing::warn!(attack = %kind, detail, "refused");
-        self.state.pending_attacks.push(DetectedAttack {
-            kind,
-            detail: detail.to_string(),
-        });
+        let attack = DetectedAttack::new(kind, detail);
+        tracing::warn!(attack = %kind, detail = attack.detail, "refused");
+        self.state.keep_attack(attack);
     }
 
     /// The time the Primary trusts: the latest time its verified Director metadata
@@ -276,7 +274,7 @@ impl<P: Ports> Primary<P> {
             unreachable: reports.unreachable.clone(),
             closing_manifest: None,
         };
-        let attacks_before = self.state.pending_attacks.len();
+        let attacks_before = self.state.attacks_pending();
         let (now, verified) = self.verify_in_time(reading).await;
         match verified {
             Ok(None) => {}
@@ -297,7 +295,7 @@ impl<P: Ports> Primary<P> {
                 report.verification = Verification::Failed(detail);
             }
         }
-        let changed = !report.ecus.is_empty() || self.state.pending_attacks.len() > attacks_before;
+        let changed = !report.ecus.is_empty() || self.state.attacks_pending() != attacks_before;
         if changed {
             let reports = self.collect_reports().await;
             let floor = self.trusted_time().floor;

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use service_runtime::files::load_json;
+use uptane_core::error::AttackKind;
 use uptane_core::ids::{EcuSerial, HardwareId};
-use uptane_core::manifest::{DetectedAttack, InstalledImage, LastInstall};
+use uptane_core::manifest::{DetectedAttack, InstalledImage, LastInstall, MAX_KEPT_ATTACKS};
 use uptane_core::time::UtcTime;
 
 use crate::config::Mode;
@@ -81,8 +82,12 @@ pub struct PrimaryState {
     /// The last operator time reset applied.
     #[serde(default)]
     pub time_reset: u64,
-    /// Attacks detected and not yet accepted by the Director in a manifest.
+    /// Attacks detected and not yet accepted by the Director in a manifest, at most
+    /// [`MAX_KEPT_ATTACKS`] ([`PrimaryState::keep_attack`]).
     pub pending_attacks: Vec<DetectedAttack>,
+    /// Attacks beyond those, counted.
+    #[serde(default)]
+    pub attacks_not_itemized: Option<NotItemized>,
     /// The Primary's own image.
     pub installed: Option<InstalledImage>,
     /// The Primary's own latest install result.
@@ -104,6 +109,77 @@ pub struct PrimaryState {
     /// When the vehicle credential stops working.
     #[serde(default, with = "optional_time")]
     pub credential_expires_at: Option<UtcTime>,
+}
+
+/// Attacks counted, not kept one by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotItemized {
+    /// The newest one's kind.
+    pub kind: AttackKind,
+    /// How many.
+    pub count: u64,
+}
+
+impl PrimaryState {
+    /// Keeps `attack` for the next manifest: once (the same attack again before a manifest
+    /// carried it is no more evidence), and at most [`MAX_KEPT_ATTACKS`] one by one, the rest
+    /// counted. What an attacker can provoke every cycle (a server that fails each request,
+    /// a Secondary that answers with a forged report) must not grow `state.json`, or the
+    /// manifest past what the Director accepts: the attacks leave only with a manifest the
+    /// Director accepted, so one it refused for its size would be refused for ever. Returns
+    /// whether anything was added.
+    pub fn keep_attack(&mut self, attack: DetectedAttack) -> bool {
+        if self.pending_attacks.contains(&attack) {
+            return false;
+        }
+        if self.pending_attacks.len() < MAX_KEPT_ATTACKS {
+            self.pending_attacks.push(attack);
+        } else {
+            let counted = self.attacks_not_itemized.get_or_insert(NotItemized {
+                kind: attack.kind,
+                count: 0,
+            });
+            counted.kind = attack.kind;
+            counted.count += 1;
+        }
+        true
+    }
+
+    /// The attacks the next manifest carries: those kept, and one entry for those counted.
+    pub fn attacks_to_report(&self) -> Vec<DetectedAttack> {
+        let mut attacks = self.pending_attacks.clone();
+        if let Some(counted) = self.attacks_not_itemized {
+            attacks.push(DetectedAttack::new(
+                counted.kind,
+                &format!(
+                    "{} more attacks beyond the {MAX_KEPT_ATTACKS} kept, the newest of this kind",
+                    counted.count
+                ),
+            ));
+        }
+        attacks
+    }
+
+    /// How many attacks wait for a manifest: the kept ones and the counted ones.
+    pub fn attacks_pending(&self) -> (usize, u64) {
+        (
+            self.pending_attacks.len(),
+            self.attacks_not_itemized.map_or(0, |c| c.count),
+        )
+    }
+
+    /// Forgets the attacks an accepted manifest carried, `reported` as
+    /// [`PrimaryState::attacks_pending`] gave them when it was made; any kept since stay.
+    pub fn attacks_reported(&mut self, (kept, counted): (usize, u64)) {
+        self.pending_attacks
+            .drain(..kept.min(self.pending_attacks.len()));
+        if let Some(c) = &mut self.attacks_not_itemized {
+            c.count = c.count.saturating_sub(counted);
+            if c.count == 0 {
+                self.attacks_not_itemized = None;
+            }
+        }
+    }
 }
 
 mod optional_time {
@@ -216,5 +292,47 @@ impl StateDir {
     /// Reads the inventory.
     pub fn load_inventory(&self) -> std::io::Result<Vec<InventoryEcu>> {
         load_json(&self.inventory())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attack(n: usize) -> DetectedAttack {
+        DetectedAttack::new(AttackKind::Replay, &format!("attack {n}"))
+    }
+
+    /// A refusal provoked every cycle keeps the state and the manifest bounded, and what a
+    /// manifest carried leaves with it, not what came after.
+    #[test]
+    fn kept_attacks_stay_bounded_and_leave_with_the_manifest_that_carried_them() {
+        let mut state = PrimaryState::default();
+        assert!(state.keep_attack(attack(0)));
+        assert!(
+            !state.keep_attack(attack(0)),
+            "the same attack is kept once"
+        );
+        for n in 1..1_000 {
+            assert!(state.keep_attack(attack(n)));
+        }
+        assert_eq!(state.attacks_pending(), (MAX_KEPT_ATTACKS, 1_000 - 32));
+        let report = state.attacks_to_report();
+        assert_eq!(report.len(), MAX_KEPT_ATTACKS + 1);
+        assert_eq!(
+            report[MAX_KEPT_ATTACKS].detail,
+            "968 more attacks beyond the 32 kept, the newest of this kind"
+        );
+
+        // One more while the manifest is on its way: counted, and left when it is accepted.
+        let carried = state.attacks_pending();
+        state.keep_attack(attack(5_000));
+        state.attacks_reported(carried);
+        assert_eq!(state.attacks_pending(), (0, 1));
+        state.keep_attack(attack(6_000));
+        let carried = state.attacks_pending();
+        state.attacks_reported(carried);
+        assert_eq!(state.attacks_pending(), (0, 0));
+        assert!(state.attacks_to_report().is_empty());
     }
 }

@@ -116,9 +116,8 @@ pub struct ResultRecord {
 pub const MAX_RESULTS: usize = 32;
 
 /// Distinct attacks kept for the next reports at most; more of them are counted (`State`
-/// `attacks_not_itemized`) and reported as one entry, so `state.json` and every report stay
-/// bounded whatever a caller provokes.
-pub const MAX_KEPT_ATTACKS: usize = 32;
+/// `attacks_not_itemized`) and reported as one entry.
+pub use uptane_core::manifest::MAX_KEPT_ATTACKS;
 
 /// An attack as kept in `state.json`; before protocol v2 a result without one kept `""`.
 fn attack_or_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<AttackKind>, D::Error> {
@@ -240,13 +239,13 @@ struct NotItemized {
 
 impl NotItemized {
     fn detected(&self) -> DetectedAttack {
-        DetectedAttack {
-            kind: self.kind,
-            detail: format!(
+        DetectedAttack::new(
+            self.kind,
+            &format!(
                 "{} more attacks beyond the {MAX_KEPT_ATTACKS} kept, the newest of this kind",
                 self.count
             ),
-        }
+        )
     }
 }
 
@@ -608,10 +607,7 @@ impl Agent {
         }
         if let Some(kind) = attack {
             tracing::warn!(attack = %kind, correlation_id, description, "attack detected");
-            let attack = DetectedAttack {
-                kind,
-                detail: description.to_string(),
-            };
+            let attack = DetectedAttack::new(kind, description);
             let pending = |k: &KeptAttack| k.first_reported_in.is_none();
             if self
                 .state

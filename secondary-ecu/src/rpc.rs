@@ -262,6 +262,21 @@ fn io_status(e: std::io::Error) -> Status {
     Status::internal(format!("storage: {e}"))
 }
 
+/// Longest correlation id a call may name, in bytes (the Director's are 20; a UUID URN is 45).
+pub const MAX_CORRELATION_ID_BYTES: usize = 128;
+
+/// `id` if a call may name it: within [`MAX_CORRELATION_ID_BYTES`], no control characters.
+/// A caller's ids are kept in `state.json` and quoted in refusals that reach the Director:
+/// one of megabytes, or with a NUL, would spoil every save and every report after it.
+fn correlation_id(id: String) -> Result<String, Status> {
+    if id.len() > MAX_CORRELATION_ID_BYTES || id.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "a correlation id is at most {MAX_CORRELATION_ID_BYTES} bytes of printable text"
+        )));
+    }
+    Ok(id)
+}
+
 fn new_operation(kind: OperationKind, correlation_id: &str) -> Result<Operation, Status> {
     let id = crate::agent::random_id().map_err(io_status)?;
     Ok(Operation {
@@ -313,7 +328,7 @@ impl Secondary for Service {
     ) -> Result<Response<SignedVersionReport>, Status> {
         self.require_primary(&request)?;
         let nonce = request.into_inner().nonce;
-        if nonce.is_empty() || nonce.len() > 128 {
+        if nonce.is_empty() || nonce.len() > uptane_core::manifest::MAX_NONCE_BYTES {
             return Err(Status::invalid_argument(
                 "the nonce must be 1 to 128 characters",
             ));
@@ -357,7 +372,7 @@ impl Secondary for Service {
     ) -> Result<Response<proto::v2::Result>, Status> {
         self.require_primary(&request)?;
         let bundle = request.into_inner();
-        let correlation_id = bundle.correlation_id.clone();
+        let correlation_id = self::correlation_id(bundle.correlation_id.clone())?;
         let again = bundle.clone();
         let mut outcome = self.call(move |agent| agent.put_metadata(bundle)).await?;
         if matches!(outcome, Ok(ResultCode::Busy)) && self.stop_installs().await? {
@@ -377,7 +392,10 @@ impl Secondary for Service {
     ) -> Result<Response<TransferState>, Status> {
         self.require_primary(&request)?;
         let r = request.into_inner();
-        let id = r.correlation_id.clone();
+        let id = correlation_id(r.correlation_id.clone())?;
+        // The name must be the approved image's, which passed the target-name rules (G-4).
+        uptane_core::ids::check_target_name(&r.filename)
+            .map_err(|e| Status::invalid_argument(format!("filename: {e}")))?;
         let outcome = self
             .call(move |agent| agent.begin_transfer(&r.correlation_id, &r.filename, r.length))
             .await?;
@@ -389,7 +407,7 @@ impl Secondary for Service {
         request: Request<GetTransferStateRequest>,
     ) -> Result<Response<TransferState>, Status> {
         self.require_primary(&request)?;
-        let correlation_id = request.into_inner().correlation_id;
+        let correlation_id = correlation_id(request.into_inner().correlation_id)?;
         let id = correlation_id.clone();
         let outcome = self.call(move |agent| agent.transfer_state(&id)).await?;
         Ok(Response::new(transfer_state(&correlation_id, outcome)))
@@ -410,7 +428,7 @@ impl Secondary for Service {
         while let Some(chunk) = next {
             let chunk = chunk?;
             if correlation_id.is_none() {
-                let id = chunk.correlation_id.clone();
+                let id = self::correlation_id(chunk.correlation_id.clone())?;
                 let started = self
                     .call(move |agent| agent.start_upload(&id))
                     .await?
@@ -499,7 +517,7 @@ impl Secondary for Service {
         request: Request<InstallRequest>,
     ) -> Result<Response<Operation>, Status> {
         self.require_primary(&request)?;
-        let correlation_id = request.into_inner().correlation_id;
+        let correlation_id = correlation_id(request.into_inner().correlation_id)?;
         let operation = new_operation(OperationKind::Install, &correlation_id)?;
         let cancel = Arc::new(AtomicBool::new(false));
         // One writer per update: the Primary asking again while the install runs (its poll
@@ -562,7 +580,7 @@ impl Secondary for Service {
         request: Request<ActivateRequest>,
     ) -> Result<Response<Operation>, Status> {
         self.require_primary(&request)?;
-        let correlation_id = request.into_inner().correlation_id;
+        let correlation_id = correlation_id(request.into_inner().correlation_id)?;
         let id = correlation_id.clone();
         let outcome = self.call(move |agent| agent.activate(&id)).await?;
         self.completed(OperationKind::Activate, &correlation_id, outcome)
@@ -573,7 +591,7 @@ impl Secondary for Service {
         request: Request<ConfirmRequest>,
     ) -> Result<Response<Operation>, Status> {
         self.require_primary(&request)?;
-        let correlation_id = request.into_inner().correlation_id;
+        let correlation_id = correlation_id(request.into_inner().correlation_id)?;
         let id = correlation_id.clone();
         let outcome = self.call(move |agent| agent.confirm(&id)).await?;
         self.completed(OperationKind::Confirm, &correlation_id, outcome)
@@ -621,7 +639,7 @@ impl Secondary for Service {
         request: Request<GetInstallationResultRequest>,
     ) -> Result<Response<InstallationResult>, Status> {
         self.require_primary(&request)?;
-        let correlation_id = request.into_inner().correlation_id;
+        let correlation_id = correlation_id(request.into_inner().correlation_id)?;
         let id = correlation_id.clone();
         let record = self
             .call(move |agent| agent.result(&id).cloned())

@@ -1517,6 +1517,43 @@ async fn refuses_malformed_and_oversized_messages_without_crashing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // Names a caller could make the Secondary keep (in `state.json`, in refusals that reach
+    // the Director): too long, or holding a NUL, refused before anything is kept.
+    let long = "c".repeat(secondary_ecu::rpc::MAX_CORRELATION_ID_BYTES + 1);
+    for correlation_id in [long.as_str(), "asg\u{0}1"] {
+        let err = ecu
+            .client()
+            .begin_transfer(BeginTransferRequest {
+                correlation_id: correlation_id.into(),
+                filename: "brake-2.bin".into(),
+                length: IMAGE.len() as u64,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        let err = ecu
+            .client()
+            .install(InstallRequest {
+                correlation_id: correlation_id.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    }
+    let mut bundle = repos.bundle();
+    bundle.correlation_id = long.clone();
+    let err = ecu.client().put_metadata(bundle).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let err = ecu
+        .client()
+        .begin_transfer(BeginTransferRequest {
+            correlation_id: CORR.into(),
+            filename: format!("{}.bin", "x".repeat(1 << 20)),
+            length: IMAGE.len() as u64,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     // Still serving.
     assert_eq!(ecu.running().await, "factory.bin");
 }

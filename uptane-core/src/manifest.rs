@@ -12,7 +12,7 @@ use serde_json::Value;
 mod check;
 
 pub use check::{
-    CheckedManifest, InventoryEcu, ManifestError, TimeWentBack, VehicleInventory,
+    CheckedManifest, InventoryEcu, MAX_NONCE_BYTES, ManifestError, TimeWentBack, VehicleInventory,
     check_vehicle_manifest,
 };
 
@@ -63,6 +63,36 @@ pub struct DetectedAttack {
     pub kind: AttackKind,
     /// What was refused, in words.
     pub detail: String,
+}
+
+/// Distinct attacks an ECU keeps one by one for its next report; more are counted and
+/// reported as one entry, so its state and every report stay bounded whatever an attacker
+/// provokes.
+pub const MAX_KEPT_ATTACKS: usize = 32;
+
+/// Longest detail an ECU keeps for an attack ([`DetectedAttack::new`]).
+pub const MAX_ATTACK_DETAIL_BYTES: usize = 512;
+
+impl DetectedAttack {
+    /// An attack to keep until a report carries it. Its words often quote what the attacker
+    /// sent (a nonce, a name, a server's answer), so they are cut to
+    /// [`MAX_ATTACK_DETAIL_BYTES`] and control characters become `\u{FFFD}`: evidence must not
+    /// let its sender grow the ECU's state, or the report past what the Director accepts, or
+    /// carry a NUL that a database refuses.
+    pub fn new(kind: AttackKind, detail: &str) -> Self {
+        let mut end = detail.len().min(MAX_ATTACK_DETAIL_BYTES);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut kept: String = detail[..end]
+            .chars()
+            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .collect();
+        if end < detail.len() {
+            kept.push_str(" (cut)");
+        }
+        Self { kind, detail: kept }
+    }
 }
 
 /// How an ECU's latest installation ended, as its version report states it.
@@ -314,5 +344,23 @@ mod tests {
             verify_vehicle_manifest(&Raw::new(bytes), key.public_key()),
             Err(VerifyError::WrongType { .. })
         ));
+    }
+
+    #[test]
+    fn attack_details_are_cut_and_hold_no_control_characters() {
+        let short = DetectedAttack::new(AttackKind::Replay, "nonce \"a\u{0}b\"\n");
+        assert_eq!(short.detail, "nonce \"a\u{FFFD}b\"\u{FFFD}");
+        // A multi-byte character across the cut is not split.
+        let long = format!(
+            "{}é{}",
+            "x".repeat(MAX_ATTACK_DETAIL_BYTES - 1),
+            "y".repeat(4 << 20)
+        );
+        let cut = DetectedAttack::new(AttackKind::EndlessData, &long);
+        assert_eq!(
+            cut.detail,
+            format!("{} (cut)", "x".repeat(MAX_ATTACK_DETAIL_BYTES - 1))
+        );
+        assert_eq!(cut.kind, AttackKind::EndlessData);
     }
 }

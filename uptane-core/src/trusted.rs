@@ -54,9 +54,9 @@ pub struct Limits {
     pub root: u64,
     /// Largest timestamp file.
     pub timestamp: u64,
-    /// Largest snapshot file when timestamp lists no length.
+    /// Largest snapshot file; a smaller length timestamp lists is the limit instead.
     pub snapshot: u64,
-    /// Largest targets file when snapshot lists no length.
+    /// Largest targets file; a smaller length snapshot lists is the limit instead.
     pub targets: u64,
     /// Most new root versions accepted in one update.
     pub max_root_rotations: u64,
@@ -75,6 +75,13 @@ impl Default for Limits {
             max_delegations: 32,
         }
     }
+}
+
+/// The byte limit for a file `meta` describes: the length it lists, never above `limit`.
+/// The listing is signed by the online timestamp or snapshot key, which a server compromise
+/// holds; a listed length of 2^62 must not become the limit of the download (endless data).
+fn listed_limit(meta: &MetaFile, limit: u64) -> u64 {
+    meta.length.map_or(limit, |listed| listed.min(limit))
 }
 
 /// Whose view a trusted set takes.
@@ -419,7 +426,7 @@ impl<Repo> TrustedSet<Repo> {
         let meta = self.snapshot_meta()?;
         Ok(FileRequest {
             version: self.root().consistent_snapshot.then_some(meta.version),
-            max_length: meta.length.unwrap_or(self.limits.snapshot),
+            max_length: listed_limit(meta, self.limits.snapshot),
         })
     }
 
@@ -507,7 +514,7 @@ impl<Repo> TrustedSet<Repo> {
         check_size(
             "snapshot",
             raw.as_bytes(),
-            meta.length.unwrap_or(self.limits.snapshot),
+            listed_limit(meta, self.limits.snapshot),
         )?;
         // §5.5.2: length and hashes as timestamp lists them (mix-and-match attack).
         check_against_meta("snapshot", "timestamp", raw.as_bytes(), meta, listed)?;
@@ -546,7 +553,7 @@ impl<Repo> TrustedSet<Repo> {
         let meta = self.targets_meta(role)?;
         Ok(FileRequest {
             version: self.root().consistent_snapshot.then_some(meta.version),
-            max_length: meta.length.unwrap_or(self.limits.targets),
+            max_length: listed_limit(meta, self.limits.targets),
         })
     }
 
@@ -581,7 +588,7 @@ impl<Repo> TrustedSet<Repo> {
         check_size(
             role,
             raw.as_bytes(),
-            meta.length.unwrap_or(self.limits.targets),
+            listed_limit(meta, self.limits.targets),
         )?;
         let expected = meta.version;
         // The hash check against snapshot first (§5.6.2); for a large file it runs beside the

@@ -177,6 +177,14 @@ pub fn assign(
         .and_then(|c| c.get("releaseCounter"))
         .and_then(Value::as_u64)
         .unwrap_or(0);
+    // Both are kept in signed 64-bit columns: a larger one (a supplier's metadata may list
+    // it) would make every later read of these ECUs' rows fail, fleet-wide for a hardware id.
+    if i64::try_from(info.length).is_err() || i64::try_from(release_counter).is_err() {
+        return Err(bad(format!(
+            "{}: a length or release counter above 2^63 - 1 cannot be assigned",
+            request.image
+        )));
+    }
     let tx = conn.savepoint()?;
     let ecus_where =
         |filter: Option<(&str, &str)>| -> Result<Vec<(String, String, String, u64)>, DbError> {
@@ -599,7 +607,13 @@ pub(crate) fn set_outcome(
     conn.execute(
         "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
          WHERE ecu_serial = ?4 AND assignment_id = (SELECT id FROM assignments WHERE correlation_id = ?5)",
-        params![status, detail, now_text(now), serial, correlation_id],
+        params![
+            status,
+            super::events::storable(detail),
+            now_text(now),
+            serial,
+            correlation_id
+        ],
     )?;
     Ok(())
 }
@@ -658,5 +672,41 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(replanned, 0);
+    }
+
+    /// A release counter or length a signed 64-bit column cannot hold is refused before it
+    /// is kept: every later read of the ECUs' rows would fail.
+    #[test]
+    fn an_image_whose_numbers_do_not_fit_is_not_assigned() {
+        let db = Db::for_tests().unwrap();
+        let request = AssignRequest {
+            image: "fw.bin".into(),
+            vins: vec![Vin::new("VIN-1").unwrap()],
+            hardware_id: None,
+            ecus: vec![],
+        };
+        let info = |length: u64, counter: u64| -> TargetFile {
+            serde_json::from_value(serde_json::json!({
+                "length": length,
+                "hashes": {"sha256": "00".repeat(32)},
+                "custom": {"releaseCounter": counter, "hardwareIds": ["hw"]},
+            }))
+            .unwrap()
+        };
+        let now: UtcTime = "2026-12-06T00:00:00Z".parse().unwrap();
+        for info in [info(3, 1 << 63), info(1 << 63, 1)] {
+            let err = db
+                .call_blocking(|conn| assign(conn, &request, &info, "op", now))
+                .unwrap_err();
+            assert!(
+                matches!(&err, DirectorError::BadRequest(m) if m.contains("above 2^63 - 1")),
+                "{err}"
+            );
+        }
+        // In range, it goes on to the vehicle (not registered here).
+        let err = db
+            .call_blocking(|conn| assign(conn, &request, &info(3, 1), "op", now))
+            .unwrap_err();
+        assert!(matches!(err, DirectorError::NotFound(_)), "{err}");
     }
 }

@@ -71,9 +71,9 @@ impl<'a> NewEvent<'a> {
         self
     }
 
-    /// Appends it to the log at `now`, its detail cut to [`MAX_DETAIL_BYTES`].
+    /// Appends it to the log at `now`, its detail as [`storable`] makes it.
     pub fn record(&self, conn: &Conn, now: UtcTime) -> Result<(), DirectorError> {
-        let detail = bounded(self.detail);
+        let detail = storable(self.detail);
         if self.security {
             tracing::warn!(
                 kind = self.kind,
@@ -108,11 +108,29 @@ impl<'a> NewEvent<'a> {
 /// fill the log, a log line or an operator's terminal.
 pub const MAX_DETAIL_BYTES: usize = 4096;
 
-/// `detail` cut on a character boundary to at most [`MAX_DETAIL_BYTES`], saying how long it
-/// was.
-fn bounded(detail: &str) -> std::borrow::Cow<'_, str> {
+/// `detail` as the Director keeps it: control characters other than a line break made
+/// `\u{FFFD}` (PostgreSQL refuses a NUL in text, which would refuse on one engine a manifest
+/// the other keeps), then cut on a character boundary to at most [`MAX_DETAIL_BYTES`], saying
+/// how long it was.
+pub(crate) fn storable(detail: &str) -> std::borrow::Cow<'_, str> {
+    let detail: std::borrow::Cow<'_, str> = if detail.chars().any(|c| c.is_control() && c != '\n') {
+        std::borrow::Cow::Owned(
+            detail
+                .chars()
+                .map(|c| {
+                    if c.is_control() && c != '\n' {
+                        '\u{FFFD}'
+                    } else {
+                        c
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(detail)
+    };
     if detail.len() <= MAX_DETAIL_BYTES {
-        return std::borrow::Cow::Borrowed(detail);
+        return detail;
     }
     let note = format!("… ({} bytes, cut)", detail.len());
     let mut end = MAX_DETAIL_BYTES - note.len();
@@ -488,6 +506,21 @@ mod tests {
             "{cut}"
         );
         assert_eq!(events[1].detail, "fits");
+    }
+
+    /// A NUL would be refused by PostgreSQL alone: the same detail is kept on both engines.
+    #[test]
+    fn a_detail_keeps_no_control_character_but_line_breaks() {
+        let db = Db::for_tests().unwrap();
+        let now: UtcTime = "2026-12-04T00:00:00Z".parse().unwrap();
+        db.call_blocking(|conn| {
+            NewEvent::security("probe", "anonymous", "a\u{0}b\u{1b}[31mc\nd").record(conn, now)
+        })
+        .unwrap();
+        let events = db
+            .call_blocking(|conn| recent_events(conn, &EventFilter::default(), Page::newest(1)))
+            .unwrap();
+        assert_eq!(events[0].detail, "a\u{FFFD}b\u{FFFD}[31mc\nd");
     }
 
     #[test]

@@ -203,8 +203,16 @@ impl DirectorService {
         let (db, cache) = (self.inner.db.clone(), Arc::clone(&self.inner.cache));
         tokio::spawn(async move {
             let written = db.call(f).await;
-            if let Ok(value) = &written {
-                after(value, &cache);
+            match &written {
+                Ok(value) => after(value, &cache),
+                // A call that failed part way may have kept some of its writes (a campaign
+                // tick keeps the campaigns it stepped before the database failed): what they
+                // changed is not known here, so nothing cached is trusted. Refusals (bad
+                // input, a refused manifest) change no vehicle and keep the cache.
+                Err(DirectorError::Db(_) | DirectorError::Busy(_) | DirectorError::Internal(_)) => {
+                    cache.forget_all();
+                }
+                Err(_) => {}
             }
             written
         })

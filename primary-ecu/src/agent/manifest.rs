@@ -142,7 +142,7 @@ impl<P: Ports> Primary<P> {
             report_type: ECU_REPORT_TYPE.into(),
             ecu_serial: self.settings.serial.clone(),
             installed_image: installed,
-            attacks_detected: self.state.pending_attacks.clone(),
+            attacks_detected: self.state.attacks_to_report(),
             latest_time: now,
             nonce,
             report_counter: self.state.report_counter,
@@ -182,7 +182,7 @@ impl<P: Ports> Primary<P> {
         reports: &Reports,
         now: UtcTime,
     ) -> ManifestOutcome {
-        let reported_attacks = self.state.pending_attacks.len();
+        let reported_attacks = self.state.attacks_pending();
         let mut all = reports.signed.clone();
         match self.own_report(now) {
             Ok(own) => all.insert(self.settings.serial.clone(), own),
@@ -202,7 +202,7 @@ impl<P: Ports> Primary<P> {
         let outcome = self.director.send_manifest(body).await;
         match &outcome {
             ManifestOutcome::Accepted => {
-                self.state.pending_attacks.drain(..reported_attacks);
+                self.state.attacks_reported(reported_attacks);
                 if let Err(e) = self.save() {
                     return ManifestOutcome::Unsent(e);
                 }

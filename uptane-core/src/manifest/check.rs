@@ -126,6 +126,17 @@ pub enum ManifestError {
         /// The serial it names.
         signed_for: EcuSerial,
     },
+    /// A report holding what the Director cannot keep as it is: a nonce over
+    /// [`MAX_NONCE_BYTES`] or with a control character, a filename with a control character,
+    /// a number above a signed 64-bit column's range. Kept, such a value would fail every
+    /// later read of the vehicle's row (or, on one database engine only, the write).
+    #[error("ECU {ecu} report: {what}")]
+    Unstorable {
+        /// The ECU.
+        ecu: EcuSerial,
+        /// What is wrong.
+        what: &'static str,
+    },
     /// A nonce already seen (or empty): the report is a replay (Uptane §5.4.2.1.2).
     #[error("ECU {ecu} report replays nonce {nonce:?}")]
     NonceReplayed {
@@ -159,6 +170,7 @@ impl ManifestError {
     pub fn attack(&self) -> AttackKind {
         match self {
             ManifestError::NoPrimary(_)
+            | ManifestError::Unstorable { .. }
             | ManifestError::ReportedAndUnreachable(_)
             | ManifestError::MissingReport(_) => AttackKind::Malformed,
             ManifestError::Signature(e) | ManifestError::ReportSignature { source: e, .. } => {
@@ -184,6 +196,7 @@ impl ManifestError {
             | ManifestError::MissingReport(ecu)
             | ManifestError::ReportSignature { ecu, .. }
             | ManifestError::ReportForAnotherEcu { under: ecu, .. }
+            | ManifestError::Unstorable { ecu, .. }
             | ManifestError::NonceReplayed { ecu, .. }
             | ManifestError::CounterRolledBack { ecu, .. }
             | ManifestError::TimeInFuture { ecu, .. } => Some(ecu),
@@ -192,6 +205,39 @@ impl ManifestError {
             | ManifestError::WrongVehicle { .. } => None,
         }
     }
+}
+
+/// Longest report nonce accepted, in bytes (the Primary makes them; a Secondary asked for a
+/// report refuses a longer one too).
+pub const MAX_NONCE_BYTES: usize = 128;
+
+/// Whether the Director can keep `report` as it stands ([`ManifestError::Unstorable`]).
+fn storable(report: &EcuVersionReport) -> Result<(), &'static str> {
+    let signed = |n: u64| i64::try_from(n).is_ok();
+    if report.nonce.len() > MAX_NONCE_BYTES {
+        return Err("nonce longer than 128 bytes");
+    }
+    if report.nonce.chars().any(char::is_control) {
+        return Err("nonce holds a control character");
+    }
+    if report
+        .installed_image
+        .filename
+        .chars()
+        .any(char::is_control)
+    {
+        return Err("installed filename holds a control character");
+    }
+    if !signed(report.report_counter) {
+        return Err("report counter above 2^63 - 1");
+    }
+    if !signed(report.installed_image.length) {
+        return Err("installed length above 2^63 - 1");
+    }
+    if !signed(report.installed_image.release_counter) {
+        return Err("installed release counter above 2^63 - 1");
+    }
+    Ok(())
 }
 
 /// Checks a vehicle version manifest (`bytes` as received) against `inventory` at `now`:
@@ -272,6 +318,12 @@ pub fn check_vehicle_manifest<E>(
             return refused(ManifestError::ReportForAnotherEcu {
                 under: serial.clone(),
                 signed_for: report.ecu_serial.clone(),
+            });
+        }
+        if let Err(what) = storable(&report) {
+            return refused(ManifestError::Unstorable {
+                ecu: serial.clone(),
+                what,
             });
         }
         let fresh = !report.nonce.is_empty()
@@ -477,6 +529,54 @@ mod tests {
             let err = check(&bytes).unwrap_err();
             assert_eq!(err.attack(), attack, "{err}");
         }
+    }
+
+    /// What a signed 64-bit column or a PostgreSQL text column cannot hold is refused before
+    /// it is kept (one ECU's key must not make its vehicle's rows unreadable).
+    #[test]
+    fn values_the_director_cannot_keep_are_refused() {
+        let big = 1u64 << 63;
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                with(|r| r[1].2.nonce = "n".repeat(MAX_NONCE_BYTES + 1)),
+                "nonce longer than 128 bytes",
+            ),
+            (
+                with(|r| r[1].2.nonce = "a\u{0}b".into()),
+                "nonce holds a control character",
+            ),
+            (
+                with(|r| r[1].2.installed_image.filename = "fw\u{0}.bin".into()),
+                "installed filename holds a control character",
+            ),
+            (
+                with(|r| r[1].2.report_counter = big),
+                "report counter above 2^63 - 1",
+            ),
+            (
+                with(|r| r[1].2.installed_image.length = big),
+                "installed length above 2^63 - 1",
+            ),
+            (
+                with(|r| r[1].2.installed_image.release_counter = big),
+                "installed release counter above 2^63 - 1",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let err = check(&bytes).unwrap_err();
+            assert!(
+                matches!(err, ManifestError::Unstorable { what, .. } if what == expected),
+                "{err}"
+            );
+            assert_eq!(err.attack(), AttackKind::Malformed);
+        }
+        // At the bounds, accepted.
+        check(&with(|r| {
+            r[1].2.nonce = "n".repeat(MAX_NONCE_BYTES);
+            r[1].2.report_counter = i64::MAX as u64;
+            r[1].2.installed_image.release_counter = i64::MAX as u64;
+        }))
+        .unwrap();
     }
 
     #[test]

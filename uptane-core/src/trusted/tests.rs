@@ -755,3 +755,43 @@ fn rejects_role_not_delegated_or_not_in_snapshot() {
         Err(UpdateError::NotInSnapshot { .. })
     ));
 }
+
+/// A length the online timestamp key lists is believed only up to the configured limit: a
+/// server holding that key could list 2^62 bytes and have the client read (or reserve)
+/// that much.
+#[test]
+fn a_listed_length_never_raises_the_limit() {
+    let repo = RepoFixture::new();
+    let huge = TimestampBuilder::new(
+        10,
+        repo.expires,
+        MetaFile {
+            version: 1,
+            length: Some(1 << 62),
+            hashes: None,
+        },
+    )
+    .sign(&[&repo.timestamp_key])
+    .unwrap();
+    let mut set = start(&repo);
+    set.update_timestamp(&Raw::new(huge)).unwrap();
+    assert_eq!(
+        set.snapshot_request().unwrap().max_length,
+        Limits::default().snapshot
+    );
+
+    // The real snapshot, listed with its exact length, above a smaller configured limit.
+    let limit = repo.snapshot.len() as u64 - 1;
+    let small = Limits {
+        snapshot: limit,
+        ..Limits::default()
+    };
+    let mut set = Set::new(&Raw::new(repo.initial_root().to_vec()), now(), small).unwrap();
+    set.update_timestamp(&Raw::new(repo.timestamp.clone()))
+        .unwrap();
+    assert_eq!(set.snapshot_request().unwrap().max_length, limit);
+    assert!(matches!(
+        set.update_snapshot(&Raw::new(repo.snapshot.clone())),
+        Err(UpdateError::Verify(VerifyError::TooLarge { limit: l, .. })) if l == limit
+    ));
+}
