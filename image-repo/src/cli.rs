@@ -16,7 +16,9 @@ use service_runtime::tls::{ClientAuth, Identity};
 
 use crate::keys;
 use crate::remote::Remote;
-use crate::repo::{Expiry, InitOptions, RepoState, Repository, image_custom, sign_targets_update};
+use crate::repo::{
+    Expiry, InitOptions, RepoState, Repository, image_custom, sign_targets_update, vouch,
+};
 use crate::server::{AppState, ServerConfig};
 use crate::tokens::{TokenSelector, Tokens};
 use service_runtime::clock::now;
@@ -661,13 +663,15 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             file,
         } => {
             crate::repo::check_target_name(&name)?;
-            let key = keys::read_private(&key)?;
+            let key_file = key;
+            let key = keys::read_private(&key_file)?;
             let custom = image_custom(&hardware_ids, release_counter);
             let sign_role = |state: &RepoState,
                              info: &crate::repo::BlobInfo|
              -> anyhow::Result<Vec<u8>> {
                 let expires = now() + Expiry::default().targets;
-                let builder = match state.roles.get(&role) {
+                let current = state.roles.get(&role);
+                let builder = match current {
                     Some(current) => {
                         TargetsBuilder::from_targets(current, current.common.version + 1, expires)
                     }
@@ -688,7 +692,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                         Some(custom.clone()),
                     )
                     .build();
-                Ok(uptane_core::sign::sign(&targets, &[&key])?)
+                Ok(vouch::sign_delegated(
+                    &role, current, &targets, &key, &key_file,
+                )?)
             };
             match (target.repo, target.server) {
                 (Some(dir), _) => {
@@ -1073,7 +1079,8 @@ async fn renew_delegated(
     role: &str,
     key: &Path,
 ) -> anyhow::Result<()> {
-    let key = keys::read_private(key)?;
+    let key_file = key;
+    let key = keys::read_private(key_file)?;
     let sign = |state: &RepoState| -> anyhow::Result<Vec<u8>> {
         let current = state
             .roles
@@ -1084,7 +1091,13 @@ async fn renew_delegated(
         let expires = now() + Expiry::default().targets;
         let renewed =
             TargetsBuilder::from_targets(current, current.common.version + 1, expires).build();
-        Ok(uptane_core::sign::sign(&renewed, &[&key])?)
+        Ok(vouch::sign_delegated(
+            role,
+            Some(current),
+            &renewed,
+            &key,
+            key_file,
+        )?)
     };
     match (target.repo, target.server) {
         (Some(dir), _) => {

@@ -87,6 +87,20 @@ pub enum RepoError {
         /// Hardware id.
         hardware_id: String,
     },
+    /// A delegation to a role name another role delegates with other keys or another
+    /// threshold: a role name is one role (one file), whose metadata could verify through
+    /// only one of them.
+    #[error(
+        "{role} delegates {delegated:?} with other keys or another threshold than {other} does: a role name names one role"
+    )]
+    DelegationConflict {
+        /// The role whose metadata was refused.
+        role: String,
+        /// The delegated role name.
+        delegated: String,
+        /// The role that delegates it already.
+        other: String,
+    },
     /// The role is not delegated by anyone.
     #[error("no role delegates to {0}")]
     UnknownRole(String),
@@ -109,6 +123,15 @@ pub enum RepoError {
     /// A target name that cannot be published (Uptane G-4).
     #[error(transparent)]
     BadTargetName(uptane_core::ids::TargetNameError),
+    /// The published version of a role the caller is about to sign on top of is not one
+    /// to believe (`repo/vouch.rs`).
+    #[error("{role}: refusing to sign: {reason}")]
+    NotVouched {
+        /// Role.
+        role: String,
+        /// Why.
+        reason: String,
+    },
     /// An argument is out of range.
     #[error("{0}")]
     Invalid(String),
@@ -136,6 +159,7 @@ impl RepoError {
                 | RepoError::Layout(_)
                 | RepoError::Corrupt { .. }
                 | RepoError::NotEnoughKeys { .. }
+                | RepoError::NotVouched { .. }
         )
     }
 }

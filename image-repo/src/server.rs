@@ -250,7 +250,9 @@ impl ApiError {
 impl From<RepoError> for ApiError {
     fn from(e: RepoError) -> Self {
         let status = match &e {
-            RepoError::VersionNotIncreased { .. } => StatusCode::CONFLICT,
+            RepoError::VersionNotIncreased { .. } | RepoError::DelegationConflict { .. } => {
+                StatusCode::CONFLICT
+            }
             RepoError::PathNotDelegated { .. } | RepoError::HardwareNotDelegated { .. } => {
                 StatusCode::FORBIDDEN
             }

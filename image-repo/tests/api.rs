@@ -739,3 +739,46 @@ fn write_temp(bytes: &[u8]) -> std::path::PathBuf {
     std::fs::write(&path, bytes).unwrap();
     path
 }
+
+/// A supplier delegating another supplier's role name to its own key: the repository reads
+/// each role back through the first delegator that reaches it, so the other supplier's
+/// metadata would stop verifying, and with it the whole repository (no publish, no timestamp
+/// renewal). Refused, and the repository still loads.
+#[tokio::test]
+async fn a_delegation_to_a_role_name_another_role_delegates_is_refused() {
+    let f = fixture();
+    let bosch = uptane_core::testing::key(78);
+    let delegation = delegated_role("bosch", &[bosch.public_key()], 1, &["bosch/*"], false);
+    let public = bosch.public_key().clone();
+    f.repo
+        .update_targets(&f.keys, now(), |b| Ok(b.delegate(delegation, &[&public])))
+        .unwrap();
+    let bosch_v1 = f.signed_acme(1, &bosch, |b| b);
+    f.repo.publish_role("bosch", bosch_v1, now()).unwrap();
+
+    let hijack = delegated_role("bosch", &[f.supplier.public_key()], 1, &["acme/*"], false);
+    let acme_public = f.supplier.public_key().clone();
+    let upload = f.signed_acme(1, &f.supplier, |b| b.delegate(hijack, &[&acme_public]));
+    let error = assert_refused(
+        &f,
+        "/api/v1/metadata/acme",
+        Some(&f.acme_token),
+        upload,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(
+        error.contains("delegates \"bosch\" with other keys or another threshold than targets"),
+        "{error}"
+    );
+    assert!(f.state().roles.contains_key("bosch"));
+
+    // The same delegation as the top-level one (same key, same threshold) is one role.
+    let same = delegated_role("bosch", &[bosch.public_key()], 1, &["acme/*"], false);
+    let upload = f.signed_acme(1, &f.supplier, |b| b.delegate(same, &[&public]));
+    let (status, json) = f
+        .put("/api/v1/metadata/acme", Some(&f.acme_token), upload)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert!(f.state().roles.contains_key("bosch"));
+}

@@ -13,13 +13,15 @@
 //! so a `kill -9` at any point leaves the previous, complete state published.
 //!
 //! The concerns live in submodules: `state` (reading the published state back), `blobs`
-//! (content-addressed storage and target links), `publish` (uploads and new versions) and
-//! `rotate` (key rotation); this module holds the layout, initialization and online keys.
+//! (content-addressed storage and target links), `publish` (uploads and new versions),
+//! `rotate` (key rotation) and `vouch` (what a key holder checks before signing on top of
+//! what is published); this module holds the layout, initialization and online keys.
 
 mod blobs;
 mod publish;
 mod rotate;
 mod state;
+pub mod vouch;
 
 pub use blobs::{BlobHasher, BlobInfo, Collected, blob_info_of, hash_file};
 pub use publish::{CheckedUpload, PublishReport, Renewal, image_custom, sign_targets_update};

@@ -6,6 +6,7 @@ use super::RepoState;
 use super::check_target_name;
 use super::corrupt;
 use super::fault_point;
+use super::vouch;
 use super::{Expiry, Repository};
 use crate::error::RepoError;
 use crate::fsutil::sync_dir;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::Path;
+use uptane_core::crypto::KeyId;
 use uptane_core::metadata::MetaFile;
 use uptane_core::metadata::TargetFile;
 use uptane_core::metadata::Targets;
@@ -100,12 +102,58 @@ pub fn sign_targets_update(
             threshold: authorized.threshold,
         });
     }
-    sign::sign(&targets, &signers).map_err(|e| RepoError::Invalid(e.to_string()))
+    let memory = vouch::memory_in(offline_keys);
+    vouch::check(
+        "targets",
+        current,
+        &candidates.iter().collect::<Vec<_>>(),
+        &memory,
+    )?;
+    let bytes = sign::sign(&targets, &signers).map_err(|e| RepoError::Invalid(e.to_string()))?;
+    vouch::remember("targets", Some(current), &bytes, &memory)?;
+    Ok(bytes)
 }
 
 /// Uptane image custom fields for a target.
 pub fn image_custom(hardware_ids: &[String], release_counter: u64) -> serde_json::Value {
     serde_json::json!({"hardwareIds": hardware_ids, "releaseCounter": release_counter})
+}
+
+/// Refuses `new` (the next version of `role`) if it delegates a role name that another
+/// published role delegates with other keys or another threshold. The repository reads each
+/// delegated role back through the first delegator that reaches it, and vehicles search the
+/// same way: a supplier delegating another supplier's name to its own key would otherwise
+/// make that supplier's metadata unverifiable, and with it the repository's whole state
+/// (no publish, no renewal of the timestamp, the fleet frozen within a day).
+fn check_delegation_names(state: &RepoState, role: &str, new: &Targets) -> Result<(), RepoError> {
+    let Some(delegations) = &new.delegations else {
+        return Ok(());
+    };
+    fn signature(d: &uptane_core::metadata::DelegatedRole) -> (BTreeSet<&KeyId>, u32) {
+        (d.keyids.iter().collect(), d.threshold)
+    }
+    for delegated in &delegations.roles {
+        for (other, metadata) in &state.roles {
+            if other == role {
+                continue;
+            }
+            let Some(theirs) = metadata.delegations.as_ref() else {
+                continue;
+            };
+            if theirs
+                .roles
+                .iter()
+                .any(|d| d.name == delegated.name && signature(d) != signature(delegated))
+            {
+                return Err(RepoError::DelegationConflict {
+                    role: role.to_string(),
+                    delegated: delegated.name.clone(),
+                    other: other.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn check_authorized(
@@ -267,6 +315,7 @@ impl Repository {
                 new: new.common.version,
             });
         }
+        check_delegation_names(state, role, &new)?;
         if new.common.is_expired(now) {
             return Err(RepoError::Expired {
                 role: role.to_string(),
