@@ -12,6 +12,7 @@ pub mod cli;
 pub mod error;
 pub mod fsutil;
 pub mod keys;
+pub mod metadata_cache;
 pub mod remote;
 pub mod repo;
 pub mod serve_targets;

@@ -12,7 +12,6 @@
 //! Uploads need a live token (and, with `--upload-client-ca`, a client certificate from that
 //! CA); every refusal is a 401 or 403 logged as a security event.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Extension, Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use futures_util::StreamExt;
@@ -32,6 +31,7 @@ use service_runtime::tls::PeerIdentity;
 use tokio::sync::Mutex;
 
 use crate::error::RepoError;
+use crate::metadata_cache::{Lookup, MetadataCache};
 use crate::repo::{BlobHasher, Repository};
 use crate::tokens::Tokens;
 use service_runtime::clock::now;
@@ -84,7 +84,8 @@ pub struct AppState {
     config: ServerConfig,
     /// Serializes every change to the repository.
     write_lock: Arc<Mutex<()>>,
-    metadata_cache: Arc<std::sync::RwLock<HashMap<String, CachedFile>>>,
+    /// The current metadata files, in memory.
+    metadata_cache: Arc<MetadataCache>,
     /// Refused uploads, counted so that a flood is not a log line per request.
     refusals: Arc<Throttle<(u16, String)>>,
     /// `GET /status`'s answer and when it was computed: reading the whole repository is
@@ -103,32 +104,12 @@ type RoleFigures = (Vec<(String, u64, String)>, i64);
 /// How often a scrape may read (and verify) the whole repository.
 const METRICS_READ_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A metadata file in memory, valid while the file on disk has the same identity.
-#[derive(Debug, Clone)]
-struct CachedFile {
-    identity: FileIdentity,
-    bytes: Bytes,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    inode: u64,
-    length: u64,
-    modified_ns: i64,
-}
-
-impl FileIdentity {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Self {
-            inode: meta.ino(),
-            length: meta.len(),
-            modified_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        }
-    }
-}
-
 impl AppState {
+    /// How many metadata files are kept in memory (the current ones).
+    pub fn metadata_files_kept(&self) -> usize {
+        self.metadata_cache.len()
+    }
+
     /// State for serving `repo`.
     pub fn new(repo: Repository, config: ServerConfig) -> Self {
         Self {
@@ -321,49 +302,37 @@ async fn get_target(
     .await
 }
 
-/// Metadata files are small and read far more often than written: they are served from
-/// memory, re-read whenever the file's inode, length or mtime changes (every publish
-/// replaces files by rename).
-async fn get_metadata(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+/// Metadata files: the current ones from memory, older versions streamed from the file
+/// within the connection's allowance (`metadata_cache.rs`).
+async fn get_metadata(
+    State(state): State<AppState>,
+    connection: Option<Extension<Allowance>>,
+    Path(file): Path<String>,
+) -> Response {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not found").into_response();
     if file.starts_with('.') || file.contains('/') || !file.ends_with(".json") {
         return not_found();
     }
-    let path = state.repo.metadata_dir().join(&file);
-    let Ok(meta) = std::fs::metadata(&path) else {
-        return not_found();
-    };
-    let identity = FileIdentity::of(&meta);
-    let cached = state.metadata_cache.read().ok().and_then(|cache| {
-        cache
-            .get(&file)
-            .filter(|c| c.identity == identity)
-            .map(|c| c.bytes.clone())
-    });
-    let bytes = match cached {
-        Some(bytes) => bytes,
-        None => {
-            let Ok(bytes) = tokio::fs::read(&path).await else {
-                return not_found();
-            };
-            let bytes = Bytes::from(bytes);
-            if let Ok(mut cache) = state.metadata_cache.write() {
-                cache.insert(
-                    file,
-                    CachedFile {
-                        identity,
-                        bytes: bytes.clone(),
-                    },
-                );
-            }
-            bytes
+    let dir = state.repo.metadata_dir();
+    let mut response = match state.metadata_cache.lookup(&dir, &file).await {
+        Lookup::Current(bytes) => bytes.into_response(),
+        Lookup::Missing => return not_found(),
+        Lookup::Older => {
+            let connection = connection.map_or_else(
+                || Allowance::new(state.config.limits.response_memory_per_connection),
+                |Extension(connection)| connection,
+            );
+            crate::serve_targets::serve(dir, &file, &Method::GET, &HeaderMap::new(), connection)
+                .await
         }
     };
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        bytes,
-    )
-        .into_response()
+    if response.status().is_success() {
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    response
 }
 
 /// A refused upload: 401 (or 403), logged as a security event, the first of its kind in a
@@ -425,6 +394,17 @@ async fn upload_blob(
         ));
     }
     let limit = state.config.max_blob_bytes;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Refused from the declared length first, before a byte is written to disk.
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("blob larger than {limit} bytes"),
+        ));
+    }
     let tmp = state.repo.blob_tempfile()?;
     let file = tmp.reopen().map_err(|e| RepoError::io(tmp.path(), e))?;
     let mut file = tokio::fs::File::from_std(file);
@@ -445,10 +425,7 @@ async fn upload_blob(
             .await
             .map_err(|e| RepoError::io(tmp.path(), e))?;
     }
-    if let Some(declared) = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    if let Some(declared) = declared
         && declared != hasher.length()
     {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "upload truncated"));

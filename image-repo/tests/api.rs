@@ -782,3 +782,81 @@ async fn a_delegation_to_a_role_name_another_role_delegates_is_refused() {
     assert_eq!(status, StatusCode::OK, "{json}");
     assert!(f.state().roles.contains_key("bosch"));
 }
+
+/// Anyone may ask for every old version of every metadata file: each is served, from the
+/// file, and only the current ones are kept in memory (before, all were, for good).
+#[tokio::test]
+async fn only_current_metadata_is_kept_in_memory_and_older_versions_are_still_served() {
+    let f = fixture();
+    for _ in 0..5 {
+        f.repo.update_targets(&f.keys, now(), Ok).unwrap();
+    }
+    let state = AppState::new(f.repo.clone(), ServerConfig::default());
+    let mut files = BTreeMap::new();
+    collect(&f.repo.metadata_dir(), &f.repo.metadata_dir(), &mut files);
+    assert!(files.len() > 10, "{:?}", files.keys());
+    for round in 0..2 {
+        for (path, bytes) in &files {
+            let name = path.rsplit('/').next().unwrap();
+            let response = router(state.clone())
+                .oneshot(
+                    Request::get(format!("/metadata/{name}"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{name}");
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/json",
+                "{name}"
+            );
+            let body = axum::body::to_bytes(response.into_body(), 64 << 20)
+                .await
+                .unwrap();
+            assert_eq!(&body[..], &bytes[..], "{name} (round {round})");
+        }
+        // 1.root.json, timestamp.json, the current snapshot and targets.
+        assert_eq!(state.metadata_files_kept(), 4);
+    }
+}
+
+/// An image larger than `--max-blob-bytes` is refused from its declared length, before a
+/// byte of it is written to disk (before, it was written up to the limit first).
+#[tokio::test]
+async fn an_image_declared_larger_than_the_limit_is_refused_before_it_is_written() {
+    let f = fixture();
+    let state = AppState::new(
+        f.repo.clone(),
+        ServerConfig {
+            max_blob_bytes: 1_000,
+            ..ServerConfig::default()
+        },
+    );
+    let request = Request::put(format!("/api/v1/blobs/{}", "0".repeat(64)))
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.targets_token))
+        .header(header::CONTENT_LENGTH, 1u64 << 40)
+        .body(Body::from_stream(futures_util::stream::pending::<
+            Result<Vec<u8>, std::io::Error>,
+        >()))
+        .unwrap();
+    let (status, json) = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        send(router(state), request),
+    )
+    .await
+    .expect("answered without reading the body");
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 1000 bytes")
+    );
+    let blobs = f.repo.dir().join("blobs");
+    let partial = std::fs::read_dir(&blobs)
+        .map(|d| d.filter_map(Result::ok).count())
+        .unwrap_or(0);
+    assert_eq!(partial, 0, "nothing written to {}", blobs.display());
+}
