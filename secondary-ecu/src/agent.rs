@@ -1207,11 +1207,48 @@ impl Agent {
                 filename,
             ));
         }
+        self.complete_if_whole(pending.length)?;
         Ok((
             self.state.durable_offset,
             pending.length,
             self.state.transfer_complete,
         ))
+    }
+
+    /// A transfer whose bytes all reached the staging file durably but whose completion was
+    /// never recorded (the power lost between the last durable offset and the end of the
+    /// digests, or an image of no bytes): the staging file is verified again, and the
+    /// transfer recorded complete, or started over. Without this the Primary, told every
+    /// byte is there, sends none, and the transfer never completes.
+    fn complete_if_whole(&mut self, length: u64) -> Result<(), Refusal> {
+        if self.state.transfer_complete
+            || self.state.durable_offset != length
+            || self.receiving.is_some()
+        {
+            return Ok(());
+        }
+        let approved = self.approved()?;
+        let (pending, mut digests) =
+            ThreadedDigests::for_image(approved.verifier().map_err(|e| uptane_refusal(&e))?)
+                .map_err(thread_refusal)?;
+        let path = staging_path(&self.dir);
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        feed(&mut digests, &pending, file)?;
+        match finish(digests, pending) {
+            Ok(_) => self.state.transfer_complete = true,
+            Err(refusal) => {
+                tracing::warn!(reason = %refusal.description, "the staged image does not verify; the transfer starts over");
+                self.discard_transfer();
+            }
+        }
+        self.save().map_err(io)
     }
 
     /// Durable offset, length and completeness of the transfer of `correlation_id`.

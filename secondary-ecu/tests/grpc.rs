@@ -656,6 +656,35 @@ async fn power_loss_during_transfer_resumes_from_the_durable_offset() {
     assert_eq!(ecu.running().await, "brake-2.bin");
 }
 
+/// The power lost once the last byte is durable and before the transfer is recorded
+/// complete (an image smaller than the durable interval is cut exactly there): the staging
+/// file is verified again when the Primary asks, and the update completes. Before, the
+/// Primary was told every byte was there, sent none, and the transfer never completed.
+#[tokio::test]
+async fn power_loss_after_the_last_byte_completes_the_transfer_from_staging() {
+    let repos = Repos::new("brake-2.bin", IMAGE, 2);
+    let mut ecu = Ecu::new(&repos, "full");
+    prepared(&mut ecu, &repos, &["--fault-power-loss", "transfer"]).await;
+    assert!(ecu.upload(IMAGE, 0).await.is_err());
+    ecu.wait_exit();
+    ecu.start(&[]).await;
+    let t = ecu
+        .client()
+        .begin_transfer(BeginTransferRequest {
+            correlation_id: CORR.into(),
+            filename: "brake-2.bin".into(),
+            length: IMAGE.len() as u64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.durable_offset, IMAGE.len() as u64, "{t:?}");
+    assert!(t.complete, "{t:?}");
+    assert_eq!(ecu.install().await.state(), OperationState::Done);
+    ecu.activate().await;
+    assert_eq!(ecu.running().await, "brake-2.bin");
+}
+
 #[tokio::test]
 async fn power_loss_during_write_keeps_the_old_slot_and_the_update_can_be_retried() {
     let repos = Repos::new("brake-2.bin", IMAGE, 2);
