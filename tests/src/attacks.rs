@@ -530,18 +530,35 @@ fn uptane_scenarios() -> Vec<Scenario> {
                     }
                 }
                 let (timestamp, snapshot, targets) = fetched.ok_or("nothing fetched")?;
-                attacked(
-                    w,
-                    |w| {
-                        w.director
-                            .tamper("/timestamp.json", Tamper::Replace(timestamp));
-                        w.director
-                            .tamper(".snapshot.json", Tamper::Replace(snapshot));
-                        w.director.tamper(".targets.json", Tamper::Replace(targets));
-                        w.release(&[1]);
-                    },
-                    "wrong_vehicle",
-                )
+                let kept = |w: &World| -> Result<u64, String> {
+                    Ok(version_of(
+                        &std::fs::read(w.car.primary_dir.join("metadata/director/timestamp.json"))
+                            .map_err(|e| e.to_string())?,
+                    ))
+                };
+                let before = w.installed();
+                let since = w.last_event();
+                w.director
+                    .tamper("/timestamp.json", Tamper::Replace(timestamp));
+                w.director
+                    .tamper(".snapshot.json", Tamper::Replace(snapshot));
+                w.director.tamper(".targets.json", Tamper::Replace(targets));
+                w.release(&[1]);
+                let (code, summary) = w.cycle();
+                let verdict = refused(w, &before, since, "attack_reported:wrong_vehicle")
+                    .map_err(|e| format!("{e} (cycle {code}: {summary})"))?;
+                // Refused metadata leaves no trace: kept, the other vehicle's higher versions
+                // would be the rollback reference, and every genuine timestamp after refused.
+                let after = kept(w)?;
+                if after != trusted {
+                    return Err(format!(
+                        "the car kept timestamp version {after} (its own was {trusted})"
+                    ));
+                }
+                Ok(format!(
+                    "{verdict}; timestamp version {after} kept; {}",
+                    w.recover()?
+                ))
             },
         ),
         scenario(

@@ -77,8 +77,18 @@ impl<P: Ports> Primary<P> {
             MetadataDir::with_root_history(self.files.director_metadata()),
             now,
             limits,
-        )?;
+        )?
+        .hold_until_kept();
         let outcome = director.refresh().await?;
+        let ecus: BTreeMap<EcuSerial, HardwareId> = self
+            .inventory
+            .iter()
+            .map(|e| (e.serial.clone(), e.hardware_id.clone()))
+            .collect();
+        // This vehicle's metadata (its VIN, its ECUs) before any of it is kept, or believed
+        // about the time.
+        let assigned = director_targets(director.trusted(), &self.settings.vin, &ecus)?;
+        director.keep_held()?;
         *evidence = time_evidence(director.trusted())?;
         let targets = director
             .trusted()
@@ -91,12 +101,6 @@ impl<P: Ports> Primary<P> {
             return Ok(None);
         }
         let correlation = update_correlation_id(targets, None);
-        let ecus: BTreeMap<EcuSerial, HardwareId> = self
-            .inventory
-            .iter()
-            .map(|e| (e.serial.clone(), e.hardware_id.clone()))
-            .collect();
-        let assigned = director_targets(director.trusted(), &self.settings.vin, &ecus)?;
         let correlations = assigned
             .iter()
             .map(|t| {

@@ -290,6 +290,9 @@ pub struct Updater<'r, Repo, R> {
     remote: &'r R,
     dir: MetadataDir,
     refresh: Refresh<Repo>,
+    /// Admitted files kept back from their names until [`Updater::keep_held`] (see
+    /// [`Updater::hold_until_kept`]); `None` renames each as it is admitted.
+    held: Option<Vec<StagedFile>>,
 }
 
 impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
@@ -312,7 +315,33 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
             remote,
             dir,
             refresh,
+            held: None,
         })
+    }
+
+    /// Keeps admitted files (roots excepted) from their names until [`Updater::keep_held`]:
+    /// for metadata that must pass a check beyond TUF's before it may become the rollback
+    /// reference (the Director's, which must name this vehicle: another vehicle's versions,
+    /// replayed and kept, would have every later genuine timestamp refused as a rollback
+    /// until this vehicle's own versions passed them). Dropped without it, they are removed.
+    pub fn hold_until_kept(mut self) -> Self {
+        self.held = Some(Vec::new());
+        self
+    }
+
+    /// Gives the held files their names, in the order admitted, and syncs the directory.
+    pub fn keep_held(&mut self) -> Result<(), ClientError> {
+        let held = self.held.as_mut().map(std::mem::take).unwrap_or_default();
+        if held.is_empty() {
+            return Ok(());
+        }
+        for staged in held {
+            let path = staged.path().to_path_buf();
+            staged
+                .rename()
+                .map_err(|source| ClientError::Io { path, source })?;
+        }
+        self.dir.sync()
     }
 
     /// The metadata directory.
@@ -407,6 +436,10 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
                 }
                 None => self.dir.stage(accepted.file.role(), &accepted.bytes)?,
             };
+            if let Some(held) = &mut self.held {
+                held.push(staged);
+                continue;
+            }
             let path = staged.path().to_path_buf();
             staged
                 .rename()
