@@ -651,6 +651,44 @@ fn brake_says(car: &mut Vehicle, last: Option<(&str, InstallResult)>) -> Vec<u8>
     car.factory()
 }
 
+/// A vehicle's metadata is signed on a read connection and stored by the writer after: an
+/// operator's cancel in between found nothing of the entry in the served targets and made
+/// it final, so metadata listing it must not be stored (the vehicle would install an update
+/// the operator sees as cancelled). The writer re-reads what the targets are made of.
+#[tokio::test]
+async fn metadata_signed_before_a_cancel_is_not_stored_after_it() {
+    use director::keys::OnlineKeys;
+    use director::service::metadata;
+    use director::service::rotation::ActiveKeys;
+    let fleet = fleet();
+    let _car = fleet.register(VIN, 70).await;
+    let id = assign_brake(&fleet).await;
+    let active = ActiveKeys {
+        root_version: 1,
+        online: OnlineKeys {
+            targets: key(1),
+            snapshot: key(2),
+            timestamp: key(3),
+        },
+    };
+    let signed = fleet
+        .db
+        .call_blocking(|conn| {
+            metadata::sign_vehicle_metadata(conn, &active, VIN, &service::Policy::default(), now())
+        })
+        .unwrap()
+        .expect("the assignment makes the vehicle's metadata not current");
+    let (status, json) = cancel(&fleet, &id).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json, json!({"cancelled": 1, "cancel_requested": 0}));
+    let stored = fleet
+        .db
+        .call_blocking(|conn| metadata::store_vehicle_metadata(conn, &signed))
+        .unwrap();
+    assert!(!stored, "metadata listing a cancelled entry was stored");
+    assert_eq!(brake_entry(&fleet, &id).await["status"], "cancelled");
+}
+
 #[tokio::test]
 async fn a_cancel_ends_undelivered_entries_and_withdraws_delivered_ones_until_the_ecu_says() {
     let fleet = fleet();

@@ -109,18 +109,17 @@ impl SignedMetadata {
     }
 }
 
-/// The metadata vehicle `vin` should be served if what is stored is not current (see
-/// [`refresh_vehicle_metadata`]), signed; `None` if it is current. Only reads, so it runs on
-/// a read connection and the signing stays off the writer.
-pub fn sign_vehicle_metadata(
-    tx: &Conn,
-    active: &ActiveKeys,
-    vin: &str,
-    policy: &Policy,
-    now: UtcTime,
-) -> Result<Option<SignedMetadata>, DirectorError> {
-    let entries = assignments::targeted_entries(tx, vin)?;
-    let content = json!(
+/// What vehicle `vin`'s targets are made of: the entries assigned to it and the operator
+/// time reset, with a digest that tells whether signed metadata still lists them.
+struct Content {
+    entries: Vec<assignments::AssignmentEcu>,
+    reset: u64,
+    sha256: String,
+}
+
+fn content(conn: &Conn, vin: &str) -> Result<Content, DirectorError> {
+    let entries = assignments::targeted_entries(conn, vin)?;
+    let listed = json!(
         entries
             .iter()
             .map(|e| json!([
@@ -135,9 +134,30 @@ pub fn sign_vehicle_metadata(
             .collect::<Vec<_>>()
     );
     // A new operator time reset must reach the vehicle: it is content like an assignment.
-    let reset = super::time::current_reset(tx, vin)?;
-    let content = json!([content, reset]);
-    let content_sha256 = sha256_hex(content.to_string().as_bytes());
+    let reset = super::time::current_reset(conn, vin)?;
+    let sha256 = sha256_hex(json!([listed, reset]).to_string().as_bytes());
+    Ok(Content {
+        entries,
+        reset,
+        sha256,
+    })
+}
+
+/// The metadata vehicle `vin` should be served if what is stored is not current (see
+/// [`refresh_vehicle_metadata`]), signed; `None` if it is current. Only reads, so it runs on
+/// a read connection and the signing stays off the writer.
+pub fn sign_vehicle_metadata(
+    tx: &Conn,
+    active: &ActiveKeys,
+    vin: &str,
+    policy: &Policy,
+    now: UtcTime,
+) -> Result<Option<SignedMetadata>, DirectorError> {
+    let Content {
+        entries,
+        reset,
+        sha256: content_sha256,
+    } = content(tx, vin)?;
     let stored: Option<StoredMetadata> = tx
         .query_opt("SELECT content_sha256, targets_version, snapshot_version, timestamp_version, expires, root_version FROM vehicle_metadata WHERE vin = ?1", params![vin],
             |r| {
@@ -242,9 +262,10 @@ pub fn sign_vehicle_metadata(
     }))
 }
 
-/// Stores `signed` if the vehicle's stored versions are still the ones it was signed after;
-/// `false` (nothing stored) if another request stored newer ones first, so a version is
-/// never repeated with other content.
+/// Stores `signed` if the vehicle's stored versions are still the ones it was signed after
+/// and what its targets are made of is unchanged; `false` (nothing stored) if another request
+/// stored newer ones first, so a version is never repeated with other content, or if an
+/// assignment changed since it was signed.
 pub fn store_vehicle_metadata(conn: &Conn, signed: &SignedMetadata) -> Result<bool, DirectorError> {
     // Two replicas signing this vehicle's next versions at once: the second waits here and
     // then finds the versions it signed after gone, so it stores nothing.
@@ -256,6 +277,12 @@ pub fn store_vehicle_metadata(conn: &Conn, signed: &SignedMetadata) -> Result<bo
     let stored = stored.map(|(t, s, ts)| (t as u64, s as u64, ts as u64));
     super::fault::point("metadata-before-store");
     if stored != signed.after {
+        return Ok(false);
+    }
+    // Signed on a read connection: an assignment cancelled, superseded or made since (the
+    // operator's cancel found nothing of it in the served targets, and marked it final) must
+    // not be stored and served after all. Read again here, on the writer, after the row lock.
+    if content(conn, &signed.vin)?.sha256 != signed.content_sha256 {
         return Ok(false);
     }
     let (tv, sv, tsv) = signed.versions;

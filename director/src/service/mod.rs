@@ -806,7 +806,8 @@ impl DirectorService {
     }
 
     /// Re-signs vehicle `vin`'s metadata if it is not current: checked and signed on a read
-    /// connection, stored by the writer only if no other request stored a version first.
+    /// connection, stored by the writer only if no other request stored a version first and
+    /// the vehicle's assignments are still what was signed (an operator's cancel in between).
     /// Returns the timestamp this request signed and stored, if it did (then nothing needs
     /// reading back); `None` when what is stored was current or was signed elsewhere.
     async fn refresh_metadata(
