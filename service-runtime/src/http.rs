@@ -26,8 +26,9 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Time to send a request's headers (HTTP/1; a client trickling them is cut).
     pub header_read_timeout: Duration,
-    /// Time without a byte either way before a connection is closed: an idle keep-alive
-    /// connection, a stalled body or TLS handshake, a client that stopped reading.
+    /// Time without a byte either way before a connection is closed (an idle keep-alive
+    /// connection, a stalled body or TLS handshake, a client that stopped reading), and
+    /// without a request running on it, whatever bytes move.
     pub idle_timeout: Duration,
     /// Requests in flight at once on one HTTP/2 connection.
     pub max_streams_per_connection: u32,
@@ -58,7 +59,8 @@ pub struct ServerLimitsArgs {
     /// Seconds a client has to send a request's headers.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout_secs: u64,
-    /// Seconds without a byte either way before a connection is closed.
+    /// Seconds without a byte either way, or without a request running, before a connection
+    /// is closed.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_timeout_secs: u64,
 }
@@ -148,7 +150,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -183,7 +185,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -274,17 +276,26 @@ async fn connection<IO, S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
     let memory = crate::conn_memory::Allowance::new(limits.response_memory_per_connection);
+    let activity = Arc::new(crate::idle::RequestActivity::default());
+    let tracking = Arc::clone(&activity);
     let service = tower::service_fn(move |mut request: http::Request<_>| {
         request.extensions_mut().insert(peer);
         request.extensions_mut().insert(memory.clone());
-        service.clone().oneshot(request)
+        // Running until its response body is sent or dropped.
+        let running = tracking.begin();
+        let response = service.clone().oneshot(request);
+        async move {
+            response
+                .await
+                .map(|r| r.map(|body| crate::idle::Tracked::new(body, running)))
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Without a timer hyper's header-read timeout does nothing: a client that finished the
@@ -293,8 +304,7 @@ async fn connection<IO, S, B>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    // No HTTP/2 keep-alive pings: the idle timeout finds dead peers, and a client answering
-    // pings could otherwise hold an idle connection (and a slot) for ever.
+    // No HTTP/2 keep-alive pings: the idle timeouts find dead peers.
     // A stream's send queue of one 256 KiB chunk (hyper's default lets h2 queue up to 400
     // KiB, so a fast download wanted a fifth chunk past its connection's 1 MiB allowance):
     // what a response streamed from a file keeps queued, read ahead and handed over fits.
@@ -307,8 +317,17 @@ async fn connection<IO, S, B>(
         TokioIo::new(io),
         hyper_util::service::TowerToHyperService::new(service),
     );
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(error = %e, "connection ended");
+    // Closed once no request has run for the idle timeout, whatever bytes move: an HTTP/2
+    // client sending PINGs (which the server must answer) would otherwise hold it for ever.
+    tokio::select! {
+        served = watcher.watch(connection) => {
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        }
+        () = activity.idle_for(limits.idle_timeout) => {
+            tracing::debug!("connection closed: no request for the idle timeout");
+        }
     }
 }
 
@@ -558,6 +577,47 @@ mod tests {
             started.elapsed() >= Duration::from_secs(30),
             "closed too early"
         );
+    }
+
+    /// An HTTP/2 client that asks for nothing more but sends a PING every 200 ms (which the
+    /// server must answer, so bytes move both ways): closed once no request has run for the
+    /// idle timeout. Before, it held its connection, and a connection slot, for ever. Real
+    /// time, short: with the test clock paused, the runtime would move the clock past the
+    /// server's byte timer while a PING is still on its way through the socket.
+    #[tokio::test]
+    async fn an_http2_connection_kept_busy_by_pings_alone_is_closed() {
+        let limits = ServerLimits {
+            idle_timeout: Duration::from_secs(2),
+            ..ServerLimits::default()
+        };
+        let addr = ok_server(limits).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+        let mut pings = connection.ping_pong().unwrap();
+        let driven = tokio::spawn(connection);
+        // One request first: the time counts from its end.
+        let (response, _) = client
+            .send_request(http::Request::get("http://x/").body(()).unwrap(), true)
+            .unwrap();
+        let mut body = response.await.unwrap().into_body();
+        while body.data().await.is_some() {}
+        drop(body);
+        let answered = tokio::time::Instant::now();
+        let pinger = tokio::spawn(async move {
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if pings.ping(h2::Ping::opaque()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(20), driven).await;
+        assert!(ended.is_ok(), "a connection kept busy by PINGs stayed open");
+        assert!(
+            answered.elapsed() >= Duration::from_secs(2),
+            "closed too early"
+        );
+        pinger.abort();
     }
 
     #[tokio::test]
