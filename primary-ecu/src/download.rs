@@ -80,14 +80,28 @@ pub struct ImageStore {
     downloads: PathBuf,
 }
 
-/// The name an approved image is kept under: its SHA-256, or its first hash.
+/// The name an approved image is kept under: its SHA-256, or its first hash, if it is a
+/// digest's hex (a name the metadata chose, such as `../x`, would put the file elsewhere);
+/// else the SHA-256 of the digests as listed.
 pub fn image_key(image: &ApprovedImage) -> String {
-    image
-        .hashes()
+    key_of(image.hashes())
+}
+
+fn key_of(hashes: &uptane_core::hash::Hashes) -> String {
+    let hex =
+        |v: &&String| (32..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_hexdigit());
+    hashes
         .get("sha256")
-        .or_else(|| image.hashes().values().next())
+        .filter(hex)
+        .or_else(|| hashes.values().find(hex))
         .cloned()
-        .unwrap_or_default()
+        .unwrap_or_else(|| {
+            uptane_core::hash::sha256_hex(
+                serde_json::to_string(hashes)
+                    .expect("digests serialize")
+                    .as_bytes(),
+            )
+        })
 }
 
 impl ImageStore {
@@ -266,5 +280,35 @@ async fn rehash_kept(
         Ok(fed) => fed,
         // The blocking task panicked: nothing to hand back but a failed start.
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A digest the metadata lists names the kept file only if it is hex: `../x` would put
+    /// it (and the partial download, and what a failed check removes) outside the store.
+    #[test]
+    fn an_image_is_kept_under_a_hex_digest_only() {
+        let hashes = |pairs: &[(&str, &str)]| -> uptane_core::hash::Hashes {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let sha256 = "ab".repeat(32);
+        let sha512 = "cd".repeat(64);
+        assert_eq!(
+            key_of(&hashes(&[("sha256", &sha256), ("sha512", &sha512)])),
+            sha256
+        );
+        assert_eq!(
+            key_of(&hashes(&[("sha256", "../../etc/x"), ("sha512", &sha512)])),
+            sha512
+        );
+        let odd = key_of(&hashes(&[("sha256", "../../etc/x")]));
+        assert_eq!(odd.len(), 64);
+        assert!(odd.bytes().all(|b| b.is_ascii_hexdigit()), "{odd}");
     }
 }

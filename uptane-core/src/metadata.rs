@@ -500,6 +500,15 @@ impl Targets {
             if matches!(name, "root" | "snapshot" | "targets" | "timestamp") {
                 return Err(format!("a delegated role cannot be named {name:?}"));
             }
+            // Kept unversioned, such a role's file would be `N.root.json`: a root version.
+            if name
+                .strip_suffix(".root")
+                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(format!(
+                    "a delegated role cannot be named {name:?}, the file name of a root version"
+                ));
+            }
             if role.paths.is_some() == role.path_hash_prefixes.is_some() {
                 return Err(format!(
                     "delegated role {name:?} needs exactly one of paths and path_hash_prefixes"
@@ -671,6 +680,26 @@ mod tests {
         let none: TargetFile =
             serde_json::from_str(r#"{"length":3,"hashes":{"sha256":"ab"},"custom":null}"#).unwrap();
         assert_eq!(none.custom_value(), None);
+    }
+
+    /// A delegated role named like a root version would be kept (unversioned, as a client
+    /// keeps delegated roles) as `N.root.json`, where root version N is kept.
+    #[test]
+    fn a_delegated_role_cannot_be_named_like_a_root_version() {
+        let key = crate::testing::key(1);
+        let with = |name: &str| {
+            let role = crate::sign::delegated_role(name, &[key.public_key()], 1, &["x/*"], false);
+            crate::sign::TargetsBuilder::new(1, crate::testing::later())
+                .delegate(role, &[key.public_key()])
+                .build()
+                .check()
+        };
+        for refused in ["7.root", "12.root", "root"] {
+            assert!(with(refused).is_err(), "{refused}");
+        }
+        for allowed in ["acme", "root7", "7.roots", ".root", "a.root", "7.root.x"] {
+            assert_eq!(with(allowed), Ok(()), "{allowed}");
+        }
     }
 
     #[test]
