@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use service_runtime::metrics::HttpMetrics;
+use service_runtime::metrics::{Escaped, HttpMetrics};
 use uptane_core::error::AttackKind;
 
 use crate::error::DirectorError;
@@ -88,13 +88,13 @@ struct StateLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CampaignLabels {
-    campaign: String,
+    campaign: Escaped,
     state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WaveLabels {
-    campaign: String,
+    campaign: Escaped,
     wave: u64,
     outcome: &'static str,
 }
@@ -186,7 +186,7 @@ pub async fn render(service: &DirectorService) -> Result<String, DirectorError> 
     let waves = Family::<WaveLabels, Gauge>::default();
     let current = Family::<CampaignLabels, Gauge>::default();
     for c in &figures.campaigns {
-        let (campaign, state) = (c.plan.name.to_string(), c.state.as_str());
+        let (campaign, state) = (Escaped(c.plan.name.to_string()), c.state.as_str());
         states
             .get_or_create(&CampaignLabels {
                 campaign: campaign.clone(),

@@ -132,7 +132,7 @@ impl AppState {
         use prometheus_client::metrics::gauge::Gauge;
         #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
         struct RoleLabels {
-            role: String,
+            role: service_runtime::metrics::Escaped,
         }
         let now = now();
         let (roles, targets_listed) = {
@@ -163,7 +163,9 @@ impl AppState {
         let versions = Family::<RoleLabels, Gauge>::default();
         for (role, version, expires_at) in roles {
             let at = uptane_core::time::parse_expires(&expires_at).unwrap_or(now);
-            let labels = RoleLabels { role };
+            let labels = RoleLabels {
+                role: service_runtime::metrics::Escaped(role),
+            };
             expires.get_or_create(&labels).set((at - now).num_seconds());
             versions.get_or_create(&labels).set(version as i64);
         }

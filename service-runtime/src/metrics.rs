@@ -56,6 +56,28 @@ impl EncodeLabelValue for Route {
     }
 }
 
+/// A label value that comes from data (a role's name, a campaign's), written escaped as the
+/// exposition format asks (`\\`, `\"`, `\n`): `prometheus-client` writes a value as it is,
+/// so a role named with a quote or a line break would otherwise break the whole scrape, and
+/// every alert on it with the scrape.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Escaped(pub String);
+
+impl EncodeLabelValue for Escaped {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A request's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -202,6 +224,28 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use tower::ServiceExt;
+
+    /// A value with a quote, a backslash and a line break stays one label value of one line.
+    #[test]
+    fn label_values_from_data_are_escaped() {
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Labels {
+            role: Escaped,
+        }
+        let family = Family::<Labels, prometheus_client::metrics::gauge::Gauge>::default();
+        family
+            .get_or_create(&Labels {
+                role: Escaped("a\"b\\c\nd".into()),
+            })
+            .set(1);
+        let mut registry = Registry::default();
+        registry.register("expires", "help", family);
+        let text = encode(&registry);
+        assert!(
+            text.contains("expires{role=\"a\\\"b\\\\c\\nd\"} 1\n"),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn requests_are_counted_by_route_template_and_made_up_methods_stay_one_series() {

@@ -239,6 +239,8 @@ impl Repository {
         now: std::time::SystemTime,
         grace: std::time::Duration,
     ) -> Result<Collected, RepoError> {
+        // Not beside a publish: one could link a blob this found unlisted as it removes it.
+        let _lock = self.lock()?;
         let state = self.state()?;
         let listed: std::collections::BTreeSet<String> = state
             .roles

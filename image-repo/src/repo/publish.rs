@@ -226,7 +226,21 @@ impl Repository {
         for (path, info) in &checked.new_targets {
             linked_dirs.insert(self.link_target(path, info)?);
         }
+        // The links, and every directory made for them: a new `targets/<dir>` is an entry
+        // in its parent, lost with a power cut unless the parent is synced too.
+        let targets = self.targets_dir();
+        let mut to_sync = BTreeSet::new();
         for dir in linked_dirs {
+            let mut at = Some(dir.as_path());
+            while let Some(dir) = at.filter(|d| d.starts_with(&targets)) {
+                to_sync.insert(dir.to_path_buf());
+                at = dir.parent();
+            }
+        }
+        if let Some(parent) = targets.parent() {
+            to_sync.insert(parent.to_path_buf());
+        }
+        for dir in to_sync {
             sync_dir(&dir)?;
         }
         fault_point("after-blobs");
