@@ -115,18 +115,14 @@ pub const MAX_JSON_BYTES: usize = 256 << 10;
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads a body of at most `limit` bytes: 413 above it (from the declared length before a
-/// byte is read), 408 when it does not arrive within [`BODY_TIMEOUT`].
+/// byte is read), 408 when it does not arrive within [`BODY_TIMEOUT`], 400 when it breaks.
 async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, DirectorError> {
-    if axum::body::HttpBody::size_hint(&body)
-        .exact()
-        .is_some_and(|n| n > limit as u64)
-    {
-        return Err(DirectorError::PayloadTooLarge(limit));
-    }
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(bytes.to_vec()),
-        Ok(Err(_)) => Err(DirectorError::PayloadTooLarge(limit)),
-        Err(_) => Err(DirectorError::BodyTimeout(BODY_TIMEOUT.as_secs())),
+    use service_runtime::body::BodyError;
+    match service_runtime::body::read_limited(body, limit, BODY_TIMEOUT).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(BodyError::TooLarge(limit)) => Err(DirectorError::PayloadTooLarge(limit)),
+        Err(BodyError::Timeout(secs)) => Err(DirectorError::BodyTimeout(secs)),
+        Err(e @ BodyError::Broken(_)) => Err(DirectorError::BadRequest(e.to_string())),
     }
 }
 

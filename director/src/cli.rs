@@ -301,7 +301,8 @@ enum Command {
         #[arg(
             long,
             env = "DIRECTOR_METADATA_LIFETIME_SECS",
-            default_value_t = 86_400
+            default_value_t = 86_400,
+            value_parser = clap::value_parser!(i64).range(3_600..=315_360_000)
         )]
         metadata_lifetime_secs: i64,
         /// Largest vehicle manifest, in bytes (operator and registration JSON bodies are
@@ -324,7 +325,8 @@ enum Command {
         #[arg(
             long,
             env = "DIRECTOR_VEHICLE_CREDENTIAL_LIFETIME_SECS",
-            default_value_t = 365 * 86_400
+            default_value_t = 365 * 86_400,
+            value_parser = clap::value_parser!(i64).range(3_600..=315_360_000)
         )]
         vehicle_credential_lifetime_secs: i64,
         /// Warn (log, security event) when the root expires within this many days.

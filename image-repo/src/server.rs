@@ -451,28 +451,22 @@ async fn upload_blob(
 }
 
 /// Reads an upload of at most `limit` bytes within `timeout`: 413 above the limit (refused
-/// from the declared length before a byte is read), 408 when too slow.
+/// from the declared length before a byte is read), 408 when too slow, 400 when it breaks.
 async fn read_limited(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("metadata larger than {limit} bytes"),
-        )
-    };
-    if axum::body::HttpBody::size_hint(&body)
-        .exact()
-        .is_some_and(|n| n > limit as u64)
-    {
-        return Err(too_large());
-    }
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(too_large()),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("the upload took longer than {} s", timeout.as_secs()),
-        )),
-    }
+    use service_runtime::body::BodyError;
+    service_runtime::body::read_limited(body, limit, timeout)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(limit) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("metadata larger than {limit} bytes"),
+            ),
+            BodyError::Timeout(secs) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the upload took longer than {secs} s"),
+            ),
+            e @ BodyError::Broken(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+        })
 }
 
 async fn upload_metadata(

@@ -6,6 +6,7 @@
 //! ([`pki`]), and the memory allocator. Kept apart so the servers and agents stay thin
 //! (linkerd's thin `main`).
 
+pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod conn_memory;

@@ -95,6 +95,27 @@ fn operator_errors_say_what_to_do_and_exit_with_their_status() {
     assert!(!err.contains("Error code 14"), "{err}");
     assert_eq!(err.matches("error:").count(), 1, "{err}");
 
+    // Lifetimes out of range are refused before anything starts (a huge one overflowed the
+    // expiry arithmetic in a request; none at all signed metadata already expired).
+    for (flag, value) in [
+        ("--metadata-lifetime-secs", "0"),
+        ("--metadata-lifetime-secs", "9223372036854775807"),
+        ("--vehicle-credential-lifetime-secs", "10"),
+    ] {
+        let (status, _, err) = director(&[
+            "serve",
+            "--dir",
+            no_dir.to_str().unwrap(),
+            "--image-repo",
+            "http://127.0.0.1:9",
+            "--insecure",
+            flag,
+            value,
+        ]);
+        assert_eq!(status.code(), Some(64), "{flag} {value}: {err}");
+        assert!(err.contains(flag) && err.contains("3600"), "{err}");
+    }
+
     let (status, _, err) = director(&["vehicle", "list"]);
     assert_eq!(status.code(), Some(6), "{err}");
     assert!(
