@@ -347,6 +347,10 @@ enum Command {
         /// Largest upload of a delegated role's metadata, in bytes.
         #[arg(long, env = "IMAGE_REPO_MAX_DELEGATED_BYTES", default_value_t = 16 << 20)]
         max_delegated_bytes: usize,
+        /// Bytes of the repository's filesystem uploads may not take (507 past it): room for
+        /// the renewals of snapshot and timestamp.
+        #[arg(long, env = "IMAGE_REPO_MIN_FREE_BYTES", default_value_t = 1 << 30)]
+        min_free_bytes: u64,
         /// Hours after which an uploaded image no published metadata lists is removed.
         #[arg(long, env = "IMAGE_REPO_BLOB_GRACE_HOURS", default_value_t = 24)]
         blob_grace_hours: u64,
@@ -824,6 +828,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             max_blob_bytes,
             max_targets_bytes,
             max_delegated_bytes,
+            min_free_bytes,
             blob_grace_hours,
             limits,
             tls_cert,
@@ -867,6 +872,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 renew_interval: Duration::from_secs(renew_interval_secs),
                 renew_margin: chrono::Duration::seconds(renew_margin_secs),
                 uploads_need_certificate: upload_client_ca.is_some(),
+                min_free_bytes,
                 ..ServerConfig::default()
             };
             let listener = tokio::net::TcpListener::bind(listen).await.fail(

@@ -58,6 +58,10 @@ pub struct ServerConfig {
     /// Uploads need a client certificate as well as a token (one that chains to the upload
     /// CA: the TLS layer checked that).
     pub uploads_need_certificate: bool,
+    /// Bytes of the repository's filesystem no upload may take: what the renewals of
+    /// snapshot and timestamp write (a full disk stops them, and the fleet sees a freeze
+    /// within a day).
+    pub min_free_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             renew_interval: Duration::from_secs(60),
             renew_margin: chrono::Duration::hours(12),
             uploads_need_certificate: false,
+            min_free_bytes: 1 << 30,
         }
     }
 }
@@ -105,6 +110,25 @@ type RoleFigures = (Vec<(String, u64, String)>, i64);
 const METRICS_READ_INTERVAL: Duration = Duration::from_secs(10);
 
 impl AppState {
+    /// Refuses (507) an upload of `coming` more bytes if it would leave less than
+    /// [`ServerConfig::min_free_bytes`] free on the repository's filesystem.
+    fn check_room(&self, coming: u64) -> Result<(), ApiError> {
+        let Ok(fs) = rustix::fs::statvfs(self.repo.dir()) else {
+            return Ok(());
+        };
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if free.saturating_sub(coming) < self.config.min_free_bytes {
+            return Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "the repository keeps {} bytes free for the renewal of its metadata; {free} are free",
+                    self.config.min_free_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// How many metadata files are kept in memory (the current ones).
     pub fn metadata_files_kept(&self) -> usize {
         self.metadata_cache.len()
@@ -407,6 +431,7 @@ async fn upload_blob(
             format!("blob larger than {limit} bytes"),
         ));
     }
+    state.check_room(declared.unwrap_or(0))?;
     let tmp = state.repo.blob_tempfile()?;
     let file = tmp.reopen().map_err(|e| RepoError::io(tmp.path(), e))?;
     let mut file = tokio::fs::File::from_std(file);
@@ -417,6 +442,10 @@ async fn upload_blob(
             ApiError::new(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}"))
         })?;
         hasher.update(&chunk);
+        // An upload of undeclared length is looked at again every 64 MiB.
+        if (hasher.length() - chunk.len() as u64) >> 26 != hasher.length() >> 26 {
+            state.check_room(0)?;
+        }
         if hasher.length() > limit {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -490,6 +519,7 @@ async fn upload_metadata(
     } else {
         state.config.max_delegated_bytes
     };
+    state.check_room(limit as u64)?;
     let body = read_limited(body, limit, state.config.metadata_body_timeout).await?;
     let _guard = state.write_lock.lock().await;
     let repo = state.repo.clone();

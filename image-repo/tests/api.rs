@@ -860,3 +860,43 @@ async fn an_image_declared_larger_than_the_limit_is_refused_before_it_is_written
         .unwrap_or(0);
     assert_eq!(partial, 0, "nothing written to {}", blobs.display());
 }
+
+/// Uploads may not take the room the renewals of snapshot and timestamp need (a full disk
+/// stops them, and the fleet sees a freeze within a day): refused with 507 before a byte is
+/// written, whatever the token may upload.
+#[tokio::test]
+async fn uploads_leave_the_room_metadata_renewals_need() {
+    let f = fixture();
+    let before = f.served();
+    let state = AppState::new(
+        f.repo.clone(),
+        ServerConfig {
+            min_free_bytes: u64::MAX / 2,
+            ..ServerConfig::default()
+        },
+    );
+    let blob = Request::put(format!(
+        "/api/v1/blobs/{}",
+        uptane_core::hash::sha256_hex(IMAGE)
+    ))
+    .header(header::AUTHORIZATION, format!("Bearer {}", f.targets_token))
+    .header(header::CONTENT_LENGTH, IMAGE.len())
+    .body(Body::from(IMAGE))
+    .unwrap();
+    let (status, json) = send(router(state.clone()), blob).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("keeps"), "{json}");
+    let targets = f.signed_targets(|b| b);
+    let metadata = Request::put("/api/v1/metadata/targets")
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.targets_token))
+        .header(header::CONTENT_LENGTH, targets.len())
+        .body(Body::from(targets))
+        .unwrap();
+    let (status, json) = send(router(state), metadata).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{json}");
+    assert_eq!(f.served(), before);
+    let blobs = std::fs::read_dir(f.repo.dir().join("blobs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(blobs, 0);
+}
