@@ -591,6 +591,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                         edit(info),
                     )?;
                     let report = remote.upload_metadata("targets", bytes).await?;
+                    vouch::published("targets", &vouch::memory_in(&offline_keys))?;
                     published(json, &report);
                 }
                 (None, None) => {
@@ -706,6 +707,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                     let info = repo.import_file(&file)?;
                     let bytes = sign_role(&repo.state()?, &info)?;
                     let report = repo.publish_role(&role, bytes, now())?;
+                    vouch::published(&role, &vouch::memory_beside(&key_file))?;
                     published(json, &serde_json::to_value(&report)?);
                 }
                 (None, Some(server)) => {
@@ -714,6 +716,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                     remote.upload_blob(&file, &info).await?;
                     let bytes = sign_role(&remote.state().await?, &info)?;
                     published(json, &remote.upload_metadata(&role, bytes).await?);
+                    vouch::published(&role, &vouch::memory_beside(&key_file))?;
                 }
                 (None, None) => {
                     return Err(failure(Exit::Config, "--repo or --server is required"));
@@ -1113,11 +1116,13 @@ async fn renew_delegated(
                 json,
                 &serde_json::to_value(repo.publish_role(role, bytes, now())?)?,
             );
+            vouch::published(role, &vouch::memory_beside(key_file))?;
         }
         (None, Some(server)) => {
             let remote = upload.remote(&server)?;
             let bytes = sign(&remote.state().await?)?;
             published(json, &remote.upload_metadata(role, bytes).await?);
+            vouch::published(role, &vouch::memory_beside(key_file))?;
         }
         (None, None) => return Err(failure(Exit::Config, "--repo or --server is required")),
     }
@@ -1152,6 +1157,7 @@ async fn publish_top_level(
             warn_expiring(&state);
             let bytes = sign_targets_update(&state, offline_keys, Expiry::default(), now(), edit)?;
             published(json, &remote.upload_metadata("targets", bytes).await?);
+            vouch::published("targets", &vouch::memory_in(offline_keys))?;
         }
         (None, None) => return Err(failure(Exit::Config, "--repo or --server is required")),
     }

@@ -70,7 +70,9 @@ impl Default for Limits {
             root: 512_000,
             timestamp: 16_384,
             snapshot: 2_000_000,
-            targets: 5_000_000,
+            // The Image repository's own cap on a targets upload (`--max-targets-bytes`,
+            // `--max-delegated-bytes`): what it may publish, a client reads.
+            targets: 16 << 20,
             max_root_rotations: 256,
             max_delegations: 32,
         }

@@ -438,6 +438,8 @@ impl Repository {
         let _lock = self.lock()?;
         let state = self.state()?;
         let bytes = sign_targets_update(&state, offline_keys, self.expiry, now, edit)?;
-        self.publish_role_with(&state, "targets", bytes, now)
+        let report = self.publish_role_with(&state, "targets", bytes, now)?;
+        vouch::published("targets", &vouch::memory_in(offline_keys))?;
+        Ok(report)
     }
 }

@@ -14,8 +14,10 @@
 //!   and
 //! - it is not older than what these keys last signed from this directory (a server
 //!   replaying an earlier version, to have an image that was removed listed again): the
-//!   directory remembers, per role, the version and digest it last signed and the ones it
-//!   signed on top of, in `signed-versions.json`.
+//!   directory remembers, per role, the version and digest it last signed, and the one it
+//!   signed on top of until the signed one is seen published (an upload that failed is
+//!   signed again on the same version), in `signed-versions.json`; and a role these keys
+//!   signed is never started again from nothing.
 //!
 //! The first version of a role (none published yet) is built from nothing, so there is
 //! nothing to believe.
@@ -102,21 +104,30 @@ pub fn check(
             ),
         });
     }
-    let Some(last) = read(memory)?.remove(role) else {
+    let mut all = read(memory)?;
+    let Some(last) = all.get_mut(role) else {
         return Ok(());
     };
     let now = Pinned::of(current);
-    // What these keys signed (published), what they signed on (the upload of their last
-    // version failed), or something later (another holder of the keys signed after).
-    if now == last.signed || Some(&now) == last.on.as_ref() || now.version > last.signed.version {
+    if now == last.signed && last.on.is_some() {
+        // What they signed is published: the version it was signed on is history now.
+        last.on = None;
+        write(memory, &all)?;
         return Ok(());
     }
+    // What these keys signed, what they signed on while their upload is not known to have
+    // arrived, or a version as high or higher that these keys signed (another holder of them
+    // signed since: the signature checked above says it is theirs).
+    if now == last.signed || Some(&now) == last.on.as_ref() || now.version >= last.signed.version {
+        return Ok(());
+    }
+    let last_signed = last.signed.version;
     Err(RepoError::NotVouched {
         role: role.to_string(),
         reason: format!(
             "the published version {} is not the version {} these keys last signed ({}), nor later: the repository may be replaying an older one",
             now.version,
-            last.signed.version,
+            last_signed,
             memory.display()
         ),
     })
@@ -144,7 +155,41 @@ pub fn remember(
             },
         },
     );
-    let bytes = serde_json::to_vec_pretty(&all).expect("the memory serializes");
+    write(memory, &all)
+}
+
+/// Remembers that what these keys last signed for `role` was published: the version it was
+/// signed on is no longer one to sign on again.
+pub fn published(role: &str, memory: &Path) -> Result<(), RepoError> {
+    let mut all = read(memory)?;
+    match all.get_mut(role) {
+        Some(last) if last.on.is_some() => {
+            last.on = None;
+            write(memory, &all)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses to start `role` from nothing if these keys signed a version of it: a repository
+/// saying it has none would have the next one signed over an empty list, and older
+/// versions of it believed again after.
+pub fn check_none(role: &str, memory: &Path) -> Result<(), RepoError> {
+    match read(memory)?.get(role) {
+        Some(last) => Err(RepoError::NotVouched {
+            role: role.to_string(),
+            reason: format!(
+                "the repository says it has no metadata for it, but these keys signed version {} ({})",
+                last.signed.version,
+                memory.display()
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn write(memory: &Path, all: &BTreeMap<String, Signed>) -> Result<(), RepoError> {
+    let bytes = serde_json::to_vec_pretty(all).expect("the memory serializes");
     write_atomic(memory, &bytes)
 }
 
@@ -159,8 +204,9 @@ pub fn sign_delegated(
     key_file: &Path,
 ) -> Result<Vec<u8>, RepoError> {
     let memory = memory_beside(key_file);
-    if let Some(current) = current {
-        check(role, current, &[key], &memory)?;
+    match current {
+        Some(current) => check(role, current, &[key], &memory)?,
+        None => check_none(role, &memory)?,
     }
     let bytes =
         uptane_core::sign::sign(next, &[key]).map_err(|e| RepoError::Invalid(e.to_string()))?;
@@ -208,8 +254,9 @@ mod tests {
         check("targets", &ours, &[&key(2), &key(1)], &memory).unwrap();
     }
 
-    /// What these keys signed last, or signed on when its upload failed, or anything later
-    /// is believed; an earlier version they signed (an image since removed) is not.
+    /// What these keys signed last, or signed on while its upload is not seen published, or
+    /// as high a version they signed, is believed; an earlier version they signed (an image
+    /// since removed) is not, nor the version they signed on once the signed one was seen.
     #[test]
     fn an_older_version_than_the_keys_last_signed_is_not_signed_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -219,24 +266,27 @@ mod tests {
         let (v2, v2_bytes) = targets(2, "fixed.bin", &k);
         let (v3, _) = targets(3, "later.bin", &k);
         remember("targets", Some(&v1), &v2_bytes, &memory).unwrap();
-        check("targets", &v2, &[&k], &memory).unwrap();
+        // The upload of version 2 failed: signed again on version 1.
         check("targets", &v1, &[&k], &memory).unwrap();
         check("targets", &v3, &[&k], &memory).unwrap();
-        // Another version 2, signed by these keys but not the one they last signed.
+        // Another holder of the keys signed another version 2 first.
         let (other_v2, _) = targets(2, "other.bin", &k);
-        refused(
-            check("targets", &other_v2, &[&k], &memory),
-            "is not the version 2 these keys last signed",
-        );
-        // Once version 3 was signed on version 2, version 1 is a replay.
-        let (_, v3_bytes) = targets(3, "later.bin", &k);
-        remember("targets", Some(&v2), &v3_bytes, &memory).unwrap();
+        check("targets", &other_v2, &[&k], &memory).unwrap();
+        // Version 2 seen published: version 1 is a replay from now on.
+        check("targets", &v2, &[&k], &memory).unwrap();
         refused(
             check("targets", &v1, &[&k], &memory),
             "the repository may be replaying an older one",
         );
+        // Or told so by the upload's answer.
+        remember("acme", Some(&v1), &v2_bytes, &memory).unwrap();
+        published("acme", &memory).unwrap();
+        refused(
+            check("acme", &v1, &[&k], &memory),
+            "is not the version 2 these keys last signed",
+        );
         // Each role is remembered on its own.
-        check("acme", &v1, &[&k], &memory).unwrap();
+        check("bosch", &v1, &[&k], &memory).unwrap();
     }
 
     #[test]
@@ -254,6 +304,11 @@ mod tests {
         assert!(matches!(
             sign_delegated("acme", Some(&forged), &next, &k, &key_file),
             Err(RepoError::NotVouched { .. })
+        ));
+        // A repository saying the role has no metadata, once these keys signed some.
+        assert!(matches!(
+            sign_delegated("acme", None, &next, &k, &key_file),
+            Err(RepoError::NotVouched { reason, .. }) if reason.contains("says it has no metadata")
         ));
     }
 }
