@@ -326,17 +326,20 @@ enum Command {
         #[arg(long, env = "IMAGE_REPO_RENEW_INTERVAL_SECS", default_value_t = 60)]
         renew_interval_secs: u64,
         /// Re-sign timestamp/snapshot when they expire within this many seconds.
-        #[arg(long, env = "IMAGE_REPO_RENEW_MARGIN_SECS", default_value_t = 12 * 3600)]
+        #[arg(long, env = "IMAGE_REPO_RENEW_MARGIN_SECS", default_value_t = 12 * 3600,
+              value_parser = clap::value_parser!(i64).range(0..=315_360_000))]
         renew_margin_secs: i64,
-        /// Lifetime of each new timestamp, in seconds.
+        /// Lifetime of each new timestamp, in seconds (at most ten years).
         #[arg(
             long,
             env = "IMAGE_REPO_TIMESTAMP_LIFETIME_SECS",
-            default_value_t = 86_400
+            default_value_t = 86_400,
+            value_parser = clap::value_parser!(i64).range(1..=315_360_000)
         )]
         timestamp_lifetime_secs: i64,
-        /// Lifetime of each new snapshot, in seconds.
-        #[arg(long, env = "IMAGE_REPO_SNAPSHOT_LIFETIME_SECS", default_value_t = 7 * 86_400)]
+        /// Lifetime of each new snapshot, in seconds (at most ten years).
+        #[arg(long, env = "IMAGE_REPO_SNAPSHOT_LIFETIME_SECS", default_value_t = 7 * 86_400,
+              value_parser = clap::value_parser!(i64).range(1..=315_360_000))]
         snapshot_lifetime_secs: i64,
         /// Largest image upload, in bytes.
         #[arg(long, env = "IMAGE_REPO_MAX_BLOB_BYTES", default_value_t = 16 << 30)]

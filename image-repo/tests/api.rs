@@ -900,3 +900,41 @@ async fn uploads_leave_the_room_metadata_renewals_need() {
         .unwrap_or(0);
     assert_eq!(blobs, 0);
 }
+
+/// A name whose stored form (`<digest hex>.<name>`, for each digest listed) would not fit a
+/// file name is refused with 400 when its metadata is uploaded (before: accepted, then a 500
+/// at the link); the same name listed with SHA-256 alone fits, and is published.
+#[tokio::test]
+async fn a_name_too_long_to_store_is_refused_and_one_that_fits_is_published() {
+    let f = fixture();
+    assert_eq!(f.upload_blob(IMAGE).await, StatusCode::CREATED);
+    let name = format!("dir/{}.bin", "n".repeat(186)); // 190 bytes: fits 64 + 1 + 190
+    let both = uptane_core::hash::standard_hashes(IMAGE);
+    let sha256_only: uptane_core::hash::Hashes = both
+        .iter()
+        .filter(|(k, _)| k.as_str() == "sha256")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let custom = Some(image_custom(&["hw-brake".into()], 2));
+    let with = |hashes: uptane_core::hash::Hashes| {
+        let (name, custom) = (name.clone(), custom.clone());
+        f.signed_targets(move |b| b.target_with(&name, IMAGE.len() as u64, hashes, custom))
+    };
+    let error = assert_refused(
+        &f,
+        "/api/v1/metadata/targets",
+        Some(&f.targets_token),
+        with(both.clone()),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(error.contains("longer than a file name may be"), "{error}");
+    let (status, json) = f
+        .put(
+            "/api/v1/metadata/targets",
+            Some(&f.targets_token),
+            with(sha256_only),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+}

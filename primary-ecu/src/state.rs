@@ -145,6 +145,14 @@ impl PrimaryState {
         true
     }
 
+    /// Keeps the pending attacks again by [`PrimaryState::keep_attack`]'s rule (bounded
+    /// count and words).
+    pub fn rebound_attacks(&mut self) {
+        for attack in std::mem::take(&mut self.pending_attacks) {
+            self.keep_attack(DetectedAttack::new(attack.kind, &attack.detail));
+        }
+    }
+
     /// The attacks the next manifest carries: those kept, and one entry for those counted.
     pub fn attacks_to_report(&self) -> Vec<DetectedAttack> {
         let mut attacks = self.pending_attacks.clone();
@@ -280,7 +288,11 @@ impl StateDir {
 
     /// Reads `state.json`.
     pub fn load_state(&self) -> std::io::Result<PrimaryState> {
-        load_json(&self.state())
+        let mut state: PrimaryState = load_json(&self.state())?;
+        // Kept by a version before attacks were bounded: bounded now, or a vehicle already
+        // holding too many would send its oversized manifest for ever.
+        state.rebound_attacks();
+        Ok(state)
     }
 
     /// Writes `state.json` atomically.

@@ -247,6 +247,10 @@ enum Behaviour {
     Installs,
     Refuses,
     Offline,
+    /// Signs (with its own key) a report counter the Director cannot keep.
+    HugeCounter,
+    /// Signs a report of a megabyte of attacks.
+    Floods,
 }
 
 /// A Secondary that signs real reports and installs what it is sent if its bytes match.
@@ -299,14 +303,24 @@ impl SecondaryPort for Secondary {
             });
         }
         state.1 += 1;
+        let attack = uptane_core::manifest::DetectedAttack {
+            kind: uptane_core::error::AttackKind::Replay,
+            detail: "x".repeat(500),
+        };
         let report = EcuVersionReport {
             report_type: ECU_REPORT_TYPE.into(),
             ecu_serial: self.serial.clone(),
             installed_image: state.0.clone(),
-            attacks_detected: vec![],
+            attacks_detected: match state.2 {
+                Behaviour::Floods => vec![attack; 2_000],
+                _ => vec![],
+            },
             latest_time: std::time::SystemTime::now().into(),
             nonce: nonce.into(),
-            report_counter: state.1,
+            report_counter: match state.2 {
+                Behaviour::HugeCounter => 1 << 63,
+                _ => state.1,
+            },
             last_install: None,
         };
         Ok(report.sign(&self.key).unwrap())
@@ -591,6 +605,31 @@ async fn a_refusing_secondary_fails_for_good_and_an_offline_one_waits() {
     let report = car.primary.cycle().await;
     assert!(report.ecus.is_empty(), "{}", report.summary());
     assert_eq!(car.brake.running(), "brake-factory.bin");
+}
+
+/// A Secondary whose own key signs a report the Director would refuse (a counter no signed
+/// 64-bit column holds, a megabyte of attacks): refused alone, the ECU reported unreachable
+/// with why, and the rest of the vehicle's manifest sent as before (not refused whole, every
+/// cycle).
+#[tokio::test]
+async fn a_report_the_director_would_refuse_is_refused_alone() {
+    let mut car = Vehicle::new();
+    for (behaviour, why) in [
+        (Behaviour::HugeCounter, "report counter above 2^63 - 1"),
+        (Behaviour::Floods, "more than 65536"),
+    ] {
+        car.brake.behave(behaviour);
+        car.primary.cycle().await;
+        let manifest = car.last_manifest();
+        let reason = &manifest.unreachable_ecus[&id::<EcuSerial>(BRAKE.0)];
+        assert!(reason.contains(why), "{reason}");
+        assert!(reason.len() <= 600, "{}", reason.len());
+        assert!(
+            manifest
+                .ecu_version_reports
+                .contains_key(&id::<EcuSerial>(GATEWAY.0))
+        );
+    }
 }
 
 /// An approved image for `bytes`, by partial verification of Director targets.

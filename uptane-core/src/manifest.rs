@@ -13,7 +13,7 @@ mod check;
 
 pub use check::{
     CheckedManifest, InventoryEcu, MAX_NONCE_BYTES, ManifestError, TimeWentBack, VehicleInventory,
-    check_vehicle_manifest,
+    check_storable, check_vehicle_manifest,
 };
 
 use crate::cjson::CanonicalError;
@@ -80,20 +80,35 @@ impl DetectedAttack {
     /// let its sender grow the ECU's state, or the report past what the Director accepts, or
     /// carry a NUL that a database refuses.
     pub fn new(kind: AttackKind, detail: &str) -> Self {
-        let mut end = detail.len().min(MAX_ATTACK_DETAIL_BYTES);
-        while !detail.is_char_boundary(end) {
-            end -= 1;
+        Self {
+            kind,
+            detail: bounded_words(detail),
         }
-        let mut kept: String = detail[..end]
-            .chars()
-            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-            .collect();
-        if end < detail.len() {
-            kept.push_str(" (cut)");
-        }
-        Self { kind, detail: kept }
     }
 }
+
+/// `words` as an ECU keeps what it reports in words (an attack's detail, why an ECU could
+/// not be reached): cut to [`MAX_ATTACK_DETAIL_BYTES`] on a character boundary, saying so,
+/// with control characters made `\u{FFFD}`.
+pub fn bounded_words(words: &str) -> String {
+    let mut end = words.len().min(MAX_ATTACK_DETAIL_BYTES);
+    while !words.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut kept: String = words[..end]
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if end < words.len() {
+        kept.push_str(" (cut)");
+    }
+    kept
+}
+
+/// The largest signed ECU version report a Primary puts in its manifest: 32 attacks of
+/// 512 bytes of words fit many times over; a Secondary sending more (its own key signing
+/// it) is refused alone, not made to spoil the vehicle's whole manifest.
+pub const MAX_ECU_REPORT_BYTES: usize = 64 << 10;
 
 /// How an ECU's latest installation ended, as its version report states it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

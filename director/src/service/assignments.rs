@@ -431,6 +431,19 @@ pub fn cancel_assignment(
             "no assignment {correlation_id}"
         )));
     }
+    // Each vehicle's row first (in VIN order, so two cancels alone never deadlock): a
+    // replica storing metadata it signed before this cancel holds it while it checks that
+    // the vehicle's assignments are still what it signed (`metadata::store_vehicle_metadata`),
+    // so the two are one after the other, whichever comes first.
+    let vins: Vec<String> = tx.query(
+        "SELECT DISTINCT e.vin FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
+         WHERE a.correlation_id = ?1 AND e.status = ?2 ORDER BY e.vin",
+        params![correlation_id, AssignmentStatus::Pending],
+        |r| r.get(0),
+    )?;
+    for vin in &vins {
+        tx.lock_row("vehicles", "vin", vin)?;
+    }
     // A pending entry already signed into the targets its vehicle is served (signed at its
     // timestamp request, not yet fetched) may still reach the ECU: it is treated as delivered.
     let sql = format!(

@@ -209,7 +209,9 @@ impl DirectorService {
                 // tick keeps the campaigns it stepped before the database failed): what they
                 // changed is not known here, so nothing cached is trusted. Refusals (bad
                 // input, a refused manifest) change no vehicle and keep the cache.
-                Err(DirectorError::Db(_) | DirectorError::Busy(_) | DirectorError::Internal(_)) => {
+                // (`Busy` is contention before anything was written, and is left out: under
+                // load it would empty the whole cache at every failed write.)
+                Err(DirectorError::Db(_) | DirectorError::Internal(_)) => {
                     cache.forget_all();
                 }
                 Err(_) => {}

@@ -156,6 +156,29 @@ fn check_delegation_names(state: &RepoState, role: &str, new: &Targets) -> Resul
     Ok(())
 }
 
+/// The repository stores a target as `<dir>/<digest hex>.<file name>` for each digest listed
+/// (consistent snapshots): each must fit a file name's 255 bytes. Refused here (400), not
+/// found when the link is made (a 500, with the links made before it left behind).
+fn check_stored_name(path: &str, info: &TargetFile) -> Result<(), RepoError> {
+    let (dirs, file) = path
+        .rsplit_once('/')
+        .map_or((None, path), |(d, f)| (Some(d), f));
+    let too_long = |len: usize| {
+        RepoError::BadTargetName(uptane_core::ids::TargetNameError::SegmentLength(
+            path.chars().take(80).collect(),
+            len,
+        ))
+    };
+    let prefix = info.hashes.values().map(|h| h.len() + 1).max().unwrap_or(0);
+    if prefix + file.len() > 255 {
+        return Err(too_long(file.len()));
+    }
+    match dirs.and_then(|d| d.split('/').find(|segment| segment.len() > 255)) {
+        Some(segment) => Err(too_long(segment.len())),
+        None => Ok(()),
+    }
+}
+
 pub(super) fn check_authorized(
     role: &str,
     chain: &DelegationChain,
@@ -340,6 +363,7 @@ impl Repository {
         let mut new_targets = Vec::new();
         for (path, info) in &new.targets {
             check_target_name(path)?;
+            check_stored_name(path, info)?;
             if let Some(chain) = &chain {
                 check_authorized(role, chain, path, info)?;
             }

@@ -9,7 +9,7 @@ use uptane_core::error::AttackKind;
 use uptane_core::ids::EcuSerial;
 use uptane_core::manifest::{
     ECU_REPORT_TYPE, EcuVersionReport, InstallResult, InstalledImage, LastInstall,
-    VehicleVersionManifest, verify_ecu_report,
+    MAX_ECU_REPORT_BYTES, VehicleVersionManifest, bounded_words, check_storable, verify_ecu_report,
 };
 use uptane_core::time::UtcTime;
 use uptane_core::verify::Raw;
@@ -64,7 +64,9 @@ impl<P: Ports> Primary<P> {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     tracing::info!(%serial, error = %e, "no version report");
-                    reports.unreachable.insert(serial, e.to_string());
+                    reports
+                        .unreachable
+                        .insert(serial, bounded_words(&e.to_string()));
                     continue;
                 }
             };
@@ -76,7 +78,7 @@ impl<P: Ports> Primary<P> {
                 }
                 Err((kind, why)) => {
                     self.record_attack(kind, &format!("ECU {serial}: {why}"));
-                    reports.unreachable.insert(serial, why);
+                    reports.unreachable.insert(serial, bounded_words(&why));
                 }
             }
         }
@@ -94,10 +96,24 @@ impl<P: Ports> Primary<P> {
             .iter()
             .find(|e| &e.serial == serial)
             .ok_or((AttackKind::UnknownEcu, "not in the inventory".to_string()))?;
+        // A report the Director would refuse (too large for its manifest, or holding what it
+        // cannot keep) would have the whole vehicle's manifest refused, every time: refused
+        // here alone, the ECU reported unreachable with why.
+        if bytes.len() > MAX_ECU_REPORT_BYTES {
+            return Err((
+                AttackKind::EndlessData,
+                format!(
+                    "version report of {} bytes, more than {MAX_ECU_REPORT_BYTES}",
+                    bytes.len()
+                ),
+            ));
+        }
         let key = PublicKey::from_json(ecu.public_key.clone())
             .map_err(|e| (AttackKind::Malformed, format!("registered key: {e}")))?;
         let report = verify_ecu_report(&Raw::new(bytes.to_vec()), &key)
             .map_err(|e| (e.attack(), format!("version report: {e}")))?;
+        check_storable(&report)
+            .map_err(|what| (AttackKind::Malformed, format!("version report: {what}")))?;
         if &report.ecu_serial != serial {
             return Err((
                 AttackKind::ArbitrarySoftware,

@@ -211,8 +211,9 @@ impl ManifestError {
 /// report refuses a longer one too).
 pub const MAX_NONCE_BYTES: usize = 128;
 
-/// Whether the Director can keep `report` as it stands ([`ManifestError::Unstorable`]).
-fn storable(report: &EcuVersionReport) -> Result<(), &'static str> {
+/// Whether the Director can keep `report` as it stands ([`ManifestError::Unstorable`]); a
+/// Primary applies the same rule to each report before it puts it in its manifest.
+pub fn check_storable(report: &EcuVersionReport) -> Result<(), &'static str> {
     let signed = |n: u64| i64::try_from(n).is_ok();
     if report.nonce.len() > MAX_NONCE_BYTES {
         return Err("nonce longer than 128 bytes");
@@ -320,7 +321,7 @@ pub fn check_vehicle_manifest<E>(
                 signed_for: report.ecu_serial.clone(),
             });
         }
-        if let Err(what) = storable(&report) {
+        if let Err(what) = check_storable(&report) {
             return refused(ManifestError::Unstorable {
                 ecu: serial.clone(),
                 what,
