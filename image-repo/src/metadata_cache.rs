@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
 use uptane_core::metadata::metadata_file_name;
@@ -54,6 +54,9 @@ impl FileIdentity {
 #[derive(Debug, Default)]
 pub struct MetadataCache {
     files: RwLock<HashMap<String, CachedFile>>,
+    /// The names the timestamp of this identity leads to: worked out (the snapshot parsed)
+    /// once per timestamp, not at every request for an older file.
+    current: RwLock<Option<(FileIdentity, Arc<BTreeSet<String>>)>>,
 }
 
 impl MetadataCache {
@@ -117,7 +120,22 @@ impl MetadataCache {
 
     /// The names the current timestamp leads to: itself, its snapshot, and every role file
     /// that snapshot lists.
-    async fn current_names(&self, dir: &Path) -> Option<BTreeSet<String>> {
+    async fn current_names(&self, dir: &Path) -> Option<Arc<BTreeSet<String>>> {
+        let stamp = identity(&dir.join("timestamp.json"))?;
+        if let Ok(current) = self.current.read()
+            && let Some((of, names)) = current.as_ref()
+            && *of == stamp
+        {
+            return Some(Arc::clone(names));
+        }
+        let names = Arc::new(self.work_out_current(dir).await?);
+        if let Ok(mut current) = self.current.write() {
+            *current = Some((stamp, Arc::clone(&names)));
+        }
+        Some(names)
+    }
+
+    async fn work_out_current(&self, dir: &Path) -> Option<BTreeSet<String>> {
         let Lookup::Current(timestamp) = self.read(dir, "timestamp.json").await else {
             return None;
         };
