@@ -1227,8 +1227,23 @@ impl Agent {
         {
             return Ok(());
         }
+        let (pending, mut digests, file) = self.open_staging()?;
+        feed(&mut digests, &pending, file)?;
+        match finish(digests, pending) {
+            Ok(_) => self.state.transfer_complete = true,
+            Err(refusal) => {
+                tracing::warn!(reason = %refusal.description, "the staged image does not verify; the transfer starts over");
+                self.discard_transfer();
+            }
+        }
+        self.save().map_err(io)
+    }
+
+    /// The approved image's digests, ready to be fed, and the staging file (created if
+    /// missing), for checking what it holds.
+    fn open_staging(&self) -> Result<(PendingImage, ThreadedDigests, std::fs::File), Refusal> {
         let approved = self.approved()?;
-        let (pending, mut digests) =
+        let (pending, digests) =
             ThreadedDigests::for_image(approved.verifier().map_err(|e| uptane_refusal(&e))?)
                 .map_err(thread_refusal)?;
         let path = staging_path(&self.dir);
@@ -1240,15 +1255,7 @@ impl Agent {
             .write(true)
             .open(&path)
             .map_err(io)?;
-        feed(&mut digests, &pending, file)?;
-        match finish(digests, pending) {
-            Ok(_) => self.state.transfer_complete = true,
-            Err(refusal) => {
-                tracing::warn!(reason = %refusal.description, "the staged image does not verify; the transfer starts over");
-                self.discard_transfer();
-            }
-        }
-        self.save().map_err(io)
+        Ok((pending, digests, file))
     }
 
     /// Durable offset, length and completeness of the transfer of `correlation_id`.
@@ -1270,19 +1277,7 @@ impl Agent {
                 "transfer already complete",
             ));
         }
-        let approved = self.approved()?;
-        let (pending, mut digests) =
-            ThreadedDigests::for_image(approved.verifier().map_err(|e| uptane_refusal(&e))?)
-                .map_err(thread_refusal)?;
-        let path = staging_path(&self.dir);
-        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(io)?;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
+        let (pending, mut digests, mut file) = self.open_staging()?;
         // Bytes past the durable offset may be torn: drop them, and re-hash what is kept.
         file.set_len(self.state.durable_offset).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;

@@ -668,16 +668,7 @@ async fn power_loss_after_the_last_byte_completes_the_transfer_from_staging() {
     assert!(ecu.upload(IMAGE, 0).await.is_err());
     ecu.wait_exit();
     ecu.start(&[]).await;
-    let t = ecu
-        .client()
-        .begin_transfer(BeginTransferRequest {
-            correlation_id: CORR.into(),
-            filename: "brake-2.bin".into(),
-            length: IMAGE.len() as u64,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let t = ecu.begin("brake-2.bin", IMAGE).await;
     assert_eq!(t.durable_offset, IMAGE.len() as u64, "{t:?}");
     assert!(t.complete, "{t:?}");
     assert_eq!(ecu.install().await.state(), OperationState::Done);
