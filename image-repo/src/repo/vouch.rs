@@ -16,8 +16,8 @@
 //!   replaying an earlier version, to have an image that was removed listed again): the
 //!   directory remembers, per role, the version and digest it last signed, and the one it
 //!   signed on top of until the signed one is seen published (an upload that failed is
-//!   signed again on the same version), in `signed-versions.json`; and a role these keys
-//!   signed is never started again from nothing.
+//!   signed again on the same version), in `signed-versions.json`; and a role of which a
+//!   version these keys signed was seen published is never started again from nothing.
 //!
 //! The first version of a role (none published yet) is built from nothing, so there is
 //! nothing to believe.
@@ -60,6 +60,10 @@ struct Signed {
     on: Option<Pinned>,
     /// The version they signed.
     signed: Pinned,
+    /// Whether the version they signed was seen published (its upload answered, or the
+    /// repository showing it): until then it may have been refused.
+    #[serde(default)]
+    seen: bool,
 }
 
 /// Where the keys of `offline_keys` remember what they signed.
@@ -109,16 +113,20 @@ pub fn check(
         return Ok(());
     };
     let now = Pinned::of(current);
-    if now == last.signed && last.on.is_some() {
+    if now == last.signed && !last.seen {
         // What they signed is published: the version it was signed on is history now.
-        last.on = None;
+        last.seen = true;
         write(memory, &all)?;
         return Ok(());
     }
-    // What these keys signed, what they signed on while their upload is not known to have
-    // arrived, or a version as high or higher that these keys signed (another holder of them
-    // signed since: the signature checked above says it is theirs).
-    if now == last.signed || Some(&now) == last.on.as_ref() || now.version >= last.signed.version {
+    // What these keys signed, what they signed on while what they signed is not seen
+    // published (its upload failed or was refused), or a version as high or higher that
+    // these keys signed (another holder of them signed since: the signature checked above
+    // says it is theirs).
+    if now == last.signed
+        || (!last.seen && Some(&now) == last.on.as_ref())
+        || now.version >= last.signed.version
+    {
         return Ok(());
     }
     let last_signed = last.signed.version;
@@ -153,6 +161,7 @@ pub fn remember(
                 version,
                 sha256: sha256_hex(signed),
             },
+            seen: false,
         },
     );
     write(memory, &all)
@@ -163,20 +172,21 @@ pub fn remember(
 pub fn published(role: &str, memory: &Path) -> Result<(), RepoError> {
     let mut all = read(memory)?;
     match all.get_mut(role) {
-        Some(last) if last.on.is_some() => {
-            last.on = None;
+        Some(last) if !last.seen => {
+            last.seen = true;
             write(memory, &all)
         }
         _ => Ok(()),
     }
 }
 
-/// Refuses to start `role` from nothing if these keys signed a version of it: a repository
-/// saying it has none would have the next one signed over an empty list, and older
-/// versions of it believed again after.
+/// Refuses to start `role` from nothing if a version these keys signed of it was seen
+/// published: a repository saying it has none would have the next one signed over an empty
+/// list, and older versions of it believed again after. (One that was refused, or whose
+/// upload failed, may be followed by another first version.)
 pub fn check_none(role: &str, memory: &Path) -> Result<(), RepoError> {
     match read(memory)?.get(role) {
-        Some(last) => Err(RepoError::NotVouched {
+        Some(last) if last.seen => Err(RepoError::NotVouched {
             role: role.to_string(),
             reason: format!(
                 "the repository says it has no metadata for it, but these keys signed version {} ({})",
@@ -184,7 +194,7 @@ pub fn check_none(role: &str, memory: &Path) -> Result<(), RepoError> {
                 memory.display()
             ),
         }),
-        None => Ok(()),
+        _ => Ok(()),
     }
 }
 
@@ -295,6 +305,8 @@ mod tests {
         let key_file = dir.path().join("acme.pem");
         let k = key(5);
         let (next, _) = targets(1, "acme/fw.bin", &k);
+        // Refused by the repository (never published): a first version may be signed again.
+        sign_delegated("acme", None, &next, &k, &key_file).unwrap();
         let first = sign_delegated("acme", None, &next, &k, &key_file).unwrap();
         let v1 = verify_signed_by(&Raw::new(first), k.public_key()).unwrap();
         assert!(memory_beside(&key_file).exists());
@@ -305,7 +317,9 @@ mod tests {
             sign_delegated("acme", Some(&forged), &next, &k, &key_file),
             Err(RepoError::NotVouched { .. })
         ));
-        // A repository saying the role has no metadata, once these keys signed some.
+        // A repository saying the role has no metadata, once a version these keys signed
+        // was seen published.
+        published("acme", &memory_beside(&key_file)).unwrap();
         assert!(matches!(
             sign_delegated("acme", None, &next, &k, &key_file),
             Err(RepoError::NotVouched { reason, .. }) if reason.contains("says it has no metadata")
