@@ -235,6 +235,92 @@ async fn a_wave_past_its_threshold_pauses_resume_goes_on_and_abort_cancels_only_
     assert_eq!(error, "campaign brakes-2 is aborted: it cannot be resumed");
 }
 
+/// A vehicle that fetched its timestamp was served targets signed with its entry, and may
+/// install it whatever the campaign does before it fetches them: a pause or an abort leaves
+/// such an entry to run (as an operator's cancel treats it as delivered) instead of showing
+/// it cancelled while the vehicle installs it.
+#[tokio::test]
+async fn a_pause_or_abort_leaves_an_entry_already_signed_for_its_vehicle_to_run() {
+    let fleet = fleet();
+    let cars = cars(&fleet, "S", 3, 150).await;
+    ok(
+        &fleet,
+        "POST",
+        "/api/v1/groups",
+        json!({"name": "s", "vins": ["VIN-S000", "VIN-S001", "VIN-S002"]}),
+    )
+    .await;
+    ok(
+        &fleet,
+        "POST",
+        "/api/v1/campaigns",
+        json!({"name": "signed", "images": ["brake-2.bin"], "group": "s"}),
+    )
+    .await;
+    ok(
+        &fleet,
+        "POST",
+        "/api/v1/campaigns/signed/start",
+        Value::Null,
+    )
+    .await;
+    for car in &cars {
+        assert_eq!(pending(&fleet.entries(&car.vin).await), 1, "{}", car.vin);
+    }
+    let served = |bytes: Vec<u8>| -> u64 {
+        let doc: Value = serde_json::from_slice(&bytes).unwrap();
+        doc["signed"]["version"].as_u64().unwrap()
+    };
+    let (status, timestamp) = fetch(&fleet, &cars[0], "timestamp.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let first = served(timestamp);
+
+    ok(
+        &fleet,
+        "POST",
+        "/api/v1/campaigns/signed/pause",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(pending(&fleet.entries(&cars[0].vin).await), 1);
+    for car in &cars[1..] {
+        let entries = fleet.entries(&car.vin).await;
+        assert_eq!(entries[0]["status"], "cancelled", "{}", car.vin);
+        assert_eq!(entries[0]["detail"], "campaign signed paused");
+    }
+    ok(
+        &fleet,
+        "POST",
+        "/api/v1/campaigns/signed/resume",
+        Value::Null,
+    )
+    .await;
+    let (status, _) = fetch(&fleet, &cars[1], "timestamp.json").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let aborted = ok(
+        &fleet,
+        "POST",
+        "/api/v1/campaigns/signed/abort",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(aborted["progress"][0]["installing"], 2, "{aborted}");
+    assert_eq!(aborted["progress"][0]["cancelled"], 1, "{aborted}");
+    assert_eq!(pending(&fleet.entries(&cars[1].vin).await), 1);
+    assert_eq!(
+        fleet.entries(&cars[2].vin).await[0]["detail"],
+        "campaign signed aborted"
+    );
+    // Nothing of the first vehicle's metadata was signed again: its targets, fetched now,
+    // are those its timestamp named, and they deliver the entry.
+    let (status, timestamp) = fetch(&fleet, &cars[0], "timestamp.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(served(timestamp), first);
+    fleet.deliver(&cars[0]).await;
+    assert_eq!(fleet.entries(&cars[0].vin).await[0]["status"], "delivered");
+}
+
 #[tokio::test]
 async fn retry_failed_assigns_the_failed_vehicles_again() {
     let fleet = fleet();

@@ -444,8 +444,8 @@ pub fn cancel_assignment(
     for vin in &vins {
         tx.lock_row("vehicles", "vin", vin)?;
     }
-    // A pending entry already signed into the targets its vehicle is served (signed at its
-    // timestamp request, not yet fetched) may still reach the ECU: it is treated as delivered.
+    // A pending entry already signed into the targets its vehicle is served may still reach
+    // the ECU: it is treated as delivered (`served_entries`).
     let sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
          WHERE a.correlation_id = ?1 AND e.status = ?2"
@@ -455,24 +455,14 @@ pub fn cancel_assignment(
         params![correlation_id, AssignmentStatus::Pending],
         assignment_row,
     )?;
-    let mut signed: std::collections::HashMap<String, Vec<(String, String)>> =
+    let mut served: std::collections::HashMap<String, ServedEntries> =
         std::collections::HashMap::new();
     let mut cancelled = 0;
     for entry in &pending {
-        if !signed.contains_key(&entry.vin) {
-            let included: Option<String> = tx.query_opt(
-                "SELECT targets_entries FROM vehicle_metadata WHERE vin = ?1",
-                params![entry.vin],
-                |r| r.get(0),
-            )?;
-            let pairs = included
-                .and_then(|text| serde_json::from_str(&text).ok())
-                .unwrap_or_default();
-            signed.insert(entry.vin.clone(), pairs);
+        if !served.contains_key(&entry.vin) {
+            served.insert(entry.vin.clone(), served_entries(&tx, &entry.vin)?);
         }
-        let in_targets = signed[&entry.vin]
-            .iter()
-            .any(|(c, s)| *c == entry.correlation_id && *s == entry.ecu_serial);
+        let in_targets = served[&entry.vin].contains(&entry.correlation_id, &entry.ecu_serial);
         let status = if in_targets {
             AssignmentStatus::Delivered
         } else {
@@ -519,6 +509,43 @@ pub fn cancel_assignment(
         cancelled,
         cancel_requested,
     })
+}
+
+/// The entries (correlation id, ECU serial) signed into the targets vehicle `vin` is
+/// served now. The Director signs a vehicle's targets at its timestamp request, so an entry
+/// among them may reach the ECU whatever is decided before the vehicle fetches them: a
+/// cancel or a campaign's withdrawal treats such a pending entry as delivered, never as
+/// one the vehicle cannot see.
+pub(crate) fn served_entries(conn: &Conn, vin: &str) -> Result<ServedEntries, DirectorError> {
+    let text: Option<String> = conn.query_opt(
+        "SELECT targets_entries FROM vehicle_metadata WHERE vin = ?1",
+        params![vin],
+        |r| r.get(0),
+    )?;
+    let pairs = match text {
+        None => Vec::new(),
+        Some(text) => ServedEntries::parse(&text)?,
+    };
+    Ok(ServedEntries(pairs))
+}
+
+/// What [`served_entries`] found.
+#[derive(Debug, Default)]
+pub(crate) struct ServedEntries(Vec<(String, String)>);
+
+impl ServedEntries {
+    /// Reads the `targets_entries` column (JSON pairs of correlation id and ECU serial).
+    pub(crate) fn parse(text: &str) -> Result<Vec<(String, String)>, DirectorError> {
+        serde_json::from_str(text)
+            .map_err(|e| DirectorError::Internal(format!("stored targets entries: {e}")))
+    }
+
+    /// Whether entry (`correlation_id`, `serial`) is among them.
+    pub(crate) fn contains(&self, correlation_id: &str, serial: &str) -> bool {
+        self.0
+            .iter()
+            .any(|(c, s)| c == correlation_id && s == serial)
+    }
 }
 
 /// Notes, of vehicle `vin`'s entries with a cancel requested, those the targets it just

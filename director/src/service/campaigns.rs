@@ -637,8 +637,10 @@ fn pick(conn: &Conn, c: &Campaign, k: usize, now: UtcTime) -> Result<usize, Dire
 }
 
 /// Cancels the entries of campaign `c` not yet delivered to the vehicles `only` accepts,
-/// saying `why`. Vehicles all of whose entries were pending go back to `back_to` (waiting,
-/// to be assigned again; or cancelled). Returns the vehicles whose metadata changes.
+/// saying `why`. An entry already signed into the targets its vehicle is served counts as
+/// delivered and is left to run (`assignments::served_entries`). Vehicles all of whose
+/// entries were cancelled go back to `back_to` (waiting, to be assigned again; or
+/// cancelled). Returns the vehicles whose metadata changes.
 fn withdraw(
     conn: &Conn,
     c: &Campaign,
@@ -647,34 +649,52 @@ fn withdraw(
     now: UtcTime,
     only: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, DirectorError> {
-    let entries: Vec<(String, AssignmentStatus)> = conn.query(
-        "SELECT ca.vin, e.status FROM campaign_assignments ca
+    let entries: Vec<(String, String, String, AssignmentStatus, i64)> = conn.query(
+        "SELECT ca.vin, a.correlation_id, e.ecu_serial, e.status, e.rowid FROM campaign_assignments ca
+         JOIN assignments a ON a.id = ca.assignment_id
          JOIN assignment_ecus e ON e.assignment_id = ca.assignment_id AND e.vin = ca.vin
          WHERE ca.campaign_id = ?1",
         params![c.id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
-    let mut by_vin: BTreeMap<String, (bool, bool)> = BTreeMap::new();
-    for (vin, status) in entries {
-        let seen = by_vin.entry(vin).or_default();
-        if status == AssignmentStatus::Pending {
-            seen.0 = true;
-        } else {
-            seen.1 = true;
-        }
+    let mut by_vin: BTreeMap<String, Vec<(String, String, AssignmentStatus, i64)>> =
+        BTreeMap::new();
+    for (vin, correlation_id, serial, status, rowid) in entries {
+        by_vin
+            .entry(vin)
+            .or_default()
+            .push((correlation_id, serial, status, rowid));
     }
     let mut touched = Vec::new();
-    for (vin, (pending, other)) in by_vin {
-        if !pending || !only(&vin) {
+    // In VIN order, as an operator's cancel takes them: a replica storing metadata it signed
+    // before this withdrawal holds the vehicle's row while it checks what it signed.
+    for (vin, entries) in by_vin {
+        if !only(&vin) || !entries.iter().any(|e| e.2 == AssignmentStatus::Pending) {
             continue;
         }
-        conn.execute(
-            "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
-             WHERE status = ?4 AND vin = ?5
-               AND assignment_id IN (SELECT assignment_id FROM campaign_assignments WHERE campaign_id = ?6 AND vin = ?5)",
-            params![AssignmentStatus::Cancelled, why, now_text(now), AssignmentStatus::Pending, &vin, c.id],
-        )?;
-        if !other {
+        conn.lock_row("vehicles", "vin", &vin)?;
+        let served = assignments::served_entries(conn, &vin)?;
+        let mut cancelled = 0;
+        for (correlation_id, serial, status, rowid) in &entries {
+            if *status != AssignmentStatus::Pending || served.contains(correlation_id, serial) {
+                continue;
+            }
+            cancelled += conn.execute(
+                "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
+                 WHERE rowid = ?4 AND status = ?5",
+                params![
+                    AssignmentStatus::Cancelled,
+                    why,
+                    now_text(now),
+                    rowid,
+                    AssignmentStatus::Pending
+                ],
+            )?;
+        }
+        if cancelled == 0 {
+            continue;
+        }
+        if cancelled == entries.len() {
             conn.execute(
                 "DELETE FROM campaign_assignments WHERE campaign_id = ?1 AND vin = ?2",
                 params![c.id, &vin],

@@ -445,8 +445,7 @@ pub fn mark_delivered(
     included: &str,
     now: UtcTime,
 ) -> Result<(), DirectorError> {
-    let included: Vec<(String, String)> = serde_json::from_str(included)
-        .map_err(|e| DirectorError::Internal(format!("stored targets entries: {e}")))?;
+    let included = assignments::ServedEntries::parse(included)?;
     let tx = conn.savepoint()?;
     let n = assignments::mark_delivered(&tx, vin, &included, now)?;
     let actor = format!("vehicle:{vin}");
