@@ -309,8 +309,8 @@ enum Command {
         /// capped at 256 KiB).
         #[arg(long, env = "DIRECTOR_MAX_BODY_BYTES", default_value_t = 1 << 20)]
         max_body_bytes: usize,
-        /// Days events and received manifests are kept (the newest manifest of each vehicle
-        /// stays).
+        /// Days events, received manifests and their report nonces are kept (the newest
+        /// manifest of each vehicle stays).
         #[arg(long, env = "DIRECTOR_RETENTION_DAYS", default_value_t = 365,
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         retention_days: u32,

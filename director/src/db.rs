@@ -209,6 +209,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/008_listing_indexes.sql"),
     include_str!("migrations/009_campaigns.sql"),
     include_str!("migrations/010_cancel_requests.sql"),
+    include_str!("migrations/011_nonce_retention.sql"),
 ];
 
 /// PostgreSQL's migrations: the schema SQLite's migrations reach, in PostgreSQL's terms.
@@ -219,6 +220,7 @@ const PG_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/004_event_order.sql"),
     include_str!("migrations/postgres/005_campaigns.sql"),
     include_str!("migrations/postgres/006_cancel_requests.sql"),
+    include_str!("migrations/postgres/007_nonce_retention.sql"),
 ];
 
 /// Manifests, registrations and every other write of this many requests at most share one

@@ -45,7 +45,7 @@ const TABLES: &[(&str, &[&str])] = &[
             "last_report_time",
         ],
     ),
-    ("seen_nonces", &["ecu_serial", "nonce"]),
+    ("seen_nonces", &["ecu_serial", "nonce", "seen_at"]),
     ("manifests", &["id", "vin", "received_at", "body"]),
     (
         "assignments",

@@ -1134,6 +1134,36 @@ async fn a_stalled_or_oversized_body_is_refused() {
     assert_eq!(body["error"], "body larger than 65536 bytes");
 }
 
+/// Past the retention period a report's nonce is swept; a replay of the manifest that
+/// carried it is refused all the same, by the ECUs' report counters (Uptane §5.3.2.1 step 4,
+/// "nonce or counter").
+#[tokio::test]
+async fn a_manifest_replayed_after_its_nonces_were_swept_is_refused_by_its_counters() {
+    let fleet = fleet();
+    let mut car = fleet.register(VIN, 91).await;
+    let accepted = car.factory();
+    let (status, json) = fleet.post_manifest(&car, accepted.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let later = now() + chrono::Duration::days(400);
+    let swept = fleet
+        .service
+        .db()
+        .call(move |conn| service::retention::sweep(conn, chrono::Duration::days(365), later))
+        .await
+        .unwrap();
+    assert_eq!(swept.nonces, 3, "{swept:?}");
+    assert_manifest_refused(
+        &fleet,
+        &car,
+        VIN,
+        accepted,
+        StatusCode::BAD_REQUEST,
+        "report counter",
+        AttackKind::Rollback,
+    )
+    .await;
+}
+
 /// A cancel that lands between the vehicle's timestamp request (which signed targets with the
 /// entry) and its targets fetch: the entry may still reach the ECU, so it is withdrawn like a
 /// delivered one, not ended as if the vehicle could never see it.

@@ -286,8 +286,8 @@ fn record_manifest(
         let serial = report.ecu_serial.as_str();
         let image = &report.installed_image;
         tx.execute(
-            "INSERT INTO seen_nonces (ecu_serial, nonce) VALUES (?1, ?2)",
-            params![serial, report.nonce],
+            "INSERT INTO seen_nonces (ecu_serial, nonce, seen_at) VALUES (?1, ?2, ?3)",
+            params![serial, report.nonce, now_text(now)],
         )?;
         tx.execute(
             "UPDATE ecus SET installed_filename = ?1, installed_length = ?2, installed_hashes = ?3, installed_release_counter = ?4,

@@ -85,7 +85,7 @@ pub struct Policy {
     /// Refusals of the same kind within this are recorded once, then as one summary
     /// (`refusals.rs`).
     pub refusal_window: Duration,
-    /// Events and manifests older than this are removed (`retention.rs`).
+    /// Events, manifests and report nonces older than this are removed (`retention.rs`).
     pub retention: Duration,
     /// Vehicles whose credential row and current timestamp are kept in memory (`cache.rs`);
     /// 0 turns the cache off.
@@ -259,7 +259,7 @@ impl DirectorService {
         self.inner.cache.hits_and_misses()
     }
 
-    /// Removes events and manifests older than the retention period.
+    /// Removes events, manifests and report nonces older than the retention period.
     pub async fn sweep_retention(&self) -> Result<retention::Swept, DirectorError> {
         let period = self.inner.policy.retention;
         self.write_all(move |conn| retention::sweep(conn, period, now()))

@@ -1,7 +1,10 @@
 //! Retention: what a flood or plain years of traffic add to the event log and the manifest
 //! history is removed once older than the retention period (`--retention-days`). The event
 //! log stays append-only inside the period (`migrations/007_retention.sql`); the newest
-//! manifest of each vehicle is always kept.
+//! manifest of each vehicle is always kept. So are the report nonces the manifests carried
+//! (`migrations/011_nonce_retention.sql`): past the period, the ECU's report counter, which
+//! rises with every report accepted, refuses a replayed report on its own (Uptane §5.3.2.1
+//! step 4: "nonce or counter").
 
 use crate::params;
 use crate::sql::Conn;
@@ -23,9 +26,11 @@ pub struct Swept {
     pub events: usize,
     /// Manifests older than the period (not a vehicle's newest).
     pub manifests: usize,
+    /// Report nonces seen before the period.
+    pub nonces: usize,
 }
 
-/// Removes events and manifests older than `period` before `now`, in batches of
+/// Removes events, manifests and report nonces older than `period` before `now`, in batches of
 /// [`BATCH`] per transaction; records what it removed as an event.
 pub fn sweep(conn: &mut Conn, period: Duration, now: UtcTime) -> Result<Swept, DirectorError> {
     let cutoff = now_text(now - period);
@@ -47,17 +52,26 @@ pub fn sweep(conn: &mut Conn, period: Duration, now: UtcTime) -> Result<Swept, D
                  LIMIT ?2)",
             params![cutoff, BATCH],
         )?;
+        let nonces = tx.execute(
+            "DELETE FROM seen_nonces WHERE (ecu_serial, nonce) IN (
+                 SELECT ecu_serial, nonce FROM seen_nonces WHERE seen_at < ?1 LIMIT ?2)",
+            params![cutoff, BATCH],
+        )?;
         tx.commit()?;
         swept.events += events;
         swept.manifests += manifests;
-        if events < BATCH as usize && manifests < BATCH as usize {
+        swept.nonces += nonces;
+        if [events, manifests, nonces]
+            .iter()
+            .all(|&n| n < BATCH as usize)
+        {
             break;
         }
     }
     if swept != Swept::default() {
         let detail = format!(
-            "removed {} events and {} manifests older than {cutoff}",
-            swept.events, swept.manifests
+            "removed {} events, {} manifests and {} report nonces older than {cutoff}",
+            swept.events, swept.manifests, swept.nonces
         );
         NewEvent::info("retention_sweep", "director", &detail).record(conn, now)?;
     }
@@ -88,6 +102,18 @@ mod tests {
                     params![vin, now_text(t), b"\0".as_slice()],
                 )?;
             }
+            // One nonce kept before nonces had a time (it counts as the oldest), one seen
+            // before the period, one inside it.
+            for (nonce, seen_at) in [
+                ("untimed", String::new()),
+                ("old", now_text(old)),
+                ("recent", now_text(recent)),
+            ] {
+                conn.execute(
+                    "INSERT INTO seen_nonces (ecu_serial, nonce, seen_at) VALUES ('ecu', ?1, ?2)",
+                    params![nonce, seen_at],
+                )?;
+            }
             // Each refusal in a savepoint: on PostgreSQL a failed statement ends the
             // transaction.
             fn refused(conn: &Conn, sql: &str, params: &[&dyn crate::sql::ToParam]) -> String {
@@ -106,8 +132,19 @@ mod tests {
                 swept,
                 Swept {
                     events: 2,
-                    manifests: 2
+                    manifests: 2,
+                    nonces: 2,
                 }
+            );
+            let nonces: Vec<String> = conn.query(
+                "SELECT nonce FROM seen_nonces ORDER BY nonce",
+                params![],
+                |r| r.get(0),
+            )?;
+            assert_eq!(
+                nonces,
+                ["recent"],
+                "only the nonce seen inside the period stays"
             );
             let left: i64 =
                 conn.query_row("SELECT COUNT(*) FROM manifests", params![], |r| r.get(0))?;
