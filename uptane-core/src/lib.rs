@@ -38,6 +38,7 @@ pub mod refresh;
 pub mod sign;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod text;
 pub mod time;
 pub mod trusted;
 pub mod uptane;

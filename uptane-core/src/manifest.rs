@@ -88,21 +88,14 @@ impl DetectedAttack {
 }
 
 /// `words` as an ECU keeps what it reports in words (an attack's detail, why an ECU could
-/// not be reached): cut to [`MAX_ATTACK_DETAIL_BYTES`] on a character boundary, saying so,
-/// with control characters made `\u{FFFD}`.
+/// not be reached): on one line, at most [`MAX_ATTACK_DETAIL_BYTES`] ([`crate::text::bounded`]).
 pub fn bounded_words(words: &str) -> String {
-    let mut end = words.len().min(MAX_ATTACK_DETAIL_BYTES);
-    while !words.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut kept: String = words[..end]
-        .chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect();
-    if end < words.len() {
-        kept.push_str(" (cut)");
-    }
-    kept
+    crate::text::bounded(
+        words,
+        MAX_ATTACK_DETAIL_BYTES,
+        crate::text::LineBreaks::Replace,
+    )
+    .into_owned()
 }
 
 /// The largest signed ECU version report a Primary puts in its manifest: 32 attacks of
@@ -372,9 +365,18 @@ mod tests {
             "y".repeat(4 << 20)
         );
         let cut = DetectedAttack::new(AttackKind::EndlessData, &long);
+        let note = format!("… ({} bytes, cut)", long.len());
         assert_eq!(
             cut.detail,
-            format!("{} (cut)", "x".repeat(MAX_ATTACK_DETAIL_BYTES - 1))
+            format!("{}{note}", "x".repeat(MAX_ATTACK_DETAIL_BYTES - note.len()))
+        );
+        // A NUL takes three bytes once replaced: the bound holds all the same.
+        let nuls =
+            DetectedAttack::new(AttackKind::Replay, &"\u{0}".repeat(MAX_ATTACK_DETAIL_BYTES));
+        assert!(
+            nuls.detail.len() <= MAX_ATTACK_DETAIL_BYTES,
+            "{}",
+            nuls.detail.len()
         );
         assert_eq!(cut.kind, AttackKind::EndlessData);
     }

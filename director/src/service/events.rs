@@ -110,34 +110,13 @@ pub const MAX_DETAIL_BYTES: usize = 4096;
 
 /// `detail` as the Director keeps it: control characters other than a line break made
 /// `\u{FFFD}` (PostgreSQL refuses a NUL in text, which would refuse on one engine a manifest
-/// the other keeps), then cut on a character boundary to at most [`MAX_DETAIL_BYTES`], saying
-/// how long it was.
+/// the other keeps), at most [`MAX_DETAIL_BYTES`] ([`uptane_core::text::bounded`]).
 pub(crate) fn storable(detail: &str) -> std::borrow::Cow<'_, str> {
-    let detail: std::borrow::Cow<'_, str> = if detail.chars().any(|c| c.is_control() && c != '\n') {
-        std::borrow::Cow::Owned(
-            detail
-                .chars()
-                .map(|c| {
-                    if c.is_control() && c != '\n' {
-                        '\u{FFFD}'
-                    } else {
-                        c
-                    }
-                })
-                .collect(),
-        )
-    } else {
-        std::borrow::Cow::Borrowed(detail)
-    };
-    if detail.len() <= MAX_DETAIL_BYTES {
-        return detail;
-    }
-    let note = format!("… ({} bytes, cut)", detail.len());
-    let mut end = MAX_DETAIL_BYTES - note.len();
-    while !detail.is_char_boundary(end) {
-        end -= 1;
-    }
-    std::borrow::Cow::Owned(format!("{}{note}", &detail[..end]))
+    uptane_core::text::bounded(
+        detail,
+        MAX_DETAIL_BYTES,
+        uptane_core::text::LineBreaks::Keep,
+    )
 }
 
 impl NewEvent<'_> {
