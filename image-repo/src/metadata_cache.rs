@@ -184,6 +184,5 @@ fn identity(path: &Path) -> Option<FileIdentity> {
 }
 
 fn is_root(file: &str) -> bool {
-    file.strip_suffix(".root.json")
-        .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+    uptane_core::metadata::root_version_of(file).is_some()
 }

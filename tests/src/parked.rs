@@ -286,7 +286,7 @@ fn server_roots(fleet: &Fleet) -> Result<String, String> {
         for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
             let name = entry.map_err(|e| e.to_string())?.file_name();
             let name = name.to_string_lossy();
-            if let Some(version) = name.strip_suffix(".root.json").and_then(|v| v.parse().ok()) {
+            if let Some(version) = uptane_core::metadata::root_version_of(&name) {
                 newest = newest.max(version);
             }
         }

@@ -501,10 +501,7 @@ impl Targets {
                 return Err(format!("a delegated role cannot be named {name:?}"));
             }
             // Kept unversioned, such a role's file would be `N.root.json`: a root version.
-            if name
-                .strip_suffix(".root")
-                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-            {
+            if root_version_of(&metadata_file_name(name, None)).is_some() {
                 return Err(format!(
                     "a delegated role cannot be named {name:?}, the file name of a root version"
                 ));
@@ -541,6 +538,18 @@ pub fn metadata_file_name(role: &str, version: Option<u64>) -> String {
         Some(v) => format!("{v}.{}.json", quote_role(role)),
         None => format!("{}.json", quote_role(role)),
     }
+}
+
+/// The root version a file named `file` holds: `N.root.json`, N written as
+/// [`metadata_file_name`] writes it (decimal digits, no sign, no leading zero), the one rule
+/// for every repository and client that keeps root versions under that name. `None` for
+/// any other name, `+1.root.json` and `01.root.json` included.
+pub fn root_version_of(file: &str) -> Option<u64> {
+    let digits = file.strip_suffix(".root.json")?;
+    let plain = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    plain.then(|| digits.parse().ok()).flatten()
 }
 
 /// TUF target path pattern matching: the same number of `/`-separated segments, each
@@ -682,6 +691,33 @@ mod tests {
         assert_eq!(none.custom_value(), None);
     }
 
+    #[test]
+    fn a_root_version_is_named_one_way() {
+        assert_eq!(root_version_of("1.root.json"), Some(1));
+        assert_eq!(root_version_of("0.root.json"), Some(0));
+        assert_eq!(
+            root_version_of(&metadata_file_name("root", Some(42))),
+            Some(42)
+        );
+        assert_eq!(
+            root_version_of("18446744073709551615.root.json"),
+            Some(u64::MAX)
+        );
+        for other in [
+            "root.json",
+            ".root.json",
+            "+1.root.json",
+            "01.root.json",
+            "-1.root.json",
+            "1.root.json.tmp",
+            "1.roots.json",
+            "18446744073709551616.root.json",
+            "1.timestamp.json",
+        ] {
+            assert_eq!(root_version_of(other), None, "{other}");
+        }
+    }
+
     /// A delegated role named like a root version would be kept (unversioned, as a client
     /// keeps delegated roles) as `N.root.json`, where root version N is kept.
     #[test]
@@ -694,7 +730,7 @@ mod tests {
                 .build()
                 .check()
         };
-        for refused in ["7.root", "12.root", "root"] {
+        for refused in ["7.root", "12.root", "0.root", "root"] {
             assert!(with(refused).is_err(), "{refused}");
         }
         for allowed in ["acme", "root7", "7.roots", ".root", "a.root", "7.root.x"] {

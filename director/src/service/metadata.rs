@@ -356,8 +356,10 @@ pub struct StoredFile {
 /// Which role `file` names, without reading anything.
 pub fn stored_role(file: &str) -> Result<StoredRole, DirectorError> {
     let missing = || DirectorError::NotFound(format!("no metadata file {file:?}"));
-    if let Some(version) = file.strip_suffix(".root.json") {
-        return Ok(StoredRole::Root(version.parse().map_err(|_| missing())?));
+    if file.ends_with(".root.json") {
+        return uptane_core::metadata::root_version_of(file)
+            .map(StoredRole::Root)
+            .ok_or_else(missing);
     }
     let (version, role) = file
         .strip_suffix(".json")

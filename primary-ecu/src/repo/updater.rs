@@ -133,8 +133,7 @@ impl MetadataDir {
             let name = entry.map_err(io)?.file_name();
             if let Some(version) = name
                 .to_str()
-                .and_then(|n| n.strip_suffix(".root.json"))
-                .and_then(|v| v.parse::<u64>().ok())
+                .and_then(uptane_core::metadata::root_version_of)
             {
                 versions.push(version);
             }
