@@ -192,6 +192,40 @@ async fn publish_image(f: &Fixture) -> serde_json::Value {
     report
 }
 
+/// A target name holding characters a URL gives a meaning to is served at the URL a client
+/// makes of it (`uptane_core::metadata::quote_target_path`, the Primary's rule).
+#[tokio::test]
+async fn an_image_named_with_url_characters_is_served_at_its_percent_encoded_url() {
+    let f = fixture();
+    let odd: &[u8] = b"an image with an odd name";
+    let name = "dir/fw v1#2?%\u{e9}.bin";
+    assert_eq!(f.upload_blob(odd).await, StatusCode::CREATED);
+    let (status, report) = f
+        .put(
+            "/api/v1/metadata/targets",
+            Some(&f.targets_token),
+            f.signed_targets(|b| b.target(name, odd, None)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let sha = uptane_core::hash::sha256_hex(odd);
+    let path = uptane_core::metadata::quote_target_path(&format!("dir/{sha}.fw v1#2?%\u{e9}.bin"));
+    let response = f
+        .app()
+        .oneshot(
+            Request::get(format!("/targets/{path}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], odd);
+}
+
 #[tokio::test]
 async fn publishes_an_uploaded_image_and_serves_it_with_ranges() {
     let f = fixture();

@@ -295,6 +295,36 @@ async fn target_download_verifies_and_leaves_nothing_on_failure() {
     assert_eq!(std::fs::read(&dest).unwrap(), b"good bytes");
 }
 
+/// A target name may hold `?`, `#`, `%`, spaces and letters outside ASCII (G-4 refuses only
+/// control and invisible characters): the URL percent-encodes it, so the request names the
+/// file (written as they are, `?` and `#` would end the path and fetch another).
+#[tokio::test]
+async fn a_target_name_with_url_characters_is_fetched_under_its_own_name() {
+    let name = "dir/fw v1#2?%é.bin";
+    let mut repo = RepoFixture::new();
+    repo.add_target(name, b"odd name", None);
+    repo.publish();
+    let (server, base) = Server::start().await;
+    server.publish(&repo);
+    let dir = pinned(&repo);
+    let out = tempfile::tempdir().unwrap();
+    let mut up = updater(&base, dir.path()).unwrap();
+    up.refresh().await.unwrap();
+    let target = up.find_target(name).await.unwrap();
+    let url = up.target_url(&format!("{base}/targets"), name, target.info());
+    let hash = &target.info().hashes["sha256"];
+    let path = format!("/targets/dir/{hash}.fw%20v1%232%3F%25%C3%A9.bin");
+    assert_eq!(url, format!("{base}{path}"));
+    server.put(&path, Reply::Body(b"odd name".to_vec()));
+    server.clear_log();
+    let dest = out.path().join("odd.bin");
+    download_verified(&fetcher(), &url, target.info(), &dest)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), b"odd name");
+    assert_eq!(server.take_log(), [path]);
+}
+
 #[tokio::test]
 async fn resumes_a_download_with_a_range_request() {
     let body = b"0123456789abcdef".to_vec();

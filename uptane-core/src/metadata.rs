@@ -520,9 +520,22 @@ impl Targets {
 /// percent-encoded, as Python's `urllib.parse.quote(name, safe="")` does (`/x` becomes
 /// `%2Fx`), so role names can never name another path.
 pub fn quote_role(role: &str) -> String {
-    let mut out = String::with_capacity(role.len());
-    for b in role.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+    percent_encode(role, b"-._~")
+}
+
+/// A target path as it goes into a URL: each segment percent-encoded as [`quote_role`]
+/// encodes a role name, the `/` between them kept. A target name may hold `?`, `#`, `%`
+/// or spaces (Uptane G-4 refuses only control and invisible characters), which written
+/// as they are would end the path or be read as an escape, and fetch another file.
+pub fn quote_target_path(path: &str) -> String {
+    percent_encode(path, b"-._~/")
+}
+
+/// `text` with every byte but ASCII letters, digits and `keep` written `%XX`.
+fn percent_encode(text: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));

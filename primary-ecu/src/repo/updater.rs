@@ -479,18 +479,20 @@ impl<'r, Repo, R: RemoteRepository> Updater<'r, Repo, R> {
     }
 
     /// The URL of a target's bytes: with consistent snapshots, the basename is prefixed with
-    /// one of its hashes (TUF §5.7.3).
+    /// one of its hashes (TUF §5.7.3); the path percent-encoded
+    /// (`uptane_core::metadata::quote_target_path`).
     pub fn target_url(&self, target_base_url: &str, path: &str, info: &TargetFile) -> String {
         let base = base_url(target_base_url);
-        match info.hashes.values().next() {
+        let path = match info.hashes.values().next() {
             Some(hash) if self.trusted().root().consistent_snapshot => {
                 match path.rsplit_once('/') {
-                    Some((dir, name)) => format!("{base}{dir}/{hash}.{name}"),
-                    None => format!("{base}{hash}.{path}"),
+                    Some((dir, name)) => format!("{dir}/{hash}.{name}"),
+                    None => format!("{hash}.{path}"),
                 }
             }
-            _ => format!("{base}{path}"),
-        }
+            _ => path.to_string(),
+        };
+        format!("{base}{}", uptane_core::metadata::quote_target_path(&path))
     }
 }
 
