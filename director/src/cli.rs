@@ -39,9 +39,10 @@ async fn watch_retention(service: DirectorService) {
     loop {
         every.tick().await;
         match service.sweep_retention().await {
-            Ok(swept) if swept.events + swept.manifests > 0 => tracing::info!(
+            Ok(swept) if swept != Default::default() => tracing::info!(
                 events = swept.events,
                 manifests = swept.manifests,
+                nonces = swept.nonces,
                 "removed what is older than the retention period"
             ),
             Ok(_) => {}

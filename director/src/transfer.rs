@@ -264,11 +264,18 @@ fn copy_all(from: &Conn, to: &Conn) -> Result<Vec<Counted>, MoveError> {
     for (table, columns) in TABLES {
         copy_table(from, to, table, columns)?;
     }
-    // The retention cutoff (its row exists on both sides; the cutoff only moves forward).
+    // The retention cutoff (its row exists on both sides; the cutoff only moves forward),
+    // and when the source began to time report nonces.
     let cutoff: String = from.value("SELECT events_before FROM retention WHERE id = 1", &[])?;
     to.execute(
         "UPDATE retention SET events_before = ?1 WHERE id = 1 AND events_before < ?1",
         crate::params![cutoff],
+    )?;
+    let timed_from: String =
+        from.value("SELECT nonces_timed_from FROM retention WHERE id = 1", &[])?;
+    to.execute(
+        "UPDATE retention SET nonces_timed_from = ?1 WHERE id = 1",
+        crate::params![timed_from],
     )?;
     for (table, column) in IDENTITIES {
         // The next id after the copied ones (`setval` of an empty table: 1, not yet used).

@@ -501,7 +501,12 @@ impl Targets {
                 return Err(format!("a delegated role cannot be named {name:?}"));
             }
             // Kept unversioned, such a role's file would be `N.root.json`: a root version.
-            if root_version_of(&metadata_file_name(name, None)).is_some() {
+            // Refused with any digits before `.root`, leading zeros included, as releases
+            // before `root_version_of` read them: a name they refuse would stop their updates.
+            if name
+                .strip_suffix(".root")
+                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            {
                 return Err(format!(
                     "a delegated role cannot be named {name:?}, the file name of a root version"
                 ));
@@ -743,7 +748,7 @@ mod tests {
                 .build()
                 .check()
         };
-        for refused in ["7.root", "12.root", "0.root", "root"] {
+        for refused in ["7.root", "12.root", "0.root", "07.root", "root"] {
             assert!(with(refused).is_err(), "{refused}");
         }
         for allowed in ["acme", "root7", "7.roots", ".root", "a.root", "7.root.x"] {

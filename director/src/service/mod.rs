@@ -259,11 +259,33 @@ impl DirectorService {
         self.inner.cache.hits_and_misses()
     }
 
-    /// Removes events, manifests and report nonces older than the retention period.
+    /// Removes events, manifests and report nonces older than the retention period, each
+    /// batch a write of its own (so the writer serves manifests between them), then records
+    /// what it removed. Nothing the vehicle cache holds changes.
     pub async fn sweep_retention(&self) -> Result<retention::Swept, DirectorError> {
         let period = self.inner.policy.retention;
-        self.write_all(move |conn| retention::sweep(conn, period, now()))
-            .await
+        let now = now();
+        let mut swept = retention::Swept::default();
+        for kind in retention::Kind::ALL {
+            loop {
+                let n = self
+                    .write_then(
+                        move |conn| retention::sweep_batch(conn, kind, period, now),
+                        |_, _| {},
+                    )
+                    .await?;
+                swept.add(kind, n);
+                if n < retention::BATCH {
+                    break;
+                }
+            }
+        }
+        self.write_then(
+            move |conn| retention::record(conn, swept, period, now),
+            |_, _| {},
+        )
+        .await?;
+        Ok(swept)
     }
 
     /// Records the summaries of a refusal window that ended (`refusals.rs`); with `all`, every

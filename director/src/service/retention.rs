@@ -4,7 +4,12 @@
 //! manifest of each vehicle is always kept. So are the report nonces the manifests carried
 //! (`migrations/011_nonce_retention.sql`): past the period, the ECU's report counter, which
 //! rises with every report accepted, refuses a replayed report on its own (Uptane §5.3.2.1
-//! step 4: "nonce or counter").
+//! step 4: "nonce or counter"). A nonce of an ECU with no counter recorded (one just
+//! registered or replaced under the same serial) is kept until it has one.
+//!
+//! Each call of [`sweep_batch`] removes at most [`BATCH`] rows of one kind, and the service
+//! runs each as a write of its own, so a first sweep over years of history never holds the
+//! writer long.
 
 use crate::params;
 use crate::sql::Conn;
@@ -15,9 +20,24 @@ use super::events::NewEvent;
 use super::now_text;
 use crate::error::DirectorError;
 
-/// Rows removed by one pass, at most, so that a first sweep over years of history does not
-/// hold the database for long; the next pass continues.
-const BATCH: i64 = 10_000;
+/// Rows of one kind removed by one [`sweep_batch`], at most.
+pub const BATCH: usize = 10_000;
+
+/// What a sweep removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Events older than the period.
+    Events,
+    /// Manifests older than the period (not a vehicle's newest).
+    Manifests,
+    /// Report nonces seen before the period.
+    Nonces,
+}
+
+impl Kind {
+    /// Every kind, in the order swept.
+    pub const ALL: [Kind; 3] = [Kind::Events, Kind::Manifests, Kind::Nonces];
+}
 
 /// What a sweep removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,51 +50,98 @@ pub struct Swept {
     pub nonces: usize,
 }
 
-/// Removes events, manifests and report nonces older than `period` before `now`, in batches of
-/// [`BATCH`] per transaction; records what it removed as an event.
-pub fn sweep(conn: &mut Conn, period: Duration, now: UtcTime) -> Result<Swept, DirectorError> {
+impl Swept {
+    /// Counts `n` more rows of `kind`.
+    pub fn add(&mut self, kind: Kind, n: usize) {
+        match kind {
+            Kind::Events => self.events += n,
+            Kind::Manifests => self.manifests += n,
+            Kind::Nonces => self.nonces += n,
+        }
+    }
+}
+
+/// Removes at most [`BATCH`] rows of `kind` older than `period` before `now`; how many.
+pub fn sweep_batch(
+    conn: &mut Conn,
+    kind: Kind,
+    period: Duration,
+    now: UtcTime,
+) -> Result<usize, DirectorError> {
     let cutoff = now_text(now - period);
-    let mut swept = Swept::default();
-    loop {
-        let tx = conn.savepoint()?;
-        tx.execute(
-            "UPDATE retention SET events_before = ?1 WHERE id = 1 AND events_before < ?1",
-            params![&cutoff],
-        )?;
-        let events = tx.execute(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?1 LIMIT ?2)",
-            params![cutoff, BATCH],
-        )?;
-        let manifests = tx.execute(
+    let tx = conn.savepoint()?;
+    let removed = match kind {
+        Kind::Events => {
+            tx.execute(
+                "UPDATE retention SET events_before = ?1 WHERE id = 1 AND events_before < ?1",
+                params![&cutoff],
+            )?;
+            tx.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?1 LIMIT ?2)",
+                params![cutoff, BATCH as i64],
+            )?
+        }
+        Kind::Manifests => tx.execute(
             "DELETE FROM manifests WHERE id IN (
                  SELECT id FROM manifests WHERE received_at < ?1
                      AND id NOT IN (SELECT MAX(id) FROM manifests GROUP BY vin)
                  LIMIT ?2)",
-            params![cutoff, BATCH],
-        )?;
-        let nonces = tx.execute(
-            "DELETE FROM seen_nonces WHERE (ecu_serial, nonce) IN (
-                 SELECT ecu_serial, nonce FROM seen_nonces WHERE seen_at < ?1 LIMIT ?2)",
-            params![cutoff, BATCH],
-        )?;
-        tx.commit()?;
-        swept.events += events;
-        swept.manifests += manifests;
-        swept.nonces += nonces;
-        if [events, manifests, nonces]
-            .iter()
-            .all(|&n| n < BATCH as usize)
-        {
-            break;
+            params![cutoff, BATCH as i64],
+        )?,
+        Kind::Nonces => {
+            // Nonces kept before they had a time ('') count as seen when they began to be
+            // timed: past the period from then, they go too.
+            let timed_from: String =
+                tx.value("SELECT nonces_timed_from FROM retention WHERE id = 1", &[])?;
+            let from = if timed_from < cutoff { "" } else { "0" };
+            tx.execute(
+                "DELETE FROM seen_nonces WHERE (ecu_serial, nonce) IN (
+                     SELECT n.ecu_serial, n.nonce FROM seen_nonces n
+                     WHERE n.seen_at >= ?1 AND n.seen_at < ?2
+                       AND EXISTS (SELECT 1 FROM ecus e
+                                   WHERE e.serial = n.ecu_serial AND e.last_report_counter IS NOT NULL)
+                     LIMIT ?3)",
+                params![from, cutoff, BATCH as i64],
+            )?
+        }
+    };
+    tx.commit()?;
+    Ok(removed)
+}
+
+/// Records what a sweep removed as an event (nothing if it removed nothing).
+pub fn record(
+    conn: &Conn,
+    swept: Swept,
+    period: Duration,
+    now: UtcTime,
+) -> Result<(), DirectorError> {
+    if swept == Swept::default() {
+        return Ok(());
+    }
+    let detail = format!(
+        "removed {} events, {} manifests and {} report nonces older than {}",
+        swept.events,
+        swept.manifests,
+        swept.nonces,
+        now_text(now - period)
+    );
+    NewEvent::info("retention_sweep", "director", &detail).record(conn, now)
+}
+
+/// The whole sweep on one connection: every kind, batch after batch, then the event.
+pub fn sweep(conn: &mut Conn, period: Duration, now: UtcTime) -> Result<Swept, DirectorError> {
+    let mut swept = Swept::default();
+    for kind in Kind::ALL {
+        loop {
+            let n = sweep_batch(conn, kind, period, now)?;
+            swept.add(kind, n);
+            if n < BATCH {
+                break;
+            }
         }
     }
-    if swept != Swept::default() {
-        let detail = format!(
-            "removed {} events, {} manifests and {} report nonces older than {cutoff}",
-            swept.events, swept.manifests, swept.nonces
-        );
-        NewEvent::info("retention_sweep", "director", &detail).record(conn, now)?;
-    }
+    record(conn, swept, period, now)?;
     Ok(swept)
 }
 
@@ -102,16 +169,30 @@ mod tests {
                     params![vin, now_text(t), b"\0".as_slice()],
                 )?;
             }
-            // One nonce kept before nonces had a time (it counts as the oldest), one seen
-            // before the period, one inside it.
-            for (nonce, seen_at) in [
-                ("untimed", String::new()),
-                ("old", now_text(old)),
-                ("recent", now_text(recent)),
+            // ECU `ecu` has reported (its counter refuses a replay); `fresh` was just replaced
+            // and has not, so its nonces are all that refuses one.
+            conn.execute(
+                "INSERT INTO vehicles (vin, credential_sha256, created_at) VALUES ('V', 'x', ?1)",
+                params![now_text(old)],
+            )?;
+            for (serial, counter) in [("ecu", Some(7_i64)), ("fresh", None)] {
+                conn.execute(
+                    "INSERT INTO ecus (serial, vin, hardware_id, public_key, is_primary, last_report_counter)
+                     VALUES (?1, 'V', 'hw', '{}', 0, ?2)",
+                    params![serial, counter],
+                )?;
+            }
+            // Nonces kept before nonces had a time (seen when the migration ran, before
+            // `old`), seen before the period, and inside it.
+            for (serial, nonce, seen_at) in [
+                ("ecu", "untimed", String::new()),
+                ("ecu", "old", now_text(old)),
+                ("ecu", "recent", now_text(recent)),
+                ("fresh", "fresh-old", now_text(old)),
             ] {
                 conn.execute(
-                    "INSERT INTO seen_nonces (ecu_serial, nonce, seen_at) VALUES ('ecu', ?1, ?2)",
-                    params![nonce, seen_at],
+                    "INSERT INTO seen_nonces (ecu_serial, nonce, seen_at) VALUES (?1, ?2, ?3)",
+                    params![serial, nonce, seen_at],
                 )?;
             }
             // Each refusal in a savepoint: on PostgreSQL a failed statement ends the
@@ -143,8 +224,8 @@ mod tests {
             )?;
             assert_eq!(
                 nonces,
-                ["recent"],
-                "only the nonce seen inside the period stays"
+                ["fresh-old", "recent"],
+                "the nonce seen inside the period stays, and those of an ECU with no counter"
             );
             let left: i64 =
                 conn.query_row("SELECT COUNT(*) FROM manifests", params![], |r| r.get(0))?;
@@ -163,6 +244,40 @@ mod tests {
             assert!(error.contains("only moves forward"), "{error}");
             let error = refused(conn, "DELETE FROM events", params![]);
             assert!(error.contains("append-only"), "{error}");
+            Ok::<_, DirectorError>(())
+        })
+        .unwrap();
+    }
+
+    /// Nonces kept before they had a time count as seen when the upgrade ran: a first sweep
+    /// after it keeps them for a whole period, then removes them.
+    #[test]
+    fn nonces_kept_before_the_upgrade_stay_a_period_from_it() {
+        let db = Db::for_tests().unwrap();
+        db.call_blocking(|conn| {
+            let upgraded = at("2030-01-01T00:00:00Z");
+            conn.execute(
+                "UPDATE retention SET nonces_timed_from = ?1",
+                params![now_text(upgraded)],
+            )?;
+            conn.execute(
+                "INSERT INTO vehicles (vin, credential_sha256, created_at) VALUES ('V', 'x', ?1)",
+                params![now_text(upgraded)],
+            )?;
+            conn.execute(
+                "INSERT INTO ecus (serial, vin, hardware_id, public_key, is_primary, last_report_counter)
+                 VALUES ('ecu', 'V', 'hw', '{}', 0, 3)",
+                params![],
+            )?;
+            conn.execute(
+                "INSERT INTO seen_nonces (ecu_serial, nonce, seen_at) VALUES ('ecu', 'n', '')",
+                params![],
+            )?;
+            let year = Duration::days(365);
+            let within = sweep(conn, year, upgraded + Duration::days(300))?;
+            assert_eq!(within.nonces, 0);
+            let after = sweep(conn, year, upgraded + Duration::days(366))?;
+            assert_eq!(after.nonces, 1);
             Ok::<_, DirectorError>(())
         })
         .unwrap();
