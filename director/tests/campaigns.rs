@@ -108,7 +108,7 @@ fn pending(entries: &[Value]) -> usize {
 }
 
 #[tokio::test]
-async fn a_wave_past_its_threshold_pauses_resume_goes_on_and_abort_cancels_only_the_undelivered() {
+async fn a_wave_past_its_threshold_pauses_resume_goes_on_and_abort_cancels_every_entry() {
     let fleet = fleet();
     let mut cars = cars(&fleet, "P", 10, 10).await;
     ok(
@@ -213,11 +213,12 @@ async fn a_wave_past_its_threshold_pauses_resume_goes_on_and_abort_cancels_only_
     assert_eq!(aborted["reason"], "wrong calibration");
     assert_eq!(aborted["progress"][1]["installing"], 3, "{aborted}");
     assert_eq!(aborted["progress"][1]["cancelled"], 5, "{aborted}");
+    // Delivered entries are asked to cancel: left out of the next targets, ended on the
+    // ECU's word.
     for vin in &installing[..3] {
-        assert_eq!(
-            fleet.entries(&car(&mut cars, vin).vin).await[0]["status"],
-            "delivered"
-        );
+        let entry = &fleet.entries(&car(&mut cars, vin).vin).await[0];
+        assert_eq!(entry["status"], "delivered");
+        assert!(entry["cancel_requested_at"].is_string(), "{entry}");
     }
     for vin in &installing[3..] {
         let entries = fleet.entries(&car(&mut cars, vin).vin).await;
@@ -236,13 +237,14 @@ async fn a_wave_past_its_threshold_pauses_resume_goes_on_and_abort_cancels_only_
 }
 
 /// A vehicle that fetched its timestamp was served targets signed with its entry, and may
-/// install it whatever the campaign does before it fetches them: a pause or an abort leaves
-/// such an entry to run (as an operator's cancel treats it as delivered) instead of showing
-/// it cancelled while the vehicle installs it.
+/// install it whatever the campaign does before it fetches them. A pause leaves such an entry
+/// to run, as it leaves a delivered one; an abort cancels it as an operator's cancel does
+/// (withdrawn from the vehicle's next targets, ended on the ECU's word), never showing it
+/// cancelled while the vehicle may install it.
 #[tokio::test]
-async fn a_pause_or_abort_leaves_an_entry_already_signed_for_its_vehicle_to_run() {
+async fn a_pause_leaves_an_entry_already_signed_for_its_vehicle_and_an_abort_withdraws_it() {
     let fleet = fleet();
-    let cars = cars(&fleet, "S", 3, 150).await;
+    let mut cars = cars(&fleet, "S", 3, 150).await;
     ok(
         &fleet,
         "POST",
@@ -267,13 +269,13 @@ async fn a_pause_or_abort_leaves_an_entry_already_signed_for_its_vehicle_to_run(
     for car in &cars {
         assert_eq!(pending(&fleet.entries(&car.vin).await), 1, "{}", car.vin);
     }
-    let served = |bytes: Vec<u8>| -> u64 {
+    let version = |bytes: Vec<u8>| -> u64 {
         let doc: Value = serde_json::from_slice(&bytes).unwrap();
         doc["signed"]["version"].as_u64().unwrap()
     };
     let (status, timestamp) = fetch(&fleet, &cars[0], "timestamp.json").await;
     assert_eq!(status, StatusCode::OK);
-    let first = served(timestamp);
+    let first = version(timestamp);
 
     ok(
         &fleet,
@@ -283,6 +285,8 @@ async fn a_pause_or_abort_leaves_an_entry_already_signed_for_its_vehicle_to_run(
     )
     .await;
     assert_eq!(pending(&fleet.entries(&cars[0].vin).await), 1);
+    let (_, timestamp) = fetch(&fleet, &cars[0], "timestamp.json").await;
+    assert_eq!(version(timestamp), first, "nothing of it was signed again");
     for car in &cars[1..] {
         let entries = fleet.entries(&car.vin).await;
         assert_eq!(entries[0]["status"], "cancelled", "{}", car.vin);
@@ -307,18 +311,25 @@ async fn a_pause_or_abort_leaves_an_entry_already_signed_for_its_vehicle_to_run(
     .await;
     assert_eq!(aborted["progress"][0]["installing"], 2, "{aborted}");
     assert_eq!(aborted["progress"][0]["cancelled"], 1, "{aborted}");
-    assert_eq!(pending(&fleet.entries(&cars[1].vin).await), 1);
     assert_eq!(
         fleet.entries(&cars[2].vin).await[0]["detail"],
         "campaign signed aborted"
     );
-    // Nothing of the first vehicle's metadata was signed again: its targets, fetched now,
-    // are those its timestamp named, and they deliver the entry.
-    let (status, timestamp) = fetch(&fleet, &cars[0], "timestamp.json").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(served(timestamp), first);
+    for car in &cars[..2] {
+        let entry = &fleet.entries(&car.vin).await[0];
+        assert_eq!(entry["status"], "delivered", "{entry}");
+        assert!(entry["cancel_requested_at"].is_string(), "{entry}");
+    }
+    // The first vehicle's next targets leave the entry out, and its ECU, which never
+    // started it, ends it.
+    let (_, timestamp) = fetch(&fleet, &cars[0], "timestamp.json").await;
+    assert!(version(timestamp) > first);
     fleet.deliver(&cars[0]).await;
-    assert_eq!(fleet.entries(&cars[0].vin).await[0]["status"], "delivered");
+    let factory = car(&mut cars, "VIN-S000").factory();
+    let (status, json) = fleet.post_manifest(&cars[0], factory).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let entry = &fleet.entries(&cars[0].vin).await[0];
+    assert_eq!(entry["status"], "cancelled", "{entry}");
 }
 
 #[tokio::test]

@@ -147,7 +147,8 @@ pub(super) enum CampaignCommand {
         /// The campaign.
         name: String,
     },
-    /// Aborts a campaign: what was not yet delivered is cancelled.
+    /// Aborts a campaign: every entry it made is cancelled, as `assignment cancel` does (what
+    /// the vehicle may hold is withdrawn from its targets and ends on the ECU's word).
     Abort {
         #[command(flatten)]
         remote: Remote,

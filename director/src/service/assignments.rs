@@ -374,6 +374,21 @@ fn assignments_by_correlation(
     Ok(conn.query(&sql, params![correlation_id], assignment_row)?)
 }
 
+/// The entries of the assignments campaign `campaign_id` made (each for its vehicle), by
+/// VIN then ECU serial.
+pub(crate) fn campaign_entries(
+    conn: &Conn,
+    campaign_id: i64,
+) -> Result<Vec<AssignmentEcu>, DirectorError> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM campaign_assignments ca
+         JOIN assignment_ecus e ON e.assignment_id = ca.assignment_id AND e.vin = ca.vin
+         JOIN assignments a ON a.id = e.assignment_id
+         WHERE ca.campaign_id = ?1 ORDER BY e.vin, e.ecu_serial"
+    );
+    Ok(conn.query(&sql, params![campaign_id], assignment_row)?)
+}
+
 /// Assignment entries, newest first, optionally of one vehicle.
 pub fn assignments(
     conn: &Conn,
@@ -435,60 +450,19 @@ pub fn cancel_assignment(
     // replica storing metadata it signed before this cancel holds it while it checks that
     // the vehicle's assignments are still what it signed (`metadata::store_vehicle_metadata`),
     // so the two are one after the other, whichever comes first.
-    let vins: Vec<String> = tx.query(
-        "SELECT DISTINCT e.vin FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
-         WHERE a.correlation_id = ?1 AND e.status = ?2 ORDER BY e.vin",
-        params![correlation_id, AssignmentStatus::Pending],
-        |r| r.get(0),
-    )?;
-    for vin in &vins {
-        tx.lock_row("vehicles", "vin", vin)?;
-    }
-    // A pending entry already signed into the targets its vehicle is served may still reach
-    // the ECU: it is treated as delivered (`served_entries`).
-    let sql = format!(
-        "SELECT {ASSIGNMENT_COLUMNS} FROM assignment_ecus e JOIN assignments a ON a.id = e.assignment_id
-         WHERE a.correlation_id = ?1 AND e.status = ?2"
-    );
-    let pending = tx.query(
-        &sql,
-        params![correlation_id, AssignmentStatus::Pending],
-        assignment_row,
-    )?;
-    let mut served: std::collections::HashMap<String, ServedEntries> =
-        std::collections::HashMap::new();
-    let mut cancelled = 0;
-    for entry in &pending {
-        if !served.contains_key(&entry.vin) {
-            served.insert(entry.vin.clone(), served_entries(&tx, &entry.vin)?);
+    let entries = assignments_by_correlation(&tx, correlation_id)?;
+    let mut locked = BTreeSet::new();
+    for entry in entries.iter().filter(|e| !e.status.is_final()) {
+        if locked.insert(entry.vin.as_str()) {
+            tx.lock_row("vehicles", "vin", &entry.vin)?;
         }
-        let in_targets = served[&entry.vin].contains(&entry.correlation_id, &entry.ecu_serial);
-        let status = if in_targets {
-            AssignmentStatus::Delivered
-        } else {
-            cancelled += 1;
-            AssignmentStatus::Cancelled
-        };
-        tx.execute(
-            "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3 WHERE rowid = ?4",
-            params![
-                status,
-                if in_targets {
-                    ""
-                } else {
-                    "cancelled by operator"
-                },
-                now_text(now),
-                entry.cursor
-            ],
-        )?;
     }
-    let cancel_requested = tx.execute(
-        "UPDATE assignment_ecus SET cancel_requested_at = ?1, updated_at = ?1
-         WHERE status = ?2 AND cancel_requested_at IS NULL
-           AND assignment_id = (SELECT id FROM assignments WHERE correlation_id = ?3)",
-        params![now_text(now), AssignmentStatus::Delivered, correlation_id],
-    )?;
+    // Read again under the locks: what the listing read may have changed meanwhile.
+    let entries = assignments_by_correlation(&tx, correlation_id)?;
+    let CancelOutcome {
+        cancelled,
+        cancel_requested,
+    } = cancel_entries(&tx, &entries, "cancelled by operator", now)?;
     if cancelled + cancel_requested == 0 {
         return Err(DirectorError::Conflict(format!(
             "assignment {correlation_id} has no open entries left to cancel: each was installed, \
@@ -509,6 +483,62 @@ pub fn cancel_assignment(
         cancelled,
         cancel_requested,
     })
+}
+
+/// Cancels `entries` (those not final; the rest are left), saying `why` of those that end
+/// at once: a pending entry its vehicle cannot have seen ends now; one already signed into
+/// the targets the vehicle is served ([`served_entries`]), or delivered, is left out of the
+/// vehicle's targets from now on and ends on the ECU's word (`cancel_requested_at`,
+/// `record_manifest`). The caller holds the vehicles' rows (`lock_row`, in VIN order).
+pub(crate) fn cancel_entries(
+    tx: &Conn,
+    entries: &[AssignmentEcu],
+    why: &str,
+    now: UtcTime,
+) -> Result<CancelOutcome, DirectorError> {
+    let mut served: std::collections::HashMap<&str, ServedEntries> =
+        std::collections::HashMap::new();
+    let mut outcome = CancelOutcome {
+        cancelled: 0,
+        cancel_requested: 0,
+    };
+    for entry in entries {
+        let delivered = match entry.status {
+            AssignmentStatus::Pending => {
+                if !served.contains_key(entry.vin.as_str()) {
+                    served.insert(&entry.vin, served_entries(tx, &entry.vin)?);
+                }
+                served[entry.vin.as_str()].contains(&entry.correlation_id, &entry.ecu_serial)
+            }
+            AssignmentStatus::Delivered => true,
+            _ => continue,
+        };
+        if !delivered {
+            outcome.cancelled += tx.execute(
+                "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
+                 WHERE rowid = ?4 AND status = ?5",
+                params![
+                    AssignmentStatus::Cancelled,
+                    why,
+                    now_text(now),
+                    entry.cursor,
+                    AssignmentStatus::Pending
+                ],
+            )?;
+        } else if entry.cancel_requested_at.is_none() {
+            outcome.cancel_requested += tx.execute(
+                "UPDATE assignment_ecus SET status = ?1, cancel_requested_at = ?2, updated_at = ?2
+                 WHERE rowid = ?3 AND status IN (?4, ?1) AND cancel_requested_at IS NULL",
+                params![
+                    AssignmentStatus::Delivered,
+                    now_text(now),
+                    entry.cursor,
+                    AssignmentStatus::Pending
+                ],
+            )?;
+        }
+    }
+    Ok(outcome)
 }
 
 /// The entries (correlation id, ECU serial) signed into the targets vehicle `vin` is

@@ -18,7 +18,7 @@ use uptane_core::ids::Vin;
 use uptane_core::metadata::TargetFile;
 use uptane_core::time::{UtcTime, parse_expires};
 
-use super::assignments::{self, AssignRequest, AssignmentStatus};
+use super::assignments::{self, AssignRequest, AssignmentEcu, AssignmentStatus};
 use super::events::NewEvent;
 use super::groups::{self, TIMEZONE};
 use super::plan::{Name, Share, Wave, Window, Zone, check_waves};
@@ -133,7 +133,7 @@ pub enum CampaignAction {
     Pause,
     /// paused → running, past the failures seen so far.
     Resume,
-    /// → aborted, cancelling what was not delivered.
+    /// → aborted, cancelling every entry not final (`Withdrawal::Abort`).
     Abort,
     /// Assign again the vehicles whose update failed.
     RetryFailed,
@@ -636,65 +636,71 @@ fn pick(conn: &Conn, c: &Campaign, k: usize, now: UtcTime) -> Result<usize, Dire
     Ok(picked.len())
 }
 
-/// Cancels the entries of campaign `c` not yet delivered to the vehicles `only` accepts,
-/// saying `why`. An entry already signed into the targets its vehicle is served counts as
-/// delivered and is left to run (`assignments::served_entries`). Vehicles all of whose
-/// entries were cancelled go back to `back_to` (waiting, to be assigned again; or
-/// cancelled). Returns the vehicles whose metadata changes.
+/// What a campaign's withdrawal does to an entry the vehicle may already hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Withdrawal {
+    /// A pause or a closed window: only what the vehicle cannot have seen is cancelled; an
+    /// entry delivered, or already signed into the targets it is served, runs on, as when
+    /// the campaign goes on.
+    Hold,
+    /// An abort: the operator's cancel for every entry (`assignments::cancel_entries`):
+    /// what the vehicle may hold is withdrawn from its targets and ends on the ECU's word.
+    Abort,
+}
+
+/// Withdraws the open entries of campaign `c` from the vehicles `only` accepts, saying
+/// `why`, as `how` says. Vehicles all of whose entries were cancelled outright go back to
+/// `back_to` (waiting, to be assigned again; or cancelled). Returns the vehicles whose
+/// metadata changes.
 fn withdraw(
     conn: &Conn,
     c: &Campaign,
+    how: Withdrawal,
     why: &str,
     back_to: &str,
     now: UtcTime,
     only: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, DirectorError> {
-    let entries: Vec<(String, String, String, AssignmentStatus, i64)> = conn.query(
-        "SELECT ca.vin, a.correlation_id, e.ecu_serial, e.status, e.rowid FROM campaign_assignments ca
-         JOIN assignments a ON a.id = ca.assignment_id
-         JOIN assignment_ecus e ON e.assignment_id = ca.assignment_id AND e.vin = ca.vin
-         WHERE ca.campaign_id = ?1",
-        params![c.id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-    )?;
-    let mut by_vin: BTreeMap<String, Vec<(String, String, AssignmentStatus, i64)>> =
-        BTreeMap::new();
-    for (vin, correlation_id, serial, status, rowid) in entries {
-        by_vin
-            .entry(vin)
-            .or_default()
-            .push((correlation_id, serial, status, rowid));
+    let mut by_vin: BTreeMap<String, Vec<AssignmentEcu>> = BTreeMap::new();
+    for entry in assignments::campaign_entries(conn, c.id)? {
+        by_vin.entry(entry.vin.clone()).or_default().push(entry);
     }
     let mut touched = Vec::new();
-    // In VIN order, as an operator's cancel takes them: a replica storing metadata it signed
-    // before this withdrawal holds the vehicle's row while it checks what it signed.
+    // Each vehicle's row, in VIN order as an operator's cancel takes them: a replica storing
+    // metadata it signed before this withdrawal holds the row while it checks what it
+    // signed. (One tick may withdraw twice, for a window then for a pause, so against a
+    // cancel on another replica the order can cross; PostgreSQL then fails one side as a
+    // deadlock, which is tried again: the tick at its next period, the cancel as a 503.)
     for (vin, entries) in by_vin {
-        if !only(&vin) || !entries.iter().any(|e| e.2 == AssignmentStatus::Pending) {
+        let withdrawable = |e: &AssignmentEcu| match how {
+            Withdrawal::Hold => e.status == AssignmentStatus::Pending,
+            Withdrawal::Abort => !e.status.is_final() && e.cancel_requested_at.is_none(),
+        };
+        if !only(&vin) || !entries.iter().any(withdrawable) {
             continue;
         }
         conn.lock_row("vehicles", "vin", &vin)?;
-        let served = assignments::served_entries(conn, &vin)?;
-        let mut cancelled = 0;
-        for (correlation_id, serial, status, rowid) in &entries {
-            if *status != AssignmentStatus::Pending || served.contains(correlation_id, serial) {
-                continue;
+        let outcome = match how {
+            Withdrawal::Abort => assignments::cancel_entries(conn, &entries, why, now)?,
+            Withdrawal::Hold => {
+                // Only the pending entries the vehicle is not served: those it may hold
+                // already are left as the cancel would leave them, and run.
+                let served = assignments::served_entries(conn, &vin)?;
+                let unseen: Vec<AssignmentEcu> = entries
+                    .iter()
+                    .filter(|e| {
+                        e.status == AssignmentStatus::Pending
+                            && !served.contains(&e.correlation_id, &e.ecu_serial)
+                    })
+                    .cloned()
+                    .collect();
+                assignments::cancel_entries(conn, &unseen, why, now)?
             }
-            cancelled += conn.execute(
-                "UPDATE assignment_ecus SET status = ?1, detail = ?2, updated_at = ?3
-                 WHERE rowid = ?4 AND status = ?5",
-                params![
-                    AssignmentStatus::Cancelled,
-                    why,
-                    now_text(now),
-                    rowid,
-                    AssignmentStatus::Pending
-                ],
-            )?;
-        }
-        if cancelled == 0 {
+        };
+        if outcome.cancelled + outcome.cancel_requested == 0 {
             continue;
         }
-        if cancelled == entries.len() {
+        if outcome.cancelled == entries.len() {
             conn.execute(
                 "DELETE FROM campaign_assignments WHERE campaign_id = ?1 AND vin = ?2",
                 params![c.id, &vin],
@@ -747,7 +753,7 @@ fn hold_outside_windows(
         "campaign {}: outside the vehicle's maintenance window",
         c.plan.name
     );
-    withdraw(conn, c, &why, "waiting", now, |vin| {
+    withdraw(conn, c, Withdrawal::Hold, &why, "waiting", now, |vin| {
         !window_open(c, zones.get(vin), now).unwrap_or(false)
     })
 }
@@ -760,7 +766,7 @@ fn pause(
     now: UtcTime,
 ) -> Result<Vec<String>, DirectorError> {
     let why = format!("campaign {} paused", c.plan.name);
-    let touched = withdraw(conn, c, &why, "waiting", now, |_| true)?;
+    let touched = withdraw(conn, c, Withdrawal::Hold, &why, "waiting", now, |_| true)?;
     set_state(conn, c, CampaignState::Paused, reason, now)?;
     NewEvent::info(
         "campaign_paused",
@@ -847,7 +853,7 @@ pub fn act(
         (A::Resume, _) => return refuse("resumed"),
         (A::Abort, S::Draft | S::Running | S::Paused) => {
             let why = format!("campaign {name} aborted");
-            touched = withdraw(&tx, &c, &why, "cancelled", now, |_| true)?;
+            touched = withdraw(&tx, &c, Withdrawal::Abort, &why, "cancelled", now, |_| true)?;
             tx.execute(
                 "UPDATE campaign_vehicles SET state = 'cancelled', detail = ?1, updated_at = ?2 WHERE campaign_id = ?3 AND state IN ('pool', 'waiting')",
                 params![why, now_text(now), c.id],
