@@ -1144,6 +1144,18 @@ async fn a_manifest_replayed_after_its_nonces_were_swept_is_refused_by_its_count
     let accepted = car.factory();
     let (status, json) = fleet.post_manifest(&car, accepted.clone()).await;
     assert_eq!(status, StatusCode::OK, "{json}");
+    // The brake unit is "replaced" by itself (same serial, same key): the same unit, whose
+    // counter goes on, so it keeps the last one accepted.
+    let body = json!({"serial": format!("{VIN}-brake"), "hardware_id": "hw-brake",
+                      "public_key": key(92).public_key().to_json()});
+    let (status, json) = fleet
+        .operator(
+            "PUT",
+            &format!("/api/v1/vehicles/{VIN}/ecus/{VIN}-brake"),
+            body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
     let later = now() + chrono::Duration::days(400);
     let swept = fleet
         .service

@@ -5,7 +5,9 @@
 //! (`migrations/011_nonce_retention.sql`): past the period, the ECU's report counter, which
 //! rises with every report accepted, refuses a replayed report on its own (Uptane §5.3.2.1
 //! step 4: "nonce or counter"). A nonce of an ECU with no counter recorded (one just
-//! registered or replaced under the same serial) is kept until it has one.
+//! registered, or replaced by a unit of another key under the same serial) is kept until it
+//! has one; a unit replaced by itself (same serial, same key) keeps its counter
+//! (`vehicles::replace_ecu`).
 //!
 //! Each call of [`sweep_batch`] removes at most [`BATCH`] rows of one kind, and the service
 //! runs each as a write of its own, so a first sweep over years of history never holds the
@@ -81,16 +83,19 @@ pub fn sweep_batch(
                 params![cutoff, BATCH as i64],
             )?
         }
+        // A manifest with a newer one of its vehicle (one probe of `manifests_by_vin`, which
+        // holds the id: a batch never reads the whole table).
         Kind::Manifests => tx.execute(
             "DELETE FROM manifests WHERE id IN (
-                 SELECT id FROM manifests WHERE received_at < ?1
-                     AND id NOT IN (SELECT MAX(id) FROM manifests GROUP BY vin)
+                 SELECT m.id FROM manifests m WHERE m.received_at < ?1
+                     AND EXISTS (SELECT 1 FROM manifests n WHERE n.vin = m.vin AND n.id > m.id)
                  LIMIT ?2)",
             params![cutoff, BATCH as i64],
         )?,
         Kind::Nonces => {
             // Nonces kept before they had a time ('') count as seen when they began to be
-            // timed: past the period from then, they go too.
+            // timed: past the period from then, they go too. Those of an ECU that has no
+            // counter yet stay (those of a serial no longer registered go).
             let timed_from: String =
                 tx.value("SELECT nonces_timed_from FROM retention WHERE id = 1", &[])?;
             let from = if timed_from < cutoff { "" } else { "0" };
@@ -98,8 +103,8 @@ pub fn sweep_batch(
                 "DELETE FROM seen_nonces WHERE (ecu_serial, nonce) IN (
                      SELECT n.ecu_serial, n.nonce FROM seen_nonces n
                      WHERE n.seen_at >= ?1 AND n.seen_at < ?2
-                       AND EXISTS (SELECT 1 FROM ecus e
-                                   WHERE e.serial = n.ecu_serial AND e.last_report_counter IS NOT NULL)
+                       AND NOT EXISTS (SELECT 1 FROM ecus e
+                                       WHERE e.serial = n.ecu_serial AND e.last_report_counter IS NULL)
                      LIMIT ?3)",
                 params![from, cutoff, BATCH as i64],
             )?
@@ -109,7 +114,9 @@ pub fn sweep_batch(
     Ok(removed)
 }
 
-/// Records what a sweep removed as an event (nothing if it removed nothing).
+/// Records what a sweep removed as an event (nothing if it removed nothing). It runs after
+/// the last batch: a sweep stopped part way has removed rows (all past the period) that no
+/// event counts, and the next sweep counts only its own.
 pub fn record(
     conn: &Conn,
     swept: Swept,
@@ -169,6 +176,10 @@ mod tests {
                     params![vin, now_text(t), b"\0".as_slice()],
                 )?;
             }
+            conn.execute(
+                "UPDATE retention SET nonces_timed_from = ?1",
+                params![now_text(old)],
+            )?;
             // ECU `ecu` has reported (its counter refuses a replay); `fresh` was just replaced
             // and has not, so its nonces are all that refuses one.
             conn.execute(
@@ -189,6 +200,7 @@ mod tests {
                 ("ecu", "old", now_text(old)),
                 ("ecu", "recent", now_text(recent)),
                 ("fresh", "fresh-old", now_text(old)),
+                ("gone", "gone-old", now_text(old)),
             ] {
                 conn.execute(
                     "INSERT INTO seen_nonces (ecu_serial, nonce, seen_at) VALUES (?1, ?2, ?3)",
@@ -214,7 +226,7 @@ mod tests {
                 Swept {
                     events: 2,
                     manifests: 2,
-                    nonces: 2,
+                    nonces: 3,
                 }
             );
             let nonces: Vec<String> = conn.query(

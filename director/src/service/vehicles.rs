@@ -59,6 +59,13 @@ fn check_key(serial: &str, key: &Value) -> Result<String, DirectorError> {
     Ok(serde_json::to_string(key).expect("a JSON value serializes"))
 }
 
+/// Whether the stored key `stored` (JSON text) and `new` are one key material.
+fn same_key_material(stored: &str, new: &Value) -> bool {
+    let material = |json: Value| PublicKey::from_json(json).ok().and_then(|k| k.material());
+    let stored = serde_json::from_str(stored).ok().and_then(material);
+    stored.is_some() && stored == material(new.clone())
+}
+
 fn insert_ecu(tx: &Conn, vin: &Vin, ecu: &NewEcu) -> Result<(), DirectorError> {
     let key = check_key(ecu.serial.as_str(), &ecu.public_key)?;
     let taken = exists(tx, "ecus", "serial", ecu.serial.as_str())?;
@@ -373,13 +380,15 @@ pub fn replace_ecu(
     // A manifest of this vehicle being recorded on another replica (checked against the old
     // ECU's key) finishes first, or waits and is checked against the new inventory.
     tx.lock_row("vehicles", "vin", vin.as_str())?;
-    let primary: Option<bool> = tx.query_opt(
-        "SELECT is_primary FROM ecus WHERE serial = ?1 AND vin = ?2",
+    type OldRow = (bool, String, Option<i64>, Option<String>);
+    let row: Option<OldRow> = tx.query_opt(
+        "SELECT is_primary, public_key, last_report_counter, last_report_time FROM ecus
+         WHERE serial = ?1 AND vin = ?2",
         params![old.as_str(), vin.as_str()],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
-    let primary = primary
-        .ok_or_else(|| DirectorError::NotFound(format!("vehicle {vin} has no ECU {old}")))?;
+    let (primary, old_key, counter, last_time) =
+        row.ok_or_else(|| DirectorError::NotFound(format!("vehicle {vin} has no ECU {old}")))?;
     assignments::cancel_open_entries(&tx, old, "ECU replaced", now)?;
     tx.execute("DELETE FROM ecus WHERE serial = ?1", params![old.as_str()])?;
     insert_ecu(
@@ -392,6 +401,15 @@ pub fn replace_ecu(
             primary,
         },
     )?;
+    // The same serial and the same key are the same unit, whose report counter goes on: it
+    // keeps the last one accepted, which refuses a replay of its old reports once their
+    // nonces are swept (`retention.rs`). A new key cannot sign the old reports.
+    if new.serial == *old && same_key_material(&old_key, &new.public_key) {
+        tx.execute(
+            "UPDATE ecus SET last_report_counter = ?1, last_report_time = ?2 WHERE serial = ?3",
+            params![counter, last_time, old.as_str()],
+        )?;
+    }
     let detail = format!("{old} replaced by {}", new.serial);
     NewEvent::info("ecu_replaced", actor, &detail)
         .vin(vin.as_str())
