@@ -1176,6 +1176,79 @@ async fn a_manifest_replayed_after_its_nonces_were_swept_is_refused_by_its_count
     .await;
 }
 
+/// A write that failed part way (here a database error while a manifest is recorded) may
+/// have kept some of its writes, so nothing cached is trusted after it: another vehicle's
+/// next request is answered from the database, not from the cache. (On PostgreSQL, where
+/// replicas write beside each other, there is no cache.)
+#[tokio::test]
+async fn a_write_that_fails_with_a_database_error_empties_the_vehicle_cache() {
+    let fleet = fleet();
+    let cached = fleet.register("VIN-CACHED", 101).await;
+    let mut failing = fleet.register("VIN-FAILING", 105).await;
+    for _ in 0..2 {
+        let (status, _) = fetch(&fleet, &cached, "timestamp.json").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (hits, _) = fleet.service.cache_hits_and_misses();
+    let (status, _) = fetch(&fleet, &cached, "timestamp.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let engine = fleet
+        .service
+        .db()
+        .call(|conn| Ok::<_, director::error::DirectorError>(conn.engine()))
+        .await
+        .unwrap();
+    if engine == director::sql::Engine::Postgres {
+        // Replicas write beside each other there, so there is no cache to empty.
+        assert_eq!(
+            fleet.service.cache_hits_and_misses().0,
+            0,
+            "a cache on PostgreSQL"
+        );
+        return;
+    }
+    assert!(
+        fleet.service.cache_hits_and_misses().0 > hits,
+        "the vehicle is answered from the cache"
+    );
+    // Every manifest of the failing vehicle now fails as the database records it.
+    fleet
+        .service
+        .db()
+        .call(|conn| {
+            let sql = match conn.engine() {
+                director::sql::Engine::Sqlite => vec![
+                    "CREATE TRIGGER fail_one BEFORE INSERT ON manifests WHEN NEW.vin = 'VIN-FAILING'
+                     BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+                ],
+                director::sql::Engine::Postgres => vec![
+                    "CREATE FUNCTION fail_one() RETURNS trigger LANGUAGE plpgsql AS $$
+                     BEGIN RAISE EXCEPTION 'injected failure'; END $$",
+                    "CREATE TRIGGER fail_one BEFORE INSERT ON manifests FOR EACH ROW
+                     WHEN (NEW.vin = 'VIN-FAILING') EXECUTE FUNCTION fail_one()",
+                ],
+            };
+            for statement in sql {
+                conn.execute(statement, &[])?;
+            }
+            Ok::<_, director::error::DirectorError>(())
+        })
+        .await
+        .unwrap();
+    let factory = failing.factory();
+    let (status, json) = fleet.post_manifest(&failing, factory).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{json}");
+    let (hits, misses) = fleet.service.cache_hits_and_misses();
+    let (status, _) = fetch(&fleet, &cached, "timestamp.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let after = fleet.service.cache_hits_and_misses();
+    assert_eq!(
+        after.0, hits,
+        "answered from the cache after a failed write"
+    );
+    assert!(after.1 > misses);
+}
+
 /// A cancel that lands between the vehicle's timestamp request (which signed targets with the
 /// entry) and its targets fetch: the entry may still reach the ECU, so it is withdrawn like a
 /// delivered one, not ended as if the vehicle could never see it.

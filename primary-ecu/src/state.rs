@@ -347,4 +347,30 @@ mod tests {
         assert_eq!(state.attacks_pending(), (0, 0));
         assert!(state.attacks_to_report().is_empty());
     }
+
+    /// A `state.json` written by a version before attacks were bounded (any number, any
+    /// words) is bounded as it is read, so the next manifest fits what the Director accepts.
+    #[test]
+    fn attacks_kept_by_an_older_version_are_bounded_when_the_state_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = StateDir::new(dir.path());
+        let mut old = PrimaryState::default();
+        old.pending_attacks = (0..100)
+            .map(|n| DetectedAttack {
+                kind: AttackKind::Replay,
+                detail: format!("{n}\u{0}{}", "x".repeat(4096)),
+            })
+            .collect();
+        layout.save_state(&old).unwrap();
+        let state = layout.load_state().unwrap();
+        assert_eq!(state.attacks_pending(), (MAX_KEPT_ATTACKS, 100 - 32));
+        for attack in &state.pending_attacks {
+            assert!(attack.detail.len() <= uptane_core::manifest::MAX_ATTACK_DETAIL_BYTES);
+            assert!(
+                !attack.detail.contains('\u{0}'),
+                "{:?}",
+                &attack.detail[..8]
+            );
+        }
+    }
 }
