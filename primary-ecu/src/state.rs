@@ -354,13 +354,15 @@ mod tests {
     fn attacks_kept_by_an_older_version_are_bounded_when_the_state_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let layout = StateDir::new(dir.path());
-        let mut old = PrimaryState::default();
-        old.pending_attacks = (0..100)
-            .map(|n| DetectedAttack {
-                kind: AttackKind::Replay,
-                detail: format!("{n}\u{0}{}", "x".repeat(4096)),
-            })
-            .collect();
+        let old = PrimaryState {
+            pending_attacks: (0..100)
+                .map(|n| DetectedAttack {
+                    kind: AttackKind::Replay,
+                    detail: format!("{n}\u{0}{}", "x".repeat(4096)),
+                })
+                .collect(),
+            ..PrimaryState::default()
+        };
         layout.save_state(&old).unwrap();
         let state = layout.load_state().unwrap();
         assert_eq!(state.attacks_pending(), (MAX_KEPT_ATTACKS, 100 - 32));
