@@ -332,6 +332,48 @@ async fn a_pause_leaves_an_entry_already_signed_for_its_vehicle_and_an_abort_wit
     assert_eq!(entry["status"], "cancelled", "{entry}");
 }
 
+/// A pause takes a vehicle back whole: one whose other entry ended without it (its radio
+/// replaced) waits again and is assigned again on resume, instead of staying "assigned" with
+/// every entry cancelled.
+#[tokio::test]
+async fn a_pause_takes_a_vehicle_back_whole_even_with_an_entry_already_ended() {
+    let fleet = fleet();
+    let cars = cars(&fleet, "R", 1, 170).await;
+    ok(
+        &fleet,
+        "POST",
+        "/api/v1/groups",
+        json!({"name": "r", "vins": ["VIN-R000"]}),
+    )
+    .await;
+    ok(
+        &fleet,
+        "POST",
+        "/api/v1/campaigns",
+        json!({"name": "both", "images": ["brake-2.bin", "radio-1.bin"], "group": "r"}),
+    )
+    .await;
+    ok(&fleet, "POST", "/api/v1/campaigns/both/start", Value::Null).await;
+    assert_eq!(pending(&fleet.entries(&cars[0].vin).await), 2);
+    // The radio is replaced: its entry ends.
+    let body = json!({"serial": "VIN-R000-radio-v2", "hardware_id": "hw-radio",
+                      "public_key": uptane_core::testing::key(179).public_key().to_json()});
+    ok(
+        &fleet,
+        "PUT",
+        "/api/v1/vehicles/VIN-R000/ecus/VIN-R000-radio",
+        body,
+    )
+    .await;
+    assert_eq!(pending(&fleet.entries(&cars[0].vin).await), 1);
+    ok(&fleet, "POST", "/api/v1/campaigns/both/pause", Value::Null).await;
+    assert_eq!(pending(&fleet.entries(&cars[0].vin).await), 0);
+    assert_eq!(with_outcome(&fleet, "both", "waiting").await, ["VIN-R000"]);
+    ok(&fleet, "POST", "/api/v1/campaigns/both/resume", Value::Null).await;
+    let entries = fleet.entries(&cars[0].vin).await;
+    assert_eq!(pending(&entries), 2, "{entries:?}");
+}
+
 #[tokio::test]
 async fn retry_failed_assigns_the_failed_vehicles_again() {
     let fleet = fleet();

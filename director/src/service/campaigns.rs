@@ -639,9 +639,9 @@ fn pick(conn: &Conn, c: &Campaign, k: usize, now: UtcTime) -> Result<usize, Dire
 /// What a campaign's withdrawal does to an entry the vehicle may already hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Withdrawal {
-    /// A pause or a closed window: only what the vehicle cannot have seen is cancelled; an
-    /// entry delivered, or already signed into the targets it is served, runs on, as when
-    /// the campaign goes on.
+    /// A pause or a closed window: a vehicle that cannot have seen any of its entries has
+    /// them cancelled and waits again; one that may hold any (delivered, or already signed
+    /// into the targets it is served) runs on whole, as when the campaign goes on.
     Hold,
     /// An abort: the operator's cancel for every entry (`assignments::cancel_entries`):
     /// what the vehicle may hold is withdrawn from its targets and ends on the ECU's word.
@@ -649,7 +649,7 @@ enum Withdrawal {
 }
 
 /// Withdraws the open entries of campaign `c` from the vehicles `only` accepts, saying
-/// `why`, as `how` says. Vehicles all of whose entries were cancelled outright go back to
+/// `why`, as `how` says. Vehicles all of whose entries are then cancelled go back to
 /// `back_to` (waiting, to be assigned again; or cancelled). Returns the vehicles whose
 /// metadata changes.
 fn withdraw(
@@ -683,24 +683,32 @@ fn withdraw(
         let outcome = match how {
             Withdrawal::Abort => assignments::cancel_entries(conn, &entries, why, now)?,
             Withdrawal::Hold => {
-                // Only the pending entries the vehicle is not served: those it may hold
-                // already are left as the cancel would leave them, and run.
+                // The whole vehicle or nothing of it: if the vehicle may hold any of its
+                // entries (delivered, final, or signed into the targets it is served), its
+                // update is under way and runs on whole; otherwise every pending entry is
+                // cancelled and the vehicle waits again, to be assigned whole.
                 let served = assignments::served_entries(conn, &vin)?;
-                let unseen: Vec<AssignmentEcu> = entries
+                let unseen = |e: &AssignmentEcu| {
+                    e.status == AssignmentStatus::Pending
+                        && !served.contains(&e.correlation_id, &e.ecu_serial)
+                };
+                if !entries
                     .iter()
-                    .filter(|e| {
-                        e.status == AssignmentStatus::Pending
-                            && !served.contains(&e.correlation_id, &e.ecu_serial)
-                    })
-                    .cloned()
-                    .collect();
-                assignments::cancel_entries(conn, &unseen, why, now)?
+                    .all(|e| e.status == AssignmentStatus::Cancelled || unseen(e))
+                {
+                    continue;
+                }
+                assignments::cancel_entries(conn, &entries, why, now)?
             }
         };
         if outcome.cancelled + outcome.cancel_requested == 0 {
             continue;
         }
-        if outcome.cancelled == entries.len() {
+        let was_cancelled = entries
+            .iter()
+            .filter(|e| e.status == AssignmentStatus::Cancelled)
+            .count();
+        if was_cancelled + outcome.cancelled == entries.len() {
             conn.execute(
                 "DELETE FROM campaign_assignments WHERE campaign_id = ?1 AND vin = ?2",
                 params![c.id, &vin],
