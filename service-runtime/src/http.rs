@@ -189,7 +189,9 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Told to every connection at shutdown; each holds a slot until it has ended, so all
+    // slots back means every connection has.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
@@ -218,7 +220,7 @@ where
         }
         let tcp = crate::idle::Idle::new(tcp, limits.idle_timeout);
         let service = service.clone();
-        let watcher = graceful.watcher();
+        let stopping = stopping.clone();
         match &transport {
             Transport::Tls(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
@@ -238,21 +240,23 @@ where
                         }
                     };
                     let peer = PeerIdentity::of(stream.get_ref().1);
-                    connection(stream, peer, limits, service, watcher).await;
+                    connection(stream, peer, limits, service, stopping).await;
                 });
             }
             Transport::Plaintext => {
                 tokio::spawn(async move {
                     let _slot = slot;
-                    connection(tcp, PeerIdentity::default(), limits, service, watcher).await;
+                    connection(tcp, PeerIdentity::default(), limits, service, stopping).await;
                 });
             }
         }
     }
     drop(listener);
+    let _ = stop.send(true);
+    let every_slot = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        () = graceful.shutdown() => {},
-        () = tokio::time::sleep(Duration::from_secs(10)) => {
+        _ = slots.acquire_many(every_slot) => {},
+        () = tokio::time::sleep(CLOSE_GRACE) => {
             tracing::warn!("requests still running at shutdown were cut");
         }
     }
@@ -265,7 +269,7 @@ async fn connection<IO, S, B>(
     peer: PeerIdentity,
     limits: ServerLimits,
     service: S,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<
@@ -317,19 +321,45 @@ async fn connection<IO, S, B>(
         TokioIo::new(io),
         hyper_util::service::TowerToHyperService::new(service),
     );
-    // Closed once no request has run for the idle timeout, whatever bytes move: an HTTP/2
-    // client sending PINGs (which the server must answer) would otherwise hold it for ever.
-    tokio::select! {
-        served = watcher.watch(connection) => {
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "connection ended");
+    // Closed at shutdown, and once no request has run for the idle timeout whatever bytes
+    // move (an HTTP/2 client sending PINGs, which the server must answer, would otherwise
+    // hold it for ever). Closed gracefully: HTTP/2 says GOAWAY, so a request already on its
+    // way is refused in a way its client may safely send again, and HTTP/1 ends after the
+    // response in progress. What has not ended within `CLOSE_GRACE` is dropped.
+    tokio::pin!(connection);
+    // Armed when the connection is told to close.
+    let grace = tokio::time::sleep(CLOSE_GRACE);
+    tokio::pin!(grace);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = stopping.wait_for(|stop| *stop), if !closing => {
+                connection.as_mut().graceful_shutdown();
+            }
+            () = activity.idle_for(limits.idle_timeout), if !closing => {
+                tracing::debug!("connection closing: no request for the idle timeout");
+                connection.as_mut().graceful_shutdown();
+            }
+            () = &mut grace, if closing => {
+                tracing::debug!("connection dropped: it did not end within its grace");
+                return;
             }
         }
-        () = activity.idle_for(limits.idle_timeout) => {
-            tracing::debug!("connection closed: no request for the idle timeout");
-        }
+        closing = true;
+        grace
+            .as_mut()
+            .reset(tokio::time::Instant::now() + CLOSE_GRACE);
     }
 }
+
+/// How long a connection told to close (idle, or at shutdown) may take to end.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// How a client reaches HTTP servers: whom it trusts, what certificate it shows, and
 /// whether clear text is allowed at all.
@@ -580,8 +610,9 @@ mod tests {
     }
 
     /// An HTTP/2 client that asks for nothing more but sends a PING every 200 ms (which the
-    /// server must answer, so bytes move both ways): closed once no request has run for the
-    /// idle timeout. Before, it held its connection, and a connection slot, for ever. Real
+    /// server must answer, so bytes move both ways): closed, with a GOAWAY, once no request
+    /// has run for the idle timeout. Before, it held its connection, and a connection slot,
+    /// for ever. Real
     /// time, short: with the test clock paused, the runtime would move the clock past the
     /// server's byte timer while a PING is still on its way through the socket.
     #[tokio::test]
@@ -618,6 +649,12 @@ mod tests {
             "closed too early"
         );
         pinger.abort();
+        // Closed with a GOAWAY, not dropped: a client may send again, elsewhere, what the
+        // server said it did not take.
+        let refused = client
+            .send_request(http::Request::get("http://x/").body(()).unwrap(), true)
+            .expect_err("a request on a closed connection");
+        assert!(refused.is_go_away(), "{refused:?}");
     }
 
     #[tokio::test]
