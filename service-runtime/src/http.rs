@@ -224,10 +224,15 @@ where
         match &transport {
             Transport::Tls(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let mut told = stopping.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let accepted =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    // A handshake still under way at shutdown is given up: nothing has been
+                    // asked on it yet.
+                    let accepted = tokio::select! {
+                        accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => accepted,
+                        _ = told.wait_for(|stop| *stop) => return,
+                    };
                     let stream = match accepted {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
@@ -254,9 +259,10 @@ where
     drop(listener);
     let _ = stop.send(true);
     let every_slot = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    // A little past each connection's own grace, which starts when its task sees the stop.
     tokio::select! {
         _ = slots.acquire_many(every_slot) => {},
-        () = tokio::time::sleep(CLOSE_GRACE) => {
+        () = tokio::time::sleep(CLOSE_GRACE + Duration::from_secs(1)) => {
             tracing::warn!("requests still running at shutdown were cut");
         }
     }
@@ -323,9 +329,10 @@ async fn connection<IO, S, B>(
     );
     // Closed at shutdown, and once no request has run for the idle timeout whatever bytes
     // move (an HTTP/2 client sending PINGs, which the server must answer, would otherwise
-    // hold it for ever). Closed gracefully: HTTP/2 says GOAWAY, so a request already on its
-    // way is refused in a way its client may safely send again, and HTTP/1 ends after the
-    // response in progress. What has not ended within `CLOSE_GRACE` is dropped.
+    // hold it for ever). Closed gracefully: HTTP/2 says GOAWAY (streams the client opens
+    // before it has read it are still served; any later are refused, which its client may
+    // safely send again), and HTTP/1 ends after the response in progress. What has not
+    // ended within `CLOSE_GRACE` is dropped, a response in progress cut.
     tokio::pin!(connection);
     // Armed when the connection is told to close.
     let grace = tokio::time::sleep(CLOSE_GRACE);
