@@ -105,7 +105,7 @@ impl Primary<Network> {
             &settings.image_targets_url(),
         );
         let timeout = Duration::from_secs(settings.secondary_timeout_secs);
-        let min_speed = crate::speed::MinSpeed {
+        let min_speed = service_runtime::speed::MinSpeed {
             bytes_per_sec: settings.min_upload_bytes_per_sec,
             grace: Duration::from_millis(settings.upload_grace_ms),
         };

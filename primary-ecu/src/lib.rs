@@ -17,5 +17,4 @@ pub mod ports;
 pub mod provision;
 pub mod repo;
 pub mod secondary;
-pub mod speed;
 pub mod state;

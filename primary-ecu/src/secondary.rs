@@ -26,7 +26,7 @@ use service_runtime::tls::{Identity, ServerTrust};
 
 use crate::config::SecondaryConfig;
 use crate::download::VerifiedFile;
-use crate::speed::{MinSpeed, SpeedMonitor};
+use service_runtime::speed::{MinSpeed, SpeedMonitor};
 
 /// Largest chunk the Primary sends, whatever the Secondary accepts.
 const MAX_CHUNK: usize = 1 << 20;

@@ -766,6 +766,9 @@ pub const LINK_LIMITS: service_runtime::http::ServerLimits = service_runtime::ht
     max_streams_per_connection: MAX_CALLS_PER_CONNECTION as u32,
     // Unused here: no call of the Secondary's streams a file's bytes from an allowance.
     response_memory_per_connection: service_runtime::conn_memory::DEFAULT_BYTES,
+    // Unused here too: tonic serves the connections, and the Secondary's answers are small
+    // (the large transfer runs the other way, held to the Primary's minimum speed).
+    min_send_bytes_per_sec: 0,
 };
 
 /// Serves the Secondary service and the gRPC health service on an already bound listener

@@ -18,7 +18,8 @@ pub const HTTP2_SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// Longest a client may take to send a request's headers once connected, by default.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What one server gives its clients at most: connections, and time without progress.
+/// What one server gives its clients at most: connections, time without progress, and
+/// time at a trickle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
     /// Connections served at once; further ones wait in the kernel's backlog until one
@@ -35,7 +36,28 @@ pub struct ServerLimits {
     /// Bytes one connection's streamed responses may hold at once, all its streams
     /// together: the [`crate::conn_memory::Allowance`] put in each of its requests.
     pub response_memory_per_connection: usize,
+    /// Slowest a connection's socket may take bytes while a response is being sent, in bytes
+    /// per second, judged past a grace period of `idle_timeout` over windows as long
+    /// ([`crate::idle::RequestActivity::sent_below`]); a connection below it is dropped. 0: no
+    /// minimum.
+    pub min_send_bytes_per_sec: u64,
 }
+
+impl ServerLimits {
+    /// The speed below which a connection's responses are too slowly read.
+    pub fn min_send_speed(&self) -> crate::speed::MinSpeed {
+        crate::speed::MinSpeed {
+            bytes_per_sec: self.min_send_bytes_per_sec,
+            grace: self.idle_timeout,
+        }
+    }
+}
+
+/// Slowest a connection's responses may be read by default, in bytes per second: a quarter
+/// of the minimum the Primary holds its own downloads to (`--min-download-bytes-per-sec`),
+/// so that only a client that would itself give up is dropped; holding all of a server's
+/// 1,024 connections then costs a client 4 MiB/s of reading.
+pub const MIN_SEND_BYTES_PER_SEC: u64 = 4096;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -45,12 +67,13 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(60),
             max_streams_per_connection: 32,
             response_memory_per_connection: crate::conn_memory::DEFAULT_BYTES,
+            min_send_bytes_per_sec: MIN_SEND_BYTES_PER_SEC,
         }
     }
 }
 
 /// A server's connection limits as flags (`--max-connections`, `--header-timeout-secs`,
-/// `--idle-timeout-secs`), shared by both servers.
+/// `--idle-timeout-secs`, `--min-send-bytes-per-sec`), shared by both servers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerLimitsArgs {
     /// Connections served at once; more wait until one closes.
@@ -63,6 +86,11 @@ pub struct ServerLimitsArgs {
     /// is closed.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_timeout_secs: u64,
+    /// Slowest a client may read the responses of its connection, in bytes per second, judged
+    /// once the idle timeout has passed, over windows as long; a connection below it is
+    /// dropped. 0: no minimum.
+    #[arg(long, default_value_t = MIN_SEND_BYTES_PER_SEC, value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
+    pub min_send_bytes_per_sec: u64,
 }
 
 impl ServerLimitsArgs {
@@ -72,6 +100,7 @@ impl ServerLimitsArgs {
             max_connections: self.max_connections as usize,
             header_read_timeout: Duration::from_secs(self.header_timeout_secs),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            min_send_bytes_per_sec: self.min_send_bytes_per_sec,
             ..ServerLimits::default()
         }
     }
@@ -219,19 +248,19 @@ where
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
         let tcp = crate::idle::Idle::new(tcp, limits.idle_timeout);
+        let written = tcp.written();
         let service = service.clone();
-        let stopping = stopping.clone();
+        let mut stopping = stopping.clone();
         match &transport {
             Transport::Tls(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-                let mut told = stopping.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
                     // A handshake still under way at shutdown is given up: nothing has been
                     // asked on it yet.
                     let accepted = tokio::select! {
                         accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => accepted,
-                        _ = told.wait_for(|stop| *stop) => return,
+                        _ = stopping.wait_for(|stop| *stop) => return,
                     };
                     let stream = match accepted {
                         Ok(Ok(stream)) => stream,
@@ -245,13 +274,14 @@ where
                         }
                     };
                     let peer = PeerIdentity::of(stream.get_ref().1);
-                    connection(stream, peer, limits, service, stopping).await;
+                    connection(stream, peer, written, limits, service, stopping).await;
                 });
             }
             Transport::Plaintext => {
                 tokio::spawn(async move {
                     let _slot = slot;
-                    connection(tcp, PeerIdentity::default(), limits, service, stopping).await;
+                    let peer = PeerIdentity::default();
+                    connection(tcp, peer, written, limits, service, stopping).await;
                 });
             }
         }
@@ -269,10 +299,12 @@ where
     Ok(())
 }
 
-/// Serves one connection, every request tagged with `peer`.
+/// Serves one connection, every request tagged with `peer`; `written` counts what its
+/// socket took.
 async fn connection<IO, S, B>(
     io: IO,
     peer: PeerIdentity,
+    written: crate::idle::Written,
     limits: ServerLimits,
     service: S,
     mut stopping: tokio::sync::watch::Receiver<bool>,
@@ -293,7 +325,7 @@ async fn connection<IO, S, B>(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
     let memory = crate::conn_memory::Allowance::new(limits.response_memory_per_connection);
-    let activity = Arc::new(crate::idle::RequestActivity::default());
+    let activity = Arc::new(crate::idle::RequestActivity::new(written));
     let tracking = Arc::clone(&activity);
     let service = tower::service_fn(move |mut request: http::Request<_>| {
         request.extensions_mut().insert(peer);
@@ -332,8 +364,11 @@ async fn connection<IO, S, B>(
     // hold it for ever). Closed gracefully: HTTP/2 says GOAWAY (streams the client opens
     // before it has read it are still served; any later are refused, which its client may
     // safely send again), and HTTP/1 ends after the response in progress. What has not
-    // ended within `CLOSE_GRACE` is dropped, a response in progress cut.
-    tokio::pin!(connection);
+    // ended within `CLOSE_GRACE` is dropped, a response in progress cut. Dropped at once
+    // when its responses are read slower than the minimum: a graceful close would wait for
+    // that same response.
+    let too_slow = activity.sent_below(limits.min_send_speed());
+    tokio::pin!(connection, too_slow);
     // Armed when the connection is told to close.
     let grace = tokio::time::sleep(CLOSE_GRACE);
     tokio::pin!(grace);
@@ -355,6 +390,13 @@ async fn connection<IO, S, B>(
             }
             () = &mut grace, if closing => {
                 tracing::debug!("connection dropped: it did not end within its grace");
+                return;
+            }
+            bytes_per_sec = &mut too_slow => {
+                tracing::debug!(
+                    bytes_per_sec,
+                    "connection dropped: its responses were read slower than the minimum"
+                );
                 return;
             }
         }
@@ -662,6 +704,119 @@ mod tests {
             .send_request(http::Request::get("http://x/").body(()).unwrap(), true)
             .expect_err("a request on a closed connection");
         assert!(refused.is_go_away(), "{refused:?}");
+    }
+
+    /// A plaintext server of `max_connections` answering every request with 16 MiB,
+    /// dropping connections read slower than 64 KiB/s past 2 s; its address.
+    async fn download_server(max_connections: usize) -> std::net::SocketAddr {
+        let limits = ServerLimits {
+            max_connections,
+            idle_timeout: Duration::from_secs(2),
+            min_send_bytes_per_sec: 64 * 1024,
+            ..ServerLimits::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+            let chunks = (0..1024).map(|_| Ok::<_, std::io::Error>(vec![7u8; 16 * 1024]));
+            let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+            Ok::<_, Infallible>(http::Response::new(body))
+        });
+        tokio::spawn(serve_with(
+            listener,
+            Transport::Plaintext,
+            limits,
+            service,
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    /// An HTTP/1.1 client taking 4 KiB of a 16 MiB download every 250 ms (16 KiB/s) through
+    /// a small receive buffer, on a server of one connection slot: its connection is dropped
+    /// and the slot given to the next client. Over loopback the kernel's send buffer grows to
+    /// megabytes, so the server's writes may wait longer than the idle timeout for room, and
+    /// the idle timeout may be what drops it; the HTTP/2 test below cannot end that way.
+    /// Real time, short.
+    #[tokio::test]
+    async fn an_http1_client_reading_a_download_at_a_trickle_loses_its_slot() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = download_server(1).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut trickling = socket.connect(addr).await.unwrap();
+        trickling
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            for _ in 0..400 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if matches!(trickling.read(&mut buf).await, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+        });
+        // Waits in the backlog until the trickling client's slot is free.
+        let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let served = tokio::time::timeout(Duration::from_secs(30), get(&mut next)).await;
+        let served = served.expect("a client reading at 16 KiB/s kept the slot for 30 s");
+        assert!(served.unwrap().starts_with(b"HTTP/1.1 200"));
+        reader.abort();
+    }
+
+    /// An HTTP/2 client downloading 16 MiB that takes 4 KiB every 250 ms (16 KiB/s; each
+    /// window update brings bytes, so the connection is never idle): dropped once past the
+    /// grace period, against a minimum of 64 KiB/s. Before, it held its connection, and a
+    /// connection slot, for as long as it liked. Real time, short, as above.
+    #[tokio::test]
+    async fn an_http2_client_reading_a_download_at_a_trickle_is_dropped() {
+        let addr = download_server(16).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, connection) = h2::client::Builder::new()
+            .initial_window_size(16 * 1024)
+            .initial_connection_window_size(16 * 1024)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        let driven = tokio::spawn(connection);
+        let (response, _) = client
+            .send_request(http::Request::get("http://x/").body(()).unwrap(), true)
+            .unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let started = tokio::time::Instant::now();
+        let read = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut read = 0usize;
+            loop {
+                match body.data().await {
+                    Some(Ok(data)) => {
+                        // Given back 4 KiB at a time, a quarter of a second apart.
+                        for part in (0..data.len()).step_by(4096) {
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                            let n = 4096.min(data.len() - part);
+                            body.flow_control().release_capacity(n).unwrap();
+                            read += n;
+                        }
+                    }
+                    Some(Err(e)) => return (read, Some(e)),
+                    None => return (read, None),
+                }
+            }
+        })
+        .await;
+        let (read, error) = read.expect("a client reading at 16 KiB/s held its download for 30 s");
+        assert!(
+            error.is_some(),
+            "the download ended whole after {read} bytes"
+        );
+        assert!(read < 1 << 20, "{read} bytes read");
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "dropped within the grace period"
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(5), driven).await;
+        assert!(ended.is_ok(), "the connection is still open");
     }
 
     #[tokio::test]

@@ -1,22 +1,45 @@
 //! A connection closed after a time with no progress: an idle keep-alive connection, a body
 //! that stopped arriving, or a client that stopped reading the answer. Every byte read or
 //! written starts the time again, so a large transfer that keeps moving is never cut
-//! ([`Idle`]); and a connection on which no request has run for that time is closed too,
-//! whatever bytes it moves ([`RequestActivity`]).
+//! ([`Idle`]); a connection on which no request has run for that time is closed too,
+//! whatever bytes it moves ([`RequestActivity::idle_for`]); and one whose responses are read
+//! slower than a minimum speed, however regularly, is dropped
+//! ([`RequestActivity::sent_below`]).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// `IO` that fails with `TimedOut` once `timeout` passes without a byte either way.
+use crate::speed::{MinSpeed, SpeedMonitor};
+
+/// Bytes a connection has written to its socket, ever: counted by [`Idle`], judged by
+/// [`RequestActivity::sent_below`].
+#[derive(Debug, Clone, Default)]
+pub struct Written(std::sync::Arc<AtomicU64>);
+
+impl Written {
+    /// Bytes written so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// `IO` that fails with `TimedOut` once `timeout` passes without a byte either way, and
+/// counts the bytes written to it.
 #[derive(Debug)]
 pub struct Idle<IO> {
     io: IO,
     timeout: Duration,
+    written: Written,
     /// When a byte last moved.
     progress: Instant,
     /// Armed for `progress + timeout` as of when it was last set; moved forward only when it
@@ -30,6 +53,7 @@ impl<IO> Idle<IO> {
         Self {
             io,
             timeout,
+            written: Written::default(),
             progress: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(timeout)),
         }
@@ -40,12 +64,17 @@ impl<IO> Idle<IO> {
         &self.io
     }
 
+    /// The count of bytes written to it, shared.
+    pub fn written(&self) -> Written {
+        self.written.clone()
+    }
+
     fn progressed(&mut self) {
         self.progress = Instant::now();
     }
 
     /// A write's outcome: bytes written are progress; pending checks the deadline.
-    fn written(
+    fn wrote(
         &mut self,
         polled: Poll<std::io::Result<usize>>,
         cx: &mut Context<'_>,
@@ -54,6 +83,7 @@ impl<IO> Idle<IO> {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     self.progressed();
+                    self.written.add(n);
                 }
                 Poll::Ready(Ok(n))
             }
@@ -113,7 +143,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Idle<IO> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write(cx, data);
-        this.written(polled, cx)
+        this.wrote(polled, cx)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -135,7 +165,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Idle<IO> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.written(polled, cx)
+        this.wrote(polled, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -146,11 +176,16 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Idle<IO> {
 /// The requests of one connection, for closing it once none has run for a while: bytes
 /// alone are not activity (an HTTP/2 client answering or sending PINGs, or sending frames
 /// the server ignores, moves bytes without ever asking for anything, and would hold its
-/// connection, and a connection slot, for ever).
+/// connection, and a connection slot, for ever). And its responses, for dropping it when they
+/// are read too slowly: a client that reads a large download a little at a time (small
+/// HTTP/2 window updates, or a TCP segment now and then) moves bytes often enough for
+/// [`Idle`], and has a request running.
 #[derive(Debug)]
 pub struct RequestActivity {
     state: std::sync::Mutex<ActivityState>,
     changed: tokio::sync::Notify,
+    /// What the connection has written to its socket.
+    sent: Written,
 }
 
 #[derive(Debug)]
@@ -158,16 +193,44 @@ struct ActivityState {
     in_flight: usize,
     /// When the last request ended (or the connection began).
     since: Instant,
+    /// Responses whose bodies are being sent: handed to the connection, not yet ended.
+    sending: usize,
+    /// While `sending` is above zero: since when, without a break.
+    period: Option<SendingPeriod>,
+    /// Periods begun so far, to number them.
+    periods: u64,
+}
+
+/// A stretch of time during which some response of the connection was being sent: its speed
+/// is what is judged (the time a handler takes, or between requests, is not the client's).
+#[derive(Debug, Clone, Copy)]
+struct SendingPeriod {
+    number: u64,
+    began: Instant,
+    /// [`RequestActivity::sent`] when it began.
+    sent_before: u64,
 }
 
 impl Default for RequestActivity {
+    /// For a connection whose bytes nobody counts (nothing is ever judged too slow).
     fn default() -> Self {
+        Self::new(Written::default())
+    }
+}
+
+impl RequestActivity {
+    /// For a connection whose socket's writes are counted by `sent` ([`Idle::written`]).
+    pub fn new(sent: Written) -> Self {
         Self {
             state: std::sync::Mutex::new(ActivityState {
                 in_flight: 0,
                 since: Instant::now(),
+                sending: 0,
+                period: None,
+                periods: 0,
             }),
             changed: tokio::sync::Notify::new(),
+            sent,
         }
     }
 }
@@ -184,7 +247,10 @@ impl RequestActivity {
     pub fn begin(self: &std::sync::Arc<Self>) -> InFlight {
         // Nobody is woken: a waiter finds the request when its timer fires.
         self.state().in_flight += 1;
-        InFlight(std::sync::Arc::clone(self))
+        InFlight {
+            activity: std::sync::Arc::clone(self),
+            sending: false,
+        }
     }
 
     /// Completes once no request has run for `timeout`. Woken only when the last running
@@ -209,25 +275,96 @@ impl RequestActivity {
     }
 }
 
-/// A running request of a [`RequestActivity`].
-#[derive(Debug)]
-pub struct InFlight(std::sync::Arc<RequestActivity>);
+/// How often [`RequestActivity::sent_below`] looks at the bytes sent.
+const SPEED_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let last = {
-            let mut state = self.0.state();
-            state.in_flight -= 1;
-            state.since = Instant::now();
-            state.in_flight == 0
-        };
-        if last {
-            self.0.changed.notify_waiters();
+impl RequestActivity {
+    /// Completes, with the speed reached in bytes per second, once the connection's responses
+    /// are sent slower than `min` ([`SpeedMonitor`]: past the grace period, over a sliding
+    /// window as long; all the responses being sent at once count together). Never while no
+    /// response is being sent, nor with a minimum of 0. Looks once a second, rather than being
+    /// woken at every response of a busy connection.
+    ///
+    /// The bytes are those the socket took, whatever they carry: the connection takes a
+    /// body's bytes a chunk (or a whole file's allowance) at a time ahead of the socket, far
+    /// too coarse to judge by. A client may pay for its bytes with PINGs, each answered,
+    /// rather than by reading: either way, holding a connection costs it the minimum.
+    pub async fn sent_below(&self, min: MinSpeed) -> u64 {
+        if min.bytes_per_sec == 0 {
+            return std::future::pending().await;
+        }
+        let mut ticks = tokio::time::interval_at(Instant::now() + SPEED_TICK, SPEED_TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watched: Option<(u64, SpeedMonitor)> = None;
+        loop {
+            ticks.tick().await;
+            let Some(period) = self.state().period else {
+                watched = None;
+                continue;
+            };
+            // Read after the period: what it counts only grows from `sent_before`.
+            let sent = self.sent.get().saturating_sub(period.sent_before);
+            let monitor = match &mut watched {
+                Some((number, monitor)) if *number == period.number => monitor,
+                _ => &mut watched.insert((period.number, SpeedMonitor::new(min))).1,
+            };
+            if let Some(speed) = monitor.observe(period.began.elapsed(), sent) {
+                return speed;
+            }
         }
     }
 }
 
-/// A response body that keeps its request counted as running until it is sent or dropped.
+/// A running request of a [`RequestActivity`].
+#[derive(Debug)]
+pub struct InFlight {
+    activity: std::sync::Arc<RequestActivity>,
+    /// Its response's body has been handed to the connection.
+    sending: bool,
+}
+
+impl InFlight {
+    /// The response's body is handed to the connection: it is being sent from now on.
+    fn sending(&mut self) {
+        if self.sending {
+            return;
+        }
+        self.sending = true;
+        let mut state = self.activity.state();
+        state.sending += 1;
+        if state.period.is_none() {
+            state.periods += 1;
+            state.period = Some(SendingPeriod {
+                number: state.periods,
+                began: Instant::now(),
+                sent_before: self.activity.sent.get(),
+            });
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.activity.state();
+            state.in_flight -= 1;
+            state.since = Instant::now();
+            if self.sending {
+                state.sending -= 1;
+                if state.sending == 0 {
+                    state.period = None;
+                }
+            }
+            state.in_flight == 0
+        };
+        if last {
+            self.activity.changed.notify_waiters();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as running until it is sent or dropped,
+/// and as being sent from when it is handed to the connection ([`RequestActivity::sent_below`]).
 #[derive(Debug)]
 pub struct Tracked<B> {
     body: B,
@@ -235,8 +372,9 @@ pub struct Tracked<B> {
 }
 
 impl<B> Tracked<B> {
-    /// `body`, its request running while it lives.
-    pub fn new(body: B, running: InFlight) -> Self {
+    /// `body`, its request running while it lives, being sent from now on.
+    pub fn new(body: B, mut running: InFlight) -> Self {
+        running.sending();
         Self {
             body,
             _running: running,
@@ -289,6 +427,83 @@ mod tests {
         let started = Instant::now();
         fresh.idle_for(timeout).await;
         assert_eq!(started.elapsed(), timeout);
+    }
+
+    /// A response being sent for `running` while the socket takes `per_second` bytes each
+    /// second for `seconds`, as it would for a client reading at that speed.
+    async fn sent_for(running: InFlight, written: &Written, per_second: usize, seconds: u64) {
+        let _response = Tracked::new(String::new(), running);
+        for _ in 0..seconds {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            written.add(per_second);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn responses_read_slower_than_the_minimum_are_caught_and_nothing_else_is() {
+        let written = Written::default();
+        let activity = std::sync::Arc::new(RequestActivity::new(written.clone()));
+        let min = MinSpeed {
+            bytes_per_sec: 4096,
+            grace: Duration::from_secs(10),
+        };
+        let watch = activity.sent_below(min);
+        tokio::pin!(watch);
+        // A handler that takes 100 s is not the client's slowness...
+        let running = activity.begin();
+        tokio::select! {
+            speed = &mut watch => panic!("caught while the handler ran: {speed} B/s"),
+            () = tokio::time::sleep(Duration::from_secs(100)) => {}
+        }
+        // ...its response read at 8 KiB/s for a minute is fast enough...
+        tokio::select! {
+            speed = &mut watch => panic!("caught at 8 KiB/s: {speed} B/s"),
+            () = sent_for(running, &written, 8192, 60) => {}
+        }
+        // ...and nor is the time between requests, whatever (PING answers) the socket takes.
+        tokio::select! {
+            speed = &mut watch => panic!("caught between requests: {speed} B/s"),
+            () = tokio::time::sleep(Duration::from_secs(100)) => {}
+        }
+        // A response read at 1 KiB/s is caught once the grace period has passed.
+        let started = Instant::now();
+        let speed = tokio::select! {
+            speed = &mut watch => speed,
+            () = sent_for(activity.begin(), &written, 1024, 600) => {
+                panic!("a response read at 1 KiB/s was never caught")
+            }
+        };
+        assert!((900..=1200).contains(&speed), "{speed} B/s");
+        assert!(
+            started.elapsed() <= min.grace + 2 * SPEED_TICK,
+            "caught only after {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_minimum_catches_nothing() {
+        let written = Written::default();
+        let activity = std::sync::Arc::new(RequestActivity::new(written.clone()));
+        let min = MinSpeed {
+            bytes_per_sec: 0,
+            grace: Duration::from_secs(1),
+        };
+        tokio::select! {
+            speed = activity.sent_below(min) => panic!("caught: {speed} B/s"),
+            () = sent_for(activity.begin(), &written, 1, 30) => {}
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bytes_written_are_counted() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut idle = Idle::new(near, Duration::from_secs(10));
+        let written = idle.written();
+        idle.write_all(b"twelve bytes").await.unwrap();
+        assert_eq!(written.get(), 12);
+        let mut got = [0u8; 12];
+        far.read_exact(&mut got).await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

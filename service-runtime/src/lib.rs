@@ -18,6 +18,7 @@ pub mod http;
 pub mod idle;
 pub mod metrics;
 pub mod pki;
+pub mod speed;
 pub mod throttle;
 pub mod tls;
 

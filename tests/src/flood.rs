@@ -1,6 +1,6 @@
 //! What an unauthenticated attacker can throw at the servers without any key: connections
-//! that never finish their headers or handshake, floods of refused requests, and large
-//! uploads without a token. Used by `tests/limits.rs` and the attack suite's rows.
+//! that never finish their headers or handshake, floods of refused requests, large
+//! uploads without a token, and downloads read unread or at a trickle. Used by `tests/limits.rs` and the attack suite's rows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -454,6 +454,89 @@ async fn read_whole(client: H2Client, url: &str) -> Result<Vec<u8>, String> {
         read.extend_from_slice(&data);
     }
     Ok(read)
+}
+
+/// Connections of [`trickled_downloads`].
+pub const TRICKLED_DOWNLOADS: usize = 4;
+
+/// Bytes per second [`trickled_downloads`] reads each download at: a quarter of the servers'
+/// minimum (`--min-send-bytes-per-sec`).
+pub const TRICKLE_BYTES_PER_SEC: usize = 1024;
+
+/// What became of one of [`trickled_downloads`].
+#[derive(Debug)]
+pub struct Trickled {
+    /// Bytes read before the server dropped the connection.
+    pub read: usize,
+    /// Time from the response's headers until the server dropped it.
+    pub held: Duration,
+}
+
+/// Publishes an 8 MiB image, then downloads it on [`TRICKLED_DOWNLOADS`] HTTP/2 connections
+/// to the Image repository at once, each reading [`TRICKLE_BYTES_PER_SEC`] (a window
+/// update a second, which brings data, so no connection is ever idle): a slot held for as
+/// long as the attacker likes, unless the server drops a connection read too slowly. Errors
+/// if a download ends whole, or is still running after `limit`.
+pub async fn trickled_downloads(fleet: &Fleet, limit: Duration) -> Result<Vec<Trickled>, String> {
+    let content: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    let name = "trickled-download.bin";
+    fleet.publish(name, "attack-hw", 1, &content);
+    let url = format!(
+        "{}/targets/{}.{name}",
+        fleet.image_url,
+        uptane_core::hash::sha256_hex(&content)
+    );
+    let downloads = (0..TRICKLED_DOWNLOADS).map(|_| trickled_download(fleet, &url));
+    tokio::time::timeout(limit, futures_util::future::join_all(downloads))
+        .await
+        .map_err(|_| format!("a download read at a trickle was still running after {limit:?}"))?
+        .into_iter()
+        .collect()
+}
+
+async fn trickled_download(fleet: &Fleet, url: &str) -> Result<Trickled, String> {
+    let io = connect(&addr(&fleet.image_url), "127.0.0.1", tls(fleet))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(TRICKLE_BYTES_PER_SEC as u32)
+        .initial_connection_window_size(TRICKLE_BYTES_PER_SEC as u32)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let (response, _) = send_get(client, url).await?;
+    let response = response.await.map_err(|e| format!("a response: {e}"))?;
+    if response.status() != http::StatusCode::OK {
+        return Err(format!("the download answered {}", response.status()));
+    }
+    let started = tokio::time::Instant::now();
+    let mut body = response.into_body();
+    let mut read = 0;
+    loop {
+        match body.data().await {
+            Some(Ok(data)) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                read += data.len();
+                body.flow_control()
+                    .release_capacity(data.len())
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(Err(_)) => break,
+            None => {
+                return Err(format!(
+                    "a download read at a trickle ended whole ({read} bytes)"
+                ));
+            }
+        }
+    }
+    driver.abort();
+    Ok(Trickled {
+        read,
+        held: started.elapsed(),
+    })
 }
 
 /// Waits (bounded) until process `pid`'s resident memory stops growing: the server reads

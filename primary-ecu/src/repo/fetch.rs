@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use service_runtime::http::ClientTls;
 
-use crate::speed::{MinSpeed, SpeedMonitor};
+use service_runtime::speed::{MinSpeed, SpeedMonitor};
 
 use futures_util::{FutureExt, StreamExt};
 use service_runtime::digest::{Batch, Batcher, ThreadedDigests};

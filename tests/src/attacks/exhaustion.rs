@@ -1,7 +1,7 @@
 //! Attacks on the servers' resources by someone who holds no key at all: half-open
-//! connections, floods of refused requests, large uploads without a token. Each is run
-//! against the running fleet (`crate::flood` has the attacks); each ends with the vehicle
-//! updating normally.
+//! connections, floods of refused requests, large uploads without a token, downloads held
+//! unread or read at a trickle. Each is run against the running fleet (`crate::flood` has
+//! the attacks); each ends with the vehicle updating normally.
 
 use super::{Scenario, blocking, scenario};
 use crate::flood;
@@ -124,6 +124,29 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                     seen.peak_kib as i64 - seen.before_kib as i64,
                     w.recover()?
                 ))
+            },
+        ),
+        scenario(
+            "four HTTP/2 connections reading an 8 MiB image from the Image repository at 1 KiB/s each, a window update a second (a slow-read slowloris)",
+            "the network (no key)",
+            "each connection dropped soon after its first idle timeout (60 s), under the minimum of 4 KiB/s, not held while bytes trickle; then updates",
+            |w| {
+                let grace = service_runtime::http::ServerLimits::default().idle_timeout;
+                let limit = grace * 2;
+                let seen = blocking(flood::trickled_downloads(&w.fleet, limit))?;
+                for download in &seen {
+                    if download.held < grace {
+                        return Err(format!(
+                            "dropped after {:?}, within the grace period",
+                            download.held
+                        ));
+                    }
+                }
+                let held: Vec<_> = seen
+                    .iter()
+                    .map(|d| format!("{} KiB in {} s", d.read / 1024, d.held.as_secs()))
+                    .collect();
+                Ok(format!("dropped: {}; {}", held.join(", "), w.recover()?))
             },
         ),
     ]

@@ -1,8 +1,10 @@
-//! The minimum speed the Primary holds a transfer to, one rule for both directions: an
-//! image or metadata downloaded from a repository (`repo/fetch.rs`) and an image uploaded to
-//! a Secondary (`secondary.rs`). Uptane's slow-retrieval defence (threat model,
-//! "slow retrieval"): a peer that trickles bytes just fast enough to keep a connection alive
-//! must not hold an update forever.
+//! The minimum speed a transfer is held to, one rule for every transfer of the workspace:
+//! the Primary's downloads from a repository (`primary-ecu` `repo/fetch.rs`) and uploads to a
+//! Secondary (`primary-ecu` `secondary.rs`), and the servers' responses to a client that
+//! reads them (`crate::idle::RequestActivity::sent_below`). Uptane's slow-retrieval defence
+//! (threat model, "slow retrieval") on the vehicle's side; on the servers', a client that reads
+//! just fast enough to keep a connection alive must not hold it, and a connection slot, for
+//! ever.
 //!
 //! Past a grace period the speed is judged over a sliding window (the grace period, or longer
 //! for downloads, at least a second), so that a fast start cannot buy a slow remainder, and
