@@ -437,11 +437,25 @@ async fn upload_blob(
     let mut file = tokio::fs::File::from_std(file);
     let mut hasher = BlobHasher::default();
     let mut stream = body.into_data_stream();
+    // A trickled upload would hold its connection, and a temporary file, for ever: held to
+    // the minimum speed at each chunk (the idle timeout bounds the wait for one).
+    let min = state.config.limits.min_transfer_speed();
+    let mut speed = service_runtime::speed::SpeedMonitor::new(min);
+    let started = tokio::time::Instant::now();
     while let Some(chunk) = stream.next().await {
         let chunk: Bytes = chunk.map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}"))
         })?;
         hasher.update(&chunk);
+        if let Some(bytes_per_sec) = speed.observe(started.elapsed(), hasher.length()) {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "upload slower than {} bytes/s ({bytes_per_sec} bytes/s)",
+                    min.bytes_per_sec
+                ),
+            ));
+        }
         // An upload of undeclared length is looked at again every 64 MiB.
         if (hasher.length() - chunk.len() as u64) >> 26 != hasher.length() >> 26 {
             state.check_room(0)?;

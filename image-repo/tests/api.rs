@@ -895,6 +895,41 @@ async fn an_image_declared_larger_than_the_limit_is_refused_before_it_is_written
     assert_eq!(partial, 0, "nothing written to {}", blobs.display());
 }
 
+/// An image trickled in (100 bytes every 10 s, each chunk well within the idle timeout)
+/// would hold its connection and a temporary file for ever: refused with 408 once past the
+/// grace period, and nothing kept.
+#[tokio::test(start_paused = true)]
+async fn an_image_uploaded_at_a_trickle_is_refused() {
+    let f = fixture();
+    let state = AppState::new(f.repo.clone(), ServerConfig::default());
+    let trickle = futures_util::stream::unfold(0u32, |sent| async move {
+        (sent < 1_000).then_some(())?;
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        Some((Ok::<_, std::io::Error>(vec![7u8; 100]), sent + 1))
+    });
+    let request = Request::put(format!("/api/v1/blobs/{}", "0".repeat(64)))
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.targets_token))
+        .body(Body::from_stream(trickle))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let (status, json) = send(router(state), request).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{json}");
+    let error = json["error"].as_str().unwrap();
+    assert!(error.contains("upload slower than 4096 bytes/s"), "{error}");
+    // Past the default grace period (the idle timeout, 60 s), at the next chunk.
+    let grace = service_runtime::http::ServerLimits::default().idle_timeout;
+    let took = started.elapsed();
+    assert!(
+        took >= grace && took <= grace + std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
+    let blobs = f.repo.dir().join("blobs");
+    let kept = std::fs::read_dir(&blobs)
+        .map(|d| d.filter_map(Result::ok).count())
+        .unwrap_or(0);
+    assert_eq!(kept, 0, "nothing kept in {}", blobs.display());
+}
+
 /// Uploads may not take the room the renewals of snapshot and timestamp need (a full disk
 /// stops them, and the fleet sees a freeze within a day): refused with 507 before a byte is
 /// written, whatever the token may upload.

@@ -768,7 +768,7 @@ pub const LINK_LIMITS: service_runtime::http::ServerLimits = service_runtime::ht
     response_memory_per_connection: service_runtime::conn_memory::DEFAULT_BYTES,
     // Unused here too: tonic serves the connections, and the Secondary's answers are small
     // (the large transfer runs the other way, held to the Primary's minimum speed).
-    min_send_bytes_per_sec: 0,
+    min_transfer_bytes_per_sec: 0,
 };
 
 /// Serves the Secondary service and the gRPC health service on an already bound listener

@@ -36,28 +36,28 @@ pub struct ServerLimits {
     /// Bytes one connection's streamed responses may hold at once, all its streams
     /// together: the [`crate::conn_memory::Allowance`] put in each of its requests.
     pub response_memory_per_connection: usize,
-    /// Slowest a connection's socket may take bytes while a response is being sent, in bytes
-    /// per second, judged past a grace period of `idle_timeout` over windows as long
-    /// ([`crate::idle::RequestActivity::sent_below`]); a connection below it is dropped. 0: no
-    /// minimum.
-    pub min_send_bytes_per_sec: u64,
+    /// Slowest a transfer may run, in bytes per second, judged past a grace period of
+    /// `idle_timeout` over windows as long: a connection's socket while a response is being
+    /// sent ([`crate::idle::RequestActivity::sent_below`]; the connection is dropped), and a
+    /// streamed upload (the Image repository's images; refused with 408). 0: no minimum.
+    pub min_transfer_bytes_per_sec: u64,
 }
 
 impl ServerLimits {
-    /// The speed below which a connection's responses are too slowly read.
-    pub fn min_send_speed(&self) -> crate::speed::MinSpeed {
+    /// The speed below which a response is too slowly read, or an upload too slowly sent.
+    pub fn min_transfer_speed(&self) -> crate::speed::MinSpeed {
         crate::speed::MinSpeed {
-            bytes_per_sec: self.min_send_bytes_per_sec,
+            bytes_per_sec: self.min_transfer_bytes_per_sec,
             grace: self.idle_timeout,
         }
     }
 }
 
-/// Slowest a connection's responses may be read by default, in bytes per second: a quarter
-/// of the minimum the Primary holds its own downloads to (`--min-download-bytes-per-sec`),
-/// so that only a client that would itself give up is dropped; holding all of a server's
-/// 1,024 connections then costs a client 4 MiB/s of reading.
-pub const MIN_SEND_BYTES_PER_SEC: u64 = 4096;
+/// Slowest a transfer may run by default, in bytes per second: a quarter of the minimum the
+/// Primary holds its own downloads to (`--min-download-bytes-per-sec`), so that only a client
+/// that would itself give up is dropped; a download kept open on each of a server's 1,024
+/// connections then costs a client 4 MiB/s.
+pub const MIN_TRANSFER_BYTES_PER_SEC: u64 = 4096;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -67,13 +67,13 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(60),
             max_streams_per_connection: 32,
             response_memory_per_connection: crate::conn_memory::DEFAULT_BYTES,
-            min_send_bytes_per_sec: MIN_SEND_BYTES_PER_SEC,
+            min_transfer_bytes_per_sec: MIN_TRANSFER_BYTES_PER_SEC,
         }
     }
 }
 
 /// A server's connection limits as flags (`--max-connections`, `--header-timeout-secs`,
-/// `--idle-timeout-secs`, `--min-send-bytes-per-sec`), shared by both servers.
+/// `--idle-timeout-secs`, `--min-transfer-bytes-per-sec`), shared by both servers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerLimitsArgs {
     /// Connections served at once; more wait until one closes.
@@ -86,11 +86,11 @@ pub struct ServerLimitsArgs {
     /// is closed.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_timeout_secs: u64,
-    /// Slowest a client may read the responses of its connection, in bytes per second, judged
-    /// once the idle timeout has passed, over windows as long; a connection below it is
-    /// dropped. 0: no minimum.
-    #[arg(long, default_value_t = MIN_SEND_BYTES_PER_SEC, value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
-    pub min_send_bytes_per_sec: u64,
+    /// Slowest a client may read the responses of its connection, or send an image it uploads,
+    /// in bytes per second, judged once the idle timeout has passed, over windows as long; a
+    /// connection below it is dropped, an upload refused. 0: no minimum.
+    #[arg(long, default_value_t = MIN_TRANSFER_BYTES_PER_SEC, value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
+    pub min_transfer_bytes_per_sec: u64,
 }
 
 impl ServerLimitsArgs {
@@ -100,7 +100,7 @@ impl ServerLimitsArgs {
             max_connections: self.max_connections as usize,
             header_read_timeout: Duration::from_secs(self.header_timeout_secs),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
-            min_send_bytes_per_sec: self.min_send_bytes_per_sec,
+            min_transfer_bytes_per_sec: self.min_transfer_bytes_per_sec,
             ..ServerLimits::default()
         }
     }
@@ -367,7 +367,7 @@ async fn connection<IO, S, B>(
     // ended within `CLOSE_GRACE` is dropped, a response in progress cut. Dropped at once
     // when its responses are read slower than the minimum: a graceful close would wait for
     // that same response.
-    let too_slow = activity.sent_below(limits.min_send_speed());
+    let too_slow = activity.sent_below(limits.min_transfer_speed());
     tokio::pin!(connection, too_slow);
     // Armed when the connection is told to close.
     let grace = tokio::time::sleep(CLOSE_GRACE);
@@ -707,15 +707,24 @@ mod tests {
     }
 
     /// A plaintext server of `max_connections` answering every request with 16 MiB,
-    /// dropping connections read slower than 64 KiB/s past 2 s; its address.
-    async fn download_server(max_connections: usize) -> std::net::SocketAddr {
+    /// dropping connections read slower than `min_transfer_bytes_per_sec` past 2 s; its address.
+    /// Its sockets' send buffers are small (the kernel would grow them to megabytes over
+    /// loopback), so its writes move as the client reads, as over a real network.
+    async fn download_server(
+        max_connections: usize,
+        min_transfer_bytes_per_sec: u64,
+    ) -> std::net::SocketAddr {
         let limits = ServerLimits {
             max_connections,
             idle_timeout: Duration::from_secs(2),
-            min_send_bytes_per_sec: 64 * 1024,
+            min_transfer_bytes_per_sec,
             ..ServerLimits::default()
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // Accepted sockets inherit it.
+        socket.set_send_buffer_size(16 * 1024).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(64).unwrap();
         let addr = listener.local_addr().unwrap();
         let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
             let chunks = (0..1024).map(|_| Ok::<_, std::io::Error>(vec![7u8; 16 * 1024]));
@@ -734,14 +743,12 @@ mod tests {
 
     /// An HTTP/1.1 client taking 4 KiB of a 16 MiB download every 250 ms (16 KiB/s) through
     /// a small receive buffer, on a server of one connection slot: its connection is dropped
-    /// and the slot given to the next client. Over loopback the kernel's send buffer grows to
-    /// megabytes, so the server's writes may wait longer than the idle timeout for room, and
-    /// the idle timeout may be what drops it; the HTTP/2 test below cannot end that way.
-    /// Real time, short.
+    /// and the slot given to the next client. Bytes move every quarter of a second, so the
+    /// idle timeout alone never drops it. Real time, short.
     #[tokio::test]
     async fn an_http1_client_reading_a_download_at_a_trickle_loses_its_slot() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = download_server(1).await;
+        let addr = download_server(1, 64 * 1024).await;
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let mut trickling = socket.connect(addr).await.unwrap();
@@ -772,7 +779,7 @@ mod tests {
     /// connection slot, for as long as it liked. Real time, short, as above.
     #[tokio::test]
     async fn an_http2_client_reading_a_download_at_a_trickle_is_dropped() {
-        let addr = download_server(16).await;
+        let addr = download_server(16, 64 * 1024).await;
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut client, connection) = h2::client::Builder::new()
             .initial_window_size(16 * 1024)
@@ -811,8 +818,10 @@ mod tests {
             "the download ended whole after {read} bytes"
         );
         assert!(read < 1 << 20, "{read} bytes read");
+        // The server's clock starts a little before the client's (at the response's
+        // headers), and looks once a second.
         assert!(
-            started.elapsed() >= Duration::from_secs(2),
+            started.elapsed() >= Duration::from_secs(1),
             "dropped within the grace period"
         );
         let ended = tokio::time::timeout(Duration::from_secs(5), driven).await;

@@ -196,19 +196,23 @@ struct ActivityState {
     /// Responses whose bodies are being sent: handed to the connection, not yet ended.
     sending: usize,
     /// While `sending` is above zero: since when, without a break.
-    period: Option<SendingPeriod>,
-    /// Periods begun so far, to number them.
-    periods: u64,
+    sending_since: Option<Instant>,
+    /// The time some response was being sent, over the stretches that have ended.
+    sent_for: Duration,
 }
 
-/// A stretch of time during which some response of the connection was being sent: its speed
-/// is what is judged (the time a handler takes, or between requests, is not the client's).
-#[derive(Debug, Clone, Copy)]
-struct SendingPeriod {
-    number: u64,
-    began: Instant,
-    /// [`RequestActivity::sent`] when it began.
-    sent_before: u64,
+impl ActivityState {
+    /// The connection's sending clock: the time during which some response of the connection
+    /// was being sent, all stretches together. Its speed is judged on this clock, so the time
+    /// a handler takes, or between requests, is not the client's; and one clock for the
+    /// connection's life, so a client that ends its download (an HTTP/2 reset) and asks for
+    /// the rest again is not given a new grace period.
+    fn sending_clock(&self, now: Instant) -> Duration {
+        self.sent_for
+            + self
+                .sending_since
+                .map_or(Duration::ZERO, |since| now - since)
+    }
 }
 
 impl Default for RequestActivity {
@@ -226,8 +230,8 @@ impl RequestActivity {
                 in_flight: 0,
                 since: Instant::now(),
                 sending: 0,
-                period: None,
-                periods: 0,
+                sending_since: None,
+                sent_for: Duration::ZERO,
             }),
             changed: tokio::sync::Notify::new(),
             sent,
@@ -279,36 +283,36 @@ impl RequestActivity {
 const SPEED_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl RequestActivity {
-    /// Completes, with the speed reached in bytes per second, once the connection's responses
-    /// are sent slower than `min` ([`SpeedMonitor`]: past the grace period, over a sliding
-    /// window as long; all the responses being sent at once count together). Never while no
+    /// Completes, with the speed reached in bytes per second, once the connection's socket
+    /// takes its responses slower than `min` ([`SpeedMonitor`] on the connection's sending
+    /// clock, [`ActivityState::sending_clock`]: past the grace period, over a sliding window
+    /// as long; all the responses being sent at once count together). Never while no
     /// response is being sent, nor with a minimum of 0. Looks once a second, rather than being
     /// woken at every response of a busy connection.
     ///
-    /// The bytes are those the socket took, whatever they carry: the connection takes a
+    /// The bytes are all those the socket took, whatever they carry: the connection takes a
     /// body's bytes a chunk (or a whole file's allowance) at a time ahead of the socket, far
     /// too coarse to judge by. A client may pay for its bytes with PINGs, each answered,
-    /// rather than by reading: either way, holding a connection costs it the minimum.
+    /// rather than by reading, or with small responses between downloads: either way,
+    /// keeping a response unread costs it the minimum.
     pub async fn sent_below(&self, min: MinSpeed) -> u64 {
         if min.bytes_per_sec == 0 {
             return std::future::pending().await;
         }
         let mut ticks = tokio::time::interval_at(Instant::now() + SPEED_TICK, SPEED_TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut watched: Option<(u64, SpeedMonitor)> = None;
+        let mut monitor = SpeedMonitor::new(min);
         loop {
             ticks.tick().await;
-            let Some(period) = self.state().period else {
-                watched = None;
-                continue;
+            let clock = {
+                let state = self.state();
+                if state.sending == 0 {
+                    // The clock stands still: nothing to judge.
+                    continue;
+                }
+                state.sending_clock(Instant::now())
             };
-            // Read after the period: what it counts only grows from `sent_before`.
-            let sent = self.sent.get().saturating_sub(period.sent_before);
-            let monitor = match &mut watched {
-                Some((number, monitor)) if *number == period.number => monitor,
-                _ => &mut watched.insert((period.number, SpeedMonitor::new(min))).1,
-            };
-            if let Some(speed) = monitor.observe(period.began.elapsed(), sent) {
+            if let Some(speed) = monitor.observe(clock, self.sent.get()) {
                 return speed;
             }
         }
@@ -332,13 +336,8 @@ impl InFlight {
         self.sending = true;
         let mut state = self.activity.state();
         state.sending += 1;
-        if state.period.is_none() {
-            state.periods += 1;
-            state.period = Some(SendingPeriod {
-                number: state.periods,
-                began: Instant::now(),
-                sent_before: self.activity.sent.get(),
-            });
+        if state.sending_since.is_none() {
+            state.sending_since = Some(Instant::now());
         }
     }
 }
@@ -348,11 +347,14 @@ impl Drop for InFlight {
         let last = {
             let mut state = self.activity.state();
             state.in_flight -= 1;
-            state.since = Instant::now();
+            let now = Instant::now();
+            state.since = now;
             if self.sending {
                 state.sending -= 1;
-                if state.sending == 0 {
-                    state.period = None;
+                if state.sending == 0
+                    && let Some(since) = state.sending_since.take()
+                {
+                    state.sent_for += now - since;
                 }
             }
             state.in_flight == 0
@@ -460,12 +462,19 @@ mod tests {
             speed = &mut watch => panic!("caught at 8 KiB/s: {speed} B/s"),
             () = sent_for(running, &written, 8192, 60) => {}
         }
-        // ...and nor is the time between requests, whatever (PING answers) the socket takes.
+        // ...and nor is the time between requests, however little the socket takes (a PING
+        // answered now and then).
         tokio::select! {
             speed = &mut watch => panic!("caught between requests: {speed} B/s"),
-            () = tokio::time::sleep(Duration::from_secs(100)) => {}
+            () = async {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    written.add(17);
+                }
+            } => {}
         }
-        // A response read at 1 KiB/s is caught once the grace period has passed.
+        // A response read at 1 KiB/s is caught within a window: the fast one before it buys
+        // nothing past that.
         let started = Instant::now();
         let speed = tokio::select! {
             speed = &mut watch => speed,
@@ -473,11 +482,76 @@ mod tests {
                 panic!("a response read at 1 KiB/s was never caught")
             }
         };
-        assert!((900..=1200).contains(&speed), "{speed} B/s");
+        assert!(speed < 4096, "{speed} B/s");
         assert!(
             started.elapsed() <= min.grace + 2 * SPEED_TICK,
             "caught only after {:?}",
             started.elapsed()
+        );
+    }
+
+    /// A response held unread.
+    async fn held_for(running: InFlight, time: Duration) {
+        let _response = Tracked::new(String::new(), running);
+        tokio::time::sleep(time).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_download_asked_for_again_gets_no_new_grace_period() {
+        let written = Written::default();
+        let activity = std::sync::Arc::new(RequestActivity::new(written.clone()));
+        let grace = Duration::from_secs(10);
+        let min = MinSpeed {
+            bytes_per_sec: 4096,
+            grace,
+        };
+        let watch = activity.sent_below(min);
+        tokio::pin!(watch);
+        // Nothing read for 90% of the grace period, then the download reset (an HTTP/2
+        // RST_STREAM) and, a while later, asked for again from where it stopped.
+        tokio::select! {
+            speed = &mut watch => panic!("caught within the grace period: {speed} B/s"),
+            () = held_for(activity.begin(), grace * 9 / 10) => {}
+        }
+        tokio::select! {
+            speed = &mut watch => panic!("caught while nothing was sent: {speed} B/s"),
+            () = tokio::time::sleep(Duration::from_secs(30)) => written.add(1024),
+        }
+        let started = Instant::now();
+        tokio::select! {
+            _ = &mut watch => {}
+            () = held_for(activity.begin(), grace * 9 / 10) => {
+                panic!("the second request got a grace period of its own")
+            }
+        }
+        assert!(started.elapsed() <= grace / 10 + 2 * SPEED_TICK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overlapping_responses_keep_the_clock_running() {
+        let written = Written::default();
+        let activity = std::sync::Arc::new(RequestActivity::new(written.clone()));
+        let grace = Duration::from_secs(10);
+        let min = MinSpeed {
+            bytes_per_sec: 4096,
+            grace,
+        };
+        // One response unread for 9 s, a second from 5 s on: never a moment with nothing
+        // sent, so the grace period ends 10 s after the first began.
+        let started = Instant::now();
+        let first = held_for(activity.begin(), Duration::from_secs(9));
+        let second = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            held_for(activity.begin(), Duration::from_secs(600)).await;
+        };
+        tokio::select! {
+            _ = activity.sent_below(min) => {}
+            _ = futures_util::future::join(first, second) => panic!("never caught"),
+        }
+        let caught = started.elapsed();
+        assert!(
+            caught >= grace && caught <= grace + 2 * SPEED_TICK,
+            "{caught:?}"
         );
     }
 

@@ -690,7 +690,9 @@ impl tokio::io::AsyncWrite for TlsConnection {
 }
 
 /// TLS connections accepted on `listener` for a gRPC server within the default
-/// [`ServerLimits`](crate::http::ServerLimits).
+/// [`ServerLimits`](crate::http::ServerLimits)' connection cap and idle timeout (the gRPC
+/// server serves the connections: the limits of `crate::http`'s loop on requests and
+/// responses are not applied).
 pub fn incoming(
     listener: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,

@@ -460,7 +460,7 @@ async fn read_whole(client: H2Client, url: &str) -> Result<Vec<u8>, String> {
 pub const TRICKLED_DOWNLOADS: usize = 4;
 
 /// Bytes per second [`trickled_downloads`] reads each download at: a quarter of the servers'
-/// minimum (`--min-send-bytes-per-sec`).
+/// minimum (`--min-transfer-bytes-per-sec`).
 pub const TRICKLE_BYTES_PER_SEC: usize = 1024;
 
 /// What became of one of [`trickled_downloads`].
@@ -537,6 +537,44 @@ async fn trickled_download(fleet: &Fleet, url: &str) -> Result<Trickled, String>
         read,
         held: started.elapsed(),
     })
+}
+
+/// An image uploaded to the fleet's Image repository with its upload token (a release
+/// engineer's, or one stolen) at 100 bytes every 5 s, each chunk well within the idle
+/// timeout: its status and error once answered, and the time it took. Errors if it is not
+/// answered within `limit`.
+pub async fn trickled_upload(
+    fleet: &Fleet,
+    limit: Duration,
+) -> Result<(http::StatusCode, String, Duration), String> {
+    let token = fleet
+        .upload_token()
+        .ok_or("the fleet has no upload token")?;
+    let trickle = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 100])),
+            (),
+        ))
+    });
+    let started = tokio::time::Instant::now();
+    let sent = fleet
+        .https_client()
+        .put(format!(
+            "{}/api/v1/blobs/{}",
+            fleet.image_url,
+            "cd".repeat(32)
+        ))
+        .bearer_auth(token)
+        .body(reqwest::Body::wrap_stream(trickle))
+        .send();
+    let response = tokio::time::timeout(limit, sent)
+        .await
+        .map_err(|_| format!("an upload at a trickle was not answered within {limit:?}"))?
+        .map_err(|e| format!("the upload: {e}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    Ok((status, body, started.elapsed()))
 }
 
 /// Waits (bounded) until process `pid`'s resident memory stops growing: the server reads

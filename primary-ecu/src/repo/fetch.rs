@@ -125,7 +125,7 @@ impl Credential {
 }
 
 /// An HTTP client with a read timeout (a stalled connection) and a minimum speed over each
-/// download (slow retrieval, `crate::speed`).
+/// download (slow retrieval, `service_runtime::speed`).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     http: reqwest::Client,

@@ -127,26 +127,47 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             },
         ),
         scenario(
-            "four HTTP/2 connections reading an 8 MiB image from the Image repository at 1 KiB/s each, a window update a second (a slow-read slowloris)",
-            "the network (no key)",
-            "each connection dropped soon after its first idle timeout (60 s), under the minimum of 4 KiB/s, not held while bytes trickle; then updates",
+            "four HTTP/2 connections reading an 8 MiB image from the Image repository at 1 KiB/s each, a window update a second (a slow-read slowloris), and beside them an image uploaded at 20 bytes/s",
+            "the network (no key); an upload token for the upload",
+            "each connection dropped soon after its first idle timeout (60 s), under the minimum of 4 KiB/s, not held while bytes trickle; the upload refused (408) then; then updates",
             |w| {
                 let grace = service_runtime::http::ServerLimits::default().idle_timeout;
                 let limit = grace * 2;
-                let seen = blocking(flood::trickled_downloads(&w.fleet, limit))?;
-                for download in &seen {
-                    if download.held < grace {
+                let (downloads, upload) = blocking(async {
+                    let (downloads, upload) = futures_util::future::join(
+                        flood::trickled_downloads(&w.fleet, limit),
+                        flood::trickled_upload(&w.fleet, limit),
+                    )
+                    .await;
+                    Ok::<_, String>((downloads?, upload?))
+                })?;
+                for download in &downloads {
+                    // The server's clock starts a little before ours, and looks each second.
+                    if download.held < grace - std::time::Duration::from_secs(1) {
                         return Err(format!(
                             "dropped after {:?}, within the grace period",
                             download.held
                         ));
                     }
                 }
-                let held: Vec<_> = seen
+                let (status, error, took) = upload;
+                if status != http::StatusCode::REQUEST_TIMEOUT
+                    || !error.contains("upload slower than")
+                {
+                    return Err(format!(
+                        "the trickled upload was answered {status}: {error}"
+                    ));
+                }
+                let held: Vec<_> = downloads
                     .iter()
                     .map(|d| format!("{} KiB in {} s", d.read / 1024, d.held.as_secs()))
                     .collect();
-                Ok(format!("dropped: {}; {}", held.join(", "), w.recover()?))
+                Ok(format!(
+                    "dropped: {}; the upload refused after {} s: {status}; {}",
+                    held.join(", "),
+                    took.as_secs(),
+                    w.recover()?
+                ))
             },
         ),
     ]
