@@ -437,24 +437,42 @@ async fn upload_blob(
     let mut file = tokio::fs::File::from_std(file);
     let mut hasher = BlobHasher::default();
     let mut stream = body.into_data_stream();
-    // A trickled upload would hold its connection, and a temporary file, for ever: held to
-    // the minimum speed at each chunk (the idle timeout bounds the wait for one).
+    // A trickled upload, or a stalled one (HTTP/2 PINGs keep its connection from being
+    // idle), would hold its connection and a temporary file for ever: held to the minimum
+    // speed, looked at with each chunk and each second.
     let min = state.config.limits.min_transfer_speed();
     let mut speed = service_runtime::speed::SpeedMonitor::new(min);
+    let too_slow = |bytes_per_sec: u64| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "upload slower than {} bytes/s ({bytes_per_sec} bytes/s)",
+                min.bytes_per_sec
+            ),
+        )
+    };
     let started = tokio::time::Instant::now();
-    while let Some(chunk) = stream.next().await {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let chunk = tokio::select! {
+            chunk = stream.next() => chunk,
+            _ = ticks.tick() => {
+                if let Some(bytes_per_sec) = speed.observe(started.elapsed(), hasher.length()) {
+                    return Err(too_slow(bytes_per_sec));
+                }
+                continue;
+            }
+        };
+        let Some(chunk) = chunk else {
+            break;
+        };
         let chunk: Bytes = chunk.map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}"))
         })?;
         hasher.update(&chunk);
         if let Some(bytes_per_sec) = speed.observe(started.elapsed(), hasher.length()) {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "upload slower than {} bytes/s ({bytes_per_sec} bytes/s)",
-                    min.bytes_per_sec
-                ),
-            ));
+            return Err(too_slow(bytes_per_sec));
         }
         // An upload of undeclared length is looked at again every 64 MiB.
         if (hasher.length() - chunk.len() as u64) >> 26 != hasher.length() >> 26 {

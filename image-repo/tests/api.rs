@@ -930,6 +930,29 @@ async fn an_image_uploaded_at_a_trickle_is_refused() {
     assert_eq!(kept, 0, "nothing kept in {}", blobs.display());
 }
 
+/// An upload that stops sending (over HTTP/2 a client's PINGs keep its connection from
+/// being idle) is refused past the grace period all the same: no chunk needs to arrive.
+#[tokio::test(start_paused = true)]
+async fn an_image_upload_that_stalls_is_refused() {
+    let f = fixture();
+    let state = AppState::new(f.repo.clone(), ServerConfig::default());
+    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(vec![7u8; 1000])]);
+    let stalled = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+    let request = Request::put(format!("/api/v1/blobs/{}", "0".repeat(64)))
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.targets_token))
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let (status, json) = send(router(state), request).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{json}");
+    let took = started.elapsed();
+    let grace = service_runtime::http::ServerLimits::default().idle_timeout;
+    assert!(
+        took >= grace && took <= grace + std::time::Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
 /// Uploads may not take the room the renewals of snapshot and timestamp need (a full disk
 /// stops them, and the fleet sees a freeze within a day): refused with 507 before a byte is
 /// written, whatever the token may upload.

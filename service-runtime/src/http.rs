@@ -325,7 +325,7 @@ async fn connection<IO, S, B>(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
     let memory = crate::conn_memory::Allowance::new(limits.response_memory_per_connection);
-    let activity = Arc::new(crate::idle::RequestActivity::new(written));
+    let activity = Arc::new(crate::idle::RequestActivity::new(written, memory.clone()));
     let tracking = Arc::clone(&activity);
     let service = tower::service_fn(move |mut request: http::Request<_>| {
         request.extensions_mut().insert(peer);

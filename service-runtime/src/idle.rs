@@ -186,6 +186,10 @@ pub struct RequestActivity {
     changed: tokio::sync::Notify,
     /// What the connection has written to its socket.
     sent: Written,
+    /// The memory its streamed responses hold: bytes read ahead of the socket, some perhaps
+    /// of a body already handed over whole (hyper's HTTP/2 takes a chunk whole and queues it
+    /// for the peer's window), so still unread by the client.
+    queued: crate::conn_memory::Allowance,
 }
 
 #[derive(Debug)]
@@ -218,13 +222,14 @@ impl ActivityState {
 impl Default for RequestActivity {
     /// For a connection whose bytes nobody counts (nothing is ever judged too slow).
     fn default() -> Self {
-        Self::new(Written::default())
+        Self::new(Written::default(), crate::conn_memory::Allowance::new(1))
     }
 }
 
 impl RequestActivity {
-    /// For a connection whose socket's writes are counted by `sent` ([`Idle::written`]).
-    pub fn new(sent: Written) -> Self {
+    /// For a connection whose socket's writes are counted by `sent` ([`Idle::written`]) and
+    /// whose streamed responses hold `queued`.
+    pub fn new(sent: Written, queued: crate::conn_memory::Allowance) -> Self {
         Self {
             state: std::sync::Mutex::new(ActivityState {
                 in_flight: 0,
@@ -235,6 +240,7 @@ impl RequestActivity {
             }),
             changed: tokio::sync::Notify::new(),
             sent,
+            queued,
         }
     }
 }
@@ -288,7 +294,8 @@ impl RequestActivity {
     /// clock, [`ActivityState::sending_clock`]: past the grace period, over a sliding window
     /// as long; all the responses being sent at once count together). Never while no
     /// response is being sent, nor with a minimum of 0. Looks once a second, rather than being
-    /// woken at every response of a busy connection.
+    /// woken at every response of a busy connection. The clock also runs while bytes of a
+    /// response handed over whole are still queued, unread ([`Self::new`]'s `queued`).
     ///
     /// The bytes are all those the socket took, whatever they carry: the connection takes a
     /// body's bytes a chunk (or a whole file's allowance) at a time ahead of the socket, far
@@ -302,17 +309,25 @@ impl RequestActivity {
         let mut ticks = tokio::time::interval_at(Instant::now() + SPEED_TICK, SPEED_TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut monitor = SpeedMonitor::new(min);
+        // Time with no body being sent but bytes of one queued, summed a tick at a time.
+        let mut queued_for = Duration::ZERO;
+        let mut looked = (Instant::now(), Duration::ZERO);
         loop {
             ticks.tick().await;
-            let clock = {
+            let now = Instant::now();
+            let (bodies, sending) = {
                 let state = self.state();
-                if state.sending == 0 {
-                    // The clock stands still: nothing to judge.
-                    continue;
-                }
-                state.sending_clock(Instant::now())
+                (state.sending_clock(now), state.sending > 0)
             };
-            if let Some(speed) = monitor.observe(clock, self.sent.get()) {
+            if !sending && self.queued.available_bytes() < self.queued.total_bytes() {
+                queued_for += now - looked.0;
+            }
+            let clock = bodies + queued_for;
+            let moved = clock != looked.1;
+            looked = (now, clock);
+            // The clock stood still since the last look: nothing to judge. A response sent
+            // and ended between two looks moved it, and is judged.
+            if moved && let Some(speed) = monitor.observe(clock, self.sent.get()) {
                 return speed;
             }
         }
@@ -444,7 +459,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn responses_read_slower_than_the_minimum_are_caught_and_nothing_else_is() {
         let written = Written::default();
-        let activity = std::sync::Arc::new(RequestActivity::new(written.clone()));
+        let activity = std::sync::Arc::new(RequestActivity::new(
+            written.clone(),
+            crate::conn_memory::Allowance::new(1024),
+        ));
         let min = MinSpeed {
             bytes_per_sec: 4096,
             grace: Duration::from_secs(10),
@@ -499,7 +517,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_download_asked_for_again_gets_no_new_grace_period() {
         let written = Written::default();
-        let activity = std::sync::Arc::new(RequestActivity::new(written.clone()));
+        let activity = std::sync::Arc::new(RequestActivity::new(
+            written.clone(),
+            crate::conn_memory::Allowance::new(1024),
+        ));
         let grace = Duration::from_secs(10);
         let min = MinSpeed {
             bytes_per_sec: 4096,
@@ -527,10 +548,50 @@ mod tests {
         assert!(started.elapsed() <= grace / 10 + 2 * SPEED_TICK);
     }
 
+    /// A response of one chunk, handed over whole (its body ended at once) while its bytes
+    /// wait unread in the connection's queue: judged as being sent, as a range request of a
+    /// chunk read at a trickle would otherwise never be.
+    #[tokio::test(start_paused = true)]
+    async fn bytes_queued_unread_keep_the_clock_running() {
+        let written = Written::default();
+        let queue = crate::conn_memory::Allowance::new(1 << 20);
+        let activity = std::sync::Arc::new(RequestActivity::new(written.clone(), queue.clone()));
+        let grace = Duration::from_secs(10);
+        let min = MinSpeed {
+            bytes_per_sec: 4096,
+            grace,
+        };
+        let watch = activity.sent_below(min);
+        tokio::pin!(watch);
+        // Handed over and ended, nothing queued: nothing to judge.
+        drop(Tracked::new(String::new(), activity.begin()));
+        tokio::select! {
+            speed = &mut watch => panic!("caught with nothing queued: {speed} B/s"),
+            () = tokio::time::sleep(Duration::from_secs(100)) => {}
+        }
+        // Handed over and ended, 256 KiB queued and never read: caught.
+        let chunk = queue.try_reserve(256 * 1024).unwrap();
+        drop(Tracked::new(String::new(), activity.begin()));
+        let started = Instant::now();
+        tokio::select! {
+            _ = &mut watch => {}
+            () = tokio::time::sleep(Duration::from_secs(600)) => panic!("queued bytes never judged"),
+        }
+        assert!(
+            started.elapsed() <= grace + 2 * SPEED_TICK,
+            "{:?}",
+            started.elapsed()
+        );
+        drop(chunk);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn overlapping_responses_keep_the_clock_running() {
         let written = Written::default();
-        let activity = std::sync::Arc::new(RequestActivity::new(written.clone()));
+        let activity = std::sync::Arc::new(RequestActivity::new(
+            written.clone(),
+            crate::conn_memory::Allowance::new(1024),
+        ));
         let grace = Duration::from_secs(10);
         let min = MinSpeed {
             bytes_per_sec: 4096,
@@ -558,7 +619,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_zero_minimum_catches_nothing() {
         let written = Written::default();
-        let activity = std::sync::Arc::new(RequestActivity::new(written.clone()));
+        let activity = std::sync::Arc::new(RequestActivity::new(
+            written.clone(),
+            crate::conn_memory::Allowance::new(1024),
+        ));
         let min = MinSpeed {
             bytes_per_sec: 0,
             grace: Duration::from_secs(1),
