@@ -552,21 +552,22 @@ pub(crate) fn served_entries(conn: &Conn, vin: &str) -> Result<ServedEntries, Di
         params![vin],
         |r| r.get(0),
     )?;
-    let pairs = match text {
-        None => Vec::new(),
-        Some(text) => ServedEntries::parse(&text)?,
-    };
-    Ok(ServedEntries(pairs))
+    match text {
+        None => Ok(ServedEntries::default()),
+        Some(text) => ServedEntries::parse(&text),
+    }
 }
 
-/// What [`served_entries`] found.
+/// The entries (correlation id, ECU serial) of one signed targets file, as its
+/// `targets_entries` column keeps them.
 #[derive(Debug, Default)]
 pub(crate) struct ServedEntries(Vec<(String, String)>);
 
 impl ServedEntries {
     /// Reads the `targets_entries` column (JSON pairs of correlation id and ECU serial).
-    pub(crate) fn parse(text: &str) -> Result<Vec<(String, String)>, DirectorError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, DirectorError> {
         serde_json::from_str(text)
+            .map(Self)
             .map_err(|e| DirectorError::Internal(format!("stored targets entries: {e}")))
     }
 
@@ -584,7 +585,7 @@ impl ServedEntries {
 pub(crate) fn mark_withdrawn(
     conn: &Conn,
     vin: &str,
-    included: &[(String, String)],
+    included: &ServedEntries,
     now: UtcTime,
 ) -> Result<usize, DirectorError> {
     let sql = format!(
@@ -597,11 +598,10 @@ pub(crate) fn mark_withdrawn(
         assignment_row,
     )?;
     let mut n = 0;
-    for entry in open.iter().filter(|e| {
-        !included
-            .iter()
-            .any(|(c, s)| *c == e.correlation_id && *s == e.ecu_serial)
-    }) {
+    for entry in open
+        .iter()
+        .filter(|e| !included.contains(&e.correlation_id, &e.ecu_serial))
+    {
         n += conn.execute(
             "UPDATE assignment_ecus SET withdrawn_at = ?1 WHERE rowid = ?2",
             params![now_text(now), entry.cursor],
@@ -693,11 +693,11 @@ pub(crate) fn set_outcome(
 pub(crate) fn mark_delivered(
     conn: &Conn,
     vin: &str,
-    entries: &[(String, String)],
+    entries: &ServedEntries,
     now: UtcTime,
 ) -> Result<usize, DirectorError> {
     let mut n = 0;
-    for (correlation_id, serial) in entries {
+    for (correlation_id, serial) in &entries.0 {
         n += conn.execute(
             "UPDATE assignment_ecus SET status = ?1, updated_at = ?2
              WHERE vin = ?3 AND ecu_serial = ?4 AND status = ?5
