@@ -582,10 +582,31 @@ mod tests {
     /// A plaintext server with `limits` answering "ok"; its address.
     async fn ok_server(limits: ServerLimits) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
             Ok::<_, Infallible>(http::Response::new(String::from("ok")))
         });
+        plaintext(listener, limits, service)
+    }
+
+    /// Serves `service` in plaintext on `listener` within `limits`, for ever; its address.
+    fn plaintext<B>(
+        listener: tokio::net::TcpListener,
+        limits: ServerLimits,
+        service: impl tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static,
+    ) -> std::net::SocketAddr
+    where
+        B: hyper::body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let addr = listener.local_addr().unwrap();
         tokio::spawn(serve_with(
             listener,
             Transport::Plaintext,
@@ -725,20 +746,12 @@ mod tests {
         socket.set_send_buffer_size(16 * 1024).unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let listener = socket.listen(64).unwrap();
-        let addr = listener.local_addr().unwrap();
         let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
             let chunks = (0..1024).map(|_| Ok::<_, std::io::Error>(vec![7u8; 16 * 1024]));
             let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
             Ok::<_, Infallible>(http::Response::new(body))
         });
-        tokio::spawn(serve_with(
-            listener,
-            Transport::Plaintext,
-            limits,
-            service,
-            std::future::pending(),
-        ));
-        addr
+        plaintext(listener, limits, service)
     }
 
     /// An HTTP/1.1 client taking 4 KiB of a 16 MiB download every 250 ms (16 KiB/s) through

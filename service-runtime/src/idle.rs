@@ -446,6 +446,21 @@ mod tests {
         assert_eq!(started.elapsed(), timeout);
     }
 
+    /// A connection's activity, its socket's writes counted by the `Written` returned and its
+    /// streamed responses holding `queue`, and the minimum these tests hold it to: 4 KiB/s
+    /// past 10 s.
+    fn counted(
+        queue: crate::conn_memory::Allowance,
+    ) -> (Written, std::sync::Arc<RequestActivity>, MinSpeed) {
+        let written = Written::default();
+        let activity = std::sync::Arc::new(RequestActivity::new(written.clone(), queue));
+        let min = MinSpeed {
+            bytes_per_sec: 4096,
+            grace: Duration::from_secs(10),
+        };
+        (written, activity, min)
+    }
+
     /// A response being sent for `running` while the socket takes `per_second` bytes each
     /// second for `seconds`, as it would for a client reading at that speed.
     async fn sent_for(running: InFlight, written: &Written, per_second: usize, seconds: u64) {
@@ -458,15 +473,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn responses_read_slower_than_the_minimum_are_caught_and_nothing_else_is() {
-        let written = Written::default();
-        let activity = std::sync::Arc::new(RequestActivity::new(
-            written.clone(),
-            crate::conn_memory::Allowance::new(1024),
-        ));
-        let min = MinSpeed {
-            bytes_per_sec: 4096,
-            grace: Duration::from_secs(10),
-        };
+        let (written, activity, min) = counted(crate::conn_memory::Allowance::new(1024));
         let watch = activity.sent_below(min);
         tokio::pin!(watch);
         // A handler that takes 100 s is not the client's slowness...
@@ -516,16 +523,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_download_asked_for_again_gets_no_new_grace_period() {
-        let written = Written::default();
-        let activity = std::sync::Arc::new(RequestActivity::new(
-            written.clone(),
-            crate::conn_memory::Allowance::new(1024),
-        ));
-        let grace = Duration::from_secs(10);
-        let min = MinSpeed {
-            bytes_per_sec: 4096,
-            grace,
-        };
+        let queue = crate::conn_memory::Allowance::new(1024);
+        let (written, activity, min) = counted(queue);
+        let grace = min.grace;
         let watch = activity.sent_below(min);
         tokio::pin!(watch);
         // Nothing read for 90% of the grace period, then the download reset (an HTTP/2
@@ -553,14 +553,9 @@ mod tests {
     /// chunk read at a trickle would otherwise never be.
     #[tokio::test(start_paused = true)]
     async fn bytes_queued_unread_keep_the_clock_running() {
-        let written = Written::default();
         let queue = crate::conn_memory::Allowance::new(1 << 20);
-        let activity = std::sync::Arc::new(RequestActivity::new(written.clone(), queue.clone()));
-        let grace = Duration::from_secs(10);
-        let min = MinSpeed {
-            bytes_per_sec: 4096,
-            grace,
-        };
+        let (_, activity, min) = counted(queue.clone());
+        let grace = min.grace;
         let watch = activity.sent_below(min);
         tokio::pin!(watch);
         // Handed over and ended, nothing queued: nothing to judge.
@@ -587,16 +582,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn overlapping_responses_keep_the_clock_running() {
-        let written = Written::default();
-        let activity = std::sync::Arc::new(RequestActivity::new(
-            written.clone(),
-            crate::conn_memory::Allowance::new(1024),
-        ));
-        let grace = Duration::from_secs(10);
-        let min = MinSpeed {
-            bytes_per_sec: 4096,
-            grace,
-        };
+        let (_, activity, min) = counted(crate::conn_memory::Allowance::new(1024));
+        let grace = min.grace;
         // One response unread for 9 s, a second from 5 s on: never a moment with nothing
         // sent, so the grace period ends 10 s after the first began.
         let started = Instant::now();
