@@ -452,7 +452,8 @@ async fn upload_blob(
         )
     };
     let started = tokio::time::Instant::now();
-    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    let second = std::time::Duration::from_secs(1);
+    let mut ticks = tokio::time::interval_at(started + second, second);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let chunk = tokio::select! {

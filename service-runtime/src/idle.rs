@@ -311,7 +311,8 @@ impl RequestActivity {
         let mut monitor = SpeedMonitor::new(min);
         // Time with no body being sent but bytes of one queued, summed a tick at a time.
         let mut queued_for = Duration::ZERO;
-        let mut looked = (Instant::now(), Duration::ZERO);
+        // When it last looked, the bodies' clock then, and the whole clock then.
+        let mut looked = (Instant::now(), Duration::ZERO, Duration::ZERO);
         loop {
             ticks.tick().await;
             let now = Instant::now();
@@ -320,11 +321,13 @@ impl RequestActivity {
                 (state.sending_clock(now), state.sending > 0)
             };
             if !sending && self.queued.available_bytes() < self.queued.total_bytes() {
-                queued_for += now - looked.0;
+                // The part of the second no body was being sent (a body that ended since the
+                // last look has its time on the bodies' clock already).
+                queued_for += (now - looked.0).saturating_sub(bodies - looked.1);
             }
             let clock = bodies + queued_for;
-            let moved = clock != looked.1;
-            looked = (now, clock);
+            let moved = clock != looked.2;
+            looked = (now, bodies, clock);
             // The clock stood still since the last look: nothing to judge. A response sent
             // and ended between two looks moved it, and is judged.
             if moved && let Some(speed) = monitor.observe(clock, self.sent.get()) {
@@ -578,6 +581,35 @@ mod tests {
             started.elapsed()
         );
         drop(chunk);
+    }
+
+    /// Responses unread for most of each second, none of them at the moment the clock is
+    /// looked at (once a second): judged all the same once their time adds up to the grace
+    /// period.
+    #[tokio::test(start_paused = true)]
+    async fn responses_that_end_between_two_looks_are_judged() {
+        let (_, activity, min) = counted(crate::conn_memory::Allowance::new(1024));
+        let watch = activity.sent_below(min);
+        tokio::pin!(watch);
+        // Its first look is a second from its first poll.
+        let started = Instant::now();
+        let responses = async {
+            for _ in 0..60 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                held_for(activity.begin(), Duration::from_millis(800)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut watch => {}
+            () = responses => panic!("responses ending between looks were never judged"),
+        }
+        // 0.8 s of each second counts: the grace period has passed after 12.5 s.
+        let caught = started.elapsed();
+        assert!(
+            caught >= Duration::from_secs(12) && caught <= Duration::from_secs(15),
+            "{caught:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
