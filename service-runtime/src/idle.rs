@@ -323,7 +323,7 @@ impl RequestActivity {
             if !sending && self.queued.available_bytes() < self.queued.total_bytes() {
                 // The part of the second no body was being sent (a body that ended since the
                 // last look has its time on the bodies' clock already).
-                queued_for += (now - looked.0).saturating_sub(bodies - looked.1);
+                queued_for += (now - looked.0).saturating_sub(bodies.saturating_sub(looked.1));
             }
             let clock = bodies + queued_for;
             let moved = clock != looked.2;
