@@ -139,6 +139,13 @@ impl Fixture {
     }
 }
 
+/// Files in the repository's `blobs/` (where an upload is written before it is accepted).
+fn files_in_blobs(repo: &Repository) -> usize {
+    std::fs::read_dir(repo.dir().join("blobs"))
+        .map(|d| d.filter_map(Result::ok).count())
+        .unwrap_or(0)
+}
+
 async fn send(app: axum::Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
     let response = app.oneshot(request).await.unwrap();
     let status = response.status();
@@ -888,11 +895,7 @@ async fn an_image_declared_larger_than_the_limit_is_refused_before_it_is_written
             .unwrap()
             .contains("larger than 1000 bytes")
     );
-    let blobs = f.repo.dir().join("blobs");
-    let partial = std::fs::read_dir(&blobs)
-        .map(|d| d.filter_map(Result::ok).count())
-        .unwrap_or(0);
-    assert_eq!(partial, 0, "nothing written to {}", blobs.display());
+    assert_eq!(files_in_blobs(&f.repo), 0, "nothing written to blobs/");
 }
 
 /// An image trickled in (100 bytes every 10 s, each chunk well within the idle timeout)
@@ -923,11 +926,7 @@ async fn an_image_uploaded_at_a_trickle_is_refused() {
         took >= grace && took <= grace + std::time::Duration::from_secs(2),
         "{took:?}"
     );
-    let blobs = f.repo.dir().join("blobs");
-    let kept = std::fs::read_dir(&blobs)
-        .map(|d| d.filter_map(Result::ok).count())
-        .unwrap_or(0);
-    assert_eq!(kept, 0, "nothing kept in {}", blobs.display());
+    assert_eq!(files_in_blobs(&f.repo), 0, "nothing kept in blobs/");
 }
 
 /// An upload that stops sending (over HTTP/2 a client's PINGs keep its connection from
@@ -954,11 +953,7 @@ async fn an_image_upload_that_stalls_is_refused() {
         took >= grace && took <= grace + std::time::Duration::from_secs(2),
         "{took:?}"
     );
-    let blobs = f.repo.dir().join("blobs");
-    let kept = std::fs::read_dir(&blobs)
-        .map(|d| d.filter_map(Result::ok).count())
-        .unwrap_or(0);
-    assert_eq!(kept, 0, "nothing kept in {}", blobs.display());
+    assert_eq!(files_in_blobs(&f.repo), 0, "nothing kept in blobs/");
 }
 
 /// Uploads may not take the room the renewals of snapshot and timestamp need (a full disk

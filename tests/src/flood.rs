@@ -1,6 +1,7 @@
 //! What an unauthenticated attacker can throw at the servers without any key: connections
 //! that never finish their headers or handshake, floods of refused requests, large
-//! uploads without a token, and downloads read unread or at a trickle. Used by `tests/limits.rs` and the attack suite's rows.
+//! uploads without a token, downloads left unread or read at a trickle, and an upload sent at
+//! a trickle. Used by `tests/limits.rs` and the attack suite's rows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -341,13 +342,7 @@ pub struct UnreadDownloads {
 /// such a download fails, is not the image, or does not finish within a minute (another
 /// stream's unread bytes starved it).
 pub async fn unread_http2_downloads(fleet: &Fleet) -> Result<UnreadDownloads, String> {
-    let content: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8).collect();
-    let name = "unread-download.bin";
-    fleet.publish(name, "attack-hw", 1, &content);
-    let hash = uptane_core::hash::sha256_hex(&content);
-    drop(content);
-    // With consistent snapshots the file is stored under its hash.
-    let url = format!("{}/targets/{hash}.{name}", fleet.image_url);
+    let (url, hash) = publish_8_mib(fleet, "unread-download.bin", 253);
     let pid = fleet.image_repo_pid();
     // The peak from here on (the upload above raised it).
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
@@ -456,6 +451,16 @@ async fn read_whole(client: H2Client, url: &str) -> Result<Vec<u8>, String> {
     Ok(read)
 }
 
+/// Publishes an 8 MiB image named `name` (byte `i` is `i % modulus`, so images published
+/// with different moduli differ); its download URL and sha256.
+fn publish_8_mib(fleet: &Fleet, name: &str, modulus: u32) -> (String, String) {
+    let content: Vec<u8> = (0..8u32 << 20).map(|i| (i % modulus) as u8).collect();
+    fleet.publish(name, "attack-hw", 1, &content);
+    let hash = uptane_core::hash::sha256_hex(&content);
+    // With consistent snapshots the file is stored under its hash.
+    (format!("{}/targets/{hash}.{name}", fleet.image_url), hash)
+}
+
 /// Connections of [`trickled_downloads`].
 pub const TRICKLED_DOWNLOADS: usize = 4;
 
@@ -478,14 +483,7 @@ pub struct Trickled {
 /// long as the attacker likes, unless the server drops a connection read too slowly. Errors
 /// if a download ends whole, or is still running after `limit`.
 pub async fn trickled_downloads(fleet: &Fleet, limit: Duration) -> Result<Vec<Trickled>, String> {
-    let content: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
-    let name = "trickled-download.bin";
-    fleet.publish(name, "attack-hw", 1, &content);
-    let url = format!(
-        "{}/targets/{}.{name}",
-        fleet.image_url,
-        uptane_core::hash::sha256_hex(&content)
-    );
+    let (url, _) = publish_8_mib(fleet, "trickled-download.bin", 251);
     let downloads = (0..TRICKLED_DOWNLOADS).map(|_| trickled_download(fleet, &url));
     tokio::time::timeout(limit, futures_util::future::join_all(downloads))
         .await
