@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 mod check;
 
@@ -213,7 +213,7 @@ pub fn verify_ecu_report(
 }
 
 /// The vehicle's report to the Director, signed by the Primary (Uptane §5.4.2.1.1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VehicleVersionManifest {
     /// Always [`VEHICLE_MANIFEST_TYPE`].
     #[serde(rename = "_type")]
@@ -222,8 +222,10 @@ pub struct VehicleVersionManifest {
     pub vin: Vin,
     /// Serial of the Primary that signs this manifest.
     pub primary_ecu_serial: EcuSerial,
-    /// ECU serial to that ECU's signed report, as the ECU signed it.
-    pub ecu_version_reports: BTreeMap<EcuSerial, Value>,
+    /// ECU serial to that ECU's signed report, as the ECU signed it: kept as its JSON text,
+    /// which is what its signature check reads ([`Self::report`]), not built into a tree
+    /// and written out again.
+    pub ecu_version_reports: BTreeMap<EcuSerial, Box<RawValue>>,
     /// ECUs of the vehicle the Primary could not get a report from this time, with the
     /// reason: an offline Secondary must not keep the rest of the vehicle from reporting.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -239,12 +241,12 @@ impl VehicleVersionManifest {
     ) -> Result<Self, VerifyError> {
         let mut ecu_version_reports = BTreeMap::new();
         for (serial, bytes) in reports {
-            let value: Value =
+            let text: Box<RawValue> =
                 serde_json::from_slice(bytes).map_err(|e| VerifyError::Malformed {
                     role: ECU_REPORT_TYPE.into(),
                     reason: format!("report of {serial} is not JSON: {e}"),
                 })?;
-            ecu_version_reports.insert(serial.clone(), value);
+            ecu_version_reports.insert(serial.clone(), text);
         }
         Ok(Self {
             manifest_type: VEHICLE_MANIFEST_TYPE.into(),
@@ -262,8 +264,8 @@ impl VehicleVersionManifest {
 
     /// The embedded report of `serial`, as bytes to verify against that ECU's key.
     pub fn report(&self, serial: &EcuSerial) -> Option<Raw<EcuVersionReport>> {
-        let value = self.ecu_version_reports.get(serial)?;
-        serde_json::to_vec(value).ok().map(Raw::new)
+        let text = self.ecu_version_reports.get(serial)?;
+        Some(Raw::new(text.get().as_bytes().to_vec()))
     }
 }
 
