@@ -219,13 +219,6 @@ impl ActivityState {
     }
 }
 
-impl Default for RequestActivity {
-    /// For a connection whose bytes nobody counts (nothing is ever judged too slow).
-    fn default() -> Self {
-        Self::new(Written::default(), crate::conn_memory::Allowance::new(1))
-    }
-}
-
 impl RequestActivity {
     /// For a connection whose socket's writes are counted by `sent` ([`Idle::written`]) and
     /// whose streamed responses hold `queued`.
@@ -430,7 +423,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_once_no_request_ran_for_the_timeout() {
-        let activity = std::sync::Arc::new(RequestActivity::default());
+        let (_, activity, _) = counted(crate::conn_memory::Allowance::new(1));
         let timeout = Duration::from_secs(60);
         let started = Instant::now();
         // A request runs for 100 s: not idle meanwhile, idle 60 s after it ends.
@@ -443,7 +436,7 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(160));
         ender.await.unwrap();
         // No request at all: idle after the timeout.
-        let fresh = RequestActivity::default();
+        let (_, fresh, _) = counted(crate::conn_memory::Allowance::new(1));
         let started = Instant::now();
         fresh.idle_for(timeout).await;
         assert_eq!(started.elapsed(), timeout);
@@ -637,11 +630,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_zero_minimum_catches_nothing() {
-        let written = Written::default();
-        let activity = std::sync::Arc::new(RequestActivity::new(
-            written.clone(),
-            crate::conn_memory::Allowance::new(1024),
-        ));
+        let (written, activity, _) = counted(crate::conn_memory::Allowance::new(1024));
         let min = MinSpeed {
             bytes_per_sec: 0,
             grace: Duration::from_secs(1),

@@ -265,21 +265,17 @@ impl DirectorService {
     pub async fn sweep_retention(&self) -> Result<retention::Swept, DirectorError> {
         let period = self.inner.policy.retention;
         let now = now();
-        let mut swept = retention::Swept::default();
-        for kind in retention::Kind::ALL {
-            loop {
-                let n = self
-                    .write_then(
-                        move |conn| retention::sweep_batch(conn, kind, period, now),
-                        |_, _| {},
-                    )
-                    .await?;
-                swept.add(kind, n);
-                if n < retention::BATCH {
-                    break;
-                }
-            }
+        let mut sweep = retention::Sweep::default();
+        while let Some(kind) = sweep.next() {
+            let n = self
+                .write_then(
+                    move |conn| retention::sweep_batch(conn, kind, period, now),
+                    |_, _| {},
+                )
+                .await?;
+            sweep.removed(n);
         }
+        let swept = sweep.swept();
         self.write_then(
             move |conn| retention::record(conn, swept, period, now),
             |_, _| {},

@@ -54,12 +54,44 @@ pub struct Swept {
 
 impl Swept {
     /// Counts `n` more rows of `kind`.
-    pub fn add(&mut self, kind: Kind, n: usize) {
+    fn add(&mut self, kind: Kind, n: usize) {
         match kind {
             Kind::Events => self.events += n,
             Kind::Manifests => self.manifests += n,
             Kind::Nonces => self.nonces += n,
         }
+    }
+}
+
+/// The order of a sweep: every kind in turn, batch after batch, until a batch removes fewer
+/// than [`BATCH`] rows. One rule for [`sweep`] and the service's sweep, which runs each batch
+/// as a write of its own.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Index into [`Kind::ALL`] of the kind being swept.
+    at: usize,
+    swept: Swept,
+}
+
+impl Sweep {
+    /// The kind the next batch removes; `None` once every kind is done.
+    pub fn next(&self) -> Option<Kind> {
+        Kind::ALL.get(self.at).copied()
+    }
+
+    /// Counts a batch of the current kind that removed `n` rows: a short batch ends its kind.
+    pub fn removed(&mut self, n: usize) {
+        if let Some(kind) = self.next() {
+            self.swept.add(kind, n);
+            if n < BATCH {
+                self.at += 1;
+            }
+        }
+    }
+
+    /// What the batches so far removed.
+    pub fn swept(&self) -> Swept {
+        self.swept
     }
 }
 
@@ -138,18 +170,13 @@ pub fn record(
 
 /// The whole sweep on one connection: every kind, batch after batch, then the event.
 pub fn sweep(conn: &mut Conn, period: Duration, now: UtcTime) -> Result<Swept, DirectorError> {
-    let mut swept = Swept::default();
-    for kind in Kind::ALL {
-        loop {
-            let n = sweep_batch(conn, kind, period, now)?;
-            swept.add(kind, n);
-            if n < BATCH {
-                break;
-            }
-        }
+    let mut sweep = Sweep::default();
+    while let Some(kind) = sweep.next() {
+        let n = sweep_batch(conn, kind, period, now)?;
+        sweep.removed(n);
     }
-    record(conn, swept, period, now)?;
-    Ok(swept)
+    record(conn, sweep.swept(), period, now)?;
+    Ok(sweep.swept())
 }
 
 #[cfg(test)]
@@ -159,6 +186,37 @@ mod tests {
 
     fn at(text: &str) -> UtcTime {
         uptane_core::time::parse_expires(text).unwrap()
+    }
+
+    #[test]
+    fn a_sweep_takes_each_kind_until_a_batch_comes_back_short() {
+        let mut sweep = Sweep::default();
+        let mut order = Vec::new();
+        // Events: two full batches and a short one; manifests: none; nonces: one short.
+        for n in [BATCH, BATCH, 7, 0, 3] {
+            order.push(sweep.next().unwrap());
+            sweep.removed(n);
+        }
+        assert_eq!(
+            order,
+            [
+                Kind::Events,
+                Kind::Events,
+                Kind::Events,
+                Kind::Manifests,
+                Kind::Nonces
+            ]
+        );
+        assert_eq!(sweep.next(), None);
+        sweep.removed(BATCH);
+        assert_eq!(
+            sweep.swept(),
+            Swept {
+                events: 2 * BATCH + 7,
+                manifests: 0,
+                nonces: 3
+            }
+        );
     }
 
     #[test]
