@@ -346,6 +346,54 @@ mod tests {
         verify_ecu_report(&embedded, ecu.public_key()).unwrap();
     }
 
+    /// The report's check reads the text the manifest carries: any JSON text of the report
+    /// the ECU signed verifies (whitespace, key order and escapes are the canonical form's
+    /// business), and a forged one does not.
+    #[test]
+    fn a_report_carried_as_other_json_text_still_verifies_and_a_forged_one_does_not() {
+        let primary = SigningKey::from_seed([3; 32]);
+        let ecu = SigningKey::from_seed([4; 32]);
+        let ecu1 = EcuSerial::new("ecu1").unwrap();
+        let signed: serde_json::Value =
+            serde_json::from_slice(&report("ecu1", 1).sign(&ecu).unwrap()).unwrap();
+        let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap();
+        // `signed` before `signatures`, indented, and the image's name partly escaped.
+        let text = format!(
+            "{{\n  \"signed\" : {},\n  \"signatures\": {}\n}}",
+            pretty(&signed["signed"]),
+            pretty(&signed["signatures"])
+        )
+        .replace("\"fw.bin\"", "\"\\u0066w.bin\"");
+        assert!(text.contains("\\u0066w.bin") && text.contains("\n    \""));
+        // A manifest the Primary signed (over the canonical form) that carries `text` as is.
+        let carry = |text: &str| {
+            let reports = BTreeMap::from([(ecu1.clone(), text.as_bytes().to_vec())]);
+            let vin = Vin::new("VIN1").unwrap();
+            let signed =
+                VehicleVersionManifest::new(&vin, &EcuSerial::new("primary").unwrap(), &reports)
+                    .unwrap()
+                    .sign(&primary)
+                    .unwrap();
+            let canonical = crate::cjson::canonicalize_json_text(text.as_bytes()).unwrap();
+            let carried = String::from_utf8(signed)
+                .unwrap()
+                .replace(std::str::from_utf8(&canonical).unwrap(), text);
+            assert!(carried.contains(text));
+            let verified =
+                verify_vehicle_manifest(&Raw::new(carried.into_bytes()), primary.public_key())
+                    .unwrap();
+            let embedded = verified.report(&ecu1).unwrap();
+            assert_eq!(embedded.as_bytes(), text.as_bytes(), "carried as it came");
+            verify_ecu_report(&embedded, ecu.public_key())
+        };
+        let verified = carry(&text).unwrap();
+        assert_eq!(verified.installed_image.filename, "fw.bin");
+        assert!(matches!(
+            carry(&text.replace("\\u0066w.bin", "\\u0067w.bin")),
+            Err(VerifyError::Threshold { .. })
+        ));
+    }
+
     #[test]
     fn a_report_is_not_a_manifest() {
         let key = SigningKey::from_seed([3; 32]);
