@@ -264,9 +264,22 @@ impl VehicleVersionManifest {
 
     /// The embedded report of `serial`, as bytes to verify against that ECU's key.
     pub fn report(&self, serial: &EcuSerial) -> Option<Raw<EcuVersionReport>> {
-        let text = self.ecu_version_reports.get(serial)?;
-        Some(Raw::new(text.get().as_bytes().to_vec()))
+        self.ecu_version_reports
+            .get(serial)
+            .map(|text| carried(text))
     }
+
+    /// Every embedded report with its serial, each as bytes to verify against that ECU's key.
+    pub fn reports(&self) -> impl Iterator<Item = (&EcuSerial, Raw<EcuVersionReport>)> {
+        self.ecu_version_reports
+            .iter()
+            .map(|(serial, text)| (serial, carried(text)))
+    }
+}
+
+/// A report's bytes as the manifest carried them.
+fn carried(text: &RawValue) -> Raw<EcuVersionReport> {
+    Raw::new(text.get().as_bytes().to_vec())
 }
 
 /// Verifies a vehicle version manifest against the Primary's key. The embedded reports are

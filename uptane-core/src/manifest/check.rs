@@ -295,18 +295,11 @@ pub fn check_vehicle_manifest<E>(
     let mut reports = Vec::new();
     let mut times_went_back = Vec::new();
     let mut nonces = BTreeSet::new();
-    for serial in manifest.ecu_version_reports.keys() {
+    for (serial, raw) in manifest.reports() {
         let Some(ecu) = inventory.ecus.get(serial) else {
             return refused(ManifestError::UnknownEcu(serial.clone()));
         };
-        let report = manifest
-            .report(serial)
-            .ok_or(VerifyError::Malformed {
-                role: super::ECU_REPORT_TYPE.into(),
-                reason: "not JSON".into(),
-            })
-            .and_then(|raw| verify_ecu_report(&raw, &ecu.key));
-        let report = match report {
+        let report = match verify_ecu_report(&raw, &ecu.key) {
             Ok(r) => r,
             Err(source) => {
                 return refused(ManifestError::ReportSignature {
