@@ -251,6 +251,9 @@ enum Behaviour {
     HugeCounter,
     /// Signs a report of a megabyte of attacks.
     Floods,
+    /// Signs a report with a field of its own nested as deep as a report may be on its own,
+    /// too deep to be carried in a manifest.
+    Nests,
 }
 
 /// A Secondary that signs real reports and installs what it is sent if its bytes match.
@@ -323,6 +326,9 @@ impl SecondaryPort for Secondary {
             },
             last_install: None,
         };
+        if state.2 == Behaviour::Nests {
+            return Ok(nested_report(&report, &self.key));
+        }
         Ok(report.sign(&self.key).unwrap())
     }
 
@@ -607,8 +613,23 @@ async fn a_refusing_secondary_fails_for_good_and_an_offline_one_waits() {
     assert_eq!(car.brake.running(), "brake-factory.bin");
 }
 
+/// `report` signed with a field of its own holding 128 nested arrays: it verifies on its own
+/// (its `signed` object nests 129 levels, the most a document may), not once carried.
+fn nested_report(report: &EcuVersionReport, key: &SigningKey) -> Vec<u8> {
+    let mut vendor = serde_json::json!([]);
+    for _ in 1..128 {
+        vendor = serde_json::json!([vendor]);
+    }
+    let mut signed = serde_json::to_value(report).unwrap();
+    signed["vendor"] = vendor;
+    let bytes = uptane_core::sign::sign_value(&signed, &[key]).unwrap();
+    uptane_core::manifest::verify_ecu_report(&Raw::new(bytes.clone()), key.public_key())
+        .expect("the report verifies on its own");
+    bytes
+}
+
 /// A Secondary whose own key signs a report the Director would refuse (a counter no signed
-/// 64-bit column holds, a megabyte of attacks): refused alone, the ECU reported unreachable
+/// 64-bit column holds, a megabyte of attacks, nesting too deep to carry): refused alone, the ECU reported unreachable
 /// with why, and the rest of the vehicle's manifest sent as before (not refused whole, every
 /// cycle).
 #[tokio::test]
@@ -617,6 +638,7 @@ async fn a_report_the_director_would_refuse_is_refused_alone() {
     for (behaviour, why) in [
         (Behaviour::HugeCounter, "report counter above 2^63 - 1"),
         (Behaviour::Floods, "more than 65536"),
+        (Behaviour::Nests, "cannot be carried in a manifest: "),
     ] {
         car.brake.behave(behaviour);
         car.primary.cycle().await;

@@ -45,9 +45,16 @@ pub fn to_canonical_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Can
 /// integers in the 64-bit range, `-0`, and nesting deeper than 128, so that the canonical
 /// form and a serde_json reading of the same text cannot disagree.
 pub fn canonicalize_json_text(text: &[u8]) -> Result<Vec<u8>, CanonicalError> {
+    canonicalize_json_text_at(text, 0)
+}
+
+/// [`canonicalize_json_text`] of text that another document will carry `depth` levels down
+/// (an ECU report in a vehicle manifest): the nesting limit counts from that document's
+/// top, so text that canonicalizes on its own may not once carried.
+pub fn canonicalize_json_text_at(text: &[u8], depth: usize) -> Result<Vec<u8>, CanonicalError> {
     let mut reader = TextReader { text, pos: 0 };
     let mut out = Vec::with_capacity(text.len());
-    reader.value(&mut out, 0)?;
+    reader.value(&mut out, depth)?;
     reader.skip_ws();
     if reader.pos != text.len() {
         return Err(reader.error("trailing characters"));
@@ -559,6 +566,17 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(canonicalize_json_text(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn nesting_counts_from_the_top_of_the_carrying_document() {
+        // 129 levels (depths 0 to 128) is the most a document may hold.
+        let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        assert!(canonicalize_json_text(nested(129).as_bytes()).is_ok());
+        assert!(canonicalize_json_text(nested(130).as_bytes()).is_err());
+        assert!(canonicalize_json_text_at(nested(127).as_bytes(), 2).is_ok());
+        let err = canonicalize_json_text_at(nested(128).as_bytes(), 2).unwrap_err();
+        assert!(err.to_string().contains("nesting too deep"), "{err}");
     }
 
     #[test]

@@ -103,6 +103,20 @@ pub fn bounded_words(words: &str) -> String {
 /// it) is refused alone, not made to spoil the vehicle's whole manifest.
 pub const MAX_ECU_REPORT_BYTES: usize = 64 << 10;
 
+/// How far down a vehicle manifest's `signed` object carries each report (`signed`, then
+/// `ecu_version_reports`, then the report), for the nesting limit of the canonical form.
+const REPORT_DEPTH_IN_MANIFEST: usize = 2;
+
+/// Whether a signed ECU version report, which verified on its own, can be carried in a
+/// vehicle manifest: the canonical form limits nesting counted from the manifest's top, so a
+/// report nested nearly to the limit on its own (its own key signing it) would have the
+/// whole manifest fail to sign, every cycle. A Primary refuses such a report alone.
+pub fn check_carriable(report: &[u8]) -> Result<(), String> {
+    crate::cjson::canonicalize_json_text_at(report, REPORT_DEPTH_IN_MANIFEST)
+        .map(drop)
+        .map_err(|e| format!("cannot be carried in a manifest: {e}"))
+}
+
 /// How an ECU's latest installation ended, as its version report states it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

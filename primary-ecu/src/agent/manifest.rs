@@ -9,7 +9,8 @@ use uptane_core::error::AttackKind;
 use uptane_core::ids::EcuSerial;
 use uptane_core::manifest::{
     ECU_REPORT_TYPE, EcuVersionReport, InstallResult, InstalledImage, LastInstall,
-    MAX_ECU_REPORT_BYTES, VehicleVersionManifest, bounded_words, check_storable, verify_ecu_report,
+    MAX_ECU_REPORT_BYTES, VehicleVersionManifest, bounded_words, check_carriable, check_storable,
+    verify_ecu_report,
 };
 use uptane_core::time::UtcTime;
 use uptane_core::verify::Raw;
@@ -114,6 +115,8 @@ impl<P: Ports> Primary<P> {
             .map_err(|e| (e.attack(), format!("version report: {e}")))?;
         check_storable(&report)
             .map_err(|what| (AttackKind::Malformed, format!("version report: {what}")))?;
+        check_carriable(bytes)
+            .map_err(|what| (AttackKind::Malformed, format!("version report {what}")))?;
         if &report.ecu_serial != serial {
             return Err((
                 AttackKind::ArbitrarySoftware,
