@@ -820,33 +820,20 @@ fn uptane_scenarios() -> Vec<Scenario> {
             "network; recorded earlier traffic (with the vehicle's credential)",
             "refused by the Director (manifest_refused, replay)",
             |w| {
-                let since = w.last_event();
                 let manifest = w
                     .director
                     .seen("/manifest")
                     .pop()
                     .ok_or("no manifest recorded")?;
-                let credential = std::fs::read_to_string(w.car.primary_dir.join("credential"))
-                    .map_err(|e| e.to_string())?;
-                let status = post(
-                    &w.fleet.ca_cert,
-                    &format!("{}/vehicles/{VIN}/manifest", w.fleet.director_url),
-                    &credential,
-                    manifest,
-                )?;
-                if status != 400 {
-                    return Err(format!("the replayed manifest got HTTP {status}"));
-                }
-                expect_event(w, since, "manifest_refused")?;
-                let attacks = w.event_attacks_since(since, "manifest_refused");
-                if !attacks.iter().any(|a| a == "replay") {
-                    return Err(format!("manifest_refused names {attacks:?}, not replay"));
-                }
-                Ok(format!(
-                    "HTTP 400; Director event manifest_refused (replay); {}",
-                    w.recover()?
-                ))
+                let verdict = replay_manifest(w, manifest, "replay")?;
+                Ok(format!("{verdict}; {}", w.recover()?))
             },
+        ),
+        scenario(
+            "replay of a vehicle version manifest once the retention sweep removed its nonces",
+            "network; recorded earlier traffic (with the vehicle's credential), kept past the retention period",
+            "refused by the Director on the ECUs' report counters (manifest_refused, rollback)",
+            manifest_replayed_after_sweep,
         ),
         scenario(
             "replay of an ECU version report",
@@ -1165,6 +1152,83 @@ fn post(ca: &Path, url: &str, credential: &str, body: Vec<u8>) -> Result<u16, St
             .map_err(|e| e.to_string())?;
         Ok(response.status().as_u16())
     })
+}
+
+/// Posts `manifest` (recorded earlier) to the Director with the vehicle's credential, as an
+/// attacker who recorded both would: refused with HTTP 400 and a `manifest_refused` security
+/// event naming `attack`.
+fn replay_manifest(w: &World, manifest: Vec<u8>, attack: &str) -> Result<String, String> {
+    let since = w.last_event();
+    let credential =
+        std::fs::read_to_string(w.car.primary_dir.join("credential")).map_err(|e| e.to_string())?;
+    let status = post(
+        &w.fleet.ca_cert,
+        &format!("{}/vehicles/{VIN}/manifest", w.fleet.director_url),
+        &credential,
+        manifest,
+    )?;
+    if status != 400 {
+        return Err(format!("the replayed manifest got HTTP {status}"));
+    }
+    expect_event(w, since, "manifest_refused")?;
+    let attacks = w.event_attacks_since(since, "manifest_refused");
+    if !attacks.iter().any(|a| a == attack) {
+        return Err(format!("manifest_refused names {attacks:?}, not {attack}"));
+    }
+    Ok(format!(
+        "HTTP 400; Director event manifest_refused ({attack})"
+    ))
+}
+
+/// The Director keeps report nonces only for its retention period (docs/SECURITY.md,
+/// "Retention"); past it, a replayed report is refused by its ECU's report counter, which
+/// rises with every report accepted. The period passes without waiting: the Director is
+/// restarted two days ahead (`UPTANE_FAULT_CLOCK_OFFSET_SECS`) with a one-day period, sweeps
+/// as it starts, and is restarted on the real clock; the oldest manifest recorded since the
+/// last row is then replayed to it.
+fn manifest_replayed_after_sweep(w: &mut World) -> Result<String, String> {
+    let manifest = w
+        .director
+        .seen("/manifest")
+        .into_iter()
+        .next()
+        .ok_or("no manifest recorded")?;
+    let sweeps = |fleet: &Fleet| match fleet.operator(&["events", "--kind", "retention_sweep"]) {
+        Value::Array(events) => events,
+        _ => Vec::new(),
+    };
+    let before = sweeps(&w.fleet)
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .max()
+        .unwrap_or(0);
+    w.fleet.set_clock_offset_days(2);
+    w.fleet
+        .restart_director_with(&[], &[("DIRECTOR_RETENTION_DAYS", "1")]);
+    let mut swept = String::new();
+    let found = wait_until(crate::sim::LIMIT, || {
+        if let Some(event) = sweeps(&w.fleet)
+            .into_iter()
+            .find(|e| e["id"].as_i64().unwrap_or(0) > before)
+        {
+            swept = event["detail"].as_str().unwrap_or_default().to_string();
+        }
+        !swept.is_empty()
+    });
+    w.fleet.set_clock_offset_days(0);
+    w.fleet.restart_director_with(&[], &[]);
+    if !found {
+        return Err("the Director two days ahead recorded no retention sweep".into());
+    }
+    if swept.contains(" 0 report nonces") {
+        return Err(format!("the sweep removed no nonces: {swept}"));
+    }
+    let verdict = replay_manifest(w, manifest, "rollback")?;
+    Ok(format!(
+        "the sweep {}; {verdict}; {}",
+        swept.split(" older than").next().unwrap_or(&swept),
+        w.recover()?
+    ))
 }
 
 /// Sends a metadata bundle straight to a Secondary, as an attacker holding its link's TLS
