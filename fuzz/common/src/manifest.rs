@@ -6,7 +6,10 @@
 //! `signed` text. Every further record is an ECU report's `signed` text, signed by the key
 //! of the ECU its tag names (`tag % 4`: the Primary, ECU A, ECU B, an unknown key) and filed
 //! under the serial its tag names (`(tag / 4) % 4`: the same four, the last a serial the
-//! vehicle does not have). The harness sets the manifest's `ecu_version_reports` to those.
+//! vehicle does not have). The harness sets the manifest's `ecu_version_reports` to those,
+//! each carried as the text it was signed in (its spacing, key order and escapes, as a
+//! Primary forwards what its Secondaries sent; text that is not JSON goes as a string), the
+//! last record filed under a serial winning.
 //! A first record with tag 255 gives the whole manifest as raw bytes instead.
 //!
 //! Oracle: an accepted manifest is signed by the Primary's key and names this vehicle and
@@ -16,10 +19,13 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uptane_core::crypto::SigningKey;
 use uptane_core::ids::{EcuSerial, Vin};
-use uptane_core::manifest::{InventoryEcu, VehicleInventory, check_vehicle_manifest};
+use uptane_core::manifest::{
+    CheckedManifest, InventoryEcu, VehicleInventory, check_vehicle_manifest,
+};
 use uptane_core::testing::{key, now};
 
 use crate::fixtures::VIN;
@@ -73,19 +79,22 @@ pub fn manifest_bytes(data: &[u8]) -> Vec<u8> {
         return manifest_text.to_vec();
     }
     let keys = signers();
-    let mut filed = Map::new();
+    let mut filed = BTreeMap::new();
     for (tag, text) in reports {
         let signer = &keys[usize::from(tag % 4)];
         let under = SERIALS[usize::from((tag / 4) % 4)];
         let signed = envelope::sign(text, &[signer]);
-        let value = serde_json::from_slice(&signed)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&signed).into_owned()));
-        filed.insert(under.to_string(), value);
+        let carried = if serde_json::from_slice::<&RawValue>(&signed).is_ok() {
+            signed
+        } else {
+            serde_json::to_vec(&String::from_utf8_lossy(&signed)).unwrap_or_default()
+        };
+        filed.insert(under, carried);
     }
     let text = match serde_json::from_slice::<Value>(manifest_text) {
         Ok(Value::Object(mut object)) => {
-            object.insert("ecu_version_reports".into(), Value::Object(filed));
-            serde_json::to_vec(&object).unwrap_or_default()
+            object.remove("ecu_version_reports");
+            with_reports(&object, &filed)
         }
         _ => manifest_text.to_vec(),
     };
@@ -97,18 +106,45 @@ pub fn manifest_bytes(data: &[u8]) -> Vec<u8> {
     envelope::sign(&text, &[signer])
 }
 
+/// `object` as text with `"ecu_version_reports"` added last, each report spliced in as its
+/// text.
+fn with_reports(object: &Map<String, Value>, filed: &BTreeMap<&str, Vec<u8>>) -> Vec<u8> {
+    let mut text = serde_json::to_vec(object).unwrap_or_default();
+    text.pop(); // the closing brace
+    if !object.is_empty() {
+        text.push(b',');
+    }
+    text.extend_from_slice(b"\"ecu_version_reports\":{");
+    for (i, (serial, report)) in filed.iter().enumerate() {
+        if i > 0 {
+            text.push(b',');
+        }
+        text.extend_from_slice(&serde_json::to_vec(serial).unwrap_or_default());
+        text.push(b':');
+        text.extend_from_slice(report);
+    }
+    text.extend_from_slice(b"}}");
+    text
+}
+
+/// The Director's checks of `bytes` against the fixture vehicle.
+fn check(bytes: &[u8], inventory: &VehicleInventory) -> Option<CheckedManifest> {
+    check_vehicle_manifest::<Infallible>(
+        bytes,
+        inventory,
+        now(),
+        chrono::Duration::minutes(5),
+        |_, nonce| Ok(nonce == SEEN_NONCE),
+    )
+    .ok()?
+    .ok()
+}
+
 /// Runs one input.
 pub fn run(data: &[u8]) {
     let bytes = manifest_bytes(data);
     let inventory = inventory();
-    let checked = check_vehicle_manifest::<Infallible>(
-        &bytes,
-        &inventory,
-        now(),
-        chrono::Duration::minutes(5),
-        |_, nonce| Ok(nonce == SEEN_NONCE),
-    );
-    let Ok(Ok(checked)) = checked else {
+    let Some(checked) = check(&bytes, &inventory) else {
         return;
     };
     let primary_key = signers()[0].public_key().clone();
@@ -168,5 +204,25 @@ pub fn run(data: &[u8]) {
                 || checked.unreachable.contains_key(serial),
             "ECU {serial} neither reported nor declared unreachable"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_seed_is_accepted_with_each_report_carried_as_it_was_written() {
+        let seeds = crate::seeds::seeds("manifest");
+        for (name, input) in &seeds {
+            assert!(
+                check(&manifest_bytes(input), &inventory()).is_some(),
+                "{name} refused"
+            );
+        }
+        let (_, indented) = seeds.last().expect("seeds");
+        let carried = manifest_bytes(indented);
+        let text = String::from_utf8_lossy(&carried);
+        assert!(text.contains(r#""nonce": "nonce-\u0031""#), "{text}");
     }
 }

@@ -231,6 +231,20 @@ fn manifests() -> Vec<Seed> {
     ];
     let raw = manifest::manifest_bytes(&inputs[0]);
     inputs.push(encode(&[(manifest::RAW, &raw)]));
+    // ECU A's report written as another ECU might: indented, keys in its own order, its
+    // nonce with an escape. The manifest carries it as written.
+    let indented = String::from_utf8(
+        serde_json::to_vec_pretty(&ecu_report(manifest::SERIALS[1], 1, "nonce-1"))
+            .expect("report serializes"),
+    )
+    .expect("JSON is UTF-8")
+    .replace("nonce-1", "nonce-\\u0031");
+    inputs.push(encode(&[
+        (0, &whole),
+        (tag(0, 0), &r0),
+        (tag(1, 1), indented.as_bytes()),
+        (tag(2, 2), &r2),
+    ]));
     named("manifest", inputs)
 }
 
