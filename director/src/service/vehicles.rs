@@ -50,24 +50,29 @@ pub struct NewVehicle {
     pub tls_fingerprint: Option<Fingerprint>,
 }
 
-fn check_key(serial: &str, key: &Value) -> Result<String, DirectorError> {
+/// `key` parsed, if it is usable, with the text to store.
+fn check_key(serial: &str, key: &Value) -> Result<(PublicKey, String), DirectorError> {
     let parsed =
         PublicKey::from_json(key.clone()).map_err(|e| bad(format!("ECU {serial}: {e}")))?;
     if let Some(why) = parsed.unusable_reason() {
         return Err(bad(format!("ECU {serial}: unusable key: {why}")));
     }
-    Ok(serde_json::to_string(key).expect("a JSON value serializes"))
+    let text = serde_json::to_string(key).expect("a JSON value serializes");
+    Ok((parsed, text))
 }
 
 /// Whether the stored key `stored` (JSON text) and `new` are one key material.
-fn same_key_material(stored: &str, new: &Value) -> bool {
-    let material = |json: Value| PublicKey::from_json(json).ok().and_then(|k| k.material());
-    let stored = serde_json::from_str(stored).ok().and_then(material);
-    stored.is_some() && stored == material(new.clone())
+fn same_key_material(stored: &str, new: &PublicKey) -> bool {
+    let stored = serde_json::from_str(stored)
+        .ok()
+        .and_then(|json| PublicKey::from_json(json).ok())
+        .and_then(|k| k.material());
+    stored.is_some() && stored == new.material()
 }
 
-fn insert_ecu(tx: &Conn, vin: &Vin, ecu: &NewEcu) -> Result<(), DirectorError> {
-    let key = check_key(ecu.serial.as_str(), &ecu.public_key)?;
+/// Registers `ecu` of vehicle `vin`; its key as parsed.
+fn insert_ecu(tx: &Conn, vin: &Vin, ecu: &NewEcu) -> Result<PublicKey, DirectorError> {
+    let (parsed, key) = check_key(ecu.serial.as_str(), &ecu.public_key)?;
     let taken = exists(tx, "ecus", "serial", ecu.serial.as_str())?;
     if taken {
         return Err(DirectorError::Conflict(format!(
@@ -85,7 +90,7 @@ fn insert_ecu(tx: &Conn, vin: &Vin, ecu: &NewEcu) -> Result<(), DirectorError> {
             ecu.primary
         ],
     )?;
-    Ok(())
+    Ok(parsed)
 }
 
 /// Registers a vehicle and its ECUs, binding the certificate the body names; returns the
@@ -391,7 +396,7 @@ pub fn replace_ecu(
         row.ok_or_else(|| DirectorError::NotFound(format!("vehicle {vin} has no ECU {old}")))?;
     assignments::cancel_open_entries(&tx, old, "ECU replaced", now)?;
     tx.execute("DELETE FROM ecus WHERE serial = ?1", params![old.as_str()])?;
-    insert_ecu(
+    let new_key = insert_ecu(
         &tx,
         vin,
         &NewEcu {
@@ -404,7 +409,7 @@ pub fn replace_ecu(
     // The same serial and the same key are the same unit, whose report counter goes on: it
     // keeps the last one accepted, which refuses a replay of its old reports once their
     // nonces are swept (`retention.rs`). A new key cannot sign the old reports.
-    if new.serial == *old && same_key_material(&old_key, &new.public_key) {
+    if new.serial == *old && same_key_material(&old_key, &new_key) {
         tx.execute(
             "UPDATE ecus SET last_report_counter = ?1, last_report_time = ?2 WHERE serial = ?3",
             params![counter, last_time, old.as_str()],
