@@ -456,25 +456,27 @@ async fn upload_blob(
     let mut ticks = tokio::time::interval_at(started + second, second);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let chunk = tokio::select! {
-            chunk = stream.next() => chunk,
-            _ = ticks.tick() => {
-                if let Some(bytes_per_sec) = speed.observe(started.elapsed(), hasher.length()) {
-                    return Err(too_slow(bytes_per_sec));
-                }
-                continue;
-            }
+        // A chunk, or `None` when a second passed without one.
+        let arrived = tokio::select! {
+            chunk = stream.next() => Some(chunk),
+            _ = ticks.tick() => None,
         };
-        let Some(chunk) = chunk else {
-            break;
+        let chunk: Option<Bytes> = match arrived {
+            Some(None) => break,
+            Some(Some(chunk)) => Some(chunk.map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}"))
+            })?),
+            None => None,
         };
-        let chunk: Bytes = chunk.map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}"))
-        })?;
-        hasher.update(&chunk);
+        if let Some(chunk) = &chunk {
+            hasher.update(chunk);
+        }
         if let Some(bytes_per_sec) = speed.observe(started.elapsed(), hasher.length()) {
             return Err(too_slow(bytes_per_sec));
         }
+        let Some(chunk) = chunk else {
+            continue;
+        };
         // An upload of undeclared length is looked at again every 64 MiB.
         if (hasher.length() - chunk.len() as u64) >> 26 != hasher.length() >> 26 {
             state.check_room(0)?;
