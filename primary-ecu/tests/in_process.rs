@@ -629,9 +629,9 @@ fn nested_report(report: &EcuVersionReport, key: &SigningKey) -> Vec<u8> {
 }
 
 /// A Secondary whose own key signs a report the Director would refuse (a counter no signed
-/// 64-bit column holds, a megabyte of attacks, nesting too deep to carry): refused alone, the ECU reported unreachable
-/// with why, and the rest of the vehicle's manifest sent as before (not refused whole, every
-/// cycle).
+/// 64-bit column holds, a megabyte of attacks, nesting too deep to carry): refused alone,
+/// the ECU reported unreachable with why, and the rest of the vehicle's manifest sent as
+/// before (not refused whole, every cycle).
 #[tokio::test]
 async fn a_report_the_director_would_refuse_is_refused_alone() {
     let mut car = Vehicle::new();

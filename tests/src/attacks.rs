@@ -832,7 +832,7 @@ fn uptane_scenarios() -> Vec<Scenario> {
         scenario(
             "replay of a vehicle version manifest once the retention sweep removed its nonces",
             "network; recorded earlier traffic (with the vehicle's credential), kept past the retention period",
-            "refused by the Director on the ECUs' report counters (manifest_refused, rollback)",
+            "refused by the Director: replay while its nonces are kept, then on the ECUs' report counters (manifest_refused, rollback)",
             manifest_replayed_after_sweep,
         ),
         scenario(
@@ -1180,12 +1180,14 @@ fn replay_manifest(w: &World, manifest: Vec<u8>, attack: &str) -> Result<String,
     ))
 }
 
-/// The Director keeps report nonces only for its retention period (docs/SECURITY.md,
-/// "Retention"); past it, a replayed report is refused by its ECU's report counter, which
-/// rises with every report accepted. The period passes without waiting: the Director is
-/// restarted two days ahead (`UPTANE_FAULT_CLOCK_OFFSET_SECS`) with a one-day period, sweeps
-/// as it starts, and is restarted on the real clock; the oldest manifest recorded since the
-/// last row is then replayed to it.
+/// The Director keeps report nonces only for its retention period (docs/SECURITY.md, the
+/// retention row of "Limits against resource exhaustion"); past it, a replayed report is
+/// refused by its ECU's report counter, which rises with every report accepted. The first
+/// manifest of the run, replayed, is refused `replay` (its nonces are kept). The period then
+/// passes without waiting: the Director is restarted a day and a minute ahead
+/// (`UPTANE_FAULT_CLOCK_OFFSET_SECS`) with a one-day period, sweeps as it starts (the
+/// event log's cutoff a minute past the real clock), and is restarted on the real clock; the
+/// same manifest replayed again is refused `rollback`.
 fn manifest_replayed_after_sweep(w: &mut World) -> Result<String, String> {
     let manifest = w
         .director
@@ -1193,6 +1195,7 @@ fn manifest_replayed_after_sweep(w: &mut World) -> Result<String, String> {
         .into_iter()
         .next()
         .ok_or("no manifest recorded")?;
+    let kept = replay_manifest(w, manifest.clone(), "replay")?;
     let sweeps = |fleet: &Fleet| match fleet.operator(&["events", "--kind", "retention_sweep"]) {
         Value::Array(events) => events,
         _ => Vec::new(),
@@ -1202,30 +1205,30 @@ fn manifest_replayed_after_sweep(w: &mut World) -> Result<String, String> {
         .filter_map(|e| e["id"].as_i64())
         .max()
         .unwrap_or(0);
-    w.fleet.set_clock_offset_days(2);
-    w.fleet
-        .restart_director_with(&[], &[("DIRECTOR_RETENTION_DAYS", "1")]);
-    let mut swept = String::new();
-    let found = wait_until(crate::sim::LIMIT, || {
-        if let Some(event) = sweeps(&w.fleet)
-            .into_iter()
-            .find(|e| e["id"].as_i64().unwrap_or(0) > before)
-        {
-            swept = event["detail"].as_str().unwrap_or_default().to_string();
-        }
-        !swept.is_empty()
-    });
-    w.fleet.set_clock_offset_days(0);
-    w.fleet.restart_director_with(&[], &[]);
-    if !found {
-        return Err("the Director two days ahead recorded no retention sweep".into());
+    let swept =
+        w.fleet
+            .with_director_ahead(86_400 + 60, &[("DIRECTOR_RETENTION_DAYS", "1")], |fleet| {
+                let mut swept = String::new();
+                wait_until(crate::sim::LIMIT, || {
+                    if let Some(event) = sweeps(fleet)
+                        .into_iter()
+                        .find(|e| e["id"].as_i64().unwrap_or(0) > before)
+                    {
+                        swept = event["detail"].as_str().unwrap_or_default().to_string();
+                    }
+                    !swept.is_empty()
+                });
+                swept
+            });
+    if swept.is_empty() {
+        return Err("the Director a day ahead recorded no retention sweep".into());
     }
     if swept.contains(" 0 report nonces") {
         return Err(format!("the sweep removed no nonces: {swept}"));
     }
     let verdict = replay_manifest(w, manifest, "rollback")?;
     Ok(format!(
-        "the sweep {}; {verdict}; {}",
+        "before the sweep: {kept}; the sweep {}; after it: {verdict}; {}",
         swept.split(" older than").next().unwrap_or(&swept),
         w.recover()?
     ))

@@ -409,6 +409,25 @@ impl Fleet {
         self.restart_director();
     }
 
+    /// Restarts the Director `secs` ahead of the fleet's clock with the extra environment
+    /// `env`, runs `during`, then restarts it as it was (its flags, environment and clock).
+    pub fn with_director_ahead<T>(
+        &mut self,
+        secs: i64,
+        env: &[(&str, &str)],
+        during: impl FnOnce(&Fleet) -> T,
+    ) -> T {
+        let saved = (self.director_env.clone(), self.clock_offset_secs);
+        self.director_env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.clock_offset_secs += secs;
+        self.restart_director();
+        let out = during(self);
+        (self.director_env, self.clock_offset_secs) = saved;
+        self.restart_director();
+        out
+    }
+
     /// Waits (bounded) for the Director process to exit on its own (an injected crash).
     pub fn director_exited(&mut self) -> bool {
         self.director

@@ -421,6 +421,39 @@ mod tests {
         ));
     }
 
+    /// The deepest report a manifest carries is the deepest `check_carriable` accepts: a
+    /// field of `levels` nested arrays in the report's `signed` object.
+    #[test]
+    fn a_report_is_carriable_exactly_when_a_manifest_carrying_it_signs_and_verifies() {
+        let primary = SigningKey::from_seed([3; 32]);
+        let ecu = SigningKey::from_seed([4; 32]);
+        let vin = Vin::new("VIN1").unwrap();
+        let nested = |levels: usize| {
+            let mut vendor = serde_json::json!([]);
+            for _ in 1..levels {
+                vendor = serde_json::json!([vendor]);
+            }
+            let mut signed = serde_json::to_value(report("ecu1", 1)).unwrap();
+            signed["vendor"] = vendor;
+            sign::sign_value(&signed, &[&ecu]).unwrap()
+        };
+        for (levels, carriable) in [(125, true), (126, false), (128, false)] {
+            let bytes = nested(levels);
+            verify_ecu_report(&Raw::new(bytes.clone()), ecu.public_key())
+                .expect("the report verifies on its own");
+            assert_eq!(check_carriable(&bytes).is_ok(), carriable, "{levels}");
+            let reports = BTreeMap::from([(EcuSerial::new("ecu1").unwrap(), bytes)]);
+            let manifest =
+                VehicleVersionManifest::new(&vin, &EcuSerial::new("primary").unwrap(), &reports)
+                    .unwrap()
+                    .sign(&primary);
+            assert_eq!(manifest.is_ok(), carriable, "{levels}");
+            if let Ok(manifest) = manifest {
+                verify_vehicle_manifest(&Raw::new(manifest), primary.public_key()).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn a_report_is_not_a_manifest() {
         let key = SigningKey::from_seed([3; 32]);

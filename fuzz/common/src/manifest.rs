@@ -220,7 +220,11 @@ mod tests {
                 "{name} refused"
             );
         }
-        let (_, indented) = seeds.last().expect("seeds");
+        let escaped = br#""nonce": "nonce-\u0031""#;
+        let (_, indented) = seeds
+            .iter()
+            .find(|(_, input)| input.windows(escaped.len()).any(|w| w == escaped))
+            .expect("a seed with an indented, escaped report");
         let carried = manifest_bytes(indented);
         let text = String::from_utf8_lossy(&carried);
         assert!(text.contains(r#""nonce": "nonce-\u0031""#), "{text}");

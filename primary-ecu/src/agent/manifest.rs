@@ -115,8 +115,6 @@ impl<P: Ports> Primary<P> {
             .map_err(|e| (e.attack(), format!("version report: {e}")))?;
         check_storable(&report)
             .map_err(|what| (AttackKind::Malformed, format!("version report: {what}")))?;
-        check_carriable(bytes)
-            .map_err(|what| (AttackKind::Malformed, format!("version report {what}")))?;
         if &report.ecu_serial != serial {
             return Err((
                 AttackKind::ArbitrarySoftware,
@@ -129,6 +127,8 @@ impl<P: Ports> Primary<P> {
                 format!("report answers nonce {:?}, not the one asked", report.nonce),
             ));
         }
+        check_carriable(bytes)
+            .map_err(|what| (AttackKind::Malformed, format!("version report {what}")))?;
         Ok((report.installed_image.clone(), report.report_counter))
     }
 
