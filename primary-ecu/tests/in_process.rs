@@ -327,7 +327,14 @@ impl SecondaryPort for Secondary {
             last_install: None,
         };
         if state.2 == Behaviour::Nests {
-            return Ok(nested_report(&report, &self.key));
+            // As deep as a report may be on its own (129 levels in its `signed` object).
+            let bytes = uptane_core::testing::nested_report(&report, 128, &self.key);
+            uptane_core::manifest::verify_ecu_report(
+                &Raw::new(bytes.clone()),
+                self.key.public_key(),
+            )
+            .expect("the report verifies on its own");
+            return Ok(bytes);
         }
         Ok(report.sign(&self.key).unwrap())
     }
@@ -611,21 +618,6 @@ async fn a_refusing_secondary_fails_for_good_and_an_offline_one_waits() {
     let report = car.primary.cycle().await;
     assert!(report.ecus.is_empty(), "{}", report.summary());
     assert_eq!(car.brake.running(), "brake-factory.bin");
-}
-
-/// `report` signed with a field of its own holding 128 nested arrays: it verifies on its own
-/// (its `signed` object nests 129 levels, the most a document may), not once carried.
-fn nested_report(report: &EcuVersionReport, key: &SigningKey) -> Vec<u8> {
-    let mut vendor = serde_json::json!([]);
-    for _ in 1..128 {
-        vendor = serde_json::json!([vendor]);
-    }
-    let mut signed = serde_json::to_value(report).unwrap();
-    signed["vendor"] = vendor;
-    let bytes = uptane_core::sign::sign_value(&signed, &[key]).unwrap();
-    uptane_core::manifest::verify_ecu_report(&Raw::new(bytes.clone()), key.public_key())
-        .expect("the report verifies on its own");
-    bytes
 }
 
 /// A Secondary whose own key signs a report the Director would refuse (a counter no signed

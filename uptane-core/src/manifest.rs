@@ -357,17 +357,25 @@ mod tests {
         ));
     }
 
+    /// Vehicle `VIN1`'s manifest from Primary `primary` carrying `report` from `ecu1`,
+    /// signed by `key`.
+    fn manifest_carrying(report: Vec<u8>, key: &SigningKey) -> Result<Vec<u8>, CanonicalError> {
+        let reports = BTreeMap::from([(EcuSerial::new("ecu1").unwrap(), report)]);
+        VehicleVersionManifest::new(
+            &Vin::new("VIN1").unwrap(),
+            &EcuSerial::new("primary").unwrap(),
+            &reports,
+        )
+        .unwrap()
+        .sign(key)
+    }
+
     #[test]
     fn manifest_embeds_reports_that_still_verify() {
         let primary = SigningKey::from_seed([3; 32]);
         let ecu = SigningKey::from_seed([4; 32]);
         let ecu1 = EcuSerial::new("ecu1").unwrap();
-        let reports = BTreeMap::from([(ecu1.clone(), report("ecu1", 1).sign(&ecu).unwrap())]);
-        let vin = Vin::new("VIN1").unwrap();
-        let manifest =
-            VehicleVersionManifest::new(&vin, &EcuSerial::new("primary").unwrap(), &reports)
-                .unwrap();
-        let bytes = manifest.sign(&primary).unwrap();
+        let bytes = manifest_carrying(report("ecu1", 1).sign(&ecu).unwrap(), &primary).unwrap();
         let verified = verify_vehicle_manifest(&Raw::new(bytes), primary.public_key()).unwrap();
         let embedded = verified.report(&ecu1).unwrap();
         verify_ecu_report(&embedded, ecu.public_key()).unwrap();
@@ -394,13 +402,7 @@ mod tests {
         assert!(text.contains("\\u0066w.bin") && text.contains("\n    \""));
         // A manifest the Primary signed (over the canonical form) that carries `text` as is.
         let carry = |text: &str| {
-            let reports = BTreeMap::from([(ecu1.clone(), text.as_bytes().to_vec())]);
-            let vin = Vin::new("VIN1").unwrap();
-            let signed =
-                VehicleVersionManifest::new(&vin, &EcuSerial::new("primary").unwrap(), &reports)
-                    .unwrap()
-                    .sign(&primary)
-                    .unwrap();
+            let signed = manifest_carrying(text.as_bytes().to_vec(), &primary).unwrap();
             let canonical = crate::cjson::canonicalize_json_text(text.as_bytes()).unwrap();
             let carried = String::from_utf8(signed)
                 .unwrap()
@@ -427,26 +429,12 @@ mod tests {
     fn a_report_is_carriable_exactly_when_a_manifest_carrying_it_signs_and_verifies() {
         let primary = SigningKey::from_seed([3; 32]);
         let ecu = SigningKey::from_seed([4; 32]);
-        let vin = Vin::new("VIN1").unwrap();
-        let nested = |levels: usize| {
-            let mut vendor = serde_json::json!([]);
-            for _ in 1..levels {
-                vendor = serde_json::json!([vendor]);
-            }
-            let mut signed = serde_json::to_value(report("ecu1", 1)).unwrap();
-            signed["vendor"] = vendor;
-            sign::sign_value(&signed, &[&ecu]).unwrap()
-        };
         for (levels, carriable) in [(125, true), (126, false), (128, false)] {
-            let bytes = nested(levels);
+            let bytes = crate::testing::nested_report(&report("ecu1", 1), levels, &ecu);
             verify_ecu_report(&Raw::new(bytes.clone()), ecu.public_key())
                 .expect("the report verifies on its own");
             assert_eq!(check_carriable(&bytes).is_ok(), carriable, "{levels}");
-            let reports = BTreeMap::from([(EcuSerial::new("ecu1").unwrap(), bytes)]);
-            let manifest =
-                VehicleVersionManifest::new(&vin, &EcuSerial::new("primary").unwrap(), &reports)
-                    .unwrap()
-                    .sign(&primary);
+            let manifest = manifest_carrying(bytes, &primary);
             assert_eq!(manifest.is_ok(), carriable, "{levels}");
             if let Ok(manifest) = manifest {
                 verify_vehicle_manifest(&Raw::new(manifest), primary.public_key()).unwrap();

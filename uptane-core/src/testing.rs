@@ -14,6 +14,22 @@ pub fn key(n: u8) -> SigningKey {
     SigningKey::from_seed([n; 32])
 }
 
+/// `report` signed by `key` with a field of its own, `vendor`, holding `levels` nested arrays:
+/// a report as deep as its signer likes, for the depth a manifest can carry.
+pub fn nested_report(
+    report: &crate::manifest::EcuVersionReport,
+    levels: usize,
+    key: &SigningKey,
+) -> Vec<u8> {
+    let mut vendor = serde_json::json!([]);
+    for _ in 1..levels {
+        vendor = serde_json::json!([vendor]);
+    }
+    let mut signed = serde_json::to_value(report).expect("a report serializes");
+    signed["vendor"] = vendor;
+    crate::sign::sign_value(&signed, &[key]).expect("JSON without floats is canonical")
+}
+
 /// A fixed "now" for tests: 2030-01-01.
 pub fn now() -> UtcTime {
     parse_expires("2030-01-01T00:00:00Z").expect("valid literal")
