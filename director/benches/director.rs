@@ -1,5 +1,5 @@
-//! Director benchmarks with 100,000 registered vehicles (`BENCH_VEHICLES=N` for another
-//! number; the requests measured go to the first 100,000). Run with
+//! Director benchmarks with 100,000 registered vehicles (`BENCH_VEHICLES=N` for more; the
+//! manifests and current-metadata requests go to the first 100,000). Run with
 //! `cargo bench -p director --bench director` (uses `wrk` when installed).
 //!
 //! 1. Vehicle version manifests verified and recorded per second through the service: a
@@ -10,7 +10,10 @@
 //!    with each vehicle's credential), first for vehicles whose metadata must be signed,
 //!    then for vehicles whose metadata is current, over plaintext and over TLS. Each line
 //!    gives wrk's rate and the server's CPU per request. wrk runs `-t2 -c32` with a script
-//!    that names a different vehicle per request; `BENCH_CONNECTIONS=N` changes the
+//!    that names a different vehicle per request (its two threads take every other one);
+//!    the signed-first line runs for 5 s over vehicles 10,000 and up, and says how many
+//!    requests named a vehicle a second time if the rate outran them (then raise
+//!    `BENCH_VEHICLES`); `BENCH_CONNECTIONS=N` changes the
 //!    connections, and `BENCH_STATIC=1` sends one fixed request (one vehicle, no script: the
 //!    method of `../shared/reference/performance.md` §6, whose wrk costs less).
 
@@ -119,11 +122,16 @@ fn manifest(i: usize) -> Vec<u8> {
         .unwrap()
 }
 
-fn wrk(url: &str, first: usize, count: usize, seconds: u32) -> String {
+/// wrk's threads.
+const WRK_THREADS: usize = 2;
+
+/// wrk's line (see [`run_wrk`]) for `seconds` of requests naming vehicles `first` and up,
+/// `count` of them in turn, and how many requests it made.
+fn wrk(url: &str, first: usize, count: usize, seconds: u32) -> (String, usize) {
     if std::env::var_os("BENCH_STATIC").is_some() {
         let vin = vin(first);
         return run_wrk(&[
-            "-t2".into(),
+            format!("-t{WRK_THREADS}"),
             format!("-c{}", connections()),
             format!("-d{seconds}s"),
             "-H".into(),
@@ -131,13 +139,21 @@ fn wrk(url: &str, first: usize, count: usize, seconds: u32) -> String {
             format!("{url}/vehicles/{vin}/metadata/timestamp.json"),
         ]);
     }
+    // Each of wrk's threads runs the script in a Lua state of its own: the threads take
+    // every other vehicle (`setup` hands each its offset), so no vehicle is asked for by both
+    // at once (one request would sign and the other find it signed, or both sign).
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         script.path(),
         format!(
-            r#"counter = 0
+            r#"local threads = 0
+setup = function(thread)
+  thread:set("offset", threads)
+  threads = threads + 1
+end
+counter = 0
 request = function()
-  local vin = string.format("VIN%06d", {first} + (counter % {count}))
+  local vin = string.format("VIN%06d", {first} + ((offset + counter * {WRK_THREADS}) % {count}))
   counter = counter + 1
   return wrk.format("GET", "/vehicles/" .. vin .. "/metadata/timestamp.json", {{["Authorization"] = "Bearer cred-" .. vin}})
 end
@@ -146,7 +162,7 @@ end
     )
     .unwrap();
     run_wrk(&[
-        "-t2".into(),
+        format!("-t{WRK_THREADS}"),
         format!("-c{}", connections()),
         format!("-d{seconds}s"),
         "-s".into(),
@@ -168,32 +184,33 @@ fn cpu() -> f64 {
 }
 
 /// wrk's rate, and the server's CPU per request (this process's CPU while wrk ran, wrk
-/// being another process): the figure that co-tenants' load moves least.
-fn run_wrk(args: &[String]) -> String {
+/// being another process): the figure that co-tenants' load moves least. Also the number
+/// of requests wrk made.
+fn run_wrk(args: &[String]) -> (String, usize) {
     let before = cpu();
     match std::process::Command::new("wrk").args(args).output() {
         Ok(out) => {
             let spent = cpu() - before;
             let text = String::from_utf8_lossy(&out.stdout);
-            let requests: f64 = text
+            let requests: usize = text
                 .lines()
                 .find_map(|l| l.trim().split_once(" requests in"))
                 .and_then(|(n, _)| n.parse().ok())
-                .unwrap_or(0.0);
+                .unwrap_or(0);
             let mut parts: Vec<String> = text
                 .lines()
                 .filter(|l| l.starts_with("Requests/sec") || l.contains("Non-2xx"))
                 .map(str::to_string)
                 .collect();
-            if requests > 0.0 {
+            if requests > 0 {
                 parts.push(format!(
                     "server CPU {:.1} µs per request",
-                    spent * 1e6 / requests
+                    spent * 1e6 / requests as f64
                 ));
             }
-            parts.join("; ")
+            (parts.join("; "), requests)
         }
-        Err(_) => "wrk is not installed (apt-get install wrk)".into(),
+        Err(_) => ("wrk is not installed (apt-get install wrk)".into(), 0),
     }
 }
 
@@ -340,17 +357,26 @@ fn main() {
             std::future::pending(),
         ));
         let fresh_url = url.clone();
-        let fresh = tokio::task::spawn_blocking(move || wrk(&fresh_url, 10_000, 90_000, 10))
-            .await
-            .unwrap();
+        // Five seconds: at up to 18,000/s no vehicle is asked for twice.
+        let fresh_vehicles = vehicles() - 10_000;
+        let (mut fresh, requests) =
+            tokio::task::spawn_blocking(move || wrk(&fresh_url, 10_000, fresh_vehicles, 5))
+                .await
+                .unwrap();
+        if let Some(again) = requests.checked_sub(fresh_vehicles).filter(|n| *n > 0) {
+            // Those found what their first request signed: the rate is no longer of one kind.
+            fresh.push_str(&format!(
+                "; {again} requests named a vehicle a second time (raise BENCH_VEHICLES)"
+            ));
+        }
         println!(
             "metadata requests, vehicles needing new signed metadata (sign per request): {fresh}"
         );
-        let warm = tokio::task::spawn_blocking(move || wrk(&url, 10_000, 2_000, 10))
+        let (warm, _) = tokio::task::spawn_blocking(move || wrk(&url, 10_000, 2_000, 10))
             .await
             .unwrap();
         println!("metadata requests, vehicles with current metadata, plaintext: {warm}");
-        let warm_tls = tokio::task::spawn_blocking(move || wrk(&tls_url, 10_000, 2_000, 10))
+        let (warm_tls, _) = tokio::task::spawn_blocking(move || wrk(&tls_url, 10_000, 2_000, 10))
             .await
             .unwrap();
         println!("metadata requests, vehicles with current metadata, TLS 1.3: {warm_tls}");
