@@ -86,6 +86,8 @@ struct Load {
     operator: String,
     limits: Vec<tokio::sync::Semaphore>,
     latencies: Mutex<BTreeMap<&'static str, Vec<u32>>>,
+    /// How long vehicle requests waited for a connection's share, in microseconds.
+    waits: Mutex<Vec<u32>>,
     errors: Mutex<BTreeMap<String, u64>>,
     measuring: std::sync::atomic::AtomicBool,
     run: String,
@@ -112,25 +114,34 @@ impl Load {
     }
 
     /// One vehicle request, within its client's share of requests in flight: timed under
-    /// `route`, its body on success.
+    /// `route` from `due`, when the vehicle meant to send it, so that the time it waits here
+    /// for a connection's share counts (a real vehicle has its own connection and would
+    /// wait in the server's queue instead); its body on success.
     async fn send(
         &self,
         slot: usize,
         route: &'static str,
         request: reqwest::RequestBuilder,
+        due: Instant,
     ) -> Option<bytes::Bytes> {
         let _permit = self.limits[slot % self.limits.len()].acquire().await.ok()?;
-        self.exchange(route, request).await
+        if self.measuring.load(Ordering::Relaxed) {
+            self.waits
+                .lock()
+                .expect("waits lock")
+                .push(micros_since(due));
+        }
+        self.exchange(route, request, due).await
     }
 
-    /// One request, timed under `route`, its body on success. The operator's requests come
-    /// here directly: an operator does not queue behind the fleet's polls.
+    /// One request, timed under `route` from `due`, its body on success. The operator's
+    /// requests come here directly: an operator does not queue behind the fleet's polls.
     async fn exchange(
         &self,
         route: &'static str,
         request: reqwest::RequestBuilder,
+        due: Instant,
     ) -> Option<bytes::Bytes> {
-        let start = Instant::now();
         let sent = request.send().await;
         let outcome = match sent {
             Ok(response) if response.status().is_success() => response
@@ -145,7 +156,7 @@ impl Load {
                 service_runtime::error_chain(&e.without_url())
             )),
         };
-        let micros = start.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let micros = micros_since(due);
         if self.measuring.load(Ordering::Relaxed) {
             self.latencies
                 .lock()
@@ -162,6 +173,11 @@ impl Load {
             }
         }
     }
+}
+
+/// Microseconds since `start`, saturating.
+fn micros_since(start: Instant) -> u32 {
+    start.elapsed().as_micros().min(u32::MAX as u128) as u32
 }
 
 /// Attempts of one operator assignment when the Director answers 503.
@@ -381,8 +397,9 @@ fn version_of(body: &[u8], meta: &str) -> Option<u64> {
     value["signed"]["meta"][meta]["version"].as_u64()
 }
 
-/// One cycle of vehicle `car`, unless its previous one is still under way (`false`: skipped).
-async fn cycle(load: &Load, slot: usize, car: &Mutex<Car>) -> bool {
+/// One cycle of vehicle `car`, due at `due`, unless its previous one is still under way
+/// (`false`: skipped).
+async fn cycle(load: &Load, slot: usize, car: &Mutex<Car>, due: Instant) -> bool {
     {
         let mut car = car.lock().expect("car lock");
         if car.busy {
@@ -390,13 +407,15 @@ async fn cycle(load: &Load, slot: usize, car: &Mutex<Car>) -> bool {
         }
         car.busy = true;
     }
-    cycle_steps(load, slot, car).await;
+    cycle_steps(load, slot, car, due).await;
     car.lock().expect("car lock").busy = false;
     true
 }
 
-/// The requests of one cycle, as a Primary makes them.
-async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>) {
+/// The requests of one cycle, as a Primary makes them: the first timed from when the cycle
+/// was due (a cycle the generator starts late counts as a late answer, as in wrk2), each
+/// next one from when the answer before it came.
+async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>, due: Instant) {
     let (vin, credential, known) = {
         let car = car.lock().expect("car lock");
         (
@@ -414,7 +433,7 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>) {
             .bearer_auth(&credential)
     };
     let Some(timestamp) = load
-        .send(slot, "director timestamp", director("timestamp.json"))
+        .send(slot, "director timestamp", director("timestamp.json"), due)
         .await
     else {
         return;
@@ -425,7 +444,10 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>) {
     };
     if known != Some(snapshot_version) {
         let file = format!("{snapshot_version}.snapshot.json");
-        let Some(snapshot) = load.send(slot, "director snapshot", director(&file)).await else {
+        let Some(snapshot) = load
+            .send(slot, "director snapshot", director(&file), Instant::now())
+            .await
+        else {
             return;
         };
         let Some(targets_version) = version_of(&snapshot, "targets.json") else {
@@ -433,7 +455,10 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>) {
             return;
         };
         let file = format!("{targets_version}.targets.json");
-        let Some(targets) = load.send(slot, "director targets", director(&file)).await else {
+        let Some(targets) = load
+            .send(slot, "director targets", director(&file), Instant::now())
+            .await
+        else {
             return;
         };
         let Ok(targets) = serde_json::from_slice::<Value>(&targets) else {
@@ -447,7 +472,8 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>) {
     let image_timestamp = load
         .client(slot)
         .get(format!("{}/metadata/timestamp.json", load.image));
-    load.send(slot, "image timestamp", image_timestamp).await;
+    load.send(slot, "image timestamp", image_timestamp, Instant::now())
+        .await;
     let manifest = car.lock().expect("car lock").manifest(&load.run);
     let post = load
         .client(slot)
@@ -455,7 +481,8 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>) {
         .bearer_auth(&credential)
         .header("content-type", "application/json")
         .body(manifest);
-    load.send(slot, "director manifest", post).await;
+    load.send(slot, "director manifest", post, Instant::now())
+        .await;
 }
 
 /// CPU seconds of every process named `postgres` on this machine (the server's backends, one
@@ -552,6 +579,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
             .map(|_| tokio::sync::Semaphore::new(PER_CLIENT))
             .collect(),
         latencies: Mutex::default(),
+        waits: Mutex::default(),
         errors: Mutex::default(),
         measuring: false.into(),
         run,
@@ -597,7 +625,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                     .bearer_auth(&load.operator)
                     .header("content-type", "application/json")
                     .body(body.to_string());
-                let Some(issued) = load.send(i, "register", request).await else {
+                let Some(issued) = load.send(i, "register", request, Instant::now()).await else {
                     continue;
                 };
                 let issued: Value = serde_json::from_slice(&issued).unwrap_or_default();
@@ -650,7 +678,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                 tokio::time::sleep_until(due).await;
                 let (load, cars, late) = (Arc::clone(&load), Arc::clone(&cars), Arc::clone(&late));
                 cycles.spawn(async move {
-                    let ran = cycle(&load, i, &cars[i]).await;
+                    let ran = cycle(&load, i, &cars[i], due.into_std()).await;
                     // A cycle skipped because the last one was still running, or still
                     // running when the next one is due: the fleet was not served at the rate
                     // it polls.
@@ -707,7 +735,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                 }
                 break;
             }
-            load.exchange("assign", request).await;
+            load.exchange("assign", request, Instant::now()).await;
         }
     }
     let assigned_in = assign_started.elapsed().as_secs_f64();
@@ -760,6 +788,16 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
     }
     all.sort_unstable();
     row("all vehicle requests", &all, &mut line);
+    let mut waits = std::mem::take(&mut *load.waits.lock().expect("waits lock"));
+    waits.sort_unstable();
+    line(format!(
+        "(timed from when each request was due: a cycle's first from its scheduled time, the \
+         rest from the answer before; of that, waiting in the generator for a connection's \
+         share: p50 {:.2}, p99 {:.2}, max {:.2} ms)",
+        percentile(&waits, 50.0),
+        percentile(&waits, 99.0),
+        percentile(&waits, 100.0)
+    ));
     let errors = std::mem::take(&mut *load.errors.lock().expect("errors lock"));
     if errors.is_empty() {
         line("errors: none".into());

@@ -281,8 +281,8 @@ struct Bench {
     workdir: PathBuf,
 }
 
-/// One measurement's fresh state: an empty metadata directory (ours: holding the trusted
-/// root; tough: its datastore) and an empty download directory.
+/// One measurement's fresh state: an empty metadata directory (ours: where the trusted root
+/// is stored, on the clock; tough: its datastore) and an empty download directory.
 struct Fresh {
     _tmp: tempfile::TempDir,
     metadata: PathBuf,
@@ -298,10 +298,6 @@ impl Bench {
         let out = tmp.path().join("out");
         std::fs::create_dir_all(&metadata)?;
         std::fs::create_dir_all(&out)?;
-        if self.client == Client::Ours {
-            // What `tuf-conformance-client init` does.
-            MetadataDir::new(&metadata).store("root", &self.root)?;
-        }
         Ok(Fresh {
             _tmp: tmp,
             metadata,
@@ -379,6 +375,9 @@ impl Bench {
         // As tuf-conformance-client: the clock sampled once per update, plaintext HTTP allowed
         // (127.0.0.1), default limits, no minimum speed.
         let now: UtcTime = SystemTime::now().into();
+        // What `tuf-conformance-client init` does, on the clock: python-tuf's `Updater`
+        // verifies and stores its bootstrap root inside its timing, and tough its datastore.
+        MetadataDir::new(&fresh.metadata).store("root", &self.root)?;
         let tls = ClientTls::new(None, None, true)?;
         let fetcher = Fetcher::new(&tls, Duration::from_secs(30), 0)?;
         let remote = HttpRepository::new(fetcher, &self.metadata_url, &self.targets_url);
