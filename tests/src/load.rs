@@ -89,7 +89,8 @@ struct Load {
     operator: String,
     limits: Vec<tokio::sync::Semaphore>,
     latencies: Mutex<BTreeMap<&'static str, Vec<u32>>>,
-    /// How long vehicle requests waited for a connection's share, in microseconds.
+    /// How long vehicle requests waited in the generator (for a worker thread, then a place
+    /// in flight), in microseconds.
     waits: Mutex<Vec<u32>>,
     /// How long after its scheduled time each cycle was started, in microseconds.
     scheduler_behind: Mutex<Vec<u32>>,
@@ -818,7 +819,8 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
     line(format!(
         "(each request timed from when the vehicle would send it: a cycle's first from when \
          the cycle started, the rest from the answer before; of that, waiting in the generator \
-         for a connection's share: p50 {:.2}, p99 {:.2}, max {:.2} ms; cycles started after \
+         for a worker thread and a place in flight: p50 {:.2}, p99 {:.2}, max {:.2} ms; \
+         cycles started after \
          their scheduled time by p50 {:.2}, p99 {:.2}, max {:.2} ms, not counted)",
         percentile(&waits, 50.0),
         percentile(&waits, 99.0),
