@@ -10,10 +10,9 @@
 //! requests per second, latency percentiles per route (each request timed from when the
 //! vehicle would send it, so the time it waits in the generator for a place among the
 //! requests in flight counts, as it would in a server's queue), errors by kind, and the
-//! servers' CPU
-//! time and peak memory, and fails on any error, on a cycle that ends after the vehicle's
-//! next one is due, and on a schedule the servers fall behind (served slower than the fleet
-//! polls).
+//! servers' CPU time and peak memory, and fails on any error, on a cycle that ends after the
+//! vehicle's next one is due, and on a schedule the servers fall behind (served slower than
+//! the fleet polls).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -183,7 +182,12 @@ impl Load {
 
 /// Microseconds since `start`, saturating.
 fn micros_since(start: Instant) -> u32 {
-    start.elapsed().as_micros().min(u32::MAX as u128) as u32
+    micros(start.elapsed())
+}
+
+/// Whole microseconds, saturating: a latency sample is kept in 32 bits.
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
 }
 
 /// Attempts of one operator assignment when the Director answers 503.
@@ -696,7 +700,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                     load.scheduler_behind
                         .lock()
                         .expect("scheduler lock")
-                        .push(behind.as_micros().min(u32::MAX as u128) as u32);
+                        .push(micros(behind));
                 }
                 let (load, cars, late) = (Arc::clone(&load), Arc::clone(&cars), Arc::clone(&late));
                 cycles.spawn(async move {

@@ -801,7 +801,7 @@ impl DirectorService {
         {
             return Ok(cached.bytes.clone());
         }
-        let ticket = self.inner.cache.ticket(&vin);
+        let ticket = self.inner.cache.ticket();
         let stored = match self.refresh_metadata(&vin).await? {
             Some(stored) => stored,
             None => {
@@ -881,7 +881,7 @@ impl DirectorService {
         {
             return Ok(AuthorizedVehicle(vin));
         }
-        let ticket = self.inner.cache.ticket(&vin);
+        let ticket = self.inner.cache.ticket();
         let reading = vin.clone();
         let row = self
             .inner
