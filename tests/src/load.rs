@@ -12,7 +12,9 @@
 //! requests in flight counts, as it would in a server's queue), errors by kind, and the
 //! servers' CPU time and peak memory, and fails on any error, on a cycle that ends after the
 //! vehicle's next one is due, and on a schedule the servers fall behind (served slower than
-//! the fleet polls).
+//! the fleet polls). A warm-up (`--warmup`) polls before the measurement: the fleet's first
+//! polls, each signing a vehicle's metadata for the first time, are then reported apart (and
+//! fail the run only by an error).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,8 +39,10 @@ pub struct LoadArgs {
     pub vehicles: usize,
     /// Seconds between two cycles of a vehicle.
     pub poll_secs: u64,
-    /// Seconds of polling measured (after registration).
+    /// Seconds of polling measured (after registration and the warm-up).
     pub duration_secs: u64,
+    /// Seconds of polling before the measurement (the fleet's first polls), reported apart.
+    pub warmup_secs: u64,
     /// Percent of the fleet the campaign assigns an update to.
     pub campaign_percent: u32,
     /// Requests in flight at most (and so connections to each server).
@@ -88,6 +92,8 @@ struct Load {
     operator: String,
     limits: Vec<tokio::sync::Semaphore>,
     latencies: Mutex<BTreeMap<&'static str, Vec<u32>>>,
+    /// The latencies of vehicle requests during the warm-up, in microseconds.
+    warmup: Mutex<Vec<u32>>,
     /// How long vehicle requests waited in the generator (for a worker thread, then a place
     /// in flight), in microseconds.
     waits: Mutex<Vec<u32>>,
@@ -95,6 +101,8 @@ struct Load {
     scheduler_behind: Mutex<Vec<u32>>,
     errors: Mutex<BTreeMap<String, u64>>,
     measuring: std::sync::atomic::AtomicBool,
+    /// The fleet polls, before the measurement.
+    warming: std::sync::atomic::AtomicBool,
     run: String,
 }
 
@@ -169,6 +177,8 @@ impl Load {
                 .entry(route)
                 .or_default()
                 .push(micros);
+        } else if self.warming.load(Ordering::Relaxed) && route != "assign" {
+            self.warmup.lock().expect("warm-up lock").push(micros);
         }
         match outcome {
             Ok(body) => Some(body),
@@ -594,10 +604,12 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
             .map(|_| tokio::sync::Semaphore::new(PER_CLIENT))
             .collect(),
         latencies: Mutex::default(),
+        warmup: Mutex::default(),
         waits: Mutex::default(),
         scheduler_behind: Mutex::default(),
         errors: Mutex::default(),
         measuring: false.into(),
+        warming: false.into(),
         run,
     });
     let director_pids = fleet.director_pids();
@@ -664,33 +676,39 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         ));
     }
 
-    // Polling: vehicle i's cycles start at phase i/N of the interval.
+    // Polling: vehicle i's cycles start at phase i/N of the interval; the warm-up's, then
+    // the measured ones.
     let on_postgres = args.database != "sqlite";
-    let postgres_before = postgres_cpu();
-    let (director_before, image_before, me_before) = (
-        directors_usage(),
-        usage(image_pid).unwrap_or_default(),
-        usage(std::process::id()).unwrap_or_default(),
-    );
-    load.measuring.store(true, Ordering::Relaxed);
     let poll = Duration::from_secs(args.poll_secs);
     let duration = Duration::from_secs(args.duration_secs);
-    let start = tokio::time::Instant::now();
+    let warmup = Duration::from_secs(args.warmup_secs);
+    let polling = tokio::time::Instant::now();
+    let start = polling + warmup;
     let end = start + duration;
     let late = Arc::new(AtomicUsize::new(0));
+    let warmup_late = Arc::new(AtomicUsize::new(0));
+    load.warming.store(true, Ordering::Relaxed);
     let scheduler = {
-        let (load, cars, late) = (Arc::clone(&load), Arc::clone(&cars), Arc::clone(&late));
+        let (load, cars) = (Arc::clone(&load), Arc::clone(&cars));
+        let (late, warmup_late) = (Arc::clone(&late), Arc::clone(&warmup_late));
         let n = args.vehicles;
         tokio::spawn(async move {
             let mut cycles = tokio::task::JoinSet::new();
             let mut scheduled = 0u64;
             for k in 0u64.. {
                 let i = (k % n as u64) as usize;
-                let due = start + poll * (k / n as u64) as u32 + poll.mul_f64(i as f64 / n as f64);
+                let due =
+                    polling + poll * (k / n as u64) as u32 + poll.mul_f64(i as f64 / n as f64);
                 if due >= end {
                     break;
                 }
-                scheduled += 1;
+                // Cycles of the warm-up are neither counted nor, if late, failed.
+                let late = if due >= start {
+                    scheduled += 1;
+                    Arc::clone(&late)
+                } else {
+                    Arc::clone(&warmup_late)
+                };
                 tokio::time::sleep_until(due).await;
                 // The cycle is timed from here: the timer wakes up to a millisecond or two
                 // past `due` even when idle; how late the scheduler itself ran is kept apart.
@@ -702,7 +720,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                         .expect("scheduler lock")
                         .push(micros(behind));
                 }
-                let (load, cars, late) = (Arc::clone(&load), Arc::clone(&cars), Arc::clone(&late));
+                let (load, cars) = (Arc::clone(&load), Arc::clone(&cars));
                 cycles.spawn(async move {
                     let ran = cycle(&load, i, &cars[i], started).await;
                     // A cycle skipped because the last one was still running, or still
@@ -719,8 +737,18 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         })
     };
 
-    // The campaign: after a quarter of the run (at most one interval), a share of the fleet,
-    // in batches spread over one poll interval.
+    tokio::time::sleep_until(start).await;
+    let postgres_before = postgres_cpu();
+    let (director_before, image_before, me_before) = (
+        directors_usage(),
+        usage(image_pid).unwrap_or_default(),
+        usage(std::process::id()).unwrap_or_default(),
+    );
+    load.measuring.store(true, Ordering::Relaxed);
+    load.warming.store(false, Ordering::Relaxed);
+
+    // The campaign: after a quarter of the measured run (at most one interval), a share of
+    // the fleet, in batches spread over one poll interval.
     let campaign_at = (duration / 4).min(poll);
     tokio::time::sleep_until(start + campaign_at).await;
     let chosen: Vec<usize> = (0..args.vehicles)
@@ -833,6 +861,21 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         percentile(&behind, 99.0),
         percentile(&behind, 100.0)
     ));
+    if !warmup.is_zero() {
+        let warmup_latencies = sorted(&load.warmup);
+        line(format!(
+            "warm-up of {} s before the measurement (each vehicle's first poll signs its \
+             metadata for the first time and reads its credential into the Director's cache), \
+             not in the table: {} vehicle requests, p50 {:.2}, p99 {:.2}, max {:.2} ms; {} of \
+             its cycles late",
+            warmup.as_secs(),
+            warmup_latencies.len(),
+            percentile(&warmup_latencies, 50.0),
+            percentile(&warmup_latencies, 99.0),
+            percentile(&warmup_latencies, 100.0),
+            warmup_late.load(Ordering::Relaxed)
+        ));
+    }
     let errors = std::mem::take(&mut *load.errors.lock().expect("errors lock"));
     if errors.is_empty() {
         line("errors: none".into());

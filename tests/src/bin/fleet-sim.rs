@@ -83,9 +83,15 @@ enum Command {
         /// Seconds between two cycles of a vehicle.
         #[arg(long, default_value_t = 60)]
         poll_secs: u64,
-        /// Seconds of polling to measure (after registration).
+        /// Seconds of polling to measure (after registration and the warm-up).
         #[arg(long = "duration", default_value_t = 60)]
         duration_secs: u64,
+        /// Seconds of polling before the measurement starts (its latency is printed apart):
+        /// one poll interval lets every vehicle make its first poll, which signs its metadata
+        /// for the first time and reads its credential into the Director's cache, so that
+        /// what is measured is the fleet's steady state.
+        #[arg(long = "warmup", default_value_t = 0)]
+        warmup_secs: u64,
         /// Percent of the fleet the campaign assigns an update to.
         #[arg(long, default_value_t = 10)]
         campaign_percent: u32,
@@ -291,6 +297,7 @@ fn main() -> ExitCode {
             vehicles,
             poll_secs,
             duration_secs,
+            warmup_secs,
             campaign_percent,
             connections,
             database,
@@ -301,6 +308,7 @@ fn main() -> ExitCode {
                 vehicles,
                 poll_secs,
                 duration_secs,
+                warmup_secs,
                 campaign_percent: campaign_percent.min(100),
                 connections,
                 database,
