@@ -100,10 +100,20 @@ struct Load {
     /// How long after its scheduled time each cycle was started, in microseconds.
     scheduler_behind: Mutex<Vec<u32>>,
     errors: Mutex<BTreeMap<String, u64>>,
-    measuring: std::sync::atomic::AtomicBool,
-    /// The fleet polls, before the measurement.
-    warming: std::sync::atomic::AtomicBool,
     run: String,
+}
+
+/// Which figures a request's latency goes to: decided by when its cycle was due, not by when
+/// it finished, so that a cycle of the warm-up still running once the measurement starts
+/// stays on the warm-up's line and the table holds exactly the measured cycles' requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Registration: not timed.
+    Setup,
+    /// A cycle due before the measurement: the warm-up's line.
+    Warmup,
+    /// A cycle due in the measured run, or the operator's campaign: the table.
+    Measured,
 }
 
 impl Load {
@@ -136,15 +146,16 @@ impl Load {
         route: &'static str,
         request: reqwest::RequestBuilder,
         due: Instant,
+        phase: Phase,
     ) -> Option<bytes::Bytes> {
         let _permit = self.limits[slot % self.limits.len()].acquire().await.ok()?;
-        if self.measuring.load(Ordering::Relaxed) {
+        if phase == Phase::Measured {
             self.waits
                 .lock()
                 .expect("waits lock")
                 .push(micros_since(due));
         }
-        self.exchange(route, request, due).await
+        self.exchange(route, request, due, phase).await
     }
 
     /// One request, timed under `route` from `due`, its body on success. The operator's
@@ -154,6 +165,7 @@ impl Load {
         route: &'static str,
         request: reqwest::RequestBuilder,
         due: Instant,
+        phase: Phase,
     ) -> Option<bytes::Bytes> {
         let sent = request.send().await;
         let outcome = match sent {
@@ -170,15 +182,16 @@ impl Load {
             )),
         };
         let micros = micros_since(due);
-        if self.measuring.load(Ordering::Relaxed) {
-            self.latencies
+        match phase {
+            Phase::Measured => self
+                .latencies
                 .lock()
                 .expect("latencies lock")
                 .entry(route)
                 .or_default()
-                .push(micros);
-        } else if self.warming.load(Ordering::Relaxed) && route != "assign" {
-            self.warmup.lock().expect("warm-up lock").push(micros);
+                .push(micros),
+            Phase::Warmup => self.warmup.lock().expect("warm-up lock").push(micros),
+            Phase::Setup => {}
         }
         match outcome {
             Ok(body) => Some(body),
@@ -419,7 +432,7 @@ fn version_of(body: &[u8], meta: &str) -> Option<u64> {
 
 /// One cycle of vehicle `car`, started at `started`, unless its previous one is still under
 /// way (`false`: skipped).
-async fn cycle(load: &Load, slot: usize, car: &Mutex<Car>, started: Instant) -> bool {
+async fn cycle(load: &Load, slot: usize, car: &Mutex<Car>, started: Instant, phase: Phase) -> bool {
     {
         let mut car = car.lock().expect("car lock");
         if car.busy {
@@ -427,7 +440,7 @@ async fn cycle(load: &Load, slot: usize, car: &Mutex<Car>, started: Instant) -> 
         }
         car.busy = true;
     }
-    cycle_steps(load, slot, car, started).await;
+    cycle_steps(load, slot, car, started, phase).await;
     car.lock().expect("car lock").busy = false;
     true
 }
@@ -435,7 +448,7 @@ async fn cycle(load: &Load, slot: usize, car: &Mutex<Car>, started: Instant) -> 
 /// The requests of one cycle, as a Primary makes them: the first timed from `started` (its
 /// wait for a worker thread and a connection's share counts), each next one from when the
 /// answer before it came.
-async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>, started: Instant) {
+async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>, started: Instant, phase: Phase) {
     let (vin, credential, known) = {
         let car = car.lock().expect("car lock");
         (
@@ -458,6 +471,7 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>, started: Instan
             "director timestamp",
             director("timestamp.json"),
             started,
+            phase,
         )
         .await
     else {
@@ -470,7 +484,13 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>, started: Instan
     if known != Some(snapshot_version) {
         let file = format!("{snapshot_version}.snapshot.json");
         let Some(snapshot) = load
-            .send(slot, "director snapshot", director(&file), Instant::now())
+            .send(
+                slot,
+                "director snapshot",
+                director(&file),
+                Instant::now(),
+                phase,
+            )
             .await
         else {
             return;
@@ -481,7 +501,13 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>, started: Instan
         };
         let file = format!("{targets_version}.targets.json");
         let Some(targets) = load
-            .send(slot, "director targets", director(&file), Instant::now())
+            .send(
+                slot,
+                "director targets",
+                director(&file),
+                Instant::now(),
+                phase,
+            )
             .await
         else {
             return;
@@ -497,8 +523,14 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>, started: Instan
     let image_timestamp = load
         .client(slot)
         .get(format!("{}/metadata/timestamp.json", load.image));
-    load.send(slot, "image timestamp", image_timestamp, Instant::now())
-        .await;
+    load.send(
+        slot,
+        "image timestamp",
+        image_timestamp,
+        Instant::now(),
+        phase,
+    )
+    .await;
     let manifest = car.lock().expect("car lock").manifest(&load.run);
     let post = load
         .client(slot)
@@ -506,7 +538,7 @@ async fn cycle_steps(load: &Load, slot: usize, car: &Mutex<Car>, started: Instan
         .bearer_auth(&credential)
         .header("content-type", "application/json")
         .body(manifest);
-    load.send(slot, "director manifest", post, Instant::now())
+    load.send(slot, "director manifest", post, Instant::now(), phase)
         .await;
 }
 
@@ -608,8 +640,6 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         waits: Mutex::default(),
         scheduler_behind: Mutex::default(),
         errors: Mutex::default(),
-        measuring: false.into(),
-        warming: false.into(),
         run,
     });
     let director_pids = fleet.director_pids();
@@ -653,7 +683,10 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                     .bearer_auth(&load.operator)
                     .header("content-type", "application/json")
                     .body(body.to_string());
-                let Some(issued) = load.send(i, "register", request, Instant::now()).await else {
+                let Some(issued) = load
+                    .send(i, "register", request, Instant::now(), Phase::Setup)
+                    .await
+                else {
                     continue;
                 };
                 let issued: Value = serde_json::from_slice(&issued).unwrap_or_default();
@@ -687,7 +720,6 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
     let end = start + duration;
     let late = Arc::new(AtomicUsize::new(0));
     let warmup_late = Arc::new(AtomicUsize::new(0));
-    load.warming.store(true, Ordering::Relaxed);
     let scheduler = {
         let (load, cars) = (Arc::clone(&load), Arc::clone(&cars));
         let (late, warmup_late) = (Arc::clone(&late), Arc::clone(&warmup_late));
@@ -703,17 +735,17 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                     break;
                 }
                 // Cycles of the warm-up are neither counted nor, if late, failed.
-                let late = if due >= start {
+                let (phase, late) = if due >= start {
                     scheduled += 1;
-                    Arc::clone(&late)
+                    (Phase::Measured, Arc::clone(&late))
                 } else {
-                    Arc::clone(&warmup_late)
+                    (Phase::Warmup, Arc::clone(&warmup_late))
                 };
                 tokio::time::sleep_until(due).await;
                 // The cycle is timed from here: the timer wakes up to a millisecond or two
                 // past `due` even when idle; how late the scheduler itself ran is kept apart.
                 let started = Instant::now();
-                if load.measuring.load(Ordering::Relaxed) {
+                if phase == Phase::Measured {
                     let behind = started.saturating_duration_since(due.into_std());
                     load.scheduler_behind
                         .lock()
@@ -722,7 +754,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                 }
                 let (load, cars) = (Arc::clone(&load), Arc::clone(&cars));
                 cycles.spawn(async move {
-                    let ran = cycle(&load, i, &cars[i], started).await;
+                    let ran = cycle(&load, i, &cars[i], started, phase).await;
                     // A cycle skipped because the last one was still running, or still
                     // running when the next one is due: the fleet was not served at the rate
                     // it polls.
@@ -744,8 +776,6 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         usage(image_pid).unwrap_or_default(),
         usage(std::process::id()).unwrap_or_default(),
     );
-    load.measuring.store(true, Ordering::Relaxed);
-    load.warming.store(false, Ordering::Relaxed);
 
     // The campaign: after a quarter of the measured run (at most one interval), a share of
     // the fleet, in batches spread over one poll interval.
@@ -789,7 +819,8 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
                 }
                 break;
             }
-            load.exchange("assign", request, Instant::now()).await;
+            load.exchange("assign", request, Instant::now(), Phase::Measured)
+                .await;
         }
     }
     let assigned_in = assign_started.elapsed().as_secs_f64();
@@ -797,7 +828,6 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
         .await
         .map_err(|e| format!("the load test's scheduler failed: {e}"))?;
     let elapsed = start.elapsed().as_secs_f64();
-    load.measuring.store(false, Ordering::Relaxed);
     let postgres_used = postgres_cpu() - postgres_before;
     let (director_after, image_after, me_after) = (
         directors_usage(),
