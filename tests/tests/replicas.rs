@@ -154,7 +154,9 @@ fn a_nonce_accepted_by_one_replica_is_refused_by_the_other() {
 /// through both (so both replicas re-sign its metadata at the same instant, each holding its
 /// transaction open between reading the stored versions and writing the next, the second
 /// replica longer: what it would write over the first's is then served for a while): no
-/// client sees a version go down, and no version is ever served with two contents.
+/// client sees a version go down, and no version is ever served with two contents. Each
+/// assignment waits until a client has seen the version it caused, so that two assignments
+/// inside one stall are not signed as one version and every one of them is counted.
 #[test]
 fn metadata_signed_by_two_replicas_never_goes_back_or_differs_for_one_version() {
     let mut fleet = Fleet::start();
@@ -179,12 +181,15 @@ fn metadata_signed_by_two_replicas_never_goes_back_or_differs_for_one_version() 
         .build()
         .unwrap();
     let assigned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The highest version any client has seen.
+    let (highest, mut highest_seen) = tokio::sync::watch::channel(0u64);
     let seen: Vec<Vec<(u64, String)>> = runtime.block_on(async {
         let mut clients = tokio::task::JoinSet::new();
         for c in 0..8usize {
             let (client, urls) = (client.clone(), urls.clone());
             let (vin, credential) = (car.vin.to_string(), car.credential.clone());
             let assigned = std::sync::Arc::clone(&assigned);
+            let highest = highest.clone();
             clients.spawn(async move {
                 let mut seen = Vec::with_capacity(125);
                 // Bounded: the assignments take seconds at most.
@@ -202,20 +207,31 @@ fn metadata_signed_by_two_replicas_never_goes_back_or_differs_for_one_version() 
                     assert!(response.status().is_success(), "{}", response.status());
                     let bytes = response.bytes().await.unwrap();
                     let version = uptane_tests::forge::version_of(&bytes);
+                    highest.send_if_modified(|v| {
+                        let raised = version > *v;
+                        if raised {
+                            *v = version;
+                        }
+                        raised
+                    });
                     seen.push((version, sha256_hex(&bytes)));
                 }
                 seen
             });
         }
-        // Meanwhile, assignments through one replica and the other change what is signed.
+        // Meanwhile, assignments through one replica and the other change what is signed,
+        // each made once a client has seen every one before it signed.
+        seen_above(&mut highest_seen, 0).await;
         for (i, url) in urls.iter().cycle().take(8).enumerate() {
             let image = format!("door-{}.bin", i % 4);
+            let before = *highest_seen.borrow_and_update();
             fleet
                 .operator_at(
                     url,
                     &["assign", "--image", &image, "--vin", car.vin.as_str()],
                 )
                 .unwrap();
+            seen_above(&mut highest_seen, before).await;
         }
         assigned.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut all = Vec::new();
@@ -235,8 +251,19 @@ fn metadata_signed_by_two_replicas_never_goes_back_or_differs_for_one_version() 
         }
     }
     assert!(seen.iter().map(Vec::len).sum::<usize>() >= 1000);
-    // Every assignment made both replicas sign again.
+    // The first version and one per assignment (each waited for above).
     assert!(contents.len() > 8, "{contents:?}");
+}
+
+/// Waits, a minute at most, until some client has seen a version above `version`.
+async fn seen_above(highest: &mut tokio::sync::watch::Receiver<u64>, version: u64) {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        highest.wait_for(|v| *v > version),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no client saw a version above {version} in a minute"))
+    .unwrap();
 }
 
 /// A one-time provisioning token presented to both replicas at the same instant, by two
