@@ -91,7 +91,7 @@ use service_runtime::tls::{ClientAuth, Fingerprint};
 
 /// The Uptane Director repository.
 #[derive(Debug, Parser)]
-#[command(name = "director", version)]
+#[command(name = "director", version = service_runtime::program_version!())]
 pub struct Cli {
     /// Print JSON instead of sentences and tables.
     #[arg(long, global = true)]

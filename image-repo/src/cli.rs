@@ -25,7 +25,7 @@ use service_runtime::clock::now;
 
 /// The Uptane Image repository: a TUF repository of signed images.
 #[derive(Debug, Parser)]
-#[command(name = "image-repo", version)]
+#[command(name = "image-repo", version = service_runtime::program_version!())]
 pub struct Cli {
     /// Print JSON instead of sentences and tables.
     #[arg(long, global = true)]

@@ -6,6 +6,23 @@ use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+/// The version a server's `--version` prints: the package's, and, for a build with the cargo
+/// feature `fault-injection` (crash points, stalls and the test clock, read from
+/// environment variables), ` (test build: fault injection)` after it, so that an operator
+/// can tell a test build from one to deploy, and the tests' harness can tell a build that
+/// would ignore the variables it sets. Expanded in the server's own crate, whose feature
+/// it reads.
+#[macro_export]
+macro_rules! program_version {
+    () => {
+        if cfg!(feature = "fault-injection") {
+            concat!(env!("CARGO_PKG_VERSION"), " (test build: fault injection)")
+        } else {
+            env!("CARGO_PKG_VERSION")
+        }
+    };
+}
+
 /// The exit statuses of every program (`docs/CLI.md`, "Exit status").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

@@ -62,6 +62,49 @@ pub fn build_workspace_binaries(faults: bool) {
     assert!(status.success(), "building the workspace's binaries failed");
 }
 
+/// The programs built with test hooks under the cargo feature `fault-injection`.
+const HOOKED: [&str; 2] = ["director", "image-repo"];
+
+/// When `command` starts one of [`HOOKED`] with a fault-injection variable set
+/// (`DIRECTOR_FAULT_*`, `IMAGE_REPO_FAULT_*`, `UPTANE_FAULT_CLOCK_OFFSET_SECS`), makes sure the
+/// program reads it: a plain `cargo build` leaves the hooks out, and such a build ignores the
+/// variables (a crash point never reached, a stall never held, the clock not moved), which a
+/// test would misread as a failure of what it checks. Rebuilds the workspace's binaries with
+/// the hooks once if not, and fails with the command to run if that did not help.
+fn ensure_test_build(command: &Command) {
+    let program = Path::new(command.get_program());
+    let hooked = program
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| HOOKED.contains(&name));
+    let sets_fault = command
+        .get_envs()
+        .any(|(key, value)| value.is_some() && key.to_string_lossy().contains("_FAULT_"));
+    if !hooked || !sets_fault || is_test_build(program) {
+        return;
+    }
+    static REBUILT: std::sync::Once = std::sync::Once::new();
+    REBUILT.call_once(|| build_workspace_binaries(true));
+    assert!(
+        is_test_build(program),
+        "{} is not a test build (its --version does not end in {TEST_BUILD:?}): run `cargo \
+         build --workspace --bins --features director/fault-injection,image-repo/fault-injection`",
+        program.display()
+    );
+}
+
+/// What a server's `--version` ends in when it has its test hooks
+/// (`service_runtime::program_version!`).
+const TEST_BUILD: &str = "(test build: fault injection)";
+
+fn is_test_build(program: &Path) -> bool {
+    let (status, stdout, _) = run(
+        Command::new(program).arg("--version"),
+        Duration::from_secs(30),
+    );
+    status.success() && stdout.trim_end().ends_with(TEST_BUILD)
+}
+
 /// Path of workspace binary `name`, building the workspace's binaries first if it is missing
 /// (as when one test crate is run alone).
 pub fn bin(name: &str) -> PathBuf {
@@ -147,6 +190,7 @@ impl Drop for ChildGuard {
 /// Starts `command` in the background (killed when the guard drops), collecting its
 /// stderr; its stdout goes to the returned reader.
 pub fn start(mut command: Command) -> (ChildGuard, std::process::ChildStdout) {
+    ensure_test_build(&command);
     command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -237,6 +281,7 @@ pub fn blocking<T>(future: impl std::future::Future<Output = T>) -> T {
 
 /// Runs a command to completion (bounded by `limit`), returning its status and output.
 pub fn run(command: &mut Command, limit: Duration) -> (ExitStatus, String, String) {
+    ensure_test_build(command);
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

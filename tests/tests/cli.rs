@@ -957,3 +957,20 @@ fn groups_and_campaigns_read_as_tables_and_refusals_exit_5() {
         "{aborted}"
     );
 }
+
+/// The servers the tests run are test builds, and say so in `--version` (what the harness
+/// asks before it sets a fault-injection variable, and how an operator tells a build not to
+/// deploy: `service_runtime::program_version!`).
+#[test]
+fn a_test_build_says_so_in_its_version() {
+    for program in ["director", "image-repo"] {
+        let out = run_ok(Command::new(bin(program)).arg("--version"), LIMIT);
+        assert_eq!(
+            out.trim_end(),
+            format!(
+                "{program} {} (test build: fault injection)",
+                env!("CARGO_PKG_VERSION")
+            ),
+        );
+    }
+}
