@@ -974,3 +974,42 @@ fn a_test_build_says_so_in_its_version() {
         );
     }
 }
+
+/// `fleet-sim load --max-p99-ms` fails a run whose p99 latency is above it, and refuses a
+/// bound that is not a number of milliseconds above 0 as a usage error.
+#[test]
+fn fleet_sim_load_fails_a_run_above_its_p99_bound() {
+    let fleet_sim = |bound: &str| {
+        let mut command = Command::new(bin("fleet-sim"));
+        // Not as `cargo run` would start it: it would build the workspace's binaries again,
+        // without the fault points the other tests running now use.
+        command.env_remove("CARGO").args([
+            "load",
+            "--vehicles",
+            "20",
+            "--poll-secs",
+            "2",
+            "--duration",
+            "4",
+            &format!("--max-p99-ms={bound}"),
+        ]);
+        run(&mut command, std::time::Duration::from_secs(120))
+    };
+    for bound in ["0", "-1", "NaN", "inf", "fast"] {
+        let (status, _, stderr) = fleet_sim(bound);
+        assert_eq!(status.code(), Some(2), "{bound}: {stderr}");
+        assert!(
+            stderr.contains("is not a number of milliseconds above 0"),
+            "{bound}: {stderr}"
+        );
+    }
+    // No request is answered within a microsecond.
+    let (status, stdout, stderr) = fleet_sim("0.001");
+    assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("errors: none"), "{stdout}");
+    assert!(
+        stdout.contains("error: the p99 of all vehicle requests")
+            && stdout.contains("is above --max-p99-ms 0.001"),
+        "{stdout}"
+    );
+}

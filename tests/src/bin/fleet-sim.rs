@@ -112,6 +112,10 @@ enum Command {
         /// Director processes (replicas, PostgreSQL only); vehicles are spread over them.
         #[arg(long, default_value_t = 1)]
         directors: usize,
+        /// Fail the run when the p99 latency of all vehicle requests (the table's last row)
+        /// is above this many milliseconds.
+        #[arg(long, value_parser = positive_ms)]
+        max_p99_ms: Option<f64>,
     },
     /// Writes a throwaway CA certificate and certificates issued by it, for trying the
     /// programs by hand: `ca.pem`, `director/` and `image-repo/` (server certificates for
@@ -128,6 +132,14 @@ enum Command {
 }
 
 /// `fleet-sim pki`.
+/// A latency bound in milliseconds: a finite number above zero.
+fn positive_ms(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ms) if ms.is_finite() && ms > 0.0 => Ok(ms),
+        _ => Err(format!("{text:?} is not a number of milliseconds above 0")),
+    }
+}
+
 fn write_pki(out: &std::path::Path, names: &[String]) -> Result<(), String> {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     uptane_tests::sim::write_throwaway_pki(out, &names)?;
@@ -308,6 +320,7 @@ fn main() -> ExitCode {
             connections,
             database,
             directors,
+            max_p99_ms,
         } => {
             stop_children_on_signal();
             let args = uptane_tests::load::LoadArgs {
@@ -319,6 +332,7 @@ fn main() -> ExitCode {
                 connections,
                 database,
                 directors,
+                max_p99_ms,
             };
             match uptane_tests::load::run(&args) {
                 Ok(report) => {
@@ -327,7 +341,9 @@ fn main() -> ExitCode {
                 }
                 Err(report) => {
                     print!("{report}");
-                    eprintln!("error: the load test saw errors");
+                    eprintln!(
+                        "error: the load test failed (its lines beginning with error: say why)"
+                    );
                     ExitCode::FAILURE
                 }
             }
