@@ -4,8 +4,8 @@
 //!
 //! 1. Vehicle version manifests verified and recorded per second through the service: a
 //!    Primary and two Secondaries each (3 ECU reports + the vehicle signature, canonical
-//!    JSON, nonce and counter checks, `synchronous=FULL`), one at a time (a commit each) and
-//!    64 at a time (group commit).
+//!    JSON, nonce and counter checks, `synchronous=FULL`), one at a time (a commit each), by
+//!    2 and by 4 clients that each wait for their answer, and 64 at a time (group commit).
 //! 2. Vehicle metadata requests per second (`GET /vehicles/<vin>/metadata/timestamp.json`
 //!    with each vehicle's credential), first for vehicles whose metadata must be signed,
 //!    then for vehicles whose metadata is current, over plaintext and over TLS. Each line
@@ -50,9 +50,14 @@ fn vehicles() -> usize {
         .unwrap_or(VEHICLES)
         .max(VEHICLES)
 }
-/// Vehicles whose manifests are measured: the first one at a time, the rest many at once.
-const MANIFESTS: usize = 6_000;
+/// Vehicles whose manifests are measured: the first one at a time, then as many by each
+/// of [`CLIENTS`] clients that wait for their answers, the rest many at once.
+const MANIFESTS: usize = 6_000 + CLIENTS.len() * ONE_AT_A_TIME;
 const ONE_AT_A_TIME: usize = 1_000;
+/// A few clients, each sending its next manifest once the last is answered: under the
+/// writer's commit spacing (`director/src/db.rs`, `COMMIT_SPACING`) they share commits and
+/// go at the slowest one's pace; this row measures what that costs or gains.
+const CLIENTS: [usize; 2] = [2, 4];
 const IN_FLIGHT: usize = 64;
 
 fn now() -> uptane_core::time::UtcTime {
@@ -328,9 +333,10 @@ fn main() {
             max_body_bytes: 1 << 20,
         };
         // Manifests through the service, as the HTTP handler calls it: first one at a time
-        // (each waits for its own commit), then IN_FLIGHT at once (group commit).
+        // (each waits for its own commit), then by a few clients each waiting for its
+        // answer, then IN_FLIGHT at once (group commit).
         let service = state.service.clone();
-        let post = |i: usize, bytes: Vec<u8>| {
+        let post = move |i: usize, bytes: Vec<u8>| {
             let service = service.clone();
             async move {
                 let auth = service::VehicleAuth {
@@ -350,10 +356,37 @@ fn main() {
             "manifests verified and recorded, one at a time: {ONE_AT_A_TIME} in {elapsed:.2} s = {:.0}/s",
             ONE_AT_A_TIME as f64 / elapsed
         );
+        let mut next = ONE_AT_A_TIME;
+        for clients in CLIENTS {
+            let start = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for client in 0..clients {
+                let mine: Vec<(usize, Vec<u8>)> = (next..next + ONE_AT_A_TIME)
+                    .skip(client)
+                    .step_by(clients)
+                    .map(|i| (i, manifests[i].clone()))
+                    .collect();
+                let post = post.clone();
+                tasks.spawn(async move {
+                    for (i, bytes) in mine {
+                        post(i, bytes).await;
+                    }
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            println!(
+                "manifests verified and recorded, {clients} clients each waiting for its answer: {ONE_AT_A_TIME} in {elapsed:.2} s = {:.0}/s",
+                ONE_AT_A_TIME as f64 / elapsed
+            );
+            next += ONE_AT_A_TIME;
+        }
         let start = Instant::now();
         let cpu_before = cpu();
         let mut tasks = tokio::task::JoinSet::new();
-        for (i, bytes) in manifests.iter().enumerate().skip(ONE_AT_A_TIME) {
+        for (i, bytes) in manifests.iter().enumerate().skip(next) {
             if tasks.len() >= IN_FLIGHT {
                 tasks.join_next().await.unwrap().unwrap();
             }
@@ -365,9 +398,9 @@ fn main() {
         let elapsed = start.elapsed().as_secs_f64();
         println!(
             "manifests verified and recorded, {IN_FLIGHT} in flight (group commit): {} in {elapsed:.2} s = {:.0}/s; CPU {:.0} µs per manifest",
-            MANIFESTS - ONE_AT_A_TIME,
-            (MANIFESTS - ONE_AT_A_TIME) as f64 / elapsed,
-            (cpu() - cpu_before) * 1e6 / (MANIFESTS - ONE_AT_A_TIME) as f64
+            MANIFESTS - next,
+            (MANIFESTS - next) as f64 / elapsed,
+            (cpu() - cpu_before) * 1e6 / (MANIFESTS - next) as f64
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
