@@ -1196,6 +1196,40 @@ mod tests {
         assert!(now.elapsed() < long, "a batch after a batch of one waited");
     }
 
+    /// The wait ends at the spacing after the last batch began, not after the call: a batch
+    /// that began long ago lets the next take only what waits; and a sender gone ends it.
+    #[test]
+    fn a_batch_waits_only_until_the_spacing_after_the_last_began_or_the_senders_go() {
+        let (send, jobs) = std::sync::mpsc::channel();
+        let spacing = std::time::Duration::from_secs(5);
+        let called = std::time::Instant::now();
+        let long_ago = called.checked_sub(2 * spacing).unwrap_or(called);
+        let after_three_long_ago = Some((
+            spacing,
+            LastBatch {
+                begun: long_ago,
+                held: 3,
+            },
+        ));
+        assert_eq!(gather(0, &jobs, after_three_long_ago), [0]);
+        assert!(called.elapsed() < spacing, "waited past the spacing");
+        send.send(1).unwrap();
+        drop(send);
+        let after_three_now = Some((
+            spacing,
+            LastBatch {
+                begun: std::time::Instant::now(),
+                held: 3,
+            },
+        ));
+        let called = std::time::Instant::now();
+        assert_eq!(gather(0, &jobs, after_three_now), [0, 1]);
+        assert!(
+            called.elapsed() < spacing,
+            "waited for a sender that was gone"
+        );
+    }
+
     /// After a batch of several writes, the next waits for as many (the first and two sent
     /// later here), and no longer than the spacing after the last began.
     #[test]

@@ -58,7 +58,12 @@ pub fn build_workspace_binaries(faults: bool) {
     if bin_dir().ends_with("release") {
         build.arg("--release");
     }
-    let status = build.status().expect("cargo runs");
+    let status = build.status().unwrap_or_else(|e| {
+        panic!(
+            "cannot run cargo to build the workspace's binaries ({e}): build them with `cargo \
+             build --workspace --bins --features director/fault-injection,image-repo/fault-injection`"
+        )
+    });
     assert!(status.success(), "building the workspace's binaries failed");
 }
 
@@ -80,17 +85,40 @@ fn ensure_test_build(command: &Command) {
     let sets_fault = command
         .get_envs()
         .any(|(key, value)| value.is_some() && key.to_string_lossy().contains("_FAULT_"));
-    if !hooked || !sets_fault || is_test_build(program) {
+    if hooked && sets_fault {
+        ensure_hooks(program);
+    }
+}
+
+/// Makes sure `program` is a test build: if not, rebuilds the workspace's binaries with the
+/// hooks (once per process: a failed build is tried again by the next caller, which then
+/// fails the same way), and fails with the command to run if that did not help.
+fn ensure_hooks(program: &Path) {
+    if is_test_build(program) {
         return;
     }
-    static REBUILT: std::sync::Once = std::sync::Once::new();
-    REBUILT.call_once(|| build_workspace_binaries(true));
+    static REBUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut rebuilt = REBUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !*rebuilt {
+        build_workspace_binaries(true);
+        *rebuilt = true;
+    }
     assert!(
         is_test_build(program),
         "{} is not a test build (its --version does not end in {TEST_BUILD:?}): run `cargo \
          build --workspace --bins --features director/fault-injection,image-repo/fault-injection`",
         program.display()
     );
+}
+
+/// Path of workspace binary `name` (one of the programs with test hooks), made sure to be a
+/// test build as [`ensure_test_build`] would before starting it with a fault variable.
+pub fn test_build_bin(name: &str) -> PathBuf {
+    let path = bin(name);
+    ensure_hooks(&path);
+    path
 }
 
 /// What a server's `--version` ends in when it has its test hooks

@@ -937,7 +937,7 @@ async fn drive(args: &LoadArgs, fleet: &Fleet) -> Result<String, String> {
     ));
     if let Some(limit) = too_slow {
         line(format!(
-            "error: the p99 of all vehicle requests, {p99:.2} ms, is above --max-p99-ms {limit}"
+            "error: the p99 of all vehicle requests, {p99:.3} ms, is above --max-p99-ms {limit}"
         ));
     }
     let late = late.load(Ordering::Relaxed);

@@ -964,7 +964,10 @@ fn groups_and_campaigns_read_as_tables_and_refusals_exit_5() {
 #[test]
 fn a_test_build_says_so_in_its_version() {
     for program in ["director", "image-repo"] {
-        let out = run_ok(Command::new(bin(program)).arg("--version"), LIMIT);
+        let out = run_ok(
+            Command::new(uptane_tests::test_build_bin(program)).arg("--version"),
+            LIMIT,
+        );
         assert_eq!(
             out.trim_end(),
             format!(
@@ -997,6 +1000,8 @@ fn fleet_sim_load_fails_a_run_above_its_p99_bound() {
     };
     for bound in ["0", "-1", "NaN", "inf", "fast"] {
         let (status, _, stderr) = fleet_sim(bound);
+        // clap's usage status: fleet-sim is the project's test tool, outside the programs'
+        // table of exit statuses (docs/CLI.md).
         assert_eq!(status.code(), Some(2), "{bound}: {stderr}");
         assert!(
             stderr.contains("is not a number of milliseconds above 0"),
@@ -1006,7 +1011,6 @@ fn fleet_sim_load_fails_a_run_above_its_p99_bound() {
     // No request is answered within a microsecond.
     let (status, stdout, stderr) = fleet_sim("0.001");
     assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(stdout.contains("errors: none"), "{stdout}");
     assert!(
         stdout.contains("error: the p99 of all vehicle requests")
             && stdout.contains("is above --max-p99-ms 0.001"),

@@ -131,7 +131,6 @@ enum Command {
     },
 }
 
-/// `fleet-sim pki`.
 /// A latency bound in milliseconds: a finite number above zero.
 fn positive_ms(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -140,6 +139,7 @@ fn positive_ms(text: &str) -> Result<f64, String> {
     }
 }
 
+/// `fleet-sim pki`.
 fn write_pki(out: &std::path::Path, names: &[String]) -> Result<(), String> {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     uptane_tests::sim::write_throwaway_pki(out, &names)?;
@@ -340,10 +340,13 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(report) => {
+                    // A full report ends in a newline; a run refused before it began is
+                    // one sentence without one.
                     print!("{report}");
-                    eprintln!(
-                        "error: the load test failed (its lines beginning with error: say why)"
-                    );
+                    if !report.ends_with('\n') {
+                        println!();
+                    }
+                    eprintln!("error: the load test failed (the report above says why)");
                     ExitCode::FAILURE
                 }
             }
