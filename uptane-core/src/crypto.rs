@@ -383,8 +383,8 @@ impl SigningKey {
     /// Signs `message`, returning the hex signature TUF metadata carries.
     pub fn sign_hex(&self, message: &[u8]) -> String {
         match &self.signer {
-            Some(signer) => hex::encode(signer.sign(message)),
-            None => hex::encode(self.inner.sign(message).to_bytes()),
+            Some(signer) => crate::hash::to_hex(signer.sign(message).as_ref()),
+            None => crate::hash::to_hex(&self.inner.sign(message).to_bytes()),
         }
     }
 }
