@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod sim;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -50,10 +51,7 @@ pub fn build_workspace_binaries(faults: bool) {
     let mut build = Command::new(cargo);
     build.args(["build", "--workspace", "--bins"]);
     if faults {
-        build.args([
-            "--features",
-            "director/fault-injection,image-repo/fault-injection",
-        ]);
+        build.args(["--features", TEST_FEATURES]);
     }
     if bin_dir().ends_with("release") {
         build.arg("--release");
@@ -61,7 +59,7 @@ pub fn build_workspace_binaries(faults: bool) {
     let status = build.status().unwrap_or_else(|e| {
         panic!(
             "cannot run cargo to build the workspace's binaries ({e}): build them with `cargo \
-             build --workspace --bins --features director/fault-injection,image-repo/fault-injection`"
+             build --workspace --bins --features {TEST_FEATURES}`"
         )
     });
     assert!(status.success(), "building the workspace's binaries failed");
@@ -69,6 +67,9 @@ pub fn build_workspace_binaries(faults: bool) {
 
 /// The programs built with test hooks under the cargo feature `fault-injection`.
 const HOOKED: [&str; 2] = ["director", "image-repo"];
+
+/// The cargo features that build [`HOOKED`] with their test hooks.
+const TEST_FEATURES: &str = "director/fault-injection,image-repo/fault-injection";
 
 /// When `command` starts one of [`HOOKED`] with a fault-injection variable set
 /// (`DIRECTOR_FAULT_*`, `IMAGE_REPO_FAULT_*`, `UPTANE_FAULT_CLOCK_OFFSET_SECS`), makes sure the
@@ -94,9 +95,17 @@ fn ensure_test_build(command: &Command) {
 /// hooks (once per process: a failed build is tried again by the next caller, which then
 /// fails the same way), and fails with the command to run if that did not help.
 fn ensure_hooks(program: &Path) {
-    if is_test_build(program) {
+    // Asked once per binary: a test that moves the clock starts a hooked program for nearly
+    // every command it runs.
+    static KNOWN: std::sync::Mutex<BTreeSet<PathBuf>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut known = KNOWN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if known.contains(program) || is_test_build(program) {
+        known.insert(program.to_path_buf());
         return;
     }
+    drop(known);
     static REBUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut rebuilt = REBUILT
         .lock()
@@ -108,9 +117,13 @@ fn ensure_hooks(program: &Path) {
     assert!(
         is_test_build(program),
         "{} is not a test build (its --version does not end in {TEST_BUILD:?}): run `cargo \
-         build --workspace --bins --features director/fault-injection,image-repo/fault-injection`",
+         build --workspace --bins --features {TEST_FEATURES}`",
         program.display()
     );
+    KNOWN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(program.to_path_buf());
 }
 
 /// Path of workspace binary `name` (one of the programs with test hooks), made sure to be a

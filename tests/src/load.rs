@@ -12,9 +12,10 @@
 //! requests in flight counts, as it would in a server's queue), errors by kind, and the
 //! servers' CPU time and peak memory, and fails on any error, on a cycle that ends after the
 //! vehicle's next one is due, on a schedule the servers fall behind (served slower than
-//! the fleet polls), and, with `--max-p99-ms`, on a p99 latency above it. A warm-up (`--warmup`) polls before the measurement: the fleet's first
-//! polls, each signing a vehicle's metadata for the first time, are then reported apart (and
-//! fail the run only by an error).
+//! the fleet polls), and, with `--max-p99-ms`, on a p99 latency above it. A warm-up
+//! (`--warmup`) polls before the measurement: the fleet's first polls, each signing a
+//! vehicle's metadata for the first time, are then reported apart (and fail the run only by
+//! an error).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -376,8 +376,9 @@ impl Targets {
 /// Reads a JSON object into a map by collecting its entries first: signed metadata lists keys
 /// in canonical (sorted) order, for which `BTreeMap::from_iter` checks the order in one pass
 /// and builds the tree in bulk, where inserting key by key searches the tree each time (a
-/// sixth of the instructions of reading a 10,000-target file, by callgrind). A repeated key keeps its last value, as inserting
-/// does (and the canonical form, checked beside this reading, refuses repeated keys).
+/// sixth of the instructions of reading a 10,000-target file, by callgrind). A repeated key
+/// keeps its last value, as inserting does (and the canonical form, checked beside this
+/// reading, refuses repeated keys).
 fn map_in_order<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
 where
     D: serde::Deserializer<'de>,
