@@ -754,10 +754,13 @@ impl DirectorService {
         auth: VehicleAuth,
         file: String,
     ) -> Result<bytes::Bytes, DirectorError> {
+        // Whether the name is one the vehicle may ask for is said only once it is authorized.
+        let role = metadata::stored_role(&file);
+        if let Ok(metadata::StoredRole::Timestamp) = role {
+            return self.vehicle_timestamp(vin, auth).await;
+        }
         let vin = self.authorize(vin, auth).await?.0;
-        let role = metadata::stored_role(&file)?;
-        match role {
-            metadata::StoredRole::Timestamp => self.timestamp(vin).await,
+        match role? {
             metadata::StoredRole::Targets => {
                 // Serving the targets marks what it contains delivered: a write.
                 let (keys, policy) = (Arc::clone(&self.inner.keys), self.inner.policy);
@@ -769,7 +772,8 @@ impl DirectorService {
                     .await
                     .map(bytes::Bytes::from)
             }
-            metadata::StoredRole::Root(_) | metadata::StoredRole::Snapshot => {
+            // A root or snapshot (the timestamp went above).
+            role => {
                 let bytes = self
                     .inner
                     .db
@@ -789,28 +793,108 @@ impl DirectorService {
         }
     }
 
-    /// Vehicle `vin`'s current `timestamp.json`: from the cache while it is current (signed
-    /// under the newest root, not near expiry, nothing changed since); else, when this request
-    /// signs and stores new metadata, the timestamp it stored (once committed); else read from
-    /// the database.
-    async fn timestamp(&self, vin: Vin) -> Result<bytes::Bytes, DirectorError> {
-        let latest_root = self.inner.roots.latest()?;
-        if let Some(cached) = self.inner.cache.timestamp(&vin)
-            && Some(cached.root_version) == latest_root
-            && cached.expires - now() > self.inner.policy.renew_margin
-        {
-            return Ok(cached.bytes.clone());
+    /// Vehicle `vin`'s current `timestamp.json`, for that vehicle only. When neither its
+    /// credential nor its timestamp is cached (a vehicle's first poll since it left the cache
+    /// or the process started), its credential's row and what its timestamp needs are read
+    /// in one read transaction, not two: a transaction's locks are system calls, about a
+    /// twentieth of the CPU of a request that signs (`docs/BENCHMARKS.md`).
+    async fn vehicle_timestamp(
+        &self,
+        vin: Vin,
+        auth: VehicleAuth,
+    ) -> Result<bytes::Bytes, DirectorError> {
+        // Asked once; a newest root that cannot be read is the request's error once it is
+        // authorized.
+        let latest_root = self.inner.roots.latest();
+        let cached = match &latest_root {
+            Ok(root) => self.cached_timestamp(&vin, *root),
+            Err(_) => None,
+        };
+        if self.cached_allows(&vin, &auth) || cached.is_some() {
+            let vin = self.authorize(vin, auth).await?.0;
+            latest_root?;
+            return match cached {
+                Some(bytes) => Ok(bytes),
+                None => self.read_timestamp(vin).await,
+            };
         }
         let ticket = self.inner.cache.ticket();
-        let stored = match self.refresh_metadata(&vin).await? {
-            Some(stored) => stored,
-            None => {
-                let reading = vin.clone();
-                self.inner
-                    .db
-                    .read(move |conn| metadata::stored_timestamp(conn, reading.as_str()))
-                    .await?
-            }
+        let (keys, policy, now) = (Arc::clone(&self.inner.keys), self.inner.policy, now());
+        let (reading, shown) = (vin.clone(), auth.clone());
+        let (row, prepared) = self
+            .inner
+            .db
+            .read(move |conn| {
+                let row = credentials::auth_row(conn, &reading)?;
+                if !row.as_ref().is_some_and(|row| row.allows(&shown, now)) {
+                    return Ok::<_, DirectorError>((row, None));
+                }
+                let prepared = prepare_timestamp(conn, &keys, reading.as_str(), &policy, now)?;
+                Ok((row, Some(prepared)))
+            })
+            .await?;
+        if let Some(row) = row {
+            self.inner.cache.keep_auth(&vin, ticket, row);
+        }
+        let Some(prepared) = prepared else {
+            // Not allowed as read: the writer decides (and records a refusal).
+            let vin = self.authorize_on_writer(vin, auth).await?.0;
+            latest_root?;
+            return self.read_timestamp(vin).await;
+        };
+        latest_root?;
+        self.finish_timestamp(vin, ticket, prepared).await
+    }
+
+    /// Vehicle `vin`'s cached timestamp, if it is current: signed under the newest root and
+    /// not near expiry (nothing changed since, or it would have been forgotten).
+    fn cached_timestamp(&self, vin: &Vin, latest_root: Option<u64>) -> Option<bytes::Bytes> {
+        self.inner
+            .cache
+            .timestamp(vin)
+            .filter(|cached| {
+                Some(cached.root_version) == latest_root
+                    && cached.expires - now() > self.inner.policy.renew_margin
+            })
+            .map(|cached| cached.bytes.clone())
+    }
+
+    /// Vehicle `vin`'s `timestamp.json` as the database has it: read, or signed and stored
+    /// first when not current ([`prepare_timestamp`], [`Self::finish_timestamp`]).
+    async fn read_timestamp(&self, vin: Vin) -> Result<bytes::Bytes, DirectorError> {
+        let ticket = self.inner.cache.ticket();
+        let (keys, policy, now) = (Arc::clone(&self.inner.keys), self.inner.policy, now());
+        let reading = vin.clone();
+        let prepared = self
+            .inner
+            .db
+            .read(move |conn| prepare_timestamp(conn, &keys, reading.as_str(), &policy, now))
+            .await?;
+        self.finish_timestamp(vin, ticket, prepared).await
+    }
+
+    /// Ends a timestamp request: the stored timestamp when it was current; else, when this
+    /// request stores the metadata it signed, its timestamp (once committed); else (another
+    /// request stored a version first) the one stored. Kept in the cache under `ticket`,
+    /// taken before the read that prepared it.
+    async fn finish_timestamp(
+        &self,
+        vin: Vin,
+        ticket: cache::Ticket,
+        prepared: PreparedTimestamp,
+    ) -> Result<bytes::Bytes, DirectorError> {
+        let stored = match prepared {
+            PreparedTimestamp::Current(stored) => stored,
+            PreparedTimestamp::Signed(signed) => match self.store_signed(&vin, signed).await? {
+                Some(stored) => stored,
+                None => {
+                    let reading = vin.clone();
+                    self.inner
+                        .db
+                        .read(move |conn| metadata::stored_timestamp(conn, reading.as_str()))
+                        .await?
+                }
+            },
         };
         let bytes = bytes::Bytes::from(stored.bytes);
         self.inner.cache.keep_timestamp(
@@ -825,29 +909,18 @@ impl DirectorService {
         Ok(bytes)
     }
 
-    /// Re-signs vehicle `vin`'s metadata if it is not current: checked and signed on a read
-    /// connection, stored by the writer only if no other request stored a version first and
-    /// the vehicle's assignments are still what was signed (an operator's cancel in between).
-    /// Returns the timestamp this request signed and stored, if it did (then nothing needs
-    /// reading back); `None` when what is stored was current or was signed elsewhere.
-    async fn refresh_metadata(
+    /// Stores vehicle `vin`'s metadata that a read connection signed, on the writer, only if
+    /// no other request stored a version first and the vehicle's assignments are still what
+    /// was signed (an operator's cancel in between); else checks and signs again there.
+    /// Returns the timestamp this request stored, if it did (then nothing needs reading
+    /// back); `None` when another request's version stands.
+    async fn store_signed(
         &self,
         vin: &Vin,
+        signed: metadata::SignedMetadata,
     ) -> Result<Option<metadata::StoredTimestamp>, DirectorError> {
         let (keys, policy, now) = (Arc::clone(&self.inner.keys), self.inner.policy, now());
-        let signing = vin.clone();
-        let signed = self
-            .inner
-            .db
-            .read(move |conn| {
-                let active = keys.current(conn)?;
-                metadata::sign_vehicle_metadata(conn, &active, signing.as_str(), &policy, now)
-            })
-            .await?;
-        let Some(signed) = signed else {
-            return Ok(None);
-        };
-        let (keys, vin) = (Arc::clone(&self.inner.keys), vin.clone());
+        let vin = vin.clone();
         self.inner
             .db
             .call(move |conn| {
@@ -865,6 +938,14 @@ impl DirectorService {
             .await
     }
 
+    /// Whether the cached credential row of vehicle `vin` allows `auth` as it stands.
+    fn cached_allows(&self, vin: &Vin, auth: &VehicleAuth) -> bool {
+        self.inner
+            .cache
+            .auth(vin)
+            .is_some_and(|row| row.allows(auth, now()))
+    }
+
     /// Checks that the request comes from vehicle `vin`, before anything it sends is read:
     /// from the cached credential row or a read connection when nothing needs recording,
     /// else on the writer (refusals are security events; a renewed credential takes over).
@@ -873,12 +954,7 @@ impl DirectorService {
         vin: Vin,
         auth: VehicleAuth,
     ) -> Result<AuthorizedVehicle, DirectorError> {
-        if self
-            .inner
-            .cache
-            .auth(&vin)
-            .is_some_and(|row| row.allows(&auth, now()))
-        {
+        if self.cached_allows(&vin, &auth) {
             return Ok(AuthorizedVehicle(vin));
         }
         let ticket = self.inner.cache.ticket();
@@ -895,6 +971,15 @@ impl DirectorService {
                 return Ok(AuthorizedVehicle(vin));
             }
         }
+        self.authorize_on_writer(vin, auth).await
+    }
+
+    /// The writer's part of [`Self::authorize`], for a request its read did not allow.
+    async fn authorize_on_writer(
+        &self,
+        vin: Vin,
+        auth: VehicleAuth,
+    ) -> Result<AuthorizedVehicle, DirectorError> {
         let log = Arc::clone(&self.inner.refusals);
         let checking = vin.clone();
         // Allowed here, a renewed credential may have taken over: forgotten. A refusal changes
@@ -905,7 +990,6 @@ impl DirectorService {
         .await?;
         Ok(AuthorizedVehicle(vin))
     }
-
     /// A vehicle version manifest from an authorized vehicle.
     pub async fn manifest(
         &self,
@@ -963,6 +1047,32 @@ impl DirectorService {
     pub fn counters(&self) -> &crate::metrics::Counters {
         &self.inner.counters
     }
+}
+
+/// What a vehicle's timestamp request needs from its read: the stored timestamp while it is
+/// current, or the vehicle's metadata signed anew, to be stored.
+#[derive(Debug)]
+enum PreparedTimestamp {
+    Current(metadata::StoredTimestamp),
+    Signed(metadata::SignedMetadata),
+}
+
+/// Reads what vehicle `vin`'s timestamp request needs, in the caller's read transaction:
+/// checked and signed here on a read connection, so the signing stays off the writer.
+fn prepare_timestamp(
+    conn: &Conn,
+    keys: &KeyRing,
+    vin: &str,
+    policy: &Policy,
+    now: UtcTime,
+) -> Result<PreparedTimestamp, DirectorError> {
+    let active = keys.current(conn)?;
+    Ok(
+        match metadata::sign_vehicle_metadata(conn, &active, vin, policy, now)? {
+            Some(signed) => PreparedTimestamp::Signed(signed),
+            None => PreparedTimestamp::Current(metadata::stored_timestamp(conn, vin)?),
+        },
+    )
 }
 
 /// A vehicle whose credential was checked; only [`DirectorService::authorize`] makes one.
