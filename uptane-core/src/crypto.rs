@@ -74,6 +74,10 @@ pub struct PublicKey {
     scheme: String,
     public: String,
     verifier: Verifier,
+    /// Worked out at first use: a key signs, or is looked up by id, many times (a Director
+    /// request that signs a vehicle's metadata asked three times, each a canonical form and
+    /// a digest, `docs/BENCHMARKS.md`).
+    key_id: std::sync::OnceLock<KeyId>,
 }
 
 impl fmt::Debug for PublicKey {
@@ -118,6 +122,7 @@ impl PublicKey {
             scheme,
             public,
             verifier,
+            key_id: std::sync::OnceLock::new(),
         })
     }
 
@@ -170,12 +175,16 @@ impl PublicKey {
 
     /// The key id: hex SHA-256 of the canonical JSON of the key object.
     pub fn key_id(&self) -> KeyId {
-        // A `Value` built by serde_json from JSON text has no floats unless the text had
-        // one; such a key cannot be canonicalized and gets an id nobody can match.
-        match cjson::canonicalize(&self.json) {
-            Ok(bytes) => KeyId(sha256_hex(&bytes)),
-            Err(_) => KeyId(String::new()),
-        }
+        self.key_id
+            .get_or_init(|| {
+                // A `Value` built by serde_json from JSON text has no floats unless the text
+                // had one; such a key cannot be canonicalized and gets an id nobody can match.
+                match cjson::canonicalize(&self.json) {
+                    Ok(bytes) => KeyId(sha256_hex(&bytes)),
+                    Err(_) => KeyId(String::new()),
+                }
+            })
+            .clone()
     }
 
     /// Whether `sig` (as hex text from metadata) is a valid signature of `message`.
