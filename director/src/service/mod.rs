@@ -803,28 +803,33 @@ impl DirectorService {
         vin: Vin,
         auth: VehicleAuth,
     ) -> Result<bytes::Bytes, DirectorError> {
-        // Asked once; a newest root that cannot be read is the request's error once it is
-        // authorized.
-        let latest_root = self.inner.roots.latest();
-        let cached = match &latest_root {
-            Ok(root) => self.cached_timestamp(&vin, *root),
-            Err(_) => None,
-        };
-        if self.cached_allows(&vin, &auth) || cached.is_some() {
-            let vin = self.authorize(vin, auth).await?.0;
-            latest_root?;
-            return match cached {
+        let allowed = self.cached_allows(&vin, &auth);
+        let cached = self.inner.cache.timestamp(&vin);
+        if allowed || cached.is_some() {
+            let (vehicle, cached) = if allowed {
+                (AuthorizedVehicle(vin), cached)
+            } else {
+                // Cached without its credential's row: authorized first, then looked up
+                // again (forgotten meanwhile if something it derives from changed).
+                let vehicle = self.authorize_uncached(vin, auth).await?;
+                let cached = self.inner.cache.timestamp(&vehicle.0);
+                (vehicle, cached)
+            };
+            // The newest root, asked only of an authorized request.
+            let latest_root = self.inner.roots.latest()?;
+            return match self.current(cached, latest_root) {
                 Some(bytes) => Ok(bytes),
-                None => self.read_timestamp(vin).await,
+                None => self.read_timestamp(vehicle).await,
             };
         }
         let ticket = self.inner.cache.ticket();
-        let (keys, policy, now) = (Arc::clone(&self.inner.keys), self.inner.policy, now());
+        let (keys, policy) = (Arc::clone(&self.inner.keys), self.inner.policy);
         let (reading, shown) = (vin.clone(), auth.clone());
         let (row, prepared) = self
             .inner
             .db
             .read(move |conn| {
+                let now = now();
                 let row = credentials::auth_row(conn, &reading)?;
                 if !row.as_ref().is_some_and(|row| row.allows(&shown, now)) {
                     return Ok::<_, DirectorError>((row, None));
@@ -838,20 +843,24 @@ impl DirectorService {
         }
         let Some(prepared) = prepared else {
             // Not allowed as read: the writer decides (and records a refusal).
-            let vin = self.authorize_on_writer(vin, auth).await?.0;
-            latest_root?;
-            return self.read_timestamp(vin).await;
+            let vehicle = self.authorize_on_writer(vin, auth).await?;
+            self.inner.roots.latest()?;
+            return self.read_timestamp(vehicle).await;
         };
-        latest_root?;
-        self.finish_timestamp(vin, ticket, prepared).await
+        // As `authorize` would have: the row read allowed the request.
+        let vehicle = AuthorizedVehicle(vin);
+        self.inner.roots.latest()?;
+        self.finish_timestamp(vehicle, ticket, prepared).await
     }
 
-    /// Vehicle `vin`'s cached timestamp, if it is current: signed under the newest root and
-    /// not near expiry (nothing changed since, or it would have been forgotten).
-    fn cached_timestamp(&self, vin: &Vin, latest_root: Option<u64>) -> Option<bytes::Bytes> {
-        self.inner
-            .cache
-            .timestamp(vin)
+    /// The bytes of `cached` if it is current: signed under the newest root and not near
+    /// expiry (nothing changed since, or it would have been forgotten).
+    fn current(
+        &self,
+        cached: Option<Arc<cache::CachedTimestamp>>,
+        latest_root: Option<u64>,
+    ) -> Option<bytes::Bytes> {
+        cached
             .filter(|cached| {
                 Some(cached.root_version) == latest_root
                     && cached.expires - now() > self.inner.policy.renew_margin
@@ -859,18 +868,21 @@ impl DirectorService {
             .map(|cached| cached.bytes.clone())
     }
 
-    /// Vehicle `vin`'s `timestamp.json` as the database has it: read, or signed and stored
+    /// The vehicle's `timestamp.json` as the database has it: read, or signed and stored
     /// first when not current ([`prepare_timestamp`], [`Self::finish_timestamp`]).
-    async fn read_timestamp(&self, vin: Vin) -> Result<bytes::Bytes, DirectorError> {
+    async fn read_timestamp(
+        &self,
+        vehicle: AuthorizedVehicle,
+    ) -> Result<bytes::Bytes, DirectorError> {
         let ticket = self.inner.cache.ticket();
         let (keys, policy, now) = (Arc::clone(&self.inner.keys), self.inner.policy, now());
-        let reading = vin.clone();
+        let reading = vehicle.0.clone();
         let prepared = self
             .inner
             .db
             .read(move |conn| prepare_timestamp(conn, &keys, reading.as_str(), &policy, now))
             .await?;
-        self.finish_timestamp(vin, ticket, prepared).await
+        self.finish_timestamp(vehicle, ticket, prepared).await
     }
 
     /// Ends a timestamp request: the stored timestamp when it was current; else, when this
@@ -879,7 +891,7 @@ impl DirectorService {
     /// taken before the read that prepared it.
     async fn finish_timestamp(
         &self,
-        vin: Vin,
+        AuthorizedVehicle(vin): AuthorizedVehicle,
         ticket: cache::Ticket,
         prepared: PreparedTimestamp,
     ) -> Result<bytes::Bytes, DirectorError> {
@@ -957,6 +969,16 @@ impl DirectorService {
         if self.cached_allows(&vin, &auth) {
             return Ok(AuthorizedVehicle(vin));
         }
+        self.authorize_uncached(vin, auth).await
+    }
+
+    /// [`Self::authorize`] past its cache: the credential's row read (and kept), else the
+    /// writer.
+    async fn authorize_uncached(
+        &self,
+        vin: Vin,
+        auth: VehicleAuth,
+    ) -> Result<AuthorizedVehicle, DirectorError> {
         let ticket = self.inner.cache.ticket();
         let reading = vin.clone();
         let row = self
@@ -990,6 +1012,7 @@ impl DirectorService {
         .await?;
         Ok(AuthorizedVehicle(vin))
     }
+
     /// A vehicle version manifest from an authorized vehicle.
     pub async fn manifest(
         &self,
