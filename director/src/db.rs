@@ -744,7 +744,8 @@ where
     )
 }
 
-/// The writer thread: runs waiting jobs in batches, one transaction and one commit each.
+/// The writer thread: runs jobs in batches, one transaction and one commit each, each job
+/// as it is drawn into its batch ([`Gathering`]).
 fn write_batches(
     conn: &Mutex<Conn>,
     jobs: std::sync::mpsc::Receiver<Job>,
@@ -757,18 +758,18 @@ fn write_batches(
     let mut savepoints = false;
     let mut last: Option<LastBatch> = None;
     while let Ok(first) = jobs.recv() {
-        let batch = gather(first, &jobs, spacing.zip(last));
-        last = Some(LastBatch {
-            begun: std::time::Instant::now(),
-            held: batch.len(),
-        });
+        let begun = std::time::Instant::now();
+        // The batch is drawn while it runs: each write runs as it comes, so the writer's
+        // work on the first overlaps the signing and checking of the later ones on other
+        // threads, and only the last one's write and the commit are left once all are in.
+        let mut batch = Gathering::new(first, &jobs, spacing.zip(last));
         // A panic is caught per job, so the lock is poisoned only by a `call_blocking`
         // caller's panic; the connection itself is still sound.
         let mut conn = conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let sqlite = conn.engine() == Engine::Sqlite;
-        let mut done: Vec<Completion> = Vec::with_capacity(batch.len());
+        let mut done: Vec<Completion> = Vec::with_capacity(last.map_or(1, |l| l.held));
         if (sqlite && !conn.is_autocommit()) || (!sqlite && open_after_failure) {
             // A transaction left open (a COMMIT and its ROLLBACK both failed): end it, or
             // every later batch would fail to begin.
@@ -779,10 +780,11 @@ fn write_batches(
             .and_then(|()| conn.run(if sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" }))
             .err()
             .map(|e| NotCommitted::of(&e));
-        for job in batch {
+        while let Some(job) = batch.next() {
             if let Some(why) = &failed {
                 // Not run: its caller is told why (a database that does not answer is worth
-                // trying again).
+                // trying again). The batch waits for no more.
+                batch.stop_waiting();
                 done.push(job(Err(why)).1);
                 continue;
             }
@@ -848,6 +850,10 @@ fn write_batches(
                 failed = Some(NotCommitted::of(&e));
             }
         }
+        last = Some(LastBatch {
+            begun,
+            held: batch.held,
+        });
         let outcome = match failed {
             Some(e) => Err(e),
             // Never "try again": a COMMIT whose link broke may have committed.
@@ -872,31 +878,65 @@ struct LastBatch {
     held: usize,
 }
 
-/// The batch that begins with `first`: with it, the writes waiting, [`MAX_BATCH`] at most,
-/// and, when `gathering` names a spacing and the last batch, as many as that batch held if
-/// they come within the spacing of its beginning ([`COMMIT_SPACING`]). After a batch of one
-/// it takes only what is waiting.
-fn gather<T>(
-    first: T,
-    jobs: &std::sync::mpsc::Receiver<T>,
-    gathering: Option<(std::time::Duration, LastBatch)>,
-) -> Vec<T> {
-    let mut batch = vec![first];
-    if let Some((spacing, last)) = gathering {
-        let not_before = last.begun + spacing;
-        while batch.len() < last.held {
-            let now = std::time::Instant::now();
-            if now >= not_before {
-                break;
-            }
-            match jobs.recv_timeout(not_before - now) {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+/// The batch that begins with `first`, drawn one write at a time: with it, the writes
+/// waiting, [`MAX_BATCH`] at most, and, when `gathering` names a spacing and the last batch,
+/// as many as that batch held if they come within the spacing of its beginning
+/// ([`COMMIT_SPACING`]). After a batch of one it takes only what is waiting.
+struct Gathering<'a, T> {
+    first: Option<T>,
+    jobs: &'a std::sync::mpsc::Receiver<T>,
+    /// Until when, and for how many in all, it waits for writes still to come.
+    wait: Option<(std::time::Instant, usize)>,
+    held: usize,
+}
+
+impl<'a, T> Gathering<'a, T> {
+    fn new(
+        first: T,
+        jobs: &'a std::sync::mpsc::Receiver<T>,
+        gathering: Option<(std::time::Duration, LastBatch)>,
+    ) -> Self {
+        Self {
+            first: Some(first),
+            jobs,
+            wait: gathering.map(|(spacing, last)| (last.begun + spacing, last.held)),
+            held: 0,
         }
     }
-    batch.extend(jobs.try_iter().take(MAX_BATCH - batch.len()));
-    batch
+
+    /// From now on it takes only what is waiting.
+    fn stop_waiting(&mut self) {
+        self.wait = None;
+    }
+}
+
+impl<T> Iterator for Gathering<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if self.held >= MAX_BATCH {
+            return None;
+        }
+        let job = match self.first.take() {
+            Some(first) => Some(first),
+            None => match self.wait {
+                Some((not_before, want)) if self.held < want => {
+                    let now = std::time::Instant::now();
+                    let came = (now < not_before)
+                        .then(|| self.jobs.recv_timeout(not_before - now).ok())
+                        .flatten();
+                    if came.is_none() {
+                        // The spacing is over, or every sender is gone.
+                        self.wait = None;
+                    }
+                    came.or_else(|| self.jobs.try_recv().ok())
+                }
+                _ => self.jobs.try_recv().ok(),
+            },
+        };
+        self.held += usize::from(job.is_some());
+        job
+    }
 }
 
 /// What [`run_sqlite_call`] leaves: why the rest of the batch cannot be committed, if it
@@ -1039,8 +1079,9 @@ mod tests {
         })
     }
 
-    /// Runs `calls` as one batch: a first call holds the writer until they are all queued
-    /// behind it, in order. Returns their answers.
+    /// Runs `calls` as one batch: a first call, which writes nothing, holds the writer until
+    /// they are all queued behind it, in order, and they are drawn into its batch as it ends.
+    /// Returns its answer and theirs.
     async fn one_batch(db: &Db, calls: Vec<Call>) -> Vec<Result<(), DbError>> {
         let (started_tx, started) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
@@ -1069,8 +1110,7 @@ mod tests {
         })
         .await;
         release.send(()).unwrap();
-        first.await.unwrap().unwrap();
-        let mut answers = Vec::new();
+        let mut answers = vec![first.await.unwrap()];
         for call in queued {
             answers.push(call.await);
         }
@@ -1100,7 +1140,7 @@ mod tests {
                 ],
             )
             .await;
-            let [before, refused, panicked, after] = &answers[..] else {
+            let [holder, before, refused, panicked, after] = &answers[..] else {
                 unreachable!()
             };
             assert!(
@@ -1110,13 +1150,14 @@ mod tests {
             after.as_ref().unwrap();
             kept.push(name("after"));
             if sqlite && round == "1" {
-                for told in [before, refused] {
+                for told in [holder, before, refused] {
                     assert!(
                         matches!(told, Err(DbError::RolledBack(why)) if why.contains("another write of the same commit panicked")),
                         "{told:?}"
                     );
                 }
             } else {
+                holder.as_ref().unwrap();
                 before.as_ref().unwrap();
                 assert!(
                     matches!(refused, Err(DbError::Settings(why)) if why == "refused by the call"),
@@ -1171,6 +1212,15 @@ mod tests {
             Ok::<_, DbError>(())
         })
         .unwrap();
+    }
+
+    /// The batch [`Gathering`] draws, all of it.
+    fn gather<T>(
+        first: T,
+        jobs: &std::sync::mpsc::Receiver<T>,
+        gathering: Option<(std::time::Duration, LastBatch)>,
+    ) -> Vec<T> {
+        Gathering::new(first, jobs, gathering).collect()
     }
 
     /// A batch takes what is waiting, [`MAX_BATCH`] at most, and after a batch of one no
