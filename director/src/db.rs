@@ -228,7 +228,8 @@ const PG_MIGRATIONS: &[&str] = &[
 const MAX_BATCH: usize = 256;
 
 /// On SQLite on disk, when the last batch held several writes (they come faster than they
-/// are committed), the next waits for as many, for this long at most after the last began.
+/// are committed), the next waits for as many, for this long at most after the last stopped
+/// waiting (each write runs as it comes, [`Gathering`]).
 /// Taking each write as it came committed about one write per commit at a fleet's steady
 /// rate (1,015 `fsync`s a second for 1,333 manifests a second, `docs/BENCHMARKS.md`), and
 /// every commit costs an `fsync`, the write-ahead log's frames of every page it touched, and
@@ -368,8 +369,10 @@ type Job = Box<dyn FnOnce(Result<&mut Conn, &NotCommitted>) -> (bool, Completion
 /// writer.
 #[derive(Debug, Clone)]
 pub struct Db {
-    /// The writer connection: the writer thread holds it for a batch; command-line tools
-    /// and tests take it in between ([`Db::call_blocking`]).
+    /// The writer connection: the writer thread holds it for a batch, from its first write
+    /// to its commit (the wait for company included: SQLite's write lock with it, so another
+    /// process's write waits within its busy timeout); command-line tools and tests take it
+    /// in between ([`Db::call_blocking`]).
     conn: Arc<Mutex<Conn>>,
     writer: std::sync::mpsc::SyncSender<Job>,
     readers: Arc<Readers>,
@@ -758,7 +761,6 @@ fn write_batches(
     let mut savepoints = false;
     let mut last: Option<LastBatch> = None;
     while let Ok(first) = jobs.recv() {
-        let begun = std::time::Instant::now();
         // The batch is drawn while it runs: each write runs as it comes, so the writer's
         // work on the first overlaps the signing and checking of the later ones on other
         // threads, and only the last one's write and the commit are left once all are in.
@@ -780,11 +782,19 @@ fn write_batches(
             .and_then(|()| conn.run(if sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" }))
             .err()
             .map(|e| NotCommitted::of(&e));
-        while let Some(job) = batch.next() {
+        let began = failed.is_none();
+        if !began {
+            // The writes already waiting are told why without waiting for more.
+            batch.stop_waiting();
+        }
+        // Once a write of a begun transaction fails, the batch draws no more: the writes
+        // still queued go to the next transaction.
+        while (failed.is_none() || !began)
+            && let Some(job) = batch.next()
+        {
             if let Some(why) = &failed {
-                // Not run: its caller is told why (a database that does not answer is worth
-                // trying again). The batch waits for no more.
-                batch.stop_waiting();
+                // Not run: the transaction did not begin; its caller is told why (a database
+                // that does not answer is worth trying again).
                 done.push(job(Err(why)).1);
                 continue;
             }
@@ -850,8 +860,9 @@ fn write_batches(
                 failed = Some(NotCommitted::of(&e));
             }
         }
+        batch.stop_waiting();
         last = Some(LastBatch {
-            begun,
+            begun: batch.waited,
             held: batch.held,
         });
         let outcome = match failed {
@@ -871,7 +882,8 @@ fn write_batches(
     }
 }
 
-/// When a batch began, and how many writes it held.
+/// When a batch stopped waiting for company (its spacing counts from there), and how many
+/// writes it held.
 #[derive(Debug, Clone, Copy)]
 struct LastBatch {
     begun: std::time::Instant,
@@ -880,13 +892,18 @@ struct LastBatch {
 
 /// The batch that begins with `first`, drawn one write at a time: with it, the writes
 /// waiting, [`MAX_BATCH`] at most, and, when `gathering` names a spacing and the last batch,
-/// as many as that batch held if they come within the spacing of its beginning
-/// ([`COMMIT_SPACING`]). After a batch of one it takes only what is waiting.
+/// as many as that batch held if they come within the spacing of the moment it stopped
+/// waiting ([`COMMIT_SPACING`]). After a batch of one it takes only what is waiting. Writes
+/// that arrive while the batch runs join it, up to the cap.
 struct Gathering<'a, T> {
     first: Option<T>,
     jobs: &'a std::sync::mpsc::Receiver<T>,
     /// Until when, and for how many in all, it waits for writes still to come.
     wait: Option<(std::time::Instant, usize)>,
+    /// When it stopped waiting (when it was made, if it had nothing to wait for): the next
+    /// batch's spacing counts from here, as it counted from the end of the gathering when a
+    /// batch was gathered before it ran.
+    waited: std::time::Instant,
     held: usize,
 }
 
@@ -896,17 +913,44 @@ impl<'a, T> Gathering<'a, T> {
         jobs: &'a std::sync::mpsc::Receiver<T>,
         gathering: Option<(std::time::Duration, LastBatch)>,
     ) -> Self {
-        Self {
+        let mut batch = Self {
             first: Some(first),
             jobs,
             wait: gathering.map(|(spacing, last)| (last.begun + spacing, last.held)),
+            waited: std::time::Instant::now(),
             held: 0,
-        }
+        };
+        batch.stop_waiting_once_held();
+        batch
     }
 
     /// From now on it takes only what is waiting.
     fn stop_waiting(&mut self) {
-        self.wait = None;
+        if self.wait.take().is_some() {
+            self.waited = std::time::Instant::now();
+        }
+    }
+
+    fn stop_waiting_once_held(&mut self) {
+        if let Some((_, want)) = self.wait
+            && self.held.max(1) >= want
+        {
+            self.stop_waiting();
+        }
+    }
+
+    fn draw(&mut self) -> Option<T> {
+        if let Some((not_before, _)) = self.wait {
+            let now = std::time::Instant::now();
+            if now < not_before
+                && let Ok(job) = self.jobs.recv_timeout(not_before - now)
+            {
+                return Some(job);
+            }
+            // The spacing is over, or every sender is gone.
+            self.stop_waiting();
+        }
+        self.jobs.try_recv().ok()
     }
 }
 
@@ -917,24 +961,11 @@ impl<T> Iterator for Gathering<'_, T> {
         if self.held >= MAX_BATCH {
             return None;
         }
-        let job = match self.first.take() {
-            Some(first) => Some(first),
-            None => match self.wait {
-                Some((not_before, want)) if self.held < want => {
-                    let now = std::time::Instant::now();
-                    let came = (now < not_before)
-                        .then(|| self.jobs.recv_timeout(not_before - now).ok())
-                        .flatten();
-                    if came.is_none() {
-                        // The spacing is over, or every sender is gone.
-                        self.wait = None;
-                    }
-                    came.or_else(|| self.jobs.try_recv().ok())
-                }
-                _ => self.jobs.try_recv().ok(),
-            },
-        };
-        self.held += usize::from(job.is_some());
+        let job = self.first.take().or_else(|| self.draw());
+        if job.is_some() {
+            self.held += 1;
+            self.stop_waiting_once_held();
+        }
         job
     }
 }
@@ -1278,6 +1309,46 @@ mod tests {
             called.elapsed() < spacing,
             "waited for a sender that was gone"
         );
+    }
+
+    /// Once as many came as the last batch held, the wait ends there (the next batch's
+    /// spacing counts from that moment), and a write that comes while the batch runs joins it
+    /// without a wait.
+    #[test]
+    fn a_batch_stops_waiting_once_held_and_takes_what_comes_while_it_runs() {
+        let (send, jobs) = std::sync::mpsc::channel();
+        let long = std::time::Duration::from_secs(10);
+        let begun = std::time::Instant::now();
+        let mut batch = Gathering::new(0, &jobs, Some((long, LastBatch { begun, held: 2 })));
+        assert_eq!(batch.next(), Some(0));
+        send.send(1).unwrap();
+        let second_sent = std::time::Instant::now();
+        assert_eq!(batch.next(), Some(1));
+        assert!(batch.wait.is_none() && batch.waited >= second_sent);
+        let waited = batch.waited;
+        send.send(2).unwrap();
+        assert_eq!(batch.next(), Some(2));
+        assert_eq!(batch.next(), None);
+        assert_eq!(batch.held, 3);
+        assert_eq!(batch.waited, waited);
+        assert!(begun.elapsed() < long, "waited after the wait had ended");
+    }
+
+    /// A batch told to stop waiting (a transaction that did not begin) takes only what
+    /// waits, and its wait ends then.
+    #[test]
+    fn a_batch_told_to_stop_waiting_takes_only_what_waits() {
+        let (send, jobs) = std::sync::mpsc::channel();
+        let long = std::time::Duration::from_secs(10);
+        let begun = std::time::Instant::now();
+        send.send(1).unwrap();
+        let mut batch = Gathering::new(0, &jobs, Some((long, LastBatch { begun, held: 3 })));
+        let stopped = std::time::Instant::now();
+        batch.stop_waiting();
+        assert!(batch.waited >= stopped);
+        assert_eq!(batch.by_ref().collect::<Vec<_>>(), [0, 1]);
+        assert!(begun.elapsed() < long, "waited after being told to stop");
+        drop(send);
     }
 
     /// After a batch of several writes, the next waits for as many (the first and two sent
