@@ -924,10 +924,11 @@ impl<'a, T> Gathering<'a, T> {
         batch
     }
 
-    /// From now on it takes only what is waiting.
+    /// From now on it takes only what is waiting. The wait ended now, or at its deadline if
+    /// that passed first (while a write ran, or before the batch was made).
     fn stop_waiting(&mut self) {
-        if self.wait.take().is_some() {
-            self.waited = std::time::Instant::now();
+        if let Some((not_before, _)) = self.wait.take() {
+            self.waited = std::time::Instant::now().min(not_before).max(self.waited);
         }
     }
 
@@ -1294,6 +1295,12 @@ mod tests {
         ));
         assert_eq!(gather(0, &jobs, after_three_long_ago), [0]);
         assert!(called.elapsed() < spacing, "waited past the spacing");
+        // A deadline already past when the batch is made: its wait ended then, not when the
+        // batch first looked (after its first write ran).
+        let mut stale = Gathering::new(0, &jobs, after_three_long_ago);
+        let made = std::time::Instant::now();
+        assert_eq!(stale.by_ref().collect::<Vec<_>>(), [0]);
+        assert!(stale.waited <= made);
         send.send(1).unwrap();
         drop(send);
         let after_three_now = Some((
