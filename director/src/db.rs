@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::sql::{Conn, Engine};
 
+mod checkpoint;
+use checkpoint::Checkpoints;
+
 /// Where the Director keeps its state: `sqlite:PATH` (or a bare path) or
 /// `postgres://user@host:port/name` (`postgresql://` too).
 #[derive(Clone, PartialEq, Eq)]
@@ -378,6 +381,9 @@ pub struct Db {
     readers: Arc<Readers>,
     path: Option<Arc<Path>>,
     engine: Engine,
+    /// On SQLite on disk: the write-ahead log's checkpoints, off the writer's commits.
+    #[cfg_attr(not(test), allow(dead_code))]
+    checkpoints: Option<Checkpoints>,
 }
 
 #[derive(Debug, Default)]
@@ -408,8 +414,12 @@ fn keep_plans(conn: &rusqlite::Connection) -> Result<(), DbError> {
     Ok(())
 }
 
-/// The SQLite writer connection `conn`, set up and migrated.
-fn sqlite_writer(conn: rusqlite::Connection) -> Result<Conn, DbError> {
+/// The SQLite writer connection `conn`, set up and migrated, and for a database on disk
+/// (at `path`) its log's checkpoints.
+fn sqlite_writer(
+    mut conn: rusqlite::Connection,
+    path: Option<&Path>,
+) -> Result<(Conn, Option<Checkpoints>), DbError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: an acknowledged manifest, assignment or event survives a power cut.
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -417,9 +427,12 @@ fn sqlite_writer(conn: rusqlite::Connection) -> Result<Conn, DbError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     keep_plans(&conn)?;
     keep_c_heap(&conn);
+    let checkpoints = path
+        .map(|path| Checkpoints::start(path, &mut conn))
+        .transpose()?;
     let mut conn = Conn::sqlite(conn);
     migrate(&mut conn)?;
-    Ok(conn)
+    Ok((conn, checkpoints))
 }
 
 /// Keeps the C library's allocator from handing memory back to the kernel after every
@@ -478,11 +491,11 @@ impl Db {
 
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let writer = sqlite_writer(rusqlite::Connection::open(path)?)?;
+        let (writer, checkpoints) = sqlite_writer(rusqlite::Connection::open(path)?, Some(path))?;
         let readers = (0..READERS)
             .map(|_| open_read_only(path).map(Conn::sqlite))
             .collect::<Result<_, _>>()?;
-        Self::start(writer, readers, Some(path))
+        Self::start(writer, readers, Some(path), checkpoints)
     }
 
     /// Connects to the PostgreSQL database at `url` and applies migrations.
@@ -497,7 +510,7 @@ impl Db {
             let readers = (0..READERS)
                 .map(|_| Conn::postgres(target.clone()))
                 .collect::<Result<_, _>>()?;
-            Self::start(writer, readers, None)
+            Self::start(writer, readers, None, None)
         })
     }
 
@@ -514,22 +527,29 @@ impl Db {
 
     /// An in-memory database, for tests (reads go through the writer).
     pub fn open_in_memory() -> Result<Self, DbError> {
-        let writer = sqlite_writer(rusqlite::Connection::open_in_memory()?)?;
-        Self::start(writer, Vec::new(), None)
+        let (writer, _) = sqlite_writer(rusqlite::Connection::open_in_memory()?, None)?;
+        Self::start(writer, Vec::new(), None, None)
     }
 
     /// Starts the writer thread on `conn`, with `readers` for [`Db::read`] (none: reads go
-    /// through the writer) and the database file at `path`, if there is one.
-    fn start(conn: Conn, readers: Vec<Conn>, path: Option<&Path>) -> Result<Self, DbError> {
+    /// through the writer), the database file at `path`, if there is one, and its log's
+    /// `checkpoints`, if kept off the writer's commits.
+    fn start(
+        conn: Conn,
+        readers: Vec<Conn>,
+        path: Option<&Path>,
+        checkpoints: Option<Checkpoints>,
+    ) -> Result<Self, DbError> {
         let engine = conn.engine();
         // Bounded: a flood of writes waits for the queue instead of growing it.
         let conn = Arc::new(Mutex::new(conn));
         let (writer, jobs) = std::sync::mpsc::sync_channel::<Job>(4 * MAX_BATCH);
         let batches = Arc::clone(&conn);
         let spacing = (engine == Engine::Sqlite && path.is_some()).then_some(COMMIT_SPACING);
+        let finish = checkpoints.clone();
         std::thread::Builder::new()
             .name("director-db-writer".into())
-            .spawn(move || write_batches(&batches, jobs, spacing))
+            .spawn(move || write_batches(&batches, jobs, spacing, finish.as_ref()))
             .map_err(|e| DbError::Join(format!("cannot start the database writer: {e}")))?;
         Ok(Self {
             conn,
@@ -540,6 +560,7 @@ impl Db {
             }),
             path: path.map(Arc::from),
             engine,
+            checkpoints,
         })
     }
 
@@ -753,6 +774,7 @@ fn write_batches(
     conn: &Mutex<Conn>,
     jobs: std::sync::mpsc::Receiver<Job>,
     spacing: Option<std::time::Duration>,
+    checkpoints: Option<&Checkpoints>,
 ) {
     // PostgreSQL does not say whether a transaction is open: whether the last one's end failed.
     let mut open_after_failure = false;
@@ -878,6 +900,10 @@ fn write_batches(
         }
         for completion in done {
             completion(outcome.clone());
+        }
+        // Answered first: this copies what the log gained while the checkpoint thread ran.
+        if let (Some(checkpoints), Some(writer)) = (checkpoints, conn.as_sqlite()) {
+            checkpoints.finish(writer);
         }
     }
 }

@@ -491,6 +491,14 @@ impl Conn {
         }
     }
 
+    /// The SQLite connection, to set up what only SQLite has (its commit hook).
+    pub fn as_sqlite_mut(&mut self) -> Option<&mut rusqlite::Connection> {
+        match &mut self.backend {
+            Backend::Sqlite(c) => Some(c),
+            Backend::Postgres(_) => None,
+        }
+    }
+
     /// Runs statements without parameters (schema, transaction control).
     pub fn batch(&self, sql: &str) -> Result<(), DbError> {
         match &self.backend {
