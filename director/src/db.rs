@@ -213,6 +213,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/009_campaigns.sql"),
     include_str!("migrations/010_cancel_requests.sql"),
     include_str!("migrations/011_nonce_retention.sql"),
+    include_str!("migrations/012_content_counts.sql"),
 ];
 
 /// PostgreSQL's migrations: the schema SQLite's migrations reach, in PostgreSQL's terms.
@@ -224,6 +225,7 @@ const PG_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/005_campaigns.sql"),
     include_str!("migrations/postgres/006_cancel_requests.sql"),
     include_str!("migrations/postgres/007_nonce_retention.sql"),
+    include_str!("migrations/postgres/008_content_counts.sql"),
 ];
 
 /// Manifests, registrations and every other write of this many requests at most share one
@@ -1270,6 +1272,44 @@ mod tests {
             Ok::<_, DbError>(())
         })
         .unwrap();
+    }
+
+    /// A database made before the vehicles' counts of their entries (migration 012) gets
+    /// them counted from the entries it holds: only open entries not cancelled are listed.
+    /// (PostgreSQL's migration 008 counts with the same statement.)
+    #[test]
+    fn the_counts_of_entries_start_from_what_an_older_database_holds() {
+        let mut conn = Conn::sqlite(rusqlite::Connection::open_in_memory().unwrap());
+        for sql in &MIGRATIONS[..11] {
+            conn.batch(sql).unwrap();
+        }
+        conn.batch("PRAGMA user_version = 11").unwrap();
+        conn.batch(
+            "INSERT INTO vehicles (vin, credential_sha256, created_at) VALUES ('V1', 'c1', 't'), ('V2', 'c2', 't');
+             INSERT INTO assignments (id, correlation_id, created_at, created_by) VALUES (1, 'a1', 't', 'op');
+             INSERT INTO assignment_ecus (assignment_id, vin, ecu_serial, filename, length, hashes, hardware_id,
+                                          release_counter, status, updated_at, cancel_requested_at)
+             VALUES (1, 'V1', 'E1', 'f', 1, '{}', 'hw', 1, 'pending', 't', NULL),
+                    (1, 'V1', 'E2', 'f', 1, '{}', 'hw', 1, 'delivered', 't', NULL),
+                    (1, 'V1', 'E3', 'f', 1, '{}', 'hw', 1, 'delivered', 't', 't'),
+                    (1, 'V1', 'E4', 'f', 1, '{}', 'hw', 1, 'installed', 't', NULL),
+                    (1, 'V2', 'E5', 'f', 1, '{}', 'hw', 1, 'cancelled', 't', NULL);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let counts = |conn: &Conn| {
+            conn.query(
+                "SELECT targeted_entries, content_changes FROM vehicles ORDER BY vin",
+                &[],
+                |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(counts(&conn), vec![(2, 0), (0, 0)]);
+        // From then on the triggers count.
+        conn.batch("UPDATE assignment_ecus SET status = 'installed' WHERE ecu_serial = 'E1'")
+            .unwrap();
+        assert_eq!(counts(&conn), vec![(1, 1), (0, 0)]);
     }
 
     /// The batch [`Gathering`] draws, all of it.

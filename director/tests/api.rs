@@ -689,6 +689,69 @@ async fn metadata_signed_before_a_cancel_is_not_stored_after_it() {
     assert_eq!(brake_entry(&fleet, &id).await["status"], "cancelled");
 }
 
+/// As a cancel, an assignment made or a time reset requested between the signing and the
+/// store leaves the signed metadata unstored: it would serve the vehicle targets without the
+/// new entry, or without the reset, under versions that then count as current. The writer
+/// reads the vehicle's count of entry changes and its reset after the row lock.
+#[tokio::test]
+async fn metadata_signed_before_an_assignment_or_a_time_reset_is_not_stored_after_it() {
+    use director::keys::OnlineKeys;
+    use director::service::metadata;
+    use director::service::rotation::ActiveKeys;
+    let fleet = fleet();
+    let _car = fleet.register(VIN, 73).await;
+    let active = ActiveKeys {
+        root_version: 1,
+        online: OnlineKeys {
+            targets: key(1),
+            snapshot: key(2),
+            timestamp: key(3),
+        },
+    };
+    let sign = || {
+        fleet
+            .db
+            .call_blocking(|conn| {
+                metadata::sign_vehicle_metadata(
+                    conn,
+                    &active,
+                    VIN,
+                    &service::Policy::default(),
+                    now(),
+                )
+            })
+            .unwrap()
+            .expect("no metadata stored yet, or its content changed")
+    };
+    let store = |signed| {
+        fleet
+            .db
+            .call_blocking(|conn| metadata::store_vehicle_metadata(conn, &signed))
+            .unwrap()
+    };
+    let before_assignment = sign();
+    assign_brake(&fleet).await;
+    assert!(
+        !store(before_assignment),
+        "metadata without a new assignment was stored after it"
+    );
+    let before_reset = sign();
+    let (status, body) = fleet
+        .operator(
+            "POST",
+            &format!("/api/v1/vehicles/{VIN}/time-reset"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        !store(before_reset),
+        "metadata without a time reset was stored after it"
+    );
+    // Signed after both: stored.
+    assert!(store(sign()));
+}
+
 #[tokio::test]
 async fn a_cancel_ends_undelivered_entries_and_withdraws_delivered_ones_until_the_ecu_says() {
     let fleet = fleet();

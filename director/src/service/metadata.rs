@@ -64,6 +64,53 @@ struct StoredMetadata {
     expires: UtcTime,
 }
 
+/// What a vehicle's row says its targets are made of, beside the entries themselves: the
+/// database's count of changes to its assignment entries and of the entries its targets list
+/// (kept by triggers on every insert, update and delete of an entry, migration 012), and the
+/// operator's time reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Basis {
+    changes: i64,
+    reset: u64,
+    targeted: i64,
+}
+
+/// Vehicle `vin`'s [`Basis`] and its stored metadata, in one statement; `NotFound` for a VIN
+/// that is not registered.
+fn basis_and_stored(
+    conn: &Conn,
+    vin: &str,
+) -> Result<(Basis, Option<StoredMetadata>), DirectorError> {
+    let row = conn.query_opt(
+        "SELECT v.content_changes, v.time_reset, v.targeted_entries, m.content_sha256, m.targets_version,
+                m.snapshot_version, m.timestamp_version, m.expires, m.root_version
+         FROM vehicles v LEFT JOIN vehicle_metadata m ON m.vin = v.vin WHERE v.vin = ?1",
+        params![vin],
+        |r| {
+            let basis = Basis {
+                changes: r.get(0)?,
+                reset: r.get::<i64>(1)? as u64,
+                targeted: r.get(2)?,
+            };
+            let stored = match r.get::<Option<String>>(3)? {
+                None => None,
+                Some(content_sha256) => Some(StoredMetadata {
+                    content_sha256,
+                    targets_version: r.get::<i64>(4)? as u64,
+                    snapshot_version: r.get::<i64>(5)? as u64,
+                    timestamp_version: r.get::<i64>(6)? as u64,
+                    // An expiry that does not parse is treated as reached: the metadata is
+                    // signed again, never served on a guess.
+                    expires: parse_expires(&r.get::<String>(7)?).unwrap_or(UtcTime::MIN_UTC),
+                    root_version: r.get::<i64>(8)? as u64,
+                }),
+            };
+            Ok((basis, stored))
+        },
+    )?;
+    row.ok_or_else(|| DirectorError::NotFound(format!("no vehicle {vin}")))
+}
+
 /// Makes sure vehicle `vin` has current signed targets, snapshot and timestamp: re-signed
 /// (with versions going up) when its assignments changed, the metadata nears expiry, or it
 /// was signed under an older root (whose online keys may have been replaced).
@@ -87,6 +134,8 @@ pub fn refresh_vehicle_metadata(
 pub struct SignedMetadata {
     vin: String,
     after: Option<(u64, u64, u64)>,
+    /// What the vehicle's row said when this was signed: stored only if it still says so.
+    basis: Basis,
     content_sha256: String,
     versions: (u64, u64, u64),
     targets: Vec<u8>,
@@ -113,12 +162,17 @@ impl SignedMetadata {
 /// time reset, with a digest that tells whether signed metadata still lists them.
 struct Content {
     entries: Vec<assignments::AssignmentEcu>,
-    reset: u64,
     sha256: String,
 }
 
-fn content(conn: &Conn, vin: &str) -> Result<Content, DirectorError> {
-    let entries = assignments::targeted_entries(conn, vin)?;
+/// Vehicle `vin`'s [`Content`], read in the transaction that read `basis`: its entries are
+/// read only if its row counts any.
+fn content(conn: &Conn, vin: &str, basis: &Basis) -> Result<Content, DirectorError> {
+    let entries = if basis.targeted > 0 {
+        assignments::targeted_entries(conn, vin)?
+    } else {
+        Vec::new()
+    };
     let listed = json!(
         entries
             .iter()
@@ -134,13 +188,8 @@ fn content(conn: &Conn, vin: &str) -> Result<Content, DirectorError> {
             .collect::<Vec<_>>()
     );
     // A new operator time reset must reach the vehicle: it is content like an assignment.
-    let reset = super::time::current_reset(conn, vin)?;
-    let sha256 = sha256_hex(json!([listed, reset]).to_string().as_bytes());
-    Ok(Content {
-        entries,
-        reset,
-        sha256,
-    })
+    let sha256 = sha256_hex(json!([listed, basis.reset]).to_string().as_bytes());
+    Ok(Content { entries, sha256 })
 }
 
 /// The metadata vehicle `vin` should be served if what is stored is not current (see
@@ -153,26 +202,11 @@ pub fn sign_vehicle_metadata(
     policy: &Policy,
     now: UtcTime,
 ) -> Result<Option<SignedMetadata>, DirectorError> {
+    let (basis, stored) = basis_and_stored(tx, vin)?;
     let Content {
         entries,
-        reset,
         sha256: content_sha256,
-    } = content(tx, vin)?;
-    let stored: Option<StoredMetadata> = tx
-        .query_opt("SELECT content_sha256, targets_version, snapshot_version, timestamp_version, expires, root_version FROM vehicle_metadata WHERE vin = ?1", params![vin],
-            |r| {
-                Ok(StoredMetadata {
-                    content_sha256: r.get(0)?,
-                    targets_version: r.get::<i64>(1)? as u64,
-                    snapshot_version: r.get::<i64>(2)? as u64,
-                    timestamp_version: r.get::<i64>(3)? as u64,
-                    // An expiry that does not parse is treated as reached: the metadata is
-                    // signed again, never served on a guess.
-                    expires: parse_expires(&r.get::<String>(4)?).unwrap_or(UtcTime::MIN_UTC),
-                    root_version: r.get::<i64>(5)? as u64,
-                })
-            },
-        )?;
+    } = content(tx, vin, &basis)?;
     if let Some(s) = &stored
         && s.content_sha256 == content_sha256
         && s.root_version == active.root_version
@@ -213,7 +247,7 @@ pub fn sign_vehicle_metadata(
     let custom = with_signing_time(
         director_targets_custom(vin, latest_correlation),
         &now,
-        reset,
+        basis.reset,
     );
     let mut builder = TargetsBuilder::new(tv, expires).custom(custom);
     for (filename, group) in &by_file {
@@ -251,6 +285,7 @@ pub fn sign_vehicle_metadata(
         after: stored
             .as_ref()
             .map(|s| (s.targets_version, s.snapshot_version, s.timestamp_version)),
+        basis,
         content_sha256,
         versions: (tv, sv, tsv),
         targets,
@@ -270,19 +305,32 @@ pub fn store_vehicle_metadata(conn: &Conn, signed: &SignedMetadata) -> Result<bo
     // Two replicas signing this vehicle's next versions at once: the second waits here and
     // then finds the versions it signed after gone, so it stores nothing.
     conn.lock_row("vehicles", "vin", &signed.vin)?;
-    let stored: Option<(i64, i64, i64)> = conn
-        .query_opt("SELECT targets_version, snapshot_version, timestamp_version FROM vehicle_metadata WHERE vin = ?1", params![&signed.vin],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-    let stored = stored.map(|(t, s, ts)| (t as u64, s as u64, ts as u64));
+    let row = conn.query_opt(
+        "SELECT v.content_changes, v.time_reset, m.targets_version, m.snapshot_version, m.timestamp_version
+         FROM vehicles v LEFT JOIN vehicle_metadata m ON m.vin = v.vin WHERE v.vin = ?1",
+        params![&signed.vin],
+        |r| {
+            let versions = match (r.get(2)?, r.get(3)?, r.get(4)?) {
+                (Some(t), Some(s), Some(ts)) => Some((t, s, ts)),
+                _ => None,
+            };
+            Ok((r.get::<i64>(0)?, r.get::<i64>(1)? as u64, versions))
+        },
+    )?;
+    let Some((changes, reset, stored)) = row else {
+        return Ok(false);
+    };
+    let stored = stored.map(|(t, s, ts): (i64, i64, i64)| (t as u64, s as u64, ts as u64));
     super::fault::point("metadata-before-store");
     if stored != signed.after {
         return Ok(false);
     }
     // Signed on a read connection: an assignment cancelled, superseded or made since (the
     // operator's cancel found nothing of it in the served targets, and marked it final) must
-    // not be stored and served after all. Read again here, on the writer, after the row lock.
-    if content(conn, &signed.vin)?.sha256 != signed.content_sha256 {
+    // not be stored and served after all. Every change to the vehicle's entries raised its
+    // count of changes (the database's triggers), so an unchanged count and time reset, read
+    // here on the writer after the row lock, say the signed content is still what it lists.
+    if (changes, reset) != (signed.basis.changes, signed.basis.reset) {
         return Ok(false);
     }
     let (tv, sv, tsv) = signed.versions;

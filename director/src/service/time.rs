@@ -39,16 +39,6 @@ pub fn reset_time(
     Ok(reset as u64)
 }
 
-/// The reset number to sign into `vin`'s targets.
-pub fn current_reset(conn: &Conn, vin: &str) -> Result<u64, DirectorError> {
-    let reset: Option<i64> = conn.query_opt(
-        "SELECT time_reset FROM vehicles WHERE vin = ?1",
-        params![vin],
-        |r| r.get(0),
-    )?;
-    Ok(reset.unwrap_or(0) as u64)
-}
-
 impl super::DirectorService {
     /// An operator asks vehicle `vin` to accept an earlier time once.
     pub async fn reset_time(&self, actor: &super::Actor, vin: Vin) -> Result<u64, DirectorError> {

@@ -144,6 +144,35 @@ pub(crate) fn fleet() -> Fleet {
     }
 }
 
+/// At the end of every test that did not fail: each vehicle's row counts the entries its
+/// targets list as the entries themselves say. The database's triggers (migration 012) keep
+/// the count through every write the test made; signing reads no entries when it is 0.
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let counted: Vec<(String, i64, i64)> = self
+            .db
+            .call_blocking(|conn| {
+                conn.query(
+                    "SELECT v.vin, v.targeted_entries, (SELECT count(*) FROM assignment_ecus e
+                         WHERE e.vin = v.vin AND e.status IN ('pending', 'delivered')
+                           AND e.cancel_requested_at IS NULL)
+                     FROM vehicles v",
+                    &[],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+            })
+            .unwrap();
+        let wrong: Vec<_> = counted
+            .iter()
+            .filter(|(_, row, listed)| row != listed)
+            .collect();
+        assert!(wrong.is_empty(), "(vin, counted, listed): {wrong:?}");
+    }
+}
+
 impl Fleet {
     /// `POST /vehicles/VIN/manifest` with `car`'s credential.
     pub(crate) async fn post_manifest(
