@@ -1276,7 +1276,7 @@ mod tests {
 
     /// A database made before the vehicles' counts of their entries (migration 012) gets
     /// them counted from the entries it holds: only open entries not cancelled are listed.
-    /// (PostgreSQL's migration 008 counts with the same statement.)
+    /// (PostgreSQL's migration 008 counts the same way.)
     #[test]
     fn the_counts_of_entries_start_from_what_an_older_database_holds() {
         let mut conn = Conn::sqlite(rusqlite::Connection::open_in_memory().unwrap());
@@ -1299,7 +1299,8 @@ mod tests {
         migrate(&mut conn).unwrap();
         let counts = |conn: &Conn| {
             conn.query(
-                "SELECT targeted_entries, content_changes FROM vehicles ORDER BY vin",
+                "SELECT COALESCE(c.targeted, 0), COALESCE(c.changes, 0)
+                 FROM vehicles v LEFT JOIN vehicle_contents c ON c.vin = v.vin ORDER BY v.vin",
                 &[],
                 |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
             )

@@ -220,7 +220,8 @@ pub fn assign(
         Ok(candidates)
     };
     // An assignment or a manifest on another replica at the same time waits for these
-    // ECUs (locked in serial order, so two assignments alone never deadlock), and what is
+    // ECUs (locked in serial order, and the vehicles' counts below in VIN order, so two
+    // assignments alone never deadlock), and what is
     // checked below is read again after the locks: current, not what was read before them
     // (an installed release counter raised meanwhile, an ECU replaced).
     let mut locked = gather()?;
@@ -277,6 +278,10 @@ pub fn assign(
     let hashes = serde_json::to_string(&info.hashes).expect("hashes serialize");
     let why = format!("superseded by {correlation_id}");
     let mut superseded = Vec::new();
+    // Vehicle by vehicle, in VIN order: each entry written counts in its vehicle's
+    // `vehicle_contents` row (migration 012), which two assignments on two replicas then take
+    // in the same order.
+    candidates.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
     for (serial, vin, hw, _) in &candidates {
         superseded.extend(open_entries_of(&tx, serial)?);
         cancel_open_entries_of(&tx, serial, &why, now)?;

@@ -64,10 +64,10 @@ struct StoredMetadata {
     expires: UtcTime,
 }
 
-/// What a vehicle's row says its targets are made of, beside the entries themselves: the
-/// database's count of changes to its assignment entries and of the entries its targets list
-/// (kept by triggers on every insert, update and delete of an entry, migration 012), and the
-/// operator's time reset.
+/// What a vehicle's targets are made of, beside the entries themselves: the database's count
+/// of changes to its assignment entries and of the entries its targets list
+/// (`vehicle_contents`, kept by triggers on every insert, update and delete of an entry,
+/// migration 012), and the operator's time reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Basis {
     changes: i64,
@@ -82,9 +82,11 @@ fn basis_and_stored(
     vin: &str,
 ) -> Result<(Basis, Option<StoredMetadata>), DirectorError> {
     let row = conn.query_opt(
-        "SELECT v.content_changes, v.time_reset, v.targeted_entries, m.content_sha256, m.targets_version,
-                m.snapshot_version, m.timestamp_version, m.expires, m.root_version
-         FROM vehicles v LEFT JOIN vehicle_metadata m ON m.vin = v.vin WHERE v.vin = ?1",
+        "SELECT COALESCE(c.changes, 0), v.time_reset, COALESCE(c.targeted, 0), m.content_sha256,
+                m.targets_version, m.snapshot_version, m.timestamp_version, m.expires, m.root_version
+         FROM vehicles v LEFT JOIN vehicle_metadata m ON m.vin = v.vin
+             LEFT JOIN vehicle_contents c ON c.vin = v.vin
+         WHERE v.vin = ?1",
         params![vin],
         |r| {
             let basis = Basis {
@@ -306,8 +308,11 @@ pub fn store_vehicle_metadata(conn: &Conn, signed: &SignedMetadata) -> Result<bo
     // then finds the versions it signed after gone, so it stores nothing.
     conn.lock_row("vehicles", "vin", &signed.vin)?;
     let row = conn.query_opt(
-        "SELECT v.content_changes, v.time_reset, m.targets_version, m.snapshot_version, m.timestamp_version
-         FROM vehicles v LEFT JOIN vehicle_metadata m ON m.vin = v.vin WHERE v.vin = ?1",
+        "SELECT COALESCE(c.changes, 0), v.time_reset, m.targets_version, m.snapshot_version,
+                m.timestamp_version
+         FROM vehicles v LEFT JOIN vehicle_metadata m ON m.vin = v.vin
+             LEFT JOIN vehicle_contents c ON c.vin = v.vin
+         WHERE v.vin = ?1",
         params![&signed.vin],
         |r| {
             let versions = match (r.get(2)?, r.get(3)?, r.get(4)?) {
@@ -330,6 +335,9 @@ pub fn store_vehicle_metadata(conn: &Conn, signed: &SignedMetadata) -> Result<bo
     // not be stored and served after all. Every change to the vehicle's entries raised its
     // count of changes (the database's triggers), so an unchanged count and time reset, read
     // here on the writer after the row lock, say the signed content is still what it lists.
+    // (On PostgreSQL a cancel locks the vehicle's row first, so it committed before this read
+    // or waits for this store; an entry written meanwhile by a path that does not lock the
+    // row, an assignment or a delivery, is signed at the vehicle's next request.)
     if (changes, reset) != (signed.basis.changes, signed.basis.reset) {
         return Ok(false);
     }

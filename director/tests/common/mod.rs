@@ -146,7 +146,8 @@ pub(crate) fn fleet() -> Fleet {
 
 /// At the end of every test that did not fail: each vehicle's row counts the entries its
 /// targets list as the entries themselves say. The database's triggers (migration 012) keep
-/// the count through every write the test made; signing reads no entries when it is 0.
+/// the count (`vehicle_contents`) through every write the test made; signing reads no
+/// entries when it is 0.
 impl Drop for Fleet {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -156,10 +157,10 @@ impl Drop for Fleet {
             .db
             .call_blocking(|conn| {
                 conn.query(
-                    "SELECT v.vin, v.targeted_entries, (SELECT count(*) FROM assignment_ecus e
+                    "SELECT v.vin, COALESCE(c.targeted, 0), (SELECT count(*) FROM assignment_ecus e
                          WHERE e.vin = v.vin AND e.status IN ('pending', 'delivered')
                            AND e.cancel_requested_at IS NULL)
-                     FROM vehicles v",
+                     FROM vehicles v LEFT JOIN vehicle_contents c ON c.vin = v.vin",
                     &[],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )

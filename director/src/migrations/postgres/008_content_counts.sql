@@ -1,35 +1,32 @@
 -- As `../012_content_counts.sql`: each vehicle's count of changes to its assignment entries,
--- and of the entries its targets list, kept by the database on every change.
-ALTER TABLE vehicles ADD COLUMN content_changes BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE vehicles ADD COLUMN targeted_entries BIGINT NOT NULL DEFAULT 0;
-UPDATE vehicles SET targeted_entries = (
-    SELECT count(*) FROM assignment_ecus e
-    WHERE e.vin = vehicles.vin AND e.status IN ('pending', 'delivered') AND e.cancel_requested_at IS NULL
+-- and of the entries its targets list, kept by the database on every change. The entries are
+-- locked against writes (a replica not yet upgraded) from before they are counted until the
+-- trigger that counts from then on is in place.
+LOCK TABLE assignment_ecus IN SHARE ROW EXCLUSIVE MODE;
+CREATE TABLE vehicle_contents (
+    vin TEXT PRIMARY KEY,
+    changes BIGINT NOT NULL DEFAULT 0,
+    targeted BIGINT NOT NULL DEFAULT 0 CHECK (targeted >= 0)
 );
+INSERT INTO vehicle_contents (vin, changes, targeted)
+    SELECT vin, 0, COUNT(*) FILTER (
+        WHERE status IN ('pending', 'delivered') AND cancel_requested_at IS NULL)
+    FROM assignment_ecus GROUP BY vin;
 CREATE FUNCTION assignment_entry_counted() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    old_vin TEXT;
-    new_vin TEXT;
-    old_targeted BIGINT := 0;
-    new_targeted BIGINT := 0;
 BEGIN
     IF TG_OP <> 'INSERT' THEN
-        old_vin := OLD.vin;
-        IF OLD.status IN ('pending', 'delivered') AND OLD.cancel_requested_at IS NULL THEN
-            old_targeted := 1;
-        END IF;
+        UPDATE vehicle_contents SET changes = changes + 1,
+            targeted = targeted - CASE WHEN OLD.status IN ('pending', 'delivered')
+                                        AND OLD.cancel_requested_at IS NULL THEN 1 ELSE 0 END
+        WHERE vin = OLD.vin;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        new_vin := NEW.vin;
-        IF NEW.status IN ('pending', 'delivered') AND NEW.cancel_requested_at IS NULL THEN
-            new_targeted := 1;
-        END IF;
+        INSERT INTO vehicle_contents AS c (vin, changes, targeted)
+        VALUES (NEW.vin, 1, CASE WHEN NEW.status IN ('pending', 'delivered')
+                                  AND NEW.cancel_requested_at IS NULL THEN 1 ELSE 0 END)
+        ON CONFLICT (vin) DO UPDATE SET changes = c.changes + 1,
+            targeted = c.targeted + EXCLUDED.targeted;
     END IF;
-    UPDATE vehicles SET content_changes = content_changes + 1,
-        targeted_entries = targeted_entries
-            + CASE WHEN vin = new_vin THEN new_targeted ELSE 0 END
-            - CASE WHEN vin = old_vin THEN old_targeted ELSE 0 END
-    WHERE vin IN (old_vin, new_vin);
     RETURN NULL;
 END
 $$;
