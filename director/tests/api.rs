@@ -651,26 +651,30 @@ fn brake_says(car: &mut Vehicle, last: Option<(&str, InstallResult)>) -> Vec<u8>
     car.factory()
 }
 
-/// A vehicle's metadata is signed on a read connection and stored by the writer after: an
-/// operator's cancel in between found nothing of the entry in the served targets and made
-/// it final, so metadata listing it must not be stored (the vehicle would install an update
-/// the operator sees as cancelled). The writer re-reads what the targets are made of.
-#[tokio::test]
-async fn metadata_signed_before_a_cancel_is_not_stored_after_it() {
-    use director::keys::OnlineKeys;
-    use director::service::metadata;
-    use director::service::rotation::ActiveKeys;
-    let fleet = fleet();
-    let _car = fleet.register(VIN, 70).await;
-    let id = assign_brake(&fleet).await;
-    let active = ActiveKeys {
+/// The Director's online keys under root version 1, to sign with outside the service.
+fn active_keys() -> director::service::rotation::ActiveKeys {
+    director::service::rotation::ActiveKeys {
         root_version: 1,
-        online: OnlineKeys {
+        online: director::keys::OnlineKeys {
             targets: key(1),
             snapshot: key(2),
             timestamp: key(3),
         },
-    };
+    }
+}
+
+/// A vehicle's metadata is signed on a read connection and stored by the writer after: an
+/// operator's cancel in between found nothing of the entry in the served targets and made
+/// it final, so metadata listing it must not be stored (the vehicle would install an update
+/// the operator sees as cancelled). The writer reads the vehicle's count of entry changes
+/// again after the row lock.
+#[tokio::test]
+async fn metadata_signed_before_a_cancel_is_not_stored_after_it() {
+    use director::service::metadata;
+    let fleet = fleet();
+    let _car = fleet.register(VIN, 70).await;
+    let id = assign_brake(&fleet).await;
+    let active = active_keys();
     let signed = fleet
         .db
         .call_blocking(|conn| {
@@ -695,19 +699,10 @@ async fn metadata_signed_before_a_cancel_is_not_stored_after_it() {
 /// reads the vehicle's count of entry changes and its reset after the row lock.
 #[tokio::test]
 async fn metadata_signed_before_an_assignment_or_a_time_reset_is_not_stored_after_it() {
-    use director::keys::OnlineKeys;
     use director::service::metadata;
-    use director::service::rotation::ActiveKeys;
     let fleet = fleet();
     let _car = fleet.register(VIN, 73).await;
-    let active = ActiveKeys {
-        root_version: 1,
-        online: OnlineKeys {
-            targets: key(1),
-            snapshot: key(2),
-            timestamp: key(3),
-        },
-    };
+    let active = active_keys();
     let sign = || {
         fleet
             .db
