@@ -316,14 +316,7 @@ fn copy_all(from: &Conn, to: &Conn) -> Result<Vec<Counted>, MoveError> {
     }
     // `vehicle_contents` is not copied: the target's triggers counted it as the entries came.
     // Checked against the copied entries themselves, vehicle by vehicle.
-    let miscounted: i64 = to.value(
-        "SELECT COUNT(*) FROM (SELECT vin, COUNT(*) FILTER (
-                 WHERE status IN ('pending', 'delivered') AND cancel_requested_at IS NULL) AS listed
-             FROM assignment_ecus GROUP BY vin) e
-         FULL JOIN vehicle_contents c ON c.vin = e.vin
-         WHERE COALESCE(e.listed, 0) <> COALESCE(c.targeted, 0)",
-        &[],
-    )?;
+    let miscounted = crate::service::assignments::miscounted_vehicles(to)?;
     if miscounted > 0 {
         return Err(MoveError::Miscounted {
             vehicles: miscounted,

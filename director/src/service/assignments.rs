@@ -221,9 +221,9 @@ pub fn assign(
     };
     // An assignment or a manifest on another replica at the same time waits for these
     // ECUs (locked in serial order, and the vehicles' counts below in VIN order, so two
-    // assignments alone never deadlock), and what is
-    // checked below is read again after the locks: current, not what was read before them
-    // (an installed release counter raised meanwhile, an ECU replaced).
+    // assignments alone never deadlock), and what is checked below is read again after the
+    // locks: current, not what was read before them (an installed release counter raised
+    // meanwhile, an ECU replaced).
     let mut locked = gather()?;
     locked.sort();
     locked.dedup();
@@ -625,6 +625,20 @@ fn active_entries_sql() -> String {
 
 pub(crate) fn active_entries(conn: &Conn, vin: &str) -> Result<Vec<AssignmentEcu>, DirectorError> {
     Ok(conn.query(&active_entries_sql(), params![vin], assignment_row)?)
+}
+
+/// How many vehicles' `vehicle_contents` count of the entries their targets list (kept by
+/// the triggers of migration 012) differs from the entries themselves, as
+/// [`targeted_entries`] selects them: 0 unless a trigger miscounted.
+pub fn miscounted_vehicles(conn: &Conn) -> Result<i64, crate::db::DbError> {
+    conn.value(
+        "SELECT COUNT(*) FROM (SELECT vin, COUNT(*) FILTER (
+                 WHERE status IN ('pending', 'delivered') AND cancel_requested_at IS NULL) AS listed
+             FROM assignment_ecus GROUP BY vin) e
+         FULL JOIN vehicle_contents c ON c.vin = e.vin
+         WHERE COALESCE(e.listed, 0) <> COALESCE(c.targeted, 0)",
+        &[],
+    )
 }
 
 /// The entries of vehicle `vin` its targets list: those not final, less those an operator

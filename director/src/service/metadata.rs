@@ -75,12 +75,12 @@ struct Basis {
     targeted: i64,
 }
 
-/// Vehicle `vin`'s [`Basis`] and its stored metadata, in one statement; `NotFound` for a VIN
-/// that is not registered.
+/// Vehicle `vin`'s [`Basis`] and its stored metadata, in one statement; `None` for a VIN that
+/// is not registered.
 fn basis_and_stored(
     conn: &Conn,
     vin: &str,
-) -> Result<(Basis, Option<StoredMetadata>), DirectorError> {
+) -> Result<Option<(Basis, Option<StoredMetadata>)>, DirectorError> {
     let row = conn.query_opt(
         "SELECT COALESCE(c.changes, 0), v.time_reset, COALESCE(c.targeted, 0), m.content_sha256,
                 m.targets_version, m.snapshot_version, m.timestamp_version, m.expires, m.root_version
@@ -110,7 +110,7 @@ fn basis_and_stored(
             Ok((basis, stored))
         },
     )?;
-    row.ok_or_else(|| DirectorError::NotFound(format!("no vehicle {vin}")))
+    Ok(row)
 }
 
 /// Makes sure vehicle `vin` has current signed targets, snapshot and timestamp: re-signed
@@ -204,7 +204,8 @@ pub fn sign_vehicle_metadata(
     policy: &Policy,
     now: UtcTime,
 ) -> Result<Option<SignedMetadata>, DirectorError> {
-    let (basis, stored) = basis_and_stored(tx, vin)?;
+    let (basis, stored) = basis_and_stored(tx, vin)?
+        .ok_or_else(|| DirectorError::NotFound(format!("no vehicle {vin}")))?;
     let Content {
         entries,
         sha256: content_sha256,
@@ -307,25 +308,10 @@ pub fn store_vehicle_metadata(conn: &Conn, signed: &SignedMetadata) -> Result<bo
     // Two replicas signing this vehicle's next versions at once: the second waits here and
     // then finds the versions it signed after gone, so it stores nothing.
     conn.lock_row("vehicles", "vin", &signed.vin)?;
-    let row = conn.query_opt(
-        "SELECT COALESCE(c.changes, 0), v.time_reset, m.targets_version, m.snapshot_version,
-                m.timestamp_version
-         FROM vehicles v LEFT JOIN vehicle_metadata m ON m.vin = v.vin
-             LEFT JOIN vehicle_contents c ON c.vin = v.vin
-         WHERE v.vin = ?1",
-        params![&signed.vin],
-        |r| {
-            let versions = match (r.get(2)?, r.get(3)?, r.get(4)?) {
-                (Some(t), Some(s), Some(ts)) => Some((t, s, ts)),
-                _ => None,
-            };
-            Ok((r.get::<i64>(0)?, r.get::<i64>(1)? as u64, versions))
-        },
-    )?;
-    let Some((changes, reset, stored)) = row else {
+    let Some((now, stored)) = basis_and_stored(conn, &signed.vin)? else {
         return Ok(false);
     };
-    let stored = stored.map(|(t, s, ts): (i64, i64, i64)| (t as u64, s as u64, ts as u64));
+    let stored = stored.map(|s| (s.targets_version, s.snapshot_version, s.timestamp_version));
     super::fault::point("metadata-before-store");
     if stored != signed.after {
         return Ok(false);
@@ -338,7 +324,7 @@ pub fn store_vehicle_metadata(conn: &Conn, signed: &SignedMetadata) -> Result<bo
     // (On PostgreSQL a cancel locks the vehicle's row first, so it committed before this read
     // or waits for this store; an entry written meanwhile by a path that does not lock the
     // row, an assignment or a delivery, is signed at the vehicle's next request.)
-    if (changes, reset) != (signed.basis.changes, signed.basis.reset) {
+    if (now.changes, now.reset) != (signed.basis.changes, signed.basis.reset) {
         return Ok(false);
     }
     let (tv, sv, tsv) = signed.versions;

@@ -153,24 +153,14 @@ impl Drop for Fleet {
         if std::thread::panicking() {
             return;
         }
-        let counted: Vec<(String, i64, i64)> = self
+        let miscounted = self
             .db
-            .call_blocking(|conn| {
-                conn.query(
-                    "SELECT v.vin, COALESCE(c.targeted, 0), (SELECT count(*) FROM assignment_ecus e
-                         WHERE e.vin = v.vin AND e.status IN ('pending', 'delivered')
-                           AND e.cancel_requested_at IS NULL)
-                     FROM vehicles v LEFT JOIN vehicle_contents c ON c.vin = v.vin",
-                    &[],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-            })
+            .call_blocking(|conn| service::assignments::miscounted_vehicles(conn))
             .unwrap();
-        let wrong: Vec<_> = counted
-            .iter()
-            .filter(|(_, row, listed)| row != listed)
-            .collect();
-        assert!(wrong.is_empty(), "(vin, counted, listed): {wrong:?}");
+        assert_eq!(
+            miscounted, 0,
+            "vehicles whose counts differ from their entries"
+        );
     }
 }
 
