@@ -259,11 +259,13 @@ async fn a_primary_killed_during_a_download_resumes_it_after_the_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_during_a_transfer_completes_it_after_the_restart() {
     let mut world = World::new(&[(BRAKE, "full")]).await;
+    // Slow enough that the rest of the transfer takes seconds after the kill's threshold: a
+    // test thread kept from running for half a second must not find it finished.
     world.start_secondary(
         0,
         &[
             "--fault-slow-link-ms",
-            "20",
+            "100",
             "--durable-interval-bytes",
             "65536",
         ],

@@ -652,14 +652,25 @@ fn uptane_scenarios() -> Vec<Scenario> {
             "accepted while valid; then refused (freeze)",
             |w| {
                 w.release(&[2]);
-                let frozen = get(
-                    &w.fleet.ca_cert,
-                    &format!("{}/metadata/timestamp.json", w.images.url),
-                    None,
-                )?;
-                let expires = signed_part::<uptane_core::metadata::Timestamp>(&frozen)
-                    .common
-                    .expires;
+                // A timestamp with more than 10 of its 12 s left: one as old as the renewal lets
+                // it be (6 s left, `--renew-margin-secs`) could expire while the car settles on
+                // a loaded machine, and the row would fail as a refusal while valid.
+                let url = format!("{}/metadata/timestamp.json", w.images.url);
+                let mut frozen = (Vec::new(), now());
+                let fresh = wait_until(Duration::from_secs(30), || {
+                    let Ok(bytes) = get(&w.fleet.ca_cert, &url, None) else {
+                        return false;
+                    };
+                    let expires = signed_part::<uptane_core::metadata::Timestamp>(&bytes)
+                        .common
+                        .expires;
+                    frozen = (bytes, expires);
+                    expires > now() + chrono::Duration::seconds(10)
+                });
+                if !fresh {
+                    return Err("no timestamp with more than 10 s left".into());
+                }
+                let (frozen, expires) = frozen;
                 w.images.tamper("/timestamp.json", Tamper::Replace(frozen));
                 // While it is valid, the replayed timestamp is accepted: the update it covers installs.
                 w.settle()

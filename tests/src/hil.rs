@@ -744,18 +744,27 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             }
         }
         Fault::LinkCorrupt => {
-            if !under_way(&vehicles[0]) {
+            // The link is held as soon as the transfer is seen under way, so that it is still
+            // under way when the corruption is set, however long this thread waits to run.
+            let secondary = &vehicles[0].secondaries[0];
+            let started = wait_until(ROW_LIMIT, || {
+                let started = secondary.durable_offset() > 0;
+                secondary.link.set_stalled(started);
+                started
+            });
+            if !started {
                 return Err("the transfer never started".into());
             }
             // The corruption is to cut the transfer itself, not a later call: the transfer
             // (the only traffic on the link meanwhile) is still under way.
-            let reached = vehicles[0].secondaries[0].durable_offset();
+            let reached = secondary.durable_offset();
             if reached >= IMAGE_BYTES as u64 {
                 return Err(format!(
                     "the transfer had finished ({reached} bytes) before the corruption"
                 ));
             }
-            vehicles[0].secondaries[0].link.corrupt_next();
+            secondary.link.corrupt_next();
+            secondary.link.set_stalled(false);
             let primary_dir = vehicles[0].primary_dir.clone();
             if !wait_until(ROW_LIMIT, || attempts(&primary_dir, target) > 0) {
                 return Err("the corrupted transfer never failed".into());
