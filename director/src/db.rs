@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use crate::sql::{Conn, Engine};
 
 mod checkpoint;
+mod queue;
 use checkpoint::Checkpoints;
 
 /// Where the Director keeps its state: `sqlite:PATH` (or a bare path) or
@@ -234,7 +235,8 @@ const MAX_BATCH: usize = 256;
 
 /// On SQLite on disk, when the last batch held several writes (they come faster than they
 /// are committed), the next waits for as many, for this long at most after the last stopped
-/// waiting (each write runs as it comes, [`Gathering`]).
+/// waiting (each write runs as it is drawn, a few at a time while the batch waits,
+/// [`Gathering`], [`WAKE_STEP`]).
 /// Taking each write as it came committed about one write per commit at a fleet's steady
 /// rate (1,015 `fsync`s a second for 1,333 manifests a second, `docs/BENCHMARKS.md`), and
 /// every commit costs an `fsync`, the write-ahead log's frames of every page it touched, and
@@ -248,6 +250,13 @@ const MAX_BATCH: usize = 256;
 /// only when a write was already queued at the commit's end kept 889 of the 1,015 `fsync`s
 /// a second and was not kept.
 const COMMIT_SPACING: std::time::Duration = std::time::Duration::from_millis(4);
+
+/// While a batch waits for company, the writer is woken once this many more writes wait (or
+/// all it still waits for, if fewer), and runs them, instead of once per write: each wake-up
+/// cost the async thread that sent the write a `futex` call, and the writer a sleep and a
+/// wake-up (`queue.rs`). Few enough that the writer's work on the batch still overlaps the
+/// signing and checking of the writes still to come.
+const WAKE_STEP: usize = 8;
 
 /// Read-only connections beside the writer (on-disk databases only: WAL lets them read
 /// while the writer commits).
@@ -379,7 +388,7 @@ pub struct Db {
     /// process's write waits within its busy timeout); command-line tools and tests take it
     /// in between ([`Db::call_blocking`]).
     conn: Arc<Mutex<Conn>>,
-    writer: std::sync::mpsc::SyncSender<Job>,
+    writer: queue::Sender<Job>,
     readers: Arc<Readers>,
     path: Option<Arc<Path>>,
     engine: Engine,
@@ -545,7 +554,7 @@ impl Db {
         let engine = conn.engine();
         // Bounded: a flood of writes waits for the queue instead of growing it.
         let conn = Arc::new(Mutex::new(conn));
-        let (writer, jobs) = std::sync::mpsc::sync_channel::<Job>(4 * MAX_BATCH);
+        let (writer, jobs) = queue::bounded::<Job>(4 * MAX_BATCH);
         let batches = Arc::clone(&conn);
         let spacing = (engine == Engine::Sqlite && path.is_some()).then_some(COMMIT_SPACING);
         let finish = checkpoints.clone();
@@ -588,7 +597,7 @@ impl Db {
         let queued = job(f, move |r| drop(tx.send(r)));
         match self.writer.try_send(queued) {
             Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(queued)) => {
+            Err(queue::TrySendError::Full(queued)) => {
                 // The queue is full: wait for room off the async threads.
                 let writer = self.writer.clone();
                 tokio::task::spawn_blocking(move || writer.send(queued))
@@ -596,7 +605,7 @@ impl Db {
                     .map_err(|e| DbError::Join(e.to_string()))?
                     .map_err(|_| DbError::WriterGone)?;
             }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+            Err(queue::TrySendError::Disconnected(_)) => {
                 return Err(DbError::WriterGone.into());
             }
         }
@@ -774,7 +783,7 @@ where
 /// as it is drawn into its batch ([`Gathering`]).
 fn write_batches(
     conn: &Mutex<Conn>,
-    jobs: std::sync::mpsc::Receiver<Job>,
+    jobs: queue::Receiver<Job>,
     spacing: Option<std::time::Duration>,
     checkpoints: Option<&Checkpoints>,
 ) {
@@ -784,10 +793,11 @@ fn write_batches(
     // then on a savepoint each again, so that a bug costs no more than one batch.
     let mut savepoints = false;
     let mut last: Option<LastBatch> = None;
-    while let Ok(first) = jobs.recv() {
-        // The batch is drawn while it runs: each write runs as it comes, so the writer's
-        // work on the first overlaps the signing and checking of the later ones on other
-        // threads, and only the last one's write and the commit are left once all are in.
+    while let Some(first) = jobs.recv() {
+        // The batch is drawn while it runs: each write runs as it comes (a few at a time while
+        // the batch waits for company, `WAKE_STEP`), so the writer's work on the first
+        // overlaps the signing and checking of the later ones on other threads, and only the
+        // last ones' writes and the commit are left once all are in.
         let mut batch = Gathering::new(first, &jobs, spacing.zip(last));
         // A panic is caught per job, so the lock is poisoned only by a `call_blocking`
         // caller's panic; the connection itself is still sound.
@@ -925,7 +935,7 @@ struct LastBatch {
 /// that arrive while the batch runs join it, up to the cap.
 struct Gathering<'a, T> {
     first: Option<T>,
-    jobs: &'a std::sync::mpsc::Receiver<T>,
+    jobs: &'a queue::Receiver<T>,
     /// Until when, and for how many in all, it waits for writes still to come.
     wait: Option<(std::time::Instant, usize)>,
     /// When it stopped waiting (when it was made, if it had nothing to wait for): the next
@@ -938,7 +948,7 @@ struct Gathering<'a, T> {
 impl<'a, T> Gathering<'a, T> {
     fn new(
         first: T,
-        jobs: &'a std::sync::mpsc::Receiver<T>,
+        jobs: &'a queue::Receiver<T>,
         gathering: Option<(std::time::Duration, LastBatch)>,
     ) -> Self {
         let mut batch = Self {
@@ -969,17 +979,20 @@ impl<'a, T> Gathering<'a, T> {
     }
 
     fn draw(&mut self) -> Option<T> {
-        if let Some((not_before, _)) = self.wait {
-            let now = std::time::Instant::now();
-            if now < not_before
-                && let Ok(job) = self.jobs.recv_timeout(not_before - now)
-            {
+        if let Some(job) = self.jobs.try_recv() {
+            return Some(job);
+        }
+        if let Some((not_before, want)) = self.wait {
+            // Woken once a few more wait, or all the batch still waits for if fewer: not at
+            // each write ([`WAKE_STEP`]).
+            let step = want.saturating_sub(self.held).clamp(1, WAKE_STEP);
+            if let Some(job) = self.jobs.recv_when(step, Some(not_before)) {
                 return Some(job);
             }
             // The spacing is over, or every sender is gone.
             self.stop_waiting();
         }
-        self.jobs.try_recv().ok()
+        None
     }
 }
 
@@ -1316,7 +1329,7 @@ mod tests {
     /// The batch [`Gathering`] draws, all of it.
     fn gather<T>(
         first: T,
-        jobs: &std::sync::mpsc::Receiver<T>,
+        jobs: &queue::Receiver<T>,
         gathering: Option<(std::time::Duration, LastBatch)>,
     ) -> Vec<T> {
         Gathering::new(first, jobs, gathering).collect()
@@ -1326,7 +1339,7 @@ mod tests {
     /// more, however long the spacing: a lone writer never waits.
     #[test]
     fn a_batch_takes_what_waits_and_after_one_write_no_more() {
-        let (send, jobs) = std::sync::mpsc::channel();
+        let (send, jobs) = queue::bounded(1024);
         let long = std::time::Duration::from_secs(10);
         for i in 1..=MAX_BATCH + 10 {
             send.send(i).unwrap();
@@ -1349,7 +1362,7 @@ mod tests {
     /// that began long ago lets the next take only what waits; and a sender gone ends it.
     #[test]
     fn a_batch_waits_only_until_the_spacing_after_the_last_began_or_the_senders_go() {
-        let (send, jobs) = std::sync::mpsc::channel();
+        let (send, jobs) = queue::bounded(1024);
         let spacing = std::time::Duration::from_secs(5);
         let called = std::time::Instant::now();
         let long_ago = called.checked_sub(2 * spacing).unwrap_or(called);
@@ -1390,7 +1403,7 @@ mod tests {
     /// without a wait.
     #[test]
     fn a_batch_stops_waiting_once_held_and_takes_what_comes_while_it_runs() {
-        let (send, jobs) = std::sync::mpsc::channel();
+        let (send, jobs) = queue::bounded(1024);
         let long = std::time::Duration::from_secs(10);
         let begun = std::time::Instant::now();
         let mut batch = Gathering::new(0, &jobs, Some((long, LastBatch { begun, held: 2 })));
@@ -1412,7 +1425,7 @@ mod tests {
     /// waits, and its wait ends then.
     #[test]
     fn a_batch_told_to_stop_waiting_takes_only_what_waits() {
-        let (send, jobs) = std::sync::mpsc::channel();
+        let (send, jobs) = queue::bounded(1024);
         let long = std::time::Duration::from_secs(10);
         let begun = std::time::Instant::now();
         send.send(1).unwrap();
@@ -1429,7 +1442,7 @@ mod tests {
     /// later here), and no longer than the spacing after the last began.
     #[test]
     fn a_batch_after_several_writes_waits_for_as_many_within_the_spacing() {
-        let (send, jobs) = std::sync::mpsc::channel();
+        let (send, jobs) = queue::bounded(1024);
         let long = std::time::Duration::from_secs(10);
         let later = std::thread::spawn(move || {
             // Sent late, so that a batch that did not wait would miss them (this test
