@@ -1457,8 +1457,9 @@ mod tests {
             let begun = std::time::Instant::now();
             (begun, Some((spacing, LastBatch { begun, held: 3 })))
         };
-        let (_, gathering) = after_three(long);
+        let (begun, gathering) = after_three(long);
         assert_eq!(gather(0, &jobs, gathering), [0, 1, 2]);
+        assert!(begun.elapsed() < long, "waited past the last write");
         let send = later.join().unwrap();
         send.send(1).unwrap();
         let short = std::time::Duration::from_millis(20);
@@ -1466,5 +1467,38 @@ mod tests {
         assert_eq!(gather(0, &jobs, gathering), [0, 1]);
         let waited = begun.elapsed();
         assert!(short <= waited && waited < long, "{waited:?}");
+    }
+
+    /// A batch waiting for many is woken [`WAKE_STEP`] writes at a time, then for exactly the
+    /// rest: it ends with the last write it waited for, not at the spacing. (Each write here
+    /// is sent only once the writer sleeps on a count, and as many as it asked for.)
+    #[test]
+    fn a_batch_waiting_for_many_is_woken_a_few_at_a_time_then_at_the_last() {
+        let (send, jobs) = queue::bounded(1024);
+        let long = std::time::Duration::from_secs(10);
+        let sender = std::thread::spawn(move || {
+            let (mut asks, mut sent) = (Vec::new(), 1);
+            while sent < 20 {
+                let deadline = std::time::Instant::now() + long;
+                let asked = loop {
+                    match send.asked() {
+                        0 => assert!(std::time::Instant::now() < deadline, "never asked"),
+                        asked => break asked,
+                    }
+                    std::thread::yield_now();
+                };
+                asks.push(asked);
+                for _ in 0..asked {
+                    send.send(sent).unwrap();
+                    sent += 1;
+                }
+            }
+            asks
+        });
+        let begun = std::time::Instant::now();
+        let gathering = Some((long, LastBatch { begun, held: 20 }));
+        assert_eq!(gather(0, &jobs, gathering), (0..20).collect::<Vec<_>>());
+        assert!(begun.elapsed() < long, "waited past the last write");
+        assert_eq!(sender.join().unwrap(), [WAKE_STEP, WAKE_STEP, 3]);
     }
 }

@@ -20,6 +20,8 @@ pub(super) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             waiting_for_room: 0,
             senders: 1,
             receiver: true,
+            #[cfg(test)]
+            wakes: 0,
         }),
         arrived: Condvar::new(),
         room: Condvar::new(),
@@ -45,6 +47,9 @@ struct State<T> {
     waiting_for_room: usize,
     senders: usize,
     receiver: bool,
+    /// The receiver's wake-ups by a job queued.
+    #[cfg(test)]
+    wakes: usize,
 }
 
 impl<T> Shared<T> {
@@ -63,7 +68,7 @@ pub(super) enum TrySendError<T> {
     Disconnected(T),
 }
 
-/// Queues jobs; the receiver's last job is taken once every sender is gone.
+/// Queues jobs. Once every sender is gone, the receiver takes what is left and then stops.
 pub(super) struct Sender<T>(Arc<Shared<T>>);
 
 impl<T> Sender<T> {
@@ -102,12 +107,22 @@ impl<T> Sender<T> {
         }
     }
 
+    /// How many jobs the receiver sleeps until (0: it is not asleep on a count).
+    #[cfg(test)]
+    pub(super) fn asked(&self) -> usize {
+        self.0.lock().wake_at
+    }
+
     fn push(&self, mut state: MutexGuard<'_, State<T>>, job: T) {
         state.jobs.push_back(job);
         let wake = state.wake_at != 0 && state.jobs.len() >= state.wake_at;
         if wake {
             // Once: the senders that follow before it runs do not call again.
             state.wake_at = 0;
+            #[cfg(test)]
+            {
+                state.wakes += 1;
+            }
         }
         drop(state);
         if wake {
@@ -158,7 +173,8 @@ impl<T> Receiver<T> {
     /// The next job, once `at_least` jobs wait, or sooner if `deadline` passes or every
     /// sender goes (then `None` if none waits).
     pub(super) fn recv_when(&self, at_least: usize, deadline: Option<Instant>) -> Option<T> {
-        let at_least = at_least.max(1);
+        // More than the queue holds would never come: its senders would wait for room.
+        let at_least = at_least.clamp(1, self.0.capacity.max(1));
         let mut state = self.0.lock();
         while state.jobs.len() < at_least && state.senders > 0 {
             state.wake_at = at_least;
@@ -197,11 +213,15 @@ impl<T> Receiver<T> {
 }
 
 impl<T> Drop for Receiver<T> {
+    /// The jobs left are dropped (their callers learn that the writer is gone), outside the
+    /// lock: a job may own a sender, whose drop takes it.
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.receiver = false;
+        let left = std::mem::take(&mut state.jobs);
         let waiting = state.waiting_for_room > 0;
         drop(state);
+        drop(left);
         if waiting {
             self.0.room.notify_all();
         }
@@ -232,10 +252,11 @@ mod tests {
         until(&shared, |s| s.wake_at == 3);
         send.try_send(1).ok().unwrap();
         send.try_send(2).ok().unwrap();
-        assert_eq!(shared.lock().wake_at, 3, "woken before three waited");
+        assert_eq!(shared.lock().wakes, 0, "woken before three waited");
         send.try_send(3).ok().unwrap();
         let (first, jobs) = receiver.join().unwrap();
         assert_eq!(first, Some(1));
+        assert_eq!(shared.lock().wakes, 1);
         assert_eq!(jobs.try_recv(), Some(2));
         assert_eq!(jobs.recv_when(5, Some(Instant::now())), Some(3));
         assert_eq!(jobs.try_recv(), None);
@@ -266,7 +287,7 @@ mod tests {
         until(&shared, |s| s.wake_at == 10);
         other.try_send(7).ok().unwrap();
         drop(other);
-        assert_eq!(shared.lock().wake_at, 10, "woken with a sender left");
+        assert_eq!(shared.lock().wakes, 0, "woken with a sender left");
         drop(send);
         assert_eq!(receiver.join().unwrap(), (Some(7), None));
     }
@@ -290,20 +311,30 @@ mod tests {
         );
     }
 
-    /// The receiver gone, a job is given back, also to a sender waiting for room.
+    /// The receiver gone, a job is given back, also to a sender waiting for room, and the
+    /// jobs it left are dropped, senders they own included.
     #[test]
-    fn the_receiver_gone_gives_the_job_back() {
-        let (send, jobs) = bounded(1);
-        send.try_send(1).ok().unwrap();
+    fn the_receiver_gone_gives_the_job_back_and_drops_the_jobs_left() {
+        let (send, jobs) = bounded::<(u32, Option<Sender<u32>>)>(1);
+        // A job that owns a sender (of another queue here), as a write can own a database
+        // handle: its drop must not wait for the lock the receiver's drop holds.
+        let (owned, owned_jobs) = bounded::<u32>(1);
+        send.try_send((1, Some(owned))).ok().unwrap();
         let shared = Arc::clone(&jobs.0);
         let other = send.clone();
-        let sender = std::thread::spawn(move || other.send(2));
+        let sender = std::thread::spawn(move || other.send((2, None)).map_err(|(n, _)| n));
         until(&shared, |s| s.waiting_for_room == 1);
         drop(jobs);
         assert_eq!(sender.join().unwrap(), Err(2));
         assert!(matches!(
-            send.try_send(3),
-            Err(TrySendError::Disconnected(3))
+            send.try_send((3, None)),
+            Err(TrySendError::Disconnected((3, None)))
         ));
+        assert!(shared.lock().jobs.is_empty());
+        assert_eq!(
+            owned_jobs.0.lock().senders,
+            0,
+            "the job left was not dropped"
+        );
     }
 }
