@@ -60,6 +60,18 @@ impl<T> Shared<T> {
     }
 }
 
+#[cfg(test)]
+impl<T> Shared<T> {
+    /// Waits (bounded: 30 s) until `condition` holds of the queue's state.
+    fn until(&self, condition: impl Fn(&State<T>) -> bool) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while !condition(&self.lock()) {
+            assert!(Instant::now() < deadline, "the condition never held");
+            std::thread::yield_now();
+        }
+    }
+}
+
 /// Why [`Sender::try_send`] did not queue a job (given back).
 pub(super) enum TrySendError<T> {
     /// The queue holds its capacity.
@@ -107,9 +119,11 @@ impl<T> Sender<T> {
         }
     }
 
-    /// How many jobs the receiver sleeps until (0: it is not asleep on a count).
+    /// How many jobs the receiver sleeps until, once it sleeps on a count (bounded: 30 s).
+    /// Only while this is the one sender: another could wake it meanwhile.
     #[cfg(test)]
     pub(super) fn asked(&self) -> usize {
+        self.0.until(|s| s.wake_at != 0);
         self.0.lock().wake_at
     }
 
@@ -233,15 +247,6 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// Waits (bounded: 30 s) until `condition` holds of the queue's state.
-    fn until<T>(shared: &Shared<T>, condition: impl Fn(&State<T>) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !condition(&shared.lock()) {
-            assert!(Instant::now() < deadline, "the condition never held");
-            std::thread::yield_now();
-        }
-    }
-
     /// A receiver that asked for three is not woken by the first two (they leave its request
     /// in place) and is by the third, which takes the first job.
     #[test]
@@ -249,7 +254,7 @@ mod tests {
         let (send, jobs) = bounded(16);
         let shared = Arc::clone(&jobs.0);
         let receiver = std::thread::spawn(move || (jobs.recv_when(3, None), jobs));
-        until(&shared, |s| s.wake_at == 3);
+        shared.until(|s| s.wake_at == 3);
         send.try_send(1).ok().unwrap();
         send.try_send(2).ok().unwrap();
         assert_eq!(shared.lock().wakes, 0, "woken before three waited");
@@ -284,7 +289,7 @@ mod tests {
             let first = jobs.recv_when(10, None);
             (first, jobs.recv())
         });
-        until(&shared, |s| s.wake_at == 10);
+        shared.until(|s| s.wake_at == 10);
         other.try_send(7).ok().unwrap();
         drop(other);
         assert_eq!(shared.lock().wakes, 0, "woken with a sender left");
@@ -302,7 +307,7 @@ mod tests {
         assert!(matches!(send.try_send(3), Err(TrySendError::Full(3))));
         let shared = Arc::clone(&jobs.0);
         let sender = std::thread::spawn(move || send.send(3));
-        until(&shared, |s| s.waiting_for_room == 1);
+        shared.until(|s| s.waiting_for_room == 1);
         assert_eq!(jobs.try_recv(), Some(1));
         assert!(sender.join().unwrap().is_ok());
         assert_eq!(
@@ -323,7 +328,7 @@ mod tests {
         let shared = Arc::clone(&jobs.0);
         let other = send.clone();
         let sender = std::thread::spawn(move || other.send((2, None)).map_err(|(n, _)| n));
-        until(&shared, |s| s.waiting_for_room == 1);
+        shared.until(|s| s.waiting_for_room == 1);
         drop(jobs);
         assert_eq!(sender.join().unwrap(), Err(2));
         assert!(matches!(
