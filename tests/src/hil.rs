@@ -673,6 +673,16 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
     let vin0 = vins[0].clone();
     let under_way =
         |v: &SimVehicle| wait_until(ROW_LIMIT, || v.secondaries[0].durable_offset() > 0);
+    // The same, with the link held the moment the transfer is seen under way, so that it is
+    // still under way when the fault is set, however long this thread waits to run.
+    let held_under_way = |v: &SimVehicle| {
+        let secondary = &v.secondaries[0];
+        wait_until(ROW_LIMIT, || {
+            let started = secondary.durable_offset() > 0;
+            secondary.link.set_stalled(started);
+            started
+        })
+    };
     match row.fault {
         Fault::Secondary(_, true) | Fault::SingleBankPowerLoss => {
             if !vehicles[0].secondaries[0].wait_power_loss(ROW_LIMIT) {
@@ -731,10 +741,9 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             vehicles[0].secondaries[0].link.cut();
         }
         Fault::LinkStall => {
-            if !under_way(&vehicles[0]) {
+            if !held_under_way(&vehicles[0]) {
                 return Err("the transfer never started".into());
             }
-            vehicles[0].secondaries[0].link.set_stalled(true);
             let primary_dir = vehicles[0].primary_dir.clone();
             let gave_up = wait_until(ROW_LIMIT, || attempts(&primary_dir, target) > 0);
             vehicles[0].secondaries[0].link.set_stalled(false);
@@ -744,17 +753,10 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             }
         }
         Fault::LinkCorrupt => {
-            // The link is held as soon as the transfer is seen under way, so that it is still
-            // under way when the corruption is set, however long this thread waits to run.
-            let secondary = &vehicles[0].secondaries[0];
-            let started = wait_until(ROW_LIMIT, || {
-                let started = secondary.durable_offset() > 0;
-                secondary.link.set_stalled(started);
-                started
-            });
-            if !started {
+            if !held_under_way(&vehicles[0]) {
                 return Err("the transfer never started".into());
             }
+            let secondary = &vehicles[0].secondaries[0];
             // The corruption is to cut the transfer itself, not a later call: the transfer
             // (the only traffic on the link meanwhile) is still under way.
             let reached = secondary.durable_offset();
@@ -787,10 +789,9 @@ fn drive(fleet: &mut Fleet, rig: Rig, index: usize, row: Row) -> Observed {
             vehicles[0].start_secondary(0, &[]);
         }
         Fault::CancelMidTransfer => {
-            if !under_way(&vehicles[0]) {
+            if !held_under_way(&vehicles[0]) {
                 return Err("the transfer never started".into());
             }
-            vehicles[0].secondaries[0].link.set_stalled(true);
             let primary_dir = vehicles[0].primary_dir.clone();
             let gave_up = wait_until(ROW_LIMIT, || attempts(&primary_dir, target) > 0);
             let cancelled = cancel();
