@@ -408,10 +408,23 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 /// CPU seconds (user + system, all threads) process `pid` has used so far, to 10 ms.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_seconds(&format!("/proc/{pid}/stat"), 11)
+}
+
+/// CPU seconds (user + system) of this process's children that have ended and been waited
+/// for (a load generator run to its end, say), to 10 ms.
+pub fn children_cpu_seconds() -> Option<f64> {
+    stat_seconds("/proc/self/stat", 13)
+}
+
+/// The sum of the two clock-tick fields of `/proc/.../stat` at `path` from `first` (counted
+/// after the command name), in seconds.
+fn stat_seconds(path: &str, first: usize) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let ticks: u64 =
+        fields.get(first)?.parse::<u64>().ok()? + fields.get(first + 1)?.parse::<u64>().ok()?;
     // USER_HZ is 100 on Linux.
     Some(ticks as f64 / 100.0)
 }
@@ -419,4 +432,22 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// Copies `src` to `dst` (a file).
 pub fn copy(src: &Path, dst: &Path) {
     std::fs::copy(src, dst).unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+}
+
+#[cfg(test)]
+mod tests {
+    /// A child's CPU counts once it has ended and been waited for (and the fields read are
+    /// the children's, not this process's own).
+    #[test]
+    fn a_child_waited_for_adds_its_cpu() {
+        let before = super::children_cpu_seconds().expect("/proc/self/stat reads");
+        // A few hundred milliseconds of the shell's CPU, far above the 10 ms resolution.
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+            .status()
+            .expect("sh runs");
+        assert!(status.success());
+        let after = super::children_cpu_seconds().expect("/proc/self/stat reads");
+        assert!(after >= before + 0.05, "{before} s then {after} s");
+    }
 }
