@@ -14,6 +14,7 @@ use crate::sql::{Conn, Engine};
 
 mod checkpoint;
 mod queue;
+pub use checkpoint::CheckpointCounts;
 use checkpoint::Checkpoints;
 
 /// Where the Director keeps its state: `sqlite:PATH` (or a bare path) or
@@ -393,7 +394,6 @@ pub struct Db {
     path: Option<Arc<Path>>,
     engine: Engine,
     /// On SQLite on disk: the write-ahead log's checkpoints, off the writer's commits.
-    #[cfg_attr(not(test), allow(dead_code))]
     checkpoints: Option<Checkpoints>,
 }
 
@@ -583,6 +583,12 @@ impl Db {
     /// The database file (`None` in memory and on PostgreSQL).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// What the write-ahead log's checkpoints did so far (`None` in memory and on
+    /// PostgreSQL, which have none of their own).
+    pub fn checkpoint_counts(&self) -> Option<CheckpointCounts> {
+        self.checkpoints.as_ref().map(Checkpoints::counts)
     }
 
     /// Runs `f` on the writer connection, as part of the next group commit; resolves once

@@ -270,10 +270,82 @@ pub async fn render(service: &DirectorService) -> Result<String, DirectorError> 
             gauge(size("") + size("-wal")),
         );
     }
+    if let Some(counts) = service.db().checkpoint_counts() {
+        registry.register(
+            "wal_checkpoints",
+            "Checkpoints of the SQLite write-ahead log finished by the checkpoint thread",
+            ConstCounter::new(counts.passes),
+        );
+        registry.register(
+            "wal_checkpoints_in_commit",
+            "Checkpoints the writer ran inside a commit, the log at its bound (the checkpoint thread gone or behind, or readers holding the log)",
+            ConstCounter::new(counts.in_commit),
+        );
+        registry.register(
+            "wal_checkpoint_failures",
+            "Checkpoints of the checkpoint thread that failed or found another connection checkpointing",
+            ConstCounter::new(counts.failures),
+        );
+    }
     Ok(service_runtime::metrics::encode(&registry))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EngineLabels {
     engine: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ImageCatalog;
+    use crate::db::Db;
+    use crate::keys::OnlineKeys;
+    use crate::service::{KeyRing, Policy, store_initial_root};
+    use uptane_core::testing::key;
+
+    fn service_on(db: Db) -> DirectorService {
+        let online = || OnlineKeys {
+            targets: key(10),
+            snapshot: key(11),
+            timestamp: key(12),
+        };
+        db.call_blocking(|conn| {
+            let now = service_runtime::clock::now();
+            store_initial_root(
+                conn,
+                &[&key(13)],
+                1,
+                &online(),
+                chrono::Duration::days(365),
+                now,
+            )
+        })
+        .unwrap();
+        let catalog = ImageCatalog::memory(Default::default(), Vec::new());
+        DirectorService::new(db, KeyRing::fixed(online()), catalog, Policy::default()).unwrap()
+    }
+
+    /// On SQLite on disk the write-ahead log's checkpoints are counted (how they count:
+    /// `db::checkpoint`'s tests); in memory there is no log to count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checkpoints_are_exported_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("director.db")).unwrap();
+        let on_disk = render(&service_on(db)).await.unwrap();
+        for line in [
+            "director_wal_checkpoints_total 0",
+            "director_wal_checkpoints_in_commit_total 0",
+            "director_wal_checkpoint_failures_total 0",
+        ] {
+            assert!(
+                on_disk.lines().any(|l| l == line),
+                "{line} not in\n{on_disk}"
+            );
+        }
+        let in_memory = render(&service_on(Db::open_in_memory().unwrap()))
+            .await
+            .unwrap();
+        assert!(!in_memory.contains("wal_checkpoint"), "{in_memory}");
+    }
 }

@@ -59,7 +59,28 @@ struct Shared {
     failures: AtomicU64,
 }
 
+/// What the checkpoints of this process did so far (`/metrics`, `docs/METRICS.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointCounts {
+    /// Checkpoints the thread finished.
+    pub passes: u64,
+    /// Checkpoints the writer ran inside a commit, the log at [`BACKSTOP_PAGES`]: the thread
+    /// is gone or could not keep up, or readers kept the log from starting again.
+    pub in_commit: u64,
+    /// The thread's checkpoints that failed, or found another connection checkpointing.
+    pub failures: u64,
+}
+
 impl Checkpoints {
+    /// What the checkpoints did so far.
+    pub(super) fn counts(&self) -> CheckpointCounts {
+        CheckpointCounts {
+            passes: self.shared.passes.load(Ordering::Relaxed),
+            in_commit: self.shared.in_commit.load(Ordering::Relaxed),
+            failures: self.shared.failures.load(Ordering::Relaxed),
+        }
+    }
+
     /// Starts the checkpoint thread on a connection of its own to the database at `path`,
     /// and has `writer`'s commits wake it.
     pub(super) fn start(path: &Path, writer: &mut rusqlite::Connection) -> Result<Self, DbError> {
@@ -219,7 +240,7 @@ mod tests {
         }
         // The thread's checkpoint, woken by that commit (bounded: 30 s).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while checkpoints.shared.passes.load(Ordering::Relaxed) == 0 {
+        while db.checkpoint_counts().expect("on disk").passes == 0 {
             assert!(std::time::Instant::now() < deadline, "no checkpoint");
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
@@ -238,7 +259,11 @@ mod tests {
             "the log was not started again: {} pages",
             checkpoints.pages()
         );
-        assert_eq!(checkpoints.shared.in_commit.load(Ordering::Relaxed), 0);
+        let counts = db.checkpoint_counts().expect("on disk");
+        assert!(
+            counts.passes >= 1 && counts.in_commit == 0 && counts.failures == 0,
+            "{counts:?}"
+        );
     }
 
     /// A copy that could not take the whole log (here a reader held it back; in service,
@@ -295,7 +320,8 @@ mod tests {
             write(&db, 100).await;
             most = most.max(checkpoints.pages());
         }
-        assert!(checkpoints.shared.in_commit.load(Ordering::Relaxed) >= 1);
+        let counts = db.checkpoint_counts().expect("on disk");
+        assert!(counts.in_commit >= 1 && counts.passes == 0, "{counts:?}");
         // A commit adds about 300 pages: the one that passes the backstop is the last.
         assert!(most < BACKSTOP_PAGES + 400, "{most} pages");
     }

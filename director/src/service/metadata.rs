@@ -68,7 +68,7 @@ struct StoredMetadata {
 /// of changes to its assignment entries and of the entries its targets list
 /// (`vehicle_contents`, kept by triggers on every insert, update and delete of an entry,
 /// migration 012), and the operator's time reset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct Basis {
     changes: i64,
     reset: u64,
